@@ -1,0 +1,36 @@
+// Shared definitions for the torch-free native module pyimgcls._C.
+// Every launcher takes raw pointers, sizes and strides in *elements*, plus a dtype code;
+// the codes must match pyimgcls/_native.py (DTYPE_CODES).
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace pyimgcls {
+
+enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
+
+// Epilogue activation applied on the fp32 (fp64) accumulator after the bias add.
+enum class Act : int { None = 0, ReLU = 1, ReLU6 = 2 };
+
+inline const char* dtype_name(DType dt) {
+  switch (dt) {
+    case DType::Float32: return "float32";
+    case DType::Float64: return "float64";
+    case DType::Float16: return "float16";
+    case DType::BFloat16: return "bfloat16";
+  }
+  return "unknown";
+}
+
+inline Act to_act(int a) {
+  if (a < 0 || a > 2) throw std::invalid_argument("activation code must be 0 (none), 1 (relu) or 2 (relu6), got " + std::to_string(a));
+  return static_cast<Act>(a);
+}
+
+inline DType to_dtype(int d) {
+  if (d < 0 || d > 3) throw std::invalid_argument("dtype code must be 0..3, got " + std::to_string(d));
+  return static_cast<DType>(d);
+}
+
+}  // namespace pyimgcls

@@ -1,0 +1,23 @@
+// CPU GEMM family (float32 / float64). See gemm.cpp for the algorithm.
+#pragma once
+#include "../common.h"
+
+namespace pyimgcls::cpu {
+
+// C[m, n] = act(sum_k A[m, k] * B[k, n] + bias[n])   for 0 <= m < M, 0 <= n < N.
+// A is addressed a[m*sam + k*sak], B b[k*sbk + n*sbn], C c[m*scm + n*scn]: any strides (transposed
+// views need no copy). bias may be null. K == 0 writes act(bias) (or zeros). dt: Float32 or Float64.
+void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int64_t sbk, int64_t sbn,
+          const void* bias, void* c, int64_t scm, int64_t scn, int64_t M, int64_t N, int64_t K, Act act);
+
+// Backward of the epilogue on contiguous row-major [M, N] tensors:
+//   grad_pre[m, n] = grad[m, n] * act'(out[m, n])    (relu: out > 0; relu6: 0 < out < 6; none: 1)
+//   grad_bias[n]   = sum_m grad_pre[m, n]            (skipped when grad_bias is null)
+// grad_pre may alias grad. Deterministic (fixed summation order).
+void bias_act_bwd(DType dt, const void* grad, const void* out, void* grad_pre, void* grad_bias,
+                  int64_t M, int64_t N, Act act);
+
+// Instruction set the micro-kernel dispatches to on this CPU: "avx512", "avx2" or "generic".
+const char* gemm_isa();
+
+}  // namespace pyimgcls::cpu
