@@ -1,0 +1,301 @@
+#!/usr/bin/env bash
+# One-command GPU check: build, test, sanitize and benchmark pyimgcls on a CUDA machine without
+# internet (and without .git), leaving a handful of files in OUTDIR and a summary table last.
+#
+#   PYIMGCLS_COMMIT=<sha> bash benchmarks/gpu_check.sh OUTDIR [tests|sanitize|bench|all]
+#
+# Stages (default all):
+#   tests     the whole pytest suite (junit XML), time-limited
+#   sanitize  compute-sanitizer memcheck and racecheck over the CUDA tests (`pytest tests -m cuda`);
+#             skipped with a message where the tool is missing or cannot attach (gVisor machines)
+#   bench     every benchmarks/bench_*.py with --out
+# Every invocation first prints versions and installs the package
+# (pip install --no-build-isolation --no-deps -e .), then finishes with the report.
+#
+# OUTDIR receives: <date>_<gpu>_<shortsha>.json (results schema of DESIGN.md with the test and
+# sanitizer counts merged in), BENCHMARKS.md (regenerated), logs.tar.gz (every log and the junit XML)
+# and summary.txt. The results JSON is also written to benchmarks/results/ when it has benchmark
+# cases, so that file can be committed.
+#
+# Time: a single stage, install included, is held under PYIMGCLS_CHECK_BUDGET_S seconds (default
+# 570, inside a 10-minute command limit); `all` gets three times that. Each step's timeout is cut to
+# what is left of the budget, so the report is always written.
+#
+# Environment:
+#   PYIMGCLS_COMMIT          full sha recorded in the results (else `git rev-parse HEAD`, else unknown)
+#   PYTHON                   interpreter (default python3: on the GPU image that is the one with torch)
+#   PYIMGCLS_SKIP_INSTALL=1  reuse the installed build (a warm machine that already built this tree)
+#   PYIMGCLS_SANITIZE_ARGS   pytest selection for the sanitizer runs (default: -m cuda)
+#   PYIMGCLS_CHECK_BUDGET_S  see Time above
+#
+# Exit status: 0 when install, tests, sanitizer and benchmark correctness checks all passed (or were
+# skipped for lack of a GPU/tool); 1 otherwise; 2 on bad usage.
+set -u
+set -o pipefail
+
+usage() { echo "usage: PYIMGCLS_COMMIT=<sha> bash benchmarks/gpu_check.sh OUTDIR [tests|sanitize|bench|all]" >&2; }
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; exit 2; fi
+STAGE=${2:-all}
+case "$STAGE" in tests|sanitize|bench|all) ;; *) usage; exit 2 ;; esac
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+mkdir -p "$1" || exit 2
+OUTDIR=$(cd "$1" && pwd)
+cd "$ROOT" || exit 2
+
+PY=${PYTHON:-python3}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pyimgcls-check.XXXXXX")
+LOGS=$WORK/logs
+RESULTS=$WORK/results
+mkdir -p "$LOGS" "$RESULTS"
+export PYTHONUNBUFFERED=1
+# the GPU machine's copy of the tree has no .git: the caller passes the sha in
+PYIMGCLS_COMMIT=${PYIMGCLS_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+export PYIMGCLS_COMMIT
+if [ "$STAGE" = all ]; then BUDGET=${PYIMGCLS_CHECK_BUDGET_S:-1710}; else BUDGET=${PYIMGCLS_CHECK_BUDGET_S:-570}; fi
+RESERVE=30  # seconds kept back for finalize, BENCHMARKS.md, tarball and summary
+
+STEP_LINES=()   # "step | rc | seconds | note" rows for the closing table
+NOTES=()        # free-text notes stored in the results JSON
+FAILED=0
+
+banner() { printf '\n==== %s (t=%ss)\n' "$*" "$SECONDS"; }
+
+# step_timeout CAP: CAP seconds, or less when the budget has less left (minimum 1)
+step_timeout() {
+  local left=$(( BUDGET - RESERVE - SECONDS ))
+  local t=$1
+  if [ "$left" -lt "$t" ]; then t=$left; fi
+  if [ "$t" -lt 1 ]; then t=1; fi
+  echo "$t"
+}
+
+# run_step NAME CAP CMD...: run CMD with its output in $LOGS/NAME.log under a timeout. SIGINT first
+# so pytest still writes its junit XML and closing line; SIGKILL 30 s later if it hangs.
+# Sets STEP_RC and records the row for the closing table.
+run_step() {
+  local name=$1 cap=$2; shift 2
+  local t; t=$(step_timeout "$cap")
+  local start=$SECONDS
+  banner "$name (timeout ${t}s)"
+  timeout -s INT -k 30 "$t" "$@" >"$LOGS/$name.log" 2>&1
+  STEP_RC=$?
+  local took=$(( SECONDS - start )) note=""
+  if [ "$STEP_RC" -eq 124 ] || [ "$STEP_RC" -eq 137 ]; then
+    note="timed out after ${t}s"
+    NOTES+=("$name: $note")
+  fi
+  STEP_LINES+=("$name|$STEP_RC|$took|$note")
+  echo "$name: rc=$STEP_RC in ${took}s ${note}"
+}
+
+show_tail() { [ -f "$1" ] && tail -n "$2" "$1"; }
+
+# ---------------------------------------------------------------- versions
+banner "versions"
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit: $PYIMGCLS_COMMIT"
+  echo "stage: $STAGE, budget ${BUDGET}s"
+  echo "host: $(uname -srm), $(nproc) cores"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi >"$LOGS/nvidia-smi.log" 2>&1
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+  else
+    echo "nvidia-smi: not found"
+  fi
+  if command -v nvcc >/dev/null; then nvcc --version | tail -n 2; else echo "nvcc: not found"; fi
+  if command -v compute-sanitizer >/dev/null; then
+    compute-sanitizer --version | grep -i version
+  else
+    echo "compute-sanitizer: not found"
+  fi
+  "$PY" - <<'EOF'
+import sys
+print("python", sys.version.split()[0], sys.executable)
+try:
+    import torch
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
+    print("torch", torch.__version__, "| cuda", torch.version.cuda, "| gpu", gpu)
+except Exception as e:  # report, do not stop: the summary must still be written
+    print("torch: import failed:", e)
+try:
+    import triton
+    print("triton", triton.__version__)
+except Exception as e:
+    print("triton: import failed:", e)
+EOF
+} 2>&1 | tee "$LOGS/versions.log"
+
+HAVE_GPU=0
+if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  HAVE_GPU=1
+fi
+
+# ---------------------------------------------------------------- install
+INSTALL_OK=1
+if [ "${PYIMGCLS_SKIP_INSTALL:-0}" = 1 ]; then
+  echo "PYIMGCLS_SKIP_INSTALL=1: using the installed build"
+  STEP_LINES+=("install|-|0|skipped by PYIMGCLS_SKIP_INSTALL")
+else
+  # -v keeps the nvcc command lines and ptxas spill warnings in the log
+  run_step install 420 "$PY" -m pip install -v --no-build-isolation --no-deps -e .
+  if [ "$STEP_RC" -ne 0 ]; then
+    INSTALL_OK=0
+    FAILED=1
+    show_tail "$LOGS/install.log" 40
+  fi
+fi
+"$PY" - >"$LOGS/import.log" 2>&1 <<'EOF'
+import pyimgcls  # the one hard requirement; what follows is information
+print("pyimgcls", getattr(pyimgcls, "__version__", "?"), "from", pyimgcls.__file__)
+try:
+    print("available backends:", pyimgcls.available_backends())
+    from pyimgcls._native import C
+    print("CUDA kernels compiled:", getattr(C, "cuda_compiled", None), "archs:", getattr(C, "cuda_archs", None))
+except Exception as e:
+    print("backend query failed:", type(e).__name__, e)
+EOF
+IMPORT_RC=$?
+cat "$LOGS/import.log"
+if [ "$IMPORT_RC" -ne 0 ]; then
+  echo "pyimgcls does not import: later stages will fail"
+  INSTALL_OK=0
+  FAILED=1
+fi
+
+# ---------------------------------------------------------------- tests
+TESTS_RAN=0
+stage_tests() {
+  TESTS_RAN=1
+  run_step tests 540 "$PY" -m pytest tests -q -rfEs -p no:cacheprovider --durations=15 \
+    --junitxml="$LOGS/junit-tests.xml"
+  # pytest: 0 all passed, 5 no tests collected; anything else (failures, errors, interrupt) fails
+  if [ "$STEP_RC" -ne 0 ] && [ "$STEP_RC" -ne 5 ]; then FAILED=1; fi
+  show_tail "$LOGS/tests.log" 25
+}
+
+# ---------------------------------------------------------------- sanitize
+MEMCHECK_LOG=""
+RACECHECK_LOG=""
+stage_sanitize() {
+  local reason=""
+  if ! command -v compute-sanitizer >/dev/null; then
+    reason="compute-sanitizer not found"
+  elif [ "$HAVE_GPU" -ne 1 ]; then
+    reason="no CUDA device visible"
+  else
+    # a tiny probe first: on gVisor machines the tool refuses the device ("Device not supported")
+    run_step sanitizer-probe 120 compute-sanitizer --tool memcheck "$PY" -c \
+      "import torch; torch.zeros(1, device='cuda').add_(1); torch.cuda.synchronize()"
+    if [ "$STEP_RC" -ne 0 ] || ! grep -q "ERROR SUMMARY: 0 errors" "$LOGS/sanitizer-probe.log"; then
+      reason="probe failed: $(grep -m1 -iE 'not supported|error' "$LOGS/sanitizer-probe.log" | head -c 200)"
+    fi
+  fi
+  if [ -n "$reason" ]; then
+    echo "sanitizer cannot attach here: skipped ($reason)"
+    NOTES+=("sanitizer skipped: $reason")
+    STEP_LINES+=("sanitize|-|0|skipped: $reason")
+    return
+  fi
+  local args=${PYIMGCLS_SANITIZE_ARGS:--m cuda}
+  local left=$(( BUDGET - RESERVE - SECONDS ))
+  # memcheck gets a little over half of what is left; racecheck the rest
+  local memcap=$(( left * 11 / 20 ))
+  # no caching allocator under memcheck: each tensor is its own cudaMalloc, so an access past a
+  # tensor's end lands outside any allocation and is reported
+  # shellcheck disable=SC2086  # $args is a list of pytest arguments
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 run_step memcheck "$memcap" \
+    compute-sanitizer --tool memcheck --target-processes application-only --print-limit 200 \
+    "$PY" -m pytest tests $args -q -p no:cacheprovider
+  MEMCHECK_LOG=$LOGS/memcheck.log
+  show_tail "$MEMCHECK_LOG" 6
+  # shellcheck disable=SC2086
+  run_step racecheck 600 \
+    compute-sanitizer --tool racecheck --target-processes application-only --print-limit 200 \
+    "$PY" -m pytest tests $args -q -p no:cacheprovider
+  RACECHECK_LOG=$LOGS/racecheck.log
+  show_tail "$RACECHECK_LOG" 6
+  local log
+  for log in "$MEMCHECK_LOG" "$RACECHECK_LOG"; do
+    if ! grep -q "ERROR SUMMARY" "$log"; then
+      local n
+      n=$(grep -cE '^========= +(Invalid|Error|Race|Uninitialized|Barrier|Program hit)' "$log")
+      NOTES+=("$(basename "$log" .log): no ERROR SUMMARY (cut off?); $n error reports before the end of the log")
+    fi
+  done
+}
+
+# ---------------------------------------------------------------- bench
+stage_bench() {
+  local f name
+  for f in benchmarks/bench_*.py; do
+    [ -e "$f" ] || continue
+    name=$(basename "$f" .py)
+    run_step "$name" 540 "$PY" "$f" --out "$RESULTS"
+    if [ "$STEP_RC" -ne 0 ]; then FAILED=1; fi
+    show_tail "$LOGS/$name.log" 70
+  done
+}
+
+if [ "$INSTALL_OK" -eq 1 ]; then
+  case "$STAGE" in
+    tests) stage_tests ;;
+    sanitize) stage_sanitize ;;
+    bench) stage_bench ;;
+    all) stage_tests; stage_sanitize; stage_bench ;;
+  esac
+else
+  NOTES+=("install or import failed: stage $STAGE not run")
+fi
+
+# ---------------------------------------------------------------- report
+banner "report"
+FIN_ARGS=(finalize --results-dir "$RESULTS" --write "$OUTDIR" --publish "$ROOT/benchmarks/results")
+if [ "$TESTS_RAN" -eq 1 ]; then
+  FIN_ARGS+=(--junit "$LOGS/junit-tests.xml" --pytest-log "$LOGS/tests.log")
+fi
+[ -n "$MEMCHECK_LOG" ] && FIN_ARGS+=(--memcheck-log "$MEMCHECK_LOG")
+[ -n "$RACECHECK_LOG" ] && FIN_ARGS+=(--racecheck-log "$RACECHECK_LOG")
+for n in "${NOTES[@]+"${NOTES[@]}"}"; do FIN_ARGS+=(--note "$n"); done
+# -P: do not put pyimgcls/ on sys.path (its modules could shadow the standard library); bench.py
+# is run from its file so the report works even when the package failed to build
+"$PY" -P pyimgcls/bench.py "${FIN_ARGS[@]}" 2>&1 | tee "$LOGS/finalize.log"
+RESULT_JSON=$(awk -v d="results: $OUTDIR/" 'index($0, d) == 1 { print substr($0, 10); exit }' "$LOGS/finalize.log")
+"$PY" benchmarks/make_benchmarks_md.py --output "$OUTDIR/BENCHMARKS.md" >>"$LOGS/finalize.log" 2>&1 \
+  || echo "BENCHMARKS.md generation failed (see finalize.log)"
+
+SUMMARY=$OUTDIR/summary.txt
+{
+  echo "pyimgcls GPU check: stage $STAGE, ${SECONDS}s"
+  printf '%-18s %5s %6s  %s\n' step rc seconds note
+  for line in "${STEP_LINES[@]+"${STEP_LINES[@]}"}"; do
+    IFS='|' read -r s rc took note <<<"$line"
+    printf '%-18s %5s %6s  %s\n' "$s" "$rc" "$took" "$note"
+  done
+  echo
+  if [ -n "$RESULT_JSON" ] && [ -f "$RESULT_JSON" ]; then
+    "$PY" -P pyimgcls/bench.py summary "$RESULT_JSON" 2>&1 || echo "summary table failed"
+  else
+    echo "no results JSON was written (see logs.tar.gz: finalize.log)"
+  fi
+  echo
+  if [ "$FAILED" -ne 0 ]; then echo "GPU CHECK: FAILED"; else echo "GPU CHECK: OK"; fi
+} >"$SUMMARY" 2>&1
+
+# the sanitizer counts are known only now; errors found fail the check
+if [ -n "$RESULT_JSON" ] && [ -f "$RESULT_JSON" ]; then
+  if ! "$PY" -c "import json, sys; s = json.load(open(sys.argv[1]))['sanitizer']; \
+sys.exit(1 if any(v for v in s.values()) else 0)" "$RESULT_JSON"; then
+    FAILED=1
+    sed -i 's/^GPU CHECK: OK$/GPU CHECK: FAILED (sanitizer errors)/' "$SUMMARY"
+  fi
+fi
+
+tar -czf "$OUTDIR/logs.tar.gz" -C "$WORK" logs
+rm -rf "$WORK"
+echo "files in $OUTDIR:"
+find "$OUTDIR" -maxdepth 1 -type f -printf '  %f (%s bytes)\n' | sort
+echo
+cat "$SUMMARY"
+exit "$FAILED"

@@ -1,0 +1,26 @@
+"""Output allocation for kernels. With poisoning on (tests, ``PYIMGCLS_POISON=1``), every output is
+filled with NaN (or the dtype's max for integers) before the kernel runs, so an element the kernel
+forgot to write shows up in the comparison instead of passing by luck."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+_poison = os.environ.get("PYIMGCLS_POISON", "0") == "1"
+
+
+def set_poison(on: bool) -> None:
+    global _poison
+    _poison = bool(on)
+
+
+def poisoning() -> bool:
+    return _poison
+
+
+def empty(shape, dtype: torch.dtype, device, memory_format=torch.contiguous_format) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+    if _poison:
+        out.fill_(float("nan") if out.is_floating_point() else torch.iinfo(dtype).max)
+    return out

@@ -1,0 +1,64 @@
+"""Argument checks shared by every op family. Each message names the offending argument."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ArgumentTypeError, ArgumentValueError, BackendError
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+ACTIVATIONS = (None, "relu", "relu6")
+
+
+def check_tensor(x, name: str, op: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise ArgumentTypeError(f"{op}: argument '{name}' must be a Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_float(x: torch.Tensor, name: str, op: str) -> None:
+    if x.dtype not in FLOAT_DTYPES:
+        raise ArgumentTypeError(
+            f"{op}: argument '{name}' must be a floating tensor (float32, float64, float16, bfloat16), "
+            f"got {x.dtype}")
+
+
+def check_same_dtype(ref: torch.Tensor, ref_name: str, x: torch.Tensor, name: str, op: str) -> None:
+    if x.dtype != ref.dtype:
+        raise ArgumentTypeError(
+            f"{op}: argument '{name}' has dtype {x.dtype} but '{ref_name}' has dtype {ref.dtype}; "
+            "they must match")
+
+
+def check_same_device(ref: torch.Tensor, ref_name: str, x: torch.Tensor, name: str, op: str) -> None:
+    if x.device != ref.device:
+        raise ArgumentValueError(
+            f"{op}: argument '{name}' is on {x.device} but '{ref_name}' is on {ref.device}; "
+            "expected all tensors on the same device")
+
+
+def check_dim(x: torch.Tensor, name: str, op: str, dims) -> None:
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    if x.dim() not in dims:
+        want = " or ".join(f"{d}-D" for d in dims)
+        raise ArgumentValueError(f"{op}: argument '{name}' must be {want}, got {x.dim()}-D of shape {tuple(x.shape)}")
+
+
+def check_activation(activation, op: str):
+    if activation not in ACTIVATIONS:
+        raise ArgumentValueError(f"{op}: argument 'activation' must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def check_backend_dtype(backend: str, x: torch.Tensor, name: str, op: str) -> None:
+    """Dtypes each backend computes in (DESIGN.md): CUDA kernels have no float64."""
+    if backend == "cuda" and x.dtype == torch.float64:
+        raise BackendError(f"{op}: backend 'cuda' does not take float64 (argument '{name}'); "
+                           "use float32, float16 or bfloat16, or the 'cpu' backend")
+
+
+def autocast_dtype(device_type: str):
+    """The autocast dtype if autocast is on for ``device_type``, else None (PyTorch's AMP rule:
+    conv / linear / matmul run in the autocast dtype)."""
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None

@@ -1,0 +1,179 @@
+"""GEMM family in Triton: C = act(A @ B + bias) and the epilogue backward.
+
+Forward: ``_gemm_fwd_kernel`` computes one BLOCK_M x BLOCK_N tile of C per program with ``tl.dot``
+on an fp32 accumulator (fp64 for float64 inputs), walking K in BLOCK_K steps; programs are ordered
+in groups of GROUP_M tile-rows so consecutive programs reuse the same B columns from L2. Bias and
+activation are fused on the accumulator through constexpr switches, then C is stored in the input
+dtype. A and B are read through arbitrary strides, so transposed operands (backward) cost no copy.
+fp32 operands use input_precision="ieee" (no TF32: float32 means IEEE float32).
+  FLOPs: 2*M*N*K.  Minimum bytes: (M*K + K*N + M*N) * itemsize (+ N*itemsize for the bias).
+
+Backward epilogue: ``_bias_act_bwd_kernel`` gives grad_pre = grad * act'(out) and, per column
+strip, grad_bias = sum over rows in a fixed order (deterministic, no atomics).
+  Bytes: 3*M*N*itemsize (+ N*itemsize).
+
+Test: pytest tests/test_gemm.py -k triton   Benchmark: python benchmarks/bench_gemm.py
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._config import INTERPRET, autotune_configs, cfg
+
+ACT_NONE, ACT_RELU, ACT_RELU6 = 0, 1, 2
+
+_GEMM_CONFIGS = autotune_configs(
+    [
+        cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+        cfg(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+        cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
+        cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
+        cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+        cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+        cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+        cfg(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
+        cfg(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=5),
+    ],
+    cfg(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, num_warps=4, num_stages=1),
+)
+
+
+@triton.jit
+def _apply_act(x, ACT: tl.constexpr):
+    # NaN-propagating like PyTorch: comparisons with NaN are false, so NaN falls through untouched.
+    if ACT == 1:
+        x = tl.where(x < 0, 0.0, x)
+    elif ACT == 2:
+        x = tl.where(x < 0, 0.0, tl.where(x > 6, 6.0, x))
+    return x
+
+
+@triton.autotune(configs=_GEMM_CONFIGS, key=["M", "N", "K", "IS_FP32", "ACC_FP64"])
+@triton.jit
+def _gemm_fwd_kernel(
+    a_ptr, b_ptr, bias_ptr, c_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, IS_FP32: tl.constexpr, ACC_FP64: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # 1. Grouped tile ordering: GROUP_M tile-rows share each sweep over the tile-columns.
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_in_group
+    first_m = group_id * GROUP_M
+    group_size = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + ((pid % num_in_group) % group_size)
+    pid_n = (pid % num_in_group) // group_size
+
+    # 2. Offsets in int64: tensors may exceed 2**31 elements.
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)   # [BLOCK_M]
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)   # [BLOCK_N]
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)                     # [BLOCK_K]
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak   # [BLOCK_M, BLOCK_K]
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn   # [BLOCK_K, BLOCK_N]
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+
+    # 3. Main loop: fp32 (fp64) accumulator; out-of-range K and rows/cols load as 0.
+    if ACC_FP64:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_left = K - k0
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
+        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
+        if UPCAST_DOT:
+            # Interpreter only: numpy has no bfloat16, so its tl.dot misreads bf16 operands. The
+            # values are exact in fp32, so the product matches a bf16 x bf16 -> fp32 tensor-core dot.
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if ACC_FP64:
+            acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float64)
+        elif IS_FP32:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b, acc)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    # 4. Epilogue on the accumulator: + bias[n], activation, cast to the output dtype.
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(acc.dtype)
+        acc += bias[None, :]
+    acc = _apply_act(acc, ACT)
+    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _bias_act_bwd_kernel(
+    grad_ptr, out_ptr, grad_pre_ptr, grad_bias_ptr,
+    M, N,
+    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_FP64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # One program per BLOCK_N-column strip of the contiguous [M, N] grad; it walks every row block
+    # in order, so the bias sum has a fixed order (deterministic across runs).
+    pid = tl.program_id(0)
+    offs_n = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    if ACC_FP64:
+        col_sum = tl.zeros((BLOCK_N,), dtype=tl.float64)
+    else:
+        col_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
+        mask = (offs_m[:, None] < M) & mask_n[None, :]
+        idx = offs_m[:, None] * N + offs_n[None, :]
+        g = tl.load(grad_ptr + idx, mask=mask, other=0.0).to(col_sum.dtype)
+        if ACT != 0:
+            y = tl.load(out_ptr + idx, mask=mask, other=0.0).to(col_sum.dtype)
+            if ACT == 1:
+                keep = y > 0
+            else:
+                keep = (y > 0) & (y < 6)
+            g = tl.where(keep, g, 0.0)
+            tl.store(grad_pre_ptr + idx, g.to(grad_pre_ptr.dtype.element_ty), mask=mask)
+        if HAS_BIAS:
+            col_sum += tl.sum(g, axis=0)
+    if HAS_BIAS:
+        tl.store(grad_bias_ptr + offs_n, col_sum.to(grad_bias_ptr.dtype.element_ty), mask=mask_n)
+
+
+def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, act: int, out: torch.Tensor) -> torch.Tensor:
+    """out[M, N] = act(a[M, K] @ b[K, N] + bias[N]); any strides for a and b."""
+    M, K = a.shape
+    N = b.shape[1]
+    if M == 0 or N == 0:
+        return out
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+    _gemm_fwd_kernel[grid](
+        a, b, bias if bias is not None else out, out,
+        M, N, K,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+        HAS_BIAS=bias is not None, ACT=act,
+        IS_FP32=a.dtype == torch.float32, ACC_FP64=a.dtype == torch.float64,
+        UPCAST_DOT=INTERPRET and a.dtype == torch.bfloat16,
+    )
+    return out
+
+
+def bias_act_bwd(grad: torch.Tensor, out: torch.Tensor | None, act: int,
+                 grad_pre: torch.Tensor, grad_bias: torch.Tensor | None) -> None:
+    """grad_pre = grad * act'(out); grad_bias = grad_pre.sum(0). grad, out: contiguous [M, N]."""
+    M, N = grad.shape
+    if N == 0:
+        return
+    block_n = 32
+    _bias_act_bwd_kernel[(triton.cdiv(N, block_n),)](
+        grad, out if out is not None else grad, grad_pre, grad_bias if grad_bias is not None else grad,
+        M, N, ACT=act, HAS_BIAS=grad_bias is not None, ACC_FP64=grad.dtype == torch.float64,
+        BLOCK_M=64, BLOCK_N=block_n,
+    )
