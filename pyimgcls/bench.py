@@ -284,7 +284,12 @@ def device_name(device="auto") -> str:
     import torch
     if _resolve_device(device) == "cuda":
         return torch.cuda.get_device_name()
-    return f"CPU {platform.processor() or platform.machine()}".strip()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"CPU {model or platform.processor() or platform.machine()}"
 
 
 def gpu_slug(name: str) -> str:
@@ -574,6 +579,24 @@ def run_cpu_gemm_bench(sizes: Sequence[int] = (256, 512, 1024), *, dtype=None,
                                        "torch GFLOP/s", "torch/ours", "rel err"],
                        disable_numparse=True), flush=True)
     return rows
+
+
+def main_cli(args) -> int:
+    """``pyimgcls bench [--out DIR] [--quick]``: the GPU GEMM benchmark when a GPU is visible (from a
+    source checkout, where ``benchmarks/bench_gemm.py`` lives), else the quick CPU comparison."""
+    import torch
+
+    if torch.cuda.is_available():
+        script = os.path.join(REPO_ROOT, "benchmarks", "bench_gemm.py")
+        if not os.path.exists(script):
+            print(f"GPU benchmark script not found at {script}: run it from a source checkout")
+            return 1
+        import runpy
+        argv = (["--out", args.out] if getattr(args, "out", None) else []) + (
+            ["--quick"] if getattr(args, "quick", False) else [])
+        return runpy.run_path(script)["main"](argv)
+    run_cpu_gemm_bench((256, 512) if getattr(args, "quick", False) else (256, 512, 1024))
+    return 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -319,8 +319,8 @@ Kernel<T> select_kernel(Isa isa) {
   constexpr bool f32 = sizeof(T) == 4;
 #ifdef PYIMGCLS_X86
   if (isa == Isa::Avx512)
-    return f32 ? Kernel<T>{ukr_avx512<T, 12>, 12, 32, 256, 144, 4096, isa}
-               : Kernel<T>{ukr_avx512<T, 12>, 12, 16, 256, 144, 2048, isa};
+    return f32 ? Kernel<T>{ukr_avx512<T, 14>, 14, 32, 256, 140, 4096, isa}
+               : Kernel<T>{ukr_avx512<T, 14>, 14, 16, 256, 140, 2048, isa};
   if (isa == Isa::Avx2)
     return f32 ? Kernel<T>{ukr_avx2<T, 6>, 6, 16, 256, 144, 4096, isa}
                : Kernel<T>{ukr_avx2<T, 6>, 6, 8, 256, 96, 2048, isa};
