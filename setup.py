@@ -118,7 +118,8 @@ class BuildExt(build_ext):
 
 ext = Pybind11Extension(
     "pyimgcls._C",
-    sources=_rel(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))) + ["csrc/bindings.cpp"],
+    sources=_rel(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
+                 + glob.glob(os.path.join(ROOT, "csrc", "bindings", "*.cpp"))),
     include_dirs=[os.path.join(ROOT, "csrc")],
     extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno"],
     extra_link_args=["-fopenmp"],

@@ -529,7 +529,11 @@ void gemm_t(Isa isa, const T* a, int64_t sam, int64_t sak, const T* b, int64_t s
       for (int64_t n = 0; n < N; ++n) c[m * scm + n * scn] = act_scalar(bias ? bias[n] : T(0), act);
     return;
   }
-  gemm_packed(select_kernel<T>(isa), a, sam, sak, b, sbk, sbn, bias, c, scm, scn, M, N, K, act);
+  Kernel<T> kr = select_kernel<T>(isa);
+  if (getenv("GT_KC")) kr.kc = atoi(getenv("GT_KC"));
+  if (getenv("GT_MC")) kr.mc = atoi(getenv("GT_MC"));
+  if (getenv("GT_NC")) kr.nc = atoi(getenv("GT_NC"));
+  gemm_packed(kr, a, sam, sak, b, sbk, sbn, bias, c, scm, scn, M, N, K, act);
 }
 
 // ---------------------------------------------------------------------------------------------

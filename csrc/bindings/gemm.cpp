@@ -1,46 +1,13 @@
-// pyimgcls._C: the torch-free native module. Launchers take raw data pointers (Python ints from
-// tensor.data_ptr()), sizes, strides in elements, a dtype code (csrc/common.h) and, for CUDA, the
-// device index and stream handle as integers. Nothing here includes or links PyTorch.
-#include <pybind11/pybind11.h>
-#include <cstdint>
-#include <string>
-
-#include "common.h"
-#include "cpu/gemm.h"
+// GEMM family launchers: C = act(A @ B + bias) and the epilogue backward.
+#include "bind.h"
+#include "../cpu/gemm.h"
 #ifdef PYIMGCLS_WITH_CUDA
-#include "cuda/gemm.h"
-namespace pyimgcls::cuda {
-int device_count();
-std::string device_name(int device);
-int runtime_version();
-}  // namespace pyimgcls::cuda
+#include "../cuda/gemm.h"
 #endif
 
-namespace py = pybind11;
-using namespace pyimgcls;
+namespace pyimgcls::bind {
 
-namespace {
-inline const void* cptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
-inline void* mptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
-
-void check_cpu_dtype(DType dt) {
-  if (dt != DType::Float32 && dt != DType::Float64)
-    throw std::invalid_argument(std::string("CPU kernels take float32 or float64, got ") + dtype_name(dt));
-}
-}  // namespace
-
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "pyimgcls native kernels (torch-free)";
-
-#ifdef PYIMGCLS_WITH_CUDA
-  m.attr("cuda_compiled") = true;
-  m.attr("cuda_archs") = std::string(PYIMGCLS_CUDA_ARCHS_STR);
-#else
-  m.attr("cuda_compiled") = false;
-  m.attr("cuda_archs") = std::string("");
-#endif
-
-  // ---------------- CPU: GEMM family ----------------
+void bind_gemm(py::module_& m) {
   m.def("gemm_isa", &cpu::gemm_isa, "instruction set the CPU GEMM micro-kernel uses here");
   m.def(
       "gemm_cpu",
@@ -65,21 +32,15 @@ PYBIND11_MODULE(_C, m) {
         cpu::bias_act_bwd(d, cptr(grad), cptr(out), mptr(grad_pre), mptr(grad_bias), M, N, ac);
       },
       "epilogue backward on CPU: activation mask and bias gradient");
-
 #ifdef PYIMGCLS_WITH_CUDA
-  // ---------------- CUDA: device queries ----------------
-  m.def("cuda_device_count", &cuda::device_count);
-  m.def("cuda_device_name", &cuda::device_name);
-  m.def("cuda_runtime_version", &cuda::runtime_version);
-
-  // ---------------- CUDA: GEMM family ----------------
   m.def(
       "gemm_cuda",
       [](int dt, uintptr_t a, int64_t sam, int64_t sak, uintptr_t b, int64_t sbk, int64_t sbn,
          uintptr_t bias, uintptr_t c, int64_t ldc, int64_t M, int64_t N, int64_t K, int act,
          int device, uintptr_t stream) {
         DType d = to_dtype(dt);
-        if (d == DType::Float64) throw std::invalid_argument("CUDA GEMM takes float32, float16 or bfloat16, got float64");
+        if (d == DType::Float64)
+          throw std::invalid_argument("CUDA GEMM takes float32, float16 or bfloat16, got float64");
         Act ac = to_act(act);
         py::gil_scoped_release nogil;
         cuda::gemm(d, cptr(a), sam, sak, cptr(b), sbk, sbn, cptr(bias), mptr(c), ldc, M, N, K, ac, device, stream);
@@ -90,6 +51,8 @@ PYBIND11_MODULE(_C, m) {
       [](int dt, uintptr_t grad, uintptr_t out, uintptr_t grad_pre, uintptr_t grad_bias, int64_t M,
          int64_t N, int act, int device, uintptr_t stream) {
         DType d = to_dtype(dt);
+        if (d == DType::Float64)
+          throw std::invalid_argument("CUDA kernels take float32, float16 or bfloat16, got float64");
         Act ac = to_act(act);
         py::gil_scoped_release nogil;
         cuda::bias_act_bwd(d, cptr(grad), cptr(out), mptr(grad_pre), mptr(grad_bias), M, N, ac, device, stream);
@@ -97,3 +60,5 @@ PYBIND11_MODULE(_C, m) {
       "epilogue backward on CUDA");
 #endif
 }
+
+}  // namespace pyimgcls::bind

@@ -1,0 +1,11 @@
+// pyimgcls._C: the torch-free native module. Launchers take raw data pointers (Python ints from
+// tensor.data_ptr()), sizes, strides in elements, a dtype code (csrc/common.h) and, for CUDA, the
+// device index and stream handle as integers. Nothing here includes or links PyTorch.
+// Each op family binds its launchers in csrc/bindings/<family>.cpp.
+#include "bind.h"
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pyimgcls native kernels (torch-free)";
+  pyimgcls::bind::bind_runtime(m);
+  pyimgcls::bind::bind_gemm(m);
+}

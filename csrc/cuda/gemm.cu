@@ -1,0 +1,933 @@
+// CUDA GEMM family: C = act(A @ B + bias) and the backward of its epilogue.
+//
+// What it computes
+//   gemm:         C[m, n] = act(sum_k A[m, k] * B[k, n] + bias[n]),   act in {none, relu, relu6},
+//                 A [M, K] and B [K, N] in float32 / float16 / bfloat16 with any strides, fp32
+//                 accumulation, C [M, N] row-major (leading dimension ldc) in the input dtype.
+//   bias_act_bwd: grad_pre[m, n] = act'(out[m, n]) ? grad[m, n] : 0,   grad_bias[n] = sum_m grad_pre[m, n].
+//
+// Algorithm
+//   float16 / bfloat16, both operands row- or column-major with 16-byte aligned rows
+//     (gemm_fwd_kernel): tensor cores through mma.sync.m16n8k16 (fp32 accumulators). A CTA owns a
+//     BM x BN tile of C and walks K in BK = 32 slices. Each slice of A and B is brought into shared
+//     memory by 16-byte cp.async copies (zero-filled past the matrix edge through the src-size
+//     operand) into a STAGES-deep ring, so STAGES - 1 slices are in flight while one is multiplied.
+//     Shared tiles are XOR-swizzled in 16-byte chunks, so both the cp.async stores and the ldmatrix
+//     reads (.trans for the operand whose K is the strided dimension) are free of bank conflicts.
+//     The epilogue adds bias and applies the activation on the fp32 accumulators, rounds to the
+//     dtype, stages the tile through shared memory and writes it with coalesced 16-byte stores.
+//     Three tile configurations (128x128 with 8 warps, 64x128 and 64x64 with 4 warps) are chosen
+//     by how many CTAs the problem yields, so small-M classifier GEMMs still fill the SMs; CTAs are
+//     rasterised in groups of 8 tile-rows for L2 reuse of B.
+//   float32, and the 16-bit dtypes with misaligned or fully strided operands
+//     (gemm_simt_fwd_kernel): SIMT FFMA in IEEE fp32 (no TF32). 128x128 (or 64x64) CTA tile,
+//     BK = 8, each thread an 8x8 register micro-tile; operands go through registers into
+//     double-buffered shared memory (4-wide vector loads where aligned, bounds-checked scalar loads
+//     otherwise).
+//   bias_act_bwd (bias_act_bwd_kernel): one CTA per strip of SW columns walks all M rows; every
+//     column is summed by 32 * 32 / SW threads in a fixed row order, then reduced by a fixed-shape
+//     tree in shared memory. No atomics: bitwise reproducible.
+//
+// Cost
+//   gemm:         FLOPs = 2 * M * N * K;  minimum bytes = (M*K + K*N + M*N + N) * sizeof(dtype).
+//   bias_act_bwd: FLOPs ~ 2 * M * N;      minimum bytes = (3*M*N + N) * sizeof(dtype) (2*M*N for none).
+//
+// Test and benchmark
+//   pytest tests/test_gemm.py -m cuda
+//   python benchmarks/bench_gemm.py
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "gemm.h"
+#include "runtime.h"
+
+namespace pyimgcls::cuda {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Element types: conversion to and from the fp32 compute type.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+struct Elem;
+
+template <>
+struct Elem<float> {
+  static __device__ __forceinline__ float to_float(float v) { return v; }
+  static __device__ __forceinline__ float from_float(float v) { return v; }
+};
+
+template <>
+struct Elem<__half> {
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+  static __device__ __forceinline__ uint32_t bits(float v) { return __half_as_ushort(__float2half_rn(v)); }
+};
+
+template <>
+struct Elem<__nv_bfloat16> {
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+  static __device__ __forceinline__ uint32_t bits(float v) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  }
+};
+
+// Epilogue activation on the fp32 value. Written with `v < 0` tests so that NaN propagates as in
+// PyTorch (relu(NaN) = NaN, relu6(NaN) = NaN); fminf/fmaxf would silently drop it.
+__device__ __forceinline__ float apply_act(float v, int act) {
+  if (act == static_cast<int>(Act::ReLU)) return v < 0.f ? 0.f : v;
+  if (act == static_cast<int>(Act::ReLU6)) return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
+  return v;
+}
+
+// Number of elements of a run of `len` starting at `start` that lie below `end`, clamped to [0, len].
+__device__ __forceinline__ int clamp_count(int64_t end, int64_t start, int len) {
+  const int64_t r = end - start;
+  return r <= 0 ? 0 : (r >= len ? len : static_cast<int>(r));
+}
+
+// Kernel arguments (passed by value). Strides are in elements.
+template <typename T>
+struct GemmParams {
+  const T* a;
+  const T* b;
+  const T* bias;  // may be null
+  T* c;
+  int64_t sam, sak;  // A[m, k] = a[m*sam + k*sak]
+  int64_t sbk, sbn;  // B[k, n] = b[k*sbk + n*sbn]
+  int64_t ldc;       // C[m, n] = c[m*ldc + n]
+  int64_t M, N, K;
+  int act;
+  bool a_vec, b_vec, c_vec;  // SIMT path: 4-wide vector access is legal along the unit stride
+};
+
+// ---------------------------------------------------------------------------------------------
+// PTX wrappers (sm_80+): async copies, warp-wide matrix loads and the tensor-core MMA.
+// ---------------------------------------------------------------------------------------------
+namespace ptx {
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global -> shared copy that reads only `src_bytes` (0..16) bytes and zero-fills the rest;
+// with src_bytes == 0 nothing is read, which is how out-of-range chunks become zeros.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+// Wait until at most N of this thread's most recent cp.async groups are still pending.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, and lane l receives
+// row l/4, columns 2*(l%4) and 2*(l%4)+1 of matrix i in r[i] (lower column in the low half).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+// As ldmatrix_x4 but transposed: lane l receives rows 2*(l%4) and 2*(l%4)+1 of column l/4.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+// D[16x8] += A[16x16] * B[16x8], fp32 accumulators. Fragments (g = lane/4, t = lane%4):
+//   a[0]: A[g][2t..2t+1]   a[1]: A[g+8][2t..2t+1]   a[2]: A[g][2t+8..2t+9]   a[3]: A[g+8][2t+8..2t+9]
+//   b[0]: B[2t..2t+1][g]   b[1]: B[2t+8..2t+9][g]
+//   d[0..1]: D[g][2t..2t+1]   d[2..3]: D[g+8][2t..2t+1]
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if constexpr (std::is_same<T, __half>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+}
+
+}  // namespace ptx
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core GEMM (float16 / bfloat16)
+// ---------------------------------------------------------------------------------------------
+template <int BM_, int BN_, int WARPS_M_, int WARPS_N_, int STAGES_, int MIN_BLOCKS_>
+struct TcConfig {
+  static constexpr int BM = BM_, BN = BN_, BK = 32;
+  static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_, STAGES = STAGES_;
+  static constexpr int MIN_BLOCKS = MIN_BLOCKS_;
+  static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
+  static constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
+  static constexpr int MT = WTM / 16, NT = WTN / 8;             // m16n8 MMA tiles per warp
+  static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2;
+  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+  static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
+  static constexpr int C_LD = BN + 8;  // staging row pitch (elements): +16 B keeps the fragment
+                                       // writes of 8 rows x 4 threads on 32 distinct banks
+  static constexpr int C_BYTES = BM * C_LD * 2;
+  static constexpr int SMEM_BYTES = PIPE_BYTES > C_BYTES ? PIPE_BYTES : C_BYTES;
+  static_assert(BM % (16 * WARPS_M) == 0 && BN % (16 * WARPS_N) == 0, "warp tile must be 16-aligned");
+  static_assert(NT % 2 == 0, "B fragments are loaded two n8 tiles at a time");
+  static_assert((BM * BK / 8) % THREADS == 0 && (BN * BK / 8) % THREADS == 0, "copy split");
+  static_assert((BM * BN / 8) % THREADS == 0, "epilogue split");
+  static_assert(BM % 32 == 0 && BN % 32 == 0 && STAGES >= 2, "tile shape");
+};
+
+// 128x128x32, 8 warps as 2 (M) x 4 (N), warp tile 64x32 (4 x 4 MMA tiles, 64 fp32 accumulators
+// per thread), 4 stages = 64 KB of shared memory; two CTAs per SM.
+using TcLarge = TcConfig<128, 128, 2, 4, 4, 2>;
+// 64x128x32, 4 warps as 2 x 2, warp tile 32x64 (2 x 8 MMA tiles), 4 stages = 48 KB.
+using TcMedium = TcConfig<64, 128, 2, 2, 4, 4>;
+// 64x64x32, 4 warps as 2 x 2, warp tile 32x32 (2 x 4 MMA tiles), 4 stages = 32 KB.
+using TcSmall = TcConfig<64, 64, 2, 2, 4, 4>;
+
+// Byte offset of 16-byte chunk `ch` of row `row` in a shared tile whose rows are CH chunks long.
+// Chunks are XOR-swizzled inside each 128-byte line (8 chunks = all 32 banks), chosen so that the
+// 8 rows an ldmatrix phase reads at one chunk column, and the 8 consecutive chunks a quarter-warp
+// writes with cp.async, each land on 8 distinct bank groups.
+template <int CH>
+__device__ __forceinline__ uint32_t swz(int row, int ch) {
+  if constexpr (CH == 4) {
+    // 64-byte rows: rows 2i and 2i+1 share line i; XOR the 3-bit in-line index with the line.
+    const int line = row >> 1;
+    const int w = ((row & 1) << 2) | ch;
+    return static_cast<uint32_t>((line * 8 + (w ^ (line & 7))) * 16);
+  } else {
+    static_assert(CH % 8 == 0, "rows must be 64 bytes or a multiple of 128 bytes");
+    return static_cast<uint32_t>((row * CH + (ch ^ (row & 7))) * 16);
+  }
+}
+
+// Issue the cp.async copies of one BK-slice of an operand into shared memory.
+//   K_CONTIG (K is the unit-stride dimension): the shared tile is [R][BK]  (R rows of 4 chunks),
+//     element (o, k) = g[o*ld + k].
+//   otherwise (the M or N dimension is unit-stride): the shared tile is [BK][R] (BK rows of R/8
+//     chunks), element (o, k) = g[k*ld + o].
+// `o` is the M index for A and the N index for B; outer0 is the tile's first o.
+template <typename T, int THREADS, int R, bool K_CONTIG>
+__device__ __forceinline__ void load_tile_async(uint32_t s_tile, const T* __restrict__ g, int64_t ld,
+                                                int64_t outer0, int64_t outer_size, int64_t k0, int64_t K,
+                                                int tid) {
+  constexpr int BK = 32;
+  constexpr int CHUNKS = R * BK / 8;
+#pragma unroll
+  for (int it = 0; it < CHUNKS / THREADS; ++it) {
+    const int c = tid + it * THREADS;
+    uint32_t dst;
+    int valid;  // elements of this 8-element chunk inside the matrix
+    int64_t off;
+    if constexpr (K_CONTIG) {
+      const int row = c >> 2, ch = c & 3;
+      const int64_t o = outer0 + row, k = k0 + ch * 8;
+      valid = o < outer_size ? clamp_count(K, k, 8) : 0;
+      off = o * ld + k;
+      dst = s_tile + swz<4>(row, ch);
+    } else {
+      constexpr int CH = R / 8;
+      const int row = c / CH, ch = c % CH;
+      const int64_t k = k0 + row, o = outer0 + ch * 8;
+      valid = k < K ? clamp_count(outer_size, o, 8) : 0;
+      off = k * ld + o;
+      dst = s_tile + swz<CH>(row, ch);
+    }
+    // Out-of-range chunks read nothing (src_bytes = 0); point them at the matrix base anyway so
+    // no out-of-bounds address is ever formed.
+    ptx::cp_async_16(dst, valid > 0 ? static_cast<const void*>(g + off) : static_cast<const void*>(g),
+                     valid * static_cast<int>(sizeof(T)));
+  }
+}
+
+// C tile = act(A tile @ B tile + bias), tensor cores. A_KC: A is row-major (sak == 1, lda = sam);
+// otherwise column-major (sam == 1, lda = sak). B_KC: B is column-major (sbk == 1, ldb = sbn,
+// e.g. nn.Linear's weight [N, K] viewed as B = W^T); otherwise row-major (sbn == 1, ldb = sbk).
+// Host guarantees: 16-byte aligned a and b, lda and ldb multiples of 8 elements.
+template <typename T, typename Cfg, bool A_KC, bool B_KC>
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel(const GemmParams<T> p) {
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, STAGES = Cfg::STAGES;
+  constexpr int THREADS = Cfg::THREADS, MT = Cfg::MT, NT = Cfg::NT;
+  extern __shared__ __align__(128) unsigned char smem[];
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5;
+  const int wm0 = (warp / Cfg::WARPS_N) * Cfg::WTM;  // warp tile origin inside the CTA tile
+  const int wn0 = (warp % Cfg::WARPS_N) * Cfg::WTN;
+
+  // 1. CTA tile coordinates, grouped rasterisation: consecutive CTAs sweep a band of GROUP
+  //    tile-rows column by column, so the band's A rows and each B column tile are reused from L2.
+  constexpr int GROUP = 8;
+  const int tiles_m = static_cast<int>((p.M + BM - 1) / BM);
+  const int tiles_n = static_cast<int>((p.N + BN - 1) / BN);
+  const int pid = blockIdx.x;
+  const int per_group = GROUP * tiles_n;
+  const int first_tm = (pid / per_group) * GROUP;
+  const int group_rows = min(tiles_m - first_tm, GROUP);
+  const int tm = first_tm + (pid % per_group) % group_rows;
+  const int tn = (pid % per_group) / group_rows;
+  const int64_t m0 = static_cast<int64_t>(tm) * BM;
+  const int64_t n0 = static_cast<int64_t>(tn) * BN;
+
+  const int64_t lda = A_KC ? p.sam : p.sak;
+  const int64_t ldb = B_KC ? p.sbn : p.sbk;
+  const uint32_t s_base = ptx::smem_addr(smem);
+  const int k_tiles = static_cast<int>((p.K + BK - 1) / BK);
+
+  auto load_stage = [&](int stage, int kt) {
+    const uint32_t s_a = s_base + stage * Cfg::STAGE_BYTES;
+    const int64_t k0 = static_cast<int64_t>(kt) * BK;
+    load_tile_async<T, THREADS, BM, A_KC>(s_a, p.a, lda, m0, p.M, k0, p.K, tid);
+    load_tile_async<T, THREADS, BN, B_KC>(s_a + Cfg::A_BYTES, p.b, ldb, n0, p.N, k0, p.K, tid);
+  };
+
+  // acc[i][j]: the m16n8 tile (wm0 + 16i, wn0 + 8j) of this warp, in the C/D fragment layout.
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+
+  // 2. Prologue: put the first STAGES-1 K-slices in flight. One commit per slot even when the slice
+  //    does not exist (K small), so that group i always holds slice i and wait_group counts work.
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < k_tiles) load_stage(s, s);
+    ptx::cp_async_commit();
+  }
+
+  // 3. Main loop over K-slices. Before iteration kt, STAGES-1+kt groups were committed; waiting
+  //    until at most STAGES-2 are pending means groups 0..kt (so slice kt) have landed for this
+  //    thread, and the barrier makes every thread's copies visible to the whole CTA. The barrier
+  //    also proves all warps finished slice kt-1, whose slot ((kt-1) % STAGES) is refilled next.
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    ptx::cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    const int next = kt + STAGES - 1;
+    if (next < k_tiles) load_stage(next % STAGES, next);
+    ptx::cp_async_commit();
+
+    const uint32_t s_a = s_base + (kt % STAGES) * Cfg::STAGE_BYTES;
+    const uint32_t s_b = s_a + Cfg::A_BYTES;
+#pragma unroll
+    for (int ks = 0; ks < BK / 16; ++ks) {
+      // 3a. A fragments: one ldmatrix.x4 per m16k16 tile. Matrices 0..3 = (rows 0-7, k 0-7),
+      //     (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15) = a[0..3].
+      uint32_t af[MT][4];
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        if constexpr (A_KC) {
+          // [BM][BK] tile: lane l addresses row (l % 16), k-chunk (l / 16) of the tile.
+          const int row = wm0 + i * 16 + (lane & 15);
+          ptx::ldmatrix_x4(af[i], s_a + swz<4>(row, ks * 2 + (lane >> 4)));
+        } else {
+          // [BK][BM] tile (m contiguous): stored rows are k, so load transposed; lane l addresses
+          // k = (l % 8) + 8 * (l / 16) at m-chunk (l / 8) % 2.
+          const int krow = ks * 16 + (lane & 7) + ((lane >> 4) << 3);
+          const int m = wm0 + i * 16 + (((lane >> 3) & 1) << 3);
+          ptx::ldmatrix_x4_trans(af[i], s_a + swz<BM / 8>(krow, m >> 3));
+        }
+      }
+      // 3b. B fragments: one ldmatrix.x4 per pair of n8 tiles. Matrices 0..3 = (n 0-7, k 0-7),
+      //     (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15) = b[2jp][0], b[2jp][1],
+      //     b[2jp+1][0], b[2jp+1][1].
+      uint32_t bf[NT][2];
+#pragma unroll
+      for (int jp = 0; jp < NT / 2; ++jp) {
+        uint32_t r[4];
+        if constexpr (B_KC) {
+          // [BN][BK] tile (k contiguous): stored rows are n, the b fragment is a plain load; lane l
+          // addresses n = (l % 8) + 8 * (l / 16) at k-chunk (l / 8) % 2.
+          const int n = wn0 + jp * 16 + (lane & 7) + ((lane >> 4) << 3);
+          ptx::ldmatrix_x4(r, s_b + swz<4>(n, ks * 2 + ((lane >> 3) & 1)));
+        } else {
+          // [BK][BN] tile (n contiguous): stored rows are k, load transposed; lane l addresses
+          // k = (l % 8) + 8 * ((l / 8) % 2) at n-chunk l / 16.
+          const int krow = ks * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+          const int n = wn0 + jp * 16 + ((lane >> 4) << 3);
+          ptx::ldmatrix_x4_trans(r, s_b + swz<BN / 8>(krow, n >> 3));
+        }
+        bf[2 * jp][0] = r[0];
+        bf[2 * jp][1] = r[1];
+        bf[2 * jp + 1][0] = r[2];
+        bf[2 * jp + 1][1] = r[3];
+      }
+      // 3c. MT x NT tensor-core MMAs.
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) ptx::mma_16816<T>(acc[i][j], af[i], bf[j]);
+    }
+  }
+
+  // 4. Epilogue. Drain the (empty) trailing groups and make sure no warp still reads the ring
+  //    before it is reused as the [BM][C_LD] staging tile.
+  ptx::cp_async_wait<0>();
+  __syncthreads();
+
+  // 4a. bias + activation on the fp32 accumulators, rounded once to T, into the staging tile.
+  //     Thread (g, t) of a warp holds columns 2t, 2t+1 of rows g and g+8 of every m16n8 tile.
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int col = wn0 + j * 8 + 2 * t;
+    const int64_t gcol = n0 + col;
+    float b0 = 0.f, b1 = 0.f;
+    if (p.bias != nullptr) {
+      if (gcol < p.N) b0 = Elem<T>::to_float(p.bias[gcol]);
+      if (gcol + 1 < p.N) b1 = Elem<T>::to_float(p.bias[gcol + 1]);
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      const int row = wm0 + i * 16 + g;
+      const uint32_t lo = Elem<T>::bits(apply_act(acc[i][j][0] + b0, p.act)) |
+                          (Elem<T>::bits(apply_act(acc[i][j][1] + b1, p.act)) << 16);
+      const uint32_t hi = Elem<T>::bits(apply_act(acc[i][j][2] + b0, p.act)) |
+                          (Elem<T>::bits(apply_act(acc[i][j][3] + b1, p.act)) << 16);
+      *reinterpret_cast<uint32_t*>(smem + (row * Cfg::C_LD + col) * 2) = lo;
+      *reinterpret_cast<uint32_t*>(smem + ((row + 8) * Cfg::C_LD + col) * 2) = hi;
+    }
+  }
+  // Why: the copy-out below reads rows written by other warps.
+  __syncthreads();
+
+  // 4b. Coalesced copy-out: each thread moves 8-element (16-byte) row chunks; 16-byte stores where
+  //     C is aligned and the chunk is inside N, element-wise guarded stores on the edges.
+  constexpr int CPR = BN / 8;  // chunks per tile row
+#pragma unroll
+  for (int it = 0; it < BM * CPR / THREADS; ++it) {
+    const int c = tid + it * THREADS;
+    const int row = c / CPR, cc = c % CPR;
+    const int64_t grow = m0 + row, gcol = n0 + cc * 8;
+    if (grow < p.M && gcol < p.N) {
+      const uint4 v = *reinterpret_cast<const uint4*>(smem + (row * Cfg::C_LD + cc * 8) * 2);
+      T* dst = p.c + grow * p.ldc + gcol;
+      if (p.c_vec && gcol + 8 <= p.N) {
+        *reinterpret_cast<uint4*>(dst) = v;
+      } else {
+        const T* e = reinterpret_cast<const T*>(&v);
+        const int n_valid = clamp_count(p.N, gcol, 8);
+        for (int q = 0; q < n_valid; ++q) dst[q] = e[q];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIMT GEMM (IEEE fp32 FFMA): float32 everywhere, and the generic path for 16-bit dtypes.
+// ---------------------------------------------------------------------------------------------
+template <int BM_, int BN_>
+struct SimtConfig {
+  static constexpr int BM = BM_, BN = BN_, BK = 8;
+  static constexpr int TX = BN / 8, TY = BM / 8;  // thread grid; each thread owns 8 x 8 outputs
+  static constexpr int THREADS = TX * TY;
+  static constexpr int AS_LD = BM + 4, BS_LD = BN + 4;  // +4 floats: the transposing scalar
+                                                        // stores of a warp hit 32 distinct banks
+  static constexpr int A_VECS = BM * BK / 4 / THREADS;  // 4-element loads per thread per slice
+  static constexpr int B_VECS = BN * BK / 4 / THREADS;
+  static_assert(A_VECS >= 1 && B_VECS >= 1 && (BM * BK / 4) % THREADS == 0 && (BN * BK / 4) % THREADS == 0,
+                "copy split");
+};
+
+// 128x128x8, 256 threads, 8x8 outputs per thread (two 4x4 quadrants 64 rows / 64 columns apart,
+// so the float4 shared reads of a warp are broadcast or contiguous); 2 x 8.25 KB shared memory.
+using SimtLarge = SimtConfig<128, 128>;
+// 64x64x8, 64 threads, same micro-tile; for problems too small to fill the SMs with 128x128.
+using SimtSmall = SimtConfig<64, 64>;
+
+// 4 elements g[off + e*stride] (e < cnt valid, the rest 0) as fp32; one vector load when allowed.
+template <typename T>
+__device__ __forceinline__ float4 load4(const T* __restrict__ g, int64_t off, int64_t stride, int cnt, bool vec) {
+  float v[4] = {0.f, 0.f, 0.f, 0.f};
+  if (vec && cnt == 4) {
+    if constexpr (sizeof(T) == 4) {
+      const float4 q = *reinterpret_cast<const float4*>(g + off);
+      return q;
+    } else {
+      const uint2 q = *reinterpret_cast<const uint2*>(g + off);
+      const T* e = reinterpret_cast<const T*>(&q);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) v[i] = Elem<T>::to_float(e[i]);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      if (i < cnt) v[i] = Elem<T>::to_float(g[off + i * stride]);
+  }
+  return make_float4(v[0], v[1], v[2], v[3]);
+}
+
+// Global -> registers for one BK = 8 slice of an operand (R = BM for A, BN for B; `o` = m or n).
+//   KC: 4 consecutive k of one o per load (K is the unit-stride dimension or the cheaper one).
+//   otherwise: 4 consecutive o of one k per load.
+template <typename T, int THREADS, int R, int NV, bool KC>
+__device__ __forceinline__ void simt_load(float4 (&r)[NV], const T* __restrict__ g, int64_t s_o, int64_t s_k,
+                                          int64_t o0, int64_t o_size, int64_t k0, int64_t K, bool vec,
+                                          int tid) {
+#pragma unroll
+  for (int v = 0; v < NV; ++v) {
+    const int c = tid + v * THREADS;
+    if constexpr (KC) {
+      const int64_t o = o0 + (c >> 1), k = k0 + (c & 1) * 4;
+      const int cnt = o < o_size ? clamp_count(K, k, 4) : 0;
+      r[v] = load4(g, cnt > 0 ? o * s_o + k * s_k : 0, s_k, cnt, vec);
+    } else {
+      const int64_t k = k0 + c / (R / 4), o = o0 + (c % (R / 4)) * 4;
+      const int cnt = k < K ? clamp_count(o_size, o, 4) : 0;
+      r[v] = load4(g, cnt > 0 ? k * s_k + o * s_o : 0, s_o, cnt, vec);
+    }
+  }
+}
+
+// Registers -> shared [BK][LD] tile (k-major, o contiguous), same thread mapping as simt_load.
+template <int THREADS, int R, int LD, int NV, bool KC>
+__device__ __forceinline__ void simt_store(float* s, const float4 (&r)[NV], int tid) {
+#pragma unroll
+  for (int v = 0; v < NV; ++v) {
+    const int c = tid + v * THREADS;
+    if constexpr (KC) {
+      const int o = c >> 1, k = (c & 1) * 4;
+      s[(k + 0) * LD + o] = r[v].x;
+      s[(k + 1) * LD + o] = r[v].y;
+      s[(k + 2) * LD + o] = r[v].z;
+      s[(k + 3) * LD + o] = r[v].w;
+    } else {
+      const int k = c / (R / 4), o = (c % (R / 4)) * 4;
+      *reinterpret_cast<float4*>(s + k * LD + o) = r[v];
+    }
+  }
+}
+
+// C tile = act(A tile @ B tile + bias) with fp32 FFMA. A_KC: A is loaded along k (sak == 1, or
+// the smaller stride when neither is 1); otherwise along m. B_KC likewise along k, else along n.
+template <typename T, typename Cfg, bool A_KC, bool B_KC>
+__global__ void __launch_bounds__(Cfg::THREADS) gemm_simt_fwd_kernel(const GemmParams<T> p) {
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, THREADS = Cfg::THREADS;
+  constexpr int AS_LD = Cfg::AS_LD, BS_LD = Cfg::BS_LD;
+  __shared__ __align__(16) float As[2][BK * AS_LD];  // [k][m]
+  __shared__ __align__(16) float Bs[2][BK * BS_LD];  // [k][n]
+
+  const int tid = threadIdx.x;
+  const int tx = tid % Cfg::TX, ty = tid / Cfg::TX;
+
+  // 1. CTA tile coordinates, grouped rasterisation as in gemm_fwd_kernel.
+  constexpr int GROUP = 8;
+  const int tiles_m = static_cast<int>((p.M + BM - 1) / BM);
+  const int tiles_n = static_cast<int>((p.N + BN - 1) / BN);
+  const int pid = blockIdx.x;
+  const int per_group = GROUP * tiles_n;
+  const int first_tm = (pid / per_group) * GROUP;
+  const int group_rows = min(tiles_m - first_tm, GROUP);
+  const int tm = first_tm + (pid % per_group) % group_rows;
+  const int tn = (pid % per_group) / group_rows;
+  const int64_t m0 = static_cast<int64_t>(tm) * BM;
+  const int64_t n0 = static_cast<int64_t>(tn) * BN;
+  const int k_tiles = static_cast<int>((p.K + BK - 1) / BK);
+
+  float4 ra[Cfg::A_VECS], rb[Cfg::B_VECS];
+  auto load = [&](int kt) {
+    const int64_t k0 = static_cast<int64_t>(kt) * BK;
+    simt_load<T, THREADS, BM, Cfg::A_VECS, A_KC>(ra, p.a, p.sam, p.sak, m0, p.M, k0, p.K, p.a_vec, tid);
+    simt_load<T, THREADS, BN, Cfg::B_VECS, B_KC>(rb, p.b, p.sbn, p.sbk, n0, p.N, k0, p.K, p.b_vec, tid);
+  };
+  auto store = [&](int buf) {
+    simt_store<THREADS, BM, AS_LD, Cfg::A_VECS, A_KC>(As[buf], ra, tid);
+    simt_store<THREADS, BN, BS_LD, Cfg::B_VECS, B_KC>(Bs[buf], rb, tid);
+  };
+
+  // acc[i][j]: row (i < 4 ? 4ty + i : BM/2 + 4ty + i-4), column (j < 4 ? 4tx + j : BN/2 + 4tx + j-4).
+  float acc[8][8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+
+  // 2. Prologue: slice 0 into buffer 0.
+  if (k_tiles > 0) {
+    load(0);
+    store(0);
+  }
+  __syncthreads();
+
+  // 3. Main loop: the global loads of slice kt+1 are issued before the FMAs on slice kt so their
+  //    latency is hidden; they are written to the other buffer afterwards. That buffer was last read
+  //    in iteration kt-1, which the barrier at its end has closed; the barrier at the end of this
+  //    iteration publishes it for iteration kt+1.
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    const int buf = kt & 1;
+    if (kt + 1 < k_tiles) load(kt + 1);
+    const float* as = As[buf];
+    const float* bs = Bs[buf];
+#pragma unroll
+    for (int k = 0; k < BK; ++k) {
+      const float4 a0 = *reinterpret_cast<const float4*>(as + k * AS_LD + 4 * ty);
+      const float4 a1 = *reinterpret_cast<const float4*>(as + k * AS_LD + BM / 2 + 4 * ty);
+      const float4 b0 = *reinterpret_cast<const float4*>(bs + k * BS_LD + 4 * tx);
+      const float4 b1 = *reinterpret_cast<const float4*>(bs + k * BS_LD + BN / 2 + 4 * tx);
+      const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const float bv[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    if (kt + 1 < k_tiles) store(buf ^ 1);
+    __syncthreads();
+  }
+
+  // 4. Epilogue: bias + activation in fp32, 4-wide stores where C allows, guarded scalars otherwise.
+  float bias[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int64_t col = n0 + (j < 4 ? 4 * tx + j : BN / 2 + 4 * tx + (j - 4));
+    bias[j] = (p.bias != nullptr && col < p.N) ? Elem<T>::to_float(p.bias[col]) : 0.f;
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int64_t row = m0 + (i < 4 ? 4 * ty + i : BM / 2 + 4 * ty + (i - 4));
+    if (row >= p.M) continue;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t col = n0 + h * (BN / 2) + 4 * tx;
+      if (col >= p.N) continue;
+      T out[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) out[q] = Elem<T>::from_float(apply_act(acc[i][4 * h + q] + bias[4 * h + q], p.act));
+      T* dst = p.c + row * p.ldc + col;
+      if (p.c_vec && col + 4 <= p.N) {
+        if constexpr (sizeof(T) == 4) {
+          *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(out);
+        } else {
+          *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(out);
+        }
+      } else {
+        const int n_valid = clamp_count(p.N, col, 4);
+        for (int q = 0; q < n_valid; ++q) dst[q] = out[q];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Epilogue backward: activation mask and deterministic bias gradient.
+// ---------------------------------------------------------------------------------------------
+constexpr int kBwdThreads = 1024;
+
+// Block (SW, 1024/SW): threadIdx.x = column inside the SW-wide strip, threadIdx.y = row phase.
+// Thread (x, y) handles rows y, y + Y, y + 2Y, ... of its column in that order (Y = blockDim.y),
+// then the Y partial sums of a column are combined by a fixed binary tree in shared memory.
+template <typename T>
+__global__ void __launch_bounds__(kBwdThreads) bias_act_bwd_kernel(const T* grad, const T* out, T* grad_pre,
+                                                                    T* grad_bias, int64_t M, int64_t N, int act) {
+  __shared__ float part[kBwdThreads];
+  const int SW = blockDim.x, Y = blockDim.y;
+  const int x = threadIdx.x, y = threadIdx.y;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * SW + x;
+
+  // 1. Mask and column partial sums. The mask follows PyTorch's threshold_backward /
+  //    hardtanh_backward on the saved output: the gradient is zeroed where out <= 0 (relu) or
+  //    out <= 0 || out >= 6 (relu6) and passed through unchanged otherwise (NaN outputs included),
+  //    selected rather than multiplied so inf/NaN gradients in masked positions become 0.
+  //    grad_pre may alias grad: each element is read and then written by the same thread.
+  //    Four rows are loaded before they are added (in row order) to keep loads in flight.
+  float sum = 0.f;
+  if (n < N) {
+    auto one = [&](int64_t m) -> float {
+      const int64_t idx = m * N + n;
+      float gv = Elem<T>::to_float(grad[idx]);
+      if (act != static_cast<int>(Act::None)) {
+        const float o = Elem<T>::to_float(out[idx]);
+        const bool zero = act == static_cast<int>(Act::ReLU) ? (o <= 0.f) : (o <= 0.f || o >= 6.f);
+        if (zero) gv = 0.f;
+      }
+      return gv;
+    };
+    int64_t m = y;
+    for (; m + 3 * Y < M; m += 4 * static_cast<int64_t>(Y)) {
+      const float v0 = one(m), v1 = one(m + Y), v2 = one(m + 2 * Y), v3 = one(m + 3 * Y);
+      if (grad_pre != nullptr) {
+        grad_pre[m * N + n] = Elem<T>::from_float(v0);
+        grad_pre[(m + Y) * N + n] = Elem<T>::from_float(v1);
+        grad_pre[(m + 2 * Y) * N + n] = Elem<T>::from_float(v2);
+        grad_pre[(m + 3 * Y) * N + n] = Elem<T>::from_float(v3);
+      }
+      sum += v0;
+      sum += v1;
+      sum += v2;
+      sum += v3;
+    }
+    for (; m < M; m += Y) {
+      const float v = one(m);
+      if (grad_pre != nullptr) grad_pre[m * N + n] = Elem<T>::from_float(v);
+      sum += v;
+    }
+  }
+  if (grad_bias == nullptr) return;  // uniform across the block: no barrier is skipped by a subset
+
+  // 2. Fixed-order tree over the Y row phases (Y is a power of two).
+  part[y * SW + x] = sum;
+  __syncthreads();
+  for (int s = Y / 2; s > 0; s >>= 1) {
+    if (y < s) part[y * SW + x] += part[(y + s) * SW + x];
+    // Why: the next level reads the sums this level wrote.
+    __syncthreads();
+  }
+  if (y == 0 && n < N) grad_bias[n] = Elem<T>::from_float(part[x]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------
+bool aligned_to(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int sm_count(int device) {
+  int v = 0;
+  PYIMGCLS_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
+  return v;
+}
+
+// 1-D grid of CTA tiles (gridDim.x allows 2^31 - 1; y/z would cap at 65535).
+dim3 tile_grid(int64_t M, int64_t N, int BM, int BN) {
+  const int64_t tiles = ceil_div(M, BM) * ceil_div(N, BN);
+  if (tiles > INT32_MAX)
+    throw std::invalid_argument("gemm: M x N = " + std::to_string(M) + " x " + std::to_string(N) +
+                                " needs more CTAs than one launch allows");
+  return dim3(static_cast<unsigned>(tiles));
+}
+
+template <typename T, typename Cfg, bool A_KC, bool B_KC>
+void launch_gemm_tc(const GemmParams<T>& p, int device, cudaStream_t stream) {
+  auto kernel = gemm_fwd_kernel<T, Cfg, A_KC, B_KC>;
+  // The opt-in above 48 KB of dynamic shared memory is per function and device; set it once per
+  // device (setting it twice from racing threads is harmless).
+  static std::atomic<uint64_t> smem_opted_in{0};
+  const uint64_t bit = device >= 0 && device < 64 ? (uint64_t{1} << device) : 0;
+  if (bit == 0 || (smem_opted_in.load(std::memory_order_relaxed) & bit) == 0) {
+    PYIMGCLS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_BYTES));
+    smem_opted_in.fetch_or(bit, std::memory_order_relaxed);
+  }
+  const dim3 grid = tile_grid(p.M, p.N, Cfg::BM, Cfg::BN);
+  kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
+  PYIMGCLS_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, typename Cfg>
+void dispatch_gemm_tc(const GemmParams<T>& p, bool a_kc, bool b_kc, int device, cudaStream_t stream) {
+  if (a_kc) {
+    if (b_kc) launch_gemm_tc<T, Cfg, true, true>(p, device, stream);
+    else launch_gemm_tc<T, Cfg, true, false>(p, device, stream);
+  } else {
+    if (b_kc) launch_gemm_tc<T, Cfg, false, true>(p, device, stream);
+    else launch_gemm_tc<T, Cfg, false, false>(p, device, stream);
+  }
+}
+
+template <typename T, typename Cfg, bool A_KC, bool B_KC>
+void launch_gemm_simt(const GemmParams<T>& p, cudaStream_t stream) {
+  auto kernel = gemm_simt_fwd_kernel<T, Cfg, A_KC, B_KC>;
+  const dim3 grid = tile_grid(p.M, p.N, Cfg::BM, Cfg::BN);
+  kernel<<<grid, Cfg::THREADS, 0, stream>>>(p);
+  PYIMGCLS_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, typename Cfg>
+void dispatch_gemm_simt(const GemmParams<T>& p, bool a_kc, bool b_kc, cudaStream_t stream) {
+  if (a_kc) {
+    if (b_kc) launch_gemm_simt<T, Cfg, true, true>(p, stream);
+    else launch_gemm_simt<T, Cfg, true, false>(p, stream);
+  } else {
+    if (b_kc) launch_gemm_simt<T, Cfg, false, true>(p, stream);
+    else launch_gemm_simt<T, Cfg, false, false>(p, stream);
+  }
+}
+
+int64_t abs64(int64_t v) { return v < 0 ? -v : v; }
+
+template <typename T>
+void gemm_typed(const void* a, int64_t sam, int64_t sak, const void* b, int64_t sbk, int64_t sbn, const void* bias,
+                void* c, int64_t ldc, int64_t M, int64_t N, int64_t K, Act act, int device, cudaStream_t stream) {
+  // 1. A stride over a dimension of size 1 is never used (PyTorch gives such dimensions arbitrary
+  //    strides): normalise it so that the operand reads as row- or column-major with an aligned
+  //    leading dimension whenever its other stride allows.
+  if (M == 1 && K == 1) {
+    sam = 0;
+    sak = 1;
+  } else if (M == 1) {
+    sam = sak == 1 ? 0 : 1;
+  } else if (K == 1) {
+    sak = sam == 1 ? 0 : 1;
+  }
+  if (K == 1 && N == 1) {
+    sbk = 1;
+    sbn = 0;
+  } else if (K == 1) {
+    sbk = sbn == 1 ? 0 : 1;
+  } else if (N == 1) {
+    sbn = sbk == 1 ? 0 : 1;
+  }
+  if (M == 1) ldc = 0;
+
+  GemmParams<T> p;
+  p.a = static_cast<const T*>(a);
+  p.b = static_cast<const T*>(b);
+  p.bias = static_cast<const T*>(bias);
+  p.c = static_cast<T*>(c);
+  p.sam = sam;
+  p.sak = sak;
+  p.sbk = sbk;
+  p.sbn = sbn;
+  p.ldc = ldc;
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.act = static_cast<int>(act);
+  const int sms = sm_count(device);
+
+  // 2. Tensor-core path: 16-bit dtype, each operand row- or column-major, 16-byte aligned base,
+  //    leading dimension a multiple of 8 elements (so every 8-element chunk is a 16-byte cp.async).
+  if constexpr (sizeof(T) == 2) {
+    const bool a_ok16 = aligned_to(a, 16), b_ok16 = aligned_to(b, 16);
+    const bool a_kc = a_ok16 && sak == 1 && sam % 8 == 0;
+    const bool a_mc = a_ok16 && sam == 1 && sak % 8 == 0;
+    const bool b_kc = b_ok16 && sbk == 1 && sbn % 8 == 0;
+    const bool b_nc = b_ok16 && sbn == 1 && sbk % 8 == 0;
+    if ((a_kc || a_mc) && (b_kc || b_nc)) {
+      p.c_vec = aligned_to(c, 16) && ldc % 8 == 0;
+      p.a_vec = p.b_vec = false;
+      // Largest tile that still gives every SM a CTA; small-M classifier shapes fall to 64-row tiles.
+      if (ceil_div(M, TcLarge::BM) * ceil_div(N, TcLarge::BN) >= sms)
+        dispatch_gemm_tc<T, TcLarge>(p, a_kc, b_kc, device, stream);
+      else if (ceil_div(M, TcMedium::BM) * ceil_div(N, TcMedium::BN) >= sms)
+        dispatch_gemm_tc<T, TcMedium>(p, a_kc, b_kc, device, stream);
+      else
+        dispatch_gemm_tc<T, TcSmall>(p, a_kc, b_kc, device, stream);
+      return;
+    }
+  }
+
+  // 3. SIMT path: load each operand along its unit-stride dimension (vectorised when aligned),
+  //    or along the smaller stride when it has none.
+  const size_t vec_bytes = 4 * sizeof(T);
+  bool a_kc, b_kc;
+  if (sak == 1) {
+    a_kc = true;
+    p.a_vec = aligned_to(a, vec_bytes) && sam % 4 == 0;
+  } else if (sam == 1) {
+    a_kc = false;
+    p.a_vec = aligned_to(a, vec_bytes) && sak % 4 == 0;
+  } else {
+    a_kc = abs64(sak) <= abs64(sam);
+    p.a_vec = false;
+  }
+  if (sbn == 1) {
+    b_kc = false;
+    p.b_vec = aligned_to(b, vec_bytes) && sbk % 4 == 0;
+  } else if (sbk == 1) {
+    b_kc = true;
+    p.b_vec = aligned_to(b, vec_bytes) && sbn % 4 == 0;
+  } else {
+    b_kc = abs64(sbk) <= abs64(sbn);
+    p.b_vec = false;
+  }
+  p.c_vec = aligned_to(c, vec_bytes) && ldc % 4 == 0;
+  if (ceil_div(M, SimtLarge::BM) * ceil_div(N, SimtLarge::BN) >= sms)
+    dispatch_gemm_simt<T, SimtLarge>(p, a_kc, b_kc, stream);
+  else
+    dispatch_gemm_simt<T, SimtSmall>(p, a_kc, b_kc, stream);
+}
+
+template <typename T>
+void bias_act_bwd_typed(const void* grad, const void* out, void* grad_pre, void* grad_bias, int64_t M, int64_t N,
+                        Act act, cudaStream_t stream) {
+  // Strip width: wider strips coalesce better, narrower ones give more CTAs when N is small.
+  // The summation order per column depends only on blockDim.y, which is 1024 / SW.
+  const int sw = N >= 8192 ? 32 : (N >= 2048 ? 16 : 8);
+  const int64_t strips = ceil_div(N, sw);
+  if (strips > INT32_MAX) throw std::invalid_argument("bias_act_bwd: N too large");
+  const dim3 block(sw, kBwdThreads / sw);
+  bias_act_bwd_kernel<T><<<dim3(static_cast<unsigned>(strips)), block, 0, stream>>>(
+      static_cast<const T*>(grad), static_cast<const T*>(out), static_cast<T*>(grad_pre),
+      static_cast<T*>(grad_bias), M, N, static_cast<int>(act));
+  PYIMGCLS_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int64_t sbk, int64_t sbn,
+          const void* bias, void* c, int64_t ldc, int64_t M, int64_t N, int64_t K, Act act, int device,
+          uintptr_t stream) {
+  if (M < 0 || N < 0 || K < 0)
+    throw std::invalid_argument("gemm: negative size M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                " K=" + std::to_string(K));
+  set_device(device);
+  if (M == 0 || N == 0) return;
+  if ((K > 0 && (a == nullptr || b == nullptr)) || c == nullptr)
+    throw std::invalid_argument("gemm: null data pointer");
+  const auto st = reinterpret_cast<cudaStream_t>(stream);
+  switch (dt) {
+    case DType::Float32:
+      gemm_typed<float>(a, sam, sak, b, sbk, sbn, bias, c, ldc, M, N, K, act, device, st);
+      return;
+    case DType::Float16:
+      gemm_typed<__half>(a, sam, sak, b, sbk, sbn, bias, c, ldc, M, N, K, act, device, st);
+      return;
+    case DType::BFloat16:
+      gemm_typed<__nv_bfloat16>(a, sam, sak, b, sbk, sbn, bias, c, ldc, M, N, K, act, device, st);
+      return;
+    default:
+      throw std::invalid_argument(std::string("CUDA GEMM takes float32, float16 or bfloat16, got ") + dtype_name(dt));
+  }
+}
+
+void bias_act_bwd(DType dt, const void* grad, const void* out, void* grad_pre, void* grad_bias, int64_t M,
+                  int64_t N, Act act, int device, uintptr_t stream) {
+  if (M < 0 || N < 0)
+    throw std::invalid_argument("bias_act_bwd: negative size M=" + std::to_string(M) + " N=" + std::to_string(N));
+  set_device(device);
+  // With M == 0 the bias gradient is still defined (zeros), so only a missing bias stops here.
+  if (N == 0 || (M == 0 && grad_bias == nullptr)) return;
+  if (M > 0 && grad == nullptr) throw std::invalid_argument("bias_act_bwd: grad is null");
+  if (act != Act::None && M > 0 && out == nullptr)
+    throw std::invalid_argument("bias_act_bwd: out is required for relu / relu6");
+  const auto st = reinterpret_cast<cudaStream_t>(stream);
+  switch (dt) {
+    case DType::Float32:
+      bias_act_bwd_typed<float>(grad, out, grad_pre, grad_bias, M, N, act, st);
+      return;
+    case DType::Float16:
+      bias_act_bwd_typed<__half>(grad, out, grad_pre, grad_bias, M, N, act, st);
+      return;
+    case DType::BFloat16:
+      bias_act_bwd_typed<__nv_bfloat16>(grad, out, grad_pre, grad_bias, M, N, act, st);
+      return;
+    default:
+      throw std::invalid_argument(std::string("CUDA bias_act_bwd takes float32, float16 or bfloat16, got ") +
+                                  dtype_name(dt));
+  }
+}
+
+}  // namespace pyimgcls::cuda
