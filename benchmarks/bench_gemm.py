@@ -86,41 +86,49 @@ def gemm_cases(quick: bool):
             yield case, make, ops.linear, F.linear
 
 
-def run(providers, quick: bool, out_dir: str) -> int:
+def bench_case(case, make, our_fn, ref_fn, providers, peaks, rep_ms, failures) -> list[dict]:
+    """Time cuBLAS once, then each provider on the same inputs; return their rows."""
     import pyimgcls
-    from pyimgcls.bench import measure_peaks, new_results, print_table, time_ms, write_results
+    from pyimgcls.bench import time_ms
+
+    args = make()
+    ref = ref_fn(*args)
+    ref_ms = time_ms(lambda: ref_fn(*args), rep_ms=rep_ms)
+    rows = []
+    for prov in providers:
+        try:
+            with pyimgcls.use_backend(prov):
+                # first call outside the timer: JIT compilation and Triton autotuning happen here
+                out = our_fn(*args)
+                torch.cuda.synchronize()
+                err = _rel_err(out, ref)
+                ms = time_ms(lambda: our_fn(*args), rep_ms=rep_ms)
+        except Exception as e:  # noqa: BLE001 -- report every failing case, keep benchmarking
+            failures.append(f"{prov} {case.op} {case.shape} {case.dtype}: {type(e).__name__}: {e}")
+            print(f"FAILED {failures[-1]}", flush=True)
+            continue
+        ok = err <= MAX_REL_ERR[getattr(torch, case.dtype)]
+        if not ok:
+            failures.append(f"{prov} {case.op} {case.shape} {case.dtype}: rel_err {err:.2e}")
+            print(f"WRONG RESULT {failures[-1]}", flush=True)
+        row = case.row(prov, ms, "cublas", ref_ms, peaks, rel_err=err, correct=ok)
+        rows.append(row)
+        print(f"{prov:6s} {case.op:6s} {case.shape:28s} {case.dtype:8s} {ms:8.4f} ms  "
+              f"cuBLAS {ref_ms:8.4f} ms  x{row['speedup']:.3f}  {row['tflops']:6.1f} TFLOP/s  "
+              f"{row['roofline_pct']:5.1f}% roofline  err {err:.1e}", flush=True)
+    return rows
+
+
+def run(providers, quick: bool, out_dir: str) -> int:
+    from pyimgcls.bench import measure_peaks, new_results, print_table, write_results
 
     t_start = time.perf_counter()
     rep_ms = 50 if quick else 100
     peaks = measure_peaks("cuda")
     rows, failures = [], []
     for case, make, our_fn, ref_fn in gemm_cases(quick):
-        args = make()
-        ref = ref_fn(*args)
-        ref_ms = time_ms(lambda: ref_fn(*args), rep_ms=rep_ms)
-        for prov in providers:
-            try:
-                with pyimgcls.use_backend(prov):
-                    # first call outside the timer: JIT compile and Triton autotuning happen here
-                    out = our_fn(*args)
-                    torch.cuda.synchronize()
-                    err = _rel_err(out, ref)
-                    ms = time_ms(lambda: our_fn(*args), rep_ms=rep_ms)
-            except Exception as e:  # noqa: BLE001 -- report every failing case, keep benchmarking
-                failures.append(f"{prov} {case.op} {case.shape} {case.dtype}: {type(e).__name__}: {e}")
-                print(f"FAILED {failures[-1]}", flush=True)
-                continue
-            ok = err <= MAX_REL_ERR[getattr(torch, case.dtype)]
-            if not ok:
-                failures.append(f"{prov} {case.op} {case.shape} {case.dtype}: rel_err {err:.2e}")
-                print(f"WRONG RESULT {failures[-1]}", flush=True)
-            row = case.row(prov, ms, "cublas", ref_ms, peaks, rel_err=err, correct=ok)
-            rows.append(row)
-            print(f"{prov:6s} {case.op:6s} {case.shape:28s} {case.dtype:8s} {ms:8.4f} ms  "
-                  f"cuBLAS {ref_ms:8.4f} ms  x{row['speedup']:.3f}  {row['tflops']:.1f} TFLOP/s  "
-                  f"{row['roofline_pct']:.1f}% roofline  err {err:.1e}", flush=True)
-        del args, ref
-    torch.cuda.empty_cache()
+        rows += bench_case(case, make, our_fn, ref_fn, providers, peaks, rep_ms, failures)
+        torch.cuda.empty_cache()
 
     results = new_results("cuda", peaks=peaks, cases=rows)
     if failures:

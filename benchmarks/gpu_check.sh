@@ -150,17 +150,27 @@ fi
 import pyimgcls  # the one hard requirement; what follows is information
 print("pyimgcls", getattr(pyimgcls, "__version__", "?"), "from", pyimgcls.__file__)
 try:
-    print("available backends:", pyimgcls.available_backends())
+    import torch
+    backends = pyimgcls.available_backends()
+    print("available backends:", backends)
     from pyimgcls._native import C
     print("CUDA kernels compiled:", getattr(C, "cuda_compiled", None), "archs:", getattr(C, "cuda_archs", None))
+    if torch.cuda.is_available() and not {"cuda", "triton"} <= set(backends):
+        print("MISSING GPU BACKEND: a GPU is visible but not both cuda and triton are available")
 except Exception as e:
     print("backend query failed:", type(e).__name__, e)
 EOF
 IMPORT_RC=$?
 cat "$LOGS/import.log"
 if [ "$IMPORT_RC" -ne 0 ]; then
-  echo "pyimgcls does not import: later stages will fail"
+  echo "pyimgcls does not import: stages skipped"
+  STEP_LINES+=("import|$IMPORT_RC|0|import pyimgcls failed (import.log)")
   INSTALL_OK=0
+  FAILED=1
+fi
+# on a GPU machine a backend that did not build would turn its tests into silent skips
+if grep -q "^MISSING GPU BACKEND" "$LOGS/import.log"; then
+  NOTES+=("GPU visible but the cuda or triton backend is not available (see import.log)")
   FAILED=1
 fi
 
@@ -278,6 +288,7 @@ SUMMARY=$OUTDIR/summary.txt
     "$PY" -P pyimgcls/bench.py summary "$RESULT_JSON" 2>&1 || echo "summary table failed"
   else
     echo "no results JSON was written (see logs.tar.gz: finalize.log)"
+    FAILED=1
   fi
   echo
   if [ "$FAILED" -ne 0 ]; then echo "GPU CHECK: FAILED"; else echo "GPU CHECK: OK"; fi

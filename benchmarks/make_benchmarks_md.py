@@ -76,13 +76,19 @@ def _kv(d: dict | None) -> str:
     return ", ".join(f"{k} {bench._fmt(v)}" for k, v in items) if items else "-"
 
 
+def _display_path(path: str) -> str:
+    path = os.path.abspath(path)
+    inside = os.path.commonpath([path, REPO_ROOT]) == REPO_ROOT
+    return os.path.relpath(path, REPO_ROOT) if inside else os.path.basename(path)
+
+
 def device_section(path: str, res: dict) -> str:
     out = [f"\n## {res.get('device')}\n"]
     peaks = res.get("peaks") or {}
     t = res.get("tests") or {}
     s = res.get("sanitizer") or {}
     meta = [
-        ["results file", f"`{os.path.relpath(path, REPO_ROOT)}`"],
+        ["results file", f"`{_display_path(path)}`"],
         ["date", res.get("date")],
         ["commit", f"`{res.get('commit')}`" + (" (uncommitted changes)" if res.get("dirty") else "")],
         ["versions", _kv(res.get("versions"))],
@@ -111,8 +117,10 @@ def device_section(path: str, res: dict) -> str:
         out.append("\nNo benchmark cases in this file.\n")
     for family, rows in families.items():
         out.append(f"\n### {family}\n")
-        for fam, prov, ref, gm, n in bench.geomean_speedups(rows):
-            out.append(f"Geometric-mean speedup of `{prov}` over `{ref}`: **{gm:.3f}x** ({n} cases)  ")
+        for group, prov, ref, gm, n in bench.speedup_lines(rows):
+            what = "all cases" if group == family else f"`{group.split('/', 1)[1]}` cases"
+            out.append(f"Geometric-mean speedup of `{prov}` over `{ref}`, {what}: **{gm:.3f}x** "
+                       f"(n={n})  ")
         out.append("")
         out.append(tabulate(bench.table_rows(rows), headers=[h for _, h in bench.TABLE_COLUMNS],
                             tablefmt="github", disable_numparse=True))

@@ -83,7 +83,10 @@ def time_ms(fn: Callable[[], object], *, device="auto", warmup_ms: float = 25.0,
     small shapes) and sizes the warm-up and repetition counts from ``warmup_ms`` / ``rep_ms``.
     The first call of ``fn`` (Triton JIT, autotuning, cuBLAS handle creation) happens inside that
     warm-up, but callers with autotuned kernels should call ``fn`` once beforehand anyway so that
-    autotuning never overlaps the estimate do_bench makes of one call's time.
+    autotuning never overlaps the estimate do_bench makes of one call's time. These are device
+    times: the L2-flush kernel queued before each repetition keeps the GPU busy while the host
+    issues ``fn``, so host-side dispatch overhead (tens of microseconds for a Python custom op) is
+    mostly hidden, for our ops and the reference alike.
 
     CPU: calls ``fn`` for at least one call and ``warmup_ms``, estimates one call's time, then
     repeats ``rep_ms / estimate`` times (clamped to ``[min_reps, max_reps]``) and returns the median
@@ -138,24 +141,13 @@ def measure_peaks(device="auto", *, copy_bytes: int | None = None, gemm_size: in
         gemm_size = gemm_size or 2048
 
     gen = torch.Generator(device=dev).manual_seed(0)
-    src = torch.randn(copy_bytes // 4, device=dev, dtype=torch.float32, generator=gen)
-    dst = torch.empty_like(src)
-    copy_ms = time_ms(lambda: dst.copy_(src), device=dev)
-    peaks = {"copy_gbps": 2 * copy_bytes / (copy_ms * 1e-3) / 1e9, "copy_bytes": copy_bytes,
+    peaks = {"copy_gbps": _copy_gbps(dev, copy_bytes, gen), "copy_bytes": copy_bytes,
              "gemm_size": gemm_size}
-    del src, dst
-
-    flops = 2.0 * gemm_size ** 3
     dtypes = ({"cublas_fp16_tflops": torch.float16, "cublas_bf16_tflops": torch.bfloat16,
                "cublas_fp32_tflops": torch.float32} if dev == "cuda"
               else {"torch_fp32_tflops": torch.float32})
     for key, dtype in dtypes.items():
-        a = torch.randn(gemm_size, gemm_size, device=dev, dtype=dtype, generator=gen)
-        b = torch.randn(gemm_size, gemm_size, device=dev, dtype=dtype, generator=gen)
-        out = torch.empty(gemm_size, gemm_size, device=dev, dtype=dtype)
-        ms = time_ms(lambda: torch.matmul(a, b, out=out), device=dev)
-        peaks[key] = flops / (ms * 1e-3) / 1e12
-        del a, b, out
+        peaks[key] = _gemm_tflops(dev, gemm_size, dtype, gen)
     if dev == "cuda":
         peaks["tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
         torch.cuda.empty_cache()
@@ -163,6 +155,23 @@ def measure_peaks(device="auto", *, copy_bytes: int | None = None, gemm_size: in
         print("peaks measured: " + ", ".join(
             f"{k}={v:.1f}" for k, v in peaks.items() if isinstance(v, float)), flush=True)
     return peaks
+
+
+def _copy_gbps(dev: str, nbytes: int, gen) -> float:
+    import torch
+    src = torch.randn(nbytes // 4, device=dev, dtype=torch.float32, generator=gen)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device=dev)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def _gemm_tflops(dev: str, n: int, dtype, gen) -> float:
+    import torch
+    a = torch.randn(n, n, device=dev, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=dev, dtype=dtype, generator=gen)
+    out = torch.empty(n, n, device=dev, dtype=dtype)
+    ms = time_ms(lambda: torch.matmul(a, b, out=out), device=dev)
+    return 2.0 * n ** 3 / (ms * 1e-3) / 1e12
 
 
 def _peak_tflops(peaks: dict | None, dtype: str) -> float | None:
@@ -374,8 +383,9 @@ def merge_results(base: dict, new: dict) -> dict:
 
     Rows are keyed by (family, op, pass, shape, dtype, layout, provider): a row in ``new`` replaces
     the matching row of ``base``, other rows are kept in order. ``tests``, ``sanitizer``, ``peaks``
-    and ``versions`` take ``new``'s non-null values, so partial files from separate stages (tests,
-    sanitizer, bench) combine into one. ``date`` becomes the later of the two.
+    and ``versions`` take ``new``'s non-null values and lists such as ``notes`` are concatenated, so
+    partial files from separate stages (tests, sanitizer, bench) combine into one. ``date`` becomes
+    the later of the two.
     """
     out = dict(base)
     for key, value in new.items():
@@ -383,6 +393,8 @@ def merge_results(base: dict, new: dict) -> dict:
             continue
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             out[key] = _merge_counts(base[key], value)
+        elif isinstance(value, list) and isinstance(base.get(key), list):
+            out[key] = base[key] + [v for v in value if v not in base[key]]
         elif value is not None:
             out[key] = value
     out["date"] = max(str(base.get("date") or ""), str(new.get("date") or "")) or None
@@ -503,14 +515,28 @@ def geomean(values: Iterable[float]) -> float | None:
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
 
 
-def geomean_speedups(rows: Iterable[dict]) -> list[tuple[str, str, str, float, int]]:
-    """``[(family, provider, ref_provider, geomean speedup, number of cases)]``, sorted."""
+def geomean_speedups(rows: Iterable[dict], by_op: bool = False
+                     ) -> list[tuple[str, str, str, float, int]]:
+    """``[(group, provider, ref_provider, geomean speedup, number of cases)]``, sorted; the group is
+    the family, or ``family/op`` with ``by_op``."""
     groups: dict[tuple[str, str, str], list[float]] = {}
     for r in rows:
         if r.get("speedup"):
-            groups.setdefault((r["family"], r["provider"], r.get("ref_provider") or "-"),
+            group = f"{r['family']}/{r['op']}" if by_op else r["family"]
+            groups.setdefault((group, r["provider"], r.get("ref_provider") or "-"),
                               []).append(r["speedup"])
-    return [(f, p, ref, geomean(v), len(v)) for (f, p, ref), v in sorted(groups.items())]
+    return [(g, p, ref, geomean(v), len(v)) for (g, p, ref), v in sorted(groups.items())]
+
+
+def speedup_lines(rows: Sequence[dict]) -> list[tuple[str, str, str, float, int]]:
+    """Per-family geomeans, followed by per-op ones for families benchmarked with several ops."""
+    lines = geomean_speedups(rows)
+    ops_per_family: dict[str, set] = {}
+    for r in rows:
+        ops_per_family.setdefault(r["family"], set()).add(r["op"])
+    multi = {f for f, o in ops_per_family.items() if len(o) > 1}
+    lines += [ln for ln in geomean_speedups(rows, by_op=True) if ln[0].split("/")[0] in multi]
+    return lines
 
 
 def summary_table(results: dict, tablefmt: str = "simple") -> str:
@@ -528,8 +554,12 @@ def summary_table(results: dict, tablefmt: str = "simple") -> str:
     if peaks.get("copy_gbps"):
         lines.append(["peak copy GB/s | cuBLAS fp16 TFLOP/s",
                       f"{_fmt(peaks.get('copy_gbps'))} | {_fmt(peaks.get('cublas_fp16_tflops'))}"])
-    for fam, prov, ref, gm, n in geomean_speedups(results.get("cases", [])):
-        lines.append([f"{fam}: {prov} vs {ref} (geomean of {n})", f"{gm:.3f}x"])
+    for group, prov, ref, gm, n in speedup_lines(results.get("cases", [])):
+        lines.append([f"{group}: {prov} vs {ref} (geomean of {n})", f"{gm:.3f}x"])
+    for note in results.get("notes") or []:
+        lines.append(["note", note])
+    for failure in results.get("bench_failures") or []:
+        lines.append(["benchmark failure", failure])
     head = (f"{results.get('device')} | commit {str(results.get('commit'))[:12]} | "
             f"{results.get('date')}")
     return head + "\n" + tabulate(lines, headers=["check", "result"], tablefmt=tablefmt,
