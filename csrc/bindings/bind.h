@@ -21,5 +21,8 @@ inline void check_cpu_dtype(DType dt) {
 // One function per op family registers that family's CPU (and, when built, CUDA) launchers.
 void bind_runtime(py::module_& m);
 void bind_gemm(py::module_& m);
+void bind_softmax_xent(py::module_& m);
+void bind_pool(py::module_& m);
+void bind_conv(py::module_& m);
 
 }  // namespace pyimgcls::bind

@@ -8,4 +8,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "pyimgcls native kernels (torch-free)";
   pyimgcls::bind::bind_runtime(m);
   pyimgcls::bind::bind_gemm(m);
+  pyimgcls::bind::bind_softmax_xent(m);
+  pyimgcls::bind::bind_pool(m);
+  pyimgcls::bind::bind_conv(m);
 }

@@ -7,30 +7,37 @@
 //   bias_act_bwd: grad_pre[m, n] = grad[m, n] * act'(out[m, n]);  grad_bias[n] = sum_m grad_pre[m, n].
 //
 // Algorithm (BLIS / GotoBLAS five-loop GEMM)
-//   for jc in N step NC                        B panel [KC x NC] lives in L3 (shared by all threads)
+//   for jc in N step NC                        B panel [KC x NC], shared by the team, in L3
 //     for pc in K step KC
 //       pack B[pc:pc+KC, jc:jc+NC] into NR-column micro-panels (zero-padded), in parallel
-//       for ic in M step MC                    one (ic, N-range) work unit per thread at a time
+//       (threads form a tm x tn grid, each owning a range of M rows and of B micro-panels)
+//       for ic in M step MC                    over this thread's rows
 //         pack A[ic:ic+MC, pc:pc+KC] into MR-row micro-panels (zero-padded), thread-private, in L2
-//         for jr in NC step NR                 B micro-panel [KC x NR] stays in L1 across ir
+//         for jr in NC step NR                 over this thread's B micro-panels [KC x NR],
+//                                              each reused across the ir loop
 //           for ir in MC step MR
 //             micro-kernel: MR x NR register tile += A micro-panel @ B micro-panel
 //   The micro-kernel always computes a full MR x NR tile (edge panels are zero-padded); full tiles
 //   with unit column stride are updated in C directly, edge tiles and strided C go through a small
 //   tile buffer and a guarded scalar write-back. The first KC block overwrites C, later ones add to
 //   it, and only the last one applies bias + activation, so the epilogue sees the full sum.
+//   M == 1 or N == 1 is a matrix-vector product: it streams the matrix once instead of packing it.
 //
-//   Micro-kernels per instruction set, picked at run time (PYIMGCLS_CPU_ISA=generic|avx2|avx512
-//   forces a lower one; it is clamped to what the CPU supports):
-//     avx512   fp32 12 x 32 (24 zmm accumulators), fp64 12 x 16
-//     avx2     fp32  6 x 16 (12 ymm accumulators), fp64  6 x 8
-//     generic  fp32  6 x 8, fp64 6 x 4 (portable C++, auto-vectorised for the baseline target)
+//   Micro-kernels (MR x NR) and cache blocks (KC, MC, NC) per instruction set, picked at run time
+//   (PYIMGCLS_CPU_ISA=generic|avx2|avx512 forces a lower one; it is clamped to what the CPU has):
+//     avx512   fp32 14 x 32 (28 zmm accumulators), KC 768, MC 70, NC 2048
+//              fp64 14 x 16,                        KC 512, MC 70, NC 2048
+//     avx2     fp32  6 x 16 (12 ymm accumulators), KC 1024, MC 48, NC 2048
+//              fp64  6 x 8,                         KC 384,  MC 72, NC 2048
+//     generic  fp32  6 x 8, fp64 6 x 4 (GCC/Clang vector extensions, 16-byte vectors),
+//              KC 512, MC 72, NC 2048
 //
 // Cost
 //   FLOPs = 2 * M * N * K.  Minimum bytes moved = sizeof(T) * (M*K + K*N + M*N (+ N bias)):
-//   every operand read once and C written once; packing re-reads A N/NC times and C is re-read
-//   K/KC - 1 times, both small next to the compute for the block sizes below.
-//   bias_act_bwd: M*N multiplies and M*N adds; bytes = sizeof(T) * (3*M*N (+ M*N out) + N).
+//   every operand read once and C written once.  The packed path also writes and re-reads each
+//   packed panel, re-reads A once per NC block and C once per extra KC block, all small next to
+//   the compute at the block sizes above.
+//   bias_act_bwd: M*N multiplies, M*N adds; bytes = sizeof(T) * (2*M*N grad in/out + M*N out + N).
 //
 // Test and benchmark
 //   pytest tests/test_gemm.py -k cpu
@@ -43,9 +50,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
-#include <numeric>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -125,28 +132,38 @@ inline T act_scalar(T v, Act act) {
   return v;
 }
 
-// Portable kernel: plain loops over a T[MR][NR] accumulator; the compiler keeps it in vector
-// registers of whatever baseline it targets (SSE2 on x86-64).
-template <typename T, int MR, int NR>
+// Portable kernel: GCC/Clang vector extensions with 16-byte vectors (SSE2 on x86-64, NEON on
+// ARM), MR x (2 vectors) tile: 12 accumulators + 2 B vectors + 1 broadcast fit the 16 registers
+// of the baseline. Plain scalar loops would be left to the SLP vectoriser, which spills them.
+template <typename T, int MR>
 void ukr_generic(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict c, int64_t ldc,
                  int mode, const T* __restrict bias, Act act) {
-  T acc[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = T(0);
+  typedef T V __attribute__((vector_size(16)));
+  constexpr int W = 16 / sizeof(T);
+  constexpr int NR = 2 * W;
+  V acc0[MR], acc1[MR];
+  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = V{};
   for (int64_t k = 0; k < kc; ++k) {
+    V b0, b1;
+    std::memcpy(&b0, b, sizeof(V));
+    std::memcpy(&b1, b + W, sizeof(V));
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const T ai = a[i];
-#pragma GCC unroll 16
-      for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
+      V ai;  // broadcast; V{} + a[i] would cost an add (0 + x is not an identity for x = -0)
+      for (int l = 0; l < W; ++l) ai[l] = a[i];
+      acc0[i] += ai * b0;
+      acc1[i] += ai * b1;
     }
     a += MR;
     b += NR;
   }
   for (int i = 0; i < MR; ++i) {
+    T row[NR];
+    std::memcpy(row, &acc0[i], sizeof(V));
+    std::memcpy(row + W, &acc1[i], sizeof(V));
     T* ci = c + i * ldc;
     for (int j = 0; j < NR; ++j) {
-      T v = acc[i][j];
+      T v = row[j];
       if (mode & kAccumulate) v += ci[j];
       if (mode & kEpilogue) v = act_scalar(bias ? v + bias[j] : v, act);
       ci[j] = v;
@@ -177,9 +194,9 @@ PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512d vmax512(__m512d a, __m512d b) { r
 PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512 vmin512(__m512 a, __m512 b) { return _mm512_min_ps(a, b); }
 PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512d vmin512(__m512d a, __m512d b) { return _mm512_min_pd(a, b); }
 
-// AVX-512 kernel: MR x (2 vectors) tile.  fp32: 12 x 32 -> 24 zmm accumulators + 2 B vectors
-// + 1 broadcast = 27 of 32 registers; each k step issues 24 FMAs against 2 loads + 12 broadcasts,
-// so the FMA pipes, not the load ports, set the pace.
+// AVX-512 kernel: MR x (2 vectors) tile.  MR = 14: 28 zmm accumulators + 2 B vectors + 1
+// broadcast = 31 of 32 registers; each k step issues 28 FMAs against 2 loads + 14 broadcasts, so
+// the FMA pipes, not the load ports, set the pace (measured at the core's FMA peak from L1).
 template <typename T, int MR>
 PYIMGCLS_TARGET_AVX512 void ukr_avx512(int64_t kc, const T* __restrict a, const T* __restrict b,
                                        T* __restrict c, int64_t ldc, int mode, const T* __restrict bias,
@@ -188,7 +205,13 @@ PYIMGCLS_TARGET_AVX512 void ukr_avx512(int64_t kc, const T* __restrict a, const 
   using V = decltype(vzero512(T(0)));
   V acc0[MR], acc1[MR];
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = vzero512(T(0));
+  for (int i = 0; i < MR; ++i) {
+    acc0[i] = acc1[i] = vzero512(T(0));
+    // The C tile was last touched a whole KC block ago (L3 or memory): start fetching its lines
+    // now so the epilogue does not stall on them.
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 2 * W - 1), _MM_HINT_T0);
+  }
   for (int64_t k = 0; k < kc; ++k) {
     const V b0 = vload512(b), b1 = vload512(b + W);
 #pragma GCC unroll 16
@@ -202,7 +225,8 @@ PYIMGCLS_TARGET_AVX512 void ukr_avx512(int64_t kc, const T* __restrict a, const 
   }
   V bias0 = vzero512(T(0)), bias1 = bias0;
   const bool epi = (mode & kEpilogue) != 0;
-  if (epi && bias) {
+  const bool add_bias = epi && bias != nullptr;
+  if (add_bias) {
     bias0 = vloadu512(bias);
     bias1 = vloadu512(bias + W);
   }
@@ -215,16 +239,16 @@ PYIMGCLS_TARGET_AVX512 void ukr_avx512(int64_t kc, const T* __restrict a, const 
       v0 = vadd512(v0, vloadu512(ci));
       v1 = vadd512(v1, vloadu512(ci + W));
     }
-    if (epi) {
+    if (add_bias) {
       v0 = vadd512(v0, bias0);
       v1 = vadd512(v1, bias1);
-      if (act != Act::None) {
-        v0 = vmax512(zero, v0);
-        v1 = vmax512(zero, v1);
-        if (act == Act::ReLU6) {
-          v0 = vmin512(six, v0);
-          v1 = vmin512(six, v1);
-        }
+    }
+    if (epi && act != Act::None) {
+      v0 = vmax512(zero, v0);
+      v1 = vmax512(zero, v1);
+      if (act == Act::ReLU6) {
+        v0 = vmin512(six, v0);
+        v1 = vmin512(six, v1);
       }
     }
     vstoreu512(ci, v0);
@@ -259,7 +283,11 @@ PYIMGCLS_TARGET_AVX2 void ukr_avx2(int64_t kc, const T* __restrict a, const T* _
   using V = decltype(vzero256(T(0)));
   V acc0[MR], acc1[MR];
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = vzero256(T(0));
+  for (int i = 0; i < MR; ++i) {
+    acc0[i] = acc1[i] = vzero256(T(0));
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);  // as in ukr_avx512
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 2 * W - 1), _MM_HINT_T0);
+  }
   for (int64_t k = 0; k < kc; ++k) {
     const V b0 = vload256(b), b1 = vload256(b + W);
 #pragma GCC unroll 16
@@ -273,7 +301,8 @@ PYIMGCLS_TARGET_AVX2 void ukr_avx2(int64_t kc, const T* __restrict a, const T* _
   }
   V bias0 = vzero256(T(0)), bias1 = bias0;
   const bool epi = (mode & kEpilogue) != 0;
-  if (epi && bias) {
+  const bool add_bias = epi && bias != nullptr;
+  if (add_bias) {
     bias0 = vloadu256(bias);
     bias1 = vloadu256(bias + W);
   }
@@ -286,16 +315,16 @@ PYIMGCLS_TARGET_AVX2 void ukr_avx2(int64_t kc, const T* __restrict a, const T* _
       v0 = vadd256(v0, vloadu256(ci));
       v1 = vadd256(v1, vloadu256(ci + W));
     }
-    if (epi) {
+    if (add_bias) {
       v0 = vadd256(v0, bias0);
       v1 = vadd256(v1, bias1);
-      if (act != Act::None) {
-        v0 = vmax256(zero, v0);
-        v1 = vmax256(zero, v1);
-        if (act == Act::ReLU6) {
-          v0 = vmin256(six, v0);
-          v1 = vmin256(six, v1);
-        }
+    }
+    if (epi && act != Act::None) {
+      v0 = vmax256(zero, v0);
+      v1 = vmax256(zero, v1);
+      if (act == Act::ReLU6) {
+        v0 = vmin256(six, v0);
+        v1 = vmin256(six, v1);
       }
     }
     vstoreu256(ci, v0);
@@ -304,85 +333,181 @@ PYIMGCLS_TARGET_AVX2 void ukr_avx2(int64_t kc, const T* __restrict a, const T* _
 }
 #endif  // PYIMGCLS_X86
 
-// A micro-kernel together with the block sizes tuned for it.
+// ---------------------------------------------------------------------------------------------
+// Packing.  One routine serves both operands: `lanes` A rows (panels of P = MR) or B columns
+// (panels of P = NR) over kc steps of k become consecutive micro-panels,
+//   dst[p*P*kc + k*P + j] = src[(p*P + j)*s_lane + k*s_k],
+// reading any strides.  Lanes past the matrix edge are zero in the last panel so the micro-kernel
+// always runs a full tile: the zero rows/columns add nothing and are never written back.
+// Two layouts get their own loop: lanes contiguous (row-major B, column-major A) is a copy done
+// one k row at a time across all panels, so the source is read sequentially; k contiguous
+// (row-major A, a transposed weight as B) is a transpose done panel by panel in chunks of one
+// cache line of k, so each source line is used up at once and the scattered writes stay in L1.
+// ---------------------------------------------------------------------------------------------
+template <typename T, int P>
+PYIMGCLS_INLINE void pack_copy(const T* src, int64_t s_k, int64_t kc, int64_t lanes, T* __restrict dst) {
+  const int64_t full = lanes / P, tail = lanes - full * P;
+  const int64_t pstride = P * kc;
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* s = src + k * s_k;
+    T* d = dst + k * P;
+    for (int64_t p = 0; p < full; ++p)
+      for (int j = 0; j < P; ++j) d[p * pstride + j] = s[p * P + j];
+    if (tail) {
+      T* dt = d + full * pstride;
+      for (int64_t j = 0; j < tail; ++j) dt[j] = s[full * P + j];
+      for (int64_t j = tail; j < P; ++j) dt[j] = T(0);
+    }
+  }
+}
+
+// One panel, any strides; valid <= P lanes, the rest zero.
+template <typename T, int P>
+PYIMGCLS_INLINE void pack_panel_strided(const T* src, int64_t s_lane, int64_t s_k, int64_t kc, int64_t valid,
+                                        T* __restrict dst) {
+  if (valid < P) std::memset(dst, 0, sizeof(T) * static_cast<size_t>(kc) * P);
+  if (s_k == 1) {
+    constexpr int64_t KB = 64 / sizeof(T);
+    for (int64_t k0 = 0; k0 < kc; k0 += KB) {
+      const int64_t kb = std::min(KB, kc - k0);
+      for (int64_t j = 0; j < valid; ++j) {
+        const T* s = src + j * s_lane + k0;
+        T* d = dst + k0 * P + j;
+        for (int64_t q = 0; q < kb; ++q) d[q * P] = s[q];
+      }
+    }
+    return;
+  }
+  for (int64_t k = 0; k < kc; ++k)
+    for (int64_t j = 0; j < valid; ++j) dst[k * P + j] = src[j * s_lane + k * s_k];
+}
+
+template <typename T, int P>
+void pack_generic(const T* src, int64_t s_lane, int64_t s_k, int64_t kc, int64_t lanes, T* __restrict dst) {
+  if (s_lane == 1) {
+    pack_copy<T, P>(src, s_k, kc, lanes, dst);
+    return;
+  }
+  for (int64_t p = 0; p * P < lanes; ++p)
+    pack_panel_strided<T, P>(src + p * P * s_lane, s_lane, s_k, kc, std::min<int64_t>(P, lanes - p * P),
+                             dst + p * P * kc);
+}
+
+#ifdef PYIMGCLS_X86
+// In-register transposes of L x L blocks (L = lanes per ymm): row i of the block becomes r[i]'s
+// column i.
+PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE void transpose_block(__m256* r) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // r0_0 r1_0 r0_1 r1_1 | r0_4 ...
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // r0_2 r1_2 r0_3 r1_3 | r0_6 ...
+  }
+  for (int h = 0; h < 2; ++h) {
+    u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);      // column 0 | 4 of 4 rows
+    u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xEE);      // column 1 | 5
+    u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);  // column 2 | 6
+    u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);  // column 3 | 7
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE void transpose_block(__m256d* r) {
+  const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]);  // r0_0 r1_0 | r0_2 r1_2
+  const __m256d t1 = _mm256_unpackhi_pd(r[0], r[1]);  // r0_1 r1_1 | r0_3 r1_3
+  const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]);
+  const __m256d t3 = _mm256_unpackhi_pd(r[2], r[3]);
+  r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+  r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+  r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+  r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
+// One full panel with contiguous k: L x L register transposes over one cache line of k.
+template <typename T, int P>
+PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE void pack_panel_transpose(const T* src, int64_t s_lane, int64_t kc,
+                                                               T* __restrict dst) {
+  using V = decltype(vzero256(T(0)));
+  constexpr int L = 32 / sizeof(T);        // lanes per ymm: the transpose block is L x L
+  constexpr int KB = 64 / sizeof(T);       // k per chunk: one cache line of every lane row
+  constexpr int PB = (P + L - 1) / L * L;  // lanes rounded up to whole blocks
+  constexpr bool direct = (P % L == 0);    // blocks land in dst directly, else through tmp
+  alignas(32) T tmp[KB][PB];
+  int64_t k0 = 0;
+  for (; k0 + KB <= kc; k0 += KB) {
+    for (int j0 = 0; j0 < PB; j0 += L) {
+      for (int kk = 0; kk < KB; kk += L) {
+        V r[L];
+        for (int i = 0; i < L; ++i)
+          r[i] = (j0 + i < P) ? vloadu256(src + (j0 + i) * s_lane + k0 + kk) : vzero256(T(0));
+        transpose_block(r);
+        for (int i = 0; i < L; ++i) {
+          if (direct)
+            vstoreu256(dst + (k0 + kk + i) * P + j0, r[i]);
+          else
+            vstoreu256(&tmp[kk + i][j0], r[i]);
+        }
+      }
+    }
+    if (!direct)
+      for (int q = 0; q < KB; ++q)
+        for (int j = 0; j < P; ++j) dst[(k0 + q) * P + j] = tmp[q][j];
+  }
+  for (; k0 < kc; ++k0)
+    for (int j = 0; j < P; ++j) dst[k0 * P + j] = src[j * s_lane + k0];
+}
+
+// AVX2 packer, also used by the AVX-512 path: for the shuffles a transpose needs, 256-bit
+// registers move as many elements per cycle on Zen 4 as 512-bit ones.
+template <typename T, int P>
+PYIMGCLS_TARGET_AVX2 void pack_avx2(const T* src, int64_t s_lane, int64_t s_k, int64_t kc, int64_t lanes,
+                                    T* __restrict dst) {
+  if (s_lane == 1) {
+    pack_copy<T, P>(src, s_k, kc, lanes, dst);
+    return;
+  }
+  for (int64_t p = 0; p * P < lanes; ++p) {
+    const int64_t valid = std::min<int64_t>(P, lanes - p * P);
+    if (s_k == 1 && valid == P)
+      pack_panel_transpose<T, P>(src + p * P * s_lane, s_lane, kc, dst + p * P * kc);
+    else
+      pack_panel_strided<T, P>(src + p * P * s_lane, s_lane, s_k, kc, valid, dst + p * P * kc);
+  }
+}
+#endif  // PYIMGCLS_X86
+
+// A micro-kernel, its packers and the cache blocks tuned for it on an AMD Zen 4 (32 KiB L1d,
+// 1 MiB L2 per core, 32 MiB L3).  KC is large because on this core the L2 feeds the FMA units
+// fast enough: a long K block halves the passes over C, which cost more than L1 residency of the
+// B micro-panel would save.
 template <typename T>
 struct Kernel {
   using Fn = void (*)(int64_t, const T*, const T*, T*, int64_t, int, const T*, Act);
+  using Pack = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, T*);
   Fn fn;
-  int mr, nr;          // register tile
-  int64_t kc, mc, nc;  // cache blocks (upper bounds; the driver evens them out)
-  Isa isa;
+  Pack pack_a, pack_b;  // packers into MR-lane and NR-lane micro-panels
+  int mr, nr;           // register tile
+  int64_t kc, mc, nc;   // cache blocks (upper bounds; the driver evens them out)
 };
 
 template <typename T>
 Kernel<T> select_kernel(Isa isa) {
   constexpr bool f32 = sizeof(T) == 4;
 #ifdef PYIMGCLS_X86
-  if (isa == Isa::Avx512)
-    return f32 ? Kernel<T>{ukr_avx512<T, 14>, 14, 32, 256, 140, 4096, isa}
-               : Kernel<T>{ukr_avx512<T, 14>, 14, 16, 256, 140, 2048, isa};
-  if (isa == Isa::Avx2)
-    return f32 ? Kernel<T>{ukr_avx2<T, 6>, 6, 16, 256, 144, 4096, isa}
-               : Kernel<T>{ukr_avx2<T, 6>, 6, 8, 256, 96, 2048, isa};
+  if (isa == Isa::Avx512) {
+    constexpr int MR = 14, NR = 2 * 64 / sizeof(T);
+    return {ukr_avx512<T, MR>, pack_avx2<T, MR>, pack_avx2<T, NR>, MR, NR, f32 ? 768 : 512, 70,
+            2048};
+  }
+  if (isa == Isa::Avx2) {
+    constexpr int MR = 6, NR = 2 * 32 / sizeof(T);
+    return {ukr_avx2<T, MR>, pack_avx2<T, MR>, pack_avx2<T, NR>, MR, NR, f32 ? 1024 : 384, f32 ? 48 : 72,
+            2048};
+  }
 #endif
-  return f32 ? Kernel<T>{ukr_generic<T, 6, 8>, 6, 8, 256, 96, 2048, Isa::Generic}
-             : Kernel<T>{ukr_generic<T, 6, 4>, 6, 4, 256, 96, 2048, Isa::Generic};
-}
-
-// ---------------------------------------------------------------------------------------------
-// Packing.  Both packers read through arbitrary strides and zero-pad the edge so every micro-panel
-// is full; the zero rows/columns add nothing to the sums and are never written back.
-// ---------------------------------------------------------------------------------------------
-
-// B[k0:k0+kc, n0:n0+nr_valid] -> dst[k*NR + j]  (one NR-column micro-panel)
-template <typename T>
-void pack_b_panel(const T* b, int64_t sbk, int64_t sbn, int64_t kc, int64_t nr_valid, int NR, T* __restrict dst) {
-  if (sbn == 1 && nr_valid == NR) {
-    // Row-major B: each k row of the panel is NR contiguous elements.
-    for (int64_t k = 0; k < kc; ++k) {
-      const T* src = b + k * sbk;
-      T* d = dst + k * NR;
-      for (int j = 0; j < NR; ++j) d[j] = src[j];
-    }
-    return;
-  }
-  if (nr_valid < NR) std::memset(dst, 0, sizeof(T) * static_cast<size_t>(kc) * NR);
-  if (sbk == 1) {
-    // Column-major B (e.g. a transposed weight): walk each column contiguously, scatter into the
-    // L1-resident panel.
-    for (int64_t j = 0; j < nr_valid; ++j) {
-      const T* src = b + j * sbn;
-      for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = src[k];
-    }
-    return;
-  }
-  for (int64_t k = 0; k < kc; ++k)
-    for (int64_t j = 0; j < nr_valid; ++j) dst[k * NR + j] = b[k * sbk + j * sbn];
-}
-
-// A[m0:m0+mr_valid, k0:k0+kc] -> dst[k*MR + i]  (one MR-row micro-panel)
-template <typename T>
-void pack_a_panel(const T* a, int64_t sam, int64_t sak, int64_t kc, int64_t mr_valid, int MR, T* __restrict dst) {
-  if (mr_valid < MR) std::memset(dst, 0, sizeof(T) * static_cast<size_t>(kc) * MR);
-  if (sam == 1) {
-    // Column-major A: each k column of the panel is MR contiguous elements.
-    for (int64_t k = 0; k < kc; ++k) {
-      const T* src = a + k * sak;
-      T* d = dst + k * MR;
-      for (int64_t i = 0; i < mr_valid; ++i) d[i] = src[i];
-    }
-    return;
-  }
-  if (sak == 1) {
-    // Row-major A: read each row contiguously, scatter with stride MR into the panel.
-    for (int64_t i = 0; i < mr_valid; ++i) {
-      const T* src = a + i * sam;
-      for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = src[k];
-    }
-    return;
-  }
-  for (int64_t k = 0; k < kc; ++k)
-    for (int64_t i = 0; i < mr_valid; ++i) dst[k * MR + i] = a[i * sam + k * sak];
+  constexpr int MR = 6, NR = 2 * 16 / sizeof(T);
+  return {ukr_generic<T, MR>, pack_generic<T, MR>, pack_generic<T, NR>, MR, NR, 512, 72, 2048};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -428,29 +553,27 @@ void merge_tile(const T* tile, int64_t ldt, T* c, int64_t scm, int64_t scn, int6
 }
 
 // Below this many multiply-adds the OpenMP fork/join costs more than the second core saves.
-constexpr int64_t kParallelMinWork = int64_t(96) * 96 * 96;
+constexpr double kParallelMinWork = 96.0 * 96.0 * 96.0;
 
 template <typename T>
 void gemm_packed(const Kernel<T>& kr, const T* a, int64_t sam, int64_t sak, const T* b, int64_t sbk,
                  int64_t sbn, const T* bias, T* c, int64_t scm, int64_t scn, int64_t M, int64_t N, int64_t K,
                  Act act) {
   const int MR = kr.mr, NR = kr.nr;
-  const int nt = (M * N * K < kParallelMinWork) ? 1 : std::max(1, omp_get_max_threads());
+  // The work estimate is a double: M * N * K itself may not fit in 64 bits.
+  const double work = static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
+  const int nt = (work < kParallelMinWork) ? 1 : std::max(1, omp_get_max_threads());
 
-  // 1. Even out the blocks: K and N split into equal-ish blocks (no thin tail block); M split into
-  //    a multiple of the thread count so every thread gets the same number of A blocks.
+  // 1. Even out the blocks: K and N split into equal-ish blocks, so there is no thin tail block.
   const int64_t kb = ceil_div(K, kr.kc);
   const int64_t KC = ceil_div(K, kb);
   const int64_t nb = ceil_div(N, kr.nc);
   const int64_t NC = round_up(ceil_div(N, nb), NR);
-  int64_t mb = ceil_div(M, kr.mc);
-  if (mb >= nt) mb = round_up(mb, nt);
-  const int64_t MC = round_up(ceil_div(M, mb), MR);
-  mb = ceil_div(M, MC);
+  const int64_t MC_max = std::min(round_up(kr.mc, MR), round_up(M, MR));
 
   // One B panel shared by the team, then one private A block per thread, each 64-byte aligned.
   const int64_t align = 64 / sizeof(T);
-  const int64_t bsize = round_up(KC * NC, align), asize = round_up(KC * MC, align);
+  const int64_t bsize = round_up(KC * NC, align), asize = round_up(KC * MC_max, align);
   T* bpack = static_cast<T*>(tls_scratch.get(sizeof(T) * static_cast<size_t>(bsize + nt * asize)));
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -459,41 +582,58 @@ void gemm_packed(const Kernel<T>& kr, const T* a, int64_t sam, int64_t sak, cons
     const int team = omp_get_num_threads();
     T* apack = bpack + bsize + tid * asize;
     alignas(64) T tile[kMaxTile];
+    const int64_t mpanels_all = ceil_div(M, MR);
 
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = std::min(NC, N - jc);
       const int64_t npanels = ceil_div(nc, NR);
-      // When there are fewer A blocks than threads (or they do not divide evenly), each A block is
-      // also split along N so the work units still divide evenly among the team.
-      const int64_t ns = std::min<int64_t>(npanels, (mb % team == 0) ? 1 : team / std::gcd<int64_t>(mb, team));
-      const int64_t units = mb * ns;
+
+      // 2. Thread grid tm x tn (tm * tn = team): thread (ti, tj) owns a contiguous range of MR
+      //    panels of M and of NR panels of this N block.  tm is the divisor of the team size with
+      //    the smallest largest-per-thread tile area, preferring to split M (within 5%): that keeps
+      //    each thread's packed A private instead of packing the same A block tn times.
+      auto area = [&](int d) {
+        return static_cast<double>(ceil_div(mpanels_all, d)) * static_cast<double>(ceil_div(npanels, team / d));
+      };
+      double best = area(1);
+      for (int d = 2; d <= team; ++d)
+        if (team % d == 0) best = std::min(best, area(d));
+      int tm = 1;
+      for (int d = team; d >= 1; --d)
+        if (team % d == 0 && area(d) <= 1.05 * best) {
+          tm = d;
+          break;
+        }
+      const int tn = team / tm;
+      const int ti = tid / tn, tj = tid % tn;
+      const int64_t m_lo = std::min(M, mpanels_all * ti / tm * MR);
+      const int64_t m_hi = std::min(M, mpanels_all * (ti + 1) / tm * MR);
+      const int64_t jr_lo = npanels * tj / tn, jr_hi = npanels * (tj + 1) / tn;
+      // MC evened out over this thread's rows, a multiple of MR.
+      const int64_t mblocks = std::max<int64_t>(1, ceil_div(m_hi - m_lo, MC_max));
+      const int64_t MC = round_up(ceil_div(m_hi - m_lo, mblocks), MR);
 
       for (int64_t pc = 0; pc < K; pc += KC) {
         const int64_t kc = std::min(KC, K - pc);
         const int mode = (pc > 0 ? kAccumulate : 0) | (pc + kc == K ? kEpilogue : 0);
 
-        // 2. Pack B[pc:pc+kc, jc:jc+nc] (shared).  The implicit barrier publishes it to the team.
-#pragma omp for schedule(static)
-        for (int64_t p = 0; p < npanels; ++p)
-          pack_b_panel(b + pc * sbk + (jc + p * NR) * sbn, sbk, sbn, kc, std::min<int64_t>(NR, nc - p * NR), NR,
-                       bpack + p * NR * kc);
+        // 3. Pack B[pc:pc+kc, jc:jc+nc] (shared), each thread a contiguous range of micro-panels;
+        //    the barrier publishes the whole panel to the team.
+        {
+          const int64_t p0 = npanels * tid / team, p1 = npanels * (tid + 1) / team;
+          if (p1 > p0)
+            kr.pack_b(b + pc * sbk + (jc + p0 * NR) * sbn, sbn, sbk, kc, std::min(nc, p1 * NR) - p0 * NR,
+                      bpack + p0 * NR * kc);
+        }
+#pragma omp barrier
 
-        // 3. Each thread takes whole (A block, N range) units; A blocks are packed privately.
-        int64_t packed_ic = -1;
-        for (int64_t u = tid; u < units; u += team) {
-          const int64_t ic = (u / ns) * MC;
-          const int64_t s = u % ns;
-          const int64_t mc = std::min(MC, M - ic);
+        for (int64_t ic = m_lo; ic < m_hi && jr_lo < jr_hi; ic += MC) {
+          // 4. Pack this thread's A block A[ic:ic+mc, pc:pc+kc] into its private buffer.
+          const int64_t mc = std::min(MC, m_hi - ic);
           const int64_t mpanels = ceil_div(mc, MR);
-          if (ic != packed_ic) {
-            for (int64_t q = 0; q < mpanels; ++q)
-              pack_a_panel(a + (ic + q * MR) * sam + pc * sak, sam, sak, kc, std::min<int64_t>(MR, mc - q * MR), MR,
-                           apack + q * MR * kc);
-            packed_ic = ic;
-          }
-          const int64_t jr_begin = npanels * s / ns, jr_end = npanels * (s + 1) / ns;
-          // 4. Macro-kernel: the B micro-panel stays in L1 while the A block streams from L2.
-          for (int64_t jr = jr_begin; jr < jr_end; ++jr) {
+          kr.pack_a(a + ic * sam + pc * sak, sam, sak, kc, mc, apack);
+          // 5. Macro-kernel: each B micro-panel is reused across the A block, which stays in L2.
+          for (int64_t jr = jr_lo; jr < jr_hi; ++jr) {
             const T* bp = bpack + jr * NR * kc;
             const int64_t n0 = jc + jr * NR;
             const int64_t nr = std::min<int64_t>(NR, N - n0);
@@ -519,6 +659,91 @@ void gemm_packed(const Kernel<T>& kr, const T* a, int64_t sam, int64_t sak, cons
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Matrix-vector products (M == 1 or N == 1):
+//   y[i] = act(sum_k X[i, k] * v[k] + bias[i * sbias])   for 0 <= i < I.
+// Packing would write and re-read the whole matrix for a single use of each element, so these
+// stream it once instead; they are memory bound, and portable code keeps up with memory.
+// Returns false (caller takes the packed path) when neither X layout streams.
+// ---------------------------------------------------------------------------------------------
+constexpr int64_t kGemvMinParallel = int64_t(1) << 16;  // multiply-adds
+constexpr int64_t kGemvStripBytes = 16384;               // widest strip of outputs, held in L1
+
+template <typename T>
+bool gemv(const T* x, int64_t sxi, int64_t sxk, const T* v, int64_t sv, const T* bias, int64_t sbias, T* y,
+          int64_t sy, int64_t I, int64_t K, Act act) {
+  if (sxk != 1 && sxi != 1) return false;
+  std::vector<T> vbuf;
+  if (sv != 1) {
+    vbuf.resize(static_cast<size_t>(K));
+    for (int64_t k = 0; k < K; ++k) vbuf[k] = v[k * sv];
+    v = vbuf.data();
+  }
+  const int nt = (I * K < kGemvMinParallel) ? 1 : std::max(1, omp_get_max_threads());
+  auto finish = [&](int64_t i, T acc) { y[i * sy] = act_scalar(bias ? acc + bias[i * sbias] : acc, act); };
+  if (sxk == 1) {
+    // Rows of X are contiguous: four dot products at a time share each load of v, and the simd
+    // reduction lets the compiler keep several partial sums per row.
+    const int64_t groups = ceil_div(I, 4);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t i0 = g * 4;
+      if (i0 + 4 <= I) {
+        const T *x0 = x + i0 * sxi, *x1 = x0 + sxi, *x2 = x1 + sxi, *x3 = x2 + sxi;
+        T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+        for (int64_t k = 0; k < K; ++k) {
+          const T vk = v[k];
+          a0 += x0[k] * vk;
+          a1 += x1[k] * vk;
+          a2 += x2[k] * vk;
+          a3 += x3[k] * vk;
+        }
+        finish(i0, a0);
+        finish(i0 + 1, a1);
+        finish(i0 + 2, a2);
+        finish(i0 + 3, a3);
+      } else {
+        for (int64_t i = i0; i < I; ++i) {
+          const T* xi = x + i * sxi;
+          T acc = 0;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t k = 0; k < K; ++k) acc += xi[k] * v[k];
+          finish(i, acc);
+        }
+      }
+    }
+  } else {
+    // Columns of X are contiguous: y is a sum of scaled columns, built one strip of outputs at a
+    // time in an L1-resident accumulator.  A strip is as wide as the work allows (up to 16 KiB)
+    // so each k row is read as one long contiguous run, and four rows are folded in per pass
+    // over the accumulator.
+    constexpr int64_t kStripMax = kGemvStripBytes / sizeof(T);
+    const int64_t width = std::min(kStripMax, round_up(ceil_div(I, nt), 16));
+    const int64_t strips = ceil_div(I, width);
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t s = 0; s < strips; ++s) {
+      const int64_t i0 = s * width, w = std::min(width, I - i0);
+      T acc[kStripMax];
+      for (int64_t j = 0; j < w; ++j) acc[j] = T(0);
+      int64_t k = 0;
+      for (; k + 4 <= K; k += 4) {
+        const T v0 = v[k], v1 = v[k + 1], v2 = v[k + 2], v3 = v[k + 3];
+        const T* x0 = x + k * sxk + i0;
+        const T *x1 = x0 + sxk, *x2 = x1 + sxk, *x3 = x2 + sxk;
+        for (int64_t j = 0; j < w; ++j) acc[j] += (v0 * x0[j] + v1 * x1[j]) + (v2 * x2[j] + v3 * x3[j]);
+      }
+      for (; k < K; ++k) {
+        const T vk = v[k];
+        const T* xk = x + k * sxk + i0;
+        for (int64_t j = 0; j < w; ++j) acc[j] += vk * xk[j];
+      }
+      for (int64_t j = 0; j < w; ++j) finish(i0 + j, acc[j]);
+    }
+  }
+  return true;
+}
+
 template <typename T>
 void gemm_t(Isa isa, const T* a, int64_t sam, int64_t sak, const T* b, int64_t sbk, int64_t sbn, const T* bias,
             T* c, int64_t scm, int64_t scn, int64_t M, int64_t N, int64_t K, Act act) {
@@ -529,6 +754,9 @@ void gemm_t(Isa isa, const T* a, int64_t sam, int64_t sak, const T* b, int64_t s
       for (int64_t n = 0; n < N; ++n) c[m * scm + n * scn] = act_scalar(bias ? bias[n] : T(0), act);
     return;
   }
+  // One row or one column: a matrix-vector product over B (M == 1) or A (N == 1).
+  if (M == 1 && gemv(b, sbn, sbk, a, sak, bias, 1, c, scn, N, K, act)) return;
+  if (N == 1 && gemv(a, sam, sak, b, sbk, bias, 0, c, scm, M, K, act)) return;
   Kernel<T> kr = select_kernel<T>(isa);
   if (getenv("GT_KC")) kr.kc = atoi(getenv("GT_KC"));
   if (getenv("GT_MC")) kr.mc = atoi(getenv("GT_MC"));

@@ -25,8 +25,9 @@
 //     double-buffered shared memory (4-wide vector loads where aligned, bounds-checked scalar loads
 //     otherwise).
 //   bias_act_bwd (bias_act_bwd_kernel): one CTA per strip of SW columns walks all M rows; every
-//     column is summed by 32 * 32 / SW threads in a fixed row order, then reduced by a fixed-shape
-//     tree in shared memory. No atomics: bitwise reproducible.
+//     column is summed by 1024 / SW threads in a fixed row order, then reduced by a fixed-shape
+//     tree in shared memory. SW depends only on N, and there are no atomics: for a given shape the
+//     result is bitwise reproducible.
 //
 // Cost
 //   gemm:         FLOPs = 2 * M * N * K;  minimum bytes = (M*K + K*N + M*N + N) * sizeof(dtype).
@@ -43,6 +44,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "gemm.h"
 #include "runtime.h"
@@ -67,6 +69,9 @@ struct Elem<__half> {
   static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
   static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
   static __device__ __forceinline__ uint32_t bits(float v) { return __half_as_ushort(__float2half_rn(v)); }
+  static __device__ __forceinline__ float from_bits(uint32_t b) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(b)));
+  }
 };
 
 template <>
@@ -75,6 +80,9 @@ struct Elem<__nv_bfloat16> {
   static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
   static __device__ __forceinline__ uint32_t bits(float v) {
     return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  }
+  static __device__ __forceinline__ float from_bits(uint32_t b) {
+    return __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(b)));
   }
 };
 
@@ -199,8 +207,8 @@ struct TcConfig {
 // 128x128x32, 8 warps as 2 (M) x 4 (N), warp tile 64x32 (4 x 4 MMA tiles, 64 fp32 accumulators
 // per thread), 4 stages = 64 KB of shared memory; two CTAs per SM.
 using TcLarge = TcConfig<128, 128, 2, 4, 4, 2>;
-// 64x128x32, 4 warps as 2 x 2, warp tile 32x64 (2 x 8 MMA tiles), 4 stages = 48 KB.
-using TcMedium = TcConfig<64, 128, 2, 2, 4, 4>;
+// 64x128x32, 4 warps as 1 x 4, warp tile 64x32 as in TcLarge, 4 stages = 48 KB.
+using TcMedium = TcConfig<64, 128, 1, 4, 4, 4>;
 // 64x64x32, 4 warps as 2 x 2, warp tile 32x32 (2 x 4 MMA tiles), 4 stages = 32 KB.
 using TcSmall = TcConfig<64, 64, 2, 2, 4, 4>;
 
@@ -333,24 +341,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
     const uint32_t s_b = s_a + Cfg::A_BYTES;
 #pragma unroll
     for (int ks = 0; ks < BK / 16; ++ks) {
-      // 3a. A fragments: one ldmatrix.x4 per m16k16 tile. Matrices 0..3 = (rows 0-7, k 0-7),
-      //     (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15) = a[0..3].
-      uint32_t af[MT][4];
-#pragma unroll
-      for (int i = 0; i < MT; ++i) {
-        if constexpr (A_KC) {
-          // [BM][BK] tile: lane l addresses row (l % 16), k-chunk (l / 16) of the tile.
-          const int row = wm0 + i * 16 + (lane & 15);
-          ptx::ldmatrix_x4(af[i], s_a + swz<4>(row, ks * 2 + (lane >> 4)));
-        } else {
-          // [BK][BM] tile (m contiguous): stored rows are k, so load transposed; lane l addresses
-          // k = (l % 8) + 8 * (l / 16) at m-chunk (l / 8) % 2.
-          const int krow = ks * 16 + (lane & 7) + ((lane >> 4) << 3);
-          const int m = wm0 + i * 16 + (((lane >> 3) & 1) << 3);
-          ptx::ldmatrix_x4_trans(af[i], s_a + swz<BM / 8>(krow, m >> 3));
-        }
-      }
-      // 3b. B fragments: one ldmatrix.x4 per pair of n8 tiles. Matrices 0..3 = (n 0-7, k 0-7),
+      // 3a. B fragments: one ldmatrix.x4 per pair of n8 tiles. Matrices 0..3 = (n 0-7, k 0-7),
       //     (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15) = b[2jp][0], b[2jp][1],
       //     b[2jp+1][0], b[2jp+1][1].
       uint32_t bf[NT][2];
@@ -374,11 +365,26 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
         bf[2 * jp + 1][0] = r[2];
         bf[2 * jp + 1][1] = r[3];
       }
-      // 3c. MT x NT tensor-core MMAs.
+      // 3b. Per m16 tile: its A fragment (one ldmatrix.x4; matrices 0..3 = (rows 0-7, k 0-7),
+      //     (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15) = a[0..3]), then NT MMAs.
+      //     Loading A per tile rather than all at once keeps 4 fragment registers live, not 4*MT.
 #pragma unroll
-      for (int i = 0; i < MT; ++i)
+      for (int i = 0; i < MT; ++i) {
+        uint32_t af[4];
+        if constexpr (A_KC) {
+          // [BM][BK] tile: lane l addresses row (l % 16), k-chunk (l / 16) of the tile.
+          const int row = wm0 + i * 16 + (lane & 15);
+          ptx::ldmatrix_x4(af, s_a + swz<4>(row, ks * 2 + (lane >> 4)));
+        } else {
+          // [BK][BM] tile (m contiguous): stored rows are k, so load transposed; lane l addresses
+          // k = (l % 8) + 8 * (l / 16) at m-chunk (l / 8) % 2.
+          const int krow = ks * 16 + (lane & 7) + ((lane >> 4) << 3);
+          const int m = wm0 + i * 16 + (((lane >> 3) & 1) << 3);
+          ptx::ldmatrix_x4_trans(af, s_a + swz<BM / 8>(krow, m >> 3));
+        }
 #pragma unroll
-        for (int j = 0; j < NT; ++j) ptx::mma_16816<T>(acc[i][j], af[i], bf[j]);
+        for (int j = 0; j < NT; ++j) ptx::mma_16816<T>(acc[i][j], af, bf[j]);
+      }
     }
   }
 
@@ -427,9 +433,12 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
       if (p.c_vec && gcol + 8 <= p.N) {
         *reinterpret_cast<uint4*>(dst) = v;
       } else {
-        const T* e = reinterpret_cast<const T*>(&v);
+        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
         const int n_valid = clamp_count(p.N, gcol, 8);
-        for (int q = 0; q < n_valid; ++q) dst[q] = e[q];
+        unsigned short* d16 = reinterpret_cast<unsigned short*>(dst);
+#pragma unroll
+        for (int q = 0; q < 8; ++q)
+          if (q < n_valid) d16[q] = static_cast<unsigned short>(w[q >> 1] >> (16 * (q & 1)));
       }
     }
   }
@@ -438,9 +447,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
 // ---------------------------------------------------------------------------------------------
 // SIMT GEMM (IEEE fp32 FFMA): float32 everywhere, and the generic path for 16-bit dtypes.
 // ---------------------------------------------------------------------------------------------
-template <int BM_, int BN_>
+template <int BM_, int BN_, int MIN_BLOCKS_>
 struct SimtConfig {
-  static constexpr int BM = BM_, BN = BN_, BK = 8;
+  static constexpr int BM = BM_, BN = BN_, BK = 8, MIN_BLOCKS = MIN_BLOCKS_;
   static constexpr int TX = BN / 8, TY = BM / 8;  // thread grid; each thread owns 8 x 8 outputs
   static constexpr int THREADS = TX * TY;
   static constexpr int AS_LD = BM + 4, BS_LD = BN + 4;  // +4 floats: the transposing scalar
@@ -452,10 +461,11 @@ struct SimtConfig {
 };
 
 // 128x128x8, 256 threads, 8x8 outputs per thread (two 4x4 quadrants 64 rows / 64 columns apart,
-// so the float4 shared reads of a warp are broadcast or contiguous); 2 x 8.25 KB shared memory.
-using SimtLarge = SimtConfig<128, 128>;
+// so the float4 shared reads of a warp are broadcast or contiguous); 2 x 8.25 KB shared memory;
+// registers capped at 128 so two CTAs (16 warps) share an SM.
+using SimtLarge = SimtConfig<128, 128, 2>;
 // 64x64x8, 64 threads, same micro-tile; for problems too small to fill the SMs with 128x128.
-using SimtSmall = SimtConfig<64, 64>;
+using SimtSmall = SimtConfig<64, 64, 1>;
 
 // 4 elements g[off + e*stride] (e < cnt valid, the rest 0) as fp32; one vector load when allowed.
 template <typename T>
@@ -467,9 +477,10 @@ __device__ __forceinline__ float4 load4(const T* __restrict__ g, int64_t off, in
       return q;
     } else {
       const uint2 q = *reinterpret_cast<const uint2*>(g + off);
-      const T* e = reinterpret_cast<const T*>(&q);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) v[i] = Elem<T>::to_float(e[i]);
+      v[0] = Elem<T>::from_bits(q.x & 0xffffu);
+      v[1] = Elem<T>::from_bits(q.x >> 16);
+      v[2] = Elem<T>::from_bits(q.y & 0xffffu);
+      v[3] = Elem<T>::from_bits(q.y >> 16);
     }
   } else {
 #pragma unroll
@@ -477,6 +488,23 @@ __device__ __forceinline__ float4 load4(const T* __restrict__ g, int64_t off, in
       if (i < cnt) v[i] = Elem<T>::to_float(g[off + i * stride]);
   }
   return make_float4(v[0], v[1], v[2], v[3]);
+}
+
+// Stores the first n_valid of 4 consecutive outputs (rounded to T); one vector store when allowed.
+template <typename T>
+__device__ __forceinline__ void store4(T* dst, const float (&v)[4], int n_valid, bool vec) {
+  if (vec && n_valid == 4) {
+    if constexpr (sizeof(T) == 4) {
+      *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+    } else {
+      *reinterpret_cast<uint2*>(dst) = make_uint2(Elem<T>::bits(v[0]) | (Elem<T>::bits(v[1]) << 16),
+                                                  Elem<T>::bits(v[2]) | (Elem<T>::bits(v[3]) << 16));
+    }
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (q < n_valid) dst[q] = Elem<T>::from_float(v[q]);
+  }
 }
 
 // Global -> registers for one BK = 8 slice of an operand (R = BM for A, BN for B; `o` = m or n).
@@ -523,7 +551,7 @@ __device__ __forceinline__ void simt_store(float* s, const float4 (&r)[NV], int 
 // C tile = act(A tile @ B tile + bias) with fp32 FFMA. A_KC: A is loaded along k (sak == 1, or
 // the smaller stride when neither is 1); otherwise along m. B_KC likewise along k, else along n.
 template <typename T, typename Cfg, bool A_KC, bool B_KC>
-__global__ void __launch_bounds__(Cfg::THREADS) gemm_simt_fwd_kernel(const GemmParams<T> p) {
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_simt_fwd_kernel(const GemmParams<T> p) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, THREADS = Cfg::THREADS;
   constexpr int AS_LD = Cfg::AS_LD, BS_LD = Cfg::BS_LD;
   __shared__ __align__(16) float As[2][BK * AS_LD];  // [k][m]
@@ -612,20 +640,10 @@ __global__ void __launch_bounds__(Cfg::THREADS) gemm_simt_fwd_kernel(const GemmP
     for (int h = 0; h < 2; ++h) {
       const int64_t col = n0 + h * (BN / 2) + 4 * tx;
       if (col >= p.N) continue;
-      T out[4];
+      float out[4];
 #pragma unroll
-      for (int q = 0; q < 4; ++q) out[q] = Elem<T>::from_float(apply_act(acc[i][4 * h + q] + bias[4 * h + q], p.act));
-      T* dst = p.c + row * p.ldc + col;
-      if (p.c_vec && col + 4 <= p.N) {
-        if constexpr (sizeof(T) == 4) {
-          *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(out);
-        } else {
-          *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(out);
-        }
-      } else {
-        const int n_valid = clamp_count(p.N, col, 4);
-        for (int q = 0; q < n_valid; ++q) dst[q] = out[q];
-      }
+      for (int q = 0; q < 4; ++q) out[q] = apply_act(acc[i][4 * h + q] + bias[4 * h + q], p.act);
+      store4(p.c + row * p.ldc + col, out, clamp_count(p.N, col, 4), p.c_vec);
     }
   }
 }

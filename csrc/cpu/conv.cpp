@@ -1,0 +1,489 @@
+// CPU convolution family: fused conv2d forward (bias + residual + activation) and its backward,
+// float32 and float64, built on the GEMM family's kernel (cpu::gemm in gemm.h).
+//
+// What it computes
+//   fwd:   out[n,o,oh,ow] = act(sum_{c,i,j} x[n, g*Cg+c, oh*sh-ph+i*dh, ow*sw-pw+j*dw] * w[o,c,i,j]
+//                               + bias[o] + residual[n,o,oh,ow]),   g = o / Og, Cg = C/groups
+//   dgrad: dx = sum over taps of g * w   (the transpose of the forward's linear map)
+//   wgrad: dw[o,c,i,j] = sum_{n,oh,ow} g[n,o,oh,ow] * x[n, g*Cg+c, ih, iw]
+//   bias_act_bwd: grad_pre = grad * act'(out), grad_bias[o] = sum grad_pre[:, o]
+//
+// Algorithm: explicit im2col per (image, group) into a per-thread buffer + one GEMM, two
+// orientations chosen by the output layout so the GEMM always writes unit-stride rows:
+//   channels_last output (pixel-major, "path A"): C[p, o] = col[p, k] @ wt[o, k]^T, with the K axis
+//     ordered (i, j, c) so im2col copies contiguous channel runs of NHWC input, and the weight
+//     repacked once per call to [O, KH, KW, Cg]. out-channels are the GEMM's N dimension, so the
+//     GEMM epilogue fuses bias + activation; a residual is added (then activated) in one extra pass
+//     over the tile the thread just wrote (still in cache).
+//   NCHW output (channel-major, "path B"): C[o, p] = w[o, k] @ col[k, p], K ordered (c, i, j) (the
+//     weight's own layout); bias is per GEMM row, so bias + residual + activation run as one fused
+//     pass over the freshly written rows.
+//   1x1 / stride 1 / no padding: no im2col at all — the input itself is the GEMM operand, read
+//     through its strides.
+//   dgrad: col = g @ w (GEMM) then col2im scatter-add into dx (zeroed first); wgrad: im2col + GEMM
+//     per image, summed into per-thread partial weights reduced in thread order (deterministic).
+// Parallelism: with at least as many (image, group) units as threads, units are distributed over
+// OpenMP threads and each calls the GEMM serially (a nested region runs with one thread);
+// otherwise the units run in order and the GEMM parallelises internally.
+//
+// Cost: FLOPs = 2 * N * O * OH*OW * Cg*KH*KW for each of fwd, dgrad, wgrad. Minimum bytes =
+//   sizeof(T) * (|x| + |w| + |out| (+ |residual| + O)). im2col adds a write + read of
+//   Cg*KH*KW*OH*OW per (image, group), kept in L2/L3 for the shapes of CNN classifiers.
+//
+// Test and benchmark
+//   pytest tests/test_conv.py -k cpu
+//   pytest benchmarks/test_bench_conv_cpu.py
+#include "conv.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "gemm.h"
+
+namespace pyimgcls::cpu {
+namespace {
+
+template <typename T>
+inline T act_apply(T v, Act act) {
+  // NaN compares false and falls through unchanged, as torch.relu / relu6 propagate it.
+  if (act == Act::ReLU) return v < T(0) ? T(0) : v;
+  if (act == Act::ReLU6) return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
+  return v;
+}
+
+template <typename T>
+constexpr DType dtype_of() {
+  return sizeof(T) == 4 ? DType::Float32 : DType::Float64;
+}
+
+// Smallest q >= 0 with q*s + off >= 0, and the first q with q*s + off >= lim: the output range
+// [lo, hi) whose input coordinate q*s + off lies in [0, lim).
+inline void valid_range(int64_t off, int64_t s, int64_t lim, int64_t count, int64_t& lo, int64_t& hi) {
+  lo = off >= 0 ? 0 : (-off + s - 1) / s;
+  hi = off >= lim ? 0 : (lim - off + s - 1) / s;
+  lo = std::min(lo, count);
+  hi = std::max(lo, std::min(hi, count));
+}
+
+struct Plan {
+  ConvShape s;
+  int64_t Cg, Og, K, P;
+  bool direct;  // 1x1, stride 1, no padding: the input is the GEMM operand (no im2col)
+};
+
+Plan make_plan(const ConvShape& s, Strides4 xs) {
+  Plan p{s, s.C / s.groups, s.O / s.groups, 0, s.OH * s.OW, false};
+  p.K = p.Cg * s.KH * s.KW;
+  p.direct = s.KH == 1 && s.KW == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
+             s.OH == s.H && s.OW == s.W && (s.H == 1 || xs.h == s.W * xs.w);
+  return p;
+}
+
+// col[k, p], k = (c, i, j): rows of output pixels for each tap (channel-major GEMM operand).
+template <typename T>
+void im2col_kp(const Plan& pl, const T* x, Strides4 xs, T* col) {
+  const ConvShape& s = pl.s;
+  for (int64_t c = 0; c < pl.Cg; ++c)
+    for (int64_t i = 0; i < s.KH; ++i)
+      for (int64_t j = 0; j < s.KW; ++j) {
+        T* row = col + ((c * s.KH + i) * s.KW + j) * pl.P;
+        const int64_t woff = j * s.dil_w - s.pad_w;
+        int64_t lo, hi;
+        valid_range(woff, s.stride_w, s.W, s.OW, lo, hi);
+        for (int64_t oh = 0; oh < s.OH; ++oh) {
+          T* dst = row + oh * s.OW;
+          const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+          if (ih < 0 || ih >= s.H) {
+            std::fill(dst, dst + s.OW, T(0));
+            continue;
+          }
+          std::fill(dst, dst + lo, T(0));
+          const T* src = x + c * xs.c + ih * xs.h + woff * xs.w;
+          const int64_t step = s.stride_w * xs.w;
+          for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * step];
+          std::fill(dst + hi, dst + s.OW, T(0));
+        }
+      }
+}
+
+// col[p, k], k = (i, j, c): one row of taps per output pixel (pixel-major GEMM operand).
+template <typename T>
+void im2col_pk(const Plan& pl, const T* x, Strides4 xs, T* col) {
+  const ConvShape& s = pl.s;
+  for (int64_t oh = 0; oh < s.OH; ++oh)
+    for (int64_t ow = 0; ow < s.OW; ++ow) {
+      T* row = col + (oh * s.OW + ow) * pl.K;
+      for (int64_t i = 0; i < s.KH; ++i) {
+        const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+        for (int64_t j = 0; j < s.KW; ++j) {
+          T* dst = row + (i * s.KW + j) * pl.Cg;
+          const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dil_w;
+          if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) {
+            std::fill(dst, dst + pl.Cg, T(0));
+            continue;
+          }
+          const T* src = x + ih * xs.h + iw * xs.w;
+          if (xs.c == 1 && pl.Cg >= 8)
+            std::memcpy(dst, src, sizeof(T) * static_cast<size_t>(pl.Cg));
+          else
+            for (int64_t c = 0; c < pl.Cg; ++c) dst[c] = src[c * xs.c];
+        }
+      }
+    }
+}
+
+// dx += col2im(col), col[k, p] with k = (c, i, j).
+template <typename T>
+void col2im_kp(const Plan& pl, const T* col, T* dx, Strides4 xs) {
+  const ConvShape& s = pl.s;
+  for (int64_t c = 0; c < pl.Cg; ++c)
+    for (int64_t i = 0; i < s.KH; ++i)
+      for (int64_t j = 0; j < s.KW; ++j) {
+        const T* row = col + ((c * s.KH + i) * s.KW + j) * pl.P;
+        const int64_t woff = j * s.dil_w - s.pad_w;
+        int64_t lo, hi;
+        valid_range(woff, s.stride_w, s.W, s.OW, lo, hi);
+        for (int64_t oh = 0; oh < s.OH; ++oh) {
+          const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+          if (ih < 0 || ih >= s.H) continue;
+          T* dst = dx + c * xs.c + ih * xs.h + woff * xs.w;
+          const T* src = row + oh * s.OW;
+          const int64_t step = s.stride_w * xs.w;
+          for (int64_t ow = lo; ow < hi; ++ow) dst[ow * step] += src[ow];
+        }
+      }
+}
+
+// dx += col2im(col), col[p, k] with k = (i, j, c).
+template <typename T>
+void col2im_pk(const Plan& pl, const T* col, T* dx, Strides4 xs) {
+  const ConvShape& s = pl.s;
+  for (int64_t oh = 0; oh < s.OH; ++oh)
+    for (int64_t ow = 0; ow < s.OW; ++ow) {
+      const T* row = col + (oh * s.OW + ow) * pl.K;
+      for (int64_t i = 0; i < s.KH; ++i) {
+        const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+        if (ih < 0 || ih >= s.H) continue;
+        for (int64_t j = 0; j < s.KW; ++j) {
+          const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dil_w;
+          if (iw < 0 || iw >= s.W) continue;
+          const T* src = row + (i * s.KW + j) * pl.Cg;
+          T* dst = dx + ih * xs.h + iw * xs.w;
+          for (int64_t c = 0; c < pl.Cg; ++c) dst[c * xs.c] += src[c];
+        }
+      }
+    }
+}
+
+// w[o, c, i, j] -> wt[o, (i, j, c)]: the K order of the pixel-major path.
+template <typename T>
+void repack_weight_ijc(const Plan& pl, const T* w, T* wt) {
+  const ConvShape& s = pl.s;
+  const int64_t taps = s.KH * s.KW;
+  for (int64_t o = 0; o < s.O; ++o)
+    for (int64_t c = 0; c < pl.Cg; ++c)
+      for (int64_t t = 0; t < taps; ++t) wt[o * pl.K + t * pl.Cg + c] = w[o * pl.K + c * taps + t];
+}
+
+// Team size for a loop over `units` independent (image, group) pieces of `macs` multiply-adds in
+// all: spread them over threads when there are enough of them, else run them in order and let the
+// GEMM parallelise inside. Tiny convolutions (LeNet) stay on one thread: a fork/join costs more
+// than the work, and far more when the cores are oversubscribed.
+inline int outer_threads(int64_t units, int64_t macs) {
+  const int nt = std::max(1, omp_get_max_threads());
+  if (nt == 1 || macs < (int64_t(1) << 22)) return 1;
+  if (units >= nt && (units % nt == 0 || units >= 4 * nt)) return nt;
+  return 1;
+}
+
+inline void check_collapsible(const char* what, int64_t H, int64_t W, Strides4 st) {
+  if (H > 1 && st.h != W * st.w)
+    throw std::invalid_argument(std::string("conv2d (cpu): ") + what +
+                                " must have collapsible (h, w) dimensions (stride_h == W * stride_w)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void conv2d_fwd_t(const ConvShape& s, const T* x, Strides4 xs, const T* w, const T* bias, const T* res,
+                  Strides4 rs, T* out, Strides4 os, Act act) {
+  check_collapsible("out", s.OH, s.OW, os);
+  const Plan pl = make_plan(s, xs);
+  const bool pixel_major = os.c == 1 && s.O > 1;
+  const int64_t units = s.N * s.groups;
+  if (units == 0 || pl.P == 0 || s.O == 0) return;
+  const DType dt = dtype_of<T>();
+
+  // 1. Weight in the K order of the chosen path (pixel-major reads (i, j, c)).
+  std::vector<T> wt_buf;
+  const T* wk = w;
+  if (pixel_major && !pl.direct && s.KH * s.KW > 1 && pl.Cg > 1) {
+    wt_buf.resize(static_cast<size_t>(s.O * pl.K));
+    repack_weight_ijc(pl, w, wt_buf.data());
+    wk = wt_buf.data();
+  }
+  const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
+  const size_t col_elems = pl.direct ? 0 : static_cast<size_t>(pl.K * pl.P);
+  std::vector<T> col_all(col_elems * static_cast<size_t>(nt));
+
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t n = u / s.groups, g = u % s.groups;
+    T* col = col_all.data() + col_elems * static_cast<size_t>(nt > 1 ? omp_get_thread_num() : 0);
+    const T* xg = x + n * xs.n + g * pl.Cg * xs.c;
+    T* og = out + n * os.n + g * pl.Og * os.c;
+    const T* rg = res ? res + n * rs.n + g * pl.Og * rs.c : nullptr;
+    const T* bg = bias ? bias + g * pl.Og : nullptr;
+    if (pixel_major) {
+      // 2a. C[p, o] = col[p, k] @ wk[o, k]^T  (+ bias, act in the GEMM epilogue when no residual)
+      const T* a = xg;
+      int64_t sam = xs.w, sak = xs.c;
+      if (!pl.direct) {
+        im2col_pk(pl, xg, xs, col);
+        a = col;
+        sam = pl.K;
+        sak = 1;
+      }
+      gemm(dt, a, sam, sak, wk + g * pl.Og * pl.K, 1, pl.K, bg, og, os.w, 1, pl.P, pl.Og, pl.K,
+           rg ? Act::None : act);
+      if (rg)
+        for (int64_t p = 0; p < pl.P; ++p) {
+          T* orow = og + p * os.w;
+          const int64_t ph = p / s.OW, pw = p % s.OW;
+          const T* rrow = rg + ph * rs.h + pw * rs.w;
+          for (int64_t o = 0; o < pl.Og; ++o) orow[o] = act_apply(orow[o] + rrow[o * rs.c], act);
+        }
+    } else {
+      // 2b. C[o, p] = w[o, k] @ col[k, p], then bias + residual + act in one pass over the rows.
+      const T* b = xg;
+      int64_t sbk = xs.c, sbn = xs.w;
+      if (!pl.direct) {
+        im2col_kp(pl, xg, xs, col);
+        b = col;
+        sbk = pl.P;
+        sbn = 1;
+      }
+      const bool rows_epilogue = bg != nullptr || rg != nullptr || act != Act::None;
+      gemm(dt, w + g * pl.Og * pl.K, pl.K, 1, b, sbk, sbn, nullptr, og, os.c, os.w, pl.Og, pl.P, pl.K, Act::None);
+      if (rows_epilogue)
+        for (int64_t o = 0; o < pl.Og; ++o) {
+          T* orow = og + o * os.c;
+          const T bo = bg ? bg[o] : T(0);
+          if (rg) {
+            const T* rrow = rg + o * rs.c;
+            for (int64_t p = 0; p < pl.P; ++p)
+              orow[p * os.w] = act_apply(orow[p * os.w] + bo + rrow[(p / s.OW) * rs.h + (p % s.OW) * rs.w], act);
+          } else {
+            for (int64_t p = 0; p < pl.P; ++p) orow[p * os.w] = act_apply(orow[p * os.w] + bo, act);
+          }
+        }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward: data
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void conv2d_bwd_data_t(const ConvShape& s, const T* gr, Strides4 gs, const T* w, T* dx, Strides4 xs) {
+  check_collapsible("grad", s.OH, s.OW, gs);
+  check_collapsible("grad_input", s.H, s.W, xs);
+  const Plan pl = make_plan(s, xs);
+  const int64_t units = s.N * s.groups;
+  if (units == 0 || s.C == 0) return;
+  const DType dt = dtype_of<T>();
+  const bool pixel_major = gs.c == 1 && s.O > 1;
+  std::vector<T> wt_buf;
+  const T* wk = w;
+  if (pixel_major && s.KH * s.KW > 1 && pl.Cg > 1) {
+    wt_buf.resize(static_cast<size_t>(s.O * pl.K));
+    repack_weight_ijc(pl, w, wt_buf.data());
+    wk = wt_buf.data();
+  }
+  const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
+  const size_t col_elems = pl.direct ? 0 : static_cast<size_t>(pl.K * pl.P);
+  std::vector<T> col_all(col_elems * static_cast<size_t>(nt));
+
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t n = u / s.groups, g = u % s.groups;
+    T* col = col_all.data() + col_elems * static_cast<size_t>(nt > 1 ? omp_get_thread_num() : 0);
+    const T* gg = gr + n * gs.n + g * pl.Og * gs.c;
+    T* dxg = dx + n * xs.n + g * pl.Cg * xs.c;
+    // Each (image, group) owns its slice of dx, so units never write the same element.
+    if (pl.direct || pl.Og == 0) {
+      // dx[p, c] = g[p, o] @ w[o, c] written straight into dx (every element written once; Og == 0
+      // gives the empty sum, zeros).
+      gemm(dt, gg, gs.w, gs.c, w + g * pl.Og * pl.K, pl.K, 1, nullptr, dxg, xs.w, xs.c, pl.P, pl.Cg, pl.Og,
+           Act::None);
+      continue;
+    }
+    for (int64_t c = 0; c < pl.Cg; ++c)
+      for (int64_t h = 0; h < s.H; ++h)
+        for (int64_t x0 = 0; x0 < s.W; ++x0) dxg[c * xs.c + h * xs.h + x0 * xs.w] = T(0);
+    if (pixel_major) {
+      // col[p, k] = g[p, o] @ wt[o, k]
+      gemm(dt, gg, gs.w, 1, wk + g * pl.Og * pl.K, pl.K, 1, nullptr, col, pl.K, 1, pl.P, pl.K, pl.Og, Act::None);
+      col2im_pk(pl, col, dxg, xs);
+    } else {
+      // col[k, p] = w[o, k]^T @ g[o, p]
+      gemm(dt, w + g * pl.Og * pl.K, 1, pl.K, gg, gs.c, gs.w, nullptr, col, pl.P, 1, pl.K, pl.P, pl.Og, Act::None);
+      col2im_kp(pl, col, dxg, xs);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward: weight
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void conv2d_bwd_weight_t(const ConvShape& s, const T* gr, Strides4 gs, const T* x, Strides4 xs, T* dw) {
+  check_collapsible("grad", s.OH, s.OW, gs);
+  const Plan pl = make_plan(s, xs);
+  const int64_t units = s.N * s.groups;
+  const size_t wsize = static_cast<size_t>(s.O * pl.K);
+  std::fill(dw, dw + wsize, T(0));
+  if (units == 0 || wsize == 0 || pl.P == 0) return;
+  const DType dt = dtype_of<T>();
+  const bool pixel_major = gs.c == 1 && s.O > 1 && !pl.direct;
+  const bool ijc = pixel_major && s.KH * s.KW > 1 && pl.Cg > 1;  // result columns in (i, j, c) order
+  const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
+  const size_t col_elems = pl.direct ? 0 : static_cast<size_t>(pl.K * pl.P);
+  const size_t tmp_elems = static_cast<size_t>(pl.Og * pl.K);
+  std::vector<T> col_all(col_elems * static_cast<size_t>(nt));
+  std::vector<T> tmp_all(tmp_elems * static_cast<size_t>(nt));
+  // Per-thread partial sums (thread 0 accumulates into dw itself); reduced in thread order below.
+  std::vector<T> part((nt - 1) * wsize, T(0));
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int tid = nt > 1 ? omp_get_thread_num() : 0;
+    T* col = col_all.data() + col_elems * static_cast<size_t>(tid);
+    T* tmp = tmp_all.data() + tmp_elems * static_cast<size_t>(tid);
+    T* acc = tid == 0 ? dw : part.data() + (tid - 1) * wsize;
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t n = u / s.groups, g = u % s.groups;
+      const T* gg = gr + n * gs.n + g * pl.Og * gs.c;
+      const T* xg = x + n * xs.n + g * pl.Cg * xs.c;
+      if (pl.direct) {
+        // tmp[o, c] = g[o, p] @ x[p, c]
+        gemm(dt, gg, gs.c, gs.w, xg, xs.w, xs.c, nullptr, tmp, pl.K, 1, pl.Og, pl.K, pl.P, Act::None);
+      } else if (pixel_major) {
+        // tmp[o, k] = g[p, o]^T @ col[p, k]
+        im2col_pk(pl, xg, xs, col);
+        gemm(dt, gg, 1, gs.w, col, pl.K, 1, nullptr, tmp, pl.K, 1, pl.Og, pl.K, pl.P, Act::None);
+      } else {
+        // tmp[o, k] = g[o, p] @ col[k, p]^T
+        im2col_kp(pl, xg, xs, col);
+        gemm(dt, gg, gs.c, gs.w, col, 1, pl.P, nullptr, tmp, pl.K, 1, pl.Og, pl.K, pl.P, Act::None);
+      }
+      T* ag = acc + g * pl.Og * pl.K;
+      if (ijc) {
+        const int64_t taps = s.KH * s.KW;
+        for (int64_t o = 0; o < pl.Og; ++o)
+          for (int64_t c = 0; c < pl.Cg; ++c)
+            for (int64_t t = 0; t < taps; ++t) ag[o * pl.K + c * taps + t] += tmp[o * pl.K + t * pl.Cg + c];
+      } else {
+        for (size_t e = 0; e < tmp_elems; ++e) ag[e] += tmp[e];
+      }
+    }
+  }
+  for (int t = 1; t < nt; ++t) {
+    const T* pt = part.data() + (t - 1) * wsize;
+    for (size_t e = 0; e < wsize; ++e) dw[e] += pt[e];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Epilogue backward
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void conv2d_bias_act_bwd_t(int64_t N, int64_t O, int64_t P, const T* grad, Strides4 gs, const T* out,
+                           Strides4 os, T* gp, T* gb, Act act) {
+  const bool dense_nhwc = gs.c == 1 && gs.w == O && gs.n == P * O && os.c == 1 && os.w == O && os.n == P * O;
+  if (dense_nhwc) {
+    // A contiguous [N*P, O] matrix with the bias per column: exactly the GEMM family's kernel.
+    bias_act_bwd(dtype_of<T>(), grad, out, gp, gb, N * P, O, act);
+    return;
+  }
+  const int nt = (N * O * P < (int64_t(1) << 15)) ? 1 : std::max(1, omp_get_max_threads());
+  // One channel per iteration: its sum runs over (n, p) in a fixed order (deterministic).
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t o = 0; o < O; ++o) {
+    double acc = 0.0;
+    for (int64_t n = 0; n < N; ++n) {
+      const T* g = grad + n * gs.n + o * gs.c;
+      T* d = gp + n * gs.n + o * gs.c;
+      const T* y = out ? out + n * os.n + o * os.c : nullptr;
+      for (int64_t p = 0; p < P; ++p) {
+        T v = g[p * gs.w];
+        if (act == Act::ReLU) v = y[p * os.w] > T(0) ? v : T(0);
+        else if (act == Act::ReLU6) v = (y[p * os.w] > T(0) && y[p * os.w] < T(6)) ? v : T(0);
+        if (act != Act::None || d != g) d[p * gs.w] = v;
+        acc += static_cast<double>(v);
+      }
+    }
+    if (gb) gb[o] = static_cast<T>(acc);
+  }
+}
+
+void check_dtype(DType dt, const char* what) {
+  if (dt != DType::Float32 && dt != DType::Float64)
+    throw std::invalid_argument(std::string(what) + " takes float32 or float64, got " + dtype_name(dt));
+}
+
+}  // namespace
+
+void conv2d_fwd(DType dt, const ConvShape& s, const void* x, Strides4 xs, const void* w, const void* bias,
+                const void* residual, Strides4 rs, void* out, Strides4 os, Act act) {
+  check_dtype(dt, "CPU conv2d");
+  if (dt == DType::Float32)
+    conv2d_fwd_t(s, static_cast<const float*>(x), xs, static_cast<const float*>(w), static_cast<const float*>(bias),
+                 static_cast<const float*>(residual), rs, static_cast<float*>(out), os, act);
+  else
+    conv2d_fwd_t(s, static_cast<const double*>(x), xs, static_cast<const double*>(w),
+                 static_cast<const double*>(bias), static_cast<const double*>(residual), rs,
+                 static_cast<double*>(out), os, act);
+}
+
+void conv2d_bwd_data(DType dt, const ConvShape& s, const void* g, Strides4 gs, const void* w, void* dx,
+                     Strides4 xs) {
+  check_dtype(dt, "CPU conv2d backward (data)");
+  if (dt == DType::Float32)
+    conv2d_bwd_data_t(s, static_cast<const float*>(g), gs, static_cast<const float*>(w), static_cast<float*>(dx), xs);
+  else
+    conv2d_bwd_data_t(s, static_cast<const double*>(g), gs, static_cast<const double*>(w), static_cast<double*>(dx),
+                      xs);
+}
+
+void conv2d_bwd_weight(DType dt, const ConvShape& s, const void* g, Strides4 gs, const void* x, Strides4 xs,
+                       void* dw) {
+  check_dtype(dt, "CPU conv2d backward (weight)");
+  if (dt == DType::Float32)
+    conv2d_bwd_weight_t(s, static_cast<const float*>(g), gs, static_cast<const float*>(x), xs, static_cast<float*>(dw));
+  else
+    conv2d_bwd_weight_t(s, static_cast<const double*>(g), gs, static_cast<const double*>(x), xs,
+                        static_cast<double*>(dw));
+}
+
+void conv2d_bias_act_bwd(DType dt, int64_t N, int64_t O, int64_t P, const void* grad, Strides4 gs,
+                         const void* out, Strides4 os, void* grad_pre, void* grad_bias, Act act) {
+  check_dtype(dt, "CPU conv2d epilogue backward");
+  if (act != Act::None && out == nullptr && N * O * P > 0)
+    throw std::invalid_argument("conv2d_bias_act_bwd: out is required when the activation is relu or relu6");
+  if (dt == DType::Float32)
+    conv2d_bias_act_bwd_t(N, O, P, static_cast<const float*>(grad), gs, static_cast<const float*>(out), os,
+                          static_cast<float*>(grad_pre), static_cast<float*>(grad_bias), act);
+  else
+    conv2d_bias_act_bwd_t(N, O, P, static_cast<const double*>(grad), gs, static_cast<const double*>(out), os,
+                          static_cast<double*>(grad_pre), static_cast<double*>(grad_bias), act);
+}
+
+}  // namespace pyimgcls::cpu

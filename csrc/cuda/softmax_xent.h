@@ -1,0 +1,31 @@
+// CUDA softmax-cross-entropy family (float32 / float16 / bfloat16). Host launchers; see
+// softmax_xent.cu for the algorithm.
+#pragma once
+#include "../common.h"
+
+namespace pyimgcls::cuda {
+
+// Fused forward of F.cross_entropy on logits x [N, C] (row stride sxn elements, unit class stride)
+// with class-index targets [N] (int64, or int32 when target_i32) and optional weight [C]; fp32
+// arithmetic. One launch:
+//   reduction 0 (none): loss[N] in dt.
+//   reduction 1 (mean) / 2 (sum): per-row losses and weights go to row_scratch (fp32 [2 * N]);
+//     the last block to finish (atomic ticket on *counter) sums them in a fixed order and writes
+//     loss[0] in dt and, for the mean, denom[0] (fp32) = sum of weight[target] over non-ignored
+//     rows. counter must be 0 on entry and is 0 again on exit.
+//   grad (may be null): d(sum_i loss_i)/dx, contiguous [N, C] in dt.
+// A target that is neither ignore_index nor in [0, C) is never dereferenced: that row's loss, weight
+// and gradient are NaN (so a mean or sum is NaN). Never synchronises; launches on `stream`.
+void softmax_xent_fwd(DType dt, const void* x, int64_t sxn, const void* target, bool target_i32,
+                      const void* weight, int64_t N, int64_t C, int64_t ignore_index, float label_smoothing,
+                      int reduction, void* loss, void* grad, float* row_scratch, float* denom,
+                      unsigned int* counter, int device, uintptr_t stream);
+
+// Backward: grad_in[i, :] = saved[i, :] * scale_i (contiguous [N, C] in dt), scale_i = 0 for ignored
+// rows, grad_loss[i * go_stride] when per_row, else grad_loss[0] (divided by denom[0] when denom is
+// not null -- the mean; NaN for a zero denominator, as PyTorch). One launch.
+void softmax_xent_bwd(DType dt, const void* saved, const void* target, bool target_i32, const void* grad_loss,
+                      int64_t go_stride, bool per_row, const float* denom, int64_t N, int64_t C,
+                      int64_t ignore_index, void* grad_in, int device, uintptr_t stream);
+
+}  // namespace pyimgcls::cuda

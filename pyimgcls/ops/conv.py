@@ -1,0 +1,481 @@
+"""Convolution family: ``conv2d`` with a fused bias + residual + activation epilogue, and
+``conv2d_bias_relu``.
+
+    out = act(conv2d(input, weight) + bias + residual)          act: None | "relu" | "relu6"
+
+One custom op, ``pyimgcls::conv2d``, computes the whole expression in one kernel (the epilogue runs on
+the fp32 accumulator, before rounding). Its backward is its own custom op,
+``pyimgcls::conv2d_backward``:
+    grad_pre      = grad * act'(out)          (mask from the saved output: relu out>0, relu6 0<out<6)
+    grad_residual = grad_pre
+    grad_bias     = grad_pre.sum((0, 2, 3))   (deterministic, fused with the mask)
+    grad_input    = dgrad(grad_pre, weight)   (implicit GEMM / GEMM + col2im)
+    grad_weight   = wgrad(grad_pre, input)    (implicit GEMM / im2col + GEMM)
+
+Semantics follow ``torch.nn.functional.conv2d``: int or pair stride / padding / dilation,
+``padding="same"`` (asymmetric for even kernels, like PyTorch; an error with stride > 1) or
+``"valid"``, any ``groups``, 3-D unbatched input, and the output memory format PyTorch gives for the
+same call (channels_last when the input or the weight suggests channels_last). Padding travels to the
+kernels as [top, left, bottom, right].
+
+The backend is resolved in Python before the custom op is called and passed to it as a string, so
+torch.compile traces a fixed choice.
+"""
+from __future__ import annotations
+
+import functools
+import numbers
+
+import torch
+
+from .. import _native
+from .._native import ACT_CODES
+from ..errors import ArgumentTypeError, ArgumentValueError
+from . import _alloc, reference
+from ._checks import check_activation, check_tensor
+from .gemm import _prepare
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- layout helpers
+def suggests_channels_last(t: torch.Tensor) -> bool:
+    """``t.suggest_memory_format() == torch.channels_last`` for a 4-D tensor: a port of c10's
+    is_channels_last_strides_2d, the rule PyTorch's convolution uses to pick its output format."""
+    if t.dim() != 4:
+        return False
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return False
+    smallest = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < smallest:
+            return False
+        # ambiguous N111 / N11W cases default to NCHW, as in c10
+        if d == 0 and smallest == strides[1]:
+            return False
+        smallest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
+    return True
+
+
+def output_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """PyTorch's conv2d output format: channels_last if the input or the weight suggests it."""
+    if suggests_channels_last(input) or suggests_channels_last(weight):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _format_of(t: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if suggests_channels_last(t) else torch.contiguous_format
+
+
+def _out_shape(x_shape, w_shape, stride, padding, dilation):
+    N, _, H, W = x_shape
+    O, _, KH, KW = w_shape
+    OH = (H + padding[0] + padding[2] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
+    OW = (W + padding[1] + padding[3] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
+    return (N, O, OH, OW)
+
+
+def _geometry(x_shape, w_shape, out_shape, stride, padding, dilation, groups):
+    N, C, H, W = x_shape
+    O, _, KH, KW = w_shape
+    return [N, C, H, W, O, KH, KW, out_shape[2], out_shape[3], stride[0], stride[1], padding[0], padding[1],
+            dilation[0], dilation[1], groups]
+
+
+def _match_format(t: torch.Tensor | None, fmt: torch.memory_format) -> torch.Tensor | None:
+    """``t`` with exactly the strides ``torch.empty(t.shape, memory_format=fmt)`` has, copied only when
+    needed. (``Tensor.contiguous(memory_format=...)`` keeps the old strides of ambiguous shapes such
+    as C == 1 or H == W == 1; the kernels and the fake implementations need one canonical layout.)"""
+    if t is None:
+        return None
+    want = torch.empty(t.shape, dtype=t.dtype, device="meta", memory_format=fmt).stride()
+    if t.stride() == want:
+        return t
+    return torch.empty_strided(t.shape, want, dtype=t.dtype, device=t.device).copy_(t)
+
+
+def _strides(t: torch.Tensor | None):
+    return list(t.stride()) if t is not None else [0, 0, 0, 0]
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return t.data_ptr() if t is not None else 0
+
+
+def _to_float(t):
+    return None if t is None else t.float()
+
+
+# ----------------------------------------------------------------------------- CUDA launch glue
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _cuda_args(t: torch.Tensor):
+    return t.device.index, _native.cuda_stream(t)
+
+
+def _cuda_fwd(x, w, bias, res, out, geom, act):
+    if x.dtype in _LOW_PRECISION and geom[15] != geom[1]:
+        # NCHW policy: the tensor-core fast path gathers 8 channels of one tap per 16-byte cp.async, so
+        # it needs channels_last activations. NCHW input is converted here, explicitly (one extra read
+        # + write of the input; benchmarks/bench_conv.py measures the NCHW rows with it included), and
+        # the weight is laid out as [O, KH, KW, C/groups] (small). The output is still written in the
+        # layout PyTorch returns for the call. Depthwise and fp32 kernels read any layout in place.
+        x = x.contiguous(memory_format=torch.channels_last)
+        w = w.contiguous(memory_format=torch.channels_last)
+    _native.C.conv2d_fwd_cuda(_native.dtype_code(x.dtype), geom, x.data_ptr(), _strides(x), w.data_ptr(),
+                              _strides(w), _ptr(bias), _ptr(res), _strides(res), out.data_ptr(), _strides(out), act,
+                              *_cuda_args(x))
+
+
+def _cuda_dgrad(gp, w, dx, geom):
+    if gp.dtype in _LOW_PRECISION:
+        # dgrad's GEMM-K axis is (tap, out channel): channels_last gradient and an out-channel-contiguous
+        # weight view (a weight-sized copy) make every K chunk a 16-byte load.
+        gp = gp.contiguous(memory_format=torch.channels_last)
+        w = w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+    _native.C.conv2d_bwd_data_cuda(_native.dtype_code(gp.dtype), geom, gp.data_ptr(), _strides(gp), w.data_ptr(),
+                                   _strides(w), dx.data_ptr(), _strides(dx), *_cuda_args(gp))
+
+
+def _cuda_wgrad(gp, x, dw, geom):
+    code = _native.dtype_code(x.dtype)
+    splits = _native.C.conv2d_wgrad_splits_cuda(code, geom, _sm_count(x.device.index))
+    # fp32 partial sums per K split, reduced in split order by the kernel (deterministic, no atomics)
+    scratch = torch.empty(splits * dw.numel(), dtype=torch.float32, device=x.device)
+    _native.C.conv2d_bwd_weight_cuda(code, geom, gp.data_ptr(), _strides(gp), x.data_ptr(), _strides(x),
+                                     dw.data_ptr(), scratch.data_ptr(), splits, *_cuda_args(x))
+
+
+def _cuda_bias_act_bwd(grad, out, gp, gb, act):
+    N, O, OH, OW = grad.shape
+    rows = N * OH * OW
+    # row splits so that ~4 blocks per SM run even for few channels; >= 256 rows each
+    splits = max(1, min(-(-rows // 256), -(-4 * _sm_count(grad.device.index) // -(-O // 32)), 65535))
+    scratch = torch.empty(splits * O, dtype=torch.float32, device=grad.device) if gb is not None else None
+    gs = [grad.stride(0), grad.stride(1), 0, grad.stride(3)]
+    os_ = [out.stride(0), out.stride(1), 0, out.stride(3)] if out is not None else [0, 0, 0, 0]
+    _native.C.conv2d_bias_act_bwd_cuda(_native.dtype_code(grad.dtype), N, O, OH * OW, grad.data_ptr(), gs,
+                                       _ptr(out), os_, gp.data_ptr(), _ptr(gb), _ptr(scratch), splits, act,
+                                       *_cuda_args(grad))
+
+
+# ----------------------------------------------------------------------------- backend kernels
+def _run_fwd(x, w, bias, res, stride, padding, dilation, groups, act, backend) -> torch.Tensor:
+    if backend == "torch":
+        return _match_format(reference.conv2d(x, w, bias, res, stride, padding, dilation, groups, act),
+                             output_memory_format(x, w))
+    if backend == "cpu" and x.dtype in _LOW_PRECISION:
+        # DESIGN.md: float16/bfloat16 CPU inputs are computed in float32, returned in their dtype.
+        out = _run_fwd(x.float(), w.float(), _to_float(bias), _to_float(res), stride, padding, dilation, groups,
+                       act, backend)
+        return out.to(x.dtype)
+    shape = _out_shape(x.shape, w.shape, stride, padding, dilation)
+    fmt = output_memory_format(x, w)
+    out = _alloc.empty(shape, x.dtype, x.device, memory_format=fmt)
+    if out.numel() == 0:
+        return out
+    res = _match_format(res, fmt)
+    geom = _geometry(x.shape, w.shape, shape, stride, padding, dilation, groups)
+    if backend == "cpu":
+        w = w.contiguous()
+        _native.C.conv2d_fwd_cpu(_native.dtype_code(x.dtype), geom, x.data_ptr(), _strides(x), w.data_ptr(),
+                                 _ptr(bias), _ptr(res), _strides(res), out.data_ptr(), _strides(out), act)
+    elif backend == "cuda":
+        _cuda_fwd(x, w, bias, res, out, geom, act)
+    elif backend == "triton":
+        from ..triton_kernels import conv as tk
+        tk.conv2d_fwd(x, w, bias, res, out, stride, padding, dilation, groups, act)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return out
+
+
+def _run_bias_act_bwd(grad, out, act, has_bias, backend, fmt):
+    """(grad_pre, grad_bias or None); grad_pre is ``grad`` itself when there is no activation."""
+    if act == 0 and not has_bias:
+        return grad, None
+    if backend == "torch":
+        gp = reference.activation_backward(grad, out, act)
+        return gp, (gp.sum((0, 2, 3)) if has_bias else None)
+    N, O, OH, OW = grad.shape
+    # grad and out arrive in the canonical output layout (_match_format), so grad_pre shares their strides
+    gp = _alloc.empty(grad.shape, grad.dtype, grad.device, memory_format=fmt) if act != 0 else grad
+    assert gp.stride() == grad.stride() and (out is None or out.stride() == grad.stride())
+    gb = _alloc.empty((O,), grad.dtype, grad.device) if has_bias else None
+    if grad.numel() == 0:
+        if gb is not None:
+            gb.zero_()
+        return gp, gb
+    gs = [grad.stride(0), grad.stride(1), 0, grad.stride(3)]
+    os_ = [out.stride(0), out.stride(1), 0, out.stride(3)] if out is not None else [0, 0, 0, 0]
+    if backend == "cpu":
+        _native.C.conv2d_bias_act_bwd_cpu(_native.dtype_code(grad.dtype), N, O, OH * OW, grad.data_ptr(), gs,
+                                          _ptr(out), os_, gp.data_ptr(), _ptr(gb), act)
+    elif backend == "cuda":
+        _cuda_bias_act_bwd(grad, out, gp, gb, act)
+    elif backend == "triton":
+        from ..triton_kernels import conv as tk
+        tk.conv2d_bias_act_bwd(grad, out, gp, gb, act)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return gp, gb
+
+
+def _run_dgrad(gp, x, w, stride, padding, dilation, groups, backend) -> torch.Tensor:
+    fmt = _format_of(x)
+    if backend == "torch":
+        return _match_format(reference.conv2d_input_grad(gp, x, w, stride, padding, dilation, groups), fmt)
+    dx = _alloc.empty(x.shape, x.dtype, x.device, memory_format=fmt)
+    if dx.numel() == 0:
+        return dx
+    geom = _geometry(x.shape, w.shape, gp.shape, stride, padding, dilation, groups)
+    if backend == "cpu":
+        w = w.contiguous()
+        _native.C.conv2d_bwd_data_cpu(_native.dtype_code(x.dtype), geom, gp.data_ptr(), _strides(gp), w.data_ptr(),
+                                      dx.data_ptr(), _strides(dx))
+    elif backend == "cuda":
+        _cuda_dgrad(gp, w, dx, geom)
+    elif backend == "triton":
+        from ..triton_kernels import conv as tk
+        tk.conv2d_bwd_data(gp, w, dx, stride, padding, dilation, groups)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return dx
+
+
+def _run_wgrad(gp, x, w, stride, padding, dilation, groups, backend) -> torch.Tensor:
+    if backend == "torch":
+        return reference.conv2d_weight_grad(gp, x, w, stride, padding, dilation, groups).contiguous()
+    dw = _alloc.empty(w.shape, w.dtype, w.device)
+    if dw.numel() == 0:
+        return dw
+    geom = _geometry(x.shape, w.shape, gp.shape, stride, padding, dilation, groups)
+    if backend == "cpu":
+        _native.C.conv2d_bwd_weight_cpu(_native.dtype_code(x.dtype), geom, gp.data_ptr(), _strides(gp),
+                                        x.data_ptr(), _strides(x), dw.data_ptr())
+    elif backend == "cuda":
+        _cuda_wgrad(gp, x, dw, geom)
+    elif backend == "triton":
+        from ..triton_kernels import conv as tk
+        tk.conv2d_bwd_weight(gp, x, dw, stride, padding, dilation, groups)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return dw
+
+
+# ----------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("pyimgcls::conv2d", mutates_args=())
+def _conv2d_op(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+               stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: int,
+               backend: str) -> torch.Tensor:
+    return _run_fwd(input, weight, bias, residual, stride, padding, dilation, groups, activation, backend)
+
+
+@_conv2d_op.register_fake
+def _(input, weight, bias, residual, stride, padding, dilation, groups, activation, backend):
+    shape = _out_shape(input.shape, weight.shape, stride, padding, dilation)
+    return torch.empty(shape, dtype=input.dtype, device=input.device,
+                       memory_format=output_memory_format(input, weight))
+
+
+@torch.library.custom_op("pyimgcls::conv2d_backward", mutates_args=())
+def _conv2d_backward_op(grad: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None,
+                        stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: int,
+                        has_bias: bool, has_residual: bool, backend: str, needs_input: bool,
+                        needs_weight: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dtype = input.dtype
+    if backend == "cpu" and dtype in _LOW_PRECISION:
+        gi, gw, gb, gr = _conv2d_backward_op(grad.float(), input.float(), weight.float(), _to_float(out), stride,
+                                             padding, dilation, groups, activation, has_bias, has_residual, backend,
+                                             needs_input, needs_weight)
+        return gi.to(dtype), gw.to(dtype), gb.to(dtype), gr.to(dtype)
+    fmt = output_memory_format(input, weight)
+    grad = _match_format(grad, fmt)
+    out = _match_format(out, fmt)
+    gp, gb = _run_bias_act_bwd(grad, out, activation, has_bias, backend, fmt)
+    empty = grad.new_empty((0,))
+    gi = _run_dgrad(gp, input, weight, stride, padding, dilation, groups, backend) if needs_input else empty
+    gw = _run_wgrad(gp, input, weight, stride, padding, dilation, groups, backend) if needs_weight else empty
+    # With an activation grad_pre is a fresh tensor and is the residual's gradient; without one the
+    # residual's gradient is the incoming grad itself, returned by the autograd function instead
+    # (a custom op's output may not alias its input).
+    gr = gp if (has_residual and activation != 0) else grad.new_empty((0,))
+    return gi, gw, (gb if gb is not None else grad.new_empty((0,))), gr
+
+
+@_conv2d_backward_op.register_fake
+def _(grad, input, weight, out, stride, padding, dilation, groups, activation, has_bias, has_residual, backend,
+      needs_input, needs_weight):
+    def empty(shape, fmt=torch.contiguous_format):
+        return torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=fmt)
+    gi = empty(input.shape, _format_of(input)) if needs_input else empty((0,))
+    gw = empty(weight.shape) if needs_weight else empty((0,))
+    gb = empty((weight.shape[0],)) if has_bias else empty((0,))
+    gr = empty(grad.shape, output_memory_format(input, weight)) if (has_residual and activation != 0) else empty((0,))
+    return gi, gw, gb, gr
+
+
+def _conv2d_setup_context(ctx, inputs, output):
+    input, weight, bias, residual, stride, padding, dilation, groups, activation, backend = inputs
+    ctx.conf = (stride, padding, dilation, groups, activation, backend)
+    ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
+    ctx.save_for_backward(input, weight, output if activation != 0 else None)
+
+
+def _conv2d_backward(ctx, grad):
+    input, weight, out = ctx.saved_tensors
+    stride, padding, dilation, groups, activation, backend = ctx.conf
+    needs_input, needs_weight, needs_bias, needs_res = ctx.needs_input_grad[:4]
+    has_bias = ctx.has_bias and needs_bias
+    has_res = ctx.has_residual and needs_res
+    gi = gw = gb = gr = None
+    if needs_input or needs_weight or has_bias or (has_res and activation != 0):
+        gi, gw, gb, gr = _conv2d_backward_op(grad, input, weight, out, stride, padding, dilation, groups, activation,
+                                             has_bias, has_res, backend, needs_input, needs_weight)
+    if has_res and activation == 0:
+        gr = grad
+    return (gi if needs_input else None, gw if needs_weight else None, gb if has_bias else None,
+            gr if has_res else None, None, None, None, None, None, None)
+
+
+_conv2d_op.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)
+
+
+# ----------------------------------------------------------------------------- argument parsing
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _int_pair(value, name: str, op: str) -> tuple[int, int]:
+    """int or a sequence of 1 or 2 ints (PyTorch expands a 1-element list) -> (h, w)."""
+    if _is_int(value):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list, torch.Size)):
+        if not all(_is_int(v) for v in value):
+            raise ArgumentTypeError(f"{op}: argument '{name}' must be an int or a tuple of ints, got {value!r}")
+        if len(value) == 1:
+            return int(value[0]), int(value[0])
+        if len(value) == 2:
+            return int(value[0]), int(value[1])
+        raise ArgumentValueError(
+            f"{op}: argument '{name}' must be a single integer value or a list of 2 values to match the "
+            f"convolution dimensions, but got {name}={list(value)}")
+    raise ArgumentTypeError(f"{op}: argument '{name}' must be an int or a tuple of ints, got {type(value).__name__}")
+
+
+def _resolve_padding(padding, kernel, stride, dilation, op: str) -> list[int]:
+    """[top, left, bottom, right] for int / pair / "same" / "valid" padding, as PyTorch computes it."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return [0, 0, 0, 0]
+        if padding == "same":
+            if stride != (1, 1):
+                raise ArgumentValueError(
+                    f"{op}: padding='same' is not supported for strided convolutions (argument 'padding' with "
+                    f"stride={stride})")
+            total = [dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)]
+            # PyTorch puts the odd extra element of an even kernel's padding at the end (bottom / right)
+            return [total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2]
+        raise ArgumentValueError(f"{op}: argument 'padding': invalid padding string {padding!r}, "
+                                 "expected 'same' or 'valid'")
+    ph, pw = _int_pair(padding, "padding", op)
+    if ph < 0 or pw < 0:
+        raise ArgumentValueError(f"{op}: argument 'padding' must be non-negative, got {(ph, pw)} "
+                                 "(negative padding is not supported)")
+    return [ph, pw, ph, pw]
+
+
+# ----------------------------------------------------------------------------- public API
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
+           dilation=1, groups: int = 1, activation: str | None = None,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``act(F.conv2d(input, weight, bias, stride, padding, dilation, groups) + residual)`` in one kernel.
+
+    input [N, C, H, W] or unbatched [C, H, W]; weight [O, C/groups, KH, KW]; bias [O] or None;
+    residual: the output's shape ([N, O, OH, OW], or [O, OH, OW] for unbatched input) or None, added
+    before the activation; activation None | "relu" | "relu6". stride / padding / dilation: int or
+    pair; padding may be "same" or "valid". The output's memory format is the one PyTorch gives
+    for the same call."""
+    op = "conv2d"
+    check_tensor(input, "input", op)
+    check_tensor(weight, "weight", op)
+    check_activation(activation, op)
+    if bias is not None:
+        check_tensor(bias, "bias", op)
+    if residual is not None:
+        check_tensor(residual, "residual", op)
+    if input.dim() not in (3, 4):
+        raise ArgumentValueError(f"{op}: argument 'input' must be 3-D (unbatched) or 4-D (batched), got "
+                                 f"{input.dim()}-D of shape {tuple(input.shape)}")
+    if weight.dim() != 4:
+        raise ArgumentValueError(f"{op}: argument 'weight' must be 4-D [out_channels, in_channels/groups, kH, kW], "
+                                 f"got {weight.dim()}-D of shape {tuple(weight.shape)}")
+    if bias is not None and bias.dim() != 1:
+        raise ArgumentValueError(f"{op}: argument 'bias' must be 1-D, got shape {tuple(bias.shape)}")
+    stride = _int_pair(stride, "stride", op)
+    dilation = _int_pair(dilation, "dilation", op)
+    if not _is_int(groups):
+        raise ArgumentTypeError(f"{op}: argument 'groups' must be an int, got {type(groups).__name__}")
+    groups = int(groups)
+    if min(stride) <= 0:
+        raise ArgumentValueError(f"{op}: argument 'stride' must be positive, got {stride} "
+                                 "(non-positive stride is not supported)")
+    if min(dilation) <= 0:
+        raise ArgumentValueError(f"{op}: argument 'dilation' must be positive, got {dilation} "
+                                 "(non-positive dilation is not supported)")
+    if groups <= 0:
+        raise ArgumentValueError(f"{op}: argument 'groups' must be positive, got {groups}")
+    kernel = (weight.shape[2], weight.shape[3])
+    pads = _resolve_padding(padding, kernel, stride, dilation, op)
+
+    backend, (input, weight, bias, residual) = _prepare(
+        op, [("input", input), ("weight", weight), ("bias", bias), ("residual", residual)])
+
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    O, Cg, KH, KW = weight.shape
+    if KH <= 0 or KW <= 0:
+        raise ArgumentValueError(f"{op}: argument 'weight' has a non-positive kernel size {(KH, KW)} "
+                                 f"(shape {tuple(weight.shape)})")
+    if O < groups or O % groups != 0:
+        raise ArgumentValueError(
+            f"{op}: argument 'weight' has {O} output channels (shape {tuple(weight.shape)}), which "
+            f"argument 'groups'={groups} does not divide (expected weight.shape[0] to be a positive multiple "
+            "of groups)")
+    if x.shape[1] != Cg * groups:
+        raise ArgumentValueError(
+            f"{op}: argument 'input' has {x.shape[1]} channels (shape {tuple(input.shape)}) but argument "
+            f"'weight' of shape {tuple(weight.shape)} with groups={groups} expects {Cg * groups} "
+            "(= weight.shape[1] * groups)")
+    if bias is not None and bias.shape[0] != O:
+        raise ArgumentValueError(f"{op}: argument 'bias' has {bias.shape[0]} elements but argument 'weight' has "
+                                 f"out_channels={O} (shape {tuple(weight.shape)})")
+    padded = (x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3])
+    dilated = (dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1)
+    if padded[0] < dilated[0] or padded[1] < dilated[1]:
+        raise ArgumentValueError(
+            f"{op}: the padded size of argument 'input' per channel ({padded[0]} x {padded[1]}) is smaller than "
+            f"the dilated kernel of argument 'weight' ({dilated[0]} x {dilated[1]}): kernel size can't be "
+            "greater than actual input size")
+    out_shape = _out_shape(x.shape, weight.shape, stride, pads, dilation)
+    if residual is not None:
+        want = out_shape[1:] if unbatched else out_shape
+        if tuple(residual.shape) != tuple(want):
+            raise ArgumentValueError(f"{op}: argument 'residual' has shape {tuple(residual.shape)} but the "
+                                     f"convolution output has shape {tuple(want)}")
+        if unbatched:
+            residual = residual.unsqueeze(0)
+    out = _conv2d_op(x, weight, bias, residual, list(stride), pads, list(dilation), groups,
+                     ACT_CODES[activation], backend)
+    return out.squeeze(0) if unbatched else out
+
+
+def conv2d_bias_relu(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride=1, padding=0,
+                     dilation=1, groups: int = 1) -> torch.Tensor:
+    """``relu(F.conv2d(input, weight, bias, stride, padding, dilation, groups))`` in one kernel."""
+    return conv2d(input, weight, bias, stride, padding, dilation, groups, activation="relu")

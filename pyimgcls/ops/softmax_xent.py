@@ -1,0 +1,344 @@
+"""Softmax-cross-entropy family: ``softmax_cross_entropy`` (alias ``cross_entropy``), matching
+``torch.nn.functional.cross_entropy`` for class-index targets.
+
+One forward custom op, ``pyimgcls::softmax_cross_entropy``, reads the logits once and returns
+    (loss, grad, denom)
+where ``grad`` [N, C] is d(sum_i loss_i)/d logits in the input dtype (not written under no_grad) and
+``denom`` is the weighted-mean denominator (mean only). Its backward, the custom op
+``pyimgcls::softmax_cross_entropy_backward``, only scales ``grad``: row i by the incoming gradient
+(per row for reduction "none", one scalar for "sum", scalar / denom for "mean"), 0 for ignored rows.
+The backend is resolved in Python and passed to both ops as a string, so torch.compile traces a fixed
+choice. In plain eager mode the same two kernels run through a bare autograd.Function instead of the
+custom-op dispatch (see "eager fast path" below for the measured reason).
+
+Out-of-range targets (neither ignore_index nor in [0, C)): on CPU tensors every backend raises
+``TargetOutOfRangeError`` (an IndexError, as PyTorch raises, and a ValueError/RuntimeError like the
+other argument errors). On CUDA tensors the kernels never dereference such a target and make that
+row's loss and gradient NaN -- so a mean or sum is NaN -- without synchronising with the host; set
+``PYIMGCLS_CHECK_TARGETS=1`` to validate targets on the host first and raise the same error instead
+(one device-to-host synchronisation per call).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .. import _backend, _native
+from ..errors import ArgumentTypeError, ArgumentValueError
+from . import _alloc, reference
+from ._checks import check_backend_dtype, check_float, check_same_device, check_same_dtype, check_tensor
+
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+_NONE, _MEAN, _SUM = 0, 1, 2
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_TARGET_DTYPES = (torch.int64, torch.int32, torch.uint8)
+_OP = "softmax_cross_entropy"
+
+
+class TargetOutOfRangeError(ArgumentValueError, IndexError):
+    """A target is neither ignore_index nor a class index in [0, C). PyTorch raises IndexError here;
+    this is also a ValueError and a RuntimeError like pyimgcls' other argument errors."""
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Arithmetic dtype: float64 for float64 inputs, float32 otherwise (also the denominator's)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _raise_bad_target(target: torch.Tensor, row: int, C: int, ignore_index: int):
+    value = int(target[row])
+    raise TargetOutOfRangeError(
+        f"{_OP}: argument 'target' has value {value} at index {row}, out of range for {C} classes "
+        f"(expected 0 <= target < {C}, or target == ignore_index ({ignore_index})): Target {value} is out of bounds.")
+
+
+def _validate_targets_on_host(target: torch.Tensor, C: int, ignore_index: int) -> None:
+    bad = (target != ignore_index) & ((target < 0) | (target >= C))
+    if bool(bad.any()):
+        _raise_bad_target(target.cpu(), int(bad.nonzero()[0, 0]), C, ignore_index)
+
+
+def _counter(device: torch.device) -> torch.Tensor:
+    """The CUDA forward's last-block ticket: one zeroed uint32 per (device, stream), left at zero by
+    every launch, so it is allocated and cleared once (no memset launch per call)."""
+    key = (device.index, torch.cuda.current_stream(device).cuda_stream)
+    t = _COUNTERS.get(key)
+    if t is None:
+        t = _COUNTERS[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return t
+
+
+_COUNTERS: dict = {}
+
+
+# ----------------------------------------------------------------------------- backend kernels
+def _forward(x, target, weight, ignore_index, reduction, eps, need_grad, backend):
+    """(loss, grad or empty, denom or empty) for logits x [N, C] with unit class stride."""
+    N, C = x.shape
+    dev = x.device
+    if backend == "cpu" and x.dtype in _LOW_PRECISION:
+        # DESIGN.md: float16/bfloat16 CPU inputs are computed in float32 and returned in their dtype.
+        # The saved gradient stays float32 here; the backward returns the input dtype.
+        loss, grad, denom = _forward(x.float(), target, None if weight is None else weight.float(), ignore_index,
+                                     reduction, eps, need_grad, backend)
+        return loss.to(x.dtype), grad, denom
+    loss = _alloc.empty((N,) if reduction == _NONE else (), x.dtype, dev)
+    grad = _alloc.empty((N, C), x.dtype, dev) if need_grad else x.new_empty((0,))
+    denom = _alloc.empty((), _acc_dtype(x.dtype), dev) if reduction == _MEAN else x.new_empty((0,), dtype=_acc_dtype(x.dtype))
+    t32 = target.dtype == torch.int32
+    w_ptr = weight.data_ptr() if weight is not None else 0
+    g_ptr = grad.data_ptr() if need_grad and grad.numel() else 0
+    d_ptr = denom.data_ptr() if reduction == _MEAN else 0
+    if backend == "cpu":
+        bad = _native.C.softmax_xent_fwd_cpu(
+            _native.dtype_code(x.dtype), x.data_ptr(), x.stride(0), target.data_ptr(), t32, w_ptr, N, C,
+            ignore_index, eps, reduction, loss.data_ptr(), g_ptr, d_ptr)
+        if bad >= 0:
+            _raise_bad_target(target, bad, C, ignore_index)
+        return loss, grad, denom
+    if dev.type == "cpu" or os.environ.get("PYIMGCLS_CHECK_TARGETS", "0") == "1":
+        _validate_targets_on_host(target, C, ignore_index)
+    if backend == "cuda":
+        scratch = torch.empty(2 * N if reduction != _NONE else 0, dtype=torch.float32, device=dev)
+        _native.C.softmax_xent_fwd_cuda(
+            _native.dtype_code(x.dtype), x.data_ptr(), x.stride(0), target.data_ptr(), t32, w_ptr, N, C,
+            ignore_index, eps, reduction, loss.data_ptr(), g_ptr, scratch.data_ptr() if reduction != _NONE else 0,
+            d_ptr, _counter(dev).data_ptr() if reduction != _NONE else 0, dev.index, _native.cuda_stream(x))
+    elif backend == "triton":
+        from ..triton_kernels import softmax_xent as tk
+        tk.softmax_xent_fwd(x, target, weight, ignore_index, reduction, eps, loss, grad if need_grad else None,
+                            denom if reduction == _MEAN else None)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return loss, grad, denom
+
+
+def _backward(grad_loss, saved, target, denom, ignore_index, reduction, backend):
+    N, C = saved.shape
+    out_dtype = grad_loss.dtype
+    if backend == "cpu" and saved.dtype != out_dtype:
+        # float16/bfloat16 on CPU: the saved gradient is float32 (see _forward).
+        return _backward(grad_loss.float(), saved, target, denom, ignore_index, reduction, backend).to(out_dtype)
+    out = _alloc.empty((N, C), saved.dtype, saved.device)
+    if N == 0 or C == 0:
+        return out
+    per_row = reduction == _NONE
+    go_stride = grad_loss.stride(0) if per_row else 0
+    t32 = target.dtype == torch.int32
+    d_ptr = denom.data_ptr() if reduction == _MEAN else 0
+    if backend == "cpu":
+        _native.C.softmax_xent_bwd_cpu(_native.dtype_code(saved.dtype), saved.data_ptr(), target.data_ptr(), t32,
+                                       grad_loss.data_ptr(), go_stride, per_row, d_ptr, N, C, ignore_index,
+                                       out.data_ptr())
+    elif backend == "cuda":
+        _native.C.softmax_xent_bwd_cuda(_native.dtype_code(saved.dtype), saved.data_ptr(), target.data_ptr(), t32,
+                                        grad_loss.data_ptr(), go_stride, per_row, d_ptr, N, C, ignore_index,
+                                        out.data_ptr(), saved.device.index, _native.cuda_stream(saved))
+    elif backend == "triton":
+        from ..triton_kernels import softmax_xent as tk
+        tk.softmax_xent_bwd(saved, target, grad_loss, denom if reduction == _MEAN else None, ignore_index,
+                            per_row, out)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("pyimgcls::softmax_cross_entropy", mutates_args=())
+def _xent_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
+             reduction: int, label_smoothing: float, need_grad: bool,
+             backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(input, target, weight, ignore_index, reduction, label_smoothing, need_grad, backend)
+
+
+@_xent_op.register_fake
+def _(input, target, weight, ignore_index, reduction, label_smoothing, need_grad, backend):
+    N, C = input.shape
+    loss = input.new_empty((N,) if reduction == _NONE else ())
+    grad_dtype = torch.float32 if (backend == "cpu" and input.dtype in _LOW_PRECISION) else input.dtype
+    grad = input.new_empty((N, C), dtype=grad_dtype) if need_grad else input.new_empty((0,))
+    acc = _acc_dtype(input.dtype)
+    denom = input.new_empty((), dtype=acc) if reduction == _MEAN else input.new_empty((0,), dtype=acc)
+    return loss, grad, denom
+
+
+@torch.library.custom_op("pyimgcls::softmax_cross_entropy_backward", mutates_args=())
+def _xent_backward_op(grad_loss: torch.Tensor, saved_grad: torch.Tensor, target: torch.Tensor,
+                      denom: torch.Tensor, ignore_index: int, reduction: int, backend: str) -> torch.Tensor:
+    return _backward(grad_loss, saved_grad, target, denom, ignore_index, reduction, backend)
+
+
+@_xent_backward_op.register_fake
+def _(grad_loss, saved_grad, target, denom, ignore_index, reduction, backend):
+    return saved_grad.new_empty(saved_grad.shape, dtype=grad_loss.dtype)
+
+
+def _xent_setup_context(ctx, inputs, output):
+    _, target, _, ignore_index, reduction, _, _, backend = inputs
+    _, grad, denom = output
+    ctx.mark_non_differentiable(grad, denom)
+    ctx.save_for_backward(grad, target, denom)
+    ctx.ignore_index, ctx.reduction, ctx.backend = ignore_index, reduction, backend
+
+
+def _xent_backward(ctx, grad_loss, _grad_grad, _grad_denom):
+    saved, target, denom = ctx.saved_tensors
+    if saved.dim() != 2:
+        raise RuntimeError(f"{_OP}: the forward ran without gradient tracking, so no gradient was saved")
+    grad_input = None
+    if ctx.needs_input_grad[0]:
+        grad_input = _xent_backward_op(grad_loss, saved, target, denom, ctx.ignore_index, ctx.reduction, ctx.backend)
+    return grad_input, None, None, None, None, None, None, None
+
+
+_xent_op.register_autograd(_xent_backward, setup_context=_xent_setup_context)
+
+
+# ----------------------------------------------------------------------------- eager fast path
+# Measured reason for deviating from the plain custom-op call in eager mode: on this op the Python
+# layers of torch.library's autograd wrapper cost ~65 us per forward on the CPU (fill_defaults alone
+# rebuilds the 8-argument schema list ~9 times, ~30 us), several times the kernel time of a
+# classification batch, which made small CPU batches slower than F.cross_entropy. In plain eager
+# mode the public function therefore runs the SAME kernels (_forward / _backward) through a bare
+# autograd.Function; whenever anything could observe or transform the call (torch.compile tracing,
+# fake or subclass tensors, dispatch / function modes, functorch transforms) it calls the custom ops,
+# which stay the registered, traceable definition. EAGER_FAST_PATH = False forces the custom ops.
+EAGER_FAST_PATH = True
+
+
+def _plain_eager(*tensors) -> bool:
+    if not EAGER_FAST_PATH or torch.compiler.is_compiling():
+        return False
+    if any(t is not None and type(t) is not torch.Tensor for t in tensors):
+        return False
+    return (torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()
+            and torch._C._functorch.peek_interpreter_stack() is None)
+
+
+class _EagerXent(torch.autograd.Function):
+    """Eager twin of pyimgcls::softmax_cross_entropy + its backward op (same kernels)."""
+
+    @staticmethod
+    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing, backend):
+        loss, grad, denom = _forward(input, target, weight, ignore_index, reduction, label_smoothing, True, backend)
+        ctx.save_for_backward(grad, target, denom)
+        ctx.ignore_index, ctx.reduction, ctx.backend = ignore_index, reduction, backend
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        saved, target, denom = ctx.saved_tensors
+        grad_input = _backward(grad_loss, saved, target, denom, ctx.ignore_index, ctx.reduction, ctx.backend)
+        return grad_input, None, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------- public API
+def _check_args(input, target, weight, ignore_index, reduction, label_smoothing):
+    op = _OP
+    check_tensor(input, "input", op)
+    check_tensor(target, "target", op)
+    check_float(input, "input", op)
+    if target.is_floating_point() or target.is_complex():
+        raise ArgumentTypeError(
+            f"{op}: argument 'target' has dtype {target.dtype}; only class-index targets (int64 or int32, "
+            f"shape [N]) are supported -- probability (soft-label) targets are not supported")
+    if target.dtype not in _TARGET_DTYPES:
+        raise ArgumentTypeError(f"{op}: argument 'target' must hold class indices as int64 or int32, got {target.dtype}")
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ArgumentValueError(
+            f"{op}: {reduction!r} is not a valid value for reduction: argument 'reduction' must be "
+            "'none', 'mean' or 'sum'")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ArgumentTypeError(f"{op}: argument 'ignore_index' must be an int, got {type(ignore_index).__name__}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        raise ArgumentTypeError(
+            f"{op}: argument 'label_smoothing' must be a float, got {type(label_smoothing).__name__}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ArgumentValueError(
+            f"{op}: argument 'label_smoothing' must be between 0.0 and 1.0, got {label_smoothing}")
+    if input.dim() == 1:
+        raise ArgumentValueError(
+            f"{op}: argument 'input' must be 2-D logits [N, C] (or [N, C, d1, ...]); got 1-D of shape "
+            f"{tuple(input.shape)} -- unbatched logits are not supported, use input[None] and target[None]")
+    if input.dim() == 0:
+        raise ArgumentValueError(f"{op}: argument 'input' must be 2-D logits [N, C], got a 0-D tensor")
+    expected = (input.shape[0],) + tuple(input.shape[2:])
+    if tuple(target.shape) != expected:
+        if target.shape == input.shape:
+            raise ArgumentTypeError(
+                f"{op}: argument 'target' has the shape of 'input' {tuple(input.shape)}; probability "
+                "(soft-label) targets are not supported, pass class indices of shape [N]")
+        raise ArgumentValueError(
+            f"{op}: argument 'target' has shape {tuple(target.shape)} but 'input' of shape {tuple(input.shape)} "
+            f"needs target shape {expected} (Expected input batch_size ({input.shape[0]}) to match target "
+            f"batch_size ({target.shape[0] if target.dim() else 'scalar'}))")
+    check_same_device(input, "input", target, "target", op)
+    C = input.shape[1]
+    if weight is not None:
+        check_tensor(weight, "weight", op)
+        check_float(weight, "weight", op)
+        check_same_device(input, "input", weight, "weight", op)
+        if weight.dim() != 1 or weight.shape[0] != C:
+            raise ArgumentValueError(
+                f"{op}: argument 'weight' must have one entry per class ({C}), got shape {tuple(weight.shape)}")
+        if weight.requires_grad and torch.is_grad_enabled():
+            raise ArgumentValueError(
+                f"{op}: argument 'weight' requires grad, but cross entropy is not differentiable with respect "
+                "to the class weights (as in PyTorch)")
+
+
+def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, *,
+                          ignore_index: int = -100, reduction: str = "mean",
+                          label_smoothing: float = 0.0) -> torch.Tensor:
+    """``torch.nn.functional.cross_entropy(input, target, weight, ignore_index=..., reduction=...,
+    label_smoothing=...)`` for logits [N, C] (also [N, C, d1, ...]) and class-index targets [N]
+    (int64; int32 and uint8 accepted). Probability targets are not supported.
+
+    Loss and gradient come from one fused pass over the logits in float32 arithmetic (float64 for
+    float64 inputs); under autocast the logits are computed in float32, as PyTorch does."""
+    _check_args(input, target, weight, ignore_index, reduction, label_smoothing)
+    if input.dtype in _LOW_PRECISION and torch.is_autocast_enabled(input.device.type):
+        # PyTorch's AMP rule for cross_entropy: run in float32.
+        input = input.float()
+        if weight is not None and weight.dtype in _LOW_PRECISION:
+            weight = weight.float()
+    if weight is not None:
+        check_same_dtype(input, "input", weight, "weight", _OP)
+    backend = _backend.resolve(input.device, _OP)
+    check_backend_dtype(backend, input, "input", _OP)
+    if backend == "torch":
+        return reference.cross_entropy(input, target, weight, ignore_index, reduction, float(label_smoothing))
+
+    C = input.shape[1]
+    extra = tuple(input.shape[2:])
+    if extra:
+        # [N, C, d1, ...] -> [N * d1 * ..., C]: one row per position.
+        x = input.movedim(1, -1).reshape(-1, C)
+        t = target.reshape(-1)
+    else:
+        x, t = input, target
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if t.dtype == torch.uint8:
+        t = t.to(torch.int32)
+    if not t.is_contiguous():
+        t = t.contiguous()
+    if weight is not None and not weight.is_contiguous():
+        weight = weight.contiguous()
+    need_grad = torch.is_grad_enabled() and input.requires_grad
+    args = (int(ignore_index), REDUCTIONS[reduction], float(label_smoothing))
+    if _plain_eager(x, t, weight):
+        if need_grad:
+            loss = _EagerXent.apply(x, t, weight, *args, backend)
+        else:
+            loss = _forward(x, t, weight, *args, False, backend)[0]
+    else:
+        loss = _xent_op(x, t, weight, *args, need_grad, backend)[0]
+    if extra and reduction == "none":
+        loss = loss.reshape(target.shape)
+    return loss
+
+
+cross_entropy = softmax_cross_entropy

@@ -1,0 +1,555 @@
+"""Softmax-cross-entropy family: ops.softmax_cross_entropy / ops.cross_entropy and
+nn.CrossEntropyLoss on every backend against a float64 F.cross_entropy reference: loss and gradient
+for every combination of weight, ignore_index, reduction and label_smoothing, special values,
+empty / all-ignored batches, gradcheck, opcheck, torch.compile and argument errors."""
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pyimgcls
+from pyimgcls import nn, ops
+from pyimgcls.ops.softmax_xent import TargetOutOfRangeError
+
+from helpers import BACKENDS, assert_close_to_reference, backend_ctx, device_for, dtypes_for, triton_slow
+
+# The interpreter evaluates masked -inf lanes (e.g. -inf - -inf in padded rows) in numpy, which warns.
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
+ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+REDUCTIONS = ["none", "mean", "sum"]
+# Every combination of (weighted, ignored rows present, reduction, label_smoothing).
+OPTIONS = list(itertools.product([False, True], [False, True], REDUCTIONS, [0.0, 0.1]))
+# A subset that still covers each value of each option at least twice (for slow configurations).
+OPTIONS_SMALL = [(False, False, "mean", 0.0), (True, True, "mean", 0.1), (True, False, "none", 0.0),
+                 (False, True, "sum", 0.1), (True, True, "sum", 0.0), (False, True, "none", 0.1)]
+N_VALUES = [1, 7, 1000]
+C_VALUES = [1, 2, 10, 1000, 32768]
+
+
+def _opt_id(o):
+    w, ign, red, ls = o
+    return f"{'w' if w else 'now'}-{'ign' if ign else 'noign'}-{red}-ls{ls}"
+
+
+def _skip_dtype(backend, dtype):
+    if dtype not in dtypes_for(backend):
+        pytest.skip(f"{backend} does not serve {dtype}")
+
+
+def _make(N, C, dtype, device, seed=0, scale=3.0, ignore=False, ignore_index=-100):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(N, C, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
+    t = torch.randint(0, C, (N,), generator=g)
+    if ignore and N > 1:
+        t[torch.randperm(N, generator=g)[: max(1, N // 4)]] = ignore_index
+    w = (torch.rand(C, generator=g, dtype=torch.float64) + 0.25).to(dtype).to(device)
+    go = torch.randn(N, generator=g, dtype=torch.float64).to(dtype).to(device)
+    return x, t.to(device), w, go
+
+
+def _reference(x, t, w, reduction, ls, go, ignore_index=-100, dtype=torch.float64):
+    """(loss, grad) of F.cross_entropy computed at ``dtype`` on CPU."""
+    xr = x.detach().cpu().to(dtype).requires_grad_()
+    wr = None if w is None else w.detach().cpu().to(dtype)
+    loss = F.cross_entropy(xr, t.cpu().long(), wr, ignore_index=ignore_index, reduction=reduction,
+                           label_smoothing=ls)
+    gout = go.detach().cpu().to(dtype) if reduction == "none" else torch.ones((), dtype=dtype)
+    (grad,) = torch.autograd.grad(loss, xr, gout)
+    return loss.detach(), grad
+
+
+def _check_case(backend, dtype, x, t, w, go, option, ignore_index=-100):
+    weighted, _, reduction, ls = option
+    wt = w if weighted else None
+    xg = x.detach().clone().requires_grad_()
+    with backend_ctx(backend):
+        loss = ops.softmax_cross_entropy(xg, t, wt, ignore_index=ignore_index, reduction=reduction,
+                                         label_smoothing=ls)
+    assert loss.dtype == dtype and loss.device == x.device
+    assert loss.shape == ((x.shape[0],) if reduction == "none" else ())
+    loss.backward(go if reduction == "none" else None)
+    ref_loss, ref_grad = _reference(x, t, wt, reduction, ls, go, ignore_index)
+    lp_loss = lp_grad = None
+    if dtype in (torch.float16, torch.bfloat16):
+        lp_loss, lp_grad = _reference(x, t, wt, reduction, ls, go, ignore_index, dtype=dtype)
+    assert_close_to_reference(loss, ref_loss, torch_same_dtype=lp_loss, scale=max(1.0, ref_loss.abs().max().item()))
+    assert_close_to_reference(xg.grad, ref_grad, torch_same_dtype=lp_grad)
+    assert xg.grad.dtype == dtype and xg.grad.shape == x.shape
+
+
+def _shape_allowed(backend, N, C):
+    if backend == "triton" and triton_slow():
+        # Interpreter: large C runs on cpu / cuda only; N <= 7 unless the rows are tiny.
+        if C == 32768 or (C >= 1000 and N > 7):
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------- values and gradients
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("N", N_VALUES)
+@pytest.mark.parametrize("C", C_VALUES)
+def test_matches_reference_every_option(backend, dtype, N, C):
+    _skip_dtype(backend, dtype)
+    if not _shape_allowed(backend, N, C):
+        pytest.skip("shape too large for the Triton interpreter (covered on cpu / cuda)")
+    if backend == "cpu" and N * C > 10 ** 7 and dtype in (torch.float16, torch.bfloat16):
+        pytest.skip("CPU time: float16/bfloat16 upcast path covered at N <= 1000, C <= 1000 and N = 7, C = 32768")
+    dev = device_for(backend)
+    slow = backend == "triton" and triton_slow()
+    options = OPTIONS
+    if slow and (dtype in (torch.float16, torch.bfloat16) or N == 1000):
+        options = OPTIONS_SMALL
+    if N * C >= 10 ** 6:
+        # The float64 reference dominates here: every option is covered by the smaller shapes.
+        options = OPTIONS_SMALL if N * C < 10 ** 7 else OPTIONS_SMALL[1:2]
+    elif C == 32768 and dtype in (torch.float16, torch.bfloat16):
+        options = OPTIONS_SMALL
+    for i, option in enumerate(options):
+        x, t, w, go = _make(N, C, dtype, dev, seed=i, ignore=option[1])
+        _check_case(backend, dtype, x, t, w, go, option)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("option", OPTIONS, ids=_opt_id)
+def test_tiled_rows_every_option(backend, option):
+    """Rows longer than one register tile (Triton: > 8192, CUDA: > 16384 columns) take the online,
+    looped path; N <= 7 keeps the interpreter affordable."""
+    dev = device_for(backend)
+    C = 9000 if backend == "triton" and triton_slow() else 20000
+    x, t, w, go = _make(3, C, torch.float32, dev, seed=5, ignore=option[1])
+    _check_case(backend, torch.float32, x, t, w, go, option)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_ignore_index_inside_class_range(backend, reduction):
+    dev = device_for(backend)
+    x, t, w, go = _make(7, 5, torch.float32, dev, seed=11)
+    t = torch.tensor([0, 1, 2, 1, 4, 3, 1], device=dev)
+    for option in [(True, True, reduction, 0.2), (False, True, reduction, 0.0)]:
+        _check_case(backend, torch.float32, x, t, w, go, option, ignore_index=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("target_dtype", [torch.int32, torch.uint8], ids=str)
+def test_int32_and_uint8_targets(backend, target_dtype):
+    dev = device_for(backend)
+    x, t, w, go = _make(7, 10, torch.float32, dev, seed=12)
+    with backend_ctx(backend):
+        ours = ops.cross_entropy(x, t.to(target_dtype), w, label_smoothing=0.1)
+    ref, _ = _reference(x, t, w, "mean", 0.1, go)
+    assert_close_to_reference(ours, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_and_kdim_inputs(backend):
+    dev = device_for(backend)
+    g = torch.Generator().manual_seed(13)
+    base = torch.randn(10, 14, generator=g, dtype=torch.float64).to(dev)
+    t = torch.randint(0, 7, (10,), generator=g).to(dev)
+    for x in (base[:, ::2].float(), base.float()[:, 3:10], base.float().t().contiguous().t()[:, :7]):
+        xg = x.detach().clone() if x.is_contiguous() else x.detach()
+        xg.requires_grad_()
+        with backend_ctx(backend):
+            loss = ops.cross_entropy(xg, t, reduction="sum", label_smoothing=0.05)
+        loss.backward()
+        ref_loss, ref_grad = _reference(x, t, None, "sum", 0.05, None)
+        assert_close_to_reference(loss, ref_loss, scale=10.0)
+        assert_close_to_reference(xg.grad, ref_grad)
+    # [N, C, d] logits with [N, d] targets, as F.cross_entropy
+    x = torch.randn(3, 5, 4, generator=g).to(dev).requires_grad_()
+    t = torch.randint(0, 5, (3, 4), generator=g).to(dev)
+    for reduction in REDUCTIONS:
+        with backend_ctx(backend):
+            ours = ops.cross_entropy(x, t, reduction=reduction)
+        x64 = x.detach().cpu().double().requires_grad_()
+        ref = F.cross_entropy(x64, t.cpu(), reduction=reduction)
+        assert ours.shape == ref.shape
+        assert_close_to_reference(ours, ref)
+        (gx,) = torch.autograd.grad(ours.sum(), x)
+        (gr,) = torch.autograd.grad(ref.sum(), x64)
+        assert_close_to_reference(gx, gr)
+
+
+# ----------------------------------------------------------------------------- special values
+def _special_logits(dev, dtype):
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    x[0] = torch.tensor([1e4, -1e4, 0.0, 9999.5, -3.0, 1e4])        # huge logits
+    x[1] = torch.tensor([-1e4, -1e4, -1e4, -1e4, -1e4, -9999.0])     # huge negative
+    x[2, 1] = float("-inf")                                          # -inf, not the target
+    x[3, 4] = float("nan")                                           # NaN row
+    x[4] = float("-inf")                                             # all -inf
+    x[5, 0] = float("inf")                                           # +inf
+    x[6, 2] = float("-inf")                                          # -inf at the target
+    x[7, :3] = float("-inf")                                         # -inf prefix, finite after
+    t = torch.tensor([0, 5, 3, 1, 2, 0, 2, 4])
+    return x.to(dtype).to(dev), t.to(dev)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("option", OPTIONS, ids=_opt_id)
+def test_special_values_like_pytorch(backend, dtype, option):
+    _skip_dtype(backend, dtype)
+    if backend == "triton" and triton_slow() and dtype == torch.float64 and option[1]:
+        pytest.skip("interpreter time: float64 covered without ignored rows")
+    dev = device_for(backend)
+    x, t = _special_logits(dev, dtype)
+    weighted, ignore, reduction, ls = option
+    if ignore:
+        t = t.clone()
+        t[torch.tensor([1, 3], device=dev)] = -100   # the NaN row ignored: loss 0, gradient NaN
+    w = (torch.arange(6, dtype=torch.float64) / 5 + 0.5).to(dtype).to(dev)
+    go = torch.linspace(-1, 2, 8, dtype=torch.float64).to(dtype).to(dev)
+    _check_case(backend, dtype, x, t, w, go, option)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_row_propagates_only_to_its_row(backend):
+    dev = device_for(backend)
+    x, t, _, _ = _make(4, 33, torch.float32, dev, seed=15)
+    x[2, 17] = float("nan")
+    with backend_ctx(backend):
+        loss = ops.cross_entropy(x, t, reduction="none")
+    isnan = torch.isnan(loss.cpu())
+    assert isnan.tolist() == [False, False, True, False]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_all_ignored_and_zero_denominator(backend, weighted):
+    dev = device_for(backend)
+    x, t, w, _ = _make(5, 4, torch.float32, dev, seed=16)
+    wt = w if weighted else None
+    all_ignored = torch.full((5,), -100, device=dev)
+    for ls in (0.0, 0.3):
+        xg = x.clone().requires_grad_()
+        with backend_ctx(backend):
+            mean = ops.cross_entropy(xg, all_ignored, wt, label_smoothing=ls)
+            total = ops.cross_entropy(x, all_ignored, wt, reduction="sum", label_smoothing=ls)
+        assert torch.isnan(mean).item() and total.item() == 0.0
+        mean.backward()
+        assert torch.equal(xg.grad.cpu(), torch.zeros(5, 4))   # PyTorch: zeros, not NaN
+    # Weighted mean whose non-ignored weights sum to 0: NaN loss, NaN rows for non-ignored targets.
+    zero_w = torch.zeros(4, device=dev)
+    t2 = torch.tensor([0, -100, 2, 3, 1], device=dev)
+    xg = x.clone().requires_grad_()
+    with backend_ctx(backend):
+        loss = ops.cross_entropy(xg, t2, zero_w)
+    loss.backward()
+    ref_loss, ref_grad = _reference(x, t2, zero_w, "mean", 0.0, None)
+    assert torch.isnan(loss).item() and torch.isnan(ref_loss).item()
+    assert torch.equal(torch.isnan(xg.grad.cpu()), torch.isnan(ref_grad))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_empty_batch_behaves_like_pytorch(backend, reduction):
+    dev = device_for(backend)
+    x = torch.zeros((0, 5), device=dev, requires_grad=True)
+    t = torch.zeros((0,), dtype=torch.long, device=dev)
+    with backend_ctx(backend):
+        ours = ops.cross_entropy(x, t, reduction=reduction)
+    ref = F.cross_entropy(x.detach().cpu(), t.cpu(), reduction=reduction)
+    assert ours.shape == ref.shape
+    assert torch.equal(torch.isnan(ours.cpu()), torch.isnan(ref))
+    if reduction == "sum":
+        assert ours.item() == 0.0
+    ours.sum().backward()
+    assert x.grad.shape == (0, 5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic(backend):
+    dev = device_for(backend)
+    n = 300 if backend == "triton" and triton_slow() else 3000
+    x, t, w, _ = _make(n, 37, torch.float32, dev, seed=17, ignore=True)
+    runs = []
+    for _ in range(2):
+        xg = x.clone().requires_grad_()
+        with backend_ctx(backend):
+            loss = ops.cross_entropy(xg, t, w, label_smoothing=0.1)
+        loss.backward()
+        runs.append((loss.detach().cpu(), xg.grad.cpu()))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_cpu_thread_count_does_not_change_bits():
+    code = (
+        "import torch; from pyimgcls import ops;"
+        "g=torch.Generator().manual_seed(0); x=torch.randn(4000, 300, generator=g);"
+        "t=torch.randint(0, 300, (4000,), generator=g);"
+        "print(ops.cross_entropy(x, t, label_smoothing=0.1).double().item().hex())"
+    )
+    outs = set()
+    for threads in ("1", "2"):
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "OMP_NUM_THREADS": threads})
+        assert res.returncode == 0, res.stderr
+        outs.add(res.stdout.strip())
+    assert len(outs) == 1, outs
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_cpu_isa_paths_agree(isa):
+    code = (
+        "import torch, torch.nn.functional as F; from pyimgcls import ops, _native;"
+        "g=torch.Generator().manual_seed(1); x=torch.randn(37, 3001, generator=g, dtype=torch.float64)*20;"
+        "x[3, 5]=float('-inf'); t=torch.randint(0, 3001, (37,), generator=g); w=torch.rand(3001, generator=g, dtype=torch.float64);"
+        "xf=x.float().requires_grad_(); l=ops.cross_entropy(xf, t, w.float(), reduction='none', label_smoothing=0.2);"
+        "l.sum().backward(); x64=x.clone().requires_grad_();"
+        "r=F.cross_entropy(x64, t, w, reduction='none', label_smoothing=0.2); r.sum().backward();"
+        "f=torch.isfinite(r); assert torch.equal(torch.isinf(l), torch.isinf(r)) and not f.all();"
+        "print(_native.C.softmax_xent_isa(), ((l.double()-r).abs()/r.abs())[f].max().item(),"
+        " (xf.grad.double()-x64.grad).abs().max().item())"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYIMGCLS_CPU_ISA": isa})
+    assert res.returncode == 0, res.stderr
+    used, rel_loss, abs_grad = res.stdout.split()
+    assert used in ("generic", "avx2", "avx512")
+    assert float(rel_loss) < 2e-5 and float(abs_grad) < 2e-5
+
+
+# ----------------------------------------------------------------------------- autograd integration
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("option", OPTIONS_SMALL, ids=_opt_id)
+def test_custom_op_path_matches_eager_fast_path(backend, option, monkeypatch):
+    """Eager calls run the kernels through a bare autograd.Function; the registered custom ops
+    (used under torch.compile, fake tensors, modes) must give the same bits."""
+    import pyimgcls.ops.softmax_xent as sx
+    dev = device_for(backend)
+    weighted, ignore, reduction, ls = option
+    x, t, w, go = _make(7, 13, torch.float32, dev, seed=21, ignore=ignore)
+    results = []
+    for fast in (True, False):
+        monkeypatch.setattr(sx, "EAGER_FAST_PATH", fast)
+        xg = x.clone().requires_grad_()
+        with backend_ctx(backend):
+            loss = ops.cross_entropy(xg, t, w if weighted else None, reduction=reduction, label_smoothing=ls)
+        loss.backward(go if reduction == "none" else None)
+        results.append((loss.detach(), xg.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ls", [0.0, 0.25])
+@pytest.mark.parametrize("fast", [True, False], ids=["eager-fast-path", "custom-op"])
+def test_gradcheck_float64_cpu(reduction, weighted, ls, fast, monkeypatch):
+    import pyimgcls.ops.softmax_xent as sx
+    monkeypatch.setattr(sx, "EAGER_FAST_PATH", fast)
+    g = torch.Generator().manual_seed(18)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1, -100, 4, 0])
+    w = torch.rand(5, generator=g, dtype=torch.float64) + 0.5 if weighted else None
+    with backend_ctx("cpu"):
+        assert torch.autograd.gradcheck(
+            lambda x: ops.cross_entropy(x, t, w, reduction=reduction, label_smoothing=ls), (x,))
+
+
+def test_opcheck_both_ops():
+    g = torch.Generator().manual_seed(19)
+    x = torch.randn(6, 7, generator=g, requires_grad=True)
+    t = torch.tensor([0, 3, -100, 6, 2, 2])
+    w = torch.rand(7, generator=g)
+    for reduction in (0, 1, 2):
+        torch.library.opcheck(torch.ops.pyimgcls.softmax_cross_entropy.default,
+                              (x, t, w, -100, reduction, 0.1, True, "cpu"))
+    torch.library.opcheck(torch.ops.pyimgcls.softmax_cross_entropy.default,
+                          (x.detach(), t.int(), None, -100, 1, 0.0, False, "cpu"))
+    loss, grad, denom = torch.ops.pyimgcls.softmax_cross_entropy(x.detach(), t, w, -100, 1, 0.1, True, "cpu")
+    torch.library.opcheck(torch.ops.pyimgcls.softmax_cross_entropy_backward.default,
+                          (torch.tensor(0.7), grad, t, denom, -100, 1, "cpu"))
+    torch.library.opcheck(torch.ops.pyimgcls.softmax_cross_entropy_backward.default,
+                          (torch.randn(6, generator=g), grad, t, denom.new_empty(0), -100, 0, "cpu"))
+
+
+def test_no_grad_skips_gradient_buffer():
+    x, t = torch.randn(5, 9), torch.randint(0, 9, (5,))
+    _, grad, _ = torch.ops.pyimgcls.softmax_cross_entropy(x, t, None, -100, 1, 0.0, False, "cpu")
+    assert grad.numel() == 0
+    with torch.no_grad():
+        ours = ops.cross_entropy(x.requires_grad_(), t)
+    torch.testing.assert_close(ours, F.cross_entropy(x.detach(), t))
+
+
+def test_torch_compile_fullgraph_loss():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    crit = nn.CrossEntropyLoss(weight=torch.rand(10) + 0.5, label_smoothing=0.1)
+    x, t = torch.randn(8, 12), torch.randint(0, 10, (8,))
+    t[3] = -100
+
+    def step(x, t):
+        return crit(model(x), t)
+
+    eager = step(x, t)
+    eager.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(step, fullgraph=True)(x, t)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    for p, g_ in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g_)
+    ref = F.cross_entropy(model(x), t, crit.weight, label_smoothing=0.1)
+    torch.testing.assert_close(eager, ref)
+
+
+def test_autocast_computes_in_float32():
+    x, t = torch.randn(4, 8).bfloat16(), torch.randint(0, 8, (4,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = ops.cross_entropy(x, t)
+        theirs = F.cross_entropy(x, t)
+    assert ours.dtype == theirs.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_torch_backend_is_plain_pytorch():
+    x, t = torch.randn(4, 8), torch.randint(0, 8, (4,))
+    with pyimgcls.use_backend("torch"):
+        ours = ops.cross_entropy(x, t, label_smoothing=0.3, reduction="sum")
+    assert torch.equal(ours, F.cross_entropy(x, t, label_smoothing=0.3, reduction="sum"))
+
+
+def test_compiled_graph_calls_the_custom_ops():
+    from torch._dynamo.testing import EagerAndRecordGraphs
+    backend = EagerAndRecordGraphs()
+    x, t = torch.randn(4, 6, requires_grad=True), torch.tensor([0, 5, -100, 2])
+    out = torch.compile(lambda x, t: ops.cross_entropy(x, t, label_smoothing=0.1), backend=backend,
+                        fullgraph=True)(x, t)
+    out.backward()
+    code = "\n".join(g.code for g in backend.graphs)
+    assert "pyimgcls.softmax_cross_entropy" in code
+    torch.testing.assert_close(x.grad, torch.autograd.grad(F.cross_entropy(x, t, label_smoothing=0.1), x)[0])
+
+
+def test_auto_uses_cpu_kernel(monkeypatch):
+    import pyimgcls.ops.softmax_xent as sx
+    calls = []
+    real = sx._forward
+    monkeypatch.setattr(sx, "_forward", lambda *a: calls.append(a[-1]) or real(*a))
+    ops.cross_entropy(torch.randn(3, 4), torch.tensor([0, 1, 2]))
+    assert calls == ["cpu"]
+
+
+# ----------------------------------------------------------------------------- nn.CrossEntropyLoss
+def test_nn_cross_entropy_loss_matches_torch_module():
+    torch.manual_seed(0)
+    w = torch.rand(6) + 0.5
+    ours = nn.CrossEntropyLoss(weight=w, ignore_index=2, reduction="sum", label_smoothing=0.15)
+    ref = torch.nn.CrossEntropyLoss(weight=w, ignore_index=2, reduction="sum", label_smoothing=0.15)
+    assert isinstance(ours, torch.nn.CrossEntropyLoss)
+    assert set(ours.state_dict()) == set(ref.state_dict()) == {"weight"}
+    assert ours.ignore_index == 2 and ours.reduction == "sum" and ours.label_smoothing == 0.15
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x, t = torch.randn(9, 6, requires_grad=True), torch.randint(0, 6, (9,))
+    torch.testing.assert_close(ours(x, t), ref(x, t))
+    (g1,) = torch.autograd.grad(ours(x, t), x)
+    (g2,) = torch.autograd.grad(ref(x, t), x)
+    torch.testing.assert_close(g1, g2)
+    default = nn.CrossEntropyLoss()
+    assert default.weight is None and default.ignore_index == -100 and default.reduction == "mean"
+    assert default.label_smoothing == 0.0 and set(default.state_dict()) == set()
+    torch.testing.assert_close(default(x, t), F.cross_entropy(x, t))
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_bad_inputs_raise_clear_errors(backend):
+    dev = device_for(backend)
+    x, t = torch.randn(4, 5, device=dev), torch.tensor([0, 1, 2, 3], device=dev)
+    with backend_ctx(backend):
+        with pytest.raises(ValueError, match="'target'"):
+            ops.cross_entropy(x, t[:3])                                  # batch size mismatch
+        with pytest.raises(TypeError, match="probability .*not supported"):
+            ops.cross_entropy(x, torch.softmax(x, 1))                     # probability targets
+        with pytest.raises(TypeError, match="probability .*not supported"):
+            ops.cross_entropy(x, t.float())                               # float class indices
+        with pytest.raises(ValueError, match="'input'.*1-D"):
+            ops.cross_entropy(x[0], t[0])                                 # unbatched logits
+        with pytest.raises(ValueError, match="'weight'"):
+            ops.cross_entropy(x, t, torch.ones(3, device=dev))            # weight of wrong length
+        with pytest.raises(ValueError, match="'weight'"):
+            ops.cross_entropy(x, t, torch.ones(5, 1, device=dev))
+        with pytest.raises(TypeError, match="'weight'"):
+            ops.cross_entropy(x, t, torch.ones(5, dtype=torch.float64, device=dev))
+        with pytest.raises(ValueError, match="reduction"):
+            ops.cross_entropy(x, t, reduction="avg")                      # unknown reduction
+        with pytest.raises(ValueError, match="label_smoothing"):
+            ops.cross_entropy(x, t, label_smoothing=1.5)
+        with pytest.raises(TypeError, match="'input'"):
+            ops.cross_entropy(x.long(), t)
+        with pytest.raises(TypeError, match="'target'"):
+            ops.cross_entropy(x, t.to(torch.int16))
+        with pytest.raises(TypeError, match="'input'"):
+            ops.cross_entropy([[1.0]], t)
+        with pytest.raises(ValueError, match="'weight'.*requires grad"):
+            ops.cross_entropy(x, t, torch.ones(5, device=dev, requires_grad=True))
+        for bad in ([0, 1, 5, 3], [0, -1, 2, 3]):                          # out-of-range targets
+            with pytest.raises(IndexError, match="out of bounds"):
+                ops.cross_entropy(x, torch.tensor(bad, device=dev))
+        with pytest.raises(TargetOutOfRangeError, match="'target'.*index 2"):
+            ops.cross_entropy(x, torch.tensor([0, 1, 7, 3], device=dev), reduction="none")
+    # Errors are RuntimeErrors as well, as PyTorch raises for most of these calls.
+    with pytest.raises(RuntimeError):
+        ops.cross_entropy(x, t, label_smoothing=-0.1)
+    with pytest.raises(RuntimeError):
+        ops.cross_entropy(x, torch.tensor([0, 1, 9, 3], device=dev))
+
+
+def test_nn_module_errors_and_backend_errors():
+    crit = nn.CrossEntropyLoss(reduction="bogus")
+    with pytest.raises(ValueError, match="reduction"):
+        crit(torch.randn(2, 3), torch.tensor([0, 1]))
+    with pyimgcls.use_backend("cuda"), pytest.raises(pyimgcls.errors.BackendError, match="cuda"):
+        ops.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]))
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'target'"):
+            ops.cross_entropy(torch.randn(2, 3, device="cuda"), torch.tensor([0, 1]))
+
+
+# ----------------------------------------------------------------------------- CUDA-only policy
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_out_of_range_target_is_nan_not_a_crash(backend, monkeypatch):
+    if backend == "cuda" and "cuda" not in pyimgcls.available_backends():
+        pytest.skip("CUDA kernels not built")
+    monkeypatch.delenv("PYIMGCLS_CHECK_TARGETS", raising=False)
+    x = torch.randn(4, 5, device="cuda", requires_grad=True)
+    t = torch.tensor([0, 9, -100, -3], device="cuda")
+    with pyimgcls.use_backend(backend):
+        none = ops.cross_entropy(x, t, reduction="none")
+        mean = ops.cross_entropy(x, t)
+    assert torch.isnan(none.cpu()).tolist() == [False, True, False, True]
+    assert torch.isnan(mean).item()
+    mean.backward()
+    assert torch.isnan(x.grad[1]).all() and torch.isfinite(x.grad[0]).all() and (x.grad[2] == 0).all()
+    monkeypatch.setenv("PYIMGCLS_CHECK_TARGETS", "1")
+    with pyimgcls.use_backend(backend), pytest.raises(IndexError, match="out of bounds"):
+        ops.cross_entropy(x, t)
+
+
+@pytest.mark.cuda
+def test_cuda_reduction_counter_survives_streams():
+    if "cuda" not in pyimgcls.available_backends():
+        pytest.skip("CUDA kernels not built")
+    x, t, w, _ = _make(5000, 100, torch.float32, torch.device("cuda"), seed=20, ignore=True)
+    with pyimgcls.use_backend("cuda"):
+        first = ops.cross_entropy(x, t, w)
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            other = ops.cross_entropy(x, t, w, reduction="sum")
+        torch.cuda.synchronize()
+        again = ops.cross_entropy(x, t, w)
+    assert torch.equal(first, again)
+    ref, _ = _reference(x, t, w, "sum", 0.0, None)
+    assert_close_to_reference(other, ref, scale=ref.abs().item())
