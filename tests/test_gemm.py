@@ -297,3 +297,20 @@ def test_cpu_isa_paths_agree(isa):
     used, e32, e64 = res.stdout.split()
     assert used in ("generic", "avx2", "avx512")
     assert float(e32) < 1e-3 and float(e64) < 1e-10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_activation_backward_select_semantics_like_pytorch(backend, activation):
+    """ATen's relu/relu6 backward is a select on the output: a NaN output passes its gradient
+    through, and an inf gradient at a masked (dropped) position becomes 0, not NaN."""
+    dev = device_for(backend)
+    w = torch.eye(4, dtype=torch.float32, device=dev)
+    x = torch.tensor([[float("nan"), -1.0, 2.0, 7.0]], device=dev)
+    go = torch.tensor([[1.0, float("inf"), 3.0, 5.0]], device=dev)
+    b = torch.zeros(4, device=dev, requires_grad=True)
+    with backend_ctx(backend):
+        ops.linear(x, w, b, activation=activation).backward(go)
+    ref_b = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    _ref_act(F.linear(x.double().cpu(), w.double().cpu(), ref_b), activation).backward(go.double().cpu())
+    assert torch.equal(b.grad.cpu().double(), ref_b.grad), (b.grad, ref_b.grad)

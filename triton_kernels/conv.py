@@ -381,11 +381,12 @@ def _conv2d_bias_act_bwd_kernel(
         gv = tl.load(grad_ptr + idx, mask=mask, other=0.0).to(col_sum.dtype)
         if ACT != 0:
             y = tl.load(out_ptr + idx, mask=mask, other=0.0).to(col_sum.dtype)
+            # Select semantics as ATen: NaN outputs pass the gradient, masked infs become 0.
             if ACT == 1:
-                keep = y > 0
+                drop = y <= 0
             else:
-                keep = (y > 0) & (y < 6)
-            gv = tl.where(keep, gv, 0.0)
+                drop = (y <= 0) | (y >= 6)
+            gv = tl.where(drop, 0.0, gv)
             tl.store(grad_pre_ptr + idx, gv.to(grad_pre_ptr.dtype.element_ty), mask=mask)
         if HAS_BIAS:
             col_sum += tl.sum(gv, axis=0)

@@ -135,11 +135,13 @@ def _bias_act_bwd_kernel(
         g = tl.load(grad_ptr + idx, mask=mask, other=0.0).to(col_sum.dtype)
         if ACT != 0:
             y = tl.load(out_ptr + idx, mask=mask, other=0.0).to(col_sum.dtype)
+            # Select, not multiply (as ATen's threshold/hardtanh backward): a NaN output passes
+            # the gradient through, and an inf gradient at a masked position becomes 0, not NaN.
             if ACT == 1:
-                keep = y > 0
+                drop = y <= 0
             else:
-                keep = (y > 0) & (y < 6)
-            g = tl.where(keep, g, 0.0)
+                drop = (y <= 0) | (y >= 6)
+            g = tl.where(drop, 0.0, g)
             tl.store(grad_pre_ptr + idx, g.to(grad_pre_ptr.dtype.element_ty), mask=mask)
         if HAS_BIAS:
             col_sum += tl.sum(g, axis=0)

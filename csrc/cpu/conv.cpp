@@ -424,8 +424,9 @@ void conv2d_bias_act_bwd_t(int64_t N, int64_t O, int64_t P, const T* grad, Strid
       const T* y = out ? out + n * os.n + o * os.c : nullptr;
       for (int64_t p = 0; p < P; ++p) {
         T v = g[p * gs.w];
-        if (act == Act::ReLU) v = y[p * os.w] > T(0) ? v : T(0);
-        else if (act == Act::ReLU6) v = (y[p * os.w] > T(0) && y[p * os.w] < T(6)) ? v : T(0);
+        // Select semantics as ATen's threshold/hardtanh backward: NaN outputs pass the gradient.
+        if (act == Act::ReLU) v = y[p * os.w] <= T(0) ? T(0) : v;
+        else if (act == Act::ReLU6) v = (y[p * os.w] <= T(0) || y[p * os.w] >= T(6)) ? T(0) : v;
         if (act != Act::None || d != g) d[p * gs.w] = v;
         acc += static_cast<double>(v);
       }

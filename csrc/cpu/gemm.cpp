@@ -4,7 +4,9 @@
 //   gemm:         C[m, n] = act(sum_k A[m, k] * B[k, n] + bias[n]),  act in {none, relu, relu6},
 //                 A, B, C addressed through arbitrary element strides (transposed or sliced views
 //                 need no copy: the packing step reads through the strides).
-//   bias_act_bwd: grad_pre[m, n] = grad[m, n] * act'(out[m, n]);  grad_bias[n] = sum_m grad_pre[m, n].
+//   bias_act_bwd: grad_pre[m, n] = grad[m, n] where act'(out[m, n]) = 1, else 0 (a select, as in
+//                 ATen: relu drops out <= 0, relu6 drops out <= 0 or out >= 6, so a NaN output
+//                 passes its gradient);  grad_bias[n] = sum_m grad_pre[m, n].
 //
 // Algorithm (BLIS / GotoBLAS five-loop GEMM)
 //   for jc in N step NC                        B panel [KC x NC], shared by the team, in L3
@@ -552,8 +554,9 @@ void merge_tile(const T* tile, int64_t ldt, T* c, int64_t scm, int64_t scn, int6
     }
 }
 
-// Below this many multiply-adds the OpenMP fork/join costs more than the second core saves.
-constexpr double kParallelMinWork = 96.0 * 96.0 * 96.0;
+// Below this many multiply-adds the OpenMP fork/join (about a microsecond) costs more than the
+// second core saves; measured crossover on 2 cores between 32^3 and 48^3.
+constexpr double kParallelMinWork = 48.0 * 48.0 * 48.0;
 
 template <typename T>
 void gemm_packed(const Kernel<T>& kr, const T* a, int64_t sam, int64_t sak, const T* b, int64_t sbk,
@@ -757,10 +760,7 @@ void gemm_t(Isa isa, const T* a, int64_t sam, int64_t sak, const T* b, int64_t s
   // One row or one column: a matrix-vector product over B (M == 1) or A (N == 1).
   if (M == 1 && gemv(b, sbn, sbk, a, sak, bias, 1, c, scn, N, K, act)) return;
   if (N == 1 && gemv(a, sam, sak, b, sbk, bias, 0, c, scm, M, K, act)) return;
-  Kernel<T> kr = select_kernel<T>(isa);
-  if (getenv("GT_KC")) kr.kc = atoi(getenv("GT_KC"));
-  if (getenv("GT_MC")) kr.mc = atoi(getenv("GT_MC"));
-  if (getenv("GT_NC")) kr.nc = atoi(getenv("GT_NC"));
+  const Kernel<T> kr = select_kernel<T>(isa);
   gemm_packed(kr, a, sam, sak, b, sbk, sbn, bias, c, scm, scn, M, N, K, act);
 }
 
@@ -796,10 +796,12 @@ void bias_act_bwd_t(const T* grad, const T* out, T* grad_pre, T* grad_bias, int6
           for (int64_t j = 0; j < w; ++j) gp[j] = g[j];
       } else {
         const T* o = out + m * N + n0;
+        // A select, written as ATen's threshold_backward / hardtanh_backward: a NaN output lets
+        // its gradient through, and an inf gradient at a dropped position becomes 0, not NaN.
         if (act == Act::ReLU) {
-          for (int64_t j = 0; j < w; ++j) gp[j] = o[j] > T(0) ? g[j] : T(0);
+          for (int64_t j = 0; j < w; ++j) gp[j] = o[j] <= T(0) ? T(0) : g[j];
         } else {
-          for (int64_t j = 0; j < w; ++j) gp[j] = (o[j] > T(0) && o[j] < T(6)) ? g[j] : T(0);
+          for (int64_t j = 0; j < w; ++j) gp[j] = (o[j] <= T(0) || o[j] >= T(6)) ? T(0) : g[j];
         }
       }
       if (grad_bias != nullptr)

@@ -515,7 +515,8 @@ __global__ void __launch_bounds__(256) conv2d_bias_act_bwd_kernel(const T* __res
       float v = to_f(grad[gi]);
       if (act != 0) {
         const float y = to_f(out[n * os.n + o * os.c + px * os.w]);
-        const bool keep = act == 1 ? (y > 0.0f) : (y > 0.0f && y < 6.0f);
+        // Select semantics as ATen: a NaN output passes the gradient through.
+        const bool keep = act == 1 ? !(y <= 0.0f) : !(y <= 0.0f || y >= 6.0f);
         v = keep ? v : 0.0f;
         grad_pre[gi] = from_f<T>(v);
       }

@@ -26,10 +26,11 @@ def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, act: int) 
 
 def activation_backward(grad: torch.Tensor, out: torch.Tensor | None, act: int) -> torch.Tensor:
     name = ACT_NAMES[act]
+    # Select semantics, as ATen's threshold_backward / hardtanh_backward.
     if name == "relu":
-        return grad * (out > 0).to(grad.dtype)
+        return torch.where(out <= 0, 0, grad)
     if name == "relu6":
-        return grad * ((out > 0) & (out < 6)).to(grad.dtype)
+        return torch.where((out <= 0) | (out >= 6), 0, grad)
     return grad
 
 
