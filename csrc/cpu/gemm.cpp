@@ -56,12 +56,14 @@
 #include <string>
 #include <vector>
 
+// Helpers marked PYIMGCLS_INLINE are always inlined, so they are compiled for the instruction set
+// of the kernel or packer that calls them rather than for the baseline.
+#define PYIMGCLS_INLINE inline __attribute__((always_inline))
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define PYIMGCLS_X86 1
 #define PYIMGCLS_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma,avx2")))
 #define PYIMGCLS_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define PYIMGCLS_INLINE inline __attribute__((always_inline))
 #endif
 
 namespace pyimgcls::cpu {
@@ -767,9 +769,13 @@ void gemm_t(Isa isa, const T* a, int64_t sam, int64_t sak, const T* b, int64_t s
 // ---------------------------------------------------------------------------------------------
 // Epilogue backward.
 // ---------------------------------------------------------------------------------------------
-// Column strips of this many elements are the unit of parallel work: each strip is owned by one
-// thread, which walks all M rows in order, so the bias sum has one fixed order for any team size.
+// The work is cut into fixed tiles of kRowChunk rows x kStrip columns, whatever the team size:
+// each tile sums its rows in order into its own partial, and the partials of a column are added
+// in chunk order, so grad_bias has one fixed summation order for any thread count.  Sums are kept
+// in double (for float32 too): the bias gradient of a large batch then carries ~1e-7 relative
+// error instead of one that grows with M.
 constexpr int64_t kStrip = 256;
+constexpr int64_t kRowChunk = 512;
 
 template <typename T>
 void bias_act_bwd_t(const T* grad, const T* out, T* grad_pre, T* grad_bias, int64_t M, int64_t N, Act act) {
@@ -778,37 +784,59 @@ void bias_act_bwd_t(const T* grad, const T* out, T* grad_pre, T* grad_bias, int6
       for (int64_t n = 0; n < std::max<int64_t>(N, 0); ++n) grad_bias[n] = T(0);
     return;
   }
-  const int64_t strips = ceil_div(N, kStrip);
+  if (act == Act::None && grad_pre == grad && grad_bias == nullptr) return;
+  const int64_t strips = ceil_div(N, kStrip), chunks = ceil_div(M, kRowChunk);
   const int nt = (M * N < (int64_t(1) << 15)) ? 1 : std::max(1, omp_get_max_threads());
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t s = 0; s < strips; ++s) {
-    const int64_t n0 = s * kStrip;
-    const int64_t w = std::min(kStrip, N - n0);
-    // float32 sums accumulate in double: the sum over a large batch keeps ~1e-7 relative error
-    // instead of growing with M.
-    double acc[kStrip];
-    for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
-    for (int64_t m = 0; m < M; ++m) {
-      const T* g = grad + m * N + n0;
-      T* gp = grad_pre + m * N + n0;
-      if (act == Act::None) {
-        if (gp != g)
-          for (int64_t j = 0; j < w; ++j) gp[j] = g[j];
-      } else {
-        const T* o = out + m * N + n0;
-        // A select, written as ATen's threshold_backward / hardtanh_backward: a NaN output lets
-        // its gradient through, and an inf gradient at a dropped position becomes 0, not NaN.
-        if (act == Act::ReLU) {
-          for (int64_t j = 0; j < w; ++j) gp[j] = o[j] <= T(0) ? T(0) : g[j];
-        } else {
-          for (int64_t j = 0; j < w; ++j) gp[j] = (o[j] <= T(0) || o[j] >= T(6)) ? T(0) : g[j];
+  std::vector<double> partial(grad_bias != nullptr ? static_cast<size_t>(chunks * N) : 0);
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    // 1. Mask each tile and sum its rows: partial[chunk, n].
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t ch = 0; ch < chunks; ++ch)
+      for (int64_t s = 0; s < strips; ++s) {
+        const int64_t m0 = ch * kRowChunk, m1 = std::min(M, m0 + kRowChunk);
+        const int64_t n0 = s * kStrip, w = std::min(kStrip, N - n0);
+        double acc[kStrip];
+        for (int64_t j = 0; j < w; ++j) acc[j] = 0.0;
+        for (int64_t m = m0; m < m1; ++m) {
+          const T* g = grad + m * N + n0;
+          T* gp = grad_pre + m * N + n0;
+          if (act == Act::None) {
+            if (gp != g)
+              for (int64_t j = 0; j < w; ++j) gp[j] = g[j];
+          } else {
+            const T* o = out + m * N + n0;
+            // A select, as ATen's threshold_backward / hardtanh_backward: a NaN output lets its
+            // gradient through, and an inf gradient at a dropped position becomes 0, not NaN.
+            // Both operands are loaded unconditionally so the loop vectorises as a blend.
+            if (act == Act::ReLU) {
+              for (int64_t j = 0; j < w; ++j) {
+                const T gj = g[j], oj = o[j];
+                gp[j] = (oj <= T(0)) ? T(0) : gj;
+              }
+            } else {
+              for (int64_t j = 0; j < w; ++j) {
+                const T gj = g[j], oj = o[j];
+                gp[j] = (oj <= T(0)) | (oj >= T(6)) ? T(0) : gj;
+              }
+            }
+          }
+          if (grad_bias != nullptr)
+            for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<double>(gp[j]);
         }
+        if (grad_bias != nullptr)
+          for (int64_t j = 0; j < w; ++j) partial[ch * N + n0 + j] = acc[j];
       }
-      if (grad_bias != nullptr)
-        for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<double>(gp[j]);
+    // 2. Add the chunk partials of each column in chunk order (after the implicit barrier).
+    if (grad_bias != nullptr) {
+#pragma omp for schedule(static)
+      for (int64_t n = 0; n < N; ++n) {
+        double sum = 0.0;
+        for (int64_t ch = 0; ch < chunks; ++ch) sum += partial[ch * N + n];
+        grad_bias[n] = static_cast<T>(sum);
+      }
     }
-    if (grad_bias != nullptr)
-      for (int64_t j = 0; j < w; ++j) grad_bias[n0 + j] = static_cast<T>(acc[j]);
   }
 }
 

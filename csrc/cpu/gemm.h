@@ -11,7 +11,9 @@ void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int6
           const void* bias, void* c, int64_t scm, int64_t scn, int64_t M, int64_t N, int64_t K, Act act);
 
 // Backward of the epilogue on contiguous row-major [M, N] tensors:
-//   grad_pre[m, n] = grad[m, n] * act'(out[m, n])    (relu: out > 0; relu6: 0 < out < 6; none: 1)
+//   grad_pre[m, n] = 0 where the activation dropped out[m, n] (relu: out <= 0; relu6: out <= 0 or
+//                    out >= 6), else grad[m, n] — a select, as ATen's threshold/hardtanh backward, so a
+//                    NaN output passes its gradient and an inf gradient at a dropped position gives 0
 //   grad_bias[n]   = sum_m grad_pre[m, n]            (skipped when grad_bias is null)
 // grad_pre may alias grad. Deterministic (fixed summation order).
 void bias_act_bwd(DType dt, const void* grad, const void* out, void* grad_pre, void* grad_bias,
