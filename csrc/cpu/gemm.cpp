@@ -56,65 +56,10 @@
 #include <string>
 #include <vector>
 
-// Helpers marked PYIMGCLS_INLINE are always inlined, so they are compiled for the instruction set
-// of the kernel or packer that calls them rather than for the baseline.
-#define PYIMGCLS_INLINE inline __attribute__((always_inline))
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define PYIMGCLS_X86 1
-#define PYIMGCLS_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma,avx2")))
-#define PYIMGCLS_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#endif
+#include "isa.h"
 
 namespace pyimgcls::cpu {
 namespace {
-
-// ---------------------------------------------------------------------------------------------
-// Instruction-set selection
-// ---------------------------------------------------------------------------------------------
-enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
-
-Isa hardware_isa() {
-#ifdef PYIMGCLS_X86
-  // Detected once: cpuid does not change while the process runs.
-  static const Isa hw = [] {
-    __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return Isa::Generic;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
-      return Isa::Avx512;
-    return Isa::Avx2;
-  }();
-  return hw;
-#else
-  return Isa::Generic;
-#endif
-}
-
-// The hardware answer is cached; the PYIMGCLS_CPU_ISA override is read on every call (a getenv
-// costs well under a microsecond) so a test can switch paths inside one process.
-Isa active_isa() {
-  const Isa hw = hardware_isa();
-  const char* env = std::getenv("PYIMGCLS_CPU_ISA");
-  if (env == nullptr || env[0] == '\0') return hw;
-  const std::string want(env);
-  Isa req;
-  if (want == "generic") req = Isa::Generic;
-  else if (want == "avx2") req = Isa::Avx2;
-  else if (want == "avx512") req = Isa::Avx512;
-  else
-    throw std::invalid_argument("PYIMGCLS_CPU_ISA must be generic, avx2 or avx512, got '" + want + "'");
-  return static_cast<Isa>(std::min(static_cast<int>(req), static_cast<int>(hw)));
-}
-
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::Avx512: return "avx512";
-    case Isa::Avx2: return "avx2";
-    case Isa::Generic: return "generic";
-  }
-  return "generic";
-}
 
 // ---------------------------------------------------------------------------------------------
 // Micro-kernels.  Contract shared by all of them:

@@ -55,12 +55,7 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define PYIMGCLS_X86 1
-#define PYIMGCLS_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma,avx2")))
-#define PYIMGCLS_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#endif
-#define PYIMGCLS_INLINE inline __attribute__((always_inline))
+#include "isa.h"
 
 namespace pyimgcls::cpu {
 namespace {
@@ -116,30 +111,6 @@ inline Window avg_window(int64_t oh, int64_t ow, const Pool2dParams& p, bool cip
 // NHWC kernel body (an always-inline static run(q0, q1, ...) over a range of pixels) is also
 // compiled inside AVX2 and AVX-512 wrappers and the widest one the CPU supports is called (as in the
 // GEMM family; PYIMGCLS_CPU_ISA=generic|avx2|avx512 lowers the choice).
-enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
-
-Isa pool_isa() {
-#ifdef PYIMGCLS_X86
-  static const Isa hw = [] {
-    __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return Isa::Generic;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
-      return Isa::Avx512;
-    return Isa::Avx2;
-  }();
-  Isa want = hw;
-  if (const char* env = std::getenv("PYIMGCLS_CPU_ISA")) {
-    const std::string e(env);
-    if (e == "generic") want = Isa::Generic;
-    else if (e == "avx2") want = Isa::Avx2;
-    else if (e == "avx512") want = Isa::Avx512;
-  }
-  return static_cast<int>(want) < static_cast<int>(hw) ? want : hw;
-#else
-  return Isa::Generic;
-#endif
-}
 
 template <class K, class... A>
 void run_generic(int64_t q0, int64_t q1, const A&... a) { K::run(q0, q1, a...); }
@@ -156,7 +127,7 @@ template <class K, Isa kMax = Isa::Avx512, class... A>
 void run_pixels(int64_t count, int64_t per_pixel, const A&... a) {
   void (*fn)(int64_t, int64_t, const A&...) = &run_generic<K, A...>;
 #ifdef PYIMGCLS_X86
-  const Isa isa = static_cast<int>(pool_isa()) < static_cast<int>(kMax) ? pool_isa() : kMax;
+  const Isa isa = static_cast<int>(active_isa()) < static_cast<int>(kMax) ? active_isa() : kMax;
   if (isa == Isa::Avx512) fn = &run_avx512<K, A...>;
   else if (isa == Isa::Avx2) fn = &run_avx2<K, A...>;
 #endif

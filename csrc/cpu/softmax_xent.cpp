@@ -58,59 +58,10 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define PYIMGCLS_XENT_X86 1
-#define PYIMGCLS_XENT_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma,avx2")))
-#define PYIMGCLS_XENT_AVX2 __attribute__((target("avx2,fma")))
-#endif
+#include "isa.h"
 
 namespace pyimgcls::cpu {
 namespace {
-
-// ---------------------------------------------------------------------------------------------
-// Instruction-set selection (same rules and environment variable as the GEMM).
-// ---------------------------------------------------------------------------------------------
-enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
-
-Isa hardware_isa() {
-#ifdef PYIMGCLS_XENT_X86
-  static const Isa hw = [] {
-    __builtin_cpu_init();
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return Isa::Generic;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
-      return Isa::Avx512;
-    return Isa::Avx2;
-  }();
-  return hw;
-#else
-  return Isa::Generic;
-#endif
-}
-
-Isa active_isa() {
-  const Isa hw = hardware_isa();
-  const char* env = std::getenv("PYIMGCLS_CPU_ISA");
-  if (env == nullptr || env[0] == '\0') return hw;
-  const std::string want(env);
-  Isa req;
-  if (want == "generic") req = Isa::Generic;
-  else if (want == "avx2") req = Isa::Avx2;
-  else if (want == "avx512") req = Isa::Avx512;
-  else
-    throw std::invalid_argument("PYIMGCLS_CPU_ISA must be generic, avx2 or avx512, got '" + want + "'");
-  return static_cast<Isa>(std::min(static_cast<int>(req), static_cast<int>(hw)));
-}
-
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::Avx512: return "avx512";
-    case Isa::Avx2: return "avx2";
-    case Isa::Generic: return "generic";
-  }
-  return "generic";
-}
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -178,7 +129,7 @@ void grad_generic(T* g, int64_t n, T f, const T* w, T c2) {
     for (int64_t j = 0; j < n; ++j) g[j] = f * g[j] - c2;
 }
 
-#ifdef PYIMGCLS_XENT_X86
+#ifdef PYIMGCLS_X86
 // Cephes expf: exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2] with
 // ln 2 split in two parts for an exact reduction, exp(r) by a degree-7 polynomial (~1 ulp).
 constexpr float kLog2e = 1.44269504088896341f;
@@ -190,7 +141,7 @@ constexpr float kP3 = 4.1665795894e-2f, kP4 = 1.6666665459e-1f, kP5 = 5.00000012
 // AVX-512: 2^n applied with vscalefps, which underflows gracefully to subnormals / 0, so only a
 // clamp that keeps n finite is needed (exp(-104) is below the smallest subnormal). max(lo, x)
 // returns its second operand when one is NaN, so NaN passes through and comes out NaN.
-PYIMGCLS_XENT_AVX512 inline __m512 exp512(__m512 x) {
+PYIMGCLS_TARGET_AVX512 inline __m512 exp512(__m512 x) {
   x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -206,11 +157,11 @@ PYIMGCLS_XENT_AVX512 inline __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(y, n);
 }
 
-PYIMGCLS_XENT_AVX512 inline __mmask16 tail_mask16(int64_t r) {
+PYIMGCLS_TARGET_AVX512 inline __mmask16 tail_mask16(int64_t r) {
   return r >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << r) - 1u);
 }
 
-PYIMGCLS_XENT_AVX512 float max_avx512(const float* x, int64_t n) {
+PYIMGCLS_TARGET_AVX512 float max_avx512(const float* x, int64_t n) {
   const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   __m512 m0 = ninf, m1 = ninf;
   __mmask16 nan = 0;
@@ -231,7 +182,7 @@ PYIMGCLS_XENT_AVX512 float max_avx512(const float* x, int64_t n) {
   return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
 }
 
-PYIMGCLS_XENT_AVX512 float exp_sum_avx512(const float* x, int64_t n, float m, float* e) {
+PYIMGCLS_TARGET_AVX512 float exp_sum_avx512(const float* x, int64_t n, float m, float* e) {
   const __m512 vm = _mm512_set1_ps(m);
   __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
   int64_t j = 0;
@@ -256,7 +207,7 @@ PYIMGCLS_XENT_AVX512 float exp_sum_avx512(const float* x, int64_t n, float m, fl
   return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
-PYIMGCLS_XENT_AVX512 float wsum_avx512(const float* x, const float* w, int64_t n, float m) {
+PYIMGCLS_TARGET_AVX512 float wsum_avx512(const float* x, const float* w, int64_t n, float m) {
   const __m512 vm = _mm512_set1_ps(m);
   __m512 s = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; j += 16) {
@@ -271,7 +222,7 @@ PYIMGCLS_XENT_AVX512 float wsum_avx512(const float* x, const float* w, int64_t n
   return _mm512_reduce_add_ps(s);
 }
 
-PYIMGCLS_XENT_AVX512 void grad_avx512(float* g, int64_t n, float f, const float* w, float c2) {
+PYIMGCLS_TARGET_AVX512 void grad_avx512(float* g, int64_t n, float f, const float* w, float c2) {
   const __m512 vf = _mm512_set1_ps(f), vc = _mm512_set1_ps(c2);
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
@@ -291,7 +242,7 @@ PYIMGCLS_XENT_AVX512 void grad_avx512(float* g, int64_t n, float f, const float*
 // AVX2: 2^n built in the exponent field, valid for n >= -126, so inputs below ln(2^-126) are
 // clamped for the computation and their result set to 0 afterwards (x < lo is false for NaN,
 // which therefore stays NaN).
-PYIMGCLS_XENT_AVX2 inline __m256 exp256(__m256 x) {
+PYIMGCLS_TARGET_AVX2 inline __m256 exp256(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.33654f);
   const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
   x = _mm256_max_ps(lo, x);
@@ -310,21 +261,21 @@ PYIMGCLS_XENT_AVX2 inline __m256 exp256(__m256 x) {
   return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
 }
 
-PYIMGCLS_XENT_AVX2 inline float hsum256(__m256 v) {
+PYIMGCLS_TARGET_AVX2 inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
 
-PYIMGCLS_XENT_AVX2 inline float hmax256(__m256 v) {
+PYIMGCLS_TARGET_AVX2 inline float hmax256(__m256 v) {
   __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_max_ps(s, _mm_movehl_ps(s, s));
   s = _mm_max_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
 
-PYIMGCLS_XENT_AVX2 float max_avx2(const float* x, int64_t n) {
+PYIMGCLS_TARGET_AVX2 float max_avx2(const float* x, int64_t n) {
   __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   __m256 nan = _mm256_setzero_ps();
   int64_t j = 0;
@@ -342,7 +293,7 @@ PYIMGCLS_XENT_AVX2 float max_avx2(const float* x, int64_t n) {
   return any_nan ? std::numeric_limits<float>::quiet_NaN() : r;
 }
 
-PYIMGCLS_XENT_AVX2 float exp_sum_avx2(const float* x, int64_t n, float m, float* e) {
+PYIMGCLS_TARGET_AVX2 float exp_sum_avx2(const float* x, int64_t n, float m, float* e) {
   const __m256 vm = _mm256_set1_ps(m);
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
   int64_t j = 0;
@@ -370,7 +321,7 @@ PYIMGCLS_XENT_AVX2 float exp_sum_avx2(const float* x, int64_t n, float m, float*
   return s;
 }
 
-PYIMGCLS_XENT_AVX2 float wsum_avx2(const float* x, const float* w, int64_t n, float m) {
+PYIMGCLS_TARGET_AVX2 float wsum_avx2(const float* x, const float* w, int64_t n, float m) {
   const __m256 vm = _mm256_set1_ps(m);
   __m256 s = _mm256_setzero_ps();
   int64_t j = 0;
@@ -383,7 +334,7 @@ PYIMGCLS_XENT_AVX2 float wsum_avx2(const float* x, const float* w, int64_t n, fl
   return r;
 }
 
-PYIMGCLS_XENT_AVX2 void grad_avx2(float* g, int64_t n, float f, const float* w, float c2) {
+PYIMGCLS_TARGET_AVX2 void grad_avx2(float* g, int64_t n, float f, const float* w, float c2) {
   const __m256 vf = _mm256_set1_ps(f), vc = _mm256_set1_ps(c2);
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
@@ -393,7 +344,7 @@ PYIMGCLS_XENT_AVX2 void grad_avx2(float* g, int64_t n, float f, const float* w, 
   }
   for (; j < n; ++j) g[j] = f * g[j] - c2 * (w != nullptr ? w[j] : 1.0f);
 }
-#endif  // PYIMGCLS_XENT_X86
+#endif  // PYIMGCLS_X86
 
 template <typename T>
 Prims<T> generic_prims() {
@@ -410,7 +361,7 @@ Prims<double> select_prims<double>(Isa) {
 
 template <>
 Prims<float> select_prims<float>(Isa isa) {
-#ifdef PYIMGCLS_XENT_X86
+#ifdef PYIMGCLS_X86
   if (isa == Isa::Avx512) return Prims<float>{max_avx512, exp_sum_avx512, wsum_avx512, grad_avx512};
   if (isa == Isa::Avx2) return Prims<float>{max_avx2, exp_sum_avx2, wsum_avx2, grad_avx2};
 #endif

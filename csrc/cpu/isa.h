@@ -1,0 +1,67 @@
+// Run-time instruction-set selection shared by the CPU kernels. Kernels are compiled for the
+// baseline x86-64 target; wider bodies are built inside __attribute__((target(...))) wrappers and
+// chosen here, once per call, so the module runs on any x86-64 (never -march=native).
+// PYIMGCLS_CPU_ISA=generic|avx2|avx512 lowers the choice (clamped to what the CPU has), so tests
+// can exercise every path on one machine.
+#pragma once
+#include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define PYIMGCLS_X86 1
+#define PYIMGCLS_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma,avx2")))
+#define PYIMGCLS_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#endif
+// Always inlined, so a helper is compiled for the instruction set of the kernel that calls it.
+#define PYIMGCLS_INLINE inline __attribute__((always_inline))
+
+namespace pyimgcls::cpu {
+
+enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
+
+// What the CPU supports; detected once (cpuid does not change while the process runs).
+inline Isa hardware_isa() {
+#ifdef PYIMGCLS_X86
+  static const Isa hw = [] {
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return Isa::Generic;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
+      return Isa::Avx512;
+    return Isa::Avx2;
+  }();
+  return hw;
+#else
+  return Isa::Generic;
+#endif
+}
+
+// The hardware answer capped by PYIMGCLS_CPU_ISA, read on every call (a getenv costs well under a
+// microsecond) so a test can switch paths inside one process. An unknown value is an error.
+inline Isa active_isa() {
+  const Isa hw = hardware_isa();
+  const char* env = std::getenv("PYIMGCLS_CPU_ISA");
+  if (env == nullptr || env[0] == '\0') return hw;
+  const std::string want(env);
+  Isa req;
+  if (want == "generic") req = Isa::Generic;
+  else if (want == "avx2") req = Isa::Avx2;
+  else if (want == "avx512") req = Isa::Avx512;
+  else
+    throw std::invalid_argument("PYIMGCLS_CPU_ISA must be generic, avx2 or avx512, got '" + want + "'");
+  return static_cast<Isa>(std::min(static_cast<int>(req), static_cast<int>(hw)));
+}
+
+inline const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx2: return "avx2";
+    case Isa::Generic: return "generic";
+  }
+  return "generic";
+}
+
+}  // namespace pyimgcls::cpu
