@@ -16,11 +16,29 @@ import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-from pybind11.setup_helpers import Pybind11Extension
-from setuptools import setup
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension
+from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _newest_header_mtime():
+    heads = [p for ext in ("h", "cuh") for p in glob.glob(os.path.join(ROOT, "csrc", "**", f"*.{ext}"), recursive=True)]
+    return max((os.path.getmtime(p) for p in heads), default=0.0)
+
+
+def needs_recompile(obj, src):
+    """Incremental builds (`python setup.py build_ext --inplace` keeps objects in build/): recompile
+    when the object is missing or older than its source or than any header under csrc/ (headers are
+    shared across families, so any header change rebuilds everything: conservative, never stale)."""
+    if not os.path.exists(obj):
+        return True
+    t = os.path.getmtime(obj)
+    return t < os.path.getmtime(src) or t < _newest_header_mtime()
+
+
+ParallelCompile("PYIMGCLS_BUILD_JOBS", needs_recompile=needs_recompile).install()
 
 
 def _rel(paths):
@@ -104,6 +122,8 @@ class BuildExt(build_ext):
         def compile_one(job):
             src, arch_flags = job
             obj = os.path.join(out_dir, os.path.relpath(src, ROOT).replace(os.sep, "_") + ".o")
+            if not needs_recompile(obj, src) and os.path.getmtime(obj) >= os.path.getmtime(__file__):
+                return obj
             cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "--expt-relaxed-constexpr",
                    "-Xcompiler", "-fPIC", "-lineinfo", "-I", os.path.join(ROOT, "csrc"),
                    "-Xptxas=-warn-spills"] + arch_flags
@@ -130,6 +150,7 @@ setup(
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExt},
     package_dir={"pyimgcls": "pyimgcls", "pyimgcls.triton_kernels": "triton_kernels"},
-    packages=["pyimgcls", "pyimgcls.ops", "pyimgcls.nn", "pyimgcls.models", "pyimgcls.data",
-              "pyimgcls.triton_kernels"],
+    packages=find_packages(include=["pyimgcls", "pyimgcls.*"])
+    + ["pyimgcls.triton_kernels"]
+    + ["pyimgcls.triton_kernels." + p for p in find_packages("triton_kernels")],
 )
