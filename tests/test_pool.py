@@ -386,7 +386,8 @@ def test_backward_is_deterministic(backend):
 
 def test_indices_not_written_without_grad_or_return_indices(monkeypatch):
     """Inference skips the int64 index stream; with requires_grad it is produced for backward."""
-    from pyimgcls.ops import pool
+    from pyimgcls.ops import _eager, pool
+    monkeypatch.setattr(_eager, "ENABLED", False)  # observe the flag at the custom op
     seen = []
     real = pool._max_pool2d_op
     monkeypatch.setattr(pool, "_max_pool2d_op", lambda *a: seen.append(a[7]) or real(*a))

@@ -31,7 +31,7 @@ import torch
 from .. import _native
 from .._native import ACT_CODES
 from ..errors import ArgumentTypeError, ArgumentValueError
-from . import _alloc, reference
+from . import _alloc, _eager, reference
 from ._checks import check_activation, check_tensor
 from .gemm import _prepare
 
@@ -283,16 +283,14 @@ def _(input, weight, bias, residual, stride, padding, dilation, groups, activati
                        memory_format=output_memory_format(input, weight))
 
 
-@torch.library.custom_op("pyimgcls::conv2d_backward", mutates_args=())
-def _conv2d_backward_op(grad: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None,
-                        stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: int,
-                        has_bias: bool, has_residual: bool, backend: str, needs_input: bool,
-                        needs_weight: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward_impl(grad, input, weight, out, stride, padding, dilation, groups, activation, has_bias, has_residual,
+                   backend, needs_input, needs_weight):
+    """(grad_input, grad_weight, grad_bias, grad_residual); an unrequested gradient is an empty tensor."""
     dtype = input.dtype
     if backend == "cpu" and dtype in _LOW_PRECISION:
-        gi, gw, gb, gr = _conv2d_backward_op(grad.float(), input.float(), weight.float(), _to_float(out), stride,
-                                             padding, dilation, groups, activation, has_bias, has_residual, backend,
-                                             needs_input, needs_weight)
+        gi, gw, gb, gr = _backward_impl(grad.float(), input.float(), weight.float(), _to_float(out), stride,
+                                        padding, dilation, groups, activation, has_bias, has_residual, backend,
+                                        needs_input, needs_weight)
         return gi.to(dtype), gw.to(dtype), gb.to(dtype), gr.to(dtype)
     fmt = output_memory_format(input, weight)
     grad = _match_format(grad, fmt)
@@ -306,6 +304,15 @@ def _conv2d_backward_op(grad: torch.Tensor, input: torch.Tensor, weight: torch.T
     # (a custom op's output may not alias its input).
     gr = gp if (has_residual and activation != 0) else grad.new_empty((0,))
     return gi, gw, (gb if gb is not None else grad.new_empty((0,))), gr
+
+
+@torch.library.custom_op("pyimgcls::conv2d_backward", mutates_args=())
+def _conv2d_backward_op(grad: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None,
+                        stride: list[int], padding: list[int], dilation: list[int], groups: int, activation: int,
+                        has_bias: bool, has_residual: bool, backend: str, needs_input: bool,
+                        needs_weight: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward_impl(grad, input, weight, out, stride, padding, dilation, groups, activation, has_bias,
+                          has_residual, backend, needs_input, needs_weight)
 
 
 @_conv2d_backward_op.register_fake
@@ -328,6 +335,7 @@ def _conv2d_setup_context(ctx, inputs, output):
 
 
 def _conv2d_backward(ctx, grad):
+    backward_fn = _eager.pick(ctx, _conv2d_backward_op, _backward_impl)
     input, weight, out = ctx.saved_tensors
     stride, padding, dilation, groups, activation, backend = ctx.conf
     needs_input, needs_weight, needs_bias, needs_res = ctx.needs_input_grad[:4]
@@ -335,8 +343,8 @@ def _conv2d_backward(ctx, grad):
     has_res = ctx.has_residual and needs_res
     gi = gw = gb = gr = None
     if needs_input or needs_weight or has_bias or (has_res and activation != 0):
-        gi, gw, gb, gr = _conv2d_backward_op(grad, input, weight, out, stride, padding, dilation, groups, activation,
-                                             has_bias, has_res, backend, needs_input, needs_weight)
+        gi, gw, gb, gr = backward_fn(grad, input, weight, out, stride, padding, dilation, groups, activation,
+                                     has_bias, has_res, backend, needs_input, needs_weight)
     if has_res and activation == 0:
         gr = grad
     return (gi if needs_input else None, gw if needs_weight else None, gb if has_bias else None,
@@ -344,6 +352,9 @@ def _conv2d_backward(ctx, grad):
 
 
 _conv2d_op.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)
+
+
+_EagerConv2d = _eager.function(_run_fwd, _conv2d_setup_context, _conv2d_backward)
 
 
 # ----------------------------------------------------------------------------- argument parsing
@@ -470,8 +481,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
                                      f"convolution output has shape {tuple(want)}")
         if unbatched:
             residual = residual.unsqueeze(0)
-    out = _conv2d_op(x, weight, bias, residual, list(stride), pads, list(dilation), groups,
-                     ACT_CODES[activation], backend)
+    args = (x, weight, bias, residual, list(stride), pads, list(dilation), groups, ACT_CODES[activation], backend)
+    out = _eager.call(_conv2d_op, _EagerConv2d, _run_fwd, args, (x, weight, bias, residual))
     return out.squeeze(0) if unbatched else out
 
 

@@ -18,7 +18,7 @@ import torch
 from .. import _backend, _native
 from .._native import ACT_CODES
 from ..errors import ArgumentValueError
-from . import _alloc, reference
+from . import _alloc, _eager, reference
 from ._checks import (autocast_dtype, check_activation, check_backend_dtype, check_dim, check_float,
                       check_same_device, check_same_dtype, check_tensor)
 
@@ -115,6 +115,10 @@ def _(a, b, bias, activation, backend):
 def _gemm_backward_op(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None,
                       has_bias: bool, activation: int, backend: str,
                       needs_a: bool, needs_b: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _gemm_backward_impl(grad, a, b, out, has_bias, activation, backend, needs_a, needs_b)
+
+
+def _gemm_backward_impl(grad, a, b, out, has_bias, activation, backend, needs_a, needs_b):
     grad = grad.contiguous()
     gp, gb = _run_bias_act_bwd(grad, out, activation, has_bias, backend)
     ga = _run_gemm(gp, b.t(), None, 0, backend) if needs_a else a.new_empty((0,))
@@ -139,13 +143,18 @@ def _gemm_setup_context(ctx, inputs, output):
 def _gemm_backward(ctx, grad):
     a, b, out = ctx.saved_tensors
     needs_a, needs_b, needs_bias = ctx.needs_input_grad[:3]
-    ga, gw, gb = _gemm_backward_op(grad, a, b, out, ctx.has_bias and needs_bias, ctx.activation,
-                                   ctx.backend, needs_a, needs_b)
+    backward = _eager.pick(ctx, _gemm_backward_op, _gemm_backward_impl)
+    ga, gw, gb = backward(grad, a, b, out, ctx.has_bias and needs_bias, ctx.activation, ctx.backend, needs_a, needs_b)
     return (ga if needs_a else None, gw if needs_b else None,
             gb if (ctx.has_bias and needs_bias) else None, None, None)
 
 
 _gemm_op.register_autograd(_gemm_backward, setup_context=_gemm_setup_context)
+_EagerGemm = _eager.function(_run_gemm, _gemm_setup_context, _gemm_backward)
+
+
+def _gemm_call(a, b, bias, activation, backend):
+    return _eager.call(_gemm_op, _EagerGemm, _run_gemm, (a, b, bias, activation, backend), (a, b, bias))
 
 
 # ----------------------------------------------------------------------------- public API
@@ -187,7 +196,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise ArgumentValueError(
             f"matmul: inner dimensions differ: argument 'a' is {tuple(a.shape)} and argument 'b' is "
             f"{tuple(b.shape)} (a.shape[1] must equal b.shape[0])")
-    return _gemm_op(a, b, None, 0, backend)
+    return _gemm_call(a, b, None, 0, backend)
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -219,5 +228,5 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
             f"out_features={out_features}")
     lead = input.shape[:-1]
     x2d = input.reshape(math.prod(lead), in_features)  # not -1: in_features may be 0
-    out = _gemm_op(x2d, weight.t(), bias, ACT_CODES[activation], backend)
+    out = _gemm_call(x2d, weight.t(), bias, ACT_CODES[activation], backend)
     return out.reshape(*lead, out_features)

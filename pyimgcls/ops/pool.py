@@ -36,7 +36,7 @@ import torch
 
 from .. import _backend, _native
 from ..errors import ArgumentTypeError, ArgumentValueError
-from . import _alloc, reference
+from . import _alloc, _eager, reference
 from ._checks import check_backend_dtype, check_float, check_tensor
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -383,12 +383,13 @@ def _max_pool2d_backward(ctx, grad, _grad_indices):
         raise RuntimeError("max_pool2d: backward needs the argmax indices, which were not kept because the "
                            "input did not require grad when the forward ran")
     H, W, kernel_size, stride, padding, dilation, channels_last, backend = ctx.geometry
-    gx = _max_pool2d_backward_op(grad, indices, H, W, kernel_size, stride, padding, dilation, channels_last,
-                                 backend)
+    backward = _eager.pick(ctx, _max_pool2d_backward_op, _run_max_pool2d_backward)
+    gx = backward(grad, indices, H, W, kernel_size, stride, padding, dilation, channels_last, backend)
     return gx, None, None, None, None, None, None, None, None
 
 
 _max_pool2d_op.register_autograd(_max_pool2d_backward, setup_context=_max_pool2d_setup_context)
+_EagerMaxPool2d = _eager.function(_run_max_pool2d, _max_pool2d_setup_context, _max_pool2d_backward)
 
 
 # ----------------------------------------------------------------------------- custom ops: avg
@@ -429,11 +430,12 @@ def _avg_pool2d_setup_context(ctx, inputs, output):
 
 
 def _avg_pool2d_backward(ctx, grad):
-    gx = _avg_pool2d_backward_op(grad, *ctx.geometry)
+    gx = _eager.pick(ctx, _avg_pool2d_backward_op, _run_avg_pool2d_backward)(grad, *ctx.geometry)
     return gx, None, None, None, None, None, None, None, None
 
 
 _avg_pool2d_op.register_autograd(_avg_pool2d_backward, setup_context=_avg_pool2d_setup_context)
+_EagerAvgPool2d = _eager.function(_run_avg_pool2d, _avg_pool2d_setup_context, _avg_pool2d_backward)
 
 
 # ----------------------------------------------------------------------------- custom ops: adaptive avg
@@ -465,10 +467,17 @@ def _adaptive_setup_context(ctx, inputs, output):
 
 
 def _adaptive_backward(ctx, grad):
-    return _adaptive_avg_pool2d_backward_op(grad, *ctx.geometry), None, None, None, None
+    backward = _eager.pick(ctx, _adaptive_avg_pool2d_backward_op, _run_adaptive_avg_pool2d_backward)
+    return backward(grad, *ctx.geometry), None, None, None, None
 
 
 _adaptive_avg_pool2d_op.register_autograd(_adaptive_backward, setup_context=_adaptive_setup_context)
+_EagerAdaptiveAvgPool2d = _eager.function(_run_adaptive_avg_pool2d, _adaptive_setup_context, _adaptive_backward)
+
+
+def _adaptive_call(x, OH, OW, channels_last, backend):
+    return _eager.call(_adaptive_avg_pool2d_op, _EagerAdaptiveAvgPool2d, _run_adaptive_avg_pool2d,
+                       (x, OH, OW, channels_last, backend), (x,))
 
 
 # ----------------------------------------------------------------------------- public API
@@ -495,8 +504,9 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     backend = _resolve(input, op)
     x, channels_last, unbatched = _batched(input)
     with_indices = bool(return_indices) or (torch.is_grad_enabled() and input.requires_grad)
-    out, idx = _max_pool2d_op(x, list(kernel), list(stride_), list(padding_), list(dilation_), ceil_mode,
-                              channels_last, with_indices, backend)
+    args = (x, list(kernel), list(stride_), list(padding_), list(dilation_), ceil_mode, channels_last, with_indices,
+            backend)
+    out, idx = _eager.call(_max_pool2d_op, _EagerMaxPool2d, _run_max_pool2d, args, (x,))
     if unbatched:
         out = out.squeeze(0)
         idx = idx.squeeze(0) if with_indices else idx
@@ -520,8 +530,9 @@ def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mo
     _check_window(op, input.shape, kernel, stride_, padding_, (1, 1), ceil_mode)
     backend = _resolve(input, op)
     x, channels_last, unbatched = _batched(input)
-    out = _avg_pool2d_op(x, list(kernel), list(stride_), list(padding_), ceil_mode, count_include_pad,
-                         divisor_override, channels_last, backend)
+    args = (x, list(kernel), list(stride_), list(padding_), ceil_mode, count_include_pad, divisor_override,
+            channels_last, backend)
+    out = _eager.call(_avg_pool2d_op, _EagerAvgPool2d, _run_avg_pool2d, args, (x,))
     return out.squeeze(0) if unbatched else out
 
 
@@ -569,9 +580,9 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size) -> torch.Tensor:
                                      f"shape {tuple(input.shape)}")
     backend = _resolve(input, op)
     if input.dim() == 4:
-        return _adaptive_avg_pool2d_op(input, OH, OW, _suggests_channels_last(input), backend)
+        return _adaptive_call(input, OH, OW, _suggests_channels_last(input), backend)
     # 3-D (and, for the global mean, any other rank): the leading dims become channels of one image.
     lead = input.shape[:-2]
     x = input.reshape(1, math.prod(lead), input.shape[-2], input.shape[-1])
-    out = _adaptive_avg_pool2d_op(x, OH, OW, False, backend)
+    out = _adaptive_call(x, OH, OW, False, backend)
     return out.reshape(*lead, OH, OW)

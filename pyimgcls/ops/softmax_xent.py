@@ -26,7 +26,7 @@ import torch
 
 from .. import _backend, _native
 from ..errors import ArgumentTypeError, ArgumentValueError
-from . import _alloc, reference
+from . import _alloc, _eager, reference
 from ._checks import check_backend_dtype, check_float, check_same_device, check_same_dtype, check_tensor
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
@@ -196,24 +196,15 @@ _xent_op.register_autograd(_xent_backward, setup_context=_xent_setup_context)
 
 
 # ----------------------------------------------------------------------------- eager fast path
-# Measured reason for deviating from the plain custom-op call in eager mode: on this op the Python
-# layers of torch.library's autograd wrapper cost ~65 us per forward on the CPU (fill_defaults alone
-# rebuilds the 8-argument schema list ~9 times, ~30 us), several times the kernel time of a
-# classification batch, which made small CPU batches slower than F.cross_entropy. In plain eager
-# mode the public function therefore runs the SAME kernels (_forward / _backward) through a bare
-# autograd.Function; whenever anything could observe or transform the call (torch.compile tracing,
-# fake or subclass tensors, dispatch / function modes, functorch transforms) it calls the custom ops,
-# which stay the registered, traceable definition. EAGER_FAST_PATH = False forces the custom ops.
+# In plain eager mode the public function runs the SAME kernels (_forward / _backward) through a bare
+# autograd.Function instead of the custom ops (measured reason: ops/_eager.py; on this op the
+# custom-op wrapper cost ~65 us per forward, several times the kernel time of a classification
+# batch). EAGER_FAST_PATH = False (or ops._eager.ENABLED = False) forces the custom ops.
 EAGER_FAST_PATH = True
 
 
 def _plain_eager(*tensors) -> bool:
-    if not EAGER_FAST_PATH or torch.compiler.is_compiling():
-        return False
-    if any(t is not None and type(t) is not torch.Tensor for t in tensors):
-        return False
-    return (torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()
-            and torch._C._functorch.peek_interpreter_stack() is None)
+    return EAGER_FAST_PATH and _eager.plain_eager(*tensors)
 
 
 class _EagerXent(torch.autograd.Function):
