@@ -90,6 +90,17 @@ class BuildExt(build_ext):
 
     def build_extension(self, ext):
         nvcc = find_nvcc()
+        # Objects of a CUDA build are compiled with PYIMGCLS_WITH_CUDA: keep each configuration's
+        # objects apart so an incremental build never links objects of the other one.
+        config = "cuda-" + "-".join(cuda_archs()) if nvcc is not None else "cpu"
+        if os.path.basename(self.build_temp) != config:
+            self.build_temp = os.path.join(self.build_temp, config)
+        # ...and relink when the module on disk was built in the other configuration (setuptools
+        # would otherwise keep it as "up to date").
+        stamp = self.get_ext_fullpath(ext.name) + ".config"
+        previous = open(stamp).read() if os.path.exists(stamp) else None
+        if previous != config:
+            self.force = True
         if nvcc is not None:
             objects = self._compile_cuda(nvcc)
             ext.extra_objects = list(ext.extra_objects or []) + objects
@@ -101,6 +112,8 @@ class BuildExt(build_ext):
                 ("PYIMGCLS_CUDA_ARCHS_STR", '"' + ";".join(archs) + '"'),
             ]
         super().build_extension(ext)
+        with open(stamp, "w") as f:
+            f.write(config)
 
     def _compile_cuda(self, nvcc):
         archs = cuda_archs()
