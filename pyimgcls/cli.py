@@ -1,7 +1,12 @@
-"""Command-line interface: ``pyimgcls info | bench`` (also ``python -m pyimgcls``)."""
+"""Command-line interface: ``pyimgcls train | eval | predict | bench | info`` (also ``python -m pyimgcls``).
+
+``pyimgcls train`` with no arguments is the main job: LeNet-5 on scikit-learn's bundled handwritten
+digits, on our kernels. Errors in the arguments or the data end the command with a one-line message
+on stderr and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import subprocess
@@ -59,24 +64,183 @@ def cmd_info(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if getattr(args, "target", "gemm") == "ladder":
+        return _bench_ladder(args)
     from . import bench
     return bench.main_cli(args)
+
+
+def _bench_ladder(args) -> int:
+    """``pyimgcls bench ladder``: benchmarks/bench_ladder.py (every study-ladder step next to the
+    reference; needs a source checkout, where the script lives)."""
+    import os
+    import runpy
+
+    from .bench import REPO_ROOT
+
+    script = os.path.join(REPO_ROOT, "benchmarks", "bench_ladder.py")
+    if not os.path.exists(script):
+        print(f"ladder benchmark script not found at {script}: run it from a source checkout")
+        return 1
+    argv = (["--out", args.out] if getattr(args, "out", None) else []) + (
+        ["--quick"] if getattr(args, "quick", False) else [])
+    return runpy.run_path(script)["main"](argv)
+
+
+def cmd_train(args) -> int:
+    from .training import train
+    train(args)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .training import evaluate_checkpoint
+    evaluate_checkpoint(args)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .training import predict
+    predict(args)
+    return 0
+
+
+_KERNELS = ("auto", "cuda", "triton", "cpu", "torch")
+_Fmt = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _add_kernel_args(s) -> None:
+    s.add_argument("--kernels", choices=_KERNELS, default="auto",
+                   help="which pyimgcls backend runs the model: auto = CUDA if a GPU is present, else our C++ CPU "
+                        "kernels; torch = plain PyTorch (the reference, not ours)")
+    s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto = cuda when a GPU is visible (and --kernels is not cpu), else cpu")
+
+
+def _add_train_parser(sub) -> None:
+    s = sub.add_parser("train", formatter_class=_Fmt, help="train a model on our kernels (main job)",
+                       description="Train an image classifier on pyimgcls kernels. With no arguments: LeNet-5 on "
+                                   "the handwritten digits bundled with scikit-learn (1437 train / 360 test images, "
+                                   "32x32), about 30 s on two CPU cores.")
+    g = s.add_argument_group("model")
+    g.add_argument("--model", default="lenet5", help="a name from pyimgcls.models.list_models()")
+    g.add_argument("--pretrained", default=None, metavar="FILE",
+                   help="(torchvision-compatible) state_dict to start from; a classifier of another class count "
+                        "is replaced")
+    g.add_argument("--freeze-backbone", action="store_true", help="with --pretrained: train only the classifier")
+    g.add_argument("--dropout", type=float, default=None,
+                   help="dropout probability for models that have dropout (default: the model's own)")
+    g = s.add_argument_group("data")
+    g.add_argument("--data", default="digits",
+                   help="digits | synthetic | mnist:PATH | fashion-mnist:PATH | cifar10:PATH | imagefolder:PATH")
+    g.add_argument("--image-size", type=int, default=None, help="side of the (square) model input; default 32")
+    g.add_argument("--in-channels", type=int, default=None,
+                   help="1 or 3; default: the data set's own (1 for digits and MNIST)")
+    g.add_argument("--num-classes", type=int, default=10, help="synthetic data: number of classes")
+    g.add_argument("--synthetic-size", type=int, default=1024,
+                   help="synthetic data: training images (test: a quarter as many)")
+    g.add_argument("--limit-train", type=int, default=None, metavar="N", help="use only the first N training images")
+    g.add_argument("--limit-test", type=int, default=None, metavar="N", help="use only the first N test images")
+    g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader worker processes for imagefolder (in-memory data sets need none)")
+    g.add_argument("--augment", choices=("none", "standard"), default="standard",
+                   help="batched on-device augmentation; standard = padded random crop, small rotation (digits, "
+                        "MNIST) or horizontal flip (other data sets), brightness/contrast jitter")
+    g.add_argument("--hflip", choices=("auto", "on", "off"), default="auto",
+                   help="horizontal flips (auto: off for digits and MNIST, whose labels they would change)")
+    g.add_argument("--rotation", type=float, default=None, help="max rotation in degrees (override)")
+    g.add_argument("--crop-padding", type=int, default=None, help="random-crop padding in pixels (override)")
+    g.add_argument("--jitter", type=float, default=None, help="brightness and contrast jitter (override)")
+    g = s.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=15, help="training epochs")
+    g.add_argument("--batch-size", type=int, default=32, help="per process")
+    g.add_argument("--eval-batch-size", type=int, default=256, help="batch size for the test set")
+    g.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default="sgd", help="torch.optim optimiser")
+    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    g.add_argument("--momentum", type=float, default=0.9, help="sgd and rmsprop")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True, help="sgd: Nesterov momentum")
+    g.add_argument("--weight-decay", type=float, default=5e-4, help="L2 penalty (decoupled for adamw)")
+    g.add_argument("--schedule", choices=("none", "cosine", "step", "onecycle"), default="cosine",
+                   help="learning-rate schedule, stepped every batch")
+    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up (cosine, step, none)")
+    g.add_argument("--step-size", type=int, default=None,
+                   help="step schedule: epochs between decays (default epochs/3)")
+    g.add_argument("--gamma", type=float, default=0.1, help="step schedule: decay factor")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    g.add_argument("--seed", type=int, default=0, help="seeds init, batch order and augmentation")
+    g = s.add_argument_group("execution")
+    _add_kernel_args(g)
+    g.add_argument("--amp", choices=("off", "fp16", "bf16"), default="off",
+                   help="autocast dtype (fp16 uses a GradScaler)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="CPU threads per process for torch and our C++ kernels (0: 1 for models under 1M "
+                        "parameters or under torchrun, else all cores)")
+    g.add_argument("--channels-last", action="store_true", help="NHWC model and inputs")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g = s.add_argument_group("output")
+    g.add_argument("--out", default=os.path.join("runs", "latest"),
+                   help="directory for checkpoint.pt, best.pt, metrics.json, curves.png, confusion_matrix.png")
+    g.add_argument("--save-every", type=int, default=20, metavar="STEPS",
+                   help="also checkpoint every STEPS optimiser steps (0: only at the end of each epoch)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt, exactly where it stopped")
+    g.add_argument("--no-plots", action="store_true", help="skip curves.png and confusion_matrix.png")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+    s.set_defaults(func=cmd_train)
+
+
+def _add_eval_parsers(sub) -> None:
+    s = sub.add_parser("eval", formatter_class=_Fmt, help="recompute test metrics of a checkpoint",
+                       description="Evaluate a checkpoint written by pyimgcls train on a test split.")
+    s.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint.pt or best.pt")
+    s.add_argument("--data", default=None, help="data spec (default: the one the checkpoint was trained on)")
+    s.add_argument("--synthetic-size", type=int, default=1024, help="synthetic data: training images")
+    s.add_argument("--seed", type=int, default=0, help="synthetic data: seed")
+    s.add_argument("--limit-test", type=int, default=None, metavar="N", help="use only the first N test images")
+    s.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
+    s.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="imagefolder decoding workers")
+    s.add_argument("--out", default=None, help="also write eval_metrics.json and eval_confusion_matrix.png here")
+    _add_kernel_args(s)
+    s.set_defaults(func=cmd_eval)
+    s = sub.add_parser("predict", formatter_class=_Fmt, help="top-5 classes of image files",
+                       description="Classify image files with a checkpoint written by pyimgcls train.")
+    s.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint.pt or best.pt")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow decodes)")
+    s.add_argument("--top", type=int, default=5, help="how many classes to show")
+    _add_kernel_args(s)
+    s.set_defaults(func=cmd_predict)
+
+
+OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pyimgcls", description="pyimgcls: our kernels for image classification")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_eval_parsers(sub)
     s = sub.add_parser("info", help="versions, compiled kernels and available backends")
     s.set_defaults(func=cmd_info)
     s = sub.add_parser("bench", help="benchmark our kernels against PyTorch (GPU if present, else CPU)")
     s.add_argument("--out", default=None, help="directory for the results JSON (GPU runs)")
     s.add_argument("--quick", action="store_true", help="fewer, smaller cases")
+    s.add_argument("target", nargs="?", default="gemm", choices=("gemm", "ladder"),
+                   help="gemm (default): the GEMM family; ladder: every study-ladder step (docs/ladder.md)")
     s.set_defaults(func=cmd_bench)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("train", "eval", "predict"):
+        from .errors import ArgumentTypeError, ArgumentValueError, BackendError
+        try:
+            return args.func(args)
+        except (ArgumentValueError, ArgumentTypeError, BackendError) as e:
+            # Bad arguments or data (pyimgcls.data.DataError is an ArgumentValueError; each names the
+            # culprit): one clear line, exit status 2 as argparse does, no traceback. Anything else is
+            # a bug and keeps its traceback.
+            parser.exit(2, f"pyimgcls {args.command}: error: {e}\n")
     return args.func(args)
 
 

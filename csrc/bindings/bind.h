@@ -24,5 +24,7 @@ void bind_gemm(py::module_& m);
 void bind_softmax_xent(py::module_& m);
 void bind_pool(py::module_& m);
 void bind_conv(py::module_& m);
+void bind_batchnorm(py::module_& m);
+void bind_ladder(py::module_& m);
 
 }  // namespace pyimgcls::bind

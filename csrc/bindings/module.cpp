@@ -11,4 +11,6 @@ PYBIND11_MODULE(_C, m) {
   pyimgcls::bind::bind_softmax_xent(m);
   pyimgcls::bind::bind_pool(m);
   pyimgcls::bind::bind_conv(m);
+  pyimgcls::bind::bind_batchnorm(m);
+  pyimgcls::bind::bind_ladder(m);
 }

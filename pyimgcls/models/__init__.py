@@ -1,0 +1,50 @@
+"""pyimgcls.models: classic image-classification networks built from pyimgcls.nn layers.
+
+Module, parameter and buffer names match torchvision's, so a torchvision state_dict loads with
+``strict=True`` (LeNet-5 has no torchvision counterpart; its names are documented in lenet.py).
+Pretrained-weight downloading is not provided: load a torchvision state_dict instead."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .alexnet import AlexNet, alexnet
+from .densenet import DenseNet, densenet121, densenet161, densenet169, densenet201
+from .lenet import LeNet5, lenet5
+from .mobilenet import MobileNetV2, mobilenet_v2
+from .resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
+from .vgg import VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
+
+_MODELS: dict[str, Callable[..., torch.nn.Module]] = {
+    "lenet5": lenet5,
+    "alexnet": alexnet,
+    "vgg11": vgg11, "vgg11_bn": vgg11_bn, "vgg13": vgg13, "vgg13_bn": vgg13_bn,
+    "vgg16": vgg16, "vgg16_bn": vgg16_bn, "vgg19": vgg19, "vgg19_bn": vgg19_bn,
+    "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101,
+    "resnet152": resnet152,
+    "densenet121": densenet121, "densenet161": densenet161, "densenet169": densenet169,
+    "densenet201": densenet201,
+    "mobilenet_v2": mobilenet_v2,
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`get_model`, sorted."""
+    return sorted(_MODELS)
+
+
+def get_model(name: str, num_classes: int = 1000, **kwargs) -> torch.nn.Module:
+    """Build the model called ``name`` (see :func:`list_models`; case-insensitive) with
+    ``num_classes`` outputs; further keyword arguments go to the model's constructor, as in
+    ``torchvision.models.get_model`` (e.g. ``dropout``, ``zero_init_residual``, ``width_mult``)."""
+    if not isinstance(name, str):
+        raise TypeError(f"get_model: argument 'name' must be a str, got {type(name).__name__}")
+    key = name.lower()
+    if key not in _MODELS:
+        raise ValueError(f"get_model: unknown model name {name!r}; available models: {', '.join(list_models())}")
+    return _MODELS[key](num_classes=num_classes, **kwargs)
+
+
+__all__ = ["get_model", "list_models",
+           "LeNet5", "AlexNet", "VGG", "ResNet", "DenseNet", "MobileNetV2"] + list_models()

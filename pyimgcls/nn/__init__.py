@@ -1,5 +1,6 @@
 """pyimgcls.nn: torch.nn-compatible modules computed by pyimgcls kernels."""
 from .activation import ReLU, ReLU6
+from .batchnorm import BatchNorm2d
 from .conv import Conv2d
 from .linear import Linear
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
@@ -8,3 +9,4 @@ from .softmax_xent import CrossEntropyLoss
 __all__ = ["Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "ReLU", "ReLU6"]
 __all__ += ["CrossEntropyLoss"]
 __all__ += ["Conv2d"]
+__all__ += ["BatchNorm2d"]

@@ -23,7 +23,9 @@ def plain_eager(*tensors) -> bool:
     """True when the call may bypass the custom-op dispatcher (see the module docstring)."""
     if not ENABLED or torch.compiler.is_compiling():
         return False
-    if any(t is not None and type(t) is not torch.Tensor for t in tensors):
+    # nn.Parameter is a plain tensor for dispatch (it disables __torch_function__); other subclasses
+    # (fake, functional, user subclasses) go through the custom ops.
+    if any(t is not None and type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter for t in tensors):
         return False
     return (torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()
             and torch._C._functorch.peek_interpreter_stack() is None)

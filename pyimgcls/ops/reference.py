@@ -96,18 +96,26 @@ def conv2d(x, w, bias, residual, stride, padding, dilation, groups, act: int) ->
     return activation(out, act)
 
 
+def _conv2d_backward(grad_pre, x, w, stride, padding, dilation, groups, want_input: bool):
+    """ATen's convolution_backward called directly: this runs inside the backward custom op, below the
+    autograd dispatch key, where re-deriving the gradient with torch.autograd.grad records nothing."""
+    top, left, bottom, right = padding
+    symmetric = top == bottom and left == right
+    xp = x if symmetric else F.pad(x, (left, right, top, bottom))
+    pad = [top, left] if symmetric else [0, 0]
+    gi, gw, _ = torch.ops.aten.convolution_backward(grad_pre, xp, w, None, list(stride), pad, list(dilation), False,
+                                                    [0, 0], groups, [want_input, not want_input, False])
+    if not want_input:
+        return gw
+    return gi if symmetric else gi[..., top:top + x.shape[-2], left:left + x.shape[-1]]
+
+
 def conv2d_input_grad(grad_pre, x, w, stride, padding, dilation, groups) -> torch.Tensor:
-    with torch.enable_grad():
-        xr = x.detach().requires_grad_()
-        out = _conv2d_padded(xr, w.detach(), None, stride, padding, dilation, groups)
-        return torch.autograd.grad(out, xr, grad_pre)[0]
+    return _conv2d_backward(grad_pre, x, w, stride, padding, dilation, groups, True)
 
 
 def conv2d_weight_grad(grad_pre, x, w, stride, padding, dilation, groups) -> torch.Tensor:
-    with torch.enable_grad():
-        wr = w.detach().requires_grad_()
-        out = _conv2d_padded(x.detach(), wr, None, stride, padding, dilation, groups)
-        return torch.autograd.grad(out, wr, grad_pre)[0]
+    return _conv2d_backward(grad_pre, x, w, stride, padding, dilation, groups, False)
 
 
 def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
@@ -115,3 +123,62 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     """F.cross_entropy with class-index targets (int32 / uint8 targets widened to int64 first)."""
     return F.cross_entropy(input, target.long(), weight, ignore_index=ignore_index, reduction=reduction,
                            label_smoothing=label_smoothing)
+
+
+# ----------------------------------------------------------------------------- batch norm
+def _bn_format(x, channels_last):
+    return torch.channels_last if (channels_last and x.dim() == 4) else torch.contiguous_format
+
+
+def batch_norm(x, weight, bias, residual, mean_in, var_in, training, eps, act: int, channels_last):
+    """(out, save_mean, save_invstd, batch_var) as pyimgcls::batch_norm returns them, from ATen's
+    native_batch_norm (statistics in float32, float64 for float64 input)."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    dims = [0] + list(range(2, x.dim()))
+    fmt = _bn_format(x, channels_last)
+    if training:
+        var, mean = torch.var_mean(x.to(acc), dims, correction=0)
+    else:
+        mean, var = mean_in.to(acc).clone(), var_in.to(acc)
+    invstd = torch.rsqrt(var + eps)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    y = (x.to(acc) - mean.reshape(shape)) * invstd.reshape(shape)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    if residual is not None:
+        y = y + residual.to(acc)
+    out = activation(y, act).to(x.dtype).contiguous(memory_format=fmt)
+    return out, mean, invstd, (var if training else var.new_empty((0,)))
+
+
+def batch_norm_update_stats(running_mean, running_var, mean, var, momentum, count):
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            running_var.mul_(1 - momentum).add_((var * (count / (count - 1))).to(running_var.dtype), alpha=momentum)
+
+
+def batch_norm_backward(grad, x, weight, out, mean, invstd, training, act: int, channels_last, has_residual,
+                        needs_input, needs_weight, needs_bias):
+    acc = mean.dtype
+    dims = [0] + list(range(2, x.dim()))
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    fmt = _bn_format(x, channels_last)
+    gp = activation_backward(grad, out, act)
+    g = gp.to(acc)
+    xhat = (x.to(acc) - mean.reshape(shape)) * invstd.reshape(shape)
+    M = x.numel() // x.shape[1] if x.shape[1] else 0
+    sum_dy, sum_dyx = g.sum(dims), (g * xhat).sum(dims)
+    empty = x.new_empty((0,))
+    gx = empty
+    if needs_input:
+        scale = invstd if weight is None else invstd * weight
+        gi = g - (sum_dy.reshape(shape) + xhat * sum_dyx.reshape(shape)) / M if training else g
+        gx = (gi * scale.reshape(shape)).to(x.dtype).contiguous(memory_format=fmt)
+    gw = sum_dyx if needs_weight else mean.new_empty((0,))
+    gb = sum_dy if needs_bias else mean.new_empty((0,))
+    gr = gp.contiguous(memory_format=fmt).clone() if (has_residual and act != 0) else empty
+    return gx, gw, gb, gr

@@ -1,0 +1,466 @@
+// CPU BatchNorm family: batch statistics, the fused normalize + residual + activation forward, the
+// running-statistics update and the backward, in float32 and float64 (the Python layer computes
+// float16 / bfloat16 in float32). Tensors are [N, C, S] views (S = H*W), NCHW or NHWC (batchnorm.h).
+//
+// What it computes (M = N*S values per channel)
+//   stats:  mean[c] = sum x / M,  var[c] = sum (x - mean)^2 / M             (biased, as PyTorch saves)
+//   fwd:    y = act((x - mean) * invstd * w + b + r),   invstd = 1 / sqrt(var + eps)
+//   update: rm = (1-m) rm + m mean,  rv = (1-m) rv + m var M / (M - 1)
+//   bwd:    gp = select(act kept out, grad, 0);  gb = sum gp;  gw = sum gp xhat;
+//           gx = w invstd (gp - gb/M - xhat gw/M) (training),  w invstd gp (eval),  xhat = (x-mean) invstd
+//
+// Algorithm
+//   Statistics are one pass of shifted sums: d = x - K with K the channel's first value, sum d and
+//   sum d^2; mean = K + sum d / M, var = (sum d^2 - (sum d)^2 / M) / M. The shift keeps the
+//   cancellation small when |mean| >> std (the textbook E[x^2] - E[x]^2 failure). Sums run in the
+//   element type T (full-width SIMD) over at most one (n, c) plane (NCHW) or kFlushRows rows (NHWC)
+//   and are then added into float64, so no T accumulator sums more than ~10^4 values.
+//   NCHW: one OpenMP work item per channel, walking N contiguous planes of S (omp simd sums).
+//   NHWC: channels are contiguous, so the N*S rows are cut into at most kMaxChunks row chunks fixed
+//   by the shape alone (never by the thread count); each chunk sums rows into per-channel float64
+//   partials (inner loop along C, vectorised), and the partials are added in chunk order: a
+//   deterministic two-level reduction.
+//   The element-wise passes (forward, grad_input) are one work item per (n, c) plane (NCHW) or per
+//   row block (NHWC) with per-channel coefficients hoisted out of the inner loop.
+//   The backward reduction computes gp on the fly from grad and the saved output (and writes it
+//   when the residual needs it), then its two sums with the same two-level scheme.
+//
+// Cost (Q = N*C*S elements, T = sizeof(element))
+//   training fwd: stats read Q, normalize reads Q (+Q residual) and writes Q:  min bytes T*(3Q [+Q])
+//   eval fwd:     T*(2Q [+Q]);   bwd (training): reduce reads grad, x (+out), elementwise reads grad,
+//                 x (+out) and writes gx: min bytes T*(3Q [+Q out] [+Q grad_pre]); ~10 flops/element.
+//
+// Test and benchmark
+//   pytest tests/test_batchnorm.py -k cpu
+//   pytest benchmarks/test_bench_batchnorm_cpu.py
+#include "batchnorm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+namespace pyimgcls::cpu {
+namespace {
+
+// Below this many elements a single thread beats the cost of waking the OpenMP team.
+constexpr int64_t kParallelGrain = 1 << 15;
+// NHWC reductions: at most this many row chunks (float64 partials: kMaxChunks * 2C values), each
+// of at least kMinChunkRows rows.
+constexpr int64_t kMaxChunks = 64;
+constexpr int64_t kMinChunkRows = 64;
+
+inline bool parallel(int64_t work) { return work >= kParallelGrain && omp_get_max_threads() > 1; }
+
+// PyTorch's relu / relu6 with NaN propagation: NaN compares false and falls through unchanged.
+// The activation is a template argument so that the loops below compile to branch-free blends
+// (a run-time switch inside them costs a mispredicted branch per element on real data).
+template <Act ACT, typename T>
+inline T act_scalar(T v) {
+  if constexpr (ACT == Act::ReLU) return v < T(0) ? T(0) : v;
+  if constexpr (ACT == Act::ReLU6) return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
+  return v;
+}
+
+// Select semantics of ATen's threshold_backward / hardtanh_backward: is the gradient dropped at out?
+template <Act ACT, typename T>
+inline bool act_drops(T out) {
+  if constexpr (ACT == Act::ReLU) return out <= T(0);
+  if constexpr (ACT == Act::ReLU6) return out <= T(0) || out >= T(6);
+  return false;
+}
+
+// The masked gradient. g arrives as an argument, so it is loaded whether or not it is kept: the
+// select becomes a vector blend (a conditional load would keep the loop scalar and branchy).
+template <Act ACT, typename T>
+inline T masked_grad(T out, T g) {
+  return act_drops<ACT>(out) ? T(0) : g;
+}
+
+// Calls f(std::integral_constant<Act, ACT>) for the run-time activation.
+template <typename F>
+void dispatch_act(Act act, F&& f) {
+  switch (act) {
+    case Act::ReLU: return f(std::integral_constant<Act, Act::ReLU>{});
+    case Act::ReLU6: return f(std::integral_constant<Act, Act::ReLU6>{});
+    default: return f(std::integral_constant<Act, Act::None>{});
+  }
+}
+
+// Fixed chunking of `rows` rows (depends on the shape only, so results never depend on threads).
+inline int64_t num_chunks(int64_t rows) {
+  return std::max<int64_t>(1, std::min<int64_t>(kMaxChunks, rows / kMinChunkRows));
+}
+
+// ----------------------------------------------------------------------------- statistics
+// Two per-channel sums over rows, NHWC: rows [r0, r1) of `chunk` accumulate in T (the vector-friendly
+// type: 8 floats per AVX register instead of 4 doubles) for at most kFlushRows rows, then flush into
+// float64 partials, so no T accumulator ever sums more than kFlushRows values.
+constexpr int64_t kFlushRows = 128;
+
+// Sums of plane values in T with omp simd lanes, returned in double (one plane <= a few 10^4 values).
+template <typename T>
+inline void plane_shifted_sums(const T* p, int64_t S, T K, double& sd, double& sdd) {
+  T a = T(0), b = T(0);
+#pragma omp simd reduction(+ : a, b)
+  for (int64_t s = 0; s < S; ++s) {
+    const T d = p[s] - K;
+    a += d;
+    b += d * d;
+  }
+  sd += static_cast<double>(a);
+  sdd += static_cast<double>(b);
+}
+
+template <typename T>
+void stats_impl(const T* x, T* mean, T* var, int64_t N, int64_t C, int64_t S, bool cl) {
+  const int64_t M = N * S;
+  if (M == 0) {
+    for (int64_t c = 0; c < C; ++c) mean[c] = var[c] = T(NAN);
+    return;
+  }
+  auto finish = [&](int64_t c, double K, double sd, double sdd) {
+    mean[c] = static_cast<T>(K + sd / M);
+    var[c] = static_cast<T>(std::max(0.0, (sdd - sd * sd / M) / M));
+  };
+  if (!cl) {
+#pragma omp parallel for schedule(static) if (parallel(N * C * S))
+    for (int64_t c = 0; c < C; ++c) {
+      const T K = x[c * S];
+      double sd = 0.0, sdd = 0.0;
+      for (int64_t n = 0; n < N; ++n) plane_shifted_sums(x + (n * C + c) * S, S, K, sd, sdd);
+      finish(c, static_cast<double>(K), sd, sdd);
+    }
+    return;
+  }
+  // NHWC: two-level reduction over row chunks.
+  const int64_t chunks = num_chunks(M);
+  const int64_t rows_per = (M + chunks - 1) / chunks;
+  std::vector<double> part(static_cast<size_t>(chunks) * 2 * C);
+#pragma omp parallel for schedule(static) if (parallel(M * C))
+  for (int64_t k = 0; k < chunks; ++k) {
+    double* sd = part.data() + k * 2 * C;  // [sum d (C), sum d^2 (C)]
+    std::fill(sd, sd + 2 * C, 0.0);
+    std::vector<T> acc(2 * C, T(0));
+    T* a = acc.data();
+    T* b = a + C;
+    const int64_t r0 = k * rows_per, r1 = std::min(M, r0 + rows_per);
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* p = x + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const T d = p[c] - x[c];
+        a[c] += d;
+        b[c] += d * d;
+      }
+      if ((r - r0 + 1) % kFlushRows == 0 || r + 1 == r1) {
+        for (int64_t c = 0; c < 2 * C; ++c) {
+          sd[c] += static_cast<double>(a[c]);  // sd and sdd are adjacent, as a and b
+          a[c] = T(0);
+        }
+      }
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    double a = 0.0, b = 0.0;
+    for (int64_t k = 0; k < chunks; ++k) {
+      a += part[k * 2 * C + c];
+      b += part[k * 2 * C + C + c];
+    }
+    finish(c, static_cast<double>(x[c]), a, b);
+  }
+}
+
+// ----------------------------------------------------------------------------- forward
+template <Act act, typename T>
+void fwd_impl(const T* x, const T* mean, const T* var, const T* w, const T* b, const T* r, T* y, T* invstd,
+              int64_t N, int64_t C, int64_t S, bool cl, double eps) {
+  // Per-channel coefficients: y = (x - mean) * scale + bias (the subtraction first keeps precision
+  // when |mean| >> std, unlike x * scale + (b - mean * scale)).
+  std::vector<T> scale(C), shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const T is = static_cast<T>(1.0 / std::sqrt(static_cast<double>(var[c]) + eps));
+    invstd[c] = is;
+    scale[c] = w ? is * w[c] : is;
+    shift[c] = b ? b[c] : T(0);
+  }
+  const int64_t Q = N * C * S;
+  if (Q == 0) return;
+  if (!cl) {
+#pragma omp parallel for schedule(static) if (parallel(Q))
+    for (int64_t nc = 0; nc < N * C; ++nc) {
+      const int64_t c = nc % C;
+      const T m = mean[c], sc = scale[c], sh = shift[c];
+      const T* xp = x + nc * S;
+      T* yp = y + nc * S;
+      const T* rp = r ? r + nc * S : nullptr;
+      if (rp) {
+#pragma omp simd
+        for (int64_t s = 0; s < S; ++s) yp[s] = act_scalar<act>((xp[s] - m) * sc + sh + rp[s]);
+      } else {
+#pragma omp simd
+        for (int64_t s = 0; s < S; ++s) yp[s] = act_scalar<act>((xp[s] - m) * sc + sh);
+      }
+    }
+    return;
+  }
+  const int64_t rows = N * S;
+  const T* m = mean;
+  const T* sc = scale.data();
+  const T* sh = shift.data();
+#pragma omp parallel for schedule(static) if (parallel(Q))
+  for (int64_t row = 0; row < rows; ++row) {
+    const T* xp = x + row * C;
+    T* yp = y + row * C;
+    const T* rp = r ? r + row * C : nullptr;
+    if (rp) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) yp[c] = act_scalar<act>((xp[c] - m[c]) * sc[c] + sh[c] + rp[c]);
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) yp[c] = act_scalar<act>((xp[c] - m[c]) * sc[c] + sh[c]);
+    }
+  }
+}
+
+template <typename T>
+void update_impl(T* rm, T* rv, const T* mean, const T* var, int64_t C, double momentum, int64_t count) {
+  // count == 1 cannot reach here (the Python layer raises, as PyTorch); guard the division anyway.
+  const double unbias = count > 1 ? static_cast<double>(count) / static_cast<double>(count - 1) : 1.0;
+  for (int64_t c = 0; c < C; ++c) {
+    if (rm) rm[c] = static_cast<T>((1.0 - momentum) * rm[c] + momentum * mean[c]);
+    if (rv) rv[c] = static_cast<T>((1.0 - momentum) * rv[c] + momentum * var[c] * unbias);
+  }
+}
+
+// ----------------------------------------------------------------------------- backward
+template <Act act, typename T>
+void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, const T* invstd, T* gx, T* gw,
+              T* gb, T* gp_out, int64_t N, int64_t C, int64_t S, bool cl, bool training) {
+  const int64_t M = N * S;
+  const int64_t Q = M * C;
+  const bool masked = act != Act::None;
+  // Step 1: per-channel sums of gp and gp * (x - mean) (needed for gx in training, gw, gb), in T
+  // over at most one plane / kFlushRows rows at a time, flushed into float64.
+  const bool need_sums = (gx && training) || gw || gb;
+  std::vector<double> sum_dy(C, 0.0), sum_dyx(C, 0.0);
+  if (need_sums || gp_out) {
+    if (!cl) {
+#pragma omp parallel for schedule(static) if (parallel(Q))
+      for (int64_t c = 0; c < C; ++c) {
+        const T mu = mean[c];
+        double a = 0.0, bsum = 0.0;
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t base = (n * C + c) * S;
+          const T* gr = g + base;
+          const T* xp = x + base;
+          if (gp_out) {
+            // gp = select(act kept out, grad, 0), written for the residual's gradient
+            T* gp = gp_out + base;
+            const T* op = masked ? out + base : nullptr;
+            T pa = T(0), pb = T(0);
+#pragma omp simd reduction(+ : pa, pb)
+            for (int64_t s = 0; s < S; ++s) {
+              const T v = (masked ? masked_grad<act>(op[s], gr[s]) : gr[s]);
+              gp[s] = v;
+              pa += v;
+              pb += v * (xp[s] - mu);
+            }
+            a += static_cast<double>(pa);
+            bsum += static_cast<double>(pb);
+          } else if (masked) {
+            const T* op = out + base;
+            T pa = T(0), pb = T(0);
+#pragma omp simd reduction(+ : pa, pb)
+            for (int64_t s = 0; s < S; ++s) {
+              const T v = masked_grad<act>(op[s], gr[s]);
+              pa += v;
+              pb += v * (xp[s] - mu);
+            }
+            a += static_cast<double>(pa);
+            bsum += static_cast<double>(pb);
+          } else {
+            T pa = T(0), pb = T(0);
+#pragma omp simd reduction(+ : pa, pb)
+            for (int64_t s = 0; s < S; ++s) {
+              pa += gr[s];
+              pb += gr[s] * (xp[s] - mu);
+            }
+            a += static_cast<double>(pa);
+            bsum += static_cast<double>(pb);
+          }
+        }
+        sum_dy[c] = a;
+        sum_dyx[c] = bsum;
+      }
+    } else {
+      const int64_t chunks = num_chunks(M);
+      const int64_t rows_per = (M + chunks - 1) / chunks;
+      std::vector<double> part(static_cast<size_t>(chunks) * 2 * C);
+#pragma omp parallel for schedule(static) if (parallel(Q))
+      for (int64_t k = 0; k < chunks; ++k) {
+        double* pd = part.data() + k * 2 * C;
+        std::fill(pd, pd + 2 * C, 0.0);
+        std::vector<T> acc(2 * C, T(0)), tmp(masked && !gp_out ? C : 0);
+        T* pa = acc.data();
+        T* pb = pa + C;
+        const int64_t r0 = k * rows_per, r1 = std::min(M, r0 + rows_per);
+        for (int64_t r = r0; r < r1; ++r) {
+          const T* gr = g + r * C;
+          const T* xp = x + r * C;
+          const T* v = gr;
+          if (masked) {
+            // the masked gradient row goes to grad_pre (if wanted) or a scratch row
+            T* dst = gp_out ? gp_out + r * C : tmp.data();
+            const T* op = out + r * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) dst[c] = masked_grad<act>(op[c], gr[c]);
+            v = dst;
+          } else if (gp_out) {
+            std::memcpy(gp_out + r * C, gr, sizeof(T) * C);
+          }
+          if (need_sums) {
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) {
+              pa[c] += v[c];
+              pb[c] += v[c] * (xp[c] - mean[c]);
+            }
+            if ((r - r0 + 1) % kFlushRows == 0 || r + 1 == r1) {
+              for (int64_t c = 0; c < 2 * C; ++c) {
+                pd[c] += static_cast<double>(pa[c]);
+                pa[c] = T(0);
+              }
+            }
+          }
+        }
+      }
+      for (int64_t k = 0; k < chunks; ++k) {
+        for (int64_t c = 0; c < C; ++c) {
+          sum_dy[c] += part[k * 2 * C + c];
+          sum_dyx[c] += part[k * 2 * C + C + c];
+        }
+      }
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    if (gb) gb[c] = static_cast<T>(sum_dy[c]);
+    // An empty batch has NaN statistics but no gradient to carry: zero, as ATen.
+    if (gw) gw[c] = M == 0 ? T(0) : static_cast<T>(sum_dyx[c] * static_cast<double>(invstd[c]));
+  }
+  if (!gx || Q == 0) return;
+  // Step 2: grad_input = scale * (gp - a - (x - mean) * k), per-channel coefficients:
+  //   scale = w * invstd,  a = sum_dy / M,  k = invstd^2 * sum_dyx / M   (a = k = 0 in eval)
+  std::vector<T> scale(C), ca(C), ck(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double is = static_cast<double>(invstd[c]);
+    scale[c] = static_cast<T>(w ? is * static_cast<double>(w[c]) : is);
+    ca[c] = training ? static_cast<T>(sum_dy[c] / M) : T(0);
+    ck[c] = training ? static_cast<T>(is * is * sum_dyx[c] / M) : T(0);
+  }
+  if (!cl) {
+#pragma omp parallel for schedule(static) if (parallel(Q))
+    for (int64_t nc = 0; nc < N * C; ++nc) {
+      const int64_t c = nc % C;
+      const T m = mean[c], sc = scale[c], a = ca[c], k = ck[c];
+      const T* gr = g + nc * S;
+      const T* xp = x + nc * S;
+      const T* op = masked ? out + nc * S : nullptr;
+      T* gi = gx + nc * S;
+      if (masked) {
+#pragma omp simd
+        for (int64_t s = 0; s < S; ++s) {
+          const T v = masked_grad<act>(op[s], gr[s]);
+          gi[s] = (v - a - (xp[s] - m) * k) * sc;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t s = 0; s < S; ++s) gi[s] = (gr[s] - a - (xp[s] - m) * k) * sc;
+      }
+    }
+    return;
+  }
+  const T* sc = scale.data();
+  const T* a = ca.data();
+  const T* k = ck.data();
+#pragma omp parallel for schedule(static) if (parallel(Q))
+  for (int64_t r = 0; r < M; ++r) {
+    const T* gr = g + r * C;
+    const T* xp = x + r * C;
+    const T* op = masked ? out + r * C : nullptr;
+    T* gi = gx + r * C;
+    if (masked) {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const T v = masked_grad<act>(op[c], gr[c]);
+        gi[c] = (v - a[c] - (xp[c] - mean[c]) * k[c]) * sc[c];
+      }
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) gi[c] = (gr[c] - a[c] - (xp[c] - mean[c]) * k[c]) * sc[c];
+    }
+  }
+}
+
+template <typename F>
+void dispatch(DType dt, F&& f) {
+  if (dt == DType::Float32) {
+    f(float{});
+  } else if (dt == DType::Float64) {
+    f(double{});
+  } else {
+    throw std::invalid_argument(std::string("CPU batch_norm takes float32 or float64, got ") + dtype_name(dt));
+  }
+}
+
+}  // namespace
+
+void batch_norm_stats(DType dt, const void* x, void* mean, void* var, int64_t N, int64_t C, int64_t S,
+                      bool channels_last) {
+  dispatch(dt, [&](auto t) {
+    using T = decltype(t);
+    stats_impl(static_cast<const T*>(x), static_cast<T*>(mean), static_cast<T*>(var), N, C, S, channels_last);
+  });
+}
+
+void batch_norm_fwd(DType dt, const void* x, const void* mean, const void* var, const void* weight,
+                    const void* bias, const void* residual, void* y, void* invstd, int64_t N, int64_t C, int64_t S,
+                    bool channels_last, double eps, Act act) {
+  dispatch(dt, [&](auto t) {
+    using T = decltype(t);
+    dispatch_act(act, [&](auto a) {
+      fwd_impl<decltype(a)::value>(static_cast<const T*>(x), static_cast<const T*>(mean), static_cast<const T*>(var),
+                                   static_cast<const T*>(weight), static_cast<const T*>(bias),
+                                   static_cast<const T*>(residual), static_cast<T*>(y), static_cast<T*>(invstd), N, C,
+                                   S, channels_last, eps);
+    });
+  });
+}
+
+void batch_norm_update_stats(DType dt, void* running_mean, void* running_var, const void* mean, const void* var,
+                             int64_t C, double momentum, int64_t count) {
+  dispatch(dt, [&](auto t) {
+    using T = decltype(t);
+    update_impl(static_cast<T*>(running_mean), static_cast<T*>(running_var), static_cast<const T*>(mean),
+                static_cast<const T*>(var), C, momentum, count);
+  });
+}
+
+void batch_norm_bwd(DType dt, const void* grad, const void* out, const void* x, const void* weight,
+                    const void* mean, const void* invstd, void* grad_input, void* grad_weight, void* grad_bias,
+                    void* grad_pre, int64_t N, int64_t C, int64_t S, bool channels_last, bool training, Act act) {
+  dispatch(dt, [&](auto t) {
+    using T = decltype(t);
+    dispatch_act(act, [&](auto a) {
+      bwd_impl<decltype(a)::value>(static_cast<const T*>(grad), static_cast<const T*>(out), static_cast<const T*>(x),
+                                   static_cast<const T*>(weight), static_cast<const T*>(mean),
+                                   static_cast<const T*>(invstd), static_cast<T*>(grad_input),
+                                   static_cast<T*>(grad_weight), static_cast<T*>(grad_bias),
+                                   static_cast<T*>(grad_pre), N, C, S, channels_last, training);
+    });
+  });
+}
+
+}  // namespace pyimgcls::cpu

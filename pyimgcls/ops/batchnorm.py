@@ -1,0 +1,394 @@
+"""BatchNorm family: ``batch_norm`` with a fused residual add and activation, forward and backward.
+
+    out = act(batch_norm(input) + residual)          act: None | "relu" | "relu6"
+
+as ``act(F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) +
+residual)``. Inputs are [N, C, *] (4-D NCHW or channels_last, 2-D [N, C], 3-D [N, C, L]); every
+kernel sees a [N, C, S] view, S = the product of the spatial sizes, in NCHW or NHWC storage.
+
+Custom ops (the backend is resolved in Python and passed as a string, as in the other families):
+    pyimgcls::batch_norm(x, weight, bias, residual, mean_in, var_in, training, eps, activation,
+                         channels_last, backend) -> (out, save_mean, save_invstd, batch_var)
+        training: statistics of the batch (one-pass shifted sums in float64 on CPU, Welford partials
+        merged in a fixed order on GPU); eval: mean_in / var_in (the running statistics).
+        save_mean / save_invstd are what the backward needs (also in eval mode, so a later in-place
+        update of the running buffers cannot change an eval-mode gradient); batch_var is the biased
+        batch variance (training) for the running update, empty in eval.
+    pyimgcls::batch_norm_update_stats_(running_mean!, running_var!, mean, var, momentum, count, backend)
+        in place: rm = (1-m) rm + m mean, rv = (1-m) rv + m var * count / (count - 1); declared in
+        ``mutates_args`` so opcheck and torch.compile see the mutation. It is its own op because a
+        custom op with autograd must be functional.
+    pyimgcls::batch_norm_backward(grad, x, weight, out, mean, invstd, ...) -> (gx, gw, gb, gr)
+        gp = grad masked by act'(out) (select semantics, as ATen's threshold/hardtanh backward);
+        gb = sum gp; gw = sum gp * xhat; gx = w*invstd*(gp - gb/M - xhat*gw/M) in training,
+        w*invstd*gp in eval; gr = gp (the residual's gradient; ``grad`` itself without activation).
+
+Per-channel tensors (weight, bias, statistics) are computed in the accumulation dtype: float32, or
+float64 for float64 input. float16 / bfloat16 CPU inputs are computed in float32 and returned in their
+dtype (DESIGN.md). The running buffers keep their own dtype.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+
+import torch
+
+from .. import _backend, _native
+from .._native import ACT_CODES
+from ..errors import ArgumentTypeError, ArgumentValueError
+from . import _alloc, _eager, reference
+from ._checks import (check_activation, check_backend_dtype, check_float, check_same_device, check_same_dtype,
+                      check_tensor)
+from .conv import _match_format, suggests_channels_last
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fmt(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _canonical(t: torch.Tensor | None, channels_last: bool) -> torch.Tensor | None:
+    """The one layout the kernels read: channels_last (4-D only) or contiguous."""
+    if t is None:
+        return None
+    if channels_last and t.dim() == 4:
+        return _match_format(t, torch.channels_last)
+    return _match_format(t, torch.contiguous_format)
+
+
+def _ncs(x: torch.Tensor) -> tuple[int, int, int]:
+    return x.shape[0], x.shape[1], math.prod(x.shape[2:])
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return t.data_ptr() if t is not None else 0
+
+
+def _vec(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A per-channel vector as the kernels read it: contiguous, in the accumulation dtype."""
+    return None if t is None else t.to(dtype).contiguous()
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _cuda_args(t: torch.Tensor):
+    return t.device.index, _native.cuda_stream(t)
+
+
+# ----------------------------------------------------------------------------- backend kernels
+def _run_fwd(x, weight, bias, residual, mean_in, var_in, training, eps, act, channels_last, backend):
+    """(out, save_mean, save_invstd, batch_var) — see the module docstring."""
+    acc = _acc_dtype(x.dtype)
+    if backend == "torch":
+        return reference.batch_norm(x, weight, bias, residual, mean_in, var_in, training, eps, act, channels_last)
+    if backend == "cpu" and x.dtype in _LOW_PRECISION:
+        out, m, i, v = _run_fwd(x.float(), weight, bias, None if residual is None else residual.float(), mean_in,
+                                var_in, training, eps, act, channels_last, backend)
+        return out.to(x.dtype), m, i, v
+    x = _canonical(x, channels_last)
+    residual = _canonical(residual, channels_last)
+    cl = channels_last and x.dim() == 4
+    N, C, S = _ncs(x)
+    out = _alloc.empty(x.shape, x.dtype, x.device, memory_format=_fmt(cl))
+    invstd = _alloc.empty((C,), acc, x.device)
+    w, b = _vec(weight, acc), _vec(bias, acc)
+    if training:
+        mean = _alloc.empty((C,), acc, x.device)
+        var = _alloc.empty((C,), acc, x.device)
+    else:
+        mean, var = _vec(mean_in, acc).clone(), _vec(var_in, acc)
+    code = _native.dtype_code(x.dtype)
+    if backend == "cpu":
+        if training:
+            _native.C.batch_norm_stats_cpu(code, x.data_ptr(), mean.data_ptr(), var.data_ptr(), N, C, S, cl)
+        _native.C.batch_norm_fwd_cpu(code, x.data_ptr(), mean.data_ptr(), var.data_ptr(), _ptr(w), _ptr(b),
+                                     _ptr(residual), out.data_ptr(), invstd.data_ptr(), N, C, S, cl, eps, act)
+    elif backend == "cuda":
+        dev, stream = _cuda_args(x)
+        if training:
+            chunks = _native.C.batch_norm_stats_chunks_cuda(N, C, S, cl, _sm_count(dev))
+            scratch = torch.empty(2 * chunks * C, dtype=torch.float32, device=x.device)
+            _native.C.batch_norm_stats_cuda(code, x.data_ptr(), mean.data_ptr(), var.data_ptr(), scratch.data_ptr(),
+                                            chunks, N, C, S, cl, dev, stream)
+        scale = torch.empty(C, dtype=torch.float32, device=x.device)  # w * invstd
+        _native.C.batch_norm_fwd_cuda(code, x.data_ptr(), mean.data_ptr(), var.data_ptr(), _ptr(w), _ptr(b),
+                                      _ptr(residual), out.data_ptr(), invstd.data_ptr(), scale.data_ptr(), N, C, S, cl,
+                                      eps, act, dev, stream)
+    elif backend == "triton":
+        from ..triton_kernels import batchnorm as tk
+        if training:
+            tk.batch_norm_stats(x, mean, var, N, C, S, cl)
+        tk.batch_norm_fwd(x, mean, var, w, b, residual, out, invstd, N, C, S, cl, eps, act)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return out, mean, invstd, (var if training else var.new_empty((0,)))
+
+
+def _run_update(running_mean, running_var, mean, var, momentum, count, backend):
+    if count == 0:  # an empty batch leaves the running statistics untouched, as ATen's CPU kernel
+        return
+    if backend == "torch":
+        reference.batch_norm_update_stats(running_mean, running_var, mean, var, momentum, count)
+        return
+    acc = mean.dtype
+    # The kernels update contiguous buffers of the statistics' dtype; other buffers (float16 modules,
+    # strided views) go through a float copy that is written back.
+    work = []
+    for t in (running_mean, running_var):
+        if t is None:
+            work.append(None)
+        elif t.dtype == acc and t.is_contiguous():
+            work.append(t)
+        else:
+            work.append(t.to(acc).contiguous())
+    rm, rv = work
+    C = mean.shape[0]
+    code = _native.dtype_code(acc)
+    if backend == "cpu":
+        _native.C.batch_norm_update_stats_cpu(code, _ptr(rm), _ptr(rv), mean.data_ptr(), var.data_ptr(), C, momentum,
+                                              count)
+    elif backend == "cuda":
+        _native.C.batch_norm_update_stats_cuda(code, _ptr(rm), _ptr(rv), mean.data_ptr(), var.data_ptr(), C,
+                                               momentum, count, *_cuda_args(mean))
+    elif backend == "triton":
+        from ..triton_kernels import batchnorm as tk
+        tk.batch_norm_update_stats(rm, rv, mean, var, momentum, count)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    for orig, w in ((running_mean, rm), (running_var, rv)):
+        if orig is not None and w is not orig:
+            orig.copy_(w)
+
+
+def _run_bwd(grad, x, weight, out, mean, invstd, training, act, channels_last, has_residual, needs_input,
+             needs_weight, needs_bias, backend):
+    acc = mean.dtype
+    if backend == "torch":
+        return reference.batch_norm_backward(grad, x, weight, out, mean, invstd, training, act, channels_last,
+                                             has_residual, needs_input, needs_weight, needs_bias)
+    if backend == "cpu" and x.dtype in _LOW_PRECISION:
+        gx, gw, gb, gr = _run_bwd(grad.float(), x.float(), weight, None if out is None else out.float(), mean, invstd,
+                                  training, act, channels_last, has_residual, needs_input, needs_weight, needs_bias,
+                                  backend)
+        return gx.to(x.dtype), gw, gb, gr.to(x.dtype)
+    cl = channels_last and x.dim() == 4
+    x = _canonical(x, channels_last)
+    grad = _canonical(grad, channels_last)
+    out = _canonical(out, channels_last)
+    N, C, S = _ncs(x)
+    fmt = _fmt(cl)
+    empty = x.new_empty((0,))
+    gx = _alloc.empty(x.shape, x.dtype, x.device, memory_format=fmt) if needs_input else None
+    gw = _alloc.empty((C,), acc, x.device) if needs_weight else None
+    gb = _alloc.empty((C,), acc, x.device) if needs_bias else None
+    gp = _alloc.empty(x.shape, x.dtype, x.device, memory_format=fmt) if (has_residual and act != 0) else None
+    w = _vec(weight, acc)
+    code = _native.dtype_code(x.dtype)
+    if backend == "cpu":
+        _native.C.batch_norm_bwd_cpu(code, grad.data_ptr(), _ptr(out), x.data_ptr(), _ptr(w), mean.data_ptr(),
+                                     invstd.data_ptr(), _ptr(gx), _ptr(gw), _ptr(gb), _ptr(gp), N, C, S, cl, training,
+                                     act)
+    elif backend == "cuda":
+        dev, stream = _cuda_args(x)
+        chunks = _native.C.batch_norm_stats_chunks_cuda(N, C, S, cl, _sm_count(dev))
+        # level-1 partials (2 * chunks * C) + grad_input coefficients (3 * C)
+        scratch = torch.empty(2 * chunks * C + 3 * C, dtype=torch.float32, device=x.device)
+        _native.C.batch_norm_bwd_cuda(code, grad.data_ptr(), _ptr(out), x.data_ptr(), _ptr(w), mean.data_ptr(),
+                                      invstd.data_ptr(), _ptr(gx), _ptr(gw), _ptr(gb), _ptr(gp), scratch.data_ptr(),
+                                      chunks, N, C, S, cl, training, act, dev, stream)
+    elif backend == "triton":
+        from ..triton_kernels import batchnorm as tk
+        tk.batch_norm_bwd(grad, out, x, w, mean, invstd, gx, gw, gb, gp, N, C, S, cl, training, act)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return (gx if gx is not None else empty, gw if gw is not None else mean.new_empty((0,)),
+            gb if gb is not None else mean.new_empty((0,)), gp if gp is not None else empty)
+
+
+# ----------------------------------------------------------------------------- custom ops
+def _fake_like(x: torch.Tensor, channels_last: bool, dtype=None) -> torch.Tensor:
+    fmt = _fmt(channels_last and x.dim() == 4)
+    return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
+
+
+@torch.library.custom_op("pyimgcls::batch_norm", mutates_args=())
+def _batch_norm_op(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                   residual: torch.Tensor | None, mean_in: torch.Tensor | None, var_in: torch.Tensor | None,
+                   training: bool, eps: float, activation: int, channels_last: bool,
+                   backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _run_fwd(x, weight, bias, residual, mean_in, var_in, training, eps, activation, channels_last, backend)
+
+
+@_batch_norm_op.register_fake
+def _(x, weight, bias, residual, mean_in, var_in, training, eps, activation, channels_last, backend):
+    acc = _acc_dtype(x.dtype)
+    C = x.shape[1]
+    vec = x.new_empty((C,), dtype=acc)
+    return (_fake_like(x, channels_last), vec, x.new_empty((C,), dtype=acc),
+            x.new_empty((C,) if training else (0,), dtype=acc))
+
+
+@torch.library.custom_op("pyimgcls::batch_norm_update_stats_", mutates_args=("running_mean", "running_var"))
+def _batch_norm_update_stats_op(running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                                mean: torch.Tensor, var: torch.Tensor, momentum: float, count: int,
+                                backend: str) -> None:
+    _run_update(running_mean, running_var, mean, var, momentum, count, backend)
+
+
+@_batch_norm_update_stats_op.register_fake
+def _(running_mean, running_var, mean, var, momentum, count, backend):
+    return None
+
+
+@torch.library.custom_op("pyimgcls::batch_norm_backward", mutates_args=())
+def _batch_norm_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
+                            out: torch.Tensor | None, mean: torch.Tensor, invstd: torch.Tensor, training: bool,
+                            activation: int, channels_last: bool, has_residual: bool, needs_input: bool,
+                            needs_weight: bool, needs_bias: bool,
+                            backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _run_bwd(grad, x, weight, out, mean, invstd, training, activation, channels_last, has_residual,
+                    needs_input, needs_weight, needs_bias, backend)
+
+
+@_batch_norm_backward_op.register_fake
+def _(grad, x, weight, out, mean, invstd, training, activation, channels_last, has_residual, needs_input,
+      needs_weight, needs_bias, backend):
+    C = x.shape[1]
+    empty = x.new_empty((0,))
+    gx = _fake_like(x, channels_last) if needs_input else empty
+    gw = mean.new_empty((C,) if needs_weight else (0,))
+    gb = mean.new_empty((C,) if needs_bias else (0,))
+    gr = _fake_like(x, channels_last) if (has_residual and activation != 0) else empty
+    return gx, gw, gb, gr
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, residual, mean_in, var_in, training, eps, activation, channels_last, backend = inputs
+    out, mean, invstd, var = output
+    ctx.conf = (training, activation, channels_last, backend)
+    ctx.has_bias, ctx.has_residual, ctx.has_weight = bias is not None, residual is not None, weight is not None
+    ctx.mark_non_differentiable(mean, invstd, var)
+    ctx.save_for_backward(x, weight, out if activation != 0 else None, mean, invstd)
+
+
+def _backward(ctx, grad, _gm, _gi, _gv):
+    x, weight, out, mean, invstd = ctx.saved_tensors
+    training, activation, channels_last, backend = ctx.conf
+    needs_input, needs_weight, needs_bias, needs_res = ctx.needs_input_grad[:4]
+    needs_weight = needs_weight and ctx.has_weight
+    needs_bias = needs_bias and ctx.has_bias
+    has_res = needs_res and ctx.has_residual
+    gx = gw = gb = gr = None
+    if needs_input or needs_weight or needs_bias or (has_res and activation != 0):
+        backward = _eager.pick(ctx, _batch_norm_backward_op, _run_bwd)
+        gx, gw, gb, gr = backward(grad, x, weight, out, mean, invstd, training, activation, channels_last, has_res,
+                                  needs_input, needs_weight, needs_bias, backend)
+    if has_res and activation == 0:
+        gr = grad
+    return (gx if needs_input else None, gw if needs_weight else None, gb if needs_bias else None,
+            gr if has_res else None, None, None, None, None, None, None, None)
+
+
+_batch_norm_op.register_autograd(_backward, setup_context=_setup_context)
+# plain eager mode: the same kernels through a bare autograd.Function (ops/_eager.py has the numbers)
+_EagerBatchNorm = _eager.function(_run_fwd, _setup_context, _backward)
+
+
+# ----------------------------------------------------------------------------- public API
+def _check_vector(t, name: str, C: int, input: torch.Tensor, op: str):
+    if t is None:
+        return
+    check_tensor(t, name, op)
+    if t.device != input.device:
+        raise ArgumentValueError(f"{op}: argument '{name}' is on {t.device} but 'input' is on {input.device}; "
+                                 "expected all tensors on the same device")
+    if not t.is_floating_point():
+        raise ArgumentTypeError(f"{op}: argument '{name}' must be a floating tensor, got {t.dtype}")
+    if t.numel() != C:
+        raise ArgumentValueError(f"{op}: argument '{name}' should contain {C} elements not {t.numel()} "
+                                 f"(input has {C} channels, shape {tuple(input.shape)})")
+
+
+def _check_number(v, name: str, op: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise ArgumentTypeError(f"{op}: argument '{name}' must be a float, got {type(v).__name__}")
+    return float(v)
+
+
+def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+               weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5, activation: str | None = None,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``act(F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) +
+    residual)`` with the normalisation, residual add and activation in one pass.
+
+    input [N, C, *] (4-D NCHW or channels_last, 2-D [N, C], ...); running_mean / running_var / weight /
+    bias [C] or None; residual: input's shape or None; activation None | "relu" | "relu6".
+    training=True normalises with the batch statistics (biased variance) and, when running_mean /
+    running_var are given, updates them in place with ``momentum`` and the unbiased variance;
+    training=False normalises with the running statistics (which must then be given, as in PyTorch).
+    The output has the input's memory format (channels_last stays channels_last)."""
+    op = "batch_norm"
+    check_tensor(input, "input", op)
+    check_activation(activation, op)
+    if not isinstance(training, bool):
+        raise ArgumentTypeError(f"{op}: argument 'training' must be bool, got {type(training).__name__}")
+    momentum = _check_number(momentum, "momentum", op)
+    eps = _check_number(eps, "eps", op)
+    if input.dim() < 2:
+        raise ArgumentValueError(f"{op}: argument 'input' must have at least 2 dimensions [N, C, *], got "
+                                 f"{input.dim()}-D of shape {tuple(input.shape)}")
+    C = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        _check_vector(t, name, C, input, op)
+    if not training:
+        if running_mean is None:
+            raise ArgumentValueError(f"{op}: argument 'running_mean' must be defined in evaluation mode "
+                                     "(training=False)")
+        if running_var is None:
+            raise ArgumentValueError(f"{op}: argument 'running_var' must be defined in evaluation mode "
+                                     "(training=False)")
+    if training:
+        per_channel = input.numel() // C if C else 0
+        if per_channel == 1:
+            raise ArgumentValueError(f"{op}: Expected more than 1 value per channel when training, got input size "
+                                     f"{input.shape} (argument 'input')")
+    # No autocast cast: under AMP PyTorch runs batch_norm in the input's dtype (it is on no cast list).
+    check_float(input, "input", op)
+    if residual is not None:
+        check_tensor(residual, "residual", op)
+        check_float(residual, "residual", op)
+        check_same_device(input, "input", residual, "residual", op)
+        check_same_dtype(input, "input", residual, "residual", op)
+    backend = _backend.resolve(input.device, op)
+    check_backend_dtype(backend, input, "input", op)
+    if residual is not None and residual.shape != input.shape:
+        raise ArgumentValueError(f"{op}: argument 'residual' has shape {tuple(residual.shape)} but argument 'input' "
+                                 f"has shape {tuple(input.shape)}; they must match")
+    acc = _acc_dtype(input.dtype)
+    channels_last = input.dim() == 4 and suggests_channels_last(input)
+    w = None if weight is None else weight.to(acc)
+    b = None if bias is None else bias.to(acc)
+    mean_in = None if training else running_mean.detach()
+    var_in = None if training else running_var.detach()
+    args = (input, w, b, residual, mean_in, var_in, training, eps, ACT_CODES[activation], channels_last, backend)
+    out, mean, _invstd, var = _eager.call(_batch_norm_op, _EagerBatchNorm, _run_fwd, args, (input, w, b, residual))
+    if training and (running_mean is not None or running_var is not None):
+        count = input.numel() // C if C else 0
+        if _eager.plain_eager(input, running_mean, running_var):
+            with torch.no_grad():
+                _run_update(running_mean, running_var, mean, var, momentum, count, backend)
+        else:
+            _batch_norm_update_stats_op(running_mean, running_var, mean, var, momentum, count, backend)
+    return out

@@ -1,0 +1,651 @@
+"""The training loop behind ``pyimgcls train``, and ``eval`` / ``predict`` on its checkpoints.
+
+One epoch = the batches of a DistributedSampler (shuffled from seed + epoch; one replica without
+torchrun), so the batch order of any epoch can be rebuilt after a restart and a mid-epoch resume skips
+exactly the batches already done. Augmentation draws from a generator seeded by (seed, epoch, step,
+rank) (see ``pyimgcls.data.augment``). Every op of the model runs on the pyimgcls backend chosen by
+``--kernels`` (``pyimgcls.set_backend``); ``auto`` never means plain PyTorch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+
+from .. import _backend
+from ..data import Augment, DataError, TensorSplit, batch_generator, load_dataset, load_image
+from ..data import normalize, standard_augment
+from ..errors import ArgumentValueError, BackendError
+from . import checkpoint as ckpt_mod
+from . import distributed as D
+from .metrics import classification_metrics, plot_confusion, plot_curves, write_json
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+SCHEDULES = ("none", "cosine", "step", "onecycle")
+AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+KERNEL_DESCRIPTIONS = {
+    "cuda": "pyimgcls CUDA C++ kernels", "triton": "pyimgcls Triton kernels",
+    "cpu": "pyimgcls C++ CPU kernels", "torch": "plain PyTorch reference (not ours)"}
+# Settings a resume must share with the run it continues (anything else may change, e.g. --save-every).
+RESUME_KEYS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
+               "schedule", "warmup_epochs", "step_size", "gamma", "label_smoothing", "seed", "augment", "image_size",
+               "in_channels", "num_classes", "synthetic_size", "limit_train", "limit_test", "pretrained",
+               "freeze_backbone", "amp")
+
+
+class _Log:
+    """Per-epoch lines on rank 0; tqdm bars when stderr is a terminal."""
+
+    def __init__(self, rank: int, quiet: bool = False):
+        self.on = rank == 0 and not quiet
+        self.tty = self.on and sys.stderr.isatty()
+
+    def __call__(self, msg: str = "") -> None:
+        if self.on:
+            print(msg, flush=True)
+
+    def bar(self, total: int, initial: int, desc: str):
+        if not self.tty:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, unit="batch")
+
+
+# ------------------------------------------------------------------------------------- devices
+def pick_device(kernels: str, device: str, dist_local_rank: int = 0) -> torch.device:
+    if device == "auto":
+        if kernels == "cpu":
+            device = "cpu"
+        elif kernels in ("cuda", "triton") or torch.cuda.is_available():
+            device = "cuda"
+        else:
+            device = "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendError(f"--kernels {kernels} / --device cuda: no CUDA GPU is visible to torch")
+        return torch.device("cuda", dist_local_rank)
+    if device != "cpu":
+        raise ArgumentValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return torch.device("cpu")
+
+
+def resolve_kernels(kernels: str, device: torch.device) -> str:
+    """Select ``kernels`` process-wide and return the concrete backend that will run on ``device``
+    (raises BackendError, naming why, if it cannot)."""
+    import pyimgcls
+    pyimgcls.set_backend(kernels)
+    return _backend.resolve(device, "--kernels")
+
+
+# ---------------------------------------------------------------------------------------- models
+def classifier_name(model: torch.nn.Module) -> str:
+    """Qualified name of the last Linear layer: the classifier that transfer learning replaces."""
+    name = None
+    for n, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            name = n
+    if name is None:
+        raise ArgumentValueError("model has no Linear classifier layer to replace")
+    return name
+
+
+def build_model(name: str, num_classes: int, in_channels: int, dropout: float | None = None) -> torch.nn.Module:
+    from .. import models
+
+    kw = {}
+    if in_channels != 3 or name.lower().startswith("lenet"):
+        kw["in_channels"] = in_channels
+    if dropout is not None:
+        kw["dropout"] = dropout
+    try:
+        return models.get_model(name, num_classes=num_classes, **kw)
+    except ValueError as e:      # unknown name
+        raise ArgumentValueError(f"--model: {e}") from None
+    except TypeError as e:
+        hint = " (this model takes 3-channel input: add --in-channels 3)" if "in_channels" in str(e) else ""
+        raise ArgumentValueError(f"--model {name}: cannot build it with {kw or 'these settings'}: {e}{hint}") from None
+
+
+def _unwrap_state_dict(obj, path: str) -> dict:
+    if isinstance(obj, dict) and obj.get("format") == ckpt_mod.FORMAT:
+        obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DataError(f"--pretrained {path}: not a state_dict (a dict of tensors)")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def load_pretrained(model: torch.nn.Module, path: str) -> list[str]:
+    """Load a (torchvision-compatible) state_dict into ``model`` except a classifier whose shape
+    differs (another class count): that one keeps its fresh initialisation. Returns replaced keys."""
+    if not os.path.isfile(path):
+        raise DataError(f"--pretrained: file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise DataError(f"--pretrained: cannot read {path}: {type(e).__name__}: {e}") from None
+    sd = _unwrap_state_dict(obj, path)
+    head = classifier_name(model)
+    own = model.state_dict()
+    replaced = [k for k in (f"{head}.weight", f"{head}.bias") if k in sd and k in own and sd[k].shape != own[k].shape]
+    for k in replaced:
+        del sd[k]
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k not in replaced]
+    if missing or unexpected:
+        raise DataError(f"--pretrained {path} does not fit the model: missing keys {missing[:8]}, "
+                        f"unexpected keys {unexpected[:8]}")
+    return replaced
+
+
+def freeze_backbone(model: torch.nn.Module) -> None:
+    head = classifier_name(model)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.startswith(head + "."))
+
+
+# ----------------------------------------------------------------------------- optimiser, schedule
+def build_optimizer(args, params) -> torch.optim.Optimizer:
+    o = args.optimizer
+    if o == "sgd":
+        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov and args.momentum > 0,
+                               weight_decay=args.weight_decay)
+    if o == "adam":
+        return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+    if o == "adamw":
+        return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    if o == "rmsprop":
+        return torch.optim.RMSprop(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    if o == "adagrad":
+        return torch.optim.Adagrad(params, lr=args.lr, weight_decay=args.weight_decay)
+    raise ArgumentValueError(f"--optimizer must be one of {OPTIMIZERS}, got {o!r}")
+
+
+def build_scheduler(args, optimizer, steps_per_epoch: int):
+    """Stepped once per batch. Linear warm-up over ``warmup_epochs`` then cosine / step / constant;
+    ``onecycle`` is torch's OneCycleLR (its own warm-up: ``warmup_epochs`` or 25 % of the run)."""
+    total = max(1, args.epochs * steps_per_epoch)
+    warm = int(round(args.warmup_epochs * steps_per_epoch))
+    if args.schedule == "onecycle":
+        pct = min(0.99, warm / total) if warm > 0 else 0.25
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total, pct_start=pct)
+    step_size = args.step_size or max(1, args.epochs // 3)
+
+    def factor(s: int) -> float:
+        f = min(1.0, (s + 1) / warm) if warm > 0 else 1.0
+        if args.schedule == "cosine":
+            t = min(1.0, max(0, s - warm) / max(1, total - warm))
+            f *= 0.5 * (1 + math.cos(math.pi * t))
+        elif args.schedule == "step":
+            f *= args.gamma ** ((s // steps_per_epoch) // step_size)
+        return f
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ------------------------------------------------------------------------------------------ data
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, info: D.DistInfo) -> list[list[int]]:
+    """This rank's batches for ``epoch``: DistributedSampler order (a function of seed + epoch only)."""
+    sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=info.world_size, rank=info.rank,
+                                                  shuffle=True, seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    idx = list(sampler)
+    return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+
+
+def iterate(split, batches: list[list[int]], workers: int, device: torch.device):
+    """Yield (images [B, C, H, W] float in [0, 1], labels [B]) for each batch of indices."""
+    if isinstance(split, TensorSplit):
+        for b in batches:
+            idx = torch.as_tensor(b, dtype=torch.long)
+            yield split.images[idx], split.labels[idx]
+        return
+    loader = torch.utils.data.DataLoader(split, batch_sampler=batches, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
+    try:
+        yield from loader
+    except DataError as e:
+        # A worker's error arrives wrapped in its traceback; keep the message that names the file.
+        last = str(e).strip().splitlines()[-1]
+        raise DataError(last.split("DataError: ", 1)[-1]) from None
+
+
+def set_cpu_threads(n: int) -> tuple[int, int | None]:
+    """Set the intra-op threads of torch and of our C++ kernels (OpenMP in the system libgomp, which
+    torch's ``set_num_threads`` does not reach); returns the previous (torch, libgomp) counts."""
+    import ctypes
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        gomp = ctypes.CDLL("libgomp.so.1")
+        gomp_before = gomp.omp_get_max_threads()
+        gomp.omp_set_num_threads(ctypes.c_int(n))
+    except (OSError, AttributeError):   # no libgomp (e.g. another OpenMP runtime): its default stays
+        gomp_before = None
+    return before, gomp_before
+
+
+def auto_threads(threads: int, n_params: int, distributed: bool = False) -> int:
+    """``--threads 0``: a small model's ops are too short to amortise OpenMP fork/join (and 10x slower
+    when the cores are shared), so one thread per process; bigger models use every core."""
+    if threads > 0:
+        return threads
+    return 1 if n_params < 1_000_000 or distributed else (os.cpu_count() or 1)
+
+
+def restore_cpu_threads(saved: tuple[int, int | None]) -> None:
+    import ctypes
+
+    torch.set_num_threads(saved[0])
+    if saved[1] is not None:
+        ctypes.CDLL("libgomp.so.1").omp_set_num_threads(ctypes.c_int(saved[1]))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------ evaluation
+@torch.no_grad()
+def evaluate(model, split, mean_t, std_t, device, batch_size: int, info: D.DistInfo, amp: str = "off",
+             channels_last: bool = False, workers: int = 0):
+    """Test loss and scores over ``split``, each rank taking every world_size-th image; gathered on
+    all ranks. Returns (targets [N] int64, scores [N, C] float32, mean loss). ``model`` is the bare
+    module, not the DDP wrapper: ranks may run different numbers of test batches, and DDP's forward
+    would wait on collectives (buffer broadcast) that the others never join."""
+    was_training = model.training
+    model.eval()
+    n = len(split)
+    mine = list(range(info.rank, n, info.world_size))
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    targets, scores, loss_sum = [], [], 0.0
+    dt = AMP_DTYPES[amp]
+    for x, y in iterate(split, batches, workers, device):
+        x = normalize(x.to(device, non_blocking=True), mean_t, std_t)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dt or torch.float32, enabled=dt is not None):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+        targets.append(y.cpu())
+        scores.append(logits.cpu())
+    t = torch.cat(targets).numpy() if targets else np.zeros(0, dtype=np.int64)
+    s = torch.cat(scores).numpy() if scores else np.zeros((0, 0), dtype=np.float32)
+    model.train(was_training)
+    parts = D.all_gather_object(info, (t, s, loss_sum))
+    t = np.concatenate([p[0] for p in parts])
+    s = np.concatenate([p[1] for p in parts if len(p[1])]) if any(len(p[1]) for p in parts) else s
+    total_loss = sum(p[2] for p in parts)
+    return t, s, total_loss / max(1, len(t))
+
+
+# -------------------------------------------------------------------------------------- training
+def _augment_for(args, ds) -> Augment:
+    if args.augment == "none":
+        return Augment()
+    aug = standard_augment(ds.name, ds.image_size, ds.hflip_ok)
+    if args.hflip != "auto":
+        aug.hflip = args.hflip == "on"
+    if args.rotation is not None:
+        aug.rotation = args.rotation
+    if args.crop_padding is not None:
+        aug.crop_padding = args.crop_padding
+    if args.jitter is not None:
+        aug.brightness = aug.contrast = args.jitter
+    return aug
+
+
+def _config(args) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
+            for k, v in sorted(vars(args).items()) if k not in ("func", "command")}
+
+
+def _check_args(args) -> None:
+    for name in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(args, name) < 1:
+            raise ArgumentValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.lr > 0:
+        raise ArgumentValueError(f"--lr must be > 0, got {args.lr}")
+    if args.weight_decay < 0 or args.warmup_epochs < 0 or args.save_every < 0:
+        raise ArgumentValueError("--weight-decay, --warmup-epochs and --save-every must be >= 0")
+    if not 0 <= args.label_smoothing < 1:
+        raise ArgumentValueError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    for name in ("limit_train", "limit_test"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ArgumentValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+
+
+def train(args) -> dict:
+    """Run ``pyimgcls train`` with parsed ``args``; returns the metrics dict (on every rank)."""
+    _check_args(args)
+    wall0 = time.perf_counter()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(args.kernels, args.device, local_rank if world > 1 else 0)
+    kernels = resolve_kernels(args.kernels, device)
+    info = D.init_distributed(device.type)
+    saved_threads: list = []
+    try:
+        return _train(args, info, device, kernels, wall0, saved_threads)
+    finally:
+        for saved in saved_threads:   # train() may be called in-process (tests, notebooks)
+            restore_cpu_threads(saved)
+        D.shutdown(info)
+
+
+def _train(args, info: D.DistInfo, device: torch.device, kernels: str, wall0: float, saved_threads: list) -> dict:
+    log = _Log(info.rank, args.quiet)
+    out = args.out
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    resume = None
+    if args.resume:
+        resume = ckpt_mod.load_checkpoint(ckpt_path)
+        old = resume["config"]
+        diff = {k: (old.get(k), getattr(args, k)) for k in RESUME_KEYS if old.get(k) != getattr(args, k)}
+        if diff:
+            raise ArgumentValueError(f"--resume: {ckpt_path} was written with other settings; pass the same ones "
+                                     f"(checkpoint value, this command's value): {diff}")
+        if resume["world_size"] != info.world_size:
+            raise ArgumentValueError(f"--resume: {ckpt_path} was written by {resume['world_size']} process(es), "
+                                     f"this run has {info.world_size}")
+    if info.is_main:
+        os.makedirs(out, exist_ok=True)
+
+    _seed_everything(args.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+    ds = load_dataset(args.data, image_size=args.image_size, in_channels=args.in_channels,
+                      num_classes=args.num_classes, synthetic_size=args.synthetic_size, seed=args.seed)
+    ds.train = ds.train.subset(args.limit_train)
+    ds.test = ds.test.subset(args.limit_test)
+    meta = dict(ds.meta(), model=args.model)
+    aug = _augment_for(args, ds)
+    mean_t = torch.tensor(ds.mean, dtype=torch.float32, device=device)
+    std_t = torch.tensor(ds.std, dtype=torch.float32, device=device)
+
+    model = build_model(args.model, ds.num_classes, ds.in_channels, args.dropout)
+    replaced = load_pretrained(model, args.pretrained) if args.pretrained else []
+    if args.freeze_backbone:
+        if not args.pretrained:
+            raise ArgumentValueError("--freeze-backbone needs --pretrained FILE (a random backbone is not worth "
+                                     "freezing)")
+        freeze_backbone(model)
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    n_params = sum(p.numel() for p in model.parameters())
+    threads = auto_threads(args.threads, n_params, info.enabled)
+    if device.type == "cpu":
+        saved_threads.append(set_cpu_threads(threads))
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    steps_per_epoch = len(epoch_batches(len(ds.train), args.batch_size, 0, args.seed, info))
+    optimizer = build_optimizer(args, [p for p in model.parameters() if p.requires_grad])
+    scheduler = build_scheduler(args, optimizer, steps_per_epoch)
+    amp_dtype = AMP_DTYPES[args.amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    from ..nn import CrossEntropyLoss
+    criterion = CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+    start_epoch, start_step, global_step = 0, 0, 0
+    history, best_acc, best_epoch, train_time = [], -1.0, None, 0.0
+    acc = [0.0, 0.0, 0.0]   # this rank's running (loss sum, correct, images) for the current epoch
+    resumed_from = None
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        start_epoch, start_step, global_step = resume["epoch"], resume["step_in_epoch"], resume["global_step"]
+        history, best_acc, best_epoch = resume["history"], resume["best_accuracy"], resume["best_epoch"]
+        train_time = resume["train_time_s"]
+        acc = list(resume["epoch_accum"][info.rank])
+        ckpt_mod.set_rng_state(resume["rng"][info.rank])
+        resumed_from = global_step
+
+    net = model
+    if info.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        net = torch.compile(net)
+
+    def save(epoch: int, step_in_epoch: int) -> None:
+        # Collectives first (every rank), then only rank 0 writes.
+        rngs = D.all_gather_object(info, ckpt_mod.rng_state())
+        accs = D.all_gather_object(info, list(acc))
+        if not info.is_main:
+            return
+        ckpt_mod.atomic_save({
+            "format": ckpt_mod.FORMAT, "meta": meta, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+            "steps_per_epoch": steps_per_epoch, "world_size": info.world_size, "rng": rngs, "epoch_accum": accs,
+            "history": history, "best_accuracy": best_acc, "best_epoch": best_epoch, "train_time_s": train_time,
+            "config": _config(args)}, ckpt_path)
+
+    kill_at = int(os.environ.get("PYIMGCLS_TEST_KILL_AFTER_STEP", "0"))   # tests: SIGKILL self after step N
+    log(f"pyimgcls train: {args.model} ({n_params:,} parameters, {n_trainable:,} trained) on {ds.spec} "
+        f"({len(ds.train)} train / {len(ds.test)} test images, {ds.in_channels}x{ds.image_size}x{ds.image_size}, "
+        f"{ds.num_classes} classes)")
+    log(f"  kernels: {kernels} ({KERNEL_DESCRIPTIONS[kernels]}) on {device}; world size {info.world_size}"
+        f"{' (' + info.backend + ')' if info.enabled else ''}"
+        f"{f'; {threads} CPU thread(s)' if device.type == 'cpu' else ''}; amp {args.amp}; augment: {aug.describe()}")
+    log(f"  {args.optimizer} lr {args.lr:g}, {args.schedule} schedule, batch {args.batch_size} x {info.world_size}, "
+        f"{args.epochs} epochs x {steps_per_epoch} steps; out: {out}")
+    if replaced:
+        log(f"  pretrained {args.pretrained}: classifier {', '.join(replaced)} replaced for {ds.num_classes} classes")
+    if resumed_from is not None:
+        log(f"  resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}/{steps_per_epoch} "
+            f"(global step {global_step})")
+
+    last_eval = None
+    for epoch in range(start_epoch, args.epochs):
+        net.train()
+        batches = epoch_batches(len(ds.train), args.batch_size, epoch, args.seed, info)
+        first = start_step if epoch == start_epoch else 0
+        if first == 0:
+            acc = [0.0, 0.0, 0.0]
+        bar = log.bar(len(batches), first, f"epoch {epoch + 1}/{args.epochs}")
+        t0 = time.perf_counter()
+        loss_t = torch.zeros((), dtype=torch.float64, device=device)
+        correct_t = torch.zeros((), dtype=torch.int64, device=device)
+        seen = 0
+        for step, (x, y) in enumerate(iterate(ds.train, batches[first:], args.workers, device), start=first):
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            x = aug(x, batch_generator(args.seed, epoch, step, info.rank))
+            x = normalize(x, mean_t, std_t)
+            if args.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = net(x)
+                loss = criterion(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            global_step += 1
+            loss_t += loss.detach().double() * y.numel()
+            correct_t += (logits.detach().argmax(1) == y).sum()
+            seen += y.numel()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if kill_at and global_step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if args.save_every and global_step % args.save_every == 0 and step + 1 < len(batches):
+                acc = [acc[0] + float(loss_t), acc[1] + float(correct_t), acc[2] + seen]
+                loss_t.zero_(), correct_t.zero_()
+                seen = 0
+                train_time += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                save(epoch, step + 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time += time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        acc = [acc[0] + float(loss_t), acc[1] + float(correct_t), acc[2] + seen]
+        tot_loss, tot_correct, tot_seen = D.all_reduce_sum(info, acc, device)
+        targets, scores, test_loss = evaluate(model, ds.test, mean_t, std_t, device, args.eval_batch_size, info,
+                                              args.amp, args.channels_last, args.workers)
+        m = classification_metrics(targets, scores, ds.num_classes)
+        last_eval = (m, test_loss)
+        rec = {"epoch": epoch + 1, "train_loss": tot_loss / max(1, tot_seen),
+               "train_accuracy": tot_correct / max(1, tot_seen), "test_loss": test_loss,
+               "test_accuracy": m["test_accuracy"], "test_top5_accuracy": m["test_top5_accuracy"],
+               "lr": optimizer.param_groups[0]["lr"], "train_time_s": round(train_time, 3), "global_step": global_step}
+        history.append(rec)
+        log(f"epoch {epoch + 1:>3}/{args.epochs}  train loss {rec['train_loss']:.4f} "
+            f"acc {100 * rec['train_accuracy']:6.2f}%"
+            f"  test loss {test_loss:.4f} acc {100 * m['test_accuracy']:6.2f}%  lr {rec['lr']:.3g}"
+            f"  {train_time:6.1f}s")
+        improved = m["test_accuracy"] > best_acc
+        if improved:
+            best_acc, best_epoch = m["test_accuracy"], epoch + 1
+        acc = [0.0, 0.0, 0.0]
+        if improved and info.is_main:
+            ckpt_mod.atomic_save({"format": ckpt_mod.FORMAT, "meta": meta, "model": model.state_dict(),
+                                  "epoch": epoch + 1, "test_accuracy": best_acc, "config": _config(args)},
+                                 os.path.join(out, "best.pt"))
+        save(epoch + 1, 0)
+
+    if last_eval is None:   # resumed from a finished run: evaluate the final model again
+        targets, scores, test_loss = evaluate(model, ds.test, mean_t, std_t, device, args.eval_batch_size, info,
+                                              args.amp, args.channels_last, args.workers)
+        last_eval = (classification_metrics(targets, scores, ds.num_classes), test_loss)
+    m, test_loss = last_eval
+    # Images trained on over the whole run (DistributedSampler pads each rank to the same count).
+    n_seen = math.ceil(len(ds.train) / info.world_size) * info.world_size * len(history)
+    metrics = {
+        "test_accuracy": m["test_accuracy"], "test_loss": test_loss, "test_top5_accuracy": m["test_top5_accuracy"],
+        "precision_macro": m["precision_macro"], "recall_macro": m["recall_macro"], "f1_macro": m["f1_macro"],
+        "confusion_matrix": m["confusion_matrix"], "epochs": len(history), "train_time_s": round(train_time, 3),
+        "wall_time_s": round(time.perf_counter() - wall0, 3),
+        "images_per_s": round(n_seen / train_time, 1) if train_time > 0 else None,
+        "kernels": kernels, "device": str(device), "model": args.model, "dataset": ds.spec, "amp": args.amp,
+        "world_size": info.world_size, "resumed_from_step": resumed_from, "global_step": global_step,
+        "best_test_accuracy": best_acc, "best_epoch": best_epoch, "num_train": len(ds.train),
+        "num_test": len(ds.test), "num_classes": ds.num_classes, "class_names": ds.class_names,
+        "parameters": n_params, "trainable_parameters": n_trainable, "augment": aug.describe(),
+        "seed": args.seed, "history": history, "config": _config(args)}
+    if info.is_main:
+        write_json(metrics, os.path.join(out, "metrics.json"))
+        if not args.no_plots:
+            plot_curves(history, os.path.join(out, "curves.png"))
+            plot_confusion(m["confusion_matrix"], ds.class_names, os.path.join(out, "confusion_matrix.png"),
+                           f"{args.model} on {ds.name}: test accuracy {100 * m['test_accuracy']:.2f}%")
+    log(f"done: test accuracy {100 * m['test_accuracy']:.2f}% (top-5 {100 * m['test_top5_accuracy']:.2f}%), "
+        f"test loss {test_loss:.4f}, macro F1 {m['f1_macro']:.4f}; best {100 * best_acc:.2f}% at epoch {best_epoch}")
+    log(f"      {metrics['epochs']} epochs, train time {train_time:.1f}s, {metrics['images_per_s']} images/s, "
+        f"wall time {metrics['wall_time_s']:.1f}s; kernels: {kernels} ({KERNEL_DESCRIPTIONS[kernels]}) on {device}")
+    if info.is_main:
+        plots = "" if args.no_plots else ", curves.png, confusion_matrix.png"
+        log(f"      wrote {out}/metrics.json, checkpoint.pt, best.pt{plots}")
+    return metrics
+
+
+# ------------------------------------------------------------------------------- eval / predict
+def _model_from_checkpoint(path: str, device: torch.device):
+    ck = ckpt_mod.load_checkpoint(path)
+    meta = ck["meta"]
+    model = build_model(meta["model"], meta["num_classes"], meta["in_channels"])
+    model.load_state_dict(ck["model"])
+    if device.type == "cpu":
+        set_cpu_threads(auto_threads(0, sum(p.numel() for p in model.parameters())))
+    return model.to(device).eval(), meta, ck
+
+
+def _with_threads(fn):
+    """Run eval / predict with train's CPU thread choice, restoring the caller's afterwards."""
+    def wrapper(args):
+        saved = set_cpu_threads(torch.get_num_threads())     # only to learn the current counts
+        try:
+            return fn(args)
+        finally:
+            restore_cpu_threads(saved)
+    wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
+    return wrapper
+
+
+@_with_threads
+def evaluate_checkpoint(args) -> dict:
+    device = pick_device(args.kernels, args.device)
+    kernels = resolve_kernels(args.kernels, device)
+    model, meta, _ = _model_from_checkpoint(args.checkpoint, device)
+    spec = args.data or meta["dataset"]
+    ds = load_dataset(spec, image_size=meta["image_size"], in_channels=meta["in_channels"],
+                      num_classes=meta["num_classes"], synthetic_size=args.synthetic_size, seed=args.seed)
+    if ds.num_classes != meta["num_classes"]:
+        raise DataError(f"--data {spec} has {ds.num_classes} classes, the checkpoint's model {meta['num_classes']}")
+    test = ds.test.subset(args.limit_test)
+    mean_t = torch.tensor(meta["mean"], dtype=torch.float32, device=device)
+    std_t = torch.tensor(meta["std"], dtype=torch.float32, device=device)
+    if len(test):   # untimed warm-up: first calls of each op pay one-off dispatch set-up
+        evaluate(model, test.subset(1), mean_t, std_t, device, 1, D.DistInfo())
+    t0 = time.perf_counter()
+    targets, scores, loss = evaluate(model, test, mean_t, std_t, device, args.batch_size, D.DistInfo(),
+                                     workers=args.workers)
+    elapsed = time.perf_counter() - t0
+    m = classification_metrics(targets, scores, meta["num_classes"])
+    m.update(test_loss=loss, num_test=len(test), kernels=kernels, device=str(device), model=meta["model"],
+             dataset=ds.spec, checkpoint=os.path.abspath(args.checkpoint), eval_time_s=round(elapsed, 3),
+             images_per_s=round(len(test) / elapsed, 1) if elapsed > 0 else None, class_names=meta["class_names"])
+    print(f"pyimgcls eval: {meta['model']} from {args.checkpoint} on {ds.spec} ({len(test)} test images), "
+          f"kernels: {kernels} on {device}")
+    print(f"  test accuracy {100 * m['test_accuracy']:.2f}%  top-5 {100 * m['test_top5_accuracy']:.2f}%  "
+          f"loss {loss:.4f}  macro P/R/F1 {m['precision_macro']:.4f}/{m['recall_macro']:.4f}/{m['f1_macro']:.4f}  "
+          f"{m['images_per_s']} images/s")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        write_json(m, os.path.join(args.out, "eval_metrics.json"))
+        plot_confusion(m["confusion_matrix"], meta["class_names"], os.path.join(args.out, "eval_confusion_matrix.png"))
+        print(f"  wrote {args.out}/eval_metrics.json, eval_confusion_matrix.png")
+    return m
+
+
+@_with_threads
+@torch.no_grad()
+def predict(args) -> list[dict]:
+    device = pick_device(args.kernels, args.device)
+    resolve_kernels(args.kernels, device)
+    model, meta, _ = _model_from_checkpoint(args.checkpoint, device)
+    x = torch.stack([load_image(p, meta["image_size"], meta["in_channels"]) for p in args.images]).to(device)
+    mean_t = torch.tensor(meta["mean"], dtype=torch.float32, device=device)
+    std_t = torch.tensor(meta["std"], dtype=torch.float32, device=device)
+    probs = torch.softmax(model(normalize(x, mean_t, std_t)).float(), dim=1).cpu()
+    k = min(args.top, meta["num_classes"])
+    p, idx = probs.topk(k, dim=1)
+    names = meta["class_names"]
+    results = []
+    for path, pr, ix in zip(args.images, p.tolist(), idx.tolist()):
+        top = [{"class": names[i], "index": i, "probability": round(q, 6)} for q, i in zip(pr, ix)]
+        results.append({"image": path, "top": top})
+        print(path)
+        for r, t in enumerate(top, 1):
+            print(f"  {r}. {t['class']:<16} {100 * t['probability']:7.3f}%")
+    return results

@@ -1,0 +1,393 @@
+"""Model zoo: every pyimgcls.models network against torchvision's layout (tests/data/torchvision_models.json,
+written by tools/make_torchvision_fixture.py, so torchvision is not needed here) and against the same
+weights run on the `torch` reference backend: output shape, parameter count, state_dict keys and
+shapes, strict state_dict loading, forward outputs, one training step's gradients and BatchNorm
+statistics, no PyTorch compute layer inside; channels_last, CPU autocast and torch.compile.
+
+The cpu backend only (the Triton interpreter would take minutes per model). The gradient comparison
+of the largest models is marked slow and runs only with PYIMGCLS_RUN_SLOW=1, to keep this file within
+its CI budget; their forward, parameter counts and keys always run."""
+import json
+import os
+import pathlib
+
+import pytest
+import torch
+
+import pyimgcls
+from pyimgcls import models, nn
+
+FIXTURE = json.loads((pathlib.Path(__file__).parent / "data" / "torchvision_models.json").read_text())
+TV = FIXTURE["models"]
+
+ALL = ["lenet5", "alexnet", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+       "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+       "densenet121", "densenet161", "densenet169", "densenet201", "mobilenet_v2"]
+# Smallest input each architecture accepts (alexnet: 63, as torchvision's min_size; 62 leaves no 3x3
+# window for the last max pool).
+INPUT = {name: (3, 32) for name in ALL}
+INPUT["lenet5"] = (1, 32)
+INPUT["alexnet"] = (3, 63)
+# Few classes keep the heads small; the VGG/AlexNet 4096-wide classifier is fixed by the architecture.
+NUM_CLASSES = 10
+# The training-step comparison of these costs most of the file's budget: opt-in (PYIMGCLS_RUN_SLOW=1).
+# Each repeats, at greater depth, a block whose gradients the default run checks: resnet34 the BasicBlock
+# of resnet18, resnet101/152 the Bottleneck of resnet50, densenet161-201 the dense layers of
+# densenet121, VGG11-19 the make_layers stacks of vgg11_bn (fused conv+ReLU as in alexnet; each VGG has a
+# 100M-parameter classifier: 10-20 s per step under load).
+LARGEST = {"resnet34", "resnet101", "resnet152", "densenet161", "densenet169", "densenet201",
+           "vgg11", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"}
+RUN_SLOW = os.environ.get("PYIMGCLS_RUN_SLOW", "0") == "1"
+# VGG/AlexNet hold 60-140M parameters: float32 keeps their memory under 2 GB. The ResNets, DenseNets and
+# MobileNetV2 run the gradient check in float64 with batch 4: their last stage has 1x1 maps at 32x32
+# input, and training-mode BN over only a few values per channel amplifies rounding differences beyond
+# any float32 tolerance (over exactly 2 values its output is +-1 whatever the input, so the gradient
+# into it is pure rounding noise).
+FLOAT32_TRAIN = {n for n in ALL if n.startswith(("vgg", "alexnet", "lenet"))}
+
+# Layers that must be pyimgcls's: any instance of these torch.nn bases that is not one of ours fails.
+TORCH_COMPUTE = (torch.nn.modules.conv._ConvNd, torch.nn.Linear, torch.nn.modules.pooling._MaxPoolNd,
+                 torch.nn.modules.pooling._AvgPoolNd, torch.nn.modules.pooling._AdaptiveAvgPoolNd,
+                 torch.nn.modules.pooling._AdaptiveMaxPoolNd, torch.nn.modules.batchnorm._NormBase,
+                 torch.nn.ReLU, torch.nn.ReLU6, torch.nn.Hardtanh)
+OURS = (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6)
+
+
+def _input(name, batch=2, dtype=torch.float32, seed=1):
+    c, s = INPUT[name]
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, c, s, s, generator=g, dtype=dtype)
+
+
+def _dtype_of(model):
+    return next(model.parameters()).dtype
+
+
+def _randomize_bn_stats(model, seed=2):
+    """Running statistics away from (0, 1), so eval mode actually uses them."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+def _assert_close(ours, ref, rtol, what):
+    """Closeness scaled by the reference's magnitude (a few large logits must not hide small errors)."""
+    scale = ref.detach().abs().max().item()
+    torch.testing.assert_close(ours, ref, rtol=rtol, atol=rtol * max(scale, 1e-30), msg=lambda m: f"{what}: {m}")
+
+
+# ----------------------------------------------------------------------------- registry
+def test_list_models():
+    assert models.list_models() == sorted(ALL)
+    for name in ALL:
+        assert callable(getattr(models, name))
+
+
+def test_get_model_unknown_name_lists_models():
+    with pytest.raises(ValueError, match="resnet18") as e:
+        models.get_model("resnet19")
+    for name in ALL:
+        assert name in str(e.value)
+    with pytest.raises(TypeError, match="name"):
+        models.get_model(18)
+
+
+def test_get_model_kwargs():
+    assert models.get_model("lenet5", num_classes=7).classifier[-1].out_features == 7
+    assert models.get_model("ResNet18", num_classes=5).fc.out_features == 5  # case-insensitive, as torchvision
+    m = models.get_model("alexnet", num_classes=3, dropout=0.25)
+    assert [d.p for d in m.modules() if isinstance(d, torch.nn.Dropout)] == [0.25, 0.25]
+    m = models.get_model("mobilenet_v2", num_classes=3, width_mult=0.5, dropout=0.1)
+    assert m.features[0][0].out_channels == 16 and m.classifier[0].p == 0.1
+    m = models.get_model("vgg11", num_classes=3, dropout=0.3, init_weights=False)
+    assert m.classifier[2].p == 0.3
+    with pytest.raises(TypeError):
+        models.get_model("lenet5", not_an_argument=1)
+    a, b = models.get_model("lenet5"), models.get_model("lenet5")
+    assert a is not b and a.features[0].weight is not b.features[0].weight
+
+
+def test_resnet_zero_init_residual_and_init():
+    m = models.resnet18(num_classes=4, zero_init_residual=True)
+    for block in [*m.layer1, *m.layer2, *m.layer3, *m.layer4]:
+        assert torch.count_nonzero(block.bn2.weight) == 0
+        assert torch.count_nonzero(block.bn1.weight - 1) == 0
+    m = models.resnet50(num_classes=4, zero_init_residual=True)
+    assert all(torch.count_nonzero(b.bn3.weight) == 0 for b in m.layer3)
+    # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu"): std = sqrt(2 / (out * k * k)).
+    w = models.resnet34(num_classes=4).layer3[1].conv1.weight
+    std = (2.0 / (w.shape[0] * w.shape[2] * w.shape[3])) ** 0.5
+    assert abs(w.std().item() / std - 1) < 0.05
+
+
+def test_densenet_memory_efficient_matches():
+    """memory_efficient=True (checkpointed bottlenecks) gives the same outputs and gradients."""
+    torch.manual_seed(0)
+    small = dict(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, num_classes=3)
+    a = models.DenseNet(**small)
+    b = models.DenseNet(memory_efficient=True, **small)
+    b.load_state_dict(a.state_dict())
+    x = _input("densenet121", dtype=torch.float64)
+    a.double(), b.double()
+    ya, yb = a(x), b(x)
+    torch.testing.assert_close(yb, ya)
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=n)
+
+
+# ----------------------------------------------------------------------------- torchvision layout
+@pytest.mark.parametrize("name", sorted(TV))
+def test_keys_shapes_and_counts_match_torchvision(name):
+    """state_dict keys in order, their shapes, and the parameter count equal torchvision's; checked on
+    the meta device (no memory), at torchvision's default 1000 classes."""
+    with torch.device("meta"):
+        m = models.get_model(name)
+    got = [[k, list(v.shape)] for k, v in m.state_dict().items()]
+    want = TV[name]["state_dict"]
+    assert [k for k, _ in got] == [k for k, _ in want]
+    assert got == want
+    assert sum(p.numel() for p in m.parameters()) == TV[name]["num_params"]
+
+
+def test_fixture_covers_every_torchvision_model():
+    assert sorted(TV) == sorted(n for n in ALL if n != "lenet5")
+    assert FIXTURE["num_classes"] == 1000
+
+
+def test_lenet5_layout():
+    m = models.lenet5()
+    assert sum(p.numel() for p in m.parameters()) == 61706
+    assert isinstance(m.features, torch.nn.Sequential) and isinstance(m.classifier, torch.nn.Sequential)
+    layers = [("features", 0), ("features", 2), ("classifier", 0), ("classifier", 1), ("classifier", 2)]
+    assert list(m.state_dict()) == [f"{s}.{i}.{p}" for s, i in layers for p in ("weight", "bias")]
+    assert models.lenet5(in_channels=3).features[0].weight.shape == (6, 3, 5, 5)
+
+
+# ----------------------------------------------------------------------------- per-model checks
+@pytest.fixture(scope="module", params=ALL)
+def built(request):
+    """One model at a time (module scope, grouped by parameter): (name, model)."""
+    name = request.param
+    torch.manual_seed(ALL.index(name))
+    model = models.get_model(name, num_classes=NUM_CLASSES)
+    with torch.no_grad():
+        _randomize_bn_stats(model)
+    yield name, model
+    del model
+
+
+def test_no_pytorch_compute_layers(built):
+    name, model = built
+    bad = [f"{n}: {type(m).__module__}.{type(m).__qualname__}" for n, m in model.named_modules()
+           if isinstance(m, TORCH_COMPUTE) and not isinstance(m, OURS)]
+    assert not bad, f"{name} holds PyTorch compute layers: {bad}"
+    assert any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def test_forward_matches_torch_backend(built):
+    """Eval forward: shape, and the same weights run on the `torch` reference backend."""
+    name, model = built
+    model.eval()
+    x = _input(name, dtype=_dtype_of(model))
+    with torch.no_grad():
+        with pyimgcls.use_backend("cpu"):
+            y = model(x)
+        with pyimgcls.use_backend("torch"):
+            ref = model(x)
+    assert y.shape == (2, NUM_CLASSES) and y.dtype == x.dtype
+    assert torch.isfinite(y).all()
+    _assert_close(y, ref, 1e-4 if x.dtype == torch.float32 else 1e-9, f"{name} logits")
+    # Batch 1 (where eval BatchNorm must not need batch statistics) gives the first row.
+    if name in ("lenet5", "resnet18", "mobilenet_v2", "densenet121", "vgg11_bn"):
+        with torch.no_grad():
+            y1 = model(x[:1])
+        _assert_close(y1, y[:1], 1e-4 if x.dtype == torch.float32 else 1e-9, f"{name} batch 1")
+
+
+def test_state_dict_strict_load_both_ways(built):
+    """torchvision -> ours: a state_dict with torchvision's keys and shapes (from the fixture, with this
+    test's 10 classes) loads with strict=True and takes effect. ours -> torchvision: our state_dict has
+    exactly those keys and shapes (so torchvision's strict load accepts it; the meta-device test checks
+    the 1000-class layout) and round-trips into a fresh model of ours. A stray key is rejected."""
+    name, model = built
+    model.eval()
+    sd = {}
+    for key, shape in TV.get(name, {"state_dict": [[k, list(v.shape)] for k, v in model.state_dict().items()]})[
+            "state_dict"]:
+        if key.endswith(("fc.weight", "fc.bias", "classifier.weight", "classifier.bias", "classifier.6.weight",
+                         "classifier.6.bias", "classifier.2.weight", "classifier.2.bias",
+                         "classifier.1.weight", "classifier.1.bias")) and shape[0] == 1000:
+            shape = [NUM_CLASSES] + shape[1:]
+        if key.endswith("num_batches_tracked"):
+            sd[key] = torch.tensor(7)
+        else:
+            # A value distinct per key, so a key loaded into the wrong tensor would show.
+            sd[key] = torch.full(shape, 0.5 + 1e-3 * len(sd))
+    dtype = _dtype_of(model)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        _check_strict_load(name, model, sd, dtype)
+    finally:  # the other tests of this model need its random weights back
+        model.load_state_dict(original, strict=True)
+
+
+def _check_strict_load(name, model, sd, dtype):
+    model.load_state_dict(sd, strict=True)
+    ours = model.state_dict()
+    assert list(ours) == list(sd)
+    for k, v in sd.items():
+        assert torch.equal(ours[k], v.to(ours[k].dtype)), k
+    # ours -> ours: a fresh model takes the state_dict and computes the same (two cheap models).
+    if name in ("lenet5", "resnet18"):
+        again = models.get_model(name, num_classes=NUM_CLASSES)
+        again.load_state_dict(model.state_dict(), strict=True)
+        x = _input(name, dtype=dtype)
+        with torch.no_grad():
+            torch.testing.assert_close(again.eval().to(dtype)(x), model(x))
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        model.load_state_dict({**sd, "extra.weight": torch.zeros(1)}, strict=True)
+
+
+def _train_grads(model, x, target, backend):
+    """One training step's (loss, gradients, BN buffers after) on ``backend``; the same dropout mask
+    for every backend (seeded: our kernels draw no random numbers)."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1234)
+    with pyimgcls.use_backend(backend):
+        loss = nn.CrossEntropyLoss()(model(x), target)
+        loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    bufs = {n: b.detach().clone() for n, b in model.named_buffers()}
+    return loss.detach(), grads, bufs
+
+
+def _slow_if_largest(name):
+    marks = [pytest.mark.slow, pytest.mark.skipif(not RUN_SLOW, reason="largest model: set PYIMGCLS_RUN_SLOW=1")]
+    return pytest.param(name, marks=marks) if name in LARGEST else name
+
+
+@pytest.mark.parametrize("built", [_slow_if_largest(n) for n in ALL], indirect=True, scope="module")
+def test_training_step_matches_torch_backend(built):
+    """Training mode (batch statistics, dropout): loss, every parameter's gradient and the updated BN
+    running statistics equal the `torch` backend's on the same weights; an SGD step changes the weights."""
+    name, model = built
+    dtype = torch.float32 if name in FLOAT32_TRAIN else torch.float64
+    batch = 2 if name in FLOAT32_TRAIN else 4
+    model.to(dtype).train()
+    x = _input(name, batch=batch, dtype=dtype)
+    target = torch.tensor([3, 7, 0, 9][:batch])
+    start = {n: b.clone() for n, b in model.named_buffers()}
+    loss, grads, bufs = _train_grads(model, x, target, "cpu")
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            b.copy_(start[n])
+    ref_loss, ref_grads, ref_bufs = _train_grads(model, x, target, "torch")
+    rtol = 2e-4 if dtype == torch.float32 else 1e-7
+    _assert_close(loss, ref_loss, rtol, f"{name} loss")
+    # Tolerances relative to the largest gradient in the model: some gradients are rounding noise around
+    # an exact zero (a conv bias feeding BatchNorm, whose batch mean cancels it).
+    gscale = max(g.abs().max().item() for g in ref_grads.values())
+    for n, ref_g in ref_grads.items():
+        if dtype == torch.float64:
+            torch.testing.assert_close(grads[n], ref_g, rtol=1e-7, atol=1e-9 * gscale,
+                                       msg=lambda m, n=n: f"{name} grad {n}: {m}")
+        else:
+            # float32: a ReLU or max-pool decision that rounding flips re-routes a few elements'
+            # gradient (float64 agrees to 1e-15 on the same VGG), so compare each tensor by norm.
+            err = (grads[n] - ref_g).norm().item()
+            bound = 2e-3 * ref_g.norm().item() + 2e-5 * gscale * ref_g.numel() ** 0.5
+            assert err <= bound, f"{name} grad {n}: |ours - torch| = {err:.3g} > {bound:.3g}"
+    for n in ref_bufs:
+        if ref_bufs[n].is_floating_point():
+            _assert_close(bufs[n], ref_bufs[n], rtol, f"{name} buffer {n}")
+        else:
+            assert torch.equal(bufs[n], ref_bufs[n]) and not torch.equal(bufs[n], start[n]), n
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    changed = sum(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert changed == sum(bool(torch.count_nonzero(g)) for g in grads.values())
+
+
+# ----------------------------------------------------------------------------- layouts, AMP, compile
+def test_channels_last_resnet18_and_mobilenet_v2():
+    """channels_last weights and input: same logits and input gradient as contiguous NCHW."""
+    for name in ("resnet18", "mobilenet_v2"):
+        torch.manual_seed(0)
+        m = models.get_model(name, num_classes=NUM_CLASSES).double().eval()
+        _randomize_bn_stats(m)
+        x = _input(name, dtype=torch.float64).requires_grad_()
+        y = m(x)
+        (gx,) = torch.autograd.grad(y.square().sum(), x)
+        m_cl = m.to(memory_format=torch.channels_last)
+        x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        y_cl = m_cl(x_cl)
+        (gx_cl,) = torch.autograd.grad(y_cl.square().sum(), x_cl)
+        _assert_close(y_cl, y, 1e-10, f"{name} channels_last logits")
+        _assert_close(gx_cl, gx, 1e-10, f"{name} channels_last input grad")
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet18"])
+def test_cpu_autocast_bfloat16(name):
+    """Under CPU autocast (bf16) conv/linear run in bfloat16: eval logits within 2x the error of the
+    `torch` backend under the same autocast (both against float32), and a training backward pass
+    reaches every parameter with float32 gradients."""
+    torch.manual_seed(0)
+    m = models.get_model(name, num_classes=NUM_CLASSES).eval()
+    _randomize_bn_stats(m)
+    x = _input(name)
+    with torch.no_grad():
+        ref = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x)
+            with pyimgcls.use_backend("torch"):
+                y_torch = m(x)
+    assert y.dtype == torch.bfloat16 and y_torch.dtype == torch.bfloat16
+    err, err_torch = (y.float() - ref).abs().max().item(), (y_torch.float() - ref).abs().max().item()
+    assert err <= 2 * err_torch + 2 ** -7 * ref.abs().max().item(), (err, err_torch)
+    m.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nn.CrossEntropyLoss()(m(x), torch.tensor([1, 2]))
+    loss.backward()
+    for n, p in m.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), n
+
+
+def test_torch_compile_fullgraph_lenet5():
+    """torch.compile(fullgraph=True) traces the whole model through our custom ops (no graph breaks)
+    and gives the eager logits and gradients."""
+    torch.manual_seed(0)
+    m = models.lenet5(num_classes=NUM_CLASSES)
+    x = _input("lenet5")
+    ref = m(x)
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(m.parameters()))
+    torch._dynamo.reset()
+    compiled = torch.compile(m, fullgraph=True)
+    y = compiled(x)
+    grads = torch.autograd.grad(y.square().sum(), list(m.parameters()))
+    _assert_close(y, ref, 1e-5, "compiled logits")
+    for g, r in zip(grads, ref_grads):
+        _assert_close(g, r, 1e-4, "compiled grad")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg11_bn"])
+def test_fuse_for_inference_folds_every_batchnorm(name):
+    """The models' conv -> BN(activation, residual) structure is what fuse_for_inference folds: no
+    BatchNorm is left in ResNet, MobileNetV2 and VGG-BN, and eval logits are unchanged (float64)."""
+    if not hasattr(pyimgcls, "fuse_for_inference"):
+        pytest.skip("pyimgcls.fuse_for_inference not available in this build")
+    torch.manual_seed(0)
+    m = models.get_model(name, num_classes=NUM_CLASSES).double().eval()
+    _randomize_bn_stats(m)
+    with torch.no_grad():
+        for bn in (b for b in m.modules() if isinstance(b, nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.1, 0.1)
+    fused = pyimgcls.fuse_for_inference(m)
+    assert not any(isinstance(b, torch.nn.BatchNorm2d) for b in fused.modules())
+    x = _input(name, dtype=torch.float64)
+    with torch.no_grad():
+        _assert_close(fused(x), m(x), 1e-10, f"{name} fused logits")

@@ -1,0 +1,491 @@
+"""Training, evaluation and prediction on our kernels (pyimgcls.training, pyimgcls.data).
+
+The full default run (``pyimgcls train``: >= 97 % on digits) is one test; every other run is short
+(an epoch or two on subsets) to fit the CI budget."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import pyimgcls
+from pyimgcls import cli
+from pyimgcls.data import Augment, DataError, batch_generator, load_dataset, read_idx
+from pyimgcls.data.datasets import cifar_batch_bytes
+from pyimgcls.training import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRIC_KEYS = ("test_accuracy", "test_loss", "precision_macro", "recall_macro", "f1_macro", "confusion_matrix",
+               "epochs", "train_time_s", "images_per_s", "kernels", "model", "dataset", "amp", "world_size",
+               "resumed_from_step", "history")
+SMALL = ["--data", "digits", "--limit-train", "320", "--limit-test", "120", "--batch-size", "32", "--no-plots"]
+
+
+def run_cli(*argv) -> int:
+    """``pyimgcls ARGV`` in this process; returns the exit status."""
+    try:
+        return cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+
+
+def run_sub(*argv, env=None, timeout=240, **kw):
+    e = dict(os.environ, **(env or {}))
+    e.pop("TRITON_INTERPRET", None)
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, env=e, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def read_metrics(out) -> dict:
+    with open(os.path.join(out, "metrics.json")) as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------------------------ the main job
+def test_default_training_reaches_97_percent_on_cpu_kernels(tmp_path):
+    """The main job as shipped (LeNet-5, digits, SGD + cosine, standard augmentation, 15 epochs;
+    about 20 s on 2 cores): >= 97 % test accuracy on our CPU kernels, every report file written."""
+    out = tmp_path / "run"
+    assert run_cli("train", "--kernels", "cpu", "--out", out) == 0
+    m = read_metrics(out)
+    for k in METRIC_KEYS:
+        assert k in m, k
+    assert m["kernels"] == "cpu" and m["model"] == "lenet5" and m["dataset"] == "digits"
+    assert m["num_train"] == 1437 and m["num_test"] == 360
+    assert m["epochs"] == 15 and len(m["history"]) == 15 and m["resumed_from_step"] is None
+    assert m["test_accuracy"] >= 0.97, m["history"]
+    cm = np.asarray(m["confusion_matrix"])
+    assert cm.sum() == 360 and np.trace(cm) == round(360 * m["test_accuracy"])
+    assert m["history"][-1]["train_loss"] < 0.1 * m["history"][0]["train_loss"]
+    assert m["images_per_s"] > 0 and m["train_time_s"] > 0
+    for f in ("checkpoint.pt", "best.pt", "curves.png", "confusion_matrix.png"):
+        assert (out / f).stat().st_size > 1000, f
+
+
+def test_our_kernels_match_torch_reference_loss_curve(tmp_path):
+    """Same seed, same data, same schedule: our CPU kernels and the plain-PyTorch backend give the
+    same per-epoch losses (float32 summation order is the only difference)."""
+    common = [*SMALL, "--epochs", 2, "--augment", "none"]
+    assert run_cli("train", "--kernels", "cpu", "--out", tmp_path / "ours", *common) == 0
+    assert run_cli("train", "--kernels", "torch", "--out", tmp_path / "ref", *common) == 0
+    ours, ref = read_metrics(tmp_path / "ours"), read_metrics(tmp_path / "ref")
+    assert ours["kernels"] == "cpu" and ref["kernels"] == "torch"
+    for a, b in zip(ours["history"], ref["history"]):
+        for k in ("train_loss", "test_loss"):
+            assert a[k] == pytest.approx(b[k], rel=2e-3), (k, a, b)
+    assert ours["history"][-1]["train_loss"] < ours["history"][0]["train_loss"]
+
+
+# ---------------------------------------------------------------------------- checkpoints and resume
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    """A real subprocess SIGKILLs itself after global step 14 (checkpoints every 4 steps, so the last
+    one is at step 12, mid-epoch 2); --resume redoes steps 13-14 and ends exactly as a run that was
+    never interrupted."""
+    args = ["train", *SMALL, "--epochs", 2, "--save-every", 4, "--kernels", "cpu"]
+    killed = tmp_path / "killed"
+    p = run_sub("-m", "pyimgcls", *args, "--out", killed, env={"PYIMGCLS_TEST_KILL_AFTER_STEP": "14"})
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert not (killed / "metrics.json").exists()
+    ck = torch.load(killed / "checkpoint.pt", weights_only=True)
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 2, 12)
+    assert run_cli(*args, "--out", killed, "--resume") == 0
+    m = read_metrics(killed)
+    assert m["epochs"] == 2 and m["resumed_from_step"] == 12 and m["global_step"] == 20
+    assert run_cli(*args, "--out", tmp_path / "straight") == 0
+    ref = read_metrics(tmp_path / "straight")
+    for a, b in zip(m["history"], ref["history"]):
+        for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+            assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), (k, a, b)
+    for k in ("test_accuracy", "test_loss", "f1_macro", "confusion_matrix"):
+        assert m[k] == pytest.approx(ref[k]) if k != "confusion_matrix" else m[k] == ref[k]
+
+
+def test_resume_after_sigkill_at_a_random_moment(tmp_path):
+    """Kill a run from outside at a random moment after its first checkpoint: the resumed run still
+    completes every planned epoch and writes a complete metrics.json."""
+    out = tmp_path / "run"
+    args = ["-m", "pyimgcls", "train", "--data", "synthetic", "--synthetic-size", 192, "--image-size", 32,
+            "--batch-size", 16, "--epochs", 3, "--save-every", 2, "--no-plots", "--kernels", "cpu", "--out", out]
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(random.Random().uniform(0.0, 0.6))
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert (out / "checkpoint.pt").exists()
+    assert run_cli("train", "--data", "synthetic", "--synthetic-size", 192, "--image-size", 32, "--batch-size", 16,
+                   "--epochs", 3, "--save-every", 2, "--no-plots", "--kernels", "cpu", "--out", out, "--resume") == 0
+    m = read_metrics(out)
+    assert m["epochs"] == 3 and [h["epoch"] for h in m["history"]] == [1, 2, 3]
+    assert m["global_step"] == 3 * 12 and m["resumed_from_step"] is not None
+    for k in METRIC_KEYS:
+        assert k in m
+
+
+def test_resume_refuses_other_settings_and_missing_checkpoint(tmp_path, capsys):
+    assert run_cli("train", *SMALL, "--out", tmp_path / "none", "--resume") == 2
+    assert "checkpoint file not found" in capsys.readouterr().err
+    assert run_cli("train", *SMALL, "--limit-train", 64, "--epochs", 1, "--out", tmp_path) == 0
+    assert run_cli("train", *SMALL, "--limit-train", 64, "--epochs", 1, "--lr", 0.1, "--out", tmp_path,
+                   "--resume") == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    """A failure while writing leaves the previous checkpoint intact and no temporary file."""
+    from pyimgcls.training import checkpoint as C
+
+    path = tmp_path / "checkpoint.pt"
+    C.atomic_save({"v": 1}, str(path))
+
+    def boom(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(C.torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        C.atomic_save({"v": 2}, str(path))
+    monkeypatch.undo()
+    assert torch.load(path) == {"v": 1}
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+# ------------------------------------------------------------------------------------ distributed
+def test_torchrun_two_processes_gloo_with_kill_and_resume(tmp_path):
+    """`torchrun --nproc_per_node=2` (Gloo on CPU): both ranks SIGKILL themselves after global step 7
+    (last checkpoint: step 6, mid-epoch 2); the same command with --resume completes, with metrics
+    reduced over both ranks and files written by rank 0 only."""
+    out = tmp_path / "ddp"
+    cmd = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pyimgcls", "train", *SMALL,
+           "--epochs", 2, "--save-every", 3, "--kernels", "cpu", "--out", out]
+    p = run_sub(*cmd, env={"PYIMGCLS_TEST_KILL_AFTER_STEP": "7"}, timeout=300)
+    assert p.returncode != 0 and not (out / "metrics.json").exists()
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"], ck["world_size"]) == (1, 1, 6, 2)
+    assert len(ck["rng"]) == 2 and len(ck["epoch_accum"]) == 2          # one entry per rank
+    p = run_sub(*cmd, "--resume", timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    m = read_metrics(out)
+    assert m["world_size"] == 2 and m["epochs"] == 2 and m["kernels"] == "cpu" and m["resumed_from_step"] == 6
+    assert np.asarray(m["confusion_matrix"]).sum() == 120          # every test image, once
+    assert [h["global_step"] for h in m["history"]] == [5, 10]     # 320 images / (2 ranks x 32) per epoch
+    assert sorted(os.listdir(out)) == ["best.pt", "checkpoint.pt", "metrics.json"]
+    assert p.stdout.count("done: test accuracy") == 1               # only rank 0 reports
+
+
+# ---------------------------------------------------------------------------------- eval, predict
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    pyimgcls.set_backend("auto")
+    assert run_cli("train", *SMALL[:-1], "--limit-train", 640, "--epochs", 3, "--kernels", "cpu", "--out", out) == 0
+    return out
+
+
+def test_eval_recomputes_training_metrics(trained, tmp_path, capsys):
+    m = read_metrics(trained)
+    assert run_cli("eval", "--checkpoint", trained / "checkpoint.pt", "--limit-test", 120, "--kernels", "cpu",
+                   "--out", tmp_path) == 0
+    e = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert e["test_accuracy"] == pytest.approx(m["test_accuracy"])
+    assert e["test_loss"] == pytest.approx(m["test_loss"], rel=1e-5)
+    assert e["confusion_matrix"] == m["confusion_matrix"]
+    assert e["f1_macro"] == pytest.approx(m["f1_macro"])
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_predict_prints_top5_from_checkpoint_alone(trained, tmp_path, capsys):
+    from PIL import Image
+
+    ds = load_dataset("digits")
+    paths, labels = [], []
+    for i in range(6):
+        p = tmp_path / f"digit{i}.png"
+        Image.fromarray((ds.test.images[i, 0].numpy() * 255).round().astype(np.uint8), "L").save(p)
+        paths.append(p)
+        labels.append(int(ds.test.labels[i]))
+    capsys.readouterr()
+    assert run_cli("predict", "--checkpoint", trained / "best.pt", "--kernels", "cpu", *paths) == 0
+    out = capsys.readouterr().out.splitlines()
+    res = loop.predict(cli.build_parser().parse_args(
+        ["predict", "--checkpoint", str(trained / "best.pt"), "--kernels", "cpu", *map(str, paths)]))
+    for r, label in zip(res, labels):
+        probs = [t["probability"] for t in r["top"]]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0.2 < sum(probs) <= 1.0 + 1e-6
+        assert len({t["class"] for t in r["top"]}) == 5
+    assert sum(r["top"][0]["class"] == str(label) for r, label in zip(res, labels)) >= 5
+    assert str(paths[0]) in out and sum(line.strip().startswith("1.") for line in out) == 6
+
+
+# --------------------------------------------------------------------------------- transfer learning
+def test_pretrained_replaces_classifier_and_freezes_backbone(tmp_path):
+    from pyimgcls import models
+
+    torch.manual_seed(1)
+    src = models.lenet5(num_classes=10, in_channels=1)
+    torch.save(src.state_dict(), tmp_path / "pre.pt")
+    out = tmp_path / "ft"
+    assert run_cli("train", "--data", "synthetic", "--in-channels", 1, "--num-classes", 4, "--synthetic-size", 64,
+                   "--epochs", 1, "--batch-size", 16, "--no-plots", "--kernels", "cpu", "--pretrained",
+                   tmp_path / "pre.pt", "--freeze-backbone", "--out", out) == 0
+    sd = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    assert sd["classifier.2.weight"].shape == (4, 84)
+    for k, v in src.state_dict().items():
+        if not k.startswith("classifier.2."):
+            assert torch.equal(sd[k], v), k                  # frozen and loaded
+    m = read_metrics(out)
+    assert m["trainable_parameters"] == 84 * 4 + 4
+
+
+def test_pretrained_errors(tmp_path, capsys):
+    torch.save({"nonsense.weight": torch.zeros(3)}, tmp_path / "bad.pt")
+    assert run_cli("train", *SMALL, "--epochs", 1, "--pretrained", tmp_path / "bad.pt", "--out", tmp_path) == 2
+    assert "does not fit the model" in capsys.readouterr().err
+    assert run_cli("train", *SMALL, "--epochs", 1, "--pretrained", tmp_path / "missing.pt", "--out", tmp_path) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert run_cli("train", *SMALL, "--freeze-backbone", "--out", tmp_path) == 2
+    assert "--pretrained" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ options exercised
+def test_amp_bf16_channels_last_adamw_onecycle_label_smoothing(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", "--data", "synthetic", "--synthetic-size", 64, "--epochs", 2, "--batch-size", 16,
+                   "--amp", "bf16", "--channels-last", "--optimizer", "adamw", "--lr", 3e-3, "--schedule",
+                   "onecycle", "--label-smoothing", 0.1, "--kernels", "cpu", "--out", out) == 0
+    m = read_metrics(out)
+    assert m["amp"] == "bf16" and m["epochs"] == 2 and np.isfinite(m["test_loss"])
+
+
+@pytest.mark.parametrize("schedule", ["none", "cosine", "step", "onecycle"])
+def test_schedules_warmup_and_shape(schedule):
+    args = cli.build_parser().parse_args(["train", "--schedule", schedule, "--epochs", "6", "--lr", "0.1",
+                                          "--warmup-epochs", "1", "--step-size", "2"])
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = loop.build_optimizer(args, [p])
+    sched = loop.build_scheduler(args, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(60):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert max(lrs) == pytest.approx(0.1, rel=1e-3)
+    if schedule != "onecycle":
+        assert lrs[:10] == pytest.approx([0.1 * (i + 1) / 10 for i in range(10)])    # linear warm-up
+    if schedule == "none":
+        assert lrs[10:] == pytest.approx([0.1] * 50)
+    if schedule == "cosine":
+        assert lrs[-1] < 0.002 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    if schedule == "step":
+        assert lrs[25] == pytest.approx(0.01) and lrs[45] == pytest.approx(0.001)
+    if schedule == "onecycle":
+        assert lrs[0] < 0.01 and lrs[-1] < 1e-4
+
+
+@pytest.mark.parametrize("name", loop.OPTIMIZERS)
+def test_optimizers(name):
+    args = cli.build_parser().parse_args(["train", "--optimizer", name])
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = loop.build_optimizer(args, [w])
+    assert type(opt).__name__.lower() == name
+    for _ in range(3):
+        opt.zero_grad()
+        (w ** 2).sum().backward()
+        opt.step()
+    assert float((w.detach() ** 2).sum()) < 5.0
+
+
+# ------------------------------------------------------------------------------------ augmentation
+def test_augmentation_is_deterministic_under_seed():
+    x = torch.rand(16, 3, 32, 32)
+    aug = Augment(crop_padding=4, hflip=True, rotation=10, brightness=0.2, contrast=0.2)
+    a = aug(x, batch_generator(0, 1, 5))
+    assert torch.equal(a, aug(x, batch_generator(0, 1, 5)))
+    assert not torch.equal(a, aug(x, batch_generator(0, 1, 6)))
+    assert not torch.equal(a, aug(x, batch_generator(1, 1, 5)))
+    assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+
+
+def test_augmentation_crop_and_flip_are_exact():
+    """Crop-with-padding is an integer shift with zero fill; flip mirrors exactly."""
+    x = torch.rand(64, 1, 12, 12)
+    crop = Augment(crop_padding=2)(x, batch_generator(3, 0, 0))
+    flip = Augment(hflip=True)(x, batch_generator(3, 0, 0))
+    n_flipped = 0
+    for i in range(64):
+        if torch.allclose(flip[i], x[i].flip(-1), atol=1e-5):
+            n_flipped += 1
+        else:
+            assert torch.allclose(flip[i], x[i], atol=1e-5)
+        ok = False
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                pad = torch.nn.functional.pad(x[i], (2, 2, 2, 2))
+                ref = pad[:, 2 + dy:14 + dy, 2 + dx:14 + dx]
+                ok |= torch.allclose(crop[i], ref, atol=1e-5)
+        assert ok, i
+    assert 16 < n_flipped < 48
+
+
+def test_augmentation_is_batched():
+    """The number of tensor ops does not grow with the batch: no per-image Python loop."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    aug = Augment(crop_padding=4, hflip=True, rotation=10, brightness=0.2, contrast=0.2)
+    counts = []
+    for n in (2, 64):
+        Count.n = 0
+        with Count():
+            aug(torch.rand(n, 3, 16, 16), batch_generator(0, 0, 0))
+        counts.append(Count.n)
+    assert counts[0] == counts[1]
+
+
+# ----------------------------------------------------------------------------------- data loading
+def _write_idx(path, arr, gz=False):
+    arr = np.asarray(arr, dtype=np.uint8)
+    data = bytes([0, 0, 0x08, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape) + arr.tobytes()
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(data)
+
+
+def _fake_mnist(root, n_train=40, n_test=20, gz=True):
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        ext = ".gz" if gz else ""
+        _write_idx(root / f"{prefix}-images-idx3-ubyte{ext}", rng.integers(0, 256, (n, 28, 28)), gz)
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte{ext}", np.arange(n) % 10, gz)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_idx_loads_and_trains(tmp_path, gz):
+    _fake_mnist(tmp_path / "m", gz=gz)
+    ds = load_dataset(f"fashion-mnist:{tmp_path / 'm'}")
+    assert (len(ds.train), len(ds.test), ds.in_channels, ds.image_size) == (40, 20, 1, 32)
+    assert ds.class_names[9] == "Ankle boot" and ds.train.labels.tolist()[:3] == [0, 1, 2]
+    if gz:
+        assert run_cli("train", "--data", f"mnist:{tmp_path / 'm'}", "--epochs", 1, "--batch-size", 8,
+                       "--no-plots", "--kernels", "cpu", "--out", tmp_path / "run") == 0
+        assert read_metrics(tmp_path / "run")["num_train"] == 40
+
+
+def test_mnist_missing_and_corrupt_files_name_the_file(tmp_path, capsys):
+    root = tmp_path / "m"
+    _fake_mnist(root, gz=False)
+    os.remove(root / "t10k-labels-idx1-ubyte")
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
+        load_dataset(f"mnist:{root}")
+    _write_idx(root / "t10k-labels-idx1-ubyte", np.arange(20) % 10)
+    (root / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + (40).to_bytes(4, "big") + b"\x00" * 10)
+    with pytest.raises(DataError, match="train-images-idx3-ubyte"):
+        load_dataset(f"mnist:{root}")
+    (root / "train-images-idx3-ubyte").write_bytes(b"GIF89a nonsense")
+    assert run_cli("train", "--data", f"mnist:{root}", "--out", tmp_path / "x") == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte" in err and "bad magic" in err
+    (root / "x.gz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(DataError, match="x.gz"):
+        read_idx(str(root / "x.gz"))
+
+
+def test_cifar10_pickles_load_and_corrupt_batch_is_named(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (root / name).write_bytes(cifar_batch_bytes(rng.integers(0, 256, (6, 3072)), rng.integers(0, 10, 6)))
+    ds = load_dataset(f"cifar10:{tmp_path}")
+    assert (len(ds.train), len(ds.test), ds.in_channels, ds.class_names[0]) == (30, 6, 3, "airplane")
+    raw = np.frombuffer(cifar_batch_bytes(np.arange(3072).reshape(1, 3072) % 256, [3]), dtype=np.uint8)
+    assert raw.size > 3072
+    (root / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="data_batch_3"):
+        load_dataset(f"cifar10:{tmp_path}")
+    os.remove(root / "data_batch_3")
+    with pytest.raises(DataError, match="data_batch_3"):
+        load_dataset(f"cifar10:{tmp_path}")
+    # A pickle that would run code is refused, not executed.
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+    (root / "data_batch_3").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(DataError, match="forbidden global"):
+        load_dataset(f"cifar10:{tmp_path}")
+
+
+def test_imagefolder_decodes_with_workers_and_names_corrupt_image(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for c in ("cat", "dog", "eel"):
+            d = tmp_path / "imgs" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    spec = f"imagefolder:{tmp_path / 'imgs'}"
+    ds = load_dataset(spec, image_size=16)
+    assert (len(ds.train), len(ds.test), ds.class_names) == (18, 6, ["cat", "dog", "eel"])
+    assert ds.train[0][0].shape == (3, 16, 16)
+    assert run_cli("train", "--data", spec, "--image-size", 32, "--epochs", 1, "--batch-size", 6, "--workers", 2,
+                   "--no-plots", "--kernels", "cpu", "--out", tmp_path / "run") == 0
+    assert read_metrics(tmp_path / "run")["num_classes"] == 3
+    bad = tmp_path / "imgs" / "val" / "dog" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    for workers in (0, 2):
+        assert run_cli("train", "--data", spec, "--epochs", 1, "--workers", workers, "--no-plots", "--kernels",
+                       "cpu", "--out", tmp_path / "run2") == 2
+        err = capsys.readouterr().err
+        assert "cannot decode image file" in err and "broken.png" in err and "Traceback" not in err
+
+
+def test_digits_split_is_stratified_80_20():
+    ds = load_dataset("digits")
+    assert (len(ds.train), len(ds.test)) == (1437, 360)
+    counts = np.bincount(ds.test.labels.numpy())
+    assert counts.min() >= 35 and counts.max() <= 37
+    assert ds.train.images.shape == (1437, 1, 32, 32) and 0 <= float(ds.train.images.min())
+    assert float(ds.train.images.max()) <= 1
+
+
+# ------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("argv, needle", [
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "-1"], "--lr"),
+    (["--data", "bogus"], "unknown dataset"),
+    (["--data", "mnist"], "needs a path"),
+    (["--data", "cifar10:/nonexistent/dir"], "/nonexistent/dir"),
+    (["--model", "nonet"], "nonet"),
+    (["--kernels", "cuda"], "cuda"),
+    (["--label-smoothing", "1.5"], "--label-smoothing"),
+])
+def test_bad_arguments_give_clear_errors(tmp_path, capsys, argv, needle):
+    if argv[:2] == ["--kernels", "cuda"] and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert run_cli("train", *argv, "--out", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
