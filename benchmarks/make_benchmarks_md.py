@@ -127,13 +127,68 @@ def device_section(path: str, res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+CPU_HEADER = """
+## CPU (pytest-benchmark)
+
+From the newest `benchmarks/results/cpu/<date>_cpu-<family>_pytest-benchmark.json` per family
+(`pytest benchmarks/test_bench_<family>_cpu.py --benchmark-json=...`). *ratio* is torch's time / ours
+(> 1: ours is faster), both providers timed in the same run with the same thread count; the
+timer and thread count are those recorded in each file (the development machine is shared, so its
+files use the process-time minimum of single-threaded runs, which other jobs disturb least).
+"""
+
+
+def _cpu_family(path: str) -> str:
+    name = os.path.basename(path)
+    return name.split("_cpu-", 1)[1].rsplit("_pytest-benchmark.json", 1)[0] if "_cpu-" in name else name
+
+
+def cpu_section(results_dir: str) -> str:
+    files = sorted(glob.glob(os.path.join(results_dir, "cpu", "*_pytest-benchmark.json")))
+    newest: dict[str, str] = {}
+    for path in files:  # names start with the ISO date, so the last one per family is the newest
+        newest[_cpu_family(path)] = path
+    if not newest:
+        return ""
+    import json
+
+    out = [CPU_HEADER]
+    for family in sorted(newest):
+        path = newest[family]
+        with open(path) as f:
+            data = json.load(f)
+        groups: dict[str, dict[str, dict]] = defaultdict(dict)
+        threads = set()
+        for b in data.get("benchmarks", []):
+            groups[b["group"]][b["params"].get("provider", b["name"])] = b
+            threads.add((b.get("extra_info") or {}).get("threads"))
+        timer = (data.get("machine_info") or {}).get("timer") or data.get("benchmarks", [{}])[0].get("options", {}).get("timer")
+        cpu = (data.get("machine_info") or {}).get("cpu", {}).get("brand_raw", "?")
+        commit = (data.get("commit_info") or {}).get("id", "?")[:7]
+        out.append(f"\n### {family}\n\n`{_display_path(path)}` -- {cpu}, commit {commit}, timer {timer}, "
+                   f"threads {', '.join(str(t) for t in sorted(threads, key=str))}, {data.get('datetime', '?')[:19]}\n\n")
+        rows = []
+        for group, provs in groups.items():
+            ref = provs.get("torch")
+            for prov, b in provs.items():
+                if prov == "torch":
+                    continue
+                ours_ms, ref_ms = b["stats"]["min"] * 1e3, (ref["stats"]["min"] * 1e3 if ref else None)
+                rows.append([group, prov, f"{ours_ms:.3f}", f"{ref_ms:.3f}" if ref else "-",
+                             f"{ref_ms / ours_ms:.2f}" if ref else "-"])
+        out.append(tabulate(rows, headers=["case", "ours", "ours min ms", "torch min ms", "ratio"],
+                            tablefmt="github", disable_numparse=True) + "\n")
+    return "".join(out)
+
+
 def render(results_dir: str) -> str:
     chosen = newest_per_device(results_dir)
-    if not chosen:
-        return HEADER + UNMEASURED
     parts = [HEADER]
+    if not chosen:
+        parts.append(UNMEASURED)
     for device in sorted(chosen):
         parts.append(device_section(*chosen[device]))
+    parts.append(cpu_section(results_dir))
     return "".join(parts)
 
 
