@@ -200,8 +200,8 @@ def test_bad_inputs_raise_clear_errors(backend):
             ops.linear(x, w, activation="gelu")
         with pytest.raises(ValueError, match="'b'"):
             ops.matmul(x, torch.randn(4, 3, device=dev))
-        with pytest.raises(ValueError, match="'a'"):
-            ops.matmul(torch.randn(2, 4, 5, device=dev), w.t())
+        with pytest.raises(ValueError, match="'a'"):  # batch dimensions that do not broadcast
+            ops.matmul(torch.randn(2, 4, 5, device=dev), torch.randn(3, 5, 2, device=dev))
         with pytest.raises(TypeError, match="'a'"):
             ops.matmul(torch.ones(2, 2, dtype=torch.int32, device=dev), torch.ones(2, 2, device=dev))
         with pytest.raises(TypeError, match="'weight'"):

@@ -5,9 +5,9 @@ Subclasses torch.nn.Conv2d, so parameters are named and initialised exactly as t
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .. import ops
-from ..errors import ArgumentValueError
 from ..ops._checks import check_activation
 
 
@@ -16,22 +16,23 @@ class Conv2d(torch.nn.Conv2d):
 
     ``activation`` (None | "relu" | "relu6") is fused into the convolution's epilogue, and
     ``forward(input, residual=None)`` adds ``residual`` before the activation, so a ResNet block's
-    ``relu(bn(conv(x)) + shortcut)`` can run as one kernel after BatchNorm folding. Only
-    ``padding_mode="zeros"`` is supported (the kernels pad with zeros on the fly)."""
+    ``relu(bn(conv(x)) + shortcut)`` can run as one kernel after BatchNorm folding. ``padding_mode``
+    "zeros" pads on the fly inside the kernels; "reflect" / "replicate" / "circular" pad the input
+    first with ``torch.nn.functional.pad``, exactly as torch.nn.Conv2d does, then convolve unpadded."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, activation: str | None = None, padding_mode: str = "zeros",
                  device=None, dtype=None):
-        if padding_mode != "zeros":
-            raise ArgumentValueError(
-                f"Conv2d: argument 'padding_mode' must be 'zeros' (the only mode pyimgcls kernels implement), "
-                f"got {padding_mode!r}; pad explicitly with torch.nn.functional.pad first")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
         self.activation = check_activation(activation, "Conv2d")
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        return ops.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        return ops.conv2d(input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
                           activation=self.activation, residual=residual)
 
     def extra_repr(self) -> str:

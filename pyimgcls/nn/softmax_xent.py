@@ -1,9 +1,10 @@
 """nn.CrossEntropyLoss on the fused softmax-cross-entropy kernels.
 
-Same constructor arguments and defaults as DESIGN.md gives them (weight=None, ignore_index=-100,
-reduction="mean", label_smoothing=0.0) and a subclass of torch.nn.CrossEntropyLoss, so the class
-weights are the buffer ``weight`` exactly as in torch.nn and state_dicts are interchangeable.
-Only class-index targets are supported."""
+A subclass of torch.nn.CrossEntropyLoss that keeps its constructor, so the arguments, their order and
+defaults are torch.nn's exactly (weight=None, size_average=None, ignore_index=-100, reduce=None,
+reduction="mean", label_smoothing=0.0; the deprecated size_average / reduce map onto reduction as
+there), and the class weights are the buffer ``weight`` exactly as in torch.nn, so state_dicts are
+interchangeable. Targets are class indices or, as in PyTorch, class probabilities of the logits' shape."""
 from __future__ import annotations
 
 import torch
@@ -13,12 +14,8 @@ from .. import ops
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     """``torch.nn.CrossEntropyLoss`` computed by ``pyimgcls.ops.softmax_cross_entropy``: logits
-    [N, C], class-index targets [N]; loss and gradient come from one fused pass."""
-
-    def __init__(self, weight: torch.Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
-                 label_smoothing: float = 0.0):
-        super().__init__(weight=weight, ignore_index=ignore_index, reduction=reduction,
-                         label_smoothing=label_smoothing)
+    [N, C] (or [C], or [N, C, d1, ...]) with class-index targets, loss and gradient from one fused pass;
+    class-probability targets are composed around the same kernel."""
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return ops.softmax_cross_entropy(input, target, self.weight, ignore_index=self.ignore_index,

@@ -364,6 +364,8 @@ def _is_int(v) -> bool:
 
 def _int_pair(value, name: str, op: str) -> tuple[int, int]:
     """int or a sequence of 1 or 2 ints (PyTorch expands a 1-element list) -> (h, w)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+        value = value.item()  # PyTorch's int-list arguments take a 0-D integer tensor
     if _is_int(value):
         return int(value), int(value)
     if isinstance(value, (tuple, list, torch.Size)):
@@ -447,6 +449,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     backend, (input, weight, bias, residual) = _prepare(
         op, [("input", input), ("weight", weight), ("bias", bias), ("residual", residual)])
 
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()  # the kernels read the bias with unit stride
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     O, Cg, KH, KW = weight.shape

@@ -184,19 +184,49 @@ def _prepare(op, tensors):
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` for 2-D ``a`` [M, K] and ``b`` [K, N]; float16/bfloat16 accumulate in float32 and
-    return the input dtype. Any strides (transposed views are read in place)."""
+    """``torch.matmul(a, b)``: ``a`` [M, K] @ ``b`` [K, N] is one GEMM; float16/bfloat16 accumulate in
+    float32 and return the input dtype. Any strides (transposed views are read in place). As in
+    torch.matmul, a 1-D operand is a vector (a row of ``a`` / a column of ``b``, squeezed from the
+    result), leading dimensions of ``a`` fold into M when ``b`` is 1-D or 2-D, and batched operands
+    broadcast their batch dimensions (one GEMM per batch entry)."""
     op = "matmul"
     check_tensor(a, "a", op)
     check_tensor(b, "b", op)
-    check_dim(a, "a", op, 2)
-    check_dim(b, "b", op, 2)
+    if a.dim() == 0 or b.dim() == 0:
+        raise ArgumentValueError(f"matmul: both arguments to matmul need to be at least 1-D, but argument 'a' is "
+                                 f"{a.dim()}-D and argument 'b' is {b.dim()}-D")
     backend, (a, b) = _prepare(op, [("a", a), ("b", b)])
-    if a.shape[1] != b.shape[0]:
+    a2 = a.unsqueeze(0) if a.dim() == 1 else a
+    b2 = b.unsqueeze(-1) if b.dim() == 1 else b
+    if a2.shape[-1] != b2.shape[-2]:
         raise ArgumentValueError(
             f"matmul: inner dimensions differ: argument 'a' is {tuple(a.shape)} and argument 'b' is "
-            f"{tuple(b.shape)} (a.shape[1] must equal b.shape[0])")
-    return _gemm_call(a, b, None, 0, backend)
+            f"{tuple(b.shape)} (the last dimension of 'a' must equal the "
+            f"{'only' if b.dim() == 1 else 'second-to-last'} dimension of 'b')")
+    M, K, N = a2.shape[-2], a2.shape[-1], b2.shape[-1]
+    if a2.dim() == 2 and b2.dim() == 2:
+        out = _gemm_call(a2, b2, None, 0, backend)
+    elif b2.dim() == 2:
+        lead = a2.shape[:-2]
+        out = _gemm_call(a2.reshape(math.prod(lead) * M, K), b2, None, 0, backend).reshape(*lead, M, N)
+    else:
+        try:
+            batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        except RuntimeError as e:
+            raise ArgumentValueError(f"matmul: the batch dimensions of argument 'a' {tuple(a.shape)} and argument "
+                                     f"'b' {tuple(b.shape)} do not broadcast: {e}") from None
+        count = math.prod(batch)
+        ab = a2.expand(*batch, M, K).reshape(count, M, K)
+        bb = b2.expand(*batch, K, N).reshape(count, K, N)
+        if count == 0:
+            out = a2.new_empty((*batch, M, N))
+        else:
+            out = torch.stack([_gemm_call(ab[i], bb[i], None, 0, backend) for i in range(count)]).reshape(*batch, M, N)
+    if b.dim() == 1:
+        out = out.squeeze(-1)
+    if a.dim() == 1:
+        out = out.squeeze(-2 if b.dim() > 1 else -1)
+    return out
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -211,21 +241,35 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     check_activation(activation, op)
     if input.dim() < 1:
         raise ArgumentValueError(f"linear: argument 'input' must have at least 1 dimension, got a 0-D tensor")
+    if weight.dim() == 1:
+        # F.linear takes a 1-D weight (without a bias) as one output feature whose dimension is dropped
+        if bias is not None:
+            raise ArgumentValueError(f"linear: argument 'weight' is 1-D {tuple(weight.shape)}, which PyTorch "
+                                     "accepts only without a bias; pass weight of shape [out_features, in_features]")
+        return linear(input, weight.unsqueeze(0), None, activation).squeeze(-1)
     check_dim(weight, "weight", op, 2)
     if bias is not None:
         check_tensor(bias, "bias", op)
-        check_dim(bias, "bias", op, 1)
     backend, (input, weight, bias) = _prepare(op, [("input", input), ("weight", weight), ("bias", bias)])
     out_features, in_features = weight.shape
+    if bias is not None and tuple(bias.shape) != (out_features,):
+        # F.linear broadcasts the bias into the output like addmm (a 1-D input as one row); the shapes that
+        # broadcast to [out_features] ([], [1], [1, ..., 1, out_features], no more dimensions than that
+        # output) become a [out_features] bias.
+        if (bias.dim() > max(input.dim(), 2) or any(s != 1 for s in bias.shape[:-1])
+                or (bias.dim() and bias.shape[-1] not in (1, out_features))):
+            raise ArgumentValueError(
+                f"linear: argument 'bias' has shape {tuple(bias.shape)} but argument 'weight' has "
+                f"out_features={out_features}: the bias must be 1-D [out_features] (or broadcast to it, such as "
+                "[1, out_features] or a scalar)")
+        bias = bias.reshape(-1).expand(out_features)
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()  # the kernels read the bias with unit stride
     if input.shape[-1] != in_features:
         raise ArgumentValueError(
             f"linear: argument 'input' has {input.shape[-1]} features in its last dimension "
             f"(shape {tuple(input.shape)}) but argument 'weight' expects in_features={in_features} "
             f"(shape {tuple(weight.shape)})")
-    if bias is not None and bias.shape[0] != out_features:
-        raise ArgumentValueError(
-            f"linear: argument 'bias' has {bias.shape[0]} elements but argument 'weight' has "
-            f"out_features={out_features}")
     lead = input.shape[:-1]
     x2d = input.reshape(math.prod(lead), in_features)  # not -1: in_features may be 0
     out = _gemm_call(x2d, weight.t(), bias, ACT_CODES[activation], backend)

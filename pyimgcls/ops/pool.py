@@ -538,8 +538,6 @@ def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mo
 
 def _adaptive_output_size(output_size, input: torch.Tensor, op: str) -> tuple[int, int]:
     """torch.nn.functional's _list_with_default (None keeps the input size) + ATen's checks."""
-    if isinstance(output_size, torch.Tensor) and output_size.dim() == 0:
-        output_size = output_size.item()
     if isinstance(output_size, (tuple, list, torch.Size)):
         if len(output_size) != 2:
             raise ArgumentValueError(f"{op}: argument 'output_size' must be an int or a pair, got {tuple(output_size)}")
@@ -548,8 +546,10 @@ def _adaptive_output_size(output_size, input: torch.Tensor, op: str) -> tuple[in
                                      f"output_size, got shape {tuple(input.shape)}")
         size = tuple(input.shape[-2 + i] if v is None else _int_like(v, "output_size", op)
                      for i, v in enumerate(output_size))
-    elif output_size is None:
-        raise ArgumentTypeError(f"{op}: argument 'output_size' must be an int or a pair of ints/None, got None")
+    elif output_size is None or not isinstance(output_size, int):
+        # as _list_with_default: a bare size must be a Python int (not a NumPy int or a 0-D tensor)
+        raise ArgumentTypeError(f"{op}: argument 'output_size' must be an int or a pair of ints/None, got "
+                                f"{type(output_size).__name__}")
     else:
         v = _int_like(output_size, "output_size", op)
         size = (v, v)
@@ -575,9 +575,10 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size) -> torch.Tensor:
         if input.dim() not in (3, 4):
             raise ArgumentValueError(f"{op}: argument 'input' must be a 3-D (C, H, W) or 4-D (N, C, H, W) "
                                      f"tensor, got {input.dim()}-D of shape {tuple(input.shape)}")
-        if any(s == 0 for s in input.shape[-3:]):
-            raise ArgumentValueError(f"{op}: argument 'input' may be empty only in the batch dimension, got "
-                                     f"shape {tuple(input.shape)}")
+        # ATen checks only the spatial sizes here: empty batch or channel dimensions are accepted
+        if any(s == 0 for s in input.shape[-2:]):
+            raise ArgumentValueError(f"{op}: argument 'input' must have non-empty spatial dimensions (H, W), "
+                                     f"got shape {tuple(input.shape)}")
     backend = _resolve(input, op)
     if input.dim() == 4:
         return _adaptive_call(input, OH, OW, _suggests_channels_last(input), backend)

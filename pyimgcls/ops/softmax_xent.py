@@ -17,9 +17,14 @@ other argument errors). On CUDA tensors the kernels never dereference such a tar
 row's loss and gradient NaN -- so a mean or sum is NaN -- without synchronising with the host; set
 ``PYIMGCLS_CHECK_TARGETS=1`` to validate targets on the host first and raise the same error instead
 (one device-to-host synchronisation per call).
+
+Only class-index targets are supported: a floating-point target -- including PyTorch's
+class-probability form, a target of the logits' shape -- and unbatched 1-D logits raise a clear error
+naming the argument.
 """
 from __future__ import annotations
 
+import numbers
 import os
 
 import torch
@@ -243,10 +248,11 @@ def _check_args(input, target, weight, ignore_index, reduction, label_smoothing)
             "'none', 'mean' or 'sum'")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise ArgumentTypeError(f"{op}: argument 'ignore_index' must be an int, got {type(ignore_index).__name__}")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+    if not isinstance(label_smoothing, (int, float)):  # bool included, as PyTorch's float argument
         raise ArgumentTypeError(
             f"{op}: argument 'label_smoothing' must be a float, got {type(label_smoothing).__name__}")
-    if not 0.0 <= float(label_smoothing) <= 1.0:
+    # PyTorch checks the upper bound only (a negative value means no smoothing)
+    if float(label_smoothing) > 1.0:
         raise ArgumentValueError(
             f"{op}: argument 'label_smoothing' must be between 0.0 and 1.0, got {label_smoothing}")
     if input.dim() == 1:
@@ -255,6 +261,12 @@ def _check_args(input, target, weight, ignore_index, reduction, label_smoothing)
             f"{tuple(input.shape)} -- unbatched logits are not supported, use input[None] and target[None]")
     if input.dim() == 0:
         raise ArgumentValueError(f"{op}: argument 'input' must be 2-D logits [N, C], got a 0-D tensor")
+    if target.dtype == torch.uint8 and (input.dim() > 2 or (float(label_smoothing) > 0.0 and weight is not None
+                                                            and reduction == "mean" and target.numel() > 0)):
+        # PyTorch's nll_loss2d and its weighted, mean-reduced label-smoothing path take int64 targets only
+        raise ArgumentTypeError(
+            f"{op}: argument 'target' has dtype torch.uint8, which PyTorch accepts only for [N, C] logits "
+            "and not with weight + label_smoothing + reduction='mean'; use int64 class indices")
     expected = (input.shape[0],) + tuple(input.shape[2:])
     if tuple(target.shape) != expected:
         if target.shape == input.shape:
@@ -280,15 +292,35 @@ def _check_args(input, target, weight, ignore_index, reduction, label_smoothing)
                 "to the class weights (as in PyTorch)")
 
 
+def _scalar_args(ignore_index, label_smoothing):
+    """PyTorch's parsing of the int / float arguments: Python and NumPy numbers and 0-D tensors are
+    accepted (a bool is refused as ignore_index, accepted as label_smoothing); anything else is left
+    for the type checks to reject."""
+    if isinstance(ignore_index, torch.Tensor):
+        if ignore_index.dim() == 0 and not (ignore_index.is_floating_point() or ignore_index.is_complex()
+                                             or ignore_index.dtype == torch.bool):
+            ignore_index = int(ignore_index.item())
+    elif isinstance(ignore_index, numbers.Integral) and not isinstance(ignore_index, bool):
+        ignore_index = int(ignore_index)
+    if isinstance(label_smoothing, torch.Tensor):
+        if label_smoothing.dim() == 0 and not label_smoothing.is_complex():
+            label_smoothing = float(label_smoothing.item())
+    elif isinstance(label_smoothing, numbers.Real):
+        label_smoothing = float(label_smoothing)
+    return ignore_index, label_smoothing
+
+
 def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, *,
                           ignore_index: int = -100, reduction: str = "mean",
                           label_smoothing: float = 0.0) -> torch.Tensor:
     """``torch.nn.functional.cross_entropy(input, target, weight, ignore_index=..., reduction=...,
     label_smoothing=...)`` for logits [N, C] (also [N, C, d1, ...]) and class-index targets [N]
-    (int64; int32 and uint8 accepted). Probability targets are not supported.
+    (int64; int32 and uint8 accepted). Probability (soft-label) targets and unbatched 1-D logits are
+    not supported and raise a clear error.
 
     Loss and gradient come from one fused pass over the logits in float32 arithmetic (float64 for
     float64 inputs); under autocast the logits are computed in float32, as PyTorch does."""
+    ignore_index, label_smoothing = _scalar_args(ignore_index, label_smoothing)
     _check_args(input, target, weight, ignore_index, reduction, label_smoothing)
     if input.dtype in _LOW_PRECISION and torch.is_autocast_enabled(input.device.type):
         # PyTorch's AMP rule for cross_entropy: run in float32.
@@ -299,9 +331,9 @@ def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: tor
         check_same_dtype(input, "input", weight, "weight", _OP)
     backend = _backend.resolve(input.device, _OP)
     check_backend_dtype(backend, input, "input", _OP)
+    label_smoothing = max(float(label_smoothing), 0.0)
     if backend == "torch":
-        return reference.cross_entropy(input, target, weight, ignore_index, reduction, float(label_smoothing))
-
+        return reference.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
     C = input.shape[1]
     extra = tuple(input.shape[2:])
     if extra:
