@@ -41,9 +41,11 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "gemm.h"
+#include "isa.h"
 
 namespace pyimgcls::cpu {
 namespace {
@@ -211,6 +213,122 @@ inline void check_collapsible(const char* what, int64_t H, int64_t W, Strides4 s
 // ---------------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------------
+// ---------------------------------------------------------------------------------------------
+// Direct kernel for small float32 convolutions with few output channels (LeNet-sized)
+// ---------------------------------------------------------------------------------------------
+// out[n, o, oh, ow] for a register block of kPix output pixels along ow times 16 output channels:
+//   acc[p][0..16) += xp[n, c, oh*sh + i*dh, (ow+p)*sw + j*dw] * wp[(c, i, j)][o0..o0+16)
+// over the K = C*KH*KW taps: per tap one 16-lane weight load and kPix broadcast FMAs, no im2col
+// buffer and no packing. xp is a zero-padded NCHW copy of the input (so the tap loop has no bounds
+// checks), wp the weight repacked to [K][O rounded up to 16]. FLOPs = 2*N*O*OH*OW*K (the O
+// padding to 16 lanes is wasted work: LeNet's conv1 with O = 6 uses 6 of 16 lanes). Bytes: the
+// input and weight (L1/L2 resident at these sizes) and the output once. Why: the GEMM path's
+// 14 x 32 micro-tile is mostly padding for O = 6 / 16 and re-packs its operands on every call;
+// this kernel is FMA-bound instead (LeNet conv2 at batch 8: see BENCHMARKS.md, CPU conv).
+constexpr int kPix = 8;
+typedef float VF16 __attribute__((vector_size(64)));
+
+struct DirectArgs {
+  const float* xp;  // [N][C][Hp][Wp]
+  const float* wp;  // [K][Opad]
+  const float* bias;
+  const float* res;
+  Strides4 rs;
+  float* out;
+  Strides4 os;
+  int64_t N, C, Hp, Wp, O, Opad, KH, KW, OH, OW, sh, sw, dh, dw;
+  Act act;
+};
+
+struct DirectConvBody {
+  static PYIMGCLS_INLINE void run(const DirectArgs& a) {
+    const int64_t K = a.C * a.KH * a.KW;
+    for (int64_t n = 0; n < a.N; ++n)
+      for (int64_t oh = 0; oh < a.OH; ++oh)
+        for (int64_t ow0 = 0; ow0 < a.OW; ow0 += kPix) {
+          const int np = static_cast<int>(std::min<int64_t>(kPix, a.OW - ow0));
+          for (int64_t o0 = 0; o0 < a.Opad; o0 += 16) {
+            VF16 acc[kPix];
+            for (int p = 0; p < kPix; ++p) acc[p] = VF16{} ;
+            const float* wk = a.wp + o0;
+            for (int64_t c = 0; c < a.C; ++c)
+              for (int64_t i = 0; i < a.KH; ++i) {
+                const float* xrow = a.xp + ((n * a.C + c) * a.Hp + oh * a.sh + i * a.dh) * a.Wp + ow0 * a.sw;
+                for (int64_t j = 0; j < a.KW; ++j, wk += a.Opad) {
+                  VF16 wv;
+                  __builtin_memcpy(&wv, wk, sizeof(wv));
+                  const float* xt = xrow + j * a.dw;
+                  if (np == kPix) {
+                    for (int p = 0; p < kPix; ++p) acc[p] += xt[p * a.sw] * wv;
+                  } else {
+                    for (int p = 0; p < np; ++p) acc[p] += xt[p * a.sw] * wv;
+                  }
+                }
+              }
+            (void)K;
+            // Epilogue on the fp32 accumulators: + bias + residual, activation, strided store.
+            const int64_t ocount = std::min<int64_t>(16, a.O - o0);
+            for (int p = 0; p < np; ++p) {
+              float v[16];
+              __builtin_memcpy(v, &acc[p], sizeof(v));
+              const int64_t ow = ow0 + p;
+              float* o_ptr = a.out + n * a.os.n + oh * a.os.h + ow * a.os.w + o0 * a.os.c;
+              const float* r_ptr = a.res ? a.res + n * a.rs.n + oh * a.rs.h + ow * a.rs.w + o0 * a.rs.c : nullptr;
+              for (int64_t q = 0; q < ocount; ++q) {
+                float y = v[q] + (a.bias ? a.bias[o0 + q] : 0.0f);
+                if (r_ptr) y += r_ptr[q * a.rs.c];
+                o_ptr[q * a.os.c] = act_apply(y, a.act);
+              }
+            }
+          }
+        }
+  }
+};
+
+void direct_conv_generic(const DirectArgs& a) { DirectConvBody::run(a); }
+#ifdef PYIMGCLS_X86
+PYIMGCLS_TARGET_AVX2 void direct_conv_avx2(const DirectArgs& a) { DirectConvBody::run(a); }
+PYIMGCLS_TARGET_AVX512 void direct_conv_avx512(const DirectArgs& a) { DirectConvBody::run(a); }
+#endif
+
+// Conditions: float32, groups 1, at most 64 output channels, under 4M multiply-adds in all.
+bool direct_conv_applies(const ConvShape& s) {
+  const int64_t macs = s.N * s.O * s.OH * s.OW * s.C * s.KH * s.KW;
+  return s.groups == 1 && s.O <= 64 && macs < (int64_t(1) << 22);
+}
+
+void conv2d_fwd_direct_small(const ConvShape& s, const float* x, Strides4 xs, const float* w, const float* bias,
+                             const float* res, Strides4 rs, float* out, Strides4 os, Act act) {
+  // 1. Zero-padded NCHW copy of the rows / columns the windows touch.
+  const int64_t Hp = (s.OH - 1) * s.stride_h + (s.KH - 1) * s.dil_h + 1;
+  const int64_t Wp = (s.OW - 1) * s.stride_w + (s.KW - 1) * s.dil_w + 1;
+  std::vector<float> xp(static_cast<size_t>(s.N * s.C * Hp * Wp), 0.0f);
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t c = 0; c < s.C; ++c)
+      for (int64_t r = 0; r < Hp; ++r) {
+        const int64_t ih = r - s.pad_h;
+        if (ih < 0 || ih >= s.H) continue;
+        float* dst = xp.data() + ((n * s.C + c) * Hp + r) * Wp;
+        const float* src = x + n * xs.n + c * xs.c + ih * xs.h;
+        const int64_t q0 = std::max<int64_t>(0, s.pad_w), q1 = std::min<int64_t>(Wp, s.W + s.pad_w);
+        for (int64_t q = q0; q < q1; ++q) dst[q] = src[(q - s.pad_w) * xs.w];
+      }
+  // 2. Weight [O, C, KH, KW] -> [(c, i, j)][Opad], zero-padded output channels.
+  const int64_t Opad = (s.O + 15) / 16 * 16, K = s.C * s.KH * s.KW;
+  std::vector<float> wp(static_cast<size_t>(K * Opad), 0.0f);
+  for (int64_t o = 0; o < s.O; ++o)
+    for (int64_t k = 0; k < K; ++k) wp[static_cast<size_t>(k * Opad + o)] = w[o * K + k];
+  DirectArgs a{xp.data(), wp.data(), bias, res, rs, out, os, s.N, s.C, Hp, Wp, s.O, Opad, s.KH, s.KW,
+               s.OH, s.OW, s.stride_h, s.stride_w, s.dil_h, s.dil_w, act};
+  // 3. The register-blocked tap loop, compiled for the widest instruction set the CPU has.
+#ifdef PYIMGCLS_X86
+  const Isa isa = active_isa();
+  if (isa == Isa::Avx512) return direct_conv_avx512(a);
+  if (isa == Isa::Avx2) return direct_conv_avx2(a);
+#endif
+  direct_conv_generic(a);
+}
+
 // Small NCHW convolutions (LeNet-sized: under 4M multiply-adds in all): one GEMM for the whole
 // batch instead of one per image. Per image the GEMM would be O x P x K (16 x 100 x 150 for LeNet's
 // conv2): too thin for the 14x32 micro-tile, and the weight panel is re-packed per image. Here
@@ -223,8 +341,30 @@ void conv2d_fwd_small_batched(const Plan& pl, const T* x, Strides4 xs, const T* 
   const ConvShape& s = pl.s;
   const int64_t NP = s.N * pl.P;
   std::vector<T> col(static_cast<size_t>(pl.K * NP)), tmp(static_cast<size_t>(s.O * NP));
-  for (int64_t n = 0; n < s.N; ++n) im2col_kp(pl, x + n * xs.n, xs, col.data() + n * pl.P, NP);
-  gemm(dtype_of<T>(), w, pl.K, 1, col.data(), NP, 1, nullptr, tmp.data(), NP, 1, s.O, NP, pl.K, Act::None);
+  // A channels_last input is first copied to NCHW (N*C*H*W elements, a few KiB here), so the
+  // im2col rows below are contiguous runs instead of stride-C gathers.
+  std::vector<T> xt;
+  const T* xsrc = x;
+  Strides4 xst = xs;
+  if (xs.c < xs.w) {
+    xt.resize(static_cast<size_t>(s.N * s.C * s.H * s.W));
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t h = 0; h < s.H; ++h)
+        for (int64_t w_ = 0; w_ < s.W; ++w_)
+          for (int64_t c = 0; c < s.C; ++c)
+            xt[static_cast<size_t>(((n * s.C + c) * s.H + h) * s.W + w_)] = x[n * xs.n + c * xs.c + h * xs.h + w_ * xs.w];
+    xsrc = xt.data();
+    xst = Strides4{s.C * s.H * s.W, s.H * s.W, s.W, 1};
+  }
+  for (int64_t n = 0; n < s.N; ++n) im2col_kp(pl, xsrc + n * xst.n, xst, col.data() + n * pl.P, NP);
+  {
+    // One thread: at this size the GEMM's fork/join and barriers cost more than a second core saves
+    // (LeNet conv2 at batch 8 on 2 cores: 154 us with one thread, 210-236 us with two).
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    gemm(dtype_of<T>(), w, pl.K, 1, col.data(), NP, 1, nullptr, tmp.data(), NP, 1, s.O, NP, pl.K, Act::None);
+    omp_set_num_threads(saved);
+  }
   for (int64_t n = 0; n < s.N; ++n)
     for (int64_t o = 0; o < s.O; ++o) {
       const T* trow = tmp.data() + o * NP + n * pl.P;
@@ -261,6 +401,12 @@ void conv2d_fwd_t(const ConvShape& s, const T* x, Strides4 xs, const T* w, const
   const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
   const bool small_batch = s.groups == 1 && s.N > 1 && nt == 1 && !pl.direct &&
                            s.N * pl.Og * pl.P * pl.K < (int64_t(1) << 22);
+  if constexpr (std::is_same_v<T, float>) {
+    if (direct_conv_applies(s)) {
+      conv2d_fwd_direct_small(s, x, xs, w, bias, res, rs, out, os, act);
+      return;
+    }
+  }
   if (small_batch) {
     // (any output layout: the scatter pass writes through the output strides)
     conv2d_fwd_small_batched(pl, x, xs, w, bias, res, rs, out, os, act);

@@ -322,16 +322,25 @@ struct AvgBwdNhwc {
       const int64_t ph1 = std::min((ih + p.ph) / p.sh + 1, p.OH);
       const int64_t pw0 = (iw + p.pw < p.kw) ? 0 : (iw + p.pw - p.kw) / p.sw + 1;
       const int64_t pw1 = std::min((iw + p.pw) / p.sw + 1, p.OW);
-      T* gr = gx + q * C;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) gr[c] = T(0);
+      T* __restrict gr = gx + q * C;
+      // The first contributing output is stored (0 + v: the same bits as zeroing then adding), the
+      // others added: one pass over the row when windows do not overlap (kernel == stride).
+      bool first = true;
       for (int64_t oh = ph0; oh < ph1; ++oh)
         for (int64_t ow = pw0; ow < pw1; ++ow) {
           const T d = static_cast<T>(avg_window(oh, ow, p, cip, dov).divisor);
-          const T* go = gy + ((n * p.OH + oh) * p.OW + ow) * C;
+          const T* __restrict go = gy + ((n * p.OH + oh) * p.OW + ow) * C;
+          if (first) {
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) gr[c] += go[c] / d;
+            for (int64_t c = 0; c < C; ++c) gr[c] = T(0) + go[c] / d;
+            first = false;
+          } else {
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) gr[c] += go[c] / d;
+          }
         }
+      if (first)
+        for (int64_t c = 0; c < C; ++c) gr[c] = T(0);
     }
   }
 };
