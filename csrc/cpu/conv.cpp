@@ -118,11 +118,20 @@ void im2col_kp(const Plan& pl, const T* x, Strides4 xs, T* col, int64_t ld) {
 template <typename T>
 void im2col_pk(const Plan& pl, const T* x, Strides4 xs, T* col) {
   const ConvShape& s = pl.s;
+  const bool packed_taps = xs.c == 1 && xs.w == pl.Cg && s.dil_w == 1;
   for (int64_t oh = 0; oh < s.OH; ++oh)
     for (int64_t ow = 0; ow < s.OW; ++ow) {
       T* row = col + (oh * s.OW + ow) * pl.K;
+      const int64_t iw0 = ow * s.stride_w - s.pad_w;
       for (int64_t i = 0; i < s.KH; ++i) {
         const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+        if (packed_taps && ih >= 0 && ih < s.H && iw0 >= 0 && iw0 + s.KW <= s.W) {
+          // NHWC with pixels of exactly Cg contiguous channels: the KW taps of this kernel row are one
+          // contiguous run of KW * Cg elements (ResNet's stem, Cg = 3: 21 elements instead of 7
+          // three-element copies).
+          std::memcpy(row + i * s.KW * pl.Cg, x + ih * xs.h + iw0 * xs.w, sizeof(T) * static_cast<size_t>(s.KW * pl.Cg));
+          continue;
+        }
         for (int64_t j = 0; j < s.KW; ++j) {
           T* dst = row + (i * s.KW + j) * pl.Cg;
           const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dil_w;
@@ -203,6 +212,26 @@ inline int outer_threads(int64_t units, int64_t macs) {
   if (units >= nt && (units % nt == 0 || units >= 4 * nt)) return nt;
   return 1;
 }
+
+// Convolutions below the outer_threads threshold run their GEMMs on one thread too: a fork/join
+// per image costs more than the work (LeNet conv1 backward at batch 8 on 2 cores: 1.06 ms on one
+// thread, 8.0 ms letting each per-image GEMM fork). Sets the calling thread's OpenMP thread count
+// for the scope (an ICV of this thread only) and restores it.
+class SerialIfSmall {
+ public:
+  explicit SerialIfSmall(int64_t macs) : active_(macs < (int64_t(1) << 22)), saved_(omp_get_max_threads()) {
+    if (active_) omp_set_num_threads(1);
+  }
+  ~SerialIfSmall() {
+    if (active_) omp_set_num_threads(saved_);
+  }
+  SerialIfSmall(const SerialIfSmall&) = delete;
+  SerialIfSmall& operator=(const SerialIfSmall&) = delete;
+
+ private:
+  bool active_;
+  int saved_;
+};
 
 inline void check_collapsible(const char* what, int64_t H, int64_t W, Strides4 st) {
   if (H > 1 && st.h != W * st.w)
@@ -357,14 +386,8 @@ void conv2d_fwd_small_batched(const Plan& pl, const T* x, Strides4 xs, const T* 
     xst = Strides4{s.C * s.H * s.W, s.H * s.W, s.W, 1};
   }
   for (int64_t n = 0; n < s.N; ++n) im2col_kp(pl, xsrc + n * xst.n, xst, col.data() + n * pl.P, NP);
-  {
-    // One thread: at this size the GEMM's fork/join and barriers cost more than a second core saves
-    // (LeNet conv2 at batch 8 on 2 cores: 154 us with one thread, 210-236 us with two).
-    const int saved = omp_get_max_threads();
-    omp_set_num_threads(1);
-    gemm(dtype_of<T>(), w, pl.K, 1, col.data(), NP, 1, nullptr, tmp.data(), NP, 1, s.O, NP, pl.K, Act::None);
-    omp_set_num_threads(saved);
-  }
+  // (called under SerialIfSmall: one thread, LeNet conv2 at batch 8 on 2 cores 154 us vs 210-236 us)
+  gemm(dtype_of<T>(), w, pl.K, 1, col.data(), NP, 1, nullptr, tmp.data(), NP, 1, s.O, NP, pl.K, Act::None);
   for (int64_t n = 0; n < s.N; ++n)
     for (int64_t o = 0; o < s.O; ++o) {
       const T* trow = tmp.data() + o * NP + n * pl.P;
@@ -399,6 +422,7 @@ void conv2d_fwd_t(const ConvShape& s, const T* x, Strides4 xs, const T* w, const
     wk = wt_buf.data();
   }
   const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
+  const SerialIfSmall serial(units * pl.Og * pl.P * pl.K);
   const bool small_batch = s.groups == 1 && s.N > 1 && nt == 1 && !pl.direct &&
                            s.N * pl.Og * pl.P * pl.K < (int64_t(1) << 22);
   if constexpr (std::is_same_v<T, float>) {
@@ -490,6 +514,7 @@ void conv2d_bwd_data_t(const ConvShape& s, const T* gr, Strides4 gs, const T* w,
     wk = wt_buf.data();
   }
   const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
+  const SerialIfSmall serial(units * pl.Og * pl.P * pl.K);
   const size_t col_elems = pl.direct ? 0 : static_cast<size_t>(pl.K * pl.P);
   std::vector<T> col_all(col_elems * static_cast<size_t>(nt));
 
@@ -537,6 +562,7 @@ void conv2d_bwd_weight_t(const ConvShape& s, const T* gr, Strides4 gs, const T* 
   const bool pixel_major = gs.c == 1 && s.O > 1 && !pl.direct;
   const bool ijc = pixel_major && s.KH * s.KW > 1 && pl.Cg > 1;  // result columns in (i, j, c) order
   const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
+  const SerialIfSmall serial(units * pl.Og * pl.P * pl.K);
   const size_t col_elems = pl.direct ? 0 : static_cast<size_t>(pl.K * pl.P);
   const size_t tmp_elems = static_cast<size_t>(pl.Og * pl.K);
   std::vector<T> col_all(col_elems * static_cast<size_t>(nt));
