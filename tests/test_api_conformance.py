@@ -498,3 +498,38 @@ def test_backend_that_cannot_serve_the_device_raises():
     x = t(1, 2, 4, 4, dtype=torch.float32)
     with pyimgcls.use_backend("cuda"), pytest.raises(RuntimeError, match="cuda"):
         ops.max_pool2d(x, 2)
+
+
+# ----------------------------------------------------------------------------- batch_norm
+BN_SHAPES = [(4, 3), (4, 3, 5), (2, 3, 4, 5), (2, 3, 2, 2, 2), (1, 3, 1, 1), (1, 3), (0, 3, 2, 2), (1, 3, 2, 2)]
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("stats", [True, False], ids=["stats", "nostats"])
+def test_batch_norm_matches_torch(shape, training, affine, stats):
+    """ops.batch_norm accepts and rejects exactly what F.batch_norm does (ranks, N*H*W == 1 in
+    training, eval without running statistics, empty batches) and agrees in value, strides and the
+    updated running statistics."""
+    g = torch.Generator().manual_seed(11)
+    C = shape[1]
+    x = torch.randn(*shape, generator=g, dtype=F64)
+    w = torch.randn(C, generator=g, dtype=F64) if affine else None
+    b = torch.randn(C, generator=g, dtype=F64) if affine else None
+    rm = torch.randn(C, generator=g, dtype=F64) if stats else None
+    rv = torch.rand(C, generator=g, dtype=F64) + 0.5 if stats else None
+    rm2, rv2 = (rm.clone(), rv.clone()) if stats else (None, None)
+    try:
+        ref = F.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5)
+    except Exception:
+        with pyimgcls.use_backend("cpu"), pytest.raises((ValueError, TypeError, RuntimeError)):
+            ops.batch_norm(x, rm2, rv2, w, b, training, 0.1, 1e-5)
+        return
+    with pyimgcls.use_backend("cpu"):
+        out = ops.batch_norm(x, rm2, rv2, w, b, training, 0.1, 1e-5)
+    assert out.shape == ref.shape and out.stride() == ref.stride()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    if stats:
+        torch.testing.assert_close(rm2, rm, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(rv2, rv, rtol=1e-12, atol=1e-12)

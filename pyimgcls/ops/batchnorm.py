@@ -352,6 +352,9 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
                     ("bias", bias)):
         _check_vector(t, name, C, input, op)
+    if not training and input.numel() == 0 and (running_mean is None or running_var is None):
+        # PyTorch returns the empty batch before it asks for the running statistics
+        return input.clone()
     if not training:
         if running_mean is None:
             raise ArgumentValueError(f"{op}: argument 'running_mean' must be defined in evaluation mode "
