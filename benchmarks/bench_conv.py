@@ -28,7 +28,6 @@ Without a CUDA device it prints a message and exits 0.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -131,7 +130,7 @@ def _fns(provider, x, w, b, kw, pass_):
 
 
 def run(providers, sets, quick: bool, out_dir: str) -> int:
-    from pyimgcls.bench import measure_peaks, new_results, print_table, time_ms, write_results
+    from pyimgcls.bench import measure_peaks, new_results, print_table, time_ms, finish_results
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -190,10 +189,7 @@ def run(providers, sets, quick: bool, out_dir: str) -> int:
     results = new_results("cuda", peaks=peaks, cases=rows)
     results["conv_geomean"] = geo
     results["tf32"] = False
-    if failures:
-        results["bench_failures"] = failures
-    path = write_results(results, out_dir)
-    print(f"\nconv benchmark on {results['device']} in {time.perf_counter() - t_start:.0f} s; results: {path}")
+    finish_results(results, failures, out_dir, "conv benchmark", t_start)
     print_table([r for r in rows if r["provider"] in providers])
     print("\ngeometric mean speedup vs eager conv+bias+ReLU (set, batch, dtype, pass, provider):")
     for k, v in sorted(geo.items()):
@@ -202,11 +198,10 @@ def run(providers, sets, quick: bool, out_dir: str) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=os.path.join(REPO_ROOT, "benchmarks", "results"),
-                   help="folder for the results JSON (default: benchmarks/results)")
-    p.add_argument("--quick", action="store_true", help="batch 128, the first layers of each set only")
-    p.add_argument("--providers", default="cuda,triton", help="comma-separated backends of ours")
+    from pyimgcls.bench import gpu_bench_parser, select_providers
+
+    p = gpu_bench_parser(__doc__, "batch 128, the first layers of each set only",
+                         "comma-separated backends of ours")
     p.add_argument("--sets", default=",".join(SETS), help=f"comma-separated layer sets from {list(SETS)}")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -214,12 +209,7 @@ def main(argv=None) -> int:
         return 0
     import pyimgcls
 
-    available = pyimgcls.available_backends()
-    wanted = [s.strip() for s in args.providers.split(",") if s.strip()]
-    providers = [p_ for p_ in wanted if p_ in available]
-    for p_ in wanted:
-        if p_ not in available:
-            print(f"backend {p_!r} not available here (available: {available}): skipped")
+    providers = select_providers(args.providers, pyimgcls.available_backends())
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = [s for s in sets if s not in SETS]
     if unknown:

@@ -34,7 +34,6 @@ device it prints a message and exits 0.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
@@ -173,7 +172,7 @@ def _compiled_fns(model, x, target):
 
 
 def run(models, providers, batch, quick, use_compile, out_dir) -> int:
-    from pyimgcls.bench import Case, new_results, print_table, time_ms, write_results
+    from pyimgcls.bench import Case, new_results, print_table, time_ms, finish_results
 
     torch.backends.cudnn.benchmark = True
     t_start = time.perf_counter()
@@ -247,10 +246,7 @@ def run(models, providers, batch, quick, use_compile, out_dir) -> int:
     geo = {" ".join(k): math.exp(sum(math.log(r) for r in v) / len(v)) for k, v in ratios.items() if v}
     results = new_results("cuda", cases=rows)
     results["model_geomean"] = geo
-    if failures:
-        results["bench_failures"] = failures
-    path = write_results(results, out_dir)
-    print(f"\nmodel benchmark on {results['device']} in {time.perf_counter() - t_start:.0f} s; results: {path}")
+    finish_results(results, failures, out_dir, "model benchmark", t_start)
     print_table(rows)
     print("\ngeometric mean speedup vs eager (pass, provider):")
     for k, v in sorted(geo.items()):
@@ -259,13 +255,12 @@ def run(models, providers, batch, quick, use_compile, out_dir) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=os.path.join(REPO_ROOT, "benchmarks", "results"),
-                   help="folder for the results JSON (default: benchmarks/results)")
-    p.add_argument("--quick", action="store_true", help="resnet18 and mobilenet_v2, batch 64, shorter timing")
+    from pyimgcls.bench import gpu_bench_parser, select_providers
+
+    p = gpu_bench_parser(__doc__, "resnet18 and mobilenet_v2, batch 64, shorter timing",
+                         "comma-separated backends of ours")
     p.add_argument("--models", default=None, help=f"comma-separated subset of {MODELS}")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 128; 64 with --quick)")
-    p.add_argument("--providers", default="cuda,triton", help="comma-separated backends of ours")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -278,12 +273,7 @@ def main(argv=None) -> int:
     if unknown:
         print(f"unknown models {unknown}; choose from {pyimgcls.models.list_models()}")
         return 2
-    available = pyimgcls.available_backends()
-    wanted = [s.strip() for s in args.providers.split(",") if s.strip()]
-    providers = [p_ for p_ in wanted if p_ in available]
-    for p_ in wanted:
-        if p_ not in available:
-            print(f"backend {p_!r} not available here (available: {available}): skipped")
+    providers = select_providers(args.providers, pyimgcls.available_backends())
     if not providers:
         print("no GPU backend of ours is available: nothing to compare")
         return 1

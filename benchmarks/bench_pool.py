@@ -24,7 +24,6 @@ Without a CUDA device it prints a message and exits 0.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -106,7 +105,7 @@ def _check(out, ref, kind) -> float:
 
 def run(providers, quick: bool, out_dir: str) -> int:
     import pyimgcls
-    from pyimgcls.bench import Case, dtype_name, measure_peaks, new_results, print_table, time_ms, write_results
+    from pyimgcls.bench import Case, dtype_name, measure_peaks, new_results, print_table, time_ms, finish_results
 
     t_start = time.perf_counter()
     peaks = measure_peaks("cuda")
@@ -164,32 +163,23 @@ def run(providers, quick: bool, out_dir: str) -> int:
         torch.cuda.empty_cache()
 
     results = new_results("cuda", peaks=peaks, cases=rows)
-    if failures:
-        results["bench_failures"] = failures
-    path = write_results(results, out_dir)
-    print(f"\npooling benchmark on {results['device']} in {time.perf_counter() - t_start:.0f} s; results: {path}")
+    finish_results(results, failures, out_dir, "pooling benchmark", t_start)
     print_table(rows)
     return 1 if failures else 0
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=os.path.join(REPO_ROOT, "benchmarks", "results"),
-                   help="folder for the results JSON (default: benchmarks/results)")
-    p.add_argument("--quick", action="store_true", help="one layer per network only")
-    p.add_argument("--providers", default="cuda,triton", help="comma-separated backends to compare with PyTorch")
+    from pyimgcls.bench import gpu_bench_parser, select_providers
+
+    p = gpu_bench_parser(__doc__, "one layer per network only",
+                         "comma-separated backends to compare with PyTorch")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: skipping GPU pooling benchmark")
         return 0
     import pyimgcls
 
-    available = pyimgcls.available_backends()
-    wanted = [s.strip() for s in args.providers.split(",") if s.strip()]
-    providers = [p_ for p_ in wanted if p_ in available]
-    for p_ in wanted:
-        if p_ not in available:
-            print(f"backend {p_!r} not available here (available: {available}): skipped")
+    providers = select_providers(args.providers, pyimgcls.available_backends())
     if not providers:
         print("no GPU backend of ours is available: nothing to compare with PyTorch")
         return 1

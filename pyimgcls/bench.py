@@ -363,6 +363,38 @@ def new_results(device="auto", *, peaks: dict | None = None, cases: Iterable[dic
     return res
 
 
+def gpu_bench_parser(doc: str, quick_help: str,
+                     providers_help: str = "comma-separated backends of ours (those not available here are skipped)"
+                     ) -> argparse.ArgumentParser:
+    """The options every benchmarks/bench_<family>.py shares: --out, --quick, --providers."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--out", default=os.path.join(REPO_ROOT, "benchmarks", "results"),
+                   help="folder for the results JSON (default: benchmarks/results)")
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--providers", default="cuda,triton", help=providers_help)
+    return p
+
+
+def select_providers(spec: str, available: Sequence[str]) -> list[str]:
+    """The backends of the comma-separated ``spec`` that ``available`` has, in order; the others are
+    reported as skipped."""
+    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    for name in wanted:
+        if name not in available:
+            print(f"backend {name!r} not available here (available: {list(available)}): skipped")
+    return [name for name in wanted if name in available]
+
+
+def finish_results(results: dict, failures: list, out_dir: str, title: str, t_start: float) -> str:
+    """Record benchmark failures, write the results JSON and print where it went: the common tail of
+    every GPU benchmark's run(). Returns the path written."""
+    if failures:
+        results["bench_failures"] = failures
+    path = write_results(results, out_dir)
+    print(f"\n{title} on {results['device']} in {time.perf_counter() - t_start:.0f} s; results: {path}")
+    return path
+
+
 def results_filename(results: dict) -> str:
     date = str(results.get("date", ""))[:10] or _dt.date.today().isoformat()
     sha = str(results.get("commit") or "unknown")

@@ -1,0 +1,48 @@
+"""The helpers every benchmarks/bench_<family>.py shares (pyimgcls/bench.py) and the scripts' behaviour
+on a machine without CUDA (exit 0 with a message, nothing written)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pyimgcls import bench
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GPU_BENCHES = ["gemm", "conv", "pool", "softmax_xent", "batchnorm", "models"]
+
+
+def test_gpu_bench_parser_shared_options(tmp_path):
+    args = bench.gpu_bench_parser("doc line\nmore", "quick help").parse_args(
+        ["--out", str(tmp_path), "--quick", "--providers", "triton"])
+    assert (args.out, args.quick, args.providers) == (str(tmp_path), True, "triton")
+    defaults = bench.gpu_bench_parser("doc", "q").parse_args([])
+    assert defaults.providers == "cuda,triton" and not defaults.quick
+    assert defaults.out == os.path.join(REPO, "benchmarks", "results")
+
+
+def test_select_providers_keeps_order_and_reports_skipped(capsys):
+    assert bench.select_providers(" triton, cuda ,,", ["cpu", "cuda", "triton"]) == ["triton", "cuda"]
+    assert bench.select_providers("cuda,triton", ["cpu", "torch"]) == []
+    assert capsys.readouterr().out.count("skipped") == 2
+
+
+def test_finish_results_records_failures_and_writes(tmp_path, capsys):
+    res = bench.new_results("cpu", name="test-device", cases=[])
+    path = bench.finish_results(res, ["case x: mismatch"], str(tmp_path), "demo benchmark", 0.0)
+    data = json.loads(open(path).read())
+    assert data["bench_failures"] == ["case x: mismatch"] and data["device"] == "test-device"
+    assert "demo benchmark on test-device" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+@pytest.mark.parametrize("family", GPU_BENCHES)
+def test_gpu_benchmark_exits_cleanly_without_cuda(family, tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", f"bench_{family}.py"), "--quick",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "no CUDA device" in r.stdout and not os.listdir(tmp_path)
