@@ -202,13 +202,17 @@ void repack_weight_ijc(const Plan& pl, const T* w, T* wt) {
       for (int64_t t = 0; t < taps; ++t) wt[o * pl.K + t * pl.Cg + c] = w[o * pl.K + c * taps + t];
 }
 
+// Below this many multiply-adds a convolution is "small" (LeNet-sized): it runs on one thread, and
+// the small-problem paths (direct kernel, whole-batch GEMM) apply.
+constexpr int64_t kSmallConvMacs = int64_t(1) << 22;
+
 // Team size for a loop over `units` independent (image, group) pieces of `macs` multiply-adds in
 // all: spread them over threads when there are enough of them, else run them in order and let the
 // GEMM parallelise inside. Tiny convolutions (LeNet) stay on one thread: a fork/join costs more
 // than the work, and far more when the cores are oversubscribed.
 inline int outer_threads(int64_t units, int64_t macs) {
   const int nt = std::max(1, omp_get_max_threads());
-  if (nt == 1 || macs < (int64_t(1) << 22)) return 1;
+  if (nt == 1 || macs < kSmallConvMacs) return 1;
   if (units >= nt && (units % nt == 0 || units >= 4 * nt)) return nt;
   return 1;
 }
@@ -219,7 +223,7 @@ inline int outer_threads(int64_t units, int64_t macs) {
 // for the scope (an ICV of this thread only) and restores it.
 class SerialIfSmall {
  public:
-  explicit SerialIfSmall(int64_t macs) : active_(macs < (int64_t(1) << 22)), saved_(omp_get_max_threads()) {
+  explicit SerialIfSmall(int64_t macs) : active_(macs < kSmallConvMacs), saved_(omp_get_max_threads()) {
     if (active_) omp_set_num_threads(1);
   }
   ~SerialIfSmall() {
@@ -323,7 +327,7 @@ PYIMGCLS_TARGET_AVX512 void direct_conv_avx512(const DirectArgs& a) { DirectConv
 // Conditions: float32, groups 1, at most 64 output channels, under 4M multiply-adds in all.
 bool direct_conv_applies(const ConvShape& s) {
   const int64_t macs = s.N * s.O * s.OH * s.OW * s.C * s.KH * s.KW;
-  return s.groups == 1 && s.O <= 64 && macs < (int64_t(1) << 22);
+  return s.groups == 1 && s.O <= 64 && macs < kSmallConvMacs;
 }
 
 void conv2d_fwd_direct_small(const ConvShape& s, const float* x, Strides4 xs, const float* w, const float* bias,
@@ -424,7 +428,7 @@ void conv2d_fwd_t(const ConvShape& s, const T* x, Strides4 xs, const T* w, const
   const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
   const SerialIfSmall serial(units * pl.Og * pl.P * pl.K);
   const bool small_batch = s.groups == 1 && s.N > 1 && nt == 1 && !pl.direct &&
-                           s.N * pl.Og * pl.P * pl.K < (int64_t(1) << 22);
+                           s.N * pl.Og * pl.P * pl.K < kSmallConvMacs;
   if constexpr (std::is_same_v<T, float>) {
     if (direct_conv_applies(s)) {
       conv2d_fwd_direct_small(s, x, xs, w, bias, res, rs, out, os, act);
