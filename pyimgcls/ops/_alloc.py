@@ -24,3 +24,21 @@ def empty(shape, dtype: torch.dtype, device, memory_format=torch.contiguous_form
     if _poison:
         out.fill_(float("nan") if out.is_floating_point() else torch.iinfo(dtype).max)
     return out
+
+
+def _poisoned(out: torch.Tensor) -> torch.Tensor:
+    if _poison:
+        out.fill_(float("nan") if out.is_floating_point() else torch.iinfo(out.dtype).max)
+    return out
+
+
+def empty_like(x: torch.Tensor) -> torch.Tensor:
+    """``torch.empty_like(x)``: x's layout when x is dense, else contiguous. Cheaper than
+    :func:`empty` (0.86 against 1.5 us per call measured), which counts for small ops."""
+    return _poisoned(torch.empty_like(x))
+
+
+def new_empty(x: torch.Tensor, shape) -> torch.Tensor:
+    """A contiguous tensor of ``shape`` with x's dtype and device (``x.new_empty``, ~0.3 us cheaper
+    than :func:`empty`)."""
+    return _poisoned(x.new_empty(shape))

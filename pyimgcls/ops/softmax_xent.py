@@ -81,33 +81,40 @@ _COUNTERS: dict = {}
 def _forward(x, target, weight, ignore_index, reduction, eps, need_grad, backend):
     """(loss, grad or empty, denom or empty) for logits x [N, C] with unit class stride."""
     N, C = x.shape
+    dtype = x.dtype
     dev = x.device
-    if backend == "cpu" and x.dtype in _LOW_PRECISION:
-        # DESIGN.md: float16/bfloat16 CPU inputs are computed in float32 and returned in their dtype.
-        # The saved gradient stays float32 here; the backward returns the input dtype.
-        loss, grad, denom = _forward(x.float(), target, None if weight is None else weight.float(), ignore_index,
-                                     reduction, eps, need_grad, backend)
-        return loss.to(x.dtype), grad, denom
-    loss = _alloc.empty((N,) if reduction == _NONE else (), x.dtype, dev)
-    grad = _alloc.empty((N, C), x.dtype, dev) if need_grad else x.new_empty((0,))
-    denom = _alloc.empty((), _acc_dtype(x.dtype), dev) if reduction == _MEAN else x.new_empty((0,), dtype=_acc_dtype(x.dtype))
+    if backend == "cpu":
+        if dtype in _LOW_PRECISION:
+            # DESIGN.md: float16/bfloat16 CPU inputs are computed in float32 and returned in their dtype.
+            # The saved gradient stays float32 here; the backward returns the input dtype.
+            loss, grad, denom = _forward(x.float(), target, None if weight is None else weight.float(),
+                                         ignore_index, reduction, eps, need_grad, backend)
+            return loss.to(dtype), grad, denom
+        # float32 / float64: the denominator shares the logits' dtype (_acc_dtype).
+        # x has unit class stride, so empty_like (which keeps a dense layout) gives rows of C elements.
+        loss = _alloc.new_empty(x, (N,) if reduction == _NONE else ())
+        grad = _alloc.empty_like(x) if need_grad else x.new_empty((0,))
+        denom = _alloc.new_empty(x, ()) if reduction == _MEAN else x.new_empty((0,))
+        bad = _native.C.softmax_xent_fwd_cpu(
+            _native.DTYPE_CODES[dtype], x.data_ptr(), x.stride(0), target.data_ptr(), target.dtype == torch.int32,
+            weight.data_ptr() if weight is not None else 0, N, C, ignore_index, eps, reduction, loss.data_ptr(),
+            grad.data_ptr() if need_grad and N * C else 0, denom.data_ptr() if reduction == _MEAN else 0)
+        if bad >= 0:
+            _raise_bad_target(target, bad, C, ignore_index)
+        return loss, grad, denom
+    loss = _alloc.empty((N,) if reduction == _NONE else (), dtype, dev)
+    grad = _alloc.empty((N, C), dtype, dev) if need_grad else x.new_empty((0,))
+    denom = _alloc.empty((), _acc_dtype(dtype), dev) if reduction == _MEAN else x.new_empty((0,), dtype=_acc_dtype(dtype))
     t32 = target.dtype == torch.int32
     w_ptr = weight.data_ptr() if weight is not None else 0
     g_ptr = grad.data_ptr() if need_grad and grad.numel() else 0
     d_ptr = denom.data_ptr() if reduction == _MEAN else 0
-    if backend == "cpu":
-        bad = _native.C.softmax_xent_fwd_cpu(
-            _native.dtype_code(x.dtype), x.data_ptr(), x.stride(0), target.data_ptr(), t32, w_ptr, N, C,
-            ignore_index, eps, reduction, loss.data_ptr(), g_ptr, d_ptr)
-        if bad >= 0:
-            _raise_bad_target(target, bad, C, ignore_index)
-        return loss, grad, denom
     if dev.type == "cpu" or os.environ.get("PYIMGCLS_CHECK_TARGETS", "0") == "1":
         _validate_targets_on_host(target, C, ignore_index)
     if backend == "cuda":
         scratch = torch.empty(2 * N if reduction != _NONE else 0, dtype=torch.float32, device=dev)
         _native.C.softmax_xent_fwd_cuda(
-            _native.dtype_code(x.dtype), x.data_ptr(), x.stride(0), target.data_ptr(), t32, w_ptr, N, C,
+            _native.dtype_code(dtype), x.data_ptr(), x.stride(0), target.data_ptr(), t32, w_ptr, N, C,
             ignore_index, eps, reduction, loss.data_ptr(), g_ptr, scratch.data_ptr() if reduction != _NONE else 0,
             d_ptr, _counter(dev).data_ptr() if reduction != _NONE else 0, dev.index, _native.cuda_stream(x))
     elif backend == "triton":
@@ -125,7 +132,7 @@ def _backward(grad_loss, saved, target, denom, ignore_index, reduction, backend)
     if backend == "cpu" and saved.dtype != out_dtype:
         # float16/bfloat16 on CPU: the saved gradient is float32 (see _forward).
         return _backward(grad_loss.float(), saved, target, denom, ignore_index, reduction, backend).to(out_dtype)
-    out = _alloc.empty((N, C), saved.dtype, saved.device)
+    out = _alloc.empty_like(saved)
     if N == 0 or C == 0:
         return out
     per_row = reduction == _NONE
@@ -213,73 +220,106 @@ def _plain_eager(*tensors) -> bool:
 
 
 class _EagerXent(torch.autograd.Function):
-    """Eager twin of pyimgcls::softmax_cross_entropy + its backward op (same kernels)."""
+    """Eager twin of pyimgcls::softmax_cross_entropy + its backward op (same kernels). The logits are
+    the only differentiable input; everything else travels in one ``spec`` tuple, because each extra
+    argument of ``Function.apply`` costs time that matters at classification sizes (see above)."""
 
     @staticmethod
-    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing, backend):
-        loss, grad, denom = _forward(input, target, weight, ignore_index, reduction, label_smoothing, True, backend)
-        ctx.save_for_backward(grad, target, denom)
-        ctx.ignore_index, ctx.reduction, ctx.backend = ignore_index, reduction, backend
+    def forward(ctx, input, spec):
+        target, weight, ignore_index, reduction, eps, backend = spec
+        loss, grad, denom = _forward(input, target, weight, ignore_index, reduction, eps, True, backend)
+        # Only the [N, C] gradient goes through save_for_backward (freed after a backward that does not
+        # retain the graph); the target is the caller's tensor and the denominator one element, so they
+        # ride on ctx -- each saved tensor costs time at this size -- with the in-place check that
+        # save_for_backward would have made on the target done by hand.
+        ctx.save_for_backward(grad)
+        ctx.spec, ctx.denom, ctx.target_version = spec, denom, target._version
         return loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        saved, target, denom = ctx.saved_tensors
-        grad_input = _backward(grad_loss, saved, target, denom, ctx.ignore_index, ctx.reduction, ctx.backend)
-        return grad_input, None, None, None, None, None, None
+        if torch.is_grad_enabled():
+            return _eager_backward_once(ctx, grad_loss)
+        return _eager_backward(ctx, grad_loss)
+
+
+def _eager_backward(ctx, grad_loss):
+    """The backward, without once_differentiable's no_grad block (see _eager.once_differentiable)."""
+    saved, = ctx.saved_tensors
+    target, _, ignore_index, reduction, _, backend = ctx.spec
+    if target._version != ctx.target_version:
+        raise RuntimeError(
+            f"{_OP}: one of the variables needed for gradient computation has been modified by an inplace "
+            "operation: argument 'target' was changed in place after the forward pass")
+    return _backward(grad_loss, saved, target, ctx.denom, ignore_index, reduction, backend), None
+
+
+_eager_backward_once = _eager.once_differentiable(_eager_backward)
+_eager_xent_apply = _eager.raw_apply(_EagerXent)
 
 
 # ----------------------------------------------------------------------------- public API
 def _check_args(input, target, weight, ignore_index, reduction, label_smoothing):
+    """Every argument error, each naming the argument. Ordered so the common, valid call runs few
+    tensor attribute lookups (this function is a measurable share of a small loss call)."""
     op = _OP
-    check_tensor(input, "input", op)
-    check_tensor(target, "target", op)
+    if not isinstance(input, torch.Tensor):
+        check_tensor(input, "input", op)
+    if not isinstance(target, torch.Tensor):
+        check_tensor(target, "target", op)
     check_float(input, "input", op)
-    if target.is_floating_point() or target.is_complex():
-        raise ArgumentTypeError(
-            f"{op}: argument 'target' has dtype {target.dtype}; only class-index targets (int64 or int32, "
-            f"shape [N]) are supported -- probability (soft-label) targets are not supported")
-    if target.dtype not in _TARGET_DTYPES:
-        raise ArgumentTypeError(f"{op}: argument 'target' must hold class indices as int64 or int32, got {target.dtype}")
-    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+    tdtype = target.dtype
+    if tdtype not in _TARGET_DTYPES:
+        if target.is_floating_point() or target.is_complex():
+            raise ArgumentTypeError(
+                f"{op}: argument 'target' has dtype {tdtype}; only class-index targets (int64 or int32, "
+                f"shape [N]) are supported -- probability (soft-label) targets are not supported")
+        raise ArgumentTypeError(f"{op}: argument 'target' must hold class indices as int64 or int32, got {tdtype}")
+    if (reduction.__class__ is not str and not isinstance(reduction, str)) or reduction not in REDUCTIONS:
         raise ArgumentValueError(
             f"{op}: {reduction!r} is not a valid value for reduction: argument 'reduction' must be "
             "'none', 'mean' or 'sum'")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise ArgumentTypeError(f"{op}: argument 'ignore_index' must be an int, got {type(ignore_index).__name__}")
-    if not isinstance(label_smoothing, (int, float)):  # bool included, as PyTorch's float argument
+    if ignore_index.__class__ is not int:
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise ArgumentTypeError(f"{op}: argument 'ignore_index' must be an int, got {type(ignore_index).__name__}")
+    if label_smoothing.__class__ is not float and not isinstance(label_smoothing, (int, float)):
+        # bool included, as PyTorch's float argument
         raise ArgumentTypeError(
             f"{op}: argument 'label_smoothing' must be a float, got {type(label_smoothing).__name__}")
     # PyTorch checks the upper bound only (a negative value means no smoothing)
-    if float(label_smoothing) > 1.0:
+    if label_smoothing > 1.0:
         raise ArgumentValueError(
             f"{op}: argument 'label_smoothing' must be between 0.0 and 1.0, got {label_smoothing}")
-    if input.dim() == 1:
+    shape = input.shape
+    nd = len(shape)
+    if nd == 1:
         raise ArgumentValueError(
             f"{op}: argument 'input' must be 2-D logits [N, C] (or [N, C, d1, ...]); got 1-D of shape "
-            f"{tuple(input.shape)} -- unbatched logits are not supported, use input[None] and target[None]")
-    if input.dim() == 0:
+            f"{tuple(shape)} -- unbatched logits are not supported, use input[None] and target[None]")
+    if nd == 0:
         raise ArgumentValueError(f"{op}: argument 'input' must be 2-D logits [N, C], got a 0-D tensor")
-    if target.dtype == torch.uint8 and (input.dim() > 2 or (float(label_smoothing) > 0.0 and weight is not None
-                                                            and reduction == "mean" and target.numel() > 0)):
+    if tdtype == torch.uint8 and (nd > 2 or (float(label_smoothing) > 0.0 and weight is not None
+                                             and reduction == "mean" and target.numel() > 0)):
         # PyTorch's nll_loss2d and its weighted, mean-reduced label-smoothing path take int64 targets only
         raise ArgumentTypeError(
             f"{op}: argument 'target' has dtype torch.uint8, which PyTorch accepts only for [N, C] logits "
             "and not with weight + label_smoothing + reduction='mean'; use int64 class indices")
-    expected = (input.shape[0],) + tuple(input.shape[2:])
-    if tuple(target.shape) != expected:
-        if target.shape == input.shape:
+    tshape = target.shape
+    if len(tshape) != nd - 1 or tshape[0] != shape[0] or (nd > 2 and tshape[1:] != shape[2:]):
+        expected = (shape[0],) + tuple(shape[2:])
+        if tshape == shape:
             raise ArgumentTypeError(
-                f"{op}: argument 'target' has the shape of 'input' {tuple(input.shape)}; probability "
+                f"{op}: argument 'target' has the shape of 'input' {tuple(shape)}; probability "
                 "(soft-label) targets are not supported, pass class indices of shape [N]")
         raise ArgumentValueError(
-            f"{op}: argument 'target' has shape {tuple(target.shape)} but 'input' of shape {tuple(input.shape)} "
-            f"needs target shape {expected} (Expected input batch_size ({input.shape[0]}) to match target "
-            f"batch_size ({target.shape[0] if target.dim() else 'scalar'}))")
-    check_same_device(input, "input", target, "target", op)
-    C = input.shape[1]
+            f"{op}: argument 'target' has shape {tuple(tshape)} but 'input' of shape {tuple(shape)} "
+            f"needs target shape {expected} (Expected input batch_size ({shape[0]}) to match target "
+            f"batch_size ({tshape[0] if len(tshape) else 'scalar'}))")
+    device = input.device
+    if target.device != device:
+        check_same_device(input, "input", target, "target", op)
     if weight is not None:
+        C = shape[1]
         check_tensor(weight, "weight", op)
         check_float(weight, "weight", op)
         check_same_device(input, "input", weight, "weight", op)
@@ -290,6 +330,7 @@ def _check_args(input, target, weight, ignore_index, reduction, label_smoothing)
             raise ArgumentValueError(
                 f"{op}: argument 'weight' requires grad, but cross entropy is not differentiable with respect "
                 "to the class weights (as in PyTorch)")
+    return device
 
 
 def _scalar_args(ignore_index, label_smoothing):
@@ -320,25 +361,28 @@ def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: tor
 
     Loss and gradient come from one fused pass over the logits in float32 arithmetic (float64 for
     float64 inputs); under autocast the logits are computed in float32, as PyTorch does."""
-    ignore_index, label_smoothing = _scalar_args(ignore_index, label_smoothing)
-    _check_args(input, target, weight, ignore_index, reduction, label_smoothing)
-    if input.dtype in _LOW_PRECISION and torch.is_autocast_enabled(input.device.type):
+    if type(ignore_index) is not int or type(label_smoothing) is not float:
+        ignore_index, label_smoothing = _scalar_args(ignore_index, label_smoothing)
+    device = _check_args(input, target, weight, ignore_index, reduction, label_smoothing)
+    if input.dtype in _LOW_PRECISION and torch.is_autocast_enabled(device.type):
         # PyTorch's AMP rule for cross_entropy: run in float32.
         input = input.float()
         if weight is not None and weight.dtype in _LOW_PRECISION:
             weight = weight.float()
     if weight is not None:
         check_same_dtype(input, "input", weight, "weight", _OP)
-    backend = _backend.resolve(input.device, _OP)
-    check_backend_dtype(backend, input, "input", _OP)
-    label_smoothing = max(float(label_smoothing), 0.0)
+    backend = _backend.resolve(device, _OP)
+    if backend == "cuda":
+        check_backend_dtype(backend, input, "input", _OP)
+    if label_smoothing.__class__ is not float:
+        label_smoothing = float(label_smoothing)
+    if label_smoothing < 0.0:
+        label_smoothing = 0.0
     if backend == "torch":
         return reference.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
-    C = input.shape[1]
-    extra = tuple(input.shape[2:])
-    if extra:
+    if input.dim() > 2:
         # [N, C, d1, ...] -> [N * d1 * ..., C]: one row per position.
-        x = input.movedim(1, -1).reshape(-1, C)
+        x = input.movedim(1, -1).reshape(-1, input.shape[1])
         t = target.reshape(-1)
     else:
         x, t = input, target
@@ -350,16 +394,17 @@ def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: tor
         t = t.contiguous()
     if weight is not None and not weight.is_contiguous():
         weight = weight.contiguous()
-    need_grad = torch.is_grad_enabled() and input.requires_grad
-    args = (int(ignore_index), REDUCTIONS[reduction], float(label_smoothing))
+    red = REDUCTIONS[reduction]
+    ignore_index = int(ignore_index)
     if _plain_eager(x, t, weight):
-        if need_grad:
-            loss = _EagerXent.apply(x, t, weight, *args, backend)
+        if torch.is_grad_enabled() and input.requires_grad:
+            loss = _eager_xent_apply(x, (t, weight, ignore_index, red, label_smoothing, backend))
         else:
-            loss = _forward(x, t, weight, *args, False, backend)[0]
+            loss = _forward(x, t, weight, ignore_index, red, label_smoothing, False, backend)[0]
     else:
-        loss = _xent_op(x, t, weight, *args, need_grad, backend)[0]
-    if extra and reduction == "none":
+        need_grad = torch.is_grad_enabled() and input.requires_grad
+        loss = _xent_op(x, t, weight, ignore_index, red, label_smoothing, need_grad, backend)[0]
+    if red == _NONE and input.dim() > 2:
         loss = loss.reshape(target.shape)
     return loss
 
