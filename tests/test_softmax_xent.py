@@ -223,6 +223,60 @@ def test_nan_row_propagates_only_to_its_row(backend):
     assert isnan.tolist() == [False, False, True, False]
 
 
+@pytest.mark.parametrize("C", [1, 2, 15, 16, 17, 33, 100, 127, 128, 129])
+def test_cpu_short_rows_every_special_position(C):
+    """The CPU short-row kernel (C <= 128, float32, rows in interleaved pairs) drops the per-lane NaN
+    test and relies on NaN reaching the sum: put a NaN, a +inf and a -inf at every class position of
+    some row (odd N, so pairs and a leftover row), with finite rows around them, and compare row by
+    row with float64 PyTorch, ignored rows included."""
+    g = torch.Generator().manual_seed(C)
+    base = torch.randn(3, C, generator=g, dtype=torch.float64) * 4
+    rows, kinds = [], []
+    for j in range(C):
+        for kind, v in (("nan", float("nan")), ("+inf", float("inf")), ("-inf", float("-inf"))):
+            r = base[j % 3].clone()
+            r[j] = v
+            rows += [r, base[(j + 1) % 3]]   # a special row paired with a finite one
+            kinds += [kind, "finite"]
+    x64 = torch.stack(rows + [base[0]])       # odd N: the last row runs alone
+    N = x64.shape[0]
+    t = torch.randint(0, C, (N,), generator=g)
+    t[::7] = -100
+    for reduction in ("none", "sum"):
+        xf = x64.float().requires_grad_()
+        with backend_ctx("cpu"):
+            loss = ops.cross_entropy(xf, t, reduction=reduction)
+        loss.sum().backward()
+        xr = x64.clone().requires_grad_()
+        ref = F.cross_entropy(xr, t, reduction=reduction)
+        ref.sum().backward()
+        if reduction == "none":
+            assert torch.equal(torch.isnan(loss), torch.isnan(ref))
+            assert torch.equal(torch.isinf(loss), torch.isinf(ref))
+            fin = torch.isfinite(ref)
+            assert ((loss.double() - ref).abs() <= 2e-6 * (1 + ref.abs()))[fin].all()
+        assert torch.equal(torch.isnan(xf.grad), torch.isnan(xr.grad)), reduction
+        fin = torch.isfinite(xr.grad)
+        assert ((xf.grad.double() - xr.grad).abs()[fin] <= 1e-6).all(), reduction
+
+
+def test_eager_path_refuses_double_backward_and_inplace_target():
+    """The eager Function skips once_differentiable's no_grad block on an ordinary backward but keeps
+    its refusal of a second differentiation; the target, kept without save_for_backward, is still
+    checked for in-place changes between forward and backward (PyTorch raises there too)."""
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1, 0, 6, 3, 2])
+    loss = ops.cross_entropy(x, t)
+    (gx,) = torch.autograd.grad(loss, x, torch.ones((), dtype=x.dtype, requires_grad=True), create_graph=True)
+    assert torch.allclose(gx, torch.autograd.grad(F.cross_entropy(x, t), x)[0])
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+    loss = ops.cross_entropy(x, t)
+    t[0] = 2
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("weighted", [False, True])
 def test_all_ignored_and_zero_denominator(backend, weighted):
