@@ -260,6 +260,33 @@ def test_cpu_short_rows_every_special_position(C):
         assert ((xf.grad.double() - xr.grad).abs()[fin] <= 1e-6).all(), reduction
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_backward_retain_graph_and_second_backward(reduction):
+    """The eager CPU backward scales the saved gradient in place unless the graph is kept: a retained
+    graph must give the same gradient on every backward, a freed one must refuse a second backward,
+    and gradients accumulated from two losses must add up."""
+    g = torch.Generator().manual_seed(23)
+    x = torch.randn(9, 13, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 12, -100, 5, 5, 1, 7, 3, 11])
+    go = torch.rand(9, generator=g, dtype=torch.float64) if reduction == "none" else torch.tensor(0.7, dtype=torch.float64)
+    ref = torch.autograd.grad(F.cross_entropy(x, t, reduction=reduction), x, go)[0]
+    loss = ops.cross_entropy(x, t, reduction=reduction)
+    for k in (1, 2, 3):
+        loss.backward(go, retain_graph=True)
+        torch.testing.assert_close(x.grad, k * ref, rtol=1e-12, atol=1e-12)
+    loss.backward(go)
+    torch.testing.assert_close(x.grad, 4 * ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="second time"):
+        loss.backward(go)
+    x.grad = None
+    a = ops.cross_entropy(x, t, reduction=reduction)
+    b = ops.cross_entropy(x * 2, t, reduction=reduction)
+    (a.sum() + b.sum()).backward()
+    ref2 = torch.autograd.grad((F.cross_entropy(x, t, reduction=reduction).sum()
+                                + F.cross_entropy(x * 2, t, reduction=reduction).sum()), x)[0]
+    torch.testing.assert_close(x.grad, ref2, rtol=1e-12, atol=1e-12)
+
+
 def test_eager_path_refuses_double_backward_and_inplace_target():
     """The eager Function skips once_differentiable's no_grad block on an ordinary backward but keeps
     its refusal of a second differentiation; the target, kept without save_for_backward, is still

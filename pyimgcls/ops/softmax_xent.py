@@ -126,13 +126,15 @@ def _forward(x, target, weight, ignore_index, reduction, eps, need_grad, backend
     return loss, grad, denom
 
 
-def _backward(grad_loss, saved, target, denom, ignore_index, reduction, backend):
+def _backward(grad_loss, saved, target, denom, ignore_index, reduction, backend, in_place=False):
+    """grad_input = saved scaled per row. ``in_place``: write into ``saved`` and return it (CPU only,
+    for a caller that owns ``saved`` and drops it afterwards; see _eager_backward)."""
     N, C = saved.shape
     out_dtype = grad_loss.dtype
     if backend == "cpu" and saved.dtype != out_dtype:
         # float16/bfloat16 on CPU: the saved gradient is float32 (see _forward).
         return _backward(grad_loss.float(), saved, target, denom, ignore_index, reduction, backend).to(out_dtype)
-    out = _alloc.empty_like(saved)
+    out = saved if in_place and backend == "cpu" else _alloc.empty_like(saved)
     if N == 0 or C == 0:
         return out
     per_row = reduction == _NONE
@@ -251,7 +253,14 @@ def _eager_backward(ctx, grad_loss):
         raise RuntimeError(
             f"{_OP}: one of the variables needed for gradient computation has been modified by an inplace "
             "operation: argument 'target' was changed in place after the forward pass")
-    return _backward(grad_loss, saved, target, ctx.denom, ignore_index, reduction, backend), None
+    # When this backward does not keep the graph, the engine frees the saved gradient right after this
+    # call (before the result reaches x.grad), so the CPU kernel scales it in place and hands it on:
+    # no [N, C] allocation, half the memory traffic, and AccumulateGrad can take the buffer as x.grad.
+    in_place = not _keep_graph()
+    return _backward(grad_loss, saved, target, ctx.denom, ignore_index, reduction, backend, in_place), None
+
+
+_keep_graph = torch._C._autograd._get_current_graph_task_keep_graph
 
 
 _eager_backward_once = _eager.once_differentiable(_eager_backward)
