@@ -38,22 +38,36 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     """The backend in force for this thread: the innermost ``use_backend`` or ``set_backend``."""
-    stack = getattr(_state, "stack", None)
-    return stack[-1] if stack else _default
+    # Every op call asks this; while no thread is inside use_backend() (the usual case) it answers
+    # without touching the thread-local stack (a threading.local lookup costs ~0.4 us).
+    if _open_contexts:
+        stack = getattr(_state, "stack", None)
+        if stack:
+            return stack[-1]
+    return _default
+
+
+_open_contexts = 0          # use_backend() blocks open in any thread
+_open_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
     """Context manager selecting a backend for the ops called inside it (this thread only)."""
+    global _open_contexts
     _check_name(name)
     stack = getattr(_state, "stack", None)
     if stack is None:
         stack = _state.stack = []
+    with _open_lock:
+        _open_contexts += 1
     stack.append(name)
     try:
         yield name
     finally:
         stack.pop()
+        with _open_lock:
+            _open_contexts -= 1
 
 
 def triton_interpreting() -> bool:

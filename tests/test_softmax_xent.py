@@ -287,6 +287,31 @@ def test_backward_retain_graph_and_second_backward(reduction):
     torch.testing.assert_close(x.grad, ref2, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("option", OPTIONS_SMALL, ids=_opt_id)
+def test_common_cpu_call_matches_general_path(dtype, option, monkeypatch):
+    """softmax_cross_entropy's shortcut for the common CPU call (_common_cpu_call) must take these
+    calls and give the bits of the general path."""
+    import pyimgcls.ops.softmax_xent as sx
+    weighted, ignore, reduction, ls = option
+    x, t, w, go = _make(9, 21, dtype, "cpu", seed=24, ignore=ignore)
+    w = w if weighted else None
+    if not weighted:   # the shortcut never sees class weights
+        assert sx._common_cpu_call(x, t, -100, reduction, float(ls)) is not None
+    results = []
+    for shortcut in (True, False):
+        if not shortcut:
+            monkeypatch.setattr(sx, "_common_cpu_call", lambda *args: None)
+        xg = x.clone().requires_grad_()
+        loss = ops.cross_entropy(xg, t, w, reduction=reduction, label_smoothing=ls)
+        loss.backward(go if reduction == "none" else None)
+        with torch.no_grad():
+            nograd = ops.cross_entropy(x, t, w, reduction=reduction, label_smoothing=ls)
+        results.append((loss.detach(), xg.grad, nograd))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_eager_path_refuses_double_backward_and_inplace_target():
     """The eager Function skips once_differentiable's no_grad block on an ordinary backward but keeps
     its refusal of a second differentiation; the target, kept without save_for_backward, is still

@@ -640,49 +640,53 @@ int64_t fwd_t(Isa isa, const T* x, int64_t sxn, const I* target, const T* w, int
   };
   // Rows go in blocks of two so the short-row kernel can interleave them (see there).
   const int64_t nblocks = ceil_div(N, 2);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    T* mk = scratch.data() + omp_get_thread_num() * per_thread;
-    T* sk = mk + per_thread / 2;
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < nblocks; ++b) {
-      const int64_t i0 = 2 * b, nr = std::min<int64_t>(2, N - i0);
-      int64_t t[2];
-      bool ignored[2];
-      T rw[2];
-      for (int64_t r = 0; r < nr; ++r) {
-        t[r] = static_cast<int64_t>(target[i0 + r]);
-        ignored[r] = t[r] == ignore_index;
-        rw[r] = ignored[r] ? T(0) : (w ? w[t[r]] : T(1));
+  auto run_block = [&](int64_t b, T* mk, T* sk) {
+    const int64_t i0 = 2 * b, nr = std::min<int64_t>(2, N - i0);
+    int64_t t[2];
+    bool ignored[2];
+    T rw[2];
+    for (int64_t r = 0; r < nr; ++r) {
+      t[r] = static_cast<int64_t>(target[i0 + r]);
+      ignored[r] = t[r] == ignore_index;
+      rw[r] = ignored[r] ? T(0) : (w ? w[t[r]] : T(1));
+    }
+#ifdef PYIMGCLS_X86
+    if constexpr (std::is_same_v<T, float>) {
+      if (short_rows && nr == 2) {
+        T l[2];
+        if (xent_rows_short_dispatch<2>(x + i0 * sxn, sxn, C, t, ignored, rw, grad ? grad + i0 * C : nullptr, l)) {
+          store(i0, l[0], rw[0]);
+          store(i0 + 1, l[1], rw[1]);
+          return;
+        }
       }
-      bool done = false;
+    }
+#endif
+    for (int64_t r = 0; r < nr; ++r) {
+      const int64_t i = i0 + r;
+      T* gi = grad ? grad + i * C : nullptr;
 #ifdef PYIMGCLS_X86
       if constexpr (std::is_same_v<T, float>) {
-        if (short_rows && nr == 2) {
-          T l[2];
-          done = xent_rows_short_dispatch<2>(x + i0 * sxn, sxn, C, t, ignored, rw, grad ? grad + i0 * C : nullptr, l);
-          if (done) {
-            store(i0, l[0], rw[0]);
-            store(i0 + 1, l[1], rw[1]);
-          }
+        T l;
+        if (short_rows && xent_rows_short_dispatch<1>(x + i * sxn, sxn, C, t + r, ignored + r, rw + r, gi, &l)) {
+          store(i, l, rw[r]);
+          continue;
         }
       }
 #endif
-      for (int64_t r = 0; r < nr && !done; ++r) {
-        const int64_t i = i0 + r;
-        T* gi = grad ? grad + i * C : nullptr;
-#ifdef PYIMGCLS_X86
-        if constexpr (std::is_same_v<T, float>) {
-          T l;
-          if (short_rows && xent_rows_short_dispatch<1>(x + i * sxn, sxn, C, t + r, ignored + r, rw + r, gi, &l)) {
-            store(i, l, rw[r]);
-            continue;
-          }
-        }
-#endif
-        const RowResult<T> res = xent_row(P, pb, i, t[r], ignored[r], gi, mk, sk);
-        store(i, res.loss, res.rw);
-      }
+      const RowResult<T> res = xent_row(P, pb, i, t[r], ignored[r], gi, mk, sk);
+      store(i, res.loss, res.rw);
+    }
+  };
+  if (nt == 1) {
+    // No OpenMP region at all: even a one-thread region costs a visible share of a small batch.
+    for (int64_t b = 0; b < nblocks; ++b) run_block(b, scratch.data(), scratch.data() + per_thread / 2);
+  } else {
+#pragma omp parallel num_threads(nt)
+    {
+      T* mk = scratch.data() + omp_get_thread_num() * per_thread;
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < nblocks; ++b) run_block(b, mk, mk + per_thread / 2);
     }
   }
 
@@ -714,9 +718,9 @@ void bwd_t(const T* saved, const I* target, const T* go, int64_t go_stride, bool
   if (!per_row && denom != nullptr)
     // PyTorch's weighted mean with a zero denominator gives NaN gradient rows (0 * inf).
     common = (denom[0] == T(0)) ? std::numeric_limits<T>::quiet_NaN() : common / denom[0];
-  const int nt = (N * C < kParallelMin) ? 1 : std::max(1, omp_get_max_threads());
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t i = 0; i < N; ++i) {
+  // out may be saved itself (the eager backward scales in place): element j is read before it is
+  // written, by the same iteration.
+  auto row = [&](int64_t i) {
     const bool ignored = static_cast<int64_t>(target[i]) == ignore_index;
     // Ignored rows: 0 * saved (the saved row is 0 * p), so only a NaN row stays NaN.
     const T sc = ignored ? T(0) : (per_row ? go[i * go_stride] : common);
@@ -724,7 +728,13 @@ void bwd_t(const T* saved, const I* target, const T* go, int64_t go_stride, bool
     T* o = out + i * C;
 #pragma omp simd
     for (int64_t j = 0; j < C; ++j) o[j] = s[j] * sc;
+  };
+  if (N * C < kParallelMin || omp_get_max_threads() == 1) {
+    for (int64_t i = 0; i < N; ++i) row(i);  // no OpenMP region: its cost shows on small batches
+    return;
   }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < N; ++i) row(i);
 }
 
 }  // namespace
