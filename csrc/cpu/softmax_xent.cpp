@@ -38,6 +38,9 @@
 //   so the backward is a single scaling pass (read N*C, write N*C) instead of re-reading the logits
 //   and recomputing the softmax; the gradient buffer is held from forward to backward in place of
 //   the log-probabilities PyTorch keeps, so peak memory is the same. Under no_grad it is not written.
+//   The eager backward (pyimgcls/ops/softmax_xent.py) scales that buffer in place and returns it as
+//   the logits' gradient when the autograd graph is not retained, so no second [N, C] buffer exists
+//   then (PyTorch's backward allocates one).
 //
 // Cost (forward): ~ 5 * N * C FLOPs (+ N*C exps), minimum bytes = N*C*sizeof(T) read (logits)
 //   + N*C*sizeof(T) written (gradient) + N * (target + loss) bytes.
@@ -245,9 +248,12 @@ constexpr int64_t kShortRowMax = 128;
 
 // R rows of NV = ceil(C / 16) vectors at once (R = 2 in the row loop, 1 for a leftover row). Both
 // are template parameters so every loop unrolls with constant indices and the R * NV row vectors
-// stay in zmm registers (with a run-time NV the compiler kept them in a stack array, ~20 % slower).
-// A row's work is one dependent chain -- max, horizontal max, exp, horizontal sum, log -- so two
-// interleaved rows keep the vector units busy where one row leaves them waiting on latency.
+// stay in zmm registers (with a run-time NV the compiler kept them in a stack array). A row's work
+// is one dependent chain -- max, horizontal max, exp, horizontal sum, log -- so two interleaved rows
+// keep the vector units busy where one row leaves them waiting on latency. Measured on this
+// project's AMD EPYC (AVX-512), N = 1024, C = 100, one thread, ns per row: 58 with the previous
+// one-row kernel, 53 with exp_nonpos512 and no per-lane NaN test, 47 with two rows, 43.5 with NV
+// a constant.
 // Row r reads x + r * sxn and writes g + r * C (g null: no gradient); t / ignored / wt / loss are
 // per row. Returns false, having written nothing, when some row's max is not finite; the caller
 // then runs those rows one by one.
