@@ -20,10 +20,7 @@ def poisoning() -> bool:
 
 
 def empty(shape, dtype: torch.dtype, device, memory_format=torch.contiguous_format) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
-    if _poison:
-        out.fill_(float("nan") if out.is_floating_point() else torch.iinfo(dtype).max)
-    return out
+    return _poisoned(torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format))
 
 
 def _poisoned(out: torch.Tensor) -> torch.Tensor:

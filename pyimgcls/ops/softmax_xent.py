@@ -379,9 +379,15 @@ def _common_cpu_call(input, target, ignore_index, reduction, label_smoothing):
     if (target.shape[0] != input.shape[0] or input.stride(1) != 1 or not target.is_contiguous()
             or _backend.get_backend() not in _CPU_BACKENDS or not _plain_eager(input, target)):
         return None
-    if torch.is_grad_enabled() and input.requires_grad:
-        return _eager_xent_apply(input, (target, None, ignore_index, red, label_smoothing, "cpu"))
-    return _forward(input, target, None, ignore_index, red, label_smoothing, False, "cpu")[0]
+    return _eager_call(input, target, None, ignore_index, red, label_smoothing, "cpu", input.requires_grad)
+
+
+def _eager_call(x, t, weight, ignore_index, red, eps, backend, requires_grad):
+    """The loss through the eager Function, or the forward kernel alone when no gradient is recorded
+    (plain eager mode only: _plain_eager has answered True)."""
+    if requires_grad and torch.is_grad_enabled():
+        return _eager_xent_apply(x, (t, weight, ignore_index, red, eps, backend))
+    return _forward(x, t, weight, ignore_index, red, eps, False, backend)[0]
 
 
 _CPU_BACKENDS = ("auto", "cpu")
@@ -438,10 +444,7 @@ def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: tor
     red = REDUCTIONS[reduction]
     ignore_index = int(ignore_index)
     if _plain_eager(x, t, weight):
-        if torch.is_grad_enabled() and input.requires_grad:
-            loss = _eager_xent_apply(x, (t, weight, ignore_index, red, label_smoothing, backend))
-        else:
-            loss = _forward(x, t, weight, ignore_index, red, label_smoothing, False, backend)[0]
+        loss = _eager_call(x, t, weight, ignore_index, red, label_smoothing, backend, input.requires_grad)
     else:
         need_grad = torch.is_grad_enabled() and input.requires_grad
         loss = _xent_op(x, t, weight, ignore_index, red, label_smoothing, need_grad, backend)[0]
