@@ -96,3 +96,56 @@ def test_eager_path_is_taken_and_compile_mode_is_not(monkeypatch):
         with Passthrough():
             ops.conv2d(x, w, b)
     assert calls == [1]
+
+
+def _xent(x, w, b, r):
+    return ops.cross_entropy(x.flatten(2).mean(2), torch.tensor([0, 2]), label_smoothing=0.1) * b.sum()
+
+
+def _bn(x, w, b, r):
+    return ops.batch_norm(x, None, None, w[:3, 0, 0, 0], b[:3], training=True)
+
+
+SECOND_ORDER = {**CASES, "cross_entropy": _xent}
+
+
+@pytest.mark.parametrize("case", list(SECOND_ORDER))
+def test_second_order_identical_on_both_paths(case, monkeypatch):
+    """create_graph=True then differentiate again: both paths build the same differentiable backward
+    (ops/_eager.py), so second derivatives agree bit for bit and are not all zero."""
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(_eager, "ENABLED", enabled)
+        ins = _inputs(torch.float64, "cpu")
+        with backend_ctx("cpu"):
+            out = SECOND_ORDER[case](*ins)
+            firsts = torch.autograd.grad(out.pow(2).sum(), ins, create_graph=True, allow_unused=True)
+            total = sum(g.pow(2).sum() for g in firsts if g is not None and g.requires_grad)
+            results.append(torch.autograd.grad(total, ins, allow_unused=True))
+    for a, b in zip(*results):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a, b)
+    assert any(a is not None and a.abs().max() > 0 for a in results[0])
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["eager-fast-path", "custom-op"])
+def test_batch_norm_second_order_refused_on_both_paths(enabled, monkeypatch):
+    monkeypatch.setattr(_eager, "ENABLED", enabled)
+    ins = _inputs(torch.float64, "cpu")
+    with backend_ctx("cpu"):
+        gx, gw = torch.autograd.grad(_bn(*ins).pow(2).sum(), ins[:2], create_graph=True)
+        with pytest.raises(RuntimeError, match="pyimgcls.batch_norm: double backward"):
+            torch.autograd.grad(gx.pow(2).sum() + gw.sum(), ins[:2])
+
+
+@pytest.mark.parametrize("case", list(SECOND_ORDER) + ["batch_norm"])
+@pytest.mark.parametrize("enabled", [True, False], ids=["eager-fast-path", "custom-op"])
+def test_forward_mode_refused_on_both_paths(case, enabled, monkeypatch):
+    import torch.autograd.forward_ad as fwAD
+    monkeypatch.setattr(_eager, "ENABLED", enabled)
+    fn = {**SECOND_ORDER, "batch_norm": _bn}[case]
+    x, w, b, r = (t.detach() for t in _inputs(torch.float64, "cpu"))
+    with backend_ctx("cpu"), fwAD.dual_level():
+        with pytest.raises(NotImplementedError, match="forward-mode"):
+            fn(fwAD.make_dual(x, torch.ones_like(x)), w, b, r)

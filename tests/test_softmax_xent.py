@@ -312,17 +312,20 @@ def test_common_cpu_call_matches_general_path(dtype, option, monkeypatch):
         assert torch.equal(a, b)
 
 
-def test_eager_path_refuses_double_backward_and_inplace_target():
-    """The eager Function skips once_differentiable's no_grad block on an ordinary backward but keeps
-    its refusal of a second differentiation; the target, kept without save_for_backward, is still
-    checked for in-place changes between forward and backward (PyTorch raises there too)."""
+def test_eager_path_double_backward_and_inplace_target():
+    """The eager Function's gradient under create_graph=True can be differentiated again (a graph
+    through the fused kernel's values: ops/softmax_xent.py::_graph_grad) and matches PyTorch's second
+    derivative; the target, kept without save_for_backward, is still checked for in-place changes
+    between forward and backward (PyTorch raises there too)."""
     x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([1, 0, 6, 3, 2])
     loss = ops.cross_entropy(x, t)
     (gx,) = torch.autograd.grad(loss, x, torch.ones((), dtype=x.dtype, requires_grad=True), create_graph=True)
-    assert torch.allclose(gx, torch.autograd.grad(F.cross_entropy(x, t), x)[0])
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        gx.sum().backward()
+    (rx,) = torch.autograd.grad(F.cross_entropy(x, t), x, create_graph=True)
+    assert torch.allclose(gx, rx)
+    (ggx,) = torch.autograd.grad(gx.pow(2).sum(), x)
+    (rggx,) = torch.autograd.grad(rx.pow(2).sum(), x)
+    assert ggx.abs().max() > 1e-3 and torch.allclose(ggx, rggx)
     loss = ops.cross_entropy(x, t)
     t[0] = 2
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):

@@ -335,12 +335,15 @@ def _conv2d_setup_context(ctx, inputs, output):
 
 
 def _conv2d_backward(ctx, grad):
-    backward_fn = _eager.pick(ctx, _conv2d_backward_op, _backward_impl)
     input, weight, out = ctx.saved_tensors
     stride, padding, dilation, groups, activation, backend = ctx.conf
     needs_input, needs_weight, needs_bias, needs_res = ctx.needs_input_grad[:4]
     has_bias = ctx.has_bias and needs_bias
     has_res = ctx.has_residual and needs_res
+    if _eager.graph_mode(grad, input, weight):
+        return _conv2d_backward_graph(grad, input, weight, out, ctx.conf, needs_input, needs_weight, has_bias,
+                                      has_res)
+    backward_fn = _eager.pick(ctx, _conv2d_backward_op, _backward_impl)
     gi = gw = gb = gr = None
     if needs_input or needs_weight or has_bias or (has_res and activation != 0):
         gi, gw, gb, gr = backward_fn(grad, input, weight, out, stride, padding, dilation, groups, activation,
@@ -349,6 +352,81 @@ def _conv2d_backward(ctx, grad):
         gr = grad
     return (gi if needs_input else None, gw if needs_weight else None, gb if has_bias else None,
             gr if has_res else None, None, None, None, None, None, None)
+
+
+# ----------------------------------------------------------------------------- higher order
+# Under create_graph=True the backward returns differentiable gradients built from our own kernels:
+#   grad_pre = select(act'(out), grad)            (a mask: its own derivative is zero)
+#   grad_input  = D(grad_pre, weight)              D = dgrad, linear in both arguments
+#   grad_weight = G(grad_pre, input)               G = wgrad, linear in both arguments
+# and since <u, D(g, w)> = <conv(u, w), g> and <v, G(g, x)> = <g, conv(x, v)>, the derivatives of D
+# and G are again conv / D / G calls:
+#   D(g, w):  d/dg = conv(u, w),  d/dw = G(g, u)
+#   G(g, x):  d/dg = conv(x, v),  d/dx = D(g, v)
+# so every order is computed by the conv kernels (forward, dgrad, wgrad) of the chosen backend.
+def _conv_plain(x, w, conf):
+    """conv(x, w) without bias or activation, through the op (so it records its own backward)."""
+    stride, padding, dilation, groups, _, backend = conf
+    args = (x, w, None, None, stride, padding, dilation, groups, 0, backend)
+    return _eager.call(_conv2d_op, _EagerConv2d, _run_fwd, args, (x, w))
+
+
+class _ConvInputGrad(torch.autograd.Function):
+    """D(g, w): the input gradient of a conv as a differentiable function of (g, w); ``like`` is the
+    forward input (detached), read only for its shape, dtype and memory format."""
+
+    @staticmethod
+    def forward(g, w, like, conf):
+        stride, padding, dilation, groups, _, backend = conf
+        return _backward_impl(g, like, w, None, stride, padding, dilation, groups, 0, False, False, backend,
+                              True, False)[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        g, w, like, conf = inputs
+        ctx.conf = conf
+        ctx.save_for_backward(g, w, like)
+
+    @staticmethod
+    def backward(ctx, u):
+        g, w, like = ctx.saved_tensors
+        dg = _conv_plain(u, w, ctx.conf) if ctx.needs_input_grad[0] else None
+        dw = _ConvWeightGrad.apply(g, u, w.detach(), ctx.conf) if ctx.needs_input_grad[1] else None
+        return dg, dw, None, None
+
+
+class _ConvWeightGrad(torch.autograd.Function):
+    """G(g, x): the weight gradient of a conv as a differentiable function of (g, x); ``like`` is the
+    weight (detached), read only for its shape and dtype."""
+
+    @staticmethod
+    def forward(g, x, like, conf):
+        stride, padding, dilation, groups, _, backend = conf
+        return _backward_impl(g, x, like, None, stride, padding, dilation, groups, 0, False, False, backend,
+                              False, True)[1]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        g, x, like, conf = inputs
+        ctx.conf = conf
+        ctx.save_for_backward(g, x, like)
+
+    @staticmethod
+    def backward(ctx, v):
+        g, x, like = ctx.saved_tensors
+        dg = _conv_plain(x, v, ctx.conf) if ctx.needs_input_grad[0] else None
+        dx = _ConvInputGrad.apply(g, v, x.detach(), ctx.conf) if ctx.needs_input_grad[1] else None
+        return dg, dx, None, None
+
+
+def _conv2d_backward_graph(grad, input, weight, out, conf, needs_input, needs_weight, has_bias, has_res):
+    activation = conf[4]
+    gp = reference.activation_backward(grad, out.detach(), activation) if activation else grad
+    gi = _ConvInputGrad.apply(gp, weight, input.detach(), conf) if needs_input else None
+    gw = _ConvWeightGrad.apply(gp, input, weight.detach(), conf) if needs_weight else None
+    gb = gp.sum((0, 2, 3)) if has_bias else None
+    gr = gp if has_res else None
+    return gi, gw, gb, gr, None, None, None, None, None, None
 
 
 _conv2d_op.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)

@@ -143,10 +143,25 @@ def _gemm_setup_context(ctx, inputs, output):
 def _gemm_backward(ctx, grad):
     a, b, out = ctx.saved_tensors
     needs_a, needs_b, needs_bias = ctx.needs_input_grad[:3]
+    if _eager.graph_mode(grad, a, b):
+        return _gemm_backward_graph(ctx, grad, a, b, out, needs_a, needs_b, needs_bias)
     backward = _eager.pick(ctx, _gemm_backward_op, _gemm_backward_impl)
     ga, gw, gb = backward(grad, a, b, out, ctx.has_bias and needs_bias, ctx.activation, ctx.backend, needs_a, needs_b)
     return (ga if needs_a else None, gw if needs_b else None,
             gb if (ctx.has_bias and needs_bias) else None, None, None)
+
+
+def _gemm_backward_graph(ctx, grad, a, b, out, needs_a, needs_b, needs_bias):
+    """create_graph=True: the same gradients as differentiable expressions, so they can be
+    differentiated again to any order. grad_A = grad_pre @ B^T and grad_B = A^T @ grad_pre are GEMMs
+    through this op itself (our kernels, with their own backward); the activation mask is a select on
+    the saved output (piecewise constant: its own derivative is zero) and the bias gradient a sum."""
+    backend = ctx.backend
+    gp = reference.activation_backward(grad, out.detach(), ctx.activation) if ctx.activation else grad
+    ga = _gemm_call(gp, b.t(), None, 0, backend) if needs_a else None
+    gw = _gemm_call(a.t(), gp, None, 0, backend) if needs_b else None
+    gb = gp.sum(0) if (ctx.has_bias and needs_bias) else None
+    return ga, gw, gb, None, None
 
 
 _gemm_op.register_autograd(_gemm_backward, setup_context=_gemm_setup_context)

@@ -383,9 +383,33 @@ def _max_pool2d_backward(ctx, grad, _grad_indices):
         raise RuntimeError("max_pool2d: backward needs the argmax indices, which were not kept because the "
                            "input did not require grad when the forward ran")
     H, W, kernel_size, stride, padding, dilation, channels_last, backend = ctx.geometry
+    if _eager.graph_mode(grad):
+        return _MaxPoolBackward.apply(grad, indices, ctx.geometry), None, None, None, None, None, None, None, None
     backward = _eager.pick(ctx, _max_pool2d_backward_op, _run_max_pool2d_backward)
     gx = backward(grad, indices, H, W, kernel_size, stride, padding, dilation, channels_last, backend)
     return gx, None, None, None, None, None, None, None, None
+
+
+# Higher order (create_graph=True). Both pooling backwards are linear in the incoming gradient, so a
+# differentiable backward is an autograd Function whose own backward is the adjoint map: for max
+# pooling a gather of the input-sized gradient at the saved argmax indices, for average pooling the
+# average pooling forward itself (our kernel, through the op, so it is differentiable again).
+class _MaxPoolBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(grad, indices, geometry):
+        return _run_max_pool2d_backward(grad, indices, *geometry)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, gg):
+        (indices,) = ctx.saved_tensors
+        N, C = indices.shape[:2]
+        # indices are flat h*W+w within each (n, c) plane, whatever the memory format
+        picked = gg.reshape(N, C, -1).gather(2, indices.reshape(N, C, -1)).reshape(indices.shape)
+        return picked, None, None
 
 
 _max_pool2d_op.register_autograd(_max_pool2d_backward, setup_context=_max_pool2d_setup_context)
@@ -429,7 +453,24 @@ def _avg_pool2d_setup_context(ctx, inputs, output):
                     divisor_override, channels_last, backend)
 
 
+class _AvgPoolBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(grad, geometry):
+        return _run_avg_pool2d_backward(grad, *geometry)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.geometry = inputs[1]
+
+    @staticmethod
+    def backward(ctx, gg):
+        args = (gg, *ctx.geometry[2:])
+        return _eager.call(_avg_pool2d_op, _EagerAvgPool2d, _run_avg_pool2d, args, (gg,)), None
+
+
 def _avg_pool2d_backward(ctx, grad):
+    if _eager.graph_mode(grad):
+        return _AvgPoolBackward.apply(grad, ctx.geometry), None, None, None, None, None, None, None, None
     gx = _eager.pick(ctx, _avg_pool2d_backward_op, _run_avg_pool2d_backward)(grad, *ctx.geometry)
     return gx, None, None, None, None, None, None, None, None
 
@@ -466,7 +507,24 @@ def _adaptive_setup_context(ctx, inputs, output):
     ctx.geometry = (x.shape[2], x.shape[3], channels_last, backend)
 
 
+class _AdaptiveBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(grad, geometry):
+        return _run_adaptive_avg_pool2d_backward(grad, *geometry)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.out_hw, ctx.geometry = tuple(inputs[0].shape[2:]), inputs[1]
+
+    @staticmethod
+    def backward(ctx, gg):
+        _, _, channels_last, backend = ctx.geometry
+        return _adaptive_call(gg, *ctx.out_hw, channels_last, backend), None
+
+
 def _adaptive_backward(ctx, grad):
+    if _eager.graph_mode(grad):
+        return _AdaptiveBackward.apply(grad, ctx.geometry), None, None, None, None
     backward = _eager.pick(ctx, _adaptive_avg_pool2d_backward_op, _run_adaptive_avg_pool2d_backward)
     return backward(grad, *ctx.geometry), None, None, None, None
 

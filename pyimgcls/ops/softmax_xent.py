@@ -194,6 +194,9 @@ def _xent_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(grad, denom)
     ctx.save_for_backward(grad, target, denom)
     ctx.ignore_index, ctx.reduction, ctx.backend = ignore_index, reduction, backend
+    # for a backward under create_graph=True (_graph_grad): the logits with their graph, and the rest
+    # of the loss's definition
+    ctx.x, ctx.x_version, ctx.weight, ctx.eps = inputs[0], inputs[0]._version, inputs[2], inputs[5]
 
 
 def _xent_backward(ctx, grad_loss, _grad_grad, _grad_denom):
@@ -203,7 +206,47 @@ def _xent_backward(ctx, grad_loss, _grad_grad, _grad_denom):
     grad_input = None
     if ctx.needs_input_grad[0]:
         grad_input = _xent_backward_op(grad_loss, saved, target, denom, ctx.ignore_index, ctx.reduction, ctx.backend)
+        if _eager.graph_mode(grad_loss, ctx.x):
+            grad_input = _graph_grad(ctx.x, ctx.x_version, grad_loss, grad_input, target, ctx.weight,
+                                     ctx.ignore_index, ctx.reduction, ctx.eps, denom)
     return grad_input, None, None, None, None, None, None, None
+
+
+def _graph_grad(x, x_version, grad_loss, first_order, target, weight, ignore_index, reduction, eps, denom):
+    """The gradient ``first_order`` (our kernel's values, unchanged) carrying a graph for
+    create_graph=True, so that it can be differentiated again to any order (Hessians, gradient
+    penalties). Per row, with p = softmax(x) and w the class weights (1 without weights),
+
+        grad_x = scale * (a * p - b),   a = (1-eps) w[t] + eps/C * sum(w),   b = (1-eps) w[t] onehot(t) + eps/C w
+
+    (ignored rows: a = b = 0; scale: grad_loss / denom for "mean", grad_loss (per row for "none")).
+    That expression is rebuilt from differentiable PyTorch operations (softmax, index, products) and
+    added as ``expr - expr.detach()``: zero in value, exact in every derivative. This runs only when a
+    graph of the gradient is asked for; ordinary training never reaches it."""
+    if x._version != x_version:
+        raise RuntimeError(
+            f"{_OP}: one of the variables needed for gradient computation has been modified by an inplace "
+            "operation: argument 'input' was changed in place after the forward pass")
+    N, C = x.shape
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    p = torch.softmax(x.to(acc), dim=1)
+    valid = target != ignore_index
+    t = torch.where(valid, target, torch.zeros_like(target)).long()
+    w = weight.to(acc) if weight is not None else torch.ones(C, dtype=acc, device=x.device)
+    vf = valid.to(acc)
+    wt = w[t] * vf
+    a = (1.0 - eps) * wt + (eps / C) * w.sum() * vf
+    b = ((1.0 - eps) * wt)[:, None] * torch.nn.functional.one_hot(t, C).to(acc) + (eps / C) * w[None, :] * vf[:, None]
+    g = a[:, None] * p - b
+    go = grad_loss.to(acc)
+    if reduction == _NONE:
+        g = g * go[:, None]
+    elif reduction == _MEAN:
+        g = g * (go / denom.to(acc))
+    else:
+        g = g * go
+    g = g.to(first_order.dtype)
+    return first_order.detach() + (g - g.detach())
 
 
 _xent_op.register_autograd(_xent_backward, setup_context=_xent_setup_context)
@@ -235,18 +278,28 @@ class _EagerXent(torch.autograd.Function):
         # ride on ctx -- each saved tensor costs time at this size -- with the in-place check that
         # save_for_backward would have made on the target done by hand.
         ctx.save_for_backward(grad)
-        ctx.spec, ctx.denom, ctx.target_version = spec, denom, target._version
+        ctx.spec, ctx.denom, ctx.target_version, ctx.x, ctx.x_version = spec, denom, target._version, input, \
+            input._version
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         if torch.is_grad_enabled():
-            return _eager_backward_once(ctx, grad_loss)
+            return _eager_backward_graph(ctx, grad_loss)
         return _eager_backward(ctx, grad_loss)
 
 
+def _eager_backward_graph(ctx, grad_loss):
+    """create_graph=True: the kernel's gradient with a differentiable graph (_graph_grad)."""
+    grad_input, _ = _eager_backward(ctx, grad_loss)
+    if _eager.graph_mode(grad_loss, ctx.x):
+        target, weight, ignore_index, reduction, eps, _ = ctx.spec
+        grad_input = _graph_grad(ctx.x, ctx.x_version, grad_loss, grad_input, target, weight, ignore_index,
+                                 reduction, eps, ctx.denom)
+    return grad_input, None
+
+
 def _eager_backward(ctx, grad_loss):
-    """The backward, without once_differentiable's no_grad block (see _eager.once_differentiable)."""
     saved, = ctx.saved_tensors
     target, _, ignore_index, reduction, _, backend = ctx.spec
     if target._version != ctx.target_version:
@@ -263,7 +316,6 @@ def _eager_backward(ctx, grad_loss):
 _keep_graph = torch._C._autograd._get_current_graph_task_keep_graph
 
 
-_eager_backward_once = _eager.once_differentiable(_eager_backward)
 _eager_xent_apply = _eager.raw_apply(_EagerXent)
 
 
@@ -446,6 +498,7 @@ def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: tor
     if _plain_eager(x, t, weight):
         loss = _eager_call(x, t, weight, ignore_index, red, label_smoothing, backend, input.requires_grad)
     else:
+        _eager.check_no_forward_ad(_xent_op, (x, weight))
         need_grad = torch.is_grad_enabled() and input.requires_grad
         loss = _xent_op(x, t, weight, ignore_index, red, label_smoothing, need_grad, backend)[0]
     if red == _NONE and input.dim() > 2:
