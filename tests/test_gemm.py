@@ -1,4 +1,6 @@
 """GEMM family: ops.matmul, ops.linear, nn.Linear on every backend against a float64 reference."""
+import contextlib
+import ctypes
 import subprocess
 import sys
 
@@ -7,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import pyimgcls
-from pyimgcls import nn, ops
+from pyimgcls import _native, nn, ops
 from pyimgcls.errors import BackendError
 
 from helpers import BACKENDS, assert_close_to_reference, backend_ctx, device_for, dtypes_for
@@ -231,9 +233,10 @@ def test_device_mismatch_and_backend_errors():
 
 def test_auto_never_picks_torch_on_cpu(monkeypatch):
     calls = []
-    import pyimgcls.ops.gemm as g
-    monkeypatch.setattr(g, "_cpu_gemm", lambda *a: calls.append(a) or a[-1].zero_())
-    ops.matmul(torch.randn(2, 3), torch.randn(3, 4))
+    real = _native.C.gemm_cpu
+    monkeypatch.setattr(_native.C, "gemm_cpu", lambda *a: calls.append(a) or real(*a))
+    a, b = torch.randn(2, 3), torch.randn(3, 4)
+    torch.testing.assert_close(ops.matmul(a, b), a @ b)
     assert len(calls) == 1
 
 
@@ -314,3 +317,80 @@ def test_activation_backward_select_semantics_like_pytorch(backend, activation):
     ref_b = torch.zeros(4, dtype=torch.float64, requires_grad=True)
     _ref_act(F.linear(x.double().cpu(), w.double().cpu(), ref_b), activation).backward(go.double().cpu())
     assert torch.equal(b.grad.cpu().double(), ref_b.grad), (b.grad, ref_b.grad)
+
+
+# ----------------------------------------------------------------------------- CPU K blocking
+# csrc/cpu/gemm.cpp splits K into ceil(K / kc) equal blocks, kc per instruction set and dtype (avx512:
+# 768 fp32 / 512 fp64; avx2: 1024 / 384; generic: 512 / 512): the first block writes C, later blocks
+# add to it, and only the last applies bias + activation. N is blocked at NC = 2048 and each thread's
+# rows at MC (48-72); OpenMP runs from 48^3 multiply-adds when omp_get_max_threads() > 1 (the system
+# libgomp's count, which torch.set_num_threads does not reach, so the tests set it). Every other test
+# has K <= 127 (one block). K = 2501 gives 3-7 blocks on every path, the last one shorter; the second
+# shape also has two N blocks (N = 2111 > 2048) and K = 1100 (2-3 blocks); both have M and N edge tiles.
+ISAS = ["generic", "avx2", "avx512"]
+K_BLOCKED = [(157, 2501, 45), (31, 1100, 2111)]
+
+
+@contextlib.contextmanager
+def _omp_threads(n):
+    """The OpenMP thread count our kernels see (libgomp's ICV of this thread), restored after."""
+    try:
+        gomp = ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        pytest.skip("the kernels' OpenMP runtime (libgomp) is not loadable here")
+    before = gomp.omp_get_max_threads()
+    gomp.omp_set_num_threads(n)
+    try:
+        assert gomp.omp_get_max_threads() == n
+        yield
+    finally:
+        gomp.omp_set_num_threads(before)
+
+
+def _use_isa(monkeypatch, isa):
+    """PYIMGCLS_CPU_ISA is read on every call (csrc/cpu/isa.h); skip a path this CPU lacks."""
+    monkeypatch.setenv("PYIMGCLS_CPU_ISA", isa)
+    if _native.C.gemm_isa() != isa:
+        pytest.skip(f"this CPU has no {isa}")
+
+
+@pytest.mark.parametrize("shape", K_BLOCKED, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("isa", ISAS)
+def test_cpu_k_blocking_matches_reference(isa, dtype, shape, monkeypatch):
+    """matmul (B a transposed view, packed through its strides) and linear + bias + relu with K well
+    above the K block and not a multiple of it, on 2 threads, against float64."""
+    _use_isa(monkeypatch, isa)
+    M, K, N = shape
+    a = _make((M, K), dtype, "cpu", seed=31)
+    w = _make((N, K), dtype, "cpu", seed=32)
+    b = _make((N,), dtype, "cpu", gen_scale=10.0, seed=33)  # large enough that relu drops some outputs
+    with _omp_threads(2), backend_ctx("cpu"):
+        mm = ops.matmul(a, w.t())
+        lin = ops.linear(a, w, b, activation="relu")
+    ref = a.double() @ w.double().t()
+    assert_close_to_reference(mm, ref, torch_same_dtype=a @ w.t(), scale=K ** 0.5)
+    ref_lin = F.relu(ref + b.double())
+    assert 0 < int((ref_lin == 0).sum()) < ref_lin.numel()
+    assert_close_to_reference(lin, ref_lin, torch_same_dtype=F.relu(F.linear(a, w, b)), scale=K ** 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("isa", ISAS)
+def test_cpu_k_blocking_in_linear_backward(isa, dtype, monkeypatch):
+    """A batch of 2501 rows: the weight gradient (grad^T @ input) reduces over the batch, so its GEMM
+    has K = 2501; the bias gradient sums 5 row chunks of 512 on 2 threads."""
+    _use_isa(monkeypatch, isa)
+    x = _make((2501, 45), dtype, "cpu", seed=34).requires_grad_()
+    w = _make((37, 45), dtype, "cpu", seed=35).requires_grad_()
+    b = _make((37,), dtype, "cpu", seed=36).requires_grad_()
+    go = _make((2501, 37), dtype, "cpu", seed=37)
+    with _omp_threads(2), backend_ctx("cpu"):
+        ops.linear(x, w, b, activation="relu").backward(go)
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    F.relu(F.linear(x64, w64, b64)).backward(go.double())
+    for name, ours, ref in (("input", x.grad, x64.grad), ("weight", w.grad, w64.grad), ("bias", b.grad, b64.grad)):
+        try:
+            assert_close_to_reference(ours, ref, scale=2501 ** 0.5)
+        except AssertionError as e:
+            raise AssertionError(f"grad {name}: {e}") from None

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ArgumentTypeError, ArgumentValueError, BackendError
+from .. import backends
+from ..errors import ArgumentTypeError, ArgumentValueError
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 ACTIVATIONS = (None, "relu", "relu6")
@@ -50,10 +51,8 @@ def check_activation(activation, op: str):
 
 
 def check_backend_dtype(backend: str, x: torch.Tensor, name: str, op: str) -> None:
-    """Dtypes each backend computes in (DESIGN.md): CUDA kernels have no float64."""
-    if backend == "cuda" and x.dtype == torch.float64:
-        raise BackendError(f"{op}: backend 'cuda' does not take float64 (argument '{name}'); "
-                           "use float32, float16 or bfloat16, or the 'cpu' backend")
+    """Dtypes each backend computes in (the backend table; DESIGN.md): CUDA kernels have no float64."""
+    backends.check_dtype(backend, x, name, op)
 
 
 def autocast_dtype(device_type: str):

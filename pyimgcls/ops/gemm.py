@@ -15,88 +15,26 @@ import math
 
 import torch
 
-from .. import _backend, _native
+from .. import _backend, backends
 from .._native import ACT_CODES
 from ..errors import ArgumentValueError
-from . import _alloc, _eager, reference
+from . import _eager, reference
 from ._checks import (autocast_dtype, check_activation, check_backend_dtype, check_dim, check_float,
                       check_same_device, check_same_dtype, check_tensor)
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
 
 # ----------------------------------------------------------------------------- backend kernels
-def _cpu_gemm(a, b, bias, act, out):
-    M, K = a.shape
-    N = b.shape[1]
-    _native.C.gemm_cpu(
-        _native.dtype_code(a.dtype), a.data_ptr(), a.stride(0), a.stride(1),
-        b.data_ptr(), b.stride(0), b.stride(1), bias.data_ptr() if bias is not None else 0,
-        out.data_ptr(), out.stride(0), out.stride(1), M, N, K, act)
-
-
-def _cuda_gemm(a, b, bias, act, out):
-    M, K = a.shape
-    N = b.shape[1]
-    _native.C.gemm_cuda(
-        _native.dtype_code(a.dtype), a.data_ptr(), a.stride(0), a.stride(1),
-        b.data_ptr(), b.stride(0), b.stride(1), bias.data_ptr() if bias is not None else 0,
-        out.data_ptr(), out.stride(0), M, N, K, act, a.device.index, _native.cuda_stream(a))
-
-
 def _run_gemm(a, b, bias, act, backend) -> torch.Tensor:
     """act(a @ b + bias) on ``backend``; a [M, K], b [K, N] any strides; returns contiguous [M, N]."""
-    M, N = a.shape[0], b.shape[1]
-    if backend == "torch":
-        return reference.gemm(a, b, bias, act)
-    if backend == "cpu" and a.dtype in _LOW_PRECISION:
-        # DESIGN.md: float16/bfloat16 CPU inputs are computed in float32, returned in their dtype.
-        f = lambda t: None if t is None else t.float()  # noqa: E731
-        return _run_gemm(f(a), f(b), f(bias), act, backend).to(a.dtype)
-    out = _alloc.empty((M, N), a.dtype, a.device)
-    if M == 0 or N == 0:
-        return out
-    if backend == "cpu":
-        _cpu_gemm(a, b, bias, act, out)
-    elif backend == "cuda":
-        _cuda_gemm(a, b, bias, act, out)
-    elif backend == "triton":
-        from ..triton_kernels import gemm as tk
-        tk.gemm(a, b, bias, act, out)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return out
+    return backends.kernels(backend, "gemm").gemm(a, b, bias, act)
 
 
 def _run_bias_act_bwd(grad, out, act, has_bias, backend):
-    """(grad_pre, grad_bias or None) for a contiguous [M, N] grad."""
+    """(grad_pre, grad_bias or None) for a contiguous [M, N] grad; grad_pre is ``grad`` itself when
+    there is neither an activation nor a bias."""
     if act == 0 and not has_bias:
         return grad, None
-    if backend == "torch":
-        gp = reference.activation_backward(grad, out, act)
-        return gp, (gp.sum(0) if has_bias else None)
-    if backend == "cpu" and grad.dtype in _LOW_PRECISION:
-        gp, gb = _run_bias_act_bwd(grad.float(), None if out is None else out.float(), act, has_bias, backend)
-        return gp.to(grad.dtype), (None if gb is None else gb.to(grad.dtype))
-    M, N = grad.shape
-    gp = _alloc.empty((M, N), grad.dtype, grad.device) if act != 0 else grad
-    gb = _alloc.empty((N,), grad.dtype, grad.device) if has_bias else None
-    if N == 0:
-        return gp, gb
-    out_ptr = out.data_ptr() if out is not None else 0
-    gb_ptr = gb.data_ptr() if gb is not None else 0
-    if backend == "cpu":
-        _native.C.bias_act_bwd_cpu(_native.dtype_code(grad.dtype), grad.data_ptr(), out_ptr, gp.data_ptr(),
-                                   gb_ptr, M, N, act)
-    elif backend == "cuda":
-        _native.C.bias_act_bwd_cuda(_native.dtype_code(grad.dtype), grad.data_ptr(), out_ptr, gp.data_ptr(),
-                                    gb_ptr, M, N, act, grad.device.index, _native.cuda_stream(grad))
-    elif backend == "triton":
-        from ..triton_kernels import gemm as tk
-        tk.bias_act_bwd(grad, out, act, gp, gb)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return gp, gb
+    return backends.kernels(backend, "gemm").bias_act_bwd(grad, out, act, has_bias)
 
 
 # ----------------------------------------------------------------------------- custom ops

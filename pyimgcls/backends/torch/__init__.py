@@ -1,0 +1,1 @@
+"""torch backend: one module per op family, same entry points as every other backend folder (pyimgcls/backends/__init__.py)."""
