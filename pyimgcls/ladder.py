@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _backend, _native
-from .errors import ArgumentTypeError, ArgumentValueError, BackendError
+from . import _native, backends
+from .errors import ArgumentTypeError, ArgumentValueError
 from .ops import _alloc
 
 KINDS = ("gemm", "conv")
-LADDER_BACKENDS = ("cpu", "cuda", "triton")
+LADDER_BACKENDS = tuple(b for b in backends.NAMES if backends.implements(b, "ladder"))
 _ACTS = (None, "relu", "relu6")
 
 
@@ -83,20 +83,7 @@ def steps(kind: str, backend: str = "cpu") -> list[Step]:
     build with the CUDA kernels); the Triton list from triton_kernels/ladder.py (GEMM only)."""
     _check_kind(kind)
     _check_backend(backend)
-    if backend == "cpu":
-        return _from_native(kind, _native.C.ladder_steps_cpu(kind))
-    if backend == "cuda":
-        if not _native.cuda_kernels_compiled():
-            raise BackendError("backend 'cuda': pyimgcls was built without the CUDA kernels (nvcc not found "
-                               "at build time), so the CUDA ladder is unavailable")
-        return _from_native(kind, _native.C.ladder_steps_cuda(kind))
-    if kind == "conv":
-        raise ArgumentValueError("backend: there is no Triton convolution ladder; use backend='cpu' or 'cuda'")
-    if not _backend.triton_importable():
-        raise BackendError("backend 'triton': triton is not importable")
-    from .triton_kernels import ladder as tl_ladder
-    from .triton_kernels.ladder import DTYPES
-    return [Step(s.step, s.name, s.description, DTYPES, "row_major") for s in tl_ladder.STEPS]
+    return _from_native(kind, backends.kernels(backend, "ladder").step_records(kind))
 
 
 def _get_step(kind: str, step, backend: str) -> Step:
@@ -123,21 +110,7 @@ def _check_dtype(name: str, t: torch.Tensor, info: Step, backend: str, kind: str
 
 
 def _check_device(backend: str, device: torch.device, op: str) -> None:
-    if backend == "cpu":
-        if device.type != "cpu":
-            raise BackendError(f"{op}: backend 'cpu' runs on CPU tensors only, got tensors on {device}")
-    elif backend == "cuda":
-        if device.type != "cuda":
-            raise BackendError(f"{op}: backend 'cuda' runs on CUDA tensors only, got tensors on {device}")
-        if not _native.cuda_kernels_compiled():
-            raise BackendError(f"{op}: backend 'cuda' is unavailable: pyimgcls was built without nvcc")
-    else:
-        if not _backend.triton_importable():
-            raise BackendError(f"{op}: backend 'triton' is unavailable: triton is not importable")
-        if device.type == "cuda" or (device.type == "cpu" and _backend.triton_interpreting()):
-            return
-        raise BackendError(f"{op}: backend 'triton' runs on CUDA tensors (or on CPU tensors under "
-                           f"TRITON_INTERPRET=1), got tensors on {device}")
+    backends.resolve(backend, device, op)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, *, step: int, backend: str = "cpu") -> torch.Tensor:
@@ -165,19 +138,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor, *, step: int, backend: str = "cpu")
     out = _alloc.empty((M, N), a.dtype, a.device)
     if M == 0 or N == 0:
         return out
-    code = _native.dtype_code(a.dtype)
-    if backend == "triton":
-        from .triton_kernels import ladder as tl_ladder
-        return tl_ladder.matmul(a, b, step, out)
-    a = a.contiguous()
-    b = b.contiguous()
-    if backend == "cpu":
-        _native.C.ladder_gemm_cpu(step, code, a.data_ptr(), b.data_ptr(), out.data_ptr(), M, N, K)
-    else:
-        _native.C.ladder_gemm_cuda(step, code, a.data_ptr(), b.data_ptr(), out.data_ptr(), M, N, K,
-                                   a.device.index if a.device.index is not None else torch.cuda.current_device(),
-                                   _native.cuda_stream(a))
-    return out
+    return backends.kernels(backend, "ladder").gemm(step, a, b, out)
 
 
 def _pair(name: str, v, minimum: int) -> tuple[int, int]:
@@ -200,8 +161,6 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     in either memory format; it is converted to the layout the step takes and the result comes back
     in the input's memory format. ``activation``: None | "relu" | "relu6"."""
     _check_backend(backend)
-    if backend == "triton":
-        raise ArgumentValueError("backend: there is no Triton convolution ladder; use backend='cpu' or 'cuda'")
     _check_tensor("input", input)
     _check_tensor("weight", weight)
     info = _get_step("conv", step, backend)
@@ -243,7 +202,6 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     OW = (W + 2 * pw - KW) // sw + 1
     in_cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     nhwc = info.layout == "nhwc"
-    code = _native.dtype_code(x.dtype)
     dev = x.device
     if nhwc:
         xs = x.permute(0, 2, 3, 1).contiguous()                       # [N, H, W, C]
@@ -254,21 +212,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     ws = weight.contiguous() if info.weight_layout == "oihw" else weight.permute(0, 2, 3, 1).contiguous()
     bs = bias.contiguous() if bias is not None else None
     if N > 0:
-        geom = (N, C, H, W, O, KH, KW, OH, OW)
-        act = _native.ACT_CODES[activation]
-        if backend == "cpu":
-            nbytes = _native.C.ladder_conv_scratch_bytes_cpu(step, code, *geom)
-        else:
-            nbytes = _native.C.ladder_conv_scratch_bytes_cuda(step, code, *geom)
-        scratch = torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device=dev)  # caching allocator
-        ptrs = (xs.data_ptr(), ws.data_ptr(), bs.data_ptr() if bs is not None else 0, ys.data_ptr(),
-                scratch.data_ptr())
-        if backend == "cpu":
-            _native.C.ladder_conv2d_cpu(step, code, *ptrs, *geom, sh, sw, ph, pw, act)
-        else:
-            _native.C.ladder_conv2d_cuda(step, code, *ptrs, *geom, sh, sw, ph, pw, act,
-                                         dev.index if dev.index is not None else torch.cuda.current_device(),
-                                         _native.cuda_stream(xs))
+        backends.kernels(backend, "ladder").conv2d(step, xs, ws, bs, ys, (N, C, H, W, O, KH, KW, OH, OW), (sh, sw),
+                                                   (ph, pw), _native.ACT_CODES[activation])
     y = ys.permute(0, 3, 1, 2) if nhwc else ys                        # logical [N, O, OH, OW]
     if in_cl:
         y = y.contiguous(memory_format=torch.channels_last)

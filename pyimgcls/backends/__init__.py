@@ -21,12 +21,14 @@ import os
 from types import ModuleType
 from typing import Callable
 
-import torch
+# Aliased: importing the subpackage pyimgcls.backends.torch binds the name ``torch`` in this
+# package's namespace, which would shadow the library.
+import torch as _torch
 
 from .. import _native
 from ..errors import BackendError
 
-_ALL_FLOAT = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_ALL_FLOAT = (_torch.float32, _torch.float64, _torch.float16, _torch.bfloat16)
 
 
 def triton_interpreting() -> bool:
@@ -45,7 +47,7 @@ def triton_importable() -> bool:
 
 
 def _gpu_visible() -> bool:
-    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+    return _torch.cuda.is_available() and _torch.cuda.device_count() > 0
 
 
 def cuda_backend_ready() -> bool:
@@ -74,7 +76,7 @@ class Backend:
     name: str
     summary: str                      # what runs (``pyimgcls info``, CLI help, README)
     devices: tuple[str, ...]          # tensor device types served
-    dtypes: tuple[torch.dtype, ...]   # dtypes accepted (others raise BackendError naming the argument)
+    dtypes: tuple[_torch.dtype, ...]  # dtypes accepted (others raise BackendError naming the argument)
     ready: Callable[[], bool]         # can run right now on this machine (available_backends)
     missing: Callable[[str], str | None] = lambda op: None   # why it cannot run at all, or None
     auto_for: tuple[str, ...] = ()    # device types for which "auto" may pick it (first ready row wins)
@@ -91,7 +93,7 @@ class Backend:
 # Table order is the "auto" priority.
 TABLE: dict[str, Backend] = {b.name: b for b in (
     Backend("cuda", "our CUDA C++ kernels (csrc/cuda/)", ("cuda",),
-            (torch.float32, torch.float16, torch.bfloat16), cuda_backend_ready, _cuda_missing, auto_for=("cuda",)),
+            (_torch.float32, _torch.float16, _torch.bfloat16), cuda_backend_ready, _cuda_missing, auto_for=("cuda",)),
     Backend("triton", "our Triton kernels (triton_kernels/)", ("cuda",), _ALL_FLOAT, triton_backend_ready,
             _triton_missing, auto_for=("cuda",), interpreted_devices=("cpu",)),
     Backend("cpu", "our C++ CPU kernels (csrc/cpu/)", ("cpu",), _ALL_FLOAT, lambda: True, auto_for=("cpu",),
@@ -103,7 +105,7 @@ TABLE: dict[str, Backend] = {b.name: b for b in (
 NAMES: tuple[str, ...] = tuple(TABLE)            # concrete backends
 CHOICES: tuple[str, ...] = ("auto", *NAMES)      # what users may select
 
-FAMILIES = ("gemm", "conv", "pool", "batchnorm", "softmax_xent")
+FAMILIES = ("gemm", "conv", "pool", "batchnorm", "softmax_xent", "ladder")
 
 _modules: dict[tuple[str, str], ModuleType] = {}
 
@@ -118,6 +120,12 @@ def kernels(backend: str, family: str) -> ModuleType:
     return mod
 
 
+def implements(backend: str, family: str) -> bool:
+    """Whether ``backend`` has a module for ``family`` (every backend has the op families; the study
+    ladder exists on cpu, cuda and triton)."""
+    return importlib.util.find_spec(f"{__name__}.{backend}.{family}") is not None
+
+
 def available() -> list[str]:
     """Backends this install can run right now, in table order."""
     return [b.name for b in TABLE.values() if b.ready()]
@@ -126,7 +134,7 @@ def available() -> list[str]:
 _DEVICE_WORDS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
-def _device_error(b: Backend, device: torch.device, op: str) -> BackendError:
+def _device_error(b: Backend, device: _torch.device, op: str) -> BackendError:
     served = " or ".join(_DEVICE_WORDS.get(d, d) for d in b.devices)
     extra = "".join(f" (or on {_DEVICE_WORDS.get(d, d)} tensors under TRITON_INTERPRET=1)"
                     for d in b.interpreted_devices)
@@ -134,7 +142,7 @@ def _device_error(b: Backend, device: torch.device, op: str) -> BackendError:
     return BackendError(f"{op}: backend '{b.name}' runs on {served} tensors{only}{extra}, got tensors on {device}")
 
 
-def resolve(choice: str, device: torch.device, op: str) -> str:
+def resolve(choice: str, device: _torch.device, op: str) -> str:
     """The concrete backend that runs ``op`` on tensors of ``device`` when the user chose ``choice``
     ("auto" or a name); raises BackendError saying why it cannot."""
     kind = device.type
@@ -157,7 +165,7 @@ def resolve(choice: str, device: torch.device, op: str) -> str:
     return b.name
 
 
-def check_dtype(backend: str, x: torch.Tensor, name: str, op: str) -> None:
+def check_dtype(backend: str, x: _torch.Tensor, name: str, op: str) -> None:
     """The backend's dtypes (the table); float64 on CUDA kernels is the case that occurs."""
     b = TABLE[backend]
     if x.dtype not in b.dtypes:
