@@ -2,7 +2,8 @@
 
 ``pyimgcls train`` with no arguments is the main job: LeNet-5 on scikit-learn's bundled handwritten
 digits, on our kernels. Errors in the arguments or the data end the command with a one-line message
-on stderr and exit status 2."""
+on stderr and exit status 2; a training run whose loss or weights become NaN or infinite stops with a
+one-line message and exit status 3 (nothing non-finite is saved)."""
 from __future__ import annotations
 
 import argparse
@@ -229,18 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    # Messages quoted from other libraries may span lines; the CLI promises one.
+    return " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("train", "eval", "predict"):
         from .errors import ArgumentTypeError, ArgumentValueError, BackendError
+        from .training.loop import TrainingDiverged
         try:
             return args.func(args)
         except (ArgumentValueError, ArgumentTypeError, BackendError) as e:
             # Bad arguments or data (pyimgcls.data.DataError is an ArgumentValueError; each names the
             # culprit): one clear line, exit status 2 as argparse does, no traceback. Anything else is
             # a bug and keeps its traceback.
-            parser.exit(2, f"pyimgcls {args.command}: error: {e}\n")
+            parser.exit(2, f"pyimgcls {args.command}: error: {_one_line(e)}\n")
+        except TrainingDiverged as e:
+            # Not the arguments' fault as such (the data and settings were readable), so its own status.
+            parser.exit(3, f"pyimgcls {args.command}: error: {_one_line(e)}\n")
     return args.func(args)
 
 

@@ -78,3 +78,23 @@ def test_python_dash_m_exit_status_and_message(tmp_path):
 def test_console_script():
     p = _sub("pyimgcls", "train", "--help")
     assert p.returncode == 0 and "--pretrained" in p.stdout and "(default: digits)" in " ".join(p.stdout.split())
+
+
+@pytest.mark.parametrize("exc, status", [
+    ("DataError", 2),           # bad data: like argparse's own errors
+    ("TrainingDiverged", 3),    # the loss or the weights became non-finite
+])
+def test_errors_are_one_line_with_their_exit_status(monkeypatch, capsys, exc, status):
+    """Messages quoted from other libraries may span lines; the CLI still prints exactly one."""
+    import pyimgcls.data
+    import pyimgcls.training as T
+
+    err = getattr(pyimgcls.data if exc == "DataError" else T.loop, exc)
+
+    def fail(args):
+        raise err("first part\n\n\tsecond part\n")
+    monkeypatch.setattr(T, "train", fail)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train"])
+    assert e.value.code == status
+    assert capsys.readouterr().err == "pyimgcls train: error: first part second part\n"

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,18 +107,50 @@ class Dataset:
                 "mean": list(self.mean), "std": list(self.std)}
 
 
+# Decompression bombs: a small file may declare a huge canvas. Images are scaled to image_size x
+# image_size, so a file is refused, from its header and before any pixel is decoded, when it has more
+# than IMAGE_PIXELS_PER_INPUT_PIXEL x image_size x image_size pixels. The limit never goes below
+# MIN_IMAGE_PIXEL_LIMIT (photos of a few megapixels stay usable at small input sizes; 16.8 megapixels
+# of RGB decode to about 50 MB) nor above Pillow's own Image.MAX_IMAGE_PIXELS.
+IMAGE_PIXELS_PER_INPUT_PIXEL = 1024
+MIN_IMAGE_PIXEL_LIMIT = 4096 * 4096
+
+
+def image_pixel_limit(image_size: int) -> int:
+    """Most pixels (width x height) an image file may declare when the model input is image_size x image_size."""
+    from PIL import Image
+
+    limit = max(MIN_IMAGE_PIXEL_LIMIT, IMAGE_PIXELS_PER_INPUT_PIXEL * image_size * image_size)
+    return min(limit, Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else limit
+
+
 def load_image(path: str, image_size: int, in_channels: int) -> torch.Tensor:
-    """Decode one image file with Pillow -> float32 [C, image_size, image_size] in [0, 1]."""
+    """Decode one image file with Pillow -> float32 [C, image_size, image_size] in [0, 1]. A file that
+    declares more than ``image_pixel_limit(image_size)`` pixels is refused before decoding."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
+    limit = image_pixel_limit(image_size)
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if in_channels == 1 else "RGB")
-            if im.size != (image_size, image_size):
-                im = im.resize((image_size, image_size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it; a file that large is refused here too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:      # lazy: reads the header, decodes nothing yet
+                w, h = im.size
+                if w * h > limit:
+                    raise DataError(f"image file {path} is too large: {w}x{h} = {w * h} pixels, more than the "
+                                    f"{limit} allowed for --image-size {image_size} (a decompression bomb?)")
+                im = im.convert("L" if in_channels == 1 else "RGB")
+                if im.size != (image_size, image_size):
+                    im = im.resize((image_size, image_size), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+    except DataError:       # a ValueError too: keep it out of the generic clause below
+        raise
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"image file {path} is too large (a decompression bomb?): {e}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot decode image file {path}: {e}") from None
     t = torch.from_numpy(arr.copy()).to(torch.float32).div_(255.0)
@@ -200,31 +234,61 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
+# Deflate expands data at most about 1032:1, so a gzipped IDX file whose header claims more data than
+# that many times its own size cannot hold it: refused before decompressing anything.
+DEFLATE_MAX_RATIO = 1032
+
+
 def read_idx(path: str) -> np.ndarray:
-    """Read one IDX file (gzipped or not): magic 0x0000TTDD, DD big-endian int32 dims, then data."""
+    """Read one IDX file (gzipped or not): magic 0x0000TTDD, DD big-endian int32 dims, then data. The
+    header's size is checked against the file before the data is read, and a gzip stream is never
+    decompressed past what the header claims."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"IDX file not found: {path}") from None
-    if raw[:2] == b"\x1f\x8b":
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if f.read(2) != b"\x1f\x8b":
+            f.seek(0)
+            return _read_idx_stream(f, path, size, gz=False)
+        f.seek(0)
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+            with gzip.GzipFile(fileobj=f, mode="rb") as g:
+                return _read_idx_stream(g, path, size, gz=True)
+        except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"corrupt gzip IDX file {path}: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"corrupt IDX file {path}: bad magic number {raw[:4].hex() or '(empty file)'}")
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+
+
+def _read_idx_stream(f, path: str, size: int, gz: bool) -> np.ndarray:
+    magic = f.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+        raise DataError(f"corrupt IDX file {path}: bad magic number {magic.hex() or '(empty file)'}")
+    dtype = np.dtype(_IDX_DTYPES[magic[2]])
+    ndim = magic[3]
+    raw_dims = f.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
         raise DataError(f"corrupt IDX file {path}: truncated header")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    count = int(np.prod(dims)) if dims else 0
-    if len(raw) - header != count * dtype.itemsize:
-        raise DataError(f"corrupt IDX file {path}: header says {dims} ({count * dtype.itemsize} bytes of data), "
-                        f"file holds {len(raw) - header}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    dims = [int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(ndim)]
+    nbytes = math.prod(dims) * dtype.itemsize if dims else 0
+    claim = f"corrupt IDX file {path}: header says {dims} ({nbytes} bytes of data)"
+    if not gz:
+        held = size - 4 - 4 * ndim
+        if held != nbytes:
+            raise DataError(f"{claim}, file holds {held}")
+        return np.frombuffer(f.read(nbytes), dtype=dtype).reshape(dims)
+    if nbytes > DEFLATE_MAX_RATIO * size:
+        raise DataError(f"{claim}, more than a {size}-byte gzip file can hold")
+    data = bytearray()
+    while len(data) <= nbytes:      # one byte past the claim tells "more data than the header says"
+        chunk = f.read(min(1 << 20, nbytes + 1 - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    if len(data) != nbytes:
+        held = f"{len(data)}" if len(data) < nbytes else f"more than {nbytes}"
+        raise DataError(f"{claim}, file holds {held}")
+    return np.frombuffer(data, dtype=dtype).reshape(dims)
 
 
 def _find_file(root: str, names: list[str], what: str) -> str:
@@ -261,39 +325,139 @@ def load_mnist(root: str, fashion: bool = False, image_size: int = 32, in_channe
 
 
 # -------------------------------------------------------------------------------------- CIFAR-10
-class _CifarUnpickler(pickle.Unpickler):
-    """The CIFAR batches are pickles; allow only what they contain (numpy arrays, builtins), so a
-    hostile file cannot run code."""
-    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar"), ("builtins", "list"), ("builtins", "dict"),
-                ("_codecs", "encode")}   # protocol-2 pickles written by Python 3 store bytes through it
+# What the CIFAR batches may hold beyond pickle's own types: numpy arrays of these plain numeric
+# dtypes, numpy scalars, and bytes that Python 3 stores through _codecs.encode(str, "latin1").
+_CIFAR_DTYPES = frozenset("b1 i1 u1 i2 u2 i4 u4 i8 u8 f2 f4 f8".split())
+
+
+def _text(v) -> str:
+    return v.decode("latin1") if isinstance(v, bytes) else v
+
+
+class _NdarrayClass:
+    """Stands for ``numpy.ndarray`` in a batch: only ``_reconstruct`` accepts it. Calling it is refused
+    (``numpy.ndarray(shape)`` would allocate whatever shape the file claims)."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("numpy.ndarray may only be rebuilt through _reconstruct")
+
+
+class _DtypeStub:
+    """``numpy.dtype(code, align, copy)`` then its BUILD state, for plain numeric codes only: object,
+    structured and sub-array dtypes (whose state can claim any item size) are refused."""
+
+    def __init__(self, code, align=False, copy=True):
+        code = _text(code)
+        if not isinstance(code, str) or code not in _CIFAR_DTYPES:
+            raise pickle.UnpicklingError(f"dtype {code!r} is not a plain numeric dtype")
+        self.dtype = np.dtype(code)
+
+    def __setstate__(self, state):
+        # (version, byte order, subarray, names, fields, item size, alignment, flags)
+        if not isinstance(state, tuple) or len(state) < 5 or any(v is not None for v in state[2:5]):
+            raise pickle.UnpicklingError("dtype state is not that of a plain numeric dtype")
+        order = _text(state[1])
+        if order not in ("<", ">", "|", "="):
+            raise pickle.UnpicklingError(f"dtype byte order {order!r}")
+        if order in "<>":
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+class _ArrayStub:
+    """What ``numpy.core.multiarray._reconstruct`` makes: nothing is allocated from the claimed shape;
+    the BUILD state (shape, dtype, raw bytes) becomes a read-only view of the bytes the file holds,
+    after checking that the shape accounts for exactly those bytes."""
+
+    array = None
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 5:
+            state = state[1:]                   # drop the format version
+        if not isinstance(state, tuple) or len(state) != 4:
+            raise pickle.UnpicklingError("ndarray state is not (shape, dtype, fortran, data)")
+        shape, dtype, fortran, raw = state
+        if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
+            raise pickle.UnpicklingError(f"ndarray shape {shape!r} is not a tuple of sizes")
+        if not isinstance(dtype, _DtypeStub) or not isinstance(raw, bytes):
+            raise pickle.UnpicklingError("ndarray state holds no plain numeric dtype and raw bytes")
+        nbytes = math.prod(shape) * dtype.dtype.itemsize
+        if nbytes != len(raw):
+            raise pickle.UnpicklingError(f"ndarray claims shape {shape} ({nbytes} bytes) but holds {len(raw)} bytes")
+        self.array = np.frombuffer(raw, dtype=dtype.dtype).reshape(shape, order="F" if fortran else "C")
+
+
+class _CifarUnpickler(pickle._Unpickler):
+    """The CIFAR batches are pickles; this reads only what they contain, so a hostile file can neither
+    run code nor make the reader allocate more than a small multiple of the file's size. It is pickle's
+    pure-Python unpickler (its memo is a dict; the C one sizes an array from a memo index the file
+    chooses), reading from memory (a length the file claims is never allocated up front), with numpy's
+    globals replaced by the stand-ins above."""
+
+    def __init__(self, file):
+        super().__init__(file, encoding="bytes")
+        self._encoded: dict[int, tuple[str, bytes]] = {}
+        self._globals = {("numpy", "ndarray"): _NdarrayClass, ("numpy", "dtype"): _DtypeStub,
+                         ("_codecs", "encode"): self._latin1}
+        for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            self._globals[(mod, "_reconstruct")] = self._reconstruct
+            self._globals[(mod, "scalar")] = self._scalar
 
     def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+        try:
+            return self._globals[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"forbidden global {module}.{name}") from None
+
+    def _latin1(self, text, encoding="utf-8", errors="strict"):
+        # Only what Python 3 writes for bytes, and one result per string: re-encoding a memoised string
+        # many times would otherwise cost the string's size per few bytes of file.
+        if not isinstance(text, str) or encoding != "latin1":
+            raise pickle.UnpicklingError(f"_codecs.encode is allowed only for str to latin1, got {encoding!r}")
+        if id(text) not in self._encoded:
+            self._encoded[id(text)] = (text, text.encode("latin1", errors))
+        return self._encoded[id(text)][1]
+
+    @staticmethod
+    def _reconstruct(cls, shape, typecode):
+        if cls is not _NdarrayClass:
+            raise pickle.UnpicklingError("_reconstruct of something other than numpy.ndarray")
+        return _ArrayStub()
+
+    @staticmethod
+    def _scalar(dtype, data):
+        if not isinstance(dtype, _DtypeStub) or not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
+            raise pickle.UnpicklingError("numpy scalar without a plain numeric dtype and its bytes")
+        return np.frombuffer(data, dtype=dtype.dtype)[0].item()
+
+
+def _arrays(v):
+    return v.array if isinstance(v, _ArrayStub) else v
 
 
 def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            d = _CifarUnpickler(f, encoding="bytes").load()
+            raw = f.read()
+        d = _CifarUnpickler(io.BytesIO(raw)).load()
     except FileNotFoundError:
         raise DataError(f"cifar10: file not found: {path}") from None
     except Exception as e:  # any unpickling failure is a corrupt file; say which
         raise DataError(f"cifar10: corrupt pickle batch {path}: {type(e).__name__}: {e}") from None
     if not isinstance(d, dict):
         raise DataError(f"cifar10: corrupt pickle batch {path}: expected a dict, got {type(d).__name__}")
-    data = d.get(b"data", d.get("data"))
-    labels = d.get(b"labels", d.get("labels"))
+    data = _arrays(d.get(b"data", d.get("data")))
+    labels = _arrays(d.get(b"labels", d.get("labels")))
     if data is None or labels is None:
         raise DataError(f"cifar10: corrupt pickle batch {path}: missing 'data' or 'labels'")
-    data = np.asarray(data)
-    labels = np.asarray(labels, dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+    if not isinstance(data, np.ndarray):
+        raise DataError(f"cifar10: corrupt pickle batch {path}: 'data' is a {type(data).__name__}, not an array")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataError(f"cifar10: corrupt pickle batch {path}: labels: {type(e).__name__}: {e}") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or data.shape[0] != labels.shape[0]:
         raise DataError(f"cifar10: corrupt pickle batch {path}: data of shape {data.shape}, "
-                        f"{labels.shape[0]} labels (expected [N, 3072] and N labels)")
+                        f"labels of shape {labels.shape} (expected [N, 3072] and N labels)")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"cifar10: corrupt pickle batch {path}: labels outside 0..9")
     return data.reshape(-1, 3, 32, 32), labels

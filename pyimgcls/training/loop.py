@@ -57,6 +57,56 @@ class _Log:
         return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, unit="batch")
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite. Raised before anything non-finite is saved, so
+    the last checkpoint written stays the last good one; ``pyimgcls train`` exits with status 3."""
+
+
+class _LossWatch:
+    """Notices the first training step whose loss is NaN or infinite, and the last finite loss before it.
+
+    ``eager``: read each loss as it comes (on the CPU that costs nothing). Otherwise (CUDA) reading it
+    would make every step wait for the GPU, so the record is kept on the device, a few tiny kernels per
+    step, and ``state()`` fetches it where the loop syncs anyway (checkpoints, end of epoch)."""
+
+    def __init__(self, device: torch.device, global_step: int, eager: bool):
+        self.eager = eager
+        self.bad_step, self.bad_loss, self.last_loss = None, None, None
+        if not eager:
+            self.step_t = torch.tensor(global_step, dtype=torch.int64, device=device)
+            self.bad_step_t = torch.tensor(-1, dtype=torch.int64, device=device)
+            self.bad_loss_t = torch.tensor(0.0, dtype=torch.float64, device=device)
+            self.last_loss_t = torch.tensor(math.nan, dtype=torch.float64, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        """Record the loss of global step ``step`` (1-based)."""
+        if self.eager:
+            if self.bad_step is None:
+                v = float(loss.detach())
+                if math.isfinite(v):
+                    self.last_loss = v
+                else:
+                    self.bad_step, self.bad_loss = step, v
+            return
+        v = loss.detach().double()
+        self.step_t += 1
+        clean = self.bad_step_t < 0
+        finite = torch.isfinite(v)
+        self.last_loss_t = torch.where(clean & finite, v, self.last_loss_t)
+        first_bad = clean & ~finite
+        self.bad_loss_t = torch.where(first_bad, v, self.bad_loss_t)
+        self.bad_step_t = torch.where(first_bad, self.step_t, self.bad_step_t)
+
+    def state(self) -> tuple[int | None, float | None, float | None]:
+        """(first global step with a non-finite loss or None, its loss, the last finite loss or None)."""
+        if not self.eager:
+            bad, bad_loss, last = torch.stack([self.bad_step_t.double(), self.bad_loss_t, self.last_loss_t]).tolist()
+            self.bad_step = int(bad) if bad >= 0 else None
+            self.bad_loss = bad_loss
+            self.last_loss = last if math.isfinite(last) else None
+        return self.bad_step, self.bad_loss, self.last_loss
+
+
 # ------------------------------------------------------------------------------------- devices
 def pick_device(kernels: str, device: str, dist_local_rank: int = 0) -> torch.device:
     if device == "auto":
@@ -126,17 +176,13 @@ def _unwrap_state_dict(obj, path: str) -> dict:
 
 def load_pretrained(model: torch.nn.Module, path: str) -> list[str]:
     """Load a (torchvision-compatible) state_dict into ``model`` except a classifier whose shape
-    differs (another class count): that one keeps its fresh initialisation. Returns replaced keys."""
-    if not os.path.isfile(path):
-        raise DataError(f"--pretrained: file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise DataError(f"--pretrained: cannot read {path}: {type(e).__name__}: {e}") from None
+    differs (another class count): that one keeps its fresh initialisation. Returns replaced keys. The
+    file is loaded weights-only: one that needs more (code) is refused with a DataError, never retried."""
+    obj = ckpt_mod.load_weights_only(path, "--pretrained")
     sd = _unwrap_state_dict(obj, path)
+    bad = ckpt_mod.nonfinite_tensors(sd)
+    if bad:
+        raise DataError(f"--pretrained {path} holds NaN or infinite values (in {', '.join(bad[:3])})")
     head = classifier_name(model)
     own = model.state_dict()
     replaced = [k for k in (f"{head}.weight", f"{head}.bias") if k in sd and k in own and sd[k].shape != own[k].shape]
@@ -423,6 +469,7 @@ def _train(args, info: D.DistInfo, device: torch.device, kernels: str, wall0: fl
         acc = list(resume["epoch_accum"][info.rank])
         ckpt_mod.set_rng_state(resume["rng"][info.rank])
         resumed_from = global_step
+    watch = _LossWatch(device, global_step, eager=device.type != "cuda" or log.tty)
 
     net = model
     if info.enabled:
@@ -431,10 +478,42 @@ def _train(args, info: D.DistInfo, device: torch.device, kernels: str, wall0: fl
     if args.compile:
         net = torch.compile(net)
 
+    def where(g: int, prep: str = "at") -> str:
+        if g == 0:
+            return "before the first step"
+        return (f"{prep} epoch {(g - 1) // steps_per_epoch + 1}, step {(g - 1) % steps_per_epoch + 1} "
+                f"(global step {g})")
+
+    def health() -> tuple:
+        """This rank's (first step with a non-finite loss, that loss, last finite loss, non-finite
+        tensors among the weights and optimiser state)."""
+        bad_step, bad_loss, last = watch.state()
+        tensors = [] if bad_step is not None else ckpt_mod.nonfinite_tensors(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        return bad_step, bad_loss, last, tensors
+
+    def raise_if_diverged(reports: list) -> None:
+        """Stop every rank alike (``reports``: one ``health()`` per rank) if any saw a non-finite value."""
+        losses = [r for r in reports if r[0] is not None]
+        if losses:
+            step, value, last, _ = min(losses, key=lambda r: r[0])
+            what = f"the loss became {value} {where(step)}"
+        else:
+            tensors = next((r[3] for r in reports if r[3]), None)
+            if not tensors:
+                return
+            last = reports[0][2]
+            what = (f"non-finite values in {', '.join(tensors[:3])}{' ...' if len(tensors) > 3 else ''} "
+                    f"{where(global_step, 'after')}")
+        last_s = f"last finite loss {last:.4g}" if last is not None else "no finite loss before it"
+        raise TrainingDiverged(f"training diverged: {what}; {last_s}; nothing non-finite was saved "
+                               f"(the last checkpoint written stays as it was); lower --lr (it is {args.lr:g})")
+
     def save(epoch: int, step_in_epoch: int) -> None:
         # Collectives first (every rank), then only rank 0 writes.
-        rngs = D.all_gather_object(info, ckpt_mod.rng_state())
-        accs = D.all_gather_object(info, list(acc))
+        parts = D.all_gather_object(info, (ckpt_mod.rng_state(), list(acc), health()))
+        raise_if_diverged([p[2] for p in parts])
+        rngs, accs = [p[0] for p in parts], [p[1] for p in parts]
         if not info.is_main:
             return
         ckpt_mod.atomic_save({
@@ -483,6 +562,11 @@ def _train(args, info: D.DistInfo, device: torch.device, kernels: str, wall0: fl
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = net(x)
                 loss = criterion(logits.float(), y)
+            watch.update(loss, global_step + 1)
+            if watch.bad_step is not None and not info.enabled:
+                # Known without a sync (eager): stop before the non-finite update. Under torchrun the
+                # ranks stop together, at the next collective (checkpoint or end of epoch).
+                raise_if_diverged([health()])
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -509,6 +593,9 @@ def _train(args, info: D.DistInfo, device: torch.device, kernels: str, wall0: fl
         train_time += time.perf_counter() - t0
         if bar is not None:
             bar.close()
+        # Before evaluating (non-finite weights give non-finite scores) and before best.pt, which holds
+        # these same weights.
+        raise_if_diverged(D.all_gather_object(info, health()))
         acc = [acc[0] + float(loss_t), acc[1] + float(correct_t), acc[2] + seen]
         tot_loss, tot_correct, tot_seen = D.all_reduce_sum(info, acc, device)
         targets, scores, test_loss = evaluate(model, ds.test, mean_t, std_t, device, args.eval_batch_size, info,
