@@ -12,7 +12,7 @@
 # Every invocation first prints versions and installs the package
 # (pip install --no-build-isolation --no-deps -e .), then finishes with the report.
 #
-# OUTDIR receives: <date>_<gpu>_<shortsha>.json (results schema of DESIGN.md with the test and
+# OUTDIR receives: <date>_<gpu>_<shortsha>.json (results schema of docs/architecture.md with the test and
 # sanitizer counts merged in), BENCHMARKS.md (regenerated), logs.tar.gz (every log and the junit XML)
 # and summary.txt. The results JSON is also written to benchmarks/results/ when it has benchmark
 # cases, so that file can be committed.

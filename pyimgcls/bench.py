@@ -8,7 +8,7 @@ What lives here:
 - :func:`measure_peaks` -- the two ceilings the roofline is drawn against, measured in the same run
   as the cases (never datasheet numbers): device-to-device copy bandwidth and cuBLAS GEMM throughput
   at 8192^3 (fp16, plus bf16 and IEEE fp32 so each dtype is judged against its own ceiling).
-- :class:`Case` and :func:`make_row` -- one row of the results schema (DESIGN.md section 3).
+- :class:`Case` and :func:`make_row` -- one row of the results schema (docs/architecture.md, "Benchmarks").
 - :func:`write_results` / :func:`merge_results` -- ``benchmarks/results/<date>_<gpu>_<shortsha>.json``
   with the full schema; rows of the same run are merged into the existing file.
 - :func:`print_table` and :func:`summary_table` -- tabulate-formatted reports.
@@ -237,7 +237,7 @@ def roofline_pct(flops: float | None, nbytes: float | None, ms: float, dtype: st
 
 def make_row(case: Case, provider: str, ms: float, ref_provider: str | None, ref_ms: float | None,
              peaks: dict | None = None, **extra) -> dict:
-    """A results row in the DESIGN.md schema (key order as documented), plus ``flops``/``bytes``
+    """A results row in the results schema of docs/architecture.md (key order as documented), plus ``flops``/``bytes``
     and any ``extra`` keys (the schema welcomes extra keys)."""
     row = {
         "family": case.family,

@@ -106,12 +106,12 @@ def cmd_predict(args) -> int:
     return 0
 
 
-_KERNELS = ("auto", "cuda", "triton", "cpu", "torch")
 _Fmt = argparse.ArgumentDefaultsHelpFormatter
 
 
 def _add_kernel_args(s) -> None:
-    s.add_argument("--kernels", choices=_KERNELS, default="auto",
+    from .backends import CHOICES  # the backend table: a new backend needs no edit here
+    s.add_argument("--kernels", choices=CHOICES, default="auto",
                    help="which pyimgcls backend runs the model: auto = CUDA if a GPU is present, else our C++ CPU "
                         "kernels; torch = plain PyTorch (the reference, not ours)")
     s.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

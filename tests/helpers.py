@@ -28,7 +28,7 @@ def device_for(backend: str) -> torch.device:
 
 
 def dtypes_for(backend: str):
-    """Dtypes each backend serves (DESIGN.md): no float64 in our CUDA kernels."""
+    """Dtypes each backend serves (docs/architecture.md): no float64 in our CUDA kernels."""
     if backend == "cuda":
         return [torch.float32, torch.float16, torch.bfloat16]
     return [torch.float32, torch.float64, torch.float16, torch.bfloat16]

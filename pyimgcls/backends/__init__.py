@@ -74,7 +74,7 @@ def _triton_missing(op: str) -> str | None:
 class Backend:
     """One row of the backend table."""
     name: str
-    summary: str                      # what runs (``pyimgcls info``, CLI help, README)
+    summary: str                      # what runs (training logs, CLI help)
     devices: tuple[str, ...]          # tensor device types served
     dtypes: tuple[_torch.dtype, ...]  # dtypes accepted (others raise BackendError naming the argument)
     ready: Callable[[], bool]         # can run right now on this machine (available_backends)
@@ -82,7 +82,7 @@ class Backend:
     auto_for: tuple[str, ...] = ()    # device types for which "auto" may pick it (first ready row wins)
     interpreted_devices: tuple[str, ...] = ()   # devices served only under TRITON_INTERPRET=1
     yardstick: bool = False           # plain PyTorch: the reference, never picked by "auto"
-    # DESIGN.md: float16/bfloat16 inputs computed in float32 and returned in their dtype (the family
+    # docs/architecture.md: float16/bfloat16 inputs computed in float32 and returned in their dtype (the family
     # modules do the casts; op files read this where it changes a saved tensor's dtype)
     upcasts_low_precision: bool = False
 
@@ -92,13 +92,13 @@ class Backend:
 
 # Table order is the "auto" priority.
 TABLE: dict[str, Backend] = {b.name: b for b in (
-    Backend("cuda", "our CUDA C++ kernels (csrc/cuda/)", ("cuda",),
+    Backend("cuda", "pyimgcls CUDA C++ kernels", ("cuda",),
             (_torch.float32, _torch.float16, _torch.bfloat16), cuda_backend_ready, _cuda_missing, auto_for=("cuda",)),
-    Backend("triton", "our Triton kernels (triton_kernels/)", ("cuda",), _ALL_FLOAT, triton_backend_ready,
+    Backend("triton", "pyimgcls Triton kernels", ("cuda",), _ALL_FLOAT, triton_backend_ready,
             _triton_missing, auto_for=("cuda",), interpreted_devices=("cpu",)),
-    Backend("cpu", "our C++ CPU kernels (csrc/cpu/)", ("cpu",), _ALL_FLOAT, lambda: True, auto_for=("cpu",),
+    Backend("cpu", "pyimgcls C++ CPU kernels", ("cpu",), _ALL_FLOAT, lambda: True, auto_for=("cpu",),
             upcasts_low_precision=True),
-    Backend("torch", "plain PyTorch (cuBLAS/cuDNN/ATen): the yardstick", ("cpu", "cuda"), _ALL_FLOAT,
+    Backend("torch", "plain PyTorch reference (not ours)", ("cpu", "cuda"), _ALL_FLOAT,
             lambda: True, yardstick=True),
 )}
 

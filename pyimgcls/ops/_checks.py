@@ -51,7 +51,7 @@ def check_activation(activation, op: str):
 
 
 def check_backend_dtype(backend: str, x: torch.Tensor, name: str, op: str) -> None:
-    """Dtypes each backend computes in (the backend table; DESIGN.md): CUDA kernels have no float64."""
+    """Dtypes each backend computes in (the backend table, docs/architecture.md): CUDA kernels have no float64."""
     backends.check_dtype(backend, x, name, op)
 
 

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from .. import _backend
+from .. import _backend, backends
 from ..data import Augment, DataError, TensorSplit, batch_generator, load_dataset, load_image
 from ..data import normalize, standard_augment
 from ..errors import ArgumentValueError, BackendError
@@ -29,9 +29,7 @@ from .metrics import classification_metrics, plot_confusion, plot_curves, write_
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("none", "cosine", "step", "onecycle")
 AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-KERNEL_DESCRIPTIONS = {
-    "cuda": "pyimgcls CUDA C++ kernels", "triton": "pyimgcls Triton kernels",
-    "cpu": "pyimgcls C++ CPU kernels", "torch": "plain PyTorch reference (not ours)"}
+KERNEL_DESCRIPTIONS = {name: b.summary for name, b in backends.TABLE.items()}
 # Settings a resume must share with the run it continues (anything else may change, e.g. --save-every).
 RESUME_KEYS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
                "schedule", "warmup_epochs", "step_size", "gamma", "label_smoothing", "seed", "augment", "image_size",
@@ -110,12 +108,13 @@ class _LossWatch:
 # ------------------------------------------------------------------------------------- devices
 def pick_device(kernels: str, device: str, dist_local_rank: int = 0) -> torch.device:
     if device == "auto":
-        if kernels == "cpu":
-            device = "cpu"
-        elif kernels in ("cuda", "triton") or torch.cuda.is_available():
-            device = "cuda"
+        # a backend that serves one device type decides it; "auto" and the torch yardstick take the GPU
+        # when there is one
+        served = backends.TABLE[kernels].devices if kernels in backends.TABLE else ()
+        if len(served) == 1:
+            device = served[0]
         else:
-            device = "cpu"
+            device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
             raise BackendError(f"--kernels {kernels} / --device cuda: no CUDA GPU is visible to torch")

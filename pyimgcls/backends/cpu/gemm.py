@@ -6,7 +6,7 @@ Entry points (same signature in every backend folder):
     bias_act_bwd(grad, out, act, has_bias) -> (grad_pre, grad_bias | None)
                                                  grad [M, N] contiguous; grad_pre = grad * act'(out),
                                                  grad_bias = grad_pre.sum(0)
-float16/bfloat16 inputs are computed in float32 and returned in their dtype (DESIGN.md)."""
+float16/bfloat16 inputs are computed in float32 and returned in their dtype (docs/architecture.md, "Dtypes")."""
 from __future__ import annotations
 
 import torch
