@@ -130,7 +130,8 @@ def _fns(provider, x, w, b, kw, pass_):
 
 
 def run(providers, sets, quick: bool, out_dir: str) -> int:
-    from pyimgcls.bench import measure_peaks, new_results, print_table, time_ms, finish_results
+    from pyimgcls.bench import measure_peaks, time_ms
+    from report import finish_results, new_results, print_table
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -198,7 +199,7 @@ def run(providers, sets, quick: bool, out_dir: str) -> int:
 
 
 def main(argv=None) -> int:
-    from pyimgcls.bench import gpu_bench_parser, select_providers
+    from report import gpu_bench_parser, select_providers
 
     p = gpu_bench_parser(__doc__, "batch 128, the first layers of each set only",
                          "comma-separated backends of ours")

@@ -119,7 +119,8 @@ def bench_case(case, make, our_fn, ref_fn, providers, peaks, rep_ms, failures) -
 
 
 def run(providers, quick: bool, out_dir: str) -> int:
-    from pyimgcls.bench import measure_peaks, new_results, print_table, finish_results
+    from pyimgcls.bench import measure_peaks
+    from report import finish_results, new_results, print_table
 
     t_start = time.perf_counter()
     rep_ms = 50 if quick else 100
@@ -136,7 +137,7 @@ def run(providers, quick: bool, out_dir: str) -> int:
 
 
 def main(argv=None) -> int:
-    from pyimgcls.bench import gpu_bench_parser, select_providers
+    from report import gpu_bench_parser, select_providers
 
     p = gpu_bench_parser(__doc__, "a few representative cases only",
                          "comma-separated backends to compare with cuBLAS (those not available here are skipped)")

@@ -49,6 +49,14 @@ def _bench_module():
     return bench
 
 
+def _report_module():
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:  # `pyimgcls bench ladder` runs this file with runpy
+        sys.path.insert(0, here)
+    import report
+    return report
+
+
 # --------------------------------------------------------------------------------------------- CPU
 def _cpu_time(fn, reps: int) -> float:
     """Median wall time (ms) of ``reps`` calls after one warm-up call."""
@@ -241,8 +249,8 @@ def run_gpu(quick: bool = False) -> tuple[list[dict], dict]:
 
 # ----------------------------------------------------------------------------------- results, README
 def write(rows: list[dict], peaks: dict, device: str, out_dir: str) -> str:
-    bench = _bench_module()
-    results = bench.new_results(device, peaks=peaks, cases=rows)
+    report = _report_module()
+    results = report.new_results(device, peaks=peaks, cases=rows)
     load = os.getloadavg()[0]
     loaded = device == "cpu" and load > 0.5 * (os.cpu_count() or 1)
     results["notes"] = [f"ladder benchmark, load average {load:.1f} on {os.cpu_count()} CPUs"
@@ -250,15 +258,15 @@ def write(rows: list[dict], peaks: dict, device: str, out_dir: str) -> str:
     if device == "cpu":
         out_dir = os.path.join(out_dir, "cpu")
         os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, bench.results_filename(results).replace(".json", "_ladder.json"))
+        path = os.path.join(out_dir, report.results_filename(results).replace(".json", "_ladder.json"))
         if os.path.exists(path):
             with open(path) as f:
-                results = bench.merge_results(json.load(f), results)
+                results = report.merge_results(json.load(f), results)
         with open(path, "w") as f:
             json.dump(results, f, indent=1)
             f.write("\n")
         return path
-    return bench.write_results(results, out_dir)
+    return report.write_results(results, out_dir)
 
 
 def _newest_ladder_results(results_dir: str) -> list[dict]:

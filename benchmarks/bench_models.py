@@ -172,7 +172,8 @@ def _compiled_fns(model, x, target):
 
 
 def run(models, providers, batch, quick, use_compile, out_dir) -> int:
-    from pyimgcls.bench import Case, new_results, print_table, time_ms, finish_results
+    from pyimgcls.bench import Case, time_ms
+    from report import finish_results, new_results, print_table
 
     torch.backends.cudnn.benchmark = True
     t_start = time.perf_counter()
@@ -255,7 +256,7 @@ def run(models, providers, batch, quick, use_compile, out_dir) -> int:
 
 
 def main(argv=None) -> int:
-    from pyimgcls.bench import gpu_bench_parser, select_providers
+    from report import gpu_bench_parser, select_providers
 
     p = gpu_bench_parser(__doc__, "resnet18 and mobilenet_v2, batch 64, shorter timing",
                          "comma-separated backends of ours")

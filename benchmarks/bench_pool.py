@@ -105,7 +105,8 @@ def _check(out, ref, kind) -> float:
 
 def run(providers, quick: bool, out_dir: str) -> int:
     import pyimgcls
-    from pyimgcls.bench import Case, dtype_name, measure_peaks, new_results, print_table, time_ms, finish_results
+    from pyimgcls.bench import Case, dtype_name, measure_peaks, time_ms
+    from report import finish_results, new_results, print_table
 
     t_start = time.perf_counter()
     peaks = measure_peaks("cuda")
@@ -169,7 +170,7 @@ def run(providers, quick: bool, out_dir: str) -> int:
 
 
 def main(argv=None) -> int:
-    from pyimgcls.bench import gpu_bench_parser, select_providers
+    from report import gpu_bench_parser, select_providers
 
     p = gpu_bench_parser(__doc__, "one layer per network only",
                          "comma-separated backends to compare with PyTorch")

@@ -276,9 +276,10 @@ fi
 [ -n "$MEMCHECK_LOG" ] && FIN_ARGS+=(--memcheck-log "$MEMCHECK_LOG")
 [ -n "$RACECHECK_LOG" ] && FIN_ARGS+=(--racecheck-log "$RACECHECK_LOG")
 for n in "${NOTES[@]+"${NOTES[@]}"}"; do FIN_ARGS+=(--note "$n"); done
-# -P: do not put pyimgcls/ on sys.path (its modules could shadow the standard library); bench.py
-# is run from its file so the report works even when the package failed to build
-"$PY" -P pyimgcls/bench.py "${FIN_ARGS[@]}" 2>&1 | tee "$LOGS/finalize.log"
+# -P: do not put the script's folder on sys.path (its modules could shadow the standard library);
+# report.py loads pyimgcls/bench.py from its file, so the report works even when the package failed
+# to build
+"$PY" -P benchmarks/report.py "${FIN_ARGS[@]}" 2>&1 | tee "$LOGS/finalize.log"
 RESULT_JSON=$(awk -v d="results: $OUTDIR/" 'index($0, d) == 1 { print substr($0, 10); exit }' "$LOGS/finalize.log")
 "$PY" benchmarks/make_benchmarks_md.py --output "$OUTDIR/BENCHMARKS.md" >>"$LOGS/finalize.log" 2>&1 \
   || echo "BENCHMARKS.md generation failed (see finalize.log)"
@@ -293,7 +294,7 @@ SUMMARY=$OUTDIR/summary.txt
   done
   echo
   if [ -n "$RESULT_JSON" ] && [ -f "$RESULT_JSON" ]; then
-    "$PY" -P pyimgcls/bench.py summary "$RESULT_JSON" 2>&1 || echo "summary table failed"
+    "$PY" -P benchmarks/report.py summary "$RESULT_JSON" 2>&1 || echo "summary table failed"
   else
     echo "no results JSON was written (see logs.tar.gz: finalize.log)"
     FAILED=1

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import importlib.util
 import os
 import sys
 from collections import defaultdict
@@ -18,19 +17,12 @@ from tabulate import tabulate
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # run with -P or imported by path
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# report loads pyimgcls/bench.py from its file rather than importing pyimgcls, so that the page can be
+# regenerated from any checkout, also one where the native module is not built.
+import report  # noqa: E402
 
-def _load_bench():
-    # bench.py is loaded from its file rather than as pyimgcls.bench so that the page can be
-    # regenerated from any checkout, also one where the native module is not built.
-    path = os.path.join(REPO_ROOT, "pyimgcls", "bench.py")
-    spec = importlib.util.spec_from_file_location("_pyimgcls_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _load_bench()
 
 HEADER = """# Benchmarks
 
@@ -58,7 +50,7 @@ def newest_per_device(results_dir: str) -> dict[str, tuple[str, dict]]:
     by_device: dict[str, list[tuple[str, dict]]] = defaultdict(list)
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         try:
-            data = bench.load_results(path)
+            data = report.load_results(path)
         except (ValueError, OSError) as e:
             print(f"skipping {path}: {e}", file=sys.stderr)
             continue
@@ -73,7 +65,7 @@ def newest_per_device(results_dir: str) -> dict[str, tuple[str, dict]]:
 
 def _kv(d: dict | None) -> str:
     items = [(k, v) for k, v in (d or {}).items()]
-    return ", ".join(f"{k} {bench._fmt(v)}" for k, v in items) if items else "-"
+    return ", ".join(f"{k} {report._fmt(v)}" for k, v in items) if items else "-"
 
 
 def _display_path(path: str) -> str:
@@ -92,15 +84,15 @@ def device_section(path: str, res: dict) -> str:
         ["date", res.get("date")],
         ["commit", f"`{res.get('commit')}`" + (" (uncommitted changes)" if res.get("dirty") else "")],
         ["versions", _kv(res.get("versions"))],
-        ["measured copy bandwidth", f"{bench._fmt(peaks.get('copy_gbps'))} GB/s (read + write)"],
+        ["measured copy bandwidth", f"{report._fmt(peaks.get('copy_gbps'))} GB/s (read + write)"],
         ["measured cuBLAS 8192³", " / ".join(
-            f"{k.split('_')[1]} {bench._fmt(peaks[k])} TFLOP/s"
+            f"{k.split('_')[1]} {report._fmt(peaks[k])} TFLOP/s"
             for k in ("cublas_fp16_tflops", "cublas_bf16_tflops", "cublas_fp32_tflops",
                       "torch_fp32_tflops") if peaks.get(k)) or "-"],
         ["tests passed / failed / skipped",
-         " / ".join(bench._fmt(t.get(k)) for k in ("passed", "failed", "skipped"))],
-        ["compute-sanitizer errors", f"memcheck {bench._fmt(s.get('memcheck_errors'))}, "
-                                     f"racecheck {bench._fmt(s.get('racecheck_errors'))}"
+         " / ".join(report._fmt(t.get(k)) for k in ("passed", "failed", "skipped"))],
+        ["compute-sanitizer errors", f"memcheck {report._fmt(s.get('memcheck_errors'))}, "
+                                     f"racecheck {report._fmt(s.get('racecheck_errors'))}"
                                      + (" (- = not run)" if None in (s.get('memcheck_errors'),
                                                                      s.get('racecheck_errors')) else "")],
     ]
@@ -117,12 +109,12 @@ def device_section(path: str, res: dict) -> str:
         out.append("\nNo benchmark cases in this file.\n")
     for family, rows in families.items():
         out.append(f"\n### {family}\n")
-        for group, prov, ref, gm, n in bench.speedup_lines(rows):
+        for group, prov, ref, gm, n in report.speedup_lines(rows):
             what = "all cases" if group == family else f"`{group.split('/', 1)[1]}` cases"
             out.append(f"Geometric-mean speedup of `{prov}` over `{ref}`, {what}: **{gm:.3f}x** "
                        f"(n={n})  ")
         out.append("")
-        out.append(tabulate(bench.table_rows(rows), headers=[h for _, h in bench.TABLE_COLUMNS],
+        out.append(tabulate(report.table_rows(rows), headers=[h for _, h in report.TABLE_COLUMNS],
                             tablefmt="github", disable_numparse=True))
     return "\n".join(out) + "\n"
 

@@ -1,7 +1,8 @@
-"""The helpers every benchmarks/bench_<family>.py shares (pyimgcls/bench.py) and the scripts' behaviour
+"""The helpers every benchmarks/bench_<family>.py shares (benchmarks/report.py) and the scripts' behaviour
 on a machine without CUDA (exit 0 with a message, nothing written)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,30 +11,40 @@ import sys
 import pytest
 import torch
 
-from pyimgcls import bench
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_report():
+    # benchmarks/ is not a package: load its report module by path.
+    spec = importlib.util.spec_from_file_location("_benchmarks_report",
+                                                  os.path.join(REPO, "benchmarks", "report.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+report = _load_report()
 GPU_BENCHES = ["gemm", "conv", "pool", "softmax_xent", "batchnorm", "models"]
 
 
 def test_gpu_bench_parser_shared_options(tmp_path):
-    args = bench.gpu_bench_parser("doc line\nmore", "quick help").parse_args(
+    args = report.gpu_bench_parser("doc line\nmore", "quick help").parse_args(
         ["--out", str(tmp_path), "--quick", "--providers", "triton"])
     assert (args.out, args.quick, args.providers) == (str(tmp_path), True, "triton")
-    defaults = bench.gpu_bench_parser("doc", "q").parse_args([])
+    defaults = report.gpu_bench_parser("doc", "q").parse_args([])
     assert defaults.providers == "cuda,triton" and not defaults.quick
     assert defaults.out == os.path.join(REPO, "benchmarks", "results")
 
 
 def test_select_providers_keeps_order_and_reports_skipped(capsys):
-    assert bench.select_providers(" triton, cuda ,,", ["cpu", "cuda", "triton"]) == ["triton", "cuda"]
-    assert bench.select_providers("cuda,triton", ["cpu", "torch"]) == []
+    assert report.select_providers(" triton, cuda ,,", ["cpu", "cuda", "triton"]) == ["triton", "cuda"]
+    assert report.select_providers("cuda,triton", ["cpu", "torch"]) == []
     assert capsys.readouterr().out.count("skipped") == 2
 
 
 def test_finish_results_records_failures_and_writes(tmp_path, capsys):
-    res = bench.new_results("cpu", name="test-device", cases=[])
-    path = bench.finish_results(res, ["case x: mismatch"], str(tmp_path), "demo benchmark", 0.0)
+    res = report.new_results("cpu", name="test-device", cases=[])
+    path = report.finish_results(res, ["case x: mismatch"], str(tmp_path), "demo benchmark", 0.0)
     data = json.loads(open(path).read())
     assert data["bench_failures"] == ["case x: mismatch"] and data["device"] == "test-device"
     assert "demo benchmark on test-device" in capsys.readouterr().out
