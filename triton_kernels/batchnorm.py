@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from ._config import INTERPRET
+from .common import act_backward, apply_act
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -43,27 +44,6 @@ def _tile_offsets(rows, offs_c, S, stride_n, stride_c, stride_s):
     return (n * stride_n + s * stride_s)[:, None] + (offs_c * stride_c)[None, :]
 
 
-@triton.jit
-def _act(v, ACT: tl.constexpr):
-    # relu / relu6 with PyTorch's NaN propagation: NaN compares false and passes through unchanged
-    if ACT == 1:
-        v = tl.where(v < 0, 0.0, v)
-    elif ACT == 2:
-        v = tl.where(v < 0, 0.0, tl.where(v > 6, 6.0, v))
-    return v
-
-
-@triton.jit
-def _masked_grad(g, o, ACT: tl.constexpr):
-    # select semantics of ATen's threshold / hardtanh backward: a NaN output passes its gradient
-    if ACT == 1:
-        g = tl.where(o <= 0, 0.0, g)
-    elif ACT == 2:
-        g = tl.where((o <= 0) | (o >= 6), 0.0, g)
-    return g
-
-
-# ----------------------------------------------------------------------------- statistics
 @triton.jit
 def _batch_norm_stats_fwd_kernel(
     x_ptr, part_ptr, M, C, S, ROWS_PER,
@@ -152,7 +132,7 @@ def _batch_norm_fwd_kernel(
         y += tl.load(b_ptr + offs_c, mask=cmask, other=0.0)[None, :]
     if HAS_R:
         y += tl.load(r_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-    y = _act(y, ACT)
+    y = apply_act(y, ACT)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -198,7 +178,7 @@ def _batch_norm_reduce_bwd_kernel(
         offs = _tile_offsets(rows, offs_c, S, stride_n, stride_c, stride_s)
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         if ACT != 0:
-            g = _masked_grad(g, tl.load(o_ptr + offs, mask=mask, other=0.0).to(acc_ty), ACT)
+            g = act_backward(g, tl.load(o_ptr + offs, mask=mask, other=0.0).to(acc_ty), ACT)
         if WRITE_GP:
             tl.store(gp_ptr + offs, g.to(gp_ptr.dtype.element_ty), mask=mask)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
@@ -258,7 +238,7 @@ def _batch_norm_bwd_kernel(
     offs = _tile_offsets(rows, offs_c, S, stride_n, stride_c, stride_s)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_ty)
     if ACT != 0:
-        g = _masked_grad(g, tl.load(o_ptr + offs, mask=mask, other=0.0).to(acc_ty), ACT)
+        g = act_backward(g, tl.load(o_ptr + offs, mask=mask, other=0.0).to(acc_ty), ACT)
     if TRAINING:
         mean = tl.load(mean_ptr + offs_c, mask=cmask, other=0.0)
         a = tl.load(coef_ptr + offs_c, mask=cmask, other=0.0)

@@ -20,9 +20,10 @@ Dgrad, ``_conv2d_bwd_data_kernel``: dx[m = (n, ih, iw), c] = sum over taps (i, j
     an implicit GEMM with K = (i, j, o), gathering g on the fly. Every element of dx is written once.
 Wgrad, ``_conv2d_bwd_weight_kernel``: dw[o, c, i, j] = sum_m g[m, o] * A[m, (i, j, c)], one program per
     (o tile, c tile, tap, group, K split); the pixel axis (N*OH*OW) is the reduction. With SPLIT_K > 1
-    partial sums go to a scratch buffer and ``_conv2d_wgrad_reduce_kernel`` adds them in a fixed
+    partial sums go to a scratch buffer and ``common.split_reduce_kernel`` adds them in a fixed
     order (deterministic, no atomics).
-Epilogue backward, ``_conv2d_bias_act_bwd_kernel``: grad_pre = grad * act'(out), grad_bias[o] = sum.
+Epilogue backward: ``common.bias_act_bwd`` (grad_pre = grad * act'(out), grad_bias[o] = sum, split
+    over rows with a fixed-order reduction).
 fp32 operands use input_precision="ieee" (no TF32: float32 means IEEE float32).
 
 Test: pytest tests/test_conv.py -k triton   Benchmark: python benchmarks/bench_conv.py
@@ -33,7 +34,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import common
 from ._config import INTERPRET, autotune_configs, cfg
+from .common import apply_act, split_reduce_kernel
 
 _IGEMM_CONFIGS = autotune_configs(
     [
@@ -71,16 +74,6 @@ _DW_CONFIGS = autotune_configs(
 
 
 @triton.jit
-def _apply_act(x, ACT: tl.constexpr):
-    # NaN-propagating like PyTorch: comparisons with NaN are false, so NaN falls through untouched.
-    if ACT == 1:
-        x = tl.where(x < 0, 0.0, x)
-    elif ACT == 2:
-        x = tl.where(x < 0, 0.0, tl.where(x > 6, 6.0, x))
-    return x
-
-
-@triton.jit
 def _mma(a, b, acc, IS_FP32: tl.constexpr, ACC_FP64: tl.constexpr, UPCAST_DOT: tl.constexpr):
     if UPCAST_DOT:
         # Interpreter only: numpy has no bfloat16, so its tl.dot misreads bf16 operands; the values are
@@ -108,7 +101,7 @@ def _epilogue_store(acc, n_idx, oh, ow, ch, mask_m, mask_n, bias_ptr, res_ptr, o
     if HAS_RES:
         r_off = (n_idx * srn + oh * srh + ow * srw)[:, None] + (ch * src)[None, :]
         acc += tl.load(res_ptr + r_off, mask=mask, other=0.0).to(acc.dtype)
-    acc = _apply_act(acc, ACT)
+    acc = apply_act(acc, ACT)
     o_off = (n_idx * son + oh * soh + ow * sow)[:, None] + (ch * soc)[None, :]
     tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -348,52 +341,6 @@ def _conv2d_bwd_weight_kernel(
     tl.store(dst_ptr + d_off, acc.to(dst_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@triton.jit
-def _conv2d_wgrad_reduce_kernel(part_ptr, dw_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
-    # dw = sum_s part[s] in the order s = 0, 1, ... (deterministic), cast to dw's dtype.
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    acc = tl.load(part_ptr + offs, mask=mask, other=0.0)
-    for s in range(1, SPLIT_K):
-        acc += tl.load(part_ptr + s * numel + offs, mask=mask, other=0.0)
-    tl.store(dw_ptr + offs, acc.to(dw_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _conv2d_bias_act_bwd_kernel(
-    grad_ptr, out_ptr, grad_pre_ptr, grad_bias_ptr,
-    N, O, P, sn, so, sp,
-    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_FP64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr,
-):
-    # grad, out and grad_pre share the strides (sn, so, sp) of a [N, O, P] view. One program per
-    # BLOCK_O channels walks all N*P rows in order: a fixed summation order (deterministic).
-    offs_o = tl.program_id(0).to(tl.int64) * BLOCK_O + tl.arange(0, BLOCK_O)
-    mask_o = offs_o < O
-    if ACC_FP64:
-        col_sum = tl.zeros((BLOCK_O,), dtype=tl.float64)
-    else:
-        col_sum = tl.zeros((BLOCK_O,), dtype=tl.float32)
-    for m0 in range(0, N * P, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        mask = (offs_m[:, None] < N * P) & mask_o[None, :]
-        idx = ((offs_m // P) * sn + (offs_m % P) * sp)[:, None] + (offs_o * so)[None, :]
-        gv = tl.load(grad_ptr + idx, mask=mask, other=0.0).to(col_sum.dtype)
-        if ACT != 0:
-            y = tl.load(out_ptr + idx, mask=mask, other=0.0).to(col_sum.dtype)
-            # Select semantics as ATen: NaN outputs pass the gradient, masked infs become 0.
-            if ACT == 1:
-                drop = y <= 0
-            else:
-                drop = (y <= 0) | (y >= 6)
-            gv = tl.where(drop, 0.0, gv)
-            tl.store(grad_pre_ptr + idx, gv.to(grad_pre_ptr.dtype.element_ty), mask=mask)
-        if HAS_BIAS:
-            col_sum += tl.sum(gv, axis=0)
-    if HAS_BIAS:
-        tl.store(grad_bias_ptr + offs_o, col_sum.to(grad_bias_ptr.dtype.element_ty), mask=mask_o)
-
-
 # ----------------------------------------------------------------------------- host functions
 def _flags(t: torch.Tensor):
     return dict(IS_FP32=t.dtype == torch.float32, ACC_FP64=t.dtype == torch.float64,
@@ -472,17 +419,12 @@ def conv2d_bwd_weight(gp, x, dw, stride, padding, dilation, groups) -> None:
     if split > 1:
         numel = dw.numel()
         block = 1024
-        _conv2d_wgrad_reduce_kernel[(triton.cdiv(numel, block),)](dst, dw, numel, SPLIT_K=split, BLOCK=block)
+        split_reduce_kernel[(triton.cdiv(numel, block),)](dst, dw, numel, SPLITS=split, BLOCK=block)
 
 
 def conv2d_bias_act_bwd(grad, out, grad_pre, grad_bias, act) -> None:
     """grad_pre = grad * act'(out) (when act != 0); grad_bias = per-channel sum. grad, out and grad_pre
     share strides; the spatial dims must be collapsible (stride_h == W * stride_w)."""
     N, O, OH, OW = grad.shape
-    P = OH * OW
-    block_o = 16 if INTERPRET else 32
-    _conv2d_bias_act_bwd_kernel[(triton.cdiv(O, block_o),)](
-        grad, out if out is not None else grad, grad_pre, grad_bias if grad_bias is not None else grad,
-        N, O, P, grad.stride(0), grad.stride(1), grad.stride(3),
-        ACT=act, HAS_BIAS=grad_bias is not None, ACC_FP64=grad.dtype == torch.float64,
-        BLOCK_M=64, BLOCK_O=block_o)
+    common.bias_act_bwd(grad, out, grad_pre, grad_bias, act, N, O, OH * OW, grad.stride(0), grad.stride(1),
+                        grad.stride(3))

@@ -20,7 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import common
 from ._config import INTERPRET, autotune_configs, cfg
+from .common import apply_act
 
 ACT_NONE, ACT_RELU, ACT_RELU6 = 0, 1, 2
 
@@ -38,16 +40,6 @@ _GEMM_CONFIGS = autotune_configs(
     ],
     cfg(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, num_warps=4, num_stages=1),
 )
-
-
-@triton.jit
-def _apply_act(x, ACT: tl.constexpr):
-    # NaN-propagating like PyTorch: comparisons with NaN are false, so NaN falls through untouched.
-    if ACT == 1:
-        x = tl.where(x < 0, 0.0, x)
-    elif ACT == 2:
-        x = tl.where(x < 0, 0.0, tl.where(x > 6, 6.0, x))
-    return x
 
 
 @triton.autotune(configs=_GEMM_CONFIGS, key=["M", "N", "K", "IS_FP32", "ACC_FP64"])
@@ -107,46 +99,9 @@ def _gemm_fwd_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(acc.dtype)
         acc += bias[None, :]
-    acc = _apply_act(acc, ACT)
+    acc = apply_act(acc, ACT)
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-
-
-@triton.jit
-def _bias_act_bwd_kernel(
-    grad_ptr, out_ptr, grad_pre_ptr, grad_bias_ptr,
-    M, N,
-    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_FP64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    # One program per BLOCK_N-column strip of the contiguous [M, N] grad; it walks every row block
-    # in order, so the bias sum has a fixed order (deterministic across runs).
-    pid = tl.program_id(0)
-    offs_n = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    if ACC_FP64:
-        col_sum = tl.zeros((BLOCK_N,), dtype=tl.float64)
-    else:
-        col_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for m0 in range(0, M, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
-        mask = (offs_m[:, None] < M) & mask_n[None, :]
-        idx = offs_m[:, None] * N + offs_n[None, :]
-        g = tl.load(grad_ptr + idx, mask=mask, other=0.0).to(col_sum.dtype)
-        if ACT != 0:
-            y = tl.load(out_ptr + idx, mask=mask, other=0.0).to(col_sum.dtype)
-            # Select, not multiply (as ATen's threshold/hardtanh backward): a NaN output passes
-            # the gradient through, and an inf gradient at a masked position becomes 0, not NaN.
-            if ACT == 1:
-                drop = y <= 0
-            else:
-                drop = (y <= 0) | (y >= 6)
-            g = tl.where(drop, 0.0, g)
-            tl.store(grad_pre_ptr + idx, g.to(grad_pre_ptr.dtype.element_ty), mask=mask)
-        if HAS_BIAS:
-            col_sum += tl.sum(g, axis=0)
-    if HAS_BIAS:
-        tl.store(grad_bias_ptr + offs_n, col_sum.to(grad_bias_ptr.dtype.element_ty), mask=mask_n)
 
 
 def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, act: int, out: torch.Tensor) -> torch.Tensor:
@@ -169,13 +124,9 @@ def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, act: int, 
 
 def bias_act_bwd(grad: torch.Tensor, out: torch.Tensor | None, act: int,
                  grad_pre: torch.Tensor, grad_bias: torch.Tensor | None) -> None:
-    """grad_pre = grad * act'(out); grad_bias = grad_pre.sum(0). grad, out: contiguous [M, N]."""
+    """grad_pre = grad * act'(out); grad_bias = grad_pre.sum(0). grad, out: contiguous [M, N], the
+    [N=M, O=N, P=1] case of the shared conv/GEMM epilogue backward (common.bias_act_bwd)."""
     M, N = grad.shape
     if N == 0:
         return
-    block_n = 32
-    _bias_act_bwd_kernel[(triton.cdiv(N, block_n),)](
-        grad, out if out is not None else grad, grad_pre, grad_bias if grad_bias is not None else grad,
-        M, N, ACT=act, HAS_BIAS=grad_bias is not None, ACC_FP64=grad.dtype == torch.float64,
-        BLOCK_M=64, BLOCK_N=block_n,
-    )
+    common.bias_act_bwd(grad, out, grad_pre, grad_bias, act, M, N, 1, N, 1, 0)

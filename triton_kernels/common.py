@@ -1,0 +1,123 @@
+"""Triton vocabulary shared by the production kernels (gemm, conv, batchnorm): the fused
+activations and their backward, the bias/activation backward of a conv or GEMM output, and the
+fixed-order reduction of split partial sums. One definition each, so the families cannot drift.
+
+Bias/activation backward, ``bias_act_bwd``: for an output viewed as [N, O, P] with strides
+(sn, so, sp) (a GEMM's [M, N] is N=M, O=N, P=1),
+    grad_pre = grad * act'(out)    (select semantics, as ATen: NaN outputs pass the gradient, masked
+                                    infs become 0)
+    grad_bias[o] = sum over the N*P rows of grad_pre[:, o]
+The grid is (channel tiles, row splits): each program walks a contiguous chunk of rows and writes its
+column partial sums to a [splits, O] scratch in the accumulation dtype; ``split_reduce_kernel`` then
+adds the splits in order 0, 1, ... (deterministic, no atomics). One row split per channel tile would
+leave most SMs idle for the few-channel outputs of early layers (2-16 of 132 busy). Bytes: read grad
+(+ out with an activation), write grad_pre when there is an activation, O * splits partials.
+Test: pytest tests/test_conv.py tests/test_gemm.py -k triton
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._config import INTERPRET
+
+INTERPRET_SM_COUNT = 4  # the "SM count" used to size split grids under the interpreter (CPU tests)
+
+
+@triton.jit
+def apply_act(x, ACT: tl.constexpr):
+    # relu / relu6 with PyTorch's NaN propagation: comparisons with NaN are false, so NaN falls
+    # through untouched.
+    if ACT == 1:
+        x = tl.where(x < 0, 0.0, x)
+    elif ACT == 2:
+        x = tl.where(x < 0, 0.0, tl.where(x > 6, 6.0, x))
+    return x
+
+
+@triton.jit
+def act_backward(g, y, ACT: tl.constexpr):
+    # grad of relu / relu6 from the saved output y, by select (not multiply), as ATen's
+    # threshold_backward / hardtanh_backward: a NaN output passes the gradient through and an inf
+    # gradient at a masked position becomes 0, not NaN.
+    if ACT == 1:
+        g = tl.where(y <= 0, 0.0, g)
+    elif ACT == 2:
+        g = tl.where((y <= 0) | (y >= 6), 0.0, g)
+    return g
+
+
+@triton.jit
+def split_reduce_kernel(part_ptr, dst_ptr, numel, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+    # dst = sum_s part[s] in the order s = 0, 1, ... (deterministic), cast to dst's dtype.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    acc = tl.load(part_ptr + offs, mask=mask, other=0.0)
+    for s in range(1, SPLITS):
+        acc += tl.load(part_ptr + s * numel + offs, mask=mask, other=0.0)
+    tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bias_act_bwd_kernel(
+    grad_ptr, out_ptr, grad_pre_ptr, part_ptr,
+    N, O, P, sn, so, sp, rows_per_split,
+    ACT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_FP64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr,
+):
+    # program (pid_o, pid_r): channels [pid_o*BLOCK_O, +BLOCK_O) x rows [r0, r1) of the N*P rows.
+    offs_o = tl.program_id(0).to(tl.int64) * BLOCK_O + tl.arange(0, BLOCK_O)
+    pid_r = tl.program_id(1).to(tl.int64)
+    mask_o = offs_o < O
+    rows = N * P
+    r0 = pid_r * rows_per_split
+    r1 = tl.minimum(r0 + rows_per_split, rows)
+    if ACC_FP64:
+        col_sum = tl.zeros((BLOCK_O,), dtype=tl.float64)
+    else:
+        col_sum = tl.zeros((BLOCK_O,), dtype=tl.float32)
+    for m0 in range(r0, r1, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M).to(tl.int64)
+        mask = (offs_m[:, None] < r1) & mask_o[None, :]
+        idx = ((offs_m // P) * sn + (offs_m % P) * sp)[:, None] + (offs_o * so)[None, :]
+        gv = tl.load(grad_ptr + idx, mask=mask, other=0.0).to(col_sum.dtype)
+        if ACT != 0:
+            y = tl.load(out_ptr + idx, mask=mask, other=0.0).to(col_sum.dtype)
+            gv = act_backward(gv, y, ACT)
+            tl.store(grad_pre_ptr + idx, gv.to(grad_pre_ptr.dtype.element_ty), mask=mask)
+        if HAS_BIAS:
+            col_sum += tl.sum(gv, axis=0)
+    if HAS_BIAS:
+        tl.store(part_ptr + pid_r * O + offs_o, col_sum, mask=mask_o)
+
+
+def sm_count(device: torch.device) -> int:
+    if INTERPRET or device.type != "cuda":
+        return INTERPRET_SM_COUNT
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def bias_act_bwd(grad, out, grad_pre, grad_bias, act, N, O, P, sn, so, sp) -> None:
+    """grad_pre = grad * act'(out) (when act != 0), grad_bias = per-channel sum over the N*P rows of
+    the [N, O, P] view with strides (sn, so, sp) shared by grad, out and grad_pre."""
+    rows = N * P
+    if rows == 0 or O == 0:
+        if grad_bias is not None:
+            grad_bias.zero_()
+        return
+    block_o = 16 if INTERPRET else 32
+    block_m = 64
+    tiles = triton.cdiv(O, block_o)
+    # ~4 programs per SM in all, each with at least 256 rows (the reduction stays a small part)
+    splits = max(1, min(triton.cdiv(rows, 256), triton.cdiv(4 * sm_count(grad.device), tiles), 65535))
+    rows_per_split = triton.cdiv(triton.cdiv(rows, splits), block_m) * block_m
+    splits = triton.cdiv(rows, rows_per_split)
+    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    part = (torch.empty(splits * O, dtype=acc, device=grad.device) if grad_bias is not None else grad)
+    _bias_act_bwd_kernel[(tiles, splits)](
+        grad, out if out is not None else grad, grad_pre, part,
+        N, O, P, sn, so, sp, rows_per_split,
+        ACT=act, HAS_BIAS=grad_bias is not None, ACC_FP64=acc == torch.float64,
+        BLOCK_M=block_m, BLOCK_O=block_o)
+    if grad_bias is not None:
+        block = 1024
+        split_reduce_kernel[(triton.cdiv(O, block),)](part, grad_bias, O, SPLITS=splits, BLOCK=block)
