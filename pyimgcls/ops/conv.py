@@ -23,12 +23,11 @@ torch.compile traces a fixed choice.
 """
 from __future__ import annotations
 
-import functools
 import numbers
 
 import torch
 
-from .. import _native
+from .. import backends
 from .._native import ACT_CODES
 from ..errors import ArgumentTypeError, ArgumentValueError
 from . import _alloc, _eager, reference
@@ -96,11 +95,61 @@ def _match_format(t: torch.Tensor | None, fmt: torch.memory_format) -> torch.Ten
     return torch.empty_strided(t.shape, want, dtype=t.dtype, device=t.device).copy_(t)
 
 
-def _strides(t: torch.Tensor | None):
+# ----------------------------------------------------------------------------- shared by the backend modules
+# backends/<backend>/conv.py (the kernel entry points; contracts in backends/cpu/conv.py) allocate their
+# outputs through these, so the output layouts, the empty-tensor early returns and the 16-int geometry
+# list of the C++ launchers are written once.
+def fwd_outputs(x, w, res, stride, padding, dilation, groups):
+    """(out, res, geom) for a forward kernel: ``out`` allocated in the canonical layout of PyTorch's
+    output format for the call, ``res`` (or None) matched to it, the geometry list; geom is None when
+    the output is empty (nothing to compute)."""
+    shape = _out_shape(x.shape, w.shape, stride, padding, dilation)
+    fmt = output_memory_format(x, w)
+    out = _alloc.empty(shape, x.dtype, x.device, memory_format=fmt)
+    if out.numel() == 0:
+        return out, res, None
+    return out, _match_format(res, fmt), _geometry(x.shape, w.shape, shape, stride, padding, dilation, groups)
+
+
+def dgrad_output(gp, x, w, stride, padding, dilation, groups):
+    """(dx, geom) for an input-gradient kernel: dx like ``x`` in its format's canonical layout; geom
+    None when dx is empty."""
+    dx = _alloc.empty(x.shape, x.dtype, x.device, memory_format=_format_of(x))
+    if dx.numel() == 0:
+        return dx, None
+    return dx, _geometry(x.shape, w.shape, gp.shape, stride, padding, dilation, groups)
+
+
+def wgrad_output(gp, x, w, stride, padding, dilation, groups):
+    """(dw, geom) for a weight-gradient kernel: dw contiguous like ``w``; geom None when dw is empty."""
+    dw = _alloc.empty(w.shape, w.dtype, w.device)
+    if dw.numel() == 0:
+        return dw, None
+    return dw, _geometry(x.shape, w.shape, gp.shape, stride, padding, dilation, groups)
+
+
+def bias_act_outputs(grad, out, act, has_bias, fmt):
+    """(grad_pre, grad_bias or None) for a bias/activation-backward kernel. grad and out arrive in the
+    canonical output layout ``fmt`` (_match_format), so grad_pre shares their strides; grad_pre is
+    ``grad`` itself without an activation. For an empty grad grad_bias is zeroed (nothing to compute)."""
+    gp = _alloc.empty(grad.shape, grad.dtype, grad.device, memory_format=fmt) if act != 0 else grad
+    assert gp.stride() == grad.stride() and (out is None or out.stride() == grad.stride())
+    gb = _alloc.empty((grad.shape[1],), grad.dtype, grad.device) if has_bias else None
+    if gb is not None and grad.numel() == 0:
+        gb.zero_()
+    return gp, gb
+
+
+def strides(t: torch.Tensor | None):
     return list(t.stride()) if t is not None else [0, 0, 0, 0]
 
 
-def _ptr(t: torch.Tensor | None) -> int:
+def pixel_strides(t: torch.Tensor | None):
+    """[n, c, 0, w] strides of an output-shaped tensor read as [N, O, OH*OW] (canonical layouts only)."""
+    return [t.stride(0), t.stride(1), 0, t.stride(3)] if t is not None else [0, 0, 0, 0]
+
+
+def ptr(t: torch.Tensor | None) -> int:
     return t.data_ptr() if t is not None else 0
 
 
@@ -108,164 +157,9 @@ def _to_float(t):
     return None if t is None else t.float()
 
 
-# ----------------------------------------------------------------------------- CUDA launch glue
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _cuda_args(t: torch.Tensor):
-    return t.device.index, _native.cuda_stream(t)
-
-
-def _cuda_fwd(x, w, bias, res, out, geom, act):
-    if x.dtype in _LOW_PRECISION and geom[15] != geom[1]:
-        # NCHW policy: the tensor-core fast path gathers 8 channels of one tap per 16-byte cp.async, so
-        # it needs channels_last activations. NCHW input is converted here, explicitly (one extra read
-        # + write of the input; benchmarks/bench_conv.py measures the NCHW rows with it included), and
-        # the weight is laid out as [O, KH, KW, C/groups] (small). The output is still written in the
-        # layout PyTorch returns for the call. Depthwise and fp32 kernels read any layout in place.
-        x = x.contiguous(memory_format=torch.channels_last)
-        w = w.contiguous(memory_format=torch.channels_last)
-    _native.C.conv2d_fwd_cuda(_native.dtype_code(x.dtype), geom, x.data_ptr(), _strides(x), w.data_ptr(),
-                              _strides(w), _ptr(bias), _ptr(res), _strides(res), out.data_ptr(), _strides(out), act,
-                              *_cuda_args(x))
-
-
-def _cuda_dgrad(gp, w, dx, geom):
-    if gp.dtype in _LOW_PRECISION:
-        # dgrad's GEMM-K axis is (tap, out channel): channels_last gradient and an out-channel-contiguous
-        # weight view (a weight-sized copy) make every K chunk a 16-byte load.
-        gp = gp.contiguous(memory_format=torch.channels_last)
-        w = w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
-    _native.C.conv2d_bwd_data_cuda(_native.dtype_code(gp.dtype), geom, gp.data_ptr(), _strides(gp), w.data_ptr(),
-                                   _strides(w), dx.data_ptr(), _strides(dx), *_cuda_args(gp))
-
-
-def _cuda_wgrad(gp, x, dw, geom):
-    code = _native.dtype_code(x.dtype)
-    splits = _native.C.conv2d_wgrad_splits_cuda(code, geom, _sm_count(x.device.index))
-    # fp32 partial sums per K split, reduced in split order by the kernel (deterministic, no atomics)
-    scratch = torch.empty(splits * dw.numel(), dtype=torch.float32, device=x.device)
-    _native.C.conv2d_bwd_weight_cuda(code, geom, gp.data_ptr(), _strides(gp), x.data_ptr(), _strides(x),
-                                     dw.data_ptr(), scratch.data_ptr(), splits, *_cuda_args(x))
-
-
-def _cuda_bias_act_bwd(grad, out, gp, gb, act):
-    N, O, OH, OW = grad.shape
-    rows = N * OH * OW
-    # row splits so that ~4 blocks per SM run even for few channels; >= 256 rows each
-    splits = max(1, min(-(-rows // 256), -(-4 * _sm_count(grad.device.index) // -(-O // 32)), 65535))
-    scratch = torch.empty(splits * O, dtype=torch.float32, device=grad.device) if gb is not None else None
-    gs = [grad.stride(0), grad.stride(1), 0, grad.stride(3)]
-    os_ = [out.stride(0), out.stride(1), 0, out.stride(3)] if out is not None else [0, 0, 0, 0]
-    _native.C.conv2d_bias_act_bwd_cuda(_native.dtype_code(grad.dtype), N, O, OH * OW, grad.data_ptr(), gs,
-                                       _ptr(out), os_, gp.data_ptr(), _ptr(gb), _ptr(scratch), splits, act,
-                                       *_cuda_args(grad))
-
-
 # ----------------------------------------------------------------------------- backend kernels
 def _run_fwd(x, w, bias, res, stride, padding, dilation, groups, act, backend) -> torch.Tensor:
-    if backend == "torch":
-        return _match_format(reference.conv2d(x, w, bias, res, stride, padding, dilation, groups, act),
-                             output_memory_format(x, w))
-    if backend == "cpu" and x.dtype in _LOW_PRECISION:
-        # DESIGN.md: float16/bfloat16 CPU inputs are computed in float32, returned in their dtype.
-        out = _run_fwd(x.float(), w.float(), _to_float(bias), _to_float(res), stride, padding, dilation, groups,
-                       act, backend)
-        return out.to(x.dtype)
-    shape = _out_shape(x.shape, w.shape, stride, padding, dilation)
-    fmt = output_memory_format(x, w)
-    out = _alloc.empty(shape, x.dtype, x.device, memory_format=fmt)
-    if out.numel() == 0:
-        return out
-    res = _match_format(res, fmt)
-    geom = _geometry(x.shape, w.shape, shape, stride, padding, dilation, groups)
-    if backend == "cpu":
-        w = w.contiguous()
-        _native.C.conv2d_fwd_cpu(_native.dtype_code(x.dtype), geom, x.data_ptr(), _strides(x), w.data_ptr(),
-                                 _ptr(bias), _ptr(res), _strides(res), out.data_ptr(), _strides(out), act)
-    elif backend == "cuda":
-        _cuda_fwd(x, w, bias, res, out, geom, act)
-    elif backend == "triton":
-        from ..triton_kernels import conv as tk
-        tk.conv2d_fwd(x, w, bias, res, out, stride, padding, dilation, groups, act)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return out
-
-
-def _run_bias_act_bwd(grad, out, act, has_bias, backend, fmt):
-    """(grad_pre, grad_bias or None); grad_pre is ``grad`` itself when there is no activation."""
-    if act == 0 and not has_bias:
-        return grad, None
-    if backend == "torch":
-        gp = reference.activation_backward(grad, out, act)
-        return gp, (gp.sum((0, 2, 3)) if has_bias else None)
-    N, O, OH, OW = grad.shape
-    # grad and out arrive in the canonical output layout (_match_format), so grad_pre shares their strides
-    gp = _alloc.empty(grad.shape, grad.dtype, grad.device, memory_format=fmt) if act != 0 else grad
-    assert gp.stride() == grad.stride() and (out is None or out.stride() == grad.stride())
-    gb = _alloc.empty((O,), grad.dtype, grad.device) if has_bias else None
-    if grad.numel() == 0:
-        if gb is not None:
-            gb.zero_()
-        return gp, gb
-    gs = [grad.stride(0), grad.stride(1), 0, grad.stride(3)]
-    os_ = [out.stride(0), out.stride(1), 0, out.stride(3)] if out is not None else [0, 0, 0, 0]
-    if backend == "cpu":
-        _native.C.conv2d_bias_act_bwd_cpu(_native.dtype_code(grad.dtype), N, O, OH * OW, grad.data_ptr(), gs,
-                                          _ptr(out), os_, gp.data_ptr(), _ptr(gb), act)
-    elif backend == "cuda":
-        _cuda_bias_act_bwd(grad, out, gp, gb, act)
-    elif backend == "triton":
-        from ..triton_kernels import conv as tk
-        tk.conv2d_bias_act_bwd(grad, out, gp, gb, act)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return gp, gb
-
-
-def _run_dgrad(gp, x, w, stride, padding, dilation, groups, backend) -> torch.Tensor:
-    fmt = _format_of(x)
-    if backend == "torch":
-        return _match_format(reference.conv2d_input_grad(gp, x, w, stride, padding, dilation, groups), fmt)
-    dx = _alloc.empty(x.shape, x.dtype, x.device, memory_format=fmt)
-    if dx.numel() == 0:
-        return dx
-    geom = _geometry(x.shape, w.shape, gp.shape, stride, padding, dilation, groups)
-    if backend == "cpu":
-        w = w.contiguous()
-        _native.C.conv2d_bwd_data_cpu(_native.dtype_code(x.dtype), geom, gp.data_ptr(), _strides(gp), w.data_ptr(),
-                                      dx.data_ptr(), _strides(dx))
-    elif backend == "cuda":
-        _cuda_dgrad(gp, w, dx, geom)
-    elif backend == "triton":
-        from ..triton_kernels import conv as tk
-        tk.conv2d_bwd_data(gp, w, dx, stride, padding, dilation, groups)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return dx
-
-
-def _run_wgrad(gp, x, w, stride, padding, dilation, groups, backend) -> torch.Tensor:
-    if backend == "torch":
-        return reference.conv2d_weight_grad(gp, x, w, stride, padding, dilation, groups).contiguous()
-    dw = _alloc.empty(w.shape, w.dtype, w.device)
-    if dw.numel() == 0:
-        return dw
-    geom = _geometry(x.shape, w.shape, gp.shape, stride, padding, dilation, groups)
-    if backend == "cpu":
-        _native.C.conv2d_bwd_weight_cpu(_native.dtype_code(x.dtype), geom, gp.data_ptr(), _strides(gp),
-                                        x.data_ptr(), _strides(x), dw.data_ptr())
-    elif backend == "cuda":
-        _cuda_wgrad(gp, x, dw, geom)
-    elif backend == "triton":
-        from ..triton_kernels import conv as tk
-        tk.conv2d_bwd_weight(gp, x, dw, stride, padding, dilation, groups)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return dw
+    return backends.kernels(backend, "conv").conv2d(x, w, bias, res, stride, padding, dilation, groups, act)
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -286,8 +180,10 @@ def _(input, weight, bias, residual, stride, padding, dilation, groups, activati
 def _backward_impl(grad, input, weight, out, stride, padding, dilation, groups, activation, has_bias, has_residual,
                    backend, needs_input, needs_weight):
     """(grad_input, grad_weight, grad_bias, grad_residual); an unrequested gradient is an empty tensor."""
+    kernels = backends.kernels(backend, "conv")
     dtype = input.dtype
-    if backend == "cpu" and dtype in _LOW_PRECISION:
+    if dtype in _LOW_PRECISION and backends.TABLE[backend].upcasts_low_precision:
+        # DESIGN.md: the whole backward runs in float32 (grad_pre stays float32 between the kernels)
         gi, gw, gb, gr = _backward_impl(grad.float(), input.float(), weight.float(), _to_float(out), stride,
                                         padding, dilation, groups, activation, has_bias, has_residual, backend,
                                         needs_input, needs_weight)
@@ -295,10 +191,13 @@ def _backward_impl(grad, input, weight, out, stride, padding, dilation, groups, 
     fmt = output_memory_format(input, weight)
     grad = _match_format(grad, fmt)
     out = _match_format(out, fmt)
-    gp, gb = _run_bias_act_bwd(grad, out, activation, has_bias, backend, fmt)
+    if activation != 0 or has_bias:
+        gp, gb = kernels.bias_act_bwd(grad, out, activation, has_bias, fmt)
+    else:
+        gp, gb = grad, None  # grad_pre is grad itself
     empty = grad.new_empty((0,))
-    gi = _run_dgrad(gp, input, weight, stride, padding, dilation, groups, backend) if needs_input else empty
-    gw = _run_wgrad(gp, input, weight, stride, padding, dilation, groups, backend) if needs_weight else empty
+    gi = kernels.dgrad(gp, input, weight, stride, padding, dilation, groups) if needs_input else empty
+    gw = kernels.wgrad(gp, input, weight, stride, padding, dilation, groups) if needs_weight else empty
     # With an activation grad_pre is a fresh tensor and is the residual's gradient; without one the
     # residual's gradient is the incoming grad itself, returned by the autograd function instead
     # (a custom op's output may not alias its input).

@@ -1,0 +1,82 @@
+"""Convolution family on our C++ CPU kernels (csrc/cpu/conv.cpp).
+
+Entry points (same signature in every backend folder). x [N, C, H, W] and w [O, C/groups, KH, KW]
+with any strides; stride, dilation: [h, w]; padding: [top, left, bottom, right]; act: ACT_CODES.
+    conv2d(x, w, bias, res, stride, padding, dilation, groups, act) -> out
+        act(conv2d(x, w) + bias + res); bias [O] contiguous or None; res output-shaped, any strides,
+        or None; out in the canonical layout (pyimgcls.ops.conv._match_format) of PyTorch's output
+        format for the call (ops.conv.output_memory_format)
+    bias_act_bwd(grad, out, act, has_bias, fmt) -> (grad_pre, grad_bias | None)
+        grad, out (the saved output, None without an activation): output-shaped in the canonical
+        layout of ``fmt``; grad_pre = grad * act'(out) with grad's strides (``grad`` itself when
+        act == 0), grad_bias = grad_pre.sum((0, 2, 3)). Not called when act == 0 and not has_bias.
+    dgrad(gp, x, w, stride, padding, dilation, groups) -> grad_input
+        gp: grad_pre (output-shaped); grad_input like x, in the canonical layout of x's suggested format
+    wgrad(gp, x, w, stride, padding, dilation, groups) -> grad_weight     contiguous, like w
+Outputs are allocated through the helpers in pyimgcls/ops/conv.py (shapes, layouts, empty tensors,
+the geometry list). float16/bfloat16 inputs are computed in float32 and returned in their dtype
+(DESIGN.md); the op file runs a low-precision backward in float32 as a whole (upcasts_low_precision
+in the backend table), so grad_pre stays float32 between bias_act_bwd and dgrad / wgrad."""
+from __future__ import annotations
+
+import torch
+
+from ... import _native
+from ...ops.conv import (bias_act_outputs, dgrad_output, fwd_outputs, pixel_strides, ptr, strides,
+                         wgrad_output)
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _float(t):
+    return None if t is None else t.float()
+
+
+def conv2d(x, w, bias, res, stride, padding, dilation, groups, act):
+    if x.dtype in _LOW_PRECISION:
+        return conv2d(x.float(), w.float(), _float(bias), _float(res), stride, padding, dilation, groups,
+                      act).to(x.dtype)
+    out, res, geom = fwd_outputs(x, w, res, stride, padding, dilation, groups)
+    if geom is None:
+        return out
+    w = w.contiguous()
+    _native.C.conv2d_fwd_cpu(_native.dtype_code(x.dtype), geom, x.data_ptr(), strides(x), w.data_ptr(),
+                             ptr(bias), ptr(res), strides(res), out.data_ptr(), strides(out), act)
+    return out
+
+
+def bias_act_bwd(grad, out, act, has_bias, fmt):
+    if grad.dtype in _LOW_PRECISION:
+        gp, gb = bias_act_bwd(grad.float(), _float(out), act, has_bias, fmt)
+        return gp.to(grad.dtype), (None if gb is None else gb.to(grad.dtype))
+    gp, gb = bias_act_outputs(grad, out, act, has_bias, fmt)
+    if grad.numel() == 0:
+        return gp, gb
+    N, O, OH, OW = grad.shape
+    _native.C.conv2d_bias_act_bwd_cpu(_native.dtype_code(grad.dtype), N, O, OH * OW, grad.data_ptr(),
+                                      pixel_strides(grad), ptr(out), pixel_strides(out), gp.data_ptr(), ptr(gb),
+                                      act)
+    return gp, gb
+
+
+def dgrad(gp, x, w, stride, padding, dilation, groups):
+    if x.dtype in _LOW_PRECISION:
+        return dgrad(gp.float(), x.float(), w.float(), stride, padding, dilation, groups).to(x.dtype)
+    dx, geom = dgrad_output(gp, x, w, stride, padding, dilation, groups)
+    if geom is None:
+        return dx
+    w = w.contiguous()
+    _native.C.conv2d_bwd_data_cpu(_native.dtype_code(x.dtype), geom, gp.data_ptr(), strides(gp), w.data_ptr(),
+                                  dx.data_ptr(), strides(dx))
+    return dx
+
+
+def wgrad(gp, x, w, stride, padding, dilation, groups):
+    if x.dtype in _LOW_PRECISION:
+        return wgrad(gp.float(), x.float(), w.float(), stride, padding, dilation, groups).to(x.dtype)
+    dw, geom = wgrad_output(gp, x, w, stride, padding, dilation, groups)
+    if geom is None:
+        return dw
+    _native.C.conv2d_bwd_weight_cpu(_native.dtype_code(x.dtype), geom, gp.data_ptr(), strides(gp), x.data_ptr(),
+                                    strides(x), dw.data_ptr())
+    return dw

@@ -1,0 +1,41 @@
+"""Convolution family on our Triton kernels (triton_kernels/conv.py). Entry points and their contracts:
+pyimgcls/backends/cpu/conv.py."""
+from __future__ import annotations
+
+from ...ops.conv import bias_act_outputs, dgrad_output, fwd_outputs, wgrad_output
+
+
+def conv2d(x, w, bias, res, stride, padding, dilation, groups, act):
+    from ...triton_kernels import conv as tk
+    out, res, geom = fwd_outputs(x, w, res, stride, padding, dilation, groups)
+    if geom is None:
+        return out
+    tk.conv2d_fwd(x, w, bias, res, out, stride, padding, dilation, groups, act)
+    return out
+
+
+def bias_act_bwd(grad, out, act, has_bias, fmt):
+    from ...triton_kernels import conv as tk
+    gp, gb = bias_act_outputs(grad, out, act, has_bias, fmt)
+    if grad.numel() == 0:
+        return gp, gb
+    tk.conv2d_bias_act_bwd(grad, out, gp, gb, act)
+    return gp, gb
+
+
+def dgrad(gp, x, w, stride, padding, dilation, groups):
+    from ...triton_kernels import conv as tk
+    dx, geom = dgrad_output(gp, x, w, stride, padding, dilation, groups)
+    if geom is None:
+        return dx
+    tk.conv2d_bwd_data(gp, w, dx, stride, padding, dilation, groups)
+    return dx
+
+
+def wgrad(gp, x, w, stride, padding, dilation, groups):
+    from ...triton_kernels import conv as tk
+    dw, geom = wgrad_output(gp, x, w, stride, padding, dilation, groups)
+    if geom is None:
+        return dw
+    tk.conv2d_bwd_weight(gp, x, dw, stride, padding, dilation, groups)
+    return dw
