@@ -533,3 +533,279 @@ def test_batch_norm_matches_torch(shape, training, affine, stats):
     if stats:
         torch.testing.assert_close(rm2, rm, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(rv2, rv, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- nn constructors (issue #15)
+# Every module of pyimgcls.nn against its torch.nn twin of the same name. Signatures: every torch
+# argument with its name, position, kind and default (a positional call binds as in torch); ours may
+# only add keyword-only arguments with defaults (activation=).
+NN_MODULES = sorted(n for n in dir(nn) if isinstance(getattr(nn, n), type)
+                    and issubclass(getattr(nn, n), torch.nn.Module))
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def test_nn_exports_every_module():
+    assert NN_MODULES == sorted(nn.__all__)
+
+
+@pytest.mark.parametrize("name", NN_MODULES)
+def test_module_accepts_every_torch_constructor_argument(name):
+    """Regression: nn.BatchNorm2d rejected torch 2.13's keyword-only bias=, and nn.Linear / nn.Conv2d /
+    nn.BatchNorm2d put activation= among torch's positional arguments (torch.nn.Linear(5, 3, True,
+    "cpu") passed "cpu" as our activation)."""
+    ours = inspect.signature(getattr(nn, name).__init__).parameters
+    theirs = inspect.signature(getattr(torch.nn, name).__init__).parameters
+    assert [p for p, v in ours.items() if v.kind in _POSITIONAL] == \
+        [p for p, v in theirs.items() if v.kind in _POSITIONAL], "positional arguments differ from torch.nn's"
+    for p, param in theirs.items():
+        assert p in ours, f"{name}: missing torch argument {p!r}"
+        assert ours[p].kind == param.kind, f"{name}({p}): {ours[p].kind} where torch has {param.kind}"
+        assert ours[p].default is param.default or ours[p].default == param.default, \
+            f"{name}({p}): default {ours[p].default!r}, torch {param.default!r}"
+    for p in set(ours) - set(theirs):
+        assert ours[p].kind == inspect.Parameter.KEYWORD_ONLY and ours[p].default is not inspect.Parameter.empty, \
+            f"{name}: our extra argument {p!r} must be keyword-only with a default"
+
+
+def _ce_target():
+    return idx(0, 4, 2, 1)
+
+
+# (module, args, kwargs): together the rows bind every argument of every torch.nn twin (checked
+# below), each away from its default at least once, positionally and by keyword.
+CTOR = [
+    ("Linear", (5, 3), {}),
+    ("Linear", (5, 3, False), {}),
+    ("Linear", (5, 3, True, "cpu", F64), {}),
+    ("Linear", (5, 3), dict(bias=False, device=torch.device("cpu"), dtype=F64)),
+    ("Conv2d", (4, 6, 3), {}),
+    ("Conv2d", (4, 6, (3, 2), 2, 1, (2, 1), 2, False, "reflect", "cpu", F64), {}),
+    ("Conv2d", (4, 6, 3), dict(stride=1, padding="same", dilation=2, groups=2, bias=False)),
+    ("Conv2d", (4, 6, 3), dict(stride=(1, 2), padding=(0, 1))),
+    ("Conv2d", (4, 6, 3), dict(padding=(1, 2), padding_mode="circular", device="cpu", dtype=F64)),
+    ("Conv2d", (4, 6, 2), dict(padding=1, padding_mode="replicate")),
+    ("Conv2d", (4, 6, 3), dict(padding="valid", padding_mode="zeros")),
+    ("BatchNorm2d", (3,), {}),
+    ("BatchNorm2d", (3,), dict(bias=False)),
+    ("BatchNorm2d", (3, 1e-3, 0.3, True, True, "cpu", F64), dict(bias=False)),
+    ("BatchNorm2d", (3,), dict(eps=0.5, momentum=None)),
+    ("BatchNorm2d", (3,), dict(affine=False)),
+    ("BatchNorm2d", (3,), dict(affine=False, bias=False)),
+    ("BatchNorm2d", (3,), dict(track_running_stats=False)),
+    ("BatchNorm2d", (3,), dict(track_running_stats=False, affine=True, bias=False, device="cpu", dtype=F64)),
+    ("MaxPool2d", (3,), {}),
+    ("MaxPool2d", ((3, 2), (2, 1), (1, 0), (1, 2), True, True), {}),
+    ("MaxPool2d", (2,), dict(stride=None, padding=1, dilation=2, return_indices=True, ceil_mode=True)),
+    ("AvgPool2d", (3,), {}),
+    ("AvgPool2d", ((3, 2), (2, 1), (1, 0), True, False, 5), {}),
+    ("AvgPool2d", (3,), dict(stride=2, padding=1, ceil_mode=True, count_include_pad=False, divisor_override=2)),
+    ("AdaptiveAvgPool2d", ((3, None),), {}),
+    ("AdaptiveAvgPool2d", (), dict(output_size=1)),
+    ("ReLU", (), {}),
+    ("ReLU", (True,), {}),
+    ("ReLU6", (), dict(inplace=True)),
+    ("ReLU6", (False,), {}),
+    ("CrossEntropyLoss", (), {}),
+    ("CrossEntropyLoss", (t(5, dtype=torch.float32).abs() + 0.5, None, 2, None, "sum", 0.2), {}),
+    ("CrossEntropyLoss", (), dict(size_average=False, ignore_index=1)),
+    ("CrossEntropyLoss", (), dict(reduce=False, label_smoothing=0.1)),
+    ("CrossEntropyLoss", (), dict(weight=t(5, dtype=torch.float32, seed=1).abs() + 0.5, reduction="none")),
+]
+
+
+def test_constructor_table_binds_every_torch_argument():
+    """The table above is complete: a torch argument without a row would go unchecked."""
+    for name in NN_MODULES:
+        sig = inspect.signature(getattr(torch.nn, name))
+        bound = set()
+        for n, args, kwargs in CTOR:
+            if n == name:
+                bound |= set(sig.bind(*args, **kwargs).arguments)
+        assert bound == set(sig.parameters), f"{name}: no row binds {set(sig.parameters) - bound}"
+
+
+def _module_input(name, dtype, seed):
+    shape = {"Linear": (4, 5), "CrossEntropyLoss": (4, 5), "BatchNorm2d": (4, 3, 5, 5)}.get(name, (2, 4, 7, 7))
+    return t(*shape, dtype=dtype, seed=seed, grad=True)
+
+
+def _call(name, m, x):
+    y = m(x.clone(), _ce_target()) if name == "CrossEntropyLoss" else m(x.clone())  # clone: inplace=True
+    return y if isinstance(y, tuple) else (y,)
+
+
+@pytest.mark.parametrize("row", CTOR, ids=[f"{r[0]}-{i}" for i, r in enumerate(CTOR)])
+def test_module_constructed_like_torch_behaves_like_torch(row):
+    """Each constructor call builds the same parameters and buffers as torch.nn's (names, None
+    registrations, shapes, dtypes, initial values from the same seed), the same repr, and the same
+    outputs, gradients and buffer updates (BatchNorm: two training steps, then eval)."""
+    name, args, kwargs = row
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # size_average / reduce are deprecated
+        torch.manual_seed(0)
+        ref = getattr(torch.nn, name)(*args, **kwargs)
+        torch.manual_seed(0)
+        ours = getattr(nn, name)(*args, **kwargs)
+    assert isinstance(ours, getattr(torch.nn, name)) and repr(ours) == repr(ref)
+    for what in ("_parameters", "_buffers"):
+        r, o = getattr(ref, what), getattr(ours, what)
+        assert list(o) == list(r), f"{what}: {list(o)} vs torch {list(r)}"
+        for k, v in r.items():
+            assert (o[k] is None) == (v is None), f"{what}[{k}] None-ness differs"
+            if v is not None:
+                assert o[k].dtype == v.dtype and o[k].device == v.device and torch.equal(o[k], v), k
+    assert {k: getattr(ours, k) for k in ref.__dict__ if not k.startswith("_")} == \
+        {k: v for k, v in ref.__dict__.items() if not k.startswith("_")}, "configuration attributes differ"
+    params = [p for p in ref.parameters()]
+    dtype = params[0].dtype if params else torch.float32
+    modes = [True, True, False] if name == "BatchNorm2d" else [True]
+    for step, training in enumerate(modes):
+        ref.train(training), ours.train(training)
+        x = _module_input(name, dtype, seed=3 + step)
+        with pyimgcls.use_backend("cpu"):
+            got = _call(name, ours, x)
+            want = _call(name, ref, x)
+            for g, w in zip(got, want):
+                _assert_same(w, g, dtype, f"{name} step {step} forward")
+            leaves = [x] + list(ref.parameters())
+            out_w, out_g = want[0], got[0]
+            gout = t(*out_w.shape, dtype=out_w.dtype, seed=9)
+            rg = torch.autograd.grad(out_w, leaves, gout, allow_unused=True)
+            gg = torch.autograd.grad(out_g, [x] + list(ours.parameters()), gout, allow_unused=True)
+        for i, (r, g) in enumerate(zip(rg, gg)):
+            assert (r is None) == (g is None), f"{name}: grad {i} presence differs"
+            if r is not None:
+                torch.testing.assert_close(g, r, rtol=5 * TOL[r.dtype], atol=5 * TOL[r.dtype], msg=f"grad {i}")
+        for (k, b), (k2, b2) in zip(ref.named_buffers(), ours.named_buffers()):
+            assert k == k2
+            torch.testing.assert_close(b2, b, rtol=TOL[b.dtype] if b.is_floating_point() else 0,
+                                       atol=TOL[b.dtype] if b.is_floating_point() else 0, msg=f"buffer {k}")
+
+
+# ----------------------------------------------------------------------------- batch_norm numbers (issue #15)
+class _Odd:
+    """Neither a number nor comparable with one."""
+
+    def __repr__(self):
+        return "_Odd()"
+
+
+# eps / momentum values with what torch 2.13 does with them (measured: accepted, or the exception type
+# it raises); the test re-derives the verdict from torch on every run and compares ours with it, so this
+# list is only the sample, never the expectation.
+BN_NUMBERS = [-1.0, -1e-300, -0.0, 0.0, 1e-300, 1e-5, 0.5, 1.0, 2.0, 1e300, float("nan"), float("inf"),
+              float("-inf"), 1, 0, -1, True, False, np.float32(0.1), np.float64(-1.0), np.float16(0.5),
+              np.int8(1), np.bool_(True), torch.tensor(0.1), torch.tensor(-1.0), torch.tensor(1),
+              torch.tensor(True), torch.tensor(0.5, dtype=torch.float16), torch.tensor(0.5 + 0j),
+              torch.tensor(0.5 + 1j), torch.tensor([0.1]), torch.tensor([0.1, 0.2]),
+              torch.tensor(0.1, requires_grad=True), torch.tensor(-1.0, requires_grad=True), None, "0.1", 0.5 + 0j,
+              10 ** 400, np.array(0.1), _Odd()]
+
+
+def _bn_call(fn, arg, value, training):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 3, 2, 2, generator=g, dtype=F64)
+    rm, rv = torch.randn(3, generator=g, dtype=F64), torch.rand(3, generator=g, dtype=F64) + 0.5
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = fn(x, rm, rv, t(3, seed=5), t(3, seed=6), training, **{arg: value})
+    except Exception as e:  # noqa: BLE001 - the exception itself is the result compared
+        return e, None
+    return None, (out, rm, rv)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("arg", ["eps", "momentum"])
+@pytest.mark.parametrize("value", BN_NUMBERS, ids=lambda v: type(v).__name__ + "_" + repr(v)[:20])
+def test_batch_norm_numeric_argument_like_torch(value, arg, training):
+    """eps and momentum are accepted or refused exactly as F.batch_norm: eps <= 0 in training / eps < 0
+    in eval is a ValueError; momentum may be anything a float parses from (negative, > 1, NaN: PyTorch
+    does not range-check it); 0-D tensors, NumPy and bool scalars parse; other types are TypeErrors.
+    Ours raises an instance of PyTorch's exception class and names the argument; accepted values give
+    PyTorch's output and running statistics. Regression: eps < 0 (and eps = 0 in training) returned NaN."""
+    ref_err, ref = _bn_call(F.batch_norm, arg, value, training)
+    with pyimgcls.use_backend("cpu"):
+        err, got = _bn_call(ops.batch_norm, arg, value, training)
+    if ref_err is not None:
+        assert err is not None, f"PyTorch raises {type(ref_err).__name__}: {ref_err}; ours accepted"
+        assert isinstance(err, type(ref_err)), f"ours {type(err).__name__}, PyTorch {type(ref_err).__name__}"
+        assert arg in str(err), f"message does not name {arg!r}: {err}"
+        return
+    assert err is None, f"PyTorch accepts {arg}={value!r}; ours raised {err!r}"
+    for r, g in zip(ref, got):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10, equal_nan=True)
+
+
+@pytest.mark.parametrize("eps", [-1.0, 0.0, -0.0, 1e-12, float("nan")])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batchnorm2d_module_eps_like_torch(eps, training):
+    """Regression: nn.BatchNorm2d(10, eps=-1.0)(x) returned NaN where torch.nn raises ValueError."""
+    x = t(4, 10, 3, 3, dtype=torch.float32, seed=7)
+    ref, ours = torch.nn.BatchNorm2d(10, eps=eps), nn.BatchNorm2d(10, eps=eps)
+    ref.train(training), ours.train(training)
+    try:
+        want = ref(x)
+    except ValueError:
+        with pytest.raises(ValueError, match="eps"):
+            ours(x)
+        return
+    _assert_same(want, ours(x), x.dtype, f"eps={eps}")
+
+
+E = torch.empty
+# (name, factory) for empty inputs (running statistics hold values, so "untouched" is checkable):
+# ATen returns input.clone() * weight[0] + bias[0] before checking
+# anything else, so running statistics of any size and integer inputs are accepted there.
+BN_EMPTY = [
+    ("1d_stats0", lambda: (E(0), E(0), E(0), None, None)),
+    ("1d_no_stats", lambda: (E(0), None, None, None, None)),
+    ("1d_stats1", lambda: (E(0), torch.zeros(1), torch.ones(1), None, None)),
+    ("1d_affine3", lambda: (E(0), E(0), E(0), t(3, dtype=torch.float32), t(3, dtype=torch.float32))),
+    ("1d_weight_grad", lambda: (E(0), None, None, t(3, dtype=torch.float32, grad=True), None)),
+    ("1d_input_grad", lambda: (E(0, requires_grad=True), None, None, None, t(2, dtype=torch.float32, grad=True))),
+    ("1d_f64_weight", lambda: (E(0), None, None, t(3), t(3))),
+    ("1d_f64", lambda: (E(0, dtype=F64), E(0, dtype=F64), E(0, dtype=F64), None, None)),
+    ("1d_f16", lambda: (E(0, dtype=torch.float16), E(0), E(0), None, None)),
+    ("1d_int64", lambda: (E(0, dtype=torch.int64), None, None, None, None)),
+    ("1d_int_stats", lambda: (E(0), E(0, dtype=torch.int64), E(0, dtype=torch.int64), None, None)),
+    ("2d_stats_wrong_size", lambda: (E(0, 3), torch.zeros(5), torch.ones(5), None, None)),
+    ("2d_zero_channels", lambda: (E(2, 0), E(0), E(0), None, None)),
+    ("2d_zero_channels_no_stats", lambda: (E(2, 0), None, None, None, None)),
+    ("3d_zero_channels", lambda: (E(2, 0, 3), None, None, None, None)),
+    ("4d_empty_spatial", lambda: (E(2, 3, 0, 4), t(3), t(3), None, None)),
+    ("4d_channels_last", lambda: (E(0, 3, 2, 2).contiguous(memory_format=torch.channels_last), torch.zeros(3),
+                                  torch.ones(3), t(3, dtype=torch.float32), t(3, dtype=torch.float32))),
+    # refused by PyTorch too: one value per channel in training ([1, 0] counts 1), no weight[0]
+    ("2d_one_row_zero_channels", lambda: (E(1, 0), None, None, None, None)),
+    ("1d_weight_empty", lambda: (E(0), None, None, E(0), None)),
+    ("1d_weight_2d", lambda: (E(0), None, None, torch.ones(2, 2), None)),
+]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", BN_EMPTY, ids=[c[0] for c in BN_EMPTY])
+def test_batch_norm_empty_input_like_torch(case, training):
+    """Regression: ops.batch_norm refused the empty 1-D input (and empty inputs with running statistics
+    of another size) that F.batch_norm accepts. Same acceptance, shape, dtype, strides, autograd
+    connection and untouched running statistics as PyTorch."""
+    _, make = case
+    ref_in, our_in = make(), make()
+    try:
+        ref = F.batch_norm(*ref_in[:3], weight=ref_in[3], bias=ref_in[4], training=training)
+    except Exception:  # noqa: BLE001
+        with pyimgcls.use_backend("cpu"), pytest.raises((ValueError, TypeError, RuntimeError),
+                                                        match="input|weight|bias|running"):
+            ops.batch_norm(*our_in[:3], weight=our_in[3], bias=our_in[4], training=training)
+        return
+    with pyimgcls.use_backend("cpu"):
+        got = ops.batch_norm(*our_in[:3], weight=our_in[3], bias=our_in[4], training=training)
+    assert (got.shape, got.dtype, got.stride(), got.requires_grad) == \
+        (ref.shape, ref.dtype, ref.stride(), ref.requires_grad)
+    for r, o in zip(ref_in[1:3], our_in[1:3]):
+        assert r is None or torch.equal(o, r)
+    if ref.requires_grad:
+        leaves = [a for a in ref_in if a is not None and a.requires_grad]
+        our_leaves = [a for a in our_in if a is not None and a.requires_grad]
+        for r, g in zip(torch.autograd.grad(ref.sum(), leaves), torch.autograd.grad(got.sum(), our_leaves)):
+            assert torch.equal(g, r)

@@ -2,6 +2,9 @@
 reference: outputs (fused residual + activation), gradients, running statistics over several steps
 (momentum and cumulative average), memory format, batch 1, gradcheck, opcheck, torch.compile and
 error conditions."""
+import contextlib
+import ctypes
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -319,6 +322,73 @@ def test_torch_compile_fullgraph_cpu():
     torch.testing.assert_close(m.running_mean, ref.running_mean)
     torch.testing.assert_close(m.running_var, ref.running_var)
     assert int(m.num_batches_tracked) == 1
+
+
+# ----------------------------------------------------------------------------- CPU kernel branches
+# csrc/cpu/batchnorm.cpp (channels_last) cuts the M = N*H*W rows of each reduction into
+# num_chunks(M) = clamp(M / kMinChunkRows (64), 1, kMaxChunks (64)) chunks of ceil(M / chunks) rows,
+# flushes its element-type accumulators into float64 every kFlushRows (128) rows of a chunk, and adds
+# the chunk partials in order; NCHW reduces one channel per work item over N planes. Both run OpenMP
+# when N*C*S >= 2^15 and omp_get_max_threads() > 1 -- the system libgomp's count, which
+# torch.set_num_threads does not reach, so the test sets it itself. The other tests have M <= 126
+# (one chunk, one thread). These shapes reach:
+#   (2, 3, 10, 13): M = 260   -> 4 chunks of 65 rows, serial (780 elements)
+#   (3, 5, 81, 81): M = 19683 -> 64 chunks of 308 rows (the last 279): flushes inside a chunk, OpenMP
+BIG_SHAPES = [(2, 3, 10, 13), (3, 5, 81, 81)]
+# + relu without residual: the backward's masked-gradient scratch row (with a residual it writes grad_pre)
+BIG_CASES = CASES + [(True, "relu", False)]
+
+
+@contextlib.contextmanager
+def _omp_threads(n):
+    """The OpenMP thread count our kernels see (libgomp's ICV of this thread), restored after."""
+    try:
+        gomp = ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        pytest.skip("the kernels' OpenMP runtime (libgomp) is not loadable here")
+    before = gomp.omp_get_max_threads()
+    gomp.omp_set_num_threads(n)
+    try:
+        assert gomp.omp_get_max_threads() == n
+        yield
+    finally:
+        gomp.omp_set_num_threads(before)
+
+
+@pytest.mark.parametrize("case", BIG_CASES, ids=_case_id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", BIG_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_cpu_many_rows_per_channel(shape, layout, dtype, case):
+    """Training forward, running statistics and backward with several row chunks per channel, on 2
+    threads, against float64 PyTorch; and bit-identical on 1 thread (the chunking depends on the
+    shape only). A mean far from zero also checks the shifted sums."""
+    affine, act, residual = case
+    x, w, b, r, rm, rv = _inputs(shape, dtype, "cpu", layout, affine, residual, seed=13)
+    go = _layout(_rand(shape, 14).to(dtype), layout)
+    runs = []
+    for threads in (2, 1):
+        leaves = [None if t is None else t.detach().clone().requires_grad_() for t in (x, w, b, r)]
+        rm_, rv_ = rm.clone(), rv.clone()
+        with _omp_threads(threads), backend_ctx("cpu"):
+            out = ops.batch_norm(leaves[0], rm_, rv_, leaves[1], leaves[2], True, 0.1, 1e-5, activation=act,
+                                 residual=leaves[3])
+            out.backward(go)
+        runs.append([out.detach(), rm_, rv_] + [t.grad for t in leaves if t is not None])
+    ref_leaves = [None if t is None else _cpu64(t).requires_grad_() for t in (x, w, b, r)]
+    rm64, rv64 = _cpu64(rm), _cpu64(rv)
+    ref = _torch_bn(ref_leaves[0], rm64, rv64, ref_leaves[1], ref_leaves[2], True, 0.1, 1e-5, act, ref_leaves[3])
+    ref.backward(_cpu64(go))
+    want = [ref.detach(), rm64, rv64] + [t.grad for t in ref_leaves if t is not None]
+    names = ["out", "running_mean", "running_var"] + [n for n, t in zip("xwbr", ref_leaves) if t is not None]
+    for name, got, exp in zip(names, runs[0], want):
+        assert got.dtype == dtype, name
+        try:
+            assert_close_to_reference(got, exp, scale=8.0)
+        except AssertionError as e:
+            raise AssertionError(f"{name}: {e}") from None
+    for name, two, one in zip(names, *runs):
+        assert torch.equal(two, one), f"{name} differs between 2 threads and 1"
 
 
 # ----------------------------------------------------------------------------- errors

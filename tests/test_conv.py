@@ -3,6 +3,9 @@ reference (torch.nn.functional.conv2d + add + activation in float64).
 
 Triton runs through the interpreter on CPU when there is no GPU, so its cases are a small subset
 with tiny shapes (N <= 2, C <= 8, H, W <= 9); the CPU backend runs the full grid."""
+import contextlib
+import ctypes
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -425,3 +428,70 @@ def test_nn_conv2d_state_dict_interchangeable_with_torch():
     same = nn.Conv2d(4, 5, 4, padding="same", bias=False)
     assert same.bias is None and same(x).shape == (2, 5, 7, 7)
     torch.testing.assert_close(same(x), F.conv2d(x, same.weight, padding="same"))
+
+
+# ----------------------------------------------------------------------------- CPU threading branches
+# csrc/cpu/conv.cpp spreads the (image, group) units over OpenMP threads when omp_get_max_threads() > 1
+# (the system libgomp's count, which torch.set_num_threads does not reach, so the test sets it), the
+# convolution has at least 2^22 multiply-adds, and units % threads == 0 or units >= 4 * threads; the
+# weight gradient then sums per-thread partials (thread 0 into dw) and reduces them in thread order.
+# Otherwise the units run in order and each GEMM parallelises inside. Every other conv test is below
+# 2^22 (one thread). Rows: (name, N, C, H, W, O, kernel, stride, padding, groups); the multiply-adds
+# (N * groups * O/groups * OH*OW * C/groups*kh*kw) are >= 4.2M in each.
+THREADED = [
+    ("3x3_units4", 4, 8, 32, 32, 16, 3, 1, 1, 1),           # 4 units: 2 per thread
+    ("3x3_units9", 9, 8, 22, 22, 16, 3, 1, 1, 1),           # 9 units: 5 + 4, uneven
+    ("grouped_units4", 2, 8, 64, 64, 16, 3, 1, 1, 2),       # units are (image, group) pairs
+    ("1x1_direct", 4, 64, 32, 32, 64, 1, 1, 0, 1),          # no im2col: the input is the GEMM operand
+    ("1x1_stride2", 4, 32, 66, 66, 32, 1, 2, 0, 1),         # im2col with one tap (no tap reordering)
+    ("depthwise_units64", 4, 16, 86, 86, 16, 3, 1, 1, 16),  # one channel per group
+    ("3x3_units3", 3, 8, 40, 40, 16, 3, 1, 1, 1),           # 3 units < 4 * threads: serial units, parallel GEMMs
+]
+
+
+@contextlib.contextmanager
+def _omp_threads(n):
+    """The OpenMP thread count our kernels see (libgomp's ICV of this thread), restored after."""
+    try:
+        gomp = ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        pytest.skip("the kernels' OpenMP runtime (libgomp) is not loadable here")
+    before = gomp.omp_get_max_threads()
+    gomp.omp_set_num_threads(n)
+    try:
+        assert gomp.omp_get_max_threads() == n
+        yield
+    finally:
+        gomp.omp_set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("case", THREADED, ids=lambda c: c[0])
+def test_cpu_multithreaded_conv_and_gradients(case, layout, dtype):
+    """Forward, input gradient and weight gradient (the per-thread partials) on 2 threads against
+    float64. The incoming gradient has the output's layout, so NHWC takes the pixel-major paths."""
+    name, N, C, H, W, O, k, stride, padding, groups = case
+    kw = dict(stride=stride, padding=padding, groups=groups)
+    OH = (H + 2 * padding - k) // stride + 1
+    assert N * O * OH * OH * (C // groups) * k * k >= 1 << 22  # the kernel's threading threshold
+    cl = layout == "nhwc"
+    x, w, b, _ = _inputs((name, N, C, H, W, O, k, stride, padding, 1, groups), dtype, "cpu", channels_last=cl,
+                         seed=40)
+    go = _make((N, O, OH, OH), dtype, "cpu", seed=41)
+    go = go.contiguous(memory_format=torch.channels_last) if cl else go
+    leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    with _omp_threads(2), backend_ctx("cpu"):
+        out = ops.conv2d(*leaves, **kw)
+        out.backward(go)
+    refs = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    ref = F.conv2d(*refs, **kw)
+    ref.backward(go.double())
+    assert out.stride() == F.conv2d(x, w, b, **kw).stride()
+    assert_close_to_reference(out, ref, scale=4.0)
+    for what, ours, r in zip(("input", "weight", "bias"), leaves, refs):
+        try:
+            # the weight gradient sums N*OH*OW products: scale the absolute tolerance with its size
+            assert_close_to_reference(ours.grad, r.grad, scale=(N * OH * OH) ** 0.5)
+        except AssertionError as e:
+            raise AssertionError(f"grad {what}: {e}") from None

@@ -221,26 +221,27 @@ def test_convert_unsupported_layers_are_kept_with_a_warning():
 
 
 def test_convert_padding_modes():
-    """A padding_mode pyimgcls.nn.Conv2d accepts converts; one it rejects stays PyTorch's with a
-    warning. Either way the outputs are PyTorch's."""
-    for mode in ("reflect", "replicate", "circular"):
-        conv = tnn.Conv2d(3, 4, 3, padding=1, padding_mode=mode).double()
-        try:
-            nn.Conv2d(3, 4, 3, padding=1, padding_mode=mode)
-            supported = True
-        except ValueError:
-            supported = False
-        x = _x(size=6)
+    """Every padding_mode torch.nn.Conv2d has converts to pyimgcls.nn.Conv2d (which pads with F.pad
+    first, as torch.nn does), with no warning, sharing the parameters, and computes PyTorch's output
+    and gradients. Asymmetric padding and a stride catch a reversed padding order. Fixed expectation:
+    it no longer adapts to what the constructor happens to accept."""
+    for mode in ("zeros", "reflect", "replicate", "circular"):
+        conv = tnn.Conv2d(3, 4, 3, stride=2, padding=(1, 2), padding_mode=mode).double()
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter("always")
             ours = pyimgcls.convert(conv)
-        if supported:
-            assert isinstance(ours, nn.Conv2d) and not record
-        else:
-            assert type(ours) is tnn.Conv2d
-            assert any(f"padding_mode={mode!r}" in str(w.message) for w in record)
-        with torch.no_grad():
-            torch.testing.assert_close(ours(x), conv(x))
+        assert type(ours) is nn.Conv2d, mode
+        assert not [str(w.message) for w in record], mode
+        assert ours.padding_mode == mode and ours.weight is conv.weight and ours.bias is conv.bias
+        x = _x(size=7).requires_grad_()
+        want = conv(x)
+        (gx_want, gw_want) = torch.autograd.grad(want.square().sum(), (x, conv.weight))
+        with pyimgcls.use_backend("cpu"):
+            got = ours(x)
+            (gx, gw) = torch.autograd.grad(got.square().sum(), (x, ours.weight))
+        assert got.shape == want.shape == (2, 4, 4, 5), mode
+        for a, b in ((got, want), (gx, gx_want), (gw, gw_want)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=mode)
 
 
 def test_convert_shared_module_converted_once():

@@ -21,10 +21,13 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
     (factor 1 / num_batches_tracked), as in PyTorch. Input must be 4-D [N, C, H, W] (NCHW or
     channels_last; the output keeps the input's memory format)."""
 
+    # torch.nn.BatchNorm2d's arguments in its order and kinds (``bias`` keyword-only, as there: bias=False
+    # keeps the weight and registers ``bias`` as None), then ours, keyword-only
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, activation: str | None = None, device=None, dtype=None):
+                 track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
+                 activation: str | None = None):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
-                         track_running_stats=track_running_stats, device=device, dtype=dtype)
+                         track_running_stats=track_running_stats, device=device, dtype=dtype, bias=bias)
         self.activation = check_activation(activation, "BatchNorm2d")
 
     def _check_input_dim(self, input) -> None:

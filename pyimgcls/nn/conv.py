@@ -20,9 +20,10 @@ class Conv2d(torch.nn.Conv2d):
     "zeros" pads on the fly inside the kernels; "reflect" / "replicate" / "circular" pad the input
     first with ``torch.nn.functional.pad``, exactly as torch.nn.Conv2d does, then convolve unpadded."""
 
+    # torch.nn.Conv2d's arguments in its order (positional calls bind as there), then ours, keyword-only
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, activation: str | None = None, padding_mode: str = "zeros",
-                 device=None, dtype=None):
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
+                 activation: str | None = None):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
                          groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
         self.activation = check_activation(activation, "Conv2d")

@@ -14,8 +14,9 @@ class Linear(torch.nn.Linear):
     """``torch.nn.Linear`` computed by ``pyimgcls.ops.linear``; ``activation`` (None | "relu" |
     "relu6") is fused into the GEMM epilogue."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str | None = None,
-                 device=None, dtype=None):
+    # torch.nn.Linear's arguments in its order (positional calls bind as there), then ours, keyword-only
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
+                 activation: str | None = None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.activation = check_activation(activation, "Linear")
 

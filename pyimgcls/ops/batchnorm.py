@@ -295,8 +295,12 @@ def _backward(ctx, grad, _gm, _gi, _gv):
                                   needs_input, needs_weight, needs_bias, backend)
     if has_res and activation == 0:
         gr = grad
-    return (gx if needs_input else None, gw if needs_weight else None, gb if needs_bias else None,
-            gr if has_res else None, None, None, None, None, None, None, None)
+    grads = (gx if needs_input else None, gw if needs_weight else None, gb if needs_bias else None,
+             gr if has_res else None)
+    # Double backward is not supported here: under create_graph=True the gradients are tied to the real
+    # inputs through a node that raises when differentiated (ops/_eager.py).
+    grads = _eager.not_twice_differentiable("pyimgcls.batch_norm", grads, (grad, x, weight))
+    return (*grads, None, None, None, None, None, None, None)
 
 
 _batch_norm_op.register_autograd(_backward, setup_context=_setup_context)
@@ -320,9 +324,78 @@ def _check_vector(t, name: str, C: int, input: torch.Tensor, op: str):
 
 
 def _check_number(v, name: str, op: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise ArgumentTypeError(f"{op}: argument '{name}' must be a float, got {type(v).__name__}")
-    return float(v)
+    """A float argument parsed as PyTorch's binding parses one (measured on torch 2.13): Python
+    bool / int / float, NumPy bool / integer / floating scalars, or a 0-D tensor that does not
+    require grad (its value; a complex one only with a zero imaginary part). Anything else
+    (Fraction, Decimal, NumPy arrays, tensors with dimensions) is a TypeError naming the argument."""
+    if isinstance(v, torch.Tensor):
+        if v.dim() != 0 or v.requires_grad:
+            raise ArgumentTypeError(f"{op}: argument '{name}' must be a float, got a {v.dim()}-D Tensor"
+                                    + (" that requires grad" if v.requires_grad else ""))
+        if v.is_complex():
+            if v.imag.item() != 0:
+                raise ArgumentValueError(f"{op}: argument '{name}' = {v.item()} cannot be converted to a float")
+            v = v.real
+        return float(v.item())
+    if isinstance(v, (int, float)) or (type(v).__module__ == "numpy" and isinstance(v, numbers.Real)) or (
+            type(v).__name__ == "bool" and type(v).__module__ == "numpy"):
+        try:
+            return float(v)
+        except OverflowError:  # as PyTorch (an int beyond the float range), naming the argument
+            raise OverflowError(f"{op}: argument '{name}' is too large to convert to a float") from None
+    raise ArgumentTypeError(f"{op}: argument '{name}' must be a float, got {type(v).__name__}")
+
+
+def _check_eps(eps, training: bool, op: str) -> float:
+    """F.batch_norm's rule: eps > 0 in training, eps >= 0 in eval (ValueError), compared before the
+    binding parses the value; NaN compares false and is accepted, as there."""
+    if isinstance(eps, torch.Tensor) and eps.is_complex():
+        # PyTorch's comparison fails first: NotImplementedError ("le_cpu" not implemented for complex)
+        raise NotImplementedError(f"{op}: argument 'eps' must be real, got a {eps.dtype} tensor")
+    try:
+        bad = bool(eps <= 0.0) if training else bool(eps < 0.0)
+    except Exception:  # not comparable with a float: the parse below names it
+        bad = False
+    if bad:
+        got = eps.detach().item() if isinstance(eps, torch.Tensor) else float(eps)
+        raise ArgumentValueError(f"{op}: argument 'eps' must be " + ("positive during training" if training
+                                 else "non-negative") + f", got {got}")
+    return _check_number(eps, "eps", op)
+
+
+def _values_per_channel(shape) -> int:
+    """F.batch_norm's _verify_batch_size count: the product of every size except dim 1 (channels),
+    so [1, 0] counts 1 (refused in training) and [0] counts 0."""
+    return math.prod(shape[:1]) * math.prod(shape[2:])
+
+
+def _empty_batch_norm(input, running_mean, running_var, weight, bias, residual, op):
+    """ATen returns an empty input before any other check (running statistics of any size or dtype,
+    an input of any dtype, rank >= 1) as ``input.clone() * weight[0] + bias[0]``, and leaves the
+    running statistics untouched; the same here, so values, dtype, strides and autograd agree."""
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        if t is not None:
+            check_tensor(t, name, op)
+    out = input.clone()
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dim() == 0 or t.shape[0] == 0):
+            # PyTorch fails here too (IndexError from t[0]); say which argument
+            raise ArgumentValueError(f"{op}: argument '{name}' of shape {tuple(t.shape)} has no element [0], "
+                                     "which PyTorch reads for an empty input")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            try:
+                out = out * t[0] if name == "weight" else out + t[0]
+            except RuntimeError as e:  # a [0] row that does not broadcast: PyTorch fails the same way
+                raise ArgumentValueError(f"{op}: argument '{name}' of shape {tuple(t.shape)}: {e}") from None
+    if residual is not None:
+        check_tensor(residual, "residual", op)
+        if residual.shape != input.shape:
+            raise ArgumentValueError(f"{op}: argument 'residual' has shape {tuple(residual.shape)} but argument "
+                                     f"'input' has shape {tuple(input.shape)}; they must match")
+        out = out + residual
+    return out
 
 
 def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
@@ -343,8 +416,15 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     check_activation(activation, op)
     if not isinstance(training, bool):
         raise ArgumentTypeError(f"{op}: argument 'training' must be bool, got {type(training).__name__}")
+    # F.batch_norm's order: the values-per-channel check (training), eps's range, then the binding's
+    # parse of momentum / eps, then ATen's early return of an empty input.
+    if training and _values_per_channel(input.shape) == 1:
+        raise ArgumentValueError(f"{op}: Expected more than 1 value per channel when training, got input size "
+                                 f"{input.shape} (argument 'input')")
+    eps = _check_eps(eps, training, op)
     momentum = _check_number(momentum, "momentum", op)
-    eps = _check_number(eps, "eps", op)
+    if input.dim() >= 1 and input.numel() == 0:
+        return _empty_batch_norm(input, running_mean, running_var, weight, bias, residual, op)
     if input.dim() < 2:
         raise ArgumentValueError(f"{op}: argument 'input' must have at least 2 dimensions [N, C, *], got "
                                  f"{input.dim()}-D of shape {tuple(input.shape)}")
@@ -352,9 +432,6 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
                     ("bias", bias)):
         _check_vector(t, name, C, input, op)
-    if not training and input.numel() == 0 and (running_mean is None or running_var is None):
-        # PyTorch returns the empty batch before it asks for the running statistics
-        return input.clone()
     if not training:
         if running_mean is None:
             raise ArgumentValueError(f"{op}: argument 'running_mean' must be defined in evaluation mode "
@@ -362,11 +439,6 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
         if running_var is None:
             raise ArgumentValueError(f"{op}: argument 'running_var' must be defined in evaluation mode "
                                      "(training=False)")
-    if training:
-        per_channel = input.numel() // C if C else 0
-        if per_channel == 1:
-            raise ArgumentValueError(f"{op}: Expected more than 1 value per channel when training, got input size "
-                                     f"{input.shape} (argument 'input')")
     # No autocast cast: under AMP PyTorch runs batch_norm in the input's dtype (it is on no cast list).
     check_float(input, "input", op)
     if residual is not None:
