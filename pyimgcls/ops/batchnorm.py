@@ -25,25 +25,23 @@ Custom ops (the backend is resolved in Python and passed as a string, as in the 
 
 Per-channel tensors (weight, bias, statistics) are computed in the accumulation dtype: float32, or
 float64 for float64 input. float16 / bfloat16 CPU inputs are computed in float32 and returned in their
-dtype (DESIGN.md). The running buffers keep their own dtype.
+dtype (docs/architecture.md, "Dtypes"). The running buffers keep their own dtype.
 """
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 
 import torch
 
-from .. import _backend, _native
+from .. import _backend, backends
 from .._native import ACT_CODES
 from ..errors import ArgumentTypeError, ArgumentValueError
-from . import _alloc, _eager, reference
+from . import _alloc, _eager
 from ._checks import (check_activation, check_backend_dtype, check_float, check_same_device, check_same_dtype,
                       check_tensor)
 from .conv import _match_format, suggests_channels_last
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -76,143 +74,87 @@ def _vec(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return None if t is None else t.to(dtype).contiguous()
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _cuda_args(t: torch.Tensor):
-    return t.device.index, _native.cuda_stream(t)
-
-
 # ----------------------------------------------------------------------------- backend kernels
-def _run_fwd(x, weight, bias, residual, mean_in, var_in, training, eps, act, channels_last, backend):
-    """(out, save_mean, save_invstd, batch_var) — see the module docstring."""
+# What every backend's kernels share (pyimgcls/backends/<backend>/batchnorm.py call these): the
+# canonical layouts, the [N, C, S] view and the outputs, allocated in the layout the kernels write.
+def fwd_outputs(x, residual, mean_in, var_in, training, channels_last):
+    """(x, residual in the kernels' layout, channels_last of the 4-D view, (N, C, S), out, mean, var,
+    invstd): mean / var are fresh buffers to fill in training, the running statistics (mean
+    copied: the backward keeps it) in eval."""
     acc = _acc_dtype(x.dtype)
-    if backend == "torch":
-        return reference.batch_norm(x, weight, bias, residual, mean_in, var_in, training, eps, act, channels_last)
-    if backend == "cpu" and x.dtype in _LOW_PRECISION:
-        out, m, i, v = _run_fwd(x.float(), weight, bias, None if residual is None else residual.float(), mean_in,
-                                var_in, training, eps, act, channels_last, backend)
-        return out.to(x.dtype), m, i, v
     x = _canonical(x, channels_last)
     residual = _canonical(residual, channels_last)
     cl = channels_last and x.dim() == 4
     N, C, S = _ncs(x)
     out = _alloc.empty(x.shape, x.dtype, x.device, memory_format=_fmt(cl))
     invstd = _alloc.empty((C,), acc, x.device)
-    w, b = _vec(weight, acc), _vec(bias, acc)
     if training:
         mean = _alloc.empty((C,), acc, x.device)
         var = _alloc.empty((C,), acc, x.device)
     else:
         mean, var = _vec(mean_in, acc).clone(), _vec(var_in, acc)
-    code = _native.dtype_code(x.dtype)
-    if backend == "cpu":
-        if training:
-            _native.C.batch_norm_stats_cpu(code, x.data_ptr(), mean.data_ptr(), var.data_ptr(), N, C, S, cl)
-        _native.C.batch_norm_fwd_cpu(code, x.data_ptr(), mean.data_ptr(), var.data_ptr(), _ptr(w), _ptr(b),
-                                     _ptr(residual), out.data_ptr(), invstd.data_ptr(), N, C, S, cl, eps, act)
-    elif backend == "cuda":
-        dev, stream = _cuda_args(x)
-        if training:
-            chunks = _native.C.batch_norm_stats_chunks_cuda(N, C, S, cl, _sm_count(dev))
-            scratch = torch.empty(2 * chunks * C, dtype=torch.float32, device=x.device)
-            _native.C.batch_norm_stats_cuda(code, x.data_ptr(), mean.data_ptr(), var.data_ptr(), scratch.data_ptr(),
-                                            chunks, N, C, S, cl, dev, stream)
-        scale = torch.empty(C, dtype=torch.float32, device=x.device)  # w * invstd
-        _native.C.batch_norm_fwd_cuda(code, x.data_ptr(), mean.data_ptr(), var.data_ptr(), _ptr(w), _ptr(b),
-                                      _ptr(residual), out.data_ptr(), invstd.data_ptr(), scale.data_ptr(), N, C, S, cl,
-                                      eps, act, dev, stream)
-    elif backend == "triton":
-        from ..triton_kernels import batchnorm as tk
-        if training:
-            tk.batch_norm_stats(x, mean, var, N, C, S, cl)
-        tk.batch_norm_fwd(x, mean, var, w, b, residual, out, invstd, N, C, S, cl, eps, act)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
+    return x, residual, cl, (N, C, S), out, mean, var, invstd
+
+
+def fwd_result(out, mean, invstd, var, training):
+    """The forward op's outputs: batch_var is empty in eval."""
     return out, mean, invstd, (var if training else var.new_empty((0,)))
 
 
-def _run_update(running_mean, running_var, mean, var, momentum, count, backend):
-    if count == 0:  # an empty batch leaves the running statistics untouched, as ATen's CPU kernel
-        return
-    if backend == "torch":
-        reference.batch_norm_update_stats(running_mean, running_var, mean, var, momentum, count)
-        return
-    acc = mean.dtype
-    # The kernels update contiguous buffers of the statistics' dtype; other buffers (float16 modules,
-    # strided views) go through a float copy that is written back.
-    work = []
-    for t in (running_mean, running_var):
-        if t is None:
-            work.append(None)
-        elif t.dtype == acc and t.is_contiguous():
-            work.append(t)
-        else:
-            work.append(t.to(acc).contiguous())
-    rm, rv = work
-    C = mean.shape[0]
-    code = _native.dtype_code(acc)
-    if backend == "cpu":
-        _native.C.batch_norm_update_stats_cpu(code, _ptr(rm), _ptr(rv), mean.data_ptr(), var.data_ptr(), C, momentum,
-                                              count)
-    elif backend == "cuda":
-        _native.C.batch_norm_update_stats_cuda(code, _ptr(rm), _ptr(rv), mean.data_ptr(), var.data_ptr(), C,
-                                               momentum, count, *_cuda_args(mean))
-    elif backend == "triton":
-        from ..triton_kernels import batchnorm as tk
-        tk.batch_norm_update_stats(rm, rv, mean, var, momentum, count)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
+def stats_work_buffers(running_mean, running_var, acc):
+    """The kernels update contiguous buffers of the statistics' dtype; other buffers (float16 modules,
+    strided views) go through a float copy that :func:`write_back` returns."""
+    return [None if t is None else (t if t.dtype == acc and t.is_contiguous() else t.to(acc).contiguous())
+            for t in (running_mean, running_var)]
+
+
+def write_back(running_mean, running_var, rm, rv):
     for orig, w in ((running_mean, rm), (running_var, rv)):
         if orig is not None and w is not orig:
             orig.copy_(w)
 
 
-def _run_bwd(grad, x, weight, out, mean, invstd, training, act, channels_last, has_residual, needs_input,
-             needs_weight, needs_bias, backend):
+def bwd_outputs(grad, x, out, mean, channels_last, has_residual, act, needs_input, needs_weight, needs_bias):
+    """(grad, x, out in the kernels' layout, channels_last of the view, (N, C, S), gx, gw, gb, gp)
+    with None for the gradients not asked for."""
     acc = mean.dtype
-    if backend == "torch":
-        return reference.batch_norm_backward(grad, x, weight, out, mean, invstd, training, act, channels_last,
-                                             has_residual, needs_input, needs_weight, needs_bias)
-    if backend == "cpu" and x.dtype in _LOW_PRECISION:
-        gx, gw, gb, gr = _run_bwd(grad.float(), x.float(), weight, None if out is None else out.float(), mean, invstd,
-                                  training, act, channels_last, has_residual, needs_input, needs_weight, needs_bias,
-                                  backend)
-        return gx.to(x.dtype), gw, gb, gr.to(x.dtype)
     cl = channels_last and x.dim() == 4
     x = _canonical(x, channels_last)
     grad = _canonical(grad, channels_last)
     out = _canonical(out, channels_last)
     N, C, S = _ncs(x)
     fmt = _fmt(cl)
-    empty = x.new_empty((0,))
     gx = _alloc.empty(x.shape, x.dtype, x.device, memory_format=fmt) if needs_input else None
     gw = _alloc.empty((C,), acc, x.device) if needs_weight else None
     gb = _alloc.empty((C,), acc, x.device) if needs_bias else None
     gp = _alloc.empty(x.shape, x.dtype, x.device, memory_format=fmt) if (has_residual and act != 0) else None
-    w = _vec(weight, acc)
-    code = _native.dtype_code(x.dtype)
-    if backend == "cpu":
-        _native.C.batch_norm_bwd_cpu(code, grad.data_ptr(), _ptr(out), x.data_ptr(), _ptr(w), mean.data_ptr(),
-                                     invstd.data_ptr(), _ptr(gx), _ptr(gw), _ptr(gb), _ptr(gp), N, C, S, cl, training,
-                                     act)
-    elif backend == "cuda":
-        dev, stream = _cuda_args(x)
-        chunks = _native.C.batch_norm_stats_chunks_cuda(N, C, S, cl, _sm_count(dev))
-        # level-1 partials (2 * chunks * C) + grad_input coefficients (3 * C)
-        scratch = torch.empty(2 * chunks * C + 3 * C, dtype=torch.float32, device=x.device)
-        _native.C.batch_norm_bwd_cuda(code, grad.data_ptr(), _ptr(out), x.data_ptr(), _ptr(w), mean.data_ptr(),
-                                      invstd.data_ptr(), _ptr(gx), _ptr(gw), _ptr(gb), _ptr(gp), scratch.data_ptr(),
-                                      chunks, N, C, S, cl, training, act, dev, stream)
-    elif backend == "triton":
-        from ..triton_kernels import batchnorm as tk
-        tk.batch_norm_bwd(grad, out, x, w, mean, invstd, gx, gw, gb, gp, N, C, S, cl, training, act)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
+    return grad, x, out, cl, (N, C, S), gx, gw, gb, gp
+
+
+def bwd_result(x, mean, gx, gw, gb, gp):
+    """The backward op's outputs: an empty tensor for each gradient not asked for."""
+    empty = x.new_empty((0,))
     return (gx if gx is not None else empty, gw if gw is not None else mean.new_empty((0,)),
             gb if gb is not None else mean.new_empty((0,)), gp if gp is not None else empty)
+
+
+def _run_fwd(x, weight, bias, residual, mean_in, var_in, training, eps, act, channels_last, backend):
+    """(out, save_mean, save_invstd, batch_var) — see the module docstring."""
+    return backends.kernels(backend, "batchnorm").batch_norm_fwd(x, weight, bias, residual, mean_in, var_in,
+                                                                 training, eps, act, channels_last)
+
+
+def _run_update(running_mean, running_var, mean, var, momentum, count, backend):
+    if count == 0:  # an empty batch leaves the running statistics untouched, as ATen's CPU kernel
+        return
+    backends.kernels(backend, "batchnorm").update_stats(running_mean, running_var, mean, var, momentum, count)
+
+
+def _run_bwd(grad, x, weight, out, mean, invstd, training, act, channels_last, has_residual, needs_input,
+             needs_weight, needs_bias, backend):
+    return backends.kernels(backend, "batchnorm").batch_norm_bwd(
+        grad, x, weight, out, mean, invstd, training, act, channels_last, has_residual, needs_input, needs_weight,
+        needs_bias)
 
 
 # ----------------------------------------------------------------------------- custom ops
