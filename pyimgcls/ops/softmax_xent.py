@@ -29,7 +29,7 @@ import os
 
 import torch
 
-from .. import _backend, _native
+from .. import _backend, backends
 from ..errors import ArgumentTypeError, ArgumentValueError
 from . import _alloc, _eager, reference
 from ._checks import check_backend_dtype, check_float, check_same_device, check_same_dtype, check_tensor
@@ -39,6 +39,7 @@ _NONE, _MEAN, _SUM = 0, 1, 2
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _TARGET_DTYPES = (torch.int64, torch.int32, torch.uint8)
 _OP = "softmax_cross_entropy"
+_FAMILY = "softmax_xent"
 
 
 class TargetOutOfRangeError(ArgumentValueError, IndexError):
@@ -64,98 +65,51 @@ def _validate_targets_on_host(target: torch.Tensor, C: int, ignore_index: int) -
         _raise_bad_target(target.cpu(), int(bad.nonzero()[0, 0]), C, ignore_index)
 
 
-def _counter(device: torch.device) -> torch.Tensor:
-    """The CUDA forward's last-block ticket: one zeroed uint32 per (device, stream), left at zero by
-    every launch, so it is allocated and cleared once (no memset launch per call)."""
-    key = (device.index, torch.cuda.current_stream(device).cuda_stream)
-    t = _COUNTERS.get(key)
-    if t is None:
-        t = _COUNTERS[key] = torch.zeros(1, dtype=torch.int32, device=device)
-    return t
-
-
-_COUNTERS: dict = {}
-
-
 # ----------------------------------------------------------------------------- backend kernels
+# The kernels live in pyimgcls/backends/<backend>/softmax_xent.py (entry points ``forward`` and
+# ``backward``, contract in the cpu module's docstring); _forward / _backward are the one lookup.
 def _forward(x, target, weight, ignore_index, reduction, eps, need_grad, backend):
     """(loss, grad or empty, denom or empty) for logits x [N, C] with unit class stride."""
-    N, C = x.shape
-    dtype = x.dtype
-    dev = x.device
-    if backend == "cpu":
-        if dtype in _LOW_PRECISION:
-            # DESIGN.md: float16/bfloat16 CPU inputs are computed in float32 and returned in their dtype.
-            # The saved gradient stays float32 here; the backward returns the input dtype.
-            loss, grad, denom = _forward(x.float(), target, None if weight is None else weight.float(),
-                                         ignore_index, reduction, eps, need_grad, backend)
-            return loss.to(dtype), grad, denom
-        # float32 / float64: the denominator shares the logits' dtype (_acc_dtype).
-        # x has unit class stride, so empty_like (which keeps a dense layout) gives rows of C elements.
-        loss = _alloc.new_empty(x, (N,) if reduction == _NONE else ())
-        grad = _alloc.empty_like(x) if need_grad else x.new_empty((0,))
-        denom = _alloc.new_empty(x, ()) if reduction == _MEAN else x.new_empty((0,))
-        bad = _native.C.softmax_xent_fwd_cpu(
-            _native.DTYPE_CODES[dtype], x.data_ptr(), x.stride(0), target.data_ptr(), target.dtype == torch.int32,
-            weight.data_ptr() if weight is not None else 0, N, C, ignore_index, eps, reduction, loss.data_ptr(),
-            grad.data_ptr() if need_grad and N * C else 0, denom.data_ptr() if reduction == _MEAN else 0)
-        if bad >= 0:
-            _raise_bad_target(target, bad, C, ignore_index)
-        return loss, grad, denom
-    loss = _alloc.empty((N,) if reduction == _NONE else (), dtype, dev)
-    grad = _alloc.empty((N, C), dtype, dev) if need_grad else x.new_empty((0,))
-    denom = _alloc.empty((), _acc_dtype(dtype), dev) if reduction == _MEAN else x.new_empty((0,), dtype=_acc_dtype(dtype))
-    t32 = target.dtype == torch.int32
-    w_ptr = weight.data_ptr() if weight is not None else 0
-    g_ptr = grad.data_ptr() if need_grad and grad.numel() else 0
-    d_ptr = denom.data_ptr() if reduction == _MEAN else 0
-    if dev.type == "cpu" or os.environ.get("PYIMGCLS_CHECK_TARGETS", "0") == "1":
-        _validate_targets_on_host(target, C, ignore_index)
-    if backend == "cuda":
-        scratch = torch.empty(2 * N if reduction != _NONE else 0, dtype=torch.float32, device=dev)
-        _native.C.softmax_xent_fwd_cuda(
-            _native.dtype_code(dtype), x.data_ptr(), x.stride(0), target.data_ptr(), t32, w_ptr, N, C,
-            ignore_index, eps, reduction, loss.data_ptr(), g_ptr, scratch.data_ptr() if reduction != _NONE else 0,
-            d_ptr, _counter(dev).data_ptr() if reduction != _NONE else 0, dev.index, _native.cuda_stream(x))
-    elif backend == "triton":
-        from ..triton_kernels import softmax_xent as tk
-        tk.softmax_xent_fwd(x, target, weight, ignore_index, reduction, eps, loss, grad if need_grad else None,
-                            denom if reduction == _MEAN else None)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return loss, grad, denom
+    return backends.kernels(backend, _FAMILY).forward(x, target, weight, ignore_index, reduction, eps, need_grad)
 
 
 def _backward(grad_loss, saved, target, denom, ignore_index, reduction, backend, in_place=False):
-    """grad_input = saved scaled per row. ``in_place``: write into ``saved`` and return it (CPU only,
-    for a caller that owns ``saved`` and drops it afterwards; see _eager_backward)."""
-    N, C = saved.shape
-    out_dtype = grad_loss.dtype
-    if backend == "cpu" and saved.dtype != out_dtype:
-        # float16/bfloat16 on CPU: the saved gradient is float32 (see _forward).
-        return _backward(grad_loss.float(), saved, target, denom, ignore_index, reduction, backend).to(out_dtype)
-    out = saved if in_place and backend == "cpu" else _alloc.empty_like(saved)
-    if N == 0 or C == 0:
-        return out
-    per_row = reduction == _NONE
-    go_stride = grad_loss.stride(0) if per_row else 0
-    t32 = target.dtype == torch.int32
-    d_ptr = denom.data_ptr() if reduction == _MEAN else 0
-    if backend == "cpu":
-        _native.C.softmax_xent_bwd_cpu(_native.dtype_code(saved.dtype), saved.data_ptr(), target.data_ptr(), t32,
-                                       grad_loss.data_ptr(), go_stride, per_row, d_ptr, N, C, ignore_index,
-                                       out.data_ptr())
-    elif backend == "cuda":
-        _native.C.softmax_xent_bwd_cuda(_native.dtype_code(saved.dtype), saved.data_ptr(), target.data_ptr(), t32,
-                                        grad_loss.data_ptr(), go_stride, per_row, d_ptr, N, C, ignore_index,
-                                        out.data_ptr(), saved.device.index, _native.cuda_stream(saved))
-    elif backend == "triton":
-        from ..triton_kernels import softmax_xent as tk
-        tk.softmax_xent_bwd(saved, target, grad_loss, denom if reduction == _MEAN else None, ignore_index,
-                            per_row, out)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return out
+    """grad_input = saved scaled per row. ``in_place``: the caller owns ``saved`` and drops it afterwards,
+    so a backend may write into it and return it (the cpu one does; see _eager_backward)."""
+    return backends.kernels(backend, _FAMILY).backward(grad_loss, saved, target, denom, ignore_index, reduction,
+                                                       in_place)
+
+
+# Shared by the backend modules (backend-independent parts of the kernel contract).
+def _kernel_outputs(x, target, ignore_index, reduction, need_grad):
+    """(loss, grad or empty, denom or empty) allocated for a kernel writing them, after the host-side
+    target check where the contract asks for one (CPU tensors, or PYIMGCLS_CHECK_TARGETS=1)."""
+    N, C = x.shape
+    dtype = x.dtype
+    dev = x.device
+    loss = _alloc.empty((N,) if reduction == _NONE else (), dtype, dev)
+    grad = _alloc.empty((N, C), dtype, dev) if need_grad else x.new_empty((0,))
+    denom = _alloc.empty((), _acc_dtype(dtype), dev) if reduction == _MEAN else x.new_empty((0,), dtype=_acc_dtype(dtype))
+    if dev.type == "cpu" or os.environ.get("PYIMGCLS_CHECK_TARGETS", "0") == "1":
+        _validate_targets_on_host(target, C, ignore_index)
+    return loss, grad, denom
+
+
+def _target_terms(target, weight, ignore_index, eps, C, acc, device):
+    """(wt, a, b) of a loss with targets ``target`` [N] (in range or ignored), in dtype ``acc``: per row,
+    with w the class weights (1 without weights) and v = 0 for an ignored row, 1 otherwise,
+
+        wt = v w[t],   a = (1-eps) wt + eps/C * sum(w) v,   b = (1-eps) wt onehot(t) + eps/C w v
+
+    so that the row's loss is -sum(b * log_softmax(x)) and its gradient a * softmax(x) - b."""
+    valid = target != ignore_index
+    t = torch.where(valid, target, torch.zeros_like(target)).long()
+    w = weight.to(acc) if weight is not None else torch.ones(C, dtype=acc, device=device)
+    vf = valid.to(acc)
+    wt = w[t] * vf
+    a = (1.0 - eps) * wt + (eps / C) * w.sum() * vf
+    b = ((1.0 - eps) * wt)[:, None] * torch.nn.functional.one_hot(t, C).to(acc) + (eps / C) * w[None, :] * vf[:, None]
+    return wt, a, b
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -170,7 +124,9 @@ def _xent_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
 def _(input, target, weight, ignore_index, reduction, label_smoothing, need_grad, backend):
     N, C = input.shape
     loss = input.new_empty((N,) if reduction == _NONE else ())
-    grad_dtype = torch.float32 if (backend == "cpu" and input.dtype in _LOW_PRECISION) else input.dtype
+    # a backend computing float16/bfloat16 in float32 saves the gradient in float32 (its forward)
+    grad_dtype = (torch.float32 if input.dtype in _LOW_PRECISION and backends.TABLE[backend].upcasts_low_precision
+                  else input.dtype)
     grad = input.new_empty((N, C), dtype=grad_dtype) if need_grad else input.new_empty((0,))
     acc = _acc_dtype(input.dtype)
     denom = input.new_empty((), dtype=acc) if reduction == _MEAN else input.new_empty((0,), dtype=acc)
@@ -230,13 +186,7 @@ def _graph_grad(x, x_version, grad_loss, first_order, target, weight, ignore_ind
     N, C = x.shape
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     p = torch.softmax(x.to(acc), dim=1)
-    valid = target != ignore_index
-    t = torch.where(valid, target, torch.zeros_like(target)).long()
-    w = weight.to(acc) if weight is not None else torch.ones(C, dtype=acc, device=x.device)
-    vf = valid.to(acc)
-    wt = w[t] * vf
-    a = (1.0 - eps) * wt + (eps / C) * w.sum() * vf
-    b = ((1.0 - eps) * wt)[:, None] * torch.nn.functional.one_hot(t, C).to(acc) + (eps / C) * w[None, :] * vf[:, None]
+    _, a, b = _target_terms(target, weight, ignore_index, eps, C, acc, x.device)
     g = a[:, None] * p - b
     go = grad_loss.to(acc)
     if reduction == _NONE:
@@ -429,9 +379,10 @@ def _common_cpu_call(input, target, ignore_index, reduction, label_smoothing):
             or target.dim() != 1 or not input.is_cpu or not target.is_cpu or not 0.0 <= label_smoothing <= 1.0):
         return None
     if (target.shape[0] != input.shape[0] or input.stride(1) != 1 or not target.is_contiguous()
-            or _backend.get_backend() not in _CPU_BACKENDS or not _plain_eager(input, target)):
+            or _backend.get_backend() not in _SHORTCUT_CHOICES or not _plain_eager(input, target)):
         return None
-    return _eager_call(input, target, None, ignore_index, red, label_smoothing, "cpu", input.requires_grad)
+    return _eager_call(input, target, None, ignore_index, red, label_smoothing, _SHORTCUT_BACKEND,
+                       input.requires_grad)
 
 
 def _eager_call(x, t, weight, ignore_index, red, eps, backend, requires_grad):
@@ -442,7 +393,18 @@ def _eager_call(x, t, weight, ignore_index, red, eps, backend, requires_grad):
     return _forward(x, t, weight, ignore_index, red, eps, False, backend)[0]
 
 
-_CPU_BACKENDS = ("auto", "cpu")
+def _shortcut_backend():
+    """The backend _common_cpu_call runs, and the user choices that select it (read once, at import):
+    the one "auto" picks for CPU tensors (the table's priority), if it takes float32 and float64 and
+    is not the yardstick (the shortcut skips the dtype check and the yardstick's own path)."""
+    name = backends.resolve("auto", torch.device("cpu"), _OP)
+    row = backends.TABLE[name]
+    if row.yardstick or not all(d in row.dtypes for d in _CPU_DTYPES):
+        return name, ()
+    return name, ("auto", name)
+
+
+_SHORTCUT_BACKEND, _SHORTCUT_CHOICES = _shortcut_backend()
 
 
 def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, *,
@@ -471,13 +433,12 @@ def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: tor
     if weight is not None:
         check_same_dtype(input, "input", weight, "weight", _OP)
     backend = _backend.resolve(device, _OP)
-    if backend == "cuda":
-        check_backend_dtype(backend, input, "input", _OP)
+    check_backend_dtype(backend, input, "input", _OP)
     if label_smoothing.__class__ is not float:
         label_smoothing = float(label_smoothing)
     if label_smoothing < 0.0:
         label_smoothing = 0.0
-    if backend == "torch":
+    if backends.TABLE[backend].yardstick:
         return reference.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
     if input.dim() > 2:
         # [N, C, d1, ...] -> [N * d1 * ..., C]: one row per position.

@@ -1,0 +1,50 @@
+"""Softmax-cross-entropy family on our CUDA C++ kernels (csrc/cuda/softmax_xent.cu). Entry points and
+their contracts: pyimgcls/backends/cpu/softmax_xent.py. Launchers take raw pointers, sizes, the device
+index and stream; out-of-range targets make NaN rows without a host synchronisation."""
+from __future__ import annotations
+
+import torch
+
+from ... import _native
+from ...ops import _alloc
+from ...ops.softmax_xent import _MEAN, _NONE, _kernel_outputs
+from . import launch_args
+
+_COUNTERS: dict = {}
+
+
+def _counter(device: torch.device) -> torch.Tensor:
+    """The forward's last-block ticket: one zeroed uint32 per (device, stream), left at zero by every
+    launch, so it is allocated and cleared once (no memset launch per call)."""
+    key = (device.index, torch.cuda.current_stream(device).cuda_stream)
+    t = _COUNTERS.get(key)
+    if t is None:
+        t = _COUNTERS[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return t
+
+
+def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
+    N, C = x.shape
+    loss, grad, denom = _kernel_outputs(x, target, ignore_index, reduction, need_grad)
+    reduces = reduction != _NONE
+    dev = x.device
+    scratch = torch.empty(2 * N if reduces else 0, dtype=torch.float32, device=dev)
+    _native.C.softmax_xent_fwd_cuda(
+        _native.dtype_code(x.dtype), x.data_ptr(), x.stride(0), target.data_ptr(), target.dtype == torch.int32,
+        weight.data_ptr() if weight is not None else 0, N, C, ignore_index, eps, reduction, loss.data_ptr(),
+        grad.data_ptr() if need_grad and grad.numel() else 0, scratch.data_ptr() if reduces else 0,
+        denom.data_ptr() if reduction == _MEAN else 0, _counter(dev).data_ptr() if reduces else 0, *launch_args(x))
+    return loss, grad, denom
+
+
+def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place):
+    N, C = saved.shape
+    out = _alloc.empty_like(saved)
+    if N == 0 or C == 0:
+        return out
+    per_row = reduction == _NONE
+    _native.C.softmax_xent_bwd_cuda(
+        _native.dtype_code(saved.dtype), saved.data_ptr(), target.data_ptr(), target.dtype == torch.int32,
+        grad_loss.data_ptr(), grad_loss.stride(0) if per_row else 0, per_row,
+        denom.data_ptr() if reduction == _MEAN else 0, N, C, ignore_index, out.data_ptr(), *launch_args(saved))
+    return out

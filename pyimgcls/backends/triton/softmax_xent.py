@@ -1,0 +1,25 @@
+"""Softmax-cross-entropy family on our Triton kernels (triton_kernels/softmax_xent.py). Entry points and
+their contracts: pyimgcls/backends/cpu/softmax_xent.py."""
+from __future__ import annotations
+
+from ...ops import _alloc
+from ...ops.softmax_xent import _MEAN, _NONE, _kernel_outputs
+
+
+def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
+    from ...triton_kernels import softmax_xent as tk
+    loss, grad, denom = _kernel_outputs(x, target, ignore_index, reduction, need_grad)
+    tk.softmax_xent_fwd(x, target, weight, ignore_index, reduction, eps, loss, grad if need_grad else None,
+                        denom if reduction == _MEAN else None)
+    return loss, grad, denom
+
+
+def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place):
+    from ...triton_kernels import softmax_xent as tk
+    N, C = saved.shape
+    out = _alloc.empty_like(saved)
+    if N == 0 or C == 0:
+        return out
+    tk.softmax_xent_bwd(saved, target, grad_loss, denom if reduction == _MEAN else None, ignore_index,
+                        reduction == _NONE, out)
+    return out
