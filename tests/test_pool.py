@@ -407,8 +407,20 @@ def test_auto_backend_runs_our_cpu_kernels(monkeypatch):
 
     for name in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "max_pool2d_backward"):
         monkeypatch.setattr(reference, name, boom)
-    x = torch.randn(2, 3, 6, 6, requires_grad=True)
-    (ops.max_pool2d(x, 2).sum() + ops.avg_pool2d(x, 2).sum() + ops.adaptive_avg_pool2d(x, 2).sum()).backward()
+    x = torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    outs = [ops.max_pool2d(x, 3, 2, 1), ops.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+            ops.adaptive_avg_pool2d(x, 4)]
+    g = torch.Generator().manual_seed(6)
+    go = [torch.randn(o.shape, generator=g) for o in outs]
+    grads = torch.autograd.grad(outs, x, go)
+    # and what the kernels compute is PyTorch's (float64 reference), forward and backward
+    x64 = x.detach().double().requires_grad_()
+    refs = [F.max_pool2d(x64, 3, 2, 1), F.avg_pool2d(x64, 3, 2, 1, count_include_pad=False),
+            F.adaptive_avg_pool2d(x64, 4)]
+    ref_grads = torch.autograd.grad(refs, x64, [t.double() for t in go])
+    for out, ref in zip(outs, refs):
+        assert_close_to_reference(out, ref)
+    assert_close_to_reference(grads[0], ref_grads[0])
 
 
 def test_torch_backend_is_the_reference():

@@ -1,7 +1,9 @@
 """Pooling family: ``max_pool2d``, ``avg_pool2d`` and ``adaptive_avg_pool2d`` (with the global
 1x1 case as a plain reduction), forward and backward, as torch.nn.functional computes them.
 
-Custom ops (the backend is resolved in Python and passed as a string, as in the GEMM family):
+Custom ops (the backend is resolved in Python and passed as a string, as in the GEMM family; each
+implementation is one lookup of pyimgcls/backends/<backend>/pool.py, whose entry points take the
+op's arguments less ``backend``):
     pyimgcls::max_pool2d(x, ...)            -> (out, indices)   indices: int64 flat h*W+w per plane
     pyimgcls::max_pool2d_backward(grad, indices, ...)            grad_in[n, c, idx] += grad
     pyimgcls::avg_pool2d(x, ...)            -> out
@@ -34,12 +36,10 @@ import operator
 
 import torch
 
-from .. import _backend, _native
+from .. import _backend, backends
 from ..errors import ArgumentTypeError, ArgumentValueError
-from . import _alloc, _eager, reference
+from . import _alloc, _eager
 from ._checks import check_backend_dtype, check_float, check_tensor
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- shape helpers
@@ -147,191 +147,99 @@ def _resolve(input: torch.Tensor, op: str) -> str:
     return backend
 
 
-def _dims(x: torch.Tensor):
+# ----------------------------------------------------------------------------- kernel buffers
+# Shared by the cpu, cuda and triton family modules (pyimgcls/backends/<backend>/pool.py), which add
+# the launch. Each returns its tensor argument(s) in the memory format ``channels_last`` names, the
+# result(s) allocated in that format, and the sizes (N, C, H, W, h, w) of the tensor passed and of the
+# result, or None for the sizes when the result is empty (nothing to launch; the result is final).
+# Written out rather than layered: every call of a pooling op runs one of them.
+_CHANNELS_LAST, _CONTIGUOUS = torch.channels_last, torch.contiguous_format
+
+
+def buffers(t, h, w, channels_last):
+    """``t`` [N, C, H, W] and a new [N, C, h, w] tensor of its dtype and device."""
+    fmt = _CHANNELS_LAST if channels_last else _CONTIGUOUS
+    N, C, H, W = t.shape
+    t = t.contiguous(memory_format=fmt)
+    out = _alloc.empty((N, C, h, w), t.dtype, t.device, memory_format=fmt)
+    return t, out, ((N, C, H, W, h, w) if out.numel() else None)
+
+
+def max_pool2d_buffers(x, kernel, stride, padding, dilation, ceil_mode, channels_last, with_indices):
+    """(x, out, indices, sizes): indices int64 like out when ``with_indices``, else an empty [0]."""
+    fmt = _CHANNELS_LAST if channels_last else _CONTIGUOUS
     N, C, H, W = x.shape
-    return N, C, H, W
-
-
-def _stream_args(x: torch.Tensor):
-    return x.device.index, _native.cuda_stream(x)
-
-
-# ----------------------------------------------------------------------------- max pooling kernels
-def _run_max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, channels_last, with_indices, backend):
-    fmt = _memory_format(channels_last)
-    N, C, H, W = _dims(x)
     OH = pool_output_size(H, kernel[0], padding[0], stride[0], dilation[0], ceil_mode)
     OW = pool_output_size(W, kernel[1], padding[1], stride[1], dilation[1], ceil_mode)
-    if backend == "torch":
-        return reference.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, channels_last, with_indices)
-    if backend == "cpu" and x.dtype in _LOW_PRECISION:
-        out, idx = _run_max_pool2d(x.float(), kernel, stride, padding, dilation, ceil_mode, channels_last,
-                                   with_indices, backend)
-        return out.to(x.dtype), idx
     x = x.contiguous(memory_format=fmt)
     out = _alloc.empty((N, C, OH, OW), x.dtype, x.device, memory_format=fmt)
     idx = (_alloc.empty((N, C, OH, OW), torch.int64, x.device, memory_format=fmt) if with_indices
            else x.new_empty((0,), dtype=torch.int64))
-    if out.numel() == 0:
-        return out, idx
-    geo = (N, C, H, W, OH, OW, *kernel, *stride, *padding, *dilation)
-    idx_ptr = idx.data_ptr() if with_indices else 0
-    if backend == "cpu":
-        _native.C.max_pool2d_fwd_cpu(_native.dtype_code(x.dtype), x.data_ptr(), out.data_ptr(), idx_ptr,
-                                     *geo, channels_last)
-    elif backend == "cuda":
-        _native.C.max_pool2d_fwd_cuda(_native.dtype_code(x.dtype), x.data_ptr(), out.data_ptr(), idx_ptr,
-                                      *geo, channels_last, *_stream_args(x))
-    elif backend == "triton":
-        from ..triton_kernels import pool as tk
-        tk.max_pool2d_fwd(x, out, idx if with_indices else None, kernel, stride, padding, dilation)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return out, idx
+    return x, out, idx, ((N, C, H, W, OH, OW) if out.numel() else None)
 
 
-def _run_max_pool2d_backward(grad, indices, H, W, kernel, stride, padding, dilation, channels_last, backend):
-    fmt = _memory_format(channels_last)
-    N, C, OH, OW = _dims(grad)
-    if backend == "torch":
-        return reference.max_pool2d_backward(grad, indices, H, W, channels_last)
-    if backend == "cpu" and grad.dtype in _LOW_PRECISION:
-        return _run_max_pool2d_backward(grad.float(), indices, H, W, kernel, stride, padding, dilation,
-                                        channels_last, backend).to(grad.dtype)
+def max_pool2d_backward_buffers(grad, indices, H, W, channels_last):
+    """(grad, indices, grad_input, sizes)."""
+    fmt = _CHANNELS_LAST if channels_last else _CONTIGUOUS
+    N, C, OH, OW = grad.shape
     grad = grad.contiguous(memory_format=fmt)
     indices = indices.contiguous(memory_format=fmt)
     gx = _alloc.empty((N, C, H, W), grad.dtype, grad.device, memory_format=fmt)
-    if gx.numel() == 0:
-        return gx
-    geo = (N, C, H, W, OH, OW, *kernel, *stride, *padding, *dilation)
-    if backend == "cpu":
-        _native.C.max_pool2d_bwd_cpu(_native.dtype_code(grad.dtype), grad.data_ptr(), indices.data_ptr(),
-                                     gx.data_ptr(), *geo, channels_last)
-    elif backend == "cuda":
-        _native.C.max_pool2d_bwd_cuda(_native.dtype_code(grad.dtype), grad.data_ptr(), indices.data_ptr(),
-                                      gx.data_ptr(), *geo, channels_last, *_stream_args(grad))
-    elif backend == "triton":
-        from ..triton_kernels import pool as tk
-        tk.max_pool2d_bwd(grad, indices, gx, kernel, stride, padding, dilation)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return gx
+    return grad, indices, gx, ((N, C, OH, OW, H, W) if gx.numel() else None)
 
 
-# ----------------------------------------------------------------------------- average pooling kernels
-def _run_avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override, channels_last,
-                    backend):
-    fmt = _memory_format(channels_last)
-    N, C, H, W = _dims(x)
+def avg_pool2d_buffers(x, kernel, stride, padding, ceil_mode, channels_last):
+    """(x, out, sizes)."""
+    fmt = _CHANNELS_LAST if channels_last else _CONTIGUOUS
+    N, C, H, W = x.shape
     OH = pool_output_size(H, kernel[0], padding[0], stride[0], 1, ceil_mode)
     OW = pool_output_size(W, kernel[1], padding[1], stride[1], 1, ceil_mode)
-    if backend == "torch":
-        return reference.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override,
-                                    channels_last)
-    if backend == "cpu" and x.dtype in _LOW_PRECISION:
-        return _run_avg_pool2d(x.float(), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override,
-                               channels_last, backend).to(x.dtype)
     x = x.contiguous(memory_format=fmt)
     out = _alloc.empty((N, C, OH, OW), x.dtype, x.device, memory_format=fmt)
-    if out.numel() == 0:
-        return out
-    div = divisor_override or 0
-    geo = (N, C, H, W, OH, OW, *kernel, *stride, *padding)
-    if backend == "cpu":
-        _native.C.avg_pool2d_fwd_cpu(_native.dtype_code(x.dtype), x.data_ptr(), out.data_ptr(), *geo,
-                                     count_include_pad, div, channels_last)
-    elif backend == "cuda":
-        _native.C.avg_pool2d_fwd_cuda(_native.dtype_code(x.dtype), x.data_ptr(), out.data_ptr(), *geo,
-                                      count_include_pad, div, channels_last, *_stream_args(x))
-    elif backend == "triton":
-        from ..triton_kernels import pool as tk
-        tk.avg_pool2d_fwd(x, out, kernel, stride, padding, count_include_pad, div)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return out
+    return x, out, ((N, C, H, W, OH, OW) if out.numel() else None)
+
+
+def adaptive_avg_pool2d_backward_buffers(grad, H, W, channels_last):
+    """``buffers(grad, H, W, channels_last)``; an output of zero size has a zero gradient."""
+    grad, gx, sizes = buffers(grad, H, W, channels_last)
+    if sizes is not None and (sizes[2] == 0 or sizes[3] == 0):
+        # nothing was pooled: no input element reaches the output
+        return grad, gx.zero_(), None
+    return grad, gx, sizes
+
+
+# ----------------------------------------------------------------------------- kernels (backend grid)
+# The custom ops' implementations: one lookup of the backend's family module (pyimgcls/backends/
+# <backend>/pool.py, entry points documented in the cpu one), whose entry points take the op's
+# arguments less ``backend``.
+def _run_max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, channels_last, with_indices, backend):
+    return backends.kernels(backend, "pool").max_pool2d(x, kernel, stride, padding, dilation, ceil_mode,
+                                                        channels_last, with_indices)
+
+
+def _run_max_pool2d_backward(grad, indices, H, W, kernel, stride, padding, dilation, channels_last, backend):
+    return backends.kernels(backend, "pool").max_pool2d_backward(grad, indices, H, W, kernel, stride, padding,
+                                                                 dilation, channels_last)
+
+
+def _run_avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override, channels_last,
+                    backend):
+    return backends.kernels(backend, "pool").avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad,
+                                                        divisor_override, channels_last)
 
 
 def _run_avg_pool2d_backward(grad, H, W, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override,
                              channels_last, backend):
-    fmt = _memory_format(channels_last)
-    N, C, OH, OW = _dims(grad)
-    if backend == "torch":
-        return reference.avg_pool2d_backward(grad, H, W, kernel, stride, padding, ceil_mode, count_include_pad,
-                                             divisor_override, channels_last)
-    if backend == "cpu" and grad.dtype in _LOW_PRECISION:
-        return _run_avg_pool2d_backward(grad.float(), H, W, kernel, stride, padding, ceil_mode, count_include_pad,
-                                        divisor_override, channels_last, backend).to(grad.dtype)
-    grad = grad.contiguous(memory_format=fmt)
-    gx = _alloc.empty((N, C, H, W), grad.dtype, grad.device, memory_format=fmt)
-    if gx.numel() == 0:
-        return gx
-    div = divisor_override or 0
-    geo = (N, C, H, W, OH, OW, *kernel, *stride, *padding)
-    if backend == "cpu":
-        _native.C.avg_pool2d_bwd_cpu(_native.dtype_code(grad.dtype), grad.data_ptr(), gx.data_ptr(), *geo,
-                                     count_include_pad, div, channels_last)
-    elif backend == "cuda":
-        _native.C.avg_pool2d_bwd_cuda(_native.dtype_code(grad.dtype), grad.data_ptr(), gx.data_ptr(), *geo,
-                                      count_include_pad, div, channels_last, *_stream_args(grad))
-    elif backend == "triton":
-        from ..triton_kernels import pool as tk
-        tk.avg_pool2d_bwd(grad, gx, kernel, stride, padding, count_include_pad, div)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return gx
+    return backends.kernels(backend, "pool").avg_pool2d_backward(grad, H, W, kernel, stride, padding, ceil_mode,
+                                                                 count_include_pad, divisor_override, channels_last)
 
 
-# ----------------------------------------------------------------------------- adaptive average kernels
 def _run_adaptive_avg_pool2d(x, OH, OW, channels_last, backend):
-    fmt = _memory_format(channels_last)
-    N, C, H, W = _dims(x)
-    if backend == "torch":
-        return reference.adaptive_avg_pool2d(x, OH, OW, channels_last)
-    if backend == "cpu" and x.dtype in _LOW_PRECISION:
-        return _run_adaptive_avg_pool2d(x.float(), OH, OW, channels_last, backend).to(x.dtype)
-    x = x.contiguous(memory_format=fmt)
-    out = _alloc.empty((N, C, OH, OW), x.dtype, x.device, memory_format=fmt)
-    if out.numel() == 0:
-        return out
-    if backend == "cpu":
-        _native.C.adaptive_avg_pool2d_fwd_cpu(_native.dtype_code(x.dtype), x.data_ptr(), out.data_ptr(),
-                                              N, C, H, W, OH, OW, channels_last)
-    elif backend == "cuda":
-        _native.C.adaptive_avg_pool2d_fwd_cuda(_native.dtype_code(x.dtype), x.data_ptr(), out.data_ptr(),
-                                               N, C, H, W, OH, OW, channels_last, *_stream_args(x))
-    elif backend == "triton":
-        from ..triton_kernels import pool as tk
-        tk.adaptive_avg_pool2d_fwd(x, out)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return out
+    return backends.kernels(backend, "pool").adaptive_avg_pool2d(x, OH, OW, channels_last)
 
 
 def _run_adaptive_avg_pool2d_backward(grad, H, W, channels_last, backend):
-    fmt = _memory_format(channels_last)
-    N, C, OH, OW = _dims(grad)
-    if backend == "torch":
-        return reference.adaptive_avg_pool2d_backward(grad, H, W, channels_last)
-    if backend == "cpu" and grad.dtype in _LOW_PRECISION:
-        return _run_adaptive_avg_pool2d_backward(grad.float(), H, W, channels_last, backend).to(grad.dtype)
-    grad = grad.contiguous(memory_format=fmt)
-    gx = _alloc.empty((N, C, H, W), grad.dtype, grad.device, memory_format=fmt)
-    if gx.numel() == 0:
-        return gx
-    if OH == 0 or OW == 0:  # nothing was pooled: no input element reaches the output
-        return gx.zero_()
-    if backend == "cpu":
-        _native.C.adaptive_avg_pool2d_bwd_cpu(_native.dtype_code(grad.dtype), grad.data_ptr(), gx.data_ptr(),
-                                              N, C, H, W, OH, OW, channels_last)
-    elif backend == "cuda":
-        _native.C.adaptive_avg_pool2d_bwd_cuda(_native.dtype_code(grad.dtype), grad.data_ptr(), gx.data_ptr(),
-                                               N, C, H, W, OH, OW, channels_last, *_stream_args(grad))
-    elif backend == "triton":
-        from ..triton_kernels import pool as tk
-        tk.adaptive_avg_pool2d_bwd(grad, gx)
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
-    return gx
+    return backends.kernels(backend, "pool").adaptive_avg_pool2d_backward(grad, H, W, channels_last)
 
 
 # ----------------------------------------------------------------------------- custom ops: max
