@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import backends
+from .. import _backend, backends
 from ..errors import ArgumentTypeError, ArgumentValueError
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -61,3 +61,28 @@ def autocast_dtype(device_type: str):
     if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
+
+
+def prepare(op, tensors):
+    """Validate dtype/device of (name, tensor-or-None) pairs, apply autocast, pick the backend."""
+    first_name, first = tensors[0]
+    for name, t in tensors:
+        if t is None:
+            continue
+        check_tensor(t, name, op)
+        check_float(t, name, op)
+    for name, t in tensors[1:]:
+        if t is not None:
+            check_same_device(first, first_name, t, name, op)
+    cast = autocast_dtype(first.device.type)
+    if cast is not None:
+        tensors = [(n, None if t is None else t.to(cast)) for n, t in tensors]
+        first = tensors[0][1]
+    for name, t in tensors[1:]:
+        if t is not None:
+            check_same_dtype(first, first_name, t, name, op)
+    backend = _backend.resolve(first.device, op)
+    for name, t in tensors:
+        if t is not None:
+            check_backend_dtype(backend, t, name, op)
+    return backend, [t for _, t in tensors]

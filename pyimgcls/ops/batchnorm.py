@@ -40,7 +40,7 @@ from ..errors import ArgumentTypeError, ArgumentValueError
 from . import _alloc, _eager
 from ._checks import (check_activation, check_backend_dtype, check_float, check_same_device, check_same_dtype,
                       check_tensor)
-from .conv import _match_format, suggests_channels_last
+from ._layout import match_format as _match_format, suggests_channels_last
 
 
 

@@ -31,43 +31,14 @@ from .. import backends
 from .._native import ACT_CODES
 from ..errors import ArgumentTypeError, ArgumentValueError
 from . import _alloc, _eager, reference
-from ._checks import check_activation, check_tensor
-from .gemm import _prepare
+from ._checks import check_activation, check_tensor, prepare
+from ._layout import format_of as _format_of, match_format as _match_format  # noqa: F401 (backends)
+from ._layout import output_memory_format, suggests_channels_last  # noqa: F401  (public names)
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-# ----------------------------------------------------------------------------- layout helpers
-def suggests_channels_last(t: torch.Tensor) -> bool:
-    """``t.suggest_memory_format() == torch.channels_last`` for a 4-D tensor: a port of c10's
-    is_channels_last_strides_2d, the rule PyTorch's convolution uses to pick its output format."""
-    if t.dim() != 4:
-        return False
-    sizes, strides = t.shape, t.stride()
-    if strides[1] == 0:
-        return False
-    smallest = 0
-    for d in (1, 3, 2, 0):
-        if sizes[d] == 0 or strides[d] < smallest:
-            return False
-        # ambiguous N111 / N11W cases default to NCHW, as in c10
-        if d == 0 and smallest == strides[1]:
-            return False
-        smallest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
-    return True
-
-
-def output_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
-    """PyTorch's conv2d output format: channels_last if the input or the weight suggests it."""
-    if suggests_channels_last(input) or suggests_channels_last(weight):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _format_of(t: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if suggests_channels_last(t) else torch.contiguous_format
-
-
+# ----------------------------------------------------------------------------- shapes
 def _out_shape(x_shape, w_shape, stride, padding, dilation):
     N, _, H, W = x_shape
     O, _, KH, KW = w_shape
@@ -81,18 +52,6 @@ def _geometry(x_shape, w_shape, out_shape, stride, padding, dilation, groups):
     O, _, KH, KW = w_shape
     return [N, C, H, W, O, KH, KW, out_shape[2], out_shape[3], stride[0], stride[1], padding[0], padding[1],
             dilation[0], dilation[1], groups]
-
-
-def _match_format(t: torch.Tensor | None, fmt: torch.memory_format) -> torch.Tensor | None:
-    """``t`` with exactly the strides ``torch.empty(t.shape, memory_format=fmt)`` has, copied only when
-    needed. (``Tensor.contiguous(memory_format=...)`` keeps the old strides of ambiguous shapes such
-    as C == 1 or H == W == 1; the kernels and the fake implementations need one canonical layout.)"""
-    if t is None:
-        return None
-    want = torch.empty(t.shape, dtype=t.dtype, device="meta", memory_format=fmt).stride()
-    if t.stride() == want:
-        return t
-    return torch.empty_strided(t.shape, want, dtype=t.dtype, device=t.device).copy_(t)
 
 
 # ----------------------------------------------------------------------------- shared by the backend modules
@@ -428,7 +387,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     kernel = (weight.shape[2], weight.shape[3])
     pads = _resolve_padding(padding, kernel, stride, dilation, op)
 
-    backend, (input, weight, bias, residual) = _prepare(
+    backend, (input, weight, bias, residual) = prepare(
         op, [("input", input), ("weight", weight), ("bias", bias), ("residual", residual)])
 
     if bias is not None and not bias.is_contiguous():

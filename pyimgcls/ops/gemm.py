@@ -15,12 +15,11 @@ import math
 
 import torch
 
-from .. import _backend, backends
+from .. import backends
 from .._native import ACT_CODES
 from ..errors import ArgumentValueError
 from . import _eager, reference
-from ._checks import (autocast_dtype, check_activation, check_backend_dtype, check_dim, check_float,
-                      check_same_device, check_same_dtype, check_tensor)
+from ._checks import check_activation, check_dim, check_tensor, prepare
 
 
 # ----------------------------------------------------------------------------- backend kernels
@@ -111,31 +110,6 @@ def _gemm_call(a, b, bias, activation, backend):
 
 
 # ----------------------------------------------------------------------------- public API
-def _prepare(op, tensors):
-    """Validate dtype/device of (name, tensor-or-None) pairs, apply autocast, pick the backend."""
-    first_name, first = tensors[0]
-    for name, t in tensors:
-        if t is None:
-            continue
-        check_tensor(t, name, op)
-        check_float(t, name, op)
-    for name, t in tensors[1:]:
-        if t is not None:
-            check_same_device(first, first_name, t, name, op)
-    cast = autocast_dtype(first.device.type)
-    if cast is not None:
-        tensors = [(n, None if t is None else t.to(cast)) for n, t in tensors]
-        first = tensors[0][1]
-    for name, t in tensors[1:]:
-        if t is not None:
-            check_same_dtype(first, first_name, t, name, op)
-    backend = _backend.resolve(first.device, op)
-    for name, t in tensors:
-        if t is not None:
-            check_backend_dtype(backend, t, name, op)
-    return backend, [t for _, t in tensors]
-
-
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``torch.matmul(a, b)``: ``a`` [M, K] @ ``b`` [K, N] is one GEMM; float16/bfloat16 accumulate in
     float32 and return the input dtype. Any strides (transposed views are read in place). As in
@@ -148,7 +122,7 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dim() == 0 or b.dim() == 0:
         raise ArgumentValueError(f"matmul: both arguments to matmul need to be at least 1-D, but argument 'a' is "
                                  f"{a.dim()}-D and argument 'b' is {b.dim()}-D")
-    backend, (a, b) = _prepare(op, [("a", a), ("b", b)])
+    backend, (a, b) = prepare(op, [("a", a), ("b", b)])
     a2 = a.unsqueeze(0) if a.dim() == 1 else a
     b2 = b.unsqueeze(-1) if b.dim() == 1 else b
     if a2.shape[-1] != b2.shape[-2]:
@@ -203,7 +177,7 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     check_dim(weight, "weight", op, 2)
     if bias is not None:
         check_tensor(bias, "bias", op)
-    backend, (input, weight, bias) = _prepare(op, [("input", input), ("weight", weight), ("bias", bias)])
+    backend, (input, weight, bias) = prepare(op, [("input", input), ("weight", weight), ("bias", bias)])
     out_features, in_features = weight.shape
     if bias is not None and tuple(bias.shape) != (out_features,):
         # F.linear broadcasts the bias into the output like addmm (a 1-D input as one row); the shapes that

@@ -23,7 +23,7 @@ Semantics copied from ATen (aten/src/ATen/native/Pool.h, MaxPoolKernel.cpp, AvgP
 - adaptive: window of output o over an input of size I is [floor(o*I/O), ceil((o+1)*I/O)).
 - memory format: the output (and grad_input) take input.suggest_memory_format(): channels_last
   for 4-D inputs whose strides look channels-last (c10's is_channels_last_strides_2d heuristic,
-  reproduced in ``_suggests_channels_last``), contiguous otherwise (3-D inputs included).
+  reproduced in ``_layout.suggests_channels_last``), contiguous otherwise (3-D inputs included).
 
 Why the argmax is saved rather than recomputed: return_indices must hand out PyTorch's int64 flat
 indices anyway, and with them the backward never re-reads the input or re-evaluates the NaN/tie
@@ -40,27 +40,10 @@ from .. import _backend, backends
 from ..errors import ArgumentTypeError, ArgumentValueError
 from . import _alloc, _eager
 from ._checks import check_backend_dtype, check_float, check_tensor
+from ._layout import suggests_channels_last
 
 
 # ----------------------------------------------------------------------------- shape helpers
-def _suggests_channels_last(x: torch.Tensor) -> bool:
-    """``x.suggest_memory_format() == torch.channels_last``: c10's is_channels_last_strides_2d_s4."""
-    if x.dim() != 4:
-        return False
-    sizes, strides = x.shape, x.stride()
-    if strides[1] == 0:
-        return False
-    smallest = 0
-    for d in (1, 3, 2, 0):
-        if sizes[d] == 0 or strides[d] < smallest:
-            return False
-        # N111-like ambiguity: equal strides on the batch and channel dims default to NCHW.
-        if d == 0 and smallest == strides[1]:
-            return False
-        smallest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
-    return True
-
-
 def _memory_format(channels_last: bool):
     return torch.channels_last if channels_last else torch.contiguous_format
 
@@ -451,7 +434,7 @@ def _batched(input: torch.Tensor):
     """(4-D view, channels_last, unbatched?) — a 3-D input is one image with a contiguous result."""
     if input.dim() == 3:
         return input.unsqueeze(0), False, True
-    return input, _suggests_channels_last(input), False
+    return input, suggests_channels_last(input), False
 
 
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
@@ -547,7 +530,7 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size) -> torch.Tensor:
                                      f"got shape {tuple(input.shape)}")
     backend = _resolve(input, op)
     if input.dim() == 4:
-        return _adaptive_call(input, OH, OW, _suggests_channels_last(input), backend)
+        return _adaptive_call(input, OH, OW, suggests_channels_last(input), backend)
     # 3-D (and, for the global mean, any other rank): the leading dims become channels of one image.
     lead = input.shape[:-2]
     x = input.reshape(1, math.prod(lead), input.shape[-2], input.shape[-1])

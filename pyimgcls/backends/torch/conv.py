@@ -4,7 +4,7 @@ PyTorch's strides differ."""
 from __future__ import annotations
 
 from ...ops import reference
-from ...ops.conv import _format_of, _match_format, output_memory_format
+from ...ops._layout import format_of as _format_of, match_format as _match_format, output_memory_format
 
 
 def conv2d(x, w, bias, res, stride, padding, dilation, groups, act):
