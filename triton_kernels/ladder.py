@@ -1,18 +1,20 @@
 """Triton GEMM study ladder: C[M, N] = A[M, K] @ B[K, N] in four numbered steps (docs/ladder.md).
 
-Every step is a complete, selectable kernel; all share the K-loop tile product ``_tile_matmul``
-(one BLOCK_M x BLOCK_N tile of C on an fp32 accumulator, ``tl.dot`` per BLOCK_K slice) so the steps
-differ only in what the ladder is about: which program computes which tile, and with which tiles.
+Every step is a complete, selectable kernel. Steps 1-3 share the K-loop tile product ``_tile_matmul``
+(one BLOCK_M x BLOCK_N tile of C on an fp32 accumulator, ``tl.dot`` per BLOCK_K slice) so they differ
+only in what the ladder is about: which program computes which tile, and with which tiles. Step 4 is
+the production kernel, called, not copied, as the CPU and CUDA ladders end on theirs.
 
   1 basic       one program per C tile, 2-D grid in row-major tile order, one fixed config.
   2 grouped     1-D grid with grouped ("L2 swizzle") tile order: GROUP_M tile-rows sweep the
                 tile-columns together, so the B columns a wave of programs reads are shared in L2
                 instead of each program row re-fetching all of B from HBM.
-  3 autotuned   step 2's kernel under ``triton.autotune`` over tile shapes, warps and pipeline
-                stages (one config under the interpreter, see _config.py).
-  4 persistent  grid = number of SMs; each program loops over tiles (same grouped order), so launch
+  3 persistent  grid = number of SMs; each program loops over tiles (same grouped order), so launch
                 and tail effects shrink and a program's epilogue overlaps the next tile's loads.
-                Under the interpreter a fixed "SM count" of 4 is used.
+                Under the interpreter a fixed "SM count" of 4 is used (common.sm_count).
+  4 production  triton_kernels/gemm.py: step 2's tile order under ``triton.autotune`` over tile
+                shapes, warps and pipeline stages (one config under the interpreter, see _config.py),
+                with the fused bias/activation epilogue (unused here) and float64 support.
 
 Precision: fp32 operands use ``input_precision="ieee"`` (no TF32); fp16/bf16 accumulate in fp32 and
 C is stored in the input dtype. Under the interpreter bf16 operands are upcast to fp32 before the
@@ -33,9 +35,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import INTERPRET, autotune_configs, cfg
+from . import gemm
+from ._config import INTERPRET
+from .common import sm_count
 
-INTERPRET_SM_COUNT = 4  # the persistent step's "SM count" under the interpreter
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,9 @@ class TritonStep:
 STEPS = (
     TritonStep(1, "basic", "one program per C tile, 2-D grid in row-major order, tl.dot on an fp32 accumulator"),
     TritonStep(2, "grouped", "1-D grid with grouped tile order (L2 swizzle): GROUP_M tile-rows share B in L2"),
-    TritonStep(3, "autotuned", "step 2 under triton.autotune over tile shape, warps and pipeline stages"),
-    TritonStep(4, "persistent", "grid = number of SMs, each program loops over tiles in grouped order"),
+    TritonStep(3, "persistent", "grid = number of SMs, each program loops over tiles in grouped order"),
+    TritonStep(4, "production", "the production kernel (triton_kernels/gemm.py): step 2 under triton.autotune "
+                                "over tile shape, warps and pipeline stages"),
 )
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -59,20 +63,6 @@ _FIXED_GPU = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
 _FIXED_INTERP = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=1, num_stages=1)
 _GROUP_M = 8
 _PERSISTENT_GPU = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
-
-_AUTOTUNE_CONFIGS = autotune_configs(
-    [
-        cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
-        cfg(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
-        cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
-        cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=5),
-    ],
-    cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, num_warps=1, num_stages=1),
-)
-
 
 @triton.jit
 def _tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
@@ -149,16 +139,11 @@ def _ladder_grouped_fwd_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
                                IS_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                GROUP_M: tl.constexpr):
-    # Steps 2 and 3: 1-D grid, tile order grouped by GROUP_M tile-rows (L2 swizzle).
+    # Step 2: 1-D grid, tile order grouped by GROUP_M tile-rows (L2 swizzle).
     pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     acc = _tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
                        IS_FP32, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
     _store_tile(c_ptr, acc, M, N, stride_cm, stride_cn, pid_m, pid_n, BLOCK_M, BLOCK_N)
-
-
-# Step 3: the same kernel, its config chosen per (M, N, K, dtype) by measurement.
-_ladder_autotuned_fwd_kernel = triton.autotune(configs=_AUTOTUNE_CONFIGS, key=["M", "N", "K", "IS_FP32"])(
-    _ladder_grouped_fwd_kernel)
 
 
 @triton.jit
@@ -168,7 +153,7 @@ def _ladder_persistent_fwd_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
                                   IS_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
                                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                   GROUP_M: tl.constexpr):
-    # Step 4: NUM_PROGRAMS (= SM count) programs; program p computes tiles p, p + NUM_PROGRAMS, ...
+    # Step 3: NUM_PROGRAMS (= SM count) programs; program p computes tiles p, p + NUM_PROGRAMS, ...
     # in grouped order. One launch wave, no per-tile launch cost, no partial last wave of CTAs.
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     for tile in range(tl.program_id(0), num_tiles, NUM_PROGRAMS):
@@ -176,12 +161,6 @@ def _ladder_persistent_fwd_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
         acc = _tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
                            IS_FP32, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
         _store_tile(c_ptr, acc, M, N, stride_cm, stride_cn, pid_m, pid_n, BLOCK_M, BLOCK_N)
-
-
-def _sm_count(device: torch.device) -> int:
-    if INTERPRET or device.type != "cuda":
-        return INTERPRET_SM_COUNT
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, step: int, out: torch.Tensor) -> torch.Tensor:
@@ -201,14 +180,14 @@ def matmul(a: torch.Tensor, b: torch.Tensor, step: int, out: torch.Tensor) -> to
         grid = (triton.cdiv(M, fixed["BLOCK_M"]) * triton.cdiv(N, fixed["BLOCK_N"]),)
         _ladder_grouped_fwd_kernel[grid](*args, **common, **fixed, GROUP_M=_GROUP_M)
     elif step == 3:
-        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-        _ladder_autotuned_fwd_kernel[grid](*args, **common)
-    elif step == 4:
         meta = _FIXED_INTERP if INTERPRET else _PERSISTENT_GPU
         tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
-        programs = min(_sm_count(a.device), tiles)
+        programs = min(sm_count(a.device), tiles)
         _ladder_persistent_fwd_kernel[(programs,)](*args, NUM_PROGRAMS=programs, **common, **meta,
                                                    GROUP_M=_GROUP_M)
+    elif step == 4:
+        # the production kernel itself, as the CPU and CUDA ladders end on theirs (included, not copied)
+        gemm.gemm(a, b, None, 0, out)
     else:
         raise ValueError(f"step: the Triton GEMM ladder has steps 1-{len(STEPS)}, got {step}")
     return out
