@@ -24,6 +24,7 @@ torch.compile traces a fixed choice.
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import torch
 
@@ -47,11 +48,33 @@ def _out_shape(x_shape, w_shape, stride, padding, dilation):
     return (N, O, OH, OW)
 
 
-def _geometry(x_shape, w_shape, out_shape, stride, padding, dilation, groups):
+class ConvGeometry(NamedTuple):
+    """The one description of a convolution that every kernel receives, field for field the C++
+    ``ConvShape`` / ``ConvGeom`` the bindings build from it (a tuple of 16 ints on the wire).
+    Padding here is top / left; the bottom / right padding of "same" follows from OH / OW."""
+    N: int
+    C: int
+    H: int
+    W: int
+    O: int
+    KH: int
+    KW: int
+    OH: int
+    OW: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dil_h: int
+    dil_w: int
+    groups: int
+
+
+def _geometry(x_shape, w_shape, out_shape, stride, padding, dilation, groups) -> ConvGeometry:
     N, C, H, W = x_shape
     O, _, KH, KW = w_shape
-    return [N, C, H, W, O, KH, KW, out_shape[2], out_shape[3], stride[0], stride[1], padding[0], padding[1],
-            dilation[0], dilation[1], groups]
+    return ConvGeometry(N, C, H, W, O, KH, KW, out_shape[2], out_shape[3], stride[0], stride[1], padding[0],
+                        padding[1], dilation[0], dilation[1], groups)
 
 
 # ----------------------------------------------------------------------------- shared by the backend modules

@@ -17,7 +17,7 @@ def conv2d(x, w, bias, res, stride, padding, dilation, groups, act):
     out, res, geom = fwd_outputs(x, w, res, stride, padding, dilation, groups)
     if geom is None:
         return out
-    if x.dtype in _LOW_PRECISION and geom[15] != geom[1]:
+    if x.dtype in _LOW_PRECISION and geom.groups != geom.C:
         # NCHW policy: the tensor-core fast path gathers 8 channels of one tap per 16-byte cp.async, so
         # it needs channels_last activations. NCHW input is converted here, explicitly (one extra read
         # + write of the input; benchmarks/bench_conv.py measures the NCHW rows with it included), and
