@@ -47,6 +47,7 @@
 #include <type_traits>
 
 #include "batchnorm.h"
+#include "common.cuh"
 #include "runtime.h"
 
 namespace pyimgcls::cuda {
@@ -57,56 +58,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 // Rows of one reduction chunk are a multiple of this (so NCHW vector groups never straddle chunks).
 constexpr int64_t kRowAlign = 8;
-
-// ---------------------------------------------------------------------------------------------
-// Element access: conversion to fp32 and VEC-wide (16 bytes when VEC > 1) loads and stores.
-// ---------------------------------------------------------------------------------------------
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
-};
-
-template <typename T, int VEC>
-__device__ __forceinline__ void load_vec(const T* __restrict__ p, float (&out)[VEC]) {
-  const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(p);
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) out[k] = to_float(pk.v[k]);
-}
-
-template <typename T, int VEC>
-__device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&in)[VEC]) {
-  Pack<T, VEC> pk;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) pk.v[k] = from_float<T>(in[k]);
-  *reinterpret_cast<Pack<T, VEC>*>(p) = pk;
-}
-
-// relu / relu6 with PyTorch's NaN propagation (NaN compares false and passes through).
-__device__ __forceinline__ float apply_act(float v, int act) {
-  if (act == 1) return v < 0.f ? 0.f : v;
-  if (act == 2) return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
-  return v;
-}
-
-// Select semantics of ATen's threshold / hardtanh backward: is the gradient dropped at output o?
-__device__ __forceinline__ bool act_drops(float o, int act) {
-  if (act == 1) return o <= 0.f;
-  if (act == 2) return o <= 0.f || o >= 6.f;
-  return false;
-}
 
 // Offset of the VEC-group starting at row r, channel c (CL: [M, C] rows; else [N, C, S] planes).
 template <bool CL>

@@ -44,6 +44,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common.cuh"
 #include "conv.h"
 #include "runtime.h"
 
@@ -73,22 +74,7 @@ struct IgemmParams {
   int splits;
 };
 
-template <typename T> __device__ __forceinline__ float to_f(T v);
-template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <typename T> __device__ __forceinline__ T zero_of() { return from_f<T>(0.0f); }
-
-// relu / relu6 with PyTorch's NaN propagation (comparisons with NaN are false).
-__device__ __forceinline__ float apply_act(float v, int act) {
-  if (act == 1) return v < 0.0f ? 0.0f : v;
-  if (act == 2) return v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v);
-  return v;
-}
+template <typename T> __device__ __forceinline__ T zero_of() { return from_float<T>(0.0f); }
 
 // ---------------------------------------------------------------------------------------------
 // Index maps shared by every implicit-GEMM kernel. Rows of A / C are pixels (fwd, dgrad) or out
@@ -161,13 +147,13 @@ __device__ __forceinline__ void store_c(const IgemmParams& p, int g, int s, int6
   if (MODE == kFwd) {
     const Pix q = split_pixel(m, p.OH, p.OW);
     const int64_t ch = g * p.Og + n;
-    if (p.bias) v += to_f(static_cast<const T*>(p.bias)[ch]);
-    if (p.r.p) v += to_f(static_cast<const T*>(p.r.p)[q.n * p.r.sn + ch * p.r.sc + q.y * p.r.sh + q.x * p.r.sw]);
+    if (p.bias) v += to_float(static_cast<const T*>(p.bias)[ch]);
+    if (p.r.p) v += to_float(static_cast<const T*>(p.r.p)[q.n * p.r.sn + ch * p.r.sc + q.y * p.r.sh + q.x * p.r.sw]);
     v = apply_act(v, p.act);
-    c[q.n * p.c.sn + ch * p.c.sc + q.y * p.c.sh + q.x * p.c.sw] = from_f<T>(v);
+    c[q.n * p.c.sn + ch * p.c.sc + q.y * p.c.sh + q.x * p.c.sw] = from_float<T>(v);
   } else {
     const Pix q = split_pixel(m, p.H, p.W);
-    c[q.n * p.c.sn + (g * p.Cg + n) * p.c.sc + q.y * p.c.sh + q.x * p.c.sw] = from_f<T>(v);
+    c[q.n * p.c.sn + (g * p.Cg + n) * p.c.sc + q.y * p.c.sh + q.x * p.c.sw] = from_float<T>(v);
   }
 }
 
@@ -177,45 +163,6 @@ __device__ __forceinline__ void store_c(const IgemmParams& p, int g, int s, int6
 constexpr int TC_BM = 128, TC_BN = 128, TC_BK = 32, TC_STAGES = 3, TC_THREADS = 256;
 constexpr int TC_LD = TC_BK + 8;  // padded row (80 bytes): ldmatrix rows hit 8 distinct 16-byte bank groups
 constexpr int TC_SMEM_BYTES = TC_STAGES * (TC_BM + TC_BN) * TC_LD * 2;
-
-__device__ __forceinline__ unsigned smem_u32(const void* ptr) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(ptr));
-}
-
-// 16-byte async copy global -> shared; src_bytes == 0 zero-fills the destination (padding taps).
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
-  const int n = pred ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* ptr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(ptr)));
-}
-
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1);
-template <>
-__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const unsigned (&a)[4], unsigned b0,
-                                                        unsigned b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // Fill one pipeline stage: sA [BM][LD] <- A[bm:bm+BM, k0:k0+BK], sB [BN][LD] <- B[bn:bn+BN, k0:k0+BK].
 template <int MODE, typename T, bool VEC>
@@ -235,11 +182,11 @@ __device__ __forceinline__ void load_stage(const IgemmParams& p, int g, int64_t 
       const int64_t m = bm + row;
       int64_t off = -1;
       if (m < p.M && k < k_end) off = a_offset<MODE>(p, g, m, k);
-      cp_async16(sA + row * TC_LD + kq, off >= 0 ? A + off : A, off >= 0);
+      ptx::cp_async_16(ptx::smem_addr(sA + row * TC_LD + kq), off >= 0 ? A + off : A, off >= 0 ? 16 : 0);
       const int64_t n = bn + row;
       int64_t boff = -1;
       if (n < p.N && k < k_end) boff = b_offset<MODE>(p, g, n, k);
-      cp_async16(sB + row * TC_LD + kq, boff >= 0 ? B + boff : B, boff >= 0);
+      ptx::cp_async_16(ptx::smem_addr(sB + row * TC_LD + kq), boff >= 0 ? B + boff : B, boff >= 0 ? 16 : 0);
     }
   } else if (MODE != kWgrad) {
     // Element gathers, 16 per thread per operand; 32 consecutive threads cover one row's BK k values.
@@ -308,12 +255,12 @@ __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p)
     if (st < KT)
       load_stage<MODE, T, VEC>(p, g, bm, bn, k_begin + st * TC_BK, k_end, sA + st * TC_BM * TC_LD,
                                sB + st * TC_BN * TC_LD);
-    cp_async_commit();
+    ptx::cp_async_commit();
   }
 
   // 3. Main loop: wait for tile kt, prefetch tile kt+STAGES-1 into the stage freed at kt-1, compute.
   for (int64_t kt = 0; kt < KT; ++kt) {
-    cp_async_wait<TC_STAGES - 2>();
+    ptx::cp_async_wait<TC_STAGES - 2>();
     __syncthreads();  // tile kt visible to all; every warp finished reading the stage refilled below
     const int64_t pre = kt + TC_STAGES - 1;
     if (pre < KT) {
@@ -321,7 +268,7 @@ __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p)
       load_stage<MODE, T, VEC>(p, g, bm, bn, k_begin + pre * TC_BK, k_end, sA + ps * TC_BM * TC_LD,
                                sB + ps * TC_BN * TC_LD);
     }
-    cp_async_commit();
+    ptx::cp_async_commit();
 
     const int cs = static_cast<int>(kt % TC_STAGES);
     const T* tA = sA + cs * TC_BM * TC_LD + (warp_m * 64) * TC_LD;
@@ -332,12 +279,13 @@ __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p)
       // A fragments: 4 x (16 x 16); lanes 0-15 address rows 0-15 at k, lanes 16-31 at k+8.
 #pragma unroll
       for (int mt = 0; mt < 4; ++mt)
-        ldmatrix_x4(af[mt], tA + (mt * 16 + (lane & 15)) * TC_LD + kk + (lane >> 4) * 8);
+        ptx::ldmatrix_x4(af[mt], ptx::smem_addr(tA + (mt * 16 + (lane & 15)) * TC_LD + kk + (lane >> 4) * 8));
       // B fragments: 2 x ldmatrix.x4, each two n8 tiles x k16 (sB rows are n, k contiguous = "col").
 #pragma unroll
       for (int np = 0; np < 2; ++np) {
         unsigned r[4];
-        ldmatrix_x4(r, tB + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * TC_LD + kk + ((lane >> 3) & 1) * 8);
+        const int brow = np * 16 + (lane & 7) + ((lane >> 4) << 3);
+        ptx::ldmatrix_x4(r, ptx::smem_addr(tB + brow * TC_LD + kk + ((lane >> 3) & 1) * 8));
         bf[2 * np][0] = r[0];
         bf[2 * np][1] = r[1];
         bf[2 * np + 1][0] = r[2];
@@ -346,10 +294,10 @@ __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p)
 #pragma unroll
       for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) mma16816<T>(acc[mt][nt], af[mt], bf[nt][0], bf[nt][1]);
+        for (int nt = 0; nt < 4; ++nt) ptx::mma_16816<T>(acc[mt][nt], af[mt], bf[nt]);
     }
   }
-  cp_async_wait<0>();
+  ptx::cp_async_wait<0>();
 
   // 4. Epilogue: fragment (mt, nt, e) holds C[row0 + (e >= 2) * 8, col0 + (e & 1)].
 #pragma unroll
@@ -468,12 +416,12 @@ __global__ void __launch_bounds__(256) conv2d_dw_fwd_kernel(DwParams p) {
       for (int j = 0; j < p.KW; ++j) {
         const int64_t iw = ow * p.sw - p.pw + static_cast<int64_t>(j) * p.dw;
         if (iw < 0 || iw >= p.W) continue;
-        acc = fmaf(to_f(xc[ih * p.xs.h + iw * p.xs.w]), to_f(wo[i * p.ws.h + j * p.ws.w]), acc);
+        acc = fmaf(to_float(xc[ih * p.xs.h + iw * p.xs.w]), to_float(wo[i * p.ws.h + j * p.ws.w]), acc);
       }
     }
-    if (p.bias) acc += to_f(static_cast<const T*>(p.bias)[o]);
-    if (p.res) acc += to_f(static_cast<const T*>(p.res)[n * p.rs.n + o * p.rs.c + oh * p.rs.h + ow * p.rs.w]);
-    out[n * p.os.n + o * p.os.c + oh * p.os.h + ow * p.os.w] = from_f<T>(apply_act(acc, p.act));
+    if (p.bias) acc += to_float(static_cast<const T*>(p.bias)[o]);
+    if (p.res) acc += to_float(static_cast<const T*>(p.res)[n * p.rs.n + o * p.rs.c + oh * p.rs.h + ow * p.rs.w]);
+    out[n * p.os.n + o * p.os.c + oh * p.os.h + ow * p.os.w] = from_float<T>(apply_act(acc, p.act));
   }
 }
 
@@ -491,7 +439,7 @@ __global__ void conv2d_wgrad_reduce_kernel(const float* __restrict__ scratch, T*
     const int64_t src = o * per_o + tap * Cg + c;
     float v = 0.0f;
     for (int64_t s = 0; s < splits; ++s) v += scratch[s * total + src];
-    dw[e] = from_f<T>(v);
+    dw[e] = from_float<T>(v);
   }
 }
 
@@ -512,13 +460,14 @@ __global__ void __launch_bounds__(256) conv2d_bias_act_bwd_kernel(const T* __res
     for (int64_t m = row_begin + r; m < row_end; m += 8) {
       const int64_t n = m / P, px = m % P;
       const int64_t gi = n * gs.n + o * gs.c + px * gs.w;
-      float v = to_f(grad[gi]);
+      float v = to_float(grad[gi]);
       if (act != 0) {
-        const float y = to_f(out[n * os.n + o * os.c + px * os.w]);
-        // Select semantics as ATen: a NaN output passes the gradient through.
+        const float y = to_float(out[n * os.n + o * os.c + px * os.w]);
+        // act_drops (common.cuh) written out for act != 0, as in gemm.cu's bias_act_bwd_kernel:
+        // calling it changes how the compiler unswitches and unrolls this loop.
         const bool keep = act == 1 ? !(y <= 0.0f) : !(y <= 0.0f || y >= 6.0f);
         v = keep ? v : 0.0f;
-        grad_pre[gi] = from_f<T>(v);
+        grad_pre[gi] = from_float<T>(v);
       }
       sum += v;
     }
@@ -539,7 +488,7 @@ __global__ void conv2d_bias_reduce_kernel(const float* __restrict__ partial, T* 
   if (o >= O) return;
   float v = 0.0f;
   for (int64_t s = 0; s < splits; ++s) v += partial[s * O + o];
-  grad_bias[o] = from_f<T>(v);
+  grad_bias[o] = from_float<T>(v);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -44,8 +44,8 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
+#include "common.cuh"
 #include "gemm.h"
 #include "runtime.h"
 
@@ -53,21 +53,14 @@ namespace pyimgcls::cuda {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// Element types: conversion to and from the fp32 compute type.
+// 16-bit element bits (conversions to / from fp32 and the activation come from common.cuh): the
+// tensor-core epilogue and the SIMT vector paths move two 16-bit values per 32-bit word.
 // ---------------------------------------------------------------------------------------------
 template <typename T>
-struct Elem;
+struct Bits16;
 
 template <>
-struct Elem<float> {
-  static __device__ __forceinline__ float to_float(float v) { return v; }
-  static __device__ __forceinline__ float from_float(float v) { return v; }
-};
-
-template <>
-struct Elem<__half> {
-  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+struct Bits16<__half> {
   static __device__ __forceinline__ uint32_t bits(float v) { return __half_as_ushort(__float2half_rn(v)); }
   static __device__ __forceinline__ float from_bits(uint32_t b) {
     return __half2float(__ushort_as_half(static_cast<unsigned short>(b)));
@@ -75,24 +68,12 @@ struct Elem<__half> {
 };
 
 template <>
-struct Elem<__nv_bfloat16> {
-  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
-  static __device__ __forceinline__ uint32_t bits(float v) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-  }
+struct Bits16<__nv_bfloat16> {
+  static __device__ __forceinline__ uint32_t bits(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
   static __device__ __forceinline__ float from_bits(uint32_t b) {
     return __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(b)));
   }
 };
-
-// Epilogue activation on the fp32 value. Written with `v < 0` tests so that NaN propagates as in
-// PyTorch (relu(NaN) = NaN, relu6(NaN) = NaN); fminf/fmaxf would silently drop it.
-__device__ __forceinline__ float apply_act(float v, int act) {
-  if (act == static_cast<int>(Act::ReLU)) return v < 0.f ? 0.f : v;
-  if (act == static_cast<int>(Act::ReLU6)) return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
-  return v;
-}
 
 // Number of elements of a run of `len` starting at `start` that lie below `end`, clamped to [0, len].
 __device__ __forceinline__ int clamp_count(int64_t end, int64_t start, int len) {
@@ -114,70 +95,6 @@ struct GemmParams {
   int act;
   bool a_vec, b_vec, c_vec;  // SIMT path: 4-wide vector access is legal along the unit stride
 };
-
-// ---------------------------------------------------------------------------------------------
-// PTX wrappers (sm_80+): async copies, warp-wide matrix loads and the tensor-core MMA.
-// ---------------------------------------------------------------------------------------------
-namespace ptx {
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy that reads only `src_bytes` (0..16) bytes and zero-fills the rest;
-// with src_bytes == 0 nothing is read, which is how out-of-range chunks become zeros.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
-               : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-
-// Wait until at most N of this thread's most recent cp.async groups are still pending.
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, and lane l receives
-// row l/4, columns 2*(l%4) and 2*(l%4)+1 of matrix i in r[i] (lower column in the low half).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
-// As ldmatrix_x4 but transposed: lane l receives rows 2*(l%4) and 2*(l%4)+1 of column l/4.
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr)
-               : "memory");
-}
-
-// D[16x8] += A[16x16] * B[16x8], fp32 accumulators. Fragments (g = lane/4, t = lane%4):
-//   a[0]: A[g][2t..2t+1]   a[1]: A[g+8][2t..2t+1]   a[2]: A[g][2t+8..2t+9]   a[3]: A[g+8][2t+8..2t+9]
-//   b[0]: B[2t..2t+1][g]   b[1]: B[2t+8..2t+9][g]
-//   d[0..1]: D[g][2t..2t+1]   d[2..3]: D[g+8][2t..2t+1]
-template <typename T>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  if constexpr (std::is_same<T, __half>::value) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  }
-}
-
-}  // namespace ptx
 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core GEMM (float16 / bfloat16)
@@ -402,16 +319,16 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
     const int64_t gcol = n0 + col;
     float b0 = 0.f, b1 = 0.f;
     if (p.bias != nullptr) {
-      if (gcol < p.N) b0 = Elem<T>::to_float(p.bias[gcol]);
-      if (gcol + 1 < p.N) b1 = Elem<T>::to_float(p.bias[gcol + 1]);
+      if (gcol < p.N) b0 = to_float(p.bias[gcol]);
+      if (gcol + 1 < p.N) b1 = to_float(p.bias[gcol + 1]);
     }
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
       const int row = wm0 + i * 16 + g;
-      const uint32_t lo = Elem<T>::bits(apply_act(acc[i][j][0] + b0, p.act)) |
-                          (Elem<T>::bits(apply_act(acc[i][j][1] + b1, p.act)) << 16);
-      const uint32_t hi = Elem<T>::bits(apply_act(acc[i][j][2] + b0, p.act)) |
-                          (Elem<T>::bits(apply_act(acc[i][j][3] + b1, p.act)) << 16);
+      const uint32_t lo = Bits16<T>::bits(apply_act(acc[i][j][0] + b0, p.act)) |
+                          (Bits16<T>::bits(apply_act(acc[i][j][1] + b1, p.act)) << 16);
+      const uint32_t hi = Bits16<T>::bits(apply_act(acc[i][j][2] + b0, p.act)) |
+                          (Bits16<T>::bits(apply_act(acc[i][j][3] + b1, p.act)) << 16);
       *reinterpret_cast<uint32_t*>(smem + (row * Cfg::C_LD + col) * 2) = lo;
       *reinterpret_cast<uint32_t*>(smem + ((row + 8) * Cfg::C_LD + col) * 2) = hi;
     }
@@ -477,15 +394,15 @@ __device__ __forceinline__ float4 load4(const T* __restrict__ g, int64_t off, in
       return q;
     } else {
       const uint2 q = *reinterpret_cast<const uint2*>(g + off);
-      v[0] = Elem<T>::from_bits(q.x & 0xffffu);
-      v[1] = Elem<T>::from_bits(q.x >> 16);
-      v[2] = Elem<T>::from_bits(q.y & 0xffffu);
-      v[3] = Elem<T>::from_bits(q.y >> 16);
+      v[0] = Bits16<T>::from_bits(q.x & 0xffffu);
+      v[1] = Bits16<T>::from_bits(q.x >> 16);
+      v[2] = Bits16<T>::from_bits(q.y & 0xffffu);
+      v[3] = Bits16<T>::from_bits(q.y >> 16);
     }
   } else {
 #pragma unroll
     for (int i = 0; i < 4; ++i)
-      if (i < cnt) v[i] = Elem<T>::to_float(g[off + i * stride]);
+      if (i < cnt) v[i] = to_float(g[off + i * stride]);
   }
   return make_float4(v[0], v[1], v[2], v[3]);
 }
@@ -497,13 +414,13 @@ __device__ __forceinline__ void store4(T* dst, const float (&v)[4], int n_valid,
     if constexpr (sizeof(T) == 4) {
       *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
     } else {
-      *reinterpret_cast<uint2*>(dst) = make_uint2(Elem<T>::bits(v[0]) | (Elem<T>::bits(v[1]) << 16),
-                                                  Elem<T>::bits(v[2]) | (Elem<T>::bits(v[3]) << 16));
+      *reinterpret_cast<uint2*>(dst) = make_uint2(Bits16<T>::bits(v[0]) | (Bits16<T>::bits(v[1]) << 16),
+                                                  Bits16<T>::bits(v[2]) | (Bits16<T>::bits(v[3]) << 16));
     }
   } else {
 #pragma unroll
     for (int q = 0; q < 4; ++q)
-      if (q < n_valid) dst[q] = Elem<T>::from_float(v[q]);
+      if (q < n_valid) dst[q] = from_float<T>(v[q]);
   }
 }
 
@@ -630,7 +547,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_simt_fwd_k
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     const int64_t col = n0 + (j < 4 ? 4 * tx + j : BN / 2 + 4 * tx + (j - 4));
-    bias[j] = (p.bias != nullptr && col < p.N) ? Elem<T>::to_float(p.bias[col]) : 0.f;
+    bias[j] = (p.bias != nullptr && col < p.N) ? to_float(p.bias[col]) : 0.f;
   }
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
@@ -674,9 +591,11 @@ __global__ void __launch_bounds__(kBwdThreads) bias_act_bwd_kernel(const T* grad
   if (n < N) {
     auto one = [&](int64_t m) -> float {
       const int64_t idx = m * N + n;
-      float gv = Elem<T>::to_float(grad[idx]);
+      float gv = to_float(grad[idx]);
       if (act != static_cast<int>(Act::None)) {
-        const float o = Elem<T>::to_float(out[idx]);
+        // act_drops (common.cuh) written out for act != None: calling it here makes the compiler
+        // branch per row on the activation instead of issuing the four rows' loads back to back.
+        const float o = to_float(out[idx]);
         const bool zero = act == static_cast<int>(Act::ReLU) ? (o <= 0.f) : (o <= 0.f || o >= 6.f);
         if (zero) gv = 0.f;
       }
@@ -686,10 +605,10 @@ __global__ void __launch_bounds__(kBwdThreads) bias_act_bwd_kernel(const T* grad
     for (; m + 3 * Y < M; m += 4 * static_cast<int64_t>(Y)) {
       const float v0 = one(m), v1 = one(m + Y), v2 = one(m + 2 * Y), v3 = one(m + 3 * Y);
       if (grad_pre != nullptr) {
-        grad_pre[m * N + n] = Elem<T>::from_float(v0);
-        grad_pre[(m + Y) * N + n] = Elem<T>::from_float(v1);
-        grad_pre[(m + 2 * Y) * N + n] = Elem<T>::from_float(v2);
-        grad_pre[(m + 3 * Y) * N + n] = Elem<T>::from_float(v3);
+        grad_pre[m * N + n] = from_float<T>(v0);
+        grad_pre[(m + Y) * N + n] = from_float<T>(v1);
+        grad_pre[(m + 2 * Y) * N + n] = from_float<T>(v2);
+        grad_pre[(m + 3 * Y) * N + n] = from_float<T>(v3);
       }
       sum += v0;
       sum += v1;
@@ -698,7 +617,7 @@ __global__ void __launch_bounds__(kBwdThreads) bias_act_bwd_kernel(const T* grad
     }
     for (; m < M; m += Y) {
       const float v = one(m);
-      if (grad_pre != nullptr) grad_pre[m * N + n] = Elem<T>::from_float(v);
+      if (grad_pre != nullptr) grad_pre[m * N + n] = from_float<T>(v);
       sum += v;
     }
   }
@@ -712,7 +631,7 @@ __global__ void __launch_bounds__(kBwdThreads) bias_act_bwd_kernel(const T* grad
     // Why: the next level reads the sums this level wrote.
     __syncthreads();
   }
-  if (y == 0 && n < N) grad_bias[n] = Elem<T>::from_float(part[x]);
+  if (y == 0 && n < N) grad_bias[n] = from_float<T>(part[x]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -721,12 +640,6 @@ __global__ void __launch_bounds__(kBwdThreads) bias_act_bwd_kernel(const T* grad
 bool aligned_to(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-int sm_count(int device) {
-  int v = 0;
-  PYIMGCLS_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
-  return v;
-}
 
 // 1-D grid of CTA tiles (gridDim.x allows 2^31 - 1; y/z would cap at 65535).
 dim3 tile_grid(int64_t M, int64_t N, int BM, int BN) {

@@ -48,6 +48,7 @@
 #include <string>
 #include <type_traits>
 
+#include "common.cuh"
 #include "pool.h"
 #include "runtime.h"
 
@@ -58,41 +59,8 @@ constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 
 // ---------------------------------------------------------------------------------------------
-// Element access: conversion to fp32 and VEC-wide (16-byte when VEC > 1) loads and stores.
+// Element access: fp32 conversion and VEC-wide values come from common.cuh; int64 indices here.
 // ---------------------------------------------------------------------------------------------
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
-};
-
-template <typename T, int VEC>
-__device__ __forceinline__ void load_vec(const T* __restrict__ p, float (&out)[VEC]) {
-  const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(p);
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) out[k] = to_float(pk.v[k]);
-}
-
-template <typename T, int VEC>
-__device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&in)[VEC]) {
-  Pack<T, VEC> pk;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) pk.v[k] = from_float<T>(in[k]);
-  *reinterpret_cast<Pack<T, VEC>*>(p) = pk;
-}
-
 // int64 indices: VEC of them, in 16-byte pieces when VEC is even (the offset is a multiple of VEC).
 template <int VEC>
 __device__ __forceinline__ void load_idx(const int64_t* __restrict__ p, int64_t (&out)[VEC]) {

@@ -1,4 +1,4 @@
-// CUDA runtime helpers shared by every .cu file: error checking and device selection.
+// CUDA runtime helpers shared by every .cu file: error checking, device selection and queries.
 #pragma once
 #include <cuda_runtime.h>
 #include <stdexcept>
@@ -30,5 +30,13 @@ inline void set_device(int device) {
   int cur = -1;
   PYIMGCLS_CUDA_CHECK(cudaGetDevice(&cur));
   if (cur != device) PYIMGCLS_CUDA_CHECK(cudaSetDevice(device));
+}
+
+// Streaming multiprocessors of `device`: launchers size their grids (tile shape, split count) so
+// that every SM gets work.
+inline int sm_count(int device) {
+  int v = 0;
+  PYIMGCLS_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device));
+  return v;
 }
 }  // namespace pyimgcls::cuda

@@ -54,6 +54,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common.cuh"
 #include "runtime.h"
 #include "softmax_xent.h"
 
@@ -61,30 +62,6 @@ namespace pyimgcls::cuda {
 namespace {
 
 constexpr float kInf = __builtin_huge_valf();
-
-template <typename T>
-__device__ __forceinline__ float to_f(T v);
-template <>
-__device__ __forceinline__ float to_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-// VEC elements moved as one aligned load / store.
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
-};
 
 // fmaxf drops NaN; the loss must not.
 __device__ __forceinline__ float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
@@ -216,10 +193,10 @@ __device__ __forceinline__ void reduce_rows(const float* row_loss, const float* 
       td += dsmem[32 + i];
     }
     if (reduction == 1) {
-      static_cast<T*>(loss)[0] = from_f<T>(static_cast<float>(tl / td));  // D == 0: 0 / 0 = NaN
+      static_cast<T*>(loss)[0] = from_float<T>(static_cast<float>(tl / td));  // D == 0: 0 / 0 = NaN
       denom[0] = static_cast<float>(td);
     } else {
-      static_cast<T*>(loss)[0] = from_f<T>(static_cast<float>(tl));
+      static_cast<T*>(loss)[0] = from_float<T>(static_cast<float>(tl));
     }
     *counter = 0u;  // ready for the next launch on this stream
   }
@@ -264,16 +241,18 @@ softmax_xent_fwd_kernel(const FwdParams p) {
     for (int i = 0; i < NV; ++i) {
       const int64_t c = col_of(tile, i);
       if (active && c < C) {  // with VEC > 1, C % VEC == 0: a vector is all in or all out
+        // A plain Pack load, not load_vec: its __restrict__ pointer lets the compiler move these
+        // loads to the read-only (LDG.CONSTANT) path, which changes this kernel's code and registers.
         const Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(x + c);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) v[i * VEC + k] = to_f(pk.v[k]);
+        for (int k = 0; k < VEC; ++k) v[i * VEC + k] = to_float(pk.v[k]);
       } else {
 #pragma unroll
         for (int k = 0; k < VEC; ++k) v[i * VEC + k] = -kInf;
       }
     }
   };
-  auto wt_at = [&](int64_t c) -> float { return w != nullptr ? to_f(w[c]) : 1.0f; };
+  auto wt_at = [&](int64_t c) -> float { return w != nullptr ? to_float(w[c]) : 1.0f; };
 
   const int64_t ntiles = (C + TILE - 1) / TILE;
   float M, S, W, sw = 0.0f;
@@ -332,7 +311,7 @@ softmax_xent_fwd_kernel(const FwdParams p) {
           const int64_t c0 = col_of(tile, i);
 #pragma unroll
           for (int k = 0; k < VEC; ++k)
-            if (c0 + k < C) wsum[0] += to_f(w[c0 + k]);
+            if (c0 + k < C) wsum[0] += to_float(w[c0 + k]);
         }
     }
     group_ms<G>(m, s, smem);
@@ -365,7 +344,7 @@ softmax_xent_fwd_kernel(const FwdParams p) {
   auto store_grad = [&](int64_t tile, int i, const float* gv) {
     Pack<T, VEC> pk;
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) pk.v[k] = from_f<T>(gv[k]);
+    for (int k = 0; k < VEC; ++k) pk.v[k] = from_float<T>(gv[k]);
     *reinterpret_cast<Pack<T, VEC>*>(g + col_of(tile, i)) = pk;
   };
 
@@ -415,14 +394,14 @@ softmax_xent_fwd_kernel(const FwdParams p) {
     float loss = 0.0f, rw = 0.0f;
     if (valid) {
       const float log_s = logf(S);
-      const float nll = wt * (log_s - (to_f(x[t]) - M));
+      const float nll = wt * (log_s - (to_float(x[t]) - M));
       loss = smooth ? (1.0f - p.eps) * nll + p.eps / static_cast<float>(C) * (W * log_s - sw) : nll;
       rw = wt;
     } else if (bad) {
       loss = rw = nanf_;
     }
     if (p.reduction == 0) {
-      static_cast<T*>(p.loss)[row] = from_f<T>(loss);
+      static_cast<T*>(p.loss)[row] = from_float<T>(loss);
     } else {
       p.row_loss[row] = loss;
       p.row_w[row] = rw;
@@ -464,7 +443,7 @@ softmax_xent_bwd_kernel(const BwdParams p) {
   const bool ignored = load_target(p.target, p.target_i32, row) == p.ignore_index;
   float sc = 0.0f;
   if (!ignored) {
-    sc = to_f(static_cast<const T*>(p.go)[p.per_row ? row * p.go_stride : 0]);
+    sc = to_float(static_cast<const T*>(p.go)[p.per_row ? row * p.go_stride : 0]);
     if (p.denom != nullptr) {
       const float d = p.denom[0];
       // PyTorch's weighted mean with D == 0 gives NaN rows (0 * inf), not inf.
@@ -476,9 +455,9 @@ softmax_xent_bwd_kernel(const BwdParams p) {
   T* o = static_cast<T*>(p.out) + row * p.C;
 #pragma unroll 4
   for (int64_t c = static_cast<int64_t>(lane) * VEC; c < p.C; c += static_cast<int64_t>(G) * VEC) {
-    Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(s + c);
+    Pack<T, VEC> pk = *reinterpret_cast<const Pack<T, VEC>*>(s + c);  // plain load: see load_tile
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) pk.v[k] = from_f<T>(to_f(pk.v[k]) * sc);
+    for (int k = 0; k < VEC; ++k) pk.v[k] = from_float<T>(to_float(pk.v[k]) * sc);
     *reinterpret_cast<Pack<T, VEC>*>(o + c) = pk;
   }
 }

@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int j = 0; j < 32; ++j) {
       const int64_t row = m0 + cw * 64 + warp * 16 + lane / 4 + 8 * ((j / 2) % 2);
       const int64_t col = n0 + h * 64 + (j / 4) * 8 + 2 * (lane % 4) + (j % 2);
-      if (row < M && col < N) c[row * N + col] = Elem<T>::from_float(acc[h][j]);
+      if (row < M && col < N) c[row * N + col] = from_float<T>(acc[h][j]);
     }
 }
 

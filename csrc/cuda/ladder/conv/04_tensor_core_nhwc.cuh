@@ -36,7 +36,7 @@ __global__ void __launch_bounds__(128) ladder_conv_tensor_core_nhwc_fwd_kernel(c
   const int wm = warp / 2, wn = warp % 2;
   const int64_t P = s.OH * s.OW, NP = s.N * P, Kd = s.KH * s.KW * s.C;
   const int64_t m0 = blockIdx.x * static_cast<int64_t>(BM), n0 = blockIdx.y * static_cast<int64_t>(BN);
-  const T zero = Elem<T>::from_float(0.f);
+  const T zero = from_float<T>(0.f);
   // This thread gathers 8-element chunks for pixel rows tid/4 + 32*it, k offset (tid%4)*8.
   int64_t pix_base[4], pix_ih0[4], pix_iw0[4];
   bool pix_ok[4];
@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(128) ladder_conv_tensor_core_nhwc_fwd_kernel(c
 #pragma unroll
       for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < NI; ++ni) ptx::mma_16816<T>(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
+        for (int ni = 0; ni < NI; ++ni) ptx::mma_16816<T>(acc[mi][ni], af[mi], bf[ni]);
     }
     __syncthreads();
   }
@@ -124,8 +124,8 @@ __global__ void __launch_bounds__(128) ladder_conv_tensor_core_nhwc_fwd_kernel(c
 #pragma unroll
       for (int ni = 0; ni < NI; ++ni) {
         const int64_t o = n0 + wn * WN + ni * 8 + 2 * (lane % 4);
-        if (o < s.O) y[m * s.O + o] = Elem<T>::from_float(acc[mi][ni][2 * h]);
-        if (o + 1 < s.O) y[m * s.O + o + 1] = Elem<T>::from_float(acc[mi][ni][2 * h + 1]);
+        if (o < s.O) y[m * s.O + o] = from_float<T>(acc[mi][ni][2 * h]);
+        if (o + 1 < s.O) y[m * s.O + o + 1] = from_float<T>(acc[mi][ni][2 * h + 1]);
       }
     }
 }

@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(256) ladder_gemm_tensor_core_fwd_kernel(const 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int wm = warp / (BN / WN), wn = warp % (BN / WN);
   const int64_t m0 = blockIdx.y * static_cast<int64_t>(BM), n0 = blockIdx.x * static_cast<int64_t>(BN);
-  const T zero = Elem<T>::from_float(0.f);
+  const T zero = from_float<T>(0.f);
   float acc[MI][NI][4] = {};
   for (int64_t k0 = 0; k0 < K; k0 += BK) {
 #pragma unroll
@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(256) ladder_gemm_tensor_core_fwd_kernel(const 
 #pragma unroll
       for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < NI; ++ni) ptx::mma_16816<T>(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
+        for (int ni = 0; ni < NI; ++ni) ptx::mma_16816<T>(acc[mi][ni], af[mi], bf[ni]);
     }
     __syncthreads();
   }
@@ -89,8 +89,8 @@ __global__ void __launch_bounds__(256) ladder_gemm_tensor_core_fwd_kernel(const 
 #pragma unroll
       for (int ni = 0; ni < NI; ++ni) {
         const int64_t col = n0 + wn * WN + ni * 8 + 2 * (lane % 4);
-        if (col < N) c[row * N + col] = Elem<T>::from_float(acc[mi][ni][2 * h]);
-        if (col + 1 < N) c[row * N + col + 1] = Elem<T>::from_float(acc[mi][ni][2 * h + 1]);
+        if (col < N) c[row * N + col] = from_float<T>(acc[mi][ni][2 * h]);
+        if (col + 1 < N) c[row * N + col + 1] = from_float<T>(acc[mi][ni][2 * h + 1]);
       }
     }
 }
