@@ -1,5 +1,5 @@
-"""Triton vocabulary shared by the production kernels (gemm, conv, batchnorm): the fused
-activations and their backward, the bias/activation backward of a conv or GEMM output, and the
+"""Triton vocabulary shared by the production kernels (gemm, conv, batchnorm) and the study ladder:
+the grouped tile order and the K-loop tile product of a GEMM, the fused activations and their backward, the bias/activation backward of a conv or GEMM output, and the
 fixed-order reduction of split partial sums. One definition each, so the families cannot drift.
 
 Bias/activation backward, ``bias_act_bwd``: for an output viewed as [N, O, P] with strides
@@ -44,6 +44,60 @@ def act_backward(g, y, ACT: tl.constexpr):
     elif ACT == 2:
         g = tl.where((y <= 0) | (y >= 6), 0.0, g)
     return g
+
+
+@triton.jit
+def grouped_tile(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    # Tile index -> (pid_m, pid_n) in groups of GROUP_M tile-rows: consecutive tiles walk down a
+    # group's rows first, so a wave of programs touches GROUP_M row-panels of A and few column-panels
+    # of B, and both stay in L2.
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_in_group = GROUP_M * num_pid_n
+    group_id = tile // num_in_group
+    first_m = group_id * GROUP_M
+    group_size = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + ((tile % num_in_group) % group_size)
+    pid_n = (tile % num_in_group) // group_size
+    return pid_m, pid_n
+
+
+@triton.jit
+def tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
+                IS_FP32: tl.constexpr, ACC_FP64: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # acc[BLOCK_M, BLOCK_N] = A[pid_m tile, :] @ B[:, pid_n tile] on an fp32 (fp64 for float64)
+    # accumulator; out-of-range rows/cols/K load 0. Offsets in int64: tensors may exceed 2**31
+    # elements. The production GEMM and the study ladder's steps share this loop.
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)   # [BLOCK_M]
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)   # [BLOCK_N]
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)                     # [BLOCK_K]
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak   # [BLOCK_M, BLOCK_K]
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn   # [BLOCK_K, BLOCK_N]
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    if ACC_FP64:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_left = K - k0
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
+        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
+        if UPCAST_DOT:
+            # Interpreter only: numpy has no bfloat16, so its tl.dot misreads bf16 operands. The
+            # values are exact in fp32, so the product matches a bf16 x bf16 -> fp32 tensor-core dot.
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if ACC_FP64:
+            acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float64)
+        elif IS_FP32:
+            acc = tl.dot(a, b, acc, input_precision="ieee")  # IEEE fp32, no TF32
+        else:
+            acc = tl.dot(a, b, acc)  # fp16/bf16 operands, fp32 accumulation
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    return acc
 
 
 @triton.jit

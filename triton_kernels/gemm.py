@@ -22,7 +22,7 @@ import triton.language as tl
 
 from . import common
 from ._config import INTERPRET, autotune_configs, cfg
-from .common import apply_act
+from .common import apply_act, grouped_tile, tile_matmul
 
 ACT_NONE, ACT_RELU, ACT_RELU6 = 0, 1, 2
 
@@ -53,49 +53,16 @@ def _gemm_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # 1. Grouped tile ordering: GROUP_M tile-rows share each sweep over the tile-columns.
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_in_group
-    first_m = group_id * GROUP_M
-    group_size = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + ((pid % num_in_group) % group_size)
-    pid_n = (pid % num_in_group) // group_size
-
-    # 2. Offsets in int64: tensors may exceed 2**31 elements.
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    # 2. Main loop (shared with the study ladder): fp32 (fp64) accumulator.
+    acc = tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
+                      IS_FP32, ACC_FP64, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)   # [BLOCK_M]
     offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)   # [BLOCK_N]
-    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)                     # [BLOCK_K]
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak   # [BLOCK_M, BLOCK_K]
-    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn   # [BLOCK_K, BLOCK_N]
     mask_m = offs_m < M
     mask_n = offs_n < N
 
-    # 3. Main loop: fp32 (fp64) accumulator; out-of-range K and rows/cols load as 0.
-    if ACC_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_left = K - k0
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
-        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
-        if UPCAST_DOT:
-            # Interpreter only: numpy has no bfloat16, so its tl.dot misreads bf16 operands. The
-            # values are exact in fp32, so the product matches a bf16 x bf16 -> fp32 tensor-core dot.
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        if ACC_FP64:
-            acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float64)
-        elif IS_FP32:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, b, acc)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
-
-    # 4. Epilogue on the accumulator: + bias[n], activation, cast to the output dtype.
+    # 3. Epilogue on the accumulator: + bias[n], activation, cast to the output dtype.
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(acc.dtype)
         acc += bias[None, :]

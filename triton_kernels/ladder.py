@@ -1,6 +1,6 @@
 """Triton GEMM study ladder: C[M, N] = A[M, K] @ B[K, N] in four numbered steps (docs/ladder.md).
 
-Every step is a complete, selectable kernel. Steps 1-3 share the K-loop tile product ``_tile_matmul``
+Every step is a complete, selectable kernel. Steps 1-3 share the K-loop tile product ``common.tile_matmul``
 (one BLOCK_M x BLOCK_N tile of C on an fp32 accumulator, ``tl.dot`` per BLOCK_K slice) so they differ
 only in what the ladder is about: which program computes which tile, and with which tiles. Step 4 is
 the production kernel, called, not copied, as the CPU and CUDA ladders end on theirs.
@@ -37,7 +37,7 @@ import triton.language as tl
 
 from . import gemm
 from ._config import INTERPRET
-from .common import sm_count
+from .common import grouped_tile, sm_count, tile_matmul
 
 
 
@@ -65,57 +65,12 @@ _GROUP_M = 8
 _PERSISTENT_GPU = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
 
 @triton.jit
-def _tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
-                 IS_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # acc[BLOCK_M, BLOCK_N] = A[pid_m tile, :] @ B[:, pid_n tile]; out-of-range rows/cols/K load 0.
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)   # [BLOCK_M]
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)   # [BLOCK_N]
-    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)                     # [BLOCK_K]
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak   # [BLOCK_M, BLOCK_K]
-    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn   # [BLOCK_K, BLOCK_N]
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_left = K - k0
-        a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
-        b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
-        if UPCAST_DOT:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        if IS_FP32:
-            acc = tl.dot(a, b, acc, input_precision="ieee")  # IEEE fp32, no TF32
-        else:
-            acc = tl.dot(a, b, acc)  # fp16/bf16 operands, fp32 accumulation
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
-    return acc
-
-
-@triton.jit
 def _store_tile(c_ptr, acc, M, N, stride_cm, stride_cn, pid_m, pid_n,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
-
-
-@triton.jit
-def _grouped_tile(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    # Tile index -> (pid_m, pid_n) in groups of GROUP_M tile-rows: consecutive tiles walk down a
-    # group's rows first, so a wave of programs touches GROUP_M row-panels of A and few column-panels
-    # of B, and both stay in L2.
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_in_group = GROUP_M * num_pid_n
-    group_id = tile // num_in_group
-    first_m = group_id * GROUP_M
-    group_size = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + ((tile % num_in_group) % group_size)
-    pid_n = (tile % num_in_group) // group_size
-    return pid_m, pid_n
 
 
 @triton.jit
@@ -128,8 +83,8 @@ def _ladder_basic_fwd_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
     # but every program reads a different B column-panel, so all of B streams from HBM per tile-row.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    acc = _tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
-                       IS_FP32, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
+    acc = tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
+                       IS_FP32, False, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
     _store_tile(c_ptr, acc, M, N, stride_cm, stride_cn, pid_m, pid_n, BLOCK_M, BLOCK_N)
 
 
@@ -140,9 +95,9 @@ def _ladder_grouped_fwd_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                                GROUP_M: tl.constexpr):
     # Step 2: 1-D grid, tile order grouped by GROUP_M tile-rows (L2 swizzle).
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    acc = _tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
-                       IS_FP32, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    acc = tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
+                       IS_FP32, False, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
     _store_tile(c_ptr, acc, M, N, stride_cm, stride_cn, pid_m, pid_n, BLOCK_M, BLOCK_N)
 
 
@@ -157,9 +112,9 @@ def _ladder_persistent_fwd_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
     # in grouped order. One launch wave, no per-tile launch cost, no partial last wave of CTAs.
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     for tile in range(tl.program_id(0), num_tiles, NUM_PROGRAMS):
-        pid_m, pid_n = _grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        acc = _tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
-                           IS_FP32, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
+        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
+                           IS_FP32, False, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
         _store_tile(c_ptr, acc, M, N, stride_cm, stride_cn, pid_m, pid_n, BLOCK_M, BLOCK_N)
 
 
