@@ -18,11 +18,29 @@ import torch
 from .. import backends
 from .._native import ACT_CODES
 from ..errors import ArgumentValueError
-from . import _eager, reference
+from . import _alloc, _eager, reference
 from ._checks import check_activation, check_dim, check_tensor, prepare
 
 
 # ----------------------------------------------------------------------------- backend kernels
+# Shared by backends/<backend>/gemm.py: the outputs every backend writes, allocated once here.
+def gemm_output(a, b):
+    """The contiguous [M, N] result of a [M, K] @ b [K, N], or None as the second value when there is
+    nothing to compute (M or N is 0)."""
+    M, N = a.shape[0], b.shape[1]
+    out = _alloc.empty((M, N), a.dtype, a.device)
+    return out, (M > 0 and N > 0)
+
+
+def bias_act_outputs(grad, act, has_bias):
+    """(grad_pre, grad_bias or None, anything to compute?) for a contiguous [M, N] grad; grad_pre is
+    ``grad`` itself when there is no activation."""
+    M, N = grad.shape
+    gp = _alloc.empty((M, N), grad.dtype, grad.device) if act != 0 else grad
+    gb = _alloc.empty((N,), grad.dtype, grad.device) if has_bias else None
+    return gp, gb, N > 0
+
+
 def _run_gemm(a, b, bias, act, backend) -> torch.Tensor:
     """act(a @ b + bias) on ``backend``; a [M, K], b [K, N] any strides; returns contiguous [M, N]."""
     return backends.kernels(backend, "gemm").gemm(a, b, bias, act)

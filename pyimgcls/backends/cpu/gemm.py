@@ -6,13 +6,14 @@ Entry points (same signature in every backend folder):
     bias_act_bwd(grad, out, act, has_bias) -> (grad_pre, grad_bias | None)
                                                  grad [M, N] contiguous; grad_pre = grad * act'(out),
                                                  grad_bias = grad_pre.sum(0)
-float16/bfloat16 inputs are computed in float32 and returned in their dtype (docs/architecture.md, "Dtypes")."""
+Outputs are allocated by ops/gemm.py (gemm_output, bias_act_outputs) for every backend. float16 /
+bfloat16 inputs are computed in float32 and returned in their dtype (docs/architecture.md, "Dtypes")."""
 from __future__ import annotations
 
 import torch
 
 from ... import _native
-from ...ops import _alloc
+from ...ops import gemm as g
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -24,15 +25,13 @@ def _float(t):
 def gemm(a, b, bias, act):
     if a.dtype in _LOW_PRECISION:
         return gemm(a.float(), b.float(), _float(bias), act).to(a.dtype)
-    M, K = a.shape
-    N = b.shape[1]
-    out = _alloc.empty((M, N), a.dtype, a.device)
-    if M == 0 or N == 0:
-        return out
-    _native.C.gemm_cpu(
-        _native.dtype_code(a.dtype), a.data_ptr(), a.stride(0), a.stride(1),
-        b.data_ptr(), b.stride(0), b.stride(1), bias.data_ptr() if bias is not None else 0,
-        out.data_ptr(), out.stride(0), out.stride(1), M, N, K, act)
+    out, work = g.gemm_output(a, b)
+    if work:
+        M, K = a.shape
+        _native.C.gemm_cpu(
+            _native.dtype_code(a.dtype), a.data_ptr(), a.stride(0), a.stride(1),
+            b.data_ptr(), b.stride(0), b.stride(1), bias.data_ptr() if bias is not None else 0,
+            out.data_ptr(), out.stride(0), out.stride(1), M, b.shape[1], K, act)
     return out
 
 
@@ -40,12 +39,10 @@ def bias_act_bwd(grad, out, act, has_bias):
     if grad.dtype in _LOW_PRECISION:
         gp, gb = bias_act_bwd(grad.float(), _float(out), act, has_bias)
         return gp.to(grad.dtype), (None if gb is None else gb.to(grad.dtype))
-    M, N = grad.shape
-    gp = _alloc.empty((M, N), grad.dtype, grad.device) if act != 0 else grad
-    gb = _alloc.empty((N,), grad.dtype, grad.device) if has_bias else None
-    if N == 0:
-        return gp, gb
-    _native.C.bias_act_bwd_cpu(_native.dtype_code(grad.dtype), grad.data_ptr(),
-                               out.data_ptr() if out is not None else 0, gp.data_ptr(),
-                               gb.data_ptr() if gb is not None else 0, M, N, act)
+    gp, gb, work = g.bias_act_outputs(grad, act, has_bias)
+    if work:
+        M, N = grad.shape
+        _native.C.bias_act_bwd_cpu(_native.dtype_code(grad.dtype), grad.data_ptr(),
+                                   out.data_ptr() if out is not None else 0, gp.data_ptr(),
+                                   gb.data_ptr() if gb is not None else 0, M, N, act)
     return gp, gb
