@@ -165,7 +165,7 @@ def _backward_impl(grad, input, weight, out, stride, padding, dilation, groups, 
     kernels = backends.kernels(backend, "conv")
     dtype = input.dtype
     if dtype in _LOW_PRECISION and backends.TABLE[backend].upcasts_low_precision:
-        # DESIGN.md: the whole backward runs in float32 (grad_pre stays float32 between the kernels)
+        # docs/architecture.md "Dtypes": the whole backward runs in float32 (grad_pre stays float32 between the kernels)
         gi, gw, gb, gr = _backward_impl(grad.float(), input.float(), weight.float(), _to_float(out), stride,
                                         padding, dilation, groups, activation, has_bias, has_residual, backend,
                                         needs_input, needs_weight)

@@ -108,7 +108,7 @@ def load_weights_only(path: str, what: str):
     except Exception as e:
         text = str(e)
         if text.startswith("Weights only load failed"):
-            # torch's message spans lines and suggests weights_only=False; keep only the reason.
+            # torch's message spans lines and suggests an unsafe load; keep only the reason.
             glob = re.search(r"GLOBAL ([\w.]+)", text)
             other = re.search(r"WeightsUnpickler error: ([^\n]*?)(?:\. Please|$)", text, re.M)
             why = (f"unsupported global {glob.group(1)}" if glob else other.group(1) if other

@@ -15,7 +15,7 @@ with any strides; stride, dilation: [h, w]; padding: [top, left, bottom, right];
     wgrad(gp, x, w, stride, padding, dilation, groups) -> grad_weight     contiguous, like w
 Outputs are allocated through the helpers in pyimgcls/ops/conv.py (shapes, layouts, empty tensors,
 the geometry list). float16/bfloat16 inputs are computed in float32 and returned in their dtype
-(DESIGN.md); the op file runs a low-precision backward in float32 as a whole (upcasts_low_precision
+(docs/architecture.md, "Dtypes"); the op file runs a low-precision backward in float32 as a whole (upcasts_low_precision
 in the backend table), so grad_pre stays float32 between bias_act_bwd and dgrad / wgrad."""
 from __future__ import annotations
 

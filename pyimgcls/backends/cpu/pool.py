@@ -21,7 +21,7 @@ with the dtype and device of ``x`` / ``grad`` in the memory format ``channels_la
 The cpu, cuda and triton modules share the memory formats, allocations and early returns on empty
 results (``pyimgcls.ops.pool``'s ``*buffers`` helpers) and only add the launch; the torch module
 wraps ``pyimgcls.ops.reference``.
-float16/bfloat16 inputs are computed in float32 and returned in their dtype (DESIGN.md).
+float16/bfloat16 inputs are computed in float32 and returned in their dtype (docs/architecture.md, "Dtypes").
 The launchers get the sizes as separate arguments, not ``*sizes``: a star call into the pybind11
 module costs 0.1-0.2 us more, which counts for small layers."""
 from __future__ import annotations
