@@ -43,6 +43,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "common.h"
+
 namespace pyimgcls::cpu {
 namespace {
 
@@ -55,32 +57,8 @@ constexpr int64_t kMinChunkRows = 64;
 
 inline bool parallel(int64_t work) { return work >= kParallelGrain && omp_get_max_threads() > 1; }
 
-// PyTorch's relu / relu6 with NaN propagation: NaN compares false and falls through unchanged.
-// The activation is a template argument so that the loops below compile to branch-free blends
-// (a run-time switch inside them costs a mispredicted branch per element on real data).
-template <Act ACT, typename T>
-inline T act_scalar(T v) {
-  if constexpr (ACT == Act::ReLU) return v < T(0) ? T(0) : v;
-  if constexpr (ACT == Act::ReLU6) return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
-  return v;
-}
-
-// Select semantics of ATen's threshold_backward / hardtanh_backward: is the gradient dropped at out?
-template <Act ACT, typename T>
-inline bool act_drops(T out) {
-  if constexpr (ACT == Act::ReLU) return out <= T(0);
-  if constexpr (ACT == Act::ReLU6) return out <= T(0) || out >= T(6);
-  return false;
-}
-
-// The masked gradient. g arrives as an argument, so it is loaded whether or not it is kept: the
-// select becomes a vector blend (a conditional load would keep the loop scalar and branchy).
-template <Act ACT, typename T>
-inline T masked_grad(T out, T g) {
-  return act_drops<ACT>(out) ? T(0) : g;
-}
-
-// Calls f(std::integral_constant<Act, ACT>) for the run-time activation.
+// The activation (apply_act / act_grad, common.h) is a template argument so that the loops below
+// compile to branch-free blends. Calls f(std::integral_constant<Act, ACT>) for the run-time one.
 template <typename F>
 void dispatch_act(Act act, F&& f) {
   switch (act) {
@@ -199,10 +177,10 @@ void fwd_impl(const T* x, const T* mean, const T* var, const T* w, const T* b, c
       const T* rp = r ? r + nc * S : nullptr;
       if (rp) {
 #pragma omp simd
-        for (int64_t s = 0; s < S; ++s) yp[s] = act_scalar<act>((xp[s] - m) * sc + sh + rp[s]);
+        for (int64_t s = 0; s < S; ++s) yp[s] = apply_act<act>((xp[s] - m) * sc + sh + rp[s]);
       } else {
 #pragma omp simd
-        for (int64_t s = 0; s < S; ++s) yp[s] = act_scalar<act>((xp[s] - m) * sc + sh);
+        for (int64_t s = 0; s < S; ++s) yp[s] = apply_act<act>((xp[s] - m) * sc + sh);
       }
     }
     return;
@@ -218,10 +196,10 @@ void fwd_impl(const T* x, const T* mean, const T* var, const T* w, const T* b, c
     const T* rp = r ? r + row * C : nullptr;
     if (rp) {
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yp[c] = act_scalar<act>((xp[c] - m[c]) * sc[c] + sh[c] + rp[c]);
+      for (int64_t c = 0; c < C; ++c) yp[c] = apply_act<act>((xp[c] - m[c]) * sc[c] + sh[c] + rp[c]);
     } else {
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yp[c] = act_scalar<act>((xp[c] - m[c]) * sc[c] + sh[c]);
+      for (int64_t c = 0; c < C; ++c) yp[c] = apply_act<act>((xp[c] - m[c]) * sc[c] + sh[c]);
     }
   }
 }
@@ -264,7 +242,7 @@ void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, c
             T pa = T(0), pb = T(0);
 #pragma omp simd reduction(+ : pa, pb)
             for (int64_t s = 0; s < S; ++s) {
-              const T v = (masked ? masked_grad<act>(op[s], gr[s]) : gr[s]);
+              const T v = (masked ? act_grad<act>(op[s], gr[s]) : gr[s]);
               gp[s] = v;
               pa += v;
               pb += v * (xp[s] - mu);
@@ -276,7 +254,7 @@ void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, c
             T pa = T(0), pb = T(0);
 #pragma omp simd reduction(+ : pa, pb)
             for (int64_t s = 0; s < S; ++s) {
-              const T v = masked_grad<act>(op[s], gr[s]);
+              const T v = act_grad<act>(op[s], gr[s]);
               pa += v;
               pb += v * (xp[s] - mu);
             }
@@ -317,7 +295,7 @@ void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, c
             T* dst = gp_out ? gp_out + r * C : tmp.data();
             const T* op = out + r * C;
 #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) dst[c] = masked_grad<act>(op[c], gr[c]);
+            for (int64_t c = 0; c < C; ++c) dst[c] = act_grad<act>(op[c], gr[c]);
             v = dst;
           } else if (gp_out) {
             std::memcpy(gp_out + r * C, gr, sizeof(T) * C);
@@ -372,7 +350,7 @@ void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, c
       if (masked) {
 #pragma omp simd
         for (int64_t s = 0; s < S; ++s) {
-          const T v = masked_grad<act>(op[s], gr[s]);
+          const T v = act_grad<act>(op[s], gr[s]);
           gi[s] = (v - a - (xp[s] - m) * k) * sc;
         }
       } else {
@@ -394,7 +372,7 @@ void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, c
     if (masked) {
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        const T v = masked_grad<act>(op[c], gr[c]);
+        const T v = act_grad<act>(op[c], gr[c]);
         gi[c] = (v - a[c] - (xp[c] - mean[c]) * k[c]) * sc[c];
       }
     } else {
@@ -404,22 +382,11 @@ void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, c
   }
 }
 
-template <typename F>
-void dispatch(DType dt, F&& f) {
-  if (dt == DType::Float32) {
-    f(float{});
-  } else if (dt == DType::Float64) {
-    f(double{});
-  } else {
-    throw std::invalid_argument(std::string("CPU batch_norm takes float32 or float64, got ") + dtype_name(dt));
-  }
-}
-
 }  // namespace
 
 void batch_norm_stats(DType dt, const void* x, void* mean, void* var, int64_t N, int64_t C, int64_t S,
                       bool channels_last) {
-  dispatch(dt, [&](auto t) {
+  dispatch_float(dt, "CPU batch_norm", [&](auto t) {
     using T = decltype(t);
     stats_impl(static_cast<const T*>(x), static_cast<T*>(mean), static_cast<T*>(var), N, C, S, channels_last);
   });
@@ -428,7 +395,7 @@ void batch_norm_stats(DType dt, const void* x, void* mean, void* var, int64_t N,
 void batch_norm_fwd(DType dt, const void* x, const void* mean, const void* var, const void* weight,
                     const void* bias, const void* residual, void* y, void* invstd, int64_t N, int64_t C, int64_t S,
                     bool channels_last, double eps, Act act) {
-  dispatch(dt, [&](auto t) {
+  dispatch_float(dt, "CPU batch_norm", [&](auto t) {
     using T = decltype(t);
     dispatch_act(act, [&](auto a) {
       fwd_impl<decltype(a)::value>(static_cast<const T*>(x), static_cast<const T*>(mean), static_cast<const T*>(var),
@@ -441,7 +408,7 @@ void batch_norm_fwd(DType dt, const void* x, const void* mean, const void* var, 
 
 void batch_norm_update_stats(DType dt, void* running_mean, void* running_var, const void* mean, const void* var,
                              int64_t C, double momentum, int64_t count) {
-  dispatch(dt, [&](auto t) {
+  dispatch_float(dt, "CPU batch_norm", [&](auto t) {
     using T = decltype(t);
     update_impl(static_cast<T*>(running_mean), static_cast<T*>(running_var), static_cast<const T*>(mean),
                 static_cast<const T*>(var), C, momentum, count);
@@ -451,7 +418,7 @@ void batch_norm_update_stats(DType dt, void* running_mean, void* running_var, co
 void batch_norm_bwd(DType dt, const void* grad, const void* out, const void* x, const void* weight,
                     const void* mean, const void* invstd, void* grad_input, void* grad_weight, void* grad_bias,
                     void* grad_pre, int64_t N, int64_t C, int64_t S, bool channels_last, bool training, Act act) {
-  dispatch(dt, [&](auto t) {
+  dispatch_float(dt, "CPU batch_norm", [&](auto t) {
     using T = decltype(t);
     dispatch_act(act, [&](auto a) {
       bwd_impl<decltype(a)::value>(static_cast<const T*>(grad), static_cast<const T*>(out), static_cast<const T*>(x),

@@ -44,19 +44,11 @@
 #include <type_traits>
 #include <vector>
 
+#include "common.h"
 #include "gemm.h"
-#include "isa.h"
 
 namespace pyimgcls::cpu {
 namespace {
-
-template <typename T>
-inline T act_apply(T v, Act act) {
-  // NaN compares false and falls through unchanged, as torch.relu / relu6 propagate it.
-  if (act == Act::ReLU) return v < T(0) ? T(0) : v;
-  if (act == Act::ReLU6) return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
-  return v;
-}
 
 template <typename T>
 constexpr DType dtype_of() {
@@ -310,19 +302,13 @@ struct DirectConvBody {
               for (int64_t q = 0; q < ocount; ++q) {
                 float y = v[q] + (a.bias ? a.bias[o0 + q] : 0.0f);
                 if (r_ptr) y += r_ptr[q * a.rs.c];
-                o_ptr[q * a.os.c] = act_apply(y, a.act);
+                o_ptr[q * a.os.c] = apply_act(y, a.act);
               }
             }
           }
         }
   }
 };
-
-void direct_conv_generic(const DirectArgs& a) { DirectConvBody::run(a); }
-#ifdef PYIMGCLS_X86
-PYIMGCLS_TARGET_AVX2 void direct_conv_avx2(const DirectArgs& a) { DirectConvBody::run(a); }
-PYIMGCLS_TARGET_AVX512 void direct_conv_avx512(const DirectArgs& a) { DirectConvBody::run(a); }
-#endif
 
 // Conditions: float32, groups 1, at most 64 output channels, under 4M multiply-adds in all.
 bool direct_conv_applies(const ConvShape& s) {
@@ -354,12 +340,7 @@ void conv2d_fwd_direct_small(const ConvShape& s, const float* x, Strides4 xs, co
   DirectArgs a{xp.data(), wp.data(), bias, res, rs, out, os, s.N, s.C, Hp, Wp, s.O, Opad, s.KH, s.KW,
                s.OH, s.OW, s.stride_h, s.stride_w, s.dil_h, s.dil_w, act};
   // 3. The register-blocked tap loop, compiled for the widest instruction set the CPU has.
-#ifdef PYIMGCLS_X86
-  const Isa isa = active_isa();
-  if (isa == Isa::Avx512) return direct_conv_avx512(a);
-  if (isa == Isa::Avx2) return direct_conv_avx2(a);
-#endif
-  direct_conv_generic(a);
+  run_isa<DirectConvBody>(active_isa(), a);
 }
 
 // Small NCHW convolutions (LeNet-sized: under 4M multiply-adds in all): one GEMM for the whole
@@ -400,9 +381,9 @@ void conv2d_fwd_small_batched(const Plan& pl, const T* x, Strides4 xs, const T* 
       if (res) {
         const T* rrow = res + n * rs.n + o * rs.c;
         for (int64_t p = 0; p < pl.P; ++p)
-          orow[p * os.w] = act_apply(trow[p] + bo + rrow[(p / s.OW) * rs.h + (p % s.OW) * rs.w], act);
+          orow[p * os.w] = apply_act(trow[p] + bo + rrow[(p / s.OW) * rs.h + (p % s.OW) * rs.w], act);
       } else {
-        for (int64_t p = 0; p < pl.P; ++p) orow[p * os.w] = act_apply(trow[p] + bo, act);
+        for (int64_t p = 0; p < pl.P; ++p) orow[p * os.w] = apply_act(trow[p] + bo, act);
       }
     }
 }
@@ -468,7 +449,7 @@ void conv2d_fwd_t(const ConvShape& s, const T* x, Strides4 xs, const T* w, const
           T* orow = og + p * os.w;
           const int64_t ph = p / s.OW, pw = p % s.OW;
           const T* rrow = rg + ph * rs.h + pw * rs.w;
-          for (int64_t o = 0; o < pl.Og; ++o) orow[o] = act_apply(orow[o] + rrow[o * rs.c], act);
+          for (int64_t o = 0; o < pl.Og; ++o) orow[o] = apply_act(orow[o] + rrow[o * rs.c], act);
         }
     } else {
       // 2b. C[o, p] = w[o, k] @ col[k, p], then bias + residual + act in one pass over the rows.
@@ -489,9 +470,9 @@ void conv2d_fwd_t(const ConvShape& s, const T* x, Strides4 xs, const T* w, const
           if (rg) {
             const T* rrow = rg + o * rs.c;
             for (int64_t p = 0; p < pl.P; ++p)
-              orow[p * os.w] = act_apply(orow[p * os.w] + bo + rrow[(p / s.OW) * rs.h + (p % s.OW) * rs.w], act);
+              orow[p * os.w] = apply_act(orow[p * os.w] + bo + rrow[(p / s.OW) * rs.h + (p % s.OW) * rs.w], act);
           } else {
-            for (int64_t p = 0; p < pl.P; ++p) orow[p * os.w] = act_apply(orow[p * os.w] + bo, act);
+            for (int64_t p = 0; p < pl.P; ++p) orow[p * os.w] = apply_act(orow[p * os.w] + bo, act);
           }
         }
     }
@@ -637,9 +618,8 @@ void conv2d_bias_act_bwd_t(int64_t N, int64_t O, int64_t P, const T* grad, Strid
       const T* y = out ? out + n * os.n + o * os.c : nullptr;
       for (int64_t p = 0; p < P; ++p) {
         T v = g[p * gs.w];
-        // Select semantics as ATen's threshold/hardtanh backward: NaN outputs pass the gradient.
-        if (act == Act::ReLU) v = y[p * os.w] <= T(0) ? T(0) : v;
-        else if (act == Act::ReLU6) v = (y[p * os.w] <= T(0) || y[p * os.w] >= T(6)) ? T(0) : v;
+        if (act == Act::ReLU) v = act_grad<Act::ReLU>(y[p * os.w], v);
+        else if (act == Act::ReLU6) v = act_grad<Act::ReLU6>(y[p * os.w], v);
         if (act != Act::None || d != g) d[p * gs.w] = v;
         acc += static_cast<double>(v);
       }
@@ -648,56 +628,42 @@ void conv2d_bias_act_bwd_t(int64_t N, int64_t O, int64_t P, const T* grad, Strid
   }
 }
 
-void check_dtype(DType dt, const char* what) {
-  if (dt != DType::Float32 && dt != DType::Float64)
-    throw std::invalid_argument(std::string(what) + " takes float32 or float64, got " + dtype_name(dt));
-}
-
 }  // namespace
 
 void conv2d_fwd(DType dt, const ConvShape& s, const void* x, Strides4 xs, const void* w, const void* bias,
                 const void* residual, Strides4 rs, void* out, Strides4 os, Act act) {
-  check_dtype(dt, "CPU conv2d");
-  if (dt == DType::Float32)
-    conv2d_fwd_t(s, static_cast<const float*>(x), xs, static_cast<const float*>(w), static_cast<const float*>(bias),
-                 static_cast<const float*>(residual), rs, static_cast<float*>(out), os, act);
-  else
-    conv2d_fwd_t(s, static_cast<const double*>(x), xs, static_cast<const double*>(w),
-                 static_cast<const double*>(bias), static_cast<const double*>(residual), rs,
-                 static_cast<double*>(out), os, act);
+  dispatch_float(dt, "CPU conv2d", [&](auto t) {
+    using T = decltype(t);
+    conv2d_fwd_t(s, static_cast<const T*>(x), xs, static_cast<const T*>(w), static_cast<const T*>(bias),
+                 static_cast<const T*>(residual), rs, static_cast<T*>(out), os, act);
+  });
 }
 
 void conv2d_bwd_data(DType dt, const ConvShape& s, const void* g, Strides4 gs, const void* w, void* dx,
                      Strides4 xs) {
-  check_dtype(dt, "CPU conv2d backward (data)");
-  if (dt == DType::Float32)
-    conv2d_bwd_data_t(s, static_cast<const float*>(g), gs, static_cast<const float*>(w), static_cast<float*>(dx), xs);
-  else
-    conv2d_bwd_data_t(s, static_cast<const double*>(g), gs, static_cast<const double*>(w), static_cast<double*>(dx),
-                      xs);
+  dispatch_float(dt, "CPU conv2d backward (data)", [&](auto t) {
+    using T = decltype(t);
+    conv2d_bwd_data_t(s, static_cast<const T*>(g), gs, static_cast<const T*>(w), static_cast<T*>(dx), xs);
+  });
 }
 
 void conv2d_bwd_weight(DType dt, const ConvShape& s, const void* g, Strides4 gs, const void* x, Strides4 xs,
                        void* dw) {
-  check_dtype(dt, "CPU conv2d backward (weight)");
-  if (dt == DType::Float32)
-    conv2d_bwd_weight_t(s, static_cast<const float*>(g), gs, static_cast<const float*>(x), xs, static_cast<float*>(dw));
-  else
-    conv2d_bwd_weight_t(s, static_cast<const double*>(g), gs, static_cast<const double*>(x), xs,
-                        static_cast<double*>(dw));
+  dispatch_float(dt, "CPU conv2d backward (weight)", [&](auto t) {
+    using T = decltype(t);
+    conv2d_bwd_weight_t(s, static_cast<const T*>(g), gs, static_cast<const T*>(x), xs, static_cast<T*>(dw));
+  });
 }
 
 void conv2d_bias_act_bwd(DType dt, int64_t N, int64_t O, int64_t P, const void* grad, Strides4 gs,
                          const void* out, Strides4 os, void* grad_pre, void* grad_bias, Act act) {
-  check_dtype(dt, "CPU conv2d epilogue backward");
-  if (act != Act::None && out == nullptr && N * O * P > 0)
-    throw std::invalid_argument("conv2d_bias_act_bwd: out is required when the activation is relu or relu6");
-  if (dt == DType::Float32)
-    conv2d_bias_act_bwd_t(N, O, P, static_cast<const float*>(grad), gs, static_cast<const float*>(out), os,
-                          static_cast<float*>(grad_pre), static_cast<float*>(grad_bias), act);
-  else
-    conv2d_bias_act_bwd_t(N, O, P, static_cast<const double*>(grad), gs, static_cast<const double*>(out), os,
-                          static_cast<double*>(grad_pre), static_cast<double*>(grad_bias), act);
+  dispatch_float(dt, "CPU conv2d epilogue backward", [&](auto t) {
+    using T = decltype(t);
+    if (act != Act::None && out == nullptr && N * O * P > 0)
+      throw std::invalid_argument("conv2d_bias_act_bwd: out is required when the activation is relu or relu6");
+    conv2d_bias_act_bwd_t(N, O, P, static_cast<const T*>(grad), gs, static_cast<const T*>(out), os,
+                          static_cast<T*>(grad_pre), static_cast<T*>(grad_bias), act);
+  });
 }
 
 }  // namespace pyimgcls::cpu

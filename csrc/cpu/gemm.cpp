@@ -25,8 +25,9 @@
 //   it, and only the last one applies bias + activation, so the epilogue sees the full sum.
 //   M == 1 or N == 1 is a matrix-vector product: it streams the matrix once instead of packing it.
 //
-//   Micro-kernels (MR x NR) and cache blocks (KC, MC, NC) per instruction set, picked at run time
-//   (PYIMGCLS_CPU_ISA=generic|avx2|avx512 forces a lower one; it is clamped to what the CPU has):
+//   Micro-kernel (MR x NR, one body compiled per instruction set) and cache blocks (KC, MC, NC) per
+//   instruction set, picked at run time (PYIMGCLS_CPU_ISA=generic|avx2|avx512 forces a lower one;
+//   it is clamped to what the CPU has):
 //     avx512   fp32 14 x 32 (28 zmm accumulators), KC 768, MC 70, NC 2048
 //              fp64 14 x 16,                        KC 512, MC 70, NC 2048
 //     avx2     fp32  6 x 16 (12 ymm accumulators), KC 1024, MC 48, NC 2048
@@ -56,13 +57,13 @@
 #include <string>
 #include <vector>
 
-#include "isa.h"
+#include "common.h"
 
 namespace pyimgcls::cpu {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// Micro-kernels.  Contract shared by all of them:
+// Micro-kernel.  Contract:
 //   a: packed A micro-panel, kc x MR (a[k*MR + i] = A[i, k]), 64-byte aligned
 //   b: packed B micro-panel, kc x NR (b[k*NR + j] = B[k, j]), 64-byte aligned
 //   c: MR x NR tile, row stride ldc, unit column stride, need not be aligned
@@ -71,215 +72,86 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 constexpr int kAccumulate = 1;
 constexpr int kEpilogue = 2;
-constexpr int kMaxTile = 16 * 32;  // largest MR * NR of any kernel below
+constexpr int kMaxTile = 16 * 32;  // at least the largest MR * NR of select_kernel below
 
-// Scalar activation with PyTorch's NaN semantics: NaN compares false, so it falls through as NaN.
-template <typename T>
-inline T act_scalar(T v, Act act) {
-  if (act == Act::ReLU) return v < T(0) ? T(0) : v;
-  if (act == Act::ReLU6) return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
-  return v;
-}
-
-// Portable kernel: GCC/Clang vector extensions with 16-byte vectors (SSE2 on x86-64, NEON on
-// ARM), MR x (2 vectors) tile: 12 accumulators + 2 B vectors + 1 broadcast fit the 16 registers
-// of the baseline. Plain scalar loops would be left to the SLP vectoriser, which spills them.
-template <typename T, int MR>
-void ukr_generic(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict c, int64_t ldc,
-                 int mode, const T* __restrict bias, Act act) {
-  typedef T V __attribute__((vector_size(16)));
-  constexpr int W = 16 / sizeof(T);
-  constexpr int NR = 2 * W;
-  V acc0[MR], acc1[MR];
-  for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = V{};
-  for (int64_t k = 0; k < kc; ++k) {
-    V b0, b1;
-    std::memcpy(&b0, b, sizeof(V));
-    std::memcpy(&b1, b + W, sizeof(V));
+// One body for every instruction set (compiled per ISA by Compiled<isa, ...>, common.h): an
+// MR x (2 vectors) register tile of VB-byte vectors, VB = vec_bytes(isa), so NR = 2 * VB / sizeof(T).
+// MR per instruction set fills the register file:
+//   avx512   MR = 14: 28 zmm accumulators + 2 B vectors + 1 broadcast = 31 of 32 registers; each k
+//            step issues 28 FMAs against 2 loads + 14 broadcasts, so the FMA pipes, not the load
+//            ports, set the pace (measured at the core's FMA peak from L1).
+//   avx2     MR = 6: 12 ymm accumulators + 2 B vectors + 1 broadcast = 15 of 16.
+//   generic  MR = 6 with 16-byte vectors (SSE2 on x86-64, NEON on ARM): the same 15 of 16. Plain
+//            scalar loops would be left to the SLP vectoriser, which spills them.
+// `acc += a * b` is one FMA on AVX2 / AVX-512 (see common.h), a multiply and an add on the baseline.
+template <typename T, int MR, int VB>
+struct MicroKernel {
+  static PYIMGCLS_INLINE void run(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict c,
+                                  int64_t ldc, int mode, const T* __restrict bias, Act act) {
+    using V = Vec<T, VB>;
+    constexpr int W = VB / sizeof(T);  // lanes per vector
+    V acc0[MR], acc1[MR];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      V ai;  // broadcast; V{} + a[i] would cost an add (0 + x is not an identity for x = -0)
-      for (int l = 0; l < W; ++l) ai[l] = a[i];
-      acc0[i] += ai * b0;
-      acc1[i] += ai * b1;
+      acc0[i] = acc1[i] = V{};
+      // The C tile was last touched a whole KC block ago (L3 or memory): start fetching its lines
+      // now so the epilogue does not stall on them.
+      __builtin_prefetch(c + i * ldc, 0, 3);
+      __builtin_prefetch(c + i * ldc + 2 * W - 1, 0, 3);
     }
-    a += MR;
-    b += NR;
-  }
-  for (int i = 0; i < MR; ++i) {
-    T row[NR];
-    std::memcpy(row, &acc0[i], sizeof(V));
-    std::memcpy(row + W, &acc1[i], sizeof(V));
-    T* ci = c + i * ldc;
-    for (int j = 0; j < NR; ++j) {
-      T v = row[j];
-      if (mode & kAccumulate) v += ci[j];
-      if (mode & kEpilogue) v = act_scalar(bias ? v + bias[j] : v, act);
-      ci[j] = v;
+    for (int64_t k = 0; k < kc; ++k) {
+      V b0, b1;
+      std::memcpy(&b0, b, sizeof(V));
+      std::memcpy(&b1, b + W, sizeof(V));
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const T ai = a[i];  // scalar * vector broadcasts the scalar: one broadcast load per row
+        acc0[i] += ai * b0;
+        acc1[i] += ai * b1;
+      }
+      a += MR;
+      b += 2 * W;
+    }
+    V bias0 = V{}, bias1 = V{};
+    const bool epi = (mode & kEpilogue) != 0;
+    const bool add_bias = epi && bias != nullptr;
+    if (add_bias) {
+      std::memcpy(&bias0, bias, sizeof(V));
+      std::memcpy(&bias1, bias + W, sizeof(V));
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      T* ci = c + i * ldc;
+      V v0 = acc0[i], v1 = acc1[i];
+      if (mode & kAccumulate) {
+        V c0, c1;
+        std::memcpy(&c0, ci, sizeof(V));
+        std::memcpy(&c1, ci + W, sizeof(V));
+        v0 += c0;
+        v1 += c1;
+      }
+      if (add_bias) {
+        v0 += bias0;
+        v1 += bias1;
+      }
+      if (epi && act != Act::None) {
+        apply_act_in_place(v0, act);
+        apply_act_in_place(v1, act);
+      }
+      std::memcpy(ci, &v0, sizeof(V));
+      std::memcpy(ci + W, &v1, sizeof(V));
     }
   }
-}
+};
 
 #ifdef PYIMGCLS_X86
-// Thin overloads so one kernel template serves float and double.  max(0, x) / min(6, x) put x
-// second: the x86 max/min instructions return the second operand when either is NaN, which is
-// exactly PyTorch's NaN propagation for relu / relu6.
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512 vzero512(float) { return _mm512_setzero_ps(); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512d vzero512(double) { return _mm512_setzero_pd(); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512 vset512(float x) { return _mm512_set1_ps(x); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512d vset512(double x) { return _mm512_set1_pd(x); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512 vload512(const float* p) { return _mm512_load_ps(p); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512d vload512(const double* p) { return _mm512_load_pd(p); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512 vloadu512(const float* p) { return _mm512_loadu_ps(p); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512d vloadu512(const double* p) { return _mm512_loadu_pd(p); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE void vstoreu512(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE void vstoreu512(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512 vfma512(__m512 a, __m512 b, __m512 c) { return _mm512_fmadd_ps(a, b, c); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512d vfma512(__m512d a, __m512d b, __m512d c) { return _mm512_fmadd_pd(a, b, c); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512 vadd512(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512d vadd512(__m512d a, __m512d b) { return _mm512_add_pd(a, b); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512 vmax512(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512d vmax512(__m512d a, __m512d b) { return _mm512_max_pd(a, b); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512 vmin512(__m512 a, __m512 b) { return _mm512_min_ps(a, b); }
-PYIMGCLS_TARGET_AVX512 PYIMGCLS_INLINE __m512d vmin512(__m512d a, __m512d b) { return _mm512_min_pd(a, b); }
-
-// AVX-512 kernel: MR x (2 vectors) tile.  MR = 14: 28 zmm accumulators + 2 B vectors + 1
-// broadcast = 31 of 32 registers; each k step issues 28 FMAs against 2 loads + 14 broadcasts, so
-// the FMA pipes, not the load ports, set the pace (measured at the core's FMA peak from L1).
-template <typename T, int MR>
-PYIMGCLS_TARGET_AVX512 void ukr_avx512(int64_t kc, const T* __restrict a, const T* __restrict b,
-                                       T* __restrict c, int64_t ldc, int mode, const T* __restrict bias,
-                                       Act act) {
-  constexpr int W = 64 / sizeof(T);  // lanes per zmm
-  using V = decltype(vzero512(T(0)));
-  V acc0[MR], acc1[MR];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    acc0[i] = acc1[i] = vzero512(T(0));
-    // The C tile was last touched a whole KC block ago (L3 or memory): start fetching its lines
-    // now so the epilogue does not stall on them.
-    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 2 * W - 1), _MM_HINT_T0);
-  }
-  for (int64_t k = 0; k < kc; ++k) {
-    const V b0 = vload512(b), b1 = vload512(b + W);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const V ai = vset512(a[i]);
-      acc0[i] = vfma512(ai, b0, acc0[i]);
-      acc1[i] = vfma512(ai, b1, acc1[i]);
-    }
-    a += MR;
-    b += 2 * W;
-  }
-  V bias0 = vzero512(T(0)), bias1 = bias0;
-  const bool epi = (mode & kEpilogue) != 0;
-  const bool add_bias = epi && bias != nullptr;
-  if (add_bias) {
-    bias0 = vloadu512(bias);
-    bias1 = vloadu512(bias + W);
-  }
-  const V zero = vzero512(T(0)), six = vset512(T(6));
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    T* ci = c + i * ldc;
-    V v0 = acc0[i], v1 = acc1[i];
-    if (mode & kAccumulate) {
-      v0 = vadd512(v0, vloadu512(ci));
-      v1 = vadd512(v1, vloadu512(ci + W));
-    }
-    if (add_bias) {
-      v0 = vadd512(v0, bias0);
-      v1 = vadd512(v1, bias1);
-    }
-    if (epi && act != Act::None) {
-      v0 = vmax512(zero, v0);
-      v1 = vmax512(zero, v1);
-      if (act == Act::ReLU6) {
-        v0 = vmin512(six, v0);
-        v1 = vmin512(six, v1);
-      }
-    }
-    vstoreu512(ci, v0);
-    vstoreu512(ci + W, v1);
-  }
-}
-
+// 256-bit load / store / zero for the AVX2 packer below, one overload per element type.
 PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256 vzero256(float) { return _mm256_setzero_ps(); }
 PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256d vzero256(double) { return _mm256_setzero_pd(); }
-PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256 vset256(float x) { return _mm256_set1_ps(x); }
-PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256d vset256(double x) { return _mm256_set1_pd(x); }
-PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256 vload256(const float* p) { return _mm256_load_ps(p); }
-PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256d vload256(const double* p) { return _mm256_load_pd(p); }
 PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256 vloadu256(const float* p) { return _mm256_loadu_ps(p); }
 PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256d vloadu256(const double* p) { return _mm256_loadu_pd(p); }
 PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE void vstoreu256(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
 PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE void vstoreu256(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
-PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256 vfma256(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
-PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256d vfma256(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
-PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256 vadd256(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
-PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256d vadd256(__m256d a, __m256d b) { return _mm256_add_pd(a, b); }
-PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256 vmax256(__m256 a, __m256 b) { return _mm256_max_ps(a, b); }
-PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256d vmax256(__m256d a, __m256d b) { return _mm256_max_pd(a, b); }
-PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256 vmin256(__m256 a, __m256 b) { return _mm256_min_ps(a, b); }
-PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE __m256d vmin256(__m256d a, __m256d b) { return _mm256_min_pd(a, b); }
-
-// AVX2 kernel: 6 x (2 vectors) tile -> 12 ymm accumulators + 2 B vectors + 1 broadcast = 15 of 16.
-template <typename T, int MR>
-PYIMGCLS_TARGET_AVX2 void ukr_avx2(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict c,
-                                   int64_t ldc, int mode, const T* __restrict bias, Act act) {
-  constexpr int W = 32 / sizeof(T);  // lanes per ymm
-  using V = decltype(vzero256(T(0)));
-  V acc0[MR], acc1[MR];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    acc0[i] = acc1[i] = vzero256(T(0));
-    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);  // as in ukr_avx512
-    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 2 * W - 1), _MM_HINT_T0);
-  }
-  for (int64_t k = 0; k < kc; ++k) {
-    const V b0 = vload256(b), b1 = vload256(b + W);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const V ai = vset256(a[i]);
-      acc0[i] = vfma256(ai, b0, acc0[i]);
-      acc1[i] = vfma256(ai, b1, acc1[i]);
-    }
-    a += MR;
-    b += 2 * W;
-  }
-  V bias0 = vzero256(T(0)), bias1 = bias0;
-  const bool epi = (mode & kEpilogue) != 0;
-  const bool add_bias = epi && bias != nullptr;
-  if (add_bias) {
-    bias0 = vloadu256(bias);
-    bias1 = vloadu256(bias + W);
-  }
-  const V zero = vzero256(T(0)), six = vset256(T(6));
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    T* ci = c + i * ldc;
-    V v0 = acc0[i], v1 = acc1[i];
-    if (mode & kAccumulate) {
-      v0 = vadd256(v0, vloadu256(ci));
-      v1 = vadd256(v1, vloadu256(ci + W));
-    }
-    if (add_bias) {
-      v0 = vadd256(v0, bias0);
-      v1 = vadd256(v1, bias1);
-    }
-    if (epi && act != Act::None) {
-      v0 = vmax256(zero, v0);
-      v1 = vmax256(zero, v1);
-      if (act == Act::ReLU6) {
-        v0 = vmin256(six, v0);
-        v1 = vmin256(six, v1);
-      }
-    }
-    vstoreu256(ci, v0);
-    vstoreu256(ci + W, v1);
-  }
-}
 #endif  // PYIMGCLS_X86
 
 // ---------------------------------------------------------------------------------------------
@@ -440,23 +312,29 @@ struct Kernel {
   int64_t kc, mc, nc;   // cache blocks (upper bounds; the driver evens them out)
 };
 
+// The MR-row micro-kernel of isa, compiled for isa.
+template <typename T, Isa isa, int MR>
+typename Kernel<T>::Fn micro_kernel() {
+  return &Compiled<isa, MicroKernel<T, MR, vec_bytes(isa)>>::run;
+}
+
 template <typename T>
 Kernel<T> select_kernel(Isa isa) {
   constexpr bool f32 = sizeof(T) == 4;
 #ifdef PYIMGCLS_X86
   if (isa == Isa::Avx512) {
-    constexpr int MR = 14, NR = 2 * 64 / sizeof(T);
-    return {ukr_avx512<T, MR>, pack_avx2<T, MR>, pack_avx2<T, NR>, MR, NR, f32 ? 768 : 512, 70,
+    constexpr int MR = 14, NR = 2 * vec_bytes(Isa::Avx512) / sizeof(T);
+    return {micro_kernel<T, Isa::Avx512, MR>(), pack_avx2<T, MR>, pack_avx2<T, NR>, MR, NR, f32 ? 768 : 512, 70,
             2048};
   }
   if (isa == Isa::Avx2) {
-    constexpr int MR = 6, NR = 2 * 32 / sizeof(T);
-    return {ukr_avx2<T, MR>, pack_avx2<T, MR>, pack_avx2<T, NR>, MR, NR, f32 ? 1024 : 384, f32 ? 48 : 72,
-            2048};
+    constexpr int MR = 6, NR = 2 * vec_bytes(Isa::Avx2) / sizeof(T);
+    return {micro_kernel<T, Isa::Avx2, MR>(), pack_avx2<T, MR>, pack_avx2<T, NR>, MR, NR, f32 ? 1024 : 384,
+            f32 ? 48 : 72, 2048};
   }
 #endif
-  constexpr int MR = 6, NR = 2 * 16 / sizeof(T);
-  return {ukr_generic<T, MR>, pack_generic<T, MR>, pack_generic<T, NR>, MR, NR, 512, 72, 2048};
+  constexpr int MR = 6, NR = 2 * vec_bytes(Isa::Generic) / sizeof(T);
+  return {micro_kernel<T, Isa::Generic, MR>(), pack_generic<T, MR>, pack_generic<T, NR>, MR, NR, 512, 72, 2048};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -496,7 +374,7 @@ void merge_tile(const T* tile, int64_t ldt, T* c, int64_t scm, int64_t scn, int6
       T* cij = c + i * scm + j * scn;
       T v = tile[i * ldt + j];
       if (mode & kAccumulate) v += *cij;
-      if (mode & kEpilogue) v = act_scalar(bias ? v + bias[j] : v, act);
+      if (mode & kEpilogue) v = apply_act(bias ? v + bias[j] : v, act);
       *cij = v;
     }
 }
@@ -630,7 +508,7 @@ bool gemv(const T* x, int64_t sxi, int64_t sxk, const T* v, int64_t sv, const T*
     v = vbuf.data();
   }
   const int nt = (I * K < kGemvMinParallel) ? 1 : std::max(1, omp_get_max_threads());
-  auto finish = [&](int64_t i, T acc) { y[i * sy] = act_scalar(bias ? acc + bias[i * sbias] : acc, act); };
+  auto finish = [&](int64_t i, T acc) { y[i * sy] = apply_act(bias ? acc + bias[i * sbias] : acc, act); };
   if (sxk == 1) {
     // Rows of X are contiguous: four dot products at a time share each load of v, and the simd
     // reduction lets the compiler keep several partial sums per row.
@@ -701,7 +579,7 @@ void gemm_t(Isa isa, const T* a, int64_t sam, int64_t sak, const T* b, int64_t s
   if (K <= 0) {
     // Empty sum: C = act(bias) or act(0).
     for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) c[m * scm + n * scn] = act_scalar(bias ? bias[n] : T(0), act);
+      for (int64_t n = 0; n < N; ++n) c[m * scm + n * scn] = apply_act(bias ? bias[n] : T(0), act);
     return;
   }
   // One row or one column: a matrix-vector product over B (M == 1) or A (N == 1).
@@ -752,19 +630,11 @@ void bias_act_bwd_t(const T* grad, const T* out, T* grad_pre, T* grad_bias, int6
               for (int64_t j = 0; j < w; ++j) gp[j] = g[j];
           } else {
             const T* o = out + m * N + n0;
-            // A select, as ATen's threshold_backward / hardtanh_backward: a NaN output lets its
-            // gradient through, and an inf gradient at a dropped position becomes 0, not NaN.
-            // Both operands are loaded unconditionally so the loop vectorises as a blend.
+            // One loop per activation, so each is a branch-free vector blend (act_grad, common.h).
             if (act == Act::ReLU) {
-              for (int64_t j = 0; j < w; ++j) {
-                const T gj = g[j], oj = o[j];
-                gp[j] = (oj <= T(0)) ? T(0) : gj;
-              }
+              for (int64_t j = 0; j < w; ++j) gp[j] = act_grad<Act::ReLU>(o[j], g[j]);
             } else {
-              for (int64_t j = 0; j < w; ++j) {
-                const T gj = g[j], oj = o[j];
-                gp[j] = (oj <= T(0)) | (oj >= T(6)) ? T(0) : gj;
-              }
+              for (int64_t j = 0; j < w; ++j) gp[j] = act_grad<Act::ReLU6>(o[j], g[j]);
             }
           }
           if (grad_bias != nullptr)
@@ -790,28 +660,22 @@ void bias_act_bwd_t(const T* grad, const T* out, T* grad_pre, T* grad_bias, int6
 void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int64_t sbk, int64_t sbn,
           const void* bias, void* c, int64_t scm, int64_t scn, int64_t M, int64_t N, int64_t K, Act act) {
   const Isa isa = active_isa();
-  if (dt == DType::Float32)
-    gemm_t(isa, static_cast<const float*>(a), sam, sak, static_cast<const float*>(b), sbk, sbn,
-           static_cast<const float*>(bias), static_cast<float*>(c), scm, scn, M, N, K, act);
-  else if (dt == DType::Float64)
-    gemm_t(isa, static_cast<const double*>(a), sam, sak, static_cast<const double*>(b), sbk, sbn,
-           static_cast<const double*>(bias), static_cast<double*>(c), scm, scn, M, N, K, act);
-  else
-    throw std::invalid_argument(std::string("CPU GEMM takes float32 or float64, got ") + dtype_name(dt));
+  dispatch_float(dt, "CPU GEMM", [&](auto t) {
+    using T = decltype(t);
+    gemm_t(isa, static_cast<const T*>(a), sam, sak, static_cast<const T*>(b), sbk, sbn, static_cast<const T*>(bias),
+           static_cast<T*>(c), scm, scn, M, N, K, act);
+  });
 }
 
 void bias_act_bwd(DType dt, const void* grad, const void* out, void* grad_pre, void* grad_bias, int64_t M,
                   int64_t N, Act act) {
   if (act != Act::None && out == nullptr && M > 0 && N > 0)
     throw std::invalid_argument("bias_act_bwd: out is required when the activation is relu or relu6");
-  if (dt == DType::Float32)
-    bias_act_bwd_t(static_cast<const float*>(grad), static_cast<const float*>(out), static_cast<float*>(grad_pre),
-                   static_cast<float*>(grad_bias), M, N, act);
-  else if (dt == DType::Float64)
-    bias_act_bwd_t(static_cast<const double*>(grad), static_cast<const double*>(out),
-                   static_cast<double*>(grad_pre), static_cast<double*>(grad_bias), M, N, act);
-  else
-    throw std::invalid_argument(std::string("CPU bias_act_bwd takes float32 or float64, got ") + dtype_name(dt));
+  dispatch_float(dt, "CPU bias_act_bwd", [&](auto t) {
+    using T = decltype(t);
+    bias_act_bwd_t(static_cast<const T*>(grad), static_cast<const T*>(out), static_cast<T*>(grad_pre),
+                   static_cast<T*>(grad_bias), M, N, act);
+  });
 }
 
 const char* gemm_isa() { return isa_name(active_isa()); }

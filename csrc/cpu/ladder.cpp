@@ -2,10 +2,10 @@
 //
 // Every step of csrc/cpu/ladder/ is a template; this file instantiates it for float32 / float64
 // and, for the steps whose inner loops the compiler vectorises (GEMM 2-5, conv 2-4), once per
-// instruction set inside __attribute__((target)) wrappers chosen at run time (isa.h), exactly as the
-// production kernels are built (the module targets baseline x86-64). So every vectorised step uses
-// the same vector width as the production step it is compared with: the ladder measures algorithm,
-// not compiler flags. Steps 1 (naive loops) stay scalar baseline code.
+// instruction set, chosen at run time (isa_variant, common.h), exactly as the production kernels
+// are built (the module targets baseline x86-64). So every vectorised step uses the same vector
+// width as the production step it is compared with: the ladder measures algorithm, not compiler
+// flags. Steps 1 (naive loops) stay scalar baseline code.
 //
 // Test: pytest tests/test_ladder.py     Benchmark: python benchmarks/bench_ladder.py
 #include "ladder.h"
@@ -13,7 +13,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "isa.h"
+#include "common.h"
 #include "ladder/conv/01_direct.h"
 #include "ladder/conv/02_im2col_gemm.h"
 #include "ladder/conv/03_implicit_gemm.h"
@@ -32,50 +32,51 @@ namespace {
 constexpr unsigned kF32F64 = (1u << int(DType::Float32)) | (1u << int(DType::Float64));
 
 // ----- per-ISA instantiations ---------------------------------------------------------------
+// Each vectorised step as a body (common.h) over the signature its caller takes, compiled once per
+// instruction set; pick() returns the variant of the active one (PYIMGCLS_CPU_ISA can lower it, as
+// for the production kernels).
 using GemmFn = void (*)(const void*, const void*, void*, int64_t, int64_t, int64_t);
 
-#define PYIMGCLS_LADDER_VARIANTS(ATTR, SUFFIX)                                                              \
-  template <typename T>                                                                                    \
-  ATTR void loop_order_##SUFFIX(const void* a, const void* b, void* c, int64_t M, int64_t N, int64_t K) {  \
-    gemm_loop_order<T>(static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), M, N, K);   \
-  }                                                                                                        \
-  template <typename T>                                                                                    \
-  ATTR void cache_blocking_##SUFFIX(const void* a, const void* b, void* c, int64_t M, int64_t N,           \
-                                    int64_t K) {                                                           \
-    gemm_cache_blocking<T>(static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), M, N,   \
-                           K);                                                                             \
-  }                                                                                                        \
-  template <typename T>                                                                                    \
-  ATTR void packing_##SUFFIX(const void* a, const void* b, void* c, int64_t M, int64_t N, int64_t K) {     \
-    gemm_packing<T>(static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), M, N, K);      \
-  }                                                                                                        \
-  template <typename T>                                                                                    \
-  ATTR void block_##SUFFIX(const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, int64_t mc, \
-                           int64_t nc, int64_t kc, bool first) {                                           \
-    block_ikj<T>(a, lda, b, ldb, c, ldc, mc, nc, kc, first);                                               \
-  }                                                                                                        \
-  template <typename T>                                                                                    \
-  ATTR void nhwc_row_##SUFFIX(const T* x, const T* w, T* y, const ConvGeom& g, int64_t n, int64_t oh) {    \
-    conv_nhwc_row<T>(x, w, y, g, n, oh);                                                                   \
+template <typename T>
+struct LoopOrder {
+  static PYIMGCLS_INLINE void run(const void* a, const void* b, void* c, int64_t M, int64_t N, int64_t K) {
+    gemm_loop_order<T>(static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), M, N, K);
   }
+};
 
-#ifdef PYIMGCLS_X86
-PYIMGCLS_LADDER_VARIANTS(PYIMGCLS_TARGET_AVX512, avx512)
-PYIMGCLS_LADDER_VARIANTS(PYIMGCLS_TARGET_AVX2, avx2)
-#endif
-PYIMGCLS_LADDER_VARIANTS(, generic)
-#undef PYIMGCLS_LADDER_VARIANTS
+template <typename T>
+struct CacheBlocking {
+  static PYIMGCLS_INLINE void run(const void* a, const void* b, void* c, int64_t M, int64_t N, int64_t K) {
+    gemm_cache_blocking<T>(static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), M, N, K);
+  }
+};
 
-// Pick the variant for the active instruction set (PYIMGCLS_CPU_ISA can lower it, as for the
-// production kernels).
-#ifdef PYIMGCLS_X86
-#define PYIMGCLS_LADDER_PICK(NAME, T)                          \
-  (active_isa() == Isa::Avx512 ? &NAME##_avx512<T>             \
-   : active_isa() == Isa::Avx2 ? &NAME##_avx2<T>               \
-                               : &NAME##_generic<T>)
-#else
-#define PYIMGCLS_LADDER_PICK(NAME, T) (&NAME##_generic<T>)
-#endif
+template <typename T>
+struct Packing {
+  static PYIMGCLS_INLINE void run(const void* a, const void* b, void* c, int64_t M, int64_t N, int64_t K) {
+    gemm_packing<T>(static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), M, N, K);
+  }
+};
+
+template <typename T>
+struct Block {
+  static PYIMGCLS_INLINE void run(const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, int64_t mc,
+                                  int64_t nc, int64_t kc, bool first) {
+    block_ikj<T>(a, lda, b, ldb, c, ldc, mc, nc, kc, first);
+  }
+};
+
+template <typename T>
+struct NhwcRow {
+  static PYIMGCLS_INLINE void run(const T* x, const T* w, T* y, const ConvGeom& g, int64_t n, int64_t oh) {
+    conv_nhwc_row<T>(x, w, y, g, n, oh);
+  }
+};
+
+template <class Fn, class Body>
+Fn pick() {
+  return isa_variant<Fn, Body>(active_isa());
+}
 
 template <typename T>
 void naive_any(const void* a, const void* b, void* c, int64_t M, int64_t N, int64_t K) {
@@ -85,7 +86,7 @@ void naive_any(const void* a, const void* b, void* c, int64_t M, int64_t N, int6
 template <typename T>
 void openmp_any(const void* a, const void* b, void* c, int64_t M, int64_t N, int64_t K) {
   gemm_openmp<T>(static_cast<const T*>(a), static_cast<const T*>(b), static_cast<T*>(c), M, N, K,
-                 PYIMGCLS_LADDER_PICK(block, T));
+                 pick<BlockFn<T>, Block<T>>());
 }
 
 template <typename T>
@@ -97,9 +98,9 @@ template <typename T>
 GemmFn gemm_fn(int step) {
   switch (step) {
     case 1: return &naive_any<T>;
-    case 2: return PYIMGCLS_LADDER_PICK(loop_order, T);
-    case 3: return PYIMGCLS_LADDER_PICK(cache_blocking, T);
-    case 4: return PYIMGCLS_LADDER_PICK(packing, T);
+    case 2: return pick<GemmFn, LoopOrder<T>>();
+    case 3: return pick<GemmFn, CacheBlocking<T>>();
+    case 4: return pick<GemmFn, Packing<T>>();
     case 5: return &openmp_any<T>;
     default: return &microkernel_any<T>;
   }
@@ -115,15 +116,13 @@ void conv_run(int step, const void* xv, const void* wv, const void* bv, void* yv
   const int64_t P = g.OH * g.OW;
   switch (step) {
     case 1: conv_direct<T>(x, w, y, g); break;
-    case 2: conv_im2col_gemm<T>(x, w, y, static_cast<T*>(scratch), g, PYIMGCLS_LADDER_PICK(block, T)); break;
-    case 3: conv_implicit_gemm<T>(x, w, y, g, PYIMGCLS_LADDER_PICK(block, T)); break;
-    case 4: conv_nhwc_implicit_gemm<T>(x, w, y, g, PYIMGCLS_LADDER_PICK(nhwc_row, T)); break;
+    case 2: conv_im2col_gemm<T>(x, w, y, static_cast<T*>(scratch), g, pick<BlockFn<T>, Block<T>>()); break;
+    case 3: conv_implicit_gemm<T>(x, w, y, g, pick<BlockFn<T>, Block<T>>()); break;
+    case 4: conv_nhwc_implicit_gemm<T>(x, w, y, g, pick<NhwcRowFn<T>, NhwcRow<T>>()); break;
     default: conv_fused_epilogue<T>(x, w, bias, y, g, act); return;  // epilogue fused
   }
   bias_act_pass<T>(y, bias, act, g.N, g.O, P, step == 4);  // steps 1-4: separate pass
 }
-
-#undef PYIMGCLS_LADDER_PICK
 
 const StepInfo& find_step(const std::vector<StepInfo>& table, const char* kind, int step, DType dt) {
   if (step < 1 || step > static_cast<int>(table.size())) {
@@ -181,10 +180,7 @@ void gemm(int step, DType dt, const void* a, const void* b, void* c, int64_t M, 
   check_nonneg("N", N);
   check_nonneg("K", K);
   if (M == 0 || N == 0) return;
-  if (dt == DType::Float32)
-    gemm_fn<float>(step)(a, b, c, M, N, K);
-  else
-    gemm_fn<double>(step)(a, b, c, M, N, K);
+  dispatch_float(dt, "CPU GEMM ladder", [&](auto t) { gemm_fn<decltype(t)>(step)(a, b, c, M, N, K); });
 }
 
 int64_t conv_scratch_bytes(int step, DType dt, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH,
@@ -212,10 +208,8 @@ void conv2d(int step, DType dt, const void* x, const void* w, const void* bias, 
     throw std::invalid_argument("scratch: step 2 needs conv_scratch_bytes(...) bytes of scratch");
   if (N == 0 || O == 0 || OH == 0 || OW == 0) return;
   const ConvGeom g{N, C, H, W, O, KH, KW, OH, OW, stride_h, stride_w, pad_h, pad_w};
-  if (dt == DType::Float32)
-    conv_run<float>(step, x, w, bias, y, scratch, g, act);
-  else
-    conv_run<double>(step, x, w, bias, y, scratch, g, act);
+  dispatch_float(dt, "CPU conv ladder",
+                 [&](auto t) { conv_run<decltype(t)>(step, x, w, bias, y, scratch, g, act); });
 }
 
 }  // namespace pyimgcls::cpu::ladder

@@ -55,7 +55,7 @@
 #include <string>
 #include <vector>
 
-#include "isa.h"
+#include "common.h"
 
 namespace pyimgcls::cpu {
 namespace {
@@ -109,28 +109,15 @@ inline Window avg_window(int64_t oh, int64_t ow, const Pool2dParams& p, bool cip
 // ---------------------------------------------------------------------------------------------
 // The NHWC loops run along C and vectorise; the baseline x86-64 target only has SSE2, so each
 // NHWC kernel body (an always-inline static run(q0, q1, ...) over a range of pixels) is also
-// compiled inside AVX2 and AVX-512 wrappers and the widest one the CPU supports is called (as in the
-// GEMM family; PYIMGCLS_CPU_ISA=generic|avx2|avx512 lowers the choice).
-
-template <class K, class... A>
-void run_generic(int64_t q0, int64_t q1, const A&... a) { K::run(q0, q1, a...); }
-#ifdef PYIMGCLS_X86
-template <class K, class... A>
-PYIMGCLS_TARGET_AVX2 void run_avx2(int64_t q0, int64_t q1, const A&... a) { K::run(q0, q1, a...); }
-template <class K, class... A>
-PYIMGCLS_TARGET_AVX512 void run_avx512(int64_t q0, int64_t q1, const A&... a) { K::run(q0, q1, a...); }
-#endif
+// compiled for AVX2 and AVX-512 (isa_variant, common.h) and the widest one the CPU supports is
+// called (PYIMGCLS_CPU_ISA=generic|avx2|avx512 lowers the choice).
 
 // K::run over pixels [0, count) in OpenMP chunks; `per_pixel` estimates the work of one pixel.
 // kMax caps the instruction set for bodies that measured slower with a wider one.
 template <class K, Isa kMax = Isa::Avx512, class... A>
 void run_pixels(int64_t count, int64_t per_pixel, const A&... a) {
-  void (*fn)(int64_t, int64_t, const A&...) = &run_generic<K, A...>;
-#ifdef PYIMGCLS_X86
   const Isa isa = static_cast<int>(active_isa()) < static_cast<int>(kMax) ? active_isa() : kMax;
-  if (isa == Isa::Avx512) fn = &run_avx512<K, A...>;
-  else if (isa == Isa::Avx2) fn = &run_avx2<K, A...>;
-#endif
+  const auto fn = isa_variant<void (*)(int64_t, int64_t, const A&...), K>(isa);
   constexpr int64_t kChunk = 16;  // pixels per work item: amortises the call, keeps balance
   const int64_t chunks = (count + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) if (count * per_pixel > kParallelGrain)
@@ -682,18 +669,11 @@ void check_params(const Pool2dParams& p) {
     throw std::invalid_argument("pooling: kernel, stride and dilation must be positive, padding non-negative");
 }
 
-template <typename F>
-void dispatch(DType dt, F&& f) {
-  if (dt == DType::Float32) return f(float{});
-  if (dt == DType::Float64) return f(double{});
-  throw std::invalid_argument(std::string("CPU pooling takes float32 or float64, got ") + dtype_name(dt));
-}
-
 }  // namespace
 
 void max_pool2d_fwd(DType dt, const void* x, void* y, int64_t* idx, const Pool2dParams& p, bool channels_last) {
   check_params(p);
-  dispatch(dt, [&](auto tag) {
+  dispatch_float(dt, "CPU pooling", [&](auto tag) {
     using T = decltype(tag);
     const T* xs = static_cast<const T*>(x);
     T* ys = static_cast<T*>(y);
@@ -707,7 +687,7 @@ void max_pool2d_fwd(DType dt, const void* x, void* y, int64_t* idx, const Pool2d
 void max_pool2d_bwd(DType dt, const void* gy, const int64_t* idx, void* gx, const Pool2dParams& p,
                     bool channels_last) {
   check_params(p);
-  dispatch(dt, [&](auto tag) {
+  dispatch_float(dt, "CPU pooling", [&](auto tag) {
     using T = decltype(tag);
     if (channels_last)
       max_bwd_nhwc(static_cast<const T*>(gy), idx, static_cast<T*>(gx), p);
@@ -719,7 +699,7 @@ void max_pool2d_bwd(DType dt, const void* gy, const int64_t* idx, void* gx, cons
 void avg_pool2d_fwd(DType dt, const void* x, void* y, const Pool2dParams& p, bool count_include_pad,
                     int64_t divisor_override, bool channels_last) {
   check_params(p);
-  dispatch(dt, [&](auto tag) {
+  dispatch_float(dt, "CPU pooling", [&](auto tag) {
     using T = decltype(tag);
     if (channels_last)
       avg_fwd_nhwc(static_cast<const T*>(x), static_cast<T*>(y), p, count_include_pad, divisor_override);
@@ -731,7 +711,7 @@ void avg_pool2d_fwd(DType dt, const void* x, void* y, const Pool2dParams& p, boo
 void avg_pool2d_bwd(DType dt, const void* gy, void* gx, const Pool2dParams& p, bool count_include_pad,
                     int64_t divisor_override, bool channels_last) {
   check_params(p);
-  dispatch(dt, [&](auto tag) {
+  dispatch_float(dt, "CPU pooling", [&](auto tag) {
     using T = decltype(tag);
     if (channels_last)
       avg_bwd_nhwc(static_cast<const T*>(gy), static_cast<T*>(gx), p, count_include_pad, divisor_override);
@@ -746,7 +726,7 @@ void adaptive_avg_pool2d_fwd(DType dt, const void* x, void* y, int64_t N, int64_
     throw std::invalid_argument("adaptive_avg_pool2d: sizes must be non-negative");
   if ((OH != 1 || OW != 1) && (H == 0 || W == 0) && OH * OW > 0)
     throw std::invalid_argument("adaptive_avg_pool2d: empty input planes only pool to 1x1");
-  dispatch(dt, [&](auto tag) {
+  dispatch_float(dt, "CPU pooling", [&](auto tag) {
     using T = decltype(tag);
     adaptive_fwd(static_cast<const T*>(x), static_cast<T*>(y), N, C, H, W, OH, OW, channels_last);
   });
@@ -756,7 +736,7 @@ void adaptive_avg_pool2d_bwd(DType dt, const void* gy, void* gx, int64_t N, int6
                              int64_t OH, int64_t OW, bool channels_last) {
   if (N < 0 || C < 0 || H < 0 || W < 0 || OH < 1 || OW < 1)
     throw std::invalid_argument("adaptive_avg_pool2d backward: sizes must be non-negative, output non-empty");
-  dispatch(dt, [&](auto tag) {
+  dispatch_float(dt, "CPU pooling", [&](auto tag) {
     using T = decltype(tag);
     adaptive_bwd(static_cast<const T*>(gy), static_cast<T*>(gx), N, C, H, W, OH, OW, channels_last);
   });

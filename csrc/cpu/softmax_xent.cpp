@@ -62,7 +62,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "isa.h"
+#include "common.h"
 
 namespace pyimgcls::cpu {
 namespace {
@@ -760,9 +760,8 @@ int64_t softmax_xent_fwd(DType dt, const void* x, int64_t sxn, const void* targe
                        static_cast<const T*>(weight), N, C, ignore_index, static_cast<T>(label_smoothing),
                        reduction, static_cast<T*>(loss), static_cast<T*>(grad), static_cast<T*>(denom));
   };
-  if (dt == DType::Float32) return target_i32 ? run(float{}, int32_t{}) : run(float{}, int64_t{});
-  if (dt == DType::Float64) return target_i32 ? run(double{}, int32_t{}) : run(double{}, int64_t{});
-  throw std::invalid_argument(std::string("CPU softmax_xent takes float32 or float64, got ") + dtype_name(dt));
+  return dispatch_float(dt, "CPU softmax_xent",
+                        [&](auto tag) { return target_i32 ? run(tag, int32_t{}) : run(tag, int64_t{}); });
 }
 
 void softmax_xent_bwd(DType dt, const void* saved, const void* target, bool target_i32,
@@ -774,15 +773,10 @@ void softmax_xent_bwd(DType dt, const void* saved, const void* target, bool targ
     bwd_t<T, I>(static_cast<const T*>(saved), static_cast<const I*>(target), static_cast<const T*>(grad_loss),
                 go_stride, per_row, static_cast<const T*>(denom), N, C, ignore_index, static_cast<T*>(grad_in));
   };
-  if (dt == DType::Float32) {
-    if (target_i32) run(float{}, int32_t{});
-    else run(float{}, int64_t{});
-  } else if (dt == DType::Float64) {
-    if (target_i32) run(double{}, int32_t{});
-    else run(double{}, int64_t{});
-  } else {
-    throw std::invalid_argument(std::string("CPU softmax_xent takes float32 or float64, got ") + dtype_name(dt));
-  }
+  dispatch_float(dt, "CPU softmax_xent", [&](auto tag) {
+    if (target_i32) run(tag, int32_t{});
+    else run(tag, int64_t{});
+  });
 }
 
 const char* softmax_xent_isa() { return isa_name(active_isa()); }

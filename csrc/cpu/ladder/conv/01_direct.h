@@ -18,7 +18,7 @@
 #pragma once
 #include <cstdint>
 
-#include "../../../common.h"
+#include "../../common.h"
 
 namespace pyimgcls::cpu::ladder {
 
@@ -26,14 +26,6 @@ namespace pyimgcls::cpu::ladder {
 struct ConvGeom {
   int64_t N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw;
 };
-
-template <typename T>
-inline T act_value(T v, Act act) {
-  // NaN compares false and falls through unchanged, as torch.relu / relu6 propagate it.
-  if (act == Act::ReLU) return v < T(0) ? T(0) : v;
-  if (act == Act::ReLU6) return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
-  return v;
-}
 
 // The separate epilogue pass of steps 1-4: y = act(y + bias[o]) over y [N, O, P] (NCHW) or
 // [N, P, O] (NHWC). Bytes: 2 * sizeof(T) * N*O*P: the traffic step 5 removes.
@@ -46,10 +38,10 @@ void bias_act_pass(T* y, const T* bias, Act act, int64_t N, int64_t O, int64_t P
       const T b = bias ? bias[o] : T(0);
       if (channels_last) {
         T* yo = y + n * P * O + o;
-        for (int64_t p = 0; p < P; ++p) yo[p * O] = act_value(yo[p * O] + b, act);
+        for (int64_t p = 0; p < P; ++p) yo[p * O] = apply_act(yo[p * O] + b, act);
       } else {
         T* yo = y + (n * O + o) * P;
-        for (int64_t p = 0; p < P; ++p) yo[p] = act_value(yo[p] + b, act);
+        for (int64_t p = 0; p < P; ++p) yo[p] = apply_act(yo[p] + b, act);
       }
     }
 }
