@@ -31,7 +31,12 @@ def _adaptive(x, w, b, r):
     return ops.adaptive_avg_pool2d(x, (3, 2)) * b.sum()
 
 
-CASES = {"conv2d": _conv, "linear": _linear, "max_pool2d": _max, "avg_pool2d": _avg, "adaptive": _adaptive}
+def _xent(x, w, b, r):
+    return ops.cross_entropy(x.flatten(2).mean(2), torch.tensor([0, 2], device=x.device), label_smoothing=0.1) * b.sum()
+
+
+CASES = {"conv2d": _conv, "linear": _linear, "max_pool2d": _max, "avg_pool2d": _avg, "adaptive": _adaptive,
+         "cross_entropy": _xent}
 
 
 def _inputs(dtype, dev, channels_last=False):
@@ -98,15 +103,11 @@ def test_eager_path_is_taken_and_compile_mode_is_not(monkeypatch):
     assert calls == [1]
 
 
-def _xent(x, w, b, r):
-    return ops.cross_entropy(x.flatten(2).mean(2), torch.tensor([0, 2]), label_smoothing=0.1) * b.sum()
-
-
 def _bn(x, w, b, r):
     return ops.batch_norm(x, None, None, w[:3, 0, 0, 0], b[:3], training=True)
 
 
-SECOND_ORDER = {**CASES, "cross_entropy": _xent}
+SECOND_ORDER = dict(CASES)
 
 
 @pytest.mark.parametrize("case", list(SECOND_ORDER))
@@ -149,3 +150,89 @@ def test_forward_mode_refused_on_both_paths(case, enabled, monkeypatch):
     with backend_ctx("cpu"), fwAD.dual_level():
         with pytest.raises(NotImplementedError, match="forward-mode"):
             fn(fwAD.make_dual(x, torch.ones_like(x)), w, b, r)
+
+
+# ----------------------------------------------------------------------------- the options of _eager.function
+@torch.library.custom_op("pyimgcls_test::mul_aux", mutates_args=())
+def _mul_aux_op(a: torch.Tensor, b: torch.Tensor, scale: float, tag: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _mul_aux(a, b, scale, tag)
+
+
+def _mul_aux(a, b, scale, tag):
+    """result a * b * scale, and an auxiliary output (a * scale, the gradient w.r.t. b) for the backward."""
+    return a * b * scale, a * scale
+
+
+@_mul_aux_op.register_fake
+def _(a, b, scale, tag):
+    return a.new_empty(a.shape), a.new_empty(a.shape)
+
+
+def _mul_aux_setup(ctx, inputs, output):
+    _eager.mark_auxiliary(ctx, output[1])
+    ctx.save_for_backward(inputs[1], output[1])
+    ctx.scale = inputs[2]
+
+
+def _mul_aux_backward(ctx, grad, _grad_aux):    # no default: the eager Function pads the auxiliary's gradient
+    b, aux = ctx.saved_tensors
+    needs_a, needs_b = ctx.needs_input_grad[:2]
+    return (grad * b * ctx.scale if needs_a else None), (grad * aux if needs_b else None), None, None
+
+
+_mul_aux_op.register_autograd(_mul_aux_backward, setup_context=_mul_aux_setup)
+_EagerMulAux = _eager.function(_mul_aux, _mul_aux_setup, _mul_aux_backward, inputs=2, results=1, name="mul_aux")
+
+
+def _mul_aux_call(a, b):
+    return _eager.call(_mul_aux_op, _EagerMulAux, _mul_aux, (a, b, 1.5, "t"), (a, b))
+
+
+@pytest.mark.parametrize("which", ["both", "a", "b"])
+def test_function_inputs_and_results_options(which, monkeypatch):
+    """inputs=k (the first k arguments as tensors, the rest as one tuple) and results=k (auxiliary outputs
+    kept out of autograd, the backward's missing gradients padded): the same values and gradients as the
+    custom op, the results only from every route, ctx.needs_input_grad as on the custom-op path."""
+    g = torch.Generator().manual_seed(7)
+    a0, b0 = torch.randn(3, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(_eager, "ENABLED", enabled)
+        a, b = a0.clone().requires_grad_(which in ("both", "a")), b0.clone().requires_grad_(which in ("both", "b"))
+        out = _mul_aux_call(a, b)
+        assert isinstance(out, torch.Tensor)
+        assert (type(out.grad_fn).__name__ == "Eager_mul_auxBackward") == enabled
+        out.backward(torch.ones_like(out))
+        with torch.no_grad():
+            nograd = _mul_aux_call(a, b)
+        assert isinstance(nograd, torch.Tensor) and nograd.grad_fn is None
+        results.append((out.detach(), a.grad, b.grad, nograd))
+    for x, y in zip(*results):
+        assert (x is None) == (y is None)
+        if x is not None:
+            assert torch.equal(x, y)
+    assert (results[0][1] is not None) == (which != "b") and (results[0][2] is not None) == (which != "a")
+    monkeypatch.setattr(_eager, "ENABLED", True)
+    a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+    assert torch.autograd.gradcheck(_mul_aux_call, (a, b))
+
+
+def test_non_differentiable_outputs_get_no_materialised_gradient(monkeypatch):
+    """The eager Function hands the backward None, not an allocated zero tensor, as the gradient of a
+    non-differentiable output (max_pool2d's indices); the values are those of the custom-op path."""
+    from pyimgcls.ops import pool
+    seen = []
+    real = pool._max_pool2d_backward
+
+    def spy(ctx, grad, grad_indices):
+        seen.append(grad_indices)
+        return real(ctx, grad, grad_indices)
+
+    monkeypatch.setattr(pool, "_EagerMaxPool2d", _eager.function(pool._run_max_pool2d, pool._max_pool2d_setup_context,
+                                                                 spy))
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
+    with backend_ctx("cpu"):
+        out, idx = ops.max_pool2d(x, 2, return_indices=True)
+    assert not idx.requires_grad
+    out.sum().backward()
+    assert seen == [None]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import pyimgcls
 from pyimgcls import nn, ops
+from pyimgcls.ops import _eager
 from pyimgcls.ops.softmax_xent import TargetOutOfRangeError
 
 from helpers import BACKENDS, assert_close_to_reference, backend_ctx, device_for, dtypes_for, triton_slow
@@ -315,8 +316,8 @@ def test_common_cpu_call_matches_general_path(dtype, option, monkeypatch):
 def test_eager_path_double_backward_and_inplace_target():
     """The eager Function's gradient under create_graph=True can be differentiated again (a graph
     through the fused kernel's values: ops/softmax_xent.py::_graph_grad) and matches PyTorch's second
-    derivative; the target, kept without save_for_backward, is still checked for in-place changes
-    between forward and backward (PyTorch raises there too)."""
+    derivative; the target is checked for in-place changes between forward and backward (PyTorch
+    raises there too)."""
     x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([1, 0, 6, 3, 2])
     loss = ops.cross_entropy(x, t)
@@ -432,20 +433,27 @@ def test_cpu_isa_paths_agree(isa):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("option", OPTIONS_SMALL, ids=_opt_id)
 def test_custom_op_path_matches_eager_fast_path(backend, option, monkeypatch):
-    """Eager calls run the kernels through a bare autograd.Function; the registered custom ops
-    (used under torch.compile, fake tensors, modes) must give the same bits."""
+    """Eager calls run the kernels through a bare autograd.Function (ops/_eager.py, the mechanism of
+    every op); the registered custom ops (used under torch.compile, fake tensors, modes, and whenever
+    _eager.ENABLED is False) must give the same bits."""
     import pyimgcls.ops.softmax_xent as sx
     dev = device_for(backend)
     weighted, ignore, reduction, ls = option
     x, t, w, go = _make(7, 13, torch.float32, dev, seed=21, ignore=ignore)
+    calls = []
+    for name in ("_xent_op", "_xent_backward_op"):
+        real = getattr(sx, name)
+        monkeypatch.setattr(sx, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     results = []
     for fast in (True, False):
-        monkeypatch.setattr(sx, "EAGER_FAST_PATH", fast)
+        monkeypatch.setattr(_eager, "ENABLED", fast)
+        calls.clear()
         xg = x.clone().requires_grad_()
         with backend_ctx(backend):
             loss = ops.cross_entropy(xg, t, w if weighted else None, reduction=reduction, label_smoothing=ls)
         loss.backward(go if reduction == "none" else None)
         results.append((loss.detach(), xg.grad))
+        assert calls == ([] if fast else ["_xent_op", "_xent_backward_op"])
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
@@ -454,8 +462,7 @@ def test_custom_op_path_matches_eager_fast_path(backend, option, monkeypatch):
 @pytest.mark.parametrize("ls", [0.0, 0.25])
 @pytest.mark.parametrize("fast", [True, False], ids=["eager-fast-path", "custom-op"])
 def test_gradcheck_float64_cpu(reduction, weighted, ls, fast, monkeypatch):
-    import pyimgcls.ops.softmax_xent as sx
-    monkeypatch.setattr(sx, "EAGER_FAST_PATH", fast)
+    monkeypatch.setattr(_eager, "ENABLED", fast)
     g = torch.Generator().manual_seed(18)
     x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
     t = torch.tensor([1, -100, 4, 0])

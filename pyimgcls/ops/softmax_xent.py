@@ -8,8 +8,8 @@ where ``grad`` [N, C] is d(sum_i loss_i)/d logits in the input dtype (not writte
 ``pyimgcls::softmax_cross_entropy_backward``, only scales ``grad``: row i by the incoming gradient
 (per row for reduction "none", one scalar for "sum", scalar / denom for "mean"), 0 for ignored rows.
 The backend is resolved in Python and passed to both ops as a string, so torch.compile traces a fixed
-choice. In plain eager mode the same two kernels run through a bare autograd.Function instead of the
-custom-op dispatch (see "eager fast path" below for the measured reason).
+choice. In plain eager mode the same two kernels run through the eager autograd.Function that
+``ops/_eager.py`` builds from the op's own setup_context and backward, as for every op family.
 
 Out-of-range targets (neither ignore_index nor in [0, C)): on CPU tensors every backend raises
 ``TargetOutOfRangeError`` (an IndexError, as PyTorch raises, and a ValueError/RuntimeError like the
@@ -75,9 +75,14 @@ def _forward(x, target, weight, ignore_index, reduction, eps, need_grad, backend
 
 def _backward(grad_loss, saved, target, denom, ignore_index, reduction, backend, in_place=False):
     """grad_input = saved scaled per row. ``in_place``: the caller owns ``saved`` and drops it afterwards,
-    so a backend may write into it and return it (the cpu one does; see _eager_backward)."""
+    so a backend may write into it and return it (the cpu one does; see _xent_backward)."""
     return backends.kernels(backend, _FAMILY).backward(grad_loss, saved, target, denom, ignore_index, reduction,
                                                        in_place)
+
+
+def _backward_in_place(grad_loss, saved, target, denom, ignore_index, reduction, backend):
+    return backends.kernels(backend, _FAMILY).backward(grad_loss, saved, target, denom, ignore_index, reduction,
+                                                       True)
 
 
 # Shared by the backend modules (backend-independent parts of the kernel contract).
@@ -145,26 +150,29 @@ def _(grad_loss, saved_grad, target, denom, ignore_index, reduction, backend):
 
 
 def _xent_setup_context(ctx, inputs, output):
-    _, target, _, ignore_index, reduction, _, _, backend = inputs
     _, grad, denom = output
-    ctx.mark_non_differentiable(grad, denom)
-    ctx.save_for_backward(grad, target, denom)
-    ctx.ignore_index, ctx.reduction, ctx.backend = ignore_index, reduction, backend
-    # for a backward under create_graph=True (_graph_grad): the logits with their graph, and the rest
-    # of the loss's definition
-    ctx.x, ctx.x_version, ctx.weight, ctx.eps = inputs[0], inputs[0]._version, inputs[2], inputs[5]
+    _eager.mark_auxiliary(ctx, grad, denom)
+    # the target goes through save_for_backward for its in-place check (PyTorch's error if it changes
+    # before the backward); the other arguments ride on ctx in one tuple, with the logits (and their
+    # version) for a backward under create_graph=True (_graph_grad)
+    ctx.save_for_backward(grad, inputs[1], denom)
+    ctx.args, ctx.x_version = inputs, inputs[0]._version
 
 
-def _xent_backward(ctx, grad_loss, _grad_grad, _grad_denom):
+def _xent_backward(ctx, grad_loss, _grad_grad=None, _grad_denom=None):
     saved, target, denom = ctx.saved_tensors
     if saved.dim() != 2:
         raise RuntimeError(f"{_OP}: the forward ran without gradient tracking, so no gradient was saved")
-    grad_input = None
-    if ctx.needs_input_grad[0]:
-        grad_input = _xent_backward_op(grad_loss, saved, target, denom, ctx.ignore_index, ctx.reduction, ctx.backend)
-        if _eager.graph_mode(grad_loss, ctx.x):
-            grad_input = _graph_grad(ctx.x, ctx.x_version, grad_loss, grad_input, target, ctx.weight,
-                                     ctx.ignore_index, ctx.reduction, ctx.eps, denom)
+    if not ctx.needs_input_grad[0]:
+        return None, None, None, None, None, None, None, None
+    x, _, weight, ignore_index, reduction, eps, _, backend = ctx.args
+    # eager path, graph not kept: the saved gradient (an auxiliary output nobody else holds) is scaled
+    # in place and handed on -- no [N, C] allocation, half the memory traffic
+    backward = _eager.pick(ctx, _xent_backward_op, _backward, _backward_in_place)
+    grad_input = backward(grad_loss, saved, target, denom, ignore_index, reduction, backend)
+    if _eager.graph_mode(grad_loss, x):
+        grad_input = _graph_grad(x, ctx.x_version, grad_loss, grad_input, target, weight, ignore_index, reduction,
+                                 eps, denom)
     return grad_input, None, None, None, None, None, None, None
 
 
@@ -202,71 +210,12 @@ def _graph_grad(x, x_version, grad_loss, first_order, target, weight, ignore_ind
 _xent_op.register_autograd(_xent_backward, setup_context=_xent_setup_context)
 
 
-# ----------------------------------------------------------------------------- eager fast path
-# In plain eager mode the public function runs the SAME kernels (_forward / _backward) through a bare
-# autograd.Function instead of the custom ops (measured reason: ops/_eager.py; on this op the
-# custom-op wrapper cost ~65 us per forward, several times the kernel time of a classification
-# batch). EAGER_FAST_PATH = False (or ops._eager.ENABLED = False) forces the custom ops.
-EAGER_FAST_PATH = True
-
-
-def _plain_eager(*tensors) -> bool:
-    return EAGER_FAST_PATH and _eager.plain_eager(*tensors)
-
-
-class _EagerXent(torch.autograd.Function):
-    """Eager twin of pyimgcls::softmax_cross_entropy + its backward op (same kernels). The logits are
-    the only differentiable input; everything else travels in one ``spec`` tuple, because each extra
-    argument of ``Function.apply`` costs time that matters at classification sizes (see above)."""
-
-    @staticmethod
-    def forward(ctx, input, spec):
-        target, weight, ignore_index, reduction, eps, backend = spec
-        loss, grad, denom = _forward(input, target, weight, ignore_index, reduction, eps, True, backend)
-        # Only the [N, C] gradient goes through save_for_backward (freed after a backward that does not
-        # retain the graph); the target is the caller's tensor and the denominator one element, so they
-        # ride on ctx -- each saved tensor costs time at this size -- with the in-place check that
-        # save_for_backward would have made on the target done by hand.
-        ctx.save_for_backward(grad)
-        ctx.spec, ctx.denom, ctx.target_version, ctx.x, ctx.x_version = spec, denom, target._version, input, \
-            input._version
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        if torch.is_grad_enabled():
-            return _eager_backward_graph(ctx, grad_loss)
-        return _eager_backward(ctx, grad_loss)
-
-
-def _eager_backward_graph(ctx, grad_loss):
-    """create_graph=True: the kernel's gradient with a differentiable graph (_graph_grad)."""
-    grad_input, _ = _eager_backward(ctx, grad_loss)
-    if _eager.graph_mode(grad_loss, ctx.x):
-        target, weight, ignore_index, reduction, eps, _ = ctx.spec
-        grad_input = _graph_grad(ctx.x, ctx.x_version, grad_loss, grad_input, target, weight, ignore_index,
-                                 reduction, eps, ctx.denom)
-    return grad_input, None
-
-
-def _eager_backward(ctx, grad_loss):
-    saved, = ctx.saved_tensors
-    target, _, ignore_index, reduction, _, backend = ctx.spec
-    if target._version != ctx.target_version:
-        raise RuntimeError(
-            f"{_OP}: one of the variables needed for gradient computation has been modified by an inplace "
-            "operation: argument 'target' was changed in place after the forward pass")
-    # When this backward does not keep the graph, the engine frees the saved gradient right after this
-    # call (before the result reaches x.grad), so the CPU kernel scales it in place and hands it on:
-    # no [N, C] allocation, half the memory traffic, and AccumulateGrad can take the buffer as x.grad.
-    in_place = not _keep_graph()
-    return _backward(grad_loss, saved, target, ctx.denom, ignore_index, reduction, backend, in_place), None
-
-
-_keep_graph = torch._C._autograd._get_current_graph_task_keep_graph
-
-
-_eager_xent_apply = _eager.raw_apply(_EagerXent)
+# Plain eager mode (ops/_eager.py): the same forward implementation, setup_context and backward through
+# the eager Function. Only the logits can require grad (inputs=1: the other seven arguments travel as
+# one tuple) and the loss is the only result (results=1: the saved gradient and the denominator stay
+# out of autograd's output processing); both matter at classification sizes.
+_EagerXent = _eager.function(_forward, _xent_setup_context, _xent_backward, inputs=1, results=1,
+                             name=_OP)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -367,11 +316,11 @@ _CPU_DTYPES = (torch.float32, torch.float64)
 
 
 def _common_cpu_call(input, target, ignore_index, reduction, label_smoothing):
-    """The common call -- eager mode, CPU float32/float64 logits [N, C] with unit class stride,
-    contiguous int64 targets [N], no class weights, a valid reduction and 0 <= label_smoothing <= 1,
-    the "auto" or "cpu" backend -- with the checks that decide it and nothing else; returns None
-    for anything else, which the general path then checks and runs. Both paths call the same
-    kernels with the same arguments (tests compare them); this one exists because every Python
+    """The common call -- CPU float32/float64 logits [N, C] with unit class stride, contiguous int64
+    targets [N], no class weights, a valid reduction and 0 <= label_smoothing <= 1, the "auto" or
+    "cpu" backend -- with the checks that decide it and nothing else; returns None for anything else,
+    which the general path then checks and runs. It enters the one op mechanism (_eager.call) with the
+    arguments the general path would pass (tests compare them); it exists because every Python
     operation counts at classification sizes (~10 us of checks and dispatch against a ~60 us
     forward + backward at N = 256, C = 100, where the bar is PyTorch's own C++ path)."""
     red = REDUCTIONS.get(reduction) if reduction.__class__ is str else None
@@ -379,18 +328,12 @@ def _common_cpu_call(input, target, ignore_index, reduction, label_smoothing):
             or target.dim() != 1 or not input.is_cpu or not target.is_cpu or not 0.0 <= label_smoothing <= 1.0):
         return None
     if (target.shape[0] != input.shape[0] or input.stride(1) != 1 or not target.is_contiguous()
-            or _backend.get_backend() not in _SHORTCUT_CHOICES or not _plain_eager(input, target)):
+            or _backend.get_backend() not in _SHORTCUT_CHOICES):
         return None
-    return _eager_call(input, target, None, ignore_index, red, label_smoothing, _SHORTCUT_BACKEND,
-                       input.requires_grad)
-
-
-def _eager_call(x, t, weight, ignore_index, red, eps, backend, requires_grad):
-    """The loss through the eager Function, or the forward kernel alone when no gradient is recorded
-    (plain eager mode only: _plain_eager has answered True)."""
-    if requires_grad and torch.is_grad_enabled():
-        return _eager_xent_apply(x, (t, weight, ignore_index, red, eps, backend))
-    return _forward(x, t, weight, ignore_index, red, eps, False, backend)[0]
+    need_grad = input.requires_grad and torch.is_grad_enabled()
+    return _eager.call(_xent_op, _EagerXent, _forward,
+                       (input, target, None, ignore_index, red, label_smoothing, need_grad, _SHORTCUT_BACKEND),
+                       (input, target))
 
 
 def _shortcut_backend():
@@ -455,13 +398,9 @@ def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: tor
     if weight is not None and not weight.is_contiguous():
         weight = weight.contiguous()
     red = REDUCTIONS[reduction]
-    ignore_index = int(ignore_index)
-    if _plain_eager(x, t, weight):
-        loss = _eager_call(x, t, weight, ignore_index, red, label_smoothing, backend, input.requires_grad)
-    else:
-        _eager.check_no_forward_ad(_xent_op, (x, weight))
-        need_grad = torch.is_grad_enabled() and input.requires_grad
-        loss = _xent_op(x, t, weight, ignore_index, red, label_smoothing, need_grad, backend)[0]
+    need_grad = torch.is_grad_enabled() and input.requires_grad
+    loss = _eager.call(_xent_op, _EagerXent, _forward,
+                       (x, t, weight, int(ignore_index), red, label_smoothing, need_grad, backend), (x, t, weight))
     if red == _NONE and input.dim() > 2:
         loss = loss.reshape(target.shape)
     return loss
