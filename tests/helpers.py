@@ -1,6 +1,8 @@
 """Shared test helpers: backends to parametrize over, devices, and the ONE tolerance table."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 
 import pytest
@@ -78,3 +80,20 @@ def backend_ctx(backend: str):
 def triton_slow() -> bool:
     """True when Triton runs through the (slow) interpreter: keep its shapes small."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@contextlib.contextmanager
+def omp_threads(n: int):
+    """The OpenMP thread count our kernels see (libgomp's ICV of this thread, which
+    torch.set_num_threads does not reach), restored after; skips where libgomp is not loadable."""
+    try:
+        gomp = ctypes.CDLL("libgomp.so.1")
+    except OSError:
+        pytest.skip("the kernels' OpenMP runtime (libgomp) is not loadable here")
+    before = gomp.omp_get_max_threads()
+    gomp.omp_set_num_threads(n)
+    try:
+        assert gomp.omp_get_max_threads() == n
+        yield
+    finally:
+        gomp.omp_set_num_threads(before)

@@ -2,8 +2,6 @@
 reference: outputs (fused residual + activation), gradients, running statistics over several steps
 (momentum and cumulative average), memory format, batch 1, gradcheck, opcheck, torch.compile and
 error conditions."""
-import contextlib
-import ctypes
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ import torch.nn.functional as F
 from pyimgcls import nn, ops
 from pyimgcls.ops import batchnorm as bn_ops
 
-from helpers import BACKENDS, assert_close_to_reference, backend_ctx, device_for, dtypes_for, triton_slow
+from helpers import BACKENDS, assert_close_to_reference, backend_ctx, device_for, dtypes_for, omp_threads, triton_slow
 
 ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["nchw", "nhwc"]
@@ -339,22 +337,6 @@ BIG_SHAPES = [(2, 3, 10, 13), (3, 5, 81, 81)]
 BIG_CASES = CASES + [(True, "relu", False)]
 
 
-@contextlib.contextmanager
-def _omp_threads(n):
-    """The OpenMP thread count our kernels see (libgomp's ICV of this thread), restored after."""
-    try:
-        gomp = ctypes.CDLL("libgomp.so.1")
-    except OSError:
-        pytest.skip("the kernels' OpenMP runtime (libgomp) is not loadable here")
-    before = gomp.omp_get_max_threads()
-    gomp.omp_set_num_threads(n)
-    try:
-        assert gomp.omp_get_max_threads() == n
-        yield
-    finally:
-        gomp.omp_set_num_threads(before)
-
-
 @pytest.mark.parametrize("case", BIG_CASES, ids=_case_id)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -370,7 +352,7 @@ def test_cpu_many_rows_per_channel(shape, layout, dtype, case):
     for threads in (2, 1):
         leaves = [None if t is None else t.detach().clone().requires_grad_() for t in (x, w, b, r)]
         rm_, rv_ = rm.clone(), rv.clone()
-        with _omp_threads(threads), backend_ctx("cpu"):
+        with omp_threads(threads), backend_ctx("cpu"):
             out = ops.batch_norm(leaves[0], rm_, rv_, leaves[1], leaves[2], True, 0.1, 1e-5, activation=act,
                                  residual=leaves[3])
             out.backward(go)

@@ -3,8 +3,6 @@ reference (torch.nn.functional.conv2d + add + activation in float64).
 
 Triton runs through the interpreter on CPU when there is no GPU, so its cases are a small subset
 with tiny shapes (N <= 2, C <= 8, H, W <= 9); the CPU backend runs the full grid."""
-import contextlib
-import ctypes
 
 import pytest
 import torch
@@ -14,7 +12,8 @@ import pyimgcls
 from pyimgcls import nn, ops
 from pyimgcls.ops.conv import output_memory_format, suggests_channels_last
 
-from helpers import BACKENDS, HAS_GPU, assert_close_to_reference, backend_ctx, device_for, dtypes_for, triton_slow
+from helpers import (BACKENDS, HAS_GPU, assert_close_to_reference, backend_ctx, device_for, dtypes_for,
+                     omp_threads, triton_slow)
 
 ACTS = [None, "relu", "relu6"]
 
@@ -449,22 +448,6 @@ THREADED = [
 ]
 
 
-@contextlib.contextmanager
-def _omp_threads(n):
-    """The OpenMP thread count our kernels see (libgomp's ICV of this thread), restored after."""
-    try:
-        gomp = ctypes.CDLL("libgomp.so.1")
-    except OSError:
-        pytest.skip("the kernels' OpenMP runtime (libgomp) is not loadable here")
-    before = gomp.omp_get_max_threads()
-    gomp.omp_set_num_threads(n)
-    try:
-        assert gomp.omp_get_max_threads() == n
-        yield
-    finally:
-        gomp.omp_set_num_threads(before)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("case", THREADED, ids=lambda c: c[0])
@@ -481,7 +464,7 @@ def test_cpu_multithreaded_conv_and_gradients(case, layout, dtype):
     go = _make((N, O, OH, OH), dtype, "cpu", seed=41)
     go = go.contiguous(memory_format=torch.channels_last) if cl else go
     leaves = [t.detach().clone().requires_grad_() for t in (x, w, b)]
-    with _omp_threads(2), backend_ctx("cpu"):
+    with omp_threads(2), backend_ctx("cpu"):
         out = ops.conv2d(*leaves, **kw)
         out.backward(go)
     refs = [t.detach().double().requires_grad_() for t in (x, w, b)]

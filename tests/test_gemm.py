@@ -1,6 +1,4 @@
 """GEMM family: ops.matmul, ops.linear, nn.Linear on every backend against a float64 reference."""
-import contextlib
-import ctypes
 import subprocess
 import sys
 
@@ -12,7 +10,7 @@ import pyimgcls
 from pyimgcls import _native, nn, ops
 from pyimgcls.errors import BackendError
 
-from helpers import BACKENDS, assert_close_to_reference, backend_ctx, device_for, dtypes_for
+from helpers import BACKENDS, assert_close_to_reference, backend_ctx, device_for, dtypes_for, omp_threads
 
 # (M, K, N): odd sizes, 1s, non-multiples of every tile size.
 SHAPES = [(1, 1, 1), (7, 33, 3), (33, 7, 127), (127, 33, 7), (64, 64, 64), (1, 127, 33)]
@@ -331,22 +329,6 @@ ISAS = ["generic", "avx2", "avx512"]
 K_BLOCKED = [(157, 2501, 45), (31, 1100, 2111)]
 
 
-@contextlib.contextmanager
-def _omp_threads(n):
-    """The OpenMP thread count our kernels see (libgomp's ICV of this thread), restored after."""
-    try:
-        gomp = ctypes.CDLL("libgomp.so.1")
-    except OSError:
-        pytest.skip("the kernels' OpenMP runtime (libgomp) is not loadable here")
-    before = gomp.omp_get_max_threads()
-    gomp.omp_set_num_threads(n)
-    try:
-        assert gomp.omp_get_max_threads() == n
-        yield
-    finally:
-        gomp.omp_set_num_threads(before)
-
-
 def _use_isa(monkeypatch, isa):
     """PYIMGCLS_CPU_ISA is read on every call (csrc/cpu/isa.h); skip a path this CPU lacks."""
     monkeypatch.setenv("PYIMGCLS_CPU_ISA", isa)
@@ -365,7 +347,7 @@ def test_cpu_k_blocking_matches_reference(isa, dtype, shape, monkeypatch):
     a = _make((M, K), dtype, "cpu", seed=31)
     w = _make((N, K), dtype, "cpu", seed=32)
     b = _make((N,), dtype, "cpu", gen_scale=10.0, seed=33)  # large enough that relu drops some outputs
-    with _omp_threads(2), backend_ctx("cpu"):
+    with omp_threads(2), backend_ctx("cpu"):
         mm = ops.matmul(a, w.t())
         lin = ops.linear(a, w, b, activation="relu")
     ref = a.double() @ w.double().t()
@@ -385,7 +367,7 @@ def test_cpu_k_blocking_in_linear_backward(isa, dtype, monkeypatch):
     w = _make((37, 45), dtype, "cpu", seed=35).requires_grad_()
     b = _make((37,), dtype, "cpu", seed=36).requires_grad_()
     go = _make((2501, 37), dtype, "cpu", seed=37)
-    with _omp_threads(2), backend_ctx("cpu"):
+    with omp_threads(2), backend_ctx("cpu"):
         ops.linear(x, w, b, activation="relu").backward(go)
     x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
     F.relu(F.linear(x64, w64, b64)).backward(go.double())

@@ -252,59 +252,39 @@ def _conv_plain(x, w, conf):
     return _eager.call(_conv2d_op, _EagerConv2d, _run_fwd, args, (x, w))
 
 
-class _ConvInputGrad(torch.autograd.Function):
-    """D(g, w): the input gradient of a conv as a differentiable function of (g, w); ``like`` is the
-    forward input (detached), read only for its shape, dtype and memory format."""
+class _ConvGradPart(torch.autograd.Function):
+    """One half of a conv's backward as a differentiable function of (g, t), for double backward.
+    want_input: D(g, w), the input gradient (t = w, ``like`` = the forward input); else G(g, x), the
+    weight gradient (t = x, ``like`` = the weight). ``like`` is detached, read only for its shape, dtype
+    and memory format. Each half's derivative is a conv (w.r.t. g) plus the other half (w.r.t. t)."""
 
     @staticmethod
-    def forward(g, w, like, conf):
+    def forward(g, t, like, conf, want_input):
         stride, padding, dilation, groups, _, backend = conf
-        return _backward_impl(g, like, w, None, stride, padding, dilation, groups, 0, False, False, backend,
-                              True, False)[0]
+        x, w = (like, t) if want_input else (t, like)
+        grads = _backward_impl(g, x, w, None, stride, padding, dilation, groups, 0, False, False, backend,
+                               want_input, not want_input)
+        return grads[0] if want_input else grads[1]
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        g, w, like, conf = inputs
-        ctx.conf = conf
-        ctx.save_for_backward(g, w, like)
+        g, t, like, ctx.conf, ctx.want_input = inputs
+        ctx.save_for_backward(g, t, like)
 
     @staticmethod
     def backward(ctx, u):
-        g, w, like = ctx.saved_tensors
-        dg = _conv_plain(u, w, ctx.conf) if ctx.needs_input_grad[0] else None
-        dw = _ConvWeightGrad.apply(g, u, w.detach(), ctx.conf) if ctx.needs_input_grad[1] else None
-        return dg, dw, None, None
-
-
-class _ConvWeightGrad(torch.autograd.Function):
-    """G(g, x): the weight gradient of a conv as a differentiable function of (g, x); ``like`` is the
-    weight (detached), read only for its shape and dtype."""
-
-    @staticmethod
-    def forward(g, x, like, conf):
-        stride, padding, dilation, groups, _, backend = conf
-        return _backward_impl(g, x, like, None, stride, padding, dilation, groups, 0, False, False, backend,
-                              False, True)[1]
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        g, x, like, conf = inputs
-        ctx.conf = conf
-        ctx.save_for_backward(g, x, like)
-
-    @staticmethod
-    def backward(ctx, v):
-        g, x, like = ctx.saved_tensors
-        dg = _conv_plain(x, v, ctx.conf) if ctx.needs_input_grad[0] else None
-        dx = _ConvInputGrad.apply(g, v, x.detach(), ctx.conf) if ctx.needs_input_grad[1] else None
-        return dg, dx, None, None
+        g, t, like = ctx.saved_tensors
+        x, w = (u, t) if ctx.want_input else (t, u)
+        dg = _conv_plain(x, w, ctx.conf) if ctx.needs_input_grad[0] else None
+        dt = _ConvGradPart.apply(g, u, t.detach(), ctx.conf, not ctx.want_input) if ctx.needs_input_grad[1] else None
+        return dg, dt, None, None, None
 
 
 def _conv2d_backward_graph(grad, input, weight, out, conf, needs_input, needs_weight, has_bias, has_res):
     activation = conf[4]
     gp = reference.activation_backward(grad, out.detach(), activation) if activation else grad
-    gi = _ConvInputGrad.apply(gp, weight, input.detach(), conf) if needs_input else None
-    gw = _ConvWeightGrad.apply(gp, input, weight.detach(), conf) if needs_weight else None
+    gi = _ConvGradPart.apply(gp, weight, input.detach(), conf, True) if needs_input else None
+    gw = _ConvGradPart.apply(gp, input, weight.detach(), conf, False) if needs_weight else None
     gb = gp.sum((0, 2, 3)) if has_bias else None
     gr = gp if has_res else None
     return gi, gw, gb, gr, None, None, None, None, None, None

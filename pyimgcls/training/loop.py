@@ -397,262 +397,322 @@ def train(args) -> dict:
 
 
 def _train(args, info: D.DistInfo, device: torch.device, kernels: str, wall0: float, saved_threads: list) -> dict:
-    log = _Log(info.rank, args.quiet)
-    out = args.out
-    ckpt_path = os.path.join(out, "checkpoint.pt")
-    resume = None
-    if args.resume:
-        resume = ckpt_mod.load_checkpoint(ckpt_path)
+    run = _Run(args, info, device, kernels, wall0, saved_threads)
+    run.log_start()
+    for epoch in range(run.start_epoch, args.epochs):
+        run.train_epoch(epoch)
+        run.end_epoch(epoch)
+    return run.finish()
+
+
+class _Run:
+    """The state of one ``pyimgcls train`` run and its phases: set-up (data, model, optimiser, resume),
+    one epoch of steps, the end of an epoch (evaluation, history, best.pt, checkpoint), the report."""
+
+    def __init__(self, args, info: D.DistInfo, device: torch.device, kernels: str, wall0: float,
+                 saved_threads: list):
+        self.args, self.info, self.device, self.kernels, self.wall0 = args, info, device, kernels, wall0
+        self.log = _Log(info.rank, args.quiet)
+        self.out = args.out
+        self.ckpt_path = os.path.join(self.out, "checkpoint.pt")
+        resume = self._load_resume() if args.resume else None
+        if info.is_main:
+            os.makedirs(self.out, exist_ok=True)
+        _seed_everything(args.seed)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        self._build_data()
+        self._build_model(saved_threads)
+        self.steps_per_epoch = len(epoch_batches(len(self.ds.train), args.batch_size, 0, args.seed, info))
+        self.optimizer = build_optimizer(args, [p for p in self.model.parameters() if p.requires_grad])
+        self.scheduler = build_scheduler(args, self.optimizer, self.steps_per_epoch)
+        self.amp_dtype = AMP_DTYPES[args.amp]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+        from ..nn import CrossEntropyLoss
+        self.criterion = CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+        self.start_epoch, self.start_step, self.global_step = 0, 0, 0
+        self.history, self.best_acc, self.best_epoch, self.train_time = [], -1.0, None, 0.0
+        self.acc = [0.0, 0.0, 0.0]   # this rank's running (loss sum, correct, images) for the current epoch
+        self.resumed_from = None
+        self.last_eval = None
+        if resume is not None:
+            self._restore(resume)
+        self.watch = _LossWatch(device, self.global_step, eager=device.type != "cuda" or self.log.tty)
+        self.net = self.model
+        if info.enabled:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if args.compile:
+            self.net = torch.compile(self.net)
+        self.kill_at = int(os.environ.get("PYIMGCLS_TEST_KILL_AFTER_STEP", "0"))   # tests: SIGKILL after step N
+
+    # ---------------------------------------------------------------------------------- set-up
+    def _load_resume(self) -> dict:
+        args, info = self.args, self.info
+        resume = ckpt_mod.load_checkpoint(self.ckpt_path)
         old = resume["config"]
         diff = {k: (old.get(k), getattr(args, k)) for k in RESUME_KEYS if old.get(k) != getattr(args, k)}
         if diff:
-            raise ArgumentValueError(f"--resume: {ckpt_path} was written with other settings; pass the same ones "
-                                     f"(checkpoint value, this command's value): {diff}")
+            raise ArgumentValueError(f"--resume: {self.ckpt_path} was written with other settings; pass the same "
+                                     f"ones (checkpoint value, this command's value): {diff}")
         if resume["world_size"] != info.world_size:
-            raise ArgumentValueError(f"--resume: {ckpt_path} was written by {resume['world_size']} process(es), "
-                                     f"this run has {info.world_size}")
-    if info.is_main:
-        os.makedirs(out, exist_ok=True)
+            raise ArgumentValueError(f"--resume: {self.ckpt_path} was written by {resume['world_size']} "
+                                     f"process(es), this run has {info.world_size}")
+        return resume
 
-    _seed_everything(args.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
+    def _build_data(self) -> None:
+        args, device = self.args, self.device
+        ds = load_dataset(args.data, image_size=args.image_size, in_channels=args.in_channels,
+                          num_classes=args.num_classes, synthetic_size=args.synthetic_size, seed=args.seed)
+        ds.train = ds.train.subset(args.limit_train)
+        ds.test = ds.test.subset(args.limit_test)
+        self.ds = ds
+        self.meta = dict(ds.meta(), model=args.model)
+        self.aug = _augment_for(args, ds)
+        self.mean_t = torch.tensor(ds.mean, dtype=torch.float32, device=device)
+        self.std_t = torch.tensor(ds.std, dtype=torch.float32, device=device)
 
-    ds = load_dataset(args.data, image_size=args.image_size, in_channels=args.in_channels,
-                      num_classes=args.num_classes, synthetic_size=args.synthetic_size, seed=args.seed)
-    ds.train = ds.train.subset(args.limit_train)
-    ds.test = ds.test.subset(args.limit_test)
-    meta = dict(ds.meta(), model=args.model)
-    aug = _augment_for(args, ds)
-    mean_t = torch.tensor(ds.mean, dtype=torch.float32, device=device)
-    std_t = torch.tensor(ds.std, dtype=torch.float32, device=device)
+    def _build_model(self, saved_threads: list) -> None:
+        args, ds = self.args, self.ds
+        model = build_model(args.model, ds.num_classes, ds.in_channels, args.dropout)
+        self.replaced = load_pretrained(model, args.pretrained) if args.pretrained else []
+        if args.freeze_backbone:
+            if not args.pretrained:
+                raise ArgumentValueError("--freeze-backbone needs --pretrained FILE (a random backbone is not "
+                                         "worth freezing)")
+            freeze_backbone(model)
+        model.to(self.device)
+        if args.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.threads = auto_threads(args.threads, self.n_params, self.info.enabled)
+        if self.device.type == "cpu":
+            saved_threads.append(set_cpu_threads(self.threads))
+        self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    model = build_model(args.model, ds.num_classes, ds.in_channels, args.dropout)
-    replaced = load_pretrained(model, args.pretrained) if args.pretrained else []
-    if args.freeze_backbone:
-        if not args.pretrained:
-            raise ArgumentValueError("--freeze-backbone needs --pretrained FILE (a random backbone is not worth "
-                                     "freezing)")
-        freeze_backbone(model)
-    model.to(device)
-    if args.channels_last:
-        model.to(memory_format=torch.channels_last)
-    n_params = sum(p.numel() for p in model.parameters())
-    threads = auto_threads(args.threads, n_params, info.enabled)
-    if device.type == "cpu":
-        saved_threads.append(set_cpu_threads(threads))
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-    steps_per_epoch = len(epoch_batches(len(ds.train), args.batch_size, 0, args.seed, info))
-    optimizer = build_optimizer(args, [p for p in model.parameters() if p.requires_grad])
-    scheduler = build_scheduler(args, optimizer, steps_per_epoch)
-    amp_dtype = AMP_DTYPES[args.amp]
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    from ..nn import CrossEntropyLoss
-    criterion = CrossEntropyLoss(label_smoothing=args.label_smoothing)
-
-    start_epoch, start_step, global_step = 0, 0, 0
-    history, best_acc, best_epoch, train_time = [], -1.0, None, 0.0
-    acc = [0.0, 0.0, 0.0]   # this rank's running (loss sum, correct, images) for the current epoch
-    resumed_from = None
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
+    def _restore(self, resume: dict) -> None:
+        self.model.load_state_dict(resume["model"])
+        self.optimizer.load_state_dict(resume["optimizer"])
+        self.scheduler.load_state_dict(resume["scheduler"])
         if resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        start_epoch, start_step, global_step = resume["epoch"], resume["step_in_epoch"], resume["global_step"]
-        history, best_acc, best_epoch = resume["history"], resume["best_accuracy"], resume["best_epoch"]
-        train_time = resume["train_time_s"]
-        acc = list(resume["epoch_accum"][info.rank])
-        ckpt_mod.set_rng_state(resume["rng"][info.rank])
-        resumed_from = global_step
-    watch = _LossWatch(device, global_step, eager=device.type != "cuda" or log.tty)
+            self.scaler.load_state_dict(resume["scaler"])
+        self.start_epoch, self.start_step = resume["epoch"], resume["step_in_epoch"]
+        self.global_step = resume["global_step"]
+        self.history, self.best_acc, self.best_epoch = resume["history"], resume["best_accuracy"], resume["best_epoch"]
+        self.train_time = resume["train_time_s"]
+        self.acc = list(resume["epoch_accum"][self.info.rank])
+        ckpt_mod.set_rng_state(resume["rng"][self.info.rank])
+        self.resumed_from = self.global_step
 
-    net = model
-    if info.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:
-        net = torch.compile(net)
+    def log_start(self) -> None:
+        args, ds, info, log = self.args, self.ds, self.info, self.log
+        log(f"pyimgcls train: {args.model} ({self.n_params:,} parameters, {self.n_trainable:,} trained) on "
+            f"{ds.spec} ({len(ds.train)} train / {len(ds.test)} test images, {ds.in_channels}x{ds.image_size}x"
+            f"{ds.image_size}, {ds.num_classes} classes)")
+        log(f"  kernels: {self.kernels} ({KERNEL_DESCRIPTIONS[self.kernels]}) on {self.device}; world size "
+            f"{info.world_size}{' (' + info.backend + ')' if info.enabled else ''}"
+            f"{f'; {self.threads} CPU thread(s)' if self.device.type == 'cpu' else ''}; amp {args.amp}; "
+            f"augment: {self.aug.describe()}")
+        log(f"  {args.optimizer} lr {args.lr:g}, {args.schedule} schedule, batch {args.batch_size} x "
+            f"{info.world_size}, {args.epochs} epochs x {self.steps_per_epoch} steps; out: {self.out}")
+        if self.replaced:
+            log(f"  pretrained {args.pretrained}: classifier {', '.join(self.replaced)} replaced for "
+                f"{ds.num_classes} classes")
+        if self.resumed_from is not None:
+            log(f"  resumed from {self.ckpt_path}: epoch {self.start_epoch + 1}, step {self.start_step}/"
+                f"{self.steps_per_epoch} (global step {self.global_step})")
 
-    def where(g: int, prep: str = "at") -> str:
+    # ------------------------------------------------------------------------ divergence, saving
+    def where(self, g: int, prep: str = "at") -> str:
         if g == 0:
             return "before the first step"
-        return (f"{prep} epoch {(g - 1) // steps_per_epoch + 1}, step {(g - 1) % steps_per_epoch + 1} "
+        return (f"{prep} epoch {(g - 1) // self.steps_per_epoch + 1}, step {(g - 1) % self.steps_per_epoch + 1} "
                 f"(global step {g})")
 
-    def health() -> tuple:
+    def health(self) -> tuple:
         """This rank's (first step with a non-finite loss, that loss, last finite loss, non-finite
         tensors among the weights and optimiser state)."""
-        bad_step, bad_loss, last = watch.state()
+        bad_step, bad_loss, last = self.watch.state()
         tensors = [] if bad_step is not None else ckpt_mod.nonfinite_tensors(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
         return bad_step, bad_loss, last, tensors
 
-    def raise_if_diverged(reports: list) -> None:
+    def raise_if_diverged(self, reports: list) -> None:
         """Stop every rank alike (``reports``: one ``health()`` per rank) if any saw a non-finite value."""
         losses = [r for r in reports if r[0] is not None]
         if losses:
             step, value, last, _ = min(losses, key=lambda r: r[0])
-            what = f"the loss became {value} {where(step)}"
+            what = f"the loss became {value} {self.where(step)}"
         else:
             tensors = next((r[3] for r in reports if r[3]), None)
             if not tensors:
                 return
             last = reports[0][2]
             what = (f"non-finite values in {', '.join(tensors[:3])}{' ...' if len(tensors) > 3 else ''} "
-                    f"{where(global_step, 'after')}")
+                    f"{self.where(self.global_step, 'after')}")
         last_s = f"last finite loss {last:.4g}" if last is not None else "no finite loss before it"
         raise TrainingDiverged(f"training diverged: {what}; {last_s}; nothing non-finite was saved "
-                               f"(the last checkpoint written stays as it was); lower --lr (it is {args.lr:g})")
+                               f"(the last checkpoint written stays as it was); lower --lr (it is {self.args.lr:g})")
 
-    def save(epoch: int, step_in_epoch: int) -> None:
+    def save(self, epoch: int, step_in_epoch: int) -> None:
         # Collectives first (every rank), then only rank 0 writes.
-        parts = D.all_gather_object(info, (ckpt_mod.rng_state(), list(acc), health()))
-        raise_if_diverged([p[2] for p in parts])
+        parts = D.all_gather_object(self.info, (ckpt_mod.rng_state(), list(self.acc), self.health()))
+        self.raise_if_diverged([p[2] for p in parts])
         rngs, accs = [p[0] for p in parts], [p[1] for p in parts]
-        if not info.is_main:
+        if not self.info.is_main:
             return
         ckpt_mod.atomic_save({
-            "format": ckpt_mod.FORMAT, "meta": meta, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-            "steps_per_epoch": steps_per_epoch, "world_size": info.world_size, "rng": rngs, "epoch_accum": accs,
-            "history": history, "best_accuracy": best_acc, "best_epoch": best_epoch, "train_time_s": train_time,
-            "config": _config(args)}, ckpt_path)
+            "format": ckpt_mod.FORMAT, "meta": self.meta, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
+            "steps_per_epoch": self.steps_per_epoch, "world_size": self.info.world_size, "rng": rngs,
+            "epoch_accum": accs, "history": self.history, "best_accuracy": self.best_acc,
+            "best_epoch": self.best_epoch, "train_time_s": self.train_time, "config": _config(self.args)},
+            self.ckpt_path)
 
-    kill_at = int(os.environ.get("PYIMGCLS_TEST_KILL_AFTER_STEP", "0"))   # tests: SIGKILL self after step N
-    log(f"pyimgcls train: {args.model} ({n_params:,} parameters, {n_trainable:,} trained) on {ds.spec} "
-        f"({len(ds.train)} train / {len(ds.test)} test images, {ds.in_channels}x{ds.image_size}x{ds.image_size}, "
-        f"{ds.num_classes} classes)")
-    log(f"  kernels: {kernels} ({KERNEL_DESCRIPTIONS[kernels]}) on {device}; world size {info.world_size}"
-        f"{' (' + info.backend + ')' if info.enabled else ''}"
-        f"{f'; {threads} CPU thread(s)' if device.type == 'cpu' else ''}; amp {args.amp}; augment: {aug.describe()}")
-    log(f"  {args.optimizer} lr {args.lr:g}, {args.schedule} schedule, batch {args.batch_size} x {info.world_size}, "
-        f"{args.epochs} epochs x {steps_per_epoch} steps; out: {out}")
-    if replaced:
-        log(f"  pretrained {args.pretrained}: classifier {', '.join(replaced)} replaced for {ds.num_classes} classes")
-    if resumed_from is not None:
-        log(f"  resumed from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}/{steps_per_epoch} "
-            f"(global step {global_step})")
-
-    last_eval = None
-    for epoch in range(start_epoch, args.epochs):
-        net.train()
-        batches = epoch_batches(len(ds.train), args.batch_size, epoch, args.seed, info)
-        first = start_step if epoch == start_epoch else 0
+    # ------------------------------------------------------------------------------------ epochs
+    def train_epoch(self, epoch: int) -> None:
+        """The steps of one epoch (from the resume point on the first one); leaves this epoch's sums
+        in ``self.acc``."""
+        args, device, info = self.args, self.device, self.info
+        self.net.train()
+        batches = epoch_batches(len(self.ds.train), args.batch_size, epoch, args.seed, info)
+        first = self.start_step if epoch == self.start_epoch else 0
         if first == 0:
-            acc = [0.0, 0.0, 0.0]
-        bar = log.bar(len(batches), first, f"epoch {epoch + 1}/{args.epochs}")
+            self.acc = [0.0, 0.0, 0.0]
+        bar = self.log.bar(len(batches), first, f"epoch {epoch + 1}/{args.epochs}")
         t0 = time.perf_counter()
         loss_t = torch.zeros((), dtype=torch.float64, device=device)
         correct_t = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
-        for step, (x, y) in enumerate(iterate(ds.train, batches[first:], args.workers, device), start=first):
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
-            x = aug(x, batch_generator(args.seed, epoch, step, info.rank))
-            x = normalize(x, mean_t, std_t)
-            if args.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = net(x)
-                loss = criterion(logits.float(), y)
-            watch.update(loss, global_step + 1)
-            if watch.bad_step is not None and not info.enabled:
-                # Known without a sync (eager): stop before the non-finite update. Under torchrun the
-                # ranks stop together, at the next collective (checkpoint or end of epoch).
-                raise_if_diverged([health()])
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            global_step += 1
+        for step, (x, y) in enumerate(iterate(self.ds.train, batches[first:], args.workers, device), start=first):
+            loss, logits, y = self._step(x, y, epoch, step)
             loss_t += loss.detach().double() * y.numel()
             correct_t += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-            if kill_at and global_step == kill_at:
+            if self.kill_at and self.global_step == self.kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
-            if args.save_every and global_step % args.save_every == 0 and step + 1 < len(batches):
-                acc = [acc[0] + float(loss_t), acc[1] + float(correct_t), acc[2] + seen]
+            if args.save_every and self.global_step % args.save_every == 0 and step + 1 < len(batches):
+                self.acc = [self.acc[0] + float(loss_t), self.acc[1] + float(correct_t), self.acc[2] + seen]
                 loss_t.zero_(), correct_t.zero_()
                 seen = 0
-                train_time += time.perf_counter() - t0
+                self.train_time += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                save(epoch, step + 1)
+                self.save(epoch, step + 1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        train_time += time.perf_counter() - t0
+        self.train_time += time.perf_counter() - t0
         if bar is not None:
             bar.close()
+        self.acc = [self.acc[0] + float(loss_t), self.acc[1] + float(correct_t), self.acc[2] + seen]
+
+    def _step(self, x, y, epoch: int, step: int):
+        """One optimisation step on batch (x, y); returns (loss, logits, y on the device)."""
+        args, device = self.args, self.device
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        x = self.aug(x, batch_generator(args.seed, epoch, step, self.info.rank))
+        x = normalize(x, self.mean_t, self.std_t)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        amp_dtype = self.amp_dtype
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = self.net(x)
+            loss = self.criterion(logits.float(), y)
+        self.watch.update(loss, self.global_step + 1)
+        if self.watch.bad_step is not None and not self.info.enabled:
+            # Known without a sync (eager): stop before the non-finite update. Under torchrun the
+            # ranks stop together, at the next collective (checkpoint or end of epoch).
+            self.raise_if_diverged([self.health()])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.global_step += 1
+        return loss, logits, y
+
+    def _evaluate(self) -> tuple:
+        args = self.args
+        targets, scores, test_loss = evaluate(self.model, self.ds.test, self.mean_t, self.std_t, self.device,
+                                              args.eval_batch_size, self.info, args.amp, args.channels_last,
+                                              args.workers)
+        return classification_metrics(targets, scores, self.ds.num_classes), test_loss
+
+    def end_epoch(self, epoch: int) -> None:
+        """Evaluation, the history row, best.pt and the end-of-epoch checkpoint."""
+        args, info = self.args, self.info
         # Before evaluating (non-finite weights give non-finite scores) and before best.pt, which holds
         # these same weights.
-        raise_if_diverged(D.all_gather_object(info, health()))
-        acc = [acc[0] + float(loss_t), acc[1] + float(correct_t), acc[2] + seen]
-        tot_loss, tot_correct, tot_seen = D.all_reduce_sum(info, acc, device)
-        targets, scores, test_loss = evaluate(model, ds.test, mean_t, std_t, device, args.eval_batch_size, info,
-                                              args.amp, args.channels_last, args.workers)
-        m = classification_metrics(targets, scores, ds.num_classes)
-        last_eval = (m, test_loss)
+        self.raise_if_diverged(D.all_gather_object(info, self.health()))
+        tot_loss, tot_correct, tot_seen = D.all_reduce_sum(info, self.acc, self.device)
+        m, test_loss = self.last_eval = self._evaluate()
         rec = {"epoch": epoch + 1, "train_loss": tot_loss / max(1, tot_seen),
                "train_accuracy": tot_correct / max(1, tot_seen), "test_loss": test_loss,
                "test_accuracy": m["test_accuracy"], "test_top5_accuracy": m["test_top5_accuracy"],
-               "lr": optimizer.param_groups[0]["lr"], "train_time_s": round(train_time, 3), "global_step": global_step}
-        history.append(rec)
-        log(f"epoch {epoch + 1:>3}/{args.epochs}  train loss {rec['train_loss']:.4f} "
-            f"acc {100 * rec['train_accuracy']:6.2f}%"
-            f"  test loss {test_loss:.4f} acc {100 * m['test_accuracy']:6.2f}%  lr {rec['lr']:.3g}"
-            f"  {train_time:6.1f}s")
-        improved = m["test_accuracy"] > best_acc
+               "lr": self.optimizer.param_groups[0]["lr"], "train_time_s": round(self.train_time, 3),
+               "global_step": self.global_step}
+        self.history.append(rec)
+        self.log(f"epoch {epoch + 1:>3}/{args.epochs}  train loss {rec['train_loss']:.4f} "
+                 f"acc {100 * rec['train_accuracy']:6.2f}%"
+                 f"  test loss {test_loss:.4f} acc {100 * m['test_accuracy']:6.2f}%  lr {rec['lr']:.3g}"
+                 f"  {self.train_time:6.1f}s")
+        improved = m["test_accuracy"] > self.best_acc
         if improved:
-            best_acc, best_epoch = m["test_accuracy"], epoch + 1
-        acc = [0.0, 0.0, 0.0]
+            self.best_acc, self.best_epoch = m["test_accuracy"], epoch + 1
+        self.acc = [0.0, 0.0, 0.0]
         if improved and info.is_main:
-            ckpt_mod.atomic_save({"format": ckpt_mod.FORMAT, "meta": meta, "model": model.state_dict(),
-                                  "epoch": epoch + 1, "test_accuracy": best_acc, "config": _config(args)},
-                                 os.path.join(out, "best.pt"))
-        save(epoch + 1, 0)
+            ckpt_mod.atomic_save({"format": ckpt_mod.FORMAT, "meta": self.meta, "model": self.model.state_dict(),
+                                  "epoch": epoch + 1, "test_accuracy": self.best_acc, "config": _config(args)},
+                                 os.path.join(self.out, "best.pt"))
+        self.save(epoch + 1, 0)
 
-    if last_eval is None:   # resumed from a finished run: evaluate the final model again
-        targets, scores, test_loss = evaluate(model, ds.test, mean_t, std_t, device, args.eval_batch_size, info,
-                                              args.amp, args.channels_last, args.workers)
-        last_eval = (classification_metrics(targets, scores, ds.num_classes), test_loss)
-    m, test_loss = last_eval
-    # Images trained on over the whole run (DistributedSampler pads each rank to the same count).
-    n_seen = math.ceil(len(ds.train) / info.world_size) * info.world_size * len(history)
-    metrics = {
-        "test_accuracy": m["test_accuracy"], "test_loss": test_loss, "test_top5_accuracy": m["test_top5_accuracy"],
-        "precision_macro": m["precision_macro"], "recall_macro": m["recall_macro"], "f1_macro": m["f1_macro"],
-        "confusion_matrix": m["confusion_matrix"], "epochs": len(history), "train_time_s": round(train_time, 3),
-        "wall_time_s": round(time.perf_counter() - wall0, 3),
-        "images_per_s": round(n_seen / train_time, 1) if train_time > 0 else None,
-        "kernels": kernels, "device": str(device), "model": args.model, "dataset": ds.spec, "amp": args.amp,
-        "world_size": info.world_size, "resumed_from_step": resumed_from, "global_step": global_step,
-        "best_test_accuracy": best_acc, "best_epoch": best_epoch, "num_train": len(ds.train),
-        "num_test": len(ds.test), "num_classes": ds.num_classes, "class_names": ds.class_names,
-        "parameters": n_params, "trainable_parameters": n_trainable, "augment": aug.describe(),
-        "seed": args.seed, "history": history, "config": _config(args)}
-    if info.is_main:
-        write_json(metrics, os.path.join(out, "metrics.json"))
-        if not args.no_plots:
-            plot_curves(history, os.path.join(out, "curves.png"))
-            plot_confusion(m["confusion_matrix"], ds.class_names, os.path.join(out, "confusion_matrix.png"),
-                           f"{args.model} on {ds.name}: test accuracy {100 * m['test_accuracy']:.2f}%")
-    log(f"done: test accuracy {100 * m['test_accuracy']:.2f}% (top-5 {100 * m['test_top5_accuracy']:.2f}%), "
-        f"test loss {test_loss:.4f}, macro F1 {m['f1_macro']:.4f}; best {100 * best_acc:.2f}% at epoch {best_epoch}")
-    log(f"      {metrics['epochs']} epochs, train time {train_time:.1f}s, {metrics['images_per_s']} images/s, "
-        f"wall time {metrics['wall_time_s']:.1f}s; kernels: {kernels} ({KERNEL_DESCRIPTIONS[kernels]}) on {device}")
-    if info.is_main:
-        plots = "" if args.no_plots else ", curves.png, confusion_matrix.png"
-        log(f"      wrote {out}/metrics.json, checkpoint.pt, best.pt{plots}")
-    return metrics
+    # ------------------------------------------------------------------------------------ report
+    def finish(self) -> dict:
+        """metrics.json, the plots and the closing lines; returns the metrics."""
+        args, ds, info, out = self.args, self.ds, self.info, self.out
+        if self.last_eval is None:   # resumed from a finished run: evaluate the final model again
+            self.last_eval = self._evaluate()
+        m, test_loss = self.last_eval
+        train_time, history = self.train_time, self.history
+        # Images trained on over the whole run (DistributedSampler pads each rank to the same count).
+        n_seen = math.ceil(len(ds.train) / info.world_size) * info.world_size * len(history)
+        metrics = {
+            "test_accuracy": m["test_accuracy"], "test_loss": test_loss, "test_top5_accuracy": m["test_top5_accuracy"],
+            "precision_macro": m["precision_macro"], "recall_macro": m["recall_macro"], "f1_macro": m["f1_macro"],
+            "confusion_matrix": m["confusion_matrix"], "epochs": len(history), "train_time_s": round(train_time, 3),
+            "wall_time_s": round(time.perf_counter() - self.wall0, 3),
+            "images_per_s": round(n_seen / train_time, 1) if train_time > 0 else None,
+            "kernels": self.kernels, "device": str(self.device), "model": args.model, "dataset": ds.spec,
+            "amp": args.amp, "world_size": info.world_size, "resumed_from_step": self.resumed_from,
+            "global_step": self.global_step, "best_test_accuracy": self.best_acc, "best_epoch": self.best_epoch,
+            "num_train": len(ds.train), "num_test": len(ds.test), "num_classes": ds.num_classes,
+            "class_names": ds.class_names, "parameters": self.n_params, "trainable_parameters": self.n_trainable,
+            "augment": self.aug.describe(), "seed": args.seed, "history": history, "config": _config(args)}
+        if info.is_main:
+            write_json(metrics, os.path.join(out, "metrics.json"))
+            if not args.no_plots:
+                plot_curves(history, os.path.join(out, "curves.png"))
+                plot_confusion(m["confusion_matrix"], ds.class_names, os.path.join(out, "confusion_matrix.png"),
+                               f"{args.model} on {ds.name}: test accuracy {100 * m['test_accuracy']:.2f}%")
+        log, kernels = self.log, self.kernels
+        log(f"done: test accuracy {100 * m['test_accuracy']:.2f}% (top-5 {100 * m['test_top5_accuracy']:.2f}%), "
+            f"test loss {test_loss:.4f}, macro F1 {m['f1_macro']:.4f}; best {100 * self.best_acc:.2f}% at epoch "
+            f"{self.best_epoch}")
+        log(f"      {metrics['epochs']} epochs, train time {train_time:.1f}s, {metrics['images_per_s']} images/s, "
+            f"wall time {metrics['wall_time_s']:.1f}s; kernels: {kernels} ({KERNEL_DESCRIPTIONS[kernels]}) on "
+            f"{self.device}")
+        if info.is_main:
+            plots = "" if args.no_plots else ", curves.png, confusion_matrix.png"
+            log(f"      wrote {out}/metrics.json, checkpoint.pt, best.pt{plots}")
+        return metrics
 
 
 # ------------------------------------------------------------------------------- eval / predict

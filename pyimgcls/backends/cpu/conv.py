@@ -19,23 +19,14 @@ the geometry list). float16/bfloat16 inputs are computed in float32 and returned
 in the backend table), so grad_pre stays float32 between bias_act_bwd and dgrad / wgrad."""
 from __future__ import annotations
 
-import torch
-
 from ... import _native
+from . import in_float32
 from ...ops.conv import (bias_act_outputs, dgrad_output, fwd_outputs, pixel_strides, ptr, strides,
                          wgrad_output)
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
-
-def _float(t):
-    return None if t is None else t.float()
-
-
+@in_float32
 def conv2d(x, w, bias, res, stride, padding, dilation, groups, act):
-    if x.dtype in _LOW_PRECISION:
-        return conv2d(x.float(), w.float(), _float(bias), _float(res), stride, padding, dilation, groups,
-                      act).to(x.dtype)
     out, res, geom = fwd_outputs(x, w, res, stride, padding, dilation, groups)
     if geom is None:
         return out
@@ -45,10 +36,8 @@ def conv2d(x, w, bias, res, stride, padding, dilation, groups, act):
     return out
 
 
+@in_float32
 def bias_act_bwd(grad, out, act, has_bias, fmt):
-    if grad.dtype in _LOW_PRECISION:
-        gp, gb = bias_act_bwd(grad.float(), _float(out), act, has_bias, fmt)
-        return gp.to(grad.dtype), (None if gb is None else gb.to(grad.dtype))
     gp, gb = bias_act_outputs(grad, out, act, has_bias, fmt)
     if grad.numel() == 0:
         return gp, gb
@@ -59,9 +48,8 @@ def bias_act_bwd(grad, out, act, has_bias, fmt):
     return gp, gb
 
 
+@in_float32
 def dgrad(gp, x, w, stride, padding, dilation, groups):
-    if x.dtype in _LOW_PRECISION:
-        return dgrad(gp.float(), x.float(), w.float(), stride, padding, dilation, groups).to(x.dtype)
     dx, geom = dgrad_output(gp, x, w, stride, padding, dilation, groups)
     if geom is None:
         return dx
@@ -71,9 +59,8 @@ def dgrad(gp, x, w, stride, padding, dilation, groups):
     return dx
 
 
+@in_float32
 def wgrad(gp, x, w, stride, padding, dilation, groups):
-    if x.dtype in _LOW_PRECISION:
-        return wgrad(gp.float(), x.float(), w.float(), stride, padding, dilation, groups).to(x.dtype)
     dw, geom = wgrad_output(gp, x, w, stride, padding, dilation, groups)
     if geom is None:
         return dw

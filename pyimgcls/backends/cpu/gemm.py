@@ -10,21 +10,13 @@ Outputs are allocated by ops/gemm.py (gemm_output, bias_act_outputs) for every b
 bfloat16 inputs are computed in float32 and returned in their dtype (docs/architecture.md, "Dtypes")."""
 from __future__ import annotations
 
-import torch
-
 from ... import _native
+from . import in_float32
 from ...ops import gemm as g
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
-
-def _float(t):
-    return None if t is None else t.float()
-
-
+@in_float32
 def gemm(a, b, bias, act):
-    if a.dtype in _LOW_PRECISION:
-        return gemm(a.float(), b.float(), _float(bias), act).to(a.dtype)
     out, work = g.gemm_output(a, b)
     if work:
         M, K = a.shape
@@ -35,10 +27,8 @@ def gemm(a, b, bias, act):
     return out
 
 
+@in_float32
 def bias_act_bwd(grad, out, act, has_bias):
-    if grad.dtype in _LOW_PRECISION:
-        gp, gb = bias_act_bwd(grad.float(), _float(out), act, has_bias)
-        return gp.to(grad.dtype), (None if gb is None else gb.to(grad.dtype))
     gp, gb, work = g.bias_act_outputs(grad, act, has_bias)
     if work:
         M, N = grad.shape

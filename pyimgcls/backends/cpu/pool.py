@@ -26,18 +26,13 @@ The launchers get the sizes as separate arguments, not ``*sizes``: a star call i
 module costs 0.1-0.2 us more, which counts for small layers."""
 from __future__ import annotations
 
-import torch
-
 from ... import _native
+from . import in_float32
 from ...ops import pool as op
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
-
+@in_float32
 def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, channels_last, with_indices):
-    if x.dtype in _LOW_PRECISION:
-        out, idx = max_pool2d(x.float(), kernel, stride, padding, dilation, ceil_mode, channels_last, with_indices)
-        return out.to(x.dtype), idx
     x, out, idx, sizes = op.max_pool2d_buffers(x, kernel, stride, padding, dilation, ceil_mode, channels_last,
                                                with_indices)
     if sizes is not None:
@@ -49,10 +44,8 @@ def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, channels_last, w
     return out, idx
 
 
+@in_float32
 def max_pool2d_backward(grad, indices, height, width, kernel, stride, padding, dilation, channels_last):
-    if grad.dtype in _LOW_PRECISION:
-        return max_pool2d_backward(grad.float(), indices, height, width, kernel, stride, padding, dilation,
-                                   channels_last).to(grad.dtype)
     grad, indices, gx, sizes = op.max_pool2d_backward_buffers(grad, indices, height, width, channels_last)
     if sizes is not None:
         N, C, OH, OW, H, W = sizes
@@ -63,10 +56,8 @@ def max_pool2d_backward(grad, indices, height, width, kernel, stride, padding, d
     return gx
 
 
+@in_float32
 def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override, channels_last):
-    if x.dtype in _LOW_PRECISION:
-        return avg_pool2d(x.float(), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override,
-                          channels_last).to(x.dtype)
     x, out, sizes = op.avg_pool2d_buffers(x, kernel, stride, padding, ceil_mode, channels_last)
     if sizes is not None:
         N, C, H, W, OH, OW = sizes
@@ -77,11 +68,9 @@ def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor
     return out
 
 
+@in_float32
 def avg_pool2d_backward(grad, height, width, kernel, stride, padding, ceil_mode, count_include_pad,
                         divisor_override, channels_last):
-    if grad.dtype in _LOW_PRECISION:
-        return avg_pool2d_backward(grad.float(), height, width, kernel, stride, padding, ceil_mode,
-                                   count_include_pad, divisor_override, channels_last).to(grad.dtype)
     grad, gx, sizes = op.buffers(grad, height, width, channels_last)
     if sizes is not None:
         N, C, OH, OW, H, W = sizes
@@ -92,9 +81,8 @@ def avg_pool2d_backward(grad, height, width, kernel, stride, padding, ceil_mode,
     return gx
 
 
+@in_float32
 def adaptive_avg_pool2d(x, output_height, output_width, channels_last):
-    if x.dtype in _LOW_PRECISION:
-        return adaptive_avg_pool2d(x.float(), output_height, output_width, channels_last).to(x.dtype)
     x, out, sizes = op.buffers(x, output_height, output_width, channels_last)
     if sizes is not None:
         N, C, H, W, OH, OW = sizes
@@ -103,9 +91,8 @@ def adaptive_avg_pool2d(x, output_height, output_width, channels_last):
     return out
 
 
+@in_float32
 def adaptive_avg_pool2d_backward(grad, height, width, channels_last):
-    if grad.dtype in _LOW_PRECISION:
-        return adaptive_avg_pool2d_backward(grad.float(), height, width, channels_last).to(grad.dtype)
     grad, gx, sizes = op.adaptive_avg_pool2d_backward_buffers(grad, height, width, channels_last)
     if sizes is not None:
         N, C, OH, OW, H, W = sizes

@@ -14,8 +14,8 @@ Entry points (same signature in every backend folder; reduction is 0 "none", 1 "
         grad_loss ("sum") or grad_loss / denom ("mean"), 0 for ignored rows, in grad_loss's dtype.
         in_place: the caller owns ``saved`` and drops it afterwards, so the backend may write into
         it and return it (this one does; the others allocate).
-float16/bfloat16 inputs are computed in float32 (docs/architecture.md, "Dtypes"): the loss is returned in their dtype, the
-saved gradient stays float32 and the backward returns grad_loss's dtype."""
+float16/bfloat16 inputs are computed in float32 (docs/architecture.md, "Dtypes"): the loss is returned in
+their dtype, the saved gradient stays float32 and the backward returns grad_loss's dtype."""
 from __future__ import annotations
 
 import torch

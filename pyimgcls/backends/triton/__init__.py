@@ -1,1 +1,2 @@
-"""triton backend: one module per op family, same entry points as every other backend folder (pyimgcls/backends/__init__.py)."""
+"""triton backend: one module per op family, with the same entry points as every other backend folder
+(pyimgcls/backends/__init__.py)."""
