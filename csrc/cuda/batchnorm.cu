@@ -218,16 +218,25 @@ __global__ void __launch_bounds__(kThreads) batch_norm_reduce_nchw_kernel(Reduce
 // ---------------------------------------------------------------------------------------------
 // Level 2 and per-channel coefficients (one thread per channel)
 // ---------------------------------------------------------------------------------------------
+// Level 2: channel c's two level-1 sums over the chunks, in chunk order, in double. part holds, per
+// chunk k, the C first sums at row 2k and the C second sums at row 2k + 1.
+__device__ __forceinline__ void sum_partials(const float* __restrict__ part, int64_t chunks, int64_t C, int64_t c,
+                                             double& s1, double& s2) {
+  s1 = 0.0;
+  s2 = 0.0;
+  for (int64_t k = 0; k < chunks; ++k) {
+    s1 += part[(k * 2) * C + c];
+    s2 += part[(k * 2 + 1) * C + c];
+  }
+}
+
 template <typename T>
 __global__ void batch_norm_stats_fwd_kernel(const T* __restrict__ x, const float* __restrict__ part, float* mean,
                                             float* var, int64_t chunks, int64_t M, int64_t C, int64_t S, bool cl) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  double sd = 0.0, sdd = 0.0;
-  for (int64_t k = 0; k < chunks; ++k) {
-    sd += part[(k * 2) * C + c];
-    sdd += part[(k * 2 + 1) * C + c];
-  }
+  double sd, sdd;
+  sum_partials(part, chunks, C, c, sd, sdd);
   const double K = to_float(x[cl ? c : c * S]);
   mean[c] = static_cast<float>(K + sd / M);
   var[c] = static_cast<float>(fmax(0.0, (sdd - sd * sd / M) / M));
@@ -258,11 +267,8 @@ __global__ void batch_norm_coef_bwd_kernel(const float* __restrict__ part, const
                                            int64_t chunks, int64_t M, int64_t C, bool training) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  double s1 = 0.0, s2 = 0.0;
-  for (int64_t k = 0; k < chunks; ++k) {
-    s1 += part[(k * 2) * C + c];
-    s2 += part[(k * 2 + 1) * C + c];
-  }
+  double s1, s2;
+  sum_partials(part, chunks, C, c, s1, s2);
   const float is = invstd[c];
   if (gb) gb[c] = static_cast<float>(s1);
   // an empty batch has NaN statistics but nothing to differentiate: 0, as ATen
@@ -332,28 +338,14 @@ int blocks_for(int64_t total, int threads = kThreads) {
   return static_cast<int>(b < 1 ? 1 : (b > kMaxBlocks ? kMaxBlocks : b));
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 // VEC for 16-byte accesses when the contiguous extent (C in NHWC, S in NCHW) and every pointer allow.
 template <typename T>
 int pick_vec(int64_t C, int64_t S, bool cl, std::initializer_list<const void*> ptrs) {
   constexpr int V = 16 / sizeof(T);
   if ((cl ? C : S) % V != 0) return 1;
   for (const void* q : ptrs)
-    if (q && !aligned16(q)) return 1;
+    if (q && !aligned_to(q, 16)) return 1;
   return V;
-}
-
-template <typename F>
-void dispatch(DType dt, F&& f) {
-  switch (dt) {
-    case DType::Float32: return f(float{});
-    case DType::Float16: return f(__half{});
-    case DType::BFloat16: return f(__nv_bfloat16{});
-    default:
-      throw std::invalid_argument(std::string("CUDA batch_norm takes float32, float16 or bfloat16, got ") +
-                                  dtype_name(dt));
-  }
 }
 
 // Calls f(std::integral_constant<int, VEC>, std::bool_constant<CL>).
@@ -419,7 +411,7 @@ void batch_norm_stats(DType dt, const void* x, float* mean, float* var, float* s
   set_device(device);
   auto st = reinterpret_cast<cudaStream_t>(stream);
   const int64_t M = N * S;
-  dispatch(dt, [&](auto tag) {
+  dispatch_dtype(dt, "batch_norm", [&](auto tag) {
     using T = decltype(tag);
     ReduceArgs a{x, nullptr, nullptr, nullptr, nullptr, scratch, M, C, S, rows_per_chunk(M, chunks), 0};
     if (M > 0) launch_reduce<T, 0>(a, chunks, channels_last, st);
@@ -441,7 +433,7 @@ void batch_norm_fwd(DType dt, const void* x, const float* mean, const float* var
   PYIMGCLS_CUDA_CHECK_LAUNCH();
   const int64_t Q = N * C * S;
   if (Q == 0) return;
-  dispatch(dt, [&](auto tag) {
+  dispatch_dtype(dt, "batch_norm", [&](auto tag) {
     using T = decltype(tag);
     const int vec = pick_vec<T>(C, S, channels_last, {x, r, y});
     dispatch_vec<T>(channels_last, vec, [&](auto V, auto CL) {
@@ -476,7 +468,7 @@ void batch_norm_bwd(DType dt, const void* grad, const void* out, const void* x, 
   const int a_ = static_cast<int>(act);
   float* coef = scratch + 2 * chunks * C;
   const bool need_sums = M > 0 && ((gx && training) || gw || gb || gp);
-  dispatch(dt, [&](auto tag) {
+  dispatch_dtype(dt, "batch_norm", [&](auto tag) {
     using T = decltype(tag);
     if (need_sums) {
       ReduceArgs a{x, grad, out, mean, gp, scratch, M, C, S, rows_per_chunk(M, chunks), a_};

@@ -1,7 +1,8 @@
 // Device vocabulary shared by the production kernels (csrc/cuda/*.cu) and the study ladder
 // (csrc/cuda/ladder/, csrc/cuda/sm90/): conversion between the storage dtypes and the fp32 compute
 // type, 16-byte vector loads and stores, the relu / relu6 epilogue and its backward mask, and the
-// PTX wrappers of the sm_80 tensor-core pipeline (cp.async, ldmatrix, mma.sync).
+// PTX wrappers of the sm_80 tensor-core pipeline (cp.async, ldmatrix, mma.sync), and the host-side
+// dtype dispatch and alignment test of the launchers.
 // Written once so that a fix (a NaN rule, a missing "memory" clobber) reaches every kernel at once
 // instead of one of several hand-kept copies. Host-side runtime helpers (error checks, device
 // selection, SM count) live in runtime.h, included here.
@@ -11,6 +12,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "../common.h"
@@ -150,4 +153,24 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 }
 
 }  // namespace ptx
+
+// ---------------------------------------------------------------------------------------------
+// Host side of the launchers.
+// ---------------------------------------------------------------------------------------------
+inline bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// Calls f(T{}) with T the storage type of dt (float, __half, __nv_bfloat16); any other dtype throws
+// "CUDA <what> takes float32, float16 or bfloat16, got <dtype>".
+template <typename F>
+void dispatch_dtype(DType dt, const char* what, F&& f) {
+  switch (dt) {
+    case DType::Float32: return f(float{});
+    case DType::Float16: return f(__half{});
+    case DType::BFloat16: return f(__nv_bfloat16{});
+    default:
+      throw std::invalid_argument(std::string("CUDA ") + what + " takes float32, float16 or bfloat16, got " +
+                                  dtype_name(dt));
+  }
+}
+
 }  // namespace pyimgcls::cuda

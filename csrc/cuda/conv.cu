@@ -93,16 +93,24 @@ __device__ __forceinline__ Pix split_pixel(int64_t m, int64_t h, int64_t w) {
   return p;
 }
 
+// Element of the conv input x (tensor t) that output pixel `pix` (index over N*OH*OW) reads for
+// reduction column `col` = tap * Cg + channel, in group g; -1 where the tap falls in the padding.
+// A of the forward pass (pix = m, col = k) and B of the weight gradient (pix = k, col = n).
+__device__ __forceinline__ int64_t x_tap_offset(const IgemmParams& p, const Tensor4& t, int g, int64_t pix,
+                                                int64_t col) {
+  const Pix q = split_pixel(pix, p.OH, p.OW);
+  const int64_t tap = col / p.Cg, c = col % p.Cg;
+  const int64_t ih = q.y * p.sh - p.ph + (tap / p.KW) * p.dh;
+  const int64_t iw = q.x * p.sw - p.pw + (tap % p.KW) * p.dw;
+  if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) return -1;
+  return q.n * t.sn + (g * p.Cg + c) * t.sc + ih * t.sh + iw * t.sw;
+}
+
 // A[m, k] (k already offset to the split's range); returns the element offset or -1 for a zero.
 template <int MODE>
 __device__ __forceinline__ int64_t a_offset(const IgemmParams& p, int g, int64_t m, int64_t k) {
   if (MODE == kFwd) {
-    const Pix q = split_pixel(m, p.OH, p.OW);
-    const int64_t tap = k / p.Cg, c = k % p.Cg;
-    const int64_t ih = q.y * p.sh - p.ph + (tap / p.KW) * p.dh;
-    const int64_t iw = q.x * p.sw - p.pw + (tap % p.KW) * p.dw;
-    if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) return -1;
-    return q.n * p.a.sn + (g * p.Cg + c) * p.a.sc + ih * p.a.sh + iw * p.a.sw;
+    return x_tap_offset(p, p.a, g, m, k);
   } else if (MODE == kDgrad) {
     const Pix q = split_pixel(m, p.H, p.W);
     const int64_t tap = k / p.Og, o = k % p.Og;
@@ -122,12 +130,7 @@ __device__ __forceinline__ int64_t a_offset(const IgemmParams& p, int g, int64_t
 template <int MODE>
 __device__ __forceinline__ int64_t b_offset(const IgemmParams& p, int g, int64_t n, int64_t k) {
   if (MODE == kWgrad) {
-    const Pix q = split_pixel(k, p.OH, p.OW);
-    const int64_t tap = n / p.Cg, c = n % p.Cg;
-    const int64_t ih = q.y * p.sh - p.ph + (tap / p.KW) * p.dh;
-    const int64_t iw = q.x * p.sw - p.pw + (tap % p.KW) * p.dw;
-    if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) return -1;
-    return q.n * p.b.sn + (g * p.Cg + c) * p.b.sc + ih * p.b.sh + iw * p.b.sw;
+    return x_tap_offset(p, p.b, g, k, n);
   } else {
     const int64_t kc = MODE == kFwd ? p.Cg : p.Og;
     const int64_t tap = k / kc, c = k % kc;
@@ -164,6 +167,20 @@ constexpr int TC_BM = 128, TC_BN = 128, TC_BK = 32, TC_STAGES = 3, TC_THREADS = 
 constexpr int TC_LD = TC_BK + 8;  // padded row (80 bytes): ldmatrix rows hit 8 distinct 16-byte bank groups
 constexpr int TC_SMEM_BYTES = TC_STAGES * (TC_BM + TC_BN) * TC_LD * 2;
 
+// Element gathers of the non-16-byte paths: A[m, k] into *a_dst and B[n, k] into *b_dst, zeros
+// outside the matrix or past the split's K range.
+template <int MODE, typename T>
+__device__ __forceinline__ void gather_elems(const IgemmParams& p, int g, int64_t m, int64_t n, int64_t k,
+                                             int64_t k_end, const T* A, const T* B, T* a_dst, T* b_dst) {
+  int64_t off = -1, boff = -1;
+  if (k < k_end) {
+    if (m < p.M) off = a_offset<MODE>(p, g, m, k);
+    if (n < p.N) boff = b_offset<MODE>(p, g, n, k);
+  }
+  *a_dst = off >= 0 ? A[off] : zero_of<T>();
+  *b_dst = boff >= 0 ? B[boff] : zero_of<T>();
+}
+
 // Fill one pipeline stage: sA [BM][LD] <- A[bm:bm+BM, k0:k0+BK], sB [BN][LD] <- B[bn:bn+BN, k0:k0+BK].
 template <int MODE, typename T, bool VEC>
 __device__ __forceinline__ void load_stage(const IgemmParams& p, int g, int64_t bm, int64_t bn, int64_t k0,
@@ -196,13 +213,7 @@ __device__ __forceinline__ void load_stage(const IgemmParams& p, int g, int64_t 
     for (int it = 0; it < 16; ++it) {
       const int row = (tid >> 5) + it * 8;
       const int64_t m = bm + row, n = bn + row;
-      int64_t off = -1, boff = -1;
-      if (k < k_end) {
-        if (m < p.M) off = a_offset<MODE>(p, g, m, k);
-        if (n < p.N) boff = b_offset<MODE>(p, g, n, k);
-      }
-      sA[row * TC_LD + kk] = off >= 0 ? A[off] : zero_of<T>();
-      sB[row * TC_LD + kk] = boff >= 0 ? B[boff] : zero_of<T>();
+      gather_elems<MODE>(p, g, m, n, k, k_end, A, B, sA + row * TC_LD + kk, sB + row * TC_LD + kk);
     }
   } else {
     // wgrad: both operands are contiguous along the GEMM's M / N axis (channels) for channels_last,
@@ -213,13 +224,7 @@ __device__ __forceinline__ void load_stage(const IgemmParams& p, int g, int64_t 
       const int kk = (tid >> 7) + it * 2;
       const int64_t k = k0 + kk;
       const int64_t m = bm + row, n = bn + row;
-      int64_t off = -1, boff = -1;
-      if (k < k_end) {
-        if (m < p.M) off = a_offset<MODE>(p, g, m, k);
-        if (n < p.N) boff = b_offset<MODE>(p, g, n, k);
-      }
-      sA[row * TC_LD + kk] = off >= 0 ? A[off] : zero_of<T>();
-      sB[row * TC_LD + kk] = boff >= 0 ? B[boff] : zero_of<T>();
+      gather_elems<MODE>(p, g, m, n, k, k_end, A, B, sA + row * TC_LD + kk, sB + row * TC_LD + kk);
     }
   }
 }
@@ -503,13 +508,11 @@ void check_grid(int64_t x, int64_t y, int64_t z, const char* what) {
                                 " x " + std::to_string(y) + " x " + std::to_string(z) + ")");
 }
 
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 // The 16-byte cp.async path: every chunk of 8 consecutive k must be 8 contiguous, aligned elements
 // in both operands.
 bool vec_ok(int mode, const IgemmParams& p) {
   const int64_t kc = mode == kFwd ? p.Cg : p.Og;
-  if (kc % 8 != 0 || !aligned16(p.a.p) || !aligned16(p.b.p)) return false;
+  if (kc % 8 != 0 || !aligned_to(p.a.p, 16) || !aligned_to(p.b.p, 16)) return false;
   if (p.a.sc != 1 || p.a.sn % 8 || p.a.sh % 8 || p.a.sw % 8 || (mode == kFwd ? p.Cg : p.Og) % 8) return false;
   if (p.b.sc != 1 || p.b.sn % 8 || p.b.sh % 8 || p.b.sw % 8 || p.b_group % 8) return false;
   return true;
@@ -539,19 +542,12 @@ void launch_simt(const IgemmParams& p, int groups, cudaStream_t st) {
 template <int MODE>
 void launch_igemm(DType dt, const IgemmParams& p, int groups, cudaStream_t st) {
   const bool vec = MODE != kWgrad && vec_ok(MODE, p);
-  switch (dt) {
-    case DType::Float32: launch_simt<MODE>(p, groups, st); break;
-    case DType::Float16:
-      if (vec) launch_tc<MODE, __half, MODE != kWgrad>(p, groups, st);
-      else launch_tc<MODE, __half, false>(p, groups, st);
-      break;
-    case DType::BFloat16:
-      if (vec) launch_tc<MODE, __nv_bfloat16, MODE != kWgrad>(p, groups, st);
-      else launch_tc<MODE, __nv_bfloat16, false>(p, groups, st);
-      break;
-    default: throw std::invalid_argument(std::string("CUDA conv2d takes float32, float16 or bfloat16, got ") +
-                                         dtype_name(dt));
-  }
+  dispatch_dtype(dt, "conv2d", [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same<T, float>::value) launch_simt<MODE>(p, groups, st);
+    else if (vec) launch_tc<MODE, T, MODE != kWgrad>(p, groups, st);
+    else launch_tc<MODE, T, false>(p, groups, st);
+  });
 }
 
 IgemmParams base_params(const ConvGeom& s) {
@@ -596,13 +592,8 @@ void conv2d_fwd(DType dt, const ConvGeom& s, const void* x, Stride4 xs, const vo
                static_cast<int>(s.stride_h), static_cast<int>(s.stride_w), static_cast<int>(s.pad_h),
                static_cast<int>(s.pad_w), static_cast<int>(s.dil_h), static_cast<int>(s.dil_w),
                static_cast<int>(act), os.c == 1};
-    switch (dt) {
-      case DType::Float32: launch_dw<float>(d, st); return;
-      case DType::Float16: launch_dw<__half>(d, st); return;
-      case DType::BFloat16: launch_dw<__nv_bfloat16>(d, st); return;
-      default: throw std::invalid_argument(std::string("CUDA conv2d takes float32, float16 or bfloat16, got ") +
-                                           dtype_name(dt));
-    }
+    dispatch_dtype(dt, "conv2d", [&](auto tag) { launch_dw<decltype(tag)>(d, st); });
+    return;
   }
   IgemmParams p = base_params(s);
   p.a = Tensor4{x, xs.n, xs.c, xs.h, xs.w};
@@ -671,20 +662,11 @@ void conv2d_bwd_weight(DType dt, const ConvGeom& s, const void* g, Stride4 gs, c
   launch_igemm<kWgrad>(dt, p, static_cast<int>(s.groups), st);
   const int64_t blocks = std::min<int64_t>(cdiv(total, 256), int64_t(1) << 20);
   const float* sc = static_cast<const float*>(scratch);
-  switch (dt) {
-    case DType::Float32:
-      conv2d_wgrad_reduce_kernel<float><<<static_cast<unsigned>(blocks), 256, 0, st>>>(
-          sc, static_cast<float*>(dw), s.O, Cg, p.KH, p.KW, splits);
-      break;
-    case DType::Float16:
-      conv2d_wgrad_reduce_kernel<__half><<<static_cast<unsigned>(blocks), 256, 0, st>>>(
-          sc, static_cast<__half*>(dw), s.O, Cg, p.KH, p.KW, splits);
-      break;
-    default:
-      conv2d_wgrad_reduce_kernel<__nv_bfloat16><<<static_cast<unsigned>(blocks), 256, 0, st>>>(
-          sc, static_cast<__nv_bfloat16*>(dw), s.O, Cg, p.KH, p.KW, splits);
-      break;
-  }
+  dispatch_dtype(dt, "conv2d", [&](auto tag) {
+    using T = decltype(tag);
+    conv2d_wgrad_reduce_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, st>>>(sc, static_cast<T*>(dw), s.O, Cg,
+                                                                                 p.KH, p.KW, splits);
+  });
   PYIMGCLS_CUDA_CHECK_LAUNCH();
 }
 
@@ -704,43 +686,19 @@ void conv2d_bias_act_bwd(DType dt, int64_t N, int64_t O, int64_t P, const void* 
   const dim3 grid(static_cast<unsigned>(cdiv(O, 32)), static_cast<unsigned>(splits));
   float* partial = grad_bias != nullptr ? static_cast<float*>(scratch) : nullptr;
   const int a = static_cast<int>(act);
-  switch (dt) {
-    case DType::Float32:
-      conv2d_bias_act_bwd_kernel<float><<<grid, 256, 0, st>>>(static_cast<const float*>(grad), gs,
-                                                              static_cast<const float*>(out), os,
-                                                              static_cast<float*>(grad_pre), partial, N, O, P,
-                                                              per_split, a);
-      break;
-    case DType::Float16:
-      conv2d_bias_act_bwd_kernel<__half><<<grid, 256, 0, st>>>(static_cast<const __half*>(grad), gs,
-                                                               static_cast<const __half*>(out), os,
-                                                               static_cast<__half*>(grad_pre), partial, N, O, P,
-                                                               per_split, a);
-      break;
-    case DType::BFloat16:
-      conv2d_bias_act_bwd_kernel<__nv_bfloat16><<<grid, 256, 0, st>>>(
-          static_cast<const __nv_bfloat16*>(grad), gs, static_cast<const __nv_bfloat16*>(out), os,
-          static_cast<__nv_bfloat16*>(grad_pre), partial, N, O, P, per_split, a);
-      break;
-    default:
-      throw std::invalid_argument(std::string("CUDA conv2d takes float32, float16 or bfloat16, got ") + dtype_name(dt));
-  }
+  dispatch_dtype(dt, "conv2d", [&](auto tag) {
+    using T = decltype(tag);
+    conv2d_bias_act_bwd_kernel<T><<<grid, 256, 0, st>>>(static_cast<const T*>(grad), gs, static_cast<const T*>(out),
+                                                        os, static_cast<T*>(grad_pre), partial, N, O, P, per_split,
+                                                        a);
+  });
   PYIMGCLS_CUDA_CHECK_LAUNCH();
   if (grad_bias == nullptr) return;
   const unsigned blocks = static_cast<unsigned>(cdiv(O, 256));
-  switch (dt) {
-    case DType::Float32:
-      conv2d_bias_reduce_kernel<float><<<blocks, 256, 0, st>>>(partial, static_cast<float*>(grad_bias), O, splits);
-      break;
-    case DType::Float16:
-      conv2d_bias_reduce_kernel<__half><<<blocks, 256, 0, st>>>(partial, static_cast<__half*>(grad_bias), O, splits);
-      break;
-    default:
-      conv2d_bias_reduce_kernel<__nv_bfloat16><<<blocks, 256, 0, st>>>(partial,
-                                                                       static_cast<__nv_bfloat16*>(grad_bias), O,
-                                                                       splits);
-      break;
-  }
+  dispatch_dtype(dt, "conv2d", [&](auto tag) {
+    using T = decltype(tag);
+    conv2d_bias_reduce_kernel<T><<<blocks, 256, 0, st>>>(partial, static_cast<T*>(grad_bias), O, splits);
+  });
   PYIMGCLS_CUDA_CHECK_LAUNCH();
 }
 

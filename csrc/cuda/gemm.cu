@@ -81,6 +81,23 @@ __device__ __forceinline__ int clamp_count(int64_t end, int64_t start, int len) 
   return r <= 0 ? 0 : (r >= len ? len : static_cast<int>(r));
 }
 
+// CTA tile origin under grouped rasterisation: consecutive CTAs (blockIdx.x) sweep a band of GROUP
+// tile-rows column by column, so the band's A rows and each B column tile are reused from L2.
+template <int BM, int BN>
+__device__ __forceinline__ void grouped_tile_origin(int64_t M, int64_t N, int64_t& m0, int64_t& n0) {
+  constexpr int GROUP = 8;
+  const int tiles_m = static_cast<int>((M + BM - 1) / BM);
+  const int tiles_n = static_cast<int>((N + BN - 1) / BN);
+  const int pid = blockIdx.x;
+  const int per_group = GROUP * tiles_n;
+  const int first_tm = (pid / per_group) * GROUP;
+  const int group_rows = min(tiles_m - first_tm, GROUP);
+  const int tm = first_tm + (pid % per_group) % group_rows;
+  const int tn = (pid % per_group) / group_rows;
+  m0 = static_cast<int64_t>(tm) * BM;
+  n0 = static_cast<int64_t>(tn) * BN;
+}
+
 // Kernel arguments (passed by value). Strides are in elements.
 template <typename T>
 struct GemmParams {
@@ -200,19 +217,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
   const int wm0 = (warp / Cfg::WARPS_N) * Cfg::WTM;  // warp tile origin inside the CTA tile
   const int wn0 = (warp % Cfg::WARPS_N) * Cfg::WTN;
 
-  // 1. CTA tile coordinates, grouped rasterisation: consecutive CTAs sweep a band of GROUP
-  //    tile-rows column by column, so the band's A rows and each B column tile are reused from L2.
-  constexpr int GROUP = 8;
-  const int tiles_m = static_cast<int>((p.M + BM - 1) / BM);
-  const int tiles_n = static_cast<int>((p.N + BN - 1) / BN);
-  const int pid = blockIdx.x;
-  const int per_group = GROUP * tiles_n;
-  const int first_tm = (pid / per_group) * GROUP;
-  const int group_rows = min(tiles_m - first_tm, GROUP);
-  const int tm = first_tm + (pid % per_group) % group_rows;
-  const int tn = (pid % per_group) / group_rows;
-  const int64_t m0 = static_cast<int64_t>(tm) * BM;
-  const int64_t n0 = static_cast<int64_t>(tn) * BN;
+  // 1. CTA tile coordinates, grouped rasterisation (L2 reuse of A rows and B column tiles).
+  int64_t m0, n0;
+  grouped_tile_origin<BM, BN>(p.M, p.N, m0, n0);
 
   const int64_t lda = A_KC ? p.sam : p.sak;
   const int64_t ldb = B_KC ? p.sbn : p.sbk;
@@ -478,17 +485,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_simt_fwd_k
   const int tx = tid % Cfg::TX, ty = tid / Cfg::TX;
 
   // 1. CTA tile coordinates, grouped rasterisation as in gemm_fwd_kernel.
-  constexpr int GROUP = 8;
-  const int tiles_m = static_cast<int>((p.M + BM - 1) / BM);
-  const int tiles_n = static_cast<int>((p.N + BN - 1) / BN);
-  const int pid = blockIdx.x;
-  const int per_group = GROUP * tiles_n;
-  const int first_tm = (pid / per_group) * GROUP;
-  const int group_rows = min(tiles_m - first_tm, GROUP);
-  const int tm = first_tm + (pid % per_group) % group_rows;
-  const int tn = (pid % per_group) / group_rows;
-  const int64_t m0 = static_cast<int64_t>(tm) * BM;
-  const int64_t n0 = static_cast<int64_t>(tn) * BN;
+  int64_t m0, n0;
+  grouped_tile_origin<BM, BN>(p.M, p.N, m0, n0);
   const int k_tiles = static_cast<int>((p.K + BK - 1) / BK);
 
   float4 ra[Cfg::A_VECS], rb[Cfg::B_VECS];
@@ -637,8 +635,6 @@ __global__ void __launch_bounds__(kBwdThreads) bias_act_bwd_kernel(const T* grad
 // ---------------------------------------------------------------------------------------------
 // Host side
 // ---------------------------------------------------------------------------------------------
-bool aligned_to(const void* ptr, size_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; }
-
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // 1-D grid of CTA tiles (gridDim.x allows 2^31 - 1; y/z would cap at 65535).
@@ -722,20 +718,9 @@ void gemm_typed(const void* a, int64_t sam, int64_t sak, const void* b, int64_t 
   }
   if (M == 1) ldc = 0;
 
-  GemmParams<T> p;
-  p.a = static_cast<const T*>(a);
-  p.b = static_cast<const T*>(b);
-  p.bias = static_cast<const T*>(bias);
-  p.c = static_cast<T*>(c);
-  p.sam = sam;
-  p.sak = sak;
-  p.sbk = sbk;
-  p.sbn = sbn;
-  p.ldc = ldc;
-  p.M = M;
-  p.N = N;
-  p.K = K;
-  p.act = static_cast<int>(act);
+  // Members in declaration order; the a_vec / b_vec / c_vec flags are set by the path chosen below.
+  GemmParams<T> p{static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(bias), static_cast<T*>(c),
+                  sam, sak, sbk, sbn, ldc, M, N, K, static_cast<int>(act)};
   const int sms = sm_count(device);
 
   // 2. Tensor-core path: 16-bit dtype, each operand row- or column-major, 16-byte aligned base,
@@ -819,19 +804,9 @@ void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int6
   if ((K > 0 && (a == nullptr || b == nullptr)) || c == nullptr)
     throw std::invalid_argument("gemm: null data pointer");
   const auto st = reinterpret_cast<cudaStream_t>(stream);
-  switch (dt) {
-    case DType::Float32:
-      gemm_typed<float>(a, sam, sak, b, sbk, sbn, bias, c, ldc, M, N, K, act, device, st);
-      return;
-    case DType::Float16:
-      gemm_typed<__half>(a, sam, sak, b, sbk, sbn, bias, c, ldc, M, N, K, act, device, st);
-      return;
-    case DType::BFloat16:
-      gemm_typed<__nv_bfloat16>(a, sam, sak, b, sbk, sbn, bias, c, ldc, M, N, K, act, device, st);
-      return;
-    default:
-      throw std::invalid_argument(std::string("CUDA GEMM takes float32, float16 or bfloat16, got ") + dtype_name(dt));
-  }
+  dispatch_dtype(dt, "GEMM", [&](auto tag) {
+    gemm_typed<decltype(tag)>(a, sam, sak, b, sbk, sbn, bias, c, ldc, M, N, K, act, device, st);
+  });
 }
 
 void bias_act_bwd(DType dt, const void* grad, const void* out, void* grad_pre, void* grad_bias, int64_t M,
@@ -845,20 +820,9 @@ void bias_act_bwd(DType dt, const void* grad, const void* out, void* grad_pre, v
   if (act != Act::None && M > 0 && out == nullptr)
     throw std::invalid_argument("bias_act_bwd: out is required for relu / relu6");
   const auto st = reinterpret_cast<cudaStream_t>(stream);
-  switch (dt) {
-    case DType::Float32:
-      bias_act_bwd_typed<float>(grad, out, grad_pre, grad_bias, M, N, act, st);
-      return;
-    case DType::Float16:
-      bias_act_bwd_typed<__half>(grad, out, grad_pre, grad_bias, M, N, act, st);
-      return;
-    case DType::BFloat16:
-      bias_act_bwd_typed<__nv_bfloat16>(grad, out, grad_pre, grad_bias, M, N, act, st);
-      return;
-    default:
-      throw std::invalid_argument(std::string("CUDA bias_act_bwd takes float32, float16 or bfloat16, got ") +
-                                  dtype_name(dt));
-  }
+  dispatch_dtype(dt, "bias_act_bwd", [&](auto tag) {
+    bias_act_bwd_typed<decltype(tag)>(grad, out, grad_pre, grad_bias, M, N, act, st);
+  });
 }
 
 }  // namespace pyimgcls::cuda

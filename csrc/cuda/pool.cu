@@ -405,15 +405,13 @@ int blocks_for(int64_t total, int threads = kThreads) {
   return static_cast<int>(b < 1 ? 1 : (b > kMaxBlocks ? kMaxBlocks : b));
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 // Channel vector width for NHWC: 16 bytes when C divides and every pointer is 16-byte aligned.
 template <typename T>
 int nhwc_vec(int64_t C, std::initializer_list<const void*> ptrs) {
   constexpr int V = 16 / sizeof(T);
   if (C % V != 0) return 1;
   for (const void* q : ptrs)
-    if (q && !aligned16(q)) return 1;
+    if (q && !aligned_to(q, 16)) return 1;
   return V;
 }
 
@@ -422,16 +420,6 @@ void check_params(const Pool2dParams& p) {
     throw std::invalid_argument("pooling: sizes must be non-negative");
   if (p.kh < 1 || p.kw < 1 || p.sh < 1 || p.sw < 1 || p.dh < 1 || p.dw < 1 || p.ph < 0 || p.pw < 0)
     throw std::invalid_argument("pooling: kernel, stride and dilation must be positive, padding non-negative");
-}
-
-template <typename F>
-void dispatch(DType dt, F&& f) {
-  switch (dt) {
-    case DType::Float32: return f(float{});
-    case DType::Float16: return f(__half{});
-    case DType::BFloat16: return f(__nv_bfloat16{});
-    default: throw std::invalid_argument(std::string("CUDA pooling takes float32, float16 or bfloat16, got ") + dtype_name(dt));
-  }
 }
 
 // Calls f(std::integral_constant<int, VEC>, std::bool_constant<CL>) for the chosen variant.
@@ -443,82 +431,72 @@ void dispatch_layout(bool cl, int vec, F&& f) {
   return f(std::integral_constant<int, 1>{}, std::true_type{});
 }
 
+// The part the four windowed pooling launchers share: argument checks, device, dtype and layout
+// variant, one thread per element (per VEC group in NHWC) of the output (forward) or of the input
+// (backward, over_input). Calls launch(T{}, VEC, CL, blocks, stream); nothing for an empty tensor.
+template <typename F>
+void launch_windowed(DType dt, const Pool2dParams& p, bool over_input, std::initializer_list<const void*> ptrs,
+                     bool channels_last, int device, uintptr_t stream, F&& launch) {
+  check_params(p);
+  set_device(device);
+  auto st = reinterpret_cast<cudaStream_t>(stream);
+  const int64_t h = over_input ? p.H : p.OH, w = over_input ? p.W : p.OW;
+  dispatch_dtype(dt, "pooling", [&](auto tag) {
+    using T = decltype(tag);
+    const int vec = channels_last ? nhwc_vec<T>(p.C, ptrs) : 1;
+    const int64_t total = p.N * (p.C / vec) * h * w;
+    if (total == 0) return;
+    dispatch_layout<T>(channels_last, vec, [&](auto V, auto CL) {
+      launch(tag, V, CL, blocks_for(total), st);
+      PYIMGCLS_CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
 }  // namespace
 
 void max_pool2d_fwd(DType dt, const void* x, void* y, int64_t* idx, const Pool2dParams& p, bool channels_last,
                     int device, uintptr_t stream) {
-  check_params(p);
-  set_device(device);
-  auto st = reinterpret_cast<cudaStream_t>(stream);
-  dispatch(dt, [&](auto tag) {
-    using T = decltype(tag);
-    const int vec = channels_last ? nhwc_vec<T>(p.C, {x, y, idx}) : 1;
-    const int64_t total = p.N * (p.C / vec) * p.OH * p.OW;
-    if (total == 0) return;
-    dispatch_layout<T>(channels_last, vec, [&](auto V, auto CL) {
-      if (idx)
-        max_pool2d_fwd_kernel<T, V(), CL(), true><<<blocks_for(total), kThreads, 0, st>>>(
-            static_cast<const T*>(x), static_cast<T*>(y), idx, p);
-      else
-        max_pool2d_fwd_kernel<T, V(), CL(), false><<<blocks_for(total), kThreads, 0, st>>>(
-            static_cast<const T*>(x), static_cast<T*>(y), nullptr, p);
-      PYIMGCLS_CUDA_CHECK_LAUNCH();
-    });
-  });
+  launch_windowed(dt, p, false, {x, y, idx}, channels_last, device, stream,
+                  [&](auto tag, auto V, auto CL, int blocks, cudaStream_t st) {
+                    using T = decltype(tag);
+                    if (idx)
+                      max_pool2d_fwd_kernel<T, V(), CL(), true><<<blocks, kThreads, 0, st>>>(
+                          static_cast<const T*>(x), static_cast<T*>(y), idx, p);
+                    else
+                      max_pool2d_fwd_kernel<T, V(), CL(), false><<<blocks, kThreads, 0, st>>>(
+                          static_cast<const T*>(x), static_cast<T*>(y), nullptr, p);
+                  });
 }
 
 void max_pool2d_bwd(DType dt, const void* gy, const int64_t* idx, void* gx, const Pool2dParams& p,
                     bool channels_last, int device, uintptr_t stream) {
-  check_params(p);
-  set_device(device);
-  auto st = reinterpret_cast<cudaStream_t>(stream);
-  dispatch(dt, [&](auto tag) {
-    using T = decltype(tag);
-    const int vec = channels_last ? nhwc_vec<T>(p.C, {gy, idx, gx}) : 1;
-    const int64_t total = p.N * (p.C / vec) * p.H * p.W;
-    if (total == 0) return;
-    dispatch_layout<T>(channels_last, vec, [&](auto V, auto CL) {
-      max_pool2d_bwd_kernel<T, V(), CL()><<<blocks_for(total), kThreads, 0, st>>>(
-          static_cast<const T*>(gy), idx, static_cast<T*>(gx), p);
-      PYIMGCLS_CUDA_CHECK_LAUNCH();
-    });
-  });
+  launch_windowed(dt, p, true, {gy, idx, gx}, channels_last, device, stream,
+                  [&](auto tag, auto V, auto CL, int blocks, cudaStream_t st) {
+                    using T = decltype(tag);
+                    max_pool2d_bwd_kernel<T, V(), CL()><<<blocks, kThreads, 0, st>>>(
+                        static_cast<const T*>(gy), idx, static_cast<T*>(gx), p);
+                  });
 }
 
 void avg_pool2d_fwd(DType dt, const void* x, void* y, const Pool2dParams& p, bool count_include_pad,
                     int64_t divisor_override, bool channels_last, int device, uintptr_t stream) {
-  check_params(p);
-  set_device(device);
-  auto st = reinterpret_cast<cudaStream_t>(stream);
-  dispatch(dt, [&](auto tag) {
-    using T = decltype(tag);
-    const int vec = channels_last ? nhwc_vec<T>(p.C, {x, y}) : 1;
-    const int64_t total = p.N * (p.C / vec) * p.OH * p.OW;
-    if (total == 0) return;
-    dispatch_layout<T>(channels_last, vec, [&](auto V, auto CL) {
-      avg_pool2d_fwd_kernel<T, V(), CL()><<<blocks_for(total), kThreads, 0, st>>>(
-          static_cast<const T*>(x), static_cast<T*>(y), p, count_include_pad, divisor_override);
-      PYIMGCLS_CUDA_CHECK_LAUNCH();
-    });
-  });
+  launch_windowed(dt, p, false, {x, y}, channels_last, device, stream,
+                  [&](auto tag, auto V, auto CL, int blocks, cudaStream_t st) {
+                    using T = decltype(tag);
+                    avg_pool2d_fwd_kernel<T, V(), CL()><<<blocks, kThreads, 0, st>>>(
+                        static_cast<const T*>(x), static_cast<T*>(y), p, count_include_pad, divisor_override);
+                  });
 }
 
 void avg_pool2d_bwd(DType dt, const void* gy, void* gx, const Pool2dParams& p, bool count_include_pad,
                     int64_t divisor_override, bool channels_last, int device, uintptr_t stream) {
-  check_params(p);
-  set_device(device);
-  auto st = reinterpret_cast<cudaStream_t>(stream);
-  dispatch(dt, [&](auto tag) {
-    using T = decltype(tag);
-    const int vec = channels_last ? nhwc_vec<T>(p.C, {gy, gx}) : 1;
-    const int64_t total = p.N * (p.C / vec) * p.H * p.W;
-    if (total == 0) return;
-    dispatch_layout<T>(channels_last, vec, [&](auto V, auto CL) {
-      avg_pool2d_bwd_kernel<T, V(), CL()><<<blocks_for(total), kThreads, 0, st>>>(
-          static_cast<const T*>(gy), static_cast<T*>(gx), p, count_include_pad, divisor_override);
-      PYIMGCLS_CUDA_CHECK_LAUNCH();
-    });
-  });
+  launch_windowed(dt, p, true, {gy, gx}, channels_last, device, stream,
+                  [&](auto tag, auto V, auto CL, int blocks, cudaStream_t st) {
+                    using T = decltype(tag);
+                    avg_pool2d_bwd_kernel<T, V(), CL()><<<blocks, kThreads, 0, st>>>(
+                        static_cast<const T*>(gy), static_cast<T*>(gx), p, count_include_pad, divisor_override);
+                  });
 }
 
 void adaptive_avg_pool2d_fwd(DType dt, const void* x, void* y, int64_t N, int64_t C, int64_t H, int64_t W,
@@ -530,7 +508,7 @@ void adaptive_avg_pool2d_fwd(DType dt, const void* x, void* y, int64_t N, int64_
   set_device(device);
   auto st = reinterpret_cast<cudaStream_t>(stream);
   const AdaptiveParams p{N, C, H, W, OH, OW};
-  dispatch(dt, [&](auto tag) {
+  dispatch_dtype(dt, "pooling", [&](auto tag) {
     using T = decltype(tag);
     if (N * C * OH * OW == 0) return;
     if (OH == 1 && OW == 1) {
@@ -567,7 +545,7 @@ void adaptive_avg_pool2d_bwd(DType dt, const void* gy, void* gx, int64_t N, int6
   set_device(device);
   auto st = reinterpret_cast<cudaStream_t>(stream);
   const AdaptiveParams p{N, C, H, W, OH, OW};
-  dispatch(dt, [&](auto tag) {
+  dispatch_dtype(dt, "pooling", [&](auto tag) {
     using T = decltype(tag);
     const int vec = channels_last ? nhwc_vec<T>(C, {gy, gx}) : 1;
     dispatch_layout<T>(channels_last, vec, [&](auto V, auto CL) {

@@ -571,30 +571,11 @@ void softmax_xent_fwd(DType dt, const void* x, int64_t sxn, const void* target, 
     throw std::invalid_argument("softmax_xent_fwd: reduction 'mean' needs the denominator output");
   if (reduction == 0 && N == 0) return;
   set_device(device);
-  FwdParams p{};
-  p.x = x;
-  p.sxn = sxn;
-  p.target = target;
-  p.target_i32 = target_i32 ? 1 : 0;
-  p.weight = weight;
-  p.N = N;
-  p.C = C;
-  p.ignore_index = ignore_index;
-  p.eps = label_smoothing;
-  p.reduction = reduction;
-  p.loss = loss;
-  p.grad = grad;
-  p.row_loss = row_scratch;
-  p.row_w = row_scratch != nullptr ? row_scratch + N : nullptr;
-  p.denom = denom;
-  p.counter = counter;
+  // Members in declaration order (see FwdParams).
+  const FwdParams p{x, sxn, target, target_i32 ? 1 : 0, weight, N, C, ignore_index, label_smoothing, reduction,
+                    loss, grad, row_scratch, row_scratch != nullptr ? row_scratch + N : nullptr, denom, counter};
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-  switch (dt) {
-    case DType::Float32: fwd_t<float>(p, s); break;
-    case DType::Float16: fwd_t<__half>(p, s); break;
-    case DType::BFloat16: fwd_t<__nv_bfloat16>(p, s); break;
-    default: throw std::invalid_argument(std::string("CUDA softmax_xent takes float32, float16 or bfloat16, got ") + dtype_name(dt));
-  }
+  dispatch_dtype(dt, "softmax_xent", [&](auto tag) { fwd_t<decltype(tag)>(p, s); });
 }
 
 void softmax_xent_bwd(DType dt, const void* saved, const void* target, bool target_i32, const void* grad_loss,
@@ -603,25 +584,11 @@ void softmax_xent_bwd(DType dt, const void* saved, const void* target, bool targ
   if (N < 0 || C < 0) throw std::invalid_argument("softmax_xent_bwd: N and C must be >= 0");
   if (N == 0 || C == 0) return;
   set_device(device);
-  BwdParams p{};
-  p.saved = saved;
-  p.target = target;
-  p.target_i32 = target_i32 ? 1 : 0;
-  p.go = grad_loss;
-  p.go_stride = go_stride;
-  p.per_row = per_row ? 1 : 0;
-  p.denom = denom;
-  p.N = N;
-  p.C = C;
-  p.ignore_index = ignore_index;
-  p.out = grad_in;
+  // Members in declaration order (see BwdParams).
+  const BwdParams p{saved, target, target_i32 ? 1 : 0, grad_loss, go_stride, per_row ? 1 : 0,
+                    denom, N, C, ignore_index, grad_in};
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
-  switch (dt) {
-    case DType::Float32: bwd_t<float>(p, s); break;
-    case DType::Float16: bwd_t<__half>(p, s); break;
-    case DType::BFloat16: bwd_t<__nv_bfloat16>(p, s); break;
-    default: throw std::invalid_argument(std::string("CUDA softmax_xent takes float32, float16 or bfloat16, got ") + dtype_name(dt));
-  }
+  dispatch_dtype(dt, "softmax_xent", [&](auto tag) { bwd_t<decltype(tag)>(p, s); });
 }
 
 }  // namespace pyimgcls::cuda

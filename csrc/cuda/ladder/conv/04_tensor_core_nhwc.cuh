@@ -94,40 +94,18 @@ __global__ void __launch_bounds__(128) ladder_conv_tensor_core_nhwc_fwd_kernel(c
     __syncthreads();
 #pragma unroll
     for (int ks = 0; ks < BK; ks += 16) {
-      uint32_t af[MI][4], bf[NI][2];
+      uint32_t af[MI][4], bq[NI / 2][4];
+      ldmatrix_a_frags(af, As, wm * WM, ks, lane);
 #pragma unroll
-      for (int mi = 0; mi < MI; ++mi)
-        ptx::ldmatrix_x4(af[mi], ptx::smem_addr(&As[wm * WM + mi * 16 + (lane % 16)][ks + (lane / 16) * 8]));
-#pragma unroll
-      for (int p = 0; p < NI / 2; ++p) {
-        uint32_t r[4];
+      for (int p = 0; p < NI / 2; ++p) {  // Bs is [o][k], K-contiguous like As: no transpose
         const int brow = wn * WN + p * 16 + (lane / 16) * 8 + lane % 8, bcol = ks + ((lane / 8) % 2) * 8;
-        ptx::ldmatrix_x4(r, ptx::smem_addr(&Bs[brow][bcol]));
-        bf[2 * p][0] = r[0];
-        bf[2 * p][1] = r[1];
-        bf[2 * p + 1][0] = r[2];
-        bf[2 * p + 1][1] = r[3];
+        ptx::ldmatrix_x4(bq[p], ptx::smem_addr(&Bs[brow][bcol]));
       }
-#pragma unroll
-      for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni) ptx::mma_16816<T>(acc[mi][ni], af[mi], bf[ni]);
+      mma_warp_tile<T>(acc, af, bq);
     }
     __syncthreads();
   }
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t m = m0 + wm * WM + mi * 16 + lane / 4 + h * 8;
-      if (m >= NP) continue;
-#pragma unroll
-      for (int ni = 0; ni < NI; ++ni) {
-        const int64_t o = n0 + wn * WN + ni * 8 + 2 * (lane % 4);
-        if (o < s.O) y[m * s.O + o] = from_float<T>(acc[mi][ni][2 * h]);
-        if (o + 1 < s.O) y[m * s.O + o + 1] = from_float<T>(acc[mi][ni][2 * h + 1]);
-      }
-    }
+  store_warp_tile(y, acc, m0 + wm * WM, n0 + wn * WN, NP, s.O, lane);  // y[pixel][o] is NHWC
 }
 
 template <typename T>

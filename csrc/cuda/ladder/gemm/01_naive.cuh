@@ -14,7 +14,7 @@
 // Prediction (H100 SXM, fp32 SIMT; cuBLAS SGEMM ~ 50 TFLOP/s): ~0.6 TFLOP/s, ~1% of cuBLAS: bound by
 // L1/L2 transactions of the strided A loads, not by FFMA throughput.
 #pragma once
-#include "../common.cuh"
+#include "common.cuh"
 
 namespace pyimgcls::cuda::ladder::detail {
 
@@ -24,10 +24,7 @@ __global__ void __launch_bounds__(1024) ladder_gemm_naive_fwd_kernel(const float
                                                                       int64_t K) {
   const int64_t row = blockIdx.x * 32LL + threadIdx.x;
   const int64_t col = blockIdx.y * 32LL + threadIdx.y;
-  if (row >= M || col >= N) return;
-  float acc = 0.f;
-  for (int64_t k = 0; k < K; ++k) acc += a[row * K + k] * b[k * N + col];
-  c[row * N + col] = acc;
+  naive_dot(a, b, c, row, col, M, N, K);
 }
 
 inline void launch_ladder_gemm_naive_fwd(const float* a, const float* b, float* c, int64_t M, int64_t N, int64_t K,

@@ -12,7 +12,7 @@
 // Prediction (H100 SXM): ~6 TFLOP/s, ~12% of cuBLAS SGEMM: now bound by shared-memory load
 // throughput (2 LDS per FFMA) and by the __syncthreads pair per 32-wide slice.
 #pragma once
-#include "../common.cuh"
+#include "common.cuh"
 
 namespace pyimgcls::cuda::ladder::detail {
 
@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(1024) ladder_gemm_smem_tiled_fwd_kernel(const 
 
 inline void launch_ladder_gemm_smem_tiled_fwd(const float* a, const float* b, float* c, int64_t M, int64_t N,
                                               int64_t K, cudaStream_t stream) {
-  const dim3 grid(grid_x(ceil_div(N, 32), "gemm step 3"), grid_y(ceil_div(M, 32), "gemm step 3"));
+  const dim3 grid = tile_grid(M, N, 32, 32, "gemm step 3");
   ladder_gemm_smem_tiled_fwd_kernel<<<grid, dim3(32, 32), 0, stream>>>(a, b, c, M, N, K);
   PYIMGCLS_CUDA_CHECK_LAUNCH();
 }

@@ -11,7 +11,7 @@
 // Prediction (H100 SXM): ~17 TFLOP/s, ~35% of cuBLAS SGEMM: the FFMA pipe is now fed ~2x better, but
 // 8 accumulators per thread still leave little instruction-level parallelism.
 #pragma once
-#include "../common.cuh"
+#include "common.cuh"
 
 namespace pyimgcls::cuda::ladder::detail {
 
@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(512, 2)
 
 inline void launch_ladder_gemm_blocktile_1d_fwd(const float* a, const float* b, float* c, int64_t M, int64_t N,
                                                 int64_t K, cudaStream_t stream) {
-  const dim3 grid(grid_x(ceil_div(N, 64), "gemm step 4"), grid_y(ceil_div(M, 64), "gemm step 4"));
+  const dim3 grid = tile_grid(M, N, 64, 64, "gemm step 4");
   ladder_gemm_blocktile_1d_fwd_kernel<<<grid, 512, 0, stream>>>(a, b, c, M, N, K);
   PYIMGCLS_CUDA_CHECK_LAUNCH();
 }

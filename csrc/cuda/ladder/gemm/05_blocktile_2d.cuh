@@ -13,7 +13,7 @@
 // to scalar global loads, the 2-4 way bank conflicts of the As[row][k] / Bs[k][8*tc + j] reads, and
 // exposed load latency (single-buffered shared memory).
 #pragma once
-#include "../common.cuh"
+#include "common.cuh"
 
 namespace pyimgcls::cuda::ladder::detail {
 
@@ -49,28 +49,16 @@ __global__ void __launch_bounds__(256) ladder_gemm_blocktile_2d_fwd_kernel(const
       for (int i = 0; i < TM; ++i) rm[i] = As[tr * TM + i][k];
 #pragma unroll
       for (int j = 0; j < TN; ++j) rn[j] = Bs[k][tc * TN + j];
-#pragma unroll
-      for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] += rm[i] * rn[j];
+      outer_product(acc, rm, rn);
     }
     __syncthreads();
   }
-#pragma unroll
-  for (int i = 0; i < TM; ++i) {
-    const int64_t row = m0 + tr * TM + i;
-    if (row >= M) continue;
-#pragma unroll
-    for (int j = 0; j < TN; ++j) {
-      const int64_t col = n0 + tc * TN + j;
-      if (col < N) c[row * N + col] = acc[i][j];
-    }
-  }
+  store_micro_tile<false>(c, acc, m0 + tr * TM, n0 + tc * TN, M, N);
 }
 
 inline void launch_ladder_gemm_blocktile_2d_fwd(const float* a, const float* b, float* c, int64_t M, int64_t N,
                                                 int64_t K, cudaStream_t stream) {
-  const dim3 grid(grid_x(ceil_div(N, 128), "gemm step 5"), grid_y(ceil_div(M, 128), "gemm step 5"));
+  const dim3 grid = tile_grid(M, N, 128, 128, "gemm step 5");
   ladder_gemm_blocktile_2d_fwd_kernel<<<grid, 256, 0, stream>>>(a, b, c, M, N, K);
   PYIMGCLS_CUDA_CHECK_LAUNCH();
 }

@@ -13,7 +13,7 @@
 // Prediction (H100 SXM): ~36 TFLOP/s, ~72% of cuBLAS SGEMM: fewer load instructions and no bank
 // conflicts; still single-buffered, so global-load latency is exposed once per K slice.
 #pragma once
-#include "../common.cuh"
+#include "common.cuh"
 
 namespace pyimgcls::cuda::ladder::detail {
 
@@ -32,26 +32,10 @@ __global__ void __launch_bounds__(256) ladder_gemm_vectorized_fwd_kernel(const f
   const int b_r = tid / 32, b_c = (tid % 32) * 4;  // one float4 of the 8x128 B slice
   float acc[TM][TN] = {};
   for (int64_t k0 = 0; k0 < K; k0 += BK) {
-    float4 av, bv;
-    const int64_t gr = m0 + a_r, gk = k0 + a_k, bk = k0 + b_r, bn = n0 + b_c;
-    if constexpr (VEC) {  // K % 4 == 0 and N % 4 == 0: a float4 is wholly inside or wholly outside
-      av = (gr < M && gk < K) ? *reinterpret_cast<const float4*>(a + gr * K + gk) : make_float4(0.f, 0.f, 0.f, 0.f);
-      bv = (bk < K && bn < N) ? *reinterpret_cast<const float4*>(b + bk * N + bn) : make_float4(0.f, 0.f, 0.f, 0.f);
-    } else {
-      const bool ar = gr < M, br = bk < K;
-      av.x = (ar && gk + 0 < K) ? a[gr * K + gk + 0] : 0.f;
-      av.y = (ar && gk + 1 < K) ? a[gr * K + gk + 1] : 0.f;
-      av.z = (ar && gk + 2 < K) ? a[gr * K + gk + 2] : 0.f;
-      av.w = (ar && gk + 3 < K) ? a[gr * K + gk + 3] : 0.f;
-      bv.x = (br && bn + 0 < N) ? b[bk * N + bn + 0] : 0.f;
-      bv.y = (br && bn + 1 < N) ? b[bk * N + bn + 1] : 0.f;
-      bv.z = (br && bn + 2 < N) ? b[bk * N + bn + 2] : 0.f;
-      bv.w = (br && bn + 3 < N) ? b[bk * N + bn + 3] : 0.f;
-    }
-    As[a_k + 0][a_r] = av.x;
-    As[a_k + 1][a_r] = av.y;
-    As[a_k + 2][a_r] = av.z;
-    As[a_k + 3][a_r] = av.w;
+    // VEC (K % 4 == 0, N % 4 == 0): one float4 load each; otherwise 4 predicated scalar loads.
+    const float4 av = load4_guarded<VEC>(a, m0 + a_r, k0 + a_k, M, K);
+    const float4 bv = load4_guarded<VEC>(b, k0 + b_r, n0 + b_c, K, N);
+    store_transposed4(As, a_r, a_k, av);
     *reinterpret_cast<float4*>(&Bs[b_r][b_c]) = bv;
     __syncthreads();
 #pragma unroll
@@ -61,42 +45,17 @@ __global__ void __launch_bounds__(256) ladder_gemm_vectorized_fwd_kernel(const f
       *reinterpret_cast<float4*>(&rm[4]) = *reinterpret_cast<const float4*>(&As[k][tr * TM + 4]);
       *reinterpret_cast<float4*>(&rn[0]) = *reinterpret_cast<const float4*>(&Bs[k][tc * TN]);
       *reinterpret_cast<float4*>(&rn[4]) = *reinterpret_cast<const float4*>(&Bs[k][tc * TN + 4]);
-#pragma unroll
-      for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] += rm[i] * rn[j];
+      outer_product(acc, rm, rn);
     }
     __syncthreads();
   }
-#pragma unroll
-  for (int i = 0; i < TM; ++i) {
-    const int64_t row = m0 + tr * TM + i;
-    if (row >= M) continue;
-#pragma unroll
-    for (int j = 0; j < TN; j += 4) {
-      const int64_t col = n0 + tc * TN + j;
-      if constexpr (VEC) {
-        if (col < N)
-          *reinterpret_cast<float4*>(c + row * N + col) =
-              make_float4(acc[i][j], acc[i][j + 1], acc[i][j + 2], acc[i][j + 3]);
-      } else {
-#pragma unroll
-        for (int jj = 0; jj < 4; ++jj)
-          if (col + jj < N) c[row * N + col + jj] = acc[i][j + jj];
-      }
-    }
-  }
+  store_micro_tile<VEC>(c, acc, m0 + tr * TM, n0 + tc * TN, M, N);
 }
 
 inline void launch_ladder_gemm_vectorized_fwd(const float* a, const float* b, float* c, int64_t M, int64_t N,
                                               int64_t K, cudaStream_t stream) {
-  const dim3 grid(grid_x(ceil_div(N, 128), "gemm step 6"), grid_y(ceil_div(M, 128), "gemm step 6"));
-  const bool vec = K % 4 == 0 && N % 4 == 0 && aligned_to(a, 16) && aligned_to(b, 16) && aligned_to(c, 16);
-  if (vec)
-    ladder_gemm_vectorized_fwd_kernel<true><<<grid, 256, 0, stream>>>(a, b, c, M, N, K);
-  else
-    ladder_gemm_vectorized_fwd_kernel<false><<<grid, 256, 0, stream>>>(a, b, c, M, N, K);
-  PYIMGCLS_CUDA_CHECK_LAUNCH();
+  launch_vec_or_scalar(ladder_gemm_vectorized_fwd_kernel<true>, ladder_gemm_vectorized_fwd_kernel<false>, "gemm step 6",
+                       a, b, c, M, N, K, stream);
 }
 
 }  // namespace pyimgcls::cuda::ladder::detail

@@ -14,7 +14,7 @@
 // Prediction (H100 SXM): ~40 TFLOP/s, ~80% of cuBLAS SGEMM: better warp-level locality and half the
 // barriers; the remaining gap is the single-buffered K loop (no load/compute overlap).
 #pragma once
-#include "../common.cuh"
+#include "common.cuh"
 
 namespace pyimgcls::cuda::ladder::detail {
 
@@ -38,26 +38,9 @@ __global__ void __launch_bounds__(256) ladder_gemm_warptiled_fwd_kernel(const fl
     for (int it = 0; it < 2; ++it) {
       const int ar = tid / 4 + it * 64, ak = (tid % 4) * 4;    // float4 of the 128x16 A slice
       const int br = tid / 32 + it * 8, bc = (tid % 32) * 4;   // float4 of the 16x128 B slice
-      const int64_t gr = m0 + ar, gk = k0 + ak, bk = k0 + br, bn = n0 + bc;
-      float4 av, bv;
-      if constexpr (VEC) {
-        av = (gr < M && gk < K) ? *reinterpret_cast<const float4*>(a + gr * K + gk) : make_float4(0.f, 0.f, 0.f, 0.f);
-        bv = (bk < K && bn < N) ? *reinterpret_cast<const float4*>(b + bk * N + bn) : make_float4(0.f, 0.f, 0.f, 0.f);
-      } else {
-        const bool arow = gr < M, brow = bk < K;
-        av.x = (arow && gk + 0 < K) ? a[gr * K + gk + 0] : 0.f;
-        av.y = (arow && gk + 1 < K) ? a[gr * K + gk + 1] : 0.f;
-        av.z = (arow && gk + 2 < K) ? a[gr * K + gk + 2] : 0.f;
-        av.w = (arow && gk + 3 < K) ? a[gr * K + gk + 3] : 0.f;
-        bv.x = (brow && bn + 0 < N) ? b[bk * N + bn + 0] : 0.f;
-        bv.y = (brow && bn + 1 < N) ? b[bk * N + bn + 1] : 0.f;
-        bv.z = (brow && bn + 2 < N) ? b[bk * N + bn + 2] : 0.f;
-        bv.w = (brow && bn + 3 < N) ? b[bk * N + bn + 3] : 0.f;
-      }
-      As[ak + 0][ar] = av.x;
-      As[ak + 1][ar] = av.y;
-      As[ak + 2][ar] = av.z;
-      As[ak + 3][ar] = av.w;
+      const float4 av = load4_guarded<VEC>(a, m0 + ar, k0 + ak, M, K);
+      const float4 bv = load4_guarded<VEC>(b, k0 + br, n0 + bc, K, N);
+      store_transposed4(As, ar, ak, av);
       *reinterpret_cast<float4*>(&Bs[br][bc]) = bv;
     }
     __syncthreads();
@@ -75,10 +58,7 @@ __global__ void __launch_bounds__(256) ladder_gemm_warptiled_fwd_kernel(const fl
         for (int sj = 0; sj < 2; ++sj) {
           const float am[4] = {rm[si].x, rm[si].y, rm[si].z, rm[si].w};
           const float bn_[4] = {rn[sj].x, rn[sj].y, rn[sj].z, rn[sj].w};
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) acc[si][sj][i][j] += am[i] * bn_[j];
+          outer_product(acc[si][sj], am, bn_);
         }
     }
     __syncthreads();
@@ -91,28 +71,15 @@ __global__ void __launch_bounds__(256) ladder_gemm_warptiled_fwd_kernel(const fl
       if (row >= M) continue;
 #pragma unroll
       for (int sj = 0; sj < 2; ++sj) {
-        const int64_t col = n0 + wn * WN + sj * SN + ln * 4;
-        const float* v = acc[si][sj][i];
-        if constexpr (VEC) {
-          if (col < N) *reinterpret_cast<float4*>(c + row * N + col) = make_float4(v[0], v[1], v[2], v[3]);
-        } else {
-#pragma unroll
-          for (int j = 0; j < 4; ++j)
-            if (col + j < N) c[row * N + col + j] = v[j];
-        }
+        store4_guarded<VEC>(c, row, n0 + wn * WN + sj * SN + ln * 4, N, acc[si][sj][i]);
       }
     }
 }
 
 inline void launch_ladder_gemm_warptiled_fwd(const float* a, const float* b, float* c, int64_t M, int64_t N,
                                              int64_t K, cudaStream_t stream) {
-  const dim3 grid(grid_x(ceil_div(N, 128), "gemm step 7"), grid_y(ceil_div(M, 128), "gemm step 7"));
-  const bool vec = K % 4 == 0 && N % 4 == 0 && aligned_to(a, 16) && aligned_to(b, 16) && aligned_to(c, 16);
-  if (vec)
-    ladder_gemm_warptiled_fwd_kernel<true><<<grid, 256, 0, stream>>>(a, b, c, M, N, K);
-  else
-    ladder_gemm_warptiled_fwd_kernel<false><<<grid, 256, 0, stream>>>(a, b, c, M, N, K);
-  PYIMGCLS_CUDA_CHECK_LAUNCH();
+  launch_vec_or_scalar(ladder_gemm_warptiled_fwd_kernel<true>, ladder_gemm_warptiled_fwd_kernel<false>, "gemm step 7",
+                       a, b, c, M, N, K, stream);
 }
 
 }  // namespace pyimgcls::cuda::ladder::detail

@@ -59,40 +59,18 @@ __global__ void __launch_bounds__(256) ladder_gemm_tensor_core_fwd_kernel(const 
     __syncthreads();
 #pragma unroll
     for (int ks = 0; ks < BK; ks += 16) {
-      uint32_t af[MI][4], bf[NI][2];
+      uint32_t af[MI][4], bq[NI / 2][4];
+      ldmatrix_a_frags(af, As, wm * WM, ks, lane);
 #pragma unroll
-      for (int mi = 0; mi < MI; ++mi)
-        ptx::ldmatrix_x4(af[mi], ptx::smem_addr(&As[wm * WM + mi * 16 + (lane % 16)][ks + (lane / 16) * 8]));
-#pragma unroll
-      for (int p = 0; p < NI / 2; ++p) {
-        uint32_t r[4];
+      for (int p = 0; p < NI / 2; ++p) {  // Bs is [k][n]: the b fragments come transposed
         const int brow = ks + ((lane / 8) % 2) * 8 + lane % 8, bcol = wn * WN + p * 16 + (lane / 16) * 8;
-        ptx::ldmatrix_x4_trans(r, ptx::smem_addr(&Bs[brow][bcol]));
-        bf[2 * p][0] = r[0];
-        bf[2 * p][1] = r[1];
-        bf[2 * p + 1][0] = r[2];
-        bf[2 * p + 1][1] = r[3];
+        ptx::ldmatrix_x4_trans(bq[p], ptx::smem_addr(&Bs[brow][bcol]));
       }
-#pragma unroll
-      for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni) ptx::mma_16816<T>(acc[mi][ni], af[mi], bf[ni]);
+      mma_warp_tile<T>(acc, af, bq);
     }
     __syncthreads();
   }
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t row = m0 + wm * WM + mi * 16 + lane / 4 + h * 8;
-      if (row >= M) continue;
-#pragma unroll
-      for (int ni = 0; ni < NI; ++ni) {
-        const int64_t col = n0 + wn * WN + ni * 8 + 2 * (lane % 4);
-        if (col < N) c[row * N + col] = from_float<T>(acc[mi][ni][2 * h]);
-        if (col + 1 < N) c[row * N + col + 1] = from_float<T>(acc[mi][ni][2 * h + 1]);
-      }
-    }
+  store_warp_tile(c, acc, m0 + wm * WM, n0 + wn * WN, M, N, lane);
 }
 
 template <typename T>
