@@ -94,10 +94,18 @@ def _kernel_outputs(x, target, ignore_index, reduction, need_grad):
     dev = x.device
     loss = _alloc.empty((N,) if reduction == _NONE else (), dtype, dev)
     grad = _alloc.empty((N, C), dtype, dev) if need_grad else x.new_empty((0,))
-    denom = _alloc.empty((), _acc_dtype(dtype), dev) if reduction == _MEAN else x.new_empty((0,), dtype=_acc_dtype(dtype))
+    denom = (_alloc.empty((), _acc_dtype(dtype), dev) if reduction == _MEAN
+             else x.new_empty((0,), dtype=_acc_dtype(dtype)))
     if dev.type == "cpu" or os.environ.get("PYIMGCLS_CHECK_TARGETS", "0") == "1":
         _validate_targets_on_host(target, C, ignore_index)
     return loss, grad, denom
+
+
+def _backward_output(saved, in_place=False):
+    """(the input gradient's buffer: ``saved`` itself when ``in_place``, else a new one like it,
+    whether there is anything to compute)."""
+    out = saved if in_place else _alloc.empty_like(saved)
+    return out, out.numel() > 0
 
 
 def _target_terms(target, weight, ignore_index, eps, C, acc, device):

@@ -22,7 +22,7 @@ import torch
 
 from ... import _native
 from ...ops import _alloc
-from ...ops.softmax_xent import _MEAN, _NONE, _raise_bad_target
+from ...ops.softmax_xent import _MEAN, _NONE, _backward_output, _raise_bad_target
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -54,8 +54,8 @@ def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place)
         # float16/bfloat16: the saved gradient is float32 (see forward).
         return backward(grad_loss.float(), saved, target, denom, ignore_index, reduction, False).to(out_dtype)
     N, C = saved.shape
-    out = saved if in_place else _alloc.empty_like(saved)
-    if N == 0 or C == 0:
+    out, work = _backward_output(saved, in_place)
+    if not work:
         return out
     per_row = reduction == _NONE
     go_stride = grad_loss.stride(0) if per_row else 0

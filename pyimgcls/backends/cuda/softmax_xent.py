@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 
 from ... import _native
-from ...ops import _alloc
-from ...ops.softmax_xent import _MEAN, _NONE, _kernel_outputs
+from ...ops.softmax_xent import _MEAN, _NONE, _backward_output, _kernel_outputs
 from . import launch_args
 
 _COUNTERS: dict = {}
@@ -39,8 +38,8 @@ def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
 
 def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place):
     N, C = saved.shape
-    out = _alloc.empty_like(saved)
-    if N == 0 or C == 0:
+    out, work = _backward_output(saved)
+    if not work:
         return out
     per_row = reduction == _NONE
     _native.C.softmax_xent_bwd_cuda(

@@ -2,8 +2,7 @@
 their contracts: pyimgcls/backends/cpu/softmax_xent.py."""
 from __future__ import annotations
 
-from ...ops import _alloc
-from ...ops.softmax_xent import _MEAN, _NONE, _kernel_outputs
+from ...ops.softmax_xent import _MEAN, _NONE, _backward_output, _kernel_outputs
 
 
 def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
@@ -16,10 +15,8 @@ def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
 
 def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place):
     from ...triton_kernels import softmax_xent as tk
-    N, C = saved.shape
-    out = _alloc.empty_like(saved)
-    if N == 0 or C == 0:
-        return out
-    tk.softmax_xent_bwd(saved, target, grad_loss, denom if reduction == _MEAN else None, ignore_index,
-                        reduction == _NONE, out)
+    out, work = _backward_output(saved)
+    if work:
+        tk.softmax_xent_bwd(saved, target, grad_loss, denom if reduction == _MEAN else None, ignore_index,
+                            reduction == _NONE, out)
     return out
