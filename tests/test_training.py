@@ -489,3 +489,136 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys, argv, needle):
     assert run_cli("train", *argv, "--out", tmp_path) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ run folders, resume, Ctrl-C
+TINY = ["--data", "digits", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--no-plots", "--quiet"]
+
+
+def test_runs_get_their_own_folder_and_latest_follows(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("train", *TINY, "--epochs", 1) == 0
+    first = os.readlink(tmp_path / "runs" / "latest")
+    assert first.startswith("lenet5-digits-") and (tmp_path / "runs" / first / "metrics.json").exists()
+    assert run_cli("train", *TINY, "--epochs", 1, "--lr", "0.02") == 0
+    second = os.readlink(tmp_path / "runs" / "latest")
+    assert second != first and (tmp_path / "runs" / first / "checkpoint.pt").exists()   # nothing lost
+    # --resume alone continues the newest, its settings (--lr 0.02, --epochs 1) from the checkpoint
+    assert run_cli("train", "--resume") == 0
+    m = read_metrics(tmp_path / "runs" / second)
+    assert m["config"]["lr"] == 0.02 and m["epochs"] == 1
+    # a larger --epochs extends it, the schedule rebuilt for the new length
+    assert run_cli("train", "--resume", "--epochs", 3) == 0
+    m = read_metrics(tmp_path / "runs" / second)
+    assert m["epochs"] == 3 and [h["epoch"] for h in m["history"]] == [1, 2, 3]
+    assert m["history"][1]["lr"] > 0 and m["history"][2]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert run_cli("train", "--resume", "--epochs", 2) == 2   # fewer than finished
+    assert "--epochs 2" in capsys.readouterr().err
+
+
+def test_explicit_out_is_refused_when_not_empty(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("train", *TINY, "--epochs", 1, "--out", out) == 0
+    (out / "notes.txt").write_text("mine")
+    before = (out / "checkpoint.pt").stat().st_mtime_ns
+    assert run_cli("train", *TINY, "--epochs", 1, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "--overwrite" in err and err.count("\n") == 1
+    assert (out / "checkpoint.pt").stat().st_mtime_ns == before
+    assert run_cli("train", *TINY, "--epochs", 1, "--out", out, "--overwrite") == 0
+    assert (out / "notes.txt").read_text() == "mine" and read_metrics(out)["resumed_from_step"] is None
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_out_must_be_a_writable_directory(tmp_path, capsys, where):
+    f = tmp_path / "file"
+    f.write_text("x")
+    out = f if where == "file" else f / "sub"
+    assert run_cli("train", *TINY, "--epochs", 1, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "Traceback" not in err
+
+
+def test_resume_without_a_run_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("train", "--resume") == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_and_prints_the_resume_command(tmp_path):
+    """A real SIGINT mid-run: checkpoint saved at the step it stopped after, one line with the command
+    that resumes, exit status 130, no traceback; that command then finishes the run."""
+    out = tmp_path / "run"
+    args = ["-m", "pyimgcls", "train", "--data", "synthetic", "--synthetic-size", 512, "--batch-size", 16,
+            "--epochs", 40, "--save-every", 0, "--no-plots", "--kernels", "cpu", "--out", out]
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("pyimgcls train:")
+        time.sleep(random.Random().uniform(0.5, 2.0))
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert f"resume with: pyimgcls train --resume --out {out}" in err
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["global_step"] >= 1 and not (out / "metrics.json").exists()
+    done = ck["epoch"] + (1 if ck["step_in_epoch"] else 0)
+    p = run_sub("-m", "pyimgcls", "train", "--resume", "--out", out, "--epochs", max(1, done))
+    assert p.returncode == 0, p.stderr
+    m = read_metrics(out)
+    assert m["resumed_from_step"] == ck["global_step"] and m["epochs"] == max(1, done)
+
+
+@pytest.mark.parametrize("model", ["alexnet", "densenet121", "vgg11", "resnet18", "mobilenet_v2", "lenet5"])
+def test_model_default_input_and_minimum(model):
+    """model_input's size is accepted by the model (one forward); one pixel less is refused up front
+    where a minimum exists."""
+    from pyimgcls import models
+    size, ch = loop.model_input(model, None, None)
+    ch = ch or 1   # LeNet-5 takes the data set's channels
+    m = loop.build_model(model, 10, ch).eval()
+    with torch.no_grad():
+        assert m(torch.zeros(1, ch, size, size)).shape == (1, 10)
+    spec = models.input_spec(model)
+    if spec["min_size"] > 1:
+        with pytest.raises(pyimgcls.errors.ArgumentValueError, match="--image-size"):
+            loop.model_input(model, spec["min_size"] - 1, None)
+    if spec["in_channels"] == 3:
+        with pytest.raises(pyimgcls.errors.ArgumentValueError, match="--in-channels 1"):
+            loop.model_input(model, None, 1)
+    assert {n for n in models.list_models()} == {n for n in models.list_models() if models.input_spec(n)}
+
+
+def test_rgb_model_trains_on_grayscale_digits_without_flags(tmp_path):
+    assert run_cli("train", "--model", "resnet18", *TINY, "--epochs", 1, "--out", tmp_path) == 0
+    m = read_metrics(tmp_path)
+    assert m["model"] == "resnet18" and m["epochs"] == 1
+
+
+def test_alexnet_gets_its_minimum_input_size(tmp_path, capsys):
+    assert run_cli("train", "--model", "alexnet", *TINY, "--epochs", 1, "--image-size", 32, "--out", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "--image-size 32" in err and "63" in err and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["flat", "train_val"])
+def test_imagefolder_empty_class_folder_is_an_error_naming_it(tmp_path, layout):
+    """As torchvision's ImageFolder: a class folder with no images is an error, not an extra class."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    splits = [root] if layout == "flat" else [root / "train", root / "val"]
+    for base in splits:
+        for c in ("cat", "dog"):
+            (base / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(base / c / f"{i}.png")
+        (base / "empty").mkdir()
+        (base / "empty" / "readme.txt").write_text("not an image")
+    with pytest.raises(DataError, match=str(splits[0] / "empty")):
+        load_dataset(f"imagefolder:{root}", image_size=8)

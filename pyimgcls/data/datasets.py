@@ -483,10 +483,15 @@ def _scan_classes(root: str) -> tuple[list[str], list[tuple[str, int]]]:
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     samples = []
     for ci, c in enumerate(classes):
+        n = len(samples)
         for dirpath, _, files in sorted(os.walk(os.path.join(root, c))):
             for fn in sorted(files):
                 if fn.lower().endswith(IMAGE_EXTENSIONS):
                     samples.append((os.path.join(dirpath, fn), ci))
+        if len(samples) == n:
+            # As torchvision's ImageFolder: a class without images is an error, not a class no sample has.
+            raise DataError(f"imagefolder: class folder {os.path.join(root, c)} has no image files "
+                            f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add images")
     return classes, samples
 
 

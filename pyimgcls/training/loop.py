@@ -11,9 +11,13 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
+import shlex
 import signal
 import sys
+import threading
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -35,6 +39,8 @@ RESUME_KEYS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "mome
                "schedule", "warmup_epochs", "step_size", "gamma", "label_smoothing", "seed", "augment", "image_size",
                "in_channels", "num_classes", "synthetic_size", "limit_train", "limit_test", "pretrained",
                "freeze_backbone", "amp")
+# Settings a resume never takes from the checkpoint: they say where and how this command runs.
+_RUN_LOCAL_KEYS = ("out", "resume", "overwrite")
 
 
 class _Log:
@@ -58,6 +64,37 @@ class _Log:
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite. Raised before anything non-finite is saved, so
     the last checkpoint written stays the last good one; ``pyimgcls train`` exits with status 3."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT) stopped ``pyimgcls train`` after it saved its checkpoint; the message says where
+    it stopped and the command that resumes it. The CLI prints it and exits with status 130."""
+
+
+class _SigintGuard:
+    """While active (main thread, one process): the first Ctrl-C only raises a flag, which the loop
+    reads after each step and at the end of each epoch, so it stops at a consistent point and saves; a
+    second Ctrl-C interrupts at once (KeyboardInterrupt). Under torchrun the ranks could not agree on
+    the step to stop at without a collective per step, so there Ctrl-C keeps its default behaviour."""
+
+    def __init__(self, enabled: bool):
+        self.hit = False
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __enter__(self) -> "_SigintGuard":
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class _LossWatch:
@@ -341,6 +378,104 @@ def evaluate(model, split, mean_t, std_t, device, batch_size: int, info: D.DistI
     return t, s, total_loss / max(1, len(t))
 
 
+# ------------------------------------------------------------------------------------ run folder
+RUN_FILES = ("checkpoint.pt", "best.pt", "metrics.json", "curves.png", "confusion_matrix.png")
+RUNS_ROOT = "runs"
+
+
+def _make_dir(out: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ArgumentValueError(f"--out: {out} exists and is not a directory")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".pyimgcls-write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ArgumentValueError(f"--out: cannot write to {out}: {e.strerror or e}") from None
+
+
+def _point_latest(folder: str) -> str:
+    """Point runs/latest at ``folder`` (a relative symlink, replaced atomically); returns a note for the
+    log when it cannot (a runs/latest directory left by an older pyimgcls, or no symlinks here)."""
+    link = os.path.join(RUNS_ROOT, "latest")
+    tmp = f"{link}.tmp-{os.getpid()}"
+    try:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.symlink(os.path.basename(folder), tmp)
+        os.replace(tmp, link)
+        return ""
+    except OSError as e:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        return f"{link} not updated ({e.strerror or e}); resume this run with --out {folder}"
+
+
+def run_folder(args, info: D.DistInfo) -> tuple[str, str]:
+    """The folder this run writes to, and a note for the log (or ""). ``--out DIR`` is the folder itself;
+    a non-empty one is refused unless ``--resume`` (continue it) or ``--overwrite`` (its run files are
+    deleted first). Without ``--out``: ``--resume`` continues runs/latest, else a new folder
+    runs/<model>-<data>-<time>/ that runs/latest then points at."""
+    overwrite = getattr(args, "overwrite", False)
+    if args.out is not None:
+        out = args.out
+        if not args.resume and not overwrite and os.path.isdir(out) and os.listdir(out):
+            raise ArgumentValueError(f"--out: {out} is not empty (an earlier run?); pass --resume to continue it, "
+                                     f"--overwrite to replace it, or another --out")
+    elif args.resume:
+        latest = os.path.join(RUNS_ROOT, "latest")
+        if not os.path.isdir(latest):
+            raise ArgumentValueError(f"--resume: no earlier run to continue ({latest} does not exist here); "
+                                     f"pass --out DIR")
+        out = os.path.join(RUNS_ROOT, os.readlink(latest)) if os.path.islink(latest) else latest
+    else:
+        data = re.sub(r"[^A-Za-z0-9_.-]+", "_", args.data.split(":", 1)[0].lower())
+        base = os.path.join(RUNS_ROOT, f"{args.model.lower()}-{data}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out, n = base, 1
+        while os.path.exists(out):
+            n += 1
+            out = f"{base}-{n}"
+        out = D.broadcast_object(info, out)   # ranks may see another second or another folder list
+    note = ""
+    if info.is_main and not args.resume:
+        _make_dir(out)
+        if overwrite:
+            for f in RUN_FILES:
+                if os.path.exists(os.path.join(out, f)):
+                    os.remove(os.path.join(out, f))
+        if args.out is None:
+            note = _point_latest(out)
+    D.barrier(info)
+    return out, note
+
+
+def model_input(model: str, image_size: int | None, in_channels: int | None) -> tuple[int, int | None]:
+    """(image size, input channels) for ``model``: the model's smallest input side when --image-size is
+    not given and 32 is too small; 3 channels for models that take RGB input, the data set's grayscale
+    images then replicated (as torchvision's ``Grayscale(num_output_channels=3)``)."""
+    from .. import models
+    try:
+        spec = models.input_spec(model)
+    except ValueError as e:
+        raise ArgumentValueError(f"--model: {e}") from None
+    if image_size is None:
+        image_size = spec["fixed_size"] or max(32, spec["min_size"])
+    elif spec["fixed_size"] and image_size != spec["fixed_size"]:
+        raise ArgumentValueError(f"--image-size {image_size}: {model} takes {spec['fixed_size']}x"
+                                 f"{spec['fixed_size']} input only")
+    elif image_size < spec["min_size"]:
+        raise ArgumentValueError(f"--image-size {image_size}: {model} needs at least {spec['min_size']}x"
+                                 f"{spec['min_size']} input")
+    if spec["in_channels"] is not None:
+        if in_channels not in (None, spec["in_channels"]):
+            raise ArgumentValueError(f"--in-channels {in_channels}: {model} takes {spec['in_channels']}-channel "
+                                     f"input (grayscale data sets are replicated to 3 channels)")
+        in_channels = spec["in_channels"]
+    return image_size, in_channels
+
+
 # -------------------------------------------------------------------------------------- training
 def _augment_for(args, ds) -> Augment:
     if args.augment == "none":
@@ -359,7 +494,7 @@ def _augment_for(args, ds) -> Augment:
 
 def _config(args) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
-            for k, v in sorted(vars(args).items()) if k not in ("func", "command")}
+            for k, v in sorted(vars(args).items()) if k not in ("func", "command", "explicit")}
 
 
 def _check_args(args) -> None:
@@ -389,15 +524,17 @@ def train(args) -> dict:
     info = D.init_distributed(device.type)
     saved_threads: list = []
     try:
-        return _train(args, info, device, kernels, wall0, saved_threads)
+        with _SigintGuard(not info.enabled) as sigint:
+            return _train(args, info, device, kernels, wall0, saved_threads, sigint)
     finally:
         for saved in saved_threads:   # train() may be called in-process (tests, notebooks)
             restore_cpu_threads(saved)
         D.shutdown(info)
 
 
-def _train(args, info: D.DistInfo, device: torch.device, kernels: str, wall0: float, saved_threads: list) -> dict:
-    run = _Run(args, info, device, kernels, wall0, saved_threads)
+def _train(args, info: D.DistInfo, device: torch.device, kernels: str, wall0: float, saved_threads: list,
+           sigint: _SigintGuard) -> dict:
+    run = _Run(args, info, device, kernels, wall0, saved_threads, sigint)
     run.log_start()
     for epoch in range(run.start_epoch, args.epochs):
         run.train_epoch(epoch)
@@ -410,14 +547,16 @@ class _Run:
     one epoch of steps, the end of an epoch (evaluation, history, best.pt, checkpoint), the report."""
 
     def __init__(self, args, info: D.DistInfo, device: torch.device, kernels: str, wall0: float,
-                 saved_threads: list):
+                 saved_threads: list, sigint: _SigintGuard):
         self.args, self.info, self.device, self.kernels, self.wall0 = args, info, device, kernels, wall0
+        self.sigint = sigint
         self.log = _Log(info.rank, args.quiet)
-        self.out = args.out
+        if not args.resume:   # a bad --model / --image-size fails before a run folder is made
+            model_input(args.model, args.image_size, args.in_channels)
+        self.out, self.latest_note = run_folder(args, info)
         self.ckpt_path = os.path.join(self.out, "checkpoint.pt")
+        self.extended_from = None
         resume = self._load_resume() if args.resume else None
-        if info.is_main:
-            os.makedirs(self.out, exist_ok=True)
         _seed_everything(args.seed)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = False
@@ -453,7 +592,18 @@ class _Run:
         args, info = self.args, self.info
         resume = ckpt_mod.load_checkpoint(self.ckpt_path)
         old = resume["config"]
-        diff = {k: (old.get(k), getattr(args, k)) for k in RESUME_KEYS if old.get(k) != getattr(args, k)}
+        explicit = getattr(args, "explicit", None)   # None: called in-process, every setting is given
+        if explicit is not None:
+            for k, v in old.items():
+                if k not in explicit and k not in _RUN_LOCAL_KEYS and hasattr(args, k):
+                    setattr(args, k, v)
+        if args.epochs != old.get("epochs"):
+            if args.epochs < resume["epoch"]:
+                raise ArgumentValueError(f"--epochs {args.epochs}: the run in {self.out} has already finished "
+                                         f"{resume['epoch']} epochs; pass at least that many to continue it")
+            self.extended_from = old.get("epochs")
+        diff = {k: (old.get(k), getattr(args, k)) for k in RESUME_KEYS
+                if k != "epochs" and old.get(k) != getattr(args, k)}
         if diff:
             raise ArgumentValueError(f"--resume: {self.ckpt_path} was written with other settings; pass the same "
                                      f"ones (checkpoint value, this command's value): {diff}")
@@ -464,7 +614,8 @@ class _Run:
 
     def _build_data(self) -> None:
         args, device = self.args, self.device
-        ds = load_dataset(args.data, image_size=args.image_size, in_channels=args.in_channels,
+        image_size, in_channels = model_input(args.model, args.image_size, args.in_channels)
+        ds = load_dataset(args.data, image_size=image_size, in_channels=in_channels,
                           num_classes=args.num_classes, synthetic_size=args.synthetic_size, seed=args.seed)
         ds.train = ds.train.subset(args.limit_train)
         ds.test = ds.test.subset(args.limit_test)
@@ -496,7 +647,10 @@ class _Run:
     def _restore(self, resume: dict) -> None:
         self.model.load_state_dict(resume["model"])
         self.optimizer.load_state_dict(resume["optimizer"])
-        self.scheduler.load_state_dict(resume["scheduler"])
+        if self.extended_from is None:
+            self.scheduler.load_state_dict(resume["scheduler"])
+        else:
+            self._continue_schedule(resume["scheduler"])
         if resume.get("scaler"):
             self.scaler.load_state_dict(resume["scaler"])
         self.start_epoch, self.start_step = resume["epoch"], resume["step_in_epoch"]
@@ -506,6 +660,19 @@ class _Run:
         self.acc = list(resume["epoch_accum"][self.info.rank])
         ckpt_mod.set_rng_state(resume["rng"][self.info.rank])
         self.resumed_from = self.global_step
+
+    def _continue_schedule(self, saved: dict) -> None:
+        """A run extended to more epochs (``--resume --epochs N``) keeps its step count but follows the
+        schedule built for the new length from here on, as timm does: the learning rate of the current
+        step is recomputed (for cosine it rises to where the longer curve is)."""
+        sched = self.scheduler
+        sched.last_epoch, sched._step_count = saved["last_epoch"], saved["_step_count"]
+        with warnings.catch_warnings():   # get_lr() outside step() warns; here it is the point
+            warnings.simplefilter("ignore")
+            lrs = sched.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        sched._last_lr = list(lrs)
 
     def log_start(self) -> None:
         args, ds, info, log = self.args, self.ds, self.info, self.log
@@ -518,12 +685,16 @@ class _Run:
             f"augment: {self.aug.describe()}")
         log(f"  {args.optimizer} lr {args.lr:g}, {args.schedule} schedule, batch {args.batch_size} x "
             f"{info.world_size}, {args.epochs} epochs x {self.steps_per_epoch} steps; out: {self.out}")
+        if self.latest_note:
+            log(f"  {self.latest_note}")
         if self.replaced:
             log(f"  pretrained {args.pretrained}: classifier {', '.join(self.replaced)} replaced for "
                 f"{ds.num_classes} classes")
         if self.resumed_from is not None:
             log(f"  resumed from {self.ckpt_path}: epoch {self.start_epoch + 1}, step {self.start_step}/"
-                f"{self.steps_per_epoch} (global step {self.global_step})")
+                f"{self.steps_per_epoch} (global step {self.global_step})"
+                + (f"; extended from {self.extended_from} to {args.epochs} epochs (schedule rebuilt)"
+                   if self.extended_from is not None else ""))
 
     # ------------------------------------------------------------------------ divergence, saving
     def where(self, g: int, prep: str = "at") -> str:
@@ -599,13 +770,16 @@ class _Run:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             if self.kill_at and self.global_step == self.kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
-            if args.save_every and self.global_step % args.save_every == 0 and step + 1 < len(batches):
+            periodic = args.save_every and self.global_step % args.save_every == 0 and step + 1 < len(batches)
+            if periodic or self.sigint.hit:
                 self.acc = [self.acc[0] + float(loss_t), self.acc[1] + float(correct_t), self.acc[2] + seen]
                 loss_t.zero_(), correct_t.zero_()
                 seen = 0
                 self.train_time += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 self.save(epoch, step + 1)
+                if self.sigint.hit:
+                    self._interrupted(epoch, step + 1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.train_time += time.perf_counter() - t0
@@ -673,6 +847,14 @@ class _Run:
                                   "epoch": epoch + 1, "test_accuracy": self.best_acc, "config": _config(args)},
                                  os.path.join(self.out, "best.pt"))
         self.save(epoch + 1, 0)
+        if self.sigint.hit and epoch + 1 < args.epochs:
+            self._interrupted(epoch + 1, 0)
+
+    def _interrupted(self, epoch: int, step: int):
+        """After Ctrl-C and the checkpoint of (epoch, step): stop with the command that resumes."""
+        at = f"epoch {epoch + 1}, step {step}/{self.steps_per_epoch}" if step else f"the end of epoch {epoch}"
+        raise Interrupted(f"interrupted at {at}; checkpoint saved to {self.ckpt_path}; resume with: "
+                          f"pyimgcls train --resume --out {shlex.quote(self.out)}")
 
     # ------------------------------------------------------------------------------------ report
     def finish(self) -> dict:
