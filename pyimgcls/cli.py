@@ -176,6 +176,9 @@ def _add_train_parser(sub) -> None:
                    help="synthetic data: training images (test: a quarter as many)")
     g.add_argument("--limit-train", type=_POS_INT, default=None, metavar="N", help="use only the first N training images")
     g.add_argument("--limit-test", type=_POS_INT, default=None, metavar="N", help="use only the first N test images")
+    g.add_argument("--val-fraction", type=_number(float, 0, 1, hi_open=True), default=0.1,
+                   help="validation images carved from the training data (stratified, drawn with --seed): they "
+                        "choose best.pt; the test split is evaluated once, at the end (0: no validation)")
     g.add_argument("--workers", type=_NONNEG_INT, default=min(4, os.cpu_count() or 1),
                    help="DataLoader worker processes for imagefolder (in-memory data sets need none)")
     g.add_argument("--augment", choices=("none", "standard"), default="standard",
@@ -201,6 +204,17 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--step-size", type=_POS_INT, default=None,
                    help="step schedule: epochs between decays (default epochs/3)")
     g.add_argument("--gamma", type=_number(float, 0, lo_open=True), default=0.1, help="step schedule: decay factor")
+    g.add_argument("--clip-grad-norm", type=_number(float, 0, lo_open=True), default=None, metavar="MAX",
+                   help="clip the gradients' global L2 norm to MAX before each optimiser step")
+    g.add_argument("--accumulate", type=_POS_INT, default=1, metavar="K",
+                   help="gradient accumulation: one optimiser step every K batches (effective batch K x "
+                        "--batch-size; the schedule counts optimiser steps)")
+    g.add_argument("--ema-decay", type=_number(float, 0, 1, lo_open=True, hi_open=True), default=None,
+                   metavar="D", help="keep an exponential moving average of the weights (and batch-norm "
+                                     "statistics), updated every optimiser step; it is what is validated, tested "
+                                     "and saved as best.pt (e.g. 0.999)")
+    g.add_argument("--patience", type=_POS_INT, default=None, metavar="N",
+                   help="early stopping: stop after N epochs without a better validation accuracy")
     g.add_argument("--label-smoothing", type=_number(float, 0, 1, hi_open=True), default=0.0, help="cross-entropy label smoothing")
     g.add_argument("--seed", type=int, default=0, help="seeds init, batch order and augmentation")
     g = s.add_argument_group("execution")
@@ -213,6 +227,9 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--channels-last", action="store_true", help="NHWC model and inputs")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = s.add_argument_group("output")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML file of settings named as the options (lr = 0.1, model = \"resnet18\"); options on "
+                        "the command line override it; the resolved settings are saved as config.json in the run")
     g.add_argument("--out", default=None, metavar="DIR",
                    help="the run folder (checkpoint.pt, best.pt, metrics.json, plots); an existing non-empty one "
                         "is refused unless --overwrite or --resume. Default: a new runs/<model>-<data>-<time>/, "
@@ -244,7 +261,10 @@ def _add_eval_parsers(sub) -> None:
     s = sub.add_parser("predict", formatter_class=_Fmt, help="top-5 classes of image files",
                        description="Classify image files with a checkpoint written by pyimgcls train.")
     s.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint.pt or best.pt")
-    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow decodes)")
+    s.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (anything Pillow decodes) or folders (their image files, recursively)")
+    s.add_argument("--output", default=None, metavar="FILE",
+                   help="also write the predictions to FILE: .json (a list per image) or .csv (a row per class)")
     s.add_argument("--top", type=_POS_INT, default=5, help="how many classes to show")
     _add_kernel_args(s)
     s.set_defaults(func=cmd_predict)
@@ -285,16 +305,57 @@ def _explicit(argv) -> set:
     return set(vars(parser.parse_args(argv))) - {"command", "func"}
 
 
+def _config_argv(parser, path: str) -> list:
+    """The settings of a TOML file as command-line tokens, so they pass the options' own checks and
+    any option given on the command line after them wins."""
+    import tomllib
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+    except OSError as e:
+        parser.error(f"--config: cannot read {path}: {e.strerror or e}")
+    except tomllib.TOMLDecodeError as e:
+        parser.error(f"--config: {path} is not valid TOML: {e}")
+    train = parser._subparsers._group_actions[0].choices["train"]
+    actions = {a.dest: a for a in train._actions if a.option_strings}
+    tokens = []
+    for key, value in cfg.items():
+        dest = key.replace("-", "_")
+        action = actions.get(dest)
+        if action is None or dest in ("config", "help"):
+            parser.error(f"--config: {path}: unknown setting {key!r}")
+        flag = next(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse.BooleanOptionalAction):
+            tokens.append(flag if value else f"--no-{flag[2:]}")
+        elif action.nargs == 0:   # store_true
+            if not isinstance(value, bool):
+                parser.error(f"--config: {path}: {key} must be true or false, got {value!r}")
+            tokens += [flag] if value else []
+        else:
+            tokens += [flag, str(value)]
+    return tokens
+
+
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.command == "train" and args.config is not None:
+        i = argv.index("train") + 1
+        argv = argv[:i] + _config_argv(parser, args.config) + argv[i:]
+        args = parser.parse_args(argv)
     if args.command == "train":
-        args.explicit = _explicit(sys.argv[1:] if argv is None else argv)
+        args.explicit = _explicit(argv)
     if args.command in ("train", "eval", "predict"):
         from .errors import ArgumentTypeError, ArgumentValueError, BackendError
-        from .training.loop import Interrupted, TrainingDiverged
+        from .training.loop import Interrupted, PredictErrors, TrainingDiverged
         try:
             return args.func(args)
+        except PredictErrors as e:
+            # The readable images were predicted (and written to --output); each unreadable one is named.
+            for message in e.messages:
+                print(f"pyimgcls {args.command}: error: {_one_line(message)}", file=sys.stderr)
+            return 2
         except Interrupted as e:
             # Ctrl-C during training: the checkpoint is saved; the shell's status for SIGINT is 128 + 2.
             print(f"pyimgcls {args.command}: {_one_line(e)}", file=sys.stderr)

@@ -24,9 +24,9 @@ from pyimgcls.data.datasets import cifar_batch_bytes
 from pyimgcls.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METRIC_KEYS = ("test_accuracy", "test_loss", "precision_macro", "recall_macro", "f1_macro", "confusion_matrix",
-               "epochs", "train_time_s", "images_per_s", "kernels", "model", "dataset", "amp", "world_size",
-               "resumed_from_step", "history")
+METRIC_KEYS = ("test_accuracy", "test_loss", "val_accuracy", "best_val_accuracy", "best_epoch", "precision_macro",
+               "recall_macro", "f1_macro", "confusion_matrix", "epochs", "train_time_s", "images_per_s", "kernels",
+               "model", "dataset", "amp", "world_size", "resumed_from_step", "history")
 SMALL = ["--data", "digits", "--limit-train", "320", "--limit-test", "120", "--batch-size", "32", "--no-plots"]
 
 
@@ -60,7 +60,7 @@ def test_default_training_reaches_97_percent_on_cpu_kernels(tmp_path):
     for k in METRIC_KEYS:
         assert k in m, k
     assert m["kernels"] == "cpu" and m["model"] == "lenet5" and m["dataset"] == "digits"
-    assert m["num_train"] == 1437 and m["num_test"] == 360
+    assert (m["num_train"], m["num_val"], m["num_test"]) == (1293, 144, 360)   # 10 % of 1437 for validation
     assert m["epochs"] == 15 and len(m["history"]) == 15 and m["resumed_from_step"] is None
     assert m["test_accuracy"] >= 0.97, m["history"]
     cm = np.asarray(m["confusion_matrix"])
@@ -69,6 +69,12 @@ def test_default_training_reaches_97_percent_on_cpu_kernels(tmp_path):
     assert m["images_per_s"] > 0 and m["train_time_s"] > 0
     for f in ("checkpoint.pt", "best.pt", "curves.png", "confusion_matrix.png"):
         assert (out / f).stat().st_size > 1000, f
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["epoch"] == m["best_epoch"] and best["val_accuracy"] == m["best_val_accuracy"]
+    assert m["best_val_accuracy"] == max(h["val_accuracy"] for h in m["history"])
+    rows = (out / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,train_accuracy,val_loss,val_accuracy") and len(rows) == 16
+    assert json.loads((out / "config.json").read_text())["val_fraction"] == 0.1
 
 
 def test_our_kernels_match_torch_reference_loss_curve(tmp_path):
@@ -80,7 +86,7 @@ def test_our_kernels_match_torch_reference_loss_curve(tmp_path):
     ours, ref = read_metrics(tmp_path / "ours"), read_metrics(tmp_path / "ref")
     assert ours["kernels"] == "cpu" and ref["kernels"] == "torch"
     for a, b in zip(ours["history"], ref["history"]):
-        for k in ("train_loss", "test_loss"):
+        for k in ("train_loss", "val_loss"):
             assert a[k] == pytest.approx(b[k], rel=2e-3), (k, a, b)
     assert ours["history"][-1]["train_loss"] < ours["history"][0]["train_loss"]
 
@@ -88,22 +94,22 @@ def test_our_kernels_match_torch_reference_loss_curve(tmp_path):
 # ---------------------------------------------------------------------------- checkpoints and resume
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     """A real subprocess SIGKILLs itself after global step 14 (checkpoints every 4 steps, so the last
-    one is at step 12, mid-epoch 2); --resume redoes steps 13-14 and ends exactly as a run that was
-    never interrupted."""
+    one is at step 12, mid-epoch 2: 288 training images after the validation split, 9 steps an epoch);
+    --resume redoes steps 13-14 and ends exactly as a run that was never interrupted."""
     args = ["train", *SMALL, "--epochs", 2, "--save-every", 4, "--kernels", "cpu"]
     killed = tmp_path / "killed"
     p = run_sub("-m", "pyimgcls", *args, "--out", killed, env={"PYIMGCLS_TEST_KILL_AFTER_STEP": "14"})
     assert p.returncode == -signal.SIGKILL, p.stderr
     assert not (killed / "metrics.json").exists()
     ck = torch.load(killed / "checkpoint.pt", weights_only=True)
-    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 2, 12)
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 3, 12)
     assert run_cli(*args, "--out", killed, "--resume") == 0
     m = read_metrics(killed)
-    assert m["epochs"] == 2 and m["resumed_from_step"] == 12 and m["global_step"] == 20
+    assert m["epochs"] == 2 and m["resumed_from_step"] == 12 and m["global_step"] == 18
     assert run_cli(*args, "--out", tmp_path / "straight") == 0
     ref = read_metrics(tmp_path / "straight")
     for a, b in zip(m["history"], ref["history"]):
-        for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+        for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
             assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), (k, a, b)
     for k in ("test_accuracy", "test_loss", "f1_macro", "confusion_matrix"):
         assert m[k] == pytest.approx(ref[k]) if k != "confusion_matrix" else m[k] == ref[k]
@@ -132,7 +138,7 @@ def test_resume_after_sigkill_at_a_random_moment(tmp_path):
                    "--epochs", 3, "--save-every", 2, "--no-plots", "--kernels", "cpu", "--out", out, "--resume") == 0
     m = read_metrics(out)
     assert m["epochs"] == 3 and [h["epoch"] for h in m["history"]] == [1, 2, 3]
-    assert m["global_step"] == 3 * 12 and m["resumed_from_step"] is not None
+    assert m["global_step"] == 3 * 11 and m["resumed_from_step"] is not None   # 173 training images, batch 16
     for k in METRIC_KEYS:
         assert k in m
 
@@ -183,7 +189,7 @@ def test_torchrun_two_processes_gloo_with_kill_and_resume(tmp_path):
     assert m["world_size"] == 2 and m["epochs"] == 2 and m["kernels"] == "cpu" and m["resumed_from_step"] == 6
     assert np.asarray(m["confusion_matrix"]).sum() == 120          # every test image, once
     assert [h["global_step"] for h in m["history"]] == [5, 10]     # 320 images / (2 ranks x 32) per epoch
-    assert sorted(os.listdir(out)) == ["best.pt", "checkpoint.pt", "metrics.json"]
+    assert sorted(os.listdir(out)) == ["best.pt", "checkpoint.pt", "config.json", "history.csv", "metrics.json"]
     assert p.stdout.count("done: test accuracy") == 1               # only rank 0 reports
 
 
@@ -253,11 +259,11 @@ def test_pretrained_replaces_classifier_and_freezes_backbone(tmp_path):
 
 def test_pretrained_errors(tmp_path, capsys):
     torch.save({"nonsense.weight": torch.zeros(3)}, tmp_path / "bad.pt")
-    assert run_cli("train", *SMALL, "--epochs", 1, "--pretrained", tmp_path / "bad.pt", "--out", tmp_path) == 2
+    assert run_cli("train", *SMALL, "--epochs", 1, "--pretrained", tmp_path / "bad.pt", "--out", tmp_path / "r") == 2
     assert "does not fit the model" in capsys.readouterr().err
-    assert run_cli("train", *SMALL, "--epochs", 1, "--pretrained", tmp_path / "missing.pt", "--out", tmp_path) == 2
+    assert run_cli("train", *SMALL, "--epochs", 1, "--pretrained", tmp_path / "missing.pt", "--out", tmp_path / "r") == 2
     assert "missing.pt" in capsys.readouterr().err
-    assert run_cli("train", *SMALL, "--freeze-backbone", "--out", tmp_path) == 2
+    assert run_cli("train", *SMALL, "--freeze-backbone", "--out", tmp_path / "r") == 2
     assert "--pretrained" in capsys.readouterr().err
 
 
@@ -388,7 +394,8 @@ def test_mnist_idx_loads_and_trains(tmp_path, gz):
     if gz:
         assert run_cli("train", "--data", f"mnist:{tmp_path / 'm'}", "--epochs", 1, "--batch-size", 8,
                        "--no-plots", "--kernels", "cpu", "--out", tmp_path / "run") == 0
-        assert read_metrics(tmp_path / "run")["num_train"] == 40
+        m = read_metrics(tmp_path / "run")
+        assert (m["num_train"], m["num_val"]) == (36, 4)   # 10 % carved for validation
 
 
 def test_mnist_missing_and_corrupt_files_name_the_file(tmp_path, capsys):
@@ -458,7 +465,7 @@ def test_imagefolder_decodes_with_workers_and_names_corrupt_image(tmp_path, caps
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     for workers in (0, 2):
         assert run_cli("train", "--data", spec, "--epochs", 1, "--workers", workers, "--no-plots", "--kernels",
-                       "cpu", "--out", tmp_path / "run2") == 2
+                       "cpu", "--out", tmp_path / f"run-{workers}") == 2
         err = capsys.readouterr().err
         assert "cannot decode image file" in err and "broken.png" in err and "Traceback" not in err
 
@@ -622,3 +629,73 @@ def test_imagefolder_empty_class_folder_is_an_error_naming_it(tmp_path, layout):
         (base / "empty" / "readme.txt").write_text("not an image")
     with pytest.raises(DataError, match=str(splits[0] / "empty")):
         load_dataset(f"imagefolder:{root}", image_size=8)
+
+
+def test_predict_folder_writes_output_and_reports_bad_files(trained, tmp_path, capsys):
+    """A folder expands to its images; a file that cannot be read is named (one line) while the others
+    are still predicted and written to --output; the exit status is then 2."""
+    from PIL import Image
+
+    ds = load_dataset("digits")
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        img = Image.fromarray((ds.test.images[i, 0].numpy() * 255).round().astype(np.uint8), "L")
+        img.save(folder / ("sub" if i == 2 else "") / f"d{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    for ext in ("json", "csv"):
+        out = tmp_path / f"pred.{ext}"
+        capsys.readouterr()
+        assert run_cli("predict", "--checkpoint", trained / "best.pt", "--kernels", "cpu", "--output", out,
+                       folder) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "broken.png" in err and "Traceback" not in err
+        if ext == "json":
+            res = json.loads(out.read_text())
+            assert sorted(os.path.basename(r["image"]) for r in res) == ["d0.png", "d1.png", "d2.png"]
+            assert all(len(r["top"]) == 5 for r in res)
+        else:
+            rows = out.read_text().splitlines()
+            assert rows[0] == "image,rank,class,index,probability" and len(rows) == 1 + 3 * 5
+    assert run_cli("predict", "--checkpoint", trained / "best.pt", "--output", tmp_path / "p.txt", folder) == 2
+    assert "--output" in capsys.readouterr().err
+
+
+def test_config_file_with_command_line_override(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('epochs = 1\nlr = 0.02\nlimit-train = 64\nlimit_test = 32\nno_plots = true\nnesterov = false\n')
+    out = tmp_path / "run"
+    assert run_cli("train", "--config", cfg, "--lr", 0.03, "--quiet", "--out", out) == 0
+    c = json.loads((out / "config.json").read_text())
+    assert (c["epochs"], c["lr"], c["limit_train"], c["limit_test"], c["no_plots"], c["nesterov"]) == \
+        (1, 0.03, 64, 32, True, False)
+    (tmp_path / "bad.toml").write_text("epochs = 0\n")
+    assert run_cli("train", "--config", tmp_path / "bad.toml", "--out", tmp_path / "b") == 2
+    assert "--epochs" in capsys.readouterr().err
+    (tmp_path / "unknown.toml").write_text("learning_rate = 1\n")
+    assert run_cli("train", "--config", tmp_path / "unknown.toml", "--out", tmp_path / "c") == 2
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_accumulate_clip_ema_patience(tmp_path, capsys):
+    """--accumulate 2 at batch 16 takes the same optimiser steps as batch 32 (equal gradients up to
+    float32 summation order, so the same first-epoch loss); --clip-grad-norm, --ema-decay and
+    --patience run, EMA weights are what best.pt holds, and patience stops the run early."""
+    # 71 images: 7 for validation, 64 = 2 batches of 32 = 4 of 16
+    base = [*TINY, "--limit-train", 71, "--augment", "none", "--epochs", 1, "--kernels", "cpu", "--lr", 0.05]
+    assert run_cli("train", *base, "--out", tmp_path / "b32") == 0
+    assert run_cli("train", *[a if a != "32" else "16" for a in base], "--accumulate", 2, "--out",
+                   tmp_path / "b16x2") == 0
+    a, b = read_metrics(tmp_path / "b32"), read_metrics(tmp_path / "b16x2")
+    assert a["history"][0]["val_loss"] == pytest.approx(b["history"][0]["val_loss"], rel=1e-4)
+    out = tmp_path / "ema"
+    assert run_cli("train", *TINY, "--epochs", 6, "--kernels", "cpu", "--lr", 1e-6, "--ema-decay", 0.9,
+                   "--clip-grad-norm", 1.0, "--patience", 1, "--out", out) == 0
+    m = read_metrics(out)
+    assert m["epochs"] < 6 and m["config"]["ema_decay"] == 0.9   # lr 1e-6: validation never improves
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    best = torch.load(out / "best.pt", weights_only=True)["model"]
+    ema = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
+    assert ema.keys() == best.keys() and ck["ema"]["n_averaged"] > 0
+    assert run_cli("train", *TINY, "--patience", 2, "--val-fraction", 0, "--out", tmp_path / "x") == 2
+    assert "--patience" in capsys.readouterr().err
