@@ -189,6 +189,12 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--rotation", type=_number(float, 0, 180), default=None, help="max rotation in degrees (override)")
     g.add_argument("--crop-padding", type=_NONNEG_INT, default=None, help="random-crop padding in pixels (override)")
     g.add_argument("--jitter", type=_number(float, 0, 1), default=None, help="brightness and contrast jitter (override)")
+    g.add_argument("--randaugment", type=_NONNEG_INT, default=0, metavar="N",
+                   help="RandAugment: N random ops per image (torchvision's op set; 0: off, 2: the paper's)")
+    g.add_argument("--randaugment-magnitude", type=_number(int, 0, 30), default=9, metavar="M",
+                   help="RandAugment magnitude, 0..30")
+    g.add_argument("--random-erasing", type=_number(float, 0, 1), default=0.0, metavar="P",
+                   help="random erasing probability per image (the rectangle gets the data set mean)")
     g = s.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_POS_INT, default=15, help="training epochs")
     g.add_argument("--batch-size", type=_POS_INT, default=32, help="per process")

@@ -699,3 +699,12 @@ def test_accumulate_clip_ema_patience(tmp_path, capsys):
     assert ema.keys() == best.keys() and ck["ema"]["n_averaged"] > 0
     assert run_cli("train", *TINY, "--patience", 2, "--val-fraction", 0, "--out", tmp_path / "x") == 2
     assert "--patience" in capsys.readouterr().err
+
+
+def test_randaugment_and_random_erasing_from_the_command_line(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", *TINY, "--epochs", 1, "--kernels", "cpu", "--randaugment", 2,
+                   "--randaugment-magnitude", 12, "--random-erasing", 0.5, "--out", out) == 0
+    m = read_metrics(out)
+    assert "randaugment=2 ops at magnitude 12/30" in m["augment"] and "random_erasing=0.5" in m["augment"]
+    assert run_cli("train", *TINY, "--randaugment-magnitude", 31, "--out", tmp_path / "x") == 2

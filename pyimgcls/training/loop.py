@@ -39,7 +39,8 @@ KERNEL_DESCRIPTIONS = {name: b.summary for name, b in backends.TABLE.items()}
 RESUME_KEYS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
                "schedule", "warmup_epochs", "step_size", "gamma", "label_smoothing", "seed", "augment", "image_size",
                "in_channels", "num_classes", "synthetic_size", "limit_train", "limit_test", "pretrained",
-               "freeze_backbone", "amp", "val_fraction", "accumulate", "ema_decay", "clip_grad_norm")
+               "freeze_backbone", "amp", "val_fraction", "accumulate", "ema_decay", "clip_grad_norm", "randaugment",
+               "randaugment_magnitude", "random_erasing")
 # Settings a resume never takes from the checkpoint: they say where and how this command runs.
 _RUN_LOCAL_KEYS = ("out", "resume", "overwrite", "config")
 
@@ -511,9 +512,14 @@ def model_input(model: str, image_size: int | None, in_channels: int | None) -> 
 
 # -------------------------------------------------------------------------------------- training
 def _augment_for(args, ds) -> Augment:
+    """--augment's recipe with the command line's overrides; RandAugment and random erasing are added
+    to either recipe when asked for."""
+    aug = Augment() if args.augment == "none" else standard_augment(ds.name, ds.image_size, ds.hflip_ok)
+    aug.randaugment_ops = getattr(args, "randaugment", 0)
+    aug.randaugment_magnitude = getattr(args, "randaugment_magnitude", 9)
+    aug.random_erasing = getattr(args, "random_erasing", 0.0)
     if args.augment == "none":
-        return Augment()
-    aug = standard_augment(ds.name, ds.image_size, ds.hflip_ok)
+        return aug
     if args.hflip != "auto":
         aug.hflip = args.hflip == "on"
     if args.rotation is not None:
@@ -652,8 +658,9 @@ class _Run:
                 raise ArgumentValueError(f"--epochs {args.epochs}: the run in {self.out} has already finished "
                                          f"{resume['epoch']} epochs; pass at least that many to continue it")
             self.extended_from = old.get("epochs")
+        # (a key the checkpoint lacks is a setting added since it was written: it ran with the default)
         diff = {k: (old.get(k), getattr(args, k)) for k in RESUME_KEYS
-                if k != "epochs" and old.get(k) != getattr(args, k)}
+                if k != "epochs" and k in old and old[k] != getattr(args, k)}
         if diff:
             raise ArgumentValueError(f"--resume: {self.ckpt_path} was written with other settings; pass the same "
                                      f"ones (checkpoint value, this command's value): {diff}")
@@ -856,7 +863,8 @@ class _Run:
         args, device, k = self.args, self.device, self.accumulate
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        x = self.aug(x, batch_generator(args.seed, epoch, step, self.info.rank))
+        # erased rectangles get the data set mean, i.e. 0 after normalisation (as torchvision's RandomErasing)
+        x = self.aug(x, batch_generator(args.seed, epoch, step, self.info.rank), erase_fill=self.mean_t)
         x = normalize(x, self.mean_t, self.std_t)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
