@@ -7,6 +7,7 @@ one-line message and exit status 3 (nothing non-finite is saved)."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shutil
@@ -109,6 +110,37 @@ def cmd_predict(args) -> int:
 _Fmt = argparse.ArgumentDefaultsHelpFormatter
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error convention: one line on stderr (the usage is one --help away),
+    exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)}\n")
+
+
+def _number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
+    """argparse type: a finite ``kind`` (int or float) within [lo, hi] (or open at either end)."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if kind is float and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo}, got {text}")
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            raise argparse.ArgumentTypeError(f"must be {'<' if hi_open else '<='} {hi}, got {text}")
+        return v
+    parse.__name__ = kind.__name__   # argparse names the type in some messages
+    return parse
+
+
+_POS_INT, _NONNEG_INT = _number(int, 1), _number(int, 0)
+_NONNEG_FLOAT = _number(float, 0)
+
+
 def _add_kernel_args(s) -> None:
     from .backends import CHOICES  # the backend table: a new backend needs no edit here
     s.add_argument("--kernels", choices=CHOICES, default="auto",
@@ -129,61 +161,91 @@ def _add_train_parser(sub) -> None:
                    help="(torchvision-compatible) state_dict to start from; a classifier of another class count "
                         "is replaced")
     g.add_argument("--freeze-backbone", action="store_true", help="with --pretrained: train only the classifier")
-    g.add_argument("--dropout", type=float, default=None,
+    g.add_argument("--dropout", type=_number(float, 0, 1), default=None,
                    help="dropout probability for models that have dropout (default: the model's own)")
     g = s.add_argument_group("data")
     g.add_argument("--data", default="digits",
                    help="digits | synthetic | mnist:PATH | fashion-mnist:PATH | cifar10:PATH | imagefolder:PATH")
-    g.add_argument("--image-size", type=int, default=None, help="side of the (square) model input; default 32")
-    g.add_argument("--in-channels", type=int, default=None,
-                   help="1 or 3; default: the data set's own (1 for digits and MNIST)")
-    g.add_argument("--num-classes", type=int, default=10, help="synthetic data: number of classes")
-    g.add_argument("--synthetic-size", type=int, default=1024,
+    g.add_argument("--image-size", type=_POS_INT, default=None,
+                   help="side of the (square) model input; default: 32, or the model's smallest input if larger")
+    g.add_argument("--in-channels", type=int, choices=(1, 3), default=None,
+                   help="default: the data set's own (1 for digits and MNIST), replicated to 3 for models that "
+                        "take RGB input (as torchvision's Grayscale(num_output_channels=3))")
+    g.add_argument("--num-classes", type=_number(int, 2), default=10, help="synthetic data: number of classes")
+    g.add_argument("--synthetic-size", type=_POS_INT, default=1024,
                    help="synthetic data: training images (test: a quarter as many)")
-    g.add_argument("--limit-train", type=int, default=None, metavar="N", help="use only the first N training images")
-    g.add_argument("--limit-test", type=int, default=None, metavar="N", help="use only the first N test images")
-    g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    g.add_argument("--limit-train", type=_POS_INT, default=None, metavar="N", help="use only the first N training images")
+    g.add_argument("--limit-test", type=_POS_INT, default=None, metavar="N", help="use only the first N test images")
+    g.add_argument("--val-fraction", type=_number(float, 0, 1, hi_open=True), default=0.1,
+                   help="validation images carved from the training data (stratified, drawn with --seed): they "
+                        "choose best.pt; the test split is evaluated once, at the end (0: no validation)")
+    g.add_argument("--workers", type=_NONNEG_INT, default=min(4, os.cpu_count() or 1),
                    help="DataLoader worker processes for imagefolder (in-memory data sets need none)")
     g.add_argument("--augment", choices=("none", "standard"), default="standard",
                    help="batched on-device augmentation; standard = padded random crop, small rotation (digits, "
                         "MNIST) or horizontal flip (other data sets), brightness/contrast jitter")
     g.add_argument("--hflip", choices=("auto", "on", "off"), default="auto",
                    help="horizontal flips (auto: off for digits and MNIST, whose labels they would change)")
-    g.add_argument("--rotation", type=float, default=None, help="max rotation in degrees (override)")
-    g.add_argument("--crop-padding", type=int, default=None, help="random-crop padding in pixels (override)")
-    g.add_argument("--jitter", type=float, default=None, help="brightness and contrast jitter (override)")
+    g.add_argument("--rotation", type=_number(float, 0, 180), default=None, help="max rotation in degrees (override)")
+    g.add_argument("--crop-padding", type=_NONNEG_INT, default=None, help="random-crop padding in pixels (override)")
+    g.add_argument("--jitter", type=_number(float, 0, 1), default=None, help="brightness and contrast jitter (override)")
+    g.add_argument("--randaugment", type=_NONNEG_INT, default=0, metavar="N",
+                   help="RandAugment: N random ops per image (torchvision's op set; 0: off, 2: the paper's)")
+    g.add_argument("--randaugment-magnitude", type=_number(int, 0, 30), default=9, metavar="M",
+                   help="RandAugment magnitude, 0..30")
+    g.add_argument("--random-erasing", type=_number(float, 0, 1), default=0.0, metavar="P",
+                   help="random erasing probability per image (the rectangle gets the data set mean)")
     g = s.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=15, help="training epochs")
-    g.add_argument("--batch-size", type=int, default=32, help="per process")
-    g.add_argument("--eval-batch-size", type=int, default=256, help="batch size for the test set")
+    g.add_argument("--epochs", type=_POS_INT, default=15, help="training epochs")
+    g.add_argument("--batch-size", type=_POS_INT, default=32, help="per process")
+    g.add_argument("--eval-batch-size", type=_POS_INT, default=256, help="batch size for the test set")
     g.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default="sgd", help="torch.optim optimiser")
-    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
-    g.add_argument("--momentum", type=float, default=0.9, help="sgd and rmsprop")
+    g.add_argument("--lr", type=_number(float, 0, lo_open=True), default=0.05, help="peak learning rate")
+    g.add_argument("--momentum", type=_NONNEG_FLOAT, default=0.9, help="sgd and rmsprop")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True, help="sgd: Nesterov momentum")
-    g.add_argument("--weight-decay", type=float, default=5e-4, help="L2 penalty (decoupled for adamw)")
+    g.add_argument("--weight-decay", type=_NONNEG_FLOAT, default=5e-4, help="L2 penalty (decoupled for adamw)")
     g.add_argument("--schedule", choices=("none", "cosine", "step", "onecycle"), default="cosine",
                    help="learning-rate schedule, stepped every batch")
-    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up (cosine, step, none)")
-    g.add_argument("--step-size", type=int, default=None,
+    g.add_argument("--warmup-epochs", type=_NONNEG_FLOAT, default=1.0, help="linear warm-up (cosine, step, none)")
+    g.add_argument("--step-size", type=_POS_INT, default=None,
                    help="step schedule: epochs between decays (default epochs/3)")
-    g.add_argument("--gamma", type=float, default=0.1, help="step schedule: decay factor")
-    g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    g.add_argument("--gamma", type=_number(float, 0, lo_open=True), default=0.1, help="step schedule: decay factor")
+    g.add_argument("--clip-grad-norm", type=_number(float, 0, lo_open=True), default=None, metavar="MAX",
+                   help="clip the gradients' global L2 norm to MAX before each optimiser step")
+    g.add_argument("--accumulate", type=_POS_INT, default=1, metavar="K",
+                   help="gradient accumulation: one optimiser step every K batches (effective batch K x "
+                        "--batch-size; the schedule counts optimiser steps)")
+    g.add_argument("--ema-decay", type=_number(float, 0, 1, lo_open=True, hi_open=True), default=None,
+                   metavar="D", help="keep an exponential moving average of the weights (and batch-norm "
+                                     "statistics), updated every optimiser step; it is what is validated, tested "
+                                     "and saved as best.pt (e.g. 0.999)")
+    g.add_argument("--patience", type=_POS_INT, default=None, metavar="N",
+                   help="early stopping: stop after N epochs without a better validation accuracy")
+    g.add_argument("--label-smoothing", type=_number(float, 0, 1, hi_open=True), default=0.0, help="cross-entropy label smoothing")
     g.add_argument("--seed", type=int, default=0, help="seeds init, batch order and augmentation")
     g = s.add_argument_group("execution")
     _add_kernel_args(g)
     g.add_argument("--amp", choices=("off", "fp16", "bf16"), default="off",
                    help="autocast dtype (fp16 uses a GradScaler)")
-    g.add_argument("--threads", type=int, default=0,
+    g.add_argument("--threads", type=_NONNEG_INT, default=0,
                    help="CPU threads per process for torch and our C++ kernels (0: 1 for models under 1M "
                         "parameters or under torchrun, else all cores)")
     g.add_argument("--channels-last", action="store_true", help="NHWC model and inputs")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = s.add_argument_group("output")
-    g.add_argument("--out", default=os.path.join("runs", "latest"),
-                   help="directory for checkpoint.pt, best.pt, metrics.json, curves.png, confusion_matrix.png")
-    g.add_argument("--save-every", type=int, default=20, metavar="STEPS",
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML file of settings named as the options (lr = 0.1, model = \"resnet18\"); options on "
+                        "the command line override it; the resolved settings are saved as config.json in the run")
+    g.add_argument("--out", default=None, metavar="DIR",
+                   help="the run folder (checkpoint.pt, best.pt, metrics.json, plots); an existing non-empty one "
+                        "is refused unless --overwrite or --resume. Default: a new runs/<model>-<data>-<time>/, "
+                        "with runs/latest pointing at it")
+    g.add_argument("--overwrite", action="store_true", help="train into a non-empty --out, replacing its run files")
+    g.add_argument("--save-every", type=_NONNEG_INT, default=20, metavar="STEPS",
                    help="also checkpoint every STEPS optimiser steps (0: only at the end of each epoch)")
-    g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt, exactly where it stopped")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (default: runs/latest) exactly where it stopped; settings not "
+                        "given come from its checkpoint; a larger --epochs extends it")
     g.add_argument("--no-plots", action="store_true", help="skip curves.png and confusion_matrix.png")
     g.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=cmd_train)
@@ -194,19 +256,22 @@ def _add_eval_parsers(sub) -> None:
                        description="Evaluate a checkpoint written by pyimgcls train on a test split.")
     s.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint.pt or best.pt")
     s.add_argument("--data", default=None, help="data spec (default: the one the checkpoint was trained on)")
-    s.add_argument("--synthetic-size", type=int, default=1024, help="synthetic data: training images")
+    s.add_argument("--synthetic-size", type=_POS_INT, default=1024, help="synthetic data: training images")
     s.add_argument("--seed", type=int, default=0, help="synthetic data: seed")
-    s.add_argument("--limit-test", type=int, default=None, metavar="N", help="use only the first N test images")
-    s.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
-    s.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="imagefolder decoding workers")
+    s.add_argument("--limit-test", type=_POS_INT, default=None, metavar="N", help="use only the first N test images")
+    s.add_argument("--batch-size", type=_POS_INT, default=256, help="evaluation batch size")
+    s.add_argument("--workers", type=_NONNEG_INT, default=min(4, os.cpu_count() or 1), help="imagefolder decoding workers")
     s.add_argument("--out", default=None, help="also write eval_metrics.json and eval_confusion_matrix.png here")
     _add_kernel_args(s)
     s.set_defaults(func=cmd_eval)
     s = sub.add_parser("predict", formatter_class=_Fmt, help="top-5 classes of image files",
                        description="Classify image files with a checkpoint written by pyimgcls train.")
     s.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint.pt or best.pt")
-    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow decodes)")
-    s.add_argument("--top", type=int, default=5, help="how many classes to show")
+    s.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (anything Pillow decodes) or folders (their image files, recursively)")
+    s.add_argument("--output", default=None, metavar="FILE",
+                   help="also write the predictions to FILE: .json (a list per image) or .csv (a row per class)")
+    s.add_argument("--top", type=_POS_INT, default=5, help="how many classes to show")
     _add_kernel_args(s)
     s.set_defaults(func=cmd_predict)
 
@@ -215,7 +280,9 @@ OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pyimgcls", description="pyimgcls: our kernels for image classification")
+    p = _Parser(prog="pyimgcls", description="pyimgcls: our kernels for image classification")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"pyimgcls {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_eval_parsers(sub)
@@ -235,14 +302,73 @@ def _one_line(e: BaseException) -> str:
     return " ".join(part.strip() for part in str(e).splitlines() if part.strip())
 
 
+def _explicit(argv) -> set:
+    """The destinations the command line sets itself (not by default): parsed again with every
+    default suppressed, so that a resumed run can take the others from its checkpoint."""
+    parser = build_parser()
+    for action in parser._subparsers._group_actions[0].choices["train"]._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command", "func"}
+
+
+def _config_argv(parser, path: str) -> list:
+    """The settings of a TOML file as command-line tokens, so they pass the options' own checks and
+    any option given on the command line after them wins."""
+    import tomllib
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+    except OSError as e:
+        parser.error(f"--config: cannot read {path}: {e.strerror or e}")
+    except tomllib.TOMLDecodeError as e:
+        parser.error(f"--config: {path} is not valid TOML: {e}")
+    train = parser._subparsers._group_actions[0].choices["train"]
+    actions = {a.dest: a for a in train._actions if a.option_strings}
+    tokens = []
+    for key, value in cfg.items():
+        dest = key.replace("-", "_")
+        action = actions.get(dest)
+        if action is None or dest in ("config", "help"):
+            parser.error(f"--config: {path}: unknown setting {key!r}")
+        flag = next(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse.BooleanOptionalAction):
+            tokens.append(flag if value else f"--no-{flag[2:]}")
+        elif action.nargs == 0:   # store_true
+            if not isinstance(value, bool):
+                parser.error(f"--config: {path}: {key} must be true or false, got {value!r}")
+            tokens += [flag] if value else []
+        else:
+            tokens += [flag, str(value)]
+    return tokens
+
+
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if args.command == "train" and args.config is not None:
+        i = argv.index("train") + 1
+        argv = argv[:i] + _config_argv(parser, args.config) + argv[i:]
+        args = parser.parse_args(argv)
+    if args.command == "train":
+        args.explicit = _explicit(argv)
     if args.command in ("train", "eval", "predict"):
         from .errors import ArgumentTypeError, ArgumentValueError, BackendError
-        from .training.loop import TrainingDiverged
+        from .training.loop import Interrupted, PredictErrors, TrainingDiverged
         try:
             return args.func(args)
+        except PredictErrors as e:
+            # The readable images were predicted (and written to --output); each unreadable one is named.
+            for message in e.messages:
+                print(f"pyimgcls {args.command}: error: {_one_line(message)}", file=sys.stderr)
+            return 2
+        except Interrupted as e:
+            # Ctrl-C during training: the checkpoint is saved; the shell's status for SIGINT is 128 + 2.
+            print(f"pyimgcls {args.command}: {_one_line(e)}", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt:
+            print(f"pyimgcls {args.command}: interrupted", file=sys.stderr)
+            return 130
         except (ArgumentValueError, ArgumentTypeError, BackendError) as e:
             # Bad arguments or data (pyimgcls.data.DataError is an ArgumentValueError; each names the
             # culprit): one clear line, exit status 2 as argparse does, no traceback. Anything else is

@@ -28,7 +28,7 @@ def test_subcommands_are_all_there():
 def test_train_defaults_are_the_main_job():
     a = cli.build_parser().parse_args(["train"])
     assert (a.model, a.data, a.kernels, a.augment, a.amp, a.out) == ("lenet5", "digits", "auto", "standard", "off",
-                                                                     os.path.join("runs", "latest"))
+                                                                     None)   # a new runs/<model>-<data>-<time>/
     assert a.epochs >= 1 and a.optimizer == "sgd" and a.schedule == "cosine" and not a.resume
 
 
@@ -71,7 +71,7 @@ def test_eval_and_predict_name_a_missing_checkpoint(tmp_path, capsys):
 def test_python_dash_m_exit_status_and_message(tmp_path):
     p = _sub(sys.executable, "-m", "pyimgcls", "train", "--epochs", "0", "--out", str(tmp_path))
     assert p.returncode == 2
-    assert "--epochs must be >= 1" in p.stderr and "Traceback" not in p.stderr
+    assert p.stderr == "pyimgcls train: error: argument --epochs: must be >= 1, got 0\n"
 
 
 @pytest.mark.skipif(shutil.which("pyimgcls") is None, reason="console script not installed")
@@ -98,3 +98,33 @@ def test_errors_are_one_line_with_their_exit_status(monkeypatch, capsys, exc, st
         cli.main(["train"])
     assert e.value.code == status
     assert capsys.readouterr().err == "pyimgcls train: error: first part second part\n"
+
+
+# ------------------------------------------------------------------------ argument validation
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--momentum", "-1"], "--momentum"),
+    (["train", "--warmup-epochs", "nan"], "--warmup-epochs"),
+    (["train", "--lr", "inf"], "--lr"),
+    (["train", "--workers", "-1"], "--workers"),
+    (["train", "--dropout", "2"], "--dropout"),
+    (["train", "--label-smoothing", "1"], "--label-smoothing"),
+    (["train", "--in-channels", "2"], "--in-channels"),
+    (["train", "--image-size", "0"], "--image-size"),
+    (["train", "--gamma", "0"], "--gamma"),
+    (["predict", "--checkpoint", "x.pt", "--top", "-1", "a.png"], "--top"),
+    (["eval", "--checkpoint", "x.pt", "--batch-size", "0"], "--batch-size"),
+    (["eval", "--checkpoint", "x.pt", "--limit-test", "0"], "--limit-test"),
+])
+def test_bad_values_are_one_line_naming_the_argument(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and "Traceback" not in err
+    assert err.count("\n") == 1, err
+
+
+def test_version(capsys):
+    import pyimgcls
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"pyimgcls {pyimgcls.__version__}"

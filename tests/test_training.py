@@ -24,9 +24,9 @@ from pyimgcls.data.datasets import cifar_batch_bytes
 from pyimgcls.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METRIC_KEYS = ("test_accuracy", "test_loss", "precision_macro", "recall_macro", "f1_macro", "confusion_matrix",
-               "epochs", "train_time_s", "images_per_s", "kernels", "model", "dataset", "amp", "world_size",
-               "resumed_from_step", "history")
+METRIC_KEYS = ("test_accuracy", "test_loss", "val_accuracy", "best_val_accuracy", "best_epoch", "precision_macro",
+               "recall_macro", "f1_macro", "confusion_matrix", "epochs", "train_time_s", "images_per_s", "kernels",
+               "model", "dataset", "amp", "world_size", "resumed_from_step", "history")
 SMALL = ["--data", "digits", "--limit-train", "320", "--limit-test", "120", "--batch-size", "32", "--no-plots"]
 
 
@@ -60,7 +60,7 @@ def test_default_training_reaches_97_percent_on_cpu_kernels(tmp_path):
     for k in METRIC_KEYS:
         assert k in m, k
     assert m["kernels"] == "cpu" and m["model"] == "lenet5" and m["dataset"] == "digits"
-    assert m["num_train"] == 1437 and m["num_test"] == 360
+    assert (m["num_train"], m["num_val"], m["num_test"]) == (1293, 144, 360)   # 10 % of 1437 for validation
     assert m["epochs"] == 15 and len(m["history"]) == 15 and m["resumed_from_step"] is None
     assert m["test_accuracy"] >= 0.97, m["history"]
     cm = np.asarray(m["confusion_matrix"])
@@ -69,6 +69,12 @@ def test_default_training_reaches_97_percent_on_cpu_kernels(tmp_path):
     assert m["images_per_s"] > 0 and m["train_time_s"] > 0
     for f in ("checkpoint.pt", "best.pt", "curves.png", "confusion_matrix.png"):
         assert (out / f).stat().st_size > 1000, f
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["epoch"] == m["best_epoch"] and best["val_accuracy"] == m["best_val_accuracy"]
+    assert m["best_val_accuracy"] == max(h["val_accuracy"] for h in m["history"])
+    rows = (out / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,train_accuracy,val_loss,val_accuracy") and len(rows) == 16
+    assert json.loads((out / "config.json").read_text())["val_fraction"] == 0.1
 
 
 def test_our_kernels_match_torch_reference_loss_curve(tmp_path):
@@ -80,7 +86,7 @@ def test_our_kernels_match_torch_reference_loss_curve(tmp_path):
     ours, ref = read_metrics(tmp_path / "ours"), read_metrics(tmp_path / "ref")
     assert ours["kernels"] == "cpu" and ref["kernels"] == "torch"
     for a, b in zip(ours["history"], ref["history"]):
-        for k in ("train_loss", "test_loss"):
+        for k in ("train_loss", "val_loss"):
             assert a[k] == pytest.approx(b[k], rel=2e-3), (k, a, b)
     assert ours["history"][-1]["train_loss"] < ours["history"][0]["train_loss"]
 
@@ -88,22 +94,22 @@ def test_our_kernels_match_torch_reference_loss_curve(tmp_path):
 # ---------------------------------------------------------------------------- checkpoints and resume
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     """A real subprocess SIGKILLs itself after global step 14 (checkpoints every 4 steps, so the last
-    one is at step 12, mid-epoch 2); --resume redoes steps 13-14 and ends exactly as a run that was
-    never interrupted."""
+    one is at step 12, mid-epoch 2: 288 training images after the validation split, 9 steps an epoch);
+    --resume redoes steps 13-14 and ends exactly as a run that was never interrupted."""
     args = ["train", *SMALL, "--epochs", 2, "--save-every", 4, "--kernels", "cpu"]
     killed = tmp_path / "killed"
     p = run_sub("-m", "pyimgcls", *args, "--out", killed, env={"PYIMGCLS_TEST_KILL_AFTER_STEP": "14"})
     assert p.returncode == -signal.SIGKILL, p.stderr
     assert not (killed / "metrics.json").exists()
     ck = torch.load(killed / "checkpoint.pt", weights_only=True)
-    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 2, 12)
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (1, 3, 12)
     assert run_cli(*args, "--out", killed, "--resume") == 0
     m = read_metrics(killed)
-    assert m["epochs"] == 2 and m["resumed_from_step"] == 12 and m["global_step"] == 20
+    assert m["epochs"] == 2 and m["resumed_from_step"] == 12 and m["global_step"] == 18
     assert run_cli(*args, "--out", tmp_path / "straight") == 0
     ref = read_metrics(tmp_path / "straight")
     for a, b in zip(m["history"], ref["history"]):
-        for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+        for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
             assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-9), (k, a, b)
     for k in ("test_accuracy", "test_loss", "f1_macro", "confusion_matrix"):
         assert m[k] == pytest.approx(ref[k]) if k != "confusion_matrix" else m[k] == ref[k]
@@ -132,7 +138,7 @@ def test_resume_after_sigkill_at_a_random_moment(tmp_path):
                    "--epochs", 3, "--save-every", 2, "--no-plots", "--kernels", "cpu", "--out", out, "--resume") == 0
     m = read_metrics(out)
     assert m["epochs"] == 3 and [h["epoch"] for h in m["history"]] == [1, 2, 3]
-    assert m["global_step"] == 3 * 12 and m["resumed_from_step"] is not None
+    assert m["global_step"] == 3 * 11 and m["resumed_from_step"] is not None   # 173 training images, batch 16
     for k in METRIC_KEYS:
         assert k in m
 
@@ -183,7 +189,7 @@ def test_torchrun_two_processes_gloo_with_kill_and_resume(tmp_path):
     assert m["world_size"] == 2 and m["epochs"] == 2 and m["kernels"] == "cpu" and m["resumed_from_step"] == 6
     assert np.asarray(m["confusion_matrix"]).sum() == 120          # every test image, once
     assert [h["global_step"] for h in m["history"]] == [5, 10]     # 320 images / (2 ranks x 32) per epoch
-    assert sorted(os.listdir(out)) == ["best.pt", "checkpoint.pt", "metrics.json"]
+    assert sorted(os.listdir(out)) == ["best.pt", "checkpoint.pt", "config.json", "history.csv", "metrics.json"]
     assert p.stdout.count("done: test accuracy") == 1               # only rank 0 reports
 
 
@@ -253,11 +259,11 @@ def test_pretrained_replaces_classifier_and_freezes_backbone(tmp_path):
 
 def test_pretrained_errors(tmp_path, capsys):
     torch.save({"nonsense.weight": torch.zeros(3)}, tmp_path / "bad.pt")
-    assert run_cli("train", *SMALL, "--epochs", 1, "--pretrained", tmp_path / "bad.pt", "--out", tmp_path) == 2
+    assert run_cli("train", *SMALL, "--epochs", 1, "--pretrained", tmp_path / "bad.pt", "--out", tmp_path / "r") == 2
     assert "does not fit the model" in capsys.readouterr().err
-    assert run_cli("train", *SMALL, "--epochs", 1, "--pretrained", tmp_path / "missing.pt", "--out", tmp_path) == 2
+    assert run_cli("train", *SMALL, "--epochs", 1, "--pretrained", tmp_path / "missing.pt", "--out", tmp_path / "r") == 2
     assert "missing.pt" in capsys.readouterr().err
-    assert run_cli("train", *SMALL, "--freeze-backbone", "--out", tmp_path) == 2
+    assert run_cli("train", *SMALL, "--freeze-backbone", "--out", tmp_path / "r") == 2
     assert "--pretrained" in capsys.readouterr().err
 
 
@@ -388,7 +394,8 @@ def test_mnist_idx_loads_and_trains(tmp_path, gz):
     if gz:
         assert run_cli("train", "--data", f"mnist:{tmp_path / 'm'}", "--epochs", 1, "--batch-size", 8,
                        "--no-plots", "--kernels", "cpu", "--out", tmp_path / "run") == 0
-        assert read_metrics(tmp_path / "run")["num_train"] == 40
+        m = read_metrics(tmp_path / "run")
+        assert (m["num_train"], m["num_val"]) == (36, 4)   # 10 % carved for validation
 
 
 def test_mnist_missing_and_corrupt_files_name_the_file(tmp_path, capsys):
@@ -458,7 +465,7 @@ def test_imagefolder_decodes_with_workers_and_names_corrupt_image(tmp_path, caps
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     for workers in (0, 2):
         assert run_cli("train", "--data", spec, "--epochs", 1, "--workers", workers, "--no-plots", "--kernels",
-                       "cpu", "--out", tmp_path / "run2") == 2
+                       "cpu", "--out", tmp_path / f"run-{workers}") == 2
         err = capsys.readouterr().err
         assert "cannot decode image file" in err and "broken.png" in err and "Traceback" not in err
 
@@ -489,3 +496,215 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys, argv, needle):
     assert run_cli("train", *argv, "--out", tmp_path) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ run folders, resume, Ctrl-C
+TINY = ["--data", "digits", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--no-plots", "--quiet"]
+
+
+def test_runs_get_their_own_folder_and_latest_follows(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("train", *TINY, "--epochs", 1) == 0
+    first = os.readlink(tmp_path / "runs" / "latest")
+    assert first.startswith("lenet5-digits-") and (tmp_path / "runs" / first / "metrics.json").exists()
+    assert run_cli("train", *TINY, "--epochs", 1, "--lr", "0.02") == 0
+    second = os.readlink(tmp_path / "runs" / "latest")
+    assert second != first and (tmp_path / "runs" / first / "checkpoint.pt").exists()   # nothing lost
+    # --resume alone continues the newest, its settings (--lr 0.02, --epochs 1) from the checkpoint
+    assert run_cli("train", "--resume") == 0
+    m = read_metrics(tmp_path / "runs" / second)
+    assert m["config"]["lr"] == 0.02 and m["epochs"] == 1
+    # a larger --epochs extends it, the schedule rebuilt for the new length
+    assert run_cli("train", "--resume", "--epochs", 3) == 0
+    m = read_metrics(tmp_path / "runs" / second)
+    assert m["epochs"] == 3 and [h["epoch"] for h in m["history"]] == [1, 2, 3]
+    assert m["history"][1]["lr"] > 0 and m["history"][2]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert run_cli("train", "--resume", "--epochs", 2) == 2   # fewer than finished
+    assert "--epochs 2" in capsys.readouterr().err
+
+
+def test_explicit_out_is_refused_when_not_empty(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("train", *TINY, "--epochs", 1, "--out", out) == 0
+    (out / "notes.txt").write_text("mine")
+    before = (out / "checkpoint.pt").stat().st_mtime_ns
+    assert run_cli("train", *TINY, "--epochs", 1, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "--overwrite" in err and err.count("\n") == 1
+    assert (out / "checkpoint.pt").stat().st_mtime_ns == before
+    assert run_cli("train", *TINY, "--epochs", 1, "--out", out, "--overwrite") == 0
+    assert (out / "notes.txt").read_text() == "mine" and read_metrics(out)["resumed_from_step"] is None
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_out_must_be_a_writable_directory(tmp_path, capsys, where):
+    f = tmp_path / "file"
+    f.write_text("x")
+    out = f if where == "file" else f / "sub"
+    assert run_cli("train", *TINY, "--epochs", 1, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "Traceback" not in err
+
+
+def test_resume_without_a_run_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("train", "--resume") == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_and_prints_the_resume_command(tmp_path):
+    """A real SIGINT mid-run: checkpoint saved at the step it stopped after, one line with the command
+    that resumes, exit status 130, no traceback; that command then finishes the run."""
+    out = tmp_path / "run"
+    args = ["-m", "pyimgcls", "train", "--data", "synthetic", "--synthetic-size", 512, "--batch-size", 16,
+            "--epochs", 40, "--save-every", 0, "--no-plots", "--kernels", "cpu", "--out", out]
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("pyimgcls train:")
+        time.sleep(random.Random().uniform(0.5, 2.0))
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert f"resume with: pyimgcls train --resume --out {out}" in err
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["global_step"] >= 1 and not (out / "metrics.json").exists()
+    done = ck["epoch"] + (1 if ck["step_in_epoch"] else 0)
+    p = run_sub("-m", "pyimgcls", "train", "--resume", "--out", out, "--epochs", max(1, done))
+    assert p.returncode == 0, p.stderr
+    m = read_metrics(out)
+    assert m["resumed_from_step"] == ck["global_step"] and m["epochs"] == max(1, done)
+
+
+@pytest.mark.parametrize("model", ["alexnet", "densenet121", "vgg11", "resnet18", "mobilenet_v2", "lenet5"])
+def test_model_default_input_and_minimum(model):
+    """model_input's size is accepted by the model (one forward); one pixel less is refused up front
+    where a minimum exists."""
+    from pyimgcls import models
+    size, ch = loop.model_input(model, None, None)
+    ch = ch or 1   # LeNet-5 takes the data set's channels
+    m = loop.build_model(model, 10, ch).eval()
+    with torch.no_grad():
+        assert m(torch.zeros(1, ch, size, size)).shape == (1, 10)
+    spec = models.input_spec(model)
+    if spec["min_size"] > 1:
+        with pytest.raises(pyimgcls.errors.ArgumentValueError, match="--image-size"):
+            loop.model_input(model, spec["min_size"] - 1, None)
+    if spec["in_channels"] == 3:
+        with pytest.raises(pyimgcls.errors.ArgumentValueError, match="--in-channels 1"):
+            loop.model_input(model, None, 1)
+    assert {n for n in models.list_models()} == {n for n in models.list_models() if models.input_spec(n)}
+
+
+def test_rgb_model_trains_on_grayscale_digits_without_flags(tmp_path):
+    assert run_cli("train", "--model", "resnet18", *TINY, "--epochs", 1, "--out", tmp_path) == 0
+    m = read_metrics(tmp_path)
+    assert m["model"] == "resnet18" and m["epochs"] == 1
+
+
+def test_alexnet_gets_its_minimum_input_size(tmp_path, capsys):
+    assert run_cli("train", "--model", "alexnet", *TINY, "--epochs", 1, "--image-size", 32, "--out", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "--image-size 32" in err and "63" in err and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["flat", "train_val"])
+def test_imagefolder_empty_class_folder_is_an_error_naming_it(tmp_path, layout):
+    """As torchvision's ImageFolder: a class folder with no images is an error, not an extra class."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    splits = [root] if layout == "flat" else [root / "train", root / "val"]
+    for base in splits:
+        for c in ("cat", "dog"):
+            (base / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(base / c / f"{i}.png")
+        (base / "empty").mkdir()
+        (base / "empty" / "readme.txt").write_text("not an image")
+    with pytest.raises(DataError, match=str(splits[0] / "empty")):
+        load_dataset(f"imagefolder:{root}", image_size=8)
+
+
+def test_predict_folder_writes_output_and_reports_bad_files(trained, tmp_path, capsys):
+    """A folder expands to its images; a file that cannot be read is named (one line) while the others
+    are still predicted and written to --output; the exit status is then 2."""
+    from PIL import Image
+
+    ds = load_dataset("digits")
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        img = Image.fromarray((ds.test.images[i, 0].numpy() * 255).round().astype(np.uint8), "L")
+        img.save(folder / ("sub" if i == 2 else "") / f"d{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    for ext in ("json", "csv"):
+        out = tmp_path / f"pred.{ext}"
+        capsys.readouterr()
+        assert run_cli("predict", "--checkpoint", trained / "best.pt", "--kernels", "cpu", "--output", out,
+                       folder) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "broken.png" in err and "Traceback" not in err
+        if ext == "json":
+            res = json.loads(out.read_text())
+            assert sorted(os.path.basename(r["image"]) for r in res) == ["d0.png", "d1.png", "d2.png"]
+            assert all(len(r["top"]) == 5 for r in res)
+        else:
+            rows = out.read_text().splitlines()
+            assert rows[0] == "image,rank,class,index,probability" and len(rows) == 1 + 3 * 5
+    assert run_cli("predict", "--checkpoint", trained / "best.pt", "--output", tmp_path / "p.txt", folder) == 2
+    assert "--output" in capsys.readouterr().err
+
+
+def test_config_file_with_command_line_override(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('epochs = 1\nlr = 0.02\nlimit-train = 64\nlimit_test = 32\nno_plots = true\nnesterov = false\n')
+    out = tmp_path / "run"
+    assert run_cli("train", "--config", cfg, "--lr", 0.03, "--quiet", "--out", out) == 0
+    c = json.loads((out / "config.json").read_text())
+    assert (c["epochs"], c["lr"], c["limit_train"], c["limit_test"], c["no_plots"], c["nesterov"]) == \
+        (1, 0.03, 64, 32, True, False)
+    (tmp_path / "bad.toml").write_text("epochs = 0\n")
+    assert run_cli("train", "--config", tmp_path / "bad.toml", "--out", tmp_path / "b") == 2
+    assert "--epochs" in capsys.readouterr().err
+    (tmp_path / "unknown.toml").write_text("learning_rate = 1\n")
+    assert run_cli("train", "--config", tmp_path / "unknown.toml", "--out", tmp_path / "c") == 2
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_accumulate_clip_ema_patience(tmp_path, capsys):
+    """--accumulate 2 at batch 16 takes the same optimiser steps as batch 32 (equal gradients up to
+    float32 summation order, so the same first-epoch loss); --clip-grad-norm, --ema-decay and
+    --patience run, EMA weights are what best.pt holds, and patience stops the run early."""
+    # 71 images: 7 for validation, 64 = 2 batches of 32 = 4 of 16
+    base = [*TINY, "--limit-train", 71, "--augment", "none", "--epochs", 1, "--kernels", "cpu", "--lr", 0.05]
+    assert run_cli("train", *base, "--out", tmp_path / "b32") == 0
+    assert run_cli("train", *[a if a != "32" else "16" for a in base], "--accumulate", 2, "--out",
+                   tmp_path / "b16x2") == 0
+    a, b = read_metrics(tmp_path / "b32"), read_metrics(tmp_path / "b16x2")
+    assert a["history"][0]["val_loss"] == pytest.approx(b["history"][0]["val_loss"], rel=1e-4)
+    out = tmp_path / "ema"
+    assert run_cli("train", *TINY, "--epochs", 6, "--kernels", "cpu", "--lr", 1e-6, "--ema-decay", 0.9,
+                   "--clip-grad-norm", 1.0, "--patience", 1, "--out", out) == 0
+    m = read_metrics(out)
+    assert m["epochs"] < 6 and m["config"]["ema_decay"] == 0.9   # lr 1e-6: validation never improves
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    best = torch.load(out / "best.pt", weights_only=True)["model"]
+    ema = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
+    assert ema.keys() == best.keys() and ck["ema"]["n_averaged"] > 0
+    assert run_cli("train", *TINY, "--patience", 2, "--val-fraction", 0, "--out", tmp_path / "x") == 2
+    assert "--patience" in capsys.readouterr().err
+
+
+def test_randaugment_and_random_erasing_from_the_command_line(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", *TINY, "--epochs", 1, "--kernels", "cpu", "--randaugment", 2,
+                   "--randaugment-magnitude", 12, "--random-erasing", 0.5, "--out", out) == 0
+    m = read_metrics(out)
+    assert "randaugment=2 ops at magnitude 12/30" in m["augment"] and "random_erasing=0.5" in m["augment"]
+    assert run_cli("train", *TINY, "--randaugment-magnitude", 31, "--out", tmp_path / "x") == 2

@@ -59,6 +59,10 @@ class TensorSplit:
     def targets(self) -> list[int]:
         return self.labels.tolist()
 
+    def select(self, indices) -> "TensorSplit":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return TensorSplit(self.images[idx], self.labels[idx])
+
 
 class FolderSplit(torch.utils.data.Dataset):
     """One split of an image folder: ``samples`` is a list of (path, label); images are decoded with
@@ -83,6 +87,28 @@ class FolderSplit(torch.utils.data.Dataset):
 
     def targets(self) -> list[int]:
         return [label for _, label in self.samples]
+
+    def select(self, indices) -> "FolderSplit":
+        return FolderSplit([self.samples[i] for i in indices], self.image_size, self.in_channels)
+
+
+def split_validation(split, fraction: float, seed: int):
+    """Carve a validation split from ``split``: (train, val), val holding ``fraction`` of the images
+    (at least one), stratified by class where every class can give one, drawn with ``seed``; a
+    fraction of 0 gives (split, None). Train and val keep the original order within themselves."""
+    if fraction <= 0:
+        return split, None
+    n = len(split)
+    n_val = max(1, int(round(fraction * n)))
+    if n_val >= n:
+        raise DataError(f"--val-fraction {fraction}: leaves no training images out of {n}")
+    from sklearn.model_selection import train_test_split
+    labels = np.asarray(split.targets())
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    stratify = labels if counts.min() >= 2 and len(counts) <= min(n_val, n - n_val) else None
+    train_idx, val_idx = train_test_split(np.arange(n), test_size=n_val, stratify=stratify, random_state=seed)
+    return split.select(np.sort(train_idx).tolist()), split.select(np.sort(val_idx).tolist())
 
 
 @dataclass
@@ -483,10 +509,15 @@ def _scan_classes(root: str) -> tuple[list[str], list[tuple[str, int]]]:
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     samples = []
     for ci, c in enumerate(classes):
+        n = len(samples)
         for dirpath, _, files in sorted(os.walk(os.path.join(root, c))):
             for fn in sorted(files):
                 if fn.lower().endswith(IMAGE_EXTENSIONS):
                     samples.append((os.path.join(dirpath, fn), ci))
+        if len(samples) == n:
+            # As torchvision's ImageFolder: a class without images is an error, not a class no sample has.
+            raise DataError(f"imagefolder: class folder {os.path.join(root, c)} has no image files "
+                            f"({', '.join(IMAGE_EXTENSIONS)}); remove it or add images")
     return classes, samples
 
 

@@ -29,6 +29,24 @@ _MODELS: dict[str, Callable[..., torch.nn.Module]] = {
 }
 
 
+# Smallest square input each model accepts (torchvision's ``min_size``; LeNet-5 takes exactly 32x32),
+# and whether it takes an ``in_channels`` argument (the others are 3-channel, as torchvision's).
+_MIN_SIZE = {"alexnet": 63, "lenet5": 32, "densenet": 29, "vgg": 32, "resnet": 1, "mobilenet_v2": 1}
+_FIXED_SIZE = {"lenet5": 32}
+_TAKES_IN_CHANNELS = ("lenet5",)
+
+
+def input_spec(name: str) -> dict:
+    """What ``name`` accepts as input: ``min_size`` (smallest side), ``fixed_size`` (the only side it
+    takes, or None) and ``in_channels`` (None when the constructor takes ``in_channels``, else 3)."""
+    key = name.lower()
+    if key not in _MODELS:
+        get_model(name)   # raises the unknown-name error
+    family = next(f for f in _MIN_SIZE if key.startswith(f))
+    return {"min_size": _MIN_SIZE[family], "fixed_size": _FIXED_SIZE.get(family),
+            "in_channels": None if key in _TAKES_IN_CHANNELS else 3}
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`get_model`, sorted."""
     return sorted(_MODELS)
@@ -46,5 +64,5 @@ def get_model(name: str, num_classes: int = 1000, **kwargs) -> torch.nn.Module:
     return _MODELS[key](num_classes=num_classes, **kwargs)
 
 
-__all__ = ["get_model", "list_models",
+__all__ = ["get_model", "list_models", "input_spec",
            "LeNet5", "AlexNet", "VGG", "ResNet", "DenseNet", "MobileNetV2"] + list_models()

@@ -8,23 +8,28 @@ rank) (see ``pyimgcls.data.augment``). Every op of the model runs on the pyimgcl
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
+import re
+import shlex
 import signal
 import sys
+import threading
 import time
+import warnings
 
 import numpy as np
 import torch
 
 from .. import _backend, backends
 from ..data import Augment, DataError, TensorSplit, batch_generator, load_dataset, load_image
-from ..data import normalize, standard_augment
+from ..data import normalize, split_validation, standard_augment
 from ..errors import ArgumentValueError, BackendError
 from . import checkpoint as ckpt_mod
 from . import distributed as D
-from .metrics import classification_metrics, plot_confusion, plot_curves, write_json
+from .metrics import classification_metrics, plot_confusion, plot_curves, write_history_csv, write_json
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("none", "cosine", "step", "onecycle")
@@ -34,7 +39,10 @@ KERNEL_DESCRIPTIONS = {name: b.summary for name, b in backends.TABLE.items()}
 RESUME_KEYS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
                "schedule", "warmup_epochs", "step_size", "gamma", "label_smoothing", "seed", "augment", "image_size",
                "in_channels", "num_classes", "synthetic_size", "limit_train", "limit_test", "pretrained",
-               "freeze_backbone", "amp")
+               "freeze_backbone", "amp", "val_fraction", "accumulate", "ema_decay", "clip_grad_norm", "randaugment",
+               "randaugment_magnitude", "random_erasing")
+# Settings a resume never takes from the checkpoint: they say where and how this command runs.
+_RUN_LOCAL_KEYS = ("out", "resume", "overwrite", "config")
 
 
 class _Log:
@@ -58,6 +66,37 @@ class _Log:
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite. Raised before anything non-finite is saved, so
     the last checkpoint written stays the last good one; ``pyimgcls train`` exits with status 3."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT) stopped ``pyimgcls train`` after it saved its checkpoint; the message says where
+    it stopped and the command that resumes it. The CLI prints it and exits with status 130."""
+
+
+class _SigintGuard:
+    """While active (main thread, one process): the first Ctrl-C only raises a flag, which the loop
+    reads after each step and at the end of each epoch, so it stops at a consistent point and saves; a
+    second Ctrl-C interrupts at once (KeyboardInterrupt). Under torchrun the ranks could not agree on
+    the step to stop at without a collective per step, so there Ctrl-C keeps its default behaviour."""
+
+    def __init__(self, enabled: bool):
+        self.hit = False
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __enter__(self) -> "_SigintGuard":
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class _LossWatch:
@@ -341,11 +380,146 @@ def evaluate(model, split, mean_t, std_t, device, batch_size: int, info: D.DistI
     return t, s, total_loss / max(1, len(t))
 
 
+# --------------------------------------------------------------------------------- model summary
+def model_summary(model: torch.nn.Module, in_channels: int, image_size: int, device: torch.device) -> str:
+    """One line: the layer count by type and the multiply-accumulates of one image, counted with
+    forward hooks during one eval-mode forward of a zero image (convolutions: output elements x
+    C/groups x KH x KW; linear layers: output elements x in_features; the rest is not counted)."""
+    counts: dict[str, int] = {}
+    macs = 0
+
+    def hook(module, inputs, output):
+        nonlocal macs
+        counts[type(module).__name__] = counts.get(type(module).__name__, 0) + 1
+        w = getattr(module, "weight", None)
+        if isinstance(w, torch.Tensor) and isinstance(output, torch.Tensor) and w.dim() in (2, 4):
+            macs += output[0].numel() * math.prod(w.shape[1:])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not any(True for _ in m.children())]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, image_size, image_size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    kinds = ", ".join(f"{n} {c}" for n, c in sorted(counts.items(), key=lambda kv: -kv[1]))
+    scaled = next((f"{macs / d:.3g} {u}" for d, u in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if macs >= d), str(macs))
+    return (f"{sum(counts.values())} layers ({kinds}); {scaled}MACs per {in_channels}x{image_size}x{image_size} "
+            f"image")
+
+
+# ------------------------------------------------------------------------------------ run folder
+RUN_FILES = ("checkpoint.pt", "best.pt", "metrics.json", "history.csv", "config.json", "curves.png",
+             "confusion_matrix.png")
+RUNS_ROOT = "runs"
+
+
+def _make_dir(out: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ArgumentValueError(f"--out: {out} exists and is not a directory")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".pyimgcls-write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ArgumentValueError(f"--out: cannot write to {out}: {e.strerror or e}") from None
+
+
+def _point_latest(folder: str) -> str:
+    """Point runs/latest at ``folder`` (a relative symlink, replaced atomically); returns a note for the
+    log when it cannot (a runs/latest directory left by an older pyimgcls, or no symlinks here)."""
+    link = os.path.join(RUNS_ROOT, "latest")
+    tmp = f"{link}.tmp-{os.getpid()}"
+    try:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.symlink(os.path.basename(folder), tmp)
+        os.replace(tmp, link)
+        return ""
+    except OSError as e:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        return f"{link} not updated ({e.strerror or e}); resume this run with --out {folder}"
+
+
+def run_folder(args, info: D.DistInfo) -> tuple[str, str]:
+    """The folder this run writes to, and a note for the log (or ""). ``--out DIR`` is the folder itself;
+    a non-empty one is refused unless ``--resume`` (continue it) or ``--overwrite`` (its run files are
+    deleted first). Without ``--out``: ``--resume`` continues runs/latest, else a new folder
+    runs/<model>-<data>-<time>/ that runs/latest then points at."""
+    overwrite = getattr(args, "overwrite", False)
+    if args.out is not None:
+        out = args.out
+        if not args.resume and not overwrite and os.path.isdir(out) and os.listdir(out):
+            raise ArgumentValueError(f"--out: {out} is not empty (an earlier run?); pass --resume to continue it, "
+                                     f"--overwrite to replace it, or another --out")
+    elif args.resume:
+        latest = os.path.join(RUNS_ROOT, "latest")
+        if not os.path.isdir(latest):
+            raise ArgumentValueError(f"--resume: no earlier run to continue ({latest} does not exist here); "
+                                     f"pass --out DIR")
+        out = os.path.join(RUNS_ROOT, os.readlink(latest)) if os.path.islink(latest) else latest
+    else:
+        data = re.sub(r"[^A-Za-z0-9_.-]+", "_", args.data.split(":", 1)[0].lower())
+        base = os.path.join(RUNS_ROOT, f"{args.model.lower()}-{data}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out, n = base, 1
+        while os.path.exists(out):
+            n += 1
+            out = f"{base}-{n}"
+        out = D.broadcast_object(info, out)   # ranks may see another second or another folder list
+    note = ""
+    if info.is_main and not args.resume:
+        _make_dir(out)
+        if overwrite:
+            for f in RUN_FILES:
+                if os.path.exists(os.path.join(out, f)):
+                    os.remove(os.path.join(out, f))
+        if args.out is None:
+            note = _point_latest(out)
+    D.barrier(info)
+    return out, note
+
+
+def model_input(model: str, image_size: int | None, in_channels: int | None) -> tuple[int, int | None]:
+    """(image size, input channels) for ``model``: the model's smallest input side when --image-size is
+    not given and 32 is too small; 3 channels for models that take RGB input, the data set's grayscale
+    images then replicated (as torchvision's ``Grayscale(num_output_channels=3)``)."""
+    from .. import models
+    try:
+        spec = models.input_spec(model)
+    except ValueError as e:
+        raise ArgumentValueError(f"--model: {e}") from None
+    if image_size is None:
+        image_size = spec["fixed_size"] or max(32, spec["min_size"])
+    elif spec["fixed_size"] and image_size != spec["fixed_size"]:
+        raise ArgumentValueError(f"--image-size {image_size}: {model} takes {spec['fixed_size']}x"
+                                 f"{spec['fixed_size']} input only")
+    elif image_size < spec["min_size"]:
+        raise ArgumentValueError(f"--image-size {image_size}: {model} needs at least {spec['min_size']}x"
+                                 f"{spec['min_size']} input")
+    if spec["in_channels"] is not None:
+        if in_channels not in (None, spec["in_channels"]):
+            raise ArgumentValueError(f"--in-channels {in_channels}: {model} takes {spec['in_channels']}-channel "
+                                     f"input (grayscale data sets are replicated to 3 channels)")
+        in_channels = spec["in_channels"]
+    return image_size, in_channels
+
+
 # -------------------------------------------------------------------------------------- training
 def _augment_for(args, ds) -> Augment:
+    """--augment's recipe with the command line's overrides; RandAugment and random erasing are added
+    to either recipe when asked for."""
+    aug = Augment() if args.augment == "none" else standard_augment(ds.name, ds.image_size, ds.hflip_ok)
+    aug.randaugment_ops = getattr(args, "randaugment", 0)
+    aug.randaugment_magnitude = getattr(args, "randaugment_magnitude", 9)
+    aug.random_erasing = getattr(args, "random_erasing", 0.0)
     if args.augment == "none":
-        return Augment()
-    aug = standard_augment(ds.name, ds.image_size, ds.hflip_ok)
+        return aug
     if args.hflip != "auto":
         aug.hflip = args.hflip == "on"
     if args.rotation is not None:
@@ -359,7 +533,7 @@ def _augment_for(args, ds) -> Augment:
 
 def _config(args) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
-            for k, v in sorted(vars(args).items()) if k not in ("func", "command")}
+            for k, v in sorted(vars(args).items()) if k not in ("func", "command", "explicit")}
 
 
 def _check_args(args) -> None:
@@ -376,6 +550,8 @@ def _check_args(args) -> None:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ArgumentValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if getattr(args, "patience", None) and not getattr(args, "val_fraction", 0):
+        raise ArgumentValueError("--patience needs a validation split (--val-fraction > 0) to watch")
 
 
 def train(args) -> dict:
@@ -389,17 +565,23 @@ def train(args) -> dict:
     info = D.init_distributed(device.type)
     saved_threads: list = []
     try:
-        return _train(args, info, device, kernels, wall0, saved_threads)
+        with _SigintGuard(not info.enabled) as sigint:
+            return _train(args, info, device, kernels, wall0, saved_threads, sigint)
     finally:
         for saved in saved_threads:   # train() may be called in-process (tests, notebooks)
             restore_cpu_threads(saved)
         D.shutdown(info)
 
 
-def _train(args, info: D.DistInfo, device: torch.device, kernels: str, wall0: float, saved_threads: list) -> dict:
-    run = _Run(args, info, device, kernels, wall0, saved_threads)
+def _train(args, info: D.DistInfo, device: torch.device, kernels: str, wall0: float, saved_threads: list,
+           sigint: _SigintGuard) -> dict:
+    run = _Run(args, info, device, kernels, wall0, saved_threads, sigint)
     run.log_start()
     for epoch in range(run.start_epoch, args.epochs):
+        if run.stop_early():
+            run.log(f"early stop: no better validation accuracy for {args.patience} epochs (best: epoch "
+                    f"{run.best_epoch})")
+            break
         run.train_epoch(epoch)
         run.end_epoch(epoch)
     return run.finish()
@@ -410,23 +592,35 @@ class _Run:
     one epoch of steps, the end of an epoch (evaluation, history, best.pt, checkpoint), the report."""
 
     def __init__(self, args, info: D.DistInfo, device: torch.device, kernels: str, wall0: float,
-                 saved_threads: list):
+                 saved_threads: list, sigint: _SigintGuard):
         self.args, self.info, self.device, self.kernels, self.wall0 = args, info, device, kernels, wall0
+        self.sigint = sigint
         self.log = _Log(info.rank, args.quiet)
-        self.out = args.out
+        if not args.resume:   # a bad --model / --image-size fails before a run folder is made
+            model_input(args.model, args.image_size, args.in_channels)
+        self.out, self.latest_note = run_folder(args, info)
         self.ckpt_path = os.path.join(self.out, "checkpoint.pt")
+        self.extended_from = None
         resume = self._load_resume() if args.resume else None
-        if info.is_main:
-            os.makedirs(self.out, exist_ok=True)
         _seed_everything(args.seed)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         self._build_data()
         self._build_model(saved_threads)
+        # steps_per_epoch counts batches (checkpoint positions, logs); the optimiser and the schedule
+        # step once per --accumulate batches
         self.steps_per_epoch = len(epoch_batches(len(self.ds.train), args.batch_size, 0, args.seed, info))
-        self.optimizer = build_optimizer(args, [p for p in self.model.parameters() if p.requires_grad])
-        self.scheduler = build_scheduler(args, self.optimizer, self.steps_per_epoch)
+        self.accumulate = getattr(args, "accumulate", 1)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(args, self.params)
+        self.scheduler = build_scheduler(args, self.optimizer, math.ceil(self.steps_per_epoch / self.accumulate))
+        self.ema = None
+        if getattr(args, "ema_decay", None):
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            # Buffers averaged too (batch-norm statistics), as timm's ModelEmaV3 does.
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
+        self.pending_save = False
         self.amp_dtype = AMP_DTYPES[args.amp]
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
         from ..nn import CrossEntropyLoss
@@ -436,7 +630,6 @@ class _Run:
         self.history, self.best_acc, self.best_epoch, self.train_time = [], -1.0, None, 0.0
         self.acc = [0.0, 0.0, 0.0]   # this rank's running (loss sum, correct, images) for the current epoch
         self.resumed_from = None
-        self.last_eval = None
         if resume is not None:
             self._restore(resume)
         self.watch = _LossWatch(device, self.global_step, eager=device.type != "cuda" or self.log.tty)
@@ -447,13 +640,27 @@ class _Run:
         if args.compile:
             self.net = torch.compile(self.net)
         self.kill_at = int(os.environ.get("PYIMGCLS_TEST_KILL_AFTER_STEP", "0"))   # tests: SIGKILL after step N
+        if info.is_main:
+            write_json(_config(args), os.path.join(self.out, "config.json"))
 
     # ---------------------------------------------------------------------------------- set-up
     def _load_resume(self) -> dict:
         args, info = self.args, self.info
         resume = ckpt_mod.load_checkpoint(self.ckpt_path)
         old = resume["config"]
-        diff = {k: (old.get(k), getattr(args, k)) for k in RESUME_KEYS if old.get(k) != getattr(args, k)}
+        explicit = getattr(args, "explicit", None)   # None: called in-process, every setting is given
+        if explicit is not None:
+            for k, v in old.items():
+                if k not in explicit and k not in _RUN_LOCAL_KEYS and hasattr(args, k):
+                    setattr(args, k, v)
+        if args.epochs != old.get("epochs"):
+            if args.epochs < resume["epoch"]:
+                raise ArgumentValueError(f"--epochs {args.epochs}: the run in {self.out} has already finished "
+                                         f"{resume['epoch']} epochs; pass at least that many to continue it")
+            self.extended_from = old.get("epochs")
+        # (a key the checkpoint lacks is a setting added since it was written: it ran with the default)
+        diff = {k: (old.get(k), getattr(args, k)) for k in RESUME_KEYS
+                if k != "epochs" and k in old and old[k] != getattr(args, k)}
         if diff:
             raise ArgumentValueError(f"--resume: {self.ckpt_path} was written with other settings; pass the same "
                                      f"ones (checkpoint value, this command's value): {diff}")
@@ -464,10 +671,14 @@ class _Run:
 
     def _build_data(self) -> None:
         args, device = self.args, self.device
-        ds = load_dataset(args.data, image_size=args.image_size, in_channels=args.in_channels,
+        image_size, in_channels = model_input(args.model, args.image_size, args.in_channels)
+        ds = load_dataset(args.data, image_size=image_size, in_channels=in_channels,
                           num_classes=args.num_classes, synthetic_size=args.synthetic_size, seed=args.seed)
         ds.train = ds.train.subset(args.limit_train)
         ds.test = ds.test.subset(args.limit_test)
+        # best.pt and the best epoch are chosen on images carved from the training data; the test
+        # split is evaluated once, at the end
+        ds.train, self.val = split_validation(ds.train, getattr(args, "val_fraction", 0.0), args.seed)
         self.ds = ds
         self.meta = dict(ds.meta(), model=args.model)
         self.aug = _augment_for(args, ds)
@@ -496,9 +707,14 @@ class _Run:
     def _restore(self, resume: dict) -> None:
         self.model.load_state_dict(resume["model"])
         self.optimizer.load_state_dict(resume["optimizer"])
-        self.scheduler.load_state_dict(resume["scheduler"])
+        if self.extended_from is None:
+            self.scheduler.load_state_dict(resume["scheduler"])
+        else:
+            self._continue_schedule(resume["scheduler"])
         if resume.get("scaler"):
             self.scaler.load_state_dict(resume["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(resume["ema"])
         self.start_epoch, self.start_step = resume["epoch"], resume["step_in_epoch"]
         self.global_step = resume["global_step"]
         self.history, self.best_acc, self.best_epoch = resume["history"], resume["best_accuracy"], resume["best_epoch"]
@@ -507,10 +723,24 @@ class _Run:
         ckpt_mod.set_rng_state(resume["rng"][self.info.rank])
         self.resumed_from = self.global_step
 
+    def _continue_schedule(self, saved: dict) -> None:
+        """A run extended to more epochs (``--resume --epochs N``) keeps its step count but follows the
+        schedule built for the new length from here on, as timm does: the learning rate of the current
+        step is recomputed (for cosine it rises to where the longer curve is)."""
+        sched = self.scheduler
+        sched.last_epoch, sched._step_count = saved["last_epoch"], saved["_step_count"]
+        with warnings.catch_warnings():   # get_lr() outside step() warns; here it is the point
+            warnings.simplefilter("ignore")
+            lrs = sched.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        sched._last_lr = list(lrs)
+
     def log_start(self) -> None:
         args, ds, info, log = self.args, self.ds, self.info, self.log
         log(f"pyimgcls train: {args.model} ({self.n_params:,} parameters, {self.n_trainable:,} trained) on "
-            f"{ds.spec} ({len(ds.train)} train / {len(ds.test)} test images, {ds.in_channels}x{ds.image_size}x"
+            f"{ds.spec} ({len(ds.train)} train / {len(self.val) if self.val else 0} validation / {len(ds.test)} "
+            f"test images, {ds.in_channels}x{ds.image_size}x"
             f"{ds.image_size}, {ds.num_classes} classes)")
         log(f"  kernels: {self.kernels} ({KERNEL_DESCRIPTIONS[self.kernels]}) on {self.device}; world size "
             f"{info.world_size}{' (' + info.backend + ')' if info.enabled else ''}"
@@ -518,12 +748,18 @@ class _Run:
             f"augment: {self.aug.describe()}")
         log(f"  {args.optimizer} lr {args.lr:g}, {args.schedule} schedule, batch {args.batch_size} x "
             f"{info.world_size}, {args.epochs} epochs x {self.steps_per_epoch} steps; out: {self.out}")
+        if self.latest_note:
+            log(f"  {self.latest_note}")
+        if info.is_main and not args.quiet:
+            log(f"  model: {model_summary(self.model, ds.in_channels, ds.image_size, self.device)}")
         if self.replaced:
             log(f"  pretrained {args.pretrained}: classifier {', '.join(self.replaced)} replaced for "
                 f"{ds.num_classes} classes")
         if self.resumed_from is not None:
             log(f"  resumed from {self.ckpt_path}: epoch {self.start_epoch + 1}, step {self.start_step}/"
-                f"{self.steps_per_epoch} (global step {self.global_step})")
+                f"{self.steps_per_epoch} (global step {self.global_step})"
+                + (f"; extended from {self.extended_from} to {args.epochs} epochs (schedule rebuilt)"
+                   if self.extended_from is not None else ""))
 
     # ------------------------------------------------------------------------ divergence, saving
     def where(self, g: int, prep: str = "at") -> str:
@@ -568,6 +804,7 @@ class _Run:
             "format": ckpt_mod.FORMAT, "meta": self.meta, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
             "steps_per_epoch": self.steps_per_epoch, "world_size": self.info.world_size, "rng": rngs,
             "epoch_accum": accs, "history": self.history, "best_accuracy": self.best_acc,
@@ -580,6 +817,7 @@ class _Run:
         in ``self.acc``."""
         args, device, info = self.args, self.device, self.info
         self.net.train()
+        time_before = self.train_time
         batches = epoch_batches(len(self.ds.train), args.batch_size, epoch, args.seed, info)
         first = self.start_step if epoch == self.start_epoch else 0
         if first == 0:
@@ -590,7 +828,7 @@ class _Run:
         correct_t = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
         for step, (x, y) in enumerate(iterate(self.ds.train, batches[first:], args.workers, device), start=first):
-            loss, logits, y = self._step(x, y, epoch, step)
+            loss, logits, y, boundary = self._step(x, y, epoch, step, len(batches))
             loss_t += loss.detach().double() * y.numel()
             correct_t += (logits.detach().argmax(1) == y).sum()
             seen += y.numel()
@@ -599,103 +837,153 @@ class _Run:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
             if self.kill_at and self.global_step == self.kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
-            if args.save_every and self.global_step % args.save_every == 0 and step + 1 < len(batches):
+            # Checkpoints (periodic, Ctrl-C) only between optimiser steps: accumulated gradients are not saved.
+            self.pending_save |= bool(args.save_every) and self.global_step % args.save_every == 0
+            if boundary and step + 1 < len(batches) and (self.pending_save or self.sigint.hit):
+                self.pending_save = False
                 self.acc = [self.acc[0] + float(loss_t), self.acc[1] + float(correct_t), self.acc[2] + seen]
                 loss_t.zero_(), correct_t.zero_()
                 seen = 0
                 self.train_time += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 self.save(epoch, step + 1)
+                if self.sigint.hit:
+                    self._interrupted(epoch, step + 1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.train_time += time.perf_counter() - t0
+        self.epoch_time = self.train_time - time_before
         if bar is not None:
             bar.close()
         self.acc = [self.acc[0] + float(loss_t), self.acc[1] + float(correct_t), self.acc[2] + seen]
 
-    def _step(self, x, y, epoch: int, step: int):
-        """One optimisation step on batch (x, y); returns (loss, logits, y on the device)."""
-        args, device = self.args, self.device
+    def _step(self, x, y, epoch: int, step: int, n_batches: int):
+        """Forward and backward of batch (x, y); the optimiser steps after every --accumulate batches
+        and after the epoch's last. Returns (loss, logits, y on the device, whether it stepped)."""
+        args, device, k = self.args, self.device, self.accumulate
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        x = self.aug(x, batch_generator(args.seed, epoch, step, self.info.rank))
+        # erased rectangles get the data set mean, i.e. 0 after normalisation (as torchvision's RandomErasing)
+        x = self.aug(x, batch_generator(args.seed, epoch, step, self.info.rank), erase_fill=self.mean_t)
         x = normalize(x, self.mean_t, self.std_t)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        boundary = (step + 1) % k == 0 or step + 1 == n_batches
+        # DDP: no gradient all-reduce for the batches that only accumulate
+        ddp = isinstance(self.net, torch.nn.parallel.DistributedDataParallel)
+        sync = self.net.no_sync() if ddp and not boundary else contextlib.nullcontext()
         amp_dtype = self.amp_dtype
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = self.net(x)
-            loss = self.criterion(logits.float(), y)
-        self.watch.update(loss, self.global_step + 1)
-        if self.watch.bad_step is not None and not self.info.enabled:
-            # Known without a sync (eager): stop before the non-finite update. Under torchrun the
-            # ranks stop together, at the next collective (checkpoint or end of epoch).
-            self.raise_if_diverged([self.health()])
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        with sync:
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = self.net(x)
+                loss = self.criterion(logits.float(), y)
+            self.watch.update(loss, self.global_step + 1)
+            if self.watch.bad_step is not None and not self.info.enabled:
+                # Known without a sync (eager): stop before the non-finite update. Under torchrun the
+                # ranks stop together, at the next collective (checkpoint or end of epoch).
+                self.raise_if_diverged([self.health()])
+            if step % k == 0:
+                self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss / k if k > 1 else loss).backward()
+        if boundary:
+            if getattr(args, "clip_grad_norm", None):
+                self.scaler.unscale_(self.optimizer)   # clip the true gradients, not the loss-scaled ones
+                torch.nn.utils.clip_grad_norm_(self.params, args.clip_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
         self.global_step += 1
-        return loss, logits, y
+        return loss, logits, y, boundary
 
-    def _evaluate(self) -> tuple:
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated, tested and saved as best.pt: the EMA ones with --ema-decay."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _evaluate(self, split) -> tuple:
+        """(classification_metrics, mean loss) of the model on ``split``."""
         args = self.args
-        targets, scores, test_loss = evaluate(self.model, self.ds.test, self.mean_t, self.std_t, self.device,
-                                              args.eval_batch_size, self.info, args.amp, args.channels_last,
-                                              args.workers)
-        return classification_metrics(targets, scores, self.ds.num_classes), test_loss
+        targets, scores, loss = evaluate(self.eval_model, split, self.mean_t, self.std_t, self.device,
+                                         args.eval_batch_size, self.info, args.amp, args.channels_last, args.workers)
+        return classification_metrics(targets, scores, self.ds.num_classes), loss
 
     def end_epoch(self, epoch: int) -> None:
-        """Evaluation, the history row, best.pt and the end-of-epoch checkpoint."""
+        """Validation, the history row (also history.csv), best.pt and the end-of-epoch checkpoint."""
         args, info = self.args, self.info
         # Before evaluating (non-finite weights give non-finite scores) and before best.pt, which holds
         # these same weights.
         self.raise_if_diverged(D.all_gather_object(info, self.health()))
         tot_loss, tot_correct, tot_seen = D.all_reduce_sum(info, self.acc, self.device)
-        m, test_loss = self.last_eval = self._evaluate()
         rec = {"epoch": epoch + 1, "train_loss": tot_loss / max(1, tot_seen),
-               "train_accuracy": tot_correct / max(1, tot_seen), "test_loss": test_loss,
-               "test_accuracy": m["test_accuracy"], "test_top5_accuracy": m["test_top5_accuracy"],
-               "lr": self.optimizer.param_groups[0]["lr"], "train_time_s": round(self.train_time, 3),
-               "global_step": self.global_step}
+               "train_accuracy": tot_correct / max(1, tot_seen)}
+        if self.val is not None:
+            m, val_loss = self._evaluate(self.val)
+            rec.update(val_loss=val_loss, val_accuracy=m["test_accuracy"], val_top5_accuracy=m["test_top5_accuracy"])
+        rec.update(lr=self.optimizer.param_groups[0]["lr"], train_time_s=round(self.train_time, 3),
+                   elapsed_s=round(time.perf_counter() - self.wall0, 3), global_step=self.global_step,
+                   images_per_s=round(tot_seen / self.epoch_time, 1) if self.epoch_time > 0 else None)
         self.history.append(rec)
+        val = (f"  val loss {rec['val_loss']:.4f} acc {100 * rec['val_accuracy']:6.2f}%" if self.val is not None
+               else "")
         self.log(f"epoch {epoch + 1:>3}/{args.epochs}  train loss {rec['train_loss']:.4f} "
-                 f"acc {100 * rec['train_accuracy']:6.2f}%"
-                 f"  test loss {test_loss:.4f} acc {100 * m['test_accuracy']:6.2f}%  lr {rec['lr']:.3g}"
-                 f"  {self.train_time:6.1f}s")
-        improved = m["test_accuracy"] > self.best_acc
+                 f"acc {100 * rec['train_accuracy']:6.2f}%{val}  lr {rec['lr']:.3g}  {self.train_time:6.1f}s")
+        # Without a validation split every epoch is "best": best.pt is then the latest model.
+        score = rec.get("val_accuracy", math.inf)
+        improved = score > self.best_acc or self.val is None
         if improved:
-            self.best_acc, self.best_epoch = m["test_accuracy"], epoch + 1
+            self.best_acc, self.best_epoch = rec.get("val_accuracy"), epoch + 1
         self.acc = [0.0, 0.0, 0.0]
-        if improved and info.is_main:
-            ckpt_mod.atomic_save({"format": ckpt_mod.FORMAT, "meta": self.meta, "model": self.model.state_dict(),
-                                  "epoch": epoch + 1, "test_accuracy": self.best_acc, "config": _config(args)},
-                                 os.path.join(self.out, "best.pt"))
+        if info.is_main:
+            write_history_csv(self.history, os.path.join(self.out, "history.csv"))
+            if improved:
+                ckpt_mod.atomic_save({"format": ckpt_mod.FORMAT, "meta": self.meta,
+                                      "model": self.eval_model.state_dict(), "epoch": epoch + 1, "val_accuracy": self.best_acc, "config": _config(args)},
+                                     os.path.join(self.out, "best.pt"))
         self.save(epoch + 1, 0)
+        self.pending_save = False
+        if self.sigint.hit and epoch + 1 < args.epochs and not self.stop_early():
+            self._interrupted(epoch + 1, 0)
+
+    def stop_early(self) -> bool:
+        """--patience N: true once N epochs have passed without a better validation accuracy (computed
+        from the history, so a resumed run decides the same)."""
+        patience = getattr(self.args, "patience", None)
+        return bool(patience) and self.val is not None and bool(self.history) and \
+            self.history[-1]["epoch"] - self.best_epoch >= patience
+
+    def _interrupted(self, epoch: int, step: int):
+        """After Ctrl-C and the checkpoint of (epoch, step): stop with the command that resumes."""
+        at = f"epoch {epoch + 1}, step {step}/{self.steps_per_epoch}" if step else f"the end of epoch {epoch}"
+        raise Interrupted(f"interrupted at {at}; checkpoint saved to {self.ckpt_path}; resume with: "
+                          f"pyimgcls train --resume --out {shlex.quote(self.out)}")
 
     # ------------------------------------------------------------------------------------ report
     def finish(self) -> dict:
-        """metrics.json, the plots and the closing lines; returns the metrics."""
+        """The test split, evaluated once on the final model; metrics.json, the plots and the closing
+        lines; returns the metrics."""
         args, ds, info, out = self.args, self.ds, self.info, self.out
-        if self.last_eval is None:   # resumed from a finished run: evaluate the final model again
-            self.last_eval = self._evaluate()
-        m, test_loss = self.last_eval
+        m, test_loss = self._evaluate(ds.test)
         train_time, history = self.train_time, self.history
+        last = history[-1] if history else {}
         # Images trained on over the whole run (DistributedSampler pads each rank to the same count).
         n_seen = math.ceil(len(ds.train) / info.world_size) * info.world_size * len(history)
         metrics = {
             "test_accuracy": m["test_accuracy"], "test_loss": test_loss, "test_top5_accuracy": m["test_top5_accuracy"],
             "precision_macro": m["precision_macro"], "recall_macro": m["recall_macro"], "f1_macro": m["f1_macro"],
-            "confusion_matrix": m["confusion_matrix"], "epochs": len(history), "train_time_s": round(train_time, 3),
+            "confusion_matrix": m["confusion_matrix"], "val_accuracy": last.get("val_accuracy"),
+            "val_loss": last.get("val_loss"), "best_val_accuracy": self.best_acc if self.val is not None else None,
+            "best_epoch": self.best_epoch, "epochs": len(history), "train_time_s": round(train_time, 3),
             "wall_time_s": round(time.perf_counter() - self.wall0, 3),
             "images_per_s": round(n_seen / train_time, 1) if train_time > 0 else None,
             "kernels": self.kernels, "device": str(self.device), "model": args.model, "dataset": ds.spec,
             "amp": args.amp, "world_size": info.world_size, "resumed_from_step": self.resumed_from,
-            "global_step": self.global_step, "best_test_accuracy": self.best_acc, "best_epoch": self.best_epoch,
-            "num_train": len(ds.train), "num_test": len(ds.test), "num_classes": ds.num_classes,
-            "class_names": ds.class_names, "parameters": self.n_params, "trainable_parameters": self.n_trainable,
-            "augment": self.aug.describe(), "seed": args.seed, "history": history, "config": _config(args)}
+            "global_step": self.global_step, "num_train": len(ds.train),
+            "num_val": len(self.val) if self.val is not None else 0, "num_test": len(ds.test),
+            "num_classes": ds.num_classes, "class_names": ds.class_names, "parameters": self.n_params,
+            "trainable_parameters": self.n_trainable, "augment": self.aug.describe(), "seed": args.seed,
+            "history": history, "config": _config(args)}
         if info.is_main:
             write_json(metrics, os.path.join(out, "metrics.json"))
             if not args.no_plots:
@@ -703,15 +991,16 @@ class _Run:
                 plot_confusion(m["confusion_matrix"], ds.class_names, os.path.join(out, "confusion_matrix.png"),
                                f"{args.model} on {ds.name}: test accuracy {100 * m['test_accuracy']:.2f}%")
         log, kernels = self.log, self.kernels
+        best = (f"; best validation {100 * self.best_acc:.2f}% at epoch {self.best_epoch} (best.pt)"
+                if self.val is not None else "")
         log(f"done: test accuracy {100 * m['test_accuracy']:.2f}% (top-5 {100 * m['test_top5_accuracy']:.2f}%), "
-            f"test loss {test_loss:.4f}, macro F1 {m['f1_macro']:.4f}; best {100 * self.best_acc:.2f}% at epoch "
-            f"{self.best_epoch}")
+            f"test loss {test_loss:.4f}, macro F1 {m['f1_macro']:.4f}{best}")
         log(f"      {metrics['epochs']} epochs, train time {train_time:.1f}s, {metrics['images_per_s']} images/s, "
             f"wall time {metrics['wall_time_s']:.1f}s; kernels: {kernels} ({KERNEL_DESCRIPTIONS[kernels]}) on "
             f"{self.device}")
         if info.is_main:
             plots = "" if args.no_plots else ", curves.png, confusion_matrix.png"
-            log(f"      wrote {out}/metrics.json, checkpoint.pt, best.pt{plots}")
+            log(f"      wrote {out}/metrics.json, history.csv, config.json, checkpoint.pt, best.pt{plots}")
         return metrics
 
 
@@ -774,24 +1063,83 @@ def evaluate_checkpoint(args) -> dict:
     return m
 
 
+class PredictErrors(Exception):
+    """Some image files of ``pyimgcls predict`` could not be read; the others were predicted. The CLI
+    prints each message (one line each) and exits with status 2."""
+
+    def __init__(self, messages: list[str]):
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+def _image_files(paths: list[str]) -> list[str]:
+    """The files named, with each folder replaced by the image files under it (sorted, recursively)."""
+    from ..data.datasets import IMAGE_EXTENSIONS
+    files = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(os.path.join(d, f) for d, _, fs in os.walk(p) for f in fs
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise ArgumentValueError(f"IMAGE: folder {p} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            files += found
+        else:
+            files.append(p)
+    return files
+
+
+def _write_predictions(results: list[dict], path: str) -> None:
+    """--output: JSON (the list predict returns) or CSV (one row per image and rank), by extension."""
+    if path.lower().endswith(".json"):
+        write_json(results, path)
+        return
+    import csv
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "rank", "class", "index", "probability"])
+        for r in results:
+            for rank, t in enumerate(r["top"], 1):
+                w.writerow([r["image"], rank, t["class"], t["index"], t["probability"]])
+
+
 @_with_threads
-@torch.no_grad()
 def predict(args) -> list[dict]:
+    """Top-k classes of every image file (folders are expanded); prints them, writes --output. A file
+    that cannot be read is reported and skipped; after the others are predicted, PredictErrors."""
+    output = getattr(args, "output", None)
+    if output is not None and not output.lower().endswith((".csv", ".json")):
+        raise ArgumentValueError(f"--output: {output} must end in .csv or .json")
+    files = _image_files(args.images)
     device = pick_device(args.kernels, args.device)
     resolve_kernels(args.kernels, device)
     model, meta, _ = _model_from_checkpoint(args.checkpoint, device)
-    x = torch.stack([load_image(p, meta["image_size"], meta["in_channels"]) for p in args.images]).to(device)
     mean_t = torch.tensor(meta["mean"], dtype=torch.float32, device=device)
     std_t = torch.tensor(meta["std"], dtype=torch.float32, device=device)
-    probs = torch.softmax(model(normalize(x, mean_t, std_t)).float(), dim=1).cpu()
     k = min(args.top, meta["num_classes"])
-    p, idx = probs.topk(k, dim=1)
     names = meta["class_names"]
-    results = []
-    for path, pr, ix in zip(args.images, p.tolist(), idx.tolist()):
-        top = [{"class": names[i], "index": i, "probability": round(q, 6)} for q, i in zip(pr, ix)]
-        results.append({"image": path, "top": top})
-        print(path)
-        for r, t in enumerate(top, 1):
-            print(f"  {r}. {t['class']:<16} {100 * t['probability']:7.3f}%")
+    results, errors = [], []
+    batch = 64   # images decoded and classified together; a folder of any size stays in bounded memory
+    for i in range(0, len(files), batch):
+        paths, images = [], []
+        for path in files[i:i + batch]:
+            try:
+                images.append(load_image(path, meta["image_size"], meta["in_channels"]))
+                paths.append(path)
+            except DataError as e:
+                errors.append(str(e))
+        if not images:
+            continue
+        with torch.no_grad():
+            logits = model(normalize(torch.stack(images).to(device), mean_t, std_t))
+        p, idx = torch.softmax(logits.float(), dim=1).cpu().topk(k, dim=1)
+        for path, pr, ix in zip(paths, p.tolist(), idx.tolist()):
+            top = [{"class": names[j], "index": j, "probability": round(q, 6)} for q, j in zip(pr, ix)]
+            results.append({"image": path, "top": top})
+            print(path)
+            for r, t in enumerate(top, 1):
+                print(f"  {r}. {t['class']:<16} {100 * t['probability']:7.3f}%")
+    if output is not None:
+        _write_predictions(results, output)
+    if errors:
+        raise PredictErrors(errors)
     return results

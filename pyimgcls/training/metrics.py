@@ -35,27 +35,46 @@ def write_json(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5_accuracy", "lr",
+                   "images_per_s", "train_time_s", "elapsed_s", "global_step")
+
+
+def write_history_csv(history: list[dict], path: str) -> None:
+    """history.csv: one row per epoch (rewritten whole after each epoch, atomically, so a resumed or
+    interrupted run never leaves a torn or duplicated row); empty cells where a run has no value
+    (no validation split)."""
+    import csv
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow({k: ("" if row.get(k) is None else row[k]) for k in HISTORY_COLUMNS})
+    os.replace(tmp, path)
+
+
 def plot_curves(history: list[dict], path: str) -> None:
-    """Loss (train, test) and accuracy (train, test) per epoch, side by side."""
+    """Loss, accuracy (train and validation) and the learning rate per epoch, side by side."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ep = [h["epoch"] for h in history]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
-    a1.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    a1.plot(ep, [h["test_loss"] for h in history], "s-", label="test")
-    a1.set_xlabel("epoch")
-    a1.set_ylabel("cross-entropy loss")
+    has_val = any(h.get("val_loss") is not None for h in history)
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.4), dpi=90)
+    for ax, key, label, scale in ((a1, "loss", "cross-entropy loss", 1), (a2, "accuracy", "accuracy (%)", 100)):
+        ax.plot(ep, [scale * h[f"train_{key}"] for h in history], "o-", label="train")
+        if has_val:
+            ax.plot(ep, [scale * h[f"val_{key}"] for h in history], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend()
+        ax.grid(alpha=0.3)
     a1.set_yscale("log")
-    a1.legend()
-    a1.grid(alpha=0.3)
-    a2.plot(ep, [100 * h["train_accuracy"] for h in history], "o-", label="train")
-    a2.plot(ep, [100 * h["test_accuracy"] for h in history], "s-", label="test")
-    a2.set_xlabel("epoch")
-    a2.set_ylabel("accuracy (%)")
-    a2.legend()
-    a2.grid(alpha=0.3)
+    a3.plot(ep, [h["lr"] for h in history], "o-", color="tab:green")
+    a3.set_xlabel("epoch")
+    a3.set_ylabel("learning rate (end of epoch)")
+    a3.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
