@@ -45,6 +45,48 @@ def _tile_offsets(rows, offs_c, S, stride_n, stride_c, stride_s):
 
 
 @triton.jit
+def _channels(pid, C, BLOCK_C: tl.constexpr):
+    """[BLOCK_C] channel offsets of channel block pid, and their mask."""
+    offs_c = pid.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return offs_c, offs_c < C
+
+
+@triton.jit
+def _row_tile(start, end, offs_c, cmask, S, stride_n, stride_c, stride_s, BLOCK_R: tl.constexpr):
+    """(mask, element offsets) of the [BLOCK_R, BLOCK_C] tile of rows [start, start + BLOCK_R) below end."""
+    rows = start + tl.arange(0, BLOCK_R)
+    mask = (rows < end)[:, None] & cmask[None, :]
+    return mask, _tile_offsets(rows, offs_c, S, stride_n, stride_c, stride_s)
+
+
+@triton.jit
+def _chunk_rows(chunk, ROWS_PER, M):
+    """Rows [r0, r1) of a level-1 reduction chunk."""
+    r0 = chunk.to(tl.int64) * ROWS_PER
+    return r0, tl.minimum(r0 + ROWS_PER, M)
+
+
+@triton.jit
+def _store_partials(part_ptr, chunk, C, offs_c, cmask, s1, s2):
+    """End of level 1: part[chunk, 0, c] and part[chunk, 1, c] = the column sums of the tiles s1, s2."""
+    base = part_ptr + chunk.to(tl.int64) * 2 * C
+    tl.store(base + offs_c, tl.sum(s1, axis=0), mask=cmask)
+    tl.store(base + C + offs_c, tl.sum(s2, axis=0), mask=cmask)
+
+
+@triton.jit
+def _sum_partials(part_ptr, C, CHUNKS, offs_c, cmask, ACC_FP64: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Level 2: the two per-channel sums of part[:, 0/1, c], added in chunk order."""
+    acc_ty = tl.float64 if ACC_FP64 else tl.float32
+    s1 = tl.zeros((BLOCK_C,), dtype=acc_ty)
+    s2 = tl.zeros((BLOCK_C,), dtype=acc_ty)
+    for k in range(0, CHUNKS):
+        s1 += tl.load(part_ptr + k * 2 * C + offs_c, mask=cmask, other=0.0)
+        s2 += tl.load(part_ptr + k * 2 * C + C + offs_c, mask=cmask, other=0.0)
+    return s1, s2
+
+
+@triton.jit
 def _batch_norm_stats_fwd_kernel(
     x_ptr, part_ptr, M, C, S, ROWS_PER,
     stride_n, stride_c, stride_s,
@@ -54,23 +96,18 @@ def _batch_norm_stats_fwd_kernel(
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     pid_c = tl.program_id(0)
     chunk = tl.program_id(1)
-    offs_c = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
+    offs_c, cmask = _channels(pid_c, C, BLOCK_C)
     shift = tl.load(x_ptr + offs_c * stride_c, mask=cmask, other=0.0).to(acc_ty)  # K: first value of each channel
     sd = tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty)
     sdd = tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty)
-    r0 = chunk.to(tl.int64) * ROWS_PER
-    r1 = tl.minimum(r0 + ROWS_PER, M)
+    r0, r1 = _chunk_rows(chunk, ROWS_PER, M)
     for start in range(r0, r1, BLOCK_R):
-        rows = start + tl.arange(0, BLOCK_R)
-        mask = (rows < r1)[:, None] & cmask[None, :]
-        v = tl.load(x_ptr + _tile_offsets(rows, offs_c, S, stride_n, stride_c, stride_s), mask=mask, other=0.0)
+        mask, offs = _row_tile(start, r1, offs_c, cmask, S, stride_n, stride_c, stride_s, BLOCK_R)
+        v = tl.load(x_ptr + offs, mask=mask, other=0.0)
         d = tl.where(mask, v.to(acc_ty) - shift[None, :], 0.0)
         sd += d
         sdd += d * d
-    base = part_ptr + chunk.to(tl.int64) * 2 * C
-    tl.store(base + offs_c, tl.sum(sd, axis=0), mask=cmask)
-    tl.store(base + C + offs_c, tl.sum(sdd, axis=0), mask=cmask)
+    _store_partials(part_ptr, chunk, C, offs_c, cmask, sd, sdd)
 
 
 @triton.jit
@@ -81,13 +118,8 @@ def _batch_norm_stats_bwd_kernel(
     """Level 2 (the finalize step of the statistics, named _bwd as the second pass of the pair):
     add the chunk partials in chunk order; mean = K + sum d / M, var = (sum d^2 - (sum d)^2 / M) / M."""
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
-    offs_c = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
-    sd = tl.zeros((BLOCK_C,), dtype=acc_ty)
-    sdd = tl.zeros((BLOCK_C,), dtype=acc_ty)
-    for k in range(0, CHUNKS):
-        sd += tl.load(part_ptr + k * 2 * C + offs_c, mask=cmask, other=0.0)
-        sdd += tl.load(part_ptr + k * 2 * C + C + offs_c, mask=cmask, other=0.0)
+    offs_c, cmask = _channels(tl.program_id(0), C, BLOCK_C)
+    sd, sdd = _sum_partials(part_ptr, C, CHUNKS, offs_c, cmask, ACC_FP64, BLOCK_C)
     shift = tl.load(x_ptr + offs_c * stride_c, mask=cmask, other=0.0).to(acc_ty)
     mean = shift + sd / M
     var = tl.maximum((sdd - sd * sd / M) / M, 0.0)
@@ -109,8 +141,7 @@ def _batch_norm_fwd_kernel(
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_c = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
+    offs_c, cmask = _channels(pid_c, C, BLOCK_C)
     mean = tl.load(mean_ptr + offs_c, mask=cmask, other=0.0)
     var = tl.load(var_ptr + offs_c, mask=cmask, other=1.0)
     # IEEE-rounded sqrt and division, so the saved invstd matches PyTorch's (fp64 sqrt is always exact)
@@ -123,9 +154,7 @@ def _batch_norm_fwd_kernel(
     scale = invstd
     if HAS_W:
         scale = scale * tl.load(w_ptr + offs_c, mask=cmask, other=1.0)
-    rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    mask = (rows < M)[:, None] & cmask[None, :]
-    offs = _tile_offsets(rows, offs_c, S, stride_n, stride_c, stride_s)
+    mask, offs = _row_tile(pid_r.to(tl.int64) * BLOCK_R, M, offs_c, cmask, S, stride_n, stride_c, stride_s, BLOCK_R)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
     y = (x - mean[None, :]) * scale[None, :]
     if HAS_B:
@@ -140,8 +169,7 @@ def _batch_norm_fwd_kernel(
 def _batch_norm_update_fwd_kernel(rm_ptr, rv_ptr, mean_ptr, var_ptr, C, momentum, unbias,
                                   HAS_RM: tl.constexpr, HAS_RV: tl.constexpr, BLOCK_C: tl.constexpr):
     """In place: rm = (1-m) rm + m mean;  rv = (1-m) rv + m var * unbias  (unbias = M / (M - 1))."""
-    offs_c = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
+    offs_c, cmask = _channels(tl.program_id(0), C, BLOCK_C)
     if HAS_RM:
         rm = tl.load(rm_ptr + offs_c, mask=cmask)
         tl.store(rm_ptr + offs_c, (1 - momentum) * rm + momentum * tl.load(mean_ptr + offs_c, mask=cmask),
@@ -165,17 +193,13 @@ def _batch_norm_reduce_bwd_kernel(
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     pid_c = tl.program_id(0)
     chunk = tl.program_id(1)
-    offs_c = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
+    offs_c, cmask = _channels(pid_c, C, BLOCK_C)
     mean = tl.load(mean_ptr + offs_c, mask=cmask, other=0.0)
     s1 = tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty)
     s2 = tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty)
-    r0 = chunk.to(tl.int64) * ROWS_PER
-    r1 = tl.minimum(r0 + ROWS_PER, M)
+    r0, r1 = _chunk_rows(chunk, ROWS_PER, M)
     for start in range(r0, r1, BLOCK_R):
-        rows = start + tl.arange(0, BLOCK_R)
-        mask = (rows < r1)[:, None] & cmask[None, :]
-        offs = _tile_offsets(rows, offs_c, S, stride_n, stride_c, stride_s)
+        mask, offs = _row_tile(start, r1, offs_c, cmask, S, stride_n, stride_c, stride_s, BLOCK_R)
         g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         if ACT != 0:
             g = act_backward(g, tl.load(o_ptr + offs, mask=mask, other=0.0).to(acc_ty), ACT)
@@ -185,9 +209,7 @@ def _batch_norm_reduce_bwd_kernel(
         g = tl.where(mask, g, 0.0)
         s1 += g
         s2 += g * tl.where(mask, x - mean[None, :], 0.0)
-    base = part_ptr + chunk.to(tl.int64) * 2 * C
-    tl.store(base + offs_c, tl.sum(s1, axis=0), mask=cmask)
-    tl.store(base + C + offs_c, tl.sum(s2, axis=0), mask=cmask)
+    _store_partials(part_ptr, chunk, C, offs_c, cmask, s1, s2)
 
 
 @triton.jit
@@ -198,14 +220,8 @@ def _batch_norm_coef_bwd_kernel(
 ):
     """Level 2: add the partials in chunk order; gb = sum gp, gw = invstd * sum gp (x - mean), and the
     grad_input coefficients coef[0] = sum gp / M, coef[1] = invstd^2 sum gp (x - mean) / M."""
-    acc_ty = tl.float64 if ACC_FP64 else tl.float32
-    offs_c = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
-    s1 = tl.zeros((BLOCK_C,), dtype=acc_ty)
-    s2 = tl.zeros((BLOCK_C,), dtype=acc_ty)
-    for k in range(0, CHUNKS):
-        s1 += tl.load(part_ptr + k * 2 * C + offs_c, mask=cmask, other=0.0)
-        s2 += tl.load(part_ptr + k * 2 * C + C + offs_c, mask=cmask, other=0.0)
+    offs_c, cmask = _channels(tl.program_id(0), C, BLOCK_C)
+    s1, s2 = _sum_partials(part_ptr, C, CHUNKS, offs_c, cmask, ACC_FP64, BLOCK_C)
     invstd = tl.load(invstd_ptr + offs_c, mask=cmask, other=0.0)
     if HAS_GB:
         tl.store(gb_ptr + offs_c, s1, mask=cmask)
@@ -228,14 +244,11 @@ def _batch_norm_bwd_kernel(
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
-    offs_c = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
+    offs_c, cmask = _channels(pid_c, C, BLOCK_C)
     scale = tl.load(invstd_ptr + offs_c, mask=cmask, other=0.0)
     if HAS_W:
         scale = scale * tl.load(w_ptr + offs_c, mask=cmask, other=0.0)
-    rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    mask = (rows < M)[:, None] & cmask[None, :]
-    offs = _tile_offsets(rows, offs_c, S, stride_n, stride_c, stride_s)
+    mask, offs = _row_tile(pid_r.to(tl.int64) * BLOCK_R, M, offs_c, cmask, S, stride_n, stride_c, stride_s, BLOCK_R)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_ty)
     if ACT != 0:
         g = act_backward(g, tl.load(o_ptr + offs, mask=mask, other=0.0).to(acc_ty), ACT)

@@ -1,5 +1,6 @@
 """Triton vocabulary shared by the production kernels (gemm, conv, batchnorm) and the study ladder:
-the grouped tile order and the K-loop tile product of a GEMM, the fused activations and their backward, the bias/activation backward of a conv or GEMM output, and the
+the grouped tile order, the tile offsets, the accumulator and ``tl.dot`` step and the K-loop tile product of
+a GEMM, the fused activations and their backward, the bias/activation backward of a conv or GEMM output, and the
 fixed-order reduction of split partial sums. One definition each, so the families cannot drift.
 
 Bias/activation backward, ``bias_act_bwd``: for an output viewed as [N, O, P] with strides
@@ -63,38 +64,55 @@ def grouped_tile(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP
 
 
 @triton.jit
+def tile_offsets(pid_m, pid_n, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Rows and columns of output tile (pid_m, pid_n) and their in-range masks. int64: tensors may
+    # exceed 2**31 elements.
+    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)   # [BLOCK_M]
+    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)   # [BLOCK_N]
+    return offs_m, offs_n, offs_m < M, offs_n < N
+
+
+@triton.jit
+def acc_zeros(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_FP64: tl.constexpr):
+    # The [BLOCK_M, BLOCK_N] accumulator of a tile product: fp64 for float64 inputs, fp32 otherwise.
+    acc_ty = tl.float64 if ACC_FP64 else tl.float32
+    return tl.zeros((BLOCK_M, BLOCK_N), dtype=acc_ty)
+
+
+@triton.jit
+def mma(a, b, acc, IS_FP32: tl.constexpr, ACC_FP64: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    # acc += a @ b for one K slice, in the precision the dtype calls for.
+    if UPCAST_DOT:
+        # Interpreter only: numpy has no bfloat16, so its tl.dot misreads bf16 operands. The
+        # values are exact in fp32, so the product matches a bf16 x bf16 -> fp32 tensor-core dot.
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if ACC_FP64:
+        acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float64)
+    elif IS_FP32:
+        acc = tl.dot(a, b, acc, input_precision="ieee")  # IEEE fp32, no TF32
+    else:
+        acc = tl.dot(a, b, acc)  # fp16/bf16 operands, fp32 accumulation
+    return acc
+
+
+@triton.jit
 def tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
                 IS_FP32: tl.constexpr, ACC_FP64: tl.constexpr, UPCAST_DOT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # acc[BLOCK_M, BLOCK_N] = A[pid_m tile, :] @ B[:, pid_n tile] on an fp32 (fp64 for float64)
     # accumulator; out-of-range rows/cols/K load 0. Offsets in int64: tensors may exceed 2**31
     # elements. The production GEMM and the study ladder's steps share this loop.
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)   # [BLOCK_M]
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)   # [BLOCK_N]
+    offs_m, offs_n, mask_m, mask_n = tile_offsets(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K).to(tl.int64)                     # [BLOCK_K]
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak   # [BLOCK_M, BLOCK_K]
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn   # [BLOCK_K, BLOCK_N]
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    if ACC_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = acc_zeros(BLOCK_M, BLOCK_N, ACC_FP64)
     for k0 in range(0, K, BLOCK_K):
         k_left = K - k0
         a = tl.load(a_ptrs, mask=mask_m[:, None] & (offs_k[None, :] < k_left), other=0.0)
         b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & mask_n[None, :], other=0.0)
-        if UPCAST_DOT:
-            # Interpreter only: numpy has no bfloat16, so its tl.dot misreads bf16 operands. The
-            # values are exact in fp32, so the product matches a bf16 x bf16 -> fp32 tensor-core dot.
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        if ACC_FP64:
-            acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float64)
-        elif IS_FP32:
-            acc = tl.dot(a, b, acc, input_precision="ieee")  # IEEE fp32, no TF32
-        else:
-            acc = tl.dot(a, b, acc)  # fp16/bf16 operands, fp32 accumulation
+        acc = mma(a, b, acc, IS_FP32, ACC_FP64, UPCAST_DOT)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
     return acc
@@ -144,6 +162,12 @@ def _bias_act_bwd_kernel(
         tl.store(part_ptr + pid_r * O + offs_o, col_sum, mask=mask_o)
 
 
+def split_reduce(part, dst, numel, splits) -> None:
+    """dst[:numel] = sum over s of part[s * numel:(s + 1) * numel], in order (split_reduce_kernel)."""
+    block = 1024
+    split_reduce_kernel[(triton.cdiv(numel, block),)](part, dst, numel, SPLITS=splits, BLOCK=block)
+
+
 def sm_count(device: torch.device) -> int:
     if INTERPRET or device.type != "cuda":
         return INTERPRET_SM_COUNT
@@ -173,5 +197,4 @@ def bias_act_bwd(grad, out, grad_pre, grad_bias, act, N, O, P, sn, so, sp) -> No
         ACT=act, HAS_BIAS=grad_bias is not None, ACC_FP64=acc == torch.float64,
         BLOCK_M=block_m, BLOCK_O=block_o)
     if grad_bias is not None:
-        block = 1024
-        split_reduce_kernel[(triton.cdiv(O, block),)](part, grad_bias, O, SPLITS=splits, BLOCK=block)
+        split_reduce(part, grad_bias, O, splits)

@@ -35,57 +35,51 @@ import triton
 import triton.language as tl
 
 from . import common
-from ._config import INTERPRET, autotune_configs, cfg
-from .common import apply_act, split_reduce_kernel
+from ._config import INTERPRET, config_table
+from .common import acc_zeros, apply_act, grouped_tile, mma, tile_offsets
 
-_IGEMM_CONFIGS = autotune_configs(
-    [
-        cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
-        cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=64, BLOCK_N=16, BLOCK_K=16, GROUP_M=8, num_warps=2, num_stages=3),
-    ],
-    cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=4, num_warps=4, num_stages=1),
-)
-
-_WGRAD_CONFIGS = autotune_configs(
-    [
-        cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3),
-        cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, num_warps=4, num_stages=3),
-    ],
-    cfg(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=1),
-)
-
-_DW_CONFIGS = autotune_configs(
-    [
-        cfg(BLOCK_M=32, BLOCK_C=64, num_warps=4, num_stages=1),
-        cfg(BLOCK_M=64, BLOCK_C=32, num_warps=4, num_stages=1),
-        cfg(BLOCK_M=16, BLOCK_C=128, num_warps=4, num_stages=1),
-        cfg(BLOCK_M=128, BLOCK_C=8, num_warps=4, num_stages=1),
-    ],
-    cfg(BLOCK_M=16, BLOCK_C=8, num_warps=4, num_stages=1),
-)
+# Rows: the meta-parameters named first, then num_warps, num_stages; the last tuple is the interpreter's.
+_MNK = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+_IGEMM_CONFIGS = config_table(_MNK + ("GROUP_M",), [
+    (128, 128, 64, 8, 8, 3), (128, 64, 64, 8, 4, 4), (64, 128, 64, 8, 4, 4), (128, 128, 32, 8, 4, 4),
+    (64, 64, 32, 8, 4, 4), (128, 32, 32, 8, 4, 4), (64, 16, 16, 8, 2, 3),
+], (16, 16, 16, 4, 4, 1))
+_WGRAD_CONFIGS = config_table(_MNK, [
+    (128, 128, 32, 8, 3), (64, 128, 32, 4, 4), (128, 64, 32, 4, 4), (64, 64, 64, 4, 4), (32, 32, 64, 4, 3),
+], (16, 16, 16, 4, 1))
+_DW_CONFIGS = config_table(("BLOCK_M", "BLOCK_C"), [
+    (32, 64, 4, 1), (64, 32, 4, 1), (16, 128, 4, 1), (128, 8, 4, 1),
+], (16, 8, 4, 1))
 
 
 @triton.jit
-def _mma(a, b, acc, IS_FP32: tl.constexpr, ACC_FP64: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    if UPCAST_DOT:
-        # Interpreter only: numpy has no bfloat16, so its tl.dot misreads bf16 operands; the values are
-        # exact in fp32, so the product equals a bf16 x bf16 -> fp32 tensor-core dot.
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    if ACC_FP64:
-        acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float64)
-    elif IS_FP32:
-        acc = tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        acc = tl.dot(a, b, acc)
+def _group_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    # Program id -> (conv group, pid_m, pid_n): the groups are folded into grid axis 0, one run of
+    # cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N) tiles each, in grouped order inside the run.
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    pid_m, pid_n = grouped_tile(pid % tiles, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    return pid // tiles, pid_m, pid_n
+
+
+@triton.jit
+def _pixels(m, OH, OW):
+    # Flat pixel index m = (n * OH + oh) * OW + ow -> (n, oh, ow).
+    n = m // (OH * OW)
+    rem = m % (OH * OW)
+    return n, rem // OW, rem % OW
+
+
+@triton.jit
+def _gather_mma(acc, a_row, row_ok, a_sk, b_col, b_sk, mask_n, offs_k, K,
+                IS_FP32: tl.constexpr, ACC_FP64: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_K: tl.constexpr):
+    # acc += A @ B over k in [0, K), BLOCK_K at a time, with A[m, k] at a_row[m] + k * a_sk (rows with
+    # row_ok false read 0: padding / no matching output) and B[k, n] at b_col[n] + k * b_sk.
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + offs_k
+        k_ok = k < K
+        a = tl.load(a_row[:, None] + (k * a_sk)[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_col[None, :] + (k * b_sk)[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
+        acc = mma(a, b, acc, IS_FP32, ACC_FP64, UPCAST_DOT)
     return acc
 
 
@@ -118,38 +112,20 @@ def _conv2d_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # 1. Program -> (group, pixel tile, channel tile), grouped ordering inside each conv group.
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(Og, BLOCK_N)
-    tiles = num_pid_m * num_pid_n
-    g = pid // tiles
-    pid = pid % tiles
-    num_in_group = GROUP_M * num_pid_n
-    first_m = (pid // num_in_group) * GROUP_M
-    group_size = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + ((pid % num_in_group) % group_size)
-    pid_n = (pid % num_in_group) // group_size
+    g, pid_m, pid_n = _group_tile(tl.program_id(0), M, Og, BLOCK_M, BLOCK_N, GROUP_M)
 
-    # 2. Output pixel coordinates of the BLOCK_M rows (int64: tensors may exceed 2**31 elements).
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)        # [BLOCK_M]
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)        # [BLOCK_N] channel in group
+    # 2. Output pixel coordinates of the BLOCK_M rows (int64: tensors may exceed 2**31 elements);
+    # columns are the BLOCK_N channels in the group.
+    offs_m, offs_n, mask_m, mask_n = tile_offsets(pid_m, pid_n, M, Og, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K).to(tl.int64)                          # [BLOCK_K] channel step
-    mask_m = offs_m < M
-    mask_n = offs_n < Og
-    n_idx = offs_m // (OH * OW)
-    rem = offs_m % (OH * OW)
-    oh = rem // OW
-    ow = rem % OW
+    n_idx, oh, ow = _pixels(offs_m, OH, OW)
     ih0 = oh * stride_h - pad_h
     iw0 = ow * stride_w - pad_w
     x_base = x_ptr + n_idx * sxn + (g * Cg) * sxc                        # [BLOCK_M] pointers
     ch = g * Og + offs_n                                                 # [BLOCK_N] global out channel
     w_base = w_ptr + ch * swo                                            # [BLOCK_N] pointers
 
-    if ACC_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = acc_zeros(BLOCK_M, BLOCK_N, ACC_FP64)
     # 3. K loop: for each kernel tap, BLOCK_K input channels at a time; padding reads as 0.
     for r in range(0, KH * KW):
         i = r // KW
@@ -159,12 +135,8 @@ def _conv2d_fwd_kernel(
         row_ok = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         a_row = x_base + ih * sxh + iw * sxw                             # [BLOCK_M]
         b_col = w_base + i * swh + j * sww                               # [BLOCK_N]
-        for c0 in range(0, Cg, BLOCK_K):
-            c = c0 + offs_k
-            k_ok = c < Cg
-            a = tl.load(a_row[:, None] + (c * sxc)[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(b_col[None, :] + (c * swc)[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
-            acc = _mma(a, b, acc, IS_FP32, ACC_FP64, UPCAST_DOT)
+        acc = _gather_mma(acc, a_row, row_ok, sxc, b_col, swc, mask_n, offs_k, Cg,
+                          IS_FP32, ACC_FP64, UPCAST_DOT, BLOCK_K)
 
     # 4. Fused epilogue: + bias + residual, activation, cast, store through the output strides.
     _epilogue_store(acc, n_idx, oh, ow, ch, mask_m, mask_n, bias_ptr, res_ptr, out_ptr,
@@ -184,21 +156,10 @@ def _conv2d_dw_fwd_kernel(
     # Depthwise (groups == C == O): out[m, c] = sum_{i, j} x[n, c, ih, iw] * w[c, 0, i, j]. Each program
     # owns BLOCK_M pixels x BLOCK_C channels; a tap is an elementwise multiply-add of a
     # [BLOCK_M, BLOCK_C] gathered tile (coalesced along c for channels_last) by a [BLOCK_C] weight row.
-    pid_m = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = pid_c.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_m = offs_m < M
-    mask_c = offs_c < C
-    n_idx = offs_m // (OH * OW)
-    rem = offs_m % (OH * OW)
-    oh = rem // OW
-    ow = rem % OW
+    offs_m, offs_c, mask_m, mask_c = tile_offsets(tl.program_id(0), tl.program_id(1), M, C, BLOCK_M, BLOCK_C)
+    n_idx, oh, ow = _pixels(offs_m, OH, OW)
     x_base = x_ptr + n_idx * sxn
-    if ACC_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+    acc = acc_zeros(BLOCK_M, BLOCK_C, ACC_FP64)
     for r in range(0, KH * KW):
         i = r // KW
         j = r % KW
@@ -224,34 +185,14 @@ def _conv2d_bwd_data_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Rows m = input pixels (n, ih, iw), columns = input channels of the group, K = (tap, out channel).
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(Cg, BLOCK_N)
-    tiles = num_pid_m * num_pid_n
-    grp = pid // tiles
-    pid = pid % tiles
-    num_in_group = GROUP_M * num_pid_n
-    first_m = (pid // num_in_group) * GROUP_M
-    group_size = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + ((pid % num_in_group) % group_size)
-    pid_n = (pid % num_in_group) // group_size
-
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)        # [BLOCK_M] input pixels
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)        # [BLOCK_N] channel in group
+    grp, pid_m, pid_n = _group_tile(tl.program_id(0), M, Cg, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m, offs_n, mask_m, mask_n = tile_offsets(pid_m, pid_n, M, Cg, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K).to(tl.int64)                          # [BLOCK_K] out-channel step
-    mask_m = offs_m < M
-    mask_n = offs_n < Cg
-    n_idx = offs_m // (H * W)
-    rem = offs_m % (H * W)
-    ih = rem // W
-    iw = rem % W
+    n_idx, ih, iw = _pixels(offs_m, H, W)
     g_base = g_ptr + n_idx * sgn + (grp * Og) * sgc                      # [BLOCK_M]
     w_base = w_ptr + (grp * Og) * swo + offs_n * swc                     # [BLOCK_N]
 
-    if ACC_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = acc_zeros(BLOCK_M, BLOCK_N, ACC_FP64)
     for r in range(0, KH * KW):
         i = r // KW
         j = r % KW
@@ -267,12 +208,8 @@ def _conv2d_bwd_data_kernel(
                   & (oh < OH) & (ow < OW))
         a_row = g_base + oh * sgh + ow * sgw
         b_col = w_base + i * swh + j * sww
-        for o0 in range(0, Og, BLOCK_K):
-            o = o0 + offs_k
-            k_ok = o < Og
-            a = tl.load(a_row[:, None] + (o * sgc)[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(b_col[None, :] + (o * swo)[:, None], mask=k_ok[:, None] & mask_n[None, :], other=0.0)
-            acc = _mma(a, b, acc, IS_FP32, ACC_FP64, UPCAST_DOT)
+        acc = _gather_mma(acc, a_row, row_ok, sgc, b_col, swo, mask_n, offs_k, Og,
+                          IS_FP32, ACC_FP64, UPCAST_DOT, BLOCK_K)
 
     d_off = (n_idx * sdn + ih * sdh + iw * sdw)[:, None] + ((grp * Cg + offs_n) * sdc)[None, :]
     tl.store(dx_ptr + d_off, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
@@ -304,27 +241,19 @@ def _conv2d_bwd_weight_kernel(
     i = tap // KW
     j = tap % KW
 
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)        # [BLOCK_M] out channel
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)        # [BLOCK_N] in channel
+    # rows: out channels, columns: in channels (of the group)
+    offs_m, offs_n, mask_m, mask_n = tile_offsets(pid_m, pid_n, Og, Cg, BLOCK_M, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K).to(tl.int64)                          # [BLOCK_K] pixels
-    mask_m = offs_m < Og
-    mask_n = offs_n < Cg
     g_ch = (grp * Og + offs_m) * sgc                                     # [BLOCK_M]
     x_ch = (grp * Cg + offs_n) * sxc                                     # [BLOCK_N]
 
-    if ACC_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = acc_zeros(BLOCK_M, BLOCK_N, ACC_FP64)
     k_begin = s.to(tl.int64) * CHUNK
     k_end = tl.minimum(k_begin + CHUNK, P)
     for k0 in range(k_begin, k_end, BLOCK_K):
         m = k0 + offs_k
         k_ok = m < k_end
-        n_idx = m // (OH * OW)
-        rem = m % (OH * OW)
-        oh = rem // OW
-        ow = rem % OW
+        n_idx, oh, ow = _pixels(m, OH, OW)
         ih = oh * stride_h - pad_h + i * dil_h
         iw = ow * stride_w - pad_w + j * dil_w
         x_ok = k_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -332,7 +261,7 @@ def _conv2d_bwd_weight_kernel(
                     mask=mask_m[:, None] & k_ok[None, :], other=0.0)     # [BLOCK_M, BLOCK_K]
         b = tl.load(x_ptr + (n_idx * sxn + ih * sxh + iw * sxw)[:, None] + x_ch[None, :],
                     mask=x_ok[:, None] & mask_n[None, :], other=0.0)     # [BLOCK_K, BLOCK_N]
-        acc = _mma(a, b, acc, IS_FP32, ACC_FP64, UPCAST_DOT)
+        acc = mma(a, b, acc, IS_FP32, ACC_FP64, UPCAST_DOT)
 
     # dst is contiguous [SPLIT_K, O, Cg, KH, KW]
     o_glob = grp * Og + offs_m
@@ -351,41 +280,47 @@ def _s(t: torch.Tensor | None):
     return tuple(t.stride()) if t is not None else (0, 0, 0, 0)
 
 
+def _dims(x, w, out):
+    """(N, C, H, W), (O, Cg, KH, KW), (OH, OW): the sizes of a conv's input, weight and output (or of
+    their gradients)."""
+    return tuple(x.shape), tuple(w.shape), tuple(out.shape[2:])
+
+
+def _geom(stride, padding, dilation):
+    """The kernels' stride_h, stride_w, pad_h, pad_w, dil_h, dil_w (padding: [top, left, bottom, right])."""
+    return stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]
+
+
 def conv2d_fwd(x, w, bias, res, out, stride, padding, dilation, groups, act) -> None:
     """out = act(conv2d(x, w) + bias + residual); padding = [top, left, bottom, right]."""
-    N, C, H, W = x.shape
-    O, Cg, KH, KW = w.shape
-    OH, OW = out.shape[2], out.shape[3]
+    (N, C, H, W), (O, Cg, KH, KW), (OH, OW) = _dims(x, w, out)
     M = N * OH * OW
-    common = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
+    geom = _geom(stride, padding, dilation)
     tail = dict(HAS_BIAS=bias is not None, HAS_RES=res is not None, ACT=act)
     bias_arg = bias if bias is not None else out
     res_arg = res if res is not None else out
     if groups == C and O == C and Cg == 1:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"]))  # noqa: E731
         _conv2d_dw_fwd_kernel[grid](
-            x, w, bias_arg, res_arg, out, M, C, H, W, OH, OW, KH, KW, *common,
+            x, w, bias_arg, res_arg, out, M, C, H, W, OH, OW, KH, KW, *geom,
             *_s(x), w.stride(0), w.stride(2), w.stride(3), *_s(res), *_s(out),
             ACC_FP64=x.dtype == torch.float64, **tail)
         return
     Og = O // groups
     grid = lambda meta: (groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(Og, meta["BLOCK_N"]),)  # noqa: E731
     _conv2d_fwd_kernel[grid](
-        x, w, bias_arg, res_arg, out, M, H, W, OH, OW, Cg, Og, KH, KW, groups, *common,
+        x, w, bias_arg, res_arg, out, M, H, W, OH, OW, Cg, Og, KH, KW, groups, *geom,
         *_s(x), *_s(w), *_s(res), *_s(out), **tail, **_flags(x))
 
 
 def conv2d_bwd_data(gp, w, dx, stride, padding, dilation, groups) -> None:
     """dx = conv2d's input gradient for the output gradient gp (every element of dx written)."""
-    N, C, H, W = dx.shape
-    O, Cg, KH, KW = w.shape
-    OH, OW = gp.shape[2], gp.shape[3]
+    (N, C, H, W), (O, Cg, KH, KW), (OH, OW) = _dims(dx, w, gp)
     Og = O // groups
     M = N * H * W
     grid = lambda meta: (groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(Cg, meta["BLOCK_N"]),)  # noqa: E731
     _conv2d_bwd_data_kernel[grid](
-        gp, w, dx, M, H, W, OH, OW, Cg, Og, KH, KW, groups,
-        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+        gp, w, dx, M, H, W, OH, OW, Cg, Og, KH, KW, groups, *_geom(stride, padding, dilation),
         *_s(gp), *_s(w), *_s(dx), **_flags(gp))
 
 
@@ -400,9 +335,7 @@ def _split_k(tiles: int, P: int, device: torch.device) -> int:
 
 def conv2d_bwd_weight(gp, x, dw, stride, padding, dilation, groups) -> None:
     """dw (contiguous) = conv2d's weight gradient for the output gradient gp."""
-    N, C, H, W = x.shape
-    O, Cg, KH, KW = dw.shape
-    OH, OW = gp.shape[2], gp.shape[3]
+    (N, C, H, W), (O, Cg, KH, KW), (OH, OW) = _dims(x, dw, gp)
     Og = O // groups
     P = N * OH * OW
     # tiles estimated with the smallest GPU config (64 x 64) to size the split
@@ -413,13 +346,10 @@ def conv2d_bwd_weight(gp, x, dw, stride, padding, dilation, groups) -> None:
     grid = lambda meta: (groups * triton.cdiv(Og, meta["BLOCK_M"]) * triton.cdiv(Cg, meta["BLOCK_N"]),  # noqa: E731
                          KH * KW, split)
     _conv2d_bwd_weight_kernel[grid](
-        gp, x, dst, P, H, W, OH, OW, Cg, Og, KH, KW, groups, O, chunk,
-        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+        gp, x, dst, P, H, W, OH, OW, Cg, Og, KH, KW, groups, O, chunk, *_geom(stride, padding, dilation),
         *_s(gp), *_s(x), SPLIT_K=split, **_flags(x))
     if split > 1:
-        numel = dw.numel()
-        block = 1024
-        split_reduce_kernel[(triton.cdiv(numel, block),)](dst, dw, numel, SPLITS=split, BLOCK=block)
+        common.split_reduce(dst, dw, dw.numel(), split)
 
 
 def conv2d_bias_act_bwd(grad, out, grad_pre, grad_bias, act) -> None:

@@ -21,25 +21,17 @@ import triton
 import triton.language as tl
 
 from . import common
-from ._config import INTERPRET, autotune_configs, cfg
-from .common import apply_act, grouped_tile, tile_matmul
+from ._config import INTERPRET, config_table
+from .common import apply_act, grouped_tile, tile_matmul, tile_offsets
 
 ACT_NONE, ACT_RELU, ACT_RELU6 = 0, 1, 2
 
-_GEMM_CONFIGS = autotune_configs(
-    [
-        cfg(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
-        cfg(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
-        cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
-        cfg(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
-        cfg(BLOCK_M=64, BLOCK_N=32, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=5),
-    ],
-    cfg(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, num_warps=4, num_stages=1),
-)
+# BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages
+_GEMM_CONFIGS = config_table(("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), [
+    (128, 256, 64, 8, 8, 3), (256, 128, 64, 8, 8, 3), (128, 128, 64, 8, 8, 4), (128, 128, 32, 8, 4, 4),
+    (64, 128, 64, 8, 4, 4), (128, 64, 64, 8, 4, 4), (64, 64, 64, 8, 4, 4), (32, 64, 128, 8, 4, 4),
+    (64, 32, 64, 8, 4, 5),
+], (32, 32, 32, 4, 4, 1))
 
 
 @triton.autotune(configs=_GEMM_CONFIGS, key=["M", "N", "K", "IS_FP32", "ACC_FP64"])
@@ -57,10 +49,7 @@ def _gemm_fwd_kernel(
     # 2. Main loop (shared with the study ladder): fp32 (fp64) accumulator.
     acc = tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
                       IS_FP32, ACC_FP64, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)   # [BLOCK_M]
-    offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)   # [BLOCK_N]
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+    offs_m, offs_n, mask_m, mask_n = tile_offsets(pid_m, pid_n, M, N, BLOCK_M, BLOCK_N)
 
     # 3. Epilogue on the accumulator: + bias[n], activation, cast to the output dtype.
     if HAS_BIAS:

@@ -65,8 +65,13 @@ _GROUP_M = 8
 _PERSISTENT_GPU = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3)
 
 @triton.jit
-def _store_tile(c_ptr, acc, M, N, stride_cm, stride_cn, pid_m, pid_n,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _matmul_tile(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+                 pid_m, pid_n, IS_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # C tile (pid_m, pid_n) = A row-panel @ B column-panel, stored in C's dtype: the work every step
+    # does per tile; the steps differ only in which program gets which (pid_m, pid_n).
+    acc = tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
+                      IS_FP32, False, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
@@ -83,9 +88,8 @@ def _ladder_basic_fwd_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
     # but every program reads a different B column-panel, so all of B streams from HBM per tile-row.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    acc = tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
-                       IS_FP32, False, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
-    _store_tile(c_ptr, acc, M, N, stride_cm, stride_cn, pid_m, pid_n, BLOCK_M, BLOCK_N)
+    _matmul_tile(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+                 pid_m, pid_n, IS_FP32, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -96,9 +100,8 @@ def _ladder_grouped_fwd_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
                                GROUP_M: tl.constexpr):
     # Step 2: 1-D grid, tile order grouped by GROUP_M tile-rows (L2 swizzle).
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    acc = tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
-                       IS_FP32, False, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
-    _store_tile(c_ptr, acc, M, N, stride_cm, stride_cn, pid_m, pid_n, BLOCK_M, BLOCK_N)
+    _matmul_tile(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+                 pid_m, pid_n, IS_FP32, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -113,9 +116,8 @@ def _ladder_persistent_fwd_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     for tile in range(tl.program_id(0), num_tiles, NUM_PROGRAMS):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        acc = tile_matmul(a_ptr, b_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, pid_m, pid_n,
-                           IS_FP32, False, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
-        _store_tile(c_ptr, acc, M, N, stride_cm, stride_cn, pid_m, pid_n, BLOCK_M, BLOCK_N)
+        _matmul_tile(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+                     pid_m, pid_n, IS_FP32, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, step: int, out: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,10 @@ Forward kernels walk the window with a compile-time unrolled (kh, kw) loop (adap
 bounded by the largest window). Backward kernels are gathers over input positions: each input
 element visits the few outputs whose windows can contain it (at most ceil(k_eff / s) per axis) in
 row-major output order and sums their contributions in registers — no atomics, deterministic, and
-in the same order as ATen's CPU scatter. Accumulation is fp32 (fp64 for float64 inputs); values are
-upcast on load, which also keeps bfloat16 correct under the interpreter (numpy has no bfloat16).
+in the same order as ATen's CPU scatter. Adaptive average pooling's forward and backward are one
+kernel: the same gather with the two planes' roles swapped. Accumulation is fp32 (fp64 for float64
+inputs); values are upcast on load, which also keeps bfloat16 correct under the interpreter (numpy
+has no bfloat16).
 NaN: Triton's max drops NaN, so the update test is written out: (v > best) | (v != v).
 
 Cost (S = element size, P outputs, Q inputs, K = kh*kw): max fwd P*K compares, bytes S*(Q + P)
@@ -35,8 +37,10 @@ from ._config import INTERPRET
 
 # ----------------------------------------------------------------------------- shared tile helpers
 @triton.jit
-def _tile_coords(pid, C, P, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Program id -> (n, offs_p [BLOCK_P] int64, offs_c [BLOCK_C] int64); positions vary fastest."""
+def _plane_tile(pid, C, P, W, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Program pid's tile: BLOCK_P of the P positions of a plane W wide x BLOCK_C channels of one
+    image, positions varying fastest over the programs. Returns (n, offs_c [BLOCK_C] int64, the
+    positions' rows h and columns w [BLOCK_P] int64, mask_p, mask_c)."""
     num_pb = tl.cdiv(P, BLOCK_P)
     num_cb = tl.cdiv(C, BLOCK_C)
     pb = pid % num_pb
@@ -45,7 +49,45 @@ def _tile_coords(pid, C, P, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     n = (rest // num_cb).to(tl.int64)
     offs_p = pb.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = cb.to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    return n, offs_p, offs_c
+    mask_p = offs_p < P
+    mask_c = offs_c < C
+    return n, offs_c, offs_p // W, offs_p % W, mask_p, mask_c
+
+
+@triton.jit
+def _load_tap(base, h, w, stride_h, stride_w, ok, mask_c, other, acc_ty: tl.constexpr):
+    """[BLOCK_P, BLOCK_C] values at rows h, columns w of the planes at base ([1, BLOCK_C] pointers),
+    upcast to acc_ty; positions with ok false read ``other``."""
+    return tl.load(base + (h * stride_h + w * stride_w)[:, None], mask=ok[:, None] & mask_c[None, :],
+                   other=other).to(acc_ty)
+
+
+@triton.jit
+def _store_tile(ptr, val, n, offs_c, h, w, stride_n, stride_c, stride_h, stride_w, mask_p, mask_c):
+    """ptr[n, c, h, w] = val [BLOCK_P, BLOCK_C], cast to ptr's dtype, in ptr's layout."""
+    off = n * stride_n + offs_c[None, :] * stride_c + (h * stride_h + w * stride_w)[:, None]
+    tl.store(ptr + off, val.to(ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def _covering(i, PAD, EXT, STRIDE, O):
+    """Outputs [o0, o1) (of O) whose window of EXT inputs at stride STRIDE, padding PAD, contains input i."""
+    o0 = tl.where(i + PAD < EXT, 0, (i + PAD - EXT) // STRIDE + 1)
+    o1 = tl.minimum((i + PAD) // STRIDE + 1, O)
+    return o0, o1
+
+
+@triton.jit
+def _adaptive_window(o, I, O):
+    """Adaptive window of position o of O over I positions: [floor(o*I/O), ceil((o+1)*I/O)). With I and O
+    swapped, the outputs whose windows contain input o."""
+    return (o * I) // O, ((o + 1) * I + O - 1) // O
+
+
+@triton.jit
+def _adaptive_size(o, I, O):
+    """Number of positions in _adaptive_window(o, I, O)."""
+    return ((o + 1) * I + O - 1) // O - (o * I) // O
 
 
 # ----------------------------------------------------------------------------- max pooling
@@ -60,11 +102,7 @@ def _max_pool2d_fwd_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # 1. Tile: BLOCK_P output positions of one image x BLOCK_C channels.
-    n, offs_p, offs_c = _tile_coords(tl.program_id(0), C, OH * OW, BLOCK_P, BLOCK_C)
-    mask_p = offs_p < OH * OW
-    mask_c = offs_c < C
-    oh = offs_p // OW
-    ow = offs_p % OW
+    n, offs_c, oh, ow, mask_p, mask_c = _plane_tile(tl.program_id(0), C, OH * OW, OW, BLOCK_P, BLOCK_C)
     hs = oh * SH - PH
     ws = ow * SW - PW
     # 2. ATen's initial argmax: the first in-bounds lattice position of the window.
@@ -81,19 +119,16 @@ def _max_pool2d_fwd_kernel(
         for kw in tl.static_range(KW):
             iw = ws + kw * DW
             ok = ok_h & (iw >= 0) & (iw < W)
-            v = tl.load(x_base + (ih * stride_xh + iw * stride_xw)[:, None],
-                        mask=ok[:, None] & mask_c[None, :], other=float("-inf")).to(acc_ty)
+            v = _load_tap(x_base, ih, iw, stride_xh, stride_xw, ok, mask_c, float("-inf"), acc_ty)
             # tl.maximum would drop NaN: PyTorch's rule is "greater, or NaN" (NaN wins, last one kept).
             up = (v > best) | (v != v)
             best = tl.where(up, v, best)
             if WITH_IDX:
                 arg = tl.where(up, (ih * W + iw)[:, None], arg)
     # 4. Store in the output's layout.
-    out_off = n * stride_yn + offs_c[None, :] * stride_yc + (oh * stride_yh + ow * stride_yw)[:, None]
-    mask = mask_p[:, None] & mask_c[None, :]
-    tl.store(y_ptr + out_off, best.to(y_ptr.dtype.element_ty), mask=mask)
+    _store_tile(y_ptr, best, n, offs_c, oh, ow, stride_yn, stride_yc, stride_yh, stride_yw, mask_p, mask_c)
     if WITH_IDX:
-        tl.store(idx_ptr + out_off, arg, mask=mask)
+        _store_tile(idx_ptr, arg, n, offs_c, oh, ow, stride_yn, stride_yc, stride_yh, stride_yw, mask_p, mask_c)
 
 
 @triton.jit
@@ -107,16 +142,10 @@ def _max_pool2d_bwd_kernel(
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # 1. Tile: BLOCK_P input positions x BLOCK_C channels; gather from the outputs that can see them.
-    n, offs_p, offs_c = _tile_coords(tl.program_id(0), C, H * W, BLOCK_P, BLOCK_C)
-    mask_p = offs_p < H * W
-    mask_c = offs_c < C
-    ih = offs_p // W
-    iw = offs_p % W
+    n, offs_c, ih, iw, mask_p, mask_c = _plane_tile(tl.program_id(0), C, H * W, W, BLOCK_P, BLOCK_C)
     # 2. Outputs whose (dilated, extent EKH) window covers ih: [ph0, ph1) — at most NOH of them.
-    ph0 = tl.where(ih + PH < EKH, 0, (ih + PH - EKH) // SH + 1)
-    ph1 = tl.minimum((ih + PH) // SH + 1, OH)
-    pw0 = tl.where(iw + PW < EKW, 0, (iw + PW - EKW) // SW + 1)
-    pw1 = tl.minimum((iw + PW) // SW + 1, OW)
+    ph0, ph1 = _covering(ih, PH, EKH, SH, OH)
+    pw0, pw1 = _covering(iw, PW, EKW, SW, OW)
     me = (ih * W + iw)[:, None]
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     acc = tl.zeros((BLOCK_P, BLOCK_C), acc_ty)
@@ -132,8 +161,7 @@ def _max_pool2d_bwd_kernel(
             arg = tl.load(idx_ptr + off, mask=ok, other=-1)
             g = tl.load(gy_ptr + off, mask=ok & (arg == me), other=0.0).to(acc_ty)
             acc += g
-    out_off = n * stride_xn + offs_c[None, :] * stride_xc + (ih * stride_xh + iw * stride_xw)[:, None]
-    tl.store(gx_ptr + out_off, acc.to(gx_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+    _store_tile(gx_ptr, acc, n, offs_c, ih, iw, stride_xn, stride_xc, stride_xh, stride_xw, mask_p, mask_c)
 
 
 # ----------------------------------------------------------------------------- average pooling
@@ -161,11 +189,7 @@ def _avg_pool2d_fwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, COUNT_PAD: tl.constexpr, ACC_FP64: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    n, offs_p, offs_c = _tile_coords(tl.program_id(0), C, OH * OW, BLOCK_P, BLOCK_C)
-    mask_p = offs_p < OH * OW
-    mask_c = offs_c < C
-    oh = offs_p // OW
-    ow = offs_p % OW
+    n, offs_c, oh, ow, mask_p, mask_c = _plane_tile(tl.program_id(0), C, OH * OW, OW, BLOCK_P, BLOCK_C)
     hs = oh * SH - PH
     ws = ow * SW - PW
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
@@ -178,14 +202,12 @@ def _avg_pool2d_fwd_kernel(
         for kw in tl.static_range(KW):
             iw = ws + kw
             ok = ok_h & (iw >= 0) & (iw < W)
-            acc += tl.load(x_base + (ih * stride_xh + iw * stride_xw)[:, None],
-                           mask=ok[:, None] & mask_c[None, :], other=0.0).to(acc_ty)
+            acc += _load_tap(x_base, ih, iw, stride_xh, stride_xw, ok, mask_c, 0.0, acc_ty)
     # 2. Divide by ATen's divisor (override / padded window / in-bounds window).
     div = _avg_divisor(oh, ow, H, W, SH, SW, PH, PW, KH, KW, DIV, COUNT_PAD)
     div = tl.where(mask_p, div, 1).to(acc_ty)  # positions past the end may have a zero divisor
-    out = acc / div[:, None]
-    out_off = n * stride_yn + offs_c[None, :] * stride_yc + (oh * stride_yh + ow * stride_yw)[:, None]
-    tl.store(y_ptr + out_off, out.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+    _store_tile(y_ptr, acc / div[:, None], n, offs_c, oh, ow, stride_yn, stride_yc, stride_yh, stride_yw,
+                mask_p, mask_c)
 
 
 @triton.jit
@@ -198,16 +220,10 @@ def _avg_pool2d_bwd_kernel(
     NOH: tl.constexpr, NOW: tl.constexpr, COUNT_PAD: tl.constexpr, ACC_FP64: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    n, offs_p, offs_c = _tile_coords(tl.program_id(0), C, H * W, BLOCK_P, BLOCK_C)
-    mask_p = offs_p < H * W
-    mask_c = offs_c < C
-    ih = offs_p // W
-    iw = offs_p % W
+    n, offs_c, ih, iw, mask_p, mask_c = _plane_tile(tl.program_id(0), C, H * W, W, BLOCK_P, BLOCK_C)
     # 1. Outputs whose window [o*S - P, o*S - P + K) contains the input position.
-    ph0 = tl.where(ih + PH < KH, 0, (ih + PH - KH) // SH + 1)
-    ph1 = tl.minimum((ih + PH) // SH + 1, OH)
-    pw0 = tl.where(iw + PW < KW, 0, (iw + PW - KW) // SW + 1)
-    pw1 = tl.minimum((iw + PW) // SW + 1, OW)
+    ph0, ph1 = _covering(ih, PH, KH, SH, OH)
+    pw0, pw1 = _covering(iw, PW, KW, SW, OW)
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     acc = tl.zeros((BLOCK_P, BLOCK_C), acc_ty)
     g_base = gy_ptr + n * stride_gn + offs_c[None, :] * stride_gc
@@ -218,50 +234,55 @@ def _avg_pool2d_bwd_kernel(
         for j in tl.static_range(NOW):
             ow = pw0 + j
             ok = ok_h & (ow < pw1)
-            g = tl.load(g_base + (oh * stride_gh + ow * stride_gw)[:, None],
-                        mask=ok[:, None] & mask_c[None, :], other=0.0).to(acc_ty)
+            g = _load_tap(g_base, oh, ow, stride_gh, stride_gw, ok, mask_c, 0.0, acc_ty)
             div = _avg_divisor(oh, ow, H, W, SH, SW, PH, PW, KH, KW, DIV, COUNT_PAD).to(acc_ty)
             div = tl.where(ok, div, 1.0)  # masked-off outputs may have a zero divisor
             acc += g / div[:, None]
-    out_off = n * stride_xn + offs_c[None, :] * stride_xc + (ih * stride_xh + iw * stride_xw)[:, None]
-    tl.store(gx_ptr + out_off, acc.to(gx_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+    _store_tile(gx_ptr, acc, n, offs_c, ih, iw, stride_xn, stride_xc, stride_xh, stride_xw, mask_p, mask_c)
 
 
 # ----------------------------------------------------------------------------- adaptive average pooling
 @triton.jit
-def _adaptive_avg_pool2d_fwd_kernel(
-    x_ptr, y_ptr,
+def _adaptive_avg_pool2d_kernel(
+    src_ptr, dst_ptr,
     C, H, W, OH, OW,
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    stride_yn, stride_yc, stride_yh, stride_yw,
-    MAX_KH, MAX_KW,
-    ACC_FP64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    stride_sn, stride_sc, stride_sh, stride_sw,
+    stride_dn, stride_dc, stride_dh, stride_dw,
+    MAX_H, MAX_W,
+    BACKWARD: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    n, offs_p, offs_c = _tile_coords(tl.program_id(0), C, OH * OW, BLOCK_P, BLOCK_C)
-    mask_p = offs_p < OH * OW
-    mask_c = offs_c < C
-    oh = offs_p // OW
-    ow = offs_p % OW
-    # 1. Window [floor(o*I/O), ceil((o+1)*I/O)) per axis; at most MAX_K taps.
-    h0 = (oh * H) // OH
-    h1 = ((oh + 1) * H + OH - 1) // OH
-    w0 = (ow * W) // OW
-    w1 = ((ow + 1) * W + OW - 1) // OW
+    # Forward (src x [SH, SW] = [H, W] -> dst y [DH, DW] = [OH, OW]) and backward (src gy [OH, OW] ->
+    # dst gx [H, W]) are one gather: dst position d sums the src positions of _adaptive_window(d, S, D)
+    # (at most MAX per axis) — the inputs of output d's window, or the outputs whose windows contain
+    # input d. Forward divides the sum by its window's area; backward divides each gy by its output's.
+    # H, W is the input plane in both directions, as in the other kernels; S / D name the plane read / written.
+    if BACKWARD:
+        SH, SW, DH, DW = OH, OW, H, W
+    else:
+        SH, SW, DH, DW = H, W, OH, OW
+    n, offs_c, dh, dw, mask_p, mask_c = _plane_tile(tl.program_id(0), C, DH * DW, DW, BLOCK_P, BLOCK_C)
+    h0, h1 = _adaptive_window(dh, SH, DH)
+    w0, w1 = _adaptive_window(dw, SW, DW)
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     acc = tl.zeros((BLOCK_P, BLOCK_C), acc_ty)
-    x_base = x_ptr + n * stride_xn + offs_c[None, :] * stride_xc
-    for i in range(0, MAX_KH):
-        ih = h0 + i
-        ok_h = (ih < h1) & mask_p
-        for j in range(0, MAX_KW):
-            iw = w0 + j
-            ok = ok_h & (iw < w1)
-            acc += tl.load(x_base + (ih * stride_xh + iw * stride_xw)[:, None],
-                           mask=ok[:, None] & mask_c[None, :], other=0.0).to(acc_ty)
-    area = tl.where(mask_p, (h1 - h0) * (w1 - w0), 1).to(acc_ty)
-    out = acc / area[:, None]
-    out_off = n * stride_yn + offs_c[None, :] * stride_yc + (oh * stride_yh + ow * stride_yw)[:, None]
-    tl.store(y_ptr + out_off, out.to(y_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+    s_base = src_ptr + n * stride_sn + offs_c[None, :] * stride_sc
+    for i in range(0, MAX_H):
+        sh = h0 + i
+        ok_h = (sh < h1) & mask_p
+        if BACKWARD:
+            area_h = _adaptive_size(sh, DH, SH)
+        for j in range(0, MAX_W):
+            sw = w0 + j
+            ok = ok_h & (sw < w1)
+            v = _load_tap(s_base, sh, sw, stride_sh, stride_sw, ok, mask_c, 0.0, acc_ty)
+            if BACKWARD:
+                area = tl.where(ok, area_h * _adaptive_size(sw, DW, SW), 1).to(acc_ty)
+                v = v / area[:, None]
+            acc += v
+    if not BACKWARD:
+        area = tl.where(mask_p, (h1 - h0) * (w1 - w0), 1).to(acc_ty)
+        acc = acc / area[:, None]
+    _store_tile(dst_ptr, acc, n, offs_c, dh, dw, stride_dn, stride_dc, stride_dh, stride_dw, mask_p, mask_c)
 
 
 @triton.jit
@@ -293,44 +314,6 @@ def _global_avg_pool2d_fwd_kernel(
     tl.store(y_ptr + n * stride_yn + offs_c * stride_yc, total.to(y_ptr.dtype.element_ty), mask=mask_c)
 
 
-@triton.jit
-def _adaptive_avg_pool2d_bwd_kernel(
-    gy_ptr, gx_ptr,
-    C, H, W, OH, OW,
-    stride_gn, stride_gc, stride_gh, stride_gw,
-    stride_xn, stride_xc, stride_xh, stride_xw,
-    MAX_OH, MAX_OW,
-    ACC_FP64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    n, offs_p, offs_c = _tile_coords(tl.program_id(0), C, H * W, BLOCK_P, BLOCK_C)
-    mask_p = offs_p < H * W
-    mask_c = offs_c < C
-    ih = offs_p // W
-    iw = offs_p % W
-    # 1. Outputs whose adaptive window contains the input: [floor(i*O/I), ceil((i+1)*O/I)).
-    ph0 = (ih * OH) // H
-    ph1 = ((ih + 1) * OH + H - 1) // H
-    pw0 = (iw * OW) // W
-    pw1 = ((iw + 1) * OW + W - 1) // W
-    acc_ty = tl.float64 if ACC_FP64 else tl.float32
-    acc = tl.zeros((BLOCK_P, BLOCK_C), acc_ty)
-    g_base = gy_ptr + n * stride_gn + offs_c[None, :] * stride_gc
-    for i in range(0, MAX_OH):
-        oh = ph0 + i
-        ok_h = (oh < ph1) & mask_p
-        area_h = ((oh + 1) * H + OH - 1) // OH - (oh * H) // OH
-        for j in range(0, MAX_OW):
-            ow = pw0 + j
-            ok = ok_h & (ow < pw1)
-            g = tl.load(g_base + (oh * stride_gh + ow * stride_gw)[:, None],
-                        mask=ok[:, None] & mask_c[None, :], other=0.0).to(acc_ty)
-            area_w = ((ow + 1) * W + OW - 1) // OW - (ow * W) // OW
-            area = tl.where(ok, area_h * area_w, 1).to(acc_ty)
-            acc += g / area[:, None]
-    out_off = n * stride_xn + offs_c[None, :] * stride_xc + (ih * stride_xh + iw * stride_xw)[:, None]
-    tl.store(gx_ptr + out_off, acc.to(gx_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
-
-
 # ----------------------------------------------------------------------------- host functions
 def _tile(t: torch.Tensor, positions: int):
     """(BLOCK_P, BLOCK_C, num_warps) for a tile over ``positions`` spatial sites of ``t``'s layout."""
@@ -347,8 +330,14 @@ def _tile(t: torch.Tensor, positions: int):
     return block_p, block_c, 4
 
 
-def _grid(N, C, positions, block_p, block_c):
-    return (N * triton.cdiv(C, block_c) * triton.cdiv(positions, block_p),)
+def _launch(kernel, inp, positions, *args, **meta):
+    """kernel[grid](*args, **meta, tile meta-parameters): one program per tile of ``positions`` sites x
+    channels of each image, tiles shaped for the layout of ``inp`` (x, or gx in the backward: the
+    input-side tensor, whose dtype also picks the accumulator)."""
+    N, C = inp.shape[:2]
+    bp, bc, warps = _tile(inp, positions)
+    kernel[(N * triton.cdiv(C, bc) * triton.cdiv(positions, bp),)](
+        *args, **meta, ACC_FP64=inp.dtype == torch.float64, BLOCK_P=bp, BLOCK_C=bc, num_warps=warps)
 
 
 def _cover(extent: int, stride: int) -> int:
@@ -360,14 +349,10 @@ def max_pool2d_fwd(x, out, idx, kernel, stride, padding, dilation) -> None:
     """out (and idx when given) = max pooling of x [N, C, H, W]; x, out, idx share one layout."""
     N, C, H, W = x.shape
     OH, OW = out.shape[2:]
-    bp, bc, warps = _tile(x, OH * OW)
-    _max_pool2d_fwd_kernel[_grid(N, C, OH * OW, bp, bc)](
-        x, out, idx if idx is not None else out,
-        C, H, W, OH, OW, *x.stride(), *out.stride(),
-        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        KH=kernel[0], KW=kernel[1], WITH_IDX=idx is not None, ACC_FP64=x.dtype == torch.float64,
-        BLOCK_P=bp, BLOCK_C=bc, num_warps=warps,
-    )
+    _launch(_max_pool2d_fwd_kernel, x, OH * OW,
+            x, out, idx if idx is not None else out, C, H, W, OH, OW, *x.stride(), *out.stride(),
+            stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+            KH=kernel[0], KW=kernel[1], WITH_IDX=idx is not None)
 
 
 def max_pool2d_bwd(grad, idx, gx, kernel, stride, padding, dilation) -> None:
@@ -376,40 +361,28 @@ def max_pool2d_bwd(grad, idx, gx, kernel, stride, padding, dilation) -> None:
     OH, OW = grad.shape[2:]
     ekh = (kernel[0] - 1) * dilation[0] + 1
     ekw = (kernel[1] - 1) * dilation[1] + 1
-    bp, bc, warps = _tile(gx, H * W)
-    _max_pool2d_bwd_kernel[_grid(N, C, H * W, bp, bc)](
-        grad, idx, gx,
-        C, H, W, OH, OW, *grad.stride(), *gx.stride(),
-        stride[0], stride[1], padding[0], padding[1], ekh, ekw,
-        NOH=_cover(ekh, stride[0]), NOW=_cover(ekw, stride[1]), ACC_FP64=gx.dtype == torch.float64,
-        BLOCK_P=bp, BLOCK_C=bc, num_warps=warps,
-    )
+    _launch(_max_pool2d_bwd_kernel, gx, H * W,
+            grad, idx, gx, C, H, W, OH, OW, *grad.stride(), *gx.stride(),
+            stride[0], stride[1], padding[0], padding[1], ekh, ekw,
+            NOH=_cover(ekh, stride[0]), NOW=_cover(ekw, stride[1]))
 
 
 def avg_pool2d_fwd(x, out, kernel, stride, padding, count_include_pad, divisor) -> None:
     """out = average pooling of x; ``divisor`` 0 means no divisor_override."""
     N, C, H, W = x.shape
     OH, OW = out.shape[2:]
-    bp, bc, warps = _tile(x, OH * OW)
-    _avg_pool2d_fwd_kernel[_grid(N, C, OH * OW, bp, bc)](
-        x, out, C, H, W, OH, OW, *x.stride(), *out.stride(),
-        stride[0], stride[1], padding[0], padding[1], divisor,
-        KH=kernel[0], KW=kernel[1], COUNT_PAD=bool(count_include_pad), ACC_FP64=x.dtype == torch.float64,
-        BLOCK_P=bp, BLOCK_C=bc, num_warps=warps,
-    )
+    _launch(_avg_pool2d_fwd_kernel, x, OH * OW,
+            x, out, C, H, W, OH, OW, *x.stride(), *out.stride(), stride[0], stride[1], padding[0], padding[1],
+            divisor, KH=kernel[0], KW=kernel[1], COUNT_PAD=bool(count_include_pad))
 
 
 def avg_pool2d_bwd(grad, gx, kernel, stride, padding, count_include_pad, divisor) -> None:
     N, C, H, W = gx.shape
     OH, OW = grad.shape[2:]
-    bp, bc, warps = _tile(gx, H * W)
-    _avg_pool2d_bwd_kernel[_grid(N, C, H * W, bp, bc)](
-        grad, gx, C, H, W, OH, OW, *grad.stride(), *gx.stride(),
-        stride[0], stride[1], padding[0], padding[1], divisor, kernel[0], kernel[1],
-        NOH=_cover(kernel[0], stride[0]), NOW=_cover(kernel[1], stride[1]),
-        COUNT_PAD=bool(count_include_pad), ACC_FP64=gx.dtype == torch.float64,
-        BLOCK_P=bp, BLOCK_C=bc, num_warps=warps,
-    )
+    _launch(_avg_pool2d_bwd_kernel, gx, H * W,
+            grad, gx, C, H, W, OH, OW, *grad.stride(), *gx.stride(),
+            stride[0], stride[1], padding[0], padding[1], divisor, kernel[0], kernel[1],
+            NOH=_cover(kernel[0], stride[0]), NOW=_cover(kernel[1], stride[1]), COUNT_PAD=bool(count_include_pad))
 
 
 def _max_window(inp: int, out: int) -> int:
@@ -431,18 +404,14 @@ def adaptive_avg_pool2d_fwd(x, out) -> None:
             ACC_FP64=acc64, BLOCK_C=bc, BLOCK_HW=bhw, num_warps=4,
         )
         return
-    bp, bc, warps = _tile(x, OH * OW)
-    _adaptive_avg_pool2d_fwd_kernel[_grid(N, C, OH * OW, bp, bc)](
-        x, out, C, H, W, OH, OW, *x.stride(), *out.stride(), _max_window(H, OH), _max_window(W, OW),
-        ACC_FP64=acc64, BLOCK_P=bp, BLOCK_C=bc, num_warps=warps,
-    )
+    _launch(_adaptive_avg_pool2d_kernel, x, OH * OW,
+            x, out, C, H, W, OH, OW, *x.stride(), *out.stride(), _max_window(H, OH), _max_window(W, OW),
+            BACKWARD=False)
 
 
 def adaptive_avg_pool2d_bwd(grad, gx) -> None:
     N, C, H, W = gx.shape
     OH, OW = grad.shape[2:]
-    bp, bc, warps = _tile(gx, H * W)
-    _adaptive_avg_pool2d_bwd_kernel[_grid(N, C, H * W, bp, bc)](
-        grad, gx, C, H, W, OH, OW, *grad.stride(), *gx.stride(), _max_window(OH, H), _max_window(OW, W),
-        ACC_FP64=gx.dtype == torch.float64, BLOCK_P=bp, BLOCK_C=bc, num_warps=warps,
-    )
+    _launch(_adaptive_avg_pool2d_kernel, gx, H * W,
+            grad, gx, C, H, W, OH, OW, *grad.stride(), *gx.stride(), _max_window(OH, H), _max_window(OW, W),
+            BACKWARD=True)
