@@ -32,14 +32,6 @@ Strides4 to_strides(const std::vector<int64_t>& s) {
   return Strides4{s[0], s[1], s[2], s[3]};
 }
 
-#ifdef PYIMGCLS_WITH_CUDA
-DType to_cuda_dtype(int dt) {
-  DType d = to_dtype(dt);
-  if (d == DType::Float64) throw std::invalid_argument("CUDA conv2d takes float32, float16 or bfloat16, got float64");
-  return d;
-}
-#endif
-
 }  // namespace
 
 void bind_conv(py::module_& m) {
@@ -48,8 +40,7 @@ void bind_conv(py::module_& m) {
       "conv2d_fwd_cpu",
       [](int dt, const V& geom, uintptr_t x, const V& xs, uintptr_t w, uintptr_t bias, uintptr_t res, const V& rs,
          uintptr_t out, const V& os, int act) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
+        DType d = to_cpu_dtype(dt);
         Act ac = to_act(act);
         auto s = to_geometry(geom);
         auto xs4 = to_strides(xs), rs4 = to_strides(rs), os4 = to_strides(os);
@@ -60,8 +51,7 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_bwd_data_cpu",
       [](int dt, const V& geom, uintptr_t g, const V& gs, uintptr_t w, uintptr_t dx, const V& xs) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
+        DType d = to_cpu_dtype(dt);
         auto s = to_geometry(geom);
         auto gs4 = to_strides(gs), xs4 = to_strides(xs);
         py::gil_scoped_release nogil;
@@ -71,8 +61,7 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_bwd_weight_cpu",
       [](int dt, const V& geom, uintptr_t g, const V& gs, uintptr_t x, const V& xs, uintptr_t dw) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
+        DType d = to_cpu_dtype(dt);
         auto s = to_geometry(geom);
         auto gs4 = to_strides(gs), xs4 = to_strides(xs);
         py::gil_scoped_release nogil;
@@ -83,8 +72,7 @@ void bind_conv(py::module_& m) {
       "conv2d_bias_act_bwd_cpu",
       [](int dt, int64_t N, int64_t O, int64_t P, uintptr_t grad, const V& gs, uintptr_t out, const V& os,
          uintptr_t grad_pre, uintptr_t grad_bias, int act) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
+        DType d = to_cpu_dtype(dt);
         Act ac = to_act(act);
         auto gs4 = to_strides(gs), os4 = to_strides(os);
         py::gil_scoped_release nogil;
@@ -96,7 +84,7 @@ void bind_conv(py::module_& m) {
       "conv2d_fwd_cuda",
       [](int dt, const V& geom, uintptr_t x, const V& xs, uintptr_t w, const V& ws, uintptr_t bias, uintptr_t res,
          const V& rs, uintptr_t out, const V& os, int act, int device, uintptr_t stream) {
-        DType d = to_cuda_dtype(dt);
+        DType d = to_cuda_dtype(dt, "conv2d");
         Act ac = to_act(act);
         auto s = to_geometry(geom);
         auto xs4 = to_strides(xs), ws4 = to_strides(ws), rs4 = to_strides(rs), os4 = to_strides(os);
@@ -109,7 +97,7 @@ void bind_conv(py::module_& m) {
       "conv2d_bwd_data_cuda",
       [](int dt, const V& geom, uintptr_t g, const V& gs, uintptr_t w, const V& ws, uintptr_t dx, const V& xs,
          int device, uintptr_t stream) {
-        DType d = to_cuda_dtype(dt);
+        DType d = to_cuda_dtype(dt, "conv2d");
         auto s = to_geometry(geom);
         auto gs4 = to_strides(gs), ws4 = to_strides(ws), xs4 = to_strides(xs);
         py::gil_scoped_release nogil;
@@ -118,13 +106,15 @@ void bind_conv(py::module_& m) {
       "conv2d grad_input on CUDA");
   m.def(
       "conv2d_wgrad_splits_cuda",
-      [](int dt, const V& geom, int sm_count) { return cuda::conv2d_wgrad_splits(to_cuda_dtype(dt), to_geometry(geom), sm_count); },
+      [](int dt, const V& geom, int sm_count) {
+        return cuda::conv2d_wgrad_splits(to_cuda_dtype(dt, "conv2d"), to_geometry(geom), sm_count);
+      },
       "K splits (and float32 scratch multiples of O*C/groups*KH*KW) conv2d_bwd_weight_cuda uses");
   m.def(
       "conv2d_bwd_weight_cuda",
       [](int dt, const V& geom, uintptr_t g, const V& gs, uintptr_t x, const V& xs, uintptr_t dw, uintptr_t scratch,
          int64_t splits, int device, uintptr_t stream) {
-        DType d = to_cuda_dtype(dt);
+        DType d = to_cuda_dtype(dt, "conv2d");
         auto s = to_geometry(geom);
         auto gs4 = to_strides(gs), xs4 = to_strides(xs);
         py::gil_scoped_release nogil;
@@ -136,7 +126,7 @@ void bind_conv(py::module_& m) {
       [](int dt, int64_t N, int64_t O, int64_t P, uintptr_t grad, const V& gs, uintptr_t out, const V& os,
          uintptr_t grad_pre, uintptr_t grad_bias, uintptr_t scratch, int64_t splits, int act, int device,
          uintptr_t stream) {
-        DType d = to_cuda_dtype(dt);
+        DType d = to_cuda_dtype(dt, "conv2d");
         Act ac = to_act(act);
         auto gs4 = to_strides(gs), os4 = to_strides(os);
         py::gil_scoped_release nogil;
