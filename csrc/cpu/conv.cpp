@@ -194,6 +194,16 @@ void repack_weight_ijc(const Plan& pl, const T* w, T* wt) {
       for (int64_t t = 0; t < taps; ++t) wt[o * pl.K + t * pl.Cg + c] = w[o * pl.K + c * taps + t];
 }
 
+// The weight in the pixel-major K order: repacked into buf, or w itself where (c, i, j) and
+// (i, j, c) coincide (one tap, or one channel per group).
+template <typename T>
+const T* weight_ijc(const Plan& pl, const T* w, std::vector<T>& buf) {
+  if (pl.s.KH * pl.s.KW == 1 || pl.Cg == 1) return w;
+  buf.resize(static_cast<size_t>(pl.s.O * pl.K));
+  repack_weight_ijc(pl, w, buf.data());
+  return buf.data();
+}
+
 // Below this many multiply-adds a convolution is "small" (LeNet-sized): it runs on one thread, and
 // the small-problem paths (direct kernel, whole-batch GEMM) apply.
 constexpr int64_t kSmallConvMacs = int64_t(1) << 22;
@@ -228,6 +238,18 @@ class SerialIfSmall {
   bool active_;
   int saved_;
 };
+
+// The (image, group) loop of the forward and dgrad: body(n, g, col) for every unit, on nt threads
+// (outer_threads); col is the calling thread's own K x P column buffer (empty for a direct plan).
+template <typename T, typename Body>
+void for_each_unit(const Plan& pl, int nt, const Body& body) {
+  const int64_t groups = pl.s.groups, units = pl.s.N * groups;
+  const size_t col_elems = pl.direct ? 0 : static_cast<size_t>(pl.K * pl.P);
+  std::vector<T> col_all(col_elems * static_cast<size_t>(nt));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t u = 0; u < units; ++u)
+    body(u / groups, u % groups, col_all.data() + col_elems * static_cast<size_t>(nt > 1 ? omp_get_thread_num() : 0));
+}
 
 inline void check_collapsible(const char* what, int64_t H, int64_t W, Strides4 st) {
   if (H > 1 && st.h != W * st.w)
@@ -400,12 +422,7 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
 
   // 1. Weight in the K order of the chosen path (pixel-major reads (i, j, c)).
   std::vector<T> wt_buf;
-  const T* wk = w;
-  if (pixel_major && !pl.direct && s.KH * s.KW > 1 && pl.Cg > 1) {
-    wt_buf.resize(static_cast<size_t>(s.O * pl.K));
-    repack_weight_ijc(pl, w, wt_buf.data());
-    wk = wt_buf.data();
-  }
+  const T* wk = pixel_major && !pl.direct ? weight_ijc(pl, w, wt_buf) : w;
   const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
   const SerialIfSmall serial(units * pl.Og * pl.P * pl.K);
   const bool small_batch = s.groups == 1 && s.N > 1 && nt == 1 && !pl.direct &&
@@ -421,13 +438,7 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
     conv2d_fwd_small_batched(pl, x, xs, w, bias, res, rs, out, os, act);
     return;
   }
-  const size_t col_elems = pl.direct ? 0 : static_cast<size_t>(pl.K * pl.P);
-  std::vector<T> col_all(col_elems * static_cast<size_t>(nt));
-
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t u = 0; u < units; ++u) {
-    const int64_t n = u / s.groups, g = u % s.groups;
-    T* col = col_all.data() + col_elems * static_cast<size_t>(nt > 1 ? omp_get_thread_num() : 0);
+  for_each_unit<T>(pl, nt, [&](int64_t n, int64_t g, T* col) {
     const T* xg = x + n * xs.n + g * pl.Cg * xs.c;
     T* og = out + n * os.n + g * pl.Og * os.c;
     const T* rg = res ? res + n * rs.n + g * pl.Og * rs.c : nullptr;
@@ -476,7 +487,7 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
           }
         }
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -492,21 +503,10 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
   const DType dt = dtype_of<T>();
   const bool pixel_major = gs.c == 1 && s.O > 1;
   std::vector<T> wt_buf;
-  const T* wk = w;
-  if (pixel_major && s.KH * s.KW > 1 && pl.Cg > 1) {
-    wt_buf.resize(static_cast<size_t>(s.O * pl.K));
-    repack_weight_ijc(pl, w, wt_buf.data());
-    wk = wt_buf.data();
-  }
+  const T* wk = pixel_major ? weight_ijc(pl, w, wt_buf) : w;
   const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
   const SerialIfSmall serial(units * pl.Og * pl.P * pl.K);
-  const size_t col_elems = pl.direct ? 0 : static_cast<size_t>(pl.K * pl.P);
-  std::vector<T> col_all(col_elems * static_cast<size_t>(nt));
-
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t u = 0; u < units; ++u) {
-    const int64_t n = u / s.groups, g = u % s.groups;
-    T* col = col_all.data() + col_elems * static_cast<size_t>(nt > 1 ? omp_get_thread_num() : 0);
+  for_each_unit<T>(pl, nt, [&](int64_t n, int64_t g, T* col) {
     const T* gg = gr + n * gs.n + g * pl.Og * gs.c;
     T* dxg = dx + n * xs.n + g * pl.Cg * xs.c;
     // Each (image, group) owns its slice of dx, so units never write the same element.
@@ -515,7 +515,7 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
       // gives the empty sum, zeros).
       gemm(dt, gg, gs.w, gs.c, w + g * pl.Og * pl.K, pl.K, 1, nullptr, dxg, xs.w, xs.c, pl.P, pl.Cg, pl.Og,
            Act::None);
-      continue;
+      return;
     }
     for (int64_t c = 0; c < pl.Cg; ++c)
       for (int64_t h = 0; h < s.H; ++h)
@@ -529,7 +529,7 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
       gemm(dt, w + g * pl.Og * pl.K, 1, pl.K, gg, gs.c, gs.w, nullptr, col, pl.P, 1, pl.K, pl.P, pl.Og, Act::None);
       col2im_kp(pl, col, dxg, xs);
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
