@@ -33,10 +33,10 @@ inline DType to_cuda_dtype(int dt, const char* family) {
 }
 
 // A family's CPU and CUDA launchers take the same leading arguments; CUDA's add (int device,
-// uintptr_t stream). The binding files therefore register both backends from one template per
-// family, with the backend's launchers in a struct and its trailing arguments as a pack Extra...
-// (empty on CPU), so each Python-facing signature is written once. These build the names
-// name of such a pair: "<op>_cpu" / "<op>_cuda".
+// uintptr_t stream). The pool and ladder binding files therefore register both backends from one
+// template per family that takes the backend's launchers as function pointers and deduces their
+// trailing arguments as a pack Extra... (empty on CPU), so each Python-facing signature is written
+// once. launcher_name gives the names of such a pair: "<op>_cpu" / "<op>_cuda".
 inline std::string launcher_name(const char* op, const char* backend) { return std::string(op) + "_" + backend; }
 
 // One function per op family registers that family's CPU (and, when built, CUDA) launchers.
