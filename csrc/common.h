@@ -28,6 +28,18 @@ inline Act to_act(int a) {
   return static_cast<Act>(a);
 }
 
+// What one study-ladder step is (docs/ladder.md), for listing (pyimgcls.ladder.steps) and for
+// argument checks before a call: the fields the CPU and CUDA ladders share. Each backend's
+// ladder::StepInfo (csrc/cpu/ladder.h, csrc/cuda/ladder.h) adds its own flag after these.
+struct LadderStep {
+  int step;                 // 1, 2, ... consecutive
+  const char* name;         // file stem without the number, e.g. "loop_order"
+  const char* description;  // one line: what changed from the previous step
+  unsigned dtype_mask;      // bit (1 << int(DType)) for every dtype the step accepts
+  bool channels_last;       // conv steps: activations (on CUDA also the weight) in NHWC (true) or NCHW
+                            // (false); GEMM: false
+};
+
 inline DType to_dtype(int d) {
   if (d < 0 || d > 3) throw std::invalid_argument("dtype code must be 0..3, got " + std::to_string(d));
   return static_cast<DType>(d);

@@ -1,5 +1,5 @@
 // Convolution family launchers: fused conv2d forward, dgrad, wgrad and the epilogue backward.
-// Geometry travels as one list of 16 ints in cpu::ConvShape order
+// Geometry travels as one list of 16 ints in ConvGeometry order (csrc/conv_geometry.h)
 //   [N, C, H, W, O, KH, KW, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups]
 // and every tensor as (pointer, [stride_n, stride_c, stride_h, stride_w]) in elements.
 #include <pybind11/stl.h>
@@ -15,7 +15,7 @@
 namespace pyimgcls::bind {
 namespace {
 
-cpu::ConvShape to_shape(const std::vector<int64_t>& g) {
+ConvGeometry to_geometry(const std::vector<int64_t>& g) {
   if (g.size() != 16) throw std::invalid_argument("conv2d geometry must have 16 entries, got " + std::to_string(g.size()));
   for (size_t i = 0; i < g.size(); ++i)
     if (g[i] < 0) throw std::invalid_argument("conv2d geometry entries must be non-negative");
@@ -23,33 +23,14 @@ cpu::ConvShape to_shape(const std::vector<int64_t>& g) {
     throw std::invalid_argument("conv2d stride, dilation and groups must be positive");
   if (g[1] % g[15] != 0 || g[4] % g[15] != 0)
     throw std::invalid_argument("conv2d groups must divide in and out channels");
-  return cpu::ConvShape{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8],
-                        g[9], g[10], g[11], g[12], g[13], g[14], g[15]};
+  return ConvGeometry{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8],
+                      g[9], g[10], g[11], g[12], g[13], g[14], g[15]};
 }
 
-cpu::Strides4 to_strides(const std::vector<int64_t>& s) {
+Strides4 to_strides(const std::vector<int64_t>& s) {
   if (s.size() != 4) throw std::invalid_argument("conv2d strides must have 4 entries, got " + std::to_string(s.size()));
-  return cpu::Strides4{s[0], s[1], s[2], s[3]};
+  return Strides4{s[0], s[1], s[2], s[3]};
 }
-
-#ifdef PYIMGCLS_WITH_CUDA
-cuda::ConvGeom to_geom(const std::vector<int64_t>& g) {
-  const cpu::ConvShape s = to_shape(g);
-  return cuda::ConvGeom{s.N, s.C, s.H, s.W, s.O, s.KH, s.KW, s.OH, s.OW,
-                        s.stride_h, s.stride_w, s.pad_h, s.pad_w, s.dil_h, s.dil_w, s.groups};
-}
-
-cuda::Stride4 to_stride4(const std::vector<int64_t>& s) {
-  const cpu::Strides4 t = to_strides(s);
-  return cuda::Stride4{t.n, t.c, t.h, t.w};
-}
-
-DType to_cuda_dtype(int dt) {
-  DType d = to_dtype(dt);
-  if (d == DType::Float64) throw std::invalid_argument("CUDA conv2d takes float32, float16 or bfloat16, got float64");
-  return d;
-}
-#endif
 
 }  // namespace
 
@@ -59,10 +40,9 @@ void bind_conv(py::module_& m) {
       "conv2d_fwd_cpu",
       [](int dt, const V& geom, uintptr_t x, const V& xs, uintptr_t w, uintptr_t bias, uintptr_t res, const V& rs,
          uintptr_t out, const V& os, int act) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
+        DType d = to_cpu_dtype(dt);
         Act ac = to_act(act);
-        auto s = to_shape(geom);
+        auto s = to_geometry(geom);
         auto xs4 = to_strides(xs), rs4 = to_strides(rs), os4 = to_strides(os);
         py::gil_scoped_release nogil;
         cpu::conv2d_fwd(d, s, cptr(x), xs4, cptr(w), cptr(bias), cptr(res), rs4, mptr(out), os4, ac);
@@ -71,9 +51,8 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_bwd_data_cpu",
       [](int dt, const V& geom, uintptr_t g, const V& gs, uintptr_t w, uintptr_t dx, const V& xs) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
-        auto s = to_shape(geom);
+        DType d = to_cpu_dtype(dt);
+        auto s = to_geometry(geom);
         auto gs4 = to_strides(gs), xs4 = to_strides(xs);
         py::gil_scoped_release nogil;
         cpu::conv2d_bwd_data(d, s, cptr(g), gs4, cptr(w), mptr(dx), xs4);
@@ -82,9 +61,8 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_bwd_weight_cpu",
       [](int dt, const V& geom, uintptr_t g, const V& gs, uintptr_t x, const V& xs, uintptr_t dw) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
-        auto s = to_shape(geom);
+        DType d = to_cpu_dtype(dt);
+        auto s = to_geometry(geom);
         auto gs4 = to_strides(gs), xs4 = to_strides(xs);
         py::gil_scoped_release nogil;
         cpu::conv2d_bwd_weight(d, s, cptr(g), gs4, cptr(x), xs4, mptr(dw));
@@ -94,8 +72,7 @@ void bind_conv(py::module_& m) {
       "conv2d_bias_act_bwd_cpu",
       [](int dt, int64_t N, int64_t O, int64_t P, uintptr_t grad, const V& gs, uintptr_t out, const V& os,
          uintptr_t grad_pre, uintptr_t grad_bias, int act) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
+        DType d = to_cpu_dtype(dt);
         Act ac = to_act(act);
         auto gs4 = to_strides(gs), os4 = to_strides(os);
         py::gil_scoped_release nogil;
@@ -107,10 +84,10 @@ void bind_conv(py::module_& m) {
       "conv2d_fwd_cuda",
       [](int dt, const V& geom, uintptr_t x, const V& xs, uintptr_t w, const V& ws, uintptr_t bias, uintptr_t res,
          const V& rs, uintptr_t out, const V& os, int act, int device, uintptr_t stream) {
-        DType d = to_cuda_dtype(dt);
+        DType d = to_cuda_dtype(dt, "conv2d");
         Act ac = to_act(act);
-        auto s = to_geom(geom);
-        auto xs4 = to_stride4(xs), ws4 = to_stride4(ws), rs4 = to_stride4(rs), os4 = to_stride4(os);
+        auto s = to_geometry(geom);
+        auto xs4 = to_strides(xs), ws4 = to_strides(ws), rs4 = to_strides(rs), os4 = to_strides(os);
         py::gil_scoped_release nogil;
         cuda::conv2d_fwd(d, s, cptr(x), xs4, cptr(w), ws4, cptr(bias), cptr(res), rs4, mptr(out), os4, ac, device,
                          stream);
@@ -120,24 +97,26 @@ void bind_conv(py::module_& m) {
       "conv2d_bwd_data_cuda",
       [](int dt, const V& geom, uintptr_t g, const V& gs, uintptr_t w, const V& ws, uintptr_t dx, const V& xs,
          int device, uintptr_t stream) {
-        DType d = to_cuda_dtype(dt);
-        auto s = to_geom(geom);
-        auto gs4 = to_stride4(gs), ws4 = to_stride4(ws), xs4 = to_stride4(xs);
+        DType d = to_cuda_dtype(dt, "conv2d");
+        auto s = to_geometry(geom);
+        auto gs4 = to_strides(gs), ws4 = to_strides(ws), xs4 = to_strides(xs);
         py::gil_scoped_release nogil;
         cuda::conv2d_bwd_data(d, s, cptr(g), gs4, cptr(w), ws4, mptr(dx), xs4, device, stream);
       },
       "conv2d grad_input on CUDA");
   m.def(
       "conv2d_wgrad_splits_cuda",
-      [](int dt, const V& geom, int sm_count) { return cuda::conv2d_wgrad_splits(to_cuda_dtype(dt), to_geom(geom), sm_count); },
+      [](int dt, const V& geom, int sm_count) {
+        return cuda::conv2d_wgrad_splits(to_cuda_dtype(dt, "conv2d"), to_geometry(geom), sm_count);
+      },
       "K splits (and float32 scratch multiples of O*C/groups*KH*KW) conv2d_bwd_weight_cuda uses");
   m.def(
       "conv2d_bwd_weight_cuda",
       [](int dt, const V& geom, uintptr_t g, const V& gs, uintptr_t x, const V& xs, uintptr_t dw, uintptr_t scratch,
          int64_t splits, int device, uintptr_t stream) {
-        DType d = to_cuda_dtype(dt);
-        auto s = to_geom(geom);
-        auto gs4 = to_stride4(gs), xs4 = to_stride4(xs);
+        DType d = to_cuda_dtype(dt, "conv2d");
+        auto s = to_geometry(geom);
+        auto gs4 = to_strides(gs), xs4 = to_strides(xs);
         py::gil_scoped_release nogil;
         cuda::conv2d_bwd_weight(d, s, cptr(g), gs4, cptr(x), xs4, mptr(dw), mptr(scratch), splits, device, stream);
       },
@@ -147,9 +126,9 @@ void bind_conv(py::module_& m) {
       [](int dt, int64_t N, int64_t O, int64_t P, uintptr_t grad, const V& gs, uintptr_t out, const V& os,
          uintptr_t grad_pre, uintptr_t grad_bias, uintptr_t scratch, int64_t splits, int act, int device,
          uintptr_t stream) {
-        DType d = to_cuda_dtype(dt);
+        DType d = to_cuda_dtype(dt, "conv2d");
         Act ac = to_act(act);
-        auto gs4 = to_stride4(gs), os4 = to_stride4(os);
+        auto gs4 = to_strides(gs), os4 = to_strides(os);
         py::gil_scoped_release nogil;
         cuda::conv2d_bias_act_bwd(d, N, O, P, cptr(grad), gs4, cptr(out), os4, mptr(grad_pre), mptr(grad_bias),
                                   mptr(scratch), splits, ac, device, stream);

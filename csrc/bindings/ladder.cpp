@@ -28,103 +28,86 @@ void check_kind(const std::string& kind) {
     throw std::invalid_argument("kind must be 'gemm' or 'conv', got '" + kind + "'");
 }
 
+// How one backend's ladder launchers are named and documented, and its own StepInfo flag.
+template <typename Info>
+struct LadderBackend {
+  const char* name;        // launcher suffix: "cpu" / "cuda"
+  const char* label;       // in docstrings: "CPU" / "CUDA"
+  const char* flag_name;   // key of the backend's own StepInfo field in the step dicts
+  bool Info::*flag;        // that field
+};
+
+// Registers one backend's four launchers. Info (its StepInfo) and Extra... (its trailing launcher
+// arguments, see bind.h) are deduced from the arguments' types.
+template <typename Info, typename... Extra>
+void def_ladder(py::module_& m, const LadderBackend<Info>& backend, const std::vector<Info>& (*gemm_steps)(),
+                const std::vector<Info>& (*conv_steps)(),
+                void (*gemm)(int, DType, const void*, const void*, void*, int64_t, int64_t, int64_t, Extra...),
+                int64_t (*scratch_bytes)(int, DType, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                         int64_t, int64_t),
+                void (*conv2d)(int, DType, const void*, const void*, const void*, void*, void*, int64_t, int64_t,
+                               int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                               int64_t, int64_t, Act, Extra...)) {
+  const std::string label = backend.label;
+  m.def(
+      launcher_name("ladder_steps", backend.name).c_str(),
+      [gemm_steps, conv_steps, flag_name = backend.flag_name, flag = backend.flag](const std::string& kind) {
+        check_kind(kind);
+        const auto& table = kind == "gemm" ? gemm_steps() : conv_steps();
+        py::list out;
+        for (const auto& s : table) {
+          py::dict d;
+          d["step"] = s.step;
+          d["name"] = s.name;
+          d["description"] = s.description;
+          d["dtypes"] = dtype_names(s.dtype_mask);
+          d["channels_last"] = s.channels_last;
+          d[flag_name] = s.*flag;
+          out.append(d);
+        }
+        return out;
+      },
+      (label + " ladder steps of kind 'gemm' or 'conv' as a list of dicts").c_str());
+  m.def(
+      launcher_name("ladder_gemm", backend.name).c_str(),
+      [gemm](int step, int dt, uintptr_t a, uintptr_t b, uintptr_t c, int64_t M, int64_t N, int64_t K,
+             Extra... extra) {
+        DType d = to_dtype(dt);
+        py::gil_scoped_release nogil;
+        gemm(step, d, cptr(a), cptr(b), mptr(c), M, N, K, extra...);
+      },
+      ("C = A @ B with " + label + " GEMM ladder step `step` (contiguous row-major)").c_str());
+  m.def(
+      launcher_name("ladder_conv_scratch_bytes", backend.name).c_str(),
+      [scratch_bytes](int step, int dt, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH,
+                      int64_t KW, int64_t OH, int64_t OW) {
+        return scratch_bytes(step, to_dtype(dt), N, C, H, W, O, KH, KW, OH, OW);
+      },
+      ("scratch bytes " + label + " conv ladder step `step` needs").c_str());
+  m.def(
+      launcher_name("ladder_conv2d", backend.name).c_str(),
+      [conv2d](int step, int dt, uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y, uintptr_t scratch, int64_t N,
+               int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
+               int64_t sw, int64_t ph, int64_t pw, int act, Extra... extra) {
+        DType d = to_dtype(dt);
+        Act ac = to_act(act);
+        py::gil_scoped_release nogil;
+        conv2d(step, d, cptr(x), cptr(w), cptr(bias), mptr(y), mptr(scratch), N, C, H, W, O, KH, KW, OH, OW, sh, sw,
+               ph, pw, ac, extra...);
+      },
+      ("y = act(conv2d(x, w) + bias) with " + label + " conv ladder step `step`").c_str());
+}
+
 }  // namespace
 
 void bind_ladder(py::module_& m) {
-  m.def(
-      "ladder_steps_cpu",
-      [](const std::string& kind) {
-        check_kind(kind);
-        const auto& table = kind == "gemm" ? cpu::ladder::gemm_steps() : cpu::ladder::conv_steps();
-        py::list out;
-        for (const auto& s : table) {
-          py::dict d;
-          d["step"] = s.step;
-          d["name"] = s.name;
-          d["description"] = s.description;
-          d["dtypes"] = dtype_names(s.dtype_mask);
-          d["channels_last"] = s.channels_last;
-          d["weight_oihw"] = s.weight_oihw;
-          out.append(d);
-        }
-        return out;
-      },
-      "CPU ladder steps of kind 'gemm' or 'conv' as a list of dicts");
-  m.def(
-      "ladder_gemm_cpu",
-      [](int step, int dt, uintptr_t a, uintptr_t b, uintptr_t c, int64_t M, int64_t N, int64_t K) {
-        DType d = to_dtype(dt);
-        py::gil_scoped_release nogil;
-        cpu::ladder::gemm(step, d, cptr(a), cptr(b), mptr(c), M, N, K);
-      },
-      "C = A @ B with CPU GEMM ladder step `step` (contiguous row-major)");
-  m.def(
-      "ladder_conv_scratch_bytes_cpu",
-      [](int step, int dt, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW,
-         int64_t OH, int64_t OW) {
-        return cpu::ladder::conv_scratch_bytes(step, to_dtype(dt), N, C, H, W, O, KH, KW, OH, OW);
-      },
-      "scratch bytes CPU conv ladder step `step` needs");
-  m.def(
-      "ladder_conv2d_cpu",
-      [](int step, int dt, uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y, uintptr_t scratch, int64_t N,
-         int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
-         int64_t sw, int64_t ph, int64_t pw, int act) {
-        DType d = to_dtype(dt);
-        Act ac = to_act(act);
-        py::gil_scoped_release nogil;
-        cpu::ladder::conv2d(step, d, cptr(x), cptr(w), cptr(bias), mptr(y), mptr(scratch), N, C, H, W, O, KH, KW,
-                            OH, OW, sh, sw, ph, pw, ac);
-      },
-      "y = act(conv2d(x, w) + bias) with CPU conv ladder step `step`");
+  namespace cl = cpu::ladder;
+  def_ladder(m, LadderBackend<cl::StepInfo>{"cpu", "CPU", "weight_oihw", &cl::StepInfo::weight_oihw},
+             cl::gemm_steps, cl::conv_steps, cl::gemm, cl::conv_scratch_bytes, cl::conv2d);
 #ifdef PYIMGCLS_WITH_CUDA
-  m.def(
-      "ladder_steps_cuda",
-      [](const std::string& kind) {
-        check_kind(kind);
-        const auto& table = kind == "gemm" ? cuda::ladder::gemm_steps() : cuda::ladder::conv_steps();
-        py::list out;
-        for (const auto& s : table) {
-          py::dict d;
-          d["step"] = s.step;
-          d["name"] = s.name;
-          d["description"] = s.description;
-          d["dtypes"] = dtype_names(s.dtype_mask);
-          d["channels_last"] = s.channels_last;
-          d["needs_sm90a"] = s.needs_sm90a;
-          out.append(d);
-        }
-        return out;
-      },
-      "CUDA ladder steps of kind 'gemm' or 'conv' as a list of dicts");
-  m.def(
-      "ladder_gemm_cuda",
-      [](int step, int dt, uintptr_t a, uintptr_t b, uintptr_t c, int64_t M, int64_t N, int64_t K, int device,
-         uintptr_t stream) {
-        DType d = to_dtype(dt);
-        py::gil_scoped_release nogil;
-        cuda::ladder::gemm(step, d, cptr(a), cptr(b), mptr(c), M, N, K, device, stream);
-      },
-      "C = A @ B with CUDA GEMM ladder step `step` (contiguous row-major)");
-  m.def(
-      "ladder_conv_scratch_bytes_cuda",
-      [](int step, int dt, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW,
-         int64_t OH, int64_t OW) {
-        return cuda::ladder::conv_scratch_bytes(step, to_dtype(dt), N, C, H, W, O, KH, KW, OH, OW);
-      },
-      "scratch bytes CUDA conv ladder step `step` needs");
-  m.def(
-      "ladder_conv2d_cuda",
-      [](int step, int dt, uintptr_t x, uintptr_t w, uintptr_t bias, uintptr_t y, uintptr_t scratch, int64_t N,
-         int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int64_t KW, int64_t OH, int64_t OW, int64_t sh,
-         int64_t sw, int64_t ph, int64_t pw, int act, int device, uintptr_t stream) {
-        DType d = to_dtype(dt);
-        Act ac = to_act(act);
-        py::gil_scoped_release nogil;
-        cuda::ladder::conv2d(step, d, cptr(x), cptr(w), cptr(bias), mptr(y), mptr(scratch), N, C, H, W, O, KH, KW,
-                             OH, OW, sh, sw, ph, pw, ac, device, stream);
-      },
-      "y = act(conv2d(x, w) + bias) with CUDA conv ladder step `step`");
+  namespace gl = cuda::ladder;
+  def_ladder(m, LadderBackend<gl::StepInfo>{"cuda", "CUDA", "needs_sm90a", &gl::StepInfo::needs_sm90a},
+             gl::gemm_steps, gl::conv_steps, gl::gemm, gl::conv_scratch_bytes, gl::conv2d);
 #endif
 }
 

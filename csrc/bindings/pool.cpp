@@ -15,147 +15,102 @@ P make_params(int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW
   return P{N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw};
 }
 
-#ifdef PYIMGCLS_WITH_CUDA
-DType cuda_dtype(int dt) {
-  DType d = to_dtype(dt);
-  if (d == DType::Float64)
-    throw std::invalid_argument("CUDA pooling takes float32, float16 or bfloat16, got float64");
-  return d;
+// How one backend's pooling launchers are named, documented and checked.
+struct PoolBackend {
+  const char* name;      // launcher suffix: "cpu" / "cuda"
+  const char* label;     // in docstrings: "CPU" / "CUDA"
+  const char* bwd_note;  // appended to the backward docstrings
+  DType (*dtype)(int);   // dtype code -> DType, refusing the dtypes the backend does not take
+};
+
+std::string pool_doc(const char* what, const PoolBackend& backend, const char* note) {
+  return std::string(what) + " on " + backend.label + note;
 }
-#endif
+
+// Registers one backend's six launchers. P (the backend's Pool2dParams) and Extra... (its trailing
+// launcher arguments, see bind.h) are deduced from the launchers' types.
+template <typename P, typename... Extra>
+void def_pool(py::module_& m, const PoolBackend& backend,
+              void (*max_fwd)(DType, const void*, void*, int64_t*, const P&, bool, Extra...),
+              void (*max_bwd)(DType, const void*, const int64_t*, void*, const P&, bool, Extra...),
+              void (*avg_fwd)(DType, const void*, void*, const P&, bool, int64_t, bool, Extra...),
+              void (*avg_bwd)(DType, const void*, void*, const P&, bool, int64_t, bool, Extra...),
+              void (*adaptive_fwd)(DType, const void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                   bool, Extra...),
+              void (*adaptive_bwd)(DType, const void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                   bool, Extra...)) {
+  const auto dtype = backend.dtype;
+  // Max pooling: three pointers (forward x, y, idx; backward gy, idx, gx), then the window with
+  // dilation; `launch` passes the pointers in the launcher's order and types.
+  const auto def_max = [&m, &backend, dtype](const char* op, auto launch, const std::string& doc) {
+    m.def(
+        launcher_name(op, backend.name).c_str(),
+        [dtype, launch](int dt, uintptr_t p0, uintptr_t p1, uintptr_t p2, int64_t N, int64_t C, int64_t H, int64_t W,
+                        int64_t OH, int64_t OW, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                        int64_t pw, int64_t dh, int64_t dw, bool cl, Extra... extra) {
+          DType d = dtype(dt);
+          auto p = make_params<P>(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw);
+          py::gil_scoped_release nogil;
+          launch(d, p0, p1, p2, p, cl, extra...);
+        },
+        doc.c_str());
+  };
+  def_max(
+      "max_pool2d_fwd",
+      [max_fwd](DType d, uintptr_t x, uintptr_t y, uintptr_t idx, const P& p, bool cl, Extra... extra) {
+        max_fwd(d, cptr(x), mptr(y), static_cast<int64_t*>(mptr(idx)), p, cl, extra...);
+      },
+      pool_doc("max pooling forward", backend, " (idx may be 0: indices not written)"));
+  def_max(
+      "max_pool2d_bwd",
+      [max_bwd](DType d, uintptr_t gy, uintptr_t idx, uintptr_t gx, const P& p, bool cl, Extra... extra) {
+        max_bwd(d, cptr(gy), static_cast<const int64_t*>(cptr(idx)), mptr(gx), p, cl, extra...);
+      },
+      pool_doc("max pooling backward", backend, backend.bwd_note));
+  // Average pooling: (in, out) pointers, the window without dilation, count_include_pad, divisor.
+  const auto def_avg = [&m, &backend, dtype](const char* op, auto launch, const std::string& doc) {
+    m.def(
+        launcher_name(op, backend.name).c_str(),
+        [dtype, launch](int dt, uintptr_t in, uintptr_t out, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH,
+                        int64_t OW, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool cip,
+                        int64_t div, bool cl, Extra... extra) {
+          DType d = dtype(dt);
+          auto p = make_params<P>(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, 1, 1);
+          py::gil_scoped_release nogil;
+          launch(d, cptr(in), mptr(out), p, cip, div, cl, extra...);
+        },
+        doc.c_str());
+  };
+  def_avg("avg_pool2d_fwd", avg_fwd, pool_doc("average pooling forward", backend, " (div 0: no divisor_override)"));
+  def_avg("avg_pool2d_bwd", avg_bwd, pool_doc("average pooling backward", backend, backend.bwd_note));
+  // Adaptive average pooling: (in, out) pointers and the sizes.
+  const auto def_adaptive = [&m, &backend, dtype](const char* op, auto launch, const std::string& doc) {
+    m.def(
+        launcher_name(op, backend.name).c_str(),
+        [dtype, launch](int dt, uintptr_t in, uintptr_t out, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH,
+                        int64_t OW, bool cl, Extra... extra) {
+          DType d = dtype(dt);
+          py::gil_scoped_release nogil;
+          launch(d, cptr(in), mptr(out), N, C, H, W, OH, OW, cl, extra...);
+        },
+        doc.c_str());
+  };
+  def_adaptive("adaptive_avg_pool2d_fwd", adaptive_fwd,
+               pool_doc("adaptive average pooling forward", backend, " (1x1: global mean)"));
+  def_adaptive("adaptive_avg_pool2d_bwd", adaptive_bwd,
+               pool_doc("adaptive average pooling backward", backend, backend.bwd_note));
+}
 
 }  // namespace
 
 void bind_pool(py::module_& m) {
-  m.def(
-      "max_pool2d_fwd_cpu",
-      [](int dt, uintptr_t x, uintptr_t y, uintptr_t idx, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH,
-         int64_t OW, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-         bool cl) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
-        auto p = make_params<cpu::Pool2dParams>(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw);
-        py::gil_scoped_release nogil;
-        cpu::max_pool2d_fwd(d, cptr(x), mptr(y), static_cast<int64_t*>(mptr(idx)), p, cl);
-      },
-      "max pooling forward on CPU (idx may be 0: indices not written)");
-  m.def(
-      "max_pool2d_bwd_cpu",
-      [](int dt, uintptr_t gy, uintptr_t idx, uintptr_t gx, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH,
-         int64_t OW, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-         bool cl) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
-        auto p = make_params<cpu::Pool2dParams>(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw);
-        py::gil_scoped_release nogil;
-        cpu::max_pool2d_bwd(d, cptr(gy), static_cast<const int64_t*>(cptr(idx)), mptr(gx), p, cl);
-      },
-      "max pooling backward on CPU");
-  m.def(
-      "avg_pool2d_fwd_cpu",
-      [](int dt, uintptr_t x, uintptr_t y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW,
-         int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool cip, int64_t div, bool cl) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
-        auto p = make_params<cpu::Pool2dParams>(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, 1, 1);
-        py::gil_scoped_release nogil;
-        cpu::avg_pool2d_fwd(d, cptr(x), mptr(y), p, cip, div, cl);
-      },
-      "average pooling forward on CPU (div 0: no divisor_override)");
-  m.def(
-      "avg_pool2d_bwd_cpu",
-      [](int dt, uintptr_t gy, uintptr_t gx, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW,
-         int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool cip, int64_t div, bool cl) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
-        auto p = make_params<cpu::Pool2dParams>(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, 1, 1);
-        py::gil_scoped_release nogil;
-        cpu::avg_pool2d_bwd(d, cptr(gy), mptr(gx), p, cip, div, cl);
-      },
-      "average pooling backward on CPU");
-  m.def(
-      "adaptive_avg_pool2d_fwd_cpu",
-      [](int dt, uintptr_t x, uintptr_t y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW,
-         bool cl) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
-        py::gil_scoped_release nogil;
-        cpu::adaptive_avg_pool2d_fwd(d, cptr(x), mptr(y), N, C, H, W, OH, OW, cl);
-      },
-      "adaptive average pooling forward on CPU (1x1: global mean)");
-  m.def(
-      "adaptive_avg_pool2d_bwd_cpu",
-      [](int dt, uintptr_t gy, uintptr_t gx, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW,
-         bool cl) {
-        DType d = to_dtype(dt);
-        check_cpu_dtype(d);
-        py::gil_scoped_release nogil;
-        cpu::adaptive_avg_pool2d_bwd(d, cptr(gy), mptr(gx), N, C, H, W, OH, OW, cl);
-      },
-      "adaptive average pooling backward on CPU");
+  def_pool(m, PoolBackend{"cpu", "CPU", "", to_cpu_dtype}, cpu::max_pool2d_fwd, cpu::max_pool2d_bwd,
+           cpu::avg_pool2d_fwd, cpu::avg_pool2d_bwd, cpu::adaptive_avg_pool2d_fwd, cpu::adaptive_avg_pool2d_bwd);
 #ifdef PYIMGCLS_WITH_CUDA
-  m.def(
-      "max_pool2d_fwd_cuda",
-      [](int dt, uintptr_t x, uintptr_t y, uintptr_t idx, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH,
-         int64_t OW, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-         bool cl, int device, uintptr_t stream) {
-        DType d = cuda_dtype(dt);
-        auto p = make_params<cuda::Pool2dParams>(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw);
-        py::gil_scoped_release nogil;
-        cuda::max_pool2d_fwd(d, cptr(x), mptr(y), static_cast<int64_t*>(mptr(idx)), p, cl, device, stream);
-      },
-      "max pooling forward on CUDA (idx may be 0: indices not written)");
-  m.def(
-      "max_pool2d_bwd_cuda",
-      [](int dt, uintptr_t gy, uintptr_t idx, uintptr_t gx, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH,
-         int64_t OW, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-         bool cl, int device, uintptr_t stream) {
-        DType d = cuda_dtype(dt);
-        auto p = make_params<cuda::Pool2dParams>(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw);
-        py::gil_scoped_release nogil;
-        cuda::max_pool2d_bwd(d, cptr(gy), static_cast<const int64_t*>(cptr(idx)), mptr(gx), p, cl, device, stream);
-      },
-      "max pooling backward on CUDA (gather, no atomics)");
-  m.def(
-      "avg_pool2d_fwd_cuda",
-      [](int dt, uintptr_t x, uintptr_t y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW,
-         int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool cip, int64_t div, bool cl,
-         int device, uintptr_t stream) {
-        DType d = cuda_dtype(dt);
-        auto p = make_params<cuda::Pool2dParams>(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, 1, 1);
-        py::gil_scoped_release nogil;
-        cuda::avg_pool2d_fwd(d, cptr(x), mptr(y), p, cip, div, cl, device, stream);
-      },
-      "average pooling forward on CUDA");
-  m.def(
-      "avg_pool2d_bwd_cuda",
-      [](int dt, uintptr_t gy, uintptr_t gx, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW,
-         int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool cip, int64_t div, bool cl,
-         int device, uintptr_t stream) {
-        DType d = cuda_dtype(dt);
-        auto p = make_params<cuda::Pool2dParams>(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, 1, 1);
-        py::gil_scoped_release nogil;
-        cuda::avg_pool2d_bwd(d, cptr(gy), mptr(gx), p, cip, div, cl, device, stream);
-      },
-      "average pooling backward on CUDA (gather, no atomics)");
-  m.def(
-      "adaptive_avg_pool2d_fwd_cuda",
-      [](int dt, uintptr_t x, uintptr_t y, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW,
-         bool cl, int device, uintptr_t stream) {
-        DType d = cuda_dtype(dt);
-        py::gil_scoped_release nogil;
-        cuda::adaptive_avg_pool2d_fwd(d, cptr(x), mptr(y), N, C, H, W, OH, OW, cl, device, stream);
-      },
-      "adaptive average pooling forward on CUDA (1x1: global mean reduction)");
-  m.def(
-      "adaptive_avg_pool2d_bwd_cuda",
-      [](int dt, uintptr_t gy, uintptr_t gx, int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW,
-         bool cl, int device, uintptr_t stream) {
-        DType d = cuda_dtype(dt);
-        py::gil_scoped_release nogil;
-        cuda::adaptive_avg_pool2d_bwd(d, cptr(gy), mptr(gx), N, C, H, W, OH, OW, cl, device, stream);
-      },
-      "adaptive average pooling backward on CUDA (gather, no atomics)");
+  const auto cuda_dtype = [](int dt) { return to_cuda_dtype(dt, "pooling"); };
+  def_pool(m, PoolBackend{"cuda", "CUDA", " (gather, no atomics)", cuda_dtype}, cuda::max_pool2d_fwd,
+           cuda::max_pool2d_bwd, cuda::avg_pool2d_fwd, cuda::avg_pool2d_bwd, cuda::adaptive_avg_pool2d_fwd,
+           cuda::adaptive_avg_pool2d_bwd);
 #endif
 }
 

@@ -65,12 +65,12 @@ inline void valid_range(int64_t off, int64_t s, int64_t lim, int64_t count, int6
 }
 
 struct Plan {
-  ConvShape s;
+  ConvGeometry s;
   int64_t Cg, Og, K, P;
   bool direct;  // 1x1, stride 1, no padding: the input is the GEMM operand (no im2col)
 };
 
-Plan make_plan(const ConvShape& s, Strides4 xs) {
+Plan make_plan(const ConvGeometry& s, Strides4 xs) {
   Plan p{s, s.C / s.groups, s.O / s.groups, 0, s.OH * s.OW, false};
   p.K = p.Cg * s.KH * s.KW;
   p.direct = s.KH == 1 && s.KW == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0 &&
@@ -82,7 +82,7 @@ Plan make_plan(const ConvShape& s, Strides4 xs) {
 // ld: row stride of col (P for one image; N*P when the images of a batch sit side by side).
 template <typename T>
 void im2col_kp(const Plan& pl, const T* x, Strides4 xs, T* col, int64_t ld) {
-  const ConvShape& s = pl.s;
+  const ConvGeometry& s = pl.s;
   for (int64_t c = 0; c < pl.Cg; ++c)
     for (int64_t i = 0; i < s.KH; ++i)
       for (int64_t j = 0; j < s.KW; ++j) {
@@ -109,7 +109,7 @@ void im2col_kp(const Plan& pl, const T* x, Strides4 xs, T* col, int64_t ld) {
 // col[p, k], k = (i, j, c): one row of taps per output pixel (pixel-major GEMM operand).
 template <typename T>
 void im2col_pk(const Plan& pl, const T* x, Strides4 xs, T* col) {
-  const ConvShape& s = pl.s;
+  const ConvGeometry& s = pl.s;
   const bool packed_taps = xs.c == 1 && xs.w == pl.Cg && s.dil_w == 1;
   for (int64_t oh = 0; oh < s.OH; ++oh)
     for (int64_t ow = 0; ow < s.OW; ++ow) {
@@ -144,7 +144,7 @@ void im2col_pk(const Plan& pl, const T* x, Strides4 xs, T* col) {
 // dx += col2im(col), col[k, p] with k = (c, i, j).
 template <typename T>
 void col2im_kp(const Plan& pl, const T* col, T* dx, Strides4 xs) {
-  const ConvShape& s = pl.s;
+  const ConvGeometry& s = pl.s;
   for (int64_t c = 0; c < pl.Cg; ++c)
     for (int64_t i = 0; i < s.KH; ++i)
       for (int64_t j = 0; j < s.KW; ++j) {
@@ -166,7 +166,7 @@ void col2im_kp(const Plan& pl, const T* col, T* dx, Strides4 xs) {
 // dx += col2im(col), col[p, k] with k = (i, j, c).
 template <typename T>
 void col2im_pk(const Plan& pl, const T* col, T* dx, Strides4 xs) {
-  const ConvShape& s = pl.s;
+  const ConvGeometry& s = pl.s;
   for (int64_t oh = 0; oh < s.OH; ++oh)
     for (int64_t ow = 0; ow < s.OW; ++ow) {
       const T* row = col + (oh * s.OW + ow) * pl.K;
@@ -187,11 +187,21 @@ void col2im_pk(const Plan& pl, const T* col, T* dx, Strides4 xs) {
 // w[o, c, i, j] -> wt[o, (i, j, c)]: the K order of the pixel-major path.
 template <typename T>
 void repack_weight_ijc(const Plan& pl, const T* w, T* wt) {
-  const ConvShape& s = pl.s;
+  const ConvGeometry& s = pl.s;
   const int64_t taps = s.KH * s.KW;
   for (int64_t o = 0; o < s.O; ++o)
     for (int64_t c = 0; c < pl.Cg; ++c)
       for (int64_t t = 0; t < taps; ++t) wt[o * pl.K + t * pl.Cg + c] = w[o * pl.K + c * taps + t];
+}
+
+// The weight in the pixel-major K order: repacked into buf, or w itself where (c, i, j) and
+// (i, j, c) coincide (one tap, or one channel per group).
+template <typename T>
+const T* weight_ijc(const Plan& pl, const T* w, std::vector<T>& buf) {
+  if (pl.s.KH * pl.s.KW == 1 || pl.Cg == 1) return w;
+  buf.resize(static_cast<size_t>(pl.s.O * pl.K));
+  repack_weight_ijc(pl, w, buf.data());
+  return buf.data();
 }
 
 // Below this many multiply-adds a convolution is "small" (LeNet-sized): it runs on one thread, and
@@ -228,6 +238,18 @@ class SerialIfSmall {
   bool active_;
   int saved_;
 };
+
+// The (image, group) loop of the forward and dgrad: body(n, g, col) for every unit, on nt threads
+// (outer_threads); col is the calling thread's own K x P column buffer (empty for a direct plan).
+template <typename T, typename Body>
+void for_each_unit(const Plan& pl, int nt, const Body& body) {
+  const int64_t groups = pl.s.groups, units = pl.s.N * groups;
+  const size_t col_elems = pl.direct ? 0 : static_cast<size_t>(pl.K * pl.P);
+  std::vector<T> col_all(col_elems * static_cast<size_t>(nt));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t u = 0; u < units; ++u)
+    body(u / groups, u % groups, col_all.data() + col_elems * static_cast<size_t>(nt > 1 ? omp_get_thread_num() : 0));
+}
 
 inline void check_collapsible(const char* what, int64_t H, int64_t W, Strides4 st) {
   if (H > 1 && st.h != W * st.w)
@@ -311,12 +333,12 @@ struct DirectConvBody {
 };
 
 // Conditions: float32, groups 1, at most 64 output channels, under 4M multiply-adds in all.
-bool direct_conv_applies(const ConvShape& s) {
+bool direct_conv_applies(const ConvGeometry& s) {
   const int64_t macs = s.N * s.O * s.OH * s.OW * s.C * s.KH * s.KW;
   return s.groups == 1 && s.O <= 64 && macs < kSmallConvMacs;
 }
 
-void conv2d_fwd_direct_small(const ConvShape& s, const float* x, Strides4 xs, const float* w, const float* bias,
+void conv2d_fwd_direct_small(const ConvGeometry& s, const float* x, Strides4 xs, const float* w, const float* bias,
                              const float* res, Strides4 rs, float* out, Strides4 os, Act act) {
   // 1. Zero-padded NCHW copy of the rows / columns the windows touch.
   const int64_t Hp = (s.OH - 1) * s.stride_h + (s.KH - 1) * s.dil_h + 1;
@@ -352,7 +374,7 @@ void conv2d_fwd_direct_small(const ConvShape& s, const float* x, Strides4 xs, co
 template <typename T>
 void conv2d_fwd_small_batched(const Plan& pl, const T* x, Strides4 xs, const T* w, const T* bias, const T* res,
                               Strides4 rs, T* out, Strides4 os, Act act) {
-  const ConvShape& s = pl.s;
+  const ConvGeometry& s = pl.s;
   const int64_t NP = s.N * pl.P;
   std::vector<T> col(static_cast<size_t>(pl.K * NP)), tmp(static_cast<size_t>(s.O * NP));
   // A channels_last input is first copied to NCHW (N*C*H*W elements, a few KiB here), so the
@@ -389,7 +411,7 @@ void conv2d_fwd_small_batched(const Plan& pl, const T* x, Strides4 xs, const T* 
 }
 
 template <typename T>
-void conv2d_fwd_t(const ConvShape& s, const T* x, Strides4 xs, const T* w, const T* bias, const T* res,
+void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, const T* bias, const T* res,
                   Strides4 rs, T* out, Strides4 os, Act act) {
   check_collapsible("out", s.OH, s.OW, os);
   const Plan pl = make_plan(s, xs);
@@ -400,12 +422,7 @@ void conv2d_fwd_t(const ConvShape& s, const T* x, Strides4 xs, const T* w, const
 
   // 1. Weight in the K order of the chosen path (pixel-major reads (i, j, c)).
   std::vector<T> wt_buf;
-  const T* wk = w;
-  if (pixel_major && !pl.direct && s.KH * s.KW > 1 && pl.Cg > 1) {
-    wt_buf.resize(static_cast<size_t>(s.O * pl.K));
-    repack_weight_ijc(pl, w, wt_buf.data());
-    wk = wt_buf.data();
-  }
+  const T* wk = pixel_major && !pl.direct ? weight_ijc(pl, w, wt_buf) : w;
   const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
   const SerialIfSmall serial(units * pl.Og * pl.P * pl.K);
   const bool small_batch = s.groups == 1 && s.N > 1 && nt == 1 && !pl.direct &&
@@ -421,13 +438,7 @@ void conv2d_fwd_t(const ConvShape& s, const T* x, Strides4 xs, const T* w, const
     conv2d_fwd_small_batched(pl, x, xs, w, bias, res, rs, out, os, act);
     return;
   }
-  const size_t col_elems = pl.direct ? 0 : static_cast<size_t>(pl.K * pl.P);
-  std::vector<T> col_all(col_elems * static_cast<size_t>(nt));
-
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t u = 0; u < units; ++u) {
-    const int64_t n = u / s.groups, g = u % s.groups;
-    T* col = col_all.data() + col_elems * static_cast<size_t>(nt > 1 ? omp_get_thread_num() : 0);
+  for_each_unit<T>(pl, nt, [&](int64_t n, int64_t g, T* col) {
     const T* xg = x + n * xs.n + g * pl.Cg * xs.c;
     T* og = out + n * os.n + g * pl.Og * os.c;
     const T* rg = res ? res + n * rs.n + g * pl.Og * rs.c : nullptr;
@@ -476,14 +487,14 @@ void conv2d_fwd_t(const ConvShape& s, const T* x, Strides4 xs, const T* w, const
           }
         }
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
 // Backward: data
 // ---------------------------------------------------------------------------------------------
 template <typename T>
-void conv2d_bwd_data_t(const ConvShape& s, const T* gr, Strides4 gs, const T* w, T* dx, Strides4 xs) {
+void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T* w, T* dx, Strides4 xs) {
   check_collapsible("grad", s.OH, s.OW, gs);
   check_collapsible("grad_input", s.H, s.W, xs);
   const Plan pl = make_plan(s, xs);
@@ -492,21 +503,10 @@ void conv2d_bwd_data_t(const ConvShape& s, const T* gr, Strides4 gs, const T* w,
   const DType dt = dtype_of<T>();
   const bool pixel_major = gs.c == 1 && s.O > 1;
   std::vector<T> wt_buf;
-  const T* wk = w;
-  if (pixel_major && s.KH * s.KW > 1 && pl.Cg > 1) {
-    wt_buf.resize(static_cast<size_t>(s.O * pl.K));
-    repack_weight_ijc(pl, w, wt_buf.data());
-    wk = wt_buf.data();
-  }
+  const T* wk = pixel_major ? weight_ijc(pl, w, wt_buf) : w;
   const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
   const SerialIfSmall serial(units * pl.Og * pl.P * pl.K);
-  const size_t col_elems = pl.direct ? 0 : static_cast<size_t>(pl.K * pl.P);
-  std::vector<T> col_all(col_elems * static_cast<size_t>(nt));
-
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t u = 0; u < units; ++u) {
-    const int64_t n = u / s.groups, g = u % s.groups;
-    T* col = col_all.data() + col_elems * static_cast<size_t>(nt > 1 ? omp_get_thread_num() : 0);
+  for_each_unit<T>(pl, nt, [&](int64_t n, int64_t g, T* col) {
     const T* gg = gr + n * gs.n + g * pl.Og * gs.c;
     T* dxg = dx + n * xs.n + g * pl.Cg * xs.c;
     // Each (image, group) owns its slice of dx, so units never write the same element.
@@ -515,7 +515,7 @@ void conv2d_bwd_data_t(const ConvShape& s, const T* gr, Strides4 gs, const T* w,
       // gives the empty sum, zeros).
       gemm(dt, gg, gs.w, gs.c, w + g * pl.Og * pl.K, pl.K, 1, nullptr, dxg, xs.w, xs.c, pl.P, pl.Cg, pl.Og,
            Act::None);
-      continue;
+      return;
     }
     for (int64_t c = 0; c < pl.Cg; ++c)
       for (int64_t h = 0; h < s.H; ++h)
@@ -529,14 +529,14 @@ void conv2d_bwd_data_t(const ConvShape& s, const T* gr, Strides4 gs, const T* w,
       gemm(dt, w + g * pl.Og * pl.K, 1, pl.K, gg, gs.c, gs.w, nullptr, col, pl.P, 1, pl.K, pl.P, pl.Og, Act::None);
       col2im_kp(pl, col, dxg, xs);
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
 // Backward: weight
 // ---------------------------------------------------------------------------------------------
 template <typename T>
-void conv2d_bwd_weight_t(const ConvShape& s, const T* gr, Strides4 gs, const T* x, Strides4 xs, T* dw) {
+void conv2d_bwd_weight_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T* x, Strides4 xs, T* dw) {
   check_collapsible("grad", s.OH, s.OW, gs);
   const Plan pl = make_plan(s, xs);
   const int64_t units = s.N * s.groups;
@@ -630,7 +630,7 @@ void conv2d_bias_act_bwd_t(int64_t N, int64_t O, int64_t P, const T* grad, Strid
 
 }  // namespace
 
-void conv2d_fwd(DType dt, const ConvShape& s, const void* x, Strides4 xs, const void* w, const void* bias,
+void conv2d_fwd(DType dt, const ConvGeometry& s, const void* x, Strides4 xs, const void* w, const void* bias,
                 const void* residual, Strides4 rs, void* out, Strides4 os, Act act) {
   dispatch_float(dt, "CPU conv2d", [&](auto t) {
     using T = decltype(t);
@@ -639,7 +639,7 @@ void conv2d_fwd(DType dt, const ConvShape& s, const void* x, Strides4 xs, const 
   });
 }
 
-void conv2d_bwd_data(DType dt, const ConvShape& s, const void* g, Strides4 gs, const void* w, void* dx,
+void conv2d_bwd_data(DType dt, const ConvGeometry& s, const void* g, Strides4 gs, const void* w, void* dx,
                      Strides4 xs) {
   dispatch_float(dt, "CPU conv2d backward (data)", [&](auto t) {
     using T = decltype(t);
@@ -647,7 +647,7 @@ void conv2d_bwd_data(DType dt, const ConvShape& s, const void* g, Strides4 gs, c
   });
 }
 
-void conv2d_bwd_weight(DType dt, const ConvShape& s, const void* g, Strides4 gs, const void* x, Strides4 xs,
+void conv2d_bwd_weight(DType dt, const ConvGeometry& s, const void* g, Strides4 gs, const void* x, Strides4 xs,
                        void* dw) {
   dispatch_float(dt, "CPU conv2d backward (weight)", [&](auto t) {
     using T = decltype(t);

@@ -1,41 +1,30 @@
 // CPU convolution family (float32 / float64). See conv.cpp for the algorithm.
 #pragma once
 #include "../common.h"
+#include "../conv_geometry.h"
 
 namespace pyimgcls::cpu {
 
-// Geometry of one 2-D convolution. Input [N, C, H, W], weight [O, C/groups, KH, KW] (contiguous),
-// output [N, O, OH, OW]. pad_h / pad_w are the top / left padding; the bottom / right padding is
-// implied by OH / OW (PyTorch's padding="same" pads asymmetrically for even kernels).
-struct ConvShape {
-  int64_t N, C, H, W;
-  int64_t O, KH, KW;
-  int64_t OH, OW;
-  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
-};
-
-// Element strides of a 4-D tensor in (n, c, h, w) order (any layout: NCHW, NHWC, views).
-struct Strides4 {
-  int64_t n, c, h, w;
-};
+// Geometry and strides: csrc/conv_geometry.h. Every CPU launcher takes the weight contiguous
+// [O, C/groups, KH, KW].
 
 // out[n, o, oh, ow] = act(sum_{c, i, j} x[n, g*C/groups + c, oh*sh - ph + i*dh, ow*sw - pw + j*dw]
 //                         * w[o, c, i, j] + bias[o] + residual[n, o, oh, ow])
 // x and residual: any strides. out: (h, w) must be collapsible (os.h == OW * os.w); os.c == 1
 // (channels_last) picks the pixel-major GEMM, anything else the channel-major one. bias and
 // residual may be null.
-void conv2d_fwd(DType dt, const ConvShape& s, const void* x, Strides4 xs, const void* w, const void* bias,
+void conv2d_fwd(DType dt, const ConvGeometry& s, const void* x, Strides4 xs, const void* w, const void* bias,
                 const void* residual, Strides4 rs, void* out, Strides4 os, Act act);
 
 // grad_input (dgrad): dx[n, c, ih, iw] = sum over (o, i, j) with ih = oh*sh - ph + i*dh (same for w)
 // of g[n, o, oh, ow] * w[o, c, i, j]. g: the gradient at the conv output (after the activation
 // mask), (h, w) collapsible. dx: written completely (zeros where no tap lands), (h, w) collapsible.
-void conv2d_bwd_data(DType dt, const ConvShape& s, const void* g, Strides4 gs, const void* w, void* dx,
+void conv2d_bwd_data(DType dt, const ConvGeometry& s, const void* g, Strides4 gs, const void* w, void* dx,
                      Strides4 xs);
 
 // grad_weight (wgrad): dw[o, c, i, j] = sum_{n, oh, ow} g[n, o, oh, ow] * x[n, c', ih, iw].
 // dw is contiguous [O, C/groups, KH, KW]. Deterministic for a fixed thread count.
-void conv2d_bwd_weight(DType dt, const ConvShape& s, const void* g, Strides4 gs, const void* x, Strides4 xs,
+void conv2d_bwd_weight(DType dt, const ConvGeometry& s, const void* g, Strides4 gs, const void* x, Strides4 xs,
                        void* dw);
 
 // Epilogue backward on a [N, O, OH*OW] gradient with strides gs (the output's strides os for out):

@@ -11,14 +11,9 @@
 
 namespace pyimgcls::cpu::ladder {
 
-// What one step is, for listing (pyimgcls.ladder.steps) and for argument checks before a call.
-struct StepInfo {
-  int step;                 // 1, 2, ... consecutive
-  const char* name;         // file stem without the number, e.g. "loop_order"
-  const char* description;  // one line: what changed from the previous step
-  unsigned dtype_mask;      // bit (1 << int(DType)) for every dtype the step accepts
-  bool channels_last;       // conv steps: x / y in NHWC (true) or NCHW (false); GEMM: false
-  bool weight_oihw;         // conv steps: weight [O, C, KH, KW] (true) or [O, KH, KW, C] (false)
+// One step (csrc/common.h, LadderStep) and the layout of its weight.
+struct StepInfo : LadderStep {
+  bool weight_oihw;  // conv steps: weight [O, C, KH, KW] (true) or [O, KH, KW, C] (false)
 };
 
 // Steps of "gemm" and "conv", in order (index i holds step i + 1).

@@ -53,6 +53,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -662,6 +663,16 @@ void adaptive_bwd(const T* gy, T* gx, int64_t N, int64_t C, int64_t H, int64_t W
   run_pixels<AdaptiveBwdNhwc<T>>(N * in_sz, C * (OH / std::max<int64_t>(H, 1) + 2), gy, gx, g);
 }
 
+// The entry points' dispatch: f(in, out) with both pointers typed for dt (float32 or float64);
+// f, a generic lambda, picks the layout's kernel.
+template <typename F>
+void run_typed(DType dt, const void* in, void* out, const F& f) {
+  dispatch_float(dt, "CPU pooling", [&](auto tag) {
+    using T = decltype(tag);
+    f(static_cast<const T*>(in), static_cast<T*>(out));
+  });
+}
+
 void check_params(const Pool2dParams& p) {
   if (p.N < 0 || p.C < 0 || p.H < 0 || p.W < 0 || p.OH < 0 || p.OW < 0)
     throw std::invalid_argument("pooling: sizes must be non-negative");
@@ -673,10 +684,8 @@ void check_params(const Pool2dParams& p) {
 
 void max_pool2d_fwd(DType dt, const void* x, void* y, int64_t* idx, const Pool2dParams& p, bool channels_last) {
   check_params(p);
-  dispatch_float(dt, "CPU pooling", [&](auto tag) {
-    using T = decltype(tag);
-    const T* xs = static_cast<const T*>(x);
-    T* ys = static_cast<T*>(y);
+  run_typed(dt, x, y, [&](auto xs, auto ys) {
+    using T = std::remove_pointer_t<decltype(ys)>;
     if (channels_last)
       idx ? max_fwd_nhwc<T, true>(xs, ys, idx, p) : max_fwd_nhwc<T, false>(xs, ys, nullptr, p);
     else
@@ -687,36 +696,27 @@ void max_pool2d_fwd(DType dt, const void* x, void* y, int64_t* idx, const Pool2d
 void max_pool2d_bwd(DType dt, const void* gy, const int64_t* idx, void* gx, const Pool2dParams& p,
                     bool channels_last) {
   check_params(p);
-  dispatch_float(dt, "CPU pooling", [&](auto tag) {
-    using T = decltype(tag);
-    if (channels_last)
-      max_bwd_nhwc(static_cast<const T*>(gy), idx, static_cast<T*>(gx), p);
-    else
-      max_bwd_nchw(static_cast<const T*>(gy), idx, static_cast<T*>(gx), p);
+  run_typed(dt, gy, gx, [&](auto gys, auto gxs) {
+    if (channels_last) max_bwd_nhwc(gys, idx, gxs, p);
+    else max_bwd_nchw(gys, idx, gxs, p);
   });
 }
 
 void avg_pool2d_fwd(DType dt, const void* x, void* y, const Pool2dParams& p, bool count_include_pad,
                     int64_t divisor_override, bool channels_last) {
   check_params(p);
-  dispatch_float(dt, "CPU pooling", [&](auto tag) {
-    using T = decltype(tag);
-    if (channels_last)
-      avg_fwd_nhwc(static_cast<const T*>(x), static_cast<T*>(y), p, count_include_pad, divisor_override);
-    else
-      avg_fwd_nchw(static_cast<const T*>(x), static_cast<T*>(y), p, count_include_pad, divisor_override);
+  run_typed(dt, x, y, [&](auto xs, auto ys) {
+    if (channels_last) avg_fwd_nhwc(xs, ys, p, count_include_pad, divisor_override);
+    else avg_fwd_nchw(xs, ys, p, count_include_pad, divisor_override);
   });
 }
 
 void avg_pool2d_bwd(DType dt, const void* gy, void* gx, const Pool2dParams& p, bool count_include_pad,
                     int64_t divisor_override, bool channels_last) {
   check_params(p);
-  dispatch_float(dt, "CPU pooling", [&](auto tag) {
-    using T = decltype(tag);
-    if (channels_last)
-      avg_bwd_nhwc(static_cast<const T*>(gy), static_cast<T*>(gx), p, count_include_pad, divisor_override);
-    else
-      avg_bwd_nchw(static_cast<const T*>(gy), static_cast<T*>(gx), p, count_include_pad, divisor_override);
+  run_typed(dt, gy, gx, [&](auto gys, auto gxs) {
+    if (channels_last) avg_bwd_nhwc(gys, gxs, p, count_include_pad, divisor_override);
+    else avg_bwd_nchw(gys, gxs, p, count_include_pad, divisor_override);
   });
 }
 
@@ -726,20 +726,14 @@ void adaptive_avg_pool2d_fwd(DType dt, const void* x, void* y, int64_t N, int64_
     throw std::invalid_argument("adaptive_avg_pool2d: sizes must be non-negative");
   if ((OH != 1 || OW != 1) && (H == 0 || W == 0) && OH * OW > 0)
     throw std::invalid_argument("adaptive_avg_pool2d: empty input planes only pool to 1x1");
-  dispatch_float(dt, "CPU pooling", [&](auto tag) {
-    using T = decltype(tag);
-    adaptive_fwd(static_cast<const T*>(x), static_cast<T*>(y), N, C, H, W, OH, OW, channels_last);
-  });
+  run_typed(dt, x, y, [&](auto xs, auto ys) { adaptive_fwd(xs, ys, N, C, H, W, OH, OW, channels_last); });
 }
 
 void adaptive_avg_pool2d_bwd(DType dt, const void* gy, void* gx, int64_t N, int64_t C, int64_t H, int64_t W,
                              int64_t OH, int64_t OW, bool channels_last) {
   if (N < 0 || C < 0 || H < 0 || W < 0 || OH < 1 || OW < 1)
     throw std::invalid_argument("adaptive_avg_pool2d backward: sizes must be non-negative, output non-empty");
-  dispatch_float(dt, "CPU pooling", [&](auto tag) {
-    using T = decltype(tag);
-    adaptive_bwd(static_cast<const T*>(gy), static_cast<T*>(gx), N, C, H, W, OH, OW, channels_last);
-  });
+  run_typed(dt, gy, gx, [&](auto gys, auto gxs) { adaptive_bwd(gys, gxs, N, C, H, W, OH, OW, channels_last); });
 }
 
 }  // namespace pyimgcls::cpu

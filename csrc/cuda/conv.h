@@ -1,22 +1,13 @@
 // CUDA convolution family (float32 / float16 / bfloat16). Host launchers; see conv.cu.
 #pragma once
 #include "../common.h"
+#include "../conv_geometry.h"
 
 namespace pyimgcls::cuda {
 
-// Geometry of one 2-D convolution (same meaning as cpu::ConvShape): input [N, C, H, W], weight
-// [O, C/groups, KH, KW], output [N, O, OH, OW]; pad_h / pad_w are the top / left padding.
-struct ConvGeom {
-  int64_t N, C, H, W;
-  int64_t O, KH, KW;
-  int64_t OH, OW;
-  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
-};
-
-// Element strides of a 4-D tensor in (n, c, h, w) order; for the weight (o, c, kh, kw).
-struct Stride4 {
-  int64_t n, c, h, w;
-};
+// The shared geometry and strides (csrc/conv_geometry.h) under the names the CUDA sources use.
+using ConvGeom = ::pyimgcls::ConvGeometry;
+using Stride4 = ::pyimgcls::Strides4;
 
 // out = act(conv2d(x, w) + bias + residual), fp32 accumulation, any strides for every tensor.
 // Fast path (fp16/bf16): x channels_last, w channels_last ([O, KH, KW, C/groups] in memory), C/groups

@@ -9,14 +9,9 @@
 
 namespace pyimgcls::cuda::ladder {
 
-// What one step is, for listing (pyimgcls.ladder.steps) and for argument checks before a launch.
-struct StepInfo {
-  int step;                 // 1, 2, ... consecutive
-  const char* name;         // file stem without the number, e.g. "smem_tiled"
-  const char* description;  // one line: what changed from the previous step
-  unsigned dtype_mask;      // bit (1 << int(DType)) for every dtype the step accepts
-  bool channels_last;       // conv steps: input/weight/output in NHWC (true) or NCHW (false); GEMM: false
-  bool needs_sm90a;         // only runs on an sm_90 device with the 90a build
+// One step (csrc/common.h, LadderStep) and whether it needs Hopper.
+struct StepInfo : LadderStep {
+  bool needs_sm90a;  // only runs on an sm_90 device with the 90a build
 };
 
 // Steps of "gemm" and "conv", in order (index i holds step i + 1).

@@ -50,7 +50,8 @@ def _out_shape(x_shape, w_shape, stride, padding, dilation):
 
 class ConvGeometry(NamedTuple):
     """The one description of a convolution that every kernel receives, field for field the C++
-    ``ConvShape`` / ``ConvGeom`` the bindings build from it (a tuple of 16 ints on the wire).
+    ``ConvGeometry`` (csrc/conv_geometry.h) the bindings build from it (a tuple of 16 ints on the
+    wire).
     Padding here is top / left; the bottom / right padding of "same" follows from OH / OW."""
     N: int
     C: int

@@ -28,7 +28,7 @@ namespace pyimgcls::cpu::ladder {
 template <typename T>
 inline void conv_fused_epilogue(const T* x, const T* w_oihw, const T* bias, T* y, const ConvGeom& g, Act act) {
   constexpr DType dt = sizeof(T) == 4 ? DType::Float32 : DType::Float64;
-  const ConvShape s{g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.sh, g.sw, g.ph, g.pw, 1, 1, 1};
+  const ConvGeometry s{g.N, g.C, g.H, g.W, g.O, g.KH, g.KW, g.OH, g.OW, g.sh, g.sw, g.ph, g.pw, 1, 1, 1};
   const Strides4 xs{g.H * g.W * g.C, 1, g.W * g.C, g.C};      // NHWC input
   const Strides4 ys{g.OH * g.OW * g.O, 1, g.OW * g.O, g.O};   // NHWC output
   conv2d_fwd(dt, s, x, xs, w_oihw, bias, nullptr, ys, y, ys, act);

@@ -46,13 +46,19 @@ PYIMGCLS_INLINE void block_ikj(const T* __restrict a, int64_t lda, const T* __re
   }
 }
 
+// K == 0: C is the empty sum, zeros, which the blocked loops (they only run over K) never write.
+// Returns whether it handled the call. Shared with step 4.
+template <typename T>
+PYIMGCLS_INLINE bool zero_if_k_empty(T* __restrict c, int64_t M, int64_t N, int64_t K) {
+  if (K != 0) return false;
+  for (int64_t i = 0; i < M * N; ++i) c[i] = T(0);
+  return true;
+}
+
 template <typename T>
 PYIMGCLS_INLINE void gemm_cache_blocking(const T* __restrict a, const T* __restrict b, T* __restrict c, int64_t M,
                                          int64_t N, int64_t K) {
-  if (K == 0) {
-    for (int64_t i = 0; i < M * N; ++i) c[i] = T(0);
-    return;
-  }
+  if (zero_if_k_empty(c, M, N, K)) return;
   for (int64_t jc = 0; jc < N; jc += kBlockNC) {
     const int64_t nc = std::min(kBlockNC, N - jc);
     for (int64_t pc = 0; pc < K; pc += kBlockKC) {

@@ -35,10 +35,7 @@ PYIMGCLS_INLINE void pack_rows(const T* __restrict src, int64_t ld, int64_t rows
 template <typename T>
 PYIMGCLS_INLINE void gemm_packing(const T* __restrict a, const T* __restrict b, T* __restrict c, int64_t M,
                                   int64_t N, int64_t K) {
-  if (K == 0) {
-    for (int64_t i = 0; i < M * N; ++i) c[i] = T(0);
-    return;
-  }
+  if (zero_if_k_empty(c, M, N, K)) return;
   std::vector<T> bpack(static_cast<size_t>(kBlockKC * kBlockNC));
   std::vector<T> apack(static_cast<size_t>(kBlockMC * kBlockKC));
   for (int64_t jc = 0; jc < N; jc += kBlockNC) {
