@@ -132,7 +132,7 @@ def test_max_pool2d_nan_and_all_inf_windows(backend):
         assert torch.equal(xi.grad.cpu().reshape(2, 16), torch.stack([g, g]))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + ["torch"])   # the torch backend's backward once failed on N=0
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_max_pool2d_unbatched_and_empty_batch(backend, layout):
     dev = device_for(backend)

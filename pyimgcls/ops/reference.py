@@ -46,9 +46,10 @@ def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, channels_last, w
 
 
 def max_pool2d_backward(grad, indices, height, width, channels_last):
-    N, C = grad.shape[:2]
+    N, C, OH, OW = grad.shape
     gx = grad.new_zeros((N, C, height * width))
-    gx.scatter_add_(2, indices.reshape(N, C, -1), grad.reshape(N, C, -1))
+    # explicit sizes: with N or C == 0 a -1 could be any value, which reshape refuses
+    gx.scatter_add_(2, indices.reshape(N, C, OH * OW), grad.reshape(N, C, OH * OW))
     return gx.reshape(N, C, height, width).contiguous(memory_format=_pool_format(channels_last))
 
 
