@@ -708,3 +708,15 @@ def test_randaugment_and_random_erasing_from_the_command_line(tmp_path):
     m = read_metrics(out)
     assert "randaugment=2 ops at magnitude 12/30" in m["augment"] and "random_erasing=0.5" in m["augment"]
     assert run_cli("train", *TINY, "--randaugment-magnitude", 31, "--out", tmp_path / "x") == 2
+
+
+def test_eval_and_predict_refuse_a_checkpoint_with_nonfinite_weights(trained, tmp_path, capsys):
+    ck = torch.load(trained / "best.pt", weights_only=True)
+    name = next(iter(ck["model"]))
+    ck["model"][name] = ck["model"][name].clone().fill_(float("nan"))
+    torch.save(ck, tmp_path / "nan.pt")
+    assert run_cli("eval", "--checkpoint", tmp_path / "nan.pt", "--kernels", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "non-finite" in err and name in err and err.count("\n") == 1
+    assert run_cli("predict", "--checkpoint", tmp_path / "nan.pt", "--kernels", "cpu", "docs/img/digit7.png") == 2
+    assert "non-finite" in capsys.readouterr().err

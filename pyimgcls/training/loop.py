@@ -1008,6 +1008,11 @@ class _Run:
 def _model_from_checkpoint(path: str, device: torch.device):
     ck = ckpt_mod.load_checkpoint(path)
     meta = ck["meta"]
+    bad = ckpt_mod.nonfinite_tensors(ck["model"])
+    if bad:
+        # Scores would all be NaN (and scikit-learn's metrics refuse them): say what is wrong instead.
+        raise ArgumentValueError(f"--checkpoint: {path} holds non-finite weights ({', '.join(bad[:3])}"
+                                 f"{' ...' if len(bad) > 3 else ''}), e.g. from a run that diverged")
     model = build_model(meta["model"], meta["num_classes"], meta["in_channels"])
     model.load_state_dict(ck["model"])
     if device.type == "cpu":
