@@ -391,7 +391,7 @@ __global__ void __launch_bounds__(SM_THREADS) conv2d_simt_kernel(IgemmParams p) 
 struct DwParams {
   const void *x, *w, *bias, *res;
   void* out;
-  Stride4 xs, ws, rs, os;
+  Strides4 xs, ws, rs, os;
   int64_t N, C, H, W, O, OH, OW, total;
   int KH, KW, sh, sw, ph, pw, dh, dw, act;
   bool channels_fastest;  // thread index order: c fastest (channels_last output) or ow fastest
@@ -450,8 +450,8 @@ __global__ void conv2d_wgrad_reduce_kernel(const float* __restrict__ scratch, T*
 
 // Pass 1: block (channel tile of 32, row split) -> grad_pre and a partial per-channel sum.
 template <typename T>
-__global__ void __launch_bounds__(256) conv2d_bias_act_bwd_kernel(const T* __restrict__ grad, Stride4 gs,
-                                                                  const T* __restrict__ out, Stride4 os, T* grad_pre,
+__global__ void __launch_bounds__(256) conv2d_bias_act_bwd_kernel(const T* __restrict__ grad, Strides4 gs,
+                                                                  const T* __restrict__ out, Strides4 os, T* grad_pre,
                                                                   float* __restrict__ partial, int64_t N, int64_t O,
                                                                   int64_t P, int64_t rows_per_split, int act) {
   __shared__ float red[8][32];
@@ -550,7 +550,7 @@ void launch_igemm(DType dt, const IgemmParams& p, int groups, cudaStream_t st) {
   });
 }
 
-IgemmParams base_params(const ConvGeom& s) {
+IgemmParams base_params(const ConvGeometry& s) {
   IgemmParams p{};
   p.H = s.H; p.W = s.W; p.OH = s.OH; p.OW = s.OW;
   p.Cg = s.C / s.groups; p.Og = s.O / s.groups;
@@ -562,7 +562,7 @@ IgemmParams base_params(const ConvGeom& s) {
   return p;
 }
 
-void check_geom(const ConvGeom& s) {
+void check_geom(const ConvGeometry& s) {
   if (s.groups < 1 || s.C % s.groups || s.O % s.groups)
     throw std::invalid_argument("conv2d (cuda): groups must divide in and out channels");
   const int64_t lim = 1 << 30;  // tap geometry travels as int
@@ -580,8 +580,9 @@ void launch_dw(const DwParams& p, cudaStream_t st) {
 
 }  // namespace
 
-void conv2d_fwd(DType dt, const ConvGeom& s, const void* x, Stride4 xs, const void* w, Stride4 ws, const void* bias,
-                const void* residual, Stride4 rs, void* out, Stride4 os, Act act, int device, uintptr_t stream) {
+void conv2d_fwd(DType dt, const ConvGeometry& s, const void* x, Strides4 xs, const void* w, Strides4 ws,
+                const void* bias, const void* residual, Strides4 rs, void* out, Strides4 os, Act act, int device,
+                uintptr_t stream) {
   check_geom(s);
   set_device(device);
   cudaStream_t st = as_stream(stream);
@@ -610,8 +611,8 @@ void conv2d_fwd(DType dt, const ConvGeom& s, const void* x, Stride4 xs, const vo
   launch_igemm<kFwd>(dt, p, static_cast<int>(s.groups), st);
 }
 
-void conv2d_bwd_data(DType dt, const ConvGeom& s, const void* g, Stride4 gs, const void* w, Stride4 ws, void* dx,
-                     Stride4 xs, int device, uintptr_t stream) {
+void conv2d_bwd_data(DType dt, const ConvGeometry& s, const void* g, Strides4 gs, const void* w, Strides4 ws, void* dx,
+                     Strides4 xs, int device, uintptr_t stream) {
   check_geom(s);
   set_device(device);
   if (s.N == 0 || s.C == 0 || s.H * s.W == 0) return;
@@ -628,7 +629,7 @@ void conv2d_bwd_data(DType dt, const ConvGeom& s, const void* g, Stride4 gs, con
   launch_igemm<kDgrad>(dt, p, static_cast<int>(s.groups), as_stream(stream));
 }
 
-int64_t conv2d_wgrad_splits(DType dt, const ConvGeom& s, int sm_count) {
+int64_t conv2d_wgrad_splits(DType dt, const ConvGeometry& s, int sm_count) {
   const int64_t bm = dt == DType::Float32 ? SM_BM : TC_BM, bn = dt == DType::Float32 ? SM_BN : TC_BN;
   const int64_t Og = s.O / std::max<int64_t>(s.groups, 1), Cg = s.C / std::max<int64_t>(s.groups, 1);
   const int64_t tiles = cdiv(Og, bm) * cdiv(s.KH * s.KW * Cg, bn) * s.groups;
@@ -640,8 +641,8 @@ int64_t conv2d_wgrad_splits(DType dt, const ConvGeom& s, int sm_count) {
   return std::max<int64_t>(1, std::min<int64_t>(splits, 64));
 }
 
-void conv2d_bwd_weight(DType dt, const ConvGeom& s, const void* g, Stride4 gs, const void* x, Stride4 xs, void* dw,
-                       void* scratch, int64_t splits, int device, uintptr_t stream) {
+void conv2d_bwd_weight(DType dt, const ConvGeometry& s, const void* g, Strides4 gs, const void* x, Strides4 xs,
+                       void* dw, void* scratch, int64_t splits, int device, uintptr_t stream) {
   check_geom(s);
   set_device(device);
   cudaStream_t st = as_stream(stream);
@@ -670,8 +671,8 @@ void conv2d_bwd_weight(DType dt, const ConvGeom& s, const void* g, Stride4 gs, c
   PYIMGCLS_CUDA_CHECK_LAUNCH();
 }
 
-void conv2d_bias_act_bwd(DType dt, int64_t N, int64_t O, int64_t P, const void* grad, Stride4 gs, const void* out,
-                         Stride4 os, void* grad_pre, void* grad_bias, void* scratch, int64_t splits, Act act,
+void conv2d_bias_act_bwd(DType dt, int64_t N, int64_t O, int64_t P, const void* grad, Strides4 gs, const void* out,
+                         Strides4 os, void* grad_pre, void* grad_bias, void* scratch, int64_t splits, Act act,
                          int device, uintptr_t stream) {
   set_device(device);
   cudaStream_t st = as_stream(stream);

@@ -23,11 +23,11 @@ namespace pyimgcls::cuda::ladder::detail {
 
 inline void launch_ladder_conv_fused_epilogue_fwd(DType dt, const void* x, const void* w, const void* bias, void* y,
                                                   const LadderConvArgs& s, Act act, int device, uintptr_t stream) {
-  ConvGeom g{s.N, s.C, s.H, s.W, s.O, s.KH, s.KW, s.OH, s.OW, s.sh, s.sw, s.ph, s.pw, 1, 1, 1};
+  ConvGeometry g{s.N, s.C, s.H, s.W, s.O, s.KH, s.KW, s.OH, s.OW, s.sh, s.sw, s.ph, s.pw, 1, 1, 1};
   // NHWC strides in (n, c, h, w) order; the weight [O, KH, KW, C] in (o, c, kh, kw) order.
-  const Stride4 xs{s.H * s.W * s.C, 1, s.W * s.C, s.C};
-  const Stride4 ws{s.KH * s.KW * s.C, 1, s.KW * s.C, s.C};
-  const Stride4 ys{s.OH * s.OW * s.O, 1, s.OW * s.O, s.O};
+  const Strides4 xs{s.H * s.W * s.C, 1, s.W * s.C, s.C};
+  const Strides4 ws{s.KH * s.KW * s.C, 1, s.KW * s.C, s.C};
+  const Strides4 ys{s.OH * s.OW * s.O, 1, s.OW * s.O, s.O};
   ::pyimgcls::cuda::conv2d_fwd(dt, g, x, xs, w, ws, bias, nullptr, ys, y, ys, act, device, stream);
 }
 
