@@ -396,7 +396,7 @@ def test_lr_1e6_stops_with_exit_3_and_saves_nothing_non_finite(tmp_path):
     assert p.returncode == 3, p.stdout[-2000:] + p.stderr[-2000:]
     line = one_line_error(p.stderr)
     assert "--lr" in line and "epoch 1, step" in line and "last finite loss" in line
-    assert sorted(os.listdir(out)) == ["checkpoint.pt"]              # no metrics, no best.pt from NaN
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "config.json"]   # no metrics, no best.pt from NaN
     ck = _finite_checkpoint(out / "checkpoint.pt")
     good = (out / "checkpoint.pt").read_bytes()
     p = run_sub(*argv, "--resume")
@@ -406,14 +406,16 @@ def test_lr_1e6_stops_with_exit_3_and_saves_nothing_non_finite(tmp_path):
 
 
 def test_diverging_run_keeps_a_previous_good_run(tmp_path):
+    """A second run aimed at a finished run's folder is refused before it writes anything (it would
+    need --overwrite, which says so); resuming it with another --lr is refused too."""
     out = tmp_path / "run"
     assert run_cli("train", *SMALL, "--out", out) == 0
-    before = {f: (out / f).read_bytes() for f in ("checkpoint.pt", "best.pt", "metrics.json")}
-    assert run_cli("train", *SMALL, "--lr", "1e6", "--save-every", "4", "--out", out) == 3
+    before = {f: (out / f).read_bytes() for f in ("checkpoint.pt", "best.pt", "metrics.json", "history.csv")}
+    assert run_cli("train", *SMALL, "--lr", "1e6", "--save-every", "4", "--out", out) == 2
+    assert run_cli("train", *SMALL, "--lr", "1e6", "--save-every", "4", "--out", out, "--resume") == 2
     for f in ("checkpoint.pt", "best.pt"):
         _finite_checkpoint(out / f)
-    assert (out / "best.pt").read_bytes() == before["best.pt"]
-    assert (out / "metrics.json").read_bytes() == before["metrics.json"]
+    assert {f: (out / f).read_bytes() for f in before} == before
 
 
 def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch, capsys):
