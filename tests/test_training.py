@@ -523,16 +523,19 @@ def test_runs_get_their_own_folder_and_latest_follows(tmp_path, monkeypatch, cap
     assert "--epochs 2" in capsys.readouterr().err
 
 
-def test_explicit_out_is_refused_when_not_empty(tmp_path, capsys):
+def test_explicit_out_is_refused_when_not_empty(tmp_path):
+    """Real processes, as a user runs them: the second run into a finished run's folder is refused
+    (one line, exit 2, nothing touched); --overwrite replaces the run files and keeps the user's."""
     out = tmp_path / "run"
-    assert run_cli("train", *TINY, "--epochs", 1, "--out", out) == 0
+    assert run_sub("-m", "pyimgcls", "train", *TINY, "--epochs", 1, "--out", out).returncode == 0
     (out / "notes.txt").write_text("mine")
-    before = (out / "checkpoint.pt").stat().st_mtime_ns
-    assert run_cli("train", *TINY, "--epochs", 1, "--out", out) == 2
-    err = capsys.readouterr().err
-    assert "--out" in err and "--overwrite" in err and err.count("\n") == 1
-    assert (out / "checkpoint.pt").stat().st_mtime_ns == before
-    assert run_cli("train", *TINY, "--epochs", 1, "--out", out, "--overwrite") == 0
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    p = run_sub("-m", "pyimgcls", "train", *TINY, "--epochs", 1, "--out", out)
+    assert p.returncode == 2 and p.stdout == ""
+    assert "--out" in p.stderr and "--overwrite" in p.stderr and p.stderr.count("\n") == 1
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+    p = run_sub("-m", "pyimgcls", "train", *TINY, "--epochs", 1, "--out", out, "--overwrite")
+    assert p.returncode == 0, p.stderr
     assert (out / "notes.txt").read_text() == "mine" and read_metrics(out)["resumed_from_step"] is None
 
 
