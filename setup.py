@@ -328,13 +328,18 @@ class BuildExt(build_ext):
         os.makedirs(out_dir, exist_ok=True)
         nvcc_id = f"{os.path.realpath(nvcc)}@{os.path.getmtime(os.path.realpath(nvcc))}"
 
-        def gencode(arch_list):
+        def gencode(arch_list, ptx=None):
             flags = []
             for a in arch_list:
                 flags += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+            if ptx is not None:
+                flags += ["-gencode", f"arch=compute_{ptx},code=compute_{ptx}"]
             return flags
 
-        jobs = [(src, gencode(archs)) for src in sorted(common)]
+        # The files without wgmma also carry PTX of the newest plain arch (compute_90, not the
+        # arch-specific compute_90a, which later GPUs cannot JIT), so a newer GPU compiles them at load.
+        newest = max(int(a.rstrip("a")) for a in archs)
+        jobs = [(src, gencode(archs, newest)) for src in sorted(common)]
         if "90a" in archs:
             jobs += [(src, gencode(["90a"]) + ["-DPYIMGCLS_SM90A=1"]) for src in sorted(hopper)]
 
