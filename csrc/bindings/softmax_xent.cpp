@@ -32,6 +32,18 @@ void bind_softmax_xent(py::module_& m) {
       },
       "fused cross-entropy forward on CPU; returns -1 or the first row with an out-of-range target");
   m.def(
+      "softmax_xent_prob_fwd_cpu",
+      [](int dt, uintptr_t x, int64_t sxn, uintptr_t target, int64_t stn, uintptr_t weight, int64_t N, int64_t C,
+         double label_smoothing, int reduction, uintptr_t loss, uintptr_t grad, uintptr_t denom) {
+        DType d = to_dtype(dt);
+        check_cpu_dtype(d);
+        cpu::XentReduction r = to_reduction(reduction);
+        py::gil_scoped_release nogil;
+        cpu::softmax_xent_prob_fwd(d, cptr(x), sxn, cptr(target), stn, cptr(weight), N, C, label_smoothing, r,
+                                   mptr(loss), mptr(grad), mptr(denom));
+      },
+      "fused cross-entropy forward with class-probability targets on CPU");
+  m.def(
       "softmax_xent_bwd_cpu",
       [](int dt, uintptr_t saved, uintptr_t target, bool target_i32, uintptr_t grad_loss, int64_t go_stride,
          bool per_row, uintptr_t denom, int64_t N, int64_t C, int64_t ignore_index, uintptr_t grad_in) {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ... import _native
+from ...errors import BackendError
 from ...ops.softmax_xent import _MEAN, _NONE, _backward_output, _kernel_outputs
 from . import launch_args
 
@@ -34,6 +35,11 @@ def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
         grad.data_ptr() if need_grad and grad.numel() else 0, scratch.data_ptr() if reduces else 0,
         denom.data_ptr() if reduction == _MEAN else 0, _counter(dev).data_ptr() if reduces else 0, *launch_args(x))
     return loss, grad, denom
+
+
+def prob_forward(x, target, weight, reduction, eps, need_grad):
+    raise BackendError("softmax_cross_entropy: backend 'cuda' has no kernel for class-probability targets yet; "
+                       "use backend 'triton' or 'torch' for them")
 
 
 def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place):

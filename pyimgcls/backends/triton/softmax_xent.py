@@ -2,6 +2,7 @@
 their contracts: pyimgcls/backends/cpu/softmax_xent.py."""
 from __future__ import annotations
 
+from ...errors import BackendError
 from ...ops.softmax_xent import _MEAN, _NONE, _backward_output, _kernel_outputs
 
 
@@ -11,6 +12,11 @@ def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
     tk.softmax_xent_fwd(x, target, weight, ignore_index, reduction, eps, loss, grad if need_grad else None,
                         denom if reduction == _MEAN else None)
     return loss, grad, denom
+
+
+def prob_forward(x, target, weight, reduction, eps, need_grad):
+    raise BackendError("softmax_cross_entropy: backend 'triton' has no kernel for class-probability targets yet; "
+                       "use backend 'cpu' or 'torch' for them")
 
 
 def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place):
