@@ -674,8 +674,8 @@ def test_cuda_reduction_counter_survives_streams():
 
 # ----------------------------------------------------------------------------- class-probability targets
 PROB_OPTIONS = list(itertools.product([False, True], REDUCTIONS, [0.0, 0.2]))
-# Backends with a probability-target kernel; the others must refuse with a BackendError.
-PROB_BACKENDS = ["cpu", "torch"]
+# Backends for the probability-target tests: helpers.BACKENDS (cuda needs a GPU) and the yardstick.
+PROB_BACKENDS = BACKENDS + [pytest.param("torch", id="torch")]
 
 
 def _prob_id(o):
@@ -753,7 +753,7 @@ def test_prob_targets_special_values_like_pytorch(backend):
     t[0, 5] = 0.0
     t[3, :2048] = 1e-3
     t[4] = 0.0
-    for dtype in (torch.float32, torch.float64):
+    for dtype in [d for d in (torch.float32, torch.float64) if d in dtypes_for(backend)]:
         for option in PROB_OPTIONS:
             weighted, reduction, ls = option
             w = torch.rand(3000, dtype=dtype, device=dev) + 0.5 if weighted else None
@@ -769,6 +769,7 @@ def test_prob_targets_special_values_like_pytorch(backend):
 
 @pytest.mark.parametrize("backend", PROB_BACKENDS)
 def test_prob_targets_strided_kdim_and_mixed_dtypes(backend):
+    _skip_dtype(backend, torch.float64)
     dev = device_for(backend)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(9, 2, 10, generator=g, dtype=torch.float64)
@@ -813,6 +814,7 @@ def test_prob_targets_strided_kdim_and_mixed_dtypes(backend):
 @pytest.mark.parametrize("fast", [True, False], ids=["eager", "custom-op"])
 @pytest.mark.parametrize("backend", PROB_BACKENDS)
 def test_prob_targets_gradcheck_and_gradgradcheck_float64(backend, fast, monkeypatch):
+    _skip_dtype(backend, torch.float64)
     monkeypatch.setattr(_eager, "ENABLED", fast)
     g = torch.Generator().manual_seed(21)
     x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
@@ -931,12 +933,55 @@ def test_prob_targets_bad_inputs_raise_like_pytorch(backend):
             ops.cross_entropy(x, p, reduction="avg")
 
 
-@pytest.mark.parametrize("backend", ["triton", "cuda"], ids=["triton-module", "gpu-module"])
-def test_prob_targets_unimplemented_backends_refuse(backend):
-    """A backend without a probability-target kernel raises a BackendError naming itself; the entry
-    point is called directly so the check needs no GPU."""
-    from pyimgcls import backends
-    if backend not in PROB_BACKENDS:
-        with pytest.raises(pyimgcls.errors.BackendError, match=backend):
-            backends.kernels(backend, "softmax_xent").prob_forward(torch.randn(2, 3), torch.rand(2, 3), None, 1,
-                                                                   0.0, True)
+@pytest.mark.parametrize("reduction", [0, 1, 2])
+@pytest.mark.parametrize("need_grad", [False, True])
+def test_prob_targets_gpu_module_passes_the_launcher_its_arguments(reduction, need_grad, monkeypatch):
+    """The GPU backend module's glue without a GPU: the launchers are replaced by recorders (CPU tensors
+    stand in for device memory) and every pointer, stride, size and flag they receive is checked."""
+    from pyimgcls import _native
+    from pyimgcls.backends.cuda import softmax_xent as mod
+    calls = {}
+    monkeypatch.setattr(mod, "launch_args", lambda t: (3, 77))
+    monkeypatch.setattr(_native.C, "softmax_xent_prob_fwd_cuda", lambda *a: calls.setdefault("fwd", a),
+                        raising=False)
+    monkeypatch.setattr(_native.C, "softmax_xent_bwd_cuda", lambda *a: calls.setdefault("bwd", a), raising=False)
+    base = torch.randn(5, 16, dtype=torch.float16)
+    x = base[:, :7]                                   # row stride 16
+    t = torch.rand(5, 14, dtype=torch.float16)[:, ::2].contiguous()[:, :7]  # row stride 7
+    w = torch.rand(7, dtype=torch.float16)
+    loss, grad, denom = mod.prob_forward(x, t, w, reduction, 0.25, need_grad)
+    (dt, xp, sxn, tp, stn, wp, N, C, eps, red, lp, gp, sp, dp, dev, stream) = calls["fwd"]
+    assert (dt, xp, sxn, tp, stn, wp) == (_native.dtype_code(torch.float16), x.data_ptr(), 16, t.data_ptr(), 7,
+                                          w.data_ptr())
+    assert (N, C, eps, red, lp, dev, stream) == (5, 7, 0.25, reduction, loss.data_ptr(), 3, 77)
+    assert loss.shape == ((5,) if reduction == 0 else ()) and loss.dtype == torch.float16
+    assert gp == (grad.data_ptr() if need_grad else 0) and grad.shape == ((5, 7) if need_grad else (0,))
+    assert (sp != 0) == (reduction != 0)
+    assert dp == (denom.data_ptr() if reduction == 1 else 0) and denom.dtype == torch.float32
+    if need_grad:
+        go = torch.randn(5, dtype=torch.float16) if reduction == 0 else torch.tensor(1.0, dtype=torch.float16)
+        out = mod.backward(go, grad, None, denom, -100, reduction, False)
+        (dt, saved, tptr, t32, gop, gos, per_row, dptr, N, C, ign, outp, dev, stream) = calls["bwd"]
+        assert (saved, tptr, t32, gop, per_row, N, C, outp) == (grad.data_ptr(), 0, False, go.data_ptr(),
+                                                              reduction == 0, 5, 7, out.data_ptr())
+        assert dptr == (denom.data_ptr() if reduction == 1 else 0)
+
+
+@pytest.mark.parametrize("backend", PROB_BACKENDS)
+@pytest.mark.parametrize("option", PROB_OPTIONS[::2] + PROB_OPTIONS[1::4], ids=_prob_id)
+def test_prob_targets_tiled_rows(backend, option):
+    """Rows longer than one Triton register tile (8192) take its two-sweep path; on the CPU 9000
+    float32 logits are 5 chunks. Row 0 starts with an all -inf tile, row 1 is offset by 1e4."""
+    dev = device_for(backend)
+    x, t, w, go = _make_prob(3, 9000, torch.float32, dev, seed=7)
+    x[0, :8192] = float("-inf")
+    t[0, :8192] = 1e-5
+    x[1] += 1e4
+    weighted, reduction, ls = option
+    with backend_ctx(backend):
+        xg = x.clone().requires_grad_()
+        loss = ops.cross_entropy(xg, t, w if weighted else None, reduction=reduction, label_smoothing=ls)
+        loss.backward(go if reduction == "none" else None)
+    ref_loss, ref_gx, _ = _prob_reference(x, t, w if weighted else None, reduction, ls, go)
+    assert_close_to_reference(loss, ref_loss, scale=max(1.0, ref_loss.abs().max().item()) * 10)
+    torch.testing.assert_close(xg.grad.double().cpu(), ref_gx, rtol=1e-4, atol=1e-6)

@@ -2,8 +2,8 @@
 their contracts: pyimgcls/backends/cpu/softmax_xent.py."""
 from __future__ import annotations
 
-from ...errors import BackendError
-from ...ops.softmax_xent import _MEAN, _NONE, _backward_output, _kernel_outputs
+from ...ops import _alloc
+from ...ops.softmax_xent import _MEAN, _NONE, _acc_dtype, _backward_output, _kernel_outputs
 
 
 def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
@@ -15,8 +15,15 @@ def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
 
 
 def prob_forward(x, target, weight, reduction, eps, need_grad):
-    raise BackendError("softmax_cross_entropy: backend 'triton' has no kernel for class-probability targets yet; "
-                       "use backend 'cpu' or 'torch' for them")
+    from ...triton_kernels import softmax_xent as tk
+    N, C = x.shape
+    loss = _alloc.empty((N,) if reduction == _NONE else (), x.dtype, x.device)
+    grad = _alloc.empty((N, C), x.dtype, x.device) if need_grad else x.new_empty((0,))
+    acc = _acc_dtype(x.dtype)
+    denom = _alloc.empty((), acc, x.device) if reduction == _MEAN else x.new_empty((0,), dtype=acc)
+    tk.softmax_xent_prob_fwd(x, target, weight, reduction, eps, loss, grad if need_grad else None,
+                             denom if reduction == _MEAN else None)
+    return loss, grad, denom
 
 
 def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place):
