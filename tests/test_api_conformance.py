@@ -356,12 +356,12 @@ TRITON = [
 
 
 @pytest.mark.parametrize("call", [
-    lambda: ops.cross_entropy(t(3, 5), prob(3, 5)),                        # class-probability targets
     lambda: ops.cross_entropy(t(5), torch.tensor(3)),                      # unbatched 1-D logits
-], ids=["probability_targets", "unbatched_logits"])
-def test_cross_entropy_scope_is_class_indices_on_batched_logits(call):
-    """Deliberately narrower than PyTorch (issue #5): only class-index targets on [N, C, ...] logits;
-    the other forms PyTorch accepts raise a clear error instead of a silently different result."""
+    lambda: ops.cross_entropy(t(5), prob(1, 5)[0]),                            # unbatched probability targets
+], ids=["unbatched_logits", "unbatched_probability_targets"])
+def test_cross_entropy_scope_is_batched_logits(call):
+    """Deliberately narrower than PyTorch (issue #5): only [N, C, ...] logits (class indices or class
+    probabilities); unbatched 1-D logits raise a clear error instead of a silently different result."""
     with pytest.raises((ValueError, TypeError), match="'input'|'target'"):
         call()
 

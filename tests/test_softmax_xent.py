@@ -587,11 +587,9 @@ def test_bad_inputs_raise_clear_errors(backend):
     with backend_ctx(backend):
         with pytest.raises(ValueError, match="'target'"):
             ops.cross_entropy(x, t[:3])                                  # batch size mismatch
-        with pytest.raises(TypeError, match="probability .*not supported"):
-            ops.cross_entropy(x, torch.softmax(x, 1))                     # probability targets
-        with pytest.raises(TypeError, match="probability .*not supported"):
+        with pytest.raises(TypeError, match="'target'.*probabilities must be floating"):
             ops.cross_entropy(x, torch.softmax(x, 1).long())              # integer "probability" targets
-        with pytest.raises(TypeError, match="probability .*not supported"):
+        with pytest.raises(TypeError, match="'target'.*class indices must be int64"):
             ops.cross_entropy(x, t.float())                               # float class indices
         with pytest.raises(ValueError, match="'input'.*1-D"):
             ops.cross_entropy(x[0], t[0])                                 # unbatched logits
@@ -672,3 +670,318 @@ def test_cuda_reduction_counter_survives_streams():
     assert torch.equal(first, again)
     ref, _ = _reference(x, t, w, "sum", 0.0, None)
     assert_close_to_reference(other, ref, scale=ref.abs().item())
+
+
+# ----------------------------------------------------------------------------- class-probability targets
+PROB_OPTIONS = list(itertools.product([False, True], REDUCTIONS, [0.0, 0.2]))
+# Backends for the probability-target tests: helpers.BACKENDS (cuda needs a GPU) and the yardstick.
+PROB_BACKENDS = BACKENDS + [pytest.param("torch", id="torch")]
+
+
+def _prob_id(o):
+    return f"{'w' if o[0] else 'now'}-{o[1]}-ls{o[2]}"
+
+
+def _make_prob(N, C, dtype, device, seed=0, scale=3.0, tdtype=None):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(N, C, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
+    # Unnormalised rows on purpose (PyTorch does not check the sum) with some exact zeros.
+    p = torch.rand(N, C, generator=g, dtype=torch.float64)
+    p = torch.where(p < 0.2, 0.0, p) / max(C, 1) * 1.3
+    w = (torch.rand(C, generator=g, dtype=torch.float64) + 0.25).to(dtype).to(device)
+    go = torch.randn(N, generator=g, dtype=torch.float64).to(dtype).to(device)
+    return x, p.to(tdtype or dtype).to(device), w, go
+
+
+def _prob_reference(x, t, w, reduction, ls, go, dtype=torch.float64):
+    """(loss, grad_x, grad_t) of F.cross_entropy with probability targets at ``dtype`` on CPU."""
+    xr = x.detach().cpu().to(dtype).requires_grad_()
+    tr = t.detach().cpu().to(dtype).requires_grad_()
+    wr = None if w is None else w.detach().cpu().to(dtype)
+    loss = F.cross_entropy(xr, tr, wr, reduction=reduction, label_smoothing=ls)
+    gout = go.detach().cpu().to(dtype) if reduction == "none" else torch.ones((), dtype=dtype)
+    gx, gt = torch.autograd.grad(loss, (xr, tr), gout)
+    return loss.detach(), gx, gt
+
+
+def _check_prob_case(backend, dtype, x, t, w, go, option):
+    weighted, reduction, ls = option
+    wt = w if weighted else None
+    xg = x.detach().clone().requires_grad_()
+    tg = t.detach().clone().requires_grad_()
+    with backend_ctx(backend):
+        loss = ops.softmax_cross_entropy(xg, tg, wt, reduction=reduction, label_smoothing=ls)
+    assert loss.dtype == dtype and loss.shape == ((x.shape[0],) if reduction == "none" else ())
+    loss.backward(go if reduction == "none" else None)
+    ref = _prob_reference(x, t, wt, reduction, ls, go)
+    lp = [None] * 3
+    if dtype in (torch.float16, torch.bfloat16):
+        lp = _prob_reference(x, t, wt, reduction, ls, go, dtype=dtype)
+    assert_close_to_reference(loss, ref[0], torch_same_dtype=lp[0], scale=max(1.0, ref[0].abs().max().item()))
+    assert_close_to_reference(xg.grad, ref[1], torch_same_dtype=lp[1])
+    assert_close_to_reference(tg.grad, ref[2], torch_same_dtype=lp[2], scale=max(1.0, ref[2].abs().max().item()))
+    assert xg.grad.dtype == dtype and tg.grad.dtype == dtype
+
+
+@pytest.mark.parametrize("backend", PROB_BACKENDS)
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("N, C", [(1, 1), (1, 10), (7, 1), (7, 10), (7, 100), (5, 2500), (64, 300), (9, 5000)])
+def test_prob_targets_match_reference(backend, dtype, N, C):
+    """Every reduction x weights x smoothing. C = 2500 / 5000 span 2-3 chunks of the CPU kernel (2048
+    float32 / 1024 float64 logits), N*C >= 2**14 takes its OpenMP branch (64 x 300, 9 x 5000)."""
+    _skip_dtype(backend, dtype)
+    dev = device_for(backend)
+    options = PROB_OPTIONS
+    if dtype in (torch.float16, torch.bfloat16) and N * C > 1000:
+        options = PROB_OPTIONS[::3]
+    for i, option in enumerate(options):
+        x, t, w, go = _make_prob(N, C, dtype, dev, seed=i)
+        _check_prob_case(backend, dtype, x, t, w, go, option)
+
+
+@pytest.mark.parametrize("backend", PROB_BACKENDS)
+def test_prob_targets_special_values_like_pytorch(backend):
+    """-inf logits (0 * -inf is NaN in PyTorch's sum where the target is 0), a NaN row, a large offset
+    (no cancellation of V * lse - sum v x), all-zero target rows."""
+    dev = device_for(backend)
+    x = torch.randn(6, 3000, dtype=torch.float64)
+    x[0, 5] = float("-inf")
+    x[1, 2999] = float("nan")
+    x[2] += 1e4
+    x[3, :2048] = float("-inf")            # an all -inf first chunk
+    t = torch.rand(6, 3000, dtype=torch.float64) / 3000
+    t[0, 5] = 0.0
+    t[3, :2048] = 1e-3
+    t[4] = 0.0
+    for dtype in [d for d in (torch.float32, torch.float64) if d in dtypes_for(backend)]:
+        for option in PROB_OPTIONS:
+            weighted, reduction, ls = option
+            w = torch.rand(3000, dtype=dtype, device=dev) + 0.5 if weighted else None
+            xx = x.to(dtype).to(dev).requires_grad_()
+            with backend_ctx(backend):
+                loss = ops.cross_entropy(xx, t.to(dtype).to(dev), w, reduction=reduction, label_smoothing=ls)
+            ref = F.cross_entropy(x.to(dtype), t.to(dtype), None if w is None else w.cpu(), reduction=reduction,
+                                  label_smoothing=ls)
+            assert torch.equal(torch.isnan(loss.detach().cpu()), torch.isnan(ref)), (dtype, option)
+            ok = ~torch.isnan(ref)
+            torch.testing.assert_close(loss.detach().cpu()[ok], ref[ok].to(dtype), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", PROB_BACKENDS)
+def test_prob_targets_strided_kdim_and_mixed_dtypes(backend):
+    _skip_dtype(backend, torch.float64)
+    dev = device_for(backend)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 2, 10, generator=g, dtype=torch.float64)
+    p = torch.softmax(torch.randn(9, 2, 10, generator=g, dtype=torch.float64), -1)
+    with backend_ctx(backend):
+        views = [lambda a, b: (a[:, 0], b[:, 1]),                                   # row-strided views
+                 lambda a, b: (a[:, 0].t().contiguous().t(), b[:, 1].t().contiguous().t()),  # column-major
+                 lambda a, b: (a[:, 0, ::2], b[:, 1, ::2]),                         # class stride 2
+                 lambda a, b: (a[:1, 0].expand(4, 10), b[:1, 0].expand(4, 10))]     # stride-0 rows
+        for view, red in itertools.product(views, REDUCTIONS):
+            xr, pr = x.clone().requires_grad_(), p.clone().requires_grad_()
+            xo, po = x.clone().to(dev).requires_grad_(), p.clone().to(dev).requires_grad_()
+            a, b = view(xo, po)
+            assert not (a.is_contiguous() and b.is_contiguous())
+            ours = ops.cross_entropy(a, b, reduction=red, label_smoothing=0.1)
+            ref = F.cross_entropy(*view(xr, pr), reduction=red, label_smoothing=0.1)
+            torch.testing.assert_close(ours.cpu(), ref)
+            ours.sum().backward()
+            ref.sum().backward()
+            torch.testing.assert_close(xo.grad.cpu(), xr.grad)
+            torch.testing.assert_close(po.grad.cpu(), pr.grad)
+        # [N, C, d1, d2] logits with targets of the same shape
+        x4 = torch.randn(2, 5, 3, 4, generator=g, dtype=torch.float64)
+        p4 = torch.softmax(torch.randn(2, 5, 3, 4, generator=g, dtype=torch.float64), 1)
+        for red in REDUCTIONS:
+            torch.testing.assert_close(ops.cross_entropy(x4.to(dev), p4.to(dev), reduction=red).cpu(),
+                                       F.cross_entropy(x4, p4, reduction=red))
+        # PyTorch promotes logits, target and weight to one dtype; gradients keep each input's dtype
+        x32 = x[:, 0].float().to(dev).requires_grad_()
+        p64 = p[:, 0].to(dev).requires_grad_()
+        w16 = torch.rand(10, generator=g).half().to(dev)
+        ours = ops.cross_entropy(x32, p64, w16)
+        ref = F.cross_entropy(x[:, 0].float(), p[:, 0], w16.cpu())
+        assert ours.dtype == ref.dtype == torch.float64
+        torch.testing.assert_close(ours.cpu(), ref)
+        ours.backward()
+        assert x32.grad.dtype == torch.float32 and p64.grad.dtype == torch.float64
+        ours16 = ops.cross_entropy(x32.detach(), p[:, 0].half().to(dev))
+        assert ours16.dtype == torch.float32
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["eager", "custom-op"])
+@pytest.mark.parametrize("backend", PROB_BACKENDS)
+def test_prob_targets_gradcheck_and_gradgradcheck_float64(backend, fast, monkeypatch):
+    _skip_dtype(backend, torch.float64)
+    monkeypatch.setattr(_eager, "ENABLED", fast)
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(5, generator=g, dtype=torch.float64) + 0.5
+    with backend_ctx(backend):
+        for red, ls, wt in itertools.product(REDUCTIONS, [0.0, 0.3], [None, w]):
+            def f(x, t):
+                return ops.cross_entropy(x, t, wt, reduction=red, label_smoothing=ls)
+            assert torch.autograd.gradcheck(f, (x, t))
+            assert torch.autograd.gradgradcheck(f, (x, t))
+
+
+def test_prob_targets_hessian_matches_pytorch():
+    g = torch.Generator().manual_seed(22)
+    x = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    t = torch.softmax(torch.randn(3, 4, generator=g, dtype=torch.float64), 1)
+    kw = dict(label_smoothing=0.1, weight=torch.rand(4, generator=g, dtype=torch.float64))
+    with backend_ctx("cpu"):
+        ours = torch.autograd.functional.hessian(lambda z, s: ops.cross_entropy(z, s, **kw), (x, t))
+    ref = torch.autograd.functional.hessian(lambda z, s: F.cross_entropy(z, s, **kw), (x, t))
+    for a, b in zip(ours, ref):
+        for c, d in zip(a, b):
+            torch.testing.assert_close(c, d)
+
+
+def test_prob_targets_thread_count_does_not_change_bits():
+    from helpers import omp_threads
+    x, t, w, _ = _make_prob(64, 3000, torch.float32, torch.device("cpu"))
+    outs = []
+    for n in (1, 2, 3):
+        with omp_threads(n), backend_ctx("cpu"):
+            xg = x.clone().requires_grad_()
+            loss = ops.cross_entropy(xg, t, w, label_smoothing=0.1)
+            loss.backward()
+            outs.append((loss, xg.grad))
+    for loss, grad in outs[1:]:
+        assert torch.equal(loss, outs[0][0]) and torch.equal(grad, outs[0][1])
+
+
+def test_prob_targets_opcheck_and_no_grad():
+    g = torch.Generator().manual_seed(23)
+    x = torch.randn(6, 7, generator=g, requires_grad=True)
+    t = torch.rand(6, 7, generator=g, requires_grad=True)
+    w = torch.rand(7, generator=g)
+    for reduction in (0, 1, 2):
+        torch.library.opcheck(torch.ops.pyimgcls.softmax_cross_entropy_prob.default,
+                              (x, t, w, reduction, 0.1, True, "cpu"))
+    loss, grad, denom = torch.ops.pyimgcls.softmax_cross_entropy_prob(x.detach(), t.detach(), w, 1, 0.1, True, "cpu")
+    assert float(denom) == 6.0
+    torch.library.opcheck(torch.ops.pyimgcls.softmax_cross_entropy_prob_backward.default,
+                          (torch.tensor(0.7), grad, denom, 1, "cpu"))
+    _, grad, _ = torch.ops.pyimgcls.softmax_cross_entropy_prob(x.detach(), t.detach(), None, 1, 0.0, False, "cpu")
+    assert grad.numel() == 0
+    with torch.no_grad():
+        torch.testing.assert_close(ops.cross_entropy(x, t), F.cross_entropy(x, t))
+
+
+def test_prob_targets_torch_compile_and_nn_module():
+    g = torch.Generator().manual_seed(24)
+    x = torch.randn(8, 10, generator=g, requires_grad=True)
+    t = torch.softmax(torch.randn(8, 10, generator=g), 1)
+    crit = nn.CrossEntropyLoss(label_smoothing=0.1)
+    ref_crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    torch.testing.assert_close(crit(x, t), ref_crit(x, t))
+    compiled = torch.compile(lambda a, b: ops.cross_entropy(a, b, reduction="sum"), backend="eager", fullgraph=True)
+    loss = compiled(x, t)
+    (gx,) = torch.autograd.grad(loss, x)
+    (rx,) = torch.autograd.grad(F.cross_entropy(x, t, reduction="sum"), x)
+    torch.testing.assert_close(gx, rx)
+
+
+def test_prob_targets_empty_batch_and_inplace_target():
+    for red in REDUCTIONS:
+        x = torch.zeros(0, 5, requires_grad=True)
+        t = torch.zeros(0, 5)
+        ours, ref = ops.cross_entropy(x, t, reduction=red), F.cross_entropy(x.detach(), t, reduction=red)
+        torch.testing.assert_close(ours, ref, equal_nan=True)
+        ours.sum().backward()
+        assert x.grad.shape == (0, 5)
+    x = torch.randn(3, 4, requires_grad=True)
+    t = torch.rand(3, 4, requires_grad=True)
+    loss = ops.cross_entropy(x, t)
+    with torch.no_grad():
+        t.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_prob_targets_bad_inputs_raise_like_pytorch(backend):
+    x, p = torch.randn(4, 5), torch.softmax(torch.randn(4, 5), 1)
+    with backend_ctx(backend):
+        with pytest.raises(ValueError, match="'ignore_index'.*not supported for floating point target"):
+            ops.cross_entropy(x, p, ignore_index=0)
+        ops.cross_entropy(x, p, ignore_index=-5)                       # negative: accepted, as PyTorch
+        with pytest.raises(ValueError, match="'target'.*batch_size"):
+            ops.cross_entropy(x, p[:3])
+        with pytest.raises(ValueError, match="'target'.*shape of 'input'"):
+            ops.cross_entropy(x, p[:, :4])
+        with pytest.raises(ValueError, match="'target'.*shape of 'input'"):
+            ops.cross_entropy(torch.randn(2, 5, 3), torch.rand(2, 5, 4))
+        with pytest.raises(TypeError, match="'target'"):
+            ops.cross_entropy(x, torch.complex(p, p))
+        with pytest.raises(TypeError, match="'input'"):
+            ops.cross_entropy(x.long(), p)
+        with pytest.raises(ValueError, match="'input'.*unbatched"):
+            ops.cross_entropy(x[0], p[0])
+        with pytest.raises(ValueError, match="'weight'"):
+            ops.cross_entropy(x, p, torch.ones(4))
+        with pytest.raises(ValueError, match="'weight'.*requires grad"):
+            ops.cross_entropy(x, p, torch.ones(5, requires_grad=True))
+        with pytest.raises(ValueError, match="label_smoothing"):
+            ops.cross_entropy(x, p, label_smoothing=1.5)
+        with pytest.raises(ValueError, match="reduction"):
+            ops.cross_entropy(x, p, reduction="avg")
+
+
+@pytest.mark.parametrize("reduction", [0, 1, 2])
+@pytest.mark.parametrize("need_grad", [False, True])
+def test_prob_targets_gpu_module_passes_the_launcher_its_arguments(reduction, need_grad, monkeypatch):
+    """The GPU backend module's glue without a GPU: the launchers are replaced by recorders (CPU tensors
+    stand in for device memory) and every pointer, stride, size and flag they receive is checked."""
+    from pyimgcls import _native
+    from pyimgcls.backends.cuda import softmax_xent as mod
+    calls = {}
+    monkeypatch.setattr(mod, "launch_args", lambda t: (3, 77))
+    monkeypatch.setattr(_native.C, "softmax_xent_prob_fwd_cuda", lambda *a: calls.setdefault("fwd", a),
+                        raising=False)
+    monkeypatch.setattr(_native.C, "softmax_xent_bwd_cuda", lambda *a: calls.setdefault("bwd", a), raising=False)
+    base = torch.randn(5, 16, dtype=torch.float16)
+    x = base[:, :7]                                   # row stride 16
+    t = torch.rand(5, 14, dtype=torch.float16)[:, ::2].contiguous()[:, :7]  # row stride 7
+    w = torch.rand(7, dtype=torch.float16)
+    loss, grad, denom = mod.prob_forward(x, t, w, reduction, 0.25, need_grad)
+    (dt, xp, sxn, tp, stn, wp, N, C, eps, red, lp, gp, sp, dp, dev, stream) = calls["fwd"]
+    assert (dt, xp, sxn, tp, stn, wp) == (_native.dtype_code(torch.float16), x.data_ptr(), 16, t.data_ptr(), 7,
+                                          w.data_ptr())
+    assert (N, C, eps, red, lp, dev, stream) == (5, 7, 0.25, reduction, loss.data_ptr(), 3, 77)
+    assert loss.shape == ((5,) if reduction == 0 else ()) and loss.dtype == torch.float16
+    assert gp == (grad.data_ptr() if need_grad else 0) and grad.shape == ((5, 7) if need_grad else (0,))
+    assert (sp != 0) == (reduction != 0)
+    assert dp == (denom.data_ptr() if reduction == 1 else 0) and denom.dtype == torch.float32
+    if need_grad:
+        go = torch.randn(5, dtype=torch.float16) if reduction == 0 else torch.tensor(1.0, dtype=torch.float16)
+        out = mod.backward(go, grad, None, denom, -100, reduction, False)
+        (dt, saved, tptr, t32, gop, gos, per_row, dptr, N, C, ign, outp, dev, stream) = calls["bwd"]
+        assert (saved, tptr, t32, gop, per_row, N, C, outp) == (grad.data_ptr(), 0, False, go.data_ptr(),
+                                                              reduction == 0, 5, 7, out.data_ptr())
+        assert dptr == (denom.data_ptr() if reduction == 1 else 0)
+
+
+@pytest.mark.parametrize("backend", PROB_BACKENDS)
+@pytest.mark.parametrize("option", PROB_OPTIONS[::2] + PROB_OPTIONS[1::4], ids=_prob_id)
+def test_prob_targets_tiled_rows(backend, option):
+    """Rows longer than one Triton register tile (8192) take its two-sweep path; on the CPU 9000
+    float32 logits are 5 chunks. Row 0 starts with an all -inf tile, row 1 is offset by 1e4."""
+    dev = device_for(backend)
+    x, t, w, go = _make_prob(3, 9000, torch.float32, dev, seed=7)
+    x[0, :8192] = float("-inf")
+    t[0, :8192] = 1e-5
+    x[1] += 1e4
+    weighted, reduction, ls = option
+    with backend_ctx(backend):
+        xg = x.clone().requires_grad_()
+        loss = ops.cross_entropy(xg, t, w if weighted else None, reduction=reduction, label_smoothing=ls)
+        loss.backward(go if reduction == "none" else None)
+    ref_loss, ref_gx, _ = _prob_reference(x, t, w if weighted else None, reduction, ls, go)
+    assert_close_to_reference(loss, ref_loss, scale=max(1.0, ref_loss.abs().max().item()) * 10)
+    torch.testing.assert_close(xg.grad.double().cpu(), ref_gx, rtol=1e-4, atol=1e-6)

@@ -25,9 +25,19 @@ Backward, ``_softmax_xent_bwd_kernel``: grad_in[i, :] = grad[i, :] * scale_i, sc
 rows, else grad_loss[i] (none), grad_loss (sum) or grad_loss / D (mean; NaN when D == 0).
   FLOPs: N*C.  Bytes: 2*N*C*itemsize + N*(target + grad_loss) bytes.  One launch.
 
+Forward with class-probability targets, ``_softmax_xent_prob_fwd_kernel`` (t [N, C] probabilities,
+any row stride, unit class stride; t' = (1 - eps) t + eps / C, v = w t', V_i = sum_c v[i, c]):
+    loss_i = V_i * lse_i - sum_c v[i, c] x[i, c] = V_i log S_i - sum_c v[i, c] (x[i, c] - m_i)
+    grad[i, j] = V_i softmax(x[i])_j - v[i, j]
+  Same tiling as the index-target kernel: SINGLE_TILE keeps the logit and target tiles in registers;
+  tiled rows sweep once for max / sum-exp / V and a second time (from L2) for sum v (x - m) and the
+  gradient. "mean" / "sum" reuse ``_softmax_xent_reduce_kernel`` with row weight 1 (D = N).
+  FLOPs ~ 8*N*C (+ N*C exp).  Minimum bytes: 2*N*C*itemsize read + N*C*itemsize written + N loss bytes.
+  Its backward is ``_softmax_xent_bwd_kernel`` with HAS_T=False (no ignored rows).
+
 Out-of-range targets are never dereferenced: that row's loss, weight and gradient are NaN.
 
-Test: pytest tests/test_softmax_xent.py -k triton   Benchmark: python benchmarks/bench_softmax_xent.py
+Test: pytest tests/test_softmax_xent.py -k "triton or prob"   Benchmark: python benchmarks/bench_softmax_xent.py
 """
 from __future__ import annotations
 
@@ -196,6 +206,93 @@ def _softmax_xent_fwd_kernel(
 
 
 @triton.jit
+def _softmax_xent_prob_fwd_kernel(
+    x_ptr, t_ptr, w_ptr, loss_ptr, rows_ptr, grad_ptr,
+    N, C, stride_xn, stride_tn, eps_hi, eps_lo,
+    HAS_W: tl.constexpr, WRITE_GRAD: tl.constexpr, PER_ROW: tl.constexpr,
+    ACC_FP64: tl.constexpr, SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    if ACC_FP64:
+        acc_ty = tl.float64
+    else:
+        acc_ty = tl.float32
+    eps = (tl.zeros((), acc_ty) + eps_hi) + eps_lo
+    ceps = 1.0 - eps
+    ec = eps / C
+    ninf = float("-inf")
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)      # [BLOCK_M]
+    rmask = rows < N
+    x_row = x_ptr + rows * stride_xn
+    t_row = t_ptr + rows * stride_tn
+    g_row = grad_ptr + rows * C
+    cols0 = tl.arange(0, BLOCK_C)
+
+    if SINGLE_TILE:
+        # The logit and target tiles stay in registers: max, exponentials, sums, gradient.
+        cmask = cols0 < C
+        mask = rmask[:, None] & cmask[None, :]
+        x = tl.load(x_row[:, None] + cols0[None, :], mask=mask, other=ninf).to(acc_ty)   # [BLOCK_M, BLOCK_C]
+        v = ceps * tl.load(t_row[:, None] + cols0[None, :], mask=mask, other=0.0).to(acc_ty) + ec
+        if HAS_W:
+            v *= tl.load(w_ptr + cols0, mask=cmask, other=0.0).to(acc_ty)[None, :]
+        v = tl.where(mask, v, 0.0)
+        m = tl.max(x, axis=1)
+        e = tl.exp(x - m[:, None])
+        s = tl.sum(e, axis=1)
+        V = tl.sum(v, axis=1)
+        # v * (x - m) is NaN for x = -inf, v = 0, as PyTorch's log_softmax(x) * t; masked lanes are 0
+        A = tl.sum(tl.where(mask, v * (x - m[:, None]), 0.0), axis=1)
+        if WRITE_GRAD:
+            g = V[:, None] * (e / s[:, None]) - v
+            tl.store(g_row[:, None] + cols0[None, :], g.to(grad_ptr.dtype.element_ty), mask=mask)
+    else:
+        # Sweep 1: online max / sum-exp (as the index-target kernel) and V.
+        m = tl.full((BLOCK_M,), ninf, acc_ty)
+        s = tl.zeros((BLOCK_M,), acc_ty)
+        V = tl.zeros((BLOCK_M,), acc_ty)
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + cols0
+            cmask = cols < C
+            mask = rmask[:, None] & cmask[None, :]
+            x = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=ninf).to(acc_ty)
+            v = ceps * tl.load(t_row[:, None] + cols[None, :], mask=mask, other=0.0).to(acc_ty) + ec
+            if HAS_W:
+                v *= tl.load(w_ptr + cols, mask=cmask, other=0.0).to(acc_ty)[None, :]
+            V += tl.sum(tl.where(mask, v, 0.0), axis=1)
+            tm = tl.max(x, axis=1)
+            tm = tl.where(tl.max(tl.where(x != x, 1, 0), axis=1) > 0, float("nan"), tm)
+            mn = _nan_max(m, tm)
+            alive = mn != ninf
+            mn_safe = tl.where(alive, mn, 0.0)
+            tile_s = tl.sum(tl.exp(x - mn_safe[:, None]), axis=1)
+            s = tl.where(alive, s * tl.exp(m - mn_safe) + tile_s, s)
+            m = mn
+        # Sweep 2 (tiles re-read from L2): sum v (x - m) against the final max, and the gradient.
+        A = tl.zeros((BLOCK_M,), acc_ty)
+        inv_s = 1.0 / s
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + cols0
+            cmask = cols < C
+            mask = rmask[:, None] & cmask[None, :]
+            x = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=ninf).to(acc_ty)
+            v = ceps * tl.load(t_row[:, None] + cols[None, :], mask=mask, other=0.0).to(acc_ty) + ec
+            if HAS_W:
+                v *= tl.load(w_ptr + cols, mask=cmask, other=0.0).to(acc_ty)[None, :]
+            v = tl.where(mask, v, 0.0)
+            A += tl.sum(tl.where(mask, v * (x - m[:, None]), 0.0), axis=1)
+            if WRITE_GRAD:
+                g = V[:, None] * (tl.exp(x - m[:, None]) * inv_s[:, None]) - v
+                tl.store(g_row[:, None] + cols[None, :], g.to(grad_ptr.dtype.element_ty), mask=mask)
+
+    loss = V * tl.log(s) - A
+    if PER_ROW:
+        tl.store(loss_ptr + rows, loss.to(loss_ptr.dtype.element_ty), mask=rmask)
+    else:
+        tl.store(rows_ptr + rows, loss.to(rows_ptr.dtype.element_ty), mask=rmask)
+        tl.store(rows_ptr + N + rows, tl.full((BLOCK_M,), 1.0, acc_ty).to(rows_ptr.dtype.element_ty), mask=rmask)
+
+
+@triton.jit
 def _softmax_xent_reduce_kernel(rows_ptr, loss_ptr, denom_ptr, N, MEAN: tl.constexpr, BLOCK: tl.constexpr):
     # One program: lane k sums rows k, k + BLOCK, ... in order, then one fixed tree -> deterministic.
     acc_l = tl.zeros((BLOCK,), rows_ptr.dtype.element_ty)
@@ -217,7 +314,7 @@ def _softmax_xent_reduce_kernel(rows_ptr, loss_ptr, denom_ptr, N, MEAN: tl.const
 def _softmax_xent_bwd_kernel(
     saved_ptr, t_ptr, go_ptr, denom_ptr, out_ptr,
     N, C, go_stride, ignore_index,
-    PER_ROW: tl.constexpr, MEAN: tl.constexpr, ACC_FP64: tl.constexpr,
+    PER_ROW: tl.constexpr, MEAN: tl.constexpr, ACC_FP64: tl.constexpr, HAS_T: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     if ACC_FP64:
@@ -226,7 +323,6 @@ def _softmax_xent_bwd_kernel(
         acc_ty = tl.float32
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)      # [BLOCK_M]
     rmask = rows < N
-    t = tl.load(t_ptr + rows, mask=rmask, other=0).to(tl.int64)
     # 1. Per-row scale: incoming gradient (per row or scalar), / D for the mean, 0 for ignored rows.
     if PER_ROW:
         g = tl.load(go_ptr + rows * go_stride, mask=rmask, other=0.0).to(acc_ty)
@@ -236,7 +332,11 @@ def _softmax_xent_bwd_kernel(
         d = tl.load(denom_ptr).to(acc_ty)
         # PyTorch's weighted mean with D == 0 gives NaN rows (0 * inf), not inf.
         g = tl.where(d == 0.0, float("nan"), g / d)
-    sc = tl.where(t == ignore_index, 0.0, g)
+    if HAS_T:
+        t = tl.load(t_ptr + rows, mask=rmask, other=0).to(tl.int64)
+        sc = tl.where(t == ignore_index, 0.0, g)
+    else:   # probability targets: no ignored rows
+        sc = g
     # 2. Scale the saved gradient rows, tile by tile.
     cols0 = tl.arange(0, BLOCK_C)
     for c0 in range(0, C, BLOCK_C):
@@ -290,17 +390,44 @@ def softmax_xent_fwd(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
                                           num_warps=1 if INTERPRET else 4)
 
 
-def softmax_xent_bwd(saved: torch.Tensor, target: torch.Tensor, grad_loss: torch.Tensor,
+def softmax_xent_prob_fwd(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, reduction: int,
+                          eps: float, loss: torch.Tensor, grad: torch.Tensor | None,
+                          denom: torch.Tensor | None) -> None:
+    """As softmax_xent_fwd for class-probability targets [N, C] (x's dtype, unit class stride); the
+    mean's denominator is N."""
+    N, C = x.shape
+    per_row = reduction == 0
+    acc64 = x.dtype == torch.float64
+    rows = torch.empty(2 * N if not per_row else 0, dtype=torch.float64 if acc64 else torch.float32,
+                       device=x.device)
+    if N > 0:
+        block_m, block_c, single, num_warps = _tiles(C)
+        eps_hi = struct.unpack("f", struct.pack("f", eps))[0]
+        _softmax_xent_prob_fwd_kernel[(triton.cdiv(N, block_m),)](
+            x, target, weight if weight is not None else x, loss, rows if not per_row else loss,
+            grad if grad is not None else x,
+            N, C, x.stride(0), target.stride(0), eps_hi, float(eps - eps_hi),
+            HAS_W=weight is not None, WRITE_GRAD=grad is not None, PER_ROW=per_row,
+            ACC_FP64=acc64, SINGLE_TILE=single, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps,
+        )
+    if not per_row:
+        # no rows: the sum is 0 and the mean 0 / 0 = NaN, as PyTorch
+        _softmax_xent_reduce_kernel[(1,)](rows, loss, denom if denom is not None else loss, N,
+                                          MEAN=reduction == 1, BLOCK=16 if INTERPRET else 1024,
+                                          num_warps=1 if INTERPRET else 4)
+
+
+def softmax_xent_bwd(saved: torch.Tensor, target: torch.Tensor | None, grad_loss: torch.Tensor,
                      denom: torch.Tensor | None, ignore_index: int, per_row: bool, out: torch.Tensor) -> None:
-    """out[i, :] = saved[i, :] * scale_i (see the module docstring)."""
+    """out[i, :] = saved[i, :] * scale_i (see the module docstring); target None: no ignored rows."""
     N, C = saved.shape
     if N == 0 or C == 0:
         return
     block_c = max(16, min(triton.next_power_of_2(C), 4096))
     block_m = max(1, TILE_ELEMS // block_c)
     _softmax_xent_bwd_kernel[(triton.cdiv(N, block_m),)](
-        saved, target, grad_loss, denom if denom is not None else grad_loss, out,
+        saved, target if target is not None else saved, grad_loss, denom if denom is not None else grad_loss, out,
         N, C, grad_loss.stride(0) if per_row else 0, ignore_index,
-        PER_ROW=per_row, MEAN=denom is not None, ACC_FP64=saved.dtype == torch.float64,
+        PER_ROW=per_row, MEAN=denom is not None, ACC_FP64=saved.dtype == torch.float64, HAS_T=target is not None,
         BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4 if block_m * block_c <= 2048 else 8,
     )

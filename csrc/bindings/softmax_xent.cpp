@@ -32,6 +32,18 @@ void bind_softmax_xent(py::module_& m) {
       },
       "fused cross-entropy forward on CPU; returns -1 or the first row with an out-of-range target");
   m.def(
+      "softmax_xent_prob_fwd_cpu",
+      [](int dt, uintptr_t x, int64_t sxn, uintptr_t target, int64_t stn, uintptr_t weight, int64_t N, int64_t C,
+         double label_smoothing, int reduction, uintptr_t loss, uintptr_t grad, uintptr_t denom) {
+        DType d = to_dtype(dt);
+        check_cpu_dtype(d);
+        cpu::XentReduction r = to_reduction(reduction);
+        py::gil_scoped_release nogil;
+        cpu::softmax_xent_prob_fwd(d, cptr(x), sxn, cptr(target), stn, cptr(weight), N, C, label_smoothing, r,
+                                   mptr(loss), mptr(grad), mptr(denom));
+      },
+      "fused cross-entropy forward with class-probability targets on CPU");
+  m.def(
       "softmax_xent_bwd_cpu",
       [](int dt, uintptr_t saved, uintptr_t target, bool target_i32, uintptr_t grad_loss, int64_t go_stride,
          bool per_row, uintptr_t denom, int64_t N, int64_t C, int64_t ignore_index, uintptr_t grad_in) {
@@ -59,6 +71,22 @@ void bind_softmax_xent(py::module_& m) {
                                static_cast<unsigned int*>(mptr(counter)), device, stream);
       },
       "fused cross-entropy forward on CUDA (one launch)");
+  m.def(
+      "softmax_xent_prob_fwd_cuda",
+      [](int dt, uintptr_t x, int64_t sxn, uintptr_t target, int64_t stn, uintptr_t weight, int64_t N, int64_t C,
+         double label_smoothing, int reduction, uintptr_t loss, uintptr_t grad, uintptr_t row_scratch,
+         uintptr_t denom, int device, uintptr_t stream) {
+        DType d = to_dtype(dt);
+        if (d == DType::Float64)
+          throw std::invalid_argument("CUDA kernels take float32, float16 or bfloat16, got float64");
+        to_reduction(reduction);
+        py::gil_scoped_release nogil;
+        cuda::softmax_xent_prob_fwd(d, cptr(x), sxn, cptr(target), stn, cptr(weight), N, C,
+                                    static_cast<float>(label_smoothing), reduction, mptr(loss), mptr(grad),
+                                    static_cast<float*>(mptr(row_scratch)), static_cast<float*>(mptr(denom)), device,
+                                    stream);
+      },
+      "fused cross-entropy forward with class-probability targets on CUDA (1 launch, 2 for mean / sum)");
   m.def(
       "softmax_xent_bwd_cuda",
       [](int dt, uintptr_t saved, uintptr_t target, bool target_i32, uintptr_t grad_loss, int64_t go_stride,

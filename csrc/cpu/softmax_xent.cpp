@@ -46,6 +46,9 @@
 //   + N*C*sizeof(T) written (gradient) + N * (target + loss) bytes.
 //   Backward: N*C multiplies; bytes = 2 * N*C*sizeof(T) + N * (target + grad_loss) bytes.
 //
+// Class-probability targets (softmax_xent_prob_fwd, "Forward with class-probability targets" below)
+//   use the same online max / sum-exp and chunking, with the target row read alongside the logits.
+//
 // Test and benchmark
 //   pytest tests/test_softmax_xent.py -k cpu
 //   pytest benchmarks/test_bench_softmax_xent_cpu.py
@@ -727,7 +730,8 @@ void bwd_t(const T* saved, const I* target, const T* go, int64_t go_stride, bool
   // out may be saved itself (the eager backward scales in place): element j is read before it is
   // written, by the same iteration.
   auto row = [&](int64_t i) {
-    const bool ignored = static_cast<int64_t>(target[i]) == ignore_index;
+    // target == null: probability targets, no row is ignored
+    const bool ignored = target != nullptr && static_cast<int64_t>(target[i]) == ignore_index;
     // Ignored rows: 0 * saved (the saved row is 0 * p), so only a NaN row stays NaN.
     const T sc = ignored ? T(0) : (per_row ? go[i * go_stride] : common);
     const T* s = saved + i * C;
@@ -743,6 +747,137 @@ void bwd_t(const T* saved, const I* target, const T* go, int64_t go_stride, bool
   for (int64_t i = 0; i < N; ++i) row(i);
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Forward with class-probability targets (softmax_xent_prob_fwd; header comment of the .h).
+//   With v_j = w_j t'_j = w_j ((1 - eps) t_j + eps / C) and V = sum_j v_j, per row:
+//   loss = V * lse - sum_j v_j x_j = V log S - sum_j v_j (x_j - M),  grad_j = V p_j - v_j.
+//   Same chunked online max / sum-exp as xent_row (the exponentials go straight into the gradient
+//   row); sum_j v_j (x_j - m_k) is accumulated per chunk against the chunk's running max and shifted
+//   to the final max afterwards, as the smoothing term is above, to avoid the cancellation of
+//   V * lse - sum_j v_j x_j for large logits. Reads x and t once each, writes the gradient once.
+//   Cost: ~ 9 * N * C FLOPs + N*C exps; bytes = 2 * N*C*sizeof(T) read + N*C*sizeof(T) written.
+// ---------------------------------------------------------------------------------------------
+
+// (sum_j v_j (x_j - m), sum_j v_j) over one chunk, v_j = w_j (ceps t_j + ec), w == null: w_j = 1.
+// Sums in T within a chunk (at most 8 KiB of logits), in double across chunks.
+template <typename T>
+inline void prob_chunk_sums(const T* x, const T* t, const T* w, int64_t n, T m, T ceps, T ec, T& a, T& v) {
+  T sa = T(0), sv = T(0);
+  if (w != nullptr) {
+#pragma omp simd reduction(+ : sa, sv)
+    for (int64_t j = 0; j < n; ++j) {
+      const T vj = w[j] * (ceps * t[j] + ec);
+      sa += vj * (x[j] - m);
+      sv += vj;
+    }
+  } else {
+#pragma omp simd reduction(+ : sa, sv)
+    for (int64_t j = 0; j < n; ++j) {
+      const T vj = ceps * t[j] + ec;
+      sa += vj * (x[j] - m);
+      sv += vj;
+    }
+  }
+  a = sa;
+  v = sv;
+}
+
+// g_j = f * g_j - w_j (ceps t_j + ec), in place (g holds exp(x_j - m_k) on entry).
+template <typename T>
+inline void prob_chunk_grad(T* g, const T* t, const T* w, int64_t n, T f, T ceps, T ec) {
+  if (w != nullptr) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) g[j] = f * g[j] - w[j] * (ceps * t[j] + ec);
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) g[j] = f * g[j] - (ceps * t[j] + ec);
+  }
+}
+
+// One row. mk / ak / vk: per-chunk scratch of nch elements (running max, shifted sum, sum of v).
+template <typename T>
+T prob_row(const Prims<T>& P, const T* x, const T* t, const T* w, int64_t C, int64_t K, int64_t nch, T ceps,
+           T ec, T* g, T* mk, T* ak, T* vk) {
+  constexpr T kInf = std::numeric_limits<T>::infinity();
+  T m = -kInf, s = T(0);
+  for (int64_t k = 0; k < nch; ++k) {
+    const int64_t j0 = k * K;
+    const int64_t n = std::min(K, C - j0);
+    const T* wj = w ? w + j0 : nullptr;
+    const T mn = nan_max(m, P.max(x + j0, n));
+    mk[k] = mn;
+    if (mn == -kInf) {
+      // All logits so far -inf (see xent_row): e_j = 0; the shift is applied from 0 below.
+      if (g != nullptr) std::fill(g + j0, g + j0 + n, T(0));
+      prob_chunk_sums(x + j0, t + j0, wj, n, T(0), ceps, ec, ak[k], vk[k]);
+      continue;
+    }
+    s = (s == T(0) ? T(0) : s * std::exp(m - mn)) + P.exp_sum(x + j0, n, mn, g ? g + j0 : nullptr);
+    m = mn;
+    prob_chunk_sums(x + j0, t + j0, wj, n, mn, ceps, ec, ak[k], vk[k]);
+  }
+  const T M = m, S = s, logS = std::log(S);
+  double sa = 0.0, sv = 0.0;  // sum_j v_j (x_j - M), V
+  for (int64_t k = 0; k < nch; ++k) {
+    sa += static_cast<double>((mk[k] == -kInf) ? ak[k] : ak[k] + vk[k] * (mk[k] - M));
+    sv += static_cast<double>(vk[k]);
+  }
+  const T V = static_cast<T>(sv);
+  const T loss = V * logS - static_cast<T>(sa);
+  if (g != nullptr) {
+    const T inv_s = T(1) / S;
+    for (int64_t k = 0; k < nch; ++k) {
+      const int64_t j0 = k * K;
+      const int64_t n = std::min(K, C - j0);
+      const T f = (mk[k] == M) ? inv_s : std::exp(mk[k] - M) * inv_s;
+      prob_chunk_grad(g + j0, t + j0, w ? w + j0 : nullptr, n, V * f, ceps, ec);
+    }
+  }
+  return loss;
+}
+
+template <typename T>
+void prob_fwd_t(Isa isa, const T* x, int64_t sxn, const T* target, int64_t stn, const T* w, int64_t N, int64_t C,
+                T eps, XentReduction red, T* loss, T* grad, T* denom) {
+  if (red == XentReduction::Mean) denom[0] = static_cast<T>(N);
+  if (N <= 0) {
+    if (red == XentReduction::Mean) loss[0] = std::numeric_limits<T>::quiet_NaN();  // 0 / 0, as PyTorch
+    if (red == XentReduction::Sum) loss[0] = T(0);
+    return;
+  }
+  const Prims<T> P = select_prims<T>(isa);
+  const int64_t K = 8192 / static_cast<int64_t>(sizeof(T));
+  const int64_t nch = std::max<int64_t>(ceil_div(C, K), 1);
+  // C == 0: eps / C is NaN, as in PyTorch's formula; the row then has no terms and its loss is
+  // V log S with V = 0 and S = 0, i.e. NaN, as PyTorch's 0-class log_softmax gives.
+  const T ceps = T(1) - eps, ec = eps / static_cast<T>(C);
+  const int nt = (N * std::max<int64_t>(C, 1) < kParallelMin) ? 1 : std::max(1, omp_get_max_threads());
+  const int64_t per_thread = 3 * nch;
+  std::vector<T> scratch(static_cast<size_t>(nt * per_thread));
+  std::vector<T> rows;  // per-row losses for mean / sum
+  if (red != XentReduction::None) rows.resize(static_cast<size_t>(N));
+  T* out = red == XentReduction::None ? loss : rows.data();
+  auto row = [&](int64_t i, T* mk) {
+    out[i] = prob_row(P, x + i * sxn, target + i * stn, w, C, K, C > 0 ? nch : 0, ceps, ec,
+                      grad ? grad + i * C : nullptr, mk, mk + nch, mk + 2 * nch);
+  };
+  if (nt == 1) {
+    for (int64_t i = 0; i < N; ++i) row(i, scratch.data());
+  } else {
+#pragma omp parallel num_threads(nt)
+    {
+      T* mk = scratch.data() + omp_get_thread_num() * per_thread;
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < N; ++i) row(i, mk);
+    }
+  }
+  if (red != XentReduction::None) {
+    double total = 0.0;  // fixed row order: the same bits for any thread count
+    for (int64_t i = 0; i < N; ++i) total += static_cast<double>(rows[i]);
+    loss[0] = static_cast<T>(red == XentReduction::Mean ? total / static_cast<double>(N) : total);
+  }
+}
 }  // namespace
 
 int64_t softmax_xent_fwd(DType dt, const void* x, int64_t sxn, const void* target, bool target_i32,
@@ -776,6 +911,21 @@ void softmax_xent_bwd(DType dt, const void* saved, const void* target, bool targ
   dispatch_float(dt, "CPU softmax_xent", [&](auto tag) {
     if (target_i32) run(tag, int32_t{});
     else run(tag, int64_t{});
+  });
+}
+
+void softmax_xent_prob_fwd(DType dt, const void* x, int64_t sxn, const void* target, int64_t stn,
+                           const void* weight, int64_t N, int64_t C, double label_smoothing,
+                           XentReduction reduction, void* loss, void* grad, void* denom) {
+  if (N < 0 || C < 0) throw std::invalid_argument("softmax_xent_prob_fwd: N and C must be >= 0");
+  if (reduction == XentReduction::Mean && denom == nullptr)
+    throw std::invalid_argument("softmax_xent_prob_fwd: reduction 'mean' needs the denominator output");
+  const Isa isa = active_isa();
+  dispatch_float(dt, "CPU softmax_xent_prob", [&](auto tag) {
+    using T = decltype(tag);
+    prob_fwd_t<T>(isa, static_cast<const T*>(x), sxn, static_cast<const T*>(target), stn,
+                  static_cast<const T*>(weight), N, C, static_cast<T>(label_smoothing), reduction,
+                  static_cast<T*>(loss), static_cast<T*>(grad), static_cast<T*>(denom));
   });
 }
 

@@ -43,6 +43,8 @@
 // Cost: forward ~ 5*N*C FLOPs + N*C exp; minimum bytes = N*C*itemsize read + N*C*itemsize written
 //   + N * (target + loss) bytes (+ 8N scratch). Backward: N*C multiplies; bytes = 2*N*C*itemsize.
 //
+// Class-probability targets: softmax_xent_prob_fwd_kernel (section "Class-probability targets" below).
+//
 // Test and benchmark
 //   pytest tests/test_softmax_xent.py -k cuda
 //   python benchmarks/bench_softmax_xent.py
@@ -440,7 +442,8 @@ softmax_xent_bwd_kernel(const BwdParams p) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * R + threadIdx.x / G;
   if (row >= p.N) return;  // no group-wide communication below
   // 1. Row scale: 0 for ignored rows (0 * saved keeps a NaN row NaN, as PyTorch).
-  const bool ignored = load_target(p.target, p.target_i32, row) == p.ignore_index;
+  // target null: class-probability targets, no row is ignored
+  const bool ignored = p.target != nullptr && load_target(p.target, p.target_i32, row) == p.ignore_index;
   float sc = 0.0f;
   if (!ignored) {
     sc = to_float(static_cast<const T*>(p.go)[p.per_row ? row * p.go_stride : 0]);
@@ -557,6 +560,139 @@ void bwd_t(const BwdParams& p, cudaStream_t stream) {
 #undef PYIMGCLS_XENT_BWD
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Class-probability targets (softmax_xent_prob_fwd_kernel, softmax_xent_prob_reduce_kernel).
+//   t [N, C] probabilities (row stride stn, unit class stride, dt), t' = (1 - eps) t + eps / C,
+//   v = w t', V = sum_c v_c:  loss = V log S - sum_c v_c (x_c - M),  grad_c = V e^(x_c - M) / S - v_c.
+//   One warp per row, 8 rows per 256-thread block, element j of a row in lane j % 32 (coalesced):
+//   sweep 1 keeps a per-lane online (max, sum-exp) pair and V, combined by a butterfly of warp
+//   shuffles (every lane ends with identical bits: each step adds the same two numbers); sweep 2
+//   re-reads the row (L1/L2-resident) for sum v (x - M) and writes the gradient. One exp per element
+//   per sweep. Reduction mean / sum: per-row losses to an fp32 scratch [N], then a one-block
+//   launch sums them in a fixed order in double (deterministic): 2 launches (none: 1).
+//   Cost: ~ 9*N*C FLOPs + 2*N*C exp; bytes >= 2*N*C*itemsize read + N*C*itemsize written.
+//   A simpler schedule than the index-target kernel (no register-resident tiles, no vector loads):
+//   correct for every C, not tuned.
+// ---------------------------------------------------------------------------------------------
+struct ProbFwdParams {
+  const void* x;
+  int64_t sxn;
+  const void* t;
+  int64_t stn;
+  const void* w;  // [C] or null
+  int64_t N, C;
+  float eps;
+  int reduction;
+  void* loss;      // [N] (none) or [] in dt
+  void* grad;      // [N, C] in dt or null
+  float* row_loss; // [N] fp32 scratch (mean / sum)
+};
+
+constexpr int kProbRowsPerBlock = 8;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Combine per-lane (max, sum of exp(x - max)) pairs over the warp.
+__device__ __forceinline__ void warp_max_sum(float& m, float& s) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float mo = __shfl_xor_sync(0xffffffffu, m, o), so = __shfl_xor_sync(0xffffffffu, s, o);
+    const float mn = nan_max(m, mo);
+    // a lane that has seen only -inf contributes 0 (exp(-inf - -inf) would be NaN)
+    const float a = (m == -kInf) ? 0.f : s * expf(m - mn);
+    const float b = (mo == -kInf) ? 0.f : so * expf(mo - mn);
+    s = a + b;  // a + b == b + a: both lanes of the pair get the same bits
+    m = mn;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256) softmax_xent_prob_fwd_kernel(const ProbFwdParams p) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kProbRowsPerBlock + (threadIdx.x >> 5);
+  if (row >= p.N) return;  // the whole warp leaves together
+  const T* x = static_cast<const T*>(p.x) + row * p.sxn;
+  const T* t = static_cast<const T*>(p.t) + row * p.stn;
+  const T* w = static_cast<const T*>(p.w);
+  const float ceps = 1.f - p.eps, ec = p.eps / static_cast<float>(p.C);
+  // 1. Online max / sum-exp per lane, and V.
+  float m = -kInf, s = 0.f, V = 0.f;
+  for (int64_t j = lane; j < p.C; j += 32) {
+    const float xv = to_float(x[j]);
+    float v = ceps * to_float(t[j]) + ec;
+    if (w != nullptr) v *= to_float(w[j]);
+    V += v;
+    if (xv > m) {
+      s = (m == -kInf ? 0.f : s * expf(m - xv)) + 1.f;
+      m = xv;
+    } else if (xv != xv) {
+      m = s = __int_as_float(0x7fc00000);  // a NaN logit makes the row NaN, as PyTorch
+    } else if (xv != -kInf) {
+      s += expf(xv - m);
+    }
+  }
+  warp_max_sum(m, s);
+  V = warp_sum(V);
+  // 2. sum v (x - M) and the gradient. M == -inf (all -inf) gives NaN through x - M, as PyTorch.
+  const float inv_s = 1.f / s;
+  T* g = p.grad != nullptr ? static_cast<T*>(p.grad) + row * p.C : nullptr;
+  float A = 0.f;
+  for (int64_t j = lane; j < p.C; j += 32) {
+    const float xv = to_float(x[j]);
+    float v = ceps * to_float(t[j]) + ec;
+    if (w != nullptr) v *= to_float(w[j]);
+    A += v * (xv - m);  // 0 * -inf = NaN for a -inf logit with v = 0, as PyTorch's log_softmax * t
+    if (g != nullptr) g[j] = from_float<T>(V * expf(xv - m) * inv_s - v);
+  }
+  A = warp_sum(A);
+  if (lane == 0) {
+    const float loss = V * logf(s) - A;
+    if (p.reduction == 0)
+      static_cast<T*>(p.loss)[row] = from_float<T>(loss);
+    else
+      p.row_loss[row] = loss;
+  }
+}
+
+// One block: thread k sums rows k, k + 256, ... in double, then a fixed tree; loss[0] = sum or
+// sum / N (N == 0: 0 / 0 = NaN, as PyTorch), denom[0] = N for the mean.
+template <typename T>
+__global__ void __launch_bounds__(256) softmax_xent_prob_reduce_kernel(const float* row_loss, int64_t N, int mean,
+                                                                       void* loss, float* denom) {
+  __shared__ double part[256];
+  double acc = 0.0;
+  for (int64_t i = threadIdx.x; i < N; i += 256) acc += static_cast<double>(row_loss[i]);
+  part[threadIdx.x] = acc;
+  __syncthreads();
+  for (int o = 128; o > 0; o >>= 1) {
+    if (static_cast<int>(threadIdx.x) < o) part[threadIdx.x] += part[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    const double total = mean ? part[0] / static_cast<double>(N) : part[0];
+    *static_cast<T*>(loss) = from_float<T>(static_cast<float>(total));
+    if (mean) *denom = static_cast<float>(N);
+  }
+}
+
+template <typename T>
+void prob_fwd_t(const ProbFwdParams& p, float* denom, cudaStream_t stream) {
+  if (p.N > 0) {
+    const int64_t blocks = (p.N + kProbRowsPerBlock - 1) / kProbRowsPerBlock;
+    if (blocks > 0x7fffffffLL) throw std::invalid_argument("softmax_xent_prob: too many rows for one launch");
+    softmax_xent_prob_fwd_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(p);
+    PYIMGCLS_CUDA_CHECK_LAUNCH();
+  }
+  if (p.reduction != 0) {
+    softmax_xent_prob_reduce_kernel<T><<<1, 256, 0, stream>>>(p.row_loss, p.N, p.reduction == 1, p.loss, denom);
+    PYIMGCLS_CUDA_CHECK_LAUNCH();
+  }
+}
 }  // namespace
 
 void softmax_xent_fwd(DType dt, const void* x, int64_t sxn, const void* target, bool target_i32,
@@ -589,6 +725,23 @@ void softmax_xent_bwd(DType dt, const void* saved, const void* target, bool targ
                     denom, N, C, ignore_index, grad_in};
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   dispatch_dtype(dt, "softmax_xent", [&](auto tag) { bwd_t<decltype(tag)>(p, s); });
+}
+
+void softmax_xent_prob_fwd(DType dt, const void* x, int64_t sxn, const void* target, int64_t stn,
+                           const void* weight, int64_t N, int64_t C, float label_smoothing, int reduction,
+                           void* loss, void* grad, float* row_scratch, float* denom, int device, uintptr_t stream) {
+  if (N < 0 || C < 0) throw std::invalid_argument("softmax_xent_prob_fwd: N and C must be >= 0");
+  if (reduction < 0 || reduction > 2)
+    throw std::invalid_argument("softmax_xent_prob_fwd: reduction must be 0, 1 or 2");
+  if (reduction != 0 && N > 0 && row_scratch == nullptr)
+    throw std::invalid_argument("softmax_xent_prob_fwd: mean / sum need the row scratch buffer");
+  if (reduction == 1 && denom == nullptr)
+    throw std::invalid_argument("softmax_xent_prob_fwd: reduction 'mean' needs the denominator output");
+  if (reduction == 0 && N == 0) return;
+  set_device(device);
+  const ProbFwdParams p{x, sxn, target, stn, weight, N, C, label_smoothing, reduction, loss, grad, row_scratch};
+  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  dispatch_dtype(dt, "softmax_xent_prob", [&](auto tag) { prob_fwd_t<decltype(tag)>(p, denom, s); });
 }
 
 }  // namespace pyimgcls::cuda

@@ -126,6 +126,12 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
                            label_smoothing=label_smoothing)
 
 
+def cross_entropy_prob(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, reduction: str,
+                       label_smoothing: float) -> torch.Tensor:
+    """F.cross_entropy with class-probability targets (target of the logits' shape, same dtype)."""
+    return F.cross_entropy(input, target, weight, reduction=reduction, label_smoothing=label_smoothing)
+
+
 # ----------------------------------------------------------------------------- batch norm
 def _bn_format(x, channels_last):
     return torch.channels_last if (channels_last and x.dim() == 4) else torch.contiguous_format

@@ -18,9 +18,17 @@ row's loss and gradient NaN -- so a mean or sum is NaN -- without synchronising 
 ``PYIMGCLS_CHECK_TARGETS=1`` to validate targets on the host first and raise the same error instead
 (one device-to-host synchronisation per call).
 
-Only class-index targets are supported: a floating-point target -- including PyTorch's
-class-probability form, a target of the logits' shape -- and unbatched 1-D logits raise a clear error
-naming the argument.
+Class-probability targets (a floating target of the logits' shape, as for MixUp / CutMix) run through
+a second pair of ops, ``pyimgcls::softmax_cross_entropy_prob`` and its backward: with
+t' = (1 - eps) t + eps / C and class weights w (1 without weights), per row
+    loss_n = -sum_c w_c t'_nc log_softmax(x_n)_c,   d loss_n / d x_n = (sum_c w_c t'_nc) softmax(x_n) - w t'_n
+and "mean" divides the sum by N (not by a weight sum), as PyTorch does. The forward kernel writes the
+loss and the logits' gradient in one pass, the backward scales it (the index-target backward kernels
+with no ignored rows). The target's gradient, -(1 - eps) w_c log_softmax(x_n)_c per unit of loss, is
+computed in PyTorch in the backward (only when the target requires grad). ignore_index must stay
+negative (PyTorch: "ignore_index is not supported for floating point target"); input, target and weight
+are promoted to their common dtype, as PyTorch's arithmetic does. Unbatched 1-D logits are not
+supported and raise a clear error naming the argument; class weights cannot require grad.
 """
 from __future__ import annotations
 
@@ -226,6 +234,203 @@ _EagerXent = _eager.function(_forward, _xent_setup_context, _xent_backward, inpu
                              name=_OP)
 
 
+# ----------------------------------------------------------------------------- probability targets
+def _prob_forward(x, target, weight, reduction, eps, need_grad, backend):
+    """(loss, grad or empty, denom or empty) for logits x [N, C] and probability targets [N, C], both
+    with unit class stride, in one dtype; denom is N for "mean"."""
+    return backends.kernels(backend, _FAMILY).prob_forward(x, target, weight, reduction, eps, need_grad)
+
+
+def _prob_backward(grad_loss, saved, denom, reduction, backend, in_place=False):
+    """grad_input = saved scaled per row: the index-target backward with no ignored row (target None)."""
+    return backends.kernels(backend, _FAMILY).backward(grad_loss, saved, None, denom, -100, reduction, in_place)
+
+
+def _prob_backward_in_place(grad_loss, saved, denom, reduction, backend):
+    return _prob_backward(grad_loss, saved, denom, reduction, backend, True)
+
+
+@torch.library.custom_op("pyimgcls::softmax_cross_entropy_prob", mutates_args=())
+def _prob_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, reduction: int,
+             label_smoothing: float, need_grad: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _prob_forward(input, target, weight, reduction, label_smoothing, need_grad, backend)
+
+
+@_prob_op.register_fake
+def _(input, target, weight, reduction, label_smoothing, need_grad, backend):
+    N, C = input.shape
+    loss = input.new_empty((N,) if reduction == _NONE else ())
+    grad_dtype = (torch.float32 if input.dtype in _LOW_PRECISION and backends.TABLE[backend].upcasts_low_precision
+                  else input.dtype)
+    grad = input.new_empty((N, C), dtype=grad_dtype) if need_grad else input.new_empty((0,))
+    acc = _acc_dtype(input.dtype)
+    denom = input.new_empty((), dtype=acc) if reduction == _MEAN else input.new_empty((0,), dtype=acc)
+    return loss, grad, denom
+
+
+@torch.library.custom_op("pyimgcls::softmax_cross_entropy_prob_backward", mutates_args=())
+def _prob_backward_op(grad_loss: torch.Tensor, saved_grad: torch.Tensor, denom: torch.Tensor, reduction: int,
+                      backend: str) -> torch.Tensor:
+    return _prob_backward(grad_loss, saved_grad, denom, reduction, backend)
+
+
+@_prob_backward_op.register_fake
+def _(grad_loss, saved_grad, denom, reduction, backend):
+    return saved_grad.new_empty(saved_grad.shape, dtype=grad_loss.dtype)
+
+
+def _prob_setup_context(ctx, inputs, output):
+    _, grad, denom = output
+    _eager.mark_auxiliary(ctx, grad, denom)
+    ctx.save_for_backward(grad, inputs[1], denom)
+    ctx.args, ctx.x_version = inputs, inputs[0]._version
+
+
+def _prob_scale(grad_loss, reduction, N, acc):
+    """The per-row factor [N, 1] (or a scalar) of the reduction, in dtype ``acc``."""
+    go = grad_loss.to(acc)
+    if reduction == _NONE:
+        return go[:, None]
+    return go / N if reduction == _MEAN else go
+
+
+def _prob_backward_fn(ctx, grad_loss, _grad_grad=None, _grad_denom=None):
+    saved, target, denom = ctx.saved_tensors
+    x, _, weight, reduction, eps, _, backend = ctx.args
+    grad_x = grad_t = None
+    graph = _eager.graph_mode(grad_loss, x, target)
+    if graph and x._version != ctx.x_version:
+        raise RuntimeError(
+            f"{_OP}: one of the variables needed for gradient computation has been modified by an inplace "
+            "operation: argument 'input' was changed in place after the forward pass")
+    N, C = x.shape
+    acc = _acc_dtype(x.dtype)
+    w = weight.to(acc) if weight is not None else None
+    if ctx.needs_input_grad[0]:
+        if saved.dim() != 2:
+            raise RuntimeError(f"{_OP}: the forward ran without gradient tracking, so no gradient was saved")
+        backward = _eager.pick(ctx, _prob_backward_op, _prob_backward, _prob_backward_in_place)
+        grad_x = backward(grad_loss, saved, denom, reduction, backend)
+        if graph:
+            # the same value rebuilt from differentiable operations, as _graph_grad does for index targets
+            v = (1.0 - eps) * target.to(acc) + eps / C
+            if w is not None:
+                v = v * w
+            g = (v.sum(1, keepdim=True) * torch.softmax(x.to(acc), dim=1) - v) * _prob_scale(grad_loss, reduction,
+                                                                                            N, acc)
+            g = g.to(grad_x.dtype)
+            grad_x = grad_x.detach() + (g - g.detach())
+    if ctx.needs_input_grad[1]:
+        # d loss_n / d t_nc = -(1 - eps) w_c log_softmax(x_n)_c: PyTorch operations, differentiable under
+        # create_graph=True; only computed when the target requires grad
+        lp = torch.log_softmax(x.to(acc), dim=1)
+        if w is not None:
+            lp = lp * w
+        grad_t = (lp * (-(1.0 - eps)) * _prob_scale(grad_loss, reduction, N, acc)).to(target.dtype)
+    return grad_x, grad_t, None, None, None, None, None
+
+
+_prob_op.register_autograd(_prob_backward_fn, setup_context=_prob_setup_context)
+# logits and target can require grad (inputs=2); the loss is the only result
+_EagerProb = _eager.function(_prob_forward, _prob_setup_context, _prob_backward_fn, inputs=2, results=1,
+                             name=_OP + "_prob")
+
+
+def _prob_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing):
+    """softmax_cross_entropy for a floating ``target`` (class probabilities): checks, then the prob op."""
+    op = _OP
+    check_float(input, "input", op)
+    if target.dtype not in _FLOAT_TARGET_DTYPES:
+        raise ArgumentTypeError(
+            f"{op}: argument 'target' has dtype {target.dtype}: expected class indices (int64) or class "
+            "probabilities (float32, float64, float16, bfloat16)")
+    if (reduction.__class__ is not str and not isinstance(reduction, str)) or reduction not in REDUCTIONS:
+        raise ArgumentValueError(
+            f"{op}: {reduction!r} is not a valid value for reduction: argument 'reduction' must be "
+            "'none', 'mean' or 'sum'")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ArgumentTypeError(f"{op}: argument 'ignore_index' must be an int, got {type(ignore_index).__name__}")
+    if ignore_index >= 0:
+        raise ArgumentValueError(
+            f"{op}: argument 'ignore_index' ({ignore_index}) must stay negative with class-probability "
+            "targets: ignore_index is not supported for floating point target")
+    if not isinstance(label_smoothing, (int, float)):
+        raise ArgumentTypeError(
+            f"{op}: argument 'label_smoothing' must be a float, got {type(label_smoothing).__name__}")
+    if label_smoothing > 1.0:
+        raise ArgumentValueError(
+            f"{op}: argument 'label_smoothing' must be between 0.0 and 1.0, got {label_smoothing}")
+    shape, tshape = input.shape, target.shape
+    if input.dim() < 2:
+        raise ArgumentValueError(
+            f"{op}: argument 'input' must be 2-D logits [N, C] (or [N, C, d1, ...]); got shape {tuple(shape)} "
+            "-- unbatched logits are not supported, use input[None] and target[None]")
+    if tshape != shape:
+        if tshape == (shape[0],) + tuple(shape[2:]):
+            raise ArgumentTypeError(
+                f"{op}: argument 'target' has the shape of class indices {tuple(tshape)} but dtype {target.dtype}; "
+                "class indices must be int64 (or int32 / uint8), class probabilities must have the shape of "
+                f"'input' {tuple(shape)}")
+        if len(tshape) >= 1 and tshape[0] != shape[0]:
+            raise ArgumentValueError(
+                f"{op}: argument 'target' has shape {tuple(tshape)} but 'input' has shape {tuple(shape)} "
+                f"(Expected input batch_size ({shape[0]}) to match target batch_size ({tshape[0]}))")
+        raise ArgumentValueError(
+            f"{op}: argument 'target' has shape {tuple(tshape)}; class-probability targets must have the "
+            f"shape of 'input' {tuple(shape)} (class indices have shape {(shape[0],) + tuple(shape[2:])})")
+    device = input.device
+    check_same_device(input, "input", target, "target", op)
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    if weight is not None:
+        C = shape[1]
+        check_tensor(weight, "weight", op)
+        check_float(weight, "weight", op)
+        check_same_device(input, "input", weight, "weight", op)
+        if weight.dim() != 1 or weight.shape[0] != C:
+            raise ArgumentValueError(
+                f"{op}: argument 'weight' must have one entry per class ({C}), got shape {tuple(weight.shape)}")
+        if weight.requires_grad and torch.is_grad_enabled():
+            raise ArgumentValueError(
+                f"{op}: argument 'weight' requires grad; gradients with respect to the class weights are not "
+                "supported")
+        dtype = torch.promote_types(dtype, weight.dtype)
+    if torch.is_autocast_enabled(device.type) and dtype in _LOW_PRECISION:
+        dtype = torch.float32   # PyTorch's AMP rule for cross_entropy: run in float32
+    # PyTorch's arithmetic promotes logits, target and weight to one dtype (and differentiates the casts)
+    if input.dtype != dtype:
+        input = input.to(dtype)
+    if target.dtype != dtype:
+        target = target.to(dtype)
+    if weight is not None and weight.dtype != dtype:
+        weight = weight.to(dtype)
+    backend = _backend.resolve(device, _OP)
+    check_backend_dtype(backend, input, "input", _OP)
+    label_smoothing = max(float(label_smoothing), 0.0)
+    if backends.TABLE[backend].yardstick:
+        return reference.cross_entropy_prob(input, target, weight, reduction, label_smoothing)
+    if input.dim() > 2:
+        x = input.movedim(1, -1).reshape(-1, shape[1])
+        t = target.movedim(1, -1).reshape(-1, shape[1])
+    else:
+        x, t = input, target
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if t.stride(1) != 1:
+        t = t.contiguous()
+    if weight is not None and not weight.is_contiguous():
+        weight = weight.contiguous()
+    red = REDUCTIONS[reduction]
+    need_grad = torch.is_grad_enabled() and input.requires_grad
+    loss = _eager.call(_prob_op, _EagerProb, _prob_forward, (x, t, weight, red, label_smoothing, need_grad, backend),
+                       (x, t, weight))
+    if red == _NONE and input.dim() > 2:
+        loss = loss.reshape((shape[0],) + tuple(shape[2:]))
+    return loss
+
+
+_FLOAT_TARGET_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 # ----------------------------------------------------------------------------- public API
 def _check_args(input, target, weight, ignore_index, reduction, label_smoothing):
     """Every argument error, each naming the argument. Ordered so the common, valid call runs few
@@ -238,10 +443,6 @@ def _check_args(input, target, weight, ignore_index, reduction, label_smoothing)
     check_float(input, "input", op)
     tdtype = target.dtype
     if tdtype not in _TARGET_DTYPES:
-        if target.is_floating_point() or target.is_complex():
-            raise ArgumentTypeError(
-                f"{op}: argument 'target' has dtype {tdtype}; only class-index targets (int64 or int32, "
-                f"shape [N]) are supported -- probability (soft-label) targets are not supported")
         raise ArgumentTypeError(f"{op}: argument 'target' must hold class indices as int64 or int32, got {tdtype}")
     if (reduction.__class__ is not str and not isinstance(reduction, str)) or reduction not in REDUCTIONS:
         raise ArgumentValueError(
@@ -277,8 +478,9 @@ def _check_args(input, target, weight, ignore_index, reduction, label_smoothing)
         expected = (shape[0],) + tuple(shape[2:])
         if tshape == shape:
             raise ArgumentTypeError(
-                f"{op}: argument 'target' has the shape of 'input' {tuple(shape)}; probability "
-                "(soft-label) targets are not supported, pass class indices of shape [N]")
+                f"{op}: argument 'target' has the shape of 'input' {tuple(shape)} and dtype {tdtype}: class "
+                "probabilities must be floating (Expected floating point type for target with class "
+                "probabilities), class indices have shape [N]")
         raise ArgumentValueError(
             f"{op}: argument 'target' has shape {tuple(tshape)} but 'input' of shape {tuple(shape)} "
             f"needs target shape {expected} (Expected input batch_size ({shape[0]}) to match target "
@@ -363,8 +565,8 @@ def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: tor
                           label_smoothing: float = 0.0) -> torch.Tensor:
     """``torch.nn.functional.cross_entropy(input, target, weight, ignore_index=..., reduction=...,
     label_smoothing=...)`` for logits [N, C] (also [N, C, d1, ...]) and class-index targets [N]
-    (int64; int32 and uint8 accepted). Probability (soft-label) targets and unbatched 1-D logits are
-    not supported and raise a clear error.
+    (int64; int32 and uint8 accepted) or class-probability targets of the logits' shape (floating; see
+    the module docstring). Unbatched 1-D logits are not supported and raise a clear error.
 
     Loss and gradient come from one fused pass over the logits in float32 arithmetic (float64 for
     float64 inputs); under autocast the logits are computed in float32, as PyTorch does."""
@@ -375,6 +577,9 @@ def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: tor
             return loss
     if type(ignore_index) is not int or type(label_smoothing) is not float:
         ignore_index, label_smoothing = _scalar_args(ignore_index, label_smoothing)
+    if (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor)
+            and (target.is_floating_point() or target.is_complex())):
+        return _prob_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
     device = _check_args(input, target, weight, ignore_index, reduction, label_smoothing)
     if input.dtype in _LOW_PRECISION and torch.is_autocast_enabled(device.type):
         # PyTorch's AMP rule for cross_entropy: run in float32.

@@ -14,6 +14,12 @@ Entry points (same signature in every backend folder; reduction is 0 "none", 1 "
         grad_loss ("sum") or grad_loss / denom ("mean"), 0 for ignored rows, in grad_loss's dtype.
         in_place: the caller owns ``saved`` and drops it afterwards, so the backend may write into
         it and return it (this one does; the others allocate).
+        target None: probability targets, no row is ignored (ignore_index unused).
+    prob_forward(x, target, weight, reduction, eps, need_grad) -> (loss, grad, denom)
+        class-probability targets: target [N, C] in x's dtype with unit class stride (any row stride);
+        loss and grad as forward (grad_n = (sum_c w_c t'_nc) softmax(x_n) - w t'_n with
+        t' = (1 - eps) t + eps / C); denom N for "mean" (same dtype as forward's), else empty. Its
+        backward is backward(..., target=None, ...).
 float16/bfloat16 inputs are computed in float32 (docs/architecture.md, "Dtypes"): the loss is returned in
 their dtype, the saved gradient stays float32 and the backward returns grad_loss's dtype."""
 from __future__ import annotations
@@ -48,6 +54,23 @@ def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
     return loss, grad, denom
 
 
+def prob_forward(x, target, weight, reduction, eps, need_grad):
+    dtype = x.dtype
+    if dtype in _LOW_PRECISION:
+        loss, grad, denom = prob_forward(x.float(), target.float(), None if weight is None else weight.float(),
+                                         reduction, eps, need_grad)
+        return loss.to(dtype), grad, denom
+    N, C = x.shape
+    loss = _alloc.new_empty(x, (N,) if reduction == _NONE else ())
+    grad = _alloc.empty_like(x) if need_grad else x.new_empty((0,))
+    denom = _alloc.new_empty(x, ()) if reduction == _MEAN else x.new_empty((0,))
+    _native.C.softmax_xent_prob_fwd_cpu(
+        _native.DTYPE_CODES[dtype], x.data_ptr(), x.stride(0), target.data_ptr(), target.stride(0),
+        weight.data_ptr() if weight is not None else 0, N, C, eps, reduction, loss.data_ptr(),
+        grad.data_ptr() if need_grad and N * C else 0, denom.data_ptr() if reduction == _MEAN else 0)
+    return loss, grad, denom
+
+
 def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place):
     out_dtype = grad_loss.dtype
     if saved.dtype != out_dtype:
@@ -59,9 +82,10 @@ def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place)
         return out
     per_row = reduction == _NONE
     go_stride = grad_loss.stride(0) if per_row else 0
-    t32 = target.dtype == torch.int32
+    t32 = target is not None and target.dtype == torch.int32
+    t_ptr = target.data_ptr() if target is not None else 0
     d_ptr = denom.data_ptr() if reduction == _MEAN else 0
-    _native.C.softmax_xent_bwd_cpu(_native.dtype_code(saved.dtype), saved.data_ptr(), target.data_ptr(), t32,
+    _native.C.softmax_xent_bwd_cpu(_native.dtype_code(saved.dtype), saved.data_ptr(), t_ptr, t32,
                                    grad_loss.data_ptr(), go_stride, per_row, d_ptr, N, C, ignore_index,
                                    out.data_ptr())
     return out

@@ -1,11 +1,13 @@
 """Softmax-cross-entropy family on our CUDA C++ kernels (csrc/cuda/softmax_xent.cu). Entry points and
 their contracts: pyimgcls/backends/cpu/softmax_xent.py. Launchers take raw pointers, sizes, the device
-index and stream; out-of-range targets make NaN rows without a host synchronisation."""
+index and stream; out-of-range targets make NaN rows without a host synchronisation. Class-probability
+targets: prob_forward (softmax_xent_prob_fwd_cuda); their backward is backward with target None."""
 from __future__ import annotations
 
 import torch
 
 from ... import _native
+from ...ops import _alloc
 from ...ops.softmax_xent import _MEAN, _NONE, _backward_output, _kernel_outputs
 from . import launch_args
 
@@ -36,6 +38,22 @@ def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
     return loss, grad, denom
 
 
+def prob_forward(x, target, weight, reduction, eps, need_grad):
+    N, C = x.shape
+    dev = x.device
+    loss = _alloc.empty((N,) if reduction == _NONE else (), x.dtype, dev)
+    grad = _alloc.empty((N, C), x.dtype, dev) if need_grad else x.new_empty((0,))
+    denom = (_alloc.empty((), torch.float32, dev) if reduction == _MEAN
+             else x.new_empty((0,), dtype=torch.float32))
+    scratch = torch.empty(N if reduction != _NONE else 0, dtype=torch.float32, device=dev)
+    _native.C.softmax_xent_prob_fwd_cuda(
+        _native.dtype_code(x.dtype), x.data_ptr(), x.stride(0), target.data_ptr(), target.stride(0),
+        weight.data_ptr() if weight is not None else 0, N, C, eps, reduction, loss.data_ptr(),
+        grad.data_ptr() if need_grad and grad.numel() else 0, scratch.data_ptr() if scratch.numel() else 0,
+        denom.data_ptr() if reduction == _MEAN else 0, *launch_args(x))
+    return loss, grad, denom
+
+
 def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place):
     N, C = saved.shape
     out, work = _backward_output(saved)
@@ -43,7 +61,8 @@ def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place)
         return out
     per_row = reduction == _NONE
     _native.C.softmax_xent_bwd_cuda(
-        _native.dtype_code(saved.dtype), saved.data_ptr(), target.data_ptr(), target.dtype == torch.int32,
+        _native.dtype_code(saved.dtype), saved.data_ptr(), target.data_ptr() if target is not None else 0,
+        target is not None and target.dtype == torch.int32,
         grad_loss.data_ptr(), grad_loss.stride(0) if per_row else 0, per_row,
         denom.data_ptr() if reduction == _MEAN else 0, N, C, ignore_index, out.data_ptr(), *launch_args(saved))
     return out

@@ -38,9 +38,26 @@ def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
     return loss, grad, denom
 
 
+def prob_forward(x, target, weight, reduction, eps, need_grad):
+    N, C = x.shape
+    acc = _acc_dtype(x.dtype)
+    xa, w = x.to(acc), None if weight is None else weight.to(acc)
+    loss = reference.cross_entropy_prob(xa, target.to(acc), w, _REDUCTION_NAMES[reduction], eps).to(x.dtype)
+    grad = x.new_empty((0,))
+    if need_grad:
+        v = (1.0 - eps) * target.to(acc) + eps / C
+        if w is not None:
+            v = v * w
+        grad = (v.sum(1, keepdim=True) * torch.softmax(xa, dim=1) - v).to(x.dtype)
+    denom = xa.new_full((), float(N)) if reduction == _MEAN else x.new_empty((0,), dtype=acc)
+    return loss, grad, denom
+
+
 def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place):
     acc = _acc_dtype(saved.dtype)
     go = grad_loss.to(acc)
     scale = go[:, None] if reduction == _NONE else (go / denom if reduction == _MEAN else go)
+    if target is None:   # probability targets: no ignored rows
+        return (saved.to(acc) * scale).to(grad_loss.dtype)
     out = torch.where((target != ignore_index)[:, None], saved.to(acc) * scale, 0.0)
     return out.to(grad_loss.dtype)
