@@ -195,6 +195,12 @@ def _add_train_parser(sub) -> None:
                    help="RandAugment magnitude, 0..30")
     g.add_argument("--random-erasing", type=_number(float, 0, 1), default=0.0, metavar="P",
                    help="random erasing probability per image (the rectangle gets the data set mean)")
+    g.add_argument("--mixup", type=_NONNEG_FLOAT, default=0.0, metavar="ALPHA",
+                   help="MixUp with Beta(ALPHA, ALPHA) weights (0: off; 0.2 is common); targets become class "
+                        "probabilities, label smoothing still applies (as torchvision's reference script)")
+    g.add_argument("--cutmix", type=_NONNEG_FLOAT, default=0.0, metavar="ALPHA",
+                   help="CutMix with Beta(ALPHA, ALPHA) box areas (0: off; 1.0 is common); with --mixup too, each "
+                        "batch takes one of the two")
     g = s.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_POS_INT, default=15, help="training epochs")
     g.add_argument("--batch-size", type=_POS_INT, default=32, help="per process")

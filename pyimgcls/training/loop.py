@@ -26,6 +26,7 @@ import torch
 from .. import _backend, backends
 from ..data import Augment, DataError, TensorSplit, batch_generator, load_dataset, load_image
 from ..data import normalize, split_validation, standard_augment
+from ..data.mix import mix_batch
 from ..errors import ArgumentValueError, BackendError
 from . import checkpoint as ckpt_mod
 from . import distributed as D
@@ -40,7 +41,7 @@ RESUME_KEYS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "mome
                "schedule", "warmup_epochs", "step_size", "gamma", "label_smoothing", "seed", "augment", "image_size",
                "in_channels", "num_classes", "synthetic_size", "limit_train", "limit_test", "pretrained",
                "freeze_backbone", "amp", "val_fraction", "accumulate", "ema_decay", "clip_grad_norm", "randaugment",
-               "randaugment_magnitude", "random_erasing")
+               "randaugment_magnitude", "random_erasing", "mixup", "cutmix")
 # Settings a resume never takes from the checkpoint: they say where and how this command runs.
 _RUN_LOCAL_KEYS = ("out", "resume", "overwrite", "config")
 
@@ -863,9 +864,15 @@ class _Run:
         args, device, k = self.args, self.device, self.accumulate
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
+        gen = batch_generator(args.seed, epoch, step, self.info.rank)
         # erased rectangles get the data set mean, i.e. 0 after normalisation (as torchvision's RandomErasing)
-        x = self.aug(x, batch_generator(args.seed, epoch, step, self.info.rank), erase_fill=self.mean_t)
+        x = self.aug(x, gen, erase_fill=self.mean_t)
         x = normalize(x, self.mean_t, self.std_t)
+        target = y
+        mixup, cutmix = getattr(args, "mixup", 0.0), getattr(args, "cutmix", 0.0)
+        if mixup > 0 or cutmix > 0:
+            # probability targets [N, classes] for the loss; accuracy is still counted against y
+            x, target, _, _ = mix_batch(x, y, self.ds.num_classes, mixup, cutmix, gen)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         boundary = (step + 1) % k == 0 or step + 1 == n_batches
@@ -876,7 +883,7 @@ class _Run:
         with sync:
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = self.net(x)
-                loss = self.criterion(logits.float(), y)
+                loss = self.criterion(logits.float(), target)
             self.watch.update(loss, self.global_step + 1)
             if self.watch.bad_step is not None and not self.info.enabled:
                 # Known without a sync (eager): stop before the non-finite update. Under torchrun the
