@@ -252,6 +252,9 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out (default: runs/latest) exactly where it stopped; settings not "
                         "given come from its checkpoint; a larger --epochs extends it")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to OUT/tensorboard (per-epoch losses, accuracies, "
+                        "learning rate, images/s; test metrics at the end): tensorboard --logdir runs")
     g.add_argument("--no-plots", action="store_true", help="skip curves.png and confusion_matrix.png")
     g.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=cmd_train)

@@ -722,3 +722,17 @@ def test_mixup_cutmix_train_on_our_kernels_like_the_reference(tmp_path):
         for k in ("train_loss", "val_loss"):
             assert a[k] == pytest.approx(b[k], rel=2e-3), (k, a, b)
     assert run_cli("train", *TINY, "--mixup", -1, "--out", tmp_path / "x") == 2
+
+
+def test_tensorboard_event_files(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert run_cli("train", *TINY, "--epochs", 2, "--kernels", "cpu", "--tensorboard", "--out", out) == 0
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr", "test/accuracy"} <= tags
+    assert [e.step for e in acc.Scalars("val/accuracy")] == [1, 2]
+    m = read_metrics(out)
+    assert acc.Scalars("test/accuracy")[-1].value == pytest.approx(m["test_accuracy"])

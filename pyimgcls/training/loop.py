@@ -381,6 +381,16 @@ def evaluate(model, split, mean_t, std_t, device, batch_size: int, info: D.DistI
     return t, s, total_loss / max(1, len(t))
 
 
+def _tensorboard_writer(log_dir: str, first_epoch: int):
+    """TensorBoard event files in the run folder, one point per epoch. ``purge_step``: a resumed run
+    drops events a crash left after its checkpoint, so the curves never double back."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ArgumentValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(log_dir, purge_step=first_epoch)
+
+
 # --------------------------------------------------------------------------------- model summary
 def model_summary(model: torch.nn.Module, in_channels: int, image_size: int, device: torch.device) -> str:
     """One line: the layer count by type and the multiply-accumulates of one image, counted with
@@ -641,8 +651,11 @@ class _Run:
         if args.compile:
             self.net = torch.compile(self.net)
         self.kill_at = int(os.environ.get("PYIMGCLS_TEST_KILL_AFTER_STEP", "0"))   # tests: SIGKILL after step N
+        self.tb = None
         if info.is_main:
             write_json(_config(args), os.path.join(self.out, "config.json"))
+            if getattr(args, "tensorboard", False):
+                self.tb = _tensorboard_writer(os.path.join(self.out, "tensorboard"), len(self.history) + 1)
 
     # ---------------------------------------------------------------------------------- set-up
     def _load_resume(self) -> dict:
@@ -944,6 +957,12 @@ class _Run:
         self.acc = [0.0, 0.0, 0.0]
         if info.is_main:
             write_history_csv(self.history, os.path.join(self.out, "history.csv"))
+            if self.tb is not None:
+                for key, value in rec.items():
+                    if key != "epoch" and value is not None:
+                        self.tb.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key,
+                                           value, epoch + 1)
+                self.tb.flush()
             if improved:
                 ckpt_mod.atomic_save({"format": ckpt_mod.FORMAT, "meta": self.meta,
                                       "model": self.eval_model.state_dict(), "epoch": epoch + 1, "val_accuracy": self.best_acc, "config": _config(args)},
@@ -993,6 +1012,10 @@ class _Run:
             "history": history, "config": _config(args)}
         if info.is_main:
             write_json(metrics, os.path.join(out, "metrics.json"))
+            if self.tb is not None:
+                for key in ("test_accuracy", "test_loss", "test_top5_accuracy"):
+                    self.tb.add_scalar(key.replace("_", "/", 1), metrics[key], len(history))
+                self.tb.close()
             if not args.no_plots:
                 plot_curves(history, os.path.join(out, "curves.png"))
                 plot_confusion(m["confusion_matrix"], ds.class_names, os.path.join(out, "confusion_matrix.png"),
