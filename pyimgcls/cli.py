@@ -195,6 +195,12 @@ def _add_train_parser(sub) -> None:
                    help="RandAugment magnitude, 0..30")
     g.add_argument("--random-erasing", type=_number(float, 0, 1), default=0.0, metavar="P",
                    help="random erasing probability per image (the rectangle gets the data set mean)")
+    g.add_argument("--mixup", type=_NONNEG_FLOAT, default=0.0, metavar="ALPHA",
+                   help="MixUp with Beta(ALPHA, ALPHA) weights (0: off; 0.2 is common); targets become class "
+                        "probabilities, label smoothing still applies (as torchvision's reference script)")
+    g.add_argument("--cutmix", type=_NONNEG_FLOAT, default=0.0, metavar="ALPHA",
+                   help="CutMix with Beta(ALPHA, ALPHA) box areas (0: off; 1.0 is common); with --mixup too, each "
+                        "batch takes one of the two")
     g = s.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_POS_INT, default=15, help="training epochs")
     g.add_argument("--batch-size", type=_POS_INT, default=32, help="per process")
@@ -246,6 +252,9 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out (default: runs/latest) exactly where it stopped; settings not "
                         "given come from its checkpoint; a larger --epochs extends it")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to OUT/tensorboard (per-epoch losses, accuracies, "
+                        "learning rate, images/s; test metrics at the end): tensorboard --logdir runs")
     g.add_argument("--no-plots", action="store_true", help="skip curves.png and confusion_matrix.png")
     g.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=cmd_train)

@@ -723,3 +723,31 @@ def test_eval_and_predict_refuse_a_checkpoint_with_nonfinite_weights(trained, tm
     assert "non-finite" in err and name in err and err.count("\n") == 1
     assert run_cli("predict", "--checkpoint", tmp_path / "nan.pt", "--kernels", "cpu", "docs/img/digit7.png") == 2
     assert "non-finite" in capsys.readouterr().err
+
+
+def test_mixup_cutmix_train_on_our_kernels_like_the_reference(tmp_path):
+    """--mixup/--cutmix make probability targets for our cross-entropy; our CPU kernels and the torch
+    backend give the same per-epoch losses for the same seed."""
+    common = [*TINY, "--epochs", 2, "--mixup", 0.2, "--cutmix", 1.0, "--label-smoothing", 0.1]
+    assert run_cli("train", "--kernels", "cpu", "--out", tmp_path / "ours", *common) == 0
+    assert run_cli("train", "--kernels", "torch", "--out", tmp_path / "ref", *common) == 0
+    ours, ref = read_metrics(tmp_path / "ours"), read_metrics(tmp_path / "ref")
+    assert ours["config"]["mixup"] == 0.2 and ours["config"]["cutmix"] == 1.0
+    for a, b in zip(ours["history"], ref["history"]):
+        for k in ("train_loss", "val_loss"):
+            assert a[k] == pytest.approx(b[k], rel=2e-3), (k, a, b)
+    assert run_cli("train", *TINY, "--mixup", -1, "--out", tmp_path / "x") == 2
+
+
+def test_tensorboard_event_files(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert run_cli("train", *TINY, "--epochs", 2, "--kernels", "cpu", "--tensorboard", "--out", out) == 0
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr", "test/accuracy"} <= tags
+    assert [e.step for e in acc.Scalars("val/accuracy")] == [1, 2]
+    m = read_metrics(out)
+    assert acc.Scalars("test/accuracy")[-1].value == pytest.approx(m["test_accuracy"])

@@ -26,6 +26,7 @@ import torch
 from .. import _backend, backends
 from ..data import Augment, DataError, TensorSplit, batch_generator, load_dataset, load_image
 from ..data import normalize, split_validation, standard_augment
+from ..data.mix import mix_batch
 from ..errors import ArgumentValueError, BackendError
 from . import checkpoint as ckpt_mod
 from . import distributed as D
@@ -40,7 +41,7 @@ RESUME_KEYS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "mome
                "schedule", "warmup_epochs", "step_size", "gamma", "label_smoothing", "seed", "augment", "image_size",
                "in_channels", "num_classes", "synthetic_size", "limit_train", "limit_test", "pretrained",
                "freeze_backbone", "amp", "val_fraction", "accumulate", "ema_decay", "clip_grad_norm", "randaugment",
-               "randaugment_magnitude", "random_erasing")
+               "randaugment_magnitude", "random_erasing", "mixup", "cutmix")
 # Settings a resume never takes from the checkpoint: they say where and how this command runs.
 _RUN_LOCAL_KEYS = ("out", "resume", "overwrite", "config")
 
@@ -380,6 +381,16 @@ def evaluate(model, split, mean_t, std_t, device, batch_size: int, info: D.DistI
     return t, s, total_loss / max(1, len(t))
 
 
+def _tensorboard_writer(log_dir: str, first_epoch: int):
+    """TensorBoard event files in the run folder, one point per epoch. ``purge_step``: a resumed run
+    drops events a crash left after its checkpoint, so the curves never double back."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ArgumentValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(log_dir, purge_step=first_epoch)
+
+
 # --------------------------------------------------------------------------------- model summary
 def model_summary(model: torch.nn.Module, in_channels: int, image_size: int, device: torch.device) -> str:
     """One line: the layer count by type and the multiply-accumulates of one image, counted with
@@ -640,8 +651,11 @@ class _Run:
         if args.compile:
             self.net = torch.compile(self.net)
         self.kill_at = int(os.environ.get("PYIMGCLS_TEST_KILL_AFTER_STEP", "0"))   # tests: SIGKILL after step N
+        self.tb = None
         if info.is_main:
             write_json(_config(args), os.path.join(self.out, "config.json"))
+            if getattr(args, "tensorboard", False):
+                self.tb = _tensorboard_writer(os.path.join(self.out, "tensorboard"), len(self.history) + 1)
 
     # ---------------------------------------------------------------------------------- set-up
     def _load_resume(self) -> dict:
@@ -863,9 +877,15 @@ class _Run:
         args, device, k = self.args, self.device, self.accumulate
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
+        gen = batch_generator(args.seed, epoch, step, self.info.rank)
         # erased rectangles get the data set mean, i.e. 0 after normalisation (as torchvision's RandomErasing)
-        x = self.aug(x, batch_generator(args.seed, epoch, step, self.info.rank), erase_fill=self.mean_t)
+        x = self.aug(x, gen, erase_fill=self.mean_t)
         x = normalize(x, self.mean_t, self.std_t)
+        target = y
+        mixup, cutmix = getattr(args, "mixup", 0.0), getattr(args, "cutmix", 0.0)
+        if mixup > 0 or cutmix > 0:
+            # probability targets [N, classes] for the loss; accuracy is still counted against y
+            x, target, _, _ = mix_batch(x, y, self.ds.num_classes, mixup, cutmix, gen)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         boundary = (step + 1) % k == 0 or step + 1 == n_batches
@@ -876,7 +896,7 @@ class _Run:
         with sync:
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = self.net(x)
-                loss = self.criterion(logits.float(), y)
+                loss = self.criterion(logits.float(), target)
             self.watch.update(loss, self.global_step + 1)
             if self.watch.bad_step is not None and not self.info.enabled:
                 # Known without a sync (eager): stop before the non-finite update. Under torchrun the
@@ -937,6 +957,12 @@ class _Run:
         self.acc = [0.0, 0.0, 0.0]
         if info.is_main:
             write_history_csv(self.history, os.path.join(self.out, "history.csv"))
+            if self.tb is not None:
+                for key, value in rec.items():
+                    if key != "epoch" and value is not None:
+                        self.tb.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key,
+                                           value, epoch + 1)
+                self.tb.flush()
             if improved:
                 ckpt_mod.atomic_save({"format": ckpt_mod.FORMAT, "meta": self.meta,
                                       "model": self.eval_model.state_dict(), "epoch": epoch + 1, "val_accuracy": self.best_acc, "config": _config(args)},
@@ -986,6 +1012,10 @@ class _Run:
             "history": history, "config": _config(args)}
         if info.is_main:
             write_json(metrics, os.path.join(out, "metrics.json"))
+            if self.tb is not None:
+                for key in ("test_accuracy", "test_loss", "test_top5_accuracy"):
+                    self.tb.add_scalar(key.replace("_", "/", 1), metrics[key], len(history))
+                self.tb.close()
             if not args.no_plots:
                 plot_curves(history, os.path.join(out, "curves.png"))
                 plot_confusion(m["confusion_matrix"], ds.class_names, os.path.join(out, "confusion_matrix.png"),
