@@ -382,17 +382,8 @@ def _prob_cross_entropy(input, target, weight, ignore_index, reduction, label_sm
     check_same_device(input, "input", target, "target", op)
     dtype = torch.promote_types(input.dtype, target.dtype)
     if weight is not None:
-        C = shape[1]
-        check_tensor(weight, "weight", op)
-        check_float(weight, "weight", op)
-        check_same_device(input, "input", weight, "weight", op)
-        if weight.dim() != 1 or weight.shape[0] != C:
-            raise ArgumentValueError(
-                f"{op}: argument 'weight' must have one entry per class ({C}), got shape {tuple(weight.shape)}")
-        if weight.requires_grad and torch.is_grad_enabled():
-            raise ArgumentValueError(
-                f"{op}: argument 'weight' requires grad; gradients with respect to the class weights are not "
-                "supported")
+        _check_weight(input, weight, shape[1], op,
+                      "; gradients with respect to the class weights are not supported")
         dtype = torch.promote_types(dtype, weight.dtype)
     if torch.is_autocast_enabled(device.type) and dtype in _LOW_PRECISION:
         dtype = torch.float32   # PyTorch's AMP rule for cross_entropy: run in float32
@@ -432,6 +423,19 @@ _FLOAT_TARGET_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloa
 
 
 # ----------------------------------------------------------------------------- public API
+def _check_weight(input, weight, C: int, op: str, why_no_grad: str) -> None:
+    """The class weights: a floating [C] tensor on the input's device that does not require grad
+    (``why_no_grad`` ends the message when it does)."""
+    check_tensor(weight, "weight", op)
+    check_float(weight, "weight", op)
+    check_same_device(input, "input", weight, "weight", op)
+    if weight.dim() != 1 or weight.shape[0] != C:
+        raise ArgumentValueError(
+            f"{op}: argument 'weight' must have one entry per class ({C}), got shape {tuple(weight.shape)}")
+    if weight.requires_grad and torch.is_grad_enabled():
+        raise ArgumentValueError(f"{op}: argument 'weight' requires grad{why_no_grad}")
+
+
 def _check_args(input, target, weight, ignore_index, reduction, label_smoothing):
     """Every argument error, each naming the argument. Ordered so the common, valid call runs few
     tensor attribute lookups (this function is a measurable share of a small loss call)."""
@@ -489,17 +493,8 @@ def _check_args(input, target, weight, ignore_index, reduction, label_smoothing)
     if target.device != device:
         check_same_device(input, "input", target, "target", op)
     if weight is not None:
-        C = shape[1]
-        check_tensor(weight, "weight", op)
-        check_float(weight, "weight", op)
-        check_same_device(input, "input", weight, "weight", op)
-        if weight.dim() != 1 or weight.shape[0] != C:
-            raise ArgumentValueError(
-                f"{op}: argument 'weight' must have one entry per class ({C}), got shape {tuple(weight.shape)}")
-        if weight.requires_grad and torch.is_grad_enabled():
-            raise ArgumentValueError(
-                f"{op}: argument 'weight' requires grad, but cross entropy is not differentiable with respect "
-                "to the class weights (as in PyTorch)")
+        _check_weight(input, weight, shape[1], op, ", but cross entropy is not differentiable with respect to the "
+                      "class weights (as in PyTorch)")
     return device
 
 
