@@ -33,6 +33,16 @@ from ...ops.softmax_xent import _MEAN, _NONE, _backward_output, _raise_bad_targe
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def _outputs(x, reduction, need_grad):
+    """(loss, grad or empty, denom or empty) for a float32 / float64 forward of either target kind. The
+    denominator shares the logits' dtype (ops/softmax_xent.py::_acc_dtype). x has unit class stride, so
+    empty_like (which keeps a dense layout) gives rows of C elements."""
+    loss = _alloc.new_empty(x, (x.shape[0],) if reduction == _NONE else ())
+    grad = _alloc.empty_like(x) if need_grad else x.new_empty((0,))
+    denom = _alloc.new_empty(x, ()) if reduction == _MEAN else x.new_empty((0,))
+    return loss, grad, denom
+
+
 def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
     dtype = x.dtype
     if dtype in _LOW_PRECISION:
@@ -40,11 +50,7 @@ def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
                                     reduction, eps, need_grad)
         return loss.to(dtype), grad, denom
     N, C = x.shape
-    # float32 / float64: the denominator shares the logits' dtype (ops/softmax_xent.py::_acc_dtype).
-    # x has unit class stride, so empty_like (which keeps a dense layout) gives rows of C elements.
-    loss = _alloc.new_empty(x, (N,) if reduction == _NONE else ())
-    grad = _alloc.empty_like(x) if need_grad else x.new_empty((0,))
-    denom = _alloc.new_empty(x, ()) if reduction == _MEAN else x.new_empty((0,))
+    loss, grad, denom = _outputs(x, reduction, need_grad)
     bad = _native.C.softmax_xent_fwd_cpu(
         _native.DTYPE_CODES[dtype], x.data_ptr(), x.stride(0), target.data_ptr(), target.dtype == torch.int32,
         weight.data_ptr() if weight is not None else 0, N, C, ignore_index, eps, reduction, loss.data_ptr(),
@@ -61,9 +67,7 @@ def prob_forward(x, target, weight, reduction, eps, need_grad):
                                          reduction, eps, need_grad)
         return loss.to(dtype), grad, denom
     N, C = x.shape
-    loss = _alloc.new_empty(x, (N,) if reduction == _NONE else ())
-    grad = _alloc.empty_like(x) if need_grad else x.new_empty((0,))
-    denom = _alloc.new_empty(x, ()) if reduction == _MEAN else x.new_empty((0,))
+    loss, grad, denom = _outputs(x, reduction, need_grad)
     _native.C.softmax_xent_prob_fwd_cpu(
         _native.DTYPE_CODES[dtype], x.data_ptr(), x.stride(0), target.data_ptr(), target.stride(0),
         weight.data_ptr() if weight is not None else 0, N, C, eps, reduction, loss.data_ptr(),
