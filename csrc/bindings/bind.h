@@ -6,9 +6,23 @@
 #include <string>
 
 #include "../common.h"
+#include "../cuda/plan.h"
 
 namespace pyimgcls::bind {
 namespace py = pybind11;
+
+// A launcher's decision (cuda::LaunchPlan) as the dict pyimgcls.explain reads.
+inline py::dict plan_dict(const cuda::LaunchPlan& p) {
+  py::dict d;
+  d["kernel"] = p.kernel;
+  d["tensor_cores"] = p.tensor_cores;
+  d["vectorized"] = p.vectorized;
+  d["tile"] = py::make_tuple(p.tile_m, p.tile_n, p.tile_k);
+  d["ctas"] = p.ctas;
+  d["splits"] = p.splits;
+  d["launches"] = p.launches;
+  return d;
+}
 
 inline const void* cptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
 inline void* mptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
