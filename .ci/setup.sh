@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot set-up on a stock machine: toolchain, then the package in editable mode, then
-# `pyimgcls info`. Safe to re-run: the native build lives in build/ and recompiles only what changed.
+# `pyimgcls info`. Safe to re-run: the native build lives in build/ and recompiles only what changed,
+# and pip runs only for what tools/setup_state.py finds missing or changed.
 #
 # Interpreter: $PYTHON, else the caller's `python` (the one the README's commands run next), else
 # python3. When it refuses installs (PEP 668 "externally-managed-environment", or no pip), all goes
@@ -44,9 +45,10 @@ links=()
 
 # --- build requirements, then the native module in the background ---------------------------------
 mapfile -t build_reqs < <(grep -E '^(pybind11|setuptools|wheel)([<>=!~ ]|$)' requirements-dev.txt)
-"${pip[@]}" "${links[@]}" "${build_reqs[@]}"
+state() { "$PY" tools/setup_state.py "$@"; }  # what a re-run may skip (no pip resolver: ~0.3 s)
+state requirements requirements-dev.txt "${build_reqs[@]%%[<>=!~ ]*}" || "${pip[@]}" "${links[@]}" "${build_reqs[@]}"
 say "building pyimgcls._C in the background (log: build/build.log)"
-"$PY" setup.py -q build_ext > build/build.log 2>&1 &
+"$PY" setup.py -q build_ext --inplace > build/build.log 2>&1 &  # --inplace: a re-run that skips pip still updates pyimgcls/_C
 build_pid=$!
 trap 'kill $build_pid 2>/dev/null || true' EXIT
 
@@ -79,7 +81,7 @@ if ! torch_ok; then
     "${pip[@]}" --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
   fi
 fi
-"${pip[@]}" "${links[@]}" -r requirements-dev.txt
+state requirements requirements-dev.txt || "${pip[@]}" "${links[@]}" -r requirements-dev.txt
 
 # --- the package, editable: the build above left nothing to compile ------------------------------
 if ! wait $build_pid; then
@@ -89,7 +91,10 @@ if ! wait $build_pid; then
 fi
 trap - EXIT
 grep '^pyimgcls build' build/build.log || true
-"${pip[@]}" --no-build-isolation --no-deps -e .
+if ! state editable build/editable.stamp; then
+  "${pip[@]}" --no-build-isolation --no-deps -e .
+  state stamp build/editable.stamp
+fi
 if command -v pyenv > /dev/null && [[ $PY == "$(pyenv root)"/* ]]; then pyenv rehash 2>/dev/null || true; fi
 "$PY" -m pyimgcls info
 say "done in $((SECONDS - start)) s"
