@@ -101,6 +101,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    import torch
+
+    from . import models
+    from .explain import explain
+    spec = models.input_spec(args.model)
+    size = spec["fixed_size"] or args.image_size
+    if size < spec["min_size"]:
+        raise ValueError(f"--image-size: {args.model} takes inputs of at least {spec['min_size']} pixels, got {size}")
+    channels = spec["in_channels"] or 1
+    result = explain(args.model, (args.batch_size, channels, size, size), backend=args.backend,
+                     dtype=getattr(torch, args.dtype), channels_last=args.channels_last,
+                     training=not args.eval, num_classes=args.num_classes)
+    print(result.to_json() if args.json else result.table())
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .training import predict
     predict(args)
@@ -285,6 +302,26 @@ def _add_eval_parsers(sub) -> None:
     s.set_defaults(func=cmd_predict)
 
 
+def _add_explain_parser(sub) -> None:
+    from .backends import NAMES
+    s = sub.add_parser("explain", formatter_class=_Fmt, help="which kernel runs each layer (no GPU needed)",
+                       description="What every layer of a model would launch, forward and backward: kernel, "
+                                   "tensor cores, 16-byte loads, tile, CTAs, FLOPs, bytes and the roofline time "
+                                   "at the H100 / H200 peaks. Decided on the host from shapes alone "
+                                   "(pyimgcls.explain); nothing runs on a GPU.")
+    s.add_argument("--model", required=True, help="a name from pyimgcls.models.list_models()")
+    s.add_argument("--backend", choices=NAMES, default="cuda", help="the backend to explain")
+    s.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float16",
+                   help="float16/bfloat16: mixed precision as torch.autocast runs it (batch norm in float32)")
+    s.add_argument("--image-size", type=_POS_INT, default=224, help="input height and width")
+    s.add_argument("--batch-size", type=_POS_INT, default=128)
+    s.add_argument("--num-classes", type=_POS_INT, default=1000)
+    s.add_argument("--channels-last", action="store_true", help="model and input in torch.channels_last")
+    s.add_argument("--eval", action="store_true", help="inference only (model.eval(), no backward)")
+    s.add_argument("--json", action="store_true", help="JSON (meta, rows, totals) instead of a table")
+    s.set_defaults(func=cmd_explain)
+
+
 OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 
 
@@ -295,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_eval_parsers(sub)
+    _add_explain_parser(sub)
     s = sub.add_parser("info", help="versions, compiled kernels and available backends")
     s.set_defaults(func=cmd_info)
     s = sub.add_parser("bench", help="benchmark our kernels against PyTorch (GPU if present, else CPU)")
@@ -361,6 +399,12 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     if args.command == "train":
         args.explicit = _explicit(argv)
+    if args.command == "explain":
+        from .errors import ArgumentTypeError, ArgumentValueError, BackendError
+        try:
+            return args.func(args)
+        except (ValueError, TypeError, ArgumentValueError, ArgumentTypeError, BackendError) as e:
+            parser.exit(2, f"pyimgcls explain: error: {_one_line(e)}\n")
     if args.command in ("train", "eval", "predict"):
         from .errors import ArgumentTypeError, ArgumentValueError, BackendError
         from .training.loop import Interrupted, PredictErrors, TrainingDiverged

@@ -110,7 +110,7 @@ FAMILIES = ("gemm", "conv", "pool", "batchnorm", "softmax_xent", "ladder")
 _modules: dict[tuple[str, str], ModuleType] = {}
 
 
-def kernels(backend: str, family: str) -> ModuleType:
+def family_module(backend: str, family: str) -> ModuleType:
     """The module implementing ``family``'s kernel entry points on ``backend`` (imported once)."""
     mod = _modules.get((backend, family))
     if mod is None:
@@ -118,6 +118,28 @@ def kernels(backend: str, family: str) -> ModuleType:
             raise ValueError(f"unknown backend/family {backend!r}/{family!r}")
         mod = _modules[(backend, family)] = importlib.import_module(f"{__name__}.{backend}.{family}")
     return mod
+
+
+def kernels(backend: str, family: str) -> ModuleType:
+    """What the op files call: :func:`family_module`, or the explain recorder's stand-in for it."""
+    mod = family_module(backend, family)
+    if _recorder is not None:
+        return _recorder.family(backend, family, mod)
+    return mod
+
+
+# pyimgcls.explain runs a model on "meta" tensors (shapes, strides and dtypes, no data) with a
+# recorder installed here: resolve() answers the backend being explained for meta tensors, and
+# kernels() hands out the recorder's stand-in for the family module, which asks the real module's
+# plan_<entry>() what it would launch and computes the outputs' shapes with the torch yardstick on
+# the meta tensors. Every op runs its real checks, layouts and autograd on the way (nothing is a
+# second copy of the dispatch). Only explain() installs one; it is process-wide and not re-entrant.
+_recorder = None
+
+
+def set_recorder(recorder) -> None:
+    global _recorder
+    _recorder = recorder
 
 
 def implements(backend: str, family: str) -> bool:
@@ -146,6 +168,8 @@ def resolve(choice: str, device: _torch.device, op: str) -> str:
     """The concrete backend that runs ``op`` on tensors of ``device`` when the user chose ``choice``
     ("auto" or a name); raises BackendError saying why it cannot."""
     kind = device.type
+    if _recorder is not None and kind == "meta":
+        return _recorder.backend
     if choice == "auto":
         candidates = [b for b in TABLE.values() if kind in b.auto_for]
         for b in candidates:

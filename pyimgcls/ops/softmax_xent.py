@@ -40,7 +40,7 @@ import torch
 from .. import _backend, backends
 from ..errors import ArgumentTypeError, ArgumentValueError
 from . import _alloc, _eager, reference
-from ._checks import check_backend_dtype, check_float, check_same_device, check_same_dtype, check_tensor
+from ._checks import autocast_dtype, check_backend_dtype, check_float, check_same_device, check_same_dtype, check_tensor
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 _NONE, _MEAN, _SUM = 0, 1, 2
@@ -68,6 +68,8 @@ def _raise_bad_target(target: torch.Tensor, row: int, C: int, ignore_index: int)
 
 
 def _validate_targets_on_host(target: torch.Tensor, C: int, ignore_index: int) -> None:
+    if target.device.type == "meta":   # shapes only (pyimgcls.explain): no values to check
+        return
     bad = (target != ignore_index) & ((target < 0) | (target >= C))
     if bool(bad.any()):
         _raise_bad_target(target.cpu(), int(bad.nonzero()[0, 0]), C, ignore_index)
@@ -385,7 +387,7 @@ def _prob_cross_entropy(input, target, weight, ignore_index, reduction, label_sm
         _check_weight(input, weight, shape[1], op,
                       "; gradients with respect to the class weights are not supported")
         dtype = torch.promote_types(dtype, weight.dtype)
-    if torch.is_autocast_enabled(device.type) and dtype in _LOW_PRECISION:
+    if dtype in _LOW_PRECISION and autocast_dtype(device.type) is not None:
         dtype = torch.float32   # PyTorch's AMP rule for cross_entropy: run in float32
     # PyTorch's arithmetic promotes logits, target and weight to one dtype (and differentiates the casts)
     if input.dtype != dtype:
@@ -576,7 +578,7 @@ def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: tor
             and (target.is_floating_point() or target.is_complex())):
         return _prob_cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
     device = _check_args(input, target, weight, ignore_index, reduction, label_smoothing)
-    if input.dtype in _LOW_PRECISION and torch.is_autocast_enabled(device.type):
+    if input.dtype in _LOW_PRECISION and autocast_dtype(device.type) is not None:
         # PyTorch's AMP rule for cross_entropy: run in float32.
         input = input.float()
         if weight is not None and weight.dtype in _LOW_PRECISION:
