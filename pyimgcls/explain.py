@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
-import math
+import warnings
 from typing import Iterable
 
 import torch
@@ -283,10 +283,13 @@ def explain(model: torch.nn.Module | str, input_shape, backend: str = "cuda", dt
             out = model(x.requires_grad_(False))
             if training:
                 rec.layer = "loss"
-                target = torch.empty(out.shape[0], dtype=torch.long, device="meta")
+                target = torch.empty((out.shape[0], *out.shape[2:]), dtype=torch.long, device="meta")
                 loss = _xent.cross_entropy(out.float(), target)   # AMP runs cross-entropy in float32
                 rec.backward = True
-                loss.backward()
+                with warnings.catch_warnings():
+                    # the first layer's full backward hook fires without input gradients: expected here
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss.backward()
     finally:
         _grid.set_recorder(None)
         for h in hooks:
