@@ -985,3 +985,31 @@ def test_prob_targets_tiled_rows(backend, option):
     ref_loss, ref_gx, _ = _prob_reference(x, t, w if weighted else None, reduction, ls, go)
     assert_close_to_reference(loss, ref_loss, scale=max(1.0, ref_loss.abs().max().item()) * 10)
     torch.testing.assert_close(xg.grad.double().cpu(), ref_gx, rtol=1e-4, atol=1e-6)
+
+
+def _same_values(ref, out):
+    """Equal including NaN positions and the sign of zeros (PyTorch returns -0. for some)."""
+    assert ref.shape == out.shape
+    rn, on = torch.isnan(ref), torch.isnan(out)
+    assert torch.equal(rn, on), (ref, out)
+    assert torch.equal(ref[~rn], out[~on]) and torch.equal(torch.signbit(ref[~rn]), torch.signbit(out[~on])), (ref, out)
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "triton"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("kind", ["index", "prob", "prob3d"])
+def test_no_classes_matches_pytorch(backend, reduction, label_smoothing, kind):
+    """C == 0: index targets must all be ignore_index (0 per row, NaN with label smoothing: PyTorch
+    divides by C), probability targets give -0. per row; 'mean' is NaN (0 / 0). The backward runs."""
+    shape = (3, 0, 4) if kind == "prob3d" else (3, 0)
+    x = torch.randn(shape, requires_grad=True)
+    t = torch.full((3,), -100, dtype=torch.long) if kind == "index" else torch.randn(shape)
+    ref = F.cross_entropy(x, t, reduction=reduction, label_smoothing=label_smoothing)
+    with pyimgcls.use_backend(backend):
+        out = ops.cross_entropy(x, t, reduction=reduction, label_smoothing=label_smoothing)
+    _same_values(ref, out)
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    with pyimgcls.use_backend(backend), pytest.raises(ValueError, match="target"):
+        ops.cross_entropy(torch.randn(2, 0), torch.tensor([0, -100]))

@@ -32,6 +32,7 @@ supported and raise a clear error naming the argument; class weights cannot requ
 """
 from __future__ import annotations
 
+import math
 import numbers
 import os
 
@@ -402,8 +403,9 @@ def _prob_cross_entropy(input, target, weight, ignore_index, reduction, label_sm
     if backends.TABLE[backend].yardstick:
         return reference.cross_entropy_prob(input, target, weight, reduction, label_smoothing)
     if input.dim() > 2:
-        x = input.movedim(1, -1).reshape(-1, shape[1])
-        t = target.movedim(1, -1).reshape(-1, shape[1])
+        rows = input.numel() // shape[1] if shape[1] else shape[0] * math.prod(shape[2:])   # explicit: C may be 0
+        x = input.movedim(1, -1).reshape(rows, shape[1])
+        t = target.movedim(1, -1).reshape(rows, shape[1])
     else:
         x, t = input, target
     if x.stride(1) != 1:
@@ -413,12 +415,30 @@ def _prob_cross_entropy(input, target, weight, ignore_index, reduction, label_sm
     if weight is not None and not weight.is_contiguous():
         weight = weight.contiguous()
     red = REDUCTIONS[reduction]
+    if x.shape[1] == 0:
+        # PyTorch: -sum over no classes = -0. per row ('mean': NaN), label smoothing or not
+        loss = _no_classes(x, "negzero", red)
+        return loss.reshape((shape[0],) + tuple(shape[2:])) if red == _NONE and input.dim() > 2 else loss
     need_grad = torch.is_grad_enabled() and input.requires_grad
     loss = _eager.call(_prob_op, _EagerProb, _prob_forward, (x, t, weight, red, label_smoothing, need_grad, backend),
                        (x, t, weight))
     if red == _NONE and input.dim() > 2:
         loss = loss.reshape((shape[0],) + tuple(shape[2:]))
     return loss
+
+
+def _no_classes(x, fill: str, red: int):
+    """The loss of C == 0 logits (x is [rows, 0]), PyTorch's values: per row ``fill`` ("zero": 0.,
+    "negzero": -0., "nan"), for 'sum' their sum, for 'mean' NaN (0 / 0). Built on x (an empty sum is
+    0.) so autograd gives the (empty) gradient."""
+    rows = x.sum(1)
+    if fill == "nan":
+        rows = rows + float("nan")
+    if red == _NONE:
+        return -rows if fill == "negzero" else rows
+    total = rows.sum()   # negated after the sum: a sum of -0. terms starts from +0.
+    total = -total if fill == "negzero" else total
+    return total + float("nan") if red == REDUCTIONS["mean"] else total
 
 
 _FLOAT_TARGET_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -534,7 +554,7 @@ def _common_cpu_call(input, target, ignore_index, reduction, label_smoothing):
     if (red is None or input.dtype not in _CPU_DTYPES or target.dtype != torch.int64 or input.dim() != 2
             or target.dim() != 1 or not input.is_cpu or not target.is_cpu or not 0.0 <= label_smoothing <= 1.0):
         return None
-    if (target.shape[0] != input.shape[0] or input.stride(1) != 1 or not target.is_contiguous()
+    if (target.shape[0] != input.shape[0] or input.shape[1] == 0 or input.stride(1) != 1 or not target.is_contiguous()
             or _backend.get_backend() not in _SHORTCUT_CHOICES):
         return None
     need_grad = input.requires_grad and torch.is_grad_enabled()
@@ -595,8 +615,8 @@ def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: tor
         return reference.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
     if input.dim() > 2:
         # [N, C, d1, ...] -> [N * d1 * ..., C]: one row per position.
-        x = input.movedim(1, -1).reshape(-1, input.shape[1])
         t = target.reshape(-1)
+        x = input.movedim(1, -1).reshape(t.shape[0], input.shape[1])   # explicit: C may be 0
     else:
         x, t = input, target
     if x.stride(1) != 1:
@@ -608,6 +628,12 @@ def softmax_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: tor
     if weight is not None and not weight.is_contiguous():
         weight = weight.contiguous()
     red = REDUCTIONS[reduction]
+    if x.shape[1] == 0:
+        # Every target must be ignore_index (any class index is out of range). PyTorch: 0 per row
+        # without smoothing; with smoothing its uniform term divides by C = 0: NaN.
+        _validate_targets_on_host(t, 0, int(ignore_index))
+        loss = _no_classes(x, "nan" if label_smoothing > 0.0 else "zero", red)
+        return loss.reshape(target.shape) if red == _NONE and input.dim() > 2 else loss
     need_grad = torch.is_grad_enabled() and input.requires_grad
     loss = _eager.call(_xent_op, _EagerXent, _forward,
                        (x, t, weight, int(ignore_index), red, label_smoothing, need_grad, backend), (x, t, weight))
