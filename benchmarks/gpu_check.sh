@@ -2,34 +2,38 @@
 # One-command GPU check: build, test, sanitize and benchmark pyimgcls on a CUDA machine without
 # internet (and without .git), leaving a handful of files in OUTDIR and a summary table last.
 #
-#   PYIMGCLS_COMMIT=<sha> bash benchmarks/gpu_check.sh OUTDIR [tests|sanitize|bench|all]
+#   PYIMGCLS_COMMIT=<sha> bash benchmarks/gpu_check.sh OUTDIR [STAGE]
 #
-# Stages (default all):
-#   tests     the whole pytest suite (junit XML), time-limited
-#   sanitize  compute-sanitizer memcheck and racecheck over the CUDA tests (`pytest tests -m cuda`);
-#             skipped with a message where the tool is missing or cannot attach (gVisor machines)
-#   bench     every benchmarks/bench_*.py with --out
-# Every invocation first prints versions and installs the package
-# (pip install --no-build-isolation --no-deps -e .), then finishes with the report.
+# A lent GPU gives about 15 minutes in all and at most 10 minutes per command, so the work is cut
+# into stages that each fit one command (PYIMGCLS_CHECK_BUDGET_S, default 480 s, install included):
+#   check     (default, run first) the build for the GPU present, then the wgmma study step alone
+#             in its own process under a hard 90 s timeout (a hang there must not eat the budget),
+#             then the whole test suite with one Triton config per kernel
+#             (PYIMGCLS_TRITON_ONE_CONFIG=1: no autotuning sweeps), then compute-sanitizer memcheck
+#             and racecheck over tests/test_cuda_paths.py (one small call per CUDA kernel path)
+#   bench1    benchmarks gemm, conv          bench2  pool, batchnorm, softmax_xent
+#   bench3    ladder, models
+# and, when more time is at hand: tests | sanitize | bench (every benchmark) | all (1710 s budget).
+# Every invocation first prints versions and installs the package (pip install
+# --no-build-isolation --no-deps -e .: an incremental build on a warm machine), then finishes with
+# the report.
 #
 # OUTDIR receives: <date>_<gpu>_<shortsha>.json (results schema of docs/architecture.md with the test and
 # sanitizer counts merged in), BENCHMARKS.md (regenerated), logs.tar.gz (every log and the junit XML)
 # and summary.txt. The results JSON is also written to benchmarks/results/ when it has benchmark
 # cases, so that file can be committed.
 #
-# Time: a single stage, install included, is held under PYIMGCLS_CHECK_BUDGET_S seconds (default
-# 570, inside a 10-minute command limit); `all` gets three times that. Each step's timeout is cut to
-# what is left of the budget, so the report is always written.
+# Time: each step's timeout is cut to what is left of the stage's budget, so the report is always
+# written.
 #
 # Environment:
 #   PYIMGCLS_COMMIT          full sha recorded in the results (else `git rev-parse HEAD`, else unknown)
 #   PYTHON                   interpreter (default python3: on the GPU image that is the one with torch)
 #   PYIMGCLS_SKIP_INSTALL=1  reuse the installed build (a warm machine that already built this tree)
-#   PYIMGCLS_SANITIZE_ARGS   pytest selection for the sanitizer runs (default: -m cuda)
-#   PYIMGCLS_CHECK_BUDGET_S  see Time above
+#   PYIMGCLS_SANITIZE_ARGS   pytest selection for the sanitizer runs (default: tests/test_cuda_paths.py)
+#   PYIMGCLS_CHECK_BUDGET_S  see above
 #   PYIMGCLS_BENCH_ONLY      comma-separated families for the bench stage (e.g. "gemm,conv"; the
-#                            stems of benchmarks/bench_<family>.py); default: every benchmark. Seven
-#                            benchmarks do not fit one 10-minute call: split them over several.
+#                            stems of benchmarks/bench_<family>.py); default: the stage's group
 #   PYIMGCLS_BENCH_ARGS      extra flags for every benchmark (e.g. --quick)
 #
 # Exit status: 0 when install, tests, sanitizer and benchmark correctness checks all passed (or were
@@ -37,10 +41,13 @@
 set -u
 set -o pipefail
 
-usage() { echo "usage: PYIMGCLS_COMMIT=<sha> bash benchmarks/gpu_check.sh OUTDIR [tests|sanitize|bench|all]" >&2; }
+STAGES="check|bench1|bench2|bench3|tests|sanitize|bench|all"
+usage() { echo "usage: PYIMGCLS_COMMIT=<sha> bash benchmarks/gpu_check.sh OUTDIR [$STAGES]" >&2; }
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; exit 2; fi
-STAGE=${2:-all}
-case "$STAGE" in tests|sanitize|bench|all) ;; *) usage; exit 2 ;; esac
+STAGE=${2:-check}
+case "$STAGE" in check|bench1|bench2|bench3|tests|sanitize|bench|all) ;; *) usage; exit 2 ;; esac
+# benchmark groups of the bench<n> stages, each sized to fit one command
+declare -A BENCH_GROUP=([bench1]="gemm,conv" [bench2]="pool,batchnorm,softmax_xent" [bench3]="ladder,models")
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mkdir -p "$1" || exit 2
@@ -56,7 +63,7 @@ export PYTHONUNBUFFERED=1
 # the GPU machine's copy of the tree has no .git: the caller passes the sha in
 PYIMGCLS_COMMIT=${PYIMGCLS_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export PYIMGCLS_COMMIT
-if [ "$STAGE" = all ]; then BUDGET=${PYIMGCLS_CHECK_BUDGET_S:-1710}; else BUDGET=${PYIMGCLS_CHECK_BUDGET_S:-570}; fi
+if [ "$STAGE" = all ]; then BUDGET=${PYIMGCLS_CHECK_BUDGET_S:-1710}; else BUDGET=${PYIMGCLS_CHECK_BUDGET_S:-480}; fi
 RESERVE=30  # seconds kept back for finalize, BENCHMARKS.md, tarball and summary
 
 STEP_LINES=()   # "step | rc | seconds | note" rows for the closing table
@@ -180,10 +187,12 @@ fi
 
 # ---------------------------------------------------------------- tests
 TESTS_RAN=0
+# stage_tests [CAP [PYTEST ARGS...]]
 stage_tests() {
   TESTS_RAN=1
-  run_step tests 540 "$PY" -m pytest tests -q -rfEs -p no:cacheprovider --durations=15 \
-    --junitxml="$LOGS/junit-tests.xml"
+  local cap=${1:-540}; shift || true
+  run_step tests "$cap" "$PY" -m pytest tests -q -rfEs -p no:cacheprovider --durations=15 \
+    --junitxml="$LOGS/junit-tests.xml" "$@"
   # pytest: 0 all passed, 5 no tests collected; anything else (failures, errors, interrupt) fails
   if [ "$STEP_RC" -ne 0 ] && [ "$STEP_RC" -ne 5 ]; then FAILED=1; fi
   show_tail "$LOGS/tests.log" 25
@@ -212,7 +221,7 @@ stage_sanitize() {
     STEP_LINES+=("sanitize|-|0|skipped: $reason")
     return
   fi
-  local args=${PYIMGCLS_SANITIZE_ARGS:--m cuda}
+  local args=${PYIMGCLS_SANITIZE_ARGS:-tests/test_cuda_paths.py}
   local left=$(( BUDGET - RESERVE - SECONDS ))
   # memcheck gets a little over half of what is left; racecheck the rest
   local memcap=$(( left * 11 / 20 ))
@@ -221,13 +230,13 @@ stage_sanitize() {
   # shellcheck disable=SC2086  # $args is a list of pytest arguments
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 run_step memcheck "$memcap" \
     compute-sanitizer --tool memcheck --target-processes application-only --print-limit 200 \
-    "$PY" -m pytest tests $args -q -p no:cacheprovider
+    "$PY" -m pytest $args -q -p no:cacheprovider
   MEMCHECK_LOG=$LOGS/memcheck.log
   show_tail "$MEMCHECK_LOG" 6
   # shellcheck disable=SC2086
   run_step racecheck 600 \
     compute-sanitizer --tool racecheck --target-processes application-only --print-limit 200 \
-    "$PY" -m pytest tests $args -q -p no:cacheprovider
+    "$PY" -m pytest $args -q -p no:cacheprovider
   RACECHECK_LOG=$LOGS/racecheck.log
   show_tail "$RACECHECK_LOG" 6
   local log
@@ -241,12 +250,13 @@ stage_sanitize() {
 }
 
 # ---------------------------------------------------------------- bench
+# stage_bench [FAMILIES]: the benchmarks of FAMILIES ("a,b"; default every one, or PYIMGCLS_BENCH_ONLY)
 stage_bench() {
-  local f name
+  local f name only=${PYIMGCLS_BENCH_ONLY:-${1:-}}
   for f in benchmarks/bench_*.py; do
     [ -e "$f" ] || continue
     name=$(basename "$f" .py)
-    if [ -n "${PYIMGCLS_BENCH_ONLY:-}" ] && [[ ",$PYIMGCLS_BENCH_ONLY," != *",${name#bench_},"* ]]; then
+    if [ -n "$only" ] && [[ ",$only," != *",${name#bench_},"* ]]; then
       continue
     fi
     # shellcheck disable=SC2086  # PYIMGCLS_BENCH_ARGS is a list of flags
@@ -258,6 +268,15 @@ stage_bench() {
 
 if [ "$INSTALL_OK" -eq 1 ]; then
   case "$STAGE" in
+    check)
+      # the wgmma step alone first: hard timeout, own process
+      run_step wgmma 90 "$PY" -m pytest tests/test_ladder_cuda.py -k wgmma -q -p no:cacheprovider
+      if [ "$STEP_RC" -ne 0 ] && [ "$STEP_RC" -ne 5 ]; then FAILED=1; fi
+      show_tail "$LOGS/wgmma.log" 8
+      # the suite with one Triton config per kernel; what is left after it goes to the sanitizer
+      PYIMGCLS_TRITON_ONE_CONFIG=1 stage_tests $(( (BUDGET - RESERVE - SECONDS) * 3 / 4 )) -k "not wgmma"
+      stage_sanitize ;;
+    bench1|bench2|bench3) stage_bench "${BENCH_GROUP[$STAGE]}" ;;
     tests) stage_tests ;;
     sanitize) stage_sanitize ;;
     bench) stage_bench ;;
