@@ -5,6 +5,7 @@ from .fuse import fuse_for_inference  # noqa: E402
 from . import models  # noqa: E402
 from .convert import convert  # noqa: E402
 from . import ladder  # noqa: E402
+from ._explain import Explanation, explain  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -12,3 +13,4 @@ __all__ = ["ops", "nn", "set_backend", "get_backend", "use_backend", "available_
 __all__ += ["models", "convert"]
 __all__ += ["ladder"]
 __all__ += ["fuse_for_inference"]
+__all__ += ["explain", "Explanation"]

@@ -105,7 +105,7 @@ def cmd_explain(args) -> int:
     import torch
 
     from . import models
-    from .explain import explain
+    from ._explain import explain
     spec = models.input_spec(args.model)
     size = spec["fixed_size"] or args.image_size
     if size < spec["min_size"]:

@@ -8,7 +8,7 @@ import torch
 
 import pyimgcls
 from pyimgcls import backends, nn as pnn
-from pyimgcls.explain import COLUMNS, explain
+from pyimgcls._explain import COLUMNS, explain
 
 
 def _passes(result, layer):
@@ -53,7 +53,7 @@ def test_conv_flops_and_bytes():
     wg = next(row for row in r if row["pass"] == "wgrad")
     assert wg["flops"] == fwd["flops"] and wg["bytes"] == 2 * (out + x + w)   # reads grad and x, writes dw
     # roofline: the larger of the compute and memory terms at the datasheet peaks
-    from pyimgcls.explain import PEAKS
+    from pyimgcls._explain import PEAKS
     p = PEAKS["h200"]
     fl = p["tensor"] if fwd["tensor_cores"] else p["fp32"]
     assert fwd["time_h200_us"] == pytest.approx(1e6 * max(fwd["flops"] / fl, fwd["bytes"] / p["bytes"]))

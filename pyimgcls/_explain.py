@@ -1,4 +1,5 @@
-"""Which kernel runs each layer: ``pyimgcls.explain(model, input_shape, backend="cuda", ...)``.
+"""Which kernel runs each layer: ``pyimgcls.explain(model, input_shape, backend="cuda", ...)`` (exported by
+the package; this module is private).
 
 Decided on the host, without a GPU and without running a kernel: the model runs once (forward, and
 backward when ``training``) on "meta" tensors, which carry shapes, strides and dtypes but no data,
