@@ -412,7 +412,7 @@ __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p)
 // SIMT implicit GEMM (fp32, IEEE: no TF32)
 // ---------------------------------------------------------------------------------------------
 template <int MODE>
-__global__ void __launch_bounds__(SM_THREADS) conv2d_simt_kernel(IgemmParams p) {
+__global__ void __launch_bounds__(SM_THREADS, 2) conv2d_simt_kernel(IgemmParams p) {
   __shared__ float sA[SM_BK][SM_BM];  // k-major so the compute loop reads a row of M / N per k
   __shared__ float sB[SM_BK][SM_BN];
   __shared__ PixelRC rows[SM_BM];     // fwd / dgrad: the CTA's pixel rows
