@@ -648,7 +648,12 @@ void launch_igemm(DType dt, const IgemmParams& p, const LaunchPlan& pl, int grou
   });
 }
 
+// The implicit-GEMM parameters common to every pass; refuses problems beyond the 32-bit index
+// arithmetic (the direct depthwise kernel indexes in 64 bits and has no such limit).
 IgemmParams base_params(const ConvGeometry& s, int pass) {
+  if (!conv2d_index_fits(s))
+    throw std::invalid_argument("conv2d (cuda): problem too large for one launch (pixel count or "
+                                "KH*KW*channels at or above 2^31 - 2^16, or padded extent at or above 2^30)");
   IgemmParams p{};
   p.ix = make_conv_index(s, pass);
   const ConvGemm gm = conv_gemm(pass, s);
@@ -665,9 +670,6 @@ void check_geom(const ConvGeometry& s) {
   if (s.KH > lim || s.KW > lim || s.stride_h > lim || s.stride_w > lim || s.pad_h > lim || s.pad_w > lim ||
       s.dil_h > lim || s.dil_w > lim)
     throw std::invalid_argument("conv2d (cuda): kernel / stride / padding / dilation too large");
-  if (!conv2d_index_fits(s))
-    throw std::invalid_argument("conv2d (cuda): problem too large for one launch (pixel count or "
-                                "KH*KW*channels at or above 2^31 - 2^16, or padded extent at or above 2^30)");
 }
 
 template <typename T>
