@@ -45,13 +45,13 @@ def test_pointwise_nchw_forward_takes_the_vector_kernel(dtype):
     x = torch.randn(2, 64, 7, 9, dtype=dtype)
     w = torch.randn(48, 64, 1, 1, dtype=dtype)
     assert w.contiguous(memory_format=CL).stride() == (64, 1, 1, 1)
-    p = cc.plan_conv2d(x, w, None, (1, 1), P0, (1, 1), 1)
+    p = cc.plan_conv2d(x, w, None, None, (1, 1), P0, (1, 1), 1, 0)
     assert p["kernel"] == _tc("fwd", dtype, True) and p["tensor_cores"] and p["vectorized"]
     assert p["tile"] == (128, 128, 32) and p["splits"] == 1 and p["launches"] == 1
     assert p["ctas"] == _cdiv(2 * 7 * 9, 128) * _cdiv(48, 128)
     # batch 1 and 1x1 images: more size-1 dims with arbitrary strides
     x1 = torch.randn(1, 64, 1, 1, dtype=dtype)
-    assert cc.plan_conv2d(x1, w, None, (1, 1), P0, (1, 1), 1)["vectorized"]
+    assert cc.plan_conv2d(x1, w, None, None, (1, 1), P0, (1, 1), 1, 0)["vectorized"]
 
 
 def test_pointwise_dgrad_and_wgrad_take_the_vector_kernels():
@@ -80,7 +80,7 @@ def test_forward_falls_back_to_element_gathers(case):
         base = torch.randn(2 * 64 * 8 * 8 + 1, dtype=dt)
         x = base[1:].view(2, 8, 8, 64).permute(0, 3, 1, 2)
         w, groups = torch.randn(16, 64, 3, 3, dtype=dt).contiguous(memory_format=CL), 1
-    p = cc.plan_conv2d(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), groups)
+    p = cc.plan_conv2d(x, w, None, None, (1, 1), (1, 1, 1, 1), (1, 1), groups, 0)
     assert p["kernel"] == _tc("fwd", dt, False) and p["tensor_cores"] and not p["vectorized"]
 
 
@@ -101,7 +101,7 @@ def test_grouped_vector_path_and_odd_out_channels_in_dgrad():
     x = torch.randn(1, 32, 9, 9, dtype=dt)
     w = torch.randn(24, 16, 3, 3, dtype=dt)
     g = torch.randn(1, 24, 9, 9, dtype=dt)
-    assert cc.plan_conv2d(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 2)["kernel"] == _tc("fwd", dt, True)
+    assert cc.plan_conv2d(x, w, None, None, (1, 1), (1, 1, 1, 1), (1, 1), 2, 0)["kernel"] == _tc("fwd", dt, True)
     # O / groups = 12: dgrad's k chunks (8 out channels) would straddle taps
     assert cc.plan_dgrad(g, x, w, (1, 1), (1, 1, 1, 1), (1, 1), 2)["kernel"] == _tc("dgrad", dt, False)
     w16 = torch.randn(32, 16, 3, 3, dtype=dt)
@@ -113,15 +113,15 @@ def test_float32_takes_simt_and_depthwise_takes_the_direct_kernel():
     x = torch.randn(3, 16, 10, 10)
     w = torch.randn(32, 16, 3, 3)
     g = torch.randn(3, 32, 10, 10)
-    for plan, name in [(cc.plan_conv2d(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1), "fwd"),
+    for plan, name in [(cc.plan_conv2d(x, w, None, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 0), "fwd"),
                        (cc.plan_dgrad(g, x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1), "dgrad")]:
         assert plan["kernel"] == f"conv2d_simt_kernel<{name}>" and not plan["tensor_cores"]
         assert plan["tile"] == (64, 64, 16) and not plan["vectorized"]
-    assert cc.plan_conv2d(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)["ctas"] == _cdiv(300, 64) * _cdiv(32, 64)
+    assert cc.plan_conv2d(x, w, None, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 0)["ctas"] == _cdiv(300, 64) * _cdiv(32, 64)
     for dt, t in [(torch.float32, "float"), (torch.float16, "half")]:
         xd = torch.randn(2, 16, 10, 10, dtype=dt)
         wd = torch.randn(32, 1, 3, 3, dtype=dt)
-        p = cc.plan_conv2d(xd, wd, None, (1, 1), (1, 1, 1, 1), (1, 1), 16)
+        p = cc.plan_conv2d(xd, wd, None, None, (1, 1), (1, 1, 1, 1), (1, 1), 16, 0)
         assert p["kernel"] == f"conv2d_dw_fwd_kernel<{t}>" and p["tile"] == (0, 0, 0)
         assert p["ctas"] == _cdiv(2 * 32 * 100, 256) and p["launches"] == 1
 
@@ -162,21 +162,21 @@ def test_plans_on_meta_and_fake_tensors_match_cpu():
     shapes = [((2, 64, 7, 9), (48, 64, 1, 1), 1), ((2, 6, 8, 8), (16, 6, 3, 3), 1), ((1, 32, 9, 9), (32, 1, 3, 3), 32)]
     for xs, ws, groups in shapes:
         x, w = torch.randn(*xs, dtype=torch.float16), torch.randn(*ws, dtype=torch.float16)
-        want = cc.plan_conv2d(x, w, None, (1, 1), P0, (1, 1), groups)
-        assert cc.plan_conv2d(x.to("meta"), w.to("meta"), None, (1, 1), P0, (1, 1), groups) == want
+        want = cc.plan_conv2d(x, w, None, None, (1, 1), P0, (1, 1), groups, 0)
+        assert cc.plan_conv2d(x.to("meta"), w.to("meta"), None, None, (1, 1), P0, (1, 1), groups, 0) == want
         with FakeTensorMode():
             xf, wf = torch.empty(*xs, dtype=torch.float16), torch.empty(*ws, dtype=torch.float16)
-            assert cc.plan_conv2d(xf, wf, None, (1, 1), P0, (1, 1), groups) == want
+            assert cc.plan_conv2d(xf, wf, None, None, (1, 1), P0, (1, 1), groups, 0) == want
     # a meta view one element into its storage reports the misalignment
     xm = torch.empty(2 * 8 * 8 * 64 + 1, dtype=torch.float16, device="meta")[1:].view(2, 8, 8, 64).permute(0, 3, 1, 2)
     wm = torch.empty(16, 64, 3, 3, dtype=torch.float16, device="meta").contiguous(memory_format=CL)
-    assert not cc.plan_conv2d(xm, wm, None, (1, 1), P0, (1, 1), 1)["vectorized"]
+    assert not cc.plan_conv2d(xm, wm, None, None, (1, 1), P0, (1, 1), 1, 0)["vectorized"]
 
 
 def test_empty_problems_launch_nothing_and_bad_arguments_raise():
     x = torch.randn(0, 8, 5, 5, dtype=torch.float16)
     w = torch.randn(8, 8, 3, 3, dtype=torch.float16)
-    assert cc.plan_conv2d(x, w, None, (1, 1), P0, (1, 1), 1)["launches"] == 0
+    assert cc.plan_conv2d(x, w, None, None, (1, 1), P0, (1, 1), 1, 0)["launches"] == 0
     geom = [1, 8, 5, 5, 8, 3, 3, 3, 3, 1, 1, 0, 0, 1, 1, 1]
     with pytest.raises(ValueError, match="mode"):
         C.conv2d_plan_cuda(3, 2, geom, [1, 1, 1, 1], [1, 1, 1, 1], 0, 0, 132)
@@ -204,8 +204,8 @@ def test_entry_points_pass_the_launchers_what_the_plans_describe(monkeypatch):
         dt_, geom, xp, xs, wp, ws, *_ = calls["conv2d_fwd_cuda"]
         assert dt_ == code and list(xs) == list(x.contiguous(memory_format=CL).stride() if dt != torch.float32 else
                                                 x.stride())
-        assert C.conv2d_plan_cuda(0, code, geom, xs, ws, xp, wp, 132) == cc.plan_conv2d(x, w, None, (1, 1), P0,
-                                                                                         (1, 1), 1)
+        assert C.conv2d_plan_cuda(0, code, geom, xs, ws, xp, wp, 132) == cc.plan_conv2d(x, w, None, None, (1, 1), P0,
+                                                                                         (1, 1), 1, 0)
         cc.dgrad(g, x, w, (1, 1), P0, (1, 1), 1)
         dt_, geom, gp, gs, wp, ws, *_ = calls["conv2d_bwd_data_cuda"]
         assert C.conv2d_plan_cuda(1, code, geom, gs, ws, gp, wp, 132) == cc.plan_dgrad(g, x, w, (1, 1), P0, (1, 1), 1)
@@ -215,7 +215,7 @@ def test_entry_points_pass_the_launchers_what_the_plans_describe(monkeypatch):
         assert C.conv2d_plan_cuda(2, code, geom, gs, xs, gp, xp, 132, splits) == cc.plan_wgrad(g, x, w, (1, 1), P0,
                                                                                                (1, 1), 1)
         if dt == torch.float16:
-            assert cc.plan_conv2d(x, w, None, (1, 1), P0, (1, 1), 1)["vectorized"]
+            assert cc.plan_conv2d(x, w, None, None, (1, 1), P0, (1, 1), 1, 0)["vectorized"]
 
 
 # ----------------------------------------------------------------------------- index arithmetic

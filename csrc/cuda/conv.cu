@@ -47,6 +47,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -74,6 +75,7 @@ struct IgemmParams {
   int64_t b_group;   // fwd / dgrad: element offset of group g+1's weight rows from group g's
   bool c_vec;        // C rows take 16-byte stores: unit channel stride, 8-aligned rows, N % 8 == 0
   bool r_vec;        // the residual likewise takes 16-byte loads
+  bool c_chunks;     // fwd / dgrad: C's channel axis is its contiguous one (epilogue thread mapping)
 };
 
 template <typename T> __device__ __forceinline__ T zero_of() { return from_float<T>(0.0f); }
@@ -373,10 +375,10 @@ __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p)
   }
 
   // 4. Epilogue, one half of the tile (64 rows = the warps with warp_m == h) at a time through an
-  //    fp32 staging tile [64][EPI_LD] in the pipeline ring, then copied out 8 columns per thread:
-  //    16-byte stores for channels_last outputs. Fragment (mt, nt, e) holds C[row0 + (e >= 2) * 8,
-  //    col0 + (e & 1)]. Why the barriers: the ring is still read by the last tile's ldmatrix, and the
-  //    copy-out reads rows written by other warps.
+  //    fp32 staging tile [64][EPI_LD] in the pipeline ring, then copied out 8 columns per thread
+  //    (16-byte stores for channels_last outputs) or pixel-major for NCHW outputs. Fragment
+  //    (mt, nt, e) holds C[row0 + (e >= 2) * 8, col0 + (e & 1)]. Why the barriers: the ring is still
+  //    read by the last tile's ldmatrix, and the copy-out reads rows written by other warps.
   ptx::cp_async_wait<0>();
   __syncthreads();
   float* stage = reinterpret_cast<float*>(smem_raw);
@@ -393,15 +395,33 @@ __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p)
         }
     }
     __syncthreads();
+    if (MODE == kWgrad || p.c_chunks) {
+      // Channels (columns) contiguous in C: each thread takes 8 columns of one row.
 #pragma unroll
-    for (int it = 0; it < (TC_BM / 2) * (TC_BN / 8) / TC_THREADS; ++it) {
-      const int q = tid + it * TC_THREADS;
-      const int r = q / (TC_BN / 8), cc = (q % (TC_BN / 8)) * 8;
-      const int lr = h * (TC_BM / 2) + r;
-      const int m = bm + lr, n0 = bn + cc;
-      if (m < p.M && n0 < p.N) {
-        const PixelRC px = MODE != kWgrad ? rows[lr] : PixelRC{0, 0, 0, 0};
-        store_chunk<MODE, T>(p, px, g, s, m, n0, stage + r * TC_EPI_LD + cc);
+      for (int it = 0; it < (TC_BM / 2) * (TC_BN / 8) / TC_THREADS; ++it) {
+        const int q = tid + it * TC_THREADS;
+        const int r = q / (TC_BN / 8), cc = (q % (TC_BN / 8)) * 8;
+        const int lr = h * (TC_BM / 2) + r;
+        const int m = bm + lr, n0 = bn + cc;
+        if (m < p.M && n0 < p.N) {
+          const PixelRC px = MODE != kWgrad ? rows[lr] : PixelRC{0, 0, 0, 0};
+          store_chunk<MODE, T>(p, px, g, s, m, n0, stage + r * TC_EPI_LD + cc);
+        }
+      }
+    } else {
+      // Pixels contiguous in C (NCHW outputs): consecutive threads take consecutive rows of one
+      // column, so a warp writes 32 neighbouring pixels of a channel (the column read of the staging
+      // tile is 8-way bank-conflicted; the global stores coalesce, which matters more).
+#pragma unroll 4
+      for (int it = 0; it < (TC_BM / 2) * TC_BN / TC_THREADS; ++it) {
+        const int e = tid + it * TC_THREADS;
+        const int r = e % (TC_BM / 2), c = e / (TC_BM / 2);
+        const int lr = h * (TC_BM / 2) + r;
+        const int m = bm + lr, n = bn + c;
+        if (m < p.M && n < p.N) {
+          const PixelRC px = MODE != kWgrad ? rows[lr] : PixelRC{0, 0, 0, 0};
+          store_one<MODE, T>(p, px, g, s, m, n, stage[r * TC_EPI_LD + c]);
+        }
       }
     }
     __syncthreads();  // the next half overwrites the staging tile
@@ -708,6 +728,7 @@ void conv2d_fwd(DType dt, const ConvGeometry& s, const void* x, Strides4 xs, con
   p.act = static_cast<int>(act);
   p.c_vec = rows_vec(out, os, s.N, s.O, s.OH, s.OW, p.ix.Og);
   p.r_vec = rows_vec(residual, rs, s.N, s.O, s.OH, s.OW, p.ix.Og);
+  p.c_chunks = p.c_vec || std::abs(os.c) <= std::min(std::abs(os.h), std::abs(os.w));
   launch_igemm<kFwd>(dt, p, pl, static_cast<int>(s.groups), st);
 }
 
@@ -724,6 +745,7 @@ void conv2d_bwd_data(DType dt, const ConvGeometry& s, const void* g, Strides4 gs
   p.c = dx; p.cs = xs;
   p.b_group = p.ix.Og * ws.n;
   p.c_vec = rows_vec(dx, xs, s.N, s.C, s.H, s.W, p.ix.Cg);
+  p.c_chunks = p.c_vec || std::abs(xs.c) <= std::min(std::abs(xs.h), std::abs(xs.w));
   launch_igemm<kDgrad>(dt, p, pl, static_cast<int>(s.groups), as_stream(stream));
 }
 

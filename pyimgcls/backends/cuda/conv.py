@@ -128,9 +128,10 @@ _NOTHING = {"kernel": "", "tensor_cores": False, "vectorized": False, "tile": (0
             "launches": 0}
 
 
-def plan_conv2d(x, w, res, stride, padding, dilation, groups, sm_count=None):
-    """What ``conv2d`` launches for these arguments (same signature without bias / act, which do not
-    change the kernel): the dict of ``_native.C.conv2d_plan_cuda``."""
+def plan_conv2d(x, w, bias, res, stride, padding, dilation, groups, act, sm_count=None):
+    """What ``conv2d`` launches for the same arguments: the dict of ``_native.C.conv2d_plan_cuda``
+    (kernel, tensor_cores, vectorized, tile, ctas, splits, launches). bias and act are fused into the
+    epilogue and do not change it."""
     with torch.no_grad():
         x2, w2, _, _, geom = _fwd_args(x, w, res, stride, padding, dilation, groups)
     if geom is None:
@@ -139,7 +140,7 @@ def plan_conv2d(x, w, res, stride, padding, dilation, groups, sm_count=None):
 
 
 def plan_dgrad(gp, x, w, stride, padding, dilation, groups, sm_count=None):
-    """What ``dgrad`` launches for these arguments."""
+    """What ``dgrad`` launches for the same arguments."""
     with torch.no_grad():
         gp2, w2, _, geom = _dgrad_args(gp, x, w, stride, padding, dilation, groups)
     if geom is None:
@@ -148,7 +149,7 @@ def plan_dgrad(gp, x, w, stride, padding, dilation, groups, sm_count=None):
 
 
 def plan_wgrad(gp, x, w, stride, padding, dilation, groups, sm_count=None):
-    """What ``wgrad`` launches for these arguments (its split count from ``sm_count`` SMs: the
+    """What ``wgrad`` launches for the same arguments (its split count from ``sm_count`` SMs: the
     tensors' GPU, or NOMINAL_SM_COUNT off a GPU)."""
     with torch.no_grad():
         gp2, x2, _, geom = _wgrad_args(gp, x, w, stride, padding, dilation, groups)
