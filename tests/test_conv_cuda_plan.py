@@ -117,7 +117,8 @@ def test_float32_takes_simt_and_depthwise_takes_the_direct_kernel():
                        (cc.plan_dgrad(g, x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1), "dgrad")]:
         assert plan["kernel"] == f"conv2d_simt_kernel<{name}>" and not plan["tensor_cores"]
         assert plan["tile"] == (64, 64, 16) and not plan["vectorized"]
-    assert cc.plan_conv2d(x, w, None, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 0)["ctas"] == _cdiv(300, 64) * _cdiv(32, 64)
+    p = cc.plan_conv2d(x, w, None, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 0)
+    assert p["ctas"] == _cdiv(300, 64) * _cdiv(32, 64)
     for dt, t in [(torch.float32, "float"), (torch.float16, "half")]:
         xd = torch.randn(2, 16, 10, 10, dtype=dt)
         wd = torch.randn(32, 1, 3, 3, dtype=dt)
@@ -247,8 +248,10 @@ def test_index_arithmetic_matches_the_plain_formula(tmp_path):
 # Each mutation plants an off-by-one (or a dropped term) in one helper the kernels call.
 MUTATIONS = {
     "fastdiv_magic": ("/ d + 1);", "/ d);"),
-    "split_pixel_column": ("return PixelRC{n, t - n * h, m - t * w, 0};", "return PixelRC{n, t - n * h, m - t * w + (m == w), 0};"),
-    "k_position_tap": ("return KPos{k - tap * ix.kc, tap - i * ix.KW, i};", "return KPos{k - tap * ix.kc, tap - i * ix.KW + (i > 0 && tap == i * ix.KW), i};"),
+    "split_pixel_column": ("return PixelRC{n, t - n * h, m - t * w, 0};",
+                           "return PixelRC{n, t - n * h, m - t * w + (m == w), 0};"),
+    "k_position_tap": ("return KPos{k - tap * ix.kc, tap - i * ix.KW, i};",
+                       "return KPos{k - tap * ix.kc, tap - i * ix.KW + (i > 0 && tap == i * ix.KW), i};"),
     "k_advance_carry": ("if (p.c >= ix.kc) {", "if (p.c > ix.kc) {"),
     "k_advance_row_carry": ("if (p.j >= ix.KW) {", "if (p.j > ix.KW) {"),
     "x_tap_bottom_edge": ("if (ih < 0 || ih >= ix.H ||", "if (ih < 0 || ih > ix.H ||"),

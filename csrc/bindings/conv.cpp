@@ -88,7 +88,8 @@ void bind_conv(py::module_& m) {
       "conv2d_plan_cuda",
       [](int pass, int dt, const V& geom, const V& a_strides, const V& b_strides, uintptr_t a, uintptr_t b,
          int sm_count, int64_t splits) {
-        if (pass < 0 || pass > 2) throw std::invalid_argument("conv2d plan: mode must be 0 (fwd), 1 (dgrad) or 2 (wgrad)");
+        if (pass < 0 || pass > 2)
+          throw std::invalid_argument("conv2d plan: mode must be 0 (fwd), 1 (dgrad) or 2 (wgrad)");
         if (splits < 0) throw std::invalid_argument("conv2d plan: splits must be >= 0 (0: the launcher's own choice)");
         return plan_dict(cuda::conv2d_plan(pass, to_cuda_dtype(dt, "conv2d"), to_geometry(geom), to_strides(a_strides),
                                            to_strides(b_strides), a, b, sm_count, splits));
