@@ -59,12 +59,11 @@ def test_pointwise_dgrad_and_wgrad_take_the_vector_kernels():
     w = torch.randn(48, 64, 1, 1, dtype=torch.float16)
     g = torch.randn(2, 48, 7, 9, dtype=torch.float16)
     assert cc.plan_dgrad(g, x, w, (1, 1), P0, (1, 1), 1)["kernel"] == _tc("dgrad", torch.float16, True)
-    # wgrad reads gradient and input in place: channels_last takes the new 16-byte path ...
-    p = cc.plan_wgrad(g.contiguous(memory_format=CL), x.contiguous(memory_format=CL), w, (1, 1), P0, (1, 1), 1)
-    assert p["kernel"] == _tc("wgrad", torch.float16, True) and p["vectorized"] and p["launches"] == 2
-    # ... NCHW keeps the element gathers
-    p = cc.plan_wgrad(g, x, w, (1, 1), P0, (1, 1), 1)
-    assert p["kernel"] == _tc("wgrad", torch.float16, False) and not p["vectorized"]
+    # wgrad takes the new 16-byte path from channels_last tensors and, after the backend's
+    # conversion, from NCHW ones (the default AMP set-up)
+    for gg, xx in [(g.contiguous(memory_format=CL), x.contiguous(memory_format=CL)), (g, x)]:
+        p = cc.plan_wgrad(gg, xx, w, (1, 1), P0, (1, 1), 1)
+        assert p["kernel"] == _tc("wgrad", torch.float16, True) and p["vectorized"] and p["launches"] == 2
 
 
 @pytest.mark.parametrize("case", ["odd_cin", "odd_cin_per_group", "misaligned"])
@@ -84,16 +83,22 @@ def test_forward_falls_back_to_element_gathers(case):
     assert p["kernel"] == _tc("fwd", dt, False) and p["tensor_cores"] and not p["vectorized"]
 
 
-def test_wgrad_reads_in_place_so_a_ragged_pixel_stride_falls_back():
-    """wgrad converts nothing: a channels_last view whose pixel stride (68 elements) is not a multiple
-    of 8 takes the element gathers; the same channels in a dense tensor take the 16-byte path."""
+def test_wgrad_falls_back_to_element_gathers_for_odd_channels_and_reads_them_in_place():
+    """Channel counts that are not multiples of 8 take the element gathers, and then nothing is
+    converted: the launcher sees the caller's (ragged) strides."""
     dt = torch.float16
-    x = torch.randn(2, 8, 8, 68, dtype=dt)[..., :64].permute(0, 3, 1, 2)
-    w = torch.randn(16, 64, 3, 3, dtype=dt)
-    g = torch.randn(2, 16, 8, 8, dtype=dt).contiguous(memory_format=CL)
+    x = torch.randn(2, 8, 8, 68, dtype=dt)[..., :12].permute(0, 3, 1, 2)   # pixel stride 68
+    w = torch.randn(16, 12, 3, 3, dtype=dt)
+    g = torch.randn(2, 16, 8, 8, dtype=dt)
     pad = (1, 1, 1, 1)
-    assert not cc.plan_wgrad(g, x, w, (1, 1), pad, (1, 1), 1)["vectorized"]
-    assert cc.plan_wgrad(g, x.contiguous(memory_format=CL), w, (1, 1), pad, (1, 1), 1)["vectorized"]
+    assert cc.plan_wgrad(g, x, w, (1, 1), pad, (1, 1), 1)["kernel"] == _tc("wgrad", dt, False)
+    gp2, x2, _, _ = cc._wgrad_args(g, x, w, (1, 1), pad, (1, 1), 1)
+    assert gp2 is g and x2 is x
+    # out channels per group not a multiple of 8 (C/groups = 8 is)
+    xg = torch.randn(2, 16, 8, 8, dtype=dt)
+    wg = torch.randn(12, 8, 3, 3, dtype=dt)
+    gg = torch.randn(2, 12, 8, 8, dtype=dt)
+    assert not cc.plan_wgrad(gg, xg, wg, (1, 1), pad, (1, 1), 2)["vectorized"]
 
 
 def test_grouped_vector_path_and_odd_out_channels_in_dgrad():

@@ -50,9 +50,16 @@ def _dgrad_args(gp, x, w, stride, padding, dilation, groups):
 
 
 def _wgrad_args(gp, x, w, stride, padding, dilation, groups):
-    """(gp, x, dw, geom) as conv2d_bwd_weight_cuda receives them; geom None when dw is empty. No
-    conversion: the wgrad kernel's 16-byte path reads channels_last gradient and input in place."""
+    """(gp, x, dw, geom) as conv2d_bwd_weight_cuda receives them; geom None when dw is empty."""
     dw, geom = wgrad_output(gp, x, w, stride, padding, dilation, groups)
+    if (geom is not None and x.dtype in _LOW_PRECISION and (geom.C // geom.groups) % 8 == 0
+            and (geom.O // geom.groups) % 8 == 0):
+        # NCHW policy as in the forward: wgrad's 16-byte path gathers 8 out channels of the gradient
+        # and 8 input channels of x at one pixel, so both go channels_last (no-ops when they already
+        # are; one read + write of each otherwise). With other channel counts the element gathers
+        # read any layout in place, so nothing is copied.
+        gp = gp.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     return gp, x, dw, geom
 
 
