@@ -91,6 +91,10 @@ def _inputs(layer, batch, dtype, layout, grad):
     b = torch.randn(cout, device="cuda", dtype=dtype, generator=gen)
     if layout == "nhwc":
         x = x.contiguous(memory_format=torch.channels_last)
+        # A 1x1 weight made channels_last has strides (C, 1, 1, 1): PyTorch leaves size-1 dims at
+        # stride 1, exactly as the model's own weights arrive. The CUDA kernels ignore strides of
+        # size-1 dims (conv2d_vec_ok, csrc/cuda/conv.h), so these rows measure the 16-byte path that
+        # pyimgcls.backends.cuda.conv.plan_conv2d reports for them.
         w = w.contiguous(memory_format=torch.channels_last)
     if grad:
         for t in (x, w, b):

@@ -8,9 +8,7 @@
 
 #include "bind.h"
 #include "../cpu/conv.h"
-#ifdef PYIMGCLS_WITH_CUDA
-#include "../cuda/conv.h"
-#endif
+#include "../cuda/conv.h"  // CUDA-free: the plan functions exist in every build
 
 namespace pyimgcls::bind {
 namespace {
@@ -79,6 +77,27 @@ void bind_conv(py::module_& m) {
         cpu::conv2d_bias_act_bwd(d, N, O, P, cptr(grad), gs4, cptr(out), os4, mptr(grad_pre), mptr(grad_bias), ac);
       },
       "conv2d epilogue backward on CPU: activation mask and per-channel bias gradient");
+  // The CUDA launchers' decisions, CPU-only builds included (pyimgcls.explain, tests without a GPU).
+  m.def(
+      "conv2d_wgrad_splits_cuda",
+      [](int dt, const V& geom, int sm_count) {
+        return cuda::conv2d_wgrad_splits(to_cuda_dtype(dt, "conv2d"), to_geometry(geom), sm_count);
+      },
+      "K splits (and float32 scratch multiples of O*C/groups*KH*KW) conv2d_bwd_weight_cuda uses");
+  m.def(
+      "conv2d_plan_cuda",
+      [](int pass, int dt, const V& geom, const V& a_strides, const V& b_strides, uintptr_t a, uintptr_t b,
+         int sm_count, int64_t splits) {
+        if (pass < 0 || pass > 2)
+          throw std::invalid_argument("conv2d plan: mode must be 0 (fwd), 1 (dgrad) or 2 (wgrad)");
+        if (splits < 0) throw std::invalid_argument("conv2d plan: splits must be >= 0 (0: the launcher's own choice)");
+        return plan_dict(cuda::conv2d_plan(pass, to_cuda_dtype(dt, "conv2d"), to_geometry(geom), to_strides(a_strides),
+                                           to_strides(b_strides), a, b, sm_count, splits));
+      },
+      py::arg("mode"), py::arg("dtype"), py::arg("geom"), py::arg("a_strides"), py::arg("b_strides"), py::arg("a_ptr"),
+      py::arg("b_ptr"), py::arg("sm_count"), py::arg("splits") = 0,
+      "What conv2d_fwd_cuda (pass 0: a = x, b = w), conv2d_bwd_data_cuda (1: a = grad, b = w) or "
+      "conv2d_bwd_weight_cuda (2: a = grad, b = x) launches for these arguments, as a plan dict");
 #ifdef PYIMGCLS_WITH_CUDA
   m.def(
       "conv2d_fwd_cuda",
@@ -104,12 +123,6 @@ void bind_conv(py::module_& m) {
         cuda::conv2d_bwd_data(d, s, cptr(g), gs4, cptr(w), ws4, mptr(dx), xs4, device, stream);
       },
       "conv2d grad_input on CUDA");
-  m.def(
-      "conv2d_wgrad_splits_cuda",
-      [](int dt, const V& geom, int sm_count) {
-        return cuda::conv2d_wgrad_splits(to_cuda_dtype(dt, "conv2d"), to_geometry(geom), sm_count);
-      },
-      "K splits (and float32 scratch multiples of O*C/groups*KH*KW) conv2d_bwd_weight_cuda uses");
   m.def(
       "conv2d_bwd_weight_cuda",
       [](int dt, const V& geom, uintptr_t g, const V& gs, uintptr_t x, const V& xs, uintptr_t dw, uintptr_t scratch,

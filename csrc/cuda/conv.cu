@@ -19,9 +19,15 @@
 //     m16n8k16 (fp32 accumulate), ldmatrix.x4 fragments from padded (conflict-free) shared rows, a
 //     3-stage cp.async pipeline. VEC: each thread moves 16-byte chunks (8 channels of one tap) with
 //     cp.async zero-fill for padding / out-of-range — needs channels_last activations with a channel
-//     count per group that is a multiple of 8. !VEC: the same pipeline fed by predicated element
-//     gathers (any layout, any channel count; wgrad always).
-//   conv2d_simt_kernel<MODE> (fp32): 64x64x16 tile, 4x4 outputs per thread, IEEE fp32 FMA (no TF32).
+//     count per group that is a multiple of 8 (wgrad: 8 out channels of g / 8 input channels of x at
+//     one pixel, stored k-major and read with ldmatrix.trans). !VEC: the same pipeline fed by
+//     predicated element gathers (any layout, any channel count). The decision: conv2d_plan (conv.h).
+//     Index arithmetic in 32 bits (conv.h: per-CTA pixel-row table, incremental (tap, channel) walk
+//     of GEMM-K, fast division), so no 64-bit division routine is called; the epilogue stages each
+//     half tile in fp32 through shared memory and writes 8 channels per thread (16-byte stores for
+//     channels_last outputs).
+//   conv2d_simt_kernel<MODE> (fp32): 64x64x16 tile, 4x4 outputs per thread, IEEE fp32 FMA (no TF32),
+//     the same index helpers.
 //   conv2d_dw_fwd_kernel<T> (groups == C): direct stencil, one output per thread, fused epilogue.
 //   Fused epilogue on the fp32 accumulator: + bias + residual, then relu / relu6 written as
 //   v < 0 ? 0 : v (NaN compares false and propagates, unlike fmaxf), cast, store through strides.
@@ -41,6 +47,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -51,200 +58,246 @@
 namespace pyimgcls::cuda {
 namespace {
 
-enum Mode : int { kFwd = 0, kDgrad = 1, kWgrad = 2 };
-
-struct Tensor4 {
-  const void* p;
-  int64_t sn, sc, sh, sw;
-};
-
+// Operand pointers with the strides as the GEMM gathers them; index geometry in 32 bits (ConvIndex,
+// conv.h): every pixel count and GEMM-K extent is below 2^31 (check_geom), offsets are 64-bit.
 struct IgemmParams {
-  Tensor4 a;  // fwd: x; dgrad / wgrad: grad at the conv output
-  Tensor4 b;  // fwd / dgrad: weight with strides (row, k-channel, kh, kw); wgrad: x
-  Tensor4 c;  // fwd: out; dgrad: dx; wgrad: fp32 scratch (sn = per split, sc = per out channel)
-  Tensor4 r;  // fwd: residual (p may be null)
-  const void* bias;
-  int64_t H, W, OH, OW;  // conv input / output spatial sizes
-  int64_t Cg, Og;
-  int64_t M, N, K;       // per-group GEMM sizes (see the header)
-  int64_t b_group;       // fwd / dgrad: element offset of group g+1's weight rows from group g's
-  int64_t k_chunk;       // GEMM-K handled by one split (wgrad); K otherwise
-  int KH, KW, sh, sw, ph, pw, dh, dw;
-  int act;
+  const void *a, *b, *r, *bias;
+  void* c;
+  Strides4 as;  // fwd: x; dgrad / wgrad: grad at the conv output
+  Strides4 bs;  // fwd / dgrad: weight with strides (row, k-channel, kh, kw); wgrad: x
+  Strides4 cs;  // fwd: out; dgrad: dx; wgrad: fp32 scratch (n = per split, c = per out channel)
+  Strides4 rs;  // fwd: residual (r may be null)
+  ConvIndex ix;
+  int M, N, K;       // per-group GEMM sizes (see the header)
+  int k_chunk;       // GEMM-K handled by one split (wgrad); K otherwise
   int splits;
+  int act;
+  int64_t b_group;   // fwd / dgrad: element offset of group g+1's weight rows from group g's
+  bool c_vec;        // C rows take 16-byte stores: unit channel stride, 8-aligned rows, N % 8 == 0
+  bool r_vec;        // the residual likewise takes 16-byte loads
+  bool c_chunks;     // fwd / dgrad: C's channel axis is its contiguous one (epilogue thread mapping)
 };
 
 template <typename T> __device__ __forceinline__ T zero_of() { return from_float<T>(0.0f); }
 
 // ---------------------------------------------------------------------------------------------
-// Index maps shared by every implicit-GEMM kernel. Rows of A / C are pixels (fwd, dgrad) or out
-// channels (wgrad); columns of B / C are channels (fwd, dgrad) or (tap, in channel) (wgrad).
+// Index plan of every implicit-GEMM kernel (helpers in conv.h, tested on the CPU):
+//   * fwd / dgrad: rows of A and C are pixels. Each CTA splits its BM rows into (n, y, x) once
+//     (split_pixel, two fast divisions per row) into a shared table that the gathers and the
+//     epilogue read; rows past M are marked n = -1.
+//   * fwd / dgrad GEMM-K = (tap, channel): each thread gathers at a fixed offset inside the k-tile,
+//     so it keeps one KPos (c, j, i) and advances it by BK per tile (k_advance: compare, and a fast
+//     division only when the channel count wraps a tap).
+//   * wgrad: rows are out channels, columns (tap, in channel) — a thread's column is fixed, split
+//     once; GEMM-K = pixels, split per gathered pixel by two fast divisions.
+// No 64-bit division remains in the tensor-core kernels; the dgrad stride test is a fast division.
 // ---------------------------------------------------------------------------------------------
-struct Pix {
-  int64_t n, y, x;  // image, row, column in the spatial grid the GEMM rows enumerate
-};
-
-__device__ __forceinline__ Pix split_pixel(int64_t m, int64_t h, int64_t w) {
-  Pix p;
-  p.x = m % w;
-  const int64_t t = m / w;
-  p.y = t % h;
-  p.n = t / h;
-  return p;
-}
-
-// Element of the conv input x (tensor t) that output pixel `pix` (index over N*OH*OW) reads for
-// reduction column `col` = tap * Cg + channel, in group g; -1 where the tap falls in the padding.
-// A of the forward pass (pix = m, col = k) and B of the weight gradient (pix = k, col = n).
-__device__ __forceinline__ int64_t x_tap_offset(const IgemmParams& p, const Tensor4& t, int g, int64_t pix,
-                                                int64_t col) {
-  const Pix q = split_pixel(pix, p.OH, p.OW);
-  const int64_t tap = col / p.Cg, c = col % p.Cg;
-  const int64_t ih = q.y * p.sh - p.ph + (tap / p.KW) * p.dh;
-  const int64_t iw = q.x * p.sw - p.pw + (tap % p.KW) * p.dw;
-  if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) return -1;
-  return q.n * t.sn + (g * p.Cg + c) * t.sc + ih * t.sh + iw * t.sw;
-}
-
-// A[m, k] (k already offset to the split's range); returns the element offset or -1 for a zero.
-template <int MODE>
-__device__ __forceinline__ int64_t a_offset(const IgemmParams& p, int g, int64_t m, int64_t k) {
-  if (MODE == kFwd) {
-    return x_tap_offset(p, p.a, g, m, k);
-  } else if (MODE == kDgrad) {
-    const Pix q = split_pixel(m, p.H, p.W);
-    const int64_t tap = k / p.Og, o = k % p.Og;
-    const int64_t th = q.y + p.ph - (tap / p.KW) * p.dh;
-    const int64_t tw = q.x + p.pw - (tap % p.KW) * p.dw;
-    if (th < 0 || tw < 0 || th % p.sh != 0 || tw % p.sw != 0) return -1;
-    const int64_t oh = th / p.sh, ow = tw / p.sw;
-    if (oh >= p.OH || ow >= p.OW) return -1;
-    return q.n * p.a.sn + (g * p.Og + o) * p.a.sc + oh * p.a.sh + ow * p.a.sw;
-  } else {
-    const Pix q = split_pixel(k, p.OH, p.OW);
-    return q.n * p.a.sn + (g * p.Og + m) * p.a.sc + q.y * p.a.sh + q.x * p.a.sw;
+__device__ __forceinline__ void fill_row_table(PixelRC* rows, int rows_n, int bm, int M, int h, int w,
+                                               const FastDiv& fh, const FastDiv& fw) {
+  for (int r = threadIdx.x; r < rows_n; r += blockDim.x) {
+    const int m = bm + r;
+    rows[r] = m < M ? split_pixel(m, h, w, fh, fw) : PixelRC{-1, 0, 0, 0};
   }
 }
 
-// B[n, k]; element offset or -1.
 template <int MODE>
-__device__ __forceinline__ int64_t b_offset(const IgemmParams& p, int g, int64_t n, int64_t k) {
-  if (MODE == kWgrad) {
-    return x_tap_offset(p, p.b, g, k, n);
-  } else {
-    const int64_t kc = MODE == kFwd ? p.Cg : p.Og;
-    const int64_t tap = k / kc, c = k % kc;
-    return g * p.b_group + n * p.b.sn + c * p.b.sc + (tap / p.KW) * p.b.sh + (tap % p.KW) * p.b.sw;
-  }
+__device__ __forceinline__ void fill_rows(const IgemmParams& p, PixelRC* rows, int rows_n, int bm) {
+  if (MODE == kFwd) fill_row_table(rows, rows_n, bm, p.M, p.ix.OH, p.ix.OW, p.ix.f_OH, p.ix.f_OW);
+  else fill_row_table(rows, rows_n, bm, p.M, p.ix.H, p.ix.W, p.ix.f_H, p.ix.f_W);
 }
 
-// Store one accumulator value C[m, n] of group g (and split s for wgrad) with the mode's epilogue.
+// A[row, k] of fwd / dgrad for the pixel row `px` at k position kp; -1 for a zero.
+template <int MODE>
+__device__ __forceinline__ int64_t a_pixel_offset(const IgemmParams& p, const PixelRC& px, const KPos& kp, int g) {
+  return MODE == kFwd ? x_tap_offset(p.ix, p.as, px, kp, g) : dgrad_tap_offset(p.ix, p.as, px, kp, g);
+}
+
+// GEMM-K index k (< k_end) of wgrad -> output pixel, n = -1 past the split's range.
+__device__ __forceinline__ PixelRC wgrad_pixel(const IgemmParams& p, int k, int k_end) {
+  return k < k_end ? split_pixel(k, p.ix.OH, p.ix.OW, p.ix.f_OH, p.ix.f_OW) : PixelRC{-1, 0, 0, 0};
+}
+
+// One accumulator value C[m, n] (m < M, n < N) with the pass's epilogue: the SIMT kernel's store.
 template <int MODE, typename T>
-__device__ __forceinline__ void store_c(const IgemmParams& p, int g, int s, int64_t m, int64_t n, float v) {
+__device__ __forceinline__ void store_one(const IgemmParams& p, const PixelRC& px, int g, int s, int m, int n,
+                                          float v) {
   if (MODE == kWgrad) {
-    float* c = static_cast<float*>(const_cast<void*>(p.c.p));
-    c[s * p.c.sn + (g * p.Og + m) * p.c.sc + n] = v;
+    static_cast<float*>(p.c)[s * p.cs.n + (static_cast<int64_t>(g) * p.ix.Og + m) * p.cs.c + n] = v;
     return;
   }
-  T* c = static_cast<T*>(const_cast<void*>(p.c.p));
+  const int64_t ch = static_cast<int64_t>(g) * p.N + n;
   if (MODE == kFwd) {
-    const Pix q = split_pixel(m, p.OH, p.OW);
-    const int64_t ch = g * p.Og + n;
     if (p.bias) v += to_float(static_cast<const T*>(p.bias)[ch]);
-    if (p.r.p) v += to_float(static_cast<const T*>(p.r.p)[q.n * p.r.sn + ch * p.r.sc + q.y * p.r.sh + q.x * p.r.sw]);
+    if (p.r) v += to_float(static_cast<const T*>(p.r)[px.n * p.rs.n + ch * p.rs.c + px.y * p.rs.h + px.x * p.rs.w]);
     v = apply_act(v, p.act);
-    c[q.n * p.c.sn + ch * p.c.sc + q.y * p.c.sh + q.x * p.c.sw] = from_float<T>(v);
-  } else {
-    const Pix q = split_pixel(m, p.H, p.W);
-    c[q.n * p.c.sn + (g * p.Cg + n) * p.c.sc + q.y * p.c.sh + q.x * p.c.sw] = from_float<T>(v);
   }
+  static_cast<T*>(p.c)[px.n * p.cs.n + ch * p.cs.c + px.y * p.cs.h + px.x * p.cs.w] = from_float<T>(v);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core implicit GEMM (fp16 / bf16)
 // ---------------------------------------------------------------------------------------------
-constexpr int TC_BM = 128, TC_BN = 128, TC_BK = 32, TC_STAGES = 3, TC_THREADS = 256;
-constexpr int TC_LD = TC_BK + 8;  // padded row (80 bytes): ldmatrix rows hit 8 distinct 16-byte bank groups
-constexpr int TC_SMEM_BYTES = TC_STAGES * (TC_BM + TC_BN) * TC_LD * 2;
+constexpr int TC_LD = TC_BK + 8;   // [rows][BK] tile row (80 bytes): ldmatrix rows hit 8 distinct 16-byte bank groups
+constexpr int TC_LDT = TC_BM + 8;  // [BK][rows] tile row of wgrad's vector path (272 bytes), same property
+constexpr int TC_PIPE_BYTES = TC_STAGES * (TC_BM + TC_BN) * TC_LD * 2;
+constexpr int TC_ROWS_BYTES = TC_BM * static_cast<int>(sizeof(PixelRC));
+constexpr int TC_SMEM_BYTES = TC_PIPE_BYTES + TC_ROWS_BYTES;
+constexpr int TC_EPI_LD = TC_BN + 8;  // fp32 staging row: float2 stores of a half-warp hit 32 distinct banks
+static_assert(TC_BK * TC_LDT <= TC_BM * TC_LD, "wgrad's k-major stage must fit the row-major one");
+static_assert(TC_BM / 2 * TC_EPI_LD * 4 <= TC_PIPE_BYTES, "half-tile fp32 staging must fit the pipeline ring");
 
-// Element gathers of the non-16-byte paths: A[m, k] into *a_dst and B[n, k] into *b_dst, zeros
-// outside the matrix or past the split's K range.
-template <int MODE, typename T>
-__device__ __forceinline__ void gather_elems(const IgemmParams& p, int g, int64_t m, int64_t n, int64_t k,
-                                             int64_t k_end, const T* A, const T* B, T* a_dst, T* b_dst) {
-  int64_t off = -1, boff = -1;
-  if (k < k_end) {
-    if (m < p.M) off = a_offset<MODE>(p, g, m, k);
-    if (n < p.N) boff = b_offset<MODE>(p, g, n, k);
-  }
-  *a_dst = off >= 0 ? A[off] : zero_of<T>();
-  *b_dst = boff >= 0 ? B[boff] : zero_of<T>();
-}
-
-// Fill one pipeline stage: sA [BM][LD] <- A[bm:bm+BM, k0:k0+BK], sB [BN][LD] <- B[bn:bn+BN, k0:k0+BK].
+// Fill one pipeline stage with A[bm:bm+BM, k0:k0+BK] and B[bn:bn+BN, k0:k0+BK].
+//   fwd / dgrad: sA [BM][LD], sB [BN][LD] (k contiguous); kp = this thread's k position.
+//   wgrad VEC:   sA [BK][LDT], sB [BK][LDT] (rows contiguous); bcol = this thread's B column.
+//   wgrad !VEC:  as fwd, element gathers; bcol = this thread's B column.
 template <int MODE, typename T, bool VEC>
-__device__ __forceinline__ void load_stage(const IgemmParams& p, int g, int64_t bm, int64_t bn, int64_t k0,
-                                           int64_t k_end, T* sA, T* sB) {
+__device__ __forceinline__ void load_stage(const IgemmParams& p, const PixelRC* rows, int g, int bm, int bn, int k0,
+                                           int k_end, const KPos& kp, const KPos& bcol, T* sA, T* sB) {
   const int tid = threadIdx.x;
-  const T* A = static_cast<const T*>(p.a.p);
-  const T* B = static_cast<const T*>(p.b.p);
-  if (VEC) {
-    // 512 chunks of 8 elements per operand: chunk q -> row q / 4, k offset (q % 4) * 8. A chunk never
-    // straddles a tap because the per-tap channel count is a multiple of 8 (checked by the launcher).
+  const T* A = static_cast<const T*>(p.a);
+  const T* B = static_cast<const T*>(p.b);
+  if (MODE != kWgrad && VEC) {
+    // 512 16-byte chunks per operand: chunk q -> row q / 4, k offset (q % 4) * 8. A chunk never
+    // straddles a tap because the per-tap channel count is a multiple of 8 (conv2d_vec_ok).
+    const int kq = (tid & 3) * 8;
+    const bool kin = k0 + kq < k_end;
 #pragma unroll
     for (int it = 0; it < 2; ++it) {
-      const int q = tid + it * TC_THREADS;
-      const int row = q >> 2, kq = (q & 3) * 8;
-      const int64_t k = k0 + kq;
-      const int64_t m = bm + row;
-      int64_t off = -1;
-      if (m < p.M && k < k_end) off = a_offset<MODE>(p, g, m, k);
+      const int row = (tid >> 2) + it * (TC_THREADS / 4);
+      const int64_t off = kin ? a_pixel_offset<MODE>(p, rows[row], kp, g) : -1;
       ptx::cp_async_16(ptx::smem_addr(sA + row * TC_LD + kq), off >= 0 ? A + off : A, off >= 0 ? 16 : 0);
-      const int64_t n = bn + row;
-      int64_t boff = -1;
-      if (n < p.N && k < k_end) boff = b_offset<MODE>(p, g, n, k);
+      const int n = bn + row;
+      const int64_t boff = kin && n < p.N ? weight_offset(p.ix, p.bs, p.b_group, n, kp, g) : -1;
       ptx::cp_async_16(ptx::smem_addr(sB + row * TC_LD + kq), boff >= 0 ? B + boff : B, boff >= 0 ? 16 : 0);
     }
   } else if (MODE != kWgrad) {
     // Element gathers, 16 per thread per operand; 32 consecutive threads cover one row's BK k values.
     const int kk = tid & 31;
-    const int64_t k = k0 + kk;
+    const bool kin = k0 + kk < k_end;
 #pragma unroll 4
     for (int it = 0; it < 16; ++it) {
       const int row = (tid >> 5) + it * 8;
-      const int64_t m = bm + row, n = bn + row;
-      gather_elems<MODE>(p, g, m, n, k, k_end, A, B, sA + row * TC_LD + kk, sB + row * TC_LD + kk);
+      const int n = bn + row;
+      const int64_t off = kin ? a_pixel_offset<MODE>(p, rows[row], kp, g) : -1;
+      const int64_t boff = kin && n < p.N ? weight_offset(p.ix, p.bs, p.b_group, n, kp, g) : -1;
+      sA[row * TC_LD + kk] = off >= 0 ? A[off] : zero_of<T>();
+      sB[row * TC_LD + kk] = boff >= 0 ? B[boff] : zero_of<T>();
+    }
+  } else if (VEC) {
+    // wgrad, 16-byte chunks of 8 out channels (A) / 8 input channels of one tap (B) at one pixel,
+    // stored k-major: chunk q -> k row q / 16, column chunk (q % 16) * 8.
+    const int mc = (tid & 15) * 8;
+    const int m = bm + mc, n = bn + mc;
+#pragma unroll
+    for (int it = 0; it < 2; ++it) {
+      const int kr = (tid >> 4) + it * (TC_THREADS / 16);
+      const PixelRC px = wgrad_pixel(p, k0 + kr, k_end);
+      const int64_t off = m < p.M ? wgrad_a_offset(p.ix, p.as, m, px, g) : -1;
+      ptx::cp_async_16(ptx::smem_addr(sA + kr * TC_LDT + mc), off >= 0 ? A + off : A, off >= 0 ? 16 : 0);
+      const int64_t boff = n < p.N ? x_tap_offset(p.ix, p.bs, px, bcol, g) : -1;
+      ptx::cp_async_16(ptx::smem_addr(sB + kr * TC_LDT + mc), boff >= 0 ? B + boff : B, boff >= 0 ? 16 : 0);
     }
   } else {
-    // wgrad: both operands are contiguous along the GEMM's M / N axis (channels) for channels_last,
-    // so consecutive threads take consecutive rows of the tile.
-    const int row = tid & 127;
+    // wgrad, element gathers: both operands are contiguous along the GEMM's M / N axis (channels) for
+    // channels_last, so consecutive threads take consecutive rows of the tile.
+    const int row = tid & (TC_BM - 1);
+    const int m = bm + row, n = bn + row;
 #pragma unroll 4
     for (int it = 0; it < 16; ++it) {
       const int kk = (tid >> 7) + it * 2;
-      const int64_t k = k0 + kk;
-      const int64_t m = bm + row, n = bn + row;
-      gather_elems<MODE>(p, g, m, n, k, k_end, A, B, sA + row * TC_LD + kk, sB + row * TC_LD + kk);
+      const PixelRC px = wgrad_pixel(p, k0 + kk, k_end);
+      const int64_t off = m < p.M ? wgrad_a_offset(p.ix, p.as, m, px, g) : -1;
+      const int64_t boff = n < p.N ? x_tap_offset(p.ix, p.bs, px, bcol, g) : -1;
+      sA[row * TC_LD + kk] = off >= 0 ? A[off] : zero_of<T>();
+      sB[row * TC_LD + kk] = boff >= 0 ? B[boff] : zero_of<T>();
     }
+  }
+}
+
+// Write 8 staged fp32 values C[m, n0:n0+8] (fewer at the N edge) with the pass's epilogue; 16-byte
+// stores (and residual loads) where the launcher found the layout allows them.
+template <int MODE, typename T>
+__device__ __forceinline__ void store_chunk(const IgemmParams& p, const PixelRC& px, int g, int s, int m, int n0,
+                                            const float* staged) {
+  float v[8];
+  *reinterpret_cast<float4*>(v) = *reinterpret_cast<const float4*>(staged);
+  *reinterpret_cast<float4*>(v + 4) = *reinterpret_cast<const float4*>(staged + 4);
+  const int nv = min(8, p.N - n0);
+  if (MODE == kWgrad) {
+    float* c = static_cast<float*>(p.c) + s * p.cs.n + (static_cast<int64_t>(g) * p.ix.Og + m) * p.cs.c + n0;
+    if (p.c_vec && nv == 8) {
+      reinterpret_cast<float4*>(c)[0] = *reinterpret_cast<const float4*>(v);
+      reinterpret_cast<float4*>(c)[1] = *reinterpret_cast<const float4*>(v + 4);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q)
+        if (q < nv) c[q] = v[q];
+    }
+    return;
+  }
+  const int64_t ch0 = static_cast<int64_t>(g) * p.N + n0;
+  if (MODE == kFwd) {
+    if (p.bias) {
+      const T* bias = static_cast<const T*>(p.bias) + ch0;
+#pragma unroll
+      for (int q = 0; q < 8; ++q)
+        if (q < nv) v[q] += to_float(bias[q]);
+    }
+    if (p.r) {
+      const T* r = static_cast<const T*>(p.r) + px.n * p.rs.n + ch0 * p.rs.c + px.y * p.rs.h + px.x * p.rs.w;
+      if (p.r_vec && nv == 8) {
+        float rv[8];
+        load_vec<T, 8>(r, rv);
+#pragma unroll
+        for (int q = 0; q < 8; ++q) v[q] += rv[q];
+      } else {
+#pragma unroll
+        for (int q = 0; q < 8; ++q)
+          if (q < nv) v[q] += to_float(r[q * p.rs.c]);
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < 8; ++q) v[q] = apply_act(v[q], p.act);
+  }
+  T* c = static_cast<T*>(p.c) + px.n * p.cs.n + ch0 * p.cs.c + px.y * p.cs.h + px.x * p.cs.w;
+  if (p.c_vec && nv == 8) {
+    store_vec<T, 8>(c, v);
+  } else {
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+      if (q < nv) c[q * p.cs.c] = from_float<T>(v[q]);
   }
 }
 
 template <int MODE, typename T, bool VEC>
 __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p) {
+  constexpr bool TRANS = MODE == kWgrad && VEC;                    // k-major stages (wgrad's vector path)
+  constexpr int A_STAGE = TC_BM * TC_LD, B_STAGE = TC_BN * TC_LD;  // elements per stage (k-major ones fit)
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sA = reinterpret_cast<T*>(smem_raw);                          // [STAGES][BM][LD]
-  T* sB = sA + TC_STAGES * TC_BM * TC_LD;                          // [STAGES][BN][LD]
+  T* sA = reinterpret_cast<T*>(smem_raw);                          // [STAGES][BM][LD] or [STAGES][BK][LDT]
+  T* sB = sA + TC_STAGES * A_STAGE;                                // [STAGES][BN][LD] or [STAGES][BK][LDT]
+  PixelRC* rows = reinterpret_cast<PixelRC*>(smem_raw + TC_PIPE_BYTES);  // [BM] (fwd / dgrad)
 
-  // 1. Block -> (M tile, N tile, group, K split).
-  const int64_t bm = static_cast<int64_t>(blockIdx.x) * TC_BM;
-  const int64_t bn = static_cast<int64_t>(blockIdx.y) * TC_BN;
+  // 1. Block -> (M tile, N tile, group, K split); the CTA's row table; each thread's k position.
+  const int bm = static_cast<int>(blockIdx.x) * TC_BM;
+  const int bn = static_cast<int>(blockIdx.y) * TC_BN;
   const int g = blockIdx.z / p.splits;
   const int s = blockIdx.z % p.splits;
-  const int64_t k_begin = static_cast<int64_t>(s) * p.k_chunk;
-  const int64_t k_end = min(p.K, k_begin + p.k_chunk);
-  const int64_t KT = k_end > k_begin ? (k_end - k_begin + TC_BK - 1) / TC_BK : 0;
+  const int k_begin = s * p.k_chunk;
+  const int k_end = min(p.K, k_begin + p.k_chunk);
+  const int KT = k_end > k_begin ? (k_end - k_begin + TC_BK - 1) / TC_BK : 0;
+  const int tid = threadIdx.x;
 
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  KPos kp{0, 0, 0}, bcol{0, 0, 0};
+  if (MODE != kWgrad) {
+    fill_rows<MODE>(p, rows, TC_BM, bm);
+    kp = k_position(p.ix, k_begin + (VEC ? (tid & 3) * 8 : (tid & 31)));
+  } else {
+    bcol = k_position(p.ix, bn + (VEC ? (tid & 15) * 8 : (tid & (TC_BN - 1))));
+  }
+  __syncthreads();  // the row table is read by every thread's gathers
+
+  const int lane = tid & 31, warp = tid >> 5;
   const int warp_m = warp >> 2, warp_n = warp & 3;                 // 2 x 4 warps, each 64 x 32
   float acc[4][4][4];                                              // [m16 tile][n8 tile][fragment]
 #pragma unroll
@@ -257,40 +310,58 @@ __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p)
   // 2. Prologue: STAGES-1 tiles in flight (empty commit groups keep the wait counts uniform).
 #pragma unroll
   for (int st = 0; st < TC_STAGES - 1; ++st) {
-    if (st < KT)
-      load_stage<MODE, T, VEC>(p, g, bm, bn, k_begin + st * TC_BK, k_end, sA + st * TC_BM * TC_LD,
-                               sB + st * TC_BN * TC_LD);
+    if (st < KT) {
+      load_stage<MODE, T, VEC>(p, rows, g, bm, bn, k_begin + st * TC_BK, k_end, kp, bcol, sA + st * A_STAGE,
+                               sB + st * B_STAGE);
+      if (MODE != kWgrad) k_advance(p.ix, kp, TC_BK);
+    }
     ptx::cp_async_commit();
   }
 
   // 3. Main loop: wait for tile kt, prefetch tile kt+STAGES-1 into the stage freed at kt-1, compute.
-  for (int64_t kt = 0; kt < KT; ++kt) {
+  for (int kt = 0; kt < KT; ++kt) {
     ptx::cp_async_wait<TC_STAGES - 2>();
     __syncthreads();  // tile kt visible to all; every warp finished reading the stage refilled below
-    const int64_t pre = kt + TC_STAGES - 1;
+    const int pre = kt + TC_STAGES - 1;
     if (pre < KT) {
-      const int ps = static_cast<int>(pre % TC_STAGES);
-      load_stage<MODE, T, VEC>(p, g, bm, bn, k_begin + pre * TC_BK, k_end, sA + ps * TC_BM * TC_LD,
-                               sB + ps * TC_BN * TC_LD);
+      const int ps = pre % TC_STAGES;
+      load_stage<MODE, T, VEC>(p, rows, g, bm, bn, k_begin + pre * TC_BK, k_end, kp, bcol, sA + ps * A_STAGE,
+                               sB + ps * B_STAGE);
+      if (MODE != kWgrad) k_advance(p.ix, kp, TC_BK);
     }
     ptx::cp_async_commit();
 
-    const int cs = static_cast<int>(kt % TC_STAGES);
-    const T* tA = sA + cs * TC_BM * TC_LD + (warp_m * 64) * TC_LD;
-    const T* tB = sB + cs * TC_BN * TC_LD + (warp_n * 32) * TC_LD;
+    const int cs = kt % TC_STAGES;
+    const T* tA = sA + cs * A_STAGE;
+    const T* tB = sB + cs * B_STAGE;
 #pragma unroll
     for (int kk = 0; kk < TC_BK; kk += 16) {
       unsigned af[4][4], bf[4][2];
-      // A fragments: 4 x (16 x 16); lanes 0-15 address rows 0-15 at k, lanes 16-31 at k+8.
+      // A fragments: 4 x (16 x 16). Row-major tile: lanes 0-15 address rows 0-15 at k, lanes 16-31
+      // at k+8. k-major tile (transposed load): lanes address k rows (l % 8) + 8 * (l / 16) at m
+      // chunk (l / 8) % 2.
 #pragma unroll
-      for (int mt = 0; mt < 4; ++mt)
-        ptx::ldmatrix_x4(af[mt], ptx::smem_addr(tA + (mt * 16 + (lane & 15)) * TC_LD + kk + (lane >> 4) * 8));
-      // B fragments: 2 x ldmatrix.x4, each two n8 tiles x k16 (sB rows are n, k contiguous = "col").
+      for (int mt = 0; mt < 4; ++mt) {
+        const int m0 = warp_m * 64 + mt * 16;
+        if (TRANS)
+          ptx::ldmatrix_x4_trans(af[mt], ptx::smem_addr(tA + (kk + (lane & 7) + ((lane >> 4) << 3)) * TC_LDT + m0 +
+                                                        (((lane >> 3) & 1) << 3)));
+        else
+          ptx::ldmatrix_x4(af[mt], ptx::smem_addr(tA + (m0 + (lane & 15)) * TC_LD + kk + (lane >> 4) * 8));
+      }
+      // B fragments: 2 x ldmatrix.x4, each two n8 tiles x k16. Row-major tile (rows n, k contiguous =
+      // "col"): plain load. k-major tile: transposed load, lanes address k rows (l % 8) + 8 * ((l / 8)
+      // % 2) at n chunk l / 16.
 #pragma unroll
       for (int np = 0; np < 2; ++np) {
         unsigned r[4];
-        const int brow = np * 16 + (lane & 7) + ((lane >> 4) << 3);
-        ptx::ldmatrix_x4(r, ptx::smem_addr(tB + brow * TC_LD + kk + ((lane >> 3) & 1) * 8));
+        const int n0 = warp_n * 32 + np * 16;
+        if (TRANS)
+          ptx::ldmatrix_x4_trans(r, ptx::smem_addr(tB + (kk + (lane & 7) + (((lane >> 3) & 1) << 3)) * TC_LDT + n0 +
+                                                   ((lane >> 4) << 3)));
+        else
+          ptx::ldmatrix_x4(r, ptx::smem_addr(tB + (n0 + (lane & 7) + ((lane >> 4) << 3)) * TC_LD + kk +
+                                             ((lane >> 3) & 1) * 8));
         bf[2 * np][0] = r[0];
         bf[2 * np][1] = r[1];
         bf[2 * np + 1][0] = r[2];
@@ -302,62 +373,114 @@ __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p)
         for (int nt = 0; nt < 4; ++nt) ptx::mma_16816<T>(acc[mt][nt], af[mt], bf[nt]);
     }
   }
-  ptx::cp_async_wait<0>();
 
-  // 4. Epilogue: fragment (mt, nt, e) holds C[row0 + (e >= 2) * 8, col0 + (e & 1)].
+  // 4. Epilogue, one half of the tile (64 rows = the warps with warp_m == h) at a time through an
+  //    fp32 staging tile [64][EPI_LD] in the pipeline ring, then copied out 8 columns per thread
+  //    (16-byte stores for channels_last outputs) or pixel-major for NCHW outputs. Fragment
+  //    (mt, nt, e) holds C[row0 + (e >= 2) * 8, col0 + (e & 1)]. Why the barriers: the ring is still
+  //    read by the last tile's ldmatrix, and the copy-out reads rows written by other warps.
+  ptx::cp_async_wait<0>();
+  __syncthreads();
+  float* stage = reinterpret_cast<float*>(smem_raw);
 #pragma unroll
-  for (int mt = 0; mt < 4; ++mt)
+  for (int h = 0; h < 2; ++h) {
+    if (warp_m == h) {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int64_t m = bm + warp_m * 64 + mt * 16 + (lane >> 2) + half * 8;
-      if (m >= p.M) continue;
+      for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int64_t n = bn + warp_n * 32 + nt * 8 + (lane & 3) * 2 + e;
-          if (n < p.N) store_c<MODE, T>(p, g, s, m, n, acc[mt][nt][half * 2 + e]);
+        for (int nt = 0; nt < 4; ++nt) {
+          const int r = mt * 16 + (lane >> 2), c = warp_n * 32 + nt * 8 + (lane & 3) * 2;
+          *reinterpret_cast<float2*>(stage + r * TC_EPI_LD + c) = make_float2(acc[mt][nt][0], acc[mt][nt][1]);
+          *reinterpret_cast<float2*>(stage + (r + 8) * TC_EPI_LD + c) = make_float2(acc[mt][nt][2], acc[mt][nt][3]);
         }
     }
+    __syncthreads();
+    if (MODE == kWgrad || p.c_chunks) {
+      // Channels (columns) contiguous in C: each thread takes 8 columns of one row.
+#pragma unroll
+      for (int it = 0; it < (TC_BM / 2) * (TC_BN / 8) / TC_THREADS; ++it) {
+        const int q = tid + it * TC_THREADS;
+        const int r = q / (TC_BN / 8), cc = (q % (TC_BN / 8)) * 8;
+        const int lr = h * (TC_BM / 2) + r;
+        const int m = bm + lr, n0 = bn + cc;
+        if (m < p.M && n0 < p.N) {
+          const PixelRC px = MODE != kWgrad ? rows[lr] : PixelRC{0, 0, 0, 0};
+          store_chunk<MODE, T>(p, px, g, s, m, n0, stage + r * TC_EPI_LD + cc);
+        }
+      }
+    } else {
+      // Pixels contiguous in C (NCHW outputs): consecutive threads take consecutive rows of one
+      // column, so a warp writes 32 neighbouring pixels of a channel (the column read of the staging
+      // tile is 8-way bank-conflicted; the global stores coalesce, which matters more).
+#pragma unroll 4
+      for (int it = 0; it < (TC_BM / 2) * TC_BN / TC_THREADS; ++it) {
+        const int e = tid + it * TC_THREADS;
+        const int r = e % (TC_BM / 2), c = e / (TC_BM / 2);
+        const int lr = h * (TC_BM / 2) + r;
+        const int m = bm + lr, n = bn + c;
+        if (m < p.M && n < p.N) {
+          const PixelRC px = MODE != kWgrad ? rows[lr] : PixelRC{0, 0, 0, 0};
+          store_one<MODE, T>(p, px, g, s, m, n, stage[r * TC_EPI_LD + c]);
+        }
+      }
+    }
+    __syncthreads();  // the next half overwrites the staging tile
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
 // SIMT implicit GEMM (fp32, IEEE: no TF32)
 // ---------------------------------------------------------------------------------------------
-constexpr int SM_BM = 64, SM_BN = 64, SM_BK = 16, SM_THREADS = 256;
-
 template <int MODE>
-__global__ void __launch_bounds__(SM_THREADS) conv2d_simt_kernel(IgemmParams p) {
+__global__ void __launch_bounds__(SM_THREADS, 2) conv2d_simt_kernel(IgemmParams p) {
   __shared__ float sA[SM_BK][SM_BM];  // k-major so the compute loop reads a row of M / N per k
   __shared__ float sB[SM_BK][SM_BN];
-  const int64_t bm = static_cast<int64_t>(blockIdx.x) * SM_BM;
-  const int64_t bn = static_cast<int64_t>(blockIdx.y) * SM_BN;
+  __shared__ PixelRC rows[SM_BM];     // fwd / dgrad: the CTA's pixel rows
+  const int bm = static_cast<int>(blockIdx.x) * SM_BM;
+  const int bn = static_cast<int>(blockIdx.y) * SM_BN;
   const int g = blockIdx.z / p.splits;
   const int s = blockIdx.z % p.splits;
-  const int64_t k_begin = static_cast<int64_t>(s) * p.k_chunk;
-  const int64_t k_end = min(p.K, k_begin + p.k_chunk);
+  const int k_begin = s * p.k_chunk;
+  const int k_end = min(p.K, k_begin + p.k_chunk);
   const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
-  const float* A = static_cast<const float*>(p.a.p);
-  const float* B = static_cast<const float*>(p.b.p);
+  const float* A = static_cast<const float*>(p.a);
+  const float* B = static_cast<const float*>(p.b);
   float acc[4][4] = {};
 
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += SM_BK) {
-    // Gathers: 4 elements of each operand per thread. fwd / dgrad walk k fastest (channels_last
-    // coalescing); wgrad walks rows fastest (its rows are channels).
+  // Gathers: 4 elements of each operand per thread. fwd / dgrad walk k fastest (channels_last
+  // coalescing; the thread's k offset tid % 16 is fixed, so one KPos walks with it); wgrad walks rows
+  // fastest (its rows are channels; the thread's B column tid % 64 is fixed).
+  KPos kp{0, 0, 0}, bcol{0, 0, 0};
+  if (MODE != kWgrad) {
+    fill_rows<MODE>(p, rows, SM_BM, bm);
+    kp = k_position(p.ix, k_begin + (tid & 15));
+  } else {
+    bcol = k_position(p.ix, bn + (tid & 63));
+  }
+  __syncthreads();
+
+  for (int k0 = k_begin; k0 < k_end; k0 += SM_BK) {
 #pragma unroll
     for (int it = 0; it < 4; ++it) {
       const int e = tid + it * SM_THREADS;
       const int row = MODE == kWgrad ? (e & 63) : (e >> 4);
       const int kk = MODE == kWgrad ? (e >> 6) : (e & 15);
-      const int64_t k = k0 + kk, m = bm + row, n = bn + row;
+      const int n = bn + row;
       int64_t off = -1, boff = -1;
-      if (k < k_end) {
-        if (m < p.M) off = a_offset<MODE>(p, g, m, k);
-        if (n < p.N) boff = b_offset<MODE>(p, g, n, k);
+      if (MODE != kWgrad) {
+        if (k0 + kk < k_end) {
+          off = a_pixel_offset<MODE>(p, rows[row], kp, g);
+          if (n < p.N) boff = weight_offset(p.ix, p.bs, p.b_group, n, kp, g);
+        }
+      } else {
+        const PixelRC px = wgrad_pixel(p, k0 + kk, k_end);
+        if (bm + row < p.M) off = wgrad_a_offset(p.ix, p.as, bm + row, px, g);
+        if (n < p.N) boff = x_tap_offset(p.ix, p.bs, px, bcol, g);
       }
       sA[kk][row] = off >= 0 ? A[off] : 0.0f;
       sB[kk][row] = boff >= 0 ? B[boff] : 0.0f;
     }
+    if (MODE != kWgrad) k_advance(p.ix, kp, SM_BK);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < SM_BK; ++kk) {
@@ -375,12 +498,13 @@ __global__ void __launch_bounds__(SM_THREADS) conv2d_simt_kernel(IgemmParams p) 
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int64_t m = bm + ty + 16 * i;
+    const int m = bm + ty + 16 * i;
     if (m >= p.M) continue;
+    const PixelRC px = MODE != kWgrad ? rows[ty + 16 * i] : PixelRC{0, 0, 0, 0};
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const int64_t n = bn + tx + 16 * j;
-      if (n < p.N) store_c<MODE, float>(p, g, s, m, n, acc[i][j]);
+      const int n = bn + tx + 16 * j;
+      if (n < p.N) store_one<MODE, float>(p, px, g, s, m, n, acc[i][j]);
     }
   }
 }
@@ -501,6 +625,7 @@ __global__ void conv2d_bias_reduce_kernel(const float* __restrict__ partial, T* 
 // ---------------------------------------------------------------------------------------------
 inline cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline uintptr_t addr(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 
 void check_grid(int64_t x, int64_t y, int64_t z, const char* what) {
   if (x > 2147483647LL || y > 65535 || z > 65535)
@@ -508,56 +633,52 @@ void check_grid(int64_t x, int64_t y, int64_t z, const char* what) {
                                 " x " + std::to_string(y) + " x " + std::to_string(z) + ")");
 }
 
-// The 16-byte cp.async path: every chunk of 8 consecutive k must be 8 contiguous, aligned elements
-// in both operands.
-bool vec_ok(int mode, const IgemmParams& p) {
-  const int64_t kc = mode == kFwd ? p.Cg : p.Og;
-  if (kc % 8 != 0 || !aligned_to(p.a.p, 16) || !aligned_to(p.b.p, 16)) return false;
-  if (p.a.sc != 1 || p.a.sn % 8 || p.a.sh % 8 || p.a.sw % 8 || (mode == kFwd ? p.Cg : p.Og) % 8) return false;
-  if (p.b.sc != 1 || p.b.sn % 8 || p.b.sh % 8 || p.b.sw % 8 || p.b_group % 8) return false;
-  return true;
+// 16-byte rows of C (or of the residual): unit stride along the channel axis, the other strides
+// multiples of 8 elements (size-1 dims ignored), `per_group` channels a multiple of 8, aligned base.
+bool rows_vec(const void* p, Strides4 st, int64_t N, int64_t C, int64_t H, int64_t W, int64_t per_group) {
+  const int64_t dims[4] = {N, C, H, W};
+  return p != nullptr && per_group % 8 == 0 && vec_operand(st, dims, addr(p), 1);
 }
 
 template <int MODE, typename T, bool VEC>
-void launch_tc(const IgemmParams& p, int groups, cudaStream_t st) {
-  const int64_t gx = cdiv(p.M, TC_BM), gy = cdiv(p.N, TC_BN), gz = static_cast<int64_t>(groups) * p.splits;
-  check_grid(gx, gy, gz, "conv2d (cuda, tensor cores)");
+void launch_tc(const IgemmParams& p, dim3 grid, cudaStream_t st) {
   auto kernel = conv2d_igemm_kernel<MODE, T, VEC>;
-  // 60 KiB of pipeline stages: above the 48 KiB default, so opt in (cheap, idempotent).
+  // 62 KiB of pipeline stages + row table: above the 48 KiB default, so opt in (cheap, idempotent).
   PYIMGCLS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, TC_SMEM_BYTES));
-  kernel<<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy), static_cast<unsigned>(gz)), TC_THREADS,
-           TC_SMEM_BYTES, st>>>(p);
+  kernel<<<grid, TC_THREADS, TC_SMEM_BYTES, st>>>(p);
   PYIMGCLS_CUDA_CHECK_LAUNCH();
 }
 
+// Launch the implicit GEMM the plan chose (conv2d_plan in conv.h: the same decision explain reports).
 template <int MODE>
-void launch_simt(const IgemmParams& p, int groups, cudaStream_t st) {
-  const int64_t gx = cdiv(p.M, SM_BM), gy = cdiv(p.N, SM_BN), gz = static_cast<int64_t>(groups) * p.splits;
-  check_grid(gx, gy, gz, "conv2d (cuda, fp32)");
-  conv2d_simt_kernel<MODE><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy), static_cast<unsigned>(gz)),
-                             SM_THREADS, 0, st>>>(p);
-  PYIMGCLS_CUDA_CHECK_LAUNCH();
-}
-
-template <int MODE>
-void launch_igemm(DType dt, const IgemmParams& p, int groups, cudaStream_t st) {
-  const bool vec = MODE != kWgrad && vec_ok(MODE, p);
+void launch_igemm(DType dt, const IgemmParams& p, const LaunchPlan& pl, int groups, cudaStream_t st) {
+  const int64_t gx = cdiv(p.M, pl.tile_m), gy = cdiv(p.N, pl.tile_n), gz = static_cast<int64_t>(groups) * p.splits;
+  check_grid(gx, gy, gz, pl.tensor_cores ? "conv2d (cuda, tensor cores)" : "conv2d (cuda, fp32)");
+  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy), static_cast<unsigned>(gz));
   dispatch_dtype(dt, "conv2d", [&](auto tag) {
     using T = decltype(tag);
-    if constexpr (std::is_same<T, float>::value) launch_simt<MODE>(p, groups, st);
-    else if (vec) launch_tc<MODE, T, MODE != kWgrad>(p, groups, st);
-    else launch_tc<MODE, T, false>(p, groups, st);
+    if constexpr (std::is_same<T, float>::value) {
+      conv2d_simt_kernel<MODE><<<grid, SM_THREADS, 0, st>>>(p);
+      PYIMGCLS_CUDA_CHECK_LAUNCH();
+    } else if (pl.vectorized) {
+      launch_tc<MODE, T, true>(p, grid, st);
+    } else {
+      launch_tc<MODE, T, false>(p, grid, st);
+    }
   });
 }
 
-IgemmParams base_params(const ConvGeometry& s) {
+// The implicit-GEMM parameters common to every pass; refuses problems beyond the 32-bit index
+// arithmetic (the direct depthwise kernel indexes in 64 bits and has no such limit).
+IgemmParams base_params(const ConvGeometry& s, int pass) {
+  if (!conv2d_index_fits(s))
+    throw std::invalid_argument("conv2d (cuda): problem too large for one launch (pixel count or "
+                                "KH*KW*channels at or above 2^31 - 2^16, or padded extent at or above 2^30)");
   IgemmParams p{};
-  p.H = s.H; p.W = s.W; p.OH = s.OH; p.OW = s.OW;
-  p.Cg = s.C / s.groups; p.Og = s.O / s.groups;
-  p.KH = static_cast<int>(s.KH); p.KW = static_cast<int>(s.KW);
-  p.sh = static_cast<int>(s.stride_h); p.sw = static_cast<int>(s.stride_w);
-  p.ph = static_cast<int>(s.pad_h); p.pw = static_cast<int>(s.pad_w);
-  p.dh = static_cast<int>(s.dil_h); p.dw = static_cast<int>(s.dil_w);
+  p.ix = make_conv_index(s, pass);
+  const ConvGemm gm = conv_gemm(pass, s);
+  p.M = static_cast<int>(gm.M); p.N = static_cast<int>(gm.N); p.K = static_cast<int>(gm.K);
+  p.k_chunk = static_cast<int>(std::max<int64_t>(gm.K, 1));
   p.splits = 1;
   return p;
 }
@@ -586,8 +707,9 @@ void conv2d_fwd(DType dt, const ConvGeometry& s, const void* x, Strides4 xs, con
   check_geom(s);
   set_device(device);
   cudaStream_t st = as_stream(stream);
-  if (s.N == 0 || s.O == 0 || s.OH * s.OW == 0) return;
-  if (s.groups == s.C && s.C > 0) {
+  const LaunchPlan pl = conv2d_plan(kFwd, dt, s, xs, ws, addr(x), addr(w), 0);
+  if (pl.launches == 0) return;
+  if (pl.tile_m == 0) {  // the direct depthwise kernel
     DwParams d{x, w, bias, residual, out, xs, ws, rs, os, s.N, s.C, s.H, s.W, s.O, s.OH, s.OW,
                s.N * s.O * s.OH * s.OW, static_cast<int>(s.KH), static_cast<int>(s.KW),
                static_cast<int>(s.stride_h), static_cast<int>(s.stride_w), static_cast<int>(s.pad_h),
@@ -596,49 +718,35 @@ void conv2d_fwd(DType dt, const ConvGeometry& s, const void* x, Strides4 xs, con
     dispatch_dtype(dt, "conv2d", [&](auto tag) { launch_dw<decltype(tag)>(d, st); });
     return;
   }
-  IgemmParams p = base_params(s);
-  p.a = Tensor4{x, xs.n, xs.c, xs.h, xs.w};
-  p.b = Tensor4{w, ws.n, ws.c, ws.h, ws.w};
-  p.c = Tensor4{out, os.n, os.c, os.h, os.w};
-  p.r = Tensor4{residual, rs.n, rs.c, rs.h, rs.w};
+  IgemmParams p = base_params(s, kFwd);
+  p.a = x; p.as = xs;
+  p.b = w; p.bs = ws;
+  p.c = out; p.cs = os;
+  p.r = residual; p.rs = rs;
   p.bias = bias;
-  p.M = s.N * s.OH * s.OW;
-  p.N = p.Og;
-  p.K = s.KH * s.KW * p.Cg;
-  p.k_chunk = std::max<int64_t>(p.K, 1);
-  p.b_group = p.Og * ws.n;
+  p.b_group = p.ix.Og * ws.n;
   p.act = static_cast<int>(act);
-  launch_igemm<kFwd>(dt, p, static_cast<int>(s.groups), st);
+  p.c_vec = rows_vec(out, os, s.N, s.O, s.OH, s.OW, p.ix.Og);
+  p.r_vec = rows_vec(residual, rs, s.N, s.O, s.OH, s.OW, p.ix.Og);
+  p.c_chunks = p.c_vec || std::abs(os.c) <= std::min(std::abs(os.h), std::abs(os.w));
+  launch_igemm<kFwd>(dt, p, pl, static_cast<int>(s.groups), st);
 }
 
 void conv2d_bwd_data(DType dt, const ConvGeometry& s, const void* g, Strides4 gs, const void* w, Strides4 ws, void* dx,
                      Strides4 xs, int device, uintptr_t stream) {
   check_geom(s);
   set_device(device);
-  if (s.N == 0 || s.C == 0 || s.H * s.W == 0) return;
-  IgemmParams p = base_params(s);
-  p.a = Tensor4{g, gs.n, gs.c, gs.h, gs.w};
+  const LaunchPlan pl = conv2d_plan(kDgrad, dt, s, gs, ws, addr(g), addr(w), 0);
+  if (pl.launches == 0) return;
+  IgemmParams p = base_params(s, kDgrad);
+  p.a = g; p.as = gs;
   // B rows are input channels, the k-channel axis is the out channel: swap the weight's strides.
-  p.b = Tensor4{w, ws.c, ws.n, ws.h, ws.w};
-  p.c = Tensor4{dx, xs.n, xs.c, xs.h, xs.w};
-  p.M = s.N * s.H * s.W;
-  p.N = p.Cg;
-  p.K = s.KH * s.KW * p.Og;
-  p.k_chunk = std::max<int64_t>(p.K, 1);
-  p.b_group = p.Og * ws.n;
-  launch_igemm<kDgrad>(dt, p, static_cast<int>(s.groups), as_stream(stream));
-}
-
-int64_t conv2d_wgrad_splits(DType dt, const ConvGeometry& s, int sm_count) {
-  const int64_t bm = dt == DType::Float32 ? SM_BM : TC_BM, bn = dt == DType::Float32 ? SM_BN : TC_BN;
-  const int64_t Og = s.O / std::max<int64_t>(s.groups, 1), Cg = s.C / std::max<int64_t>(s.groups, 1);
-  const int64_t tiles = cdiv(Og, bm) * cdiv(s.KH * s.KW * Cg, bn) * s.groups;
-  const int64_t K = s.N * s.OH * s.OW;
-  // Enough blocks for ~2 waves, but each split keeps >= 8 k-tiles of work, and gridDim.z <= 65535.
-  int64_t splits = cdiv(2 * std::max(sm_count, 1), std::max<int64_t>(tiles, 1));
-  splits = std::min(splits, std::max<int64_t>(1, K / (8 * TC_BK)));
-  splits = std::min(splits, std::max<int64_t>(1, 65535 / std::max<int64_t>(s.groups, 1)));
-  return std::max<int64_t>(1, std::min<int64_t>(splits, 64));
+  p.b = w; p.bs = Strides4{ws.c, ws.n, ws.h, ws.w};
+  p.c = dx; p.cs = xs;
+  p.b_group = p.ix.Og * ws.n;
+  p.c_vec = rows_vec(dx, xs, s.N, s.C, s.H, s.W, p.ix.Cg);
+  p.c_chunks = p.c_vec || std::abs(xs.c) <= std::min(std::abs(xs.h), std::abs(xs.w));
+  launch_igemm<kDgrad>(dt, p, pl, static_cast<int>(s.groups), as_stream(stream));
 }
 
 void conv2d_bwd_weight(DType dt, const ConvGeometry& s, const void* g, Strides4 gs, const void* x, Strides4 xs,
@@ -649,24 +757,23 @@ void conv2d_bwd_weight(DType dt, const ConvGeometry& s, const void* g, Strides4 
   const int64_t Cg = s.C / s.groups, total = s.O * Cg * s.KH * s.KW;
   if (total == 0) return;
   if (splits < 1) throw std::invalid_argument("conv2d_bwd_weight (cuda): splits must be >= 1");
-  IgemmParams p = base_params(s);
-  p.a = Tensor4{g, gs.n, gs.c, gs.h, gs.w};
-  p.b = Tensor4{x, xs.n, xs.c, xs.h, xs.w};
-  p.c = Tensor4{scratch, total, s.KH * s.KW * Cg, 0, 1};
-  p.M = p.Og;
-  p.N = s.KH * s.KW * Cg;
-  p.K = s.N * s.OH * s.OW;
+  const LaunchPlan pl = conv2d_plan(kWgrad, dt, s, gs, xs, addr(g), addr(x), 0, splits);
+  IgemmParams p = base_params(s, kWgrad);
+  p.a = g; p.as = gs;
+  p.b = x; p.bs = xs;
+  p.c = scratch; p.cs = Strides4{total, s.KH * s.KW * Cg, 0, 1};
   p.splits = static_cast<int>(splits);
-  p.k_chunk = std::max<int64_t>(1, cdiv(std::max<int64_t>(p.K, 1), splits));
+  p.k_chunk = static_cast<int>(std::max<int64_t>(1, cdiv(std::max<int64_t>(p.K, 1), splits)));
+  p.c_vec = addr(scratch) % 16 == 0 && total % 4 == 0 && p.cs.c % 4 == 0;
   // Every (split, o, column) cell of the scratch is written by exactly one thread (zeros for an
   // empty K range), so the reduction never reads uninitialised memory.
-  launch_igemm<kWgrad>(dt, p, static_cast<int>(s.groups), st);
+  launch_igemm<kWgrad>(dt, p, pl, static_cast<int>(s.groups), st);
   const int64_t blocks = std::min<int64_t>(cdiv(total, 256), int64_t(1) << 20);
   const float* sc = static_cast<const float*>(scratch);
   dispatch_dtype(dt, "conv2d", [&](auto tag) {
     using T = decltype(tag);
     conv2d_wgrad_reduce_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, st>>>(sc, static_cast<T*>(dw), s.O, Cg,
-                                                                                 p.KH, p.KW, splits);
+                                                                                 p.ix.KH, p.ix.KW, splits);
   });
   PYIMGCLS_CUDA_CHECK_LAUNCH();
 }
