@@ -105,3 +105,27 @@ def test_cli_json_and_errors():
     for bad in (["--model", "nope"], ["--model", "alexnet", "--image-size", "16"], ["--model", "resnet18", "--dtype", "float64"]):
         p = run(*bad)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, (bad, p.stderr)
+
+
+def _conv_rows(result, model, pred):
+    """The conv rows of ``result`` whose module in ``model`` satisfies ``pred``."""
+    mods = dict(model.named_modules())
+    return [r for r in result if r["op"] == "conv2d" and pred(mods[r["layer"]])]
+
+
+def test_resnet50_pointwise_convs_take_the_vectorised_tensor_core_kernel():
+    """Issue #18 item 2: a [O, C, 1, 1] weight made channels_last has strides (C, 1, 1, 1); the
+    launcher's stride checks ignore size-1 dims, so every 1x1 conv of resnet50 in the default NCHW /
+    float16 set-up takes the 16-byte tensor-core path, forward and both backward products."""
+    model = pyimgcls.models.resnet50()
+    r = explain(model, (2, 3, 64, 64), backend="cuda", dtype=torch.float16)
+    rows = _conv_rows(r, model, lambda m: m.kernel_size == (1, 1))
+    assert len(rows) == 3 * 36   # 32 bottleneck 1x1 convs + 4 downsample convs, fwd + dgrad + wgrad
+    for row in rows:
+        assert row["tensor_cores"] and row["vectorized"], row
+        assert "igemm" in row["kernel"] and ",vec>" in row["kernel"], row
+    # the 3-channel stem cannot (3 channels are not 16 bytes); fp32 runs the SIMT kernel
+    stem = [row for row in r if row["layer"] == "conv1"]
+    assert stem and not any(row["vectorized"] for row in stem)
+    r32 = explain(model, (2, 3, 64, 64), backend="cuda", dtype=torch.float32, training=False)
+    assert all("simt" in row["kernel"] and not row["tensor_cores"] for row in r32 if row["op"] == "conv2d")
