@@ -111,6 +111,9 @@ MUTANTS = {
     # the model itself: refilling the slot being read (WAR race), dropping the main-loop barrier.
     "EMU_PLANT_SLOT": ("slot reuse", lambda a_kc, b_kc: True),
     "EMU_PLANT_NO_BARRIER": ("barrier", lambda a_kc, b_kc: True),
+    # the PTX model: ignoring .trans, or misreading the A fragment registers, must break the match.
+    "EMU_PLANT_MODEL_TRANS": ("ldmatrix .trans model", lambda a_kc, b_kc: a_kc == 0 or b_kc == 0),
+    "EMU_PLANT_MODEL_AFRAG": ("mma A fragment model", lambda a_kc, b_kc: True),
 }
 
 

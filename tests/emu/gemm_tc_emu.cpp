@@ -24,8 +24,9 @@
 //          row = g for i in {0,1,4,5}, g+8 otherwise; col = 2t + (i&1) + (i >= 4 ? 8 : 0).
 //       B: b0..b3 in 2 registers, row (k) = 2t + (i&1) + (i >= 2 ? 8 : 0), col (n) = g.
 //       C/D: c0..c3, row = g + (i >= 2 ? 8 : 0), col = 2t + (i&1).
-//     The sources: https://docs.nvidia.com/cuda/parallel-thread-execution/ sections 9.7.9.25
-//     (cp.async), 9.7.14.5.8 and 9.7.14.5.15.
+//     Source: the PTX ISA (https://docs.nvidia.com/cuda/parallel-thread-execution/), sections on
+//     cp.async / cp.async.commit_group / cp.async.wait_group, "Matrix Fragments for mma.m16n8k16
+//     with floating point type" (9.7.14.5.8 in recent versions) and ldmatrix (9.7.14.5.15).
 //   Values: elements are small integers (exact in fp16 / bf16 and in double), accumulation is in
 //     double, so any result other than the triple-loop reference is a bug, not rounding.
 //
@@ -48,6 +49,10 @@
 // and two that exercise the machine model on the kernel's own control flow:
 //   EMU_PLANT_SLOT       the refill goes to the slot being read in the same iteration (a WAR race)
 //   EMU_PLANT_NO_BARRIER the main loop's __syncthreads() left out (other threads' copies unseen)
+// and two in the PTX model itself, showing that the kernel's maps agree with the tables only as
+// written (a model that ignored them would pass anything):
+//   EMU_PLANT_MODEL_TRANS     ldmatrix ignores .trans
+//   EMU_PLANT_MODEL_AFRAG     mma reads A registers 1 and 2 swapped (a2,a3 <-> a4,a5: rows 8-15 <-> k 8-15)
 //
 // Usage: gemm_tc_emu [--strict-banks] CFG A_KC B_KC M N K [CFG A_KC B_KC M N K ...]
 //   CFG in {large, medium, small}; A_KC, B_KC in {0, 1}. One line per case ("ok ..." or
@@ -229,6 +234,9 @@ bool chunks_conflict(const uint32_t (&addr)[8]) {
 
 // ldmatrix.sync.aligned.m8n8.x4{.trans}.shared.b16 r, [addr[lane]] for all 32 lanes of a warp.
 void ldmatrix_x4(const Shared& sm, const uint32_t (&addr)[32], bool trans, Reg (&r)[32][4], Counters& cnt) {
+#if defined(EMU_PLANT_MODEL_TRANS)
+  trans = false;
+#endif
   for (int lane = 0; lane < 32; ++lane)
     if (addr[lane] % 16 != 0 || addr[lane] + 16 > static_cast<uint32_t>(sm.size()))
       fail("ldmatrix row address " + std::to_string(addr[lane]) + " of lane " + std::to_string(lane) +
@@ -262,7 +270,12 @@ void mma_16816(double (&d)[32][4], const Reg (&a)[32][4], const Reg (&b)[32][2])
     for (int i = 0; i < 8; ++i) {
       const int row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
       const int col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
-      A[row][col] = half_of(a[lane][i / 2], i % 2);
+#if defined(EMU_PLANT_MODEL_AFRAG)
+      const int reg = (i / 2 == 1 || i / 2 == 2) ? 3 - i / 2 : i / 2;
+#else
+      const int reg = i / 2;
+#endif
+      A[row][col] = half_of(a[lane][reg], i % 2);
     }
     for (int i = 0; i < 4; ++i) {
       const int row = 2 * t + (i & 1) + (i >= 2 ? 8 : 0);
