@@ -48,6 +48,7 @@
 #include "common.cuh"
 #include "gemm.h"
 #include "runtime.h"
+#include "tc_maps.h"
 
 namespace pyimgcls::cuda {
 namespace {
@@ -75,11 +76,8 @@ struct Bits16<__nv_bfloat16> {
   }
 };
 
-// Number of elements of a run of `len` starting at `start` that lie below `end`, clamped to [0, len].
-__device__ __forceinline__ int clamp_count(int64_t end, int64_t start, int len) {
-  const int64_t r = end - start;
-  return r <= 0 ? 0 : (r >= len ? len : static_cast<int>(r));
-}
+// clamp_count (elements of a run that lie inside the matrix): tc_maps.h, shared with the emulation.
+using tc::clamp_count;
 
 // CTA tile origin under grouped rasterisation: consecutive CTAs (blockIdx.x) sweep a band of GROUP
 // tile-rows column by column, so the band's A rows and each B column tile are reused from L2.
@@ -116,52 +114,12 @@ struct GemmParams {
 // ---------------------------------------------------------------------------------------------
 // Tensor-core GEMM (float16 / bfloat16)
 // ---------------------------------------------------------------------------------------------
-template <int BM_, int BN_, int WARPS_M_, int WARPS_N_, int STAGES_, int MIN_BLOCKS_>
-struct TcConfig {
-  static constexpr int BM = BM_, BN = BN_, BK = 32;
-  static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_, STAGES = STAGES_;
-  static constexpr int MIN_BLOCKS = MIN_BLOCKS_;
-  static constexpr int THREADS = 32 * WARPS_M * WARPS_N;
-  static constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
-  static constexpr int MT = WTM / 16, NT = WTN / 8;             // m16n8 MMA tiles per warp
-  static constexpr int A_BYTES = BM * BK * 2, B_BYTES = BN * BK * 2;
-  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
-  static constexpr int PIPE_BYTES = STAGES * STAGE_BYTES;
-  static constexpr int C_LD = BN + 8;  // staging row pitch (elements): +16 B keeps the fragment
-                                       // writes of 8 rows x 4 threads on 32 distinct banks
-  static constexpr int C_BYTES = BM * C_LD * 2;
-  static constexpr int SMEM_BYTES = PIPE_BYTES > C_BYTES ? PIPE_BYTES : C_BYTES;
-  static_assert(BM % (16 * WARPS_M) == 0 && BN % (16 * WARPS_N) == 0, "warp tile must be 16-aligned");
-  static_assert(NT % 2 == 0, "B fragments are loaded two n8 tiles at a time");
-  static_assert((BM * BK / 8) % THREADS == 0 && (BN * BK / 8) % THREADS == 0, "copy split");
-  static_assert((BM * BN / 8) % THREADS == 0, "epilogue split");
-  static_assert(BM % 32 == 0 && BN % 32 == 0 && STAGES >= 2, "tile shape");
-};
-
-// 128x128x32, 8 warps as 2 (M) x 4 (N), warp tile 64x32 (4 x 4 MMA tiles, 64 fp32 accumulators
-// per thread), 4 stages = 64 KB of shared memory; two CTAs per SM.
-using TcLarge = TcConfig<128, 128, 2, 4, 4, 2>;
-// 64x128x32, 4 warps as 1 x 4, warp tile 64x32 as in TcLarge, 4 stages = 48 KB.
-using TcMedium = TcConfig<64, 128, 1, 4, 4, 4>;
-// 64x64x32, 4 warps as 2 x 2, warp tile 32x32 (2 x 4 MMA tiles), 4 stages = 32 KB.
-using TcSmall = TcConfig<64, 64, 2, 2, 4, 4>;
-
-// Byte offset of 16-byte chunk `ch` of row `row` in a shared tile whose rows are CH chunks long.
-// Chunks are XOR-swizzled inside each 128-byte line (8 chunks = all 32 banks), chosen so that the
-// 8 rows an ldmatrix phase reads at one chunk column, and the 8 consecutive chunks a quarter-warp
-// writes with cp.async, each land on 8 distinct bank groups.
-template <int CH>
-__device__ __forceinline__ uint32_t swz(int row, int ch) {
-  if constexpr (CH == 4) {
-    // 64-byte rows: rows 2i and 2i+1 share line i; XOR the 3-bit in-line index with the line.
-    const int line = row >> 1;
-    const int w = ((row & 1) << 2) | ch;
-    return static_cast<uint32_t>((line * 8 + (w ^ (line & 7))) * 16);
-  } else {
-    static_assert(CH % 8 == 0, "rows must be 64 bytes or a multiple of 128 bytes");
-    return static_cast<uint32_t>((row * CH + (ch ^ (row & 7))) * 16);
-  }
-}
+// Tile configurations (TcConfig: TcLarge, TcMedium, TcSmall), the shared-tile swizzle and the
+// lane / chunk / fragment index maps live in tc_maps.h, shared with the CPU emulation.
+using tc::TcLarge;
+using tc::TcMedium;
+using tc::TcSmall;
+using tc::swz;
 
 // Issue the cp.async copies of one BK-slice of an operand into shared memory.
 //   K_CONTIG (K is the unit-stride dimension): the shared tile is [R][BK]  (R rows of 4 chunks),
@@ -182,14 +140,14 @@ __device__ __forceinline__ void load_tile_async(uint32_t s_tile, const T* __rest
     int valid;  // elements of this 8-element chunk inside the matrix
     int64_t off;
     if constexpr (K_CONTIG) {
-      const int row = c >> 2, ch = c & 3;
+      const auto [row, ch] = tc::chunk_row_col<4>(c);
       const int64_t o = outer0 + row, k = k0 + ch * 8;
       valid = o < outer_size ? clamp_count(K, k, 8) : 0;
       off = o * ld + k;
       dst = s_tile + swz<4>(row, ch);
     } else {
       constexpr int CH = R / 8;
-      const int row = c / CH, ch = c % CH;
+      const auto [row, ch] = tc::chunk_row_col<CH>(c);
       const int64_t k = k0 + row, o = outer0 + ch * 8;
       valid = k < K ? clamp_count(outer_size, o, 8) : 0;
       off = k * ld + o;
@@ -255,7 +213,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
   //    thread, and the barrier makes every thread's copies visible to the whole CTA. The barrier
   //    also proves all warps finished slice kt-1, whose slot ((kt-1) % STAGES) is refilled next.
   for (int kt = 0; kt < k_tiles; ++kt) {
-    ptx::cp_async_wait<STAGES - 2>();
+    ptx::cp_async_wait<Cfg::WAIT_PENDING>();
     __syncthreads();
     const int next = kt + STAGES - 1;
     if (next < k_tiles) load_stage(next % STAGES, next);
@@ -275,13 +233,15 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
         if constexpr (B_KC) {
           // [BN][BK] tile (k contiguous): stored rows are n, the b fragment is a plain load; lane l
           // addresses n = (l % 8) + 8 * (l / 16) at k-chunk (l / 8) % 2.
-          const int n = wn0 + jp * 16 + (lane & 7) + ((lane >> 4) << 3);
-          ptx::ldmatrix_x4(r, s_b + swz<4>(n, ks * 2 + ((lane >> 3) & 1)));
+          const tc::RowChunk l = tc::ldsm_b_kc(lane);
+          const int n = wn0 + jp * 16 + l.row;
+          ptx::ldmatrix_x4(r, s_b + swz<4>(n, ks * 2 + l.ch));
         } else {
           // [BK][BN] tile (n contiguous): stored rows are k, load transposed; lane l addresses
           // k = (l % 8) + 8 * ((l / 8) % 2) at n-chunk l / 16.
-          const int krow = ks * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-          const int n = wn0 + jp * 16 + ((lane >> 4) << 3);
+          const tc::RowChunk l = tc::ldsm_b_nc(lane);
+          const int krow = ks * 16 + l.row;
+          const int n = wn0 + jp * 16 + (l.ch << 3);
           ptx::ldmatrix_x4_trans(r, s_b + swz<BN / 8>(krow, n >> 3));
         }
         bf[2 * jp][0] = r[0];
@@ -297,13 +257,15 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
         uint32_t af[4];
         if constexpr (A_KC) {
           // [BM][BK] tile: lane l addresses row (l % 16), k-chunk (l / 16) of the tile.
-          const int row = wm0 + i * 16 + (lane & 15);
-          ptx::ldmatrix_x4(af, s_a + swz<4>(row, ks * 2 + (lane >> 4)));
+          const tc::RowChunk l = tc::ldsm_a_kc(lane);
+          const int row = wm0 + i * 16 + l.row;
+          ptx::ldmatrix_x4(af, s_a + swz<4>(row, ks * 2 + l.ch));
         } else {
           // [BK][BM] tile (m contiguous): stored rows are k, so load transposed; lane l addresses
           // k = (l % 8) + 8 * (l / 16) at m-chunk (l / 8) % 2.
-          const int krow = ks * 16 + (lane & 7) + ((lane >> 4) << 3);
-          const int m = wm0 + i * 16 + (((lane >> 3) & 1) << 3);
+          const tc::RowChunk l = tc::ldsm_a_mc(lane);
+          const int krow = ks * 16 + l.row;
+          const int m = wm0 + i * 16 + (l.ch << 3);
           ptx::ldmatrix_x4_trans(af, s_a + swz<BM / 8>(krow, m >> 3));
         }
 #pragma unroll
@@ -318,11 +280,12 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
   __syncthreads();
 
   // 4a. bias + activation on the fp32 accumulators, rounded once to T, into the staging tile.
-  //     Thread (g, t) of a warp holds columns 2t, 2t+1 of rows g and g+8 of every m16n8 tile.
-  const int g = lane >> 2, t = lane & 3;
+  //     Thread (g, t) of a warp holds columns 2t, 2t+1 of rows g and g+8 of every m16n8 tile
+  //     (f_lo: registers 0, 1; f_hi: registers 2, 3).
+  const tc::RowCol f_lo = tc::acc_frag(lane, 0), f_hi = tc::acc_frag(lane, 2);
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
-    const int col = wn0 + j * 8 + 2 * t;
+    const int col = wn0 + j * 8 + f_lo.col;
     const int64_t gcol = n0 + col;
     float b0 = 0.f, b1 = 0.f;
     if (p.bias != nullptr) {
@@ -331,13 +294,14 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
     }
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
-      const int row = wm0 + i * 16 + g;
+      const int row = wm0 + i * 16 + f_lo.row;
+      const int row_hi = wm0 + i * 16 + f_hi.row, col_hi = wn0 + j * 8 + f_hi.col;
       const uint32_t lo = Bits16<T>::bits(apply_act(acc[i][j][0] + b0, p.act)) |
                           (Bits16<T>::bits(apply_act(acc[i][j][1] + b1, p.act)) << 16);
       const uint32_t hi = Bits16<T>::bits(apply_act(acc[i][j][2] + b0, p.act)) |
                           (Bits16<T>::bits(apply_act(acc[i][j][3] + b1, p.act)) << 16);
       *reinterpret_cast<uint32_t*>(smem + (row * Cfg::C_LD + col) * 2) = lo;
-      *reinterpret_cast<uint32_t*>(smem + ((row + 8) * Cfg::C_LD + col) * 2) = hi;
+      *reinterpret_cast<uint32_t*>(smem + (row_hi * Cfg::C_LD + col_hi) * 2) = hi;
     }
   }
   // Why: the copy-out below reads rows written by other warps.
@@ -349,7 +313,7 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
 #pragma unroll
   for (int it = 0; it < BM * CPR / THREADS; ++it) {
     const int c = tid + it * THREADS;
-    const int row = c / CPR, cc = c % CPR;
+    const auto [row, cc] = tc::chunk_row_col<CPR>(c);
     const int64_t grow = m0 + row, gcol = n0 + cc * 8;
     if (grow < p.M && gcol < p.N) {
       const uint4 v = *reinterpret_cast<const uint4*>(smem + (row * Cfg::C_LD + cc * 8) * 2);
