@@ -1,13 +1,59 @@
 // GEMM family launchers: C = act(A @ B + bias) and the epilogue backward.
 #include "bind.h"
 #include "../cpu/gemm.h"
-#ifdef PYIMGCLS_WITH_CUDA
-#include "../cuda/gemm.h"
-#endif
+#include "../cuda/gemm.h"  // CUDA-free: the launch decisions; the launchers exist only in CUDA builds
 
 namespace pyimgcls::bind {
 
+namespace {
+
+// The CUDA GEMM's launch decision for gemm_cuda's leading arguments (bias and act do not change it):
+// plan_dict plus the split-K details, k_chunk, k_ranges (the [begin, end) of K each split sums, the
+// same function the kernels call) and scratch (float32 elements gemm_cuda needs).
+py::dict gemm_plan_dict(int dt, uintptr_t a, int64_t sam, int64_t sak, uintptr_t b, int64_t sbk, int64_t sbn,
+                        uintptr_t bias, uintptr_t c, int64_t ldc, int64_t M, int64_t N, int64_t K, int act,
+                        int sm_count) {
+  (void)bias;
+  to_act(act);
+  const cuda::GemmPlan p =
+      cuda::gemm_plan(to_cuda_dtype(dt, "GEMM"), a, sam, sak, b, sbk, sbn, c, ldc, M, N, K, sm_count);
+  py::dict d = plan_dict(p);
+  d["k_chunk"] = p.k_chunk;
+  py::list ranges;
+  for (int64_t s = 0; s < p.splits; ++s) {
+    int64_t begin = 0, end = 0;
+    cuda::gemm_split_k_range(K, p.k_chunk, s, &begin, &end);
+    ranges.append(py::make_tuple(begin, end));
+  }
+  d["k_ranges"] = ranges;
+  d["scratch"] = p.scratch;
+  return d;
+}
+
+}  // namespace
+
 void bind_gemm(py::module_& m) {
+  m.def("gemm_plan_cuda", &gemm_plan_dict,
+        "launch decision of gemm_cuda for the same leading arguments plus the SM count (CPU-only builds too)");
+  // The entry point's per-call question, without building a dict (a few microseconds per GEMM).
+  m.def(
+      "gemm_scratch_cuda",
+      [](int dt, uintptr_t a, int64_t sam, int64_t sak, uintptr_t b, int64_t sbk, int64_t sbn, uintptr_t bias,
+         uintptr_t c, int64_t ldc, int64_t M, int64_t N, int64_t K, int act, int sm_count) {
+        (void)bias;
+        to_act(act);
+        return cuda::gemm_plan(to_cuda_dtype(dt, "GEMM"), a, sam, sak, b, sbk, sbn, c, ldc, M, N, K, sm_count).scratch;
+      },
+      "gemm_plan_cuda(...)['scratch']: float32 scratch elements gemm_cuda needs for these arguments");
+  m.def(
+      "bias_act_bwd_plan_cuda",
+      [](int dt, uintptr_t grad, uintptr_t out, uintptr_t grad_pre, uintptr_t grad_bias, int64_t M, int64_t N,
+         int act) {
+        (void)grad, (void)out, (void)grad_pre;
+        to_act(act);
+        return plan_dict(cuda::bias_act_bwd_plan(to_cuda_dtype(dt, "bias_act_bwd"), M, N, grad_bias != 0));
+      },
+      "launch decision of bias_act_bwd_cuda for the same leading arguments (CPU-only builds too)");
   m.def("gemm_isa", &cpu::gemm_isa, "instruction set the CPU GEMM micro-kernel uses here");
   m.def(
       "gemm_cpu",
@@ -36,16 +82,15 @@ void bind_gemm(py::module_& m) {
   m.def(
       "gemm_cuda",
       [](int dt, uintptr_t a, int64_t sam, int64_t sak, uintptr_t b, int64_t sbk, int64_t sbn,
-         uintptr_t bias, uintptr_t c, int64_t ldc, int64_t M, int64_t N, int64_t K, int act,
-         int device, uintptr_t stream) {
-        DType d = to_dtype(dt);
-        if (d == DType::Float64)
-          throw std::invalid_argument("CUDA GEMM takes float32, float16 or bfloat16, got float64");
+         uintptr_t bias, uintptr_t c, int64_t ldc, int64_t M, int64_t N, int64_t K, int act, int sm_count,
+         uintptr_t scratch, int64_t scratch_floats, int device, uintptr_t stream) {
+        const DType d = to_cuda_dtype(dt, "GEMM");
         Act ac = to_act(act);
         py::gil_scoped_release nogil;
-        cuda::gemm(d, cptr(a), sam, sak, cptr(b), sbk, sbn, cptr(bias), mptr(c), ldc, M, N, K, ac, device, stream);
+        cuda::gemm(d, cptr(a), sam, sak, cptr(b), sbk, sbn, cptr(bias), mptr(c), ldc, M, N, K, ac, sm_count,
+                   mptr(scratch), scratch_floats, device, stream);
       },
-      "C = act(A @ B + bias) on CUDA");
+      "C = act(A @ B + bias) on CUDA (split-K partials in scratch: gemm_plan_cuda(...)['scratch'] floats)");
   m.def(
       "bias_act_bwd_cuda",
       [](int dt, uintptr_t grad, uintptr_t out, uintptr_t grad_pre, uintptr_t grad_bias, int64_t M,

@@ -24,6 +24,15 @@
 //     BK = 8, each thread an 8x8 register micro-tile; operands go through registers into
 //     double-buffered shared memory (4-wide vector loads where aligned, bounds-checked scalar loads
 //     otherwise).
+//   split-K (both kernels, smallest tile only): when even the 64x64 tiles leave SMs idle (the
+//     classifier heads: M = 32..256, N = 1000, K = 2048..9216 give 16..64 tiles for 132 SMs), the
+//     host (gemm_plan, gemm.h) splits K into `splits` ranges of whole K tiles so that tiles * splits
+//     reaches ~2 CTAs per SM. Grid (tiles, splits): each CTA sums its K range and stores the fp32
+//     accumulators to its own partial (caller-allocated scratch [splits][M][ldw]); then
+//     gemm_splitk_reduce_kernel adds the partials in split order, applies the bias + activation
+//     epilogue and rounds to the dtype. No atomics: for a given shape and SM count the result is
+//     bitwise reproducible (it differs from the unsplit sum only in the fp32 summation order).
+//     Extra bytes: 2 * splits * M * ldw * 4 (partials written and read, mostly in L2).
 //   bias_act_bwd (bias_act_bwd_kernel): one CTA per strip of SW columns walks all M rows; every
 //     column is summed by 1024 / SW threads in a fixed row order, then reduced by a fixed-shape
 //     tree in shared memory. SW depends only on N, and there are no atomics: for a given shape the
@@ -109,17 +118,31 @@ struct GemmParams {
   int64_t M, N, K;
   int act;
   bool a_vec, b_vec, c_vec;  // SIMT path: 4-wide vector access is legal along the unit stride
+  // Split-K kernels only (SPLIT = true): split blockIdx.y sums K range gemm_split_k_range(K, k_chunk,
+  // blockIdx.y) into the fp32 partial ws[blockIdx.y][M][ldw] (no bias, no activation).
+  float* ws;
+  int64_t ldw, k_chunk;
 };
 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core GEMM (float16 / bfloat16)
 // ---------------------------------------------------------------------------------------------
 // Tile configurations (TcConfig: TcLarge, TcMedium, TcSmall), the shared-tile swizzle and the
-// lane / chunk / fragment index maps live in tc_maps.h, shared with the CPU emulation.
+// lane / chunk / fragment index maps live in tc_maps.h, shared with the CPU emulation; the shapes
+// gemm_plan chooses among are gemm.h's kGemmTc* table, which must describe the same tiles.
 using tc::TcLarge;
 using tc::TcMedium;
 using tc::TcSmall;
 using tc::swz;
+template <typename Cfg>
+constexpr bool same_tile(const GemmTile& g) {
+  return Cfg::BM == g.bm && Cfg::BN == g.bn && Cfg::BK == g.bk && Cfg::WARPS_M == g.warps_m &&
+         Cfg::WARPS_N == g.warps_n && Cfg::STAGES == g.stages && Cfg::MIN_BLOCKS == g.min_blocks &&
+         Cfg::THREADS == g.threads;
+}
+static_assert(same_tile<TcLarge>(kGemmTcLarge) && same_tile<TcMedium>(kGemmTcMedium) &&
+                  same_tile<TcSmall>(kGemmTcSmall),
+              "gemm.h tile table and tc_maps.h TcConfig disagree");
 
 // Issue the cp.async copies of one BK-slice of an operand into shared memory.
 //   K_CONTIG (K is the unit-stride dimension): the shared tile is [R][BK]  (R rows of 4 chunks),
@@ -164,7 +187,9 @@ __device__ __forceinline__ void load_tile_async(uint32_t s_tile, const T* __rest
 // otherwise column-major (sam == 1, lda = sak). B_KC: B is column-major (sbk == 1, ldb = sbn,
 // e.g. nn.Linear's weight [N, K] viewed as B = W^T); otherwise row-major (sbn == 1, ldb = sbk).
 // Host guarantees: 16-byte aligned a and b, lda and ldb multiples of 8 elements.
-template <typename T, typename Cfg, bool A_KC, bool B_KC>
+// SPLIT: grid (tiles, splits); CTA (tile, s) sums only split s's K range and stores its fp32
+// accumulators to the partial p.ws[s] (gemm_splitk_reduce_kernel adds bias and activation later).
+template <typename T, typename Cfg, bool A_KC, bool B_KC, bool SPLIT>
 __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel(const GemmParams<T> p) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, STAGES = Cfg::STAGES;
   constexpr int THREADS = Cfg::THREADS, MT = Cfg::MT, NT = Cfg::NT;
@@ -182,13 +207,17 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
   const int64_t lda = A_KC ? p.sam : p.sak;
   const int64_t ldb = B_KC ? p.sbn : p.sbk;
   const uint32_t s_base = ptx::smem_addr(smem);
-  const int k_tiles = static_cast<int>((p.K + BK - 1) / BK);
+  // K range of this CTA: all of K, or split blockIdx.y's (k_begin a multiple of BK; reads past
+  // k_end are zero-filled exactly as reads past K are).
+  int64_t k_begin = 0, k_end = p.K;
+  if constexpr (SPLIT) gemm_split_k_range(p.K, p.k_chunk, blockIdx.y, &k_begin, &k_end);
+  const int k_tiles = static_cast<int>((k_end - k_begin + BK - 1) / BK);
 
   auto load_stage = [&](int stage, int kt) {
     const uint32_t s_a = s_base + stage * Cfg::STAGE_BYTES;
-    const int64_t k0 = static_cast<int64_t>(kt) * BK;
-    load_tile_async<T, THREADS, BM, A_KC>(s_a, p.a, lda, m0, p.M, k0, p.K, tid);
-    load_tile_async<T, THREADS, BN, B_KC>(s_a + Cfg::A_BYTES, p.b, ldb, n0, p.N, k0, p.K, tid);
+    const int64_t k0 = k_begin + static_cast<int64_t>(kt) * BK;
+    load_tile_async<T, THREADS, BM, A_KC>(s_a, p.a, lda, m0, p.M, k0, k_end, tid);
+    load_tile_async<T, THREADS, BN, B_KC>(s_a + Cfg::A_BYTES, p.b, ldb, n0, p.N, k0, k_end, tid);
   };
 
   // acc[i][j]: the m16n8 tile (wm0 + 16i, wn0 + 8j) of this warp, in the C/D fragment layout.
@@ -277,56 +306,77 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
   // 4. Epilogue. Drain the (empty) trailing groups and make sure no warp still reads the ring
   //    before it is reused as the [BM][C_LD] staging tile.
   ptx::cp_async_wait<0>();
-  __syncthreads();
-
-  // 4a. bias + activation on the fp32 accumulators, rounded once to T, into the staging tile.
-  //     Thread (g, t) of a warp holds columns 2t, 2t+1 of rows g and g+8 of every m16n8 tile
-  //     (f_lo: registers 0, 1; f_hi: registers 2, 3).
+  // Thread (g, t) of a warp holds columns 2t, 2t+1 of rows g and g+8 of every m16n8 tile
+  // (f_lo: registers 0, 1; f_hi: registers 2, 3; tc::acc_frag, the PTX fragment map).
   const tc::RowCol f_lo = tc::acc_frag(lane, 0), f_hi = tc::acc_frag(lane, 2);
+  if constexpr (SPLIT) {
+    // Split-K: the raw fp32 accumulators go to this split's partial, [M][ldw] with ldw = N rounded
+    // up to 8. Each quad of lanes stores one whole 32-byte sector of a row (four 8-byte stores at a
+    // column multiple of 8). Columns in [N, ldw) get the zeros of the zero-filled B, so every
+    // element the reduction reads was written.
+    float* ws = p.ws + static_cast<int64_t>(blockIdx.y) * p.M * p.ldw;
 #pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    const int col = wn0 + j * 8 + f_lo.col;
-    const int64_t gcol = n0 + col;
-    float b0 = 0.f, b1 = 0.f;
-    if (p.bias != nullptr) {
-      if (gcol < p.N) b0 = to_float(p.bias[gcol]);
-      if (gcol + 1 < p.N) b1 = to_float(p.bias[gcol + 1]);
-    }
+    for (int j = 0; j < NT; ++j) {
+      const int64_t gcol = n0 + wn0 + j * 8 + f_lo.col;  // even; ldw % 8 == 0, so gcol + 1 < ldw too
+      if (gcol >= p.ldw) continue;
 #pragma unroll
-    for (int i = 0; i < MT; ++i) {
-      const int row = wm0 + i * 16 + f_lo.row;
-      const int row_hi = wm0 + i * 16 + f_hi.row, col_hi = wn0 + j * 8 + f_hi.col;
-      const uint32_t lo = Bits16<T>::bits(apply_act(acc[i][j][0] + b0, p.act)) |
-                          (Bits16<T>::bits(apply_act(acc[i][j][1] + b1, p.act)) << 16);
-      const uint32_t hi = Bits16<T>::bits(apply_act(acc[i][j][2] + b0, p.act)) |
-                          (Bits16<T>::bits(apply_act(acc[i][j][3] + b1, p.act)) << 16);
-      *reinterpret_cast<uint32_t*>(smem + (row * Cfg::C_LD + col) * 2) = lo;
-      *reinterpret_cast<uint32_t*>(smem + (row_hi * Cfg::C_LD + col_hi) * 2) = hi;
+      for (int i = 0; i < MT; ++i) {
+        const int64_t grow = m0 + wm0 + i * 16 + f_lo.row, grow_hi = m0 + wm0 + i * 16 + f_hi.row;
+        const int64_t gcol_hi = n0 + wn0 + j * 8 + f_hi.col;
+        if (grow < p.M) *reinterpret_cast<float2*>(ws + grow * p.ldw + gcol) = make_float2(acc[i][j][0], acc[i][j][1]);
+        if (grow_hi < p.M)
+          *reinterpret_cast<float2*>(ws + grow_hi * p.ldw + gcol_hi) = make_float2(acc[i][j][2], acc[i][j][3]);
+      }
     }
-  }
-  // Why: the copy-out below reads rows written by other warps.
-  __syncthreads();
+  } else {
+    __syncthreads();
 
-  // 4b. Coalesced copy-out: each thread moves 8-element (16-byte) row chunks; 16-byte stores where
-  //     C is aligned and the chunk is inside N, element-wise guarded stores on the edges.
-  constexpr int CPR = BN / 8;  // chunks per tile row
+    // 4a. bias + activation on the fp32 accumulators, rounded once to T, into the staging tile.
 #pragma unroll
-  for (int it = 0; it < BM * CPR / THREADS; ++it) {
-    const int c = tid + it * THREADS;
-    const auto [row, cc] = tc::chunk_row_col<CPR>(c);
-    const int64_t grow = m0 + row, gcol = n0 + cc * 8;
-    if (grow < p.M && gcol < p.N) {
-      const uint4 v = *reinterpret_cast<const uint4*>(smem + (row * Cfg::C_LD + cc * 8) * 2);
-      T* dst = p.c + grow * p.ldc + gcol;
-      if (p.c_vec && gcol + 8 <= p.N) {
-        *reinterpret_cast<uint4*>(dst) = v;
-      } else {
-        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-        const int n_valid = clamp_count(p.N, gcol, 8);
-        unsigned short* d16 = reinterpret_cast<unsigned short*>(dst);
+    for (int j = 0; j < NT; ++j) {
+      const int col = wn0 + j * 8 + f_lo.col;
+      const int64_t gcol = n0 + col;
+      float b0 = 0.f, b1 = 0.f;
+      if (p.bias != nullptr) {
+        if (gcol < p.N) b0 = to_float(p.bias[gcol]);
+        if (gcol + 1 < p.N) b1 = to_float(p.bias[gcol + 1]);
+      }
 #pragma unroll
-        for (int q = 0; q < 8; ++q)
-          if (q < n_valid) d16[q] = static_cast<unsigned short>(w[q >> 1] >> (16 * (q & 1)));
+      for (int i = 0; i < MT; ++i) {
+        const int row = wm0 + i * 16 + f_lo.row;
+        const int row_hi = wm0 + i * 16 + f_hi.row, col_hi = wn0 + j * 8 + f_hi.col;
+        const uint32_t lo = Bits16<T>::bits(apply_act(acc[i][j][0] + b0, p.act)) |
+                            (Bits16<T>::bits(apply_act(acc[i][j][1] + b1, p.act)) << 16);
+        const uint32_t hi = Bits16<T>::bits(apply_act(acc[i][j][2] + b0, p.act)) |
+                            (Bits16<T>::bits(apply_act(acc[i][j][3] + b1, p.act)) << 16);
+        *reinterpret_cast<uint32_t*>(smem + (row * Cfg::C_LD + col) * 2) = lo;
+        *reinterpret_cast<uint32_t*>(smem + (row_hi * Cfg::C_LD + col_hi) * 2) = hi;
+      }
+    }
+    // Why: the copy-out below reads rows written by other warps.
+    __syncthreads();
+
+    // 4b. Coalesced copy-out: each thread moves 8-element (16-byte) row chunks; 16-byte stores where
+    //     C is aligned and the chunk is inside N, element-wise guarded stores on the edges.
+    constexpr int CPR = BN / 8;  // chunks per tile row
+#pragma unroll
+    for (int it = 0; it < BM * CPR / THREADS; ++it) {
+      const int c = tid + it * THREADS;
+      const auto [row, cc] = tc::chunk_row_col<CPR>(c);
+      const int64_t grow = m0 + row, gcol = n0 + cc * 8;
+      if (grow < p.M && gcol < p.N) {
+        const uint4 v = *reinterpret_cast<const uint4*>(smem + (row * Cfg::C_LD + cc * 8) * 2);
+        T* dst = p.c + grow * p.ldc + gcol;
+        if (p.c_vec && gcol + 8 <= p.N) {
+          *reinterpret_cast<uint4*>(dst) = v;
+        } else {
+          const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+          const int n_valid = clamp_count(p.N, gcol, 8);
+          unsigned short* d16 = reinterpret_cast<unsigned short*>(dst);
+#pragma unroll
+          for (int q = 0; q < 8; ++q)
+            if (q < n_valid) d16[q] = static_cast<unsigned short>(w[q >> 1] >> (16 * (q & 1)));
+        }
       }
     }
   }
@@ -351,9 +401,12 @@ struct SimtConfig {
 // 128x128x8, 256 threads, 8x8 outputs per thread (two 4x4 quadrants 64 rows / 64 columns apart,
 // so the float4 shared reads of a warp are broadcast or contiguous); 2 x 8.25 KB shared memory;
 // registers capped at 128 so two CTAs (16 warps) share an SM.
-using SimtLarge = SimtConfig<128, 128, 2>;
+using SimtLarge = SimtConfig<kGemmSimtLarge.bm, kGemmSimtLarge.bn, kGemmSimtLarge.min_blocks>;
 // 64x64x8, 64 threads, same micro-tile; for problems too small to fill the SMs with 128x128.
-using SimtSmall = SimtConfig<64, 64, 1>;
+using SimtSmall = SimtConfig<kGemmSimtSmall.bm, kGemmSimtSmall.bn, kGemmSimtSmall.min_blocks>;
+static_assert(SimtLarge::BK == kGemmSimtLarge.bk && SimtLarge::THREADS == kGemmSimtLarge.threads &&
+                  SimtSmall::BK == kGemmSimtSmall.bk && SimtSmall::THREADS == kGemmSimtSmall.threads,
+              "gemm.h tile table and SimtConfig disagree");
 
 // 4 elements g[off + e*stride] (e < cnt valid, the rest 0) as fp32; one vector load when allowed.
 template <typename T>
@@ -438,7 +491,8 @@ __device__ __forceinline__ void simt_store(float* s, const float4 (&r)[NV], int 
 
 // C tile = act(A tile @ B tile + bias) with fp32 FFMA. A_KC: A is loaded along k (sak == 1, or
 // the smaller stride when neither is 1); otherwise along m. B_KC likewise along k, else along n.
-template <typename T, typename Cfg, bool A_KC, bool B_KC>
+// SPLIT: as in gemm_fwd_kernel, CTA (tile, s) stores split s's fp32 sums to the partial p.ws[s].
+template <typename T, typename Cfg, bool A_KC, bool B_KC, bool SPLIT>
 __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_simt_fwd_kernel(const GemmParams<T> p) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, THREADS = Cfg::THREADS;
   constexpr int AS_LD = Cfg::AS_LD, BS_LD = Cfg::BS_LD;
@@ -448,16 +502,18 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_simt_fwd_k
   const int tid = threadIdx.x;
   const int tx = tid % Cfg::TX, ty = tid / Cfg::TX;
 
-  // 1. CTA tile coordinates, grouped rasterisation as in gemm_fwd_kernel.
+  // 1. CTA tile coordinates, grouped rasterisation as in gemm_fwd_kernel; K range as there.
   int64_t m0, n0;
   grouped_tile_origin<BM, BN>(p.M, p.N, m0, n0);
-  const int k_tiles = static_cast<int>((p.K + BK - 1) / BK);
+  int64_t k_begin = 0, k_end = p.K;
+  if constexpr (SPLIT) gemm_split_k_range(p.K, p.k_chunk, blockIdx.y, &k_begin, &k_end);
+  const int k_tiles = static_cast<int>((k_end - k_begin + BK - 1) / BK);
 
   float4 ra[Cfg::A_VECS], rb[Cfg::B_VECS];
   auto load = [&](int kt) {
-    const int64_t k0 = static_cast<int64_t>(kt) * BK;
-    simt_load<T, THREADS, BM, Cfg::A_VECS, A_KC>(ra, p.a, p.sam, p.sak, m0, p.M, k0, p.K, p.a_vec, tid);
-    simt_load<T, THREADS, BN, Cfg::B_VECS, B_KC>(rb, p.b, p.sbn, p.sbk, n0, p.N, k0, p.K, p.b_vec, tid);
+    const int64_t k0 = k_begin + static_cast<int64_t>(kt) * BK;
+    simt_load<T, THREADS, BM, Cfg::A_VECS, A_KC>(ra, p.a, p.sam, p.sak, m0, p.M, k0, k_end, p.a_vec, tid);
+    simt_load<T, THREADS, BN, Cfg::B_VECS, B_KC>(rb, p.b, p.sbn, p.sbk, n0, p.N, k0, k_end, p.b_vec, tid);
   };
   auto store = [&](int buf) {
     simt_store<THREADS, BM, AS_LD, Cfg::A_VECS, A_KC>(As[buf], ra, tid);
@@ -504,33 +560,101 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_simt_fwd_k
     __syncthreads();
   }
 
-  // 4. Epilogue: bias + activation in fp32, 4-wide stores where C allows, guarded scalars otherwise.
-  float bias[8];
+  // 4. Split-K: the raw fp32 sums go to this split's partial [M][ldw] as 16-byte stores (ldw is a
+  //    multiple of 8, every column run of 4 starts at a multiple of 4; columns in [N, ldw) get the
+  //    zeros of the zero-filled B).
+  if constexpr (SPLIT) {
+    float* ws = p.ws + static_cast<int64_t>(blockIdx.y) * p.M * p.ldw;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const int64_t col = n0 + (j < 4 ? 4 * tx + j : BN / 2 + 4 * tx + (j - 4));
-    bias[j] = (p.bias != nullptr && col < p.N) ? to_float(p.bias[col]) : 0.f;
-  }
+    for (int i = 0; i < 8; ++i) {
+      const int64_t row = m0 + (i < 4 ? 4 * ty + i : BM / 2 + 4 * ty + (i - 4));
+      if (row >= p.M) continue;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int64_t row = m0 + (i < 4 ? 4 * ty + i : BM / 2 + 4 * ty + (i - 4));
-    if (row >= p.M) continue;
+      for (int h = 0; h < 2; ++h) {
+        const int64_t col = n0 + h * (BN / 2) + 4 * tx;
+        if (col < p.ldw)
+          *reinterpret_cast<float4*>(ws + row * p.ldw + col) =
+              make_float4(acc[i][4 * h], acc[i][4 * h + 1], acc[i][4 * h + 2], acc[i][4 * h + 3]);
+      }
+    }
+  } else {
+    // 5. Epilogue: bias + activation in fp32, 4-wide stores where C allows, guarded scalars otherwise.
+    float bias[8];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t col = n0 + h * (BN / 2) + 4 * tx;
-      if (col >= p.N) continue;
-      float out[4];
+    for (int j = 0; j < 8; ++j) {
+      const int64_t col = n0 + (j < 4 ? 4 * tx + j : BN / 2 + 4 * tx + (j - 4));
+      bias[j] = (p.bias != nullptr && col < p.N) ? to_float(p.bias[col]) : 0.f;
+    }
 #pragma unroll
-      for (int q = 0; q < 4; ++q) out[q] = apply_act(acc[i][4 * h + q] + bias[4 * h + q], p.act);
-      store4(p.c + row * p.ldc + col, out, clamp_count(p.N, col, 4), p.c_vec);
+    for (int i = 0; i < 8; ++i) {
+      const int64_t row = m0 + (i < 4 ? 4 * ty + i : BM / 2 + 4 * ty + (i - 4));
+      if (row >= p.M) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t col = n0 + h * (BN / 2) + 4 * tx;
+        if (col >= p.N) continue;
+        float out[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) out[q] = apply_act(acc[i][4 * h + q] + bias[4 * h + q], p.act);
+        store4(p.c + row * p.ldc + col, out, clamp_count(p.N, col, 4), p.c_vec);
+      }
     }
   }
 }
 
 // ---------------------------------------------------------------------------------------------
+// Split-K reduction: C[m, n] = act(sum_s ws[s][m][n] + bias[n]).
+// ---------------------------------------------------------------------------------------------
+// The partials are added in split order 0, 1, ..., splits-1 by one thread, so the result depends
+// only on the shape and the split count (gemm_plan: shape and SM count), never on timing; no atomics.
+// Thread = one run of 4 columns of one row: 16-byte loads of every partial (ldw % 8 == 0, ws 16-byte
+// aligned), one 4-element store of C. Grid: ceil(M * ceil(N / 4) / 256) CTAs of 256 threads.
+// Bytes: ~splits * M * N * 4 read + (M * N + N) * sizeof(T); FLOPs: (splits + 1) * M * N.
+template <typename T>
+__global__ void __launch_bounds__(kGemmReduceThreads) gemm_splitk_reduce_kernel(const GemmParams<T> p, int splits) {
+  const int64_t runs = (p.N + 3) / 4;  // runs per row, each starting inside N
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kGemmReduceThreads + threadIdx.x;
+  if (idx >= p.M * runs) return;
+  const int64_t row = idx / runs, col = (idx % runs) * 4;
+  const int64_t plane = p.M * p.ldw;
+  const float* __restrict__ src = p.ws + row * p.ldw + col;
+  auto add = [](float4& a, const float4 v) {
+    a.x += v.x;
+    a.y += v.y;
+    a.z += v.z;
+    a.w += v.w;
+  };
+  float4 acc = *reinterpret_cast<const float4*>(src);
+  int s = 1;
+  // Four partials are loaded before they are added (still in split order) to keep loads in flight.
+  for (; s + 4 <= splits; s += 4) {
+    const float4 v0 = *reinterpret_cast<const float4*>(src + s * plane);
+    const float4 v1 = *reinterpret_cast<const float4*>(src + (s + 1) * plane);
+    const float4 v2 = *reinterpret_cast<const float4*>(src + (s + 2) * plane);
+    const float4 v3 = *reinterpret_cast<const float4*>(src + (s + 3) * plane);
+    add(acc, v0);
+    add(acc, v1);
+    add(acc, v2);
+    add(acc, v3);
+  }
+  for (; s < splits; ++s) add(acc, *reinterpret_cast<const float4*>(src + s * plane));
+
+  // The epilogue of the single-kernel path: bias on the fp32 sum, then the activation, rounded once.
+  const int n_valid = clamp_count(p.N, col, 4);
+  const float sum[4] = {acc.x, acc.y, acc.z, acc.w};
+  float out[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const float b = (p.bias != nullptr && q < n_valid) ? to_float(p.bias[col + q]) : 0.f;
+    out[q] = apply_act(sum[q] + b, p.act);
+  }
+  store4(p.c + row * p.ldc + col, out, n_valid, p.c_vec);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Epilogue backward: activation mask and deterministic bias gradient.
 // ---------------------------------------------------------------------------------------------
-constexpr int kBwdThreads = 1024;
+constexpr int kBwdThreads = kBiasActBwdThreads;
 
 // Block (SW, 1024/SW): threadIdx.x = column inside the SW-wide strip, threadIdx.y = row phase.
 // Thread (x, y) handles rows y, y + Y, y + 2Y, ... of its column in that order (Y = blockDim.y),
@@ -597,22 +721,11 @@ __global__ void __launch_bounds__(kBwdThreads) bias_act_bwd_kernel(const T* grad
 }
 
 // ---------------------------------------------------------------------------------------------
-// Host side
+// Host side: gemm_plan (gemm.h) decides, the launchers below only dispatch on its decision.
 // ---------------------------------------------------------------------------------------------
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// 1-D grid of CTA tiles (gridDim.x allows 2^31 - 1; y/z would cap at 65535).
-dim3 tile_grid(int64_t M, int64_t N, int BM, int BN) {
-  const int64_t tiles = ceil_div(M, BM) * ceil_div(N, BN);
-  if (tiles > INT32_MAX)
-    throw std::invalid_argument("gemm: M x N = " + std::to_string(M) + " x " + std::to_string(N) +
-                                " needs more CTAs than one launch allows");
-  return dim3(static_cast<unsigned>(tiles));
-}
-
-template <typename T, typename Cfg, bool A_KC, bool B_KC>
-void launch_gemm_tc(const GemmParams<T>& p, int device, cudaStream_t stream) {
-  auto kernel = gemm_fwd_kernel<T, Cfg, A_KC, B_KC>;
+template <typename T, typename Cfg, bool A_KC, bool B_KC, bool SPLIT>
+void launch_gemm_tc(const GemmParams<T>& p, const GemmPlan& plan, int device, cudaStream_t stream) {
+  auto kernel = gemm_fwd_kernel<T, Cfg, A_KC, B_KC, SPLIT>;
   // The opt-in above 48 KB of dynamic shared memory is per function and device; set it once per
   // device (setting it twice from racing threads is harmless).
   static std::atomic<uint64_t> smem_opted_in{0};
@@ -621,141 +734,128 @@ void launch_gemm_tc(const GemmParams<T>& p, int device, cudaStream_t stream) {
     PYIMGCLS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::SMEM_BYTES));
     smem_opted_in.fetch_or(bit, std::memory_order_relaxed);
   }
-  const dim3 grid = tile_grid(p.M, p.N, Cfg::BM, Cfg::BN);
+  // 1-D grid of CTA tiles (gridDim.x allows 2^31 - 1, checked by the plan); split-K adds y = split.
+  const dim3 grid(static_cast<unsigned>(plan.tiles), static_cast<unsigned>(plan.splits));
   kernel<<<grid, Cfg::THREADS, Cfg::SMEM_BYTES, stream>>>(p);
   PYIMGCLS_CUDA_CHECK_LAUNCH();
 }
 
-template <typename T, typename Cfg>
-void dispatch_gemm_tc(const GemmParams<T>& p, bool a_kc, bool b_kc, int device, cudaStream_t stream) {
-  if (a_kc) {
-    if (b_kc) launch_gemm_tc<T, Cfg, true, true>(p, device, stream);
-    else launch_gemm_tc<T, Cfg, true, false>(p, device, stream);
+template <typename T, typename Cfg, bool SPLIT>
+void dispatch_gemm_tc(const GemmParams<T>& p, const GemmPlan& plan, int device, cudaStream_t stream) {
+  if (plan.a_kc) {
+    if (plan.b_kc) launch_gemm_tc<T, Cfg, true, true, SPLIT>(p, plan, device, stream);
+    else launch_gemm_tc<T, Cfg, true, false, SPLIT>(p, plan, device, stream);
   } else {
-    if (b_kc) launch_gemm_tc<T, Cfg, false, true>(p, device, stream);
-    else launch_gemm_tc<T, Cfg, false, false>(p, device, stream);
+    if (plan.b_kc) launch_gemm_tc<T, Cfg, false, true, SPLIT>(p, plan, device, stream);
+    else launch_gemm_tc<T, Cfg, false, false, SPLIT>(p, plan, device, stream);
   }
 }
 
-template <typename T, typename Cfg, bool A_KC, bool B_KC>
-void launch_gemm_simt(const GemmParams<T>& p, cudaStream_t stream) {
-  auto kernel = gemm_simt_fwd_kernel<T, Cfg, A_KC, B_KC>;
-  const dim3 grid = tile_grid(p.M, p.N, Cfg::BM, Cfg::BN);
+template <typename T, typename Cfg, bool A_KC, bool B_KC, bool SPLIT>
+void launch_gemm_simt(const GemmParams<T>& p, const GemmPlan& plan, cudaStream_t stream) {
+  auto kernel = gemm_simt_fwd_kernel<T, Cfg, A_KC, B_KC, SPLIT>;
+  const dim3 grid(static_cast<unsigned>(plan.tiles), static_cast<unsigned>(plan.splits));
   kernel<<<grid, Cfg::THREADS, 0, stream>>>(p);
   PYIMGCLS_CUDA_CHECK_LAUNCH();
 }
 
-template <typename T, typename Cfg>
-void dispatch_gemm_simt(const GemmParams<T>& p, bool a_kc, bool b_kc, cudaStream_t stream) {
-  if (a_kc) {
-    if (b_kc) launch_gemm_simt<T, Cfg, true, true>(p, stream);
-    else launch_gemm_simt<T, Cfg, true, false>(p, stream);
+template <typename T, typename Cfg, bool SPLIT>
+void dispatch_gemm_simt(const GemmParams<T>& p, const GemmPlan& plan, cudaStream_t stream) {
+  if (plan.a_kc) {
+    if (plan.b_kc) launch_gemm_simt<T, Cfg, true, true, SPLIT>(p, plan, stream);
+    else launch_gemm_simt<T, Cfg, true, false, SPLIT>(p, plan, stream);
   } else {
-    if (b_kc) launch_gemm_simt<T, Cfg, false, true>(p, stream);
-    else launch_gemm_simt<T, Cfg, false, false>(p, stream);
+    if (plan.b_kc) launch_gemm_simt<T, Cfg, false, true, SPLIT>(p, plan, stream);
+    else launch_gemm_simt<T, Cfg, false, false, SPLIT>(p, plan, stream);
   }
 }
 
-int64_t abs64(int64_t v) { return v < 0 ? -v : v; }
-
 template <typename T>
-void gemm_typed(const void* a, int64_t sam, int64_t sak, const void* b, int64_t sbk, int64_t sbn, const void* bias,
-                void* c, int64_t ldc, int64_t M, int64_t N, int64_t K, Act act, int device, cudaStream_t stream) {
-  // 1. A stride over a dimension of size 1 is never used (PyTorch gives such dimensions arbitrary
-  //    strides): normalise it so that the operand reads as row- or column-major with an aligned
-  //    leading dimension whenever its other stride allows.
-  if (M == 1 && K == 1) {
-    sam = 0;
-    sak = 1;
-  } else if (M == 1) {
-    sam = sak == 1 ? 0 : 1;
-  } else if (K == 1) {
-    sak = sam == 1 ? 0 : 1;
-  }
-  if (K == 1 && N == 1) {
-    sbk = 1;
-    sbn = 0;
-  } else if (K == 1) {
-    sbk = sbn == 1 ? 0 : 1;
-  } else if (N == 1) {
-    sbn = sbk == 1 ? 0 : 1;
-  }
-  if (M == 1) ldc = 0;
-
-  // Members in declaration order; the a_vec / b_vec / c_vec flags are set by the path chosen below.
-  GemmParams<T> p{static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(bias), static_cast<T*>(c),
-                  sam, sak, sbk, sbn, ldc, M, N, K, static_cast<int>(act)};
-  const int sms = sm_count(device);
-
-  // 2. Tensor-core path: 16-bit dtype, each operand row- or column-major, 16-byte aligned base,
-  //    leading dimension a multiple of 8 elements (so every 8-element chunk is a 16-byte cp.async).
-  if constexpr (sizeof(T) == 2) {
-    const bool a_ok16 = aligned_to(a, 16), b_ok16 = aligned_to(b, 16);
-    const bool a_kc = a_ok16 && sak == 1 && sam % 8 == 0;
-    const bool a_mc = a_ok16 && sam == 1 && sak % 8 == 0;
-    const bool b_kc = b_ok16 && sbk == 1 && sbn % 8 == 0;
-    const bool b_nc = b_ok16 && sbn == 1 && sbk % 8 == 0;
-    if ((a_kc || a_mc) && (b_kc || b_nc)) {
-      p.c_vec = aligned_to(c, 16) && ldc % 8 == 0;
-      p.a_vec = p.b_vec = false;
-      // Largest tile that still gives every SM a CTA; small-M classifier shapes fall to 64-row tiles.
-      if (ceil_div(M, TcLarge::BM) * ceil_div(N, TcLarge::BN) >= sms)
-        dispatch_gemm_tc<T, TcLarge>(p, a_kc, b_kc, device, stream);
-      else if (ceil_div(M, TcMedium::BM) * ceil_div(N, TcMedium::BN) >= sms)
-        dispatch_gemm_tc<T, TcMedium>(p, a_kc, b_kc, device, stream);
-      else
-        dispatch_gemm_tc<T, TcSmall>(p, a_kc, b_kc, device, stream);
-      return;
+void gemm_typed(const GemmPlan& plan, const void* a, const void* b, const void* bias, void* c, int64_t M, int64_t N,
+                int64_t K, Act act, void* scratch, int device, cudaStream_t stream) {
+  // Members in declaration order; strides and vector flags as the plan normalised / decided them.
+  const GemmParams<T> p{static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(bias),
+                        static_cast<T*>(c), plan.sam, plan.sak, plan.sbk, plan.sbn, plan.ldc, M, N, K,
+                        static_cast<int>(act), plan.a_vec, plan.b_vec, plan.c_vec, static_cast<float*>(scratch),
+                        plan.ldw, plan.k_chunk};
+  const bool split = plan.splits > 1;
+  const auto no_split_kernel = [] { throw std::logic_error("gemm: split-K planned for a tile without a split kernel"); };
+  if (plan.tensor_cores) {
+    if constexpr (sizeof(T) == 2) {
+      switch (plan.config) {
+        case GemmConfig::TcLarge:
+          if (split) no_split_kernel();
+          dispatch_gemm_tc<T, TcLarge, false>(p, plan, device, stream);
+          break;
+        case GemmConfig::TcMedium:
+          if (split) no_split_kernel();
+          dispatch_gemm_tc<T, TcMedium, false>(p, plan, device, stream);
+          break;
+        case GemmConfig::TcSmall:
+          if (split) dispatch_gemm_tc<T, TcSmall, true>(p, plan, device, stream);
+          else dispatch_gemm_tc<T, TcSmall, false>(p, plan, device, stream);
+          break;
+        default: throw std::logic_error("gemm: tensor-core plan with a SIMT tile");
+      }
+    } else {
+      throw std::logic_error("gemm: tensor-core kernel planned for float32");
     }
-  }
-
-  // 3. SIMT path: load each operand along its unit-stride dimension (vectorised when aligned),
-  //    or along the smaller stride when it has none.
-  const size_t vec_bytes = 4 * sizeof(T);
-  bool a_kc, b_kc;
-  if (sak == 1) {
-    a_kc = true;
-    p.a_vec = aligned_to(a, vec_bytes) && sam % 4 == 0;
-  } else if (sam == 1) {
-    a_kc = false;
-    p.a_vec = aligned_to(a, vec_bytes) && sak % 4 == 0;
+  } else if (plan.config == GemmConfig::SimtLarge) {
+    if (split) no_split_kernel();
+    dispatch_gemm_simt<T, SimtLarge, false>(p, plan, stream);
+  } else if (plan.config == GemmConfig::SimtSmall) {
+    if (split) dispatch_gemm_simt<T, SimtSmall, true>(p, plan, stream);
+    else dispatch_gemm_simt<T, SimtSmall, false>(p, plan, stream);
   } else {
-    a_kc = abs64(sak) <= abs64(sam);
-    p.a_vec = false;
+    throw std::logic_error("gemm: SIMT plan with a tensor-core tile");
   }
-  if (sbn == 1) {
-    b_kc = false;
-    p.b_vec = aligned_to(b, vec_bytes) && sbk % 4 == 0;
-  } else if (sbk == 1) {
-    b_kc = true;
-    p.b_vec = aligned_to(b, vec_bytes) && sbn % 4 == 0;
-  } else {
-    b_kc = abs64(sbk) <= abs64(sbn);
-    p.b_vec = false;
+  if (split) {
+    // Same stream, so the reduction starts after every split has written its partial.
+    gemm_splitk_reduce_kernel<T><<<dim3(static_cast<unsigned>(plan.reduce_ctas)), kGemmReduceThreads, 0, stream>>>(
+        p, static_cast<int>(plan.splits));
+    PYIMGCLS_CUDA_CHECK_LAUNCH();
   }
-  p.c_vec = aligned_to(c, vec_bytes) && ldc % 4 == 0;
-  if (ceil_div(M, SimtLarge::BM) * ceil_div(N, SimtLarge::BN) >= sms)
-    dispatch_gemm_simt<T, SimtLarge>(p, a_kc, b_kc, stream);
-  else
-    dispatch_gemm_simt<T, SimtSmall>(p, a_kc, b_kc, stream);
 }
 
 template <typename T>
-void bias_act_bwd_typed(const void* grad, const void* out, void* grad_pre, void* grad_bias, int64_t M, int64_t N,
-                        Act act, cudaStream_t stream) {
-  // Strip width: wider strips coalesce better, narrower ones give more CTAs when N is small.
-  // The summation order per column depends only on blockDim.y, which is 1024 / SW.
-  const int sw = N >= 8192 ? 32 : (N >= 2048 ? 16 : 8);
-  const int64_t strips = ceil_div(N, sw);
-  if (strips > INT32_MAX) throw std::invalid_argument("bias_act_bwd: N too large");
+void bias_act_bwd_typed(const LaunchPlan& plan, const void* grad, const void* out, void* grad_pre, void* grad_bias,
+                        int64_t M, int64_t N, Act act, cudaStream_t stream) {
+  const int sw = plan.tile_n;
   const dim3 block(sw, kBwdThreads / sw);
-  bias_act_bwd_kernel<T><<<dim3(static_cast<unsigned>(strips)), block, 0, stream>>>(
+  bias_act_bwd_kernel<T><<<dim3(static_cast<unsigned>(plan.ctas)), block, 0, stream>>>(
       static_cast<const T*>(grad), static_cast<const T*>(out), static_cast<T*>(grad_pre),
       static_cast<T*>(grad_bias), M, N, static_cast<int>(act));
   PYIMGCLS_CUDA_CHECK_LAUNCH();
 }
 
+void gemm_planned(DType dt, const GemmPlan& plan, const void* a, const void* b, const void* bias, void* c, int64_t M,
+                  int64_t N, int64_t K, Act act, void* scratch, int64_t scratch_floats, int device,
+                  uintptr_t stream) {
+  if (plan.launches == 0) return;
+  if ((K > 0 && (a == nullptr || b == nullptr)) || c == nullptr)
+    throw std::invalid_argument("gemm: null data pointer");
+  if (plan.splits > 1 && (scratch == nullptr || scratch_floats < plan.scratch || !aligned_to(scratch, 16)))
+    throw std::invalid_argument("gemm: split-K (" + std::to_string(plan.splits) + " splits) needs " +
+                                std::to_string(plan.scratch) + " float32 scratch elements at a 16-byte aligned "
+                                "address, got " + std::to_string(scratch_floats) +
+                                (scratch == nullptr ? " (null)" : ""));
+  const auto st = reinterpret_cast<cudaStream_t>(stream);
+  dispatch_dtype(dt, "GEMM", [&](auto tag) {
+    gemm_typed<decltype(tag)>(plan, a, b, bias, c, M, N, K, act, scratch, device, st);
+  });
+}
+
+uintptr_t addr(const void* p) { return reinterpret_cast<uintptr_t>(p); }
+
 }  // namespace
+
+void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int64_t sbk, int64_t sbn,
+          const void* bias, void* c, int64_t ldc, int64_t M, int64_t N, int64_t K, Act act, int sm_count,
+          void* scratch, int64_t scratch_floats, int device, uintptr_t stream) {
+  const GemmPlan plan = gemm_plan(dt, addr(a), sam, sak, addr(b), sbk, sbn, addr(c), ldc, M, N, K, sm_count);
+  set_device(device);
+  gemm_planned(dt, plan, a, b, bias, c, M, N, K, act, scratch, scratch_floats, device, stream);
+}
 
 void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int64_t sbk, int64_t sbn,
           const void* bias, void* c, int64_t ldc, int64_t M, int64_t N, int64_t K, Act act, int device,
@@ -764,28 +864,22 @@ void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int6
     throw std::invalid_argument("gemm: negative size M=" + std::to_string(M) + " N=" + std::to_string(N) +
                                 " K=" + std::to_string(K));
   set_device(device);
-  if (M == 0 || N == 0) return;
-  if ((K > 0 && (a == nullptr || b == nullptr)) || c == nullptr)
-    throw std::invalid_argument("gemm: null data pointer");
-  const auto st = reinterpret_cast<cudaStream_t>(stream);
-  dispatch_dtype(dt, "GEMM", [&](auto tag) {
-    gemm_typed<decltype(tag)>(a, sam, sak, b, sbk, sbn, bias, c, ldc, M, N, K, act, device, st);
-  });
+  const GemmPlan plan = gemm_plan(dt, addr(a), sam, sak, addr(b), sbk, sbn, addr(c), ldc, M, N, K,
+                                  sm_count(device), /*split_k=*/false);
+  gemm_planned(dt, plan, a, b, bias, c, M, N, K, act, nullptr, 0, device, stream);
 }
 
 void bias_act_bwd(DType dt, const void* grad, const void* out, void* grad_pre, void* grad_bias, int64_t M,
                   int64_t N, Act act, int device, uintptr_t stream) {
-  if (M < 0 || N < 0)
-    throw std::invalid_argument("bias_act_bwd: negative size M=" + std::to_string(M) + " N=" + std::to_string(N));
+  const LaunchPlan plan = bias_act_bwd_plan(dt, M, N, grad_bias != nullptr);
   set_device(device);
-  // With M == 0 the bias gradient is still defined (zeros), so only a missing bias stops here.
-  if (N == 0 || (M == 0 && grad_bias == nullptr)) return;
+  if (plan.launches == 0) return;
   if (M > 0 && grad == nullptr) throw std::invalid_argument("bias_act_bwd: grad is null");
   if (act != Act::None && M > 0 && out == nullptr)
     throw std::invalid_argument("bias_act_bwd: out is required for relu / relu6");
   const auto st = reinterpret_cast<cudaStream_t>(stream);
   dispatch_dtype(dt, "bias_act_bwd", [&](auto tag) {
-    bias_act_bwd_typed<decltype(tag)>(grad, out, grad_pre, grad_bias, M, N, act, st);
+    bias_act_bwd_typed<decltype(tag)>(plan, grad, out, grad_pre, grad_bias, M, N, act, st);
   });
 }
 
