@@ -50,9 +50,10 @@ def dgrad(gp, x, w, stride, padding, dilation, groups):
     dx, geom = dgrad_output(gp, x, w, stride, padding, dilation, groups)
     if geom is None:
         return dx
-    if gp.dtype in _LOW_PRECISION:
+    if gp.dtype in _LOW_PRECISION and geom.groups != geom.C:
         # dgrad's GEMM-K axis is (tap, out channel): channels_last gradient and an out-channel-contiguous
-        # weight view (a weight-sized copy) make every K chunk a 16-byte load.
+        # weight view (a weight-sized copy) make every K chunk a 16-byte load. The depthwise kernel
+        # (groups == C) reads any layout in place, as in the forward.
         gp = gp.contiguous(memory_format=torch.channels_last)
         w = w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
     _native.C.conv2d_bwd_data_cuda(_native.dtype_code(gp.dtype), geom, gp.data_ptr(), strides(gp), w.data_ptr(),
