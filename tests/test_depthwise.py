@@ -253,3 +253,224 @@ def test_cuda_glue_depthwise_reads_gradient_in_place(dtype, monkeypatch):
         cuda_conv.dgrad(gp, x, torch.zeros(8, 2, 3, 3, dtype=dtype), *args, 4)
         assert fake.calls[0][1][3] == list(gp.contiguous(memory_format=torch.channels_last).stride())
 
+
+
+# ----------------------------------------------------------------------------- CUDA kernels emulated on the CPU
+# The device code of conv2d_depthwise_dgrad_kernel / conv2d_depthwise_wgrad_kernel and of
+# conv2d_wgrad_reduce_kernel, cut from csrc/cuda/conv.cu, compiled by g++ with a small harness (each
+# block runs as 256 std::threads, __syncthreads is a std::barrier; float only; the launchers' choices of
+# VEC, w_vec, ct and grid are repeated in the harness), so their index math, the 16-byte path, the
+# fixed-order tree and the split reduction are checked without a GPU.
+_EMU_HEAD = r"""// Host emulation of the CUDA depthwise backward kernels (float only): the kernel text is pasted from
+// csrc/cuda/conv.cu below; each block runs as 256 std::threads with a std::barrier for __syncthreads.
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <thread>
+#include <vector>
+
+#include "conv_geometry.h"
+
+struct dim3 { unsigned x = 0, y = 0, z = 0; };
+thread_local dim3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+std::barrier<>* g_barrier = nullptr;
+#define __global__
+#define __launch_bounds__(n)
+#define __shared__ static
+#define __restrict__
+inline void __syncthreads() { g_barrier->arrive_and_wait(); }
+using std::min;
+
+namespace pyimgcls::cuda {
+inline float to_float(float v) { return v; }
+template <typename T> T from_float(float v);
+template <> inline float from_float<float>(float v) { return v; }
+template <typename T, int VEC> void load_vec(const T* p, float (&out)[VEC]) {
+  for (int k = 0; k < VEC; ++k) out[k] = p[k];
+}
+template <typename T, int VEC> void store_pack16(T* p, const float (&v)[VEC]) {
+  if (reinterpret_cast<uintptr_t>(p) % 16) { std::fprintf(stderr, "misaligned 16-byte store\n"); std::abort(); }
+  for (int k = 0; k < VEC; ++k) p[k] = v[k];
+}
+"""
+
+_EMU_TAIL = r"""}  // namespace pyimgcls::cuda
+
+using namespace pyimgcls;
+using namespace pyimgcls::cuda;
+
+// Runs kernel body f for every (block, thread) of grid x 256 threads, one block at a time.
+static void launch(dim3 grid, const std::function<void()>& f) {
+  gridDim = grid;
+  blockDim = dim3{256, 1, 1};
+  for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      std::barrier<> bar(256);
+      g_barrier = &bar;
+      std::vector<std::thread> ts;
+      for (unsigned t = 0; t < 256; ++t)
+        ts.emplace_back([&, t] { threadIdx = dim3{t, 0, 0}; blockIdx = dim3{bx, by, 0}; f(); });
+      for (auto& t : ts) t.join();
+    }
+}
+
+static std::vector<float> read_file(const char* path) {
+  std::FILE* f = std::fopen(path, "rb");
+  std::fseek(f, 0, SEEK_END);
+  long n = std::ftell(f) / 4;
+  std::fseek(f, 0, SEEK_SET);
+  std::vector<float> v(n);
+  if (std::fread(v.data(), 4, n, f) != static_cast<size_t>(n)) std::abort();
+  std::fclose(f);
+  return v;
+}
+
+// argv: mode(dgrad|wgrad) g.bin src.bin out.bin  N C H W O KH KW OH OW sh sw ph pw dh dw
+//       g_off gs(4) src_off ss(4) [dgrad: ds(4) | wgrad: splits]
+int main(int argc, char** argv) {
+  std::vector<int64_t> a;
+  for (int i = 5; i < argc; ++i) a.push_back(std::atoll(argv[i]));
+  const int64_t N = a[0], C = a[1], H = a[2], W = a[3], O = a[4], KH = a[5], KW = a[6], OH = a[7], OW = a[8];
+  // 16-byte aligned buffers, as the CUDA caching allocator gives
+  std::vector<float> g0 = read_file(argv[2]), s0 = read_file(argv[3]);
+  float* g = static_cast<float*>(std::aligned_alloc(16, (g0.size() + 4) * 4));
+  float* s = static_cast<float*>(std::aligned_alloc(16, (s0.size() + 4) * 4));
+  std::memcpy(g, g0.data(), g0.size() * 4);
+  std::memcpy(s, s0.data(), s0.size() * 4);
+  DwBwdParams p{};
+  p.C = C; p.O = O; p.mult = O / C;
+  p.H = H; p.W = W; p.OH = OH; p.OW = OW; p.KH = KH; p.KW = KW;
+  p.sh = a[9]; p.sw = a[10]; p.ph = a[11]; p.pw = a[12]; p.dh = a[13]; p.dw = a[14];
+  p.g = g + a[15];
+  p.gs = Strides4{a[16], a[17], a[18], a[19]};
+  p.src = s + a[20];
+  p.ss = Strides4{a[21], a[22], a[23], a[24]};
+  std::vector<float> out;
+  if (std::strcmp(argv[1], "dgrad") == 0) {
+    // the launcher's choices (launch_depthwise_dgrad, T = float: VEC = 4)
+    p.ds = Strides4{a[25], a[26], a[27], a[28]};
+    const int64_t n_out = N * C * H * W;
+    float* dx = static_cast<float*>(std::aligned_alloc(16, n_out * 4 + 16));
+    std::fill(dx, dx + n_out, NAN);
+    p.dst = dx;
+    auto m4 = [](int64_t v) { return v % 4 == 0; };
+    const bool vec = p.mult == 1 && p.gs.c == 1 && p.ds.c == 1 && m4(C) && m4(p.gs.n) && m4(p.gs.h) && m4(p.gs.w) &&
+                     m4(p.ds.n) && m4(p.ds.h) && m4(p.ds.w) && m4(a[15]);
+    p.w_vec = vec && p.ss.n == 1 && m4(p.ss.h) && m4(p.ss.w) && m4(a[20]);
+    p.channels_fastest = vec || p.ds.c == 1;
+    p.total = N * H * W * (vec ? C / 4 : C);
+    const unsigned blocks = static_cast<unsigned>((p.total + 255) / 256);
+    std::fprintf(stderr, "dgrad vec=%d w_vec=%d blocks=%u\n", int(vec), int(p.w_vec), blocks);
+    if (vec) launch(dim3{blocks, 1, 1}, [&] { conv2d_depthwise_dgrad_kernel<float, 4>(p); });
+    else launch(dim3{blocks, 1, 1}, [&] { conv2d_depthwise_dgrad_kernel<float, 1>(p); });
+    out.assign(dx, dx + n_out);
+  } else {
+    const int64_t splits = a[25], taps = KH * KW;
+    std::vector<float> scratch(splits * O * taps, NAN), dw(O * taps, NAN);
+    p.dst = scratch.data();
+    p.total = N * OH * OW;
+    p.chunk = std::max<int64_t>(1, (p.total + splits - 1) / splits);
+    int ct = 1;  // launch_depthwise_wgrad
+    if (p.gs.c == 1)
+      while (ct < 32 && ct < p.O) ct *= 2;
+    p.ct = ct;
+    const unsigned gx = static_cast<unsigned>((O + ct - 1) / ct * taps);
+    std::fprintf(stderr, "wgrad ct=%d grid=%u x %lld\n", ct, gx, static_cast<long long>(splits));
+    launch(dim3{gx, static_cast<unsigned>(splits), 1}, [&] { conv2d_depthwise_wgrad_kernel<float>(p); });
+    launch(dim3{static_cast<unsigned>((O * taps + 255) / 256), 1, 1},
+           [&] { conv2d_wgrad_reduce_kernel<float>(scratch.data(), dw.data(), O, 1, KH, KW, splits); });
+    out = dw;
+  }
+  std::FILE* f = std::fopen(argv[4], "wb");
+  std::fwrite(out.data(), 4, out.size(), f);
+  std::fclose(f);
+  return 0;
+}
+"""
+
+
+def _cut(src, start, stop):
+    a = src.index(start)
+    return src[a:src.index(stop, a)]
+
+
+@pytest.fixture(scope="module")
+def cuda_emulator(tmp_path_factory):
+    import pathlib
+    import shutil
+    import subprocess
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not available")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    src = (root / "csrc" / "cuda" / "conv.cu").read_text()
+    device_code = (_cut(src, "struct DwBwdParams {", "// 16 bytes (VEC values")
+                   + _cut(src, "// dgrad: one thread per dx element", "// ------------------------------")
+                   + _cut(src, "template <typename T>\n__global__ void conv2d_wgrad_reduce_kernel", "// Pass 1:"))
+    d = tmp_path_factory.mktemp("dw_emu")
+    (d / "emu.cpp").write_text(_EMU_HEAD + device_code + _EMU_TAIL)
+    exe = d / "emu"
+    subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-I", str(root / "csrc"), str(d / "emu.cpp"), "-o",
+                    str(exe)], check=True)
+    return exe, d
+
+
+def _storage(t):
+    """(t's whole storage as a flat tensor, storage offset, strides)."""
+    flat = torch.empty(0, dtype=t.dtype).set_(t.untyped_storage())
+    return flat, t.storage_offset(), list(t.stride())
+
+
+def _emulate(emu, mode, g, src, geom, extra):
+    import subprocess
+
+    import numpy as np
+    exe, d = emu
+    gflat, goff, gs = _storage(g)
+    sflat, soff, ss = _storage(src)
+    gflat.numpy().tofile(d / "g.bin")
+    sflat.numpy().tofile(d / "s.bin")
+    args = [str(exe), mode, str(d / "g.bin"), str(d / "s.bin"), str(d / "out.bin")]
+    args += [str(v) for v in list(geom) + [goff] + gs + [soff] + ss + list(extra)]
+    run = subprocess.run(args, check=True, capture_output=True, text=True)
+    return torch.from_numpy(np.fromfile(d / "out.bin", dtype=np.float32)), run.stderr
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2], CASES[3], CASES[4],
+                                  ("c8_k5s2", 1, 8, 11, 9, 1, 5, 2, 2, 1)], ids=lambda c: c[0])
+def test_cuda_kernels_emulated_on_cpu(case, layout, cuda_emulator):
+    x, w, kwargs, out_shape = _inputs(case, torch.float32, "cpu", layout, seed=12)
+    go = _make(out_shape, torch.float32, "cpu", seed=13)
+    if layout == "nhwc":
+        go = go.contiguous(memory_format=torch.channels_last)
+        w = w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)  # channel-contiguous weight (w_vec)
+    elif layout == "strided":
+        go = _make(out_shape[:3] + (2 * out_shape[3],), torch.float32, "cpu", seed=13)[..., ::2]
+    N, C, H, W = x.shape
+    O, _, KH, KW = w.shape
+    OH, OW = out_shape[2:]
+    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+    (sh, sw), (dh, dw) = pair(kwargs["stride"]), pair(kwargs["dilation"])
+    if kwargs["padding"] == "same":  # PyTorch pads the extra row / column at the bottom / right
+        ph, pw = (dh * (KH - 1)) // 2, (dw * (KW - 1)) // 2
+    else:
+        ph, pw = pair(kwargs["padding"])
+    geom = [N, C, H, W, O, KH, KW, OH, OW, sh, sw, ph, pw, dh, dw]
+    rx, rw = _reference(x, w, kwargs, go)
+    dx = torch.empty(N, C, H, W)
+    if layout == "nhwc":
+        dx = dx.contiguous(memory_format=torch.channels_last)
+    out, log = _emulate(cuda_emulator, "dgrad", go, w, geom, dx.stride())
+    assert ("vec=1" in log) == (layout == "nhwc" and O == C and C % 4 == 0), log
+    dx.as_strided((dx.numel(),), (1,)).copy_(out)
+    assert_close_to_reference(dx, rx, scale=4.0)
+    P = N * OH * OW
+    for splits in (1, 3):
+        out, log = _emulate(cuda_emulator, "wgrad", go, x, geom, [splits])
+        assert ("ct=1 " in log) == (layout != "nhwc"), log
+        assert_close_to_reference(out.view(O, 1, KH, KW), rw, scale=max(4.0, P ** 0.5))
