@@ -440,10 +440,18 @@ def _emulate(emu, mode, g, src, geom, extra):
     return torch.from_numpy(np.fromfile(d / "out.bin", dtype=np.float32)), run.stderr
 
 
-@pytest.mark.parametrize("layout", ["nchw", "nhwc", "strided"])
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2], CASES[3], CASES[4],
-                                  ("c8_k5s2", 1, 8, 11, 9, 1, 5, 2, 2, 1)], ids=lambda c: c[0])
-def test_cuda_kernels_emulated_on_cpu(case, layout, cuda_emulator):
+_EMU_CASES = {c[0]: c for c in CASES[:5] + [
+    ("c8_k5s2", 1, 8, 11, 9, 1, 5, 2, 2, 1),    # the 16-byte dgrad path (channels_last, C % 4 == 0)
+    ("pixels_gt_lanes", 2, 3, 23, 21, 1, 3, 1, 1, 1),  # > 256 pixels per split: the wgrad carries
+]}
+_EMU_PARAMS = [(name, layout) for name in ("s2_mult2_batch1", "dilated_asym", "c8_k5s2", "pixels_gt_lanes")
+               for layout in ("nchw", "nhwc", "strided")] + [
+    (name, "nchw") for name in ("3x3_odd", "same_even", "mult3_s3_k1")]
+
+
+@pytest.mark.parametrize("name,layout", _EMU_PARAMS, ids=[f"{n}-{lay}" for n, lay in _EMU_PARAMS])
+def test_cuda_kernels_emulated_on_cpu(name, layout, cuda_emulator):
+    case = _EMU_CASES[name]
     x, w, kwargs, out_shape = _inputs(case, torch.float32, "cpu", layout, seed=12)
     go = _make(out_shape, torch.float32, "cpu", seed=13)
     if layout == "nhwc":
