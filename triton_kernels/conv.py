@@ -192,18 +192,16 @@ _DEPTHWISE_BWD_CONFIGS = config_table(("BLOCK_M", "BLOCK_C"), [
 @triton.jit
 def _conv2d_depthwise_dgrad_kernel(
     g_ptr, w_ptr, dx_ptr,
-    M, C, H, W, OH, OW, KH, KW,
+    M, C, MULT, H, W, OH, OW, KH, KW,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     sgn, sgc, sgh, sgw, swo, swh, sww, sdn, sdc, sdh, sdw,
-    MULT: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC_FP64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # dx[m = (n, ih, iw), c] = sum_{i, j, q < MULT} g[n, c*MULT + q, oh, ow] * w[c*MULT + q, 0, i, j] with
     # oh = (ih + ph - i*dh) / sh an exact quotient in [0, OH) (ow likewise). BLOCK_M input pixels x
     # BLOCK_C channels per program; a tap is an elementwise multiply-add of a gathered [BLOCK_M, BLOCK_C]
     # tile of g (coalesced along c for channels_last) by a [BLOCK_C] weight row. Every dx element is
-    # written once. MULT is a constexpr (1 in nearly every network) so that for MULT == 1 the channel
-    # offsets stay contiguous for the compiler. FLOPs 2*N*O*H*W*KH*KW / (sh*sw); min bytes
-    # (|g| + |dx| + |w|) * itemsize.
+    # written once. FLOPs 2*N*O*H*W*KH*KW / (sh*sw); min bytes (|g| + |dx| + |w|) * itemsize.
     offs_m, offs_c, mask_m, mask_c = tile_offsets(tl.program_id(0), tl.program_id(1), M, C, BLOCK_M, BLOCK_C)
     n_idx, ih, iw = _pixels(offs_m, H, W)
     g_base = g_ptr + n_idx * sgn                                         # [BLOCK_M]
@@ -221,7 +219,7 @@ def _conv2d_depthwise_dgrad_kernel(
         row_ok = (mask_m & (th >= 0) & (tw >= 0) & (thc % stride_h == 0) & (twc % stride_w == 0)
                   & (oh < OH) & (ow < OW))
         g_row = g_base + oh * sgh + ow * sgw                             # [BLOCK_M]
-        for q in tl.static_range(MULT):
+        for q in range(0, MULT):
             o = offs_c * MULT + q                                        # [BLOCK_C] out channels
             gv = tl.load(g_row[:, None] + (o * sgc)[None, :], mask=row_ok[:, None] & mask_c[None, :],
                          other=0.0).to(acc.dtype)
@@ -235,10 +233,10 @@ def _conv2d_depthwise_dgrad_kernel(
 @triton.jit
 def _conv2d_depthwise_wgrad_kernel(
     g_ptr, x_ptr, dst_ptr,
-    P, O, H, W, OH, OW, KH, KW, CHUNK,
+    P, O, MULT, H, W, OH, OW, KH, KW, CHUNK,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
-    MULT: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    ACC_FP64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # dst[s, o, tap] = sum over pixels m = (n, oh, ow) in [s*CHUNK, (s+1)*CHUNK) of
     # g[n, o, oh, ow] * x[n, o // MULT, oh*sh - ph + i*dh, ow*sw - pw + j*dw], tap = i*KW + j: one program
@@ -424,8 +422,8 @@ def conv2d_bwd_data(gp, w, dx, stride, padding, dilation, groups) -> None:
         M = N * H * W
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"]))  # noqa: E731
         _conv2d_depthwise_dgrad_kernel[grid](
-            gp, w, dx, M, C, H, W, OH, OW, KH, KW, *_geom(stride, padding, dilation),
-            *_s(gp), w.stride(0), w.stride(2), w.stride(3), *_s(dx), MULT=O // C, ACC_FP64=dx.dtype == torch.float64)
+            gp, w, dx, M, C, O // C, H, W, OH, OW, KH, KW, *_geom(stride, padding, dilation),
+            *_s(gp), w.stride(0), w.stride(2), w.stride(3), *_s(dx), ACC_FP64=dx.dtype == torch.float64)
         return
     Og = O // groups
     M = N * H * W
@@ -461,8 +459,8 @@ def conv2d_bwd_weight(gp, x, dw, stride, padding, dilation, groups) -> None:
         dst = dw if split == 1 else torch.empty((split, O, KH * KW), dtype=acc_dtype, device=x.device)
         grid = lambda meta: (triton.cdiv(O, meta["BLOCK_C"]), KH * KW, split)  # noqa: E731
         _conv2d_depthwise_wgrad_kernel[grid](
-            gp, x, dst, P, O, H, W, OH, OW, KH, KW, triton.cdiv(P, split),
-            *_geom(stride, padding, dilation), *_s(gp), *_s(x), MULT=O // C, ACC_FP64=x.dtype == torch.float64)
+            gp, x, dst, P, O, O // C, H, W, OH, OW, KH, KW, triton.cdiv(P, split),
+            *_geom(stride, padding, dilation), *_s(gp), *_s(x), ACC_FP64=x.dtype == torch.float64)
         if split > 1:
             common.split_reduce(dst, dw, dw.numel(), split)
         return
