@@ -15,6 +15,12 @@ Forward, ``_conv2d_fwd_kernel`` (implicit GEMM, nothing materialised):
     FLOPs 2*N*O*OH*OW*Cg*KH*KW; min bytes (|x| + |w| + |out| (+ |res| + O)) * itemsize.
 Depthwise forward, ``_conv2d_dw_fwd_kernel`` (groups == C == O): a direct per-channel stencil,
     BLOCK_M pixels x BLOCK_C channels per program, the same epilogue. FLOPs 2*N*C*OH*OW*KH*KW.
+Depthwise backward (groups == C, one input channel per group, O = C * MULT), direct instead of the
+    implicit GEMMs below (which would run N = 1 / M = 1 GEMMs per channel):
+    ``_conv2d_depthwise_dgrad_kernel``: dx[m, c] = sum over taps and the MULT out channels of c of
+    g * w, BLOCK_M pixels x BLOCK_C channels per program; ``_conv2d_depthwise_wgrad_kernel``: per
+    (channel tile, tap, pixel split) elementwise products summed over pixels, split partials reduced in
+    a fixed order by ``common.split_reduce_kernel``. Dispatch: ``is_depthwise``.
 Dgrad, ``_conv2d_bwd_data_kernel``: dx[m = (n, ih, iw), c] = sum over taps (i, j) and out channels o of
     g[n, o, oh, ow] * w[o, c, i, j] where oh = (ih + ph - i*dh) / sh must be an integer in [0, OH):
     an implicit GEMM with K = (i, j, o), gathering g on the fly. Every element of dx is written once.
@@ -174,6 +180,96 @@ def _conv2d_dw_fwd_kernel(
                     srn, src, srh, srw, son, soc, soh, sow, HAS_BIAS, HAS_RES, ACT)
 
 
+# Depthwise backward (groups == C, one input channel per group, O = C * MULT): direct kernels. The
+# implicit-GEMM kernels above would run one GEMM per channel with N = 1 (dgrad) / M = 1 (wgrad).
+# Rows: BLOCK_M (pixels), BLOCK_C (channels), num_warps, num_stages; the last tuple is the interpreter's.
+_DEPTHWISE_BWD_CONFIGS = config_table(("BLOCK_M", "BLOCK_C"), [
+    (32, 64, 4, 1), (64, 32, 4, 1), (16, 128, 4, 1), (128, 8, 4, 1),
+], (16, 8, 4, 1))
+
+
+@triton.autotune(configs=_DEPTHWISE_BWD_CONFIGS, key=["M", "C", "MULT", "KH", "KW", "ACC_FP64"])
+@triton.jit
+def _conv2d_depthwise_dgrad_kernel(
+    g_ptr, w_ptr, dx_ptr,
+    M, C, MULT, H, W, OH, OW, KH, KW,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    sgn, sgc, sgh, sgw, swo, swh, sww, sdn, sdc, sdh, sdw,
+    ACC_FP64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # dx[m = (n, ih, iw), c] = sum_{i, j, q < MULT} g[n, c*MULT + q, oh, ow] * w[c*MULT + q, 0, i, j] with
+    # oh = (ih + ph - i*dh) / sh an exact quotient in [0, OH) (ow likewise). BLOCK_M input pixels x
+    # BLOCK_C channels per program; a tap is an elementwise multiply-add of a gathered [BLOCK_M, BLOCK_C]
+    # tile of g (coalesced along c for channels_last) by a [BLOCK_C] weight row. Every dx element is
+    # written once. FLOPs 2*N*O*H*W*KH*KW / (sh*sw); min bytes (|g| + |dx| + |w|) * itemsize.
+    offs_m, offs_c, mask_m, mask_c = tile_offsets(tl.program_id(0), tl.program_id(1), M, C, BLOCK_M, BLOCK_C)
+    n_idx, ih, iw = _pixels(offs_m, H, W)
+    g_base = g_ptr + n_idx * sgn                                         # [BLOCK_M]
+    acc = acc_zeros(BLOCK_M, BLOCK_C, ACC_FP64)
+    for r in range(0, KH * KW):
+        i = r // KW
+        j = r % KW
+        # Clamp before dividing (no negative division), as in _conv2d_bwd_data_kernel.
+        th = ih + pad_h - i * dil_h
+        tw = iw + pad_w - j * dil_w
+        thc = tl.maximum(th, 0)
+        twc = tl.maximum(tw, 0)
+        oh = thc // stride_h
+        ow = twc // stride_w
+        row_ok = (mask_m & (th >= 0) & (tw >= 0) & (thc % stride_h == 0) & (twc % stride_w == 0)
+                  & (oh < OH) & (ow < OW))
+        g_row = g_base + oh * sgh + ow * sgw                             # [BLOCK_M]
+        for q in range(0, MULT):
+            o = offs_c * MULT + q                                        # [BLOCK_C] out channels
+            gv = tl.load(g_row[:, None] + (o * sgc)[None, :], mask=row_ok[:, None] & mask_c[None, :],
+                         other=0.0).to(acc.dtype)
+            wv = tl.load(w_ptr + o * swo + i * swh + j * sww, mask=mask_c, other=0.0).to(acc.dtype)
+            acc += gv * wv[None, :]
+    d_off = (n_idx * sdn + ih * sdh + iw * sdw)[:, None] + (offs_c * sdc)[None, :]
+    tl.store(dx_ptr + d_off, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
+
+
+@triton.autotune(configs=_DEPTHWISE_BWD_CONFIGS, key=["P", "O", "MULT", "KH", "KW", "ACC_FP64"])
+@triton.jit
+def _conv2d_depthwise_wgrad_kernel(
+    g_ptr, x_ptr, dst_ptr,
+    P, O, MULT, H, W, OH, OW, KH, KW, CHUNK,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,
+    ACC_FP64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # dst[s, o, tap] = sum over pixels m = (n, oh, ow) in [s*CHUNK, (s+1)*CHUNK) of
+    # g[n, o, oh, ow] * x[n, o // MULT, oh*sh - ph + i*dh, ow*sw - pw + j*dw], tap = i*KW + j: one program
+    # per (BLOCK_C channel tile, tap, split). The [BLOCK_M, BLOCK_C] products accumulate elementwise and
+    # are summed over the pixel axis once at the end (a fixed tree: deterministic). dst is dw itself
+    # (contiguous [O, 1, KH, KW]) for one split, else a [SPLITS, O, KH*KW] scratch reduced in split
+    # order by common.split_reduce. FLOPs 2*N*O*OH*OW*KH*KW; min bytes (|g| + |x|) * itemsize.
+    offs_c = tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < O
+    tap = tl.program_id(1)
+    s = tl.program_id(2).to(tl.int64)
+    i = tap // KW
+    j = tap % KW
+    offs_k = tl.arange(0, BLOCK_M).to(tl.int64)                          # [BLOCK_M] pixels
+    g_ch = offs_c * sgc                                                  # [BLOCK_C]
+    x_ch = (offs_c // MULT) * sxc                                        # [BLOCK_C]
+    acc = acc_zeros(BLOCK_M, BLOCK_C, ACC_FP64)
+    k_begin = s * CHUNK
+    k_end = tl.minimum(k_begin + CHUNK, P)
+    for k0 in range(k_begin, k_end, BLOCK_M):
+        m = k0 + offs_k
+        n_idx, oh, ow = _pixels(m, OH, OW)
+        ih = oh * stride_h - pad_h + i * dil_h
+        iw = ow * stride_w - pad_w + j * dil_w
+        ok = (m < k_end) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)  # padding taps contribute 0
+        mask = ok[:, None] & mask_c[None, :]
+        gv = tl.load(g_ptr + (n_idx * sgn + oh * sgh + ow * sgw)[:, None] + g_ch[None, :], mask=mask, other=0.0)
+        xv = tl.load(x_ptr + (n_idx * sxn + ih * sxh + iw * sxw)[:, None] + x_ch[None, :], mask=mask, other=0.0)
+        acc += gv.to(acc.dtype) * xv.to(acc.dtype)
+    col = tl.sum(acc, axis=0)                                            # [BLOCK_C]
+    tl.store(dst_ptr + s * O * KH * KW + offs_c * (KH * KW) + tap, col.to(dst_ptr.dtype.element_ty), mask=mask_c)
+
+
 @triton.autotune(configs=_IGEMM_CONFIGS, key=["M", "Og", "Cg", "KH", "KW", "IS_FP32", "ACC_FP64"])
 @triton.jit
 def _conv2d_bwd_data_kernel(
@@ -313,9 +409,22 @@ def conv2d_fwd(x, w, bias, res, out, stride, padding, dilation, groups, act) -> 
         *_s(x), *_s(w), *_s(res), *_s(out), **tail, **_flags(x))
 
 
+def is_depthwise(C: int, Cg: int, groups: int) -> bool:
+    """True when the backward runs the direct depthwise kernels: groups == C with one input channel per
+    group (O = C * multiplier)."""
+    return groups == C and Cg == 1
+
+
 def conv2d_bwd_data(gp, w, dx, stride, padding, dilation, groups) -> None:
     """dx = conv2d's input gradient for the output gradient gp (every element of dx written)."""
     (N, C, H, W), (O, Cg, KH, KW), (OH, OW) = _dims(dx, w, gp)
+    if is_depthwise(C, Cg, groups):
+        M = N * H * W
+        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"]))  # noqa: E731
+        _conv2d_depthwise_dgrad_kernel[grid](
+            gp, w, dx, M, C, O // C, H, W, OH, OW, KH, KW, *_geom(stride, padding, dilation),
+            *_s(gp), w.stride(0), w.stride(2), w.stride(3), *_s(dx), ACC_FP64=dx.dtype == torch.float64)
+        return
     Og = O // groups
     M = N * H * W
     grid = lambda meta: (groups * triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(Cg, meta["BLOCK_N"]),)  # noqa: E731
@@ -333,9 +442,28 @@ def _split_k(tiles: int, P: int, device: torch.device) -> int:
     return max(1, min(want, 32, triton.cdiv(P, 1024)))
 
 
+def _depthwise_splits(O: int, taps: int, P: int, device: torch.device) -> int:
+    """Pixel splits of the depthwise wgrad: ~8 programs per SM in all (channel tiles of 32 counted), each
+    split >= 256 pixels so the per-program tree sum stays small against the loop, <= 256 splits."""
+    programs = triton.cdiv(O, 32) * taps
+    return max(1, min(triton.cdiv(8 * common.sm_count(device), programs), P // 256, 256))
+
+
 def conv2d_bwd_weight(gp, x, dw, stride, padding, dilation, groups) -> None:
     """dw (contiguous) = conv2d's weight gradient for the output gradient gp."""
     (N, C, H, W), (O, Cg, KH, KW), (OH, OW) = _dims(x, dw, gp)
+    if is_depthwise(C, Cg, groups):
+        P = N * OH * OW
+        split = _depthwise_splits(O, KH * KW, P, x.device)
+        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        dst = dw if split == 1 else torch.empty((split, O, KH * KW), dtype=acc_dtype, device=x.device)
+        grid = lambda meta: (triton.cdiv(O, meta["BLOCK_C"]), KH * KW, split)  # noqa: E731
+        _conv2d_depthwise_wgrad_kernel[grid](
+            gp, x, dst, P, O, O // C, H, W, OH, OW, KH, KW, triton.cdiv(P, split),
+            *_geom(stride, padding, dilation), *_s(gp), *_s(x), ACC_FP64=x.dtype == torch.float64)
+        if split > 1:
+            common.split_reduce(dst, dw, dw.numel(), split)
+        return
     Og = O // groups
     P = N * OH * OW
     # tiles estimated with the smallest GPU config (64 x 64) to size the split

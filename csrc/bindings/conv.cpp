@@ -87,17 +87,19 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_plan_cuda",
       [](int pass, int dt, const V& geom, const V& a_strides, const V& b_strides, uintptr_t a, uintptr_t b,
-         int sm_count, int64_t splits) {
+         int sm_count, int64_t splits, const V& c_strides, uintptr_t c) {
         if (pass < 0 || pass > 2)
           throw std::invalid_argument("conv2d plan: mode must be 0 (fwd), 1 (dgrad) or 2 (wgrad)");
         if (splits < 0) throw std::invalid_argument("conv2d plan: splits must be >= 0 (0: the launcher's own choice)");
         return plan_dict(cuda::conv2d_plan(pass, to_cuda_dtype(dt, "conv2d"), to_geometry(geom), to_strides(a_strides),
-                                           to_strides(b_strides), a, b, sm_count, splits));
+                                           to_strides(b_strides), a, b, sm_count, splits,
+                                           c_strides.empty() ? Strides4{} : to_strides(c_strides), c));
       },
       py::arg("mode"), py::arg("dtype"), py::arg("geom"), py::arg("a_strides"), py::arg("b_strides"), py::arg("a_ptr"),
-      py::arg("b_ptr"), py::arg("sm_count"), py::arg("splits") = 0,
+      py::arg("b_ptr"), py::arg("sm_count"), py::arg("splits") = 0, py::arg("c_strides") = V{}, py::arg("c_ptr") = 0,
       "What conv2d_fwd_cuda (pass 0: a = x, b = w), conv2d_bwd_data_cuda (1: a = grad, b = w) or "
-      "conv2d_bwd_weight_cuda (2: a = grad, b = x) launches for these arguments, as a plan dict");
+      "conv2d_bwd_weight_cuda (2: a = grad, b = x) launches for these arguments, as a plan dict; c: the output "
+      "(dgrad's dx, read by the depthwise dgrad's 16-byte choice; absent: not vectorised)");
 #ifdef PYIMGCLS_WITH_CUDA
   m.def(
       "conv2d_fwd_cuda",

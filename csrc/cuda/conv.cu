@@ -29,6 +29,9 @@
 //   conv2d_simt_kernel<MODE> (fp32): 64x64x16 tile, 4x4 outputs per thread, IEEE fp32 FMA (no TF32),
 //     the same index helpers.
 //   conv2d_dw_fwd_kernel<T> (groups == C): direct stencil, one output per thread, fused epilogue.
+//   conv2d_depthwise_dgrad_kernel<T, VEC> / conv2d_depthwise_wgrad_kernel<T> (groups == C): direct
+//     backward stencils (dgrad: one dx element or 16-byte channel pack per thread; wgrad: per (channel, tap)
+//     reductions over pixel splits into the wgrad scratch, reduced in split order).
 //   Fused epilogue on the fp32 accumulator: + bias + residual, then relu / relu6 written as
 //   v < 0 ? 0 : v (NaN compares false and propagates, unlike fmaxf), cast, store through strides.
 // NCHW policy: these kernels take any strides, but the fast path needs channels_last; pyimgcls/ops/
@@ -555,6 +558,161 @@ __global__ void __launch_bounds__(256) conv2d_dw_fwd_kernel(DwParams p) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Depthwise backward (groups == C, one input channel per group, O = C * mult): direct kernels. The
+// implicit GEMM would see N = 1 (dgrad) / M = 1 (wgrad) per group and fill one row or column of a
+// 128x128 tile; these kernels do only the KH*KW (x mult) multiply-adds each output needs.
+//   dgrad: dx[n,c,ih,iw] = sum_{m<mult, i, j} g[n, c*mult+m, oh, ow] * w[c*mult+m, 0, i, j],
+//          oh = (ih + ph - i*dh) / sh (must divide exactly and lie in [0, OH)), ow likewise.
+//          FLOPs 2*N*O*H*W*KH*KW / (sh*sw) (taps that land on an output); min bytes (|g| + |dx| + |w|) * itemsize.
+//   wgrad: dw[o,0,i,j] = sum_{n,oh,ow} g[n,o,oh,ow] * x[n, o/mult, oh*sh-ph+i*dh, ow*sw-pw+j*dw].
+//          FLOPs 2*N*O*OH*OW*KH*KW; min bytes (|g| + |x|) * itemsize + splits * O*KH*KW * 4 (scratch).
+// Spatial coordinates are 32-bit (the launchers check that they fit); element offsets are 64-bit.
+// ---------------------------------------------------------------------------------------------
+struct DwBwdParams {
+  const void* g;    // gradient at the conv output [N, O, OH, OW], strides gs
+  const void* src;  // dgrad: weight [O, 1, KH, KW] (strides ss = (o, -, kh, kw)); wgrad: x [N, C, H, W]
+  void* dst;        // dgrad: dx [N, C, H, W] (strides ds); wgrad: fp32 scratch [splits, O, KH*KW]
+  Strides4 gs, ss, ds;
+  int64_t C, O, mult;
+  int64_t total;  // dgrad: dx elements / VEC; wgrad: N*OH*OW pixels (the reduction length)
+  int64_t chunk;  // wgrad: pixels per split
+  int H, W, OH, OW, KH, KW, sh, sw, ph, pw, dh, dw;
+  int ct;                 // wgrad: channels per block (a power of two <= 32); 256 / ct pixel lanes each
+  bool channels_fastest;  // dgrad: thread index order c fastest (channels_last dx) or iw fastest
+  bool w_vec;             // dgrad, VEC > 1: the weight's channel axis is contiguous and aligned too
+};
+
+// 16 bytes (VEC values of T) with one st.global.v4: for this kernel NVVM splits the equivalent
+// store_vec into 2- and 4-byte stores (seen in its PTX), so the store is written out.
+template <typename T, int VEC>
+__device__ __forceinline__ void store_pack16(T* p, const float (&v)[VEC]) {
+  static_assert(sizeof(T) * VEC == 16, "one 16-byte pack");
+  Pack<T, VEC> pk;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) pk.v[k] = from_float<T>(v[k]);
+  uint32_t w[4];
+  __builtin_memcpy(w, &pk, 16);
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
+               : "memory");
+}
+
+// dgrad: one thread per dx element (VEC == 1, any layout, any mult) or per 16-byte group of VEC
+// consecutive channels (VEC > 1: channels_last g and dx, mult == 1; one LDG.128 of g per tap).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(256) conv2d_depthwise_dgrad_kernel(DwBwdParams p) {
+  const T* g = static_cast<const T*>(p.g);
+  const T* w = static_cast<const T*>(p.src);
+  T* dx = static_cast<T*>(p.dst);
+  const int64_t groups = p.C / VEC;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < p.total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t n, cv, t;
+    int ih, iw;
+    if (p.channels_fastest) {
+      cv = e % groups; t = e / groups; iw = static_cast<int>(t % p.W); t /= p.W; ih = static_cast<int>(t % p.H);
+      n = t / p.H;
+    } else {
+      iw = static_cast<int>(e % p.W); t = e / p.W; ih = static_cast<int>(t % p.H); t /= p.H; cv = t % groups;
+      n = t / groups;
+    }
+    const int64_t c = cv * VEC;
+    const T* gn = g + n * p.gs.n + c * p.mult * p.gs.c;
+    const T* wc = w + c * p.mult * p.ss.n;
+    float acc[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) acc[k] = 0.0f;
+    // th = ih + ph - i*dh falls as i grows: once negative, no later row lands on an output.
+    for (int i = 0; i < p.KH; ++i) {
+      const int th = ih + p.ph - i * p.dh;
+      if (th < 0) break;
+      if (th % p.sh != 0) continue;
+      const int oh = th / p.sh;
+      if (oh >= p.OH) continue;
+      for (int j = 0; j < p.KW; ++j) {
+        const int tw = iw + p.pw - j * p.dw;
+        if (tw < 0) break;
+        if (tw % p.sw != 0) continue;
+        const int ow = tw / p.sw;
+        if (ow >= p.OW) continue;
+        const T* gp = gn + oh * p.gs.h + ow * p.gs.w;
+        const T* wp = wc + i * p.ss.h + j * p.ss.w;
+        if constexpr (VEC == 1) {
+          for (int64_t m = 0; m < p.mult; ++m)
+            acc[0] = fmaf(to_float(gp[m * p.gs.c]), to_float(wp[m * p.ss.n]), acc[0]);
+        } else {
+          float gv[VEC], wv[VEC];
+          load_vec<T, VEC>(gp, gv);
+          if (p.w_vec) {
+            load_vec<T, VEC>(wp, wv);
+          } else {
+#pragma unroll
+            for (int k = 0; k < VEC; ++k) wv[k] = to_float(wp[k * p.ss.n]);
+          }
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) acc[k] = fmaf(gv[k], wv[k], acc[k]);
+        }
+      }
+    }
+    T* d = dx + n * p.ds.n + c * p.ds.c + ih * p.ds.h + iw * p.ds.w;
+    if constexpr (VEC == 1) *d = from_float<T>(acc[0]);
+    else store_pack16<T, VEC>(d, acc);
+  }
+}
+
+// wgrad: block (channel tile of ct, tap) x split. Thread (cl, r) = (threadIdx % ct, threadIdx / ct)
+// walks pixels begin + r, + lanes, ... of its split for channel o and the block's tap; the lanes are
+// then added by a fixed-order tree in shared memory and the block writes scratch[split, o, tap]
+// (every cell written, 0 for an empty range). ct = 32 for channels_last g (a warp reads 32
+// consecutive channels of one pixel), 1 otherwise (a block walks 256 consecutive pixels of one
+// channel). The taps of one channel tile are adjacent in blockIdx.x, so they run together and
+// re-read the same g / x lines from L2 instead of DRAM.
+template <typename T>
+__global__ void __launch_bounds__(256) conv2d_depthwise_wgrad_kernel(DwBwdParams p) {
+  __shared__ float red[256];
+  const T* g = static_cast<const T*>(p.g);
+  const T* x = static_cast<const T*>(p.src);
+  const int taps = p.KH * p.KW;
+  const int tap = static_cast<int>(blockIdx.x % taps);
+  const int64_t o = static_cast<int64_t>(blockIdx.x / taps) * p.ct + threadIdx.x % p.ct;
+  const int r = threadIdx.x / p.ct, lanes = blockDim.x / p.ct;
+  const int i = tap / p.KW, j = tap % p.KW;
+  const int64_t begin = static_cast<int64_t>(blockIdx.y) * p.chunk;
+  const int64_t end = min(p.total, begin + p.chunk);
+  float acc = 0.0f;
+  if (o < p.O && begin + r < end) {
+    const T* go = g + o * p.gs.c;
+    const T* xc = x + (o / p.mult) * p.ss.c;
+    // Mixed-radix (n, oh, ow) of the first pixel and of the step, so the loop adds with carries
+    // instead of dividing 64-bit integers per pixel (dow < OW and doh < OH: one carry each at most).
+    int64_t m = begin + r;
+    int ow = static_cast<int>(m % p.OW), oh = static_cast<int>((m / p.OW) % p.OH);
+    int64_t n = m / (static_cast<int64_t>(p.OW) * p.OH);
+    const int dow = lanes % p.OW, doh = (lanes / p.OW) % p.OH;
+    const int64_t dn = lanes / (static_cast<int64_t>(p.OW) * p.OH);
+    for (; m < end; m += lanes) {
+      const int ih = oh * p.sh - p.ph + i * p.dh;
+      const int iw = ow * p.sw - p.pw + j * p.dw;
+      if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W)
+        acc = fmaf(to_float(go[n * p.gs.n + oh * p.gs.h + ow * p.gs.w]),
+                   to_float(xc[n * p.ss.n + ih * p.ss.h + iw * p.ss.w]), acc);
+      ow += dow;
+      oh += doh;
+      n += dn;
+      if (ow >= p.OW) { ow -= p.OW; ++oh; }
+      if (oh >= p.OH) { oh -= p.OH; ++n; }
+    }
+  }
+  red[threadIdx.x] = acc;
+  __syncthreads();
+  for (int half = lanes >> 1; half > 0; half >>= 1) {  // lanes is a power of two
+    if (r < half) red[threadIdx.x] += red[threadIdx.x + half * p.ct];
+    __syncthreads();
+  }
+  if (r == 0 && o < p.O)
+    static_cast<float*>(p.dst)[(static_cast<int64_t>(blockIdx.y) * p.O + o) * taps + tap] = red[threadIdx.x];
+}
+
+// ---------------------------------------------------------------------------------------------
 // Reductions (deterministic: fixed order, no atomics)
 // ---------------------------------------------------------------------------------------------
 // dw[o, c, i, j] = sum_s scratch[s, o, (i*KW + j)*Cg + c]
@@ -699,6 +857,55 @@ void launch_dw(const DwParams& p, cudaStream_t st) {
   PYIMGCLS_CUDA_CHECK_LAUNCH();
 }
 
+// Both depthwise backward kernels keep spatial coordinates in int: |ih|, |th| stay below 2^31 when
+// every term below is under 2^30.
+DwBwdParams depthwise_bwd_params(const ConvGeometry& s) {
+  const int64_t lim = int64_t(1) << 30;
+  for (int64_t v : {s.H, s.W, s.OH, s.OW, s.OH * s.stride_h, s.OW * s.stride_w, (s.KH - 1) * s.dil_h,
+                    (s.KW - 1) * s.dil_w, s.KH * s.KW})
+    if (v >= lim) throw std::invalid_argument("conv2d (cuda, depthwise backward): spatial sizes too large");
+  DwBwdParams p{};
+  p.C = s.C; p.O = s.O; p.mult = s.O / s.C;
+  p.H = static_cast<int>(s.H); p.W = static_cast<int>(s.W);
+  p.OH = static_cast<int>(s.OH); p.OW = static_cast<int>(s.OW);
+  p.KH = static_cast<int>(s.KH); p.KW = static_cast<int>(s.KW);
+  p.sh = static_cast<int>(s.stride_h); p.sw = static_cast<int>(s.stride_w);
+  p.ph = static_cast<int>(s.pad_h); p.pw = static_cast<int>(s.pad_w);
+  p.dh = static_cast<int>(s.dil_h); p.dw = static_cast<int>(s.dil_w);
+  return p;
+}
+
+// vec: the 16-byte path (conv2d_depthwise_dgrad_vec, conv.h): VEC consecutive channels of g, dx (and,
+// when w_vec, w) are one aligned pack.
+template <typename T>
+void launch_depthwise_dgrad(DwBwdParams p, int64_t N, bool vec, cudaStream_t st) {
+  constexpr int VEC = 16 / sizeof(T);
+  auto mult_of = [](int64_t v) { return v % VEC == 0; };
+  p.w_vec = vec && p.ss.n == 1 && mult_of(p.ss.h) && mult_of(p.ss.w) && aligned_to(p.src, 16);
+  p.channels_fastest = vec || p.ds.c == 1;
+  p.total = N * p.H * p.W * (vec ? p.C / VEC : p.C);
+  const int64_t blocks = std::min<int64_t>(cdiv(p.total, 256), int64_t(1) << 20);
+  if (vec) conv2d_depthwise_dgrad_kernel<T, VEC><<<static_cast<unsigned>(blocks), 256, 0, st>>>(p);
+  else conv2d_depthwise_dgrad_kernel<T, 1><<<static_cast<unsigned>(blocks), 256, 0, st>>>(p);
+  PYIMGCLS_CUDA_CHECK_LAUNCH();
+}
+
+// Per-split partials into scratch [splits, O, KH*KW], then conv2d_wgrad_reduce_kernel (Cg = 1: the
+// same layout) adds them in split order into dw.
+template <typename T>
+void launch_depthwise_wgrad(DwBwdParams p, void* dw, int64_t splits, cudaStream_t st) {
+  // p.ct channels per block: conv2d_depthwise_wgrad_tile (conv.h)
+  const int64_t gx = cdiv(p.O, p.ct) * p.KH * p.KW;
+  check_grid(gx, splits, 1, "conv2d (cuda, depthwise wgrad)");
+  conv2d_depthwise_wgrad_kernel<T><<<dim3(static_cast<unsigned>(gx), static_cast<unsigned>(splits)), 256, 0, st>>>(p);
+  PYIMGCLS_CUDA_CHECK_LAUNCH();
+  const int64_t total = p.O * p.KH * p.KW;
+  conv2d_wgrad_reduce_kernel<T><<<static_cast<unsigned>(std::min<int64_t>(cdiv(total, 256), int64_t(1) << 20)), 256,
+                                  0, st>>>(static_cast<const float*>(p.dst), static_cast<T*>(dw), p.O, 1, p.KH, p.KW,
+                                           splits);
+  PYIMGCLS_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 void conv2d_fwd(DType dt, const ConvGeometry& s, const void* x, Strides4 xs, const void* w, Strides4 ws,
@@ -736,8 +943,16 @@ void conv2d_bwd_data(DType dt, const ConvGeometry& s, const void* g, Strides4 gs
                      Strides4 xs, int device, uintptr_t stream) {
   check_geom(s);
   set_device(device);
-  const LaunchPlan pl = conv2d_plan(kDgrad, dt, s, gs, ws, addr(g), addr(w), 0);
+  const LaunchPlan pl = conv2d_plan(kDgrad, dt, s, gs, ws, addr(g), addr(w), 0, 0, xs, addr(dx));
   if (pl.launches == 0) return;
+  if (pl.tile_m == 0) {  // the direct depthwise kernel
+    DwBwdParams d = depthwise_bwd_params(s);
+    d.g = g; d.src = w; d.dst = dx; d.gs = gs; d.ss = ws; d.ds = xs;
+    dispatch_dtype(dt, "conv2d", [&](auto tag) {
+      launch_depthwise_dgrad<decltype(tag)>(d, s.N, pl.vectorized, as_stream(stream));
+    });
+    return;
+  }
   IgemmParams p = base_params(s, kDgrad);
   p.a = g; p.as = gs;
   // B rows are input channels, the k-channel axis is the out channel: swap the weight's strides.
@@ -758,6 +973,17 @@ void conv2d_bwd_weight(DType dt, const ConvGeometry& s, const void* g, Strides4 
   if (total == 0) return;
   if (splits < 1) throw std::invalid_argument("conv2d_bwd_weight (cuda): splits must be >= 1");
   const LaunchPlan pl = conv2d_plan(kWgrad, dt, s, gs, xs, addr(g), addr(x), 0, splits);
+  if (pl.tile_m == 0) {
+    // the direct depthwise kernel; scratch [splits, O, KH*KW] is the layout
+    // conv2d_wgrad_reduce_kernel reads with Cg = 1.
+    DwBwdParams d = depthwise_bwd_params(s);
+    d.g = g; d.src = x; d.dst = scratch; d.gs = gs; d.ss = xs;
+    d.total = s.N * s.OH * s.OW;
+    d.chunk = std::max<int64_t>(1, cdiv(d.total, splits));
+    d.ct = conv2d_depthwise_wgrad_tile(s, gs);
+    dispatch_dtype(dt, "conv2d", [&](auto tag) { launch_depthwise_wgrad<decltype(tag)>(d, dw, splits, st); });
+    return;
+  }
   IgemmParams p = base_params(s, kWgrad);
   p.a = g; p.as = gs;
   p.b = x; p.bs = xs;

@@ -178,9 +178,44 @@ PYIMGCLS_HD int64_t wgrad_a_offset(const ConvIndex& ix, const Strides4& gs, int 
 // ---------------------------------------------------------------------------------------------
 inline int64_t conv_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// groups == C with one input channel per group (O = C * mult): the direct depthwise kernels.
+inline bool conv2d_is_depthwise(const ConvGeometry& s) { return s.groups == s.C && s.C > 0; }
+
+// Pixel splits of the depthwise wgrad: ~2 waves of 8 resident 256-thread blocks per SM, counting
+// channel tiles of 32; each split keeps >= 1024 pixels (so the fixed per-block reduction stays small
+// against the loop) and the grid's y extent <= 65535.
+inline int64_t conv2d_depthwise_wgrad_splits(const ConvGeometry& s, int sm_count) {
+  const int64_t blocks = conv_cdiv(s.O, 32) * s.KH * s.KW;
+  const int64_t P = s.N * s.OH * s.OW;
+  int64_t splits = conv_cdiv(16 * int64_t(std::max(sm_count, 1)), std::max<int64_t>(blocks, 1));
+  splits = std::min(splits, std::max<int64_t>(1, P / 1024));
+  return std::max<int64_t>(1, std::min<int64_t>(splits, 256));
+}
+
+// Channels per block of the depthwise wgrad: 32 consecutive channels per warp when the gradient is
+// channels_last (fewer for fewer channels); else one channel per block and 256 consecutive pixels.
+inline int conv2d_depthwise_wgrad_tile(const ConvGeometry& s, Strides4 gs) {
+  int ct = 1;
+  if (gs.c == 1)
+    while (ct < 32 && ct < s.O) ct *= 2;
+  return ct;
+}
+
+// The depthwise dgrad's 16-byte path: VEC (16 bytes of) consecutive channels of g and dx are one
+// aligned pack, so channels_last g and dx, no channel multiplier, C and every other stride a multiple
+// of VEC.
+inline bool conv2d_depthwise_dgrad_vec(DType dt, const ConvGeometry& s, Strides4 gs, Strides4 xs, uintptr_t g_ptr,
+                                       uintptr_t dx_ptr) {
+  const int64_t VEC = dt == DType::Float32 ? 4 : 8;
+  auto m = [VEC](int64_t v) { return v % VEC == 0; };
+  return s.O == s.C && gs.c == 1 && xs.c == 1 && m(s.C) && m(gs.n) && m(gs.h) && m(gs.w) && m(xs.n) && m(xs.h) &&
+         m(xs.w) && g_ptr % 16 == 0 && dx_ptr % 16 == 0;
+}
+
 // Number of K (pixel) splits conv2d_bwd_weight uses for this problem on a GPU with `sm_count` SMs;
 // the caller allocates float32 scratch of splits * O * KH * KW * (C/groups) elements.
 inline int64_t conv2d_wgrad_splits(DType dt, const ConvGeometry& s, int sm_count) {
+  if (conv2d_is_depthwise(s)) return conv2d_depthwise_wgrad_splits(s, sm_count);
   const int64_t bm = dt == DType::Float32 ? SM_BM : TC_BM, bn = dt == DType::Float32 ? SM_BN : TC_BN;
   const int64_t Og = s.O / std::max<int64_t>(s.groups, 1), Cg = s.C / std::max<int64_t>(s.groups, 1);
   const int64_t tiles = conv_cdiv(Og, bm) * conv_cdiv(s.KH * s.KW * Cg, bn) * s.groups;
@@ -254,12 +289,14 @@ inline bool conv2d_index_fits(const ConvGeometry& s) {
 
 // The decision of conv2d_fwd (pass 0), conv2d_bwd_data (1) and conv2d_bwd_weight (2) for one call:
 // a / b and a_ptr / b_ptr as the launcher receives them; splits: wgrad's split count (0: the one
-// conv2d_wgrad_splits gives for sm_count). The launchers dispatch on the result: launches == 0
-// nothing to do; tile_m == 0 the direct depthwise kernel; !tensor_cores the fp32 SIMT kernel;
-// otherwise the tensor-core kernel, 16-byte gathers when vectorized. Grids are cdiv(M, tile_m) x
-// cdiv(N, tile_n) x groups * splits.
+// conv2d_wgrad_splits gives for sm_count); c / c_ptr: dgrad's dx (only the depthwise dgrad reads
+// them). The launchers dispatch on the result: launches == 0 nothing to do; tile_m == 0 the direct
+// depthwise kernels (fwd; dgrad with its 16-byte path when vectorized; wgrad + its reduction);
+// !tensor_cores the fp32 SIMT kernel; otherwise the tensor-core kernel, 16-byte gathers when
+// vectorized. Grids are cdiv(M, tile_m) x cdiv(N, tile_n) x groups * splits.
 inline LaunchPlan conv2d_plan(int pass, DType dt, const ConvGeometry& s, Strides4 a, Strides4 b, uintptr_t a_ptr,
-                              uintptr_t b_ptr, int sm_count, int64_t splits = 0) {
+                              uintptr_t b_ptr, int sm_count, int64_t splits = 0, Strides4 c = Strides4{},
+                              uintptr_t c_ptr = 0) {
   LaunchPlan pl;
   const std::string T = conv_type_name(dt), P = conv_pass_name(pass);
   const int64_t groups = std::max<int64_t>(s.groups, 1);
@@ -267,10 +304,25 @@ inline LaunchPlan conv2d_plan(int pass, DType dt, const ConvGeometry& s, Strides
   pl.launches = 0;
   // Nothing to write. (K == 0 still launches: the output is the epilogue of zeros / zero partials.)
   if (gm.M == 0 || gm.N == 0) return pl;
-  if (pass == kFwd && s.groups == s.C && s.C > 0) {
-    pl.kernel = "conv2d_dw_fwd_kernel<" + T + ">";
-    pl.ctas = std::min<int64_t>(conv_cdiv(s.N * s.O * s.OH * s.OW, DW_THREADS), int64_t(1) << 20);
+  if (conv2d_is_depthwise(s)) {
     pl.launches = 1;
+    if (pass == kFwd) {
+      pl.kernel = "conv2d_dw_fwd_kernel<" + T + ">";
+      pl.ctas = std::min<int64_t>(conv_cdiv(s.N * s.O * s.OH * s.OW, DW_THREADS), int64_t(1) << 20);
+    } else if (pass == kDgrad) {
+      // one thread per dx element (per 16-byte pack of channels on the vector path)
+      pl.vectorized = c_ptr != 0 && conv2d_depthwise_dgrad_vec(dt, s, a, c, a_ptr, c_ptr);
+      const int64_t per = pl.vectorized ? (dt == DType::Float32 ? 4 : 8) : 1;
+      pl.kernel = "conv2d_depthwise_dgrad_kernel<" + T + "," + (pl.vectorized ? "vec" : "scalar") + ">";
+      pl.ctas = std::min<int64_t>(conv_cdiv(s.N * s.H * s.W * (s.C / per), 256), int64_t(1) << 20);
+    } else {
+      // (channel tile, tap) x pixel-split blocks into fp32 partials, + conv2d_wgrad_reduce_kernel
+      pl.splits = splits > 0 ? splits : conv2d_depthwise_wgrad_splits(s, sm_count);
+      pl.kernel = "conv2d_depthwise_wgrad_kernel<" + T + ">";
+      pl.ctas = conv_cdiv(s.O, conv2d_depthwise_wgrad_tile(s, a)) * s.KH * s.KW * pl.splits +
+                std::min<int64_t>(conv_cdiv(s.O * s.KH * s.KW, 256), int64_t(1) << 20);
+      pl.launches = 2;
+    }
     return pl;
   }
   const bool fp32 = dt == DType::Float32;

@@ -41,9 +41,10 @@ def _fwd_args(x, w, res, stride, padding, dilation, groups):
 def _dgrad_args(gp, x, w, stride, padding, dilation, groups):
     """(gp, w, dx, geom) as conv2d_bwd_data_cuda receives them; geom None when dx is empty."""
     dx, geom = dgrad_output(gp, x, w, stride, padding, dilation, groups)
-    if geom is not None and gp.dtype in _LOW_PRECISION:
+    if geom is not None and gp.dtype in _LOW_PRECISION and geom.groups != geom.C:
         # dgrad's GEMM-K axis is (tap, out channel): channels_last gradient and an out-channel-contiguous
-        # weight view (a weight-sized copy) make every K chunk a 16-byte load.
+        # weight view (a weight-sized copy) make every K chunk a 16-byte load. The depthwise kernel
+        # (groups == C) reads any layout in place, as in the forward.
         gp = gp.contiguous(memory_format=torch.channels_last)
         w = w.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
     return gp, w, dx, geom
@@ -126,9 +127,11 @@ def _sm_count_for(t: torch.Tensor, sms: int | None) -> int:
     return sm_count(t.device.index) if t.device.type == "cuda" else NOMINAL_SM_COUNT
 
 
-def _plan(mode, a, b, geom, sms):
+def _plan(mode, a, b, geom, sms, c=None):
+    """c: the output, which only the depthwise dgrad's choice reads (its 16-byte path)."""
+    extra = {} if c is None else {"c_strides": strides(c), "c_ptr": _address(c)}
     return _native.C.conv2d_plan_cuda(mode, _native.dtype_code(a.dtype), geom, strides(a), strides(b), _address(a),
-                                      _address(b), sms)
+                                      _address(b), sms, **extra)
 
 
 _NOTHING = {"kernel": "", "tensor_cores": False, "vectorized": False, "tile": (0, 0, 0), "ctas": 0, "splits": 1,
@@ -149,10 +152,10 @@ def plan_conv2d(x, w, bias, res, stride, padding, dilation, groups, act, sm_coun
 def plan_dgrad(gp, x, w, stride, padding, dilation, groups, sm_count=None):
     """What ``dgrad`` launches for the same arguments."""
     with torch.no_grad():
-        gp2, w2, _, geom = _dgrad_args(gp, x, w, stride, padding, dilation, groups)
+        gp2, w2, dx, geom = _dgrad_args(gp, x, w, stride, padding, dilation, groups)
     if geom is None:
         return dict(_NOTHING)
-    return _plan(_DGRAD, gp2, w2, geom, _sm_count_for(gp, sm_count))
+    return _plan(_DGRAD, gp2, w2, geom, _sm_count_for(gp, sm_count), c=dx)
 
 
 def plan_wgrad(gp, x, w, stride, padding, dilation, groups, sm_count=None):
