@@ -129,3 +129,25 @@ def test_resnet50_pointwise_convs_take_the_vectorised_tensor_core_kernel():
     assert stem and not any(row["vectorized"] for row in stem)
     r32 = explain(model, (2, 3, 64, 64), backend="cuda", dtype=torch.float32, training=False)
     assert all("simt" in row["kernel"] and not row["tensor_cores"] for row in r32 if row["op"] == "conv2d")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_mobilenet_v2_depthwise_backward_takes_the_depthwise_kernels(channels_last):
+    """Issue #18 item 3: depthwise dgrad / wgrad run the direct depthwise kernels (not the 128x128
+    implicit GEMM with N = 1 / M = 1); channels_last float16 takes the dgrad's 16-byte path."""
+    model = pyimgcls.models.mobilenet_v2()
+    r = explain(model, (2, 3, 64, 64), backend="cuda", dtype=torch.float16, channels_last=channels_last)
+    dw = _conv_rows(r, model, lambda m: m.groups > 1 and m.groups == m.in_channels)
+    passes = [row["pass"] for row in dw]
+    assert passes.count("fwd") == passes.count("dgrad") == passes.count("wgrad") == 17
+    for row in dw:
+        kernel = row["kernel"]
+        assert not row["tensor_cores"] and "igemm" not in kernel, row
+        if row["pass"] == "fwd":
+            assert kernel.startswith("conv2d_dw_fwd_kernel")
+        else:
+            assert kernel.startswith(f"conv2d_depthwise_{row['pass']}_kernel"), row
+        if row["pass"] == "dgrad":
+            assert row["vectorized"] == channels_last, row
+    wgrad = [row for row in dw if row["pass"] == "wgrad"]
+    assert all(row["ctas"] > 0 and row["plan"]["launches"] == 2 for row in wgrad)
