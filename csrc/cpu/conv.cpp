@@ -534,8 +534,8 @@ struct DwDgradRows {
 // dgrad, channel-vector kernel (g and dx with unit channel stride, m == 1). Unit u = one dx row
 // (n, ih); each dx pixel gathers the taps that reach it: oh = (ih + ph - i*dh) / sh when that
 // divides exactly and lands in [0, OH) (same along w), so no two units write one element. At stride
-// 1 an interior pixel (every j lands in [0, OW)) skips the checks. a.x is g, a.w is wt[tap][C],
-// a.out is dx.
+// 1 interior pixels (every j lands in [0, OW)) skip the checks and go four at a time. a.x is g,
+// a.w is wt[tap][C], a.out is dx.
 template <typename T>
 struct DwDgradNhwc {
   static PYIMGCLS_INLINE void run(int64_t u, const DwArgs<T>& a, T*) {
@@ -548,7 +548,39 @@ struct DwDgradNhwc {
     const int64_t gjs = s.dil_w * a.xs.w;  // g step between taps j (stride 1: ow decreases by dw)
     for (int64_t c0 = 0; c0 < C; c0 += L) {
       const int64_t cb = std::min(L, C - c0);
+      // Interior at stride 1: every tap j lands in [0, OW) for iw in [ilo, ihi).
+      const int64_t ilo = std::max<int64_t>(0, (s.KW - 1) * s.dil_w - s.pad_w);
+      const int64_t ihi = std::min<int64_t>(s.W, s.OW - s.pad_w);
       for (int64_t iw = 0; iw < s.W; ++iw) {
+        if (cb == L && s.stride_w == 1 && iw == ilo) {
+          // Four interior pixels at a time (as in the forward): four independent accumulator
+          // chains sharing each weight load.
+          for (; iw + 4 <= ihi; iw += 4) {
+            V acc0 = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};
+            const int64_t ps = a.xs.w;  // g step between the four pixels
+            for (int64_t i = 0; i < s.KH; ++i) {
+              const int64_t th = ih + s.pad_h - i * s.dil_h;
+              if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
+              const T* g0 = gn + (th / s.stride_h) * a.xs.h + (iw + s.pad_w) * a.xs.w + c0;
+              const T* wr = a.w + i * s.KW * C + c0;
+              for (int64_t j = 0; j < s.KW; ++j) {
+                V wv;
+                __builtin_memcpy(&wv, wr + j * C, sizeof(V));
+                const T* gj = g0 - j * gjs;
+                fma_run_w(acc0, wv, gj);
+                fma_run_w(acc1, wv, gj + ps);
+                fma_run_w(acc2, wv, gj + 2 * ps);
+                fma_run_w(acc3, wv, gj + 3 * ps);
+              }
+            }
+            T* dp = dn + iw * a.os.w + c0;
+            __builtin_memcpy(dp, &acc0, sizeof(V));
+            __builtin_memcpy(dp + a.os.w, &acc1, sizeof(V));
+            __builtin_memcpy(dp + 2 * a.os.w, &acc2, sizeof(V));
+            __builtin_memcpy(dp + 3 * a.os.w, &acc3, sizeof(V));
+          }
+          if (iw >= s.W) break;
+        }
         const int64_t tw0 = iw + s.pad_w;  // ow * sw for tap j = 0
         const bool interior = s.stride_w == 1 && tw0 < s.OW && tw0 - (s.KW - 1) * s.dil_w >= 0;
         T* dp = dn + iw * a.os.w + c0;
