@@ -22,6 +22,9 @@
 //     through its strides.
 //   dgrad: col = g @ w (GEMM) then col2im scatter-add into dx (zeroed first); wgrad: im2col + GEMM
 //     per image, summed into per-thread partial weights reduced in thread order (deterministic).
+// Depthwise (groups == C > 1, any channel multiplier) does not use the GEMM: direct kernels for
+//   forward, dgrad and wgrad (section "Depthwise convolution" below; channel-vector kernels for
+//   channels_last, rows kernels for other strides).
 // Parallelism: with at least as many (image, group) units as threads, units are distributed over
 // OpenMP threads and each calls the GEMM serially (a nested region runs with one thread);
 // otherwise the units run in order and the GEMM parallelises internally.
@@ -32,6 +35,7 @@
 //
 // Test and benchmark
 //   pytest tests/test_conv.py -k cpu
+//   pytest tests/test_conv_cpu_fast.py          (the depthwise kernels, every path)
 //   pytest benchmarks/test_bench_conv_cpu.py
 #include "conv.h"
 
@@ -263,10 +267,10 @@ inline void check_collapsible(const char* what, int64_t H, int64_t W, Strides4 s
 // ---------------------------------------------------------------------------------------------
 // out[n, o, oh, ow] = act(sum_{i,j} x[n, o/m, oh*sh - ph + i*dh, ow*sw - pw + j*dw] * w[o, i, j] + ...)
 // One input channel per output channel, so there is no reduction over channels: the im2col + GEMM
-// path spends its time packing K = KH*KW = 9 wide GEMMs of one row each (MobileNetV2's 3x3
-// depthwise layers ran 3-100x slower than PyTorch through it). These kernels read each input element
-// KH*KW times from L1 and write each output once: FLOPs = 2*N*O*OH*OW*KH*KW for each of forward,
-// dgrad, wgrad; minimum bytes = sizeof(T) * (|x| + |out| + |w|) (dgrad: |g| + |dx| + |w|; wgrad:
+// path runs one 1 x OH*OW x KH*KW GEMM per (image, channel), mostly packing and call overhead
+// (MobileNetV2's 3x3 depthwise layers ran 3-100x slower than PyTorch through it, benchmarks/NOTES.md).
+// These kernels read each input element KH*KW times from L1 and write each output once:
+// FLOPs = 2*N*O*OH*OW*KH*KW for each of forward, dgrad, wgrad; minimum bytes = sizeof(T) * (|x| + |out| + |w|) (dgrad: |g| + |dx| + |w|; wgrad:
 // |g| + |x| + |w|). Memory-bound at every MobileNet shape (2.25 FLOP per byte at 3x3, float32).
 //
 // Two kernels per pass:
