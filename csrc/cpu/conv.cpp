@@ -22,6 +22,9 @@
 //     through its strides.
 //   dgrad: col = g @ w (GEMM) then col2im scatter-add into dx (zeroed first); wgrad: im2col + GEMM
 //     per image, summed into per-thread partial weights reduced in thread order (deterministic).
+// Depthwise (groups == C > 1, any channel multiplier) does not use the GEMM: direct kernels for
+//   forward, dgrad and wgrad (section "Depthwise convolution" below; channel-vector kernels for
+//   channels_last, rows kernels for other strides).
 // Parallelism: with at least as many (image, group) units as threads, units are distributed over
 // OpenMP threads and each calls the GEMM serially (a nested region runs with one thread);
 // otherwise the units run in order and the GEMM parallelises internally.
@@ -32,6 +35,7 @@
 //
 // Test and benchmark
 //   pytest tests/test_conv.py -k cpu
+//   pytest tests/test_conv_cpu_fast.py          (the depthwise kernels, every path)
 //   pytest benchmarks/test_bench_conv_cpu.py
 #include "conv.h"
 
@@ -39,6 +43,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -258,6 +263,587 @@ inline void check_collapsible(const char* what, int64_t H, int64_t W, Strides4 s
 }
 
 // ---------------------------------------------------------------------------------------------
+// Depthwise convolution (groups == C > 1, O = m*C: channel multiplier m, weight [O, 1, KH, KW])
+// ---------------------------------------------------------------------------------------------
+// out[n, o, oh, ow] = act(sum_{i,j} x[n, o/m, oh*sh - ph + i*dh, ow*sw - pw + j*dw] * w[o, i, j] + ...)
+// One input channel per output channel, so there is no reduction over channels: the im2col + GEMM
+// path runs one 1 x OH*OW x KH*KW GEMM per (image, channel), mostly packing and call overhead
+// (MobileNetV2's 3x3 depthwise layers ran 3-100x slower than PyTorch through it, benchmarks/NOTES.md).
+// These kernels read each input element KH*KW times from L1 and write each output once:
+// FLOPs = 2*N*O*OH*OW*KH*KW for each of forward, dgrad, wgrad; minimum bytes = sizeof(T) * (|x| + |out| + |w|) (dgrad: |g| + |dx| + |w|; wgrad:
+// |g| + |x| + |w|). Memory-bound at every MobileNet shape (2.25 FLOP per byte at 3x3, float32).
+//
+// Two kernels per pass:
+//   channel-vector ("nhwc"): x / g / dx channels_last (unit channel stride) and m == 1. Each output
+//     pixel is a run of channels, kDwLanes at a time held in registers across the KH*KW taps; the
+//     weight is transposed once per call to wt[tap][C] so a tap's weights are one contiguous run.
+//   row ("rows"): any strides, any m (NCHW, views, a channels_last tensor with m > 1). One (n, o)
+//     plane at a time, an output row as a T[OW] accumulator: per tap one pass acc[ow] += w * x[...]
+//     over the taps' valid range (unit stride in NCHW at stride 1: it vectorises).
+// dgrad is a gather in the channel-vector kernel (each dx pixel sums the (oh, ow) that reach it: no
+// write conflicts) and a scatter into a per-thread [H, W] plane buffer in the row kernel; wgrad
+// accumulates per output channel (rows) or per (channel run, tap) (nhwc) over the whole batch, so
+// each weight is summed by one thread in a fixed order: bit-identical for any thread count.
+//
+// Threading: units (planes, output rows, channel runs) in a static OpenMP loop; below
+// kDwParallelMacs multiply-adds one thread (a fork/join costs more than the work).
+constexpr int64_t kDwParallelMacs = int64_t(1) << 18;
+
+// Channels per register-held run in the channel-vector kernels: 64 bytes (one zmm, two ymm, four xmm).
+template <typename T>
+constexpr int64_t kDwLanes = 64 / sizeof(T);
+// That run as one GCC vector value (split into two ymm / four xmm below AVX-512); acc += a * b on
+// unaligned runs, in place (a wide vector returned by value trips -Wpsabi, common.h).
+template <typename T>
+using DwVec = Vec<T, 64>;
+template <typename V, typename T>
+PYIMGCLS_INLINE void fma_run(V& acc, const T* a, const T* b) {
+  V va, vb;
+  __builtin_memcpy(&va, a, sizeof(V));
+  __builtin_memcpy(&vb, b, sizeof(V));
+  acc += va * vb;
+}
+// acc += w * b with w already in a register.
+template <typename V, typename T>
+PYIMGCLS_INLINE void fma_run_w(V& acc, const V& w, const T* b) {
+  V vb;
+  __builtin_memcpy(&vb, b, sizeof(V));
+  acc += w * vb;
+}
+
+template <typename T>
+struct DwArgs {
+  ConvGeometry s;
+  int64_t m;       // channel multiplier O / C
+  const T* x;      // forward / wgrad input, dgrad: g (the output gradient)
+  Strides4 xs;
+  const T* w;      // [O][KH*KW] (rows kernels) or wt [KH*KW][O] (channel-vector kernels)
+  const T* bias;   // [O] or null (forward only)
+  const T* res;    // output-shaped or null (forward only)
+  Strides4 rs;
+  const T* g;      // wgrad: the output gradient
+  Strides4 gs;
+  T* out;          // forward: out, dgrad: dx, wgrad: dw [O][KH*KW]
+  Strides4 os;
+  Act act;
+  const int64_t* wrange;  // rows kernels: [lo, hi) of ow for each tap column j, 2*KW entries
+};
+
+inline bool depthwise(const ConvGeometry& s) { return s.groups > 1 && s.groups == s.C; }
+
+// Body::run(u, args, scratch) for u in [0, units), static OpenMP schedule, on the widest instruction
+// set active_isa() allows; scratch: per_thread elements owned by the calling thread.
+template <class Body, typename T>
+void dw_run(int64_t units, int64_t macs, const DwArgs<T>& a, size_t per_thread) {
+  const auto fn = isa_variant<void (*)(int64_t, const DwArgs<T>&, T*), Body>(active_isa());
+  const int nt = macs < kDwParallelMacs ? 1 : static_cast<int>(std::min<int64_t>(std::max(1, omp_get_max_threads()), units));
+  std::vector<T> scratch(per_thread * static_cast<size_t>(std::max(nt, 1)));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t u = 0; u < units; ++u)
+    fn(u, a, scratch.data() + per_thread * static_cast<size_t>(nt > 1 ? omp_get_thread_num() : 0));
+}
+
+// Forward, rows kernel. Unit u = one (n, o) plane; scratch: OW accumulators.
+template <typename T>
+struct DwFwdRows {
+  static PYIMGCLS_INLINE void run(int64_t u, const DwArgs<T>& a, T* acc) {
+    const ConvGeometry& s = a.s;
+    const int64_t n = u / s.O, o = u % s.O, KK = s.KH * s.KW;
+    const T* xp = a.x + n * a.xs.n + (o / a.m) * a.xs.c;
+    const T* wk = a.w + o * KK;
+    const T b = a.bias ? a.bias[o] : T(0);
+    T* op = a.out + n * a.os.n + o * a.os.c;
+    const T* rp = a.res ? a.res + n * a.rs.n + o * a.rs.c : nullptr;
+    const int64_t step = s.stride_w * a.xs.w;
+    for (int64_t oh = 0; oh < s.OH; ++oh) {
+      for (int64_t ow = 0; ow < s.OW; ++ow) acc[ow] = b;
+      for (int64_t i = 0; i < s.KH; ++i) {
+        const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+        if (ih < 0 || ih >= s.H) continue;
+        for (int64_t j = 0; j < s.KW; ++j) {
+          const int64_t woff = j * s.dil_w - s.pad_w, lo = a.wrange[2 * j], hi = a.wrange[2 * j + 1];
+          const T wv = wk[i * s.KW + j];
+          const T* src = xp + ih * a.xs.h + woff * a.xs.w;
+          if (step == 1)
+            for (int64_t ow = lo; ow < hi; ++ow) acc[ow] += wv * src[ow];
+          else
+            for (int64_t ow = lo; ow < hi; ++ow) acc[ow] += wv * src[ow * step];
+        }
+      }
+      T* orow = op + oh * a.os.h;
+      if (rp) {
+        const T* rrow = rp + oh * a.rs.h;
+        for (int64_t ow = 0; ow < s.OW; ++ow) orow[ow * a.os.w] = apply_act(acc[ow] + rrow[ow * a.rs.w], a.act);
+      } else if (a.os.w == 1) {
+        for (int64_t ow = 0; ow < s.OW; ++ow) orow[ow] = apply_act(acc[ow], a.act);
+      } else {
+        for (int64_t ow = 0; ow < s.OW; ++ow) orow[ow * a.os.w] = apply_act(acc[ow], a.act);
+      }
+    }
+  }
+};
+
+// Forward, channel-vector kernel (x and out with unit channel stride, m == 1). Unit u = one output
+// row (n, oh); for each run of L = kDwLanes channels, each pixel's run accumulates in one vector
+// value over the taps (a register: a T[L] array was kept on the stack by GCC, a store-forward chain
+// through every tap). Interior pixels (every tap of the row inside the input) take the tap loop
+// without bounds checks. The last partial run (C % L channels) goes through scalars. a.w is wt[tap][C].
+template <typename T>
+struct DwFwdNhwc {
+  static PYIMGCLS_INLINE void run(int64_t u, const DwArgs<T>& a, T*) {
+    constexpr int64_t L = kDwLanes<T>;
+    using V = DwVec<T>;
+    const ConvGeometry& s = a.s;
+    const int64_t n = u / s.OH, oh = u % s.OH, C = s.C;
+    const T* xn = a.x + n * a.xs.n;
+    T* on = a.out + n * a.os.n + oh * a.os.h;
+    const T* rn = a.res ? a.res + n * a.rs.n + oh * a.rs.h : nullptr;
+    const int64_t xjs = s.dil_w * a.xs.w;  // input step between taps j
+    for (int64_t c0 = 0; c0 < C; c0 += L) {
+      const int64_t cb = std::min(L, C - c0);
+      V bv = V{};
+      if (a.bias && cb == L) __builtin_memcpy(&bv, a.bias + c0, sizeof(V));
+      // Interior pixels [olo, ohi): every tap j inside the input row.
+      int64_t olo, ohi;
+      valid_range(-s.pad_w, s.stride_w, s.W - (s.KW - 1) * s.dil_w, s.OW, olo, ohi);
+      for (int64_t ow = 0; ow < s.OW; ++ow) {
+        if (cb == L && ow == olo && !rn) {
+          // Four interior pixels at a time: four independent accumulator chains (one chain of
+          // KH*KW dependent FMAs per pixel is latency-bound) sharing each weight load.
+          for (; ow + 4 <= ohi; ow += 4) {
+            V acc0 = bv, acc1 = bv, acc2 = bv, acc3 = bv;
+            const int64_t iw0 = ow * s.stride_w - s.pad_w;
+            const int64_t ps = s.stride_w * a.xs.w;  // input step between the four pixels
+            for (int64_t i = 0; i < s.KH; ++i) {
+              const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+              if (ih < 0 || ih >= s.H) continue;
+              const T* xr = xn + ih * a.xs.h + iw0 * a.xs.w + c0;
+              const T* wr = a.w + i * s.KW * C + c0;
+              for (int64_t j = 0; j < s.KW; ++j) {
+                V wv;
+                __builtin_memcpy(&wv, wr + j * C, sizeof(V));
+                const T* xj = xr + j * xjs;
+                fma_run_w(acc0, wv, xj);
+                fma_run_w(acc1, wv, xj + ps);
+                fma_run_w(acc2, wv, xj + 2 * ps);
+                fma_run_w(acc3, wv, xj + 3 * ps);
+              }
+            }
+            T* op = on + ow * a.os.w + c0;
+            apply_act_in_place(acc0, a.act);
+            apply_act_in_place(acc1, a.act);
+            apply_act_in_place(acc2, a.act);
+            apply_act_in_place(acc3, a.act);
+            __builtin_memcpy(op, &acc0, sizeof(V));
+            __builtin_memcpy(op + a.os.w, &acc1, sizeof(V));
+            __builtin_memcpy(op + 2 * a.os.w, &acc2, sizeof(V));
+            __builtin_memcpy(op + 3 * a.os.w, &acc3, sizeof(V));
+          }
+          if (ow >= s.OW) break;
+        }
+        const int64_t iw0 = ow * s.stride_w - s.pad_w;
+        const bool interior = ow >= olo && ow < ohi;
+        T* op = on + ow * a.os.w + c0;
+        const T* rp = rn ? rn + ow * a.rs.w + c0 * a.rs.c : nullptr;
+        if (cb == L) {
+          V acc = bv;
+          for (int64_t i = 0; i < s.KH; ++i) {
+            const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+            if (ih < 0 || ih >= s.H) continue;
+            const T* xr = xn + ih * a.xs.h + iw0 * a.xs.w + c0;
+            const T* wr = a.w + i * s.KW * C + c0;
+            if (interior) {
+              for (int64_t j = 0; j < s.KW; ++j) fma_run(acc, wr + j * C, xr + j * xjs);
+            } else {
+              for (int64_t j = 0; j < s.KW; ++j) {
+                const int64_t iw = iw0 + j * s.dil_w;
+                if (iw >= 0 && iw < s.W) fma_run(acc, wr + j * C, xr + j * xjs);
+              }
+            }
+          }
+          if (rp) {
+            if (a.rs.c == 1) {
+              V rv;
+              __builtin_memcpy(&rv, rp, sizeof(V));
+              acc += rv;
+            } else {
+              for (int64_t q = 0; q < L; ++q) acc[q] += rp[q * a.rs.c];
+            }
+          }
+          apply_act_in_place(acc, a.act);
+          __builtin_memcpy(op, &acc, sizeof(V));
+        } else {
+          T acc[L];
+          for (int64_t q = 0; q < cb; ++q) acc[q] = a.bias ? a.bias[c0 + q] : T(0);
+          for (int64_t i = 0; i < s.KH; ++i) {
+            const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+            if (ih < 0 || ih >= s.H) continue;
+            for (int64_t j = 0; j < s.KW; ++j) {
+              const int64_t iw = iw0 + j * s.dil_w;
+              if (iw < 0 || iw >= s.W) continue;
+              const T* xv = xn + ih * a.xs.h + iw * a.xs.w + c0;
+              const T* wv = a.w + (i * s.KW + j) * C + c0;
+              for (int64_t q = 0; q < cb; ++q) acc[q] += wv[q] * xv[q];
+            }
+          }
+          for (int64_t q = 0; q < cb; ++q) op[q] = apply_act(acc[q] + (rp ? rp[q * a.rs.c] : T(0)), a.act);
+        }
+      }
+    }
+  }
+};
+
+// dgrad, rows kernel. Unit u = one (n, c) plane of dx: the m output channels of c scatter their
+// taps into a [H, W] buffer (scratch), which is then written to dx (every element once).
+// a.x is g here (strides a.xs), a.out is dx (strides a.os).
+template <typename T>
+struct DwDgradRows {
+  static PYIMGCLS_INLINE void run(int64_t u, const DwArgs<T>& a, T* buf) {
+    const ConvGeometry& s = a.s;
+    const int64_t n = u / s.C, c = u % s.C, KK = s.KH * s.KW;
+    for (int64_t e = 0; e < s.H * s.W; ++e) buf[e] = T(0);
+    for (int64_t r = 0; r < a.m; ++r) {
+      const int64_t o = c * a.m + r;
+      const T* gp = a.x + n * a.xs.n + o * a.xs.c;
+      const T* wk = a.w + o * KK;
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        const T* grow = gp + oh * a.xs.h;
+        for (int64_t i = 0; i < s.KH; ++i) {
+          const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+          if (ih < 0 || ih >= s.H) continue;
+          for (int64_t j = 0; j < s.KW; ++j) {
+            const int64_t woff = j * s.dil_w - s.pad_w, lo = a.wrange[2 * j], hi = a.wrange[2 * j + 1];
+            const T wv = wk[i * s.KW + j];
+            T* dst = buf + ih * s.W + woff;
+            if (s.stride_w == 1 && a.xs.w == 1)
+              for (int64_t ow = lo; ow < hi; ++ow) dst[ow] += wv * grow[ow];
+            else
+              for (int64_t ow = lo; ow < hi; ++ow) dst[ow * s.stride_w] += wv * grow[ow * a.xs.w];
+          }
+        }
+      }
+    }
+    T* dp = a.out + n * a.os.n + c * a.os.c;
+    for (int64_t h = 0; h < s.H; ++h) {
+      T* drow = dp + h * a.os.h;
+      const T* brow = buf + h * s.W;
+      if (a.os.w == 1)
+        for (int64_t w_ = 0; w_ < s.W; ++w_) drow[w_] = brow[w_];
+      else
+        for (int64_t w_ = 0; w_ < s.W; ++w_) drow[w_ * a.os.w] = brow[w_];
+    }
+  }
+};
+
+// dgrad, channel-vector kernel (g and dx with unit channel stride, m == 1). Unit u = one dx row
+// (n, ih); each dx pixel gathers the taps that reach it: oh = (ih + ph - i*dh) / sh when that
+// divides exactly and lands in [0, OH) (same along w), so no two units write one element. At stride
+// 1 interior pixels (every j lands in [0, OW)) skip the checks and go four at a time. a.x is g,
+// a.w is wt[tap][C], a.out is dx.
+template <typename T>
+struct DwDgradNhwc {
+  static PYIMGCLS_INLINE void run(int64_t u, const DwArgs<T>& a, T*) {
+    constexpr int64_t L = kDwLanes<T>;
+    using V = DwVec<T>;
+    const ConvGeometry& s = a.s;
+    const int64_t n = u / s.H, ih = u % s.H, C = s.C;
+    const T* gn = a.x + n * a.xs.n;
+    T* dn = a.out + n * a.os.n + ih * a.os.h;
+    const int64_t gjs = s.dil_w * a.xs.w;  // g step between taps j (stride 1: ow decreases by dw)
+    for (int64_t c0 = 0; c0 < C; c0 += L) {
+      const int64_t cb = std::min(L, C - c0);
+      // Interior at stride 1: every tap j lands in [0, OW) for iw in [ilo, ihi).
+      const int64_t ilo = std::max<int64_t>(0, (s.KW - 1) * s.dil_w - s.pad_w);
+      const int64_t ihi = std::min<int64_t>(s.W, s.OW - s.pad_w);
+      for (int64_t iw = 0; iw < s.W; ++iw) {
+        if (cb == L && s.stride_w == 1 && iw == ilo) {
+          // Four interior pixels at a time (as in the forward): four independent accumulator
+          // chains sharing each weight load.
+          for (; iw + 4 <= ihi; iw += 4) {
+            V acc0 = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};
+            const int64_t ps = a.xs.w;  // g step between the four pixels
+            for (int64_t i = 0; i < s.KH; ++i) {
+              const int64_t th = ih + s.pad_h - i * s.dil_h;
+              if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
+              const T* g0 = gn + (th / s.stride_h) * a.xs.h + (iw + s.pad_w) * a.xs.w + c0;
+              const T* wr = a.w + i * s.KW * C + c0;
+              for (int64_t j = 0; j < s.KW; ++j) {
+                V wv;
+                __builtin_memcpy(&wv, wr + j * C, sizeof(V));
+                const T* gj = g0 - j * gjs;
+                fma_run_w(acc0, wv, gj);
+                fma_run_w(acc1, wv, gj + ps);
+                fma_run_w(acc2, wv, gj + 2 * ps);
+                fma_run_w(acc3, wv, gj + 3 * ps);
+              }
+            }
+            T* dp = dn + iw * a.os.w + c0;
+            __builtin_memcpy(dp, &acc0, sizeof(V));
+            __builtin_memcpy(dp + a.os.w, &acc1, sizeof(V));
+            __builtin_memcpy(dp + 2 * a.os.w, &acc2, sizeof(V));
+            __builtin_memcpy(dp + 3 * a.os.w, &acc3, sizeof(V));
+          }
+          if (iw >= s.W) break;
+        }
+        const int64_t tw0 = iw + s.pad_w;  // ow * sw for tap j = 0
+        const bool interior = s.stride_w == 1 && tw0 < s.OW && tw0 - (s.KW - 1) * s.dil_w >= 0;
+        T* dp = dn + iw * a.os.w + c0;
+        if (cb == L) {
+          V acc = V{};
+          for (int64_t i = 0; i < s.KH; ++i) {
+            const int64_t th = ih + s.pad_h - i * s.dil_h;
+            if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
+            const T* gr = gn + (th / s.stride_h) * a.xs.h + c0;
+            const T* wr = a.w + i * s.KW * C + c0;
+            if (interior) {
+              const T* g0 = gr + tw0 * a.xs.w;
+              for (int64_t j = 0; j < s.KW; ++j) fma_run(acc, wr + j * C, g0 - j * gjs);
+            } else {
+              for (int64_t j = 0; j < s.KW; ++j) {
+                const int64_t tw = tw0 - j * s.dil_w;
+                if (tw < 0 || tw % s.stride_w != 0 || tw / s.stride_w >= s.OW) continue;
+                fma_run(acc, wr + j * C, gr + (tw / s.stride_w) * a.xs.w);
+              }
+            }
+          }
+          __builtin_memcpy(dp, &acc, sizeof(V));
+        } else {
+          T acc[L] = {};
+          for (int64_t i = 0; i < s.KH; ++i) {
+            const int64_t th = ih + s.pad_h - i * s.dil_h;
+            if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
+            for (int64_t j = 0; j < s.KW; ++j) {
+              const int64_t tw = tw0 - j * s.dil_w;
+              if (tw < 0 || tw % s.stride_w != 0 || tw / s.stride_w >= s.OW) continue;
+              const T* gv = gn + (th / s.stride_h) * a.xs.h + (tw / s.stride_w) * a.xs.w + c0;
+              const T* wv = a.w + (i * s.KW + j) * C + c0;
+              for (int64_t q = 0; q < cb; ++q) acc[q] += wv[q] * gv[q];
+            }
+          }
+          for (int64_t q = 0; q < cb; ++q) dp[q] = acc[q];
+        }
+      }
+    }
+  }
+};
+
+// wgrad, rows kernel. Unit u = one output channel o: per tap a T[OW] accumulator row (scratch,
+// KH*KW*OW elements) summed over (n, oh), then over ow: dw[o, tap] = sum_ow acc[tap][ow].
+// a.x is x (strides a.xs), a.g is g (strides a.gs), a.out is dw [O][KH*KW].
+template <typename T>
+struct DwWgradRows {
+  static PYIMGCLS_INLINE void run(int64_t o, const DwArgs<T>& a, T* acc) {
+    const ConvGeometry& s = a.s;
+    const int64_t KK = s.KH * s.KW, c = o / a.m;
+    for (int64_t e = 0; e < KK * s.OW; ++e) acc[e] = T(0);
+    const int64_t step = s.stride_w * a.xs.w;
+    for (int64_t n = 0; n < s.N; ++n) {
+      const T* xp = a.x + n * a.xs.n + c * a.xs.c;
+      const T* gp = a.g + n * a.gs.n + o * a.gs.c;
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        const T* grow = gp + oh * a.gs.h;
+        for (int64_t i = 0; i < s.KH; ++i) {
+          const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+          if (ih < 0 || ih >= s.H) continue;
+          for (int64_t j = 0; j < s.KW; ++j) {
+            const int64_t woff = j * s.dil_w - s.pad_w, lo = a.wrange[2 * j], hi = a.wrange[2 * j + 1];
+            const T* src = xp + ih * a.xs.h + woff * a.xs.w;
+            T* arow = acc + (i * s.KW + j) * s.OW;
+            if (step == 1 && a.gs.w == 1)
+              for (int64_t ow = lo; ow < hi; ++ow) arow[ow] += grow[ow] * src[ow];
+            else
+              for (int64_t ow = lo; ow < hi; ++ow) arow[ow] += grow[ow * a.gs.w] * src[ow * step];
+          }
+        }
+      }
+    }
+    for (int64_t t = 0; t < KK; ++t) {
+      T sum = T(0);
+      for (int64_t ow = 0; ow < s.OW; ++ow) sum += acc[t * s.OW + ow];
+      a.out[o * KK + t] = sum;
+    }
+  }
+};
+
+// wgrad, channel-vector kernel (x and g with unit channel stride, m == 1). Unit u = (run of L
+// channels, tap): four independent register accumulators of L lanes (consecutive ow round-robin,
+// so the FMA latency chain is four deep) over every (n, oh, ow) the tap reaches, added in a fixed
+// order at the end.
+template <typename T>
+struct DwWgradNhwc {
+  static PYIMGCLS_INLINE void run(int64_t u, const DwArgs<T>& a, T*) {
+    constexpr int64_t L = kDwLanes<T>;
+    using V = DwVec<T>;
+    const ConvGeometry& s = a.s;
+    const int64_t KK = s.KH * s.KW, t = u % KK, c0 = (u / KK) * L, C = s.C;
+    const int64_t cb = std::min(L, C - c0), i = t / s.KW, j = t % s.KW;
+    V acc0 = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};
+    T tail[L] = {};
+    int64_t hlo, hhi, wlo, whi;
+    valid_range(i * s.dil_h - s.pad_h, s.stride_h, s.H, s.OH, hlo, hhi);
+    valid_range(j * s.dil_w - s.pad_w, s.stride_w, s.W, s.OW, wlo, whi);
+    const int64_t xstep = s.stride_w * a.xs.w;
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t oh = hlo; oh < hhi; ++oh) {
+        const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+        const T* grow = a.g + n * a.gs.n + oh * a.gs.h + c0;
+        const T* xrow = a.x + n * a.xs.n + ih * a.xs.h + (j * s.dil_w - s.pad_w) * a.xs.w + c0;
+        int64_t ow = wlo;
+        if (cb == L) {
+          for (; ow + 4 <= whi; ow += 4) {
+            fma_run(acc0, grow + ow * a.gs.w, xrow + ow * xstep);
+            fma_run(acc1, grow + (ow + 1) * a.gs.w, xrow + (ow + 1) * xstep);
+            fma_run(acc2, grow + (ow + 2) * a.gs.w, xrow + (ow + 2) * xstep);
+            fma_run(acc3, grow + (ow + 3) * a.gs.w, xrow + (ow + 3) * xstep);
+          }
+          for (; ow < whi; ++ow) fma_run(acc0, grow + ow * a.gs.w, xrow + ow * xstep);
+        } else {
+          for (; ow < whi; ++ow) {
+            const T* gv = grow + ow * a.gs.w;
+            const T* xv = xrow + ow * xstep;
+            for (int64_t q = 0; q < cb; ++q) tail[q] += gv[q] * xv[q];
+          }
+        }
+      }
+    if (cb == L) {
+      const V sum = (acc0 + acc1) + (acc2 + acc3);
+      __builtin_memcpy(tail, &sum, sizeof(sum));
+    }
+    for (int64_t q = 0; q < cb; ++q) a.out[(c0 + q) * KK + t] = tail[q];
+  }
+};
+
+// w [O][KK] -> wt [KK][O]: one tap's weights across channels contiguous (channel-vector kernels).
+template <typename T>
+std::vector<T> dw_weight_by_tap(const ConvGeometry& s, const T* w) {
+  const int64_t KK = s.KH * s.KW;
+  std::vector<T> wt(static_cast<size_t>(KK * s.O));
+  for (int64_t o = 0; o < s.O; ++o)
+    for (int64_t t = 0; t < KK; ++t) wt[static_cast<size_t>(t * s.O + o)] = w[o * KK + t];
+  return wt;
+}
+
+// The ow range [lo, hi) whose input column lies inside the row, for each tap column j (the rows
+// kernels' inner loop bounds, computed once per call instead of once per row).
+inline std::vector<int64_t> dw_column_ranges(const ConvGeometry& s) {
+  std::vector<int64_t> r(static_cast<size_t>(2 * s.KW));
+  for (int64_t j = 0; j < s.KW; ++j) valid_range(j * s.dil_w - s.pad_w, s.stride_w, s.W, s.OW, r[2 * j], r[2 * j + 1]);
+  return r;
+}
+
+// Below this output width an NCHW (or other non-channels-last) depthwise convolution with m == 1 is
+// run by the channel-vector kernels on channels_last copies: the rows kernels' inner loops are then
+// too short to vectorise (MobileNetV2 at 64x64 input: 4x4 planes of 576 channels ran 15x slower in
+// rows than the channel-vector kernel on the same data). Cost of the copies: one read and one
+// write of the input and of the output (dgrad: g and dx; wgrad: x and g).
+constexpr int64_t kDwRowsMinWidth = 32;
+
+// dst[n, h, w, c] (dense NHWC) = src[n, c, h, w] (any strides), or back (to_nhwc false). Unit =
+// one image; its channel planes are walked in memory order (sequential on the NCHW side, so the
+// hardware prefetcher follows) and the image's NHWC block (H*W*C elements, in L2 at MobileNet
+// sizes) at stride C. Walking a (n, h) row with all channels instead touches C lines a plane apart
+// per row: no stream for the prefetcher, and 4 KiB planes alias in one L1 set (measured 3x slower).
+template <typename T>
+void dw_relayout(bool to_nhwc, int64_t N, int64_t C, int64_t H, int64_t W, const T* src, Strides4 ss, T* dst,
+                 Strides4 ds) {
+  const int nt = N * C * H * W < kDwParallelMacs ? 1 : std::max(1, omp_get_max_threads());
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t n = 0; n < N; ++n) {
+    if (to_nhwc) {
+      T* img = dst + n * H * W * C;
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t h = 0; h < H; ++h) {
+          const T* sp = src + n * ss.n + c * ss.c + h * ss.h;
+          T* dp = img + h * W * C + c;
+          for (int64_t w_ = 0; w_ < W; ++w_) dp[w_ * C] = sp[w_ * ss.w];
+        }
+    } else {
+      const T* img = src + n * H * W * C;
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t h = 0; h < H; ++h) {
+          const T* sp = img + h * W * C + c;
+          T* dp = dst + n * ds.n + c * ds.c + h * ds.h;
+          for (int64_t w_ = 0; w_ < W; ++w_) dp[w_ * ds.w] = sp[w_ * C];
+        }
+    }
+  }
+}
+
+// A dense NHWC scratch copy of an [N, C, H, W] tensor (or uninitialised scratch when src is null:
+// no value-initialising memset, the kernel writes every element).
+template <typename T>
+struct DwNhwcCopy {
+  std::unique_ptr<T[]> buf;
+  Strides4 st;
+  DwNhwcCopy(int64_t N, int64_t C, int64_t H, int64_t W, const T* src, Strides4 ss)
+      : buf(new T[static_cast<size_t>(N * C * H * W)]), st{H * W * C, 1, W * C, C} {
+    if (src) dw_relayout(true, N, C, H, W, src, ss, buf.get(), st);
+  }
+};
+
+template <typename T>
+void dw_fwd(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, const T* bias, const T* res, Strides4 rs,
+            T* out, Strides4 os, Act act) {
+  const int64_t m = s.O / s.C, macs = s.N * s.O * s.OH * s.OW * s.KH * s.KW;
+  const std::vector<int64_t> wrange = dw_column_ranges(s);
+  DwArgs<T> a{s, m, x, xs, w, bias, res, rs, nullptr, {}, out, os, act, wrange.data()};
+  if (m == 1 && ((xs.c == 1 && os.c == 1) || s.OW < kDwRowsMinWidth)) {
+    const std::vector<T> wt = dw_weight_by_tap(s, w);
+    a.w = wt.data();
+    if (xs.c == 1 && os.c == 1) return dw_run<DwFwdNhwc<T>>(s.N * s.OH, macs, a, 0);
+    DwNhwcCopy<T> xt(s.N, s.C, s.H, s.W, x, xs), yt(s.N, s.O, s.OH, s.OW, nullptr, {});
+    a.x = xt.buf.get();
+    a.xs = xt.st;
+    a.out = yt.buf.get();
+    a.os = yt.st;
+    dw_run<DwFwdNhwc<T>>(s.N * s.OH, macs, a, 0);
+    dw_relayout(false, s.N, s.O, s.OH, s.OW, yt.buf.get(), yt.st, out, os);
+    return;
+  }
+  dw_run<DwFwdRows<T>>(s.N * s.O, macs, a, static_cast<size_t>(s.OW));
+}
+
+template <typename T>
+void dw_bwd_data(const ConvGeometry& s, const T* g, Strides4 gs, const T* w, T* dx, Strides4 xs) {
+  const int64_t m = s.O / s.C, macs = s.N * s.O * s.OH * s.OW * s.KH * s.KW;
+  const std::vector<int64_t> wrange = dw_column_ranges(s);
+  DwArgs<T> a{s, m, g, gs, w, nullptr, nullptr, {}, nullptr, {}, dx, xs, Act::None, wrange.data()};
+  if (m == 1 && ((gs.c == 1 && xs.c == 1) || s.OW < kDwRowsMinWidth)) {
+    const std::vector<T> wt = dw_weight_by_tap(s, w);
+    a.w = wt.data();
+    if (gs.c == 1 && xs.c == 1) return dw_run<DwDgradNhwc<T>>(s.N * s.H, macs, a, 0);
+    DwNhwcCopy<T> gt(s.N, s.O, s.OH, s.OW, g, gs), dxt(s.N, s.C, s.H, s.W, nullptr, {});
+    a.x = gt.buf.get();
+    a.xs = gt.st;
+    a.out = dxt.buf.get();
+    a.os = dxt.st;
+    dw_run<DwDgradNhwc<T>>(s.N * s.H, macs, a, 0);
+    dw_relayout(false, s.N, s.C, s.H, s.W, dxt.buf.get(), dxt.st, dx, xs);
+    return;
+  }
+  dw_run<DwDgradRows<T>>(s.N * s.C, macs, a, static_cast<size_t>(s.H * s.W));
+}
+
+template <typename T>
+void dw_bwd_weight(const ConvGeometry& s, const T* g, Strides4 gs, const T* x, Strides4 xs, T* dw) {
+  const int64_t m = s.O / s.C, macs = s.N * s.O * s.OH * s.OW * s.KH * s.KW;
+  const std::vector<int64_t> wrange = dw_column_ranges(s);
+  DwArgs<T> a{s, m, x, xs, nullptr, nullptr, nullptr, {}, g, gs, dw, {}, Act::None, wrange.data()};
+  if (m == 1 && ((gs.c == 1 && xs.c == 1) || s.OW < kDwRowsMinWidth)) {
+    const int64_t runs = (s.C + kDwLanes<T> - 1) / kDwLanes<T>;
+    if (gs.c == 1 && xs.c == 1) return dw_run<DwWgradNhwc<T>>(runs * s.KH * s.KW, macs, a, 0);
+    DwNhwcCopy<T> xt(s.N, s.C, s.H, s.W, x, xs), gt(s.N, s.O, s.OH, s.OW, g, gs);
+    a.x = xt.buf.get();
+    a.xs = xt.st;
+    a.g = gt.buf.get();
+    a.gs = gt.st;
+    dw_run<DwWgradNhwc<T>>(runs * s.KH * s.KW, macs, a, 0);
+    return;
+  }
+  dw_run<DwWgradRows<T>>(s.O, macs, a, static_cast<size_t>(s.KH * s.KW * s.OW));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------------
 // ---------------------------------------------------------------------------------------------
@@ -415,6 +1001,7 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
                   Strides4 rs, T* out, Strides4 os, Act act) {
   check_collapsible("out", s.OH, s.OW, os);
   const Plan pl = make_plan(s, xs);
+  if (depthwise(s)) return dw_fwd(s, x, xs, w, bias, res, rs, out, os, act);
   const bool pixel_major = os.c == 1 && s.O > 1;
   const int64_t units = s.N * s.groups;
   if (units == 0 || pl.P == 0 || s.O == 0) return;
@@ -497,6 +1084,7 @@ template <typename T>
 void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T* w, T* dx, Strides4 xs) {
   check_collapsible("grad", s.OH, s.OW, gs);
   check_collapsible("grad_input", s.H, s.W, xs);
+  if (depthwise(s)) return dw_bwd_data(s, gr, gs, w, dx, xs);
   const Plan pl = make_plan(s, xs);
   const int64_t units = s.N * s.groups;
   if (units == 0 || s.C == 0) return;
@@ -540,6 +1128,7 @@ void conv2d_bwd_weight_t(const ConvGeometry& s, const T* gr, Strides4 gs, const 
   check_collapsible("grad", s.OH, s.OW, gs);
   const Plan pl = make_plan(s, xs);
   const int64_t units = s.N * s.groups;
+  if (depthwise(s)) return dw_bwd_weight(s, gr, gs, x, xs, dw);
   const size_t wsize = static_cast<size_t>(s.O * pl.K);
   std::fill(dw, dw + wsize, T(0));
   if (units == 0 || wsize == 0 || pl.P == 0) return;

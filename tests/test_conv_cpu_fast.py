@@ -1,0 +1,196 @@
+"""The CPU convolution's direct kernels (csrc/cpu/conv.cpp) against float64 PyTorch, forward and
+backward, on the cpu backend's entry points (pyimgcls/backends/cpu/conv.py) and through ops.conv2d.
+
+Depthwise (groups == C > 1, O = m*C) paths and what selects them:
+  channel-vector kernels  x / g / dx channels_last, m == 1   (runs of 16 float / 8 double channels:
+                          full runs, a partial last run; four-pixel blocks in the interior of a row
+                          without residual; interior / edge taps; stride-1 dgrad without checks)
+  channels_last copies    m == 1, not channels_last, OW < 32 (the same kernels on NHWC scratch copies)
+  rows kernels            everything else: NCHW with OW >= 32 (unit-stride and strided inner loops),
+                          any layout with m > 1
+Threading: above 2^18 multiply-adds the units are spread over OpenMP threads; each case runs with 1
+and 2 threads. wgrad sums each weight on one thread in a fixed order, so it is bit-identical for any
+thread count (checked). Outputs are poisoned with NaN before every kernel (conftest)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pyimgcls
+from pyimgcls import backends, ops
+
+from helpers import assert_close_to_reference, omp_threads
+
+K = backends.kernels("cpu", "conv")
+
+# (name, N, C, H, W, m, kernel, stride, padding, dilation); MACs = N*C*m*OH*OW*KH*KW
+CASES = [
+    ("runs_blocks", 2, 48, 24, 24, 1, 3, 1, 1, 1),        # 3 full runs, interior blocks, threaded (497K MACs)
+    ("partial_run", 1, 19, 9, 11, 1, 3, 1, 1, 1),         # one full run + 3 channels
+    ("stride2", 2, 32, 17, 15, 1, 3, 2, 1, 1),
+    ("dilated_rect", 1, 35, 12, 13, 1, (5, 3), (1, 2), (4, 1), (2, 1)),
+    ("wide_rows", 3, 24, 13, 37, 1, 3, 1, 1, 1),          # NCHW: rows kernels (OW 37), threaded (311K)
+    ("wide_rows_s2", 2, 8, 9, 70, 1, 3, 2, 1, 1),         # NCHW rows, strided inner loop (OW 35)
+    ("mult2", 2, 8, 7, 9, 2, 3, 1, 1, 1),                 # channel multiplier: rows in every layout
+    ("mult3_s2_wide", 2, 5, 9, 66, 3, 3, 2, 0, 1),
+    ("mult2_threaded", 2, 16, 20, 20, 2, 3, 1, 1, 1),     # 369K MACs
+    ("one_pixel", 1, 16, 1, 1, 1, 3, 1, 1, 1),            # every tap but the centre in the padding
+    ("kernel_eq_input", 2, 16, 3, 3, 1, 3, 1, 0, 1),      # output 1x1, no padding
+    ("kernel_gt_input", 1, 17, 2, 2, 1, 3, 1, 2, 2),      # taps land in padding on both sides
+]
+LAYOUTS = ["nchw", "channels_last", "channels_last_sliced", "nchw_strided"]
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _make_input(N, C, H, W, layout, dtype, gen):
+    if layout == "nchw":
+        return torch.randn(N, C, H, W, dtype=dtype, generator=gen)
+    if layout == "channels_last":
+        return torch.randn(N, C, H, W, dtype=dtype, generator=gen).contiguous(memory_format=torch.channels_last)
+    if layout == "channels_last_sliced":  # unit channel stride, but rows longer than W*C
+        big = torch.randn(N, C, H, W + 3, dtype=dtype, generator=gen).contiguous(memory_format=torch.channels_last)
+        x = big[:, :, :, 1:W + 1]
+        assert x.stride(1) == 1 and (H * W == 1 or not x.is_contiguous(memory_format=torch.channels_last))
+        return x
+    big = torch.randn(N, C, H, 2 * W, dtype=dtype, generator=gen)  # NCHW with w stride 2
+    return big[:, :, :, ::2]
+
+
+def _geom(case):
+    name, N, C, H, W, m, k, s, p, d = case
+    kh, kw = _pair(k)
+    sh, sw = _pair(s)
+    ph, pw = _pair(p)
+    dh, dw = _pair(d)
+    return N, C, H, W, m, (kh, kw), [sh, sw], [ph, pw, ph, pw], [dh, dw], (ph, pw)
+
+
+def _reference(x, w, b, res, stride, pad2, dil, groups, act, g):
+    """float64 forward (conv + bias + residual + act) and, for the plain conv, dx and dw for grad g."""
+    x64 = x.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    y = F.conv2d(x64, w64, None, stride, pad2, dil, groups)
+    dx, dw = torch.autograd.grad(y, (x64, w64), g.double())
+    out = y.detach() + (b.double().view(1, -1, 1, 1) if b is not None else 0)
+    if res is not None:
+        out = out + res.double()
+    out = [out, out.relu(), out.clamp(0, 6)][act]
+    return out, dx, dw
+
+
+def _run_case(case, layout, dtype, bias=False, residual=False, act=0, seed=0):
+    N, C, H, W, m, (kh, kw), stride, pad, dil, pad2 = _geom(case)
+    gen = torch.Generator().manual_seed(seed)
+    x = _make_input(N, C, H, W, layout, dtype, gen)
+    w = torch.randn(C * m, 1, kh, kw, dtype=dtype, generator=gen)
+    b = torch.randn(C * m, dtype=dtype, generator=gen) if bias else None
+    out = K.conv2d(x, w, b, None, stride, pad, dil, C, 0)
+    res = torch.randn(out.shape, dtype=dtype, generator=gen) if residual else None
+    if res is not None:
+        out = K.conv2d(x, w, b, res, stride, pad, dil, C, act)
+    elif act or bias:
+        out = K.conv2d(x, w, b, None, stride, pad, dil, C, act)
+    g = torch.randn(out.shape, dtype=dtype, generator=gen)
+    if out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous():
+        g = g.contiguous(memory_format=torch.channels_last)  # grad_pre arrives in the output's layout
+    dx = K.dgrad(g, x, w, stride, pad, dil, C)
+    dw = K.wgrad(g, x, w, stride, pad, dil, C)
+    ref_out, ref_dx, ref_dw = _reference(x, w, b, res, stride, pad2, dil, C, act, g)
+    return (out, dx, dw), (ref_out, ref_dx, ref_dw), x
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_depthwise_fwd_dgrad_wgrad(case, layout, dtype, threads):
+    with omp_threads(threads):
+        (out, dx, dw), (ref_out, ref_dx, ref_dw), x = _run_case(case, layout, dtype)
+    # formats follow PyTorch: dx like x's suggested format, dw contiguous like w
+    assert dx.is_contiguous(memory_format=torch.channels_last if layout.startswith("channels_last")
+                            else torch.contiguous_format)
+    assert dw.is_contiguous()
+    assert_close_to_reference(out, ref_out)
+    assert_close_to_reference(dx, ref_dx, scale=max(1.0, ref_dx.abs().max().item()))
+    # wgrad sums N*OH*OW products per weight
+    assert_close_to_reference(dw, ref_dw, scale=max(1.0, ref_dw.abs().max().item()))
+
+
+EPILOGUE_CASES = [c for c in CASES if c[0] in ("runs_blocks", "partial_run", "wide_rows", "mult2", "stride2")]
+
+
+@pytest.mark.parametrize("bias,residual,act", [(True, False, 1), (False, True, 2), (True, True, 1), (True, False, 0)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", EPILOGUE_CASES, ids=[c[0] for c in EPILOGUE_CASES])
+def test_depthwise_epilogue(case, layout, bias, residual, act):
+    """bias + residual + relu / relu6 fused into each forward kernel (the four-pixel blocks run without
+    a residual, single pixels with one; an NCHW residual read by the channel-vector kernel through
+    the channels_last copy path has channel stride != 1)."""
+    (out, _, _), (ref_out, _, _), _ = _run_case(case, layout, torch.float32, bias, residual, act, seed=3)
+    assert_close_to_reference(out, ref_out)
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("runs_blocks", "partial_run", "wide_rows_s2", "mult2")],
+                         ids=lambda c: c[0])
+def test_depthwise_every_instruction_set(case, layout, isa, monkeypatch):
+    """Each body is compiled for baseline x86-64, AVX2 and AVX-512 (clamped to what the CPU has)."""
+    monkeypatch.setenv("PYIMGCLS_CPU_ISA", isa)
+    for dtype in (torch.float32, torch.float64):
+        (out, dx, dw), (ref_out, ref_dx, ref_dw), _ = _run_case(case, layout, dtype, bias=True, act=2, seed=5)
+        assert_close_to_reference(out, ref_out)
+        assert_close_to_reference(dx, ref_dx, scale=max(1.0, ref_dx.abs().max().item()))
+        assert_close_to_reference(dw, ref_dw, scale=max(1.0, ref_dw.abs().max().item()))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("runs_blocks", "wide_rows", "mult2_threaded")],
+                         ids=lambda c: c[0])
+def test_depthwise_bit_identical_across_threads(case, layout):
+    """Every output element (and every weight gradient) is computed by one thread in a fixed order."""
+    results = []
+    for threads in (1, 2):
+        with omp_threads(threads):
+            results.append(_run_case(case, layout, torch.float32, bias=True, seed=7)[0])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("m,stride,dil", [(1, 1, 1), (1, 2, 1), (2, 1, 2)])
+def test_depthwise_gradcheck(layout, m, stride, dil):
+    """ops.conv2d on the cpu backend, float64: analytic gradients of input, weight and bias."""
+    gen = torch.Generator().manual_seed(11)
+    C = 3
+    x = torch.randn(2, C, 6, 5, dtype=torch.float64, generator=gen)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(C * m, 1, 3, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(C * m, dtype=torch.float64, generator=gen, requires_grad=True)
+    with pyimgcls.use_backend("cpu"):
+        assert torch.autograd.gradcheck(lambda x_, w_, b_: ops.conv2d(x_, w_, b_, stride, 1, dil, C), (x, w, b))
+
+
+def test_depthwise_mobilenet_shapes_through_the_op():
+    """The MobileNetV2 block shapes at 64x64 input (batch 2), forward and backward through ops.conv2d
+    with relu6 fused, against PyTorch's own float64 computation."""
+    gen = torch.Generator().manual_seed(13)
+    for C, H, s in ((32, 32, 1), (96, 32, 2), (144, 16, 1), (576, 4, 1), (960, 2, 1)):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(2, C, H, H, generator=gen).contiguous(memory_format=fmt).requires_grad_()
+            w = torch.randn(C, 1, 3, 3, generator=gen).requires_grad_()
+            with pyimgcls.use_backend("cpu"):
+                y = ops.conv2d(x, w, None, s, 1, 1, C, activation="relu6")
+            g = torch.randn(y.shape, generator=gen)
+            dx, dw = torch.autograd.grad(y, (x, w), g)
+            x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+            y64 = F.conv2d(x64, w64, None, s, 1, 1, C).clamp(0, 6)
+            dx64, dw64 = torch.autograd.grad(y64, (x64, w64), g.double())
+            assert_close_to_reference(y, y64)
+            assert_close_to_reference(dx, dx64, scale=max(1.0, dx64.abs().max().item()))
+            assert_close_to_reference(dw, dw64, scale=max(1.0, dw64.abs().max().item()))
