@@ -555,14 +555,15 @@ def check_triton(modules, caps, dtypes, jobs_n, cuobjdump, use_cache=True, log=N
                 futs = {ex.submit(compile_job, j, cuobjdump): j for j in todo}
                 results = []
                 for fut in cf.as_completed(futs):
-                    j = futs[fut]
-                    results.append((j, fut.result()))
+                    j, res = futs[fut], fut.result()
+                    results.append((j, res))
+                    _store(j, res)  # at once: an interrupted run keeps what it compiled
                     if log:
-                        log(f"  compiled {len(results)}/{len(todo)}: {j['kernel']} {j['dtype']} sm_{j['cap']} "
-                            f"{j['config']} ({results[-1][1]['compile_s']} s)")
+                        row = {**_public(j), **res}
+                        log(f"  [{len(results)}/{len(todo)} compiled, {res['compile_s']} s] "
+                            + triton_line({**row, "violations": triton_verdict(row)}))
         for j, res in results:
-            with open(os.path.join(CACHE_DIR, j["key"] + ".json"), "w") as f:
-                json.dump(res, f)
+            _store(j, res)
             rows.append({**_public(j), **res, "cached": False})
     for r in rows:
         r["violations"] = triton_verdict(r)
@@ -571,6 +572,11 @@ def check_triton(modules, caps, dtypes, jobs_n, cuobjdump, use_cache=True, log=N
     stats = dict(jobs=len(all_jobs), compiled=len(todo), cached=len(all_jobs) - len(todo),
                  compile_wall_s=round(time.time() - t0, 1))
     return rows, problems, stats
+
+
+def _store(job, res):
+    with open(os.path.join(CACHE_DIR, job["key"] + ".json"), "w") as f:
+        json.dump(res, f)
 
 
 def _public(job):
