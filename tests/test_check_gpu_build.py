@@ -58,6 +58,15 @@ def test_parse_sass_counts_hmma_spills_and_division_calls():
     assert small.arch == "sm_80" and small.count("LDS") == 1 and small.spills == 0 and small.div_calls == 0
 
 
+def test_parse_sass_keeps_the_arch_specific_name():
+    # a fatbin names the arch "sm_90a", its code section "sm_90"; the next arch starts afresh
+    text = ("arch = sm_90a\n" + sass_kernel("_Z1av", ["EXIT"], arch="sm_90")
+            + "arch = sm_80\n" + sass_kernel("_Z1av", ["EXIT"], arch="sm_80"))
+    assert [k.arch for k in cgb.parse_sass(text)] == ["sm_90a", "sm_80"]
+    res = "arch = sm_90a\nResource usage:\n Function _Z1av:\n  REG:8 STACK:0 SHARED:0 LOCAL:0\n"
+    assert list(cgb.parse_res_usage(res)) == [("sm_90a", "_Z1av")]
+
+
 def test_division_routine_needs_a_reciprocal_after_exit():
     body = conv_body(hmma=4, div_calls=3)
     body[-3] = "IMAD R6, R6, R4, RZ"  # the subroutine without MUFU.RCP: not a division

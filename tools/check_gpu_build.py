@@ -106,6 +106,16 @@ class SassKernel:
 
 
 _ARCH_RE = re.compile(r"^\s*(?:code for|arch =)\s*(sm_\w+)")
+
+
+def _arch(line, current):
+    """The arch a cuobjdump line starts, else ``current``. A fatbin says "arch = sm_90a" then
+    "code for sm_90": keep the arch-specific name."""
+    m = _ARCH_RE.match(line)
+    if not m:
+        return current
+    new = m.group(1)
+    return current if current and current.rstrip("a") == new.rstrip("a") else new
 _FUNC_RE = re.compile(r"^\s*Function\s*:\s*(\S+)")
 # "/*0a70*/  @!P0 HMMA.16816.F32 R4, R8, R12, R4 ;" -> 0xa70, HMMA, .16816.F32; predicates skipped.
 _INSN_RE = re.compile(r"^\s*/\*([0-9a-fA-F]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\s*(.*?);")
@@ -146,9 +156,8 @@ def parse_sass(text: str) -> list[SassKernel]:
     block (after its EXIT), so their instructions count too."""
     kernels, arch, cur = [], None, None
     for line in text.splitlines():
-        m = _ARCH_RE.match(line)
-        if m:
-            arch, cur = m.group(1), None
+        if _ARCH_RE.match(line):
+            arch, cur = _arch(line, None if line.lstrip().startswith("arch =") else arch), None
             continue
         m = _FUNC_RE.match(line)
         if m:
@@ -183,9 +192,8 @@ def parse_res_usage(text: str) -> dict:
     """`cuobjdump -res-usage` -> {(arch, mangled): {"REG": n, "STACK": n, "SHARED": n, "LOCAL": n, ...}}."""
     out, arch, func = {}, None, None
     for line in text.splitlines():
-        m = _ARCH_RE.match(line)
-        if m:
-            arch = m.group(1)
+        if _ARCH_RE.match(line):
+            arch = _arch(line, None if line.lstrip().startswith("arch =") else arch)
             continue
         m = _RES_FUNC_RE.match(line)
         if m:
@@ -268,7 +276,8 @@ def sass_verdict(k: SassKernel, src: str) -> list[str]:
     bad = []
     name = base_name(k.mangled)
     if k.spills:
-        bad.append(f"{k.count('LDL')} LDL + {k.count('STL')} STL (local-memory spills)")
+        bad.append(f"{k.count('LDL')} LDL + {k.count('STL')} STL (local memory: register spills or a "
+                   f"dynamically indexed local array)")
     if "/sm90/" in src:
         if not k.count("HGMMA"):
             bad.append("no HGMMA in an sm_90a-only kernel")

@@ -38,13 +38,6 @@ def _row_config(names, row):
     return cfg(num_warps, num_stages, **dict(zip(names, meta, strict=True)))
 
 
-def config_table(names, rows, interpret_row):
-    """Autotune configs from a table: each row holds the values of the meta-parameters ``names``, in
-    order, then num_warps and num_stages; ``interpret_row`` is the one config used under the
-    interpreter. Keeps each kernel's tuning table to its numbers."""
-    return autotune_configs([_row_config(names, r) for r in rows], _row_config(names, interpret_row))
-
-
 def pipeline_smem(config, dtype):
     """Upper bound of the shared memory (bytes) a tl.dot main loop stages: num_stages buffers of the
     BLOCK_M x BLOCK_K and BLOCK_K x BLOCK_N operand tiles (Triton keeps num_stages - 1 of them on the
@@ -93,9 +86,10 @@ class TunedTable:
 
 
 def tuned_table(names, tables, interpret_row):
-    """Per-dtype autotune table: ``tables`` maps a tuple of dtype names (FP16, FP32, FP64) to rows as
-    in ``config_table`` (meta-parameters ``names``, then num_warps, num_stages). A row listed for
-    several groups is one config. Under the interpreter: ``interpret_row`` alone, for every dtype."""
+    """Per-dtype autotune table: ``tables`` maps a tuple of dtype names (FP16, FP32, FP64) to rows,
+    each the values of the meta-parameters ``names`` in order, then num_warps and num_stages; a row
+    listed for several groups is one config. Under the interpreter: ``interpret_row`` alone, for
+    every dtype. Keeps each kernel's tuning table to its numbers."""
     by_row = {}
     for dtypes, rows in tables.items():
         for row in rows:
