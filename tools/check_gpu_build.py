@@ -482,14 +482,20 @@ def compile_job(job, cuobjdump):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.runtime.autotuner import Autotuner
 
     _prepare_triton_env()
     mod = _import_module(job["module"], job["path"])
     fn = getattr(mod, job["attr"])
-    fn = getattr(fn, "fn", fn)  # an Autotuner's JITFunction
+    if isinstance(fn, Autotuner):
+        fn = fn.fn
     t0 = time.time()
     src = ASTSource(fn, job["signature"], job["constexprs"], job["attrs"])
-    k = triton.compile(src, target=GPUTarget("cuda", job["cap"], 32), options=job["options"])
+    try:
+        k = triton.compile(src, target=GPUTarget("cuda", job["cap"], 32), options=job["options"])
+    except Exception as e:  # noqa: BLE001 - reported as this config's violation
+        return dict(regs=None, stack=None, ldl=0, stl=0, shared=0, mma=0, compile_s=round(time.time() - t0, 1),
+                    error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
         with open(path, "wb") as f:
@@ -516,7 +522,7 @@ def _worker_init():
 
 
 def triton_verdict(row) -> list[str]:
-    bad = []
+    bad = [f"does not compile: {row['error']}"] if row.get("error") else []
     if row["ldl"] or row["stl"]:
         bad.append(f"{row['ldl']} LDL + {row['stl']} STL (spills; {row['regs']} registers, "
                    f"{row['stack']} B stack)")
@@ -566,13 +572,15 @@ def check_triton(modules, caps, dtypes, jobs_n, cuobjdump, use_cache=True, log=N
                 for fut in cf.as_completed(futs):
                     j, res = futs[fut], fut.result()
                     results.append((j, res))
-                    _store(j, res)  # at once: an interrupted run keeps what it compiled
+                    if not res.get("error"):
+                        _store(j, res)  # at once: an interrupted run keeps what it compiled
                     if log:
                         row = {**_public(j), **res}
                         log(f"  [{len(results)}/{len(todo)} compiled, {res['compile_s']} s] "
                             + triton_line({**row, "violations": triton_verdict(row)}))
         for j, res in results:
-            _store(j, res)
+            if not res.get("error"):  # a failed compile is retried next time
+                _store(j, res)
             rows.append({**_public(j), **res, "cached": False})
     for r in rows:
         r["violations"] = triton_verdict(r)

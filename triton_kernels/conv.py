@@ -43,7 +43,8 @@ from .common import acc_zeros, apply_act, grouped_tile, mma, tile_offsets
 # fits the device's shared memory. The gathered (implicit-GEMM) loads keep int64 address and mask
 # tiles live per pipeline stage, so fp32 (FMA) and fp64 rows use small K steps, 2 stages and 8 warps
 # on big tiles: the 4-stage 128-wide rows spill at 255 registers there, and so do 128 x 128 in fp32
-# and 32 x 32 (4 warps) in fp64 even at 2 stages (sm_90, ptxas of Triton 3.6). tools/check_gpu_build.py
+# and 32 x 32 (4 warps) in fp64 even at 2 stages, as does the fp32 wgrad at 128 x 64 x 32 (8 warps,
+# 3 stages) while 64 x 128 does not (sm_90, ptxas of Triton 3.6). tools/check_gpu_build.py
 # compiles every row for sm_80 and sm_90.
 _MNK = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
 _IGEMM = tuned_table(_MNK + ("GROUP_M",), {
@@ -55,7 +56,7 @@ _IGEMM = tuned_table(_MNK + ("GROUP_M",), {
 }, (16, 16, 16, 4, 4, 1))
 _WGRAD = tuned_table(_MNK, {
     FP16: [(128, 128, 32, 8, 3), (64, 128, 32, 4, 4), (128, 64, 32, 4, 4), (64, 64, 64, 4, 4), (32, 32, 64, 4, 3)],
-    FP32: [(128, 128, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 64, 4, 4), (32, 32, 64, 4, 3)],
+    FP32: [(128, 128, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 64, 4, 4), (32, 32, 64, 4, 3)],
     FP64: [(64, 64, 32, 8, 2), (64, 32, 32, 4, 2), (32, 32, 64, 4, 3), (32, 32, 32, 4, 3)],
 }, (16, 16, 16, 4, 1))
 # The depthwise kernel has no K pipeline (num_stages 1, no shared memory): one table for every dtype.
