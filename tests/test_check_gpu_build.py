@@ -229,6 +229,19 @@ def test_tuned_table_selects_per_dtype_and_arch(monkeypatch):
     assert [c.kwargs["BLOCK_K"] for c in prune.select(t.configs, "float64", 0, smem_limit=1)] == [32]
 
 
+def test_tuned_table_rows_for_one_arch(monkeypatch):
+    monkeypatch.setattr(_config, "INTERPRET", False)
+    t = _config.tuned_table(("BLOCK_M", "BLOCK_N", "BLOCK_K"), {
+        _config.FP16: [(64, 64, 32, 4, 4)],
+        _config.FP16 + (90,): [(128, 128, 64, 8, 3)],
+    }, (16, 16, 16, 4, 1))
+    prune = t.prune["early_config_prune"]
+    assert [c.kwargs["BLOCK_M"] for c in prune.select(t.configs, "float16", 90)] == [64, 128]
+    assert [c.kwargs["BLOCK_M"] for c in prune.select(t.configs, "float16", 80)] == [64]
+    assert [c.kwargs["BLOCK_M"] for c in prune.select(t.configs, "float16", 89, 99 * 1024)] == [64]
+    assert prune.select(t.configs, "float32", 90) == []
+
+
 def test_early_config_prune_reads_the_dtype_of_the_first_tensor(monkeypatch):
     import torch
     t = _table(monkeypatch)

@@ -418,8 +418,8 @@ def _config_str(cfg):
 def _jobs_for(module_name, module, probes, dtypes, caps):
     """One job per (kernel launch, dtype, arch, selectable config), with everything the compile needs
     in picklable form. Kernels the probes launch without autotuning (e.g. the split reduction) are
-    checked at the launch's own num_warps / num_stages. Also returns the autotuned kernels of the
-    module that no probe launched."""
+    checked at the launch's own num_warps / num_stages. Also returns the problems: autotuned kernels
+    of the module that no probe launched, launches for which the pruning leaves no config."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
@@ -428,13 +428,15 @@ def _jobs_for(module_name, module, probes, dtypes, caps):
 
     tuned = {id(v): name for name, v in vars(module).items() if isinstance(v, Autotuner)}
     launches = _record_launches(probes, dtypes)
-    covered, jobs, done = set(), [], set()
+    covered, jobs, done, empty = set(), [], set(), []
     for cap in caps:
         backend = make_backend(GPUTarget("cuda", cap, 32))
         for kern, probe, dt, args, kwargs in launches:
             covered.add(id(kern))
             if isinstance(kern, Autotuner):
                 fn, configs = kern.fn, selectable_configs(kern, dt, cap)
+                if not configs:
+                    empty.append(f"{_kernel_name(kern)}: no config left for {dt} on sm_{cap}")
             else:
                 fn, configs = kern, [None]
             binder = create_function_from_signature(fn.signature, fn.params, backend)
@@ -455,8 +457,9 @@ def _jobs_for(module_name, module, probes, dtypes, caps):
                 jobs.append(dict(module=fn.fn.__module__, path=_import_root(fn), attr=fn.__name__, kernel=fn.__name__, probe=probe,
                                  dtype=dt, cap=cap, config=label, autotuned=cfg is not None, signature=signature,
                                  constexprs=constexprs, attrs=attrs, options=options.__dict__, key=key))
-    missing = [name for i, name in tuned.items() if i not in covered]
-    return jobs, missing
+    missing = [f"{name}: autotuned but no probe launches it (add one to PROBES in tools/check_gpu_build.py)"
+               for i, name in tuned.items() if i not in covered]
+    return jobs, missing + sorted(set(empty))
 
 
 def _import_module(spec, path=None):
@@ -549,8 +552,7 @@ def check_triton(modules, caps, dtypes, jobs_n, cuobjdump, use_cache=True, log=N
         for j in jobs:
             j["ladder"] = j["module"].rsplit(".", 1)[-1] in LADDER_TRITON_MODULES
         all_jobs += jobs
-        problems += [f"{spec}.{name}: autotuned but no probe launches it (add one to PROBES in "
-                     f"tools/check_gpu_build.py)" for name in missing]
+        problems += [f"{spec}.{p}" for p in missing]
     os.makedirs(CACHE_DIR, exist_ok=True)
     rows, todo = [], []
     for j in all_jobs:

@@ -50,18 +50,20 @@ def pipeline_smem(config, dtype):
 
 class DtypeArchPrune:
     """``early_config_prune`` of a tuned table: the launch's dtype (of its first tensor argument)
-    picks the rows written for it; the device's compute capability drops the rows whose pipeline
-    (``pipeline_smem``) exceeds its shared memory. ``select`` is the same choice for a named dtype
+    picks the rows written for it; the device's compute capability drops the rows written for other
+    archs and those whose pipeline (``pipeline_smem``) exceeds its shared memory. ``select`` is the same choice for a named dtype
     and capability, which tools/check_gpu_build.py uses to compile exactly the selectable configs."""
 
     def select(self, configs, dtype, cap, smem_limit=None):
         limit = smem_limit if smem_limit is not None else SMEM_LIMIT.get(cap)
-        mine = [c for c in configs if dtype in c.dtypes]
+        mine = [c for c in configs if dtype in c.dtypes and (c.caps is None or cap is None or cap in c.caps)]
         if limit is None:
             return mine
         fits = [c for c in mine if pipeline_smem(c, dtype) <= limit]
-        # An arch smaller than every row (none today): the leanest row rather than no config.
-        return fits or [min(mine, key=lambda c: pipeline_smem(c, dtype))]
+        if not fits and mine:
+            # An arch smaller than every row (none today): the leanest row rather than no config.
+            fits = [min(mine, key=lambda c: pipeline_smem(c, dtype))]
+        return fits
 
     def __call__(self, configs, named_args, **kwargs):
         import torch
@@ -86,19 +88,22 @@ class TunedTable:
 
 
 def tuned_table(names, tables, interpret_row):
-    """Per-dtype autotune table: ``tables`` maps a tuple of dtype names (FP16, FP32, FP64) to rows,
-    each the values of the meta-parameters ``names`` in order, then num_warps and num_stages; a row
-    listed for several groups is one config. Under the interpreter: ``interpret_row`` alone, for
-    every dtype. Keeps each kernel's tuning table to its numbers."""
+    """Per-dtype autotune table: ``tables`` maps a tuple of dtype names (FP16, FP32, FP64), optionally
+    followed by compute capabilities (``FP16 + (90,)``: those archs only, for rows that spill on
+    others), to rows, each the values of the meta-parameters ``names`` in order, then num_warps and
+    num_stages. Under the interpreter: ``interpret_row`` alone, for every dtype. Keeps each kernel's
+    tuning table to its numbers."""
     by_row = {}
-    for dtypes, rows in tables.items():
+    for key, rows in tables.items():
+        dtypes = {k for k in key if isinstance(k, str)}
+        caps = frozenset(k for k in key if isinstance(k, int)) or None
         for row in rows:
-            by_row.setdefault(tuple(row), set()).update(dtypes)
+            by_row.setdefault((tuple(row), caps), set()).update(dtypes)
     configs = []
-    for row, dtypes in by_row.items():
+    for (row, caps), dtypes in by_row.items():
         c = _row_config(names, row)
-        c.dtypes = frozenset(dtypes)
+        c.dtypes, c.caps = frozenset(dtypes), caps
         configs.append(c)
     interp = _row_config(names, interpret_row)
-    interp.dtypes = frozenset(ITEMSIZE)
+    interp.dtypes, interp.caps = frozenset(ITEMSIZE), None
     return TunedTable(autotune_configs(configs, interp), {"early_config_prune": DtypeArchPrune()})
