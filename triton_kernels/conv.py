@@ -41,21 +41,37 @@ import triton
 import triton.language as tl
 
 from . import common
-from ._config import INTERPRET, config_table
+from ._config import FP16, FP32, FP64, INTERPRET, tuned_table
 from .common import acc_zeros, apply_act, grouped_tile, mma, tile_offsets
 
-# Rows: the meta-parameters named first, then num_warps, num_stages; the last tuple is the interpreter's.
+# Rows per dtype: the meta-parameters named first, then num_warps, num_stages; the last tuple is the
+# interpreter's. _config.DtypeArchPrune keeps the rows of the launch's dtype whose operand pipeline
+# fits the device's shared memory. The gathered (implicit-GEMM) loads keep int64 address and mask
+# tiles live per pipeline stage, so fp32 (FMA) and fp64 rows use small K steps, 2 stages and 8 warps
+# on big tiles: the 4-stage 128-wide rows spill at 255 registers there, and so do 128 x 128 in fp32
+# and 32 x 32 (4 warps) in fp64 even at 2 stages, as does the fp32 wgrad at 128 x 64 x 32 (8 warps,
+# 3 stages) while 64 x 128 does not (sm_90, ptxas of Triton 3.6). fp16/bf16: 128 x 128 x 32 on 4 warps
+# and 64 x 16 x 16 on 2 warps spill in the fwd / dgrad kernels; the BLOCK_K = 64 rows and 128 x 32 x 32
+# spill on sm_80 (mma.sync holds its operands in registers, wgmma reads them from shared memory):
+# sm_90 only. sm_80 keeps the one 64 x 64 x 32 row until new rows are measured there. tools/check_gpu_build.py
+# compiles every row for sm_80 and sm_90.
 _MNK = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
-_IGEMM_CONFIGS = config_table(_MNK + ("GROUP_M",), [
-    (128, 128, 64, 8, 8, 3), (128, 64, 64, 8, 4, 4), (64, 128, 64, 8, 4, 4), (128, 128, 32, 8, 4, 4),
-    (64, 64, 32, 8, 4, 4), (128, 32, 32, 8, 4, 4), (64, 16, 16, 8, 2, 3),
-], (16, 16, 16, 4, 4, 1))
-_WGRAD_CONFIGS = config_table(_MNK, [
-    (128, 128, 32, 8, 3), (64, 128, 32, 4, 4), (128, 64, 32, 4, 4), (64, 64, 64, 4, 4), (32, 32, 64, 4, 3),
-], (16, 16, 16, 4, 1))
-_DW_CONFIGS = config_table(("BLOCK_M", "BLOCK_C"), [
-    (32, 64, 4, 1), (64, 32, 4, 1), (16, 128, 4, 1), (128, 8, 4, 1),
-], (16, 8, 4, 1))
+_IGEMM = tuned_table(_MNK + ("GROUP_M",), {
+    FP16: [(64, 64, 32, 8, 4, 4)],
+    FP16 + (90,): [(128, 128, 64, 8, 8, 3), (128, 64, 64, 8, 4, 4), (64, 128, 64, 8, 4, 4), (128, 32, 32, 8, 4, 4)],
+    FP32: [(128, 64, 32, 8, 8, 2), (64, 128, 32, 8, 8, 2), (64, 64, 32, 8, 8, 2), (64, 32, 32, 8, 4, 2),
+           (32, 64, 32, 8, 4, 2)],
+    FP64: [(64, 64, 16, 8, 8, 2), (64, 32, 16, 8, 4, 2), (32, 64, 16, 8, 4, 2), (64, 16, 16, 8, 2, 2)],
+}, (16, 16, 16, 4, 4, 1))
+_WGRAD = tuned_table(_MNK, {
+    FP16: [(128, 128, 32, 8, 3), (64, 128, 32, 4, 4), (128, 64, 32, 4, 4), (64, 64, 64, 4, 4), (32, 32, 64, 4, 3)],
+    FP32: [(128, 128, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 64, 4, 4), (32, 32, 64, 4, 3)],
+    FP64: [(64, 64, 32, 8, 2), (64, 32, 32, 4, 2), (32, 32, 64, 4, 3), (32, 32, 32, 4, 3)],
+}, (16, 16, 16, 4, 1))
+# The depthwise kernel has no K pipeline (num_stages 1, no shared memory): one table for every dtype.
+_DW = tuned_table(("BLOCK_M", "BLOCK_C"), {
+    FP16 + FP32 + FP64: [(32, 64, 4, 1), (64, 32, 4, 1), (16, 128, 4, 1), (128, 8, 4, 1)],
+}, (16, 8, 4, 1))
 
 
 @triton.jit
@@ -106,7 +122,8 @@ def _epilogue_store(acc, n_idx, oh, ow, ch, mask_m, mask_n, bias_ptr, res_ptr, o
     tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_IGEMM_CONFIGS, key=["M", "Og", "Cg", "KH", "KW", "IS_FP32", "ACC_FP64"])
+@triton.autotune(configs=_IGEMM.configs, key=["M", "Og", "Cg", "KH", "KW", "IS_FP32", "ACC_FP64"],
+                 prune_configs_by=_IGEMM.prune)
 @triton.jit
 def _conv2d_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
@@ -149,7 +166,7 @@ def _conv2d_fwd_kernel(
                     srn, src, srh, srw, son, soc, soh, sow, HAS_BIAS, HAS_RES, ACT)
 
 
-@triton.autotune(configs=_DW_CONFIGS, key=["M", "C", "KH", "KW", "ACC_FP64"])
+@triton.autotune(configs=_DW.configs, key=["M", "C", "KH", "KW", "ACC_FP64"], prune_configs_by=_DW.prune)
 @triton.jit
 def _conv2d_dw_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
@@ -182,13 +199,10 @@ def _conv2d_dw_fwd_kernel(
 
 # Depthwise backward (groups == C, one input channel per group, O = C * MULT): direct kernels. The
 # implicit-GEMM kernels above would run one GEMM per channel with N = 1 (dgrad) / M = 1 (wgrad).
-# Rows: BLOCK_M (pixels), BLOCK_C (channels), num_warps, num_stages; the last tuple is the interpreter's.
-_DEPTHWISE_BWD_CONFIGS = config_table(("BLOCK_M", "BLOCK_C"), [
-    (32, 64, 4, 1), (64, 32, 4, 1), (16, 128, 4, 1), (128, 8, 4, 1),
-], (16, 8, 4, 1))
+# Their tiles are the depthwise forward's (_DW: BLOCK_M pixels x BLOCK_C channels, per dtype and arch).
 
 
-@triton.autotune(configs=_DEPTHWISE_BWD_CONFIGS, key=["M", "C", "MULT", "KH", "KW", "ACC_FP64"])
+@triton.autotune(configs=_DW.configs, key=["M", "C", "MULT", "KH", "KW", "ACC_FP64"], prune_configs_by=_DW.prune)
 @triton.jit
 def _conv2d_depthwise_dgrad_kernel(
     g_ptr, w_ptr, dx_ptr,
@@ -229,7 +243,7 @@ def _conv2d_depthwise_dgrad_kernel(
     tl.store(dx_ptr + d_off, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_c[None, :])
 
 
-@triton.autotune(configs=_DEPTHWISE_BWD_CONFIGS, key=["P", "O", "MULT", "KH", "KW", "ACC_FP64"])
+@triton.autotune(configs=_DW.configs, key=["P", "O", "MULT", "KH", "KW", "ACC_FP64"], prune_configs_by=_DW.prune)
 @triton.jit
 def _conv2d_depthwise_wgrad_kernel(
     g_ptr, x_ptr, dst_ptr,
@@ -270,7 +284,8 @@ def _conv2d_depthwise_wgrad_kernel(
     tl.store(dst_ptr + s * O * KH * KW + offs_c * (KH * KW) + tap, col.to(dst_ptr.dtype.element_ty), mask=mask_c)
 
 
-@triton.autotune(configs=_IGEMM_CONFIGS, key=["M", "Og", "Cg", "KH", "KW", "IS_FP32", "ACC_FP64"])
+@triton.autotune(configs=_IGEMM.configs, key=["M", "Og", "Cg", "KH", "KW", "IS_FP32", "ACC_FP64"],
+                 prune_configs_by=_IGEMM.prune)
 @triton.jit
 def _conv2d_bwd_data_kernel(
     g_ptr, w_ptr, dx_ptr,
@@ -311,7 +326,8 @@ def _conv2d_bwd_data_kernel(
     tl.store(dx_ptr + d_off, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@triton.autotune(configs=_WGRAD_CONFIGS, key=["P", "Og", "Cg", "KH", "KW", "SPLIT_K", "IS_FP32", "ACC_FP64"])
+@triton.autotune(configs=_WGRAD.configs, key=["P", "Og", "Cg", "KH", "KW", "SPLIT_K", "IS_FP32", "ACC_FP64"],
+                 prune_configs_by=_WGRAD.prune)
 @triton.jit
 def _conv2d_bwd_weight_kernel(
     g_ptr, x_ptr, dst_ptr,

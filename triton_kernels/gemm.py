@@ -21,20 +21,29 @@ import triton
 import triton.language as tl
 
 from . import common
-from ._config import INTERPRET, config_table
+from ._config import FP16, FP32, FP64, INTERPRET, tuned_table
 from .common import apply_act, grouped_tile, tile_matmul, tile_offsets
 
 ACT_NONE, ACT_RELU, ACT_RELU6 = 0, 1, 2
 
-# BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages
-_GEMM_CONFIGS = config_table(("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), [
-    (128, 256, 64, 8, 8, 3), (256, 128, 64, 8, 8, 3), (128, 128, 64, 8, 8, 4), (128, 128, 32, 8, 4, 4),
-    (64, 128, 64, 8, 4, 4), (128, 64, 64, 8, 4, 4), (64, 64, 64, 8, 4, 4), (32, 64, 128, 8, 4, 4),
-    (64, 32, 64, 8, 4, 5),
-], (32, 32, 32, 4, 4, 1))
+# BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, per dtype; _config.DtypeArchPrune drops
+# the rows whose num_stages * (BLOCK_M + BLOCK_N) * BLOCK_K * itemsize exceeds the device's shared
+# memory. fp32 (IEEE: FMA, no tensor cores) holds BLOCK_M*BLOCK_N/(32*num_warps) accumulators per
+# thread plus its operand slices, fp64 twice the registers per element: both keep to <= 64
+# accumulator registers per thread and short K steps, or ptxas spills at 255 registers.
+# tools/check_gpu_build.py compiles every row for sm_80 and sm_90.
+_GEMM = tuned_table(("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), {
+    FP16: [(128, 256, 64, 8, 8, 3), (256, 128, 64, 8, 8, 3), (128, 128, 64, 8, 8, 4), (128, 128, 32, 8, 4, 4),
+           (64, 128, 64, 8, 4, 4), (128, 64, 64, 8, 4, 4), (64, 64, 64, 8, 4, 4), (32, 64, 128, 8, 4, 4),
+           (64, 32, 64, 8, 4, 5)],
+    FP32: [(128, 128, 32, 8, 8, 3), (128, 64, 32, 8, 8, 3), (64, 128, 32, 8, 8, 3), (64, 64, 32, 8, 4, 4),
+           (64, 32, 32, 8, 4, 4), (32, 64, 32, 8, 4, 4)],
+    FP64: [(64, 64, 16, 8, 4, 3), (64, 64, 32, 8, 8, 3), (64, 32, 32, 8, 4, 3), (32, 64, 32, 8, 4, 3),
+           (32, 32, 32, 8, 4, 3)],
+}, (32, 32, 32, 4, 4, 1))
 
 
-@triton.autotune(configs=_GEMM_CONFIGS, key=["M", "N", "K", "IS_FP32", "ACC_FP64"])
+@triton.autotune(configs=_GEMM.configs, key=["M", "N", "K", "IS_FP32", "ACC_FP64"], prune_configs_by=_GEMM.prune)
 @triton.jit
 def _gemm_fwd_kernel(
     a_ptr, b_ptr, bias_ptr, c_ptr,
