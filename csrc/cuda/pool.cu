@@ -438,7 +438,7 @@ template <typename F>
 void launch_windowed(DType dt, const Pool2dParams& p, bool over_input, std::initializer_list<const void*> ptrs,
                      bool channels_last, int device, uintptr_t stream, F&& launch) {
   check_params(p);
-  set_device(device);
+  const DeviceGuard device_guard(device);
   auto st = reinterpret_cast<cudaStream_t>(stream);
   const int64_t h = over_input ? p.H : p.OH, w = over_input ? p.W : p.OW;
   dispatch_dtype(dt, "pooling", [&](auto tag) {
@@ -505,7 +505,7 @@ void adaptive_avg_pool2d_fwd(DType dt, const void* x, void* y, int64_t N, int64_
     throw std::invalid_argument("adaptive_avg_pool2d: sizes must be non-negative");
   if ((OH != 1 || OW != 1) && (H == 0 || W == 0) && OH * OW > 0)
     throw std::invalid_argument("adaptive_avg_pool2d: empty input planes only pool to 1x1");
-  set_device(device);
+  const DeviceGuard device_guard(device);
   auto st = reinterpret_cast<cudaStream_t>(stream);
   const AdaptiveParams p{N, C, H, W, OH, OW};
   dispatch_dtype(dt, "pooling", [&](auto tag) {
@@ -542,7 +542,7 @@ void adaptive_avg_pool2d_bwd(DType dt, const void* gy, void* gx, int64_t N, int6
                              int64_t OH, int64_t OW, bool channels_last, int device, uintptr_t stream) {
   if (N < 0 || C < 0 || H < 0 || W < 0 || OH < 1 || OW < 1)
     throw std::invalid_argument("adaptive_avg_pool2d backward: sizes must be non-negative, output non-empty");
-  set_device(device);
+  const DeviceGuard device_guard(device);
   auto st = reinterpret_cast<cudaStream_t>(stream);
   const AdaptiveParams p{N, C, H, W, OH, OW};
   dispatch_dtype(dt, "pooling", [&](auto tag) {
