@@ -26,11 +26,14 @@
 //        tiles (L2-resident: one row is C * itemsize bytes) to write the gradient.
 //   All group reductions are fixed butterflies / fixed-order folds: bitwise deterministic.
 //   Reduction mean / sum in the same launch: each row's loss and weight go to a [2, N] fp32 scratch
-//   buffer; every block then fences and takes a ticket (atomicAdd on a counter the Python side keeps
-//   at zero per device and stream); the block that draws the last ticket re-reads the N per-row
-//   values from L2 and sums them in a fixed order (thread k takes rows k, k + B, ..., then a fixed
-//   tree) in double, writes loss[0] and denom[0], and resets the counter. Which block is last varies,
-//   the summation order does not, so the result is deterministic. Launches per forward: 1.
+//   buffer; every block then fences and takes a ticket on a 64-bit ticket word the Python side keeps
+//   per device and stream (take_ticket below); the block that draws the last ticket re-reads the N
+//   per-row values from L2 and sums them in a fixed order (thread k takes rows k, k + B, ..., then a
+//   fixed tree) in double, writes loss[0] and denom[0], and resets the word. Which block is last
+//   varies, the summation order does not, so the result is deterministic. Launches per forward: 1.
+//   The ticket word cannot be poisoned by an earlier launch that stopped before its last block
+//   (aborted, or two launches sharing one word): each launch tags the word with its own epoch, and
+//   the first block of a launch that finds another epoch there starts the count afresh.
 //   No float atomics; no host synchronisation; never reads out of bounds: a target outside
 //   [0, C) (and not ignore_index) is not dereferenced and makes its row's loss, weight and gradient
 //   NaN, so the mean / sum is NaN (PyTorch would raise a device-side assert instead).
@@ -52,6 +55,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -160,8 +164,37 @@ struct FwdParams {
   float* row_loss;     // [N] (mean / sum)
   float* row_w;        // [N] (mean / sum)
   float* denom;        // [1] (mean)
-  unsigned int* counter;
+  unsigned long long* ticket;  // [epoch : 32 | arrivals : 32], see take_ticket
+  unsigned int epoch;          // this launch's tag, never 0
 };
+
+// The last-block ticket of one launch; returns how many blocks of this launch (this one included)
+// have arrived, so the block that gets gridDim.x is the last and reduces.
+// Why an epoch: a bare arrival counter must be 0 when a launch starts. The last block resets it, but
+// a launch that never reaches its last block (aborted, or a second launch sharing the counter
+// concurrently) would leave k != 0 behind, and from then on every launch would elect a wrong "last"
+// block (early, before the other rows are written) and leave k behind again: never recovering.
+// So the word holds [epoch : 32 | arrivals : 32] and every launch carries its own epoch (a nonzero
+// process-wide launch number from the host). A block that finds its epoch already there adds 1
+// (plain atomicAdd: the common, uncontended-by-design path); a block that finds anything else (0 =
+// idle, or a stale epoch) swaps in [epoch | 1] by compare-and-swap, so whatever a previous launch
+// left behind is discarded by the first block of the next one, and every later block of this launch
+// sees the epoch and counts on. arrivals <= gridDim.x < 2^31 never carries into the epoch.
+// The last block still resets the word to 0: a CUDA graph replays a kernel node with the epoch it
+// was captured with, and without the reset the next replay would find its own epoch and count on.
+// (A stale word left by an aborted replay of the same graph node has the same epoch and is not
+// recognised; eager launches always are.)
+__device__ __forceinline__ unsigned int take_ticket(unsigned long long* ticket, unsigned int epoch) {
+  const unsigned long long tag = static_cast<unsigned long long>(epoch) << 32;
+  unsigned long long cur = *reinterpret_cast<volatile unsigned long long*>(ticket);
+  if ((cur >> 32) == epoch) return static_cast<unsigned int>(atomicAdd(ticket, 1ull) + 1ull);
+  for (;;) {
+    const unsigned long long want = (cur >> 32) == epoch ? cur + 1ull : (tag | 1ull);
+    const unsigned long long seen = atomicCAS(ticket, cur, want);
+    if (seen == cur) return static_cast<unsigned int>(want);
+    cur = seen;
+  }
+}
 
 __device__ __forceinline__ int64_t load_target(const void* target, int target_i32, int64_t row) {
   return target_i32 ? static_cast<int64_t>(static_cast<const int32_t*>(target)[row])
@@ -172,7 +205,7 @@ __device__ __forceinline__ int64_t load_target(const void* target, int target_i3
 // k, k + BLOCK, ..., then a fixed butterfly and fold) in double and write the reduced loss.
 template <typename T, int BLOCK>
 __device__ __forceinline__ void reduce_rows(const float* row_loss, const float* row_w, int64_t N, int reduction,
-                                         void* loss, float* denom, unsigned int* counter, double* dsmem) {
+                                         void* loss, float* denom, unsigned long long* ticket, double* dsmem) {
   double sl = 0.0, sd = 0.0;
   for (int64_t i = threadIdx.x; i < N; i += BLOCK) {
     sl += static_cast<double>(__ldcg(row_loss + i));  // L2: other blocks wrote these
@@ -200,7 +233,7 @@ __device__ __forceinline__ void reduce_rows(const float* row_loss, const float* 
     } else {
       static_cast<T*>(loss)[0] = from_float<T>(static_cast<float>(tl));
     }
-    *counter = 0u;  // ready for the next launch on this stream
+    *ticket = 0ull;  // idle again; see take_ticket for why this matters under CUDA graph replays
   }
 }
 
@@ -414,11 +447,11 @@ softmax_xent_fwd_kernel(const FwdParams p) {
   // 6. Mean / sum: the last block to finish reduces all rows in a fixed order.
   __threadfence();  // publish this block's row values before taking a ticket
   __syncthreads();
-  if (threadIdx.x == 0) s_last = atomicAdd(p.counter, 1u) == gridDim.x - 1;
+  if (threadIdx.x == 0) s_last = take_ticket(p.ticket, p.epoch) == gridDim.x;
   __syncthreads();
   if (!s_last) return;
   __threadfence();  // pair with the other blocks' fences before reading their rows
-  reduce_rows<T, BLOCK>(p.row_loss, p.row_w, p.N, p.reduction, p.loss, p.denom, p.counter, dsmem);
+  reduce_rows<T, BLOCK>(p.row_loss, p.row_w, p.N, p.reduction, p.loss, p.denom, p.ticket, dsmem);
 }
 
 struct BwdParams {
@@ -693,23 +726,33 @@ void prob_fwd_t(const ProbFwdParams& p, float* denom, cudaStream_t stream) {
     PYIMGCLS_CUDA_CHECK_LAUNCH();
   }
 }
+// A nonzero tag per forward launch in this process (see take_ticket). 2^32 - 1 launches before a tag
+// repeats; a repeat matters only if that exact stale word survived all launches in between.
+unsigned int next_epoch() {
+  static std::atomic<unsigned int> launches{0};
+  unsigned int e;
+  do e = launches.fetch_add(1u, std::memory_order_relaxed) + 1u;
+  while (e == 0u);
+  return e;
+}
 }  // namespace
 
 void softmax_xent_fwd(DType dt, const void* x, int64_t sxn, const void* target, bool target_i32,
                       const void* weight, int64_t N, int64_t C, int64_t ignore_index, float label_smoothing,
                       int reduction, void* loss, void* grad, float* row_scratch, float* denom,
-                      unsigned int* counter, int device, uintptr_t stream) {
+                      unsigned long long* ticket, int device, uintptr_t stream) {
   if (N < 0 || C < 0) throw std::invalid_argument("softmax_xent_fwd: N and C must be >= 0");
   if (reduction < 0 || reduction > 2) throw std::invalid_argument("softmax_xent_fwd: reduction must be 0, 1 or 2");
-  if (reduction != 0 && (counter == nullptr || (N > 0 && row_scratch == nullptr)))
-    throw std::invalid_argument("softmax_xent_fwd: mean / sum need the row scratch buffer and the counter");
+  if (reduction != 0 && (ticket == nullptr || (N > 0 && row_scratch == nullptr)))
+    throw std::invalid_argument("softmax_xent_fwd: mean / sum need the row scratch buffer and the ticket word");
   if (reduction == 1 && denom == nullptr)
     throw std::invalid_argument("softmax_xent_fwd: reduction 'mean' needs the denominator output");
   if (reduction == 0 && N == 0) return;
-  set_device(device);
+  const DeviceGuard device_guard(device);
   // Members in declaration order (see FwdParams).
   const FwdParams p{x, sxn, target, target_i32 ? 1 : 0, weight, N, C, ignore_index, label_smoothing, reduction,
-                    loss, grad, row_scratch, row_scratch != nullptr ? row_scratch + N : nullptr, denom, counter};
+                    loss, grad, row_scratch, row_scratch != nullptr ? row_scratch + N : nullptr, denom, ticket,
+                    next_epoch()};
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   dispatch_dtype(dt, "softmax_xent", [&](auto tag) { fwd_t<decltype(tag)>(p, s); });
 }
@@ -719,7 +762,7 @@ void softmax_xent_bwd(DType dt, const void* saved, const void* target, bool targ
                       int64_t ignore_index, void* grad_in, int device, uintptr_t stream) {
   if (N < 0 || C < 0) throw std::invalid_argument("softmax_xent_bwd: N and C must be >= 0");
   if (N == 0 || C == 0) return;
-  set_device(device);
+  const DeviceGuard device_guard(device);
   // Members in declaration order (see BwdParams).
   const BwdParams p{saved, target, target_i32 ? 1 : 0, grad_loss, go_stride, per_row ? 1 : 0,
                     denom, N, C, ignore_index, grad_in};
@@ -738,7 +781,7 @@ void softmax_xent_prob_fwd(DType dt, const void* x, int64_t sxn, const void* tar
   if (reduction == 1 && denom == nullptr)
     throw std::invalid_argument("softmax_xent_prob_fwd: reduction 'mean' needs the denominator output");
   if (reduction == 0 && N == 0) return;
-  set_device(device);
+  const DeviceGuard device_guard(device);
   const ProbFwdParams p{x, sxn, target, stn, weight, N, C, label_smoothing, reduction, loss, grad, row_scratch};
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   dispatch_dtype(dt, "softmax_xent_prob", [&](auto tag) { prob_fwd_t<decltype(tag)>(p, denom, s); });
