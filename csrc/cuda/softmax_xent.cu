@@ -32,8 +32,8 @@
 //   fixed tree) in double, writes loss[0] and denom[0], and resets the word. Which block is last
 //   varies, the summation order does not, so the result is deterministic. Launches per forward: 1.
 //   The ticket word cannot be poisoned by an earlier launch that stopped before its last block
-//   (aborted, or two launches sharing one word): each launch tags the word with its own epoch, and
-//   the first block of a launch that finds another epoch there starts the count afresh.
+//   (aborted, or two launches sharing one word): each launch tags the word with its own, larger
+//   epoch, which discards an older launch's arrivals (take_ticket).
 //   No float atomics; no host synchronisation; never reads out of bounds: a target outside
 //   [0, C) (and not ignore_index) is not dereferenced and makes its row's loss, weight and gradient
 //   NaN, so the mean / sum is NaN (PyTorch would raise a device-side assert instead).
@@ -68,6 +68,15 @@ namespace pyimgcls::cuda {
 namespace {
 
 constexpr float kInf = __builtin_huge_valf();
+
+// 1 / s for s in [1, 2^31] or NaN (a sum of exp(x - max): the max term is exp(0) = 1), bitwise what
+// nvcc's IEEE 1.0f / s returns there: its fast path (MUFU.RCP, then one Newton step). The IEEE
+// division also carries a called slow path (for denormal / huge s) whose call clobbers predicates and
+// registers; in the forward kernel that call made ptxas spill live state to local memory.
+__device__ __forceinline__ float rcp_sum_of_exps(float s) {
+  const float r = __fdividef(1.0f, s);  // MUFU.RCP estimate (no inline asm: it hides convergence)
+  return fmaf(r, fmaf(-s, r, 1.0f), r);
+}
 
 // fmaxf drops NaN; the loss must not.
 __device__ __forceinline__ float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
@@ -158,6 +167,7 @@ struct FwdParams {
   const void* weight;  // [C] in the input dtype, or null
   int64_t N, C, ignore_index;
   float eps;
+  float eps_c;         // eps / C, divided on the host (no division slow path in the kernel)
   int reduction;       // 0 none, 1 mean, 2 sum
   void* loss;
   void* grad;          // [N, C] or null
@@ -174,26 +184,20 @@ struct FwdParams {
 // a launch that never reaches its last block (aborted, or a second launch sharing the counter
 // concurrently) would leave k != 0 behind, and from then on every launch would elect a wrong "last"
 // block (early, before the other rows are written) and leave k behind again: never recovering.
-// So the word holds [epoch : 32 | arrivals : 32] and every launch carries its own epoch (a nonzero
-// process-wide launch number from the host). A block that finds its epoch already there adds 1
-// (plain atomicAdd: the common, uncontended-by-design path); a block that finds anything else (0 =
-// idle, or a stale epoch) swaps in [epoch | 1] by compare-and-swap, so whatever a previous launch
-// left behind is discarded by the first block of the next one, and every later block of this launch
-// sees the epoch and counts on. arrivals <= gridDim.x < 2^31 never carries into the epoch.
+// So the word holds [epoch : 32 | arrivals : 32] and every launch carries its own epoch, a nonzero
+// process-wide launch number from the host that only grows. Each block first raises the word to
+// [epoch | 0] with atomicMax: a word left by an earlier launch has a smaller epoch and is replaced
+// (its arrivals discarded), while a word this launch already counts on ([epoch | k]) is not lowered.
+// Then atomicAdd takes the ticket. Two unconditional atomics, no retry loop. arrivals <= gridDim.x
+// < 2^31 never carries into the epoch. A word whose epoch is not ours after the max (a stale word
+// from a later launch, which only a CUDA graph replaying an older epoch can meet) never elects a
+// last block: the loss stays unwritten rather than wrong.
 // The last block still resets the word to 0: a CUDA graph replays a kernel node with the epoch it
-// was captured with, and without the reset the next replay would find its own epoch and count on.
-// (A stale word left by an aborted replay of the same graph node has the same epoch and is not
-// recognised; eager launches always are.)
+// was captured with, and the next replay must not find its own epoch with arrivals already counted.
 __device__ __forceinline__ unsigned int take_ticket(unsigned long long* ticket, unsigned int epoch) {
-  const unsigned long long tag = static_cast<unsigned long long>(epoch) << 32;
-  unsigned long long cur = *reinterpret_cast<volatile unsigned long long*>(ticket);
-  if ((cur >> 32) == epoch) return static_cast<unsigned int>(atomicAdd(ticket, 1ull) + 1ull);
-  for (;;) {
-    const unsigned long long want = (cur >> 32) == epoch ? cur + 1ull : (tag | 1ull);
-    const unsigned long long seen = atomicCAS(ticket, cur, want);
-    if (seen == cur) return static_cast<unsigned int>(want);
-    cur = seen;
-  }
+  atomicMax(ticket, static_cast<unsigned long long>(epoch) << 32);
+  const unsigned long long before = atomicAdd(ticket, 1ull);
+  return (before >> 32) == epoch ? static_cast<unsigned int>(before) + 1u : 0u;
 }
 
 __device__ __forceinline__ int64_t load_target(const void* target, int target_i32, int64_t row) {
@@ -237,8 +241,12 @@ __device__ __forceinline__ void reduce_rows(const float* row_loss, const float* 
   }
 }
 
+// Launch bounds with a minimum of resident blocks: 3 for 256-thread blocks (<= 85 registers), 1 for
+// the 512-thread ones (<= 128). Given the block size alone, ptxas capped several instantiations at
+// 40-64 registers and spilled the row state around the warp-shuffle and division call sites (sm_80
+// and sm_90a); the "before" allocations (42-84 registers) fit these bounds.
 template <typename T, int G, int E, int VEC>
-__global__ void __launch_bounds__(G > 32 ? G : 256)
+__global__ void __launch_bounds__(G > 32 ? G : 256, (G > 32 ? G : 256) >= 512 ? 1 : 3)
 softmax_xent_fwd_kernel(const FwdParams p) {
   constexpr int BLOCK = G > 32 ? G : 256;
   constexpr int R = BLOCK / G;     // rows per block
@@ -359,13 +367,13 @@ softmax_xent_fwd_kernel(const FwdParams p) {
   // 3. Row scalars (every thread of the group computes them). M == -inf (row of -inf) gives NaN
   //    through x_t - M and exp(x - M), as PyTorch's log_softmax does.
   const float nanf_ = __int_as_float(0x7fc00000);
-  const float inv_s = 1.0f / S;
+  const float inv_s = rcp_sum_of_exps(S);
   float wt = 0.0f, a = 0.0f, c1 = 0.0f, c2 = 0.0f;
   if (valid) {
     wt = wt_at(t);
-    a = smooth ? (1.0f - p.eps) * wt + p.eps / static_cast<float>(C) * W : wt;
+    a = smooth ? (1.0f - p.eps) * wt + p.eps_c * W : wt;
     c1 = smooth ? (1.0f - p.eps) * wt : wt;
-    c2 = smooth ? p.eps / static_cast<float>(C) : 0.0f;
+    c2 = smooth ? p.eps_c : 0.0f;
   } else if (bad) {
     a = nanf_;
   }
@@ -430,7 +438,7 @@ softmax_xent_fwd_kernel(const FwdParams p) {
     if (valid) {
       const float log_s = logf(S);
       const float nll = wt * (log_s - (to_float(x[t]) - M));
-      loss = smooth ? (1.0f - p.eps) * nll + p.eps / static_cast<float>(C) * (W * log_s - sw) : nll;
+      loss = smooth ? (1.0f - p.eps) * nll + p.eps_c * (W * log_s - sw) : nll;
       rw = wt;
     } else if (bad) {
       loss = rw = nanf_;
@@ -726,8 +734,9 @@ void prob_fwd_t(const ProbFwdParams& p, float* denom, cudaStream_t stream) {
     PYIMGCLS_CUDA_CHECK_LAUNCH();
   }
 }
-// A nonzero tag per forward launch in this process (see take_ticket). 2^32 - 1 launches before a tag
-// repeats; a repeat matters only if that exact stale word survived all launches in between.
+// A nonzero, increasing tag per forward launch in this process (see take_ticket). It wraps after
+// 2^32 - 1 launches; the word is 0 between complete launches, so a wrap matters only if the launch
+// just before it was incomplete.
 unsigned int next_epoch() {
   static std::atomic<unsigned int> launches{0};
   unsigned int e;
@@ -749,8 +758,9 @@ void softmax_xent_fwd(DType dt, const void* x, int64_t sxn, const void* target, 
     throw std::invalid_argument("softmax_xent_fwd: reduction 'mean' needs the denominator output");
   if (reduction == 0 && N == 0) return;
   const DeviceGuard device_guard(device);
+  const float eps_c = C > 0 ? label_smoothing / static_cast<float>(C) : 0.0f;
   // Members in declaration order (see FwdParams).
-  const FwdParams p{x, sxn, target, target_i32 ? 1 : 0, weight, N, C, ignore_index, label_smoothing, reduction,
+  const FwdParams p{x, sxn, target, target_i32 ? 1 : 0, weight, N, C, ignore_index, label_smoothing, eps_c, reduction,
                     loss, grad, row_scratch, row_scratch != nullptr ? row_scratch + N : nullptr, denom, ticket,
                     next_epoch()};
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
