@@ -674,11 +674,12 @@ def test_cuda_reduction_counter_survives_streams():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("stale", [1, 7, 2 ** 32 + 3, (123 << 32) | 5000])
+@pytest.mark.parametrize("stale", [1, 7, (1 << 32) | 3, (1 << 32) | 5000])
 def test_cuda_reduction_ticket_recovers_from_a_stale_word(stale):
     # A launch that never reached its last block leaves its ticket word non-zero (arrivals, with that
-    # launch's epoch in the high half). The next launch must discard it: the mean and sum stay right,
-    # and the word is idle (0) again after.
+    # launch's epoch in the high half; epochs grow per launch, and the launch of `clean` below already
+    # took epoch >= 1). The next launch must discard it: the mean and sum stay right, and the word is
+    # idle (0) again after.
     if "cuda" not in pyimgcls.available_backends():
         pytest.skip("CUDA kernels not built")
     from pyimgcls.backends.cuda import softmax_xent as cuda_xent
