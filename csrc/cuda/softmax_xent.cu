@@ -241,12 +241,16 @@ __device__ __forceinline__ void reduce_rows(const float* row_loss, const float* 
   }
 }
 
-// Launch bounds with a minimum of resident blocks: 3 for 256-thread blocks (<= 85 registers), 1 for
-// the 512-thread ones (<= 128). Given the block size alone, ptxas capped several instantiations at
-// 40-64 registers and spilled the row state around the warp-shuffle and division call sites (sm_80
-// and sm_90a); the "before" allocations (42-84 registers) fit these bounds.
+// Launch bounds with a minimum of resident blocks, so ptxas works to an explicit register budget:
+// 64 registers (1024 / BLOCK blocks: half the SM's threads) for every configuration but the long-row
+// ones with 16+ values per thread in 512-thread blocks, which get 128 (1 block; they needed 116-128
+// before). With the block size alone ptxas spilled the row state of the 16-value fp16/bf16 rows on
+// sm_90a (20 bytes at 64 registers).
+template <int BLOCK, int E>
+constexpr int xent_fwd_min_blocks() { return BLOCK >= 512 && E >= 16 ? 1 : 1024 / BLOCK; }
+
 template <typename T, int G, int E, int VEC>
-__global__ void __launch_bounds__(G > 32 ? G : 256, (G > 32 ? G : 256) >= 512 ? 1 : 3)
+__global__ void __launch_bounds__(G > 32 ? G : 256, (xent_fwd_min_blocks<(G > 32 ? G : 256), E>()))
 softmax_xent_fwd_kernel(const FwdParams p) {
   constexpr int BLOCK = G > 32 ? G : 256;
   constexpr int R = BLOCK / G;     // rows per block
