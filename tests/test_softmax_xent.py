@@ -672,6 +672,31 @@ def test_cuda_reduction_counter_survives_streams():
     assert_close_to_reference(other, ref, scale=ref.abs().item())
 
 
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("stale", [1, 7, (1 << 32) | 3, (1 << 32) | 5000])
+def test_cuda_reduction_ticket_recovers_from_a_stale_word(stale):
+    # A launch that never reached its last block leaves its ticket word non-zero (arrivals, with that
+    # launch's epoch in the high half; epochs grow per launch, and the launch of `clean` below already
+    # took epoch >= 1). The next launch must discard it: the mean and sum stay right, and the word is
+    # idle (0) again after.
+    if "cuda" not in pyimgcls.available_backends():
+        pytest.skip("CUDA kernels not built")
+    from pyimgcls.backends.cuda import softmax_xent as cuda_xent
+    x, t, w, _ = _make(5000, 100, torch.float32, torch.device("cuda"), seed=21, ignore=True)
+    with pyimgcls.use_backend("cuda"):
+        clean = ops.cross_entropy(x, t, w)
+        word = cuda_xent._counter(x.device)
+        for reduction in ("mean", "sum"):
+            word.fill_(stale)
+            got = ops.cross_entropy(x, t, w, reduction=reduction)
+            torch.cuda.synchronize()
+            assert word.item() == 0
+            ref, _ = _reference(x, t, w, reduction, 0.0, None)
+            assert_close_to_reference(got, ref, scale=ref.abs().item())
+            if reduction == "mean":
+                assert torch.equal(got, clean)
+
 # ----------------------------------------------------------------------------- class-probability targets
 PROB_OPTIONS = list(itertools.product([False, True], REDUCTIONS, [0.0, 0.2]))
 # Backends for the probability-target tests: helpers.BACKENDS (cuda needs a GPU) and the yardstick.

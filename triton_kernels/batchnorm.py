@@ -16,8 +16,12 @@ wide vector loads) — the host picks the tile shape per layout.
 Reductions are deterministic two-level: the M rows are cut into CHUNKS fixed by the shape; program
 (channel block, chunk) accumulates its rows in a [BLOCK_R, BLOCK_C] register tile and writes one
 partial per channel to scratch; a second kernel adds the partials in chunk order. No atomics.
-Statistics are shifted sums (d = x - K, K = the channel's first value) in fp32 (fp64 for float64):
-one pass, and the shift removes the E[x^2] - E[x]^2 cancellation when |mean| >> std.
+Statistics are Welford / Chan in one pass: every row lane of a tile runs Welford's update (count n,
+mean m, M2) over d = x - K (K = the channel's first value) in fp32 (fp64 for float64), the BLOCK_R
+lanes are merged by Chan's formula at the end of level 1, and the chunks in chunk order by Chan's
+formula in fp64 at level 2. Shifted sums of d and d^2 would cancel catastrophically in
+sum d^2 - (sum d)^2 / M when K is far from the mean (an outlier as the first value); the shift stays
+because an fp32 running mean near |mean| >> std stops moving once std / n < ulp(mean).
 Values are upcast to fp32 on load (also what keeps bfloat16 correct under the interpreter).
 
 Cost (Q = N*C*S elements of T bytes): training fwd reads 2Q (+Q residual) and writes Q; eval fwd
@@ -92,39 +96,65 @@ def _batch_norm_stats_fwd_kernel(
     stride_n, stride_c, stride_s,
     ACC_FP64: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Level 1: program (channel block, chunk) -> part[chunk, 0/1, c] = sum d, sum d^2 over its rows."""
+    """Level 1: program (channel block, chunk) -> part[chunk, 0/1, c] = mean and M2 of d = x - K over its
+    rows (its count is known from ROWS_PER). Row lane i of the tile takes rows r0 + i, r0 + i + BLOCK_R, ...
+    with Welford's update (m += (d - m) / n; M2 += (d - m_old)(d - m_new)); the lanes are then merged by
+    Chan's formula: m = sum n_i m_i / n, M2 = sum M2_i + n_i (m_i - m)^2."""
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     pid_c = tl.program_id(0)
     chunk = tl.program_id(1)
     offs_c, cmask = _channels(pid_c, C, BLOCK_C)
     shift = tl.load(x_ptr + offs_c * stride_c, mask=cmask, other=0.0).to(acc_ty)  # K: first value of each channel
-    sd = tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty)
-    sdd = tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty)
+    mean = tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty)
+    m2 = tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty)
+    cnt = tl.zeros((BLOCK_R,), dtype=acc_ty)
     r0, r1 = _chunk_rows(chunk, ROWS_PER, M)
     for start in range(r0, r1, BLOCK_R):
+        live = start + tl.arange(0, BLOCK_R) < r1
+        cnt += tl.where(live, 1.0, 0.0)
+        inv = tl.where(live, 1.0 / tl.maximum(cnt, 1.0), 0.0)  # one division per row lane, not per element
         mask, offs = _row_tile(start, r1, offs_c, cmask, S, stride_n, stride_c, stride_s, BLOCK_R)
-        v = tl.load(x_ptr + offs, mask=mask, other=0.0)
-        d = tl.where(mask, v.to(acc_ty) - shift[None, :], 0.0)
-        sd += d
-        sdd += d * d
-    _store_partials(part_ptr, chunk, C, offs_c, cmask, sd, sdd)
+        d = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty) - shift[None, :]
+        delta = tl.where(mask, d - mean, 0.0)
+        mean += delta * inv[:, None]
+        m2 += delta * (d - mean)
+    n = tl.sum(cnt, axis=0)
+    share = cnt / tl.maximum(n, 1.0)
+    chunk_mean = tl.sum(mean * share[:, None], axis=0)
+    dev = mean - chunk_mean[None, :]
+    chunk_m2 = tl.sum(m2 + dev * dev * cnt[:, None], axis=0)
+    base = part_ptr + chunk.to(tl.int64) * 2 * C
+    tl.store(base + offs_c, chunk_mean, mask=cmask)
+    tl.store(base + C + offs_c, chunk_m2, mask=cmask)
 
 
 @triton.jit
 def _batch_norm_stats_bwd_kernel(
-    x_ptr, part_ptr, mean_ptr, var_ptr, M, C, CHUNKS, stride_c,
-    ACC_FP64: tl.constexpr, BLOCK_C: tl.constexpr,
+    x_ptr, part_ptr, mean_ptr, var_ptr, M, C, CHUNKS, ROWS_PER, stride_c,
+    BLOCK_C: tl.constexpr,
 ):
-    """Level 2 (the finalize step of the statistics, named _bwd as the second pass of the pair):
-    add the chunk partials in chunk order; mean = K + sum d / M, var = (sum d^2 - (sum d)^2 / M) / M."""
-    acc_ty = tl.float64 if ACC_FP64 else tl.float32
+    """Level 2 (the finalize step of the statistics, named _bwd as the second pass of the pair): Chan's
+    merge of the chunks' (count, mean of d, M2 of d) in chunk order, in fp64 (a few values per channel);
+    chunk k holds min(ROWS_PER, M - k ROWS_PER) rows. mean = K + mean of d, var = M2 / M."""
     offs_c, cmask = _channels(tl.program_id(0), C, BLOCK_C)
-    sd, sdd = _sum_partials(part_ptr, C, CHUNKS, offs_c, cmask, ACC_FP64, BLOCK_C)
-    shift = tl.load(x_ptr + offs_c * stride_c, mask=cmask, other=0.0).to(acc_ty)
-    mean = shift + sd / M
-    var = tl.maximum((sdd - sd * sd / M) / M, 0.0)
-    tl.store(mean_ptr + offs_c, mean, mask=cmask)
-    tl.store(var_ptr + offs_c, var, mask=cmask)
+    n = tl.zeros((BLOCK_C,), dtype=tl.float64)
+    m = tl.zeros((BLOCK_C,), dtype=tl.float64)
+    m2 = tl.zeros((BLOCK_C,), dtype=tl.float64)
+    left = M  # rows from chunk k on (no k * ROWS_PER product to overflow)
+    for k in range(0, CHUNKS):
+        nk = tl.minimum(tl.maximum(left, 0), ROWS_PER).to(tl.float64)
+        left -= ROWS_PER
+        mk = tl.load(part_ptr + k * 2 * C + offs_c, mask=cmask, other=0.0).to(tl.float64)
+        m2k = tl.load(part_ptr + k * 2 * C + C + offs_c, mask=cmask, other=0.0).to(tl.float64)
+        nn = n + nk
+        frac = tl.where(nn > 0, nk / tl.maximum(nn, 1.0), 0.0)
+        delta = mk - m
+        m += delta * frac
+        m2 += m2k + delta * delta * n * frac
+        n = nn
+    shift = tl.load(x_ptr + offs_c * stride_c, mask=cmask, other=0.0).to(tl.float64)
+    tl.store(mean_ptr + offs_c, shift + m, mask=cmask)
+    tl.store(var_ptr + offs_c, m2 / M, mask=cmask)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -295,7 +325,7 @@ def _acc(t):
 
 
 def batch_norm_stats(x, mean, var, N, C, S, channels_last) -> None:
-    """mean / var (biased) of x's channels, two-level deterministic shifted sums."""
+    """mean / var (biased) of x's channels, two-level deterministic Welford / Chan reduction."""
     M = N * S
     if M == 0:
         mean.fill_(float("nan"))
@@ -310,7 +340,7 @@ def batch_norm_stats(x, mean, var, N, C, S, channels_last) -> None:
         x, part, M, C, S, rows_per, *strides, ACC_FP64=_acc(mean), BLOCK_R=br, BLOCK_C=bc, num_warps=warps)
     cb = 16 if INTERPRET else 128
     _batch_norm_stats_bwd_kernel[(triton.cdiv(C, cb),)](
-        x, part, mean, var, M, C, chunks, strides[1], ACC_FP64=_acc(mean), BLOCK_C=cb)
+        x, part, mean, var, M, C, chunks, rows_per, strides[1], BLOCK_C=cb)
 
 
 def batch_norm_fwd(x, mean, var, w, b, r, y, invstd, N, C, S, channels_last, eps, act) -> None:

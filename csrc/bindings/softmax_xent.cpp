@@ -68,7 +68,7 @@ void bind_softmax_xent(py::module_& m) {
         cuda::softmax_xent_fwd(d, cptr(x), sxn, cptr(target), target_i32, cptr(weight), N, C, ignore_index,
                                static_cast<float>(label_smoothing), reduction, mptr(loss), mptr(grad),
                                static_cast<float*>(mptr(row_scratch)), static_cast<float*>(mptr(denom)),
-                               static_cast<unsigned int*>(mptr(counter)), device, stream);
+                               static_cast<unsigned long long*>(mptr(counter)), device, stream);
       },
       "fused cross-entropy forward on CUDA (one launch)");
   m.def(

@@ -18,10 +18,17 @@
 //     NCHW: one channel per block; 256 threads stride along the chunk's rows, which are contiguous
 //           inside each (n, c) plane (16-byte loads when S % VEC == 0); warp shuffles + a fixed-order
 //           sum of the 8 warp totals.
-//   Level 2, one thread per channel: adds the chunk partials in chunk order (in double) and
+//   Level 2, one thread per channel: merges the chunk partials in chunk order (in double) and
 //   finishes the statistics / gradient coefficients.
-//   Statistics are shifted sums (d = x - K, K = the channel's first value; one pass, no
-//   E[x^2] - E[x]^2 cancellation when |mean| >> std).
+//   Statistics are Welford / Chan, not sums of d and d^2: each thread runs Welford's update
+//   (count n, mean m, M2 = sum of squared deviations from m) over its values d = x - K (K = the
+//   channel's first value), and the partial (n, m, M2) triples are merged by Chan's formula at every
+//   level (lanes, warps / the TY tree, chunks). Shifted sums alone lose everything to cancellation in
+//   sum d^2 - (sum d)^2 / M when K is far from the mean (an outlier as the first value: d ~ D >> std,
+//   sum d^2 ~ M D^2 in fp32); Welford's M2 only ever adds squared deviations from the running mean.
+//   The shift stays: an fp32 running mean near |mean| >> std stops moving once std / n < ulp(mean)
+//   (mean 1e6, std 1: after ~17 values), while the mean of d is O(std) unless K is an outlier, and
+//   then the outlier itself dominates the variance. Counts are exact in fp32 (< 2^24 per thread).
 //   Element-wise passes (forward epilogue, grad_input): grid-stride over VEC-element groups, one
 //   16-byte load / store per group (along C in NHWC, along S in NCHW when S % VEC == 0), fp32 math,
 //   per-channel coefficients (mean, w * invstd, b) read from L1/L2.
@@ -71,9 +78,11 @@ __device__ __forceinline__ int64_t offset_of(int64_t r, int64_t c, int64_t C, in
 }
 
 // ---------------------------------------------------------------------------------------------
-// Level 1 of the per-channel sums. MODE 0 (statistics): values d = x - K, sums (d, d^2).
-// MODE 1 (backward): gp = masked grad, sums (gp, gp * (x - mean)); writes gp when gp_out is set.
-// part[(chunk * 2 + j) * C + c] = sum j of channel c over the chunk's rows.
+// Level 1 of the per-channel reductions. MODE 0 (statistics): values d = x - K, Welford pairs
+// (s1, s2) = (mean of d, M2 of d) over the thread's n values. MODE 1 (backward): gp = masked grad,
+// sums (s1, s2) = (sum gp, sum gp * (x - mean)); writes gp when gp_out is set.
+// part[(chunk * 2 + j) * C + c] = s_j of channel c over the chunk's rows (MODE 0: the chunk's count
+// is known from rows_per, see chunk_count).
 // ---------------------------------------------------------------------------------------------
 struct ReduceArgs {
   const void* x;
@@ -86,17 +95,47 @@ struct ReduceArgs {
   int act;
 };
 
+// Rows of [r0, r1) a lane takes when `span` lanes stride from r0 (lane < span): the Welford count
+// of a thread, and of a slot of the TY tree (which holds the lanes congruent to it modulo span).
+__device__ __forceinline__ float lane_count(int64_t rows, int64_t lane, int64_t span) {
+  return lane < rows ? static_cast<float>((rows - lane + span - 1) / span) : 0.f;
+}
+
+// Chan's merge of (nb, mb, M2b) into (na, ma, M2a): n = na + nb, delta = mb - ma,
+// m = ma + delta nb / n, M2 = M2a + M2b + delta^2 na nb / n. Empty sides (n = 0) are neutral.
+__device__ __forceinline__ void chan_merge(float na, float& ma, float& m2a, float nb, float mb, float m2b) {
+  const float n = na + nb;
+  const float r = n > 0.f ? __frcp_rn(n) : 0.f;
+  const float delta = mb - ma;
+  ma = fmaf(delta, nb * r, ma);
+  m2a = m2a + m2b + delta * delta * (na * nb * r);
+}
+
+// Adds partial (b1, b2) of nb values into (a1, a2) of na values: Chan's merge (MODE 0) or sums.
+template <int MODE>
+__device__ __forceinline__ void combine(float na, float& a1, float& a2, float nb, float b1, float b2) {
+  if constexpr (MODE == 0) {
+    chan_merge(na, a1, a2, nb, b1, b2);
+  } else {
+    a1 += b1;
+    a2 += b2;
+  }
+}
+
+// One VEC group of the thread's next row. MODE 0: inv_n = 1 / (the thread's count including this
+// row), the same for its VEC lanes (every lane sees the same rows).
 template <typename T, int VEC, bool CL, int MODE>
 __device__ __forceinline__ void reduce_group(const ReduceArgs& a, int64_t off, const float (&shift)[VEC],
-                                             float (&s1)[VEC], float (&s2)[VEC]) {
+                                             float inv_n, float (&s1)[VEC], float (&s2)[VEC]) {
   float xv[VEC];
   load_vec<T, VEC>(static_cast<const T*>(a.x) + off, xv);
   if constexpr (MODE == 0) {
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
+    for (int k = 0; k < VEC; ++k) {  // Welford: m += (d - m) / n; M2 += (d - m_old)(d - m_new)
       const float d = xv[k] - shift[k];
-      s1[k] += d;
-      s2[k] = fmaf(d, d, s2[k]);
+      const float delta = d - s1[k];
+      s1[k] = fmaf(delta, inv_n, s1[k]);
+      s2[k] = fmaf(delta, d - s1[k], s2[k]);
     }
   } else {
     float g[VEC];
@@ -139,9 +178,14 @@ __global__ void __launch_bounds__(kThreads, 3) batch_norm_reduce_nhwc_kernel(Red
 #pragma unroll
       for (int k = 0; k < VEC; ++k) shift[k] = a.mean[c0 + k];
     }
-    for (int64_t r = r0 + ty; r < r1; r += TY) reduce_group<T, VEC, true, MODE>(a, r * a.C + c0, shift, s1, s2);
+    float n = 0.f;
+    for (int64_t r = r0 + ty; r < r1; r += TY) {
+      n += 1.f;
+      reduce_group<T, VEC, true, MODE>(a, r * a.C + c0, shift, MODE == 0 ? __frcp_rn(n) : 0.f, s1, s2);
+    }
   }
-  // Fixed-order tree over the TY row lanes (TY is a power of two).
+  // Fixed-order tree over the TY row lanes (TY is a power of two). Before the step that folds slot
+  // ty + half into slot ty, each slot holds the lanes congruent to it modulo 2 * half.
   const int slot = (ty * TX + tx) * VEC;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
@@ -149,13 +193,17 @@ __global__ void __launch_bounds__(kThreads, 3) batch_norm_reduce_nhwc_kernel(Red
     sm[1][slot + k] = s2[k];
   }
   __syncthreads();
+  const int64_t rows = r1 > r0 ? r1 - r0 : 0;
   for (int half = TY / 2; half > 0; half /= 2) {
     if (ty < half) {
       const int other = ((ty + half) * TX + tx) * VEC;
+      const float na = lane_count(rows, ty, 2 * half), nb = lane_count(rows, ty + half, 2 * half);
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
-        sm[0][slot + k] += sm[0][other + k];
-        sm[1][slot + k] += sm[1][other + k];
+        float m1 = sm[0][slot + k], m2 = sm[1][slot + k];
+        combine<MODE>(na, m1, m2, nb, sm[0][other + k], sm[1][other + k]);
+        sm[0][slot + k] = m1;
+        sm[1][slot + k] = m2;
       }
     }
     __syncthreads();
@@ -173,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, 3) batch_norm_reduce_nhwc_kernel(Red
 // stay inside one (n, c) plane because S % VEC == 0 and rows_per % VEC == 0 whenever VEC > 1.
 template <typename T, int VEC, int MODE>
 __global__ void __launch_bounds__(kThreads) batch_norm_reduce_nchw_kernel(ReduceArgs a) {
-  __shared__ float warp_sums[2][kWarps];
+  __shared__ float warp_sums[3][kWarps];
   const int64_t c = blockIdx.x;
   const int64_t chunk = blockIdx.y;
   const int64_t r0 = chunk * a.rows_per, r1 = min(a.M, r0 + a.rows_per);
@@ -184,31 +232,39 @@ __global__ void __launch_bounds__(kThreads) batch_norm_reduce_nchw_kernel(Reduce
     shift[k] = K;
     s1[k] = s2[k] = 0.f;
   }
-  for (int64_t r = r0 + static_cast<int64_t>(threadIdx.x) * VEC; r < r1; r += static_cast<int64_t>(kThreads) * VEC)
-    reduce_group<T, VEC, false, MODE>(a, offset_of<false>(r, c, a.C, a.S), shift, s1, s2);
-  float t1 = 0.f, t2 = 0.f;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) {
-    t1 += s1[k];
-    t2 += s2[k];
+  float n = 0.f;  // rows per VEC lane so far (all VEC lanes see the same number)
+  for (int64_t r = r0 + static_cast<int64_t>(threadIdx.x) * VEC; r < r1; r += static_cast<int64_t>(kThreads) * VEC) {
+    n += 1.f;
+    reduce_group<T, VEC, false, MODE>(a, offset_of<false>(r, c, a.C, a.S), shift, MODE == 0 ? __frcp_rn(n) : 0.f,
+                                      s1, s2);
   }
-  // Butterfly within the warp (fixed pattern: deterministic), then the 8 warp totals in order.
+  // The thread's VEC lanes (n values each), then the warp, then the warps; counts follow along
+  // (MODE 1 ignores them). Fixed patterns and orders: deterministic.
+  float t1 = s1[0], t2 = s2[0], tn = n;
+#pragma unroll
+  for (int k = 1; k < VEC; ++k) {
+    combine<MODE>(tn, t1, t2, n, s1[k], s2[k]);
+    tn += n;
+  }
 #pragma unroll
   for (int o = 16; o > 0; o /= 2) {
-    t1 += __shfl_xor_sync(0xffffffffu, t1, o);
-    t2 += __shfl_xor_sync(0xffffffffu, t2, o);
+    const float o1 = __shfl_xor_sync(0xffffffffu, t1, o), o2 = __shfl_xor_sync(0xffffffffu, t2, o);
+    const float on = __shfl_xor_sync(0xffffffffu, tn, o);
+    combine<MODE>(tn, t1, t2, on, o1, o2);
+    tn += on;
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) {
     warp_sums[0][warp] = t1;
     warp_sums[1][warp] = t2;
+    warp_sums[2][warp] = tn;
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    float u1 = 0.f, u2 = 0.f;
-    for (int w = 0; w < kWarps; ++w) {
-      u1 += warp_sums[0][w];
-      u2 += warp_sums[1][w];
+    float u1 = warp_sums[0][0], u2 = warp_sums[1][0], un = warp_sums[2][0];
+    for (int w = 1; w < kWarps; ++w) {
+      combine<MODE>(un, u1, u2, warp_sums[2][w], warp_sums[0][w], warp_sums[1][w]);
+      un += warp_sums[2][w];
     }
     a.part[(chunk * 2) * a.C + c] = u1;
     a.part[(chunk * 2 + 1) * a.C + c] = u2;
@@ -230,16 +286,28 @@ __device__ __forceinline__ void sum_partials(const float* __restrict__ part, int
   }
 }
 
+// Level 2 of the statistics: Chan's merge of the chunks' (count, mean of d, M2 of d) in chunk order,
+// in double; chunk k holds rows [k * rows_per, min(M, (k + 1) * rows_per)).
+// mean = K + mean of d, var = M2 / M (biased). M == 0 (no chunks): 0 / 0 = NaN, as ATen.
 template <typename T>
 __global__ void batch_norm_stats_fwd_kernel(const T* __restrict__ x, const float* __restrict__ part, float* mean,
-                                            float* var, int64_t chunks, int64_t M, int64_t C, int64_t S, bool cl) {
+                                            float* var, int64_t chunks, int64_t rows_per, int64_t M, int64_t C,
+                                            int64_t S, bool cl) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= C) return;
-  double sd, sdd;
-  sum_partials(part, chunks, C, c, sd, sdd);
+  double n = 0.0, m = 0.0, m2 = 0.0;
+  for (int64_t k = 0; k < chunks; ++k) {
+    const int64_t left = M - k * rows_per;
+    const double nk = static_cast<double>(left < rows_per ? (left > 0 ? left : 0) : rows_per);
+    if (nk == 0.0) continue;
+    const double mk = part[(k * 2) * C + c], delta = mk - m, nn = n + nk;
+    m += delta * nk / nn;
+    m2 += static_cast<double>(part[(k * 2 + 1) * C + c]) + delta * delta * n * nk / nn;
+    n = nn;
+  }
   const double K = to_float(x[cl ? c : c * S]);
-  mean[c] = static_cast<float>(K + sd / M);
-  var[c] = static_cast<float>(fmax(0.0, (sdd - sd * sd / M) / M));
+  mean[c] = M > 0 ? static_cast<float>(K + m) : nanf("");
+  var[c] = static_cast<float>(m2 / static_cast<double>(M));
 }
 
 // invstd = 1 / sqrt(var + eps) (IEEE sqrt and division: nvcc's default -prec-sqrt / -prec-div),
@@ -408,16 +476,17 @@ int64_t batch_norm_chunks(int64_t N, int64_t C, int64_t S, bool channels_last, i
 void batch_norm_stats(DType dt, const void* x, float* mean, float* var, float* scratch, int64_t chunks, int64_t N,
                       int64_t C, int64_t S, bool channels_last, int device, uintptr_t stream) {
   check_sizes(N, C, S, chunks);
-  set_device(device);
+  const DeviceGuard device_guard(device);
   auto st = reinterpret_cast<cudaStream_t>(stream);
   const int64_t M = N * S;
   dispatch_dtype(dt, "batch_norm", [&](auto tag) {
     using T = decltype(tag);
-    ReduceArgs a{x, nullptr, nullptr, nullptr, nullptr, scratch, M, C, S, rows_per_chunk(M, chunks), 0};
+    const int64_t rows_per = rows_per_chunk(M, chunks);
+    ReduceArgs a{x, nullptr, nullptr, nullptr, nullptr, scratch, M, C, S, rows_per, 0};
     if (M > 0) launch_reduce<T, 0>(a, chunks, channels_last, st);
     // M == 0: zero chunks give 0 / 0 = NaN statistics, as ATen's mean of an empty batch
     batch_norm_stats_fwd_kernel<T><<<blocks_for(C), kThreads, 0, st>>>(
-        static_cast<const T*>(x), scratch, mean, var, M > 0 ? chunks : 0, M, C, S, channels_last);
+        static_cast<const T*>(x), scratch, mean, var, M > 0 ? chunks : 0, rows_per, M, C, S, channels_last);
     PYIMGCLS_CUDA_CHECK_LAUNCH();
   });
 }
@@ -426,7 +495,7 @@ void batch_norm_fwd(DType dt, const void* x, const float* mean, const float* var
                     const void* r, void* y, float* invstd, float* scratch, int64_t N, int64_t C, int64_t S,
                     bool channels_last, double eps, Act act, int device, uintptr_t stream) {
   check_sizes(N, C, S, 0);
-  set_device(device);
+  const DeviceGuard device_guard(device);
   auto st = reinterpret_cast<cudaStream_t>(stream);
   batch_norm_coef_fwd_kernel<<<blocks_for(C), kThreads, 0, st>>>(var, w, invstd, scratch, C,
                                                                    static_cast<float>(eps));
@@ -449,7 +518,7 @@ void batch_norm_fwd(DType dt, const void* x, const float* mean, const float* var
 
 void batch_norm_update_stats(float* rm, float* rv, const float* mean, const float* var, int64_t C, double momentum,
                              int64_t count, int device, uintptr_t stream) {
-  set_device(device);
+  const DeviceGuard device_guard(device);
   auto st = reinterpret_cast<cudaStream_t>(stream);
   const double unbias = count > 1 ? static_cast<double>(count) / static_cast<double>(count - 1) : 1.0;
   batch_norm_update_fwd_kernel<<<blocks_for(C), kThreads, 0, st>>>(rm, rv, mean, var, C, static_cast<float>(momentum),
@@ -462,7 +531,7 @@ void batch_norm_bwd(DType dt, const void* grad, const void* out, const void* x, 
                     int64_t N, int64_t C, int64_t S, bool channels_last, bool training, Act act, int device,
                     uintptr_t stream) {
   check_sizes(N, C, S, chunks);
-  set_device(device);
+  const DeviceGuard device_guard(device);
   auto st = reinterpret_cast<cudaStream_t>(stream);
   const int64_t M = N * S;
   const int a_ = static_cast<int>(act);

@@ -131,7 +131,7 @@ void gemm(int step, DType dt, const void* a, const void* b, void* c, int64_t M, 
   if (M < 0 || N < 0 || K < 0)
     throw std::invalid_argument("ladder gemm: negative size M=" + std::to_string(M) + " N=" + std::to_string(N) +
                                 " K=" + std::to_string(K));
-  set_device(device);
+  const DeviceGuard device_guard(device);
   if (step == 10) require_sm90a(step, device);
   if (M == 0 || N == 0) return;
   if ((K > 0 && (a == nullptr || b == nullptr)) || c == nullptr)
@@ -197,7 +197,7 @@ void conv2d(int step, DType dt, const void* x, const void* w, const void* bias, 
   check_conv_geometry(N, C, H, W, O, KH, KW, OH, OW, stride_h, stride_w, pad_h, pad_w);
   if (static_cast<int>(act) < 0 || static_cast<int>(act) > 2)
     throw std::invalid_argument("ladder conv2d: activation code must be 0, 1 or 2");
-  set_device(device);
+  const DeviceGuard device_guard(device);
   const int64_t total = N * O * OH * OW;
   if (total == 0) return;
   if (y == nullptr || (N * C * H * W > 0 && x == nullptr) || (O * C > 0 && w == nullptr))

@@ -1,4 +1,4 @@
-// CUDA runtime helpers shared by every .cu file: error checking, device selection and queries.
+// CUDA runtime helpers shared by every .cu file: error checking, the scoped device guard, device queries.
 #pragma once
 #include <cuda_runtime.h>
 #include <stdexcept>
@@ -25,7 +25,38 @@ namespace pyimgcls::cuda {
 #define PYIMGCLS_CUDA_CHECK_LAUNCH() PYIMGCLS_CUDA_CHECK(cudaGetLastError())
 
 namespace pyimgcls::cuda {
-// Make `device` current for this thread (DDP: one process per cuda:N, but callers may switch).
+// Makes `device` current for the enclosing scope and restores the previous current device at scope
+// exit, as ATen's DeviceGuard does: the current device is per-thread state PyTorch and the user own
+// (torch.cuda.set_device, DDP's one process per cuda:N), so a launcher for a tensor on another device
+// must not leave it switched. Every launcher opens one before its first launch or device query:
+//   const DeviceGuard device_guard(device);
+// Restoring after an asynchronous launch is safe: the kernel is already queued on its stream.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    PYIMGCLS_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != device) {
+      PYIMGCLS_CUDA_CHECK(cudaSetDevice(device));
+      switched_ = true;
+    }
+  }
+  // A destructor must not throw (it also runs while a launcher's exception unwinds). Switching back to
+  // a device that was current a moment ago fails only if the context is already broken, which the
+  // next checked call reports; the non-sticky error is cleared so it is not misattributed to the next
+  // launch's PYIMGCLS_CUDA_CHECK_LAUNCH.
+  ~DeviceGuard() {
+    if (switched_ && cudaSetDevice(previous_) != cudaSuccess) cudaGetLastError();
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+  bool switched_ = false;
+};
+
+// Non-restoring predecessor of DeviceGuard, kept only until conv.cu and gemm.cu open a DeviceGuard
+// instead; then delete it.
 inline void set_device(int device) {
   int cur = -1;
   PYIMGCLS_CUDA_CHECK(cudaGetDevice(&cur));

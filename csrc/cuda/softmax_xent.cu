@@ -26,11 +26,14 @@
 //        tiles (L2-resident: one row is C * itemsize bytes) to write the gradient.
 //   All group reductions are fixed butterflies / fixed-order folds: bitwise deterministic.
 //   Reduction mean / sum in the same launch: each row's loss and weight go to a [2, N] fp32 scratch
-//   buffer; every block then fences and takes a ticket (atomicAdd on a counter the Python side keeps
-//   at zero per device and stream); the block that draws the last ticket re-reads the N per-row
-//   values from L2 and sums them in a fixed order (thread k takes rows k, k + B, ..., then a fixed
-//   tree) in double, writes loss[0] and denom[0], and resets the counter. Which block is last varies,
-//   the summation order does not, so the result is deterministic. Launches per forward: 1.
+//   buffer; every block then fences and takes a ticket on a 64-bit ticket word the Python side keeps
+//   per device and stream (take_ticket below); the block that draws the last ticket re-reads the N
+//   per-row values from L2 and sums them in a fixed order (thread k takes rows k, k + B, ..., then a
+//   fixed tree) in double, writes loss[0] and denom[0], and resets the word. Which block is last
+//   varies, the summation order does not, so the result is deterministic. Launches per forward: 1.
+//   The ticket word cannot be poisoned by an earlier launch that stopped before its last block
+//   (aborted, or two launches sharing one word): each launch tags the word with its own, larger
+//   epoch, which discards an older launch's arrivals (take_ticket).
 //   No float atomics; no host synchronisation; never reads out of bounds: a target outside
 //   [0, C) (and not ignore_index) is not dereferenced and makes its row's loss, weight and gradient
 //   NaN, so the mean / sum is NaN (PyTorch would raise a device-side assert instead).
@@ -52,6 +55,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -64,6 +68,15 @@ namespace pyimgcls::cuda {
 namespace {
 
 constexpr float kInf = __builtin_huge_valf();
+
+// 1 / s for s in [1, 2^31] or NaN (a sum of exp(x - max): the max term is exp(0) = 1), bitwise what
+// nvcc's IEEE 1.0f / s returns there: its fast path (MUFU.RCP, then one Newton step). The IEEE
+// division also carries a called slow path (for denormal / huge s) whose call clobbers predicates and
+// registers; in the forward kernel that call made ptxas spill live state to local memory.
+__device__ __forceinline__ float rcp_sum_of_exps(float s) {
+  const float r = __fdividef(1.0f, s);  // MUFU.RCP estimate (no inline asm: it hides convergence)
+  return fmaf(r, fmaf(-s, r, 1.0f), r);
+}
 
 // fmaxf drops NaN; the loss must not.
 __device__ __forceinline__ float nan_max(float a, float b) { return (a != a || a > b) ? a : b; }
@@ -154,14 +167,38 @@ struct FwdParams {
   const void* weight;  // [C] in the input dtype, or null
   int64_t N, C, ignore_index;
   float eps;
+  float eps_c;         // eps / C, divided on the host (no division slow path in the kernel)
   int reduction;       // 0 none, 1 mean, 2 sum
   void* loss;
   void* grad;          // [N, C] or null
   float* row_loss;     // [N] (mean / sum)
   float* row_w;        // [N] (mean / sum)
   float* denom;        // [1] (mean)
-  unsigned int* counter;
+  unsigned long long* ticket;  // [epoch : 32 | arrivals : 32], see take_ticket
+  unsigned int epoch;          // this launch's tag, never 0
 };
+
+// The last-block ticket of one launch; returns how many blocks of this launch (this one included)
+// have arrived, so the block that gets gridDim.x is the last and reduces.
+// Why an epoch: a bare arrival counter must be 0 when a launch starts. The last block resets it, but
+// a launch that never reaches its last block (aborted, or a second launch sharing the counter
+// concurrently) would leave k != 0 behind, and from then on every launch would elect a wrong "last"
+// block (early, before the other rows are written) and leave k behind again: never recovering.
+// So the word holds [epoch : 32 | arrivals : 32] and every launch carries its own epoch, a nonzero
+// process-wide launch number from the host that only grows. Each block first raises the word to
+// [epoch | 0] with atomicMax: a word left by an earlier launch has a smaller epoch and is replaced
+// (its arrivals discarded), while a word this launch already counts on ([epoch | k]) is not lowered.
+// Then atomicAdd takes the ticket. Two unconditional atomics, no retry loop. arrivals <= gridDim.x
+// < 2^31 never carries into the epoch. A word whose epoch is not ours after the max (a stale word
+// from a later launch, which only a CUDA graph replaying an older epoch can meet) never elects a
+// last block: the loss stays unwritten rather than wrong.
+// The last block still resets the word to 0: a CUDA graph replays a kernel node with the epoch it
+// was captured with, and the next replay must not find its own epoch with arrivals already counted.
+__device__ __forceinline__ unsigned int take_ticket(unsigned long long* ticket, unsigned int epoch) {
+  atomicMax(ticket, static_cast<unsigned long long>(epoch) << 32);
+  const unsigned long long before = atomicAdd(ticket, 1ull);
+  return (before >> 32) == epoch ? static_cast<unsigned int>(before) + 1u : 0u;
+}
 
 __device__ __forceinline__ int64_t load_target(const void* target, int target_i32, int64_t row) {
   return target_i32 ? static_cast<int64_t>(static_cast<const int32_t*>(target)[row])
@@ -172,7 +209,7 @@ __device__ __forceinline__ int64_t load_target(const void* target, int target_i3
 // k, k + BLOCK, ..., then a fixed butterfly and fold) in double and write the reduced loss.
 template <typename T, int BLOCK>
 __device__ __forceinline__ void reduce_rows(const float* row_loss, const float* row_w, int64_t N, int reduction,
-                                         void* loss, float* denom, unsigned int* counter, double* dsmem) {
+                                         void* loss, float* denom, unsigned long long* ticket, double* dsmem) {
   double sl = 0.0, sd = 0.0;
   for (int64_t i = threadIdx.x; i < N; i += BLOCK) {
     sl += static_cast<double>(__ldcg(row_loss + i));  // L2: other blocks wrote these
@@ -200,12 +237,20 @@ __device__ __forceinline__ void reduce_rows(const float* row_loss, const float* 
     } else {
       static_cast<T*>(loss)[0] = from_float<T>(static_cast<float>(tl));
     }
-    *counter = 0u;  // ready for the next launch on this stream
+    *ticket = 0ull;  // idle again; see take_ticket for why this matters under CUDA graph replays
   }
 }
 
+// Launch bounds with a minimum of resident blocks, so ptxas works to an explicit register budget:
+// 64 registers (1024 / BLOCK blocks: half the SM's threads) for every configuration but the long-row
+// ones with 16+ values per thread in 512-thread blocks, which get 128 (1 block; they needed 116-128
+// before). With the block size alone ptxas spilled the row state of the 16-value fp16/bf16 rows on
+// sm_90a (20 bytes at 64 registers).
+template <int BLOCK, int E>
+constexpr int xent_fwd_min_blocks() { return BLOCK >= 512 && E >= 16 ? 1 : 1024 / BLOCK; }
+
 template <typename T, int G, int E, int VEC>
-__global__ void __launch_bounds__(G > 32 ? G : 256)
+__global__ void __launch_bounds__(G > 32 ? G : 256, (xent_fwd_min_blocks<(G > 32 ? G : 256), E>()))
 softmax_xent_fwd_kernel(const FwdParams p) {
   constexpr int BLOCK = G > 32 ? G : 256;
   constexpr int R = BLOCK / G;     // rows per block
@@ -326,13 +371,13 @@ softmax_xent_fwd_kernel(const FwdParams p) {
   // 3. Row scalars (every thread of the group computes them). M == -inf (row of -inf) gives NaN
   //    through x_t - M and exp(x - M), as PyTorch's log_softmax does.
   const float nanf_ = __int_as_float(0x7fc00000);
-  const float inv_s = 1.0f / S;
+  const float inv_s = rcp_sum_of_exps(S);
   float wt = 0.0f, a = 0.0f, c1 = 0.0f, c2 = 0.0f;
   if (valid) {
     wt = wt_at(t);
-    a = smooth ? (1.0f - p.eps) * wt + p.eps / static_cast<float>(C) * W : wt;
+    a = smooth ? (1.0f - p.eps) * wt + p.eps_c * W : wt;
     c1 = smooth ? (1.0f - p.eps) * wt : wt;
-    c2 = smooth ? p.eps / static_cast<float>(C) : 0.0f;
+    c2 = smooth ? p.eps_c : 0.0f;
   } else if (bad) {
     a = nanf_;
   }
@@ -397,7 +442,7 @@ softmax_xent_fwd_kernel(const FwdParams p) {
     if (valid) {
       const float log_s = logf(S);
       const float nll = wt * (log_s - (to_float(x[t]) - M));
-      loss = smooth ? (1.0f - p.eps) * nll + p.eps / static_cast<float>(C) * (W * log_s - sw) : nll;
+      loss = smooth ? (1.0f - p.eps) * nll + p.eps_c * (W * log_s - sw) : nll;
       rw = wt;
     } else if (bad) {
       loss = rw = nanf_;
@@ -414,11 +459,11 @@ softmax_xent_fwd_kernel(const FwdParams p) {
   // 6. Mean / sum: the last block to finish reduces all rows in a fixed order.
   __threadfence();  // publish this block's row values before taking a ticket
   __syncthreads();
-  if (threadIdx.x == 0) s_last = atomicAdd(p.counter, 1u) == gridDim.x - 1;
+  if (threadIdx.x == 0) s_last = take_ticket(p.ticket, p.epoch) == gridDim.x;
   __syncthreads();
   if (!s_last) return;
   __threadfence();  // pair with the other blocks' fences before reading their rows
-  reduce_rows<T, BLOCK>(p.row_loss, p.row_w, p.N, p.reduction, p.loss, p.denom, p.counter, dsmem);
+  reduce_rows<T, BLOCK>(p.row_loss, p.row_w, p.N, p.reduction, p.loss, p.denom, p.ticket, dsmem);
 }
 
 struct BwdParams {
@@ -693,23 +738,35 @@ void prob_fwd_t(const ProbFwdParams& p, float* denom, cudaStream_t stream) {
     PYIMGCLS_CUDA_CHECK_LAUNCH();
   }
 }
+// A nonzero, increasing tag per forward launch in this process (see take_ticket). It wraps after
+// 2^32 - 1 launches; the word is 0 between complete launches, so a wrap matters only if the launch
+// just before it was incomplete.
+unsigned int next_epoch() {
+  static std::atomic<unsigned int> launches{0};
+  unsigned int e;
+  do e = launches.fetch_add(1u, std::memory_order_relaxed) + 1u;
+  while (e == 0u);
+  return e;
+}
 }  // namespace
 
 void softmax_xent_fwd(DType dt, const void* x, int64_t sxn, const void* target, bool target_i32,
                       const void* weight, int64_t N, int64_t C, int64_t ignore_index, float label_smoothing,
                       int reduction, void* loss, void* grad, float* row_scratch, float* denom,
-                      unsigned int* counter, int device, uintptr_t stream) {
+                      unsigned long long* ticket, int device, uintptr_t stream) {
   if (N < 0 || C < 0) throw std::invalid_argument("softmax_xent_fwd: N and C must be >= 0");
   if (reduction < 0 || reduction > 2) throw std::invalid_argument("softmax_xent_fwd: reduction must be 0, 1 or 2");
-  if (reduction != 0 && (counter == nullptr || (N > 0 && row_scratch == nullptr)))
-    throw std::invalid_argument("softmax_xent_fwd: mean / sum need the row scratch buffer and the counter");
+  if (reduction != 0 && (ticket == nullptr || (N > 0 && row_scratch == nullptr)))
+    throw std::invalid_argument("softmax_xent_fwd: mean / sum need the row scratch buffer and the ticket word");
   if (reduction == 1 && denom == nullptr)
     throw std::invalid_argument("softmax_xent_fwd: reduction 'mean' needs the denominator output");
   if (reduction == 0 && N == 0) return;
-  set_device(device);
+  const DeviceGuard device_guard(device);
+  const float eps_c = C > 0 ? label_smoothing / static_cast<float>(C) : 0.0f;
   // Members in declaration order (see FwdParams).
-  const FwdParams p{x, sxn, target, target_i32 ? 1 : 0, weight, N, C, ignore_index, label_smoothing, reduction,
-                    loss, grad, row_scratch, row_scratch != nullptr ? row_scratch + N : nullptr, denom, counter};
+  const FwdParams p{x, sxn, target, target_i32 ? 1 : 0, weight, N, C, ignore_index, label_smoothing, eps_c, reduction,
+                    loss, grad, row_scratch, row_scratch != nullptr ? row_scratch + N : nullptr, denom, ticket,
+                    next_epoch()};
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   dispatch_dtype(dt, "softmax_xent", [&](auto tag) { fwd_t<decltype(tag)>(p, s); });
 }
@@ -719,7 +776,7 @@ void softmax_xent_bwd(DType dt, const void* saved, const void* target, bool targ
                       int64_t ignore_index, void* grad_in, int device, uintptr_t stream) {
   if (N < 0 || C < 0) throw std::invalid_argument("softmax_xent_bwd: N and C must be >= 0");
   if (N == 0 || C == 0) return;
-  set_device(device);
+  const DeviceGuard device_guard(device);
   // Members in declaration order (see BwdParams).
   const BwdParams p{saved, target, target_i32 ? 1 : 0, grad_loss, go_stride, per_row ? 1 : 0,
                     denom, N, C, ignore_index, grad_in};
@@ -738,7 +795,7 @@ void softmax_xent_prob_fwd(DType dt, const void* x, int64_t sxn, const void* tar
   if (reduction == 1 && denom == nullptr)
     throw std::invalid_argument("softmax_xent_prob_fwd: reduction 'mean' needs the denominator output");
   if (reduction == 0 && N == 0) return;
-  set_device(device);
+  const DeviceGuard device_guard(device);
   const ProbFwdParams p{x, sxn, target, stn, weight, N, C, label_smoothing, reduction, loss, grad, row_scratch};
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   dispatch_dtype(dt, "softmax_xent_prob", [&](auto tag) { prob_fwd_t<decltype(tag)>(p, denom, s); });

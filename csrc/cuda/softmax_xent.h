@@ -10,16 +10,19 @@ namespace pyimgcls::cuda {
 // arithmetic. One launch:
 //   reduction 0 (none): loss[N] in dt.
 //   reduction 1 (mean) / 2 (sum): per-row losses and weights go to row_scratch (fp32 [2 * N]);
-//     the last block to finish (atomic ticket on *counter) sums them in a fixed order and writes
+//     the last block to finish (atomic ticket on *ticket) sums them in a fixed order and writes
 //     loss[0] in dt and, for the mean, denom[0] (fp32) = sum of weight[target] over non-ignored
-//     rows. counter must be 0 on entry and is 0 again on exit.
+//     rows. ticket: one 8-byte word per device and stream, zeroed once at allocation; it is 0 again
+//     after every complete launch, and whatever an incomplete one left behind is discarded by the
+//     next launch (epoch tag, see take_ticket in softmax_xent.cu). Launches sharing one word must
+//     not overlap (one word per stream).
 //   grad (may be null): d(sum_i loss_i)/dx, contiguous [N, C] in dt.
 // A target that is neither ignore_index nor in [0, C) is never dereferenced: that row's loss, weight
 // and gradient are NaN (so a mean or sum is NaN). Never synchronises; launches on `stream`.
 void softmax_xent_fwd(DType dt, const void* x, int64_t sxn, const void* target, bool target_i32,
                       const void* weight, int64_t N, int64_t C, int64_t ignore_index, float label_smoothing,
                       int reduction, void* loss, void* grad, float* row_scratch, float* denom,
-                      unsigned int* counter, int device, uintptr_t stream);
+                      unsigned long long* ticket, int device, uintptr_t stream);
 
 // Backward: grad_in[i, :] = saved[i, :] * scale_i (contiguous [N, C] in dt), scale_i = 0 for ignored
 // rows (none when target is null: probability targets), grad_loss[i * go_stride] when per_row, else grad_loss[0] (divided by denom[0] when denom is

@@ -15,12 +15,13 @@ _COUNTERS: dict = {}
 
 
 def _counter(device: torch.device) -> torch.Tensor:
-    """The forward's last-block ticket: one zeroed uint32 per (device, stream), left at zero by every
-    launch, so it is allocated and cleared once (no memset launch per call)."""
+    """The forward's last-block ticket word: one zeroed 8-byte word per (device, stream), left at zero
+    by every complete launch and tagged per launch (csrc/cuda/softmax_xent.cu, take_ticket), so it is
+    allocated and cleared once (no memset launch per call) and an incomplete launch cannot poison it."""
     key = (device.index, torch.cuda.current_stream(device).cuda_stream)
     t = _COUNTERS.get(key)
     if t is None:
-        t = _COUNTERS[key] = torch.zeros(1, dtype=torch.int32, device=device)
+        t = _COUNTERS[key] = torch.zeros(1, dtype=torch.int64, device=device)
     return t
 
 

@@ -3,8 +3,10 @@ contracts: pyimgcls/backends/cpu/batchnorm.py."""
 from __future__ import annotations
 
 from ...ops import batchnorm as bn
+from . import on_tensor_device
 
 
+@on_tensor_device
 def batch_norm_fwd(x, weight, bias, residual, mean_in, var_in, training, eps, act, channels_last):
     from ...triton_kernels import batchnorm as tk
     x, residual, cl, (N, C, S), out, mean, var, invstd = bn.fwd_outputs(x, residual, mean_in, var_in, training,
@@ -16,6 +18,7 @@ def batch_norm_fwd(x, weight, bias, residual, mean_in, var_in, training, eps, ac
     return bn.fwd_result(out, mean, invstd, var, training)
 
 
+@on_tensor_device
 def update_stats(running_mean, running_var, mean, var, momentum, count):
     from ...triton_kernels import batchnorm as tk
     rm, rv = bn.stats_work_buffers(running_mean, running_var, mean.dtype)
@@ -23,6 +26,7 @@ def update_stats(running_mean, running_var, mean, var, momentum, count):
     bn.write_back(running_mean, running_var, rm, rv)
 
 
+@on_tensor_device
 def batch_norm_bwd(grad, x, weight, out, mean, invstd, training, act, channels_last, has_residual, needs_input,
                    needs_weight, needs_bias):
     from ...triton_kernels import batchnorm as tk

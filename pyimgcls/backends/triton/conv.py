@@ -3,8 +3,10 @@ pyimgcls/backends/cpu/conv.py."""
 from __future__ import annotations
 
 from ...ops.conv import bias_act_outputs, dgrad_output, fwd_outputs, wgrad_output
+from . import on_tensor_device
 
 
+@on_tensor_device
 def conv2d(x, w, bias, res, stride, padding, dilation, groups, act):
     from ...triton_kernels import conv as tk
     out, res, geom = fwd_outputs(x, w, res, stride, padding, dilation, groups)
@@ -14,6 +16,7 @@ def conv2d(x, w, bias, res, stride, padding, dilation, groups, act):
     return out
 
 
+@on_tensor_device
 def bias_act_bwd(grad, out, act, has_bias, fmt):
     from ...triton_kernels import conv as tk
     gp, gb = bias_act_outputs(grad, out, act, has_bias, fmt)
@@ -23,6 +26,7 @@ def bias_act_bwd(grad, out, act, has_bias, fmt):
     return gp, gb
 
 
+@on_tensor_device
 def dgrad(gp, x, w, stride, padding, dilation, groups):
     from ...triton_kernels import conv as tk
     dx, geom = dgrad_output(gp, x, w, stride, padding, dilation, groups)
@@ -32,6 +36,7 @@ def dgrad(gp, x, w, stride, padding, dilation, groups):
     return dx
 
 
+@on_tensor_device
 def wgrad(gp, x, w, stride, padding, dilation, groups):
     from ...triton_kernels import conv as tk
     dw, geom = wgrad_output(gp, x, w, stride, padding, dilation, groups)

@@ -3,8 +3,10 @@ pyimgcls/backends/cpu/gemm.py."""
 from __future__ import annotations
 
 from ...ops import gemm as g
+from . import on_tensor_device
 
 
+@on_tensor_device
 def gemm(a, b, bias, act):
     from ...triton_kernels import gemm as tk
     out, work = g.gemm_output(a, b)
@@ -13,6 +15,7 @@ def gemm(a, b, bias, act):
     return out
 
 
+@on_tensor_device
 def bias_act_bwd(grad, out, act, has_bias):
     from ...triton_kernels import gemm as tk
     gp, gb, work = g.bias_act_outputs(grad, act, has_bias)

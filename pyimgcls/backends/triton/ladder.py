@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...errors import ArgumentValueError, BackendError
 from .. import triton_importable
+from . import on_tensor_device
 
 _NO_CONV = "backend: there is no Triton convolution ladder; use backend='cpu' or 'cuda'"
 
@@ -18,10 +19,12 @@ def step_records(kind):
              "channels_last": False} for s in tl_ladder.STEPS]
 
 
+@on_tensor_device
 def gemm(step, a, b, out):
     from ...triton_kernels import ladder as tl_ladder
     return tl_ladder.matmul(a, b, step, out)
 
 
+@on_tensor_device
 def conv2d(step, x, w, bias, out, geom, stride, padding, act):
     raise ArgumentValueError(_NO_CONV)

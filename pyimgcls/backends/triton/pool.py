@@ -3,8 +3,10 @@ pyimgcls/backends/cpu/pool.py."""
 from __future__ import annotations
 
 from ...ops import pool as op
+from . import on_tensor_device
 
 
+@on_tensor_device
 def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, channels_last, with_indices):
     x, out, idx, sizes = op.max_pool2d_buffers(x, kernel, stride, padding, dilation, ceil_mode, channels_last,
                                                with_indices)
@@ -14,6 +16,7 @@ def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, channels_last, w
     return out, idx
 
 
+@on_tensor_device
 def max_pool2d_backward(grad, indices, height, width, kernel, stride, padding, dilation, channels_last):
     grad, indices, gx, sizes = op.max_pool2d_backward_buffers(grad, indices, height, width, channels_last)
     if sizes is not None:
@@ -22,6 +25,7 @@ def max_pool2d_backward(grad, indices, height, width, kernel, stride, padding, d
     return gx
 
 
+@on_tensor_device
 def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override, channels_last):
     x, out, sizes = op.avg_pool2d_buffers(x, kernel, stride, padding, ceil_mode, channels_last)
     if sizes is not None:
@@ -30,6 +34,7 @@ def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor
     return out
 
 
+@on_tensor_device
 def avg_pool2d_backward(grad, height, width, kernel, stride, padding, ceil_mode, count_include_pad,
                         divisor_override, channels_last):
     grad, gx, sizes = op.buffers(grad, height, width, channels_last)
@@ -39,6 +44,7 @@ def avg_pool2d_backward(grad, height, width, kernel, stride, padding, ceil_mode,
     return gx
 
 
+@on_tensor_device
 def adaptive_avg_pool2d(x, output_height, output_width, channels_last):
     x, out, sizes = op.buffers(x, output_height, output_width, channels_last)
     if sizes is not None:
@@ -47,6 +53,7 @@ def adaptive_avg_pool2d(x, output_height, output_width, channels_last):
     return out
 
 
+@on_tensor_device
 def adaptive_avg_pool2d_backward(grad, height, width, channels_last):
     grad, gx, sizes = op.adaptive_avg_pool2d_backward_buffers(grad, height, width, channels_last)
     if sizes is not None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ...ops import _alloc
 from ...ops.softmax_xent import _MEAN, _NONE, _acc_dtype, _backward_output, _kernel_outputs
+from . import on_tensor_device
 
 
+@on_tensor_device
 def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
     from ...triton_kernels import softmax_xent as tk
     loss, grad, denom = _kernel_outputs(x, target, ignore_index, reduction, need_grad)
@@ -14,6 +16,7 @@ def forward(x, target, weight, ignore_index, reduction, eps, need_grad):
     return loss, grad, denom
 
 
+@on_tensor_device
 def prob_forward(x, target, weight, reduction, eps, need_grad):
     from ...triton_kernels import softmax_xent as tk
     N, C = x.shape
@@ -26,6 +29,7 @@ def prob_forward(x, target, weight, reduction, eps, need_grad):
     return loss, grad, denom
 
 
+@on_tensor_device
 def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place):
     from ...triton_kernels import softmax_xent as tk
     out, work = _backward_output(saved)
