@@ -912,7 +912,7 @@ void conv2d_fwd(DType dt, const ConvGeometry& s, const void* x, Strides4 xs, con
                 const void* bias, const void* residual, Strides4 rs, void* out, Strides4 os, Act act, int device,
                 uintptr_t stream) {
   check_geom(s);
-  set_device(device);
+  const DeviceGuard device_guard(device);
   cudaStream_t st = as_stream(stream);
   const LaunchPlan pl = conv2d_plan(kFwd, dt, s, xs, ws, addr(x), addr(w), 0);
   if (pl.launches == 0) return;
@@ -942,7 +942,7 @@ void conv2d_fwd(DType dt, const ConvGeometry& s, const void* x, Strides4 xs, con
 void conv2d_bwd_data(DType dt, const ConvGeometry& s, const void* g, Strides4 gs, const void* w, Strides4 ws, void* dx,
                      Strides4 xs, int device, uintptr_t stream) {
   check_geom(s);
-  set_device(device);
+  const DeviceGuard device_guard(device);
   const LaunchPlan pl = conv2d_plan(kDgrad, dt, s, gs, ws, addr(g), addr(w), 0, 0, xs, addr(dx));
   if (pl.launches == 0) return;
   if (pl.tile_m == 0) {  // the direct depthwise kernel
@@ -967,7 +967,7 @@ void conv2d_bwd_data(DType dt, const ConvGeometry& s, const void* g, Strides4 gs
 void conv2d_bwd_weight(DType dt, const ConvGeometry& s, const void* g, Strides4 gs, const void* x, Strides4 xs,
                        void* dw, void* scratch, int64_t splits, int device, uintptr_t stream) {
   check_geom(s);
-  set_device(device);
+  const DeviceGuard device_guard(device);
   cudaStream_t st = as_stream(stream);
   const int64_t Cg = s.C / s.groups, total = s.O * Cg * s.KH * s.KW;
   if (total == 0) return;
@@ -1007,7 +1007,7 @@ void conv2d_bwd_weight(DType dt, const ConvGeometry& s, const void* g, Strides4 
 void conv2d_bias_act_bwd(DType dt, int64_t N, int64_t O, int64_t P, const void* grad, Strides4 gs, const void* out,
                          Strides4 os, void* grad_pre, void* grad_bias, void* scratch, int64_t splits, Act act,
                          int device, uintptr_t stream) {
-  set_device(device);
+  const DeviceGuard device_guard(device);
   cudaStream_t st = as_stream(stream);
   if (O == 0) return;
   if (splits < 1 || splits > 65535) throw std::invalid_argument("conv2d_bias_act_bwd (cuda): splits out of range");

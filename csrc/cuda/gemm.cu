@@ -853,7 +853,7 @@ void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int6
           const void* bias, void* c, int64_t ldc, int64_t M, int64_t N, int64_t K, Act act, int sm_count,
           void* scratch, int64_t scratch_floats, int device, uintptr_t stream) {
   const GemmPlan plan = gemm_plan(dt, addr(a), sam, sak, addr(b), sbk, sbn, addr(c), ldc, M, N, K, sm_count);
-  set_device(device);
+  const DeviceGuard device_guard(device);
   gemm_planned(dt, plan, a, b, bias, c, M, N, K, act, scratch, scratch_floats, device, stream);
 }
 
@@ -863,7 +863,7 @@ void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int6
   if (M < 0 || N < 0 || K < 0)
     throw std::invalid_argument("gemm: negative size M=" + std::to_string(M) + " N=" + std::to_string(N) +
                                 " K=" + std::to_string(K));
-  set_device(device);
+  const DeviceGuard device_guard(device);
   const GemmPlan plan = gemm_plan(dt, addr(a), sam, sak, addr(b), sbk, sbn, addr(c), ldc, M, N, K,
                                   sm_count(device), /*split_k=*/false);
   gemm_planned(dt, plan, a, b, bias, c, M, N, K, act, nullptr, 0, device, stream);
@@ -872,7 +872,7 @@ void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int6
 void bias_act_bwd(DType dt, const void* grad, const void* out, void* grad_pre, void* grad_bias, int64_t M,
                   int64_t N, Act act, int device, uintptr_t stream) {
   const LaunchPlan plan = bias_act_bwd_plan(dt, M, N, grad_bias != nullptr);
-  set_device(device);
+  const DeviceGuard device_guard(device);
   if (plan.launches == 0) return;
   if (M > 0 && grad == nullptr) throw std::invalid_argument("bias_act_bwd: grad is null");
   if (act != Act::None && M > 0 && out == nullptr)

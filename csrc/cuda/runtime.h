@@ -55,14 +55,6 @@ class DeviceGuard {
   bool switched_ = false;
 };
 
-// Non-restoring predecessor of DeviceGuard, kept only until conv.cu and gemm.cu open a DeviceGuard
-// instead; then delete it.
-inline void set_device(int device) {
-  int cur = -1;
-  PYIMGCLS_CUDA_CHECK(cudaGetDevice(&cur));
-  if (cur != device) PYIMGCLS_CUDA_CHECK(cudaSetDevice(device));
-}
-
 // Streaming multiprocessors of `device`: launchers size their grids (tile shape, split count) so
 // that every SM gets work.
 inline int sm_count(int device) {
