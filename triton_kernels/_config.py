@@ -13,6 +13,10 @@ import os
 import triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# PYIMGCLS_TRITON_ONE_CONFIG=1: every tuned kernel keeps only the first selectable row of its table
+# for the launch's dtype and arch, so a GPU test run compiles one variant per kernel instead of the
+# whole sweep (benchmarks/gpu_check.sh "check" stage: the GPU budget is minutes). Never for timing.
+ONE_CONFIG = os.environ.get("PYIMGCLS_TRITON_ONE_CONFIG", "0") == "1"
 
 FP16 = ("float16", "bfloat16")
 FP32 = ("float32",)
@@ -70,13 +74,15 @@ class DtypeArchPrune:
         t = next(v for v in named_args.values() if isinstance(v, torch.Tensor))
         dtype = str(t.dtype).removeprefix("torch.")
         if t.device.type != "cuda":
-            return self.select(configs, dtype, None)
-        major, minor = torch.cuda.get_device_capability(t.device)
-        cap = major * 10 + minor
-        limit = SMEM_LIMIT.get(cap)
-        if limit is None:
-            limit = torch.cuda.get_device_properties(t.device).shared_memory_per_block_optin
-        return self.select(configs, dtype, cap, limit)
+            chosen = self.select(configs, dtype, None)
+        else:
+            major, minor = torch.cuda.get_device_capability(t.device)
+            cap = major * 10 + minor
+            limit = SMEM_LIMIT.get(cap)
+            if limit is None:
+                limit = torch.cuda.get_device_properties(t.device).shared_memory_per_block_optin
+            chosen = self.select(configs, dtype, cap, limit)
+        return chosen[:1] if ONE_CONFIG else chosen
 
 
 class TunedTable:
