@@ -139,7 +139,11 @@ class _Recorder:
                         return real(*args, **kwargs)
                     out = getattr(_grid.family_module("torch", family), entry)(*args, **kwargs)
                     plan_fn = getattr(module, "plan_" + entry, None)
-                    plan = plan_fn(*args, **kwargs) if plan_fn is not None else None
+                    if plan_fn is not None:
+                        plan = plan_fn(*args, **kwargs)
+                    else:   # the launcher's name (its kernel variant is decided inside it)
+                        launcher = getattr(module, "LAUNCHERS", {}).get(entry)
+                        plan = None if launcher is None else {"kernel": launcher}
                     recorder.record(backend, family, entry, args, out, plan)
                     return out
                 return run
@@ -160,13 +164,13 @@ class _Recorder:
     def record(self, backend, family, entry, args, out, plan):
         op, pss = self._pass(family, entry, args, out)
         plan = plan or {}
-        tensor_cores = bool(plan.get("tensor_cores", False))
+        tensor_cores = bool(plan.get("tensor_cores"))
         reads = _READS.get((family, entry))
         read_args = args if reads is None else tuple(args[i] for i in reads)
         flops, nbytes = _flops(family, entry, args, out), _nbytes(read_args, out)
         row = {"layer": self.layer, "op": op, "pass": pss, "backend": backend,
                "kernel": plan.get("kernel", f"({family}.{entry}: no plan)"),
-               "tensor_cores": tensor_cores, "vectorized": bool(plan.get("vectorized", False)),
+               "tensor_cores": tensor_cores if "tensor_cores" in plan else None, "vectorized": plan.get("vectorized"),
                "tile": plan.get("tile"), "ctas": plan.get("ctas"), "flops": int(flops), "bytes": int(nbytes)}
         for gpu, peak in PEAKS.items():
             fl = peak["tensor"] if tensor_cores else peak["fp32"]

@@ -151,3 +151,22 @@ def test_mobilenet_v2_depthwise_backward_takes_the_depthwise_kernels(channels_la
             assert row["vectorized"] == channels_last, row
     wgrad = [row for row in dw if row["pass"] == "wgrad"]
     assert all(row["ctas"] > 0 and row["plan"]["launches"] == 2 for row in wgrad)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"], ids=lambda b: f"on_{b}")
+def test_every_row_names_its_kernel_or_launcher(backend):
+    r = explain("mobilenet_v2", (2, 3, 32, 32), backend=backend, dtype=torch.float16)
+    assert all("no plan" not in row["kernel"] for row in r), [row for row in r if "no plan" in row["kernel"]]
+
+
+def test_triton_depthwise_backward_and_tensor_cores():
+    model = pyimgcls.models.mobilenet_v2()
+    r = explain(model, (2, 3, 32, 32), backend="triton", dtype=torch.float16)
+    dw = _conv_rows(r, model, lambda m: m.groups > 1 and m.groups == m.in_channels)
+    assert {row["kernel"] for row in dw if row["pass"] == "dgrad"} == {"_conv2d_depthwise_dgrad_kernel"}
+    assert {row["kernel"] for row in dw if row["pass"] == "wgrad"} == {"_conv2d_depthwise_wgrad_kernel"}
+    assert not any(row["tensor_cores"] for row in dw)
+    pw = _conv_rows(r, model, lambda m: m.kernel_size == (1, 1))
+    assert pw and all(row["tensor_cores"] for row in pw)          # tl.dot on float16
+    r32 = explain(model, (2, 3, 32, 32), backend="triton", dtype=torch.float32, training=False)
+    assert not any(row["tensor_cores"] for row in r32)          # IEEE float32 dots

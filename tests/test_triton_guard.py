@@ -55,7 +55,8 @@ def _entry_points():
     for family in backends.FAMILIES:
         mod = backends.kernels("triton", family)
         for name, fn in inspect.getmembers(mod, inspect.isfunction):
-            if fn.__module__ == mod.__name__ and not name.startswith("_") and (family, name) not in NOT_LAUNCHERS:
+            if (fn.__module__ == mod.__name__ and not name.startswith(("_", "plan_"))   # plan_*: launch nothing
+                    and (family, name) not in NOT_LAUNCHERS):
                 yield pytest.param(fn, id=f"{family}.{name}")
 
 

@@ -411,7 +411,7 @@ def conv2d_fwd(x, w, bias, res, out, stride, padding, dilation, groups, act) -> 
     tail = dict(HAS_BIAS=bias is not None, HAS_RES=res is not None, ACT=act)
     bias_arg = bias if bias is not None else out
     res_arg = res if res is not None else out
-    if groups == C and O == C and Cg == 1:
+    if fwd_kernel(C, O, Cg, groups) is _conv2d_dw_fwd_kernel:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"]))  # noqa: E731
         _conv2d_dw_fwd_kernel[grid](
             x, w, bias_arg, res_arg, out, M, C, H, W, OH, OW, KH, KW, *geom,
@@ -431,10 +431,25 @@ def is_depthwise(C: int, Cg: int, groups: int) -> bool:
     return groups == C and Cg == 1
 
 
+# The kernel each entry point launches (the entry points below dispatch on these; pyimgcls.explain
+# reports them through the backend's plan_* functions).
+def fwd_kernel(C: int, O: int, Cg: int, groups: int):
+    """conv2d_fwd: the direct depthwise kernel (groups == C == O) or the implicit GEMM."""
+    return _conv2d_dw_fwd_kernel if groups == C and O == C and Cg == 1 else _conv2d_fwd_kernel
+
+
+def bwd_data_kernel(C: int, Cg: int, groups: int):
+    return _conv2d_depthwise_dgrad_kernel if is_depthwise(C, Cg, groups) else _conv2d_bwd_data_kernel
+
+
+def bwd_weight_kernel(C: int, Cg: int, groups: int):
+    return _conv2d_depthwise_wgrad_kernel if is_depthwise(C, Cg, groups) else _conv2d_bwd_weight_kernel
+
+
 def conv2d_bwd_data(gp, w, dx, stride, padding, dilation, groups) -> None:
     """dx = conv2d's input gradient for the output gradient gp (every element of dx written)."""
     (N, C, H, W), (O, Cg, KH, KW), (OH, OW) = _dims(dx, w, gp)
-    if is_depthwise(C, Cg, groups):
+    if bwd_data_kernel(C, Cg, groups) is _conv2d_depthwise_dgrad_kernel:
         M = N * H * W
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C, meta["BLOCK_C"]))  # noqa: E731
         _conv2d_depthwise_dgrad_kernel[grid](
@@ -468,7 +483,7 @@ def _depthwise_splits(O: int, taps: int, P: int, device: torch.device) -> int:
 def conv2d_bwd_weight(gp, x, dw, stride, padding, dilation, groups) -> None:
     """dw (contiguous) = conv2d's weight gradient for the output gradient gp."""
     (N, C, H, W), (O, Cg, KH, KW), (OH, OW) = _dims(x, dw, gp)
-    if is_depthwise(C, Cg, groups):
+    if bwd_weight_kernel(C, Cg, groups) is _conv2d_depthwise_wgrad_kernel:
         P = N * OH * OW
         split = _depthwise_splits(O, KH * KW, P, x.device)
         acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -49,3 +49,12 @@ def batch_norm_bwd(grad, x, weight, out, mean, invstd, training, act, channels_l
                                   mean.data_ptr(), invstd.data_ptr(), _ptr(gx), _ptr(gw), _ptr(gb), _ptr(gp),
                                   scratch.data_ptr(), chunks, N, C, S, cl, training, act, dev, stream)
     return bn.bwd_result(x, mean, gx, gw, gb, gp)
+
+
+# pyimgcls.explain: the launchers (pyimgcls._C) each entry point calls; the kernel variant is chosen
+# inside the launcher.
+LAUNCHERS = {
+    "batch_norm_fwd": "batch_norm_stats_cuda (training) + batch_norm_fwd_cuda",
+    "update_stats": "batch_norm_update_stats_cuda",
+    "batch_norm_bwd": "batch_norm_bwd_cuda",
+}

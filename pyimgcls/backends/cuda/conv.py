@@ -166,3 +166,7 @@ def plan_wgrad(gp, x, w, stride, padding, dilation, groups, sm_count=None):
     if geom is None:
         return dict(_NOTHING)
     return _plan(_WGRAD, gp2, x2, geom, _sm_count_for(x, sm_count))
+
+
+# pyimgcls.explain: the launcher of the entry points without a plan_* (pyimgcls._C).
+LAUNCHERS = {"bias_act_bwd": "conv2d_bias_act_bwd_cuda"}

@@ -76,3 +76,15 @@ def adaptive_avg_pool2d_backward(grad, height, width, channels_last):
         _native.C.adaptive_avg_pool2d_bwd_cuda(_native.dtype_code(grad.dtype), grad.data_ptr(), gx.data_ptr(),
                                                N, C, H, W, OH, OW, channels_last, device, stream)
     return gx
+
+
+# pyimgcls.explain: the launchers (pyimgcls._C) each entry point calls; the kernel variant is chosen
+# inside the launcher.
+LAUNCHERS = {
+    "max_pool2d": "max_pool2d_fwd_cuda",
+    "max_pool2d_backward": "max_pool2d_bwd_cuda",
+    "avg_pool2d": "avg_pool2d_fwd_cuda",
+    "avg_pool2d_backward": "avg_pool2d_bwd_cuda",
+    "adaptive_avg_pool2d": "adaptive_avg_pool2d_fwd_cuda",
+    "adaptive_avg_pool2d_backward": "adaptive_avg_pool2d_bwd_cuda",
+}

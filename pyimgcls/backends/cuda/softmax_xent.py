@@ -67,3 +67,12 @@ def backward(grad_loss, saved, target, denom, ignore_index, reduction, in_place)
         grad_loss.data_ptr(), grad_loss.stride(0) if per_row else 0, per_row,
         denom.data_ptr() if reduction == _MEAN else 0, N, C, ignore_index, out.data_ptr(), *launch_args(saved))
     return out
+
+
+# pyimgcls.explain: the launchers (pyimgcls._C) each entry point calls; the kernel variant is chosen
+# inside the launcher.
+LAUNCHERS = {
+    "forward": "softmax_xent_fwd_cuda",
+    "prob_forward": "softmax_xent_prob_fwd_cuda",
+    "backward": "softmax_xent_bwd_cuda",
+}

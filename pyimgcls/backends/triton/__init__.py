@@ -33,3 +33,22 @@ def on_tensor_device(fn):
             return fn(*args, **kwargs)
     guarded.device_guarded = True
     return guarded
+
+
+_TENSOR_CORE_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def kernel_plan(kernel, dtype: torch.dtype, dot: bool) -> dict:
+    """What pyimgcls.explain reports for a launch of ``kernel`` (a Triton JIT function or autotuner,
+    as the entry point chose it) on ``dtype`` operands. The tile and grid are the autotuner's choice
+    on the GPU, so they are not known here (None); ``configs`` counts the rows it may choose from on
+    sm_90 (triton_kernels/_config.py). ``dot``: the kernel's main loop is ``tl.dot``, which runs on
+    tensor cores for float16/bfloat16 (float32 and float64 dots are IEEE, on CUDA cores)."""
+    from ...triton_kernels import _config
+    fn = getattr(kernel, "base_fn", None) or getattr(kernel, "fn", kernel)
+    configs = getattr(kernel, "configs", None)
+    if configs is not None and all(hasattr(c, "dtypes") for c in configs):
+        configs = _config.DtypeArchPrune().select(configs, str(dtype).removeprefix("torch."), 90)
+    return {"kernel": fn.__name__, "tensor_cores": dot and dtype in _TENSOR_CORE_DTYPES, "vectorized": None,
+            "tile": None, "ctas": None, "splits": None, "launches": 1,
+            "configs": len(configs) if configs is not None else 1}

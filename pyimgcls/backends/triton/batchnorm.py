@@ -35,3 +35,11 @@ def batch_norm_bwd(grad, x, weight, out, mean, invstd, training, act, channels_l
     tk.batch_norm_bwd(grad, out, x, bn._vec(weight, mean.dtype), mean, invstd, gx, gw, gb, gp, N, C, S, cl, training,
                       act)
     return bn.bwd_result(x, mean, gx, gw, gb, gp)
+
+
+# pyimgcls.explain: the triton_kernels host function each entry point calls (it picks the kernel).
+LAUNCHERS = {
+    "batch_norm_fwd": "batch_norm_stats (training) + batch_norm_fwd",
+    "update_stats": "batch_norm_update_stats",
+    "batch_norm_bwd": "batch_norm_bwd",
+}

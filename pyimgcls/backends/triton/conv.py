@@ -44,3 +44,39 @@ def wgrad(gp, x, w, stride, padding, dilation, groups):
         return dw
     tk.conv2d_bwd_weight(gp, x, dw, stride, padding, dilation, groups)
     return dw
+
+
+# pyimgcls.explain: the kernel each entry point would launch (triton_kernels/conv.py's own choice).
+def _w_dims(w):
+    O, Cg = w.shape[0], w.shape[1]
+    return O, Cg
+
+
+def plan_conv2d(x, w, bias, res, stride, padding, dilation, groups, act):
+    from ...triton_kernels import conv as tk
+    from . import kernel_plan
+    O, Cg = _w_dims(w)
+    k = tk.fwd_kernel(x.shape[1], O, Cg, groups)
+    return kernel_plan(k, x.dtype, dot=k is not tk._conv2d_dw_fwd_kernel)
+
+
+def plan_dgrad(gp, x, w, stride, padding, dilation, groups):
+    from ...triton_kernels import conv as tk
+    from . import kernel_plan
+    O, Cg = _w_dims(w)
+    k = tk.bwd_data_kernel(x.shape[1], Cg, groups)
+    return kernel_plan(k, gp.dtype, dot=k is not tk._conv2d_depthwise_dgrad_kernel)
+
+
+def plan_wgrad(gp, x, w, stride, padding, dilation, groups):
+    from ...triton_kernels import conv as tk
+    from . import kernel_plan
+    O, Cg = _w_dims(w)
+    k = tk.bwd_weight_kernel(x.shape[1], Cg, groups)
+    return kernel_plan(k, gp.dtype, dot=k is not tk._conv2d_depthwise_wgrad_kernel)
+
+
+# pyimgcls.explain: the triton_kernels host function each entry point calls (it picks the kernel).
+LAUNCHERS = {
+    "bias_act_bwd": "conv2d_bias_act_bwd",
+}

@@ -22,3 +22,16 @@ def bias_act_bwd(grad, out, act, has_bias):
     if work:
         tk.bias_act_bwd(grad, out, act, gp, gb)
     return gp, gb
+
+
+def plan_gemm(a, b, bias, act):
+    """pyimgcls.explain: the one Triton GEMM kernel (tl.dot main loop)."""
+    from ...triton_kernels import gemm as tk
+    from . import kernel_plan
+    return kernel_plan(tk._gemm_fwd_kernel, a.dtype, dot=True)
+
+
+# pyimgcls.explain: the triton_kernels host function each entry point calls (it picks the kernel).
+LAUNCHERS = {
+    "bias_act_bwd": "bias_act_bwd",
+}

@@ -60,3 +60,14 @@ def adaptive_avg_pool2d_backward(grad, height, width, channels_last):
         from ...triton_kernels import pool as tk
         tk.adaptive_avg_pool2d_bwd(grad, gx)
     return gx
+
+
+# pyimgcls.explain: the triton_kernels host function each entry point calls (it picks the kernel).
+LAUNCHERS = {
+    "max_pool2d": "max_pool2d_fwd",
+    "max_pool2d_backward": "max_pool2d_bwd",
+    "avg_pool2d": "avg_pool2d_fwd",
+    "avg_pool2d_backward": "avg_pool2d_bwd",
+    "adaptive_avg_pool2d": "adaptive_avg_pool2d_fwd",
+    "adaptive_avg_pool2d_backward": "adaptive_avg_pool2d_bwd",
+}
