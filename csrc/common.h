@@ -6,6 +6,14 @@
 #include <stdexcept>
 #include <string>
 
+// Functions compiled twice, by nvcc into the kernels and by g++ into the host code and the CPU
+// checks of their index arithmetic (csrc/cuda/conv.h, csrc/cuda/tc_maps.h).
+#if defined(__CUDACC__)
+#define PYIMGCLS_HD __host__ __device__ __forceinline__
+#else
+#define PYIMGCLS_HD inline
+#endif
+
 namespace pyimgcls {
 
 enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };

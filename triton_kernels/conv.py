@@ -92,6 +92,22 @@ def _pixels(m, OH, OW):
 
 
 @triton.jit
+def _dgrad_tap(ih, iw, i, j, mask_m, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+    # Output pixel (oh, ow) that tap (i, j) of input pixel (ih, iw) came from, and whether there is
+    # one: ih = oh*sh - ph + i*dh  =>  oh = (ih + ph - i*dh) / sh must be a non-negative integer below
+    # OH (ow likewise). Clamped before dividing (no negative division). Shared by the dgrad kernels.
+    th = ih + pad_h - i * dil_h
+    tw = iw + pad_w - j * dil_w
+    thc = tl.maximum(th, 0)
+    twc = tl.maximum(tw, 0)
+    oh = thc // stride_h
+    ow = twc // stride_w
+    row_ok = (mask_m & (th >= 0) & (tw >= 0) & (thc % stride_h == 0) & (twc % stride_w == 0)
+              & (oh < OH) & (ow < OW))
+    return oh, ow, row_ok
+
+
+@triton.jit
 def _gather_mma(acc, a_row, row_ok, a_sk, b_col, b_sk, mask_n, offs_k, K,
                 IS_FP32: tl.constexpr, ACC_FP64: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_K: tl.constexpr):
     # acc += A @ B over k in [0, K), BLOCK_K at a time, with A[m, k] at a_row[m] + k * a_sk (rows with
@@ -223,15 +239,7 @@ def _conv2d_depthwise_dgrad_kernel(
     for r in range(0, KH * KW):
         i = r // KW
         j = r % KW
-        # Clamp before dividing (no negative division), as in _conv2d_bwd_data_kernel.
-        th = ih + pad_h - i * dil_h
-        tw = iw + pad_w - j * dil_w
-        thc = tl.maximum(th, 0)
-        twc = tl.maximum(tw, 0)
-        oh = thc // stride_h
-        ow = twc // stride_w
-        row_ok = (mask_m & (th >= 0) & (tw >= 0) & (thc % stride_h == 0) & (twc % stride_w == 0)
-                  & (oh < OH) & (ow < OW))
+        oh, ow, row_ok = _dgrad_tap(ih, iw, i, j, mask_m, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
         g_row = g_base + oh * sgh + ow * sgw                             # [BLOCK_M]
         for q in range(0, MULT):
             o = offs_c * MULT + q                                        # [BLOCK_C] out channels
@@ -307,16 +315,7 @@ def _conv2d_bwd_data_kernel(
     for r in range(0, KH * KW):
         i = r // KW
         j = r % KW
-        # Output pixel this tap maps to: ih = oh*sh - ph + i*dh  =>  oh = (ih + ph - i*dh) / sh, which
-        # must be a non-negative integer below OH. Clamp before dividing (no negative division).
-        th = ih + pad_h - i * dil_h
-        tw = iw + pad_w - j * dil_w
-        thc = tl.maximum(th, 0)
-        twc = tl.maximum(tw, 0)
-        oh = thc // stride_h
-        ow = twc // stride_w
-        row_ok = (mask_m & (th >= 0) & (tw >= 0) & (thc % stride_h == 0) & (twc % stride_w == 0)
-                  & (oh < OH) & (ow < OW))
+        oh, ow, row_ok = _dgrad_tap(ih, iw, i, j, mask_m, OH, OW, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
         a_row = g_base + oh * sgh + ow * sgw
         b_col = w_base + i * swh + j * sww
         acc = _gather_mma(acc, a_row, row_ok, sgc, b_col, swo, mask_n, offs_k, Og,

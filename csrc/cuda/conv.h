@@ -15,12 +15,6 @@
 #include "../conv_geometry.h"
 #include "plan.h"
 
-#if defined(__CUDACC__)
-#define PYIMGCLS_HD __host__ __device__ __forceinline__
-#else
-#define PYIMGCLS_HD inline
-#endif
-
 namespace pyimgcls::cuda {
 
 // ConvGeometry and Strides4: csrc/conv_geometry.h, shared with the CPU kernels and the bindings.

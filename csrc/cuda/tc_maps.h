@@ -10,11 +10,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define PYIMGCLS_HD __host__ __device__ __forceinline__
-#else
-#define PYIMGCLS_HD inline
-#endif
+#include "../common.h"  // PYIMGCLS_HD
 
 namespace pyimgcls::cuda::tc {
 
