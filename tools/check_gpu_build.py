@@ -358,10 +358,27 @@ def _probes():
         finally:
             m._split_k = saved
 
+    def conv_dw_dgrad(dt):
+        from triton_kernels import conv as m
+        x, w, out = conv_args(dt, groups=32, C=32, O=32)
+        m.conv2d_bwd_data(out, w, x, groups=32, **geom)
+
+    def conv_dw_wgrad(dt, split=1):
+        from triton_kernels import conv as m
+        x, w, out = conv_args(dt, groups=32, C=32, O=32)
+        saved = m._depthwise_splits
+        m._depthwise_splits = lambda O, taps, P, device: split  # fp32 partials + split_reduce when > 1
+        try:
+            m.conv2d_bwd_weight(out, x, w, groups=32, **geom)
+        finally:
+            m._depthwise_splits = saved
+
     return {
         "gemm": [("gemm", gemm)],
         "conv": [("fwd", conv_fwd), ("depthwise", conv_dw), ("dgrad", conv_dgrad),
-                 ("wgrad", conv_wgrad), ("wgrad-split", lambda dt: conv_wgrad(dt, 4))],
+                 ("wgrad", conv_wgrad), ("wgrad-split", lambda dt: conv_wgrad(dt, 4)),
+                 ("depthwise-dgrad", conv_dw_dgrad), ("depthwise-wgrad", conv_dw_wgrad),
+                 ("depthwise-wgrad-split", lambda dt: conv_dw_wgrad(dt, 3))],
     }
 
 
