@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMU_SRC = os.path.join(ROOT, "tests", "emu", "conv_tc_emu.cpp")
 CONV_CU = os.path.join(ROOT, "csrc", "cuda", "conv.cu")
 
+# layout: cl = channels_last, nchw = contiguous, pad = NCHW view with gaps after rows, planes, images.
 # (pass, layout, mode, N, C, H, W, O, KH, KW, SH, SW, PH, PW, DH, DW, groups, splits)
 # Tile 128 x 128 x 32, 3 stages: K = KH*KW*channels above 3*32 wraps the ring; M (pixels, or wgrad's
 # out channels) and N above 128 give partial second tiles.
@@ -37,6 +38,7 @@ CASES = [
     ("fwd", "nchw", "scalar", 2, 5, 9, 11, 7, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1),
     ("fwd", "nchw", "scalar", 1, 6, 12, 13, 9, 3, 3, 1, 1, 2, 2, 2, 2, 3, 1),  # groups 3, Cg = 2, Og = 3
     ("fwd", "cl", "scalar", 2, 7, 10, 9, 131, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),   # odd C, N = 131 partial
+    ("fwd", "pad", "scalar", 2, 5, 9, 11, 7, 3, 3, 2, 1, 1, 2, 1, 1, 1, 1),    # non-contiguous x and out
     # dgrad
     ("dgrad", "cl", "vec", 2, 16, 9, 11, 24, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1),   # stride 2: taps off the grid
     ("dgrad", "cl", "vec", 1, 136, 8, 9, 32, 3, 3, 1, 2, 1, 1, 2, 1, 2, 1),    # dilation, groups, N = 68
@@ -44,6 +46,7 @@ CASES = [
     ("dgrad", "nchw", "scalar", 1, 6, 7, 9, 9, 3, 3, 2, 1, 1, 0, 2, 1, 3, 1),
     ("dgrad", "nchw", "scalar", 2, 5, 11, 10, 7, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1),
     ("dgrad", "cl", "scalar", 1, 131, 6, 5, 13, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  # Cg = 131: 2 N tiles, odd O
+    ("dgrad", "pad", "scalar", 1, 6, 7, 9, 9, 3, 3, 2, 1, 1, 0, 2, 1, 3, 1),    # non-contiguous g and dx
     # wgrad (M = Og, N = KH*KW*Cg, K = pixels split over gridDim.z)
     ("wgrad", "cl", "vec", 2, 16, 9, 11, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 3),
     ("wgrad", "cl", "vec", 2, 32, 9, 11, 136, 3, 3, 2, 2, 1, 1, 1, 1, 1, 2),  # M = 136: 2 M tiles, N = 288
@@ -52,6 +55,7 @@ CASES = [
     ("wgrad", "nchw", "scalar", 2, 5, 9, 11, 7, 3, 3, 2, 2, 1, 1, 1, 1, 1, 2),
     ("wgrad", "nchw", "scalar", 1, 6, 10, 11, 9, 3, 3, 1, 1, 2, 2, 2, 2, 3, 3),
     ("wgrad", "cl", "scalar", 1, 3, 4, 4, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 20),  # splits > pixels: empty ranges
+    ("wgrad", "pad", "scalar", 2, 5, 9, 11, 7, 3, 3, 2, 2, 1, 1, 1, 1, 1, 2),   # non-contiguous g and x
 ]
 
 

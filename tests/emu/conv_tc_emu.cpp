@@ -36,9 +36,9 @@
 //   EMU_PLANT_WALK        the per-thread k position advances BK - 8 per k-tile (fwd / dgrad)
 //
 // Usage: conv_tc_emu [--strict-banks] PASS LAYOUT MODE N C H W O KH KW SH SW PH PW DH DW GROUPS SPLITS [...]
-//   PASS in {fwd, dgrad, wgrad}; LAYOUT in {cl, nchw} (activations channels_last or NCHW; the weight
-//   [O, KH, KW, Cg] resp. [O, Cg, KH, KW] in memory, dgrad cl: out channel fastest); MODE in {vec,
-//   scalar}. One line per case ("ok ..." / "FAIL ..."); exit 1 if any failed, 2 on bad usage.
+//   PASS in {fwd, dgrad, wgrad}; LAYOUT in {cl, nchw, pad} (activations channels_last, NCHW, or NCHW
+//   with gaps after every row, plane and image; the weight [O, KH, KW, Cg] for cl (dgrad: out
+//   channel fastest), else contiguous [O, Cg, KH, KW]); MODE in {vec, scalar}. One line per case ("ok ..." / "FAIL ..."); exit 1 if any failed, 2 on bad usage.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -434,15 +434,28 @@ void run_grid(Params& p, int64_t groups, Counters& cnt) {
 // ---------------------------------------------------------------------------------------------
 // Tensors, the launchers' parameters, and the double reference.
 // ---------------------------------------------------------------------------------------------
-Strides4 act_strides(bool cl, int64_t C, int64_t H, int64_t W) {
-  return cl ? Strides4{H * W * C, 1, W * C, C} : Strides4{C * H * W, H * W, W, 1};
+// cl: channels_last; nchw: contiguous; pad: NCHW with padded rows, planes and images (a
+// non-contiguous view: its gaps hold values that must never reach an output).
+Strides4 act_strides(const std::string& layout, int64_t C, int64_t H, int64_t W) {
+  if (layout == "cl") return Strides4{H * W * C, 1, W * C, C};
+  if (layout == "nchw") return Strides4{C * H * W, H * W, W, 1};
+  const int64_t sh = W + 3, sc = H * sh + 5;
+  return Strides4{C * sc + 7, sc, sh, 1};
 }
 
-Global make_tensor(int64_t count, std::mt19937& rng) {
+int64_t extent(const Strides4& st, int64_t N, int64_t C, int64_t H, int64_t W) {
+  return (N - 1) * st.n + (C - 1) * st.c + (H - 1) * st.h + (W - 1) * st.w + 1;
+}
+
+// Tensor [N, C, H, W] with strides st: its elements small integers, every gap 1000.
+Global make_tensor(const Strides4& st, int64_t N, int64_t C, int64_t H, int64_t W, std::mt19937& rng) {
   Global g;
-  g.data.resize(static_cast<size_t>(count));
+  g.data.assign(static_cast<size_t>(extent(st, N, C, H, W)), 1000);
   std::uniform_int_distribution<int> val(-3, 3);
-  for (auto& v : g.data) v = static_cast<int16_t>(val(rng));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w) g.data[n * st.n + c * st.c + h * st.h + w * st.w] = static_cast<int16_t>(val(rng));
   return g;
 }
 
@@ -472,14 +485,14 @@ bool run_case(const Case& cs, bool strict_banks) {
   const int64_t G = s.groups, Cg = s.C / G, Og = s.O / G;
   std::mt19937 rng(static_cast<unsigned>(s.N * 7919 + s.C * 104729 + s.H * 131 + s.O * 17 + pass));
 
-  const Strides4 xs = act_strides(cl, s.C, s.H, s.W), gs = act_strides(cl, s.O, s.OH, s.OW);
+  const Strides4 xs = act_strides(cs.layout, s.C, s.H, s.W), gs = act_strides(cs.layout, s.O, s.OH, s.OW);
   // Weight [O, Cg, KH, KW]: cl = [O, KH, KW, Cg] in memory (fwd / wgrad) or out channel fastest
   // = [Cg, KH, KW, O] (dgrad's fast path); nchw = contiguous.
   const Strides4 ws = !cl ? Strides4{Cg * s.KH * s.KW, s.KH * s.KW, s.KW, 1}
                       : pass == kDgrad ? Strides4{1, s.KH * s.KW * s.O, s.KW * s.O, s.O}
                                        : Strides4{s.KH * s.KW * Cg, 1, s.KW * Cg, Cg};
-  const Global x = make_tensor(s.N * s.C * s.H * s.W, rng), w = make_tensor(s.O * Cg * s.KH * s.KW, rng),
-               gr = make_tensor(s.N * s.O * s.OH * s.OW, rng);
+  const Global x = make_tensor(xs, s.N, s.C, s.H, s.W, rng), w = make_tensor(ws, s.O, Cg, s.KH, s.KW, rng),
+               gr = make_tensor(gs, s.N, s.O, s.OH, s.OW, rng);
   auto X = [&](int64_t n, int64_t c, int64_t h, int64_t ww) { return double(x.data[n * xs.n + c * xs.c + h * xs.h + ww * xs.w]); };
   auto Wt = [&](int64_t o, int64_t c, int64_t i, int64_t j) { return double(w.data[o * ws.n + c * ws.c + i * ws.h + j * ws.w]); };
   auto Gr = [&](int64_t n, int64_t o, int64_t h, int64_t ww) { return double(gr.data[n * gs.n + o * gs.c + h * gs.h + ww * gs.w]); };
@@ -492,7 +505,7 @@ bool run_case(const Case& cs, bool strict_banks) {
   p.k_chunk = static_cast<int>(std::max<int64_t>(gm.K, 1));
   p.splits = 1;
   Strides4 a_st{}, b_st{};
-  int64_t out_count = 0;
+  int64_t out_count = 0, logical = 0;  // allocation of the output; elements in it to write
   const int64_t total = s.O * Cg * s.KH * s.KW;
   if (pass == kFwd) {
     p.a = x; p.as = a_st = xs;
@@ -503,7 +516,8 @@ bool run_case(const Case& cs, bool strict_banks) {
     std::uniform_int_distribution<int> bval(-8, 8);
     p.bias.resize(s.O);
     for (auto& v : p.bias) v = bval(rng);
-    out_count = s.N * s.O * s.OH * s.OW;
+    out_count = extent(gs, s.N, s.O, s.OH, s.OW);
+    logical = s.N * s.O * s.OH * s.OW;
   } else if (pass == kDgrad) {
     p.a = gr; p.as = a_st = gs;
     b_st = ws;
@@ -511,14 +525,15 @@ bool run_case(const Case& cs, bool strict_banks) {
     p.cs = xs;
     p.b_group = p.ix.Og * ws.n;
     p.c_chunks = std::abs(p.cs.c) <= std::min(std::abs(p.cs.h), std::abs(p.cs.w));
-    out_count = s.N * s.C * s.H * s.W;
+    out_count = extent(xs, s.N, s.C, s.H, s.W);
+    logical = s.N * s.C * s.H * s.W;
   } else {
     p.a = gr; p.as = a_st = gs;
     p.b = x; p.bs = b_st = xs;
     p.cs = Strides4{total, s.KH * s.KW * Cg, 0, 1};
     p.splits = static_cast<int>(cs.splits);
     p.k_chunk = static_cast<int>(std::max<int64_t>(1, conv_cdiv(std::max<int64_t>(p.K, 1), cs.splits)));
-    out_count = cs.splits * total;
+    out_count = logical = cs.splits * total;
   }
   if (vec != conv2d_vec_ok(pass, s, a_st, b_st, 0, 0)) {
     std::printf("FAIL %s: conv2d_vec_ok says %s path for this case\n", tag.c_str(), vec ? "scalar" : "vec");
@@ -606,6 +621,12 @@ bool run_case(const Case& cs, bool strict_banks) {
                       std::to_string(j) + "] got " + std::to_string(sum) + " want " + std::to_string(ref);
           }
   }
+  // Each logical element written once (checked above) and these are all the writes: no store into
+  // a gap of a strided output.
+  int64_t writes = 0;
+  for (int v : p.c_writes) writes += v;
+  if (writes != logical && bad++ == 0)
+    first = std::to_string(writes) + " stores for " + std::to_string(logical) + " output elements";
   const std::string banks = " ldmatrix conflicts=" + std::to_string(cnt.ldsm_conflicts);
   if (bad > 0) {
     std::printf("FAIL %s: %ld wrong, first %s;%s\n", tag.c_str(), bad, first.c_str(), banks.c_str());
@@ -648,7 +669,7 @@ int main(int argc, char** argv) {
     s.groups = v[13];
     c.splits = v[14];
     const bool bad_names = (c.pass != "fwd" && c.pass != "dgrad" && c.pass != "wgrad") ||
-                           (c.layout != "cl" && c.layout != "nchw") || (c.mode != "vec" && c.mode != "scalar");
+                           (c.layout != "cl" && c.layout != "nchw" && c.layout != "pad") || (c.mode != "vec" && c.mode != "scalar");
     bool bad = bad_names || s.N < 1 || s.C < 1 || s.H < 1 || s.W < 1 || s.O < 1 || s.KH < 1 || s.KW < 1 ||
                s.stride_h < 1 || s.stride_w < 1 || s.pad_h < 0 || s.pad_w < 0 || s.dil_h < 1 || s.dil_w < 1 ||
                s.groups < 1 || s.C % s.groups || s.O % s.groups || c.splits < 1;
