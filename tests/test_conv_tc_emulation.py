@@ -182,3 +182,19 @@ def test_kernel_uses_the_shared_maps():
     kernel = src[src.index("conv2d_igemm_kernel(IgemmParams p)"):src.index("conv2d_simt_kernel(IgemmParams p)")]
     assert not re.search(r"\blane\s*&\s*(15|7|3)\b|\blane\s*>>\s*[234]\b", kernel), \
         "conv2d_igemm_kernel computes a lane map inline instead of through tc_maps.h"
+
+
+def test_unpadded_stage_rows_are_caught_as_bank_conflicts(emu_dir):
+    """Stages without TC_LD's padding still compute the right numbers (copies and ldmatrix reads use
+    the same pitch); only the ldmatrix bank-conflict check sees it. wgrad's vector path (TC_LDT rows)
+    is not affected."""
+    exe = _compile(emu_dir, "conv_emu_ld", defines=["EMU_PLANT_LD"], opt="-O1")
+    cases = [c for c in CASES if c[3] * c[5] * c[6] <= 300]
+    rc, lines = _run(exe, cases, strict_banks=False)
+    assert rc == 0, "\n".join(lines)
+    for case, line in zip(cases, lines):
+        assert bool(re.search(r"ldmatrix conflicts=[1-9]", line)) == (not _trans(case)), line
+    rc, lines = _run(exe, cases, strict_banks=True)
+    assert rc == 1
+    for case, line in zip(cases, lines):
+        assert ("bank conflicts" in line) == (not _trans(case)), line

@@ -5,7 +5,7 @@
 // What is emulated and where each part comes from
 //   Index arithmetic of the gathers and stores (ConvIndex, fast division, per-CTA pixel-row table,
 //     incremental (tap, channel) walk of GEMM-K, x / dgrad / weight / wgrad operand offsets, GEMM
-//     sizes, the vec decision, the shared layout TC_LD / TC_LDT / TC_PIPE_BYTES / TC_EPI_LD):
+//     sizes, the vec decision, the shared layout kLD / TC_LDT / TC_PIPE_BYTES / TC_EPI_LD):
 //     csrc/cuda/conv.h, the functions and constants the kernel itself calls.
 //   ldmatrix lane row addresses and the accumulator fragment map: csrc/cuda/tc_maps.h, which the
 //     kernel calls (tc::ldsm_a_kc / ldsm_a_mc / ldsm_b_kc / ldsm_b_nc / acc_frag).
@@ -25,7 +25,7 @@
 //   inside its tensor's allocation (cp.async: 16-byte aligned); shared accesses aligned and inside
 //   the ring; no poison (unlanded, unpublished, never written) reaches an output; nothing in flight
 //   when the ring becomes the staging tile. ldmatrix bank conflicts are counted and, with
-//   --strict-banks, fail the case (TC_LD / TC_LDT promise none).
+//   --strict-banks, fail the case (kLD / TC_LDT promise none).
 //
 // Planted bugs (test mutation cases only; never set by a real build):
 //   EMU_PLANT_LANE=1..4   lanes 1 and 2 swapped in ldsm_a_kc / ldsm_a_mc / ldsm_b_kc / ldsm_b_nc
@@ -34,6 +34,7 @@
 //   EMU_PLANT_GATHER=1    x_tap_offset reads the next channel (fwd A, wgrad B)
 //   EMU_PLANT_GATHER=2    dgrad_tap_offset without the stride-divisibility test (dgrad A, stride > 1)
 //   EMU_PLANT_WALK        the per-thread k position advances BK - 8 per k-tile (fwd / dgrad)
+//   EMU_PLANT_LD          unpadded [rows][BK] stages (TC_LD = BK): right numbers, ldmatrix bank conflicts
 //
 // Usage: conv_tc_emu [--strict-banks] PASS LAYOUT MODE N C H W O KH KW SH SW PH PW DH DW GROUPS SPLITS [...]
 //   PASS in {fwd, dgrad, wgrad}; LAYOUT in {cl, nchw, pad} (activations channels_last, NCHW, or NCHW
@@ -80,6 +81,15 @@ tc::RowCol m_acc_frag(int lane, int r) {
 #endif
   return tc::acc_frag(lane, r);
 }
+
+// Row pitch of the [rows][BK] stages (conv.h's TC_LD; the plant drops the padding: correct data,
+// 64-byte rows, ldmatrix phases on 2 bank groups).
+constexpr int kLD =
+#if defined(EMU_PLANT_LD)
+    TC_BK;
+#else
+    TC_LD;
+#endif
 
 // The kernel's cp_async_wait<TC_STAGES - 2>.
 constexpr int kWaitPending =
@@ -161,10 +171,12 @@ constexpr uint32_t kSA = 0, kSB = kSA + TC_STAGES * A_STAGE * 2;   // byte addre
 // load_stage<MODE, T, VEC> for thread tid; sA / sB are byte addresses of the stage.
 template <int MODE, bool VEC>
 void load_stage(const Params& p, Shared& sm, AsyncState& as, int tid, const std::vector<PixelRC>& rows, int g, int bm,
-                int bn, int k0, int k_end, const KPos& kp, const KPos& bcol, uint32_t sA, uint32_t sB) {
+                int bn, int k0, int k_end, const KPos& kp, const KPos& bcol, uint32_t sA, uint32_t sB,
+                std::vector<uint32_t>& issued) {
   auto el = [](uint32_t base, int e) { return base + static_cast<uint32_t>(e) * 2; };
   auto cp = [&](uint32_t dst, const Global& src, int64_t off) {
     cp_async_16(sm, as, dst, src, off >= 0 ? off : 0, off >= 0 ? 16 : 0);
+    issued.push_back(dst);
   };
   auto st = [&](uint32_t dst, const Global& src, int64_t off) {
     st_shared_b16(sm, dst, static_cast<int16_t>(off >= 0 ? ld_global(src, off) : 0.0));
@@ -175,10 +187,10 @@ void load_stage(const Params& p, Shared& sm, AsyncState& as, int tid, const std:
     for (int it = 0; it < 2; ++it) {
       const int row = (tid >> 2) + it * (TC_THREADS / 4);
       const int64_t off = kin ? a_pixel_offset<MODE>(p, rows[row], kp, g) : -1;
-      cp(el(sA, row * TC_LD + kq), p.a, off);
+      cp(el(sA, row * kLD + kq), p.a, off);
       const int n = bn + row;
       const int64_t boff = kin && n < p.N ? weight_offset(p.ix, p.bs, p.b_group, n, kp, g) : -1;
-      cp(el(sB, row * TC_LD + kq), p.b, boff);
+      cp(el(sB, row * kLD + kq), p.b, boff);
     }
   } else if (MODE != kWgrad) {
     const int kk = tid & 31;
@@ -188,8 +200,8 @@ void load_stage(const Params& p, Shared& sm, AsyncState& as, int tid, const std:
       const int n = bn + row;
       const int64_t off = kin ? a_pixel_offset<MODE>(p, rows[row], kp, g) : -1;
       const int64_t boff = kin && n < p.N ? weight_offset(p.ix, p.bs, p.b_group, n, kp, g) : -1;
-      st(el(sA, row * TC_LD + kk), p.a, off);
-      st(el(sB, row * TC_LD + kk), p.b, boff);
+      st(el(sA, row * kLD + kk), p.a, off);
+      st(el(sB, row * kLD + kk), p.b, boff);
     }
   } else if (VEC) {
     const int mc = (tid & 15) * 8;
@@ -210,8 +222,8 @@ void load_stage(const Params& p, Shared& sm, AsyncState& as, int tid, const std:
       const PixelRC px = wgrad_pixel(p, k0 + kk, k_end);
       const int64_t off = m < p.M ? wgrad_a_offset(p.ix, p.as, m, px, g) : -1;
       const int64_t boff = n < p.N ? m_x_tap_offset(p.ix, p.bs, px, bcol, g) : -1;
-      st(el(sA, row * TC_LD + kk), p.a, off);
-      st(el(sB, row * TC_LD + kk), p.b, boff);
+      st(el(sA, row * kLD + kk), p.a, off);
+      st(el(sB, row * kLD + kk), p.b, boff);
     }
   }
 }
@@ -277,13 +289,26 @@ void run_cta(Params& p, int bx, int by, int bz, Counters& cnt) {
     return *reinterpret_cast<double(*)[32][4]>(&acc_store[((static_cast<size_t>(warp) * 4 + i) * 4 + j) * 128]);
   };
   auto stage_at = [&](int st, uint32_t base, int per) { return base + static_cast<uint32_t>(st * per * 2); };
+  // cp.async destinations of each thread in issue order: the i-th copies of 8 consecutive threads
+  // are one quarter-warp shared store (counted, not enforced: the kernel promises conflict-free
+  // ldmatrix reads only).
+  std::vector<std::vector<uint32_t>> issued(TC_THREADS);
   auto load = [&](int tid, int st, int k0) {
     load_stage<MODE, VEC>(p, sm, as[tid], tid, rows, g, bm, bn, k0, k_end, kp[tid], bcol[tid],
-                          stage_at(st, kSA, A_STAGE), stage_at(st, kSB, B_STAGE));
+                          stage_at(st, kSA, A_STAGE), stage_at(st, kSB, B_STAGE), issued[tid]);
+  };
+  auto count_stores = [&]() {
+    for (int q = 0; q < TC_THREADS / 8; ++q)
+      for (size_t i = 0; i < issued[8 * q].size(); ++i) {
+        uint32_t quarter[8];
+        for (int t = 0; t < 8; ++t) quarter[t] = issued[8 * q + t].at(i);
+        if (chunks_conflict(quarter)) ++cnt.cp_async_conflicts;
+      }
+    for (auto& v : issued) v.clear();
   };
 
   // 2. Prologue.
-  for (int st = 0; st < TC_STAGES - 1; ++st)
+  for (int st = 0; st < TC_STAGES - 1; ++st) {
     for (int tid = 0; tid < TC_THREADS; ++tid) {
       if (st < KT) {
         load(tid, st, k_begin + st * TC_BK);
@@ -291,6 +316,8 @@ void run_cta(Params& p, int bx, int by, int bz, Counters& cnt) {
       }
       cp_async_commit(as[tid]);
     }
+    count_stores();
+  }
 
   // 3. Main loop.
   for (int kt = 0; kt < KT; ++kt) {
@@ -304,6 +331,7 @@ void run_cta(Params& p, int bx, int by, int bz, Counters& cnt) {
       }
       cp_async_commit(as[tid]);
     }
+    count_stores();
     const int cs = kt % TC_STAGES;
     const uint32_t tA = stage_at(cs, kSA, A_STAGE), tB = stage_at(cs, kSB, B_STAGE);
     for (int warp = 0; warp < WARPS; ++warp) {
@@ -320,7 +348,7 @@ void run_cta(Params& p, int bx, int by, int bz, Counters& cnt) {
               e = (kk + la_mc.row) * TC_LDT + m0 + (la_mc.ch << 3);
             } else {
               const tc::RowChunk la_kc = m_ldsm_a_kc(lane);
-              e = (m0 + la_kc.row) * TC_LD + kk + la_kc.ch * 8;
+              e = (m0 + la_kc.row) * kLD + kk + la_kc.ch * 8;
             }
             addr[lane] = tA + static_cast<uint32_t>(e) * 2;
           }
@@ -336,7 +364,7 @@ void run_cta(Params& p, int bx, int by, int bz, Counters& cnt) {
               e = (kk + lb_nc.row) * TC_LDT + n0 + (lb_nc.ch << 3);
             } else {
               const tc::RowChunk lb_kc = m_ldsm_b_kc(lane);
-              e = (n0 + lb_kc.row) * TC_LD + kk + lb_kc.ch * 8;
+              e = (n0 + lb_kc.row) * kLD + kk + lb_kc.ch * 8;
             }
             addr[lane] = tB + static_cast<uint32_t>(e) * 2;
           }
@@ -627,7 +655,8 @@ bool run_case(const Case& cs, bool strict_banks) {
   for (int v : p.c_writes) writes += v;
   if (writes != logical && bad++ == 0)
     first = std::to_string(writes) + " stores for " + std::to_string(logical) + " output elements";
-  const std::string banks = " ldmatrix conflicts=" + std::to_string(cnt.ldsm_conflicts);
+  const std::string banks = " ldmatrix conflicts=" + std::to_string(cnt.ldsm_conflicts) +
+                            " cp.async store conflicts=" + std::to_string(cnt.cp_async_conflicts);
   if (bad > 0) {
     std::printf("FAIL %s: %ld wrong, first %s;%s\n", tag.c_str(), bad, first.c_str(), banks.c_str());
     return false;
