@@ -56,6 +56,7 @@
 
 #include "common.cuh"
 #include "conv.h"
+#include "tc_maps.h"
 #include "runtime.h"
 
 namespace pyimgcls::cuda {
@@ -140,14 +141,9 @@ __device__ __forceinline__ void store_one(const IgemmParams& p, const PixelRC& p
 // ---------------------------------------------------------------------------------------------
 // Tensor-core implicit GEMM (fp16 / bf16)
 // ---------------------------------------------------------------------------------------------
-constexpr int TC_LD = TC_BK + 8;   // [rows][BK] tile row (80 bytes): ldmatrix rows hit 8 distinct 16-byte bank groups
-constexpr int TC_LDT = TC_BM + 8;  // [BK][rows] tile row of wgrad's vector path (272 bytes), same property
-constexpr int TC_PIPE_BYTES = TC_STAGES * (TC_BM + TC_BN) * TC_LD * 2;
+// TC_LD, TC_LDT, TC_PIPE_BYTES, TC_EPI_LD: conv.h (shared with tests/emu/conv_tc_emu.cpp).
 constexpr int TC_ROWS_BYTES = TC_BM * static_cast<int>(sizeof(PixelRC));
 constexpr int TC_SMEM_BYTES = TC_PIPE_BYTES + TC_ROWS_BYTES;
-constexpr int TC_EPI_LD = TC_BN + 8;  // fp32 staging row: float2 stores of a half-warp hit 32 distinct banks
-static_assert(TC_BK * TC_LDT <= TC_BM * TC_LD, "wgrad's k-major stage must fit the row-major one");
-static_assert(TC_BM / 2 * TC_EPI_LD * 4 <= TC_PIPE_BYTES, "half-tile fp32 staging must fit the pipeline ring");
 
 // Fill one pipeline stage with A[bm:bm+BM, k0:k0+BK] and B[bn:bn+BN, k0:k0+BK].
 //   fwd / dgrad: sA [BM][LD], sB [BN][LD] (k contiguous); kp = this thread's k position.
@@ -302,6 +298,9 @@ __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p)
 
   const int lane = tid & 31, warp = tid >> 5;
   const int warp_m = warp >> 2, warp_n = warp & 3;                 // 2 x 4 warps, each 64 x 32
+  // ldmatrix.x4 row addresses of this lane (tc_maps.h, the GEMM's maps, emulated on the CPU).
+  const tc::RowChunk la_kc = tc::ldsm_a_kc(lane), la_mc = tc::ldsm_a_mc(lane);
+  const tc::RowChunk lb_kc = tc::ldsm_b_kc(lane), lb_nc = tc::ldsm_b_nc(lane);
   float acc[4][4][4];                                              // [m16 tile][n8 tile][fragment]
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -347,10 +346,9 @@ __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p)
       for (int mt = 0; mt < 4; ++mt) {
         const int m0 = warp_m * 64 + mt * 16;
         if (TRANS)
-          ptx::ldmatrix_x4_trans(af[mt], ptx::smem_addr(tA + (kk + (lane & 7) + ((lane >> 4) << 3)) * TC_LDT + m0 +
-                                                        (((lane >> 3) & 1) << 3)));
+          ptx::ldmatrix_x4_trans(af[mt], ptx::smem_addr(tA + (kk + la_mc.row) * TC_LDT + m0 + (la_mc.ch << 3)));
         else
-          ptx::ldmatrix_x4(af[mt], ptx::smem_addr(tA + (m0 + (lane & 15)) * TC_LD + kk + (lane >> 4) * 8));
+          ptx::ldmatrix_x4(af[mt], ptx::smem_addr(tA + (m0 + la_kc.row) * TC_LD + kk + la_kc.ch * 8));
       }
       // B fragments: 2 x ldmatrix.x4, each two n8 tiles x k16. Row-major tile (rows n, k contiguous =
       // "col"): plain load. k-major tile: transposed load, lanes address k rows (l % 8) + 8 * ((l / 8)
@@ -360,11 +358,9 @@ __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p)
         unsigned r[4];
         const int n0 = warp_n * 32 + np * 16;
         if (TRANS)
-          ptx::ldmatrix_x4_trans(r, ptx::smem_addr(tB + (kk + (lane & 7) + (((lane >> 3) & 1) << 3)) * TC_LDT + n0 +
-                                                   ((lane >> 4) << 3)));
+          ptx::ldmatrix_x4_trans(r, ptx::smem_addr(tB + (kk + lb_nc.row) * TC_LDT + n0 + (lb_nc.ch << 3)));
         else
-          ptx::ldmatrix_x4(r, ptx::smem_addr(tB + (n0 + (lane & 7) + ((lane >> 4) << 3)) * TC_LD + kk +
-                                             ((lane >> 3) & 1) * 8));
+          ptx::ldmatrix_x4(r, ptx::smem_addr(tB + (n0 + lb_kc.row) * TC_LD + kk + lb_kc.ch * 8));
         bf[2 * np][0] = r[0];
         bf[2 * np][1] = r[1];
         bf[2 * np + 1][0] = r[2];
@@ -392,9 +388,11 @@ __global__ void __launch_bounds__(TC_THREADS) conv2d_igemm_kernel(IgemmParams p)
       for (int mt = 0; mt < 4; ++mt)
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
-          const int r = mt * 16 + (lane >> 2), c = warp_n * 32 + nt * 8 + (lane & 3) * 2;
+          const tc::RowCol f_lo = tc::acc_frag(lane, 0), f_hi = tc::acc_frag(lane, 2);
+          const int r = mt * 16 + f_lo.row, c = warp_n * 32 + nt * 8 + f_lo.col;
+          const int r_hi = mt * 16 + f_hi.row, c_hi = warp_n * 32 + nt * 8 + f_hi.col;
           *reinterpret_cast<float2*>(stage + r * TC_EPI_LD + c) = make_float2(acc[mt][nt][0], acc[mt][nt][1]);
-          *reinterpret_cast<float2*>(stage + (r + 8) * TC_EPI_LD + c) = make_float2(acc[mt][nt][2], acc[mt][nt][3]);
+          *reinterpret_cast<float2*>(stage + r_hi * TC_EPI_LD + c_hi) = make_float2(acc[mt][nt][2], acc[mt][nt][3]);
         }
     }
     __syncthreads();

@@ -28,6 +28,15 @@ constexpr int TC_BM = 128, TC_BN = 128, TC_BK = 32, TC_STAGES = 3, TC_THREADS = 
 constexpr int SM_BM = 64, SM_BN = 64, SM_BK = 16, SM_THREADS = 256;                   // fp32 SIMT
 constexpr int DW_THREADS = 256;                                                       // depthwise fwd
 
+// Shared-memory layout of conv2d_igemm_kernel (conv.cu), also compiled into its CPU emulation
+// (tests/emu/conv_tc_emu.cpp): padded rows instead of the GEMM's swizzle.
+constexpr int TC_LD = TC_BK + 8;   // [rows][BK] tile row (80 bytes): ldmatrix rows hit 8 distinct 16-byte bank groups
+constexpr int TC_LDT = TC_BM + 8;  // [BK][rows] tile row of wgrad's vector path (272 bytes), same property
+constexpr int TC_PIPE_BYTES = TC_STAGES * (TC_BM + TC_BN) * TC_LD * 2;
+constexpr int TC_EPI_LD = TC_BN + 8;  // fp32 staging row: float2 stores of a half-warp hit 32 distinct banks
+static_assert(TC_BK * TC_LDT <= TC_BM * TC_LD, "wgrad's k-major stage must fit the row-major one");
+static_assert(TC_BM / 2 * TC_EPI_LD * 4 <= TC_PIPE_BYTES, "half-tile fp32 staging must fit the pipeline ring");
+
 // Largest pixel count / GEMM-K extent the 32-bit index arithmetic serves (see ConvIndex); the margin
 // keeps a tile's row and k indices (base + up to one tile) below 2^31.
 constexpr int64_t kConvIndexLimit = (int64_t(1) << 31) - (int64_t(1) << 16);
