@@ -246,15 +246,17 @@ class SerialIfSmall {
 // chunk at the least.
 // ---------------------------------------------------------------------------------------------
 constexpr int64_t kChunkBytes = int64_t(64) << 20;
+constexpr int64_t kChunkRows = 256;
 
-inline int64_t chunk_images(int64_t N, int64_t per_image_elems, size_t elem) {
+inline int64_t chunk_images(int64_t N, int64_t P, int64_t per_image_elems, size_t elem) {
   int64_t budget = kChunkBytes;
   if (const char* e = std::getenv("PYIMGCLS_CPU_CONV_CHUNK_BYTES")) {
     const long long v = std::atoll(e);
     if (v > 0) budget = v;
   }
   const int64_t per = std::max<int64_t>(1, per_image_elems * static_cast<int64_t>(elem));
-  return std::max<int64_t>(1, std::min<int64_t>(std::max<int64_t>(N, 1), budget / per));
+  const int64_t by_rows = (kChunkRows + std::max<int64_t>(P, 1) - 1) / std::max<int64_t>(P, 1);
+  return std::max<int64_t>(1, std::min({std::max<int64_t>(N, 1), budget / per, by_rows}));
 }
 
 // f(n) for the nb images of a chunk, spread over the team (one thread below kSmallConvMacs of
@@ -1064,7 +1066,7 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
   const bool out_rows = pixel_major && (s.N == 1 || os.n == pl.P * os.w);
   const int64_t col_img = x_rows ? 0 : pl.P * pl.K;
   const int64_t tmp_img = out_rows ? 0 : pl.P * pl.Og;
-  const int64_t NB = chunk_images(s.N, col_img + tmp_img, sizeof(T));
+  const int64_t NB = chunk_images(s.N, pl.P, col_img + tmp_img, sizeof(T));
   std::vector<T> col(static_cast<size_t>(NB * col_img)), tmp(static_cast<size_t>(NB * tmp_img));
   const int64_t img_work = pl.Og * pl.P * pl.K;  // multiply-adds per image and group
   for (int64_t g = 0; g < s.groups; ++g)
@@ -1149,7 +1151,7 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
   const bool dx_rows = pixel_major && pl.direct && (s.N == 1 || xs.n == pl.P * xs.w);
   const int64_t g_img = g_rows ? 0 : pl.P * pl.Og;
   const int64_t col_img = dx_rows ? 0 : pl.P * pl.K;
-  const int64_t NB = chunk_images(s.N, g_img + col_img, sizeof(T));
+  const int64_t NB = chunk_images(s.N, pl.P, g_img + col_img, sizeof(T));
   std::vector<T> gbuf(static_cast<size_t>(NB * g_img)), col(static_cast<size_t>(NB * col_img));
   const int64_t img_work = pl.Og * pl.P * pl.K;
   for (int64_t g = 0; g < s.groups; ++g)
@@ -1218,7 +1220,7 @@ void conv2d_bwd_weight_t(const ConvGeometry& s, const T* gr, Strides4 gs, const 
   const bool x_rows = pixel_major && pl.direct && (s.N == 1 || xs.n == pl.P * xs.w);
   const int64_t g_img = g_rows ? 0 : pl.P * pl.Og;
   const int64_t col_img = x_rows ? 0 : pl.P * pl.K;
-  const int64_t NB = chunk_images(s.N, g_img + col_img, sizeof(T));
+  const int64_t NB = chunk_images(s.N, pl.P, g_img + col_img, sizeof(T));
   std::vector<T> gbuf(static_cast<size_t>(NB * g_img)), col(static_cast<size_t>(NB * col_img));
   std::vector<T> tmp(static_cast<size_t>(pl.Og * pl.K));
   const int64_t img_work = pl.Og * pl.P * pl.K;
