@@ -312,3 +312,60 @@ def test_gemm_conv_bit_identical_across_threads(case, layout):
             results.append(_gemm_case_run(case, layout, torch.float32, bias=True, seed=7)[0])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("g_layout,x_layout", [("channels_last", "nchw"), ("nchw", "channels_last"),
+                                               ("channels_last_sliced", "nchw_strided")])
+@pytest.mark.parametrize("case", [c for c in GEMM_CASES if c[0] in ("1x1_direct", "1x1_direct_groups2", "3x3_odd")],
+                         ids=lambda c: c[0])
+def test_gemm_conv_backward_mixed_layouts(case, g_layout, x_layout, threads):
+    """grad and input in different layouts: a pixel-major 1x1 dgrad into an NCHW dx goes through
+    col + col2im (dx's images are not rows of one matrix), the wgrad gathers x."""
+    name, N, C, H, W, O, k, s, p, d, groups = case
+    gen = torch.Generator().manual_seed(17)
+    x = _make_input(N, C, H, W, x_layout, torch.float32, gen)
+    w = torch.randn(O, C // groups, k, k, generator=gen) / (C // groups * k * k) ** 0.5
+    OH, OW = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
+    g = _make_grad(N, O, OH, OW, g_layout, torch.float32, gen)
+    args = ([s, s], [p, p, p, p], [d, d], groups)
+    with omp_threads(threads):
+        dx, dw = K.dgrad(g, x, w, *args), K.wgrad(g, x, w, *args)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    y = F.conv2d(x64, w64, None, s, p, d, groups)
+    ref_dx, ref_dw = torch.autograd.grad(y, (x64, w64), g.double())
+    assert_close_to_reference(dx, ref_dx, scale=max(1.0, ref_dx.abs().max().item()))
+    assert_close_to_reference(dw, ref_dw, scale=max(1.0, ref_dw.abs().max().item()))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("case", [c for c in GEMM_CASES if c[0] in ("3x3_odd", "1x1_direct", "small_out_many_images")],
+                         ids=lambda c: c[0])
+def test_gemm_conv_forward_into_uneven_output(case, residual, threads):
+    """The native forward with a channels_last output whose images are not evenly spaced (a row of a
+    taller tensor left out): the GEMM writes a scratch matrix and a pass copies it out with the
+    epilogue. The left-out row keeps its NaN (nothing written outside the output)."""
+    from pyimgcls import _native
+    from pyimgcls.ops.conv import fwd_outputs, strides
+
+    name, N, C, H, W, O, k, s, p, d, groups = case
+    gen = torch.Generator().manual_seed(19)
+    x = _make_input(N, C, H, W, "channels_last", torch.float32, gen)
+    w = torch.randn(O, C // groups, k, k, generator=gen) / (C // groups * k * k) ** 0.5
+    b = torch.randn(O, generator=gen)
+    args = ([s, s], [p, p, p, p], [d, d], groups)
+    ref_out, _, geom = fwd_outputs(x, w, None, *args)
+    _, _, OH, OW = ref_out.shape
+    big = torch.full((N, O, OH + 1, OW), float("nan")).contiguous(memory_format=torch.channels_last)
+    out = big[:, :, 1:]
+    res = torch.randn(N, O, OH, OW, generator=gen) if residual else None
+    with omp_threads(threads):
+        _native.C.conv2d_fwd_cpu(_native.dtype_code(x.dtype), geom, x.data_ptr(), strides(x), w.data_ptr(),
+                                 b.data_ptr(), res.data_ptr() if residual else 0, strides(res), out.data_ptr(),
+                                 strides(out), 1)
+    ref = F.conv2d(x.double(), w.double(), b.double(), s, p, d, groups)
+    if residual:
+        ref = ref + res.double()
+    assert_close_to_reference(out, ref.relu(), scale=max(1.0, ref.abs().max().item()))
+    assert torch.isnan(big[:, :, 0]).all()
