@@ -8,34 +8,42 @@
 //   wgrad: dw[o,c,i,j] = sum_{n,oh,ow} g[n,o,oh,ow] * x[n, g*Cg+c, ih, iw]
 //   bias_act_bwd: grad_pre = grad * act'(out), grad_bias[o] = sum grad_pre[:, o]
 //
-// Algorithm: explicit im2col per (image, group) into a per-thread buffer + one GEMM, two
-// orientations chosen by the output layout so the GEMM always writes unit-stride rows:
-//   channels_last output (pixel-major, "path A"): C[p, o] = col[p, k] @ wt[o, k]^T, with the K axis
+// Algorithm: one GEMM per (group, chunk of images), the chunk's pixels side by side (q = n*P + p,
+// P = OH*OW): explicit im2col of the chunk's images into one buffer, two orientations chosen by the
+// output layout so the GEMM always writes unit-stride rows:
+//   channels_last output (pixel-major, "path A"): C[q, o] = col[q, k] @ wt[o, k]^T, with the K axis
 //     ordered (i, j, c) so im2col copies contiguous channel runs of NHWC input, and the weight
 //     repacked once per call to [O, KH, KW, Cg]. out-channels are the GEMM's N dimension, so the
-//     GEMM epilogue fuses bias + activation; a residual is added (then activated) in one extra pass
-//     over the tile the thread just wrote (still in cache).
-//   NCHW output (channel-major, "path B"): C[o, p] = w[o, k] @ col[k, p], K ordered (c, i, j) (the
-//     weight's own layout); bias is per GEMM row, so bias + residual + activation run as one fused
-//     pass over the freshly written rows.
-//   1x1 / stride 1 / no padding: no im2col at all — the input itself is the GEMM operand, read
-//     through its strides.
-//   dgrad: col = g @ w (GEMM) then col2im scatter-add into dx (zeroed first); wgrad: im2col + GEMM
-//     per image, summed into per-thread partial weights reduced in thread order (deterministic).
+//     GEMM epilogue fuses bias + activation, writing out itself when its images are evenly spaced
+//     (dense NHWC); a residual is added (then activated) in one extra pass.
+//   NCHW output (channel-major, "path B"): tmp[o, q] = w[o, k] @ col[k, q], K ordered (c, i, j)
+//     (the weight's own layout), then one scatter pass to out with bias + residual + activation.
+//   1x1 / stride 1 / no padding on NHWC: no im2col at all - the input itself is the GEMM operand.
+//   dgrad: col = g @ w (GEMM over the chunk) then col2im per image into dx (zeroed first); a
+//     pixel-major 1x1 stride 1 writes dx directly. wgrad: tmp[o, k] = g[o, q] @ col[q, k], the
+//     chunk's pixels as the GEMM's reduction axis, added into dw in chunk order.
+//   Chunks: about kChunkRows = 256 GEMM rows (the column buffer stays in L2: the whole batch at
+//     once made ResNet's 16x16 layers 1.6x slower), fewer images when the buffers would pass
+//     kChunkBytes = 64 MB, one image at the least. The weight is packed once per chunk, not once
+//     per image: at 2x2 outputs (ResNet-18 layer4 at 64x64) a 64-row GEMM instead of sixteen 4-row
+//     ones re-packing 9.4 MB each.
 // Depthwise (groups == C > 1, any channel multiplier) does not use the GEMM: direct kernels for
 //   forward, dgrad and wgrad (section "Depthwise convolution" below; channel-vector kernels for
 //   channels_last, rows kernels for other strides).
-// Parallelism: with at least as many (image, group) units as threads, units are distributed over
-// OpenMP threads and each calls the GEMM serially (a nested region runs with one thread);
-// otherwise the units run in order and the GEMM parallelises internally.
+// Parallelism: the GEMM threads over its own M x N tiles (gemm.cpp); im2col, col2im, gathers and
+// scatters over the chunk's images. Every output / weight-gradient element is summed by one thread
+// in a fixed order, so all three are bit-identical for any thread count. Below 2^22 multiply-adds
+// everything runs on one thread (SerialIfSmall).
 //
 // Cost: FLOPs = 2 * N * O * OH*OW * Cg*KH*KW for each of fwd, dgrad, wgrad. Minimum bytes =
 //   sizeof(T) * (|x| + |w| + |out| (+ |residual| + O)). im2col adds a write + read of
-//   Cg*KH*KW*OH*OW per (image, group), kept in L2/L3 for the shapes of CNN classifiers.
+//   Cg*KH*KW*OH*OW per (image, group) (chunks of ~256 rows, kept in L2); the NCHW paths add a
+//   write + read of the O*OH*OW result (or gathered gradient) per image; the weight is packed once
+//   per chunk (O*K elements), against 2*O*K*rows FLOPs.
 //
 // Test and benchmark
 //   pytest tests/test_conv.py -k cpu
-//   pytest tests/test_conv_cpu_fast.py          (the depthwise kernels, every path)
+//   pytest tests/test_conv_cpu_fast.py          (depthwise kernels and whole-batch GEMM paths)
 //   pytest benchmarks/test_bench_conv_cpu.py
 #include "conv.h"
 
