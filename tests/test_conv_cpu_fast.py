@@ -369,3 +369,31 @@ def test_gemm_conv_forward_into_uneven_output(case, residual, threads):
         ref = ref + res.double()
     assert_close_to_reference(out, ref.relu(), scale=max(1.0, ref.abs().max().item()))
     assert torch.isnan(big[:, :, 0]).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("g_layout", ["channels_last", "channels_last_sliced"])
+@pytest.mark.parametrize("case", [c for c in GEMM_CASES if c[0] in ("1x1_direct", "1x1_direct_groups2", "3x3_odd")],
+                         ids=lambda c: c[0])
+def test_gemm_conv_channels_last_uneven_images(case, g_layout, threads):
+    """A channels_last input whose (h, w) collapse but whose images are not evenly spaced (a row of a
+    taller tensor left out): a 1x1 stride 1 cannot use x itself as the GEMM operand and gathers it,
+    forward and wgrad."""
+    name, N, C, H, W, O, k, s, p, d, groups = case
+    gen = torch.Generator().manual_seed(23)
+    x = _make_grad(N, C, H, W, "channels_last_sliced", torch.float32, gen)
+    assert x.stride(1) == 1 and x.stride(2) == W * C and x.stride(0) != H * W * C
+    w = torch.randn(O, C // groups, k, k, generator=gen) / (C // groups * k * k) ** 0.5
+    b = torch.randn(O, generator=gen)
+    args = ([s, s], [p, p, p, p], [d, d], groups)
+    with omp_threads(threads):
+        out = K.conv2d(x, w, b, None, *args, 1)
+        g = _make_grad(N, O, out.shape[2], out.shape[3], g_layout, torch.float32, gen)
+        dx, dw = K.dgrad(g, x, w, *args), K.wgrad(g, x, w, *args)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    y = F.conv2d(x64, w64, None, s, p, d, groups)
+    ref_dx, ref_dw = torch.autograd.grad(y, (x64, w64), g.double())
+    ref = (y.detach() + b.double().view(1, -1, 1, 1)).relu()
+    assert_close_to_reference(out, ref, scale=max(1.0, ref.abs().max().item()))
+    assert_close_to_reference(dx, ref_dx, scale=max(1.0, ref_dx.abs().max().item()))
+    assert_close_to_reference(dw, ref_dw, scale=max(1.0, ref_dw.abs().max().item()))
