@@ -194,3 +194,206 @@ def test_depthwise_mobilenet_shapes_through_the_op():
             assert_close_to_reference(y, y64)
             assert_close_to_reference(dx, dx64, scale=max(1.0, dx64.abs().max().item()))
             assert_close_to_reference(dw, dw64, scale=max(1.0, dw64.abs().max().item()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouped / dense convolutions (not depthwise): one GEMM per (group, chunk of images), q = n*P + p.
+# Paths and what selects them (csrc/cpu/conv.cpp, "Whole-batch GEMMs"):
+#   pixel-major (output / grad channel stride 1): x itself as the GEMM operand for 1x1 stride 1 when
+#     its images are evenly spaced (channels_last), else im2col / gather copies; g itself unless
+#     sliced; dgrad of a 1x1 stride 1 straight into dx, else col + col2im
+#   channel-major (NCHW): im2col_kp / gathered g, result through a scatter pass
+#   chunks: about 256 GEMM rows each (P = 100 at N = 5: chunks of 3 and 2 images), or fewer images
+#     when the buffers would pass PYIMGCLS_CPU_CONV_CHUNK_BYTES (default 64 MB; set small below)
+#   threads: above 2^22 multiply-adds the GEMM and the per-image copies run on the OpenMP team
+# ---------------------------------------------------------------------------------------------
+# (name, N, C, H, W, O, kernel, stride, padding, dilation, groups)
+GEMM_CASES = [
+    ("3x3_odd", 3, 32, 15, 13, 40, 3, 1, 1, 1, 1),                 # 6.7M MACs: threaded
+    ("3x3_s2_groups3", 2, 24, 17, 15, 36, 3, 2, 1, 1, 3),
+    ("1x1_direct", 4, 96, 12, 10, 112, 1, 1, 0, 1, 1),             # 5.2M MACs, x / g as operands
+    ("1x1_direct_groups2", 3, 40, 9, 7, 58, 1, 1, 0, 1, 2),
+    ("1x1_s2", 2, 33, 9, 9, 20, 1, 2, 0, 1, 1),                    # not direct: im2col of a 1x1
+    ("small_out_many_images", 24, 64, 2, 2, 80, 3, 1, 1, 1, 1),    # P = 4: one 96-row GEMM, 4.4M MACs
+    ("row_chunks_groups2", 5, 32, 10, 10, 48, 3, 1, 1, 1, 2),      # P = 100: chunks of 3 + 2 images
+    ("batch1_dilated", 1, 20, 14, 12, 30, 3, 1, 2, 2, 1),
+    ("rect_kernel", 2, 12, 11, 16, 18, (3, 5), (2, 1), (1, 2), 1, 1),
+    ("resnet_16x16", 4, 64, 16, 16, 64, 3, 1, 1, 1, 1),            # 37.7M MACs, one image per chunk
+]
+
+
+def _make_grad(N, O, OH, OW, layout, dtype, gen):
+    """The gradient in the input's layout. (h, w) must stay collapsible, so the sliced / strided
+    layouts drop a row of a taller tensor instead: images not evenly spaced (the gather paths)."""
+    fmt = torch.channels_last if layout.startswith("channels_last") else torch.contiguous_format
+    if layout in ("nchw", "channels_last"):
+        return torch.randn(N, O, OH, OW, dtype=dtype, generator=gen).contiguous(memory_format=fmt)
+    big = torch.randn(N, O, OH + 1, OW, dtype=dtype, generator=gen).contiguous(memory_format=fmt)
+    return big[:, :, 1:]
+
+
+def _gemm_case_run(case, layout, dtype, bias=False, residual=False, act=0, seed=0):
+    name, N, C, H, W, O, k, s, p, d, groups = case
+    kh, kw = _pair(k)
+    stride, (ph, pw), dil = list(_pair(s)), _pair(p), list(_pair(d))
+    pad = [ph, pw, ph, pw]
+    gen = torch.Generator().manual_seed(seed)
+    x = _make_input(N, C, H, W, layout, dtype, gen)
+    w = torch.randn(O, C // groups, kh, kw, dtype=dtype, generator=gen) / (C // groups * kh * kw) ** 0.5
+    b = torch.randn(O, dtype=dtype, generator=gen) if bias else None
+    out = K.conv2d(x, w, None, None, stride, pad, dil, groups, 0)
+    _, _, OH, OW = out.shape
+    g = _make_grad(N, O, OH, OW, layout, dtype, gen)
+    res = _make_input(N, O, OH, OW, layout, dtype, gen) if residual else None  # any strides
+    if bias or residual or act:
+        out = K.conv2d(x, w, b, res, stride, pad, dil, groups, act)
+    dx = K.dgrad(g, x, w, stride, pad, dil, groups)
+    dw = K.wgrad(g, x, w, stride, pad, dil, groups)
+    x64 = x.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    y = F.conv2d(x64, w64, None, stride, (ph, pw), dil, groups)
+    ref_dx, ref_dw = torch.autograd.grad(y, (x64, w64), g.double())
+    ref = y.detach() + (b.double().view(1, -1, 1, 1) if b is not None else 0)
+    if res is not None:
+        ref = ref + res.double()
+    ref = [ref, ref.relu(), ref.clamp(0, 6)][act]
+    return (out, dx, dw), (ref, ref_dx, ref_dw)
+
+
+def _check_gemm_case(got, ref):
+    (out, dx, dw), (ref_out, ref_dx, ref_dw) = got, ref
+    assert_close_to_reference(out, ref_out, scale=max(1.0, ref_out.abs().max().item()))
+    assert_close_to_reference(dx, ref_dx, scale=max(1.0, ref_dx.abs().max().item()))
+    assert_close_to_reference(dw, ref_dw, scale=max(1.0, ref_dw.abs().max().item()))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", GEMM_CASES, ids=[c[0] for c in GEMM_CASES])
+def test_gemm_conv_fwd_dgrad_wgrad(case, layout, dtype, threads):
+    with omp_threads(threads):
+        _check_gemm_case(*_gemm_case_run(case, layout, dtype))
+
+
+@pytest.mark.parametrize("bias,residual,act", [(True, False, 1), (False, True, 2), (True, True, 1)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [c for c in GEMM_CASES if c[0] in ("3x3_odd", "1x1_direct", "3x3_s2_groups3",
+                                                                    "small_out_many_images")],
+                         ids=lambda c: c[0])
+def test_gemm_conv_epilogue(case, layout, bias, residual, act):
+    """bias + residual + activation: in the GEMM epilogue (channels_last, no residual), in the pass
+    after it (residual), or in the NCHW scatter pass."""
+    _check_gemm_case(*_gemm_case_run(case, layout, torch.float32, bias, residual, act, seed=3))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("chunk_bytes", ["1", "200000"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "channels_last_sliced"])
+@pytest.mark.parametrize("case", [c for c in GEMM_CASES if c[0] in ("3x3_odd", "1x1_direct", "small_out_many_images",
+                                                                    "row_chunks_groups2", "resnet_16x16")],
+                         ids=lambda c: c[0])
+def test_gemm_conv_byte_chunks(case, layout, chunk_bytes, threads, monkeypatch):
+    """A small byte budget for the per-chunk buffers: one image per chunk ("1"), or a few."""
+    monkeypatch.setenv("PYIMGCLS_CPU_CONV_CHUNK_BYTES", chunk_bytes)
+    with omp_threads(threads):
+        _check_gemm_case(*_gemm_case_run(case, layout, torch.float32, bias=True, residual=True, act=1, seed=9))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("case", [c for c in GEMM_CASES if c[0] in ("3x3_odd", "1x1_direct", "resnet_16x16")],
+                         ids=lambda c: c[0])
+def test_gemm_conv_bit_identical_across_threads(case, layout):
+    """The GEMM gives each output (and weight-gradient) element to one thread and sums it in a fixed
+    order; chunks are added in order: the same bits for 1 and 2 threads."""
+    results = []
+    for threads in (1, 2):
+        with omp_threads(threads):
+            results.append(_gemm_case_run(case, layout, torch.float32, bias=True, seed=7)[0])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("g_layout,x_layout", [("channels_last", "nchw"), ("nchw", "channels_last"),
+                                               ("channels_last_sliced", "nchw_strided")])
+@pytest.mark.parametrize("case", [c for c in GEMM_CASES if c[0] in ("1x1_direct", "1x1_direct_groups2", "3x3_odd")],
+                         ids=lambda c: c[0])
+def test_gemm_conv_backward_mixed_layouts(case, g_layout, x_layout, threads):
+    """grad and input in different layouts: a pixel-major 1x1 dgrad into an NCHW dx goes through
+    col + col2im (dx's images are not rows of one matrix), the wgrad gathers x."""
+    name, N, C, H, W, O, k, s, p, d, groups = case
+    gen = torch.Generator().manual_seed(17)
+    x = _make_input(N, C, H, W, x_layout, torch.float32, gen)
+    w = torch.randn(O, C // groups, k, k, generator=gen) / (C // groups * k * k) ** 0.5
+    OH, OW = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
+    g = _make_grad(N, O, OH, OW, g_layout, torch.float32, gen)
+    args = ([s, s], [p, p, p, p], [d, d], groups)
+    with omp_threads(threads):
+        dx, dw = K.dgrad(g, x, w, *args), K.wgrad(g, x, w, *args)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    y = F.conv2d(x64, w64, None, s, p, d, groups)
+    ref_dx, ref_dw = torch.autograd.grad(y, (x64, w64), g.double())
+    assert_close_to_reference(dx, ref_dx, scale=max(1.0, ref_dx.abs().max().item()))
+    assert_close_to_reference(dw, ref_dw, scale=max(1.0, ref_dw.abs().max().item()))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("case", [c for c in GEMM_CASES if c[0] in ("3x3_odd", "1x1_direct", "small_out_many_images")],
+                         ids=lambda c: c[0])
+def test_gemm_conv_forward_into_uneven_output(case, residual, threads):
+    """The native forward with a channels_last output whose images are not evenly spaced (a row of a
+    taller tensor left out): the GEMM writes a scratch matrix and a pass copies it out with the
+    epilogue. The left-out row keeps its NaN (nothing written outside the output)."""
+    from pyimgcls import _native
+    from pyimgcls.ops.conv import fwd_outputs, strides
+
+    name, N, C, H, W, O, k, s, p, d, groups = case
+    gen = torch.Generator().manual_seed(19)
+    x = _make_input(N, C, H, W, "channels_last", torch.float32, gen)
+    w = torch.randn(O, C // groups, k, k, generator=gen) / (C // groups * k * k) ** 0.5
+    b = torch.randn(O, generator=gen)
+    args = ([s, s], [p, p, p, p], [d, d], groups)
+    ref_out, _, geom = fwd_outputs(x, w, None, *args)
+    _, _, OH, OW = ref_out.shape
+    big = torch.full((N, O, OH + 1, OW), float("nan")).contiguous(memory_format=torch.channels_last)
+    out = big[:, :, 1:]
+    res = torch.randn(N, O, OH, OW, generator=gen) if residual else None
+    with omp_threads(threads):
+        _native.C.conv2d_fwd_cpu(_native.dtype_code(x.dtype), geom, x.data_ptr(), strides(x), w.data_ptr(),
+                                 b.data_ptr(), res.data_ptr() if residual else 0, strides(res), out.data_ptr(),
+                                 strides(out), 1)
+    ref = F.conv2d(x.double(), w.double(), b.double(), s, p, d, groups)
+    if residual:
+        ref = ref + res.double()
+    assert_close_to_reference(out, ref.relu(), scale=max(1.0, ref.abs().max().item()))
+    assert torch.isnan(big[:, :, 0]).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("g_layout", ["channels_last", "channels_last_sliced"])
+@pytest.mark.parametrize("case", [c for c in GEMM_CASES if c[0] in ("1x1_direct", "1x1_direct_groups2", "3x3_odd")],
+                         ids=lambda c: c[0])
+def test_gemm_conv_channels_last_uneven_images(case, g_layout, threads):
+    """A channels_last input whose (h, w) collapse but whose images are not evenly spaced (a row of a
+    taller tensor left out): a 1x1 stride 1 cannot use x itself as the GEMM operand and gathers it,
+    forward and wgrad."""
+    name, N, C, H, W, O, k, s, p, d, groups = case
+    gen = torch.Generator().manual_seed(23)
+    x = _make_grad(N, C, H, W, "channels_last_sliced", torch.float32, gen)
+    assert x.stride(1) == 1 and x.stride(2) == W * C and x.stride(0) != H * W * C
+    w = torch.randn(O, C // groups, k, k, generator=gen) / (C // groups * k * k) ** 0.5
+    b = torch.randn(O, generator=gen)
+    args = ([s, s], [p, p, p, p], [d, d], groups)
+    with omp_threads(threads):
+        out = K.conv2d(x, w, b, None, *args, 1)
+        g = _make_grad(N, O, out.shape[2], out.shape[3], g_layout, torch.float32, gen)
+        dx, dw = K.dgrad(g, x, w, *args), K.wgrad(g, x, w, *args)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    y = F.conv2d(x64, w64, None, s, p, d, groups)
+    ref_dx, ref_dw = torch.autograd.grad(y, (x64, w64), g.double())
+    ref = (y.detach() + b.double().view(1, -1, 1, 1)).relu()
+    assert_close_to_reference(out, ref, scale=max(1.0, ref.abs().max().item()))
+    assert_close_to_reference(dx, ref_dx, scale=max(1.0, ref_dx.abs().max().item()))
+    assert_close_to_reference(dw, ref_dw, scale=max(1.0, ref_dw.abs().max().item()))

@@ -8,40 +8,49 @@
 //   wgrad: dw[o,c,i,j] = sum_{n,oh,ow} g[n,o,oh,ow] * x[n, g*Cg+c, ih, iw]
 //   bias_act_bwd: grad_pre = grad * act'(out), grad_bias[o] = sum grad_pre[:, o]
 //
-// Algorithm: explicit im2col per (image, group) into a per-thread buffer + one GEMM, two
-// orientations chosen by the output layout so the GEMM always writes unit-stride rows:
-//   channels_last output (pixel-major, "path A"): C[p, o] = col[p, k] @ wt[o, k]^T, with the K axis
+// Algorithm: one GEMM per (group, chunk of images), the chunk's pixels side by side (q = n*P + p,
+// P = OH*OW): explicit im2col of the chunk's images into one buffer, two orientations chosen by the
+// output layout so the GEMM always writes unit-stride rows:
+//   channels_last output (pixel-major, "path A"): C[q, o] = col[q, k] @ wt[o, k]^T, with the K axis
 //     ordered (i, j, c) so im2col copies contiguous channel runs of NHWC input, and the weight
 //     repacked once per call to [O, KH, KW, Cg]. out-channels are the GEMM's N dimension, so the
-//     GEMM epilogue fuses bias + activation; a residual is added (then activated) in one extra pass
-//     over the tile the thread just wrote (still in cache).
-//   NCHW output (channel-major, "path B"): C[o, p] = w[o, k] @ col[k, p], K ordered (c, i, j) (the
-//     weight's own layout); bias is per GEMM row, so bias + residual + activation run as one fused
-//     pass over the freshly written rows.
-//   1x1 / stride 1 / no padding: no im2col at all — the input itself is the GEMM operand, read
-//     through its strides.
-//   dgrad: col = g @ w (GEMM) then col2im scatter-add into dx (zeroed first); wgrad: im2col + GEMM
-//     per image, summed into per-thread partial weights reduced in thread order (deterministic).
+//     GEMM epilogue fuses bias + activation, writing out itself when its images are evenly spaced
+//     (dense NHWC); a residual is added (then activated) in one extra pass.
+//   NCHW output (channel-major, "path B"): tmp[o, q] = w[o, k] @ col[k, q], K ordered (c, i, j)
+//     (the weight's own layout), then one scatter pass to out with bias + residual + activation.
+//   1x1 / stride 1 / no padding on NHWC: no im2col at all - the input itself is the GEMM operand.
+//   dgrad: col = g @ w (GEMM over the chunk) then col2im per image into dx (zeroed first); a
+//     pixel-major 1x1 stride 1 writes dx directly. wgrad: tmp[o, k] = g[o, q] @ col[q, k], the
+//     chunk's pixels as the GEMM's reduction axis, added into dw in chunk order.
+//   Chunks: about kChunkRows = 256 GEMM rows (the column buffer stays in L2: the whole batch at
+//     once made ResNet's 16x16 layers 1.6x slower), fewer images when the buffers would pass
+//     kChunkBytes = 64 MB, one image at the least. The weight is packed once per chunk, not once
+//     per image: at 2x2 outputs (ResNet-18 layer4 at 64x64) a 64-row GEMM instead of sixteen 4-row
+//     ones re-packing 9.4 MB each.
 // Depthwise (groups == C > 1, any channel multiplier) does not use the GEMM: direct kernels for
 //   forward, dgrad and wgrad (section "Depthwise convolution" below; channel-vector kernels for
 //   channels_last, rows kernels for other strides).
-// Parallelism: with at least as many (image, group) units as threads, units are distributed over
-// OpenMP threads and each calls the GEMM serially (a nested region runs with one thread);
-// otherwise the units run in order and the GEMM parallelises internally.
+// Parallelism: the GEMM threads over its own M x N tiles (gemm.cpp); im2col, col2im, gathers and
+// scatters over the chunk's images. Every output / weight-gradient element is summed by one thread
+// in a fixed order, so all three are bit-identical for any thread count. Below 2^22 multiply-adds
+// everything runs on one thread (SerialIfSmall).
 //
 // Cost: FLOPs = 2 * N * O * OH*OW * Cg*KH*KW for each of fwd, dgrad, wgrad. Minimum bytes =
 //   sizeof(T) * (|x| + |w| + |out| (+ |residual| + O)). im2col adds a write + read of
-//   Cg*KH*KW*OH*OW per (image, group), kept in L2/L3 for the shapes of CNN classifiers.
+//   Cg*KH*KW*OH*OW per (image, group) (chunks of ~256 rows, kept in L2); the NCHW paths add a
+//   write + read of the O*OH*OW result (or gathered gradient) per image; the weight is packed once
+//   per chunk (O*K elements), against 2*O*K*rows FLOPs.
 //
 // Test and benchmark
 //   pytest tests/test_conv.py -k cpu
-//   pytest tests/test_conv_cpu_fast.py          (the depthwise kernels, every path)
+//   pytest tests/test_conv_cpu_fast.py          (depthwise kernels and whole-batch GEMM paths)
 //   pytest benchmarks/test_bench_conv_cpu.py
 #include "conv.h"
 
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -146,14 +155,14 @@ void im2col_pk(const Plan& pl, const T* x, Strides4 xs, T* col) {
     }
 }
 
-// dx += col2im(col), col[k, p] with k = (c, i, j).
+// dx += col2im(col), col[k, p] with k = (c, i, j); ld: row stride of col (as im2col_kp).
 template <typename T>
-void col2im_kp(const Plan& pl, const T* col, T* dx, Strides4 xs) {
+void col2im_kp(const Plan& pl, const T* col, T* dx, Strides4 xs, int64_t ld) {
   const ConvGeometry& s = pl.s;
   for (int64_t c = 0; c < pl.Cg; ++c)
     for (int64_t i = 0; i < s.KH; ++i)
       for (int64_t j = 0; j < s.KW; ++j) {
-        const T* row = col + ((c * s.KH + i) * s.KW + j) * pl.P;
+        const T* row = col + ((c * s.KH + i) * s.KW + j) * ld;
         const int64_t woff = j * s.dil_w - s.pad_w;
         int64_t lo, hi;
         valid_range(woff, s.stride_w, s.W, s.OW, lo, hi);
@@ -213,21 +222,10 @@ const T* weight_ijc(const Plan& pl, const T* w, std::vector<T>& buf) {
 // the small-problem paths (direct kernel, whole-batch GEMM) apply.
 constexpr int64_t kSmallConvMacs = int64_t(1) << 22;
 
-// Team size for a loop over `units` independent (image, group) pieces of `macs` multiply-adds in
-// all: spread them over threads when there are enough of them, else run them in order and let the
-// GEMM parallelise inside. Tiny convolutions (LeNet) stay on one thread: a fork/join costs more
-// than the work, and far more when the cores are oversubscribed.
-inline int outer_threads(int64_t units, int64_t macs) {
-  const int nt = std::max(1, omp_get_max_threads());
-  if (nt == 1 || macs < kSmallConvMacs) return 1;
-  if (units >= nt && (units % nt == 0 || units >= 4 * nt)) return nt;
-  return 1;
-}
-
-// Convolutions below the outer_threads threshold run their GEMMs on one thread too: a fork/join
-// per image costs more than the work (LeNet conv1 backward at batch 8 on 2 cores: 1.06 ms on one
-// thread, 8.0 ms letting each per-image GEMM fork). Sets the calling thread's OpenMP thread count
-// for the scope (an ICV of this thread only) and restores it.
+// Convolutions below kSmallConvMacs run their GEMMs on one thread: a fork/join costs more than the
+// work (LeNet conv1 backward at batch 8 on 2 cores: 1.06 ms on one thread, 8.0 ms letting each
+// GEMM fork). Sets the calling thread's OpenMP thread count for the scope (an ICV of this thread
+// only) and restores it.
 class SerialIfSmall {
  public:
   explicit SerialIfSmall(int64_t macs) : active_(macs < kSmallConvMacs), saved_(omp_get_max_threads()) {
@@ -244,16 +242,63 @@ class SerialIfSmall {
   int saved_;
 };
 
-// The (image, group) loop of the forward and dgrad: body(n, g, col) for every unit, on nt threads
-// (outer_threads); col is the calling thread's own K x P column buffer (empty for a direct plan).
-template <typename T, typename Body>
-void for_each_unit(const Plan& pl, int nt, const Body& body) {
-  const int64_t groups = pl.s.groups, units = pl.s.N * groups;
-  const size_t col_elems = pl.direct ? 0 : static_cast<size_t>(pl.K * pl.P);
-  std::vector<T> col_all(col_elems * static_cast<size_t>(nt));
+// ---------------------------------------------------------------------------------------------
+// Whole-batch GEMMs. Forward, dgrad and wgrad run ONE GEMM per (group, chunk of images) with the
+// images' pixels side by side (q = n*P + p, M or K = nb*P), instead of one GEMM per (image, group):
+// the weight is packed once per chunk, not once per image, and the GEMM's row panels span images,
+// so a layer with 2x2 outputs gives a 64-row GEMM at batch 16 instead of sixteen 4-row ones. The
+// GEMM threads over its own M x N tiles; im2col / col2im / gathers / scatters run in parallel over
+// the chunk's images (each image owns its slice, so no write conflicts). Scratch per chunk: the
+// column buffer (nb*P*K) plus the gathered / result matrices (nb*P*Og), at most kChunkBytes
+// together (PYIMGCLS_CPU_CONV_CHUNK_BYTES overrides it, for tests of the chunk loop); one image per
+// chunk at the least.
+// ---------------------------------------------------------------------------------------------
+constexpr int64_t kChunkBytes = int64_t(64) << 20;
+constexpr int64_t kChunkRows = 256;
+
+inline int64_t chunk_images(int64_t N, int64_t P, int64_t per_image_elems, size_t elem) {
+  int64_t budget = kChunkBytes;
+  if (const char* e = std::getenv("PYIMGCLS_CPU_CONV_CHUNK_BYTES")) {
+    const long long v = std::atoll(e);
+    if (v > 0) budget = v;
+  }
+  const int64_t per = std::max<int64_t>(1, per_image_elems * static_cast<int64_t>(elem));
+  const int64_t by_rows = (kChunkRows + std::max<int64_t>(P, 1) - 1) / std::max<int64_t>(P, 1);
+  return std::max<int64_t>(1, std::min({std::max<int64_t>(N, 1), budget / per, by_rows}));
+}
+
+// f(n) for the nb images of a chunk, spread over the team (one thread below kSmallConvMacs of
+// `work`, or under SerialIfSmall).
+template <typename F>
+void for_images(int64_t nb, int64_t work, const F& f) {
+  const int nt = work < kSmallConvMacs ? 1 : static_cast<int>(std::min<int64_t>(std::max(1, omp_get_max_threads()), nb));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t u = 0; u < units; ++u)
-    body(u / groups, u % groups, col_all.data() + col_elems * static_cast<size_t>(nt > 1 ? omp_get_thread_num() : 0));
+  for (int64_t n = 0; n < nb; ++n) f(n);
+}
+
+// buf[(n*P + p)*ch + c] = src[n*ss.n + c*ss.c + p*ss.w]  (pixel-major, nb images, (h, w) collapsible)
+template <typename T>
+void gather_pk(const T* src, Strides4 ss, int64_t nb, int64_t ch, int64_t P, T* buf) {
+  for_images(nb, nb * ch * P * 64, [&](int64_t n) {
+    for (int64_t p = 0; p < P; ++p) {
+      const T* sp = src + n * ss.n + p * ss.w;
+      T* d = buf + (n * P + p) * ch;
+      for (int64_t c = 0; c < ch; ++c) d[c] = sp[c * ss.c];
+    }
+  });
+}
+
+// buf[c*(nb*P) + n*P + p] = src[n*ss.n + c*ss.c + p*ss.w]  (channel-major)
+template <typename T>
+void gather_kp(const T* src, Strides4 ss, int64_t nb, int64_t ch, int64_t P, T* buf) {
+  const int64_t M = nb * P;
+  for_images(nb, nb * ch * P * 64, [&](int64_t n) {
+    for (int64_t c = 0; c < ch; ++c) {
+      const T* sc = src + n * ss.n + c * ss.c;
+      T* d = buf + c * M + n * P;
+      for (int64_t p = 0; p < P; ++p) d[p] = sc[p * ss.w];
+    }
+  });
 }
 
 inline void check_collapsible(const char* what, int64_t H, int64_t W, Strides4 st) {
@@ -1006,14 +1051,9 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
   const int64_t units = s.N * s.groups;
   if (units == 0 || pl.P == 0 || s.O == 0) return;
   const DType dt = dtype_of<T>();
-
-  // 1. Weight in the K order of the chosen path (pixel-major reads (i, j, c)).
-  std::vector<T> wt_buf;
-  const T* wk = pixel_major && !pl.direct ? weight_ijc(pl, w, wt_buf) : w;
-  const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
-  const SerialIfSmall serial(units * pl.Og * pl.P * pl.K);
-  const bool small_batch = s.groups == 1 && s.N > 1 && nt == 1 && !pl.direct &&
-                           s.N * pl.Og * pl.P * pl.K < kSmallConvMacs;
+  const int64_t macs = units * pl.Og * pl.P * pl.K;
+  const SerialIfSmall serial(macs);
+  const bool small_batch = s.groups == 1 && s.N > 1 && !pl.direct && macs < kSmallConvMacs;
   if constexpr (std::is_same_v<T, float>) {
     if (direct_conv_applies(s)) {
       conv2d_fwd_direct_small(s, x, xs, w, bias, res, rs, out, os, act);
@@ -1025,56 +1065,76 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
     conv2d_fwd_small_batched(pl, x, xs, w, bias, res, rs, out, os, act);
     return;
   }
-  for_each_unit<T>(pl, nt, [&](int64_t n, int64_t g, T* col) {
-    const T* xg = x + n * xs.n + g * pl.Cg * xs.c;
-    T* og = out + n * os.n + g * pl.Og * os.c;
-    const T* rg = res ? res + n * rs.n + g * pl.Og * rs.c : nullptr;
-    const T* bg = bias ? bias + g * pl.Og : nullptr;
-    if (pixel_major) {
-      // 2a. C[p, o] = col[p, k] @ wk[o, k]^T  (+ bias, act in the GEMM epilogue when no residual)
-      const T* a = xg;
-      int64_t sam = xs.w, sak = xs.c;
-      if (!pl.direct) {
-        im2col_pk(pl, xg, xs, col);
-        a = col;
-        sam = pl.K;
-        sak = 1;
-      }
-      gemm(dt, a, sam, sak, wk + g * pl.Og * pl.K, 1, pl.K, bg, og, os.w, 1, pl.P, pl.Og, pl.K,
-           rg ? Act::None : act);
-      if (rg)
-        for (int64_t p = 0; p < pl.P; ++p) {
-          T* orow = og + p * os.w;
-          const int64_t ph = p / s.OW, pw = p % s.OW;
-          const T* rrow = rg + ph * rs.h + pw * rs.w;
-          for (int64_t o = 0; o < pl.Og; ++o) orow[o] = apply_act(orow[o] + rrow[o * rs.c], act);
+  // 1. Weight in the K order of the chosen path (pixel-major reads (i, j, c)), once per call.
+  std::vector<T> wt_buf;
+  const T* wk = pixel_major && !pl.direct ? weight_ijc(pl, w, wt_buf) : w;
+  // Pixel-major operands used in place when the rows of all images are evenly spaced: x itself as
+  // the A operand (1x1 stride 1, e.g. NHWC), out itself as C (dense NHWC); else copies.
+  const bool x_rows = pixel_major && pl.direct && (s.N == 1 || xs.n == pl.P * xs.w);
+  const bool out_rows = pixel_major && (s.N == 1 || os.n == pl.P * os.w);
+  const int64_t col_img = x_rows ? 0 : pl.P * pl.K;
+  const int64_t tmp_img = out_rows ? 0 : pl.P * pl.Og;
+  const int64_t NB = chunk_images(s.N, pl.P, col_img + tmp_img, sizeof(T));
+  std::vector<T> col(static_cast<size_t>(NB * col_img)), tmp(static_cast<size_t>(NB * tmp_img));
+  const int64_t img_work = pl.Og * pl.P * pl.K;  // multiply-adds per image and group
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
+      const int64_t nb = std::min(NB, s.N - n0), M = nb * pl.P;
+      const T* xg = x + n0 * xs.n + g * pl.Cg * xs.c;
+      T* og = out + n0 * os.n + g * pl.Og * os.c;
+      const T* rg = res ? res + n0 * rs.n + g * pl.Og * rs.c : nullptr;
+      const T* bg = bias ? bias + g * pl.Og : nullptr;
+      if (pixel_major) {
+        // 2a. C[q, o] = col[q, k] @ wk[o, k]^T over the chunk's nb*P pixels (+ bias, and act when
+        //     written in place without residual, in the GEMM epilogue).
+        const T* a = xg;
+        int64_t sam = xs.w, sak = xs.c;
+        if (!x_rows) {
+          for_images(nb, nb * img_work, [&](int64_t n) {
+            if (pl.direct)
+              gather_pk(xg + n * xs.n, xs, 1, pl.Cg, pl.P, col.data() + n * pl.P * pl.K);
+            else
+              im2col_pk(pl, xg + n * xs.n, xs, col.data() + n * pl.P * pl.K);
+          });
+          a = col.data();
+          sam = pl.K;
+          sak = 1;
         }
-    } else {
-      // 2b. C[o, p] = w[o, k] @ col[k, p], then bias + residual + act in one pass over the rows.
-      const T* b = xg;
-      int64_t sbk = xs.c, sbn = xs.w;
-      if (!pl.direct) {
-        im2col_kp(pl, xg, xs, col, pl.P);
-        b = col;
-        sbk = pl.P;
-        sbn = 1;
-      }
-      const bool rows_epilogue = bg != nullptr || rg != nullptr || act != Act::None;
-      gemm(dt, w + g * pl.Og * pl.K, pl.K, 1, b, sbk, sbn, nullptr, og, os.c, os.w, pl.Og, pl.P, pl.K, Act::None);
-      if (rows_epilogue)
-        for (int64_t o = 0; o < pl.Og; ++o) {
-          T* orow = og + o * os.c;
-          const T bo = bg ? bg[o] : T(0);
-          if (rg) {
-            const T* rrow = rg + o * rs.c;
-            for (int64_t p = 0; p < pl.P; ++p)
-              orow[p * os.w] = apply_act(orow[p * os.w] + bo + rrow[(p / s.OW) * rs.h + (p % s.OW) * rs.w], act);
-          } else {
-            for (int64_t p = 0; p < pl.P; ++p) orow[p * os.w] = apply_act(orow[p * os.w] + bo, act);
+        T* c = out_rows ? og : tmp.data();
+        const int64_t scm = out_rows ? os.w : pl.Og;
+        const bool post = rg != nullptr || !out_rows;
+        gemm(dt, a, sam, sak, wk + g * pl.Og * pl.K, 1, pl.K, bg, c, scm, 1, M, pl.Og, pl.K, post ? Act::None : act);
+        if (post)
+          for_images(nb, nb * img_work, [&](int64_t n) {
+            for (int64_t p = 0; p < pl.P; ++p) {
+              T* orow = og + n * os.n + p * os.w;
+              const T* crow = c + (n * pl.P + p) * scm;
+              const T* rrow = rg ? rg + n * rs.n + (p / s.OW) * rs.h + (p % s.OW) * rs.w : nullptr;
+              for (int64_t o = 0; o < pl.Og; ++o)
+                orow[o] = apply_act(rrow ? crow[o] + rrow[o * rs.c] : crow[o], act);
+            }
+          });
+      } else {
+        // 2b. tmp[o, q] = w[o, k] @ col[k, q], then bias + residual + act in one scatter pass.
+        for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col.data() + n * pl.P, M); });
+        gemm(dt, w + g * pl.Og * pl.K, pl.K, 1, col.data(), M, 1, nullptr, tmp.data(), M, 1, pl.Og, M, pl.K,
+             Act::None);
+        for_images(nb, nb * img_work, [&](int64_t n) {
+          for (int64_t o = 0; o < pl.Og; ++o) {
+            const T* trow = tmp.data() + o * M + n * pl.P;
+            T* orow = og + n * os.n + o * os.c;
+            const T bo = bg ? bg[o] : T(0);
+            if (rg) {
+              const T* rrow = rg + n * rs.n + o * rs.c;
+              for (int64_t p = 0; p < pl.P; ++p)
+                orow[p * os.w] = apply_act(trow[p] + bo + rrow[(p / s.OW) * rs.h + (p % s.OW) * rs.w], act);
+            } else {
+              for (int64_t p = 0; p < pl.P; ++p) orow[p * os.w] = apply_act(trow[p] + bo, act);
+            }
           }
-        }
+        });
+      }
     }
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1092,37 +1152,65 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
   const bool pixel_major = gs.c == 1 && s.O > 1;
   std::vector<T> wt_buf;
   const T* wk = pixel_major ? weight_ijc(pl, w, wt_buf) : w;
-  const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
   const SerialIfSmall serial(units * pl.Og * pl.P * pl.K);
-  for_each_unit<T>(pl, nt, [&](int64_t n, int64_t g, T* col) {
-    const T* gg = gr + n * gs.n + g * pl.Og * gs.c;
-    T* dxg = dx + n * xs.n + g * pl.Cg * xs.c;
-    // Each (image, group) owns its slice of dx, so units never write the same element.
-    if (pl.direct || pl.Og == 0) {
-      // dx[p, c] = g[p, o] @ w[o, c] written straight into dx (every element written once; Og == 0
-      // gives the empty sum, zeros).
-      gemm(dt, gg, gs.w, gs.c, w + g * pl.Og * pl.K, pl.K, 1, nullptr, dxg, xs.w, xs.c, pl.P, pl.Cg, pl.Og,
-           Act::None);
-      return;
+  // Pixel-major: g itself is the A operand when its image rows are evenly spaced; a 1x1 stride-1
+  // dgrad writes dx directly (every element once) when dx's are too, else col + col2im.
+  const bool g_rows = pixel_major && (s.N == 1 || gs.n == pl.P * gs.w);
+  const bool dx_rows = pixel_major && pl.direct && (s.N == 1 || xs.n == pl.P * xs.w);
+  const int64_t g_img = g_rows ? 0 : pl.P * pl.Og;
+  const int64_t col_img = dx_rows ? 0 : pl.P * pl.K;
+  const int64_t NB = chunk_images(s.N, pl.P, g_img + col_img, sizeof(T));
+  std::vector<T> gbuf(static_cast<size_t>(NB * g_img)), col(static_cast<size_t>(NB * col_img));
+  const int64_t img_work = pl.Og * pl.P * pl.K;
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
+      const int64_t nb = std::min(NB, s.N - n0), M = nb * pl.P;
+      const T* gg = gr + n0 * gs.n + g * pl.Og * gs.c;
+      T* dxg = dx + n0 * xs.n + g * pl.Cg * xs.c;
+      const T* wg = wk + g * pl.Og * pl.K;
+      if (pixel_major) {
+        const T* a = gg;
+        int64_t sam = gs.w;
+        if (!g_rows) {
+          gather_pk(gg, gs, nb, pl.Og, pl.P, gbuf.data());
+          a = gbuf.data();
+          sam = pl.Og;
+        }
+        if (dx_rows) {
+          // dx[q, c] = g[q, o] @ w[o, c] (Og == 0: the empty sum, zeros)
+          gemm(dt, a, sam, 1, wg, pl.K, 1, nullptr, dxg, xs.w, xs.c, M, pl.Cg, pl.Og, Act::None);
+          continue;
+        }
+        // col[q, k] = g[q, o] @ wt[o, k], then each image's col2im into its zeroed slice of dx
+        gemm(dt, a, sam, 1, wg, pl.K, 1, nullptr, col.data(), pl.K, 1, M, pl.K, pl.Og, Act::None);
+        for_images(nb, nb * img_work, [&](int64_t n) {
+          T* d = dxg + n * xs.n;
+          for (int64_t c = 0; c < pl.Cg; ++c)
+            for (int64_t h = 0; h < s.H; ++h)
+              for (int64_t x0 = 0; x0 < s.W; ++x0) d[c * xs.c + h * xs.h + x0 * xs.w] = T(0);
+          col2im_pk(pl, col.data() + n * pl.P * pl.K, d, xs);
+        });
+      } else {
+        // col[k, q] = w[o, k]^T @ g[o, q] (g gathered channel-major), then col2im per image
+        gather_kp(gg, gs, nb, pl.Og, pl.P, gbuf.data());
+        gemm(dt, wg, 1, pl.K, gbuf.data(), M, 1, nullptr, col.data(), M, 1, pl.K, M, pl.Og, Act::None);
+        for_images(nb, nb * img_work, [&](int64_t n) {
+          T* d = dxg + n * xs.n;
+          for (int64_t c = 0; c < pl.Cg; ++c)
+            for (int64_t h = 0; h < s.H; ++h)
+              for (int64_t x0 = 0; x0 < s.W; ++x0) d[c * xs.c + h * xs.h + x0 * xs.w] = T(0);
+          col2im_kp(pl, col.data() + n * pl.P, d, xs, M);
+        });
+      }
     }
-    for (int64_t c = 0; c < pl.Cg; ++c)
-      for (int64_t h = 0; h < s.H; ++h)
-        for (int64_t x0 = 0; x0 < s.W; ++x0) dxg[c * xs.c + h * xs.h + x0 * xs.w] = T(0);
-    if (pixel_major) {
-      // col[p, k] = g[p, o] @ wt[o, k]
-      gemm(dt, gg, gs.w, 1, wk + g * pl.Og * pl.K, pl.K, 1, nullptr, col, pl.K, 1, pl.P, pl.K, pl.Og, Act::None);
-      col2im_pk(pl, col, dxg, xs);
-    } else {
-      // col[k, p] = w[o, k]^T @ g[o, p]
-      gemm(dt, w + g * pl.Og * pl.K, 1, pl.K, gg, gs.c, gs.w, nullptr, col, pl.P, 1, pl.K, pl.P, pl.Og, Act::None);
-      col2im_kp(pl, col, dxg, xs);
-    }
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
 // Backward: weight
 // ---------------------------------------------------------------------------------------------
+// One GEMM per (group, chunk) with the chunk's pixels as the reduction axis (K = nb*P):
+// tmp[o, k] = g[o, q] @ col[q, k], added into dw in chunk order. The GEMM gives each element of
+// tmp to one thread and sums it in a fixed k order, so dw is bit-identical for any thread count.
 template <typename T>
 void conv2d_bwd_weight_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T* x, Strides4 xs, T* dw) {
   check_collapsible("grad", s.OH, s.OW, gs);
@@ -1133,55 +1221,61 @@ void conv2d_bwd_weight_t(const ConvGeometry& s, const T* gr, Strides4 gs, const 
   std::fill(dw, dw + wsize, T(0));
   if (units == 0 || wsize == 0 || pl.P == 0) return;
   const DType dt = dtype_of<T>();
-  const bool pixel_major = gs.c == 1 && s.O > 1 && !pl.direct;
+  const bool pixel_major = gs.c == 1 && s.O > 1;
   const bool ijc = pixel_major && s.KH * s.KW > 1 && pl.Cg > 1;  // result columns in (i, j, c) order
-  const int nt = outer_threads(units, units * pl.Og * pl.P * pl.K);
   const SerialIfSmall serial(units * pl.Og * pl.P * pl.K);
-  const size_t col_elems = pl.direct ? 0 : static_cast<size_t>(pl.K * pl.P);
-  const size_t tmp_elems = static_cast<size_t>(pl.Og * pl.K);
-  std::vector<T> col_all(col_elems * static_cast<size_t>(nt));
-  std::vector<T> tmp_all(tmp_elems * static_cast<size_t>(nt));
-  // Per-thread partial sums (thread 0 accumulates into dw itself); reduced in thread order below.
-  std::vector<T> part((nt - 1) * wsize, T(0));
-
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const int tid = nt > 1 ? omp_get_thread_num() : 0;
-    T* col = col_all.data() + col_elems * static_cast<size_t>(tid);
-    T* tmp = tmp_all.data() + tmp_elems * static_cast<size_t>(tid);
-    T* acc = tid == 0 ? dw : part.data() + (tid - 1) * wsize;
-#pragma omp for schedule(static)
-    for (int64_t u = 0; u < units; ++u) {
-      const int64_t n = u / s.groups, g = u % s.groups;
-      const T* gg = gr + n * gs.n + g * pl.Og * gs.c;
-      const T* xg = x + n * xs.n + g * pl.Cg * xs.c;
-      if (pl.direct) {
-        // tmp[o, c] = g[o, p] @ x[p, c]
-        gemm(dt, gg, gs.c, gs.w, xg, xs.w, xs.c, nullptr, tmp, pl.K, 1, pl.Og, pl.K, pl.P, Act::None);
-      } else if (pixel_major) {
-        // tmp[o, k] = g[p, o]^T @ col[p, k]
-        im2col_pk(pl, xg, xs, col);
-        gemm(dt, gg, 1, gs.w, col, pl.K, 1, nullptr, tmp, pl.K, 1, pl.Og, pl.K, pl.P, Act::None);
+  const bool g_rows = pixel_major && (s.N == 1 || gs.n == pl.P * gs.w);
+  const bool x_rows = pixel_major && pl.direct && (s.N == 1 || xs.n == pl.P * xs.w);
+  const int64_t g_img = g_rows ? 0 : pl.P * pl.Og;
+  const int64_t col_img = x_rows ? 0 : pl.P * pl.K;
+  const int64_t NB = chunk_images(s.N, pl.P, g_img + col_img, sizeof(T));
+  std::vector<T> gbuf(static_cast<size_t>(NB * g_img)), col(static_cast<size_t>(NB * col_img));
+  std::vector<T> tmp(static_cast<size_t>(pl.Og * pl.K));
+  const int64_t img_work = pl.Og * pl.P * pl.K;
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
+      const int64_t nb = std::min(NB, s.N - n0), M = nb * pl.P;
+      const T* gg = gr + n0 * gs.n + g * pl.Og * gs.c;
+      const T* xg = x + n0 * xs.n + g * pl.Cg * xs.c;
+      if (pixel_major) {
+        // tmp[o, k] = g[q, o]^T @ col[q, k]
+        const T* a = gg;
+        int64_t sak = gs.w;
+        if (!g_rows) {
+          gather_pk(gg, gs, nb, pl.Og, pl.P, gbuf.data());
+          a = gbuf.data();
+          sak = pl.Og;
+        }
+        const T* b = xg;
+        int64_t sbk = xs.w, sbn = xs.c;
+        if (!x_rows) {
+          for_images(nb, nb * img_work, [&](int64_t n) {
+            if (pl.direct)
+              gather_pk(xg + n * xs.n, xs, 1, pl.Cg, pl.P, col.data() + n * pl.P * pl.K);
+            else
+              im2col_pk(pl, xg + n * xs.n, xs, col.data() + n * pl.P * pl.K);
+          });
+          b = col.data();
+          sbk = pl.K;
+          sbn = 1;
+        }
+        gemm(dt, a, 1, sak, b, sbk, sbn, nullptr, tmp.data(), pl.K, 1, pl.Og, pl.K, M, Act::None);
       } else {
-        // tmp[o, k] = g[o, p] @ col[k, p]^T
-        im2col_kp(pl, xg, xs, col, pl.P);
-        gemm(dt, gg, gs.c, gs.w, col, 1, pl.P, nullptr, tmp, pl.K, 1, pl.Og, pl.K, pl.P, Act::None);
+        // tmp[o, k] = g[o, q] @ col[k, q]^T
+        gather_kp(gg, gs, nb, pl.Og, pl.P, gbuf.data());
+        for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col.data() + n * pl.P, M); });
+        gemm(dt, gbuf.data(), M, 1, col.data(), 1, M, nullptr, tmp.data(), pl.K, 1, pl.Og, pl.K, M, Act::None);
       }
-      T* ag = acc + g * pl.Og * pl.K;
+      T* ag = dw + g * pl.Og * pl.K;
       if (ijc) {
         const int64_t taps = s.KH * s.KW;
         for (int64_t o = 0; o < pl.Og; ++o)
           for (int64_t c = 0; c < pl.Cg; ++c)
             for (int64_t t = 0; t < taps; ++t) ag[o * pl.K + c * taps + t] += tmp[o * pl.K + t * pl.Cg + c];
       } else {
-        for (size_t e = 0; e < tmp_elems; ++e) ag[e] += tmp[e];
+        for (size_t e = 0; e < tmp.size(); ++e) ag[e] += tmp[e];
       }
     }
-  }
-  for (int t = 1; t < nt; ++t) {
-    const T* pt = part.data() + (t - 1) * wsize;
-    for (size_t e = 0; e < wsize; ++e) dw[e] += pt[e];
-  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ void conv2d_bwd_data(DType dt, const ConvGeometry& s, const void* g, Strides4 gs
                      Strides4 xs);
 
 // grad_weight (wgrad): dw[o, c, i, j] = sum_{n, oh, ow} g[n, o, oh, ow] * x[n, c', ih, iw].
-// dw is contiguous [O, C/groups, KH, KW]. Deterministic for a fixed thread count.
+// dw is contiguous [O, C/groups, KH, KW]. Deterministic: bit-identical for any thread count (each
+// element summed by one thread in a fixed order, chunks added in order).
 void conv2d_bwd_weight(DType dt, const ConvGeometry& s, const void* g, Strides4 gs, const void* x, Strides4 xs,
                        void* dw);
 
