@@ -144,8 +144,9 @@ def _xent_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
     return _forward(input, target, weight, ignore_index, reduction, label_smoothing, need_grad, backend)
 
 
-@_xent_op.register_fake
-def _(input, target, weight, ignore_index, reduction, label_smoothing, need_grad, backend):
+def _fake_forward_outputs(input, reduction, need_grad, backend):
+    """(loss, saved gradient, denominator) of either forward op (index or probability targets), as
+    register_fake describes them."""
     N, C = input.shape
     loss = input.new_empty((N,) if reduction == _NONE else ())
     # a backend computing float16/bfloat16 in float32 saves the gradient in float32 (its forward)
@@ -155,6 +156,11 @@ def _(input, target, weight, ignore_index, reduction, label_smoothing, need_grad
     acc = _acc_dtype(input.dtype)
     denom = input.new_empty((), dtype=acc) if reduction == _MEAN else input.new_empty((0,), dtype=acc)
     return loss, grad, denom
+
+
+@_xent_op.register_fake
+def _(input, target, weight, ignore_index, reduction, label_smoothing, need_grad, backend):
+    return _fake_forward_outputs(input, reduction, need_grad, backend)
 
 
 @torch.library.custom_op("pyimgcls::softmax_cross_entropy_backward", mutates_args=())
@@ -261,14 +267,7 @@ def _prob_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
 
 @_prob_op.register_fake
 def _(input, target, weight, reduction, label_smoothing, need_grad, backend):
-    N, C = input.shape
-    loss = input.new_empty((N,) if reduction == _NONE else ())
-    grad_dtype = (torch.float32 if input.dtype in _LOW_PRECISION and backends.TABLE[backend].upcasts_low_precision
-                  else input.dtype)
-    grad = input.new_empty((N, C), dtype=grad_dtype) if need_grad else input.new_empty((0,))
-    acc = _acc_dtype(input.dtype)
-    denom = input.new_empty((), dtype=acc) if reduction == _MEAN else input.new_empty((0,), dtype=acc)
-    return loss, grad, denom
+    return _fake_forward_outputs(input, reduction, need_grad, backend)
 
 
 @torch.library.custom_op("pyimgcls::softmax_cross_entropy_prob_backward", mutates_args=())
