@@ -17,6 +17,8 @@ from ..errors import ArgumentValueError
 
 __all__ = ["main", "read_api_key"]
 
+SWITCH_INTERVAL_S = 0.0005
+
 
 def read_api_key(path: str) -> str:
     """The key is the file's content with surrounding whitespace stripped; an empty one is refused."""
@@ -74,6 +76,10 @@ def main(args) -> int:
                 super().handle_exit(sig, frame)
                 server.begin_drain()
 
+        # The worker thread re-takes the GIL after every kernel; while the event loop is busy with
+        # requests it would wait up to the switch interval (5 ms by default) each time, tens of times
+        # per forward pass. A shorter interval bounds that wait.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         host, port = sock.getsockname()[:2]
         url_host = f"[{host}]" if ":" in host else host
         c, s = server.shape[0], server.shape[1]

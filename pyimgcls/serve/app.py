@@ -132,7 +132,7 @@ class Server:
         self.name = meta["model"]
         self.classes = list(meta["class_names"])
         self.shape = (meta["in_channels"], meta["image_size"], meta["image_size"])
-        self.metrics = ServeMetrics(runner.sizes, runner.queue_depth, runner.ready.is_set,
+        self.metrics = ServeMetrics(runner.sizes, runner.queue_depth, lambda: runner.busy, runner.ready.is_set,
                                     lambda: runner.load_seconds, lambda: runner.warmup_seconds)
         runner.on_batch = self.metrics.batch
         routes = [
@@ -207,7 +207,7 @@ class Server:
         try:
             return await asyncio.wait_for(item.future, left)
         except TimeoutError:
-            item.abandoned = True
+            self.runner.abandon(item)
             return error(504, f"request took longer than --request-timeout ({self.timeout_s:g} s)")
         except RuntimeError:
             return error(500, "inference failed (see the server log)")

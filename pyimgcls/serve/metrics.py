@@ -1,8 +1,8 @@
 """Prometheus metrics of ``pyimgcls serve`` (one registry per server, so tests and embedders can run
 several in a process). Names: ``pyimgcls_requests_total{endpoint,status}``,
 ``pyimgcls_request_duration_seconds{endpoint}``, ``pyimgcls_batch_size`` (real rows per batch, before
-padding), ``pyimgcls_batch_duration_seconds``, ``pyimgcls_queue_depth``, ``pyimgcls_images_total``,
-``pyimgcls_images_per_second`` (over the last ``RATE_WINDOW_S`` seconds), ``pyimgcls_model_load_seconds``,
+padding), ``pyimgcls_batch_duration_seconds``, ``pyimgcls_queue_depth``, ``pyimgcls_model_busy``,
+``pyimgcls_images_total``, ``pyimgcls_images_per_second`` (over the last ``RATE_WINDOW_S`` seconds), ``pyimgcls_model_load_seconds``,
 ``pyimgcls_model_warmup_seconds``, ``pyimgcls_model_ready``."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class ServeMetrics:
-    def __init__(self, batch_sizes: tuple[int, ...], queue_depth, ready, load_seconds, warmup_seconds):
+    def __init__(self, batch_sizes: tuple[int, ...], queue_depth, busy, ready, load_seconds, warmup_seconds):
         disable_created_metrics()   # the *_created series (process start times) only add noise here
         r = self.registry = CollectorRegistry()
         self.requests = Counter("pyimgcls_requests", "HTTP requests answered, by endpoint and status code",
@@ -31,6 +31,7 @@ class ServeMetrics:
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.images = Counter("pyimgcls_images", "images classified", registry=r)
         Gauge("pyimgcls_queue_depth", "requests waiting for the model", registry=r).set_function(queue_depth)
+        Gauge("pyimgcls_model_busy", "1 while a batch runs", registry=r).set_function(lambda: 1.0 if busy() else 0.0)
         Gauge("pyimgcls_images_per_second", f"images classified per second over the last {RATE_WINDOW_S:g} s",
               registry=r).set_function(self.rate)
         Gauge("pyimgcls_model_load_seconds", "time to load the checkpoint and build the model",

@@ -52,13 +52,12 @@ class Item:
     """One queued request: ``x`` [n, C, H, W] float32 on the CPU, ``raw`` when it still needs the
     checkpoint's normalisation (v1 images in [0, 1]) or False for a normalised v2 tensor; ``top_k``
     for v1 (answer: top-k list) or None (answer: the probability rows)."""
-    __slots__ = ("x", "raw", "top_k", "n", "t_enqueued", "future", "loop", "abandoned")
+    __slots__ = ("x", "raw", "top_k", "n", "t_enqueued", "future", "loop")
 
     def __init__(self, x: torch.Tensor, raw: bool, top_k: int | None, future, loop):
         self.x, self.raw, self.top_k, self.n = x, raw, top_k, int(x.shape[0])
         self.future, self.loop = future, loop
         self.t_enqueued = 0.0
-        self.abandoned = False        # its request timed out: skipped when batches are formed
 
 
 def _deliver(future, value, error) -> None:
@@ -87,9 +86,11 @@ class ModelRunner:
         self.load_error: BaseException | None = None
         self.loaded = threading.Event()
         self.ready = threading.Event()
+        self.busy = False               # a batch is running (the pyimgcls_model_busy gauge)
         self.draining = False           # dispatch without delay (SIGTERM); new requests still accepted
         self._stopping = False          # no new requests; the worker exits once the queue is empty
         self._queue: collections.deque[Item] = collections.deque()
+        self._emptied = False           # abandon() emptied the queue while the worker waited
         self._cond = threading.Condition()
         self._start_warmup = threading.Event()
         self._thread = threading.Thread(target=self._main, name="pyimgcls-serve-worker", daemon=True)
@@ -136,6 +137,18 @@ class ModelRunner:
             self._cond.notify()
         return None
 
+    def abandon(self, item: Item) -> None:
+        """The request of ``item`` timed out (504): drop it from the queue if it is still there, so it
+        takes no queue slot or batch row; a worker left waiting on nothing goes back to idle."""
+        with self._cond:
+            try:
+                self._queue.remove(item)
+            except ValueError:     # already in a batch: its answer is dropped on delivery
+                return
+            if not self._queue:
+                self._emptied = True
+            self._cond.notify()
+
     # ------------------------------------------------------------------------------ the worker
     def _main(self) -> None:
         try:
@@ -178,31 +191,28 @@ class ModelRunner:
     def _next_batch(self) -> list[Item] | None:
         with self._cond:
             idle = not self._queue
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            if not idle:
-                # Back from a batch with requests waiting: wait until they fill a batch or the oldest
-                # has waited max_delay (a draining server dispatches at once).
-                while not self.draining:
-                    rows = sum(it.n for it in self._queue if not it.abandoned)
-                    oldest = next((it.t_enqueued for it in self._queue if not it.abandoned), None)
-                    if oldest is None:
-                        break
-                    left = oldest + self.max_delay_s - time.perf_counter()
-                    if rows >= self.max_batch or left <= 0:
-                        break
-                    self._cond.wait(left)
-            items, rows = [], 0
-            while self._queue:
-                it = self._queue[0]
-                if it.abandoned:
-                    self._queue.popleft()
-                    continue
-                if rows + it.n > self.max_batch:
+            self._emptied = False
+            while True:
+                # every request waited on timed out (even if another has arrived since): idle again
+                idle = idle or self._emptied
+                while not self._queue:
+                    if self._stopping:
+                        return None
+                    idle = True        # nothing left to wait for: the next arrival goes at once
+                    self._cond.wait()
+                if idle or self.draining:
                     break
-                items.append(self._queue.popleft())
+                # Back from a batch with requests waiting: dispatch when they fill a batch or the
+                # oldest has waited max_delay.
+                rows = sum(it.n for it in self._queue)
+                left = self._queue[0].t_enqueued + self.max_delay_s - time.perf_counter()
+                if rows >= self.max_batch or left <= 0:
+                    break
+                self._cond.wait(left)
+            items, rows = [], 0
+            while self._queue and rows + self._queue[0].n <= self.max_batch:
+                it = self._queue.popleft()
+                items.append(it)
                 rows += it.n
             return items
 
@@ -210,6 +220,7 @@ class ModelRunner:
         if not items:
             return
         t0 = time.perf_counter()
+        self.busy = True
         try:
             parts = [normalize(it.x.to(self.device), self.mean, self.std) if it.raw else it.x.to(self.device)
                      for it in items]
@@ -237,6 +248,8 @@ class ModelRunner:
             for it in items:
                 it.loop.call_soon_threadsafe(_deliver, it.future, None, RuntimeError("inference failed"))
             return
+        finally:
+            self.busy = False
         self.on_batch(rows, time.perf_counter() - t0)
         for it, a in zip(items, answers):
             it.loop.call_soon_threadsafe(_deliver, it.future, a, None)
