@@ -341,6 +341,9 @@ def _add_serve_parser(sub) -> None:
     s.add_argument("--api-key-file", default=None, metavar="FILE",
                    help="require 'Authorization: Bearer KEY' on /v1/predict and /v2/models/*/infer; KEY is the "
                         "file's content, surrounding whitespace stripped")
+    s.add_argument("--threads", type=_NONNEG_INT, default=0,
+                   help="CPU threads for the model (0: as predict: 1 for models under 1M parameters, else all "
+                        "cores); 1 is best on a machine shared with other busy processes")
     _add_kernel_args(s)
     s.set_defaults(func=cmd_serve)
 

@@ -206,6 +206,17 @@ def test_open_endpoints(lenet):
     for path in ("/v2/models/other", "/v2/models/other/ready", "/nope"):
         status, _, _, err = lenet.get(path)
         assert status == 404 and "error" in err, path
+    # responses are not held back by Nagle + delayed ACK (~40 ms each): TCP_NODELAY on the connections
+    host, port = lenet.url.rsplit("//", 1)[1].rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    times = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+        times.append(time.perf_counter() - t0)
+    conn.close()
+    assert sorted(times)[7] < 0.025, f"median /healthz round trip {1000 * sorted(times)[7]:.1f} ms"
     status, hdrs, _, err = lenet.get("/v1/predict")
     assert status == 405 and "POST" in hdrs.get("allow", "") and "not allowed" in err["error"]
 

@@ -36,10 +36,20 @@ def read_api_key(path: str) -> str:
 
 def _listen(host: str, port: int) -> socket.socket:
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family = infos[0][0]
-        return socket.create_server((host, port), family=family, backlog=2048)
-    except (OSError, socket.gaierror) as e:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE)[0]
+        # proto IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY only on connections of such a socket, and
+        # without it every response (headers, then body: two writes) waits ~40 ms for a delayed ACK.
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(2048)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    except OSError as e:   # socket.gaierror is an OSError
         raise ArgumentValueError(f"--host/--port: cannot listen on {host}:{port}: "
                                  f"{getattr(e, 'strerror', None) or e}") from None
 
@@ -56,7 +66,7 @@ def main(args) -> int:
     kernels = _loop.resolve_kernels(args.kernels, device)
     sock = _listen(args.host, args.port)
     runner = ModelRunner(args.checkpoint, device, kernels, args.max_batch_size, args.max_delay_ms / 1000.0,
-                         args.max_queue)
+                         args.max_queue, threads=args.threads)
     try:
         try:
             runner.load()

@@ -75,8 +75,8 @@ class ModelRunner:
     batches until :meth:`stop`. ``on_batch(rows, seconds)`` is called after each batch (metrics)."""
 
     def __init__(self, checkpoint: str, device: torch.device, kernels: str, max_batch: int,
-                 max_delay_s: float, max_queue: int, on_batch=None):
-        self.checkpoint, self.device, self.kernels = checkpoint, device, kernels
+                 max_delay_s: float, max_queue: int, on_batch=None, threads: int = 0):
+        self.checkpoint, self.device, self.kernels, self.threads = checkpoint, device, kernels, threads
         self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
         self.sizes = padded_sizes(max_batch)
         self.on_batch = on_batch or (lambda rows, seconds: None)
@@ -154,6 +154,8 @@ class ModelRunner:
         try:
             t0 = time.perf_counter()
             model, meta, _ = _loop._model_from_checkpoint(self.checkpoint, self.device)
+            if self.threads and self.device.type == "cpu":   # else the loader's choice, as predict's
+                _loop.set_cpu_threads(self.threads)
             self.sha256 = file_sha256(self.checkpoint)
             self.model, self.meta = model, meta
             self.mean = torch.tensor(meta["mean"], dtype=torch.float32, device=self.device)
