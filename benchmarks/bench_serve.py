@@ -181,7 +181,7 @@ def run(args) -> dict:
     load_before = os.getloadavg()
 
     for label, batch in (("resnet18 batching (max-batch 32, delay 5 ms)", 32), ("resnet18 max-batch-size 1", 1)):
-        srv = Server(resnet, "--max-batch-size", batch, "--max-delay-ms", 5, log_dir=tmp)
+        srv = Server(resnet, "--max-batch-size", batch, "--max-delay-ms", 5, "--threads", args.threads, log_dir=tmp)
         try:
             cases.append(throughput_case(label, srv, bodies, 16, per_client))
         finally:
@@ -231,6 +231,7 @@ def run(args) -> dict:
             "load_average_before": [round(v, 2) for v in load_before],
             "load_average_after": [round(v, 2) for v in os.getloadavg()],
             "note": "CPU kernels, loopback; the machine was shared with other jobs (see load averages)",
+            "resnet18_threads": args.threads,
             "batching_speedup": round(ratio, 2),
             "targets": {"batching_speedup_ge_2": ratio >= 2.0, "lenet5_p50_le_5ms": cases[2]["p50_ms"] <= 5.0,
                         "nothing_lost": robust["all_answered_as_documented"] and robust["ready_after"]
@@ -241,6 +242,9 @@ def run(args) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer requests per case")
+    p.add_argument("--threads", type=int, default=1,
+                   help="serve --threads for the ResNet-18 servers (0: serve's default, all cores; OpenMP on all "
+                        "cores collapses when other processes keep them busy)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for the results JSON")
     args = p.parse_args(argv)
     res = run(args)
