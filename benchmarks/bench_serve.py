@@ -116,7 +116,7 @@ class Server:
 def metric(text: str, name: str, **labels) -> float:
     total = 0.0
     for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", line)
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{.*\})? (\S+)$", line)
         if m and m.group(1) == name:
             got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
             if all(got.get(k) == v for k, v in labels.items()):

@@ -85,19 +85,24 @@ def multipart(field: str, filename: str, data: bytes, ctype: str = "image/png") 
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-def metric(text: str, name: str, **labels) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
+def metric(text: str, name: str, _missing_ok: bool = False, **labels) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (no such sample: an error, or 0
+    with ``_missing_ok``, for a snapshot taken before the first such request)."""
     total, found = 0.0, False
     for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})? (\S+)$", line)
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{.*\})? (\S+)$", line)
         if not m or m.group(1) != name:
             continue
         got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
         if all(got.get(k) == str(v) for k, v in labels.items()):
             total += float(m.group(3))
             found = True
-    assert found, f"no sample {name}{labels} in /metrics"
+    assert found or _missing_ok, f"no sample {name}{labels} in /metrics"
     return total
+
+
+def prior(text: str, name: str, **labels) -> float:
+    return metric(text, name, _missing_ok=True, **labels)
 
 
 class Serve:
@@ -219,6 +224,10 @@ def test_open_endpoints(lenet):
     assert sorted(times)[7] < 0.025, f"median /healthz round trip {1000 * sorted(times)[7]:.1f} ms"
     status, hdrs, _, err = lenet.get("/v1/predict")
     assert status == 405 and "POST" in hdrs.get("allow", "") and "not allowed" in err["error"]
+    text = lenet.get("/metrics")[2].decode()
+    assert metric(text, "pyimgcls_requests_total", endpoint="/v1/predict", status="405") == 1
+    assert metric(text, "pyimgcls_requests_total", endpoint="other", status="404") == 1
+    assert metric(text, "pyimgcls_requests_total", endpoint="/v2/models/{name}", status="404") == 1
 
 
 def test_v1_predict_equals_cli_predict(lenet, images, tmp_path):
@@ -360,12 +369,12 @@ def test_batching_under_concurrent_load(lenet, images):
     statuses = _load(lenet, files["gray.png"], clients=16, per_client=10)
     assert [s for _, s in statuses] == [200] * 160
     text = lenet.get("/metrics")[2].decode()
-    batches = metric(text, "pyimgcls_batch_size_count") - metric(before, "pyimgcls_batch_size_count")
+    batches = metric(text, "pyimgcls_batch_size_count") - prior(before, "pyimgcls_batch_size_count")
     singles = (metric(text, "pyimgcls_batch_size_bucket", le="1.0")
-               - metric(before, "pyimgcls_batch_size_bucket", le="1.0"))
+               - prior(before, "pyimgcls_batch_size_bucket", le="1.0"))
     assert batches < 160 and singles < batches, "no batch of more than one image under 16 concurrent clients"
     assert metric(text, "pyimgcls_batch_size_bucket", le="8.0") == metric(text, "pyimgcls_batch_size_count")
-    images_done = metric(text, "pyimgcls_images_total") - metric(before, "pyimgcls_images_total")
+    images_done = metric(text, "pyimgcls_images_total") - prior(before, "pyimgcls_images_total")
     assert images_done == 160
     assert metric(text, "pyimgcls_batch_size_sum") == metric(text, "pyimgcls_images_total")
     assert metric(text, "pyimgcls_images_per_second") > 0
@@ -373,7 +382,7 @@ def test_batching_under_concurrent_load(lenet, images):
     assert metric(text, "pyimgcls_model_load_seconds") > 0 and metric(text, "pyimgcls_model_warmup_seconds") > 0
     assert metric(text, "pyimgcls_model_ready") == 1
     ok = metric(text, "pyimgcls_requests_total", endpoint="/v1/predict", status="200")
-    assert ok - metric(before, "pyimgcls_requests_total", endpoint="/v1/predict", status="200") == 160
+    assert ok - prior(before, "pyimgcls_requests_total", endpoint="/v1/predict", status="200") == 160
     assert metric(text, "pyimgcls_request_duration_seconds_count", endpoint="/v1/predict") >= 160
 
 
@@ -387,9 +396,9 @@ def test_malformed_traffic_keeps_server_ready(lenet, images):
     text = lenet.get("/metrics")[2].decode()
     for status, n in (("200", 180), ("400", 20)):
         d = (metric(text, "pyimgcls_requests_total", endpoint="/v1/predict", status=status)
-             - metric(before, "pyimgcls_requests_total", endpoint="/v1/predict", status=status))
+             - prior(before, "pyimgcls_requests_total", endpoint="/v1/predict", status=status))
         assert d == n, status
-    assert metric(text, "pyimgcls_images_total") - metric(before, "pyimgcls_images_total") == 180
+    assert metric(text, "pyimgcls_images_total") - prior(before, "pyimgcls_images_total") == 180
 
 
 def _browser():
@@ -457,7 +466,8 @@ def test_page_in_headless_browser(lenet, images):
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory, images):
     """ResNet-18 (slow on a CPU: its batches take long enough to queue requests behind them) with an API
-    key, a 2-request queue, a 4 s timeout and a 15 s batching delay. What it answers while warming up
+    key, a 2-request queue, a 4 s timeout, a 15 s batching delay and one CPU thread (steady batch times
+    when other processes load the machine). What it answers while warming up
     is recorded before waiting for readiness."""
     _, files = images
     d = tmp_path_factory.mktemp("guarded")
@@ -465,7 +475,7 @@ def guarded(tmp_path_factory, images):
     keyfile = d / "key.txt"
     keyfile.write_text(f"\n  {KEY}\n")
     srv = Serve(d, "--checkpoint", ck, "--api-key-file", keyfile, "--max-batch-size", 4, "--max-delay-ms", 15000,
-                "--max-queue", 2, "--request-timeout", 4)
+                "--max-queue", 2, "--request-timeout", 4, "--threads", 1)
     try:
         srv.warming = {"readyz": srv.get("/readyz"), "v2_ready": srv.get("/v2/health/ready"),
                        "healthz": srv.get("/healthz"),
@@ -527,6 +537,12 @@ def test_readiness_auth_queue_full_and_timeout(guarded, images):
     t0 = time.monotonic()
     assert predicted(srv, files["gray.png"], headers=auth)[0] == 200
     assert time.monotonic() - t0 < 4
+    # a full batch does not wait for the delay: 4 queued rows go as soon as the worker is free
+    with cf.ThreadPoolExecutor(2) as pool:
+        busy = pool.submit(srv.post, "/v2/models/resnet18/infer", json.dumps(_v2((4, 3, 32, 32))), auth)
+        _wait_metric(srv, "pyimgcls_model_busy", 1)
+        full = pool.submit(srv.post, "/v2/models/resnet18/infer", json.dumps(_v2((4, 3, 32, 32))), auth)
+        assert busy.result()[0] == 200 and full.result()[0] == 200
 
 
 def test_sigterm_answers_queued_requests_then_exits(guarded, images):

@@ -66,11 +66,16 @@ class _Guard:
         self.app, self.metrics, self.max_body = app, metrics, max_body
 
     def endpoint(self, scope) -> str:
+        """The route template (``/v2/models/{name}/infer``: bounded label values); a path that
+        matches only with another method (405) counts under its route too, anything else as ``other``."""
+        partial = None
         for route in self.app.routes:
             match, _ = route.matches(scope)
             if match is Match.FULL:
                 return route.path
-        return "other"
+            if match is Match.PARTIAL and partial is None:
+                partial = route.path
+        return partial or "other"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

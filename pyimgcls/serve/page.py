@@ -13,7 +13,7 @@ PAGE = """<!doctype html>
   h1 { font-size: 1.3rem; }
   #drop { border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center; cursor: pointer; }
   #drop.over { background: #eef4ff; border-color: #36c; }
-  #preview { max-width: 8rem; max-height: 8rem; image-rendering: pixelated; display: none; margin: 1rem auto 0; }
+  #preview { width: 6rem; height: auto; image-rendering: pixelated; display: none; margin: 1rem auto 0; }
   table { width: 100%; border-collapse: collapse; margin-top: 1rem; }
   td { padding: 0.2rem 0.4rem; }
   td.label { width: 30%; white-space: nowrap; }
