@@ -311,6 +311,7 @@ class Server:
             if upload is None or isinstance(upload, str):
                 return error(400, "multipart field 'image' (a file) is missing")
             data, name = await upload.read(), upload.filename or "image"
+            await form.close()     # the upload's spooled temporary file
         elif media.startswith("image/"):
             data, name = await request.body(), "request body"
         else:
