@@ -322,6 +322,37 @@ def _add_explain_parser(sub) -> None:
     s.set_defaults(func=cmd_explain)
 
 
+def _add_serve_parser(sub) -> None:
+    s = sub.add_parser("serve", formatter_class=_Fmt, help="HTTP inference server for a checkpoint",
+                       description="Serve a checkpoint over HTTP on our kernels: POST /v1/predict (an image), the "
+                                   "KServe v2 JSON protocol (/v2/...), /healthz, /readyz, /v1/models, /metrics "
+                                   "(Prometheus) and a web page at /. Requests are batched dynamically.")
+    s.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint.pt or best.pt")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (loopback unless told otherwise)")
+    s.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="TCP port (0: any free port)")
+    s.add_argument("--max-batch-size", type=_number(int, 1, 1024), default=32, help="most images per model batch")
+    s.add_argument("--max-delay-ms", type=_NONNEG_FLOAT, default=5.0,
+                   help="while the model is busy, a batch waits at most this long for more requests")
+    s.add_argument("--max-queue", type=_POS_INT, default=256, help="queued requests beyond which new ones get 503")
+    s.add_argument("--max-body-mb", type=_number(float, 0, lo_open=True), default=16.0,
+                   help="largest request body in MiB (413 above)")
+    s.add_argument("--request-timeout", type=_number(float, 0, lo_open=True), default=30.0, metavar="SECONDS",
+                   help="a request not answered within this time gets 504")
+    s.add_argument("--api-key-file", default=None, metavar="FILE",
+                   help="require 'Authorization: Bearer KEY' on /v1/predict and /v2/models/*/infer; KEY is the "
+                        "file's content, surrounding whitespace stripped")
+    s.add_argument("--threads", type=_NONNEG_INT, default=0,
+                   help="CPU threads for the model (0: as predict: 1 for models under 1M parameters, else all "
+                        "cores); 1 is best on a machine shared with other busy processes")
+    _add_kernel_args(s)
+    s.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from . import serve
+    return serve.main(args)
+
+
 OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 
 
@@ -333,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_eval_parsers(sub)
     _add_explain_parser(sub)
+    _add_serve_parser(sub)
     s = sub.add_parser("info", help="versions, compiled kernels and available backends")
     s.set_defaults(func=cmd_info)
     s = sub.add_parser("bench", help="benchmark our kernels against PyTorch (GPU if present, else CPU)")
@@ -405,7 +437,7 @@ def main(argv=None) -> int:
             return args.func(args)
         except (ValueError, TypeError, ArgumentValueError, ArgumentTypeError, BackendError) as e:
             parser.exit(2, f"pyimgcls explain: error: {_one_line(e)}\n")
-    if args.command in ("train", "eval", "predict"):
+    if args.command in ("train", "eval", "predict", "serve"):
         from .errors import ArgumentTypeError, ArgumentValueError, BackendError
         from .training.loop import Interrupted, PredictErrors, TrainingDiverged
         try:
