@@ -335,3 +335,39 @@ def test_cpu_isa_switch_rejects_unknown_value(monkeypatch):
     monkeypatch.setenv("PYIMGCLS_CPU_ISA", "sse9")
     with pytest.raises(ValueError, match="PYIMGCLS_CPU_ISA"):
         _native.C.quant_isa()
+
+
+# ----------------------------------------------------------------------------- pooling
+# (N, C, H, W, kernel, stride, padding, dilation, ceil_mode, layout)
+MAXPOOL_CASES = [(2, 5, 9, 7, 2, 2, 0, 1, False, "cl"), (1, 3, 8, 8, 3, 2, 1, 1, True, "nchw"),
+                 (2, 37, 11, 6, 3, 1, 1, 2, False, "slice")]
+
+
+@pytest.mark.parametrize("case", MAXPOOL_CASES, ids=lambda c: f"k{c[4]}s{c[5]}p{c[6]}d{c[7]}c{int(c[8])}_{c[9]}")
+@pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
+def test_quantized_max_pool2d(backend, case):
+    N, C, H, W, k, s, p, d, ceil, kind = case
+    x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(C)), kind)
+    with pyimgcls.use_backend(backend):
+        y = ops.quantized_max_pool2d(x, k, s, p, d, ceil)
+    want = torch.nn.functional.max_pool2d(x.float(), k, s, p, d, ceil_mode=ceil).to(torch.uint8)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _assert_equal(y, want)
+
+
+# (N, C, H, W, output size): global mean (ResNet), uneven adaptive windows, identity size
+AVGPOOL_CASES = [(2, 37, 7, 5, (1, 1)), (1, 6, 10, 7, (3, 4)), (2, 3, 4, 4, (4, 4))]
+
+
+@pytest.mark.parametrize("case", AVGPOOL_CASES, ids=lambda c: f"{c[2]}x{c[3]}to{c[4][0]}x{c[4][1]}")
+@pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
+def test_quantized_adaptive_avg_pool2d(backend, case):
+    N, C, H, W, size = case
+    x = torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(H)).contiguous(
+        memory_format=torch.channels_last)
+    with pyimgcls.use_backend(backend):
+        y = ops.quantized_adaptive_avg_pool2d(x, size, 0.1, 30, 0.07, 12)
+    _assert_equal(y, ref.quant_adaptive_avg_pool2d(x, *size, 30, 0.1 / 0.07, 12))
+    # and the float meaning: within one output step of the float mean, requantised
+    real = torch.nn.functional.adaptive_avg_pool2d((x.double() - 30) * 0.1, size)
+    assert ((y.double() - 12) * 0.07 - real.clamp(-12 * 0.07, 243 * 0.07)).abs().max() <= 0.07 / 2 + 1e-9

@@ -113,3 +113,69 @@ def quant_im2col(x, c0, cg, kh, kw, stride, padding, dilation, oh, ow, pad, col)
     grid = (triton.cdiv(rows, BR), triton.cdiv(width, BC))
     _quant_im2col_fwd_kernel[grid](x, col, rows, width, H, W, *x.stride(), c0, cg, kw, *stride, *padding, *dilation,
                                    oh, ow, pad, BR=BR, BC=BC)
+
+
+@triton.jit
+def _quant_max_pool2d_fwd_kernel(x_ptr, out_ptr, PIX, C, H, W, sN, sC, sH, sW, KH: tl.constexpr, KW: tl.constexpr,
+                                 SH, SW, PH, PW, DH, DW, OH, OW, BP: tl.constexpr, BC: tl.constexpr):
+    p = tl.program_id(0) * BP + tl.arange(0, BP)     # [BP] output pixels (n, oh, ow)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)     # [BC] channels
+    n, oh, ow = p // (OH * OW), (p // OW) % OH, p % OW
+    ok = (p < PIX)[:, None] & (c < C)[None, :]
+    best = tl.zeros((BP, BC), dtype=tl.int32)        # 0 is the least uint8; every window has a tap inside
+    for i in tl.static_range(KH):
+        for j in tl.static_range(KW):
+            ih = oh * SH - PH + i * DH
+            iw = ow * SW - PW + j * DW
+            inside = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            v = tl.load(x_ptr + (n * sN + ih * sH + iw * sW)[:, None] + c[None, :] * sC,
+                        mask=ok & inside[:, None], other=0)
+            best = tl.maximum(best, v.to(tl.int32))
+    tl.store(out_ptr + p[:, None] * C + c[None, :], best.to(tl.uint8), mask=ok)
+
+
+def quant_max_pool2d(x, kernel, stride, padding, dilation, oh, ow, out):
+    N, C, H, W = x.shape
+    pix = N * oh * ow
+    BP, BC = 32, 32
+    _quant_max_pool2d_fwd_kernel[(triton.cdiv(pix, BP), triton.cdiv(C, BC))](
+        x, out, pix, C, H, W, *x.stride(), kernel[0], kernel[1], *stride, *padding, *dilation, oh, ow, BP=BP, BC=BC)
+
+
+@triton.jit
+def _quant_adaptive_avg_pool2d_fwd_kernel(x_ptr, mult_ptr, out_ptr, PIX, C, H, W, sN, sC, sH, sW, OH, OW, in_zero,
+                                          out_zero, MAXH, MAXW, BP: tl.constexpr, BC: tl.constexpr):
+    p = tl.program_id(0) * BP + tl.arange(0, BP)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    n, oh, ow = p // (OH * OW), (p // OW) % OH, p % OW
+    h0, h1 = (oh * H) // OH, ((oh + 1) * H + OH - 1) // OH
+    w0, w1 = (ow * W) // OW, ((ow + 1) * W + OW - 1) // OW
+    ok = (p < PIX)[:, None] & (c < C)[None, :]
+    s = tl.zeros((BP, BC), dtype=tl.int32)
+    for dh in range(0, MAXH):
+        for dw in range(0, MAXW):
+            ih, iw = h0 + dh, w0 + dw
+            inside = (ih < h1) & (iw < w1)
+            v = tl.load(x_ptr + (n * sN + ih * sH + iw * sW)[:, None] + c[None, :] * sC,
+                        mask=ok & inside[:, None], other=0)
+            s += v.to(tl.int32)
+    count = (h1 - h0) * (w1 - w0)
+    s -= (count * in_zero)[:, None]
+    # mult_ptr[count] = float32(ratio / count), rounded once from float64 on the host, as the CPU
+    # kernel and the reference compute it (a Python float argument would arrive as fp32)
+    mult = tl.load(mult_ptr + count, mask=p < PIX, other=0.0)
+    q = _rne(s.to(tl.float32) * mult[:, None]) + out_zero
+    q = tl.minimum(tl.maximum(q, 0), 255)
+    tl.store(out_ptr + p[:, None] * C + c[None, :], q.to(tl.uint8), mask=ok)
+
+
+def quant_adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out):
+    N, C, H, W = x.shape
+    pix = N * oh * ow
+    maxh = max(-(-(i + 1) * H // oh) - i * H // oh for i in range(oh))
+    maxw = max(-(-(j + 1) * W // ow) - j * W // ow for j in range(ow))
+    mult = torch.tensor([0.0] + [ratio / c for c in range(1, maxh * maxw + 1)], dtype=torch.float64)
+    mult = mult.to(device=x.device, dtype=torch.float32)
+    BP, BC = 16, 32
+    _quant_adaptive_avg_pool2d_fwd_kernel[(triton.cdiv(pix, BP), triton.cdiv(C, BC))](
+        x, mult, out, pix, C, H, W, *x.stride(), oh, ow, in_zero, out_zero, maxh, maxw, BP=BP, BC=BC)

@@ -51,6 +51,25 @@ void bind_quant(py::module_& m) {
                           DH, DW, OH, OW, static_cast<uint8_t>(pad), reinterpret_cast<uint8_t*>(col));
       },
       "uint8 im2col of one channel group, padding with the zero point");
+  m.def(
+      "quant_max_pool2d_cpu",
+      [](uintptr_t x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW,
+         int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW, int64_t OH,
+         int64_t OW, uintptr_t out) {
+        py::gil_scoped_release nogil;
+        cpu::quant_max_pool2d(reinterpret_cast<const uint8_t*>(x), N, C, H, W, sN, sC, sH, sW, KH, KW, SH, SW, PH, PW,
+                              DH, DW, OH, OW, reinterpret_cast<uint8_t*>(out));
+      },
+      "uint8 max pooling into an NHWC output");
+  m.def(
+      "quant_adaptive_avg_pool2d_cpu",
+      [](uintptr_t x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW,
+         int64_t OH, int64_t OW, int in_zero, double ratio, int out_zero, uintptr_t out) {
+        py::gil_scoped_release nogil;
+        cpu::quant_adaptive_avg_pool2d(reinterpret_cast<const uint8_t*>(x), N, C, H, W, sN, sC, sH, sW, OH, OW, in_zero,
+                                       ratio, out_zero, reinterpret_cast<uint8_t*>(out));
+      },
+      "uint8 adaptive average pooling (requantised) into an NHWC output");
 }
 
 }  // namespace pyimgcls::bind

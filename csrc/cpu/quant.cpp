@@ -348,4 +348,51 @@ void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN,
   }
 }
 
+void quant_max_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC,
+                      int64_t sH, int64_t sW, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
+                      int64_t DH, int64_t DW, int64_t OH, int64_t OW, uint8_t* out) {
+  const int64_t pix = N * OH * OW;
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(pix * C / 65536, 1)));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t p = 0; p < pix; ++p) {
+    const int64_t n = p / (OH * OW), oh = (p / OW) % OH, ow = p % OW;
+    uint8_t* o = out + p * C;
+    std::memset(o, 0, static_cast<size_t>(C));   // 0 is the least uint8; every window has a tap in the image
+    for (int64_t i = 0; i < KH; ++i) {
+      const int64_t ih = oh * SH - PH + i * DH;
+      if (ih < 0 || ih >= H) continue;
+      for (int64_t j = 0; j < KW; ++j) {
+        const int64_t iw = ow * SW - PW + j * DW;
+        if (iw < 0 || iw >= W) continue;
+        const uint8_t* src = x + n * sN + ih * sH + iw * sW;
+        for (int64_t c = 0; c < C; ++c) o[c] = std::max(o[c], src[c * sC]);
+      }
+    }
+  }
+}
+
+void quant_adaptive_avg_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC,
+                               int64_t sH, int64_t sW, int64_t OH, int64_t OW, int32_t in_zero, double ratio,
+                               int32_t out_zero, uint8_t* out) {
+  const int64_t pix = N * OH * OW;
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(N * C * H * W / 65536, 1)));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t p = 0; p < pix; ++p) {
+    const int64_t n = p / (OH * OW), oh = (p / OW) % OH, ow = p % OW;
+    const int64_t h0 = oh * H / OH, h1 = ((oh + 1) * H + OH - 1) / OH;
+    const int64_t w0 = ow * W / OW, w1 = ((ow + 1) * W + OW - 1) / OW;
+    const int64_t count = (h1 - h0) * (w1 - w0);
+    const float mult = static_cast<float>(ratio / static_cast<double>(count));
+    const int32_t zsum = static_cast<int32_t>(count) * in_zero;
+    uint8_t* o = out + p * C;
+    for (int64_t c = 0; c < C; ++c) {
+      int32_t s = 0;
+      for (int64_t ih = h0; ih < h1; ++ih)
+        for (int64_t iw = w0; iw < w1; ++iw) s += x[n * sN + c * sC + ih * sH + iw * sW];
+      int32_t q = rne_term(static_cast<float>(s - zsum) * mult) + out_zero;
+      o[c] = static_cast<uint8_t>(q < 0 ? 0 : (q > 255 ? 255 : q));
+    }
+  }
+}
+
 }  // namespace pyimgcls::cpu

@@ -50,6 +50,18 @@ void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN,
                   int64_t sW, int64_t c0, int64_t CG, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
                   int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW, uint8_t pad, uint8_t* col);
 
+// Pooling on uint8 NHWC outputs (out [N, OH, OW, C] contiguous) from x [N, C, H, W] (element
+// strides). Max: taps outside the image are skipped (padding is -inf), the result keeps the input's
+// scale and zero point. Adaptive average: window rows [floor(oh * H / OH), ceil((oh + 1) * H / OH))
+// (same for columns); out = clamp(rne(clamp(float(sum(x - in_zero)) * float(ratio / count), +-2^22))
+// + out_zero, 0, 255), ratio = s_in / s_out, the float32 factor rounded once from double.
+void quant_max_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC,
+                      int64_t sH, int64_t sW, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
+                      int64_t DH, int64_t DW, int64_t OH, int64_t OW, uint8_t* out);
+void quant_adaptive_avg_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC,
+                               int64_t sH, int64_t sW, int64_t OH, int64_t OW, int32_t in_zero, double ratio,
+                               int32_t out_zero, uint8_t* out);
+
 // Which GEMM path runs here: "vnni" (AVX-512 VNNI vpdpbusd), "avx2" (vpmaddwd on 16-bit widened
 // operands) or "generic". PYIMGCLS_CPU_ISA=generic|avx2|avx512 lowers it (avx512 means VNNI here).
 const char* quant_isa();

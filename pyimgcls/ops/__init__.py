@@ -10,6 +10,7 @@ __all__ = ["matmul", "linear", "conv2d", "conv2d_bias_relu", "max_pool2d", "avg_
 __all__ += ["softmax_cross_entropy", "cross_entropy"]
 __all__ += ["batch_norm"]
 from .quant import QuantizedWeight, dequantize, quantize_per_tensor, quantize_weight, quantized_conv2d, quantized_linear
+from .quant import quantized_adaptive_avg_pool2d, quantized_max_pool2d
 
 __all__ += ["quantized_linear", "quantized_conv2d", "QuantizedWeight", "quantize_weight", "quantize_per_tensor",
-            "dequantize"]
+            "dequantize", "quantized_max_pool2d", "quantized_adaptive_avg_pool2d"]

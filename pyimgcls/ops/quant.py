@@ -325,3 +325,66 @@ def quantized_conv2d(input: torch.Tensor, input_scale: float, input_zero_point: 
                   None if r2 is None else r2[:, n0:n0 + OG], ep["res_zero"], ep["res_mult"], ep["out_zero"],
                   ep["qmin"], ep["qmax"], ep["act"], out2[:, n0:n0 + OG])
     return out
+
+
+# ----------------------------------------------------------------------------- pooling
+def _uint8_image(x, op):
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
+        raise ArgumentTypeError(f"{op}: input must be a uint8 tensor, got {_desc(x)}")
+    if x.dim() != 4:
+        raise ArgumentValueError(f"{op}: input must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+
+
+def _pool_out(size, k, s, p, d, ceil_mode):
+    eff = d * (k - 1) + 1
+    num = size + 2 * p - eff
+    out = (num + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:   # the last window must start inside the image or left padding
+        out -= 1
+    return out
+
+
+def quantized_max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                         ceil_mode: bool = False) -> torch.Tensor:
+    """Max pooling of uint8 activations: max commutes with the (monotone) affine map, so the output
+    keeps the input's scale and zero point. Arguments as torch.nn.functional.max_pool2d; the output
+    is channels_last."""
+    op = "quantized_max_pool2d"
+    _uint8_image(input, op)
+    k = _pair(kernel_size, "kernel_size", op, 1)
+    s = k if stride is None or stride == [] else _pair(stride, "stride", op, 1)
+    p, d = _pair(padding, "padding", op, 0), _pair(dilation, "dilation", op, 1)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ArgumentValueError(f"{op}: padding must be at most half the kernel size, got padding={p}, kernel_size={k}")
+    N, C, H, W = input.shape
+    OH, OW = _pool_out(H, k[0], s[0], p[0], d[0], ceil_mode), _pool_out(W, k[1], s[1], p[1], d[1], ceil_mode)
+    if OH < 1 or OW < 1:
+        raise ArgumentValueError(f"{op}: the pooling window does not fit the {H}x{W} input")
+    backend = _backend.resolve(input.device, op)
+    out = _alloc.empty((N, C, OH, OW), torch.uint8, input.device, memory_format=torch.channels_last)
+    if out.numel():
+        _grid.kernels(backend, "quant").max_pool2d(input, k, s, p, d, OH, OW, out)
+    return out
+
+
+def quantized_adaptive_avg_pool2d(input: torch.Tensor, output_size, input_scale: float, input_zero_point: int,
+                                  output_scale: float, output_zero_point: int) -> torch.Tensor:
+    """Adaptive average pooling of uint8 activations, requantised to (output_scale, output_zero_point):
+    out = clamp(rne(float(sum(q - zp_in)) * float32(s_in / (s_out * count))) + zp_out, 0, 255), with
+    PyTorch's windows [floor(o * I / O), ceil((o + 1) * I / O)). Output channels_last."""
+    op = "quantized_adaptive_avg_pool2d"
+    _uint8_image(input, op)
+    s_in, z_in = _check_qparams(input_scale, input_zero_point, "input_scale", "input_zero_point", op)
+    s_out, z_out = _check_qparams(output_scale, output_zero_point, "output_scale", "output_zero_point", op)
+    OH, OW = _pair(output_size, "output_size", op, 1)
+    N, C, H, W = input.shape
+    backend = _backend.resolve(input.device, op)
+    out = _alloc.empty((N, C, OH, OW), torch.uint8, input.device, memory_format=torch.channels_last)
+    if out.numel():
+        if H == 0 or W == 0:
+            raise ArgumentValueError(f"{op}: input has an empty spatial size {H}x{W}")
+        _grid.kernels(backend, "quant").adaptive_avg_pool2d(input, OH, OW, z_in, s_in / s_out, z_out, out)
+    return out
+
+
+__all__ += ["quantized_max_pool2d", "quantized_adaptive_avg_pool2d"]

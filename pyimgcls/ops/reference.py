@@ -253,3 +253,25 @@ def quantized_conv2d(x, a_zero, w, groups, bias, mult, stride, padding, dilation
     r = None if res is None else res.permute(0, 2, 3, 1).reshape(-1, O)
     out = quant_requantise(acc, mult, r, res_zero, res_mult, out_zero, qmin, qmax, act, float_out)
     return out.reshape(N, OH, OW, O).permute(0, 3, 1, 2)
+
+
+def quant_max_pool2d(x, kernel, stride, padding, dilation, oh, ow):
+    """uint8 max pooling: float32 holds every uint8 exactly, so torch's float max pooling is exact."""
+    y = torch.nn.functional.max_pool2d(x.to(torch.float32), kernel, stride, padding, dilation, ceil_mode=True)
+    return y[:, :, :oh, :ow].to(torch.uint8)
+
+
+def quant_adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero):
+    """Integer window sums in int64 over PyTorch's adaptive windows, then one float32 multiply and rne."""
+    N, C, H, W = x.shape
+    out = torch.empty((N, C, oh, ow), dtype=torch.uint8)
+    xi = x.to(torch.int64) - in_zero
+    for i in range(oh):
+        h0, h1 = i * H // oh, -(-(i + 1) * H // oh)
+        for j in range(ow):
+            w0, w1 = j * W // ow, -(-(j + 1) * W // ow)
+            count = (h1 - h0) * (w1 - w0)
+            s = xi[:, :, h0:h1, w0:w1].sum((2, 3)).to(torch.int32).to(torch.float32)
+            v = s * torch.tensor(ratio / count, dtype=torch.float64).to(torch.float32)
+            out[:, :, i, j] = (_rne_term(v) + out_zero).clamp(0, 255).to(torch.uint8)
+    return out

@@ -13,7 +13,12 @@ the quantised representation and the requantisation semantics):
     im2col(x, c0, cg, kh, kw, stride, padding, dilation, oh, ow, pad, col)
                                       col uint8 [N * OH * OW, KH * KW * CG] of channels c0 .. c0 + cg of
                                       x uint8 [N, C, H, W] (any strides), out-of-image taps = pad
-Nothing is returned by gemm / im2col: they fill the outputs ops/quant.py allocated."""
+    max_pool2d(x, kernel, stride, padding, dilation, oh, ow, out)
+                                      out uint8 [N, C, OH, OW] channels_last: window maxima (padding -inf)
+    adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out)
+                                      out uint8 channels_last: rne(sum(x - in_zero) * float32(ratio / count))
+                                      + out_zero, clamped to [0, 255]
+Nothing is returned by gemm / im2col / the pools: they fill the outputs ops/quant.py allocated."""
 from __future__ import annotations
 
 import torch
@@ -45,3 +50,17 @@ def im2col(x, c0, cg, kh, kw, stride, padding, dilation, oh, ow, pad, col):
     N, C, H, W = x.shape
     _native.C.quant_im2col_cpu(x.data_ptr(), N, H, W, *x.stride(), c0, cg, kh, kw, *stride, *padding, *dilation,
                                oh, ow, pad, col.data_ptr())
+
+
+def max_pool2d(x, kernel, stride, padding, dilation, oh, ow, out):
+    """out uint8 [N, C, OH, OW] channels_last = max over each window of x uint8 [N, C, H, W] (any strides)."""
+    N, C, H, W = x.shape
+    _native.C.quant_max_pool2d_cpu(x.data_ptr(), N, C, H, W, *x.stride(), *kernel, *stride, *padding, *dilation,
+                                   oh, ow, out.data_ptr())
+
+
+def adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out):
+    """out uint8 [N, C, OH, OW] channels_last = requantised window means (ops/quant.py)."""
+    N, C, H, W = x.shape
+    _native.C.quant_adaptive_avg_pool2d_cpu(x.data_ptr(), N, C, H, W, *x.stride(), oh, ow, in_zero, ratio, out_zero,
+                                            out.data_ptr())

@@ -19,3 +19,11 @@ def gemm(a, a_zero, packed, K, bias, mult, res, res_zero, res_mult, out_zero, qm
 
 def im2col(x, c0, cg, kh, kw, stride, padding, dilation, oh, ow, pad, col):
     col.copy_(ref.quant_im2col(x, c0, cg, kh, kw, stride, padding, dilation, oh, ow, pad))
+
+
+def max_pool2d(x, kernel, stride, padding, dilation, oh, ow, out):
+    out.copy_(ref.quant_max_pool2d(x, kernel, stride, padding, dilation, oh, ow))
+
+
+def adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out):
+    out.copy_(ref.quant_adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero))

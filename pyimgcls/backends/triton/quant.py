@@ -25,3 +25,15 @@ def gemm(a, a_zero, packed, K, bias, mult, res, res_zero, res_mult, out_zero, qm
 def im2col(x, c0, cg, kh, kw, stride, padding, dilation, oh, ow, pad, col):
     from ...triton_kernels import quant as tk
     tk.quant_im2col(x, c0, cg, kh, kw, stride, padding, dilation, oh, ow, pad, col)
+
+
+@on_tensor_device
+def max_pool2d(x, kernel, stride, padding, dilation, oh, ow, out):
+    from ...triton_kernels import quant as tk
+    tk.quant_max_pool2d(x, kernel, stride, padding, dilation, oh, ow, out)
+
+
+@on_tensor_device
+def adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out):
+    from ...triton_kernels import quant as tk
+    tk.quant_adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out)
