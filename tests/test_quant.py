@@ -192,11 +192,12 @@ def _conv_ref(x, zx, wq, bias, stride, padding, dilation, out_scale, out_zero, a
                                 0 if float_out else out_zero, qmin, qmax, act, float_out)
 
 
-# (N, C, H, W, O, KH, stride, padding, dilation, groups, layout): 1x1 direct (channels_last), 1x1
-# through im2col (NCHW, and stride 2), 3x3 padded, stride 2, dilation, groups 2, depthwise (groups = C,
+# (N, C, H, W, O, KH, stride, padding, dilation, groups, layout): 1x1 direct (channels_last; dense and
+# 4 groups: column slices of the input and output), 1x1 through im2col (NCHW, and stride 2), 3x3 padded, stride 2, dilation, groups 2, depthwise (groups = C,
 # multiplier 2), 5x5 like LeNet, non-contiguous input (a channel slice).
 CONV_CASES = [
     (2, 19, 5, 7, 21, 1, 1, 0, 1, 1, "cl"),
+    (2, 8, 5, 5, 12, 1, 1, 0, 1, 4, "cl"),
     (1, 19, 5, 7, 21, 1, 1, 0, 1, 1, "nchw"),
     (2, 8, 7, 6, 17, 1, 2, 0, 1, 1, "cl"),
     (1, 5, 9, 8, 11, 3, 1, 1, 1, 1, "cl"),
