@@ -137,6 +137,8 @@ PYIMGCLS_TARGET_AVX2 void micro_avx2(const uint8_t* a, int64_t lda, int64_t K, c
     for (int v = 0; v < 2 * NV; ++v) acc[i][v] = _mm256_setzero_si256();
   const __m256i lo_bytes = _mm256_set1_epi32(0x00FF00FF);
   const int64_t K4 = quant_k4(K), Kfull = K / 4;
+  uint32_t tail[MR];   // the partial last group, gathered outside the loop (as in micro_vnni)
+  for (int i = 0; i < MR; ++i) tail[i] = K4 > Kfull ? load_u32_tail(a + i * lda + 4 * Kfull, K - 4 * Kfull) : 0u;
   for (int64_t g = 0; g < K4; ++g) {
     // weights: each int32 lane holds (w0, w1, w2, w3) of one channel; as 16-bit units the lane is
     // (w0 | w1 << 8, w2 | w3 << 8). even = sign-extended low bytes (w0, w2), odd = high (w1, w3).
@@ -148,7 +150,7 @@ PYIMGCLS_TARGET_AVX2 void micro_avx2(const uint8_t* a, int64_t lda, int64_t K, c
         wo[2 * v + h] = _mm256_srai_epi16(x, 8);
       }
     for (int i = 0; i < MR; ++i) {
-      const uint32_t u = g < Kfull ? load_u32(a + i * lda + 4 * g) : load_u32_tail(a + i * lda + 4 * g, K - 4 * g);
+      const uint32_t u = g < Kfull ? load_u32(a + i * lda + 4 * g) : tail[i];
       const __m256i ab = _mm256_set1_epi32(static_cast<int32_t>(u));
       const __m256i ae = _mm256_and_si256(ab, lo_bytes);                         // (a0, a2) zero-extended
       const __m256i ao = _mm256_and_si256(_mm256_srli_epi16(ab, 8), lo_bytes);   // (a1, a3)
@@ -169,12 +171,16 @@ PYIMGCLS_TARGET_VNNI void micro_vnni(const uint8_t* a, int64_t lda, int64_t K, c
   __m512i acc[MR][NV];
   for (int i = 0; i < MR; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_si512();
+  // The partial last group's activations are gathered before the loop: a variable-length copy
+  // inside it would be a call, and the accumulators would then live on the stack.
   const int64_t K4 = quant_k4(K), Kfull = K / 4;
+  uint32_t tail[MR];
+  for (int i = 0; i < MR; ++i) tail[i] = K4 > Kfull ? load_u32_tail(a + i * lda + 4 * Kfull, K - 4 * Kfull) : 0u;
   for (int64_t g = 0; g < K4; ++g) {
     __m512i b[NV];
     for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(w + v * bstride + g * 64);
     for (int i = 0; i < MR; ++i) {
-      const uint32_t u = g < Kfull ? load_u32(a + i * lda + 4 * g) : load_u32_tail(a + i * lda + 4 * g, K - 4 * g);
+      const uint32_t u = g < Kfull ? load_u32(a + i * lda + 4 * g) : tail[i];
       const __m512i ab = _mm512_set1_epi32(static_cast<int32_t>(u));
       for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], ab, b[v]);
     }
@@ -237,7 +243,8 @@ PathInfo path_info(QPath p) {
 // ---------------------------------------------------------------------------------------------
 inline int32_t rne_term(float v) {
   v = v < -kClampF ? -kClampF : (v > kClampF ? kClampF : v);
-  return static_cast<int32_t>(std::nearbyint(v));  // default rounding mode: to nearest even
+  // lrint: the current rounding mode (to nearest even), inlined as cvtss2si (nearbyint is a libm call)
+  return static_cast<int32_t>(std::lrint(v));
 }
 
 void epilogue_row(const int32_t* tile, int64_t m, int64_t n0, int64_t nr, int32_t a_zero, const int32_t* colsum,

@@ -67,6 +67,7 @@ class QuantizedWeight:
         self.scale = scale.to(q.device)
         self.groups = groups
         self._packed: dict = {}
+        self._mult: dict = {}       # (input_scale, output_scale) -> float32 [O] requantisation factors
 
     @property
     def out_features(self) -> int:
@@ -184,7 +185,6 @@ def _prepare(op, input, input_scale, input_zero_point, weight, bias, output_scal
     if K * 255 * 128 + _BIAS_LIMIT > _MAX_ACC:
         raise ArgumentValueError(f"{op}: the weight's reduction length {K} is too long for int32 accumulation "
                                  f"(at most {(_MAX_ACC - _BIAS_LIMIT) // (255 * 128)})")
-    acc_scale = s_in * weight.scale.double()
     if bias is not None:
         if not isinstance(bias, torch.Tensor):
             raise ArgumentTypeError(f"{op}: bias must be a tensor or None, got {type(bias).__name__}")
@@ -197,14 +197,19 @@ def _prepare(op, input, input_scale, input_zero_point, weight, bias, output_scal
         elif bias.is_floating_point():
             if not bool(torch.isfinite(bias).all()):
                 raise ArgumentValueError(f"{op}: bias has NaN or infinite values")
-            bias_q = torch.round(bias.detach().double() / acc_scale).clamp(-_BIAS_LIMIT, _BIAS_LIMIT).to(torch.int32)
+            bias_q = torch.round(bias.detach().double() / (s_in * weight.scale.double())).clamp(-_BIAS_LIMIT, _BIAS_LIMIT).to(torch.int32)
         else:
             raise ArgumentTypeError(f"{op}: bias must be float or int32, got {bias.dtype}")
     else:
         bias_q = None
-    mult = (acc_scale / s_out).to(torch.float32)
-    if not bool(torch.isfinite(mult).all()) or not bool((mult > 0).all()):
-        raise ArgumentValueError(f"{op}: input_scale * weight.scale / output_scale is not a positive finite float32")
+    mult = weight._mult.get((s_in, s_out))
+    if mult is None:
+        mult = (s_in * weight.scale.double() / s_out).to(torch.float32)
+        if not bool(torch.isfinite(mult).all()) or not bool((mult > 0).all()):
+            raise ArgumentValueError(f"{op}: input_scale * weight.scale / output_scale is not a positive finite float32")
+        if len(weight._mult) >= 16:      # a model uses one or two (input, output) scale pairs per layer
+            weight._mult.clear()
+        weight._mult[(s_in, s_out)] = mult = mult.to(input.device)
     out_shape = out_shape_fn()
     res = None
     r_zero, r_mult = 0, 0.0
@@ -221,7 +226,7 @@ def _prepare(op, input, input_scale, input_zero_point, weight, bias, output_scal
     backend = _backend.resolve(input.device, op)
     if not _grid.implements(backend, "quant"):
         raise BackendError(f"{op}: backend '{backend}' has no quantised kernels yet; use 'cpu', 'triton' or 'torch'")
-    ep = dict(bias=bias_q, mult=mult.to(input.device), res_zero=r_zero, res_mult=r_mult, out_zero=z_out, qmin=qmin,
+    ep = dict(bias=bias_q, mult=mult, res_zero=r_zero, res_mult=r_mult, out_zero=z_out, qmin=qmin,
               qmax=qmax, act=_ACTS[activation] if float_out else 0)
     return backend, z_in, float_out, ep, res, out_shape
 

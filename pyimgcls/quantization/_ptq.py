@@ -105,11 +105,23 @@ class QuantizedModel(torch.nn.Module):
         self.graph_module = gm
         self.qparams = qparams                      # node name -> (scale, zero point) of its output
         self.weights: dict[str, q.QuantizedWeight] = {}
+        self.biases: dict[str, torch.Tensor] = {}
         self.float_layers: list[str] = []
         modules = dict(gm.named_modules())
         self._plan = []
+        produces_q: set = set()           # nodes whose value is a QTensor when the model runs
         for n in gm.graph.nodes:
             kind = self._classify(n, modules)
+            src = n.args[0] if n.args and isinstance(n.args[0], torch.fx.Node) else None
+            if kind in ("conv", "linear") and not self._last(n):
+                produces_q.add(n.name)
+            elif kind == "avgpool" and src is not None and src.name in produces_q:
+                produces_q.add(n.name)
+            elif kind in ("maxpool", "pass", "reshape", "relu") and src is not None and src.name in produces_q:
+                # these run on the uint8 values and keep their scale and zero point (not the range observed
+                # on this node's float output)
+                produces_q.add(n.name)
+                self.qparams[n.name] = self.qparams[src.name]
             if kind == "float" and n.op in ("call_module", "call_function", "call_method"):
                 self.float_layers.append(self._describe(n, modules))
             if kind in ("conv", "linear"):
@@ -117,6 +129,10 @@ class QuantizedModel(torch.nn.Module):
                 w = q.quantize_weight(m.weight.detach().float(), groups=m.groups if kind == "conv" else 1,
                                       per_channel=per_channel)
                 self.weights[n.target] = w
+                if m.bias is not None:      # int32 in the accumulator's scale, once (ops/quant.py's rounding)
+                    s_in = self.qparams[n.args[0].name][0]
+                    self.biases[n.target] = torch.round(m.bias.detach().double() / (s_in * w.scale.double())).clamp(
+                        -2 ** 30, 2 ** 30).to(torch.int32)
                 safe = n.target.replace(".", "_")
                 self.register_buffer(f"{safe}_weight_q", w.q)
                 self.register_buffer(f"{safe}_weight_scale", w.scale)
@@ -202,12 +218,12 @@ class QuantizedModel(torch.nn.Module):
                         r = self._q(env[res_node.name], res_node)
                         kw.update(residual=r.data, residual_scale=r.scale, residual_zero_point=r.zero_point)
                 act = getattr(m, "activation", None)
-                w = self.weights[n.target]
+                w, b = self.weights[n.target], self.biases.get(n.target)
                 if kind == "conv":
-                    y = ops.quantized_conv2d(xin.data, xin.scale, xin.zero_point, w, m.bias, m.stride, m.padding,
+                    y = ops.quantized_conv2d(xin.data, xin.scale, xin.zero_point, w, b, m.stride, m.padding,
                                              m.dilation, activation=act, **kw)
                 else:
-                    y = ops.quantized_linear(xin.data, xin.scale, xin.zero_point, w, m.bias, activation=act, **kw)
+                    y = ops.quantized_linear(xin.data, xin.scale, xin.zero_point, w, b, activation=act, **kw)
                 if self._last(n):
                     if res_node is not None:
                         y = y + self._f(env[res_node.name])
