@@ -287,6 +287,27 @@ def test_quantized_linear_close_to_float():
     assert (y.double() - yref).abs().max() < 0.05
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
+@pytest.mark.parametrize("layout", ["nchw", "cl", "strided"])
+def test_quantize_per_tensor_every_backend(backend, layout):
+    g = _gen(21)
+    # 2 x 3 x 37 x 41 > 2^12 values: several Triton programs; ties (k + 0.5) * scale, NaN, +-inf, huge
+    x = torch.randn(2, 3, 37, 41, generator=g) * 3
+    flat = x.view(-1)
+    flat[:64] = (torch.arange(-32, 32) + 0.5) * 0.125
+    flat[64:68] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30])
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = x[:, :, ::2]
+    with pyimgcls.use_backend(backend):
+        q = ops.quantize_per_tensor(x, 0.125, 77)
+    want = ref.quant_quantize(x, float(torch.tensor(1 / 0.125, dtype=torch.float32)), 77)
+    _assert_equal(q, want)
+    if layout == "cl":
+        assert q.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_quantize_per_tensor_and_dequantize_round_trip():
     x = torch.tensor([-1.0, -0.05, 0.0, 0.025, 0.075, 10.0, float("nan")])
     q = ops.quantize_per_tensor(x, 0.05, 10)

@@ -179,3 +179,20 @@ def quant_adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out):
     BP, BC = 16, 32
     _quant_adaptive_avg_pool2d_fwd_kernel[(triton.cdiv(pix, BP), triton.cdiv(C, BC))](
         x, mult, out, pix, C, H, W, *x.stride(), oh, ow, in_zero, out_zero, maxh, maxw, BP=BP, BC=BC)
+
+
+@triton.jit
+def _quant_quantize_fwd_kernel(x_ptr, out_ptr, n, inv_scale, zero_point, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < n
+    v = tl.load(x_ptr + i, mask=ok, other=0.0) * inv_scale
+    v = tl.where(v != v, 0.0, tl.minimum(tl.maximum(v, -256.0), 512.0))     # NaN -> real 0
+    q = _rne(v) + zero_point
+    tl.store(out_ptr + i, tl.minimum(tl.maximum(q, 0), 255).to(tl.uint8), mask=ok)
+
+
+def quant_quantize(x, inv_scale, zero_point, out):
+    """x float32 dense, out uint8 with x's strides: both walked in memory order."""
+    n = x.numel()
+    BLOCK = 1024
+    _quant_quantize_fwd_kernel[(triton.cdiv(n, BLOCK),)](x, out, n, inv_scale, zero_point, BLOCK=BLOCK)

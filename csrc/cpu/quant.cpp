@@ -404,4 +404,15 @@ void quant_adaptive_avg_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H
   }
 }
 
+void quant_quantize(const float* x, int64_t n, float inv_scale, int32_t zero_point, uint8_t* out) {
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(n >> 18, 1)));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i] * inv_scale;
+    v = v != v ? 0.f : (v < -256.f ? -256.f : (v > 512.f ? 512.f : v));   // NaN -> real 0
+    int32_t q = static_cast<int32_t>(std::lrint(v)) + zero_point;
+    out[i] = static_cast<uint8_t>(q < 0 ? 0 : (q > 255 ? 255 : q));
+  }
+}
+
 }  // namespace pyimgcls::cpu

@@ -50,6 +50,10 @@ void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN,
                   int64_t sW, int64_t c0, int64_t CG, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
                   int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW, uint8_t pad, uint8_t* col);
 
+// Quantisation of n dense float32 values: out = clamp(rne(clamp(x * inv_scale, -256, 512)) +
+// zero_point, 0, 255), NaN read as 0 (one fp32 multiply, as pyimgcls/ops/quant.py defines it).
+void quant_quantize(const float* x, int64_t n, float inv_scale, int32_t zero_point, uint8_t* out);
+
 // Pooling on uint8 NHWC outputs (out [N, OH, OW, C] contiguous) from x [N, C, H, W] (element
 // strides). Max: taps outside the image are skipped (padding is -inf), the result keeps the input's
 // scale and zero point. Adaptive average: window rows [floor(oh * H / OH), ceil((oh + 1) * H / OH))

@@ -93,6 +93,14 @@ class QuantizedWeight:
         return {"q": self.q, "scale": self.scale, "groups": self.groups}
 
 
+def _resolve(device, op: str) -> str:
+    """The backend for this call (the user's choice), which must have the quant family."""
+    backend = _backend.resolve(device, op)
+    if not _grid.implements(backend, "quant"):
+        raise BackendError(f"{op}: backend '{backend}' has no quantised kernels yet; use 'cpu', 'triton' or 'torch'")
+    return backend
+
+
 def _desc(x) -> str:
     return f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
 
@@ -131,12 +139,21 @@ def _check_qparams(scale, zero_point, sname: str, zname: str, op: str) -> tuple[
 
 
 def quantize_per_tensor(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    """uint8 q = clamp(rne(x / scale) + zero_point, 0, 255), same memory format as x."""
+    """uint8 q = clamp(rne(x * float32(1 / scale)) + zero_point, 0, 255) (one fp32 multiply, round half
+    to even; NaN reads as 0), same memory format as x (contiguous or channels_last; others are made
+    contiguous). float16 / bfloat16 / float64 inputs are converted to float32 first."""
     scale, zero_point = _check_qparams(scale, zero_point, "scale", "zero_point", "quantize_per_tensor")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ArgumentTypeError(f"quantize_per_tensor: x must be a float tensor, got {_desc(x)}")
-    q = torch.round(x.float() * (1.0 / scale)).nan_to_num_(0.0).clamp_(-256, 512).add_(zero_point).clamp_(0, 255)
-    return q.to(torch.uint8)
+    x = x.detach().to(torch.float32)
+    if not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))):
+        x = x.contiguous()
+    backend = _resolve(x.device, "quantize_per_tensor")
+    out = _alloc._poisoned(torch.empty_like(x, dtype=torch.uint8))     # x's strides: dense either way
+    if x.numel():
+        inv = float(torch.tensor(1.0 / scale, dtype=torch.float32))
+        _grid.kernels(backend, "quant").quantize(x, inv, zero_point, out)
+    return out
 
 
 def dequantize(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
@@ -223,9 +240,7 @@ def _prepare(op, input, input_scale, input_zero_point, weight, bias, output_scal
         r_mult = float(torch.tensor(s_r / s_out, dtype=torch.float32))
         res = residual
     qmin, qmax = (0, 255) if float_out else activation_bounds(activation, s_out, z_out)
-    backend = _backend.resolve(input.device, op)
-    if not _grid.implements(backend, "quant"):
-        raise BackendError(f"{op}: backend '{backend}' has no quantised kernels yet; use 'cpu', 'triton' or 'torch'")
+    backend = _resolve(input.device, op)
     ep = dict(bias=bias_q, mult=mult, res_zero=r_zero, res_mult=r_mult, out_zero=z_out, qmin=qmin,
               qmax=qmax, act=_ACTS[activation] if float_out else 0)
     return backend, z_in, float_out, ep, res, out_shape
@@ -365,7 +380,7 @@ def quantized_max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=
     OH, OW = _pool_out(H, k[0], s[0], p[0], d[0], ceil_mode), _pool_out(W, k[1], s[1], p[1], d[1], ceil_mode)
     if OH < 1 or OW < 1:
         raise ArgumentValueError(f"{op}: the pooling window does not fit the {H}x{W} input")
-    backend = _backend.resolve(input.device, op)
+    backend = _resolve(input.device, op)
     out = _alloc.empty((N, C, OH, OW), torch.uint8, input.device, memory_format=torch.channels_last)
     if out.numel():
         _grid.kernels(backend, "quant").max_pool2d(input, k, s, p, d, OH, OW, out)
@@ -383,7 +398,7 @@ def quantized_adaptive_avg_pool2d(input: torch.Tensor, output_size, input_scale:
     s_out, z_out = _check_qparams(output_scale, output_zero_point, "output_scale", "output_zero_point", op)
     OH, OW = _pair(output_size, "output_size", op, 1)
     N, C, H, W = input.shape
-    backend = _backend.resolve(input.device, op)
+    backend = _resolve(input.device, op)
     out = _alloc.empty((N, C, OH, OW), torch.uint8, input.device, memory_format=torch.channels_last)
     if out.numel():
         if H == 0 or W == 0:

@@ -275,3 +275,10 @@ def quant_adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero):
             v = s * torch.tensor(ratio / count, dtype=torch.float64).to(torch.float32)
             out[:, :, i, j] = (_rne_term(v) + out_zero).clamp(0, 255).to(torch.uint8)
     return out
+
+
+def quant_quantize(x, inv_scale, zero_point):
+    """uint8 clamp(rne(x * inv_scale) + zero_point, 0, 255) in float32 (inv_scale a float32 value), NaN -> 0."""
+    v = x.to(torch.float32) * torch.tensor(inv_scale, dtype=torch.float32)
+    v = torch.nan_to_num(v, nan=0.0).clamp(-256, 512).round()
+    return (v + zero_point).clamp(0, 255).to(torch.uint8)

@@ -18,7 +18,10 @@ the quantised representation and the requantisation semantics):
     adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out)
                                       out uint8 channels_last: rne(sum(x - in_zero) * float32(ratio / count))
                                       + out_zero, clamped to [0, 255]
-Nothing is returned by gemm / im2col / the pools: they fill the outputs ops/quant.py allocated."""
+    quantize(x, inv_scale, zero_point, out)
+                                      out uint8 = clamp(rne(x * inv_scale) + zero_point, 0, 255), NaN -> 0;
+                                      x float32 dense (any dense strides), out with x's strides
+Nothing is returned by gemm / im2col / the pools / quantize: they fill the outputs ops/quant.py allocated."""
 from __future__ import annotations
 
 import torch
@@ -64,3 +67,8 @@ def adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out):
     N, C, H, W = x.shape
     _native.C.quant_adaptive_avg_pool2d_cpu(x.data_ptr(), N, C, H, W, *x.stride(), oh, ow, in_zero, ratio, out_zero,
                                             out.data_ptr())
+
+
+def quantize(x, inv_scale, zero_point, out):
+    """out uint8 = clamp(rne(x * inv_scale) + zero_point, 0, 255); x float32 dense, out with x's strides."""
+    _native.C.quant_quantize_cpu(x.data_ptr(), x.numel(), inv_scale, zero_point, out.data_ptr())

@@ -27,3 +27,7 @@ def max_pool2d(x, kernel, stride, padding, dilation, oh, ow, out):
 
 def adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out):
     out.copy_(ref.quant_adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero))
+
+
+def quantize(x, inv_scale, zero_point, out):
+    out.copy_(ref.quant_quantize(x, inv_scale, zero_point))

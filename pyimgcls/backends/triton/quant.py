@@ -37,3 +37,9 @@ def max_pool2d(x, kernel, stride, padding, dilation, oh, ow, out):
 def adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out):
     from ...triton_kernels import quant as tk
     tk.quant_adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out)
+
+
+@on_tensor_device
+def quantize(x, inv_scale, zero_point, out):
+    from ...triton_kernels import quant as tk
+    tk.quant_quantize(x, inv_scale, zero_point, out)
