@@ -309,9 +309,11 @@ void quant_gemm(const uint8_t* a, int64_t M, int64_t K, int64_t lda, int32_t a_z
   const int64_t NB = quant_nblocks(N);
   const int64_t mtasks = (M + kMC - 1) / kMC, ntasks = (NB + p.nv - 1) / p.nv;
   const int64_t tasks = mtasks * ntasks;
-  // Below ~2^18 multiply-adds a fork/join costs more than the work.
+  // Below 2^22 multiply-adds (tens of microseconds on one core) one thread: the fork / join of the
+  // team costs more, by milliseconds when other processes hold the cores (LeNet-5's fc1 at batch 64,
+  // 3M MACs: 16 ms per call with 2 threads on this loaded machine). conv.cpp's kSmallConvMacs agrees.
   const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), tasks));
-  const bool parallel = nt > 1 && M * N * std::max<int64_t>(K, 1) >= (int64_t(1) << 18);
+  const bool parallel = nt > 1 && M * N * std::max<int64_t>(K, 1) >= (int64_t(1) << 22);
 #pragma omp parallel for schedule(static) num_threads(nt) if (parallel)
   for (int64_t t = 0; t < tasks; ++t) {
     alignas(64) int32_t tile[kMaxMR * kMaxNR];
@@ -331,9 +333,9 @@ void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN,
                   int64_t sW, int64_t c0, int64_t CG, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
                   int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW, uint8_t pad, uint8_t* col) {
   const int64_t rows = N * OH * OW, width = KH * KW * CG;
-  // One thread per 256 KiB of col at most: a fork / join of the team costs tens of microseconds,
-  // far more on a loaded machine, against ~0.1 ns per byte copied (LeNet conv1 at batch 1: 20 KiB).
-  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(rows * width >> 18, 1)));
+  // One thread per MiB of col at most: a fork / join of the team costs tens of microseconds, far
+  // more on a loaded machine, against ~0.1 ns per byte copied (LeNet conv1 at batch 1: 20 KiB).
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(rows * width >> 20, 1)));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t n = r / (OH * OW), oh = (r / OW) % OH, ow = r % OW;
@@ -347,7 +349,9 @@ void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN,
           continue;
         }
         const uint8_t* src = x + n * sN + ih * sH + iw * sW + c0 * sC;
-        if (sC == 1) {
+        if (CG == 1) {
+          *dst = *src;             // LeNet conv1, depthwise: a call per byte would dominate
+        } else if (sC == 1) {
           std::memcpy(dst, src, static_cast<size_t>(CG));
         } else {
           for (int64_t c = 0; c < CG; ++c) dst[c] = src[c * sC];
@@ -361,7 +365,7 @@ void quant_max_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t
                       int64_t sH, int64_t sW, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
                       int64_t DH, int64_t DW, int64_t OH, int64_t OW, uint8_t* out) {
   const int64_t pix = N * OH * OW;
-  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(pix * C >> 18, 1)));
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(pix * C >> 20, 1)));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t p = 0; p < pix; ++p) {
     const int64_t n = p / (OH * OW), oh = (p / OW) % OH, ow = p % OW;
@@ -384,7 +388,7 @@ void quant_adaptive_avg_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H
                                int64_t sH, int64_t sW, int64_t OH, int64_t OW, int32_t in_zero, double ratio,
                                int32_t out_zero, uint8_t* out) {
   const int64_t pix = N * OH * OW;
-  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(N * C * H * W >> 18, 1)));
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(N * C * H * W >> 20, 1)));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t p = 0; p < pix; ++p) {
     const int64_t n = p / (OH * OW), oh = (p / OW) % OH, ow = p % OW;
@@ -405,7 +409,7 @@ void quant_adaptive_avg_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H
 }
 
 void quant_quantize(const float* x, int64_t n, float inv_scale, int32_t zero_point, uint8_t* out) {
-  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(n >> 18, 1)));
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(n >> 20, 1)));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t i = 0; i < n; ++i) {
     float v = x[i] * inv_scale;
