@@ -1,11 +1,15 @@
 """int8 post-training quantisation on CPU: accuracy after PTQ and int8 vs float32 speed, side by side.
 
     python benchmarks/bench_quant_cpu.py --checkpoint RUN/best.pt [--threads 2] [--out benchmarks/results/cpu]
+    python benchmarks/bench_quant_cpu.py --gemm-only           # the integer GEMM alone, every CPU path
 
 Accuracy: the LeNet-5 checkpoint (trained with `pyimgcls train`, digits) evaluated on the 360 test
 images in float32 and after `pyimgcls.quantization.quantize` with each observer (calibration: the
 first 8 batches of 64 normalised training images).
-Speed, in one process, same inputs, alternating runs (median of the repeats): the quantised model
+GEMM: one int8 GEMM (ResNet-18 layer-1 shape at 224x224, batch 1: M 3136, N 64, K 576, uint8 out)
+on each CPU path (VNNI, AVX2, generic; PYIMGCLS_CPU_ISA) against our float32 GEMM and torch.matmul
+on the same shape, 1 thread, interleaved, least of the repeats; 2 * M * N * K operations.
+Speed, in one process, same inputs, alternating runs (least of the repeats): the quantised model
 (uint8 activations, int8 weights, pyimgcls "cpu" kernels) against the float32 model on our CPU kernels
 and on plain PyTorch (backend "torch"); LeNet-5 (32x32) and ResNet-18 (random weights, calibrated on
 random images) at 64x64. FLOPs per case are the conv / linear multiply-adds x 2 (int8 ops for the
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -60,7 +63,9 @@ def _accuracy(fn, images, labels, batch=120) -> float:
 
 
 def _time(fns: dict, x, reps: int, inner: int) -> dict:
-    """Median ms per call of each function, runs interleaved so load changes hit all alike."""
+    """Least ms per call of each function over the repeats (each the mean of `inner` calls), runs
+    interleaved so load changes hit all alike. The least, not the median: on this shared machine a
+    single call of the same GEMM ranged from 1.5 to 14 ms as other jobs took the core."""
     times = {k: [] for k in fns}
     with torch.no_grad():
         for f in fns.values():
@@ -71,7 +76,7 @@ def _time(fns: dict, x, reps: int, inner: int) -> dict:
                 for _ in range(inner):
                     f(x)
                 times[k].append((time.perf_counter() - t0) * 1e3 / inner)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: min(v) for k, v in times.items()}
 
 
 def _float_on(backend, model):
@@ -81,20 +86,93 @@ def _float_on(backend, model):
     return run
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True, help="LeNet-5 digits checkpoint (pyimgcls train)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--out", default=None, help="write the results JSON into this folder")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+def _gemm_cases(reps: int) -> list:
+    from pyimgcls import ops
+    from pyimgcls.backends import kernels
+    M, N, K = 3136, 64, 576
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 256, (M, K), dtype=torch.uint8, generator=g)
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+    kq = kernels("cpu", "quant")
+    pk = kq.pack_weight(w)
+    mult = torch.full((N,), 1e-3)
+    out = torch.empty(M, N, dtype=torch.uint8)
+    af, bf = torch.randn(M, K, generator=g), torch.randn(K, N, generator=g)
+
+    def int8(_):
+        kq.gemm(a, 3, pk, K, None, mult, None, 0, 0.0, 0, 0, 255, 0, out)
+
+    def f32_ours(_):
+        with pyimgcls.use_backend("cpu"):
+            ops.matmul(af, bf)
+
+    def f32_torch(_):
+        torch.matmul(af, bf)
+
+    cases = []
+    saved = os.environ.get("PYIMGCLS_CPU_ISA")
+    try:
+        for isa in ("avx512", "avx2", "generic"):
+            os.environ["PYIMGCLS_CPU_ISA"] = isa
+            path = pyimgcls._C.quant_isa()
+            load = os.getloadavg()[0]
+            t = _time({"int8": int8, "ours": f32_ours, "torch": f32_torch}, None, reps, 3)
+            gops = {k: 2 * M * N * K / (v * 1e-3) / 1e9 for k, v in t.items()}
+            print(f"GEMM {M}x{N}x{K} 1 thread, path {path}: int8 {t['int8']:.2f} ms ({gops['int8']:.1f} GOP/s) | "
+                  f"float32 ours {t['ours']:.2f} ms (x{t['ours'] / t['int8']:.2f}) | torch.matmul {t['torch']:.2f} ms "
+                  f"(x{t['torch'] / t['int8']:.2f}) | load {load:.1f}")
+            for ref, name in (("ours", "pyimgcls-cpu-float32"), ("torch", "torch-float32")):
+                cases.append({"family": "quant", "op": "gemm", "pass": "fwd", "shape": f"{M}x{N}x{K}", "dtype": "int8",
+                              "layout": "-", "provider": f"pyimgcls-int8-{path}", "ms": t["int8"], "ref_provider": name,
+                              "ref_ms": t[ref], "speedup": t[ref] / t["int8"], "tflops": gops["int8"] / 1e3,
+                              "gbps": (M * K + N * K + M * N) / (t["int8"] * 1e-3) / 1e9, "roofline_pct": None,
+                              "flops": 2 * M * N * K, "threads": 1, "load_avg": load})
+    finally:
+        if saved is None:
+            os.environ.pop("PYIMGCLS_CPU_ISA", None)
+        else:
+            os.environ["PYIMGCLS_CPU_ISA"] = saved
+    return cases
+
+
+def _set_threads(n: int) -> None:
+    torch.set_num_threads(n)
     try:
         import ctypes
-        ctypes.CDLL("libgomp.so.1").omp_set_num_threads(args.threads)
+        ctypes.CDLL("libgomp.so.1").omp_set_num_threads(n)
     except OSError:
         pass
+
+
+def _write(cases, notes, out, tag):
+    import json
+    res = report.new_results("cpu", cases=cases)
+    res["notes"] = notes
+    path = os.path.join(out, time.strftime("%Y-%m-%d") + f"_cpu-quant-{tag}.json")
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(res, f, indent=1)
+    print("wrote", path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", help="LeNet-5 digits checkpoint (pyimgcls train)")
+    ap.add_argument("--gemm-only", action="store_true", help="only the single-GEMM comparison")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--out", default=None, help="write the results JSON into this folder")
+    args = ap.parse_args(argv)
+    _set_threads(1)
+    gemm = _gemm_cases(args.reps)
+    if args.gemm_only:
+        if args.out:
+            _write(gemm, [f"single int8 GEMM, 1 thread, load average {os.getloadavg()[0]:.1f} on 2 CPUs "
+                          "(shared machine)"], args.out, "gemm")
+        return 0
+    if not args.checkpoint:
+        ap.error("--checkpoint is required (or --gemm-only)")
+    _set_threads(args.threads)
 
     ck = torch.load(args.checkpoint, weights_only=True)
     meta = ck["meta"]
@@ -107,7 +185,7 @@ def main(argv=None) -> int:
     xte, yte = normalize(ds.test.images, mean, std), ds.test.labels
     calib = [xtr[i * 64:(i + 1) * 64] for i in range(8)]
 
-    cases, notes = [], []
+    cases, notes = list(gemm), []
     acc_f = _accuracy(_float_on("cpu", lenet), xte, yte)
     print(f"LeNet-5 digits: float32 test accuracy {acc_f * 100:.2f}% ({len(yte)} images)")
     qmodels = {}
@@ -158,14 +236,7 @@ def main(argv=None) -> int:
                  f"{os.getloadavg()[0]:.1f} at the end): ratios are side by side in one process, absolute times "
                  "are inflated by the other jobs")
     if args.out:
-        res = report.new_results("cpu", cases=cases)
-        res["notes"] = notes
-        path = os.path.join(args.out, time.strftime("%Y-%m-%d") + "_cpu-quant-ptq.json")
-        import json
-        os.makedirs(args.out, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(res, f, indent=1)
-        print("wrote", path)
+        _write(cases, notes, args.out, "ptq")
     return 0
 
 

@@ -33,7 +33,6 @@ def _hw_paths():
 @pytest.fixture(params=[e for e, _ in ISA_PATHS])
 def cpu_path(request, monkeypatch):
     """Runs the test on one CPU path, checking the kernel reports that path (skips a path this CPU lacks)."""
-    env, path = dict(ISA_PATHS)[request.param], None
     path = dict(ISA_PATHS)[request.param]
     if (request.param, path) not in _hw_paths():
         pytest.skip(f"this CPU has no {path} path")
