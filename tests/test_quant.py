@@ -392,3 +392,15 @@ def test_quantized_adaptive_avg_pool2d(backend, case):
     # and the float meaning: within one output step of the float mean, requantised
     real = torch.nn.functional.adaptive_avg_pool2d((x.double() - 30) * 0.1, size)
     assert ((y.double() - 12) * 0.07 - real.clamp(-12 * 0.07, 243 * 0.07)).abs().max() <= 0.07 / 2 + 1e-9
+
+
+def test_backend_without_quant_kernels_is_refused(monkeypatch):
+    # the cuda backend has no int8 kernels yet: a clear BackendError, never a silent fallback
+    from pyimgcls.errors import BackendError
+    from pyimgcls.ops import quant as q
+    monkeypatch.setattr(q._backend, "resolve", lambda device, op: "cuda")
+    x = torch.zeros(1, 4, dtype=torch.uint8)
+    with pytest.raises(BackendError, match="quantized_linear: backend 'cuda' has no quantised kernels"):
+        ops.quantized_linear(x, 0.1, 0, ops.quantize_weight(torch.randn(3, 4)))
+    with pytest.raises(BackendError, match="quantize_per_tensor"):
+        ops.quantize_per_tensor(torch.zeros(3), 0.1, 0)
