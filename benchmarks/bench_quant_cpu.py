@@ -212,7 +212,8 @@ def main(argv=None) -> int:
     rn.eval()
     rn_q = quantize(rn, [torch.randn(8, 3, 64, 64, generator=g) for _ in range(4)])
 
-    speed_cases = [("lenet5", lenet, qmodels["minmax"], (1, 1, 32, 32)), ("lenet5", lenet, qmodels["minmax"], (64, 1, 32, 32)),
+    ql = qmodels["minmax"]
+    speed_cases = [("lenet5", lenet, ql, (1, 1, 32, 32)), ("lenet5", lenet, ql, (64, 1, 32, 32)),
                    ("resnet18", rn, rn_q, (1, 3, 64, 64)), ("resnet18", rn, rn_q, (16, 3, 64, 64))]
     for name, fm, qm, shape in speed_cases:
         x = torch.randn(*shape, generator=g)

@@ -192,7 +192,8 @@ def _conv_ref(x, zx, wq, bias, stride, padding, dilation, out_scale, out_zero, a
 
 
 # (N, C, H, W, O, KH, stride, padding, dilation, groups, layout): 1x1 direct (channels_last; dense and
-# 4 groups: column slices of the input and output), 1x1 through im2col (NCHW, and stride 2), 3x3 padded, stride 2, dilation, groups 2, depthwise (groups = C,
+# 4 groups: column slices of the input and output), 1x1 through im2col (NCHW, and stride 2), 3x3
+# padded, stride 2, dilation, groups 2, depthwise (groups = C,
 # multiplier 2), 5x5 like LeNet, non-contiguous input (a channel slice).
 CONV_CASES = [
     (2, 19, 5, 7, 21, 1, 1, 0, 1, 1, "cl"),

@@ -55,7 +55,8 @@ void bind_quant(py::module_& m) {
       "quant_quantize_cpu",
       [](uintptr_t x, int64_t n, float inv_scale, int zero_point, uintptr_t out) {
         py::gil_scoped_release nogil;
-        cpu::quant_quantize(reinterpret_cast<const float*>(x), n, inv_scale, zero_point, reinterpret_cast<uint8_t*>(out));
+        cpu::quant_quantize(reinterpret_cast<const float*>(x), n, inv_scale, zero_point,
+                            reinterpret_cast<uint8_t*>(out));
       },
       "uint8 q = clamp(rne(x * inv_scale) + zero_point, 0, 255) of n float32 values (NaN -> zero_point)");
   m.def(

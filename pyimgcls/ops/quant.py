@@ -51,16 +51,19 @@ class QuantizedWeight:
         if not isinstance(q, torch.Tensor) or q.dtype != torch.int8:
             raise ArgumentTypeError(f"QuantizedWeight: q must be an int8 tensor, got {_desc(q)}")
         if q.dim() not in (2, 4):
-            raise ArgumentValueError(f"QuantizedWeight: q must be 2-D [O, K] or 4-D [O, C/groups, KH, KW], got shape {tuple(q.shape)}")
+            raise ArgumentValueError("QuantizedWeight: q must be 2-D [O, K] or 4-D [O, C/groups, KH, KW], "
+                                     f"got shape {tuple(q.shape)}")
         if not isinstance(scale, torch.Tensor) or not scale.is_floating_point():
             raise ArgumentTypeError(f"QuantizedWeight: scale must be a float tensor, got {_desc(scale)}")
         scale = scale.detach().to(torch.float32).reshape(-1)
         if scale.numel() != q.shape[0]:
-            raise ArgumentValueError(f"QuantizedWeight: scale has {scale.numel()} values for {q.shape[0]} output channels")
+            raise ArgumentValueError(f"QuantizedWeight: scale has {scale.numel()} values for {q.shape[0]} "
+                                     "output channels")
         if not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
             raise ArgumentValueError("QuantizedWeight: scale must be positive and finite in every channel")
         if not isinstance(groups, int) or groups < 1 or q.shape[0] % groups:
-            raise ArgumentValueError(f"QuantizedWeight: groups must be a positive divisor of {q.shape[0]}, got {groups!r}")
+            raise ArgumentValueError(f"QuantizedWeight: groups must be a positive divisor of {q.shape[0]}, "
+                                     f"got {groups!r}")
         if q.dim() == 2 and groups != 1:
             raise ArgumentValueError("QuantizedWeight: a 2-D (linear) weight takes groups=1")
         self.q = q.detach()
@@ -186,7 +189,8 @@ def _prepare(op, input, input_scale, input_zero_point, weight, bias, output_scal
         raise ArgumentValueError(f"{op}: weight is on {weight.q.device} but input is on {input.device}")
     s_in, z_in = _check_qparams(input_scale, input_zero_point, "input_scale", "input_zero_point", op)
     if activation not in _ACTS:
-        raise ArgumentValueError(f"{op}: activation must be None, 'relu' or 'relu6' for quantised ops, got {activation!r}")
+        raise ArgumentValueError(f"{op}: activation must be None, 'relu' or 'relu6' for quantised ops, "
+                                 f"got {activation!r}")
     float_out = output_scale is None
     if float_out:
         if output_zero_point not in (None, 0):
@@ -214,7 +218,8 @@ def _prepare(op, input, input_scale, input_zero_point, weight, bias, output_scal
         elif bias.is_floating_point():
             if not bool(torch.isfinite(bias).all()):
                 raise ArgumentValueError(f"{op}: bias has NaN or infinite values")
-            bias_q = torch.round(bias.detach().double() / (s_in * weight.scale.double())).clamp(-_BIAS_LIMIT, _BIAS_LIMIT).to(torch.int32)
+            bias_q = torch.round(bias.detach().double() / (s_in * weight.scale.double()))
+            bias_q = bias_q.clamp(-_BIAS_LIMIT, _BIAS_LIMIT).to(torch.int32)
         else:
             raise ArgumentTypeError(f"{op}: bias must be float or int32, got {bias.dtype}")
     else:
@@ -223,7 +228,8 @@ def _prepare(op, input, input_scale, input_zero_point, weight, bias, output_scal
     if mult is None:
         mult = (s_in * weight.scale.double() / s_out).to(torch.float32)
         if not bool(torch.isfinite(mult).all()) or not bool((mult > 0).all()):
-            raise ArgumentValueError(f"{op}: input_scale * weight.scale / output_scale is not a positive finite float32")
+            raise ArgumentValueError(f"{op}: input_scale * weight.scale / output_scale is not a positive finite "
+                                     "float32")
         if len(weight._mult) >= 16:      # a model uses one or two (input, output) scale pairs per layer
             weight._mult.clear()
         weight._mult[(s_in, s_out)] = mult = mult.to(input.device)
@@ -234,7 +240,8 @@ def _prepare(op, input, input_scale, input_zero_point, weight, bias, output_scal
         if not isinstance(residual, torch.Tensor) or residual.dtype != torch.uint8:
             raise ArgumentTypeError(f"{op}: residual must be a uint8 tensor, got {_desc(residual)}")
         if tuple(residual.shape) != tuple(out_shape):
-            raise ArgumentValueError(f"{op}: residual must have the output's shape {tuple(out_shape)}, got {tuple(residual.shape)}")
+            raise ArgumentValueError(f"{op}: residual must have the output's shape {tuple(out_shape)}, "
+                                     f"got {tuple(residual.shape)}")
         s_r, r_zero = _check_qparams(residual_scale, 0 if residual_zero_point is None else residual_zero_point,
                                      "residual_scale", "residual_zero_point", op)
         r_mult = float(torch.tensor(s_r / s_out, dtype=torch.float32))
@@ -259,7 +266,8 @@ def quantized_linear(input: torch.Tensor, input_scale: float, input_zero_point: 
     """uint8 [*, K] x int8 weight [O, K] -> uint8 [*, O] (or float32 with ``output_scale=None``)."""
     op = "quantized_linear"
     if isinstance(weight, QuantizedWeight) and weight.q.dim() != 2:
-        raise ArgumentValueError(f"{op}: weight must be a 2-D (linear) QuantizedWeight, got shape {tuple(weight.q.shape)}")
+        raise ArgumentValueError(f"{op}: weight must be a 2-D (linear) QuantizedWeight, "
+                                 f"got shape {tuple(weight.q.shape)}")
     if isinstance(input, torch.Tensor) and isinstance(weight, QuantizedWeight) and (
             input.dim() < 1 or input.shape[-1] != weight.q.shape[1]):
         raise ArgumentValueError(f"{op}: input's last dimension must be {weight.q.shape[1]} (weight in_features), "
@@ -284,7 +292,8 @@ def quantized_linear(input: torch.Tensor, input_scale: float, input_zero_point: 
 def _pair(v, name, op, min_value):
     if isinstance(v, int) and not isinstance(v, bool):
         v = (v, v)
-    if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(e, int) and not isinstance(e, bool) for e in v)):
+    ints = isinstance(v, (tuple, list)) and all(isinstance(e, int) and not isinstance(e, bool) for e in v)
+    if not (ints and len(v) == 2):
         raise ArgumentTypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
     if any(e < min_value for e in v):
         raise ArgumentValueError(f"{op}: {name} must be >= {min_value}, got {tuple(v)}")
@@ -301,7 +310,8 @@ def quantized_conv2d(input: torch.Tensor, input_scale: float, input_zero_point: 
     padding reads as real 0 (the input zero point)."""
     op = "quantized_conv2d"
     if isinstance(weight, QuantizedWeight) and weight.q.dim() != 4:
-        raise ArgumentValueError(f"{op}: weight must be a 4-D (conv) QuantizedWeight, got shape {tuple(weight.q.shape)}")
+        raise ArgumentValueError(f"{op}: weight must be a 4-D (conv) QuantizedWeight, "
+                                 f"got shape {tuple(weight.q.shape)}")
     if isinstance(input, torch.Tensor) and input.dim() != 4:
         raise ArgumentValueError(f"{op}: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
     stride, padding, dilation = (_pair(stride, "stride", op, 1), _pair(padding, "padding", op, 0),
@@ -375,7 +385,8 @@ def quantized_max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=
     s = k if stride is None or stride == [] else _pair(stride, "stride", op, 1)
     p, d = _pair(padding, "padding", op, 0), _pair(dilation, "dilation", op, 1)
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
-        raise ArgumentValueError(f"{op}: padding must be at most half the kernel size, got padding={p}, kernel_size={k}")
+        raise ArgumentValueError(f"{op}: padding must be at most half the kernel size, got padding={p}, "
+                                 f"kernel_size={k}")
     N, C, H, W = input.shape
     OH, OW = _pool_out(H, k[0], s[0], p[0], d[0], ceil_mode), _pool_out(W, k[1], s[1], p[1], d[1], ceil_mode)
     if OH < 1 or OW < 1:

@@ -69,9 +69,10 @@ def _batches(calibration_batches):
         if isinstance(b, (tuple, list)) and b:
             b = b[0]
         if not isinstance(b, torch.Tensor) or not b.is_floating_point() or b.dim() != 4:
+            got = (f"a {b.dtype} tensor of shape {tuple(b.shape)}" if isinstance(b, torch.Tensor)
+                   else type(b).__name__)
             raise ArgumentValueError(f"quantize: calibration batch {i} must be a float tensor [N, C, H, W] or an "
-                                     f"(input, target) pair, got {b.dtype if isinstance(b, torch.Tensor) else type(b).__name__}"
-                                     f"{' of shape ' + str(tuple(b.shape)) if isinstance(b, torch.Tensor) else ''}")
+                                     f"(input, target) pair, got {got}")
         yield b
 
 
