@@ -189,3 +189,96 @@ def batch_norm_backward(grad, x, weight, out, mean, invstd, training, act: int, 
     gb = sum_dy if needs_bias else mean.new_empty((0,))
     gr = gp.contiguous(memory_format=fmt).clone() if (has_residual and act != 0) else empty
     return gx, gw, gb, gr
+
+
+# ----------------------------------------------------------------------------- quantised (int8) family
+# The integer yardstick of pyimgcls/ops/quant.py (semantics: csrc/cpu/quant.cpp). Sums in int64
+# (checked to fit int32, as the kernels' accumulators must); the requantisation as float32 tensor
+# multiplies and torch.round (half to even).
+_Q_CLAMP = float(2 ** 22)
+
+
+def _rne_term(v):
+    return v.clamp(-_Q_CLAMP, _Q_CLAMP).round().to(torch.int64)
+
+
+def quant_requantise(acc, mult, res, res_zero, res_mult, out_zero, qmin, qmax, act, float_out):
+    """acc int64 [M, O] (the full sum with bias) -> uint8 [M, O] or float32 [M, O]."""
+    if acc.numel() and int(acc.abs().max()) > 2 ** 31 - 1:
+        raise OverflowError("quantised accumulator exceeds int32")
+    v = acc.to(torch.int32).to(torch.float32) * mult.to(torch.float32)
+    if float_out:
+        return activation(v, act)
+    q = _rne_term(v) + out_zero
+    if res is not None:
+        q = q + _rne_term((res.to(torch.int64) - res_zero).to(torch.float32)
+                          * torch.tensor(res_mult, dtype=torch.float32))
+    return q.clamp(qmin, qmax).to(torch.uint8)
+
+
+def quant_gemm(a, a_zero, w, bias, mult, res, res_zero, res_mult, out_zero, qmin, qmax, act, float_out):
+    """uint8 a [M, K] x int8 w [O, K] in int64, then quant_requantise."""
+    acc = (a.to(torch.int64) - a_zero) @ w.to(torch.int64).T
+    if bias is not None:
+        acc = acc + bias.to(torch.int64)
+    return quant_requantise(acc, mult, res, res_zero, res_mult, out_zero, qmin, qmax, act, float_out)
+
+
+def quant_im2col(x, c0, cg, kh, kw, stride, padding, dilation, oh, ow, pad):
+    """uint8 [N * OH * OW, KH * KW * CG] (taps outer, channels inner); out-of-image taps = pad."""
+    N = x.shape[0]
+    xp = torch.nn.functional.pad(x[:, c0:c0 + cg].to(torch.int16), (padding[1], padding[1], padding[0], padding[0]),
+                                 value=pad)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            h0, w0 = i * dilation[0], j * dilation[1]
+            t = xp[:, :, h0:h0 + (oh - 1) * stride[0] + 1:stride[0], w0:w0 + (ow - 1) * stride[1] + 1:stride[1]]
+            taps.append(t.permute(0, 2, 3, 1))                      # [N, OH, OW, CG]
+    return torch.stack(taps, 3).reshape(N * oh * ow, kh * kw * cg).to(torch.uint8)
+
+
+def quantized_conv2d(x, a_zero, w, groups, bias, mult, stride, padding, dilation, res, res_zero, res_mult, out_zero,
+                     qmin, qmax, act, float_out):
+    """The whole quantised convolution, independent of the im2col / GEMM split: the integer sum is a
+    float64 convolution of integer-valued tensors (every product and partial sum is an integer below
+    2^53, so float64 is exact), taken back to int64. x uint8 [N, C, H, W], w int8 [O, C/g, KH, KW];
+    returns [N, O, OH, OW] uint8 or float32."""
+    xc = x.to(torch.float64) - a_zero          # real 0 = the zero point: padding with 0 after the shift
+    acc = torch.nn.functional.conv2d(xc, w.to(torch.float64), None, stride, padding, dilation, groups)
+    N, O, OH, OW = acc.shape
+    acc = acc.round().to(torch.int64).permute(0, 2, 3, 1).reshape(-1, O)
+    if bias is not None:
+        acc = acc + bias.to(torch.int64)
+    r = None if res is None else res.permute(0, 2, 3, 1).reshape(-1, O)
+    out = quant_requantise(acc, mult, r, res_zero, res_mult, out_zero, qmin, qmax, act, float_out)
+    return out.reshape(N, OH, OW, O).permute(0, 3, 1, 2)
+
+
+def quant_max_pool2d(x, kernel, stride, padding, dilation, oh, ow):
+    """uint8 max pooling: float32 holds every uint8 exactly, so torch's float max pooling is exact."""
+    y = torch.nn.functional.max_pool2d(x.to(torch.float32), kernel, stride, padding, dilation, ceil_mode=True)
+    return y[:, :, :oh, :ow].to(torch.uint8)
+
+
+def quant_adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero):
+    """Integer window sums in int64 over PyTorch's adaptive windows, then one float32 multiply and rne."""
+    N, C, H, W = x.shape
+    out = torch.empty((N, C, oh, ow), dtype=torch.uint8)
+    xi = x.to(torch.int64) - in_zero
+    for i in range(oh):
+        h0, h1 = i * H // oh, -(-(i + 1) * H // oh)
+        for j in range(ow):
+            w0, w1 = j * W // ow, -(-(j + 1) * W // ow)
+            count = (h1 - h0) * (w1 - w0)
+            s = xi[:, :, h0:h1, w0:w1].sum((2, 3)).to(torch.int32).to(torch.float32)
+            v = s * torch.tensor(ratio / count, dtype=torch.float64).to(torch.float32)
+            out[:, :, i, j] = (_rne_term(v) + out_zero).clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def quant_quantize(x, inv_scale, zero_point):
+    """uint8 clamp(rne(x * inv_scale) + zero_point, 0, 255) in float32 (inv_scale a float32 value), NaN -> 0."""
+    v = x.to(torch.float32) * torch.tensor(inv_scale, dtype=torch.float32)
+    v = torch.nan_to_num(v, nan=0.0).clamp(-256, 512).round()
+    return (v + zero_point).clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,83 @@
+// Quantised (int8) family launchers: weight packing, the integer GEMM with its requantisation
+// epilogue, and the uint8 im2col (csrc/cpu/quant.cpp).
+#include "bind.h"
+#include "../cpu/quant.h"
+
+namespace pyimgcls::bind {
+
+void bind_quant(py::module_& m) {
+  m.def("quant_isa", &cpu::quant_isa, "path of the CPU integer GEMM here: vnni, avx2 or generic");
+  m.def("quant_packed_bytes", &cpu::quant_packed_bytes, "bytes of the packed int8 weight of an [N, K] matrix");
+  m.def(
+      "quant_pack_weight_cpu",
+      [](uintptr_t w, int64_t N, int64_t K, int64_t swn, int64_t swk, uintptr_t packed, uintptr_t colsum) {
+        if (N <= 0 || K <= 0) throw std::invalid_argument("quant_pack_weight: N and K must be positive");
+        py::gil_scoped_release nogil;
+        cpu::quant_pack_weight(reinterpret_cast<const int8_t*>(w), N, K, swn, swk, reinterpret_cast<int8_t*>(packed),
+                               reinterpret_cast<int32_t*>(colsum));
+      },
+      "pack an int8 [N, K] weight (strides swn, swk) into quant_packed_bytes(N, K) bytes + int32 column sums");
+  m.def(
+      "quant_gemm_cpu",
+      [](uintptr_t a, int64_t M, int64_t K, int64_t lda, int a_zero, uintptr_t packed, uintptr_t colsum, int64_t N,
+         uintptr_t bias, uintptr_t mult, uintptr_t res, int64_t ldr, int res_zero, float res_mult, int out_zero,
+         int qmin, int qmax, bool float_out, int act, uintptr_t out, int64_t ldo) {
+        if (K <= 0) throw std::invalid_argument("quant_gemm: K must be positive");
+        if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_gemm: a_zero must be in [0, 255]");
+        cpu::QuantEpilogue ep;
+        ep.bias = reinterpret_cast<const int32_t*>(bias);
+        ep.mult = reinterpret_cast<const float*>(mult);
+        ep.res = reinterpret_cast<const uint8_t*>(res);
+        ep.ldr = ldr;
+        ep.res_zero = res_zero;
+        ep.res_mult = res_mult;
+        ep.out_zero = out_zero;
+        ep.qmin = qmin;
+        ep.qmax = qmax;
+        ep.float_out = float_out;
+        ep.act = to_act(act);
+        py::gil_scoped_release nogil;
+        cpu::quant_gemm(reinterpret_cast<const uint8_t*>(a), M, K, lda, a_zero, reinterpret_cast<const int8_t*>(packed),
+                        reinterpret_cast<const int32_t*>(colsum), N, ep, mptr(out), ldo);
+      },
+      "out = requantise(sum_k (A - a_zero) W + bias) on CPU (uint8 or float32 out)");
+  m.def(
+      "quant_im2col_cpu",
+      [](uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW, int64_t c0,
+         int64_t CG, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW,
+         int64_t OH, int64_t OW, int pad, uintptr_t col) {
+        py::gil_scoped_release nogil;
+        cpu::quant_im2col(reinterpret_cast<const uint8_t*>(x), N, H, W, sN, sC, sH, sW, c0, CG, KH, KW, SH, SW, PH, PW,
+                          DH, DW, OH, OW, static_cast<uint8_t>(pad), reinterpret_cast<uint8_t*>(col));
+      },
+      "uint8 im2col of one channel group, padding with the zero point");
+  m.def(
+      "quant_quantize_cpu",
+      [](uintptr_t x, int64_t n, float inv_scale, int zero_point, uintptr_t out) {
+        py::gil_scoped_release nogil;
+        cpu::quant_quantize(reinterpret_cast<const float*>(x), n, inv_scale, zero_point,
+                            reinterpret_cast<uint8_t*>(out));
+      },
+      "uint8 q = clamp(rne(x * inv_scale) + zero_point, 0, 255) of n float32 values (NaN -> zero_point)");
+  m.def(
+      "quant_max_pool2d_cpu",
+      [](uintptr_t x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW,
+         int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW, int64_t OH,
+         int64_t OW, uintptr_t out) {
+        py::gil_scoped_release nogil;
+        cpu::quant_max_pool2d(reinterpret_cast<const uint8_t*>(x), N, C, H, W, sN, sC, sH, sW, KH, KW, SH, SW, PH, PW,
+                              DH, DW, OH, OW, reinterpret_cast<uint8_t*>(out));
+      },
+      "uint8 max pooling into an NHWC output");
+  m.def(
+      "quant_adaptive_avg_pool2d_cpu",
+      [](uintptr_t x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW,
+         int64_t OH, int64_t OW, int in_zero, double ratio, int out_zero, uintptr_t out) {
+        py::gil_scoped_release nogil;
+        cpu::quant_adaptive_avg_pool2d(reinterpret_cast<const uint8_t*>(x), N, C, H, W, sN, sC, sH, sW, OH, OW, in_zero,
+                                       ratio, out_zero, reinterpret_cast<uint8_t*>(out));
+      },
+      "uint8 adaptive average pooling (requantised) into an NHWC output");
+}
+
+}  // namespace pyimgcls::bind

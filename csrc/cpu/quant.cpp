@@ -1,0 +1,422 @@
+// CPU quantised (int8) family: integer GEMM with a requantisation epilogue, and the uint8 im2col
+// that turns a k x k convolution into that GEMM.
+//
+// Semantics (every backend reproduces them bit for bit; pyimgcls/ops/reference.py is the yardstick)
+//   acc[m, n] = sum_k (A[m, k] - a_zero) * W[n, k] + bias[n]           exact, in int32
+//   quantised output:
+//     q  = rne(clamp(float(acc) * mult[n], -2^22, 2^22))               one fp32 multiply, rounded
+//        + rne(clamp(float(R[m, n] - res_zero) * res_mult, -2^22, 2^22))   (residual, if any)
+//        + out_zero
+//     out = clamp(q, qmin, qmax)                                       relu / relu6 are this clamp
+//   float output (the last layer): out = act(float(acc) * mult[n]).
+//   float(int32) rounds to nearest even (exact below 2^24), rne = round half to even. Each rounded
+//   term is a single fp32 multiply (no add in float), so no path can fuse it into an FMA and the
+//   paths cannot differ; the +-2^22 clamp keeps every term exactly representable and lets the
+//   Triton kernel round with the 1.5 * 2^23 magic-number add. The Python layer keeps
+//   K * 255 * 128 + |bias| below 2^31, so the int32 sums never wrap.
+//
+// Algorithm
+//   A = sum_k A[m, k] W[n, k] in int32, then acc = A - a_zero * colsum[n] + bias[n] (colsum from the
+//   packing step), so the inner loop multiplies the raw uint8 activations.
+//   Weights are packed once (quant_pack_weight, quant.h: 16-channel blocks x 4-byte K groups).
+//   Work is split into tasks of kMC rows x (up to NV blocks of 16 channels), OpenMP static over
+//   the task grid; inside a task an MR x (16 * NV) register tile runs over the whole of K:
+//     vnni    MR 6, NV 4: 24 zmm accumulators; per 4 k: 4 loads, 6 broadcasts, 24 vpdpbusd
+//             (u8 x s8, 4 products summed into each int32 lane, no intermediate saturation)
+//     avx2    MR 4, NV 1: 8 ymm accumulators; the 4 weight bytes of a channel are split into the
+//             16-bit pairs (w0, w2) and (w1, w3) by shifts, the activations into (a0, a2), (a1, a3)
+//             and multiplied with vpmaddwd (16 x 16 -> 32 bit): vpmaddubsw would saturate its
+//             16-bit pair sums (255 * 127 * 2 > 32767)
+//     generic MR 4, NV 1, scalar loops over the same layout (the compiler vectorises them)
+//   The tile is stored as int32 and the epilogue applied row by row.
+//
+// Cost
+//   2 * M * N * K integer operations; minimum bytes M * K + N * K (+ 4N bias, 4N mult) + M * N
+//   (x4 for float output, + M * N for a residual).
+//   im2col: N * OH * OW * KH * KW * CG bytes written.
+//
+// Test and benchmark
+//   pytest tests/test_quant.py
+//   python benchmarks/bench_quant_cpu.py
+#include "quant.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "isa.h"
+
+#if defined(PYIMGCLS_X86)
+#define PYIMGCLS_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+#endif
+
+namespace pyimgcls::cpu {
+namespace {
+
+constexpr int64_t kMC = 48;               // rows per task: a multiple of every MR below
+constexpr float kClampF = 4194304.0f;     // 2^22
+constexpr int kMaxMR = 6, kMaxNR = 64;    // the largest tile (vnni)
+
+enum class QPath { Generic = 0, Avx2 = 1, Vnni = 2 };
+
+QPath hardware_qpath() {
+#ifdef PYIMGCLS_X86
+  static const QPath hw = [] {
+    __builtin_cpu_init();
+    if (hardware_isa() == Isa::Avx512 && __builtin_cpu_supports("avx512vnni")) return QPath::Vnni;
+    if (hardware_isa() >= Isa::Avx2) return QPath::Avx2;
+    return QPath::Generic;
+  }();
+  return hw;
+#else
+  return QPath::Generic;
+#endif
+}
+
+// PYIMGCLS_CPU_ISA caps the path as it caps the float kernels (isa.h): avx512 -> vnni.
+QPath active_qpath() {
+  const QPath hw = hardware_qpath();
+  const QPath want = static_cast<QPath>(static_cast<int>(active_isa()));
+  return static_cast<int>(want) < static_cast<int>(hw) ? want : hw;
+}
+
+inline uint32_t load_u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// The last, partial group of 4 activations (K % 4 != 0): the missing bytes are read as 0 (their
+// weights are 0 too) and never loaded, so a row ending at the end of a mapping is safe.
+inline uint32_t load_u32_tail(const uint8_t* p, int64_t n) {
+  uint32_t v = 0;
+  std::memcpy(&v, p, static_cast<size_t>(n));
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Micro-kernels: tile[i * kMaxNR + j] = sum_k A[i, k] * W[j, k] for i < MR, j < 16 * NV.
+//   a: A[0, 0] (row stride lda); w: group 0 of the first 16-channel block; bstride: bytes between
+//   consecutive blocks (K4 * 64).
+// ---------------------------------------------------------------------------------------------
+template <int MR, int NV>
+void micro_generic(const uint8_t* a, int64_t lda, int64_t K, const int8_t* w, int64_t bstride, int32_t* tile) {
+  int32_t acc[MR][16 * NV] = {};
+  const int64_t K4 = quant_k4(K);
+  for (int64_t g = 0; g < K4; ++g) {
+    const int64_t kn = std::min<int64_t>(4, K - 4 * g);
+    for (int i = 0; i < MR; ++i) {
+      uint8_t av[4] = {0, 0, 0, 0};
+      std::memcpy(av, a + i * lda + 4 * g, static_cast<size_t>(kn));
+      for (int v = 0; v < NV; ++v) {
+        const int8_t* wg = w + v * bstride + g * 64;
+        for (int c = 0; c < 16; ++c) {
+          int32_t s = 0;
+          for (int j = 0; j < 4; ++j) s += int32_t(av[j]) * int32_t(wg[c * 4 + j]);
+          acc[i][v * 16 + c] += s;
+        }
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < 16 * NV; ++j) tile[i * kMaxNR + j] = acc[i][j];
+}
+
+#ifdef PYIMGCLS_X86
+template <int MR, int NV>
+PYIMGCLS_TARGET_AVX2 void micro_avx2(const uint8_t* a, int64_t lda, int64_t K, const int8_t* w, int64_t bstride,
+                                     int32_t* tile) {
+  // acc[i][2v + h]: row i, channels 16v + 8h .. +8 of the block
+  __m256i acc[MR][2 * NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 2 * NV; ++v) acc[i][v] = _mm256_setzero_si256();
+  const __m256i lo_bytes = _mm256_set1_epi32(0x00FF00FF);
+  const int64_t K4 = quant_k4(K), Kfull = K / 4;
+  uint32_t tail[MR];   // the partial last group, gathered outside the loop (as in micro_vnni)
+  for (int i = 0; i < MR; ++i) tail[i] = K4 > Kfull ? load_u32_tail(a + i * lda + 4 * Kfull, K - 4 * Kfull) : 0u;
+  for (int64_t g = 0; g < K4; ++g) {
+    // weights: each int32 lane holds (w0, w1, w2, w3) of one channel; as 16-bit units the lane is
+    // (w0 | w1 << 8, w2 | w3 << 8). even = sign-extended low bytes (w0, w2), odd = high (w1, w3).
+    __m256i we[2 * NV], wo[2 * NV];
+    for (int v = 0; v < NV; ++v)
+      for (int h = 0; h < 2; ++h) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + v * bstride + g * 64 + h * 32));
+        we[2 * v + h] = _mm256_srai_epi16(_mm256_slli_epi16(x, 8), 8);
+        wo[2 * v + h] = _mm256_srai_epi16(x, 8);
+      }
+    for (int i = 0; i < MR; ++i) {
+      const uint32_t u = g < Kfull ? load_u32(a + i * lda + 4 * g) : tail[i];
+      const __m256i ab = _mm256_set1_epi32(static_cast<int32_t>(u));
+      const __m256i ae = _mm256_and_si256(ab, lo_bytes);                         // (a0, a2) zero-extended
+      const __m256i ao = _mm256_and_si256(_mm256_srli_epi16(ab, 8), lo_bytes);   // (a1, a3)
+      for (int v = 0; v < 2 * NV; ++v) {
+        acc[i][v] = _mm256_add_epi32(acc[i][v], _mm256_madd_epi16(ae, we[v]));
+        acc[i][v] = _mm256_add_epi32(acc[i][v], _mm256_madd_epi16(ao, wo[v]));
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < 2 * NV; ++v)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(tile + i * kMaxNR + 8 * v), acc[i][v]);
+}
+
+template <int MR, int NV>
+PYIMGCLS_TARGET_VNNI void micro_vnni(const uint8_t* a, int64_t lda, int64_t K, const int8_t* w, int64_t bstride,
+                                     int32_t* tile) {
+  __m512i acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_si512();
+  // The partial last group's activations are gathered before the loop: a variable-length copy
+  // inside it would be a call, and the accumulators would then live on the stack.
+  const int64_t K4 = quant_k4(K), Kfull = K / 4;
+  uint32_t tail[MR];
+  for (int i = 0; i < MR; ++i) tail[i] = K4 > Kfull ? load_u32_tail(a + i * lda + 4 * Kfull, K - 4 * Kfull) : 0u;
+  for (int64_t g = 0; g < K4; ++g) {
+    __m512i b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(w + v * bstride + g * 64);
+    for (int i = 0; i < MR; ++i) {
+      const uint32_t u = g < Kfull ? load_u32(a + i * lda + 4 * g) : tail[i];
+      const __m512i ab = _mm512_set1_epi32(static_cast<int32_t>(u));
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], ab, b[v]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_si512(tile + i * kMaxNR + 16 * v, acc[i][v]);
+}
+#endif
+
+using MicroFn = void (*)(const uint8_t*, int64_t, int64_t, const int8_t*, int64_t, int32_t*);
+
+// table[mr - 1][nv - 1] for one path
+template <template <int, int> class F, int MR, int NV>
+struct MicroTable;
+
+template <int MR, int NV>
+struct GenericFn { static constexpr MicroFn fn = &micro_generic<MR, NV>; };
+#ifdef PYIMGCLS_X86
+template <int MR, int NV>
+struct Avx2Fn { static constexpr MicroFn fn = &micro_avx2<MR, NV>; };
+template <int MR, int NV>
+struct VnniFn { static constexpr MicroFn fn = &micro_vnni<MR, NV>; };
+#endif
+
+template <template <int, int> class F, int MR, int NV>
+struct MicroTable {
+  MicroFn fn[MR][NV];
+  constexpr MicroTable() : fn() { fill<0>(); }
+  template <int I>
+  constexpr void fill() {
+    if constexpr (I < MR * NV) {
+      fn[I / NV][I % NV] = F<I / NV + 1, I % NV + 1>::fn;
+      fill<I + 1>();
+    }
+  }
+};
+
+struct PathInfo {
+  int mr, nv;
+  MicroFn (*get)(int mr, int nv);
+};
+
+template <template <int, int> class F, int MR, int NV>
+MicroFn table_get(int mr, int nv) {
+  static constexpr MicroTable<F, MR, NV> t{};
+  return t.fn[mr - 1][nv - 1];
+}
+
+PathInfo path_info(QPath p) {
+#ifdef PYIMGCLS_X86
+  if (p == QPath::Vnni) return {6, 4, &table_get<VnniFn, 6, 4>};
+  if (p == QPath::Avx2) return {4, 1, &table_get<Avx2Fn, 4, 1>};
+#endif
+  (void)p;
+  return {4, 1, &table_get<GenericFn, 4, 1>};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Epilogue of one tile row: tile int32 [nr] (raw sums) -> out row (columns n0 .. n0 + nr).
+// ---------------------------------------------------------------------------------------------
+inline int32_t rne_term(float v) {
+  v = v < -kClampF ? -kClampF : (v > kClampF ? kClampF : v);
+  // lrint: the current rounding mode (to nearest even), inlined as cvtss2si (nearbyint is a libm call)
+  return static_cast<int32_t>(std::lrint(v));
+}
+
+void epilogue_row(const int32_t* tile, int64_t m, int64_t n0, int64_t nr, int32_t a_zero, const int32_t* colsum,
+                  const QuantEpilogue& ep, void* out, int64_t ldo) {
+  if (ep.float_out) {
+    float* o = static_cast<float*>(out) + m * ldo + n0;
+    for (int64_t j = 0; j < nr; ++j) {
+      const int64_t n = n0 + j;
+      const int32_t acc = tile[j] - a_zero * colsum[n] + (ep.bias ? ep.bias[n] : 0);
+      float y = static_cast<float>(acc) * ep.mult[n];
+      if (ep.act == Act::ReLU) y = y < 0.f ? 0.f : y;
+      else if (ep.act == Act::ReLU6) y = y < 0.f ? 0.f : (y > 6.f ? 6.f : y);
+      o[j] = y;
+    }
+    return;
+  }
+  uint8_t* o = static_cast<uint8_t*>(out) + m * ldo + n0;
+  const uint8_t* r = ep.res ? ep.res + m * ep.ldr + n0 : nullptr;
+  for (int64_t j = 0; j < nr; ++j) {
+    const int64_t n = n0 + j;
+    const int32_t acc = tile[j] - a_zero * colsum[n] + (ep.bias ? ep.bias[n] : 0);
+    int32_t q = rne_term(static_cast<float>(acc) * ep.mult[n]) + ep.out_zero;
+    if (r) q += rne_term(static_cast<float>(int32_t(r[j]) - ep.res_zero) * ep.res_mult);
+    q = q < ep.qmin ? ep.qmin : (q > ep.qmax ? ep.qmax : q);
+    o[j] = static_cast<uint8_t>(q);
+  }
+}
+
+}  // namespace
+
+const char* quant_isa() {
+  switch (active_qpath()) {
+    case QPath::Vnni: return "vnni";
+    case QPath::Avx2: return "avx2";
+    case QPath::Generic: return "generic";
+  }
+  return "generic";
+}
+
+void quant_pack_weight(const int8_t* w, int64_t N, int64_t K, int64_t swn, int64_t swk, int8_t* packed,
+                       int32_t* colsum) {
+  const int64_t K4 = quant_k4(K), NB = quant_nblocks(N);
+  std::memset(packed, 0, static_cast<size_t>(quant_packed_bytes(N, K)));
+  for (int64_t n = 0; n < N; ++n) {
+    int8_t* blk = packed + (n / kQuantNB) * K4 * 64 + (n % kQuantNB) * 4;
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const int8_t v = w[n * swn + k * swk];
+      blk[(k / 4) * 64 + (k % 4)] = v;
+      s += v;
+    }
+    colsum[n] = s;
+  }
+  (void)NB;
+}
+
+void quant_gemm(const uint8_t* a, int64_t M, int64_t K, int64_t lda, int32_t a_zero, const int8_t* packed,
+                const int32_t* colsum, int64_t N, const QuantEpilogue& ep, void* out, int64_t ldo) {
+  if (M <= 0 || N <= 0) return;
+  const PathInfo p = path_info(active_qpath());
+  const int64_t K4 = quant_k4(K), bstride = K4 * 64;
+  const int64_t NB = quant_nblocks(N);
+  const int64_t mtasks = (M + kMC - 1) / kMC, ntasks = (NB + p.nv - 1) / p.nv;
+  const int64_t tasks = mtasks * ntasks;
+  // Below 2^22 multiply-adds (tens of microseconds on one core) one thread: the fork / join of the
+  // team costs more, by milliseconds when other processes hold the cores (LeNet-5's fc1 at batch 64,
+  // 3M MACs: 16 ms per call with 2 threads on this loaded machine). conv.cpp's kSmallConvMacs agrees.
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), tasks));
+  const bool parallel = nt > 1 && M * N * std::max<int64_t>(K, 1) >= (int64_t(1) << 22);
+#pragma omp parallel for schedule(static) num_threads(nt) if (parallel)
+  for (int64_t t = 0; t < tasks; ++t) {
+    alignas(64) int32_t tile[kMaxMR * kMaxNR];
+    const int64_t mt = t / ntasks, ntk = t % ntasks;
+    const int64_t b0 = ntk * p.nv, nb = std::min<int64_t>(p.nv, NB - b0);
+    const int64_t n0 = b0 * kQuantNB, ncols = std::min<int64_t>(nb * kQuantNB, N - n0);
+    const int64_t m_end = std::min(M, (mt + 1) * kMC);
+    for (int64_t m0 = mt * kMC; m0 < m_end; m0 += p.mr) {
+      const int mr = static_cast<int>(std::min<int64_t>(p.mr, m_end - m0));
+      p.get(mr, static_cast<int>(nb))(a + m0 * lda, lda, K, packed + b0 * bstride, bstride, tile);
+      for (int i = 0; i < mr; ++i) epilogue_row(tile + i * kMaxNR, m0 + i, n0, ncols, a_zero, colsum, ep, out, ldo);
+    }
+  }
+}
+
+void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH,
+                  int64_t sW, int64_t c0, int64_t CG, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
+                  int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW, uint8_t pad, uint8_t* col) {
+  const int64_t rows = N * OH * OW, width = KH * KW * CG;
+  // One thread per MiB of col at most: a fork / join of the team costs tens of microseconds, far
+  // more on a loaded machine, against ~0.1 ns per byte copied (LeNet conv1 at batch 1: 20 KiB).
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(rows * width >> 20, 1)));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / (OH * OW), oh = (r / OW) % OH, ow = r % OW;
+    uint8_t* dst = col + r * width;
+    for (int64_t i = 0; i < KH; ++i) {
+      const int64_t ih = oh * SH - PH + i * DH;
+      for (int64_t j = 0; j < KW; ++j, dst += CG) {
+        const int64_t iw = ow * SW - PW + j * DW;
+        if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+          std::memset(dst, pad, static_cast<size_t>(CG));
+          continue;
+        }
+        const uint8_t* src = x + n * sN + ih * sH + iw * sW + c0 * sC;
+        if (CG == 1) {
+          *dst = *src;             // LeNet conv1, depthwise: a call per byte would dominate
+        } else if (sC == 1) {
+          std::memcpy(dst, src, static_cast<size_t>(CG));
+        } else {
+          for (int64_t c = 0; c < CG; ++c) dst[c] = src[c * sC];
+        }
+      }
+    }
+  }
+}
+
+void quant_max_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC,
+                      int64_t sH, int64_t sW, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
+                      int64_t DH, int64_t DW, int64_t OH, int64_t OW, uint8_t* out) {
+  const int64_t pix = N * OH * OW;
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(pix * C >> 20, 1)));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t p = 0; p < pix; ++p) {
+    const int64_t n = p / (OH * OW), oh = (p / OW) % OH, ow = p % OW;
+    uint8_t* o = out + p * C;
+    std::memset(o, 0, static_cast<size_t>(C));   // 0 is the least uint8; every window has a tap in the image
+    for (int64_t i = 0; i < KH; ++i) {
+      const int64_t ih = oh * SH - PH + i * DH;
+      if (ih < 0 || ih >= H) continue;
+      for (int64_t j = 0; j < KW; ++j) {
+        const int64_t iw = ow * SW - PW + j * DW;
+        if (iw < 0 || iw >= W) continue;
+        const uint8_t* src = x + n * sN + ih * sH + iw * sW;
+        for (int64_t c = 0; c < C; ++c) o[c] = std::max(o[c], src[c * sC]);
+      }
+    }
+  }
+}
+
+void quant_adaptive_avg_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC,
+                               int64_t sH, int64_t sW, int64_t OH, int64_t OW, int32_t in_zero, double ratio,
+                               int32_t out_zero, uint8_t* out) {
+  const int64_t pix = N * OH * OW;
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(N * C * H * W >> 20, 1)));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t p = 0; p < pix; ++p) {
+    const int64_t n = p / (OH * OW), oh = (p / OW) % OH, ow = p % OW;
+    const int64_t h0 = oh * H / OH, h1 = ((oh + 1) * H + OH - 1) / OH;
+    const int64_t w0 = ow * W / OW, w1 = ((ow + 1) * W + OW - 1) / OW;
+    const int64_t count = (h1 - h0) * (w1 - w0);
+    const float mult = static_cast<float>(ratio / static_cast<double>(count));
+    const int32_t zsum = static_cast<int32_t>(count) * in_zero;
+    uint8_t* o = out + p * C;
+    for (int64_t c = 0; c < C; ++c) {
+      int32_t s = 0;
+      for (int64_t ih = h0; ih < h1; ++ih)
+        for (int64_t iw = w0; iw < w1; ++iw) s += x[n * sN + c * sC + ih * sH + iw * sW];
+      int32_t q = rne_term(static_cast<float>(s - zsum) * mult) + out_zero;
+      o[c] = static_cast<uint8_t>(q < 0 ? 0 : (q > 255 ? 255 : q));
+    }
+  }
+}
+
+void quant_quantize(const float* x, int64_t n, float inv_scale, int32_t zero_point, uint8_t* out) {
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(n >> 20, 1)));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i] * inv_scale;
+    v = v != v ? 0.f : (v < -256.f ? -256.f : (v > 512.f ? 512.f : v));   // NaN -> real 0
+    int32_t q = static_cast<int32_t>(std::lrint(v)) + zero_point;
+    out[i] = static_cast<uint8_t>(q < 0 ? 0 : (q > 255 ? 255 : q));
+  }
+}
+
+}  // namespace pyimgcls::cpu

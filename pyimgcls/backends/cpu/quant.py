@@ -1,0 +1,74 @@
+"""Quantised (int8) family on our C++ CPU kernels (csrc/cpu/quant.cpp).
+
+Entry points (same signature in every backend folder; pyimgcls/ops/quant.py calls them and defines
+the quantised representation and the requantisation semantics):
+    pack_weight(w) -> packed          w int8 [O, K], any strides; the backend's packed form, built once
+                                      and kept by QuantizedWeight
+    gemm(a, a_zero, packed, K, bias, mult, res, res_zero, res_mult, out_zero, qmin, qmax, act, out)
+                                      out[m, o] = requantise(sum_k (a[m, k] - a_zero) w[o, k] + bias[o]);
+                                      a uint8 [M, K] with unit column stride; out [M, O] uint8 (or float32:
+                                      float(acc) * mult[o], then act) with unit column stride; bias int32
+                                      [O] or None; mult float32 [O]; res uint8 [M, O] (unit column stride)
+                                      or None, added in the quantised domain
+    im2col(x, c0, cg, kh, kw, stride, padding, dilation, oh, ow, pad, col)
+                                      col uint8 [N * OH * OW, KH * KW * CG] of channels c0 .. c0 + cg of
+                                      x uint8 [N, C, H, W] (any strides), out-of-image taps = pad
+    max_pool2d(x, kernel, stride, padding, dilation, oh, ow, out)
+                                      out uint8 [N, C, OH, OW] channels_last: window maxima (padding -inf)
+    adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out)
+                                      out uint8 channels_last: rne(sum(x - in_zero) * float32(ratio / count))
+                                      + out_zero, clamped to [0, 255]
+    quantize(x, inv_scale, zero_point, out)
+                                      out uint8 = clamp(rne(x * inv_scale) + zero_point, 0, 255), NaN -> 0;
+                                      x float32 dense (any dense strides), out with x's strides
+Nothing is returned by gemm / im2col / the pools / quantize: they fill the outputs ops/quant.py allocated."""
+from __future__ import annotations
+
+import torch
+
+from ... import _native
+
+
+def pack_weight(w):
+    O, K = w.shape
+    packed = torch.empty(_native.C.quant_packed_bytes(O, K), dtype=torch.int8)
+    colsum = torch.empty(O, dtype=torch.int32)
+    _native.C.quant_pack_weight_cpu(w.data_ptr(), O, K, w.stride(0), w.stride(1), packed.data_ptr(),
+                                    colsum.data_ptr())
+    return packed, colsum, O
+
+
+def gemm(a, a_zero, packed, K, bias, mult, res, res_zero, res_mult, out_zero, qmin, qmax, act, out):
+    pw, colsum, O = packed
+    M = a.shape[0]
+    mult = mult.contiguous()
+    _native.C.quant_gemm_cpu(
+        a.data_ptr(), M, K, a.stride(0), a_zero, pw.data_ptr(), colsum.data_ptr(), O,
+        bias.data_ptr() if bias is not None else 0, mult.data_ptr(),
+        res.data_ptr() if res is not None else 0, res.stride(0) if res is not None else 0, res_zero, res_mult,
+        out_zero, qmin, qmax, out.dtype == torch.float32, act, out.data_ptr(), out.stride(0))
+
+
+def im2col(x, c0, cg, kh, kw, stride, padding, dilation, oh, ow, pad, col):
+    N, C, H, W = x.shape
+    _native.C.quant_im2col_cpu(x.data_ptr(), N, H, W, *x.stride(), c0, cg, kh, kw, *stride, *padding, *dilation,
+                               oh, ow, pad, col.data_ptr())
+
+
+def max_pool2d(x, kernel, stride, padding, dilation, oh, ow, out):
+    """out uint8 [N, C, OH, OW] channels_last = max over each window of x uint8 [N, C, H, W] (any strides)."""
+    N, C, H, W = x.shape
+    _native.C.quant_max_pool2d_cpu(x.data_ptr(), N, C, H, W, *x.stride(), *kernel, *stride, *padding, *dilation,
+                                   oh, ow, out.data_ptr())
+
+
+def adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out):
+    """out uint8 [N, C, OH, OW] channels_last = requantised window means (ops/quant.py)."""
+    N, C, H, W = x.shape
+    _native.C.quant_adaptive_avg_pool2d_cpu(x.data_ptr(), N, C, H, W, *x.stride(), oh, ow, in_zero, ratio, out_zero,
+                                            out.data_ptr())
+
+
+def quantize(x, inv_scale, zero_point, out):
+    """out uint8 = clamp(rne(x * inv_scale) + zero_point, 0, 255); x float32 dense, out with x's strides."""
+    _native.C.quant_quantize_cpu(x.data_ptr(), x.numel(), inv_scale, zero_point, out.data_ptr())

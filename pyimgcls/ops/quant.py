@@ -1,0 +1,421 @@
+"""Quantised (int8) inference ops: ``quantized_linear`` and ``quantized_conv2d``.
+
+Representation of quantised tensors: plain torch tensors plus scale / zero-point arguments.
+
+* Activations: ``torch.uint8`` tensors with a per-tensor affine map ``real = scale * (q - zero_point)``
+  (``scale`` a positive finite Python float, ``zero_point`` an int in [0, 255]). Images [N, C, H, W]
+  in any memory format (channels_last is read without a copy); outputs are channels_last.
+* Weights: :class:`QuantizedWeight` — int8 values, symmetric per output channel
+  (``real = scale[o] * q``, zero point 0, q in [-127, 127]), packed once per backend and kept by the
+  object (:func:`quantize_weight` builds one from a float weight).
+* Bias: float (quantised here to int32 in the accumulator's scale ``input_scale * weight.scale[o]``,
+  round half to even) or int32 already in that scale.
+
+Output: ``output_scale`` / ``output_zero_point`` given -> uint8; ``output_scale=None`` -> float32
+(the last layer). Requantisation and its rounding are defined in csrc/cpu/quant.cpp ("Semantics"):
+one fp32 multiply by ``input_scale * weight.scale[o] / output_scale`` (computed in float64, rounded
+once to float32), round half to even, + output zero point, clamp to [0, 255]; ``activation`` relu /
+relu6 is a clamp in the quantised domain (to [zp, 255] / [zp, zp + rne(6 / output_scale)]); a
+``residual`` (uint8, its own scale and zero point, same shape as the output) is added in the
+quantised domain before the clamp: + rne((r - residual_zero_point) * residual_scale / output_scale).
+Every backend gives these results bit for bit (tests/test_quant.py against the int64 reference).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _backend
+from .. import backends as _grid
+from ..errors import ArgumentTypeError, ArgumentValueError, BackendError
+from . import _alloc
+
+__all__ = ["QuantizedWeight", "quantize_weight", "quantize_per_tensor", "dequantize", "quantized_linear",
+           "quantized_conv2d", "activation_bounds"]
+
+_ACTS = {None: 0, "relu": 1, "relu6": 2}
+_MAX_ACC = 2 ** 31 - 1
+_BIAS_LIMIT = 2 ** 30
+
+
+# ----------------------------------------------------------------------------- representation
+class QuantizedWeight:
+    """int8 weight, symmetric per output channel, with its packed forms (one per backend, built on
+    first use and kept).
+
+    ``q``: int8 [O, K] (linear) or [O, C/groups, KH, KW] (conv), values in [-127, 127];
+    ``scale``: float32 [O], positive and finite; ``groups`` (conv)."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, groups: int = 1):
+        if not isinstance(q, torch.Tensor) or q.dtype != torch.int8:
+            raise ArgumentTypeError(f"QuantizedWeight: q must be an int8 tensor, got {_desc(q)}")
+        if q.dim() not in (2, 4):
+            raise ArgumentValueError("QuantizedWeight: q must be 2-D [O, K] or 4-D [O, C/groups, KH, KW], "
+                                     f"got shape {tuple(q.shape)}")
+        if not isinstance(scale, torch.Tensor) or not scale.is_floating_point():
+            raise ArgumentTypeError(f"QuantizedWeight: scale must be a float tensor, got {_desc(scale)}")
+        scale = scale.detach().to(torch.float32).reshape(-1)
+        if scale.numel() != q.shape[0]:
+            raise ArgumentValueError(f"QuantizedWeight: scale has {scale.numel()} values for {q.shape[0]} "
+                                     "output channels")
+        if not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
+            raise ArgumentValueError("QuantizedWeight: scale must be positive and finite in every channel")
+        if not isinstance(groups, int) or groups < 1 or q.shape[0] % groups:
+            raise ArgumentValueError(f"QuantizedWeight: groups must be a positive divisor of {q.shape[0]}, "
+                                     f"got {groups!r}")
+        if q.dim() == 2 and groups != 1:
+            raise ArgumentValueError("QuantizedWeight: a 2-D (linear) weight takes groups=1")
+        self.q = q.detach()
+        self.scale = scale.to(q.device)
+        self.groups = groups
+        self._packed: dict = {}
+        self._mult: dict = {}       # (input_scale, output_scale) -> float32 [O] requantisation factors
+
+    @property
+    def out_features(self) -> int:
+        return self.q.shape[0]
+
+    def gemm_matrix(self, g: int) -> torch.Tensor:
+        """int8 [O / groups, K] of group g, K in (kh, kw, c) order: the GEMM's B matrix (a strided view)."""
+        og = self.q.shape[0] // self.groups
+        w = self.q[g * og:(g + 1) * og]
+        if w.dim() == 4:
+            w = w.permute(0, 2, 3, 1).reshape(og, -1)
+        return w
+
+    def packed(self, backend: str, g: int):
+        key = (backend, g)
+        p = self._packed.get(key)
+        if p is None:
+            p = self._packed[key] = _grid.kernels(backend, "quant").pack_weight(self.gemm_matrix(g))
+        return p
+
+    def state(self) -> dict:
+        """Plain tensors and ints (a weights_only checkpoint)."""
+        return {"q": self.q, "scale": self.scale, "groups": self.groups}
+
+
+def _resolve(device, op: str) -> str:
+    """The backend for this call (the user's choice), which must have the quant family."""
+    backend = _backend.resolve(device, op)
+    if not _grid.implements(backend, "quant"):
+        raise BackendError(f"{op}: backend '{backend}' has no quantised kernels yet; use 'cpu', 'triton' or 'torch'")
+    return backend
+
+
+def _desc(x) -> str:
+    return f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def quantize_weight(weight: torch.Tensor, groups: int = 1, per_channel: bool = True) -> QuantizedWeight:
+    """Symmetric int8 quantisation of a float weight (scale = max|w| / 127 per output channel, or one
+    scale for the whole tensor with ``per_channel=False``); an all-zero channel gets scale 1."""
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        raise ArgumentTypeError(f"quantize_weight: weight must be a float tensor, got {_desc(weight)}")
+    w = weight.detach().double()
+    if not bool(torch.isfinite(w).all()):
+        raise ArgumentValueError("quantize_weight: weight has NaN or infinite values")
+    amax = w.abs().reshape(w.shape[0], -1).amax(1) if per_channel else w.abs().amax().expand(w.shape[0])
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)).to(torch.float32)
+    s = scale.double().reshape([-1] + [1] * (w.dim() - 1))
+    q = torch.round(w / s).clamp(-127, 127).to(torch.int8)
+    return QuantizedWeight(q, scale, groups)
+
+
+def _check_qparams(scale, zero_point, sname: str, zname: str, op: str) -> tuple[float, int]:
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1:
+            raise ArgumentValueError(f"{op}: {sname} must be one number (per-tensor), got {scale.numel()} values")
+        scale = scale.item()
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise ArgumentTypeError(f"{op}: {sname} must be a float, got {type(scale).__name__}")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ArgumentValueError(f"{op}: {sname} must be positive and finite, got {scale}")
+    if isinstance(zero_point, torch.Tensor):
+        zero_point = zero_point.item()
+    if isinstance(zero_point, bool) or not isinstance(zero_point, int):
+        raise ArgumentTypeError(f"{op}: {zname} must be an int, got {type(zero_point).__name__}")
+    if not 0 <= zero_point <= 255:
+        raise ArgumentValueError(f"{op}: {zname} must be in [0, 255] (uint8), got {zero_point}")
+    return float(scale), int(zero_point)
+
+
+def quantize_per_tensor(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """uint8 q = clamp(rne(x * float32(1 / scale)) + zero_point, 0, 255) (one fp32 multiply, round half
+    to even; NaN reads as 0), same memory format as x (contiguous or channels_last; others are made
+    contiguous). float16 / bfloat16 / float64 inputs are converted to float32 first."""
+    scale, zero_point = _check_qparams(scale, zero_point, "scale", "zero_point", "quantize_per_tensor")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ArgumentTypeError(f"quantize_per_tensor: x must be a float tensor, got {_desc(x)}")
+    x = x.detach().to(torch.float32)
+    if not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))):
+        x = x.contiguous()
+    backend = _resolve(x.device, "quantize_per_tensor")
+    out = _alloc._poisoned(torch.empty_like(x, dtype=torch.uint8))     # x's strides: dense either way
+    if x.numel():
+        inv = float(torch.tensor(1.0 / scale, dtype=torch.float32))
+        _grid.kernels(backend, "quant").quantize(x, inv, zero_point, out)
+    return out
+
+
+def dequantize(q: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """float32 scale * (q - zero_point)."""
+    scale, zero_point = _check_qparams(scale, zero_point, "scale", "zero_point", "dequantize")
+    if not isinstance(q, torch.Tensor) or q.dtype != torch.uint8:
+        raise ArgumentTypeError(f"dequantize: q must be a uint8 tensor, got {_desc(q)}")
+    return (q.to(torch.float32) - zero_point) * scale
+
+
+def activation_bounds(activation, output_scale: float, output_zero_point: int) -> tuple[int, int]:
+    """(qmin, qmax): the activation as a clamp in the quantised domain."""
+    if activation is None:
+        return 0, 255
+    if activation == "relu":
+        return output_zero_point, 255
+    six = int(torch.round(torch.tensor(6.0 / output_scale, dtype=torch.float64)).item())
+    return output_zero_point, min(255, output_zero_point + six)
+
+
+# ----------------------------------------------------------------------------- shared argument work
+def _prepare(op, input, input_scale, input_zero_point, weight, bias, output_scale, output_zero_point, activation,
+             residual, residual_scale, residual_zero_point, out_shape_fn):
+    if not isinstance(input, torch.Tensor) or input.dtype != torch.uint8:
+        raise ArgumentTypeError(f"{op}: input must be a uint8 tensor, got {_desc(input)}")
+    if not isinstance(weight, QuantizedWeight):
+        raise ArgumentTypeError(f"{op}: weight must be a pyimgcls.ops.QuantizedWeight (see quantize_weight), "
+                                f"got {type(weight).__name__}")
+    if weight.q.device != input.device:
+        raise ArgumentValueError(f"{op}: weight is on {weight.q.device} but input is on {input.device}")
+    s_in, z_in = _check_qparams(input_scale, input_zero_point, "input_scale", "input_zero_point", op)
+    if activation not in _ACTS:
+        raise ArgumentValueError(f"{op}: activation must be None, 'relu' or 'relu6' for quantised ops, "
+                                 f"got {activation!r}")
+    float_out = output_scale is None
+    if float_out:
+        if output_zero_point not in (None, 0):
+            raise ArgumentValueError(f"{op}: output_zero_point needs output_scale (float output has no zero point)")
+        if residual is not None:
+            raise ArgumentValueError(f"{op}: residual needs a quantised output (give output_scale)")
+        s_out, z_out = 1.0, 0
+    else:
+        s_out, z_out = _check_qparams(output_scale, 0 if output_zero_point is None else output_zero_point,
+                                      "output_scale", "output_zero_point", op)
+    O = weight.out_features
+    K = weight.q[0].numel()
+    if K * 255 * 128 + _BIAS_LIMIT > _MAX_ACC:
+        raise ArgumentValueError(f"{op}: the weight's reduction length {K} is too long for int32 accumulation "
+                                 f"(at most {(_MAX_ACC - _BIAS_LIMIT) // (255 * 128)})")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise ArgumentTypeError(f"{op}: bias must be a tensor or None, got {type(bias).__name__}")
+        if bias.shape != (O,):
+            raise ArgumentValueError(f"{op}: bias must have shape ({O},), got {tuple(bias.shape)}")
+        if bias.dtype == torch.int32:
+            bias_q = bias.contiguous()
+            if int(bias_q.abs().max()) > _BIAS_LIMIT:
+                raise ArgumentValueError(f"{op}: int32 bias values must be within +-2^30")
+        elif bias.is_floating_point():
+            if not bool(torch.isfinite(bias).all()):
+                raise ArgumentValueError(f"{op}: bias has NaN or infinite values")
+            bias_q = torch.round(bias.detach().double() / (s_in * weight.scale.double()))
+            bias_q = bias_q.clamp(-_BIAS_LIMIT, _BIAS_LIMIT).to(torch.int32)
+        else:
+            raise ArgumentTypeError(f"{op}: bias must be float or int32, got {bias.dtype}")
+    else:
+        bias_q = None
+    mult = weight._mult.get((s_in, s_out))
+    if mult is None:
+        mult = (s_in * weight.scale.double() / s_out).to(torch.float32)
+        if not bool(torch.isfinite(mult).all()) or not bool((mult > 0).all()):
+            raise ArgumentValueError(f"{op}: input_scale * weight.scale / output_scale is not a positive finite "
+                                     "float32")
+        if len(weight._mult) >= 16:      # a model uses one or two (input, output) scale pairs per layer
+            weight._mult.clear()
+        weight._mult[(s_in, s_out)] = mult = mult.to(input.device)
+    out_shape = out_shape_fn()
+    res = None
+    r_zero, r_mult = 0, 0.0
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor) or residual.dtype != torch.uint8:
+            raise ArgumentTypeError(f"{op}: residual must be a uint8 tensor, got {_desc(residual)}")
+        if tuple(residual.shape) != tuple(out_shape):
+            raise ArgumentValueError(f"{op}: residual must have the output's shape {tuple(out_shape)}, "
+                                     f"got {tuple(residual.shape)}")
+        s_r, r_zero = _check_qparams(residual_scale, 0 if residual_zero_point is None else residual_zero_point,
+                                     "residual_scale", "residual_zero_point", op)
+        r_mult = float(torch.tensor(s_r / s_out, dtype=torch.float32))
+        res = residual
+    qmin, qmax = (0, 255) if float_out else activation_bounds(activation, s_out, z_out)
+    backend = _resolve(input.device, op)
+    ep = dict(bias=bias_q, mult=mult, res_zero=r_zero, res_mult=r_mult, out_zero=z_out, qmin=qmin,
+              qmax=qmax, act=_ACTS[activation] if float_out else 0)
+    return backend, z_in, float_out, ep, res, out_shape
+
+
+def _slice(t, c0, c1):
+    return None if t is None else t[c0:c1]
+
+
+# ----------------------------------------------------------------------------- public ops
+def quantized_linear(input: torch.Tensor, input_scale: float, input_zero_point: int, weight: QuantizedWeight,
+                     bias: torch.Tensor | None = None, output_scale: float | None = None,
+                     output_zero_point: int | None = None, activation: str | None = None,
+                     residual: torch.Tensor | None = None, residual_scale: float | None = None,
+                     residual_zero_point: int | None = None) -> torch.Tensor:
+    """uint8 [*, K] x int8 weight [O, K] -> uint8 [*, O] (or float32 with ``output_scale=None``)."""
+    op = "quantized_linear"
+    if isinstance(weight, QuantizedWeight) and weight.q.dim() != 2:
+        raise ArgumentValueError(f"{op}: weight must be a 2-D (linear) QuantizedWeight, "
+                                 f"got shape {tuple(weight.q.shape)}")
+    if isinstance(input, torch.Tensor) and isinstance(weight, QuantizedWeight) and (
+            input.dim() < 1 or input.shape[-1] != weight.q.shape[1]):
+        raise ArgumentValueError(f"{op}: input's last dimension must be {weight.q.shape[1]} (weight in_features), "
+                                 f"got shape {tuple(input.shape)}")
+    backend, z_in, float_out, ep, res, out_shape = _prepare(
+        op, input, input_scale, input_zero_point, weight, bias, output_scale, output_zero_point, activation, residual,
+        residual_scale, residual_zero_point, lambda: (*input.shape[:-1], weight.q.shape[0]))
+    K, O = weight.q.shape[1], weight.q.shape[0]
+    a = input.reshape(-1, K)
+    if a.stride(-1) != 1 or (a.shape[0] > 1 and a.stride(0) < K):
+        a = a.contiguous()
+    M = a.shape[0]
+    out = _alloc.empty((M, O), torch.float32 if float_out else torch.uint8, input.device)
+    if M and O:
+        r2 = None if res is None else res.reshape(M, O).contiguous()
+        _grid.kernels(backend, "quant").gemm(a, z_in, weight.packed(backend, 0), K, ep["bias"], ep["mult"], r2,
+                                             ep["res_zero"], ep["res_mult"], ep["out_zero"], ep["qmin"], ep["qmax"],
+                                             ep["act"], out)
+    return out.reshape(out_shape)
+
+
+def _pair(v, name, op, min_value):
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = (v, v)
+    ints = isinstance(v, (tuple, list)) and all(isinstance(e, int) and not isinstance(e, bool) for e in v)
+    if not (ints and len(v) == 2):
+        raise ArgumentTypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+    if any(e < min_value for e in v):
+        raise ArgumentValueError(f"{op}: {name} must be >= {min_value}, got {tuple(v)}")
+    return tuple(v)
+
+
+def quantized_conv2d(input: torch.Tensor, input_scale: float, input_zero_point: int, weight: QuantizedWeight,
+                     bias: torch.Tensor | None = None, stride=1, padding=0, dilation=1,
+                     output_scale: float | None = None, output_zero_point: int | None = None,
+                     activation: str | None = None, residual: torch.Tensor | None = None,
+                     residual_scale: float | None = None, residual_zero_point: int | None = None) -> torch.Tensor:
+    """uint8 [N, C, H, W] x int8 weight [O, C/groups, KH, KW] -> uint8 [N, O, OH, OW] channels_last (or
+    float32 with ``output_scale=None``). Groups (depthwise included) come from ``weight.groups``;
+    padding reads as real 0 (the input zero point)."""
+    op = "quantized_conv2d"
+    if isinstance(weight, QuantizedWeight) and weight.q.dim() != 4:
+        raise ArgumentValueError(f"{op}: weight must be a 4-D (conv) QuantizedWeight, "
+                                 f"got shape {tuple(weight.q.shape)}")
+    if isinstance(input, torch.Tensor) and input.dim() != 4:
+        raise ArgumentValueError(f"{op}: input must be 4-D [N, C, H, W], got shape {tuple(input.shape)}")
+    stride, padding, dilation = (_pair(stride, "stride", op, 1), _pair(padding, "padding", op, 0),
+                                 _pair(dilation, "dilation", op, 1))
+    if isinstance(input, torch.Tensor) and isinstance(weight, QuantizedWeight):
+        cg = weight.q.shape[1]
+        if input.shape[1] != cg * weight.groups:
+            raise ArgumentValueError(f"{op}: input has {input.shape[1]} channels but the weight expects "
+                                     f"{cg * weight.groups} ({cg} per group x {weight.groups} groups)")
+    N, C, H, W = input.shape if isinstance(input, torch.Tensor) else (0, 0, 0, 0)
+    O, CG, KH, KW = weight.q.shape if isinstance(weight, QuantizedWeight) else (0, 0, 0, 0)
+    OH = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1
+    OW = (W + 2 * padding[1] - dilation[1] * (KW - 1) - 1) // stride[1] + 1
+    if isinstance(input, torch.Tensor) and (OH < 1 or OW < 1):
+        raise ArgumentValueError(f"{op}: the kernel ({KH}x{KW}, dilation {dilation}) does not fit the padded input "
+                                 f"{H}x{W} (padding {padding})")
+    backend, z_in, float_out, ep, res, out_shape = _prepare(
+        op, input, input_scale, input_zero_point, weight, bias, output_scale, output_zero_point, activation, residual,
+        residual_scale, residual_zero_point, lambda: (N, O, OH, OW))
+    G, OG, K, M = weight.groups, O // weight.groups, CG * KH * KW, N * OH * OW
+    out = _alloc.empty((N, O, OH, OW), torch.float32 if float_out else torch.uint8, input.device,
+                       memory_format=torch.channels_last)
+    if M == 0:
+        return out
+    kern = _grid.kernels(backend, "quant")
+    out2 = out.permute(0, 2, 3, 1).reshape(M, O)          # a view: channels_last is [M, O] row-major
+    r2 = None if res is None else res.permute(0, 2, 3, 1).contiguous().reshape(M, O)
+    direct = (KH == KW == 1 and stride == (1, 1) and padding == (0, 0)
+              and input.is_contiguous(memory_format=torch.channels_last))
+    col = None
+    for g in range(G):
+        c0, n0 = g * CG, g * OG
+        if direct:
+            a = input.permute(0, 2, 3, 1).reshape(M, C)[:, c0:c0 + CG]
+        else:
+            if col is None:
+                col = _alloc.empty((M, K), torch.uint8, input.device)
+            kern.im2col(input, c0, CG, KH, KW, stride, padding, dilation, OH, OW, z_in, col)
+            a = col
+        kern.gemm(a, z_in, weight.packed(backend, g), K, _slice(ep["bias"], n0, n0 + OG), ep["mult"][n0:n0 + OG],
+                  None if r2 is None else r2[:, n0:n0 + OG], ep["res_zero"], ep["res_mult"], ep["out_zero"],
+                  ep["qmin"], ep["qmax"], ep["act"], out2[:, n0:n0 + OG])
+    return out
+
+
+# ----------------------------------------------------------------------------- pooling
+def _uint8_image(x, op):
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
+        raise ArgumentTypeError(f"{op}: input must be a uint8 tensor, got {_desc(x)}")
+    if x.dim() != 4:
+        raise ArgumentValueError(f"{op}: input must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+
+
+def _pool_out(size, k, s, p, d, ceil_mode):
+    eff = d * (k - 1) + 1
+    num = size + 2 * p - eff
+    out = (num + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:   # the last window must start inside the image or left padding
+        out -= 1
+    return out
+
+
+def quantized_max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                         ceil_mode: bool = False) -> torch.Tensor:
+    """Max pooling of uint8 activations: max commutes with the (monotone) affine map, so the output
+    keeps the input's scale and zero point. Arguments as torch.nn.functional.max_pool2d; the output
+    is channels_last."""
+    op = "quantized_max_pool2d"
+    _uint8_image(input, op)
+    k = _pair(kernel_size, "kernel_size", op, 1)
+    s = k if stride is None or stride == [] else _pair(stride, "stride", op, 1)
+    p, d = _pair(padding, "padding", op, 0), _pair(dilation, "dilation", op, 1)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ArgumentValueError(f"{op}: padding must be at most half the kernel size, got padding={p}, "
+                                 f"kernel_size={k}")
+    N, C, H, W = input.shape
+    OH, OW = _pool_out(H, k[0], s[0], p[0], d[0], ceil_mode), _pool_out(W, k[1], s[1], p[1], d[1], ceil_mode)
+    if OH < 1 or OW < 1:
+        raise ArgumentValueError(f"{op}: the pooling window does not fit the {H}x{W} input")
+    backend = _resolve(input.device, op)
+    out = _alloc.empty((N, C, OH, OW), torch.uint8, input.device, memory_format=torch.channels_last)
+    if out.numel():
+        _grid.kernels(backend, "quant").max_pool2d(input, k, s, p, d, OH, OW, out)
+    return out
+
+
+def quantized_adaptive_avg_pool2d(input: torch.Tensor, output_size, input_scale: float, input_zero_point: int,
+                                  output_scale: float, output_zero_point: int) -> torch.Tensor:
+    """Adaptive average pooling of uint8 activations, requantised to (output_scale, output_zero_point):
+    out = clamp(rne(float(sum(q - zp_in)) * float32(s_in / (s_out * count))) + zp_out, 0, 255), with
+    PyTorch's windows [floor(o * I / O), ceil((o + 1) * I / O)). Output channels_last."""
+    op = "quantized_adaptive_avg_pool2d"
+    _uint8_image(input, op)
+    s_in, z_in = _check_qparams(input_scale, input_zero_point, "input_scale", "input_zero_point", op)
+    s_out, z_out = _check_qparams(output_scale, output_zero_point, "output_scale", "output_zero_point", op)
+    OH, OW = _pair(output_size, "output_size", op, 1)
+    N, C, H, W = input.shape
+    backend = _resolve(input.device, op)
+    out = _alloc.empty((N, C, OH, OW), torch.uint8, input.device, memory_format=torch.channels_last)
+    if out.numel():
+        if H == 0 or W == 0:
+            raise ArgumentValueError(f"{op}: input has an empty spatial size {H}x{W}")
+        _grid.kernels(backend, "quant").adaptive_avg_pool2d(input, OH, OW, z_in, s_in / s_out, z_out, out)
+    return out
+
+
+__all__ += ["quantized_max_pool2d", "quantized_adaptive_avg_pool2d"]

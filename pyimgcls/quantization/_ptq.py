@@ -1,0 +1,304 @@
+"""Post-training static quantisation onto pyimgcls's int8 ops (pyimgcls/ops/quant.py).
+
+quantize(model, calibration_batches, observer, per_channel):
+  1. ``fuse_for_inference`` on a copy (BatchNorm folded into the convolutions, ReLU / ReLU6 and
+     residual adds moved into their epilogues); the data flow traced with torch.fx;
+  2. calibration: the float graph runs on every batch while an observer per node records the range
+     of that node's float output;
+  3. the result, :class:`QuantizedModel`, runs the same graph with uint8 activations: convolutions and
+     linear layers on ``quantized_conv2d`` / ``quantized_linear`` (weights int8 per output channel,
+     activation and residual in the epilogue, each output requantised to its observed range; the
+     last layer returns float), max / adaptive average pooling on the uint8 pools, flatten / view /
+     identity / dropout / relu on the uint8 tensor directly. Anything else runs in float on the
+     dequantised values and is listed in a warning (``QuantizedModel.float_layers``).
+"""
+from __future__ import annotations
+
+import operator
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .. import fuse as _fuse
+from .. import ops
+from ..errors import ArgumentTypeError, ArgumentValueError
+from ..ops import quant as q
+from .observers import OBSERVERS
+
+__all__ = ["quantize", "QuantizedModel", "QTensor"]
+
+
+class QTensor:
+    """A uint8 activation with its per-tensor affine map: real = scale * (data - zero_point)."""
+    __slots__ = ("data", "scale", "zero_point")
+
+    def __init__(self, data: torch.Tensor, scale: float, zero_point: int):
+        self.data, self.scale, self.zero_point = data, scale, zero_point
+
+    def dequantize(self) -> torch.Tensor:
+        return ops.dequantize(self.data, self.scale, self.zero_point)
+
+
+_FLATTEN = {torch.flatten}
+_RESHAPE_METHODS = {"flatten", "view", "reshape"}
+_PASS_MODULES = (torch.nn.Identity, torch.nn.Dropout, torch.nn.Flatten)
+_RELU_FUNCS = {F.relu, torch.relu}
+_STRUCTURAL = {operator.getitem, getattr}
+
+
+def _conv_ok(m) -> bool:
+    return (isinstance(m, torch.nn.Conv2d) and m.padding_mode == "zeros" and isinstance(m.padding, tuple)
+            and getattr(m, "activation", None) in (None, "relu", "relu6"))
+
+
+def _linear_ok(m) -> bool:
+    return isinstance(m, torch.nn.Linear) and getattr(m, "activation", None) in (None, "relu", "relu6")
+
+
+def _batches(calibration_batches):
+    if isinstance(calibration_batches, torch.Tensor):
+        raise ArgumentTypeError("quantize: calibration_batches must be an iterable of batches (e.g. a list or a "
+                                "DataLoader), not a tensor; wrap a single batch as [x]")
+    try:
+        it = iter(calibration_batches)
+    except TypeError:
+        raise ArgumentTypeError(f"quantize: calibration_batches must be an iterable of tensors or (input, target) "
+                                f"pairs, got {type(calibration_batches).__name__}") from None
+    for i, b in enumerate(it):
+        if isinstance(b, (tuple, list)) and b:
+            b = b[0]
+        if not isinstance(b, torch.Tensor) or not b.is_floating_point() or b.dim() != 4:
+            got = (f"a {b.dtype} tensor of shape {tuple(b.shape)}" if isinstance(b, torch.Tensor)
+                   else type(b).__name__)
+            raise ArgumentValueError(f"quantize: calibration batch {i} must be a float tensor [N, C, H, W] or an "
+                                     f"(input, target) pair, got {got}")
+        yield b
+
+
+class _Calibrator(torch.fx.Interpreter):
+    def __init__(self, gm, observers, make):
+        super().__init__(gm)
+        self.observers, self.make = observers, make
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            obs = self.observers.get(n.name)
+            if obs is None:
+                obs = self.observers[n.name] = self.make(n.name)
+            obs.observe(out)
+        return out
+
+
+def _fetch_attr(root, target: str):
+    obj = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class QuantizedModel(torch.nn.Module):
+    """The int8 model: takes float images, returns float logits. Built by :func:`quantize`."""
+
+    def __init__(self, gm: torch.fx.GraphModule, qparams: dict, per_channel: bool):
+        super().__init__()
+        self.graph_module = gm
+        self.qparams = qparams                      # node name -> (scale, zero point) of its output
+        self.weights: dict[str, q.QuantizedWeight] = {}
+        self.biases: dict[str, torch.Tensor] = {}
+        self.float_layers: list[str] = []
+        modules = dict(gm.named_modules())
+        self._plan = []
+        produces_q: set = set()           # nodes whose value is a QTensor when the model runs
+        for n in gm.graph.nodes:
+            kind = self._classify(n, modules)
+            src = n.args[0] if n.args and isinstance(n.args[0], torch.fx.Node) else None
+            if kind in ("conv", "linear") and not self._last(n):
+                produces_q.add(n.name)
+            elif kind == "avgpool" and src is not None and src.name in produces_q:
+                produces_q.add(n.name)
+            elif kind in ("maxpool", "pass", "reshape", "relu") and src is not None and src.name in produces_q:
+                # these run on the uint8 values and keep their scale and zero point (not the range observed
+                # on this node's float output)
+                produces_q.add(n.name)
+                self.qparams[n.name] = self.qparams[src.name]
+            if kind == "float" and n.op in ("call_module", "call_function", "call_method"):
+                self.float_layers.append(self._describe(n, modules))
+            if kind in ("conv", "linear"):
+                m = modules[n.target]
+                w = q.quantize_weight(m.weight.detach().float(), groups=m.groups if kind == "conv" else 1,
+                                      per_channel=per_channel)
+                self.weights[n.target] = w
+                if m.bias is not None:      # int32 in the accumulator's scale, once (ops/quant.py's rounding)
+                    s_in = self.qparams[n.args[0].name][0]
+                    self.biases[n.target] = torch.round(m.bias.detach().double() / (s_in * w.scale.double())).clamp(
+                        -2 ** 30, 2 ** 30).to(torch.int32)
+                safe = n.target.replace(".", "_")
+                self.register_buffer(f"{safe}_weight_q", w.q)
+                self.register_buffer(f"{safe}_weight_scale", w.scale)
+            self._plan.append((n, kind))
+        self._modules_by_name = modules
+        if self.float_layers:
+            warnings.warn("quantize: these layers are kept in float (no quantised kernel for them): "
+                          + ", ".join(self.float_layers), stacklevel=3)
+
+    @staticmethod
+    def _describe(n, modules) -> str:
+        if n.op == "call_module":
+            return f"{n.target} ({type(modules[n.target]).__name__})"
+        return f"{n.name} ({getattr(n.target, '__name__', n.target)})"
+
+    @staticmethod
+    def _classify(n, modules) -> str:
+        if n.op in ("placeholder", "output", "get_attr"):
+            return n.op
+        if n.op == "call_module":
+            m = modules[n.target]
+            if _conv_ok(m):
+                return "conv"
+            if _linear_ok(m):
+                return "linear"
+            if isinstance(m, torch.nn.MaxPool2d) and not m.return_indices:
+                return "maxpool"
+            if isinstance(m, torch.nn.AdaptiveAvgPool2d):
+                return "avgpool"
+            if isinstance(m, _PASS_MODULES):
+                return "pass"
+            if type(m) is torch.nn.ReLU:
+                return "relu"
+            return "float"
+        if n.op == "call_function" and n.target in _FLATTEN:
+            return "reshape"
+        if n.op == "call_method" and n.target in _RESHAPE_METHODS:
+            return "reshape"
+        if n.op == "call_function" and n.target in _RELU_FUNCS:
+            return "relu"
+        if n.op == "call_function" and n.target in _STRUCTURAL:
+            return "structural"
+        return "float"
+
+    # ------------------------------------------------------------------ running
+    def _q(self, v, node) -> QTensor:
+        if isinstance(v, QTensor):
+            return v
+        s, z = self.qparams[node.name]
+        return QTensor(ops.quantize_per_tensor(v, s, z), s, z)
+
+    @staticmethod
+    def _f(v):
+        return v.dequantize() if isinstance(v, QTensor) else v
+
+    def _last(self, n) -> bool:
+        """Whether the node's value is only returned (the last layer gives float output)."""
+        return all(u.op == "output" for u in n.users)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        env: dict = {}
+        outputs = None
+
+        def load(a):
+            return torch.fx.node.map_arg(a, lambda m: env[m.name])
+
+        for n, kind in self._plan:
+            if kind == "placeholder":
+                env[n.name] = x
+            elif kind == "get_attr":
+                env[n.name] = _fetch_attr(self.graph_module, n.target)
+            elif kind == "output":
+                outputs = torch.fx.node.map_aggregate(load(n.args[0]), self._f)
+            elif kind in ("conv", "linear"):
+                m = self._modules_by_name[n.target]
+                src = n.args[0]
+                xin = self._q(env[src.name], src)
+                res_node = n.kwargs.get("residual") if kind == "conv" else None
+                kw = {}
+                if not self._last(n):
+                    kw["output_scale"], kw["output_zero_point"] = self.qparams[n.name]
+                    if res_node is not None:
+                        r = self._q(env[res_node.name], res_node)
+                        kw.update(residual=r.data, residual_scale=r.scale, residual_zero_point=r.zero_point)
+                act = getattr(m, "activation", None)
+                w, b = self.weights[n.target], self.biases.get(n.target)
+                if kind == "conv":
+                    y = ops.quantized_conv2d(xin.data, xin.scale, xin.zero_point, w, b, m.stride, m.padding,
+                                             m.dilation, activation=act, **kw)
+                else:
+                    y = ops.quantized_linear(xin.data, xin.scale, xin.zero_point, w, b, activation=act, **kw)
+                if self._last(n):
+                    if res_node is not None:
+                        y = y + self._f(env[res_node.name])
+                        y = F.relu(y) if act == "relu" else (F.relu6(y) if act == "relu6" else y)
+                    env[n.name] = y
+                else:
+                    env[n.name] = QTensor(y, *self.qparams[n.name])
+            elif kind == "maxpool" and isinstance(env[n.args[0].name], QTensor):
+                m, v = self._modules_by_name[n.target], env[n.args[0].name]
+                env[n.name] = QTensor(q.quantized_max_pool2d(v.data, m.kernel_size, m.stride, m.padding, m.dilation,
+                                                             m.ceil_mode), v.scale, v.zero_point)
+            elif kind == "avgpool" and isinstance(env[n.args[0].name], QTensor):
+                m, v = self._modules_by_name[n.target], env[n.args[0].name]
+                s, z = self.qparams[n.name]
+                size = m.output_size
+                size = (size, size) if isinstance(size, int) else tuple(
+                    d if o is None else o for o, d in zip(size, v.data.shape[-2:]))
+                env[n.name] = QTensor(q.quantized_adaptive_avg_pool2d(v.data, size, v.scale, v.zero_point, s, z), s, z)
+            elif kind == "pass" and isinstance(env[n.args[0].name], QTensor):
+                m, v = self._modules_by_name[n.target], env[n.args[0].name]
+                env[n.name] = QTensor(torch.flatten(v.data, m.start_dim, m.end_dim), v.scale, v.zero_point) \
+                    if isinstance(m, torch.nn.Flatten) else v
+            elif kind == "reshape" and isinstance(env[n.args[0].name], QTensor):
+                v = env[n.args[0].name]
+                rest = load(n.args[1:])
+                data = torch.flatten(v.data, *rest, **n.kwargs) if n.op == "call_function" else \
+                    getattr(v.data, n.target)(*rest, **n.kwargs)
+                env[n.name] = QTensor(data, v.scale, v.zero_point)
+            elif kind == "relu" and isinstance(env[n.args[0].name], QTensor):
+                v = env[n.args[0].name]
+                env[n.name] = QTensor(v.data.clamp(min=v.zero_point), v.scale, v.zero_point)
+            else:  # float: dequantised inputs, the original op
+                args = torch.fx.node.map_aggregate(load(n.args), self._f)
+                kwargs = torch.fx.node.map_aggregate(load(n.kwargs), self._f)
+                if n.op == "call_module":
+                    env[n.name] = self._modules_by_name[n.target](*args, **kwargs)
+                elif n.op == "call_function":
+                    env[n.name] = n.target(*args, **kwargs)
+                else:
+                    env[n.name] = getattr(args[0], n.target)(*args[1:], **kwargs)
+        return outputs
+
+
+def quantize(model: torch.nn.Module, calibration_batches, observer: str = "minmax",
+             per_channel: bool = True) -> QuantizedModel:
+    """Post-training static int8 quantisation of ``model`` on pyimgcls's quantised kernels.
+
+    ``calibration_batches``: an iterable of float inputs [N, C, H, W] or of (input, target) pairs
+    (a DataLoader works); ``observer``: "minmax", "percentile" or "mse" (pyimgcls.quantization.observers);
+    ``per_channel``: one weight scale per output channel (else one per layer).
+    Returns a new module taking float images and returning float logits; ``model`` is not modified.
+    Layers without a quantised kernel stay in float (a warning lists them)."""
+    if not isinstance(model, torch.nn.Module):
+        raise ArgumentTypeError(f"quantize: model must be a torch.nn.Module, got {type(model).__name__}")
+    if observer not in OBSERVERS:
+        raise ArgumentValueError(f"quantize: observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
+    if not isinstance(per_channel, bool):
+        raise ArgumentTypeError(f"quantize: per_channel must be a bool, got {type(per_channel).__name__}")
+    fused = _fuse.fuse_for_inference(model)
+    if not isinstance(fused, torch.fx.GraphModule):
+        try:
+            fused = _fuse._trace(fused)
+        except Exception as e:
+            raise ArgumentValueError(f"quantize: the model could not be traced with torch.fx ({e}); quantize needs "
+                                     "a traceable forward") from e
+    fused.eval()
+    observers: dict = {}
+    calib = _Calibrator(fused, observers, OBSERVERS[observer])
+    seen = 0
+    with torch.no_grad():
+        for b in _batches(calibration_batches):
+            calib.run(b.float())
+            seen += 1
+    if seen == 0:
+        raise ArgumentValueError("quantize: calibration_batches yielded no batches (give at least one)")
+    qparams = {name: obs.qparams() for name, obs in observers.items()}
+    return QuantizedModel(fused, qparams, per_channel).eval()

@@ -1,0 +1,407 @@
+"""Quantised (int8) family: bit-exact tests of every CPU path (VNNI, AVX2, generic) and the Triton
+kernels against the int64 reference (pyimgcls/ops/reference.py), the ops' argument handling, and
+the rounding rule (round half to even)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pyimgcls
+from pyimgcls import _native, ops
+from pyimgcls.backends import kernels
+from pyimgcls.errors import ArgumentTypeError, ArgumentValueError
+from pyimgcls.ops import reference as ref
+
+from helpers import omp_threads
+
+ISA_PATHS = [("generic", "generic"), ("avx2", "avx2"), ("avx512", "vnni")]
+
+
+def _hw_paths():
+    """The (PYIMGCLS_CPU_ISA value, expected path) pairs this CPU can run."""
+    import os
+    saved = os.environ.pop("PYIMGCLS_CPU_ISA", None)
+    try:
+        best = _native.C.quant_isa()
+    finally:
+        if saved is not None:
+            os.environ["PYIMGCLS_CPU_ISA"] = saved
+    order = [p for _, p in ISA_PATHS]
+    return [(env, p) for env, p in ISA_PATHS if order.index(p) <= order.index(best)]
+
+
+@pytest.fixture(params=[e for e, _ in ISA_PATHS])
+def cpu_path(request, monkeypatch):
+    """Runs the test on one CPU path, checking the kernel reports that path (skips a path this CPU lacks)."""
+    path = dict(ISA_PATHS)[request.param]
+    if (request.param, path) not in _hw_paths():
+        pytest.skip(f"this CPU has no {path} path")
+    monkeypatch.setenv("PYIMGCLS_CPU_ISA", request.param)
+    assert _native.C.quant_isa() == path
+    return path
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _case(M, N, K, seed, bias=True, res=False):
+    g = _gen(seed)
+    a = torch.randint(0, 256, (M, K), dtype=torch.uint8, generator=g)
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+    b = torch.randint(-5000, 5000, (N,), dtype=torch.int32, generator=g) if bias else None
+    mult = (torch.rand(N, generator=g, dtype=torch.float64) * 4e-4 + 1e-5).to(torch.float32)
+    r = torch.randint(0, 256, (M, N), dtype=torch.uint8, generator=g) if res else None
+    return a, w, b, mult, r
+
+
+# (M, N, K): single element; K % 4 tail and N below one 16-channel block; M not a multiple of any MR
+# and N = 5 blocks (vnni: one 4-block group + an edge group); several 48-row tasks x several channel
+# groups with M * N * K >= 2^18 (the threaded branch); long K.
+GEMM_SHAPES = [(1, 1, 1), (7, 13, 33), (53, 70, 259), (101, 129, 40), (3, 20, 1203)]
+EPILOGUES = {
+    "u8": dict(res=False, out_zero=17, qmin=0, qmax=255, act=0, float_out=False, bias=True),
+    "u8_res_relu6": dict(res=True, out_zero=40, qmin=40, qmax=160, act=0, float_out=False, bias=True),
+    "u8_nobias_relu": dict(res=False, out_zero=3, qmin=3, qmax=255, act=0, float_out=False, bias=False),
+    "f32_relu": dict(res=False, out_zero=0, qmin=0, qmax=255, act=1, float_out=True, bias=True),
+    "f32_relu6": dict(res=False, out_zero=0, qmin=0, qmax=255, act=2, float_out=True, bias=False),
+}
+
+
+def _run_entry(backend, a, a_zero, w, b, mult, r, ep, K, out_stride_pad=0):
+    M, N = a.shape[0], w.shape[0]
+    dt = torch.float32 if ep["float_out"] else torch.uint8
+    # output rows padded (ldo > N): the kernels must honour the row stride and not write the gap
+    big = torch.empty((M, N + out_stride_pad), dtype=dt)
+    big.fill_(float("nan") if ep["float_out"] else 255)
+    out = big[:, :N]
+    kern = kernels(backend, "quant")
+    kern.gemm(a, a_zero, kern.pack_weight(w), K, b, mult, r, 9, 0.731, ep["out_zero"], ep["qmin"], ep["qmax"],
+              ep["act"], out)
+    if out_stride_pad:
+        gap = big[:, N:]
+        assert (gap.isnan().all() if ep["float_out"] else (gap == 255).all()), "kernel wrote outside [M, N]"
+    return out
+
+
+def _ref(a, a_zero, w, b, mult, r, ep):
+    return ref.quant_gemm(a, a_zero, w, b, mult, r, 9, 0.731, ep["out_zero"], ep["qmin"], ep["qmax"], ep["act"],
+                          ep["float_out"])
+
+
+def _assert_equal(ours, want):
+    assert ours.dtype == want.dtype
+    if ours.dtype == torch.float32:
+        assert torch.equal(ours.view(torch.int32), want.contiguous().view(torch.int32)), \
+            f"max diff {(ours - want).abs().max().item()}"
+    else:
+        diff = (ours.to(torch.int32) - want.to(torch.int32)).abs()
+        assert int(diff.max()) == 0, f"{int((diff > 0).sum())} of {diff.numel()} differ, max {int(diff.max())}"
+
+
+@pytest.mark.parametrize("shape", GEMM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("epi", list(EPILOGUES))
+def test_cpu_gemm_bit_exact_every_path(cpu_path, shape, epi):
+    M, N, K = shape
+    ep = EPILOGUES[epi]
+    a, w, b, mult, r = _case(M, N, K, seed=M * 7 + N, bias=ep["bias"], res=ep["res"])
+    want = _ref(a, 37, w, b, mult, r, ep)
+    _assert_equal(_run_entry("cpu", a, 37, w, b, mult, r, ep, K, out_stride_pad=3), want)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_gemm_threads_and_strided_a(cpu_path, threads):
+    # A with a row stride above K (a column slice of a wider matrix), big enough for several tasks
+    M, N, K = 150, 100, 70
+    g = _gen(5)
+    wide = torch.randint(0, 256, (M, K + 9), dtype=torch.uint8, generator=g)
+    a = wide[:, 4:4 + K]
+    _, w, b, mult, r = _case(M, N, K, seed=6, res=True)
+    ep = EPILOGUES["u8_res_relu6"]
+    with omp_threads(threads):
+        ours = _run_entry("cpu", a, 200, w, b, mult, r, ep, K)
+    _assert_equal(ours, _ref(a, 200, w, b, mult, r, ep))
+
+
+def test_cpu_gemm_extreme_values_no_saturation(cpu_path):
+    # 255 x -127 / 255 x 127 everywhere: vpmaddubsw would saturate its 16-bit pair sums here
+    M, N, K = 9, 33, 517
+    a = torch.full((M, K), 255, dtype=torch.uint8)
+    w = torch.full((N, K), -127, dtype=torch.int8)
+    w[::2] = 127
+    w[1::4, ::3] = -128
+    mult = torch.full((N,), 1.0 / 4096, dtype=torch.float32)
+    ep = EPILOGUES["f32_relu"] | {"act": 0}
+    _assert_equal(_run_entry("cpu", a, 0, w, None, mult, None, ep, K), _ref(a, 0, w, None, mult, None, ep))
+
+
+def test_rounding_half_to_even_every_path(cpu_path):
+    # acc = k (K = 1, a - zp = k, w = 1), mult 0.5: v = k / 2 lands on every half. rne: 0.5 -> 0,
+    # 1.5 -> 2, 2.5 -> 2, 3.5 -> 4, -0.5 -> 0, -2.5 -> -2; half away from zero would give 1, 2, 3, 4, -1, -3.
+    ks = torch.arange(-7, 8)
+    a = (ks + 100).to(torch.uint8).reshape(-1, 1)
+    w = torch.ones(1, 1, dtype=torch.int8)
+    mult = torch.tensor([0.5])
+    ep = dict(res=False, out_zero=100, qmin=0, qmax=255, act=0, float_out=False, bias=False)
+    ours = _run_entry("cpu", a, 100, w, None, mult, None, ep, 1)
+    expect = torch.tensor([-4, -3, -2, -2, -2, -1, 0, 0, 0, 1, 2, 2, 2, 3, 4]) + 100
+    assert torch.equal(ours.reshape(-1).to(torch.int64), expect)
+    assert torch.equal(_ref(a, 100, w, None, mult, None, ep).reshape(-1).to(torch.int64), expect)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 13, 33), (37, 40, 70)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("epi", ["u8_res_relu6", "u8_nobias_relu", "f32_relu"])
+def test_triton_gemm_bit_exact(shape, epi):
+    M, N, K = shape
+    ep = EPILOGUES[epi]
+    a, w, b, mult, r = _case(M, N, K, seed=M + 3 * N, bias=ep["bias"], res=ep["res"])
+    _assert_equal(_run_entry("triton", a, 37, w, b, mult, r, ep, K, out_stride_pad=2), _ref(a, 37, w, b, mult, r, ep))
+
+
+def test_triton_rounding_half_to_even():
+    ks = torch.arange(-7, 8)
+    a = (ks + 100).to(torch.uint8).reshape(-1, 1)
+    w = torch.ones(1, 1, dtype=torch.int8)
+    ep = dict(res=False, out_zero=100, qmin=0, qmax=255, act=0, float_out=False, bias=False)
+    ours = _run_entry("triton", a, 100, w, None, torch.tensor([0.5]), None, ep, 1)
+    expect = torch.tensor([-4, -3, -2, -2, -2, -1, 0, 0, 0, 1, 2, 2, 2, 3, 4]) + 100
+    assert torch.equal(ours.reshape(-1).to(torch.int64), expect)
+
+
+# ----------------------------------------------------------------------------- ops
+def _qw(O, CG, KH, KW, groups, seed):
+    return ops.quantize_weight(torch.randn(O, CG, KH, KW, generator=_gen(seed)), groups=groups)
+
+
+def _conv_ref(x, zx, wq, bias, stride, padding, dilation, out_scale, out_zero, activation, res=None, rs=None, rz=0,
+              s_in=0.02):
+    """The op's lowering (bias -> int32, mult, clamps) done here independently, then the whole-conv reference."""
+    acc_scale = s_in * wq.scale.double()
+    b = None if bias is None else torch.round(bias.double() / acc_scale).clamp(-2 ** 30, 2 ** 30).to(torch.int32)
+    float_out = out_scale is None
+    mult = (acc_scale / (1.0 if float_out else out_scale)).to(torch.float32)
+    if float_out:
+        qmin, qmax = 0, 255
+    else:
+        qmin = out_zero if activation else 0
+        qmax = min(255, out_zero + round(6 / out_scale)) if activation == "relu6" else 255
+    act = {None: 0, "relu": 1, "relu6": 2}[activation] if float_out else 0
+    rm = 0.0 if res is None else float(torch.tensor(rs / out_scale, dtype=torch.float32))
+    return ref.quantized_conv2d(x, zx, wq.q, wq.groups, b, mult, stride, padding, dilation, res, rz, rm,
+                                0 if float_out else out_zero, qmin, qmax, act, float_out)
+
+
+# (N, C, H, W, O, KH, stride, padding, dilation, groups, layout): 1x1 direct (channels_last; dense and
+# 4 groups: column slices of the input and output), 1x1 through im2col (NCHW, and stride 2), 3x3
+# padded, stride 2, dilation, groups 2, depthwise (groups = C,
+# multiplier 2), 5x5 like LeNet, non-contiguous input (a channel slice).
+CONV_CASES = [
+    (2, 19, 5, 7, 21, 1, 1, 0, 1, 1, "cl"),
+    (2, 8, 5, 5, 12, 1, 1, 0, 1, 4, "cl"),
+    (1, 19, 5, 7, 21, 1, 1, 0, 1, 1, "nchw"),
+    (2, 8, 7, 6, 17, 1, 2, 0, 1, 1, "cl"),
+    (1, 5, 9, 8, 11, 3, 1, 1, 1, 1, "cl"),
+    (3, 6, 11, 9, 10, 3, 2, 1, 1, 2, "nchw"),
+    (2, 4, 10, 10, 4, 3, 1, 2, 2, 1, "cl"),
+    (2, 6, 8, 7, 12, 3, 1, 1, 1, 6, "cl"),
+    (1, 3, 12, 12, 7, 5, 1, 0, 1, 1, "slice"),
+]
+
+
+def _layout(x, kind):
+    if kind == "cl":
+        return x.contiguous(memory_format=torch.channels_last)
+    if kind == "slice":
+        wide = torch.cat([x, x[:, :2]], 1).contiguous(memory_format=torch.channels_last)
+        return wide[:, :x.shape[1]]
+    return x.contiguous()
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}x{c[3]}_o{c[4]}k{c[5]}s{c[6]}p{c[7]}"
+                         f"d{c[8]}g{c[9]}_{c[10]}")
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_quantized_conv2d_matches_reference(backend, case):
+    N, C, H, W, O, K, s, p, d, groups, kind = case
+    g = _gen(sum(case[:10]))
+    x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=g), kind)
+    wq = _qw(O, C // groups, K, K, groups, seed=N + O)
+    bias = torch.randn(O, generator=g)
+    oh = (H + 2 * p - d * (K - 1) - 1) // s + 1
+    ow = (W + 2 * p - d * (K - 1) - 1) // s + 1
+    res = torch.randint(0, 256, (N, O, oh, ow), dtype=torch.uint8, generator=g)
+    with pyimgcls.use_backend(backend):
+        y = ops.quantized_conv2d(x, 0.02, 113, wq, bias, s, p, d, output_scale=0.05, output_zero_point=20,
+                                 activation="relu6", residual=res, residual_scale=0.07, residual_zero_point=128)
+        yf = ops.quantized_conv2d(x, 0.02, 113, wq, bias, s, p, d, activation="relu")
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == torch.uint8
+    _assert_equal(y, _conv_ref(x, 113, wq, bias, (s, s), (p, p), (d, d), 0.05, 20, "relu6", res, 0.07, 128))
+    _assert_equal(yf, _conv_ref(x, 113, wq, bias, (s, s), (p, p), (d, d), None, 0, "relu"))
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[4], CONV_CASES[6]], ids=["1x1", "3x3g2", "dw"])
+def test_quantized_conv2d_every_cpu_path(cpu_path, case):
+    N, C, H, W, O, K, s, p, d, groups, kind = case
+    x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(1)), kind)
+    wq = _qw(O, C // groups, K, K, groups, seed=3)
+    y = ops.quantized_conv2d(x, 0.03, 7, wq, None, s, p, d, output_scale=0.1, output_zero_point=0)
+    _assert_equal(y, _conv_ref(x, 7, wq, None, (s, s), (p, p), (d, d), 0.1, 0, None, s_in=0.03))
+
+
+def test_quantized_conv2d_torch_backend_matches_whole_conv_reference():
+    N, C, H, W, O, K, s, p, d, groups, kind = CONV_CASES[4]
+    x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(2)), kind)
+    wq = _qw(O, C // groups, K, K, groups, seed=4)
+    with pyimgcls.use_backend("torch"):
+        y = ops.quantized_conv2d(x, 0.02, 50, wq, None, s, p, d, output_scale=0.05, output_zero_point=9)
+    _assert_equal(y, _conv_ref(x, 50, wq, None, (s, s), (p, p), (d, d), 0.05, 9, None))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
+def test_quantized_linear(backend):
+    g = _gen(11)
+    x = torch.randint(0, 256, (2, 3, 37), dtype=torch.uint8, generator=g)
+    wq = ops.quantize_weight(torch.randn(19, 37, generator=g))
+    bias = torch.randn(19, generator=g)
+    res = torch.randint(0, 256, (2, 3, 19), dtype=torch.uint8, generator=g)
+    with pyimgcls.use_backend(backend):
+        y = ops.quantized_linear(x, 0.05, 90, wq, bias, output_scale=0.2, output_zero_point=128, residual=res,
+                                 residual_scale=0.3, residual_zero_point=100)
+        yf = ops.quantized_linear(x[:, 1], 0.05, 90, wq, bias, activation="relu")
+    acc_scale = 0.05 * wq.scale.double()
+    b = torch.round(bias.double() / acc_scale).to(torch.int32)
+    want = ref.quant_gemm(x.reshape(-1, 37), 90, wq.q, b, (acc_scale / 0.2).float(), res.reshape(-1, 19), 100,
+                          float(torch.tensor(0.3 / 0.2, dtype=torch.float32)), 128, 0, 255, 0, False)
+    _assert_equal(y, want.reshape(2, 3, 19))
+    _assert_equal(yf, ref.quant_gemm(x[:, 1], 90, wq.q, b, acc_scale.float(), None, 0, 0.0, 0, 0, 255, 1, True))
+
+
+def test_quantized_linear_close_to_float():
+    # The point of it all: dequantised results track the float layer within the quantisation error.
+    g = _gen(12)
+    xf = torch.rand(8, 64, generator=g) * 4 - 1
+    w = torch.randn(10, 64, generator=g) * 0.2
+    s, z = 5 / 255, 51
+    xq = ops.quantize_per_tensor(xf, s, z)
+    y = ops.quantized_linear(xq, s, z, ops.quantize_weight(w), None)
+    yref = ops.dequantize(xq, s, z).double() @ w.double().T
+    assert (y.double() - yref).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
+@pytest.mark.parametrize("layout", ["nchw", "cl", "strided"])
+def test_quantize_per_tensor_every_backend(backend, layout):
+    g = _gen(21)
+    # 2 x 3 x 37 x 41 > 2^12 values: several Triton programs; ties (k + 0.5) * scale, NaN, +-inf, huge
+    x = torch.randn(2, 3, 37, 41, generator=g) * 3
+    flat = x.view(-1)
+    flat[:64] = (torch.arange(-32, 32) + 0.5) * 0.125
+    flat[64:68] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30])
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = x[:, :, ::2]
+    with pyimgcls.use_backend(backend):
+        q = ops.quantize_per_tensor(x, 0.125, 77)
+    want = ref.quant_quantize(x, float(torch.tensor(1 / 0.125, dtype=torch.float32)), 77)
+    _assert_equal(q, want)
+    if layout == "cl":
+        assert q.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_quantize_per_tensor_and_dequantize_round_trip():
+    x = torch.tensor([-1.0, -0.05, 0.0, 0.025, 0.075, 10.0, float("nan")])
+    q = ops.quantize_per_tensor(x, 0.05, 10)
+    assert q.tolist() == [0, 9, 10, 10, 12, 210, 10]     # 0.5 -> 0 and 1.5 -> 2: half to even
+    assert ops.dequantize(q, 0.05, 10)[1].item() == pytest.approx(-0.05)
+
+
+def test_bad_inputs_name_the_argument():
+    x = torch.randint(0, 256, (1, 4, 5, 5), dtype=torch.uint8)
+    wq = _qw(3, 4, 3, 3, 1, seed=0)
+    with pytest.raises(ArgumentTypeError, match="input"):
+        ops.quantized_conv2d(x.float(), 0.1, 0, wq)
+    with pytest.raises(ArgumentValueError, match="input_scale"):
+        ops.quantized_conv2d(x, 0.0, 0, wq)
+    with pytest.raises(ArgumentValueError, match="input_scale"):
+        ops.quantized_conv2d(x, float("nan"), 0, wq)
+    with pytest.raises(ArgumentValueError, match="input_zero_point"):
+        ops.quantized_conv2d(x, 0.1, 256, wq)
+    with pytest.raises(ArgumentValueError, match="output_scale"):
+        ops.quantized_conv2d(x, 0.1, 0, wq, output_scale=-1.0)
+    with pytest.raises(ArgumentTypeError, match="weight"):
+        ops.quantized_conv2d(x, 0.1, 0, torch.zeros(3, 4, 3, 3, dtype=torch.int8))
+    with pytest.raises(ArgumentValueError, match="channels"):
+        ops.quantized_conv2d(x[:, :3], 0.1, 0, wq)
+    with pytest.raises(ArgumentValueError, match="activation"):
+        ops.quantized_conv2d(x, 0.1, 0, wq, output_scale=0.1, activation="silu")
+    with pytest.raises(ArgumentValueError, match="residual"):
+        ops.quantized_conv2d(x, 0.1, 0, wq, residual=torch.zeros(1, 3, 3, 3, dtype=torch.uint8))
+    with pytest.raises(ArgumentValueError, match="residual"):
+        ops.quantized_conv2d(x, 0.1, 0, wq, output_scale=0.1, residual=torch.zeros(1, 3, 2, 3, dtype=torch.uint8),
+                             residual_scale=0.1)
+    with pytest.raises(ArgumentValueError, match="bias"):
+        ops.quantized_conv2d(x, 0.1, 0, wq, torch.zeros(4))
+    with pytest.raises(ArgumentValueError, match="padding"):
+        ops.quantized_conv2d(x, 0.1, 0, wq, padding=-1)
+    with pytest.raises(ArgumentValueError, match="does not fit"):
+        ops.quantized_conv2d(x[:, :, :2], 0.1, 0, wq)
+    with pytest.raises(ArgumentValueError, match="in_features"):
+        ops.quantized_linear(torch.zeros(2, 5, dtype=torch.uint8), 0.1, 0, ops.quantize_weight(torch.randn(3, 4)))
+    with pytest.raises(ArgumentValueError, match="scale"):
+        ops.QuantizedWeight(torch.zeros(3, 4, dtype=torch.int8), torch.tensor([1.0, 0.0, 1.0]))
+    with pytest.raises(ArgumentValueError, match="NaN"):
+        ops.quantize_weight(torch.tensor([[float("nan")]]))
+
+
+def test_cpu_isa_switch_rejects_unknown_value(monkeypatch):
+    monkeypatch.setenv("PYIMGCLS_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="PYIMGCLS_CPU_ISA"):
+        _native.C.quant_isa()
+
+
+# ----------------------------------------------------------------------------- pooling
+# (N, C, H, W, kernel, stride, padding, dilation, ceil_mode, layout)
+MAXPOOL_CASES = [(2, 5, 9, 7, 2, 2, 0, 1, False, "cl"), (1, 3, 8, 8, 3, 2, 1, 1, True, "nchw"),
+                 (2, 37, 11, 6, 3, 1, 1, 2, False, "slice")]
+
+
+@pytest.mark.parametrize("case", MAXPOOL_CASES, ids=lambda c: f"k{c[4]}s{c[5]}p{c[6]}d{c[7]}c{int(c[8])}_{c[9]}")
+@pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
+def test_quantized_max_pool2d(backend, case):
+    N, C, H, W, k, s, p, d, ceil, kind = case
+    x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(C)), kind)
+    with pyimgcls.use_backend(backend):
+        y = ops.quantized_max_pool2d(x, k, s, p, d, ceil)
+    want = torch.nn.functional.max_pool2d(x.float(), k, s, p, d, ceil_mode=ceil).to(torch.uint8)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _assert_equal(y, want)
+
+
+# (N, C, H, W, output size): global mean (ResNet), uneven adaptive windows, identity size
+AVGPOOL_CASES = [(2, 37, 7, 5, (1, 1)), (1, 6, 10, 7, (3, 4)), (2, 3, 4, 4, (4, 4))]
+
+
+@pytest.mark.parametrize("case", AVGPOOL_CASES, ids=lambda c: f"{c[2]}x{c[3]}to{c[4][0]}x{c[4][1]}")
+@pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
+def test_quantized_adaptive_avg_pool2d(backend, case):
+    N, C, H, W, size = case
+    x = torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(H)).contiguous(
+        memory_format=torch.channels_last)
+    with pyimgcls.use_backend(backend):
+        y = ops.quantized_adaptive_avg_pool2d(x, size, 0.1, 30, 0.07, 12)
+    _assert_equal(y, ref.quant_adaptive_avg_pool2d(x, *size, 30, 0.1 / 0.07, 12))
+    # and the float meaning: within one output step of the float mean, requantised
+    real = torch.nn.functional.adaptive_avg_pool2d((x.double() - 30) * 0.1, size)
+    assert ((y.double() - 12) * 0.07 - real.clamp(-12 * 0.07, 243 * 0.07)).abs().max() <= 0.07 / 2 + 1e-9
+
+
+def test_backend_without_quant_kernels_is_refused(monkeypatch):
+    # the cuda backend has no int8 kernels yet: a clear BackendError, never a silent fallback
+    from pyimgcls.errors import BackendError
+    from pyimgcls.ops import quant as q
+    monkeypatch.setattr(q._backend, "resolve", lambda device, op: "cuda")
+    x = torch.zeros(1, 4, dtype=torch.uint8)
+    with pytest.raises(BackendError, match="quantized_linear: backend 'cuda' has no quantised kernels"):
+        ops.quantized_linear(x, 0.1, 0, ops.quantize_weight(torch.randn(3, 4)))
+    with pytest.raises(BackendError, match="quantize_per_tensor"):
+        ops.quantize_per_tensor(torch.zeros(3), 0.1, 0)
