@@ -58,7 +58,11 @@ NUM_CLASSES = 10
 # densenet121, VGG11-19 the make_layers stacks of vgg11_bn (fused conv+ReLU as in alexnet; each VGG has a
 # 100M-parameter classifier: 10-20 s per step under load).
 LARGEST = {"resnet34", "resnet101", "resnet152", "densenet161", "densenet169", "densenet201",
-           "vgg11", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "wide_resnet50_2"}
+           "vgg11", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"}
+# Not in the training-step comparison at all: wide_resnet50_2 is resnet50's Bottleneck code at
+# width_per_group=128, whose gradients resnet50 (width 64) and resnext50_32x4d (groups=32, width 4) check;
+# its 69M float64 parameters would cost the step more than any other model here.
+NO_TRAIN_STEP = {"wide_resnet50_2"}
 SKIP_SLOW = os.environ.get("PYIMGCLS_SKIP_SLOW", "0") == "1"
 # VGG/AlexNet hold 60-140M parameters: float32 keeps their memory under 2 GB. The ResNets, DenseNets and
 # MobileNetV2 run the gradient check in float64 with batch 4: their last stage has 1x1 maps at 32x32
@@ -292,7 +296,8 @@ def _slow_if_largest(name):
     return pytest.param(name, marks=marks) if name in LARGEST else name
 
 
-@pytest.mark.parametrize("built", [_slow_if_largest(n) for n in ALL], indirect=True, scope="module")
+@pytest.mark.parametrize("built", [_slow_if_largest(n) for n in ALL if n not in NO_TRAIN_STEP], indirect=True,
+                         scope="module")
 def test_training_step_matches_torch_backend(built):
     """Training mode (batch statistics, dropout): loss, every parameter's gradient and the updated BN
     running statistics equal the `torch` backend's on the same weights; an SGD step changes the weights."""
