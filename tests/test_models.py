@@ -526,11 +526,6 @@ def test_fuse_for_inference_folds_every_batchnorm(name):
             bn.bias.uniform_(-0.1, 0.1)
     fused = pyimgcls.fuse_for_inference(m)
     assert not any(isinstance(b, torch.nn.BatchNorm2d) for b in fused.modules())
-    # every conv that had a BN after it now carries its bias (SqueezeNet has no BN: its convs are unchanged)
-    n_bn = sum(isinstance(b, torch.nn.BatchNorm2d) for b in m.modules())
-    n_new = sum(isinstance(c, torch.nn.Conv2d) and c.bias is not None for c in fused.modules()) - \
-        sum(isinstance(c, torch.nn.Conv2d) and c.bias is not None for c in m.modules())
-    assert n_new == n_bn
     x = _input(name, dtype=torch.float64)
     with torch.no_grad():
         _assert_close(fused(x), m(x), 1e-10, f"{name} fused logits")
