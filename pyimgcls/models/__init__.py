@@ -83,4 +83,5 @@ def get_model(name: str, num_classes: int = 1000, **kwargs) -> torch.nn.Module:
 
 __all__ = ["get_model", "list_models", "input_spec",
            "LeNet5", "AlexNet", "VGG", "ResNet", "DenseNet", "MobileNetV2",
-           "GoogLeNet", "GoogLeNetOutputs", "Inception3", "InceptionOutputs", "SqueezeNet", "ShuffleNetV2"] + list_models()
+           "GoogLeNet", "GoogLeNetOutputs", "Inception3", "InceptionOutputs", "SqueezeNet",
+           "ShuffleNetV2"] + list_models()

@@ -15,7 +15,7 @@ then 5x5 convolution), so aux training takes inputs of at least 299x299. Smalles
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
