@@ -633,7 +633,7 @@ def test_new_model_families_train_one_epoch_on_digits(model, size, tmp_path):
     picks (32, or the model's minimum when larger: Inception-v3 75), grayscale replicated to RGB."""
     assert loop.model_input(model, None, None) == (size, 3)
     # two steps of 16 (Inception-v3 at 75x75: ~1.2 GFLOP per image and step)
-    assert run_cli("train", "--model", model, *TINY, "--limit-train", 32, "--batch-size", 16, "--limit-test", 16,
+    assert run_cli("train", "--model", model, *TINY, "--limit-train", 32, "--batch-size", 16, "--limit-test", 8,
                    "--epochs", 1, "--kernels", "cpu", "--out", tmp_path) == 0
     m = read_metrics(tmp_path)
     assert m["model"] == model and m["epochs"] == 1 and m["kernels"] == "cpu"
