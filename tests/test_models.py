@@ -26,12 +26,30 @@ TV = FIXTURE["models"]
 
 ALL = ["lenet5", "alexnet", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-       "densenet121", "densenet161", "densenet169", "densenet201", "mobilenet_v2"]
+       "densenet121", "densenet161", "densenet169", "densenet201", "mobilenet_v2",
+       "googlenet", "inception_v3", "squeezenet1_0", "squeezenet1_1", "shufflenet_v2_x1_0", "resnext50_32x4d",
+       "wide_resnet50_2"]
+# Width/depth variants of the models above, built by the same code with other constants: their keys,
+# shapes and parameter counts are checked against torchvision's (fixture) and they are registered, but
+# the per-model output and gradient checks run on the base model only (each costs 2-6x the base's time).
+VARIANTS = ["shufflenet_v2_x0_5", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "resnext101_32x8d",
+            "resnext101_64x4d", "wide_resnet101_2"]
 # Smallest input each architecture accepts (alexnet: 63, as torchvision's min_size; 62 leaves no 3x3
 # window for the last max pool).
 INPUT = {name: (3, 32) for name in ALL}
 INPUT["lenet5"] = (1, 32)
 INPUT["alexnet"] = (3, 63)
+# The new models at (or near) their smallest input, odd sides (stride-2 stages then round up or down):
+# GoogLeNet 15, Inception-v3 75, SqueezeNet 21 / 17 (torchvision's min_size); ShuffleNetV2 and ResNeXt /
+# Wide ResNet take any size, 17 still leaves 1x1 maps in their last stage.
+INPUT.update({"googlenet": (3, 15), "inception_v3": (3, 75), "squeezenet1_0": (3, 21), "squeezenet1_1": (3, 17),
+              "shufflenet_v2_x1_0": (3, 17), "resnext50_32x4d": (3, 17), "wide_resnet50_2": (3, 17)})
+# torchvision's googlenet / inception_v3 default to aux_logits=True (ours False: the issue's parameter
+# counts); init_weights=False skips their slow truncated-normal initialisation (the comparison loads
+# torchvision's weights into ours, whatever they are). Inception-v3 is compared with transform_input=True,
+# so the input re-normalisation both share is checked too (GoogLeNet's in test_googlenet_aux_and_transform).
+TV_KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False},
+             "inception_v3": {"aux_logits": False, "init_weights": False, "transform_input": True}}
 # Few classes keep the heads small; the VGG/AlexNet 4096-wide classifier is fixed by the architecture.
 NUM_CLASSES = 10
 # The training-step comparison of these costs most of the file's budget (PYIMGCLS_SKIP_SLOW=1 skips it).
@@ -41,6 +59,10 @@ NUM_CLASSES = 10
 # 100M-parameter classifier: 10-20 s per step under load).
 LARGEST = {"resnet34", "resnet101", "resnet152", "densenet161", "densenet169", "densenet201",
            "vgg11", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn"}
+# Not in the training-step comparison at all: wide_resnet50_2 is resnet50's Bottleneck code at
+# width_per_group=128, whose gradients resnet50 (width 64) and resnext50_32x4d (groups=32, width 4) check;
+# its 69M float64 parameters would cost the step more than any other model here.
+NO_TRAIN_STEP = {"wide_resnet50_2"}
 SKIP_SLOW = os.environ.get("PYIMGCLS_SKIP_SLOW", "0") == "1"
 # VGG/AlexNet hold 60-140M parameters: float32 keeps their memory under 2 GB. The ResNets, DenseNets and
 # MobileNetV2 run the gradient check in float64 with batch 4: their last stage has 1x1 maps at 32x32
@@ -84,8 +106,8 @@ def _assert_close(ours, ref, rtol, what):
 
 # ----------------------------------------------------------------------------- registry
 def test_list_models():
-    assert models.list_models() == sorted(ALL)
-    for name in ALL:
+    assert models.list_models() == sorted(ALL + VARIANTS)
+    for name in ALL + VARIANTS:
         assert callable(getattr(models, name))
 
 
@@ -158,7 +180,7 @@ def test_keys_shapes_and_counts_match_torchvision(name):
 
 
 def test_fixture_covers_every_torchvision_model():
-    assert sorted(TV) == sorted(n for n in ALL if n != "lenet5")
+    assert sorted(TV) == sorted(n for n in ALL + VARIANTS if n != "lenet5")
     assert FIXTURE["num_classes"] == 1000
 
 
@@ -206,7 +228,8 @@ def test_forward_matches_torch_backend(built):
     assert torch.isfinite(y).all()
     _assert_close(y, ref, 1e-4 if x.dtype == torch.float32 else 1e-9, f"{name} logits")
     # Batch 1 (where eval BatchNorm must not need batch statistics) gives the first row.
-    if name in ("lenet5", "resnet18", "mobilenet_v2", "densenet121", "vgg11_bn"):
+    if name in ("lenet5", "resnet18", "mobilenet_v2", "densenet121", "vgg11_bn", "googlenet", "inception_v3",
+                "squeezenet1_1", "shufflenet_v2_x1_0"):
         with torch.no_grad():
             y1 = model(x[:1])
         _assert_close(y1, y[:1], 1e-4 if x.dtype == torch.float32 else 1e-9, f"{name} batch 1")
@@ -274,7 +297,8 @@ def _slow_if_largest(name):
     return pytest.param(name, marks=marks) if name in LARGEST else name
 
 
-@pytest.mark.parametrize("built", [_slow_if_largest(n) for n in ALL], indirect=True, scope="module")
+@pytest.mark.parametrize("built", [_slow_if_largest(n) for n in ALL if n not in NO_TRAIN_STEP], indirect=True,
+                         scope="module")
 def test_training_step_matches_torch_backend(built):
     """Training mode (batch statistics, dropout): loss, every parameter's gradient and the updated BN
     running statistics equal the `torch` backend's on the same weights; an SGD step changes the weights."""
@@ -377,12 +401,13 @@ def test_matches_torchvision_model(name, tvm):
     dtype = torch.float32 if name in FLOAT32_TRAIN else torch.float64
     rtol = 1e-4 if dtype == torch.float32 else 1e-9
     torch.manual_seed(100 + ALL.index(name))
-    ref = getattr(tvm, name)(num_classes=NUM_CLASSES)
+    kwargs = TV_KWARGS.get(name, {})
+    ref = getattr(tvm, name)(num_classes=NUM_CLASSES, **kwargs)
     with torch.no_grad():
         _randomize_bn(ref)
     ref.to(dtype)
     with torch.device("meta"):  # no initialisation: every value comes from torchvision's state_dict
-        ours = models.get_model(name, num_classes=NUM_CLASSES)
+        ours = models.get_model(name, num_classes=NUM_CLASSES, **kwargs)
     ours = ours.to_empty(device="cpu").to(dtype)
     ours.load_state_dict(ref.state_dict(), strict=True)
     x = _input(name, batch=4, dtype=dtype, seed=5)
@@ -426,8 +451,9 @@ def test_lenet5_matches_its_definition():
 
 # ----------------------------------------------------------------------------- layouts, AMP, compile
 def test_channels_last_resnet18_and_mobilenet_v2():
-    """channels_last weights and input: same logits and input gradient as contiguous NCHW."""
-    for name in ("resnet18", "mobilenet_v2"):
+    """channels_last weights and input: same logits and input gradient as contiguous NCHW (ShuffleNetV2:
+    channel slices and the shuffle copy on channels_last maps; SqueezeNet: Fire concatenations)."""
+    for name in ("resnet18", "mobilenet_v2", "shufflenet_v2_x1_0", "squeezenet1_1"):
         torch.manual_seed(0)
         m = models.get_model(name, num_classes=NUM_CLASSES).double().eval()
         _randomize_bn_stats(m)
@@ -485,7 +511,9 @@ def test_torch_compile_fullgraph_lenet5():
         _assert_close(g, r, 1e-4, "compiled grad")
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg11_bn"])
+# GoogLeNet's BasicConv2d is Inception-v3's too (its 75x75 float64 run would add ~4 s for no new pattern).
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg11_bn", "googlenet", "shufflenet_v2_x1_0",
+                                  "resnext50_32x4d", "squeezenet1_1"])
 def test_fuse_for_inference_folds_every_batchnorm(name):
     """The models' conv -> BN(activation, residual) structure is what fuse_for_inference folds: no
     BatchNorm is left in ResNet, MobileNetV2 and VGG-BN, and eval logits are unchanged (float64)."""
@@ -503,3 +531,145 @@ def test_fuse_for_inference_folds_every_batchnorm(name):
     x = _input(name, dtype=torch.float64)
     with torch.no_grad():
         _assert_close(fused(x), m(x), 1e-10, f"{name} fused logits")
+
+
+# ----------------------------------------------------------------------------- GoogLeNet / Inception options
+def test_googlenet_aux_and_transform_match_torchvision(tvm):
+    """aux_logits=True, transform_input=True against torchvision's GoogLeNet: the same keys (aux heads in
+    torchvision's place), eval logits, and in training mode GoogLeNetOutputs(logits, aux_logits2,
+    aux_logits1) equal torchvision's; the aux heads' gradients on our kernels equal the `torch` backend's."""
+    torch.manual_seed(0)
+    kw = dict(num_classes=NUM_CLASSES, aux_logits=True, transform_input=True)
+    ref = tvm.googlenet(init_weights=False, **kw)
+    with torch.no_grad():
+        _randomize_bn(ref)
+    ref.double()
+    ours = models.googlenet(init_weights=False, **kw).double()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    x = _input("googlenet", batch=4, dtype=torch.float64, seed=5)
+    for training in (False, True):
+        ref.train(training), ours.train(training)
+        with torch.no_grad():
+            torch.manual_seed(7)
+            want = ref(x)
+            torch.manual_seed(7)
+            got = ours(x)
+        if training:
+            assert type(got).__name__ == "GoogLeNetOutputs" and got._fields == want._fields
+            for field, g, w in zip(got._fields, got, want):
+                _assert_close(g, w, 1e-9, f"googlenet {field}")
+        else:
+            assert isinstance(got, torch.Tensor)
+            _assert_close(got, want, 1e-9, "googlenet eval logits")
+    target = torch.tensor([3, 7, 0, 9])
+    grads = {}
+    for backend in ("cpu", "torch"):
+        ours.zero_grad(set_to_none=True)
+        torch.manual_seed(11)
+        with pyimgcls.use_backend(backend):
+            out = ours(x)
+            loss = sum(w * nn.CrossEntropyLoss()(o, target) for w, o in zip((1.0, 0.3, 0.3), out))
+            loss.backward()
+        grads[backend] = {n: p.grad.clone() for n, p in ours.named_parameters() if n.startswith("aux")}
+    assert grads["cpu"] and all(torch.count_nonzero(g) for g in grads["cpu"].values())
+    for n, g in grads["torch"].items():
+        _assert_close(grads["cpu"][n], g, 1e-7, f"googlenet grad {n}")
+
+
+def test_inception_v3_aux_layout_and_head_match_torchvision(tvm):
+    """aux_logits=True: keys, shapes and count as torchvision's Inception3 (27,161,264 parameters, its
+    published count; meta device); the auxiliary head, which needs the 17x17 Mixed_6e map of a 299x299
+    input, against torchvision's InceptionAux on such a map in eval and training mode; and a
+    training-mode forward returns InceptionOutputs(logits, aux_logits) whose aux is that head's output."""
+    from torchvision.models import inception as tv_inception
+
+    with torch.device("meta"):
+        ref = tvm.inception_v3(aux_logits=True, init_weights=False)
+        ours = models.inception_v3(aux_logits=True)
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+    assert sum(p.numel() for p in ours.parameters()) == 27161264
+    torch.manual_seed(0)
+    ref_head = tv_inception.InceptionAux(768, NUM_CLASSES)
+    with torch.no_grad():
+        _randomize_bn(ref_head)
+    ref_head.double()
+    head = models.inception_v3(num_classes=NUM_CLASSES, aux_logits=True, init_weights=False).AuxLogits.double()
+    head.load_state_dict(ref_head.state_dict(), strict=True)
+    x = torch.randn(2, 768, 17, 17, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    for training in (False, True):
+        with torch.no_grad():
+            _assert_close(head.train(training)(x), ref_head.train(training)(x), 1e-9, f"InceptionAux {training}")
+    # The model's control flow at 75x75 (a 299x299 run costs ~10 s on 2 cores): AuxLogits replaced by a
+    # recorder, called on Mixed_6e's output in training mode only, its result returned as aux_logits.
+    m = models.inception_v3(num_classes=NUM_CLASSES, aux_logits=True, init_weights=False)
+    seen = {}
+    m.Mixed_6e.register_forward_hook(lambda mod, inp, out: seen.__setitem__("6e", out))
+
+    class Recorder(torch.nn.Module):
+        def forward(self, t):
+            seen["aux_in"] = t
+            return torch.full((t.shape[0], NUM_CLASSES), 3.0)
+
+    m.AuxLogits = Recorder()
+    x = torch.randn(2, 3, 75, 75)
+    with torch.no_grad():
+        out = m.eval()(x)
+        assert isinstance(out, torch.Tensor) and out.shape == (2, NUM_CLASSES) and "aux_in" not in seen
+        out = m.train()(x)
+    assert type(out).__name__ == "InceptionOutputs" and out._fields == ("logits", "aux_logits")
+    assert seen["aux_in"] is seen["6e"] and torch.equal(out.aux_logits, torch.full((2, NUM_CLASSES), 3.0))
+    assert out.logits.shape == (2, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", ["googlenet", "shufflenet_v2_x1_0", "squeezenet1_1"])
+def test_convert_then_fuse_torchvision_model(name, tvm):
+    """pyimgcls.convert maps torchvision's own model onto our layers (same tensors: no torch.nn compute
+    layer is left, logits unchanged), and fuse_for_inference then folds every BatchNorm (ShuffleNetV2's
+    channel_shuffle does not trace with torch.fx: the nn.Sequential rule folds it) - float64, eval."""
+    torch.manual_seed(0)
+    ref = getattr(tvm, name)(num_classes=NUM_CLASSES, **TV_KWARGS.get(name, {}))
+    with torch.no_grad():
+        _randomize_bn(ref)
+    ref = ref.double().eval()
+    x = _input(name, batch=2, dtype=torch.float64, seed=5)
+    with torch.no_grad():
+        want = ref(x)
+    conv = pyimgcls.convert(ref)
+    bad = [n for n, m in conv.named_modules() if isinstance(m, TORCH_COMPUTE) and not isinstance(m, OURS)]
+    assert not bad, bad
+    assert conv.state_dict().keys() == ref.state_dict().keys()
+    fused = pyimgcls.fuse_for_inference(conv)
+    assert not any(isinstance(b, torch.nn.BatchNorm2d) for b in fused.modules())
+    with torch.no_grad(), pyimgcls.use_backend("cpu"):
+        _assert_close(conv(x), want, 1e-10, f"converted {name}")
+        _assert_close(fused(x), want, 1e-10, f"converted and fused {name}")
+
+
+def test_new_model_argument_errors():
+    """Arguments torchvision's builders fix or check are refused with the argument named."""
+    with pytest.raises(ValueError, match="version"):
+        models.SqueezeNet(version="1_2")
+    with pytest.raises(ValueError, match="groups"):
+        models.resnext50_32x4d(groups=8)
+    with pytest.raises(ValueError, match="width_per_group"):
+        models.wide_resnet50_2(width_per_group=64)
+    with torch.device("meta"):  # construction only: no memory, no initialisation
+        assert models.wide_resnet50_2(groups=2, num_classes=3).layer1[0].conv2.groups == 2  # as torchvision
+        m = models.get_model("googlenet", num_classes=3, dropout=0.1, dropout_aux=0.6, aux_logits=True)
+        assert m.dropout.p == 0.1 and m.aux1.dropout.p == 0.6 and m.aux2.fc2.out_features == 3
+        assert models.get_model("inception_v3", num_classes=3, dropout=0.25).dropout.p == 0.25
+        assert models.get_model("squeezenet1_0", num_classes=3, dropout=0.3).classifier[0].p == 0.3
+    with pytest.raises(ValueError, match="stages_out_channels"):
+        models.shufflenet_v2_x1_0(stages_out_channels=[24, 48, 96, 192, 1024])
+    with pytest.raises(ValueError, match="stages_repeats"):
+        models.ShuffleNetV2([4, 8], [24, 116, 232, 464, 1024])
+    with pytest.raises(ValueError, match="stride"):
+        models.shufflenetv2.InvertedResidual(24, 48, 1)
+    with pytest.raises(ValueError, match="blocks"):
+        models.googlenet(blocks=[])
+    with pytest.raises(ValueError, match="inception_blocks"):
+        models.inception_v3(inception_blocks=[])
+    # too small an input: a clear error naming the input, not a crash
+    with pytest.raises(ValueError, match="input"):
+        models.inception_v3(num_classes=3, init_weights=False).eval()(torch.zeros(1, 3, 74, 74))

@@ -599,7 +599,8 @@ def test_ctrl_c_saves_and_prints_the_resume_command(tmp_path):
     assert m["resumed_from_step"] == ck["global_step"] and m["epochs"] == max(1, done)
 
 
-@pytest.mark.parametrize("model", ["alexnet", "densenet121", "vgg11", "resnet18", "mobilenet_v2", "lenet5"])
+@pytest.mark.parametrize("model", ["alexnet", "densenet121", "vgg11", "resnet18", "mobilenet_v2", "lenet5",
+                                   "googlenet", "inception_v3", "squeezenet1_0", "squeezenet1_1"])
 def test_model_default_input_and_minimum(model):
     """model_input's size is accepted by the model (one forward); one pixel less is refused up front
     where a minimum exists."""
@@ -623,6 +624,20 @@ def test_rgb_model_trains_on_grayscale_digits_without_flags(tmp_path):
     assert run_cli("train", "--model", "resnet18", *TINY, "--epochs", 1, "--out", tmp_path) == 0
     m = read_metrics(tmp_path)
     assert m["model"] == "resnet18" and m["epochs"] == 1
+
+
+@pytest.mark.parametrize("model, size", [("googlenet", 32), ("inception_v3", 75), ("squeezenet1_1", 32),
+                                         ("shufflenet_v2_x1_0", 32), ("resnext50_32x4d", 32)])
+def test_new_model_families_train_one_epoch_on_digits(model, size, tmp_path):
+    """One epoch on 32 digits images for each family of the second model zoo, at the size model_input
+    picks (32, or the model's minimum when larger: Inception-v3 75), grayscale replicated to RGB."""
+    assert loop.model_input(model, None, None) == (size, 3)
+    # two steps of 16 (Inception-v3 at 75x75: ~1.2 GFLOP per image and step)
+    assert run_cli("train", "--model", model, *TINY, "--limit-train", 32, "--batch-size", 16, "--limit-test", 8,
+                   "--epochs", 1, "--kernels", "cpu", "--out", tmp_path) == 0
+    m = read_metrics(tmp_path)
+    assert m["model"] == model and m["epochs"] == 1 and m["kernels"] == "cpu"
+    assert len(m["history"]) == 1 and np.isfinite(m["history"][0]["train_loss"])
 
 
 def test_alexnet_gets_its_minimum_input_size(tmp_path, capsys):

@@ -2,7 +2,8 @@
 the ordered state_dict keys with their shapes, and the parameter count, at num_classes=1000.
 
 tests/test_models.py compares pyimgcls.models against this file, so torchvision is not needed at
-test time. How it was generated (torchvision 0.29.2, torch 2.13.0 CPU):
+test time. How it was generated (torchvision 0.29.2, torch 2.13.0 CPU; regenerated with torchvision 0.28.0
+when GoogLeNet ... Wide ResNet were added, the earlier models' entries unchanged):
 
     pip install --no-deps --target /tmp/tv torchvision
     python tools/make_torchvision_fixture.py --torchvision-path /tmp/tv
@@ -25,7 +26,15 @@ import types
 
 MODELS = ["alexnet", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
           "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-          "densenet121", "densenet161", "densenet169", "densenet201", "mobilenet_v2"]
+          "densenet121", "densenet161", "densenet169", "densenet201", "mobilenet_v2",
+          "googlenet", "inception_v3", "squeezenet1_0", "squeezenet1_1",
+          "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
+          "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
+# Constructor arguments for torchvision's side: pyimgcls's googlenet / inception_v3 default to
+# aux_logits=False (the issue's parameter counts; what torchvision's pretrained builders return), and
+# init_weights=False skips their slow truncated-normal initialisation (shapes do not depend on it).
+TV_KWARGS = {"googlenet": {"aux_logits": False, "init_weights": False},
+             "inception_v3": {"aux_logits": False, "init_weights": False}}
 
 
 def import_torchvision_models(path: str | None):
@@ -66,7 +75,7 @@ def check(tvm, names) -> int:
     failures = 0
     for name in names:
         torch.manual_seed(0)
-        ref = getattr(tvm, name)().eval()
+        ref = getattr(tvm, name)(**TV_KWARGS.get(name, {})).eval()
         # Random BN statistics so the check exercises running_mean/var, not just the identity.
         for m in ref.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -74,7 +83,7 @@ def check(tvm, names) -> int:
                 m.running_var.uniform_(0.5, 1.5)
         ours = models.get_model(name).eval()
         ours.load_state_dict(ref.state_dict(), strict=True)
-        size = 64 if name == "alexnet" else 32
+        size = 64 if name == "alexnet" else max(32, models.input_spec(name)["min_size"])
         x = torch.randn(2, 3, size, size)
         with torch.no_grad(), pyimgcls.use_backend("cpu"):
             got = ours(x)
@@ -101,7 +110,7 @@ def main() -> int:
     out = {"torchvision_version": torchvision_version(args.torchvision_path),
            "torch_version": torch.__version__, "num_classes": 1000, "models": {}}
     for name in MODELS:
-        out["models"][name] = describe(getattr(tvm, name)())
+        out["models"][name] = describe(getattr(tvm, name)(**TV_KWARGS.get(name, {})))
         print(f"{name:14s} {out['models'][name]['num_params']:>12,d} parameters, "
               f"{len(out['models'][name]['state_dict'])} state_dict entries")
     with open(args.out, "w") as f:

@@ -11,9 +11,15 @@ import torch
 
 from .alexnet import AlexNet, alexnet
 from .densenet import DenseNet, densenet121, densenet161, densenet169, densenet201
+from .googlenet import GoogLeNet, GoogLeNetOutputs, googlenet
+from .inception import Inception3, InceptionOutputs, inception_v3
 from .lenet import LeNet5, lenet5
 from .mobilenet import MobileNetV2, mobilenet_v2
 from .resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
+from .resnet import resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2
+from .shufflenetv2 import (ShuffleNetV2, shufflenet_v2_x0_5, shufflenet_v2_x1_0, shufflenet_v2_x1_5,
+                           shufflenet_v2_x2_0)
+from .squeezenet import SqueezeNet, squeezenet1_0, squeezenet1_1
 from .vgg import VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
 
 _MODELS: dict[str, Callable[..., torch.nn.Module]] = {
@@ -26,12 +32,23 @@ _MODELS: dict[str, Callable[..., torch.nn.Module]] = {
     "densenet121": densenet121, "densenet161": densenet161, "densenet169": densenet169,
     "densenet201": densenet201,
     "mobilenet_v2": mobilenet_v2,
+    "googlenet": googlenet,
+    "inception_v3": inception_v3,
+    "squeezenet1_0": squeezenet1_0, "squeezenet1_1": squeezenet1_1,
+    "shufflenet_v2_x0_5": shufflenet_v2_x0_5, "shufflenet_v2_x1_0": shufflenet_v2_x1_0,
+    "shufflenet_v2_x1_5": shufflenet_v2_x1_5, "shufflenet_v2_x2_0": shufflenet_v2_x2_0,
+    "resnext50_32x4d": resnext50_32x4d, "resnext101_32x8d": resnext101_32x8d, "resnext101_64x4d": resnext101_64x4d,
+    "wide_resnet50_2": wide_resnet50_2, "wide_resnet101_2": wide_resnet101_2,
 }
 
 
 # Smallest square input each model accepts (torchvision's ``min_size``; LeNet-5 takes exactly 32x32),
 # and whether it takes an ``in_channels`` argument (the others are 3-channel, as torchvision's).
 _MIN_SIZE = {"alexnet": 63, "lenet5": 32, "densenet": 29, "vgg": 32, "resnet": 1, "mobilenet_v2": 1}
+# GoogLeNet 15, Inception-v3 75 (with aux_logits, training needs 299: see inception.py), SqueezeNet
+# 21 / 17, ShuffleNetV2 / ResNeXt / Wide ResNet 1: torchvision's min_size for each.
+_MIN_SIZE.update({"googlenet": 15, "inception_v3": 75, "squeezenet1_0": 21, "squeezenet1_1": 17,
+                  "shufflenet_v2": 1, "resnext": 1, "wide_resnet": 1})
 _FIXED_SIZE = {"lenet5": 32}
 _TAKES_IN_CHANNELS = ("lenet5",)
 
@@ -65,4 +82,6 @@ def get_model(name: str, num_classes: int = 1000, **kwargs) -> torch.nn.Module:
 
 
 __all__ = ["get_model", "list_models", "input_spec",
-           "LeNet5", "AlexNet", "VGG", "ResNet", "DenseNet", "MobileNetV2"] + list_models()
+           "LeNet5", "AlexNet", "VGG", "ResNet", "DenseNet", "MobileNetV2",
+           "GoogLeNet", "GoogLeNetOutputs", "Inception3", "InceptionOutputs", "SqueezeNet",
+           "ShuffleNetV2"] + list_models()

@@ -4,7 +4,9 @@ Each conv -> BN -> ReLU runs as Conv2d then BatchNorm2d(activation="relu"), and 
 ``relu(bn(conv(x)) + shortcut)`` is one call ``bn(conv_out, residual=shortcut)`` (after
 ``pyimgcls.fuse_for_inference`` folds BN into the conv, ``conv(x, residual=shortcut)``). torchvision's
 parameter-free ``relu`` attributes are therefore absent; every parameter and buffer is named as in
-torchvision, so state_dicts are interchangeable. Smallest input: 32x32 (any size >= 1 after the
+torchvision, so state_dicts are interchangeable. ResNeXt (Xie et al., 2016) and Wide ResNet (Zagoruyko &
+Komodakis, 2016) are the same network with a wider (``width_per_group``) and, for ResNeXt, grouped
+(``groups``) 3x3 convolution in each Bottleneck. Smallest input: 32x32 (any size >= 1 after the
 stride-32 stem and stages works; 32 keeps a 1x1 map at layer4)."""
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ from typing import Callable, Optional, Union
 import torch
 
 from .. import nn
-from ._utils import is_batchnorm
+from ._utils import is_batchnorm, set_fixed_kwarg
 
-__all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+__all__ = ["ResNet", "BasicBlock", "Bottleneck", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+           "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -170,3 +173,35 @@ def resnet101(**kwargs) -> ResNet:
 def resnet152(**kwargs) -> ResNet:
     """torchvision.models.resnet152; kwargs as torchvision's ResNet."""
     return ResNet(Bottleneck, [3, 8, 36, 3], **kwargs)
+
+
+def _variant(name: str, layers: list[int], groups: Optional[int], width_per_group: int, kwargs: dict) -> ResNet:
+    if groups is not None:  # torchvision fixes groups for ResNeXt only; Wide ResNet leaves it to the caller
+        set_fixed_kwarg(kwargs, "groups", groups, name)
+    set_fixed_kwarg(kwargs, "width_per_group", width_per_group, name)
+    return ResNet(Bottleneck, layers, **kwargs)
+
+
+def resnext50_32x4d(**kwargs) -> ResNet:
+    """torchvision.models.resnext50_32x4d: ResNet-50 with 32 groups of width 4 in each 3x3 conv (at 64 planes)."""
+    return _variant("resnext50_32x4d", [3, 4, 6, 3], 32, 4, kwargs)
+
+
+def resnext101_32x8d(**kwargs) -> ResNet:
+    """torchvision.models.resnext101_32x8d: ResNet-101 with 32 groups of width 8."""
+    return _variant("resnext101_32x8d", [3, 4, 23, 3], 32, 8, kwargs)
+
+
+def resnext101_64x4d(**kwargs) -> ResNet:
+    """torchvision.models.resnext101_64x4d: ResNet-101 with 64 groups of width 4."""
+    return _variant("resnext101_64x4d", [3, 4, 23, 3], 64, 4, kwargs)
+
+
+def wide_resnet50_2(**kwargs) -> ResNet:
+    """torchvision.models.wide_resnet50_2: ResNet-50 with every Bottleneck's inner width doubled."""
+    return _variant("wide_resnet50_2", [3, 4, 6, 3], None, 128, kwargs)
+
+
+def wide_resnet101_2(**kwargs) -> ResNet:
+    """torchvision.models.wide_resnet101_2: ResNet-101 with every Bottleneck's inner width doubled."""
+    return _variant("wide_resnet101_2", [3, 4, 23, 3], None, 128, kwargs)
