@@ -61,7 +61,7 @@ def _element_scores(model, g, criterion) -> dict:
         return scores
     for e, (norm, j) in g.bn_first.items():
         m = mods[norm]
-        scores[e] = abs(float(m.weight[j])) if m.weight is not None else 1.0
+        scores[e] = abs(float(m.weight.detach()[j])) if m.weight is not None else 1.0
     missing = [g.owner[e][0] for e in range(len(g.owner))
                if g.owner[e] is not None and e not in g.frozen and e not in scores]
     if missing:

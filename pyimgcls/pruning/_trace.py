@@ -68,7 +68,7 @@ class Graph:
     """What the trace found. ``owner[e]`` = (conv name, output index) of element ``e``; ``frozen`` the
     elements that must stay; ``conv_in`` / ``conv_out`` / ``norm_in`` / ``linear_in``: the space each
     layer reads (or, for a conv, produces), by module name; ``depthwise`` the convs pruned with their
-    input; ``bn_first[e]`` = (norm name, channel) of the first BatchNorm that saw element ``e``."""
+    input; ``out_space`` the space each leaf layer produced; ``bn_first[e]`` = (norm name, channel) of the first BatchNorm that saw element ``e``."""
     owner: list = field(default_factory=list)
     parent: list = field(default_factory=list)
     frozen: set = field(default_factory=set)
@@ -78,6 +78,7 @@ class Graph:
     norm_in: dict = field(default_factory=dict)
     linear_in: dict = field(default_factory=dict)
     bn_first: dict = field(default_factory=dict)
+    out_space: dict = field(default_factory=dict)   # layer name -> the space of its (last) output
 
     def new_elements(self, n: int, owner=None) -> list:
         start = len(self.owner)
@@ -285,6 +286,7 @@ class _Tracer(TorchFunctionMode):
                 s = self.channel_space(x)
             if residual is not None:
                 self.g.tie(s, self.channel_space(residual))
+            self.g.out_space[name] = s
             for t in _tensors(out):
                 self.set(t, s)
             return None
