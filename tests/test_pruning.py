@@ -233,6 +233,35 @@ class _Shuffle(torch.nn.Module):
         return self.head(torch.flatten(self.b(y), 1))
 
 
+class _SqueezeExcite(torch.nn.Module):
+    """An SE gate (global mean, squeeze conv, expand conv, sigmoid, multiply), as EfficientNet's: the
+    expand conv's channels are tied to the gated ones; the head reads a global mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.squeeze = nn.Conv2d(8, 4, 1, activation="relu")
+        self.expand = nn.Conv2d(4, 8, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = y * torch.sigmoid(self.expand(self.squeeze(y.mean((2, 3), keepdim=True))))
+        return self.head(y.mean((-1, -2)))
+
+
+def test_squeeze_excitation_gate_ties_and_global_mean():
+    torch.manual_seed(0)
+    m, x = _SqueezeExcite().eval(), torch.randn(1, 3, 5, 5)
+    pruned = prune_channels(m, 0.5, example_input=x)
+    assert (pruned.conv.out_channels, pruned.squeeze.out_channels, pruned.expand.out_channels,
+            pruned.head.in_features) == (4, 2, 4, 4)
+    assert sorted(_kept_out(m.conv, pruned.conv)) == sorted(_kept_out(m.expand, pruned.expand))
+    ref, _ = _masked_reference(m, x, 0.5, "l1")
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_cat_added_to_a_conv_ties_across_the_concatenation():
     torch.manual_seed(0)
     m, x = _CatAdd().eval(), torch.randn(2, 3, 5, 5)

@@ -33,13 +33,15 @@ _SAME_CHANNELS = {
     "hardswish", "hardsigmoid", "leaky_relu", "elu", "dropout", "dropout_", "dropout2d", "feature_dropout",
     "alpha_dropout", "contiguous", "clone", "to", "detach", "float", "half", "bfloat16", "neg", "abs",
     "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d", "max_pool2d_with_indices",
-    "interpolate", "upsample_nearest2d", "upsample_bilinear2d", "pad",
+    "interpolate", "upsample_nearest2d", "upsample_bilinear2d", "pad", "data",
 }
+# Reductions that keep the channel dim when they reduce only over dims >= 2 (a global mean pool).
+_SPATIAL_REDUCE = {"mean", "sum", "amax", "amin"}
 # Element-wise binary ops: their tensor operands' channels are tied.
 _BINARY = {"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__rsub__", "mul", "mul_",
            "__mul__", "__rmul__", "__imul__", "div", "div_", "__truediv__", "maximum", "minimum"}
 # Calls that return no tensor or only read metadata.
-_METADATA = {"__get__", "dim", "size", "stride", "numel", "is_contiguous", "data_ptr", "__len__", "__bool__",
+_METADATA = {"dim", "size", "stride", "numel", "is_contiguous", "data_ptr", "__len__", "__bool__",
              "element_size", "is_floating_point", "get_device", "__format__", "__repr__", "__hash__", "__eq__",
              "requires_grad_", "__setstate__", "__reduce_ex__", "_is_view", "storage_offset", "dtype"}
 
@@ -68,7 +70,8 @@ class Graph:
     """What the trace found. ``owner[e]`` = (conv name, output index) of element ``e``; ``frozen`` the
     elements that must stay; ``conv_in`` / ``conv_out`` / ``norm_in`` / ``linear_in``: the space each
     layer reads (or, for a conv, produces), by module name; ``depthwise`` the convs pruned with their
-    input; ``out_space`` the space each leaf layer produced; ``bn_first[e]`` = (norm name, channel) of the first BatchNorm that saw element ``e``."""
+    input; ``out_space`` the space each leaf layer produced; ``bn_first[e]`` = (norm name, channel)
+    of the first BatchNorm that saw element ``e``."""
     owner: list = field(default_factory=list)
     parent: list = field(default_factory=list)
     frozen: set = field(default_factory=set)
@@ -156,8 +159,10 @@ class _Tracer(TorchFunctionMode):
         if self.depth:
             return out
         name = func_name(func)
-        if name in _METADATA:
+        if name in _METADATA or not any(True for _ in _tensors(out)):
             return out
+        if name == "__get__":             # a tensor attribute: .data keeps the channels, others (.T, .mT) have no rule
+            name = getattr(getattr(func, "__self__", None), "__name__", name)
         inputs = [t for t in _tensors((args, kwargs)) if id(t) in self.spaces]
         if not inputs:
             return out
@@ -186,6 +191,8 @@ class _Tracer(TorchFunctionMode):
                 and out.shape[1] == x.shape[1]:
             self.set(out, self.space(x))
             return True
+        if name in _SPATIAL_REDUCE and x is not None and x.dim() >= 3:
+            return self._reduce(x, args, kwargs, out)
         if name in _BINARY:
             return self._binary(args, out)
         if name in ("cat", "concat", "concatenate"):
@@ -193,6 +200,16 @@ class _Tracer(TorchFunctionMode):
         if name in ("flatten", "view", "reshape") and x is not None:
             return self._flatten(x, out)
         raise _NoRule
+
+    def _reduce(self, x, args, kwargs, out) -> bool:
+        dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if dims is None:
+            raise _NoRule
+        dims = [d % x.dim() for d in ((dims,) if isinstance(dims, int) else dims)]
+        if min(dims) < 2 or out.dim() < 2 or out.shape[1] != x.shape[1]:
+            raise _NoRule
+        self.set(out, self.space(x))
+        return True
 
     def _binary(self, args, out) -> bool:
         ts = [a for a in args[:2] if isinstance(a, torch.Tensor)]
