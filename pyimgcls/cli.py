@@ -341,6 +341,9 @@ def _add_prune_parser(sub) -> None:
                    help="fraction of the output channels removed from every conv layer or tied residual group")
     s.add_argument("--criterion", choices=("l1", "bn_scale"), default="l1",
                    help="l1: filter L1 norm; bn_scale: |gamma| of the following BatchNorm")
+    s.add_argument("--global-ranking", action="store_true",
+                   help="rank all channels together (scores relative to their layer's mean) instead of removing "
+                        "--amount from every layer; layers then lose different fractions")
     s.add_argument("--out", required=True, metavar="FILE", help="the pruned checkpoint to write")
     s.set_defaults(func=cmd_prune)
 

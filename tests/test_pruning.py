@@ -290,6 +290,38 @@ def test_channels_last_example_input_and_model():
         torch.testing.assert_close(pruned(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
+class _Two(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 1, bias=False)
+        self.c2 = nn.Conv2d(8, 8, 1, bias=False)
+        self.head = nn.Linear(8 * 4, 2)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.c2(self.c1(x)), 1))
+
+
+def test_global_ranking_prunes_uneven_layers_unevenly():
+    torch.manual_seed(0)
+    m, x = _Two().eval(), torch.randn(2, 3, 2, 2)
+    with torch.no_grad():
+        m.c1.weight.copy_(torch.tensor([1.0, -2.0, 3.0]).repeat(8, 1).view(8, 3, 1, 1))   # all filters alike
+        m.c2.weight[4:].mul_(1e-3)      # half of c2's filters nearly zero: relative to c2's mean, the lowest
+    uniform = prune_channels(m, 0.25, example_input=x)
+    assert (uniform.c1.out_channels, uniform.c2.out_channels) == (6, 6)
+    ranked = prune_channels(m, 0.25, example_input=x, global_ranking=True)
+    assert (ranked.c1.out_channels, ranked.c2.out_channels) == (8, 4)
+    assert sorted(_kept_out(m.c2, ranked.c2)) == [0, 1, 2, 3] and ranked.head.in_features == 16
+    ref, _ = _masked_reference(m, x, 0.25, "l1")    # the uniform removal's reference
+    with torch.no_grad():
+        torch.testing.assert_close(uniform(x), ref, rtol=1e-5, atol=1e-5)
+    # 12 of 16 removed globally: c1's eight alike filters rank below c2's four large ones
+    with pytest.raises(ArgumentValueError, match=r"'amount'.*'c1'.*zero channels"):
+        prune_channels(m, 0.75, example_input=x, global_ranking=True)
+    with pytest.raises(ArgumentTypeError, match="'global_ranking'"):
+        prune_channels(m, 0.5, example_input=x, global_ranking=1)
+
+
 # ------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("kw, err, needle", [
     ({"amount": 1.0}, ArgumentValueError, "'amount'"),
@@ -376,8 +408,12 @@ def test_prune_eval_predict_finetune_and_resume(trained, tmp_path, capsys):
     assert _cli("train", *SMALL, "--init", trained / "best.pt", "--epochs", 1, "--out", tmp_path / "warm") == 0
     assert pyimgcls.load_model(tmp_path / "warm" / "best.pt").features[2].out_channels == 16
     # a pruned file prunes again
-    assert _cli("prune", "--checkpoint", pfile, "--amount", 0.5, "--out", tmp_path / "p2.pt") == 0
-    assert pyimgcls.load_model(tmp_path / "p2.pt").features[2].out_channels == 4
+    assert _cli("prune", "--checkpoint", pfile, "--amount", 0.5, "--out", tmp_path / "p2.pt",
+                "--global-ranking") == 0
+    p2 = pyimgcls.load_model(tmp_path / "p2.pt")
+    assert p2.features[0].out_channels + p2.features[2].out_channels == 3 + 8 - 5
+    assert [h["global_ranking"] for h in torch.load(tmp_path / "p2.pt", weights_only=True)["meta"]["pruning"]] \
+        == [False, True]
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -22,9 +22,12 @@ def prune_checkpoint(args) -> dict:
     # The traced example: one image of the size and channels the model was trained on.
     x = torch.randn(1, meta["in_channels"], meta["image_size"], meta["image_size"])
     before = sum(p.numel() for p in model.parameters())
-    pruned = prune_channels(model, amount=args.amount, criterion=args.criterion, example_input=x)
+    ranking = bool(getattr(args, "global_ranking", False))
+    pruned = prune_channels(model, amount=args.amount, criterion=args.criterion, example_input=x,
+                            global_ranking=ranking)
     after = sum(p.numel() for p in pruned.parameters())
     history = list(meta.get("pruning", [])) + [{"amount": float(args.amount), "criterion": args.criterion,
+                                                "global_ranking": ranking,
                                                 "source": os.path.abspath(args.checkpoint),
                                                 "parameters_before": before, "parameters_after": after}]
     new_meta = dict(meta, architecture=architecture(pruned), pruning=history)

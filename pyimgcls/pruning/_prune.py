@@ -70,8 +70,10 @@ def _element_scores(model, g, criterion) -> dict:
     return scores
 
 
-def _removed_classes(g, scores, amount) -> set:
-    """Roots of the classes to remove: per component, the floor(amount * n) lowest-scoring classes."""
+def _removed_classes(g, scores, amount, global_ranking: bool = False) -> set:
+    """Roots of the classes to remove: per component, the floor(amount * n) lowest-scoring classes;
+    with ``global_ranking``, the floor(amount * N) lowest of all N prunable classes, each score divided
+    by its component's mean (filter norms grow with fan-in, so raw scores would rank layers, not channels)."""
     class_score, class_frozen = {}, set()
     for e, own in enumerate(g.owner):
         r = g.find(e)
@@ -96,11 +98,18 @@ def _removed_classes(g, scores, amount) -> set:
     components: dict = {}
     for r in list(comp_parent):
         components.setdefault(cfind(r), set()).add(r)
-    removed = set()
+    removed, ranked = set(), []
     for members in components.values():
         prunable = sorted((r for r in members if r not in class_frozen), key=lambda r: (class_score[r], r))
+        if global_ranking:
+            mean = sum(class_score[r] for r in prunable) / max(1, len(prunable))
+            ranked += [(class_score[r] / mean if mean > 0 else 0.0, r) for r in prunable]
+            continue
         k = math.floor(amount * len(prunable) + 1e-9)
         removed.update(prunable[:k])
+    if global_ranking:
+        ranked.sort()
+        removed.update(r for _, r in ranked[:math.floor(amount * len(ranked) + 1e-9)])
     return removed
 
 
@@ -173,7 +182,7 @@ def _slice_model(model, g, removed) -> dict:
 
 
 def prune_channels(model: torch.nn.Module, amount: float = 0.5, criterion: str = "l1",
-                   example_input: torch.Tensor | None = None) -> torch.nn.Module:
+                   example_input: torch.Tensor | None = None, *, global_ranking: bool = False) -> torch.nn.Module:
     """A new, smaller dense copy of ``model`` with the fraction ``amount`` of the output channels of
     every prunable convolution (or of every group of channels tied across residual adds) removed,
     together with the matching input channels of every consumer (BatchNorm, convolutions, depthwise
@@ -183,14 +192,20 @@ def prune_channels(model: torch.nn.Module, amount: float = 0.5, criterion: str =
     ``criterion``: ``"l1"`` ranks a channel by the L1 norm of its filter (summed over a tied group),
     ``"bn_scale"`` by ``|gamma|`` of the BatchNorm that first normalises it (network slimming).
     ``example_input``: one batch the model accepts, used to trace the channel dependencies (default:
-    one random 32x32 image with the first convolution's channel count). ``amount=0`` returns a copy
+    one random 32x32 image with the first convolution's channel count). ``global_ranking=True``
+    removes the same total fraction but ranks all channels together (each score relative to its
+    layer's or group's mean), so layers lose different fractions; a layer that would lose every
+    channel raises. ``amount=0`` returns a copy
     that computes exactly what ``model`` does. The channel counts of the result are
     :func:`architecture` ``(model)``, the plain data a pruned checkpoint records."""
     _check(model, amount, criterion, example_input)
+    if not isinstance(global_ranking, bool):
+        raise ArgumentTypeError(f"prune_channels: argument 'global_ranking' must be a bool, got "
+                                f"{type(global_ranking).__name__}")
     x = _default_input(model) if example_input is None else example_input
     g = _trace.trace(model, x)
     scores = _element_scores(model, g, criterion)
-    removed = _removed_classes(g, scores, float(amount))
+    removed = _removed_classes(g, scores, float(amount), global_ranking)
     pruned = copy.deepcopy(model)
     _slice_model(pruned, g, removed)
     pruned.train(model.training)
