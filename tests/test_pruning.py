@@ -441,8 +441,16 @@ def test_init_errors(trained, tmp_path, capsys):
     assert "none.pt" in capsys.readouterr().err
 
 
-def test_load_model_errors(tmp_path):
+def test_load_model_errors(trained, tmp_path):
     with pytest.raises(ArgumentTypeError, match="'path'"):
         pyimgcls.load_model(3)
     with pytest.raises(ArgumentValueError, match="missing.pt"):
         pyimgcls.load_model(tmp_path / "missing.pt")
+    ck = torch.load(trained / "best.pt", weights_only=True)
+    torch.save(dict(ck, kind="quantized"), tmp_path / "q.pt")
+    with pytest.raises(ArgumentValueError, match="'quantized' checkpoint"):
+        pyimgcls.load_model(tmp_path / "q.pt")
+    meta = dict(ck["meta"], architecture=architecture(prune_channels(get_model("lenet5"), 0.5)))
+    torch.save(dict(ck, meta=meta), tmp_path / "w.pt")     # widths that do not match the weights
+    with pytest.raises(ArgumentValueError, match="w.pt.*do not fit"):
+        pyimgcls.load_model(tmp_path / "w.pt")
