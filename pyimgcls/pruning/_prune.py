@@ -155,7 +155,8 @@ def _slice_model(model, g, removed) -> dict:
         if not idx:
             raise ArgumentValueError(f"prune_channels: argument 'amount' would prune layer {name!r} to zero "
                                      f"channels; use a smaller amount")
-        ii = torch.tensor(idx, device=m.running_mean.device if m.running_mean is not None else "cpu")
+        dev = next((t.device for t in (m.weight, m.running_mean) if t is not None), torch.device("cpu"))
+        ii = torch.tensor(idx, device=dev)
         for attr in ("weight", "bias"):
             p = getattr(m, attr)
             if p is not None:
