@@ -14,3 +14,13 @@ __all__ += ["models", "convert"]
 __all__ += ["ladder"]
 __all__ += ["fuse_for_inference"]
 __all__ += ["explain", "Explanation"]
+
+
+def load_model(path):
+    """The model (CPU, eval mode) from any of our checkpoints: a training run's checkpoint.pt / best.pt
+    or a ``pyimgcls prune`` file (its layer widths come from the file); loaded as data only."""
+    from .training.loop import load_model as _load
+    return _load(path)
+
+
+__all__ += ["load_model"]

@@ -178,6 +178,9 @@ def _add_train_parser(sub) -> None:
                    help="(torchvision-compatible) state_dict to start from; a classifier of another class count "
                         "is replaced")
     g.add_argument("--freeze-backbone", action="store_true", help="with --pretrained: train only the classifier")
+    g.add_argument("--init", default=None, metavar="FILE",
+                   help="start from this checkpoint's model and weights (e.g. a pyimgcls prune output, to fine-tune "
+                        "it): the architecture, --model and image size come from FILE")
     g.add_argument("--dropout", type=_number(float, 0, 1), default=None,
                    help="dropout probability for models that have dropout (default: the model's own)")
     g = s.add_argument_group("data")
@@ -352,6 +355,28 @@ def cmd_serve(args) -> int:
     from . import serve
     return serve.main(args)
 
+def cmd_prune(args) -> int:
+    from .pruning._cli import prune_checkpoint
+    prune_checkpoint(args)
+    return 0
+
+
+def _add_prune_parser(sub) -> None:
+    s = sub.add_parser("prune", formatter_class=_Fmt, help="remove channels from a trained model (smaller, faster)",
+                       description="Structured channel pruning (pyimgcls.pruning.prune_channels) of a checkpoint: "
+                                   "writes a checkpoint of the smaller model that records its layer widths, for "
+                                   "train --init (fine-tuning), eval, predict and pyimgcls.load_model.")
+    s.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint.pt or best.pt (or a pruned file)")
+    s.add_argument("--amount", type=_number(float, 0, 1, hi_open=True), default=0.5,
+                   help="fraction of the output channels removed from every conv layer or tied residual group")
+    s.add_argument("--criterion", choices=("l1", "bn_scale"), default="l1",
+                   help="l1: filter L1 norm; bn_scale: |gamma| of the following BatchNorm")
+    s.add_argument("--global-ranking", action="store_true",
+                   help="rank all channels together (scores relative to their layer's mean) instead of removing "
+                        "--amount from every layer; layers then lose different fractions")
+    s.add_argument("--out", required=True, metavar="FILE", help="the pruned checkpoint to write")
+    s.set_defaults(func=cmd_prune)
+
 
 OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 
@@ -365,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parsers(sub)
     _add_explain_parser(sub)
     _add_serve_parser(sub)
+
+    _add_prune_parser(sub)
     s = sub.add_parser("info", help="versions, compiled kernels and available backends")
     s.set_defaults(func=cmd_info)
     s = sub.add_parser("bench", help="benchmark our kernels against PyTorch (GPU if present, else CPU)")
@@ -438,6 +465,8 @@ def main(argv=None) -> int:
         except (ValueError, TypeError, ArgumentValueError, ArgumentTypeError, BackendError) as e:
             parser.exit(2, f"pyimgcls explain: error: {_one_line(e)}\n")
     if args.command in ("train", "eval", "predict", "serve"):
+
+    if args.command in ("train", "eval", "predict", "prune"):
         from .errors import ArgumentTypeError, ArgumentValueError, BackendError
         from .training.loop import Interrupted, PredictErrors, TrainingDiverged
         try:

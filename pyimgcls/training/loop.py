@@ -41,7 +41,7 @@ RESUME_KEYS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "mome
                "schedule", "warmup_epochs", "step_size", "gamma", "label_smoothing", "seed", "augment", "image_size",
                "in_channels", "num_classes", "synthetic_size", "limit_train", "limit_test", "pretrained",
                "freeze_backbone", "amp", "val_fraction", "accumulate", "ema_decay", "clip_grad_norm", "randaugment",
-               "randaugment_magnitude", "random_erasing", "mixup", "cutmix")
+               "randaugment_magnitude", "random_erasing", "mixup", "cutmix", "init")
 # Settings a resume never takes from the checkpoint: they say where and how this command runs.
 _RUN_LOCAL_KEYS = ("out", "resume", "overwrite", "config")
 
@@ -607,12 +607,16 @@ class _Run:
         self.args, self.info, self.device, self.kernels, self.wall0 = args, info, device, kernels, wall0
         self.sigint = sigint
         self.log = _Log(info.rank, args.quiet)
+        self.init = _init_checkpoint(args) if getattr(args, "init", None) and not args.resume else None
         if not args.resume:   # a bad --model / --image-size fails before a run folder is made
             model_input(args.model, args.image_size, args.in_channels)
         self.out, self.latest_note = run_folder(args, info)
         self.ckpt_path = os.path.join(self.out, "checkpoint.pt")
         self.extended_from = None
         resume = self._load_resume() if args.resume else None
+        # a run started with --init (a pruned model) resumes with the layer widths it saved
+        self.architecture = (resume["meta"].get("architecture") if resume is not None
+                             else self.init[0].get("architecture") if self.init is not None else None)
         _seed_everything(args.seed)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = False
@@ -695,13 +699,26 @@ class _Run:
         ds.train, self.val = split_validation(ds.train, getattr(args, "val_fraction", 0.0), args.seed)
         self.ds = ds
         self.meta = dict(ds.meta(), model=args.model)
+        if self.architecture is not None:
+            self.meta["architecture"] = self.architecture
         self.aug = _augment_for(args, ds)
         self.mean_t = torch.tensor(ds.mean, dtype=torch.float32, device=device)
         self.std_t = torch.tensor(ds.std, dtype=torch.float32, device=device)
 
     def _build_model(self, saved_threads: list) -> None:
         args, ds = self.args, self.ds
-        model = build_model(args.model, ds.num_classes, ds.in_channels, args.dropout)
+        if self.init is not None:
+            meta, ck = self.init
+            for key in ("num_classes", "in_channels"):
+                if meta[key] != getattr(ds, key):
+                    raise ArgumentValueError(f"--init {args.init}: its model has {key} {meta[key]}, the data "
+                                             f"{args.data} has {getattr(ds, key)}")
+            model = _load_float_state(_build_checkpoint_model(meta, f"--init {args.init}", args.dropout),
+                                      ck, args.init)
+        elif self.architecture is not None:     # resumed fine-tuning: the weights come from _restore
+            model = _build_checkpoint_model(self.meta, f"--resume {self.ckpt_path}", args.dropout)
+        else:
+            model = build_model(args.model, ds.num_classes, ds.in_channels, args.dropout)
         self.replaced = load_pretrained(model, args.pretrained) if args.pretrained else []
         if args.freeze_backbone:
             if not args.pretrained:
@@ -1034,17 +1051,87 @@ class _Run:
         return metrics
 
 
+def _init_checkpoint(args) -> tuple[dict, dict]:
+    """``train --init FILE``: (meta, checkpoint) of FILE (a training run's or a pruned one); the model
+    name and image size come from it, so the data pipeline matches the model being fine-tuned."""
+    if args.pretrained:
+        raise ArgumentValueError("--init and --pretrained both give starting weights; pass only one")
+    ck = ckpt_mod.load_weights_only(args.init, "--init")
+    if not isinstance(ck, dict) or ck.get("format") != ckpt_mod.FORMAT:
+        raise DataError(f"--init {args.init} is not a pyimgcls checkpoint (no format tag {ckpt_mod.FORMAT!r})")
+    kind = ck.get("kind", "trained")
+    if kind not in ("trained", "pruned"):
+        raise DataError(f"--init {args.init} is a {kind!r} checkpoint; only float ones can be trained further")
+    meta = ck["meta"]
+    explicit = getattr(args, "explicit", None)
+    if explicit is not None and "model" in explicit and args.model.lower() != meta["model"].lower():
+        raise ArgumentValueError(f"--model {args.model}: --init {args.init} holds a {meta['model']}; the "
+                                 f"architecture comes from the file, so leave --model out")
+    args.model = meta["model"]
+    if args.image_size is None:
+        args.image_size = meta["image_size"]
+    bad = ckpt_mod.nonfinite_tensors(ck["model"])
+    if bad:
+        raise ArgumentValueError(f"--init: {args.init} holds non-finite weights ({', '.join(bad[:3])})")
+    return meta, ck
+
+
 # ------------------------------------------------------------------------------- eval / predict
-def _model_from_checkpoint(path: str, device: torch.device):
+def _build_checkpoint_model(meta: dict, what: str, dropout: float | None = None) -> torch.nn.Module:
+    """The model a checkpoint's ``meta`` describes, with fresh weights: the zoo model, resized to the
+    layer widths in ``meta["architecture"]`` when it was pruned (plain data: no code of the pruning run
+    is needed)."""
+    model = build_model(meta["model"], meta["num_classes"], meta["in_channels"], dropout)
+    if meta.get("architecture") is not None:
+        from ..pruning import apply_architecture
+        apply_architecture(model, meta["architecture"], what)
+    return model
+
+
+# How each kind of checkpoint becomes a module once ``_build_checkpoint_model`` has built its float
+# architecture: (model, checkpoint, path) -> model with the checkpoint's weights. Training runs and
+# ``pyimgcls prune`` files hold a float state_dict; another kind (quantised) adds its entry here.
+def _load_float_state(model: torch.nn.Module, ck: dict, path: str) -> torch.nn.Module:
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise DataError(f"{path}: the weights do not fit the model the checkpoint describes: "
+                        f"{str(e).splitlines()[0]}") from None
+    return model
+
+
+CHECKPOINT_KINDS = {"trained": _load_float_state, "pruned": _load_float_state}
+
+
+def _load_model(path: str, what: str = "--checkpoint"):
+    """(model on the CPU in eval mode, meta, checkpoint) from any of our checkpoint files; no side effects."""
     ck = ckpt_mod.load_checkpoint(path)
     meta = ck["meta"]
+    kind = ck.get("kind", "trained")
+    if kind not in CHECKPOINT_KINDS:
+        raise DataError(f"{what}: {path} is a {kind!r} checkpoint, which this version of pyimgcls cannot load "
+                        f"(it loads: {', '.join(CHECKPOINT_KINDS)})")
     bad = ckpt_mod.nonfinite_tensors(ck["model"])
     if bad:
         # Scores would all be NaN (and scikit-learn's metrics refuse them): say what is wrong instead.
-        raise ArgumentValueError(f"--checkpoint: {path} holds non-finite weights ({', '.join(bad[:3])}"
+        raise ArgumentValueError(f"{what}: {path} holds non-finite weights ({', '.join(bad[:3])}"
                                  f"{' ...' if len(bad) > 3 else ''}), e.g. from a run that diverged")
-    model = build_model(meta["model"], meta["num_classes"], meta["in_channels"])
-    model.load_state_dict(ck["model"])
+    model = CHECKPOINT_KINDS[kind](_build_checkpoint_model(meta, f"{what} {path}"), ck, path)
+    return model.eval(), meta, ck
+
+
+def load_model(path: str) -> torch.nn.Module:
+    """The model (on the CPU, in eval mode) from any of our checkpoints: a training run's
+    ``checkpoint.pt`` / ``best.pt`` or a file written by ``pyimgcls prune``. The file is loaded as
+    data only (``torch.load(weights_only=True)``); the architecture comes from the file."""
+    from ..errors import ArgumentTypeError
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(f"load_model: argument 'path' must be a file path, got {type(path).__name__}")
+    return _load_model(os.fspath(path), "load_model: path")[0]
+
+
+def _model_from_checkpoint(path: str, device: torch.device):
+    model, meta, ck = _load_model(path)
     if device.type == "cpu":
         set_cpu_threads(auto_threads(0, sum(p.numel() for p in model.parameters())))
     return model.to(device).eval(), meta, ck

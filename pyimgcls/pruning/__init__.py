@@ -1,0 +1,11 @@
+"""pyimgcls.pruning: structured channel pruning that really shrinks the network.
+
+``prune_channels(model, amount=0.5, criterion="l1", example_input=None)`` returns a smaller dense
+copy of the model (our nn layers, no masks); ``architecture(model)`` gives its layer widths as plain
+data and ``apply_architecture(model, arch)`` rebuilds them, which is what a pruned checkpoint records
+(``pyimgcls prune``; ``pyimgcls.load_model`` reads it back). How channel dependencies are found:
+``_trace.py``."""
+from ._arch import apply_architecture, architecture
+from ._prune import CRITERIA, prune_channels
+
+__all__ = ["prune_channels", "architecture", "apply_architecture", "CRITERIA"]
