@@ -355,6 +355,7 @@ def cmd_serve(args) -> int:
     from . import serve
     return serve.main(args)
 
+
 def cmd_prune(args) -> int:
     from .pruning._cli import prune_checkpoint
     prune_checkpoint(args)
@@ -390,7 +391,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parsers(sub)
     _add_explain_parser(sub)
     _add_serve_parser(sub)
-
     _add_prune_parser(sub)
     s = sub.add_parser("info", help="versions, compiled kernels and available backends")
     s.set_defaults(func=cmd_info)
@@ -464,9 +464,7 @@ def main(argv=None) -> int:
             return args.func(args)
         except (ValueError, TypeError, ArgumentValueError, ArgumentTypeError, BackendError) as e:
             parser.exit(2, f"pyimgcls explain: error: {_one_line(e)}\n")
-    if args.command in ("train", "eval", "predict", "serve"):
-
-    if args.command in ("train", "eval", "predict", "prune"):
+    if args.command in ("train", "eval", "predict", "serve", "prune"):
         from .errors import ArgumentTypeError, ArgumentValueError, BackendError
         from .training.loop import Interrupted, PredictErrors, TrainingDiverged
         try:
