@@ -5,7 +5,9 @@ from .conv import conv2d, conv2d_bias_relu
 from .gemm import linear, matmul
 from .pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from .softmax_xent import cross_entropy, softmax_cross_entropy
+from .distill import distillation_loss
 
 __all__ = ["matmul", "linear", "conv2d", "conv2d_bias_relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "reference"]
 __all__ += ["softmax_cross_entropy", "cross_entropy"]
 __all__ += ["batch_norm"]
+__all__ += ["distillation_loss"]

@@ -189,3 +189,26 @@ def batch_norm_backward(grad, x, weight, out, mean, invstd, training, act: int, 
     gb = sum_dy if needs_bias else mean.new_empty((0,))
     gr = gp.contiguous(memory_format=fmt).clone() if (has_residual and act != 0) else empty
     return gx, gw, gb, gr
+
+
+# ----------------------------------------------------------------------------- distillation loss
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float,
+                      alpha: float, reduction: str, label_smoothing: float, ignore_index: int) -> torch.Tensor:
+    """The eager composition ops.distillation_loss fuses: alpha * T^2 * KL(softmax(t/T) || softmax(s/T))
+    (KL summed over classes) + (1 - alpha) * F.cross_entropy(s, target, label_smoothing, ignore_index),
+    per row, with rows whose target is ignore_index contributing to neither term; 'mean' divides by the
+    number of counted rows (NaN when there is none). The teacher is detached (no gradient)."""
+    T = float(temperature)
+    target = target.long()
+    log_p = F.log_softmax(student / T, dim=1)
+    log_q = F.log_softmax(teacher.detach() / T, dim=1)
+    kl = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(1)
+    ce = F.cross_entropy(student, target, ignore_index=ignore_index, reduction="none",
+                         label_smoothing=label_smoothing)
+    valid = target != ignore_index
+    rows = torch.where(valid, alpha * T * T * kl + (1.0 - alpha) * ce, torch.zeros_like(ce))
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / valid.sum()
