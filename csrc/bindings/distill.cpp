@@ -2,9 +2,7 @@
 // softmax_xent scaling backward, bound in softmax_xent.cpp).
 #include "bind.h"
 #include "../cpu/distill.h"
-#ifdef PYIMGCLS_WITH_CUDA
-#include "../cuda/distill.h"
-#endif
+#include "../cuda/distill.h"  // CUDA-free: the plan function exists in every build
 
 namespace pyimgcls::bind {
 
@@ -25,6 +23,10 @@ void bind_distill(py::module_& m) {
       },
       "fused distillation loss + student gradient on CPU; returns -1 or the first row with an out-of-range "
       "target");
+  // The CUDA launcher's decision, CPU-only builds included (pyimgcls.explain).
+  m.def(
+      "distill_fwd_plan_cuda", [](int64_t N, int64_t C) { return plan_dict(cuda::distill_fwd_plan(N, C)); },
+      py::arg("N"), py::arg("C"), "what distill_fwd_cuda launches for [N, C] logits");
 #ifdef PYIMGCLS_WITH_CUDA
   m.def(
       "distill_fwd_cuda",
