@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         for _ in range(args.rounds):
             best["ours"] = min(best["ours"], per_call_ms(ours, (s, t, y), calls))
             best["torch"] = min(best["torch"], per_call_ms(composition, (s, t, y), calls))
-        case = Case("distill", "distillation_loss", f"N{n}-C{c}", "float32", flops=24.0 * n * c,
+        case = Case("distill", "distillation_loss", f"N{n}-C{c}-threads{threads}", "float32", flops=24.0 * n * c,
                     bytes=3.0 * n * c * 4 + 8 * n, pass_="fwd+bwd")
         rows.append(case.row("pyimgcls-cpu", best["ours"], "torch-composition", best["torch"], threads=threads,
                              rounds=args.rounds, calls_per_round=calls, timing="min over interleaved rounds"))
