@@ -357,3 +357,12 @@ def test_out_of_range_target(backend):
             ops.distillation_loss(s, t, torch.tensor([0, 5, 1, 1]))
         with pytest.raises((TargetOutOfRangeError, IndexError), match="out of"):
             ops.distillation_loss(s, t, torch.tensor([0, -2, 1, 1]))
+
+
+def test_forward_mode_ad_is_refused():
+    import torch.autograd.forward_ad as fwad
+    s, t, y, _ = _make(3, 4, torch.float64, torch.device("cpu"), seed=21)
+    with fwad.dual_level():
+        dual = fwad.make_dual(s, torch.randn_like(s))
+        with pytest.raises(NotImplementedError, match="forward-mode"):
+            ops.distillation_loss(dual, t, y)
