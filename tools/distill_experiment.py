@@ -7,8 +7,9 @@
 The teacher is trained once (seed 0) and its best.pt is used for every student. Both student arms take
 the digits as 3-channel images (--in-channels 3, the grayscale replicated), because ResNet-18 takes RGB
 and --teacher requires teacher and student to agree on the input channels. Writes DIR/summary.json.
-CPU cost (2 cores, quiet): ResNet-18 ~ 1 min per epoch on the 1293 training images, LeNet-5 a few
-seconds per epoch.
+CPU cost: the ResNet-18 teacher dominates; on the shared 2-core development machine (load ~12) one
+epoch on the 1293 training images took 10 minutes (2.2 images/s), so a full run needs a quieter
+machine or a GPU (--kernels is cpu here; edit COMMON for another backend).
 """
 from __future__ import annotations
 
