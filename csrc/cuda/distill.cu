@@ -16,8 +16,9 @@
 //      Z1 = sum exp(s - ms), ZT = sum exp((s - ms) / T), Zt = sum exp((t - mt) / T),
 //      Wq = sum exp((t - mt) / T) ((t - mt) - (s - ms)), Sd = sum (s - ms)   (one group sum of 5)
 //      KL = Wq / (T Zt) - log Zt + log ZT,  CE = log Z1 - (1 - eps)(s_y - ms) - eps / C * Sd.
-//   3. Gradient sweep: the exps recomputed (6 per element in all; the kernel is bandwidth-bound at
-//      ~ 3 bytes/FLOP... for fp32 rows: 12 bytes per element against ~30 FLOPs + 6 MUFU.EX2).
+//   3. Gradient sweep: the exps recomputed (6 per element in all). Per element of fp32 rows the
+//      kernel moves 12 bytes (two logits read, the gradient written) against ~30 FLOPs + 6 MUFU.EX2:
+//      memory-bound on A100 / H100 (predicted, unmeasured).
 //   Sweeps 2 and 3 re-read the row from L1 / L2 (one row is 2 C itemsize bytes); DRAM traffic stays at
 //   the minimum below when the block's rows fit in L2. The Triton kernel does the same with an online
 //   (single-sweep) max / sum instead; here the exact maxima keep every block free of rescaling and of
