@@ -183,6 +183,13 @@ def _add_train_parser(sub) -> None:
                         "it): the architecture, --model and image size come from FILE")
     g.add_argument("--dropout", type=_number(float, 0, 1), default=None,
                    help="dropout probability for models that have dropout (default: the model's own)")
+    g.add_argument("--teacher", default=None, metavar="CKPT",
+                   help="knowledge distillation: a checkpoint of ours (any architecture, same classes and input) "
+                        "whose logits the student learns from; it runs in eval mode, fused for inference")
+    g.add_argument("--kd-temperature", type=_number(float, 0, None, lo_open=True), default=4.0, metavar="T",
+                   help="with --teacher: softmax temperature of the distillation term")
+    g.add_argument("--kd-alpha", type=_number(float, 0, 1), default=0.5, metavar="A",
+                   help="with --teacher: loss = A * T^2 * KL(teacher || student) + (1 - A) * cross-entropy")
     g = s.add_argument_group("data")
     g.add_argument("--data", default="digits",
                    help="digits | synthetic | mnist:PATH | fashion-mnist:PATH | cifar10:PATH | imagefolder:PATH")

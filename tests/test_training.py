@@ -781,3 +781,28 @@ def test_tensorboard_event_files(tmp_path):
     assert [e.step for e in acc.Scalars("val/accuracy")] == [1, 2]
     m = read_metrics(out)
     assert acc.Scalars("test/accuracy")[-1].value == pytest.approx(m["test_accuracy"])
+
+
+def test_train_with_teacher_distills_and_checks_the_teacher(tmp_path):
+    """--teacher: the student trains against a checkpoint's logits (the distillation loss, recorded in
+    config.json and metrics.json); a teacher of other input channels or a missing file is exit 2."""
+    teacher = tmp_path / "teacher"
+    assert run_cli("train", *TINY, "--epochs", 1, "--seed", 1, "--out", teacher) == 0
+    out = tmp_path / "student"
+    assert run_cli("train", *TINY, "--epochs", 1, "--teacher", teacher / "best.pt", "--kd-temperature", 3,
+                   "--kd-alpha", 0.7, "--out", out) == 0
+    m = read_metrics(out)
+    assert m["distillation"] == {"checkpoint": str(teacher / "best.pt"), "model": "lenet5", "dataset": "digits",
+                                 "temperature": 3.0, "alpha": 0.7}
+    config = json.loads((out / "config.json").read_text())
+    assert (config["teacher"], config["kd_temperature"], config["kd_alpha"]) == (str(teacher / "best.pt"), 3.0, 0.7)
+    alone = tmp_path / "alone"
+    assert run_cli("train", *TINY, "--epochs", 1, "--out", alone) == 0
+    assert read_metrics(alone)["history"][0]["train_loss"] != m["history"][0]["train_loss"]
+    assert "distillation" not in read_metrics(alone)
+    rgb = tmp_path / "rgb"
+    assert run_cli("train", *TINY, "--epochs", 1, "--in-channels", 3, "--limit-train", 32, "--out", rgb) == 0
+    assert run_cli("train", *TINY, "--epochs", 1, "--teacher", rgb / "best.pt", "--out", tmp_path / "x") == 2
+    assert run_cli("train", *TINY, "--epochs", 1, "--teacher", tmp_path / "missing.pt", "--out", tmp_path / "y") == 2
+    assert run_cli("train", *TINY, "--epochs", 1, "--teacher", teacher / "best.pt", "--mixup", 0.2,
+                   "--out", tmp_path / "z") == 2

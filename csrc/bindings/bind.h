@@ -57,6 +57,7 @@ inline std::string launcher_name(const char* op, const char* backend) { return s
 void bind_runtime(py::module_& m);
 void bind_gemm(py::module_& m);
 void bind_softmax_xent(py::module_& m);
+void bind_distill(py::module_& m);
 void bind_pool(py::module_& m);
 void bind_conv(py::module_& m);
 void bind_batchnorm(py::module_& m);

@@ -14,4 +14,5 @@ PYBIND11_MODULE(_C, m) {
   pyimgcls::bind::bind_batchnorm(m);
   pyimgcls::bind::bind_ladder(m);
   pyimgcls::bind::bind_quant(m);
+  pyimgcls::bind::bind_distill(m);
 }

@@ -5,8 +5,10 @@ from .conv import Conv2d
 from .linear import Linear
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .softmax_xent import CrossEntropyLoss
+from .distill import DistillationLoss
 
 __all__ = ["Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "ReLU", "ReLU6"]
 __all__ += ["CrossEntropyLoss"]
 __all__ += ["Conv2d"]
 __all__ += ["BatchNorm2d"]
+__all__ += ["DistillationLoss"]

@@ -282,3 +282,25 @@ def quant_quantize(x, inv_scale, zero_point):
     v = x.to(torch.float32) * torch.tensor(inv_scale, dtype=torch.float32)
     v = torch.nan_to_num(v, nan=0.0).clamp(-256, 512).round()
     return (v + zero_point).clamp(0, 255).to(torch.uint8)
+
+# ----------------------------------------------------------------------------- distillation loss
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float,
+                      alpha: float, reduction: str, label_smoothing: float, ignore_index: int) -> torch.Tensor:
+    """The eager composition ops.distillation_loss fuses: alpha * T^2 * KL(softmax(t/T) || softmax(s/T))
+    (KL summed over classes) + (1 - alpha) * F.cross_entropy(s, target, label_smoothing, ignore_index),
+    per row, with rows whose target is ignore_index contributing to neither term; 'mean' divides by the
+    number of counted rows (NaN when there is none). The teacher is detached (no gradient)."""
+    T = float(temperature)
+    target = target.long()
+    log_p = F.log_softmax(student / T, dim=1)
+    log_q = F.log_softmax(teacher.detach() / T, dim=1)
+    kl = F.kl_div(log_p, log_q, reduction="none", log_target=True).sum(1)
+    ce = F.cross_entropy(student, target, ignore_index=ignore_index, reduction="none",
+                         label_smoothing=label_smoothing)
+    valid = target != ignore_index
+    rows = torch.where(valid, alpha * T * T * kl + (1.0 - alpha) * ce, torch.zeros_like(ce))
+    if reduction == "none":
+        return rows
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / valid.sum()

@@ -42,6 +42,9 @@ RESUME_KEYS = ("model", "data", "epochs", "batch_size", "optimizer", "lr", "mome
                "in_channels", "num_classes", "synthetic_size", "limit_train", "limit_test", "pretrained",
                "freeze_backbone", "amp", "val_fraction", "accumulate", "ema_decay", "clip_grad_norm", "randaugment",
                "randaugment_magnitude", "random_erasing", "mixup", "cutmix", "init")
+# Distillation settings a resume must keep (the loss changes with them); only checked when the checkpoint
+# has them (runs written before --teacher existed ran without a teacher).
+RESUME_KEYS += ("teacher", "kd_temperature", "kd_alpha")
 # Settings a resume never takes from the checkpoint: they say where and how this command runs.
 _RUN_LOCAL_KEYS = ("out", "resume", "overwrite", "config")
 
@@ -563,6 +566,14 @@ def _check_args(args) -> None:
             raise ArgumentValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if getattr(args, "patience", None) and not getattr(args, "val_fraction", 0):
         raise ArgumentValueError("--patience needs a validation split (--val-fraction > 0) to watch")
+    if getattr(args, "teacher", None):
+        if not getattr(args, "kd_temperature", 4.0) > 0:
+            raise ArgumentValueError(f"--kd-temperature must be > 0, got {args.kd_temperature}")
+        if not 0 <= getattr(args, "kd_alpha", 0.5) <= 1:
+            raise ArgumentValueError(f"--kd-alpha must be in [0, 1], got {args.kd_alpha}")
+        if getattr(args, "mixup", 0.0) > 0 or getattr(args, "cutmix", 0.0) > 0:
+            raise ArgumentValueError("--teacher does not combine with --mixup / --cutmix (the distillation loss "
+                                     "takes class-index targets)")
 
 
 def train(args) -> dict:
@@ -638,8 +649,13 @@ class _Run:
         self.pending_save = False
         self.amp_dtype = AMP_DTYPES[args.amp]
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-        from ..nn import CrossEntropyLoss
+        from ..nn import CrossEntropyLoss, DistillationLoss
         self.criterion = CrossEntropyLoss(label_smoothing=args.label_smoothing)
+        self.teacher = self.teacher_info = None
+        if getattr(args, "teacher", None):
+            self._build_teacher()
+            self.criterion = DistillationLoss(temperature=args.kd_temperature, alpha=args.kd_alpha,
+                                              label_smoothing=args.label_smoothing)
 
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
         self.history, self.best_acc, self.best_epoch, self.train_time = [], -1.0, None, 0.0
@@ -734,6 +750,52 @@ class _Run:
         if self.device.type == "cpu":
             saved_threads.append(set_cpu_threads(self.threads))
         self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def _build_teacher(self) -> None:
+        """--teacher: the model of a checkpoint of ours (_model_from_checkpoint), fused for inference (a
+        copy, eval mode, frozen), checked against the student's data: same class count, input channels
+        and image size. Its inputs are the student's, renormalised to the teacher's mean / std when its
+        data set statistics differ."""
+        from ..fuse import fuse_for_inference
+        args, ds = self.args, self.ds
+        if not os.path.isfile(args.teacher):
+            raise ArgumentValueError(f"--teacher: no such checkpoint file: {args.teacher}")
+        saved = set_cpu_threads(torch.get_num_threads())   # _model_from_checkpoint picks eval's threads
+        try:
+            model, meta, _ = _model_from_checkpoint(args.teacher, self.device)
+        except ArgumentValueError as e:
+            raise ArgumentValueError(f"--teacher: {str(e).removeprefix('--checkpoint: ')}") from None
+        finally:
+            restore_cpu_threads(saved)
+        for key, name, want in (("num_classes", "classes", ds.num_classes), ("in_channels", "input channels",
+                                                                             ds.in_channels),
+                                ("image_size", "image size", ds.image_size)):
+            if meta.get(key) != want:
+                raise ArgumentValueError(
+                    f"--teacher: {args.teacher} was trained with {meta.get(key)} {name} ({meta.get('model')} on "
+                    f"{meta.get('dataset')}), the student's data has {want}; teacher and student must agree on "
+                    "the class count and the input size and channels"
+                    + (" (train the student with --in-channels 3)" if key == "in_channels" and want == 1 else ""))
+        teacher = fuse_for_inference(model)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher = teacher.to(self.device).eval()
+        t_mean = torch.tensor(meta.get("mean", ds.mean), dtype=torch.float32, device=self.device)
+        t_std = torch.tensor(meta.get("std", ds.std), dtype=torch.float32, device=self.device)
+        self.teacher_norm = None
+        if not (torch.equal(t_mean, self.mean_t) and torch.equal(t_std, self.std_t)):
+            # x_t = (x * std + mean - mean_t) / std_t = x * a + b
+            a = self.std_t / t_std
+            self.teacher_norm = (a.view(1, -1, 1, 1), ((self.mean_t - t_mean) / t_std).view(1, -1, 1, 1))
+        self.teacher_info = {"checkpoint": args.teacher, "model": meta.get("model"), "dataset": meta.get("dataset"),
+                             "temperature": args.kd_temperature, "alpha": args.kd_alpha}
+
+    def _teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for the student's (normalised, augmented) batch: eval mode, no graph."""
+        with torch.no_grad():
+            if self.teacher_norm is not None:
+                x = x * self.teacher_norm[0] + self.teacher_norm[1]
+            return self.teacher(x).float()
 
     def _restore(self, resume: dict) -> None:
         self.model.load_state_dict(resume["model"])
@@ -913,7 +975,10 @@ class _Run:
         with sync:
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = self.net(x)
-                loss = self.criterion(logits.float(), target)
+                if self.teacher is not None:
+                    loss = self.criterion(logits.float(), self._teacher_logits(x), target)
+                else:
+                    loss = self.criterion(logits.float(), target)
             self.watch.update(loss, self.global_step + 1)
             if self.watch.bad_step is not None and not self.info.enabled:
                 # Known without a sync (eager): stop before the non-finite update. Under torchrun the
@@ -1027,6 +1092,8 @@ class _Run:
             "num_classes": ds.num_classes, "class_names": ds.class_names, "parameters": self.n_params,
             "trainable_parameters": self.n_trainable, "augment": self.aug.describe(), "seed": args.seed,
             "history": history, "config": _config(args)}
+        if self.teacher_info is not None:
+            metrics["distillation"] = dict(self.teacher_info)
         if info.is_main:
             write_json(metrics, os.path.join(out, "metrics.json"))
             if self.tb is not None:
