@@ -61,5 +61,6 @@ void bind_pool(py::module_& m);
 void bind_conv(py::module_& m);
 void bind_batchnorm(py::module_& m);
 void bind_ladder(py::module_& m);
+void bind_se(py::module_& m);
 
 }  // namespace pyimgcls::bind

@@ -13,4 +13,5 @@ PYBIND11_MODULE(_C, m) {
   pyimgcls::bind::bind_conv(m);
   pyimgcls::bind::bind_batchnorm(m);
   pyimgcls::bind::bind_ladder(m);
+  pyimgcls::bind::bind_se(m);
 }

@@ -4,8 +4,10 @@ from .batchnorm import batch_norm
 from .conv import conv2d, conv2d_bias_relu
 from .gemm import linear, matmul
 from .pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
+from .se import drop_path_add, squeeze_excitation, stochastic_depth
 from .softmax_xent import cross_entropy, softmax_cross_entropy
 
 __all__ = ["matmul", "linear", "conv2d", "conv2d_bias_relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "reference"]
 __all__ += ["softmax_cross_entropy", "cross_entropy"]
 __all__ += ["batch_norm"]
+__all__ += ["squeeze_excitation", "stochastic_depth", "drop_path_add"]
