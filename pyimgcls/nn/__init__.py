@@ -4,9 +4,11 @@ from .batchnorm import BatchNorm2d
 from .conv import Conv2d
 from .linear import Linear
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .se import SqueezeExcitation, StochasticDepth
 from .softmax_xent import CrossEntropyLoss
 
 __all__ = ["Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "ReLU", "ReLU6"]
 __all__ += ["CrossEntropyLoss"]
 __all__ += ["Conv2d"]
 __all__ += ["BatchNorm2d"]
+__all__ += ["SqueezeExcitation", "StochasticDepth"]

@@ -54,6 +54,7 @@ def drop_path(x, scale, residual, channels_last):
         return drop_path(x.float(), scale, None if residual is None else residual.float(), channels_last).to(x.dtype)
     x, residual, (N, M), out = op.drop_path_outputs(x, scale, residual, channels_last)
     if out.numel():
-        _native.C.drop_path_cpu(_native.dtype_code(x.dtype), x.data_ptr(), scale.to(x.dtype).contiguous().data_ptr(),
+        scale = scale.to(x.dtype).contiguous()  # kept alive across the call
+        _native.C.drop_path_cpu(_native.dtype_code(x.dtype), x.data_ptr(), scale.data_ptr(),
                                 _ptr(residual), out.data_ptr(), N, M)
     return out

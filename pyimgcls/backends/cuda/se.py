@@ -34,7 +34,8 @@ def se_bwd(grad, x, w1, w2, pooled, hidden, z, act, gate, channels_last, needs_i
 def drop_path(x, scale, residual, channels_last):
     x, residual, (N, M), out = op.drop_path_outputs(x, scale, residual, channels_last)
     if out.numel():
-        _native.C.drop_path_cuda(_native.dtype_code(x.dtype), x.data_ptr(), scale.float().contiguous().data_ptr(),
+        scale = scale.float().contiguous()  # kept alive across the launch
+        _native.C.drop_path_cuda(_native.dtype_code(x.dtype), x.data_ptr(), scale.data_ptr(),
                                  _ptr(residual), out.data_ptr(), N, M, *launch_args(x))
     return out
 
