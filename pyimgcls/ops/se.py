@@ -97,10 +97,10 @@ def se_bwd_outputs(grad, x, w1, channels_last, needs_input, needs_w1, needs_b1, 
 
 
 def se_bwd_result(x, w1, gx, gw1, gb1, gw2, gb2):
-    """The backward op's outputs: an empty tensor for each gradient not asked for."""
-    e, ew = x.new_empty((0,)), w1.new_empty((0,))
-    return (gx if gx is not None else e, gw1 if gw1 is not None else ew, gb1 if gb1 is not None else ew,
-            gw2 if gw2 is not None else ew, gb2 if gb2 is not None else ew)
+    """The backward op's outputs: a fresh empty tensor for each gradient not asked for (outputs of a
+    custom op must not alias each other)."""
+    return (gx if gx is not None else x.new_empty((0,)),
+            *(g if g is not None else w1.new_empty((0,)) for g in (gw1, gb1, gw2, gb2)))
 
 
 def drop_path_outputs(x, scale, residual, channels_last):
@@ -160,10 +160,9 @@ def _se_backward_op(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: t
 def _(grad, x, w1, w2, pooled, hidden, z, act, gate, channels_last, needs_input, needs_w1, needs_b1, needs_w2,
       needs_b2, backend):
     R, C = w1.shape
-    e, ew = x.new_empty((0,)), w1.new_empty((0,))
-    return (_fake_like(x, channels_last) if needs_input else e, w1.new_empty((R, C)) if needs_w1 else ew,
-            w1.new_empty((R,)) if needs_b1 else ew, w1.new_empty((C, R)) if needs_w2 else ew,
-            w1.new_empty((C,)) if needs_b2 else ew)
+    return (_fake_like(x, channels_last) if needs_input else x.new_empty((0,)),
+            w1.new_empty((R, C) if needs_w1 else (0,)), w1.new_empty((R,) if needs_b1 else (0,)),
+            w1.new_empty((C, R) if needs_w2 else (0,)), w1.new_empty((C,) if needs_b2 else (0,)))
 
 
 def _se_setup_context(ctx, inputs, output):
