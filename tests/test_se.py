@@ -348,3 +348,13 @@ def test_bad_arguments_raise_clear_errors():
     for fn, exc, name in cases:
         with pytest.raises(exc, match=name):
             fn()
+
+
+def test_module_signatures_match_torchvision():
+    import inspect
+
+    def params(cls):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(cls.__init__).parameters.values()]
+    assert params(nn.SqueezeExcitation) == params(_TorchvisionSE)
+    # torchvision.ops.StochasticDepth.__init__(self, p: float, mode: str)
+    assert [p.name for p in inspect.signature(nn.StochasticDepth.__init__).parameters.values()] == ["self", "p", "mode"]
