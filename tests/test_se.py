@@ -251,13 +251,15 @@ def test_eager_fast_path_matches_custom_ops():
         assert torch.equal(a, b)
 
 
-def test_double_backward_raises():
+@pytest.mark.parametrize("enabled", [True, False], ids=["eager-fast-path", "custom-op"])
+def test_double_backward_raises(enabled, monkeypatch):
+    monkeypatch.setattr(_eager, "ENABLED", enabled)
     x = _rand((2, 4, 3, 3), 15).requires_grad_()
     ps = [t.requires_grad_() for t in _params(4, 2, 16)]
     y = ops.squeeze_excitation(x, *ps)
-    gx, = torch.autograd.grad(y.sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(gx.sum(), x)
+    gx, gw1 = torch.autograd.grad(y.pow(2).sum(), (x, ps[0]), create_graph=True)
+    with pytest.raises(RuntimeError, match="pyimgcls.squeeze_excitation: double backward"):
+        torch.autograd.grad(gx.sum() + gw1.sum(), x)
 
 
 def test_no_grad_and_partial_grads():
@@ -358,3 +360,16 @@ def test_module_signatures_match_torchvision():
     assert params(nn.SqueezeExcitation) == params(_TorchvisionSE)
     # torchvision.ops.StochasticDepth.__init__(self, p: float, mode: str)
     assert [p.name for p in inspect.signature(nn.StochasticDepth.__init__).parameters.values()] == ["self", "p", "mode"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_weights(backend):
+    """Weights and biases that are views (slices of larger tensors) are read by value, not by storage."""
+    dev = device_for(backend)
+    big = _rand((6, 9, 3, 3), 22).to(dev)
+    x = _rand((2, 5, 3, 4), 23).to(dev)
+    w1, w2 = big[:2, 1:6, 1:2, 1:2], big[1:6, 3:5, 2:, :1]
+    b1, b2 = big[0, 0, :2, 0], big[2, ::2, 0, 0][:5]
+    with backend_ctx(backend):
+        y = ops.squeeze_excitation(x, w1, b1, w2, b2)
+    assert_close_to_reference(y, torch_se(x.cpu(), w1.cpu(), b1.cpu(), w2.cpu(), b2.cpu(), "relu", "sigmoid"))

@@ -303,9 +303,10 @@ def squeeze_excitation(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | Non
     backend = _backend.resolve(x.device, op)
     check_backend_dtype(backend, x, "x", op)
     acc = acc_dtype(x.dtype)
-    w1m, w2m = w1m.to(acc), w2m.to(acc)
-    b1 = None if b1 is None else b1.to(acc)
-    b2 = None if b2 is None else b2.to(acc)
+    # the kernels read contiguous [R, C] / [C, R] / [R] / [C] arrays (a sliced weight is a strided view)
+    w1m, w2m = w1m.to(acc).contiguous(), w2m.to(acc).contiguous()
+    b1 = None if b1 is None else b1.to(acc).contiguous()
+    b2 = None if b2 is None else b2.to(acc).contiguous()
     channels_last = suggests_channels_last(x)
     if N == 0:  # nothing to pool: an empty result of x's format, connected to the inputs for autograd
         return x.clone(memory_format=_fmt(channels_last))
