@@ -373,3 +373,28 @@ def test_strided_weights(backend):
     with backend_ctx(backend):
         y = ops.squeeze_excitation(x, w1, b1, w2, b2)
     assert_close_to_reference(y, torch_se(x.cpu(), w1.cpu(), b1.cpu(), w2.cpu(), b2.cpu(), "relu", "sigmoid"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gate_and_activation_at_their_kinks(backend):
+    """z exactly at hardsigmoid's -3 / 3 and hidden exactly 0 (relu's kink): ATen's strict comparisons
+    decide the gradient there (hardsigmoid' = 0 at +-3, relu' = 0 at 0)."""
+    dev = device_for(backend)
+    dtype = torch.float32 if backend == "cuda" else torch.float64
+    C, R = 4, 2
+    w1 = torch.zeros(R, C, 1, 1, dtype=dtype)
+    b1 = torch.tensor([0.0, 1.0], dtype=dtype)            # hidden = [0, 1] exactly
+    w2 = torch.zeros(C, R, 1, 1, dtype=dtype)
+    w2[:, 1] = 1.0
+    b2 = torch.tensor([-4.0, -3.5, 1.5, 2.0], dtype=dtype)  # z = b2 + 1 = [-3, -2.5, 2.5, 3]
+    x = _rand((2, C, 2, 3), 24).to(dtype)
+    for act, gate in (("relu", "hardsigmoid"), ("silu", "hardsigmoid")):
+        ours = [t.clone().to(dev).requires_grad_() for t in (x, w1, b1, w2, b2)]
+        ref = [t.clone().requires_grad_() for t in (x, w1, b1, w2, b2)]
+        with backend_ctx(backend):
+            y = ops.squeeze_excitation(*ours, act, gate)
+        yr = torch_se(*ref, act, gate)
+        assert_close_to_reference(y, yr)
+        g = torch.ones_like(yr)
+        for a, b in zip(torch.autograd.grad(y, ours, g.to(dev)), torch.autograd.grad(yr, ref, g)):
+            assert_close_to_reference(a, b)
