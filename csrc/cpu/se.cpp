@@ -205,15 +205,19 @@ void fwd_impl(const T* x, const T* w1, const T* b1, const T* w2, const T* b2, T*
       for (int64_t c = 0; c < C; ++c) pn[c] = T(sums[n * C + c] / double(HW));
       for (int64_t j = 0; j < R; ++j) {
         const T* wr = w1 + j * C;
-        double h = b1 ? double(b1[j]) : 0.0;
+        double h = 0.0;
+#pragma omp simd reduction(+ : h)
         for (int64_t c = 0; c < C; ++c) h += double(wr[c]) * double(pn[c]);
+        if (b1) h += double(b1[j]);
         hidden[n * R + j] = T(h);
         a[j] = se_act(double(T(h)), act);
       }
       for (int64_t c = 0; c < C; ++c) {
         const T* wr = w2 + c * R;
-        double v = b2 ? double(b2[c]) : 0.0;
+        double v = 0.0;
+#pragma omp simd reduction(+ : v)
         for (int64_t j = 0; j < R; ++j) v += double(wr[j]) * a[j];
+        if (b2) v += double(b2[c]);
         z[n * C + c] = T(v);
         g[n * C + c] = T(se_gate(double(T(v)), gate));
       }
@@ -243,6 +247,7 @@ void bwd_impl(const T* grad, const T* x, const T* w1, const T* w2, const T* pool
       for (int64_t c = 0; c < C; ++c) {
         const T* wr = w2 + c * R;
         const double s = gzn[c];
+#pragma omp simd
         for (int64_t j = 0; j < R; ++j) acc[j] += double(wr[j]) * s;
       }
       for (int64_t j = 0; j < R; ++j) {
@@ -256,6 +261,7 @@ void bwd_impl(const T* grad, const T* x, const T* w1, const T* w2, const T* pool
         for (int64_t j = 0; j < R; ++j) {
           const T* wr = w1 + j * C;
           const double s = ghn[j];
+#pragma omp simd
           for (int64_t c = 0; c < C; ++c) acc[c] += double(wr[c]) * s;
         }
         for (int64_t c = 0; c < C; ++c) {
