@@ -219,6 +219,9 @@ OPS_FWD = {
     "adaptive_avg_pool2d": lambda x: ops.adaptive_avg_pool2d(x, 1),
     "batch_norm": lambda x: ops.batch_norm(x, None, None, training=True),
     "cross_entropy": lambda x: ops.cross_entropy(x.flatten(1), torch.tensor([0, 1])),
+    "squeeze_excitation": lambda x: ops.squeeze_excitation(x, torch.ones(2, 3, 1, 1, dtype=D), None,
+                                                           torch.ones(3, 2, 1, 1, dtype=D), None),
+    "drop_path_add": lambda x: ops.drop_path_add(x, x, 0.0, "row"),   # p = 0: still one kernel pass
 }
 
 

@@ -63,5 +63,6 @@ void bind_conv(py::module_& m);
 void bind_batchnorm(py::module_& m);
 void bind_ladder(py::module_& m);
 void bind_quant(py::module_& m);
+void bind_se(py::module_& m);
 
 }  // namespace pyimgcls::bind

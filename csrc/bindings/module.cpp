@@ -15,4 +15,5 @@ PYBIND11_MODULE(_C, m) {
   pyimgcls::bind::bind_ladder(m);
   pyimgcls::bind::bind_quant(m);
   pyimgcls::bind::bind_distill(m);
+  pyimgcls::bind::bind_se(m);
 }

@@ -105,7 +105,7 @@ TABLE: dict[str, Backend] = {b.name: b for b in (
 NAMES: tuple[str, ...] = tuple(TABLE)            # concrete backends
 CHOICES: tuple[str, ...] = ("auto", *NAMES)      # what users may select
 
-FAMILIES = ("gemm", "conv", "pool", "batchnorm", "softmax_xent", "ladder", "quant", "distill")
+FAMILIES = ("gemm", "conv", "pool", "batchnorm", "softmax_xent", "ladder", "quant", "distill", "se")
 
 _modules: dict[tuple[str, str], ModuleType] = {}
 

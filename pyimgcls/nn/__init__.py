@@ -4,6 +4,7 @@ from .batchnorm import BatchNorm2d
 from .conv import Conv2d
 from .linear import Linear
 from .pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .se import SqueezeExcitation, StochasticDepth
 from .softmax_xent import CrossEntropyLoss
 from .distill import DistillationLoss
 
@@ -12,3 +13,4 @@ __all__ += ["CrossEntropyLoss"]
 __all__ += ["Conv2d"]
 __all__ += ["BatchNorm2d"]
 __all__ += ["DistillationLoss"]
+__all__ += ["SqueezeExcitation", "StochasticDepth"]

@@ -7,6 +7,7 @@ from .gemm import linear, matmul
 from .pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from .quant import QuantizedWeight, dequantize, quantize_per_tensor, quantize_weight, quantized_conv2d, quantized_linear
 from .quant import quantized_adaptive_avg_pool2d, quantized_max_pool2d
+from .se import drop_path_add, squeeze_excitation, stochastic_depth
 from .softmax_xent import cross_entropy, softmax_cross_entropy
 
 __all__ = ["matmul", "linear", "conv2d", "conv2d_bias_relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "reference"]
@@ -15,3 +16,4 @@ __all__ += ["batch_norm"]
 __all__ += ["distillation_loss"]
 __all__ += ["quantized_linear", "quantized_conv2d", "QuantizedWeight", "quantize_weight", "quantize_per_tensor",
             "dequantize", "quantized_max_pool2d", "quantized_adaptive_avg_pool2d"]
+__all__ += ["squeeze_excitation", "stochastic_depth", "drop_path_add"]

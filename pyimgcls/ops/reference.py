@@ -304,3 +304,61 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torc
     if reduction == "sum":
         return rows.sum()
     return rows.sum() / valid.sum()
+
+# ----------------------------------------------------------------------------- squeeze-and-excitation
+# act codes 0 relu / 1 silu, gate codes 0 sigmoid / 1 hardsigmoid (pyimgcls/ops/se.py); w1 [R, C],
+# w2 [C, R] in the accumulation dtype (float32, float64 for float64 x), like pooled / hidden / z.
+def _se_fmt(channels_last):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def se_activation(h: torch.Tensor, act: int) -> torch.Tensor:
+    return F.silu(h) if act == 1 else F.relu(h)
+
+
+def se_gate(z: torch.Tensor, gate: int) -> torch.Tensor:
+    return F.hardsigmoid(z) if gate == 1 else torch.sigmoid(z)
+
+
+def squeeze_excitation(x, w1, b1, w2, b2, act: int, gate: int, channels_last):
+    """(y, pooled, hidden, z) as pyimgcls::squeeze_excitation returns them: torchvision's
+    SqueezeExcitation (adaptive_avg_pool2d, conv1x1, act, conv1x1, gate, x * scale) with the 1x1
+    convolutions as F.linear on [N, C] in the accumulation dtype."""
+    acc = w1.dtype
+    pooled = x.to(acc).mean((2, 3))
+    hidden = F.linear(pooled, w1, b1)
+    z = F.linear(se_activation(hidden, act), w2, b2)
+    y = (x * se_gate(z, gate).to(x.dtype)[:, :, None, None]).contiguous(memory_format=_se_fmt(channels_last))
+    return y, pooled, hidden, z
+
+
+def squeeze_excitation_backward(grad, x, w1, w2, pooled, hidden, z, act: int, gate: int, channels_last,
+                                needs_input, needs_w1, needs_b1, needs_w2, needs_b2):
+    """(grad_input, gw1, gb1, gw2, gb2) by ATen's own backward formulas (autograd through the composition
+    from the saved pooled / hidden / z); an empty tensor for each gradient not asked for."""
+    acc = w1.dtype
+    with torch.enable_grad():
+        zz = z.detach().requires_grad_()
+        g = se_gate(zz, gate)
+        gz, = torch.autograd.grad(g, zz, (grad.to(acc) * x.to(acc)).sum((2, 3)))
+        hh = hidden.detach().requires_grad_()
+        a = se_activation(hh, act)
+        ga = gz @ w2
+        gh, = torch.autograd.grad(a, hh, ga)
+    empty = x.new_empty((0,))
+    gx = empty
+    if needs_input:
+        gpool = (gh @ w1) / (x.shape[2] * x.shape[3])
+        gx = (grad.to(acc) * g.detach()[:, :, None, None] + gpool[:, :, None, None]).to(x.dtype)
+        gx = gx.contiguous(memory_format=_se_fmt(channels_last))
+    gw1 = gh.t() @ pooled if needs_w1 else w1.new_empty((0,))
+    gb1 = gh.sum(0) if needs_b1 else w1.new_empty((0,))
+    gw2 = gz.t() @ a.detach() if needs_w2 else w1.new_empty((0,))
+    gb2 = gz.sum(0) if needs_b2 else w1.new_empty((0,))
+    return gx, gw1, gb1, gw2, gb2
+
+
+def drop_path(x, scale, residual):
+    """out[n] = x[n] * scale[n] (+ residual[n]) for x viewed as [N, M] (x's strides kept)."""
+    out = x * scale.to(x.dtype).reshape([-1] + [1] * (x.dim() - 1))
+    return out if residual is None else out + residual
