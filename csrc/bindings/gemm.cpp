@@ -78,6 +78,26 @@ void bind_gemm(py::module_& m) {
         cpu::bias_act_bwd(d, cptr(grad), cptr(out), mptr(grad_pre), mptr(grad_bias), M, N, ac);
       },
       "epilogue backward on CPU: activation mask and bias gradient");
+  m.def(
+      "act_fwd_cpu",
+      [](int dt, uintptr_t x, uintptr_t y, int64_t n, int act) {
+        DType d = to_dtype(dt);
+        check_cpu_dtype(d);
+        Act ac = to_act(act);
+        py::gil_scoped_release nogil;
+        cpu::act_fwd(d, cptr(x), mptr(y), n, ac);
+      },
+      "standalone activation on CPU: y = act(x) over n dense elements");
+  m.def(
+      "act_bwd_cpu",
+      [](int dt, uintptr_t grad, uintptr_t saved, uintptr_t grad_in, int64_t n, int act) {
+        DType d = to_dtype(dt);
+        check_cpu_dtype(d);
+        Act ac = to_act(act);
+        py::gil_scoped_release nogil;
+        cpu::act_bwd(d, cptr(grad), cptr(saved), mptr(grad_in), n, ac);
+      },
+      "standalone activation backward on CPU: grad_in = act'(saved) * grad");
 #ifdef PYIMGCLS_WITH_CUDA
   m.def(
       "gemm_cuda",

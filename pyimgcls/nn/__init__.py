@@ -1,5 +1,5 @@
 """pyimgcls.nn: torch.nn-compatible modules computed by pyimgcls kernels."""
-from .activation import ReLU, ReLU6
+from .activation import Hardsigmoid, Hardswish, ReLU, ReLU6, Sigmoid, SiLU
 from .batchnorm import BatchNorm2d
 from .conv import Conv2d
 from .linear import Linear
@@ -10,3 +10,4 @@ __all__ = ["Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "ReLU", "ReL
 __all__ += ["CrossEntropyLoss"]
 __all__ += ["Conv2d"]
 __all__ += ["BatchNorm2d"]
+__all__ += ["SiLU", "Hardswish", "Sigmoid", "Hardsigmoid"]
