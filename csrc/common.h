@@ -18,8 +18,16 @@ namespace pyimgcls {
 
 enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
 
-// Epilogue activation applied on the fp32 (fp64) accumulator after the bias add.
-enum class Act : int { None = 0, ReLU = 1, ReLU6 = 2 };
+// Epilogue activation applied on the fp32 (fp64) accumulator after the bias add. The codes are
+// pyimgcls/_native.py ACT_CODES. ATen's formulas: silu x / (1 + exp(-x)), hardswish
+// x * relu6(x + 3) / 6, sigmoid 1 / (1 + exp(-x)), hardsigmoid relu6(x + 3) / 6.
+enum class Act : int { None = 0, ReLU = 1, ReLU6 = 2, SiLU = 3, Hardswish = 4, Sigmoid = 5, Hardsigmoid = 6 };
+
+// Which tensor an activation's backward reads (the one saved for it): relu, relu6 and sigmoid
+// differentiate from their output (ATen's threshold_backward, hardtanh_backward, sigmoid_backward),
+// silu, hardswish and hardsigmoid from their input, the pre-activation (silu_backward,
+// hardswish_backward, hardsigmoid_backward): the output does not determine their input.
+constexpr bool act_grad_reads_input(Act a) { return a == Act::SiLU || a == Act::Hardswish || a == Act::Hardsigmoid; }
 
 inline const char* dtype_name(DType dt) {
   switch (dt) {
@@ -32,7 +40,9 @@ inline const char* dtype_name(DType dt) {
 }
 
 inline Act to_act(int a) {
-  if (a < 0 || a > 2) throw std::invalid_argument("activation code must be 0 (none), 1 (relu) or 2 (relu6), got " + std::to_string(a));
+  if (a < 0 || a > 6)
+    throw std::invalid_argument("activation code must be 0 (none), 1 (relu), 2 (relu6), 3 (silu), 4 (hardswish), "
+                                "5 (sigmoid) or 6 (hardsigmoid), got " + std::to_string(a));
   return static_cast<Act>(a);
 }
 

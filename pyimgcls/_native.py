@@ -12,7 +12,7 @@ import torch
 from . import _C as C  # noqa: N812  (the native module is conventionally called _C)
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-ACT_CODES = {None: 0, "relu": 1, "relu6": 2}
+ACT_CODES = {None: 0, "relu": 1, "relu6": 2, "silu": 3, "hardswish": 4, "sigmoid": 5, "hardsigmoid": 6}
 ACT_NAMES = {v: k for k, v in ACT_CODES.items()}
 
 

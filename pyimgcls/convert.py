@@ -9,6 +9,7 @@ Replaced (exact torch.nn types only; a user subclass may override forward, so it
     torch.nn.AdaptiveAvgPool2d -> pyimgcls.nn.AdaptiveAvgPool2d
     torch.nn.BatchNorm2d       -> pyimgcls.nn.BatchNorm2d
     torch.nn.ReLU / ReLU6      -> pyimgcls.nn.ReLU / ReLU6
+    torch.nn.SiLU / Hardswish / Sigmoid / Hardsigmoid -> pyimgcls.nn.SiLU / ... (on our kernels)
 
 The new layer holds the *same* Parameter and buffer objects as the old one (no copy: an optimizer
 built on the original parameters keeps training the converted model, and state_dict keys are
@@ -30,7 +31,7 @@ is the new layer). Plain Python attributes that hold modules outside ``_modules`
 not followed.
 
 ``pyimgcls.fuse_for_inference(pyimgcls.convert(model).eval())`` then folds BatchNorm into the
-convolutions and ReLU into the epilogues."""
+convolutions and ReLU / ReLU6 / SiLU / Hardswish / Sigmoid / Hardsigmoid into the epilogues."""
 from __future__ import annotations
 
 import copy
@@ -51,6 +52,10 @@ _CONVERSIONS = {
     torch.nn.BatchNorm2d: _nn.BatchNorm2d,
     torch.nn.ReLU: _nn.ReLU,
     torch.nn.ReLU6: _nn.ReLU6,
+    torch.nn.SiLU: _nn.SiLU,
+    torch.nn.Hardswish: _nn.Hardswish,
+    torch.nn.Sigmoid: _nn.Sigmoid,
+    torch.nn.Hardsigmoid: _nn.Hardsigmoid,
 }
 _OURS = tuple(_CONVERSIONS.values())
 _LAZY = (torch.nn.LazyConv2d, torch.nn.LazyLinear, torch.nn.LazyBatchNorm2d)
@@ -113,7 +118,7 @@ def _shallow_copy(m: torch.nn.Module) -> torch.nn.Module:
 
 def convert(model: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
     """Return ``model`` with its torch.nn Conv2d, Linear, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
-    BatchNorm2d, ReLU and ReLU6 layers replaced by pyimgcls's, sharing parameters and buffers.
+    BatchNorm2d, ReLU, ReLU6, SiLU, Hardswish, Sigmoid and Hardsigmoid layers replaced by pyimgcls's, sharing parameters and buffers.
     ``inplace=False`` (default) leaves ``model`` untouched and returns a new container tree; see the
     module docstring for the exact rules."""
     if not isinstance(model, torch.nn.Module):

@@ -1,4 +1,4 @@
-"""Inference-time folding of BatchNorm (and a following ReLU / ReLU6) into the preceding convolution.
+"""Inference-time folding of BatchNorm (and a following activation module or function) into the preceding convolution.
 
 In eval mode ``bn(conv(x))`` is an affine map per output channel, so
 
@@ -22,8 +22,20 @@ from . import ops
 
 __all__ = ["fuse_for_inference"]
 
-_RELU_FUNCS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6"}
-_RELU_METHODS = {"relu": "relu", "relu_": "relu"}
+_RELU_FUNCS = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu6: "relu6", F.silu: "silu",
+               F.hardswish: "hardswish", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
+               F.hardsigmoid: "hardsigmoid"}
+_RELU_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
+# activation modules (torch.nn or our subclasses) that fold into an epilogue
+_ACT_MODULES = ((torch.nn.ReLU6, "relu6"), (torch.nn.ReLU, "relu"), (torch.nn.SiLU, "silu"),
+                (torch.nn.Hardswish, "hardswish"), (torch.nn.Sigmoid, "sigmoid"), (torch.nn.Hardsigmoid, "hardsigmoid"))
+
+
+def _act_module_kind(m) -> str | None:
+    for cls, kind in _ACT_MODULES:
+        if isinstance(m, cls):
+            return kind
+    return None
 
 
 # ----------------------------------------------------------------------------- folding arithmetic
@@ -87,14 +99,10 @@ def _set_module(root: torch.nn.Module, qualname: str, module: torch.nn.Module) -
 
 
 def _relu_kind(node: torch.fx.Node, modules) -> str | None:
-    """'relu' / 'relu6' when ``node`` is a ReLU / ReLU6 applied to its first argument, else None."""
+    """The activation name ('relu', 'relu6', 'silu', 'hardswish', 'sigmoid', 'hardsigmoid') when ``node``
+    applies one of them (module, function or method) to its first argument, else None."""
     if node.op == "call_module":
-        m = modules.get(node.target)
-        if isinstance(m, torch.nn.ReLU6):
-            return "relu6"
-        if isinstance(m, torch.nn.ReLU):
-            return "relu"
-        return None
+        return _act_module_kind(modules.get(node.target))
     if node.op == "call_function" and node.target in _RELU_FUNCS:
         return _RELU_FUNCS[node.target]
     if node.op == "call_method" and node.target in _RELU_METHODS:
@@ -171,11 +179,7 @@ def _fuse_sequential(model: torch.nn.Module) -> int:
             activation = _bn_act(bn)
             drop = [names[i + 1]]
             if activation is None and i + 2 < len(names):
-                nxt = container._modules[names[i + 2]]
-                if isinstance(nxt, torch.nn.ReLU6):
-                    activation = "relu6"
-                elif isinstance(nxt, torch.nn.ReLU):
-                    activation = "relu"
+                activation = _act_module_kind(container._modules[names[i + 2]])
                 if activation is not None:
                     drop.append(names[i + 2])
             container._modules[names[i]] = _fold(conv, bn, activation)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import pyimgcls
 from pyimgcls import backends, ops
+from pyimgcls.ops import reference
 
 from helpers import assert_close_to_reference, omp_threads
 
@@ -77,7 +78,7 @@ def _reference(x, w, b, res, stride, pad2, dil, groups, act, g):
     out = y.detach() + (b.double().view(1, -1, 1, 1) if b is not None else 0)
     if res is not None:
         out = out + res.double()
-    out = [out, out.relu(), out.clamp(0, 6)][act]
+    out = reference.activation(out, act)
     return out, dx, dw
 
 
@@ -122,7 +123,8 @@ def test_depthwise_fwd_dgrad_wgrad(case, layout, dtype, threads):
 EPILOGUE_CASES = [c for c in CASES if c[0] in ("runs_blocks", "partial_run", "wide_rows", "mult2", "stride2")]
 
 
-@pytest.mark.parametrize("bias,residual,act", [(True, False, 1), (False, True, 2), (True, True, 1), (True, False, 0)])
+@pytest.mark.parametrize("bias,residual,act", [(True, False, 1), (False, True, 2), (True, True, 1), (True, False, 0),
+                                               (True, True, 3), (False, True, 4), (True, False, 5), (True, True, 6)])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", EPILOGUE_CASES, ids=[c[0] for c in EPILOGUE_CASES])
 def test_depthwise_epilogue(case, layout, bias, residual, act):
@@ -256,7 +258,7 @@ def _gemm_case_run(case, layout, dtype, bias=False, residual=False, act=0, seed=
     ref = y.detach() + (b.double().view(1, -1, 1, 1) if b is not None else 0)
     if res is not None:
         ref = ref + res.double()
-    ref = [ref, ref.relu(), ref.clamp(0, 6)][act]
+    ref = reference.activation(ref, act)
     return (out, dx, dw), (ref, ref_dx, ref_dw)
 
 
@@ -276,7 +278,8 @@ def test_gemm_conv_fwd_dgrad_wgrad(case, layout, dtype, threads):
         _check_gemm_case(*_gemm_case_run(case, layout, dtype))
 
 
-@pytest.mark.parametrize("bias,residual,act", [(True, False, 1), (False, True, 2), (True, True, 1)])
+@pytest.mark.parametrize("bias,residual,act", [(True, False, 1), (False, True, 2), (True, True, 1), (True, True, 3),
+                                               (False, True, 4), (True, False, 5), (True, True, 6)])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", [c for c in GEMM_CASES if c[0] in ("3x3_odd", "1x1_direct", "3x3_s2_groups3",
                                                                     "small_out_many_images")],

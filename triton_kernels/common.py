@@ -24,26 +24,53 @@ from ._config import INTERPRET
 INTERPRET_SM_COUNT = 4  # the "SM count" used to size split grids under the interpreter (CPU tests)
 
 
+# Activation codes (csrc/common.h Act, pyimgcls/_native.py ACT_CODES): 0 none, 1 relu, 2 relu6, 3 silu,
+# 4 hardswish, 5 sigmoid, 6 hardsigmoid. ATen's formulas: silu x / (1 + exp(-x)), hardswish
+# x * relu6(x + 3) / 6, sigmoid 1 / (1 + exp(-x)), hardsigmoid relu6(x + 3) / 6.
+@triton.jit
+def _relu6(x):
+    # comparisons with NaN are false, so NaN falls through untouched (PyTorch's NaN propagation)
+    return tl.where(x < 0, 0.0, tl.where(x > 6, 6.0, x))
+
+
 @triton.jit
 def apply_act(x, ACT: tl.constexpr):
-    # relu / relu6 with PyTorch's NaN propagation: comparisons with NaN are false, so NaN falls
-    # through untouched.
     if ACT == 1:
         x = tl.where(x < 0, 0.0, x)
     elif ACT == 2:
-        x = tl.where(x < 0, 0.0, tl.where(x > 6, 6.0, x))
+        x = _relu6(x)
+    elif ACT == 3:
+        x = x / (1.0 + tl.exp(-x))
+    elif ACT == 4:
+        x = x * _relu6(x + 3.0) / 6.0
+    elif ACT == 5:
+        x = 1.0 / (1.0 + tl.exp(-x))
+    elif ACT == 6:
+        x = _relu6(x + 3.0) / 6.0
     return x
 
 
 @triton.jit
 def act_backward(g, y, ACT: tl.constexpr):
-    # grad of relu / relu6 from the saved output y, by select (not multiply), as ATen's
-    # threshold_backward / hardtanh_backward: a NaN output passes the gradient through and an inf
-    # gradient at a masked position becomes 0, not NaN.
+    # grad through the activation from the saved tensor y: the output for relu / relu6 / sigmoid,
+    # the pre-activation for silu / hardswish / hardsigmoid (ATen's backward kernels read the same).
+    # relu / relu6 by select (not multiply), as ATen's threshold_backward / hardtanh_backward: a NaN
+    # output passes the gradient through and an inf gradient at a masked position becomes 0, not NaN.
+    # hardswish: y <= -3 -> 0, y < 3 -> g * (y / 3 + 0.5), else g (a NaN y passes g, as ATen's scalar
+    # and CUDA kernels); hardsigmoid: g / 6 on the open interval (-3, 3), else 0.
     if ACT == 1:
         g = tl.where(y <= 0, 0.0, g)
     elif ACT == 2:
         g = tl.where((y <= 0) | (y >= 6), 0.0, g)
+    elif ACT == 3:
+        s = 1.0 / (1.0 + tl.exp(-y))
+        g = g * s * (1.0 + y * (1.0 - s))
+    elif ACT == 4:
+        g = tl.where(y <= -3.0, 0.0, tl.where(y < 3.0, g * (y / 3.0 + 0.5), g))
+    elif ACT == 5:
+        g = g * (1.0 - y) * y
+    elif ACT == 6:
+        g = tl.where((y > -3.0) & (y < 3.0), g / 6.0, 0.0)
     return g
 
 

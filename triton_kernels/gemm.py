@@ -12,7 +12,12 @@ Backward epilogue: ``_bias_act_bwd_kernel`` gives grad_pre = grad * act'(out) an
 strip, grad_bias = sum over rows in a fixed order (deterministic, no atomics).
   Bytes: 3*M*N*itemsize (+ N*itemsize).
 
-Test: pytest tests/test_gemm.py -k triton   Benchmark: python benchmarks/bench_gemm.py
+Standalone activation (ops.activation; the training path of silu / hardswish / hardsigmoid):
+``_act_fwd_kernel`` y = act(x) and ``_act_bwd_kernel`` grad_x = act'(saved) * grad over n dense
+elements, BLOCK elements per program, computed in fp32 (fp64 for float64).
+  Bytes: fwd 2*n*itemsize, bwd 3*n*itemsize.
+
+Test: pytest tests/test_gemm.py tests/test_activations.py -k triton   Benchmark: python benchmarks/bench_gemm.py
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import triton.language as tl
 
 from . import common
 from ._config import FP16, FP32, FP64, INTERPRET, tuned_table
-from .common import apply_act, grouped_tile, tile_matmul, tile_offsets
+from .common import act_backward, apply_act, grouped_tile, tile_matmul, tile_offsets
 
 ACT_NONE, ACT_RELU, ACT_RELU6 = 0, 1, 2
 
@@ -95,3 +100,44 @@ def bias_act_bwd(grad: torch.Tensor, out: torch.Tensor | None, act: int,
     if N == 0:
         return
     common.bias_act_bwd(grad, out, grad_pre, grad_bias, act, M, N, 1, N, 1, 0)
+
+
+# Elementwise activation: BLOCK elements per program, 4 warps; memory-bound (2 or 3 bytes per
+# element read/written per itemsize), so one size suffices.
+_ACT_BLOCK = 1024
+
+
+@triton.jit
+def _act_fwd_kernel(x_ptr, y_ptr, n, ACT: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    acc_ty = tl.float64 if ACC_FP64 else tl.float32
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+    tl.store(y_ptr + offs, apply_act(x, ACT).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _act_bwd_kernel(g_ptr, s_ptr, gx_ptr, n, ACT: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    acc_ty = tl.float64 if ACC_FP64 else tl.float32
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+    s = tl.load(s_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+    tl.store(gx_ptr + offs, act_backward(g, s, ACT).to(gx_ptr.dtype.element_ty), mask=mask)
+
+
+def act_fwd(x: torch.Tensor, act: int, y: torch.Tensor) -> None:
+    """y = act(x) over the dense buffers of x and y (same strides)."""
+    n = x.numel()
+    if n:
+        _act_fwd_kernel[(triton.cdiv(n, _ACT_BLOCK),)](x, y, n, ACT=act, ACC_FP64=x.dtype == torch.float64,
+                                                       BLOCK=_ACT_BLOCK, num_warps=4)
+
+
+def act_bwd(grad: torch.Tensor, saved: torch.Tensor, act: int, grad_x: torch.Tensor) -> None:
+    """grad_x = act'(saved) * grad over dense buffers with the same strides."""
+    n = grad.numel()
+    if n:
+        _act_bwd_kernel[(triton.cdiv(n, _ACT_BLOCK),)](grad, saved, grad_x, n, ACT=act,
+                                                       ACC_FP64=grad.dtype == torch.float64, BLOCK=_ACT_BLOCK,
+                                                       num_warps=4)

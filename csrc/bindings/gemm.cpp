@@ -54,6 +54,13 @@ void bind_gemm(py::module_& m) {
         return plan_dict(cuda::bias_act_bwd_plan(to_cuda_dtype(dt, "bias_act_bwd"), M, N, grad_bias != 0));
       },
       "launch decision of bias_act_bwd_cuda for the same leading arguments (CPU-only builds too)");
+  m.def(
+      "act_plan_cuda",
+      [](int dt, int64_t n, int act, bool backward) {
+        to_act(act);
+        return plan_dict(cuda::act_plan(to_cuda_dtype(dt, "activation"), n, backward));
+      },
+      "launch decision of act_fwd_cuda (backward=False) / act_bwd_cuda (True) for n elements");
   m.def("gemm_isa", &cpu::gemm_isa, "instruction set the CPU GEMM micro-kernel uses here");
   m.def(
       "gemm_cpu",
@@ -78,6 +85,26 @@ void bind_gemm(py::module_& m) {
         cpu::bias_act_bwd(d, cptr(grad), cptr(out), mptr(grad_pre), mptr(grad_bias), M, N, ac);
       },
       "epilogue backward on CPU: activation mask and bias gradient");
+  m.def(
+      "act_fwd_cpu",
+      [](int dt, uintptr_t x, uintptr_t y, int64_t n, int act) {
+        DType d = to_dtype(dt);
+        check_cpu_dtype(d);
+        Act ac = to_act(act);
+        py::gil_scoped_release nogil;
+        cpu::act_fwd(d, cptr(x), mptr(y), n, ac);
+      },
+      "standalone activation on CPU: y = act(x) over n dense elements");
+  m.def(
+      "act_bwd_cpu",
+      [](int dt, uintptr_t grad, uintptr_t saved, uintptr_t grad_in, int64_t n, int act) {
+        DType d = to_dtype(dt);
+        check_cpu_dtype(d);
+        Act ac = to_act(act);
+        py::gil_scoped_release nogil;
+        cpu::act_bwd(d, cptr(grad), cptr(saved), mptr(grad_in), n, ac);
+      },
+      "standalone activation backward on CPU: grad_in = act'(saved) * grad");
 #ifdef PYIMGCLS_WITH_CUDA
   m.def(
       "gemm_cuda",
@@ -103,6 +130,25 @@ void bind_gemm(py::module_& m) {
         cuda::bias_act_bwd(d, cptr(grad), cptr(out), mptr(grad_pre), mptr(grad_bias), M, N, ac, device, stream);
       },
       "epilogue backward on CUDA");
+  m.def(
+      "act_fwd_cuda",
+      [](int dt, uintptr_t x, uintptr_t y, int64_t n, int act, int device, uintptr_t stream) {
+        const DType d = to_cuda_dtype(dt, "activation");
+        Act ac = to_act(act);
+        py::gil_scoped_release nogil;
+        cuda::act_fwd(d, cptr(x), mptr(y), n, ac, device, stream);
+      },
+      "standalone activation on CUDA: y = act(x) over n dense elements");
+  m.def(
+      "act_bwd_cuda",
+      [](int dt, uintptr_t grad, uintptr_t saved, uintptr_t grad_in, int64_t n, int act, int device,
+         uintptr_t stream) {
+        const DType d = to_cuda_dtype(dt, "activation backward");
+        Act ac = to_act(act);
+        py::gil_scoped_release nogil;
+        cuda::act_bwd(d, cptr(grad), cptr(saved), mptr(grad_in), n, ac, device, stream);
+      },
+      "standalone activation backward on CUDA: grad_in = act'(saved) * grad");
 #endif
 }
 

@@ -64,15 +64,7 @@ constexpr int64_t kMinChunkRows = 64;
 inline bool parallel(int64_t work) { return work >= kParallelGrain && omp_get_max_threads() > 1; }
 
 // The activation (apply_act / act_grad, common.h) is a template argument so that the loops below
-// compile to branch-free blends. Calls f(std::integral_constant<Act, ACT>) for the run-time one.
-template <typename F>
-void dispatch_act(Act act, F&& f) {
-  switch (act) {
-    case Act::ReLU: return f(std::integral_constant<Act, Act::ReLU>{});
-    case Act::ReLU6: return f(std::integral_constant<Act, Act::ReLU6>{});
-    default: return f(std::integral_constant<Act, Act::None>{});
-  }
-}
+// compile to branch-free blends (dispatch_act, common.h, picks it).
 
 // Fixed chunking of `rows` rows (depends on the shape only, so results never depend on threads).
 inline int64_t num_chunks(int64_t rows) {

@@ -1,11 +1,14 @@
-// Vocabulary shared by the CPU kernels (csrc/cpu/*.cpp): PyTorch's relu / relu6 and their
-// select-style backward, the float32 / float64 dispatch of the entry points, and the one way a
+// Vocabulary shared by the CPU kernels (csrc/cpu/*.cpp): PyTorch's activations (relu, relu6, silu,
+// hardswish, sigmoid, hardsigmoid; scalar and vector, a vectorised exp) and their backward, the float32 / float64 dispatch of the entry points, and the one way a
 // kernel body is compiled for several instruction sets (baseline x86-64, AVX2, AVX-512) and picked
 // at run time (isa.h decides which). Written once so that a rule (NaN propagation, the backward's
 // select) or a new instruction set reaches every kernel instead of one of several hand-kept copies.
 #pragma once
+#include <cmath>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "../common.h"
 #include "isa.h"
@@ -23,10 +26,43 @@ namespace pyimgcls::cpu {
 // Scalar, activation known at run time. A flat function on purpose: the register-starved kernels
 // that call it (the direct convolution) are allocated differently by GCC when it is built from
 // nested helpers, a few per cent either way, though the arithmetic is the same.
+// exp for the activations: float by the same Cephes steps as vec_exp below (branch-free, so loops
+// over it vectorise, and scalar and vector paths give the same bits), double by libm.
+inline double act_exp(double x) { return std::exp(x); }
+inline float act_exp(float x) {
+  x = x < -104.0f ? -104.0f : x;
+  x = x > 89.0f ? 89.0f : x;
+  float fn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  fn = fn == fn ? fn : 0.0f;
+  float r = x - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + (r + 1.0f);
+  const int32_t n = static_cast<int32_t>(fn);
+  const int32_t e1 = ((n >> 1) + 127) << 23, e2 = ((n - (n >> 1)) + 127) << 23;
+  float s1, s2;
+  __builtin_memcpy(&s1, &e1, 4);
+  __builtin_memcpy(&s2, &e2, 4);
+  return y * s1 * s2;
+}
+
 template <typename T>
 inline T apply_act(T v, Act act) {
   if (act == Act::ReLU) return v < T(0) ? T(0) : v;
   if (act == Act::ReLU6) return v < T(0) ? T(0) : (v > T(6) ? T(6) : v);
+  if (act == Act::SiLU) return v / (T(1) + act_exp(-v));
+  if (act == Act::Sigmoid) return T(1) / (T(1) + act_exp(-v));
+  if (act == Act::Hardswish || act == Act::Hardsigmoid) {
+    // relu6(v + 3) / 6 with relu6's selects: NaN stays NaN
+    const T u = v + T(3);
+    const T r = (u < T(0) ? T(0) : (u > T(6) ? T(6) : u)) / T(6);
+    return act == Act::Hardswish ? v * r : r;
+  }
   return v;
 }
 
@@ -37,6 +73,43 @@ inline T apply_act(T v) {
   return apply_act(v, ACT);
 }
 
+// exp on a GCC vector of float or double. float: the Cephes expf (as softmax_xent.cpp's exp512,
+// written with vector extensions so that one body serves SSE2 / AVX2 / AVX-512): exp(x) = 2^n exp(r),
+// n = round(x / ln 2), r = x - n ln 2 (ln 2 in two parts, an exact reduction), exp(r) by a degree-7
+// polynomial, ~1 ulp. 2^n is applied as two exponent-field factors 2^(n/2) 2^(n - n/2), so results
+// below FLT_MIN round once into the subnormals (as expf) and x > 88.73 overflows to inf; x is clamped
+// to [-104, 89], beyond which the result is 0 / inf anyway. NaN passes the clamps (comparisons with
+// it are false) and the polynomial, and comes out NaN. double: libm's exp lane by lane.
+// In place: a wide vector passed or returned by value trips -Wpsabi (below).
+template <typename V>
+PYIMGCLS_INLINE void vec_exp_in_place(V& x) {
+  using T = std::remove_cv_t<std::remove_reference_t<decltype(x[0])>>;
+  constexpr int L = sizeof(V) / sizeof(T);
+  if constexpr (std::is_same_v<T, float>) {
+    typedef int32_t I __attribute__((vector_size(sizeof(V))));
+    x = x < -104.0f ? -104.0f : x;
+    x = x > 89.0f ? 89.0f : x;
+    // round to nearest by the 1.5 * 2^23 shift (|x / ln 2| < 2^22); a NaN lane becomes n = 0
+    V fn = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    fn = fn == fn ? fn : 0.0f;
+    V r = x - fn * 0.693359375f;
+    r = r - fn * -2.12194440e-4f;
+    V y = V{} + 1.9875691500e-4f;
+    y = y * r + 1.3981999507e-3f;
+    y = y * r + 8.3334519073e-3f;
+    y = y * r + 4.1665795894e-2f;
+    y = y * r + 1.6666665459e-1f;
+    y = y * r + 5.0000001201e-1f;
+    y = y * (r * r) + (r + 1.0f);
+    const I n = __builtin_convertvector(fn, I);
+    const I n1 = n >> 1;
+    const I n2 = n - n1;
+    x = y * (V)((n1 + 127) << 23) * (V)((n2 + 127) << 23);
+  } else {
+    for (int i = 0; i < L; ++i) x[i] = std::exp(x[i]);
+  }
+}
+
 // Vector form, lane by lane on a GCC vector-extension value (the 0 / 6 broadcast). In place: a
 // wide vector passed or returned by value through a function compiled for the baseline target
 // trips -Wpsabi, even when inlined.
@@ -44,12 +117,22 @@ template <typename V>
 PYIMGCLS_INLINE void apply_act_in_place(V& v, Act act) {
   if (act == Act::ReLU) v = v < 0 ? 0 : v;
   else if (act == Act::ReLU6) v = v < 0 ? 0 : (v > 6 ? 6 : v);
+  else if (act == Act::SiLU || act == Act::Sigmoid) {
+    V e = -v;
+    vec_exp_in_place(e);
+    v = act == Act::SiLU ? v / (1 + e) : 1 / (1 + e);
+  }
+  else if (act == Act::Hardswish || act == Act::Hardsigmoid) {
+    V u = v + 3;
+    u = (u < 0 ? 0 : (u > 6 ? 6 : u)) / 6;
+    v = act == Act::Hardswish ? v * u : u;
+  }
 }
 
-// Backward, with the select semantics of ATen's threshold_backward (relu: the gradient is dropped
-// where out <= 0) and hardtanh_backward (relu6: where out <= 0 or out >= 6), on the saved output:
-// a NaN output passes its gradient, and a dropped position gives 0 even for an inf / NaN gradient
-// (a select, never a multiply by 0 / 1).
+// Backward. relu / relu6 with the select semantics of ATen's threshold_backward (relu: the gradient
+// is dropped where out <= 0) and hardtanh_backward (relu6: where out <= 0 or out >= 6), on the saved
+// output: a NaN output passes its gradient, and a dropped position gives 0 even for an inf / NaN
+// gradient (a select, never a multiply by 0 / 1).
 template <Act ACT, typename T>
 PYIMGCLS_INLINE bool act_drops(T out) {
   if constexpr (ACT == Act::ReLU) return out <= T(0);
@@ -57,11 +140,43 @@ PYIMGCLS_INLINE bool act_drops(T out) {
   return false;
 }
 
-// The gradient through the activation. g arrives as an argument, so it is loaded whether or not
-// it is kept: the select becomes a vector blend (a conditional load would keep a loop scalar).
+// The gradient through the activation from the saved tensor s: the output for relu / relu6 /
+// sigmoid, the pre-activation for silu / hardswish / hardsigmoid (act_grad_reads_input). ATen's
+// formulas, comparisons included:
+//   sigmoid_backward      g * (1 - y) * y
+//   silu_backward         g * sig * (1 + x * (1 - sig)),  sig = 1 / (1 + exp(-x))
+//   hardswish_backward    x <= -3: 0;  x < 3: g * (x / 3 + 0.5);  else g   (NaN x passes g)
+//   hardsigmoid_backward  -3 < x < 3: g / 6;  else 0                        (NaN x gives 0)
+// g arrives as an argument, so it is loaded whether or not it is kept: the select becomes a vector
+// blend (a conditional load would keep a loop scalar).
 template <Act ACT, typename T>
-PYIMGCLS_INLINE T act_grad(T out, T g) {
-  return act_drops<ACT>(out) ? T(0) : g;
+PYIMGCLS_INLINE T act_grad(T s, T g) {
+  if constexpr (ACT == Act::Sigmoid) {
+    return g * (T(1) - s) * s;
+  } else if constexpr (ACT == Act::SiLU) {
+    const T sig = T(1) / (T(1) + act_exp(-s));
+    return g * sig * (T(1) + s * (T(1) - sig));
+  } else if constexpr (ACT == Act::Hardswish) {
+    return s <= T(-3) ? T(0) : (s < T(3) ? g * (s / T(3) + T(0.5)) : g);
+  } else if constexpr (ACT == Act::Hardsigmoid) {
+    return (s > T(-3) && s < T(3)) ? g / T(6) : T(0);
+  } else {
+    return act_drops<ACT>(s) ? T(0) : g;
+  }
+}
+
+// Calls f(std::integral_constant<Act, ACT>) for a run-time act, so loops compile per activation.
+template <typename F>
+decltype(auto) dispatch_act(Act act, F&& f) {
+  switch (act) {
+    case Act::ReLU: return f(std::integral_constant<Act, Act::ReLU>{});
+    case Act::ReLU6: return f(std::integral_constant<Act, Act::ReLU6>{});
+    case Act::SiLU: return f(std::integral_constant<Act, Act::SiLU>{});
+    case Act::Hardswish: return f(std::integral_constant<Act, Act::Hardswish>{});
+    case Act::Sigmoid: return f(std::integral_constant<Act, Act::Sigmoid>{});
+    case Act::Hardsigmoid: return f(std::integral_constant<Act, Act::Hardsigmoid>{});
+    default: return f(std::integral_constant<Act, Act::None>{});
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1291,24 +1291,26 @@ void conv2d_bias_act_bwd_t(int64_t N, int64_t O, int64_t P, const T* grad, Strid
     return;
   }
   const int nt = (N * O * P < (int64_t(1) << 15)) ? 1 : std::max(1, omp_get_max_threads());
-  // One channel per iteration: its sum runs over (n, p) in a fixed order (deterministic).
+  dispatch_act(act, [&](auto a) {
+    constexpr Act ACT = decltype(a)::value;
+    // One channel per iteration: its sum runs over (n, p) in a fixed order (deterministic).
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t o = 0; o < O; ++o) {
-    double acc = 0.0;
-    for (int64_t n = 0; n < N; ++n) {
-      const T* g = grad + n * gs.n + o * gs.c;
-      T* d = gp + n * gs.n + o * gs.c;
-      const T* y = out ? out + n * os.n + o * os.c : nullptr;
-      for (int64_t p = 0; p < P; ++p) {
-        T v = g[p * gs.w];
-        if (act == Act::ReLU) v = act_grad<Act::ReLU>(y[p * os.w], v);
-        else if (act == Act::ReLU6) v = act_grad<Act::ReLU6>(y[p * os.w], v);
-        if (act != Act::None || d != g) d[p * gs.w] = v;
-        acc += static_cast<double>(v);
+    for (int64_t o = 0; o < O; ++o) {
+      double acc = 0.0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T* g = grad + n * gs.n + o * gs.c;
+        T* d = gp + n * gs.n + o * gs.c;
+        const T* y = out ? out + n * os.n + o * os.c : nullptr;
+        for (int64_t p = 0; p < P; ++p) {
+          T v = g[p * gs.w];
+          if constexpr (ACT != Act::None) v = act_grad<ACT>(y[p * os.w], v);
+          if (ACT != Act::None || d != g) d[p * gs.w] = v;
+          acc += static_cast<double>(v);
+        }
       }
+      if (gb) gb[o] = static_cast<T>(acc);
     }
-    if (gb) gb[o] = static_cast<T>(acc);
-  }
+  });
 }
 
 }  // namespace
@@ -1343,7 +1345,9 @@ void conv2d_bias_act_bwd(DType dt, int64_t N, int64_t O, int64_t P, const void* 
   dispatch_float(dt, "CPU conv2d epilogue backward", [&](auto t) {
     using T = decltype(t);
     if (act != Act::None && out == nullptr && N * O * P > 0)
-      throw std::invalid_argument("conv2d_bias_act_bwd: out is required when the activation is relu or relu6");
+      throw std::invalid_argument(
+          "conv2d_bias_act_bwd: out (the saved output, or the pre-activation for silu / hardswish / hardsigmoid) is "
+          "required with an activation");
     conv2d_bias_act_bwd_t(N, O, P, static_cast<const T*>(grad), gs, static_cast<const T*>(out), os,
                           static_cast<T*>(grad_pre), static_cast<T*>(grad_bias), act);
   });

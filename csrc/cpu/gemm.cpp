@@ -631,11 +631,9 @@ void bias_act_bwd_t(const T* grad, const T* out, T* grad_pre, T* grad_bias, int6
           } else {
             const T* o = out + m * N + n0;
             // One loop per activation, so each is a branch-free vector blend (act_grad, common.h).
-            if (act == Act::ReLU) {
-              for (int64_t j = 0; j < w; ++j) gp[j] = act_grad<Act::ReLU>(o[j], g[j]);
-            } else {
-              for (int64_t j = 0; j < w; ++j) gp[j] = act_grad<Act::ReLU6>(o[j], g[j]);
-            }
+            dispatch_act(act, [&](auto a) {
+              for (int64_t j = 0; j < w; ++j) gp[j] = act_grad<decltype(a)::value>(o[j], g[j]);
+            });
           }
           if (grad_bias != nullptr)
             for (int64_t j = 0; j < w; ++j) acc[j] += static_cast<double>(gp[j]);
@@ -655,7 +653,72 @@ void bias_act_bwd_t(const T* grad, const T* out, T* grad_pre, T* grad_bias, int6
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Standalone activation, forward and backward, over a dense buffer of n elements (the op
+// pyimgcls.ops.activation; also the training path of conv / linear / batch norm with silu,
+// hardswish or hardsigmoid, whose backward needs the pre-activation: ops/activation.py).
+//   act_fwd:  y[i] = act(x[i])                         n elements read, n written
+//   act_bwd:  gx[i] = act'(s[i]) * g[i]   (act_grad)   s: y for relu / relu6 / sigmoid, x otherwise
+// One body per instruction set (the scalar loop over act_exp vectorises, common.h); OpenMP over
+// fixed chunks of kActChunk elements. Elementwise, so the result does not depend on the threads.
+// ---------------------------------------------------------------------------------------------
+constexpr int64_t kActChunk = 1 << 14;
+
+template <typename T>
+struct ActFwdBody {
+  PYIMGCLS_INLINE static void run(const T* x, T* y, int64_t n, Act act) {
+    dispatch_act(act, [&](auto a) {
+      for (int64_t i = 0; i < n; ++i) y[i] = apply_act<decltype(a)::value>(x[i]);
+    });
+  }
+};
+
+template <typename T>
+struct ActBwdBody {
+  PYIMGCLS_INLINE static void run(const T* g, const T* s, T* gx, int64_t n, Act act) {
+    dispatch_act(act, [&](auto a) {
+      for (int64_t i = 0; i < n; ++i) gx[i] = act_grad<decltype(a)::value>(s[i], g[i]);
+    });
+  }
+};
+
+template <typename T>
+void act_fwd_t(Isa isa, const T* x, T* y, int64_t n, Act act) {
+  const auto fn = isa_variant<void (*)(const T*, T*, int64_t, Act), ActFwdBody<T>>(isa);
+  const int64_t chunks = ceil_div(n, kActChunk);
+  const int nt = chunks > 1 ? std::max(1, omp_get_max_threads()) : 1;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t c = 0; c < chunks; ++c)
+    fn(x + c * kActChunk, y + c * kActChunk, std::min(kActChunk, n - c * kActChunk), act);
+}
+
+template <typename T>
+void act_bwd_t(Isa isa, const T* g, const T* s, T* gx, int64_t n, Act act) {
+  const auto fn = isa_variant<void (*)(const T*, const T*, T*, int64_t, Act), ActBwdBody<T>>(isa);
+  const int64_t chunks = ceil_div(n, kActChunk);
+  const int nt = chunks > 1 ? std::max(1, omp_get_max_threads()) : 1;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t c = 0; c < chunks; ++c)
+    fn(g + c * kActChunk, s + c * kActChunk, gx + c * kActChunk, std::min(kActChunk, n - c * kActChunk), act);
+}
+
 }  // namespace
+
+void act_fwd(DType dt, const void* x, void* y, int64_t n, Act act) {
+  const Isa isa = active_isa();
+  dispatch_float(dt, "CPU activation", [&](auto t) {
+    using T = decltype(t);
+    act_fwd_t(isa, static_cast<const T*>(x), static_cast<T*>(y), n, act);
+  });
+}
+
+void act_bwd(DType dt, const void* grad, const void* saved, void* grad_in, int64_t n, Act act) {
+  const Isa isa = active_isa();
+  dispatch_float(dt, "CPU activation backward", [&](auto t) {
+    using T = decltype(t);
+    act_bwd_t(isa, static_cast<const T*>(grad), static_cast<const T*>(saved), static_cast<T*>(grad_in), n, act);
+  });
+}
 
 void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int64_t sbk, int64_t sbn,
           const void* bias, void* c, int64_t scm, int64_t scn, int64_t M, int64_t N, int64_t K, Act act) {
@@ -670,7 +733,9 @@ void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int6
 void bias_act_bwd(DType dt, const void* grad, const void* out, void* grad_pre, void* grad_bias, int64_t M,
                   int64_t N, Act act) {
   if (act != Act::None && out == nullptr && M > 0 && N > 0)
-    throw std::invalid_argument("bias_act_bwd: out is required when the activation is relu or relu6");
+    throw std::invalid_argument(
+        "bias_act_bwd: out (the saved output, or the pre-activation for silu / hardswish / hardsigmoid) is required "
+        "with an activation");
   dispatch_float(dt, "CPU bias_act_bwd", [&](auto t) {
     using T = decltype(t);
     bias_act_bwd_t(static_cast<const T*>(grad), static_cast<const T*>(out), static_cast<T*>(grad_pre),

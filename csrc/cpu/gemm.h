@@ -11,13 +11,19 @@ void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int6
           const void* bias, void* c, int64_t scm, int64_t scn, int64_t M, int64_t N, int64_t K, Act act);
 
 // Backward of the epilogue on contiguous row-major [M, N] tensors:
-//   grad_pre[m, n] = 0 where the activation dropped out[m, n] (relu: out <= 0; relu6: out <= 0 or
-//                    out >= 6), else grad[m, n] — a select, as ATen's threshold/hardtanh backward, so a
-//                    NaN output passes its gradient and an inf gradient at a dropped position gives 0
+//   grad_pre[m, n] = act_grad(out[m, n], grad[m, n]) (common.h): relu / relu6 a select, as ATen's
+//                    threshold/hardtanh backward (a NaN output passes its gradient, an inf gradient at
+//                    a dropped position gives 0); sigmoid from the output; silu / hardswish /
+//                    hardsigmoid read the pre-activation, passed as `out`
 //   grad_bias[n]   = sum_m grad_pre[m, n]            (skipped when grad_bias is null)
 // grad_pre may alias grad. Deterministic (fixed summation order).
 void bias_act_bwd(DType dt, const void* grad, const void* out, void* grad_pre, void* grad_bias,
                   int64_t M, int64_t N, Act act);
+
+// Standalone activation over n dense elements: y = act(x); grad_in = act'(saved) * grad with saved
+// the output y for relu / relu6 / sigmoid and the input x for silu / hardswish / hardsigmoid.
+void act_fwd(DType dt, const void* x, void* y, int64_t n, Act act);
+void act_bwd(DType dt, const void* grad, const void* saved, void* grad_in, int64_t n, Act act);
 
 // Instruction set the micro-kernel dispatches to on this CPU: "avx512", "avx2" or "generic".
 const char* gemm_isa();

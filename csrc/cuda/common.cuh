@@ -1,6 +1,6 @@
 // Device vocabulary shared by the production kernels (csrc/cuda/*.cu) and the study ladder
 // (csrc/cuda/ladder/, csrc/cuda/sm90/): conversion between the storage dtypes and the fp32 compute
-// type, 16-byte vector loads and stores, the relu / relu6 epilogue and its backward mask, and the
+// type, 16-byte vector loads and stores, the activation epilogues and their backward, and the
 // PTX wrappers of the sm_80 tensor-core pipeline (cp.async, ldmatrix, mma.sync), and the host-side
 // dtype dispatch and alignment test of the launchers.
 // Written once so that a fix (a NaN rule, a missing "memory" clobber) reaches every kernel at once
@@ -63,13 +63,23 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&in)[V
 }
 
 // ---------------------------------------------------------------------------------------------
-// Activations (codes of Act: 0 none, 1 relu, 2 relu6).
+// Activations (codes of Act, csrc/common.h: 0 none, 1 relu, 2 relu6, 3 silu, 4 hardswish, 5 sigmoid,
+// 6 hardsigmoid).
 // ---------------------------------------------------------------------------------------------
 // Forward on the fp32 value, written with `v < 0` tests so that NaN propagates as in PyTorch
-// (relu(NaN) = relu6(NaN) = NaN); fminf / fmaxf would silently drop it.
+// (relu(NaN) = relu6(NaN) = NaN); fminf / fmaxf would silently drop it. ATen's formulas for the
+// others, with expf (full precision, as ATen's CUDA sigmoid / silu; __expf's error grows with |x|):
+// silu v / (1 + exp(-v)), hardswish v * relu6(v + 3) / 6, sigmoid 1 / (1 + exp(-v)), hardsigmoid
+// relu6(v + 3) / 6. exp(-v) overflowing to inf gives ATen's 0 / -0 for v < -88.7.
+__device__ __forceinline__ float relu6f(float v) { return v < 0.f ? 0.f : (v > 6.f ? 6.f : v); }
+
 __device__ __forceinline__ float apply_act(float v, int act) {
   if (act == static_cast<int>(Act::ReLU)) return v < 0.f ? 0.f : v;
-  if (act == static_cast<int>(Act::ReLU6)) return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
+  if (act == static_cast<int>(Act::ReLU6)) return relu6f(v);
+  if (act == static_cast<int>(Act::SiLU)) return v / (1.f + expf(-v));
+  if (act == static_cast<int>(Act::Hardswish)) return v * relu6f(v + 3.f) / 6.f;
+  if (act == static_cast<int>(Act::Sigmoid)) return 1.f / (1.f + expf(-v));
+  if (act == static_cast<int>(Act::Hardsigmoid)) return relu6f(v + 3.f) / 6.f;
   return v;
 }
 
@@ -81,6 +91,23 @@ __device__ __forceinline__ bool act_drops(float o, int act) {
   if (act == static_cast<int>(Act::ReLU)) return o <= 0.f;
   if (act == static_cast<int>(Act::ReLU6)) return o <= 0.f || o >= 6.f;
   return false;
+}
+
+// The gradient through any activation from the saved tensor s: the output for relu / relu6 /
+// sigmoid, the pre-activation for silu / hardswish / hardsigmoid (act_grad_reads_input, common.h).
+// ATen's backward formulas: sigmoid g * (1 - y) * y; silu g * sig * (1 + x * (1 - sig));
+// hardswish x <= -3: 0, x < 3: g * (x / 3 + 0.5), else g (NaN x passes g); hardsigmoid g / 6 on the
+// open interval (-3, 3), else 0 (NaN x gives 0).
+__device__ __forceinline__ float act_grad(float g, float s, int act) {
+  if (act == static_cast<int>(Act::ReLU) || act == static_cast<int>(Act::ReLU6)) return act_drops(s, act) ? 0.f : g;
+  if (act == static_cast<int>(Act::Sigmoid)) return g * (1.f - s) * s;
+  if (act == static_cast<int>(Act::SiLU)) {
+    const float sig = 1.f / (1.f + expf(-s));
+    return g * sig * (1.f + s * (1.f - sig));
+  }
+  if (act == static_cast<int>(Act::Hardswish)) return s <= -3.f ? 0.f : (s < 3.f ? g * (s / 3.f + 0.5f) : g);
+  if (act == static_cast<int>(Act::Hardsigmoid)) return (s > -3.f && s < 3.f) ? g / 6.f : 0.f;
+  return g;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-// CUDA convolution family: fused conv2d forward (bias + residual + relu/relu6), dgrad, wgrad and the
+// CUDA convolution family: fused conv2d forward (bias + residual + activation), dgrad, wgrad and the
 // epilogue backward, for float16 / bfloat16 (tensor cores, fp32 accumulation) and float32 (SIMT).
 //
 // What it computes (g = group, Cg = C/groups, Og = O/groups)
@@ -32,8 +32,9 @@
 //   conv2d_depthwise_dgrad_kernel<T, VEC> / conv2d_depthwise_wgrad_kernel<T> (groups == C): direct
 //     backward stencils (dgrad: one dx element or 16-byte channel pack per thread; wgrad: per (channel, tap)
 //     reductions over pixel splits into the wgrad scratch, reduced in split order).
-//   Fused epilogue on the fp32 accumulator: + bias + residual, then relu / relu6 written as
-//   v < 0 ? 0 : v (NaN compares false and propagates, unlike fmaxf), cast, store through strides.
+//   Fused epilogue on the fp32 accumulator: + bias + residual, then the activation (common.cuh
+//   apply_act; relu as v < 0 ? 0 : v: NaN compares false and propagates, unlike fmaxf), cast, store
+//   through strides.
 // NCHW policy: these kernels take any strides, but the fast path needs channels_last; pyimgcls/ops/
 // conv.py converts fp16/bf16 NCHW activations (and the small weight) to channels_last explicitly
 // before the launch and writes the output in the layout PyTorch would return.
@@ -748,10 +749,14 @@ __global__ void __launch_bounds__(256) conv2d_bias_act_bwd_kernel(const T* __res
       float v = to_float(grad[gi]);
       if (act != 0) {
         const float y = to_float(out[n * os.n + o * os.c + px * os.w]);
-        // act_drops (common.cuh) written out for act != 0, as in gemm.cu's bias_act_bwd_kernel:
-        // calling it changes how the compiler unswitches and unrolls this loop.
-        const bool keep = act == 1 ? !(y <= 0.0f) : !(y <= 0.0f || y >= 6.0f);
-        v = keep ? v : 0.0f;
+        if (act <= 2) {
+          // act_drops (common.cuh) written out for relu / relu6, as in gemm.cu's bias_act_bwd_kernel:
+          // calling it changes how the compiler unswitches and unrolls this loop.
+          const bool keep = act == 1 ? !(y <= 0.0f) : !(y <= 0.0f || y >= 6.0f);
+          v = keep ? v : 0.0f;
+        } else {
+          v = act_grad(v, y, act);   // sigmoid from the output; silu / hardswish / hardsigmoid: y is pre
+        }
         grad_pre[gi] = from_float<T>(v);
       }
       sum += v;
@@ -1010,7 +1015,7 @@ void conv2d_bias_act_bwd(DType dt, int64_t N, int64_t O, int64_t P, const void* 
   if (O == 0) return;
   if (splits < 1 || splits > 65535) throw std::invalid_argument("conv2d_bias_act_bwd (cuda): splits out of range");
   if (act != Act::None && out == nullptr)
-    throw std::invalid_argument("conv2d_bias_act_bwd (cuda): out is required when the activation is relu or relu6");
+    throw std::invalid_argument("conv2d_bias_act_bwd (cuda): out (or the pre-activation) is required with an activation");
   if (grad_bias != nullptr && scratch == nullptr)
     throw std::invalid_argument("conv2d_bias_act_bwd (cuda): scratch is required for the bias gradient");
   const int64_t rows = N * P;

@@ -1,10 +1,10 @@
 // CUDA GEMM family: C = act(A @ B + bias) and the backward of its epilogue.
 //
 // What it computes
-//   gemm:         C[m, n] = act(sum_k A[m, k] * B[k, n] + bias[n]),   act in {none, relu, relu6},
+//   gemm:         C[m, n] = act(sum_k A[m, k] * B[k, n] + bias[n]),   act: none, relu, relu6, silu, hardswish, sigmoid, hardsigmoid,
 //                 A [M, K] and B [K, N] in float32 / float16 / bfloat16 with any strides, fp32
 //                 accumulation, C [M, N] row-major (leading dimension ldc) in the input dtype.
-//   bias_act_bwd: grad_pre[m, n] = act'(out[m, n]) ? grad[m, n] : 0,   grad_bias[n] = sum_m grad_pre[m, n].
+//   bias_act_bwd: grad_pre[m, n] = act_grad(grad[m, n], out[m, n]) (relu / relu6: a select),   grad_bias[n] = sum_m grad_pre[m, n].
 //
 // Algorithm
 //   float16 / bfloat16, both operands row- or column-major with 16-byte aligned rows
@@ -669,7 +669,9 @@ __global__ void __launch_bounds__(kBwdThreads) bias_act_bwd_kernel(const T* grad
 
   // 1. Mask and column partial sums. The mask follows PyTorch's threshold_backward /
   //    hardtanh_backward on the saved output: the gradient is zeroed where out <= 0 (relu) or
-  //    out <= 0 || out >= 6 (relu6) and passed through unchanged otherwise (NaN outputs included),
+  //    out <= 0 || out >= 6 (relu6) and passed through unchanged otherwise (NaN outputs included);
+  //    the other activations by act_grad (common.cuh; `out` holds the pre-activation for silu /
+  //    hardswish / hardsigmoid),
   //    selected rather than multiplied so inf/NaN gradients in masked positions become 0.
   //    grad_pre may alias grad: each element is read and then written by the same thread.
   //    Four rows are loaded before they are added (in row order) to keep loads in flight.
@@ -682,8 +684,12 @@ __global__ void __launch_bounds__(kBwdThreads) bias_act_bwd_kernel(const T* grad
         // act_drops (common.cuh) written out for act != None: calling it here makes the compiler
         // branch per row on the activation instead of issuing the four rows' loads back to back.
         const float o = to_float(out[idx]);
-        const bool zero = act == static_cast<int>(Act::ReLU) ? (o <= 0.f) : (o <= 0.f || o >= 6.f);
-        if (zero) gv = 0.f;
+        if (act <= static_cast<int>(Act::ReLU6)) {
+          const bool zero = act == static_cast<int>(Act::ReLU) ? (o <= 0.f) : (o <= 0.f || o >= 6.f);
+          if (zero) gv = 0.f;
+        } else {
+          gv = act_grad(gv, o, act);   // sigmoid from the output; silu / hardswish / hardsigmoid: o is pre
+        }
       }
       return gv;
     };
@@ -857,6 +863,56 @@ void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int6
   gemm_planned(dt, plan, a, b, bias, c, M, N, K, act, scratch, scratch_floats, device, stream);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Standalone activation over n dense elements (ops.activation; the training path of silu /
+// hardswish / hardsigmoid): act_fwd_kernel y = act(x), act_bwd_kernel gx = act_grad(g, s) (common.cuh).
+// Grid-stride loop, kActThreads threads per CTA, fp32 math. Memory-bound: bytes 2n (fwd) / 3n (bwd)
+// times sizeof(T); FLOPs ~ 4n plus n expf for silu / sigmoid.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(kActThreads) act_fwd_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n,
+                                                               int act) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = from_float<T>(apply_act(to_float(x[i]), act));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kActThreads) act_bwd_kernel(const T* __restrict__ g, const T* __restrict__ s,
+                                                               T* __restrict__ gx, int64_t n, int act) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    gx[i] = from_float<T>(act_grad(to_float(g[i]), to_float(s[i]), act));
+}
+
+void act_fwd(DType dt, const void* x, void* y, int64_t n, Act act, int device, uintptr_t stream) {
+  const LaunchPlan plan = act_plan(dt, n, false);
+  if (plan.launches == 0) return;
+  const DeviceGuard device_guard(device);
+  const auto st = reinterpret_cast<cudaStream_t>(stream);
+  dispatch_dtype(dt, "act_fwd", [&](auto tag) {
+    using T = decltype(tag);
+    act_fwd_kernel<T><<<static_cast<unsigned>(plan.ctas), kActThreads, 0, st>>>(
+        static_cast<const T*>(x), static_cast<T*>(y), n, static_cast<int>(act));
+  });
+  PYIMGCLS_CUDA_CHECK_LAUNCH();
+}
+
+void act_bwd(DType dt, const void* grad, const void* saved, void* grad_in, int64_t n, Act act, int device,
+             uintptr_t stream) {
+  const LaunchPlan plan = act_plan(dt, n, true);
+  if (plan.launches == 0) return;
+  const DeviceGuard device_guard(device);
+  const auto st = reinterpret_cast<cudaStream_t>(stream);
+  dispatch_dtype(dt, "act_bwd", [&](auto tag) {
+    using T = decltype(tag);
+    act_bwd_kernel<T><<<static_cast<unsigned>(plan.ctas), kActThreads, 0, st>>>(
+        static_cast<const T*>(grad), static_cast<const T*>(saved), static_cast<T*>(grad_in), n,
+        static_cast<int>(act));
+  });
+  PYIMGCLS_CUDA_CHECK_LAUNCH();
+}
+
 void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int64_t sbk, int64_t sbn,
           const void* bias, void* c, int64_t ldc, int64_t M, int64_t N, int64_t K, Act act, int device,
           uintptr_t stream) {
@@ -876,7 +932,7 @@ void bias_act_bwd(DType dt, const void* grad, const void* out, void* grad_pre, v
   if (plan.launches == 0) return;
   if (M > 0 && grad == nullptr) throw std::invalid_argument("bias_act_bwd: grad is null");
   if (act != Act::None && M > 0 && out == nullptr)
-    throw std::invalid_argument("bias_act_bwd: out is required for relu / relu6");
+    throw std::invalid_argument("bias_act_bwd: out (or the pre-activation) is required with an activation");
   const auto st = reinterpret_cast<cudaStream_t>(stream);
   dispatch_dtype(dt, "bias_act_bwd", [&](auto tag) {
     bias_act_bwd_typed<decltype(tag)>(plan, grad, out, grad_pre, grad_bias, M, N, act, st);

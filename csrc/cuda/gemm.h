@@ -2,6 +2,7 @@
 // launch decision, gemm_plan / bias_act_bwd_plan: plain C++ without CUDA headers, so the bindings
 // expose the same decision in CPU-only builds (plan.h).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -34,6 +35,12 @@ void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int6
 void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int64_t sbk, int64_t sbn,
           const void* bias, void* c, int64_t ldc, int64_t M, int64_t N, int64_t K, Act act, int device,
           uintptr_t stream);
+
+// Standalone activation over n dense elements: y = act(x); grad_in = act_grad(grad, saved) with
+// saved the output (relu / relu6 / sigmoid) or the input (silu / hardswish / hardsigmoid).
+void act_fwd(DType dt, const void* x, void* y, int64_t n, Act act, int device, uintptr_t stream);
+void act_bwd(DType dt, const void* grad, const void* saved, void* grad_in, int64_t n, Act act, int device,
+             uintptr_t stream);
 
 // Backward of the epilogue on contiguous row-major [M, N] tensors (see cpu/gemm.h); fp32 sums,
 // deterministic (no atomics). grad_pre may alias grad; grad_bias may be null.
@@ -282,6 +289,25 @@ inline LaunchPlan bias_act_bwd_plan(DType dt, int64_t M, int64_t N, bool has_bia
   }
   p.ctas = gemm_ceil_div(N, p.tile_n);
   if (p.ctas > INT32_MAX) throw std::invalid_argument("bias_act_bwd: N too large");
+  return p;
+}
+
+// act_fwd_kernel / act_bwd_kernel (gemm.cu): kActThreads threads per CTA, each CTA covering
+// kActThreads * kActPerThread elements, at most kActMaxCtas CTAs (grid-stride beyond that).
+inline constexpr int kActThreads = 256;
+inline constexpr int64_t kActPerThread = 4;
+inline constexpr int64_t kActMaxCtas = 65536;
+
+// The decision act_fwd() / act_bwd() make for n elements: one grid-stride launch, none when n == 0.
+inline LaunchPlan act_plan(DType dt, int64_t n, bool backward) {
+  if (n < 0) throw std::invalid_argument("activation: negative size n=" + std::to_string(n));
+  LaunchPlan p;
+  p.kernel = std::string(backward ? "act_bwd_kernel<" : "act_fwd_kernel<") + gemm_dtype_type(dt) + ">";
+  if (n == 0) {
+    p.launches = 0;
+    return p;
+  }
+  p.ctas = std::min(kActMaxCtas, gemm_ceil_div(n, kActThreads * kActPerThread));
   return p;
 }
 

@@ -1,5 +1,5 @@
 """pyimgcls.nn: torch.nn-compatible modules computed by pyimgcls kernels."""
-from .activation import ReLU, ReLU6
+from .activation import Hardsigmoid, Hardswish, ReLU, ReLU6, Sigmoid, SiLU
 from .batchnorm import BatchNorm2d
 from .conv import Conv2d
 from .linear import Linear
@@ -14,3 +14,4 @@ __all__ += ["Conv2d"]
 __all__ += ["BatchNorm2d"]
 __all__ += ["DistillationLoss"]
 __all__ += ["SqueezeExcitation", "StochasticDepth"]
+__all__ += ["SiLU", "Hardswish", "Sigmoid", "Hardsigmoid"]

@@ -1,5 +1,6 @@
 """pyimgcls.ops: functional ops with torch.nn.functional's argument names and defaults."""
 from . import reference
+from .activation import activation
 from .batchnorm import batch_norm
 from .conv import conv2d, conv2d_bias_relu
 from .distill import distillation_loss
@@ -17,3 +18,4 @@ __all__ += ["distillation_loss"]
 __all__ += ["quantized_linear", "quantized_conv2d", "QuantizedWeight", "quantize_weight", "quantize_per_tensor",
             "dequantize", "quantized_max_pool2d", "quantized_adaptive_avg_pool2d"]
 __all__ += ["squeeze_excitation", "stochastic_depth", "drop_path_add"]
+__all__ += ["activation"]

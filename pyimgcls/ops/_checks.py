@@ -7,7 +7,10 @@ from .. import _backend, backends
 from ..errors import ArgumentTypeError, ArgumentValueError
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-ACTIVATIONS = (None, "relu", "relu6")
+ACTIVATIONS = (None, "relu", "relu6", "silu", "hardswish", "sigmoid", "hardsigmoid")
+# Activations whose backward reads the pre-activation (silu_backward, hardswish_backward,
+# hardsigmoid_backward in ATen); the others read their output (csrc/common.h act_grad_reads_input).
+ACT_GRAD_READS_INPUT = ("silu", "hardswish", "hardsigmoid")
 
 
 def check_tensor(x, name: str, op: str) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """BatchNorm family: ``batch_norm`` with a fused residual add and activation, forward and backward.
 
-    out = act(batch_norm(input) + residual)          act: None | "relu" | "relu6"
+    out = act(batch_norm(input) + residual)
+    act: None | "relu" | "relu6" | "silu" | "hardswish" | "sigmoid" | "hardsigmoid" (ops/activation.py:
+    silu / hardswish / hardsigmoid with a gradient recorded run as batch_norm then ops.activation)
 
 as ``act(F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) +
 residual)``. Inputs are [N, C, *] (4-D NCHW or channels_last, 2-D [N, C], 3-D [N, C, L]); every
@@ -38,6 +40,7 @@ from .. import _backend, backends
 from .._native import ACT_CODES
 from ..errors import ArgumentTypeError, ArgumentValueError
 from . import _alloc, _eager
+from .activation import with_activation
 from ._checks import (check_activation, check_backend_dtype, check_float, check_same_device, check_same_dtype,
                       check_tensor)
 from ._layout import match_format as _match_format, suggests_channels_last
@@ -348,7 +351,8 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     residual)`` with the normalisation, residual add and activation in one pass.
 
     input [N, C, *] (4-D NCHW or channels_last, 2-D [N, C], ...); running_mean / running_var / weight /
-    bias [C] or None; residual: input's shape or None; activation None | "relu" | "relu6".
+    bias [C] or None; residual: input's shape or None; activation None | "relu" | "relu6" | "silu" |
+    "hardswish" | "sigmoid" | "hardsigmoid".
     training=True normalises with the batch statistics (biased variance) and, when running_mean /
     running_var are given, updates them in place with ``momentum`` and the unbiased variance;
     training=False normalises with the running statistics (which must then be given, as in PyTorch).
@@ -399,8 +403,16 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     b = None if bias is None else bias.to(acc)
     mean_in = None if training else running_mean.detach()
     var_in = None if training else running_var.detach()
-    args = (input, w, b, residual, mean_in, var_in, training, eps, ACT_CODES[activation], channels_last, backend)
-    out, mean, _invstd, var = _eager.call(_batch_norm_op, _EagerBatchNorm, _run_fwd, args, (input, w, b, residual))
+    tensors = (input, w, b, residual)
+    stats = []
+
+    def layer(code):
+        args = (input, w, b, residual, mean_in, var_in, training, eps, code, channels_last, backend)
+        y, m, _invstd, v = _eager.call(_batch_norm_op, _EagerBatchNorm, _run_fwd, args, tensors)
+        stats.extend((m, v))
+        return y
+    out = with_activation(layer, ACT_CODES[activation], backend, tensors)
+    mean, var = stats
     if training and (running_mean is not None or running_var is not None):
         count = input.numel() // C if C else 0
         if _eager.plain_eager(input, running_mean, running_var):

@@ -1,12 +1,14 @@
 """Convolution family: ``conv2d`` with a fused bias + residual + activation epilogue, and
 ``conv2d_bias_relu``.
 
-    out = act(conv2d(input, weight) + bias + residual)          act: None | "relu" | "relu6"
+    out = act(conv2d(input, weight) + bias + residual)
+    act: None | "relu" | "relu6" | "silu" | "hardswish" | "sigmoid" | "hardsigmoid" (ops/activation.py:
+    silu / hardswish / hardsigmoid with a gradient recorded run as conv2d then ops.activation)
 
 One custom op, ``pyimgcls::conv2d``, computes the whole expression in one kernel (the epilogue runs on
 the fp32 accumulator, before rounding). Its backward is its own custom op,
 ``pyimgcls::conv2d_backward``:
-    grad_pre      = grad * act'(out)          (mask from the saved output: relu out>0, relu6 0<out<6)
+    grad_pre      = grad * act'(out)          (from the saved output: relu out>0, relu6 0<out<6, sigmoid)
     grad_residual = grad_pre
     grad_bias     = grad_pre.sum((0, 2, 3))   (deterministic, fused with the mask)
     grad_input    = dgrad(grad_pre, weight)   (implicit GEMM / GEMM + col2im)
@@ -33,6 +35,7 @@ from .._native import ACT_CODES
 from ..errors import ArgumentTypeError, ArgumentValueError
 from . import _alloc, _eager, reference
 from ._checks import check_activation, check_tensor, prepare
+from .activation import with_activation
 from ._layout import format_of as _format_of, match_format as _match_format  # noqa: F401 (backends)
 from ._layout import output_memory_format, suggests_channels_last  # noqa: F401  (public names)
 
@@ -283,7 +286,10 @@ class _ConvGradPart(torch.autograd.Function):
 
 def _conv2d_backward_graph(grad, input, weight, out, conf, needs_input, needs_weight, has_bias, has_res):
     activation = conf[4]
-    gp = reference.activation_backward(grad, out.detach(), activation) if activation else grad
+    # sigmoid's derivative depends on the output, so its gradient is differentiated through it too;
+    # relu / relu6 are selects on the output (derivative zero there)
+    saved = out if activation == ACT_CODES["sigmoid"] else (out.detach() if out is not None else None)
+    gp = reference.activation_backward_differentiable(grad, saved, activation) if activation else grad
     gi = _ConvGradPart.apply(gp, weight, input.detach(), conf, True) if needs_input else None
     gw = _ConvGradPart.apply(gp, input, weight.detach(), conf, False) if needs_weight else None
     gb = gp.sum((0, 2, 3)) if has_bias else None
@@ -356,7 +362,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
     input [N, C, H, W] or unbatched [C, H, W]; weight [O, C/groups, KH, KW]; bias [O] or None;
     residual: the output's shape ([N, O, OH, OW], or [O, OH, OW] for unbatched input) or None, added
-    before the activation; activation None | "relu" | "relu6". stride / padding / dilation: int or
+    before the activation; activation None | "relu" | "relu6" | "silu" | "hardswish" | "sigmoid" | "hardsigmoid". stride / padding / dilation: int or
     pair; padding may be "same" or "valid". The output's memory format is the one PyTorch gives
     for the same call."""
     op = "conv2d"
@@ -430,8 +436,12 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
                                      f"convolution output has shape {tuple(want)}")
         if unbatched:
             residual = residual.unsqueeze(0)
-    args = (x, weight, bias, residual, list(stride), pads, list(dilation), groups, ACT_CODES[activation], backend)
-    out = _eager.call(_conv2d_op, _EagerConv2d, _run_fwd, args, (x, weight, bias, residual))
+    tensors = (x, weight, bias, residual)
+
+    def layer(code):
+        args = (x, weight, bias, residual, list(stride), pads, list(dilation), groups, code, backend)
+        return _eager.call(_conv2d_op, _EagerConv2d, _run_fwd, args, tensors)
+    out = with_activation(layer, ACT_CODES[activation], backend, tensors)
     return out.squeeze(0) if unbatched else out
 
 

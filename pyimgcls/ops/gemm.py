@@ -2,7 +2,7 @@
 
 Both lower to one custom op, ``pyimgcls::gemm`` (C = act(A @ B + bias), A [M, K], B [K, N] with any
 strides), whose backward is its own custom op ``pyimgcls::gemm_backward``:
-    grad_pre = grad * act'(out)       (mask from the saved output: relu out>0, relu6 0<out<6)
+    grad_pre = grad * act'(out)       (from the saved output: relu out>0, relu6 0<out<6, sigmoid)
     grad_A   = grad_pre @ B^T         (B^T is a strided view: no transpose copy)
     grad_B   = A^T @ grad_pre
     grad_bias = grad_pre.sum(0)       (fused into the mask kernel, deterministic)
@@ -20,6 +20,7 @@ from .._native import ACT_CODES
 from ..errors import ArgumentValueError
 from . import _alloc, _eager, reference
 from ._checks import check_activation, check_dim, check_tensor, prepare
+from .activation import with_activation
 
 
 # ----------------------------------------------------------------------------- backend kernels
@@ -110,9 +111,12 @@ def _gemm_backward_graph(ctx, grad, a, b, out, needs_a, needs_b, needs_bias):
     """create_graph=True: the same gradients as differentiable expressions, so they can be
     differentiated again to any order. grad_A = grad_pre @ B^T and grad_B = A^T @ grad_pre are GEMMs
     through this op itself (our kernels, with their own backward); the activation mask is a select on
-    the saved output (piecewise constant: its own derivative is zero) and the bias gradient a sum."""
+    the saved output (piecewise constant: its own derivative is zero; sigmoid's is differentiated through
+    the output) and the bias gradient a sum."""
     backend = ctx.backend
-    gp = reference.activation_backward(grad, out.detach(), ctx.activation) if ctx.activation else grad
+    # sigmoid's derivative depends on the output, so its gradient is differentiated through it too
+    saved = out if ctx.activation == ACT_CODES["sigmoid"] else (out.detach() if out is not None else None)
+    gp = reference.activation_backward_differentiable(grad, saved, ctx.activation) if ctx.activation else grad
     ga = _gemm_call(gp, b.t(), None, 0, backend) if needs_a else None
     gw = _gemm_call(a.t(), gp, None, 0, backend) if needs_b else None
     gb = gp.sum(0) if (ctx.has_bias and needs_bias) else None
@@ -179,7 +183,8 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     """``act(input @ weight.T + bias)`` as ``torch.nn.functional.linear`` plus a fused activation.
 
     input [*, in_features], weight [out_features, in_features], bias [out_features] or None,
-    activation None | "relu" | "relu6" (applied on the fp32 accumulator before rounding)."""
+    activation None | "relu" | "relu6" | "silu" | "hardswish" | "sigmoid" | "hardsigmoid" (applied on the
+    fp32 accumulator before rounding; ops/activation.py for silu / hardswish / hardsigmoid in training)."""
     op = "linear"
     check_tensor(input, "input", op)
     check_tensor(weight, "weight", op)
@@ -217,5 +222,6 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
             f"(shape {tuple(weight.shape)})")
     lead = input.shape[:-1]
     x2d = input.reshape(math.prod(lead), in_features)  # not -1: in_features may be 0
-    out = _gemm_call(x2d, weight.t(), bias, ACT_CODES[activation], backend)
+    out = with_activation(lambda code: _gemm_call(x2d, weight.t(), bias, code, backend), ACT_CODES[activation],
+                          backend, (x2d, weight, bias))
     return out.reshape(*lead, out_features)

@@ -10,11 +10,13 @@ from .._native import ACT_NAMES
 
 def activation(x: torch.Tensor, act: int) -> torch.Tensor:
     name = ACT_NAMES[act]
-    if name == "relu":
-        return F.relu(x)
-    if name == "relu6":
-        return F.relu6(x)
-    return x
+    if name is None:
+        return x
+    return _ACT_FUNCS[name](x)
+
+
+_ACT_FUNCS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish, "sigmoid": torch.sigmoid,
+              "hardsigmoid": F.hardsigmoid}
 
 
 def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, act: int) -> torch.Tensor:
@@ -24,14 +26,40 @@ def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, act: int) 
     return activation(out, act).contiguous()
 
 
-def activation_backward(grad: torch.Tensor, out: torch.Tensor | None, act: int) -> torch.Tensor:
+def activation_backward(grad: torch.Tensor, saved: torch.Tensor | None, act: int) -> torch.Tensor:
+    """grad through the activation from the tensor saved for it: the output for relu / relu6 / sigmoid,
+    the pre-activation for silu / hardswish / hardsigmoid (ATen's backward ops)."""
     name = ACT_NAMES[act]
     # Select semantics, as ATen's threshold_backward / hardtanh_backward.
     if name == "relu":
-        return torch.where(out <= 0, 0, grad)
+        return torch.where(saved <= 0, 0, grad)
     if name == "relu6":
-        return torch.where((out <= 0) | (out >= 6), 0, grad)
+        return torch.where((saved <= 0) | (saved >= 6), 0, grad)
+    if name == "sigmoid":
+        return torch.ops.aten.sigmoid_backward(grad, saved)
+    if name == "silu":
+        return torch.ops.aten.silu_backward(grad, saved)
+    if name == "hardswish":
+        return torch.ops.aten.hardswish_backward(grad, saved)
+    if name == "hardsigmoid":
+        return torch.ops.aten.hardsigmoid_backward(grad, saved)
     return grad
+
+
+def activation_backward_differentiable(grad: torch.Tensor, saved: torch.Tensor, act: int) -> torch.Tensor:
+    """activation_backward's values from plain differentiable torch ops (aten.silu_backward and
+    hardswish_backward have no derivative of their own), for gradients built under create_graph=True."""
+    name = ACT_NAMES[act]
+    if name == "sigmoid":
+        return grad * (1 - saved) * saved
+    if name == "silu":
+        sig = torch.sigmoid(saved)
+        return grad * sig * (1 + saved * (1 - sig))
+    if name == "hardswish":
+        return torch.where(saved <= -3, 0, torch.where(saved < 3, grad * (saved / 3 + 0.5), grad))
+    if name == "hardsigmoid":
+        return torch.where((saved > -3) & (saved < 3), grad / 6, 0)
+    return activation_backward(grad, saved, act)
 
 
 # ----------------------------------------------------------------------------- pooling

@@ -13,6 +13,7 @@ from __future__ import annotations
 from ... import _native
 from . import in_float32
 from ...ops import gemm as g
+from ...ops.activation import act_dense_output
 
 
 @in_float32
@@ -36,3 +37,20 @@ def bias_act_bwd(grad, out, act, has_bias):
                                    out.data_ptr() if out is not None else 0, gp.data_ptr(),
                                    gb.data_ptr() if gb is not None else 0, M, N, act)
     return gp, gb
+
+
+@in_float32
+def act_fwd(x, act):
+    y = act_dense_output(x)
+    if x.numel():
+        _native.C.act_fwd_cpu(_native.dtype_code(x.dtype), x.data_ptr(), y.data_ptr(), x.numel(), act)
+    return y
+
+
+@in_float32
+def act_bwd(grad, saved, act):
+    gx = act_dense_output(saved)
+    if grad.numel():
+        _native.C.act_bwd_cpu(_native.dtype_code(grad.dtype), grad.data_ptr(), saved.data_ptr(), gx.data_ptr(),
+                              grad.numel(), act)
+    return gx

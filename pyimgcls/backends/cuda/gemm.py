@@ -12,6 +12,7 @@ import torch
 
 from ... import _native
 from ...ops import gemm as g
+from ...ops.activation import act_dense_output
 from . import launch_args, sm_count
 
 # Stand-ins for plans on tensors that are not on a GPU: the SM count of an H100 SXM / H200, and a
@@ -97,3 +98,30 @@ def plan_bias_act_bwd(grad, out, act, has_bias):
     gp = _address(grad) if act == 0 else _NOMINAL_BASE
     args = _bias_act_args(grad, out, gp, _NOMINAL_BASE if has_bias else 0, act, _address)
     return _native.C.bias_act_bwd_plan_cuda(*args)
+
+
+# ----------------------------------------------------------------------------- standalone activation
+def act_fwd(x, act):
+    y = act_dense_output(x)
+    if x.numel():
+        _native.C.act_fwd_cuda(_native.dtype_code(x.dtype), x.data_ptr(), y.data_ptr(), x.numel(), act,
+                               *launch_args(x))
+    return y
+
+
+def plan_act_fwd(x, act):
+    """What ``act_fwd(x, act)`` launches (``_C.act_plan_cuda``)."""
+    return _native.C.act_plan_cuda(_native.dtype_code(x.dtype), x.numel(), act, False)
+
+
+def act_bwd(grad, saved, act):
+    gx = act_dense_output(saved)
+    if grad.numel():
+        _native.C.act_bwd_cuda(_native.dtype_code(grad.dtype), grad.data_ptr(), saved.data_ptr(), gx.data_ptr(),
+                               grad.numel(), act, *launch_args(grad))
+    return gx
+
+
+def plan_act_bwd(grad, saved, act):
+    """What ``act_bwd(grad, saved, act)`` launches (``_C.act_plan_cuda``)."""
+    return _native.C.act_plan_cuda(_native.dtype_code(grad.dtype), grad.numel(), act, True)

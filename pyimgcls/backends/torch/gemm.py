@@ -12,3 +12,11 @@ def gemm(a, b, bias, act):
 def bias_act_bwd(grad, out, act, has_bias):
     gp = reference.activation_backward(grad, out, act)
     return gp, (gp.sum(0) if has_bias else None)
+
+
+def act_fwd(x, act):
+    return reference.activation(x, act)
+
+
+def act_bwd(grad, saved, act):
+    return reference.activation_backward(grad, saved, act)

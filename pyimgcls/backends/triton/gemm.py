@@ -3,6 +3,7 @@ pyimgcls/backends/cpu/gemm.py."""
 from __future__ import annotations
 
 from ...ops import gemm as g
+from ...ops.activation import act_dense_output
 from . import on_tensor_device
 
 
@@ -22,6 +23,22 @@ def bias_act_bwd(grad, out, act, has_bias):
     if work:
         tk.bias_act_bwd(grad, out, act, gp, gb)
     return gp, gb
+
+
+@on_tensor_device
+def act_fwd(x, act):
+    from ...triton_kernels import gemm as tk
+    y = act_dense_output(x)
+    tk.act_fwd(x, act, y)
+    return y
+
+
+@on_tensor_device
+def act_bwd(grad, saved, act):
+    from ...triton_kernels import gemm as tk
+    gx = act_dense_output(saved)
+    tk.act_bwd(grad, saved, act, gx)
+    return gx
 
 
 def plan_gemm(a, b, bias, act):
