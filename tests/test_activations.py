@@ -118,8 +118,10 @@ def test_float32_exp_accuracy_over_a_dense_sweep(name):
     x = torch.linspace(-88.7, 100, 200_000, dtype=torch.float32)
     with backend_ctx("cpu"), torch.no_grad():
         y = ops.activation(x, name)                     # the elementwise kernel (scalar exp, vectorised loop)
-        # the GEMM micro-kernel's vector epilogue: x @ I is exact, so the epilogue alone is measured
-        y_gemm = ops.linear(x.view(-1, 16), torch.eye(16), activation=name).reshape(-1)
+        # the GEMM micro-kernel's vector epilogue (full tiles: N = 64 is a multiple of its width on every
+        # instruction set; the edge rows go through merge_tile): x @ I is exact, so the epilogue alone is
+        # measured
+        y_gemm = ops.linear(x.view(-1, 64), torch.eye(64), activation=name).reshape(-1)
         below = ops.activation(torch.linspace(-200, -88.8, 1001), name)
     ref = ref_fwd(x, name)
     ulp = (torch.finfo(torch.float32).eps * ref.abs()).clamp_min(2.0 ** -149)

@@ -144,7 +144,7 @@ __device__ __forceinline__ void reduce_group(const ReduceArgs& a, int64_t off, c
       float o[VEC];
       load_vec<T, VEC>(static_cast<const T*>(a.out) + off, o);
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) g[k] = act_grad(g[k], o[k], a.act);
+      for (int k = 0; k < VEC; ++k) g[k] = act_grad<sizeof(T) == 2>(g[k], o[k], a.act);
     }
     if (a.gp_out) store_vec<T, VEC>(static_cast<T*>(a.gp_out) + off, g);
 #pragma unroll
@@ -390,7 +390,7 @@ __global__ void __launch_bounds__(kThreads, 4) batch_norm_bwd_kernel(
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       const int64_t ck = CL ? c + k : c;
-      float v = act != 0 ? act_grad(gv[k], ov[k], act) : gv[k];
+      float v = act != 0 ? act_grad<sizeof(T) == 2>(gv[k], ov[k], act) : gv[k];
       if (training) v = v - coef[ck] - (xv[k] - mean[ck]) * coef[C + ck];
       out[k] = v * coef[2 * C + ck];
     }
