@@ -108,12 +108,15 @@ def prior(text: str, name: str, **labels) -> float:
 class Serve:
     """``pyimgcls serve ARGS --port 0`` as a subprocess; ``url`` once it prints its address."""
 
-    def __init__(self, tmp_path, *args):
+    def __init__(self, tmp_path, *args, launcher: str | None = None):
+        """``launcher``: Python source run with ``-c`` in place of ``-m pyimgcls`` (it gets the CLI
+        arguments in sys.argv[1:])."""
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    PYIMGCLS_POISON="1")
         self.stderr_path = tmp_path / "serve.stderr"
         self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pyimgcls", "serve", "--port", "0", "--kernels", "cpu",
+        start = ["-m", "pyimgcls"] if launcher is None else ["-c", launcher]
+        self.proc = subprocess.Popen([sys.executable, *start, "serve", "--port", "0", "--kernels", "cpu",
                                       *map(str, args)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                      stderr=self._stderr, text=True)
         lines: queue.Queue = queue.Queue()
@@ -596,3 +599,46 @@ def test_cli_errors_one_line_exit_2(argv, words, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err and "Traceback" not in err, err
+
+
+# A server whose model fails once it is ready (the warm-up passes): what a kernel error at run time
+# looks like to clients. The patch wraps the loaded model; everything else is the real server.
+_FAILING_MODEL = r"""
+import sys
+from pyimgcls.serve import runner
+_load = runner.ModelRunner.load
+def load(self):
+    _load(self)
+    model = self.model
+    def forward(x):
+        if self.ready.is_set():
+            raise RuntimeError("planted kernel failure")
+        return model(x)
+    self.model = forward
+runner.ModelRunner.load = load
+from pyimgcls.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kernel_failure_answers_500_and_server_stays_up(tmp_path, images):
+    """A failing batch answers its requests 500 with a one-line JSON error (no stack trace in the
+    response; the log has it), is counted under status 500, and the server stays alive and ready."""
+    _, files = images
+    ck = make_checkpoint(tmp_path / "lenet.pt", "lenet5", 1, [f"digit{i}" for i in range(10)], seed=5)
+    srv = Serve(tmp_path, "--checkpoint", ck, "--max-batch-size", 2, launcher=_FAILING_MODEL)
+    try:
+        srv.wait_ready()
+        for _ in range(2):
+            status, _, body, _ = srv.post("/v1/predict", files["gray.png"], {"Content-Type": "image/png"})
+            assert status == 500, (status, body)
+            assert json.loads(body) == {"error": "inference failed (see the server log)"}
+            status, _, body, _ = srv.post("/v2/models/lenet5/infer", json.dumps(_v2()).encode(),
+                                       {"Content-Type": "application/json"})
+            assert status == 500 and b"Traceback" not in body, (status, body)
+        assert srv.get("/readyz")[0] == 200 and srv.proc.poll() is None
+        text = srv.get("/metrics")[2].decode()
+        assert metric(text, "pyimgcls_requests_total", endpoint="/v1/predict", status="500") == 2
+        assert "planted kernel failure" in srv.stderr()
+    finally:
+        srv.stop()
