@@ -690,3 +690,63 @@ def test_new_model_argument_errors():
     # too small an input: a clear error naming the input, not a crash
     with pytest.raises(ValueError, match="input"):
         models.inception_v3(num_classes=3, init_weights=False).eval()(torch.zeros(1, 3, 74, 74))
+
+
+# ----------------------------------------------------------------------------- EfficientNet / MobileNetV3 options
+def test_efficientnet_mobilenet_v3_options_match_torchvision(tvm):
+    """torchvision's keyword arguments give torchvision's layout (meta device): MobileNetV3 width_mult /
+    reduced_tail / dilated, EfficientNet dropout / stochastic_depth_prob / norm_layer / last_channel-free
+    V2 head; a high stochastic_depth_prob (most residual branches dropped) gives torchvision's
+    training-mode logits and BN statistics (the drop-path draw and its placement after the projection BN,
+    before the add); 1x1 inputs run (min_size 1); bad arguments are refused by name."""
+    import functools
+
+    cases = [("mobilenet_v3_large", dict(width_mult=0.75, reduced_tail=True, dilated=True, dropout=0.1)),
+             ("mobilenet_v3_small", dict(width_mult=1.25)),
+             ("efficientnet_b0", dict(dropout=0.1, stochastic_depth_prob=0.5,
+                                      norm_layer=functools.partial(torch.nn.BatchNorm2d, eps=1e-3, momentum=0.2)))]
+    for name, kw in cases:
+        with torch.device("meta"):
+            ref = getattr(tvm, name)(num_classes=3, **kw)
+            ours = models.get_model(name, num_classes=3, **kw)
+        assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+
+        def attrs(m):
+            return [(n, type(x).__name__, getattr(x, "p", None), getattr(x, "eps", None), getattr(x, "momentum", None),
+                     getattr(x, "dilation", None), getattr(x, "stride", None), getattr(x, "padding", None))
+                    for n, x in m.named_modules() if isinstance(x, (torch.nn.Conv2d, torch.nn.BatchNorm2d,
+                                                                    torch.nn.Dropout))
+                    or type(x).__name__ == "StochasticDepth"]
+        assert attrs(ours) == attrs(ref), name
+    # stochastic depth: p up to 0.9 at the last block, batch 8, so several samples' branches are dropped
+    torch.manual_seed(0)
+    ref = tvm.efficientnet_b0(num_classes=NUM_CLASSES, stochastic_depth_prob=0.9)
+    with torch.no_grad():
+        _randomize_bn(ref)
+    ref.double().train()
+    ours = models.efficientnet_b0(num_classes=NUM_CLASSES, stochastic_depth_prob=0.9).double().train()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(8, 3, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.manual_seed(7)
+        want = ref(x)
+        torch.manual_seed(7)
+        got = ours(x)
+    _assert_close(got, want, 1e-9, "efficientnet_b0 stochastic_depth_prob=0.9 training logits")
+    for (k, b), (_, rb) in zip(ours.named_buffers(), ref.named_buffers()):
+        if b.is_floating_point():
+            _assert_close(b, rb, 1e-9, f"buffer {k}")
+    # min_size 1: every model of these families runs a 1x1 input (eval, batch 1)
+    for name in ("efficientnet_b0", "efficientnet_v2_s", "mobilenet_v3_small", "mobilenet_v3_large"):
+        assert models.input_spec(name)["min_size"] == 1
+    with torch.no_grad():
+        for m in (ours.eval(), models.mobilenet_v3_small(num_classes=3).double().eval()):
+            assert torch.isfinite(m(torch.randn(1, 3, 1, 1, dtype=torch.float64))).all()
+    with pytest.raises(ValueError, match="norm_layer"):
+        models.efficientnet_b0(norm_layer=functools.partial(torch.nn.BatchNorm2d, affine=False))
+    with pytest.raises(ValueError, match="norm_layer"):
+        models.mobilenet_v3_small(norm_layer=torch.nn.BatchNorm2d)
+    with pytest.raises(ValueError, match="inverted_residual_setting"):
+        models.EfficientNet([], dropout=0.2)
+    with pytest.raises(TypeError):
+        models.mobilenet_v3_large(not_an_argument=1)
