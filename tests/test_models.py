@@ -28,12 +28,14 @@ ALL = ["lenet5", "alexnet", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "
        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
        "densenet121", "densenet161", "densenet169", "densenet201", "mobilenet_v2",
        "googlenet", "inception_v3", "squeezenet1_0", "squeezenet1_1", "shufflenet_v2_x1_0", "resnext50_32x4d",
-       "wide_resnet50_2"]
+       "wide_resnet50_2", "efficientnet_b0", "efficientnet_v2_s", "mobilenet_v3_small", "mobilenet_v3_large"]
 # Width/depth variants of the models above, built by the same code with other constants: their keys,
 # shapes and parameter counts are checked against torchvision's (fixture) and they are registered, but
 # the per-model output and gradient checks run on the base model only (each costs 2-6x the base's time).
 VARIANTS = ["shufflenet_v2_x0_5", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "resnext101_32x8d",
-            "resnext101_64x4d", "wide_resnet101_2"]
+            "resnext101_64x4d", "wide_resnet101_2", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
+            "efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_m",
+            "efficientnet_v2_l"]
 # Smallest input each architecture accepts (alexnet: 63, as torchvision's min_size; 62 leaves no 3x3
 # window for the last max pool).
 INPUT = {name: (3, 32) for name in ALL}
@@ -44,6 +46,11 @@ INPUT["alexnet"] = (3, 63)
 # Wide ResNet take any size, 17 still leaves 1x1 maps in their last stage.
 INPUT.update({"googlenet": (3, 15), "inception_v3": (3, 75), "squeezenet1_0": (3, 21), "squeezenet1_1": (3, 17),
               "shufflenet_v2_x1_0": (3, 17), "resnext50_32x4d": (3, 17), "wide_resnet50_2": (3, 17)})
+# EfficientNet and MobileNetV3 take any size (padded convolutions); at 17 their last stages run on 2x2 and
+# 1x1 maps (test_efficientnet_mobilenet_v3_options runs 1x1 inputs). The larger two at 9 (5x5 maps in their
+# first stage): PyTorch's float64 depthwise convolutions make torchvision's side the slow one.
+INPUT.update({"efficientnet_b0": (3, 17), "efficientnet_v2_s": (3, 9), "mobilenet_v3_small": (3, 17),
+              "mobilenet_v3_large": (3, 9)})
 # torchvision's googlenet / inception_v3 default to aux_logits=True (ours False: the issue's parameter
 # counts); init_weights=False skips their slow truncated-normal initialisation (the comparison loads
 # torchvision's weights into ours, whatever they are). Inception-v3 is compared with transform_input=True,
@@ -63,6 +70,11 @@ LARGEST = {"resnet34", "resnet101", "resnet152", "densenet161", "densenet169", "
 # width_per_group=128, whose gradients resnet50 (width 64) and resnext50_32x4d (groups=32, width 4) check;
 # its 69M float64 parameters would cost the step more than any other model here.
 NO_TRAIN_STEP = {"wide_resnet50_2"}
+# efficientnet_v2_s repeats efficientnet_b0's MBConv (its FusedMBConv blocks are conv -> BN(silu) chains
+# whose gradients every other model checks) with 4x the parameters; mobilenet_v3_large is
+# mobilenet_v3_small's InvertedResidual code with other constants: their forward, training-mode logits
+# and buffers are still compared with torchvision's.
+NO_TRAIN_STEP |= {"efficientnet_v2_s", "mobilenet_v3_large"}
 SKIP_SLOW = os.environ.get("PYIMGCLS_SKIP_SLOW", "0") == "1"
 # VGG/AlexNet hold 60-140M parameters: float32 keeps their memory under 2 GB. The ResNets, DenseNets and
 # MobileNetV2 run the gradient check in float64 with batch 4: their last stage has 1x1 maps at 32x32
@@ -208,8 +220,11 @@ def built(request):
 
 def test_no_pytorch_compute_layers(built):
     name, model = built
+    # nn.SqueezeExcitation computes as one op (ops.squeeze_excitation); the avgpool / activation children
+    # it keeps for torchvision's module tree and repr are never called.
+    se = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, nn.SqueezeExcitation))
     bad = [f"{n}: {type(m).__module__}.{type(m).__qualname__}" for n, m in model.named_modules()
-           if isinstance(m, TORCH_COMPUTE) and not isinstance(m, OURS)]
+           if isinstance(m, TORCH_COMPUTE) and not isinstance(m, OURS) and not (se and n.startswith(se))]
     assert not bad, f"{name} holds PyTorch compute layers: {bad}"
     assert any(isinstance(m, nn.Conv2d) for m in model.modules())
 
@@ -229,7 +244,7 @@ def test_forward_matches_torch_backend(built):
     _assert_close(y, ref, 1e-4 if x.dtype == torch.float32 else 1e-9, f"{name} logits")
     # Batch 1 (where eval BatchNorm must not need batch statistics) gives the first row.
     if name in ("lenet5", "resnet18", "mobilenet_v2", "densenet121", "vgg11_bn", "googlenet", "inception_v3",
-                "squeezenet1_1", "shufflenet_v2_x1_0"):
+                "squeezenet1_1", "shufflenet_v2_x1_0", "efficientnet_b0", "mobilenet_v3_small"):
         with torch.no_grad():
             y1 = model(x[:1])
         _assert_close(y1, y[:1], 1e-4 if x.dtype == torch.float32 else 1e-9, f"{name} batch 1")
@@ -247,7 +262,8 @@ def test_state_dict_strict_load_both_ways(built):
             "state_dict"]:
         if key.endswith(("fc.weight", "fc.bias", "classifier.weight", "classifier.bias", "classifier.6.weight",
                          "classifier.6.bias", "classifier.2.weight", "classifier.2.bias",
-                         "classifier.1.weight", "classifier.1.bias")) and shape[0] == 1000:
+                         "classifier.1.weight", "classifier.1.bias", "classifier.3.weight",
+                         "classifier.3.bias")) and shape[0] == 1000:
             shape = [NUM_CLASSES] + shape[1:]
         if key.endswith("num_batches_tracked"):
             sd[key] = torch.tensor(7)
@@ -453,7 +469,8 @@ def test_lenet5_matches_its_definition():
 def test_channels_last_resnet18_and_mobilenet_v2():
     """channels_last weights and input: same logits and input gradient as contiguous NCHW (ShuffleNetV2:
     channel slices and the shuffle copy on channels_last maps; SqueezeNet: Fire concatenations)."""
-    for name in ("resnet18", "mobilenet_v2", "shufflenet_v2_x1_0", "squeezenet1_1"):
+    for name in ("resnet18", "mobilenet_v2", "shufflenet_v2_x1_0", "squeezenet1_1", "mobilenet_v3_small",
+                 "efficientnet_b0"):
         torch.manual_seed(0)
         m = models.get_model(name, num_classes=NUM_CLASSES).double().eval()
         _randomize_bn_stats(m)
@@ -513,7 +530,8 @@ def test_torch_compile_fullgraph_lenet5():
 
 # GoogLeNet's BasicConv2d is Inception-v3's too (its 75x75 float64 run would add ~4 s for no new pattern).
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg11_bn", "googlenet", "shufflenet_v2_x1_0",
-                                  "resnext50_32x4d", "squeezenet1_1"])
+                                  "resnext50_32x4d", "squeezenet1_1", "efficientnet_b0", "efficientnet_v2_s",
+                                  "mobilenet_v3_small"])
 def test_fuse_for_inference_folds_every_batchnorm(name):
     """The models' conv -> BN(activation, residual) structure is what fuse_for_inference folds: no
     BatchNorm is left in ResNet, MobileNetV2 and VGG-BN, and eval logits are unchanged (float64)."""
@@ -673,3 +691,63 @@ def test_new_model_argument_errors():
     # too small an input: a clear error naming the input, not a crash
     with pytest.raises(ValueError, match="input"):
         models.inception_v3(num_classes=3, init_weights=False).eval()(torch.zeros(1, 3, 74, 74))
+
+
+# ----------------------------------------------------------------------------- EfficientNet / MobileNetV3 options
+def test_efficientnet_mobilenet_v3_options_match_torchvision(tvm):
+    """torchvision's keyword arguments give torchvision's layout (meta device): MobileNetV3 width_mult /
+    reduced_tail / dilated, EfficientNet dropout / stochastic_depth_prob / norm_layer / last_channel-free
+    V2 head; a high stochastic_depth_prob (most residual branches dropped) gives torchvision's
+    training-mode logits and BN statistics (the drop-path draw and its placement after the projection BN,
+    before the add); 1x1 inputs run (min_size 1); bad arguments are refused by name."""
+    import functools
+
+    cases = [("mobilenet_v3_large", dict(width_mult=0.75, reduced_tail=True, dilated=True, dropout=0.1)),
+             ("mobilenet_v3_small", dict(width_mult=1.25)),
+             ("efficientnet_b0", dict(dropout=0.1, stochastic_depth_prob=0.5,
+                                      norm_layer=functools.partial(torch.nn.BatchNorm2d, eps=1e-3, momentum=0.2)))]
+    for name, kw in cases:
+        with torch.device("meta"):
+            ref = getattr(tvm, name)(num_classes=3, **kw)
+            ours = models.get_model(name, num_classes=3, **kw)
+        assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+
+        def attrs(m):
+            return [(n, type(x).__name__, getattr(x, "p", None), getattr(x, "eps", None), getattr(x, "momentum", None),
+                     getattr(x, "dilation", None), getattr(x, "stride", None), getattr(x, "padding", None))
+                    for n, x in m.named_modules() if isinstance(x, (torch.nn.Conv2d, torch.nn.BatchNorm2d,
+                                                                    torch.nn.Dropout))
+                    or type(x).__name__ == "StochasticDepth"]
+        assert attrs(ours) == attrs(ref), name
+    # stochastic depth: p up to 0.9 at the last block, batch 8, so several samples' branches are dropped
+    torch.manual_seed(0)
+    ref = tvm.efficientnet_b0(num_classes=NUM_CLASSES, stochastic_depth_prob=0.9)
+    with torch.no_grad():
+        _randomize_bn(ref)
+    ref.double().train()
+    ours = models.efficientnet_b0(num_classes=NUM_CLASSES, stochastic_depth_prob=0.9).double().train()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(8, 3, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.manual_seed(7)
+        want = ref(x)
+        torch.manual_seed(7)
+        got = ours(x)
+    _assert_close(got, want, 1e-9, "efficientnet_b0 stochastic_depth_prob=0.9 training logits")
+    for (k, b), (_, rb) in zip(ours.named_buffers(), ref.named_buffers()):
+        if b.is_floating_point():
+            _assert_close(b, rb, 1e-9, f"buffer {k}")
+    # min_size 1: every model of these families runs a 1x1 input (eval, batch 1)
+    for name in ("efficientnet_b0", "efficientnet_v2_s", "mobilenet_v3_small", "mobilenet_v3_large"):
+        assert models.input_spec(name)["min_size"] == 1
+    with torch.no_grad():
+        for m in (ours.eval(), models.mobilenet_v3_small(num_classes=3).double().eval()):
+            assert torch.isfinite(m(torch.randn(1, 3, 1, 1, dtype=torch.float64))).all()
+    with pytest.raises(ValueError, match="norm_layer"):
+        models.efficientnet_b0(norm_layer=functools.partial(torch.nn.BatchNorm2d, affine=False))
+    with pytest.raises(ValueError, match="norm_layer"):
+        models.mobilenet_v3_small(norm_layer=torch.nn.BatchNorm2d)
+    with pytest.raises(ValueError, match="inverted_residual_setting"):
+        models.EfficientNet([], dropout=0.2)
+    with pytest.raises(TypeError):
+        models.mobilenet_v3_large(not_an_argument=1)

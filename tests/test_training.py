@@ -600,7 +600,8 @@ def test_ctrl_c_saves_and_prints_the_resume_command(tmp_path):
 
 
 @pytest.mark.parametrize("model", ["alexnet", "densenet121", "vgg11", "resnet18", "mobilenet_v2", "lenet5",
-                                   "googlenet", "inception_v3", "squeezenet1_0", "squeezenet1_1"])
+                                   "googlenet", "inception_v3", "squeezenet1_0", "squeezenet1_1",
+                                   "efficientnet_b0", "mobilenet_v3_small"])
 def test_model_default_input_and_minimum(model):
     """model_input's size is accepted by the model (one forward); one pixel less is refused up front
     where a minimum exists."""
@@ -627,7 +628,8 @@ def test_rgb_model_trains_on_grayscale_digits_without_flags(tmp_path):
 
 
 @pytest.mark.parametrize("model, size", [("googlenet", 32), ("inception_v3", 75), ("squeezenet1_1", 32),
-                                         ("shufflenet_v2_x1_0", 32), ("resnext50_32x4d", 32)])
+                                         ("shufflenet_v2_x1_0", 32), ("resnext50_32x4d", 32),
+                                         ("efficientnet_b0", 32), ("mobilenet_v3_small", 32)])
 def test_new_model_families_train_one_epoch_on_digits(model, size, tmp_path):
     """One epoch on 32 digits images for each family of the second model zoo, at the size model_input
     picks (32, or the model's minimum when larger: Inception-v3 75), grayscale replicated to RGB."""

@@ -3,7 +3,8 @@ the ordered state_dict keys with their shapes, and the parameter count, at num_c
 
 tests/test_models.py compares pyimgcls.models against this file, so torchvision is not needed at
 test time. How it was generated (torchvision 0.29.2, torch 2.13.0 CPU; regenerated with torchvision 0.28.0
-when GoogLeNet ... Wide ResNet were added, the earlier models' entries unchanged):
+when GoogLeNet ... Wide ResNet were added, and again when EfficientNet / MobileNetV3 were added, the
+earlier models' entries unchanged each time):
 
     pip install --no-deps --target /tmp/tv torchvision
     python tools/make_torchvision_fixture.py --torchvision-path /tmp/tv
@@ -29,7 +30,10 @@ MODELS = ["alexnet", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_b
           "densenet121", "densenet161", "densenet169", "densenet201", "mobilenet_v2",
           "googlenet", "inception_v3", "squeezenet1_0", "squeezenet1_1",
           "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
-          "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"]
+          "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+          "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4",
+          "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_s", "efficientnet_v2_m",
+          "efficientnet_v2_l", "mobilenet_v3_small", "mobilenet_v3_large"]
 # Constructor arguments for torchvision's side: pyimgcls's googlenet / inception_v3 default to
 # aux_logits=False (the issue's parameter counts; what torchvision's pretrained builders return), and
 # init_weights=False skips their slow truncated-normal initialisation (shapes do not depend on it).

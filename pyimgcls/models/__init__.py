@@ -10,11 +10,15 @@ from typing import Callable
 import torch
 
 from .alexnet import AlexNet, alexnet
+from .efficientnet import (EfficientNet, efficientnet_b0, efficientnet_b1, efficientnet_b2, efficientnet_b3,
+                           efficientnet_b4, efficientnet_b5, efficientnet_b6, efficientnet_b7, efficientnet_v2_s,
+                           efficientnet_v2_m, efficientnet_v2_l)
 from .densenet import DenseNet, densenet121, densenet161, densenet169, densenet201
 from .googlenet import GoogLeNet, GoogLeNetOutputs, googlenet
 from .inception import Inception3, InceptionOutputs, inception_v3
 from .lenet import LeNet5, lenet5
 from .mobilenet import MobileNetV2, mobilenet_v2
+from .mobilenetv3 import MobileNetV3, mobilenet_v3_large, mobilenet_v3_small
 from .resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
 from .resnet import resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2
 from .shufflenetv2 import (ShuffleNetV2, shufflenet_v2_x0_5, shufflenet_v2_x1_0, shufflenet_v2_x1_5,
@@ -39,6 +43,12 @@ _MODELS: dict[str, Callable[..., torch.nn.Module]] = {
     "shufflenet_v2_x1_5": shufflenet_v2_x1_5, "shufflenet_v2_x2_0": shufflenet_v2_x2_0,
     "resnext50_32x4d": resnext50_32x4d, "resnext101_32x8d": resnext101_32x8d, "resnext101_64x4d": resnext101_64x4d,
     "wide_resnet50_2": wide_resnet50_2, "wide_resnet101_2": wide_resnet101_2,
+    "efficientnet_b0": efficientnet_b0, "efficientnet_b1": efficientnet_b1, "efficientnet_b2": efficientnet_b2,
+    "efficientnet_b3": efficientnet_b3, "efficientnet_b4": efficientnet_b4, "efficientnet_b5": efficientnet_b5,
+    "efficientnet_b6": efficientnet_b6, "efficientnet_b7": efficientnet_b7,
+    "efficientnet_v2_s": efficientnet_v2_s, "efficientnet_v2_m": efficientnet_v2_m,
+    "efficientnet_v2_l": efficientnet_v2_l,
+    "mobilenet_v3_small": mobilenet_v3_small, "mobilenet_v3_large": mobilenet_v3_large,
 }
 
 
@@ -49,6 +59,9 @@ _MIN_SIZE = {"alexnet": 63, "lenet5": 32, "densenet": 29, "vgg": 32, "resnet": 1
 # 21 / 17, ShuffleNetV2 / ResNeXt / Wide ResNet 1: torchvision's min_size for each.
 _MIN_SIZE.update({"googlenet": 15, "inception_v3": 75, "squeezenet1_0": 21, "squeezenet1_1": 17,
                   "shufflenet_v2": 1, "resnext": 1, "wide_resnet": 1})
+# EfficientNet B0-B7 / V2 and MobileNetV3: every convolution is padded, so 1x1 runs (torchvision's min_size
+# is 1 for B0-B7 and MobileNetV3, 33 for V2: the size its weights were trained at, not a graph limit).
+_MIN_SIZE.update({"efficientnet": 1, "mobilenet_v3": 1})
 _FIXED_SIZE = {"lenet5": 32}
 _TAKES_IN_CHANNELS = ("lenet5",)
 
@@ -84,4 +97,4 @@ def get_model(name: str, num_classes: int = 1000, **kwargs) -> torch.nn.Module:
 __all__ = ["get_model", "list_models", "input_spec",
            "LeNet5", "AlexNet", "VGG", "ResNet", "DenseNet", "MobileNetV2",
            "GoogLeNet", "GoogLeNetOutputs", "Inception3", "InceptionOutputs", "SqueezeNet",
-           "ShuffleNetV2"] + list_models()
+           "ShuffleNetV2", "EfficientNet", "MobileNetV3"] + list_models()
