@@ -85,6 +85,13 @@ struct Bits16<__nv_bfloat16> {
   }
 };
 
+// The tensor-core epilogue's activations: none, relu, relu6 (the smooth ones run in act_rows_kernel).
+__device__ __forceinline__ float relu_family(float v, int act) {
+  if (act == static_cast<int>(Act::ReLU)) return v < 0.f ? 0.f : v;
+  if (act == static_cast<int>(Act::ReLU6)) return relu6f(v);
+  return v;
+}
+
 // clamp_count (elements of a run that lie inside the matrix): tc_maps.h, shared with the emulation.
 using tc::clamp_count;
 
@@ -332,6 +339,11 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
     __syncthreads();
 
     // 4a. bias + activation on the fp32 accumulators, rounded once to T, into the staging tile.
+    //     Only none / relu / relu6 here: gemm_typed launches this kernel with the smooth activations
+    //     (silu, hardswish, sigmoid, hardsigmoid) taken out and applies them in a second pass
+    //     (act_rows_kernel), because their expf / divisions in this epilogue cost registers:
+    //     TcConfig<64,128,...> half / bf16 spilled 4 bytes on sm_80 with them, even when applied to
+    //     the staged values after the accumulators were dead.
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       const int col = wn0 + j * 8 + f_lo.col;
@@ -345,10 +357,10 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS) gemm_fwd_kernel
       for (int i = 0; i < MT; ++i) {
         const int row = wm0 + i * 16 + f_lo.row;
         const int row_hi = wm0 + i * 16 + f_hi.row, col_hi = wn0 + j * 8 + f_hi.col;
-        const uint32_t lo = Bits16<T>::bits(apply_act(acc[i][j][0] + b0, p.act)) |
-                            (Bits16<T>::bits(apply_act(acc[i][j][1] + b1, p.act)) << 16);
-        const uint32_t hi = Bits16<T>::bits(apply_act(acc[i][j][2] + b0, p.act)) |
-                            (Bits16<T>::bits(apply_act(acc[i][j][3] + b1, p.act)) << 16);
+        const uint32_t lo = Bits16<T>::bits(relu_family(acc[i][j][0] + b0, p.act)) |
+                            (Bits16<T>::bits(relu_family(acc[i][j][1] + b1, p.act)) << 16);
+        const uint32_t hi = Bits16<T>::bits(relu_family(acc[i][j][2] + b0, p.act)) |
+                            (Bits16<T>::bits(relu_family(acc[i][j][3] + b1, p.act)) << 16);
         *reinterpret_cast<uint32_t*>(smem + (row * Cfg::C_LD + col) * 2) = lo;
         *reinterpret_cast<uint32_t*>(smem + (row_hi * Cfg::C_LD + col_hi) * 2) = hi;
       }
@@ -727,6 +739,22 @@ __global__ void __launch_bounds__(kBwdThreads) bias_act_bwd_kernel(const T* grad
 }
 
 // ---------------------------------------------------------------------------------------------
+// Second pass of a tensor-core GEMM with a smooth activation: C[m, n] = act(C[m, n]) in place over the
+// M x N matrix of leading dimension ldc (rows may be padded). Memory-bound: 2 * M * N * sizeof(T)
+// bytes; the value it reads is the pre-activation already rounded to T, so the output is rounded
+// twice, as PyTorch's unfused linear + activation rounds it.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(kActThreads) act_rows_kernel(T* __restrict__ c, int64_t M, int64_t N, int64_t ldc,
+                                                                int act) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < M * N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    T* e = c + (i / N) * ldc + i % N;
+    *e = from_float<T>(apply_act(to_float(*e), act));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Host side: gemm_plan (gemm.h) decides, the launchers below only dispatch on its decision.
 // ---------------------------------------------------------------------------------------------
 template <typename T, typename Cfg, bool A_KC, bool B_KC, bool SPLIT>
@@ -780,11 +808,15 @@ template <typename T>
 void gemm_typed(const GemmPlan& plan, const void* a, const void* b, const void* bias, void* c, int64_t M, int64_t N,
                 int64_t K, Act act, void* scratch, int device, cudaStream_t stream) {
   // Members in declaration order; strides and vector flags as the plan normalised / decided them.
-  const GemmParams<T> p{static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(bias),
+  const GemmParams<T> p0{static_cast<const T*>(a), static_cast<const T*>(b), static_cast<const T*>(bias),
                         static_cast<T*>(c), plan.sam, plan.sak, plan.sbk, plan.sbn, plan.ldc, M, N, K,
                         static_cast<int>(act), plan.a_vec, plan.b_vec, plan.c_vec, static_cast<float*>(scratch),
                         plan.ldw, plan.k_chunk};
   const bool split = plan.splits > 1;
+  // Tensor-core tiles without split-K: a smooth activation runs as a second pass (act_rows_kernel).
+  const bool act_after = plan.tensor_cores && !split && static_cast<int>(act) > static_cast<int>(Act::ReLU6);
+  GemmParams<T> p = p0;
+  if (act_after) p.act = static_cast<int>(Act::None);
   const auto no_split_kernel = [] { throw std::logic_error("gemm: split-K planned for a tile without a split kernel"); };
   if (plan.tensor_cores) {
     if constexpr (sizeof(T) == 2) {
@@ -819,6 +851,12 @@ void gemm_typed(const GemmPlan& plan, const void* a, const void* b, const void* 
     // Same stream, so the reduction starts after every split has written its partial.
     gemm_splitk_reduce_kernel<T><<<dim3(static_cast<unsigned>(plan.reduce_ctas)), kGemmReduceThreads, 0, stream>>>(
         p, static_cast<int>(plan.splits));
+    PYIMGCLS_CUDA_CHECK_LAUNCH();
+  }
+  if (act_after && M > 0 && N > 0) {
+    const int64_t ctas = std::min<int64_t>((M * N + kActThreads - 1) / kActThreads, 65535);
+    act_rows_kernel<T><<<dim3(static_cast<unsigned>(ctas)), kActThreads, 0, stream>>>(static_cast<T*>(c), M, N,
+                                                                                        plan.ldc, static_cast<int>(act));
     PYIMGCLS_CUDA_CHECK_LAUNCH();
   }
 }
