@@ -10,6 +10,9 @@ Replaced (exact torch.nn types only; a user subclass may override forward, so it
     torch.nn.BatchNorm2d       -> pyimgcls.nn.BatchNorm2d
     torch.nn.ReLU / ReLU6      -> pyimgcls.nn.ReLU / ReLU6
     torch.nn.SiLU / Hardswish / Sigmoid / Hardsigmoid -> pyimgcls.nn.SiLU / ... (on our kernels)
+    torchvision.ops.SqueezeExcitation -> pyimgcls.nn.SqueezeExcitation (one op; relu / silu with a
+                               sigmoid / hardsigmoid gate, others kept with a warning)
+    torchvision.ops.StochasticDepth   -> pyimgcls.nn.StochasticDepth
 
 The new layer holds the *same* Parameter and buffer objects as the old one (no copy: an optimizer
 built on the original parameters keeps training the converted model, and state_dict keys are
@@ -57,7 +60,7 @@ _CONVERSIONS = {
     torch.nn.Sigmoid: _nn.Sigmoid,
     torch.nn.Hardsigmoid: _nn.Hardsigmoid,
 }
-_OURS = tuple(_CONVERSIONS.values())
+_OURS = tuple(_CONVERSIONS.values()) + (_nn.SqueezeExcitation, _nn.StochasticDepth)
 _LAZY = (torch.nn.LazyConv2d, torch.nn.LazyLinear, torch.nn.LazyBatchNorm2d)
 
 
@@ -78,10 +81,39 @@ def _unsupported_reason(m: torch.nn.Module) -> str | None:
     return None
 
 
+def _torchvision_twin(m: torch.nn.Module) -> type | None:
+    """Our module for torchvision.ops' SqueezeExcitation / StochasticDepth (matched by module and class
+    name, so convert never imports torchvision)."""
+    t = type(m)
+    if not t.__module__.startswith("torchvision.ops"):
+        return None
+    return {"SqueezeExcitation": _nn.SqueezeExcitation, "StochasticDepth": _nn.StochasticDepth}.get(t.__name__)
+
+
+def _swap_torchvision(m: torch.nn.Module, ours_cls: type, path: str) -> torch.nn.Module | None:
+    new = ours_cls.__new__(ours_cls)
+    torch.nn.Module.__init__(new)
+    new.__dict__.update(m.__dict__)
+    new._parameters, new._buffers, new._modules = m._parameters.copy(), m._buffers.copy(), m._modules.copy()
+    if ours_cls is _nn.SqueezeExcitation:
+        from .nn.se import _ACTIVATIONS, _GATES, _code_of
+        try:   # the one op runs relu / silu with a sigmoid / hardsigmoid gate; others stay torchvision's
+            new._act = _code_of(type(m.activation), _ACTIVATIONS, "activation")
+            new._gate = _code_of(type(m.scale_activation), _GATES, "scale_activation")
+        except ValueError as e:
+            warnings.warn(f"pyimgcls.convert: keeping {path or 'model'} (SqueezeExcitation) as a torchvision "
+                          f"layer: {e}", UserWarning, stacklevel=4)
+            return None
+    return new
+
+
 def _swap(m: torch.nn.Module, path: str) -> torch.nn.Module | None:
     """The pyimgcls layer replacing ``m`` (sharing its tensors), or None to keep ``m``."""
     if isinstance(m, _OURS):
         return None
+    twin = _torchvision_twin(m)
+    if twin is not None:
+        return _swap_torchvision(m, twin, path)
     ours_cls = _CONVERSIONS.get(type(m))
     if ours_cls is None:
         if isinstance(m, tuple(_CONVERSIONS) + _LAZY):
@@ -131,6 +163,10 @@ def convert(model: torch.nn.Module, inplace: bool = False) -> torch.nn.Module:
         if id(m) in memo:
             return memo[id(m)]
         new = _swap(m, path)
+        if isinstance(new, _nn.SqueezeExcitation):   # from torchvision's: its fc1 / fc2 become ours too
+            for name, child in new._modules.items():
+                if child is not None:
+                    new._modules[name] = visit(child, f"{path}.{name}" if path else name)
         if new is None:
             changed: dict[str, torch.nn.Module] = {}
             for name, child in m._modules.items():

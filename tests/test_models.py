@@ -751,3 +751,28 @@ def test_efficientnet_mobilenet_v3_options_match_torchvision(tvm):
         models.EfficientNet([], dropout=0.2)
     with pytest.raises(TypeError):
         models.mobilenet_v3_large(not_an_argument=1)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0"])
+def test_convert_maps_torchvision_se_and_stochastic_depth(tvm, name):
+    """convert on torchvision's own model: its SqueezeExcitation / StochasticDepth modules become our
+    one-op SE and our stochastic depth (their fc1 / fc2 our Conv2d), the input model is untouched, and
+    the float64 logits equal torchvision's (eval)."""
+    torch.manual_seed(0)
+    ref = getattr(tvm, name)(num_classes=10).double().eval()
+    with torch.no_grad():
+        _randomize_bn(ref)
+    x = torch.randn(2, 3, 33, 33, dtype=torch.float64)
+    ours = pyimgcls.convert(ref)
+    types = {type(m) for m in ours.modules()}
+    assert nn.SqueezeExcitation in types and not any(t.__module__.startswith("torchvision.ops") and
+                                                     t.__name__ == "SqueezeExcitation" for t in types)
+    if name.startswith("efficientnet"):
+        assert nn.StochasticDepth in types
+    for m in ours.modules():
+        if isinstance(m, nn.SqueezeExcitation):
+            assert isinstance(m.fc1, nn.Conv2d) and isinstance(m.fc2, nn.Conv2d)
+    assert any(type(m).__name__ == "SqueezeExcitation" and type(m).__module__.startswith("torchvision")
+               for m in ref.modules())                                     # the input model is unchanged
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-10, atol=1e-12)

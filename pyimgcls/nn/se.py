@@ -8,6 +8,7 @@ import torch
 from .. import ops
 from ..errors import ArgumentTypeError, ArgumentValueError
 from .conv import Conv2d
+from .pool import AdaptiveAvgPool2d
 
 # torch.nn activation classes -> the op's strings (subclasses too: pyimgcls.nn.ReLU is a torch.nn.ReLU)
 _ACTIVATIONS = ((torch.nn.ReLU, "relu"), (torch.nn.SiLU, "silu"))
@@ -42,7 +43,7 @@ class SqueezeExcitation(torch.nn.Module):
                 raise ArgumentValueError(f"SqueezeExcitation: argument '{name}' must be positive, got {v}")
         self._act = _code_of(activation, _ACTIVATIONS, "activation")
         self._gate = _code_of(scale_activation, _GATES, "scale_activation")
-        self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+        self.avgpool = AdaptiveAvgPool2d(1)   # torchvision's child (not called: the op pools)
         self.fc1 = Conv2d(input_channels, squeeze_channels, 1)
         self.fc2 = Conv2d(squeeze_channels, input_channels, 1)
         self.activation = activation()
