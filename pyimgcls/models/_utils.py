@@ -1,6 +1,8 @@
 """Helpers shared by the model files."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import nn
@@ -17,3 +19,25 @@ def set_fixed_kwarg(kwargs: dict, name: str, value, model: str) -> None:
     if name in kwargs and kwargs[name] != value:
         raise ValueError(f"{model}: argument '{name}' is fixed to {value!r} for this model, got {kwargs[name]!r}")
     kwargs[name] = value
+
+
+def init_mobile_weights(model: torch.nn.Module, linear: str) -> None:
+    """torchvision's MobileNetV2 / V3 / EfficientNet initialisation, in module order (the same random
+    draws as torchvision): convolutions kaiming-normal (fan_out) with zero bias, batch norms (1, 0), and
+    Linear layers N(0, 0.01) (``linear="normal"``: MobileNets) or U(+-1/sqrt(out_features))
+    (``linear="uniform"``: EfficientNet), zero bias."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+        elif is_batchnorm(m):
+            torch.nn.init.ones_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+        elif isinstance(m, torch.nn.Linear):
+            if linear == "normal":
+                torch.nn.init.normal_(m.weight, 0, 0.01)
+            else:
+                bound = 1.0 / math.sqrt(m.out_features)
+                torch.nn.init.uniform_(m.weight, -bound, bound)
+            torch.nn.init.zeros_(m.bias)

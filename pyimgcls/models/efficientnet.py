@@ -26,7 +26,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .. import nn, ops
-from ._utils import is_batchnorm
+from ._utils import init_mobile_weights
 from .mobilenet import _make_divisible
 
 __all__ = ["EfficientNet", "MBConvConfig", "FusedMBConvConfig", "MBConv", "FusedMBConv",
@@ -209,18 +209,7 @@ class EfficientNet(torch.nn.Module):
         )
 
         # torchvision's EfficientNet initialisation.
-        for m in self.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    torch.nn.init.zeros_(m.bias)
-            elif is_batchnorm(m):
-                torch.nn.init.ones_(m.weight)
-                torch.nn.init.zeros_(m.bias)
-            elif isinstance(m, torch.nn.Linear):
-                init_range = 1.0 / math.sqrt(m.out_features)
-                torch.nn.init.uniform_(m.weight, -init_range, init_range)
-                torch.nn.init.zeros_(m.bias)
+        init_mobile_weights(self, linear="uniform")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from .. import nn, ops
-from ._utils import is_batchnorm
+from ._utils import init_mobile_weights
 
 __all__ = ["MobileNetV2", "InvertedResidual", "mobilenet_v2"]
 
@@ -112,17 +112,7 @@ class MobileNetV2(torch.nn.Module):
         )
 
         # torchvision's MobileNetV2 initialisation.
-        for m in self.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    torch.nn.init.zeros_(m.bias)
-            elif is_batchnorm(m):
-                torch.nn.init.ones_(m.weight)
-                torch.nn.init.zeros_(m.bias)
-            elif isinstance(m, torch.nn.Linear):
-                torch.nn.init.normal_(m.weight, 0, 0.01)
-                torch.nn.init.zeros_(m.bias)
+        init_mobile_weights(self, linear="normal")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
