@@ -73,13 +73,18 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const float (&in)[V
 // relu6(v + 3) / 6. exp(-v) overflowing to inf gives ATen's 0 / -0 for v < -88.7.
 __device__ __forceinline__ float relu6f(float v) { return v < 0.f ? 0.f : (v > 6.f ? 6.f : v); }
 
+// FAST16 (16-bit outputs): __expf / __fdividef and a multiply by 1/6 in place of expf and the IEEE
+// divisions, a few fp32 ulp off, far below the 16-bit rounding of the result. The IEEE division is a
+// called routine: the conv tensor-core kernels' epilogues made 288 such calls with it.
+template <bool FAST16 = false>
 __device__ __forceinline__ float apply_act(float v, int act) {
   if (act == static_cast<int>(Act::ReLU)) return v < 0.f ? 0.f : v;
   if (act == static_cast<int>(Act::ReLU6)) return relu6f(v);
-  if (act == static_cast<int>(Act::SiLU)) return v / (1.f + expf(-v));
-  if (act == static_cast<int>(Act::Hardswish)) return v * relu6f(v + 3.f) / 6.f;
-  if (act == static_cast<int>(Act::Sigmoid)) return 1.f / (1.f + expf(-v));
-  if (act == static_cast<int>(Act::Hardsigmoid)) return relu6f(v + 3.f) / 6.f;
+  if (act == static_cast<int>(Act::SiLU)) return FAST16 ? __fdividef(v, 1.f + __expf(-v)) : v / (1.f + expf(-v));
+  if (act == static_cast<int>(Act::Hardswish))
+    return FAST16 ? v * relu6f(v + 3.f) * (1.f / 6.f) : v * relu6f(v + 3.f) / 6.f;
+  if (act == static_cast<int>(Act::Sigmoid)) return FAST16 ? __fdividef(1.f, 1.f + __expf(-v)) : 1.f / (1.f + expf(-v));
+  if (act == static_cast<int>(Act::Hardsigmoid)) return FAST16 ? relu6f(v + 3.f) * (1.f / 6.f) : relu6f(v + 3.f) / 6.f;
   return v;
 }
 

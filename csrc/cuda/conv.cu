@@ -134,7 +134,7 @@ __device__ __forceinline__ void store_one(const IgemmParams& p, const PixelRC& p
   if (MODE == kFwd) {
     if (p.bias) v += to_float(static_cast<const T*>(p.bias)[ch]);
     if (p.r) v += to_float(static_cast<const T*>(p.r)[px.n * p.rs.n + ch * p.rs.c + px.y * p.rs.h + px.x * p.rs.w]);
-    v = apply_act(v, p.act);
+    v = apply_act<sizeof(T) == 2>(v, p.act);
   }
   static_cast<T*>(p.c)[px.n * p.cs.n + ch * p.cs.c + px.y * p.cs.h + px.x * p.cs.w] = from_float<T>(v);
 }
@@ -257,7 +257,7 @@ __device__ __forceinline__ void store_chunk(const IgemmParams& p, const PixelRC&
       }
     }
 #pragma unroll
-    for (int q = 0; q < 8; ++q) v[q] = apply_act(v[q], p.act);
+    for (int q = 0; q < 8; ++q) v[q] = apply_act<sizeof(T) == 2>(v[q], p.act);
   }
   T* c = static_cast<T*>(p.c) + px.n * p.cs.n + ch0 * p.cs.c + px.y * p.cs.h + px.x * p.cs.w;
   if (p.c_vec && nv == 8) {
@@ -552,7 +552,7 @@ __global__ void __launch_bounds__(256) conv2d_dw_fwd_kernel(DwParams p) {
     }
     if (p.bias) acc += to_float(static_cast<const T*>(p.bias)[o]);
     if (p.res) acc += to_float(static_cast<const T*>(p.res)[n * p.rs.n + o * p.rs.c + oh * p.rs.h + ow * p.rs.w]);
-    out[n * p.os.n + o * p.os.c + oh * p.os.h + ow * p.os.w] = from_float<T>(apply_act(acc, p.act));
+    out[n * p.os.n + o * p.os.c + oh * p.os.h + ow * p.os.w] = from_float<T>(apply_act<sizeof(T) == 2>(acc, p.act));
   }
 }
 

@@ -689,24 +689,28 @@ __global__ void __launch_bounds__(kBwdThreads) bias_act_bwd_kernel(const T* grad
   //    Four rows are loaded before they are added (in row order) to keep loads in flight.
   float sum = 0.f;
   if (n < N) {
+    // none / relu / relu6: the four-row loop below. act_drops (common.cuh) written out for act != None:
+    // calling it here makes the compiler branch per row on the activation instead of issuing the four
+    // rows' loads back to back.
     auto one = [&](int64_t m) -> float {
       const int64_t idx = m * N + n;
       float gv = to_float(grad[idx]);
       if (act != static_cast<int>(Act::None)) {
-        // act_drops (common.cuh) written out for act != None: calling it here makes the compiler
-        // branch per row on the activation instead of issuing the four rows' loads back to back.
         const float o = to_float(out[idx]);
-        if (act <= static_cast<int>(Act::ReLU6)) {
-          const bool zero = act == static_cast<int>(Act::ReLU) ? (o <= 0.f) : (o <= 0.f || o >= 6.f);
-          if (zero) gv = 0.f;
-        } else {
-          gv = act_grad(gv, o, act);   // sigmoid from the output; silu / hardswish / hardsigmoid: o is pre
-        }
+        const bool zero = act == static_cast<int>(Act::ReLU) ? (o <= 0.f) : (o <= 0.f || o >= 6.f);
+        if (zero) gv = 0.f;
       }
       return gv;
     };
+    // The smooth activations by act_grad (sigmoid from the output; silu / hardswish / hardsigmoid: `out`
+    // holds the pre-activation), one row at a time: with expf inlined four times the four-row loop
+    // spilled (2 LDL + 2 STL: half / bf16 on sm_80, float on sm_90a).
+    const bool smooth = act > static_cast<int>(Act::ReLU6);
+    auto one_any = [&](int64_t m) -> float {
+      return smooth ? act_grad(to_float(grad[m * N + n]), to_float(out[m * N + n]), act) : one(m);
+    };
     int64_t m = y;
-    for (; m + 3 * Y < M; m += 4 * static_cast<int64_t>(Y)) {
+    for (; !smooth && m + 3 * Y < M; m += 4 * static_cast<int64_t>(Y)) {
       const float v0 = one(m), v1 = one(m + Y), v2 = one(m + 2 * Y), v3 = one(m + 3 * Y);
       if (grad_pre != nullptr) {
         grad_pre[m * N + n] = from_float<T>(v0);
@@ -720,7 +724,7 @@ __global__ void __launch_bounds__(kBwdThreads) bias_act_bwd_kernel(const T* grad
       sum += v3;
     }
     for (; m < M; m += Y) {
-      const float v = one(m);
+      const float v = one_any(m);
       if (grad_pre != nullptr) grad_pre[m * N + n] = from_float<T>(v);
       sum += v;
     }
