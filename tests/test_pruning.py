@@ -20,6 +20,9 @@ from pyimgcls.errors import ArgumentTypeError, ArgumentValueError
 from pyimgcls.models import get_model
 from pyimgcls.models.alexnet import AlexNet
 from pyimgcls.models.densenet import DenseNet
+from pyimgcls.models.efficientnet import EfficientNet, FusedMBConvConfig, MBConvConfig
+from pyimgcls.models.mobilenetv3 import InvertedResidualConfig, MobileNetV3
+from pyimgcls.models.shufflenetv2 import ShuffleNetV2
 from pyimgcls.models.mobilenet import MobileNetV2
 from pyimgcls.models.resnet import Bottleneck, ResNet
 from pyimgcls.models.vgg import VGG, make_layers
@@ -58,7 +61,38 @@ FAMILIES = {
                                   num_classes=10), (2, 3, 32, 32)),
     "mobilenet_v2": (lambda: MobileNetV2(num_classes=10, width_mult=0.25), (2, 3, 32, 32)),
 }
-HAS_BN = {"vgg_bn", "resnet18", "resnet_bottleneck", "densenet", "mobilenet_v2"}
+
+
+def _efficientnet():
+    # MBConv with SE (with and without shortcut), FusedMBConv at expand 4 and at expand 1 with a shortcut
+    # (its ops.drop_path_add runs in eval mode too); stochastic depth on, so the train step draws it
+    setting = [FusedMBConvConfig(1, 3, 1, 8, 8, 2), FusedMBConvConfig(4, 3, 2, 8, 16, 1),
+               MBConvConfig(4, 3, 2, 16, 24, 2)]   # MBConvConfig rounds widths to multiples of 8
+    return EfficientNet(setting, dropout=0.2, stochastic_depth_prob=0.5, num_classes=10, last_channel=32)
+
+
+def _mobilenet_v3():
+    # SE with a hardsigmoid gate, hardswish / relu blocks, the shortcut after an SE block (BN's residual=)
+    conf = [InvertedResidualConfig(*row, width_mult=0.5) for row in (
+        (16, 3, 16, 16, True, "RE", 2, 1), (16, 3, 72, 24, False, "RE", 2, 1), (24, 5, 96, 24, True, "HS", 1, 1))]
+    return MobileNetV3(conf, last_channel=32, num_classes=10)
+
+
+# the new families (GoogLeNet, Inception-v3 and SqueezeNet at their full widths and smallest inputs:
+# their constructors take no width)
+FAMILIES.update({
+    "googlenet": (lambda: get_model("googlenet", num_classes=10), (2, 3, 15, 15)),
+    "inception_v3": (lambda: get_model("inception_v3", num_classes=10), (2, 3, 75, 75)),
+    "squeezenet1_0": (lambda: get_model("squeezenet1_0", num_classes=10), (2, 3, 21, 21)),
+    "squeezenet1_1": (lambda: get_model("squeezenet1_1", num_classes=10), (2, 3, 17, 17)),
+    "shufflenet_v2": (lambda: ShuffleNetV2([1, 2, 1], [8, 8, 16, 24, 32], num_classes=10), (2, 3, 33, 33)),
+    "resnext": (lambda: ResNet(Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=4, num_classes=10),
+                (2, 3, 16, 16)),
+    "efficientnet": (_efficientnet, (2, 3, 16, 16)),
+    "mobilenet_v3": (_mobilenet_v3, (2, 3, 16, 16)),
+})
+HAS_BN = {"vgg_bn", "resnet18", "resnet_bottleneck", "densenet", "mobilenet_v2", "googlenet", "inception_v3",
+          "shufflenet_v2", "resnext", "efficientnet", "mobilenet_v3"}
 
 
 def _build(name, seed=0):
@@ -79,7 +113,14 @@ def _masked_reference(model, x, amount, criterion):
     """The original model's output with the channels pruning removes zeroed after every layer."""
     g = _trace.trace(model, x)
     removed = _prune._removed_classes(g, _prune._element_scores(model, g, criterion), amount)
+    # an SE op's squeeze channels are no module's output: zero fc2's columns that read the removed ones
+    model = copy.deepcopy(model)
     mods = dict(model.named_modules())
+    for fc1 in g.se_squeeze:
+        fc2 = mods[fc1[: -len("fc1")] + "fc2"]
+        gone = [j for j, e in enumerate(g.conv_out[fc1]) if g.find(e) in removed]
+        with torch.no_grad():
+            fc2.weight[:, gone] = 0
     hooks = []
     for name, space in g.out_space.items():
         keep = torch.tensor([g.find(e) not in removed for e in space], dtype=torch.float32)

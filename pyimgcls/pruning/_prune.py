@@ -50,14 +50,16 @@ def _default_input(model: torch.nn.Module) -> torch.Tensor:
 def _element_scores(model, g, criterion) -> dict:
     mods = dict(model.named_modules())
     scores = {}
-    if criterion == "l1":
-        for name, space in g.conv_out.items():
-            if name in g.depthwise:
-                continue
-            w = mods[name].weight.detach().to(torch.float64)
-            l1 = w.abs().flatten(1).sum(1).tolist()
-            for e, v in zip(space, l1):
+    l1_names = g.conv_out if criterion == "l1" else g.se_squeeze   # SE squeeze channels have no BN
+    for name in l1_names:
+        space = g.conv_out[name]
+        w = mods[name].weight.detach().to(torch.float64)
+        l1 = w.abs().flatten(1).sum(1).tolist()
+        for i, (e, v) in enumerate(zip(space, l1)):
+            # only a conv's own elements: a depthwise conv's or an SE fc2's outputs are its input's channels
+            if g.owner[e] == (name, i):
                 scores[e] = v
+    if criterion == "l1":
         return scores
     for e, (norm, j) in g.bn_first.items():
         m = mods[norm]
