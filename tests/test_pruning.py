@@ -237,6 +237,34 @@ def test_depthwise_conv_is_pruned_with_its_producer():
     assert pblk[2].in_channels == expand.out_channels
 
 
+def test_squeeze_excitation_op_and_drop_path_add_rules():
+    model, x = _build("efficientnet")
+    pruned = prune_channels(model, 0.5, example_input=x)
+    f, pf = model.features, pruned.features
+    # FusedMBConv at expand 1 adds its input with ops.drop_path_add (eval mode too): the stem's channels
+    # and both blocks' convs are one tied group, pruned together
+    stem, b0, b1 = (f[0][0], pf[0][0]), (f[1][0].block[0][0], pf[1][0].block[0][0]), \
+        (f[1][1].block[0][0], pf[1][1].block[0][0])
+    kept = sorted(_kept_out(*stem))
+    assert len(kept) == 4 and sorted(_kept_out(*b0)) == kept and sorted(_kept_out(*b1)) == kept
+    # MBConv: expand 1x1 -> depthwise -> SE(64, 4) -> project; the SE op reads and gates the expanded
+    # channels (fc1's inputs and fc2's outputs are sliced with them) and its squeeze channels are halved
+    blk, pblk = f[3][0].block, pf[3][0].block
+    se, pse = blk[2], pblk[2]
+    kept = sorted(_kept_out(blk[0][0], pblk[0][0]))
+    expand_l1 = blk[0][0].weight.detach().double().abs().flatten(1).sum(1)   # its own score, not fc2's
+    assert kept == sorted(torch.argsort(expand_l1, descending=True)[:32].tolist()) and pblk[1][0].groups == 32
+    assert (pse.fc1.in_channels, pse.fc1.out_channels, pse.fc2.in_channels, pse.fc2.out_channels) == (32, 2, 2, 32)
+    assert pblk[3][0].in_channels == 32
+    sq = sorted(_kept_out(se.fc1, pse.fc1))
+    own = se.fc1.weight.detach().double().abs().flatten(1).sum(1)
+    assert sq == sorted(torch.argsort(own, descending=True)[:2].tolist())
+    assert torch.equal(pse.fc2.weight.detach(), se.fc2.weight.detach()[kept][:, sq])
+    assert torch.equal(pse.fc2.bias.detach(), se.fc2.bias.detach()[kept])
+    # bn_scale ranks the squeeze channels (no BatchNorm after fc1) by fc1's L1 too
+    assert sorted(_kept_out(se.fc1, prune_channels(model, 0.5, "bn_scale", x).features[3][0].block[2].fc1)) == sq
+
+
 class _CatAdd(torch.nn.Module):
     """A cat of two convs added to a third: all three tied channel by channel across the cat."""
 
