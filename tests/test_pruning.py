@@ -265,6 +265,23 @@ def test_squeeze_excitation_op_and_drop_path_add_rules():
     assert sorted(_kept_out(se.fc1, prune_channels(model, 0.5, "bn_scale", x).features[3][0].block[2].fc1)) == sq
 
 
+def test_grouped_conv_loses_whole_groups():
+    model, x = _build("resnext")
+    pruned = prune_channels(model, 0.5, example_input=x)
+    for blk, pblk in ((model.layer1[0], pruned.layer1[0]), (model.layer3[0], pruned.layer3[0])):
+        c1, c2, pc1, pc2 = blk.conv1, blk.conv2, pblk.conv1, pblk.conv2
+        cg = og = c2.in_channels // c2.groups
+        assert c2.groups == 4 and pc2.groups == 2 and pc2.in_channels == pc2.out_channels == 2 * og
+        # a group's score: conv1's filters feeding it plus conv2's filters of it; the top two groups stay
+        s1 = c1.weight.detach().double().abs().flatten(1).sum(1).view(4, cg).sum(1)
+        s2 = c2.weight.detach().double().abs().flatten(1).sum(1).view(4, og).sum(1)
+        groups = sorted(torch.argsort(s1 + s2, descending=True)[:2].tolist())
+        chans = [k * og + i for k in groups for i in range(og)]
+        assert sorted(_kept_out(c1, pc1)) == chans
+        assert torch.equal(pc2.weight.detach(), c2.weight.detach()[chans])
+        assert pblk.conv3.in_channels == 2 * og
+
+
 class _CatAdd(torch.nn.Module):
     """A cat of two convs added to a third: all three tied channel by channel across the cat."""
 

@@ -5,7 +5,7 @@ tied by residual adds, SE gates, repeated calls are one class: kept or removed t
 classes into *components* (the classes of convolutions whose outputs are tied: a residual stage, or a
 single conv); in each component remove the ``floor(amount * n)`` lowest-scoring of its ``n`` prunable
 classes (a class's score is the sum of its elements' scores); then slice every conv, BatchNorm and
-Linear of a deep copy to the kept channels. Frozen channels (model input and output, grouped convs,
+Linear of a deep copy to the kept channels (a grouped conv loses whole groups). Frozen channels (model input and output,
 ops without a rule) are never removed and do not count in ``n``."""
 from __future__ import annotations
 
@@ -145,7 +145,12 @@ def _slice_model(model, g, removed) -> dict:
         elif m.groups == 1:
             ii = torch.tensor(in_idx, device=m.weight.device)
             m.weight = _param(m.weight[oi][:, ii], m.weight)
-        # grouped convs are frozen: their indices are all kept
+        else:
+            # grouped: whole groups were kept (the trace tied each group's channels), so the kept output
+            # rows, in order, are the kept groups' filters, each still reading its own cg input channels
+            og = m.out_channels // m.groups
+            m.weight = _param(m.weight[oi], m.weight)
+            m.groups = len(out_idx) // og
         if m.bias is not None:
             m.bias = _param(m.bias[oi], m.bias)
         m.in_channels, m.out_channels = len(in_idx), len(out_idx)

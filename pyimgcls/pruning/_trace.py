@@ -17,8 +17,8 @@ spaces; an element-wise binary op (residual add, SE gate multiply) *ties* the tw
 channel by channel (union-find), so tied channels are kept or removed together; ``flatten`` (or a
 ``view`` / ``reshape`` to [N, C*H*W]) makes a flat space of C channels x H*W features, which a
 following Linear slices in blocks. An op with no rule freezes the elements of its inputs (never
-removed: always correct, only less pruning), as do the model's input and outputs and grouped
-(non-depthwise) convolutions. Supporting a new family means at most adding a rule here."""
+removed: always correct, only less pruning), as do the model's input and outputs; a grouped
+(non-depthwise) convolution keeps or removes whole groups (its input and output channels of a group tied). Supporting a new family means at most adding a rule here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -359,13 +359,18 @@ class _Tracer(TorchFunctionMode):
             self._seen(self.g.conv_in, name, s_in)
             self.g.conv_out[name] = self.g.conv_in[name]
             return self.g.conv_in[name]
-        # grouped: slicing would have to keep the groups equal; its channels stay
-        self.g.freeze(s_in)
+        # grouped (ResNeXt): group k reads input channels [k*cg, (k+1)*cg) and writes output channels
+        # [k*og, (k+1)*og); a pruned conv must keep equal groups, so a whole group goes or stays: its cg
+        # input and og output channels are tied into one class (ranked by their summed score)
         self._seen(self.g.conv_in, name, s_in)
         if name not in self.g.conv_out:
             self.g.conv_out[name] = self.g.new_elements(m.out_channels, owner=name)
-            self.g.freeze(self.g.conv_out[name])
-        return self.g.conv_out[name]
+        s_out = self.g.conv_out[name]
+        cg, og = m.in_channels // m.groups, m.out_channels // m.groups
+        for k in range(m.groups):
+            members = s_in[k * cg:(k + 1) * cg] + s_out[k * og:(k + 1) * og]
+            self.g.tie(members[:1] * (len(members) - 1), members[1:])
+        return s_out
 
     def _se(self, name, m, x) -> list:
         """nn.SqueezeExcitation, one op: ``x * gate(fc2(act(fc1(mean_hw(x)))))``. fc1 reads x's channels
