@@ -17,8 +17,11 @@ spaces; an element-wise binary op (residual add, SE gate multiply) *ties* the tw
 channel by channel (union-find), so tied channels are kept or removed together; ``flatten`` (or a
 ``view`` / ``reshape`` to [N, C*H*W]) makes a flat space of C channels x H*W features, which a
 following Linear slices in blocks. An op with no rule freezes the elements of its inputs (never
-removed: always correct, only less pruning), as do the model's input and outputs; a grouped
-(non-depthwise) convolution keeps or removes whole groups (its input and output channels of a group tied). Supporting a new family means at most adding a rule here."""
+removed: always correct, only less pruning), as do the model's input and outputs. A grouped
+(non-depthwise) convolution keeps or removes whole groups (a group's input and output channels tied);
+``nn.SqueezeExcitation`` is a leaf too (its one op gates x's channels; fc1's squeeze channels are an
+inner group); ``pyimgcls::drop_path`` (stochastic depth, ``drop_path_add``) ties like a residual add.
+Supporting a new family means at most adding a rule here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
