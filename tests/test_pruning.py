@@ -20,6 +20,9 @@ from pyimgcls.errors import ArgumentTypeError, ArgumentValueError
 from pyimgcls.models import get_model
 from pyimgcls.models.alexnet import AlexNet
 from pyimgcls.models.densenet import DenseNet
+from pyimgcls.models.efficientnet import EfficientNet, FusedMBConvConfig, MBConvConfig
+from pyimgcls.models.mobilenetv3 import InvertedResidualConfig, MobileNetV3
+from pyimgcls.models.shufflenetv2 import ShuffleNetV2
 from pyimgcls.models.mobilenet import MobileNetV2
 from pyimgcls.models.resnet import Bottleneck, ResNet
 from pyimgcls.models.vgg import VGG, make_layers
@@ -58,7 +61,40 @@ FAMILIES = {
                                   num_classes=10), (2, 3, 32, 32)),
     "mobilenet_v2": (lambda: MobileNetV2(num_classes=10, width_mult=0.25), (2, 3, 32, 32)),
 }
-HAS_BN = {"vgg_bn", "resnet18", "resnet_bottleneck", "densenet", "mobilenet_v2"}
+
+
+def _efficientnet():
+    # MBConv with SE (with and without shortcut), FusedMBConv at expand 4 and at expand 1 with a shortcut
+    # (its ops.drop_path_add runs in eval mode too); stochastic depth on, so the train step draws it
+    setting = [FusedMBConvConfig(1, 3, 1, 8, 8, 2), FusedMBConvConfig(4, 3, 2, 8, 16, 1),
+               MBConvConfig(4, 3, 2, 16, 24, 2)]   # MBConvConfig rounds widths to multiples of 8
+    return EfficientNet(setting, dropout=0.2, stochastic_depth_prob=0.5, num_classes=10, last_channel=32)
+
+
+def _mobilenet_v3():
+    # SE with a hardsigmoid gate, hardswish / relu blocks, the shortcut after an SE block (BN's residual=)
+    conf = [InvertedResidualConfig(*row, width_mult=0.5) for row in (
+        (16, 3, 16, 16, True, "RE", 2, 1), (16, 3, 72, 24, False, "RE", 2, 1), (24, 5, 96, 24, True, "HS", 1, 1))]
+    return MobileNetV3(conf, last_channel=32, num_classes=10)
+
+
+# the new families (GoogLeNet, Inception-v3 and SqueezeNet at their full widths and smallest inputs:
+# their constructors take no width)
+FAMILIES.update({
+    "googlenet": (lambda: get_model("googlenet", num_classes=10), (2, 3, 15, 15)),
+    "inception_v3": (lambda: get_model("inception_v3", num_classes=10), (2, 3, 75, 75)),
+    "squeezenet1_0": (lambda: get_model("squeezenet1_0", num_classes=10), (2, 3, 21, 21)),
+    "squeezenet1_1": (lambda: get_model("squeezenet1_1", num_classes=10), (2, 3, 17, 17)),
+    "shufflenet_v2": (lambda: ShuffleNetV2([1, 2, 1], [8, 8, 16, 24, 32], num_classes=10), (2, 3, 33, 33)),
+    "resnext": (lambda: ResNet(Bottleneck, [1, 1, 1, 1], groups=4, width_per_group=4, num_classes=10),
+                (2, 3, 16, 16)),
+    "efficientnet": (_efficientnet, (2, 3, 16, 16)),
+    "mobilenet_v3": (_mobilenet_v3, (2, 3, 16, 16)),
+})
+# GoogLeNet and Inception-v3 (full width: the slowest cases) are checked with criterion "l1" only: bn_scale
+# changes only the scores, and the other BN families check it
+HAS_BN = {"vgg_bn", "resnet18", "resnet_bottleneck", "densenet", "mobilenet_v2", "shufflenet_v2", "resnext",
+          "efficientnet", "mobilenet_v3"}
 
 
 def _build(name, seed=0):
@@ -79,7 +115,14 @@ def _masked_reference(model, x, amount, criterion):
     """The original model's output with the channels pruning removes zeroed after every layer."""
     g = _trace.trace(model, x)
     removed = _prune._removed_classes(g, _prune._element_scores(model, g, criterion), amount)
+    # an SE op's squeeze channels are no module's output: zero fc2's columns that read the removed ones
+    model = copy.deepcopy(model)
     mods = dict(model.named_modules())
+    for fc1 in g.se_squeeze:
+        fc2 = mods[fc1[: -len("fc1")] + "fc2"]
+        gone = [j for j, e in enumerate(g.conv_out[fc1]) if g.find(e) in removed]
+        with torch.no_grad():
+            fc2.weight[:, gone] = 0
     hooks = []
     for name, space in g.out_space.items():
         keep = torch.tensor([g.find(e) not in removed for e in space], dtype=torch.float32)
@@ -194,6 +237,51 @@ def test_depthwise_conv_is_pruned_with_its_producer():
     kept = sorted(_kept_out(blk[0][0], expand))
     assert torch.equal(dw.weight.detach(), blk[1][0].weight.detach()[kept])
     assert pblk[2].in_channels == expand.out_channels
+
+
+def test_squeeze_excitation_op_and_drop_path_add_rules():
+    model, x = _build("efficientnet")
+    pruned = prune_channels(model, 0.5, example_input=x)
+    f, pf = model.features, pruned.features
+    # FusedMBConv at expand 1 adds its input with ops.drop_path_add (eval mode too): the stem's channels
+    # and both blocks' convs are one tied group, pruned together
+    stem, b0, b1 = (f[0][0], pf[0][0]), (f[1][0].block[0][0], pf[1][0].block[0][0]), \
+        (f[1][1].block[0][0], pf[1][1].block[0][0])
+    kept = sorted(_kept_out(*stem))
+    assert len(kept) == 4 and sorted(_kept_out(*b0)) == kept and sorted(_kept_out(*b1)) == kept
+    # MBConv: expand 1x1 -> depthwise -> SE(64, 4) -> project; the SE op reads and gates the expanded
+    # channels (fc1's inputs and fc2's outputs are sliced with them) and its squeeze channels are halved
+    blk, pblk = f[3][0].block, pf[3][0].block
+    se, pse = blk[2], pblk[2]
+    kept = sorted(_kept_out(blk[0][0], pblk[0][0]))
+    expand_l1 = blk[0][0].weight.detach().double().abs().flatten(1).sum(1)   # its own score, not fc2's
+    assert kept == sorted(torch.argsort(expand_l1, descending=True)[:32].tolist()) and pblk[1][0].groups == 32
+    assert (pse.fc1.in_channels, pse.fc1.out_channels, pse.fc2.in_channels, pse.fc2.out_channels) == (32, 2, 2, 32)
+    assert pblk[3][0].in_channels == 32
+    sq = sorted(_kept_out(se.fc1, pse.fc1))
+    own = se.fc1.weight.detach().double().abs().flatten(1).sum(1)
+    assert sq == sorted(torch.argsort(own, descending=True)[:2].tolist())
+    assert torch.equal(pse.fc2.weight.detach(), se.fc2.weight.detach()[kept][:, sq])
+    assert torch.equal(pse.fc2.bias.detach(), se.fc2.bias.detach()[kept])
+    # bn_scale ranks the squeeze channels (no BatchNorm after fc1) by fc1's L1 too
+    assert sorted(_kept_out(se.fc1, prune_channels(model, 0.5, "bn_scale", x).features[3][0].block[2].fc1)) == sq
+
+
+def test_grouped_conv_loses_whole_groups():
+    model, x = _build("resnext")
+    pruned = prune_channels(model, 0.5, example_input=x)
+    for blk, pblk in ((model.layer1[0], pruned.layer1[0]), (model.layer3[0], pruned.layer3[0])):
+        c1, c2, pc1, pc2 = blk.conv1, blk.conv2, pblk.conv1, pblk.conv2
+        cg = og = c2.in_channels // c2.groups
+        assert c2.groups == 4 and pc2.groups == 2 and pc2.in_channels == pc2.out_channels == 2 * og
+        # a group's score: conv1's filters feeding it plus conv2's filters of it; the top two groups stay
+        s1 = c1.weight.detach().double().abs().flatten(1).sum(1).view(4, cg).sum(1)
+        s2 = c2.weight.detach().double().abs().flatten(1).sum(1).view(4, og).sum(1)
+        groups = sorted(torch.argsort(s1 + s2, descending=True)[:2].tolist())
+        chans = [k * og + i for k in groups for i in range(og)]
+        assert sorted(_kept_out(c1, pc1)) == chans
+        assert torch.equal(pc2.weight.detach(), c2.weight.detach()[chans])
+        assert pblk.conv3.in_channels == 2 * og
 
 
 class _CatAdd(torch.nn.Module):

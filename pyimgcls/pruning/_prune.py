@@ -5,7 +5,7 @@ tied by residual adds, SE gates, repeated calls are one class: kept or removed t
 classes into *components* (the classes of convolutions whose outputs are tied: a residual stage, or a
 single conv); in each component remove the ``floor(amount * n)`` lowest-scoring of its ``n`` prunable
 classes (a class's score is the sum of its elements' scores); then slice every conv, BatchNorm and
-Linear of a deep copy to the kept channels. Frozen channels (model input and output, grouped convs,
+Linear of a deep copy to the kept channels (a grouped conv loses whole groups). Frozen channels (model input and output,
 ops without a rule) are never removed and do not count in ``n``."""
 from __future__ import annotations
 
@@ -50,14 +50,16 @@ def _default_input(model: torch.nn.Module) -> torch.Tensor:
 def _element_scores(model, g, criterion) -> dict:
     mods = dict(model.named_modules())
     scores = {}
-    if criterion == "l1":
-        for name, space in g.conv_out.items():
-            if name in g.depthwise:
-                continue
-            w = mods[name].weight.detach().to(torch.float64)
-            l1 = w.abs().flatten(1).sum(1).tolist()
-            for e, v in zip(space, l1):
+    l1_names = g.conv_out if criterion == "l1" else g.se_squeeze   # SE squeeze channels have no BN
+    for name in l1_names:
+        space = g.conv_out[name]
+        w = mods[name].weight.detach().to(torch.float64)
+        l1 = w.abs().flatten(1).sum(1).tolist()
+        for i, (e, v) in enumerate(zip(space, l1)):
+            # only a conv's own elements: a depthwise conv's or an SE fc2's outputs are its input's channels
+            if g.owner[e] == (name, i):
                 scores[e] = v
+    if criterion == "l1":
         return scores
     for e, (norm, j) in g.bn_first.items():
         m = mods[norm]
@@ -143,7 +145,12 @@ def _slice_model(model, g, removed) -> dict:
         elif m.groups == 1:
             ii = torch.tensor(in_idx, device=m.weight.device)
             m.weight = _param(m.weight[oi][:, ii], m.weight)
-        # grouped convs are frozen: their indices are all kept
+        else:
+            # grouped: whole groups were kept (the trace tied each group's channels), so the kept output
+            # rows, in order, are the kept groups' filters, each still reading its own cg input channels
+            og = m.out_channels // m.groups
+            m.weight = _param(m.weight[oi], m.weight)
+            m.groups = len(out_idx) // og
         if m.bias is not None:
             m.bias = _param(m.bias[oi], m.bias)
         m.in_channels, m.out_channels = len(in_idx), len(out_idx)

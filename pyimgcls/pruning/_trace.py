@@ -17,8 +17,11 @@ spaces; an element-wise binary op (residual add, SE gate multiply) *ties* the tw
 channel by channel (union-find), so tied channels are kept or removed together; ``flatten`` (or a
 ``view`` / ``reshape`` to [N, C*H*W]) makes a flat space of C channels x H*W features, which a
 following Linear slices in blocks. An op with no rule freezes the elements of its inputs (never
-removed: always correct, only less pruning), as do the model's input and outputs and grouped
-(non-depthwise) convolutions. Supporting a new family means at most adding a rule here."""
+removed: always correct, only less pruning), as do the model's input and outputs. A grouped
+(non-depthwise) convolution keeps or removes whole groups (a group's input and output channels tied);
+``nn.SqueezeExcitation`` is a leaf too (its one op gates x's channels; fc1's squeeze channels are an
+inner group); ``pyimgcls::drop_path`` (stochastic depth, ``drop_path_add``) ties like a residual add.
+Supporting a new family means at most adding a rule here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -49,6 +52,12 @@ CONV_TYPES = (torch.nn.Conv2d,)
 NORM_TYPES = (torch.nn.BatchNorm2d,)
 LINEAR_TYPES = (torch.nn.Linear,)
 POOL_TYPES = (torch.nn.MaxPool2d, torch.nn.AvgPool2d, torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d)
+
+
+def _se_types() -> tuple:
+    # imported late: pyimgcls.nn imports the ops package, which must not import pruning back
+    from ..nn import SqueezeExcitation
+    return (SqueezeExcitation,)
 
 
 def func_name(func) -> str:
@@ -82,6 +91,7 @@ class Graph:
     linear_in: dict = field(default_factory=dict)
     bn_first: dict = field(default_factory=dict)
     out_space: dict = field(default_factory=dict)   # layer name -> the space of its (last) output
+    se_squeeze: set = field(default_factory=set)    # SqueezeExcitation fc1 convs (no BN: ranked by L1)
 
     def new_elements(self, n: int, owner=None) -> list:
         start = len(self.owner)
@@ -117,6 +127,7 @@ class _Tracer(TorchFunctionMode):
         self.spaces: dict[int, object] = {}   # id(tensor) -> list (channel space) | Flat
         self.alive: list = []                 # keeps traced tensors alive so ids are not reused
         self.depth = 0                        # > 0 inside a leaf layer: its internals are not traced
+        self.se_types = _se_types()
 
     # ------------------------------------------------------------------------------ spaces
     def space(self, t: torch.Tensor):
@@ -197,6 +208,8 @@ class _Tracer(TorchFunctionMode):
             return self._binary(args, out)
         if name in ("cat", "concat", "concatenate"):
             return self._cat(args, kwargs, out)
+        if name == "drop_path":
+            return self._drop_path(args, kwargs, out)
         if name in ("flatten", "view", "reshape") and x is not None:
             return self._flatten(x, out)
         raise _NoRule
@@ -232,6 +245,24 @@ class _Tracer(TorchFunctionMode):
             else:
                 raise _NoRule
         self.set(out, base)
+        return True
+
+    def _drop_path(self, args, kwargs, out) -> bool:
+        # pyimgcls::drop_path(x, scale, residual, ...): out[n] = x[n] * scale[n] (+ residual[n]); scale is
+        # per sample, so each channel stays where it was and the residual add ties x's and residual's channels
+        x = args[0]
+        residual = args[2] if len(args) > 2 else kwargs.get("residual")
+        if x.dim() < 2 or out.shape != x.shape:
+            raise _NoRule
+        s = self.space(x)
+        if isinstance(s, Flat):
+            raise _NoRule
+        if isinstance(residual, torch.Tensor):
+            r = self.space(residual)
+            if isinstance(r, Flat) or residual.shape != x.shape:
+                raise _NoRule
+            self.g.tie(s, r)
+        self.set(out, s)
         return True
 
     def _cat(self, args, kwargs, out) -> bool:
@@ -299,6 +330,8 @@ class _Tracer(TorchFunctionMode):
                     self.g.bn_first.setdefault(e, (name, j))
             elif isinstance(module, LINEAR_TYPES):
                 s = self._linear(name, module, x)
+            elif isinstance(module, self.se_types):
+                s = self._se(name, module, x)
             else:                              # pooling: channels unchanged
                 s = self.channel_space(x)
             if residual is not None:
@@ -329,13 +362,35 @@ class _Tracer(TorchFunctionMode):
             self._seen(self.g.conv_in, name, s_in)
             self.g.conv_out[name] = self.g.conv_in[name]
             return self.g.conv_in[name]
-        # grouped: slicing would have to keep the groups equal; its channels stay
-        self.g.freeze(s_in)
+        # grouped (ResNeXt): group k reads input channels [k*cg, (k+1)*cg) and writes output channels
+        # [k*og, (k+1)*og); a pruned conv must keep equal groups, so a whole group goes or stays: its cg
+        # input and og output channels are tied into one class (ranked by their summed score)
         self._seen(self.g.conv_in, name, s_in)
         if name not in self.g.conv_out:
             self.g.conv_out[name] = self.g.new_elements(m.out_channels, owner=name)
-            self.g.freeze(self.g.conv_out[name])
-        return self.g.conv_out[name]
+        s_out = self.g.conv_out[name]
+        cg, og = m.in_channels // m.groups, m.out_channels // m.groups
+        for k in range(m.groups):
+            members = s_in[k * cg:(k + 1) * cg] + s_out[k * og:(k + 1) * og]
+            self.g.tie(members[:1] * (len(members) - 1), members[1:])
+        return s_out
+
+    def _se(self, name, m, x) -> list:
+        """nn.SqueezeExcitation, one op: ``x * gate(fc2(act(fc1(mean_hw(x)))))``. fc1 reads x's channels
+        and makes the squeeze channels (an inner group of its own, pruned by fc1's L1); fc2 reads those
+        and makes one gate per channel of x, so its output channels are x's (sliced with x, like a
+        depthwise conv with its input); the product keeps x's channels. fc1 / fc2 are never called as
+        modules (the op takes their weights), so their spaces are recorded here."""
+        s_in = self.channel_space(x)
+        prefix = f"{name}." if name else ""
+        fc1, fc2 = prefix + "fc1", prefix + "fc2"
+        self._seen(self.g.conv_in, fc1, s_in)
+        if fc1 not in self.g.conv_out:
+            self.g.conv_out[fc1] = self.g.new_elements(m.fc1.out_channels, owner=fc1)
+        self.g.se_squeeze.add(fc1)
+        self._seen(self.g.conv_in, fc2, self.g.conv_out[fc1])
+        self._seen(self.g.conv_out, fc2, s_in)
+        return s_in
 
     def _linear(self, name, m, x) -> list:
         s = self.space(x)
@@ -379,7 +434,7 @@ def trace(model: torch.nn.Module, example_input: torch.Tensor) -> Graph:
     g = Graph()
     tracer = _Tracer(g)
     handles = []
-    leaf_types = CONV_TYPES + NORM_TYPES + LINEAR_TYPES + POOL_TYPES
+    leaf_types = CONV_TYPES + NORM_TYPES + LINEAR_TYPES + POOL_TYPES + tracer.se_types
     for name, m in model.named_modules():
         if isinstance(m, leaf_types):
             handles.append(m.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
