@@ -552,10 +552,26 @@ def test_sigterm_answers_queued_requests_then_exits(guarded, images):
     _, files = images
     srv, auth = guarded, {"Authorization": f"Bearer {KEY}"}
     with cf.ThreadPoolExecutor(4) as pool:
-        busy = pool.submit(srv.post, "/v2/models/resnet18/infer", json.dumps(_v2((4, 3, 32, 32))), auth)
-        _wait_metric(srv, "pyimgcls_model_busy", 1)
-        queued = [pool.submit(predicted, srv, files[n], headers=auth) for n in ("gray.png", "color.jpg")]
-        _wait_metric(srv, "pyimgcls_queue_depth", 2)
+        # Two requests must be queued behind a running batch; on a fast (or unevenly loaded) machine the
+        # batch can end before both are queued (the idle worker then takes them at once): try again.
+        for _attempt in range(5):
+            busy = pool.submit(srv.post, "/v2/models/resnet18/infer", json.dumps(_v2((4, 3, 32, 32))), auth)
+            t_end = time.monotonic() + 30
+            while metric(srv.get("/metrics")[2].decode(), "pyimgcls_model_busy") != 1 and not busy.done():
+                assert time.monotonic() < t_end, "pyimgcls_model_busy never reached 1"
+                time.sleep(0.005)
+            if busy.done():
+                continue
+            queued = [pool.submit(predicted, srv, files[n], headers=auth) for n in ("gray.png", "color.jpg")]
+            t_end = time.monotonic() + 30
+            while metric(srv.get("/metrics")[2].decode(), "pyimgcls_queue_depth") != 2 and not busy.done():
+                assert time.monotonic() < t_end, "pyimgcls_queue_depth never reached 2"
+                time.sleep(0.01)
+            if not busy.done() and metric(srv.get("/metrics")[2].decode(), "pyimgcls_queue_depth") == 2:
+                break
+            [f.result() for f in [busy, *queued]]
+        else:
+            pytest.fail("the running batch always ended before two requests were queued behind it")
         t0 = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         answers = [f.result() for f in [busy, *queued]]
