@@ -1,67 +1,53 @@
-"""CPU model benchmark (pytest-benchmark): lenet5 and resnet18 on our ``cpu`` backend vs the same model
-object and weights on the ``torch`` backend (PyTorch's own CPU kernels for every layer).
+"""CPU model benchmark matrix (issue #20): every model x pass x threads x batch in float32, and bfloat16
+autocast for resnet18 / resnet50, our ``cpu`` backend against PyTorch's kernels on the same model object,
+timed interleaved in one process (see ``benchmarks/bench_models_cpu.py`` for the method).
 
 Not part of the test suite (pyproject's testpaths is ``tests``); run it explicitly:
 
-    pytest benchmarks/test_bench_models_cpu.py --benchmark-group-by=group --benchmark-columns=min,median,rounds
+    pytest benchmarks/test_bench_models_cpu.py -s [-k resnet18]
 
-Batch 8 x 3 x 32 x 32 (lenet5: 8 x 1 x 32 x 32), float32, 10 classes. Passes: ``fwd`` (eval mode,
-no grad) and ``train_step`` (train mode: forward, pyimgcls CrossEntropyLoss, backward, SGD step).
-Each (model, pass) is one group, so the two providers print side by side; ``extra_info`` carries
-images/s (batch / median). Both sides use the same OpenMP thread count. On a machine shared with
-other jobs compare the ``min`` column, or pin OMP_NUM_THREADS=1.
+Each case first checks our eval forward against the torch backend's (a wrong result fails the case; a
+slow one does not: tests never assert timings) and appends its row to a results file (schema
+pyimgcls-bench/1), ``benchmarks/results/cpu/<date>_cpu-models.json`` unless ``PYIMGCLS_MODELS_OUT``
+names another file; ``python benchmarks/make_benchmarks_md.py`` turns the newest one into BENCHMARKS.md rows.
 """
+import datetime as dt
+import json
+import os
+import sys
+
 import pytest
-import torch
 
-import pyimgcls
-from pyimgcls import models, nn
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_models_cpu as bmc  # noqa: E402
+import report  # noqa: E402
 
-BATCH = 8
-MODELS = {"lenet5": 1, "resnet18": 3}  # name -> input channels
-
-
-def _setup(name):
-    torch.manual_seed(0)
-    model = models.get_model(name, num_classes=10)
-    x = torch.randn(BATCH, MODELS[name], 32, 32, generator=torch.Generator().manual_seed(1))
-    target = torch.randint(0, 10, (BATCH,), generator=torch.Generator().manual_seed(2))
-    return model, x, target
+CASES = list(bmc.matrix())
 
 
-@pytest.mark.parametrize("provider", ["pyimgcls-cpu", "torch"])
-@pytest.mark.parametrize("pass_", ["fwd", "train_step"])
-@pytest.mark.parametrize("name", list(MODELS))
-def test_model_cpu(benchmark, name, pass_, provider):
-    model, x, target = _setup(name)
-    backend = "cpu" if provider == "pyimgcls-cpu" else "torch"
-    # a benchmark of a wrong result is meaningless: check against the torch backend first
-    model.eval()
-    with torch.no_grad():
-        with pyimgcls.use_backend("cpu"):
-            ours = model(x)
-        with pyimgcls.use_backend("torch"):
-            ref = model(x)
-    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+@pytest.fixture(scope="module")
+def results():
+    res = report.new_results("cpu")
+    res["peaks"]["cpu_fp32_gflops_by_threads"] = {}
+    yield res
+    if not res["cases"]:
+        return
+    res["geomean_speedup"] = report.geomean(r["speedup"] for r in res["cases"])
+    out = os.environ.get("PYIMGCLS_MODELS_OUT") or os.path.join(
+        report.REPO_ROOT, "benchmarks", "results", "cpu", f"{dt.date.today().isoformat()}_cpu-models.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"\nwrote {out}: {len(res['cases'])} cases, geometric mean ratio {res['geomean_speedup']:.3f}")
 
-    loss_fn = nn.CrossEntropyLoss()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
-    def fwd():
-        with torch.no_grad():
-            return model(x)
-
-    def train_step():
-        loss = loss_fn(model(x), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
-
-    model.train(pass_ == "train_step")
-    fn = fwd if pass_ == "fwd" else train_step
-    benchmark.group = f"{name} {pass_} N={BATCH}"
-    benchmark.extra_info.update(threads=torch.get_num_threads(), batch=BATCH)
-    with pyimgcls.use_backend(backend):
-        benchmark(fn)
-    benchmark.extra_info["images_per_s"] = BATCH / benchmark.stats.stats.median
+@pytest.mark.parametrize("name,pass_,threads,batch,dtype", CASES,
+                         ids=[f"{n}-{p}-t{t}-N{b}-{d}" for n, p, t, b, d in CASES])
+def test_model_cpu(results, name, pass_, threads, batch, dtype):
+    peaks = results["peaks"]["cpu_fp32_gflops_by_threads"]
+    if threads not in peaks:
+        peaks[threads] = bmc.peak_gflops(threads)
+    row = bmc.run_case(name, pass_, threads, batch, dtype, rounds=5, peak=peaks[threads])
+    row["load_avg"] = os.getloadavg()[0]
+    results["cases"].append(row)
+    print(f"  ours {row['ms']:.2f} ms, torch {row['ref_ms']:.2f} ms, ratio {row['speedup']:.2f}", end="")
