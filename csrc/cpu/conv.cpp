@@ -1041,6 +1041,252 @@ void conv2d_fwd_small_batched(const Plan& pl, const T* x, Strides4 xs, const T* 
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Winograd F(2x2, 3x3): float32 3x3 stride-1 convolutions (groups 1), forward and dgrad
+// ---------------------------------------------------------------------------------------------
+// Each 2x2 output tile of channel o is  A^T [ sum_c U[o, c] .* V[c] ] A  with U = G f[o, c] G^T
+// (the 3x3 filter as a 4x4 tile) and V = B^T d[c] B (the 4x4 input tile d[c] covering the 2x2
+// outputs' windows; tiles overlap by 2 rows / columns). Per element xi of the 4x4 tile the sum over
+// c is a GEMM over the tiles t of a chunk of images:
+//   M[xi][t][o] = V[xi][t][c] @ U[xi][c][o]      16 GEMMs of Tc x Co x Ci
+// so a 2x2 output block costs 16 multiply-adds per channel pair instead of the direct 36: 2.25x
+// fewer FLOPs in the GEMMs (2*16*Co*Ci per tile), and no 9x im2col buffer (V holds 4 values per
+// input pixel and channel). The transforms (adds only: input 32, output 24 per tile and channel) run
+// on 16-channel vectors: the chunk's input is first copied into a zero-padded channels-last scratch
+// xp[n][2*TH+2][2*TW+2][Cp] (Cp = Ci rounded up to 16), so a tile's 4x4 window is 16 vector loads
+// whatever the input's layout; the output transform adds bias + residual, applies the activation
+// and stores through the output's strides (a vector store for channels_last, 16 scalar stores per
+// pixel otherwise). Scratch per chunk: xp, V (16*Tc*Cp floats) and M (16*Tc*Op), whole images per
+// chunk (about kWinoChunkBytes, one image at the least), thread-local and reused across calls.
+// Numerics: B^T, G and A^T hold only 0, +-1 and +-1/2 (exact in binary); the error is that of a sum
+// of the same length as the direct conv's plus the transforms' few roundings (tests compare with
+// float64). dgrad is the same algorithm: dx = correlation of g, padded by 2 - p, with the filters
+// flipped and transposed (w'[c, o, i, j] = w[o, c, 2-i, 2-j]). Deterministic: each M element comes
+// from one single-threaded GEMM (the 16 GEMMs spread over the threads), each output from one thread.
+constexpr int64_t kWinoChunkBytes = int64_t(4) << 20;
+constexpr int64_t kWinoMinTiles = 128;  // below, the filter transform (16*Ci*Co) is not amortised
+
+// Filter transform, U[xi][b][a] = (G f G^T)[xi] for the 3x3 filter f of output channel a and input
+// channel b: f(r, s) = w[a][b][r][s] (forward) or w[b][a][2-r][2-s] (dgrad, flip_t); U is
+// [16][B][Ap] with Ap = A rounded up to 16 (pad columns zero).
+// G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+void winograd_filters(const float* w, int64_t O, int64_t C, bool flip_t, float* U, int64_t Ap) {
+  const int64_t A = flip_t ? C : O, B = flip_t ? O : C;
+#pragma omp parallel for schedule(static) if (A * B >= 4096 && omp_get_max_threads() > 1)
+  for (int64_t b = 0; b < B; ++b) {
+    for (int xi = 0; xi < 16; ++xi)
+      for (int64_t a = A; a < Ap; ++a) U[(xi * B + b) * Ap + a] = 0.0f;
+    for (int64_t a = 0; a < A; ++a) {
+      float f[3][3];
+      for (int r = 0; r < 3; ++r)
+        for (int s = 0; s < 3; ++s)
+          f[r][s] = flip_t ? w[((b * C + a) * 3 + (2 - r)) * 3 + (2 - s)] : w[((a * C + b) * 3 + r) * 3 + s];
+      float gf[4][3];  // G f
+      for (int s = 0; s < 3; ++s) {
+        gf[0][s] = f[0][s];
+        gf[1][s] = 0.5f * (f[0][s] + f[1][s] + f[2][s]);
+        gf[2][s] = 0.5f * (f[0][s] - f[1][s] + f[2][s]);
+        gf[3][s] = f[2][s];
+      }
+      for (int r = 0; r < 4; ++r) {  // (G f) G^T
+        const float u[4] = {gf[r][0], 0.5f * (gf[r][0] + gf[r][1] + gf[r][2]),
+                            0.5f * (gf[r][0] - gf[r][1] + gf[r][2]), gf[r][2]};
+        for (int s = 0; s < 4; ++s) U[((r * 4 + s) * B + b) * Ap + a] = u[s];
+      }
+    }
+  }
+}
+
+struct WinoTiles {
+  int64_t TH, TW, Hp, Wp, Cp, Tc;  // tiles per image, padded scratch dims, tiles in the chunk
+  const float* xp;                 // [nb][Hp][Wp][Cp]
+  float* V;                        // [16][Tc][Cp]
+};
+
+// (macros, not functions: a 64-byte vector by value in a baseline-compiled signature changes the ABI)
+#define WINO_LOAD(v, p) __builtin_memcpy(&(v), (p), sizeof(VF16))
+#define WINO_STORE(p, v)                 \
+  do {                                   \
+    const VF16 wino_tmp_ = (v);          \
+    __builtin_memcpy((p), &wino_tmp_, sizeof(VF16)); \
+  } while (0)
+
+// Input transform of tile t (image nl, tile row th, column tw), all channel vectors:
+// V = B^T d B with B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]] (rows, then columns).
+struct WinoInBody {
+  static PYIMGCLS_INLINE void run(const WinoTiles& a, int64_t t) {
+    const int64_t nl = t / (a.TH * a.TW), th = (t / a.TW) % a.TH, tw = t % a.TW;
+    const float* base = a.xp + ((nl * a.Hp + 2 * th) * a.Wp + 2 * tw) * a.Cp;
+    const int64_t plane = a.Tc * a.Cp;
+    float* vt = a.V + t * a.Cp;
+    for (int64_t c = 0; c < a.Cp; c += 16) {
+      VF16 d[4][4], e[4][4];
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) WINO_LOAD(d[i][j], base + (i * a.Wp + j) * a.Cp + c);
+      for (int j = 0; j < 4; ++j) {
+        e[0][j] = d[0][j] - d[2][j];
+        e[1][j] = d[1][j] + d[2][j];
+        e[2][j] = d[2][j] - d[1][j];
+        e[3][j] = d[1][j] - d[3][j];
+      }
+      for (int i = 0; i < 4; ++i) {
+        float* v = vt + (4 * i) * plane + c;
+        WINO_STORE(v, e[i][0] - e[i][2]);
+        WINO_STORE(v + plane, e[i][1] + e[i][2]);
+        WINO_STORE(v + 2 * plane, e[i][2] - e[i][1]);
+        WINO_STORE(v + 3 * plane, e[i][1] - e[i][3]);
+      }
+    }
+  }
+};
+
+struct WinoOut {
+  const float* M;  // [16][Tc][Op]
+  int64_t Co, Op, Ho, Wo, TH, TW, Tc, n0;
+  float* out;
+  Strides4 os;
+  const float* bias;
+  const float* res;
+  Strides4 rs;
+  Act act;
+};
+
+// Output transform of tile t: Y = A^T m A, A^T = [[1,1,1,0],[0,1,-1,-1]], + bias + residual,
+// activation, store of the 2x2 block (the last tile row / column is cut at Ho / Wo).
+struct WinoOutBody {
+  static PYIMGCLS_INLINE void run(const WinoOut& a, int64_t t) {
+    const int64_t nl = t / (a.TH * a.TW), th = (t / a.TW) % a.TH, tw = t % a.TW;
+    const int64_t n = a.n0 + nl, plane = a.Tc * a.Op;
+    const float* mt = a.M + t * a.Op;
+    for (int64_t o0 = 0; o0 < a.Co; o0 += 16) {
+      VF16 s[2][4];
+      for (int j = 0; j < 4; ++j) {
+        VF16 m0, m1, m2, m3;
+        WINO_LOAD(m0, mt + j * plane + o0);
+        WINO_LOAD(m1, mt + (4 + j) * plane + o0);
+        WINO_LOAD(m2, mt + (8 + j) * plane + o0);
+        WINO_LOAD(m3, mt + (12 + j) * plane + o0);
+        s[0][j] = m0 + m1 + m2;
+        s[1][j] = m1 - m2 - m3;
+      }
+      float y[2][2][16];
+      for (int r = 0; r < 2; ++r) {
+        WINO_STORE(y[r][0], s[r][0] + s[r][1] + s[r][2]);
+        WINO_STORE(y[r][1], s[r][1] - s[r][2] - s[r][3]);
+      }
+      const int64_t oc = std::min<int64_t>(16, a.Co - o0);
+      for (int r = 0; r < 2; ++r) {
+        const int64_t oh = 2 * th + r;
+        if (oh >= a.Ho) break;
+        for (int q = 0; q < 2; ++q) {
+          const int64_t ow = 2 * tw + q;
+          if (ow >= a.Wo) break;
+          float* op = a.out + n * a.os.n + oh * a.os.h + ow * a.os.w + o0 * a.os.c;
+          const float* rp = a.res ? a.res + n * a.rs.n + oh * a.rs.h + ow * a.rs.w + o0 * a.rs.c : nullptr;
+          for (int64_t k = 0; k < oc; ++k) {
+            float v = y[r][q][k] + (a.bias ? a.bias[o0 + k] : 0.0f);
+            if (rp) v += rp[k * a.rs.c];
+            op[k * a.os.c] = apply_act(v, a.act);
+          }
+        }
+      }
+    }
+  }
+};
+
+// Which convolutions take the Winograd path: float32 (caller), groups 1, 3x3, stride 1, dilation 1,
+// at least 16 channels in and out (below, the transforms outweigh the GEMM savings), at least
+// kWinoMinTiles tiles over the batch, not small (kSmallConvMacs: the whole-batch GEMM paths are tuned
+// for those). PYIMGCLS_CPU_WINOGRAD=0 turns it off, =1 drops the size conditions (benchmarks and tests
+// compare the two paths, also on small shapes).
+bool winograd_applies(const ConvGeometry& s) {
+  const char* e = std::getenv("PYIMGCLS_CPU_WINOGRAD");
+  const bool force = e != nullptr && e[0] == '1';
+  if (e != nullptr && e[0] == '0') return false;
+  const bool shape = s.groups == 1 && s.KH == 3 && s.KW == 3 && s.stride_h == 1 && s.stride_w == 1 &&
+                     s.dil_h == 1 && s.dil_w == 1 && s.OH > 0 && s.OW > 0 && s.N > 0 && s.C > 0 && s.O > 0;
+  const int64_t macs = s.N * s.O * s.OH * s.OW * s.C * 9;
+  const int64_t tiles = s.N * ((s.OH + 1) / 2) * ((s.OW + 1) / 2);
+  return shape && (force || (s.C >= 16 && s.O >= 16 && tiles >= kWinoMinTiles && macs >= kSmallConvMacs));
+}
+
+thread_local std::vector<float> tls_wino;  // xp + V + M + U of the last call, reused
+
+// out[n, o] (Ho x Wo, strides os) = act(corr3x3(in[n] padded top/left by pt/pl) + bias + res) with
+// filters w (flip_t: dgrad's flipped, transposed filters; see winograd_filters).
+void winograd_run(int64_t N, const float* in, Strides4 is, int64_t Ci, int64_t Hi, int64_t Wi, int64_t pt,
+                  int64_t pl, const float* w, bool flip_t, int64_t Co, float* out, Strides4 os, int64_t Ho,
+                  int64_t Wo, const float* bias, const float* res, Strides4 rs, Act act) {
+  const int64_t TH = (Ho + 1) / 2, TW = (Wo + 1) / 2, per_img = TH * TW;
+  const int64_t Hp = 2 * TH + 2, Wp = 2 * TW + 2, Cp = (Ci + 15) / 16 * 16, Op = (Co + 15) / 16 * 16;
+  int64_t budget = kWinoChunkBytes;
+  if (const char* e = std::getenv("PYIMGCLS_CPU_CONV_CHUNK_BYTES")) {
+    const long long v = std::atoll(e);
+    if (v > 0) budget = v;
+  }
+  const int64_t img_elems = Hp * Wp * Cp + 16 * per_img * (Cp + Op);
+  const int64_t NB = std::max<int64_t>(1, std::min<int64_t>(N, budget / std::max<int64_t>(4 * img_elems, 1)));
+  const int64_t u_elems = 16 * Ci * Op;
+  std::vector<float>& buf = tls_wino;
+  const size_t need = static_cast<size_t>(NB * img_elems + u_elems);
+  if (buf.size() < need) buf.resize(need);
+  float* xp = buf.data();
+  float* V = xp + NB * Hp * Wp * Cp;
+  float* M = V + NB * per_img * 16 * Cp;
+  float* U = M + NB * per_img * 16 * Op;
+  winograd_filters(w, flip_t ? Ci : Co, flip_t ? Co : Ci, flip_t, U, Op);
+  const Isa isa = active_isa();
+  const int nt = std::max(1, omp_get_max_threads());
+  for (int64_t n0 = 0; n0 < N; n0 += NB) {
+    const int64_t nb = std::min(NB, N - n0), Tc = nb * per_img;
+    // 1. Zero-padded channels-last copy of the chunk (rows 2*TH + 2, columns 2*TW + 2).
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t u = 0; u < nb * Hp; ++u) {
+      const int64_t nl = u / Hp, r = u % Hp, ih = r - pt;
+      float* dst = xp + u * Wp * Cp;
+      std::memset(dst, 0, sizeof(float) * static_cast<size_t>(Wp * Cp));
+      if (ih < 0 || ih >= Hi) continue;
+      const float* src = in + (n0 + nl) * is.n + ih * is.h;
+      const int64_t q0 = std::max<int64_t>(0, pl), q1 = std::min<int64_t>(Wp, Wi + pl);
+      if (is.c == 1) {
+        for (int64_t q = q0; q < q1; ++q)
+          std::memcpy(dst + q * Cp, src + (q - pl) * is.w, sizeof(float) * static_cast<size_t>(Ci));
+      } else {
+        for (int64_t c = 0; c < Ci; ++c) {
+          const float* sc = src + c * is.c;
+          for (int64_t q = q0; q < q1; ++q) dst[q * Cp + c] = sc[(q - pl) * is.w];
+        }
+      }
+    }
+    // 2. Input transform, tile by tile.
+    const WinoTiles wt{TH, TW, Hp, Wp, Cp, Tc, xp, V};
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < Tc; ++t) run_isa<WinoInBody>(isa, wt, t);
+    // 3. 16 independent GEMMs: one thread each (a nested region runs on one thread), spread by xi.
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int xi = 0; xi < 16; ++xi)
+      gemm(DType::Float32, V + xi * Tc * Cp, Cp, 1, U + xi * Ci * Op, Op, 1, nullptr, M + xi * Tc * Op, Op, 1,
+           Tc, Co, Ci, Act::None);
+    // 4. Output transform + epilogue, tile by tile.
+    const WinoOut wo{M, Co, Op, Ho, Wo, TH, TW, Tc, n0, out, os, bias, res, rs, act};
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t t = 0; t < Tc; ++t) run_isa<WinoOutBody>(isa, wo, t);
+  }
+}
+
+void conv2d_fwd_winograd(const ConvGeometry& s, const float* x, Strides4 xs, const float* w, const float* bias,
+                         const float* res, Strides4 rs, float* out, Strides4 os, Act act) {
+  winograd_run(s.N, x, xs, s.C, s.H, s.W, s.pad_h, s.pad_w, w, false, s.O, out, os, s.OH, s.OW, bias, res, rs, act);
+}
+
+// dgrad: dx[n, c, ih, iw] = sum_{o, r, q} g[n, o, ih + ph - r, iw + pw - q] * w[o, c, r, q]
+//      = correlation of g, padded top / left by 2 - ph / 2 - pw, with w'[c, o, r', q'] = w[o, c, 2-r', 2-q'].
+void conv2d_bwd_data_winograd(const ConvGeometry& s, const float* g, Strides4 gs, const float* w, float* dx,
+                              Strides4 xs) {
+  winograd_run(s.N, g, gs, s.O, s.OH, s.OW, 2 - s.pad_h, 2 - s.pad_w, w, true, s.C, dx, xs, s.H, s.W, nullptr,
+               nullptr, Strides4{0, 0, 0, 0}, Act::None);
+}
+
 template <typename T>
 void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, const T* bias, const T* res,
                   Strides4 rs, T* out, Strides4 os, Act act) {
@@ -1055,6 +1301,10 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
   const SerialIfSmall serial(macs);
   const bool small_batch = s.groups == 1 && s.N > 1 && !pl.direct && macs < kSmallConvMacs;
   if constexpr (std::is_same_v<T, float>) {
+    if (winograd_applies(s)) {
+      conv2d_fwd_winograd(s, x, xs, w, bias, res, rs, out, os, act);
+      return;
+    }
     if (direct_conv_applies(s)) {
       conv2d_fwd_direct_small(s, x, xs, w, bias, res, rs, out, os, act);
       return;
@@ -1145,6 +1395,13 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
   check_collapsible("grad", s.OH, s.OW, gs);
   check_collapsible("grad_input", s.H, s.W, xs);
   if (depthwise(s)) return dw_bwd_data(s, gr, gs, w, dx, xs);
+  if constexpr (std::is_same_v<T, float>) {
+    if (winograd_applies(s)) {
+      const SerialIfSmall serial(s.N * s.O * s.OH * s.OW * s.C * 9);
+      conv2d_bwd_data_winograd(s, gr, gs, w, dx, xs);
+      return;
+    }
+  }
   const Plan pl = make_plan(s, xs);
   const int64_t units = s.N * s.groups;
   if (units == 0 || s.C == 0) return;
