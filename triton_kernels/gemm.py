@@ -49,7 +49,7 @@ _GEMM = tuned_table(("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), {
 
 # Rows that spill with a smooth activation's epilogue (silu 3, hardswish 4, sigmoid 5, hardsigmoid 6:
 # an exp or a division per element while the tile's accumulator is live), as compiled by
-# tools/check_gpu_build.py, which probes every activation: the 16-bit 256x128 / 128x256 tiles hold
+# tools/check_gpu_build.py --all-activations (every activation, 2026-12-03): the 16-bit 256x128 / 128x256 tiles hold
 # 128 fp32 accumulators per thread at 255 registers (256x128: 1-7 LDL/STL with silu, hardswish and
 # sigmoid on sm_80 and sm_90; 128x256: silu on sm_90), and fp32 64x64x32 w4 s4 spills 1 LDL / 2 STL
 # with silu on sm_90 at 96 registers (ptxas keeps two loop-invariant addresses in local memory). A
