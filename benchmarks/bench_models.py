@@ -31,6 +31,20 @@ Usage (repo root)::
 ``--quick``: resnet18 and mobilenet_v2, batch 64, shorter timing. The full run stays under ~4 minutes
 on an H100 (torch.compile of five models dominates; ``--no-compile`` skips it). Without a CUDA
 device it prints a message and exits 0.
+
+EfficientNet (issue #21), ``gpu_check.sh bench4``::
+
+    python benchmarks/bench_models.py --models efficientnet_b0 --no-compile --depthwise
+
+- the efficientnet_b0 AMP training step vs eager channels_last (the ``eager`` rows above; target >= 1.0x);
+- ``--depthwise``: efficientnet_b0's depthwise layers (batch 128 at 224x224, float16, channels_last),
+  each as the kernels our layers launch: ``dwconv_bias_silu`` (inference: BN folded into the depthwise
+  conv, SiLU in its epilogue; bytes x + y + weight + bias) and ``batch_norm_silu`` (training-mode BN
+  statistics + normalisation + SiLU in one op; bytes x + y + 4 C parameters/statistics), forward only.
+  Rows carry ``gbps`` and ``hbm_pct`` = gbps / 4800 (the H200's 4.8 TB/s; target >= 60 %), the
+  reference being the same call on the ``torch`` backend (ATen/cuDNN + F.silu).
+- ``--dry-run``: no GPU needed: every depthwise case at batch 2 on CPU tensors, ours (``cpu``) vs
+  ``torch``, values compared, no timing; checks the script's cases and byte counts run.
 """
 from __future__ import annotations
 
@@ -52,11 +66,10 @@ MAX_REL_ERR = 3e-2  # fp16 AMP logits of a randomly initialised deep net vs the 
 
 # ----------------------------------------------------------------------------- pure-PyTorch twin
 def _act(y, activation):
-    if activation == "relu":
-        return F.relu(y)
-    if activation == "relu6":
-        return F.relu6(y)
-    return y
+    if activation is None:
+        return y
+    return {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish,
+            "sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid}[activation](y)
 
 
 class _TwinConv2d(torch.nn.Conv2d):
@@ -255,6 +268,102 @@ def run(models, providers, batch, quick, use_compile, out_dir) -> int:
     return 1 if failures else 0
 
 
+# ----------------------------------------------------------------------------- depthwise kernels
+HBM_GBPS = 4800.0  # H200 HBM3e datasheet peak, the issue's yardstick for the depthwise kernels
+# efficientnet_b0's depthwise layers at 224x224: (channels, input size, kernel, stride)
+DEPTHWISE = [(32, 112, 3, 1), (96, 112, 3, 2), (144, 56, 3, 1), (144, 56, 5, 2), (240, 28, 5, 1),
+             (240, 28, 3, 2), (480, 14, 3, 1), (480, 14, 5, 1), (672, 14, 5, 1), (672, 14, 5, 2),
+             (1152, 7, 5, 1), (1152, 7, 3, 1)]
+
+
+def depthwise_cases(batch, device, dtype):
+    """[(Case, {backend-agnostic callable}, reference-check inputs)] for the depthwise layers: each a
+    Case (bytes = compulsory traffic) and a zero-argument function running our op in the current
+    backend."""
+    from pyimgcls import ops
+    from pyimgcls.bench import Case, dtype_name
+
+    size = torch.tensor([], dtype=dtype).element_size()
+    cases, bn_seen = [], set()
+    g = torch.Generator(device="cpu").manual_seed(0)
+    for C, H, k, s in DEPTHWISE:
+        OH = (H + 2 * (k // 2) - k) // s + 1
+        x = torch.randn(batch, C, H, H, generator=g).to(device, dtype).contiguous(memory_format=torch.channels_last)
+        w = (torch.randn(C, 1, k, k, generator=g) / k).to(device, dtype).contiguous(memory_format=torch.channels_last)
+        b = torch.randn(C, generator=g).to(device, dtype)
+        shape = f"N={batch} C={C} {H}x{H} k{k} s{s}"
+        nbytes = (x.numel() + batch * C * OH * OH + w.numel() + C) * size
+        cases.append((Case("conv", "dwconv_bias_silu", shape, dtype_name(dtype), 2.0 * batch * C * OH * OH * k * k,
+                           nbytes, layout="nhwc"),
+                      lambda x=x, w=w, b=b, s=s, k=k, C=C: ops.conv2d(x, w, b, s, k // 2, 1, C, activation="silu")))
+        if (C, OH) in bn_seen:
+            continue
+        bn_seen.add((C, OH))
+        y = torch.randn(batch, C, OH, OH, generator=g).to(device, dtype).contiguous(memory_format=torch.channels_last)
+        rm, rv = torch.zeros(C, device=device), torch.ones(C, device=device)
+        gamma, beta = torch.rand(C, device=device) + 0.5, torch.randn(C, device=device)
+        cases.append((Case("batchnorm", "batch_norm_silu", f"N={batch} C={C} {OH}x{OH}", dtype_name(dtype), None,
+                           2 * y.numel() * size + 4 * C * 4, layout="nhwc"),
+                      lambda y=y, rm=rm, rv=rv, gamma=gamma, beta=beta: ops.batch_norm(
+                          y, rm.clone(), rv.clone(), gamma, beta, True, 0.1, 1e-5, activation="silu")))
+    return cases
+
+
+def run_depthwise(providers, batch, quick, out_dir) -> int:
+    """Achieved bandwidth of the depthwise conv + bias + SiLU and BN + SiLU kernels vs eager PyTorch."""
+    import pyimgcls
+    from pyimgcls.bench import time_ms
+    from report import finish_results, new_results, print_table
+
+    t_start = time.perf_counter()
+    rows, failures = [], []
+    for case, fn in depthwise_cases(batch, "cuda", torch.float16):
+        with torch.no_grad():
+            with pyimgcls.use_backend("torch"):
+                ref = fn().float()
+                ref_ms = time_ms(fn, rep_ms=100 if quick else 300)
+            for prov in providers:
+                with pyimgcls.use_backend(prov):
+                    try:
+                        err = float((fn().float() - ref).norm() / ref.norm().clamp_min(1e-30))
+                        ms = time_ms(fn, rep_ms=100 if quick else 300)
+                    except Exception as e:  # noqa: BLE001 -- report every failing provider, keep going
+                        failures.append(f"{prov} {case.op} {case.shape}: {type(e).__name__}: {e}")
+                        print(f"FAILED {failures[-1]}", flush=True)
+                        continue
+                if err > 1e-2:
+                    failures.append(f"{prov} {case.op} {case.shape}: rel_err {err:.2e} vs torch")
+                row = case.row(prov, ms, "eager", ref_ms, None, rel_err=err)
+                row["hbm_pct"] = 100.0 * row["gbps"] / HBM_GBPS if row.get("gbps") else None
+                rows.append(row)
+                print(f"{prov:6s} {case.op:17s} {case.shape:28s} {ms * 1e3:8.1f} us  {row['gbps']:7.0f} GB/s "
+                      f"({row['hbm_pct']:.0f} % of 4.8 TB/s)  eager {ref_ms * 1e3:8.1f} us  x{row['speedup']:.2f}",
+                      flush=True)
+    results = new_results("cuda", cases=rows)
+    finish_results(results, failures, out_dir, "depthwise bandwidth benchmark", t_start)
+    print_table(rows)
+    return 1 if failures else 0
+
+
+def dry_run() -> int:
+    """CPU check of the depthwise cases (batch 2): our cpu backend vs torch, no timing."""
+    import pyimgcls
+
+    bad = 0
+    for case, fn in depthwise_cases(2, "cpu", torch.float32):
+        with torch.no_grad():
+            with pyimgcls.use_backend("torch"):
+                ref = fn()
+            with pyimgcls.use_backend("cpu"):
+                out = fn()
+        err = float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+        ok = err <= 1e-4 and case.bytes > 0
+        bad += not ok
+        print(f"dry-run {'ok  ' if ok else 'FAIL'} {case.family}/{case.op} {case.shape}: rel_err {err:.1e}, "
+              f"{case.bytes / 1e6:.2f} MB at batch 2", flush=True)
+    return 1 if bad else 0
+
+
 def main(argv=None) -> int:
     from report import gpu_bench_parser, select_providers
 
@@ -263,7 +372,12 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=None, help=f"comma-separated subset of {MODELS}")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 128; 64 with --quick)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
+    p.add_argument("--depthwise", action="store_true",
+                   help="also the depthwise conv + SiLU and BN + SiLU kernels' bandwidth (efficientnet_b0 layers)")
+    p.add_argument("--dry-run", action="store_true", help="CPU check of the depthwise cases, no timing")
     args = p.parse_args(argv)
+    if args.dry_run:
+        return dry_run()
     if not torch.cuda.is_available():
         print("no CUDA device: skipping GPU model benchmark")
         return 0
@@ -279,7 +393,10 @@ def main(argv=None) -> int:
         print("no GPU backend of ours is available: nothing to compare")
         return 1
     batch = args.batch or (64 if args.quick else 128)
-    return run(models, providers, batch, args.quick, not args.no_compile, args.out)
+    rc = run(models, providers, batch, args.quick, not args.no_compile, args.out)
+    if args.depthwise:
+        rc = max(rc, run_depthwise(providers, 128, args.quick, args.out))
+    return rc
 
 
 if __name__ == "__main__":

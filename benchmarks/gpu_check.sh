@@ -13,6 +13,8 @@
 #             and racecheck over tests/test_cuda_paths.py (one small call per CUDA kernel path)
 #   bench1    benchmarks gemm, conv          bench2  pool, batchnorm, softmax_xent
 #   bench3    ladder, models
+#   bench4    efficientnet_b0: AMP train step vs eager channels_last, and the depthwise conv + SiLU /
+#             BN + SiLU kernels' bandwidth (% of 4.8 TB/s) (bench_models.py --depthwise)
 # and, when more time is at hand: tests | sanitize | bench (every benchmark) | all (1710 s budget).
 # Every invocation first prints versions and installs the package (pip install
 # --no-build-isolation --no-deps -e .: an incremental build on a warm machine), then finishes with
@@ -41,11 +43,11 @@
 set -u
 set -o pipefail
 
-STAGES="check|bench1|bench2|bench3|tests|sanitize|bench|all"
+STAGES="check|bench1|bench2|bench3|bench4|tests|sanitize|bench|all"
 usage() { echo "usage: PYIMGCLS_COMMIT=<sha> bash benchmarks/gpu_check.sh OUTDIR [$STAGES]" >&2; }
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; exit 2; fi
 STAGE=${2:-check}
-case "$STAGE" in check|bench1|bench2|bench3|tests|sanitize|bench|all) ;; *) usage; exit 2 ;; esac
+case "$STAGE" in check|bench1|bench2|bench3|bench4|tests|sanitize|bench|all) ;; *) usage; exit 2 ;; esac
 # benchmark groups of the bench<n> stages, each sized to fit one command
 declare -A BENCH_GROUP=([bench1]="gemm,conv" [bench2]="pool,batchnorm,softmax_xent" [bench3]="ladder,models")
 
@@ -277,6 +279,12 @@ if [ "$INSTALL_OK" -eq 1 ]; then
       PYIMGCLS_TRITON_ONE_CONFIG=1 stage_tests $(( (BUDGET - RESERVE - SECONDS) * 3 / 4 )) -k "not wgmma"
       stage_sanitize ;;
     bench1|bench2|bench3) stage_bench "${BENCH_GROUP[$STAGE]}" ;;
+    bench4)
+      # shellcheck disable=SC2086  # PYIMGCLS_BENCH_ARGS is a list of flags
+      run_step bench_models_effnet 540 "$PY" benchmarks/bench_models.py --out "$RESULTS" --models efficientnet_b0 \
+        --no-compile --depthwise ${PYIMGCLS_BENCH_ARGS:-}
+      if [ "$STEP_RC" -ne 0 ]; then FAILED=1; fi
+      show_tail "$LOGS/bench_models_effnet.log" 70 ;;
     tests) stage_tests ;;
     sanitize) stage_sanitize ;;
     bench) stage_bench ;;

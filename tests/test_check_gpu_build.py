@@ -261,3 +261,74 @@ def test_pipeline_smem():
     assert _config.pipeline_smem(c, "float16") == 3 * (128 * 64 + 64 * 256) * 2
     assert _config.pipeline_smem(c, "float64") == 3 * (128 * 64 + 64 * 256) * 8
     assert _config.pipeline_smem(_config.cfg(4, 1, BLOCK_M=32, BLOCK_C=64), "float32") == 0
+
+
+def test_tuned_table_skip_reads_the_launch_constexprs(monkeypatch):
+    import torch
+    monkeypatch.setattr(_config, "INTERPRET", False)
+    t = _config.tuned_table(("BLOCK_M", "BLOCK_N", "BLOCK_K"), {
+        _config.FP16: [(256, 128, 64, 8, 3), (64, 64, 32, 4, 3)],
+    }, (16, 16, 16, 4, 1), skip=lambda c, dtype, cap, k: k.get("ACT") == 3 and c.kwargs["BLOCK_M"] == 256
+                                                      and cap in (None, 90))
+    prune = t.prune["early_config_prune"]
+    rows = lambda cap, k: [c.kwargs["BLOCK_M"] for c in prune.select(t.configs, "float16", cap, constexprs=k)]  # noqa: E731
+    assert rows(90, {"ACT": 2}) == [256, 64] and rows(90, {"ACT": 3}) == [64] and rows(80, {"ACT": 3}) == [256, 64]
+    assert rows(90, None) == [256, 64]  # no launch: every row
+    # the autotuner's call passes the launch's keyword constexprs
+    got = prune(t.configs, {"a_ptr": torch.zeros(2, dtype=torch.float16)}, ACT=3)
+    assert [c.kwargs["BLOCK_M"] for c in got] == [64]
+
+
+PROBE_SCRIPT = r'''
+import json, os, sys
+sys.path[:0] = [os.path.join(sys.argv[1], "tools"), sys.argv[1]]
+import check_gpu_build as cgb
+from triton.runtime.autotuner import Autotuner
+from triton.runtime.jit import JITFunction
+cgb._prepare_triton_env()
+probes = cgb._probes()
+out = {}
+for short in ("gemm", "se", "distill", "quant"):
+    spec = "triton_kernels." + short
+    mod = cgb._import_module(spec)
+    jobs, missing = cgb._jobs_for(spec, mod, probes[short], list(cgb.DTYPES), [90, 80])
+    kernels = {n: (v.fn if isinstance(v, Autotuner) else v) for n, v in vars(mod).items()}
+    defined = sorted(n for n, k in kernels.items()
+                     if isinstance(k, JITFunction) and n.endswith("_kernel") and k.fn.__module__ == spec)
+    out[short] = dict(defined=defined, missing=missing,
+                      jobs=[[j["kernel"], j["probe"], j["dtype"], j["cap"], j["config"]] for j in jobs])
+print(json.dumps(out))
+'''
+
+
+def test_probes_launch_every_new_kernel_and_each_activation_selects_its_rows():
+    """Recorded launches only (no compile): every kernel of gemm / se / distill / quant is probed; the
+    GEMM is probed with relu6, silu and hardswish (GEMM_ACTS), and the smooth ones leave out the rows
+    of gemm._SMOOTH_SPILLS on the archs where those spilled."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", PROBE_SCRIPT, ROOT], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    for short, rep in report.items():
+        assert rep["missing"] == [], (short, rep["missing"])
+        launched = {j[0] for j in rep["jobs"]}
+        assert set(rep["defined"]) <= launched, (short, set(rep["defined"]) - launched)
+    assert {"_act_fwd_kernel", "_act_bwd_kernel", "_gemm_fwd_kernel"} <= set(report["gemm"]["defined"])
+    assert {"_drop_path_fwd_kernel", "_se_fc_kernel"} <= set(report["se"]["defined"])
+    gemm = [j for j in report["gemm"]["jobs"] if j[0] == "_gemm_fwd_kernel"]
+    probes = {j[1] for j in gemm}
+    assert probes == {f"gemm-{n}" for n in ("relu6", "silu", "hardswish")}
+    act_probes = {j[1] for j in report["gemm"]["jobs"] if j[0] == "_act_fwd_kernel"}
+    assert len(act_probes) == 6
+
+    def configs(probe, dtype, cap):
+        return {j[4] for j in gemm if j[1] == probe and j[2] == dtype and j[3] == cap}
+    big = "BLOCK_M=256,BLOCK_N=128,BLOCK_K=64,GROUP_M=8 w8 s3"
+    wide = "BLOCK_M=128,BLOCK_N=256,BLOCK_K=64,GROUP_M=8 w8 s3"
+    fp32 = "BLOCK_M=64,BLOCK_N=64,BLOCK_K=32,GROUP_M=8 w4 s4"
+    for cap in (80, 90):
+        assert big in configs("gemm-relu6", "bfloat16", cap) and big not in configs("gemm-silu", "bfloat16", cap)
+    assert wide in configs("gemm-silu", "float16", 80) and wide not in configs("gemm-hardswish", "float16", 90)
+    assert fp32 in configs("gemm-silu", "float32", 80) and fp32 not in configs("gemm-silu", "float32", 90)
+    assert configs("gemm-silu", "float64", 90) == configs("gemm-relu6", "float64", 90)

@@ -146,7 +146,7 @@ def test_forward_backward_match_pytorch(backend, dtype, layout, case):
 # ----------------------------------------------------------------------------- CPU branches
 # The C++ kernel's branches: NCHW planes summed in blocks of 1024 (HW > 1024), NHWC channel blocks of
 # 64 (C > 64) and row flushes every 64 rows (HW > 64), the OpenMP split (>= 2^15 elements, 2 threads)
-# of the spatial passes, of the per-sample matrix-vector products (N*C*R >= 2^15) and of the weight
+# of the spatial passes, of the squeeze GEMMs (N*C*R >= 2^15) and of the weight
 # gradients, and the baseline / AVX2 / AVX-512 bodies.
 CPU_BIG = [(2, 3, 37, 29, 2), (3, 67, 9, 9, 5), (4, 67, 3, 5, 131)]
 
@@ -172,6 +172,39 @@ def test_cpu_deterministic_across_threads():
     assert torch.equal(a[0], b[0])
     for ga, gb in zip(a[1], b[1]):
         assert torch.equal(ga, gb)
+
+
+# The squeeze's 1x1 convolutions as GEMMs over the batch (csrc/cpu/se.cpp dot_rows): N = 5 is one full
+# 4-sample block and a partial one (its last sample repeated), R = 101 weight rows make 26 row blocks
+# (the last partial), C odd; N*C*R = 33835 >= 2^15 takes the OpenMP split with 2 threads.
+CPU_GEMM = (5, 67, 3, 3, 101)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cpu_batched_squeeze_gemm(layout):
+    results = {}
+    for threads in (1, 2):
+        with omp_threads(threads):
+            results[threads] = _run("cpu", torch.float64, layout, CPU_GEMM, CASES[1])
+    ours, ref, low = results[2]
+    _check(ours, ref, low)
+    # deterministic across thread counts
+    (y1, g1), (y2, g2) = results[1][0], results[2][0]
+    assert torch.equal(y1, y2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
+    # a sample's output and input gradient do not depend on the batch it runs in (batch 1 vs the
+    # partial block of batch 5, where dot_rows repeats it)
+    N, C, H, W, R = CPU_GEMM
+    x = _layout(_rand((N, C, H, W), 0, 2.0), layout)
+    w1, b1, w2, b2 = _params(C, R, 0)
+    go = _layout(_rand((N, C, H, W), 9), layout)
+    outs = []
+    for xs, gs in ((x, go), (x[N - 1:], go[N - 1:])):
+        xs = xs.detach().clone().requires_grad_()
+        with omp_threads(2), backend_ctx("cpu"):
+            y = ops.squeeze_excitation(xs, w1, b1, w2, b2, activation="silu", gate="hardsigmoid")
+            gx, = torch.autograd.grad(y, xs, gs)
+        outs.append((y[-1], gx[-1]))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

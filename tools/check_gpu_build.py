@@ -25,7 +25,7 @@ Prints one line per kernel (and config) and a summary; exit status 1 on a violat
 check cannot run (no objects, no cuobjdump). Flags: --sass-only, --triton-only, --json (one JSON
 document on stdout instead of the lines).
 
-    python tools/check_gpu_build.py [--sass-only | --triton-only] [--json] [--jobs N]
+    python tools/check_gpu_build.py [--sass-only | --triton-only] [--json] [--jobs N] [--all-activations]
 """
 from __future__ import annotations
 
@@ -313,18 +313,28 @@ def check_sass(objects, cuobjdump):
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
+# Activation codes (triton_kernels/common.py apply_act). The elementwise kernels, small, are compiled
+# with every activation. The GEMM epilogue (58 configs per activation, ~10 s each on CI's 2 cores: the
+# check's time) with the superset epilogues only: relu6 (none and relu are relu6 with fewer selects on
+# the same live accumulator), silu (sigmoid is silu without the multiply by x) and hardswish
+# (hardsigmoid likewise); --all-activations adds sigmoid and hardsigmoid. The full sweep (2026-12-03,
+# zoo3) agreed: sigmoid spilled in 3 of silu's 6 spilling configs, hardsigmoid in none of hardswish's 4.
+ACTIVATIONS = ((1, "relu"), (2, "relu6"), (3, "silu"), (4, "hardswish"), (5, "sigmoid"), (6, "hardsigmoid"))
+GEMM_ACTS = ACTIVATIONS[1:4]
+
+
 def _probes():
     """Module name -> [(probe name, fn(dtype))]: each fn calls host functions of the module on small
-    CPU tensors, shaped so that every autotuned kernel is launched with its usual constexprs (bias,
-    residual and relu6 on: the epilogue CI holds spill-free; silu's spills in 6 of the 58 GEMM configs,
-    see the act branch's report). Lives here, not in triton_kernels, because only
-    this check needs it."""
+    CPU tensors, shaped so that every autotuned kernel is launched with its usual constexprs (bias and
+    residual on). The GEMM is probed with each activation epilogue of GEMM_ACTS (each selects its own
+    rows: gemm._SMOOTH_SPILLS); the conv kernels with relu6. Lives here, not in triton_kernels,
+    because only this check needs it."""
     import torch
 
-    def gemm(dt):
+    def gemm(dt, act):
         from triton_kernels import gemm as m
         a, b = torch.randn(96, 80, dtype=dt), torch.randn(80, 112, dtype=dt)
-        m.gemm(a, b, torch.randn(112, dtype=dt), 2, torch.empty(96, 112, dtype=dt))
+        m.gemm(a, b, torch.randn(112, dtype=dt), act, torch.empty(96, 112, dtype=dt))
 
     def conv_args(dt, groups=1, C=32, O=48):
         x = torch.randn(2, C, 9, 9, dtype=dt).to(memory_format=torch.channels_last)
@@ -374,8 +384,87 @@ def _probes():
         finally:
             m._depthwise_splits = saved
 
+    # The Triton kernels without autotuning (se, distill, quant, the elementwise activation): each
+    # is compiled at the tile and num_warps its host function picks for the probe's shape, so the
+    # shapes below reach each launcher's tile choices (named in the probe). Kernels whose operands do
+    # not follow the probe dtype (quant: uint8 / int8) are probed once, under float32.
+    def act_elementwise(dt, act):
+        from triton_kernels import gemm as m
+        x = torch.randn(3, 5, 7, dtype=dt)
+        m.act_fwd(x, act, torch.empty_like(x))
+        m.act_bwd(torch.randn_like(x), x, act, torch.empty_like(x))
+
+    def se(dt, C, H, channels_last, act, gate):
+        # C, H pick the [BLOCK_S, BLOCK_C] tile (se._tile); fwd and bwd with every gradient wanted
+        from triton_kernels import se as m
+        N, R, HW = 2, max(1, C // 4), H * H
+        acc = torch.float64 if dt == torch.float64 else torch.float32
+        x, g = torch.randn(N, C, HW, dtype=dt), torch.randn(N, C, HW, dtype=dt)
+        w1, b1, w2, b2 = (torch.randn(R, C, dtype=acc), torch.randn(R, dtype=acc), torch.randn(C, R, dtype=acc),
+                          torch.randn(C, dtype=acc))
+        pooled, hidden, z = torch.randn(N, C, dtype=acc), torch.randn(N, R, dtype=acc), torch.randn(N, C, dtype=acc)
+        m.se_fwd(x, w1, b1, w2, b2, torch.empty_like(x), pooled, hidden, z, N, C, HW, R, channels_last, act, gate)
+        m.se_bwd(g, x, w1, w2, pooled, hidden, z, torch.empty_like(x), torch.empty_like(w1), torch.empty_like(b1),
+                 torch.empty_like(w2), torch.empty_like(b2), N, C, HW, R, channels_last, act, gate)
+
+    def drop_path(dt, residual):
+        from triton_kernels import se as m
+        acc = torch.float64 if dt == torch.float64 else torch.float32
+        x = torch.randn(3, 100, dtype=dt)
+        m.drop_path(x, torch.rand(3, dtype=acc), torch.randn_like(x) if residual else None, torch.empty_like(x), 3, 100)
+
+    def distill(dt, C, reduction):
+        # C picks the tile (distill._tiles): 10 -> 16 columns x 128 rows, 100 -> 128 x 16, 5000 -> the
+        # 4096-column sweep; reduction 0 none (per-row loss), 1 mean, 2 sum (ticketed final sum)
+        from triton_kernels import distill as m
+        N = 6
+        acc = torch.float64 if dt == torch.float64 else torch.float32
+        s, t = torch.randn(N, C, dtype=dt), torch.randn(N, C, dtype=dt)
+        loss = torch.empty(N if reduction == 0 else (), dtype=acc)
+        m.distill_fwd(s, t, torch.randint(0, C, (N,)), -100, reduction, 0.1, 2.0, 0.5, loss, torch.empty_like(s),
+                      torch.empty((), dtype=acc) if reduction == 1 else None,
+                      torch.empty(2 * N, dtype=acc) if reduction else None,
+                      torch.zeros(1, dtype=torch.int32) if reduction else None)
+
+    def quant(dt, which):
+        if dt != torch.float32:
+            return
+        from triton_kernels import quant as m
+        u8 = lambda *shape: torch.randint(0, 256, shape, dtype=torch.uint8)  # noqa: E731
+        if which in ("gemm-float", "gemm-uint8"):
+            M, N, K = 40, 24, 70
+            w = torch.randint(-127, 128, (N, K), dtype=torch.int8)
+            colsum = w.to(torch.int32).sum(1, dtype=torch.int32)
+            bias, mult = torch.randint(-1000, 1000, (N,), dtype=torch.int32), torch.rand(N)
+            if which == "gemm-float":   # float32 output with the relu6 epilogue (relu is a subset)
+                m.quant_gemm(u8(M, K), 3, w, colsum, bias, mult, None, 0, 0.0, 0, 0, 255, 2,
+                             torch.empty(M, N))
+            else:                       # uint8 output with the residual add
+                m.quant_gemm(u8(M, K), 3, w, colsum, bias, mult, u8(M, N), 5, 0.7, 9, 0, 255, 0,
+                             torch.empty(M, N, dtype=torch.uint8))
+        elif which == "im2col":
+            x = u8(2, 6, 9, 9)
+            m.quant_im2col(x, 0, 6, 3, 3, (2, 2), (1, 1), (1, 1), 5, 5, 7, torch.empty(2 * 25, 54, dtype=torch.uint8))
+        elif which == "max_pool":
+            x = u8(2, 6, 9, 9)
+            m.quant_max_pool2d(x, (3, 3), (2, 2), (1, 1), (1, 1), 5, 5, torch.empty(2 * 25, 6, dtype=torch.uint8))
+        elif which == "adaptive_avg_pool":
+            x = u8(2, 6, 9, 9)
+            m.quant_adaptive_avg_pool2d(x, 2, 2, 4, 0.8, 6, torch.empty(2 * 4, 6, dtype=torch.uint8))
+        else:
+            m.quant_quantize(torch.randn(3, 100), 10.0, 128, torch.empty(3, 100, dtype=torch.uint8))
+
     return {
-        "gemm": [("gemm", gemm)],
+        "gemm": [(f"gemm-{name}", lambda dt, a=a: gemm(dt, a)) for a, name in GEMM_ACTS]
+        + [(f"act-{name}", lambda dt, a=a: act_elementwise(dt, a)) for a, name in ACTIVATIONS],
+        "se": [("se-nchw-hw289-silu-sigmoid", lambda dt: se(dt, 24, 17, False, 1, 0)),
+               ("se-nhwc-c200-relu-hardsigmoid", lambda dt: se(dt, 200, 3, True, 0, 1)),
+               ("drop_path", lambda dt: drop_path(dt, False)), ("drop_path_add", lambda dt: drop_path(dt, True))],
+        "distill": [("distill-c10-mean", lambda dt: distill(dt, 10, 1)),
+                    ("distill-c100-none", lambda dt: distill(dt, 100, 0)),
+                    ("distill-c5000-sum", lambda dt: distill(dt, 5000, 2))],
+        "quant": [(w, lambda dt, w=w: quant(dt, w)) for w in ("gemm-float", "gemm-uint8", "im2col", "max_pool",
+                                                              "adaptive_avg_pool", "quantize")],
         "conv": [("fwd", conv_fwd), ("depthwise", conv_dw), ("dgrad", conv_dgrad),
                  ("wgrad", conv_wgrad), ("wgrad-split", lambda dt: conv_wgrad(dt, 4)),
                  ("depthwise-dgrad", conv_dw_dgrad), ("depthwise-wgrad", conv_dw_wgrad),
@@ -413,13 +502,16 @@ def _record_launches(probes, dtypes):
     return out
 
 
-def selectable_configs(autotuner, dtype: str, cap: int):
+def selectable_configs(autotuner, dtype: str, cap: int, constexprs=None):
     """The configs a launch of this dtype on this arch can pick: the early_config_prune's own
-    selection when it offers one (select(configs, dtype, cap), see triton_kernels/_config.py), else
-    all of them."""
+    selection when it offers one (select(configs, dtype, cap), see triton_kernels/_config.py; given
+    the launch's keyword constexprs when it takes them, as rows may be limited by e.g. ACT), else all
+    of them."""
     prune = autotuner.early_config_prune
     select = getattr(prune, "select", None)
     if select is not None:
+        if constexprs is not None and "constexprs" in inspect.signature(select).parameters:
+            return select(autotuner.configs, dtype, cap, constexprs=constexprs)
         return select(autotuner.configs, dtype, cap)
     return list(autotuner.configs)
 
@@ -452,7 +544,7 @@ def _jobs_for(module_name, module, probes, dtypes, caps):
         for kern, probe, dt, args, kwargs in launches:
             covered.add(id(kern))
             if isinstance(kern, Autotuner):
-                fn, configs = kern.fn, selectable_configs(kern, dt, cap)
+                fn, configs = kern.fn, selectable_configs(kern, dt, cap, kwargs)
                 if not configs:
                     empty.append(f"{_kernel_name(kern)}: no config left for {dt} on sm_{cap}")
             else:
@@ -659,7 +751,12 @@ def main(argv=None):
     ap.add_argument("--archs", default="90,80", help="Triton targets, e.g. 90,80")
     ap.add_argument("--dtypes", default=",".join(DTYPES))
     ap.add_argument("--no-cache", action="store_true", help="recompile every Triton config")
+    ap.add_argument("--all-activations", action="store_true",
+                    help="compile the GEMM with every smooth activation (default: relu6, silu, hardswish)")
     args = ap.parse_args(argv)
+    global GEMM_ACTS
+    if args.all_activations:
+        GEMM_ACTS = ACTIVATIONS[1:]
 
     start = time.time()
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))

@@ -58,9 +58,16 @@ class DtypeArchPrune:
     archs and those whose pipeline (``pipeline_smem``) exceeds its shared memory. ``select`` is the same choice for a named dtype
     and capability, which tools/check_gpu_build.py uses to compile exactly the selectable configs."""
 
-    def select(self, configs, dtype, cap, smem_limit=None):
+    def __init__(self, skip=None):
+        # skip(config, dtype, cap, constexprs) -> True drops a row for that launch (e.g. the GEMM rows
+        # that spill with a smooth activation's epilogue); cap is None without a device
+        self.skip = skip
+
+    def select(self, configs, dtype, cap, smem_limit=None, constexprs=None):
         limit = smem_limit if smem_limit is not None else SMEM_LIMIT.get(cap)
         mine = [c for c in configs if dtype in c.dtypes and (c.caps is None or cap is None or cap in c.caps)]
+        if self.skip is not None and constexprs is not None:
+            mine = [c for c in mine if not self.skip(c, dtype, cap, constexprs)]
         if limit is None:
             return mine
         fits = [c for c in mine if pipeline_smem(c, dtype) <= limit]
@@ -74,14 +81,14 @@ class DtypeArchPrune:
         t = next(v for v in named_args.values() if isinstance(v, torch.Tensor))
         dtype = str(t.dtype).removeprefix("torch.")
         if t.device.type != "cuda":
-            chosen = self.select(configs, dtype, None)
+            chosen = self.select(configs, dtype, None, constexprs=kwargs)
         else:
             major, minor = torch.cuda.get_device_capability(t.device)
             cap = major * 10 + minor
             limit = SMEM_LIMIT.get(cap)
             if limit is None:
                 limit = torch.cuda.get_device_properties(t.device).shared_memory_per_block_optin
-            chosen = self.select(configs, dtype, cap, limit)
+            chosen = self.select(configs, dtype, cap, limit, constexprs=kwargs)
         return chosen[:1] if ONE_CONFIG else chosen
 
 
@@ -93,12 +100,13 @@ class TunedTable:
         self.prune = prune
 
 
-def tuned_table(names, tables, interpret_row):
+def tuned_table(names, tables, interpret_row, skip=None):
     """Per-dtype autotune table: ``tables`` maps a tuple of dtype names (FP16, FP32, FP64), optionally
     followed by compute capabilities (``FP16 + (90,)``: those archs only, for rows that spill on
     others), to rows, each the values of the meta-parameters ``names`` in order, then num_warps and
-    num_stages. Under the interpreter: ``interpret_row`` alone, for every dtype. Keeps each kernel's
-    tuning table to its numbers."""
+    num_stages. Under the interpreter: ``interpret_row`` alone, for every dtype. ``skip``: see
+    DtypeArchPrune (the launch's constexprs can drop rows). Keeps each kernel's tuning table to its
+    numbers."""
     by_row = {}
     for key, rows in tables.items():
         dtypes = {k for k in key if isinstance(k, str)}
@@ -112,4 +120,4 @@ def tuned_table(names, tables, interpret_row):
         configs.append(c)
     interp = _row_config(names, interpret_row)
     interp.dtypes, interp.caps = frozenset(ITEMSIZE), None
-    return TunedTable(autotune_configs(configs, interp), {"early_config_prune": DtypeArchPrune()})
+    return TunedTable(autotune_configs(configs, interp), {"early_config_prune": DtypeArchPrune(skip)})

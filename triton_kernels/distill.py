@@ -36,8 +36,11 @@ import triton.language as tl
 
 # Largest column tile per program (two tiles, student and teacher, are live); longer rows are swept.
 MAX_TILE_C = 4096
-# Elements per program tile for short rows (BLOCK_M rows of BLOCK_C columns).
+# Elements per program tile for short rows (BLOCK_M rows of BLOCK_C columns); float64 values take two
+# registers each: a quarter of the tile (2048 spilled ~100 LDL/STL, 400 B of stack, at C = 10 and 100 on
+# sm_80 / sm_90 in tools/check_gpu_build.py).
 TILE_ELEMS = 2048
+TILE_ELEMS_FP64 = 512
 
 
 @triton.jit
@@ -173,10 +176,10 @@ def _distill_fwd_kernel(
             tl.atomic_xchg(counter_ptr, 0)          # left zeroed for the next launch on this stream
 
 
-def _tiles(C: int):
+def _tiles(C: int, fp64: bool = False):
     """(BLOCK_M, BLOCK_C, num_warps) for rows of C elements."""
     block_c = min(max(16, triton.next_power_of_2(max(C, 1))), MAX_TILE_C)
-    block_m = max(1, TILE_ELEMS // block_c)
+    block_m = max(1, (TILE_ELEMS_FP64 if fp64 else TILE_ELEMS) // block_c)
     # 8 warps: at most 16 elements of each of the two tiles per thread. Checked with
     # tools/check_gpu_build.py's compile_job (sm_80 / sm_90, float32 / bfloat16, C = 10 / 100 / 5000):
     # no spills (C <= 128: ~205-255 registers). 4 warps spilled (255 registers, ~600 B of stack at
@@ -199,7 +202,7 @@ def distill_fwd(s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, ignore_i
     N, C = s.shape
     per_row = reduction == 0
     acc64 = s.dtype == torch.float64
-    block_m, block_c, num_warps = _tiles(C)
+    block_m, block_c, num_warps = _tiles(C, acc64)
     scalars = []
     for v in (1.0 / temperature, alpha * temperature * temperature, alpha * temperature, 1.0 - alpha, eps):
         scalars += _hi_lo(v)

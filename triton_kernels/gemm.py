@@ -45,10 +45,36 @@ _GEMM = tuned_table(("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"), {
            (64, 32, 32, 8, 4, 4), (32, 64, 32, 8, 4, 4)],
     FP64: [(64, 64, 16, 8, 4, 3), (64, 64, 32, 8, 8, 3), (64, 32, 32, 8, 4, 3), (32, 64, 32, 8, 4, 3),
            (32, 32, 32, 8, 4, 3)],
-}, (32, 32, 32, 4, 4, 1))
+}, (32, 32, 32, 4, 4, 1), skip=lambda c, dtype, cap, constexprs: _spills_with(c, dtype, cap, constexprs.get("ACT")))
+
+# Rows that spill with a smooth activation's epilogue (silu 3, hardswish 4, sigmoid 5, hardsigmoid 6:
+# an exp or a division per element while the tile's accumulator is live), as compiled by
+# tools/check_gpu_build.py --all-activations (every activation, 2026-12-03): the 16-bit 256x128 / 128x256 tiles hold
+# 128 fp32 accumulators per thread at 255 registers (256x128: 1-7 LDL/STL with silu, hardswish and
+# sigmoid on sm_80 and sm_90; 128x256: silu on sm_90), and fp32 64x64x32 w4 s4 spills 1 LDL / 2 STL
+# with silu on sm_90 at 96 registers (ptxas keeps two loop-invariant addresses in local memory). A
+# launch with a smooth activation picks among the other rows (ACT is part of the autotune key, so
+# it is tuned apart); none / relu / relu6 keep every row. Keys: row, then (dtypes, archs).
+_SMOOTH_SPILLS = {
+    (256, 128, 64, 8, 8, 3): (FP16, (80, 90)),
+    (128, 256, 64, 8, 8, 3): (FP16, (90,)),
+    (64, 64, 32, 8, 4, 4): (FP32, (90,)),
+}
+SMOOTH_ACTS = (3, 4, 5, 6)
 
 
-@triton.autotune(configs=_GEMM.configs, key=["M", "N", "K", "IS_FP32", "ACC_FP64"], prune_configs_by=_GEMM.prune)
+def _spills_with(config, dtype, cap, act):
+    """True when ``config`` is one of _SMOOTH_SPILLS for this dtype and arch (any arch when cap is None)
+    and ``act`` is a smooth activation."""
+    if act not in SMOOTH_ACTS:
+        return False
+    k = config.kwargs
+    row = (k["BLOCK_M"], k["BLOCK_N"], k["BLOCK_K"], k["GROUP_M"], config.num_warps, config.num_stages)
+    dtypes, caps = _SMOOTH_SPILLS.get(row, ((), ()))
+    return dtype in dtypes and (cap is None or cap in caps)
+
+
+@triton.autotune(configs=_GEMM.configs, key=["M", "N", "K", "IS_FP32", "ACC_FP64", "ACT"], prune_configs_by=_GEMM.prune)
 @triton.jit
 def _gemm_fwd_kernel(
     a_ptr, b_ptr, bias_ptr, c_ptr,

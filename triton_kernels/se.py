@@ -33,8 +33,10 @@ import triton.language as tl
 
 from ._config import INTERPRET
 
-# ATen's hardsigmoid backward multiplies by the float constant 1.0f / 6.0f for every dtype.
-_ONE_SIXTH = 0.1666666716337204
+# ATen's hardsigmoid backward multiplies by the float constant 1.0f / 6.0f for every dtype. A
+# constexpr: a compiled kernel may read only constexpr globals (a plain float compiled under the
+# interpreter only; tools/check_gpu_build.py's se probe failed on it for sm_80 / sm_90).
+_ONE_SIXTH = tl.constexpr(0.1666666716337204)
 
 
 # ----------------------------------------------------------------------------- formulas

@@ -14,16 +14,23 @@
 //   (backward). NCHW: one OpenMP work item per (n, c) plane, summed in blocks of kBlock values in T
 //   (vectorised) whose block sums are added in float64. NHWC: one work item per (n, block of kCBlock
 //   channels); the HW rows are added channel-wise (inner loop along C, vectorised) in T over
-//   kFlushRows rows, then flushed into float64 per channel. (2) The tiny per-sample matrix-vector
-//   products (R*C multiply-adds each way per sample), in float64, one work item per sample; the
-//   weight gradients are sums over n in sample order, one work item per weight row (deterministic,
-//   independent of the thread count). (3) An element-wise pass, out = a * gate + add, one work item
+//   kFlushRows rows, then flushed into float64 per channel. (2) The squeeze's two 1x1 convolutions
+//   as GEMMs over the batch, in float64: hidden [N, R] = pooled [N, C] x W1^T [C, R], z [N, C] =
+//   act(hidden) [N, R] x W2^T [R, C] (backward: W2^T gz and W1^T gh, through transposed copies of the
+//   weights). dot_rows: one work item per kRowBlock weight rows, each row (I values, in L1) dotted
+//   with kSamples samples at a time, so the weights are read once per call instead of once per
+//   sample (the per-sample matrix-vector products re-read R*C weights N times: on the small late
+//   maps, C = 1152 and 2x2, those reads were the SE block's time). Every output is one dot product
+//   summed in a fixed order by one thread (deterministic, independent of the thread count and of
+//   N: a partial sample block repeats its last sample). The weight gradients are sums over n in
+//   sample order, one work item per weight row. (3) An element-wise pass, out = a * gate + add, one work item
 //   per (n, c) plane (NCHW) or per (n, s) row (NHWC), with the per-(n, c) gate (and, backward,
 //   gpooled / HW) computed once in stage 2. Stages 1 and 3 are the memory-bound ones: they are
 //   compiled for baseline / AVX2 / AVX-512 (common.h: Compiled, isa_variant) and picked at run time.
 //   drop_path: one work item per (n, block of kBlock elements), a vectorised multiply(-add).
 //
-// Cost (Q = N*C*HW elements of T bytes; the MLP is 2*N*R*C multiply-adds each way)
+// Cost (Q = N*C*HW elements of T bytes; the MLP is 2*N*R*C multiply-adds each way and reads the
+// 2*R*C weights once: 2*R*C*T bytes, + 2*R*C*T for the transposed copies in the backward)
 //   fwd:  reads x twice (pool, scale), writes y: min bytes 3*T*Q (2*T*Q when x stays in cache)
 //   bwd:  reads grad and x (reduction), grad again (grad_input), writes grad_input: min bytes 3*T*Q..4*T*Q
 //   drop_path: reads x (+ residual), writes out: 2*T*N*M (3*T*N*M)
@@ -50,6 +57,9 @@ constexpr int64_t kBlock = 1024;
 // NHWC reduction: channels per work item and rows summed in T before the float64 flush.
 constexpr int64_t kCBlock = 64;
 constexpr int64_t kFlushRows = 64;
+// dot_rows: weight rows per work item, samples per pass over a row (four float64 accumulators).
+constexpr int64_t kRowBlock = 4;
+constexpr int64_t kSamples = 4;
 
 inline bool parallel(int64_t work) { return work >= kParallelGrain && omp_get_max_threads() > 1; }
 
@@ -189,40 +199,88 @@ void scale_pass(Isa isa, const T* a, const T* m, const T* add, T* out, int64_t N
   }
 }
 
+// ---- stage 2: out [N, O] = in [N, I] x wt^T, wt [O, I] row-major (a weight or its transposed copy).
+template <typename W>
+struct DotRows {  // weight rows [o0, o1): out[n*O + o] = sum_i wt[o*I + i] * in[n*I + i], all n
+  PYIMGCLS_INLINE static void run(const W* wt, const double* in, double* out, int64_t N, int64_t I, int64_t O,
+                                  int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const W* w = wt + o * I;
+      for (int64_t n0 = 0; n0 < N; n0 += kSamples) {
+        // Past N the block repeats sample N - 1 (results dropped): every sample's sum runs the same
+        // instruction sequence whatever N and the block it falls in.
+        const double* x0 = in + std::min(n0, N - 1) * I;
+        const double* x1 = in + std::min(n0 + 1, N - 1) * I;
+        const double* x2 = in + std::min(n0 + 2, N - 1) * I;
+        const double* x3 = in + std::min(n0 + 3, N - 1) * I;
+        double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+        for (int64_t i = 0; i < I; ++i) {
+          const double wv = double(w[i]);
+          a0 += wv * x0[i];
+          a1 += wv * x1[i];
+          a2 += wv * x2[i];
+          a3 += wv * x3[i];
+        }
+        const double acc[kSamples] = {a0, a1, a2, a3};
+        for (int64_t k = 0; k < kSamples && n0 + k < N; ++k) out[(n0 + k) * O + o] = acc[k];
+      }
+    }
+  }
+};
+
+template <typename W>
+void dot_rows(Isa isa, const W* wt, const double* in, double* out, int64_t N, int64_t I, int64_t O) {
+  auto fn = isa_variant<void (*)(const W*, const double*, double*, int64_t, int64_t, int64_t, int64_t, int64_t),
+                        DotRows<W>>(isa);
+  const int64_t items = (O + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel for schedule(static) if (parallel(N * I * O))
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t o0 = item * kRowBlock;
+    fn(wt, in, out, N, I, O, o0, std::min(O, o0 + kRowBlock));
+  }
+}
+
+// dst [cols, rows] = src [rows, cols]^T (the backward's transposed weights: R*C values).
+template <typename T>
+std::vector<T> transposed(const T* src, int64_t rows, int64_t cols) {
+  std::vector<T> dst(rows * cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
+  return dst;
+}
+
 template <typename T>
 void fwd_impl(const T* x, const T* w1, const T* b1, const T* w2, const T* b2, T* y, T* pooled, T* hidden, T* z,
               int64_t N, int64_t C, int64_t HW, int64_t R, bool cl, int act, int gate) {
   const Isa isa = active_isa();
   std::vector<double> sums(N * C);
   spatial_sums<T, false>(isa, x, nullptr, sums.data(), N, C, HW, cl);
-  std::vector<T> g(N * C);
-#pragma omp parallel if (parallel(N * C * R))
-  {
-    std::vector<double> a(R);
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      T* pn = pooled + n * C;
-      for (int64_t c = 0; c < C; ++c) pn[c] = T(sums[n * C + c] / double(HW));
-      for (int64_t j = 0; j < R; ++j) {
-        const T* wr = w1 + j * C;
-        double h = 0.0;
-#pragma omp simd reduction(+ : h)
-        for (int64_t c = 0; c < C; ++c) h += double(wr[c]) * double(pn[c]);
-        if (b1) h += double(b1[j]);
-        hidden[n * R + j] = T(h);
-        a[j] = se_act(double(T(h)), act);
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        const T* wr = w2 + c * R;
-        double v = 0.0;
-#pragma omp simd reduction(+ : v)
-        for (int64_t j = 0; j < R; ++j) v += double(wr[j]) * a[j];
-        if (b2) v += double(b2[c]);
-        z[n * C + c] = T(v);
-        g[n * C + c] = T(se_gate(double(T(v)), gate));
-      }
-    }
+  // pooled (rounded to T, as stored for the backward) in float64 for the GEMMs
+  std::vector<double> p(N * C);
+  for (int64_t i = 0; i < N * C; ++i) {
+    pooled[i] = T(sums[i] / double(HW));
+    p[i] = double(pooled[i]);
   }
+  std::vector<double> h(N * R), a(N * R), v(N * C);
+  dot_rows<T>(isa, w1, p.data(), h.data(), N, C, R);  // h = pooled W1^T
+  const bool par = parallel(N * C * R);
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < R; ++j) {
+      const T hv = T(b1 ? h[n * R + j] + double(b1[j]) : h[n * R + j]);
+      hidden[n * R + j] = hv;
+      a[n * R + j] = se_act(double(hv), act);
+    }
+  dot_rows<T>(isa, w2, a.data(), v.data(), N, R, C);  // v = act(hidden) W2^T
+  std::vector<T> g(N * C);
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const T zv = T(b2 ? v[n * C + c] + double(b2[c]) : v[n * C + c]);
+      z[n * C + c] = zv;
+      g[n * C + c] = T(se_gate(double(zv), gate));
+    }
   scale_pass<T, false>(isa, x, g.data(), nullptr, y, N, C, HW, cl);
 }
 
@@ -234,41 +292,29 @@ void bwd_impl(const T* grad, const T* x, const T* w1, const T* w2, const T* pool
   std::vector<double> gz(N * C), gh(N * R), ah(N * R);
   spatial_sums<T, true>(isa, grad, x, gz.data(), N, C, HW, cl);
   std::vector<T> g(gx ? N * C : 0), gpool(gx ? N * C : 0);
-#pragma omp parallel if (parallel(N * C * R))
+  const bool par = parallel(N * C * R);
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t i = 0; i < N * C; ++i) gz[i] = se_gate_grad(double(z[i]), gz[i], gate);
+  // gh = (gz W2) act'(hidden): dot products with the rows of W2^T [R, C] (a transposed copy)
   {
-    std::vector<double> acc(std::max(C, R));
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      double* gzn = gz.data() + n * C;
-      double* ghn = gh.data() + n * R;
-      for (int64_t c = 0; c < C; ++c) gzn[c] = se_gate_grad(double(z[n * C + c]), gzn[c], gate);
-      // gh = (W2^T gz) act'(hidden): rows of W2 [C, R] added with weight gz[c]
-      std::fill(acc.begin(), acc.begin() + R, 0.0);
-      for (int64_t c = 0; c < C; ++c) {
-        const T* wr = w2 + c * R;
-        const double s = gzn[c];
-#pragma omp simd
-        for (int64_t j = 0; j < R; ++j) acc[j] += double(wr[j]) * s;
-      }
-      for (int64_t j = 0; j < R; ++j) {
-        const double h = double(hidden[n * R + j]);
-        ghn[j] = se_act_grad(h, acc[j], act);
-        ah[n * R + j] = se_act(h, act);
-      }
-      if (gx) {
-        // gpooled = W1^T gh: rows of W1 [R, C] added with weight gh[j]
-        std::fill(acc.begin(), acc.begin() + C, 0.0);
-        for (int64_t j = 0; j < R; ++j) {
-          const T* wr = w1 + j * C;
-          const double s = ghn[j];
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) acc[c] += double(wr[c]) * s;
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          gpool[n * C + c] = T(acc[c] / double(HW));
-          g[n * C + c] = T(se_gate(double(z[n * C + c]), gate));
-        }
-      }
+    const std::vector<T> w2t = transposed(w2, C, R);
+    dot_rows<T>(isa, w2t.data(), gz.data(), gh.data(), N, C, R);
+  }
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t i = 0; i < N * R; ++i) {
+    const double hv = double(hidden[i]);
+    gh[i] = se_act_grad(hv, gh[i], act);
+    ah[i] = se_act(hv, act);
+  }
+  if (gx) {
+    // gpooled = gh W1: dot products with the rows of W1^T [C, R]
+    const std::vector<T> w1t = transposed(w1, R, C);
+    std::vector<double> gp(N * C);
+    dot_rows<T>(isa, w1t.data(), gh.data(), gp.data(), N, R, C);
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t i = 0; i < N * C; ++i) {
+      gpool[i] = T(gp[i] / double(HW));
+      g[i] = T(se_gate(double(z[i]), gate));
     }
   }
   // Weight gradients: one work item per weight row, samples added in order.
