@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--epochs", type=int, default=4, help="student epochs (both arms)")
     p.add_argument("--teacher-epochs", type=int, default=10)
+    p.add_argument("--limit-train", type=int, default=None, metavar="N",
+                   help="students (both arms) see only the first N training images; the teacher sees all")
     p.add_argument("--kd", type=kd_pair, nargs="+", default=[(4.0, 0.5)], metavar="T:ALPHA",
                    help="one distilled arm per temperature:alpha pair")
     p.add_argument("--clip-grad-norm", type=float, default=2.0, metavar="MAX",
@@ -81,6 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--kernels", default="cpu", help="--kernels of every training run")
     p.add_argument("--retrain-teacher", action="store_true")
     p.add_argument("--out", default="runs/distill_experiment")
+    p.add_argument("--teacher-dir", default=None, metavar="DIR",
+                   help="the teacher's run folder (default: OUT/teacher_<model>); reused as described above")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the summary here")
     args = p.parse_args(argv)
     if len(args.seeds) < 1:
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
               "--threads", args.threads]
     student = common + (["--clip-grad-norm", args.clip_grad_norm] if args.clip_grad_norm > 0 else [])
     wall0 = time.perf_counter()
-    teacher_dir = os.path.join(args.out, f"teacher_{args.teacher_model}")
+    teacher_dir = args.teacher_dir or os.path.join(args.out, f"teacher_{args.teacher_model}")
     teacher = None
     if not args.retrain_teacher and os.path.isfile(os.path.join(teacher_dir, "metrics.json")):
         with open(os.path.join(teacher_dir, "config.json")) as f:
@@ -107,6 +111,8 @@ def main(argv=None) -> int:
     rows = []
     for seed in args.seeds:
         base = ["--model", args.student_model, "--in-channels", 3, "--epochs", args.epochs, "--seed", seed]
+        if args.limit_train:
+            base += ["--limit-train", args.limit_train]
         row = {"seed": seed}
         m = run(student, base + ["--out", os.path.join(args.out, f"{args.student_model}_alone_seed{seed}")])
         row["alone"] = m["test_accuracy"]
@@ -123,7 +129,7 @@ def main(argv=None) -> int:
         "teacher": {"model": args.teacher_model, "epochs": args.teacher_epochs, "seed": 0,
                     "test_accuracy": teacher["test_accuracy"], "train_time_s": teacher.get("train_time_s")},
         "student": f"{args.student_model} (--in-channels 3)", "epochs": args.epochs,
-        "clip_grad_norm": args.clip_grad_norm or None,
+        "clip_grad_norm": args.clip_grad_norm or None, "student_limit_train": args.limit_train,
         "test_images": teacher.get("num_test"), "train_images": teacher.get("num_train"),
         "runs": rows,
         "arms": {},
