@@ -42,6 +42,7 @@ import report  # noqa: E402
 
 import pyimgcls  # noqa: E402
 from pyimgcls import cli  # noqa: E402
+from pyimgcls.training.loop import restore_cpu_threads, set_cpu_threads  # noqa: E402
 
 THREADS, BATCH, SIZE = 2, 64, 32
 
@@ -106,6 +107,10 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-lr", type=float, default=0.02)
     p.add_argument("--amount", type=float, default=0.5)
     p.add_argument("--criterion", default="l1")
+    p.add_argument("--train-threads", type=int, default=1,
+                   help="CPU threads of the training and fine-tuning runs (timing always uses 2, and 1 as well): "
+                        "on a shared 2-core machine two OpenMP threads spin at every barrier for a descheduled "
+                        "partner, and a ResNet-18 training step took ~10x longer with 2 threads than with 1")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -115,7 +120,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     work = args.work or tempfile.mkdtemp(prefix="bench_prune_")
     os.makedirs(work, exist_ok=True)
-    common = ["--threads", THREADS, "--kernels", "cpu", "--no-plots", "--quiet", "--seed", args.seed]
+    common = ["--threads", args.train_threads, "--kernels", "cpu", "--no-plots", "--quiet", "--seed", args.seed]
 
     base = args.base
     if base is None:
@@ -133,8 +138,8 @@ def main(argv=None) -> int:
     acc_pruned_raw = _eval(pruned_file, os.path.join(work, "eval_pruned"))
     acc_ft = _eval(os.path.join(ft, "best.pt"), os.path.join(work, "eval_finetuned"))
 
-    saved = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
+    # torch's intra-op pool and our kernels' OpenMP (the system libgomp) both get the thread count
+    saved = set_cpu_threads(THREADS)
     try:
         pyimgcls.set_backend("cpu")
         dense = pyimgcls.load_model(os.path.join(base, "best.pt"))
@@ -144,11 +149,14 @@ def main(argv=None) -> int:
                   "dense_fused": pyimgcls.fuse_for_inference(dense),
                   "pruned_fused": pyimgcls.fuse_for_inference(pruned)}
         times = time_interleaved(models, x, args.rounds, args.iters)
+        # the same at one thread: on a loaded shared machine the least disturbed ratio
+        set_cpu_threads(1)
+        times_1t = time_interleaved({"dense": dense, "pruned": pruned}, x, args.rounds, args.iters)
         n_dense = sum(q.numel() for q in dense.parameters())
         n_pruned = sum(q.numel() for q in pruned.parameters())
         mac_dense, mac_pruned = macs(dense, x[:1]), macs(pruned, x[:1])
     finally:
-        torch.set_num_threads(saved)
+        restore_cpu_threads(saved)
         pyimgcls.set_backend("auto")
 
     load = os.getloadavg()
@@ -163,6 +171,8 @@ def main(argv=None) -> int:
         "macs_per_image_dense": mac_dense, "macs_per_image_pruned": mac_pruned,
         "time_ratio": round(times["pruned"]["median_ms"] / times["dense"]["median_ms"], 4),
         "time_ratio_fused": round(times["pruned_fused"]["median_ms"] / times["dense_fused"]["median_ms"], 4),
+        "time_ratio_1_thread": round(times_1t["pruned"]["median_ms"] / times_1t["dense"]["median_ms"], 4),
+        "timings_1_thread_ms": times_1t, "train_threads": args.train_threads,
         "threads": THREADS, "batch": BATCH, "rounds": args.rounds, "iters_per_round": args.iters,
         "timings_ms": times, "load_average_at_end": [round(v, 2) for v in load], "note": args.note,
         "wall_s": round(time.perf_counter() - t_start, 1),

@@ -368,6 +368,92 @@ def test_ops_without_a_rule_freeze_their_channels():
         torch.testing.assert_close(pruned(x), ref, rtol=1e-5, atol=1e-5)
 
 
+def _shufflenet():
+    # 2 / 4 / 2 units: a stage with three stride-1 units after its stride-2 one, so the pass-through
+    # halves of later units gather channels from several earlier shuffles (the uneven trunk classes)
+    torch.manual_seed(0)
+    m = ShuffleNetV2([2, 4, 2], [8, 16, 24, 32, 40], num_classes=10)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                mod.weight.uniform_(0.2, 1.5)
+                mod.bias.uniform_(-0.3, 0.3)
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+    return m.eval()
+
+
+def test_shufflenet_prunes_through_the_shuffle_and_split():
+    m, x = _shufflenet(), torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        assert torch.equal(prune_channels(m, 0.0, example_input=x)(x), m(x))
+    for amount in (0.5, 0.75):
+        pruned = prune_channels(m, amount, example_input=x)
+        ref, _ = _masked_reference(m, x, amount, "l1")
+        with torch.no_grad():
+            torch.testing.assert_close(pruned(x), ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+        mods = dict(pruned.named_modules())
+        for name, unit in m.named_modules():
+            if not isinstance(unit, type(m.stage2[0])):
+                continue
+            p = mods[name]
+            # the shuffle's tie keeps the two concatenated halves equal, and the split follows them
+            half = getattr(p.branch2, "5").out_channels
+            assert p.branch_features == half
+            if unit.stride > 1:
+                assert getattr(p.branch1, "2").out_channels == half
+                # the shuffle ties output channel i of branch1 with output channel i of branch2
+                assert sorted(_kept_out(getattr(unit.branch1, "2"), getattr(p.branch1, "2"))) == sorted(_kept_out(
+                    getattr(unit.branch2, "5"), getattr(p.branch2, "5")))
+            assert getattr(p.branch2, "0").in_channels >= 1      # a branch never loses its whole input
+        # the trunk itself is pruned (before the shuffle rule it was frozen: only branch-inner convs shrank)
+        assert getattr(pruned.stage3[2].branch2, "5").out_channels < getattr(m.stage3[2].branch2, "5").out_channels
+        assert pruned.conv5[0].in_channels < m.conv5[0].in_channels
+        assert _params(pruned) < (0.45 if amount == 0.5 else 0.2) * _params(m)
+    pruned = prune_channels(m, 0.5, example_input=x)
+    # channels_last input: the same function
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x.contiguous(memory_format=torch.channels_last)), pruned(x),
+                                   rtol=1e-5, atol=1e-5)
+    # a pruned checkpoint's widths rebuild it, branch_features included
+    fresh = apply_architecture(ShuffleNetV2([2, 4, 2], [8, 16, 24, 32, 40], num_classes=10), architecture(pruned))
+    fresh.load_state_dict(pruned.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), pruned(x))
+    # batch 2, one training step
+    pruned.train()
+    xb = torch.randn(2, 3, 33, 33)
+    loss = nn.CrossEntropyLoss()(pruned(xb), torch.tensor([3, 8]))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None and torch.isfinite(p.grad).all()
+                                        for p in pruned.parameters())
+
+
+class _TorchShuffle(torch.nn.Module):
+    """torch.channel_shuffle (3 groups) between two convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 12, 3, padding=1)
+        self.b = nn.Conv2d(12, 5, 3, padding=1)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.head(self.b(torch.channel_shuffle(self.a(x), 3)).mean((2, 3)))
+
+
+def test_channel_shuffle_ties_each_position_across_groups():
+    torch.manual_seed(0)
+    m, x = _TorchShuffle().eval(), torch.randn(2, 3, 5, 5)
+    pruned = prune_channels(m, 0.5, example_input=x)
+    assert pruned.a.out_channels == 6 and pruned.b.in_channels == 6
+    kept = sorted(_kept_out(m.a, pruned.a))
+    assert kept == sorted({i % 4 + 4 * k for i in kept for k in range(3)})   # position i kept in all 3 groups
+    ref, _ = _masked_reference(m, x, 0.5, "l1")
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_channels_last_example_input_and_model():
     model, x = _build("mobilenet_v2")
     model = model.to(memory_format=torch.channels_last)

@@ -27,6 +27,20 @@ def architecture(model: torch.nn.Module) -> dict:
     return {"layers": layers}
 
 
+def sync_widths(model: torch.nn.Module) -> torch.nn.Module:
+    """Set the widths a model keeps outside its layers from the layers' (new) widths. ShuffleNetV2 units
+    split their input at ``branch_features`` and concatenate that pass-through half with the branch's
+    output before a 2-group shuffle; pruning keeps the two concatenated halves equal (the shuffle tie,
+    ``_trace``), so the pass-through width is the branch's last convolution's output width."""
+    from ..models.shufflenetv2 import InvertedResidual   # late: the models import the nn layers
+
+    for m in model.modules():
+        if isinstance(m, InvertedResidual):
+            last = [c for c in m.branch2.modules() if isinstance(c, CONV_TYPES)][-1]
+            m.branch_features = int(last.out_channels)
+    return model
+
+
 def _empty(p, shape):
     if p is None:
         return None
@@ -74,4 +88,4 @@ def apply_architecture(model: torch.nn.Module, arch: dict, what: str = "architec
             if isinstance(e, ArgumentValueError):
                 raise
             raise ArgumentValueError(f"{what}: layer {name!r}: malformed entry {spec!r}") from None
-    return model
+    return sync_widths(model)

@@ -4,7 +4,8 @@ Steps: trace the channel graph (``_trace.py``); group the prunable elements into
 tied by residual adds, SE gates, repeated calls are one class: kept or removed together) and the
 classes into *components* (the classes of convolutions whose outputs are tied: a residual stage, or a
 single conv); in each component remove the ``floor(amount * n)`` lowest-scoring of its ``n`` prunable
-classes (a class's score is the sum of its elements' scores); then slice every conv, BatchNorm and
+classes (a class's score is the mean of its elements' scores: the sum's order when the classes have
+equal sizes; a class whose removal would leave a convolution no input channel is passed over); then slice every conv, BatchNorm and
 Linear of a deep copy to the kept channels (a grouped conv loses whole groups). Frozen channels (model input and output,
 ops without a rule) are never removed and do not count in ``n``."""
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from ..errors import ArgumentTypeError, ArgumentValueError
 from . import _trace
+from ._arch import sync_widths
 from ._trace import Flat
 
 CRITERIA = ("l1", "bn_scale")
@@ -76,13 +78,20 @@ def _removed_classes(g, scores, amount, global_ranking: bool = False) -> set:
     """Roots of the classes to remove: per component, the floor(amount * n) lowest-scoring classes;
     with ``global_ranking``, the floor(amount * N) lowest of all N prunable classes, each score divided
     by its component's mean (filter norms grow with fan-in, so raw scores would rank layers, not channels)."""
-    class_score, class_frozen = {}, set()
+    class_score, class_size, class_frozen = {}, {}, set()
     for e, own in enumerate(g.owner):
         r = g.find(e)
         if e in g.frozen or own is None:
             # an element no conv owns (model input, Linear output, ...) cannot be removed
             class_frozen.add(r)
         class_score[r] = class_score.get(r, 0.0) + scores.get(e, 0.0)
+        class_size[r] = class_size.get(r, 0) + (e in scores)
+    # Rank by the mean over a class's scored elements: the same order as the sum where every class of
+    # a component has one element per layer (residual groups, grouped convs, SE gates); a ShuffleNetV2
+    # trunk's classes differ in size (a low channel index passes through more units and gathers more
+    # branch outputs), and the sum would remove only the small classes, i.e. few channels.
+    for r in class_score:
+        class_score[r] /= max(1, class_size[r])
     # components: union of the classes of each conv's output space
     comp_parent: dict = {}
 
@@ -100,6 +109,29 @@ def _removed_classes(g, scores, amount, global_ranking: bool = False) -> set:
     components: dict = {}
     for r in list(comp_parent):
         components.setdefault(cfind(r), set()).add(r)
+    # A convolution that reads only part of a component (a ShuffleNetV2 branch reads the second half of
+    # the shuffled trunk, whose channels belong to a few of the trunk's classes) must keep one input
+    # channel: a class whose removal would empty such an input is passed over for the next-lowest one.
+    # (A layer whose own output would be emptied still raises in _slice_model.)
+    readers: dict = {}                 # class root -> [(conv name, elements of the class it reads)]
+    left: dict = {}                    # conv name -> input elements not removed yet
+    for name, space in g.conv_in.items():
+        left[name] = len(space)
+        counts: dict = {}
+        for e in space:
+            r = g.find(e)
+            counts[r] = counts.get(r, 0) + 1
+        for r, n in counts.items():
+            readers.setdefault(r, []).append((name, n))
+
+    def remove_if_safe(r) -> bool:
+        if any(left[name] - n <= 0 for name, n in readers.get(r, ())):
+            return False
+        for name, n in readers.get(r, ()):
+            left[name] -= n
+        removed.add(r)
+        return True
+
     removed, ranked = set(), []
     for members in components.values():
         prunable = sorted((r for r in members if r not in class_frozen), key=lambda r: (class_score[r], r))
@@ -108,7 +140,10 @@ def _removed_classes(g, scores, amount, global_ranking: bool = False) -> set:
             ranked += [(class_score[r] / mean if mean > 0 else 0.0, r) for r in prunable]
             continue
         k = math.floor(amount * len(prunable) + 1e-9)
-        removed.update(prunable[:k])
+        for r in prunable:
+            if k == 0:
+                break
+            k -= remove_if_safe(r)
     if global_ranking:
         ranked.sort()
         removed.update(r for _, r in ranked[:math.floor(amount * len(ranked) + 1e-9)])
@@ -216,6 +251,7 @@ def prune_channels(model: torch.nn.Module, amount: float = 0.5, criterion: str =
     removed = _removed_classes(g, scores, float(amount), global_ranking)
     pruned = copy.deepcopy(model)
     _slice_model(pruned, g, removed)
+    sync_widths(pruned)
     pruned.train(model.training)
     return pruned
 

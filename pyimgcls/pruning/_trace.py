@@ -21,7 +21,14 @@ removed: always correct, only less pruning), as do the model's input and outputs
 (non-depthwise) convolution keeps or removes whole groups (a group's input and output channels tied);
 ``nn.SqueezeExcitation`` is a leaf too (its one op gates x's channels; fc1's squeeze channels are an
 inner group); ``pyimgcls::drop_path`` (stochastic depth, ``drop_path_add``) ties like a residual add.
-Supporting a new family means at most adding a rule here."""
+A channel shuffle with g groups (ShuffleNetV2's ``channel_shuffle``, torch's ``channel_shuffle``) permutes
+the space (output channel i*g + k is input channel k*n + i, n = C/g) and ties input channels k*n + i
+over k: each group then keeps the same positions, so the pruned tensor still splits into g equal
+groups and the pruned shuffle puts the kept channels in the original order. Inside a ShuffleNetV2
+unit the split ``x[:, :c]`` / ``x[:, c:]`` (c = ``branch_features``) slices the space; no tie is needed,
+because after pruning ``branch_features`` is set to the kept count of the first half (``_arch.sync_widths``:
+the shuffle tie makes it the unit's branch output width). A channel slice anywhere else has no rule
+(its bound is a constant of the model's code). Supporting a new family means at most adding a rule here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -127,6 +134,7 @@ class _Tracer(TorchFunctionMode):
         self.spaces: dict[int, object] = {}   # id(tensor) -> list (channel space) | Flat
         self.alive: list = []                 # keeps traced tensors alive so ids are not reused
         self.depth = 0                        # > 0 inside a leaf layer: its internals are not traced
+        self.units: list = []                 # the ShuffleNetV2 units being run, innermost last
         self.se_types = _se_types()
 
     # ------------------------------------------------------------------------------ spaces
@@ -212,7 +220,40 @@ class _Tracer(TorchFunctionMode):
             return self._drop_path(args, kwargs, out)
         if name in ("flatten", "view", "reshape") and x is not None:
             return self._flatten(x, out)
+        if name in ("channel_shuffle", "native_channel_shuffle") and x is not None:
+            groups = args[1] if len(args) > 1 else kwargs.get("groups")
+            return self.shuffle(x, groups, out)
+        if name == "__getitem__" and x is not None and self.units:
+            return self._unit_split(x, args[1] if len(args) > 1 else None, out)
         raise _NoRule
+
+    def shuffle(self, x, groups, out) -> bool:
+        """Channel shuffle: out[:, i*g + k] = x[:, k*n + i] (n = C/g). The g channels {k*n + i : k} are
+        tied, so every group keeps the same positions i and the pruned shuffle stays a shuffle of g equal
+        groups that orders the kept channels as the original does."""
+        if not isinstance(groups, int) or groups < 1 or x.dim() < 2 or out.shape != x.shape or x.shape[1] % groups:
+            raise _NoRule
+        s = self.space(x)
+        if isinstance(s, Flat):
+            raise _NoRule
+        n = len(s) // groups
+        for i in range(n):
+            self.g.tie([s[i]] * (groups - 1), [s[k * n + i] for k in range(1, groups)])
+        self.set(out, [s[k * n + i] for i in range(n) for k in range(groups)])
+        return True
+
+    def _unit_split(self, x, index, out) -> bool:
+        """``x[:, :c]`` / ``x[:, c:]`` inside a ShuffleNetV2 unit, c = its ``branch_features`` (the one
+        channel slice whose bound pruning rewrites, see the module docstring)."""
+        c = self.units[-1].branch_features
+        if not (isinstance(index, tuple) and len(index) == 2 and index[0] == slice(None)
+                and index[1] in (slice(None, c), slice(c, None)) and x.dim() >= 2 and x.shape[1] == 2 * c):
+            raise _NoRule
+        s = self.space(x)
+        if isinstance(s, Flat):
+            raise _NoRule
+        self.set(out, s[:c] if index[1] == slice(None, c) else s[c:])
+        return True
 
     def _reduce(self, x, args, kwargs, out) -> bool:
         dims = kwargs.get("dim", args[1] if len(args) > 1 else None)
@@ -309,6 +350,13 @@ class _Tracer(TorchFunctionMode):
             self.set(t, s[start:start + t.shape[1]])
             start += t.shape[1]
         return True
+
+    # --------------------------------------------------------------------------- ShuffleNetV2 units
+    def unit_enter(self, module, args) -> None:
+        self.units.append(module)
+
+    def unit_exit(self, module, args, out) -> None:
+        self.units.pop()
 
     # ------------------------------------------------------------------------------ leaf layers
     def pre_hook(self, module, args, kwargs):
@@ -439,8 +487,32 @@ def trace(model: torch.nn.Module, example_input: torch.Tensor) -> Graph:
         if isinstance(m, leaf_types):
             handles.append(m.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
             handles.append(m.register_forward_hook(tracer.make_hook(name), with_kwargs=True))
+    from ..models import shufflenetv2     # late, as _se_types
+    for m in model.modules():
+        if isinstance(m, shufflenetv2.InvertedResidual):
+            handles.append(m.register_forward_pre_hook(tracer.unit_enter))
+            handles.append(m.register_forward_hook(tracer.unit_exit))
+    plain_shuffle = shufflenetv2.channel_shuffle
+
+    def traced_shuffle(x, groups):
+        # a Python function of several tensor ops (empty_like, unflatten, copy_): run it untraced, then
+        # apply the shuffle rule to its input and output
+        tracer.depth += 1
+        try:
+            out = plain_shuffle(x, groups)
+        finally:
+            tracer.depth -= 1
+        if not tracer.depth:
+            try:
+                tracer.shuffle(x, groups, out)
+            except _NoRule:
+                tracer.g.freeze(tracer.space(x))
+                tracer.fresh_frozen(out)
+        return out
+
     was_training = model.training
     model.eval()
+    shufflenetv2.channel_shuffle = traced_shuffle
     try:
         with torch.no_grad(), tracer:
             x = example_input
@@ -449,6 +521,7 @@ def trace(model: torch.nn.Module, example_input: torch.Tensor) -> Graph:
         for t in _tensors(out):               # the model's outputs (class scores): fixed
             g.freeze(tracer.space(t))
     finally:
+        shufflenetv2.channel_shuffle = plain_shuffle
         for h in handles:
             h.remove()
         model.train(was_training)
