@@ -180,6 +180,11 @@ class QuantizedModel(torch.nn.Module):
         if set(qm.weights) != set(state["weights"]):
             raise ArgumentValueError("quantised state: its quantised layers "
                                      f"{sorted(set(state['weights']) ^ set(qm.weights))[:3]} do not match the model")
+        for target in qm.weights:      # the fresh float weights of the quantised layers are never used
+            m = gm.get_submodule(target)
+            m.weight = None
+            if m.bias is not None:
+                m.bias = None
         return qm.eval()
 
     @staticmethod
