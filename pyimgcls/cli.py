@@ -70,7 +70,8 @@ def cmd_bench(args) -> int:
         return _bench_ladder(args)
     if getattr(args, "checkpoint", None) is not None:
         from .quantization._cli import bench_checkpoint
-        return bench_checkpoint(args)
+        from .training.loop import _with_threads
+        return _with_threads(bench_checkpoint)(args)
     from . import bench
     return bench.main_cli(args)
 
@@ -391,7 +392,8 @@ def _add_prune_parser(sub) -> None:
 
 def cmd_quantize(args) -> int:
     from .quantization._cli import quantize_checkpoint
-    quantize_checkpoint(args)
+    from .training.loop import _with_threads
+    _with_threads(quantize_checkpoint)(args)      # the caller's thread counts are restored afterwards
     return 0
 
 
@@ -419,6 +421,8 @@ def _add_quantize_parser(sub) -> None:
     s.add_argument("--synthetic-size", type=_POS_INT, default=1024, help="synthetic data: training images")
     s.add_argument("--seed", type=int, default=0, help="calibration / QAT batch order (and synthetic data)")
     s.add_argument("--workers", type=_NONNEG_INT, default=0, help="imagefolder decoding workers")
+    s.add_argument("--threads", type=_NONNEG_INT, default=0,
+                   help="CPU threads (0: as train: 1 for models under 1M parameters, else all cores)")
     s.add_argument("--kernels", choices=("auto", "cpu", "triton", "torch"), default="auto",
                    help="backend of the int8 kernels used for calibration checks and the accuracy report (CPU)")
     s.add_argument("--out", required=True, metavar="FILE", help="the quantised checkpoint to write")
@@ -453,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=_POS_INT, default=None, help="with --checkpoint: default the model's")
     s.add_argument("--kernels", choices=("auto", "cpu", "triton", "torch"), default="auto",
                    help="with --checkpoint: backend of both models")
+    s.add_argument("--threads", type=_NONNEG_INT, default=0,
+                   help="with --checkpoint: CPU threads for both (0: torch's current count)")
     s.set_defaults(func=cmd_bench)
     return p
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 import torch
 
@@ -28,45 +29,16 @@ def _accuracy(model, split, mean_t, std_t, batch_size: int) -> float:
     return float((s.argmax(1) == t).mean())
 
 
-def quantize_checkpoint(args) -> dict:
-    """Load ``args.checkpoint``, quantise it (PTQ with ``args.observer`` on ``args.calibration_batches``
-    training batches, then ``args.qat_epochs`` epochs of quantisation-aware fine-tuning if > 0) and
-    write ``args.out``; returns a summary dict."""
-    from ..data import load_dataset, normalize
-    from ..training import checkpoint as ckpt_mod
-    from ..training.loop import _load_model, iterate, resolve_kernels
+def _quantized_model(args, model, n_train: int, batches):
+    """PTQ, or QAT fine-tuning from the calibrated ranges then convert, as the arguments ask."""
     from . import convert, prepare_qat, quantize
-
-    if os.path.abspath(args.out) == os.path.abspath(args.checkpoint):
-        raise ArgumentValueError(f"--out {args.out}: the same file as --checkpoint; write the quantised model elsewhere")
-    ck = ckpt_mod.load_checkpoint(args.checkpoint)
-    if ck.get("kind") == KIND:
-        raise ArgumentValueError(f"--checkpoint {args.checkpoint} is already quantised; give the float checkpoint "
-                                 "(pyimgcls train or prune output)")
-    kernels = resolve_kernels(args.kernels, torch.device("cpu"))
-    model, meta, _ = _load_model(args.checkpoint)
-    ds = load_dataset(meta["dataset"], image_size=meta["image_size"], in_channels=meta["in_channels"],
-                      num_classes=meta["num_classes"], synthetic_size=args.synthetic_size, seed=args.seed)
-    mean_t = torch.tensor(meta["mean"], dtype=torch.float32)
-    std_t = torch.tensor(meta["std"], dtype=torch.float32)
-    train, test = ds.train, ds.test.subset(args.limit_test)
-    g = torch.Generator().manual_seed(args.seed)
-    bs = args.batch_size
-
-    def batches(n: int | None):
-        order = torch.randperm(len(train), generator=g).tolist()
-        idx = [order[i:i + bs] for i in range(0, len(order), bs)]
-        for x, y in iterate(train, idx[:n] if n else idx, args.workers, torch.device("cpu")):
-            yield normalize(x, mean_t, std_t), y
-
-    t0 = time.perf_counter()
     if args.qat_epochs:
         qat = prepare_qat(model, per_channel=not args.per_tensor)
         with torch.no_grad():           # the observers start from the calibration batches' ranges
             for x, _ in batches(args.calibration_batches):
                 qat(x)
         opt = torch.optim.SGD(qat.parameters(), lr=args.lr, momentum=0.9)
-        steps = args.qat_epochs * -(-len(train) // bs)
+        steps = args.qat_epochs * -(-n_train // args.batch_size)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
         for epoch in range(args.qat_epochs):
             qat.train()
@@ -84,10 +56,46 @@ def quantize_checkpoint(args) -> dict:
             print(f"pyimgcls quantize: QAT epoch {epoch + 1}/{args.qat_epochs}: train loss {total / max(1, n):.4f}",
                   flush=True)
         qat.eval()
-        qmodel = convert(qat)
-    else:
-        qmodel = quantize(model, batches(args.calibration_batches), observer=args.observer,
-                          per_channel=not args.per_tensor)
+        return convert(qat)
+    return quantize(model, batches(args.calibration_batches), observer=args.observer,
+                    per_channel=not args.per_tensor)
+
+
+def quantize_checkpoint(args) -> dict:
+    """Load ``args.checkpoint``, quantise it (PTQ with ``args.observer`` on ``args.calibration_batches``
+    training batches, then ``args.qat_epochs`` epochs of quantisation-aware fine-tuning if > 0) and
+    write ``args.out``; returns a summary dict."""
+    from ..data import load_dataset, normalize
+    from ..training import checkpoint as ckpt_mod
+    from ..training.loop import _load_model, auto_threads, iterate, resolve_kernels, set_cpu_threads
+
+    if os.path.abspath(args.out) == os.path.abspath(args.checkpoint):
+        raise ArgumentValueError(f"--out {args.out}: the same file as --checkpoint; write the quantised model elsewhere")
+    ck = ckpt_mod.load_checkpoint(args.checkpoint)
+    if ck.get("kind") == KIND:
+        raise ArgumentValueError(f"--checkpoint {args.checkpoint} is already quantised; give the float checkpoint "
+                                 "(pyimgcls train or prune output)")
+    kernels = resolve_kernels(args.kernels, torch.device("cpu"))
+    model, meta, _ = _load_model(args.checkpoint)
+    set_cpu_threads(auto_threads(args.threads, sum(p.numel() for p in model.parameters())))
+    ds = load_dataset(meta["dataset"], image_size=meta["image_size"], in_channels=meta["in_channels"],
+                      num_classes=meta["num_classes"], synthetic_size=args.synthetic_size, seed=args.seed)
+    mean_t = torch.tensor(meta["mean"], dtype=torch.float32)
+    std_t = torch.tensor(meta["std"], dtype=torch.float32)
+    train, test = ds.train, ds.test.subset(args.limit_test)
+    g = torch.Generator().manual_seed(args.seed)
+    bs = args.batch_size
+
+    def batches(n: int | None):
+        order = torch.randperm(len(train), generator=g).tolist()
+        idx = [order[i:i + bs] for i in range(0, len(order), bs)]
+        for x, y in iterate(train, idx[:n] if n else idx, args.workers, torch.device("cpu")):
+            yield normalize(x, mean_t, std_t), y
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True):      # the float-layer warning: one line of the summary instead
+        warnings.simplefilter("always")
+        qmodel = _quantized_model(args, model, len(train), batches)
     elapsed = time.perf_counter() - t0
     acc_f = _accuracy(model, test, mean_t, std_t, 256)
     acc_q = _accuracy(qmodel, test, mean_t, std_t, 256)
@@ -104,6 +112,8 @@ def quantize_checkpoint(args) -> dict:
     print(f"pyimgcls quantize: {meta['model']} from {args.checkpoint}: int8 by {how} on "
           f"{args.calibration_batches} calibration batch(es) of {bs} in {elapsed:.1f} s; test accuracy "
           f"{100 * acc_f:.2f}% float -> {100 * acc_q:.2f}% int8 ({len(test)} images); wrote {args.out}")
+    if qmodel.float_layers:
+        print(f"  kept in float (no int8 kernel): {', '.join(qmodel.float_layers)}")
     return {"out": args.out, **record}
 
 
@@ -127,7 +137,7 @@ def bench_checkpoint(args) -> int:
     from .. import fuse_for_inference
     from ..bench import time_ms
     from ..training import checkpoint as ckpt_mod
-    from ..training.loop import _build_checkpoint_model, _load_model, resolve_kernels
+    from ..training.loop import _build_checkpoint_model, _load_model, resolve_kernels, set_cpu_threads
 
     ck = ckpt_mod.load_checkpoint(args.checkpoint)
     if ck.get("kind") != KIND:
@@ -135,6 +145,8 @@ def bench_checkpoint(args) -> int:
                                  "bench --checkpoint compares a quantised one (pyimgcls quantize output) with float32")
     kernels = resolve_kernels(args.kernels, torch.device("cpu"))
     qmodel, meta, _ = _load_model(args.checkpoint)
+    if args.threads:
+        set_cpu_threads(args.threads)
     fmodel = fuse_for_inference(_build_checkpoint_model(meta, f"--checkpoint {args.checkpoint}").eval())
     size, ch = args.image_size or meta["image_size"], meta["in_channels"]
     rep = 50.0 if args.quick else 300.0
