@@ -2,6 +2,8 @@
 
     python benchmarks/bench_quant_cpu.py --checkpoint RUN/best.pt [--threads 2] [--out benchmarks/results/cpu]
     python benchmarks/bench_quant_cpu.py --gemm-only           # the integer GEMM alone, every CPU path
+    python benchmarks/bench_quant_cpu.py --quantized Q.pt ... --tag accuracy --out benchmarks/results/cpu
+                                                                # accuracies recorded by `pyimgcls quantize`
 
 Accuracy: the LeNet-5 checkpoint (trained with `pyimgcls train`, digits) evaluated on the 360 test
 images in float32 and after `pyimgcls.quantization.quantize` with each observer (calibration: the
@@ -219,6 +221,31 @@ def _write(cases, notes, out, tag):
     print("wrote", path)
 
 
+def _accuracy_records(args) -> int:
+    """One case per quantised checkpoint: its float and int8 test accuracy (from its meta) and the drop."""
+    cases = []
+    for path in args.quantized:
+        ck = torch.load(path, weights_only=True)
+        meta, rec = ck["meta"], ck["meta"]["quantization"]
+        how = f"qat{rec['qat_epochs']}" if rec["qat_epochs"] else f"ptq-{rec['observer']}"
+        drop = (rec["float_test_accuracy"] - rec["int8_test_accuracy"]) * 100
+        print(f"{meta['model']} {meta['dataset']} {how}: float32 {rec['float_test_accuracy'] * 100:.2f}% -> int8 "
+              f"{rec['int8_test_accuracy'] * 100:.2f}% (drop {drop:+.2f} pp, {rec['num_test']} images)")
+        size = meta["image_size"]
+        cases.append({"family": "quant", "op": f"{meta['model']}_{how}_accuracy", "pass": "eval",
+                      "shape": f"{rec['num_test']}x{meta['in_channels']}x{size}x{size}", "dtype": "int8", "layout": "-",
+                      "provider": f"pyimgcls-int8-{how}", "ms": None, "ref_provider": "pyimgcls-float32",
+                      "ref_ms": None, "speedup": None, "tflops": None, "gbps": None, "roofline_pct": None,
+                      "accuracy": rec["int8_test_accuracy"], "ref_accuracy": rec["float_test_accuracy"],
+                      "drop_pp": drop, "calibration_batches": rec["calibration_batches"],
+                      "qat_epochs": rec["qat_epochs"], "float_layers": rec["float_layers"],
+                      "dataset": meta["dataset"], "checkpoint": os.path.basename(path)})
+    if args.out:
+        _write(cases, ["accuracies measured by `pyimgcls quantize` on the full test split (float32 model and int8 "
+                       "model on our kernels, same images)"], args.out, args.tag)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help="LeNet-5 digits checkpoint (pyimgcls train)")
@@ -227,7 +254,12 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--out", default=None, help="write the results JSON into this folder")
     ap.add_argument("--tag", default="ptq", help="file name suffix: DATE_cpu-quant-TAG.json")
+    ap.add_argument("--quantized", nargs="+", default=None, metavar="FILE",
+                    help="only record the accuracies in these `pyimgcls quantize` outputs (float vs int8 on the "
+                         "test split, as measured by that command) into DATE_cpu-quant-TAG.json")
     args = ap.parse_args(argv)
+    if args.quantized:
+        return _accuracy_records(args)
     _set_threads(1)
     gemm = _gemm_cases(args.reps)
     if args.gemm_only:
