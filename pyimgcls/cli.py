@@ -369,6 +369,11 @@ def cmd_serve(args) -> int:
 
 def cmd_prune(args) -> int:
     from .pruning._cli import prune_checkpoint
+    from .training import checkpoint as ckpt_mod
+    if os.path.isfile(args.checkpoint) and ckpt_mod.load_checkpoint(args.checkpoint).get("kind") == "quantized":
+        from .errors import ArgumentValueError
+        raise ArgumentValueError(f"--checkpoint {args.checkpoint} is a 'quantized' checkpoint; prune the float one, "
+                                 "then quantize the pruned file")
     prune_checkpoint(args)
     return 0
 

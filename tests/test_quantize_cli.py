@@ -151,6 +151,9 @@ def test_wrong_kind_of_checkpoint(trained, tmp_path, capsys):
     assert _cli("bench", "--checkpoint", trained / "best.pt", "--quick") == 2             # bench needs a quantised one
     err = capsys.readouterr().err
     assert "'trained' checkpoint" in err and err.count("\n") == 1
+    assert _cli("prune", "--checkpoint", qfile, "--out", tmp_path / "p.pt") == 2          # prune the float one
+    err = capsys.readouterr().err
+    assert "'quantized' checkpoint" in err and err.count("\n") == 1
     assert _cli("bench", "--checkpoint", qfile, "--batch-sizes", "1,0") == 2
     assert "--batch-sizes" in capsys.readouterr().err
     # a quantised file whose int8 state was damaged: one clear error, no crash
