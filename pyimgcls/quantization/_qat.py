@@ -28,7 +28,10 @@ Fake quantisation (plain torch ops; the integer kernels run only after ``convert
   bit for bit; backward = the straight-through estimator clipped to the representable range (the
   gradient is zero where the value was clamped to 0 or 255, as torch.ao's FakeQuantize).
 Max pooling, relu, flatten and views of a quantised value keep its grid and are not fake-quantised
-again (as in the int8 model).
+again (as in the int8 model). A layer with a quantised residual (ResNet's skip connections) takes the
+int8 epilogue's two roundings in its forward value, ``clamp(rne(conv / s) + rne(residual / s) + zp)``
+on its output's grid (an extra convolution without the residual, no gradient), and the float path's
+gradient; the converted model then differs from the QAT forward by rounding ties only.
 """
 from __future__ import annotations
 
@@ -36,7 +39,9 @@ import math
 
 import torch
 
+from .. import ops
 from ..errors import ArgumentTypeError, ArgumentValueError
+from ..ops import quant as qops
 from ._ptq import QuantizedModel, _fused_graph
 from .observers import _affine
 
@@ -95,10 +100,27 @@ class _FakeQuantLayer(torch.nn.Module):
     def __init__(self, layer: torch.nn.Module, per_channel: bool):
         super().__init__()
         self.layer, self.per_channel = layer, per_channel
+        self._out_fq = None      # the fake-quant of this layer's output, set when it has a quantised residual
 
     def forward(self, *args, **kwargs):
         w = fake_quantize_weight(self.layer.weight, self.per_channel)
-        return torch.func.functional_call(self.layer, {"weight": w}, args, kwargs)
+        y = torch.func.functional_call(self.layer, {"weight": w}, args, kwargs)
+        out_fq, r = self._out_fq, kwargs.get("residual")
+        if out_fq is None or r is None or int(out_fq.seen) == 0:
+            return y
+        # The int8 epilogue rounds the convolution and the residual separately, each to the output grid:
+        # q = clamp(rne(conv / s) + rne(r / s) + zp) (activation as the clamp); the forward value is that,
+        # the gradient the float path's (straight through).
+        m = self.layer
+        with torch.no_grad():
+            s, z = out_fq.qparams()
+            conv = ops.conv2d(args[0], w.detach(), None if m.bias is None else m.bias.detach(), m.stride, m.padding,
+                              m.dilation, m.groups)
+            lo, hi = qops.activation_bounds(m.activation, s, z)
+            inv = torch.tensor(1.0 / s, dtype=torch.float32)
+            q = (torch.round(conv.float() * inv) + torch.round(r.detach().float() * inv) + z).clamp(lo, hi)
+            sim = ((q - z) * s).to(y.dtype)
+        return y + (sim - y).detach()
 
 
 def _set_submodule(root: torch.nn.Module, target: str, module: torch.nn.Module) -> None:
@@ -193,6 +215,8 @@ class QATModel(torch.nn.Module):
         for n in outputs:
             fq = fq_after(n)
             n.replace_all_uses_with(fq, delete_user_cb=lambda u: u is not fq)
+            if n.kwargs.get("residual") is not None:       # a plain attribute, not a second registration
+                object.__setattr__(gm.get_submodule(n.target), "_out_fq", gm.get_submodule(fq.target))
         for n, ins in edges.items():
             for pos, src in ins:
                 fq = fq_after(src)
