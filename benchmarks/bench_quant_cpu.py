@@ -246,6 +246,50 @@ def _accuracy_records(args) -> int:
     return 0
 
 
+def _finetune_control(args) -> int:
+    from pyimgcls.data import load_dataset
+    from pyimgcls.quantization._cli import _accuracy
+    from pyimgcls.quantization._ptq import _fused_graph
+    from pyimgcls.training.loop import _load_model, iterate, set_cpu_threads
+    set_cpu_threads(args.threads)
+    model, meta, _ = _load_model(args.finetune_control)
+    ds = load_dataset(meta["dataset"], image_size=meta["image_size"], in_channels=meta["in_channels"],
+                      num_classes=meta["num_classes"])
+    mean_t, std_t = torch.tensor(meta["mean"]), torch.tensor(meta["std"])
+    train, test, bs = ds.train, ds.test, 32
+    g = torch.Generator().manual_seed(0)
+
+    def batches(n):
+        order = torch.randperm(len(train), generator=g).tolist()
+        idx = [order[i:i + bs] for i in range(0, len(order), bs)]
+        for x, y in iterate(train, idx[:n] if n else idx, 0, torch.device("cpu")):
+            yield normalize(x, mean_t, std_t), y
+
+    for _ in batches(16):            # the calibration batches the QAT run draws first: same batch order after
+        pass
+    fm = _fused_graph(model, "control").train()
+    opt = torch.optim.SGD(fm.parameters(), lr=1e-3, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs * -(-len(train) // bs))
+    for _ in range(args.epochs):
+        for x, y in batches(None):
+            loss = torch.nn.functional.cross_entropy(fm(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    before, after = _accuracy(model, test, mean_t, std_t, 256), _accuracy(fm, test, mean_t, std_t, 256)
+    print(f"{meta['model']}: float32 {before * 100:.2f}% -> {after * 100:.2f}% after {args.epochs} epochs of the QAT "
+          "recipe without fake quantisation")
+    case = {"family": "quant", "op": f"{meta['model']}_float_finetune{args.epochs}_accuracy", "pass": "eval",
+            "shape": f"{len(test)}x{meta['in_channels']}x{meta['image_size']}x{meta['image_size']}", "dtype": "float32",
+            "layout": "-", "provider": "pyimgcls-float32-finetuned", "ms": None, "ref_provider": "pyimgcls-float32",
+            "ref_ms": None, "speedup": None, "tflops": None, "gbps": None, "roofline_pct": None, "accuracy": after,
+            "ref_accuracy": before, "dataset": meta["dataset"], "checkpoint": os.path.basename(args.finetune_control)}
+    if args.out:
+        _write([case], ["control for the QAT accuracy: the QAT fine-tuning recipe in float"], args.out, args.tag)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help="LeNet-5 digits checkpoint (pyimgcls train)")
@@ -257,9 +301,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quantized", nargs="+", default=None, metavar="FILE",
                     help="only record the accuracies in these `pyimgcls quantize` outputs (float vs int8 on the "
                          "test split, as measured by that command) into DATE_cpu-quant-TAG.json")
+    ap.add_argument("--finetune-control", default=None, metavar="CKPT",
+                    help="the control for a `pyimgcls quantize --qat-epochs E` accuracy: the same fine-tuning "
+                         "(defaults of that command: 16 calibration batches drawn first, batch 32, SGD momentum "
+                         "0.9, lr 1e-3 cosine, BN folded, seed 0) in float, without fake quantisation")
+    ap.add_argument("--epochs", type=int, default=2, help="with --finetune-control")
     args = ap.parse_args(argv)
     if args.quantized:
         return _accuracy_records(args)
+    if args.finetune_control:
+        return _finetune_control(args)
     _set_threads(1)
     gemm = _gemm_cases(args.reps)
     if args.gemm_only:
