@@ -428,8 +428,10 @@ def _add_quantize_parser(sub) -> None:
     s.add_argument("--workers", type=_NONNEG_INT, default=0, help="imagefolder decoding workers")
     s.add_argument("--threads", type=_NONNEG_INT, default=0,
                    help="CPU threads (0: as train: 1 for models under 1M parameters, else all cores)")
-    s.add_argument("--kernels", choices=("auto", "cpu", "triton", "torch"), default="auto",
-                   help="backend of the int8 kernels used for calibration checks and the accuracy report (CPU)")
+    from .backends import CHOICES
+    s.add_argument("--kernels", choices=CHOICES, default="auto",
+                   help="backend of the int8 kernels used for the accuracy report, on the CPU (no CUDA int8 kernels "
+                        "yet: cpu, triton or torch)")
     s.add_argument("--out", required=True, metavar="FILE", help="the quantised checkpoint to write")
     s.set_defaults(func=cmd_quantize)
 
@@ -460,8 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-sizes", type=lambda t: [_POS_INT(v) for v in t.split(",")], default=[1, 16],
                    metavar="B,B", help="with --checkpoint: batch sizes")
     s.add_argument("--image-size", type=_POS_INT, default=None, help="with --checkpoint: default the model's")
-    s.add_argument("--kernels", choices=("auto", "cpu", "triton", "torch"), default="auto",
-                   help="with --checkpoint: backend of both models")
+    from .backends import CHOICES
+    s.add_argument("--kernels", choices=CHOICES, default="auto",
+                   help="with --checkpoint: backend of both models, on the CPU")
     s.add_argument("--threads", type=_NONNEG_INT, default=0,
                    help="with --checkpoint: CPU threads for both (0: torch's current count)")
     s.set_defaults(func=cmd_bench)
