@@ -279,6 +279,7 @@ def test_qat_simulates_the_residual_rounding():
 
 
 def test_qat_per_tensor_weights_and_batch_1():
+    torch.manual_seed(0)
     qat = prepare_qat(models.lenet5().eval(), per_channel=False)
     _train_steps(qat, (1, 1, 32, 32), 2, seed=16)             # batch 1: one image sets every range
     qat.eval()
@@ -286,5 +287,6 @@ def test_qat_per_tensor_weights_and_batch_1():
     assert all(w.scale.unique().numel() == 1 for w in qm.weights.values())
     x = torch.randn(1, 1, 32, 32, generator=_gen(17))
     with torch.no_grad():
-        # no residual: ties only (2.6e-6 measured; per-channel fake quantisation here would give 0.6%)
-        assert _rel_err(qm(x), qat(x)) < 1e-3
+        # no residual: rounding ties only (0.22% measured with this seed, 3e-6 to 0.11% with others); the QAT
+        # forward fake-quantising per channel instead would give 0.9%
+        assert _rel_err(qm(x), qat(x)) < 0.005
