@@ -2,6 +2,8 @@
 
     python benchmarks/bench_quant_cpu.py --checkpoint RUN/best.pt [--threads 2] [--out benchmarks/results/cpu]
     python benchmarks/bench_quant_cpu.py --gemm-only           # the integer GEMM alone, every CPU path
+    python benchmarks/bench_quant_cpu.py --quantized Q.pt ... --tag accuracy --out benchmarks/results/cpu
+                                                                # accuracies recorded by `pyimgcls quantize`
 
 Accuracy: the LeNet-5 checkpoint (trained with `pyimgcls train`, digits) evaluated on the 360 test
 images in float32 and after `pyimgcls.quantization.quantize` with each observer (calibration: the
@@ -11,8 +13,9 @@ on each CPU path (VNNI, AVX2, generic; PYIMGCLS_CPU_ISA) against our float32 GEM
 on the same shape, 1 thread, interleaved, least of the repeats; 2 * M * N * K operations.
 Speed, in one process, same inputs, alternating runs (least of the repeats): the quantised model
 (uint8 activations, int8 weights, pyimgcls "cpu" kernels) against the float32 model on our CPU kernels
-and on plain PyTorch (backend "torch"); LeNet-5 (32x32) and ResNet-18 (random weights, calibrated on
-random images) at 64x64. FLOPs per case are the conv / linear multiply-adds x 2 (int8 ops for the
+and on plain PyTorch (backend "torch"), and for ResNet-18 against torch.ao's x86 int8 model (FX static
+quantisation of a plain torch.nn copy, same weights and calibration); LeNet-5 (32x32) and ResNet-18
+(random weights, calibrated on random images) at 64x64, batch 1 and 16. FLOPs per case are the conv / linear multiply-adds x 2 (int8 ops for the
 quantised model). The machine is shared with other jobs: the load average is recorded with each case.
 """
 from __future__ import annotations
@@ -135,6 +138,69 @@ def _gemm_cases(reps: int) -> list:
     return cases
 
 
+class _TorchBlock(torch.nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(cout)
+        self.conv2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                                  torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.nn.functional.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.nn.functional.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class _TorchResNet18(torch.nn.Module):
+    """Plain torch.nn ResNet-18 with torchvision's state_dict names (this environment's torchvision does
+    not import): the model torch.ao's FX quantisation takes."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(64)
+        self.maxpool = torch.nn.MaxPool2d(3, 2, 1)
+        widths, cin = (64, 128, 256, 512), 64
+        for i, w in enumerate(widths):
+            s = 1 if i == 0 else 2
+            setattr(self, f"layer{i + 1}", torch.nn.Sequential(_TorchBlock(cin, w, s), _TorchBlock(w, w, 1)))
+            cin = w
+        self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(torch.nn.functional.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _torch_ao_int8(model, calib):
+    """torch.ao FX static quantisation, x86 engine (fbgemm + oneDNN), default x86 qconfig (per-channel
+    int8 weights, histogram observers), of a plain torch.nn copy of ``model`` (same state_dict); None if
+    torch.ao is not usable here."""
+    try:
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    except ImportError:
+        return None
+    tm = _TorchResNet18(model.fc.out_features)
+    tm.load_state_dict(model.state_dict())
+    tm.eval()
+    torch.backends.quantized.engine = "x86"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")              # torch.ao's deprecation notice
+        prepared = prepare_fx(tm, get_default_qconfig_mapping("x86"), (calib[0],))
+        with torch.no_grad():
+            for b in calib:
+                prepared(b)
+        return convert_fx(prepared)
+
+
 def _set_threads(n: int) -> None:
     torch.set_num_threads(n)
     try:
@@ -155,6 +221,75 @@ def _write(cases, notes, out, tag):
     print("wrote", path)
 
 
+def _accuracy_records(args) -> int:
+    """One case per quantised checkpoint: its float and int8 test accuracy (from its meta) and the drop."""
+    cases = []
+    for path in args.quantized:
+        ck = torch.load(path, weights_only=True)
+        meta, rec = ck["meta"], ck["meta"]["quantization"]
+        how = f"qat{rec['qat_epochs']}" if rec["qat_epochs"] else f"ptq-{rec['observer']}"
+        drop = (rec["float_test_accuracy"] - rec["int8_test_accuracy"]) * 100
+        print(f"{meta['model']} {meta['dataset']} {how}: float32 {rec['float_test_accuracy'] * 100:.2f}% -> int8 "
+              f"{rec['int8_test_accuracy'] * 100:.2f}% (drop {drop:+.2f} pp, {rec['num_test']} images)")
+        size = meta["image_size"]
+        cases.append({"family": "quant", "op": f"{meta['model']}_{how}_accuracy", "pass": "eval",
+                      "shape": f"{rec['num_test']}x{meta['in_channels']}x{size}x{size}", "dtype": "int8", "layout": "-",
+                      "provider": f"pyimgcls-int8-{how}", "ms": None, "ref_provider": "pyimgcls-float32",
+                      "ref_ms": None, "speedup": None, "tflops": None, "gbps": None, "roofline_pct": None,
+                      "accuracy": rec["int8_test_accuracy"], "ref_accuracy": rec["float_test_accuracy"],
+                      "drop_pp": drop, "calibration_batches": rec["calibration_batches"],
+                      "qat_epochs": rec["qat_epochs"], "float_layers": rec["float_layers"],
+                      "dataset": meta["dataset"], "checkpoint": os.path.basename(path)})
+    if args.out:
+        _write(cases, ["accuracies measured by `pyimgcls quantize` on the full test split (float32 model and int8 "
+                       "model on our kernels, same images)"], args.out, args.tag)
+    return 0
+
+
+def _finetune_control(args) -> int:
+    from pyimgcls.data import load_dataset
+    from pyimgcls.quantization._cli import _accuracy
+    from pyimgcls.quantization._ptq import _fused_graph
+    from pyimgcls.training.loop import _load_model, iterate, set_cpu_threads
+    set_cpu_threads(args.threads)
+    model, meta, _ = _load_model(args.finetune_control)
+    ds = load_dataset(meta["dataset"], image_size=meta["image_size"], in_channels=meta["in_channels"],
+                      num_classes=meta["num_classes"])
+    mean_t, std_t = torch.tensor(meta["mean"]), torch.tensor(meta["std"])
+    train, test, bs = ds.train, ds.test, 32
+    g = torch.Generator().manual_seed(0)
+
+    def batches(n):
+        order = torch.randperm(len(train), generator=g).tolist()
+        idx = [order[i:i + bs] for i in range(0, len(order), bs)]
+        for x, y in iterate(train, idx[:n] if n else idx, 0, torch.device("cpu")):
+            yield normalize(x, mean_t, std_t), y
+
+    for _ in batches(16):            # the calibration batches the QAT run draws first: same batch order after
+        pass
+    fm = _fused_graph(model, "control").train()
+    opt = torch.optim.SGD(fm.parameters(), lr=1e-3, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs * -(-len(train) // bs))
+    for _ in range(args.epochs):
+        for x, y in batches(None):
+            loss = torch.nn.functional.cross_entropy(fm(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    before, after = _accuracy(model, test, mean_t, std_t, 256), _accuracy(fm, test, mean_t, std_t, 256)
+    print(f"{meta['model']}: float32 {before * 100:.2f}% -> {after * 100:.2f}% after {args.epochs} epochs of the QAT "
+          "recipe without fake quantisation")
+    case = {"family": "quant", "op": f"{meta['model']}_float_finetune{args.epochs}_accuracy", "pass": "eval",
+            "shape": f"{len(test)}x{meta['in_channels']}x{meta['image_size']}x{meta['image_size']}", "dtype": "float32",
+            "layout": "-", "provider": "pyimgcls-float32-finetuned", "ms": None, "ref_provider": "pyimgcls-float32",
+            "ref_ms": None, "speedup": None, "tflops": None, "gbps": None, "roofline_pct": None, "accuracy": after,
+            "ref_accuracy": before, "dataset": meta["dataset"], "checkpoint": os.path.basename(args.finetune_control)}
+    if args.out:
+        _write([case], ["control for the QAT accuracy: the QAT fine-tuning recipe in float"], args.out, args.tag)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help="LeNet-5 digits checkpoint (pyimgcls train)")
@@ -162,7 +297,20 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--out", default=None, help="write the results JSON into this folder")
+    ap.add_argument("--tag", default="ptq", help="file name suffix: DATE_cpu-quant-TAG.json")
+    ap.add_argument("--quantized", nargs="+", default=None, metavar="FILE",
+                    help="only record the accuracies in these `pyimgcls quantize` outputs (float vs int8 on the "
+                         "test split, as measured by that command) into DATE_cpu-quant-TAG.json")
+    ap.add_argument("--finetune-control", default=None, metavar="CKPT",
+                    help="the control for a `pyimgcls quantize --qat-epochs E` accuracy: the same fine-tuning "
+                         "(defaults of that command: 16 calibration batches drawn first, batch 32, SGD momentum "
+                         "0.9, lr 1e-3 cosine, BN folded, seed 0) in float, without fake quantisation")
+    ap.add_argument("--epochs", type=int, default=2, help="with --finetune-control")
     args = ap.parse_args(argv)
+    if args.quantized:
+        return _accuracy_records(args)
+    if args.finetune_control:
+        return _finetune_control(args)
     _set_threads(1)
     gemm = _gemm_cases(args.reps)
     if args.gemm_only:
@@ -210,7 +358,16 @@ def main(argv=None) -> int:
                 m.running_mean.uniform_(-0.1, 0.1, generator=g)
                 m.running_var.uniform_(0.5, 1.5, generator=g)
     rn.eval()
-    rn_q = quantize(rn, [torch.randn(8, 3, 64, 64, generator=g) for _ in range(4)])
+    rn_calib = [torch.randn(8, 3, 64, 64, generator=g) for _ in range(4)]
+    rn_q = quantize(rn, rn_calib)
+    rn_ao = _torch_ao_int8(rn, rn_calib)
+    if rn_ao is not None:
+        with torch.no_grad():
+            x = torch.randn(4, 3, 64, 64, generator=g)
+            ref = rn(x)
+            err = {k: float((f(x) - ref).norm() / ref.norm()) for k, f in (("pyimgcls", rn_q), ("torch.ao", rn_ao))}
+        print(f"resnet18 int8 relative error vs float32 (random weights): pyimgcls {err['pyimgcls']:.4f}, "
+              f"torch.ao x86 {err['torch.ao']:.4f}")
 
     ql = qmodels["minmax"]
     speed_cases = [("lenet5", lenet, ql, (1, 1, 32, 32)), ("lenet5", lenet, ql, (64, 1, 32, 32)),
@@ -221,15 +378,20 @@ def main(argv=None) -> int:
         inner = max(1, int(2e8 // max(macs, 1)))
         inner = min(inner, 50)
         load = os.getloadavg()[0]
-        t = _time({"int8": qm, "fp32_cpu": _float_on("cpu", fm), "fp32_torch": _float_on("torch", fm)}, x, args.reps,
-                  inner)
+        fns = {"int8": qm, "fp32_cpu": _float_on("cpu", fm), "fp32_torch": _float_on("torch", fm)}
+        if name == "resnet18" and rn_ao is not None:
+            fns["int8_torch_ao"] = rn_ao
+        t = _time(fns, x, args.reps, inner)
+        ao = (f" | torch.ao x86 int8 {t['int8_torch_ao']:.3f} ms (x{t['int8_torch_ao'] / t['int8']:.2f})"
+              if "int8_torch_ao" in t else "")
         print(f"{name} {tuple(shape)}: int8 {t['int8']:.3f} ms | float32 ours {t['fp32_cpu']:.3f} ms "
               f"(x{t['fp32_cpu'] / t['int8']:.2f}) | float32 PyTorch {t['fp32_torch']:.3f} ms "
-              f"(x{t['fp32_torch'] / t['int8']:.2f}) | load {load:.1f}")
-        for ref in ("fp32_cpu", "fp32_torch"):
+              f"(x{t['fp32_torch'] / t['int8']:.2f}){ao} | load {load:.1f}")
+        for ref in [k for k in t if k != "int8"]:
             cases.append({"family": "quant", "op": f"{name}_forward", "pass": "fwd", "shape": "x".join(map(str, shape)),
                           "dtype": "int8", "layout": "nchw-in", "provider": "pyimgcls-int8", "ms": t["int8"],
-                          "ref_provider": {"fp32_cpu": "pyimgcls-cpu-float32", "fp32_torch": "torch-float32"}[ref],
+                          "ref_provider": {"fp32_cpu": "pyimgcls-cpu-float32", "fp32_torch": "torch-float32",
+                                           "int8_torch_ao": "torch.ao-x86-int8"}[ref],
                           "ref_ms": t[ref], "speedup": t[ref] / t["int8"],
                           "tflops": 2 * macs / (t["int8"] * 1e-3) / 1e12, "gbps": None, "roofline_pct": None,
                           "flops": 2 * macs, "threads": args.threads, "load_avg": load})
@@ -237,7 +399,7 @@ def main(argv=None) -> int:
                  f"{os.getloadavg()[0]:.1f} at the end): ratios are side by side in one process, absolute times "
                  "are inflated by the other jobs")
     if args.out:
-        _write(cases, notes, args.out, "ptq")
+        _write(cases, notes, args.out, args.tag)
     return 0
 
 

@@ -18,7 +18,8 @@ __all__ += ["explain", "Explanation"]
 
 def load_model(path):
     """The model (CPU, eval mode) from any of our checkpoints: a training run's checkpoint.pt / best.pt
-    or a ``pyimgcls prune`` file (its layer widths come from the file); loaded as data only."""
+    or a ``pyimgcls prune`` file (its layer widths come from the file) or a ``pyimgcls quantize`` file
+    (a ``pyimgcls.quantization.QuantizedModel``); loaded as data only."""
     from .training.loop import load_model as _load
     return _load(path)
 

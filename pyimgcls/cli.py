@@ -1,4 +1,4 @@
-"""Command-line interface: ``pyimgcls train | eval | predict | bench | info`` (also ``python -m pyimgcls``).
+"""Command-line interface: ``pyimgcls train | eval | predict | quantize | bench | info`` (also ``python -m pyimgcls``).
 
 ``pyimgcls train`` with no arguments is the main job: LeNet-5 on scikit-learn's bundled handwritten
 digits, on our kernels. Errors in the arguments or the data end the command with a one-line message
@@ -68,6 +68,10 @@ def cmd_info(args) -> int:
 def cmd_bench(args) -> int:
     if getattr(args, "target", "gemm") == "ladder":
         return _bench_ladder(args)
+    if getattr(args, "checkpoint", None) is not None:
+        from .quantization._cli import bench_checkpoint
+        from .training.loop import _with_threads
+        return _with_threads(bench_checkpoint)(args)
     from . import bench
     return bench.main_cli(args)
 
@@ -365,6 +369,11 @@ def cmd_serve(args) -> int:
 
 def cmd_prune(args) -> int:
     from .pruning._cli import prune_checkpoint
+    from .training import checkpoint as ckpt_mod
+    if os.path.isfile(args.checkpoint) and ckpt_mod.load_checkpoint(args.checkpoint).get("kind") == "quantized":
+        from .errors import ArgumentValueError
+        raise ArgumentValueError(f"--checkpoint {args.checkpoint} is a 'quantized' checkpoint; prune the float one, "
+                                 "then quantize the pruned file")
     prune_checkpoint(args)
     return 0
 
@@ -386,6 +395,47 @@ def _add_prune_parser(sub) -> None:
     s.set_defaults(func=cmd_prune)
 
 
+def cmd_quantize(args) -> int:
+    from .quantization._cli import quantize_checkpoint
+    from .training.loop import _with_threads
+    _with_threads(quantize_checkpoint)(args)      # the caller's thread counts are restored afterwards
+    return 0
+
+
+def _add_quantize_parser(sub) -> None:
+    from .quantization import OBSERVERS
+    s = sub.add_parser("quantize", formatter_class=_Fmt, help="int8-quantise a trained model (our int8 kernels)",
+                       description="Post-training static int8 quantisation (pyimgcls.quantization.quantize), or "
+                                   "quantisation-aware fine-tuning with --qat-epochs (prepare_qat / convert), of a "
+                                   "checkpoint; calibration and QAT data are the training split of the data set "
+                                   "the checkpoint records. Writes a checkpoint for eval, predict, bench "
+                                   "--checkpoint and pyimgcls.load_model.")
+    s.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint.pt, best.pt or a pruned file")
+    s.add_argument("--calibration-batches", type=_POS_INT, default=16, metavar="N",
+                   help="training batches the activation ranges are calibrated on (QAT: the observers' start)")
+    s.add_argument("--observer", choices=sorted(OBSERVERS), default="minmax",
+                   help="PTQ activation range: min/max, 99.99th percentile, or least squared error")
+    s.add_argument("--qat-epochs", type=_NONNEG_INT, default=0, metavar="E",
+                   help="quantisation-aware fine-tuning epochs (0: post-training quantisation only)")
+    s.add_argument("--lr", type=_number(float, 0, lo_open=True), default=1e-3,
+                   help="QAT: SGD (momentum 0.9) learning rate, cosine-annealed to 0")
+    s.add_argument("--batch-size", type=_POS_INT, default=32, help="calibration and QAT batch size")
+    s.add_argument("--per-tensor", action="store_true", help="one weight scale per layer (default: per channel)")
+    s.add_argument("--limit-test", type=_POS_INT, default=None, metavar="N",
+                   help="accuracies reported on only the first N test images")
+    s.add_argument("--synthetic-size", type=_POS_INT, default=1024, help="synthetic data: training images")
+    s.add_argument("--seed", type=int, default=0, help="calibration / QAT batch order (and synthetic data)")
+    s.add_argument("--workers", type=_NONNEG_INT, default=0, help="imagefolder decoding workers")
+    s.add_argument("--threads", type=_NONNEG_INT, default=0,
+                   help="CPU threads (0: as train: 1 for models under 1M parameters, else all cores)")
+    from .backends import CHOICES
+    s.add_argument("--kernels", choices=CHOICES, default="auto",
+                   help="backend of the int8 kernels used for the accuracy report, on the CPU (no CUDA int8 kernels "
+                        "yet: cpu, triton or torch)")
+    s.add_argument("--out", required=True, metavar="FILE", help="the quantised checkpoint to write")
+    s.set_defaults(func=cmd_quantize)
+
+
 OPTIMIZER_CHOICES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 
 
@@ -399,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain_parser(sub)
     _add_serve_parser(sub)
     _add_prune_parser(sub)
+    _add_quantize_parser(sub)
     s = sub.add_parser("info", help="versions, compiled kernels and available backends")
     s.set_defaults(func=cmd_info)
     s = sub.add_parser("bench", help="benchmark our kernels against PyTorch (GPU if present, else CPU)")
@@ -406,6 +457,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="fewer, smaller cases")
     s.add_argument("target", nargs="?", default="gemm", choices=("gemm", "ladder"),
                    help="gemm (default): the GEMM family; ladder: every study-ladder step (docs/ladder.md)")
+    s.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="a pyimgcls quantize output: time its int8 model against float32 on the CPU instead")
+    s.add_argument("--batch-sizes", type=lambda t: [_POS_INT(v) for v in t.split(",")], default=[1, 16],
+                   metavar="B,B", help="with --checkpoint: batch sizes")
+    s.add_argument("--image-size", type=_POS_INT, default=None, help="with --checkpoint: default the model's")
+    from .backends import CHOICES
+    s.add_argument("--kernels", choices=CHOICES, default="auto",
+                   help="with --checkpoint: backend of both models, on the CPU")
+    s.add_argument("--threads", type=_NONNEG_INT, default=0,
+                   help="with --checkpoint: CPU threads for both (0: torch's current count)")
     s.set_defaults(func=cmd_bench)
     return p
 
@@ -471,7 +532,8 @@ def main(argv=None) -> int:
             return args.func(args)
         except (ValueError, TypeError, ArgumentValueError, ArgumentTypeError, BackendError) as e:
             parser.exit(2, f"pyimgcls explain: error: {_one_line(e)}\n")
-    if args.command in ("train", "eval", "predict", "serve", "prune"):
+    if args.command in ("train", "eval", "predict", "serve", "prune", "quantize") or (
+            args.command == "bench" and getattr(args, "checkpoint", None) is not None):
         from .errors import ArgumentTypeError, ArgumentValueError, BackendError
         from .training.loop import Interrupted, PredictErrors, TrainingDiverged
         try:

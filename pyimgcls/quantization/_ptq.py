@@ -101,9 +101,12 @@ def _fetch_attr(root, target: str):
 class QuantizedModel(torch.nn.Module):
     """The int8 model: takes float images, returns float logits. Built by :func:`quantize`."""
 
-    def __init__(self, gm: torch.fx.GraphModule, qparams: dict, per_channel: bool):
+    def __init__(self, gm: torch.fx.GraphModule, qparams: dict, per_channel: bool, saved: dict | None = None):
+        """``saved`` (from :meth:`state`, e.g. a checkpoint): the int8 weights and int32 biases to use
+        instead of quantising the float weights of ``gm``'s convolutions and linear layers."""
         super().__init__()
         self.graph_module = gm
+        self.per_channel = per_channel
         self.qparams = qparams                      # node name -> (scale, zero point) of its output
         self.weights: dict[str, q.QuantizedWeight] = {}
         self.biases: dict[str, torch.Tensor] = {}
@@ -127,10 +130,17 @@ class QuantizedModel(torch.nn.Module):
                 self.float_layers.append(self._describe(n, modules))
             if kind in ("conv", "linear"):
                 m = modules[n.target]
-                w = q.quantize_weight(m.weight.detach().float(), groups=m.groups if kind == "conv" else 1,
-                                      per_channel=per_channel)
+                if saved is not None:
+                    w = saved["weights"][n.target]
+                    w = q.QuantizedWeight(w["q"], w["scale"], int(w["groups"]))
+                else:
+                    w = q.quantize_weight(m.weight.detach().float(), groups=m.groups if kind == "conv" else 1,
+                                          per_channel=per_channel)
                 self.weights[n.target] = w
-                if m.bias is not None:      # int32 in the accumulator's scale, once (ops/quant.py's rounding)
+                if saved is not None:
+                    if n.target in saved["biases"]:
+                        self.biases[n.target] = saved["biases"][n.target]
+                elif m.bias is not None:      # int32 in the accumulator's scale, once (ops/quant.py's rounding)
                     s_in = self.qparams[n.args[0].name][0]
                     self.biases[n.target] = torch.round(m.bias.detach().double() / (s_in * w.scale.double())).clamp(
                         -2 ** 30, 2 ** 30).to(torch.int32)
@@ -142,6 +152,40 @@ class QuantizedModel(torch.nn.Module):
         if self.float_layers:
             warnings.warn("quantize: these layers are kept in float (no quantised kernel for them): "
                           + ", ".join(self.float_layers), stacklevel=3)
+
+    def state(self) -> dict:
+        """Everything the int8 model needs beyond its float architecture, as plain tensors, numbers and
+        strings (a ``torch.load(weights_only=True)`` file): the int8 weights and scales, the int32
+        biases, the (scale, zero point) of every activation, and the float parameters and buffers of
+        the layers kept in float (the float weights of the quantised layers are not stored)."""
+        quantised = set(self.weights)
+        float_state = {k: v for k, v in self.graph_module.state_dict().items()
+                       if k.rpartition(".")[0] not in quantised}
+        return {"per_channel": self.per_channel,
+                "qparams": {k: [float(s), int(z)] for k, (s, z) in self.qparams.items()},
+                "weights": {k: w.state() for k, w in self.weights.items()},
+                "biases": dict(self.biases), "float_state": float_state}
+
+    @classmethod
+    def from_state(cls, gm: torch.fx.GraphModule, state: dict) -> "QuantizedModel":
+        """The model :meth:`state` describes, on ``gm``: the fused float graph of the same architecture
+        (``_fused_graph`` of a freshly built model; its quantised layers' float weights are unused)."""
+        unexpected = gm.load_state_dict(state["float_state"], strict=False).unexpected_keys
+        if unexpected:
+            raise ArgumentValueError(f"quantised state: float tensors {unexpected[:3]} do not fit the model")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # the float layers were listed when the model was quantised
+            qm = cls(gm, {k: (float(s), int(z)) for k, (s, z) in state["qparams"].items()},
+                     bool(state["per_channel"]), saved=state)
+        if set(qm.weights) != set(state["weights"]):
+            raise ArgumentValueError("quantised state: its quantised layers "
+                                     f"{sorted(set(state['weights']) ^ set(qm.weights))[:3]} do not match the model")
+        for target in qm.weights:      # the fresh float weights of the quantised layers are never used
+            m = gm.get_submodule(target)
+            m.weight = None
+            if m.bias is not None:
+                m.bias = None
+        return qm.eval()
 
     @staticmethod
     def _describe(n, modules) -> str:
@@ -268,6 +312,19 @@ class QuantizedModel(torch.nn.Module):
         return outputs
 
 
+def _fused_graph(model: torch.nn.Module, op: str) -> torch.fx.GraphModule:
+    """A copy of ``model`` with BN folded and activations / residual adds in the conv epilogues, as an
+    fx GraphModule in eval mode (the graph both quantize and prepare_qat work on)."""
+    fused = _fuse.fuse_for_inference(model)
+    if not isinstance(fused, torch.fx.GraphModule):
+        try:
+            fused = _fuse._trace(fused)
+        except Exception as e:
+            raise ArgumentValueError(f"{op}: the model could not be traced with torch.fx ({e}); {op} needs "
+                                     "a traceable forward") from e
+    return fused.eval()
+
+
 def quantize(model: torch.nn.Module, calibration_batches, observer: str = "minmax",
              per_channel: bool = True) -> QuantizedModel:
     """Post-training static int8 quantisation of ``model`` on pyimgcls's quantised kernels.
@@ -283,14 +340,7 @@ def quantize(model: torch.nn.Module, calibration_batches, observer: str = "minma
         raise ArgumentValueError(f"quantize: observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
     if not isinstance(per_channel, bool):
         raise ArgumentTypeError(f"quantize: per_channel must be a bool, got {type(per_channel).__name__}")
-    fused = _fuse.fuse_for_inference(model)
-    if not isinstance(fused, torch.fx.GraphModule):
-        try:
-            fused = _fuse._trace(fused)
-        except Exception as e:
-            raise ArgumentValueError(f"quantize: the model could not be traced with torch.fx ({e}); quantize needs "
-                                     "a traceable forward") from e
-    fused.eval()
+    fused = _fused_graph(model, "quantize")
     observers: dict = {}
     calib = _Calibrator(fused, observers, OBSERVERS[observer])
     seen = 0

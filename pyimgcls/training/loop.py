@@ -1167,7 +1167,12 @@ def _load_float_state(model: torch.nn.Module, ck: dict, path: str) -> torch.nn.M
     return model
 
 
-CHECKPOINT_KINDS = {"trained": _load_float_state, "pruned": _load_float_state}
+def _load_quantized_state(model: torch.nn.Module, ck: dict, path: str) -> torch.nn.Module:
+    from ..quantization._cli import load_quantized
+    return load_quantized(model, ck, path)
+
+
+CHECKPOINT_KINDS = {"trained": _load_float_state, "pruned": _load_float_state, "quantized": _load_quantized_state}
 
 
 def _load_model(path: str, what: str = "--checkpoint"):
@@ -1189,7 +1194,8 @@ def _load_model(path: str, what: str = "--checkpoint"):
 
 def load_model(path: str) -> torch.nn.Module:
     """The model (on the CPU, in eval mode) from any of our checkpoints: a training run's
-    ``checkpoint.pt`` / ``best.pt`` or a file written by ``pyimgcls prune``. The file is loaded as
+    ``checkpoint.pt`` / ``best.pt`` or a file written by ``pyimgcls prune`` or ``pyimgcls quantize``
+    (a ``pyimgcls.quantization.QuantizedModel``: int8 kernels, CPU / Triton / torch backends). The file is loaded as
     data only (``torch.load(weights_only=True)``); the architecture comes from the file."""
     from ..errors import ArgumentTypeError
     if not isinstance(path, (str, os.PathLike)):
@@ -1200,7 +1206,11 @@ def load_model(path: str) -> torch.nn.Module:
 def _model_from_checkpoint(path: str, device: torch.device):
     model, meta, ck = _load_model(path)
     if device.type == "cpu":
-        set_cpu_threads(auto_threads(0, sum(p.numel() for p in model.parameters())))
+        # a quantised model's weights are int8 buffers, not parameters: count them too
+        from ..quantization import QuantizedModel
+        n = sum(p.numel() for p in model.parameters())
+        n += sum(w.q.numel() for w in model.weights.values()) if isinstance(model, QuantizedModel) else 0
+        set_cpu_threads(auto_threads(0, n))
     return model.to(device).eval(), meta, ck
 
 
