@@ -186,3 +186,199 @@ def test_bad_input():
         pruning.mask_2_4(torch.ones(4, 4, dtype=torch.int64))
     with pytest.raises(ArgumentTypeError, match="'model'"):
         pruning.remove_masks(None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed format and ops.sparse_linear
+# ---------------------------------------------------------------------------------------------
+
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from pyimgcls import ops  # noqa: E402
+from pyimgcls.errors import BackendError  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _sparse_weight(N, K, seed=0, dtype=torch.float64, ints=False):
+    """A 2:4 weight; some groups keep fewer than 2 non-zeros (0 or 1), exercising the zero fill."""
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randint(-3, 4, (N, K), generator=g).to(dtype) if ints else torch.randn(N, K, generator=g, dtype=dtype))
+    w[w == 0] = 1
+    w = w * pruning.mask_2_4(w)
+    drop = torch.rand(N, K, generator=g) < 0.1
+    return w.masked_fill(drop, 0.0)
+
+
+def test_compress_format_by_hand():
+    w = torch.tensor([[0.0, 5.0, 0.0, 7.0]])
+    v, m = ops.compress_2_4(w)
+    assert v.tolist() == [[5.0, 7.0]]
+    assert m.dtype == torch.int16 and m.tolist() == [[0x444D]]      # group 0: i0 = 1, i1 = 3; pads 0x4
+    w = torch.zeros(1, 16)
+    w[0, 14], w[0, 15], w[0, 0] = 2.0, 3.0, 4.0                     # last group: indices 2, 3 -> 0xE
+    v, m = ops.compress_2_4(w)
+    assert v.tolist() == [[4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 3.0]]
+    assert (int(m[0, 0]) & 0xFFFF) == 0xE444                        # groups 1, 2 all zero: 0, 1
+    assert int(m[0, 0]) < 0                                         # stored as int16 bit pattern
+
+
+@pytest.mark.parametrize("N,K", [(1, 4), (5, 20), (33, 32), (17, 100)])
+def test_compress_round_trip(N, K):
+    w = _sparse_weight(N, K, seed=N + K)
+    v, m = ops.compress_2_4(w)
+    assert v.shape == (N, K // 2) and m.shape == (N, -(-K // 16))
+    assert torch.equal(ops.decompress_2_4(v, m), w)
+    conv = w.reshape(N, K, 1, 1)
+    v2, m2 = ops.compress_2_4(conv)
+    assert torch.equal(v2, v) and torch.equal(m2, m)
+
+
+SHAPES = [((1, 4), 1), ((3, 20), 5), ((67, 36), 33), ((2, 5, 100), 20), ((130, 68), 17)]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                         ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_linear_matches_float64(backend, dtype, bias):
+    from helpers import assert_close_to_reference
+    shapes = SHAPES if backend != "triton" else [SHAPES[1], SHAPES[2]]
+    for shape, N in shapes:
+        K = shape[-1]
+        w = _sparse_weight(N, K, seed=K, dtype=dtype)
+        x = torch.randn(*shape, dtype=torch.float64).to(dtype)
+        b = torch.randn(N, dtype=torch.float64).to(dtype) if bias else None
+        v, m = ops.compress_2_4(w)
+        ref = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+        with pyimgcls.use_backend(backend):
+            out = ops.sparse_linear(x, v, m, b)
+        assert out.dtype == dtype and out.shape == (*shape[:-1], N)
+        theirs = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float()).to(dtype)
+        assert_close_to_reference(out, ref, theirs)
+
+
+def test_sparse_linear_strided_input_and_threads():
+    from helpers import assert_close_to_reference, omp_threads
+    N, K = 40, 64
+    w = _sparse_weight(N, K, seed=3, dtype=torch.float32)
+    v, m = ops.compress_2_4(w)
+    base = torch.randn(K, 150)
+    x = base.t()[1:]                                   # [149, K], row stride 1: not contiguous
+    ref = x.double() @ w.double().t()
+    with omp_threads(3):
+        out = ops.sparse_linear(x, v, m)
+    assert_close_to_reference(out, ref)
+    xcl = torch.randn(2, K, 3, 3).to(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # 1x1 conv as NHWC
+    assert_close_to_reference(ops.sparse_linear(xcl, v, m), xcl.double() @ w.double().t())
+    assert ops.sparse_linear(torch.randn(0, K), v, m).shape == (0, N)
+
+
+def test_sparse_linear_equals_the_pruned_linear_layer():
+    """prune_2_4 -> compress -> sparse_linear reproduces the masked nn.Linear."""
+    lin = pnn.Linear(32, 12)
+    pruning.prune_2_4(lin)
+    pruning.remove_masks(lin)
+    v, m = ops.compress_2_4(lin.weight)
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        assert torch.allclose(ops.sparse_linear(x, v, m, lin.bias), lin(x), rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_bad_input():
+    w = _sparse_weight(8, 16, dtype=torch.float32)
+    v, m = ops.compress_2_4(w)
+    x = torch.randn(3, 16)
+    with pytest.raises(ArgumentValueError, match="not 2:4 sparse: row 0"):
+        ops.compress_2_4(torch.ones(2, 8))
+    with pytest.raises(ArgumentValueError, match="'weight'"):
+        ops.compress_2_4(torch.randn(4, 6))
+    with pytest.raises(ArgumentValueError, match="'weight'"):
+        ops.compress_2_4(torch.randn(4, 8, 3, 3))
+    with pytest.raises(ArgumentTypeError, match="'weight'"):
+        ops.compress_2_4(torch.ones(4, 8, dtype=torch.int32))
+    with pytest.raises(ArgumentValueError, match="'input'"):
+        ops.sparse_linear(torch.randn(3, 12), v, m)
+    with pytest.raises(ArgumentTypeError, match="'metadata'"):
+        ops.sparse_linear(x, v, m.to(torch.int32))
+    with pytest.raises(ArgumentValueError, match="'metadata'"):
+        ops.sparse_linear(x, v, m[:, :0])
+    with pytest.raises(ArgumentTypeError, match="'values'"):
+        ops.sparse_linear(x, v[0], m)
+    with pytest.raises(ArgumentValueError, match="'bias'"):
+        ops.sparse_linear(x, v, m, torch.randn(7))
+    with pytest.raises(ArgumentValueError, match="requires grad"):
+        ops.sparse_linear(x.requires_grad_(), v, m)
+    with pytest.raises(ArgumentValueError, match="invalid index pair"):
+        ops.decompress_2_4(v, torch.zeros_like(m))
+    from pyimgcls.backends.cuda import sparse as cuda_sparse
+    with pytest.raises(BackendError, match="float16 or bfloat16"):
+        cuda_sparse.sparse_linear(torch.randn(2, 16), v, m, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CUDA kernel's data path, emulated on the CPU (tests/emu/sparse_tc_emu.cpp)
+# ---------------------------------------------------------------------------------------------
+
+EMU_SRC = os.path.join(ROOT, "tests", "emu", "sparse_tc_emu.cpp")
+# (M, N, K, bias): one element; K below one 32-step and not a multiple of 16; exactly one CTA tile;
+# partial CTAs in M and N with K = 3 steps + a 4-element tail; several CTAs in both directions.
+EMU_CASES = [(1, 1, 4, False), (7, 13, 20, True), (64, 32, 32, False), (65, 33, 100, True), (130, 70, 68, True)]
+
+
+@pytest.fixture(scope="module")
+def emu_build(tmp_path_factory):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found: the emulation is a C++ program built by the test")
+    d = tmp_path_factory.mktemp("sparse_emu")
+
+    def build(define=None):
+        exe = str(d / ("emu_" + (define or "clean")))
+        cmd = ["g++", "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror", "-I", os.path.join(ROOT, "csrc"),
+               *([f"-D{define}"] if define else []), EMU_SRC, "-o", exe]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        return exe
+    build.dir = d
+    return build
+
+
+def _emulate(exe, d, M, N, K, bias, seed):
+    w = _sparse_weight(N, K, seed=seed, ints=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randint(-3, 4, (M, K), generator=g).double()
+    b = torch.randint(-5, 6, (N,), generator=g).double() if bias else None
+    v, m = ops.compress_2_4(w.half())           # the real encoder, on the kernel's dtype
+    path_in, path_out = str(d / f"in_{M}_{N}_{K}"), str(d / f"out_{M}_{N}_{K}")
+    with open(path_in, "wb") as f:
+        f.write(np.array([M, N, K, int(bias)], dtype=np.int64).tobytes())
+        f.write(x.numpy().tobytes())
+        f.write(v.double().numpy().tobytes())
+        f.write(m.numpy().view(np.uint16).tobytes())
+        if bias:
+            f.write(b.numpy().tobytes())
+    res = subprocess.run([exe, path_in, path_out], capture_output=True, text=True, timeout=300)
+    assert res.returncode in (0, 1), res.stderr
+    out = torch.from_numpy(np.fromfile(path_out, dtype=np.float64).reshape(M, N))
+    ref = torch.nn.functional.linear(x, w, b)
+    return res.returncode == 0 and torch.equal(out, ref), res.stdout
+
+
+def test_emulated_kernel_matches_reference(emu_build):
+    exe = emu_build()
+    for i, (M, N, K, bias) in enumerate(EMU_CASES):
+        ok, msg = _emulate(exe, emu_build.dir, M, N, K, bias, seed=i)
+        assert ok, f"M={M} N={N} K={K}: {msg}"
+
+
+@pytest.mark.parametrize("plant", ["EMU_PLANT_LANE", "EMU_PLANT_META", "EMU_PLANT_BFRAG"])
+def test_planted_bug_is_caught(emu_build, plant):
+    """A wrong lane map, swapped metadata halves or a wrong B k-offset map must fail the emulation."""
+    exe = emu_build(plant)
+    M, N, K, bias = EMU_CASES[3]
+    ok, msg = _emulate(exe, emu_build.dir, M, N, K, bias, seed=3)
+    assert not ok, f"planted {plant} not caught: {msg}"

@@ -54,6 +54,8 @@ CACHE_DIR = os.path.join(ROOT, "build", "check_gpu_build")
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 # Base names of the CUDA kernels whose main loop is mma.sync: their SASS must hold HMMA.
 TENSOR_CORE_KERNELS = {"gemm_fwd_kernel", "conv2d_igemm_kernel"}
+# The 2:4 sparse kernel (csrc/cuda/sparse.cu) runs mma.sp: HMMA.SP in its SASS.
+TENSOR_CORE_KERNELS |= {"sparse_linear_fwd_kernel"}
 # Division-routine budget per tensor-core kernel of conv.cu: max(DIV_FLOOR, HMMA / 2) calls.
 DIV_FLOOR = 8
 LADDER_SOURCES = ("csrc/cuda/ladder", "csrc/cuda/sm90/ladder")
