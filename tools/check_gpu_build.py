@@ -376,7 +376,14 @@ def _probes():
         finally:
             m._depthwise_splits = saved
 
+    def sparse(dt):
+        from triton_kernels import sparse as m
+        meta = torch.full((48, 6), 0x4444, dtype=torch.int16)   # K = 96: 6 words a row, indices 0, 1
+        m.sparse_linear(torch.randn(80, 96, dtype=dt), torch.randn(48, 48, dtype=dt), meta,
+                        torch.randn(48, dtype=dt), torch.empty(80, 48, dtype=dt))
+
     return {
+        "sparse": [("sparse_linear", sparse)],
         "gemm": [("gemm", gemm)],
         "conv": [("fwd", conv_fwd), ("depthwise", conv_dw), ("dgrad", conv_dgrad),
                  ("wgrad", conv_wgrad), ("wgrad-split", lambda dt: conv_wgrad(dt, 4)),
