@@ -382,3 +382,32 @@ def test_planted_bug_is_caught(emu_build, plant):
     M, N, K, bias = EMU_CASES[3]
     ok, msg = _emulate(exe, emu_build.dir, M, N, K, bias, seed=3)
     assert not ok, f"planted {plant} not caught: {msg}"
+
+
+def test_prune_cli_2_4(tmp_path, capsys):
+    """pyimgcls prune --2:4 --amount 0: same widths, weights 2:4 in every eligible layer, loadable
+    (weights only) and evaluable."""
+    from pyimgcls import cli
+
+    def run(*argv):
+        try:
+            return cli.main([str(a) for a in argv])
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 1
+    small = ["--data", "digits", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--no-plots",
+             "--kernels", "cpu", "--quiet"]
+    assert run("train", *small, "--epochs", 1, "--out", tmp_path / "run") == 0
+    out = tmp_path / "sparse.pt"
+    assert run("prune", "--checkpoint", tmp_path / "run" / "best.pt", "--amount", 0, "--2:4", "--out", out) == 0
+    assert "2:4 sparse weights in" in capsys.readouterr().out
+    data = torch.load(out, weights_only=True)
+    rec = data["meta"]["pruning"][-1]["sparsity"]
+    assert rec["pattern"] == "2:4" and rec["layers"]
+    model = pyimgcls.load_model(out)
+    base = pyimgcls.load_model(tmp_path / "run" / "best.pt")
+    mods = dict(model.named_modules())
+    for name in rec["layers"]:
+        nz = (_groups(mods[name].weight.detach()) != 0).sum(1)
+        assert bool((nz <= 2).all())
+        assert mods[name].weight.shape == dict(base.named_modules())[name].weight.shape
+    assert run("eval", "--checkpoint", out, "--limit-test", 32, "--kernels", "cpu") == 0
