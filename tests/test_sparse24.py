@@ -276,6 +276,13 @@ def test_sparse_linear_strided_input_and_threads():
     xcl = torch.randn(2, K, 3, 3).to(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # 1x1 conv as NHWC
     assert_close_to_reference(ops.sparse_linear(xcl, v, m), xcl.double() @ w.double().t())
     assert ops.sparse_linear(torch.randn(0, K), v, m).shape == (0, N)
+    # more features than one decompression panel (4 Mi scratch elements): K = 4, N = 2^20 + 37
+    N, K = (1 << 20) + 37, 4
+    w = _sparse_weight(N, K, seed=5, dtype=torch.float32)
+    v, m = ops.compress_2_4(w)
+    x = torch.randn(2, K)
+    b = torch.randn(N)
+    assert_close_to_reference(ops.sparse_linear(x, v, m, b), torch.addmm(b.double(), x.double(), w.double().t()))
 
 
 def test_sparse_linear_equals_the_pruned_linear_layer():

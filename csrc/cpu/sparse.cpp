@@ -1,13 +1,18 @@
 // 2:4 sparse linear on the CPU: out[M, N] = x[M, K] @ W^T + bias, W [N, K] stored compressed
 // (values [N, K/2] + uint16 metadata [N, ceil(K/16)], format in csrc/cuda/sparse.h).
 //
-// Algorithm: the work is cut into (16 output features) x (64 rows of x) blocks, OpenMP over blocks.
-// A block first decodes its 16 rows' metadata into absolute k indices (one int32 per kept value),
-// then each group of 4 rows of x runs over the 16 features with 4 accumulators, a gathered
-// x[m][idx[j]] times values[n][j] per kept value: the kernel does the sparse FLOPs (M * N * K, half
-// the dense count) and never materialises the dense W.
-// FLOPs: M * N * K (multiply-adds counted as 2: 2 * M * N * K / 2); bytes at least
-// sizeof(T) * (M * K + N * K / 2 + M * N) + N * K / 8.
+// Algorithm: W is decompressed in panels of output features (all of N up to 16 MB of scratch) into a
+// dense [rows, K] scratch (OpenMP over rows: each kept value written at 4 * group + its 2-bit index,
+// the other two zeroed),
+// and each panel is multiplied by the dense CPU GEMM (csrc/cpu/gemm.h, called, not copied) with its
+// B operand the panel read transposed (sbk = 1, sbn = K) and its output the panel's columns of out.
+// Why not multiply-add only the kept values: the CPU has no sparse units, and a kernel doing the
+// sparse FLOPs (one broadcast FMA over 64 rows of x per kept value; every x element loaded per FMA,
+// no register reuse across features since each feature keeps other k) measured 3-5x slower than the
+// dense GEMM here (benchmarks/NOTES.md, 2:4 sparse), while decompress + dense GEMM costs the dense
+// time plus N * K element writes per call. 2:4 pays on the sparse tensor cores (csrc/cuda/sparse.cu).
+// FLOPs: 2 * M * N * K (dense, as executed); bytes at least
+// sizeof(T) * (M * K + N * K / 2 + M * N) + N * K / 8, plus the panel scratch written and read once.
 // Test: tests/test_sparse24.py -k sparse_linear.
 #include "sparse.h"
 
@@ -16,52 +21,40 @@
 #include <string>
 #include <vector>
 
+#include "gemm.h"
+
 namespace pyimgcls::cpu {
 
 namespace {
 
-constexpr int64_t kBlockN = 16, kBlockM = 64, kRowGroup = 4;
+// Panel size: as many features as fit in kPanelElems scratch elements (16 MB of float32), at least 16;
+// fewer, larger panels mean fewer passes of the GEMM's packing over x.
+constexpr int64_t kPanelElems = int64_t(4) << 20;
 
-// Absolute k of the two kept values of every group of row n: idx[2g], idx[2g + 1].
-void decode_row(const uint16_t* meta, int64_t K, int32_t* idx) {
+// Dense row of W: w[4g + i0] = v[2g], w[4g + i1] = v[2g + 1], the other two elements of group g zero.
+template <typename T>
+void decompress_row(const T* v, const uint16_t* meta, int64_t K, T* w) {
   for (int64_t g = 0; g < K / 4; ++g) {
     const unsigned nib = (meta[g / 4] >> (4 * (g % 4))) & 0xFu;
-    idx[2 * g] = static_cast<int32_t>(4 * g + (nib & 3u));
-    idx[2 * g + 1] = static_cast<int32_t>(4 * g + (nib >> 2));
+    T* d = w + 4 * g;
+    d[0] = d[1] = d[2] = d[3] = T(0);
+    d[nib & 3u] = v[2 * g];
+    d[nib >> 2] = v[2 * g + 1];
   }
 }
 
 template <typename T>
-void run(const T* x, int64_t ldx, const T* values, int64_t ldv, const uint16_t* meta, int64_t ldm, const T* bias,
-         T* out, int64_t ldo, int64_t M, int64_t N, int64_t K) {
-  const int64_t nb = (N + kBlockN - 1) / kBlockN, mb = (M + kBlockM - 1) / kBlockM;
-  const int64_t half = K / 2;
-#pragma omp parallel
-  {
-    std::vector<int32_t> idx(static_cast<size_t>(kBlockN * std::max<int64_t>(half, 1)));
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < nb * mb; ++b) {
-      const int64_t n0 = (b / mb) * kBlockN, m0 = (b % mb) * kBlockM;
-      const int64_t n1 = std::min(N, n0 + kBlockN), m1 = std::min(M, m0 + kBlockM);
-      for (int64_t n = n0; n < n1; ++n) decode_row(meta + n * ldm, K, idx.data() + (n - n0) * half);
-      for (int64_t m = m0; m < m1; m += kRowGroup) {
-        const int64_t rows = std::min(kRowGroup, m1 - m);
-        const T* xr[kRowGroup];
-        for (int64_t i = 0; i < kRowGroup; ++i) xr[i] = x + (m + std::min(i, rows - 1)) * ldx;
-        for (int64_t n = n0; n < n1; ++n) {
-          const int32_t* id = idx.data() + (n - n0) * half;
-          const T* v = values + n * ldv;
-          T acc[kRowGroup] = {};
-          for (int64_t j = 0; j < half; ++j) {
-            const T w = v[j];
-            const int32_t k = id[j];
-            for (int64_t i = 0; i < kRowGroup; ++i) acc[i] += w * xr[i][k];
-          }
-          const T bn = bias != nullptr ? bias[n] : T(0);
-          for (int64_t i = 0; i < rows; ++i) out[(m + i) * ldo + n] = acc[i] + bn;
-        }
-      }
-    }
+void run(DType dt, const T* x, int64_t ldx, const T* values, int64_t ldv, const uint16_t* meta, int64_t ldm,
+         const T* bias, T* out, int64_t ldo, int64_t M, int64_t N, int64_t K) {
+  const int64_t rows = std::min(N, std::max<int64_t>(16, kPanelElems / K));
+  std::vector<T> panel(static_cast<size_t>(rows * K));
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    const int64_t pn = std::min(rows, N - n0);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < pn; ++i)
+      decompress_row(values + (n0 + i) * ldv, meta + (n0 + i) * ldm, K, panel.data() + i * K);
+    gemm(dt, x, ldx, 1, panel.data(), 1, K, bias != nullptr ? bias + n0 : nullptr, out + n0, ldo, 1, M, pn, K,
+         Act::None);
   }
 }
 
@@ -72,10 +65,10 @@ void sparse_linear(DType dt, const void* x, int64_t ldx, const void* values, int
   if (K % 4 != 0) throw std::invalid_argument("sparse_linear: K must be a multiple of 4");
   if (M <= 0 || N <= 0) return;
   if (dt == DType::Float32)
-    run(static_cast<const float*>(x), ldx, static_cast<const float*>(values), ldv, meta, ldm,
+    run(dt, static_cast<const float*>(x), ldx, static_cast<const float*>(values), ldv, meta, ldm,
         static_cast<const float*>(bias), static_cast<float*>(out), ldo, M, N, K);
   else if (dt == DType::Float64)
-    run(static_cast<const double*>(x), ldx, static_cast<const double*>(values), ldv, meta, ldm,
+    run(dt, static_cast<const double*>(x), ldx, static_cast<const double*>(values), ldv, meta, ldm,
         static_cast<const double*>(bias), static_cast<double*>(out), ldo, M, N, K);
   else
     throw std::invalid_argument(std::string("CPU sparse_linear takes float32 or float64, got ") + dtype_name(dt));
