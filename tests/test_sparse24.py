@@ -276,6 +276,9 @@ def test_sparse_linear_strided_input_and_threads():
     xcl = torch.randn(2, K, 3, 3).to(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # 1x1 conv as NHWC
     assert_close_to_reference(ops.sparse_linear(xcl, v, m), xcl.double() @ w.double().t())
     assert ops.sparse_linear(torch.randn(0, K), v, m).shape == (0, N)
+    odd = torch.randn(3 * K + 1)[1:].view(3, K)        # odd element offset: copied for the 32-bit pair loads
+    assert odd.storage_offset() == 1
+    assert_close_to_reference(ops.sparse_linear(odd, v, m), odd.double() @ w.double().t())
     # more features than one decompression panel (4 Mi scratch elements): K = 4, N = 2^20 + 37
     N, K = (1 << 20) + 37, 4
     w = _sparse_weight(N, K, seed=5, dtype=torch.float32)
@@ -283,6 +286,19 @@ def test_sparse_linear_strided_input_and_threads():
     x = torch.randn(2, K)
     b = torch.randn(N)
     assert_close_to_reference(ops.sparse_linear(x, v, m, b), torch.addmm(b.double(), x.double(), w.double().t()))
+
+
+def test_sparse_linear_custom_op_opcheck_and_compile():
+    """The registered op (what torch.compile traces) passes opcheck, and a compiled call equals eager."""
+    from pyimgcls.ops.sparse import _sparse_linear_op
+    w = _sparse_weight(12, 32, seed=4, dtype=torch.float32)
+    v, m = ops.compress_2_4(w)
+    x, b = torch.randn(5, 32), torch.randn(12)
+    torch.library.opcheck(_sparse_linear_op, (x, v, m, b, "cpu"))
+    torch.library.opcheck(_sparse_linear_op, (x, v, m, None, "torch"))
+    with torch.no_grad():
+        compiled = torch.compile(lambda x: ops.sparse_linear(x, v, m, b), backend="eager", fullgraph=True)
+        assert torch.equal(compiled(x), ops.sparse_linear(x, v, m, b))
 
 
 def test_sparse_linear_equals_the_pruned_linear_layer():

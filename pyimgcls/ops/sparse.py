@@ -22,7 +22,7 @@ import torch
 
 from .. import backends as _grid
 from ..errors import ArgumentTypeError, ArgumentValueError, BackendError
-from . import _checks
+from . import _checks, _eager
 
 _PAD_NIBBLE = 0x4
 
@@ -104,6 +104,25 @@ def decompress_2_4(values: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor
     return dense.reshape(N, K)
 
 
+def _forward(x, values, metadata, bias, backend):
+    if x.storage_offset() % 2:   # the CUDA kernel reads element pairs as 32-bit words
+        x = x.clone(memory_format=torch.contiguous_format)
+    return _grid.kernels(backend, "sparse").sparse_linear(x, values, metadata, bias)
+
+
+# The custom op torch.compile traces and register_fake describes (no autograd: an inference op); plain
+# eager calls skip the dispatcher (ops/_eager.py) and run _forward directly.
+@torch.library.custom_op("pyimgcls::sparse_linear", mutates_args=())
+def _sparse_linear_op(x: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor, bias: torch.Tensor | None,
+                      backend: str) -> torch.Tensor:
+    return _forward(x, values, metadata, bias, backend)
+
+
+@_sparse_linear_op.register_fake
+def _(x, values, metadata, bias, backend):
+    return x.new_empty((x.shape[0], values.shape[0]))
+
+
 def sparse_linear(input: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor,
                   bias: torch.Tensor | None = None) -> torch.Tensor:
     """``input @ W^T + bias`` ([*, K] -> [*, N]) with W 2:4 compressed (module docstring)."""
@@ -128,10 +147,10 @@ def sparse_linear(input: torch.Tensor, values: torch.Tensor, metadata: torch.Ten
         raise BackendError(f"{op}: backend '{backend}' has no 2:4 sparse kernels yet; use 'cpu', 'cuda' or 'torch'")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
-    if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) != K) or x2.data_ptr() % 4:
+    if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) != K):
         x2 = x2.contiguous()
-    out = _grid.kernels(backend, "sparse").sparse_linear(x2, v.contiguous(), metadata.contiguous(),
-                                                         None if b is None else b.contiguous())
+    args = (x2, v.contiguous(), metadata.contiguous(), None if b is None else b.contiguous(), backend)
+    out = _forward(*args) if _eager.plain_eager(*args[:4]) else _sparse_linear_op(*args)
     return out.reshape(*lead, N)
 
 
