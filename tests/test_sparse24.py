@@ -262,6 +262,32 @@ def test_sparse_linear_matches_float64(backend, dtype, bias):
         assert_close_to_reference(out, ref, theirs)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_sparse_linear_cuda_kernel(dtype):
+    """The mma.sp kernel on a GPU (skipped without one): partial CTAs in M and N, K tails below one
+    32-step, batch 1, an odd element offset, bias or none; float32 refused."""
+    from helpers import assert_close_to_reference
+    for shape, N in SHAPES + [((300, 4100), 97)]:
+        K = shape[-1]
+        w = _sparse_weight(N, K, seed=K, dtype=dtype).cuda()
+        x = torch.randn(*shape, dtype=torch.float64).to(dtype).cuda()
+        for b in (None, torch.randn(N, dtype=torch.float64).to(dtype).cuda()):
+            v, m = ops.compress_2_4(w)
+            with pyimgcls.use_backend("cuda"):
+                out = ops.sparse_linear(x, v, m, b)
+            ref = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+            theirs = torch.nn.functional.linear(x, w, b)
+            assert_close_to_reference(out, ref, theirs)
+    odd = torch.randn(3 * 36 + 1, device="cuda").to(dtype)[1:].view(3, 36)
+    v, m = ops.compress_2_4(_sparse_weight(5, 36, dtype=dtype).cuda())
+    with pyimgcls.use_backend("cuda"):
+        assert_close_to_reference(ops.sparse_linear(odd, v, m), odd.double() @ ops.decompress_2_4(v, m).double().t(),
+                                  odd @ ops.decompress_2_4(v, m).t())
+        with pytest.raises(BackendError, match="float16 or bfloat16"):
+            ops.sparse_linear(odd.float(), v.float(), m)
+
+
 def test_sparse_linear_strided_input_and_threads():
     from helpers import assert_close_to_reference, omp_threads
     N, K = 40, 64

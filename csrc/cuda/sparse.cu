@@ -86,6 +86,9 @@ __global__ void __launch_bounds__(sp::kThreads) sparse_linear_fwd_kernel(const S
 #pragma unroll
     for (int r = 0; r < 4; ++r) acc[j][r] = 0.f;
 
+  // Two K steps per iteration: the second step's 24 loads are issued before the first step's MMAs
+  // wait on theirs (the fragments come straight from global memory, so latency is the limit).
+#pragma unroll 2
   for (int kb = 0; kb < p.K; kb += sp::kStepK) {
     uint32_t a[4];
 #pragma unroll
