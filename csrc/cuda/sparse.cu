@@ -11,8 +11,11 @@
 // K % 4 == 0 keeps every pair inside or outside K, and beyond N / M / K a pair reads as 0).
 // FLOPs: 2 * M * N * K dense-equivalent (M * N * K issued on the tensor cores); bytes at least
 // 2 * (M * K + N * K / 2 + M * N) + N * K / 8 (metadata).
-// Test: tests/test_sparse24.py (CPU emulation of this data path); benchmark: benchmarks/bench_gemm.py
-// --sparse (GPU; unmeasured so far).
+// Not yet done (see benchmarks/NOTES.md): shared-memory staging with cp.async as in gemm.cu, which the
+// >= 1.3x-over-dense target likely needs. ptxas advises mma.sp::ordered_metadata for sm_90 and later
+// (PTX 8.5; the metadata written by compress_2_4 is already ordered, i0 < i1).
+// Test: tests/test_sparse24.py (CPU emulation of this data path; the GPU test is cuda-marked);
+// benchmark: benchmarks/bench_sparse.py (GPU; unmeasured so far).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
