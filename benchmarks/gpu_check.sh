@@ -50,6 +50,7 @@ STAGE=${2:-check}
 case "$STAGE" in check|bench1|bench2|bench3|bench4|tests|sanitize|bench|all) ;; *) usage; exit 2 ;; esac
 # benchmark groups of the bench<n> stages, each sized to fit one command
 declare -A BENCH_GROUP=([bench1]="gemm,conv" [bench2]="pool,batchnorm,softmax_xent" [bench3]="ladder,models")
+BENCH_GROUP[bench1]+=",sparse"  # the 2:4 sparse GEMM (bench_sparse.py) next to the dense one
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mkdir -p "$1" || exit 2

@@ -392,6 +392,9 @@ def _add_prune_parser(sub) -> None:
                    help="rank all channels together (scores relative to their layer's mean) instead of removing "
                         "--amount from every layer; layers then lose different fractions")
     s.add_argument("--out", required=True, metavar="FILE", help="the pruned checkpoint to write")
+    s.add_argument("--2:4", dest="sparse_2_4", action="store_true",
+                   help="then keep the 2 largest of every 4 input-channel weights of each layer (2:4 sparsity for "
+                        "the sparse tensor cores; --amount 0 for 2:4 only)")
     s.set_defaults(func=cmd_prune)
 
 

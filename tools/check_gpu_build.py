@@ -54,6 +54,8 @@ CACHE_DIR = os.path.join(ROOT, "build", "check_gpu_build")
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 # Base names of the CUDA kernels whose main loop is mma.sync: their SASS must hold HMMA.
 TENSOR_CORE_KERNELS = {"gemm_fwd_kernel", "conv2d_igemm_kernel"}
+# The 2:4 sparse kernel (csrc/cuda/sparse.cu) runs mma.sp: HMMA.SP in its SASS.
+TENSOR_CORE_KERNELS |= {"sparse_linear_fwd_kernel"}
 # Division-routine budget per tensor-core kernel of conv.cu: max(DIV_FLOOR, HMMA / 2) calls.
 DIV_FLOOR = 8
 LADDER_SOURCES = ("csrc/cuda/ladder", "csrc/cuda/sm90/ladder")
@@ -454,7 +456,14 @@ def _probes():
         else:
             m.quant_quantize(torch.randn(3, 100), 10.0, 128, torch.empty(3, 100, dtype=torch.uint8))
 
+    def sparse(dt):
+        from triton_kernels import sparse as m
+        meta = torch.full((48, 6), 0x4444, dtype=torch.int16)   # K = 96: 6 words a row, indices 0, 1
+        m.sparse_linear(torch.randn(80, 96, dtype=dt), torch.randn(48, 48, dtype=dt), meta,
+                        torch.randn(48, dtype=dt), torch.empty(80, 48, dtype=dt))
+
     return {
+        "sparse": [("sparse_linear", sparse)],
         "gemm": [(f"gemm-{name}", lambda dt, a=a: gemm(dt, a)) for a, name in GEMM_ACTS]
         + [(f"act-{name}", lambda dt, a=a: act_elementwise(dt, a)) for a, name in ACTIVATIONS],
         "se": [("se-nchw-hw289-silu-sigmoid", lambda dt: se(dt, 24, 17, False, 1, 0)),

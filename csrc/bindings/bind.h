@@ -64,5 +64,6 @@ void bind_batchnorm(py::module_& m);
 void bind_ladder(py::module_& m);
 void bind_quant(py::module_& m);
 void bind_se(py::module_& m);
+void bind_sparse(py::module_& m);
 
 }  // namespace pyimgcls::bind

@@ -16,4 +16,5 @@ PYBIND11_MODULE(_C, m) {
   pyimgcls::bind::bind_quant(m);
   pyimgcls::bind::bind_distill(m);
   pyimgcls::bind::bind_se(m);
+  pyimgcls::bind::bind_sparse(m);
 }

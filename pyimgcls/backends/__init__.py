@@ -106,6 +106,7 @@ NAMES: tuple[str, ...] = tuple(TABLE)            # concrete backends
 CHOICES: tuple[str, ...] = ("auto", *NAMES)      # what users may select
 
 FAMILIES = ("gemm", "conv", "pool", "batchnorm", "softmax_xent", "ladder", "quant", "distill", "se")
+FAMILIES += ("sparse",)  # 2:4 sparse weights (cpu, cuda, torch; triton: triton_kernels/sparse.py)
 
 _modules: dict[tuple[str, str], ModuleType] = {}
 

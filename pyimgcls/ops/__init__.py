@@ -10,6 +10,7 @@ from .quant import QuantizedWeight, dequantize, quantize_per_tensor, quantize_we
 from .quant import quantized_adaptive_avg_pool2d, quantized_max_pool2d
 from .se import drop_path_add, squeeze_excitation, stochastic_depth
 from .softmax_xent import cross_entropy, softmax_cross_entropy
+from .sparse import compress_2_4, decompress_2_4, sparse_linear
 
 __all__ = ["matmul", "linear", "conv2d", "conv2d_bias_relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "reference"]
 __all__ += ["softmax_cross_entropy", "cross_entropy"]
@@ -19,3 +20,4 @@ __all__ += ["quantized_linear", "quantized_conv2d", "QuantizedWeight", "quantize
             "dequantize", "quantized_max_pool2d", "quantized_adaptive_avg_pool2d"]
 __all__ += ["squeeze_excitation", "stochastic_depth", "drop_path_add"]
 __all__ += ["activation"]
+__all__ += ["sparse_linear", "compress_2_4", "decompress_2_4"]

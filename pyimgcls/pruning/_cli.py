@@ -26,13 +26,26 @@ def prune_checkpoint(args) -> dict:
     pruned = prune_channels(model, amount=args.amount, criterion=args.criterion, example_input=x,
                             global_ranking=ranking)
     after = sum(p.numel() for p in pruned.parameters())
-    history = list(meta.get("pruning", [])) + [{"amount": float(args.amount), "criterion": args.criterion,
-                                                "global_ranking": ranking,
-                                                "source": os.path.abspath(args.checkpoint),
-                                                "parameters_before": before, "parameters_after": after}]
+    entry = {"amount": float(args.amount), "criterion": args.criterion, "global_ranking": ranking,
+             "source": os.path.abspath(args.checkpoint), "parameters_before": before, "parameters_after": after}
+    sparse = _sparse_2_4(pruned) if getattr(args, "sparse_2_4", False) else None
+    if sparse is not None:
+        entry["sparsity"] = sparse
+    history = list(meta.get("pruning", [])) + [entry]
     new_meta = dict(meta, architecture=architecture(pruned), pruning=history)
     ckpt_mod.atomic_save({"format": ckpt_mod.FORMAT, "kind": "pruned", "meta": new_meta,
                           "model": pruned.state_dict()}, args.out)
+    extra = "" if sparse is None else f"; 2:4 sparse weights in {len(sparse['layers'])} layers"
     print(f"pyimgcls prune: {meta['model']} from {args.checkpoint}: {args.amount:g} of the channels removed "
-          f"({args.criterion}); {before:,} -> {after:,} parameters ({after / before:.3f}x); wrote {args.out}")
+          f"({args.criterion}){extra}; {before:,} -> {after:,} parameters ({after / before:.3f}x); wrote {args.out}")
     return {"parameters_before": before, "parameters_after": after, "out": args.out}
+
+
+def _sparse_2_4(model) -> dict:
+    """``--2:4``: 2:4 magnitude sparsity on the (channel-pruned) model, baked into the weights (a plain
+    checkpoint of the same widths, zeros in the 2:4 pattern; pyimgcls.pruning.prune_2_4 keeps masks for
+    fine-tuning in Python, this file does not). Returns the record kept in the checkpoint's history."""
+    from ._sparse24 import prune_2_4, remove_masks
+    report = prune_2_4(model)
+    remove_masks(model)
+    return {"pattern": "2:4", "layers": report["pruned"], "skipped": sorted(report["skipped"])}
