@@ -1397,17 +1397,34 @@ void convert4(const S* src, Strides4 ss, int64_t N, int64_t C, int64_t H, int64_
 const auto widen = [](uint16_t v) { return bf16_to_float(v); };
 const auto narrow = [](float v) { return float_to_bf16(v); };
 
-// A bf16 [N, C, H, W] tensor as a dense float32 copy (strides in `st`).
-std::vector<float> widen4(const uint16_t* src, Strides4 ss, int64_t N, int64_t C, int64_t H, int64_t W,
-                          Strides4& st) {
+// Grow-only float32 scratch per (thread, slot), never zero-filled: every use rewrites its buffer
+// completely, and a fresh multi-megabyte vector per call costs page faults and a memset.
+enum Slot { kSlotX, kSlotW, kSlotB, kSlotR, kSlotOut, kSlotG, kSlots };
+float* f32_scratch(Slot slot, int64_t n) {
+  struct Buf {
+    std::unique_ptr<float[]> p;
+    int64_t cap = 0;
+  };
+  static thread_local Buf bufs[kSlots];
+  Buf& b = bufs[slot];
+  if (n > b.cap) {
+    b.p.reset(new float[static_cast<size_t>(n)]);  // default-initialised: no fill
+    b.cap = n;
+  }
+  return b.p.get();
+}
+
+// A bf16 [N, C, H, W] tensor as a dense float32 copy in `slot` (strides in `st`).
+const float* widen4(Slot slot, const uint16_t* src, Strides4 ss, int64_t N, int64_t C, int64_t H, int64_t W,
+                    Strides4& st) {
   st = dense_like(ss, C, H, W);
-  std::vector<float> buf(static_cast<size_t>(N * C * H * W));
-  convert4(src, ss, N, C, H, W, buf.data(), st, widen);
+  float* buf = f32_scratch(slot, std::max<int64_t>(N * C * H * W, 1));
+  convert4(src, ss, N, C, H, W, buf, st, widen);
   return buf;
 }
 
-std::vector<float> widen_flat(const uint16_t* src, int64_t n) {
-  std::vector<float> buf(static_cast<size_t>(std::max<int64_t>(n, 0)));
+const float* widen_flat(Slot slot, const uint16_t* src, int64_t n) {
+  float* buf = f32_scratch(slot, std::max<int64_t>(n, 1));
   for (int64_t e = 0; e < n; ++e) buf[e] = bf16_to_float(src[e]);
   return buf;
 }
@@ -1415,21 +1432,20 @@ std::vector<float> widen_flat(const uint16_t* src, int64_t n) {
 void conv2d_fwd_bf16(const ConvGeometry& s, const uint16_t* x, Strides4 xs, const uint16_t* w, const uint16_t* bias,
                      const uint16_t* res, Strides4 rs, uint16_t* out, Strides4 os, Act act) {
   check_collapsible("out", s.OH, s.OW, os);
-  Strides4 xd, rd{}, od;
-  const std::vector<float> xf = widen4(x, xs, s.N, s.C, s.H, s.W, xd);
-  const std::vector<float> wf = widen_flat(w, s.O * (s.C / s.groups) * s.KH * s.KW);
-  const std::vector<float> bf = bias ? widen_flat(bias, s.O) : std::vector<float>();
-  const std::vector<float> rf = res ? widen4(res, rs, s.N, s.O, s.OH, s.OW, rd) : std::vector<float>();
+  Strides4 xd, rd{};
+  const float* xf = widen4(kSlotX, x, xs, s.N, s.C, s.H, s.W, xd);
+  const float* wf = widen_flat(kSlotW, w, s.O * (s.C / s.groups) * s.KH * s.KW);
+  const float* bf = bias ? widen_flat(kSlotB, bias, s.O) : nullptr;
+  const float* rf = res ? widen4(kSlotR, res, rs, s.N, s.O, s.OH, s.OW, rd) : nullptr;
   // the output's layout decides the GEMM orientation (conv2d_fwd_t: os.c == 1 and O > 1 is pixel-major)
-  od = (os.c == 1 && s.O > 1) ? Strides4{s.OH * s.OW * s.O, 1, s.OW * s.O, s.O}
-                              : Strides4{s.O * s.OH * s.OW, s.OH * s.OW, s.OW, 1};
-  std::vector<float> of(static_cast<size_t>(s.N * s.O * s.OH * s.OW));
+  const Strides4 od = (os.c == 1 && s.O > 1) ? Strides4{s.OH * s.OW * s.O, 1, s.OW * s.O, s.O}
+                                             : Strides4{s.O * s.OH * s.OW, s.OH * s.OW, s.OW, 1};
+  float* of = f32_scratch(kSlotOut, std::max<int64_t>(s.N * s.O * s.OH * s.OW, 1));
   {
     const Bf16Gemms scope;
-    conv2d_fwd_t<float>(s, xf.data(), xd, wf.data(), bias ? bf.data() : nullptr, res ? rf.data() : nullptr, rd,
-                        of.data(), od, act);
+    conv2d_fwd_t<float>(s, xf, xd, wf, bf, rf, rd, of, od, act);
   }
-  convert4(of.data(), od, s.N, s.O, s.OH, s.OW, out, os, narrow);
+  convert4(of, od, s.N, s.O, s.OH, s.OW, out, os, narrow);
 }
 
 void conv2d_bwd_data_bf16(const ConvGeometry& s, const uint16_t* g, Strides4 gs, const uint16_t* w, uint16_t* dx,
@@ -1437,28 +1453,28 @@ void conv2d_bwd_data_bf16(const ConvGeometry& s, const uint16_t* g, Strides4 gs,
   check_collapsible("grad", s.OH, s.OW, gs);
   check_collapsible("grad_input", s.H, s.W, xs);
   Strides4 gd;
-  const std::vector<float> gf = widen4(g, gs, s.N, s.O, s.OH, s.OW, gd);
-  const std::vector<float> wf = widen_flat(w, s.O * (s.C / s.groups) * s.KH * s.KW);
+  const float* gf = widen4(kSlotG, g, gs, s.N, s.O, s.OH, s.OW, gd);
+  const float* wf = widen_flat(kSlotW, w, s.O * (s.C / s.groups) * s.KH * s.KW);
   const Strides4 xd = dense_like(xs, s.C, s.H, s.W);
-  std::vector<float> dxf(static_cast<size_t>(s.N * s.C * s.H * s.W));
+  float* dxf = f32_scratch(kSlotOut, std::max<int64_t>(s.N * s.C * s.H * s.W, 1));
   {
     const Bf16Gemms scope;
-    conv2d_bwd_data_t<float>(s, gf.data(), gd, wf.data(), dxf.data(), xd);
+    conv2d_bwd_data_t<float>(s, gf, gd, wf, dxf, xd);
   }
-  convert4(dxf.data(), xd, s.N, s.C, s.H, s.W, dx, xs, narrow);
+  convert4(dxf, xd, s.N, s.C, s.H, s.W, dx, xs, narrow);
 }
 
 void conv2d_bwd_weight_bf16(const ConvGeometry& s, const uint16_t* g, Strides4 gs, const uint16_t* x, Strides4 xs,
                             uint16_t* dw) {
   check_collapsible("grad", s.OH, s.OW, gs);
   Strides4 gd, xd;
-  const std::vector<float> gf = widen4(g, gs, s.N, s.O, s.OH, s.OW, gd);
-  const std::vector<float> xf = widen4(x, xs, s.N, s.C, s.H, s.W, xd);
+  const float* gf = widen4(kSlotG, g, gs, s.N, s.O, s.OH, s.OW, gd);
+  const float* xf = widen4(kSlotX, x, xs, s.N, s.C, s.H, s.W, xd);
   const int64_t wsize = s.O * (s.C / s.groups) * s.KH * s.KW;
-  std::vector<float> dwf(static_cast<size_t>(std::max<int64_t>(wsize, 0)));
+  float* dwf = f32_scratch(kSlotOut, std::max<int64_t>(wsize, 1));
   {
     const Bf16Gemms scope;
-    conv2d_bwd_weight_t<float>(s, gf.data(), gd, xf.data(), xd, dwf.data());
+    conv2d_bwd_weight_t<float>(s, gf, gd, xf, xd, dwf);
   }
   for (int64_t e = 0; e < wsize; ++e) dw[e] = float_to_bf16(dwf[e]);
 }

@@ -524,47 +524,50 @@ PYIMGCLS_INLINE uint16_t to_bf16_bits(float v) { return float_to_bf16(v); }
 PYIMGCLS_INLINE uint16_t to_bf16_bits(uint16_t v) { return v; }
 
 // P lanes (MR rows of A or NR columns of B) over kc steps of k into k-pair micro-panels (above),
-// reading any strides; lanes past `lanes` and the odd-k pad are zero.
+// reading any strides; lanes past `lanes` and the odd-k pad are zero. A pair is written as one
+// 32-bit word, bf16(k even) | bf16(k odd) << 16, so the lanes-contiguous loop is 32-bit lane-wise
+// work (two loads, the rounding, a shift and an or per pair) that vectorises; the body is compiled
+// per instruction set (Compiled<isa, PackBf16<...>>, the packer of that isa's kernels).
 template <typename TI, int P>
-void pack_bf16_pairs(const TI* src, int64_t s_lane, int64_t s_k, int64_t kc, int64_t lanes, uint16_t* __restrict dst) {
-  const int64_t kcp = kc + (kc & 1), pairs = kcp / 2;
-  for (int64_t p = 0; p * P < lanes; ++p) {
-    const int64_t valid = std::min<int64_t>(P, lanes - p * P);
-    const TI* s = src + p * P * s_lane;
-    uint16_t* d = dst + p * P * kcp;
-    if (valid < P || (kc & 1)) std::memset(d, 0, sizeof(uint16_t) * static_cast<size_t>(P * kcp));
-    const int64_t full = kc / 2;
-    if (s_lane == 1) {
-      // lanes contiguous (row-major B, column-major A): two k rows interleaved per pair
-      for (int64_t q = 0; q < full; ++q) {
-        const TI* s0 = s + 2 * q * s_k;
-        const TI* s1 = s0 + s_k;
-        uint16_t* dq = d + q * 2 * P;
-        for (int64_t j = 0; j < valid; ++j) {
-          dq[2 * j] = to_bf16_bits(s0[j]);
-          dq[2 * j + 1] = to_bf16_bits(s1[j]);
-        }
-      }
-      if (kc & 1) {
-        const TI* s0 = s + (kc - 1) * s_k;
-        uint16_t* dq = d + full * 2 * P;
-        for (int64_t j = 0; j < valid; ++j) dq[2 * j] = to_bf16_bits(s0[j]);
-      }
-    } else {
-      // any other strides (k contiguous: row-major A, a transposed weight as B): lane by lane
-      for (int64_t j = 0; j < valid; ++j) {
-        const TI* sj = s + j * s_lane;
-        uint16_t* dj = d + 2 * j;
+struct PackBf16 {
+  static PYIMGCLS_INLINE void run(const TI* src, int64_t s_lane, int64_t s_k, int64_t kc, int64_t lanes,
+                                  uint16_t* __restrict dst) {
+    const int64_t kcp = kc + (kc & 1), full = kc / 2;
+    for (int64_t p = 0; p * P < lanes; ++p) {
+      const int64_t valid = std::min<int64_t>(P, lanes - p * P);
+      const TI* s = src + p * P * s_lane;
+      uint32_t* d = reinterpret_cast<uint32_t*>(dst + p * P * kcp);  // [kcp / 2][P] pair words
+      if (valid < P) std::memset(d, 0, sizeof(uint32_t) * static_cast<size_t>(P * (kcp / 2)));
+      if (s_lane == 1) {
+        // lanes contiguous (row-major B, column-major A): two k rows combined per pair
         for (int64_t q = 0; q < full; ++q) {
-          dj[q * 2 * P] = to_bf16_bits(sj[2 * q * s_k]);
-          dj[q * 2 * P + 1] = to_bf16_bits(sj[(2 * q + 1) * s_k]);
+          const TI* __restrict s0 = s + 2 * q * s_k;
+          const TI* __restrict s1 = s0 + s_k;
+          uint32_t* __restrict dq = d + q * P;
+          for (int64_t j = 0; j < valid; ++j)
+            dq[j] = uint32_t(to_bf16_bits(s0[j])) | (uint32_t(to_bf16_bits(s1[j])) << 16);
         }
-        if (kc & 1) dj[full * 2 * P] = to_bf16_bits(sj[(kc - 1) * s_k]);
+        if (kc & 1) {
+          const TI* __restrict s0 = s + (kc - 1) * s_k;
+          uint32_t* __restrict dq = d + full * P;
+          for (int64_t j = 0; j < valid; ++j) dq[j] = uint32_t(to_bf16_bits(s0[j]));
+        }
+      } else {
+        // any other strides (k contiguous: row-major A, a transposed weight as B): lane by lane
+        for (int64_t j = 0; j < valid; ++j) {
+          const TI* sj = s + j * s_lane;
+          for (int64_t q = 0; q < full; ++q)
+            d[q * P + j] = uint32_t(to_bf16_bits(sj[2 * q * s_k])) | (uint32_t(to_bf16_bits(sj[(2 * q + 1) * s_k])) << 16);
+          if (kc & 1) d[full * P + j] = uint32_t(to_bf16_bits(sj[(kc - 1) * s_k]));
+        }
       }
     }
-    (void)pairs;
   }
-}
+};
+
+template <typename TI, int P, Isa isa>
+constexpr auto pack_bf16_pairs = &Compiled<isa, PackBf16<TI, P>>::template run<const TI*, int64_t, int64_t, int64_t,
+                                                                                 int64_t, uint16_t*>;
 
 // The bf16 kernels' tile epilogue: add the C tile (later KC blocks), bias and activation in
 // float32 (kEpilogue), store. acc0 / acc1: the MR rows' two W-lane halves.
@@ -685,18 +688,20 @@ template <typename TI>
 Kernel<float, TI, uint16_t> select_kernel_bf16(Isa isa, bool dot) {
   using K = Kernel<float, TI, uint16_t>;
 #ifdef PYIMGCLS_X86
+  constexpr Isa A5 = Isa::Avx512, A2 = Isa::Avx2;
   if (dot && isa == Isa::Avx512)
-    return K{&micro_bf16_dot<14>, pack_bf16_pairs<TI, 14>, pack_bf16_pairs<TI, 32>, 14, 32, kBf16KC, 70, 2048, 2};
+    return K{&micro_bf16_dot<14>, pack_bf16_pairs<TI, 14, A5>, pack_bf16_pairs<TI, 32, A5>, 14, 32, kBf16KC, 70, 2048, 2};
   if (isa == Isa::Avx512)
-    return K{&Compiled<Isa::Avx512, MicroKernelBf16<12, 64>>::run, pack_bf16_pairs<TI, 12>, pack_bf16_pairs<TI, 32>,
+    return K{&Compiled<A5, MicroKernelBf16<12, 64>>::run, pack_bf16_pairs<TI, 12, A5>, pack_bf16_pairs<TI, 32, A5>,
              12, 32, kBf16KC, 72, 2048, 2};
   if (isa == Isa::Avx2)
-    return K{&Compiled<Isa::Avx2, MicroKernelBf16<6, 32>>::run, pack_bf16_pairs<TI, 6>, pack_bf16_pairs<TI, 16>,
+    return K{&Compiled<A2, MicroKernelBf16<6, 32>>::run, pack_bf16_pairs<TI, 6, A2>, pack_bf16_pairs<TI, 16, A2>,
              6, 16, kBf16KC, 72, 2048, 2};
 #endif
   (void)dot;
-  return K{&Compiled<Isa::Generic, MicroKernelBf16<6, 16>>::run, pack_bf16_pairs<TI, 6>, pack_bf16_pairs<TI, 8>,
-           6, 8, kBf16KC, 72, 2048, 2};
+  constexpr Isa G = Isa::Generic;
+  return K{&Compiled<G, MicroKernelBf16<6, 16>>::run, pack_bf16_pairs<TI, 6, G>, pack_bf16_pairs<TI, 8, G>, 6, 8,
+           kBf16KC, 72, 2048, 2};
 }
 
 // C (float32, any strides) = act(A @ B + bias) through the bf16 kernels.
