@@ -552,8 +552,25 @@ struct PackBf16 {
           uint32_t* __restrict dq = d + full * P;
           for (int64_t j = 0; j < valid; ++j) dq[j] = uint32_t(to_bf16_bits(s0[j]));
         }
+      } else if (s_k == 1) {
+        // k contiguous (row-major A, a transposed weight as B): each lane's pairs rounded into a
+        // small [P][kQ] word buffer (contiguous: vectorises), then transposed into the panel.
+        constexpr int64_t kQ = 64;
+        uint32_t tmp[P][kQ];
+        for (int64_t q0 = 0; q0 < full; q0 += kQ) {
+          const int64_t qn = std::min(kQ, full - q0);
+          for (int64_t j = 0; j < valid; ++j) {
+            const TI* __restrict sj = s + j * s_lane + 2 * q0;
+            for (int64_t q = 0; q < qn; ++q)
+              tmp[j][q] = uint32_t(to_bf16_bits(sj[2 * q])) | (uint32_t(to_bf16_bits(sj[2 * q + 1])) << 16);
+          }
+          for (int64_t q = 0; q < qn; ++q)
+            for (int64_t j = 0; j < valid; ++j) d[(q0 + q) * P + j] = tmp[j][q];
+        }
+        if (kc & 1)
+          for (int64_t j = 0; j < valid; ++j) d[full * P + j] = uint32_t(to_bf16_bits(s[j * s_lane + kc - 1]));
       } else {
-        // any other strides (k contiguous: row-major A, a transposed weight as B): lane by lane
+        // any other strides: lane by lane
         for (int64_t j = 0; j < valid; ++j) {
           const TI* sj = s + j * s_lane;
           for (int64_t q = 0; q < full; ++q)
