@@ -45,6 +45,7 @@
 // Test and benchmark
 //   pytest tests/test_conv.py -k cpu
 //   pytest tests/test_conv_cpu_fast.py          (depthwise kernels and whole-batch GEMM paths)
+//   pytest tests/test_cpu_bf16.py               (bfloat16)
 //   pytest benchmarks/test_bench_conv_cpu.py
 #include "conv.h"
 

@@ -1,4 +1,6 @@
-// CPU GEMM family: C = act(A @ B + bias) and the backward of its epilogue, float32 and float64.
+// CPU GEMM family: C = act(A @ B + bias) and the backward of its epilogue, float32 and float64;
+// bfloat16 with float32 accumulation (vdpbf16ps where the CPU has AVX512_BF16) in the section
+// "bfloat16 GEMM" below, on the same five-loop driver.
 //
 // What it computes
 //   gemm:         C[m, n] = act(sum_k A[m, k] * B[k, n] + bias[n]),  act in {none, relu, relu6},
@@ -44,6 +46,7 @@
 //
 // Test and benchmark
 //   pytest tests/test_gemm.py -k cpu
+//   pytest tests/test_cpu_bf16.py               (bf16: every kernel path against float64)
 //   pytest benchmarks/test_bench_gemm_cpu.py
 #include "gemm.h"
 
