@@ -301,3 +301,30 @@ def test_conv_bf16_native_entry_points_threads():
             res.append((y.clone(), dx.clone(), dw.clone()))
     for a, b in zip(*res):
         assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("layout", ["sliced", "strided"])
+def test_conv_bf16_entry_points_strided_inputs(layout):
+    """bf16 tensors that are not dense (a channels_last slice, an NCHW view with w stride 2) reach the
+    strided copies into float32 scratch (autocast's casts give dense tensors, so only direct calls
+    of the backend entry points get here); float64 reference on the same bf16 values."""
+    from pyimgcls import backends
+    K = backends.kernels("cpu", "conv")
+    gen = torch.Generator().manual_seed(6)
+    x = _conv_input(2, 12, 7, 9, layout, gen)
+    x = torch.empty_strided(x.shape, x.stride(), dtype=torch.bfloat16).copy_(x)  # .bfloat16() would densify
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(10, 12, 3, 3, generator=gen) / 6).bfloat16()
+    big = torch.randn(2, 10, 7, 18, generator=gen).bfloat16()
+    g = big[:, :, :, ::2]  # non-dense gradient
+    geo = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
+    y = K.conv2d(x, w, None, None, *geo, 0)
+    dx = K.dgrad(g, x, w, *geo)
+    dw = K.wgrad(g, x, w, *geo)
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    yd = F.conv2d(xd, wd, None, 1, 1)
+    rdx, rdw = torch.autograd.grad(yd, (xd, wd), g.double())
+    for ours, ref in ((y, yd), (dx, rdx), (dw, rdw)):
+        assert ours.dtype == torch.bfloat16
+        err = (ours.double() - ref).abs()
+        assert (err <= 2.0 ** -8 * ref.abs() + 1e-4 * ref.abs().max()).all(), err.max().item()
