@@ -38,7 +38,8 @@ void bind_conv(py::module_& m) {
       "conv2d_fwd_cpu",
       [](int dt, const V& geom, uintptr_t x, const V& xs, uintptr_t w, uintptr_t bias, uintptr_t res, const V& rs,
          uintptr_t out, const V& os, int act) {
-        DType d = to_cpu_dtype(dt);
+        DType d = to_dtype(dt);
+        if (d != DType::BFloat16) check_cpu_dtype(d);  // bfloat16: float32 copies + the bf16 GEMM
         Act ac = to_act(act);
         auto s = to_geometry(geom);
         auto xs4 = to_strides(xs), rs4 = to_strides(rs), os4 = to_strides(os);
@@ -49,7 +50,8 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_bwd_data_cpu",
       [](int dt, const V& geom, uintptr_t g, const V& gs, uintptr_t w, uintptr_t dx, const V& xs) {
-        DType d = to_cpu_dtype(dt);
+        DType d = to_dtype(dt);
+        if (d != DType::BFloat16) check_cpu_dtype(d);  // bfloat16: float32 copies + the bf16 GEMM
         auto s = to_geometry(geom);
         auto gs4 = to_strides(gs), xs4 = to_strides(xs);
         py::gil_scoped_release nogil;
@@ -59,7 +61,8 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_bwd_weight_cpu",
       [](int dt, const V& geom, uintptr_t g, const V& gs, uintptr_t x, const V& xs, uintptr_t dw) {
-        DType d = to_cpu_dtype(dt);
+        DType d = to_dtype(dt);
+        if (d != DType::BFloat16) check_cpu_dtype(d);  // bfloat16: float32 copies + the bf16 GEMM
         auto s = to_geometry(geom);
         auto gs4 = to_strides(gs), xs4 = to_strides(xs);
         py::gil_scoped_release nogil;

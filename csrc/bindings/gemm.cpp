@@ -68,12 +68,14 @@ void bind_gemm(py::module_& m) {
          uintptr_t bias, uintptr_t c, int64_t scm, int64_t scn, int64_t M, int64_t N, int64_t K,
          int act) {
         DType d = to_dtype(dt);
-        check_cpu_dtype(d);
+        if (d != DType::BFloat16) check_cpu_dtype(d);  // bfloat16: the bf16 GEMM (cpu::gemm_bf16)
         Act ac = to_act(act);
         py::gil_scoped_release nogil;
         cpu::gemm(d, cptr(a), sam, sak, cptr(b), sbk, sbn, cptr(bias), mptr(c), scm, scn, M, N, K, ac);
       },
-      "C = act(A @ B + bias) on CPU");
+      "C = act(A @ B + bias) on CPU (float32, float64; bfloat16 with float32 accumulation)");
+  m.def("gemm_bf16_kernel", &cpu::gemm_bf16_kernel,
+        "which kernel the CPU bfloat16 GEMM runs here: avx512bf16 (vdpbf16ps) or the fallback's avx512 / avx2 / generic");
   m.def(
       "bias_act_bwd_cpu",
       [](int dt, uintptr_t grad, uintptr_t out, uintptr_t grad_pre, uintptr_t grad_bias, int64_t M,

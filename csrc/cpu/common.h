@@ -184,12 +184,32 @@ decltype(auto) dispatch_act(Act act, F&& f) {
 // ---------------------------------------------------------------------------------------------
 // The entry points take untyped pointers and a dtype code; the kernels are templates on the
 // element type. Returns f(float{}) or f(double{}) for dt; any other dtype is an error naming the
-// operation (`what`): the Python layer computes float16 / bfloat16 in float32.
+// operation (`what`): the Python layer computes float16 / bfloat16 in float32, except the GEMM and
+// convolution families, which take bfloat16 in their own entry points (gemm_bf16, conv.cpp).
 template <typename F>
 decltype(auto) dispatch_float(DType dt, const char* what, F&& f) {
   if (dt == DType::Float32) return f(float{});
   if (dt == DType::Float64) return f(double{});
   throw std::invalid_argument(std::string(what) + " takes float32 or float64, got " + dtype_name(dt));
+}
+
+// ---------------------------------------------------------------------------------------------
+// bfloat16 storage (the bf16 GEMM and convolution: gemm.cpp, conv.cpp)
+// ---------------------------------------------------------------------------------------------
+// A bf16 value is the high half of a float32: widening is a 16-bit shift (exact). Narrowing rounds
+// to nearest, ties to even, as c10::BFloat16 does (round_to_nearest_even); every NaN becomes the
+// quiet NaN 0x7FC0, as there. Branch-free, so loops over it vectorise.
+PYIMGCLS_INLINE float bf16_to_float(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+PYIMGCLS_INLINE uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, 4);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t(0x7FC0) : static_cast<uint16_t>(rounded);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // CPU convolution family: fused conv2d forward (bias + residual + activation) and its backward,
-// float32 and float64, built on the GEMM family's kernel (cpu::gemm in gemm.h).
+// float32 and float64, built on the GEMM family's kernel (cpu::gemm in gemm.h); bfloat16 through
+// float32 copies and the bf16 GEMM (section "bfloat16" below).
 //
 // What it computes
 //   fwd:   out[n,o,oh,ow] = act(sum_{c,i,j} x[n, g*Cg+c, oh*sh-ph+i*dh, ow*sw-pw+j*dw] * w[o,c,i,j]
@@ -44,6 +45,7 @@
 // Test and benchmark
 //   pytest tests/test_conv.py -k cpu
 //   pytest tests/test_conv_cpu_fast.py          (depthwise kernels and whole-batch GEMM paths)
+//   pytest tests/test_cpu_bf16.py               (bfloat16)
 //   pytest benchmarks/test_bench_conv_cpu.py
 #include "conv.h"
 
@@ -305,6 +307,46 @@ inline void check_collapsible(const char* what, int64_t H, int64_t W, Strides4 s
   if (H > 1 && st.h != W * st.w)
     throw std::invalid_argument(std::string("conv2d (cpu): ") + what +
                                 " must have collapsible (h, w) dimensions (stride_h == W * stride_w)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// bfloat16 (conv2d_fwd / bwd_data / bwd_weight with dt == BFloat16)
+// ---------------------------------------------------------------------------------------------
+// The bf16 tensors are widened to float32 (exact) into dense scratch copies in the layout their
+// strides suggest (channels_last stays channels_last, so the same GEMM orientation is chosen), the
+// float32 path above runs with every GEMM sent to the bf16 GEMM (gemm_bf16: its operands, copies
+// of bf16 values, pack to bf16 exactly; vdpbf16ps where the CPU has it, else float32 FMAs on the
+// same values), and the float32 result is rounded once to bf16 (nearest, ties to even) into the
+// caller's tensor. So im2col / col2im, the chunked GEMMs, dgrad's col2im sums and wgrad's chunk
+// sums all stay float32 until the one final rounding; the depthwise and small direct kernels
+// compute in float32 on the widened values.
+// Extra traffic against a native bf16 path: widening writes 4 bytes per input element and the
+// result passes once more (4 bytes read, 2 written per output element); the GEMMs dominate at
+// ResNet sizes (O(K) multiply-adds per output element).
+// ---------------------------------------------------------------------------------------------
+thread_local bool tls_bf16_gemm = false;
+
+// Sends this thread's conv GEMMs to the bf16 GEMM for its lifetime.
+class Bf16Gemms {
+ public:
+  Bf16Gemms() : saved_(tls_bf16_gemm) { tls_bf16_gemm = true; }
+  ~Bf16Gemms() { tls_bf16_gemm = saved_; }
+  Bf16Gemms(const Bf16Gemms&) = delete;
+  Bf16Gemms& operator=(const Bf16Gemms&) = delete;
+
+ private:
+  bool saved_;
+};
+
+// cpu::gemm, or the bf16 GEMM (float32 in and out) inside a Bf16Gemms scope.
+void conv_gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int64_t sbk, int64_t sbn,
+               const void* bias, void* c, int64_t scm, int64_t scn, int64_t M, int64_t N, int64_t K, Act act) {
+  if (tls_bf16_gemm && dt == DType::Float32) {
+    gemm_bf16(DType::Float32, a, sam, sak, b, sbk, sbn, static_cast<const float*>(bias), c, DType::Float32, scm, scn,
+              M, N, K, act);
+    return;
+  }
+  gemm(dt, a, sam, sak, b, sbk, sbn, bias, c, scm, scn, M, N, K, act);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1025,7 +1067,7 @@ void conv2d_fwd_small_batched(const Plan& pl, const T* x, Strides4 xs, const T* 
   }
   for (int64_t n = 0; n < s.N; ++n) im2col_kp(pl, xsrc + n * xst.n, xst, col.data() + n * pl.P, NP);
   // (called under SerialIfSmall: one thread, LeNet conv2 at batch 8 on 2 cores 154 us vs 210-236 us)
-  gemm(dtype_of<T>(), w, pl.K, 1, col.data(), NP, 1, nullptr, tmp.data(), NP, 1, s.O, NP, pl.K, Act::None);
+  conv_gemm(dtype_of<T>(), w, pl.K, 1, col.data(), NP, 1, nullptr, tmp.data(), NP, 1, s.O, NP, pl.K, Act::None);
   for (int64_t n = 0; n < s.N; ++n)
     for (int64_t o = 0; o < s.O; ++o) {
       const T* trow = tmp.data() + o * NP + n * pl.P;
@@ -1353,7 +1395,7 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
         T* c = out_rows ? og : tmp.data();
         const int64_t scm = out_rows ? os.w : pl.Og;
         const bool post = rg != nullptr || !out_rows;
-        gemm(dt, a, sam, sak, wk + g * pl.Og * pl.K, 1, pl.K, bg, c, scm, 1, M, pl.Og, pl.K, post ? Act::None : act);
+        conv_gemm(dt, a, sam, sak, wk + g * pl.Og * pl.K, 1, pl.K, bg, c, scm, 1, M, pl.Og, pl.K, post ? Act::None : act);
         if (post)
           for_images(nb, nb * img_work, [&](int64_t n) {
             for (int64_t p = 0; p < pl.P; ++p) {
@@ -1367,7 +1409,7 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
       } else {
         // 2b. tmp[o, q] = w[o, k] @ col[k, q], then bias + residual + act in one scatter pass.
         for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col.data() + n * pl.P, M); });
-        gemm(dt, w + g * pl.Og * pl.K, pl.K, 1, col.data(), M, 1, nullptr, tmp.data(), M, 1, pl.Og, M, pl.K,
+        conv_gemm(dt, w + g * pl.Og * pl.K, pl.K, 1, col.data(), M, 1, nullptr, tmp.data(), M, 1, pl.Og, M, pl.K,
              Act::None);
         for_images(nb, nb * img_work, [&](int64_t n) {
           for (int64_t o = 0; o < pl.Og; ++o) {
@@ -1435,11 +1477,11 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
         }
         if (dx_rows) {
           // dx[q, c] = g[q, o] @ w[o, c] (Og == 0: the empty sum, zeros)
-          gemm(dt, a, sam, 1, wg, pl.K, 1, nullptr, dxg, xs.w, xs.c, M, pl.Cg, pl.Og, Act::None);
+          conv_gemm(dt, a, sam, 1, wg, pl.K, 1, nullptr, dxg, xs.w, xs.c, M, pl.Cg, pl.Og, Act::None);
           continue;
         }
         // col[q, k] = g[q, o] @ wt[o, k], then each image's col2im into its zeroed slice of dx
-        gemm(dt, a, sam, 1, wg, pl.K, 1, nullptr, col.data(), pl.K, 1, M, pl.K, pl.Og, Act::None);
+        conv_gemm(dt, a, sam, 1, wg, pl.K, 1, nullptr, col.data(), pl.K, 1, M, pl.K, pl.Og, Act::None);
         for_images(nb, nb * img_work, [&](int64_t n) {
           T* d = dxg + n * xs.n;
           for (int64_t c = 0; c < pl.Cg; ++c)
@@ -1450,7 +1492,7 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
       } else {
         // col[k, q] = w[o, k]^T @ g[o, q] (g gathered channel-major), then col2im per image
         gather_kp(gg, gs, nb, pl.Og, pl.P, gbuf.data());
-        gemm(dt, wg, 1, pl.K, gbuf.data(), M, 1, nullptr, col.data(), M, 1, pl.K, M, pl.Og, Act::None);
+        conv_gemm(dt, wg, 1, pl.K, gbuf.data(), M, 1, nullptr, col.data(), M, 1, pl.K, M, pl.Og, Act::None);
         for_images(nb, nb * img_work, [&](int64_t n) {
           T* d = dxg + n * xs.n;
           for (int64_t c = 0; c < pl.Cg; ++c)
@@ -1516,12 +1558,12 @@ void conv2d_bwd_weight_t(const ConvGeometry& s, const T* gr, Strides4 gs, const 
           sbk = pl.K;
           sbn = 1;
         }
-        gemm(dt, a, 1, sak, b, sbk, sbn, nullptr, tmp.data(), pl.K, 1, pl.Og, pl.K, M, Act::None);
+        conv_gemm(dt, a, 1, sak, b, sbk, sbn, nullptr, tmp.data(), pl.K, 1, pl.Og, pl.K, M, Act::None);
       } else {
         // tmp[o, k] = g[o, q] @ col[k, q]^T
         gather_kp(gg, gs, nb, pl.Og, pl.P, gbuf.data());
         for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col.data() + n * pl.P, M); });
-        gemm(dt, gbuf.data(), M, 1, col.data(), 1, M, nullptr, tmp.data(), pl.K, 1, pl.Og, pl.K, M, Act::None);
+        conv_gemm(dt, gbuf.data(), M, 1, col.data(), 1, M, nullptr, tmp.data(), pl.K, 1, pl.Og, pl.K, M, Act::None);
       }
       T* ag = dw + g * pl.Og * pl.K;
       if (ijc) {
@@ -1570,10 +1612,139 @@ void conv2d_bias_act_bwd_t(int64_t N, int64_t O, int64_t P, const T* grad, Strid
   });
 }
 
+// (bfloat16, continued: the entry points)
+// Dense strides for an [N, C, H, W] tensor laid out like `s`: channels_last (NHWC) when its channel
+// stride is 1 and its width stride is not, else NCHW.
+Strides4 dense_like(Strides4 s, int64_t C, int64_t H, int64_t W) {
+  if (s.c == 1 && s.w != 1) return Strides4{H * W * C, 1, W * C, C};
+  return Strides4{C * H * W, H * W, W, 1};
+}
+
+// dst[n, c, h, w] = f(src[n, c, h, w]) over [N, C, H, W], any source / destination strides (dst's
+// from dense_like or the caller's tensor). One flat pass when both are dense in the same layout,
+// else the loop order of dst's layout; OpenMP over images (elementwise: thread-count independent).
+template <typename S, typename D, typename F>
+void convert4(const S* src, Strides4 ss, int64_t N, int64_t C, int64_t H, int64_t W, D* dst, Strides4 ds, F f) {
+  const int64_t total = N * C * H * W;
+  if (total <= 0) return;
+  const int nt = total < (int64_t(1) << 16) ? 1 : std::max(1, omp_get_max_threads());
+  const Strides4 nchw{C * H * W, H * W, W, 1}, nhwc{H * W * C, 1, W * C, C};
+  auto same = [](Strides4 a, Strides4 b) { return a.n == b.n && a.c == b.c && a.h == b.h && a.w == b.w; };
+  if ((same(ss, nchw) && same(ds, nchw)) || (same(ss, nhwc) && same(ds, nhwc))) {
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    for (int64_t e = 0; e < total; ++e) dst[e] = f(src[e]);
+    return;
+  }
+  const bool cl = ds.c == 1 && ds.w != 1;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t n = 0; n < N; ++n) {
+    const S* sn = src + n * ss.n;
+    D* dn = dst + n * ds.n;
+    if (cl) {
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t w = 0; w < W; ++w)
+          for (int64_t c = 0; c < C; ++c) dn[c * ds.c + h * ds.h + w * ds.w] = f(sn[c * ss.c + h * ss.h + w * ss.w]);
+    } else {
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w) dn[c * ds.c + h * ds.h + w * ds.w] = f(sn[c * ss.c + h * ss.h + w * ss.w]);
+    }
+  }
+}
+
+const auto widen = [](uint16_t v) { return bf16_to_float(v); };
+const auto narrow = [](float v) { return float_to_bf16(v); };
+
+// Grow-only float32 scratch per (thread, slot), never zero-filled: every use rewrites its buffer
+// completely, and a fresh multi-megabyte vector per call costs page faults and a memset.
+enum Slot { kSlotX, kSlotW, kSlotB, kSlotR, kSlotOut, kSlotG, kSlots };
+float* f32_scratch(Slot slot, int64_t n) {
+  struct Buf {
+    std::unique_ptr<float[]> p;
+    int64_t cap = 0;
+  };
+  static thread_local Buf bufs[kSlots];
+  Buf& b = bufs[slot];
+  if (n > b.cap) {
+    b.p.reset(new float[static_cast<size_t>(n)]);  // default-initialised: no fill
+    b.cap = n;
+  }
+  return b.p.get();
+}
+
+// A bf16 [N, C, H, W] tensor as a dense float32 copy in `slot` (strides in `st`).
+const float* widen4(Slot slot, const uint16_t* src, Strides4 ss, int64_t N, int64_t C, int64_t H, int64_t W,
+                    Strides4& st) {
+  st = dense_like(ss, C, H, W);
+  float* buf = f32_scratch(slot, std::max<int64_t>(N * C * H * W, 1));
+  convert4(src, ss, N, C, H, W, buf, st, widen);
+  return buf;
+}
+
+const float* widen_flat(Slot slot, const uint16_t* src, int64_t n) {
+  float* buf = f32_scratch(slot, std::max<int64_t>(n, 1));
+  for (int64_t e = 0; e < n; ++e) buf[e] = bf16_to_float(src[e]);
+  return buf;
+}
+
+void conv2d_fwd_bf16(const ConvGeometry& s, const uint16_t* x, Strides4 xs, const uint16_t* w, const uint16_t* bias,
+                     const uint16_t* res, Strides4 rs, uint16_t* out, Strides4 os, Act act) {
+  check_collapsible("out", s.OH, s.OW, os);
+  Strides4 xd, rd{};
+  const float* xf = widen4(kSlotX, x, xs, s.N, s.C, s.H, s.W, xd);
+  const float* wf = widen_flat(kSlotW, w, s.O * (s.C / s.groups) * s.KH * s.KW);
+  const float* bf = bias ? widen_flat(kSlotB, bias, s.O) : nullptr;
+  const float* rf = res ? widen4(kSlotR, res, rs, s.N, s.O, s.OH, s.OW, rd) : nullptr;
+  // the output's layout decides the GEMM orientation (conv2d_fwd_t: os.c == 1 and O > 1 is pixel-major)
+  const Strides4 od = (os.c == 1 && s.O > 1) ? Strides4{s.OH * s.OW * s.O, 1, s.OW * s.O, s.O}
+                                             : Strides4{s.O * s.OH * s.OW, s.OH * s.OW, s.OW, 1};
+  float* of = f32_scratch(kSlotOut, std::max<int64_t>(s.N * s.O * s.OH * s.OW, 1));
+  {
+    const Bf16Gemms scope;
+    conv2d_fwd_t<float>(s, xf, xd, wf, bf, rf, rd, of, od, act);
+  }
+  convert4(of, od, s.N, s.O, s.OH, s.OW, out, os, narrow);
+}
+
+void conv2d_bwd_data_bf16(const ConvGeometry& s, const uint16_t* g, Strides4 gs, const uint16_t* w, uint16_t* dx,
+                          Strides4 xs) {
+  check_collapsible("grad", s.OH, s.OW, gs);
+  check_collapsible("grad_input", s.H, s.W, xs);
+  Strides4 gd;
+  const float* gf = widen4(kSlotG, g, gs, s.N, s.O, s.OH, s.OW, gd);
+  const float* wf = widen_flat(kSlotW, w, s.O * (s.C / s.groups) * s.KH * s.KW);
+  const Strides4 xd = dense_like(xs, s.C, s.H, s.W);
+  float* dxf = f32_scratch(kSlotOut, std::max<int64_t>(s.N * s.C * s.H * s.W, 1));
+  {
+    const Bf16Gemms scope;
+    conv2d_bwd_data_t<float>(s, gf, gd, wf, dxf, xd);
+  }
+  convert4(dxf, xd, s.N, s.C, s.H, s.W, dx, xs, narrow);
+}
+
+void conv2d_bwd_weight_bf16(const ConvGeometry& s, const uint16_t* g, Strides4 gs, const uint16_t* x, Strides4 xs,
+                            uint16_t* dw) {
+  check_collapsible("grad", s.OH, s.OW, gs);
+  Strides4 gd, xd;
+  const float* gf = widen4(kSlotG, g, gs, s.N, s.O, s.OH, s.OW, gd);
+  const float* xf = widen4(kSlotX, x, xs, s.N, s.C, s.H, s.W, xd);
+  const int64_t wsize = s.O * (s.C / s.groups) * s.KH * s.KW;
+  float* dwf = f32_scratch(kSlotOut, std::max<int64_t>(wsize, 1));
+  {
+    const Bf16Gemms scope;
+    conv2d_bwd_weight_t<float>(s, gf, gd, xf, xd, dwf);
+  }
+  for (int64_t e = 0; e < wsize; ++e) dw[e] = float_to_bf16(dwf[e]);
+}
+
 }  // namespace
 
 void conv2d_fwd(DType dt, const ConvGeometry& s, const void* x, Strides4 xs, const void* w, const void* bias,
                 const void* residual, Strides4 rs, void* out, Strides4 os, Act act) {
+  if (dt == DType::BFloat16)
+    return conv2d_fwd_bf16(s, static_cast<const uint16_t*>(x), xs, static_cast<const uint16_t*>(w),
+                           static_cast<const uint16_t*>(bias), static_cast<const uint16_t*>(residual), rs,
+                           static_cast<uint16_t*>(out), os, act);
   dispatch_float(dt, "CPU conv2d", [&](auto t) {
     using T = decltype(t);
     conv2d_fwd_t(s, static_cast<const T*>(x), xs, static_cast<const T*>(w), static_cast<const T*>(bias),
@@ -1583,6 +1754,9 @@ void conv2d_fwd(DType dt, const ConvGeometry& s, const void* x, Strides4 xs, con
 
 void conv2d_bwd_data(DType dt, const ConvGeometry& s, const void* g, Strides4 gs, const void* w, void* dx,
                      Strides4 xs) {
+  if (dt == DType::BFloat16)
+    return conv2d_bwd_data_bf16(s, static_cast<const uint16_t*>(g), gs, static_cast<const uint16_t*>(w),
+                                static_cast<uint16_t*>(dx), xs);
   dispatch_float(dt, "CPU conv2d backward (data)", [&](auto t) {
     using T = decltype(t);
     conv2d_bwd_data_t(s, static_cast<const T*>(g), gs, static_cast<const T*>(w), static_cast<T*>(dx), xs);
@@ -1591,6 +1765,9 @@ void conv2d_bwd_data(DType dt, const ConvGeometry& s, const void* g, Strides4 gs
 
 void conv2d_bwd_weight(DType dt, const ConvGeometry& s, const void* g, Strides4 gs, const void* x, Strides4 xs,
                        void* dw) {
+  if (dt == DType::BFloat16)
+    return conv2d_bwd_weight_bf16(s, static_cast<const uint16_t*>(g), gs, static_cast<const uint16_t*>(x), xs,
+                                  static_cast<uint16_t*>(dw));
   dispatch_float(dt, "CPU conv2d backward (weight)", [&](auto t) {
     using T = decltype(t);
     conv2d_bwd_weight_t(s, static_cast<const T*>(g), gs, static_cast<const T*>(x), xs, static_cast<T*>(dw));

@@ -1,4 +1,6 @@
-// CPU GEMM family: C = act(A @ B + bias) and the backward of its epilogue, float32 and float64.
+// CPU GEMM family: C = act(A @ B + bias) and the backward of its epilogue, float32 and float64;
+// bfloat16 with float32 accumulation (vdpbf16ps where the CPU has AVX512_BF16) in the section
+// "bfloat16 GEMM" below, on the same five-loop driver.
 //
 // What it computes
 //   gemm:         C[m, n] = act(sum_k A[m, k] * B[k, n] + bias[n]),  act in {none, relu, relu6},
@@ -44,6 +46,7 @@
 //
 // Test and benchmark
 //   pytest tests/test_gemm.py -k cpu
+//   pytest tests/test_cpu_bf16.py               (bf16: every kernel path against float64)
 //   pytest benchmarks/test_bench_gemm_cpu.py
 #include "gemm.h"
 
@@ -302,14 +305,17 @@ PYIMGCLS_TARGET_AVX2 void pack_avx2(const T* src, int64_t s_lane, int64_t s_k, i
 // 1 MiB L2 per core, 32 MiB L3).  KC is large because on this core the L2 feeds the FMA units
 // fast enough: a long K block halves the passes over C, which cost more than L1 residency of the
 // B micro-panel would save.
-template <typename T>
+// T: the accumulator / C element, TI: the A and B elements read, TP: the packed element (the bf16
+// GEMM reads float32 or bf16 and packs bf16 k-pairs: kstep = 2, panels padded to an even k).
+template <typename T, typename TI = T, typename TP = T>
 struct Kernel {
-  using Fn = void (*)(int64_t, const T*, const T*, T*, int64_t, int, const T*, Act);
-  using Pack = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, T*);
+  using Fn = void (*)(int64_t, const TP*, const TP*, T*, int64_t, int, const T*, Act);
+  using Pack = void (*)(const TI*, int64_t, int64_t, int64_t, int64_t, TP*);
   Fn fn;
   Pack pack_a, pack_b;  // packers into MR-lane and NR-lane micro-panels
   int mr, nr;           // register tile
   int64_t kc, mc, nc;   // cache blocks (upper bounds; the driver evens them out)
+  int kstep = 1;        // k per packed group: every KC block and packed panel is a multiple of it
 };
 
 // The MR-row micro-kernel of isa, compiled for isa.
@@ -383,8 +389,8 @@ void merge_tile(const T* tile, int64_t ldt, T* c, int64_t scm, int64_t scn, int6
 // second core saves; measured crossover on 2 cores between 32^3 and 48^3.
 constexpr double kParallelMinWork = 48.0 * 48.0 * 48.0;
 
-template <typename T>
-void gemm_packed(const Kernel<T>& kr, const T* a, int64_t sam, int64_t sak, const T* b, int64_t sbk,
+template <typename T, typename TI, typename TP>
+void gemm_packed(const Kernel<T, TI, TP>& kr, const TI* a, int64_t sam, int64_t sak, const TI* b, int64_t sbk,
                  int64_t sbn, const T* bias, T* c, int64_t scm, int64_t scn, int64_t M, int64_t N, int64_t K,
                  Act act) {
   const int MR = kr.mr, NR = kr.nr;
@@ -394,21 +400,21 @@ void gemm_packed(const Kernel<T>& kr, const T* a, int64_t sam, int64_t sak, cons
 
   // 1. Even out the blocks: K and N split into equal-ish blocks, so there is no thin tail block.
   const int64_t kb = ceil_div(K, kr.kc);
-  const int64_t KC = ceil_div(K, kb);
+  const int64_t KC = round_up(ceil_div(K, kb), kr.kstep);
   const int64_t nb = ceil_div(N, kr.nc);
   const int64_t NC = round_up(ceil_div(N, nb), NR);
   const int64_t MC_max = std::min(round_up(kr.mc, MR), round_up(M, MR));
 
   // One B panel shared by the team, then one private A block per thread, each 64-byte aligned.
-  const int64_t align = 64 / sizeof(T);
+  const int64_t align = 64 / sizeof(TP);
   const int64_t bsize = round_up(KC * NC, align), asize = round_up(KC * MC_max, align);
-  T* bpack = static_cast<T*>(tls_scratch.get(sizeof(T) * static_cast<size_t>(bsize + nt * asize)));
+  TP* bpack = static_cast<TP*>(tls_scratch.get(sizeof(TP) * static_cast<size_t>(bsize + nt * asize)));
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = omp_get_thread_num();
     const int team = omp_get_num_threads();
-    T* apack = bpack + bsize + tid * asize;
+    TP* apack = bpack + bsize + tid * asize;
     alignas(64) T tile[kMaxTile];
     const int64_t mpanels_all = ceil_div(M, MR);
 
@@ -443,6 +449,7 @@ void gemm_packed(const Kernel<T>& kr, const T* a, int64_t sam, int64_t sak, cons
 
       for (int64_t pc = 0; pc < K; pc += KC) {
         const int64_t kc = std::min(KC, K - pc);
+        const int64_t kcp = round_up(kc, kr.kstep);  // packed k per panel (zero-padded)
         const int mode = (pc > 0 ? kAccumulate : 0) | (pc + kc == K ? kEpilogue : 0);
 
         // 3. Pack B[pc:pc+kc, jc:jc+nc] (shared), each thread a contiguous range of micro-panels;
@@ -451,7 +458,7 @@ void gemm_packed(const Kernel<T>& kr, const T* a, int64_t sam, int64_t sak, cons
           const int64_t p0 = npanels * tid / team, p1 = npanels * (tid + 1) / team;
           if (p1 > p0)
             kr.pack_b(b + pc * sbk + (jc + p0 * NR) * sbn, sbn, sbk, kc, std::min(nc, p1 * NR) - p0 * NR,
-                      bpack + p0 * NR * kc);
+                      bpack + p0 * NR * kcp);
         }
 #pragma omp barrier
 
@@ -462,12 +469,12 @@ void gemm_packed(const Kernel<T>& kr, const T* a, int64_t sam, int64_t sak, cons
           kr.pack_a(a + ic * sam + pc * sak, sam, sak, kc, mc, apack);
           // 5. Macro-kernel: each B micro-panel is reused across the A block, which stays in L2.
           for (int64_t jr = jr_lo; jr < jr_hi; ++jr) {
-            const T* bp = bpack + jr * NR * kc;
+            const TP* bp = bpack + jr * NR * kcp;
             const int64_t n0 = jc + jr * NR;
             const int64_t nr = std::min<int64_t>(NR, N - n0);
             const T* bias_tile = (bias != nullptr) ? bias + n0 : nullptr;
             for (int64_t ir = 0; ir < mpanels; ++ir) {
-              const T* ap = apack + ir * MR * kc;
+              const TP* ap = apack + ir * MR * kcp;
               const int64_t m0 = ic + ir * MR;
               const int64_t mr = std::min<int64_t>(MR, M - m0);
               T* ct = c + m0 * scm + n0 * scn;
@@ -485,6 +492,250 @@ void gemm_packed(const Kernel<T>& kr, const T* a, int64_t sam, int64_t sak, cons
       }
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// bfloat16 GEMM: C = act(A @ B + bias) with A, B rounded to bf16 (or read as bf16), products and
+// sums in float32.
+//   Packing: k-pairs. An A micro-panel holds, per pair kp of k, the MR rows' (A[i, 2kp],
+//   A[i, 2kp+1]) side by side: a[kp*2*MR + 2*i + t] = bf16(A[i, 2kp + t]); a B micro-panel
+//   b[kp*2*NR + 2*j + t] = bf16(B[2kp + t, j]). An odd k tail is padded with a zero pair member.
+//   Float32 inputs are rounded to bf16 (nearest, ties to even) while packing, bf16 inputs copied.
+//   This is the operand format of vdpbf16ps: one 32-bit lane of a B vector is one column's pair,
+//   and the broadcast 32-bit A pair multiplies all NR columns at once.
+//   Micro-kernels on that same format:
+//     AVX512_BF16 (vdpbf16ps): 14 x 32, 28 zmm accumulators, one vdpbf16ps per 16 columns and row
+//       per k-pair: 32 multiply-adds per instruction, twice the fp32 FMA's 16.
+//     fallback (any CPU; PYIMGCLS_CPU_ISA=avx512 forces it here): the pair widened to two float32
+//       vectors by shifts (a bf16 is the high half of a float32), then two FMAs: 12 x 32 on AVX-512
+//       (24 accumulators + 4 widened B vectors), 6 x 16 on AVX2, 6 x 8 on the baseline. The
+//       product of two bf16 values is exact in float32 (8 + 8 significant bits), so the fallback
+//       and vdpbf16ps form the same products; the fallback adds them in vdpbf16ps's documented
+//       order (odd k of the pair, then even, into the accumulator), with the same KC for every
+//       kernel, so both paths sum every C element in the same order. vdpbf16ps treats subnormal
+//       inputs and results as zero (DAZ / FTZ), the fallback does not: results can differ there, or
+//       where a CPU's vdpbf16ps rounds its two products' sum differently; tests compare every
+//       path with a float64 reference (tests/test_cpu_bf16.py).
+//   Blocks: KC 1024 (even; the packed B micro-panel is KC*NR*2 bytes = 64 KiB, as L2-resident as
+//   the fp32 kernel's), MC about 70, NC 2048.
+//   Cost: FLOPs 2*M*N*K; bytes read 2*(M*K + K*N) from bf16 inputs (4* for float32 ones), C written
+//   once in float32 (the bf16 output goes through a float32 buffer: + 4*M*N written and read).
+// ---------------------------------------------------------------------------------------------
+constexpr int64_t kBf16KC = 1024;
+
+PYIMGCLS_INLINE uint16_t to_bf16_bits(float v) { return float_to_bf16(v); }
+PYIMGCLS_INLINE uint16_t to_bf16_bits(uint16_t v) { return v; }
+
+// P lanes (MR rows of A or NR columns of B) over kc steps of k into k-pair micro-panels (above),
+// reading any strides; lanes past `lanes` and the odd-k pad are zero. A pair is written as one
+// 32-bit word, bf16(k even) | bf16(k odd) << 16, so the lanes-contiguous loop is 32-bit lane-wise
+// work (two loads, the rounding, a shift and an or per pair) that vectorises; the body is compiled
+// per instruction set (Compiled<isa, PackBf16<...>>, the packer of that isa's kernels).
+template <typename TI, int P>
+struct PackBf16 {
+  static PYIMGCLS_INLINE void run(const TI* src, int64_t s_lane, int64_t s_k, int64_t kc, int64_t lanes,
+                                  uint16_t* __restrict dst) {
+    const int64_t kcp = kc + (kc & 1), full = kc / 2;
+    for (int64_t p = 0; p * P < lanes; ++p) {
+      const int64_t valid = std::min<int64_t>(P, lanes - p * P);
+      const TI* s = src + p * P * s_lane;
+      uint32_t* d = reinterpret_cast<uint32_t*>(dst + p * P * kcp);  // [kcp / 2][P] pair words
+      if (valid < P) std::memset(d, 0, sizeof(uint32_t) * static_cast<size_t>(P * (kcp / 2)));
+      if (s_lane == 1) {
+        // lanes contiguous (row-major B, column-major A): two k rows combined per pair
+        for (int64_t q = 0; q < full; ++q) {
+          const TI* __restrict s0 = s + 2 * q * s_k;
+          const TI* __restrict s1 = s0 + s_k;
+          uint32_t* __restrict dq = d + q * P;
+          for (int64_t j = 0; j < valid; ++j)
+            dq[j] = uint32_t(to_bf16_bits(s0[j])) | (uint32_t(to_bf16_bits(s1[j])) << 16);
+        }
+        if (kc & 1) {
+          const TI* __restrict s0 = s + (kc - 1) * s_k;
+          uint32_t* __restrict dq = d + full * P;
+          for (int64_t j = 0; j < valid; ++j) dq[j] = uint32_t(to_bf16_bits(s0[j]));
+        }
+      } else if (s_k == 1) {
+        // k contiguous (row-major A, a transposed weight as B): each lane's pairs rounded into a
+        // small [P][kQ] word buffer (contiguous: vectorises), then transposed into the panel.
+        constexpr int64_t kQ = 64;
+        uint32_t tmp[P][kQ];
+        for (int64_t q0 = 0; q0 < full; q0 += kQ) {
+          const int64_t qn = std::min(kQ, full - q0);
+          for (int64_t j = 0; j < valid; ++j) {
+            const TI* __restrict sj = s + j * s_lane + 2 * q0;
+            for (int64_t q = 0; q < qn; ++q)
+              tmp[j][q] = uint32_t(to_bf16_bits(sj[2 * q])) | (uint32_t(to_bf16_bits(sj[2 * q + 1])) << 16);
+          }
+          for (int64_t q = 0; q < qn; ++q)
+            for (int64_t j = 0; j < valid; ++j) d[(q0 + q) * P + j] = tmp[j][q];
+        }
+        if (kc & 1)
+          for (int64_t j = 0; j < valid; ++j) d[full * P + j] = uint32_t(to_bf16_bits(s[j * s_lane + kc - 1]));
+      } else {
+        // any other strides: lane by lane
+        for (int64_t j = 0; j < valid; ++j) {
+          const TI* sj = s + j * s_lane;
+          for (int64_t q = 0; q < full; ++q)
+            d[q * P + j] = uint32_t(to_bf16_bits(sj[2 * q * s_k])) | (uint32_t(to_bf16_bits(sj[(2 * q + 1) * s_k])) << 16);
+          if (kc & 1) d[full * P + j] = uint32_t(to_bf16_bits(sj[(kc - 1) * s_k]));
+        }
+      }
+    }
+  }
+};
+
+template <typename TI, int P, Isa isa>
+constexpr auto pack_bf16_pairs = &Compiled<isa, PackBf16<TI, P>>::template run<const TI*, int64_t, int64_t, int64_t,
+                                                                                 int64_t, uint16_t*>;
+
+// The bf16 kernels' tile epilogue: add the C tile (later KC blocks), bias and activation in
+// float32 (kEpilogue), store. acc0 / acc1: the MR rows' two W-lane halves.
+template <int MR, typename V>
+PYIMGCLS_INLINE void bf16_tile_store(const V* acc0, const V* acc1, float* __restrict c, int64_t ldc, int mode,
+                                     const float* __restrict bias, Act act) {
+  constexpr int W = sizeof(V) / sizeof(float);
+  V bias0 = V{}, bias1 = V{};
+  const bool epi = (mode & kEpilogue) != 0;
+  const bool add_bias = epi && bias != nullptr;
+  if (add_bias) {
+    std::memcpy(&bias0, bias, sizeof(V));
+    std::memcpy(&bias1, bias + W, sizeof(V));
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    float* ci = c + i * ldc;
+    V v0 = acc0[i], v1 = acc1[i];
+    if (mode & kAccumulate) {
+      V c0, c1;
+      std::memcpy(&c0, ci, sizeof(V));
+      std::memcpy(&c1, ci + W, sizeof(V));
+      v0 += c0;
+      v1 += c1;
+    }
+    if (add_bias) {
+      v0 += bias0;
+      v1 += bias1;
+    }
+    if (epi && act != Act::None) {
+      apply_act_in_place(v0, act);
+      apply_act_in_place(v1, act);
+    }
+    std::memcpy(ci, &v0, sizeof(V));
+    std::memcpy(ci + W, &v1, sizeof(V));
+  }
+}
+
+// Fallback micro-kernel, MR x (2 VB-byte vectors), portable body (compiled per ISA).
+template <int MR, int VB>
+struct MicroKernelBf16 {
+  static PYIMGCLS_INLINE void run(int64_t kc, const uint16_t* __restrict a, const uint16_t* __restrict b,
+                                  float* __restrict c, int64_t ldc, int mode, const float* __restrict bias,
+                                  Act act) {
+    using V = Vec<float, VB>;
+    using U = Vec<uint32_t, VB>;
+    constexpr int W = VB / sizeof(float);
+    V acc0[MR], acc1[MR];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      acc0[i] = acc1[i] = V{};
+      __builtin_prefetch(c + i * ldc, 0, 3);
+      __builtin_prefetch(c + i * ldc + 2 * W - 1, 0, 3);
+    }
+    const int64_t pairs = (kc + 1) / 2;
+    for (int64_t q = 0; q < pairs; ++q) {
+      U u0, u1;
+      std::memcpy(&u0, b, sizeof(U));
+      std::memcpy(&u1, b + 2 * W, sizeof(U));
+      // low half of a 32-bit lane: the even k of the pair; high half: the odd k
+      const V b0o = (V)(u0 & 0xFFFF0000u), b1o = (V)(u1 & 0xFFFF0000u);
+      const V b0e = (V)(u0 << 16), b1e = (V)(u1 << 16);
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        uint32_t ai;
+        std::memcpy(&ai, a + 2 * i, 4);
+        const uint32_t hi = ai & 0xFFFF0000u, lo = ai << 16;
+        float ao, ae;
+        std::memcpy(&ao, &hi, 4);
+        std::memcpy(&ae, &lo, 4);
+        acc0[i] += ao * b0o;  // exact products: an FMA and a multiply-then-add give the same sum
+        acc1[i] += ao * b1o;
+        acc0[i] += ae * b0e;
+        acc1[i] += ae * b1e;
+      }
+      a += 2 * MR;
+      b += 4 * W;
+    }
+    bf16_tile_store<MR>(acc0, acc1, c, ldc, mode, bias, act);
+  }
+};
+
+#ifdef PYIMGCLS_X86
+// vdpbf16ps micro-kernel, 14 x 32: per k-pair 2 B loads, 14 broadcasts, 28 vdpbf16ps.
+template <int MR>
+PYIMGCLS_TARGET_AVX512BF16 PYIMGCLS_KERNEL_ALIGN void micro_bf16_dot(int64_t kc, const uint16_t* __restrict a,
+                                                                    const uint16_t* __restrict b,
+                                                                    float* __restrict c, int64_t ldc, int mode,
+                                                                    const float* __restrict bias, Act act) {
+  using V = Vec<float, 64>;
+  V acc0[MR], acc1[MR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    acc0[i] = acc1[i] = V{};
+    __builtin_prefetch(c + i * ldc, 0, 3);
+    __builtin_prefetch(c + i * ldc + 31, 0, 3);
+  }
+  const int64_t pairs = (kc + 1) / 2;
+  for (int64_t q = 0; q < pairs; ++q) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + 32);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      int32_t ai;
+      std::memcpy(&ai, a + 2 * i, 4);
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(ai);
+      acc0[i] = (V)_mm512_dpbf16_ps((__m512)acc0[i], av, b0);
+      acc1[i] = (V)_mm512_dpbf16_ps((__m512)acc1[i], av, b1);
+    }
+    a += 2 * MR;
+    b += 64;
+  }
+  bf16_tile_store<MR>(acc0, acc1, c, ldc, mode, bias, act);
+}
+#endif  // PYIMGCLS_X86
+
+template <typename TI>
+Kernel<float, TI, uint16_t> select_kernel_bf16(Isa isa, bool dot) {
+  using K = Kernel<float, TI, uint16_t>;
+#ifdef PYIMGCLS_X86
+  constexpr Isa A5 = Isa::Avx512, A2 = Isa::Avx2;
+  if (dot && isa == Isa::Avx512)
+    return K{&micro_bf16_dot<14>, pack_bf16_pairs<TI, 14, A5>, pack_bf16_pairs<TI, 32, A5>, 14, 32, kBf16KC, 70, 2048, 2};
+  if (isa == Isa::Avx512)
+    return K{&Compiled<A5, MicroKernelBf16<12, 64>>::run, pack_bf16_pairs<TI, 12, A5>, pack_bf16_pairs<TI, 32, A5>,
+             12, 32, kBf16KC, 72, 2048, 2};
+  if (isa == Isa::Avx2)
+    return K{&Compiled<A2, MicroKernelBf16<6, 32>>::run, pack_bf16_pairs<TI, 6, A2>, pack_bf16_pairs<TI, 16, A2>,
+             6, 16, kBf16KC, 72, 2048, 2};
+#endif
+  (void)dot;
+  constexpr Isa G = Isa::Generic;
+  return K{&Compiled<G, MicroKernelBf16<6, 16>>::run, pack_bf16_pairs<TI, 6, G>, pack_bf16_pairs<TI, 8, G>, 6, 8,
+           kBf16KC, 72, 2048, 2};
+}
+
+// C (float32, any strides) = act(A @ B + bias) through the bf16 kernels.
+template <typename TI>
+void gemm_bf16_t(Isa isa, const TI* a, int64_t sam, int64_t sak, const TI* b, int64_t sbk, int64_t sbn,
+                 const float* bias, float* c, int64_t scm, int64_t scn, int64_t M, int64_t N, int64_t K, Act act) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) c[m * scm + n * scn] = apply_act(bias ? bias[n] : 0.0f, act);
+    return;
+  }
+  gemm_packed(select_kernel_bf16<TI>(isa, bf16_dot_active()), a, sam, sak, b, sbk, sbn, bias, c, scm, scn, M, N,
+              K, act);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -720,8 +971,51 @@ void act_bwd(DType dt, const void* grad, const void* saved, void* grad_in, int64
   });
 }
 
+void gemm_bf16(DType in_dt, const void* a, int64_t sam, int64_t sak, const void* b, int64_t sbk, int64_t sbn,
+               const float* bias, void* c, DType out_dt, int64_t scm, int64_t scn, int64_t M, int64_t N, int64_t K,
+               Act act) {
+  if (in_dt != DType::Float32 && in_dt != DType::BFloat16)
+    throw std::invalid_argument(std::string("CPU bf16 GEMM reads float32 or bfloat16, got ") + dtype_name(in_dt));
+  if (out_dt != DType::Float32 && out_dt != DType::BFloat16)
+    throw std::invalid_argument(std::string("CPU bf16 GEMM writes float32 or bfloat16, got ") + dtype_name(out_dt));
+  const Isa isa = active_isa();
+  auto run = [&](float* cf, int64_t sm, int64_t sn) {
+    if (in_dt == DType::Float32)
+      gemm_bf16_t(isa, static_cast<const float*>(a), sam, sak, static_cast<const float*>(b), sbk, sbn, bias, cf, sm,
+                  sn, M, N, K, act);
+    else
+      gemm_bf16_t(isa, static_cast<const uint16_t*>(a), sam, sak, static_cast<const uint16_t*>(b), sbk, sbn, bias,
+                  cf, sm, sn, M, N, K, act);
+  };
+  if (out_dt == DType::Float32) {
+    run(static_cast<float*>(c), scm, scn);
+    return;
+  }
+  if (M <= 0 || N <= 0) return;
+  // bf16 output: the float32 result (K blocks accumulate in it) in a buffer, then one rounding pass.
+  static thread_local std::vector<float> cbuf;
+  cbuf.resize(static_cast<size_t>(M * N));
+  run(cbuf.data(), N, 1);
+  uint16_t* co = static_cast<uint16_t*>(c);
+  const float* cb = cbuf.data();
+  const int nt = (M * N < (int64_t(1) << 16)) ? 1 : std::max(1, omp_get_max_threads());
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) co[m * scm + n * scn] = float_to_bf16(cb[m * N + n]);
+}
+
 void gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b, int64_t sbk, int64_t sbn,
           const void* bias, void* c, int64_t scm, int64_t scn, int64_t M, int64_t N, int64_t K, Act act) {
+  if (dt == DType::BFloat16) {
+    std::vector<float> bias_f;
+    if (bias != nullptr) {
+      bias_f.resize(static_cast<size_t>(std::max<int64_t>(N, 0)));
+      for (int64_t n = 0; n < N; ++n) bias_f[n] = bf16_to_float(static_cast<const uint16_t*>(bias)[n]);
+    }
+    gemm_bf16(DType::BFloat16, a, sam, sak, b, sbk, sbn, bias ? bias_f.data() : nullptr, c, DType::BFloat16, scm, scn,
+              M, N, K, act);
+    return;
+  }
   const Isa isa = active_isa();
   dispatch_float(dt, "CPU GEMM", [&](auto t) {
     using T = decltype(t);
@@ -744,5 +1038,10 @@ void bias_act_bwd(DType dt, const void* grad, const void* out, void* grad_pre, v
 }
 
 const char* gemm_isa() { return isa_name(active_isa()); }
+
+const char* gemm_bf16_kernel() {
+  if (bf16_dot_active()) return "avx512bf16";
+  return isa_name(active_isa());
+}
 
 }  // namespace pyimgcls::cpu

@@ -1,8 +1,10 @@
 // Run-time instruction-set selection shared by the CPU kernels. Kernels are compiled for the
 // baseline x86-64 target; wider bodies are built inside __attribute__((target(...))) wrappers and
 // chosen here, once per call, so the module runs on any x86-64 (never -march=native).
-// PYIMGCLS_CPU_ISA=generic|avx2|avx512 lowers the choice (clamped to what the CPU has), so tests
-// can exercise every path on one machine.
+// PYIMGCLS_CPU_ISA=generic|avx2|avx512|avx512bf16 lowers the choice (clamped to what the CPU has),
+// so tests can exercise every path on one machine. avx512bf16 is AVX-512 plus the bf16 dot product
+// (vdpbf16ps) of the bfloat16 GEMM (gemm.cpp); every other value, "avx512" included, sends bfloat16
+// GEMMs to their fallback (float32 math on the same bf16 operands).
 #pragma once
 #include <algorithm>
 #include <cstdlib>
@@ -22,6 +24,8 @@
 #define PYIMGCLS_X86 1
 #define PYIMGCLS_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma,avx2")))
 #define PYIMGCLS_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define PYIMGCLS_TARGET_AVX512BF16 \
+  __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,fma,avx2")))
 #endif
 // Always inlined, so a helper is compiled for the instruction set of the kernel that calls it.
 #define PYIMGCLS_INLINE inline __attribute__((always_inline))
@@ -57,10 +61,26 @@ inline Isa active_isa() {
   Isa req;
   if (want == "generic") req = Isa::Generic;
   else if (want == "avx2") req = Isa::Avx2;
-  else if (want == "avx512") req = Isa::Avx512;
+  else if (want == "avx512" || want == "avx512bf16") req = Isa::Avx512;
   else
-    throw std::invalid_argument("PYIMGCLS_CPU_ISA must be generic, avx2 or avx512, got '" + want + "'");
+    throw std::invalid_argument("PYIMGCLS_CPU_ISA must be generic, avx2, avx512 or avx512bf16, got '" + want + "'");
   return static_cast<Isa>(std::min(static_cast<int>(req), static_cast<int>(hw)));
+}
+
+// The bf16 dot product (AVX512_BF16: vdpbf16ps), used by the bfloat16 GEMM only: on when the CPU has
+// it with AVX-512 and PYIMGCLS_CPU_ISA is unset or "avx512bf16" (active_isa validates the value).
+inline bool bf16_dot_active() {
+#ifdef PYIMGCLS_X86
+  static const bool hw = [] {
+    __builtin_cpu_init();
+    return hardware_isa() == Isa::Avx512 && __builtin_cpu_supports("avx512bf16");
+  }();
+  if (!hw || active_isa() != Isa::Avx512) return false;
+  const char* env = std::getenv("PYIMGCLS_CPU_ISA");
+  return env == nullptr || env[0] == '\0' || std::string(env) == "avx512bf16";
+#else
+  return false;
+#endif
 }
 
 inline const char* isa_name(Isa isa) {

@@ -168,7 +168,8 @@ def _backward_impl(grad, input, weight, out, stride, padding, dilation, groups, 
     """(grad_input, grad_weight, grad_bias, grad_residual); an unrequested gradient is an empty tensor."""
     kernels = backends.kernels(backend, "conv")
     dtype = input.dtype
-    if dtype in _LOW_PRECISION and backends.TABLE[backend].upcasts_low_precision:
+    if (dtype in _LOW_PRECISION and backends.TABLE[backend].upcasts_low_precision
+            and dtype not in getattr(kernels, "NATIVE_LOW_PRECISION", ())):
         # docs/architecture.md "Dtypes": the whole backward runs in float32 (grad_pre stays float32 between the kernels)
         gi, gw, gb, gr = _backward_impl(grad.float(), input.float(), weight.float(), _to_float(out), stride,
                                         padding, dilation, groups, activation, has_bias, has_residual, backend,

@@ -14,18 +14,22 @@ with any strides; stride, dilation: [h, w]; padding: [top, left, bottom, right];
         gp: grad_pre (output-shaped); grad_input like x, in the canonical layout of x's suggested format
     wgrad(gp, x, w, stride, padding, dilation, groups) -> grad_weight     contiguous, like w
 Outputs are allocated through the helpers in pyimgcls/ops/conv.py (shapes, layouts, empty tensors,
-the geometry list). float16/bfloat16 inputs are computed in float32 and returned in their dtype
-(docs/architecture.md, "Dtypes"); the op file runs a low-precision backward in float32 as a whole (upcasts_low_precision
-in the backend table), so grad_pre stays float32 between bias_act_bwd and dgrad / wgrad."""
+the geometry list). float16 inputs are computed in float32 and returned in their dtype
+(docs/architecture.md, "Dtypes"); the op file runs a float16 backward in float32 as a whole (upcasts_low_precision
+in the backend table), so grad_pre stays float32 between bias_act_bwd and dgrad / wgrad. bfloat16 is native
+(NATIVE_LOW_PRECISION): conv2d, dgrad and wgrad take bf16 tensors (float32 copies inside, every GEMM in bf16 with
+float32 accumulation, one rounding of the result: csrc/cpu/conv.cpp "bfloat16"), and the backward stays bf16
+(bias_act_bwd computes it in float32 and returns bf16)."""
 from __future__ import annotations
 
 from ... import _native
 from . import in_float32
+from .gemm import NATIVE_LOW_PRECISION, bf16_native  # noqa: F401  (NATIVE_LOW_PRECISION: read by ops/conv.py)
 from ...ops.conv import (bias_act_outputs, dgrad_output, fwd_outputs, pixel_strides, ptr, strides,
                          wgrad_output)
 
 
-@in_float32
+@bf16_native
 def conv2d(x, w, bias, res, stride, padding, dilation, groups, act):
     out, res, geom = fwd_outputs(x, w, res, stride, padding, dilation, groups)
     if geom is None:
@@ -48,7 +52,7 @@ def bias_act_bwd(grad, out, act, has_bias, fmt):
     return gp, gb
 
 
-@in_float32
+@bf16_native
 def dgrad(gp, x, w, stride, padding, dilation, groups):
     dx, geom = dgrad_output(gp, x, w, stride, padding, dilation, groups)
     if geom is None:
@@ -59,7 +63,7 @@ def dgrad(gp, x, w, stride, padding, dilation, groups):
     return dx
 
 
-@in_float32
+@bf16_native
 def wgrad(gp, x, w, stride, padding, dilation, groups):
     dw, geom = wgrad_output(gp, x, w, stride, padding, dilation, groups)
     if geom is None:

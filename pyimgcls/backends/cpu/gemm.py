@@ -6,17 +6,39 @@ Entry points (same signature in every backend folder):
     bias_act_bwd(grad, out, act, has_bias) -> (grad_pre, grad_bias | None)
                                                  grad [M, N] contiguous; grad_pre = grad * act'(out),
                                                  grad_bias = grad_pre.sum(0)
-Outputs are allocated by ops/gemm.py (gemm_output, bias_act_outputs) for every backend. float16 /
-bfloat16 inputs are computed in float32 and returned in their dtype (docs/architecture.md, "Dtypes")."""
+Outputs are allocated by ops/gemm.py (gemm_output, bias_act_outputs) for every backend. float16
+inputs are computed in float32 and returned in their dtype (docs/architecture.md, "Dtypes"); bfloat16
+goes to the bf16 GEMM as it is (bf16 operands, float32 accumulation, bias and activation on the float32
+sum, one rounding to bf16: csrc/cpu/gemm.cpp), as do bfloat16 convolutions (backends/cpu/conv.py); the
+epilogue backward (bias_act_bwd, act_*) still runs bfloat16 in float32."""
 from __future__ import annotations
+
+import functools
+
+import torch
 
 from ... import _native
 from . import in_float32
 from ...ops import gemm as g
 from ...ops.activation import act_dense_output
 
+# Low-precision dtypes these kernels compute natively (ops/conv.py reads the conv module's copy to keep
+# a bfloat16 backward in bfloat16).
+NATIVE_LOW_PRECISION = (torch.bfloat16,)
 
-@in_float32
+
+def bf16_native(fn):
+    """in_float32 for float16; a bfloat16 first argument goes to ``fn`` as it is (its kernel takes bf16)."""
+    upcast = in_float32(fn)
+
+    @functools.wraps(fn)
+    def run(first, *args):
+        return fn(first, *args) if first.dtype == torch.bfloat16 else upcast(first, *args)
+
+    return run
+
+
+@bf16_native
 def gemm(a, b, bias, act):
     out, work = g.gemm_output(a, b)
     if work:
