@@ -163,9 +163,26 @@ def check_close(model, x) -> float:
     return err
 
 
+def _with_env(fn, env: dict):
+    def wrapped():
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            return fn()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return wrapped
+
+
 def run_case(name: str, pass_: str, threads: int, batch: int, dtype: str = "float32", *,
-             rounds: int = 5, peak: float | None = None) -> dict:
-    """One matrix cell: a results row (schema pyimgcls-bench/1) with our ms, torch's ms and the ratio."""
+             rounds: int = 5, peak: float | None = None, alt_env: dict | None = None) -> dict:
+    """One matrix cell: a results row (schema pyimgcls-bench/1) with our ms, torch's ms and the ratio.
+    ``alt_env``: also time our side with these environment variables set (e.g. a kernel path turned
+    off), interleaved with the others: ``alt_ms`` and ``speedup_vs_alt`` (alt ms / our ms)."""
     torch.set_num_threads(threads)
     model, x, target = build(name, batch)
     err = check_close(model, x)
@@ -179,6 +196,8 @@ def run_case(name: str, pass_: str, threads: int, batch: int, dtype: str = "floa
         fns = {"cpu": _pass_fn(model, x, target, pass_, "cpu", torch.bfloat16),
                "torch": _pass_fn(model, x, target, pass_, "torch", None),
                "torch_bf16": _pass_fn(model, x, target, pass_, "torch", torch.bfloat16)}
+    if alt_env:
+        fns["alt"] = _with_env(fns["cpu"], alt_env)
     ms = interleaved_min_ms(fns, rounds)
     gflops = flops / (ms["cpu"] * 1e-3) / 1e9
     row = {
@@ -189,6 +208,10 @@ def run_case(name: str, pass_: str, threads: int, batch: int, dtype: str = "floa
         "roofline_pct": (100.0 * gflops / peak) if peak else None,
         "flops": flops, "bytes": None, "threads": threads, "batch": batch, "rel_err_fwd": err,
     }
+    if "alt" in ms:
+        row["alt_env"] = alt_env
+        row["alt_ms"] = ms["alt"]
+        row["speedup_vs_alt"] = ms["alt"] / ms["cpu"]
     if "torch_bf16" in ms:
         row["ref_bf16_ms"] = ms["torch_bf16"]
         row["speedup_vs_torch_bf16"] = ms["torch_bf16"] / ms["cpu"]
@@ -215,21 +238,27 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     ap.add_argument("--bf16-models", nargs="*", default=list(BF16_MODELS))
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--alt-env", nargs="*", default=[], metavar="VAR=VALUE",
+                    help="also time our side with these variables set (e.g. PYIMGCLS_CPU_WINOGRAD=0)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if any(t < 1 for t in args.threads) or any(b < 1 for b in args.batches) or args.rounds < 1:
         ap.error("--threads, --batches and --rounds must be >= 1")
 
+    if any("=" not in kv for kv in args.alt_env):
+        ap.error("--alt-env takes VAR=VALUE pairs")
+    alt_env = dict(kv.split("=", 1) for kv in args.alt_env) or None
     results = report.new_results("cpu")
     results["load_avg_start"] = os.getloadavg()
     peaks = {t: peak_gflops(t) for t in args.threads}
     results["peaks"]["cpu_fp32_gflops_by_threads"] = peaks
     print(f"attainable float32 GFLOP/s by threads: { {t: round(v, 1) for t, v in peaks.items()} }")
     for case in matrix(args.models, args.passes, args.threads, args.batches, args.bf16_models):
-        row = run_case(*case, rounds=args.rounds, peak=peaks[case[2]])
+        row = run_case(*case, rounds=args.rounds, peak=peaks[case[2]], alt_env=alt_env)
         row["load_avg"] = os.getloadavg()[0]
         results["cases"].append(row)
-        extra = (f"  vs torch bf16 {row['ref_bf16_ms']:8.2f} ms ({row['speedup_vs_torch_bf16']:.2f})"
+        extra = f"  alt {row['alt_ms']:8.2f} ms ({row['speedup_vs_alt']:.2f})" if "alt_ms" in row else ""
+        extra += (f"  vs torch bf16 {row['ref_bf16_ms']:8.2f} ms ({row['speedup_vs_torch_bf16']:.2f})"
                  if "ref_bf16_ms" in row else "")
         print(f"{case[0]:>18} {case[1]:>5} t={case[2]} N={case[3]:<2} {case[4]:>8}: ours {row['ms']:8.2f} ms "
               f"torch {row['ref_ms']:8.2f} ms ratio {row['speedup']:.2f} roofline "

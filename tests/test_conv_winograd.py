@@ -2,8 +2,9 @@
 forward and dgrad) against float64 PyTorch.
 
 What selects it: PYIMGCLS_CPU_WINOGRAD=1 forces it for every 3x3 stride-1 dilation-1 groups-1 float32
-conv (so small shapes reach it); unset, it runs when C, O >= 16, the batch has >= 128 2x2 tiles and the
-conv has >= 2^22 multiply-adds; =0 turns it off. Branches covered: channel vectors full and partial
+conv (so small shapes reach it); unset, it runs when the batch has >= 128 2x2 tiles and the
+conv has >= 2^22 multiply-adds (C >= 32, O >= 48 unforced); =0 turns it off. Never inside a bfloat16
+conv (its im2col GEMM runs on vdpbf16ps). Branches covered: channel vectors full and partial
 (C or O not a multiple of 16), odd output sizes (the last tile row / column cut), padding 0 / 1 / 2
 (tiles reaching into the padding on both sides), NCHW / channels_last / strided inputs and outputs
 (the vector store and the strided scalar store), bias, residual, activation, the chunk loop
@@ -105,24 +106,32 @@ def test_chunk_loop_and_threads_bit_identical(force, monkeypatch):
 
 
 def test_auto_selection_matches_gemm_path(monkeypatch):
-    """Unforced, a ResNet-sized layer (16 channels, 8 x 16x16, 4.7M MACs) takes the Winograd path: its
+    """Unforced, a ResNet-sized layer (32 -> 48 channels, 4 x 16x16, 14M MACs) takes the Winograd path: its
     result differs from the GEMM path's (PYIMGCLS_CPU_WINOGRAD=0) in rounding only, and both are close
-    to float64; a 4x4 map at batch 2 (8 tiles) stays on the GEMM path (bit-identical to =0)."""
+    to float64; a 4x4 map at batch 2 (8 tiles) and a DenseNet-like 128 -> 32 layer stay on the GEMM path
+    (bit-identical to =0), and so does a bfloat16 conv under autocast even when forced."""
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(8, 16, 16, 16, generator=gen)
-    w = torch.randn(16, 16, 3, 3, generator=gen)
+    x = torch.randn(4, 32, 16, 16, generator=gen)
+    w = torch.randn(48, 32, 3, 3, generator=gen)
     ref = F.conv2d(x.double(), w.double(), padding=1)
     auto = K.conv2d(x, w, None, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 0)
     monkeypatch.setenv("PYIMGCLS_CPU_WINOGRAD", "0")
     gemm = K.conv2d(x, w, None, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 0)
-    assert_close_to_reference(auto, ref, scale=16 * 9)
-    assert_close_to_reference(gemm, ref, scale=16 * 9)
+    assert_close_to_reference(auto, ref, scale=32 * 9)
+    assert_close_to_reference(gemm, ref, scale=32 * 9)
     assert not torch.equal(auto, gemm)
     xs = torch.randn(2, 64, 4, 4, generator=gen)
     ws = torch.randn(64, 64, 3, 3, generator=gen)
-    off = K.conv2d(xs, ws, None, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 0)
+    xd = torch.randn(8, 128, 16, 16, generator=gen)
+    wd = torch.randn(32, 128, 3, 3, generator=gen)
+    xb = x.to(torch.bfloat16)
+    wb = w.to(torch.bfloat16)
+    offs = [K.conv2d(a, b, None, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 0) for a, b in ((xs, ws), (xd, wd), (xb, wb))]
     monkeypatch.delenv("PYIMGCLS_CPU_WINOGRAD")
-    assert torch.equal(K.conv2d(xs, ws, None, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 0), off)
+    for (a, b), off in zip(((xs, ws), (xd, wd)), offs):
+        assert torch.equal(K.conv2d(a, b, None, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 0), off)
+    monkeypatch.setenv("PYIMGCLS_CPU_WINOGRAD", "1")
+    assert torch.equal(K.conv2d(xb, wb, None, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, 0), offs[2])
 
 
 def test_autograd_through_ops(force):

@@ -1237,7 +1237,8 @@ struct WinoOutBody {
 };
 
 // Which convolutions take the Winograd path: float32 (caller), groups 1, 3x3, stride 1, dilation 1,
-// at least 16 channels in and out (below, the transforms outweigh the GEMM savings), at least
+// at least 32 channels in and 48 out (DenseNet's 128 -> 32 layers ran 0.84x slower: the transforms and
+// the 16 thin GEMMs outweigh the savings), at least
 // kWinoMinTiles tiles over the batch, not small (kSmallConvMacs: the whole-batch GEMM paths are tuned
 // for those). PYIMGCLS_CPU_WINOGRAD=0 turns it off, =1 drops the size conditions (benchmarks and tests
 // compare the two paths, also on small shapes).
@@ -1249,7 +1250,10 @@ bool winograd_applies(const ConvGeometry& s) {
                      s.dil_h == 1 && s.dil_w == 1 && s.OH > 0 && s.OW > 0 && s.N > 0 && s.C > 0 && s.O > 0;
   const int64_t macs = s.N * s.O * s.OH * s.OW * s.C * 9;
   const int64_t tiles = s.N * ((s.OH + 1) / 2) * ((s.OW + 1) / 2);
-  return shape && (force || (s.C >= 16 && s.O >= 16 && tiles >= kWinoMinTiles && macs >= kSmallConvMacs));
+  // Not inside a bf16 conv (Bf16Gemms): there the im2col GEMM runs on vdpbf16ps, faster than these
+  // float32 GEMMs (ResNet-18 bf16 step 0.84x with Winograd, benchmarks/NOTES.md).
+  if (tls_bf16_gemm) return false;
+  return shape && (force || (s.C >= 32 && s.O >= 48 && tiles >= kWinoMinTiles && macs >= kSmallConvMacs));
 }
 
 thread_local std::vector<float> tls_wino;  // xp + V + M + U of the last call, reused
