@@ -39,6 +39,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_prune  # noqa: E402
 import report  # noqa: E402
 
 import pyimgcls  # noqa: E402
@@ -55,25 +56,14 @@ def input_shape(name: str, batch: int) -> tuple:
 
 
 def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """2 x multiply-accumulates of every conv and Linear for input ``x`` (from the layer shapes)."""
-    total = [0]
-
-    def hook(m, args, out):
-        if isinstance(m, torch.nn.Conv2d):
-            total[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        elif isinstance(m, torch.nn.Linear):
-            total[0] += out.numel() * m.in_features
-
-    hs = [m.register_forward_hook(hook) for m in model.modules()
-          if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    """2 x multiply-accumulates of every conv and Linear for input ``x`` (bench_prune.macs: counted
+    from the layer shapes), on the torch backend in eval mode."""
     was_training = model.training
     model.eval()
-    with torch.no_grad(), pyimgcls.use_backend("torch"):
-        model(x)
+    with pyimgcls.use_backend("torch"):
+        n = bench_prune.macs(model, x)
     model.train(was_training)
-    for h in hs:
-        h.remove()
-    return 2.0 * total[0]
+    return 2.0 * n
 
 
 def peak_gflops(threads: int) -> float:
