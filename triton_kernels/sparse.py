@@ -45,7 +45,12 @@ def _sparse_linear_fwd_kernel(x_ptr, v_ptr, meta_ptr, bias_ptr, out_ptr, M, N, K
         second = pos == (nib >> 2)
         vidx = 2 * grp[None, :] + second.to(tl.int64)
         w = tl.load(v_ptr + offs_n[:, None] * half_k + vidx, mask=wmask & (first | second), other=0.0)
-        acc = mma(x, tl.trans(w), acc, IS_FP32, ACC_FP64, UPCAST_DOT)
+        if ACC_FP64:
+            # fp64: broadcast multiply + sum (Triton 3.6's LLVM lowering of this kernel's fp64 dot
+            # fails for sm_80 / sm_90: tools/check_gpu_build.py), on a 16 x 16 x 16 tile
+            acc += tl.sum(x[:, :, None] * tl.trans(w)[None, :, :], axis=1)
+        else:
+            acc = mma(x, tl.trans(w), acc, IS_FP32, ACC_FP64, UPCAST_DOT)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(acc.dtype)[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * N + offs_n[None, :]
@@ -59,10 +64,12 @@ def sparse_linear(x: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor,
     N = values.shape[0]
     if M == 0 or N == 0:
         return out
-    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
+    # float64: no tl.dot (see the kernel), a 16 x 16 x 16 tile for its 3-D product
+    bm, bn, bk = (16, 16, 16) if x.dtype == torch.float64 else (BLOCK_M, BLOCK_N, BLOCK_K)
+    grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
     _sparse_linear_fwd_kernel[grid](
         x, values, metadata, bias if bias is not None else out, out, M, N, K, metadata.shape[1],
         HAS_BIAS=bias is not None, IS_FP32=x.dtype == torch.float32, ACC_FP64=x.dtype == torch.float64,
         UPCAST_DOT=INTERPRET and x.dtype == torch.bfloat16,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS)
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=NUM_WARPS)
     return out
