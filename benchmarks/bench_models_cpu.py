@@ -56,14 +56,14 @@ def input_shape(name: str, batch: int) -> tuple:
 
 
 def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """2 x multiply-accumulates of every conv and Linear for input ``x`` (bench_prune.macs: counted
-    from the layer shapes), on the torch backend in eval mode."""
+    """2 x multiply-accumulates of every conv and Linear for the whole batch ``x`` (bench_prune.macs
+    counts them from the layer shapes, per sample), on the torch backend in eval mode."""
     was_training = model.training
     model.eval()
     with pyimgcls.use_backend("torch"):
         n = bench_prune.macs(model, x)
     model.train(was_training)
-    return 2.0 * n
+    return 2.0 * n * x.shape[0]
 
 
 def peak_gflops(threads: int) -> float:

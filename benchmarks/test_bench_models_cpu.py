@@ -51,3 +51,15 @@ def test_model_cpu(results, name, pass_, threads, batch, dtype):
     row["load_avg"] = os.getloadavg()[0]
     results["cases"].append(row)
     print(f"  ours {row['ms']:.2f} ms, torch {row['ref_ms']:.2f} ms, ratio {row['speedup']:.2f}", end="")
+
+
+def test_forward_flops_counts_the_whole_batch():
+    """The roofline column divides these FLOPs by the measured time of the whole batch: a per-sample
+    count (bench_prune.macs's unit) would understate every batch-16 roofline 16x."""
+    import torch
+    import pyimgcls.nn as pnn
+
+    model = torch.nn.Sequential(pnn.Conv2d(3, 8, 3, padding=1), torch.nn.Flatten(), pnn.Linear(8 * 5 * 5, 4))
+    x = torch.randn(3, 3, 5, 5)
+    per_sample_macs = 8 * 5 * 5 * 3 * 9 + 4 * 200
+    assert bmc.forward_flops(model, x) == 2.0 * 3 * per_sample_macs
