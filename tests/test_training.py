@@ -808,3 +808,18 @@ def test_train_with_teacher_distills_and_checks_the_teacher(tmp_path):
     assert run_cli("train", *TINY, "--epochs", 1, "--teacher", tmp_path / "missing.pt", "--out", tmp_path / "y") == 2
     assert run_cli("train", *TINY, "--epochs", 1, "--teacher", teacher / "best.pt", "--mixup", 0.2,
                    "--out", tmp_path / "z") == 2
+
+
+def test_auto_threads_follows_idle_cores(monkeypatch):
+    """--threads 0 on a model over 1M parameters takes the cores not busy with other processes; small
+    models and torchrun get one; an explicit count is kept."""
+    from pyimgcls.training import loop
+
+    monkeypatch.setattr(loop, "usable_cores", lambda: 4)
+    assert loop.auto_threads(0, 2_000_000, load=0.2) == 4
+    assert loop.auto_threads(0, 2_000_000, load=1.6) == 2
+    assert loop.auto_threads(0, 2_000_000, load=12.0) == 1
+    assert loop.auto_threads(0, 500_000, load=0.0) == 1
+    assert loop.auto_threads(0, 2_000_000, distributed=True, load=0.0) == 1
+    assert loop.auto_threads(3, 2_000_000, load=12.0) == 3
+    assert 1 <= loop.idle_cores(loop.usable_cores()) <= 4

@@ -94,6 +94,23 @@ Plan make_plan(const ConvGeometry& s, Strides4 xs) {
   return p;
 }
 
+// Short runs (an output row: 2-64 elements, the padding columns: 0-3) copied / zeroed inline. The
+// library memcpy / memset a call each cost more than the run itself at ResNet's 4x4 and 8x8 maps,
+// and a runtime-stride loop (`src[ow * step]`) does not vectorise: unit-stride rows get this one.
+template <typename T>
+PYIMGCLS_INLINE void copy_run(T* __restrict dst, const T* __restrict src, int64_t n) {
+  for (int64_t e = 0; e < n; ++e) dst[e] = src[e];
+}
+template <typename T>
+PYIMGCLS_INLINE void add_run(T* __restrict dst, const T* __restrict src, int64_t n) {
+  for (int64_t e = 0; e < n; ++e) dst[e] += src[e];
+}
+template <typename T>
+PYIMGCLS_INLINE void zero_run(T* dst, int64_t n) {
+#pragma GCC unroll 4
+  for (int64_t e = 0; e < n; ++e) dst[e] = T(0);
+}
+
 // col[k, p], k = (c, i, j): rows of output pixels for each tap (channel-major GEMM operand).
 // ld: row stride of col (P for one image; N*P when the images of a batch sit side by side).
 template <typename T>
@@ -106,18 +123,23 @@ void im2col_kp(const Plan& pl, const T* x, Strides4 xs, T* col, int64_t ld) {
         const int64_t woff = j * s.dil_w - s.pad_w;
         int64_t lo, hi;
         valid_range(woff, s.stride_w, s.W, s.OW, lo, hi);
+        const int64_t step = s.stride_w * xs.w;
         for (int64_t oh = 0; oh < s.OH; ++oh) {
           T* dst = row + oh * s.OW;
           const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
           if (ih < 0 || ih >= s.H) {
-            std::fill(dst, dst + s.OW, T(0));
+            zero_run(dst, s.OW);
             continue;
           }
-          std::fill(dst, dst + lo, T(0));
+          zero_run(dst, lo);
           const T* src = x + c * xs.c + ih * xs.h + woff * xs.w;
-          const int64_t step = s.stride_w * xs.w;
-          for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * step];
-          std::fill(dst + hi, dst + s.OW, T(0));
+          if (step == 1)
+            copy_run(dst + lo, src + lo, hi - lo);
+          else if (step == 2)  // stride-2 layers (ResNet's stem and downsampling 3x3): a constant
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * 2];  // stride vectorises (shuffles)
+          else
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * step];
+          zero_run(dst + hi, s.OW - hi);
         }
       }
 }
@@ -174,7 +196,10 @@ void col2im_kp(const Plan& pl, const T* col, T* dx, Strides4 xs, int64_t ld) {
           T* dst = dx + c * xs.c + ih * xs.h + woff * xs.w;
           const T* src = row + oh * s.OW;
           const int64_t step = s.stride_w * xs.w;
-          for (int64_t ow = lo; ow < hi; ++ow) dst[ow * step] += src[ow];
+          if (step == 1)
+            add_run(dst + lo, src + lo, hi - lo);
+          else
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow * step] += src[ow];
         }
       }
 }
@@ -200,6 +225,29 @@ void col2im_pk(const Plan& pl, const T* col, T* dx, Strides4 xs) {
     }
 }
 
+// Grow-only scratch per (calling thread, slot, element type), never zero-filled: every user
+// rewrites the part it reads (im2col writes its zeros, GEMMs overwrite C, gathers copy every
+// element). A fresh zero-initialised std::vector per call cost a memset plus page faults of the
+// whole column buffer (up to kChunkBytes) on every convolution: 3-4 % of a ResNet-18 forward.
+// Each slot keeps its largest size for the thread's lifetime (at most the chunk budget per slot).
+enum class Buf { Col, Tmp, Wt, G, Xt, kCount };
+template <typename T>
+T* scratch(Buf slot, int64_t n) {
+  struct Slot {
+    std::unique_ptr<T[]> p;
+    int64_t cap = 0;
+  };
+  static thread_local Slot slots[static_cast<int>(Buf::kCount)];
+  Slot& b = slots[static_cast<int>(slot)];
+  n = std::max<int64_t>(n, 1);
+  if (n > b.cap) {
+    b.p.reset();
+    b.p.reset(new T[static_cast<size_t>(n)]);  // default-initialised: no fill
+    b.cap = n;
+  }
+  return b.p.get();
+}
+
 // w[o, c, i, j] -> wt[o, (i, j, c)]: the K order of the pixel-major path.
 template <typename T>
 void repack_weight_ijc(const Plan& pl, const T* w, T* wt) {
@@ -213,11 +261,11 @@ void repack_weight_ijc(const Plan& pl, const T* w, T* wt) {
 // The weight in the pixel-major K order: repacked into buf, or w itself where (c, i, j) and
 // (i, j, c) coincide (one tap, or one channel per group).
 template <typename T>
-const T* weight_ijc(const Plan& pl, const T* w, std::vector<T>& buf) {
+const T* weight_ijc(const Plan& pl, const T* w) {
   if (pl.s.KH * pl.s.KW == 1 || pl.Cg == 1) return w;
-  buf.resize(static_cast<size_t>(pl.s.O * pl.K));
-  repack_weight_ijc(pl, w, buf.data());
-  return buf.data();
+  T* buf = scratch<T>(Buf::Wt, pl.s.O * pl.K);
+  repack_weight_ijc(pl, w, buf);
+  return buf;
 }
 
 // Below this many multiply-adds a convolution is "small" (LeNet-sized): it runs on one thread, and
@@ -1049,28 +1097,28 @@ void conv2d_fwd_small_batched(const Plan& pl, const T* x, Strides4 xs, const T* 
                               Strides4 rs, T* out, Strides4 os, Act act) {
   const ConvGeometry& s = pl.s;
   const int64_t NP = s.N * pl.P;
-  std::vector<T> col(static_cast<size_t>(pl.K * NP)), tmp(static_cast<size_t>(s.O * NP));
+  T* const col = scratch<T>(Buf::Col, pl.K * NP);
+  T* const tmp = scratch<T>(Buf::Tmp, s.O * NP);
   // A channels_last input is first copied to NCHW (N*C*H*W elements, a few KiB here), so the
   // im2col rows below are contiguous runs instead of stride-C gathers.
-  std::vector<T> xt;
   const T* xsrc = x;
   Strides4 xst = xs;
   if (xs.c < xs.w) {
-    xt.resize(static_cast<size_t>(s.N * s.C * s.H * s.W));
+    T* const xt = scratch<T>(Buf::Xt, s.N * s.C * s.H * s.W);
     for (int64_t n = 0; n < s.N; ++n)
       for (int64_t h = 0; h < s.H; ++h)
         for (int64_t w_ = 0; w_ < s.W; ++w_)
           for (int64_t c = 0; c < s.C; ++c)
             xt[static_cast<size_t>(((n * s.C + c) * s.H + h) * s.W + w_)] = x[n * xs.n + c * xs.c + h * xs.h + w_ * xs.w];
-    xsrc = xt.data();
+    xsrc = xt;
     xst = Strides4{s.C * s.H * s.W, s.H * s.W, s.W, 1};
   }
-  for (int64_t n = 0; n < s.N; ++n) im2col_kp(pl, xsrc + n * xst.n, xst, col.data() + n * pl.P, NP);
+  for (int64_t n = 0; n < s.N; ++n) im2col_kp(pl, xsrc + n * xst.n, xst, col + n * pl.P, NP);
   // (called under SerialIfSmall: one thread, LeNet conv2 at batch 8 on 2 cores 154 us vs 210-236 us)
-  conv_gemm(dtype_of<T>(), w, pl.K, 1, col.data(), NP, 1, nullptr, tmp.data(), NP, 1, s.O, NP, pl.K, Act::None);
+  conv_gemm(dtype_of<T>(), w, pl.K, 1, col, NP, 1, nullptr, tmp, NP, 1, s.O, NP, pl.K, Act::None);
   for (int64_t n = 0; n < s.N; ++n)
     for (int64_t o = 0; o < s.O; ++o) {
-      const T* trow = tmp.data() + o * NP + n * pl.P;
+      const T* trow = tmp + o * NP + n * pl.P;
       T* orow = out + n * os.n + o * os.c;
       const T bo = bias ? bias[o] : T(0);
       if (res) {
@@ -1362,8 +1410,7 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
     return;
   }
   // 1. Weight in the K order of the chosen path (pixel-major reads (i, j, c)), once per call.
-  std::vector<T> wt_buf;
-  const T* wk = pixel_major && !pl.direct ? weight_ijc(pl, w, wt_buf) : w;
+  const T* wk = pixel_major && !pl.direct ? weight_ijc(pl, w) : w;
   // Pixel-major operands used in place when the rows of all images are evenly spaced: x itself as
   // the A operand (1x1 stride 1, e.g. NHWC), out itself as C (dense NHWC); else copies.
   const bool x_rows = pixel_major && pl.direct && (s.N == 1 || xs.n == pl.P * xs.w);
@@ -1371,7 +1418,8 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
   const int64_t col_img = x_rows ? 0 : pl.P * pl.K;
   const int64_t tmp_img = out_rows ? 0 : pl.P * pl.Og;
   const int64_t NB = chunk_images(s.N, pl.P, col_img + tmp_img, sizeof(T));
-  std::vector<T> col(static_cast<size_t>(NB * col_img)), tmp(static_cast<size_t>(NB * tmp_img));
+  T* const col = scratch<T>(Buf::Col, NB * col_img);
+  T* const tmp = scratch<T>(Buf::Tmp, NB * tmp_img);
   const int64_t img_work = pl.Og * pl.P * pl.K;  // multiply-adds per image and group
   for (int64_t g = 0; g < s.groups; ++g)
     for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
@@ -1388,15 +1436,15 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
         if (!x_rows) {
           for_images(nb, nb * img_work, [&](int64_t n) {
             if (pl.direct)
-              gather_pk(xg + n * xs.n, xs, 1, pl.Cg, pl.P, col.data() + n * pl.P * pl.K);
+              gather_pk(xg + n * xs.n, xs, 1, pl.Cg, pl.P, col + n * pl.P * pl.K);
             else
-              im2col_pk(pl, xg + n * xs.n, xs, col.data() + n * pl.P * pl.K);
+              im2col_pk(pl, xg + n * xs.n, xs, col + n * pl.P * pl.K);
           });
-          a = col.data();
+          a = col;
           sam = pl.K;
           sak = 1;
         }
-        T* c = out_rows ? og : tmp.data();
+        T* c = out_rows ? og : tmp;
         const int64_t scm = out_rows ? os.w : pl.Og;
         const bool post = rg != nullptr || !out_rows;
         conv_gemm(dt, a, sam, sak, wk + g * pl.Og * pl.K, 1, pl.K, bg, c, scm, 1, M, pl.Og, pl.K, post ? Act::None : act);
@@ -1412,12 +1460,12 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
           });
       } else {
         // 2b. tmp[o, q] = w[o, k] @ col[k, q], then bias + residual + act in one scatter pass.
-        for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col.data() + n * pl.P, M); });
-        conv_gemm(dt, w + g * pl.Og * pl.K, pl.K, 1, col.data(), M, 1, nullptr, tmp.data(), M, 1, pl.Og, M, pl.K,
+        for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col + n * pl.P, M); });
+        conv_gemm(dt, w + g * pl.Og * pl.K, pl.K, 1, col, M, 1, nullptr, tmp, M, 1, pl.Og, M, pl.K,
              Act::None);
         for_images(nb, nb * img_work, [&](int64_t n) {
           for (int64_t o = 0; o < pl.Og; ++o) {
-            const T* trow = tmp.data() + o * M + n * pl.P;
+            const T* trow = tmp + o * M + n * pl.P;
             T* orow = og + n * os.n + o * os.c;
             const T bo = bg ? bg[o] : T(0);
             if (rg) {
@@ -1453,8 +1501,7 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
   if (units == 0 || s.C == 0) return;
   const DType dt = dtype_of<T>();
   const bool pixel_major = gs.c == 1 && s.O > 1;
-  std::vector<T> wt_buf;
-  const T* wk = pixel_major ? weight_ijc(pl, w, wt_buf) : w;
+  const T* wk = pixel_major ? weight_ijc(pl, w) : w;
   const SerialIfSmall serial(units * pl.Og * pl.P * pl.K);
   // Pixel-major: g itself is the A operand when its image rows are evenly spaced; a 1x1 stride-1
   // dgrad writes dx directly (every element once) when dx's are too, else col + col2im.
@@ -1463,7 +1510,8 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
   const int64_t g_img = g_rows ? 0 : pl.P * pl.Og;
   const int64_t col_img = dx_rows ? 0 : pl.P * pl.K;
   const int64_t NB = chunk_images(s.N, pl.P, g_img + col_img, sizeof(T));
-  std::vector<T> gbuf(static_cast<size_t>(NB * g_img)), col(static_cast<size_t>(NB * col_img));
+  T* const gbuf = scratch<T>(Buf::G, NB * g_img);
+  T* const col = scratch<T>(Buf::Col, NB * col_img);
   const int64_t img_work = pl.Og * pl.P * pl.K;
   for (int64_t g = 0; g < s.groups; ++g)
     for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
@@ -1475,8 +1523,8 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
         const T* a = gg;
         int64_t sam = gs.w;
         if (!g_rows) {
-          gather_pk(gg, gs, nb, pl.Og, pl.P, gbuf.data());
-          a = gbuf.data();
+          gather_pk(gg, gs, nb, pl.Og, pl.P, gbuf);
+          a = gbuf;
           sam = pl.Og;
         }
         if (dx_rows) {
@@ -1485,24 +1533,24 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
           continue;
         }
         // col[q, k] = g[q, o] @ wt[o, k], then each image's col2im into its zeroed slice of dx
-        conv_gemm(dt, a, sam, 1, wg, pl.K, 1, nullptr, col.data(), pl.K, 1, M, pl.K, pl.Og, Act::None);
+        conv_gemm(dt, a, sam, 1, wg, pl.K, 1, nullptr, col, pl.K, 1, M, pl.K, pl.Og, Act::None);
         for_images(nb, nb * img_work, [&](int64_t n) {
           T* d = dxg + n * xs.n;
           for (int64_t c = 0; c < pl.Cg; ++c)
             for (int64_t h = 0; h < s.H; ++h)
               for (int64_t x0 = 0; x0 < s.W; ++x0) d[c * xs.c + h * xs.h + x0 * xs.w] = T(0);
-          col2im_pk(pl, col.data() + n * pl.P * pl.K, d, xs);
+          col2im_pk(pl, col + n * pl.P * pl.K, d, xs);
         });
       } else {
         // col[k, q] = w[o, k]^T @ g[o, q] (g gathered channel-major), then col2im per image
-        gather_kp(gg, gs, nb, pl.Og, pl.P, gbuf.data());
-        conv_gemm(dt, wg, 1, pl.K, gbuf.data(), M, 1, nullptr, col.data(), M, 1, pl.K, M, pl.Og, Act::None);
+        gather_kp(gg, gs, nb, pl.Og, pl.P, gbuf);
+        conv_gemm(dt, wg, 1, pl.K, gbuf, M, 1, nullptr, col, M, 1, pl.K, M, pl.Og, Act::None);
         for_images(nb, nb * img_work, [&](int64_t n) {
           T* d = dxg + n * xs.n;
           for (int64_t c = 0; c < pl.Cg; ++c)
             for (int64_t h = 0; h < s.H; ++h)
               for (int64_t x0 = 0; x0 < s.W; ++x0) d[c * xs.c + h * xs.h + x0 * xs.w] = T(0);
-          col2im_kp(pl, col.data() + n * pl.P, d, xs, M);
+          col2im_kp(pl, col + n * pl.P, d, xs, M);
         });
       }
     }
@@ -1532,8 +1580,9 @@ void conv2d_bwd_weight_t(const ConvGeometry& s, const T* gr, Strides4 gs, const 
   const int64_t g_img = g_rows ? 0 : pl.P * pl.Og;
   const int64_t col_img = x_rows ? 0 : pl.P * pl.K;
   const int64_t NB = chunk_images(s.N, pl.P, g_img + col_img, sizeof(T));
-  std::vector<T> gbuf(static_cast<size_t>(NB * g_img)), col(static_cast<size_t>(NB * col_img));
-  std::vector<T> tmp(static_cast<size_t>(pl.Og * pl.K));
+  T* const gbuf = scratch<T>(Buf::G, NB * g_img);
+  T* const col = scratch<T>(Buf::Col, NB * col_img);
+  T* const tmp = scratch<T>(Buf::Tmp, pl.Og * pl.K);
   const int64_t img_work = pl.Og * pl.P * pl.K;
   for (int64_t g = 0; g < s.groups; ++g)
     for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
@@ -1545,8 +1594,8 @@ void conv2d_bwd_weight_t(const ConvGeometry& s, const T* gr, Strides4 gs, const 
         const T* a = gg;
         int64_t sak = gs.w;
         if (!g_rows) {
-          gather_pk(gg, gs, nb, pl.Og, pl.P, gbuf.data());
-          a = gbuf.data();
+          gather_pk(gg, gs, nb, pl.Og, pl.P, gbuf);
+          a = gbuf;
           sak = pl.Og;
         }
         const T* b = xg;
@@ -1554,20 +1603,20 @@ void conv2d_bwd_weight_t(const ConvGeometry& s, const T* gr, Strides4 gs, const 
         if (!x_rows) {
           for_images(nb, nb * img_work, [&](int64_t n) {
             if (pl.direct)
-              gather_pk(xg + n * xs.n, xs, 1, pl.Cg, pl.P, col.data() + n * pl.P * pl.K);
+              gather_pk(xg + n * xs.n, xs, 1, pl.Cg, pl.P, col + n * pl.P * pl.K);
             else
-              im2col_pk(pl, xg + n * xs.n, xs, col.data() + n * pl.P * pl.K);
+              im2col_pk(pl, xg + n * xs.n, xs, col + n * pl.P * pl.K);
           });
-          b = col.data();
+          b = col;
           sbk = pl.K;
           sbn = 1;
         }
-        conv_gemm(dt, a, 1, sak, b, sbk, sbn, nullptr, tmp.data(), pl.K, 1, pl.Og, pl.K, M, Act::None);
+        conv_gemm(dt, a, 1, sak, b, sbk, sbn, nullptr, tmp, pl.K, 1, pl.Og, pl.K, M, Act::None);
       } else {
         // tmp[o, k] = g[o, q] @ col[k, q]^T
-        gather_kp(gg, gs, nb, pl.Og, pl.P, gbuf.data());
-        for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col.data() + n * pl.P, M); });
-        conv_gemm(dt, gbuf.data(), M, 1, col.data(), 1, M, nullptr, tmp.data(), pl.K, 1, pl.Og, pl.K, M, Act::None);
+        gather_kp(gg, gs, nb, pl.Og, pl.P, gbuf);
+        for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col + n * pl.P, M); });
+        conv_gemm(dt, gbuf, M, 1, col, 1, M, nullptr, tmp, pl.K, 1, pl.Og, pl.K, M, Act::None);
       }
       T* ag = dw + g * pl.Og * pl.K;
       if (ijc) {
@@ -1576,7 +1625,7 @@ void conv2d_bwd_weight_t(const ConvGeometry& s, const T* gr, Strides4 gs, const 
           for (int64_t c = 0; c < pl.Cg; ++c)
             for (int64_t t = 0; t < taps; ++t) ag[o * pl.K + c * taps + t] += tmp[o * pl.K + t * pl.Cg + c];
       } else {
-        for (size_t e = 0; e < tmp.size(); ++e) ag[e] += tmp[e];
+        for (int64_t e = 0; e < pl.Og * pl.K; ++e) ag[e] += tmp[e];
       }
     }
 }

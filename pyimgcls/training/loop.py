@@ -326,12 +326,38 @@ def set_cpu_threads(n: int) -> tuple[int, int | None]:
     return before, gomp_before
 
 
-def auto_threads(threads: int, n_params: int, distributed: bool = False) -> int:
-    """``--threads 0``: a small model's ops are too short to amortise OpenMP fork/join (and 10x slower
-    when the cores are shared), so one thread per process; bigger models use every core."""
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity: a container or ``taskset`` may allow fewer than
+    ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def idle_cores(cores: int, load: float | None = None) -> int:
+    """Cores not busy with other processes: ``cores`` minus the 1-minute load average (rounded), at
+    least one. An OpenMP team larger than this loses far more than it gains: every barrier waits for
+    a thread the kernel has descheduled, and libgomp's spinning waiters take the CPU from it (a ResNet-18
+    step on 2 threads measured 5-20x slower than on 1 with the other core busy, benchmarks/NOTES.md)."""
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):   # no load average on this platform: trust the core count
+            return cores
+    return max(1, min(cores, cores - int(round(load))))
+
+
+def auto_threads(threads: int, n_params: int, distributed: bool = False, load: float | None = None) -> int:
+    """``--threads 0``: a small model's ops are too short to amortise OpenMP fork/join, so one thread
+    per process (and under torchrun, where the processes share the cores); bigger models use the cores
+    that are idle when the run starts (``idle_cores``: all of them on a quiet machine). ``--threads N``
+    is taken as given."""
     if threads > 0:
         return threads
-    return 1 if n_params < 1_000_000 or distributed else (os.cpu_count() or 1)
+    if n_params < 1_000_000 or distributed:
+        return 1
+    return idle_cores(usable_cores(), load)
 
 
 def restore_cpu_threads(saved: tuple[int, int | None]) -> None:
@@ -829,6 +855,14 @@ class _Run:
             group["lr"] = lr
         sched._last_lr = list(lrs)
 
+
+    def _threads_reason(self, args) -> str:
+        """Why ``--threads 0`` chose this count (the choice depends on the machine's load at start)."""
+        if args.threads > 0 or self.device.type != "cpu":
+            return ""
+        if self.n_params < 1_000_000 or self.info.enabled:
+            return " (auto: small model or torchrun)"
+        return f" (auto: {self.threads} of {usable_cores()} cores idle)"
     def log_start(self) -> None:
         args, ds, info, log = self.args, self.ds, self.info, self.log
         log(f"pyimgcls train: {args.model} ({self.n_params:,} parameters, {self.n_trainable:,} trained) on "
@@ -837,7 +871,8 @@ class _Run:
             f"{ds.image_size}, {ds.num_classes} classes)")
         log(f"  kernels: {self.kernels} ({KERNEL_DESCRIPTIONS[self.kernels]}) on {self.device}; world size "
             f"{info.world_size}{' (' + info.backend + ')' if info.enabled else ''}"
-            f"{f'; {self.threads} CPU thread(s)' if self.device.type == 'cpu' else ''}; amp {args.amp}; "
+            f"{f'; {self.threads} CPU thread(s){self._threads_reason(args)}' if self.device.type == 'cpu' else ''}"
+            f"; amp {args.amp}; "
             f"augment: {self.aug.describe()}")
         log(f"  {args.optimizer} lr {args.lr:g}, {args.schedule} schedule, batch {args.batch_size} x "
             f"{info.world_size}, {args.epochs} epochs x {self.steps_per_epoch} steps; out: {self.out}")
