@@ -95,8 +95,11 @@ Plan make_plan(const ConvGeometry& s, Strides4 xs) {
 }
 
 // Short runs (an output row: 2-64 elements, the padding columns: 0-3) copied / zeroed inline. The
-// library memcpy / memset a call each cost more than the run itself at ResNet's 4x4 and 8x8 maps,
-// and a runtime-stride loop (`src[ow * step]`) does not vectorise: unit-stride rows get this one.
+// library memcpy / memset a call each cost more than the run itself at ResNet's 4x4 and 8x8 maps
+// (perf: memmove + memset 14 % of a DenseNet 3x3 conv against 39 % in the GEMM micro-kernel), and a
+// runtime-stride loop (`src[ow * step]`) does not vectorise: unit-stride rows get this one. GCC turns
+// such loops back into library calls (-ftree-loop-distribute-patterns), so the functions that use
+// them switch that off (PYIMGCLS_INLINE_RUNS, isa.h).
 template <typename T>
 PYIMGCLS_INLINE void copy_run(T* __restrict dst, const T* __restrict src, int64_t n) {
   for (int64_t e = 0; e < n; ++e) dst[e] = src[e];
@@ -113,35 +116,50 @@ PYIMGCLS_INLINE void zero_run(T* dst, int64_t n) {
 
 // col[k, p], k = (c, i, j): rows of output pixels for each tap (channel-major GEMM operand).
 // ld: row stride of col (P for one image; N*P when the images of a batch sit side by side).
+// Each input plane is first copied into a zero-padded plane (Hp x Wp, thread-local, in L1/L2 for
+// the maps this path sees), read by all KH*KW taps: every col row is then one run of OW elements
+// with no bounds tests and no zero fills (per row the old clipped loop cost ~10x its copy at
+// DenseNet's 16x16 maps). The plane spans every row / column a tap reads: (OH-1)*sh + (KH-1)*dh + 1
+// rows, which passes H + 2*ph when "same" padding of an even kernel pads the bottom / right more.
 template <typename T>
-void im2col_kp(const Plan& pl, const T* x, Strides4 xs, T* col, int64_t ld) {
+PYIMGCLS_INLINE_RUNS void im2col_kp(const Plan& pl, const T* x, Strides4 xs, T* col, int64_t ld) {
   const ConvGeometry& s = pl.s;
-  for (int64_t c = 0; c < pl.Cg; ++c)
+  const int64_t Hp = std::max(s.pad_h + s.H, (s.OH - 1) * s.stride_h + (s.KH - 1) * s.dil_h + 1);
+  const int64_t Wp = std::max(s.pad_w + s.W, (s.OW - 1) * s.stride_w + (s.KW - 1) * s.dil_w + 1);
+  static thread_local std::vector<T> plane_buf;
+  if (plane_buf.size() < static_cast<size_t>(Hp * Wp)) plane_buf.resize(static_cast<size_t>(Hp * Wp));
+  T* const plane = plane_buf.data();
+  // The padding frame is zeroed once per call; the interior is overwritten per channel.
+  zero_run(plane, s.pad_h * Wp);
+  zero_run(plane + (s.pad_h + s.H) * Wp, (Hp - s.pad_h - s.H) * Wp);
+  for (int64_t h = 0; h < s.H; ++h) {
+    zero_run(plane + (s.pad_h + h) * Wp, s.pad_w);
+    zero_run(plane + (s.pad_h + h) * Wp + s.pad_w + s.W, Wp - s.pad_w - s.W);
+  }
+  for (int64_t c = 0; c < pl.Cg; ++c) {
+    const T* xc = x + c * xs.c;
+    for (int64_t h = 0; h < s.H; ++h) {
+      T* prow = plane + (s.pad_h + h) * Wp + s.pad_w;
+      const T* xrow = xc + h * xs.h;
+      if (xs.w == 1)
+        copy_run(prow, xrow, s.W);
+      else
+        for (int64_t w = 0; w < s.W; ++w) prow[w] = xrow[w * xs.w];
+    }
     for (int64_t i = 0; i < s.KH; ++i)
       for (int64_t j = 0; j < s.KW; ++j) {
-        T* row = col + ((c * s.KH + i) * s.KW + j) * ld;
-        const int64_t woff = j * s.dil_w - s.pad_w;
-        int64_t lo, hi;
-        valid_range(woff, s.stride_w, s.W, s.OW, lo, hi);
-        const int64_t step = s.stride_w * xs.w;
-        for (int64_t oh = 0; oh < s.OH; ++oh) {
-          T* dst = row + oh * s.OW;
-          const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
-          if (ih < 0 || ih >= s.H) {
-            zero_run(dst, s.OW);
-            continue;
-          }
-          zero_run(dst, lo);
-          const T* src = x + c * xs.c + ih * xs.h + woff * xs.w;
-          if (step == 1)
-            copy_run(dst + lo, src + lo, hi - lo);
-          else if (step == 2)  // stride-2 layers (ResNet's stem and downsampling 3x3): a constant
-            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * 2];  // stride vectorises (shuffles)
+        T* dst = col + ((c * s.KH + i) * s.KW + j) * ld;
+        const T* src = plane + i * s.dil_h * Wp + j * s.dil_w;
+        for (int64_t oh = 0; oh < s.OH; ++oh, dst += s.OW, src += s.stride_h * Wp) {
+          if (s.stride_w == 1)
+            copy_run(dst, src, s.OW);
+          else if (s.stride_w == 2)  // stride-2 layers (ResNet's stem and downsampling 3x3): a constant
+            for (int64_t ow = 0; ow < s.OW; ++ow) dst[ow] = src[ow * 2];  // stride vectorises (shuffles)
           else
-            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * step];
-          zero_run(dst + hi, s.OW - hi);
+            for (int64_t ow = 0; ow < s.OW; ++ow) dst[ow] = src[ow * s.stride_w];
         }
       }
+  }
 }
 
 // col[p, k], k = (i, j, c): one row of taps per output pixel (pixel-major GEMM operand).
@@ -181,7 +199,7 @@ void im2col_pk(const Plan& pl, const T* x, Strides4 xs, T* col) {
 
 // dx += col2im(col), col[k, p] with k = (c, i, j); ld: row stride of col (as im2col_kp).
 template <typename T>
-void col2im_kp(const Plan& pl, const T* col, T* dx, Strides4 xs, int64_t ld) {
+PYIMGCLS_INLINE_RUNS void col2im_kp(const Plan& pl, const T* col, T* dx, Strides4 xs, int64_t ld) {
   const ConvGeometry& s = pl.s;
   for (int64_t c = 0; c < pl.Cg; ++c)
     for (int64_t i = 0; i < s.KH; ++i)
@@ -1381,6 +1399,18 @@ void conv2d_bwd_data_winograd(const ConvGeometry& s, const float* g, Strides4 gs
                nullptr, Strides4{0, 0, 0, 0}, Act::None);
 }
 
+// Orientation of the NCHW forward GEMM. Path B puts the output channels on the GEMM's M axis, which
+// the AVX-512 float32 micro-kernel (gemm.cpp) covers in MR = 14 rows: DenseNet's 32 growth channels
+// become 42 computed rows (31 % wasted) against 4x4 maps' pixels on N. With the pixels on M and
+// the channels on N (NR = 32: no waste at 32 or 64) the padded tile area is compared and the
+// smaller taken; DenseNet-121's 3x3 layers ran 0.39x PyTorch's time through path B (profile in
+// benchmarks/NOTES.md).
+inline bool few_out_channels(int64_t Og, int64_t M) {
+  constexpr int64_t MR = 14, NR = 32;
+  auto up = [](int64_t v, int64_t m) { return (v + m - 1) / m * m; };
+  return Og < 2 * MR * 4 && up(M, MR) * up(Og, NR) < up(Og, MR) * up(M, NR);
+}
+
 template <typename T>
 void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, const T* bias, const T* res,
                   Strides4 rs, T* out, Strides4 os, Act act) {
@@ -1421,6 +1451,7 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
   T* const col = scratch<T>(Buf::Col, NB * col_img);
   T* const tmp = scratch<T>(Buf::Tmp, NB * tmp_img);
   const int64_t img_work = pl.Og * pl.P * pl.K;  // multiply-adds per image and group
+  const bool few_out = !pixel_major && few_out_channels(pl.Og, NB * pl.P);
   for (int64_t g = 0; g < s.groups; ++g)
     for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
       const int64_t nb = std::min(NB, s.N - n0), M = nb * pl.P;
@@ -1458,6 +1489,23 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
                 orow[o] = apply_act(rrow ? crow[o] + rrow[o * rs.c] : crow[o], act);
             }
           });
+      } else if (few_out) {
+        // 2c. Few output channels: tmp[q, o] = col[k, q]^T @ w[o, k]^T, the pixels as the GEMM's rows,
+        //     then the scatter transposes into out with bias + residual + act.
+        for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col + n * pl.P, M); });
+        conv_gemm(dt, col, 1, M, w + g * pl.Og * pl.K, 1, pl.K, nullptr, tmp, pl.Og, 1, M, pl.Og, pl.K, Act::None);
+        for_images(nb, nb * img_work, [&](int64_t n) {
+          for (int64_t o = 0; o < pl.Og; ++o) {
+            const T* tcol = tmp + n * pl.P * pl.Og + o;
+            T* orow = og + n * os.n + o * os.c;
+            const T bo = bg ? bg[o] : T(0);
+            const T* rrow = rg ? rg + n * rs.n + o * rs.c : nullptr;
+            for (int64_t p = 0; p < pl.P; ++p) {
+              const T v = tcol[p * pl.Og] + bo;
+              orow[p * os.w] = apply_act(rrow ? v + rrow[(p / s.OW) * rs.h + (p % s.OW) * rs.w] : v, act);
+            }
+          }
+        });
       } else {
         // 2b. tmp[o, q] = w[o, k] @ col[k, q], then bias + residual + act in one scatter pass.
         for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col + n * pl.P, M); });

@@ -207,7 +207,7 @@ PYIMGCLS_INLINE void pack_panel_strided(const T* src, int64_t s_lane, int64_t s_
 }
 
 template <typename T, int P>
-void pack_generic(const T* src, int64_t s_lane, int64_t s_k, int64_t kc, int64_t lanes, T* __restrict dst) {
+PYIMGCLS_INLINE_RUNS void pack_generic(const T* src, int64_t s_lane, int64_t s_k, int64_t kc, int64_t lanes, T* __restrict dst) {
   if (s_lane == 1) {
     pack_copy<T, P>(src, s_k, kc, lanes, dst);
     return;
@@ -285,7 +285,7 @@ PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE void pack_panel_transpose(const T* src, int
 // AVX2 packer, also used by the AVX-512 path: for the shuffles a transpose needs, 256-bit
 // registers move as many elements per cycle on Zen 4 as 512-bit ones.
 template <typename T, int P>
-PYIMGCLS_TARGET_AVX2 void pack_avx2(const T* src, int64_t s_lane, int64_t s_k, int64_t kc, int64_t lanes,
+PYIMGCLS_TARGET_AVX2 PYIMGCLS_INLINE_RUNS void pack_avx2(const T* src, int64_t s_lane, int64_t s_k, int64_t kc, int64_t lanes,
                                     T* __restrict dst) {
   if (s_lane == 1) {
     pack_copy<T, P>(src, s_k, kc, lanes, dst);
