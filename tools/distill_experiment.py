@@ -75,6 +75,9 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-epochs", type=int, default=10)
     p.add_argument("--limit-train", type=int, default=None, metavar="N",
                    help="students (both arms) see only the first N training images; the teacher sees all")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="students' batch size (both arms; default: train's); a 100-image subset at batch 32 "
+                        "gives 3 steps an epoch")
     p.add_argument("--kd", type=kd_pair, nargs="+", default=[(4.0, 0.5)], metavar="T:ALPHA",
                    help="one distilled arm per temperature:alpha pair")
     p.add_argument("--clip-grad-norm", type=float, default=2.0, metavar="MAX",
@@ -113,6 +116,8 @@ def main(argv=None) -> int:
         base = ["--model", args.student_model, "--in-channels", 3, "--epochs", args.epochs, "--seed", seed]
         if args.limit_train:
             base += ["--limit-train", args.limit_train]
+        if args.batch_size:
+            base += ["--batch-size", args.batch_size]
         row = {"seed": seed}
         m = run(student, base + ["--out", os.path.join(args.out, f"{args.student_model}_alone_seed{seed}")])
         row["alone"] = m["test_accuracy"]
@@ -130,6 +135,7 @@ def main(argv=None) -> int:
                     "test_accuracy": teacher["test_accuracy"], "train_time_s": teacher.get("train_time_s")},
         "student": f"{args.student_model} (--in-channels 3)", "epochs": args.epochs,
         "clip_grad_norm": args.clip_grad_norm or None, "student_limit_train": args.limit_train,
+        "student_batch_size": args.batch_size,
         "test_images": teacher.get("num_test"), "train_images": teacher.get("num_train"),
         "runs": rows,
         "arms": {},
