@@ -55,8 +55,9 @@ def prune_checkpoint(args) -> dict:
 
 def _sparse_2_4(model) -> dict:
     """``--2:4``: 2:4 magnitude sparsity on the (channel-pruned) model, baked into the weights (a plain
-    checkpoint of the same widths, zeros in the 2:4 pattern, recorded in meta["sparsity"]; ``train --init``
-    rebuilds the masks from it, see pyimgcls.pruning.restore_2_4). Returns the record kept in the checkpoint's history."""
+    checkpoint of the same widths, zeros in the 2:4 pattern, recorded in meta["sparsity"]; ``train
+    --init`` rebuilds the masks from it: pyimgcls.pruning.restore_2_4). Returns the record kept in the
+    checkpoint's history."""
     from ._sparse24 import prune_2_4, remove_masks
     report = prune_2_4(model)
     remove_masks(model)

@@ -172,12 +172,6 @@ def sparsity_report(model: torch.nn.Module) -> dict:
     return out
 
 
-def sparsity_record(model: torch.nn.Module) -> dict | None:
-    """The ``meta["sparsity"]`` record of a model with 2:4 masks (None without masks)."""
-    names = [n for n, m in model.named_modules() if _is_pruned(m)]
-    return {"pattern": "2:4", "layers": names} if names else None
-
-
 def recorded_2_4(meta: dict) -> list[str] | None:
     """The layers a checkpoint's ``meta`` says hold 2:4 weights, or None. Files written by ``pyimgcls
     prune --2:4`` before ``meta["sparsity"]`` existed recorded it only in their last pruning step."""
