@@ -392,10 +392,12 @@ def test_distill_experiment_on_cifar10_format(tmp_path):
     spec.loader.exec_module(tool)
     out, js = tmp_path / "exp", tmp_path / "summary.json"
     assert tool.main(["--data", f"cifar10:{tmp_path}", "--seeds", "0", "--epochs", "1", "--teacher-epochs", "1",
-                      "--batch-size", "16", "--kd", "3:0.7", "3:1", "--ls-control", "0.2", "--out", str(out), "--json", str(js)]) == 0
+                      "--batch-size", "16", "--kd", "3:0.7", "3:1", "--ls-control", "0.2", "--out", str(out),
+                      "--json", str(js)]) == 0
     summary = json.loads(js.read_text())
     assert summary["data"] == f"cifar10:{tmp_path}" and summary["train_images"] == 36   # 40 - 4 validation
-    assert set(summary["arms"]) == {"alone", "kd_T3_a0.7", "kd_T3_a1", "alone_ls0.2"} and summary["arms"]["kd_T3_a0.7"]["kd_alpha"] == 0.7
+    assert set(summary["arms"]) == {"alone", "kd_T3_a0.7", "kd_T3_a1", "alone_ls0.2"}
+    assert summary["arms"]["kd_T3_a0.7"]["kd_alpha"] == 0.7
     kd = json.loads((out / "lenet5_kd_T3_a0.7_seed0" / "metrics.json").read_text())
     alone = json.loads((out / "lenet5_alone_seed0" / "metrics.json").read_text())
     assert kd["distillation"]["model"] == "resnet18" and kd["distillation"]["dataset"].startswith("cifar10:")
