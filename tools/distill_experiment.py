@@ -8,8 +8,8 @@ train --teacher``, same seeds, epochs and recipe; reports every run's test accur
 Every (temperature, alpha) pair given to --kd is one distilled arm; the "alone" arm is the same student
 trained with the plain cross-entropy; every --ls-control EPS adds the student alone with label smoothing
 EPS (soft targets without a teacher: the control for "distillation only regularises"). The teacher
-is trained once (seed 0) and its best.pt serves every distilled run; an existing DIR/teacher_<model>/metrics.json with the same model, data and epochs is
-reused (--retrain-teacher to force). Both student arms take 3-channel images (--in-channels 3, a
+is trained once (seed 0) and its best.pt serves every distilled run; an existing
+DIR/teacher_<model>/metrics.json with the same model, data and epochs is reused (--retrain-teacher to force). Both student arms take 3-channel images (--in-channels 3, a
 grayscale set replicated), because ResNet-18 takes RGB and --teacher requires teacher and student to
 agree on the input channels. Writes DIR/summary.json and, with --json, a copy of it there.
 
