@@ -7,11 +7,12 @@ train --teacher``, same seeds, epochs and recipe; reports every run's test accur
 
 Every (temperature, alpha) pair given to --kd is one distilled arm; the "alone" arm is the same student
 trained with the plain cross-entropy; every --ls-control EPS adds the student alone with label smoothing
-EPS (soft targets without a teacher: the control for "distillation only regularises"). The teacher
-is trained once (seed 0) and its best.pt serves every distilled run; an existing
-DIR/teacher_<model>/metrics.json with the same model, data and epochs is reused (--retrain-teacher to force). Both student arms take 3-channel images (--in-channels 3, a
-grayscale set replicated), because ResNet-18 takes RGB and --teacher requires teacher and student to
-agree on the input channels. Writes DIR/summary.json and, with --json, a copy of it there.
+EPS (soft targets without a teacher: the control for "distillation only regularises"). The teacher is
+trained once (seed 0) and its best.pt serves every distilled run; an existing
+DIR/teacher_<model>/metrics.json with the same model, data and epochs is reused (--retrain-teacher to
+force). Both student arms take 3-channel images (--in-channels 3, a grayscale set replicated), because
+ResNet-18 takes RGB and --teacher requires teacher and student to agree on the input channels. Writes
+DIR/summary.json and, with --json, a copy of it there.
 
 CIFAR-10 (a user's copy of the python batches): ``--data cifar10:PATH`` (more student epochs are
 needed there, e.g. --epochs 15 --teacher-epochs 30; ResNet-18 on 50 000 32x32 images is slow on a CPU).
