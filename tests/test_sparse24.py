@@ -529,3 +529,8 @@ def test_train_init_keeps_2_4(tmp_path, capsys):
     assert run("train", *small, "--init", tmp_path / "bad.pt", "--epochs", 1, "--out", tmp_path / "b") == 2
     err = capsys.readouterr().err
     assert "--init" in err and "2:4" in err and layers[0] in err
+    bad = dict(src, meta=dict(src["meta"], sparsity={"pattern": "1:4", "layers": layers}))
+    torch.save(bad, tmp_path / "bad2.pt")
+    assert run("train", *small, "--init", tmp_path / "bad2.pt", "--epochs", 1, "--out", tmp_path / "c") == 2
+    err = capsys.readouterr().err
+    assert "--init" in err and "'1:4' is not supported" in err

@@ -172,7 +172,7 @@ def sparsity_report(model: torch.nn.Module) -> dict:
     return out
 
 
-def recorded_2_4(meta: dict) -> list[str] | None:
+def recorded_2_4(meta: dict, what: str = "checkpoint") -> list[str] | None:
     """The layers a checkpoint's ``meta`` says hold 2:4 weights, or None. Files written by ``pyimgcls
     prune --2:4`` before ``meta["sparsity"]`` existed recorded it only in their last pruning step."""
     rec = meta.get("sparsity")
@@ -181,7 +181,7 @@ def recorded_2_4(meta: dict) -> list[str] | None:
     if not rec:
         return None
     if rec.get("pattern") != "2:4":
-        raise ArgumentValueError(f"checkpoint sparsity pattern {rec.get('pattern')!r} is not supported (only 2:4)")
+        raise ArgumentValueError(f"{what}: sparsity pattern {rec.get('pattern')!r} is not supported (only 2:4)")
     return list(rec["layers"])
 
 

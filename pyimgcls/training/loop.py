@@ -634,7 +634,8 @@ class _Run:
         # gets the exact masks its checkpoint kept
         from ..pruning import recorded_2_4
         source = resume["meta"] if resume is not None else self.init[0] if self.init is not None else None
-        self.sparse_2_4 = recorded_2_4(source) if source is not None else None
+        what = f"--resume {self.ckpt_path}" if resume is not None else f"--init {getattr(args, 'init', None)}"
+        self.sparse_2_4 = recorded_2_4(source, what) if source is not None else None
         self.resume_masks = resume.get("masks_2_4") if resume is not None else None
         _seed_everything(args.seed)
         if device.type == "cuda":
