@@ -138,7 +138,9 @@ def main(argv=None) -> int:
     acc_pruned_raw = _eval(pruned_file, os.path.join(work, "eval_pruned"))
     acc_ft = _eval(os.path.join(ft, "best.pt"), os.path.join(work, "eval_finetuned"))
 
-    # torch's intra-op pool and our kernels' OpenMP (the system libgomp) both get the thread count
+    # torch's intra-op pool and our kernels' OpenMP (the system libgomp) both get the thread count;
+    # the load average before and after each timing phase says how shared the 2 cores were while timing
+    load_before = os.getloadavg()
     saved = set_cpu_threads(THREADS)
     try:
         pyimgcls.set_backend("cpu")
@@ -149,6 +151,7 @@ def main(argv=None) -> int:
                   "dense_fused": pyimgcls.fuse_for_inference(dense),
                   "pruned_fused": pyimgcls.fuse_for_inference(pruned)}
         times = time_interleaved(models, x, args.rounds, args.iters)
+        load_after_2t = os.getloadavg()
         # the same at one thread: on a loaded shared machine the least disturbed ratio
         set_cpu_threads(1)
         times_1t = time_interleaved({"dense": dense, "pruned": pruned}, x, args.rounds, args.iters)
@@ -175,6 +178,8 @@ def main(argv=None) -> int:
         "timings_1_thread_ms": times_1t, "train_threads": args.train_threads,
         "threads": THREADS, "batch": BATCH, "rounds": args.rounds, "iters_per_round": args.iters,
         "timings_ms": times, "load_average_at_end": [round(v, 2) for v in load], "note": args.note,
+        "load_average_before_timing": [round(v, 2) for v in load_before],
+        "load_average_after_2_thread_timing": [round(v, 2) for v in load_after_2t],
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
     results = report.new_results("cpu")

@@ -460,3 +460,77 @@ def test_prune_cli_2_4(tmp_path, capsys):
         assert bool((nz <= 2).all())
         assert mods[name].weight.shape == dict(base.named_modules())[name].weight.shape
     assert run("eval", "--checkpoint", out, "--limit-test", 32, "--kernels", "cpu") == 0
+
+
+def test_train_init_keeps_2_4(tmp_path, capsys):
+    """train --init of a `prune --2:4` file re-applies the masks: after a fine-tune epoch (and after
+    --resume, and with --ema-decay) every pruned position is still zero while the kept weights moved,
+    best.pt / checkpoint.pt record the pattern with plain state_dicts (eval, predict, quantize, prune
+    read them), checkpoint.pt keeps the exact masks. A file whose weights contradict its record is refused."""
+    from PIL import Image
+
+    from pyimgcls import cli
+
+    def run(*argv):
+        try:
+            return cli.main([str(a) for a in argv])
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 1
+    small = ["--data", "digits", "--limit-train", "96", "--limit-test", "32", "--batch-size", "32", "--no-plots",
+             "--kernels", "cpu", "--quiet", "--threads", "1"]
+    assert run("train", *small, "--epochs", 1, "--out", tmp_path / "run") == 0
+    sparse = tmp_path / "sparse.pt"
+    assert run("prune", "--checkpoint", tmp_path / "run" / "best.pt", "--amount", 0, "--2:4", "--out", sparse) == 0
+    src = torch.load(sparse, weights_only=True)
+    layers = src["meta"]["sparsity"]["layers"]
+    assert src["meta"]["sparsity"]["pattern"] == "2:4" and layers
+    masks = {n: pruning.mask_2_4(src["model"][n + ".weight"]) for n in layers}
+
+    def check(path):
+        data = torch.load(path, weights_only=True)
+        assert data["meta"]["sparsity"] == {"pattern": "2:4", "layers": layers}
+        assert not [k for k in data["model"] if "mask" in k]          # a plain state_dict
+        for n in layers:
+            w, w0 = data["model"][n + ".weight"], src["model"][n + ".weight"]
+            assert bool((w[~masks[n]] == 0).all()), f"{path.name} {n}: pruned weights revived"
+            assert not torch.equal(w[masks[n]], w0[masks[n]]), f"{path.name} {n}: kept weights did not train"
+        return data
+
+    ft = tmp_path / "ft"
+    assert run("train", *small, "--init", sparse, "--epochs", 1, "--out", ft) == 0
+    check(ft / "best.pt")
+    ck = check(ft / "checkpoint.pt")
+    assert set(ck["masks_2_4"]) == set(layers)
+    assert all(torch.equal(ck["masks_2_4"][n], masks[n]) for n in layers)
+    assert run("train", "--resume", "--out", ft, "--epochs", 2, "--quiet", "--no-plots") == 0
+    assert all(torch.equal(torch.load(ft / "checkpoint.pt", weights_only=True)["masks_2_4"][n], masks[n])
+               for n in layers)
+    check(ft / "checkpoint.pt")
+    # what reads checkpoints: eval, predict, quantize, load_model, and prune (amount 0 keeps the record)
+    assert run("eval", "--checkpoint", ft / "best.pt", "--limit-test", 32, "--kernels", "cpu") == 0
+    img = tmp_path / "d.png"
+    Image.new("L", (32, 32), 128).save(img)
+    assert run("predict", "--checkpoint", ft / "best.pt", img, "--kernels", "cpu") == 0
+    assert run("quantize", "--checkpoint", ft / "best.pt", "--calibration-batches", 1, "--limit-test", 32,
+               "--kernels", "cpu", "--out", tmp_path / "q.pt") == 0
+    assert pyimgcls.load_model(ft / "checkpoint.pt") is not None
+    again = tmp_path / "again.pt"
+    assert run("prune", "--checkpoint", ft / "best.pt", "--amount", 0, "--out", again) == 0
+    assert torch.load(again, weights_only=True)["meta"]["sparsity"]["layers"] == layers
+    # the EMA copy (best.pt holds it) keeps the pattern too
+    ema = tmp_path / "ema"
+    assert run("train", *small, "--init", sparse, "--epochs", 1, "--ema-decay", 0.5, "--out", ema) == 0
+    check(ema / "best.pt")
+    # a record the weights contradict: refused naming --init
+    bad = dict(src, model=dict(src["model"]))
+    bad["model"][layers[0] + ".weight"] = torch.ones_like(src["model"][layers[0] + ".weight"])
+    torch.save(bad, tmp_path / "bad.pt")
+    capsys.readouterr()
+    assert run("train", *small, "--init", tmp_path / "bad.pt", "--epochs", 1, "--out", tmp_path / "b") == 2
+    err = capsys.readouterr().err
+    assert "--init" in err and "2:4" in err and layers[0] in err
+    bad = dict(src, meta=dict(src["meta"], sparsity={"pattern": "1:4", "layers": layers}))
+    torch.save(bad, tmp_path / "bad2.pt")
+    assert run("train", *small, "--init", tmp_path / "bad2.pt", "--epochs", 1, "--out", tmp_path / "c") == 2
+    err = capsys.readouterr().err
+    assert "--init" in err and "'1:4' is not supported" in err

@@ -2,14 +2,17 @@
 train --teacher``, same seeds, epochs and recipe; reports every run's test accuracy and the mean gain.
 
     python tools/distill_experiment.py [--data digits] [--seeds 0 1 2 3 4] [--epochs 4] [--teacher-epochs 10]
-                                       [--kd 4:0.5 2:0.9 ...] [--threads 1] [--out DIR] [--json FILE]
+                                       [--kd 4:0.5 2:0.9 ...] [--ls-control 0.1 ...] [--limit-train N]
+                                       [--batch-size B] [--threads 1] [--out DIR] [--json FILE]
 
 Every (temperature, alpha) pair given to --kd is one distilled arm; the "alone" arm is the same student
-trained with the plain cross-entropy. The teacher is trained once (seed 0) and its best.pt serves every
-distilled run; an existing DIR/teacher_<model>/metrics.json with the same model, data and epochs is
-reused (--retrain-teacher to force). Both student arms take 3-channel images (--in-channels 3, a
-grayscale set replicated), because ResNet-18 takes RGB and --teacher requires teacher and student to
-agree on the input channels. Writes DIR/summary.json and, with --json, a copy of it there.
+trained with the plain cross-entropy; every --ls-control EPS adds the student alone with label smoothing
+EPS (soft targets without a teacher: the control for "distillation only regularises"). The teacher is
+trained once (seed 0) and its best.pt serves every distilled run; an existing
+DIR/teacher_<model>/metrics.json with the same model, data and epochs is reused (--retrain-teacher to
+force). Both student arms take 3-channel images (--in-channels 3, a grayscale set replicated), because
+ResNet-18 takes RGB and --teacher requires teacher and student to agree on the input channels. Writes
+DIR/summary.json and, with --json, a copy of it there.
 
 CIFAR-10 (a user's copy of the python batches): ``--data cifar10:PATH`` (more student epochs are
 needed there, e.g. --epochs 15 --teacher-epochs 30; ResNet-18 on 50 000 32x32 images is slow on a CPU).
@@ -75,8 +78,14 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-epochs", type=int, default=10)
     p.add_argument("--limit-train", type=int, default=None, metavar="N",
                    help="students (both arms) see only the first N training images; the teacher sees all")
-    p.add_argument("--kd", type=kd_pair, nargs="+", default=[(4.0, 0.5)], metavar="T:ALPHA",
-                   help="one distilled arm per temperature:alpha pair")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="students' batch size (both arms; default: train's); a 100-image subset at batch 32 "
+                        "gives 3 steps an epoch")
+    p.add_argument("--kd", type=kd_pair, nargs="*", default=[(4.0, 0.5)], metavar="T:ALPHA",
+                   help="one distilled arm per temperature:alpha pair (none: only the other arms)")
+    p.add_argument("--ls-control", type=float, nargs="*", default=[], metavar="EPS",
+                   help="control arms: the student alone with --label-smoothing EPS (soft targets without a "
+                        "teacher), to tell the teacher's knowledge from plain regularisation")
     p.add_argument("--clip-grad-norm", type=float, default=2.0, metavar="MAX",
                    help="gradient-norm clipping for every student run, both arms (0: none); see the docstring")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per training run (see the docstring)")
@@ -108,11 +117,14 @@ def main(argv=None) -> int:
                                "--seed", 0, "--out", teacher_dir])
     print(f"teacher {args.teacher_model}: test accuracy {100 * teacher['test_accuracy']:.2f}%", flush=True)
     arms = ["alone"] + [f"kd_T{t:g}_a{a:g}" for t, a in args.kd]
+    controls = [f"alone_ls{e:g}" for e in args.ls_control]
     rows = []
     for seed in args.seeds:
         base = ["--model", args.student_model, "--in-channels", 3, "--epochs", args.epochs, "--seed", seed]
         if args.limit_train:
             base += ["--limit-train", args.limit_train]
+        if args.batch_size:
+            base += ["--batch-size", args.batch_size]
         row = {"seed": seed}
         m = run(student, base + ["--out", os.path.join(args.out, f"{args.student_model}_alone_seed{seed}")])
         row["alone"] = m["test_accuracy"]
@@ -122,14 +134,20 @@ def main(argv=None) -> int:
                                     "--kd-alpha", a, "--out", os.path.join(args.out, f"{args.student_model}_{arm}_seed{seed}")])
             row[arm] = m["test_accuracy"]
             row[arm + "_wall_s"] = round(m["_wall_s"], 1)
+        for eps, arm in zip(args.ls_control, controls):
+            m = run(student, base + ["--label-smoothing", eps,
+                                    "--out", os.path.join(args.out, f"{args.student_model}_{arm}_seed{seed}")])
+            row[arm] = m["test_accuracy"]
+            row[arm + "_wall_s"] = round(m["_wall_s"], 1)
         rows.append(row)
-        print(f"seed {seed}: " + "  ".join(f"{arm} {100 * row[arm]:.2f}%" for arm in arms), flush=True)
+        print(f"seed {seed}: " + "  ".join(f"{arm} {100 * row[arm]:.2f}%" for arm in arms + controls), flush=True)
     summary = {
         "data": args.data, "kernels": args.kernels, "threads": args.threads,
         "teacher": {"model": args.teacher_model, "epochs": args.teacher_epochs, "seed": 0,
                     "test_accuracy": teacher["test_accuracy"], "train_time_s": teacher.get("train_time_s")},
         "student": f"{args.student_model} (--in-channels 3)", "epochs": args.epochs,
         "clip_grad_norm": args.clip_grad_norm or None, "student_limit_train": args.limit_train,
+        "student_batch_size": args.batch_size,
         "test_images": teacher.get("num_test"), "train_images": teacher.get("num_train"),
         "runs": rows,
         "arms": {},
@@ -141,6 +159,11 @@ def main(argv=None) -> int:
     for (t, a), arm in zip(args.kd, arms[1:]):
         gains = [100 * (r[arm] - r["alone"]) for r in rows]
         summary["arms"][arm] = {"kd_temperature": t, "kd_alpha": a, "accuracy": stats([r[arm] for r in rows]),
+                                "gain_pp": stats(gains), "seeds_improved": sum(g > 0 for g in gains),
+                                "seeds_worse": sum(g < 0 for g in gains)}
+    for eps, arm in zip(args.ls_control, controls):
+        gains = [100 * (r[arm] - r["alone"]) for r in rows]
+        summary["arms"][arm] = {"label_smoothing": eps, "accuracy": stats([r[arm] for r in rows]),
                                 "gain_pp": stats(gains), "seeds_improved": sum(g > 0 for g in gains),
                                 "seeds_worse": sum(g < 0 for g in gains)}
     os.makedirs(args.out, exist_ok=True)

@@ -8,6 +8,7 @@ import torch
 from ..errors import ArgumentValueError
 from ._arch import architecture
 from ._prune import prune_channels
+from ._sparse24 import is_2_4, recorded_2_4
 
 
 def prune_checkpoint(args) -> dict:
@@ -33,6 +34,17 @@ def prune_checkpoint(args) -> dict:
         entry["sparsity"] = sparse
     history = list(meta.get("pruning", [])) + [entry]
     new_meta = dict(meta, architecture=architecture(pruned), pruning=history)
+    # What train --init reads to keep the pattern. Removing channels of a 2:4 source shifts its groups
+    # of 4, so without --2:4 the record is kept only where every recorded layer is still 2:4 (amount 0).
+    new_meta.pop("sparsity", None)
+    if sparse is not None:
+        new_meta["sparsity"] = {"pattern": sparse["pattern"], "layers": list(sparse["layers"])}
+    else:
+        before_2_4 = recorded_2_4(meta)
+        mods = dict(pruned.named_modules())
+        if before_2_4 and all(n in mods and mods[n].weight.shape[1] % 4 == 0 and is_2_4(mods[n].weight)
+                              for n in before_2_4):
+            new_meta["sparsity"] = {"pattern": "2:4", "layers": before_2_4}
     ckpt_mod.atomic_save({"format": ckpt_mod.FORMAT, "kind": "pruned", "meta": new_meta,
                           "model": pruned.state_dict()}, args.out)
     extra = "" if sparse is None else f"; 2:4 sparse weights in {len(sparse['layers'])} layers"
@@ -43,8 +55,9 @@ def prune_checkpoint(args) -> dict:
 
 def _sparse_2_4(model) -> dict:
     """``--2:4``: 2:4 magnitude sparsity on the (channel-pruned) model, baked into the weights (a plain
-    checkpoint of the same widths, zeros in the 2:4 pattern; pyimgcls.pruning.prune_2_4 keeps masks for
-    fine-tuning in Python, this file does not). Returns the record kept in the checkpoint's history."""
+    checkpoint of the same widths, zeros in the 2:4 pattern, recorded in meta["sparsity"]; ``train
+    --init`` rebuilds the masks from it: pyimgcls.pruning.restore_2_4). Returns the record kept in the
+    checkpoint's history."""
     from ._sparse24 import prune_2_4, remove_masks
     report = prune_2_4(model)
     remove_masks(model)

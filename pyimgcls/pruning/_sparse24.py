@@ -28,7 +28,14 @@ parametrization:
 The price: between an optimizer step and the next forward the stored weight may hold non-zero values
 at pruned positions; ``apply_masks(model)`` zeroes them explicitly (e.g. before saving), and
 ``remove_masks(model)`` applies the masks and removes buffers and hooks, leaving a plain model whose
-weights carry the 2:4 zeros (what ``pyimgcls prune --2:4`` writes)."""
+weights carry the 2:4 zeros (what ``pyimgcls prune --2:4`` writes).
+
+Checkpoints: a file with 2:4 weights records ``meta["sparsity"] = {"pattern": "2:4", "layers": [...]}``
+(``pyimgcls prune --2:4``, and every run fine-tuned from such a file with ``train --init``). Its
+state_dict is a plain one (no mask keys), so eval / predict / quantize / ``load_model`` read it as any
+other; ``train --init`` rebuilds the masks from the recorded layers (``restore_2_4``) so fine-tuning
+keeps the pattern, and the training checkpoint keeps the exact masks beside the plain state_dict
+(``masks_of``) so ``--resume`` continues with the same ones."""
 from __future__ import annotations
 
 import torch
@@ -163,3 +170,63 @@ def sparsity_report(model: torch.nn.Module) -> dict:
             w = m.weight.detach()
             out[name] = {"masked": _is_pruned(m), "is_2_4": is_2_4(w), "zeros": float((w == 0).float().mean())}
     return out
+
+
+def recorded_2_4(meta: dict, what: str = "checkpoint") -> list[str] | None:
+    """The layers a checkpoint's ``meta`` says hold 2:4 weights, or None. Files written by ``pyimgcls
+    prune --2:4`` before ``meta["sparsity"]`` existed recorded it only in their last pruning step."""
+    rec = meta.get("sparsity")
+    if rec is None and meta.get("pruning"):
+        rec = meta["pruning"][-1].get("sparsity")
+    if not rec:
+        return None
+    if rec.get("pattern") != "2:4":
+        raise ArgumentValueError(f"{what}: sparsity pattern {rec.get('pattern')!r} is not supported (only 2:4)")
+    return list(rec["layers"])
+
+
+def restore_2_4(model: torch.nn.Module, layers: list[str], masks: dict | None = None,
+                what: str = "checkpoint") -> list[str]:
+    """Put 2:4 masks back on ``layers`` of a model loaded from a 2:4 checkpoint (in place; the hooks of
+    ``prune_2_4``). ``masks`` (layer name -> bool tensor, from ``masks_of``) gives them exactly, as a
+    resumed run needs; without it each mask keeps the non-zeros of the layer's 2:4 weight (plus, where a
+    group has fewer than 2, its largest zeros: still 2:4). A weight that is not 2:4 means the file and
+    its record disagree: an error naming ``what``."""
+    mods = dict(model.named_modules())
+    for name in layers:
+        m = mods.get(name)
+        if not isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) or _reason_skipped(m) is not None:
+            raise ArgumentValueError(f"{what}: records 2:4 weights in layer {name!r}, which the model has not "
+                                     "(or cannot hold 2:4 there)")
+        if _is_pruned(m):
+            raise ArgumentValueError(f"{what}: layer {name!r} already has 2:4 masks")
+        if masks is not None:
+            mask = masks.get(name)
+            if mask is None or tuple(mask.shape) != tuple(m.weight.shape) or mask.dtype != torch.bool:
+                raise ArgumentValueError(f"{what}: no bool 2:4 mask of shape {tuple(m.weight.shape)} for layer "
+                                         f"{name!r}")
+            mask = mask.to(m.weight.device)
+            if not is_2_4(mask):
+                raise ArgumentValueError(f"{what}: the mask of layer {name!r} is not 2:4")
+        else:
+            if not is_2_4(m.weight):
+                raise ArgumentValueError(f"{what}: layer {name!r} is recorded as 2:4 sparse but its weight "
+                                         "has groups of 4 with more than 2 non-zeros")
+            mask = mask_2_4(m.weight)
+        m.register_buffer(MASK, mask.clone())
+        _apply_mask(m)
+        m.register_forward_pre_hook(_apply_mask)
+    return list(layers)
+
+
+def masks_of(model: torch.nn.Module) -> dict:
+    """Layer name -> its 2:4 mask (bool tensor), for the training checkpoint."""
+    return {n: m._buffers[MASK] for n, m in model.named_modules() if _is_pruned(m)}
+
+
+def plain_state_dict(model: torch.nn.Module) -> dict:
+    """``model.state_dict()`` with the pruned positions zeroed and without the mask buffers: the keys of
+    the unpruned model, what every loader of our checkpoints expects."""
+    apply_masks(model)
+    suffix = "." + MASK
+    return {k: v for k, v in model.state_dict().items() if not (k.endswith(suffix) or k == MASK)}

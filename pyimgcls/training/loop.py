@@ -654,6 +654,15 @@ class _Run:
         # a run started with --init (a pruned model) resumes with the layer widths it saved
         self.architecture = (resume["meta"].get("architecture") if resume is not None
                              else self.init[0].get("architecture") if self.init is not None else None)
+        # 2:4 weights (a file of `pyimgcls prune --2:4`, or a run fine-tuned from one): the masks are put
+        # back on the model (prune_2_4's pre-hook re-applies them before every forward, the EMA copy
+        # included; checkpoints are written masked), so fine-tuning keeps the pattern; a resumed run
+        # gets the exact masks its checkpoint kept
+        from ..pruning import recorded_2_4
+        source = resume["meta"] if resume is not None else self.init[0] if self.init is not None else None
+        what = f"--resume {self.ckpt_path}" if resume is not None else f"--init {getattr(args, 'init', None)}"
+        self.sparse_2_4 = recorded_2_4(source, what) if source is not None else None
+        self.resume_masks = resume.get("masks_2_4") if resume is not None else None
         _seed_everything(args.seed)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = False
@@ -743,6 +752,8 @@ class _Run:
         self.meta = dict(ds.meta(), model=args.model)
         if self.architecture is not None:
             self.meta["architecture"] = self.architecture
+        if self.sparse_2_4:
+            self.meta["sparsity"] = {"pattern": "2:4", "layers": list(self.sparse_2_4)}
         self.aug = _augment_for(args, ds)
         self.mean_t = torch.tensor(ds.mean, dtype=torch.float32, device=device)
         self.std_t = torch.tensor(ds.std, dtype=torch.float32, device=device)
@@ -770,6 +781,10 @@ class _Run:
         model.to(self.device)
         if args.channels_last:
             model.to(memory_format=torch.channels_last)
+        if self.sparse_2_4:
+            from ..pruning import restore_2_4
+            what = f"--resume {self.ckpt_path}" if args.resume else f"--init {args.init}"
+            restore_2_4(model, self.sparse_2_4, self.resume_masks, what)
         self.model = model
         self.n_params = sum(p.numel() for p in model.parameters())
         self.threads = auto_threads(args.threads, self.n_params, self.info.enabled)
@@ -824,7 +839,11 @@ class _Run:
             return self.teacher(x).float()
 
     def _restore(self, resume: dict) -> None:
-        self.model.load_state_dict(resume["model"])
+        state = resume["model"]
+        if self.sparse_2_4:   # a plain state_dict (see _state); _build_model put the saved masks on the model
+            from ..pruning import masks_of
+            state = dict(state, **{f"{n}.weight_mask_2_4": m for n, m in masks_of(self.model).items()})
+        self.model.load_state_dict(state)
         self.optimizer.load_state_dict(resume["optimizer"])
         if self.extended_from is None:
             self.scheduler.load_state_dict(resume["scheduler"])
@@ -929,7 +948,8 @@ class _Run:
         if not self.info.is_main:
             return
         ckpt_mod.atomic_save({
-            "format": ckpt_mod.FORMAT, "meta": self.meta, "model": self.model.state_dict(),
+            "format": ckpt_mod.FORMAT, "meta": self.meta, "model": self._state(self.model),
+            **({"masks_2_4": self._masks()} if self.sparse_2_4 else {}),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -938,6 +958,18 @@ class _Run:
             "epoch_accum": accs, "history": self.history, "best_accuracy": self.best_acc,
             "best_epoch": self.best_epoch, "train_time_s": self.train_time, "config": _config(self.args)},
             self.ckpt_path)
+
+    def _state(self, model: torch.nn.Module) -> dict:
+        """The state_dict saved: with 2:4 masks, the plain one (masks applied, no mask keys), so every
+        loader of our checkpoints reads it; the masks themselves go to checkpoint.pt (``_masks``)."""
+        if self.sparse_2_4:
+            from ..pruning import plain_state_dict
+            return plain_state_dict(model)
+        return model.state_dict()
+
+    def _masks(self) -> dict:
+        from ..pruning import masks_of
+        return masks_of(self.model)
 
     # ------------------------------------------------------------------------------------ epochs
     def train_epoch(self, epoch: int) -> None:
@@ -1082,7 +1114,7 @@ class _Run:
                 self.tb.flush()
             if improved:
                 ckpt_mod.atomic_save({"format": ckpt_mod.FORMAT, "meta": self.meta,
-                                      "model": self.eval_model.state_dict(), "epoch": epoch + 1, "val_accuracy": self.best_acc, "config": _config(args)},
+                                      "model": self._state(self.eval_model), "epoch": epoch + 1, "val_accuracy": self.best_acc, "config": _config(args)},
                                      os.path.join(self.out, "best.pt"))
         self.save(epoch + 1, 0)
         self.pending_save = False
