@@ -205,6 +205,10 @@ CONV_CASES = [
     (2, 4, 10, 10, 4, 3, 1, 2, 2, 1, "cl"),
     (2, 6, 8, 7, 12, 3, 1, 1, 1, 6, "cl"),
     (1, 3, 12, 12, 7, 5, 1, 0, 1, 1, "slice"),
+    # im2col: whole NHWC kernel rows copied at once inside the image, per tap (memcpy, >= 16 channels)
+    # at the padded border; the 7x7 / stride 2 / 3-channel stem (3-byte taps at the border)
+    (1, 19, 6, 5, 9, 3, 1, 1, 1, 1, "cl"),
+    (2, 3, 13, 11, 8, 7, 2, 3, 1, 1, "cl"),
 ]
 
 
@@ -405,3 +409,45 @@ def test_backend_without_quant_kernels_is_refused(monkeypatch):
         ops.quantized_linear(x, 0.1, 0, ops.quantize_weight(torch.randn(3, 4)))
     with pytest.raises(BackendError, match="quantize_per_tensor"):
         ops.quantize_per_tensor(torch.zeros(3), 0.1, 0)
+
+
+def test_quantized_conv2d_im2col_scratch_shared_by_threads():
+    # the im2col scratch is per thread: two threads running different convs at once must not see
+    # each other's columns (a single shared buffer would mix them)
+    import threading
+    cases = [(2, 19, 9, 8, 13, 3, 1, 1, 1, 1, "cl"), (1, 3, 13, 11, 8, 7, 2, 3, 1, 1, "cl")]
+    inputs, want, errors = [], [], []
+    for i, (N, C, H, W, O, K, s, p, d, groups, kind) in enumerate(cases):
+        x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(40 + i)), kind)
+        wq = _qw(O, C, K, K, 1, seed=50 + i)
+        inputs.append((x, wq, s, p))
+        want.append(_conv_ref(x, 9, wq, None, (s, s), (p, p), (1, 1), 0.1, 3, None))
+
+    def worker(i):
+        x, wq, s, p = inputs[i]
+        try:
+            for _ in range(30):
+                with pyimgcls.use_backend("cpu"):
+                    y = ops.quantized_conv2d(x, 0.02, 9, wq, None, s, p, output_scale=0.1, output_zero_point=3)
+                _assert_equal(y, want[i])
+        except AssertionError as e:
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_int32_bias_rechecked_after_in_place_change():
+    # the +-2^30 check of an int32 bias is cached per (tensor, version): an in-place write must re-check
+    x = torch.randint(0, 256, (1, 4, 5, 5), dtype=torch.uint8, generator=_gen(8))
+    wq = _qw(6, 4, 3, 3, 1, seed=9)
+    bias = torch.zeros(6, dtype=torch.int32)
+    with pyimgcls.use_backend("cpu"):
+        ops.quantized_conv2d(x, 0.02, 9, wq, bias, 1, 1, output_scale=0.1, output_zero_point=3)
+        bias[2] = 2 ** 30 + 1
+        with pytest.raises(ArgumentValueError, match="bias"):
+            ops.quantized_conv2d(x, 0.02, 9, wq, bias, 1, 1, output_scale=0.1, output_zero_point=3)
