@@ -451,3 +451,28 @@ def test_int32_bias_rechecked_after_in_place_change():
         bias[2] = 2 ** 30 + 1
         with pytest.raises(ArgumentValueError, match="bias"):
             ops.quantized_conv2d(x, 0.02, 9, wq, bias, 1, 1, output_scale=0.1, output_zero_point=3)
+
+
+# The fused im2col + GEMM of groups=1 convs (quant_conv_gemm) with 2^22+ MACs, so the threaded
+# branch runs: 882 rows (not a multiple of the 48-row task), O = 70 (a 4-block channel group and a
+# partial one), K = 117 (K % 4 tail); and 16 rows x 520 channels, where the tasks shrink to 6 rows
+# so both threads get work.
+FUSED_CASES = [(2, 13, 21, 21, 70, 3, 1, 1), (1, 64, 4, 4, 520, 3, 1, 1)]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=["882x70x117", "16x520x576"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_quantized_conv2d_fused_im2col_every_path_threads(cpu_path, case, threads):
+    N, C, H, W, O, K, s, p = case
+    g = _gen(sum(case))
+    x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=g), "cl")
+    wq = _qw(O, C, K, K, 1, seed=O)
+    bias = torch.randn(O, generator=g)
+    oh, ow = (H + 2 * p - K) // s + 1, (W + 2 * p - K) // s + 1
+    res = torch.randint(0, 256, (N, O, oh, ow), dtype=torch.uint8, generator=g)
+    with omp_threads(threads), pyimgcls.use_backend("cpu"):
+        y = ops.quantized_conv2d(x, 0.02, 113, wq, bias, s, p, output_scale=0.05, output_zero_point=20,
+                                 activation="relu6", residual=res, residual_scale=0.07, residual_zero_point=128)
+        yf = ops.quantized_conv2d(x, 0.02, 113, wq, bias, s, p, activation="relu")
+    _assert_equal(y, _conv_ref(x, 113, wq, bias, (s, s), (p, p), (1, 1), 0.05, 20, "relu6", res, 0.07, 128))
+    _assert_equal(yf, _conv_ref(x, 113, wq, bias, (s, s), (p, p), (1, 1), None, 0, "relu"))

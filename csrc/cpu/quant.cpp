@@ -48,6 +48,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "isa.h"
 
@@ -452,24 +453,24 @@ void quant_gemm(const uint8_t* a, int64_t M, int64_t K, int64_t lda, int32_t a_z
   }
 }
 
-void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH,
-                  int64_t sW, int64_t c0, int64_t CG, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
-                  int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW, uint8_t pad, uint8_t* col) {
-  const int64_t rows = N * OH * OW, width = KH * KW * CG;
+namespace {
+
+// The geometry of one im2col (quant.h: quant_im2col) and the copy of one of its rows.
+struct Im2col {
+  const uint8_t* x;
+  int64_t H, W, sN, sC, sH, sW, c0, CG, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW;
+  uint8_t pad;
   // Whole kernel rows are contiguous when channels are innermost and dense (NHWC, all of them in
   // this group's run) and the taps are adjacent (dilation 1).
-  const bool row_runs = sC == 1 && sW == CG && DW == 1;
-  // One thread per MiB of col at most: a fork / join of the team costs tens of microseconds, far
-  // more on a loaded machine, against ~0.1 ns per byte copied (LeNet conv1 at batch 1: 20 KiB).
-  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(rows * width >> 20, 1)));
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t r = 0; r < rows; ++r) {
+  bool row_runs() const { return sC == 1 && sW == CG && DW == 1; }
+
+  // dst [KH * KW * CG] = row r (= (n * OH + oh) * OW + ow) of the column matrix
+  void row(int64_t r, bool runs, uint8_t* dst) const {
     const int64_t n = r / (OH * OW), oh = (r / OW) % OH, ow = r % OW;
-    uint8_t* dst = col + r * width;
     const int64_t iw0 = ow * SW - PW;
     for (int64_t i = 0; i < KH; ++i) {
       const int64_t ih = oh * SH - PH + i * DH;
-      if (row_runs && ih >= 0 && ih < H && iw0 >= 0 && iw0 + KW <= W) {
+      if (runs && ih >= 0 && ih < H && iw0 >= 0 && iw0 + KW <= W) {
         // the KW taps of this kernel row are KW * CG consecutive bytes of an NHWC image: one copy
         // (the 7x7 stem on 3 channels: 21 bytes instead of 7 copies of 3; a 3x3 on 64: 192 bytes)
         std::memcpy(dst, x + n * sN + ih * sH + iw0 * sW + c0, static_cast<size_t>(KW * CG));
@@ -477,7 +478,7 @@ void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN,
         continue;
       }
       for (int64_t j = 0; j < KW; ++j, dst += CG) {
-        const int64_t iw = ow * SW - PW + j * DW;
+        const int64_t iw = iw0 + j * DW;
         if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
           std::memset(dst, pad, static_cast<size_t>(CG));
           continue;
@@ -491,6 +492,69 @@ void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN,
           std::memcpy(dst, src, static_cast<size_t>(CG));
         } else {
           for (int64_t c = 0; c < CG; ++c) dst[c] = src[c * sC];
+        }
+      }
+    }
+  }
+};
+
+}  // namespace
+
+void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH,
+                  int64_t sW, int64_t c0, int64_t CG, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
+                  int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW, uint8_t pad, uint8_t* col) {
+  const Im2col g{x, H, W, sN, sC, sH, sW, c0, CG, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, pad};
+  const int64_t rows = N * OH * OW, width = KH * KW * CG;
+  const bool runs = g.row_runs();
+  // One thread per MiB of col at most: a fork / join of the team costs tens of microseconds, far
+  // more on a loaded machine, against ~0.1 ns per byte copied (LeNet conv1 at batch 1: 20 KiB).
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(rows * width >> 20, 1)));
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+  for (int64_t r = 0; r < rows; ++r) g.row(r, runs, col + r * width);
+}
+
+void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH,
+                     int64_t sW, int64_t C, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
+                     int64_t DH, int64_t DW, int64_t OH, int64_t OW, int32_t a_zero, const int8_t* packed,
+                     const int32_t* colsum, int64_t O, const QuantEpilogue& ep, void* out, int64_t ldo) {
+  const int64_t M = N * OH * OW, K = KH * KW * C;
+  if (M <= 0 || O <= 0) return;
+  const Im2col g{x, H, W, sN, sC, sH, sW, 0, C, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, static_cast<uint8_t>(a_zero)};
+  const bool runs = g.row_runs();
+  const QPath path = active_qpath();
+  const PathInfo p = path_info(path);
+  const EpiFn epi = epilogue_for(path);
+  const EpiArgs ea{colsum, ep.bias, ep.mult, ep.res, ep.ldr, a_zero, ep.res_zero, ep.out_zero, ep.qmin, ep.qmax,
+                   ep.res_mult, ep.float_out, ep.act};
+  const int64_t bstride = quant_k4(K) * 64, NB = quant_nblocks(O);
+  // A task is a chunk of output pixels over all O channels: its rows are gathered once into a
+  // thread-local buffer (mc * K bytes, at most 48 * 4608 = 216 KiB: L2) and consumed from there by
+  // every channel group, so the column matrix never goes to memory (ResNet-18 at 224x224, batch 16:
+  // 29 MB per layer-1 conv written and read back otherwise). Chunks shrink (48 -> 6 rows, multiples
+  // of every MR) until each thread has at least two, so small late layers still split.
+  const int nthreads = omp_get_max_threads();
+  const bool parallel = nthreads > 1 && M * O * K >= (int64_t(1) << 22);
+  int64_t mc = kMC;
+  while (parallel && mc > 6 && (M + mc - 1) / mc < 2 * nthreads) mc /= 2;
+  const int64_t tasks = (M + mc - 1) / mc;
+  const int nt = static_cast<int>(std::min<int64_t>(nthreads, tasks));
+#pragma omp parallel num_threads(nt) if (parallel && nt > 1)
+  {
+    static thread_local std::vector<uint8_t> abuf;
+    if (abuf.size() < static_cast<size_t>(mc * K)) abuf.resize(static_cast<size_t>(mc * K));
+    uint8_t* a = abuf.data();
+    alignas(64) int32_t tile[kMaxMR * kMaxNR];
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t r0 = t * mc, rows = std::min(mc, M - r0);
+      for (int64_t r = 0; r < rows; ++r) g.row(r0 + r, runs, a + r * K);
+      for (int64_t b0 = 0; b0 < NB; b0 += p.nv) {
+        const int64_t nb = std::min<int64_t>(p.nv, NB - b0);
+        const int64_t n0 = b0 * kQuantNB, ncols = std::min<int64_t>(nb * kQuantNB, O - n0);
+        for (int64_t i0 = 0; i0 < rows; i0 += p.mr) {
+          const int mr = static_cast<int>(std::min<int64_t>(p.mr, rows - i0));
+          p.get(mr, static_cast<int>(nb))(a + i0 * K, K, K, packed + b0 * bstride, bstride, tile);
+          epi(tile, mr, r0 + i0, n0, ncols, ea, out, ldo);
         }
       }
     }

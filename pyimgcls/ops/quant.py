@@ -369,6 +369,12 @@ def quantized_conv2d(input: torch.Tensor, input_scale: float, input_zero_point: 
     r2 = None if res is None else res.permute(0, 2, 3, 1).contiguous().reshape(M, O)
     direct = (KH == KW == 1 and stride == (1, 1) and padding == (0, 0)
               and input.is_contiguous(memory_format=torch.channels_last))
+    if G == 1 and not direct and hasattr(kern, "conv_gemm"):
+        # im2col fused into the GEMM's row tasks: no [M, K] column matrix through memory
+        kern.conv_gemm(input, z_in, weight.packed(backend, 0), KH, KW, stride, padding, dilation, OH, OW, ep["bias"],
+                       ep["mult"], r2, ep["res_zero"], ep["res_mult"], ep["out_zero"], ep["qmin"], ep["qmax"],
+                       ep["act"], out2)
+        return out
     col = None
     for g in range(G):
         c0, n0 = g * CG, g * OG
