@@ -326,11 +326,13 @@ def _matrix(args) -> int:
                                       "ref_ms": tm[ref], "speedup": tm[ref] / tm["int8"],
                                       "tflops": 2 * macs / (tm["int8"] * 1e-3) / 1e12, "gbps": None,
                                       "roofline_pct": None, "flops": 2 * macs, "threads": t, "load_avg": load,
-                                      "rounds": reps, "inner": inner})
+                                      "rounds": reps, "inner": inner,
+                                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")})
     if args.out:
         _write(cases, [f"int8 model matrix: least of the interleaved rounds (each the mean of `inner` calls); load "
                        f"average per case (2 CPUs, shared machine); random weights, calibration on 8 random images; "
-                       f"onnxruntime {_ort_version()}"], args.out, args.tag)
+                       f"onnxruntime {_ort_version()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"],
+               args.out, args.tag)
     return 0
 
 
