@@ -455,8 +455,8 @@ def test_int32_bias_rechecked_after_in_place_change():
 
 # The fused im2col + GEMM of groups=1 convs (quant_conv_gemm) with 2^22+ MACs, so the threaded
 # branch runs: 882 rows (not a multiple of the 48-row task), O = 70 (a 4-block channel group and a
-# partial one), K = 117 (K % 4 tail); and 16 rows x 520 channels, where the tasks shrink to 6 rows
-# so both threads get work.
+# partial one), K = 117 (K % 4 tail); and 16 rows x 520 channels: fused with one thread, with two
+# (fewer than 2 row tasks per thread) im2col + quant_gemm's channel split.
 FUSED_CASES = [(2, 13, 21, 21, 70, 3, 1, 1), (1, 64, 4, 4, 520, 3, 1, 1)]
 
 

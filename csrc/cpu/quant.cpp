@@ -527,16 +527,25 @@ void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t 
   const EpiArgs ea{colsum, ep.bias, ep.mult, ep.res, ep.ldr, a_zero, ep.res_zero, ep.out_zero, ep.qmin, ep.qmax,
                    ep.res_mult, ep.float_out, ep.act};
   const int64_t bstride = quant_k4(K) * 64, NB = quant_nblocks(O);
-  // A task is a chunk of output pixels over all O channels: its rows are gathered once into a
-  // thread-local buffer (mc * K bytes, at most 48 * 4608 = 216 KiB: L2) and consumed from there by
-  // every channel group, so the column matrix never goes to memory (ResNet-18 at 224x224, batch 16:
-  // 29 MB per layer-1 conv written and read back otherwise). Chunks shrink (48 -> 6 rows, multiples
-  // of every MR) until each thread has at least two, so small late layers still split.
+  // A task is a chunk of 48 output pixels over all O channels: its rows are gathered once into a
+  // thread-local buffer (48 * K bytes, at most 216 KiB: L2) and consumed from there by every channel
+  // group, so the column matrix never goes to memory (ResNet-18 at 224x224, batch 16: 29 MB per
+  // layer-1 conv written and read back otherwise).
   const int nthreads = omp_get_max_threads();
   const bool parallel = nthreads > 1 && M * O * K >= (int64_t(1) << 22);
-  int64_t mc = kMC;
-  while (parallel && mc > 6 && (M + mc - 1) / mc < 2 * nthreads) mc /= 2;
-  const int64_t tasks = (M + mc - 1) / mc;
+  const int64_t mc = kMC, tasks = (M + mc - 1) / mc;
+  if (parallel && tasks < 2 * nthreads) {
+    // Few rows, many channels (late layers at small images: 64 x 512 x 4608): row tasks would leave
+    // threads idle, and smaller ones re-read the whole weight (2.4 MB) per task (measured: layer4 at
+    // 2 threads 1.82 ms against 0.73). quant_gemm splits the channels instead; the column matrix is
+    // small here (under 2 * threads * 48 rows).
+    static thread_local std::vector<uint8_t> col;
+    if (col.size() < static_cast<size_t>(M * K)) col.resize(static_cast<size_t>(M * K));
+    quant_im2col(x, N, H, W, sN, sC, sH, sW, 0, C, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW,
+                 static_cast<uint8_t>(a_zero), col.data());
+    quant_gemm(col.data(), M, K, K, a_zero, packed, colsum, O, ep, out, ldo);
+    return;
+  }
   const int nt = static_cast<int>(std::min<int64_t>(nthreads, tasks));
 #pragma omp parallel num_threads(nt) if (parallel && nt > 1)
   {
