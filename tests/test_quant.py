@@ -412,32 +412,40 @@ def test_backend_without_quant_kernels_is_refused(monkeypatch):
 
 
 def test_quantized_conv2d_im2col_scratch_shared_by_threads():
-    # the im2col scratch is per thread: two threads running different convs at once must not see
-    # each other's columns (a single shared buffer would mix them)
+    # the im2col buffers are per thread (the Python scratch of grouped convs, the C++ row buffers of
+    # the fused groups=1 path): two threads running different convs at once must not see each
+    # other's columns (a single shared buffer would mix them)
+    import sys
     import threading
-    cases = [(2, 19, 9, 8, 13, 3, 1, 1, 1, 1, "cl"), (1, 3, 13, 11, 8, 7, 2, 3, 1, 1, "cl")]
+    cases = [(2, 18, 19, 17, 12, 3, 1, 1, 1, 2, "cl"), (1, 6, 23, 21, 9, 7, 2, 3, 1, 3, "cl"),
+             (1, 3, 13, 11, 8, 7, 2, 3, 1, 1, "cl")]
     inputs, want, errors = [], [], []
     for i, (N, C, H, W, O, K, s, p, d, groups, kind) in enumerate(cases):
         x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(40 + i)), kind)
-        wq = _qw(O, C, K, K, 1, seed=50 + i)
+        wq = _qw(O, C // groups, K, K, groups, seed=50 + i)
         inputs.append((x, wq, s, p))
         want.append(_conv_ref(x, 9, wq, None, (s, s), (p, p), (1, 1), 0.1, 3, None))
 
     def worker(i):
         x, wq, s, p = inputs[i]
         try:
-            for _ in range(30):
+            for _ in range(100):
                 with pyimgcls.use_backend("cpu"):
                     y = ops.quantized_conv2d(x, 0.02, 9, wq, None, s, p, output_scale=0.1, output_zero_point=3)
                 _assert_equal(y, want[i])
         except AssertionError as e:
             errors.append(e)
 
-    ts = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(len(cases))]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)          # hand the GIL over often, so the threads' calls interleave
+    try:
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
     assert not errors, errors[0]
 
 
