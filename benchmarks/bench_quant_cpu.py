@@ -179,6 +179,171 @@ class _TorchResNet18(torch.nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class _TorchBottleneck(torch.nn.Module):
+    """torchvision's Bottleneck (stride on the 3x3), plain torch.nn."""
+
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        cout = planes * 4
+        self.conv1 = torch.nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(planes)
+        self.conv2 = torch.nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(planes)
+        self.conv3 = torch.nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = torch.nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                                  torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.nn.functional.relu(self.bn1(self.conv1(x)))
+        out = torch.nn.functional.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return torch.nn.functional.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class _TorchResNet50(_TorchResNet18):
+    """Plain torch.nn ResNet-50 (torchvision names): for torch.ao and the ONNX export."""
+
+    def __init__(self, num_classes):
+        torch.nn.Module.__init__(self)
+        self.conv1 = torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(64)
+        self.maxpool = torch.nn.MaxPool2d(3, 2, 1)
+        cin = 64
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
+            blocks = []
+            for b in range(n):
+                blocks.append(_TorchBottleneck(cin, planes, 2 if (b == 0 and i > 0) else 1))
+                cin = planes * 4
+            setattr(self, f"layer{i + 1}", torch.nn.Sequential(*blocks))
+        self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(2048, num_classes)
+
+
+def _plain_copy(model):
+    """A plain torch.nn copy of a pyimgcls ResNet-18 / -50 (same state_dict, activations as separate
+    modules / functions), in eval mode."""
+    deep = type(model.layer1[0]).__name__ == "Bottleneck"
+    tm = (_TorchResNet50 if deep else _TorchResNet18)(model.fc.out_features)
+    tm.load_state_dict(model.state_dict())
+    return tm.eval()
+
+
+def _onnx_int8(model, calib, threads):
+    """onnxruntime int8 of a plain torch.nn copy: torch.onnx.export(dynamo=True, dynamic batch), then
+    onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, uint8 activations, MinMax
+    calibration on ``calib``). Returns {threads: callable(torch x) -> torch logits}, or None when
+    onnx / onnxscript / onnxruntime are not installed (pip install '.[bench]')."""
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    except ImportError:
+        return None
+    import tempfile
+    tm = _plain_copy(model)
+    tmp = tempfile.mkdtemp(prefix="pyimgcls-onnx-")
+    f32, i8 = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model.int8.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        torch.onnx.export(tm, (calib[0],), f32, dynamo=True, input_names=["x"], output_names=["logits"],
+                          dynamic_shapes={"x": {0: batch}})
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": b.numpy()} for b in calib])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(f32, i8, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    runs = {}
+    for t in threads:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = t, 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        sess = ort.InferenceSession(i8, so, providers=["CPUExecutionProvider"])
+
+        def run(x, sess=sess):
+            return torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
+        runs[t] = run
+    return runs
+
+
+def _random_resnet(name, g):
+    """pyimgcls ResNet with random weights and non-trivial BN statistics (so folding matters)."""
+    m = getattr(models, name)(num_classes=1000)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.1, 0.1, generator=g)
+                mod.running_var.uniform_(0.5, 1.5, generator=g)
+    return m.eval()
+
+
+def _matrix(args) -> int:
+    """ResNet-18 / -50, batch x size x threads: ours int8 vs PyTorch float32 vs torch.ao x86 int8 vs
+    onnxruntime int8, interleaved, least of the rounds, load average per case."""
+    cases, g = [], torch.Generator().manual_seed(0)
+    threads = [int(t) for t in args.threads_list.split(",")]
+    for name in args.models.split(","):
+        for size in [int(s) for s in args.sizes.split(",")]:
+            _set_threads(max(threads))
+            fm = _random_resnet(name, g)
+            calib = [torch.randn(4, 3, size, size, generator=g) for _ in range(2)]
+            qm = quantize(fm, calib)
+            ao = _torch_ao_int8(fm, calib)
+            ort_runs = _onnx_int8(fm, calib, threads)
+            if ort_runs is None:
+                print("onnxruntime / onnx / onnxscript not installed: the onnxruntime column is skipped")
+            for batch in [int(b) for b in args.batches.split(",")]:
+                x = torch.randn(batch, 3, size, size, generator=g)
+                macs = _macs(fm, x)
+                for t in threads:
+                    _set_threads(t)
+                    fns = {"int8": qm, "fp32_torch": _float_on("torch", fm)}
+                    if ao is not None:
+                        fns["int8_torch_ao"] = ao
+                    if ort_runs is not None:
+                        fns["int8_onnxruntime"] = ort_runs[t]
+                    inner = max(1, min(20, int(4e8 // max(macs, 1))))
+                    reps = max(2, min(args.reps, int(6e10 // max(macs * inner, 1))))
+                    load = os.getloadavg()[0]
+                    tm = _time(fns, x, reps, inner)
+                    load = max(load, os.getloadavg()[0])
+                    line = " | ".join(f"{k} {v:.2f} ms (x{v / tm['int8']:.2f})" for k, v in tm.items() if k != "int8")
+                    print(f"{name} {size}x{size} batch {batch} threads {t}: int8 {tm['int8']:.2f} ms | {line} | "
+                          f"load {load:.1f} | {reps}x{inner}")
+                    for ref in [k for k in tm if k != "int8"]:
+                        cases.append({"family": "quant", "op": f"{name}_forward", "pass": "fwd",
+                                      "shape": f"{batch}x3x{size}x{size}", "dtype": "int8", "layout": "nchw-in",
+                                      "provider": "pyimgcls-int8", "ms": tm["int8"],
+                                      "ref_provider": {"fp32_torch": "torch-float32", "int8_torch_ao": "torch.ao-x86-int8",
+                                                       "int8_onnxruntime": "onnxruntime-int8-qdq"}[ref],
+                                      "ref_ms": tm[ref], "speedup": tm[ref] / tm["int8"],
+                                      "tflops": 2 * macs / (tm["int8"] * 1e-3) / 1e12, "gbps": None,
+                                      "roofline_pct": None, "flops": 2 * macs, "threads": t, "load_avg": load,
+                                      "rounds": reps, "inner": inner,
+                                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")})
+    if args.out:
+        _write(cases, [f"int8 model matrix: least of the interleaved rounds (each the mean of `inner` calls); load "
+                       f"average per case (2 CPUs, shared machine); random weights, calibration on 8 random images; "
+                       f"onnxruntime {_ort_version()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"],
+               args.out, args.tag)
+    return 0
+
+
+def _ort_version():
+    try:
+        import onnxruntime
+        return onnxruntime.__version__
+    except ImportError:
+        return "not installed"
+
+
 def _torch_ao_int8(model, calib):
     """torch.ao FX static quantisation, x86 engine (fbgemm + oneDNN), default x86 qconfig (per-channel
     int8 weights, histogram observers), of a plain torch.nn copy of ``model`` (same state_dict); None if
@@ -188,9 +353,7 @@ def _torch_ao_int8(model, calib):
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
     except ImportError:
         return None
-    tm = _TorchResNet18(model.fc.out_features)
-    tm.load_state_dict(model.state_dict())
-    tm.eval()
+    tm = _plain_copy(model)
     torch.backends.quantized.engine = "x86"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")              # torch.ao's deprecation notice
@@ -306,7 +469,15 @@ def main(argv=None) -> int:
                          "(defaults of that command: 16 calibration batches drawn first, batch 32, SGD momentum "
                          "0.9, lr 1e-3 cosine, BN folded, seed 0) in float, without fake quantisation")
     ap.add_argument("--epochs", type=int, default=2, help="with --finetune-control")
+    ap.add_argument("--matrix", action="store_true",
+                    help="ResNet-18 / -50 model matrix: ours int8 vs torch float32, torch.ao int8, onnxruntime int8")
+    ap.add_argument("--models", default="resnet18,resnet50", help="with --matrix")
+    ap.add_argument("--batches", default="1,16", help="with --matrix")
+    ap.add_argument("--sizes", default="64,224", help="with --matrix")
+    ap.add_argument("--threads-list", default="1,2", help="with --matrix")
     args = ap.parse_args(argv)
+    if args.matrix:
+        return _matrix(args)
     if args.quantized:
         return _accuracy_records(args)
     if args.finetune_control:

@@ -205,6 +205,10 @@ CONV_CASES = [
     (2, 4, 10, 10, 4, 3, 1, 2, 2, 1, "cl"),
     (2, 6, 8, 7, 12, 3, 1, 1, 1, 6, "cl"),
     (1, 3, 12, 12, 7, 5, 1, 0, 1, 1, "slice"),
+    # im2col: whole NHWC kernel rows copied at once inside the image, per tap (memcpy, >= 16 channels)
+    # at the padded border; the 7x7 / stride 2 / 3-channel stem (3-byte taps at the border)
+    (1, 19, 6, 5, 9, 3, 1, 1, 1, 1, "cl"),
+    (2, 3, 13, 11, 8, 7, 2, 3, 1, 1, "cl"),
 ]
 
 
@@ -405,3 +409,78 @@ def test_backend_without_quant_kernels_is_refused(monkeypatch):
         ops.quantized_linear(x, 0.1, 0, ops.quantize_weight(torch.randn(3, 4)))
     with pytest.raises(BackendError, match="quantize_per_tensor"):
         ops.quantize_per_tensor(torch.zeros(3), 0.1, 0)
+
+
+def test_quantized_conv2d_im2col_scratch_shared_by_threads():
+    # the im2col buffers are per thread (the Python scratch of grouped convs, the C++ row buffers of
+    # the fused groups=1 path): two threads running different convs at once must not see each
+    # other's columns (a single shared buffer would mix them)
+    import sys
+    import threading
+    cases = [(2, 18, 19, 17, 12, 3, 1, 1, 1, 2, "cl"), (1, 6, 23, 21, 9, 7, 2, 3, 1, 3, "cl"),
+             (1, 3, 13, 11, 8, 7, 2, 3, 1, 1, "cl")]
+    inputs, want, errors = [], [], []
+    for i, (N, C, H, W, O, K, s, p, d, groups, kind) in enumerate(cases):
+        x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(40 + i)), kind)
+        wq = _qw(O, C // groups, K, K, groups, seed=50 + i)
+        inputs.append((x, wq, s, p))
+        want.append(_conv_ref(x, 9, wq, None, (s, s), (p, p), (1, 1), 0.1, 3, None))
+
+    def worker(i):
+        x, wq, s, p = inputs[i]
+        try:
+            for _ in range(100):
+                with pyimgcls.use_backend("cpu"):
+                    y = ops.quantized_conv2d(x, 0.02, 9, wq, None, s, p, output_scale=0.1, output_zero_point=3)
+                _assert_equal(y, want[i])
+        except AssertionError as e:
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(len(cases))]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)          # hand the GIL over often, so the threads' calls interleave
+    try:
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert not errors, errors[0]
+
+
+def test_int32_bias_rechecked_after_in_place_change():
+    # the +-2^30 check of an int32 bias is cached per (tensor, version): an in-place write must re-check
+    x = torch.randint(0, 256, (1, 4, 5, 5), dtype=torch.uint8, generator=_gen(8))
+    wq = _qw(6, 4, 3, 3, 1, seed=9)
+    bias = torch.zeros(6, dtype=torch.int32)
+    with pyimgcls.use_backend("cpu"):
+        ops.quantized_conv2d(x, 0.02, 9, wq, bias, 1, 1, output_scale=0.1, output_zero_point=3)
+        bias[2] = 2 ** 30 + 1
+        with pytest.raises(ArgumentValueError, match="bias"):
+            ops.quantized_conv2d(x, 0.02, 9, wq, bias, 1, 1, output_scale=0.1, output_zero_point=3)
+
+
+# The fused im2col + GEMM of groups=1 convs (quant_conv_gemm) with 2^22+ MACs, so the threaded
+# branch runs: 882 rows (not a multiple of the 48-row task), O = 70 (a 4-block channel group and a
+# partial one), K = 117 (K % 4 tail); and 16 rows x 520 channels: fused with one thread, with two
+# (fewer than 2 row tasks per thread) im2col + quant_gemm's channel split.
+FUSED_CASES = [(2, 13, 21, 21, 70, 3, 1, 1), (1, 64, 4, 4, 520, 3, 1, 1)]
+
+
+@pytest.mark.parametrize("case", FUSED_CASES, ids=["882x70x117", "16x520x576"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_quantized_conv2d_fused_im2col_every_path_threads(cpu_path, case, threads):
+    N, C, H, W, O, K, s, p = case
+    g = _gen(sum(case))
+    x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=g), "cl")
+    wq = _qw(O, C, K, K, 1, seed=O)
+    bias = torch.randn(O, generator=g)
+    oh, ow = (H + 2 * p - K) // s + 1, (W + 2 * p - K) // s + 1
+    res = torch.randint(0, 256, (N, O, oh, ow), dtype=torch.uint8, generator=g)
+    with omp_threads(threads), pyimgcls.use_backend("cpu"):
+        y = ops.quantized_conv2d(x, 0.02, 113, wq, bias, s, p, output_scale=0.05, output_zero_point=20,
+                                 activation="relu6", residual=res, residual_scale=0.07, residual_zero_point=128)
+        yf = ops.quantized_conv2d(x, 0.02, 113, wq, bias, s, p, activation="relu")
+    _assert_equal(y, _conv_ref(x, 113, wq, bias, (s, s), (p, p), (1, 1), 0.05, 20, "relu6", res, 0.07, 128))
+    _assert_equal(yf, _conv_ref(x, 113, wq, bias, (s, s), (p, p), (1, 1), None, 0, "relu"))

@@ -42,6 +42,33 @@ void bind_quant(py::module_& m) {
       },
       "out = requantise(sum_k (A - a_zero) W + bias) on CPU (uint8 or float32 out)");
   m.def(
+      "quant_conv_gemm_cpu",
+      [](uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW, int64_t C,
+         int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW, int64_t OH,
+         int64_t OW, int a_zero, uintptr_t packed, uintptr_t colsum, int64_t O, uintptr_t bias, uintptr_t mult,
+         uintptr_t res, int64_t ldr, int res_zero, float res_mult, int out_zero, int qmin, int qmax, bool float_out,
+         int act, uintptr_t out, int64_t ldo) {
+        if (C <= 0 || KH <= 0 || KW <= 0) throw std::invalid_argument("quant_conv_gemm: C, KH and KW must be positive");
+        if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_conv_gemm: a_zero must be in [0, 255]");
+        cpu::QuantEpilogue ep;
+        ep.bias = reinterpret_cast<const int32_t*>(bias);
+        ep.mult = reinterpret_cast<const float*>(mult);
+        ep.res = reinterpret_cast<const uint8_t*>(res);
+        ep.ldr = ldr;
+        ep.res_zero = res_zero;
+        ep.res_mult = res_mult;
+        ep.out_zero = out_zero;
+        ep.qmin = qmin;
+        ep.qmax = qmax;
+        ep.float_out = float_out;
+        ep.act = to_act(act);
+        py::gil_scoped_release nogil;
+        cpu::quant_conv_gemm(reinterpret_cast<const uint8_t*>(x), N, H, W, sN, sC, sH, sW, C, KH, KW, SH, SW, PH, PW,
+                             DH, DW, OH, OW, a_zero, reinterpret_cast<const int8_t*>(packed),
+                             reinterpret_cast<const int32_t*>(colsum), O, ep, mptr(out), ldo);
+      },
+      "groups=1 conv as im2col + quant_gemm without the column matrix (rows gathered per task)");
+  m.def(
       "quant_im2col_cpu",
       [](uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW, int64_t c0,
          int64_t CG, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW,

@@ -50,6 +50,15 @@ void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN,
                   int64_t sW, int64_t c0, int64_t CG, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
                   int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW, uint8_t pad, uint8_t* col);
 
+// A whole groups = 1 convolution: quant_gemm of the im2col of x (channels 0 .. C, padding a_zero)
+// against the packed [O, KH * KW * C] weight, without the column matrix: each task gathers its rows
+// into a thread-local buffer. out [N * OH * OW, O] (row stride ldo), results identical to
+// quant_im2col + quant_gemm.
+void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH,
+                     int64_t sW, int64_t C, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
+                     int64_t DH, int64_t DW, int64_t OH, int64_t OW, int32_t a_zero, const int8_t* packed,
+                     const int32_t* colsum, int64_t O, const QuantEpilogue& ep, void* out, int64_t ldo);
+
 // Quantisation of n dense float32 values: out = clamp(rne(clamp(x * inv_scale, -256, 512)) +
 // zero_point, 0, 255), NaN read as 0 (one fp32 multiply, as pyimgcls/ops/quant.py defines it).
 void quant_quantize(const float* x, int64_t n, float inv_scale, int32_t zero_point, uint8_t* out);

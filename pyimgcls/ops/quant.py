@@ -23,6 +23,7 @@ Every backend gives these results bit for bit (tests/test_quant.py against the i
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -37,6 +38,27 @@ __all__ = ["QuantizedWeight", "quantize_weight", "quantize_per_tensor", "dequant
 _ACTS = {None: 0, "relu": 1, "relu6": 2}
 _MAX_ACC = 2 ** 31 - 1
 _BIAS_LIMIT = 2 ** 30
+
+
+# im2col scratch, one per thread (a server runs models in worker threads) and device, grown to the
+# largest call and kept up to _COL_KEEP bytes: a fresh multi-MiB buffer per conv costs a page fault
+# per 4 KiB touched (~600 for ResNet-18's stem at batch 16, ~0.3 ms against a 1.1 ms GEMM).
+_COL_KEEP = 64 << 20
+_col_local = threading.local()
+
+
+def _col_buffer(M: int, K: int, device) -> torch.Tensor:
+    """uint8 [M, K] scratch for im2col (poisoned like any output when poisoning is on)."""
+    n = M * K
+    if n > _COL_KEEP:
+        return _alloc.empty((M, K), torch.uint8, device)
+    cache = getattr(_col_local, "bufs", None)
+    if cache is None:
+        cache = _col_local.bufs = {}
+    buf = cache.get(device)
+    if buf is None or buf.numel() < n:
+        buf = cache[device] = torch.empty(n, dtype=torch.uint8, device=device)
+    return _alloc._poisoned(buf[:n].view(M, K))
 
 
 # ----------------------------------------------------------------------------- representation
@@ -71,6 +93,7 @@ class QuantizedWeight:
         self.groups = groups
         self._packed: dict = {}
         self._mult: dict = {}       # (input_scale, output_scale) -> float32 [O] requantisation factors
+        self._bias_checked = None   # (int32 bias tensor, its version) last found within +-2^30
 
     @property
     def out_features(self) -> int:
@@ -213,8 +236,13 @@ def _prepare(op, input, input_scale, input_zero_point, weight, bias, output_scal
             raise ArgumentValueError(f"{op}: bias must have shape ({O},), got {tuple(bias.shape)}")
         if bias.dtype == torch.int32:
             bias_q = bias.contiguous()
-            if int(bias_q.abs().max()) > _BIAS_LIMIT:
-                raise ArgumentValueError(f"{op}: int32 bias values must be within +-2^30")
+            # checked once per (tensor, version): a model passes the same bias on every call, and the
+            # reduction costs ~15 us (half a batch-1 conv). The reference held keeps the identity unique.
+            seen = weight._bias_checked
+            if seen is None or seen[0] is not bias_q or seen[1] != bias_q._version:
+                if int(bias_q.abs().max()) > _BIAS_LIMIT:
+                    raise ArgumentValueError(f"{op}: int32 bias values must be within +-2^30")
+                weight._bias_checked = (bias_q, bias_q._version)
         elif bias.is_floating_point():
             if not bool(torch.isfinite(bias).all()):
                 raise ArgumentValueError(f"{op}: bias has NaN or infinite values")
@@ -341,16 +369,28 @@ def quantized_conv2d(input: torch.Tensor, input_scale: float, input_zero_point: 
     r2 = None if res is None else res.permute(0, 2, 3, 1).contiguous().reshape(M, O)
     direct = (KH == KW == 1 and stride == (1, 1) and padding == (0, 0)
               and input.is_contiguous(memory_format=torch.channels_last))
+    if G == 1 and not direct and hasattr(kern, "conv_gemm"):
+        # im2col fused into the GEMM's row tasks: no [M, K] column matrix through memory
+        kern.conv_gemm(input, z_in, weight.packed(backend, 0), KH, KW, stride, padding, dilation, OH, OW, ep["bias"],
+                       ep["mult"], r2, ep["res_zero"], ep["res_mult"], ep["out_zero"], ep["qmin"], ep["qmax"],
+                       ep["act"], out2)
+        return out
     col = None
     for g in range(G):
         c0, n0 = g * CG, g * OG
         if direct:
-            a = input.permute(0, 2, 3, 1).reshape(M, C)[:, c0:c0 + CG]
+            a = input.permute(0, 2, 3, 1).reshape(M, C)
+            if G > 1:
+                a = a[:, c0:c0 + CG]
         else:
             if col is None:
-                col = _alloc.empty((M, K), torch.uint8, input.device)
+                col = _col_buffer(M, K, input.device)
             kern.im2col(input, c0, CG, KH, KW, stride, padding, dilation, OH, OW, z_in, col)
             a = col
+        if G == 1:      # no per-group views: ~10 us of tensor slicing per call, a third of a batch-1 conv
+            kern.gemm(a, z_in, weight.packed(backend, 0), K, ep["bias"], ep["mult"], r2, ep["res_zero"],
+                      ep["res_mult"], ep["out_zero"], ep["qmin"], ep["qmax"], ep["act"], out2)
+            continue
         kern.gemm(a, z_in, weight.packed(backend, g), K, _slice(ep["bias"], n0, n0 + OG), ep["mult"][n0:n0 + OG],
                   None if r2 is None else r2[:, n0:n0 + OG], ep["res_zero"], ep["res_mult"], ep["out_zero"],
                   ep["qmin"], ep["qmax"], ep["act"], out2[:, n0:n0 + OG])

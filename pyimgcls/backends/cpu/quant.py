@@ -10,6 +10,9 @@ the quantised representation and the requantisation semantics):
                                       float(acc) * mult[o], then act) with unit column stride; bias int32
                                       [O] or None; mult float32 [O]; res uint8 [M, O] (unit column stride)
                                       or None, added in the quantised domain
+    conv_gemm(x, a_zero, packed, kh, kw, stride, padding, dilation, oh, ow, bias, mult, res, res_zero, res_mult,
+              out_zero, qmin, qmax, act, out)
+                                      optional (cpu): gemm(im2col(x), ...) of a groups=1 conv, no column matrix
     im2col(x, c0, cg, kh, kw, stride, padding, dilation, oh, ow, pad, col)
                                       col uint8 [N * OH * OW, KH * KW * CG] of channels c0 .. c0 + cg of
                                       x uint8 [N, C, H, W] (any strides), out-of-image taps = pad
@@ -45,6 +48,20 @@ def gemm(a, a_zero, packed, K, bias, mult, res, res_zero, res_mult, out_zero, qm
     _native.C.quant_gemm_cpu(
         a.data_ptr(), M, K, a.stride(0), a_zero, pw.data_ptr(), colsum.data_ptr(), O,
         bias.data_ptr() if bias is not None else 0, mult.data_ptr(),
+        res.data_ptr() if res is not None else 0, res.stride(0) if res is not None else 0, res_zero, res_mult,
+        out_zero, qmin, qmax, out.dtype == torch.float32, act, out.data_ptr(), out.stride(0))
+
+
+def conv_gemm(x, a_zero, packed, kh, kw, stride, padding, dilation, oh, ow, bias, mult, res, res_zero, res_mult,
+              out_zero, qmin, qmax, act, out):
+    """groups=1 conv: gemm(im2col(x), ...) without materialising the column matrix (optional entry:
+    ops/quant.py uses it where a backend has it)."""
+    pw, colsum, O = packed
+    N, C, H, W = x.shape
+    mult = mult.contiguous()
+    _native.C.quant_conv_gemm_cpu(
+        x.data_ptr(), N, H, W, *x.stride(), C, kh, kw, *stride, *padding, *dilation, oh, ow, a_zero, pw.data_ptr(),
+        colsum.data_ptr(), O, bias.data_ptr() if bias is not None else 0, mult.data_ptr(),
         res.data_ptr() if res is not None else 0, res.stride(0) if res is not None else 0, res_zero, res_mult,
         out_zero, qmin, qmax, out.dtype == torch.float32, act, out.data_ptr(), out.stride(0))
 
