@@ -63,6 +63,29 @@ constexpr int64_t kMinChunkRows = 64;
 
 inline bool parallel(int64_t work) { return work >= kParallelGrain && omp_get_max_threads() > 1; }
 
+// Storage type X of the activation tensors (x, residual, y, grad, out, grad_input, grad_pre) and
+// compute type T (the per-channel vectors, every sum): X = T for float32 / float64; X = uint16_t
+// (bfloat16 bits) with T = float under autocast: each element is widened exactly on load (val) and
+// rounded once, to nearest even, on store (put), so a bf16 pass moves half the bytes of a float32
+// one and computes the same float32 arithmetic on the same values.
+template <typename X>
+PYIMGCLS_INLINE auto val(X v) {
+  if constexpr (std::is_same_v<X, uint16_t>) return bf16_to_float(v);
+  else return v;
+}
+template <typename X, typename T>
+PYIMGCLS_INLINE X put(T v) {
+  if constexpr (std::is_same_v<X, uint16_t>) return float_to_bf16(v);
+  else return v;
+}
+
+// f(T{}, X{}) for dt: (float, float), (double, double), (float, uint16_t) for bfloat16.
+template <typename F>
+void dispatch_storage(DType dt, F&& f) {
+  if (dt == DType::BFloat16) return f(float{}, uint16_t{});
+  dispatch_float(dt, "CPU batch_norm", [&](auto t) { f(t, t); });
+}
+
 // The activation (apply_act / act_grad, common.h) is a template argument so that the loops below
 // compile to branch-free blends (dispatch_act, common.h, picks it).
 
@@ -87,17 +110,17 @@ inline void chan_merge(double na, double& ma, double& m2a, double nb, double mb,
 }
 
 // (mean, M2) of n >= 1 contiguous values, two float64 sweeps.
-template <typename T>
-inline void block_moments(const T* p, int64_t n, double& mean, double& m2) {
+template <typename X>
+inline void block_moments(const X* p, int64_t n, double& mean, double& m2) {
   const double dn = static_cast<double>(n);
   double s = 0.0;
 #pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(p[i]);
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(val(p[i]));
   const double K = s / dn;
   double a = 0.0, b = 0.0;
 #pragma omp simd reduction(+ : a, b)
   for (int64_t i = 0; i < n; ++i) {
-    const double d = static_cast<double>(p[i]) - K;
+    const double d = static_cast<double>(val(p[i])) - K;
     a += d;
     b += d * d;
   }
@@ -105,8 +128,8 @@ inline void block_moments(const T* p, int64_t n, double& mean, double& m2) {
   m2 = std::max(0.0, b - a * a / dn);
 }
 
-template <typename T>
-void stats_impl(const T* x, T* mean, T* var, int64_t N, int64_t C, int64_t S, bool cl) {
+template <typename T, typename X>
+void stats_impl(const X* x, T* mean, T* var, int64_t N, int64_t C, int64_t S, bool cl) {
   const int64_t M = N * S;
   if (M == 0) {
     for (int64_t c = 0; c < C; ++c) mean[c] = var[c] = T(NAN);
@@ -121,7 +144,7 @@ void stats_impl(const T* x, T* mean, T* var, int64_t N, int64_t C, int64_t S, bo
     for (int64_t c = 0; c < C; ++c) {
       double n_acc = 0.0, m = 0.0, m2 = 0.0;
       for (int64_t n = 0; n < N; ++n) {
-        const T* plane = x + (n * C + c) * S;
+        const X* plane = x + (n * C + c) * S;
         for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
           const int64_t len = std::min(kBlock, S - s0);
           double bm, bm2;
@@ -155,17 +178,17 @@ void stats_impl(const T* x, T* mean, T* var, int64_t N, int64_t C, int64_t S, bo
       // sweep 1: the block's per-channel means
       std::fill(acc.begin(), acc.end(), 0.0);
       for (int64_t r = q0; r < q1; ++r) {
-        const T* p = x + r * C;
+        const X* p = x + r * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) K[c] += static_cast<double>(p[c]);
+        for (int64_t c = 0; c < C; ++c) K[c] += static_cast<double>(val(p[c]));
       }
       for (int64_t c = 0; c < C; ++c) K[c] /= nb;
       // sweep 2 (rows still in cache): deviations from those means
       for (int64_t r = q0; r < q1; ++r) {
-        const T* p = x + r * C;
+        const X* p = x + r * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          const double d = static_cast<double>(p[c]) - K[c];
+          const double d = static_cast<double>(val(p[c])) - K[c];
           a[c] += d;
           b[c] += d * d;
         }
@@ -187,8 +210,8 @@ void stats_impl(const T* x, T* mean, T* var, int64_t N, int64_t C, int64_t S, bo
 }
 
 // ----------------------------------------------------------------------------- forward
-template <Act act, typename T>
-void fwd_impl(const T* x, const T* mean, const T* var, const T* w, const T* b, const T* r, T* y, T* invstd,
+template <Act act, typename T, typename X>
+void fwd_impl(const X* x, const T* mean, const T* var, const T* w, const T* b, const X* r, X* y, T* invstd,
               int64_t N, int64_t C, int64_t S, bool cl, double eps) {
   // Per-channel coefficients: y = (x - mean) * scale + bias (the subtraction first keeps precision
   // when |mean| >> std, unlike x * scale + (b - mean * scale)).
@@ -206,15 +229,15 @@ void fwd_impl(const T* x, const T* mean, const T* var, const T* w, const T* b, c
     for (int64_t nc = 0; nc < N * C; ++nc) {
       const int64_t c = nc % C;
       const T m = mean[c], sc = scale[c], sh = shift[c];
-      const T* xp = x + nc * S;
-      T* yp = y + nc * S;
-      const T* rp = r ? r + nc * S : nullptr;
+      const X* xp = x + nc * S;
+      X* yp = y + nc * S;
+      const X* rp = r ? r + nc * S : nullptr;
       if (rp) {
 #pragma omp simd
-        for (int64_t s = 0; s < S; ++s) yp[s] = apply_act<act>((xp[s] - m) * sc + sh + rp[s]);
+        for (int64_t s = 0; s < S; ++s) yp[s] = put<X>(apply_act<act>((val(xp[s]) - m) * sc + sh + val(rp[s])));
       } else {
 #pragma omp simd
-        for (int64_t s = 0; s < S; ++s) yp[s] = apply_act<act>((xp[s] - m) * sc + sh);
+        for (int64_t s = 0; s < S; ++s) yp[s] = put<X>(apply_act<act>((val(xp[s]) - m) * sc + sh));
       }
     }
     return;
@@ -225,15 +248,15 @@ void fwd_impl(const T* x, const T* mean, const T* var, const T* w, const T* b, c
   const T* sh = shift.data();
 #pragma omp parallel for schedule(static) if (parallel(Q))
   for (int64_t row = 0; row < rows; ++row) {
-    const T* xp = x + row * C;
-    T* yp = y + row * C;
-    const T* rp = r ? r + row * C : nullptr;
+    const X* xp = x + row * C;
+    X* yp = y + row * C;
+    const X* rp = r ? r + row * C : nullptr;
     if (rp) {
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yp[c] = apply_act<act>((xp[c] - m[c]) * sc[c] + sh[c] + rp[c]);
+      for (int64_t c = 0; c < C; ++c) yp[c] = put<X>(apply_act<act>((val(xp[c]) - m[c]) * sc[c] + sh[c] + val(rp[c])));
     } else {
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) yp[c] = apply_act<act>((xp[c] - m[c]) * sc[c] + sh[c]);
+      for (int64_t c = 0; c < C; ++c) yp[c] = put<X>(apply_act<act>((val(xp[c]) - m[c]) * sc[c] + sh[c]));
     }
   }
 }
@@ -249,9 +272,9 @@ void update_impl(T* rm, T* rv, const T* mean, const T* var, int64_t C, double mo
 }
 
 // ----------------------------------------------------------------------------- backward
-template <Act act, typename T>
-void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, const T* invstd, T* gx, T* gw,
-              T* gb, T* gp_out, int64_t N, int64_t C, int64_t S, bool cl, bool training) {
+template <Act act, typename T, typename X>
+void bwd_impl(const X* g, const X* out, const X* x, const T* w, const T* mean, const T* invstd, X* gx, T* gw,
+              T* gb, X* gp_out, int64_t N, int64_t C, int64_t S, bool cl, bool training) {
   const int64_t M = N * S;
   const int64_t Q = M * C;
   const bool masked = act != Act::None;
@@ -267,30 +290,31 @@ void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, c
         double a = 0.0, bsum = 0.0;
         for (int64_t n = 0; n < N; ++n) {
           const int64_t base = (n * C + c) * S;
-          const T* gr = g + base;
-          const T* xp = x + base;
+          const X* gr = g + base;
+          const X* xp = x + base;
           if (gp_out) {
-            // gp = select(act kept out, grad, 0), written for the residual's gradient
-            T* gp = gp_out + base;
-            const T* op = masked ? out + base : nullptr;
+            // gp = select(act kept out, grad, 0), written for the residual's gradient (a select of
+            // grad's values: exact in X)
+            X* gp = gp_out + base;
+            const X* op = masked ? out + base : nullptr;
             T pa = T(0), pb = T(0);
 #pragma omp simd reduction(+ : pa, pb)
             for (int64_t s = 0; s < S; ++s) {
-              const T v = (masked ? act_grad<act>(op[s], gr[s]) : gr[s]);
-              gp[s] = v;
+              const T v = (masked ? act_grad<act>(val(op[s]), val(gr[s])) : val(gr[s]));
+              gp[s] = put<X>(v);
               pa += v;
-              pb += v * (xp[s] - mu);
+              pb += v * (val(xp[s]) - mu);
             }
             a += static_cast<double>(pa);
             bsum += static_cast<double>(pb);
           } else if (masked) {
-            const T* op = out + base;
+            const X* op = out + base;
             T pa = T(0), pb = T(0);
 #pragma omp simd reduction(+ : pa, pb)
             for (int64_t s = 0; s < S; ++s) {
-              const T v = act_grad<act>(op[s], gr[s]);
+              const T v = act_grad<act>(val(op[s]), val(gr[s]));
               pa += v;
-              pb += v * (xp[s] - mu);
+              pb += v * (val(xp[s]) - mu);
             }
             a += static_cast<double>(pa);
             bsum += static_cast<double>(pb);
@@ -298,8 +322,8 @@ void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, c
             T pa = T(0), pb = T(0);
 #pragma omp simd reduction(+ : pa, pb)
             for (int64_t s = 0; s < S; ++s) {
-              pa += gr[s];
-              pb += gr[s] * (xp[s] - mu);
+              pa += val(gr[s]);
+              pb += val(gr[s]) * (val(xp[s]) - mu);
             }
             a += static_cast<double>(pa);
             bsum += static_cast<double>(pb);
@@ -316,30 +340,42 @@ void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, c
       for (int64_t k = 0; k < chunks; ++k) {
         double* pd = part.data() + k * 2 * C;
         std::fill(pd, pd + 2 * C, 0.0);
-        std::vector<T> acc(2 * C, T(0)), tmp(masked && !gp_out ? C : 0);
+        std::vector<T> acc(2 * C, T(0)), tmp(masked ? C : 0);
         T* pa = acc.data();
         T* pb = pa + C;
         const int64_t r0 = k * rows_per, r1 = std::min(M, r0 + rows_per);
         for (int64_t r = r0; r < r1; ++r) {
-          const T* gr = g + r * C;
-          const T* xp = x + r * C;
-          const T* v = gr;
+          const X* gr = g + r * C;
+          const X* xp = x + r * C;
           if (masked) {
-            // the masked gradient row goes to grad_pre (if wanted) or a scratch row
-            T* dst = gp_out ? gp_out + r * C : tmp.data();
-            const T* op = out + r * C;
+            // the masked gradient row, in a scratch row of T, also stored to grad_pre if wanted
+            T* v = tmp.data();
+            const X* op = out + r * C;
 #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) dst[c] = act_grad<act>(op[c], gr[c]);
-            v = dst;
+            for (int64_t c = 0; c < C; ++c) v[c] = act_grad<act>(val(op[c]), val(gr[c]));
+            if (gp_out) {
+              X* gp = gp_out + r * C;
+#pragma omp simd
+              for (int64_t c = 0; c < C; ++c) gp[c] = put<X>(v[c]);
+            }
           } else if (gp_out) {
-            std::memcpy(gp_out + r * C, gr, sizeof(T) * C);
+            std::memcpy(gp_out + r * C, gr, sizeof(X) * C);
           }
-          if (need_sums) {
+          if (need_sums && masked) {
+            const T* v = tmp.data();
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) {
               pa[c] += v[c];
-              pb[c] += v[c] * (xp[c] - mean[c]);
+              pb[c] += v[c] * (val(xp[c]) - mean[c]);
             }
+          } else if (need_sums) {
+#pragma omp simd
+            for (int64_t c = 0; c < C; ++c) {
+              pa[c] += val(gr[c]);
+              pb[c] += val(gr[c]) * (val(xp[c]) - mean[c]);
+            }
+          }
+          if (need_sums) {
             if ((r - r0 + 1) % kFlushRows == 0 || r + 1 == r1) {
               for (int64_t c = 0; c < 2 * C; ++c) {
                 pd[c] += static_cast<double>(pa[c]);
@@ -377,19 +413,19 @@ void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, c
     for (int64_t nc = 0; nc < N * C; ++nc) {
       const int64_t c = nc % C;
       const T m = mean[c], sc = scale[c], a = ca[c], k = ck[c];
-      const T* gr = g + nc * S;
-      const T* xp = x + nc * S;
-      const T* op = masked ? out + nc * S : nullptr;
-      T* gi = gx + nc * S;
+      const X* gr = g + nc * S;
+      const X* xp = x + nc * S;
+      const X* op = masked ? out + nc * S : nullptr;
+      X* gi = gx + nc * S;
       if (masked) {
 #pragma omp simd
         for (int64_t s = 0; s < S; ++s) {
-          const T v = act_grad<act>(op[s], gr[s]);
-          gi[s] = (v - a - (xp[s] - m) * k) * sc;
+          const T v = act_grad<act>(val(op[s]), val(gr[s]));
+          gi[s] = put<X>((v - a - (val(xp[s]) - m) * k) * sc);
         }
       } else {
 #pragma omp simd
-        for (int64_t s = 0; s < S; ++s) gi[s] = (gr[s] - a - (xp[s] - m) * k) * sc;
+        for (int64_t s = 0; s < S; ++s) gi[s] = put<X>((val(gr[s]) - a - (val(xp[s]) - m) * k) * sc);
       }
     }
     return;
@@ -399,19 +435,20 @@ void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, c
   const T* k = ck.data();
 #pragma omp parallel for schedule(static) if (parallel(Q))
   for (int64_t r = 0; r < M; ++r) {
-    const T* gr = g + r * C;
-    const T* xp = x + r * C;
-    const T* op = masked ? out + r * C : nullptr;
-    T* gi = gx + r * C;
+    const X* gr = g + r * C;
+    const X* xp = x + r * C;
+    const X* op = masked ? out + r * C : nullptr;
+    X* gi = gx + r * C;
     if (masked) {
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        const T v = act_grad<act>(op[c], gr[c]);
-        gi[c] = (v - a[c] - (xp[c] - mean[c]) * k[c]) * sc[c];
+        const T v = act_grad<act>(val(op[c]), val(gr[c]));
+        gi[c] = put<X>((v - a[c] - (val(xp[c]) - mean[c]) * k[c]) * sc[c]);
       }
     } else {
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) gi[c] = (gr[c] - a[c] - (xp[c] - mean[c]) * k[c]) * sc[c];
+      for (int64_t c = 0; c < C; ++c)
+        gi[c] = put<X>((val(gr[c]) - a[c] - (val(xp[c]) - mean[c]) * k[c]) * sc[c]);
     }
   }
 }
@@ -420,21 +457,23 @@ void bwd_impl(const T* g, const T* out, const T* x, const T* w, const T* mean, c
 
 void batch_norm_stats(DType dt, const void* x, void* mean, void* var, int64_t N, int64_t C, int64_t S,
                       bool channels_last) {
-  dispatch_float(dt, "CPU batch_norm", [&](auto t) {
+  dispatch_storage(dt, [&](auto t, auto xs) {
     using T = decltype(t);
-    stats_impl(static_cast<const T*>(x), static_cast<T*>(mean), static_cast<T*>(var), N, C, S, channels_last);
+    using X = decltype(xs);
+    stats_impl(static_cast<const X*>(x), static_cast<T*>(mean), static_cast<T*>(var), N, C, S, channels_last);
   });
 }
 
 void batch_norm_fwd(DType dt, const void* x, const void* mean, const void* var, const void* weight,
                     const void* bias, const void* residual, void* y, void* invstd, int64_t N, int64_t C, int64_t S,
                     bool channels_last, double eps, Act act) {
-  dispatch_float(dt, "CPU batch_norm", [&](auto t) {
+  dispatch_storage(dt, [&](auto t, auto xs) {
     using T = decltype(t);
+    using X = decltype(xs);
     dispatch_act(act, [&](auto a) {
-      fwd_impl<decltype(a)::value>(static_cast<const T*>(x), static_cast<const T*>(mean), static_cast<const T*>(var),
+      fwd_impl<decltype(a)::value>(static_cast<const X*>(x), static_cast<const T*>(mean), static_cast<const T*>(var),
                                    static_cast<const T*>(weight), static_cast<const T*>(bias),
-                                   static_cast<const T*>(residual), static_cast<T*>(y), static_cast<T*>(invstd), N, C,
+                                   static_cast<const X*>(residual), static_cast<X*>(y), static_cast<T*>(invstd), N, C,
                                    S, channels_last, eps);
     });
   });
@@ -452,14 +491,15 @@ void batch_norm_update_stats(DType dt, void* running_mean, void* running_var, co
 void batch_norm_bwd(DType dt, const void* grad, const void* out, const void* x, const void* weight,
                     const void* mean, const void* invstd, void* grad_input, void* grad_weight, void* grad_bias,
                     void* grad_pre, int64_t N, int64_t C, int64_t S, bool channels_last, bool training, Act act) {
-  dispatch_float(dt, "CPU batch_norm", [&](auto t) {
+  dispatch_storage(dt, [&](auto t, auto xs) {
     using T = decltype(t);
+    using X = decltype(xs);
     dispatch_act(act, [&](auto a) {
-      bwd_impl<decltype(a)::value>(static_cast<const T*>(grad), static_cast<const T*>(out), static_cast<const T*>(x),
+      bwd_impl<decltype(a)::value>(static_cast<const X*>(grad), static_cast<const X*>(out), static_cast<const X*>(x),
                                    static_cast<const T*>(weight), static_cast<const T*>(mean),
-                                   static_cast<const T*>(invstd), static_cast<T*>(grad_input),
+                                   static_cast<const T*>(invstd), static_cast<X*>(grad_input),
                                    static_cast<T*>(grad_weight), static_cast<T*>(grad_bias),
-                                   static_cast<T*>(grad_pre), N, C, S, channels_last, training);
+                                   static_cast<X*>(grad_pre), N, C, S, channels_last, training);
     });
   });
 }
