@@ -79,11 +79,53 @@ PYIMGCLS_INLINE X put(T v) {
   else return v;
 }
 
-// f(T{}, X{}) for dt: (float, float), (double, double), (float, uint16_t) for bfloat16.
+// f(T{}, X{}, isa) for dt: (float, float) and (double, double) on the baseline build, so float32 /
+// float64 results do not depend on the CPU; (float, uint16_t) for bfloat16 on the widest
+// instruction set active (isa.h), where the widening and rounding are a few vector instructions
+// instead of SSE2's unpack / shift / compare sequences (measured: the baseline bf16 pass ran 1.3-2x
+// slower than the float32 one on the same elements, benchmarks/NOTES.md).
 template <typename F>
 void dispatch_storage(DType dt, F&& f) {
-  if (dt == DType::BFloat16) return f(float{}, uint16_t{});
-  dispatch_float(dt, "CPU batch_norm", [&](auto t) { f(t, t); });
+  if (dt == DType::BFloat16) return f(float{}, uint16_t{}, active_isa());
+  dispatch_float(dt, "CPU batch_norm", [&](auto t) { f(t, t, Isa::Generic); });
+}
+
+// The OpenMP loops: `for i in [0, n): body(i)` (parallel when `par`) compiled for isa. The loop is
+// written in a wrapper with the target attribute, so its outlined OpenMP function has it too, and
+// the body (an always-inline lambda) is inlined into that function: an OpenMP region inside an
+// always-inline body would be outlined before inlining, with the baseline target.
+#define PYIMGCLS_LAMBDA_INLINE __attribute__((always_inline))
+
+template <class F>
+void par_for_generic(int64_t n, bool par, const F& body) {
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t i = 0; i < n; ++i) body(i);
+}
+#ifdef PYIMGCLS_X86
+template <class F>
+PYIMGCLS_TARGET_AVX2 void par_for_avx2(int64_t n, bool par, const F& body) {
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t i = 0; i < n; ++i) body(i);
+}
+template <class F>
+PYIMGCLS_TARGET_AVX512 void par_for_avx512(int64_t n, bool par, const F& body) {
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t i = 0; i < n; ++i) body(i);
+}
+#endif
+
+// kWide: the wider variants exist (bfloat16 storage); float32 / float64 bodies are only built for
+// the baseline.
+template <bool kWide, class F>
+void par_for(Isa isa, int64_t n, bool par, const F& body) {
+#ifdef PYIMGCLS_X86
+  if constexpr (kWide) {
+    if (isa == Isa::Avx512) return par_for_avx512(n, par, body);
+    if (isa == Isa::Avx2) return par_for_avx2(n, par, body);
+  }
+#endif
+  (void)isa;
+  par_for_generic(n, par, body);
 }
 
 // The activation (apply_act / act_grad, common.h) is a template argument so that the loops below
@@ -99,6 +141,9 @@ inline int64_t num_chunks(int64_t rows) {
 // of kBlock contiguous values of one plane (16-32 KB: the second sweep hits L1).
 constexpr int64_t kFlushRows = 128;
 constexpr int64_t kBlock = 4096;
+// NCHW planes of fewer values than this take the baseline build of the statistics (stats_impl says
+// why; the element-wise passes measured slower on it, their conversions then being scalar).
+constexpr int64_t kShortPlane = 64;
 
 // Chan's merge of a block (nb values, mean mb, M2 m2b) into a running (na, ma, m2a).
 inline void chan_merge(double na, double& ma, double& m2a, double nb, double mb, double m2b) {
@@ -109,9 +154,10 @@ inline void chan_merge(double na, double& ma, double& m2a, double nb, double mb,
   m2a += m2b + delta * delta * (na * nb / n);
 }
 
-// (mean, M2) of n >= 1 contiguous values, two float64 sweeps.
+// (mean, M2) of n >= 1 contiguous values, two float64 sweeps. Always inlined, so it is compiled
+// for the instruction set of the loop that calls it (par_for).
 template <typename X>
-inline void block_moments(const X* p, int64_t n, double& mean, double& m2) {
+PYIMGCLS_INLINE void block_moments(const X* p, int64_t n, double& mean, double& m2) {
   const double dn = static_cast<double>(n);
   double s = 0.0;
 #pragma omp simd reduction(+ : s)
@@ -129,7 +175,7 @@ inline void block_moments(const X* p, int64_t n, double& mean, double& m2) {
 }
 
 template <typename T, typename X>
-void stats_impl(const X* x, T* mean, T* var, int64_t N, int64_t C, int64_t S, bool cl) {
+void stats_impl(const X* x, T* mean, T* var, int64_t N, int64_t C, int64_t S, bool cl, Isa isa) {
   const int64_t M = N * S;
   if (M == 0) {
     for (int64_t c = 0; c < C; ++c) mean[c] = var[c] = T(NAN);
@@ -140,8 +186,11 @@ void stats_impl(const X* x, T* mean, T* var, int64_t N, int64_t C, int64_t S, bo
     var[c] = static_cast<T>(m2 / static_cast<double>(M));
   };
   if (!cl) {
-#pragma omp parallel for schedule(static) if (parallel(N * C * S))
-    for (int64_t c = 0; c < C; ++c) {
+    // Planes shorter than a few vectors: the wide build's reduction epilogues (three horizontal
+    // sums of 8 doubles per plane) cost more than its lanes gain (measured, bf16 [16, 512, 2, 2]:
+    // 0.34 ms AVX-512, 0.15 ms baseline), so those stay on the baseline build.
+    par_for<std::is_same_v<X, uint16_t>>(S < kShortPlane ? Isa::Generic : isa, C, parallel(N * C * S),
+                                          [&](int64_t c) PYIMGCLS_LAMBDA_INLINE {
       double n_acc = 0.0, m = 0.0, m2 = 0.0;
       for (int64_t n = 0; n < N; ++n) {
         const X* plane = x + (n * C + c) * S;
@@ -154,15 +203,14 @@ void stats_impl(const X* x, T* mean, T* var, int64_t N, int64_t C, int64_t S, bo
         }
       }
       finish(c, m, m2);
-    }
+    });
     return;
   }
   // NHWC: two-level reduction over row chunks; each chunk merges its blocks of kFlushRows rows.
   const int64_t chunks = num_chunks(M);
   const int64_t rows_per = (M + chunks - 1) / chunks;
   std::vector<double> part(static_cast<size_t>(chunks) * 2 * C);
-#pragma omp parallel for schedule(static) if (parallel(M * C))
-  for (int64_t k = 0; k < chunks; ++k) {
+  par_for<std::is_same_v<X, uint16_t>>(isa, chunks, parallel(M * C), [&](int64_t k) PYIMGCLS_LAMBDA_INLINE {
     double* cm = part.data() + k * 2 * C;  // [mean (C), M2 (C)] of the chunk's rows
     double* cm2 = cm + C;
     std::fill(cm, cm + 2 * C, 0.0);
@@ -197,7 +245,7 @@ void stats_impl(const X* x, T* mean, T* var, int64_t N, int64_t C, int64_t S, bo
         chan_merge(n_acc, cm[c], cm2[c], nb, K[c] + a[c] / nb, std::max(0.0, b[c] - a[c] * a[c] / nb));
       n_acc += nb;
     }
-  }
+  });
   for (int64_t c = 0; c < C; ++c) {
     double n_acc = 0.0, m = 0.0, m2 = 0.0;
     for (int64_t k = 0; k < chunks; ++k) {
@@ -212,7 +260,7 @@ void stats_impl(const X* x, T* mean, T* var, int64_t N, int64_t C, int64_t S, bo
 // ----------------------------------------------------------------------------- forward
 template <Act act, typename T, typename X>
 void fwd_impl(const X* x, const T* mean, const T* var, const T* w, const T* b, const X* r, X* y, T* invstd,
-              int64_t N, int64_t C, int64_t S, bool cl, double eps) {
+              int64_t N, int64_t C, int64_t S, bool cl, double eps, Isa isa) {
   // Per-channel coefficients: y = (x - mean) * scale + bias (the subtraction first keeps precision
   // when |mean| >> std, unlike x * scale + (b - mean * scale)).
   std::vector<T> scale(C), shift(C);
@@ -225,8 +273,7 @@ void fwd_impl(const X* x, const T* mean, const T* var, const T* w, const T* b, c
   const int64_t Q = N * C * S;
   if (Q == 0) return;
   if (!cl) {
-#pragma omp parallel for schedule(static) if (parallel(Q))
-    for (int64_t nc = 0; nc < N * C; ++nc) {
+    par_for<std::is_same_v<X, uint16_t>>(isa, N * C, parallel(Q), [&](int64_t nc) PYIMGCLS_LAMBDA_INLINE {
       const int64_t c = nc % C;
       const T m = mean[c], sc = scale[c], sh = shift[c];
       const X* xp = x + nc * S;
@@ -239,15 +286,14 @@ void fwd_impl(const X* x, const T* mean, const T* var, const T* w, const T* b, c
 #pragma omp simd
         for (int64_t s = 0; s < S; ++s) yp[s] = put<X>(apply_act<act>((val(xp[s]) - m) * sc + sh));
       }
-    }
+    });
     return;
   }
   const int64_t rows = N * S;
   const T* m = mean;
   const T* sc = scale.data();
   const T* sh = shift.data();
-#pragma omp parallel for schedule(static) if (parallel(Q))
-  for (int64_t row = 0; row < rows; ++row) {
+  par_for<std::is_same_v<X, uint16_t>>(isa, rows, parallel(Q), [&](int64_t row) PYIMGCLS_LAMBDA_INLINE {
     const X* xp = x + row * C;
     X* yp = y + row * C;
     const X* rp = r ? r + row * C : nullptr;
@@ -258,7 +304,7 @@ void fwd_impl(const X* x, const T* mean, const T* var, const T* w, const T* b, c
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) yp[c] = put<X>(apply_act<act>((val(xp[c]) - m[c]) * sc[c] + sh[c]));
     }
-  }
+  });
 }
 
 template <typename T>
@@ -274,7 +320,7 @@ void update_impl(T* rm, T* rv, const T* mean, const T* var, int64_t C, double mo
 // ----------------------------------------------------------------------------- backward
 template <Act act, typename T, typename X>
 void bwd_impl(const X* g, const X* out, const X* x, const T* w, const T* mean, const T* invstd, X* gx, T* gw,
-              T* gb, X* gp_out, int64_t N, int64_t C, int64_t S, bool cl, bool training) {
+              T* gb, X* gp_out, int64_t N, int64_t C, int64_t S, bool cl, bool training, Isa isa) {
   const int64_t M = N * S;
   const int64_t Q = M * C;
   const bool masked = act != Act::None;
@@ -284,8 +330,7 @@ void bwd_impl(const X* g, const X* out, const X* x, const T* w, const T* mean, c
   std::vector<double> sum_dy(C, 0.0), sum_dyx(C, 0.0);
   if (need_sums || gp_out) {
     if (!cl) {
-#pragma omp parallel for schedule(static) if (parallel(Q))
-      for (int64_t c = 0; c < C; ++c) {
+      par_for<std::is_same_v<X, uint16_t>>(isa, C, parallel(Q), [&](int64_t c) PYIMGCLS_LAMBDA_INLINE {
         const T mu = mean[c];
         double a = 0.0, bsum = 0.0;
         for (int64_t n = 0; n < N; ++n) {
@@ -331,13 +376,12 @@ void bwd_impl(const X* g, const X* out, const X* x, const T* w, const T* mean, c
         }
         sum_dy[c] = a;
         sum_dyx[c] = bsum;
-      }
+      });
     } else {
       const int64_t chunks = num_chunks(M);
       const int64_t rows_per = (M + chunks - 1) / chunks;
       std::vector<double> part(static_cast<size_t>(chunks) * 2 * C);
-#pragma omp parallel for schedule(static) if (parallel(Q))
-      for (int64_t k = 0; k < chunks; ++k) {
+      par_for<std::is_same_v<X, uint16_t>>(isa, chunks, parallel(Q), [&](int64_t k) PYIMGCLS_LAMBDA_INLINE {
         double* pd = part.data() + k * 2 * C;
         std::fill(pd, pd + 2 * C, 0.0);
         std::vector<T> acc(2 * C, T(0)), tmp(masked ? C : 0);
@@ -384,7 +428,7 @@ void bwd_impl(const X* g, const X* out, const X* x, const T* w, const T* mean, c
             }
           }
         }
-      }
+      });
       for (int64_t k = 0; k < chunks; ++k) {
         for (int64_t c = 0; c < C; ++c) {
           sum_dy[c] += part[k * 2 * C + c];
@@ -409,8 +453,7 @@ void bwd_impl(const X* g, const X* out, const X* x, const T* w, const T* mean, c
     ck[c] = training ? static_cast<T>(is * is * sum_dyx[c] / M) : T(0);
   }
   if (!cl) {
-#pragma omp parallel for schedule(static) if (parallel(Q))
-    for (int64_t nc = 0; nc < N * C; ++nc) {
+    par_for<std::is_same_v<X, uint16_t>>(isa, N * C, parallel(Q), [&](int64_t nc) PYIMGCLS_LAMBDA_INLINE {
       const int64_t c = nc % C;
       const T m = mean[c], sc = scale[c], a = ca[c], k = ck[c];
       const X* gr = g + nc * S;
@@ -427,14 +470,13 @@ void bwd_impl(const X* g, const X* out, const X* x, const T* w, const T* mean, c
 #pragma omp simd
         for (int64_t s = 0; s < S; ++s) gi[s] = put<X>((val(gr[s]) - a - (val(xp[s]) - m) * k) * sc);
       }
-    }
+    });
     return;
   }
   const T* sc = scale.data();
   const T* a = ca.data();
   const T* k = ck.data();
-#pragma omp parallel for schedule(static) if (parallel(Q))
-  for (int64_t r = 0; r < M; ++r) {
+  par_for<std::is_same_v<X, uint16_t>>(isa, M, parallel(Q), [&](int64_t r) PYIMGCLS_LAMBDA_INLINE {
     const X* gr = g + r * C;
     const X* xp = x + r * C;
     const X* op = masked ? out + r * C : nullptr;
@@ -450,31 +492,31 @@ void bwd_impl(const X* g, const X* out, const X* x, const T* w, const T* mean, c
       for (int64_t c = 0; c < C; ++c)
         gi[c] = put<X>((val(gr[c]) - a[c] - (val(xp[c]) - mean[c]) * k[c]) * sc[c]);
     }
-  }
+  });
 }
 
 }  // namespace
 
 void batch_norm_stats(DType dt, const void* x, void* mean, void* var, int64_t N, int64_t C, int64_t S,
                       bool channels_last) {
-  dispatch_storage(dt, [&](auto t, auto xs) {
+  dispatch_storage(dt, [&](auto t, auto xs, Isa isa) {
     using T = decltype(t);
     using X = decltype(xs);
-    stats_impl(static_cast<const X*>(x), static_cast<T*>(mean), static_cast<T*>(var), N, C, S, channels_last);
+    stats_impl(static_cast<const X*>(x), static_cast<T*>(mean), static_cast<T*>(var), N, C, S, channels_last, isa);
   });
 }
 
 void batch_norm_fwd(DType dt, const void* x, const void* mean, const void* var, const void* weight,
                     const void* bias, const void* residual, void* y, void* invstd, int64_t N, int64_t C, int64_t S,
                     bool channels_last, double eps, Act act) {
-  dispatch_storage(dt, [&](auto t, auto xs) {
+  dispatch_storage(dt, [&](auto t, auto xs, Isa isa) {
     using T = decltype(t);
     using X = decltype(xs);
     dispatch_act(act, [&](auto a) {
       fwd_impl<decltype(a)::value>(static_cast<const X*>(x), static_cast<const T*>(mean), static_cast<const T*>(var),
                                    static_cast<const T*>(weight), static_cast<const T*>(bias),
                                    static_cast<const X*>(residual), static_cast<X*>(y), static_cast<T*>(invstd), N, C,
-                                   S, channels_last, eps);
+                                   S, channels_last, eps, isa);
     });
   });
 }
@@ -491,7 +533,7 @@ void batch_norm_update_stats(DType dt, void* running_mean, void* running_var, co
 void batch_norm_bwd(DType dt, const void* grad, const void* out, const void* x, const void* weight,
                     const void* mean, const void* invstd, void* grad_input, void* grad_weight, void* grad_bias,
                     void* grad_pre, int64_t N, int64_t C, int64_t S, bool channels_last, bool training, Act act) {
-  dispatch_storage(dt, [&](auto t, auto xs) {
+  dispatch_storage(dt, [&](auto t, auto xs, Isa isa) {
     using T = decltype(t);
     using X = decltype(xs);
     dispatch_act(act, [&](auto a) {
@@ -499,7 +541,7 @@ void batch_norm_bwd(DType dt, const void* grad, const void* out, const void* x, 
                                    static_cast<const T*>(weight), static_cast<const T*>(mean),
                                    static_cast<const T*>(invstd), static_cast<X*>(grad_input),
                                    static_cast<T*>(grad_weight), static_cast<T*>(grad_bias),
-                                   static_cast<X*>(grad_pre), N, C, S, channels_last, training);
+                                   static_cast<X*>(grad_pre), N, C, S, channels_last, training, isa);
     });
   });
 }
