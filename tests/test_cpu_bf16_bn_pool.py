@@ -33,11 +33,14 @@ def _err(x, ref):
     return (x.double() - ref).abs().max().item()
 
 
-def _assert_within_torch(ours, theirs, ref, what):
+def _assert_within_torch(ours, theirs, ref, what, absolute=True):
+    """At most twice PyTorch's error, and (absolute) at most 2^-7 of the reference's largest value
+    whatever PyTorch's error (its unfused relu can flip masks, which makes its own error large)."""
     assert ours.dtype == theirs.dtype, f"{what}: dtype {ours.dtype}, torch gives {theirs.dtype}"
     assert not torch.isnan(ours).any(), what
-    e_ours, e_torch = _err(ours, ref), _err(theirs, ref)
-    assert e_ours <= 2 * e_torch + 1e-6 * ref.abs().max().item(), f"{what}: ours {e_ours} vs torch {e_torch}"
+    e_ours, e_torch, scale = _err(ours, ref), _err(theirs, ref), ref.abs().max().item()
+    assert e_ours <= 2 * e_torch + 1e-6 * scale, f"{what}: ours {e_ours} vs torch {e_torch}"
+    assert not absolute or e_ours <= 2.0 ** -7 * scale, f"{what}: ours {e_ours}, largest reference value {scale}"
 
 
 def _leaf(t):
@@ -125,7 +128,10 @@ def test_batch_norm_bf16_matches_float64(case, isa, threads, monkeypatch):
                                           "running_mean", "running_var")):
                     if ours[i] is None:
                         continue
-                    _assert_within_torch(ours[i], theirs[i], ref[i], f"{what} ({tag})")
+                    # relu6's backward reads the saved bf16 output, and outputs in [5.985, 6) round to 6,
+                    # where the gradient is dropped (PyTorch's too): only the comparison with PyTorch holds
+                    _assert_within_torch(ours[i], theirs[i], ref[i], f"{what} ({tag})",
+                                         absolute=act != "relu6" or what in ("out", "running_mean", "running_var"))
 
 
 def test_batch_norm_bf16_autocast_module():
