@@ -4,7 +4,8 @@ Batch norm (csrc/cpu/batchnorm.cpp, storage X = bf16 with float32 T): statistics
 normalize + residual + activation forward and the backward read bf16 activations, keep float32
 per-channel vectors and sums, and round each stored value once to nearest even. Their loops are
 compiled for AVX-512, AVX2 and the baseline (PYIMGCLS_CPU_ISA picks; NCHW planes shorter than
-kShortPlane = 64 keep the baseline statistics). Shapes reach: NCHW planes shorter and longer than 64
+kShortPlane = 64 keep the baseline statistics and run the element-wise passes as one C*S loop per
+image). Shapes reach: NCHW planes shorter and longer than 64
 and longer than kBlock = 4096 (several blocks per plane); NHWC chunks of more than kFlushRows = 128
 rows (M = 2 * 65 * 65 = 8450 rows in 64 chunks); odd channel counts (partial vectors); batch 1; one
 and two threads (>= 2^15 elements fork).
@@ -59,7 +60,8 @@ def _layout(t, layout):
 
 # (name, N, C, H, W, layout): what each reaches is named
 BN_CASES = [
-    ("nchw_short_planes", 3, 19, 5, 7, "nchw"),          # S = 35 < 64: baseline statistics
+    ("nchw_short_planes", 3, 19, 5, 7, "nchw"),          # S = 35 < 64: baseline statistics, C*S loops
+    ("nchw_short_threaded", 16, 67, 6, 6, "nchw"),       # the same above 2^15 elements (threaded)
     ("nchw_batch1_odd", 1, 5, 9, 11, "nchw"),            # batch 1, S = 99: wide statistics
     ("nchw_long_planes", 2, 5, 65, 65, "nchw"),          # S = 4225 > kBlock; 42250 elements: threaded
     ("nhwc_odd_c", 3, 19, 7, 9, "channels_last"),        # C = 19: one vector + a remainder

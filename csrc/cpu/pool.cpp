@@ -683,6 +683,21 @@ struct Stage {
   std::vector<float> in, out;
 };
 
+// The block conversions, compiled per instruction set (run_isa): the baseline build's rounding is
+// SSE2 unpack / shift / compare sequences, which measured slower than the upcast copies they replace.
+struct WidenBf16 {
+  static PYIMGCLS_INLINE void run(const uint16_t* const& src, float* const& dst, const int64_t& n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
+  }
+};
+struct NarrowBf16 {
+  static PYIMGCLS_INLINE void run(const float* const& src, uint16_t* const& dst, const int64_t& n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+  }
+};
+
 // units: N*C planes (NCHW) or N images (NHWC); in_unit / out_unit: values per unit of the input and
 // the output; idx_unit: indices per unit (0: none). run(in, out, idx, units_in_block) calls the
 // float32 kernel on the block.
@@ -692,6 +707,7 @@ void staged_bf16(const uint16_t* in, uint16_t* out, int64_t* idx, int64_t units,
   if (units == 0) return;
   const int64_t per = std::max<int64_t>(1, kStageFloats / std::max<int64_t>(1, std::max(in_unit, out_unit)));
   const int64_t blocks = (units + per - 1) / per;
+  const Isa isa = active_isa();
 #pragma omp parallel for schedule(static) if (units * (in_unit + out_unit) > kParallelGrain)
   for (int64_t b = 0; b < blocks; ++b) {
     static thread_local Stage st;  // grow-only: no allocation or page faults after the first calls
@@ -701,13 +717,11 @@ void staged_bf16(const uint16_t* in, uint16_t* out, int64_t* idx, int64_t units,
     if (static_cast<int64_t>(st.out.size()) < no) st.out.resize(no);
     const uint16_t* src = in + u0 * in_unit;
     float* fi = st.in.data();
-#pragma omp simd
-    for (int64_t i = 0; i < ni; ++i) fi[i] = bf16_to_float(src[i]);
+    run_isa<WidenBf16>(isa, src, fi, ni);
     run(static_cast<const float*>(fi), st.out.data(), idx_unit ? idx + u0 * idx_unit : nullptr, nu);
     uint16_t* dst = out + u0 * out_unit;
     const float* fo = st.out.data();
-#pragma omp simd
-    for (int64_t i = 0; i < no; ++i) dst[i] = float_to_bf16(fo[i]);
+    run_isa<NarrowBf16>(isa, fo, dst, no);
   }
 }
 
