@@ -145,8 +145,9 @@ def _ops(reps):
         rows.append({"op": pass_, "shape": [16, 64, 32, 32], "ms": {k: tmin(f) for k, f in fns.items()}})
     for row in rows:
         ms = row["ms"]
-        print(f"{row['op']:<12} {'x'.join(map(str, row['shape'])):<14} " + "  ".join(f"{k} {v:.3f}" for k, v in ms.items())
-              + f"  upcast/bf16 {ms['ours_upcast'] / ms['ours_bf16']:.2f}", file=sys.stderr, flush=True)
+        cells = "  ".join(f"{k} {v:.3f}" for k, v in ms.items())
+        print(f"{row['op']:<12} {'x'.join(map(str, row['shape'])):<14} {cells}"
+              f"  upcast/bf16 {ms['ours_upcast'] / ms['ours_bf16']:.2f}", file=sys.stderr, flush=True)
     return rows
 
 
