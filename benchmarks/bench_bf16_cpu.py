@@ -2,6 +2,7 @@
 against PyTorch's float32 step and PyTorch's own bf16 autocast, on the same model object and weights.
 
     python benchmarks/bench_bf16_cpu.py [--models resnet18,resnet50] [--threads 1,2] [--reps 5] [--out FILE]
+    python benchmarks/bench_bf16_cpu.py --ops [--reps 5] [--out FILE]     (batch norm / pooling layers, below)
 
 Variants (train step = forward, cross-entropy, backward, SGD step; batch 16, 3 x 64 x 64, 10 classes,
 NCHW, train mode):
@@ -76,6 +77,80 @@ def _child(models, threads, reps):
     return out
 
 
+# ----------------------------------------------------------------------------- per-op mode (--ops)
+# The ResNet-18 batch-norm and pooling layers at batch 16, 3 x 64 x 64 (stem 32 x 32, then 16, 8, 4,
+# 2), training forward (batch statistics, fused residual + relu) and backward, and the stem's max
+# pooling with indices: our bf16 entry point against the float32 upcast the entry points used before
+# (bf16 -> float32 copies, the float32 kernel, a bf16 copy of the results), our float32 kernel and
+# PyTorch's bf16 op. CPU time of the calling thread (time.thread_time, 1 thread), min of --reps x 5
+# calls: the machine is shared, and thread time does not count the time other jobs hold the core.
+OP_SHAPES = [(16, 64, 32, 32), (16, 64, 16, 16), (16, 128, 8, 8), (16, 256, 4, 4), (16, 512, 2, 2)]
+
+
+def _ops(reps):
+    import torch
+    import torch.nn.functional as F
+
+    from pyimgcls.backends.cpu import batchnorm as B, pool as P
+
+    torch.set_num_threads(1)
+
+    def tmin(f):
+        f()
+        best = float("inf")
+        for _ in range(reps * 5):
+            t0 = time.thread_time()
+            f()
+            best = min(best, time.thread_time() - t0)
+        return best * 1e3
+
+    rows = []
+    for shape in OP_SHAPES:
+        C = shape[1]
+        gen = torch.Generator().manual_seed(C)
+        x, r, g = (torch.randn(shape, generator=gen).bfloat16() for _ in range(3))
+        w, b = torch.randn(C, generator=gen), torch.randn(C, generator=gen)
+        xf, rf, gf = x.float(), r.float(), g.float()
+        out, m, i, _ = B.batch_norm_fwd(x, w, b, r, None, None, True, 1e-5, 1, False)
+        outf = out.float()
+        fwd = {
+            "ours_bf16": lambda: B.batch_norm_fwd(x, w, b, r, None, None, True, 1e-5, 1, False),
+            "ours_upcast": lambda: B.batch_norm_fwd(x.float(), w, b, r.float(), None, None, True, 1e-5, 1,
+                                                    False)[0].bfloat16(),
+            "ours_fp32": lambda: B.batch_norm_fwd(xf, w, b, rf, None, None, True, 1e-5, 1, False),
+            "torch_bf16": lambda: F.relu(F.batch_norm(x, None, None, w, b, True) + r),
+        }
+        bwd = {
+            "ours_bf16": lambda: B.batch_norm_bwd(g, x, w, out, m, i, True, 1, False, True, True, True, True),
+            "ours_upcast": lambda: [t.bfloat16() for t in B.batch_norm_bwd(
+                g.float(), x.float(), w, out.float(), m, i, True, 1, False, True, True, True, True)],
+            "ours_fp32": lambda: B.batch_norm_bwd(gf, xf, w, outf, m, i, True, 1, False, True, True, True, True),
+        }
+        for pass_, fns in (("bn_fwd", fwd), ("bn_bwd", bwd)):
+            ms = {k: tmin(f) for k, f in fns.items()}
+            rows.append({"op": pass_, "shape": list(shape), "ms": ms})
+    x = torch.randn(16, 64, 32, 32, generator=torch.Generator().manual_seed(0)).bfloat16()
+    args = ((3, 3), (2, 2), (1, 1), (1, 1), False, False, True)
+    y, idx = P.max_pool2d(x, *args)
+    gy = torch.randn(y.shape).bfloat16()
+    bargs = (32, 32, (3, 3), (2, 2), (1, 1), (1, 1), False)
+    for pass_, fns in (
+            ("maxpool_fwd", {"ours_bf16": lambda: P.max_pool2d(x, *args),
+                             "ours_upcast": lambda: P.max_pool2d(x.float(), *args)[0].bfloat16(),
+                             "ours_fp32": lambda: P.max_pool2d(x.float(), *args),
+                             "torch_bf16": lambda: F.max_pool2d(x, 3, 2, 1, return_indices=True)}),
+            ("maxpool_bwd", {"ours_bf16": lambda: P.max_pool2d_backward(gy, idx, *bargs),
+                             "ours_upcast": lambda: P.max_pool2d_backward(gy.float(), idx, *bargs).bfloat16(),
+                             "ours_fp32": lambda: P.max_pool2d_backward(gy.float(), idx, *bargs)})):
+        rows.append({"op": pass_, "shape": [16, 64, 32, 32], "ms": {k: tmin(f) for k, f in fns.items()}})
+    for row in rows:
+        ms = row["ms"]
+        cells = "  ".join(f"{k} {v:.3f}" for k, v in ms.items())
+        print(f"{row['op']:<12} {'x'.join(map(str, row['shape'])):<14} {cells}"
+              f"  upcast/bf16 {ms['ours_upcast'] / ms['ours_bf16']:.2f}", file=sys.stderr, flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet18,resnet50")
@@ -83,19 +158,34 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--ops", action="store_true", help="the per-op batch norm / pooling comparison instead")
     args = ap.parse_args()
+    if args.ops:
+        load0 = os.getloadavg()
+        rows = _ops(args.reps)
+        doc = {"what": "bf16 batch norm / max pooling per ResNet-18 layer (batch 16, 64x64), 1 thread, "
+                       "ms of thread CPU time, min of reps x 5 calls", "machine": os.uname().nodename,
+               "load_average": [load0, os.getloadavg()], "rows": rows}
+        text = json.dumps(doc, indent=1)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+        print(text)
+        return
     models = [m for m in args.models.split(",") if m]
     if args.child:
         print(json.dumps(_child(models, args.child, args.reps)))
         return
     runs = []
+    load0 = os.getloadavg()
     for t in (int(v) for v in args.threads.split(",")):
         env = {**os.environ, "OMP_NUM_THREADS": str(t), "OMP_WAIT_POLICY": "passive"}
         res = subprocess.run([sys.executable, __file__, "--models", args.models, "--reps", str(args.reps),
                               "--child", str(t)], env=env, stdout=subprocess.PIPE, check=True, text=True)
         runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
     doc = {"what": "bf16 train step, batch 16, 3x64x64, 10 classes, NCHW; min of interleaved rounds",
-           "machine": os.uname().nodename, "cpu_count": os.cpu_count(), "reps": args.reps, "runs": runs}
+           "machine": os.uname().nodename, "cpu_count": os.cpu_count(), "reps": args.reps,
+           "load_average": [load0, os.getloadavg()], "runs": runs}
     text = json.dumps(doc, indent=1)
     if args.out:
         with open(args.out, "w") as f:

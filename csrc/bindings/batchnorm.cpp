@@ -14,7 +14,7 @@ void bind_batchnorm(py::module_& m) {
       "batch_norm_stats_cpu",
       [](int dt, uintptr_t x, uintptr_t mean, uintptr_t var, int64_t N, int64_t C, int64_t S, bool cl) {
         DType d = to_dtype(dt);
-        check_cpu_dtype(d);
+        if (d != DType::BFloat16) check_cpu_dtype(d);  // bfloat16 activations, float32 vectors
         py::gil_scoped_release nogil;
         cpu::batch_norm_stats(d, cptr(x), mptr(mean), mptr(var), N, C, S, cl);
       },
@@ -24,7 +24,7 @@ void bind_batchnorm(py::module_& m) {
       [](int dt, uintptr_t x, uintptr_t mean, uintptr_t var, uintptr_t w, uintptr_t b, uintptr_t r, uintptr_t y,
          uintptr_t invstd, int64_t N, int64_t C, int64_t S, bool cl, double eps, int act) {
         DType d = to_dtype(dt);
-        check_cpu_dtype(d);
+        if (d != DType::BFloat16) check_cpu_dtype(d);  // bfloat16 activations, float32 vectors
         Act a = to_act(act);
         py::gil_scoped_release nogil;
         cpu::batch_norm_fwd(d, cptr(x), cptr(mean), cptr(var), cptr(w), cptr(b), cptr(r), mptr(y), mptr(invstd), N,
@@ -47,7 +47,7 @@ void bind_batchnorm(py::module_& m) {
          uintptr_t gx, uintptr_t gw, uintptr_t gb, uintptr_t gp, int64_t N, int64_t C, int64_t S, bool cl,
          bool training, int act) {
         DType d = to_dtype(dt);
-        check_cpu_dtype(d);
+        if (d != DType::BFloat16) check_cpu_dtype(d);  // bfloat16 activations, float32 vectors
         Act a = to_act(act);
         py::gil_scoped_release nogil;
         cpu::batch_norm_bwd(d, cptr(g), cptr(out), cptr(x), cptr(w), cptr(mean), cptr(invstd), mptr(gx), mptr(gw),

@@ -104,7 +104,13 @@ void def_pool(py::module_& m, const PoolBackend& backend,
 }  // namespace
 
 void bind_pool(py::module_& m) {
-  def_pool(m, PoolBackend{"cpu", "CPU", "", to_cpu_dtype}, cpu::max_pool2d_fwd, cpu::max_pool2d_bwd,
+  // bfloat16 besides float32 / float64: the kernels stage it through float32 blocks (cpu/pool.cpp)
+  const auto cpu_dtype = [](int dt) {
+    const DType d = to_dtype(dt);
+    if (d != DType::BFloat16) check_cpu_dtype(d);
+    return d;
+  };
+  def_pool(m, PoolBackend{"cpu", "CPU", "", cpu_dtype}, cpu::max_pool2d_fwd, cpu::max_pool2d_bwd,
            cpu::avg_pool2d_fwd, cpu::avg_pool2d_bwd, cpu::adaptive_avg_pool2d_fwd, cpu::adaptive_avg_pool2d_bwd);
 #ifdef PYIMGCLS_WITH_CUDA
   const auto cuda_dtype = [](int dt) { return to_cuda_dtype(dt, "pooling"); };

@@ -1,12 +1,13 @@
-// CPU BatchNorm family (float32 / float64; the Python layer computes float16 / bfloat16 in float32).
-// See batchnorm.cpp for the algorithms.
+// CPU BatchNorm family (float32 / float64, and bfloat16 activations with float32 per-channel vectors;
+// the Python layer computes float16 in float32). See batchnorm.cpp for the algorithms.
 //
 // Every activation tensor (x, residual, y, grad, out, grad_input, grad_residual) is contiguous in
 // one layout, viewed as [N, C, S] with S = the product of the spatial sizes:
 //   channels_last == false: element (n, c, s) at (n*C + c)*S + s      (NCHW, and [N, C] with S = 1)
 //   channels_last == true:  element (n, c, s) at (n*S + s)*C + c      (NHWC)
 // Per-channel vectors (weight, bias, mean, var, invstd, running stats, grad_weight, grad_bias) are
-// contiguous [C] arrays of the same type T as x.
+// contiguous [C] arrays of the same type T as x, float32 when dt is BFloat16 (the activation tensors
+// are then bf16, every sum float32 / float64, every stored value rounded once to nearest even).
 #pragma once
 #include "../common.h"
 

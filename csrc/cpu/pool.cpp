@@ -1,5 +1,6 @@
 // CPU pooling family: max_pool2d, avg_pool2d and adaptive_avg_pool2d, forward and backward, in
-// float32 and float64 (the Python layer computes float16 / bfloat16 in float32).
+// float32 and float64, and bfloat16 through the float32 kernels on cache-sized staged blocks
+// ("bfloat16" below); the Python layer computes float16 in float32.
 //
 // What it computes (per (n, c) plane, x [H, W] -> y [OH, OW]; padding ph / pw on both sides)
 //   max:      y[oh, ow] = max over ih = oh*sh - ph + i*dh, iw = ow*sw - pw + j*dw (in-bounds only),
@@ -663,13 +664,89 @@ void adaptive_bwd(const T* gy, T* gx, int64_t N, int64_t C, int64_t H, int64_t W
   run_pixels<AdaptiveBwdNhwc<T>>(N * in_sz, C * (OH / std::max<int64_t>(H, 1) + 2), gy, gx, g);
 }
 
-// The entry points' dispatch: f(in, out) with both pointers typed for dt (float32 or float64);
-// f, a generic lambda, picks the layout's kernel.
+// ---------------------------------------------------------------------------------------------
+// bfloat16: the float32 kernels on blocks staged through cache
+// ---------------------------------------------------------------------------------------------
+// A bfloat16 call (autocast) is cut into blocks of whole units — (n, c) planes for NCHW, images for
+// NHWC, the granules the float32 kernels' index and window arithmetic never crosses — of about
+// kStageFloats input values. Each block's bf16 input is widened (exactly) into a thread-local float
+// buffer, the float32 kernel runs on it as a smaller problem [1, planes, H, W] / [images, H, W, C]
+// (its own OpenMP regions are nested, hence serial), and its float output is rounded once to
+// nearest even into the bf16 result. The float staging buffers stay in L1 / L2, so memory moves
+// only the bf16 input and output, 2 + 2 bytes per element where the float32 upcast around a call
+// moved 2 + 4 + 4 + 4 + 4 + 2 (cast in, kernel in and out, cast out); the arithmetic and the results
+// are those of the float32 kernel on the widened input, bit for bit.
+// Pooling indices (max) are per unit (flat positions inside a plane), so they need no translation.
+constexpr int64_t kStageFloats = 1 << 14;  // 64 KB of float input per block
+
+struct Stage {
+  std::vector<float> in, out;
+};
+
+// The block conversions, compiled per instruction set (run_isa): the baseline build's rounding is
+// SSE2 unpack / shift / compare sequences, which measured slower than the upcast copies they replace.
+struct WidenBf16 {
+  static PYIMGCLS_INLINE void run(const uint16_t* const& src, float* const& dst, const int64_t& n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
+  }
+};
+struct NarrowBf16 {
+  static PYIMGCLS_INLINE void run(const float* const& src, uint16_t* const& dst, const int64_t& n) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16(src[i]);
+  }
+};
+
+// units: N*C planes (NCHW) or N images (NHWC); in_unit / out_unit: values per unit of the input and
+// the output; idx_unit: indices per unit (0: none). run(in, out, idx, units_in_block) calls the
+// float32 kernel on the block.
+template <class F>
+void staged_bf16(const uint16_t* in, uint16_t* out, int64_t* idx, int64_t units, int64_t in_unit, int64_t out_unit,
+                 int64_t idx_unit, const F& run) {
+  if (units == 0) return;
+  const int64_t per = std::max<int64_t>(1, kStageFloats / std::max<int64_t>(1, std::max(in_unit, out_unit)));
+  const int64_t blocks = (units + per - 1) / per;
+  const Isa isa = active_isa();
+#pragma omp parallel for schedule(static) if (units * (in_unit + out_unit) > kParallelGrain)
+  for (int64_t b = 0; b < blocks; ++b) {
+    static thread_local Stage st;  // grow-only: no allocation or page faults after the first calls
+    const int64_t u0 = b * per, nu = std::min(units, u0 + per) - u0;
+    const int64_t ni = nu * in_unit, no = nu * out_unit;
+    if (static_cast<int64_t>(st.in.size()) < ni) st.in.resize(ni);
+    if (static_cast<int64_t>(st.out.size()) < no) st.out.resize(no);
+    const uint16_t* src = in + u0 * in_unit;
+    float* fi = st.in.data();
+    run_isa<WidenBf16>(isa, src, fi, ni);
+    run(static_cast<const float*>(fi), st.out.data(), idx_unit ? idx + u0 * idx_unit : nullptr, nu);
+    uint16_t* dst = out + u0 * out_unit;
+    const float* fo = st.out.data();
+    run_isa<NarrowBf16>(isa, fo, dst, no);
+  }
+}
+
+// A window pooling call (max / avg, forward or backward) in dt: f(in, out, idx, params) on the
+// whole problem for float32 / float64, per staged block for bfloat16. `fwd`: the input is [H, W]
+// per plane and the output [OH, OW] (else the reverse: backward). with_idx: idx has one index per
+// output (forward) / per gradient (backward) value.
 template <typename F>
-void run_typed(DType dt, const void* in, void* out, const F& f) {
+void run_window(DType dt, const void* in, void* out, int64_t* idx, const Pool2dParams& p, bool cl, bool fwd,
+                const F& f) {
+  if (dt == DType::BFloat16) {
+    const int64_t big = p.H * p.W, small = p.OH * p.OW, per = cl ? p.C : 1;
+    const int64_t in_unit = (fwd ? big : small) * per, out_unit = (fwd ? small : big) * per;
+    staged_bf16(static_cast<const uint16_t*>(in), static_cast<uint16_t*>(out), idx, cl ? p.N : p.N * p.C, in_unit,
+                out_unit, idx ? small * per : 0, [&](const float* fi, float* fo, int64_t* ix, int64_t nu) {
+                  Pool2dParams q = p;
+                  if (cl) q.N = nu;
+                  else q.N = 1, q.C = nu;
+                  f(fi, fo, ix, q);
+                });
+    return;
+  }
   dispatch_float(dt, "CPU pooling", [&](auto tag) {
     using T = decltype(tag);
-    f(static_cast<const T*>(in), static_cast<T*>(out));
+    f(static_cast<const T*>(in), static_cast<T*>(out), idx, p);
   });
 }
 
@@ -684,39 +761,41 @@ void check_params(const Pool2dParams& p) {
 
 void max_pool2d_fwd(DType dt, const void* x, void* y, int64_t* idx, const Pool2dParams& p, bool channels_last) {
   check_params(p);
-  run_typed(dt, x, y, [&](auto xs, auto ys) {
+  run_window(dt, x, y, idx, p, channels_last, true, [&](auto xs, auto ys, int64_t* ix, const Pool2dParams& q) {
     using T = std::remove_pointer_t<decltype(ys)>;
     if (channels_last)
-      idx ? max_fwd_nhwc<T, true>(xs, ys, idx, p) : max_fwd_nhwc<T, false>(xs, ys, nullptr, p);
+      ix ? max_fwd_nhwc<T, true>(xs, ys, ix, q) : max_fwd_nhwc<T, false>(xs, ys, nullptr, q);
     else
-      idx ? max_fwd_nchw<T, true>(xs, ys, idx, p) : max_fwd_nchw<T, false>(xs, ys, nullptr, p);
+      ix ? max_fwd_nchw<T, true>(xs, ys, ix, q) : max_fwd_nchw<T, false>(xs, ys, nullptr, q);
   });
 }
 
 void max_pool2d_bwd(DType dt, const void* gy, const int64_t* idx, void* gx, const Pool2dParams& p,
                     bool channels_last) {
   check_params(p);
-  run_typed(dt, gy, gx, [&](auto gys, auto gxs) {
-    if (channels_last) max_bwd_nhwc(gys, idx, gxs, p);
-    else max_bwd_nchw(gys, idx, gxs, p);
-  });
+  // the indices are only read: the staging passes them as a mutable pointer it never writes through
+  run_window(dt, gy, gx, const_cast<int64_t*>(idx), p, channels_last, false,
+             [&](auto gys, auto gxs, int64_t* ix, const Pool2dParams& q) {
+               if (channels_last) max_bwd_nhwc(gys, ix, gxs, q);
+               else max_bwd_nchw(gys, ix, gxs, q);
+             });
 }
 
 void avg_pool2d_fwd(DType dt, const void* x, void* y, const Pool2dParams& p, bool count_include_pad,
                     int64_t divisor_override, bool channels_last) {
   check_params(p);
-  run_typed(dt, x, y, [&](auto xs, auto ys) {
-    if (channels_last) avg_fwd_nhwc(xs, ys, p, count_include_pad, divisor_override);
-    else avg_fwd_nchw(xs, ys, p, count_include_pad, divisor_override);
+  run_window(dt, x, y, nullptr, p, channels_last, true, [&](auto xs, auto ys, int64_t*, const Pool2dParams& q) {
+    if (channels_last) avg_fwd_nhwc(xs, ys, q, count_include_pad, divisor_override);
+    else avg_fwd_nchw(xs, ys, q, count_include_pad, divisor_override);
   });
 }
 
 void avg_pool2d_bwd(DType dt, const void* gy, void* gx, const Pool2dParams& p, bool count_include_pad,
                     int64_t divisor_override, bool channels_last) {
   check_params(p);
-  run_typed(dt, gy, gx, [&](auto gys, auto gxs) {
-    if (channels_last) avg_bwd_nhwc(gys, gxs, p, count_include_pad, divisor_override);
-    else avg_bwd_nchw(gys, gxs, p, count_include_pad, divisor_override);
+  run_window(dt, gy, gx, nullptr, p, channels_last, false, [&](auto gys, auto gxs, int64_t*, const Pool2dParams& q) {
+    if (channels_last) avg_bwd_nhwc(gys, gxs, q, count_include_pad, divisor_override);
+    else avg_bwd_nchw(gys, gxs, q, count_include_pad, divisor_override);
   });
 }
 
@@ -726,14 +805,20 @@ void adaptive_avg_pool2d_fwd(DType dt, const void* x, void* y, int64_t N, int64_
     throw std::invalid_argument("adaptive_avg_pool2d: sizes must be non-negative");
   if ((OH != 1 || OW != 1) && (H == 0 || W == 0) && OH * OW > 0)
     throw std::invalid_argument("adaptive_avg_pool2d: empty input planes only pool to 1x1");
-  run_typed(dt, x, y, [&](auto xs, auto ys) { adaptive_fwd(xs, ys, N, C, H, W, OH, OW, channels_last); });
+  const Pool2dParams p{N, C, H, W, OH, OW, 1, 1, 1, 1, 0, 0, 1, 1};  // the sizes only
+  run_window(dt, x, y, nullptr, p, channels_last, true, [&](auto xs, auto ys, int64_t*, const Pool2dParams& q) {
+    adaptive_fwd(xs, ys, q.N, q.C, q.H, q.W, q.OH, q.OW, channels_last);
+  });
 }
 
 void adaptive_avg_pool2d_bwd(DType dt, const void* gy, void* gx, int64_t N, int64_t C, int64_t H, int64_t W,
                              int64_t OH, int64_t OW, bool channels_last) {
   if (N < 0 || C < 0 || H < 0 || W < 0 || OH < 1 || OW < 1)
     throw std::invalid_argument("adaptive_avg_pool2d backward: sizes must be non-negative, output non-empty");
-  run_typed(dt, gy, gx, [&](auto gys, auto gxs) { adaptive_bwd(gys, gxs, N, C, H, W, OH, OW, channels_last); });
+  const Pool2dParams p{N, C, H, W, OH, OW, 1, 1, 1, 1, 0, 0, 1, 1};  // the sizes only
+  run_window(dt, gy, gx, nullptr, p, channels_last, false, [&](auto gys, auto gxs, int64_t*, const Pool2dParams& q) {
+    adaptive_bwd(gys, gxs, q.N, q.C, q.H, q.W, q.OH, q.OW, channels_last);
+  });
 }
 
 }  // namespace pyimgcls::cpu

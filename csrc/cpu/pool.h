@@ -1,4 +1,5 @@
-// CPU pooling family (float32 / float64): max, average and adaptive average pooling, forward and
+// CPU pooling family (float32 / float64, and bfloat16 through float32 blocks staged in cache,
+// pool.cpp "bfloat16"): max, average and adaptive average pooling, forward and
 // backward. See pool.cpp for the algorithms.
 #pragma once
 #include "../common.h"

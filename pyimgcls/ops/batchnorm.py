@@ -26,8 +26,9 @@ Custom ops (the backend is resolved in Python and passed as a string, as in the 
         w*invstd*gp in eval; gr = gp (the residual's gradient; ``grad`` itself without activation).
 
 Per-channel tensors (weight, bias, statistics) are computed in the accumulation dtype: float32, or
-float64 for float64 input. float16 / bfloat16 CPU inputs are computed in float32 and returned in their
-dtype (docs/architecture.md, "Dtypes"). The running buffers keep their own dtype.
+float64 for float64 input. bfloat16 CPU activations are read and written as bfloat16 by the kernels
+(float32 sums); float16 CPU inputs are computed in float32 and returned in their dtype
+(docs/architecture.md, "Dtypes"). The running buffers keep their own dtype.
 """
 from __future__ import annotations
 

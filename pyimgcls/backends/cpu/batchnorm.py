@@ -8,7 +8,10 @@ pyimgcls/ops/batchnorm.py):
     batch_norm_bwd(grad, x, weight, out, mean, invstd, training, act, channels_last, has_residual,
                    needs_input, needs_weight, needs_bias) -> (gx, gw, gb, gr)     empty when not asked
 Layouts and allocation are shared by every backend (ops/batchnorm.py: fwd_outputs, bwd_outputs);
-float16/bfloat16 inputs are computed in float32 and returned in their dtype (docs/architecture.md)."""
+bfloat16 activations (x, residual, out, grad, grad_input, grad_residual) are read and written as bfloat16 by
+the kernels, with float32 per-channel vectors and sums (PyTorch's mixed batch_norm under autocast: output
+and grad_input bfloat16, statistics and grad_weight / grad_bias float32); float16 inputs are computed
+in float32 and returned in their dtype (docs/architecture.md, "Dtypes")."""
 from __future__ import annotations
 
 import torch
@@ -16,7 +19,7 @@ import torch
 from ... import _native
 from ...ops import batchnorm as bn
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_UPCAST = (torch.float16,)  # bfloat16 runs natively
 _ptr = bn._ptr
 
 
@@ -25,7 +28,7 @@ def _float(t):
 
 
 def batch_norm_fwd(x, weight, bias, residual, mean_in, var_in, training, eps, act, channels_last):
-    if x.dtype in _LOW_PRECISION:
+    if x.dtype in _UPCAST:
         out, m, i, v = batch_norm_fwd(x.float(), weight, bias, _float(residual), mean_in, var_in, training, eps, act,
                                       channels_last)
         return out.to(x.dtype), m, i, v
@@ -49,7 +52,7 @@ def update_stats(running_mean, running_var, mean, var, momentum, count):
 
 def batch_norm_bwd(grad, x, weight, out, mean, invstd, training, act, channels_last, has_residual, needs_input,
                    needs_weight, needs_bias):
-    if x.dtype in _LOW_PRECISION:
+    if x.dtype in _UPCAST:
         gx, gw, gb, gr = batch_norm_bwd(grad.float(), x.float(), weight, _float(out), mean, invstd, training, act,
                                         channels_last, has_residual, needs_input, needs_weight, needs_bias)
         return gx.to(x.dtype), gw, gb, gr.to(x.dtype)

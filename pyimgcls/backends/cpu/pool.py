@@ -21,17 +21,34 @@ with the dtype and device of ``x`` / ``grad`` in the memory format ``channels_la
 The cpu, cuda and triton modules share the memory formats, allocations and early returns on empty
 results (``pyimgcls.ops.pool``'s ``*buffers`` helpers) and only add the launch; the torch module
 wraps ``pyimgcls.ops.reference``.
-float16/bfloat16 inputs are computed in float32 and returned in their dtype (docs/architecture.md, "Dtypes").
+bfloat16 tensors go to the kernels as they are (csrc/cpu/pool.cpp stages them through float32 blocks
+in cache: the float32 kernels' results, rounded once); float16 inputs are computed in float32 and
+returned in their dtype (docs/architecture.md, "Dtypes").
 The launchers get the sizes as separate arguments, not ``*sizes``: a star call into the pybind11
 module costs 0.1-0.2 us more, which counts for small layers."""
 from __future__ import annotations
+
+import functools
+
+import torch
 
 from ... import _native
 from . import in_float32
 from ...ops import pool as op
 
 
-@in_float32
+def _float16_in_float32(fn):
+    """in_float32 for float16 only: the kernels take bfloat16 themselves."""
+    upcast = in_float32(fn)
+
+    @functools.wraps(fn)
+    def run(first, *args):
+        return upcast(first, *args) if first.dtype == torch.float16 else fn(first, *args)
+
+    return run
+
+
+@_float16_in_float32
 def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, channels_last, with_indices):
     x, out, idx, sizes = op.max_pool2d_buffers(x, kernel, stride, padding, dilation, ceil_mode, channels_last,
                                                with_indices)
@@ -44,7 +61,7 @@ def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, channels_last, w
     return out, idx
 
 
-@in_float32
+@_float16_in_float32
 def max_pool2d_backward(grad, indices, height, width, kernel, stride, padding, dilation, channels_last):
     grad, indices, gx, sizes = op.max_pool2d_backward_buffers(grad, indices, height, width, channels_last)
     if sizes is not None:
@@ -56,7 +73,7 @@ def max_pool2d_backward(grad, indices, height, width, kernel, stride, padding, d
     return gx
 
 
-@in_float32
+@_float16_in_float32
 def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override, channels_last):
     x, out, sizes = op.avg_pool2d_buffers(x, kernel, stride, padding, ceil_mode, channels_last)
     if sizes is not None:
@@ -68,7 +85,7 @@ def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor
     return out
 
 
-@in_float32
+@_float16_in_float32
 def avg_pool2d_backward(grad, height, width, kernel, stride, padding, ceil_mode, count_include_pad,
                         divisor_override, channels_last):
     grad, gx, sizes = op.buffers(grad, height, width, channels_last)
@@ -81,7 +98,7 @@ def avg_pool2d_backward(grad, height, width, kernel, stride, padding, ceil_mode,
     return gx
 
 
-@in_float32
+@_float16_in_float32
 def adaptive_avg_pool2d(x, output_height, output_width, channels_last):
     x, out, sizes = op.buffers(x, output_height, output_width, channels_last)
     if sizes is not None:
@@ -91,7 +108,7 @@ def adaptive_avg_pool2d(x, output_height, output_width, channels_last):
     return out
 
 
-@in_float32
+@_float16_in_float32
 def adaptive_avg_pool2d_backward(grad, height, width, channels_last):
     grad, gx, sizes = op.adaptive_avg_pool2d_backward_buffers(grad, height, width, channels_last)
     if sizes is not None:
