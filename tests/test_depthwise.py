@@ -486,8 +486,9 @@ def test_cuda_kernels_emulated_on_cpu(name, layout, cuda_emulator):
 
 
 # ----------------------------------------------------------------------------- CPU plane kernels
-# csrc/cpu/conv.cpp, "plane" kernels (DwFwdPlane, DwWgradPlane; the stride-1 dgrad runs DwFwdPlane on
-# g with flipped taps): x / g not channels_last and output rows of 12..64 floats (6..64 doubles).
+# csrc/cpu/conv.cpp, "plane" kernels (DwFwdPlane, DwWgradPlane, DwDgradPlaneStrided; the stride-1 dgrad
+# runs DwFwdPlane on g with flipped taps): x / g not channels_last and rows (output rows; dgrad: dx
+# rows) of 12..64 floats (6..64 doubles).
 # Each input plane is copied with its padding into a scratch split by column phase, then computed
 # in vectors of 16 floats / 8 doubles along the row (full and partial chunks), four output rows at a
 # time plus a remainder. Outputs are poisoned with NaN before each kernel (conftest).
@@ -512,6 +513,8 @@ PLANE_CASES = [
     ("mult2", 2, 4, 10, 13, 2, 3, 1, 1, 1),                 # m == 2: forward / wgrad plane, dgrad rows
     ("dil_negpad", 1, 4, 12, 17, 1, 3, 1, (1, 3), (2, 1)),  # dgrad's padding (K-1)*d - p: 3 rows, -1 columns
     ("threaded", 2, 24, 28, 28, 1, 3, 1, 1, 1),             # 339K multiply-adds: spread over threads
+    ("s12_dil2", 1, 3, 11, 20, 1, 3, (1, 2), 1, (1, 2)),    # strided dgrad: phase 1 has no taps (zeros)
+    ("s2_threaded", 2, 24, 32, 32, 1, 5, 2, 2, 1),          # strided dgrad over threads (307K)
 ]
 PLANE_LAYOUTS = ["nchw", "w_strided", "x_channels_last_g_nchw"]
 
@@ -555,6 +558,8 @@ def test_cpu_plane_kernels_match_float64(case, layout, dtype, threads):
     with omp_threads(threads):
         out = _plane_call(x, w, geom)
         g = torch.randn(out.shape, dtype=dtype, generator=gen)  # NCHW whatever out's layout
+        if layout == "w_strided":  # and the gradient with w stride 2 (the gradient copies' strided reads)
+            g = torch.randn(out.shape[:3] + (2 * out.shape[3],), dtype=dtype, generator=gen)[..., ::2]
         dx = K.dgrad(g, x, w, geom["stride"], geom["padding"], geom["dilation"], geom["groups"])
         dwt = K.wgrad(g, x, w, geom["stride"], geom["padding"], geom["dilation"], geom["groups"])
     x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()

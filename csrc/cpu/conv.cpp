@@ -1124,6 +1124,85 @@ struct DwWgradPlane {
   }
 };
 
+// dgrad at stride > 1, plane kernel (m == 1). Unit u = one (n, c) plane of dx. The gradient plane
+// g[n, c] is copied into a scratch with Pl zero columns on the left and zeros past OW, so every tap
+// reads in bounds without checks. The dx row ih gathers the rows oh = (ih + ph - i*dh) / sh that
+// divide exactly and lie in [0, OH); its columns split into sw phases by (iw + pw) % sw: in phase r,
+// the taps j with (j*dw) % sw == r reach g column k + (r - j*dw) / sw for the phase's k-th column
+// (iw = k*sw + r - pw), so each phase is L-wide vectors over k with one unaligned load per tap (no
+// divisibility checks in the inner loop), written to a row buffer and interleaved into dx. Every dx
+// element is summed once, by one thread, in tap order.
+// a.x is g (strides a.xs), a.w is w [C][KH*KW], a.out is dx (strides a.os), a.wrange per tap column
+// j its phase (j*dw) % sw and shift (j*dw) / sw (no divisions per row).
+struct DwDgradPlaneShape {
+  int64_t Pl, chunks, GWp;  // left zero columns, L-chunks per phase, scratch row length
+};
+
+template <typename T>
+inline DwDgradPlaneShape dw_dgrad_plane_shape(const ConvGeometry& s) {
+  DwDgradPlaneShape p;
+  p.Pl = ((s.KW - 1) * s.dil_w + s.stride_w - 1) / s.stride_w;
+  const int64_t kc = (s.W + s.pad_w + s.stride_w - 1) / s.stride_w;  // phase columns reaching dx
+  p.chunks = (kc + kDwLanes<T> - 1) / kDwLanes<T>;
+  p.GWp = p.Pl + std::max(p.chunks * kDwLanes<T>, s.OW);
+  return p;
+}
+
+template <typename T>
+inline size_t dw_dgrad_plane_scratch(const ConvGeometry& s) {
+  const DwDgradPlaneShape p = dw_dgrad_plane_shape<T>(s);
+  return static_cast<size_t>(s.OH * p.GWp + s.stride_w * p.chunks * kDwLanes<T>);
+}
+
+template <typename T>
+struct DwDgradPlaneStrided {
+  static PYIMGCLS_INLINE void run(int64_t u, const DwArgs<T>& a, T* buf) {
+    constexpr int64_t L = kDwLanes<T>;
+    using V = DwVec<T>;
+    const ConvGeometry& s = a.s;
+    const DwDgradPlaneShape p = dw_dgrad_plane_shape<T>(s);
+    const int64_t n = u / s.C, c = u % s.C, KK = s.KH * s.KW, sw = s.stride_w, RW = p.chunks * L;
+    T* gb = buf;
+    T* rowbuf = buf + s.OH * p.GWp;  // [sw][RW]: one dx row, by phase
+    std::memset(gb, 0, sizeof(T) * static_cast<size_t>(s.OH * p.GWp));
+    const T* gp = a.x + n * a.xs.n + c * a.xs.c;
+    for (int64_t oh = 0; oh < s.OH; ++oh) {
+      T* q = gb + oh * p.GWp + p.Pl;
+      const T* grow = gp + oh * a.xs.h;
+      if (a.xs.w == 1)
+        for (int64_t k = 0; k < s.OW; ++k) q[k] = grow[k];
+      else
+        for (int64_t k = 0; k < s.OW; ++k) q[k] = grow[k * a.xs.w];
+    }
+    const T* wk = a.w + c * KK;
+    T* dp = a.out + n * a.os.n + c * a.os.c;
+    for (int64_t ih = 0; ih < s.H; ++ih) {
+      for (int64_t r = 0; r < sw; ++r) {
+        for (int64_t c0 = 0; c0 < RW; c0 += L) {
+          V acc = V{};
+          for (int64_t i = 0; i < s.KH; ++i) {
+            const int64_t th = ih + s.pad_h - i * s.dil_h;
+            if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
+            const T* g0 = gb + (th / s.stride_h) * p.GWp + p.Pl + c0;
+            for (int64_t j = 0; j < s.KW; ++j)
+              if (a.wrange[2 * j] == r) fma_run_w(acc, V{} + wk[i * s.KW + j], g0 - a.wrange[2 * j + 1]);
+          }
+          __builtin_memcpy(rowbuf + r * RW + c0, &acc, sizeof(V));
+        }
+      }
+      T* drow = dp + ih * a.os.h;
+      for (int64_t r = 0; r < sw; ++r) {  // dx columns iw = k*sw + r - pw of phase r
+        int64_t lo, hi;
+        valid_range(r - s.pad_w, sw, s.W, RW, lo, hi);
+        const T* rb = rowbuf + r * RW;
+        T* d0 = drow + (r - s.pad_w) * a.os.w;
+        const int64_t dstep = sw * a.os.w;
+        for (int64_t k = lo; k < hi; ++k) d0[k * dstep] = rb[k];
+      }
+    }
+  }
+};
+
 // Per-thread scratch of the plane kernels in elements: the plane, plus (wgrad) the gradient plane in
 // whole chunks and KK runs of L accumulator lanes.
 template <typename T>
@@ -1183,6 +1262,15 @@ void dw_bwd_data(const ConvGeometry& s, const T* g, Strides4 gs, const T* w, T* 
     const std::vector<int64_t> joff = dw_plane_tap_offsets(f, dw_plane<T>(f));
     const DwArgs<T> fa{f, 1, g, gs, wf.data(), nullptr, nullptr, {}, nullptr, {}, dx, xs, Act::None, joff.data()};
     return dw_run<DwFwdPlane<T>>(s.N * s.C, macs, fa, dw_plane_scratch<T>(f, false));
+  }
+  if (m == 1 && !(gs.c == 1 && xs.c == 1) && s.stride_w > 1 && dw_plane_fits<T>(s.W)) {
+    std::vector<int64_t> jps(static_cast<size_t>(2 * s.KW));
+    for (int64_t j = 0; j < s.KW; ++j) {
+      jps[2 * j] = (j * s.dil_w) % s.stride_w;
+      jps[2 * j + 1] = (j * s.dil_w) / s.stride_w;
+    }
+    a.wrange = jps.data();
+    return dw_run<DwDgradPlaneStrided<T>>(s.N * s.C, macs, a, dw_dgrad_plane_scratch<T>(s));
   }
   if (m == 1 && ((gs.c == 1 && xs.c == 1) || s.OW < kDwRowsMinWidth)) {
     const std::vector<T> wt = dw_weight_by_tap(s, w);
