@@ -573,8 +573,9 @@ def test_cpu_plane_kernels_match_float64(case, layout, dtype, threads):
 @pytest.mark.parametrize("act", [0, 1, 2, 3, 4, 5, 6])
 @pytest.mark.parametrize("case", [c for c in PLANE_CASES if c[0] in ("s1_k3_rows_tail", "s2_k5")], ids=lambda c: c[0])
 def test_cpu_plane_forward_epilogue(case, act):
-    """bias + residual (any strides) + each activation fused into the plane forward's store, on the
-    four-row blocks and the remainder rows, full and partial chunks."""
+    """bias + residual + each activation fused into the plane forward's store, on the four-row blocks
+    and the remainder rows, full and partial chunks (the entry point matches the strided residual to
+    the output's layout before the kernel: the kernel's rs.w != 1 path is not reachable from here)."""
     from pyimgcls.ops import reference
     x, w, geom, ref, gen = _plane_inputs(case, "nchw", torch.float32, seed=22)
     b = torch.randn(w.shape[0], generator=gen)
