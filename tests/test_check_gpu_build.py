@@ -288,7 +288,7 @@ from triton.runtime.jit import JITFunction
 cgb._prepare_triton_env()
 probes = cgb._probes()
 out = {}
-for short in ("gemm", "se", "distill", "quant"):
+for short in ("gemm", "se", "distill", "quant", "batchnorm"):
     spec = "triton_kernels." + short
     mod = cgb._import_module(spec)
     jobs, missing = cgb._jobs_for(spec, mod, probes[short], list(cgb.DTYPES), [90, 80])
@@ -302,7 +302,8 @@ print(json.dumps(out))
 
 
 def test_probes_launch_every_new_kernel_and_each_activation_selects_its_rows():
-    """Recorded launches only (no compile): every kernel of gemm / se / distill / quant is probed; the
+    """Recorded launches only (no compile): every kernel of gemm / se / distill / quant / batchnorm is
+    probed (batch norm at four tile shapes); the
     GEMM is probed with relu6, silu and hardswish (GEMM_ACTS), and the smooth ones leave out the rows
     of gemm._SMOOTH_SPILLS on the archs where those spilled."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -316,6 +317,8 @@ def test_probes_launch_every_new_kernel_and_each_activation_selects_its_rows():
         assert set(rep["defined"]) <= launched, (short, set(rep["defined"]) - launched)
     assert {"_act_fwd_kernel", "_act_bwd_kernel", "_gemm_fwd_kernel"} <= set(report["gemm"]["defined"])
     assert {"_drop_path_fwd_kernel", "_se_fc_kernel"} <= set(report["se"]["defined"])
+    bn_fwd = [j for j in report["batchnorm"]["jobs"] if j[0] == "_batch_norm_fwd_kernel"]
+    assert len({(j[1], j[2], j[3]) for j in bn_fwd}) == 4 * len(cgb.DTYPES) * 2  # probes x dtypes x archs
     gemm = [j for j in report["gemm"]["jobs"] if j[0] == "_gemm_fwd_kernel"]
     probes = {j[1] for j in gemm}
     assert probes == {f"gemm-{n}" for n in ("relu6", "silu", "hardswish")}

@@ -483,3 +483,139 @@ def test_cuda_kernels_emulated_on_cpu(name, layout, cuda_emulator):
         out, log = _emulate(cuda_emulator, "wgrad", go, x, geom, [splits])
         assert ("ct=1 " in log) == (layout != "nhwc"), log
         assert_close_to_reference(out.view(O, 1, KH, KW), rw, scale=max(4.0, P ** 0.5))
+
+
+# ----------------------------------------------------------------------------- CPU plane kernels
+# csrc/cpu/conv.cpp, "plane" kernels (DwFwdPlane, DwWgradPlane, DwDgradPlaneStrided; the stride-1 dgrad
+# runs DwFwdPlane on g with flipped taps): x / g not channels_last and rows (output rows; dgrad: dx
+# rows) of 12..64 floats (6..64 doubles).
+# Each input plane is copied with its padding into a scratch split by column phase, then computed
+# in vectors of 16 floats / 8 doubles along the row (full and partial chunks), four output rows at a
+# time plus a remainder. Outputs are poisoned with NaN before each kernel (conftest).
+CPU_CONV = None
+
+
+def _cpu_conv():
+    global CPU_CONV
+    if CPU_CONV is None:
+        from pyimgcls import backends
+        CPU_CONV = backends.kernels("cpu", "conv")
+    return CPU_CONV
+
+
+# (name, N, C, H, W, m, kernel, stride, padding, dilation)
+PLANE_CASES = [
+    ("s1_k3_rows_tail", 1, 5, 15, 14, 1, 3, 1, 1, 1),       # OW 14: one partial chunk; OH 15 = 3 blocks of 4 + 3
+    ("s2_k3_odd", 2, 7, 25, 31, 1, 3, 2, 1, 1),             # OW 16: one full chunk, stride-2 fill, OH 13
+    ("s1_k5_two_chunks", 2, 3, 9, 21, 1, 5, 1, 2, 1),       # OW 21: a full and a partial chunk
+    ("s2_k5", 1, 6, 23, 27, 1, 5, 2, 2, 1),                 # OW 14
+    ("w64", 1, 3, 6, 64, 1, 3, 1, 1, 1),                    # OW 64: the widest plane, four chunks
+    ("mult2", 2, 4, 10, 13, 2, 3, 1, 1, 1),                 # m == 2: forward / wgrad plane, dgrad rows
+    ("dil_negpad", 1, 4, 12, 17, 1, 3, 1, (1, 3), (2, 1)),  # dgrad's padding (K-1)*d - p: 3 rows, -1 columns
+    ("threaded", 2, 24, 28, 28, 1, 3, 1, 1, 1),             # 339K multiply-adds: spread over threads
+    ("s12_dil2", 1, 3, 11, 20, 1, 3, (1, 2), 1, (1, 2)),    # strided dgrad: phase 1 has no taps (zeros)
+    ("s2_threaded", 2, 24, 32, 32, 1, 5, 2, 2, 1),          # strided dgrad over threads (307K)
+]
+PLANE_LAYOUTS = ["nchw", "w_strided", "x_channels_last_g_nchw"]
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _plane_inputs(case, layout, dtype, seed):
+    _, N, C, H, W, m, k, s, p, d = case
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _pair(k), _pair(s), _pair(p), _pair(d)
+    gen = torch.Generator().manual_seed(seed)
+    if layout == "w_strided":  # NCHW with w stride 2: the fill's strided copies
+        x = torch.randn(N, C, H, 2 * W, dtype=dtype, generator=gen)[..., ::2]
+    else:
+        x = torch.randn(N, C, H, W, dtype=dtype, generator=gen)
+        if layout == "x_channels_last_g_nchw":
+            x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(C * m, 1, kh, kw, dtype=dtype, generator=gen) * (kh * kw) ** -0.5
+    geom = dict(stride=[sh, sw], padding=[ph, pw, ph, pw], dilation=[dh, dw], groups=C)
+    ref = dict(stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=C)
+    return x, w, geom, ref, gen
+
+
+def _plane_call(x, w, geom, b=None, res=None, act=0):
+    K = _cpu_conv()
+    return K.conv2d(x, w, b, res, geom["stride"], geom["padding"], geom["dilation"], geom["groups"], act)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", PLANE_LAYOUTS)
+@pytest.mark.parametrize("case", PLANE_CASES, ids=lambda c: c[0])
+def test_cpu_plane_kernels_match_float64(case, layout, dtype, threads):
+    """Forward, dgrad and wgrad on the cpu backend's entry points against float64 PyTorch. The mixed
+    layout (x channels_last, g NCHW) runs the forward on the channel-vector kernel and the backward's
+    stride-1 dgrad / wgrad on the plane kernels (g is not channels_last)."""
+    from helpers import omp_threads
+    K = _cpu_conv()
+    x, w, geom, ref, gen = _plane_inputs(case, layout, dtype, seed=21)
+    with omp_threads(threads):
+        out = _plane_call(x, w, geom)
+        g = torch.randn(out.shape, dtype=dtype, generator=gen)  # NCHW whatever out's layout
+        if layout == "w_strided":  # and the gradient with w stride 2 (the gradient copies' strided reads)
+            g = torch.randn(out.shape[:3] + (2 * out.shape[3],), dtype=dtype, generator=gen)[..., ::2]
+        dx = K.dgrad(g, x, w, geom["stride"], geom["padding"], geom["dilation"], geom["groups"])
+        dwt = K.wgrad(g, x, w, geom["stride"], geom["padding"], geom["dilation"], geom["groups"])
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    y64 = F.conv2d(x64, w64, None, **ref)
+    rdx, rdw = torch.autograd.grad(y64, (x64, w64), g.double())
+    assert_close_to_reference(out, y64)
+    assert_close_to_reference(dx, rdx, scale=max(1.0, rdx.abs().max().item()))
+    assert_close_to_reference(dwt, rdw, scale=max(1.0, rdw.abs().max().item()))
+
+
+@pytest.mark.parametrize("act", [0, 1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("case", [c for c in PLANE_CASES if c[0] in ("s1_k3_rows_tail", "s2_k5")], ids=lambda c: c[0])
+def test_cpu_plane_forward_epilogue(case, act):
+    """bias + residual + each activation fused into the plane forward's store, on the four-row blocks
+    and the remainder rows, full and partial chunks (the entry point matches the strided residual to
+    the output's layout before the kernel: the kernel's rs.w != 1 path is not reachable from here)."""
+    from pyimgcls.ops import reference
+    x, w, geom, ref, gen = _plane_inputs(case, "nchw", torch.float32, seed=22)
+    b = torch.randn(w.shape[0], generator=gen)
+    y64 = F.conv2d(x.double(), w.double(), b.double(), **ref)
+    res = torch.randn(y64.shape[:3] + (2 * y64.shape[3],), generator=gen)[..., 1::2]  # w stride 2
+    for r in (None, res):
+        out = _plane_call(x, w, geom, b, r, act)
+        expect = reference.activation(y64 + (r.double() if r is not None else 0), act)
+        assert_close_to_reference(out, expect)
+
+
+def test_cpu_plane_wgrad_ignores_unreached_columns():
+    """Stride 2, no padding: the last input column is reached by no output, but the last vector of the
+    plane wgrad reads it in a lane past OW; an inf there must not turn the (zero-gradient) lane into
+    NaN (PyTorch's weight gradient stays finite)."""
+    K = _cpu_conv()
+    x = torch.randn(1, 3, 9, 26)
+    x[..., 25] = float("inf")
+    w = torch.randn(3, 1, 3, 3)
+    g = torch.randn(1, 3, 4, 12)
+    dwt = K.wgrad(g, x, w, [2, 2], [0, 0, 0, 0], [1, 1], 3)
+    x64, w64 = x.double(), w.double().requires_grad_()
+    (rdw,) = torch.autograd.grad(F.conv2d(x64, w64, None, 2, 0, 1, 3), (w64,), g.double())
+    assert torch.isfinite(rdw).all()
+    assert_close_to_reference(dwt, rdw, scale=max(1.0, rdw.abs().max().item()))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "w_strided"])
+def test_cpu_plane_kernels_bit_identical_across_threads(layout):
+    """Each output element and each weight gradient is summed by one thread in a fixed order."""
+    from helpers import omp_threads
+    K = _cpu_conv()
+    case = [c for c in PLANE_CASES if c[0] == "threaded"][0]
+    results = []
+    for threads in (1, 2):
+        x, w, geom, _, gen = _plane_inputs(case, layout, torch.float32, seed=23)
+        with omp_threads(threads):
+            out = _plane_call(x, w, geom)
+            g = torch.randn(out.shape, generator=gen)
+            results.append((out, K.dgrad(g, x, w, geom["stride"], geom["padding"], geom["dilation"], geom["groups"]),
+                            K.wgrad(g, x, w, geom["stride"], geom["padding"], geom["dilation"], geom["groups"])))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

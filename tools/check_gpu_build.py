@@ -456,6 +456,27 @@ def _probes():
         else:
             m.quant_quantize(torch.randn(3, 100), 10.0, 128, torch.empty(3, 100, dtype=torch.uint8))
 
+    def batchnorm(dt, C, H, channels_last, act):
+        # C, H, the layout and the element size pick the [BLOCK_R, BLOCK_C] tile and warps
+        # (batchnorm._tile): NCHW H*H 289 -> 256 rows x 8 channels, H*H 4 -> 4 x 512; channels_last
+        # C 200 -> 16-32 rows x 128, C 3 -> 256-1024 rows x 4. Training forward (stats, then the
+        # normalisation with residual and activation), running-stat update, backward with every
+        # gradient, training and eval.
+        from triton_kernels import batchnorm as m
+        acc = torch.float64 if dt == torch.float64 else torch.float32
+        N, S = 2, H * H
+        x = torch.randn(N, C, H, H, dtype=dt)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        mean, var, invstd, w, b = (torch.randn(C, dtype=acc) for _ in range(5))
+        y = torch.empty_like(x)
+        m.batch_norm_stats(x, mean, var, N, C, S, channels_last)
+        m.batch_norm_fwd(x, mean, var, w, b, torch.randn_like(x), y, invstd, N, C, S, channels_last, 1e-5, act)
+        m.batch_norm_update_stats(torch.zeros(C, dtype=acc), torch.ones(C, dtype=acc), mean, var, 0.1, N * S)
+        for training in (True, False):
+            m.batch_norm_bwd(torch.randn_like(x), y, x, w, mean, invstd, torch.empty_like(x), torch.empty(C, dtype=acc),
+                             torch.empty(C, dtype=acc), torch.empty_like(x), N, C, S, channels_last, training, act)
+
     def sparse(dt):
         from triton_kernels import sparse as m
         meta = torch.full((48, 6), 0x4444, dtype=torch.int16)   # K = 96: 6 words a row, indices 0, 1
@@ -464,6 +485,10 @@ def _probes():
 
     return {
         "sparse": [("sparse_linear", sparse)],
+        "batchnorm": [("bn-nchw-s289-silu", lambda dt: batchnorm(dt, 24, 17, False, 3)),
+                      ("bn-nchw-s4-relu6", lambda dt: batchnorm(dt, 40, 2, False, 2)),
+                      ("bn-nhwc-c200-hardswish", lambda dt: batchnorm(dt, 200, 3, True, 4)),
+                      ("bn-nhwc-c3-silu", lambda dt: batchnorm(dt, 3, 5, True, 3))],
         "gemm": [(f"gemm-{name}", lambda dt, a=a: gemm(dt, a)) for a, name in GEMM_ACTS]
         + [(f"act-{name}", lambda dt, a=a: act_elementwise(dt, a)) for a, name in ACTIVATIONS],
         "se": [("se-nchw-hw289-silu-sigmoid", lambda dt: se(dt, 24, 17, False, 1, 0)),

@@ -303,11 +303,14 @@ def _tile(C, S, channels_last, elem_size):
     channels_last = channels_last or S == 1
     if INTERPRET:
         return 16, 16, 1
+    # 8 warps (8-16 elements a thread): at 4 the Welford reductions (stats, reduce_bwd: several
+    # accumulators per element) spilled on sm_80 / sm_90 at 2048-4096-element tiles
+    # (tools/check_gpu_build.py probes, 2026-12-04: up to 66 LDL / STL, 255 registers).
     if channels_last:
         bc = min(triton.next_power_of_2(C), 128)
-        return max(16, 4096 // bc // max(1, elem_size // 2)), bc, 4
+        return max(16, 4096 // bc // max(1, elem_size // 2)), bc, 8
     br = min(triton.next_power_of_2(max(S, 1)), 256)
-    return br, max(1, 2048 // br), 4
+    return br, max(1, 2048 // br), 8
 
 
 def _chunks(M, block_r, C, block_c):

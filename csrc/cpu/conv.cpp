@@ -426,13 +426,17 @@ void conv_gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b,
 // FLOPs = 2*N*O*OH*OW*KH*KW for each of forward, dgrad, wgrad; minimum bytes = sizeof(T) * (|x| + |out| + |w|) (dgrad: |g| + |dx| + |w|; wgrad:
 // |g| + |x| + |w|). Memory-bound at every MobileNet shape (2.25 FLOP per byte at 3x3, float32).
 //
-// Two kernels per pass:
+// Three kernels per pass:
 //   channel-vector ("nhwc"): x / g / dx channels_last (unit channel stride) and m == 1. Each output
 //     pixel is a run of channels, kDwLanes at a time held in registers across the KH*KW taps; the
 //     weight is transposed once per call to wt[tap][C] so a tap's weights are one contiguous run.
 //   row ("rows"): any strides, any m (NCHW, views, a channels_last tensor with m > 1). One (n, o)
 //     plane at a time, an output row as a T[OW] accumulator: per tap one pass acc[ow] += w * x[...]
 //     over the taps' valid range (unit stride in NCHW at stride 1: it vectorises).
+//   plane ("plane"): not channels_last, output rows of 12..64 floats (dw_plane_fits): one (n, o)
+//     plane copied with its padding into an L1 scratch split by column phase (stride 2 becomes unit
+//     stride), L-wide vectors along the output row, four rows at a time; forward, stride-1 dgrad
+//     (a forward over g with flipped taps) and wgrad.
 // dgrad is a gather in the channel-vector kernel (each dx pixel sums the (oh, ow) that reach it: no
 // write conflicts) and a scatter into a per-thread [H, W] plane buffer in the row kernel; wgrad
 // accumulates per output channel (rows) or per (channel run, tap) (nhwc) over the whole batch, so
@@ -479,7 +483,8 @@ struct DwArgs {
   T* out;          // forward: out, dgrad: dx, wgrad: dw [O][KH*KW]
   Strides4 os;
   Act act;
-  const int64_t* wrange;  // rows kernels: [lo, hi) of ow for each tap column j, 2*KW entries
+  const int64_t* wrange;  // rows kernels: [lo, hi) of ow for each tap column j, 2*KW entries; plane
+                          // kernels: tap offsets in the scratch (KW forward, KH*KW wgrad)
 };
 
 inline bool depthwise(const ConvGeometry& s) { return s.groups > 1 && s.groups == s.C; }
@@ -884,7 +889,8 @@ inline std::vector<int64_t> dw_column_ranges(const ConvGeometry& s) {
   return r;
 }
 
-// Below this output width an NCHW (or other non-channels-last) depthwise convolution with m == 1 is
+// Below this output width an NCHW (or other non-channels-last) depthwise convolution with m == 1 that
+// the plane kernels do not take (dw_plane_fits; and the stride-2 dgrad) is
 // run by the channel-vector kernels on channels_last copies: the rows kernels' inner loops are then
 // too short to vectorise (MobileNetV2 at 64x64 input: 4x4 planes of 576 channels ran 15x slower in
 // rows than the channel-vector kernel on the same data). Cost of the copies: one read and one
@@ -934,16 +940,355 @@ struct DwNhwcCopy {
   }
 };
 
+// Plane kernels for NCHW-like layouts (channel stride != 1) with a short output row
+// (dw_plane_fits: 12..64 floats): EfficientNet / MobileNetV3 at 64x64 input have 32- and 16-wide
+// planes, where the rows kernels' inner loops are 16-32 elements and the channels_last copies (the
+// other option below 32) cost a read and a write of the input and of the output around the kernel.
+// One (n, o) input plane is first copied into a per-thread scratch (in L1: at most 33 x 2 x 24
+// floats at 32x32 input, stride 2) with its zero padding, each padded row split into stride_w
+// phases (phase p holds padded columns p, p + sw, p + 2 sw, ...): tap (i, j) of output columns
+// [c0, c0 + L) is then one unaligned vector load at row oh*sh + i*dh, phase (j*dw) % sw, column
+// c0 + (j*dw) / sw, for stride 1 and 2 alike. Output rows are computed four at a time (four
+// independent FMA chains sharing each weight broadcast); lanes past OW compute on padding and are not
+// stored. Scratch row r holds input row r - pad_h, padded column k*sw + p input column
+// k*sw + p - pad_w: any sign of padding (the stride-1 dgrad runs here as a forward over g with
+// flipped taps and padding (K-1)*d - p).
+struct DwPlane {
+  int64_t Hp, Wq, RS, chunks;  // scratch rows, columns per phase, row stride (sw * Wq), L-chunks of OW
+};
+
+template <typename T>
+inline DwPlane dw_plane(const ConvGeometry& s) {
+  DwPlane p;
+  p.chunks = (s.OW + kDwLanes<T> - 1) / kDwLanes<T>;
+  p.Wq = p.chunks * kDwLanes<T> + ((s.KW - 1) * s.dil_w) / s.stride_w;
+  p.RS = s.stride_w * p.Wq;
+  p.Hp = (s.OH - 1) * s.stride_h + (s.KH - 1) * s.dil_h + 1;
+  return p;
+}
+
+inline int64_t dw_plane_elems(const DwPlane& p) {
+  return p.Hp * p.RS;
+}
+
+// Whether the plane kernels take a call with output rows of ow (the callers check the layout):
+// 3/4 of a vector .. 2 * kDwRowsMinWidth (float: 12..64). Narrower rows leave most lanes of each
+// vector idle (8-wide planes, 5x5, measured 2x slower than the channels_last copies). At 32 they
+// beat the rows kernels 2-9x (1 thread, N = 16: C 16 / 32, 32x32, ms 0.16 / 0.30 vs 0.72 / 2.9);
+// beyond 64 the plane leaves L1 and the rows kernels' inner loops are long.
+template <typename T>
+inline bool dw_plane_fits(int64_t ow) {
+  return 4 * ow >= 3 * kDwLanes<T> && ow <= 2 * kDwRowsMinWidth;
+}
+
+// Scratch offset of tap column j within a padded row: phase (j*dw) % sw, column (j*dw) / sw. Once
+// per call (two integer divisions per tap and row were a visible share of the forward's samples);
+// the plane kernels read it through DwArgs::wrange.
+inline std::vector<int64_t> dw_plane_tap_offsets(const ConvGeometry& s, const DwPlane& p) {
+  std::vector<int64_t> off(static_cast<size_t>(s.KW));
+  for (int64_t j = 0; j < s.KW; ++j) off[j] = ((j * s.dil_w) % s.stride_w) * p.Wq + (j * s.dil_w) / s.stride_w;
+  return off;
+}
+
+// Copies plane xp (row stride hs, column stride ws) into the padded, phase-split scratch buf: one
+// memset of the whole scratch (Hp * RS elements, ~1-3 KB), then each input row's span per phase
+// (per-row zero loops of 1-2 elements cost more than the memset).
+template <typename T>
+PYIMGCLS_INLINE void dw_plane_fill(const ConvGeometry& s, const DwPlane& p, const T* xp, int64_t hs, int64_t ws,
+                                   T* buf) {
+  const int64_t sw = s.stride_w;
+  std::memset(buf, 0, sizeof(T) * static_cast<size_t>(p.Hp * p.RS));
+  int64_t rlo, rhi;  // scratch rows r holding input rows r - pad_h in [0, H)
+  valid_range(-s.pad_h, 1, s.H, p.Hp, rlo, rhi);
+  for (int64_t ph = 0; ph < sw; ++ph) {
+    // columns k of phase ph with 0 <= k*sw + ph - pad_w < W
+    int64_t lo, hi;
+    valid_range(ph - s.pad_w, sw, s.W, p.Wq, lo, hi);
+    const int64_t step = sw * ws, len = hi - lo;
+    for (int64_t r = rlo; r < rhi; ++r) {
+      T* q = buf + r * p.RS + ph * p.Wq + lo;
+      const T* src = xp + (r - s.pad_h) * hs + (lo * sw + ph - s.pad_w) * ws;
+      // unit and stride-2 steps as constants, so the copy vectorises (stride 2: a deinterleave)
+      if (step == 1)
+        for (int64_t k = 0; k < len; ++k) q[k] = src[k];
+      else if (step == 2)
+        for (int64_t k = 0; k < len; ++k) q[k] = src[2 * k];
+      else
+        for (int64_t k = 0; k < len; ++k) q[k] = src[k * step];
+    }
+  }
+}
+
+// Epilogue of one L-chunk of an output row: + residual, activation, store cnt lanes.
+template <typename V, typename T>
+PYIMGCLS_INLINE void dw_plane_store(V& acc, const DwArgs<T>& a, T* orow, const T* rrow, int64_t cnt) {
+  constexpr int64_t L = kDwLanes<T>;
+  T tmp[L];
+  if (rrow) {
+    __builtin_memcpy(tmp, &acc, sizeof(V));
+    for (int64_t q = 0; q < cnt; ++q) tmp[q] += rrow[q * a.rs.w];
+    __builtin_memcpy(&acc, tmp, sizeof(V));
+  }
+  apply_act_in_place(acc, a.act);
+  if (cnt == L && a.os.w == 1) {
+    __builtin_memcpy(orow, &acc, sizeof(V));
+    return;
+  }
+  __builtin_memcpy(tmp, &acc, sizeof(V));
+  for (int64_t q = 0; q < cnt; ++q) orow[q * a.os.w] = tmp[q];
+}
+
+// Forward, plane kernel. Unit u = one (n, o) plane; scratch: dw_plane(s).Hp * RS elements.
+// a.w is w [O][KH*KW], a.wrange the tap column offsets (dw_plane_tap_offsets).
+template <typename T>
+struct DwFwdPlane {
+  static PYIMGCLS_INLINE void run(int64_t u, const DwArgs<T>& a, T* buf) {
+    constexpr int64_t L = kDwLanes<T>;
+    using V = DwVec<T>;
+    const ConvGeometry& s = a.s;
+    const DwPlane p = dw_plane<T>(s);
+    const int64_t n = u / s.O, o = u % s.O, KK = s.KH * s.KW, sh = s.stride_h;
+    dw_plane_fill(s, p, a.x + n * a.xs.n + (o / a.m) * a.xs.c, a.xs.h, a.xs.w, buf);
+    const T* wk = a.w + o * KK;
+    const V bv = V{} + (a.bias ? a.bias[o] : T(0));
+    T* op = a.out + n * a.os.n + o * a.os.c;
+    const T* rp = a.res ? a.res + n * a.rs.n + o * a.rs.c : nullptr;
+    for (int64_t c0 = 0; c0 < s.OW; c0 += L) {
+      const int64_t cnt = std::min(L, s.OW - c0);
+      int64_t oh = 0;
+      for (; oh + 4 <= s.OH; oh += 4) {
+        V acc0 = bv, acc1 = bv, acc2 = bv, acc3 = bv;
+        const int64_t rstep = sh * p.RS;  // scratch step between the four output rows
+        for (int64_t i = 0; i < s.KH; ++i) {
+          const T* r0 = buf + (oh * sh + i * s.dil_h) * p.RS + c0;
+          for (int64_t j = 0; j < s.KW; ++j) {
+            const T* xj = r0 + a.wrange[j];
+            const V wv = V{} + wk[i * s.KW + j];
+            fma_run_w(acc0, wv, xj);
+            fma_run_w(acc1, wv, xj + rstep);
+            fma_run_w(acc2, wv, xj + 2 * rstep);
+            fma_run_w(acc3, wv, xj + 3 * rstep);
+          }
+        }
+        T* orow = op + oh * a.os.h + c0 * a.os.w;
+        const T* rrow = rp ? rp + oh * a.rs.h + c0 * a.rs.w : nullptr;
+        dw_plane_store(acc0, a, orow, rrow, cnt);
+        dw_plane_store(acc1, a, orow + a.os.h, rrow ? rrow + a.rs.h : nullptr, cnt);
+        dw_plane_store(acc2, a, orow + 2 * a.os.h, rrow ? rrow + 2 * a.rs.h : nullptr, cnt);
+        dw_plane_store(acc3, a, orow + 3 * a.os.h, rrow ? rrow + 3 * a.rs.h : nullptr, cnt);
+      }
+      for (; oh < s.OH; ++oh) {
+        V acc = bv;
+        for (int64_t i = 0; i < s.KH; ++i) {
+          const T* r0 = buf + (oh * sh + i * s.dil_h) * p.RS + c0;
+          for (int64_t j = 0; j < s.KW; ++j) fma_run_w(acc, V{} + wk[i * s.KW + j], r0 + a.wrange[j]);
+        }
+        dw_plane_store(acc, a, op + oh * a.os.h + c0 * a.os.w, rp ? rp + oh * a.rs.h + c0 * a.rs.w : nullptr, cnt);
+      }
+    }
+  }
+};
+
+// wgrad, plane kernel. Unit u = one output channel o, summed over the batch: per image the input
+// plane goes through the same scratch as the forward and the gradient plane into rows of whole
+// L-chunks (lanes past OW zero); then, four taps at a time, four register accumulators (one per
+// tap) take gradient chunk x the tap's scratch chunk over every output row and chunk (the gradient
+// plane is re-read from L1 per group of taps). The accumulators live in scratch between groups and
+// images; their lanes are added in lane order at the end: one thread, a fixed order, bit-identical
+// for any thread count. Lanes past OW read padding or input columns no output reaches; they are
+// selected to 0 (a multiply by the zero gradient would turn an inf there into NaN).
+// a.x is x, a.g is g, a.out is dw [O][KK], a.wrange the KK tap offsets in the scratch (row i*dh
+// and column, dw_bwd_weight).
+template <typename T>
+struct DwWgradPlane {
+  static PYIMGCLS_INLINE void run(int64_t o, const DwArgs<T>& a, T* buf) {
+    constexpr int64_t L = kDwLanes<T>;
+    using V = DwVec<T>;
+    using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+    using M = Vec<I, 64>;
+    const ConvGeometry& s = a.s;
+    const DwPlane p = dw_plane<T>(s);
+    const int64_t KK = s.KH * s.KW, c = o / a.m, GW = p.chunks * L, rstep = s.stride_h * p.RS;
+    const int64_t last = (p.chunks - 1) * L;  // the only chunk that can be partial
+    T* gbuf = buf + dw_plane_elems(p);
+    T* acc = gbuf + s.OH * GW;
+    for (int64_t e = 0; e < KK * L; ++e) acc[e] = T(0);
+    M lane = M{};
+    for (int64_t q = 0; q < L; ++q) lane[q] = static_cast<I>(q);
+    const M keep = lane < static_cast<I>(s.OW - last);
+    const bool masked = s.OW - last < L;
+    for (int64_t n = 0; n < s.N; ++n) {
+      dw_plane_fill(s, p, a.x + n * a.xs.n + c * a.xs.c, a.xs.h, a.xs.w, buf);
+      const T* gp = a.g + n * a.gs.n + o * a.gs.c;
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        T* gr = gbuf + oh * GW;
+        const T* grow = gp + oh * a.gs.h;
+        if (a.gs.w == 1)
+          for (int64_t k = 0; k < s.OW; ++k) gr[k] = grow[k];
+        else
+          for (int64_t k = 0; k < s.OW; ++k) gr[k] = grow[k * a.gs.w];
+        for (int64_t k = s.OW; k < GW; ++k) gr[k] = T(0);
+      }
+      int64_t t = 0;
+      for (; t + 4 <= KK; t += 4) {
+        const int64_t f0 = a.wrange[t], f1 = a.wrange[t + 1], f2 = a.wrange[t + 2], f3 = a.wrange[t + 3];
+        V a0, a1, a2, a3;
+        __builtin_memcpy(&a0, acc + t * L, sizeof(V));
+        __builtin_memcpy(&a1, acc + (t + 1) * L, sizeof(V));
+        __builtin_memcpy(&a2, acc + (t + 2) * L, sizeof(V));
+        __builtin_memcpy(&a3, acc + (t + 3) * L, sizeof(V));
+        for (int64_t oh = 0; oh < s.OH; ++oh) {
+          const T* xr = buf + oh * rstep;
+          const T* gr = gbuf + oh * GW;
+          for (int64_t c0 = 0; c0 < GW; c0 += L) {
+            V gv, x0, x1, x2, x3;
+            __builtin_memcpy(&gv, gr + c0, sizeof(V));
+            __builtin_memcpy(&x0, xr + c0 + f0, sizeof(V));
+            __builtin_memcpy(&x1, xr + c0 + f1, sizeof(V));
+            __builtin_memcpy(&x2, xr + c0 + f2, sizeof(V));
+            __builtin_memcpy(&x3, xr + c0 + f3, sizeof(V));
+            if (masked && c0 == last) {
+              x0 = keep ? x0 : V{};
+              x1 = keep ? x1 : V{};
+              x2 = keep ? x2 : V{};
+              x3 = keep ? x3 : V{};
+            }
+            a0 += gv * x0;
+            a1 += gv * x1;
+            a2 += gv * x2;
+            a3 += gv * x3;
+          }
+        }
+        __builtin_memcpy(acc + t * L, &a0, sizeof(V));
+        __builtin_memcpy(acc + (t + 1) * L, &a1, sizeof(V));
+        __builtin_memcpy(acc + (t + 2) * L, &a2, sizeof(V));
+        __builtin_memcpy(acc + (t + 3) * L, &a3, sizeof(V));
+      }
+      for (; t < KK; ++t) {
+        const int64_t f0 = a.wrange[t];
+        V a0;
+        __builtin_memcpy(&a0, acc + t * L, sizeof(V));
+        for (int64_t oh = 0; oh < s.OH; ++oh) {
+          const T* xr = buf + oh * rstep;
+          const T* gr = gbuf + oh * GW;
+          for (int64_t c0 = 0; c0 < GW; c0 += L) {
+            V gv, x0;
+            __builtin_memcpy(&gv, gr + c0, sizeof(V));
+            __builtin_memcpy(&x0, xr + c0 + f0, sizeof(V));
+            if (masked && c0 == last) x0 = keep ? x0 : V{};
+            a0 += gv * x0;
+          }
+        }
+        __builtin_memcpy(acc + t * L, &a0, sizeof(V));
+      }
+    }
+    for (int64_t t = 0; t < KK; ++t) {
+      T sum = T(0);
+      for (int64_t q = 0; q < L; ++q) sum += acc[t * L + q];
+      a.out[o * KK + t] = sum;
+    }
+  }
+};
+
+// dgrad at stride > 1, plane kernel (m == 1). Unit u = one (n, c) plane of dx. The gradient plane
+// g[n, c] is copied into a scratch with Pl zero columns on the left and zeros past OW, so every tap
+// reads in bounds without checks. The dx row ih gathers the rows oh = (ih + ph - i*dh) / sh that
+// divide exactly and lie in [0, OH); its columns split into sw phases by (iw + pw) % sw: in phase r,
+// the taps j with (j*dw) % sw == r reach g column k + (r - j*dw) / sw for the phase's k-th column
+// (iw = k*sw + r - pw), so each phase is L-wide vectors over k with one unaligned load per tap (no
+// divisibility checks in the inner loop), written to a row buffer and interleaved into dx. Every dx
+// element is summed once, by one thread, in tap order.
+// a.x is g (strides a.xs), a.w is w [C][KH*KW], a.out is dx (strides a.os), a.wrange per tap column
+// j its phase (j*dw) % sw and shift (j*dw) / sw (no divisions per row).
+struct DwDgradPlaneShape {
+  int64_t Pl, chunks, GWp;  // left zero columns, L-chunks per phase, scratch row length
+};
+
+template <typename T>
+inline DwDgradPlaneShape dw_dgrad_plane_shape(const ConvGeometry& s) {
+  DwDgradPlaneShape p;
+  p.Pl = ((s.KW - 1) * s.dil_w + s.stride_w - 1) / s.stride_w;
+  const int64_t kc = (s.W + s.pad_w + s.stride_w - 1) / s.stride_w;  // phase columns reaching dx
+  p.chunks = (kc + kDwLanes<T> - 1) / kDwLanes<T>;
+  p.GWp = p.Pl + std::max(p.chunks * kDwLanes<T>, s.OW);
+  return p;
+}
+
+template <typename T>
+inline size_t dw_dgrad_plane_scratch(const ConvGeometry& s) {
+  const DwDgradPlaneShape p = dw_dgrad_plane_shape<T>(s);
+  return static_cast<size_t>(s.OH * p.GWp + s.stride_w * p.chunks * kDwLanes<T>);
+}
+
+template <typename T>
+struct DwDgradPlaneStrided {
+  static PYIMGCLS_INLINE void run(int64_t u, const DwArgs<T>& a, T* buf) {
+    constexpr int64_t L = kDwLanes<T>;
+    using V = DwVec<T>;
+    const ConvGeometry& s = a.s;
+    const DwDgradPlaneShape p = dw_dgrad_plane_shape<T>(s);
+    const int64_t n = u / s.C, c = u % s.C, KK = s.KH * s.KW, sw = s.stride_w, RW = p.chunks * L;
+    T* gb = buf;
+    T* rowbuf = buf + s.OH * p.GWp;  // [sw][RW]: one dx row, by phase
+    std::memset(gb, 0, sizeof(T) * static_cast<size_t>(s.OH * p.GWp));
+    const T* gp = a.x + n * a.xs.n + c * a.xs.c;
+    for (int64_t oh = 0; oh < s.OH; ++oh) {
+      T* q = gb + oh * p.GWp + p.Pl;
+      const T* grow = gp + oh * a.xs.h;
+      if (a.xs.w == 1)
+        for (int64_t k = 0; k < s.OW; ++k) q[k] = grow[k];
+      else
+        for (int64_t k = 0; k < s.OW; ++k) q[k] = grow[k * a.xs.w];
+    }
+    const T* wk = a.w + c * KK;
+    T* dp = a.out + n * a.os.n + c * a.os.c;
+    for (int64_t ih = 0; ih < s.H; ++ih) {
+      for (int64_t r = 0; r < sw; ++r) {
+        for (int64_t c0 = 0; c0 < RW; c0 += L) {
+          V acc = V{};
+          for (int64_t i = 0; i < s.KH; ++i) {
+            const int64_t th = ih + s.pad_h - i * s.dil_h;
+            if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
+            const T* g0 = gb + (th / s.stride_h) * p.GWp + p.Pl + c0;
+            for (int64_t j = 0; j < s.KW; ++j)
+              if (a.wrange[2 * j] == r) fma_run_w(acc, V{} + wk[i * s.KW + j], g0 - a.wrange[2 * j + 1]);
+          }
+          __builtin_memcpy(rowbuf + r * RW + c0, &acc, sizeof(V));
+        }
+      }
+      T* drow = dp + ih * a.os.h;
+      for (int64_t r = 0; r < sw; ++r) {  // dx columns iw = k*sw + r - pw of phase r
+        int64_t lo, hi;
+        valid_range(r - s.pad_w, sw, s.W, RW, lo, hi);
+        const T* rb = rowbuf + r * RW;
+        T* d0 = drow + (r - s.pad_w) * a.os.w;
+        const int64_t dstep = sw * a.os.w;
+        for (int64_t k = lo; k < hi; ++k) d0[k * dstep] = rb[k];
+      }
+    }
+  }
+};
+
+// Per-thread scratch of the plane kernels in elements: the plane, plus (wgrad) the gradient plane in
+// whole chunks and KK runs of L accumulator lanes.
+template <typename T>
+inline size_t dw_plane_scratch(const ConvGeometry& s, bool wgrad) {
+  const DwPlane p = dw_plane<T>(s);
+  const int64_t extra = wgrad ? s.OH * p.chunks * kDwLanes<T> + s.KH * s.KW * kDwLanes<T> : 0;
+  return static_cast<size_t>(dw_plane_elems(p) + extra);
+}
+
 template <typename T>
 void dw_fwd(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, const T* bias, const T* res, Strides4 rs,
             T* out, Strides4 os, Act act) {
   const int64_t m = s.O / s.C, macs = s.N * s.O * s.OH * s.OW * s.KH * s.KW;
   const std::vector<int64_t> wrange = dw_column_ranges(s);
   DwArgs<T> a{s, m, x, xs, w, bias, res, rs, nullptr, {}, out, os, act, wrange.data()};
-  if (m == 1 && ((xs.c == 1 && os.c == 1) || s.OW < kDwRowsMinWidth)) {
+  const bool nhwc = xs.c == 1 && os.c == 1;
+  if (m == 1 && (nhwc || (s.OW < kDwRowsMinWidth && !dw_plane_fits<T>(s.OW)))) {
     const std::vector<T> wt = dw_weight_by_tap(s, w);
     a.w = wt.data();
-    if (xs.c == 1 && os.c == 1) return dw_run<DwFwdNhwc<T>>(s.N * s.OH, macs, a, 0);
+    if (nhwc) return dw_run<DwFwdNhwc<T>>(s.N * s.OH, macs, a, 0);
     DwNhwcCopy<T> xt(s.N, s.C, s.H, s.W, x, xs), yt(s.N, s.O, s.OH, s.OW, nullptr, {});
     a.x = xt.buf.get();
     a.xs = xt.st;
@@ -953,6 +1298,11 @@ void dw_fwd(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, const T*
     dw_relayout(false, s.N, s.O, s.OH, s.OW, yt.buf.get(), yt.st, out, os);
     return;
   }
+  if (!nhwc && dw_plane_fits<T>(s.OW)) {
+    const std::vector<int64_t> joff = dw_plane_tap_offsets(s, dw_plane<T>(s));
+    a.wrange = joff.data();
+    return dw_run<DwFwdPlane<T>>(s.N * s.O, macs, a, dw_plane_scratch<T>(s, false));
+  }
   dw_run<DwFwdRows<T>>(s.N * s.O, macs, a, static_cast<size_t>(s.OW));
 }
 
@@ -961,6 +1311,33 @@ void dw_bwd_data(const ConvGeometry& s, const T* g, Strides4 gs, const T* w, T* 
   const int64_t m = s.O / s.C, macs = s.N * s.O * s.OH * s.OW * s.KH * s.KW;
   const std::vector<int64_t> wrange = dw_column_ranges(s);
   DwArgs<T> a{s, m, g, gs, w, nullptr, nullptr, {}, nullptr, {}, dx, xs, Act::None, wrange.data()};
+  if (m == 1 && !(gs.c == 1 && xs.c == 1) && s.stride_h == 1 && s.stride_w == 1 && dw_plane_fits<T>(s.W)) {
+    // Stride 1: dx is the forward over g with the taps flipped and padding (K-1)*d - p (the plane
+    // kernel, which takes any sign of padding).
+    ConvGeometry f = s;
+    f.H = s.OH;
+    f.W = s.OW;
+    f.OH = s.H;
+    f.OW = s.W;
+    f.pad_h = (s.KH - 1) * s.dil_h - s.pad_h;
+    f.pad_w = (s.KW - 1) * s.dil_w - s.pad_w;
+    const int64_t KK = s.KH * s.KW;
+    std::vector<T> wf(static_cast<size_t>(KK * s.O));
+    for (int64_t o = 0; o < s.O; ++o)
+      for (int64_t t = 0; t < KK; ++t) wf[static_cast<size_t>(o * KK + t)] = w[o * KK + KK - 1 - t];
+    const std::vector<int64_t> joff = dw_plane_tap_offsets(f, dw_plane<T>(f));
+    const DwArgs<T> fa{f, 1, g, gs, wf.data(), nullptr, nullptr, {}, nullptr, {}, dx, xs, Act::None, joff.data()};
+    return dw_run<DwFwdPlane<T>>(s.N * s.C, macs, fa, dw_plane_scratch<T>(f, false));
+  }
+  if (m == 1 && !(gs.c == 1 && xs.c == 1) && s.stride_w > 1 && dw_plane_fits<T>(s.W)) {
+    std::vector<int64_t> jps(static_cast<size_t>(2 * s.KW));
+    for (int64_t j = 0; j < s.KW; ++j) {
+      jps[2 * j] = (j * s.dil_w) % s.stride_w;
+      jps[2 * j + 1] = (j * s.dil_w) / s.stride_w;
+    }
+    a.wrange = jps.data();
+    return dw_run<DwDgradPlaneStrided<T>>(s.N * s.C, macs, a, dw_dgrad_plane_scratch<T>(s));
+  }
   if (m == 1 && ((gs.c == 1 && xs.c == 1) || s.OW < kDwRowsMinWidth)) {
     const std::vector<T> wt = dw_weight_by_tap(s, w);
     a.w = wt.data();
@@ -982,6 +1359,14 @@ void dw_bwd_weight(const ConvGeometry& s, const T* g, Strides4 gs, const T* x, S
   const int64_t m = s.O / s.C, macs = s.N * s.O * s.OH * s.OW * s.KH * s.KW;
   const std::vector<int64_t> wrange = dw_column_ranges(s);
   DwArgs<T> a{s, m, x, xs, nullptr, nullptr, nullptr, {}, g, gs, dw, {}, Act::None, wrange.data()};
+  if (!(gs.c == 1 && xs.c == 1) && dw_plane_fits<T>(s.OW)) {
+    const DwPlane p = dw_plane<T>(s);
+    const std::vector<int64_t> joff = dw_plane_tap_offsets(s, p);
+    std::vector<int64_t> toff(static_cast<size_t>(s.KH * s.KW));
+    for (int64_t t = 0; t < s.KH * s.KW; ++t) toff[t] = (t / s.KW) * s.dil_h * p.RS + joff[t % s.KW];
+    a.wrange = toff.data();
+    return dw_run<DwWgradPlane<T>>(s.O, macs, a, dw_plane_scratch<T>(s, true));
+  }
   if (m == 1 && ((gs.c == 1 && xs.c == 1) || s.OW < kDwRowsMinWidth)) {
     const int64_t runs = (s.C + kDwLanes<T> - 1) / kDwLanes<T>;
     if (gs.c == 1 && xs.c == 1) return dw_run<DwWgradNhwc<T>>(runs * s.KH * s.KW, macs, a, 0);
