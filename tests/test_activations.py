@@ -487,3 +487,35 @@ def test_fuse_folds_functional_activations():
     assert [m.activation for m in fused.modules() if isinstance(m, nn.Conv2d)] == ["silu", "sigmoid", "hardswish"]
     with torch.no_grad(), backend_ctx("cpu"):
         torch.testing.assert_close(fused(x), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", ["silu", "hardswish", "sigmoid", "hardsigmoid"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_smooth_activation_loops_on_every_isa(monkeypatch, act, dtype):
+    """Standalone activations and batch norm with a smooth activation run their element loops in the
+    AVX-512 / AVX2 builds (the baseline build could not vectorise them): every build's forward and
+    backward against float64 (PyTorch's formulas). Odd channel count, partial vectors, NCHW and NHWC."""
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(3, 19, 7, 9, generator=g, dtype=torch.float64) * 4).to(dtype)
+    rm = torch.randn(19, generator=g, dtype=torch.float64).to(dtype)
+    rv = (torch.rand(19, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    w = (torch.rand(19, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+    b = torch.randn(19, generator=g, dtype=torch.float64).to(dtype)
+    go = torch.randn(3, 19, 7, 9, generator=g, dtype=torch.float64)
+    ref = {"silu": F.silu, "hardswish": F.hardswish, "sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid}[act]
+    x64 = x.double().requires_grad_()
+    y64 = ref(x64)
+    z64 = ref(F.batch_norm(x64, rm.double(), rv.double(), w.double(), b.double(), training=False))
+    (y64 * go + z64 * go).sum().backward()
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == torch.float32 else dict(rtol=1e-7, atol=1e-7)
+    with pyimgcls.use_backend("cpu"):
+        for isa in ("generic", "avx2", "avx512"):
+            monkeypatch.setenv("PYIMGCLS_CPU_ISA", isa)
+            for layout in (torch.contiguous_format, torch.channels_last):
+                xi = x.detach().clone(memory_format=layout).requires_grad_()
+                y = ops.activation(xi, act)
+                z = ops.batch_norm(xi, rm, rv, w, b, training=False, activation=act)
+                (y * go.to(dtype) + z * go.to(dtype)).sum().backward()
+                torch.testing.assert_close(y.detach().double(), y64.detach(), **tol, msg=f"{isa} activation")
+                torch.testing.assert_close(z.detach().double(), z64.detach(), **tol, msg=f"{isa} batch_norm")
+                torch.testing.assert_close(xi.grad.double(), x64.grad, **tol, msg=f"{isa} grad")

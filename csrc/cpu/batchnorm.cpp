@@ -93,7 +93,7 @@ PYIMGCLS_INLINE X put(T v) {
 template <typename F>
 void dispatch_storage(DType dt, F&& f) {
   if (dt == DType::BFloat16) return f(float{}, uint16_t{}, active_isa());
-  dispatch_float(dt, "CPU batch_norm", [&](auto t) { f(t, t, Isa::Generic); });
+  dispatch_float(dt, "CPU batch_norm", [&](auto t) { f(t, t, active_isa()); });
 }
 
 // The OpenMP loops: `for i in [0, n): body(i)` (parallel when `par`) compiled for isa. The loop is
@@ -136,6 +136,13 @@ void par_for(Isa isa, int64_t n, bool par, const F& body) {
 
 // The activation (apply_act / act_grad, common.h) is a template argument so that the loops below
 // compile to branch-free blends (dispatch_act, common.h, picks it).
+// Element loops of float32 / float64 with a smooth activation (silu, hardswish, sigmoid,
+// hardsigmoid) also take the wide builds: the baseline SSE2 build cannot vectorise act_exp's
+// rounding, so EfficientNet's eval batch norm + SiLU ran 9-10x PyTorch's time. The builds' results
+// differ in the last bits (act_exp uses FMA where the build has it), as the standalone activation's
+// always did; tests/test_activations.py checks each build against float64.
+template <typename X, Act act>
+constexpr bool kWideLoops = std::is_same_v<X, uint16_t> || !(act == Act::None || act == Act::ReLU || act == Act::ReLU6);
 
 // Fixed chunking of `rows` rows (depends on the shape only, so results never depend on threads).
 inline int64_t num_chunks(int64_t rows) {
@@ -312,7 +319,7 @@ void fwd_impl(const X* x, const T* mean, const T* var, const T* w, const T* b, c
     }
   }
   if (!cl) {
-    par_for<std::is_same_v<X, uint16_t>>(isa, N * C, parallel(Q), [&](int64_t nc) PYIMGCLS_LAMBDA_INLINE {
+    par_for<kWideLoops<X, act>>(isa, N * C, parallel(Q), [&](int64_t nc) PYIMGCLS_LAMBDA_INLINE {
       const int64_t c = nc % C;
       const T m = mean[c], sc = scale[c], sh = shift[c];
       const X* xp = x + nc * S;
@@ -332,7 +339,7 @@ void fwd_impl(const X* x, const T* mean, const T* var, const T* w, const T* b, c
   const T* m = mean;
   const T* sc = scale.data();
   const T* sh = shift.data();
-  par_for<std::is_same_v<X, uint16_t>>(isa, rows, parallel(Q), [&](int64_t row) PYIMGCLS_LAMBDA_INLINE {
+  par_for<kWideLoops<X, act>>(isa, rows, parallel(Q), [&](int64_t row) PYIMGCLS_LAMBDA_INLINE {
     const X* xp = x + row * C;
     X* yp = y + row * C;
     const X* rp = r ? r + row * C : nullptr;
@@ -369,7 +376,7 @@ void bwd_impl(const X* g, const X* out, const X* x, const T* w, const T* mean, c
   std::vector<double> sum_dy(C, 0.0), sum_dyx(C, 0.0);
   if (need_sums || gp_out) {
     if (!cl) {
-      par_for<std::is_same_v<X, uint16_t>>(isa, C, parallel(Q), [&](int64_t c) PYIMGCLS_LAMBDA_INLINE {
+      par_for<kWideLoops<X, act>>(isa, C, parallel(Q), [&](int64_t c) PYIMGCLS_LAMBDA_INLINE {
         const T mu = mean[c];
         double a = 0.0, bsum = 0.0;
         for (int64_t n = 0; n < N; ++n) {
@@ -420,7 +427,7 @@ void bwd_impl(const X* g, const X* out, const X* x, const T* w, const T* mean, c
       const int64_t chunks = num_chunks(M);
       const int64_t rows_per = (M + chunks - 1) / chunks;
       std::vector<double> part(static_cast<size_t>(chunks) * 2 * C);
-      par_for<std::is_same_v<X, uint16_t>>(isa, chunks, parallel(Q), [&](int64_t k) PYIMGCLS_LAMBDA_INLINE {
+      par_for<kWideLoops<X, act>>(isa, chunks, parallel(Q), [&](int64_t k) PYIMGCLS_LAMBDA_INLINE {
         double* pd = part.data() + k * 2 * C;
         std::fill(pd, pd + 2 * C, 0.0);
         std::vector<T> acc(2 * C, T(0)), tmp(masked ? C : 0);
@@ -527,7 +534,7 @@ void bwd_impl(const X* g, const X* out, const X* x, const T* w, const T* mean, c
     }
   }
   if (!cl) {
-    par_for<std::is_same_v<X, uint16_t>>(isa, N * C, parallel(Q), [&](int64_t nc) PYIMGCLS_LAMBDA_INLINE {
+    par_for<kWideLoops<X, act>>(isa, N * C, parallel(Q), [&](int64_t nc) PYIMGCLS_LAMBDA_INLINE {
       const int64_t c = nc % C;
       const T m = mean[c], sc = scale[c], a = ca[c], k = ck[c];
       const X* gr = g + nc * S;
@@ -550,7 +557,7 @@ void bwd_impl(const X* g, const X* out, const X* x, const T* w, const T* mean, c
   const T* sc = scale.data();
   const T* a = ca.data();
   const T* k = ck.data();
-  par_for<std::is_same_v<X, uint16_t>>(isa, M, parallel(Q), [&](int64_t r) PYIMGCLS_LAMBDA_INLINE {
+  par_for<kWideLoops<X, act>>(isa, M, parallel(Q), [&](int64_t r) PYIMGCLS_LAMBDA_INLINE {
     const X* gr = g + r * C;
     const X* xp = x + r * C;
     const X* op = masked ? out + r * C : nullptr;
