@@ -5,6 +5,24 @@
 
 namespace pyimgcls::bind {
 
+
+// The requantisation epilogue of quant_gemm_cpu and quant_conv_gemm_cpu from their integer arguments.
+static cpu::QuantEpilogue epilogue(uintptr_t bias, uintptr_t mult, uintptr_t res, int64_t ldr, int res_zero, float res_mult,
+                                   int out_zero, int qmin, int qmax, bool float_out, int act) {
+  cpu::QuantEpilogue ep;
+  ep.bias = reinterpret_cast<const int32_t*>(bias);
+  ep.mult = reinterpret_cast<const float*>(mult);
+  ep.res = reinterpret_cast<const uint8_t*>(res);
+  ep.ldr = ldr;
+  ep.res_zero = res_zero;
+  ep.res_mult = res_mult;
+  ep.out_zero = out_zero;
+  ep.qmin = qmin;
+  ep.qmax = qmax;
+  ep.float_out = float_out;
+  ep.act = to_act(act);
+  return ep;
+}
 void bind_quant(py::module_& m) {
   m.def("quant_isa", &cpu::quant_isa, "path of the CPU integer GEMM here: vnni, avx2 or generic");
   m.def("quant_packed_bytes", &cpu::quant_packed_bytes, "bytes of the packed int8 weight of an [N, K] matrix");
@@ -24,18 +42,8 @@ void bind_quant(py::module_& m) {
          int qmin, int qmax, bool float_out, int act, uintptr_t out, int64_t ldo) {
         if (K <= 0) throw std::invalid_argument("quant_gemm: K must be positive");
         if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_gemm: a_zero must be in [0, 255]");
-        cpu::QuantEpilogue ep;
-        ep.bias = reinterpret_cast<const int32_t*>(bias);
-        ep.mult = reinterpret_cast<const float*>(mult);
-        ep.res = reinterpret_cast<const uint8_t*>(res);
-        ep.ldr = ldr;
-        ep.res_zero = res_zero;
-        ep.res_mult = res_mult;
-        ep.out_zero = out_zero;
-        ep.qmin = qmin;
-        ep.qmax = qmax;
-        ep.float_out = float_out;
-        ep.act = to_act(act);
+        const cpu::QuantEpilogue ep =
+            epilogue(bias, mult, res, ldr, res_zero, res_mult, out_zero, qmin, qmax, float_out, act);
         py::gil_scoped_release nogil;
         cpu::quant_gemm(reinterpret_cast<const uint8_t*>(a), M, K, lda, a_zero, reinterpret_cast<const int8_t*>(packed),
                         reinterpret_cast<const int32_t*>(colsum), N, ep, mptr(out), ldo);
@@ -50,18 +58,8 @@ void bind_quant(py::module_& m) {
          int act, uintptr_t out, int64_t ldo) {
         if (C <= 0 || KH <= 0 || KW <= 0) throw std::invalid_argument("quant_conv_gemm: C, KH and KW must be positive");
         if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_conv_gemm: a_zero must be in [0, 255]");
-        cpu::QuantEpilogue ep;
-        ep.bias = reinterpret_cast<const int32_t*>(bias);
-        ep.mult = reinterpret_cast<const float*>(mult);
-        ep.res = reinterpret_cast<const uint8_t*>(res);
-        ep.ldr = ldr;
-        ep.res_zero = res_zero;
-        ep.res_mult = res_mult;
-        ep.out_zero = out_zero;
-        ep.qmin = qmin;
-        ep.qmax = qmax;
-        ep.float_out = float_out;
-        ep.act = to_act(act);
+        const cpu::QuantEpilogue ep =
+            epilogue(bias, mult, res, ldr, res_zero, res_mult, out_zero, qmin, qmax, float_out, act);
         py::gil_scoped_release nogil;
         cpu::quant_conv_gemm(reinterpret_cast<const uint8_t*>(x), N, H, W, sN, sC, sH, sW, C, KH, KW, SH, SW, PH, PW,
                              DH, DW, OH, OW, a_zero, reinterpret_cast<const int8_t*>(packed),
