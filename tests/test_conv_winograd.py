@@ -152,3 +152,143 @@ def test_autograd_through_ops(force):
     assert_close_to_reference(gx, rx, scale=17 * 9)
     assert_close_to_reference(gw, rw, scale=2 * 7 * 8)
     assert_close_to_reference(gb, rb, scale=2 * 7 * 8)
+
+
+# ----------------------------------------------------------------------------- filter-transform cache
+# pyimgcls/backends/cpu/conv.py keeps the Winograd filter transform U of a float32 weight that is used twice
+# unchanged (inference); csrc/cpu/conv.cpp conv2d_fwd_cached rebuilds it whenever the weight's bytes
+# change. Unforced, the cached path takes 3x3 stride-1 convs with C >= 32, O >= 48 and >= 32 tiles.
+from pyimgcls.backends.cpu import conv as cpu_conv  # noqa: E402
+from pyimgcls import _native  # noqa: E402
+
+
+def _fwd(x, w, b=None, r=None, act=0):
+    return K.conv2d(x, w, b, r, (1, 1), (1, 1, 1, 1), (1, 1), 1, act)
+
+
+def _entry(w):
+    return cpu_conv._WINOGRAD_CACHE.get(w)
+
+
+CACHED_CASES = [  # (name, N, C, H, W, O): all unforced cached-path shapes
+    ("threshold_32_tiles", 2, 32, 8, 8, 48),        # 2 x 4 x 4 = 32 tiles, exactly the threshold
+    ("odd_batch1_64_tiles", 1, 33, 16, 15, 50),     # partial channel vectors, cut last tile column
+    ("resnet_4x4_256", 16, 256, 4, 4, 256),         # ResNet-18 layer3 at 64x64 inputs, batch 16
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", CACHED_CASES, ids=[c[0] for c in CACHED_CASES])
+def test_cached_forward_matches_float64(case, layout):
+    _, N, C, H, W, O = case
+    gen = torch.Generator().manual_seed(5)
+    x = _input((N, C, H, W), layout, gen)
+    w = torch.randn(O, C, 3, 3, generator=gen)
+    b = torch.randn(O, generator=gen)
+    res = _input((N, O, H, W), layout, gen)
+    ref = _ref(x, w, b, res, 1, 1)
+    outs = [_fwd(x, w, b, res, 1) for _ in range(3)]  # marker, build U, use U
+    assert _entry(w) is not None and _entry(w)[2] is not None
+    for y in outs:
+        assert_close_to_reference(y, ref, scale=C * 9)
+    assert torch.equal(outs[1], outs[2])  # U built on call 2 and reused on call 3: same numbers
+
+
+def test_below_threshold_is_not_cached():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 32, 8, 14, generator=gen)  # 4 x 7 = 28 tiles
+    w = torch.randn(48, 32, 3, 3, generator=gen)
+    for _ in range(3):
+        _fwd(x, w)
+    assert _entry(w) is None
+    assert _native.C.conv2d_winograd_cache_floats_cpu(_native.dtype_code(torch.float32),
+                                                      [1, 32, 8, 14, 48, 3, 3, 8, 14, 1, 1, 1, 1, 1, 1, 1]) == 0
+    assert _native.C.conv2d_winograd_cache_floats_cpu(_native.dtype_code(torch.float32),
+                                                      [1, 32, 8, 16, 48, 3, 3, 8, 16, 1, 1, 1, 1, 1, 1, 1]) == 16 * 32 * 48
+
+
+def test_cache_sees_every_weight_change():
+    """In-place edits (version bump), edits through ``.data`` (no version bump), one element changed, the
+    storage swapped: every output after the change matches float64 with the new weight."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 32, 8, 8, generator=gen)
+    w = torch.randn(64, 32, 3, 3, generator=gen)
+    for _ in range(3):
+        _fwd(x, w)
+    assert _entry(w)[2] is not None
+    edits = [
+        lambda: w.add_(0.5),
+        lambda: w.data.mul_(-2.0),
+        lambda: w.data.view(-1)[-1].fill_(100.0),          # the very last byte range of the weight
+        lambda: w.data.view(-1)[0].fill_(-100.0),
+        lambda: setattr(w, "data", torch.randn(64, 32, 3, 3, generator=gen)),
+    ]
+    for edit in edits:
+        edit()
+        for _ in range(2):
+            assert_close_to_reference(_fwd(x, w), _ref(x, w, None, None, 1, 0), scale=32 * 9)
+
+
+def test_cache_policy_training_never_allocates_and_drops():
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 32, 8, 8, generator=gen)
+    w = torch.randn(64, 32, 3, 3, generator=gen)
+    for _ in range(4):  # a training loop: the weight changes between calls
+        _fwd(x, w)
+        w.sub_(0.01)
+    assert _entry(w)[2] is None
+    _fwd(x, w)
+    _fwd(x, w)  # second unchanged use: U built
+    assert _entry(w)[2] is not None
+    w.data.add_(1.0)
+    _fwd(x, w)  # one rebuild keeps U
+    assert _entry(w)[2] is not None
+    w.data.add_(1.0)
+    y = _fwd(x, w)  # two rebuilds in a row: U freed
+    assert _entry(w)[2] is None
+    assert_close_to_reference(y, _ref(x, w, None, None, 1, 0), scale=32 * 9)
+
+
+def test_cached_threads_bit_identical():
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 40, 10, 11, generator=gen)
+    w = torch.randn(56, 40, 3, 3, generator=gen)
+    _fwd(x, w)  # the first call only marks the weight (90 tiles: the GEMM path)
+    outs = []
+    for n in (1, 2, 1):
+        with omp_threads(n):
+            outs.append(_fwd(x, w))
+    assert _entry(w)[2] is not None
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
+
+
+def test_cached_native_rejects_bad_calls():
+    geom_small = [1, 32, 4, 4, 48, 3, 3, 4, 4, 1, 1, 1, 1, 1, 1, 1]  # 4 tiles: not the cached path
+    x = torch.randn(1, 32, 4, 4)
+    w = torch.randn(48, 32, 3, 3)
+    out = torch.empty(1, 48, 4, 4)
+    u = torch.empty(16 * 32 * 48)
+    with pytest.raises(ValueError, match="cached Winograd"):
+        _native.C.conv2d_fwd_cached_cpu(geom_small, x.data_ptr(), list(x.stride()), w.data_ptr(), 0, 0, [0] * 4,
+                                        out.data_ptr(), list(out.stride()), 0, u.data_ptr(), 0, False)
+    with pytest.raises(ValueError, match="non-null"):
+        _native.C.conv2d_fwd_cached_cpu(geom_small, x.data_ptr(), list(x.stride()), w.data_ptr(), 0, 0, [0] * 4,
+                                        out.data_ptr(), list(out.stride()), 0, 0, 0, False)
+
+
+def test_eval_model_uses_the_cache_and_matches_torch_backend():
+    """A ResNet-18 in eval mode under no_grad: after two forwards its 3x3 s1 convs with >= 32 tiles hold a
+    cache, and the third forward equals the second's (same U) and matches the torch backend."""
+    from pyimgcls import models
+    torch.manual_seed(10)
+    m = models.get_model("resnet18", num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        with pyimgcls.use_backend("cpu"):
+            ys = [m(x) for _ in range(3)]
+        with pyimgcls.use_backend("torch"):
+            ref = m(x)
+    cached = [p for p in m.parameters() if _entry(p) is not None and _entry(p)[2] is not None]
+    assert len(cached) >= 2  # layer1 (16x16 maps: 2 x 64 tiles) convs, 64 -> 64
+    assert torch.equal(ys[1], ys[2])
+    torch.testing.assert_close(ys[2], ref, rtol=1e-4, atol=1e-4)

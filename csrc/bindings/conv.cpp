@@ -48,6 +48,26 @@ void bind_conv(py::module_& m) {
       },
       "out = act(conv2d(x, w) + bias + residual) on CPU");
   m.def(
+      "conv2d_winograd_cache_floats_cpu",
+      [](int dt, const V& geom) { return cpu::conv2d_winograd_cache_floats(to_dtype(dt), to_geometry(geom)); },
+      "Floats of the filter-transform cache conv2d_fwd_cached_cpu needs for this float32 conv (0: not that path)");
+  m.def(
+      "conv2d_fwd_cached_cpu",
+      [](const V& geom, uintptr_t x, const V& xs, uintptr_t w, uintptr_t bias, uintptr_t res, const V& rs,
+         uintptr_t out, const V& os, int act, uintptr_t u, uint64_t u_fingerprint, bool u_valid) {
+        if (!x || !w || !out || !u) throw std::invalid_argument("conv2d_fwd_cached_cpu: x, w, out and u must be non-null");
+        Act ac = to_act(act);
+        auto s = to_geometry(geom);
+        auto xs4 = to_strides(xs), rs4 = to_strides(rs), os4 = to_strides(os);
+        py::gil_scoped_release nogil;
+        return cpu::conv2d_fwd_cached(s, static_cast<const float*>(cptr(x)), xs4, static_cast<const float*>(cptr(w)),
+                                      static_cast<const float*>(cptr(bias)), static_cast<const float*>(cptr(res)),
+                                      rs4, static_cast<float*>(mptr(out)), os4, ac, static_cast<float*>(mptr(u)),
+                                      u_fingerprint, u_valid);
+      },
+      "float32 out = act(conv2d(x, w) + bias + residual) by Winograd with a filter-transform cache u "
+      "(rebuilt when !u_valid or w's fingerprint differs); returns w's fingerprint");
+  m.def(
       "conv2d_bwd_data_cpu",
       [](int dt, const V& geom, uintptr_t g, const V& gs, uintptr_t w, uintptr_t dx, const V& xs) {
         DType d = to_dtype(dt);

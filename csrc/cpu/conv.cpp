@@ -1558,6 +1558,9 @@ void conv2d_fwd_small_batched(const Plan& pl, const T* x, Strides4 xs, const T* 
 // from one single-threaded GEMM (the 16 GEMMs spread over the threads), each output from one thread.
 constexpr int64_t kWinoChunkBytes = int64_t(4) << 20;
 constexpr int64_t kWinoMinTiles = 128;  // below, the filter transform (16*Ci*Co) is not amortised
+// With the filter transform cached by the caller (conv2d_fwd_cached) only the GEMMs' row count limits
+// it: below this many tiles the 16 GEMMs stream U (16/9 x the weights) for too few rows.
+constexpr int64_t kWinoMinTilesCached = 32;
 
 // Filter transform, U[xi][b][a] = (G f G^T)[xi] for the 3x3 filter f of output channel a and input
 // channel b: f(r, s) = w[a][b][r][s] (forward) or w[b][a][2-r][2-s] (dgrad, flip_t); U is
@@ -1693,7 +1696,7 @@ struct WinoOutBody {
 // kWinoMinTiles tiles over the batch, not small (kSmallConvMacs: the whole-batch GEMM paths are tuned
 // for those). PYIMGCLS_CPU_WINOGRAD=0 turns it off, =1 drops the size conditions (benchmarks and tests
 // compare the two paths, also on small shapes).
-bool winograd_applies(const ConvGeometry& s) {
+bool winograd_applies(const ConvGeometry& s, bool cached = false) {
   const char* e = std::getenv("PYIMGCLS_CPU_WINOGRAD");
   const bool force = e != nullptr && e[0] == '1';
   if (e != nullptr && e[0] == '0') return false;
@@ -1704,6 +1707,7 @@ bool winograd_applies(const ConvGeometry& s) {
   // Not inside a bf16 conv (Bf16Gemms): there the im2col GEMM runs on vdpbf16ps, faster than these
   // float32 GEMMs (ResNet-18 bf16 step 0.84x with Winograd, benchmarks/NOTES.md).
   if (tls_bf16_gemm) return false;
+  if (cached) return shape && (force || (s.C >= 32 && s.O >= 48 && tiles >= kWinoMinTilesCached));
   return shape && (force || (s.C >= 32 && s.O >= 48 && tiles >= kWinoMinTiles && macs >= kSmallConvMacs));
 }
 
@@ -1711,9 +1715,11 @@ thread_local std::vector<float> tls_wino;  // xp + V + M + U of the last call, r
 
 // out[n, o] (Ho x Wo, strides os) = act(corr3x3(in[n] padded top/left by pt/pl) + bias + res) with
 // filters w (flip_t: dgrad's flipped, transposed filters; see winograd_filters).
+// U_given: the forward filter transform of w, [16][Ci][Op] (the caller's cache; flip_t false), or null.
 void winograd_run(int64_t N, const float* in, Strides4 is, int64_t Ci, int64_t Hi, int64_t Wi, int64_t pt,
                   int64_t pl, const float* w, bool flip_t, int64_t Co, float* out, Strides4 os, int64_t Ho,
-                  int64_t Wo, const float* bias, const float* res, Strides4 rs, Act act) {
+                  int64_t Wo, const float* bias, const float* res, Strides4 rs, Act act,
+                  const float* U_given = nullptr) {
   const int64_t TH = (Ho + 1) / 2, TW = (Wo + 1) / 2, per_img = TH * TW;
   const int64_t Hp = 2 * TH + 2, Wp = 2 * TW + 2, Cp = (Ci + 15) / 16 * 16, Op = (Co + 15) / 16 * 16;
   int64_t budget = kWinoChunkBytes;
@@ -1723,15 +1729,19 @@ void winograd_run(int64_t N, const float* in, Strides4 is, int64_t Ci, int64_t H
   }
   const int64_t img_elems = Hp * Wp * Cp + 16 * per_img * (Cp + Op);
   const int64_t NB = std::max<int64_t>(1, std::min<int64_t>(N, budget / std::max<int64_t>(4 * img_elems, 1)));
-  const int64_t u_elems = 16 * Ci * Op;
+  const int64_t u_elems = U_given ? 0 : 16 * Ci * Op;
   std::vector<float>& buf = tls_wino;
   const size_t need = static_cast<size_t>(NB * img_elems + u_elems);
   if (buf.size() < need) buf.resize(need);
   float* xp = buf.data();
   float* V = xp + NB * Hp * Wp * Cp;
   float* M = V + NB * per_img * 16 * Cp;
-  float* U = M + NB * per_img * 16 * Op;
-  winograd_filters(w, flip_t ? Ci : Co, flip_t ? Co : Ci, flip_t, U, Op);
+  const float* U = U_given;
+  if (!U) {
+    float* Uw = M + NB * per_img * 16 * Op;
+    winograd_filters(w, flip_t ? Ci : Co, flip_t ? Co : Ci, flip_t, Uw, Op);
+    U = Uw;
+  }
   const Isa isa = active_isa();
   const int nt = std::max(1, omp_get_max_threads());
   for (int64_t n0 = 0; n0 < N; n0 += NB) {
@@ -1783,6 +1793,64 @@ void conv2d_bwd_data_winograd(const ConvGeometry& s, const float* g, Strides4 gs
   winograd_run(s.N, g, gs, s.O, s.OH, s.OW, 2 - s.pad_h, 2 - s.pad_w, w, true, s.C, dx, xs, s.H, s.W, nullptr,
                nullptr, Strides4{0, 0, 0, 0}, Act::None);
 }
+
+// 64-bit fingerprint of the weight's bytes for the caller-owned filter cache below: four independent
+// multiply-rotate lanes over 8-byte words (xxHash64's round and merge constants), then the tail and
+// the length. It reads the weight once (~0.3 ms for ResNet's 512 x 512 x 3 x 3, 9.4 MB) where the
+// transform it saves costs several times that, and it catches every change, also those made
+// through `.data`, which PyTorch's version counter does not see (accidental collisions: ~2^-64).
+uint64_t fingerprint(const void* p, size_t bytes) {
+  constexpr uint64_t P1 = 11400714785074694791ull, P2 = 14029467366897019727ull, P3 = 1609587929392839161ull;
+  auto rotl = [](uint64_t v, int r) { return (v << r) | (v >> (64 - r)); };
+  auto round = [&](uint64_t acc, uint64_t v) { return rotl(acc + v * P2, 31) * P1; };
+  const unsigned char* b = static_cast<const unsigned char*>(p);
+  uint64_t a0 = P1 + P2, a1 = P2, a2 = 0, a3 = 0 - P1;
+  size_t i = 0;
+  for (; i + 32 <= bytes; i += 32) {
+    uint64_t v[4];
+    std::memcpy(v, b + i, 32);
+    a0 = round(a0, v[0]);
+    a1 = round(a1, v[1]);
+    a2 = round(a2, v[2]);
+    a3 = round(a3, v[3]);
+  }
+  uint64_t h = rotl(a0, 1) + rotl(a1, 7) + rotl(a2, 12) + rotl(a3, 18);
+  for (uint64_t a : {a0, a1, a2, a3}) h = (h ^ round(0, a)) * P1 + P3;
+  for (; i < bytes; ++i) h = rotl(h ^ (b[i] * P1), 11) * P2;
+  h ^= bytes;
+  h ^= h >> 33;
+  h *= P2;
+  h ^= h >> 29;
+  return h;
+}
+
+}  // namespace
+
+// Forward Winograd with a filter transform cached by the caller (pyimgcls/backends/cpu/conv.py keeps
+// one per weight tensor that is used twice unchanged, i.e. at inference). The cache is U [16][C][Op]
+// (winograd_cache_floats) plus the fingerprint of the weight it was built from; a weight whose bytes
+// changed rebuilds U in place. Shapes below kWinoMinTiles take this path too (no per-call transform
+// to amortise): ResNet-18's 4x4 256 -> 256 layer at batch 16 is 64 tiles.
+int64_t conv2d_winograd_cache_floats(DType dt, const ConvGeometry& s) {
+  if (dt != DType::Float32 || !winograd_applies(s, true)) return 0;
+  return 16 * s.C * ((s.O + 15) / 16 * 16);
+}
+
+uint64_t conv2d_fwd_cached(const ConvGeometry& s, const float* x, Strides4 xs, const float* w, const float* bias,
+                           const float* res, Strides4 rs, float* out, Strides4 os, Act act, float* U,
+                           uint64_t u_fingerprint, bool u_valid) {
+  if (conv2d_winograd_cache_floats(DType::Float32, s) == 0)
+    throw std::invalid_argument("conv2d_fwd_cached: this convolution does not take the cached Winograd path");
+  check_collapsible("out", s.OH, s.OW, os);
+  const SerialIfSmall serial(s.N * s.O * s.OH * s.OW * s.C * 9);
+  const uint64_t fp = fingerprint(w, sizeof(float) * static_cast<size_t>(s.O * s.C * 9));
+  if (!u_valid || fp != u_fingerprint) winograd_filters(w, s.O, s.C, false, U, (s.O + 15) / 16 * 16);
+  winograd_run(s.N, x, xs, s.C, s.H, s.W, s.pad_h, s.pad_w, w, false, s.O, out, os, s.OH, s.OW, bias, res, rs, act,
+               U);
+  return fp;
+}
+
+namespace {
 
 // Orientation of the NCHW forward GEMM. Path B puts the output channels on the GEMM's M axis, which
 // the AVX-512 float32 micro-kernel (gemm.cpp) covers in MR = 14 rows: DenseNet's 32 growth channels

@@ -16,6 +16,15 @@ namespace pyimgcls::cpu {
 void conv2d_fwd(DType dt, const ConvGeometry& s, const void* x, Strides4 xs, const void* w, const void* bias,
                 const void* residual, Strides4 rs, void* out, Strides4 os, Act act);
 
+// Float32 forward through Winograd F(2x2, 3x3) with the filter transform cached by the caller.
+// conv2d_winograd_cache_floats: the floats of the cache U for this call, 0 when the call does not
+// take this path (then use conv2d_fwd). conv2d_fwd_cached: as conv2d_fwd; U is rebuilt from w when
+// !u_valid or w's fingerprint differs from u_fingerprint; returns w's fingerprint (store it with U).
+int64_t conv2d_winograd_cache_floats(DType dt, const ConvGeometry& s);
+uint64_t conv2d_fwd_cached(const ConvGeometry& s, const float* x, Strides4 xs, const float* w, const float* bias,
+                           const float* res, Strides4 rs, float* out, Strides4 os, Act act, float* U,
+                           uint64_t u_fingerprint, bool u_valid);
+
 // grad_input (dgrad): dx[n, c, ih, iw] = sum over (o, i, j) with ih = oh*sh - ph + i*dh (same for w)
 // of g[n, o, oh, ow] * w[o, c, i, j]. g: the gradient at the conv output (after the activation
 // mask), (h, w) collapsible. dx: written completely (zeros where no tap lands), (h, w) collapsible.

@@ -22,6 +22,9 @@ float32 accumulation, one rounding of the result: csrc/cpu/conv.cpp "bfloat16"),
 (bias_act_bwd computes it in float32 and returns bf16)."""
 from __future__ import annotations
 
+import torch
+from torch.utils.weak import WeakTensorKeyDictionary
+
 from ... import _native
 from . import in_float32
 from .gemm import NATIVE_LOW_PRECISION, bf16_native  # noqa: F401  (NATIVE_LOW_PRECISION: read by ops/conv.py)
@@ -29,10 +32,55 @@ from ...ops.conv import (bias_act_outputs, dgrad_output, fwd_outputs, pixel_stri
                          wgrad_output)
 
 
+# Winograd filter-transform cache (csrc/cpu/conv.cpp conv2d_fwd_cached): per weight tensor, held weakly
+# (freed with the weight), [data_ptr, _version, U or None, fingerprint, misses]. U ([16][C][O rounded up
+# to 16] float32, 16/9 x the weight) is allocated on the second call that finds the weight unchanged
+# (same storage, same version: inference, frozen layers), so a training run, whose weights change
+# between calls, never pays for it. Once allocated, the kernel compares a fingerprint of the weight's
+# bytes on every call and rebuilds U when it changed (also after edits through ``.data`` that the
+# version counter misses); two rebuilds in a row (training resumed) drop U again.
+_WINOGRAD_CACHE = WeakTensorKeyDictionary()
+
+
+def _winograd_cache(w, geom):
+    """(U, fingerprint, valid) for a cached-Winograd forward of float32 ``w``, or None."""
+    if w.requires_grad and torch.is_grad_enabled():
+        return None  # a differentiable call (functional use outside our autograd function)
+    n = _native.C.conv2d_winograd_cache_floats_cpu(_native.dtype_code(w.dtype), geom)
+    if n == 0:
+        return None
+    entry = _WINOGRAD_CACHE.get(w)
+    ptr, version = w.data_ptr(), w._version
+    if entry is None or (entry[2] is not None and entry[2].numel() != n):
+        _WINOGRAD_CACHE[w] = [ptr, version, None, 0, 0]
+        return None
+    if entry[2] is None:
+        if entry[0] != ptr or entry[1] != version:
+            entry[0], entry[1] = ptr, version
+            return None
+        entry[2] = torch.empty(n, dtype=torch.float32)
+        return entry, False
+    return entry, True
+
+
 @bf16_native
 def conv2d(x, w, bias, res, stride, padding, dilation, groups, act):
     out, res, geom = fwd_outputs(x, w, res, stride, padding, dilation, groups)
     if geom is None:
+        return out
+    cached = _winograd_cache(w, geom) if x.dtype == torch.float32 and w.is_contiguous() else None
+    if cached is not None:
+        entry, valid = cached
+        fp = _native.C.conv2d_fwd_cached_cpu(geom, x.data_ptr(), strides(x), w.data_ptr(), ptr(bias), ptr(res),
+                                             strides(res), out.data_ptr(), strides(out), act, entry[2].data_ptr(),
+                                             entry[3], valid)
+        if valid and fp != entry[3]:
+            entry[4] += 1
+            if entry[4] >= 2:
+                entry[2] = None  # rebuilt twice in a row: the weight is being trained, free U
+        else:
+            entry[4] = 0
+        entry[0], entry[1], entry[3] = w.data_ptr(), w._version, fp
         return out
     w = w.contiguous()
     _native.C.conv2d_fwd_cpu(_native.dtype_code(x.dtype), geom, x.data_ptr(), strides(x), w.data_ptr(),
