@@ -154,7 +154,7 @@ def cpu_section(results_dir: str) -> str:
         for b in data.get("benchmarks", []):
             groups[b["group"]][b["params"].get("provider", b["name"])] = b
             threads.add((b.get("extra_info") or {}).get("threads"))
-        timer = (data.get("machine_info") or {}).get("timer") or data.get("benchmarks", [{}])[0].get("options", {}).get("timer")
+        timer = (data.get("machine_info") or {}).get("timer") or (data.get("benchmarks") or [{}])[0].get("options", {}).get("timer")
         cpu = (data.get("machine_info") or {}).get("cpu", {}).get("brand_raw", "?")
         commit = (data.get("commit_info") or {}).get("id", "?")[:7]
         out.append(f"\n### {family}\n\n`{_display_path(path)}` -- {cpu}, commit {commit}, timer {timer}, "
@@ -173,6 +173,57 @@ def cpu_section(results_dir: str) -> str:
     return "".join(out)
 
 
+MODELS_HEADER = """
+## CPU whole models (issue #20)
+
+From the newest `benchmarks/results/cpu/<date>_cpu-models*.json` per thread count (written by
+`pytest benchmarks/test_bench_models_cpu.py -s` / `benchmarks/bench_models_cpu.py`): our `cpu` backend
+against PyTorch's own kernels on the same model object, eval forward and train step, timed interleaved
+in one process (minimum of the rounds). *speedup* is PyTorch's time / ours (> 1: ours is faster);
+*% roofline* is the model's FLOPs over the measured single-core / all-core float32 peak recorded in the
+file; *load* is the 1-minute load average when the case ran (the machine is shared: a loaded run
+disturbs both sides, PyTorch's more).
+"""
+
+MODEL_COLUMNS = (("op", "model"), ("pass", "pass"), ("batch", "batch"), ("dtype", "dtype"), ("ms", "ours ms"),
+                 ("ref_ms", "torch ms"), ("speedup", "speedup"), ("roofline_pct", "% roofline"),
+                 ("load_avg", "load"))
+
+
+def models_section(results_dir: str) -> str:
+    """The newest model-matrix file per thread count (files are named by date; the file's own "date"
+    breaks ties), as one table each with its geometric mean."""
+    newest: dict[int, tuple[str, str, dict]] = {}
+    for path in sorted(glob.glob(os.path.join(results_dir, "cpu", "*_cpu-models*.json"))):
+        try:
+            data = report.load_results(path)
+        except (ValueError, OSError):
+            continue  # pytest-benchmark files and other schemas share the prefix
+        by_threads: dict[int, int] = defaultdict(int)
+        for row in data.get("cases") or []:
+            if row.get("family") == "model" and row.get("threads"):
+                by_threads[int(row["threads"])] += 1
+        for t in by_threads:
+            key = (os.path.basename(path)[:10], str(data.get("date") or ""))
+            if t not in newest or key >= newest[t][0]:
+                newest[t] = (key, path, data)
+    if not newest:
+        return ""
+    out = [MODELS_HEADER]
+    for t in sorted(newest):
+        _, path, data = newest[t]
+        rows = [r for r in data["cases"] if r.get("family") == "model" and int(r.get("threads") or 0) == t]
+        gm = report.geomean(r.get("speedup") for r in rows)
+        out.append(f"\n### {t} thread{'s' if t > 1 else ''}\n\n`{_display_path(path)}` -- {data.get('device')}, "
+                   f"commit `{str(data.get('commit'))[:7]}`{' (uncommitted changes)' if data.get('dirty') else ''}, "
+                   f"{str(data.get('date'))[:19]}; geometric-mean speedup **{gm:.3f}x** (n={len(rows)})\n\n"
+                   if gm else f"\n### {t} threads\n\n`{_display_path(path)}`\n\n")
+        table = [[report._fmt(r.get(k)) for k, _ in MODEL_COLUMNS] for r in rows]
+        out.append(tabulate(table, headers=[h for _, h in MODEL_COLUMNS], tablefmt="github",
+                            disable_numparse=True) + "\n")
+    return "".join(out)
+
+
 def render(results_dir: str) -> str:
     chosen = newest_per_device(results_dir)
     parts = [HEADER]
@@ -180,6 +231,7 @@ def render(results_dir: str) -> str:
         parts.append(UNMEASURED)
     for device in sorted(chosen):
         parts.append(device_section(*chosen[device]))
+    parts.append(models_section(results_dir))
     parts.append(cpu_section(results_dir))
     return "".join(parts)
 

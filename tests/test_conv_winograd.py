@@ -2,7 +2,7 @@
 forward and dgrad) against float64 PyTorch.
 
 What selects it: PYIMGCLS_CPU_WINOGRAD=1 forces it for every 3x3 stride-1 dilation-1 groups-1 float32
-conv (so small shapes reach it); unset, it runs when the batch has >= 128 2x2 tiles and the
+conv (so small shapes reach it); unset, it runs when the batch has >= 64 2x2 tiles and the
 conv has >= 2^22 multiply-adds (C >= 32, O >= 48 unforced); =0 turns it off. Never inside a bfloat16
 conv (its im2col GEMM runs on vdpbf16ps). Branches covered: channel vectors full and partial
 (C or O not a multiple of 16), odd output sizes (the last tile row / column cut), padding 0 / 1 / 2
@@ -157,7 +157,7 @@ def test_autograd_through_ops(force):
 # ----------------------------------------------------------------------------- filter-transform cache
 # pyimgcls/backends/cpu/conv.py keeps the Winograd filter transform U of a float32 weight that is used twice
 # unchanged (inference); csrc/cpu/conv.cpp conv2d_fwd_cached rebuilds it whenever the weight's bytes
-# change. Unforced, the cached path takes 3x3 stride-1 convs with C >= 32, O >= 48 and >= 32 tiles.
+# change. Unforced, the cached path takes 3x3 stride-1 convs with C >= 32, O >= 32 and >= 32 tiles.
 from pyimgcls.backends.cpu import conv as cpu_conv  # noqa: E402
 from pyimgcls import _native  # noqa: E402
 
@@ -174,6 +174,7 @@ CACHED_CASES = [  # (name, N, C, H, W, O): all unforced cached-path shapes
     ("threshold_32_tiles", 2, 32, 8, 8, 48),        # 2 x 4 x 4 = 32 tiles, exactly the threshold
     ("odd_batch1_64_tiles", 1, 33, 16, 15, 50),     # partial channel vectors, cut last tile column
     ("resnet_4x4_256", 16, 256, 4, 4, 256),         # ResNet-18 layer3 at 64x64 inputs, batch 16
+    ("densenet_128_to_32", 3, 128, 9, 10, 32),      # O = 32: one output vector pair, 45 tiles
 ]
 
 
@@ -198,9 +199,12 @@ def test_below_threshold_is_not_cached():
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(1, 32, 8, 14, generator=gen)  # 4 x 7 = 28 tiles
     w = torch.randn(48, 32, 3, 3, generator=gen)
+    x2 = torch.randn(2, 32, 8, 8, generator=gen)  # 32 tiles but 31 output channels
+    w2 = torch.randn(31, 32, 3, 3, generator=gen)
     for _ in range(3):
         _fwd(x, w)
-    assert _entry(w) is None
+        _fwd(x2, w2)
+    assert _entry(w) is None and _entry(w2) is None
     assert _native.C.conv2d_winograd_cache_floats_cpu(_native.dtype_code(torch.float32),
                                                       [1, 32, 8, 14, 48, 3, 3, 8, 14, 1, 1, 1, 1, 1, 1, 1]) == 0
     assert _native.C.conv2d_winograd_cache_floats_cpu(_native.dtype_code(torch.float32),

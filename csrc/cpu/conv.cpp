@@ -1557,7 +1557,7 @@ void conv2d_fwd_small_batched(const Plan& pl, const T* x, Strides4 xs, const T* 
 // flipped and transposed (w'[c, o, i, j] = w[o, c, 2-i, 2-j]). Deterministic: each M element comes
 // from one single-threaded GEMM (the 16 GEMMs spread over the threads), each output from one thread.
 constexpr int64_t kWinoChunkBytes = int64_t(4) << 20;
-constexpr int64_t kWinoMinTiles = 128;  // below, the filter transform (16*Ci*Co) is not amortised
+constexpr int64_t kWinoMinTiles = 64;  // below, the filter transform (16*Ci*Co, ~18 ns per filter) is not amortised
 // With the filter transform cached by the caller (conv2d_fwd_cached) only the GEMMs' row count limits
 // it: below this many tiles the 16 GEMMs stream U (16/9 x the weights) for too few rows.
 constexpr int64_t kWinoMinTilesCached = 32;
@@ -1566,31 +1566,60 @@ constexpr int64_t kWinoMinTilesCached = 32;
 // channel b: f(r, s) = w[a][b][r][s] (forward) or w[b][a][2-r][2-s] (dgrad, flip_t); U is
 // [16][B][Ap] with Ap = A rounded up to 16 (pad columns zero).
 // G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
-void winograd_filters(const float* w, int64_t O, int64_t C, bool flip_t, float* U, int64_t Ap) {
-  const int64_t A = flip_t ? C : O, B = flip_t ? O : C;
-#pragma omp parallel for schedule(static) if (A * B >= 4096 && omp_get_max_threads() > 1)
-  for (int64_t b = 0; b < B; ++b) {
-    for (int xi = 0; xi < 16; ++xi)
-      for (int64_t a = A; a < Ap; ++a) U[(xi * B + b) * Ap + a] = 0.0f;
-    for (int64_t a = 0; a < A; ++a) {
-      float f[3][3];
-      for (int r = 0; r < 3; ++r)
-        for (int s = 0; s < 3; ++s)
-          f[r][s] = flip_t ? w[((b * C + a) * 3 + (2 - r)) * 3 + (2 - s)] : w[((a * C + b) * 3 + r) * 3 + s];
-      float gf[4][3];  // G f
-      for (int s = 0; s < 3; ++s) {
-        gf[0][s] = f[0][s];
-        gf[1][s] = 0.5f * (f[0][s] + f[1][s] + f[2][s]);
-        gf[2][s] = 0.5f * (f[0][s] - f[1][s] + f[2][s]);
-        gf[3][s] = f[2][s];
+// 16 channels a at a time (one vector lane each), so the 16 rows of U are written as whole 64-byte
+// vectors and the 9 taps of the 16 filters are read from 16 weight rows that stay in the L1 TLB
+// across b (forward: rows C*9 floats apart). One filter at a time, a inner, touched a new page per
+// filter and cost 20-50 ns each (ResNet's 256 x 256 layer: 1.3 ms, as much as its 16 GEMMs at 64 tiles).
+struct WinoFilterArgs {
+  const float* w;
+  int64_t O, C, A, B, Ap;
+  bool flip_t;
+  float* U;
+};
+
+struct WinoFilterBody {
+  static PYIMGCLS_INLINE void run(const WinoFilterArgs& p, int64_t a0) {
+    for (int64_t b = 0; b < p.B; ++b) {
+      float f[9][16];
+      for (int l = 0; l < 16; ++l) {
+        const int64_t a = a0 + l;
+        if (a >= p.A) {
+          for (int k = 0; k < 9; ++k) f[k][l] = 0.0f;
+          continue;
+        }
+        const float* src = p.flip_t ? p.w + (b * p.C + a) * 9 : p.w + (a * p.C + b) * 9;
+        for (int k = 0; k < 9; ++k) f[k][l] = src[p.flip_t ? 8 - k : k];
       }
+      float gf[4][3][16];  // G f
+      for (int s = 0; s < 3; ++s)
+        for (int l = 0; l < 16; ++l) {
+          const float f0 = f[s][l], f1 = f[3 + s][l], f2 = f[6 + s][l];
+          gf[0][s][l] = f0;
+          gf[1][s][l] = 0.5f * (f0 + f1 + f2);
+          gf[2][s][l] = 0.5f * (f0 - f1 + f2);
+          gf[3][s][l] = f2;
+        }
       for (int r = 0; r < 4; ++r) {  // (G f) G^T
-        const float u[4] = {gf[r][0], 0.5f * (gf[r][0] + gf[r][1] + gf[r][2]),
-                            0.5f * (gf[r][0] - gf[r][1] + gf[r][2]), gf[r][2]};
-        for (int s = 0; s < 4; ++s) U[((r * 4 + s) * B + b) * Ap + a] = u[s];
+        float* u = p.U + ((r * 4) * p.B + b) * p.Ap + a0;
+        const int64_t xs = p.B * p.Ap;  // next xi
+        for (int l = 0; l < 16; ++l) {
+          const float g0 = gf[r][0][l], g1 = gf[r][1][l], g2 = gf[r][2][l];
+          u[l] = g0;
+          u[xs + l] = 0.5f * (g0 + g1 + g2);
+          u[2 * xs + l] = 0.5f * (g0 - g1 + g2);
+          u[3 * xs + l] = g2;
+        }
       }
     }
   }
+};
+
+void winograd_filters(const float* w, int64_t O, int64_t C, bool flip_t, float* U, int64_t Ap) {
+  const int64_t A = flip_t ? C : O, B = flip_t ? O : C;
+  const WinoFilterArgs args{w, O, C, A, B, Ap, flip_t, U};
+  const Isa isa = active_isa();
+#pragma omp parallel for schedule(static) if (A * B >= 4096 && omp_get_max_threads() > 1)
+  for (int64_t a0 = 0; a0 < Ap; a0 += 16) run_isa<WinoFilterBody>(isa, args, a0);
 }
 
 struct WinoTiles {
@@ -1694,8 +1723,10 @@ struct WinoOutBody {
 // at least 32 channels in and 48 out (DenseNet's 128 -> 32 layers ran 0.84x slower: the transforms and
 // the 16 thin GEMMs outweigh the savings), at least
 // kWinoMinTiles tiles over the batch, not small (kSmallConvMacs: the whole-batch GEMM paths are tuned
-// for those). PYIMGCLS_CPU_WINOGRAD=0 turns it off, =1 drops the size conditions (benchmarks and tests
-// compare the two paths, also on small shapes).
+// for those). With the filter transform cached (`cached`, inference: conv2d_fwd_cached) the thin
+// GEMMs win from 32 output channels (DenseNet's 128 -> 32 layers at batch 16: 1.3-1.6x the GEMM
+// path, thread CPU time) and from kWinoMinTilesCached tiles. PYIMGCLS_CPU_WINOGRAD=0 turns it off,
+// =1 drops the size conditions (benchmarks and tests compare the two paths, also on small shapes).
 bool winograd_applies(const ConvGeometry& s, bool cached = false) {
   const char* e = std::getenv("PYIMGCLS_CPU_WINOGRAD");
   const bool force = e != nullptr && e[0] == '1';
@@ -1707,7 +1738,7 @@ bool winograd_applies(const ConvGeometry& s, bool cached = false) {
   // Not inside a bf16 conv (Bf16Gemms): there the im2col GEMM runs on vdpbf16ps, faster than these
   // float32 GEMMs (ResNet-18 bf16 step 0.84x with Winograd, benchmarks/NOTES.md).
   if (tls_bf16_gemm) return false;
-  if (cached) return shape && (force || (s.C >= 32 && s.O >= 48 && tiles >= kWinoMinTilesCached));
+  if (cached) return shape && (force || (s.C >= 32 && s.O >= 32 && tiles >= kWinoMinTilesCached));
   return shape && (force || (s.C >= 32 && s.O >= 48 && tiles >= kWinoMinTiles && macs >= kSmallConvMacs));
 }
 
