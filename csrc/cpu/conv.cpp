@@ -54,6 +54,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -413,6 +414,56 @@ void conv_gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b,
     return;
   }
   gemm(dt, a, sam, sak, b, sbk, sbn, bias, c, scm, scn, M, N, K, act);
+}
+
+// body(g, n0) for every (group g, chunk of NB images from n0) unit of a forward or dgrad.
+// With a team of nt > 1 threads and at least nt units, ONE parallel region spreads the units over the
+// team, each unit on one thread from end to end (gather / im2col, its GEMM, scatter / col2im in that
+// core's own L2; the GEMMs and image loops inside run on one thread): the per-unit fork / joins of the
+// GEMM-internal threading (3 per chunk, 48 per ResNet 16x16 layer at batch 16) each wait for the
+// slowest thread, and on a shared or virtualised host a descheduled thread stalls every one of them.
+// Fewer units than threads (small batches, small maps: one chunk) keep the in-GEMM threading. Each
+// output element is still summed by one thread in the same order: bit-identical to one thread.
+// body takes its buffers from scratch<T> (thread-local). The first exception thrown in a worker is
+// rethrown here after the region.
+template <typename F>
+void for_chunks(int64_t groups, int64_t N, int64_t NB, const F& body) {
+  const int64_t nchunks = (N + NB - 1) / NB, units = groups * nchunks;
+  const int nt = omp_in_parallel() ? 1 : std::max(1, omp_get_max_threads());
+  if (nt <= 1 || units < nt) {
+    for (int64_t u = 0; u < units; ++u) body(u / nchunks, (u % nchunks) * NB);
+    return;
+  }
+  const bool bf16 = tls_bf16_gemm;
+  std::exception_ptr error;
+  bool failed = false;
+#pragma omp parallel num_threads(nt)
+  {
+    const int saved_threads = omp_get_max_threads();
+    const bool saved_bf16 = tls_bf16_gemm;
+    omp_set_num_threads(1);  // this thread's ICV: nested GEMM / image loops run on it alone
+    tls_bf16_gemm = bf16;    // the caller's Bf16Gemms scope holds in the workers too
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < units; ++u) {
+      bool skip;
+#pragma omp atomic read
+      skip = failed;
+      if (skip) continue;
+      try {
+        body(u / nchunks, (u % nchunks) * NB);
+      } catch (...) {
+#pragma omp critical(pyimgcls_conv_chunks_error)
+        {
+          if (!error) error = std::current_exception();
+        }
+#pragma omp atomic write
+        failed = true;
+      }
+    }
+    tls_bf16_gemm = saved_bf16;
+    omp_set_num_threads(saved_threads);
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1558,9 +1609,11 @@ void conv2d_fwd_small_batched(const Plan& pl, const T* x, Strides4 xs, const T* 
 // from one single-threaded GEMM (the 16 GEMMs spread over the threads), each output from one thread.
 constexpr int64_t kWinoChunkBytes = int64_t(4) << 20;
 constexpr int64_t kWinoMinTiles = 64;  // below, the filter transform (16*Ci*Co, ~18 ns per filter) is not amortised
-// With the filter transform cached by the caller (conv2d_fwd_cached) only the GEMMs' row count limits
-// it: below this many tiles the 16 GEMMs stream U (16/9 x the weights) for too few rows.
-constexpr int64_t kWinoMinTilesCached = 32;
+// The forward's own rule (winograd_applies(s, true)): it depends on the shape only, never on whether
+// the caller holds a cached filter transform, so a layer gives the same bits on its first call (and
+// in training) as on later cached ones. Below this many tiles the 16 GEMMs stream U (16/9 x the
+// weights) for too few rows.
+constexpr int64_t kWinoMinTilesFwd = 32;
 
 // Filter transform, U[xi][b][a] = (G f G^T)[xi] for the 3x3 filter f of output channel a and input
 // channel b: f(r, s) = w[a][b][r][s] (forward) or w[b][a][2-r][2-s] (dgrad, flip_t); U is
@@ -1723,11 +1776,13 @@ struct WinoOutBody {
 // at least 32 channels in and 48 out (DenseNet's 128 -> 32 layers ran 0.84x slower: the transforms and
 // the 16 thin GEMMs outweigh the savings), at least
 // kWinoMinTiles tiles over the batch, not small (kSmallConvMacs: the whole-batch GEMM paths are tuned
-// for those). With the filter transform cached (`cached`, inference: conv2d_fwd_cached) the thin
-// GEMMs win from 32 output channels (DenseNet's 128 -> 32 layers at batch 16: 1.3-1.6x the GEMM
-// path, thread CPU time) and from kWinoMinTilesCached tiles. PYIMGCLS_CPU_WINOGRAD=0 turns it off,
-// =1 drops the size conditions (benchmarks and tests compare the two paths, also on small shapes).
-bool winograd_applies(const ConvGeometry& s, bool cached = false) {
+// for those): that is dgrad's rule. The forward's (`forward`) takes from 32 output channels and
+// kWinoMinTilesFwd tiles, whether or not the filter transform is cached (conv2d_fwd_cached,
+// inference): with it cached the thin GEMMs win there (DenseNet's 128 -> 32 layers at batch 16:
+// 1.3-1.6x the GEMM path, thread CPU time); uncached (first call, training) they cost about the same
+// as the GEMM path at 64 tiles. PYIMGCLS_CPU_WINOGRAD=0 turns it off, =1 drops the size conditions
+// (benchmarks and tests compare the two paths, also on small shapes).
+bool winograd_applies(const ConvGeometry& s, bool forward) {
   const char* e = std::getenv("PYIMGCLS_CPU_WINOGRAD");
   const bool force = e != nullptr && e[0] == '1';
   if (e != nullptr && e[0] == '0') return false;
@@ -1738,7 +1793,7 @@ bool winograd_applies(const ConvGeometry& s, bool cached = false) {
   // Not inside a bf16 conv (Bf16Gemms): there the im2col GEMM runs on vdpbf16ps, faster than these
   // float32 GEMMs (ResNet-18 bf16 step 0.84x with Winograd, benchmarks/NOTES.md).
   if (tls_bf16_gemm) return false;
-  if (cached) return shape && (force || (s.C >= 32 && s.O >= 32 && tiles >= kWinoMinTilesCached));
+  if (forward) return shape && (force || (s.C >= 32 && s.O >= 32 && tiles >= kWinoMinTilesFwd));
   return shape && (force || (s.C >= 32 && s.O >= 48 && tiles >= kWinoMinTiles && macs >= kSmallConvMacs));
 }
 
@@ -1861,7 +1916,8 @@ uint64_t fingerprint(const void* p, size_t bytes) {
 // one per weight tensor that is used twice unchanged, i.e. at inference). The cache is U [16][C][Op]
 // (winograd_cache_floats) plus the fingerprint of the weight it was built from; a weight whose bytes
 // changed rebuilds U in place. Shapes below kWinoMinTiles take this path too (no per-call transform
-// to amortise): ResNet-18's 4x4 256 -> 256 layer at batch 16 is 64 tiles.
+// to amortise): ResNet-18's 4x4 256 -> 256 layer at batch 16 is 64 tiles. Same selection and same U
+// as the uncached forward: the cache changes the time, never the result.
 int64_t conv2d_winograd_cache_floats(DType dt, const ConvGeometry& s) {
   if (dt != DType::Float32 || !winograd_applies(s, true)) return 0;
   return 16 * s.C * ((s.O + 15) / 16 * 16);
@@ -1909,7 +1965,7 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
   const SerialIfSmall serial(macs);
   const bool small_batch = s.groups == 1 && s.N > 1 && !pl.direct && macs < kSmallConvMacs;
   if constexpr (std::is_same_v<T, float>) {
-    if (winograd_applies(s)) {
+    if (winograd_applies(s, true)) {
       conv2d_fwd_winograd(s, x, xs, w, bias, res, rs, out, os, act);
       return;
     }
@@ -1932,12 +1988,11 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
   const int64_t col_img = x_rows ? 0 : pl.P * pl.K;
   const int64_t tmp_img = out_rows ? 0 : pl.P * pl.Og;
   const int64_t NB = chunk_images(s.N, pl.P, col_img + tmp_img, sizeof(T));
-  T* const col = scratch<T>(Buf::Col, NB * col_img);
-  T* const tmp = scratch<T>(Buf::Tmp, NB * tmp_img);
   const int64_t img_work = pl.Og * pl.P * pl.K;  // multiply-adds per image and group
   const bool few_out = !pixel_major && few_out_channels(pl.Og, NB * pl.P);
-  for (int64_t g = 0; g < s.groups; ++g)
-    for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
+  for_chunks(s.groups, s.N, NB, [&](int64_t g, int64_t n0) {
+      T* const col = scratch<T>(Buf::Col, NB * col_img);
+      T* const tmp = scratch<T>(Buf::Tmp, NB * tmp_img);
       const int64_t nb = std::min(NB, s.N - n0), M = nb * pl.P;
       const T* xg = x + n0 * xs.n + g * pl.Cg * xs.c;
       T* og = out + n0 * os.n + g * pl.Og * os.c;
@@ -2010,7 +2065,7 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
           }
         });
       }
-    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2022,7 +2077,7 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
   check_collapsible("grad_input", s.H, s.W, xs);
   if (depthwise(s)) return dw_bwd_data(s, gr, gs, w, dx, xs);
   if constexpr (std::is_same_v<T, float>) {
-    if (winograd_applies(s)) {
+    if (winograd_applies(s, false)) {
       const SerialIfSmall serial(s.N * s.O * s.OH * s.OW * s.C * 9);
       conv2d_bwd_data_winograd(s, gr, gs, w, dx, xs);
       return;
@@ -2042,11 +2097,10 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
   const int64_t g_img = g_rows ? 0 : pl.P * pl.Og;
   const int64_t col_img = dx_rows ? 0 : pl.P * pl.K;
   const int64_t NB = chunk_images(s.N, pl.P, g_img + col_img, sizeof(T));
-  T* const gbuf = scratch<T>(Buf::G, NB * g_img);
-  T* const col = scratch<T>(Buf::Col, NB * col_img);
   const int64_t img_work = pl.Og * pl.P * pl.K;
-  for (int64_t g = 0; g < s.groups; ++g)
-    for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
+  for_chunks(s.groups, s.N, NB, [&](int64_t g, int64_t n0) {
+      T* const gbuf = scratch<T>(Buf::G, NB * g_img);
+      T* const col = scratch<T>(Buf::Col, NB * col_img);
       const int64_t nb = std::min(NB, s.N - n0), M = nb * pl.P;
       const T* gg = gr + n0 * gs.n + g * pl.Og * gs.c;
       T* dxg = dx + n0 * xs.n + g * pl.Cg * xs.c;
@@ -2062,7 +2116,7 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
         if (dx_rows) {
           // dx[q, c] = g[q, o] @ w[o, c] (Og == 0: the empty sum, zeros)
           conv_gemm(dt, a, sam, 1, wg, pl.K, 1, nullptr, dxg, xs.w, xs.c, M, pl.Cg, pl.Og, Act::None);
-          continue;
+          return;
         }
         // col[q, k] = g[q, o] @ wt[o, k], then each image's col2im into its zeroed slice of dx
         conv_gemm(dt, a, sam, 1, wg, pl.K, 1, nullptr, col, pl.K, 1, M, pl.K, pl.Og, Act::None);
@@ -2085,7 +2139,7 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
           col2im_kp(pl, col + n * pl.P, d, xs, M);
         });
       }
-    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
