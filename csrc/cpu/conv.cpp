@@ -249,7 +249,7 @@ void col2im_pk(const Plan& pl, const T* col, T* dx, Strides4 xs) {
 // element). A fresh zero-initialised std::vector per call cost a memset plus page faults of the
 // whole column buffer (up to kChunkBytes) on every convolution: 3-4 % of a ResNet-18 forward.
 // Each slot keeps its largest size for the thread's lifetime (at most the chunk budget per slot).
-enum class Buf { Col, Tmp, Wt, G, Xt, kCount };
+enum class Buf { Col, Tmp, Wt, G, Xt, Weff, kCount };
 template <typename T>
 T* scratch(Buf slot, int64_t n) {
   struct Slot {
@@ -1880,6 +1880,140 @@ void conv2d_bwd_data_winograd(const ConvGeometry& s, const float* g, Strides4 gs
                nullptr, Strides4{0, 0, 0, 0}, Act::None);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tiny maps: 3x3, stride 1, padding 1, dilation 1, groups 1 on inputs of at most 2x2 pixels (ResNet's
+// last stage at 64x64 inputs: 2x2; at 32x32: 1x1). Every input pixel q reaches every output pixel p
+// through the tap (qh - ph + 1, qw - pw + 1), and 5/9 (2x2) or 8/9 (1x1) of the im2col taps are
+// padding zeros, so the conv is one dense layer over the image: out[n, (o, p)] = sum_{(c, q)}
+// Weff[(o, p), (c, q)] x[n, (c, q)] with Weff built from w (P^2 * O * C entries: 16/9 of the weight
+// for 2x2, 1/9 for 1x1), as one GEMM with the batch as its rows (the few-rows GEMM up to 16 images):
+// 2*N*O*C*P^2 FLOPs against im2col's 2*N*O*C*9*P. Rows and columns of Weff follow the output's and
+// the input's layout ((o, p) or (p, o); (c, q) or (q, c)), so dense NCHW and NHWC images are the GEMM
+// operands themselves; other strides go through a copy. 2x2 maps only from 4 to 16 images (the
+// few-rows GEMM; measured against the im2col path with thread CPU time, 512 -> 512: batch 16 3.8 vs
+// 4.5 ms, PyTorch 4.0; batch 4 and batch 64 level): at batch 1 reading Weff (16/9 of the weight)
+// for one image loses to the direct sum. 2x2: cached like the Winograd filters (conv2d_fwd_cached;
+// the layout pair is folded into the fingerprint), else built in L2-sized row blocks per call.
+// 1x1 maps at any batch: 512 -> 512 at batch 16 0.63 ms against 3.1 (im2col) and PyTorch's 1.5.
+constexpr int64_t kFewRowsBatch = 16;
+
+bool tiny_map_applies(const ConvGeometry& s) {
+  const char* e = std::getenv("PYIMGCLS_CPU_CONV_TINY");
+  if (e != nullptr && e[0] == '0') return false;
+  const int64_t P = s.H * s.W;
+  return s.groups == 1 && s.KH == 3 && s.KW == 3 && s.stride_h == 1 && s.stride_w == 1 && s.dil_h == 1 &&
+         s.dil_w == 1 && s.pad_h == 1 && s.pad_w == 1 && s.OH == s.H && s.OW == s.W && s.H <= 2 && s.W <= 2 && P >= 1 &&
+         s.N > 0 && s.C > 0 && s.O > 0 && (P == 1 || (s.N >= 4 && s.N <= kFewRowsBatch));
+}
+
+// Index order of an image's (channel, pixel) elements: 0 = channel-major (c * P + q, dense NCHW),
+// 1 = pixel-major (q * C + c, dense NHWC), -1 = neither (copied).
+int tiny_order(Strides4 st, int64_t C, int64_t H, int64_t W) {
+  const int64_t P = H * W;
+  const bool hw_ok = (H == 1 || st.h == W * st.w);
+  if (hw_ok && st.w == 1 && (C == 1 || st.c == P)) return 0;
+  if (hw_ok && st.c == 1 && (P == 1 || st.w == C)) return 1;
+  return -1;
+}
+
+uint64_t tiny_salt(int in_order, int out_order) {
+  return 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(1 + in_order * 2 + out_order);
+}
+
+// Rows [r0, r1) of Weff from w, into dst (row r0 first): row r is (o, p) = (r / P, r % P) for
+// out_order 0, (r % O, r / O) for 1; its column for (c, q) is c * P + q (in_order 0) or q * C + c.
+void tiny_weights(const ConvGeometry& s, const float* w, int in_order, int out_order, int64_t r0, int64_t r1,
+                  float* dst) {
+  const int64_t P = s.H * s.W, C = s.C, O = s.O, Kc = C * P;
+  int64_t tap[4][4];
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t q = 0; q < P; ++q) tap[p][q] = (q / s.W - p / s.W + 1) * 3 + (q % s.W - p % s.W + 1);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t o = out_order == 0 ? r / P : r % O, p = out_order == 0 ? r % P : r / O;
+    float* row = dst + (r - r0) * Kc;
+    const float* wo = w + o * C * 9;
+    if (in_order == 0) {
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t q = 0; q < P; ++q) row[c * P + q] = wo[c * 9 + tap[p][q]];
+    } else {
+      for (int64_t q = 0; q < P; ++q)
+        for (int64_t c = 0; c < C; ++c) row[q * C + c] = wo[c * 9 + tap[p][q]];
+    }
+  }
+}
+
+// Rows of Weff per block when it is not cached: 32 rows of at most 4 * C floats stay in L2 between
+// being written and the GEMM reading them (the whole Weff, 16/9 of the weight, written to memory and
+// read back cost more than the im2col path saved: 2x2 512 -> 512 at batch 16 4.7 against 4.1 ms).
+// Each output element's sum does not depend on the column blocking (few-rows and packed GEMMs sum
+// every element over k in the same fixed order), so cached and blocked give the same bits.
+constexpr int64_t kTinyRows = 32;
+
+// out = act(conv(x, w) + bias + res) through Weff: the cached one (`weff`, whole, built unless
+// `built`), or, with weff null, blocks of kTinyRows rows built on the fly.
+void tiny_map_run(const ConvGeometry& s, const float* x, Strides4 xs, const float* w, const float* bias,
+                  const float* res, Strides4 rs, float* out, Strides4 os, Act act, float* weff, bool built,
+                  int in_order, int out_order) {
+  const int64_t P = s.H * s.W, Kc = s.C * P, Nc = s.O * P;
+  if (weff != nullptr && !built) {
+#pragma omp parallel for schedule(static) if (Nc * Kc >= (int64_t(1) << 18) && omp_get_max_threads() > 1)
+    for (int64_t r0 = 0; r0 < Nc; r0 += kTinyRows)
+      tiny_weights(s, w, in_order, out_order, r0, std::min(Nc, r0 + kTinyRows), weff + r0 * Kc);
+  }
+  const float* a = x;
+  int64_t sam = xs.n;
+  if (tiny_order(xs, s.C, s.H, s.W) < 0) {  // a copy in channel-major order (in_order is then 0)
+    float* xc = scratch<float>(Buf::Col, s.N * Kc);
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t c = 0; c < s.C; ++c)
+        for (int64_t q = 0; q < P; ++q) xc[n * Kc + c * P + q] = x[n * xs.n + c * xs.c + (q / s.W) * xs.h + (q % s.W) * xs.w];
+    a = xc;
+    sam = Kc;
+  }
+  float* bexp = nullptr;
+  if (bias) {
+    bexp = scratch<float>(Buf::Wt, Nc);
+    for (int64_t r = 0; r < Nc; ++r) bexp[r] = bias[out_order == 0 ? r / P : r % s.O];
+  }
+  const bool direct_out = tiny_order(os, s.O, s.H, s.W) >= 0;
+  float* c = direct_out ? out : scratch<float>(Buf::Tmp, s.N * Nc);
+  const int64_t scm = direct_out ? os.n : Nc;
+  const Act gemm_act = res ? Act::None : act;
+  if (weff != nullptr) {
+    gemm(DType::Float32, a, sam, 1, weff, 1, Kc, bexp, c, scm, 1, s.N, Nc, Kc, gemm_act);
+  } else {
+    float* blk = scratch<float>(Buf::Weff, kTinyRows * Kc);
+    for (int64_t r0 = 0; r0 < Nc; r0 += kTinyRows) {
+      const int64_t rb = std::min(kTinyRows, Nc - r0);
+      tiny_weights(s, w, in_order, out_order, r0, r0 + rb, blk);
+      gemm(DType::Float32, a, sam, 1, blk, 1, Kc, bexp ? bexp + r0 : nullptr, c + r0, scm, 1, s.N, rb, Kc, gemm_act);
+    }
+  }
+  if (direct_out && !res) return;
+  // residual and / or a strided output: one pass over the N x O x P result
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t o = 0; o < s.O; ++o)
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t h = p / s.W, x0 = p % s.W;
+        float v = c[n * scm + (out_order == 0 ? o * P + p : p * s.O + o)];
+        if (res) v = apply_act(v + res[n * rs.n + o * rs.c + h * rs.h + x0 * rs.w], act);
+        out[n * os.n + o * os.c + h * os.h + x0 * os.w] = v;
+      }
+}
+
+// The Weff orders a call uses: the input's (or 0 when it is copied) and the output's (or 0).
+void tiny_orders(const ConvGeometry& s, Strides4 xs, Strides4 os, int& in_order, int& out_order) {
+  in_order = std::max(0, tiny_order(xs, s.C, s.H, s.W));
+  out_order = std::max(0, tiny_order(os, s.O, s.H, s.W));
+}
+
+void conv2d_fwd_tiny(const ConvGeometry& s, const float* x, Strides4 xs, const float* w, const float* bias,
+                     const float* res, Strides4 rs, float* out, Strides4 os, Act act) {
+  int io, oo;
+  tiny_orders(s, xs, os, io, oo);
+  tiny_map_run(s, x, xs, w, bias, res, rs, out, os, act, nullptr, false, io, oo);
+}
+
 // 64-bit fingerprint of the weight's bytes for the caller-owned filter cache below: four independent
 // multiply-rotate lanes over 8-byte words (xxHash64's round and merge constants), then the tail and
 // the length. It reads the weight once (~0.3 ms for ResNet's 512 x 512 x 3 x 3, 9.4 MB) where the
@@ -1919,7 +2053,11 @@ uint64_t fingerprint(const void* p, size_t bytes) {
 // to amortise): ResNet-18's 4x4 256 -> 256 layer at batch 16 is 64 tiles. Same selection and same U
 // as the uncached forward: the cache changes the time, never the result.
 int64_t conv2d_winograd_cache_floats(DType dt, const ConvGeometry& s) {
-  if (dt != DType::Float32 || !winograd_applies(s, true)) return 0;
+  if (dt != DType::Float32) return 0;
+  // 1x1 maps: Weff is the weight's centre taps, 1/9 of it, gathered per call for less than the
+  // fingerprint of the whole weight would cost (so not cached); 2x2: 16/9 of it, cached.
+  if (tiny_map_applies(s)) return s.H * s.W == 1 ? 0 : s.O * s.C * (s.H * s.W) * (s.H * s.W);
+  if (!winograd_applies(s, true)) return 0;
   return 16 * s.C * ((s.O + 15) / 16 * 16);
 }
 
@@ -1930,6 +2068,13 @@ uint64_t conv2d_fwd_cached(const ConvGeometry& s, const float* x, Strides4 xs, c
     throw std::invalid_argument("conv2d_fwd_cached: this convolution does not take the cached Winograd path");
   check_collapsible("out", s.OH, s.OW, os);
   const SerialIfSmall serial(s.N * s.O * s.OH * s.OW * s.C * 9);
+  if (tiny_map_applies(s) && s.H * s.W > 1) {
+    int io, oo;
+    tiny_orders(s, xs, os, io, oo);
+    const uint64_t fp = fingerprint(w, sizeof(float) * static_cast<size_t>(s.O * s.C * 9)) ^ tiny_salt(io, oo);
+    tiny_map_run(s, x, xs, w, bias, res, rs, out, os, act, U, u_valid && fp == u_fingerprint, io, oo);
+    return fp;
+  }
   const uint64_t fp = fingerprint(w, sizeof(float) * static_cast<size_t>(s.O * s.C * 9));
   if (!u_valid || fp != u_fingerprint) winograd_filters(w, s.O, s.C, false, U, (s.O + 15) / 16 * 16);
   winograd_run(s.N, x, xs, s.C, s.H, s.W, s.pad_h, s.pad_w, w, false, s.O, out, os, s.OH, s.OW, bias, res, rs, act,
@@ -1965,6 +2110,10 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
   const SerialIfSmall serial(macs);
   const bool small_batch = s.groups == 1 && s.N > 1 && !pl.direct && macs < kSmallConvMacs;
   if constexpr (std::is_same_v<T, float>) {
+    if (tiny_map_applies(s) && !tls_bf16_gemm) {
+      conv2d_fwd_tiny(s, x, xs, w, bias, res, rs, out, os, act);
+      return;
+    }
     if (winograd_applies(s, true)) {
       conv2d_fwd_winograd(s, x, xs, w, bias, res, rs, out, os, act);
       return;
