@@ -571,3 +571,47 @@ def test_bound_layer_follows_backend_bias_and_errors():
             layer(x.float())
         with pytest.raises(ArgumentValueError, match="channels"):
             layer(x[:, :3])
+
+
+def _quantize_input(shape, seed):
+    """float32 values with ties ((k + 0.5) * scale), NaN, +-inf, huge and out-of-range values."""
+    x = torch.randn(*shape, generator=_gen(seed)) * 3
+    flat = x.view(-1)
+    k = min(64, flat.numel())
+    flat[:k] = ((torch.arange(k) - 32) + 0.5) * 0.125
+    for i, v in enumerate([float("nan"), float("inf"), -float("inf"), 1e30, -1e30]):
+        if k + 3 * i < flat.numel():
+            flat[k + 3 * i] = v
+    return x
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 70000 * 2 + 37, (1 << 21) + 37])
+def test_quantize_every_cpu_path(cpu_path, n):
+    """The flat quantisation on each path: vector body (16 values), scalar tail, 64 Ki-value chunks."""
+    x = _quantize_input((n,), n)
+    with omp_threads(2):         # the last size: 2 threads (the kernel forks from 2^21 values)
+        q = ops.quantize_per_tensor(x, 0.125, 77)
+    _assert_equal(q, ref.quant_quantize(x, float(torch.tensor(1 / 0.125, dtype=torch.float32)), 77))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 13, 11), (1, 1, 3, 5), (2, 37, 9, 15), (2, 3, 601, 599)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_quantize_nhwc_every_cpu_path(cpu_path, shape):
+    """quantize_per_tensor(channels_last=True) from NCHW: one pass into NHWC (pixel blocks of 64 with a
+    partial last one, 1 / 3 / 37 channels); and the native entry on a channel slice (plane strides)."""
+    x = _quantize_input(shape, sum(shape))
+    inv = float(torch.tensor(1 / 0.125, dtype=torch.float32))
+    with omp_threads(2):         # the last shape: 2 threads (2^21 values and more)
+        q = ops.quantize_per_tensor(x, 0.125, 77, channels_last=True)
+    assert q.is_contiguous(memory_format=torch.channels_last)
+    _assert_equal(q, ref.quant_quantize(x, inv, 77))
+    wide = _quantize_input((shape[0], shape[1] + 3, *shape[2:]), 5)
+    part = wide[:, 2:2 + shape[1]]
+    out = torch.full(shape, 7, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    kernels("cpu", "quant").quantize_nhwc(part, inv, 77, out)
+    _assert_equal(out, ref.quant_quantize(part, inv, 77))
+    # the other backends give the same tensor through the generic path
+    with pyimgcls.use_backend("torch"):
+        qt = ops.quantize_per_tensor(x, 0.125, 77, channels_last=True)
+    assert qt.is_contiguous(memory_format=torch.channels_last)
+    _assert_equal(qt, q)

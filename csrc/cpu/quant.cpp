@@ -617,14 +617,84 @@ void quant_adaptive_avg_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H
   }
 }
 
+namespace {
+
+// quant.h: quant_quantize's rule for one value
+inline uint8_t quantize_one(float x, float inv_scale, int32_t zero_point) {
+  float v = x * inv_scale;
+  v = v != v ? 0.f : (v < -256.f ? -256.f : (v > 512.f ? 512.f : v));   // NaN -> real 0
+  const int32_t q = static_cast<int32_t>(std::lrint(v)) + zero_point;
+  return static_cast<uint8_t>(q < 0 ? 0 : (q > 255 ? 255 : q));
+}
+
+void quantize_row_generic(const float* x, int64_t n, float inv_scale, int32_t zero_point, uint8_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = quantize_one(x[i], inv_scale, zero_point);
+}
+
+#ifdef PYIMGCLS_X86
+// 16 values per step with the same IEEE operations lane-wise (vmulps, NaN -> 0 by an unordered
+// compare, min / max on non-NaN values, vcvtps2dq rounding to nearest even as lrint's cvtss2si), so
+// bit-identical to quantize_one; ~1.3 ns per value scalar (ResNet-18 224x224 batch 16: 3 ms) -> ~0.1.
+PYIMGCLS_TARGET_VNNI void quantize_row_avx512(const float* x, int64_t n, float inv_scale, int32_t zero_point,
+                                              uint8_t* out) {
+  const __m512 vi = _mm512_set1_ps(inv_scale), lo = _mm512_set1_ps(-256.f), hi = _mm512_set1_ps(512.f);
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i vz = _mm512_set1_epi32(zero_point), q0 = _mm512_setzero_si512(), q255 = _mm512_set1_epi32(255);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), vi);
+    v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), zero);
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(v), vz);
+    q = _mm512_min_epi32(_mm512_max_epi32(q, q0), q255);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm512_cvtepi32_epi8(q));
+  }
+  for (; i < n; ++i) out[i] = quantize_one(x[i], inv_scale, zero_point);
+}
+#endif
+
+using QuantizeRowFn = void (*)(const float*, int64_t, float, int32_t, uint8_t*);
+
+QuantizeRowFn quantize_row_for(QPath p) {
+#ifdef PYIMGCLS_X86
+  if (p == QPath::Vnni) return &quantize_row_avx512;
+#endif
+  (void)p;
+  return &quantize_row_generic;   // the AVX2 path too: a correctness path, as its GEMM
+}
+
+}  // namespace
+
 void quant_quantize(const float* x, int64_t n, float inv_scale, int32_t zero_point, uint8_t* out) {
+  const QuantizeRowFn row = quantize_row_for(active_qpath());
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
   const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(n >> 20, 1)));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (int64_t i = 0; i < n; ++i) {
-    float v = x[i] * inv_scale;
-    v = v != v ? 0.f : (v < -256.f ? -256.f : (v > 512.f ? 512.f : v));   // NaN -> real 0
-    int32_t q = static_cast<int32_t>(std::lrint(v)) + zero_point;
-    out[i] = static_cast<uint8_t>(q < 0 ? 0 : (q > 255 ? 255 : q));
+  for (int64_t c = 0; c < chunks; ++c) row(x + c * kChunk, std::min(kChunk, n - c * kChunk), inv_scale, zero_point,
+                                          out + c * kChunk);
+}
+
+void quant_quantize_nhwc(const float* x, int64_t N, int64_t C, int64_t HW, int64_t sN, int64_t sC, float inv_scale,
+                         int32_t zero_point, uint8_t* out) {
+  const QuantizeRowFn row = quantize_row_for(active_qpath());
+  // Blocks of 64 pixels: each channel's 64 values quantised as a row into tmp [C, 64], then
+  // interleaved into the NHWC output (C bytes per pixel; the image's 3 channels: one pass instead of
+  // quantising NCHW and a separate channels_last copy of the uint8 tensor, 1.5 ms at 224x224 batch 16).
+  constexpr int64_t kPB = 64;
+  const int64_t blocks = (HW + kPB - 1) / kPB, tasks = N * blocks;
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(N * C * HW >> 20, 1)));
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    std::vector<uint8_t> tmp(static_cast<size_t>(C * kPB));
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t n = t / blocks, p0 = (t % blocks) * kPB, np = std::min(kPB, HW - p0);
+      for (int64_t c = 0; c < C; ++c) row(x + n * sN + c * sC + p0, np, inv_scale, zero_point, tmp.data() + c * kPB);
+      uint8_t* o = out + (n * HW + p0) * C;
+      for (int64_t p = 0; p < np; ++p)
+        for (int64_t c = 0; c < C; ++c) o[p * C + c] = tmp[c * kPB + p];
+    }
   }
 }
 

@@ -250,11 +250,9 @@ class QuantizedModel(torch.nn.Module):
         if isinstance(v, QTensor):
             return v
         s, z = self.qparams[node.name]
-        q = ops.quantize_per_tensor(v, s, z)
-        if q.dim() == 4:
-            # NHWC uint8 (a quarter of the float bytes to move): the convs' im2col then copies whole
-            # kernel rows (the 7x7 stem on 3 channels: 21-byte runs instead of 3-byte gathers)
-            q = q.contiguous(memory_format=torch.channels_last)
+        # NHWC uint8 (a quarter of the float bytes to move): the convs' im2col then copies whole kernel
+        # rows (the 7x7 stem on 3 channels: 21-byte runs instead of 3-byte gathers)
+        q = ops.quantize_per_tensor(v, s, z, channels_last=v.dim() == 4)
         return QTensor(q, s, z)
 
     @staticmethod

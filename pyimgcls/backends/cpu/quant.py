@@ -22,6 +22,8 @@ the quantised representation and the requantisation semantics):
                                       out uint8 channels_last: rne(sum(x - in_zero) * float32(ratio / count))
                                       + out_zero, clamped to [0, 255]
     quantize(x, inv_scale, zero_point, out)
+    quantize_nhwc(x, inv_scale, zero_point, out)
+                                      optional (cpu): x float32 [N, C, H, W] (H, W dense) into a channels_last out
                                       out uint8 = clamp(rne(x * inv_scale) + zero_point, 0, 255), NaN -> 0;
                                       x float32 dense (any dense strides), out with x's strides
     bind_layer(x, a_zero, res, out, packed, conv, bias, mult, res_zero, res_mult, out_zero, qmin, qmax, act)
@@ -88,6 +90,14 @@ def adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out):
     N, C, H, W = x.shape
     _native.C.quant_adaptive_avg_pool2d_cpu(x.data_ptr(), N, C, H, W, *x.stride(), oh, ow, in_zero, ratio, out_zero,
                                             out.data_ptr())
+
+
+def quantize_nhwc(x, inv_scale, zero_point, out):
+    """quantize() of x float32 [N, C, H, W] with H and W dense (x.stride(2) == W, x.stride(3) == 1) into
+    out uint8 channels_last, in one pass (optional entry: ops/quant.py uses it where a backend has it)."""
+    N, C, H, W = x.shape
+    _native.C.quant_quantize_nhwc_cpu(x.data_ptr(), N, C, H * W, x.stride(0), x.stride(1), inv_scale, zero_point,
+                                      out.data_ptr())
 
 
 def quantize(x, inv_scale, zero_point, out):
