@@ -566,6 +566,11 @@ def test_bound_layer_follows_backend_bias_and_errors():
     with torch.no_grad():
         bias += 3.0
     _assert_equal(layer(x), ops.quantized_conv2d(x, 0.02, 5, wq, bias, 1, 1, output_scale=0.04, output_zero_point=0))
+    import copy
+    import pickle
+    for dup in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):      # bindings are not copied
+        assert not dup._bound
+        _assert_equal(dup(x), layer(x))
     for _ in range(2):
         with pytest.raises(ArgumentTypeError, match="input must be a uint8"):
             layer(x.float())

@@ -443,6 +443,13 @@ class BoundQuantizedLayer:
         self.residual_scale, self.residual_zero_point = residual_scale, residual_zero_point
         self._bound: dict = {}
 
+    def __getstate__(self):
+        # copies and pickles drop the bindings (closures over this object's packed tensors): the copy
+        # binds its own on its first calls
+        state = dict(self.__dict__)
+        state["_bound"] = {}
+        return state
+
     def _op(self, input, residual):
         kw = dict(output_scale=self.output_scale, output_zero_point=self.output_zero_point, activation=self.activation,
                   residual=residual, residual_scale=self.residual_scale, residual_zero_point=self.residual_zero_point)
