@@ -174,7 +174,8 @@ def quantize_per_tensor(x: torch.Tensor, scale: float, zero_point: int, channels
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ArgumentTypeError(f"quantize_per_tensor: x must be a float tensor, got {_desc(x)}")
     if not isinstance(channels_last, bool):
-        raise ArgumentTypeError(f"quantize_per_tensor: channels_last must be a bool, got {type(channels_last).__name__}")
+        raise ArgumentTypeError("quantize_per_tensor: channels_last must be a bool, got "
+                                f"{type(channels_last).__name__}")
     x = x.detach().to(torch.float32)
     cl = torch.channels_last
     if not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=cl))):
@@ -432,7 +433,8 @@ class BoundQuantizedLayer:
                  input_zero_point, output_scale=None, output_zero_point=None, activation=None, residual_scale=None,
                  residual_zero_point=None):
         if not isinstance(weight, QuantizedWeight):
-            raise ArgumentTypeError(f"BoundQuantizedLayer: weight must be a QuantizedWeight, got {type(weight).__name__}")
+            raise ArgumentTypeError("BoundQuantizedLayer: weight must be a QuantizedWeight, got "
+                                    f"{type(weight).__name__}")
         self.conv = weight.q.dim() == 4
         op = "quantized_conv2d" if self.conv else "quantized_linear"
         self.weight, self.bias, self.activation = weight, bias, activation
@@ -459,7 +461,7 @@ class BoundQuantizedLayer:
         return quantized_linear(input, self.input_scale, self.input_zero_point, self.weight, self.bias, **kw)
 
     def _bind(self, input, residual, out):
-        """(run, output shape, dtype, memory format) for this layout, or _UNBOUND."""
+        """(run, output shape, output strides, dtype) for this layout, or _UNBOUND."""
         if input.device.type != "cpu" or out.numel() == 0 or _grid._recorder is not None:
             return _UNBOUND
         op = "quantized_conv2d" if self.conv else "quantized_linear"
@@ -487,7 +489,7 @@ class BoundQuantizedLayer:
                 x, conv = input.permute(0, 2, 3, 1).reshape(M, C), None       # the op's "direct" GEMM
             else:
                 x, conv = input, (KH, KW, self.stride, self.padding, self.dilation, OH, OW)
-            shape, fmt = (N, O, OH, OW), cl
+            shape = (N, O, OH, OW)
         else:
             K = w.q.shape[1]
             if not input.is_contiguous() or (res is not None and not res.is_contiguous()):
@@ -495,10 +497,12 @@ class BoundQuantizedLayer:
             x, conv = input.reshape(-1, K), None
             out2 = out.reshape(-1, O)
             r2 = None if res is None else res.reshape(-1, O)
-            shape, fmt = tuple(out.shape), torch.contiguous_format
+            shape = tuple(out.shape)
         run = kern.bind_layer(x, z_in, r2, out2, w.packed(backend, 0), conv, ep["bias"], ep["mult"], ep["res_zero"],
                               ep["res_mult"], ep["out_zero"], ep["qmin"], ep["qmax"], ep["act"])
-        return run, shape, out.dtype, fmt
+        # the output is made with empty_strided (the strides of `out`): ~1.5 us cheaper per call than
+        # empty(memory_format=channels_last), a tenth of a bound call
+        return run, shape, out.stride(), out.dtype
 
     def __call__(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         if type(input) is not torch.Tensor or (residual is not None and type(residual) is not torch.Tensor):
@@ -515,8 +519,8 @@ class BoundQuantizedLayer:
             return out
         if b is _UNBOUND:
             return self._op(input, residual)
-        run, shape, dtype, fmt = b
-        out = _alloc.empty(shape, dtype, input.device, memory_format=fmt)
+        run, shape, strides, dtype = b
+        out = _alloc._poisoned(torch.empty_strided(shape, strides, dtype=dtype))      # bound layers are on the CPU
         run(input.data_ptr(), 0 if residual is None else residual.data_ptr(), out.data_ptr())
         return out
 

@@ -41,7 +41,8 @@ def _qat_masks_2_4(qat, layers: list[str] | None, what: str) -> list:
         try:
             m = qat.graph_module.get_submodule(name)
         except AttributeError:
-            raise ArgumentValueError(f"{what}: records 2:4 weights in layer {name!r}, which its model has not") from None
+            raise ArgumentValueError(f"{what}: records 2:4 weights in layer {name!r}, which its model has "
+                                     "not") from None
         w = getattr(m, "layer", m).weight          # a quantised layer is wrapped in _FakeQuantLayer
         if not is_2_4(w):
             raise ArgumentValueError(f"{what}: layer {name!r} is recorded as 2:4 sparse but its weight has groups "

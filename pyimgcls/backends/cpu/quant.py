@@ -120,7 +120,8 @@ def bind_layer(x, a_zero, res, out, packed, conv, bias, mult, res_zero, res_mult
     float_out = out.dtype == torch.float32
     if conv is None:
         fn = _native.C.quant_gemm_cpu
-        head = (x.shape[0], x.shape[1], x.stride(0), a_zero, pw.data_ptr(), colsum.data_ptr(), O, bias_p, mult.data_ptr())
+        head = (x.shape[0], x.shape[1], x.stride(0), a_zero, pw.data_ptr(), colsum.data_ptr(), O, bias_p,
+                mult.data_ptr())
         tail = (ldr, res_zero, res_mult, out_zero, qmin, qmax, float_out, act)
         ldo = out.stride(0)
 
