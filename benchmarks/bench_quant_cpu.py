@@ -21,6 +21,7 @@ quantised model). The machine is shared with other jobs: the load average is rec
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -260,6 +261,7 @@ def _onnx_int8(model, calib, threads):
 
     quantize_static(f32, i8, _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    _ONNX_LAST["int8"] = i8
     runs = {}
     for t in threads:
         so = ort.SessionOptions()
@@ -271,6 +273,165 @@ def _onnx_int8(model, calib, threads):
             return torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
         runs[t] = run
     return runs
+
+
+def _profile(args) -> int:
+    """Per-layer profile of our int8 ResNet against onnxruntime's per-node profile (1 thread).
+
+    Ours: each quantised op of the forward timed from Python (op total) and its native kernel call
+    alone (``kernel``), so op - kernel is the Python work per layer; least of the rounds per layer.
+    onnxruntime: SessionOptions.enable_profiling, the node events ("cat": "Node") of every run but the
+    first, least per node. Nodes are matched in execution order (both run the same 20 convs + fc)."""
+    import json
+    import tempfile
+    import onnxruntime as ort
+    from pyimgcls import _native
+    from pyimgcls.ops import quant as oq
+    import pyimgcls.quantization._ptq as ptq
+    _set_threads(1)
+    g = torch.Generator().manual_seed(0)
+    for name in args.models.split(","):
+        for size in [int(s) for s in args.sizes.split(",")]:
+            fm = _random_resnet(name, g)
+            calib = [torch.randn(4, 3, size, size, generator=g) for _ in range(2)]
+            qm = quantize(fm, calib)
+            for batch in [int(b) for b in args.batches.split(",")]:
+                x = torch.randn(batch, 3, size, size, generator=g)
+                rows: list = []       # per forward: [(label, op ms, kernel ms)]
+                kern_t = [0.0]
+                wrapped = {}
+
+                def wrap_kernel(fn):
+                    def w(*a, **k):
+                        t0 = time.perf_counter()
+                        r = fn(*a, **k)
+                        kern_t[0] += time.perf_counter() - t0
+                        return r
+                    return w
+
+                def wrap_op(label, fn):
+                    def w(*a, **k):
+                        kern_t[0] = 0.0
+                        t0 = time.perf_counter()
+                        r = fn(*a, **k)
+                        lab = label(a, r) if callable(label) else label
+                        rows.append((lab, (time.perf_counter() - t0) * 1e3, kern_t[0] * 1e3))
+                        return r
+                    return w
+                # native entries: a bound layer captures its entry when it binds (first call after this)
+                for kname in ("quant_gemm_cpu", "quant_conv_gemm_cpu", "quant_im2col_cpu", "quant_max_pool2d_cpu",
+                              "quant_adaptive_avg_pool2d_cpu", "quant_quantize_cpu"):
+                    wrapped[(_native.C, kname)] = getattr(_native.C, kname)
+                    setattr(_native.C, kname, wrap_kernel(getattr(_native.C, kname)))
+                for l in qm._layers.values():
+                    l[3]._bound.clear()
+
+                def layer_label(a, r):       # (weight shape, NHWC input shape, NHWC output shape)
+                    nhwc = (lambda t: (t.shape[0], *t.shape[2:], t.shape[1])) if a[0].conv else (lambda t: tuple(t.shape))
+                    return (tuple(a[0].weight.q.shape), nhwc(a[1]), nhwc(r))
+                for mod, oname, label in ((oq.BoundQuantizedLayer, "__call__", layer_label),
+                                          (ptq.ops, "quantize_per_tensor", "quantize"),
+                                          (ptq.q, "quantized_max_pool2d", "maxpool"),
+                                          (ptq.q, "quantized_adaptive_avg_pool2d", "avgpool")):
+                    wrapped[(mod, oname)] = getattr(mod, oname)
+                    setattr(mod, oname, wrap_op(label, getattr(mod, oname)))
+                per_fwd, totals = [], []
+                try:
+                    with torch.no_grad():
+                        for _ in range(args.reps + 1):
+                            rows.clear()
+                            t0 = time.perf_counter()
+                            qm(x)
+                            totals.append((time.perf_counter() - t0) * 1e3)
+                            per_fwd.append(list(rows))
+                finally:
+                    for (mod, a), f in wrapped.items():
+                        setattr(mod, a, f)
+                per_fwd, totals = per_fwd[1:], totals[1:]
+                ours = [(lab, min(f[i][1] for f in per_fwd), min(f[i][2] for f in per_fwd))
+                        for i, (lab, _, _) in enumerate(per_fwd[0])]
+                # onnxruntime, its own per-node profile
+                tmp = tempfile.mkdtemp(prefix="pyimgcls-onnx-prof-")
+                _onnx_int8(fm, calib, [])        # exports and quantises; the int8 file's path in _ONNX_LAST
+                i8 = _ONNX_LAST["int8"]
+                so = ort.SessionOptions()
+                so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+                so.enable_profiling = True
+                so.profile_file_prefix = os.path.join(tmp, "ort")
+                sess = ort.InferenceSession(i8, so, providers=["CPUExecutionProvider"])
+                xn = x.numpy()
+                ort_tot = []
+                for _ in range(args.reps + 1):
+                    t0 = time.perf_counter()
+                    sess.run(None, {"x": xn})
+                    ort_tot.append((time.perf_counter() - t0) * 1e3)
+                prof_file = sess.end_profiling()
+                events = json.load(open(prof_file))
+                node_ev = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+                per_run: dict = {}
+                order: list = []
+                for e in node_ev:
+                    nm = e["name"][:-len("_kernel_time")]
+                    per_run.setdefault(nm, []).append(e["dur"] / 1e3)
+                    if nm not in order:
+                        order.append(nm)
+                ort_nodes = [(nm, *_ort_node_info(events, nm), min(per_run[nm][1:] or per_run[nm])) for nm in order]
+                ort_nodes = [(nm, op, ms, w) for nm, op, w, ms in ort_nodes]
+                print(f"\n{name} {size}x{size} batch {batch}, 1 thread, load {os.getloadavg()[0]:.1f}: ours forward "
+                      f"{min(totals):.2f} ms (sum of ops {sum(r[1] for r in ours):.2f}, of kernels "
+                      f"{sum(r[2] for r in ours):.2f}); onnxruntime run {min(ort_tot[1:]):.2f} ms "
+                      f"(sum of nodes {sum(n[2] for n in ort_nodes):.2f})")
+                conv_ops = ("QLinearConv", "Conv", "ConvInteger", "QLinearMatMul", "Gemm", "QGemm", "MatMul",
+                            "MatMulInteger")
+                ort_convs = [n for n in ort_nodes if n[1] in conv_ops]
+                ort_other = [n for n in ort_nodes if n not in ort_convs]
+                our_convs = [r for r in ours if isinstance(r[0], tuple)]
+                print(f"{'weight':<18} {'ours op ms':>10} {'kernel':>8} {'python':>7} | {'ort node':<12} {'ort ms':>7} "
+                      f"{'ours/ort':>8}")
+                # onnxruntime's nodes run NHWC with pre-packed weights: matched on (input, output) shapes;
+                # where several share them (a block's strided 3x3 and its 1x1 downsample), by cost order
+                groups: dict = {}
+                for n in ort_convs:
+                    groups.setdefault(n[3], []).append(n)
+                for v in groups.values():
+                    v.sort(key=lambda n: n[2])
+                ours_by: dict = {}
+                for r in our_convs:
+                    ours_by.setdefault((r[0][1], r[0][2]), []).append(r)
+                match = {}
+                for k, v in ours_by.items():
+                    for r, o in zip(sorted(v, key=lambda r: math.prod(r[0][0])), groups.get(k, [])):
+                        match[id(r)] = o
+                for r in our_convs:
+                    o = match.get(id(r), ("-", "-", float("nan"), ()))
+                    print(f"{'x'.join(map(str, r[0][0])):<18} {r[1]:>10.3f} {r[2]:>8.3f} {r[1] - r[2]:>7.3f} | "
+                          f"{o[1]:<12} {o[2]:>7.3f} {r[1] / o[2]:>8.2f}")
+                other = {}
+                for r in ours:
+                    if not isinstance(r[0], tuple):
+                        other[r[0]] = other.get(r[0], 0.0) + r[1]
+                print("  ours other ops ms: " + ", ".join(f"{k} {v:.3f}" for k, v in other.items())
+                      + f"; between ops {min(totals) - sum(r[1] for r in ours):.3f}")
+                oo = {}
+                for n in ort_other:
+                    oo[n[1]] = oo.get(n[1], 0.0) + n[2]
+                print("  onnxruntime other nodes ms: " + ", ".join(f"{k} {v:.3f}" for k, v in oo.items()))
+    return 0
+
+
+def _ort_node_info(events, node_name):
+    """(op type, (first input shape, output shape)) of an onnxruntime node from its profile event."""
+    for e in events:
+        if e.get("cat") == "Node" and e["name"] == node_name + "_kernel_time":
+            args = e.get("args", {})
+            op = args.get("op_name", "?")
+            shape = [tuple(next(iter(d.values()))) for d in args.get("input_type_shape", [])[:1]
+                     + args.get("output_type_shape", [])[:1]]
+            return op, tuple(shape)
+    return "?", ()
+
+
+_ONNX_LAST: dict = {}      # "int8": path of the last int8 .onnx file _onnx_int8 wrote (for --profile)
 
 
 def _random_resnet(name, g):
@@ -475,7 +636,12 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,16", help="with --matrix")
     ap.add_argument("--sizes", default="64,224", help="with --matrix")
     ap.add_argument("--threads-list", default="1,2", help="with --matrix")
+    ap.add_argument("--profile", action="store_true",
+                    help="per-layer profile of our int8 ResNet vs onnxruntime's per-node profile (1 thread; "
+                         "--models / --sizes / --batches as --matrix)")
     args = ap.parse_args(argv)
+    if args.profile:
+        return _profile(args)
     if args.matrix:
         return _matrix(args)
     if args.quantized:

@@ -484,3 +484,139 @@ def test_quantized_conv2d_fused_im2col_every_path_threads(cpu_path, case, thread
         yf = ops.quantized_conv2d(x, 0.02, 113, wq, bias, s, p, activation="relu")
     _assert_equal(y, _conv_ref(x, 113, wq, bias, (s, s), (p, p), (1, 1), 0.05, 20, "relu6", res, 0.07, 128))
     _assert_equal(yf, _conv_ref(x, 113, wq, bias, (s, s), (p, p), (1, 1), None, 0, "relu"))
+
+
+# ----------------------------------------------------------------------------- bound layers
+# (N, C, H, W, O, K, stride, padding, groups, layout): the conv_gemm binding (3x3 padded, the 7x7
+# stride-2 stem on 3 channels, NCHW input), the direct GEMM binding (1x1 channels_last), a 1x1 on NCHW
+# input (conv_gemm), grouped (not bound: the op runs every call)
+BOUND_CASES = [(2, 5, 9, 7, 11, 3, 1, 1, 1, "cl"), (1, 3, 13, 11, 8, 7, 2, 3, 1, "cl"),
+               (2, 6, 5, 4, 9, 3, 2, 1, 1, "nchw"), (2, 19, 5, 7, 21, 1, 1, 0, 1, "cl"),
+               (1, 19, 5, 7, 21, 1, 1, 0, 1, "nchw"), (2, 8, 7, 6, 12, 3, 1, 1, 2, "cl")]
+
+
+@pytest.mark.parametrize("case", BOUND_CASES, ids=lambda c: f"k{c[5]}s{c[6]}g{c[8]}_{c[9]}")
+def test_bound_conv_layer_equals_op_and_reference(case):
+    """BoundQuantizedLayer: the first call (the op) and the bound native calls after it give the
+    reference's values bit for bit (outputs poisoned), with a residual, relu6, float output; a new
+    layout (another batch, the other memory format, a residual with other strides) rebinds."""
+    N, C, H, W, O, K, s, p, groups, kind = case
+    g = _gen(sum(case[:9]))
+    wq = _qw(O, C // groups, K, K, groups, seed=O)
+    bias = ref_bias = torch.randint(-3000, 3000, (O,), dtype=torch.int32, generator=g)
+    layer = ops.quant.BoundQuantizedLayer(wq, bias, s, p, 1, input_scale=0.02, input_zero_point=113, output_scale=0.05,
+                                          output_zero_point=20, activation="relu6", residual_scale=0.07,
+                                          residual_zero_point=128)
+    flayer = ops.quant.BoundQuantizedLayer(wq, bias, s, p, 1, input_scale=0.02, input_zero_point=113,
+                                           activation="relu")
+    other = "nchw" if kind == "cl" else "cl"
+    # (batch, input layout, residual channels_last): an NCHW residual is not bound (the op copies it)
+    for n, lay, res_cl in [(N, kind, True), (N, kind, True), (N + 1, kind, True), (N, other, True), (N, kind, False),
+                           (N + 1, kind, True)]:
+        x = _layout(torch.randint(0, 256, (n, C, H, W), dtype=torch.uint8, generator=g), lay)
+        oh, ow = (H + 2 * p - K) // s + 1, (W + 2 * p - K) // s + 1
+        res = torch.randint(0, 256, (n, O, oh, ow), dtype=torch.uint8, generator=g)
+        res = res.contiguous(memory_format=torch.channels_last) if res_cl else res
+        y, yf = layer(x, res), flayer(x)
+        assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == torch.uint8
+        acc = 0.02 * wq.scale.double()
+        _assert_equal(y, ref.quantized_conv2d(x, 113, wq.q, groups, ref_bias, (acc / 0.05).to(torch.float32), (s, s),
+                                              (p, p), (1, 1), res, 128, float(torch.tensor(0.07 / 0.05)), 20, 20,
+                                              min(255, 20 + round(6 / 0.05)), 0, False))
+        _assert_equal(yf, ref.quantized_conv2d(x, 113, wq.q, groups, ref_bias, acc.to(torch.float32), (s, s), (p, p),
+                                               (1, 1), None, 0, 0.0, 0, 0, 255, 1, True))
+    bound = [b for b in layer._bound.values() if b is not ops.quant._UNBOUND]
+    fbound = [b for b in flayer._bound.values() if b is not ops.quant._UNBOUND]
+    assert len(layer._bound) == 4 and len(bound) == (3 if groups == 1 else 0)
+    assert len(flayer._bound) == 3 and len(fbound) == (3 if groups == 1 else 0)
+
+
+def test_bound_linear_layer_every_cpu_path(cpu_path):
+    g = _gen(8)
+    wq = ops.quantize_weight(torch.randn(37, 70, generator=g))
+    layer = ops.quant.BoundQuantizedLayer(wq, None, input_scale=0.03, input_zero_point=9, output_scale=0.2,
+                                          output_zero_point=3, activation="relu", residual_scale=0.1,
+                                          residual_zero_point=200)
+    last = ops.quant.BoundQuantizedLayer(wq, torch.randn(37, generator=g), input_scale=0.03, input_zero_point=9)
+    for rows in (5, 5, 1, 5):
+        x = torch.randint(0, 256, (rows, 70), dtype=torch.uint8, generator=g)
+        r = torch.randint(0, 256, (rows, 37), dtype=torch.uint8, generator=g)
+        _assert_equal(layer(x, r), ops.quantized_linear(x, 0.03, 9, wq, None, 0.2, 3, "relu", r, 0.1, 200))
+        _assert_equal(last(x), ops.quantized_linear(x, 0.03, 9, wq, last.bias))
+    x = torch.randint(0, 256, (6, 140), dtype=torch.uint8, generator=g)[:, ::2]        # strided: not bound
+    _assert_equal(last(x), ops.quantized_linear(x, 0.03, 9, wq, last.bias))
+    assert sum(b is ops.quant._UNBOUND for b in last._bound.values()) == 1
+
+
+def test_bound_layer_follows_backend_bias_and_errors():
+    """The backend in force and an in-place change of a float bias are part of the binding; bad inputs
+    raise the op's errors on every call."""
+    g = _gen(9)
+    wq = _qw(6, 4, 3, 3, 1, seed=2)
+    bias = torch.randn(6, generator=g)
+    layer = ops.quant.BoundQuantizedLayer(wq, bias, 1, 1, input_scale=0.02, input_zero_point=5, output_scale=0.04,
+                                          output_zero_point=0)
+    x = torch.randint(0, 256, (1, 4, 6, 6), dtype=torch.uint8, generator=g).contiguous(
+        memory_format=torch.channels_last)
+    want = ops.quantized_conv2d(x, 0.02, 5, wq, bias, 1, 1, output_scale=0.04, output_zero_point=0)
+    _assert_equal(layer(x), want)
+    _assert_equal(layer(x), want)
+    with pyimgcls.use_backend("torch"):
+        _assert_equal(layer(x), want)
+    with torch.no_grad():
+        bias += 3.0
+    _assert_equal(layer(x), ops.quantized_conv2d(x, 0.02, 5, wq, bias, 1, 1, output_scale=0.04, output_zero_point=0))
+    import copy
+    import pickle
+    for dup in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):      # bindings are not copied
+        assert not dup._bound
+        _assert_equal(dup(x), layer(x))
+    for _ in range(2):
+        with pytest.raises(ArgumentTypeError, match="input must be a uint8"):
+            layer(x.float())
+        with pytest.raises(ArgumentValueError, match="channels"):
+            layer(x[:, :3])
+
+
+def _quantize_input(shape, seed):
+    """float32 values with ties ((k + 0.5) * scale), NaN, +-inf, huge and out-of-range values."""
+    x = torch.randn(*shape, generator=_gen(seed)) * 3
+    flat = x.view(-1)
+    k = min(64, flat.numel())
+    flat[:k] = ((torch.arange(k) - 32) + 0.5) * 0.125
+    for i, v in enumerate([float("nan"), float("inf"), -float("inf"), 1e30, -1e30]):
+        if k + 3 * i < flat.numel():
+            flat[k + 3 * i] = v
+    return x
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 70000 * 2 + 37, (1 << 21) + 37])
+def test_quantize_every_cpu_path(cpu_path, n):
+    """The flat quantisation on each path: vector body (16 values), scalar tail, 64 Ki-value chunks."""
+    x = _quantize_input((n,), n)
+    with omp_threads(2):         # the last size: 2 threads (the kernel forks from 2^21 values)
+        q = ops.quantize_per_tensor(x, 0.125, 77)
+    _assert_equal(q, ref.quant_quantize(x, float(torch.tensor(1 / 0.125, dtype=torch.float32)), 77))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 13, 11), (1, 1, 3, 5), (2, 37, 9, 15), (2, 3, 601, 599)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_quantize_nhwc_every_cpu_path(cpu_path, shape):
+    """quantize_per_tensor(channels_last=True) from NCHW: one pass into NHWC (pixel blocks of 64 with a
+    partial last one, 1 / 3 / 37 channels); and the native entry on a channel slice (plane strides)."""
+    x = _quantize_input(shape, sum(shape))
+    inv = float(torch.tensor(1 / 0.125, dtype=torch.float32))
+    with omp_threads(2):         # the last shape: 2 threads (2^21 values and more)
+        q = ops.quantize_per_tensor(x, 0.125, 77, channels_last=True)
+    assert q.is_contiguous(memory_format=torch.channels_last)
+    _assert_equal(q, ref.quant_quantize(x, inv, 77))
+    wide = _quantize_input((shape[0], shape[1] + 3, *shape[2:]), 5)
+    part = wide[:, 2:2 + shape[1]]
+    out = torch.full(shape, 7, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    kernels("cpu", "quant").quantize_nhwc(part, inv, 77, out)
+    _assert_equal(out, ref.quant_quantize(part, inv, 77))
+    # the other backends give the same tensor through the generic path
+    with pyimgcls.use_backend("torch"):
+        qt = ops.quantize_per_tensor(x, 0.125, 77, channels_last=True)
+    assert qt.is_contiguous(memory_format=torch.channels_last)
+    _assert_equal(qt, q)

@@ -124,6 +124,26 @@ def test_qat_from_the_cli_and_a_pruned_checkpoint(trained, tmp_path, capsys):
     assert _cli("eval", "--checkpoint", qfile, "--limit-test", 40, "--kernels", "cpu") == 0
 
 
+def test_qat_keeps_a_2_4_checkpoint_2_4(trained, tmp_path, capsys):
+    """quantize --qat-epochs on a `prune --2:4` file: the masks are re-applied after every optimizer step,
+    so every recorded layer's int8 weight still has >= 2 zeros in each group of 4 input channels (without
+    them, momentum SGD refills the pruned positions in the first steps)."""
+    from pyimgcls.pruning import is_2_4
+    sfile, qfile = tmp_path / "s24.pt", tmp_path / "s24q.pt"
+    assert _cli("prune", "--checkpoint", trained / "best.pt", "--amount", 0, "--2:4", "--out", sfile) == 0
+    layers = torch.load(sfile, weights_only=True)["meta"]["sparsity"]["layers"]
+    assert len(layers) >= 2
+    assert _cli("quantize", "--checkpoint", sfile, "--calibration-batches", 2, "--qat-epochs", 1, "--lr", 0.05,
+                "--limit-test", 40, "--kernels", "cpu", "--out", qfile) == 0
+    assert f"2:4 masks re-applied after every QAT step in {len(layers)} layer(s)" in capsys.readouterr().out
+    data = torch.load(qfile, weights_only=True)
+    assert data["meta"]["sparsity"]["layers"] == layers
+    for name in layers:
+        q = data["model"]["weights"][name]["q"]
+        assert is_2_4(q), name
+        assert int((q != 0).sum()) > q.numel() // 4      # the kept half did train (not all zero)
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--calibration-batches", "0"], "--calibration-batches"),
     (["--qat-epochs", "-1"], "--qat-epochs"),

@@ -85,6 +85,15 @@ void bind_quant(py::module_& m) {
       },
       "uint8 q = clamp(rne(x * inv_scale) + zero_point, 0, 255) of n float32 values (NaN -> zero_point)");
   m.def(
+      "quant_quantize_nhwc_cpu",
+      [](uintptr_t x, int64_t N, int64_t C, int64_t HW, int64_t sN, int64_t sC, float inv_scale, int zero_point,
+         uintptr_t out) {
+        py::gil_scoped_release nogil;
+        cpu::quant_quantize_nhwc(reinterpret_cast<const float*>(x), N, C, HW, sN, sC, inv_scale, zero_point,
+                                 reinterpret_cast<uint8_t*>(out));
+      },
+      "quant_quantize_cpu of a float32 [N, C, H, W] image (H, W dense) into a dense NHWC uint8 output");
+  m.def(
       "quant_max_pool2d_cpu",
       [](uintptr_t x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW,
          int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW, int64_t OH,

@@ -29,11 +29,37 @@ def _accuracy(model, split, mean_t, std_t, batch_size: int) -> float:
     return float((s.argmax(1) == t).mean())
 
 
-def _quantized_model(args, model, n_train: int, batches):
-    """PTQ, or QAT fine-tuning from the calibrated ranges then convert, as the arguments ask."""
+def _qat_masks_2_4(qat, layers: list[str] | None, what: str) -> list:
+    """(weight parameter, bool mask) for every layer a 2:4 checkpoint records (``meta["sparsity"]``),
+    found by name in the QAT model (``prepare_qat`` keeps the float model's layer names; BN folding
+    scales whole output channels, so the fused weight has the checkpoint's zeros). Each mask keeps the
+    2 largest |w| of every 4 (``mask_2_4``: a group with fewer than 2 non-zeros keeps its largest zeros,
+    still 2:4), as ``train --init`` rebuilds them (``restore_2_4``)."""
+    from ..pruning import is_2_4, mask_2_4
+    out = []
+    for name in layers or []:
+        try:
+            m = qat.graph_module.get_submodule(name)
+        except AttributeError:
+            raise ArgumentValueError(f"{what}: records 2:4 weights in layer {name!r}, which its model has "
+                                     "not") from None
+        w = getattr(m, "layer", m).weight          # a quantised layer is wrapped in _FakeQuantLayer
+        if not is_2_4(w):
+            raise ArgumentValueError(f"{what}: layer {name!r} is recorded as 2:4 sparse but its weight has groups "
+                                     "of 4 with more than 2 non-zeros")
+        out.append((w, mask_2_4(w)))
+    return out
+
+
+def _quantized_model(args, model, n_train: int, batches, sparse_2_4=None, what: str = "--checkpoint"):
+    """PTQ, or QAT fine-tuning from the calibrated ranges then convert, as the arguments ask.
+    ``sparse_2_4``: the layers of a 2:4 checkpoint; QAT re-applies their masks after every optimizer
+    step (momentum and the cosine schedule would otherwise fill the pruned positions), so the int8
+    weights stay 2:4 (PTQ keeps zeros by itself: round(0 / scale) = 0)."""
     from . import convert, prepare_qat, quantize
     if args.qat_epochs:
         qat = prepare_qat(model, per_channel=not args.per_tensor)
+        masks = _qat_masks_2_4(qat, sparse_2_4, what)
         with torch.no_grad():           # the observers start from the calibration batches' ranges
             for x, _ in batches(args.calibration_batches):
                 qat(x)
@@ -51,6 +77,10 @@ def _quantized_model(args, model, n_train: int, batches):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if masks:
+                    with torch.no_grad():
+                        for w, mask in masks:
+                            w.mul_(mask)
                 sched.step()
                 total, n = total + loss.item() * len(y), n + len(y)
             print(f"pyimgcls quantize: QAT epoch {epoch + 1}/{args.qat_epochs}: train loss {total / max(1, n):.4f}",
@@ -75,6 +105,8 @@ def quantize_checkpoint(args) -> dict:
     if ck.get("kind") == KIND:
         raise ArgumentValueError(f"--checkpoint {args.checkpoint} is already quantised; give the float checkpoint "
                                  "(pyimgcls train or prune output)")
+    from ..pruning import recorded_2_4
+    what = f"--checkpoint {args.checkpoint}"
     kernels = resolve_kernels(args.kernels, torch.device("cpu"))
     model, meta, _ = _load_model(args.checkpoint)
     set_cpu_threads(auto_threads(args.threads, sum(p.numel() for p in model.parameters())))
@@ -95,7 +127,8 @@ def quantize_checkpoint(args) -> dict:
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True):      # the float-layer warning: one line of the summary instead
         warnings.simplefilter("always")
-        qmodel = _quantized_model(args, model, len(train), batches)
+        qmodel = _quantized_model(args, model, len(train), batches, recorded_2_4(meta, what),
+                                  what)
     elapsed = time.perf_counter() - t0
     acc_f = _accuracy(model, test, mean_t, std_t, 256)
     acc_q = _accuracy(qmodel, test, mean_t, std_t, 256)
@@ -112,6 +145,8 @@ def quantize_checkpoint(args) -> dict:
     print(f"pyimgcls quantize: {meta['model']} from {args.checkpoint}: int8 by {how} on "
           f"{args.calibration_batches} calibration batch(es) of {bs} in {elapsed:.1f} s; test accuracy "
           f"{100 * acc_f:.2f}% float -> {100 * acc_q:.2f}% int8 ({len(test)} images); wrote {args.out}")
+    if args.qat_epochs and recorded_2_4(meta, what):
+        print(f"  2:4 masks re-applied after every QAT step in {len(recorded_2_4(meta, what))} layer(s)")
     if qmodel.float_layers:
         print(f"  kept in float (no int8 kernel): {', '.join(qmodel.float_layers)}")
     return {"out": args.out, **record}

@@ -149,9 +149,32 @@ class QuantizedModel(torch.nn.Module):
                 self.register_buffer(f"{safe}_weight_scale", w.scale)
             self._plan.append((n, kind))
         self._modules_by_name = modules
+        self._layers = {n.name: self._bind_layer(n, kind, modules) for n, kind in self._plan
+                        if kind in ("conv", "linear")}
         if self.float_layers:
             warnings.warn("quantize: these layers are kept in float (no quantised kernel for them): "
                           + ", ".join(self.float_layers), stacklevel=3)
+
+    def _bind_layer(self, n, kind, modules):
+        """(source node, residual node, last, bound op) of a quantised layer: its arguments fixed once
+        (ops.quant.BoundQuantizedLayer), since at batch 1 the op's per-call argument work cost as much as
+        a small layer's kernel. Its input is quantised with the source node's (scale, zero point)
+        (``_q``), its residual with the residual node's."""
+        m = modules[n.target]
+        src = n.args[0]
+        res_node = n.kwargs.get("residual") if kind == "conv" else None
+        last = self._last(n)
+        s_in, z_in = self.qparams[src.name]
+        kw = {}
+        if not last:
+            kw["output_scale"], kw["output_zero_point"] = self.qparams[n.name]
+            if res_node is not None:
+                kw["residual_scale"], kw["residual_zero_point"] = self.qparams[res_node.name]
+        if kind == "conv":
+            kw.update(stride=m.stride, padding=m.padding, dilation=m.dilation)
+        layer = q.BoundQuantizedLayer(self.weights[n.target], self.biases.get(n.target), input_scale=s_in,
+                                      input_zero_point=z_in, activation=getattr(m, "activation", None), **kw)
+        return src, res_node, last, layer
 
     def state(self) -> dict:
         """Everything the int8 model needs beyond its float architecture, as plain tensors, numbers and
@@ -227,11 +250,9 @@ class QuantizedModel(torch.nn.Module):
         if isinstance(v, QTensor):
             return v
         s, z = self.qparams[node.name]
-        q = ops.quantize_per_tensor(v, s, z)
-        if q.dim() == 4:
-            # NHWC uint8 (a quarter of the float bytes to move): the convs' im2col then copies whole
-            # kernel rows (the 7x7 stem on 3 channels: 21-byte runs instead of 3-byte gathers)
-            q = q.contiguous(memory_format=torch.channels_last)
+        # NHWC uint8 (a quarter of the float bytes to move): the convs' im2col then copies whole kernel
+        # rows (the 7x7 stem on 3 channels: 21-byte runs instead of 3-byte gathers)
+        q = ops.quantize_per_tensor(v, s, z, channels_last=v.dim() == 4)
         return QTensor(q, s, z)
 
     @staticmethod
@@ -257,25 +278,13 @@ class QuantizedModel(torch.nn.Module):
             elif kind == "output":
                 outputs = torch.fx.node.map_aggregate(load(n.args[0]), self._f)
             elif kind in ("conv", "linear"):
-                m = self._modules_by_name[n.target]
-                src = n.args[0]
+                src, res_node, last, layer = self._layers[n.name]
                 xin = self._q(env[src.name], src)
-                res_node = n.kwargs.get("residual") if kind == "conv" else None
-                kw = {}
-                if not self._last(n):
-                    kw["output_scale"], kw["output_zero_point"] = self.qparams[n.name]
+                r = None if last or res_node is None else self._q(env[res_node.name], res_node).data
+                y = layer(xin.data, r)
+                if last:
                     if res_node is not None:
-                        r = self._q(env[res_node.name], res_node)
-                        kw.update(residual=r.data, residual_scale=r.scale, residual_zero_point=r.zero_point)
-                act = getattr(m, "activation", None)
-                w, b = self.weights[n.target], self.biases.get(n.target)
-                if kind == "conv":
-                    y = ops.quantized_conv2d(xin.data, xin.scale, xin.zero_point, w, b, m.stride, m.padding,
-                                             m.dilation, activation=act, **kw)
-                else:
-                    y = ops.quantized_linear(xin.data, xin.scale, xin.zero_point, w, b, activation=act, **kw)
-                if self._last(n):
-                    if res_node is not None:
+                        act = layer.activation
                         y = y + self._f(env[res_node.name])
                         y = F.relu(y) if act == "relu" else (F.relu6(y) if act == "relu6" else y)
                     env[n.name] = y

@@ -22,8 +22,14 @@ the quantised representation and the requantisation semantics):
                                       out uint8 channels_last: rne(sum(x - in_zero) * float32(ratio / count))
                                       + out_zero, clamped to [0, 255]
     quantize(x, inv_scale, zero_point, out)
+    quantize_nhwc(x, inv_scale, zero_point, out)
+                                      optional (cpu): x float32 [N, C, H, W] (H, W dense) into a channels_last out
                                       out uint8 = clamp(rne(x * inv_scale) + zero_point, 0, 255), NaN -> 0;
                                       x float32 dense (any dense strides), out with x's strides
+    bind_layer(x, a_zero, res, out, packed, conv, bias, mult, res_zero, res_mult, out_zero, qmin, qmax, act)
+                                      optional (cpu): the native call conv_gemm / gemm would make for these
+                                      tensors, with every argument but the data pointers fixed: returns
+                                      run(x_ptr, res_ptr, out_ptr) (ops/quant.py's BoundQuantizedLayer)
 Nothing is returned by gemm / im2col / the pools / quantize: they fill the outputs ops/quant.py allocated."""
 from __future__ import annotations
 
@@ -86,6 +92,50 @@ def adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out):
                                             out.data_ptr())
 
 
+def quantize_nhwc(x, inv_scale, zero_point, out):
+    """quantize() of x float32 [N, C, H, W] with H and W dense (x.stride(2) == W, x.stride(3) == 1) into
+    out uint8 channels_last, in one pass (optional entry: ops/quant.py uses it where a backend has it)."""
+    N, C, H, W = x.shape
+    _native.C.quant_quantize_nhwc_cpu(x.data_ptr(), N, C, H * W, x.stride(0), x.stride(1), inv_scale, zero_point,
+                                      out.data_ptr())
+
+
 def quantize(x, inv_scale, zero_point, out):
     """out uint8 = clamp(rne(x * inv_scale) + zero_point, 0, 255); x float32 dense, out with x's strides."""
     _native.C.quant_quantize_cpu(x.data_ptr(), x.numel(), inv_scale, zero_point, out.data_ptr())
+
+
+def bind_layer(x, a_zero, res, out, packed, conv, bias, mult, res_zero, res_mult, out_zero, qmin, qmax, act):
+    """One layer's native call with its arguments fixed, for tensors laid out as ``x`` / ``res`` / ``out``
+    are (the caller keys the result on their shapes and strides). ``conv``: None for a GEMM (``x`` the
+    uint8 [M, K] matrix with unit column stride, ``out`` / ``res`` [M, O]), else (kh, kw, stride, padding,
+    dilation, oh, ow) of a groups = 1 convolution (``x`` [N, C, H, W], ``out`` / ``res`` the [M, O] views
+    of the channels_last output / residual). Returns run(x_ptr, res_ptr, out_ptr): one call into _C, the
+    arguments those of conv_gemm / gemm above, so the results are theirs bit for bit."""
+    pw, colsum, O = packed
+    mult = mult.contiguous()
+    keep = (pw, colsum, mult, bias)         # the pointers below stay valid while run lives
+    bias_p = bias.data_ptr() if bias is not None else 0
+    ldr = res.stride(0) if res is not None else 0
+    float_out = out.dtype == torch.float32
+    if conv is None:
+        fn = _native.C.quant_gemm_cpu
+        head = (x.shape[0], x.shape[1], x.stride(0), a_zero, pw.data_ptr(), colsum.data_ptr(), O, bias_p,
+                mult.data_ptr())
+        tail = (ldr, res_zero, res_mult, out_zero, qmin, qmax, float_out, act)
+        ldo = out.stride(0)
+
+        def run(xp, rp, op, keep=keep):
+            fn(xp, *head, rp, *tail, op, ldo)
+        return run
+    kh, kw, stride, padding, dilation, oh, ow = conv
+    N, C, H, W = x.shape
+    fn = _native.C.quant_conv_gemm_cpu
+    head = (N, H, W, *x.stride(), C, kh, kw, *stride, *padding, *dilation, oh, ow, a_zero, pw.data_ptr(),
+            colsum.data_ptr(), O, bias_p, mult.data_ptr())
+    tail = (ldr, res_zero, res_mult, out_zero, qmin, qmax, float_out, act)
+    ldo = out.stride(0)
+
+    def run(xp, rp, op, keep=keep):
+        fn(xp, *head, rp, *tail, op, ldo)
+    return run
