@@ -485,3 +485,40 @@ def test_conv_autocast_native_matches_torch(case, monkeypatch):
     for i, what in enumerate(("out", "grad_input", "grad_weight", "grad_bias")):
         assert outs["ours"][i].dtype == outs["torch"][i].dtype, what
         _assert_within_torch(outs["ours"][i], outs["torch"][i], ref[i], what)
+
+
+def test_autocast_parameter_cast_cache():
+    """Under no_grad, autocast's cast of a parameter is made once and reused (ops/_checks.py), and a
+    change of the parameter (in place: _version; a new storage: data_ptr) makes a fresh one; with
+    autograd recording, every call casts (the cast is part of the graph)."""
+    from pyimgcls.ops import _checks
+    gen = torch.Generator().manual_seed(11)
+    conv = torch.nn.Conv2d(16, 24, 3, padding=1)
+    x = torch.randn(2, 16, 9, 9, generator=gen)
+
+    def run():
+        with pyimgcls.use_backend("cpu"), torch.autocast("cpu", dtype=torch.bfloat16):
+            return ops.conv2d(x, conv.weight, conv.bias, 1, 1)
+
+    def want():
+        return F.conv2d(x.bfloat16().double(), conv.weight.bfloat16().double(), conv.bias.bfloat16().double(), 1, 1)
+
+    _checks.clear_autocast_cache()
+    with torch.no_grad():
+        y0 = run()
+        cast = _checks._CAST_CACHE[id(conv.weight)][6]
+        assert torch.equal(run(), y0) and _checks._CAST_CACHE[id(conv.weight)][6] is cast  # reused
+        _assert_close_f64(y0, want(), "cached")
+        conv.weight.mul_(-2.0)  # in place: _version
+        _assert_close_f64(run(), want(), "after an in-place update")
+        conv.weight.data = torch.randn(24, 16, 3, 3, generator=gen)  # new storage: data_ptr
+        _assert_close_f64(run(), want(), "after a new storage")
+    n = len(_checks._CAST_CACHE)
+    y = run()  # recording: no cache entry, gradients reach the float32 parameter
+    assert len(_checks._CAST_CACHE) == n
+    y.float().sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
+    del conv, y  # y's graph holds the parameters
+    import gc
+    gc.collect()
+    assert len(_checks._CAST_CACHE) == n - 2  # weight and bias entries went with the module
