@@ -463,15 +463,20 @@ def test_conv_bf16_native_activations(act, monkeypatch):
 
 
 def test_conv_bf16_native_uncollapsible_residual_and_bad_env(monkeypatch):
-    """A residual whose (h, w) do not collapse keeps the widening path (still right); an unknown
-    PYIMGCLS_CPU_BF16_CONV value is an error naming the variable."""
+    """A residual whose (h, w) do not collapse keeps the widening path (still right; only a direct
+    call of the native function passes one: the op layer matches the residual to the output's
+    layout); an unknown PYIMGCLS_CPU_BF16_CONV value is an error naming the variable."""
     from pyimgcls import backends
+    from pyimgcls.ops.conv import fwd_outputs, strides
     K = backends.kernels("cpu", "conv")
     x, w, b, _, g, geo = _native_case(NATIVE_CASES[0], torch.Generator().manual_seed(3))
     big = torch.randn(2, 48, 16, 19, generator=torch.Generator().manual_seed(4)).bfloat16()
     r = big[:, :, :, 1:17]
     monkeypatch.setenv("PYIMGCLS_CPU_BF16_CONV", "native")
-    y = K.conv2d(x, w, b, r, *geo, 1)
+    y, _, geom = fwd_outputs(x, w, None, *geo)
+    y.fill_(float("nan"))
+    C.conv2d_fwd_cpu(_native.dtype_code(torch.bfloat16), geom, x.data_ptr(), strides(x), w.data_ptr(), b.data_ptr(),
+                     r.data_ptr(), strides(r), y.data_ptr(), strides(y), 1)
     _assert_close_f64(y, _native_reference(x, w, b, r, g, geo, True)[0], "out")
     monkeypatch.setenv("PYIMGCLS_CPU_BF16_CONV", "fast")
     with pytest.raises(ValueError, match="PYIMGCLS_CPU_BF16_CONV"):

@@ -2354,13 +2354,13 @@ void conv2d_bwd_data_bf16_native(const ConvGeometry& s, const uint16_t* gr, Stri
 }
 
 // wgrad: conv2d_bwd_weight_t's two orientations with bf16 operands; chunk results added in chunk order
-// into a float32 weight gradient (dwf), rounded once into dw.
+// into a float32 weight gradient (dwf, in the GEMM's column order), rounded once into dw (the (i, j, c)
+// -> (c, i, j) reorder of the pixel-major orientation done in that one pass, not once per chunk).
 void conv2d_bwd_weight_bf16_native(const ConvGeometry& s, const uint16_t* gr, Strides4 gs, const uint16_t* x,
                                    Strides4 xs, uint16_t* dw) {
   const Plan pl = make_plan(s, xs);
   const int64_t wsize = s.O * pl.K;
-  float* const dwf = scratch<float>(Buf::Wt, wsize);
-  std::fill(dwf, dwf + wsize, 0.0f);
+  float* const dwf = scratch<float>(Buf::Wt, wsize);  // the GEMM's column order: (i, j, c) when ijc
   const bool pixel_major = gs.c == 1 && s.O > 1;
   const bool ijc = pixel_major && s.KH * s.KW > 1 && pl.Cg > 1;  // result columns in (i, j, c) order
   const bool g_rows = pixel_major && (s.N == 1 || gs.n == pl.P * gs.w);
@@ -2377,6 +2377,9 @@ void conv2d_bwd_weight_bf16_native(const ConvGeometry& s, const uint16_t* gr, St
       const int64_t nb = std::min(NB, s.N - n0), M = nb * pl.P;
       const uint16_t* gg = gr + n0 * gs.n + g * pl.Og * gs.c;
       const uint16_t* xg = x + n0 * xs.n + g * pl.Cg * xs.c;
+      // the group's first chunk writes its sum itself; later chunks go through tmp and are added
+      float* const ag = dwf + g * pl.Og * pl.K;
+      float* const c = n0 == 0 ? ag : tmp;
       if (pixel_major) {
         // tmp[o, k] = g[q, o]^T @ col[q, k]
         const uint16_t* a = gg;
@@ -2399,27 +2402,31 @@ void conv2d_bwd_weight_bf16_native(const ConvGeometry& s, const uint16_t* gr, St
           sbk = pl.K;
           sbn = 1;
         }
-        gemm_bf16(DType::BFloat16, a, 1, sak, b, sbk, sbn, nullptr, tmp, DType::Float32, pl.K, 1, pl.Og, pl.K, M,
+        gemm_bf16(DType::BFloat16, a, 1, sak, b, sbk, sbn, nullptr, c, DType::Float32, pl.K, 1, pl.Og, pl.K, M,
                   Act::None);
       } else {
         // tmp[o, k] = g[o, q] @ col[k, q]^T
         gather_kp(gg, gs, nb, pl.Og, pl.P, gbuf);
         for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col + n * pl.P, M); });
-        gemm_bf16(DType::BFloat16, gbuf, M, 1, col, 1, M, nullptr, tmp, DType::Float32, pl.K, 1, pl.Og, pl.K, M,
+        gemm_bf16(DType::BFloat16, gbuf, M, 1, col, 1, M, nullptr, c, DType::Float32, pl.K, 1, pl.Og, pl.K, M,
                   Act::None);
       }
-      float* ag = dwf + g * pl.Og * pl.K;
-      if (ijc) {
-        const int64_t taps = s.KH * s.KW;
-        for (int64_t o = 0; o < pl.Og; ++o)
-          for (int64_t c = 0; c < pl.Cg; ++c)
-            for (int64_t t = 0; t < taps; ++t) ag[o * pl.K + c * taps + t] += tmp[o * pl.K + t * pl.Cg + c];
-      } else {
+      if (n0 > 0)
         for (int64_t e = 0; e < pl.Og * pl.K; ++e) ag[e] += tmp[e];
-      }
     }
-  const Bf16Out st{dwf, 0, 1, dw, 0, 1, nullptr, 0, 0, nullptr, 1, wsize, Act::None, true};
-  run_isa<Bf16OutBody>(active_isa(), st);
+  const Isa isa = active_isa();
+  if (!ijc) {
+    const Bf16Out st{dwf, 0, 1, dw, 0, 1, nullptr, 0, 0, nullptr, 1, wsize, Act::None, true};
+    run_isa<Bf16OutBody>(isa, st);
+    return;
+  }
+  // dw[o, c, t] = bf16(dwf[o, t, c]), t = (i, j): per output channel a taps x Cg transpose
+  const int64_t taps = s.KH * s.KW;
+  for (int64_t o = 0; o < s.O; ++o) {
+    const Bf16Out st{dwf + o * pl.K, pl.Cg, 1, dw + o * pl.K, 1, taps, nullptr, 0, 0, nullptr, taps, pl.Cg, Act::None,
+                     false};
+    run_isa<Bf16OutBody>(isa, st);
+  }
 }
 
 template <typename S, typename D, typename F>
