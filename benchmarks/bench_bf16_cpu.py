@@ -31,7 +31,7 @@ import time
 VARIANTS = ("ours_bf16", "ours_bf16_widen", "ours_fp32", "torch_fp32", "torch_bf16")
 
 
-def _child(models, threads, reps):
+def _child(models, threads, reps, clock=time.perf_counter):
     import torch
 
     import pyimgcls
@@ -55,19 +55,19 @@ def _child(models, threads, reps):
             bf16 = "bf16" in variant
             os.environ["PYIMGCLS_CPU_BF16_CONV"] = "widen" if variant.endswith("widen") else "native"
             _checks._cast = (lambda t, dtype: t.to(dtype)) if variant.endswith("widen") else cached_cast
-            t0 = time.perf_counter()
+            t0 = clock()
             if not train:
                 with torch.no_grad(), pyimgcls.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16,
                                                                                     enabled=bf16):
                     y = model(x)
-                return time.perf_counter() - t0, float(y.float().sum())
+                return clock() - t0, float(y.float().sum())
             with pyimgcls.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(model(x), target)
             opt.zero_grad(set_to_none=True)
             with pyimgcls.use_backend(backend):
                 loss.backward()
             opt.step()
-            return time.perf_counter() - t0, float(loss)
+            return clock() - t0, float(loss)
 
         out["models"][name] = {}
         for mode in ("train", "fwd"):
@@ -178,6 +178,9 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="thread: CPU time of the calling thread (1 thread only: all the work runs on it; "
+                         "robust to other jobs holding the core on a shared machine)")
     ap.add_argument("--ops", action="store_true", help="the per-op batch norm / pooling comparison instead")
     args = ap.parse_args()
     if args.ops:
@@ -194,18 +197,21 @@ def main():
         return
     models = [m for m in args.models.split(",") if m]
     if args.child:
-        print(json.dumps(_child(models, args.child, args.reps)))
+        if args.clock == "thread" and args.child != 1:
+            raise SystemExit("--clock thread needs --threads 1")
+        print(json.dumps(_child(models, args.child, args.reps,
+                                time.thread_time if args.clock == "thread" else time.perf_counter)))
         return
     runs = []
     load0 = os.getloadavg()
     for t in (int(v) for v in args.threads.split(",")):
         env = {**os.environ, "OMP_NUM_THREADS": str(t), "OMP_WAIT_POLICY": "passive"}
         res = subprocess.run([sys.executable, __file__, "--models", args.models, "--reps", str(args.reps),
-                              "--child", str(t)], env=env, stdout=subprocess.PIPE, check=True, text=True)
+                              "--clock", args.clock, "--child", str(t)], env=env, stdout=subprocess.PIPE, check=True, text=True)
         runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
     doc = {"what": "bf16 train step and eval forward (no_grad), batch 16, 3x64x64, 10 classes, NCHW; min of "
                    "interleaved rounds",
-           "machine": os.uname().nodename, "cpu_count": os.cpu_count(), "reps": args.reps,
+           "machine": os.uname().nodename, "cpu_count": os.cpu_count(), "reps": args.reps, "clock": args.clock,
            "load_average": [load0, os.getloadavg()], "runs": runs}
     text = json.dumps(doc, indent=1)
     if args.out:
