@@ -340,7 +340,7 @@ def test_conv_bf16_entry_points_strided_inputs(layout):
 # (h, w) not collapsible, im2col even for 1x1), "strided" (NCHW, w stride 2).
 NATIVE_CASES = [
     ("nchw_3x3", 2, 32, 16, 16, 48, 3, 1, 1, 1, "nchw"),             # channel-major GEMM, col2im_kp
-    ("nchw_3x3_few_out", 2, 24, 16, 16, 64, 3, 1, 1, 1, "nchw"),     # few output channels: transposing store
+    ("nchw_3x3_few_out", 2, 24, 16, 16, 64, 3, 1, 1, 1, "nchw"),     # the widening path takes its few-out orientation
     ("nhwc_3x3", 2, 32, 16, 16, 48, 3, 1, 1, 1, "channels_last"),    # pixel-major im2col, col2im_pk, (i,j,c) dw
     ("nhwc_1x1", 4, 64, 16, 16, 72, 1, 1, 0, 1, "channels_last"),    # x, g, dx used in place (no copies)
     ("nhwc_1x1_rows", 4, 64, 16, 16, 72, 1, 1, 0, 1, "rows"),        # 1x1 direct with gathered x and g

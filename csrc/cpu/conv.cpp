@@ -2223,9 +2223,13 @@ bool bf16_native_conv(const ConvGeometry& s) {
   return !depthwise(s) && macs >= kSmallConvMacs;
 }
 
-// Forward: the three orientations of conv2d_fwd_t (pixel-major, few output channels, channel-major)
-// with bf16 operands and the float32 chunk result rounded by Bf16OutBody. bias: float32 [O] or null;
-// res: collapsible (h, w) (the caller checks), or null.
+// Forward: conv2d_fwd_t's pixel-major and channel-major orientations with bf16 operands and the
+// float32 chunk result rounded by Bf16OutBody. bias: float32 [O] or null; res: collapsible (h, w)
+// (the caller checks), or null. No "few output channels" orientation (the pixels as the GEMM's rows,
+// as conv2d_fwd_t takes for Og < 112 on NCHW): here its transposing output pass cost more than the
+// GEMM's tile fit saved (batch 16, 1 thread, ms few-out / channel-major: ResNet stem 7x7/2 3 -> 64
+// 3.22 / 2.41, 3x3 64 -> 64 at 16x16 2.50 / 2.01, 32 -> 32 0.87 / 0.70, 128 -> 32 at 8x8 0.87 / 0.77,
+// 16 -> 16 at 32x32 1.13 / 1.09; benchmarks/NOTES.md).
 void conv2d_fwd_bf16_native(const ConvGeometry& s, const uint16_t* x, Strides4 xs, const uint16_t* w,
                             const float* bias, const uint16_t* res, Strides4 rs, uint16_t* out, Strides4 os, Act act) {
   const Plan pl = make_plan(s, xs);
@@ -2239,7 +2243,6 @@ void conv2d_fwd_bf16_native(const ConvGeometry& s, const uint16_t* x, Strides4 x
   uint16_t* const col = scratch<uint16_t>(Buf::Col, NB * col_img);
   float* const tmp = scratch<float>(Buf::Tmp, NB * tmp_img);
   const int64_t img_work = pl.Og * pl.P * pl.K;
-  const bool few_out = !pixel_major && few_out_channels(pl.Og, NB * pl.P);
   for (int64_t g = 0; g < s.groups; ++g)
     for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
       const int64_t nb = std::min(NB, s.N - n0), M = nb * pl.P;
@@ -2271,17 +2274,13 @@ void conv2d_fwd_bf16_native(const ConvGeometry& s, const uint16_t* x, Strides4 x
         });
         continue;
       }
+      // tmp[o, q] = w[o, k] @ col[k, q]
       for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col + n * pl.P, M); });
-      if (few_out)  // tmp[q, o] = col[k, q]^T @ w[o, k]^T: the pixels as the GEMM's rows
-        gemm_bf16(DType::BFloat16, col, 1, M, w + g * pl.Og * pl.K, 1, pl.K, nullptr, tmp, DType::Float32, pl.Og, 1,
-                  M, pl.Og, pl.K, Act::None);
-      else  // tmp[o, q] = w[o, k] @ col[k, q]
-        gemm_bf16(DType::BFloat16, w + g * pl.Og * pl.K, pl.K, 1, col, M, 1, nullptr, tmp, DType::Float32, M, 1,
-                  pl.Og, M, pl.K, Act::None);
+      gemm_bf16(DType::BFloat16, w + g * pl.Og * pl.K, pl.K, 1, col, M, 1, nullptr, tmp, DType::Float32, M, 1, pl.Og,
+                M, pl.K, Act::None);
       for_images(nb, nb * img_work, [&](int64_t n) {
-        const Bf16Out st{few_out ? tmp + n * pl.P * pl.Og : tmp + n * pl.P, few_out ? pl.Og : 1, few_out ? 1 : M,
-                         og + n * os.n, os.w, os.c, rg ? rg + n * rs.n : nullptr, rs.w, rs.c, bg, pl.P, pl.Og, act,
-                         false};
+        const Bf16Out st{tmp + n * pl.P, 1, M, og + n * os.n, os.w, os.c, rg ? rg + n * rs.n : nullptr, rs.w, rs.c, bg,
+                         pl.P, pl.Og, act, false};
         run_isa<Bf16OutBody>(isa, st);
       });
     }
