@@ -5,8 +5,11 @@ against PyTorch's float32 step and PyTorch's own bf16 autocast, on the same mode
     python benchmarks/bench_bf16_cpu.py --ops [--reps 5] [--out FILE]     (batch norm / pooling layers, below)
 
 Variants (train step = forward, cross-entropy, backward, SGD step; batch 16, 3 x 64 x 64, 10 classes,
-NCHW, train mode):
+NCHW, train mode; and the forward alone: eval mode under torch.no_grad, after the train rounds):
     ours_bf16    pyimgcls.use_backend("cpu") + autocast bf16  (bf16 GEMM / conv kernels, csrc/cpu/gemm.cpp)
+    ours_bf16_widen  the same with PYIMGCLS_CPU_BF16_CONV=widen (bf16 convs through float32 copies) and
+                 autocast's parameter casts not cached (ops/_checks.py): the bf16 path before #20's
+                 native bf16 conv, for before / after ratios in one process
     ours_fp32    pyimgcls.use_backend("cpu"), float32         (context)
     torch_fp32   pyimgcls.use_backend("torch"), float32       (PyTorch's kernels for every layer)
     torch_bf16   pyimgcls.use_backend("torch") + autocast bf16
@@ -25,14 +28,17 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("ours_bf16", "ours_fp32", "torch_fp32", "torch_bf16")
+VARIANTS = ("ours_bf16", "ours_bf16_widen", "ours_fp32", "torch_fp32", "torch_bf16")
 
 
-def _child(models, threads, reps):
+def _child(models, threads, reps, clock=time.perf_counter):
     import torch
 
     import pyimgcls
     from pyimgcls import _native, models as zoo, nn
+    from pyimgcls.ops import _checks
+
+    cached_cast = _checks._cast
 
     torch.set_num_threads(threads)
     out = {"threads": threads, "bf16_kernel": _native.C.gemm_bf16_kernel(), "models": {}}
@@ -44,36 +50,50 @@ def _child(models, threads, reps):
         loss_fn = nn.CrossEntropyLoss()
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
-        def step(variant):
+        def step(variant, train):
             backend = "cpu" if variant.startswith("ours") else "torch"
-            bf16 = variant.endswith("bf16")
-            t0 = time.perf_counter()
+            bf16 = "bf16" in variant
+            os.environ["PYIMGCLS_CPU_BF16_CONV"] = "widen" if variant.endswith("widen") else "native"
+            _checks._cast = (lambda t, dtype: t.to(dtype)) if variant.endswith("widen") else cached_cast
+            t0 = clock()
+            if not train:
+                with torch.no_grad(), pyimgcls.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                                                    enabled=bf16):
+                    y = model(x)
+                return clock() - t0, float(y.float().sum())
             with pyimgcls.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = loss_fn(model(x), target)
             opt.zero_grad(set_to_none=True)
             with pyimgcls.use_backend(backend):
                 loss.backward()
             opt.step()
-            return time.perf_counter() - t0, float(loss)
+            return clock() - t0, float(loss)
 
-        times = {v: [] for v in VARIANTS}
-        for r in range(reps + 2):
-            for v in VARIANTS:
-                dt, loss = step(v)
-                if not (loss == loss):
-                    raise RuntimeError(f"{name} {v}: loss is NaN")
-                if r >= 2:
-                    times[v].append(dt)
-        best = {v: min(ts) * 1e3 for v, ts in times.items()}
-        out["models"][name] = {
-            "ms_min": best, "ms_all": {v: [t * 1e3 for t in ts] for v, ts in times.items()},
-            "ratio_vs_torch_fp32": best["torch_fp32"] / best["ours_bf16"],
-            "ratio_vs_torch_bf16": best["torch_bf16"] / best["ours_bf16"],
-            "ratio_ours_fp32_over_bf16": best["ours_fp32"] / best["ours_bf16"],
-        }
-        print(f"threads {threads} {name}: " + ", ".join(f"{v} {best[v]:.1f} ms" for v in VARIANTS)
-              + f"; torch_fp32/ours_bf16 {best['torch_fp32'] / best['ours_bf16']:.2f}"
-              + f", torch_bf16/ours_bf16 {best['torch_bf16'] / best['ours_bf16']:.2f}", file=sys.stderr, flush=True)
+        out["models"][name] = {}
+        for mode in ("train", "fwd"):
+            model.train(mode == "train")
+            times = {v: [] for v in VARIANTS}
+            for r in range(reps + 2):
+                for v in VARIANTS:
+                    dt, val = step(v, mode == "train")
+                    if not (val == val):
+                        raise RuntimeError(f"{name} {mode} {v}: NaN")
+                    if r >= 2:
+                        times[v].append(dt)
+            best = {v: min(ts) * 1e3 for v, ts in times.items()}
+            out["models"][name][mode] = {
+                "ms_min": best, "ms_all": {v: [t * 1e3 for t in ts] for v, ts in times.items()},
+                "ratio_vs_torch_fp32": best["torch_fp32"] / best["ours_bf16"],
+                "ratio_vs_torch_bf16": best["torch_bf16"] / best["ours_bf16"],
+                "ratio_ours_fp32_over_bf16": best["ours_fp32"] / best["ours_bf16"],
+                "ratio_widen_over_native": best["ours_bf16_widen"] / best["ours_bf16"],
+            }
+            print(f"threads {threads} {name} {mode}: " + ", ".join(f"{v} {best[v]:.1f} ms" for v in VARIANTS)
+                  + f"; torch_fp32/ours_bf16 {best['torch_fp32'] / best['ours_bf16']:.2f}"
+                  + f", torch_bf16/ours_bf16 {best['torch_bf16'] / best['ours_bf16']:.2f}"
+                  + f", widen/native {best['ours_bf16_widen'] / best['ours_bf16']:.2f}", file=sys.stderr, flush=True)
+    _checks._cast = cached_cast
+    os.environ.pop("PYIMGCLS_CPU_BF16_CONV", None)
     return out
 
 
@@ -158,6 +178,9 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="thread: CPU time of the calling thread (1 thread only: all the work runs on it; "
+                         "robust to other jobs holding the core on a shared machine)")
     ap.add_argument("--ops", action="store_true", help="the per-op batch norm / pooling comparison instead")
     args = ap.parse_args()
     if args.ops:
@@ -174,17 +197,21 @@ def main():
         return
     models = [m for m in args.models.split(",") if m]
     if args.child:
-        print(json.dumps(_child(models, args.child, args.reps)))
+        if args.clock == "thread" and args.child != 1:
+            raise SystemExit("--clock thread needs --threads 1")
+        print(json.dumps(_child(models, args.child, args.reps,
+                                time.thread_time if args.clock == "thread" else time.perf_counter)))
         return
     runs = []
     load0 = os.getloadavg()
     for t in (int(v) for v in args.threads.split(",")):
         env = {**os.environ, "OMP_NUM_THREADS": str(t), "OMP_WAIT_POLICY": "passive"}
         res = subprocess.run([sys.executable, __file__, "--models", args.models, "--reps", str(args.reps),
-                              "--child", str(t)], env=env, stdout=subprocess.PIPE, check=True, text=True)
+                              "--clock", args.clock, "--child", str(t)], env=env, stdout=subprocess.PIPE, check=True, text=True)
         runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    doc = {"what": "bf16 train step, batch 16, 3x64x64, 10 classes, NCHW; min of interleaved rounds",
-           "machine": os.uname().nodename, "cpu_count": os.cpu_count(), "reps": args.reps,
+    doc = {"what": "bf16 train step and eval forward (no_grad), batch 16, 3x64x64, 10 classes, NCHW; min of "
+                   "interleaved rounds",
+           "machine": os.uname().nodename, "cpu_count": os.cpu_count(), "reps": args.reps, "clock": args.clock,
            "load_average": [load0, os.getloadavg()], "runs": runs}
     text = json.dumps(doc, indent=1)
     if args.out:

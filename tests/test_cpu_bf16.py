@@ -328,3 +328,202 @@ def test_conv_bf16_entry_points_strided_inputs(layout):
         assert ours.dtype == torch.bfloat16
         err = (ours.double() - ref).abs()
         assert (err <= 2.0 ** -8 * ref.abs() + 1e-4 * ref.abs().max()).all(), err.max().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# The native bf16 conv path (csrc/cpu/conv.cpp "bfloat16, native path": non-depthwise convs of at
+# least 2^22 multiply-adds read bf16 directly). Every case is checked against the widening path
+# (PYIMGCLS_CPU_BF16_CONV=widen: same bf16 operands and float32 sums, so the same bits) and against
+# float64. (name, N, C, H, W, O, k, stride, pad, groups, layout); layouts: nchw, channels_last,
+# "rows" (channels_last with image rows not evenly spaced: a slice along H, so a 1x1 conv's input
+# and gradient are gathered instead of used in place), "sliced" (channels_last sliced along W:
+# (h, w) not collapsible, im2col even for 1x1), "strided" (NCHW, w stride 2).
+NATIVE_CASES = [
+    ("nchw_3x3", 2, 32, 16, 16, 48, 3, 1, 1, 1, "nchw"),             # channel-major GEMM, col2im_kp
+    ("nchw_3x3_few_out", 2, 24, 16, 16, 64, 3, 1, 1, 1, "nchw"),     # the widening path takes its few-out orientation
+    ("nhwc_3x3", 2, 32, 16, 16, 48, 3, 1, 1, 1, "channels_last"),    # pixel-major im2col, col2im_pk, (i,j,c) dw
+    ("nhwc_1x1", 4, 64, 16, 16, 72, 1, 1, 0, 1, "channels_last"),    # x, g, dx used in place (no copies)
+    ("nhwc_1x1_rows", 4, 64, 16, 16, 72, 1, 1, 0, 1, "rows"),        # 1x1 direct with gathered x and g
+    ("nhwc_1x1_sliced", 4, 64, 16, 16, 72, 1, 1, 0, 1, "sliced"),    # 1x1 through im2col_pk
+    ("stem_7x7_s2", 2, 3, 40, 40, 64, 7, 2, 3, 1, "nchw"),            # stride 2, K = 147 (odd)
+    ("grouped_s2_nhwc", 4, 64, 16, 16, 96, 3, 2, 1, 2, "channels_last"),
+    ("grouped_s2_nchw", 4, 64, 16, 16, 96, 3, 2, 1, 2, "nchw"),
+    ("batch1_odd", 1, 67, 19, 19, 81, 3, 1, 1, 1, "nchw"),            # batch 1, odd C / O / K
+    ("batch1_odd_nhwc", 1, 67, 19, 19, 81, 3, 1, 1, 1, "channels_last"),
+    ("strided", 2, 32, 16, 16, 48, 3, 1, 1, 1, "strided"),
+]
+
+
+def _native_tensor(shape, layout, gen):
+    """A bf16 tensor of `shape` in `layout` (values rounded to bf16 first: the float64 reference reads them)."""
+    N, Cc, H, W = shape
+    if layout == "rows":
+        big = torch.randn(N, Cc, H + 1, W, generator=gen).bfloat16().contiguous(memory_format=torch.channels_last)
+        t = big[:, :, :H]
+    elif layout in ("channels_last", "sliced", "strided", "nchw"):
+        t = _conv_input(N, Cc, H, W, layout, gen)
+        t = torch.empty_strided(t.shape, t.stride(), dtype=torch.bfloat16).copy_(t)
+    else:
+        raise ValueError(layout)
+    return t
+
+
+def _native_run(K, x, w, b, r, g, geo, act, mode, monkeypatch):
+    monkeypatch.setenv("PYIMGCLS_CPU_BF16_CONV", mode)
+    return (K.conv2d(x, w, b, r, *geo, act), K.dgrad(g, x, w, *geo), K.wgrad(g, x, w, *geo))
+
+
+def _native_case(case, gen):
+    name, N, Cc, H, W, O, k, stride, pad, groups, layout = case
+    OH = (H + 2 * pad - k) // stride + 1
+    OW = (W + 2 * pad - k) // stride + 1
+    assert N * O * OH * OW * Cc // groups * k * k >= 1 << 22, "below the native path's size"
+    x = _native_tensor((N, Cc, H, W), layout, gen)
+    w = (torch.randn(O, Cc // groups, k, k, generator=gen) / (Cc // groups * k * k) ** 0.5).bfloat16()
+    b = torch.randn(O, generator=gen).bfloat16()
+    glayout = "rows" if layout == "rows" else "channels_last" if layout != "nchw" and layout != "strided" else "nchw"
+    r = _native_tensor((N, O, OH, OW), glayout, gen)
+    g = _native_tensor((N, O, OH, OW), glayout, gen)
+    geo = ([stride, stride], [pad] * 4, [1, 1], groups)
+    return x, w, b, r, g, geo
+
+
+def _native_reference(x, w, b, r, g, geo, relu):
+    (stride, _), (pad, *_), _, groups = geo
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    yd = F.conv2d(xd, wd, None, stride, pad, 1, groups)
+    rdx, rdw = torch.autograd.grad(yd, (xd, wd), g.double())
+    yd = yd.detach() + b.double().view(1, -1, 1, 1)
+    if r is not None:
+        yd = yd + r.double()
+    return (yd.relu() if relu else yd), rdx, rdw
+
+
+def _assert_close_f64(ours, ref, what):
+    assert ours.dtype == torch.bfloat16 and not torch.isnan(ours).any(), what
+    err = (ours.double() - ref).abs()
+    # one bf16 rounding of a float32 sum: 2^-8 relative, plus the float32 sums' error
+    assert (err <= 2.0 ** -8 * ref.abs() + 1e-4 * ref.abs().max()).all(), f"{what}: {err.max().item()}"
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["bias_relu", "bias_res_relu"])
+@pytest.mark.parametrize("case", NATIVE_CASES, ids=lambda c: c[0])
+def test_conv_bf16_native_matches_widening_path(case, residual, monkeypatch):
+    from pyimgcls import backends
+    K = backends.kernels("cpu", "conv")
+    x, w, b, r, g, geo = _native_case(case, torch.Generator().manual_seed(sum(case[1:8])))
+    r = r if residual else None
+    ours = _native_run(K, x, w, b, r, g, geo, 1, "native", monkeypatch)
+    widen = _native_run(K, x, w, b, r, g, geo, 1, "widen", monkeypatch)
+    if case[-1] in ("channels_last", "rows", "sliced"):
+        assert ours[0].is_contiguous(memory_format=torch.channels_last)
+    for what, a, bw, ref in zip(("out", "grad_input", "grad_weight"), ours, widen,
+                                _native_reference(x, w, b, r, g, geo, True)):
+        assert torch.equal(a, bw), f"{what}: native and widening paths differ"
+        _assert_close_f64(a, ref, what)
+
+
+@pytest.mark.parametrize("case", [NATIVE_CASES[0], NATIVE_CASES[2], NATIVE_CASES[4]], ids=lambda c: c[0])
+def test_conv_bf16_native_chunks_threads_generic(case, monkeypatch):
+    """A 40 KB chunk budget (one image per chunk: the chunk loop, wgrad's chunk sums), one and two
+    threads (identical bits), and the baseline build of the output pass (PYIMGCLS_CPU_ISA=generic:
+    the GEMM fallback, same values as vdpbf16ps)."""
+    from pyimgcls import backends
+    K = backends.kernels("cpu", "conv")
+    x, w, b, r, g, geo = _native_case(case, torch.Generator().manual_seed(7))
+    ref = _native_reference(x, w, b, r, g, geo, True)
+    monkeypatch.setenv("PYIMGCLS_CPU_CONV_CHUNK_BYTES", "40000")
+    runs = []
+    for n in (1, 2):
+        with omp_threads(n):
+            runs.append(_native_run(K, x, w, b, r, g, geo, 1, "native", monkeypatch))
+    monkeypatch.setenv("PYIMGCLS_CPU_ISA", "generic")
+    runs.append(_native_run(K, x, w, b, r, g, geo, 1, "native", monkeypatch))
+    widen = _native_run(K, x, w, b, r, g, geo, 1, "widen", monkeypatch)
+    for i, what in enumerate(("out", "grad_input", "grad_weight")):
+        for run in runs:
+            _assert_close_f64(run[i], ref[i], what)
+        assert torch.equal(runs[0][i], runs[1][i]), f"{what}: 1 and 2 threads differ"
+        if i < 2:  # wgrad's chunk sums differ from the widening path's (other chunk sizes: 2-byte columns)
+            assert torch.equal(runs[2][i], widen[i]), f"{what}: generic native and widening paths differ"
+
+
+@pytest.mark.parametrize("act", [0, 2, 3, 4, 5, 6], ids=["none", "relu6", "silu", "hardswish", "sigmoid", "hardsigmoid"])
+def test_conv_bf16_native_activations(act, monkeypatch):
+    """Every activation of the output pass (pixel runs and channel runs), against the widening path."""
+    from pyimgcls import backends
+    K = backends.kernels("cpu", "conv")
+    for case in (NATIVE_CASES[0], NATIVE_CASES[2]):
+        x, w, b, r, g, geo = _native_case(case, torch.Generator().manual_seed(act))
+        for res in (None, r):
+            monkeypatch.setenv("PYIMGCLS_CPU_BF16_CONV", "native")
+            y = K.conv2d(x, w, b, res, *geo, act)
+            monkeypatch.setenv("PYIMGCLS_CPU_BF16_CONV", "widen")
+            assert torch.equal(y, K.conv2d(x, w, b, res, *geo, act)), (case[0], res is not None)
+
+
+def test_conv_bf16_native_uncollapsible_residual_and_bad_env(monkeypatch):
+    """A residual whose (h, w) do not collapse keeps the widening path (still right; only a direct
+    call of the native function passes one: the op layer matches the residual to the output's
+    layout); an unknown PYIMGCLS_CPU_BF16_CONV value is an error naming the variable."""
+    from pyimgcls import backends
+    from pyimgcls.ops.conv import fwd_outputs, strides
+    K = backends.kernels("cpu", "conv")
+    x, w, b, _, g, geo = _native_case(NATIVE_CASES[0], torch.Generator().manual_seed(3))
+    big = torch.randn(2, 48, 16, 19, generator=torch.Generator().manual_seed(4)).bfloat16()
+    r = big[:, :, :, 1:17]
+    monkeypatch.setenv("PYIMGCLS_CPU_BF16_CONV", "native")
+    y, _, geom = fwd_outputs(x, w, None, *geo)
+    y.fill_(float("nan"))
+    C.conv2d_fwd_cpu(_native.dtype_code(torch.bfloat16), geom, x.data_ptr(), strides(x), w.data_ptr(), b.data_ptr(),
+                     r.data_ptr(), strides(r), y.data_ptr(), strides(y), 1)
+    _assert_close_f64(y, _native_reference(x, w, b, r, g, geo, True)[0], "out")
+    monkeypatch.setenv("PYIMGCLS_CPU_BF16_CONV", "fast")
+    with pytest.raises(ValueError, match="PYIMGCLS_CPU_BF16_CONV"):
+        K.conv2d(x, w, b, None, *geo, 1)
+
+
+@pytest.mark.parametrize("case", [NATIVE_CASES[1], NATIVE_CASES[7], NATIVE_CASES[9]], ids=lambda c: c[0])
+def test_conv_autocast_native_matches_torch(case, monkeypatch):
+    """ops.conv2d under autocast on native-path sizes: within 2x PyTorch's own bf16 error."""
+    outs, ref = _conv_case(case, "avx512bf16", monkeypatch, residual=True, act="relu")
+    for i, what in enumerate(("out", "grad_input", "grad_weight", "grad_bias")):
+        assert outs["ours"][i].dtype == outs["torch"][i].dtype, what
+        _assert_within_torch(outs["ours"][i], outs["torch"][i], ref[i], what)
+
+
+def test_autocast_parameter_cast_cache():
+    """Under no_grad, autocast's cast of a parameter is made once and reused (ops/_checks.py), and a
+    change of the parameter (in place: _version; a new storage: data_ptr) makes a fresh one; with
+    autograd recording, every call casts (the cast is part of the graph)."""
+    from pyimgcls.ops import _checks
+    gen = torch.Generator().manual_seed(11)
+    conv = torch.nn.Conv2d(16, 24, 3, padding=1)
+    x = torch.randn(2, 16, 9, 9, generator=gen)
+
+    def run():
+        with pyimgcls.use_backend("cpu"), torch.autocast("cpu", dtype=torch.bfloat16):
+            return ops.conv2d(x, conv.weight, conv.bias, 1, 1)
+
+    def want():
+        return F.conv2d(x.bfloat16().double(), conv.weight.bfloat16().double(), conv.bias.bfloat16().double(), 1, 1)
+
+    _checks.clear_autocast_cache()
+    with torch.no_grad():
+        y0 = run()
+        cast = _checks._CAST_CACHE[id(conv.weight)][6]
+        assert torch.equal(run(), y0) and _checks._CAST_CACHE[id(conv.weight)][6] is cast  # reused
+        _assert_close_f64(y0, want(), "cached")
+        conv.weight.mul_(-2.0)  # in place: _version
+        _assert_close_f64(run(), want(), "after an in-place update")
+        conv.weight.data = torch.randn(24, 16, 3, 3, generator=gen)  # new storage: data_ptr
+        _assert_close_f64(run(), want(), "after a new storage")
+    n = len(_checks._CAST_CACHE)
+    y = run()  # recording: no cache entry, gradients reach the float32 parameter
+    assert len(_checks._CAST_CACHE) == n
+    y.float().sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
+    del conv, y  # y's graph holds the parameters
+    import gc
+    gc.collect()
+    assert len(_checks._CAST_CACHE) == n - 2  # weight and bias entries went with the module

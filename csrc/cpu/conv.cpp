@@ -2411,6 +2411,325 @@ Strides4 dense_like(Strides4 s, int64_t C, int64_t H, int64_t W) {
 // dst[n, c, h, w] = f(src[n, c, h, w]) over [N, C, H, W], any source / destination strides (dst's
 // from dense_like or the caller's tensor). One flat pass when both are dense in the same layout,
 // else the loop order of dst's layout; OpenMP over images (elementwise: thread-count independent).
+// ---------------------------------------------------------------------------------------------
+// bfloat16, native path: no float32 copies of the bf16 tensors (conv2d_*_bf16 below choose it)
+// ---------------------------------------------------------------------------------------------
+// Non-depthwise convolutions of at least kSmallConvMacs multiply-adds (every ResNet layer at batch
+// 16, 64x64) run the plan of conv2d_fwd_t / conv2d_bwd_data_t / conv2d_bwd_weight_t (GEMM
+// orientation by the output / gradient layout, chunks of ~256 GEMM rows, copies over the chunk's
+// images), with every bf16 tensor read as bf16:
+//   - im2col, the gathers and the weight repack move bf16 values (the templates above with
+//     T = uint16_t: copies only), the GEMM (gemm_bf16, in_dt BFloat16) packs them by copying pairs
+//     (no rounding, half the bytes of float32 operands) and writes float32 into a chunk buffer
+//     (rows x Og, ~256 rows: in L2; its K blocks accumulate there);
+//   - one pass (Bf16OutBody, compiled per instruction set) adds bias and residual in float32,
+//     applies the activation and rounds once (nearest even) into the bf16 output;
+//   - dgrad: col2im sums in float32 into a per-thread float32 image, rounded once into dx; wgrad:
+//     the chunk GEMMs add into a float32 weight gradient, rounded once at the end.
+// The products, sums and their order are those of the widening path (same bf16 operand values, same
+// GEMM calls, K order and epilogue order): forward and dgrad give the same bits, wgrad too when both
+// paths chunk alike (tests/test_cpu_bf16.py; PYIMGCLS_CPU_BF16_CONV=widen selects the widening path,
+// for those tests and benchmarks/bench_bf16_cpu.py).
+// Traffic saved per call against the widening path (E = elements): forward 6|x| + 6|w| (+ 6|res|)
+// + 6|out| bytes (the float32 copies written and read, the float32 output read before its
+// rounding) and half the im2col bytes; dgrad 6|g| + 6|w| and half the gather bytes; wgrad 6|g| +
+// 6|x| and half the im2col / gather bytes. Smaller or depthwise convolutions, and a residual whose
+// (h, w) do not collapse, keep the widening path.
+// ---------------------------------------------------------------------------------------------
+
+// out(p, o) = bf16(act(t(p, o) [+ bias[o]] [+ res(p, o)])) over P pixels x O channels of one image:
+// t(p, o) = t[p*tp + o*to] (float32), out(p, o) = out[p*op + o*oo], res(p, o) = res[p*rp + o*ro]
+// (bf16, null: none). pixel_runs: the inner loop runs over channels (NHWC outputs; bias must then be
+// null: the pixel-major GEMM adds it in its epilogue), else over pixels (bias per channel).
+struct Bf16Out {
+  const float* t;
+  int64_t tp, to;
+  uint16_t* out;
+  int64_t op, oo;
+  const uint16_t* res;
+  int64_t rp, ro;
+  const float* bias;
+  int64_t P, O;
+  Act act;
+  bool pixel_runs;
+};
+
+// One run of n outputs; unit strides take the loop that vectorises (the rounding is branch-free).
+template <Act ACT, bool HB, bool HR>
+PYIMGCLS_INLINE void bf16_out_run(uint16_t* __restrict d, int64_t ds, const float* __restrict s, int64_t ss,
+                                  const uint16_t* __restrict r, int64_t rs, float b, int64_t n) {
+  if (ds == 1 && ss == 1 && (!HR || rs == 1)) {
+    for (int64_t e = 0; e < n; ++e) {
+      float v = s[e];
+      if constexpr (HB) v += b;
+      if constexpr (HR) v += bf16_to_float(r[e]);
+      d[e] = float_to_bf16(apply_act<ACT>(v));
+    }
+    return;
+  }
+  for (int64_t e = 0; e < n; ++e) {
+    float v = s[e * ss];
+    if constexpr (HB) v += b;
+    if constexpr (HR) v += bf16_to_float(r[e * rs]);
+    d[e * ds] = float_to_bf16(apply_act<ACT>(v));
+  }
+}
+
+struct Bf16OutBody {
+  template <Act ACT, bool HB, bool HR>
+  PYIMGCLS_INLINE static void image(const Bf16Out& a) {
+    if (a.pixel_runs) {
+      for (int64_t p = 0; p < a.P; ++p)
+        bf16_out_run<ACT, false, HR>(a.out + p * a.op, a.oo, a.t + p * a.tp, a.to, HR ? a.res + p * a.rp : nullptr,
+                                     a.ro, 0.0f, a.O);
+    } else {
+      for (int64_t o = 0; o < a.O; ++o)
+        bf16_out_run<ACT, HB, HR>(a.out + o * a.oo, a.op, a.t + o * a.to, a.tp, HR ? a.res + o * a.ro : nullptr,
+                                  a.rp, HB ? a.bias[o] : 0.0f, a.P);
+    }
+  }
+  template <bool HB, bool HR>
+  PYIMGCLS_INLINE static void by_act(const Bf16Out& a) {
+    // a switch, not dispatch_act: a lambda's body would be compiled for the baseline target
+    switch (a.act) {
+      case Act::ReLU: return image<Act::ReLU, HB, HR>(a);
+      case Act::ReLU6: return image<Act::ReLU6, HB, HR>(a);
+      case Act::SiLU: return image<Act::SiLU, HB, HR>(a);
+      case Act::Hardswish: return image<Act::Hardswish, HB, HR>(a);
+      case Act::Sigmoid: return image<Act::Sigmoid, HB, HR>(a);
+      case Act::Hardsigmoid: return image<Act::Hardsigmoid, HB, HR>(a);
+      default: return image<Act::None, HB, HR>(a);
+    }
+  }
+  PYIMGCLS_INLINE static void run(const Bf16Out& a) {
+    const bool hb = a.bias != nullptr && !a.pixel_runs;
+    if (hb)
+      a.res ? by_act<true, true>(a) : by_act<true, false>(a);
+    else
+      a.res ? by_act<false, true>(a) : by_act<false, false>(a);
+  }
+};
+
+// PYIMGCLS_CPU_BF16_CONV: unset / "native" (default) or "widen" (the widening path for every bf16
+// conv: the reference of the bit-identity tests and the benchmark's before). Read per call, as
+// PYIMGCLS_CPU_ISA.
+bool bf16_native_conv(const ConvGeometry& s) {
+  const char* env = std::getenv("PYIMGCLS_CPU_BF16_CONV");
+  if (env != nullptr && env[0] != '\0') {
+    const std::string v(env);
+    if (v == "widen") return false;
+    if (v != "native")
+      throw std::invalid_argument("PYIMGCLS_CPU_BF16_CONV must be native or widen, got '" + v + "'");
+  }
+  const int64_t macs = s.N * s.O * s.OH * s.OW * (s.C / std::max<int64_t>(s.groups, 1)) * s.KH * s.KW;
+  return !depthwise(s) && macs >= kSmallConvMacs;
+}
+
+// Forward: conv2d_fwd_t's pixel-major and channel-major orientations with bf16 operands and the
+// float32 chunk result rounded by Bf16OutBody. bias: float32 [O] or null; res: collapsible (h, w)
+// (the caller checks), or null. No "few output channels" orientation (the pixels as the GEMM's rows,
+// as conv2d_fwd_t takes for Og < 112 on NCHW): here its transposing output pass cost more than the
+// GEMM's tile fit saved (batch 16, 1 thread, ms few-out / channel-major: ResNet stem 7x7/2 3 -> 64
+// 3.22 / 2.41, 3x3 64 -> 64 at 16x16 2.50 / 2.01, 32 -> 32 0.87 / 0.70, 128 -> 32 at 8x8 0.87 / 0.77,
+// 16 -> 16 at 32x32 1.13 / 1.09; benchmarks/NOTES.md).
+void conv2d_fwd_bf16_native(const ConvGeometry& s, const uint16_t* x, Strides4 xs, const uint16_t* w,
+                            const float* bias, const uint16_t* res, Strides4 rs, uint16_t* out, Strides4 os, Act act) {
+  const Plan pl = make_plan(s, xs);
+  const Isa isa = active_isa();
+  const bool pixel_major = os.c == 1 && s.O > 1;
+  const uint16_t* wk = pixel_major && !pl.direct ? weight_ijc(pl, w) : w;
+  const bool x_rows = pixel_major && pl.direct && (s.N == 1 || xs.n == pl.P * xs.w);
+  const int64_t col_img = x_rows ? 0 : pl.P * pl.K;  // bf16 elements per image
+  const int64_t tmp_img = pl.P * pl.Og;              // float32 elements per image
+  const int64_t NB = chunk_images(s.N, pl.P, col_img + 2 * tmp_img, sizeof(uint16_t));
+  uint16_t* const col = scratch<uint16_t>(Buf::Col, NB * col_img);
+  float* const tmp = scratch<float>(Buf::Tmp, NB * tmp_img);
+  const int64_t img_work = pl.Og * pl.P * pl.K;
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
+      const int64_t nb = std::min(NB, s.N - n0), M = nb * pl.P;
+      const uint16_t* xg = x + n0 * xs.n + g * pl.Cg * xs.c;
+      uint16_t* og = out + n0 * os.n + g * pl.Og * os.c;
+      const uint16_t* rg = res ? res + n0 * rs.n + g * pl.Og * rs.c : nullptr;
+      const float* bg = bias ? bias + g * pl.Og : nullptr;
+      if (pixel_major) {
+        // tmp[q, o] = col[q, k] @ wk[o, k]^T (+ bias, + act without a residual, in the GEMM epilogue)
+        const uint16_t* a = xg;
+        int64_t sam = xs.w, sak = xs.c;
+        if (!x_rows) {
+          for_images(nb, nb * img_work, [&](int64_t n) {
+            if (pl.direct)
+              gather_pk(xg + n * xs.n, xs, 1, pl.Cg, pl.P, col + n * pl.P * pl.K);
+            else
+              im2col_pk(pl, xg + n * xs.n, xs, col + n * pl.P * pl.K);
+          });
+          a = col;
+          sam = pl.K;
+          sak = 1;
+        }
+        gemm_bf16(DType::BFloat16, a, sam, sak, wk + g * pl.Og * pl.K, 1, pl.K, bg, tmp, DType::Float32, pl.Og, 1, M,
+                  pl.Og, pl.K, rg ? Act::None : act);
+        for_images(nb, nb * img_work, [&](int64_t n) {
+          const Bf16Out st{tmp + n * pl.P * pl.Og, pl.Og, 1, og + n * os.n, os.w, 1, rg ? rg + n * rs.n : nullptr,
+                           rs.w, rs.c, nullptr, pl.P, pl.Og, rg ? act : Act::None, true};
+          run_isa<Bf16OutBody>(isa, st);
+        });
+        continue;
+      }
+      // tmp[o, q] = w[o, k] @ col[k, q]
+      for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col + n * pl.P, M); });
+      gemm_bf16(DType::BFloat16, w + g * pl.Og * pl.K, pl.K, 1, col, M, 1, nullptr, tmp, DType::Float32, M, 1, pl.Og,
+                M, pl.K, Act::None);
+      for_images(nb, nb * img_work, [&](int64_t n) {
+        const Bf16Out st{tmp + n * pl.P, 1, M, og + n * os.n, os.w, os.c, rg ? rg + n * rs.n : nullptr, rs.w, rs.c, bg,
+                         pl.P, pl.Og, act, false};
+        run_isa<Bf16OutBody>(isa, st);
+      });
+    }
+}
+
+// dgrad: conv2d_bwd_data_t's two orientations with bf16 operands; col2im in float32 into a per-thread
+// image (Cg x H x W, dense in dx's layout), rounded once into dx.
+void conv2d_bwd_data_bf16_native(const ConvGeometry& s, const uint16_t* gr, Strides4 gs, const uint16_t* w,
+                                 uint16_t* dx, Strides4 xs) {
+  const Plan pl = make_plan(s, xs);
+  const Isa isa = active_isa();
+  const bool pixel_major = gs.c == 1 && s.O > 1;
+  const uint16_t* wk = pixel_major ? weight_ijc(pl, w) : w;
+  const bool g_rows = pixel_major && (s.N == 1 || gs.n == pl.P * gs.w);
+  const bool dx_rows = pixel_major && pl.direct && (s.N == 1 || xs.n == pl.P * xs.w);
+  const int64_t g_img = g_rows ? 0 : pl.P * pl.Og;       // bf16
+  const int64_t col_img = pl.P * pl.K;                    // float32 (dx_rows: the [P, Cg] result)
+  const int64_t NB = chunk_images(s.N, pl.P, g_img + 2 * col_img, sizeof(uint16_t));
+  uint16_t* const gbuf = scratch<uint16_t>(Buf::G, NB * g_img);
+  float* const col = scratch<float>(Buf::Col, NB * col_img);
+  // per-thread float32 image for col2im; dense NHWC when dx is channels_last, else NCHW
+  const int64_t HW = s.H * s.W, ximg = pl.Cg * HW;
+  const bool x_cl = xs.c == 1 && xs.w != 1;
+  const Strides4 xb = x_cl ? Strides4{ximg, 1, s.W * pl.Cg, pl.Cg} : Strides4{ximg, HW, s.W, 1};
+  float* const xbuf = dx_rows ? nullptr : scratch<float>(Buf::Xt, std::max(1, omp_get_max_threads()) * ximg);
+  const int64_t img_work = pl.Og * pl.P * pl.K;
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
+      const int64_t nb = std::min(NB, s.N - n0), M = nb * pl.P;
+      const uint16_t* gg = gr + n0 * gs.n + g * pl.Og * gs.c;
+      uint16_t* dxg = dx + n0 * xs.n + g * pl.Cg * xs.c;
+      const uint16_t* wg = wk + g * pl.Og * pl.K;
+      if (pixel_major) {
+        const uint16_t* a = gg;
+        int64_t sam = gs.w;
+        if (!g_rows) {
+          gather_pk(gg, gs, nb, pl.Og, pl.P, gbuf);
+          a = gbuf;
+          sam = pl.Og;
+        }
+        // col[q, k] = g[q, o] @ wt[o, k] (dx_rows: k = c, the dx pixel rows themselves)
+        gemm_bf16(DType::BFloat16, a, sam, 1, wg, pl.K, 1, nullptr, col, DType::Float32, pl.K, 1, M, pl.K, pl.Og,
+                  Act::None);
+      } else {
+        // col[k, q] = w[o, k]^T @ g[o, q] (g gathered channel-major)
+        gather_kp(gg, gs, nb, pl.Og, pl.P, gbuf);
+        gemm_bf16(DType::BFloat16, wg, 1, pl.K, gbuf, M, 1, nullptr, col, DType::Float32, M, 1, pl.K, M, pl.Og,
+                  Act::None);
+      }
+      for_images(nb, nb * img_work, [&](int64_t n) {
+        Bf16Out st{nullptr, 0, 0, dxg + n * xs.n, xs.w, xs.c, nullptr, 0, 0, nullptr, HW, pl.Cg, Act::None, x_cl};
+        if (dx_rows) {
+          st.t = col + n * pl.P * pl.K;
+          st.tp = pl.K;
+          st.to = 1;
+        } else {
+          float* d = xbuf + omp_get_thread_num() * ximg;
+          std::fill(d, d + ximg, 0.0f);
+          if (pixel_major)
+            col2im_pk(pl, col + n * pl.P * pl.K, d, xb);
+          else
+            col2im_kp(pl, col + n * pl.P, d, xb, M);
+          st.t = d;
+          st.tp = xb.w;
+          st.to = xb.c;
+        }
+        run_isa<Bf16OutBody>(isa, st);
+      });
+    }
+}
+
+// wgrad: conv2d_bwd_weight_t's two orientations with bf16 operands; chunk results added in chunk order
+// into a float32 weight gradient (dwf, in the GEMM's column order), rounded once into dw (the (i, j, c)
+// -> (c, i, j) reorder of the pixel-major orientation done in that one pass, not once per chunk).
+void conv2d_bwd_weight_bf16_native(const ConvGeometry& s, const uint16_t* gr, Strides4 gs, const uint16_t* x,
+                                   Strides4 xs, uint16_t* dw) {
+  const Plan pl = make_plan(s, xs);
+  const int64_t wsize = s.O * pl.K;
+  float* const dwf = scratch<float>(Buf::Wt, wsize);  // the GEMM's column order: (i, j, c) when ijc
+  const bool pixel_major = gs.c == 1 && s.O > 1;
+  const bool ijc = pixel_major && s.KH * s.KW > 1 && pl.Cg > 1;  // result columns in (i, j, c) order
+  const bool g_rows = pixel_major && (s.N == 1 || gs.n == pl.P * gs.w);
+  const bool x_rows = pixel_major && pl.direct && (s.N == 1 || xs.n == pl.P * xs.w);
+  const int64_t g_img = g_rows ? 0 : pl.P * pl.Og;
+  const int64_t col_img = x_rows ? 0 : pl.P * pl.K;
+  const int64_t NB = chunk_images(s.N, pl.P, g_img + col_img, sizeof(uint16_t));
+  uint16_t* const gbuf = scratch<uint16_t>(Buf::G, NB * g_img);
+  uint16_t* const col = scratch<uint16_t>(Buf::Col, NB * col_img);
+  float* const tmp = scratch<float>(Buf::Tmp, pl.Og * pl.K);
+  const int64_t img_work = pl.Og * pl.P * pl.K;
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
+      const int64_t nb = std::min(NB, s.N - n0), M = nb * pl.P;
+      const uint16_t* gg = gr + n0 * gs.n + g * pl.Og * gs.c;
+      const uint16_t* xg = x + n0 * xs.n + g * pl.Cg * xs.c;
+      // the group's first chunk writes its sum itself; later chunks go through tmp and are added
+      float* const ag = dwf + g * pl.Og * pl.K;
+      float* const c = n0 == 0 ? ag : tmp;
+      if (pixel_major) {
+        // tmp[o, k] = g[q, o]^T @ col[q, k]
+        const uint16_t* a = gg;
+        int64_t sak = gs.w;
+        if (!g_rows) {
+          gather_pk(gg, gs, nb, pl.Og, pl.P, gbuf);
+          a = gbuf;
+          sak = pl.Og;
+        }
+        const uint16_t* b = xg;
+        int64_t sbk = xs.w, sbn = xs.c;
+        if (!x_rows) {
+          for_images(nb, nb * img_work, [&](int64_t n) {
+            if (pl.direct)
+              gather_pk(xg + n * xs.n, xs, 1, pl.Cg, pl.P, col + n * pl.P * pl.K);
+            else
+              im2col_pk(pl, xg + n * xs.n, xs, col + n * pl.P * pl.K);
+          });
+          b = col;
+          sbk = pl.K;
+          sbn = 1;
+        }
+        gemm_bf16(DType::BFloat16, a, 1, sak, b, sbk, sbn, nullptr, c, DType::Float32, pl.K, 1, pl.Og, pl.K, M,
+                  Act::None);
+      } else {
+        // tmp[o, k] = g[o, q] @ col[k, q]^T
+        gather_kp(gg, gs, nb, pl.Og, pl.P, gbuf);
+        for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col + n * pl.P, M); });
+        gemm_bf16(DType::BFloat16, gbuf, M, 1, col, 1, M, nullptr, c, DType::Float32, pl.K, 1, pl.Og, pl.K, M,
+                  Act::None);
+      }
+      if (n0 > 0)
+        for (int64_t e = 0; e < pl.Og * pl.K; ++e) ag[e] += tmp[e];
+    }
+  const Isa isa = active_isa();
+  if (!ijc) {
+    const Bf16Out st{dwf, 0, 1, dw, 0, 1, nullptr, 0, 0, nullptr, 1, wsize, Act::None, true};
+    run_isa<Bf16OutBody>(isa, st);
+    return;
+  }
+  // dw[o, c, t] = bf16(dwf[o, t, c]), t = (i, j): per output channel a taps x Cg transpose
+  const int64_t taps = s.KH * s.KW;
+  for (int64_t o = 0; o < s.O; ++o) {
+    const Bf16Out st{dwf + o * pl.K, pl.Cg, 1, dw + o * pl.K, 1, taps, nullptr, 0, 0, nullptr, taps, pl.Cg, Act::None,
+                     false};
+    run_isa<Bf16OutBody>(isa, st);
+  }
+}
+
 template <typename S, typename D, typename F>
 void convert4(const S* src, Strides4 ss, int64_t N, int64_t C, int64_t H, int64_t W, D* dst, Strides4 ds, F f) {
   const int64_t total = N * C * H * W;
@@ -2478,6 +2797,11 @@ const float* widen_flat(Slot slot, const uint16_t* src, int64_t n) {
 void conv2d_fwd_bf16(const ConvGeometry& s, const uint16_t* x, Strides4 xs, const uint16_t* w, const uint16_t* bias,
                      const uint16_t* res, Strides4 rs, uint16_t* out, Strides4 os, Act act) {
   check_collapsible("out", s.OH, s.OW, os);
+  if (bf16_native_conv(s) && (res == nullptr || s.OH == 1 || rs.h == s.OW * rs.w)) {
+    std::vector<float> bf(bias ? static_cast<size_t>(s.O) : 0);
+    for (size_t o = 0; o < bf.size(); ++o) bf[o] = bf16_to_float(bias[o]);
+    return conv2d_fwd_bf16_native(s, x, xs, w, bias ? bf.data() : nullptr, res, rs, out, os, act);
+  }
   Strides4 xd, rd{};
   const float* xf = widen4(kSlotX, x, xs, s.N, s.C, s.H, s.W, xd);
   const float* wf = widen_flat(kSlotW, w, s.O * (s.C / s.groups) * s.KH * s.KW);
@@ -2498,6 +2822,7 @@ void conv2d_bwd_data_bf16(const ConvGeometry& s, const uint16_t* g, Strides4 gs,
                           Strides4 xs) {
   check_collapsible("grad", s.OH, s.OW, gs);
   check_collapsible("grad_input", s.H, s.W, xs);
+  if (bf16_native_conv(s)) return conv2d_bwd_data_bf16_native(s, g, gs, w, dx, xs);
   Strides4 gd;
   const float* gf = widen4(kSlotG, g, gs, s.N, s.O, s.OH, s.OW, gd);
   const float* wf = widen_flat(kSlotW, w, s.O * (s.C / s.groups) * s.KH * s.KW);
@@ -2513,6 +2838,7 @@ void conv2d_bwd_data_bf16(const ConvGeometry& s, const uint16_t* g, Strides4 gs,
 void conv2d_bwd_weight_bf16(const ConvGeometry& s, const uint16_t* g, Strides4 gs, const uint16_t* x, Strides4 xs,
                             uint16_t* dw) {
   check_collapsible("grad", s.OH, s.OW, gs);
+  if (bf16_native_conv(s)) return conv2d_bwd_weight_bf16_native(s, g, gs, x, xs, dw);
   Strides4 gd, xd;
   const float* gf = widen4(kSlotG, g, gs, s.N, s.O, s.OH, s.OW, gd);
   const float* xf = widen4(kSlotX, x, xs, s.N, s.C, s.H, s.W, xd);

@@ -17,9 +17,10 @@ Outputs are allocated through the helpers in pyimgcls/ops/conv.py (shapes, layou
 the geometry list). float16 inputs are computed in float32 and returned in their dtype
 (docs/architecture.md, "Dtypes"); the op file runs a float16 backward in float32 as a whole (upcasts_low_precision
 in the backend table), so grad_pre stays float32 between bias_act_bwd and dgrad / wgrad. bfloat16 is native
-(NATIVE_LOW_PRECISION): conv2d, dgrad and wgrad take bf16 tensors (float32 copies inside, every GEMM in bf16 with
-float32 accumulation, one rounding of the result: csrc/cpu/conv.cpp "bfloat16"), and the backward stays bf16
-(bias_act_bwd computes it in float32 and returns bf16)."""
+(NATIVE_LOW_PRECISION): conv2d, dgrad and wgrad take bf16 tensors (im2col and the GEMM read bf16, every GEMM in
+bf16 with float32 accumulation, bias / residual / activation in float32 and one rounding of the result:
+csrc/cpu/conv.cpp "bfloat16, native path"; depthwise and LeNet-sized convs through float32 copies, section
+"bfloat16"), and the backward stays bf16 (bias_act_bwd computes it in float32 and returns bf16)."""
 from __future__ import annotations
 
 import torch
