@@ -1,7 +1,6 @@
 """Argument checks shared by every op family. Each message names the offending argument."""
 from __future__ import annotations
 
-import weakref
 
 import torch
 
@@ -68,34 +67,13 @@ def autocast_dtype(device_type: str):
     return None
 
 
-# Autocast casts of parameters that no autograd graph records (inference: torch.no_grad, or frozen
-# weights), reused across calls: id(param) -> (weak reference, data_ptr, _version, dtype, shape,
-# strides, the cast). Every in-place change through the tensor (optimizer steps, copy_,
-# load_state_dict) bumps _version and a new storage changes data_ptr, so a stale cast is never
-# returned for those; writes through ``param.data`` bypass the version counter (as they bypass
-# autograd's checks) and need clear_autocast_cache(). A ResNet-18 bf16 forward cast its 11.7 M float32
-# weights on every call: ~5 % of the step (perf, benchmarks/NOTES.md). Entries go with their parameter.
-_CAST_CACHE: dict = {}
-
-
-def clear_autocast_cache() -> None:
-    """Drop the cached autocast casts of parameters (needed only after writes through ``param.data``)."""
-    _CAST_CACHE.clear()
-
-
+# Autocast casts every call, parameters included. A cache of parameter casts keyed by the version
+# counter was measured (~5 % of a ResNet-18 bf16 forward) and not kept: writes through ``param.data``
+# bypass the version counter, and a stale cast would be a silent wrong result. (The float32 Winograd
+# filter cache, pyimgcls/backends/cpu/conv.py, checks a fingerprint of the weight's bytes instead;
+# that costs as much as the cast itself, so it buys nothing here.)
 def _cast(t: torch.Tensor, dtype) -> torch.Tensor:
-    if (t.dtype == dtype or not isinstance(t, torch.nn.Parameter) or (t.requires_grad and torch.is_grad_enabled())
-            or torch.is_inference_mode_enabled()):
-        return t.to(dtype)
-    key = id(t)
-    hit = _CAST_CACHE.get(key)
-    if (hit is not None and hit[0]() is t and hit[1] == t.data_ptr() and hit[2] == t._version and hit[3] == dtype
-            and hit[4] == t.shape and hit[5] == t.stride()):
-        return hit[6]
-    out = t.to(dtype)
-    _CAST_CACHE[key] = (weakref.ref(t, lambda _r, k=key: _CAST_CACHE.pop(k, None)), t.data_ptr(), t._version, dtype,
-                        t.shape, t.stride(), out)
-    return out
+    return t.to(dtype)
 
 
 def prepare(op, tensors):
