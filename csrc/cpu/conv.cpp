@@ -1190,34 +1190,68 @@ struct DwWgradPlane {
   }
 };
 
-// dgrad at stride > 1, plane kernel (m == 1). Unit u = one (n, c) plane of dx. The gradient plane
-// g[n, c] is copied into a scratch with Pl zero columns on the left and zeros past OW, so every tap
-// reads in bounds without checks. The dx row ih gathers the rows oh = (ih + ph - i*dh) / sh that
-// divide exactly and lie in [0, OH); its columns split into sw phases by (iw + pw) % sw: in phase r,
-// the taps j with (j*dw) % sw == r reach g column k + (r - j*dw) / sw for the phase's k-th column
-// (iw = k*sw + r - pw), so each phase is L-wide vectors over k with one unaligned load per tap (no
-// divisibility checks in the inner loop), written to a row buffer and interleaved into dx. Every dx
-// element is summed once, by one thread, in tap order.
-// a.x is g (strides a.xs), a.w is w [C][KH*KW], a.out is dx (strides a.os), a.wrange per tap column
-// j its phase (j*dw) % sw and shift (j*dw) / sw (no divisions per row).
+// dgrad at stride > 1, plane kernel (m == 1), by output phase. Unit u = one (n, c) plane of dx.
+// dx row ih = ka*sh + ra - ph (row phase ra, ka-th row of that phase) receives g row ka - qi from
+// exactly the taps i with (i*dh) % sh == ra, qi = (i*dh) / sh; columns likewise (phase rb, taps j
+// with (j*dw) % sw == rb, g column kb - qj). So each of the sh*sw phases of dx is a stride-1
+// correlation of g with a sub-filter of about (KH/sh) x (KW/sw) taps: no divisibility tests, no
+// scatter. The gradient plane g[n, c] is copied into a scratch with Pt zero rows on top and Pl zero
+// columns on the left (the largest qi, qj) and zeros past OH / OW, so every tap reads in bounds.
+// Per row phase, four dx rows at a time (four FMA chains per weight broadcast, as the forward's
+// plane kernel), L-wide vectors along the phase's columns kb, one unaligned load per tap; the sw
+// column phases of the four rows go to a row buffer and are interleaved into dx. Lanes and rows
+// past dx's edge compute on the zero padding and are not stored. Every dx element is summed once,
+// by one thread, in tap order. FLOPs 2*N*C*H*RW*sw*KH*KW/(sh*sw) ~ the forward's (lanes past the
+// phase's columns: RW = whole L-chunks of (W + pw) / sw); bytes |g| + |dx| + |w|.
+// a.x is g (strides a.xs), a.w is w [C][KH*KW], a.out is dx (strides a.os), a.wrange the phase
+// tap lists (dw_dgrad_phase_taps).
 struct DwDgradPlaneShape {
-  int64_t Pl, chunks, GWp;  // left zero columns, L-chunks per phase, scratch row length
+  int64_t Pt, Pl, GH, GWp, chunks;  // top / left zero rows / columns, scratch rows / row length, L-chunks per phase
 };
 
 template <typename T>
 inline DwDgradPlaneShape dw_dgrad_plane_shape(const ConvGeometry& s) {
   DwDgradPlaneShape p;
-  p.Pl = ((s.KW - 1) * s.dil_w + s.stride_w - 1) / s.stride_w;
+  p.Pt = ((s.KH - 1) * s.dil_h) / s.stride_h;
+  p.Pl = ((s.KW - 1) * s.dil_w) / s.stride_w;
   const int64_t kc = (s.W + s.pad_w + s.stride_w - 1) / s.stride_w;  // phase columns reaching dx
+  const int64_t kr = (s.H + s.pad_h + s.stride_h - 1) / s.stride_h;  // phase rows reaching dx
   p.chunks = (kc + kDwLanes<T> - 1) / kDwLanes<T>;
   p.GWp = p.Pl + std::max(p.chunks * kDwLanes<T>, s.OW);
+  p.GH = p.Pt + std::max(kr + 3, s.OH);  // the last four-row block may run 3 rows past
   return p;
 }
 
 template <typename T>
 inline size_t dw_dgrad_plane_scratch(const ConvGeometry& s) {
   const DwDgradPlaneShape p = dw_dgrad_plane_shape<T>(s);
-  return static_cast<size_t>(s.OH * p.GWp + s.stride_w * p.chunks * kDwLanes<T>);
+  return static_cast<size_t>(p.GH * p.GWp + 4 * s.stride_w * p.chunks * kDwLanes<T>);
+}
+
+// The taps of each phase (ra, rb): entries [2*sh*sw + 1 + 2*e] = tap index i*KW + j and
+// [.. + 1] = its scratch offset -qi*GWp - qj, for e in [start[ra*sw + rb], start[ra*sw + rb + 1]),
+// start = the first sh*sw + 1 entries; in tap order.
+template <typename T>
+std::vector<int64_t> dw_dgrad_phase_taps(const ConvGeometry& s) {
+  const DwDgradPlaneShape p = dw_dgrad_plane_shape<T>(s);
+  const int64_t np = s.stride_h * s.stride_w;
+  std::vector<int64_t> out(static_cast<size_t>(np + 1));
+  std::vector<int64_t> taps;
+  for (int64_t ra = 0; ra < s.stride_h; ++ra)
+    for (int64_t rb = 0; rb < s.stride_w; ++rb) {
+      out[ra * s.stride_w + rb] = static_cast<int64_t>(taps.size() / 2);
+      for (int64_t i = 0; i < s.KH; ++i) {
+        if ((i * s.dil_h) % s.stride_h != ra) continue;
+        for (int64_t j = 0; j < s.KW; ++j) {
+          if ((j * s.dil_w) % s.stride_w != rb) continue;
+          taps.push_back(i * s.KW + j);
+          taps.push_back(-((i * s.dil_h) / s.stride_h) * p.GWp - (j * s.dil_w) / s.stride_w);
+        }
+      }
+    }
+  out[np] = static_cast<int64_t>(taps.size() / 2);
+  out.insert(out.end(), taps.begin(), taps.end());
+  return out;
 }
 
 template <typename T>
@@ -1227,13 +1261,14 @@ struct DwDgradPlaneStrided {
     using V = DwVec<T>;
     const ConvGeometry& s = a.s;
     const DwDgradPlaneShape p = dw_dgrad_plane_shape<T>(s);
-    const int64_t n = u / s.C, c = u % s.C, KK = s.KH * s.KW, sw = s.stride_w, RW = p.chunks * L;
+    const int64_t n = u / s.C, c = u % s.C, KK = s.KH * s.KW, sh = s.stride_h, sw = s.stride_w;
+    const int64_t RW = p.chunks * L, G = p.GWp, np = sh * sw;
     T* gb = buf;
-    T* rowbuf = buf + s.OH * p.GWp;  // [sw][RW]: one dx row, by phase
-    std::memset(gb, 0, sizeof(T) * static_cast<size_t>(s.OH * p.GWp));
+    T* rowbuf = buf + p.GH * G;  // [4][sw][RW]: four dx rows of one row phase, by column phase
+    std::memset(gb, 0, sizeof(T) * static_cast<size_t>(p.GH * G));
     const T* gp = a.x + n * a.xs.n + c * a.xs.c;
     for (int64_t oh = 0; oh < s.OH; ++oh) {
-      T* q = gb + oh * p.GWp + p.Pl;
+      T* q = gb + (p.Pt + oh) * G + p.Pl;
       const T* grow = gp + oh * a.xs.h;
       if (a.xs.w == 1)
         for (int64_t k = 0; k < s.OW; ++k) q[k] = grow[k];
@@ -1241,29 +1276,45 @@ struct DwDgradPlaneStrided {
         for (int64_t k = 0; k < s.OW; ++k) q[k] = grow[k * a.xs.w];
     }
     const T* wk = a.w + c * KK;
+    const int64_t* start = a.wrange;
+    const int64_t* taps = a.wrange + np + 1;
     T* dp = a.out + n * a.os.n + c * a.os.c;
-    for (int64_t ih = 0; ih < s.H; ++ih) {
-      for (int64_t r = 0; r < sw; ++r) {
-        for (int64_t c0 = 0; c0 < RW; c0 += L) {
-          V acc = V{};
-          for (int64_t i = 0; i < s.KH; ++i) {
-            const int64_t th = ih + s.pad_h - i * s.dil_h;
-            if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
-            const T* g0 = gb + (th / s.stride_h) * p.GWp + p.Pl + c0;
-            for (int64_t j = 0; j < s.KW; ++j)
-              if (a.wrange[2 * j] == r) fma_run_w(acc, V{} + wk[i * s.KW + j], g0 - a.wrange[2 * j + 1]);
+    for (int64_t ra = 0; ra < sh; ++ra) {
+      int64_t klo, khi;  // phase rows ka with dx row ka*sh + ra - ph in [0, H)
+      valid_range(ra - s.pad_h, sh, s.H, p.GH, klo, khi);
+      for (int64_t ka = klo; ka < khi; ka += 4) {
+        const T* g0 = gb + (ka + p.Pt) * G + p.Pl;
+        for (int64_t rb = 0; rb < sw; ++rb) {
+          const int64_t e0 = start[ra * sw + rb], e1 = start[ra * sw + rb + 1];
+          for (int64_t c0 = 0; c0 < RW; c0 += L) {
+            V acc0 = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};
+            for (int64_t e = e0; e < e1; ++e) {
+              const V wv = V{} + wk[taps[2 * e]];
+              const T* src = g0 + c0 + taps[2 * e + 1];
+              fma_run_w(acc0, wv, src);
+              fma_run_w(acc1, wv, src + G);
+              fma_run_w(acc2, wv, src + 2 * G);
+              fma_run_w(acc3, wv, src + 3 * G);
+            }
+            T* rq = rowbuf + rb * RW + c0;
+            __builtin_memcpy(rq, &acc0, sizeof(V));
+            __builtin_memcpy(rq + sw * RW, &acc1, sizeof(V));
+            __builtin_memcpy(rq + 2 * sw * RW, &acc2, sizeof(V));
+            __builtin_memcpy(rq + 3 * sw * RW, &acc3, sizeof(V));
           }
-          __builtin_memcpy(rowbuf + r * RW + c0, &acc, sizeof(V));
         }
-      }
-      T* drow = dp + ih * a.os.h;
-      for (int64_t r = 0; r < sw; ++r) {  // dx columns iw = k*sw + r - pw of phase r
-        int64_t lo, hi;
-        valid_range(r - s.pad_w, sw, s.W, RW, lo, hi);
-        const T* rb = rowbuf + r * RW;
-        T* d0 = drow + (r - s.pad_w) * a.os.w;
-        const int64_t dstep = sw * a.os.w;
-        for (int64_t k = lo; k < hi; ++k) d0[k * dstep] = rb[k];
+        const int64_t rows = std::min<int64_t>(4, khi - ka);
+        for (int64_t q = 0; q < rows; ++q) {
+          T* drow = dp + ((ka + q) * sh + ra - s.pad_h) * a.os.h;
+          for (int64_t rb = 0; rb < sw; ++rb) {  // dx columns iw = kb*sw + rb - pw of phase rb
+            int64_t lo, hi;
+            valid_range(rb - s.pad_w, sw, s.W, RW, lo, hi);
+            const T* rq = rowbuf + (q * sw + rb) * RW;
+            T* d0 = drow + (rb - s.pad_w) * a.os.w;
+            const int64_t dstep = sw * a.os.w;
+            for (int64_t k = lo; k < hi; ++k) d0[k * dstep] = rq[k];
+          }
+        }
       }
     }
   }
@@ -1330,12 +1381,8 @@ void dw_bwd_data(const ConvGeometry& s, const T* g, Strides4 gs, const T* w, T* 
     return dw_run<DwFwdPlane<T>>(s.N * s.C, macs, fa, dw_plane_scratch<T>(f, false));
   }
   if (m == 1 && !(gs.c == 1 && xs.c == 1) && s.stride_w > 1 && dw_plane_fits<T>(s.W)) {
-    std::vector<int64_t> jps(static_cast<size_t>(2 * s.KW));
-    for (int64_t j = 0; j < s.KW; ++j) {
-      jps[2 * j] = (j * s.dil_w) % s.stride_w;
-      jps[2 * j + 1] = (j * s.dil_w) / s.stride_w;
-    }
-    a.wrange = jps.data();
+    const std::vector<int64_t> taps = dw_dgrad_phase_taps<T>(s);
+    a.wrange = taps.data();
     return dw_run<DwDgradPlaneStrided<T>>(s.N * s.C, macs, a, dw_dgrad_plane_scratch<T>(s));
   }
   if (m == 1 && ((gs.c == 1 && xs.c == 1) || s.OW < kDwRowsMinWidth)) {
