@@ -695,90 +695,118 @@ struct DwDgradRows {
 
 // dgrad, channel-vector kernel (g and dx with unit channel stride, m == 1). Unit u = one dx row
 // (n, ih); each dx pixel gathers the taps that reach it: oh = (ih + ph - i*dh) / sh when that
-// divides exactly and lands in [0, OH) (same along w), so no two units write one element. At stride
-// 1 interior pixels (every j lands in [0, OW)) skip the checks and go four at a time. a.x is g,
-// a.w is wt[tap][C], a.out is dx.
+// divides exactly and lands in [0, OH) (same along w), so no two units write one element. Which taps
+// reach a row / a column is tabulated once per call (dw_dgrad_nhwc_tables: no divisions per pixel
+// and tap; at stride 2 the per-tap divisibility tests were most of the kernel's time). Pixels are
+// walked by column phase ((iw + pw) % sw: iw, iw + sw, ...); four pixels of one phase whose tap
+// lists are the same, shifted by one g column each, go together (four accumulator chains sharing
+// each weight load), the others one at a time. a.x is g, a.w is wt[tap][C], a.out is dx, a.wrange
+// the tables: per dx row ih at ih*(1 + 2*KH): count, then (i*KW*C, oh*gs.h) pairs; per dx column
+// iw at H*(1 + 2*KH) + iw*(2 + 2*KW): count, four-pixel flag, then (j*C, ow*gs.w) pairs.
+inline std::vector<int64_t> dw_dgrad_nhwc_tables(const ConvGeometry& s, Strides4 gs) {
+  const int64_t RE = 1 + 2 * s.KH, CE = 2 + 2 * s.KW;
+  std::vector<int64_t> t(static_cast<size_t>(s.H * RE + s.W * CE), 0);
+  for (int64_t ih = 0; ih < s.H; ++ih) {
+    int64_t* e = t.data() + ih * RE;
+    for (int64_t i = 0; i < s.KH; ++i) {
+      const int64_t th = ih + s.pad_h - i * s.dil_h;
+      if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
+      e[1 + 2 * e[0]] = i * s.KW * s.C;
+      e[2 + 2 * e[0]] = (th / s.stride_h) * gs.h;
+      ++e[0];
+    }
+  }
+  int64_t* cols = t.data() + s.H * RE;
+  for (int64_t iw = 0; iw < s.W; ++iw) {
+    int64_t* e = cols + iw * CE;
+    for (int64_t j = 0; j < s.KW; ++j) {
+      const int64_t tw = iw + s.pad_w - j * s.dil_w;
+      if (tw < 0 || tw % s.stride_w != 0 || tw / s.stride_w >= s.OW) continue;
+      e[2 + 2 * e[0]] = j * s.C;
+      e[3 + 2 * e[0]] = (tw / s.stride_w) * gs.w;
+      ++e[0];
+    }
+  }
+  for (int64_t iw = 0; iw + 3 * s.stride_w < s.W; ++iw) {  // same taps at iw + t*sw, g column + t
+    const int64_t* e = cols + iw * CE;
+    bool same = e[0] > 0;
+    for (int64_t q = 1; q <= 3 && same; ++q) {
+      const int64_t* f = cols + (iw + q * s.stride_w) * CE;
+      same = f[0] == e[0];
+      for (int64_t k = 0; k < e[0] && same; ++k)
+        same = f[2 + 2 * k] == e[2 + 2 * k] && f[3 + 2 * k] == e[3 + 2 * k] + q * gs.w;
+    }
+    cols[iw * CE + 1] = same ? 1 : 0;
+  }
+  return t;
+}
+
 template <typename T>
 struct DwDgradNhwc {
   static PYIMGCLS_INLINE void run(int64_t u, const DwArgs<T>& a, T*) {
     constexpr int64_t L = kDwLanes<T>;
     using V = DwVec<T>;
     const ConvGeometry& s = a.s;
-    const int64_t n = u / s.H, ih = u % s.H, C = s.C;
+    const int64_t n = u / s.H, ih = u % s.H, C = s.C, sw = s.stride_w;
+    const int64_t RE = 1 + 2 * s.KH, CE = 2 + 2 * s.KW;
     const T* gn = a.x + n * a.xs.n;
     T* dn = a.out + n * a.os.n + ih * a.os.h;
-    const int64_t gjs = s.dil_w * a.xs.w;  // g step between taps j (stride 1: ow decreases by dw)
+    const int64_t* rows = a.wrange + ih * RE;
+    const int64_t* cols = a.wrange + s.H * RE;
+    const int64_t nr = rows[0];
+    const int64_t ps = a.xs.w;  // g step between the pixels of a four-pixel block
     for (int64_t c0 = 0; c0 < C; c0 += L) {
       const int64_t cb = std::min(L, C - c0);
-      // Interior at stride 1: every tap j lands in [0, OW) for iw in [ilo, ihi).
-      const int64_t ilo = std::max<int64_t>(0, (s.KW - 1) * s.dil_w - s.pad_w);
-      const int64_t ihi = std::min<int64_t>(s.W, s.OW - s.pad_w);
-      for (int64_t iw = 0; iw < s.W; ++iw) {
-        if (cb == L && s.stride_w == 1 && iw == ilo) {
-          // Four interior pixels at a time (as in the forward): four independent accumulator
-          // chains sharing each weight load.
-          for (; iw + 4 <= ihi; iw += 4) {
+      for (int64_t r = 0; r < std::min(sw, s.W); ++r) {
+        for (int64_t iw = r; iw < s.W;) {
+          const int64_t* ce = cols + iw * CE;
+          const int64_t nc = ce[0];
+          T* dp = dn + iw * a.os.w + c0;
+          if (cb == L && ce[1]) {
             V acc0 = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};
-            const int64_t ps = a.xs.w;  // g step between the four pixels
-            for (int64_t i = 0; i < s.KH; ++i) {
-              const int64_t th = ih + s.pad_h - i * s.dil_h;
-              if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
-              const T* g0 = gn + (th / s.stride_h) * a.xs.h + (iw + s.pad_w) * a.xs.w + c0;
-              const T* wr = a.w + i * s.KW * C + c0;
-              for (int64_t j = 0; j < s.KW; ++j) {
+            for (int64_t ri = 0; ri < nr; ++ri) {
+              const T* wr = a.w + rows[1 + 2 * ri] + c0;
+              const T* gr = gn + rows[2 + 2 * ri] + c0;
+              for (int64_t ci = 0; ci < nc; ++ci) {
                 V wv;
-                __builtin_memcpy(&wv, wr + j * C, sizeof(V));
-                const T* gj = g0 - j * gjs;
+                __builtin_memcpy(&wv, wr + ce[2 + 2 * ci], sizeof(V));
+                const T* gj = gr + ce[3 + 2 * ci];
                 fma_run_w(acc0, wv, gj);
                 fma_run_w(acc1, wv, gj + ps);
                 fma_run_w(acc2, wv, gj + 2 * ps);
                 fma_run_w(acc3, wv, gj + 3 * ps);
               }
             }
-            T* dp = dn + iw * a.os.w + c0;
+            const int64_t dstep = sw * a.os.w;
             __builtin_memcpy(dp, &acc0, sizeof(V));
-            __builtin_memcpy(dp + a.os.w, &acc1, sizeof(V));
-            __builtin_memcpy(dp + 2 * a.os.w, &acc2, sizeof(V));
-            __builtin_memcpy(dp + 3 * a.os.w, &acc3, sizeof(V));
+            __builtin_memcpy(dp + dstep, &acc1, sizeof(V));
+            __builtin_memcpy(dp + 2 * dstep, &acc2, sizeof(V));
+            __builtin_memcpy(dp + 3 * dstep, &acc3, sizeof(V));
+            iw += 4 * sw;
+            continue;
           }
-          if (iw >= s.W) break;
-        }
-        const int64_t tw0 = iw + s.pad_w;  // ow * sw for tap j = 0
-        const bool interior = s.stride_w == 1 && tw0 < s.OW && tw0 - (s.KW - 1) * s.dil_w >= 0;
-        T* dp = dn + iw * a.os.w + c0;
-        if (cb == L) {
-          V acc = V{};
-          for (int64_t i = 0; i < s.KH; ++i) {
-            const int64_t th = ih + s.pad_h - i * s.dil_h;
-            if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
-            const T* gr = gn + (th / s.stride_h) * a.xs.h + c0;
-            const T* wr = a.w + i * s.KW * C + c0;
-            if (interior) {
-              const T* g0 = gr + tw0 * a.xs.w;
-              for (int64_t j = 0; j < s.KW; ++j) fma_run(acc, wr + j * C, g0 - j * gjs);
-            } else {
-              for (int64_t j = 0; j < s.KW; ++j) {
-                const int64_t tw = tw0 - j * s.dil_w;
-                if (tw < 0 || tw % s.stride_w != 0 || tw / s.stride_w >= s.OW) continue;
-                fma_run(acc, wr + j * C, gr + (tw / s.stride_w) * a.xs.w);
+          if (cb == L) {
+            V acc = V{};
+            for (int64_t ri = 0; ri < nr; ++ri) {
+              const T* wr = a.w + rows[1 + 2 * ri] + c0;
+              const T* gr = gn + rows[2 + 2 * ri] + c0;
+              for (int64_t ci = 0; ci < nc; ++ci) fma_run(acc, wr + ce[2 + 2 * ci], gr + ce[3 + 2 * ci]);
+            }
+            __builtin_memcpy(dp, &acc, sizeof(V));
+          } else {
+            T acc[L] = {};
+            for (int64_t ri = 0; ri < nr; ++ri) {
+              const T* wr = a.w + rows[1 + 2 * ri] + c0;
+              const T* gr = gn + rows[2 + 2 * ri] + c0;
+              for (int64_t ci = 0; ci < nc; ++ci) {
+                const T* wv = wr + ce[2 + 2 * ci];
+                const T* gv = gr + ce[3 + 2 * ci];
+                for (int64_t q = 0; q < cb; ++q) acc[q] += wv[q] * gv[q];
               }
             }
+            for (int64_t q = 0; q < cb; ++q) dp[q] = acc[q];
           }
-          __builtin_memcpy(dp, &acc, sizeof(V));
-        } else {
-          T acc[L] = {};
-          for (int64_t i = 0; i < s.KH; ++i) {
-            const int64_t th = ih + s.pad_h - i * s.dil_h;
-            if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
-            for (int64_t j = 0; j < s.KW; ++j) {
-              const int64_t tw = tw0 - j * s.dil_w;
-              if (tw < 0 || tw % s.stride_w != 0 || tw / s.stride_w >= s.OW) continue;
-              const T* gv = gn + (th / s.stride_h) * a.xs.h + (tw / s.stride_w) * a.xs.w + c0;
-              const T* wv = a.w + (i * s.KW + j) * C + c0;
-              for (int64_t q = 0; q < cb; ++q) acc[q] += wv[q] * gv[q];
-            }
-          }
-          for (int64_t q = 0; q < cb; ++q) dp[q] = acc[q];
+          iw += sw;
         }
       }
     }
@@ -1306,6 +1334,21 @@ struct DwDgradPlaneStrided {
         const int64_t rows = std::min<int64_t>(4, khi - ka);
         for (int64_t q = 0; q < rows; ++q) {
           T* drow = dp + ((ka + q) * sh + ra - s.pad_h) * a.os.h;
+          if (sw == 2 && a.os.w == 1) {
+            // dx columns 2m, 2m + 1 from phases (pw % 2, 1 - pw % 2) at kb = m + pw / 2, m + (pw + 1) / 2:
+            // one pass of two unit-stride loads and interleaved stores (vectorised) instead of sw
+            // strided scalar passes (a quarter of this kernel's time at 16x16).
+            const int64_t pe = s.pad_w & 1;
+            const T* re = rowbuf + (q * 2 + pe) * RW + s.pad_w / 2;
+            const T* ro = rowbuf + (q * 2 + (1 - pe)) * RW + (s.pad_w + 1) / 2;
+            const int64_t half = s.W / 2;
+            for (int64_t mm = 0; mm < half; ++mm) {
+              drow[2 * mm] = re[mm];
+              drow[2 * mm + 1] = ro[mm];
+            }
+            if (s.W & 1) drow[s.W - 1] = re[half];
+            continue;
+          }
           for (int64_t rb = 0; rb < sw; ++rb) {  // dx columns iw = kb*sw + rb - pw of phase rb
             int64_t lo, hi;
             valid_range(rb - s.pad_w, sw, s.W, RW, lo, hi);
@@ -1380,7 +1423,10 @@ void dw_bwd_data(const ConvGeometry& s, const T* g, Strides4 gs, const T* w, T* 
     const DwArgs<T> fa{f, 1, g, gs, wf.data(), nullptr, nullptr, {}, nullptr, {}, dx, xs, Act::None, joff.data()};
     return dw_run<DwFwdPlane<T>>(s.N * s.C, macs, fa, dw_plane_scratch<T>(f, false));
   }
-  if (m == 1 && !(gs.c == 1 && xs.c == 1) && s.stride_w > 1 && dw_plane_fits<T>(s.W)) {
+  // Strided, dx rows of 32..64: the phase plane kernel. Narrower dx rows go to the channels_last
+  // copies below: a phase of a 16-wide row fills 9 of 16 lanes, and the channel-vector kernel on
+  // the copies measured 1.3-1.8x faster there (16x16 C 240 3x3, 16x16 C 144 5x5, N 16, 1 thread).
+  if (m == 1 && !(gs.c == 1 && xs.c == 1) && s.stride_w > 1 && s.W >= kDwRowsMinWidth && dw_plane_fits<T>(s.W)) {
     const std::vector<int64_t> taps = dw_dgrad_phase_taps<T>(s);
     a.wrange = taps.data();
     return dw_run<DwDgradPlaneStrided<T>>(s.N * s.C, macs, a, dw_dgrad_plane_scratch<T>(s));
@@ -1388,8 +1434,14 @@ void dw_bwd_data(const ConvGeometry& s, const T* g, Strides4 gs, const T* w, T* 
   if (m == 1 && ((gs.c == 1 && xs.c == 1) || s.OW < kDwRowsMinWidth)) {
     const std::vector<T> wt = dw_weight_by_tap(s, w);
     a.w = wt.data();
-    if (gs.c == 1 && xs.c == 1) return dw_run<DwDgradNhwc<T>>(s.N * s.H, macs, a, 0);
+    if (gs.c == 1 && xs.c == 1) {
+      const std::vector<int64_t> tables = dw_dgrad_nhwc_tables(s, gs);
+      a.wrange = tables.data();
+      return dw_run<DwDgradNhwc<T>>(s.N * s.H, macs, a, 0);
+    }
     DwNhwcCopy<T> gt(s.N, s.O, s.OH, s.OW, g, gs), dxt(s.N, s.C, s.H, s.W, nullptr, {});
+    const std::vector<int64_t> tables = dw_dgrad_nhwc_tables(s, gt.st);
+    a.wrange = tables.data();
     a.x = gt.buf.get();
     a.xs = gt.st;
     a.out = dxt.buf.get();
