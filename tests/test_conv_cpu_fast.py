@@ -50,7 +50,7 @@ CASES = [
     ("phase_s2_threaded", 4, 32, 32, 34, 1, 3, 2, 1, 1),
     # channel-vector dgrad at stride 2 (channels_last, and NCHW dx rows < 32 through the copies):
     # four-pixel blocks of one column phase, single pixels at the edges, a partial channel run
-    ("nhwc_s2_blocks", 2, 21, 9, 20, 1, 5, 2, 2, 1),
+    ("nhwc_s2_blocks", 2, 21, 9, 18, 1, 5, 2, 2, 1),      # W 18: a block starts 3 pixels before the edge
 ]
 LAYOUTS = ["nchw", "channels_last", "channels_last_sliced", "nchw_strided"]
 
@@ -150,7 +150,8 @@ def test_depthwise_epilogue(case, layout, bias, residual, act):
 
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("runs_blocks", "partial_run", "wide_rows_s2", "mult2")],
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("runs_blocks", "partial_run", "wide_rows_s2", "mult2",
+                                                                 "phase_s2_odd", "nhwc_s2_blocks")],
                          ids=lambda c: c[0])
 def test_depthwise_every_instruction_set(case, layout, isa, monkeypatch):
     """Each body is compiled for baseline x86-64, AVX2 and AVX-512 (clamped to what the CPU has)."""
@@ -163,7 +164,8 @@ def test_depthwise_every_instruction_set(case, layout, isa, monkeypatch):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("runs_blocks", "wide_rows", "mult2_threaded")],
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("runs_blocks", "wide_rows", "mult2_threaded",
+                                                                 "phase_s2_threaded")],
                          ids=lambda c: c[0])
 def test_depthwise_bit_identical_across_threads(case, layout):
     """Every output element (and every weight gradient) is computed by one thread in a fixed order."""
