@@ -6,7 +6,8 @@ Depthwise (groups == C > 1, O = m*C) paths and what selects them:
                           full runs, a partial last run; four-pixel blocks in the interior of a row
                           without residual; interior / edge taps; stride-1 dgrad without checks)
   channels_last copies    m == 1, not channels_last, OW < 32 (the same kernels on NHWC scratch copies);
-                          the dgrad's per-row / per-column tap tables, four-pixel blocks per column phase
+                          the dgrad's per-row / per-column tap tables, four-pixel blocks per column phase;
+                          wgrad by tap row (KW <= 8: two chains over interior pixel pairs, checked edges)
   plane kernels           not channels_last, output rows of 12..64 floats (6..64 doubles); strided dgrad
                           with dx rows of 32..64: one stride-1 correlation per output phase
   rows kernels            everything else: NCHW with OW >= 32 (unit-stride and strided inner loops),
@@ -51,6 +52,8 @@ CASES = [
     # channel-vector dgrad at stride 2 (channels_last, and NCHW dx rows < 32 through the copies):
     # four-pixel blocks of one column phase, single pixels at the edges, a partial channel run
     ("nhwc_s2_blocks", 2, 21, 9, 18, 1, 5, 2, 2, 1),      # W 18: a block starts 3 pixels before the edge
+    # channel-vector wgrad: taps of a row together up to KW 8; KW 9 takes the per-tap kernel
+    ("wide_kernel", 1, 17, 6, 12, 1, (3, 9), 1, (1, 4), 1),
 ]
 LAYOUTS = ["nchw", "channels_last", "channels_last_sliced", "nchw_strided"]
 
