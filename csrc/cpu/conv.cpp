@@ -436,7 +436,8 @@ void conv_gemm(DType dt, const void* a, int64_t sam, int64_t sak, const void* b,
 //   plane ("plane"): not channels_last, output rows of 12..64 floats (dw_plane_fits): one (n, o)
 //     plane copied with its padding into an L1 scratch split by column phase (stride 2 becomes unit
 //     stride), L-wide vectors along the output row, four rows at a time; forward, stride-1 dgrad
-//     (a forward over g with flipped taps) and wgrad.
+//     (a forward over g with flipped taps), wgrad, and the strided dgrad at dx rows of 32..64 (one
+//     stride-1 correlation of g with a sub-filter per output phase of dx).
 // dgrad is a gather in the channel-vector kernel (each dx pixel sums the (oh, ow) that reach it: no
 // write conflicts) and a scatter into a per-thread [H, W] plane buffer in the row kernel; wgrad
 // accumulates per output channel (rows) or per (channel run, tap) (nhwc) over the whole batch, so
