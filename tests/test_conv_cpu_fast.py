@@ -5,7 +5,11 @@ Depthwise (groups == C > 1, O = m*C) paths and what selects them:
   channel-vector kernels  x / g / dx channels_last, m == 1   (runs of 16 float / 8 double channels:
                           full runs, a partial last run; four-pixel blocks in the interior of a row
                           without residual; interior / edge taps; stride-1 dgrad without checks)
-  channels_last copies    m == 1, not channels_last, OW < 32 (the same kernels on NHWC scratch copies)
+  channels_last copies    m == 1, not channels_last, OW < 32 (the same kernels on NHWC scratch copies);
+                          the dgrad's per-row / per-column tap tables, four-pixel blocks per column phase;
+                          wgrad by tap row (KW <= 8: two chains over interior pixel pairs, checked edges)
+  plane kernels           not channels_last, output rows of 12..64 floats (6..64 doubles); strided dgrad
+                          with dx rows of 32..64: one stride-1 correlation per output phase
   rows kernels            everything else: NCHW with OW >= 32 (unit-stride and strided inner loops),
                           any layout with m > 1
 Threading: above 2^18 multiply-adds the units are spread over OpenMP threads; each case runs with 1
@@ -38,6 +42,18 @@ CASES = [
     ("one_pixel", 1, 16, 1, 1, 1, 3, 1, 1, 1),            # every tap but the centre in the padding
     ("kernel_eq_input", 2, 16, 3, 3, 1, 3, 1, 0, 1),      # output 1x1, no padding
     ("kernel_gt_input", 1, 17, 2, 2, 1, 3, 1, 2, 2),      # taps land in padding on both sides
+    # strided dgrad by output phase (NCHW, dx rows 32..64): sw == 2 interleaved store with odd pw and
+    # odd W, a partial four-row block per row phase; even pw (5x5); sh != sw, sw == 3 (strided
+    # scatter), dilation, phases without taps; threaded (313K MACs)
+    ("phase_s2_odd", 2, 5, 11, 33, 1, 3, 2, 1, 1),
+    ("phase_s2_k5", 1, 3, 10, 36, 1, 5, 2, 2, 1),
+    ("phase_s3_dil", 1, 3, 13, 40, 1, (3, 4), (2, 3), (1, 2), (1, 2)),
+    ("phase_s2_threaded", 4, 32, 32, 34, 1, 3, 2, 1, 1),
+    # channel-vector dgrad at stride 2 (channels_last, and NCHW dx rows < 32 through the copies):
+    # four-pixel blocks of one column phase, single pixels at the edges, a partial channel run
+    ("nhwc_s2_blocks", 2, 21, 9, 18, 1, 5, 2, 2, 1),      # W 18: a block starts 3 pixels before the edge
+    # channel-vector wgrad: taps of a row together up to KW 8; KW 9 takes the per-tap kernel
+    ("wide_kernel", 1, 17, 6, 12, 1, (3, 9), 1, (1, 4), 1),
 ]
 LAYOUTS = ["nchw", "channels_last", "channels_last_sliced", "nchw_strided"]
 
@@ -137,7 +153,8 @@ def test_depthwise_epilogue(case, layout, bias, residual, act):
 
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("runs_blocks", "partial_run", "wide_rows_s2", "mult2")],
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("runs_blocks", "partial_run", "wide_rows_s2", "mult2",
+                                                                 "phase_s2_odd", "nhwc_s2_blocks")],
                          ids=lambda c: c[0])
 def test_depthwise_every_instruction_set(case, layout, isa, monkeypatch):
     """Each body is compiled for baseline x86-64, AVX2 and AVX-512 (clamped to what the CPU has)."""
@@ -150,7 +167,8 @@ def test_depthwise_every_instruction_set(case, layout, isa, monkeypatch):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("runs_blocks", "wide_rows", "mult2_threaded")],
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("runs_blocks", "wide_rows", "mult2_threaded",
+                                                                 "phase_s2_threaded")],
                          ids=lambda c: c[0])
 def test_depthwise_bit_identical_across_threads(case, layout):
     """Every output element (and every weight gradient) is computed by one thread in a fixed order."""

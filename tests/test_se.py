@@ -147,8 +147,12 @@ def test_forward_backward_match_pytorch(backend, dtype, layout, case):
 # The C++ kernel's branches: NCHW planes summed in blocks of 1024 (HW > 1024), NHWC channel blocks of
 # 64 (C > 64) and row flushes every 64 rows (HW > 64), the OpenMP split (>= 2^15 elements, 2 threads)
 # of the spatial passes, of the squeeze GEMMs (N*C*R >= 2^15) and of the weight
-# gradients, and the baseline / AVX2 / AVX-512 bodies.
-CPU_BIG = [(2, 3, 37, 29, 2), (3, 67, 9, 9, 5), (4, 67, 3, 5, 131)]
+# gradients, and the baseline / AVX2 / AVX-512 bodies. The squeeze products (se.cpp dot_rows /
+# axpy_gemm): C and R past whole 16-float / 8-double vectors (the zero-padded tail columns), C = R = 27
+# an odd number of whole vectors in both dtypes (the one-vector tile), N = 11 / 3 partial 4-row
+# blocks; planes under 16 values (2x2, 3x5: the scalar float64 sums) and, at 2x2 with N*C = 297 >
+# 256 planes per work item, a partial last run of planes.
+CPU_BIG = [(2, 3, 37, 29, 2), (3, 67, 9, 9, 5), (4, 67, 3, 5, 131), (11, 27, 2, 2, 27)]
 
 
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])

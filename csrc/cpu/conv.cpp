@@ -487,7 +487,8 @@ void for_chunks(int64_t groups, int64_t N, int64_t NB, const F& body) {
 //   plane ("plane"): not channels_last, output rows of 12..64 floats (dw_plane_fits): one (n, o)
 //     plane copied with its padding into an L1 scratch split by column phase (stride 2 becomes unit
 //     stride), L-wide vectors along the output row, four rows at a time; forward, stride-1 dgrad
-//     (a forward over g with flipped taps) and wgrad.
+//     (a forward over g with flipped taps), wgrad, and the strided dgrad at dx rows of 32..64 (one
+//     stride-1 correlation of g with a sub-filter per output phase of dx).
 // dgrad is a gather in the channel-vector kernel (each dx pixel sums the (oh, ow) that reach it: no
 // write conflicts) and a scatter into a per-thread [H, W] plane buffer in the row kernel; wgrad
 // accumulates per output channel (rows) or per (channel run, tap) (nhwc) over the whole batch, so
@@ -746,90 +747,118 @@ struct DwDgradRows {
 
 // dgrad, channel-vector kernel (g and dx with unit channel stride, m == 1). Unit u = one dx row
 // (n, ih); each dx pixel gathers the taps that reach it: oh = (ih + ph - i*dh) / sh when that
-// divides exactly and lands in [0, OH) (same along w), so no two units write one element. At stride
-// 1 interior pixels (every j lands in [0, OW)) skip the checks and go four at a time. a.x is g,
-// a.w is wt[tap][C], a.out is dx.
+// divides exactly and lands in [0, OH) (same along w), so no two units write one element. Which taps
+// reach a row / a column is tabulated once per call (dw_dgrad_nhwc_tables: no divisions per pixel
+// and tap; at stride 2 the per-tap divisibility tests were most of the kernel's time). Pixels are
+// walked by column phase ((iw + pw) % sw: iw, iw + sw, ...); four pixels of one phase whose tap
+// lists are the same, shifted by one g column each, go together (four accumulator chains sharing
+// each weight load), the others one at a time. a.x is g, a.w is wt[tap][C], a.out is dx, a.wrange
+// the tables: per dx row ih at ih*(1 + 2*KH): count, then (i*KW*C, oh*gs.h) pairs; per dx column
+// iw at H*(1 + 2*KH) + iw*(2 + 2*KW): count, four-pixel flag, then (j*C, ow*gs.w) pairs.
+inline std::vector<int64_t> dw_dgrad_nhwc_tables(const ConvGeometry& s, Strides4 gs) {
+  const int64_t RE = 1 + 2 * s.KH, CE = 2 + 2 * s.KW;
+  std::vector<int64_t> t(static_cast<size_t>(s.H * RE + s.W * CE), 0);
+  for (int64_t ih = 0; ih < s.H; ++ih) {
+    int64_t* e = t.data() + ih * RE;
+    for (int64_t i = 0; i < s.KH; ++i) {
+      const int64_t th = ih + s.pad_h - i * s.dil_h;
+      if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
+      e[1 + 2 * e[0]] = i * s.KW * s.C;
+      e[2 + 2 * e[0]] = (th / s.stride_h) * gs.h;
+      ++e[0];
+    }
+  }
+  int64_t* cols = t.data() + s.H * RE;
+  for (int64_t iw = 0; iw < s.W; ++iw) {
+    int64_t* e = cols + iw * CE;
+    for (int64_t j = 0; j < s.KW; ++j) {
+      const int64_t tw = iw + s.pad_w - j * s.dil_w;
+      if (tw < 0 || tw % s.stride_w != 0 || tw / s.stride_w >= s.OW) continue;
+      e[2 + 2 * e[0]] = j * s.C;
+      e[3 + 2 * e[0]] = (tw / s.stride_w) * gs.w;
+      ++e[0];
+    }
+  }
+  for (int64_t iw = 0; iw + 3 * s.stride_w < s.W; ++iw) {  // same taps at iw + t*sw, g column + t
+    const int64_t* e = cols + iw * CE;
+    bool same = e[0] > 0;
+    for (int64_t q = 1; q <= 3 && same; ++q) {
+      const int64_t* f = cols + (iw + q * s.stride_w) * CE;
+      same = f[0] == e[0];
+      for (int64_t k = 0; k < e[0] && same; ++k)
+        same = f[2 + 2 * k] == e[2 + 2 * k] && f[3 + 2 * k] == e[3 + 2 * k] + q * gs.w;
+    }
+    cols[iw * CE + 1] = same ? 1 : 0;
+  }
+  return t;
+}
+
 template <typename T>
 struct DwDgradNhwc {
   static PYIMGCLS_INLINE void run(int64_t u, const DwArgs<T>& a, T*) {
     constexpr int64_t L = kDwLanes<T>;
     using V = DwVec<T>;
     const ConvGeometry& s = a.s;
-    const int64_t n = u / s.H, ih = u % s.H, C = s.C;
+    const int64_t n = u / s.H, ih = u % s.H, C = s.C, sw = s.stride_w;
+    const int64_t RE = 1 + 2 * s.KH, CE = 2 + 2 * s.KW;
     const T* gn = a.x + n * a.xs.n;
     T* dn = a.out + n * a.os.n + ih * a.os.h;
-    const int64_t gjs = s.dil_w * a.xs.w;  // g step between taps j (stride 1: ow decreases by dw)
+    const int64_t* rows = a.wrange + ih * RE;
+    const int64_t* cols = a.wrange + s.H * RE;
+    const int64_t nr = rows[0];
+    const int64_t ps = a.xs.w;  // g step between the pixels of a four-pixel block
     for (int64_t c0 = 0; c0 < C; c0 += L) {
       const int64_t cb = std::min(L, C - c0);
-      // Interior at stride 1: every tap j lands in [0, OW) for iw in [ilo, ihi).
-      const int64_t ilo = std::max<int64_t>(0, (s.KW - 1) * s.dil_w - s.pad_w);
-      const int64_t ihi = std::min<int64_t>(s.W, s.OW - s.pad_w);
-      for (int64_t iw = 0; iw < s.W; ++iw) {
-        if (cb == L && s.stride_w == 1 && iw == ilo) {
-          // Four interior pixels at a time (as in the forward): four independent accumulator
-          // chains sharing each weight load.
-          for (; iw + 4 <= ihi; iw += 4) {
+      for (int64_t r = 0; r < std::min(sw, s.W); ++r) {
+        for (int64_t iw = r; iw < s.W;) {
+          const int64_t* ce = cols + iw * CE;
+          const int64_t nc = ce[0];
+          T* dp = dn + iw * a.os.w + c0;
+          if (cb == L && ce[1]) {
             V acc0 = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};
-            const int64_t ps = a.xs.w;  // g step between the four pixels
-            for (int64_t i = 0; i < s.KH; ++i) {
-              const int64_t th = ih + s.pad_h - i * s.dil_h;
-              if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
-              const T* g0 = gn + (th / s.stride_h) * a.xs.h + (iw + s.pad_w) * a.xs.w + c0;
-              const T* wr = a.w + i * s.KW * C + c0;
-              for (int64_t j = 0; j < s.KW; ++j) {
+            for (int64_t ri = 0; ri < nr; ++ri) {
+              const T* wr = a.w + rows[1 + 2 * ri] + c0;
+              const T* gr = gn + rows[2 + 2 * ri] + c0;
+              for (int64_t ci = 0; ci < nc; ++ci) {
                 V wv;
-                __builtin_memcpy(&wv, wr + j * C, sizeof(V));
-                const T* gj = g0 - j * gjs;
+                __builtin_memcpy(&wv, wr + ce[2 + 2 * ci], sizeof(V));
+                const T* gj = gr + ce[3 + 2 * ci];
                 fma_run_w(acc0, wv, gj);
                 fma_run_w(acc1, wv, gj + ps);
                 fma_run_w(acc2, wv, gj + 2 * ps);
                 fma_run_w(acc3, wv, gj + 3 * ps);
               }
             }
-            T* dp = dn + iw * a.os.w + c0;
+            const int64_t dstep = sw * a.os.w;
             __builtin_memcpy(dp, &acc0, sizeof(V));
-            __builtin_memcpy(dp + a.os.w, &acc1, sizeof(V));
-            __builtin_memcpy(dp + 2 * a.os.w, &acc2, sizeof(V));
-            __builtin_memcpy(dp + 3 * a.os.w, &acc3, sizeof(V));
+            __builtin_memcpy(dp + dstep, &acc1, sizeof(V));
+            __builtin_memcpy(dp + 2 * dstep, &acc2, sizeof(V));
+            __builtin_memcpy(dp + 3 * dstep, &acc3, sizeof(V));
+            iw += 4 * sw;
+            continue;
           }
-          if (iw >= s.W) break;
-        }
-        const int64_t tw0 = iw + s.pad_w;  // ow * sw for tap j = 0
-        const bool interior = s.stride_w == 1 && tw0 < s.OW && tw0 - (s.KW - 1) * s.dil_w >= 0;
-        T* dp = dn + iw * a.os.w + c0;
-        if (cb == L) {
-          V acc = V{};
-          for (int64_t i = 0; i < s.KH; ++i) {
-            const int64_t th = ih + s.pad_h - i * s.dil_h;
-            if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
-            const T* gr = gn + (th / s.stride_h) * a.xs.h + c0;
-            const T* wr = a.w + i * s.KW * C + c0;
-            if (interior) {
-              const T* g0 = gr + tw0 * a.xs.w;
-              for (int64_t j = 0; j < s.KW; ++j) fma_run(acc, wr + j * C, g0 - j * gjs);
-            } else {
-              for (int64_t j = 0; j < s.KW; ++j) {
-                const int64_t tw = tw0 - j * s.dil_w;
-                if (tw < 0 || tw % s.stride_w != 0 || tw / s.stride_w >= s.OW) continue;
-                fma_run(acc, wr + j * C, gr + (tw / s.stride_w) * a.xs.w);
+          if (cb == L) {
+            V acc = V{};
+            for (int64_t ri = 0; ri < nr; ++ri) {
+              const T* wr = a.w + rows[1 + 2 * ri] + c0;
+              const T* gr = gn + rows[2 + 2 * ri] + c0;
+              for (int64_t ci = 0; ci < nc; ++ci) fma_run(acc, wr + ce[2 + 2 * ci], gr + ce[3 + 2 * ci]);
+            }
+            __builtin_memcpy(dp, &acc, sizeof(V));
+          } else {
+            T acc[L] = {};
+            for (int64_t ri = 0; ri < nr; ++ri) {
+              const T* wr = a.w + rows[1 + 2 * ri] + c0;
+              const T* gr = gn + rows[2 + 2 * ri] + c0;
+              for (int64_t ci = 0; ci < nc; ++ci) {
+                const T* wv = wr + ce[2 + 2 * ci];
+                const T* gv = gr + ce[3 + 2 * ci];
+                for (int64_t q = 0; q < cb; ++q) acc[q] += wv[q] * gv[q];
               }
             }
+            for (int64_t q = 0; q < cb; ++q) dp[q] = acc[q];
           }
-          __builtin_memcpy(dp, &acc, sizeof(V));
-        } else {
-          T acc[L] = {};
-          for (int64_t i = 0; i < s.KH; ++i) {
-            const int64_t th = ih + s.pad_h - i * s.dil_h;
-            if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
-            for (int64_t j = 0; j < s.KW; ++j) {
-              const int64_t tw = tw0 - j * s.dil_w;
-              if (tw < 0 || tw % s.stride_w != 0 || tw / s.stride_w >= s.OW) continue;
-              const T* gv = gn + (th / s.stride_h) * a.xs.h + (tw / s.stride_w) * a.xs.w + c0;
-              const T* wv = a.w + (i * s.KW + j) * C + c0;
-              for (int64_t q = 0; q < cb; ++q) acc[q] += wv[q] * gv[q];
-            }
-          }
-          for (int64_t q = 0; q < cb; ++q) dp[q] = acc[q];
+          iw += sw;
         }
       }
     }
@@ -919,6 +948,87 @@ struct DwWgradNhwc {
       __builtin_memcpy(tail, &sum, sizeof(sum));
     }
     for (int64_t q = 0; q < cb; ++q) a.out[(c0 + q) * KK + t] = tail[q];
+  }
+};
+
+// wgrad, channel-vector kernel by tap row (m == 1, x and g with unit channel stride, KW <=
+// kDwWgradRowTaps). Unit u = (run of L channels, tap row i): the KW taps of row i are summed together,
+// so each g vector is loaded once per tap row instead of once per tap, and each x vector once per
+// (row, pixel) for all KW taps (the per-tap kernel above re-read g and x from L2 KK times: at stride
+// 2, 16x16 C 240, it ran at 0.4-0.6x PyTorch). Accumulators: KW vectors per chain, two chains
+// (pairs of interior output pixels alternate), added at the end; the output pixels where some tap of
+// the row falls outside the input go through bounds checks. Each weight is summed by one thread in a
+// fixed order (n, oh, ow): bit-identical for any thread count. a.x is x, a.g is g, a.out is dw [O][KK].
+constexpr int64_t kDwWgradRowTaps = 8;
+
+template <typename T>
+struct DwWgradNhwcRow {
+  static PYIMGCLS_INLINE void run(int64_t u, const DwArgs<T>& a, T*) {
+    constexpr int64_t L = kDwLanes<T>;
+    constexpr int64_t J = kDwWgradRowTaps;
+    using V = DwVec<T>;
+    const ConvGeometry& s = a.s;
+    const int64_t KK = s.KH * s.KW, KW = s.KW, i = u % s.KH, c0 = (u / s.KH) * L, C = s.C;
+    const int64_t cb = std::min(L, C - c0);
+    V acc0[J], acc1[J];
+    T tail[J][L];
+    for (int64_t j = 0; j < J; ++j) {
+      acc0[j] = V{};
+      acc1[j] = V{};
+      for (int64_t q = 0; q < L; ++q) tail[j][q] = T(0);
+    }
+    int64_t hlo, hhi, wlo[J], whi[J];
+    valid_range(i * s.dil_h - s.pad_h, s.stride_h, s.H, s.OH, hlo, hhi);
+    int64_t ilo = 0, ihi = s.OW;  // output pixels where every tap of the row is inside the input
+    for (int64_t j = 0; j < KW; ++j) {
+      valid_range(j * s.dil_w - s.pad_w, s.stride_w, s.W, s.OW, wlo[j], whi[j]);
+      ilo = std::max(ilo, wlo[j]);
+      ihi = std::min(ihi, whi[j]);
+    }
+    ihi = std::max(ihi, ilo);
+    const int64_t xstep = s.stride_w * a.xs.w, xjs = s.dil_w * a.xs.w, gws = a.gs.w;
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t oh = hlo; oh < hhi; ++oh) {
+        const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+        const T* grow = a.g + n * a.gs.n + oh * a.gs.h + c0;
+        const T* xrow = a.x + n * a.xs.n + ih * a.xs.h - s.pad_w * a.xs.w + c0;  // + ow*xstep + j*xjs
+        auto edge = [&](int64_t ow) {
+          const T* gv = grow + ow * gws;
+          const T* xv = xrow + ow * xstep;
+          for (int64_t j = 0; j < KW; ++j) {
+            if (ow < wlo[j] || ow >= whi[j]) continue;
+            if (cb == L)
+              fma_run(acc0[j], gv, xv + j * xjs);
+            else
+              for (int64_t q = 0; q < cb; ++q) tail[j][q] += gv[q] * xv[j * xjs + q];
+          }
+        };
+        for (int64_t ow = 0; ow < ilo; ++ow) edge(ow);
+        if (cb == L) {
+          int64_t ow = ilo;
+          for (; ow + 2 <= ihi; ow += 2) {
+            V g0, g1;
+            __builtin_memcpy(&g0, grow + ow * gws, sizeof(V));
+            __builtin_memcpy(&g1, grow + (ow + 1) * gws, sizeof(V));
+            const T* x0 = xrow + ow * xstep;
+            for (int64_t j = 0; j < KW; ++j) {
+              fma_run_w(acc0[j], g0, x0 + j * xjs);
+              fma_run_w(acc1[j], g1, x0 + xstep + j * xjs);
+            }
+          }
+          for (; ow < ihi; ++ow) edge(ow);
+        } else {
+          for (int64_t ow = ilo; ow < ihi; ++ow) edge(ow);
+        }
+        for (int64_t ow = ihi; ow < s.OW; ++ow) edge(ow);
+      }
+    for (int64_t j = 0; j < KW; ++j) {
+      if (cb == L) {
+        const V sum = acc0[j] + acc1[j];
+        __builtin_memcpy(tail[j], &sum, sizeof(V));
+      }
+      for (int64_t q = 0; q < cb; ++q) a.out[(c0 + q) * KK + i * KW + j] = tail[j][q];
+    }
   }
 };
 
@@ -1241,34 +1351,68 @@ struct DwWgradPlane {
   }
 };
 
-// dgrad at stride > 1, plane kernel (m == 1). Unit u = one (n, c) plane of dx. The gradient plane
-// g[n, c] is copied into a scratch with Pl zero columns on the left and zeros past OW, so every tap
-// reads in bounds without checks. The dx row ih gathers the rows oh = (ih + ph - i*dh) / sh that
-// divide exactly and lie in [0, OH); its columns split into sw phases by (iw + pw) % sw: in phase r,
-// the taps j with (j*dw) % sw == r reach g column k + (r - j*dw) / sw for the phase's k-th column
-// (iw = k*sw + r - pw), so each phase is L-wide vectors over k with one unaligned load per tap (no
-// divisibility checks in the inner loop), written to a row buffer and interleaved into dx. Every dx
-// element is summed once, by one thread, in tap order.
-// a.x is g (strides a.xs), a.w is w [C][KH*KW], a.out is dx (strides a.os), a.wrange per tap column
-// j its phase (j*dw) % sw and shift (j*dw) / sw (no divisions per row).
+// dgrad at stride > 1, plane kernel (m == 1), by output phase. Unit u = one (n, c) plane of dx.
+// dx row ih = ka*sh + ra - ph (row phase ra, ka-th row of that phase) receives g row ka - qi from
+// exactly the taps i with (i*dh) % sh == ra, qi = (i*dh) / sh; columns likewise (phase rb, taps j
+// with (j*dw) % sw == rb, g column kb - qj). So each of the sh*sw phases of dx is a stride-1
+// correlation of g with a sub-filter of about (KH/sh) x (KW/sw) taps: no divisibility tests, no
+// scatter. The gradient plane g[n, c] is copied into a scratch with Pt zero rows on top and Pl zero
+// columns on the left (the largest qi, qj) and zeros past OH / OW, so every tap reads in bounds.
+// Per row phase, four dx rows at a time (four FMA chains per weight broadcast, as the forward's
+// plane kernel), L-wide vectors along the phase's columns kb, one unaligned load per tap; the sw
+// column phases of the four rows go to a row buffer and are interleaved into dx. Lanes and rows
+// past dx's edge compute on the zero padding and are not stored. Every dx element is summed once,
+// by one thread, in tap order. FLOPs 2*N*C*H*RW*sw*KH*KW/(sh*sw) ~ the forward's (lanes past the
+// phase's columns: RW = whole L-chunks of (W + pw) / sw); bytes |g| + |dx| + |w|.
+// a.x is g (strides a.xs), a.w is w [C][KH*KW], a.out is dx (strides a.os), a.wrange the phase
+// tap lists (dw_dgrad_phase_taps).
 struct DwDgradPlaneShape {
-  int64_t Pl, chunks, GWp;  // left zero columns, L-chunks per phase, scratch row length
+  int64_t Pt, Pl, GH, GWp, chunks;  // top / left zero rows / columns, scratch rows / row length, L-chunks per phase
 };
 
 template <typename T>
 inline DwDgradPlaneShape dw_dgrad_plane_shape(const ConvGeometry& s) {
   DwDgradPlaneShape p;
-  p.Pl = ((s.KW - 1) * s.dil_w + s.stride_w - 1) / s.stride_w;
+  p.Pt = ((s.KH - 1) * s.dil_h) / s.stride_h;
+  p.Pl = ((s.KW - 1) * s.dil_w) / s.stride_w;
   const int64_t kc = (s.W + s.pad_w + s.stride_w - 1) / s.stride_w;  // phase columns reaching dx
+  const int64_t kr = (s.H + s.pad_h + s.stride_h - 1) / s.stride_h;  // phase rows reaching dx
   p.chunks = (kc + kDwLanes<T> - 1) / kDwLanes<T>;
   p.GWp = p.Pl + std::max(p.chunks * kDwLanes<T>, s.OW);
+  p.GH = p.Pt + std::max(kr + 3, s.OH);  // the last four-row block may run 3 rows past
   return p;
 }
 
 template <typename T>
 inline size_t dw_dgrad_plane_scratch(const ConvGeometry& s) {
   const DwDgradPlaneShape p = dw_dgrad_plane_shape<T>(s);
-  return static_cast<size_t>(s.OH * p.GWp + s.stride_w * p.chunks * kDwLanes<T>);
+  return static_cast<size_t>(p.GH * p.GWp + 4 * s.stride_w * p.chunks * kDwLanes<T>);
+}
+
+// The taps of each phase (ra, rb): entries [2*sh*sw + 1 + 2*e] = tap index i*KW + j and
+// [.. + 1] = its scratch offset -qi*GWp - qj, for e in [start[ra*sw + rb], start[ra*sw + rb + 1]),
+// start = the first sh*sw + 1 entries; in tap order.
+template <typename T>
+std::vector<int64_t> dw_dgrad_phase_taps(const ConvGeometry& s) {
+  const DwDgradPlaneShape p = dw_dgrad_plane_shape<T>(s);
+  const int64_t np = s.stride_h * s.stride_w;
+  std::vector<int64_t> out(static_cast<size_t>(np + 1));
+  std::vector<int64_t> taps;
+  for (int64_t ra = 0; ra < s.stride_h; ++ra)
+    for (int64_t rb = 0; rb < s.stride_w; ++rb) {
+      out[ra * s.stride_w + rb] = static_cast<int64_t>(taps.size() / 2);
+      for (int64_t i = 0; i < s.KH; ++i) {
+        if ((i * s.dil_h) % s.stride_h != ra) continue;
+        for (int64_t j = 0; j < s.KW; ++j) {
+          if ((j * s.dil_w) % s.stride_w != rb) continue;
+          taps.push_back(i * s.KW + j);
+          taps.push_back(-((i * s.dil_h) / s.stride_h) * p.GWp - (j * s.dil_w) / s.stride_w);
+        }
+      }
+    }
+  out[np] = static_cast<int64_t>(taps.size() / 2);
+  out.insert(out.end(), taps.begin(), taps.end());
+  return out;
 }
 
 template <typename T>
@@ -1278,13 +1422,14 @@ struct DwDgradPlaneStrided {
     using V = DwVec<T>;
     const ConvGeometry& s = a.s;
     const DwDgradPlaneShape p = dw_dgrad_plane_shape<T>(s);
-    const int64_t n = u / s.C, c = u % s.C, KK = s.KH * s.KW, sw = s.stride_w, RW = p.chunks * L;
+    const int64_t n = u / s.C, c = u % s.C, KK = s.KH * s.KW, sh = s.stride_h, sw = s.stride_w;
+    const int64_t RW = p.chunks * L, G = p.GWp, np = sh * sw;
     T* gb = buf;
-    T* rowbuf = buf + s.OH * p.GWp;  // [sw][RW]: one dx row, by phase
-    std::memset(gb, 0, sizeof(T) * static_cast<size_t>(s.OH * p.GWp));
+    T* rowbuf = buf + p.GH * G;  // [4][sw][RW]: four dx rows of one row phase, by column phase
+    std::memset(gb, 0, sizeof(T) * static_cast<size_t>(p.GH * G));
     const T* gp = a.x + n * a.xs.n + c * a.xs.c;
     for (int64_t oh = 0; oh < s.OH; ++oh) {
-      T* q = gb + oh * p.GWp + p.Pl;
+      T* q = gb + (p.Pt + oh) * G + p.Pl;
       const T* grow = gp + oh * a.xs.h;
       if (a.xs.w == 1)
         for (int64_t k = 0; k < s.OW; ++k) q[k] = grow[k];
@@ -1292,29 +1437,60 @@ struct DwDgradPlaneStrided {
         for (int64_t k = 0; k < s.OW; ++k) q[k] = grow[k * a.xs.w];
     }
     const T* wk = a.w + c * KK;
+    const int64_t* start = a.wrange;
+    const int64_t* taps = a.wrange + np + 1;
     T* dp = a.out + n * a.os.n + c * a.os.c;
-    for (int64_t ih = 0; ih < s.H; ++ih) {
-      for (int64_t r = 0; r < sw; ++r) {
-        for (int64_t c0 = 0; c0 < RW; c0 += L) {
-          V acc = V{};
-          for (int64_t i = 0; i < s.KH; ++i) {
-            const int64_t th = ih + s.pad_h - i * s.dil_h;
-            if (th < 0 || th % s.stride_h != 0 || th / s.stride_h >= s.OH) continue;
-            const T* g0 = gb + (th / s.stride_h) * p.GWp + p.Pl + c0;
-            for (int64_t j = 0; j < s.KW; ++j)
-              if (a.wrange[2 * j] == r) fma_run_w(acc, V{} + wk[i * s.KW + j], g0 - a.wrange[2 * j + 1]);
+    for (int64_t ra = 0; ra < sh; ++ra) {
+      int64_t klo, khi;  // phase rows ka with dx row ka*sh + ra - ph in [0, H)
+      valid_range(ra - s.pad_h, sh, s.H, p.GH, klo, khi);
+      for (int64_t ka = klo; ka < khi; ka += 4) {
+        const T* g0 = gb + (ka + p.Pt) * G + p.Pl;
+        for (int64_t rb = 0; rb < sw; ++rb) {
+          const int64_t e0 = start[ra * sw + rb], e1 = start[ra * sw + rb + 1];
+          for (int64_t c0 = 0; c0 < RW; c0 += L) {
+            V acc0 = V{}, acc1 = V{}, acc2 = V{}, acc3 = V{};
+            for (int64_t e = e0; e < e1; ++e) {
+              const V wv = V{} + wk[taps[2 * e]];
+              const T* src = g0 + c0 + taps[2 * e + 1];
+              fma_run_w(acc0, wv, src);
+              fma_run_w(acc1, wv, src + G);
+              fma_run_w(acc2, wv, src + 2 * G);
+              fma_run_w(acc3, wv, src + 3 * G);
+            }
+            T* rq = rowbuf + rb * RW + c0;
+            __builtin_memcpy(rq, &acc0, sizeof(V));
+            __builtin_memcpy(rq + sw * RW, &acc1, sizeof(V));
+            __builtin_memcpy(rq + 2 * sw * RW, &acc2, sizeof(V));
+            __builtin_memcpy(rq + 3 * sw * RW, &acc3, sizeof(V));
           }
-          __builtin_memcpy(rowbuf + r * RW + c0, &acc, sizeof(V));
         }
-      }
-      T* drow = dp + ih * a.os.h;
-      for (int64_t r = 0; r < sw; ++r) {  // dx columns iw = k*sw + r - pw of phase r
-        int64_t lo, hi;
-        valid_range(r - s.pad_w, sw, s.W, RW, lo, hi);
-        const T* rb = rowbuf + r * RW;
-        T* d0 = drow + (r - s.pad_w) * a.os.w;
-        const int64_t dstep = sw * a.os.w;
-        for (int64_t k = lo; k < hi; ++k) d0[k * dstep] = rb[k];
+        const int64_t rows = std::min<int64_t>(4, khi - ka);
+        for (int64_t q = 0; q < rows; ++q) {
+          T* drow = dp + ((ka + q) * sh + ra - s.pad_h) * a.os.h;
+          if (sw == 2 && a.os.w == 1) {
+            // dx columns 2m, 2m + 1 from phases (pw % 2, 1 - pw % 2) at kb = m + pw / 2, m + (pw + 1) / 2:
+            // one pass of two unit-stride loads and interleaved stores (vectorised) instead of sw
+            // strided scalar passes (a quarter of this kernel's time at 16x16).
+            const int64_t pe = s.pad_w & 1;
+            const T* re = rowbuf + (q * 2 + pe) * RW + s.pad_w / 2;
+            const T* ro = rowbuf + (q * 2 + (1 - pe)) * RW + (s.pad_w + 1) / 2;
+            const int64_t half = s.W / 2;
+            for (int64_t mm = 0; mm < half; ++mm) {
+              drow[2 * mm] = re[mm];
+              drow[2 * mm + 1] = ro[mm];
+            }
+            if (s.W & 1) drow[s.W - 1] = re[half];
+            continue;
+          }
+          for (int64_t rb = 0; rb < sw; ++rb) {  // dx columns iw = kb*sw + rb - pw of phase rb
+            int64_t lo, hi;
+            valid_range(rb - s.pad_w, sw, s.W, RW, lo, hi);
+            const T* rq = rowbuf + (q * sw + rb) * RW;
+            T* d0 = drow + (rb - s.pad_w) * a.os.w;
+            const int64_t dstep = sw * a.os.w;
+            for (int64_t k = lo; k < hi; ++k) d0[k * dstep] = rq[k];
+          }
+        }
       }
     }
   }
@@ -1380,20 +1556,25 @@ void dw_bwd_data(const ConvGeometry& s, const T* g, Strides4 gs, const T* w, T* 
     const DwArgs<T> fa{f, 1, g, gs, wf.data(), nullptr, nullptr, {}, nullptr, {}, dx, xs, Act::None, joff.data()};
     return dw_run<DwFwdPlane<T>>(s.N * s.C, macs, fa, dw_plane_scratch<T>(f, false));
   }
-  if (m == 1 && !(gs.c == 1 && xs.c == 1) && s.stride_w > 1 && dw_plane_fits<T>(s.W)) {
-    std::vector<int64_t> jps(static_cast<size_t>(2 * s.KW));
-    for (int64_t j = 0; j < s.KW; ++j) {
-      jps[2 * j] = (j * s.dil_w) % s.stride_w;
-      jps[2 * j + 1] = (j * s.dil_w) / s.stride_w;
-    }
-    a.wrange = jps.data();
+  // Strided, dx rows of 32..64: the phase plane kernel. Narrower dx rows go to the channels_last
+  // copies below: a phase of a 16-wide row fills 9 of 16 lanes, and the channel-vector kernel on
+  // the copies measured 1.3-1.8x faster there (16x16 C 240 3x3, 16x16 C 144 5x5, N 16, 1 thread).
+  if (m == 1 && !(gs.c == 1 && xs.c == 1) && s.stride_w > 1 && s.W >= kDwRowsMinWidth && dw_plane_fits<T>(s.W)) {
+    const std::vector<int64_t> taps = dw_dgrad_phase_taps<T>(s);
+    a.wrange = taps.data();
     return dw_run<DwDgradPlaneStrided<T>>(s.N * s.C, macs, a, dw_dgrad_plane_scratch<T>(s));
   }
   if (m == 1 && ((gs.c == 1 && xs.c == 1) || s.OW < kDwRowsMinWidth)) {
     const std::vector<T> wt = dw_weight_by_tap(s, w);
     a.w = wt.data();
-    if (gs.c == 1 && xs.c == 1) return dw_run<DwDgradNhwc<T>>(s.N * s.H, macs, a, 0);
+    if (gs.c == 1 && xs.c == 1) {
+      const std::vector<int64_t> tables = dw_dgrad_nhwc_tables(s, gs);
+      a.wrange = tables.data();
+      return dw_run<DwDgradNhwc<T>>(s.N * s.H, macs, a, 0);
+    }
     DwNhwcCopy<T> gt(s.N, s.O, s.OH, s.OW, g, gs), dxt(s.N, s.C, s.H, s.W, nullptr, {});
+    const std::vector<int64_t> tables = dw_dgrad_nhwc_tables(s, gt.st);
+    a.wrange = tables.data();
     a.x = gt.buf.get();
     a.xs = gt.st;
     a.out = dxt.buf.get();
@@ -1420,13 +1601,18 @@ void dw_bwd_weight(const ConvGeometry& s, const T* g, Strides4 gs, const T* x, S
   }
   if (m == 1 && ((gs.c == 1 && xs.c == 1) || s.OW < kDwRowsMinWidth)) {
     const int64_t runs = (s.C + kDwLanes<T> - 1) / kDwLanes<T>;
-    if (gs.c == 1 && xs.c == 1) return dw_run<DwWgradNhwc<T>>(runs * s.KH * s.KW, macs, a, 0);
+    const bool by_row = s.KW <= kDwWgradRowTaps;
+    auto kernel = [&] {
+      if (by_row) return dw_run<DwWgradNhwcRow<T>>(runs * s.KH, macs, a, 0);
+      dw_run<DwWgradNhwc<T>>(runs * s.KH * s.KW, macs, a, 0);
+    };
+    if (gs.c == 1 && xs.c == 1) return kernel();
     DwNhwcCopy<T> xt(s.N, s.C, s.H, s.W, x, xs), gt(s.N, s.O, s.OH, s.OW, g, gs);
     a.x = xt.buf.get();
     a.xs = xt.st;
     a.g = gt.buf.get();
     a.gs = gt.st;
-    dw_run<DwWgradNhwc<T>>(runs * s.KH * s.KW, macs, a, 0);
+    kernel();
     return;
   }
   dw_run<DwWgradRows<T>>(s.O, macs, a, static_cast<size_t>(s.KH * s.KW * s.OW));

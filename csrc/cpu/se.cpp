@@ -11,26 +11,28 @@
 //
 // Algorithm
 //   Three stages. (1) A spatial reduction: the per-(n, c) sum of x (forward) or of grad * x
-//   (backward). NCHW: one OpenMP work item per (n, c) plane, summed in blocks of kBlock values in T
+//   (backward). NCHW: one OpenMP work item per run of planes (~kBlock values), each plane summed in blocks of kBlock values in T
 //   (vectorised) whose block sums are added in float64. NHWC: one work item per (n, block of kCBlock
 //   channels); the HW rows are added channel-wise (inner loop along C, vectorised) in T over
-//   kFlushRows rows, then flushed into float64 per channel. (2) The squeeze's two 1x1 convolutions
-//   as GEMMs over the batch, in float64: hidden [N, R] = pooled [N, C] x W1^T [C, R], z [N, C] =
-//   act(hidden) [N, R] x W2^T [R, C] (backward: W2^T gz and W1^T gh, through transposed copies of the
-//   weights). dot_rows: one work item per kRowBlock weight rows, each row (I values, in L1) dotted
-//   with kSamples samples at a time, so the weights are read once per call instead of once per
-//   sample (the per-sample matrix-vector products re-read R*C weights N times: on the small late
-//   maps, C = 1152 and 2x2, those reads were the SE block's time). Every output is one dot product
-//   summed in a fixed order by one thread (deterministic, independent of the thread count and of
-//   N: a partial sample block repeats its last sample). The weight gradients are sums over n in
-//   sample order, one work item per weight row. (3) An element-wise pass, out = a * gate + add, one work item
-//   per (n, c) plane (NCHW) or per (n, s) row (NHWC), with the per-(n, c) gate (and, backward,
+//   kFlushRows rows, then flushed into float64 per channel. (2) The squeeze's matrix products over
+//   the batch, accumulated in T (float32 FMAs for float32 tensors): forward hidden [N, R] = pooled
+//   [N, C] x W1^T and z [N, C] = act(hidden) x W2^T as tiled dot products (dot_rows: 4 samples x 4
+//   weight rows of vector accumulators along the shared dimension); backward gh = gz W2, gpooled =
+//   gh W1, gW2 = gz^T act(hidden), gW1 = gh^T pooled as tiled row updates (axpy_gemm: 4 rows x 2
+//   vectors, one broadcast of A per row and k; the operands are read in place through strides,
+//   no transposed weight copies). The weights are read once per block of 4 samples from L2
+//   (the per-sample matrix-vector products once re-read R*C weights N times; then float64 dot
+//   products and two transposed copies were half of the backward at 2x2, C 960). Every output
+//   element is one FMA chain in index order summed by one thread (deterministic, independent of
+//   the thread count; a sample's rows do not depend on the batch: a partial block repeats its last
+//   row and drops the results). The bias gradients are float64 sums over n in sample order.
+//   (3) An element-wise pass, out = a * gate + add, one work item per run of (n, c) planes (NCHW) or per (n, s) row (NHWC), with the per-(n, c) gate (and, backward,
 //   gpooled / HW) computed once in stage 2. Stages 1 and 3 are the memory-bound ones: they are
 //   compiled for baseline / AVX2 / AVX-512 (common.h: Compiled, isa_variant) and picked at run time.
 //   drop_path: one work item per (n, block of kBlock elements), a vectorised multiply(-add).
 //
-// Cost (Q = N*C*HW elements of T bytes; the MLP is 2*N*R*C multiply-adds each way and reads the
-// 2*R*C weights once: 2*R*C*T bytes, + 2*R*C*T for the transposed copies in the backward)
+// Cost (Q = N*C*HW elements of T bytes; the MLP is 2*N*R*C multiply-adds forward, 4*N*R*C backward,
+// and reads the 2*R*C weights (and, backward, writes their gradients) from L2 once per 4 samples)
 //   fwd:  reads x twice (pool, scale), writes y: min bytes 3*T*Q (2*T*Q when x stays in cache)
 //   bwd:  reads grad and x (reduction), grad again (grad_input), writes grad_input: min bytes 3*T*Q..4*T*Q
 //   drop_path: reads x (+ residual), writes out: 2*T*N*M (3*T*N*M)
@@ -54,10 +56,12 @@ namespace {
 constexpr int64_t kParallelGrain = 1 << 15;
 // NCHW reduction: values summed in T before the float64 add (keeps T's rounding error at kBlock terms).
 constexpr int64_t kBlock = 1024;
+// Planes shorter than this are summed by a scalar float64 loop (in index order).
+constexpr int64_t kShortPlane = 16;
 // NHWC reduction: channels per work item and rows summed in T before the float64 flush.
 constexpr int64_t kCBlock = 64;
 constexpr int64_t kFlushRows = 64;
-// dot_rows: weight rows per work item, samples per pass over a row (four float64 accumulators).
+// Stage 2 tiles: weight rows (dot form) and samples / rows (both forms) per register tile.
 constexpr int64_t kRowBlock = 4;
 constexpr int64_t kSamples = 4;
 
@@ -105,6 +109,11 @@ template <typename T, bool PROD>
 struct PlaneSum {  // one contiguous plane of len values -> *out (float64)
   PYIMGCLS_INLINE static void run(const T* x, const T* g, int64_t len, double* out) {
     double total = 0.0;
+    if (len < kShortPlane) {  // 2x2 / 3x3 maps: a vector reduction's setup and tail cost more than the adds
+      for (int64_t s = 0; s < len; ++s) total += PROD ? double(x[s]) * double(g[s]) : double(x[s]);
+      *out = total;
+      return;
+    }
     for (int64_t s0 = 0; s0 < len; s0 += kBlock) {
       const int64_t e = std::min(len, s0 + kBlock);
       T acc = T(0);
@@ -145,14 +154,30 @@ struct RowSum {  // rows of stride C, channels [0, cn) (cn <= kCBlock) -> out[0,
   }
 };
 
+// Planes per work item of the NCHW passes: about kBlock elements, so the small late maps (2x2, 4x4:
+// 18432 planes of 4 values at C 1152, N 16) make one call per block of planes, not one per plane
+// (the calls through the ISA pointer were most of the forward's time there).
+inline int64_t planes_per_item(int64_t HW) { return std::max<int64_t>(1, kBlock / std::max<int64_t>(HW, 1)); }
+
+template <typename T, bool PROD>
+struct PlaneSums {  // planes [0, np) of len values each -> out[0, np)
+  PYIMGCLS_INLINE static void run(const T* x, const T* g, int64_t len, int64_t np, double* out) {
+    for (int64_t p = 0; p < np; ++p) PlaneSum<T, PROD>::run(x + p * len, PROD ? g + p * len : nullptr, len, out + p);
+  }
+};
+
 // sums[n*C + c] = sum_s x(n, c, s) (* g(n, c, s)); x and g share the layout.
 template <typename T, bool PROD>
 void spatial_sums(Isa isa, const T* x, const T* g, double* sums, int64_t N, int64_t C, int64_t HW, bool cl) {
   const bool par = parallel(N * C * HW);
   if (!cl) {
-    auto fn = isa_variant<void (*)(const T*, const T*, int64_t, double*), PlaneSum<T, PROD>>(isa);
+    auto fn = isa_variant<void (*)(const T*, const T*, int64_t, int64_t, double*), PlaneSums<T, PROD>>(isa);
+    const int64_t per = planes_per_item(HW), items = (N * C + per - 1) / per;
 #pragma omp parallel for schedule(static) if (par)
-    for (int64_t p = 0; p < N * C; ++p) fn(x + p * HW, PROD ? g + p * HW : nullptr, HW, sums + p);
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t p = it * per;
+      fn(x + p * HW, PROD ? g + p * HW : nullptr, HW, std::min(per, N * C - p), sums + p);
+    }
   } else {
     auto fn = isa_variant<void (*)(const T*, const T*, int64_t, int64_t, int64_t, double*), RowSum<T, PROD>>(isa);
     const int64_t cblocks = (C + kCBlock - 1) / kCBlock;
@@ -183,12 +208,24 @@ struct RowScale {  // one NHWC row: out[c] = a[c] * m[c] (+ add[c])
 };
 
 template <typename T, bool ADD>
+struct PlaneScales {  // planes [0, np) of len values each, m / add per plane
+  PYIMGCLS_INLINE static void run(const T* a, const T* m, const T* add, T* out, int64_t len, int64_t np) {
+    for (int64_t p = 0; p < np; ++p)
+      PlaneScale<T, ADD>::run(a + p * len, m[p], ADD ? add[p] : T(0), out + p * len, len);
+  }
+};
+
+template <typename T, bool ADD>
 void scale_pass(Isa isa, const T* a, const T* m, const T* add, T* out, int64_t N, int64_t C, int64_t HW, bool cl) {
   const bool par = parallel(N * C * HW);
   if (!cl) {
-    auto fn = isa_variant<void (*)(const T*, T, T, T*, int64_t), PlaneScale<T, ADD>>(isa);
+    auto fn = isa_variant<void (*)(const T*, const T*, const T*, T*, int64_t, int64_t), PlaneScales<T, ADD>>(isa);
+    const int64_t per = planes_per_item(HW), items = (N * C + per - 1) / per;
 #pragma omp parallel for schedule(static) if (par)
-    for (int64_t p = 0; p < N * C; ++p) fn(a + p * HW, m[p], ADD ? add[p] : T(0), out + p * HW, HW);
+    for (int64_t it = 0; it < items; ++it) {
+      const int64_t p = it * per;
+      fn(a + p * HW, m + p, ADD ? add + p : nullptr, out + p * HW, HW, std::min(per, N * C - p));
+    }
   } else {
     auto fn = isa_variant<void (*)(const T*, const T*, const T*, T*, int64_t), RowScale<T, ADD>>(isa);
 #pragma omp parallel for schedule(static) if (par)
@@ -199,55 +236,140 @@ void scale_pass(Isa isa, const T* a, const T* m, const T* add, T* out, int64_t N
   }
 }
 
-// ---- stage 2: out [N, O] = in [N, I] x wt^T, wt [O, I] row-major (a weight or its transposed copy).
-template <typename W>
-struct DotRows {  // weight rows [o0, o1): out[n*O + o] = sum_i wt[o*I + i] * in[n*I + i], all n
-  PYIMGCLS_INLINE static void run(const W* wt, const double* in, double* out, int64_t N, int64_t I, int64_t O,
-                                  int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      const W* w = wt + o * I;
-      for (int64_t n0 = 0; n0 < N; n0 += kSamples) {
-        // Past N the block repeats sample N - 1 (results dropped): every sample's sum runs the same
-        // instruction sequence whatever N and the block it falls in.
-        const double* x0 = in + std::min(n0, N - 1) * I;
-        const double* x1 = in + std::min(n0 + 1, N - 1) * I;
-        const double* x2 = in + std::min(n0 + 2, N - 1) * I;
-        const double* x3 = in + std::min(n0 + 3, N - 1) * I;
-        double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-        for (int64_t i = 0; i < I; ++i) {
-          const double wv = double(w[i]);
-          a0 += wv * x0[i];
-          a1 += wv * x1[i];
-          a2 += wv * x2[i];
-          a3 += wv * x3[i];
+// ---- stage 2: the squeeze's matrix products, accumulated in T (float32 FMAs for float32 tensors:
+// the float64 dot products were half of the block's time at 2x2, C 960, R 240). Two tiled kernels,
+// each output element one FMA chain over k in index order, summed by one thread (deterministic,
+// independent of the thread count; a sample's row of the batch-shaped products does not depend on
+// the other samples: a partial row block repeats row M - 1 and drops its results).
+constexpr int64_t kLanes64 = 64;  // bytes per vector value (one zmm, two ymm, four xmm)
+
+// Dot form (forward): out[m*O + o] = sum_i in[m*I + i] * wt[o*I + i], both operands contiguous
+// along i. Tile: kSamples rows of in x kRowBlock rows of wt, kSamples * kRowBlock vector
+// accumulators along i, reduced in lane order at the end, then the i % lanes tail in index order.
+// FLOPs 2*M*O*I; wt (O*I) read once per block of kSamples rows, from L2.
+template <typename T>
+struct DotTile {
+  PYIMGCLS_INLINE static void run(const T* in, const T* wt, T* out, int64_t M, int64_t I, int64_t O, int64_t m0,
+                                  int64_t o0) {
+    using V = Vec<T, kLanes64>;
+    constexpr int64_t L = kLanes64 / sizeof(T);
+    const T* x[kSamples];
+    const T* w[kRowBlock];
+    for (int64_t k = 0; k < kSamples; ++k) x[k] = in + std::min(m0 + k, M - 1) * I;
+    for (int64_t k = 0; k < kRowBlock; ++k) w[k] = wt + std::min(o0 + k, O - 1) * I;
+    V acc[kSamples][kRowBlock];
+    for (int64_t a = 0; a < kSamples; ++a)
+      for (int64_t b = 0; b < kRowBlock; ++b) acc[a][b] = V{};
+    const int64_t Iv = I - I % L;
+    for (int64_t i = 0; i < Iv; i += L) {
+      V wv[kRowBlock];
+      for (int64_t b = 0; b < kRowBlock; ++b) __builtin_memcpy(&wv[b], w[b] + i, sizeof(V));
+      for (int64_t a = 0; a < kSamples; ++a) {
+        V xv;
+        __builtin_memcpy(&xv, x[a] + i, sizeof(V));
+        for (int64_t b = 0; b < kRowBlock; ++b) acc[a][b] += xv * wv[b];
+      }
+    }
+    for (int64_t a = 0; a < kSamples && m0 + a < M; ++a)
+      for (int64_t b = 0; b < kRowBlock && o0 + b < O; ++b) {
+        T lanes[L];
+        __builtin_memcpy(lanes, &acc[a][b], sizeof(V));
+        T sum = T(0);
+        for (int64_t q = 0; q < L; ++q) sum += lanes[q];
+        for (int64_t i = Iv; i < I; ++i) sum += x[a][i] * w[b][i];
+        out[(m0 + a) * O + o0 + b] = sum;
+      }
+  }
+};
+
+// out [M, O] = in [M, I] x wt [O, I]^T.
+template <typename T>
+void dot_rows(Isa isa, const T* wt, const T* in, T* out, int64_t M, int64_t I, int64_t O) {
+  auto fn = isa_variant<void (*)(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t), DotTile<T>>(isa);
+  const int64_t mb = (M + kSamples - 1) / kSamples, ob = (O + kRowBlock - 1) / kRowBlock;
+#pragma omp parallel for schedule(static) if (parallel(M * I * O))
+  for (int64_t item = 0; item < mb * ob; ++item) {
+    const int64_t b = item % ob, a = item / ob;  // consecutive items share the in rows
+    fn(in, wt, out, M, I, O, a * kSamples, b * kRowBlock);
+  }
+}
+
+// Axpy form (backward): c[m*ldc + l] = sum_k A(m, k) * b[k*ldb + l], A(m, k) = a[m*sam + k*sak]
+// (any strides: gz^T and gh^T are read in place), b's rows contiguous along l (W2, W1, act(hidden),
+// pooled: no transposed copies). Tile: kSamples rows x kAxpyVecs vectors of l; per k one load of
+// each b vector, one broadcast per row, kSamples * kAxpyVecs FMAs. The l tail (L % lanes) goes
+// through bt, b's last columns copied zero-padded to one vector per k row (K * lanes values).
+// FLOPs 2*M*L*K; b (K*L) read once per block of kSamples rows, from L2.
+constexpr int64_t kAxpyVecs = 2;
+
+template <typename T>
+struct AxpyTile {  // rows [m0, m0 + kSamples) x vectors [l0, l0 + nv*lanes), nv <= kAxpyVecs
+  PYIMGCLS_INLINE static void run(const T* a, int64_t sam, int64_t sak, const T* b, int64_t ldb, T* c, int64_t ldc,
+                                  int64_t M, int64_t K, int64_t m0, int64_t l0, int64_t nv, int64_t cnt) {
+    using V = Vec<T, kLanes64>;
+    constexpr int64_t L = kLanes64 / sizeof(T);
+    const T* ar[kSamples];
+    for (int64_t r = 0; r < kSamples; ++r) ar[r] = a + std::min(m0 + r, M - 1) * sam;
+    V acc[kSamples][kAxpyVecs];
+    for (int64_t r = 0; r < kSamples; ++r)
+      for (int64_t v = 0; v < kAxpyVecs; ++v) acc[r][v] = V{};
+    if (nv == kAxpyVecs) {
+      for (int64_t k = 0; k < K; ++k) {
+        V bv[kAxpyVecs];
+        for (int64_t v = 0; v < kAxpyVecs; ++v) __builtin_memcpy(&bv[v], b + k * ldb + l0 + v * L, sizeof(V));
+        for (int64_t r = 0; r < kSamples; ++r) {
+          const V av = V{} + ar[r][k * sak];
+          for (int64_t v = 0; v < kAxpyVecs; ++v) acc[r][v] += av * bv[v];
         }
-        const double acc[kSamples] = {a0, a1, a2, a3};
-        for (int64_t k = 0; k < kSamples && n0 + k < N; ++k) out[(n0 + k) * O + o] = acc[k];
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        V bv;
+        __builtin_memcpy(&bv, b + k * ldb + l0, sizeof(V));
+        for (int64_t r = 0; r < kSamples; ++r) acc[r][0] += (V{} + ar[r][k * sak]) * bv;
+      }
+    }
+    for (int64_t r = 0; r < kSamples && m0 + r < M; ++r) {
+      T* cr = c + (m0 + r) * ldc + l0;
+      for (int64_t v = 0; v < nv; ++v) {
+        const int64_t n = std::min(L, cnt - v * L);
+        if (n == L) {
+          __builtin_memcpy(cr + v * L, &acc[r][v], sizeof(V));
+        } else {
+          T lanes[L];
+          __builtin_memcpy(lanes, &acc[r][v], sizeof(V));
+          for (int64_t q = 0; q < n; ++q) cr[v * L + q] = lanes[q];
+        }
       }
     }
   }
 };
 
-template <typename W>
-void dot_rows(Isa isa, const W* wt, const double* in, double* out, int64_t N, int64_t I, int64_t O) {
-  auto fn = isa_variant<void (*)(const W*, const double*, double*, int64_t, int64_t, int64_t, int64_t, int64_t),
-                        DotRows<W>>(isa);
-  const int64_t items = (O + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel for schedule(static) if (parallel(N * I * O))
-  for (int64_t item = 0; item < items; ++item) {
-    const int64_t o0 = item * kRowBlock;
-    fn(wt, in, out, N, I, O, o0, std::min(O, o0 + kRowBlock));
-  }
-}
-
-// dst [cols, rows] = src [rows, cols]^T (the backward's transposed weights: R*C values).
+// c [M, Lc] = A [M, K] x b [K, Lc] (ldb, ldc: row strides of b and c).
 template <typename T>
-std::vector<T> transposed(const T* src, int64_t rows, int64_t cols) {
-  std::vector<T> dst(rows * cols);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
-  return dst;
+void axpy_gemm(Isa isa, const T* a, int64_t sam, int64_t sak, const T* b, int64_t ldb, T* c, int64_t ldc, int64_t M,
+               int64_t Lc, int64_t K) {
+  constexpr int64_t L = kLanes64 / sizeof(T);
+  auto fn = isa_variant<void (*)(const T*, int64_t, int64_t, const T*, int64_t, T*, int64_t, int64_t, int64_t, int64_t,
+                                 int64_t, int64_t, int64_t),
+                        AxpyTile<T>>(isa);
+  const int64_t full = Lc / L, tail = Lc - full * L;
+  std::vector<T> bt(tail ? K * L : 0, T(0));  // b's last tail columns, one zero-padded vector per row
+  for (int64_t k = 0; k < (tail ? K : 0); ++k)
+    for (int64_t q = 0; q < tail; ++q) bt[k * L + q] = b[k * ldb + full * L + q];
+  const int64_t groups = (full + kAxpyVecs - 1) / kAxpyVecs + (tail ? 1 : 0);
+  const int64_t mb = (M + kSamples - 1) / kSamples;
+#pragma omp parallel for schedule(static) if (parallel(M * Lc * K))
+  for (int64_t item = 0; item < mb * groups; ++item) {
+    const int64_t gi = item / mb, m0 = (item % mb) * kSamples;  // consecutive items share the b columns
+    const int64_t l0 = gi * kAxpyVecs * L;
+    if (l0 < full * L) {
+      const int64_t nv = std::min(kAxpyVecs, full - gi * kAxpyVecs);
+      fn(a, sam, sak, b, ldb, c, ldc, M, K, m0, l0, nv, nv * L);
+    } else {
+      fn(a, sam, sak, bt.data(), L, c + full * L, ldc, M, K, m0, 0, 1, tail);
+    }
+  }
 }
 
 template <typename T>
@@ -256,98 +378,71 @@ void fwd_impl(const T* x, const T* w1, const T* b1, const T* w2, const T* b2, T*
   const Isa isa = active_isa();
   std::vector<double> sums(N * C);
   spatial_sums<T, false>(isa, x, nullptr, sums.data(), N, C, HW, cl);
-  // pooled (rounded to T, as stored for the backward) in float64 for the GEMMs
-  std::vector<double> p(N * C);
-  for (int64_t i = 0; i < N * C; ++i) {
-    pooled[i] = T(sums[i] / double(HW));
-    p[i] = double(pooled[i]);
-  }
-  std::vector<double> h(N * R), a(N * R), v(N * C);
-  dot_rows<T>(isa, w1, p.data(), h.data(), N, C, R);  // h = pooled W1^T
-  const bool par = parallel(N * C * R);
-#pragma omp parallel for schedule(static) if (par)
+  for (int64_t i = 0; i < N * C; ++i) pooled[i] = T(sums[i] / double(HW));  // as stored for the backward
+  std::vector<T> h(N * R), a(N * R), v(N * C);
+  dot_rows<T>(isa, w1, pooled, h.data(), N, C, R);  // h = pooled W1^T
   for (int64_t n = 0; n < N; ++n)
     for (int64_t j = 0; j < R; ++j) {
-      const T hv = T(b1 ? h[n * R + j] + double(b1[j]) : h[n * R + j]);
+      const T hv = b1 ? T(h[n * R + j] + b1[j]) : h[n * R + j];
       hidden[n * R + j] = hv;
-      a[n * R + j] = se_act(double(hv), act);
+      a[n * R + j] = T(se_act(double(hv), act));
     }
   dot_rows<T>(isa, w2, a.data(), v.data(), N, R, C);  // v = act(hidden) W2^T
   std::vector<T> g(N * C);
-#pragma omp parallel for schedule(static) if (par)
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c) {
-      const T zv = T(b2 ? v[n * C + c] + double(b2[c]) : v[n * C + c]);
+      const T zv = b2 ? T(v[n * C + c] + b2[c]) : v[n * C + c];
       z[n * C + c] = zv;
       g[n * C + c] = T(se_gate(double(zv), gate));
     }
   scale_pass<T, false>(isa, x, g.data(), nullptr, y, N, C, HW, cl);
 }
 
+// Backward: four products in the axpy form, every operand read in place through strides.
+//   gh [N, R]  = gz [N, C] x W2 [C, R]            (then * act'(hidden))
+//   gp [N, C]  = gh [N, R] x W1 [R, C]            (gpooled; / HW into the element-wise pass)
+//   gW2 [C, R] = gz^T [C, N] x act(hidden) [N, R]
+//   gW1 [R, C] = gh^T [R, N] x pooled [N, C]
+// Biases: gb2 = sum_n gz, gb1 = sum_n gh, in sample order in float64. The per-(n, c) / (n, j)
+// gate and activation derivatives are O(N*(C+R)) scalar work.
 template <typename T>
 void bwd_impl(const T* grad, const T* x, const T* w1, const T* w2, const T* pooled, const T* hidden, const T* z,
               T* gx, T* gw1, T* gb1, T* gw2, T* gb2, int64_t N, int64_t C, int64_t HW, int64_t R, bool cl, int act,
               int gate) {
   const Isa isa = active_isa();
-  std::vector<double> gz(N * C), gh(N * R), ah(N * R);
-  spatial_sums<T, true>(isa, grad, x, gz.data(), N, C, HW, cl);
-  std::vector<T> g(gx ? N * C : 0), gpool(gx ? N * C : 0);
-  const bool par = parallel(N * C * R);
-#pragma omp parallel for schedule(static) if (par)
-  for (int64_t i = 0; i < N * C; ++i) gz[i] = se_gate_grad(double(z[i]), gz[i], gate);
-  // gh = (gz W2) act'(hidden): dot products with the rows of W2^T [R, C] (a transposed copy)
-  {
-    const std::vector<T> w2t = transposed(w2, C, R);
-    dot_rows<T>(isa, w2t.data(), gz.data(), gh.data(), N, C, R);
-  }
-#pragma omp parallel for schedule(static) if (par)
+  std::vector<double> sums(N * C);
+  spatial_sums<T, true>(isa, grad, x, sums.data(), N, C, HW, cl);
+  std::vector<T> gz(N * C), gh(N * R), ah(N * R);
+  for (int64_t i = 0; i < N * C; ++i) gz[i] = T(se_gate_grad(double(z[i]), sums[i], gate));
+  axpy_gemm<T>(isa, gz.data(), C, 1, w2, R, gh.data(), R, N, R, C);
   for (int64_t i = 0; i < N * R; ++i) {
     const double hv = double(hidden[i]);
-    gh[i] = se_act_grad(hv, gh[i], act);
-    ah[i] = se_act(hv, act);
+    gh[i] = T(se_act_grad(hv, double(gh[i]), act));
+    ah[i] = T(se_act(hv, act));
   }
-  if (gx) {
-    // gpooled = gh W1: dot products with the rows of W1^T [C, R]
-    const std::vector<T> w1t = transposed(w1, R, C);
-    std::vector<double> gp(N * C);
-    dot_rows<T>(isa, w1t.data(), gh.data(), gp.data(), N, R, C);
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t i = 0; i < N * C; ++i) {
-      gpool[i] = T(gp[i] / double(HW));
-      g[i] = T(se_gate(double(z[i]), gate));
-    }
-  }
-  // Weight gradients: one work item per weight row, samples added in order.
-  if (gw2 || gb2) {
-#pragma omp parallel for schedule(static) if (parallel(N * C * R))
+  if (gw2) axpy_gemm<T>(isa, gz.data(), 1, C, ah.data(), R, gw2, R, C, R, N);
+  if (gw1) axpy_gemm<T>(isa, gh.data(), 1, R, pooled, C, gw1, C, R, C, N);
+  if (gb2)
     for (int64_t c = 0; c < C; ++c) {
       double b = 0.0;
-      std::vector<double> row(gw2 ? R : 0, 0.0);
-      for (int64_t n = 0; n < N; ++n) {
-        const double s = gz[n * C + c];
-        b += s;
-        for (int64_t j = 0; j < (gw2 ? R : 0); ++j) row[j] += s * ah[n * R + j];
-      }
-      if (gb2) gb2[c] = T(b);
-      for (int64_t j = 0; j < (gw2 ? R : 0); ++j) gw2[c * R + j] = T(row[j]);
+      for (int64_t n = 0; n < N; ++n) b += double(gz[n * C + c]);
+      gb2[c] = T(b);
     }
-  }
-  if (gw1 || gb1) {
-#pragma omp parallel for schedule(static) if (parallel(N * C * R))
+  if (gb1)
     for (int64_t j = 0; j < R; ++j) {
       double b = 0.0;
-      std::vector<double> row(gw1 ? C : 0, 0.0);
-      for (int64_t n = 0; n < N; ++n) {
-        const double s = gh[n * R + j];
-        b += s;
-        const T* pn = pooled + n * C;
-        for (int64_t c = 0; c < (gw1 ? C : 0); ++c) row[c] += s * double(pn[c]);
-      }
-      if (gb1) gb1[j] = T(b);
-      for (int64_t c = 0; c < (gw1 ? C : 0); ++c) gw1[j * C + c] = T(row[c]);
+      for (int64_t n = 0; n < N; ++n) b += double(gh[n * R + j]);
+      gb1[j] = T(b);
     }
+  if (gx) {
+    std::vector<T> gp(N * C), g(N * C);
+    axpy_gemm<T>(isa, gh.data(), R, 1, w1, C, gp.data(), C, N, C, R);
+    for (int64_t i = 0; i < N * C; ++i) {
+      gp[i] = T(double(gp[i]) / double(HW));
+      g[i] = T(se_gate(double(z[i]), gate));
+    }
+    scale_pass<T, true>(isa, grad, g.data(), gp.data(), gx, N, C, HW, cl);
   }
-  if (gx) scale_pass<T, true>(isa, grad, g.data(), gpool.data(), gx, N, C, HW, cl);
 }
 
 template <typename T, bool ADD>
