@@ -1,6 +1,10 @@
 // CPU convolution family: fused conv2d forward (bias + residual + activation) and its backward,
-// float32 and float64, built on the GEMM family's kernel (cpu::gemm in gemm.h); bfloat16 through
-// float32 copies and the bf16 GEMM (section "bfloat16" below).
+// float32 and float64, built on the GEMM family's kernel (cpu::gemm in gemm.h); bfloat16 natively
+// for the large convs (bf16 im2col into the bf16 GEMM, float32 sums, one rounding: "bfloat16, native
+// path") and through float32 copies for the rest (section "bfloat16" below). Float32 3x3 stride-1
+// convs take Winograd F(2x2, 3x3) (forward and dgrad) and, on maps of at most 2x2, one dense GEMM
+// over the image ("Tiny maps"); their weight transforms can be cached by the caller for inference
+// (conv2d_fwd_cached).
 //
 // What it computes
 //   fwd:   out[n,o,oh,ow] = act(sum_{c,i,j} x[n, g*Cg+c, oh*sh-ph+i*dh, ow*sw-pw+j*dw] * w[o,c,i,j]
