@@ -41,14 +41,15 @@ KEY = "s3cret-key_123"
 
 
 # ------------------------------------------------------------------------------------- helpers
-def make_checkpoint(path, model: str, in_channels: int, classes: list[str], seed: int, scale: float = 1.0):
+def make_checkpoint(path, model: str, in_channels: int, classes: list[str], seed: int, scale: float = 1.0,
+                    image_size: int = 32):
     torch.manual_seed(seed)
     net = build_model(model, len(classes), in_channels)
     if scale != 1.0:   # sharper scores, so the top-k order is far from ties
         last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
         with torch.no_grad():
             last.weight.mul_(scale)
-    meta = {"dataset": "synthetic", "num_classes": len(classes), "in_channels": in_channels, "image_size": 32,
+    meta = {"dataset": "synthetic", "num_classes": len(classes), "in_channels": in_channels, "image_size": image_size,
             "class_names": classes, "mean": [0.45] * in_channels, "std": [0.25] * in_channels, "model": model}
     ckpt_mod.atomic_save({"format": ckpt_mod.FORMAT, "meta": meta, "model": net.state_dict()}, str(path))
     return path
@@ -466,15 +467,20 @@ def test_page_in_headless_browser(lenet, images):
 
 
 # ------------------------------------------------------------------------------------- guarded server
+GUARDED_SIZE = 112
+
+
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory, images):
-    """ResNet-18 (slow on a CPU: its batches take long enough to queue requests behind them) with an API
-    key, a 2-request queue, a 4 s timeout, a 15 s batching delay and one CPU thread (steady batch times
-    when other processes load the machine). What it answers while warming up
+    """ResNet-18 on GUARDED_SIZE x GUARDED_SIZE images (its batches take long enough to queue requests
+    behind them: at 32x32 a batch of 4 on our CPU kernels ended before two requests could be queued)
+    with an API key, a 2-request queue, a 4 s timeout, a 15 s batching delay and one CPU thread (steady
+    batch times when other processes load the machine). What it answers while warming up
     is recorded before waiting for readiness."""
     _, files = images
     d = tmp_path_factory.mktemp("guarded")
-    ck = make_checkpoint(d / "resnet18.pt", "resnet18", 3, ["cat", "dog", "owl", "fox"], seed=1)
+    ck = make_checkpoint(d / "resnet18.pt", "resnet18", 3, ["cat", "dog", "owl", "fox"], seed=1,
+                         image_size=GUARDED_SIZE)
     keyfile = d / "key.txt"
     keyfile.write_text(f"\n  {KEY}\n")
     srv = Serve(d, "--checkpoint", ck, "--api-key-file", keyfile, "--max-batch-size", 4, "--max-delay-ms", 15000,
@@ -499,7 +505,7 @@ def test_readiness_auth_queue_full_and_timeout(guarded, images):
     status, _, _, err = srv.warming["predict"]
     assert status == 503 and "not ready" in err["error"]
     # the API key guards the prediction endpoints only
-    x = json.dumps(_v2((1, 3, 32, 32)))
+    x = json.dumps(_v2((1, 3, GUARDED_SIZE, GUARDED_SIZE)))
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"},
                     {"Authorization": KEY}, {"Authorization": f"Bearer {KEY}x"}):
         status, hdrs, _, err = predicted(srv, files["gray.png"], headers=headers)
@@ -518,7 +524,7 @@ def test_readiness_auth_queue_full_and_timeout(guarded, images):
     # one at once with 200: that attempt is repeated)
     with cf.ThreadPoolExecutor(6) as pool:
         for _attempt in range(5):
-            busy = pool.submit(srv.post, "/v2/models/resnet18/infer", json.dumps(_v2((4, 3, 32, 32))), auth)
+            busy = pool.submit(srv.post, "/v2/models/resnet18/infer", json.dumps(_v2((4, 3, GUARDED_SIZE, GUARDED_SIZE))), auth)
             t_end = time.monotonic() + 30
             while metric(srv.get("/metrics")[2].decode(), "pyimgcls_model_busy") != 1 and not busy.done():
                 assert time.monotonic() < t_end, "pyimgcls_model_busy never reached 1"
@@ -543,14 +549,14 @@ def test_readiness_auth_queue_full_and_timeout(guarded, images):
     assert time.monotonic() - t0 < 4
     # a full batch does not wait for the delay: 4 queued rows go as soon as the worker is free
     with cf.ThreadPoolExecutor(2) as pool:
-        busy = pool.submit(srv.post, "/v2/models/resnet18/infer", json.dumps(_v2((4, 3, 32, 32))), auth)
+        busy = pool.submit(srv.post, "/v2/models/resnet18/infer", json.dumps(_v2((4, 3, GUARDED_SIZE, GUARDED_SIZE))), auth)
         # (a quick machine can finish that batch between two polls of the metric: then the full batch
         # meets an idle worker, which must not wait for the delay either)
         t_end = time.monotonic() + 30
         while metric(srv.get("/metrics")[2].decode(), "pyimgcls_model_busy") != 1 and not busy.done():
             assert time.monotonic() < t_end, "pyimgcls_model_busy never reached 1"
             time.sleep(0.005)
-        full = pool.submit(srv.post, "/v2/models/resnet18/infer", json.dumps(_v2((4, 3, 32, 32))), auth)
+        full = pool.submit(srv.post, "/v2/models/resnet18/infer", json.dumps(_v2((4, 3, GUARDED_SIZE, GUARDED_SIZE))), auth)
         assert busy.result()[0] == 200 and full.result()[0] == 200
 
 
@@ -561,7 +567,7 @@ def test_sigterm_answers_queued_requests_then_exits(guarded, images):
         # Two requests must be queued behind a running batch; on a fast (or unevenly loaded) machine the
         # batch can end before both are queued (the idle worker then takes them at once): try again.
         for _attempt in range(5):
-            busy = pool.submit(srv.post, "/v2/models/resnet18/infer", json.dumps(_v2((4, 3, 32, 32))), auth)
+            busy = pool.submit(srv.post, "/v2/models/resnet18/infer", json.dumps(_v2((4, 3, GUARDED_SIZE, GUARDED_SIZE))), auth)
             t_end = time.monotonic() + 30
             while metric(srv.get("/metrics")[2].decode(), "pyimgcls_model_busy") != 1 and not busy.done():
                 assert time.monotonic() < t_end, "pyimgcls_model_busy never reached 1"
