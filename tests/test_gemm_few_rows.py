@@ -116,3 +116,22 @@ def test_linear_autograd_small_batch():
     assert_close_to_reference(gx, rx, scale=50)
     assert_close_to_reference(gw, rw, scale=3)
     assert_close_to_reference(gb, rb, scale=3)
+
+
+def test_rank1_outer_product():
+    """K == 1 (a linear layer's weight gradient at batch 1) takes the outer-product loop when B's and C's
+    rows are unit-stride: every element one product plus bias, exact to float rounding of that product;
+    a column-strided C and a small product take the packed path; 1 and 2 threads give the same bits."""
+    gen = torch.Generator().manual_seed(4)
+    for M, N, strided_c in [(300, 517, False), (300, 517, True), (7, 9, False)]:
+        a = torch.randn(M, 1, generator=gen)
+        bt = torch.randn(N, 1, generator=gen)
+        bias = torch.randn(N, generator=gen)
+        for act, b in [(0, None), (1, bias), (3, bias)]:
+            outs = []
+            for n in (1, 2):
+                with omp_threads(n):
+                    out = torch.full((N, M), float("nan")).T if strided_c else None
+                    outs.append(_gemm(a, bt, b, act, out=out).clone())
+            assert torch.equal(outs[0], outs[1])
+            assert_close_to_reference(outs[0], _ref(a, bt, b, act), scale=1)
