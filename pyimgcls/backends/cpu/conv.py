@@ -33,9 +33,9 @@ from ...ops.conv import (bias_act_outputs, dgrad_output, fwd_outputs, pixel_stri
                          wgrad_output)
 
 
-# Winograd filter-transform cache (csrc/cpu/conv.cpp conv2d_fwd_cached): per weight tensor, held weakly
-# (freed with the weight), [data_ptr, _version, U or None, fingerprint, misses]. U ([16][C][O rounded up
-# to 16] float32, 16/9 x the weight) is allocated on the second call that finds the weight unchanged
+# Weight-transform cache (csrc/cpu/conv.cpp conv2d_fwd_cached): per weight tensor, held weakly (freed with
+# the weight), [data_ptr, _version, U or None, fingerprint, misses]. U (the Winograd filter transform,
+# [16][C][O rounded up to 16] float32, or a 2x2 tiny map's Weff: both 16/9 x the weight) is allocated on the second call that finds the weight unchanged
 # (same storage, same version: inference, frozen layers), so a training run, whose weights change
 # between calls, never pays for it. Once allocated, the kernel compares a fingerprint of the weight's
 # bytes on every call and rebuilds U when it changed (also after edits through ``.data`` that the
@@ -44,7 +44,8 @@ _WINOGRAD_CACHE = WeakTensorKeyDictionary()
 
 
 def _winograd_cache(w, geom):
-    """(U, fingerprint, valid) for a cached-Winograd forward of float32 ``w``, or None."""
+    """(entry, valid) for a cached forward of float32 ``w`` (valid: entry's U was built by an earlier call,
+    to be checked against the weight's fingerprint), or None for the uncached path."""
     if w.requires_grad and torch.is_grad_enabled():
         return None  # a differentiable call (functional use outside our autograd function)
     n = _native.C.conv2d_winograd_cache_floats_cpu(_native.dtype_code(w.dtype), geom)
