@@ -445,54 +445,126 @@ def _random_resnet(name, g):
     return m.eval()
 
 
+_CONTENDERS = {"int8": None, "fp32_torch": "torch-float32", "int8_torch_ao": "torch.ao-x86-int8",
+               "int8_onnxruntime": "onnxruntime-int8-qdq"}
+
+
+def _contender_worker(kind, spec_path, threads, conn):
+    """One contender of the matrix in a process of its own: builds it from the saved float model and
+    calibration batches, then answers (threads, inner, x) requests with the ms per call (mean of
+    `inner` calls, timed here, so the pipe is not counted). None when it cannot run here (torch.ao or
+    onnxruntime missing)."""
+    spec = torch.load(spec_path, weights_only=True)
+    _set_threads(max(threads))
+    fm = getattr(models, spec["model"])(num_classes=1000)
+    fm.load_state_dict(spec["state"])
+    fm.eval()
+    calib = spec["calib"]
+    if kind == "int8":
+        fns = {t: quantize(fm, calib) for t in threads[:1]}
+        fns = {t: fns[threads[0]] for t in threads}
+    elif kind == "fp32_torch":
+        fns = {t: _float_on("torch", fm) for t in threads}
+    elif kind == "int8_torch_ao":
+        ao = _torch_ao_int8(fm, calib)
+        fns = None if ao is None else {t: ao for t in threads}
+    else:
+        fns = _onnx_int8(fm, calib, threads)
+    conn.send(fns is not None)
+    with torch.no_grad():
+        while (msg := conn.recv()) is not None:
+            t, inner, x = msg
+            _set_threads(t)
+            f = fns[t]
+            f(x)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                f(x)
+            conn.send((time.perf_counter() - t0) * 1e3 / inner)
+
+
+def _time_isolated(conns: dict, x, t: int, reps: int, inner: int, gap_s: float) -> dict:
+    """Least ms per call of each contender (each in its own process, ``_contender_worker``), rounds
+    interleaved so load changes hit all alike; one contender runs at a time, the others wait on their
+    pipe. Why not in one process: after onnxruntime's calls, ours ran 1.4-1.9x slower in the same
+    process (ResNet-18 224x224 batch 16, 2 threads, quiet machine: 45-49 ms alone, 55-92 ms after
+    it, with 4-5 K page faults per call where there had been none: the heap's state changes under
+    the next library's allocations), and every library's pool spins on after its work (onnxruntime
+    ~50 ms of one core, measured), taking the core from whoever runs next. ``gap_s`` of idle time before
+    each timed block lets that spinning end."""
+    times = {k: [] for k in conns}
+    for _ in range(reps):
+        for k, c in conns.items():
+            if gap_s:
+                time.sleep(gap_s)
+            c.send((t, inner, x))
+            times[k].append(c.recv())
+    return {k: min(v) for k, v in times.items()}
+
+
 def _matrix(args) -> int:
     """ResNet-18 / -50, batch x size x threads: ours int8 vs PyTorch float32 vs torch.ao x86 int8 vs
-    onnxruntime int8, interleaved, least of the rounds, load average per case."""
+    onnxruntime int8, each in a process of its own (``_time_isolated``), interleaved, least of the
+    rounds, load average per case."""
+    import multiprocessing as mp
+    import tempfile
     cases, g = [], torch.Generator().manual_seed(0)
     threads = [int(t) for t in args.threads_list.split(",")]
+    ctx = mp.get_context("spawn")
     for name in args.models.split(","):
         for size in [int(s) for s in args.sizes.split(",")]:
-            _set_threads(max(threads))
             fm = _random_resnet(name, g)
             calib = [torch.randn(4, 3, size, size, generator=g) for _ in range(2)]
-            qm = quantize(fm, calib)
-            ao = _torch_ao_int8(fm, calib)
-            ort_runs = _onnx_int8(fm, calib, threads)
-            if ort_runs is None:
-                print("onnxruntime / onnx / onnxscript not installed: the onnxruntime column is skipped")
-            for batch in [int(b) for b in args.batches.split(",")]:
-                x = torch.randn(batch, 3, size, size, generator=g)
-                macs = _macs(fm, x)
-                for t in threads:
-                    _set_threads(t)
-                    fns = {"int8": qm, "fp32_torch": _float_on("torch", fm)}
-                    if ao is not None:
-                        fns["int8_torch_ao"] = ao
-                    if ort_runs is not None:
-                        fns["int8_onnxruntime"] = ort_runs[t]
-                    inner = max(1, min(20, int(4e8 // max(macs, 1))))
-                    reps = max(2, min(args.reps, int(6e10 // max(macs * inner, 1))))
-                    load = os.getloadavg()[0]
-                    tm = _time(fns, x, reps, inner)
-                    load = max(load, os.getloadavg()[0])
-                    line = " | ".join(f"{k} {v:.2f} ms (x{v / tm['int8']:.2f})" for k, v in tm.items() if k != "int8")
-                    print(f"{name} {size}x{size} batch {batch} threads {t}: int8 {tm['int8']:.2f} ms | {line} | "
-                          f"load {load:.1f} | {reps}x{inner}")
-                    for ref in [k for k in tm if k != "int8"]:
-                        cases.append({"family": "quant", "op": f"{name}_forward", "pass": "fwd",
-                                      "shape": f"{batch}x3x{size}x{size}", "dtype": "int8", "layout": "nchw-in",
-                                      "provider": "pyimgcls-int8", "ms": tm["int8"],
-                                      "ref_provider": {"fp32_torch": "torch-float32", "int8_torch_ao": "torch.ao-x86-int8",
-                                                       "int8_onnxruntime": "onnxruntime-int8-qdq"}[ref],
-                                      "ref_ms": tm[ref], "speedup": tm[ref] / tm["int8"],
-                                      "tflops": 2 * macs / (tm["int8"] * 1e-3) / 1e12, "gbps": None,
-                                      "roofline_pct": None, "flops": 2 * macs, "threads": t, "load_avg": load,
-                                      "rounds": reps, "inner": inner,
-                                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")})
+            with tempfile.TemporaryDirectory() as tmp:
+                spec = os.path.join(tmp, "spec.pt")
+                torch.save({"model": name, "state": fm.state_dict(), "calib": calib}, spec)
+                conns, procs = {}, []
+                for kind in _CONTENDERS:
+                    here, there = ctx.Pipe()
+                    p = ctx.Process(target=_contender_worker, args=(kind, spec, threads, there), daemon=True)
+                    p.start()
+                    procs.append(p)
+                    if here.recv():
+                        conns[kind] = here
+                    else:
+                        print(f"{kind}: not available here (torch.ao, or onnx / onnxscript / onnxruntime, "
+                              "missing): the column is skipped")
+                try:
+                    for batch in [int(b) for b in args.batches.split(",")]:
+                        x = torch.randn(batch, 3, size, size, generator=g)
+                        macs = _macs(fm, x)
+                        for t in threads:
+                            inner = max(1, min(20, int(4e8 // max(macs, 1))))
+                            reps = max(2, min(args.reps, int(6e10 // max(macs * inner, 1))))
+                            load = os.getloadavg()[0]
+                            tm = _time_isolated(conns, x, t, reps, inner, args.gap_ms / 1e3)
+                            load = max(load, os.getloadavg()[0])
+                            line = " | ".join(f"{k} {v:.2f} ms (x{v / tm['int8']:.2f})" for k, v in tm.items()
+                                              if k != "int8")
+                            print(f"{name} {size}x{size} batch {batch} threads {t}: int8 {tm['int8']:.2f} ms | "
+                                  f"{line} | load {load:.1f} | {reps}x{inner}", flush=True)
+                            for ref in [k for k in tm if k != "int8"]:
+                                cases.append({"family": "quant", "op": f"{name}_forward", "pass": "fwd",
+                                              "shape": f"{batch}x3x{size}x{size}", "dtype": "int8",
+                                              "layout": "nchw-in", "provider": "pyimgcls-int8", "ms": tm["int8"],
+                                              "ref_provider": _CONTENDERS[ref], "ref_ms": tm[ref],
+                                              "speedup": tm[ref] / tm["int8"],
+                                              "tflops": 2 * macs / (tm["int8"] * 1e-3) / 1e12, "gbps": None,
+                                              "roofline_pct": None, "flops": 2 * macs, "threads": t,
+                                              "load_avg": load, "rounds": reps, "inner": inner,
+                                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+                                              "gap_ms": args.gap_ms, "isolation": "process per contender"})
+                finally:
+                    for c in conns.values():
+                        c.send(None)
+                    for p in procs:
+                        p.join(timeout=30)
     if args.out:
-        _write(cases, [f"int8 model matrix: least of the interleaved rounds (each the mean of `inner` calls); load "
-                       f"average per case (2 CPUs, shared machine); random weights, calibration on 8 random images; "
-                       f"onnxruntime {_ort_version()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"],
+        _write(cases, [f"int8 model matrix: each contender in a process of its own, one running at a time, "
+                       f"{args.gap_ms:g} ms idle before each timed block; least of the interleaved rounds (each "
+                       f"the mean of `inner` calls); load average per case (2 CPUs, shared machine); random "
+                       f"weights, calibration on 8 random images; onnxruntime {_ort_version()}; "
+                       f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"],
                args.out, args.tag)
     return 0
 
@@ -636,6 +708,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,16", help="with --matrix")
     ap.add_argument("--sizes", default="64,224", help="with --matrix")
     ap.add_argument("--threads-list", default="1,2", help="with --matrix")
+    ap.add_argument("--gap-ms", type=float, default=100.0,
+                    help="with --matrix: idle ms before each timed block, so the previous contender's "
+                         "spinning thread pool has let go of the cores (0: back to back)")
     ap.add_argument("--profile", action="store_true",
                     help="per-layer profile of our int8 ResNet vs onnxruntime's per-node profile (1 thread; "
                          "--models / --sizes / --batches as --matrix)")
