@@ -332,7 +332,11 @@ def test_torch_compile_fullgraph_cpu():
 # (one chunk, one thread). These shapes reach:
 #   (2, 3, 10, 13): M = 260   -> 4 chunks of 65 rows, serial (780 elements)
 #   (3, 5, 81, 81): M = 19683 -> 64 chunks of 308 rows (the last 279): flushes inside a chunk, OpenMP
-BIG_SHAPES = [(2, 3, 10, 13), (3, 5, 81, 81)]
+# and the element-wise passes over short NCHW planes (S < 64: one C*S loop per image, in tasks of
+# (image, block of 4096 values)):
+#   (2, 1152, 2, 2): C*S = 4608 -> 2 blocks per image (the second a 512-value tail), serial
+#   (3, 700, 7, 7):  C*S = 34300 -> 9 blocks per image, 27 tasks on 2 threads
+BIG_SHAPES = [(2, 3, 10, 13), (3, 5, 81, 81), (2, 1152, 2, 2), (3, 700, 7, 7)]
 # + relu without residual: the backward's masked-gradient scratch row (with a residual it writes grad_pre)
 BIG_CASES = CASES + [(True, "relu", False)]
 
