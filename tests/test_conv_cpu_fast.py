@@ -54,6 +54,10 @@ CASES = [
     ("nhwc_s2_blocks", 2, 21, 9, 18, 1, 5, 2, 2, 1),      # W 18: a block starts 3 pixels before the edge
     # channel-vector wgrad: taps of a row together up to KW 8; KW 9 takes the per-tap kernel
     ("wide_kernel", 1, 17, 6, 12, 1, (3, 9), 1, (1, 4), 1),
+    # forward rows of <= 8 pixels (the channel-vector kernel's short-row path, one accumulator per
+    # pixel): 5x5 on 4x4 (no interior pixel), stride 2 on 9x9 (OW 5) with a partial channel run
+    ("short_rows_5x5", 2, 40, 4, 4, 1, 5, 1, 2, 1),
+    ("short_rows_s2", 2, 33, 9, 9, 1, 5, 2, 2, 1),
 ]
 LAYOUTS = ["nchw", "channels_last", "channels_last_sliced", "nchw_strided"]
 
@@ -136,7 +140,8 @@ def test_depthwise_fwd_dgrad_wgrad(case, layout, dtype, threads):
     assert_close_to_reference(dw, ref_dw, scale=max(1.0, ref_dw.abs().max().item()))
 
 
-EPILOGUE_CASES = [c for c in CASES if c[0] in ("runs_blocks", "partial_run", "wide_rows", "mult2", "stride2")]
+EPILOGUE_CASES = [c for c in CASES if c[0] in ("runs_blocks", "partial_run", "wide_rows", "mult2", "stride2",
+                                                "short_rows_5x5")]
 
 
 @pytest.mark.parametrize("bias,residual,act", [(True, False, 1), (False, True, 2), (True, True, 1), (True, False, 0),
