@@ -45,7 +45,9 @@ def _input(shape, dtype, seed=0):
     flat[perm[n // 8: n // 8 + n // 40]] = float("-inf")
     flat[perm[n // 8 + n // 40: n // 8 + n // 40 + n // 200 + 1]] = float("inf")
     if shape[-2] > 6 and shape[-1] > 6:
-        x[..., 1:5, 2:6] = float("-inf")   # windows whose every in-bounds tap is -inf
+        x[..., 1:5, 2:6] = float("-inf")   # windows whose every in-bounds tap is -inf: inside,
+        x[..., 5:9, :4] = float("-inf")    # at the left edge (padding / dilation: the first in-bounds
+        x[..., -4:, -3:] = float("-inf")   # tap is not the window start) and at the bottom-right corner
     nan_at = perm[-(n // 30 + 2):]
     bits = flat.view(torch.int32)
     payload = torch.arange(nan_at.numel(), dtype=torch.int32) * 8191 % 0x3FFFFF

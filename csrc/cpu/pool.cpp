@@ -16,9 +16,13 @@
 //   with w = [idx[o] == i] (max), 1 / divisor(o) (avg), 1 / area(o) (adaptive).
 //
 // Algorithm
-//   Forward, NCHW: one OpenMP work item per output row (n, c, oh); the window rows are clipped
-//     once per row, the columns once per output. Loops are scalar: the window walk of one output is
-//     short and strided, and threads already stream separate rows.
+//   Forward, NCHW, max: stride 1 or 2 (any kernel, padding, dilation, ceil_mode) runs vectorised
+//     along the output row (16 outputs per vector, each lane the scalar walk's scan, so results are
+//     bit-identical), from -inf-padded scratch bands; one work item per (plane, band of output rows).
+//     AVX-512 float (float32 and staged bfloat16) uses intrinsics, the rest the portable body per ISA.
+//     Other strides (and PYIMGCLS_CPU_POOL_NCHW=scalar) take the scalar walk.
+//   Forward, NCHW, average: one OpenMP work item per output row (n, c, oh); the window rows are
+//     clipped once per row, the columns once per output; scalar loops.
 //   Forward, NHWC (channels_last): one work item per output pixel (n, oh, ow); the inner loop runs
 //     along C, where memory is contiguous, so it vectorises (compare + blend for max, adds for
 //     average); max and average keep chunks of 16 channels in registers across the window walk.
