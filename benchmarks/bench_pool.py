@@ -21,6 +21,16 @@ Usage (repo root, package installed with ``pip install --no-build-isolation -e .
     python benchmarks/bench_pool.py [--out DIR] [--quick] [--providers cuda,triton]
 
 Without a CUDA device it prints a message and exits 0.
+
+CPU, NCHW max pooling forward (issue #20)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_pool.py --cpu-nchw [--reps 7] [--cpu-out FILE]
+
+times on one thread (time.thread_time, minimum of --reps, variants interleaved in one process) the
+ResNet stem max pool 3x3/2 p1 on [16, 64, 32, 32] and [16, 64, 112, 112], float32 and bfloat16, with
+and without indices: our vector body, our scalar walk (PYIMGCLS_CPU_POOL_NCHW=scalar) and PyTorch; then
+the resnet18 eval forward (batch 16, 3x64x64, torch.no_grad, float32 and bf16 autocast) with our cpu
+backend (vector / scalar pool) and the torch backend. Results go to FILE (JSON) when given.
 """
 from __future__ import annotations
 
@@ -169,12 +179,101 @@ def run(providers, quick: bool, out_dir: str) -> int:
     return 1 if failures else 0
 
 
+def _tmin(fn, reps):
+    """Minimum thread CPU time of fn over reps calls, in ms (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - t0)
+    return best * 1e3
+
+
+def run_cpu_nchw(reps: int, out_file: str | None) -> int:
+    import json
+
+    import torch.nn.functional as F
+
+    import pyimgcls
+    from pyimgcls import models as zoo, ops
+    from pyimgcls.training.loop import set_cpu_threads
+
+    set_cpu_threads(1)
+    rows = []
+
+    def with_pool(mode, fn):
+        os.environ["PYIMGCLS_CPU_POOL_NCHW"] = mode
+        try:
+            return fn()
+        finally:
+            os.environ.pop("PYIMGCLS_CPU_POOL_NCHW", None)
+
+    for shape in ((16, 64, 32, 32), (16, 64, 112, 112)):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+            ref, ref_idx = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+            for mode in ("vector", "scalar"):
+                with pyimgcls.use_backend("cpu"):
+                    out, idx = with_pool(mode, lambda: ops.max_pool2d(x, 3, 2, 1, return_indices=True))
+                if not (torch.equal(out, ref) and torch.equal(idx, ref_idx)):
+                    raise RuntimeError(f"{mode} {shape} {dtype}: result differs from PyTorch")
+            t = {}
+            for _ in range(2):   # two interleaved rounds, minimum kept
+                for mode in ("vector", "scalar"):
+                    for idx_ in (False, True):
+                        key = f"ours_{mode}_{'idx' if idx_ else 'noidx'}"
+                        with pyimgcls.use_backend("cpu"):
+                            ms = with_pool(mode, lambda: _tmin(lambda: ops.max_pool2d(x, 3, 2, 1, return_indices=idx_),
+                                                               reps))
+                        t[key] = min(t.get(key, float("inf")), ms)
+                for idx_ in (False, True):
+                    key = f"torch_{'idx' if idx_ else 'noidx'}"
+                    t[key] = min(t.get(key, float("inf")),
+                                 _tmin(lambda: F.max_pool2d(x, 3, 2, 1, return_indices=idx_), reps))
+            row = {"op": "max_pool2d 3x3/2 p1", "shape": list(shape), "dtype": str(dtype).split(".")[-1],
+                   "threads": 1, "ms": t}
+            rows.append(row)
+            print(f"{str(shape):20s} {row['dtype']:9s} " + "  ".join(f"{k} {v:.3f}" for k, v in t.items()), flush=True)
+
+    torch.manual_seed(0)
+    model = zoo.get_model("resnet18", num_classes=10).eval()
+    x = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    for bf16 in (False, True):
+        def fwd(backend):
+            with torch.no_grad(), pyimgcls.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                                                enabled=bf16):
+                return model(x)
+        t = {}
+        for _ in range(2):
+            for mode in ("vector", "scalar"):
+                t[f"ours_{mode}"] = min(t.get(f"ours_{mode}", float("inf")),
+                                        with_pool(mode, lambda: _tmin(lambda: fwd("cpu"), reps)))
+            t["torch"] = min(t.get("torch", float("inf")), _tmin(lambda: fwd("torch"), reps))
+        row = {"op": "resnet18 eval forward", "shape": [16, 3, 64, 64], "dtype": "bf16" if bf16 else "float32",
+               "threads": 1, "ms": t}
+        rows.append(row)
+        print(f"resnet18 fwd b16 64x64 {row['dtype']:8s} " + "  ".join(f"{k} {v:.2f}" for k, v in t.items()),
+              flush=True)
+    if out_file:
+        with open(out_file, "w") as f:
+            json.dump({"benchmark": "bench_pool.py --cpu-nchw", "clock": "time.thread_time, min of reps",
+                       "reps": reps, "torch": torch.__version__, "rows": rows}, f, indent=1)
+        print(f"wrote {out_file}")
+    return 0
+
+
 def main(argv=None) -> int:
     from report import gpu_bench_parser, select_providers
 
     p = gpu_bench_parser(__doc__, "one layer per network only",
                          "comma-separated backends to compare with PyTorch")
+    p.add_argument("--cpu-nchw", action="store_true", help="CPU NCHW max pool forward and resnet18 (one thread)")
+    p.add_argument("--reps", type=int, default=7, help="--cpu-nchw: timed calls per variant and round")
+    p.add_argument("--cpu-out", default=None, help="--cpu-nchw: JSON results file")
     args = p.parse_args(argv)
+    if args.cpu_nchw:
+        return run_cpu_nchw(args.reps, args.cpu_out)
     if not torch.cuda.is_available():
         print("no CUDA device: skipping GPU pooling benchmark")
         return 0
