@@ -52,6 +52,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <type_traits>
 #include <vector>
 
@@ -157,6 +158,19 @@ constexpr int64_t kBlock = 4096;
 // NCHW planes of fewer values than this: the bf16 statistics on the baseline build (stats_impl
 // says why), the forward's element-wise pass as one C*S loop per image (fwd_impl, every type).
 constexpr int64_t kShortPlane = 64;
+
+// The per-channel vectors vs[k] ([C] each) copied per element of an NCHW image: [k][C * S], so that
+// short planes run as one contiguous C*S loop (fwd_impl, bwd_impl).
+template <typename T>
+std::vector<T> per_element(int64_t C, int64_t S, std::initializer_list<const T*> vs) {
+  const int64_t CS = C * S;
+  std::vector<T> out(vs.size() * static_cast<size_t>(CS));
+  T* o = out.data();
+  for (const T* v : vs)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t s = 0; s < S; ++s) *o++ = v[c];
+  return out;
+}
 
 // Chan's merge of a block (nb values, mean mb, M2 m2b) into a running (na, ma, m2a).
 inline void chan_merge(double na, double& ma, double& m2a, double nb, double mb, double m2b) {
@@ -292,13 +306,7 @@ void fwd_impl(const X* x, const T* mean, const T* var, const T* w, const T* b, c
     // float32 EfficientNet [16, 1152, 2, 2] + SiLU: 0.26 ms against PyTorch's 0.06). The same
     // arithmetic per element, so the same results.
     const int64_t CS = C * S;
-    std::vector<T> coef(3 * CS);
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t s = 0; s < S; ++s) {
-        coef[c * S + s] = mean[c];
-        coef[CS + c * S + s] = scale[c];
-        coef[2 * CS + c * S + s] = shift[c];
-      }
+    const std::vector<T> coef = per_element<T>(C, S, {mean, scale.data(), shift.data()});
     const T* em = coef.data();
     const T* esc = em + CS;
     const T* esh = esc + CS;
@@ -502,14 +510,7 @@ void bwd_impl(const X* g, const X* out, const X* x, const T* w, const T* mean, c
   if (!cl && S < kShortPlane) {
     // short NCHW planes: per image, one C*S loop over per-element coefficients (as fwd_impl)
     const int64_t CS = C * S;
-    std::vector<T> coef(4 * CS);
-    for (int64_t c = 0; c < C; ++c)
-      for (int64_t s = 0; s < S; ++s) {
-        coef[c * S + s] = mean[c];
-        coef[CS + c * S + s] = scale[c];
-        coef[2 * CS + c * S + s] = ca[c];
-        coef[3 * CS + c * S + s] = ck[c];
-      }
+    const std::vector<T> coef = per_element<T>(C, S, {mean, scale.data(), ca.data(), ck.data()});
     const T* em = coef.data();
     const T* esc = em + CS;
     const T* ea = esc + CS;
