@@ -2791,11 +2791,11 @@ void conv2d_fwd_bf16_native(const ConvGeometry& s, const uint16_t* x, Strides4 x
   const int64_t col_img = x_rows ? 0 : pl.P * pl.K;  // bf16 elements per image
   const int64_t tmp_img = pl.P * pl.Og;              // float32 elements per image
   const int64_t NB = chunk_images(s.N, pl.P, col_img + 2 * tmp_img, sizeof(uint16_t));
-  uint16_t* const col = scratch<uint16_t>(Buf::Col, NB * col_img);
-  float* const tmp = scratch<float>(Buf::Tmp, NB * tmp_img);
   const int64_t img_work = pl.Og * pl.P * pl.K;
-  for (int64_t g = 0; g < s.groups; ++g)
-    for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
+  // one parallel region over the (group, chunk) units, as conv2d_fwd_t (for_chunks says why)
+  for_chunks(s.groups, s.N, NB, [&](int64_t g, int64_t n0) {
+      uint16_t* const col = scratch<uint16_t>(Buf::Col, NB * col_img);
+      float* const tmp = scratch<float>(Buf::Tmp, NB * tmp_img);
       const int64_t nb = std::min(NB, s.N - n0), M = nb * pl.P;
       const uint16_t* xg = x + n0 * xs.n + g * pl.Cg * xs.c;
       uint16_t* og = out + n0 * os.n + g * pl.Og * os.c;
@@ -2823,7 +2823,7 @@ void conv2d_fwd_bf16_native(const ConvGeometry& s, const uint16_t* x, Strides4 x
                            rs.w, rs.c, nullptr, pl.P, pl.Og, rg ? act : Act::None, true};
           run_isa<Bf16OutBody>(isa, st);
         });
-        continue;
+        return;
       }
       // tmp[o, q] = w[o, k] @ col[k, q]
       for_images(nb, nb * img_work, [&](int64_t n) { im2col_kp(pl, xg + n * xs.n, xs, col + n * pl.P, M); });
@@ -2834,7 +2834,7 @@ void conv2d_fwd_bf16_native(const ConvGeometry& s, const uint16_t* x, Strides4 x
                          pl.P, pl.Og, act, false};
         run_isa<Bf16OutBody>(isa, st);
       });
-    }
+  });
 }
 
 // dgrad: conv2d_bwd_data_t's two orientations with bf16 operands; col2im in float32 into a per-thread
@@ -2850,16 +2850,16 @@ void conv2d_bwd_data_bf16_native(const ConvGeometry& s, const uint16_t* gr, Stri
   const int64_t g_img = g_rows ? 0 : pl.P * pl.Og;       // bf16
   const int64_t col_img = pl.P * pl.K;                    // float32 (dx_rows: the [P, Cg] result)
   const int64_t NB = chunk_images(s.N, pl.P, g_img + 2 * col_img, sizeof(uint16_t));
-  uint16_t* const gbuf = scratch<uint16_t>(Buf::G, NB * g_img);
-  float* const col = scratch<float>(Buf::Col, NB * col_img);
-  // per-thread float32 image for col2im; dense NHWC when dx is channels_last, else NCHW
+  // float32 image for col2im (the scratch of the thread that runs the image); dense NHWC when dx is
+  // channels_last, else NCHW
   const int64_t HW = s.H * s.W, ximg = pl.Cg * HW;
   const bool x_cl = xs.c == 1 && xs.w != 1;
   const Strides4 xb = x_cl ? Strides4{ximg, 1, s.W * pl.Cg, pl.Cg} : Strides4{ximg, HW, s.W, 1};
-  float* const xbuf = dx_rows ? nullptr : scratch<float>(Buf::Xt, std::max(1, omp_get_max_threads()) * ximg);
   const int64_t img_work = pl.Og * pl.P * pl.K;
-  for (int64_t g = 0; g < s.groups; ++g)
-    for (int64_t n0 = 0; n0 < s.N; n0 += NB) {
+  // one parallel region over the (group, chunk) units, as conv2d_bwd_data_t (for_chunks says why)
+  for_chunks(s.groups, s.N, NB, [&](int64_t g, int64_t n0) {
+      uint16_t* const gbuf = scratch<uint16_t>(Buf::G, NB * g_img);
+      float* const col = scratch<float>(Buf::Col, NB * col_img);
       const int64_t nb = std::min(NB, s.N - n0), M = nb * pl.P;
       const uint16_t* gg = gr + n0 * gs.n + g * pl.Og * gs.c;
       uint16_t* dxg = dx + n0 * xs.n + g * pl.Cg * xs.c;
@@ -2888,7 +2888,7 @@ void conv2d_bwd_data_bf16_native(const ConvGeometry& s, const uint16_t* gr, Stri
           st.tp = pl.K;
           st.to = 1;
         } else {
-          float* d = xbuf + omp_get_thread_num() * ximg;
+          float* d = scratch<float>(Buf::Xt, ximg);
           std::fill(d, d + ximg, 0.0f);
           if (pixel_major)
             col2im_pk(pl, col + n * pl.P * pl.K, d, xb);
@@ -2900,7 +2900,7 @@ void conv2d_bwd_data_bf16_native(const ConvGeometry& s, const uint16_t* gr, Stri
         }
         run_isa<Bf16OutBody>(isa, st);
       });
-    }
+  });
 }
 
 // wgrad: conv2d_bwd_weight_t's two orientations with bf16 operands; chunk results added in chunk order
