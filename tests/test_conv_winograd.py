@@ -83,11 +83,14 @@ def test_dgrad_matches_float64(force, case, layout):
     assert_close_to_reference(dx, ref, scale=O * 9)
 
 
-def test_chunk_loop_and_threads_bit_identical(force, monkeypatch):
+@pytest.mark.parametrize("N", [5, 8])
+def test_chunk_loop_and_threads_bit_identical(force, monkeypatch, N):
+    """N 5 on 2 threads: chunks in turn, each phase threaded over tiles; N 8: whole chunks, one per
+    thread at a time in one region (2 chunks of 4, or 8 of 1 with the 1-byte budget)."""
     gen = torch.Generator().manual_seed(2)
-    x = torch.randn(5, 24, 10, 9, generator=gen)
+    x = torch.randn(N, 24, 10, 9, generator=gen)
     w = torch.randn(20, 24, 3, 3, generator=gen)
-    g = torch.randn(5, 20, 10, 9, generator=gen)
+    g = torch.randn(N, 20, 10, 9, generator=gen)
     ref = F.conv2d(x.double(), w.double(), padding=1)
     ref_dx = torch.nn.grad.conv2d_input(x.shape, w.double(), g.double(), padding=1)
     outs = []

@@ -2046,7 +2046,8 @@ bool winograd_applies(const ConvGeometry& s, bool forward) {
   return shape && (force || (s.C >= 32 && s.O >= 48 && tiles >= kWinoMinTiles && macs >= kSmallConvMacs));
 }
 
-thread_local std::vector<float> tls_wino;  // xp + V + M + U of the last call, reused
+thread_local std::vector<float> tls_wino;        // U of the last call (uncached filters), reused
+thread_local std::vector<float> tls_wino_chunk;  // xp + V + M of the chunk this thread runs, reused
 
 // out[n, o] (Ho x Wo, strides os) = act(corr3x3(in[n] padded top/left by pt/pl) + bias + res) with
 // filters w (flip_t: dgrad's flipped, transposed filters; see winograd_filters).
@@ -2063,24 +2064,41 @@ void winograd_run(int64_t N, const float* in, Strides4 is, int64_t Ci, int64_t H
     if (v > 0) budget = v;
   }
   const int64_t img_elems = Hp * Wp * Cp + 16 * per_img * (Cp + Op);
-  const int64_t NB = std::max<int64_t>(1, std::min<int64_t>(N, budget / std::max<int64_t>(4 * img_elems, 1)));
-  const int64_t u_elems = U_given ? 0 : 16 * Ci * Op;
-  std::vector<float>& buf = tls_wino;
-  const size_t need = static_cast<size_t>(NB * img_elems + u_elems);
-  if (buf.size() < need) buf.resize(need);
-  float* xp = buf.data();
-  float* V = xp + NB * Hp * Wp * Cp;
-  float* M = V + NB * per_img * 16 * Cp;
+  int64_t NB = std::max<int64_t>(1, std::min<int64_t>(N, budget / std::max<int64_t>(4 * img_elems, 1)));
+  // Chunks of NB images: with a team of nt > 1 and a batch that splits evenly (N a multiple of nt, or
+  // at least 4 images per thread), NB is cut so that the chunks come in a multiple of nt (16 images,
+  // 2 threads: 4 chunks of 4, not 3 of 6), and one parallel region runs each chunk on one thread
+  // from end to end (its copy, transforms and 16 GEMMs in that core's buffers: for_chunks). Else the
+  // chunks run one after another, each phase threaded over tiles (4 regions per chunk). Either way
+  // every output element is computed by one thread in the same order: the same bits.
+  const int team = omp_in_parallel() ? 1 : std::max(1, omp_get_max_threads());
+  const bool whole_chunks = team > 1 && N >= team && (N % team == 0 || N >= 4 * team);
+  if (whole_chunks)
+    for (int64_t k = 1;; ++k) {
+      const int64_t cand = (N + k * team - 1) / (k * team);
+      if (cand <= NB) {
+        NB = cand;
+        break;
+      }
+    }
   const float* U = U_given;
   if (!U) {
-    float* Uw = M + NB * per_img * 16 * Op;
-    winograd_filters(w, flip_t ? Ci : Co, flip_t ? Co : Ci, flip_t, Uw, Op);
-    U = Uw;
+    std::vector<float>& ubuf = tls_wino;
+    const size_t u_elems = static_cast<size_t>(16 * Ci * Op);
+    if (ubuf.size() < u_elems) ubuf.resize(u_elems);
+    winograd_filters(w, flip_t ? Ci : Co, flip_t ? Co : Ci, flip_t, ubuf.data(), Op);
+    U = ubuf.data();
   }
   const Isa isa = active_isa();
-  const int nt = std::max(1, omp_get_max_threads());
-  for (int64_t n0 = 0; n0 < N; n0 += NB) {
+  const auto chunk = [&](int64_t, int64_t n0) {
     const int64_t nb = std::min(NB, N - n0), Tc = nb * per_img;
+    const int nt = std::max(1, omp_get_max_threads());  // 1 inside for_chunks' region
+    std::vector<float>& buf = tls_wino_chunk;
+    const size_t need = static_cast<size_t>(NB * img_elems);
+    if (buf.size() < need) buf.resize(need);
+    float* xp = buf.data();
+    float* V = xp + NB * Hp * Wp * Cp;
+    float* M = V + NB * per_img * 16 * Cp;
     // 1. Zero-padded channels-last copy of the chunk (rows 2*TH + 2, columns 2*TW + 2).
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t u = 0; u < nb * Hp; ++u) {
@@ -2113,6 +2131,11 @@ void winograd_run(int64_t N, const float* in, Strides4 is, int64_t Ci, int64_t H
     const WinoOut wo{M, Co, Op, Ho, Wo, TH, TW, Tc, n0, out, os, bias, res, rs, act};
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
     for (int64_t t = 0; t < Tc; ++t) run_isa<WinoOutBody>(isa, wo, t);
+  };
+  if (whole_chunks) {
+    for_chunks(1, N, NB, chunk);
+  } else {
+    for (int64_t n0 = 0; n0 < N; n0 += NB) chunk(0, n0);
   }
 }
 
