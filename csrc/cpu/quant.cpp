@@ -48,6 +48,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "isa.h"
@@ -192,7 +193,83 @@ PYIMGCLS_TARGET_VNNI void micro_vnni(const uint8_t* a, int64_t lda, int64_t K, c
 }
 #endif
 
+#ifdef PYIMGCLS_X86
+// The requantising epilogue fused into micro_vnni_ind for uint8 output: the operations of
+// epilogue_vnni lane for lane (so the same bytes), applied to the accumulators still in registers,
+// instead of storing the int32 tile (24 zmm) and reloading it in a call of its own: ~270 cycles a
+// 6 x 64 tile outside the K loop, 14 % of it at K = 576 (a 64-channel 3x3).
+struct FusedEpi {
+  const int32_t* off;     // [ncols]: bias[n] - a_zero * colsum[n] of the tile's columns
+  const float* mult;      // [ncols]
+  const uint8_t* res;     // residual at the tile's (row 0, column 0), row stride ldr; or null
+  int64_t ldr;
+  uint8_t* out;           // output at the tile's (row 0, column 0), row stride ldo
+  int64_t ldo;
+  int64_t ncols;          // columns of the tile that exist, 16 * (NV - 1) < ncols <= 16 * NV
+  int32_t out_zero, res_zero, qmin, qmax;
+  float res_mult;
+};
+
+// The indirect form of micro_vnni for convolutions on NHWC input (quant_conv_gemm): A is never
+// gathered. Row i of the tile is nseg runs of 4 * seg4 contiguous bytes, rows[i * nseg + s] the
+// address of run s (a 3x3 conv on C channels: 3 kernel rows of 3 * C bytes of the image, or of a
+// zero-point row outside it); K = nseg * 4 * seg4, so the weight groups follow the runs in order and
+// there is no partial group. Per 4 k the same 4 loads, 6 broadcasts and 24 vpdpbusd as micro_vnni;
+// the row addresses are reloaded once per run (per 192 bytes at C = 64). fe: the fused uint8
+// epilogue, or null to store the raw int32 sums into tile (row stride kMaxNR) as micro_vnni does.
+template <int MR, int NV>
+PYIMGCLS_TARGET_VNNI void micro_vnni_ind(const uint8_t* const* rows, int64_t nseg, int64_t seg4, const int8_t* w,
+                                         int64_t bstride, int32_t* tile, const FusedEpi* fe) {
+  __m512i acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_si512();
+  for (int64_t s = 0; s < nseg; ++s, w += seg4 * 64) {
+    const uint8_t* r[MR];
+    for (int i = 0; i < MR; ++i) r[i] = rows[i * nseg + s];
+    for (int64_t g = 0; g < seg4; ++g) {
+      __m512i b[NV];
+      for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(w + v * bstride + g * 64);
+      for (int i = 0; i < MR; ++i) {
+        const __m512i ab = _mm512_set1_epi32(static_cast<int32_t>(load_u32(r[i] + 4 * g)));
+        for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], ab, b[v]);
+      }
+    }
+  }
+  if (!fe) {
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < NV; ++v) _mm512_storeu_si512(tile + i * kMaxNR + 16 * v, acc[i][v]);
+    return;
+  }
+  const __m512 cl = _mm512_set1_ps(kClampF), ncl = _mm512_set1_ps(-kClampF);
+  const __m512i oz = _mm512_set1_epi32(fe->out_zero), lo = _mm512_set1_epi32(fe->qmin),
+                hi = _mm512_set1_epi32(fe->qmax);
+  for (int v = 0; v < NV; ++v) {
+    const int64_t left = fe->ncols - 16 * v;
+    const __mmask16 k = left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+    const __m512i off = _mm512_maskz_loadu_epi32(k, fe->off + 16 * v);
+    const __m512 mu = _mm512_maskz_loadu_ps(k, fe->mult + 16 * v);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[i][v], off)), mu);
+      __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(y, cl), ncl)), oz);
+      if (fe->res) {
+        const __m128i rb = _mm_maskz_loadu_epi8(k, fe->res + i * fe->ldr + 16 * v);
+        const __m512 rf = _mm512_mul_ps(
+            _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), _mm512_set1_epi32(fe->res_zero))),
+            _mm512_set1_ps(fe->res_mult));
+        q = _mm512_add_epi32(q, _mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(rf, cl), ncl)));
+      }
+      q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+      _mm_mask_storeu_epi8(fe->out + i * fe->ldo + 16 * v, k, _mm512_cvtepi32_epi8(q));   // truncating, as the cast
+    }
+  }
+}
+#endif
+
 using MicroFn = void (*)(const uint8_t*, int64_t, int64_t, const int8_t*, int64_t, int32_t*);
+#ifdef PYIMGCLS_X86
+using MicroIndFn = void (*)(const uint8_t* const*, int64_t, int64_t, const int8_t*, int64_t, int32_t*,
+                            const FusedEpi*);
+#endif
 
 // table[mr - 1][nv - 1] for one path
 template <template <int, int> class F, int MR, int NV>
@@ -205,11 +282,13 @@ template <int MR, int NV>
 struct Avx2Fn { static constexpr MicroFn fn = &micro_avx2<MR, NV>; };
 template <int MR, int NV>
 struct VnniFn { static constexpr MicroFn fn = &micro_vnni<MR, NV>; };
+template <int MR, int NV>
+struct VnniIndFn { static constexpr MicroIndFn fn = &micro_vnni_ind<MR, NV>; };
 #endif
 
 template <template <int, int> class F, int MR, int NV>
 struct MicroTable {
-  MicroFn fn[MR][NV];
+  std::remove_const_t<decltype(F<1, 1>::fn)> fn[MR][NV];
   constexpr MicroTable() : fn() { fill<0>(); }
   template <int I>
   constexpr void fill() {
@@ -230,6 +309,13 @@ MicroFn table_get(int mr, int nv) {
   static constexpr MicroTable<F, MR, NV> t{};
   return t.fn[mr - 1][nv - 1];
 }
+
+#ifdef PYIMGCLS_X86
+MicroIndFn vnni_ind_get(int mr, int nv) {
+  static constexpr MicroTable<VnniIndFn, 6, 4> t{};
+  return t.fn[mr - 1][nv - 1];
+}
+#endif
 
 PathInfo path_info(QPath p) {
 #ifdef PYIMGCLS_X86
@@ -564,6 +650,88 @@ void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t 
     return;
   }
   const int nt = static_cast<int>(std::min<int64_t>(nthreads, tasks));
+#ifdef PYIMGCLS_X86
+  // Indirect path (VNNI, NHWC with dense channels, kernel rows of a multiple of 4 bytes: ResNet's
+  // 3x3 and 1x1 convs, not the 3-channel stem): each A row is KH runs of KW * C image bytes read in
+  // place through a table of addresses, the MR x 64 register tile broadcasting 4 bytes at a time
+  // from them (micro_vnni_ind), so nothing is gathered. Only kernel rows cut by the left / right
+  // border are assembled (KW * C bytes, zero point outside), into the task's buffer; those wholly
+  // above / below the image point at a zero-point row. Gathering cost ~10 % of a 64-channel 3x3
+  // (K = 576 bytes copied per output pixel against 2 * 576 * 64 multiply-adds on 64 channels).
+  if (path == QPath::Vnni && runs && (KW * C) % 4 == 0) {
+    const int64_t seg = KW * C, seg4 = seg / 4;
+    // the fused epilogue's per-column offset, bias - a_zero * colsum (exact int32, as epilogue_vnni)
+    static thread_local std::vector<int32_t> offv;
+    if (offv.size() < static_cast<size_t>(O)) offv.resize(static_cast<size_t>(O));
+    for (int64_t o = 0; o < O; ++o) offv[o] = (ep.bias ? ep.bias[o] : 0) - a_zero * colsum[o];
+    const int32_t* off = offv.data();
+#pragma omp parallel num_threads(nt) if (parallel && nt > 1)
+    {
+      static thread_local std::vector<uint8_t> ebuf, zrow;
+      static thread_local std::vector<const uint8_t*> ptrs;
+      if (ebuf.size() < static_cast<size_t>(mc * K)) ebuf.resize(static_cast<size_t>(mc * K));
+      if (zrow.size() < static_cast<size_t>(seg)) zrow.resize(static_cast<size_t>(seg));
+      if (ptrs.size() < static_cast<size_t>(mc * KH)) ptrs.resize(static_cast<size_t>(mc * KH));
+      std::memset(zrow.data(), a_zero, static_cast<size_t>(seg));
+      const uint8_t** pt = ptrs.data();
+      alignas(64) int32_t tile[kMaxMR * kMaxNR];
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < tasks; ++t) {
+        const int64_t r0 = t * mc, rows = std::min(mc, M - r0);
+        int64_t n = r0 / (OH * OW), oh = (r0 / OW) % OH, ow = r0 % OW;
+        uint8_t* e = ebuf.data();
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t iw0 = ow * SW - PW;
+          const bool inside_w = iw0 >= 0 && iw0 + KW <= W;
+          for (int64_t i = 0; i < KH; ++i) {
+            const int64_t ih = oh * SH - PH + i * DH;
+            if (ih < 0 || ih >= H) {
+              pt[r * KH + i] = zrow.data();
+              continue;
+            }
+            const uint8_t* src = x + n * sN + ih * sH;
+            if (inside_w) {
+              pt[r * KH + i] = src + iw0 * sW;
+            } else {
+              for (int64_t j = 0; j < KW; ++j) {
+                const int64_t iw = iw0 + j;
+                if (iw < 0 || iw >= W)
+                  std::memset(e + j * C, a_zero, static_cast<size_t>(C));
+                else
+                  std::memcpy(e + j * C, src + iw * sW, static_cast<size_t>(C));
+              }
+              pt[r * KH + i] = e;
+              e += seg;
+            }
+          }
+          if (++ow == OW) {
+            ow = 0;
+            if (++oh == OH) oh = 0, ++n;
+          }
+        }
+        for (int64_t b0 = 0; b0 < NB; b0 += p.nv) {
+          const int64_t nb = std::min<int64_t>(p.nv, NB - b0);
+          const int64_t n0 = b0 * kQuantNB, ncols = std::min<int64_t>(nb * kQuantNB, O - n0);
+          for (int64_t i0 = 0; i0 < rows; i0 += p.mr) {
+            const int mr = static_cast<int>(std::min<int64_t>(p.mr, rows - i0));
+            const int64_t m = r0 + i0;
+            if (ep.float_out) {
+              vnni_ind_get(mr, static_cast<int>(nb))(pt + i0 * KH, KH, seg4, packed + b0 * bstride, bstride, tile,
+                                                     nullptr);
+              epi(tile, mr, m, n0, ncols, ea, out, ldo);
+              continue;
+            }
+            const FusedEpi fe{off + n0, ep.mult + n0, ep.res ? ep.res + m * ep.ldr + n0 : nullptr, ep.ldr,
+                              static_cast<uint8_t*>(out) + m * ldo + n0, ldo, ncols, ep.out_zero, ep.res_zero,
+                              ep.qmin, ep.qmax, ep.res_mult};
+            vnni_ind_get(mr, static_cast<int>(nb))(pt + i0 * KH, KH, seg4, packed + b0 * bstride, bstride, tile, &fe);
+          }
+        }
+      }
+    }
+    return;
+  }
+#endif
 #pragma omp parallel num_threads(nt) if (parallel && nt > 1)
   {
     static thread_local std::vector<uint8_t> abuf;
