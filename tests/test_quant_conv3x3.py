@@ -99,15 +99,22 @@ def test_conv_every_cpu_path_matches_reference(cpu_path, case, float_out):
     _assert_equal(y, want)
 
 
-def test_conv_without_bias_and_plain_clamp(cpu_path):
-    """No bias (the offset is - a_zero * colsum alone), no residual, no activation (clamp 0..255)."""
+@pytest.mark.parametrize("activation", [None, "relu", "relu6"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_conv_without_residual(cpu_path, activation, bias):
+    """Without a residual the fused epilogue clamps in float to [qmin - zero, qmax - zero] before
+    rounding (no activation: 0..255; relu: from the zero point; relu6: both ends); no bias: the sums
+    start from - a_zero * colsum alone. Output scales small enough that many values clamp."""
     g = _gen(5)
     x = torch.randint(0, 256, (2, 64, 7, 6), dtype=torch.uint8, generator=g).contiguous(
         memory_format=torch.channels_last)
     wq = _qw(40, 64, 3, 3, seed=9)
+    b = torch.randn(40, generator=g) if bias else None
     with pyimgcls.use_backend("cpu"):
-        y = ops.quantized_conv2d(x, 0.03, 0, wq, None, 1, 1, output_scale=0.2, output_zero_point=128)
-    _assert_equal(y, _conv_ref(x, 0, wq, None, (1, 1), (1, 1), (1, 1), 0.2, 128, None, s_in=0.03))
+        for scale, zero in ((0.2, 128), (0.01, 3), (0.05, 250)):
+            y = ops.quantized_conv2d(x, 0.03, 17, wq, b, 1, 1, output_scale=scale, output_zero_point=zero,
+                                     activation=activation)
+            _assert_equal(y, _conv_ref(x, 17, wq, b, (1, 1), (1, 1), (1, 1), scale, zero, activation, s_in=0.03))
 
 
 # Large enough for quant_conv_gemm's threads (M * O * K >= 2^22 and >= 2 row tasks per thread):
