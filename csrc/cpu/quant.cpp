@@ -29,6 +29,11 @@
 //             16-bit pair sums (255 * 127 * 2 > 32767)
 //     generic MR 4, NV 1, scalar loops over the same layout (the compiler vectorises them)
 //   The tile is stored as int32 and the epilogue applied to it in the path's vector width (16 / 8 / 1).
+//   Convolutions (quant_conv_gemm) gather each task's im2col rows into a thread-local buffer, except
+//   on the vnni path for NHWC input with dense channels and kernel rows of a multiple of 4 bytes
+//   (ResNet's 3x3 and 1x1 convs): there micro_vnni_ind reads the kernel rows in place through a table
+//   of row addresses (zero-point rows and assembled edge rows at the borders) and requantises its
+//   tile in registers. The integer sums are exact on every path, so all paths give the same bytes.
 //
 // Cost
 //   2 * M * N * K integer operations; minimum bytes M * K + N * K (+ 4N bias, 4N mult) + M * N
@@ -36,7 +41,7 @@
 //   im2col: N * OH * OW * KH * KW * CG bytes written.
 //
 // Test and benchmark
-//   pytest tests/test_quant.py
+//   pytest tests/test_quant.py tests/test_quant_conv3x3.py
 //   python benchmarks/bench_quant_cpu.py
 #include "quant.h"
 
@@ -48,6 +53,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "isa.h"
@@ -192,7 +198,124 @@ PYIMGCLS_TARGET_VNNI void micro_vnni(const uint8_t* a, int64_t lda, int64_t K, c
 }
 #endif
 
+#ifdef PYIMGCLS_X86
+// The requantising epilogue fused into micro_vnni_ind for uint8 output: the operations of
+// epilogue_vnni lane for lane (so the same bytes), applied to the accumulators still in registers,
+// instead of storing the int32 tile (24 zmm) and reloading it in a call of its own (measured: a
+// 64-channel 3x3 at 224x224 batch 16, 4.60 -> 4.34 ms; 128 channels 4.22 -> 3.99).
+struct FusedEpi {
+  const int32_t* off;     // [ncols]: bias[n] - a_zero * colsum[n] of the tile's columns
+  const float* mult;      // [ncols]
+  const uint8_t* res;     // residual at the tile's (row 0, column 0), row stride ldr; or null
+  int64_t ldr;
+  uint8_t* out;           // output at the tile's (row 0, column 0), row stride ldo
+  int64_t ldo;
+  int64_t ncols;          // columns of the tile that exist, 16 * (NV - 1) < ncols <= 16 * NV
+  int32_t out_zero, res_zero, qmin, qmax;
+  float res_mult;
+};
+
+// the columns of 16-column group v of a fused tile that exist
+inline __mmask16 fused_mask(int64_t ncols, int v) {
+  const int64_t left = ncols - 16 * v;
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+}
+
+// The indirect form of micro_vnni for convolutions on NHWC input (quant_conv_gemm): A is never
+// gathered. Row i of the tile is nseg runs of 4 * seg4 contiguous bytes, rows[i * nseg + s] the
+// address of run s (a 3x3 conv on C channels: 3 kernel rows of 3 * C bytes of the image, or of a
+// zero-point row outside it); K = nseg * 4 * seg4, so the weight groups follow the runs in order and
+// there is no partial group. Per 4 k the same 4 loads, 6 broadcasts and 24 vpdpbusd as micro_vnni;
+// the row addresses are reloaded once per run (per 192 bytes at C = 64). fe: the fused uint8
+// epilogue, or null to store the raw int32 sums into tile (row stride kMaxNR) as micro_vnni does.
+template <int MR, int NV>
+PYIMGCLS_TARGET_VNNI void micro_vnni_ind(const uint8_t* const* rows, int64_t nseg, int64_t seg4, const int8_t* w,
+                                         int64_t bstride, int32_t* tile, const FusedEpi* fe) {
+  if (fe) {
+    // the output and residual lines of the tile (first and last byte of each row), requested now so
+    // they arrive during the K loop: the residual is the block's input, written two layers back and
+    // mostly out of L2, and a miss at the end of the tile stalls its epilogue (in a ResNet-18
+    // forward at 224x224 batch 16 the residual 3x3s took 3-8 % longer without)
+    for (int i = 0; i < MR; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(fe->out + i * fe->ldo), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(fe->out + i * fe->ldo + fe->ncols - 1), _MM_HINT_T0);
+      if (fe->res) {
+        _mm_prefetch(reinterpret_cast<const char*>(fe->res + i * fe->ldr), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(fe->res + i * fe->ldr + fe->ncols - 1), _MM_HINT_T0);
+      }
+    }
+  }
+  // With the fused epilogue the sums start from bias - a_zero * colsum: the same int32 total (wrapping
+  // addition is associative) and one add fewer per output vector.
+  __m512i acc[MR][NV];
+  for (int v = 0; v < NV; ++v) {
+    const __m512i init = fe ? _mm512_maskz_loadu_epi32(fused_mask(fe->ncols, v), fe->off + 16 * v)
+                            : _mm512_setzero_si512();
+    for (int i = 0; i < MR; ++i) acc[i][v] = init;
+  }
+  for (int64_t s = 0; s < nseg; ++s, w += seg4 * 64) {
+    const uint8_t* r[MR];
+    for (int i = 0; i < MR; ++i) r[i] = rows[i * nseg + s];
+    for (int64_t g = 0; g < seg4; ++g) {
+      __m512i b[NV];
+      for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(w + v * bstride + g * 64);
+      for (int i = 0; i < MR; ++i) {
+        const __m512i ab = _mm512_set1_epi32(static_cast<int32_t>(load_u32(r[i] + 4 * g)));
+        for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], ab, b[v]);
+      }
+    }
+  }
+  if (!fe) {
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < NV; ++v) _mm512_storeu_si512(tile + i * kMaxNR + 16 * v, acc[i][v]);
+    return;
+  }
+  const __m512i oz = _mm512_set1_epi32(fe->out_zero);
+  if (!fe->res && fe->qmin <= fe->qmax) {
+    // clamp(rne(clamp(y, +-2^22)) + out_zero, qmin, qmax) == rne(clamp(y, qmin - out_zero, qmax -
+    // out_zero)) + out_zero: the bounds are integers of magnitude <= 255 and rounding is monotonic,
+    // so it keeps them; y is min / max's first operand, so a NaN still gives qmax as epilogue_vnni.
+    // 6 operations per 16 outputs instead of 9.
+    const __m512 flo = _mm512_set1_ps(static_cast<float>(fe->qmin - fe->out_zero));
+    const __m512 fhi = _mm512_set1_ps(static_cast<float>(fe->qmax - fe->out_zero));
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 k = fused_mask(fe->ncols, v);
+      const __m512 mu = _mm512_maskz_loadu_ps(k, fe->mult + 16 * v);
+      for (int i = 0; i < MR; ++i) {
+        const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][v]), mu);
+        const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(y, fhi), flo)), oz);
+        _mm_mask_storeu_epi8(fe->out + i * fe->ldo + 16 * v, k, _mm512_cvtepi32_epi8(q));
+      }
+    }
+    return;
+  }
+  const __m512 cl = _mm512_set1_ps(kClampF), ncl = _mm512_set1_ps(-kClampF);
+  const __m512i lo = _mm512_set1_epi32(fe->qmin), hi = _mm512_set1_epi32(fe->qmax);
+  for (int v = 0; v < NV; ++v) {
+    const __mmask16 k = fused_mask(fe->ncols, v);
+    const __m512 mu = _mm512_maskz_loadu_ps(k, fe->mult + 16 * v);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][v]), mu);
+      __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(y, cl), ncl)), oz);
+      if (fe->res) {
+        const __m128i rb = _mm_maskz_loadu_epi8(k, fe->res + i * fe->ldr + 16 * v);
+        const __m512 rf = _mm512_mul_ps(
+            _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), _mm512_set1_epi32(fe->res_zero))),
+            _mm512_set1_ps(fe->res_mult));
+        q = _mm512_add_epi32(q, _mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(rf, cl), ncl)));
+      }
+      q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+      _mm_mask_storeu_epi8(fe->out + i * fe->ldo + 16 * v, k, _mm512_cvtepi32_epi8(q));   // truncating, as the cast
+    }
+  }
+}
+#endif
+
 using MicroFn = void (*)(const uint8_t*, int64_t, int64_t, const int8_t*, int64_t, int32_t*);
+#ifdef PYIMGCLS_X86
+using MicroIndFn = void (*)(const uint8_t* const*, int64_t, int64_t, const int8_t*, int64_t, int32_t*,
+                            const FusedEpi*);
+#endif
 
 // table[mr - 1][nv - 1] for one path
 template <template <int, int> class F, int MR, int NV>
@@ -205,11 +328,13 @@ template <int MR, int NV>
 struct Avx2Fn { static constexpr MicroFn fn = &micro_avx2<MR, NV>; };
 template <int MR, int NV>
 struct VnniFn { static constexpr MicroFn fn = &micro_vnni<MR, NV>; };
+template <int MR, int NV>
+struct VnniIndFn { static constexpr MicroIndFn fn = &micro_vnni_ind<MR, NV>; };
 #endif
 
 template <template <int, int> class F, int MR, int NV>
 struct MicroTable {
-  MicroFn fn[MR][NV];
+  std::remove_const_t<decltype(F<1, 1>::fn)> fn[MR][NV];
   constexpr MicroTable() : fn() { fill<0>(); }
   template <int I>
   constexpr void fill() {
@@ -230,6 +355,13 @@ MicroFn table_get(int mr, int nv) {
   static constexpr MicroTable<F, MR, NV> t{};
   return t.fn[mr - 1][nv - 1];
 }
+
+#ifdef PYIMGCLS_X86
+MicroIndFn vnni_ind_get(int mr, int nv) {
+  static constexpr MicroTable<VnniIndFn, 6, 4> t{};
+  return t.fn[mr - 1][nv - 1];
+}
+#endif
 
 PathInfo path_info(QPath p) {
 #ifdef PYIMGCLS_X86
@@ -512,6 +644,76 @@ struct Im2col {
   }
 };
 
+#ifdef PYIMGCLS_X86
+// The geometry of quant_conv_gemm's indirect path (NHWC, sC == 1, sW == C, DW == 1) and the address
+// table of one task's output pixels.
+struct IndConv {
+  const uint8_t* x;
+  int64_t H, W, sN, sH, sW, C, KH, KW, SH, SW, PH, PW, DH, OH, OW;
+  uint8_t pad;
+
+  // pt[r * KH + i] = the address of kernel row i (KW * C bytes) of output pixel r0 + r, r < nrows:
+  // in the image, or zrow (seg bytes of the zero point) for a row above / below it, or a copy in e
+  // (zero point outside) for a row cut by the left / right border. The lines of the image runs are
+  // requested into L2 as the table is built: the K loop reads 4 bytes at a time and would meet each
+  // miss in turn (a gathered copy had them all in flight; the 1x1 stride-2 downsample of a forward
+  // ran 1.8x slower without). A pixel inside the image next to the previous one (same output row)
+  // only requests the last SW * C bytes of each run, the rest being the previous runs. Not inlined:
+  // inside the OpenMP body this loop spilled its ~15 live values (6 % of a 64-channel 3x3).
+  __attribute__((noinline)) void table(int64_t r0, int64_t nrows, const uint8_t** pt, uint8_t* e,
+                                       const uint8_t* zrow) const {
+    const int64_t seg = KW * C, rstep = DH * sH, step = SW * sW;
+    int64_t n = r0 / (OH * OW), oh = (r0 / OW) % OH, ow = r0 % OW;
+    bool prev = false;
+    for (int64_t r = 0; r < nrows; ++r, pt += KH) {
+      const int64_t ih0 = oh * SH - PH, iw0 = ow * SW - PW;
+      const bool inside_w = iw0 >= 0 && iw0 + KW <= W;
+      const bool inside = inside_w && ih0 >= 0 && ih0 + (KH - 1) * DH < H;
+      if (inside) {
+        const uint8_t* run = x + n * sN + ih0 * sH + iw0 * sW;
+        const int64_t from = prev && step < seg ? seg - step : 0;
+        for (int64_t i = 0; i < KH; ++i, run += rstep) {
+          pt[i] = run;
+          for (int64_t b = from; b < seg; b += 64) _mm_prefetch(reinterpret_cast<const char*>(run + b), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(run + seg - 1), _MM_HINT_T1);
+        }
+      } else {
+        for (int64_t i = 0; i < KH; ++i) {
+          const int64_t ih = ih0 + i * DH;
+          if (ih < 0 || ih >= H) {
+            pt[i] = zrow;
+            continue;
+          }
+          const uint8_t* src = x + n * sN + ih * sH;
+          if (inside_w) {
+            const uint8_t* run = src + iw0 * sW;
+            for (int64_t b = 0; b < seg; b += 64) _mm_prefetch(reinterpret_cast<const char*>(run + b), _MM_HINT_T1);
+            _mm_prefetch(reinterpret_cast<const char*>(run + seg - 1), _MM_HINT_T1);
+            pt[i] = run;
+            continue;
+          }
+          for (int64_t j = 0; j < KW; ++j) {
+            const int64_t iw = iw0 + j;
+            if (iw < 0 || iw >= W)
+              std::memset(e + j * C, pad, static_cast<size_t>(C));
+            else
+              std::memcpy(e + j * C, src + iw * sW, static_cast<size_t>(C));
+          }
+          pt[i] = e;
+          e += seg;
+        }
+      }
+      prev = inside;
+      if (++ow == OW) {
+        ow = 0;
+        prev = false;
+        if (++oh == OH) oh = 0, ++n;
+      }
+    }
+  }
+};
+#endif
+
 }  // namespace
 
 void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH,
@@ -564,6 +766,60 @@ void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t 
     return;
   }
   const int nt = static_cast<int>(std::min<int64_t>(nthreads, tasks));
+#ifdef PYIMGCLS_X86
+  // Indirect path (VNNI, NHWC with dense channels, kernel rows of a multiple of 4 bytes: ResNet's
+  // 3x3 and 1x1 convs, not the 3-channel stem): each A row is KH runs of KW * C image bytes read in
+  // place through a table of addresses, the MR x 64 register tile broadcasting 4 bytes at a time
+  // from them (micro_vnni_ind), so nothing is gathered. Only kernel rows cut by the left / right
+  // border are assembled (KW * C bytes, zero point outside), into the task's buffer; those wholly
+  // above / below the image point at a zero-point row. The gather cost ~9 % of a 64-channel 3x3
+  // (576 bytes copied per output pixel against its 576 * 64 multiply-adds; measured at 224x224
+  // batch 16: 5.03 -> 4.60 ms without it, before the fused epilogue).
+  if (path == QPath::Vnni && runs && (KW * C) % 4 == 0) {
+    const int64_t seg = KW * C, seg4 = seg / 4;
+    // the fused epilogue's per-column offset, bias - a_zero * colsum (exact int32, as epilogue_vnni)
+    static thread_local std::vector<int32_t> offv;
+    if (offv.size() < static_cast<size_t>(O)) offv.resize(static_cast<size_t>(O));
+    for (int64_t o = 0; o < O; ++o) offv[o] = (ep.bias ? ep.bias[o] : 0) - a_zero * colsum[o];
+    const int32_t* off = offv.data();
+    const IndConv ig{x, H, W, sN, sH, sW, C, KH, KW, SH, SW, PH, PW, DH, OH, OW, static_cast<uint8_t>(a_zero)};
+#pragma omp parallel num_threads(nt) if (parallel && nt > 1)
+    {
+      static thread_local std::vector<uint8_t> ebuf, zrow;
+      static thread_local std::vector<const uint8_t*> ptrs;
+      if (ebuf.size() < static_cast<size_t>(mc * K)) ebuf.resize(static_cast<size_t>(mc * K));
+      if (zrow.size() < static_cast<size_t>(seg)) zrow.resize(static_cast<size_t>(seg));
+      if (ptrs.size() < static_cast<size_t>(mc * KH)) ptrs.resize(static_cast<size_t>(mc * KH));
+      std::memset(zrow.data(), a_zero, static_cast<size_t>(seg));
+      const uint8_t** pt = ptrs.data();
+      alignas(64) int32_t tile[kMaxMR * kMaxNR];
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < tasks; ++t) {
+        const int64_t r0 = t * mc, rows = std::min(mc, M - r0);
+        ig.table(r0, rows, pt, ebuf.data(), zrow.data());
+        for (int64_t b0 = 0; b0 < NB; b0 += p.nv) {
+          const int64_t nb = std::min<int64_t>(p.nv, NB - b0);
+          const int64_t n0 = b0 * kQuantNB, ncols = std::min<int64_t>(nb * kQuantNB, O - n0);
+          for (int64_t i0 = 0; i0 < rows; i0 += p.mr) {
+            const int mr = static_cast<int>(std::min<int64_t>(p.mr, rows - i0));
+            const int64_t m = r0 + i0;
+            if (ep.float_out) {
+              vnni_ind_get(mr, static_cast<int>(nb))(pt + i0 * KH, KH, seg4, packed + b0 * bstride, bstride, tile,
+                                                     nullptr);
+              epi(tile, mr, m, n0, ncols, ea, out, ldo);
+              continue;
+            }
+            const FusedEpi fe{off + n0, ep.mult + n0, ep.res ? ep.res + m * ep.ldr + n0 : nullptr, ep.ldr,
+                              static_cast<uint8_t*>(out) + m * ldo + n0, ldo, ncols, ep.out_zero, ep.res_zero,
+                              ep.qmin, ep.qmax, ep.res_mult};
+            vnni_ind_get(mr, static_cast<int>(nb))(pt + i0 * KH, KH, seg4, packed + b0 * bstride, bstride, tile, &fe);
+          }
+        }
+      }
+    }
+    return;
+  }
+#endif
 #pragma omp parallel num_threads(nt) if (parallel && nt > 1)
   {
     static thread_local std::vector<uint8_t> abuf;

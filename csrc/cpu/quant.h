@@ -52,8 +52,9 @@ void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN,
 
 // A whole groups = 1 convolution: quant_gemm of the im2col of x (channels 0 .. C, padding a_zero)
 // against the packed [O, KH * KW * C] weight, without the column matrix: each task gathers its rows
-// into a thread-local buffer. out [N * OH * OW, O] (row stride ldo), results identical to
-// quant_im2col + quant_gemm.
+// into a thread-local buffer (on the vnni path with NHWC input, sC == 1, sW == C, DW == 1 and
+// KW * C % 4 == 0, none: the kernel rows are read in place, quant.cpp: micro_vnni_ind). out
+// [N * OH * OW, O] (row stride ldo), results identical to quant_im2col + quant_gemm.
 void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH,
                      int64_t sW, int64_t C, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
                      int64_t DH, int64_t DW, int64_t OH, int64_t OW, int32_t a_zero, const int8_t* packed,
