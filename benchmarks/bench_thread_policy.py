@@ -5,14 +5,15 @@
         [--busy 0|1] [--rounds 7] [--out FILE]
 
 For each model: the thread count ``auto_threads`` (pyimgcls/training/loop.py) picks right now (the
-rule: models under 1M parameters one thread; bigger ones the usable cores minus the 1-minute load
-average, at least one), then train steps (forward, our CrossEntropyLoss, backward, SGD with momentum;
+rule: the usable cores minus the CPUs busy in a 0.2 s sample of /proc/stat, at least one), then
+train steps (forward, our CrossEntropyLoss, backward, SGD with momentum;
 our ``cpu`` kernels; input 3x64x64, lenet5 1x32x32) timed at every thread count from 1 to the usable
 cores, interleaved, minimum of ``--rounds`` samples of several steps each (wall clock: a 2-thread step
 is not measured by one thread's CPU time). ``--busy K`` first starts K processes that spin on one core
-each and waits until the load average has risen to at least K - 0.5 (up to 150 s; the policy reads the
-1-minute average), as when other jobs share the machine. The record says whether the automatic
-choice was the fastest count or within 5 % of it.
+each and waits until the load average shows them (up to 150 s), as when other jobs share the
+machine; ``--busy 0`` first waits (up to 240 s) for the load average to fall below 0.5, so that no
+earlier job is still running. The record says whether the automatic choice was the
+fastest count or within 5 % of it.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_models_cpu as bmc  # noqa: E402
 import report  # noqa: E402
 
-from pyimgcls.training.loop import auto_threads, set_cpu_threads, usable_cores  # noqa: E402
+from pyimgcls.training.loop import auto_threads, busy_cpus, set_cpu_threads, usable_cores  # noqa: E402
 
 
 def _spinners(k: int) -> list:
@@ -43,19 +44,28 @@ def _spinners(k: int) -> list:
     return procs
 
 
-def run(models, batch: int, rounds: int, busy: int) -> dict:
-    procs = _spinners(busy) if busy else []
+def _settle(limit: float = 0.5, timeout: float = 240) -> None:
+    t0 = time.monotonic()
+    while os.getloadavg()[0] >= limit and time.monotonic() - t0 < timeout:
+        time.sleep(2)
+
+
+def run(models, batch: int, rounds: int, nbusy: int) -> dict:
+    if not nbusy:
+        _settle()
+    procs = _spinners(nbusy) if nbusy else []
     try:
         cores = usable_cores()
         results = report.new_results("cpu")
-        results["busy_processes"] = busy
+        results["busy_processes"] = nbusy
         results["usable_cores"] = cores
         for name in models:
             model, x, target = bmc.build(name, batch)
             model.train()
             n_params = sum(p.numel() for p in model.parameters())
             load = os.getloadavg()[0]
-            auto = auto_threads(0, n_params, load=load)
+            busy = busy_cpus()     # what auto_threads samples itself (recorded here, then passed on)
+            auto = auto_threads(0, n_params, load=busy)
             step = bmc._pass_fn(model, x, target, "train", "cpu", None)
             counts = list(range(1, cores + 1))
             best = {t: math.inf for t in counts}
@@ -77,12 +87,14 @@ def run(models, batch: int, rounds: int, busy: int) -> dict:
                    "dtype": "float32", "layout": "NCHW", "provider": f"cpu-auto({auto})", "ms": best[auto],
                    "ref_provider": f"cpu-{fastest}-threads", "ref_ms": best[fastest],
                    "speedup": best[fastest] / best[auto], "params": n_params, "load_avg_at_choice": load,
+                   "busy_cpus_at_choice": busy,
                    "auto_threads": auto, "ms_by_threads": best, "fastest_threads": fastest,
                    "auto_within_5pct": best[auto] <= 1.05 * best[fastest], "batch": batch,
                    "tflops": None, "gbps": None, "roofline_pct": None}
             results["cases"].append(row)
             times = "  ".join(f"{t}t {v:8.2f} ms" for t, v in best.items())
-            print(f"{name:>14} ({n_params / 1e6:.2f}M params, load {load:.2f}, busy {busy}): auto -> {auto}  "
+            print(f"{name:>14} ({n_params / 1e6:.2f}M params, load {load:.2f}, busy CPUs {busy if busy is not None else float('nan'):.2f}, "
+                  f"spinners {nbusy}): auto -> {auto}  "
                   f"{times}  fastest {fastest}t, auto {'ok' if row['auto_within_5pct'] else 'SLOWER'} "
                   f"({best[auto] / best[fastest]:.2f}x the fastest)", flush=True)
         return results

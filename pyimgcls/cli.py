@@ -265,8 +265,8 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--amp", choices=("off", "fp16", "bf16"), default="off",
                    help="autocast dtype (fp16 uses a GradScaler)")
     g.add_argument("--threads", type=_NONNEG_INT, default=0,
-                   help="CPU threads per process for torch and our C++ kernels (0: 1 for models under 1M "
-                        "parameters or under torchrun, else the cores not busy with other processes)")
+                   help="CPU threads per process for torch and our C++ kernels (0: 1 under torchrun, else "
+                        "the cores not busy with other processes at start-up)")
     g.add_argument("--channels-last", action="store_true", help="NHWC model and inputs")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = s.add_argument_group("output")
@@ -356,8 +356,8 @@ def _add_serve_parser(sub) -> None:
                    help="require 'Authorization: Bearer KEY' on /v1/predict and /v2/models/*/infer; KEY is the "
                         "file's content, surrounding whitespace stripped")
     s.add_argument("--threads", type=_NONNEG_INT, default=0,
-                   help="CPU threads for the model (0: as predict: 1 for models under 1M parameters, else the "
-                        "cores idle at start-up); 1 is best on a machine shared with other busy processes")
+                   help="CPU threads for the model (0: as predict: the cores idle at start-up); 1 is best on a "
+                        "machine shared with other busy processes")
     _add_kernel_args(s)
     s.set_defaults(func=cmd_serve)
 
@@ -430,7 +430,7 @@ def _add_quantize_parser(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="calibration / QAT batch order (and synthetic data)")
     s.add_argument("--workers", type=_NONNEG_INT, default=0, help="imagefolder decoding workers")
     s.add_argument("--threads", type=_NONNEG_INT, default=0,
-                   help="CPU threads (0: as train: 1 for models under 1M parameters, else the idle cores)")
+                   help="CPU threads (0: as train: the cores idle at start-up)")
     from .backends import CHOICES
     s.add_argument("--kernels", choices=CHOICES, default="auto",
                    help="backend of the int8 kernels used for the accuracy report, on the CPU (no CUDA int8 kernels "

@@ -811,15 +811,43 @@ def test_train_with_teacher_distills_and_checks_the_teacher(tmp_path):
 
 
 def test_auto_threads_follows_idle_cores(monkeypatch):
-    """--threads 0 on a model over 1M parameters takes the cores not busy with other processes; small
-    models and torchrun get one; an explicit count is kept."""
+    """--threads 0 takes the cores not busy with other processes, whatever the model's size; torchrun
+    gets one; an explicit count is kept. Without a given load, what the CPUs do now (/proc/stat), not
+    the 1-minute load average, decides."""
     from pyimgcls.training import loop
 
     monkeypatch.setattr(loop, "usable_cores", lambda: 4)
     assert loop.auto_threads(0, 2_000_000, load=0.2) == 4
     assert loop.auto_threads(0, 2_000_000, load=1.6) == 2
     assert loop.auto_threads(0, 2_000_000, load=12.0) == 1
-    assert loop.auto_threads(0, 500_000, load=0.0) == 1
+    assert loop.auto_threads(0, 500_000, load=0.0) == 4
     assert loop.auto_threads(0, 2_000_000, distributed=True, load=0.0) == 1
     assert loop.auto_threads(3, 2_000_000, load=12.0) == 3
     assert 1 <= loop.idle_cores(loop.usable_cores()) <= 4
+    monkeypatch.setattr(loop, "busy_cpus", lambda interval=0.2: 2.7)
+    monkeypatch.setattr(loop.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert loop.idle_cores(4) == 1                      # the sample, not the (quiet) load average
+    monkeypatch.setattr(loop, "busy_cpus", lambda interval=0.2: None)
+    monkeypatch.setattr(loop.os, "getloadavg", lambda: (2.2, 0.0, 0.0))
+    assert loop.idle_cores(4) == 2                      # no /proc/stat: the load average
+
+
+def test_busy_cpus_sees_a_spinning_process():
+    """busy_cpus reads the machine's CPU time while the caller sleeps: a process spinning on a core
+    shows as about one busy CPU (Linux only: /proc/stat)."""
+    import os
+    import subprocess
+    import sys
+    from pyimgcls.training import loop
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat here")
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+        time.sleep(0.3)                                 # the child is running, not starting
+        busy = loop.busy_cpus(0.3)
+    finally:
+        spin.kill()
+        spin.wait()
+    assert busy is not None and 0.6 <= busy <= os.cpu_count()

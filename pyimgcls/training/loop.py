@@ -335,11 +335,37 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def busy_cpus(interval: float = 0.2) -> float | None:
+    """CPUs' worth of time the machine spent busy over the next ``interval`` seconds (``/proc/stat``:
+    everything but idle and iowait, so a hypervisor's steal counts as busy), while this process
+    sleeps: what the other processes use now. None where ``/proc/stat`` cannot be read."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        return sum(v), v[3] + v[4]
+    try:
+        t0, i0 = sample()
+        time.sleep(interval)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = t1 - t0
+    if total <= 0:
+        return None
+    return (total - (i1 - i0)) / total * (os.cpu_count() or 1)
+
+
 def idle_cores(cores: int, load: float | None = None) -> int:
-    """Cores not busy with other processes: ``cores`` minus the 1-minute load average (rounded), at
-    least one. An OpenMP team larger than this loses far more than it gains: every barrier waits for
-    a thread the kernel has descheduled, and libgomp's spinning waiters take the CPU from it (a ResNet-18
-    step on 2 threads measured 5-20x slower than on 1 with the other core busy, benchmarks/NOTES.md)."""
+    """Cores not busy with other processes: ``cores`` minus ``load`` (rounded), at least one; by
+    default ``load`` is what the machine's CPUs are doing now (``busy_cpus``, a 0.2 s sample), else
+    the 1-minute load average. An OpenMP team larger than this loses far more than it gains: every
+    barrier waits for a thread the kernel has descheduled, and libgomp's spinning waiters take the CPU
+    from it (a ResNet-18 step on 2 threads measured 2-3x slower than on 1 with the other core busy,
+    ``benchmarks/bench_thread_policy.py``). Not the load average first: it remembers the last minute,
+    so a job that has just finished (or this program's own start-up) passed for a busy core on a
+    quiet machine, and ResNet-18 trained on 1 thread at 0.6x the speed of 2."""
+    if load is None:
+        load = busy_cpus()
     if load is None:
         try:
             load = os.getloadavg()[0]
@@ -349,13 +375,15 @@ def idle_cores(cores: int, load: float | None = None) -> int:
 
 
 def auto_threads(threads: int, n_params: int, distributed: bool = False, load: float | None = None) -> int:
-    """``--threads 0``: a small model's ops are too short to amortise OpenMP fork/join, so one thread
-    per process (and under torchrun, where the processes share the cores); bigger models use the cores
-    that are idle when the run starts (``idle_cores``: all of them on a quiet machine). ``--threads N``
-    is taken as given."""
+    """``--threads 0``: one thread per process under torchrun (the processes share the cores); else the
+    cores that are idle when the run starts (``idle_cores``: all of them on a quiet machine), whatever
+    the model's size (``n_params``, kept for the callers): the kernels keep their small ops on one
+    thread themselves, and on a quiet 2-core machine LeNet-5 trained 1.1x (batch 8) to 1.4x (batch 32)
+    faster on 2 threads than on 1 (``benchmarks/bench_thread_policy.py``). ``--threads N`` is taken
+    as given."""
     if threads > 0:
         return threads
-    if n_params < 1_000_000 or distributed:
+    if distributed:
         return 1
     return idle_cores(usable_cores(), load)
 
@@ -879,8 +907,8 @@ class _Run:
         """Why ``--threads 0`` chose this count (the choice depends on the machine's load at start)."""
         if args.threads > 0 or self.device.type != "cpu":
             return ""
-        if self.n_params < 1_000_000 or self.info.enabled:
-            return " (auto: small model or torchrun)"
+        if self.info.enabled:
+            return " (auto: torchrun)"
         return f" (auto: {self.threads} of {usable_cores()} cores idle)"
     def log_start(self) -> None:
         args, ds, info, log = self.args, self.ds, self.info, self.log
