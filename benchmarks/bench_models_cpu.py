@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import math
 import os
 import sys
@@ -269,12 +267,7 @@ def main(argv=None) -> int:
     ratios = [r["speedup"] for r in results["cases"]]
     results["geomean_speedup"] = report.geomean(ratios)
     print(f"geometric mean ratio over {len(ratios)} cases: {results['geomean_speedup']:.3f}")
-    out = args.out or os.path.join(report.REPO_ROOT, "benchmarks", "results", "cpu",
-                                   f"{dt.date.today().isoformat()}_cpu-models.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"wrote {out}")
+    print(f"wrote {report.write_cpu_results(results, args.out, 'models')}")
     return 0
 
 

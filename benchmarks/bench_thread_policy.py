@@ -18,15 +18,11 @@ fastest count or within 5 % of it.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import math
 import os
 import subprocess
 import sys
 import time
-
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_models_cpu as bmc  # noqa: E402
@@ -115,12 +111,7 @@ def main(argv=None) -> int:
     if args.batch < 1 or args.rounds < 1 or args.busy < 0:
         ap.error("--batch and --rounds must be >= 1, --busy >= 0")
     results = run(args.models, args.batch, args.rounds, args.busy)
-    out = args.out or os.path.join(report.REPO_ROOT, "benchmarks", "results", "cpu",
-                                   f"{dt.date.today().isoformat()}_cpu-thread-policy-busy{args.busy}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"wrote {out}")
+    print(f"wrote {report.write_cpu_results(results, args.out, f'thread-policy-busy{args.busy}')}")
     return 0
 
 

@@ -254,6 +254,18 @@ def write_results(results: dict, out_dir: str, *, merge: bool = True) -> str:
     return path
 
 
+def write_cpu_results(results: dict, out: str | None, stem: str) -> str:
+    """Write ``results`` to ``out``, or by default to ``benchmarks/results/cpu/<today>_cpu-<stem>.json``
+    (the CPU benchmarks' naming), creating the folder; returns the path."""
+    import datetime as dt
+    out = out or os.path.join(REPO_ROOT, "benchmarks", "results", "cpu",
+                              f"{dt.date.today().isoformat()}_cpu-{stem}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+    return out
+
+
 def load_results(path: str) -> dict:
     with open(path) as f:
         data = json.load(f)
