@@ -40,6 +40,13 @@ def test_native_advice_keeps_the_bytes_and_is_taken():
     assert torch.equal(t, before)
     assert _native.C.advise_huge_pages(t.data_ptr(), 0) is False          # nothing to advise
     assert _native.C.advise_huge_pages(t.data_ptr() + 1, 4096) is False   # no whole huge page inside
+    huge = 1 << 21
+    lo = (t.data_ptr() + huge - 1) // huge * huge                          # an aligned 2 MiB page inside t
+    assert lo + huge <= t.data_ptr() + t.nbytes
+    assert _native.C.advise_huge_pages(lo, huge) is True                   # exactly one whole page
+    assert _native.C.advise_huge_pages(lo, huge - 1) is False              # one byte short of it
+    assert _native.C.advise_huge_pages(lo + 1, huge) is False              # starts past its first byte
+    assert torch.equal(t, before)
 
 
 def test_large_linear_gradients_are_right_with_the_advice():
