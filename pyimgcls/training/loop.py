@@ -815,8 +815,9 @@ class _Run:
             restore_2_4(model, self.sparse_2_4, self.resume_masks, what)
         self.model = model
         self.n_params = sum(p.numel() for p in model.parameters())
-        self.threads = auto_threads(args.threads, self.n_params, self.info.enabled)
-        if self.device.type == "cpu":
+        self.threads = args.threads
+        if self.device.type == "cpu":   # only there does the count matter (and its 0.2 s CPU sample get taken)
+            self.threads = auto_threads(args.threads, self.n_params, self.info.enabled)
             saved_threads.append(set_cpu_threads(self.threads))
         self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
