@@ -37,6 +37,11 @@
 #   PYIMGCLS_BENCH_ONLY      comma-separated families for the bench stage (e.g. "gemm,conv"; the
 #                            stems of benchmarks/bench_<family>.py); default: the stage's group
 #   PYIMGCLS_BENCH_ARGS      extra flags for every benchmark (e.g. --quick)
+#   PYIMGCLS_TEST_SELECT     pytest -k expression for the check stage's suite (default "cuda or
+#                            triton": the tests of the GPU backends; CI runs the CPU ones)
+#   PYIMGCLS_TEST_WORKERS    pytest-xdist processes for the suite (default: CPU count - 2, at most 12,
+#                            when pytest-xdist imports; 0: one process). The Triton compiles of a
+#                            fresh machine are CPU-bound, so one process leaves most of the cores idle
 #
 # Exit status: 0 when install, tests, sanitizer and benchmark correctness checks all passed (or were
 # skipped for lack of a GPU/tool); 1 otherwise; 2 on bad usage.
@@ -194,8 +199,19 @@ TESTS_RAN=0
 stage_tests() {
   TESTS_RAN=1
   local cap=${1:-540}; shift || true
-  run_step tests "$cap" "$PY" -m pytest tests -q -rfEs -p no:cacheprovider --durations=15 \
-    --junitxml="$LOGS/junit-tests.xml" "$@"
+  local workers=${PYIMGCLS_TEST_WORKERS:-}
+  if [ -z "$workers" ]; then
+    workers=$(( $(nproc) - 2 )); [ "$workers" -gt 12 ] && workers=12
+  fi
+  local xdist=()
+  local omp=${OMP_NUM_THREADS:-}
+  if [ "$workers" -gt 1 ] && "$PY" -c "import xdist" 2>/dev/null; then
+    xdist=(-n "$workers")
+    # the CPU references of the workers share the cores
+    omp=${OMP_NUM_THREADS:-$(( $(nproc) / workers > 1 ? $(nproc) / workers : 1 ))}
+  fi
+  OMP_NUM_THREADS=${omp:-$(nproc)} run_step tests "$cap" "$PY" -m pytest tests -q -rfEs -p no:cacheprovider --durations=15 \
+    "${xdist[@]+"${xdist[@]}"}" --junitxml="$LOGS/junit-tests.xml" "$@"
   # pytest: 0 all passed, 5 no tests collected; anything else (failures, errors, interrupt) fails
   if [ "$STEP_RC" -ne 0 ] && [ "$STEP_RC" -ne 5 ]; then FAILED=1; fi
   show_tail "$LOGS/tests.log" 25
@@ -277,7 +293,8 @@ if [ "$INSTALL_OK" -eq 1 ]; then
       if [ "$STEP_RC" -ne 0 ] && [ "$STEP_RC" -ne 5 ]; then FAILED=1; fi
       show_tail "$LOGS/wgmma.log" 8
       # the suite with one Triton config per kernel; what is left after it goes to the sanitizer
-      PYIMGCLS_TRITON_ONE_CONFIG=1 stage_tests $(( (BUDGET - RESERVE - SECONDS) * 3 / 4 )) -k "not wgmma"
+      PYIMGCLS_TRITON_ONE_CONFIG=1 stage_tests $(( (BUDGET - RESERVE - SECONDS) * 3 / 4 )) \
+        -k "(${PYIMGCLS_TEST_SELECT:-cuda or triton}) and not wgmma"
       stage_sanitize ;;
     bench1|bench2|bench3) stage_bench "${BENCH_GROUP[$STAGE]}" ;;
     bench4)
