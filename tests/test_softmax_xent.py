@@ -581,8 +581,11 @@ def test_nn_cross_entropy_loss_matches_torch_module():
 
 # ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
-def test_bad_inputs_raise_clear_errors(backend):
+def test_bad_inputs_raise_clear_errors(backend, monkeypatch):
     dev = device_for(backend)
+    # on CUDA tensors the target range is checked on the host only on request (no sync otherwise;
+    # test_gpu_out_of_range_target_is_nan_not_a_crash covers the unchecked NaN rows)
+    monkeypatch.setenv("PYIMGCLS_CHECK_TARGETS", "1")
     x, t = torch.randn(4, 5, device=dev), torch.tensor([0, 1, 2, 3], device=dev)
     with backend_ctx(backend):
         with pytest.raises(ValueError, match="'target'"):
@@ -648,8 +651,14 @@ def test_gpu_out_of_range_target_is_nan_not_a_crash(backend, monkeypatch):
         mean = ops.cross_entropy(x, t)
     assert torch.isnan(none.cpu()).tolist() == [False, True, False, True]
     assert torch.isnan(mean).item()
+    # per row: only the out-of-range rows' gradients are NaN (the ignored row's is 0)
+    none.sum().backward()
+    g = x.grad.cpu()
+    assert torch.isnan(g[[1, 3]]).all() and torch.isfinite(g[0]).all() and (g[2] == 0).all()
+    # the mean divides by D = sum of the rows' weights, which holds the bad rows' NaN weight
+    x.grad = None
     mean.backward()
-    assert torch.isnan(x.grad[1]).all() and torch.isfinite(x.grad[0]).all() and (x.grad[2] == 0).all()
+    assert torch.isnan(x.grad).all()
     monkeypatch.setenv("PYIMGCLS_CHECK_TARGETS", "1")
     with pyimgcls.use_backend(backend), pytest.raises(IndexError, match="out of bounds"):
         ops.cross_entropy(x, t)

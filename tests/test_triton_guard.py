@@ -47,6 +47,10 @@ class _StopOnEnter(_Recorder):
 
 
 def _fake_cuda(index=1):
+    # With a real CUDA present, FakeTensorMode initialises the device it is given, so on a machine with
+    # fewer GPUs the index is cut to the last one there (the device the guard must pick is the tensor's)
+    if torch.cuda.is_available():
+        index = min(index, torch.cuda.device_count() - 1)
     with FakeTensorMode():
         return torch.empty(2, 3, device=f"cuda:{index}")
 
@@ -66,10 +70,11 @@ def test_every_entry_point_enters_the_guard_first(fn, monkeypatch):
     # that device, and enter before the body runs (the body would fail on these arguments).
     monkeypatch.setattr(torch.cuda, "device", _StopOnEnter)
     n = len(inspect.signature(fn).parameters)
-    args = [torch.zeros(1)] * (n - 1) + [_fake_cuda(1)]
+    last = _fake_cuda(1)
+    args = [torch.zeros(1)] * (n - 1) + [last]
     with pytest.raises(_Entered) as e:
         fn(*args)
-    assert e.value.args[0] == torch.device("cuda", 1)
+    assert e.value.args[0] == last.device
 
 
 def test_guard_holds_the_device_for_the_call_and_leaves_it_after(monkeypatch):
@@ -82,18 +87,20 @@ def test_guard_holds_the_device_for_the_call_and_leaves_it_after(monkeypatch):
         seen.append(list(_Recorder.log))
         return "result"
 
-    assert body(torch.zeros(1), b=_fake_cuda(3)) == "result"  # found among keyword arguments too
-    assert seen == [[("enter", torch.device("cuda", 3))]]
-    assert _Recorder.log == [("enter", torch.device("cuda", 3)), ("exit", torch.device("cuda", 3))]
+    b = _fake_cuda(3)
+    assert body(torch.zeros(1), b=b) == "result"  # found among keyword arguments too
+    assert seen == [[("enter", b.device)]]
+    assert _Recorder.log == [("enter", b.device), ("exit", b.device)]
 
     @on_tensor_device
     def fails(a):
         raise RuntimeError("launch failed")
 
     _Recorder.log = []
+    a = _fake_cuda(2)
     with pytest.raises(RuntimeError, match="launch failed"):
-        fails(_fake_cuda(2))
-    assert _Recorder.log == [("enter", torch.device("cuda", 2)), ("exit", torch.device("cuda", 2))]
+        fails(a)
+    assert _Recorder.log == [("enter", a.device), ("exit", a.device)]
 
 
 def test_guard_keeps_the_wrapped_signature():

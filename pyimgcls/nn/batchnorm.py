@@ -5,11 +5,17 @@ as there (``weight``, ``bias``, ``running_mean``, ``running_var``, ``num_batches
 state_dicts load both ways."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from .. import ops
 from ..errors import ArgumentValueError
 from ..ops._checks import check_activation
+
+# torch.nn.BatchNorm2d took ``bias`` only from torch 2.12; on older versions (2.11 is the GPU machines'
+# torch) the keyword is kept out of its __init__ and bias=False is applied here, with the same result
+_TORCH_BN_TAKES_BIAS = "bias" in inspect.signature(torch.nn.modules.batchnorm._NormBase.__init__).parameters
 
 
 class BatchNorm2d(torch.nn.BatchNorm2d):
@@ -26,8 +32,11 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
                  activation: str | None = None):
+        kw = {"bias": bias} if _TORCH_BN_TAKES_BIAS else {}
         super().__init__(num_features, eps=eps, momentum=momentum, affine=affine,
-                         track_running_stats=track_running_stats, device=device, dtype=dtype, bias=bias)
+                         track_running_stats=track_running_stats, device=device, dtype=dtype, **kw)
+        if not _TORCH_BN_TAKES_BIAS and not bias:
+            self.register_parameter("bias", None)
         self.activation = check_activation(activation, "BatchNorm2d")
 
     def _check_input_dim(self, input) -> None:
