@@ -260,10 +260,10 @@ stage_sanitize() {
   show_tail "$RACECHECK_LOG" 6
   local log
   for log in "$MEMCHECK_LOG" "$RACECHECK_LOG"; do
-    if ! grep -q "ERROR SUMMARY" "$log"; then
+    if ! grep -qE "(ERROR|RACECHECK) SUMMARY" "$log"; then
       local n
       n=$(grep -cE '^========= +(Invalid|Error|Race|Uninitialized|Barrier|Program hit)' "$log")
-      NOTES+=("$(basename "$log" .log): no ERROR SUMMARY (cut off?); $n error reports before the end of the log")
+      NOTES+=("$(basename "$log" .log): no summary line (cut off?); $n error reports before the end of the log")
     fi
   done
 }

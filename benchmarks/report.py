@@ -316,9 +316,12 @@ def counts_from_pytest_output(text: str) -> dict | None:
 
 
 def sanitizer_errors(log_text: str) -> int | None:
-    """Sum of ``ERROR SUMMARY: N errors`` lines in a compute-sanitizer log (one per process it
-    followed), or None when the log has no such line (the tool did not run or was killed)."""
+    """Sum of the error counts of a compute-sanitizer log's summary lines (one per process it followed):
+    ``ERROR SUMMARY: N errors`` (memcheck and most tools), ``RACECHECK SUMMARY: H hazards displayed
+    (N errors, W warnings)`` (racecheck, seen on the H200 with compute-sanitizer 2025.3); None when the
+    log has no such line (the tool did not run or was killed)."""
     found = re.findall(r"ERROR SUMMARY:\s*(\d+) error", log_text)
+    found += re.findall(r"RACECHECK SUMMARY:\s*\d+ hazards? displayed \((\d+) error", log_text)
     return sum(int(n) for n in found) if found else None
 
 

@@ -460,3 +460,26 @@ def test_eager_fast_path_matches_custom_ops(training):
         results.append((out, rm, rv) + grads)
     for a, b_ in zip(*results):
         assert torch.equal(a, b_)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_module_without_torch_bias_keyword(monkeypatch, bias):
+    """torch < 2.12 (the GPU machines' 2.11) has no ``bias`` keyword in nn.BatchNorm2d: there the module
+    applies bias=False itself, with the same parameters, state_dict keys and outputs."""
+    import pyimgcls.nn.batchnorm as bn_mod
+    want = nn.BatchNorm2d(4, bias=bias)
+    monkeypatch.setattr(bn_mod, "_TORCH_BN_TAKES_BIAS", False)
+    real_init = torch.nn.modules.batchnorm._BatchNorm.__init__
+
+    def init_without_bias(self, *args, **kwargs):
+        assert "bias" not in kwargs, "the bias keyword reached torch's __init__"
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.modules.batchnorm._BatchNorm, "__init__", init_without_bias)
+    got = nn.BatchNorm2d(4, bias=bias)
+    assert list(got.state_dict()) == list(want.state_dict())
+    assert [n for n, _ in got.named_parameters()] == [n for n, _ in want.named_parameters()]
+    assert (got.bias is None) == (not bias)
+    got.load_state_dict(want.state_dict())
+    x = torch.randn(2, 4, 3, 5)
+    torch.testing.assert_close(got(x), want(x))

@@ -57,3 +57,15 @@ def test_gpu_benchmark_exits_cleanly_without_cuda(family, tmp_path):
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "no CUDA device" in r.stdout and not os.listdir(tmp_path)
+
+
+def test_sanitizer_error_counts_read_memcheck_and_racecheck_summaries():
+    # the closing lines compute-sanitizer 2025.3 printed on the H200 (memcheck, then racecheck, whose
+    # summary has its own wording: a log without an "ERROR SUMMARY" line is not a cut-off run)
+    assert report.sanitizer_errors("========= ERROR SUMMARY: 0 errors\n") == 0
+    assert report.sanitizer_errors("========= ERROR SUMMARY: 2 errors\n========= ERROR SUMMARY: 1 error\n") == 3
+    assert report.sanitizer_errors(
+        "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)\n") == 0
+    assert report.sanitizer_errors(
+        "========= RACECHECK SUMMARY: 3 hazards displayed (2 errors, 1 warnings)\n") == 2
+    assert report.sanitizer_errors("3 failed, 25 passed in 9.10s\n") is None

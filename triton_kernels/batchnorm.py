@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from ._config import INTERPRET
-from .common import act_backward, apply_act
+from .common import act_backward, apply_act, join_f64, split_f64
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -161,19 +161,20 @@ def _batch_norm_stats_bwd_kernel(
 @triton.jit
 def _batch_norm_fwd_kernel(
     x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, r_ptr, y_ptr, invstd_ptr,
-    M, C, S, eps,
+    M, C, S, eps_hi, eps_lo,
     stride_n, stride_c, stride_s,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_R: tl.constexpr, ACT: tl.constexpr, ACC_FP64: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """y tile = act((x - mean) * scale + bias + r), scale = w / sqrt(var + eps); row block 0 also
-    writes invstd. x, r, y share strides."""
+    writes invstd. x, r, y share strides. eps comes as the fp32 halves of a double (common.join_f64)."""
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_c, cmask = _channels(pid_c, C, BLOCK_C)
     mean = tl.load(mean_ptr + offs_c, mask=cmask, other=0.0)
     var = tl.load(var_ptr + offs_c, mask=cmask, other=1.0)
+    eps = join_f64(eps_hi, eps_lo, var.dtype)
     # IEEE-rounded sqrt and division, so the saved invstd matches PyTorch's (fp64 sqrt is always exact)
     if ACC_FP64:
         invstd = 1.0 / tl.sqrt(var + eps)
@@ -196,18 +197,20 @@ def _batch_norm_fwd_kernel(
 
 
 @triton.jit
-def _batch_norm_update_fwd_kernel(rm_ptr, rv_ptr, mean_ptr, var_ptr, C, momentum, unbias,
-                                  HAS_RM: tl.constexpr, HAS_RV: tl.constexpr, BLOCK_C: tl.constexpr):
-    """In place: rm = (1-m) rm + m mean;  rv = (1-m) rv + m var * unbias  (unbias = M / (M - 1))."""
+def _batch_norm_update_fwd_kernel(rm_ptr, rv_ptr, mean_ptr, var_ptr, C, momentum_hi, momentum_lo, unbias_hi,
+                                  unbias_lo, HAS_RM: tl.constexpr, HAS_RV: tl.constexpr, BLOCK_C: tl.constexpr):
+    """In place: rm = (1-m) rm + m mean;  rv = (1-m) rv + m var * unbias  (unbias = M / (M - 1)); the two
+    scalars come as fp32 halves of doubles (common.join_f64), rebuilt in the running buffer's dtype."""
     offs_c, cmask = _channels(tl.program_id(0), C, BLOCK_C)
     if HAS_RM:
         rm = tl.load(rm_ptr + offs_c, mask=cmask)
-        tl.store(rm_ptr + offs_c, (1 - momentum) * rm + momentum * tl.load(mean_ptr + offs_c, mask=cmask),
-                 mask=cmask)
+        m = join_f64(momentum_hi, momentum_lo, rm.dtype)
+        tl.store(rm_ptr + offs_c, (1 - m) * rm + m * tl.load(mean_ptr + offs_c, mask=cmask), mask=cmask)
     if HAS_RV:
         rv = tl.load(rv_ptr + offs_c, mask=cmask)
-        tl.store(rv_ptr + offs_c, (1 - momentum) * rv + momentum * unbias * tl.load(var_ptr + offs_c, mask=cmask),
-                 mask=cmask)
+        m = join_f64(momentum_hi, momentum_lo, rv.dtype)
+        unbias = join_f64(unbias_hi, unbias_lo, rv.dtype)
+        tl.store(rv_ptr + offs_c, (1 - m) * rv + m * unbias * tl.load(var_ptr + offs_c, mask=cmask), mask=cmask)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -352,7 +355,7 @@ def batch_norm_fwd(x, mean, var, w, b, r, y, invstd, N, C, S, channels_last, eps
     grid = (max(1, triton.cdiv(M, br)), triton.cdiv(C, bc))
     _batch_norm_fwd_kernel[grid](
         x, mean, var, w if w is not None else mean, b if b is not None else mean, r if r is not None else x, y,
-        invstd, M, C, S, eps, *_strides(N, C, S, channels_last),
+        invstd, M, C, S, *split_f64(eps), *_strides(N, C, S, channels_last),
         HAS_W=w is not None, HAS_B=b is not None, HAS_R=r is not None, ACT=act, ACC_FP64=_acc(mean),
         BLOCK_R=br, BLOCK_C=bc, num_warps=warps)
 
@@ -361,8 +364,9 @@ def batch_norm_update_stats(rm, rv, mean, var, momentum, count) -> None:
     C = mean.shape[0]
     bc = 16 if INTERPRET else 256
     _batch_norm_update_fwd_kernel[(triton.cdiv(C, bc),)](
-        rm if rm is not None else mean, rv if rv is not None else var, mean, var, C, momentum,
-        count / (count - 1) if count > 1 else 1.0, HAS_RM=rm is not None, HAS_RV=rv is not None, BLOCK_C=bc)
+        rm if rm is not None else mean, rv if rv is not None else var, mean, var, C, *split_f64(momentum),
+        *split_f64(count / (count - 1) if count > 1 else 1.0), HAS_RM=rm is not None, HAS_RV=rv is not None,
+        BLOCK_C=bc)
 
 
 def batch_norm_bwd(grad, out, x, w, mean, invstd, gx, gw, gb, gp, N, C, S, channels_last, training, act) -> None:

@@ -15,6 +15,8 @@ leave most SMs idle for the few-channel outputs of early layers (2-16 of 132 bus
 (+ out with an activation), write grad_pre when there is an activation, O * splits partials.
 Test: pytest tests/test_conv.py tests/test_gemm.py -k triton
 """
+import struct
+
 import torch
 import triton
 import triton.language as tl
@@ -187,6 +189,24 @@ def _bias_act_bwd_kernel(
             col_sum += tl.sum(gv, axis=0)
     if HAS_BIAS:
         tl.store(part_ptr + pid_r * O + offs_o, col_sum, mask=mask_o)
+
+
+# Float scalars at float64 precision. On a GPU, Triton passes a plain Python float argument as fp32
+# (~1e-8 relative error: enough to fail float64 comparisons, as the first H200 run showed for batch
+# norm's momentum and squeeze-excitation's 1 / HW); the interpreter keeps double precision, so CPU tests
+# cannot see it (tests/test_triton_fp64_scalars.py guards it instead). A kernel that may run on float64
+# data takes such a value as two parameters NAME_hi, NAME_lo (split_f64 on the host) and rebuilds it
+# with join_f64 in the dtype it computes in: exact to ~2^-48 in fp64, and in fp32 exactly the fp32
+# rounding of the value (what a plain float argument gives).
+def split_f64(v: float) -> tuple[float, float]:
+    """(hi, lo): hi = v rounded to fp32, lo = v - hi (exact in double), so hi + lo == v."""
+    hi = struct.unpack("f", struct.pack("f", v))[0]
+    return hi, float(v - hi)
+
+
+@triton.jit
+def join_f64(hi, lo, dtype: tl.constexpr):
+    return (tl.zeros((), dtype) + hi) + lo
 
 
 def split_reduce(part, dst, numel, splits) -> None:

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from ._config import INTERPRET
+from .common import join_f64, split_f64
 
 # ATen's hardsigmoid backward multiplies by the float constant 1.0f / 6.0f for every dtype. A
 # constexpr: a compiled kernel may read only constexpr globals (a plain float compiled under the
@@ -77,8 +78,8 @@ def _se_gate_grad(z, g, GATE: tl.constexpr):
 
 # ----------------------------------------------------------------------------- kernels
 @triton.jit
-def _se_reduce_kernel(x_ptr, g_ptr, z_ptr, out_ptr, C, HW, stride_n, stride_c, stride_s, inv_hw,
-                      PROD: tl.constexpr, GATE: tl.constexpr, ACC_FP64: tl.constexpr,
+def _se_reduce_kernel(x_ptr, g_ptr, z_ptr, out_ptr, C, HW, stride_n, stride_c, stride_s, inv_hw_hi,
+                      inv_hw_lo, PROD: tl.constexpr, GATE: tl.constexpr, ACC_FP64: tl.constexpr,
                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     """out[n, c] = mean_s x (PROD false) or gate'(z[n, c]) * sum_s g x (PROD true), [BLOCK_S, BLOCK_C] tiles."""
     acc_ty = tl.float64 if ACC_FP64 else tl.float32
@@ -100,7 +101,7 @@ def _se_reduce_kernel(x_ptr, g_ptr, z_ptr, out_ptr, C, HW, stride_n, stride_c, s
         z = tl.load(z_ptr + n * C + offs_c, mask=cmask, other=0.0)
         total = _se_gate_grad(z, total, GATE)
     else:
-        total = total * inv_hw
+        total = total * join_f64(inv_hw_hi, inv_hw_lo, acc_ty)
     tl.store(out_ptr + n * C + offs_c, total, mask=cmask)
 
 
@@ -134,8 +135,9 @@ def _se_fc_kernel(in_ptr, w_ptr, b_ptr, aux_ptr, out_ptr, I, O, stride_wo, strid
 
 
 @triton.jit
-def _se_apply_kernel(a_ptr, z_ptr, add_ptr, out_ptr, C, HW, stride_n, stride_c, stride_s, inv_hw,
-                     HAS_ADD: tl.constexpr, GATE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+def _se_apply_kernel(a_ptr, z_ptr, add_ptr, out_ptr, C, HW, stride_n, stride_c, stride_s, inv_hw_hi,
+                     inv_hw_lo, HAS_ADD: tl.constexpr, GATE: tl.constexpr, BLOCK_S: tl.constexpr,
+                     BLOCK_C: tl.constexpr):
     """out = a * gate(z[n, c]) (+ add[n, c] * inv_hw): y in the forward, grad_input in the backward. The
     gate is rounded to a's dtype first, as PyTorch's x * scale multiplies by a scale of x's dtype."""
     n = tl.program_id(0).to(tl.int64)
@@ -149,7 +151,8 @@ def _se_apply_kernel(a_ptr, z_ptr, add_ptr, out_ptr, C, HW, stride_n, stride_c, 
     a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(z.dtype)
     out = a * g[None, :]
     if HAS_ADD:
-        add = tl.load(add_ptr + n * C + offs_c, mask=cmask, other=0.0) * inv_hw
+        add = tl.load(add_ptr + n * C + offs_c, mask=cmask, other=0.0)
+        add = add * join_f64(inv_hw_hi, inv_hw_lo, add.dtype)
         out = out + add.to(out_ptr.dtype.element_ty).to(z.dtype)[None, :]
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -239,12 +242,12 @@ def se_fwd(x, w1, b1, w2, b2, y, pooled, hidden, z, N, C, HW, R, channels_last, 
     sn, sc, ss = _strides(C, HW, channels_last)
     bs, bc = _tile(C, HW, channels_last)
     fp64 = pooled.dtype == torch.float64
-    _se_reduce_kernel[(N, triton.cdiv(C, bc))](x, x, pooled, pooled, C, HW, sn, sc, ss, 1.0 / HW, PROD=False,
-                                                GATE=gate, ACC_FP64=fp64, BLOCK_S=bs, BLOCK_C=bc)
+    _se_reduce_kernel[(N, triton.cdiv(C, bc))](x, x, pooled, pooled, C, HW, sn, sc, ss, *split_f64(1.0 / HW),
+                                                PROD=False, GATE=gate, ACC_FP64=fp64, BLOCK_S=bs, BLOCK_C=bc)
     _fc(pooled, w1, C, 1, R, C, b1, None, hidden, False, False, act)           # hidden = W1 pooled + b1
     _fc(hidden, w2, R, 1, C, R, b2, None, z, True, False, act)                  # z = W2 act(hidden) + b2
     _se_apply_kernel[(N, triton.cdiv(HW, bs), triton.cdiv(C, bc))](
-        x, z, z, y, C, HW, sn, sc, ss, 1.0 / HW, HAS_ADD=False, GATE=gate, BLOCK_S=bs, BLOCK_C=bc)
+        x, z, z, y, C, HW, sn, sc, ss, *split_f64(1.0 / HW), HAS_ADD=False, GATE=gate, BLOCK_S=bs, BLOCK_C=bc)
 
 
 def se_bwd(grad, x, w1, w2, pooled, hidden, z, gx, gw1, gb1, gw2, gb2, N, C, HW, R, channels_last, act, gate) -> None:
@@ -254,7 +257,7 @@ def se_bwd(grad, x, w1, w2, pooled, hidden, z, gx, gw1, gb1, gw2, gb2, N, C, HW,
     fp64 = pooled.dtype == torch.float64
     gz = torch.empty((N, C), dtype=pooled.dtype, device=x.device)
     gh = torch.empty((N, R), dtype=pooled.dtype, device=x.device)
-    _se_reduce_kernel[(N, triton.cdiv(C, bc))](grad, x, z, gz, C, HW, sn, sc, ss, 1.0, PROD=True, GATE=gate,
+    _se_reduce_kernel[(N, triton.cdiv(C, bc))](grad, x, z, gz, C, HW, sn, sc, ss, 1.0, 0.0, PROD=True, GATE=gate,
                                                 ACC_FP64=fp64, BLOCK_S=bs, BLOCK_C=bc)
     _fc(gz, w2, 1, R, R, C, None, hidden, gh, False, True, act)                 # gh = (W2^T gz) act'(hidden)
     if gw2 is not None or gb2 is not None:
@@ -265,7 +268,8 @@ def se_bwd(grad, x, w1, w2, pooled, hidden, z, gx, gw1, gb1, gw2, gb2, N, C, HW,
         gpool = torch.empty((N, C), dtype=pooled.dtype, device=x.device)
         _fc(gh, w1, 1, C, C, R, None, None, gpool, False, False, act)           # gpooled = W1^T gh
         _se_apply_kernel[(N, triton.cdiv(HW, bs), triton.cdiv(C, bc))](
-            grad, z, gpool, gx, C, HW, sn, sc, ss, 1.0 / HW, HAS_ADD=True, GATE=gate, BLOCK_S=bs, BLOCK_C=bc)
+            grad, z, gpool, gx, C, HW, sn, sc, ss, *split_f64(1.0 / HW), HAS_ADD=True, GATE=gate, BLOCK_S=bs,
+            BLOCK_C=bc)
 
 
 def drop_path(x, scale, residual, out, N, M) -> None:

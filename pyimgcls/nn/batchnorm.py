@@ -15,7 +15,7 @@ from ..ops._checks import check_activation
 
 # torch.nn.BatchNorm2d took ``bias`` only from torch 2.12; on older versions (2.11 is the GPU machines'
 # torch) the keyword is kept out of its __init__ and bias=False is applied here, with the same result
-_TORCH_BN_TAKES_BIAS = "bias" in inspect.signature(torch.nn.modules.batchnorm._NormBase.__init__).parameters
+_TORCH_BN_TAKES_BIAS = "bias" in inspect.signature(torch.nn.BatchNorm2d.__init__).parameters
 
 
 class BatchNorm2d(torch.nn.BatchNorm2d):
