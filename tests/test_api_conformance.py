@@ -20,6 +20,8 @@ import torch.nn.functional as F
 import pyimgcls
 from pyimgcls import nn, ops
 
+from helpers import device_for
+
 F64 = torch.float64
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
@@ -53,18 +55,21 @@ def idx(*values, dtype=torch.int64):
     return torch.tensor(values, dtype=dtype)
 
 
-def _copy(v):
-    """The same values and strides, a fresh autograd leaf (expanded views are shared: read-only)."""
+def _copy(v, device=None):
+    """The same values and strides, a fresh autograd leaf on ``device`` (default: v's own; expanded
+    views are shared: read-only)."""
     if not isinstance(v, torch.Tensor):
         return v
+    device = v.device if device is None else torch.device(device)
     if v.numel() > 1 and 0 in v.stride():
+        assert device == v.device, "expanded inputs are shared, not copied to another device"
         return v
-    c = torch.empty_strided(v.shape, v.stride(), dtype=v.dtype).copy_(v.detach())
+    c = torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=device).copy_(v.detach())
     return c.requires_grad_(v.requires_grad)
 
 
-def _run(fn, args, kwargs):
-    args, kwargs = [_copy(a) for a in args], {k: _copy(v) for k, v in kwargs.items()}
+def _run(fn, args, kwargs, device=None):
+    args, kwargs = [_copy(a, device) for a in args], {k: _copy(v, device) for k, v in kwargs.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = fn(*args, **kwargs)
@@ -87,16 +92,17 @@ def _assert_same(ref, got, dtype, what):
         if r.numel() > 1 and r.dim() == 4 and r.shape[1] > 1:  # memory format is defined for real channels
             assert g.stride() == r.stride(), f"{what}[{i}]: strides {g.stride()}, torch {r.stride()}"
         if r.is_floating_point():
-            torch.testing.assert_close(g, r, rtol=TOL[r.dtype], atol=TOL[r.dtype], equal_nan=True, msg=what)
+            torch.testing.assert_close(g.cpu(), r, rtol=TOL[r.dtype], atol=TOL[r.dtype], equal_nan=True, msg=what)
         else:
-            assert torch.equal(g, r), f"{what}[{i}]: integer outputs differ"
+            assert torch.equal(g.cpu(), r), f"{what}[{i}]: integer outputs differ"
 
 
-def check_good(torch_fn, our_fn, args, kwargs=None, backend="cpu"):
+def check_good(torch_fn, our_fn, args, kwargs=None, backend="cpu", device=None):
+    """Our op on copies of the inputs on ``device`` (default: the inputs' own) against PyTorch's on the inputs."""
     kwargs = kwargs or {}
     ref, ref_leaves = _run(torch_fn, args, kwargs)
     with pyimgcls.use_backend(backend):
-        got, got_leaves = _run(our_fn, args, kwargs)
+        got, got_leaves = _run(our_fn, args, kwargs, device)
     first = next(a for a in args if isinstance(a, torch.Tensor))
     _assert_same(ref, got, first.dtype, "forward")
     ref0 = ref[0] if isinstance(ref, tuple) else ref
@@ -107,13 +113,13 @@ def check_good(torch_fn, our_fn, args, kwargs=None, backend="cpu"):
         gout = torch.randn(ref0.shape, generator=seed, dtype=F64).to(ref0.dtype)
         rg = torch.autograd.grad(ref0, ref_leaves, gout, allow_unused=True)
         with pyimgcls.use_backend(backend):
-            gg = torch.autograd.grad(got0, got_leaves, gout, allow_unused=True)
+            gg = torch.autograd.grad(got0, got_leaves, gout.to(got0.device), allow_unused=True)
         for i, (r, g) in enumerate(zip(rg, gg)):
             assert (r is None) == (g is None), f"grad {i}: presence differs"
             if r is not None:
                 assert g.shape == r.shape and g.dtype == r.dtype, f"grad {i}"
                 tol = 5 * TOL[r.dtype]
-                torch.testing.assert_close(g, r, rtol=tol, atol=tol, msg=f"grad {i}")
+                torch.testing.assert_close(g.cpu(), r, rtol=tol, atol=tol, msg=f"grad {i}")
 
 
 def check_bad(torch_fn, our_fn, args, kwargs, names):
@@ -372,7 +378,7 @@ def test_triton_matches_torch(case):
         pytest.skip("triton backend unavailable")
     _, (torch_fn, our_fn), make = case
     args, kwargs = make()
-    check_good(torch_fn, our_fn, args, kwargs, backend="triton")
+    check_good(torch_fn, our_fn, args, kwargs, backend="triton", device=device_for("triton"))
 
 
 # ----------------------------------------------------------------------------- nn modules

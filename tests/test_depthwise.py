@@ -181,12 +181,13 @@ def test_triton_kernels_strided_operands_and_deterministic_splits():
     repeatable."""
     N, C, H, W, mult, KH, KW = 2, 6, 20, 19, 1, 3, 3
     stride, pad, dil = (1, 1), [1, 1, 1, 1], (1, 1)
-    x = _make((N, C, H, W), torch.float32, "cpu", seed=9)
-    w_base = _make((C * mult, 2, KH, KW + 1), torch.float32, "cpu", seed=10)
+    dev = device_for("triton")
+    x = _make((N, C, H, W), torch.float32, dev, seed=9)
+    w_base = _make((C * mult, 2, KH, KW + 1), torch.float32, dev, seed=10)
     w = w_base[:, :1, :, 1:]                                    # [O, 1, KH, KW], non-contiguous
-    go_base = _make((N, C * mult, H + 2, 2 * W), torch.float32, "cpu", seed=11)
+    go_base = _make((N, C * mult, H + 2, 2 * W), torch.float32, dev, seed=11)
     go = go_base[:, :, 1:H + 1, ::2]                            # non-contiguous [N, O, OH, OW]
-    dx_base = torch.full((N, H, W + 2, 2 * C), 7.0)
+    dx_base = torch.full((N, H, W + 2, 2 * C), 7.0, device=dev)
     dx = dx_base[:, :, 1:W + 1, ::2].permute(0, 3, 1, 2)        # [N, C, H, W], channel stride 2
     tk.conv2d_bwd_data(go, w, dx, stride, pad, dil, C)
     rx, rw = _reference(x, w, dict(stride=stride, padding=1, dilation=dil, groups=C), go)
@@ -197,7 +198,7 @@ def test_triton_kernels_strided_operands_and_deterministic_splits():
     assert tk._depthwise_splits(C * mult, KH * KW, N * H * W, x.device) > 1
     dws = []
     for _ in range(2):
-        dw = torch.full((C * mult, 1, KH, KW), float("nan"))
+        dw = torch.full((C * mult, 1, KH, KW), float("nan"), device=dev)
         tk.conv2d_bwd_weight(go, x, dw, stride, pad, dil, C)
         dws.append(dw)
     assert torch.equal(dws[0], dws[1])

@@ -130,7 +130,7 @@ def test_triton_tiled_rows_every_option(monkeypatch):
     from pyimgcls.triton_kernels import distill as tk
     monkeypatch.setattr(tk, "MAX_TILE_C", 16)
     for i, (reduction, ls, ignore) in enumerate(OPTIONS):
-        s, t, y, go = _make(5, 53, torch.float32, torch.device("cpu"), seed=40 + i, ignore=ignore)
+        s, t, y, go = _make(5, 53, torch.float32, device_for("triton"), seed=40 + i, ignore=ignore)
         s[:, 40] += 30.0   # the maxima grow in tile 3 of 4: the sums of tiles 1-2 are rescaled
         t[:, 50] += 30.0
         _check("triton", torch.float32, s, t, y, go, reduction, ls, T=2.5, alpha=0.6)
@@ -350,13 +350,18 @@ def test_bad_inputs_name_the_argument():
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
-def test_out_of_range_target(backend):
-    s, t = torch.randn(4, 5), torch.randn(4, 5)
+def test_out_of_range_target(backend, monkeypatch):
+    # triton on a GPU: CUDA tensors, whose targets are checked on the host only on request (ops/distill.py;
+    # unchecked, the row is NaN); CPU tensors are always checked
+    dev = device_for(backend) if backend == "triton" else torch.device("cpu")
+    if dev.type == "cuda":
+        monkeypatch.setenv("PYIMGCLS_CHECK_TARGETS", "1")
+    s, t = torch.randn(4, 5, device=dev), torch.randn(4, 5, device=dev)
     with backend_ctx(backend):
         with pytest.raises((TargetOutOfRangeError, IndexError), match="out of"):
-            ops.distillation_loss(s, t, torch.tensor([0, 5, 1, 1]))
+            ops.distillation_loss(s, t, torch.tensor([0, 5, 1, 1], device=dev))
         with pytest.raises((TargetOutOfRangeError, IndexError), match="out of"):
-            ops.distillation_loss(s, t, torch.tensor([0, -2, 1, 1]))
+            ops.distillation_loss(s, t, torch.tensor([0, -2, 1, 1], device=dev))
 
 
 def test_forward_mode_ad_is_refused():

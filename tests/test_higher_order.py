@@ -16,7 +16,7 @@ from torch.autograd import gradgradcheck
 from pyimgcls import ops
 from pyimgcls.ops import _eager
 
-from helpers import backend_ctx
+from helpers import backend_ctx, device_for
 
 PATHS = [pytest.param(True, id="eager-fast-path"), pytest.param(False, id="custom-op")]
 D = torch.float64
@@ -121,6 +121,13 @@ def test_cross_entropy_hessian_matches_pytorch(path):
 
 
 # ----------------------------------------------------------------------------- the issue's cases, values
+def _leaves_on(backend, *ts):
+    """Fresh leaves with the values of ``ts`` on the backend's device (triton: CUDA when there is a GPU);
+    the PyTorch references keep the CPU originals."""
+    dev = device_for(backend)
+    return [t.detach().to(dev).requires_grad_() for t in ts]
+
+
 def _conv_second_order(conv, x, w):
     gx, gw = torch.autograd.grad((conv(x, w, padding=1) ** 2).sum(), (x, w), create_graph=True)
     return torch.autograd.grad(gx.pow(2).sum() + gw.sum(), (x, w), allow_unused=True)
@@ -130,11 +137,11 @@ def _conv_second_order(conv, x, w):
 def test_conv_second_derivative_matches_pytorch(backend, path):
     x, w = _t(2, 3, 6, 6, seed=1), _t(4, 3, 3, 3, seed=2)
     with backend_ctx(backend):
-        ours = _conv_second_order(ops.conv2d, x, w)
+        ours = _conv_second_order(ops.conv2d, *_leaves_on(backend, x, w))
     ref = _conv_second_order(F.conv2d, x, w)
     for a, b in zip(ours, ref):
         assert a is not None and b.abs().max() > 1.0
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a.cpu(), b)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
@@ -149,12 +156,13 @@ def test_gradient_penalty_keeps_weight_gradient(backend, path):
 
     x, w, v = _t(2, 3, 6, 6, seed=1), _t(4, 3, 3, 3, seed=2), _t(5, 36, seed=3)
     grads = []
-    for conv, lin, pool in ((ops.conv2d, ops.linear, ops.avg_pool2d), (F.conv2d, F.linear, F.avg_pool2d)):
-        w.grad = v.grad = None
+    for conv, lin, pool, leaves in ((ops.conv2d, ops.linear, ops.avg_pool2d, _leaves_on(backend, x, w, v)),
+                                    (F.conv2d, F.linear, F.avg_pool2d, (x, w, v))):
+        xx, ww, vv = leaves
         with backend_ctx(backend):
-            penalty(conv, lin, pool, x, w, v).backward()
-        assert w.grad is not None and v.grad is not None
-        grads.append((w.grad.clone(), v.grad.clone()))
+            penalty(conv, lin, pool, xx, ww, vv).backward()
+        assert ww.grad is not None and vv.grad is not None
+        grads.append((ww.grad.cpu(), vv.grad.cpu()))
     for a, b in zip(*grads):
         assert b.abs().max() > 1e-3
         torch.testing.assert_close(a, b)
@@ -165,17 +173,18 @@ def test_second_order_through_pooling_and_loss_matches_pytorch(backend, path):
     x, w = _t(2, 3, 6, 6, seed=1), _t(4, 3, 3, 3, seed=2)
     t = torch.tensor([1, 3])
 
-    def model(conv, mp, aap, xent, x, w):
+    def model(conv, mp, aap, xent, x, w, t):
         h = aap(mp(conv(x, w, padding=1), 2), 1).flatten(1)
         (gw,) = torch.autograd.grad(xent(h, t), w, create_graph=True)
         return torch.autograd.grad(gw.pow(2).sum(), (x, w))
 
     with backend_ctx(backend):
-        ours = model(ops.conv2d, ops.max_pool2d, ops.adaptive_avg_pool2d, ops.cross_entropy, x, w)
-    ref = model(F.conv2d, F.max_pool2d, F.adaptive_avg_pool2d, F.cross_entropy, x, w)
+        ours = model(ops.conv2d, ops.max_pool2d, ops.adaptive_avg_pool2d, ops.cross_entropy,
+                     *_leaves_on(backend, x, w), t.to(device_for(backend)))
+    ref = model(F.conv2d, F.max_pool2d, F.adaptive_avg_pool2d, F.cross_entropy, x, w, t)
     for a, b in zip(ours, ref):
         assert b.abs().max() > 1e-6
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a.cpu(), b)
 
 
 # ----------------------------------------------------------------------------- batch norm: refused

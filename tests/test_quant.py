@@ -12,7 +12,7 @@ from pyimgcls.backends import kernels
 from pyimgcls.errors import ArgumentTypeError, ArgumentValueError
 from pyimgcls.ops import reference as ref
 
-from helpers import omp_threads
+from helpers import device_for, omp_threads
 
 ISA_PATHS = [("generic", "generic"), ("avx2", "avx2"), ("avx512", "vnni")]
 
@@ -45,6 +45,17 @@ def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
+def _dev(backend):
+    """Where a backend's operands live: triton on CUDA tensors when there is a GPU (the interpreter on CPU
+    tensors otherwise); the references stay on the CPU."""
+    return device_for(backend) if backend == "triton" else torch.device("cpu")
+
+
+def _weight_on(wq, dev):
+    """``wq`` itself, or the same quantised weight with its tensors on ``dev``."""
+    return wq if wq.q.device == dev else ops.QuantizedWeight(wq.q.to(dev), wq.scale, wq.groups)
+
+
 def _case(M, N, K, seed, bias=True, res=False):
     g = _gen(seed)
     a = torch.randint(0, 256, (M, K), dtype=torch.uint8, generator=g)
@@ -70,9 +81,11 @@ EPILOGUES = {
 
 def _run_entry(backend, a, a_zero, w, b, mult, r, ep, K, out_stride_pad=0):
     M, N = a.shape[0], w.shape[0]
+    dev = _dev(backend)
+    a, w, b, mult, r = (None if t is None else t.to(dev) for t in (a, w, b, mult, r))
     dt = torch.float32 if ep["float_out"] else torch.uint8
     # output rows padded (ldo > N): the kernels must honour the row stride and not write the gap
-    big = torch.empty((M, N + out_stride_pad), dtype=dt)
+    big = torch.empty((M, N + out_stride_pad), dtype=dt, device=dev)
     big.fill_(float("nan") if ep["float_out"] else 255)
     out = big[:, :N]
     kern = kernels(backend, "quant")
@@ -91,6 +104,7 @@ def _ref(a, a_zero, w, b, mult, r, ep):
 
 def _assert_equal(ours, want):
     assert ours.dtype == want.dtype
+    ours = ours.cpu()
     if ours.dtype == torch.float32:
         assert torch.equal(ours.view(torch.int32), want.contiguous().view(torch.int32)), \
             f"max diff {(ours - want).abs().max().item()}"
@@ -163,7 +177,7 @@ def test_triton_rounding_half_to_even():
     a = (ks + 100).to(torch.uint8).reshape(-1, 1)
     w = torch.ones(1, 1, dtype=torch.int8)
     ep = dict(res=False, out_zero=100, qmin=0, qmax=255, act=0, float_out=False, bias=False)
-    ours = _run_entry("triton", a, 100, w, None, torch.tensor([0.5]), None, ep, 1)
+    ours = _run_entry("triton", a, 100, w, None, torch.tensor([0.5]), None, ep, 1).cpu()
     expect = torch.tensor([-4, -3, -2, -2, -2, -1, 0, 0, 0, 1, 2, 2, 2, 3, 4]) + 100
     assert torch.equal(ours.reshape(-1).to(torch.int64), expect)
 
@@ -226,18 +240,21 @@ def _layout(x, kind):
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_quantized_conv2d_matches_reference(backend, case):
     N, C, H, W, O, K, s, p, d, groups, kind = case
+    dev = _dev(backend)
     g = _gen(sum(case[:10]))
-    x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=g), kind)
+    x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=g).to(dev), kind)
     wq = _qw(O, C // groups, K, K, groups, seed=N + O)
     bias = torch.randn(O, generator=g)
     oh = (H + 2 * p - d * (K - 1) - 1) // s + 1
     ow = (W + 2 * p - d * (K - 1) - 1) // s + 1
     res = torch.randint(0, 256, (N, O, oh, ow), dtype=torch.uint8, generator=g)
+    wqd, bias_d, res_d = _weight_on(wq, dev), bias.to(dev), res.to(dev)
     with pyimgcls.use_backend(backend):
-        y = ops.quantized_conv2d(x, 0.02, 113, wq, bias, s, p, d, output_scale=0.05, output_zero_point=20,
-                                 activation="relu6", residual=res, residual_scale=0.07, residual_zero_point=128)
-        yf = ops.quantized_conv2d(x, 0.02, 113, wq, bias, s, p, d, activation="relu")
+        y = ops.quantized_conv2d(x, 0.02, 113, wqd, bias_d, s, p, d, output_scale=0.05, output_zero_point=20,
+                                 activation="relu6", residual=res_d, residual_scale=0.07, residual_zero_point=128)
+        yf = ops.quantized_conv2d(x, 0.02, 113, wqd, bias_d, s, p, d, activation="relu")
     assert y.is_contiguous(memory_format=torch.channels_last) and y.dtype == torch.uint8
+    x = x.cpu()
     _assert_equal(y, _conv_ref(x, 113, wq, bias, (s, s), (p, p), (d, d), 0.05, 20, "relu6", res, 0.07, 128))
     _assert_equal(yf, _conv_ref(x, 113, wq, bias, (s, s), (p, p), (d, d), None, 0, "relu"))
 
@@ -262,15 +279,17 @@ def test_quantized_conv2d_torch_backend_matches_whole_conv_reference():
 
 @pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
 def test_quantized_linear(backend):
+    dev = _dev(backend)
     g = _gen(11)
     x = torch.randint(0, 256, (2, 3, 37), dtype=torch.uint8, generator=g)
     wq = ops.quantize_weight(torch.randn(19, 37, generator=g))
     bias = torch.randn(19, generator=g)
     res = torch.randint(0, 256, (2, 3, 19), dtype=torch.uint8, generator=g)
+    xd, wqd, bias_d, res_d = x.to(dev), _weight_on(wq, dev), bias.to(dev), res.to(dev)
     with pyimgcls.use_backend(backend):
-        y = ops.quantized_linear(x, 0.05, 90, wq, bias, output_scale=0.2, output_zero_point=128, residual=res,
+        y = ops.quantized_linear(xd, 0.05, 90, wqd, bias_d, output_scale=0.2, output_zero_point=128, residual=res_d,
                                  residual_scale=0.3, residual_zero_point=100)
-        yf = ops.quantized_linear(x[:, 1], 0.05, 90, wq, bias, activation="relu")
+        yf = ops.quantized_linear(xd[:, 1], 0.05, 90, wqd, bias_d, activation="relu")
     acc_scale = 0.05 * wq.scale.double()
     b = torch.round(bias.double() / acc_scale).to(torch.int32)
     want = ref.quant_gemm(x.reshape(-1, 37), 90, wq.q, b, (acc_scale / 0.2).float(), res.reshape(-1, 19), 100,
@@ -300,13 +319,14 @@ def test_quantize_per_tensor_every_backend(backend, layout):
     flat = x.view(-1)
     flat[:64] = (torch.arange(-32, 32) + 0.5) * 0.125
     flat[64:68] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30])
+    x = x.to(_dev(backend))
     if layout == "cl":
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "strided":
         x = x[:, :, ::2]
     with pyimgcls.use_backend(backend):
         q = ops.quantize_per_tensor(x, 0.125, 77)
-    want = ref.quant_quantize(x, float(torch.tensor(1 / 0.125, dtype=torch.float32)), 77)
+    want = ref.quant_quantize(x.cpu(), float(torch.tensor(1 / 0.125, dtype=torch.float32)), 77)
     _assert_equal(q, want)
     if layout == "cl":
         assert q.is_contiguous(memory_format=torch.channels_last)
@@ -373,10 +393,10 @@ MAXPOOL_CASES = [(2, 5, 9, 7, 2, 2, 0, 1, False, "cl"), (1, 3, 8, 8, 3, 2, 1, 1,
 @pytest.mark.parametrize("backend", ["cpu", "triton", "torch"])
 def test_quantized_max_pool2d(backend, case):
     N, C, H, W, k, s, p, d, ceil, kind = case
-    x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(C)), kind)
+    x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(C)).to(_dev(backend)), kind)
     with pyimgcls.use_backend(backend):
         y = ops.quantized_max_pool2d(x, k, s, p, d, ceil)
-    want = torch.nn.functional.max_pool2d(x.float(), k, s, p, d, ceil_mode=ceil).to(torch.uint8)
+    want = torch.nn.functional.max_pool2d(x.cpu().float(), k, s, p, d, ceil_mode=ceil).to(torch.uint8)
     assert y.is_contiguous(memory_format=torch.channels_last)
     _assert_equal(y, want)
 
@@ -392,7 +412,8 @@ def test_quantized_adaptive_avg_pool2d(backend, case):
     x = torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(H)).contiguous(
         memory_format=torch.channels_last)
     with pyimgcls.use_backend(backend):
-        y = ops.quantized_adaptive_avg_pool2d(x, size, 0.1, 30, 0.07, 12)
+        y = ops.quantized_adaptive_avg_pool2d(x.to(_dev(backend)), size, 0.1, 30, 0.07, 12)
+    y = y.cpu()
     _assert_equal(y, ref.quant_adaptive_avg_pool2d(x, *size, 30, 0.1 / 0.07, 12))
     # and the float meaning: within one output step of the float mean, requantised
     real = torch.nn.functional.adaptive_avg_pool2d((x.double() - 30) * 0.1, size)

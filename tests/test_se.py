@@ -214,15 +214,16 @@ def test_cpu_batched_squeeze_gemm(layout):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_and_ambiguous_inputs(backend):
     dev = device_for(backend)
-    w1, b1, w2, b2 = (t.to(dev) for t in _params(6, 3, 5))
-    big = _rand((3, 12, 7, 9), 6).to(dev)
+    dtype = torch.float32 if backend == "cuda" else torch.float64   # cuda does not serve torch.float64
+    w1, b1, w2, b2 = (t.to(dtype).to(dev) for t in _params(6, 3, 5))
+    big = _rand((3, 12, 7, 9), 6).to(dtype).to(dev)
     cases = [big[:, ::2, 1:6, ::2],                       # strided slice: neither format
              big[:, :6, :, :1],                            # W == 1
              big.permute(0, 1, 3, 2)[:, :6]]               # transposed plane
     for x in cases:
         with backend_ctx(backend):
             y = ops.squeeze_excitation(x, w1, b1, w2, b2, "silu", "hardsigmoid")
-        ref = torch_se(x.cpu(), w1.cpu(), b1.cpu(), w2.cpu(), b2.cpu(), "silu", "hardsigmoid")
+        ref = torch_se(*(t.cpu().double() for t in (x, w1, b1, w2, b2)), "silu", "hardsigmoid")
         assert_close_to_reference(y, ref)
 
 
@@ -254,8 +255,9 @@ def test_nan_and_inf_propagate_as_pytorch(backend):
 def test_gradcheck_float64(backend, layout):
     # the interpreter runs ~9 launches per call: a smaller problem and gradcheck's fast mode there
     shape, C, R = ((2, 5, 3, 2), 5, 3) if backend == "cpu" else ((1, 3, 2, 2), 3, 2)
-    x = _layout(_rand(shape, 11), layout).requires_grad_()
-    ps = [t.requires_grad_() for t in _params(C, R, 12)]
+    dev = device_for(backend)
+    x = _layout(_rand(shape, 11).to(dev), layout).requires_grad_()
+    ps = [t.to(dev).requires_grad_() for t in _params(C, R, 12)]
     for act, gate in (("relu", "sigmoid"), ("silu", "hardsigmoid")):
         with backend_ctx(backend):
             assert torch.autograd.gradcheck(lambda *a: ops.squeeze_excitation(*a, act, gate), (x, *ps), eps=1e-6,
@@ -403,13 +405,14 @@ def test_module_signatures_match_torchvision():
 def test_strided_weights(backend):
     """Weights and biases that are views (slices of larger tensors) are read by value, not by storage."""
     dev = device_for(backend)
-    big = _rand((6, 9, 3, 3), 22).to(dev)
-    x = _rand((2, 5, 3, 4), 23).to(dev)
+    dtype = torch.float32 if backend == "cuda" else torch.float64   # cuda does not serve torch.float64
+    big = _rand((6, 9, 3, 3), 22).to(dtype).to(dev)
+    x = _rand((2, 5, 3, 4), 23).to(dtype).to(dev)
     w1, w2 = big[:2, 1:6, 1:2, 1:2], big[1:6, 3:5, 2:, :1]
     b1, b2 = big[0, 0, :2, 0], big[2, ::2, 0, 0][:5]
     with backend_ctx(backend):
         y = ops.squeeze_excitation(x, w1, b1, w2, b2)
-    assert_close_to_reference(y, torch_se(x.cpu(), w1.cpu(), b1.cpu(), w2.cpu(), b2.cpu(), "relu", "sigmoid"))
+    assert_close_to_reference(y, torch_se(*(t.cpu().double() for t in (x, w1, b1, w2, b2)), "relu", "sigmoid"))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

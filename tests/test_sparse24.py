@@ -93,15 +93,17 @@ def test_fine_tuning_keeps_the_pattern(backend, opt, steps):
     """After optimizer steps (momentum, weight decay, Adam moments revive pruned weights in the stored
     tensor), what every forward uses is exactly 2:4 with the original mask, and equals the masked
     dense model computed on the same backend."""
+    from helpers import device_for
+    dev = device_for(backend) if backend == "triton" else torch.device("cpu")
     torch.manual_seed(1)
-    m = _net(1)
+    m = _net(1).to(dev)
     pruning.prune_2_4(m)
     masks = {n: getattr(m, n).weight_mask_2_4.clone() for n in PRUNED}
     make = {"sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-2),
             "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
             "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1)}[opt]
     o = make(m.parameters())
-    x, y = torch.randn(2, 3, 4, 4), torch.randint(0, 5, (2,))
+    x, y = torch.randn(2, 3, 4, 4).to(dev), torch.randint(0, 5, (2,)).to(dev)
     with pyimgcls.use_backend(backend):
         for _ in range(steps):
             o.zero_grad()
@@ -246,7 +248,8 @@ SHAPES = [((1, 4), 1), ((3, 20), 5), ((67, 36), 33), ((2, 5, 100), 20), ((130, 6
                          ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sparse_linear_matches_float64(backend, dtype, bias):
-    from helpers import assert_close_to_reference
+    from helpers import assert_close_to_reference, device_for
+    dev = device_for(backend) if backend == "triton" else torch.device("cpu")
     shapes = SHAPES if backend != "triton" else [SHAPES[1], SHAPES[2]]
     for shape, N in shapes:
         K = shape[-1]
@@ -256,7 +259,7 @@ def test_sparse_linear_matches_float64(backend, dtype, bias):
         v, m = ops.compress_2_4(w)
         ref = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
         with pyimgcls.use_backend(backend):
-            out = ops.sparse_linear(x, v, m, b)
+            out = ops.sparse_linear(*(None if t is None else t.to(dev) for t in (x, v, m, b)))
         assert out.dtype == dtype and out.shape == (*shape[:-1], N)
         theirs = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float()).to(dtype)
         assert_close_to_reference(out, ref, theirs)

@@ -141,12 +141,13 @@ def test_non_contiguous_inputs(backend):
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_gradients(backend):
     shape = (5, 3, 2, 2) if backend == "cpu" else (3, 2, 1, 2)  # the interpreter: few gradcheck launches
-    x = _rand(shape, 10).requires_grad_()
-    r = _rand(shape, 11).requires_grad_()
+    dev = device_for(backend)
+    x = _rand(shape, 10).to(dev).requires_grad_()
+    r = _rand(shape, 11).to(dev).requires_grad_()
     with backend_ctx(backend):
         torch.manual_seed(1)
         y = ops.drop_path_add(x, r, 0.5, "row")
-        g = _rand(shape, 12)
+        g = _rand(shape, 12).to(dev)
         gx, gr = torch.autograd.grad(y, (x, r), g)
         torch.manual_seed(1)
         scale = se_ops._noise_scale(x, 0.5, "row")

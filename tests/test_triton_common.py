@@ -8,6 +8,8 @@ import torch
 
 from pyimgcls.backends import triton_importable
 
+from helpers import device_for
+
 pytestmark = pytest.mark.skipif(not triton_importable(), reason="triton is not importable")
 
 
@@ -34,19 +36,21 @@ def test_gemm_epilogue_backward_over_several_row_splits(dtype, act, monkeypatch)
 
     monkeypatch.setattr(common, "_bias_act_bwd_kernel", Spy())
     g = torch.Generator().manual_seed(0)
+    dev = device_for("triton")
     M, N = 1100, 20                       # 1100 rows: 5 splits of 256 rows, the last one partial
     grad = torch.randn(M, N, generator=g, dtype=dtype)
     grad[3, 4] = float("inf")
     out = torch.randn(M, N, generator=g, dtype=dtype) * 4
     out[5, 6] = float("nan")
-    gp = torch.full_like(grad, float("nan")) if act else grad
-    gb = torch.full((N,), float("nan"), dtype=dtype)
-    gemm.bias_act_bwd(grad, out, act, gp, gb)
+    grad_d, out_d = grad.to(dev), out.to(dev)
+    gp = torch.full_like(grad_d, float("nan")) if act else grad_d
+    gb = torch.full((N,), float("nan"), dtype=dtype, device=dev)
+    gemm.bias_act_bwd(grad_d, out_d, act, gp, gb)
     ref_gp, ref_gb = _reference(grad, out, act, True)
-    torch.testing.assert_close(gp.double(), ref_gp, equal_nan=True)
+    torch.testing.assert_close(gp.double().cpu(), ref_gp, equal_nan=True)
     masked = torch.isinf(ref_gp).any(0)
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)  # 1100-term sums
-    torch.testing.assert_close(gb.double()[~masked], ref_gb[~masked], **tol)
+    torch.testing.assert_close(gb.double().cpu()[~masked], ref_gb[~masked], **tol)
     assert launches and launches[0][1] > 1, launches   # the multi-split branch ran
 
 
@@ -55,12 +59,14 @@ def test_conv_epilogue_backward_strided_over_splits(channels_last):
     from pyimgcls.triton_kernels import conv
     g = torch.Generator().manual_seed(1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    dev = device_for("triton")
     grad = torch.randn(3, 5, 13, 17, generator=g).contiguous(memory_format=fmt)
     out = torch.randn(3, 5, 13, 17, generator=g).contiguous(memory_format=fmt)
-    gp = torch.full_like(grad, float("nan"))
-    gb = torch.full((5,), float("nan"))
-    conv.conv2d_bias_act_bwd(grad, out, gp, gb, 2)
+    grad_d, out_d = grad.to(dev), out.to(dev)
+    gp = torch.full_like(grad_d, float("nan"))
+    gb = torch.full((5,), float("nan"), device=dev)
+    conv.conv2d_bias_act_bwd(grad_d, out_d, gp, gb, 2)
     ref = torch.where((out <= 0) | (out >= 6), 0.0, grad.double())
-    torch.testing.assert_close(gp.double(), ref)
+    torch.testing.assert_close(gp.double().cpu(), ref)
     # 663 rows x 5 channels: one channel tile, three row splits
-    torch.testing.assert_close(gb.double(), ref.sum((0, 2, 3)), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gb.double().cpu(), ref.sum((0, 2, 3)), rtol=1e-5, atol=1e-4)
