@@ -294,6 +294,8 @@ const T* weight_ijc(const Plan& pl, const T* w) {
 // Below this many multiply-adds a convolution is "small" (LeNet-sized): it runs on one thread, and
 // the small-problem paths (direct kernel, whole-batch GEMM) apply.
 constexpr int64_t kSmallConvMacs = int64_t(1) << 22;
+// Output planes from which an NCHW 1x1 stride-1 forward runs one GEMM per image in place (conv2d_fwd_t).
+constexpr int64_t kDirectPlane = 64;
 
 // Convolutions below kSmallConvMacs run their GEMMs on one thread: a fork/join costs more than the
 // work (LeNet conv1 backward at batch 8 on 2 cores: 1.06 ms on one thread, 8.0 ms letting each
@@ -2398,6 +2400,37 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
   if (small_batch) {
     // (any output layout: the scatter pass writes through the output strides)
     conv2d_fwd_small_batched(pl, x, xs, w, bias, res, rs, out, os, act);
+    return;
+  }
+  // NCHW 1x1 stride 1 on planes of >= kDirectPlane pixels: per image and group, out[n] = w @ x[n] with
+  // x's channel rows read in place as the GEMM's B rows and the product written into out itself; bias,
+  // residual and act then in one pass over that image's output while it is in cache. Path 2b below
+  // would copy x into col (K*P values), write tmp (Og*P) and scatter it into out: for ResNet-50's
+  // expansions (K 64-512, P 64-256) those passes cost about what the GEMM does. Smaller planes keep
+  // 2b, whose GEMM spans the chunk's images (a P = 4..16 GEMM per image is all edge).
+  if (!pixel_major && pl.direct && pl.P >= kDirectPlane && xs.w == 1 && xs.h == s.W && os.w == 1 &&
+      os.h == s.OW) {
+    const bool post = bias != nullptr || res != nullptr || act != Act::None;
+    for_chunks(s.groups, s.N, 1, [&](int64_t g, int64_t n) {
+      T* og = out + n * os.n + g * pl.Og * os.c;
+      conv_gemm(dt, w + g * pl.Og * pl.K, pl.K, 1, x + n * xs.n + g * pl.Cg * xs.c, xs.c, 1, nullptr, og, os.c, 1,
+                pl.Og, pl.P, pl.K, Act::None);
+      if (!post) return;
+      const T* rg = res ? res + n * rs.n + g * pl.Og * rs.c : nullptr;
+      for (int64_t o = 0; o < pl.Og; ++o) {
+        T* orow = og + o * os.c;
+        const T bo = bias ? bias[g * pl.Og + o] : T(0);
+        const T* rrow = rg ? rg + o * rs.c : nullptr;
+        if (rrow && rs.w == 1 && rs.h == s.OW) {
+          for (int64_t p = 0; p < pl.P; ++p) orow[p] = apply_act(orow[p] + bo + rrow[p], act);
+        } else if (rrow) {
+          for (int64_t p = 0; p < pl.P; ++p)
+            orow[p] = apply_act(orow[p] + bo + rrow[(p / s.OW) * rs.h + (p % s.OW) * rs.w], act);
+        } else {
+          for (int64_t p = 0; p < pl.P; ++p) orow[p] = apply_act(orow[p] + bo, act);
+        }
+      }
+    });
     return;
   }
   // 1. Weight in the K order of the chosen path (pixel-major reads (i, j, c)), once per call.
