@@ -83,3 +83,27 @@ def test_backward_through_the_in_place_forward():
     b.requires_grad_()
     with pyimgcls.use_backend("cpu"):
         assert torch.autograd.gradcheck(lambda x, w, b: ops.conv2d(x, w, b, activation="relu6"), (x, w, b))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_backward_matches_the_copying_paths(groups, monkeypatch):
+    """Forward, dgrad (in place: dx = w^T @ g per image) and wgrad against the copying paths
+    (PYIMGCLS_CPU_CONV_INPLACE_1X1=0) and float64."""
+    x, w, b, r = _case(3, 16, 10, 9, 24, groups, seed=5)
+
+    def run():
+        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
+        with pyimgcls.use_backend("cpu"):
+            y = ops.conv2d(xx, ww, None, 1, 0, 1, groups)
+        y.backward(r)
+        return y, xx.grad, ww.grad
+
+    fast = run()
+    monkeypatch.setenv("PYIMGCLS_CPU_CONV_INPLACE_1X1", "0")
+    slow = run()
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    y64 = F.conv2d(x64, w64, groups=groups)
+    y64.backward(r.double())
+    for a, s, ref in zip(fast, slow, (y64, x64.grad, w64.grad)):
+        torch.testing.assert_close(a.double(), ref.detach(), rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(a, s, rtol=2e-5, atol=2e-5)

@@ -294,8 +294,15 @@ const T* weight_ijc(const Plan& pl, const T* w) {
 // Below this many multiply-adds a convolution is "small" (LeNet-sized): it runs on one thread, and
 // the small-problem paths (direct kernel, whole-batch GEMM) apply.
 constexpr int64_t kSmallConvMacs = int64_t(1) << 22;
-// Output planes from which an NCHW 1x1 stride-1 forward runs one GEMM per image in place (conv2d_fwd_t).
+// Output planes from which an NCHW 1x1 stride-1 forward / dgrad runs one GEMM per image in place
+// (conv2d_fwd_t, conv2d_bwd_data_t); PYIMGCLS_CPU_CONV_INPLACE_1X1=0 turns that off (A/B benchmarks,
+// tests of the copying paths). A getenv per call costs well under a microsecond.
 constexpr int64_t kDirectPlane = 64;
+inline bool inplace_1x1_applies(const Plan& pl, int64_t plane_w, Strides4 in, int64_t in_w, Strides4 out) {
+  const char* e = std::getenv("PYIMGCLS_CPU_CONV_INPLACE_1X1");
+  if (e != nullptr && e[0] == '0') return false;
+  return pl.direct && pl.P >= kDirectPlane && in.w == 1 && in.h == in_w && out.w == 1 && out.h == plane_w;
+}
 
 // Convolutions below kSmallConvMacs run their GEMMs on one thread: a fork/join costs more than the
 // work (LeNet conv1 backward at batch 8 on 2 cores: 1.06 ms on one thread, 8.0 ms letting each
@@ -2408,8 +2415,7 @@ void conv2d_fwd_t(const ConvGeometry& s, const T* x, Strides4 xs, const T* w, co
   // would copy x into col (K*P values), write tmp (Og*P) and scatter it into out: for ResNet-50's
   // expansions (K 64-512, P 64-256) those passes cost about what the GEMM does. Smaller planes keep
   // 2b, whose GEMM spans the chunk's images (a P = 4..16 GEMM per image is all edge).
-  if (!pixel_major && pl.direct && pl.P >= kDirectPlane && xs.w == 1 && xs.h == s.W && os.w == 1 &&
-      os.h == s.OW) {
+  if (!pixel_major && inplace_1x1_applies(pl, s.OW, xs, s.W, os)) {
     const bool post = bias != nullptr || res != nullptr || act != Act::None;
     for_chunks(s.groups, s.N, 1, [&](int64_t g, int64_t n) {
       T* og = out + n * os.n + g * pl.Og * os.c;
@@ -2542,8 +2548,18 @@ void conv2d_bwd_data_t(const ConvGeometry& s, const T* gr, Strides4 gs, const T*
   if (units == 0 || s.C == 0) return;
   const DType dt = dtype_of<T>();
   const bool pixel_major = gs.c == 1 && s.O > 1;
-  const T* wk = pixel_major ? weight_ijc(pl, w) : w;
   const SerialIfSmall serial(units * pl.Og * pl.P * pl.K);
+  // NCHW 1x1 stride 1 on planes of >= kDirectPlane pixels (as the forward): per image and group,
+  // dx[n] = w^T @ g[n] with g's channel rows read in place and dx written in place, every element
+  // once (Og == 0: the empty sum, zeros); no gather of g, no col, no zero fill or col2im pass.
+  if (!pixel_major && inplace_1x1_applies(pl, s.W, gs, s.OW, xs)) {
+    for_chunks(s.groups, s.N, 1, [&](int64_t g, int64_t n) {
+      conv_gemm(dt, w + g * pl.Og * pl.K, 1, pl.K, gr + n * gs.n + g * pl.Og * gs.c, gs.c, 1, nullptr,
+                dx + n * xs.n + g * pl.Cg * xs.c, xs.c, 1, pl.Cg, pl.P, pl.Og, Act::None);
+    });
+    return;
+  }
+  const T* wk = pixel_major ? weight_ijc(pl, w) : w;
   // Pixel-major: g itself is the A operand when its image rows are evenly spaced; a 1x1 stride-1
   // dgrad writes dx directly (every element once) when dx's are too, else col + col2im.
   const bool g_rows = pixel_major && (s.N == 1 || gs.n == pl.P * gs.w);
