@@ -28,11 +28,11 @@ Test: pytest tests/test_distill.py -k triton   Benchmark: python benchmarks/benc
 """
 from __future__ import annotations
 
-import struct
-
 import torch
 import triton
 import triton.language as tl
+
+from .common import join_f64, split_f64
 
 # Largest column tile per program (two tiles, student and teacher, are live); longer rows are swept.
 MAX_TILE_C = 4096
@@ -41,12 +41,6 @@ MAX_TILE_C = 4096
 # sm_80 / sm_90 in tools/check_gpu_build.py).
 TILE_ELEMS = 2048
 TILE_ELEMS_FP64 = 512
-
-
-@triton.jit
-def _split(hi, lo, acc_ty: tl.constexpr):
-    # A float64 scalar arrives as two fp32 halves (Triton passes Python floats as fp32).
-    return (tl.zeros((), acc_ty) + hi) + lo
 
 
 @triton.jit
@@ -61,11 +55,11 @@ def _distill_fwd_kernel(
         acc_ty = tl.float64
     else:
         acc_ty = tl.float32
-    invT = _split(invT_hi, invT_lo, acc_ty)      # 1 / T
-    c_kl = _split(kl_hi, kl_lo, acc_ty)          # a T^2
-    c_klg = _split(klg_hi, klg_lo, acc_ty)       # a T
-    c_ce = _split(ce_hi, ce_lo, acc_ty)          # 1 - a
-    eps = _split(eps_hi, eps_lo, acc_ty)
+    invT = join_f64(invT_hi, invT_lo, acc_ty)      # 1 / T
+    c_kl = join_f64(kl_hi, kl_lo, acc_ty)          # a T^2
+    c_klg = join_f64(klg_hi, klg_lo, acc_ty)       # a T
+    c_ce = join_f64(ce_hi, ce_lo, acc_ty)          # 1 - a
+    eps = join_f64(eps_hi, eps_lo, acc_ty)
     ec = eps / C
     ninf = float("-inf")
 
@@ -188,11 +182,6 @@ def _tiles(C: int, fp64: bool = False):
     return block_m, block_c, num_warps
 
 
-def _hi_lo(v: float):
-    hi = struct.unpack("f", struct.pack("f", v))[0]
-    return hi, float(v - hi)
-
-
 def distill_fwd(s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: int,
                 eps: float, temperature: float, alpha: float, loss: torch.Tensor, grad: torch.Tensor | None,
                 denom: torch.Tensor | None, rows: torch.Tensor | None, counter: torch.Tensor | None) -> None:
@@ -205,7 +194,7 @@ def distill_fwd(s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, ignore_i
     block_m, block_c, num_warps = _tiles(C, acc64)
     scalars = []
     for v in (1.0 / temperature, alpha * temperature * temperature, alpha * temperature, 1.0 - alpha, eps):
-        scalars += _hi_lo(v)
+        scalars += split_f64(v)
     grid = (max(1, triton.cdiv(N, block_m)),)   # N == 0 (mean / sum): one program writes 0 or NaN
     _distill_fwd_kernel[grid](
         s, t, target, loss, rows if rows is not None else loss, grad if grad is not None else s,

@@ -41,13 +41,12 @@ Test: pytest tests/test_softmax_xent.py -k "triton or prob"   Benchmark: python 
 """
 from __future__ import annotations
 
-import struct
-
 import torch
 import triton
 import triton.language as tl
 
 from ._config import INTERPRET
+from .common import join_f64, split_f64
 
 # Largest row tile kept in registers by one program; longer rows are swept in tiles of this size.
 MAX_TILE_C = 8192
@@ -72,8 +71,8 @@ def _softmax_xent_fwd_kernel(
         acc_ty = tl.float64
     else:
         acc_ty = tl.float32
-    # eps arrives split in two fp32 halves so float64 keeps its full value (scalars are fp32).
-    eps = (tl.zeros((), acc_ty) + eps_hi) + eps_lo
+    # eps arrives split in two fp32 halves so float64 keeps its full value (common.split_f64).
+    eps = join_f64(eps_hi, eps_lo, acc_ty)
     ninf = float("-inf")
 
     # 1. Rows of this program and their targets; offsets in int64 (N*C may exceed 2**31).
@@ -216,7 +215,7 @@ def _softmax_xent_prob_fwd_kernel(
         acc_ty = tl.float64
     else:
         acc_ty = tl.float32
-    eps = (tl.zeros((), acc_ty) + eps_hi) + eps_lo
+    eps = join_f64(eps_hi, eps_lo, acc_ty)
     ceps = 1.0 - eps
     ec = eps / C
     ninf = float("-inf")
@@ -375,8 +374,7 @@ def softmax_xent_fwd(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
         return
     rows = None if per_row else torch.empty(2 * N, dtype=torch.float64 if acc64 else torch.float32, device=x.device)
     block_m, block_c, single, num_warps = _tiles(C)
-    eps_hi = struct.unpack("f", struct.pack("f", eps))[0]
-    eps_lo = float(eps - eps_hi)
+    eps_hi, eps_lo = split_f64(eps)
     _softmax_xent_fwd_kernel[(triton.cdiv(N, block_m),)](
         x, target, weight if weight is not None else x, loss, rows if rows is not None else loss,
         grad if grad is not None else x,
@@ -402,11 +400,11 @@ def softmax_xent_prob_fwd(x: torch.Tensor, target: torch.Tensor, weight: torch.T
                        device=x.device)
     if N > 0:
         block_m, block_c, single, num_warps = _tiles(C)
-        eps_hi = struct.unpack("f", struct.pack("f", eps))[0]
+        eps_hi, eps_lo = split_f64(eps)
         _softmax_xent_prob_fwd_kernel[(triton.cdiv(N, block_m),)](
             x, target, weight if weight is not None else x, loss, rows if not per_row else loss,
             grad if grad is not None else x,
-            N, C, x.stride(0), target.stride(0), eps_hi, float(eps - eps_hi),
+            N, C, x.stride(0), target.stride(0), eps_hi, eps_lo,
             HAS_W=weight is not None, WRITE_GRAD=grad is not None, PER_ROW=per_row,
             ACC_FP64=acc64, SINGLE_TILE=single, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=num_warps,
         )
