@@ -152,8 +152,8 @@ __global__ void __launch_bounds__(q8::kThreads) quant_gemm_fwd_kernel(const Quan
     ptx::cp_async_commit();
     ptx::cp_async_wait<1>();
     __syncthreads();
-    const uint8_t* const as = As + (kt & 1) * kTileBytes;
-    const uint8_t* const ws = Ws + (kt & 1) * kTileBytes;
+    const uint8_t* const a_st = As + (kt & 1) * kTileBytes;
+    const uint8_t* const w_st = Ws + (kt & 1) * kTileBytes;
 #pragma unroll
     for (int ks = 0; ks < kTileK / kStepK; ++ks) {
       uint32_t a[kMI][4], b[kNI][2];
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(q8::kThreads) quant_gemm_fwd_kernel(const Quan
         for (int r = 0; r < 4; ++r) {
           const RowCol rc = a_frag(lane, r);
           a[mi][r] = *reinterpret_cast<const uint32_t*>(
-              as + (wm * 16 * kMI + mi * 16 + rc.row) * kSmemStride + ks * kStepK + rc.col);
+              a_st + (wm * 16 * kMI + mi * 16 + rc.row) * kSmemStride + ks * kStepK + rc.col);
         }
 #pragma unroll
       for (int ni = 0; ni < kNI; ++ni)
@@ -171,7 +171,7 @@ __global__ void __launch_bounds__(q8::kThreads) quant_gemm_fwd_kernel(const Quan
         for (int r = 0; r < 2; ++r) {
           const RowCol rc = b_frag(lane, r);
           b[ni][r] = *reinterpret_cast<const uint32_t*>(
-              ws + (wn * 8 * kNI + ni * 8 + rc.row) * kSmemStride + ks * kStepK + rc.col);
+              w_st + (wn * 8 * kNI + ni * 8 + rc.row) * kSmemStride + ks * kStepK + rc.col);
         }
 #pragma unroll
       for (int mi = 0; mi < kMI; ++mi)
