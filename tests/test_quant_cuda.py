@@ -113,8 +113,9 @@ def _qw(O, CG, KH, KW, groups, seed):
 def _layout(x, kind):
     if kind == "cl":
         return x.contiguous(memory_format=torch.channels_last)
-    if kind == "slice":
-        wide = torch.cat([x, x[:, :2]], 1).contiguous(memory_format=torch.channels_last)
+    if kind in ("slice", "slice16"):
+        extra = 16 if kind == "slice16" else 2
+        wide = torch.cat([x, x[:, :extra]], 1).contiguous(memory_format=torch.channels_last)
         return wide[:, :x.shape[1]]
     return x.contiguous()
 
@@ -136,6 +137,13 @@ CONV_CASES = [
     (1, 3, 56, 56, 64, 7, 2, 3, 1, 1, "cl"),
     (1, 64, 14, 14, 64, 3, 1, 1, 1, 1, "cl"),
     (1, 64, 14, 14, 256, 1, 1, 0, 1, 1, "cl"),
+    # the implicit-GEMM conv (NHWC-dense, C % 16 == 0): dilation + stride, a channel slice (pixel stride 48),
+    # a 1x1 stride-2 downsample, batch 3 with O straddling the 64-channel tile; NCHW: im2col + gemm
+    (2, 16, 11, 9, 70, 3, 2, 2, 2, 1, "cl"),
+    (1, 32, 9, 8, 24, 3, 1, 1, 1, 1, "slice16"),
+    (2, 48, 8, 8, 65, 1, 2, 0, 1, 1, "cl"),
+    (3, 32, 7, 7, 129, 3, 1, 1, 1, 1, "cl"),
+    (1, 32, 7, 7, 20, 3, 1, 1, 1, 1, "nchw"),
 ]
 
 
@@ -150,6 +158,8 @@ def _conv(backend, x, wq, bias, s, p, d, res):
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}x{c[1]}x{c[2]}x{c[3]}_o{c[4]}k{c[5]}s{c[6]}p{c[7]}"
                          f"d{c[8]}g{c[9]}_{c[10]}")
 def test_cuda_quantized_conv2d_bit_exact_vs_cpu(case):
+    # groups = 1: backends/cuda/quant.py conv_gemm (implicit GEMM where the input allows, else im2col + gemm);
+    # grouped and 1x1 direct: the op's im2col / views + gemm
     N, C, H, W, O, K, s, p, d, groups, kind = case
     g = _gen(sum(case[:10]))
     x = torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=g)

@@ -1,7 +1,9 @@
 """CPU emulation of the CUDA int8 GEMM's data path (csrc/cuda/quant.cu, quant_gemm_fwd_kernel), compared
 bit for bit with the cpu backend (csrc/cpu/quant.cpp) on odd sizes.
 
-What is emulated, CTA by CTA and thread by thread: the cp.async chunk copies into the two shared
+Three instances of the kernel are emulated: A gathered bytewise (any rows), A by cp.async (16-byte rows),
+and the implicit-GEMM convolution (A's chunks copied from an NHWC image, padding taps set to a_zero),
+the last compared with the cpu backend's conv_gemm. What is emulated, CTA by CTA and thread by thread: the cp.async chunk copies into the two shared
 stages (zero-fill of partial and out-of-range chunks, commit groups, wait_group<N> visibility: a copy
 lands in shared memory only when a wait retires its group), the byte-gather path of unaligned A, the
 32-bit fragment loads from the padded shared tiles, mma.sync.m16n8k32.row.col.s32.u8.s8.s32 as the
@@ -47,6 +49,8 @@ def _norm(text):
 def _py(expr):
     """A C++ integer expression of the kernel as Python (non-negative operands: / is floor division)."""
     expr = re.sub(r"static_cast<\w+>", "", expr)
+    expr = re.sub(r"!(?!=)", " not ", expr)
+    expr = re.sub(r"\b(0x[0-9a-fA-F]+|\d+)u\b", r"\1", expr)      # unsigned literals
     return expr.replace("&&", " and ").replace("||", " or ").replace("/", "//")
 
 
@@ -88,33 +92,46 @@ def a_chunk_bytes(m, M, k, K):
 # ----------------------------------------------------------------------------------- the kernel body
 # name -> regex over the whitespace-normalised quant.cu; group 1 (and 2) are C++ expressions
 KERNEL_EXPRS = {
-    "warp_mn": r"const int wm = (.+?), wn = (.+?);",
+    "warp_mn": r"const int wm = ([^;]+?), wn = ([^;]+?);",
     "m0": r"const int64_t m0 = static_cast<int64_t>\(blockIdx\.x\) \* (\w+);",
     "n0": r"const int64_t n0 = static_cast<int64_t>\(blockIdx\.y\) \* (\w+);",
-    "ktiles": r"const int64_t ktiles = (.+?);",
+    "ktiles": r"const int64_t ktiles = ([^;]+?);",
     "chunk_iters": r"for \(int i = 0; i < (\w+); \+\+i\) \{ const RowCol rc",
-    "chunk": r"const RowCol rc = load_chunk\((.+?)\);",
-    "rows": r"const int64_t (m = .+?, n = .+?, k = .+?);",
-    "dst_a": r"uint8_t\* const dst_a = (.+?);",
-    "nb": r"const int nb = (.+?);",
-    "src_a_vec": r"ptx::cp_async_16\(ptx::smem_addr\(dst_a\), nb > 0 \? (.+?) : p\.a, nb\);",
-    "src_a": r"const uint8_t\* src = (.+?);",
-    "gather": r"if \(j < nb\) v\[(.+?)\] \|= static_cast<uint32_t>\(__ldg\(src \+ j\)\) << \((.+?)\);",
-    "dst_w": r"uint8_t\* const dst_w = (.+?);",
-    "w_ok": r"const bool w_ok = (.+?);",
-    "src_w": r"w_ok \? (.+?) : p\.w, w_ok \? 16 : 0\);",
+    "chunk": r"const RowCol rc = load_chunk\(([^;]+?)\);",
+    "rows": r"const int64_t (m = [^;,]+?, n = [^;,]+?, k = [^;,]+?);",
+    "dst_a": r"uint8_t\* const dst_a = ([^;]+?);",
+    "nb": r"const int nb = ([^;]+?);",
+    "src_a_vec": r"ptx::cp_async_16\(ptx::smem_addr\(dst_a\), nb > 0 \? ([^;]+?) : p\.a, nb\);",
+    "src_a": r"const uint8_t\* src = ([^;]+?);",
+    "gather": r"if \(j < nb\) v\[([^;]+?)\] \|= static_cast<uint32_t>\(__ldg\(src \+ j\)\) << \(([^;]+?)\);",
+    "dst_w": r"uint8_t\* const dst_w = ([^;]+?);",
+    "w_ok": r"const bool w_ok = ([^;]+?);",
+    "src_w": r"w_ok \? ([^;]+?) : p\.w, w_ok \? 16 : 0\);",
     "first": r"load_stage\((\d+), (\d+)\); ptx::cp_async_commit\(\);",
-    "next": r"if \(kt \+ 1 < ktiles\) load_stage\(static_cast<int>\((.+?)\), (.+?)\);",
+    "next": r"if \(kt \+ 1 < ktiles\) load_stage\(static_cast<int>\(([^;]+?)\), ([^;]+?)\);",
     "wait": r"ptx::cp_async_wait<(\d+)>\(\);",
-    "a_st": r"const uint8_t\* const a_st = (.+?);",
-    "w_st": r"const uint8_t\* const w_st = (.+?);",
-    "ks_loop": r"for \(int ks = 0; ks < (.+?); \+\+ks\)",
-    "a_frag": r"a\[mi\]\[r\] = \*reinterpret_cast<const uint32_t\*>\( (.+?)\);",
-    "b_frag": r"b\[ni\]\[r\] = \*reinterpret_cast<const uint32_t\*>\( (.+?)\);",
+    "a_st": r"const uint8_t\* const a_st = ([^;]+?);",
+    "w_st": r"const uint8_t\* const w_st = ([^;]+?);",
+    "ks_loop": r"for \(int ks = 0; ks < ([^;]+?); \+\+ks\)",
+    "a_frag": r"a\[mi\]\[r\] = \*reinterpret_cast<const uint32_t\*>\( ([^;]+?)\);",
+    "b_frag": r"b\[ni\]\[r\] = \*reinterpret_cast<const uint32_t\*>\( ([^;]+?)\);",
     "out_m": r"const int64_t m = (m0 \+ wm .+?);",
     "out_n": r"const int64_t n = (n0 \+ wn .+?);",
     "store_if": r"if \((m < [^()]+?)\) requant_store\(p, m, n, acc\[mi\]\[ni\]\[r\]\);",
-    "smem_w": r"uint8_t\* const Ws = (.+?);",
+    "smem_w": r"uint8_t\* const Ws = ([^;]+?);",
+    # kAConv (implicit-GEMM convolution)
+    "conv_row": r"const int64_t m = (m0 \+ rc\.row) < p\.M \? (m0 \+ rc\.row) : 0;",
+    "conv_img": r"const int64_t img = ([^;]+?);",
+    "conv_pix": r"const int pix = static_cast<int>\(([^;]+?)\);",
+    "img_off": r"img_off\[i\] = ([^;]+?);",
+    "ih0": r"ih0\[i\] = ([^;]+?);",
+    "iw0": r"iw0\[i\] = ([^;]+?);",
+    "zero4": r"const uint32_t zero4 = static_cast<uint32_t>\(p\.ep\.a_zero\) \* (0x[0-9a-f]+)u;",
+    "tap_c": r"const int tap = ([^;]+?), c = ([^;]+?);",
+    "ih_iw": r"const int ih = ([^;]+?), iw = ([^;]+?);",
+    "inside": r"const bool inside = ([^;]+?);",
+    "pad_if": r"if \((nb > 0 && !inside)\) \*reinterpret_cast<uint4\*>\(dst_a\) = make_uint4\(([^;]+?)\);",
+    "src_conv": r"ptx::cp_async_16\(ptx::smem_addr\(dst_a\), nb > 0 \? (p\.a \+ img_off.+?) : p\.a, nb\);",
 }
 
 # requant_store (quant.cu), the lines epilogue() below mirrors operation for operation
@@ -226,14 +243,16 @@ def epilogue(p, m, n, acc_sum):
     p.out[m * p.ldo + n] = q.astype(np.uint8)
 
 
-def run_kernel(p, vec_a, h_text=None, cu_text=None):
-    """Every CTA of quant_gemm_fwd_kernel<vec_a> on the emulated device; p: flat numpy buffers (a, w, out)
-    with their leading dimensions, M, N, K and the epilogue arguments ep."""
+def run_kernel(p, a_mode, h_text=None, cu_text=None):
+    """Every CTA of quant_gemm_fwd_kernel<a_mode> on the emulated device, a_mode "gather", "cp_async" or
+    "conv"; p: flat numpy buffers (a: A or the NHWC image, w, out) with their leading dimensions, M, N, K,
+    the epilogue arguments ep and, for "conv", the geometry g."""
     H = header_model(_read(QUANT_H) if h_text is None else h_text)
     X = kernel_model(_read(QUANT_CU) if cu_text is None else cu_text)
     # the kernel's pointers are offsets into the emulated buffers: p.a, p.w = 0 in its expressions
-    ns = dict(H, p=SimpleNamespace(a=0, w=0, M=p.M, N=p.N, K=p.K, lda=p.lda, ldw=p.ldw, ldo=p.ldo))
-    c = {name: [_compile(e) for e in exprs] for name, exprs in X.items() if name not in ("rows",)}
+    ns = dict(H, p=SimpleNamespace(a=0, w=0, M=p.M, N=p.N, K=p.K, lda=p.lda, ldw=p.ldw, ldo=p.ldo,
+                                   g=getattr(p, "g", None), ep=SimpleNamespace(a_zero=p.ep.a_zero)))
+    c = {name: [_compile(e) for e in exprs] for name, exprs in X.items() if name not in ("rows", "zero4")}
     rows = [(part.split(" = ", 1)[0], _compile(part.split(" = ", 1)[1])) for part in X["rows"][0].split(", ")]
     ev = lambda code, **kw: eval(code, ns, kw)   # noqa: E731
     tile_m, tile_n = ns[X["m0"][0]], ns[X["n0"][0]]
@@ -250,6 +269,18 @@ def run_kernel(p, vec_a, h_text=None, cu_text=None):
             m0, n0 = bx * tile_m, by * tile_n
             ktiles = ev(c["ktiles"][0])
             pending, groups = [], []        # cp.async copies not yet committed / committed groups
+            img_off, ih0, iw0 = {}, {}, {}
+            if a_mode == "conv":              # the per-thread row decode before the K loop
+                zero4 = p.ep.a_zero * int(X["zero4"][0], 16)
+                for tid in range(threads):
+                    for i in range(ns[X["chunk_iters"][0]]):
+                        rc = H["load_chunk"](ev(c["chunk"][0], tid=tid, i=i))
+                        m = ev(c["conv_row"][1], m0=m0, rc=rc) if ev(c["conv_row"][0], m0=m0, rc=rc) < p.M else 0
+                        img = ev(c["conv_img"][0], m=m)
+                        pix = ev(c["conv_pix"][0], m=m)
+                        img_off[tid, i] = ev(c["img_off"][0], img=img)
+                        ih0[tid, i] = ev(c["ih0"][0], pix=pix)
+                        iw0[tid, i] = ev(c["iw0"][0], pix=pix)
 
             def load_stage(stage, k0):
                 for tid in range(threads):
@@ -261,11 +292,26 @@ def run_kernel(p, vec_a, h_text=None, cu_text=None):
                         dst_a = ev(c["dst_a"][0], **loc)
                         nb = ev(c["nb"][0], **loc)
                         loc["nb"] = nb
-                        if vec_a:
+                        if a_mode == "cp_async":
                             src = ev(c["src_a_vec"][0], **loc) if nb > 0 else 0
                             data = np.zeros(16, dtype=np.uint8)
                             data[:nb] = p.a[src:src + nb]
                             pending.append((dst_a, data))
+                        elif a_mode == "conv":
+                            loc["tap"], loc["c"] = (ev(e, **loc) for e in c["tap_c"])
+                            loc["img_off"], loc["ih0"], loc["iw0"] = (
+                                {i: img_off[tid, i]}, {i: ih0[tid, i]}, {i: iw0[tid, i]})
+                            loc["i"] = i
+                            loc["ih"], loc["iw"] = (ev(e, **loc) for e in c["ih_iw"])
+                            loc["inside"] = ev(c["inside"][0], **loc)
+                            if ev(c["pad_if"][0], **loc):
+                                words = ev(c["pad_if"][1], zero4=zero4)     # make_uint4's 4 words
+                                smem[dst_a:dst_a + 16] = np.array(words, dtype="<u4").view(np.uint8)
+                            else:
+                                src = ev(c["src_conv"][0], **loc) if nb > 0 else 0
+                                data = np.zeros(16, dtype=np.uint8)
+                                data[:nb] = p.a[src:src + nb]
+                                pending.append((dst_a, data))
                         else:
                             words = [0, 0, 0, 0]
                             if nb > 0:
@@ -374,7 +420,7 @@ def _cpu(a, w, b, mult, r, ep):
     return out.numpy()
 
 
-def _emulate(a, w, b, mult, r, ep, vec_a, lda_pad=0, ldo_pad=3, h_text=None, cu_text=None):
+def _emulate(a, w, b, mult, r, ep, a_mode, lda_pad=0, ldo_pad=3, h_text=None, cu_text=None):
     """The cuda backend's call as the kernel sees it: A with row stride K + lda_pad, the packed weight
     [N, packed_k(K)] zero past K (pyimgcls/backends/cuda/quant.py pack_weight), out rows padded by ldo_pad
     and poisoned (a write outside [M, N] or a missed element shows)."""
@@ -388,13 +434,21 @@ def _emulate(a, w, b, mult, r, ep, vec_a, lda_pad=0, ldo_pad=3, h_text=None, cu_
     wbuf[:, :K] = w.numpy()
     float_out = ep["float_out"]
     out = np.full(M * ldo, np.nan if float_out else 255, dtype=np.float32 if float_out else np.uint8)
-    e = SimpleNamespace(colsum=w.to(torch.int32).sum(1).numpy().astype(np.int32),
-                        bias=None if b is None else b.numpy(), mult=mult.numpy(),
-                        res=None if r is None else r.numpy().reshape(-1), ldr=N, a_zero=A_ZERO, res_zero=RES_ZERO,
-                        res_mult=np.float32(RES_MULT), out_zero=ep["out_zero"], qmin=ep["qmin"], qmax=ep["qmax"],
-                        float_out=float_out, act=ep["act"])
-    p = SimpleNamespace(a=abuf.reshape(-1), w=wbuf.reshape(-1), out=out, M=M, N=N, K=K, lda=lda, ldw=kp, ldo=ldo, ep=e)
-    run_kernel(p, vec_a, h_text, cu_text)
+    p = SimpleNamespace(a=abuf.reshape(-1), w=wbuf.reshape(-1), out=out, M=M, N=N, K=K, lda=lda, ldw=kp, ldo=ldo,
+                        ep=_ep_args(w, b, mult, r, ep))
+    run_kernel(p, a_mode, h_text, cu_text)
+    return _result(out, M, N, ldo, float_out)
+
+
+def _ep_args(w, b, mult, r, ep):
+    return SimpleNamespace(colsum=w.to(torch.int32).sum(1).numpy().astype(np.int32),
+                           bias=None if b is None else b.numpy(), mult=mult.numpy(),
+                           res=None if r is None else r.numpy().reshape(-1), ldr=w.shape[0], a_zero=A_ZERO,
+                           res_zero=RES_ZERO, res_mult=np.float32(RES_MULT), out_zero=ep["out_zero"], qmin=ep["qmin"],
+                           qmax=ep["qmax"], float_out=ep["float_out"], act=ep["act"])
+
+
+def _result(out, M, N, ldo, float_out):
     full = out.reshape(M, ldo)
     gap = full[:, N:]
     assert (np.isnan(gap).all() if float_out else (gap == 255).all()), "the kernel wrote outside [M, N]"
@@ -416,9 +470,9 @@ def _assert_same(ours, want):
 SHAPES = [(1, 1, 1), (7, 13, 33), (65, 70, 147), (130, 129, 200), (1, 20, 1203)]
 
 
-@pytest.mark.parametrize("vec_a", [False, True], ids=["gather_a", "cp_async_a"])
+@pytest.mark.parametrize("a_mode", ["gather", "cp_async"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_emulated_kernel_matches_cpu_backend(shape, vec_a):
+def test_emulated_kernel_matches_cpu_backend(shape, a_mode):
     M, N, K = shape
     for i, (name, ep) in enumerate(EPILOGUES.items()):
         if i and M * N * K > 200_000:       # the big shapes: two epilogues, the data path is the same
@@ -426,8 +480,8 @@ def test_emulated_kernel_matches_cpu_backend(shape, vec_a):
                 continue
         a, w, b, mult, r = _case(M, N, K, seed=M * 7 + N + i, bias=ep["bias"], res=ep["res"])
         # cp.async A needs 16-byte rows: pad lda to a multiple of 16 (the gather path takes any lda)
-        pad = (-K) % 16 if vec_a else 5
-        _assert_same(_emulate(a, w, b, mult, r, ep, vec_a, lda_pad=pad), _cpu(a, w, b, mult, r, ep))
+        pad = (-K) % 16 if a_mode == "cp_async" else 5
+        _assert_same(_emulate(a, w, b, mult, r, ep, a_mode, lda_pad=pad), _cpu(a, w, b, mult, r, ep))
 
 
 def test_extreme_values_and_half_way_rounding():
@@ -442,9 +496,9 @@ def test_extreme_values_and_half_way_rounding():
     mult = torch.full((N,), 0.5, dtype=torch.float32)
     mult[::3] = 2.0 ** -20
     ep = dict(EPILOGUES["u8"], qmin=0, qmax=255)
-    _assert_same(_emulate(a, w, b, mult, None, ep, vec_a=False), _cpu(a, w, b, mult, None, ep))
+    _assert_same(_emulate(a, w, b, mult, None, ep, "gather"), _cpu(a, w, b, mult, None, ep))
     epf = EPILOGUES["f32_relu6"]
-    _assert_same(_emulate(a, w, None, mult, None, epf, vec_a=True, lda_pad=8), _cpu(a, w, None, mult, None, epf))
+    _assert_same(_emulate(a, w, None, mult, None, epf, "cp_async", lda_pad=8), _cpu(a, w, None, mult, None, epf))
 
 
 def test_header_maps_are_the_ptx_fragments():
@@ -496,6 +550,97 @@ def test_epilogue_source_is_the_emulated_one():
     assert "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32" in text
 
 
+# ----------------------------------------------------------------------------------- implicit-GEMM conv
+def _conv_case(case, seed):
+    N, C, H, W, O, k, s, pd, d = case
+    g = torch.Generator().manual_seed(seed)
+    # x: a channel slice of a wider NHWC tensor (pixel stride C + 16: the kernel must use the strides)
+    wide = torch.randint(0, 256, (N, H, W, C + 16), dtype=torch.uint8, generator=g)
+    x = wide[..., :C].permute(0, 3, 1, 2)           # [N, C, H, W] view, sC = 1
+    wq = torch.randint(-127, 128, (O, k, k, C), dtype=torch.int8, generator=g)    # (kh, kw, c) order
+    oh, ow = (H + 2 * pd - d * (k - 1) - 1) // s + 1, (W + 2 * pd - d * (k - 1) - 1) // s + 1
+    b = torch.randint(-5000, 5000, (O,), dtype=torch.int32, generator=g)
+    mult = (torch.rand(O, generator=g, dtype=torch.float64) * 4e-4 + 1e-5).to(torch.float32)
+    r = torch.randint(0, 256, (N * oh * ow, O), dtype=torch.uint8, generator=g)
+    return wide, x, wq.reshape(O, -1), b, mult, r, (k, s, pd, d, oh, ow)
+
+
+def _cpu_conv(x, w, b, mult, r, ep, geo):
+    k, s, pd, d, oh, ow = geo
+    out = torch.empty((x.shape[0] * oh * ow, w.shape[0]), dtype=torch.float32 if ep["float_out"] else torch.uint8)
+    kern = kernels("cpu", "quant")
+    kern.conv_gemm(x, A_ZERO, kern.pack_weight(w), k, k, (s, s), (pd, pd), (d, d), oh, ow, b, mult, r, RES_ZERO,
+                   RES_MULT, ep["out_zero"], ep["qmin"], ep["qmax"], ep["act"], out)
+    return out.numpy()
+
+
+def _emulate_conv(wide, x, w, b, mult, r, ep, geo, h_text=None, cu_text=None):
+    H_ = header_model(_read(QUANT_H) if h_text is None else h_text)
+    k, s, pd, d, oh, ow = geo
+    N, C, H, W = x.shape
+    O, K = w.shape
+    M, kp, ldo = N * oh * ow, H_["packed_k"](K), O + 3
+    wbuf = np.zeros((O, kp), dtype=np.int8)
+    wbuf[:, :K] = w.numpy()
+    float_out = ep["float_out"]
+    out = np.full(M * ldo, np.nan if float_out else 255, dtype=np.float32 if float_out else np.uint8)
+    sN, _, sH, sW = x.stride()
+    g = SimpleNamespace(sN=sN, sH=sH, sW=sW, H=H, W=W, C=C, KW=k, SH=s, SW=s, PH=pd, PW=pd, DH=d, DW=d, OH=oh, OW=ow)
+    p = SimpleNamespace(a=wide.numpy().reshape(-1), w=wbuf.reshape(-1), out=out, M=M, N=O, K=K, lda=0, ldw=kp,
+                        ldo=ldo, ep=_ep_args(w, b, mult, r, ep), g=g)
+    run_kernel(p, "conv", h_text, cu_text)
+    return _result(out, M, O, ldo, float_out)
+
+
+# (N, C, H, W, O, k, stride, padding, dilation): batch 1 3x3 padded; 7 x 2 CTAs, K = 144 (3 K tiles, the last
+# partial); stride 2 + padding; dilation 2 with a padding wider than the kernel reach at the corners; a 1x1
+# stride-2 downsample (no padding taps)
+CONV_CASES = [(1, 16, 5, 6, 20, 3, 1, 1, 1), (3, 16, 12, 11, 70, 3, 1, 1, 1), (2, 32, 9, 7, 24, 3, 2, 1, 1),
+              (1, 16, 9, 9, 8, 3, 1, 2, 2), (2, 48, 8, 8, 65, 1, 2, 0, 1)]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "n{}c{}_{}x{}_o{}_k{}s{}p{}d{}".format(*c))
+def test_emulated_implicit_conv_matches_cpu_backend(case):
+    for name in ("u8_res_relu6", "f32_relu"):
+        ep = EPILOGUES[name]
+        wide, x, w, b, mult, r, geo = _conv_case(case, seed=sum(case))
+        r = r if ep["res"] else None
+        _assert_same(_emulate_conv(wide, x, w, b, mult, r, ep, geo), _cpu_conv(x, w, b, mult, r, ep, geo))
+
+
+CONV_PLANTS = [
+    ("ih0[i] = (pix / p.g.OW) * p.g.SH - p.g.PH;", "ih0[i] = (pix % p.g.OW) * p.g.SH - p.g.PH;"),
+    ("iw = iw0[i] + (tap % p.g.KW) * p.g.DW;", "iw = iw0[i] + (tap % p.g.KW);"),
+    ("const bool inside = ih >= 0 && ih < p.g.H && iw >= 0 && iw < p.g.W;",
+     "const bool inside = ih >= 0 && ih < p.g.H && iw >= 0 && iw <= p.g.W;"),
+    ("make_uint4(zero4, zero4, zero4, zero4);", "make_uint4(0u, 0u, 0u, 0u);"),   # pads with 0, not a_zero
+    ("p.a + img_off[i] + ih * p.g.sH + iw * p.g.sW + c", "p.a + img_off[i] + ih * p.g.sH + iw * p.g.C + c"),
+]
+
+
+@pytest.mark.parametrize("plant", range(len(CONV_PLANTS)), ids=lambda i: f"conv_plant{i}")
+def test_planted_conv_bugs_are_caught(plant):
+    old, new = CONV_PLANTS[plant]
+    cu = _read(QUANT_CU)
+    assert old in cu
+    cu = cu.replace(old, new)
+    ep = EPILOGUES["u8_res_relu6"]
+    wide, x, w, b, mult, r, geo = _conv_case(CONV_CASES[3], seed=3)       # dilation 2, padding 2
+    want = _cpu_conv(x, w, b, mult, r, ep, geo)
+    try:
+        kernel_model(cu)
+    except SourceChanged:
+        raise AssertionError(f"conv plant {plant} should keep the source readable") from None
+    try:
+        got = _emulate_conv(wide, x, w, b, mult, r, ep, geo, cu_text=cu)
+    except (AssertionError, IndexError, ValueError) as e:
+        print(f"conv plant {plant}: caught by {type(e).__name__}: {str(e)[:80]}")
+        return
+    bad = got != want
+    assert bad.any(), f"conv plant {plant} not caught"
+    print(f"conv plant {plant}: {int(bad.sum())} of {bad.size} outputs differ")
+
+
 # (file, original, planted): each must make the emulation disagree with the cpu backend
 PLANTS = [
     ("h", "{(lane >> 2) + ((r & 1) << 3), 4 * (lane & 3) + ((r >> 1) << 4)}",
@@ -531,7 +676,7 @@ def test_planted_bugs_are_caught(plant):
     want = _cpu(a, w, b, mult, r, ep)
     header_model(h), kernel_model(cu)       # the plant keeps the source readable (SourceChanged otherwise)
     try:
-        got = _emulate(a, w, b, mult, r, ep, vec_a=False, h_text=h, cu_text=cu)
+        got = _emulate(a, w, b, mult, r, ep, "gather", h_text=h, cu_text=cu)
     except (AssertionError, IndexError, ValueError) as e:
         print(f"plant {plant}: caught by {type(e).__name__}: {str(e)[:80]}")
         return          # out-of-range access, write outside [M, N], misaligned load: caught

@@ -117,8 +117,11 @@ void bind_quant(py::module_& m) {
         "row length (bytes) of the CUDA packed int8 weight: K rounded up to the GEMM's K tile (CPU-only builds too)");
   m.def(
       "quant_gemm_plan_cuda",
-      [](int64_t M, int64_t N, int64_t K, bool vec_a) { return plan_dict(cuda::quant_gemm_plan(M, N, K, vec_a)); },
-      "launch decision of quant_gemm_cuda (CPU-only builds too)");
+      [](int64_t M, int64_t N, int64_t K, int a_mode) { return plan_dict(cuda::quant_gemm_plan(M, N, K, a_mode)); },
+      "launch decision of quant_gemm_cuda / quant_conv_gemm_cuda (a_mode 0 gather, 1 cp.async, 2 implicit conv)");
+  m.def("quant_conv_gemm_ok_cuda", &cuda::quant_conv_gemm_ok,
+        "whether quant_conv_gemm_cuda takes an input (x address, C, sC, sN, sH, sW): NHWC-dense, C % 16 == 0, 16-byte "
+        "aligned pixels");
 #ifdef PYIMGCLS_WITH_CUDA
   m.def(
       "quant_gemm_cuda",
@@ -146,6 +149,54 @@ void bind_quant(py::module_& m) {
                          mptr(out), ldo, device, stream);
       },
       "out = requantise(sum_k (A - a_zero) W + bias) on the IMMA tensor cores (sm_80+; W packed [N, packed_k(K)])");
+  m.def(
+      "quant_conv_gemm_cuda",
+      [](uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW, int64_t C,
+         int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW, int64_t OH,
+         int64_t OW, int a_zero, uintptr_t w, uintptr_t colsum, int64_t O, uintptr_t bias, uintptr_t mult,
+         uintptr_t res, int64_t ldr, int res_zero, float res_mult, int out_zero, int qmin, int qmax, bool float_out,
+         int act, uintptr_t out, int64_t ldo, int device, uintptr_t stream) {
+        if (sC != 1) throw std::invalid_argument("quant_conv_gemm: x must be NHWC-dense (channel stride 1)");
+        const auto i32 = [](int64_t v, const char* what) {
+          if (v < INT32_MIN / 2 || v > INT32_MAX / 2)
+            throw std::invalid_argument(std::string("quant_conv_gemm: ") + what + " out of range");
+          return static_cast<int>(v);
+        };
+        cuda::QuantConvGeom g;
+        g.sN = sN;
+        g.sH = sH;
+        g.sW = sW;
+        g.H = i32(H, "H");
+        g.W = i32(W, "W");
+        g.C = i32(C, "C");
+        g.KW = i32(KW, "KW");
+        g.SH = i32(SH, "stride");
+        g.SW = i32(SW, "stride");
+        g.PH = i32(PH, "padding");
+        g.PW = i32(PW, "padding");
+        g.DH = i32(DH, "dilation");
+        g.DW = i32(DW, "dilation");
+        g.OH = i32(OH, "OH");
+        g.OW = i32(OW, "OW");
+        cuda::QuantEpilogueArgs ep;
+        ep.colsum = reinterpret_cast<const int32_t*>(colsum);
+        ep.bias = reinterpret_cast<const int32_t*>(bias);
+        ep.mult = reinterpret_cast<const float*>(mult);
+        ep.res = reinterpret_cast<const uint8_t*>(res);
+        ep.ldr = ldr;
+        ep.a_zero = a_zero;
+        ep.res_zero = res_zero;
+        ep.res_mult = res_mult;
+        ep.out_zero = out_zero;
+        ep.qmin = qmin;
+        ep.qmax = qmax;
+        ep.float_out = float_out;
+        ep.act = static_cast<int>(to_act(act));
+        py::gil_scoped_release nogil;
+        cuda::quant_conv_gemm(reinterpret_cast<const uint8_t*>(x), N, g, KH, reinterpret_cast<const int8_t*>(w), O, ep,
+                              mptr(out), ldo, device, stream);
+      },
+      "groups=1 conv as one implicit GEMM on the IMMA tensor cores (NHWC-dense x, C % 16 == 0), no column matrix");
   m.def(
       "quant_im2col_cuda",
       [](uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW, int64_t c0,

@@ -21,10 +21,17 @@
 // for the activations; otherwise A is gathered with byte loads into the same layout (the stem conv's
 // im2col, K = 147). Fragment and chunk maps: quant.h (shared with the CPU emulation of this path,
 // tests/test_quant_cuda_emulation.py).
+// Convolutions (quant_conv_gemm, the kAConv instance of the same kernel): implicit GEMM on an
+// NHWC-dense input with C % 16 == 0: each 16-byte A chunk is 16 channels of one tap of one output
+// pixel, copied from the image by cp.async; a padding tap is stored as 16 bytes of a_zero (real 0, as
+// im2col pads), so the epilogue's a_zero * colsum correction stays exact. Each thread decodes its two
+// rows' pixels once; per chunk it divides k by C and the tap by KW (32-bit). No column matrix: a 3x3
+// conv reads its input ~9 times from L2 instead of writing and re-reading 9 copies through DRAM.
 //
 // Cost: 2 * M * N * K integer ops; bytes M * K + N * packed_k(K) + 8N (colsum, mult) (+4N bias) +
 // M * N (x4 float out; + M * N residual), A re-read once per 64 output channels (L2).
-// im2col: N * OH * OW * KH * KW * CG bytes written, as many read (L1/L2 hits for overlapping taps).
+// im2col: N * OH * OW * KH * KW * CG bytes written, as many read (L1/L2 hits for overlapping taps);
+// implicit conv: A bytes N * H * W * C compulsory (each re-read KH * KW / (SH * SW) times, mostly L2).
 //
 // Test: tests/test_quant_cuda_emulation.py (CPU emulation), tests/test_quant_cuda.py (GPU, cuda mark);
 // tools/check_gpu_build.py --sass-only (IMMA present, no spills). Benchmark: benchmarks/bench_quant.py.
@@ -65,11 +72,12 @@ __device__ __forceinline__ int32_t rne_term(float v) {
 }
 
 struct QuantGemmParams {
-  const uint8_t* a;
+  const uint8_t* a;   // A [M, K] (kAGather / kACpAsync) or the NHWC image x (kAConv)
   const int8_t* w;
   void* out;
   int64_t M, N, K, lda, ldw, ldo;
   QuantEpilogueArgs ep;
+  QuantConvGeom g;    // kAConv only
 };
 
 // One output element of the epilogue (quant.cpp epilogue_generic, operation for operation).
@@ -94,11 +102,12 @@ __device__ __forceinline__ void requant_store(const QuantGemmParams& p, int64_t 
 
 // Shapes: a uint8 [M, K] (lda), w int8 [N, ldw = packed_k(K)], out [M, N] (ldo). Grid (ceil(M / 64),
 // ceil(N / 64)), 128 threads, 20 KB static shared memory (A and W tiles, 2 stages, 64 x 80 bytes).
-// kVecA: A rows 16-byte aligned with lda % 16 == 0, so its chunks go through cp.async too.
+// kAMode (quant.h): kAGather byte loads of A; kACpAsync cp.async of 16-byte aligned rows; kAConv the
+// implicit-GEMM convolution (A's chunks copied from the NHWC image, padding taps = a_zero).
 // Minimum 1 CTA per SM in the launch bounds: with the thread count alone ptxas (CUDA 13, sm_90a) capped
 // the <true> variant at 72 registers and spilled 12 bytes; with it, 107-109 (<false>) / 96 (<true>)
 // registers on sm_80 and sm_90a and no spill: 4 CTAs (16 warps) per SM by registers.
-template <bool kVecA>
+template <int kAMode>
 __global__ void __launch_bounds__(q8::kThreads, 1) quant_gemm_fwd_kernel(const QuantGemmParams p) {
   using namespace q8;
   __shared__ __align__(16) uint8_t smem[kSmemBytes];
@@ -110,6 +119,24 @@ __global__ void __launch_bounds__(q8::kThreads, 1) quant_gemm_fwd_kernel(const Q
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTileN;
   const int64_t ktiles = (p.K + kTileK - 1) / kTileK;
 
+  // kAConv: the output pixel of each A row this thread copies (row rc.row of chunk tid + i * kThreads,
+  // the same in every K tile), decoded once: image offset and the top-left tap's (ih, iw).
+  int64_t img_off[kChunkIters];
+  int ih0[kChunkIters], iw0[kChunkIters];
+  if constexpr (kAMode == kAConv) {
+#pragma unroll
+    for (int i = 0; i < kChunkIters; ++i) {
+      const RowCol rc = load_chunk(tid + i * kThreads);
+      const int64_t m = m0 + rc.row < p.M ? m0 + rc.row : 0;
+      const int64_t img = m / (p.g.OH * p.g.OW);
+      const int pix = static_cast<int>(m % (p.g.OH * p.g.OW));
+      img_off[i] = img * p.g.sN;
+      ih0[i] = (pix / p.g.OW) * p.g.SH - p.g.PH;
+      iw0[i] = (pix % p.g.OW) * p.g.SW - p.g.PW;
+    }
+  }
+  const uint32_t zero4 = static_cast<uint32_t>(p.ep.a_zero) * 0x01010101u;   // 4 bytes of a_zero
+
   // Stage `stage` <- K tile starting at k0: kChunkIters chunks of A and of W per thread.
   auto load_stage = [&](int stage, int64_t k0) {
 #pragma unroll
@@ -118,8 +145,18 @@ __global__ void __launch_bounds__(q8::kThreads, 1) quant_gemm_fwd_kernel(const Q
       const int64_t m = m0 + rc.row, n = n0 + rc.row, k = k0 + rc.col;
       uint8_t* const dst_a = As + stage * kTileBytes + rc.row * kSmemStride + rc.col;
       const int nb = a_chunk_bytes(m, p.M, k, p.K);
-      if constexpr (kVecA) {
+      if constexpr (kAMode == kACpAsync) {
         ptx::cp_async_16(ptx::smem_addr(dst_a), nb > 0 ? p.a + m * p.lda + k : p.a, nb);
+      } else if constexpr (kAMode == kAConv) {
+        // column k = (tap, channel c); C % 16 == 0: the chunk is 16 channels of one tap (nb is 0 or 16)
+        const int tap = static_cast<int>(k) / p.g.C, c = static_cast<int>(k) % p.g.C;
+        const int ih = ih0[i] + (tap / p.g.KW) * p.g.DH, iw = iw0[i] + (tap % p.g.KW) * p.g.DW;
+        const bool inside = ih >= 0 && ih < p.g.H && iw >= 0 && iw < p.g.W;
+        if (nb > 0 && !inside)
+          *reinterpret_cast<uint4*>(dst_a) = make_uint4(zero4, zero4, zero4, zero4);   // padding tap
+        else
+          ptx::cp_async_16(ptx::smem_addr(dst_a), nb > 0 ? p.a + img_off[i] + ih * p.g.sH + iw * p.g.sW + c : p.a,
+                           nb);
       } else {
         // byte j of the chunk in byte j % 4 of word j / 4 (little-endian, as the 32-bit fragment
         // loads read it); bytes past nb are 0 as cp.async's zero-fill
@@ -294,13 +331,41 @@ void quant_gemm(const uint8_t* a, int64_t M, int64_t K, int64_t lda, const int8_
   PYIMGCLS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   if (major < 8) throw std::invalid_argument("CUDA quant_gemm needs sm_80 or newer (mma.sync m16n8k32 s8)");
   const bool vec_a = aligned_to(a, 16) && lda % 16 == 0;
-  const QuantGemmParams p{a, w, out, M, N, K, lda, q8::packed_k(K), ldo, ep};
+  const QuantGemmParams p{a, w, out, M, N, K, lda, q8::packed_k(K), ldo, ep, QuantConvGeom{}};
   const dim3 grid(static_cast<unsigned>(mtiles), static_cast<unsigned>(ntiles));
   const auto st = reinterpret_cast<cudaStream_t>(stream);
   if (vec_a)
-    quant_gemm_fwd_kernel<true><<<grid, q8::kThreads, 0, st>>>(p);
+    quant_gemm_fwd_kernel<q8::kACpAsync><<<grid, q8::kThreads, 0, st>>>(p);
   else
-    quant_gemm_fwd_kernel<false><<<grid, q8::kThreads, 0, st>>>(p);
+    quant_gemm_fwd_kernel<q8::kAGather><<<grid, q8::kThreads, 0, st>>>(p);
+  PYIMGCLS_CUDA_CHECK_LAUNCH();
+}
+
+void quant_conv_gemm(const uint8_t* x, int64_t N, const QuantConvGeom& g, int64_t KH, const int8_t* w, int64_t O,
+                     const QuantEpilogueArgs& ep, void* out, int64_t ldo, int device, uintptr_t stream) {
+  if (N < 0 || O < 0 || KH <= 0 || g.KW <= 0 || g.C <= 0 || g.OH <= 0 || g.OW <= 0 || g.SH <= 0 || g.SW <= 0 ||
+      g.DH <= 0 || g.DW <= 0)
+    throw std::invalid_argument("CUDA quant_conv_gemm: sizes, strides and dilations must be positive");
+  if (!quant_conv_gemm_ok(reinterpret_cast<uintptr_t>(x), g.C, 1, g.sN, g.sH, g.sW))
+    throw std::invalid_argument("CUDA quant_conv_gemm: x must be NHWC-dense with C % 16 == 0 and 16-byte aligned "
+                                "pixels");
+  if (ep.a_zero < 0 || ep.a_zero > 255) throw std::invalid_argument("CUDA quant_conv_gemm: a_zero must be in [0, 255]");
+  if (ep.colsum == nullptr || ep.mult == nullptr)
+    throw std::invalid_argument("CUDA quant_conv_gemm: colsum and mult are required");
+  if (!aligned_to(w, 16)) throw std::invalid_argument("CUDA quant_conv_gemm: the packed weight must be 16-byte aligned");
+  const int64_t K = KH * g.KW * g.C, M = N * g.OH * g.OW;
+  if (K > INT32_MAX / 2 || static_cast<int64_t>(g.H) * g.W > INT32_MAX / 2)
+    throw std::invalid_argument("CUDA quant_conv_gemm: the kernel or image is too large");
+  if (M == 0 || O == 0) return;
+  const int64_t mtiles = (M + q8::kTileM - 1) / q8::kTileM, ntiles = (O + q8::kTileN - 1) / q8::kTileN;
+  if (mtiles > INT32_MAX || ntiles > 65535) throw std::invalid_argument("CUDA quant_conv_gemm: M or O too large");
+  const DeviceGuard device_guard(device);
+  int major = 0;
+  PYIMGCLS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 8) throw std::invalid_argument("CUDA quant_conv_gemm needs sm_80 or newer (mma.sync m16n8k32 s8)");
+  const QuantGemmParams p{x, w, out, M, O, K, 0, q8::packed_k(K), ldo, ep, g};
+  const dim3 grid(static_cast<unsigned>(mtiles), static_cast<unsigned>(ntiles));
+  quant_gemm_fwd_kernel<q8::kAConv><<<grid, q8::kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(p);
   PYIMGCLS_CUDA_CHECK_LAUNCH();
 }
 

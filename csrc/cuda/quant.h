@@ -68,6 +68,16 @@ PYIMGCLS_HD int a_chunk_bytes(int64_t m, int64_t M, int64_t k, int64_t K) {
   return m < M ? static_cast<int>(K - k < 0 ? 0 : (K - k > 16 ? 16 : K - k)) : 0;
 }
 
+// How the kernel stages A (template argument of quant_gemm_fwd_kernel):
+//   kAGather   byte loads of any uint8 [M, K] matrix (rows of any alignment and stride);
+//   kACpAsync  cp.async 16-byte chunks of a matrix with 16-byte aligned rows (lda % 16 == 0);
+//   kAConv     implicit GEMM of a convolution: row m = output pixel (n, oh, ow), column k = (tap i, tap j,
+//              channel c) of an NHWC-dense input (channel stride 1, C % 16 == 0 so that a chunk never
+//              crosses a tap, 16-byte aligned base and pixel strides): chunks copied straight from the
+//              image with cp.async, padding taps stored as 16 bytes of a_zero (im2col's pad), no
+//              column matrix in memory.
+inline constexpr int kAGather = 0, kACpAsync = 1, kAConv = 2;
+
 // The packed weight's row length: K rounded up to whole K tiles and zero-filled, so weight chunks
 // are never partial in K and a K tail contributes 0 whatever the A side holds there.
 PYIMGCLS_HD int64_t packed_k(int64_t K) { return (K + kTileK - 1) / kTileK * kTileK; }
@@ -76,13 +86,13 @@ PYIMGCLS_HD int64_t packed_k(int64_t K) { return (K + kTileK - 1) / kTileK * kTi
 
 namespace pyimgcls::cuda {
 
-// The launch decision of quant_gemm (also in CPU-only builds, for pyimgcls.explain). vec_a: the
-// activation rows are 16-byte aligned with a 16-byte multiple row stride (cp.async for A too).
-inline LaunchPlan quant_gemm_plan(int64_t M, int64_t N, int64_t K, bool vec_a) {
+// The launch decision of quant_gemm / quant_conv_gemm (also in CPU-only builds, for pyimgcls.explain):
+// a_mode one of q8::kAGather, kACpAsync, kAConv (quant_gemm picks one of the first two).
+inline LaunchPlan quant_gemm_plan(int64_t M, int64_t N, int64_t K, int a_mode) {
   LaunchPlan p;
-  p.kernel = std::string("quant_gemm_fwd_kernel<") + (vec_a ? "true" : "false") + ">";
+  p.kernel = "quant_gemm_fwd_kernel<" + std::to_string(a_mode) + ">";
   p.tensor_cores = true;
-  p.vectorized = vec_a;
+  p.vectorized = a_mode != q8::kAGather;
   p.tile_m = q8::kTileM;
   p.tile_n = q8::kTileN;
   p.tile_k = q8::kTileK;
@@ -110,6 +120,23 @@ struct QuantEpilogueArgs {
 // (zero past K); out uint8 or float32 [M, N], row stride ldo. Asynchronous on `stream`; sm_80+.
 void quant_gemm(const uint8_t* a, int64_t M, int64_t K, int64_t lda, const int8_t* w, int64_t N,
                 const QuantEpilogueArgs& ep, void* out, int64_t ldo, int device, uintptr_t stream);
+
+// Convolution geometry of the kAConv mode (element strides of x [N, C, H, W]; sC == 1).
+struct QuantConvGeom {
+  int64_t sN = 0, sH = 0, sW = 0;
+  int H = 0, W = 0, C = 0, KW = 0, SH = 1, SW = 1, PH = 0, PW = 0, DH = 1, DW = 1, OH = 1, OW = 1;
+};
+
+// A groups = 1 convolution as one implicit GEMM (no column matrix): out [N * OH * OW, O] (row stride
+// ldo) = epilogue of sum over (i, j, c) of (x[n, c, oh * SH - PH + i * DH, ow * SW - PW + j * DW] -
+// a_zero) * W[o, (i * KW + j) * C + c], out-of-image taps reading a_zero; bit-identical to
+// quant_im2col (pad a_zero) + quant_gemm. Requires quant_conv_gemm_ok.
+void quant_conv_gemm(const uint8_t* x, int64_t N, const QuantConvGeom& g, int64_t KH, const int8_t* w, int64_t O,
+                     const QuantEpilogueArgs& ep, void* out, int64_t ldo, int device, uintptr_t stream);
+// Whether quant_conv_gemm takes this input (host-side test, CPU-only builds too).
+inline bool quant_conv_gemm_ok(uintptr_t x, int64_t C, int64_t sC, int64_t sN, int64_t sH, int64_t sW) {
+  return sC == 1 && C % 16 == 0 && x % 16 == 0 && sN % 16 == 0 && sH % 16 == 0 && sW % 16 == 0;
+}
 
 // col[(n * OH + oh) * OW + ow, (i * KW + j) * CG + c] = x[n, c0 + c, oh * SH - PH + i * DH,
 // ow * SW - PW + j * DW] (element strides sN, sC, sH, sW), `pad` outside the image.

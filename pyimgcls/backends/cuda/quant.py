@@ -2,8 +2,9 @@
 tensor cores, mma.sync m16n8k32 u8 x s8, sm_80+). Entry points and their contracts:
 pyimgcls/backends/cpu/quant.py; results are the cpu backend's bit for bit.
 
-Convolutions go through im2col + gemm (pyimgcls/ops/quant.py does that for a backend without
-``conv_gemm``; 1x1 stride-1 convs on channels_last inputs read the input in place).
+Convolutions: groups = 1 ones through ``conv_gemm`` (one implicit-GEMM launch on NHWC-dense inputs with
+C % 16 == 0, else im2col + gemm); grouped ones and 1x1 stride-1 convs on channels_last inputs through
+pyimgcls/ops/quant.py's im2col / in-place views + ``gemm``.
 The packed weight is int8 [O, packed_k(K)] (K rounded up to the kernel's K tile, zero-filled: whole
 16-byte chunks for cp.async) with its int32 column sums, built once on the weight's device."""
 from __future__ import annotations
@@ -55,7 +56,52 @@ def gemm(a, a_zero, packed, K, bias, mult, res, res_zero, res_mult, out_zero, qm
 def plan_gemm(a, a_zero, packed, K, bias, mult, res, res_zero, res_mult, out_zero, qmin, qmax, act, out):
     """What ``gemm`` launches (``_C.quant_gemm_plan_cuda``, the launcher's own decision)."""
     vec_a = a.data_ptr() % 16 == 0 and a.stride(0) % 16 == 0
-    return _native.C.quant_gemm_plan_cuda(a.shape[0], packed[2], K, vec_a)
+    return _native.C.quant_gemm_plan_cuda(a.shape[0], packed[2], K, 1 if vec_a else 0)
+
+
+def _implicit_ok(x):
+    N, C, H, W = x.shape
+    sN, sC, sH, sW = x.stride()
+    return _native.C.quant_conv_gemm_ok_cuda(x.data_ptr(), C, sC if C > 1 else 1, sN, sH, sW)
+
+
+def conv_gemm(x, a_zero, packed, kh, kw, stride, padding, dilation, oh, ow, bias, mult, res, res_zero, res_mult,
+              out_zero, qmin, qmax, act, out):
+    """groups = 1 conv: one implicit-GEMM launch (quant_gemm_fwd_kernel<kAConv>) for an NHWC-dense input with
+    C % 16 == 0 and 16-byte aligned pixels (ResNet's convs past the stem on channels_last tensors); any
+    other input goes through im2col into a scratch column matrix + gemm. Same bytes either way."""
+    _check_cuda(x, "input", "quantized_conv2d")
+    w, colsum, O = packed
+    if w.device != x.device:
+        raise BackendError(f"quantized_conv2d: the packed weight is on {w.device}, the input on {x.device}")
+    N, C, H, W = x.shape
+    if not _implicit_ok(x):
+        from ...ops.quant import _col_buffer
+        col = _col_buffer(N * oh * ow, kh * kw * C, x.device)
+        im2col(x, 0, C, kh, kw, stride, padding, dilation, oh, ow, a_zero, col)
+        gemm(col, a_zero, packed, kh * kw * C, bias, mult, res, res_zero, res_mult, out_zero, qmin, qmax, act, out)
+        return
+    fn = _launcher("quant_conv_gemm_cuda")
+    mult = mult.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    sN, _, sH, sW = x.stride()
+    fn(x.data_ptr(), N, H, W, sN, 1, sH, sW, C, kh, kw, *stride, *padding, *dilation, oh, ow, a_zero, w.data_ptr(),
+       colsum.data_ptr(), O, bias.data_ptr() if bias is not None else 0, mult.data_ptr(),
+       res.data_ptr() if res is not None else 0, res.stride(0) if res is not None else 0, res_zero, res_mult,
+       out_zero, qmin, qmax, out.dtype == torch.float32, act, out.data_ptr(), out.stride(0), *launch_args(x))
+
+
+def plan_conv_gemm(x, a_zero, packed, kh, kw, stride, padding, dilation, oh, ow, *rest):
+    """What ``conv_gemm`` launches: the implicit GEMM, or im2col + the GEMM on the (aligned, contiguous)
+    column matrix: two launches."""
+    N, C = x.shape[:2]
+    K = kh * kw * C
+    # meta tensors (pyimgcls.explain) have data_ptr() 0: the strides and the storage offset decide
+    if _implicit_ok(x) and x.storage_offset() % 16 == 0:
+        return _native.C.quant_gemm_plan_cuda(N * oh * ow, packed[2], K, 2)
+    plan = _native.C.quant_gemm_plan_cuda(N * oh * ow, packed[2], K, 1 if K % 16 == 0 else 0)
+    plan["launches"] = 2
+    return plan
 
 
 def im2col(x, c0, cg, kh, kw, stride, padding, dilation, oh, ow, pad, col):
