@@ -105,8 +105,8 @@ __device__ __forceinline__ void requant_store(const QuantGemmParams& p, int64_t 
 // kAMode (quant.h): kAGather byte loads of A; kACpAsync cp.async of 16-byte aligned rows; kAConv the
 // implicit-GEMM convolution (A's chunks copied from the NHWC image, padding taps = a_zero).
 // Minimum 1 CTA per SM in the launch bounds: with the thread count alone ptxas (CUDA 13, sm_90a) capped
-// the <true> variant at 72 registers and spilled 12 bytes; with it, 107-109 (<false>) / 96 (<true>)
-// registers on sm_80 and sm_90a and no spill: 4 CTAs (16 warps) per SM by registers.
+// the cp.async variant at 72 registers and spilled 12 bytes; with it, <0> 107-109, <1> 96, <2> 104-106
+// registers on sm_80 / sm_90a and no spill: 4 CTAs (16 warps) per SM by registers.
 template <int kAMode>
 __global__ void __launch_bounds__(q8::kThreads, 1) quant_gemm_fwd_kernel(const QuantGemmParams p) {
   using namespace q8;
