@@ -24,7 +24,7 @@ def _load_report():
 
 
 report = _load_report()
-GPU_BENCHES = ["gemm", "conv", "pool", "softmax_xent", "batchnorm", "models"]
+GPU_BENCHES = ["gemm", "conv", "pool", "softmax_xent", "batchnorm", "models", "quant"]
 
 
 def test_gpu_bench_parser_shared_options(tmp_path):

@@ -18,6 +18,8 @@ from triton_kernels import _config  # noqa: E402
 
 CONV_IGEMM = "_ZN8pyimgcls4cuda39_GLOBAL__N__fd9eec87_7_conv_cu_a5c1585f19conv2d_igemm_kernelILi2E6__halfLb0EEEvNS1_11IgemmParamsE"
 GEMM = "_ZN8pyimgcls4cuda15gemm_fwd_kernelI6__halfNS0_7TileCfgEEEvNS0_10GemmParamsIT_EE"
+QUANT_GEMM = ("_ZN8pyimgcls4cuda40_GLOBAL__N__e296fbed_8_quant_cu_f5dbbea221quant_gemm_fwd_kernelILb1EEEvNS1_"
+              "15QuantGemmParamsE")
 
 
 def insn(addr, text):
@@ -335,3 +337,13 @@ def test_probes_launch_every_new_kernel_and_each_activation_selects_its_rows():
     assert wide in configs("gemm-silu", "float16", 80) and wide not in configs("gemm-hardswish", "float16", 90)
     assert fp32 in configs("gemm-silu", "float32", 80) and fp32 not in configs("gemm-silu", "float32", 90)
     assert configs("gemm-silu", "float64", 90) == configs("gemm-relu6", "float64", 90)
+
+
+def test_integer_tensor_core_kernel_needs_imma():
+    # the int8 GEMM (csrc/cuda/quant.cu) must run on IMMA; HMMA does not count for it
+    k, = cgb.parse_sass(sass_kernel(QUANT_GEMM, ["IMMA.16832.U8.S8 R4, R8, R12, R4", "EXIT"]))
+    assert cgb.base_name(k.mangled) == "quant_gemm_fwd_kernel"
+    assert cgb.sass_verdict(k, "csrc/cuda/quant.cu") == []
+    for body in (["IMAD R1, R2, R3, R1", "EXIT"], ["HMMA.16816.F32 R4, R8, R12, R4", "EXIT"]):
+        k, = cgb.parse_sass(sass_kernel(QUANT_GEMM, body))
+        assert cgb.sass_verdict(k, "csrc/cuda/quant.cu") == ["integer tensor-core kernel without IMMA"]

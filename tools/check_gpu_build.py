@@ -5,7 +5,8 @@
     line per (kernel, arch) with registers, shared memory, stack and spills. Violations in production
     kernels (everything but the study ladder: csrc/cuda/ladder*, csrc/cuda/sm90/ladder*):
       * local-memory spills: any LDL/STL instruction;
-      * a tensor-core kernel (TENSOR_CORE_KERNELS) without HMMA; a kernel of an sm_90a-only file
+      * a tensor-core kernel (TENSOR_CORE_KERNELS) without HMMA, an integer one
+        (INT_TENSOR_CORE_KERNELS) without IMMA; a kernel of an sm_90a-only file
         (csrc/cuda/sm90/) without HGMMA;
       * a tensor-core kernel of conv.cu that calls the division routines (the 64-bit / fp32
         slow-path subroutines nvcc emits for non-constant `/` and `%`) more than max(8, HMMA/2)
@@ -56,6 +57,9 @@ SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 TENSOR_CORE_KERNELS = {"gemm_fwd_kernel", "conv2d_igemm_kernel"}
 # The 2:4 sparse kernel (csrc/cuda/sparse.cu) runs mma.sp: HMMA.SP in its SASS.
 TENSOR_CORE_KERNELS |= {"sparse_linear_fwd_kernel"}
+# Base names of the integer tensor-core kernels (mma.sync m16n8k32 .u8/.s8, csrc/cuda/quant.cu): their
+# SASS must hold IMMA (IMMA.16832.U8.S8 on sm_80 / sm_90).
+INT_TENSOR_CORE_KERNELS = {"quant_gemm_fwd_kernel"}
 # Division-routine budget per tensor-core kernel of conv.cu: max(DIV_FLOOR, HMMA / 2) calls.
 DIV_FLOOR = 8
 LADDER_SOURCES = ("csrc/cuda/ladder", "csrc/cuda/sm90/ladder")
@@ -285,6 +289,8 @@ def sass_verdict(k: SassKernel, src: str) -> list[str]:
             bad.append("no HGMMA in an sm_90a-only kernel")
     elif name in TENSOR_CORE_KERNELS and not k.count("HMMA"):
         bad.append("tensor-core kernel without HMMA")
+    elif name in INT_TENSOR_CORE_KERNELS and not k.count("IMMA"):
+        bad.append("integer tensor-core kernel without IMMA")
     if name in TENSOR_CORE_KERNELS and os.path.basename(src) == "conv.cu":
         limit = max(DIV_FLOOR, k.count("HMMA") // 2)
         if k.div_calls > limit:
@@ -307,7 +313,7 @@ def check_sass(objects, cuobjdump):
                 part="sass", source=src, arch=k.arch, kernel=names.get(k.mangled, k.mangled), mangled=k.mangled,
                 regs=r.get("REG"), shared=r.get("SHARED"), stack=r.get("STACK"), local=r.get("LOCAL"),
                 ldl=k.count("LDL"), stl=k.count("STL"), hmma=k.count("HMMA"), hgmma=k.count("HGMMA"),
-                div_calls=k.div_calls, ladder=is_ladder_source(src), violations=bad))
+                imma=k.count("IMMA"), div_calls=k.div_calls, ladder=is_ladder_source(src), violations=bad))
     return rows
 
 
@@ -756,7 +762,7 @@ def sass_line(r):
     text = (f"sass   {status:6s} {r['arch']:7s} {r['source']:36s} {r['kernel'][:110]}\n"
             f"         regs {_fmt(r['regs'])}, shared {_fmt(r['shared'])} B, stack {_fmt(r['stack'])} B, "
             f"spills LDL {r['ldl']} / STL {r['stl']}, HMMA {r['hmma']}, HGMMA {r['hgmma']}, "
-            f"division calls {r['div_calls']}")
+            f"IMMA {r.get('imma', 0)}, division calls {r['div_calls']}")
     return text + "".join(f"\n         -> {v}" for v in r["violations"])
 
 

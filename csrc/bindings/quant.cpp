@@ -1,7 +1,8 @@
 // Quantised (int8) family launchers: weight packing, the integer GEMM with its requantisation
-// epilogue, and the uint8 im2col (csrc/cpu/quant.cpp).
+// epilogue, and the uint8 im2col (csrc/cpu/quant.cpp), and the CUDA ones (csrc/cuda/quant.cu).
 #include "bind.h"
 #include "../cpu/quant.h"
+#include "../cuda/quant.h"  // CUDA-free: the tile constants, the packed-weight row length, the launch decision
 
 namespace pyimgcls::bind {
 
@@ -112,6 +113,130 @@ void bind_quant(py::module_& m) {
                                        ratio, out_zero, reinterpret_cast<uint8_t*>(out));
       },
       "uint8 adaptive average pooling (requantised) into an NHWC output");
+  m.def("quant_packed_k_cuda", &cuda::q8::packed_k,
+        "row length (bytes) of the CUDA packed int8 weight: K rounded up to the GEMM's K tile (CPU-only builds too)");
+  m.def(
+      "quant_gemm_plan_cuda",
+      [](int64_t M, int64_t N, int64_t K, int a_mode) { return plan_dict(cuda::quant_gemm_plan(M, N, K, a_mode)); },
+      "launch decision of quant_gemm_cuda / quant_conv_gemm_cuda (a_mode 0 gather, 1 cp.async, 2 implicit conv)");
+  m.def("quant_conv_gemm_ok_cuda", &cuda::quant_conv_gemm_ok,
+        "whether quant_conv_gemm_cuda takes an input (x address, C, sC, sN, sH, sW): NHWC-dense, C % 16 == 0, 16-byte "
+        "aligned pixels");
+#ifdef PYIMGCLS_WITH_CUDA
+  m.def(
+      "quant_gemm_cuda",
+      [](uintptr_t a, int64_t M, int64_t K, int64_t lda, int a_zero, uintptr_t w, uintptr_t colsum, int64_t N,
+         uintptr_t bias, uintptr_t mult, uintptr_t res, int64_t ldr, int res_zero, float res_mult, int out_zero,
+         int qmin, int qmax, bool float_out, int act, uintptr_t out, int64_t ldo, int device, uintptr_t stream) {
+        if (K <= 0) throw std::invalid_argument("quant_gemm: K must be positive");
+        if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_gemm: a_zero must be in [0, 255]");
+        cuda::QuantEpilogueArgs ep;
+        ep.colsum = reinterpret_cast<const int32_t*>(colsum);
+        ep.bias = reinterpret_cast<const int32_t*>(bias);
+        ep.mult = reinterpret_cast<const float*>(mult);
+        ep.res = reinterpret_cast<const uint8_t*>(res);
+        ep.ldr = ldr;
+        ep.a_zero = a_zero;
+        ep.res_zero = res_zero;
+        ep.res_mult = res_mult;
+        ep.out_zero = out_zero;
+        ep.qmin = qmin;
+        ep.qmax = qmax;
+        ep.float_out = float_out;
+        ep.act = static_cast<int>(to_act(act));
+        py::gil_scoped_release nogil;
+        cuda::quant_gemm(reinterpret_cast<const uint8_t*>(a), M, K, lda, reinterpret_cast<const int8_t*>(w), N, ep,
+                         mptr(out), ldo, device, stream);
+      },
+      "out = requantise(sum_k (A - a_zero) W + bias) on the IMMA tensor cores (sm_80+; W packed [N, packed_k(K)])");
+  m.def(
+      "quant_conv_gemm_cuda",
+      [](uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW, int64_t C,
+         int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW, int64_t OH,
+         int64_t OW, int a_zero, uintptr_t w, uintptr_t colsum, int64_t O, uintptr_t bias, uintptr_t mult,
+         uintptr_t res, int64_t ldr, int res_zero, float res_mult, int out_zero, int qmin, int qmax, bool float_out,
+         int act, uintptr_t out, int64_t ldo, int device, uintptr_t stream) {
+        if (sC != 1) throw std::invalid_argument("quant_conv_gemm: x must be NHWC-dense (channel stride 1)");
+        const auto i32 = [](int64_t v, const char* what) {
+          if (v < INT32_MIN / 2 || v > INT32_MAX / 2)
+            throw std::invalid_argument(std::string("quant_conv_gemm: ") + what + " out of range");
+          return static_cast<int>(v);
+        };
+        cuda::QuantConvGeom g;
+        g.sN = sN;
+        g.sH = sH;
+        g.sW = sW;
+        g.H = i32(H, "H");
+        g.W = i32(W, "W");
+        g.C = i32(C, "C");
+        g.KW = i32(KW, "KW");
+        g.SH = i32(SH, "stride");
+        g.SW = i32(SW, "stride");
+        g.PH = i32(PH, "padding");
+        g.PW = i32(PW, "padding");
+        g.DH = i32(DH, "dilation");
+        g.DW = i32(DW, "dilation");
+        g.OH = i32(OH, "OH");
+        g.OW = i32(OW, "OW");
+        cuda::QuantEpilogueArgs ep;
+        ep.colsum = reinterpret_cast<const int32_t*>(colsum);
+        ep.bias = reinterpret_cast<const int32_t*>(bias);
+        ep.mult = reinterpret_cast<const float*>(mult);
+        ep.res = reinterpret_cast<const uint8_t*>(res);
+        ep.ldr = ldr;
+        ep.a_zero = a_zero;
+        ep.res_zero = res_zero;
+        ep.res_mult = res_mult;
+        ep.out_zero = out_zero;
+        ep.qmin = qmin;
+        ep.qmax = qmax;
+        ep.float_out = float_out;
+        ep.act = static_cast<int>(to_act(act));
+        py::gil_scoped_release nogil;
+        cuda::quant_conv_gemm(reinterpret_cast<const uint8_t*>(x), N, g, KH, reinterpret_cast<const int8_t*>(w), O, ep,
+                              mptr(out), ldo, device, stream);
+      },
+      "groups=1 conv as one implicit GEMM on the IMMA tensor cores (NHWC-dense x, C % 16 == 0), no column matrix");
+  m.def(
+      "quant_im2col_cuda",
+      [](uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW, int64_t c0,
+         int64_t CG, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW,
+         int64_t OH, int64_t OW, int pad, uintptr_t col, int device, uintptr_t stream) {
+        py::gil_scoped_release nogil;
+        cuda::quant_im2col(reinterpret_cast<const uint8_t*>(x), N, H, W, sN, sC, sH, sW, c0, CG, KH, KW, SH, SW, PH,
+                           PW, DH, DW, OH, OW, static_cast<uint8_t>(pad), reinterpret_cast<uint8_t*>(col), device,
+                           stream);
+      },
+      "uint8 im2col of one channel group on CUDA, padding with the zero point");
+  m.def(
+      "quant_quantize_cuda",
+      [](uintptr_t x, int64_t n, float inv_scale, int zero_point, uintptr_t out, int device, uintptr_t stream) {
+        py::gil_scoped_release nogil;
+        cuda::quant_quantize(reinterpret_cast<const float*>(x), n, inv_scale, zero_point,
+                             reinterpret_cast<uint8_t*>(out), device, stream);
+      },
+      "uint8 q = clamp(rne(x * inv_scale) + zero_point, 0, 255) of n float32 values on CUDA (NaN -> zero_point)");
+  m.def(
+      "quant_max_pool2d_cuda",
+      [](uintptr_t x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW,
+         int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW, int64_t OH,
+         int64_t OW, uintptr_t out, int device, uintptr_t stream) {
+        py::gil_scoped_release nogil;
+        cuda::quant_max_pool2d(reinterpret_cast<const uint8_t*>(x), N, C, H, W, sN, sC, sH, sW, KH, KW, SH, SW, PH,
+                               PW, DH, DW, OH, OW, reinterpret_cast<uint8_t*>(out), device, stream);
+      },
+      "uint8 max pooling into an NHWC output on CUDA");
+  m.def(
+      "quant_adaptive_avg_pool2d_cuda",
+      [](uintptr_t x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW,
+         int64_t OH, int64_t OW, int in_zero, double ratio, int out_zero, uintptr_t out, int device,
+         uintptr_t stream) {
+        py::gil_scoped_release nogil;
+        cuda::quant_adaptive_avg_pool2d(reinterpret_cast<const uint8_t*>(x), N, C, H, W, sN, sC, sH, sW, OH, OW,
+                                        in_zero, ratio, out_zero, reinterpret_cast<uint8_t*>(out), device, stream);
+      },
+      "uint8 adaptive average pooling (requantised) into an NHWC output on CUDA");
+#endif
 }
 
 }  // namespace pyimgcls::bind
