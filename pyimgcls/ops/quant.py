@@ -123,7 +123,7 @@ def _resolve(device, op: str) -> str:
     """The backend for this call (the user's choice), which must have the quant family."""
     backend = _backend.resolve(device, op)
     if not _grid.implements(backend, "quant"):
-        raise BackendError(f"{op}: backend '{backend}' has no quantised kernels yet; use 'cpu', 'triton' or 'torch'")
+        raise BackendError(f"{op}: backend '{backend}' has no quantised kernels; use 'cpu', 'triton', 'cuda' or 'torch'")
     return backend
 
 
