@@ -24,6 +24,32 @@ static cpu::QuantEpilogue epilogue(uintptr_t bias, uintptr_t mult, uintptr_t res
   ep.act = to_act(act);
   return ep;
 }
+
+#ifdef PYIMGCLS_WITH_CUDA
+// The same epilogue as the CUDA launchers take it (quant_gemm_cuda, quant_conv_gemm_cuda): the CPU
+// fields plus the column sums and the activations' zero point, which the CUDA kernels fold in there.
+static cuda::QuantEpilogueArgs cuda_epilogue(uintptr_t colsum, int a_zero, uintptr_t bias, uintptr_t mult,
+                                             uintptr_t res, int64_t ldr, int res_zero, float res_mult, int out_zero,
+                                             int qmin, int qmax, bool float_out, int act) {
+  const cpu::QuantEpilogue c = epilogue(bias, mult, res, ldr, res_zero, res_mult, out_zero, qmin, qmax, float_out, act);
+  cuda::QuantEpilogueArgs ep;
+  ep.colsum = reinterpret_cast<const int32_t*>(colsum);
+  ep.bias = c.bias;
+  ep.mult = c.mult;
+  ep.res = c.res;
+  ep.ldr = c.ldr;
+  ep.a_zero = a_zero;
+  ep.res_zero = c.res_zero;
+  ep.res_mult = c.res_mult;
+  ep.out_zero = c.out_zero;
+  ep.qmin = c.qmin;
+  ep.qmax = c.qmax;
+  ep.float_out = c.float_out;
+  ep.act = static_cast<int>(c.act);
+  return ep;
+}
+#endif
+
 void bind_quant(py::module_& m) {
   m.def("quant_isa", &cpu::quant_isa, "path of the CPU integer GEMM here: vnni, avx2 or generic");
   m.def("quant_packed_bytes", &cpu::quant_packed_bytes, "bytes of the packed int8 weight of an [N, K] matrix");
@@ -130,20 +156,8 @@ void bind_quant(py::module_& m) {
          int qmin, int qmax, bool float_out, int act, uintptr_t out, int64_t ldo, int device, uintptr_t stream) {
         if (K <= 0) throw std::invalid_argument("quant_gemm: K must be positive");
         if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_gemm: a_zero must be in [0, 255]");
-        cuda::QuantEpilogueArgs ep;
-        ep.colsum = reinterpret_cast<const int32_t*>(colsum);
-        ep.bias = reinterpret_cast<const int32_t*>(bias);
-        ep.mult = reinterpret_cast<const float*>(mult);
-        ep.res = reinterpret_cast<const uint8_t*>(res);
-        ep.ldr = ldr;
-        ep.a_zero = a_zero;
-        ep.res_zero = res_zero;
-        ep.res_mult = res_mult;
-        ep.out_zero = out_zero;
-        ep.qmin = qmin;
-        ep.qmax = qmax;
-        ep.float_out = float_out;
-        ep.act = static_cast<int>(to_act(act));
+        const cuda::QuantEpilogueArgs ep = cuda_epilogue(colsum, a_zero, bias, mult, res, ldr, res_zero, res_mult,
+                                                         out_zero, qmin, qmax, float_out, act);
         py::gil_scoped_release nogil;
         cuda::quant_gemm(reinterpret_cast<const uint8_t*>(a), M, K, lda, reinterpret_cast<const int8_t*>(w), N, ep,
                          mptr(out), ldo, device, stream);
@@ -178,20 +192,8 @@ void bind_quant(py::module_& m) {
         g.DW = i32(DW, "dilation");
         g.OH = i32(OH, "OH");
         g.OW = i32(OW, "OW");
-        cuda::QuantEpilogueArgs ep;
-        ep.colsum = reinterpret_cast<const int32_t*>(colsum);
-        ep.bias = reinterpret_cast<const int32_t*>(bias);
-        ep.mult = reinterpret_cast<const float*>(mult);
-        ep.res = reinterpret_cast<const uint8_t*>(res);
-        ep.ldr = ldr;
-        ep.a_zero = a_zero;
-        ep.res_zero = res_zero;
-        ep.res_mult = res_mult;
-        ep.out_zero = out_zero;
-        ep.qmin = qmin;
-        ep.qmax = qmax;
-        ep.float_out = float_out;
-        ep.act = static_cast<int>(to_act(act));
+        const cuda::QuantEpilogueArgs ep = cuda_epilogue(colsum, a_zero, bias, mult, res, ldr, res_zero, res_mult,
+                                                         out_zero, qmin, qmax, float_out, act);
         py::gil_scoped_release nogil;
         cuda::quant_conv_gemm(reinterpret_cast<const uint8_t*>(x), N, g, KH, reinterpret_cast<const int8_t*>(w), O, ep,
                               mptr(out), ldo, device, stream);
