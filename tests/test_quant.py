@@ -123,6 +123,34 @@ def test_cpu_gemm_bit_exact_every_path(cpu_path, shape, epi):
     _assert_equal(_run_entry("cpu", a, 37, w, b, mult, r, ep, K, out_stride_pad=3), want)
 
 
+# The vnni path's GEMM with the epilogue in registers (uint8 output, K % 4 == 0): rows of 64 columns
+# stored as packed lines (N a multiple of 64) or masked vectors (N = 80: the edge group), K = 66 on the
+# stored-tile path. Bounds: (0, 255), where the packs' saturation stands in for the clamps, and
+# narrower ones; multipliers far past +-2^31 after scaling (cvtps2dq's INT_MIN both ways); residual
+# multipliers below and above the 2^22 / 255 under which the residual clamp is skipped; A strided.
+@pytest.mark.parametrize("N,K", [(64, 64), (128, 64), (80, 64), (64, 66)], ids=lambda v: str(v))
+@pytest.mark.parametrize("bounds", [(0, 0, 255), (17, 0, 255), (0, 0, 200), (30, 30, 255), (40, 40, 160)],
+                         ids=lambda b: "oz{}_{}-{}".format(*b))
+@pytest.mark.parametrize("res_mult", [None, 0.731, 3.0e4, -5.0e4], ids=str)
+def test_cpu_gemm_fused_epilogue_bounds_every_path(cpu_path, N, K, bounds, res_mult):
+    out_zero, qmin, qmax = bounds
+    M = 31
+    a, w, b, mult, r = _case(M, N, K, seed=N + K, res=res_mult is not None)
+    wide = torch.full((M, K + 7), 201, dtype=torch.uint8)      # A rows with a stride above K
+    wide[:, 3:3 + K] = a
+    a = wide[:, 3:3 + K]
+    mult[: N // 3] *= 3e9          # |acc * mult| up to ~1e16: clamped, never wrapped
+    mult[N // 3: N // 2] *= -3e9
+    a_zero, rz = 37, 9
+    dt_args = (rz, res_mult if res_mult is not None else 0.731, out_zero, qmin, qmax, 0)
+    out = torch.full((M, N), 77, dtype=torch.uint8)
+    kern = kernels("cpu", "quant")
+    kern.gemm(a, a_zero, kern.pack_weight(w), K, b, mult, r, *dt_args, out)
+    want = ref.quant_gemm(a, a_zero, w, b, mult, r, *dt_args, False)
+    _assert_equal(out, want)
+    assert int(want.min()) == qmin and int(want.max()) == qmax       # the case reaches both bounds
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_cpu_gemm_threads_and_strided_a(cpu_path, threads):
     # A with a row stride above K (a column slice of a wider matrix), big enough for several tasks

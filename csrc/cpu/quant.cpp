@@ -270,42 +270,80 @@ PYIMGCLS_TARGET_VNNI void micro_vnni_ind(const uint8_t* const* rows, int64_t nse
       for (int v = 0; v < NV; ++v) _mm512_storeu_si512(tile + i * kMaxNR + 16 * v, acc[i][v]);
     return;
   }
-  const __m512i oz = _mm512_set1_epi32(fe->out_zero);
-  if (!fe->res && fe->qmin <= fe->qmax) {
-    // clamp(rne(clamp(y, +-2^22)) + out_zero, qmin, qmax) == rne(clamp(y, qmin - out_zero, qmax -
-    // out_zero)) + out_zero: the bounds are integers of magnitude <= 255 and rounding is monotonic,
-    // so it keeps them; y is min / max's first operand, so a NaN still gives qmax as epilogue_vnni.
-    // 6 operations per 16 outputs instead of 9.
-    const __m512 flo = _mm512_set1_ps(static_cast<float>(fe->qmin - fe->out_zero));
-    const __m512 fhi = _mm512_set1_ps(static_cast<float>(fe->qmax - fe->out_zero));
-    for (int v = 0; v < NV; ++v) {
-      const __mmask16 k = fused_mask(fe->ncols, v);
-      const __m512 mu = _mm512_maskz_loadu_ps(k, fe->mult + 16 * v);
-      for (int i = 0; i < MR; ++i) {
-        const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][v]), mu);
-        const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(y, fhi), flo)), oz);
-        _mm_mask_storeu_epi8(fe->out + i * fe->ldo + 16 * v, k, _mm512_cvtepi32_epi8(q));
+  // the fields as locals: a byte store may alias *fe, so they would be reloaded after every store
+  const FusedEpi e = *fe;
+  const __m512i oz = _mm512_set1_epi32(e.out_zero);
+  // Without a residual: clamp(rne(clamp(y, +-2^22)) + out_zero, qmin, qmax) == rne(clamp(y, qmin -
+  // out_zero, qmax - out_zero)) + out_zero: the bounds are integers of magnitude <= 255 and rounding is
+  // monotonic, so it keeps them; y is min / max's first operand, so a NaN still gives qmax as
+  // epilogue_vnni. 6 operations per 16 outputs instead of 9.
+  const bool plain = !e.res && e.qmin <= e.qmax;
+  const __m512 flo = _mm512_set1_ps(static_cast<float>(e.qmin - e.out_zero));
+  const __m512 fhi = _mm512_set1_ps(static_cast<float>(e.qmax - e.out_zero));
+  const __m512 cl = _mm512_set1_ps(kClampF), ncl = _mm512_set1_ps(-kClampF);
+  const __m512i lo = _mm512_set1_epi32(e.qmin), hi = _mm512_set1_epi32(e.qmax);
+  const __m512i rz = _mm512_set1_epi32(e.res_zero);
+  const __m512 rm = _mm512_set1_ps(e.res_mult);
+  // |R - res_zero| <= 255 and rounding is monotonic, so when fl(255 |res_mult|) <= 2^22 no residual
+  // term reaches the clamp and it is skipped (NaN keeps it)
+  const bool rclamp = !(std::fabs(e.res_mult) * 255.f <= kClampF);
+  if (NV == 4 && e.ncols == 64) {
+    // Whole rows of 64 columns: the 4 vectors of a row packed by signed-saturating packs (int32 ->
+    // int16 -> uint8: exactly a clamp to [0, 255]) and stored as one 64-byte line, instead of 4
+    // truncating vpmovdb and 4 masked 16-byte stores. The packs interleave the 4 vectors by 128-bit
+    // lane (lane l holds columns 4l .. 4l + 3 of each); one vpermd puts them back in order. Since the
+    // packs clamp to [0, 255], the clamps to qmin = 0 and qmax = 255 (no activation, or ReLU with a
+    // zero point of 0: most layers) are dropped: a value below 0 (cvtps2dq's INT_MIN for a huge
+    // negative y included, with out_zero added, no overflow) packs to 0 as the clamp would. The upper
+    // float clamp stays: a huge positive y converts to INT_MIN too.
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const bool lower = e.qmin > 0, upper = e.qmax < 255;
+    __m512 mu[4];
+    for (int v = 0; v < 4; ++v) mu[v] = _mm512_loadu_ps(e.mult + 16 * v);
+    for (int i = 0; i < MR; ++i) {
+      __m512i q[4];
+      for (int v = 0; v < 4; ++v) {
+        const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][v]), mu[v]);
+        if (plain) {
+          __m512 c = _mm512_min_ps(y, fhi);
+          if (lower) c = _mm512_max_ps(c, flo);
+          q[v] = _mm512_add_epi32(_mm512_cvtps_epi32(c), oz);
+          continue;
+        }
+        q[v] = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(y, cl), ncl)), oz);
+        if (e.res) {
+          const __m512i rb = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e.res + i * e.ldr + 16 * v)));
+          __m512 rf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(rb, rz)), rm);
+          if (rclamp) rf = _mm512_max_ps(_mm512_min_ps(rf, cl), ncl);
+          q[v] = _mm512_add_epi32(q[v], _mm512_cvtps_epi32(rf));
+        }
+        if (lower) q[v] = _mm512_max_epi32(q[v], lo);
+        if (upper) q[v] = _mm512_min_epi32(q[v], hi);
       }
+      const __m512i b = _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+      _mm512_storeu_si512(e.out + i * e.ldo, _mm512_permutexvar_epi32(perm, b));
     }
     return;
   }
-  const __m512 cl = _mm512_set1_ps(kClampF), ncl = _mm512_set1_ps(-kClampF);
-  const __m512i lo = _mm512_set1_epi32(fe->qmin), hi = _mm512_set1_epi32(fe->qmax);
   for (int v = 0; v < NV; ++v) {
-    const __mmask16 k = fused_mask(fe->ncols, v);
-    const __m512 mu = _mm512_maskz_loadu_ps(k, fe->mult + 16 * v);
+    const __mmask16 k = fused_mask(e.ncols, v);
+    const __m512 mu = _mm512_maskz_loadu_ps(k, e.mult + 16 * v);
     for (int i = 0; i < MR; ++i) {
       const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][v]), mu);
-      __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(y, cl), ncl)), oz);
-      if (fe->res) {
-        const __m128i rb = _mm_maskz_loadu_epi8(k, fe->res + i * fe->ldr + 16 * v);
-        const __m512 rf = _mm512_mul_ps(
-            _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), _mm512_set1_epi32(fe->res_zero))),
-            _mm512_set1_ps(fe->res_mult));
-        q = _mm512_add_epi32(q, _mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(rf, cl), ncl)));
+      __m512i q;
+      if (plain) {
+        q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(y, fhi), flo)), oz);
+      } else {
+        q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(y, cl), ncl)), oz);
+        if (e.res) {
+          const __m128i rb = _mm_maskz_loadu_epi8(k, e.res + i * e.ldr + 16 * v);
+          __m512 rf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), rz)), rm);
+          if (rclamp) rf = _mm512_max_ps(_mm512_min_ps(rf, cl), ncl);
+          q = _mm512_add_epi32(q, _mm512_cvtps_epi32(rf));
+        }
+        q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
       }
-      q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
-      _mm_mask_storeu_epi8(fe->out + i * fe->ldo + 16 * v, k, _mm512_cvtepi32_epi8(q));   // truncating, as the cast
+      _mm_mask_storeu_epi8(e.out + i * e.ldo + 16 * v, k, _mm512_cvtepi32_epi8(q));   // truncating, as the cast
     }
   }
 }
@@ -554,6 +592,75 @@ void quant_pack_weight(const int8_t* w, int64_t N, int64_t K, int64_t swn, int64
   (void)NB;
 }
 
+namespace {
+
+#ifdef PYIMGCLS_X86
+// bias[n] - a_zero * colsum[n] (exact int32, as epilogue_vnni): the fused epilogue's per-column start
+const int32_t* fused_offsets(const int32_t* bias, const int32_t* colsum, int32_t a_zero, int64_t N) {
+  static thread_local std::vector<int32_t> offv;
+  if (offv.size() < static_cast<size_t>(N)) offv.resize(static_cast<size_t>(N));
+  for (int64_t n = 0; n < N; ++n) offv[n] = (bias ? bias[n] : 0) - a_zero * colsum[n];
+  return offv.data();
+}
+
+// The lines of rows m0 .. m0 + mr of a [*, ld] byte matrix, columns n0 .. n0 + ncols, requested into
+// L1 (write intent for the output: its lines are written, not read, and a plain miss would fetch
+// them only to replace them).
+inline void prefetch_rows(const uint8_t* p, int64_t ld, int mr, int64_t ncols, bool write) {
+  for (int i = 0; i < mr; ++i, p += ld)
+    for (int64_t b = 0; b < ncols; b += 64) {
+      if (write)
+        _mm_prefetch(reinterpret_cast<const char*>(p + b), _MM_HINT_ET0);
+      else
+        _mm_prefetch(reinterpret_cast<const char*>(p + b), _MM_HINT_T0);
+    }
+}
+
+// quant_gemm for uint8 output on the VNNI path (K % 4 == 0): the tiles of micro_vnni_ind (one run
+// of K bytes per row: the A rows in place) with the requantising epilogue in registers, instead of
+// micro_vnni's int32 tile stored and reloaded by epilogue_vnni. Small-K GEMMs are where that matters:
+// ResNet-50's 1x1 expansions (K = 64 .. 256, N = 4K, the residual fused) do 16 .. 64 vpdpbusd per
+// output vector against ~18 epilogue operations. Their residual and output rows (M x N bytes each,
+// 12.8 MB at 56x56 batch 16) come from memory, and a 6 x 64 tile's K loop (~400 cycles at K = 64)
+// is shorter than a miss: measured, 73 % of the epilogue's samples sat on the residual load. So each
+// tile requests the residual, output and A lines of the tile two ahead in its column block.
+void quant_gemm_fused(const uint8_t* a, int64_t M, int64_t K, int64_t lda, int32_t a_zero, const int8_t* packed,
+                      const int32_t* colsum, int64_t N, const QuantEpilogue& ep, uint8_t* out, int64_t ldo, int nt,
+                      bool parallel) {
+  const PathInfo p = path_info(QPath::Vnni);
+  const int64_t bstride = quant_k4(K) * 64, NB = quant_nblocks(N);
+  const int64_t mtasks = (M + kMC - 1) / kMC, ntasks = (NB + p.nv - 1) / p.nv, tasks = mtasks * ntasks;
+  const int32_t* off = fused_offsets(ep.bias, colsum, a_zero, N);
+  constexpr int kAhead = 2;     // tiles
+#pragma omp parallel for schedule(static) num_threads(nt) if (parallel)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t mt = t / ntasks, ntk = t % ntasks;
+    const int64_t b0 = ntk * p.nv, nb = std::min<int64_t>(p.nv, NB - b0);
+    const int64_t n0 = b0 * kQuantNB, ncols = std::min<int64_t>(nb * kQuantNB, N - n0);
+    const int64_t m_end = std::min(M, (mt + 1) * kMC);
+    const MicroIndFn fn = vnni_ind_get(p.mr, static_cast<int>(nb));
+    for (int64_t m0 = mt * kMC; m0 < m_end; m0 += p.mr) {
+      const int mr = static_cast<int>(std::min<int64_t>(p.mr, m_end - m0));
+      const int64_t mp = m0 + kAhead * p.mr;
+      if (mp < M) {
+        const int mrp = static_cast<int>(std::min<int64_t>(p.mr, M - mp));
+        prefetch_rows(out + mp * ldo + n0, ldo, mrp, ncols, true);
+        if (ep.res) prefetch_rows(ep.res + mp * ep.ldr + n0, ep.ldr, mrp, ncols, false);
+        if (ntk == 0) prefetch_rows(a + mp * lda, lda, mrp, K, false);
+      }
+      const uint8_t* rows[kMaxMR];
+      for (int i = 0; i < mr; ++i) rows[i] = a + (m0 + i) * lda;
+      const FusedEpi fe{off + n0, ep.mult + n0, ep.res ? ep.res + m0 * ep.ldr + n0 : nullptr, ep.ldr,
+                        out + m0 * ldo + n0, ldo, ncols, ep.out_zero, ep.res_zero, ep.qmin, ep.qmax, ep.res_mult};
+      (mr == p.mr ? fn : vnni_ind_get(mr, static_cast<int>(nb)))(rows, 1, K / 4, packed + b0 * bstride, bstride,
+                                                                  nullptr, &fe);
+    }
+  }
+}
+#endif
+
+}  // namespace
+
 void quant_gemm(const uint8_t* a, int64_t M, int64_t K, int64_t lda, int32_t a_zero, const int8_t* packed,
                 const int32_t* colsum, int64_t N, const QuantEpilogue& ep, void* out, int64_t ldo) {
   if (M <= 0 || N <= 0) return;
@@ -571,6 +678,12 @@ void quant_gemm(const uint8_t* a, int64_t M, int64_t K, int64_t lda, int32_t a_z
   // 3M MACs: 16 ms per call with 2 threads on this loaded machine). conv.cpp's kSmallConvMacs agrees.
   const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), tasks));
   const bool parallel = nt > 1 && M * N * std::max<int64_t>(K, 1) >= (int64_t(1) << 22);
+#ifdef PYIMGCLS_X86
+  if (path == QPath::Vnni && !ep.float_out && K % 4 == 0) {
+    quant_gemm_fused(a, M, K, lda, a_zero, packed, colsum, N, ep, static_cast<uint8_t*>(out), ldo, nt, parallel);
+    return;
+  }
+#endif
 #pragma omp parallel for schedule(static) num_threads(nt) if (parallel)
   for (int64_t t = 0; t < tasks; ++t) {
     alignas(64) int32_t tile[kMaxMR * kMaxNR];
@@ -777,11 +890,7 @@ void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t 
   // batch 16: 5.03 -> 4.60 ms without it, before the fused epilogue).
   if (path == QPath::Vnni && runs && (KW * C) % 4 == 0) {
     const int64_t seg = KW * C, seg4 = seg / 4;
-    // the fused epilogue's per-column offset, bias - a_zero * colsum (exact int32, as epilogue_vnni)
-    static thread_local std::vector<int32_t> offv;
-    if (offv.size() < static_cast<size_t>(O)) offv.resize(static_cast<size_t>(O));
-    for (int64_t o = 0; o < O; ++o) offv[o] = (ep.bias ? ep.bias[o] : 0) - a_zero * colsum[o];
-    const int32_t* off = offv.data();
+    const int32_t* off = fused_offsets(ep.bias, colsum, a_zero, O);
     const IndConv ig{x, H, W, sN, sH, sW, C, KH, KW, SH, SW, PH, PW, DH, OH, OW, static_cast<uint8_t>(a_zero)};
 #pragma omp parallel num_threads(nt) if (parallel && nt > 1)
     {
