@@ -594,6 +594,22 @@ void quant_pack_weight(const int8_t* w, int64_t N, int64_t K, int64_t swn, int64
 
 namespace {
 
+// One thread's share of a GEMM's tile grid: rows [m0, m1), column tasks [c0, c1) (a column task is
+// NV blocks of 16 channels). Rows are split in whole MR tiles, as evenly as they go: 48-row tasks
+// dealt out statically left one thread 3 of 4 row tiles at M = 64 (ResNet's last stage at 64x64
+// batch 16: 1.4x from 2 threads) and 144 of 256 rows at M = 256. With more columns than rows (and a
+// column task per thread at least) the columns are split instead, so each thread reads only its
+// share of the weight (512 x 4608 bytes at that last stage) and all of the small A. Any split gives
+// the same bytes: the integer sums are exact.
+struct Share {
+  int64_t m0, m1, c0, c1;
+};
+inline Share gemm_share(int64_t M, int64_t N, int64_t ctasks, int mr, int tid, int nt) {
+  if (nt > 1 && N > M && ctasks >= nt) return {0, M, tid * ctasks / nt, (tid + 1) * ctasks / nt};
+  const int64_t tiles = (M + mr - 1) / mr;
+  return {std::min(M, tid * tiles / nt * mr), std::min(M, (tid + 1) * tiles / nt * mr), 0, ctasks};
+}
+
 #ifdef PYIMGCLS_X86
 // bias[n] - a_zero * colsum[n] (exact int32, as epilogue_vnni): the fused epilogue's per-column start
 const int32_t* fused_offsets(const int32_t* bias, const int32_t* colsum, int32_t a_zero, int64_t N) {
@@ -629,31 +645,35 @@ void quant_gemm_fused(const uint8_t* a, int64_t M, int64_t K, int64_t lda, int32
                       bool parallel) {
   const PathInfo p = path_info(QPath::Vnni);
   const int64_t bstride = quant_k4(K) * 64, NB = quant_nblocks(N);
-  const int64_t mtasks = (M + kMC - 1) / kMC, ntasks = (NB + p.nv - 1) / p.nv, tasks = mtasks * ntasks;
+  const int64_t ntasks = (NB + p.nv - 1) / p.nv;
   const int32_t* off = fused_offsets(ep.bias, colsum, a_zero, N);
   constexpr int kAhead = 2;     // tiles
-#pragma omp parallel for schedule(static) num_threads(nt) if (parallel)
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t mt = t / ntasks, ntk = t % ntasks;
-    const int64_t b0 = ntk * p.nv, nb = std::min<int64_t>(p.nv, NB - b0);
-    const int64_t n0 = b0 * kQuantNB, ncols = std::min<int64_t>(nb * kQuantNB, N - n0);
-    const int64_t m_end = std::min(M, (mt + 1) * kMC);
-    const MicroIndFn fn = vnni_ind_get(p.mr, static_cast<int>(nb));
-    for (int64_t m0 = mt * kMC; m0 < m_end; m0 += p.mr) {
-      const int mr = static_cast<int>(std::min<int64_t>(p.mr, m_end - m0));
-      const int64_t mp = m0 + kAhead * p.mr;
-      if (mp < M) {
-        const int mrp = static_cast<int>(std::min<int64_t>(p.mr, M - mp));
-        prefetch_rows(out + mp * ldo + n0, ldo, mrp, ncols, true);
-        if (ep.res) prefetch_rows(ep.res + mp * ep.ldr + n0, ep.ldr, mrp, ncols, false);
-        if (ntk == 0) prefetch_rows(a + mp * lda, lda, mrp, K, false);
+#pragma omp parallel num_threads(nt) if (parallel)
+  {
+    const Share sh = gemm_share(M, N, ntasks, p.mr, omp_get_thread_num(), omp_get_num_threads());
+    for (int64_t mc = sh.m0; mc < sh.m1; mc += kMC) {
+      const int64_t m_end = std::min(sh.m1, mc + kMC);
+      for (int64_t ntk = sh.c0; ntk < sh.c1; ++ntk) {
+        const int64_t b0 = ntk * p.nv, nb = std::min<int64_t>(p.nv, NB - b0);
+        const int64_t n0 = b0 * kQuantNB, ncols = std::min<int64_t>(nb * kQuantNB, N - n0);
+        const MicroIndFn fn = vnni_ind_get(p.mr, static_cast<int>(nb));
+        for (int64_t m0 = mc; m0 < m_end; m0 += p.mr) {
+          const int mr = static_cast<int>(std::min<int64_t>(p.mr, m_end - m0));
+          const int64_t mp = m0 + kAhead * p.mr;
+          if (mp < sh.m1) {
+            const int mrp = static_cast<int>(std::min<int64_t>(p.mr, sh.m1 - mp));
+            prefetch_rows(out + mp * ldo + n0, ldo, mrp, ncols, true);
+            if (ep.res) prefetch_rows(ep.res + mp * ep.ldr + n0, ep.ldr, mrp, ncols, false);
+            if (ntk == sh.c0) prefetch_rows(a + mp * lda, lda, mrp, K, false);
+          }
+          const uint8_t* rows[kMaxMR];
+          for (int i = 0; i < mr; ++i) rows[i] = a + (m0 + i) * lda;
+          const FusedEpi fe{off + n0, ep.mult + n0, ep.res ? ep.res + m0 * ep.ldr + n0 : nullptr, ep.ldr,
+                            out + m0 * ldo + n0, ldo, ncols, ep.out_zero, ep.res_zero, ep.qmin, ep.qmax, ep.res_mult};
+          (mr == p.mr ? fn : vnni_ind_get(mr, static_cast<int>(nb)))(rows, 1, K / 4, packed + b0 * bstride, bstride,
+                                                                      nullptr, &fe);
+        }
       }
-      const uint8_t* rows[kMaxMR];
-      for (int i = 0; i < mr; ++i) rows[i] = a + (m0 + i) * lda;
-      const FusedEpi fe{off + n0, ep.mult + n0, ep.res ? ep.res + m0 * ep.ldr + n0 : nullptr, ep.ldr,
-                        out + m0 * ldo + n0, ldo, ncols, ep.out_zero, ep.res_zero, ep.qmin, ep.qmax, ep.res_mult};
-      (mr == p.mr ? fn : vnni_ind_get(mr, static_cast<int>(nb)))(rows, 1, K / 4, packed + b0 * bstride, bstride,
-                                                                  nullptr, &fe);
     }
   }
 }
@@ -684,17 +704,21 @@ void quant_gemm(const uint8_t* a, int64_t M, int64_t K, int64_t lda, int32_t a_z
     return;
   }
 #endif
-#pragma omp parallel for schedule(static) num_threads(nt) if (parallel)
-  for (int64_t t = 0; t < tasks; ++t) {
+#pragma omp parallel num_threads(nt) if (parallel)
+  {
     alignas(64) int32_t tile[kMaxMR * kMaxNR];
-    const int64_t mt = t / ntasks, ntk = t % ntasks;
-    const int64_t b0 = ntk * p.nv, nb = std::min<int64_t>(p.nv, NB - b0);
-    const int64_t n0 = b0 * kQuantNB, ncols = std::min<int64_t>(nb * kQuantNB, N - n0);
-    const int64_t m_end = std::min(M, (mt + 1) * kMC);
-    for (int64_t m0 = mt * kMC; m0 < m_end; m0 += p.mr) {
-      const int mr = static_cast<int>(std::min<int64_t>(p.mr, m_end - m0));
-      p.get(mr, static_cast<int>(nb))(a + m0 * lda, lda, K, packed + b0 * bstride, bstride, tile);
-      epi(tile, mr, m0, n0, ncols, ea, out, ldo);
+    const Share sh = gemm_share(M, N, ntasks, p.mr, omp_get_thread_num(), omp_get_num_threads());
+    for (int64_t mc = sh.m0; mc < sh.m1; mc += kMC) {
+      const int64_t m_end = std::min(sh.m1, mc + kMC);
+      for (int64_t ntk = sh.c0; ntk < sh.c1; ++ntk) {
+        const int64_t b0 = ntk * p.nv, nb = std::min<int64_t>(p.nv, NB - b0);
+        const int64_t n0 = b0 * kQuantNB, ncols = std::min<int64_t>(nb * kQuantNB, N - n0);
+        for (int64_t m0 = mc; m0 < m_end; m0 += p.mr) {
+          const int mr = static_cast<int>(std::min<int64_t>(p.mr, m_end - m0));
+          p.get(mr, static_cast<int>(nb))(a + m0 * lda, lda, K, packed + b0 * bstride, bstride, tile);
+          epi(tile, mr, m0, n0, ncols, ea, out, ldo);
+        }
+      }
     }
   }
 }
@@ -902,9 +926,9 @@ void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t 
       std::memset(zrow.data(), a_zero, static_cast<size_t>(seg));
       const uint8_t** pt = ptrs.data();
       alignas(64) int32_t tile[kMaxMR * kMaxNR];
-#pragma omp for schedule(static)
-      for (int64_t t = 0; t < tasks; ++t) {
-        const int64_t r0 = t * mc, rows = std::min(mc, M - r0);
+      const Share sh = gemm_share(M, 0, 1, p.mr, omp_get_thread_num(), omp_get_num_threads());   // rows
+      for (int64_t r0 = sh.m0; r0 < sh.m1; r0 += mc) {
+        const int64_t rows = std::min(mc, sh.m1 - r0);
         ig.table(r0, rows, pt, ebuf.data(), zrow.data());
         for (int64_t b0 = 0; b0 < NB; b0 += p.nv) {
           const int64_t nb = std::min<int64_t>(p.nv, NB - b0);
@@ -935,9 +959,9 @@ void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t 
     if (abuf.size() < static_cast<size_t>(mc * K + kCopySlack)) abuf.resize(static_cast<size_t>(mc * K + kCopySlack));
     uint8_t* a = abuf.data();
     alignas(64) int32_t tile[kMaxMR * kMaxNR];
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < tasks; ++t) {
-      const int64_t r0 = t * mc, rows = std::min(mc, M - r0);
+    const Share sh = gemm_share(M, 0, 1, p.mr, omp_get_thread_num(), omp_get_num_threads());     // rows
+    for (int64_t r0 = sh.m0; r0 < sh.m1; r0 += mc) {
+      const int64_t rows = std::min(mc, sh.m1 - r0);
       int64_t n = r0 / (OH * OW), oh = (r0 / OW) % OH, ow = r0 % OW;
       for (int64_t r = 0; r < rows; ++r) {
         g.row_at(n, oh, ow, runs, a + r * K);
