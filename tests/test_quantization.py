@@ -71,6 +71,33 @@ def test_resnet18_ptq_with_input_target_pairs():
     assert _rel_err(y, ref) < 0.1
 
 
+def test_forward_drops_each_activation_after_its_last_use(monkeypatch):
+    # the forward must not hold every activation until it returns (all of them at once in memory, and
+    # glibc faulting them in afresh on the next call): when each layer runs, only the values still
+    # needed (its input, a residual, a block's input) may be alive
+    import weakref
+    model = _bn_stats(models.resnet18(num_classes=7), seed=2)
+    g = _gen(4)
+    qm = quantize(model, [torch.randn(2, 3, 24, 24, generator=g)])
+    x = torch.randn(2, 3, 24, 24, generator=g)
+    outs, most = [], [0]
+    call = qops.BoundQuantizedLayer.__call__
+
+    def spy(self, input, residual=None):
+        most[0] = max(most[0], sum(r() is not None for r in outs))
+        y = call(self, input, residual)
+        outs.append(weakref.ref(y))
+        return y
+
+    monkeypatch.setattr(qops.BoundQuantizedLayer, "__call__", spy)
+    with torch.no_grad():
+        want = qm(x)
+    assert len(outs) == 21 and most[0] <= 3, f"{most[0]} layer outputs alive at once"
+    monkeypatch.setattr(qops.BoundQuantizedLayer, "__call__", call)
+    with torch.no_grad():
+        assert torch.equal(qm(x), want)
+
+
 def test_per_tensor_weights():
     model = models.lenet5().eval()
     g = _gen(4)
