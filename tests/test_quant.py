@@ -448,6 +448,33 @@ def test_quantized_adaptive_avg_pool2d(backend, case):
     assert ((y.double() - 12) * 0.07 - real.clamp(-12 * 0.07, 243 * 0.07)).abs().max() <= 0.07 / 2 + 1e-9
 
 
+# The CPU pools on NHWC input take vector bodies on the vnni path (64 channels per max, 16 per sum):
+# channel counts with full vectors and a tail, windows cut by the border, and windows of more than 64
+# taps (the scalar loop) on every path; the requantisation's clamps with a huge ratio.
+@pytest.mark.parametrize("case", [(2, 130, 9, 9, 3, 2, 1), (1, 70, 8, 6, 2, 2, 0), (1, 64, 5, 5, 3, 1, 1)],
+                         ids=lambda c: f"c{c[1]}_k{c[4]}s{c[5]}p{c[6]}")
+def test_quantized_max_pool2d_nhwc_every_cpu_path(cpu_path, case):
+    N, C, H, W, k, s, p = case
+    x = torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(C + H)).contiguous(
+        memory_format=torch.channels_last)
+    y = ops.quantized_max_pool2d(x, k, s, p)
+    _assert_equal(y, torch.nn.functional.max_pool2d(x.float(), k, s, p).to(torch.uint8))
+
+
+@pytest.mark.parametrize("case", [(2, 130, 7, 7, (1, 1), 0.1), (1, 70, 10, 9, (3, 4), 0.1), (1, 33, 9, 9, (1, 1), 0.1),
+                                  (2, 40, 3, 5, (2, 2), 3.0e7), (1, 20, 4, 4, (1, 1), -3.0e7)],
+                         ids=lambda c: f"c{c[1]}_{c[2]}x{c[3]}to{c[4][0]}x{c[4][1]}_r{c[5]}")
+def test_quantized_adaptive_avg_pool2d_nhwc_every_cpu_path(cpu_path, case):
+    N, C, H, W, size, s_in = case
+    x = torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(C + W)).contiguous(
+        memory_format=torch.channels_last)
+    y = ops.quantized_adaptive_avg_pool2d(x, size, abs(s_in), 30, 0.07, 12)
+    if s_in < 0:     # a negative ratio cannot come from the op's positive scales: the kernel entry directly
+        y = torch.empty_like(y)
+        kernels("cpu", "quant").adaptive_avg_pool2d(x, *size, 30, s_in / 0.07, 12, y)
+    _assert_equal(y, ref.quant_adaptive_avg_pool2d(x, *size, 30, s_in / 0.07, 12))
+
+
 def test_cuda_backend_on_cpu_tensors_is_refused(monkeypatch):
     # the cuda backend's int8 kernels take CUDA tensors only: a clear BackendError, never a crash or a
     # silent fallback

@@ -68,7 +68,8 @@ namespace {
 constexpr int64_t kMC = 48;               // rows per task: a multiple of every MR below
 constexpr float kClampF = 4194304.0f;     // 2^22
 constexpr int kMaxMR = 6, kMaxNR = 64;    // the largest tile (vnni)
-constexpr int64_t kCopySlack = 32;        // bytes past an im2col buffer a fixed-size row copy may write
+constexpr int64_t kCopySlack = 32;
+constexpr int64_t kMaxPoolTaps = 64;       // windows of more taps run the scalar pool loops        // bytes past an im2col buffer a fixed-size row copy may write
 
 enum class QPath { Generic = 0, Avx2 = 1, Vnni = 2 };
 
@@ -983,15 +984,84 @@ void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t 
   }
 }
 
+namespace {
+
+#ifdef PYIMGCLS_X86
+inline __mmask64 byte_mask(int64_t n) { return n >= 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1; }
+
+// One output pixel of the max pool on NHWC input (channels dense): o[c] = max over the window's
+// in-image taps of the C bytes at tap[t], 64 channels per zmm with the running maximum in a register
+// (the scalar walk re-read and re-wrote o per tap and channel: ResNet's stem pool at 224x224 batch 16,
+// 16 x 64 x 56 x 56 outputs x 9 taps, 1.8 ms against onnxruntime's 1.1). Same bytes: max is exact.
+PYIMGCLS_TARGET_VNNI void max_pixel_avx512(const uint8_t* const* tap, int ntaps, int64_t C, uint8_t* o) {
+  for (int64_t c = 0; c < C; c += 64) {
+    const __mmask64 k = byte_mask(C - c);
+    __m512i m = _mm512_setzero_si512();     // 0 is the least uint8; every window has a tap in the image
+    for (int t = 0; t < ntaps; ++t) m = _mm512_max_epu8(m, _mm512_maskz_loadu_epi8(k, tap[t] + c));
+    _mm512_mask_storeu_epi8(o + c, k, m);
+  }
+}
+
+// One output pixel of the adaptive average pool on NHWC input: the int32 window sums of 16 channels
+// per zmm (exact), then quant_adaptive_avg_pool2d's requantisation with the same IEEE operations lane
+// for lane as its scalar rne_term (int -> float, one multiply, clamp to +-2^22, round to nearest even),
+// so the same bytes. The scalar loop summed each channel over the window at a stride of C bytes.
+PYIMGCLS_TARGET_VNNI void avg_pixel_avx512(const uint8_t* const* tap, int ntaps, int64_t C, int32_t zsum, float mult,
+                                           int32_t out_zero, uint8_t* o) {
+  const __m512 mu = _mm512_set1_ps(mult), cl = _mm512_set1_ps(kClampF), ncl = _mm512_set1_ps(-kClampF);
+  const __m512i zs = _mm512_set1_epi32(zsum), oz = _mm512_set1_epi32(out_zero);
+  const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(255);
+  for (int64_t c = 0; c < C; c += 16) {
+    const __mmask16 k = C - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (C - c)) - 1);
+    __m512i acc = _mm512_setzero_si512();
+    for (int t = 0; t < ntaps; ++t) acc = _mm512_add_epi32(acc, _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, tap[t] + c)));
+    const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, zs)), mu);
+    __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(y, cl), ncl)), oz);
+    q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+    _mm_mask_storeu_epi8(o + c, k, _mm512_cvtepi32_epi8(q));
+  }
+}
+#endif
+
+// The vector pixel functions above apply: the VNNI path (AVX-512BW) and channels dense (NHWC).
+inline bool pool_vector(int64_t sC) {
+#ifdef PYIMGCLS_X86
+  return sC == 1 && active_qpath() == QPath::Vnni;
+#else
+  (void)sC;
+  return false;
+#endif
+}
+
+}  // namespace
+
 void quant_max_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC,
                       int64_t sH, int64_t sW, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
                       int64_t DH, int64_t DW, int64_t OH, int64_t OW, uint8_t* out) {
   const int64_t pix = N * OH * OW;
+  const bool vec = pool_vector(sC);
+  (void)vec;
   const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(pix * C >> 20, 1)));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t p = 0; p < pix; ++p) {
     const int64_t n = p / (OH * OW), oh = (p / OW) % OH, ow = p % OW;
     uint8_t* o = out + p * C;
+#ifdef PYIMGCLS_X86
+    if (vec && KH * KW <= kMaxPoolTaps) {
+      const uint8_t* tap[kMaxPoolTaps];
+      int nt = 0;
+      for (int64_t i = 0; i < KH; ++i) {
+        const int64_t ih = oh * SH - PH + i * DH;
+        if (ih < 0 || ih >= H) continue;
+        for (int64_t j = 0; j < KW; ++j) {
+          const int64_t iw = ow * SW - PW + j * DW;
+          if (iw >= 0 && iw < W) tap[nt++] = x + n * sN + ih * sH + iw * sW;
+        }
+      }
+      max_pixel_avx512(tap, nt, C, o);
+      continue;
+    }
+#endif
     std::memset(o, 0, static_cast<size_t>(C));   // 0 is the least uint8; every window has a tap in the image
     for (int64_t i = 0; i < KH; ++i) {
       const int64_t ih = oh * SH - PH + i * DH;
@@ -1010,6 +1080,8 @@ void quant_adaptive_avg_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H
                                int64_t sH, int64_t sW, int64_t OH, int64_t OW, int32_t in_zero, double ratio,
                                int32_t out_zero, uint8_t* out) {
   const int64_t pix = N * OH * OW;
+  const bool vec = pool_vector(sC);
+  (void)vec;
   const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(N * C * H * W >> 20, 1)));
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t p = 0; p < pix; ++p) {
@@ -1020,6 +1092,16 @@ void quant_adaptive_avg_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H
     const float mult = static_cast<float>(ratio / static_cast<double>(count));
     const int32_t zsum = static_cast<int32_t>(count) * in_zero;
     uint8_t* o = out + p * C;
+#ifdef PYIMGCLS_X86
+    if (vec && count <= kMaxPoolTaps) {
+      const uint8_t* tap[kMaxPoolTaps];
+      int t = 0;
+      for (int64_t ih = h0; ih < h1; ++ih)
+        for (int64_t iw = w0; iw < w1; ++iw) tap[t++] = x + n * sN + ih * sH + iw * sW;
+      avg_pixel_avx512(tap, t, C, zsum, mult, out_zero, o);
+      continue;
+    }
+#endif
     for (int64_t c = 0; c < C; ++c) {
       int32_t s = 0;
       for (int64_t ih = h0; ih < h1; ++ih)
