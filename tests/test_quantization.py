@@ -80,22 +80,71 @@ def test_forward_drops_each_activation_after_its_last_use(monkeypatch):
     g = _gen(4)
     qm = quantize(model, [torch.randn(2, 3, 24, 24, generator=g)])
     x = torch.randn(2, 3, 24, 24, generator=g)
-    outs, most = [], [0]
-    call = qops.BoundQuantizedLayer.__call__
+    outs, most, handed = [], [0], set()
+    call, give_back = qops.BoundQuantizedLayer.__call__, qops.BoundQuantizedLayer.give_back
 
     def spy(self, input, residual=None):
-        most[0] = max(most[0], sum(r() is not None for r in outs))
+        # alive and not handed back to its layer (a spare buffer for the next forward)
+        most[0] = max(most[0], sum(r() is not None and id(r()) not in handed for r in outs))
         y = call(self, input, residual)
         outs.append(weakref.ref(y))
         return y
 
+    def spy_back(self, out):
+        handed.add(id(out))
+        give_back(self, out)
+
     monkeypatch.setattr(qops.BoundQuantizedLayer, "__call__", spy)
+    monkeypatch.setattr(qops.BoundQuantizedLayer, "give_back", spy_back)
     with torch.no_grad():
         want = qm(x)
     assert len(outs) == 21 and most[0] <= 3, f"{most[0]} layer outputs alive at once"
+    assert len(handed) == 20        # every conv output (the fc's, float logits, is returned)
     monkeypatch.setattr(qops.BoundQuantizedLayer, "__call__", call)
     with torch.no_grad():
         assert torch.equal(qm(x), want)
+
+
+def test_forward_reuses_handed_back_buffers_and_keeps_aliased_ones(monkeypatch):
+    # a conv output read only by ops that make new tensors (here a relu) goes back to its layer and the next
+    # forward writes into it; one also read by a view (flatten) must not (its storage may still be referenced)
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.c2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.c3 = torch.nn.Conv2d(8, 8, 1)
+            self.fc = torch.nn.Linear(8 * 6 * 6 * 2, 5)
+
+        def forward(self, x):
+            a = torch.relu(self.c1(x))
+            b = self.c2(a)
+            c = self.c3(b)
+            return self.fc(torch.cat([torch.flatten(b, 1), torch.flatten(c, 1)], 1))
+
+    g = _gen(9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qm = quantize(Net().eval(), [torch.randn(2, 3, 6, 6, generator=g)])
+    assert set(qm._recycle) == {"c1"}, qm._recycle
+    x = torch.randn(2, 3, 6, 6, generator=g)
+    ptrs = []
+    call = qops.BoundQuantizedLayer.__call__
+
+    def spy(self, input, residual=None):
+        y = call(self, input, residual)
+        ptrs.append(y.data_ptr())
+        return y
+
+    monkeypatch.setattr(qops.BoundQuantizedLayer, "__call__", spy)
+    with torch.no_grad():
+        first = [qm(x) for _ in range(2)]
+        spare = list(qm._recycle["c1"]._spare.values())
+        assert len(spare) == 1, "c1's output was not handed back"
+        ptrs.clear()
+        first.append(qm(x))
+    assert ptrs[0] == spare[0].data_ptr(), "c1's output buffer was not reused"
+    assert all(torch.equal(f, first[0]) for f in first)
 
 
 def test_per_tensor_weights():

@@ -164,6 +164,15 @@ class QuantizedModel(torch.nn.Module):
         self._dead_after = [tuple(dead.get(n.name, ())) for n, _ in self._plan]
         self._layers = {n.name: self._bind_layer(n, kind, modules) for n, kind in self._plan
                         if kind in ("conv", "linear")}
+        # Layer outputs none of whose consumers can alias them: quantised layers and pools read the uint8
+        # tensor, relu and float ops make new tensors from it (a clamp, a dequantised copy), and none keeps
+        # a reference; "pass", "reshape" and "structural" nodes may hand on the tensor or a view of it. Such
+        # an output, once dead, goes back to its layer for the next forward (BoundQuantizedLayer.give_back).
+        kinds = {n.name: kind for n, kind in self._plan}
+        consumers = ("conv", "linear", "maxpool", "avgpool", "relu", "float")
+        self._recycle = {n.name: self._layers[n.name][3] for n, kind in self._plan
+                         if kind in ("conv", "linear") and not self._layers[n.name][2] and n.users
+                         and all(kinds.get(u.name) in consumers for u in n.users)}
         if self.float_layers:
             warnings.warn("quantize: these layers are kept in float (no quantised kernel for them): "
                           + ", ".join(self.float_layers), stacklevel=3)
@@ -337,7 +346,11 @@ class QuantizedModel(torch.nn.Module):
                 else:
                     env[n.name] = getattr(args[0], n.target)(*args[1:], **kwargs)
             for name in dead:
-                del env[name]
+                layer = self._recycle.get(name)
+                if layer is None:
+                    del env[name]
+                else:
+                    layer.give_back(env.pop(name).data)      # a conv / linear output: always a QTensor
         return outputs
 
 
