@@ -50,7 +50,122 @@ static cuda::QuantEpilogueArgs cuda_epilogue(uintptr_t colsum, int a_zero, uintp
 }
 #endif
 
+// A quantised model's forward on the CPU as one native call (pyimgcls/quantization/_program.py builds
+// it): the calls the layer-by-layer forward makes, with the same arguments, in order, between buffers
+// the program's owner keeps. Why: at batch 1 the Python around each call (the interpreter step, the
+// bound layer's layout key, the output allocation, ~30 arguments converted by pybind11) cost 4-6 us a
+// layer, ~20 % of a ResNet-18 64x64 forward. A pointer argument of -1 is the run's input, -2 its output.
+class QuantProgram {
+ public:
+  void add_quantize_nhwc(int64_t x, int64_t N, int64_t C, int64_t HW, int64_t sN, int64_t sC, float inv_scale,
+                         int zero_point, int64_t out) {
+    steps_.push_back({Kind::Quantize, {x, N, C, HW, sN, sC, zero_point, out}, inv_scale});
+  }
+  void add_conv(int64_t x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW, int64_t C,
+                int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW,
+                int64_t OH, int64_t OW, int a_zero, int64_t packed, int64_t colsum, int64_t O, int64_t bias,
+                int64_t mult, int64_t res, int64_t ldr, int res_zero, float res_mult, int out_zero, int qmin, int qmax,
+                bool float_out, int act, int64_t out, int64_t ldo) {
+    if (C <= 0 || KH <= 0 || KW <= 0) throw std::invalid_argument("quant_conv_gemm: C, KH and KW must be positive");
+    if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_conv_gemm: a_zero must be in [0, 255]");
+    steps_.push_back({Kind::Conv,
+                      {x, N, H, W, sN, sC, sH, sW, C, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, a_zero, packed, colsum, O,
+                       bias, mult, res, ldr, res_zero, out_zero, qmin, qmax, float_out, act, out, ldo},
+                      res_mult});
+  }
+  void add_gemm(int64_t a, int64_t M, int64_t K, int64_t lda, int a_zero, int64_t packed, int64_t colsum, int64_t N,
+                int64_t bias, int64_t mult, int64_t res, int64_t ldr, int res_zero, float res_mult, int out_zero,
+                int qmin, int qmax, bool float_out, int act, int64_t out, int64_t ldo) {
+    if (K <= 0) throw std::invalid_argument("quant_gemm: K must be positive");
+    if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_gemm: a_zero must be in [0, 255]");
+    steps_.push_back({Kind::Gemm,
+                      {a, M, K, lda, a_zero, packed, colsum, N, bias, mult, res, ldr, res_zero, out_zero, qmin, qmax,
+                       float_out, act, out, ldo},
+                      res_mult});
+  }
+  void add_max_pool(int64_t x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH,
+                    int64_t sW, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH,
+                    int64_t DW, int64_t OH, int64_t OW, int64_t out) {
+    steps_.push_back({Kind::MaxPool, {x, N, C, H, W, sN, sC, sH, sW, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, out}, 0});
+  }
+  void add_avg_pool(int64_t x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH,
+                    int64_t sW, int64_t OH, int64_t OW, int in_zero, double ratio, int out_zero, int64_t out) {
+    steps_.push_back({Kind::AvgPool, {x, N, C, H, W, sN, sC, sH, sW, OH, OW, in_zero, out_zero, out}, ratio});
+  }
+  size_t size() const { return steps_.size(); }
+
+  void run(uintptr_t x, uintptr_t y) const {
+    const auto ptr = [&](int64_t v) -> uintptr_t {
+      return v == -1 ? x : (v == -2 ? y : static_cast<uintptr_t>(v));
+    };
+    const auto u8 = [&](int64_t v) { return reinterpret_cast<const uint8_t*>(ptr(v)); };
+    const auto wu8 = [&](int64_t v) { return reinterpret_cast<uint8_t*>(ptr(v)); };
+    for (const Step& s : steps_) {
+      const int64_t* a = s.i.data();
+      switch (s.kind) {
+        case Kind::Quantize:
+          cpu::quant_quantize_nhwc(reinterpret_cast<const float*>(ptr(a[0])), a[1], a[2], a[3], a[4], a[5],
+                                   static_cast<float>(s.f), static_cast<int32_t>(a[6]), wu8(a[7]));
+          break;
+        case Kind::Conv: {
+          const cpu::QuantEpilogue ep = epilogue(ptr(a[23]), ptr(a[24]), ptr(a[25]), a[26], static_cast<int>(a[27]),
+                                                 static_cast<float>(s.f), static_cast<int>(a[28]),
+                                                 static_cast<int>(a[29]), static_cast<int>(a[30]), a[31] != 0,
+                                                 static_cast<int>(a[32]));
+          cpu::quant_conv_gemm(u8(a[0]), a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12],
+                               a[13], a[14], a[15], a[16], a[17], a[18], static_cast<int32_t>(a[19]),
+                               reinterpret_cast<const int8_t*>(ptr(a[20])), reinterpret_cast<const int32_t*>(ptr(a[21])),
+                               a[22], ep, mptr(ptr(a[33])), a[34]);
+          break;
+        }
+        case Kind::Gemm: {
+          const cpu::QuantEpilogue ep = epilogue(ptr(a[8]), ptr(a[9]), ptr(a[10]), a[11], static_cast<int>(a[12]),
+                                                 static_cast<float>(s.f), static_cast<int>(a[13]),
+                                                 static_cast<int>(a[14]), static_cast<int>(a[15]), a[16] != 0,
+                                                 static_cast<int>(a[17]));
+          cpu::quant_gemm(u8(a[0]), a[1], a[2], a[3], static_cast<int32_t>(a[4]),
+                          reinterpret_cast<const int8_t*>(ptr(a[5])), reinterpret_cast<const int32_t*>(ptr(a[6])), a[7],
+                          ep, mptr(ptr(a[18])), a[19]);
+          break;
+        }
+        case Kind::MaxPool:
+          cpu::quant_max_pool2d(u8(a[0]), a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12],
+                                a[13], a[14], a[15], a[16], a[17], a[18], wu8(a[19]));
+          break;
+        case Kind::AvgPool:
+          cpu::quant_adaptive_avg_pool2d(u8(a[0]), a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10],
+                                         static_cast<int32_t>(a[11]), s.f, static_cast<int32_t>(a[12]), wu8(a[13]));
+          break;
+      }
+    }
+  }
+
+ private:
+  enum class Kind { Quantize, Conv, Gemm, MaxPool, AvgPool };
+  struct Step {
+    Kind kind;
+    std::vector<int64_t> i;   // the call's integer and pointer arguments, in its order
+    double f;                 // its one floating-point argument (scale, residual multiplier or ratio)
+  };
+  std::vector<Step> steps_;
+};
+
 void bind_quant(py::module_& m) {
+  py::class_<QuantProgram>(m, "QuantProgram", "a quantised model's CPU forward as one native call")
+      .def(py::init<>())
+      .def("add_quantize_nhwc", &QuantProgram::add_quantize_nhwc)
+      .def("add_conv", &QuantProgram::add_conv)
+      .def("add_gemm", &QuantProgram::add_gemm)
+      .def("add_max_pool", &QuantProgram::add_max_pool)
+      .def("add_avg_pool", &QuantProgram::add_avg_pool)
+      .def("__len__", &QuantProgram::size)
+      .def(
+          "run",
+          [](const QuantProgram& p, uintptr_t x, uintptr_t y) {
+            py::gil_scoped_release nogil;
+            p.run(x, y);
+          },
+          "run every step; x, y: the addresses standing for -1 and -2");
   m.def("quant_isa", &cpu::quant_isa, "path of the CPU integer GEMM here: vnni, avx2 or generic");
   m.def("quant_packed_bytes", &cpu::quant_packed_bytes, "bytes of the packed int8 weight of an [N, K] matrix");
   m.def(

@@ -20,11 +20,16 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .. import _backend
+from .. import backends as _grid
 from .. import fuse as _fuse
 from .. import ops
 from ..errors import ArgumentTypeError, ArgumentValueError
 from ..ops import quant as q
+from . import _program
 from .observers import OBSERVERS
+
+_UNSEEN, _NO_PROGRAM = object(), object()       # QuantizedModel._programs: layout not seen / no program
 
 __all__ = ["quantize", "QuantizedModel", "QTensor"]
 
@@ -285,7 +290,37 @@ class QuantizedModel(torch.nn.Module):
         """Whether the node's value is only returned (the last layer gives float output)."""
         return all(u.op == "output" for u in n.users)
 
+    def __getstate__(self):
+        # copies and pickles drop the native programs (buffers and addresses, not state)
+        state = dict(self.__dict__)
+        state["_programs"] = {}
+        return state
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # CPU inputs of a layout seen before run as one native call (quantization/_program.py): built on
+        # the second forward of a layout (one-off shapes keep the interpreter), kept for 4 layouts
+        if type(x) is torch.Tensor and x.device.type == "cpu" and _grid._recorder is None:
+            key = (_backend.get_backend(), x.dtype, x.shape, x.stride(),
+                   tuple(b._version for b in self.biases.values()))
+            programs = self.__dict__.setdefault("_programs", {})
+            prog = programs.get(key, _UNSEEN)
+            if prog is _UNSEEN:
+                if len(programs) >= 8:
+                    programs.clear()
+                programs[key] = None
+            elif prog is None:
+                outputs, env = self._run(x, keep=True)
+                programs[key] = _program.build(self, x, env) or _NO_PROGRAM
+                return outputs
+            elif prog is not _NO_PROGRAM:
+                y = prog(x)
+                if y is not None:
+                    return y
+        return self._run(x)[0]
+
+    def _run(self, x: torch.Tensor, keep: bool = False):
+        """(outputs, environment) of the layer-by-layer forward; ``keep``: no value dropped (the
+        environment then holds every node's value, for _program.build)."""
         env: dict = {}
         outputs = None
 
@@ -345,13 +380,15 @@ class QuantizedModel(torch.nn.Module):
                     env[n.name] = n.target(*args, **kwargs)
                 else:
                     env[n.name] = getattr(args[0], n.target)(*args[1:], **kwargs)
+            if keep:
+                continue
             for name in dead:
                 layer = self._recycle.get(name)
                 if layer is None:
                     del env[name]
                 else:
                     layer.give_back(env.pop(name).data)      # a conv / linear output: always a QTensor
-        return outputs
+        return outputs, env
 
 
 def _fused_graph(model: torch.nn.Module, op: str) -> torch.fx.GraphModule:

@@ -127,6 +127,7 @@ def bind_layer(x, a_zero, res, out, packed, conv, bias, mult, res_zero, res_mult
 
         def run(xp, rp, op, keep=keep):
             fn(xp, *head, rp, *tail, op, ldo)
+        run.native = ("gemm", head, tail, ldo, keep)       # for QuantProgram.add_gemm(xp, *head, rp, *tail, op, ldo)
         return run
     kh, kw, stride, padding, dilation, oh, ow = conv
     N, C, H, W = x.shape
@@ -138,4 +139,5 @@ def bind_layer(x, a_zero, res, out, packed, conv, bias, mult, res_zero, res_mult
 
     def run(xp, rp, op, keep=keep):
         fn(xp, *head, rp, *tail, op, ldo)
+    run.native = ("conv", head, tail, ldo, keep)           # for QuantProgram.add_conv(xp, *head, rp, *tail, op, ldo)
     return run
