@@ -692,6 +692,12 @@ def test_quantize_nhwc_every_cpu_path(cpu_path, shape):
     out = torch.full(shape, 7, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     kernels("cpu", "quant").quantize_nhwc(part, inv, 77, out)
     _assert_equal(out, ref.quant_quantize(part, inv, 77))
+    # into more channels than x has: those are the zero point (a padded RGB input: QuantizedModel._pad_in)
+    padded = torch.full((shape[0], shape[1] + 2, *shape[2:]), 7, dtype=torch.uint8).contiguous(
+        memory_format=torch.channels_last)
+    kernels("cpu", "quant").quantize_nhwc(part, inv, 77, padded)
+    _assert_equal(padded[:, :shape[1]], ref.quant_quantize(part, inv, 77))
+    assert (padded[:, shape[1]:] == 77).all()
     # the other backends give the same tensor through the generic path
     with pyimgcls.use_backend("torch"):
         qt = ops.quantize_per_tensor(x, 0.125, 77, channels_last=True)

@@ -151,3 +151,21 @@ def test_no_program_for_other_plans():
         want = qm._run(x)[0]
         assert all(torch.equal(qm(x), want) for _ in range(3))
     assert _programs(qm) == [] and _ptq._NO_PROGRAM in qm._programs.values()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_padded_rgb_input_same_bytes(monkeypatch, layout):
+    # the stem bound to a 4-channel weight (zero 4th channel) on the image quantised into 4 channels gives
+    # the bytes of the 3-channel layer, through the interpreter (both quantisation routes) and the program
+    qm = _model("resnet18", 32)
+    monkeypatch.setenv("PYIMGCLS_QUANT_PAD_INPUT", "0")
+    plain = _model("resnet18", 32)
+    assert plain._pad_in == {} and list(qm._pad_in.values()) == [4]
+    stem = qm._layers[next(iter(qm._pad_in))][3]
+    assert tuple(stem.weight.q.shape) == (64, 4, 7, 7) and not stem.weight.q[:, 3].any()
+    x = torch.randn(2, 3, 32, 32, generator=_gen(11))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = plain._run(x)[0]
+        assert all(torch.equal(qm(x), want) for _ in range(4))

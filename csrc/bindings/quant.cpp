@@ -58,8 +58,9 @@ static cuda::QuantEpilogueArgs cuda_epilogue(uintptr_t colsum, int a_zero, uintp
 class QuantProgram {
  public:
   void add_quantize_nhwc(int64_t x, int64_t N, int64_t C, int64_t HW, int64_t sN, int64_t sC, float inv_scale,
-                         int zero_point, int64_t out) {
-    steps_.push_back({Kind::Quantize, {x, N, C, HW, sN, sC, zero_point, out}, inv_scale});
+                         int zero_point, int64_t out, int64_t Cout) {
+    if (Cout < C) throw std::invalid_argument("quant_quantize_nhwc: Cout must be at least C");
+    steps_.push_back({Kind::Quantize, {x, N, C, HW, sN, sC, zero_point, out, Cout}, inv_scale});
   }
   void add_conv(int64_t x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW, int64_t C,
                 int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW,
@@ -105,7 +106,7 @@ class QuantProgram {
       switch (s.kind) {
         case Kind::Quantize:
           cpu::quant_quantize_nhwc(reinterpret_cast<const float*>(ptr(a[0])), a[1], a[2], a[3], a[4], a[5],
-                                   static_cast<float>(s.f), static_cast<int32_t>(a[6]), wu8(a[7]));
+                                   static_cast<float>(s.f), static_cast<int32_t>(a[6]), wu8(a[7]), a[8]);
           break;
         case Kind::Conv: {
           const cpu::QuantEpilogue ep = epilogue(ptr(a[23]), ptr(a[24]), ptr(a[25]), a[26], static_cast<int>(a[27]),
@@ -229,12 +230,14 @@ void bind_quant(py::module_& m) {
   m.def(
       "quant_quantize_nhwc_cpu",
       [](uintptr_t x, int64_t N, int64_t C, int64_t HW, int64_t sN, int64_t sC, float inv_scale, int zero_point,
-         uintptr_t out) {
+         uintptr_t out, int64_t Cout) {
+        if (Cout < C) throw std::invalid_argument("quant_quantize_nhwc: Cout must be at least C");
         py::gil_scoped_release nogil;
         cpu::quant_quantize_nhwc(reinterpret_cast<const float*>(x), N, C, HW, sN, sC, inv_scale, zero_point,
-                                 reinterpret_cast<uint8_t*>(out));
+                                 reinterpret_cast<uint8_t*>(out), Cout);
       },
-      "quant_quantize_cpu of a float32 [N, C, H, W] image (H, W dense) into a dense NHWC uint8 output");
+      "quant_quantize_cpu of a float32 [N, C, H, W] image (H, W dense) into a dense NHWC uint8 output of "
+      "Cout >= C channels (those from C on: zero_point)");
   m.def(
       "quant_max_pool2d_cpu",
       [](uintptr_t x, int64_t N, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW,

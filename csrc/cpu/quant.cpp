@@ -1171,14 +1171,16 @@ void quant_quantize(const float* x, int64_t n, float inv_scale, int32_t zero_poi
 }
 
 void quant_quantize_nhwc(const float* x, int64_t N, int64_t C, int64_t HW, int64_t sN, int64_t sC, float inv_scale,
-                         int32_t zero_point, uint8_t* out) {
+                         int32_t zero_point, uint8_t* out, int64_t Cout) {
+  if (Cout < C) throw std::invalid_argument("quant_quantize_nhwc: Cout must be at least C");
+  const uint8_t zp = static_cast<uint8_t>(zero_point < 0 ? 0 : (zero_point > 255 ? 255 : zero_point));
   const QuantizeRowFn row = quantize_row_for(active_qpath());
   // Blocks of 64 pixels: each channel's 64 values quantised as a row into tmp [C, 64], then
   // interleaved into the NHWC output (C bytes per pixel; the image's 3 channels: one pass instead of
   // quantising NCHW and a separate channels_last copy of the uint8 tensor, 1.5 ms at 224x224 batch 16).
   constexpr int64_t kPB = 64;
   const int64_t blocks = (HW + kPB - 1) / kPB, tasks = N * blocks;
-  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(N * C * HW >> 20, 1)));
+  const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(N * Cout * HW >> 20, 1)));
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     std::vector<uint8_t> tmp(static_cast<size_t>(C * kPB));
@@ -1186,9 +1188,11 @@ void quant_quantize_nhwc(const float* x, int64_t N, int64_t C, int64_t HW, int64
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t n = t / blocks, p0 = (t % blocks) * kPB, np = std::min(kPB, HW - p0);
       for (int64_t c = 0; c < C; ++c) row(x + n * sN + c * sC + p0, np, inv_scale, zero_point, tmp.data() + c * kPB);
-      uint8_t* o = out + (n * HW + p0) * C;
-      for (int64_t p = 0; p < np; ++p)
-        for (int64_t c = 0; c < C; ++c) o[p * C + c] = tmp[c * kPB + p];
+      uint8_t* o = out + (n * HW + p0) * Cout;
+      for (int64_t p = 0; p < np; ++p) {
+        for (int64_t c = 0; c < C; ++c) o[p * Cout + c] = tmp[c * kPB + p];
+        for (int64_t c = C; c < Cout; ++c) o[p * Cout + c] = zp;
+      }
     }
   }
 }

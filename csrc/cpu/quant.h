@@ -64,10 +64,11 @@ void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t 
 // zero_point, 0, 255), NaN read as 0 (one fp32 multiply, as pyimgcls/ops/quant.py defines it).
 void quant_quantize(const float* x, int64_t n, float inv_scale, int32_t zero_point, uint8_t* out);
 // The same rule from a float32 [N, C, H, W] image (element strides sN, sC; H and W dense: pixel p of
-// plane (n, c) at x[n * sN + c * sC + p], p < HW = H * W) into a dense NHWC uint8 output
-// out[(n * HW + p) * C + c].
+// plane (n, c) at x[n * sN + c * sC + p], p < HW = H * W) into a dense NHWC uint8 output of Cout >= C
+// channels, out[(n * HW + p) * Cout + c], the channels from C on set to zero_point (real 0: an RGB
+// image padded to 4 channels, whose 7x7 kernel rows are then 28 bytes, a multiple of 4).
 void quant_quantize_nhwc(const float* x, int64_t N, int64_t C, int64_t HW, int64_t sN, int64_t sC, float inv_scale,
-                         int32_t zero_point, uint8_t* out);
+                         int32_t zero_point, uint8_t* out, int64_t Cout);
 
 // Pooling on uint8 NHWC outputs (out [N, OH, OW, C] contiguous) from x [N, C, H, W] (element
 // strides). Max: taps outside the image are skipped (padding is -inf), the result keeps the input's

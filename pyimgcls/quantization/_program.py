@@ -78,13 +78,15 @@ def build(qm, x: torch.Tensor, env: dict) -> Program | None:
             if src.op == "placeholder":
                 # the input quantisation (QuantizedModel._q -> quantize_per_tensor, channels_last: its
                 # one-pass NHWC kernel for a contiguous NCHW float32 image)
+                # (padded to 4 channels of real 0 for a layer bound to a padded weight: QuantizedModel._pad_in)
                 s, z = qm.qparams[src.name]
-                xq = qm._q(x, src).data
-                qname = f"{src.name}/quantized"
+                xq = qm._q(x, src, qm._pad_in.get(n.name)).data
+                qname = f"{n.name}/input"
                 tensor[qname], base[qname] = xq, qname
                 inv = float(torch.tensor(1.0 / s, dtype=torch.float32))
                 N, C, H, W = x.shape
-                steps.append(("add_quantize_nhwc", [_IN, N, C, H * W, x.stride(0), x.stride(1), inv, z, qname], idx))
+                steps.append(("add_quantize_nhwc", [_IN, N, C, H * W, x.stride(0), x.stride(1), inv, z, qname,
+                                                    xq.shape[1]], idx))
                 in_name = qname
             elif src.name in tensor:
                 in_name = src.name
@@ -150,7 +152,8 @@ def build(qm, x: torch.Tensor, env: dict) -> Program | None:
     # a step's outputs are placed before that step's inputs are freed, so no step writes where it reads
     produced, last_use = {}, {}
     for method, args, idx in steps:
-        out_name = args[-2] if method in ("add_conv", "add_gemm") else args[-1]
+        out_name = {"add_conv": -2, "add_gemm": -2, "add_quantize_nhwc": -2}.get(method, -1)
+        out_name = args[out_name]
         if isinstance(out_name, str):
             produced.setdefault(idx, []).append(out_name)
         for a in args:

@@ -94,10 +94,11 @@ def adaptive_avg_pool2d(x, oh, ow, in_zero, ratio, out_zero, out):
 
 def quantize_nhwc(x, inv_scale, zero_point, out):
     """quantize() of x float32 [N, C, H, W] with H and W dense (x.stride(2) == W, x.stride(3) == 1) into
-    out uint8 channels_last, in one pass (optional entry: ops/quant.py uses it where a backend has it)."""
+    out uint8 channels_last, in one pass (optional entry: ops/quant.py uses it where a backend has it).
+    ``out`` may have more channels than x: those are set to zero_point (real 0)."""
     N, C, H, W = x.shape
     _native.C.quant_quantize_nhwc_cpu(x.data_ptr(), N, C, H * W, x.stride(0), x.stride(1), inv_scale, zero_point,
-                                      out.data_ptr())
+                                      out.data_ptr(), out.shape[1])
 
 
 def quantize(x, inv_scale, zero_point, out):
