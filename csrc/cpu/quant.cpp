@@ -611,6 +611,23 @@ inline Share gemm_share(int64_t M, int64_t N, int64_t ctasks, int mr, int tid, i
   return {std::min(M, tid * tiles / nt * mr), std::min(M, (tid + 1) * tiles / nt * mr), 0, ctasks};
 }
 
+// tile(m0, mr, b0, nb, n0, ncols, first) for each mr x (16 nb) tile of a share of an [M, N] GEMM of NB
+// 16-channel blocks: chunks of kMC rows, the share's column tasks within a chunk, tiles down the chunk
+// (the A rows of a chunk stay in L1 / L2 across its column tasks); first: the share's first column task.
+template <class F>
+inline void for_share_tiles(const Share& sh, int64_t N, int64_t NB, int mr, int nv, F&& tile) {
+  for (int64_t mc = sh.m0; mc < sh.m1; mc += kMC) {
+    const int64_t m_end = std::min(sh.m1, mc + kMC);
+    for (int64_t ntk = sh.c0; ntk < sh.c1; ++ntk) {
+      const int64_t b0 = ntk * nv, nb = std::min<int64_t>(nv, NB - b0);
+      const int64_t n0 = b0 * kQuantNB, ncols = std::min<int64_t>(nb * kQuantNB, N - n0);
+      for (int64_t m0 = mc; m0 < m_end; m0 += mr)
+        tile(m0, static_cast<int>(std::min<int64_t>(mr, m_end - m0)), b0, static_cast<int>(nb), n0, ncols,
+             ntk == sh.c0);
+    }
+  }
+}
+
 #ifdef PYIMGCLS_X86
 // bias[n] - a_zero * colsum[n] (exact int32, as epilogue_vnni): the fused epilogue's per-column start
 const int32_t* fused_offsets(const int32_t* bias, const int32_t* colsum, int32_t a_zero, int64_t N) {
@@ -652,30 +669,21 @@ void quant_gemm_fused(const uint8_t* a, int64_t M, int64_t K, int64_t lda, int32
 #pragma omp parallel num_threads(nt) if (parallel)
   {
     const Share sh = gemm_share(M, N, ntasks, p.mr, omp_get_thread_num(), omp_get_num_threads());
-    for (int64_t mc = sh.m0; mc < sh.m1; mc += kMC) {
-      const int64_t m_end = std::min(sh.m1, mc + kMC);
-      for (int64_t ntk = sh.c0; ntk < sh.c1; ++ntk) {
-        const int64_t b0 = ntk * p.nv, nb = std::min<int64_t>(p.nv, NB - b0);
-        const int64_t n0 = b0 * kQuantNB, ncols = std::min<int64_t>(nb * kQuantNB, N - n0);
-        const MicroIndFn fn = vnni_ind_get(p.mr, static_cast<int>(nb));
-        for (int64_t m0 = mc; m0 < m_end; m0 += p.mr) {
-          const int mr = static_cast<int>(std::min<int64_t>(p.mr, m_end - m0));
-          const int64_t mp = m0 + kAhead * p.mr;
-          if (mp < sh.m1) {
-            const int mrp = static_cast<int>(std::min<int64_t>(p.mr, sh.m1 - mp));
-            prefetch_rows(out + mp * ldo + n0, ldo, mrp, ncols, true);
-            if (ep.res) prefetch_rows(ep.res + mp * ep.ldr + n0, ep.ldr, mrp, ncols, false);
-            if (ntk == sh.c0) prefetch_rows(a + mp * lda, lda, mrp, K, false);
-          }
-          const uint8_t* rows[kMaxMR];
-          for (int i = 0; i < mr; ++i) rows[i] = a + (m0 + i) * lda;
-          const FusedEpi fe{off + n0, ep.mult + n0, ep.res ? ep.res + m0 * ep.ldr + n0 : nullptr, ep.ldr,
-                            out + m0 * ldo + n0, ldo, ncols, ep.out_zero, ep.res_zero, ep.qmin, ep.qmax, ep.res_mult};
-          (mr == p.mr ? fn : vnni_ind_get(mr, static_cast<int>(nb)))(rows, 1, K / 4, packed + b0 * bstride, bstride,
-                                                                      nullptr, &fe);
-        }
+    for_share_tiles(sh, N, NB, p.mr, p.nv, [&](int64_t m0, int mr, int64_t b0, int nb, int64_t n0, int64_t ncols,
+                                               bool first) {
+      const int64_t mp = m0 + kAhead * p.mr;
+      if (mp < sh.m1) {
+        const int mrp = static_cast<int>(std::min<int64_t>(p.mr, sh.m1 - mp));
+        prefetch_rows(out + mp * ldo + n0, ldo, mrp, ncols, true);
+        if (ep.res) prefetch_rows(ep.res + mp * ep.ldr + n0, ep.ldr, mrp, ncols, false);
+        if (first) prefetch_rows(a + mp * lda, lda, mrp, K, false);
       }
-    }
+      const uint8_t* rows[kMaxMR];
+      for (int i = 0; i < mr; ++i) rows[i] = a + (m0 + i) * lda;
+      const FusedEpi fe{off + n0, ep.mult + n0, ep.res ? ep.res + m0 * ep.ldr + n0 : nullptr, ep.ldr,
+                        out + m0 * ldo + n0, ldo, ncols, ep.out_zero, ep.res_zero, ep.qmin, ep.qmax, ep.res_mult};
+      vnni_ind_get(mr, nb)(rows, 1, K / 4, packed + b0 * bstride, bstride, nullptr, &fe);
+    });
   }
 }
 #endif
@@ -709,18 +717,11 @@ void quant_gemm(const uint8_t* a, int64_t M, int64_t K, int64_t lda, int32_t a_z
   {
     alignas(64) int32_t tile[kMaxMR * kMaxNR];
     const Share sh = gemm_share(M, N, ntasks, p.mr, omp_get_thread_num(), omp_get_num_threads());
-    for (int64_t mc = sh.m0; mc < sh.m1; mc += kMC) {
-      const int64_t m_end = std::min(sh.m1, mc + kMC);
-      for (int64_t ntk = sh.c0; ntk < sh.c1; ++ntk) {
-        const int64_t b0 = ntk * p.nv, nb = std::min<int64_t>(p.nv, NB - b0);
-        const int64_t n0 = b0 * kQuantNB, ncols = std::min<int64_t>(nb * kQuantNB, N - n0);
-        for (int64_t m0 = mc; m0 < m_end; m0 += p.mr) {
-          const int mr = static_cast<int>(std::min<int64_t>(p.mr, m_end - m0));
-          p.get(mr, static_cast<int>(nb))(a + m0 * lda, lda, K, packed + b0 * bstride, bstride, tile);
-          epi(tile, mr, m0, n0, ncols, ea, out, ldo);
-        }
-      }
-    }
+    for_share_tiles(sh, N, NB, p.mr, p.nv, [&](int64_t m0, int mr, int64_t b0, int nb, int64_t n0, int64_t ncols,
+                                               bool) {
+      p.get(mr, nb)(a + m0 * lda, lda, K, packed + b0 * bstride, bstride, tile);
+      epi(tile, mr, m0, n0, ncols, ea, out, ldo);
+    });
   }
 }
 
