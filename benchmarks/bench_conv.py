@@ -203,26 +203,20 @@ def run(providers, sets, quick: bool, out_dir: str) -> int:
 
 
 def main(argv=None) -> int:
-    from report import gpu_bench_parser, select_providers
+    from report import gpu_bench_parser, gpu_providers
 
     p = gpu_bench_parser(__doc__, "batch 128, the first layers of each set only",
                          "comma-separated backends of ours")
     p.add_argument("--sets", default=",".join(SETS), help=f"comma-separated layer sets from {list(SETS)}")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("no CUDA device: skipping GPU conv benchmark")
-        return 0
-    import pyimgcls
-
-    providers = select_providers(args.providers, pyimgcls.available_backends())
+    providers, rc = gpu_providers(args.providers, "GPU conv benchmark")
+    if rc is not None:
+        return rc
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = [s for s in sets if s not in SETS]
     if unknown:
         print(f"unknown layer sets {unknown}; choose from {list(SETS)}")
         return 2
-    if not providers:
-        print("no GPU backend of ours is available: nothing to compare")
-        return 1
     return run(providers, sets, args.quick, args.out)
 
 

@@ -264,7 +264,7 @@ def run_cpu_nchw(reps: int, out_file: str | None) -> int:
 
 
 def main(argv=None) -> int:
-    from report import gpu_bench_parser, select_providers
+    from report import gpu_bench_parser, gpu_providers
 
     p = gpu_bench_parser(__doc__, "one layer per network only",
                          "comma-separated backends to compare with PyTorch")
@@ -274,15 +274,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.cpu_nchw:
         return run_cpu_nchw(args.reps, args.cpu_out)
-    if not torch.cuda.is_available():
-        print("no CUDA device: skipping GPU pooling benchmark")
-        return 0
-    import pyimgcls
-
-    providers = select_providers(args.providers, pyimgcls.available_backends())
-    if not providers:
-        print("no GPU backend of ours is available: nothing to compare with PyTorch")
-        return 1
+    providers, rc = gpu_providers(args.providers, "GPU pooling benchmark")
+    if rc is not None:
+        return rc
     return run(providers, args.quick, args.out)
 
 

@@ -147,18 +147,13 @@ def run(providers, quick: bool, out_dir: str) -> int:
 
 
 def main(argv=None) -> int:
-    from report import gpu_bench_parser, select_providers
+    from report import gpu_bench_parser, gpu_providers
 
     p = gpu_bench_parser(__doc__, "the first 6 ResNet-50 layers only")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("no CUDA device: skipping GPU int8 quantised conv benchmark")
-        return 0
-    import pyimgcls
-    providers = select_providers(args.providers, pyimgcls.available_backends())
-    if not providers:
-        print("no GPU backend of ours is available")
-        return 1
+    providers, rc = gpu_providers(args.providers, "GPU int8 quantised conv benchmark")
+    if rc is not None:
+        return rc
     return run(providers, args.quick, args.out)
 
 

@@ -173,6 +173,24 @@ def gpu_bench_parser(doc: str, quick_help: str,
     return p
 
 
+def gpu_providers(spec: str, what: str) -> tuple[list[str], int | None]:
+    """The GPU benchmarks' start: (providers, None) with the backends of ``spec`` available here, or ([],
+    exit status) when there is nothing to run: 0 without a CUDA device (the benchmark is skipped, said
+    with ``what``), 1 when none of the backends is available."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"no CUDA device: skipping {what}")
+        return [], 0
+    import pyimgcls
+
+    providers = select_providers(spec, pyimgcls.available_backends())
+    if not providers:
+        print("no GPU backend of ours is available: nothing to compare")
+        return [], 1
+    return providers, None
+
+
 def select_providers(spec: str, available: Sequence[str]) -> list[str]:
     """The backends of the comma-separated ``spec`` that ``available`` has, in order; the others are
     reported as skipped."""

@@ -42,6 +42,19 @@ def test_select_providers_keeps_order_and_reports_skipped(capsys):
     assert capsys.readouterr().out.count("skipped") == 2
 
 
+def test_gpu_providers_exit_codes(monkeypatch, capsys):
+    # no CUDA device: skipped (0); none of the backends available: 1; else the backends, no exit
+    import pyimgcls
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert report.gpu_providers("cuda,triton", "demo benchmark") == ([], 0)
+    assert "skipping demo benchmark" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(pyimgcls, "available_backends", lambda: ["cpu", "torch"])
+    assert report.gpu_providers("cuda,triton", "demo benchmark") == ([], 1)
+    monkeypatch.setattr(pyimgcls, "available_backends", lambda: ["cpu", "cuda", "torch"])
+    assert report.gpu_providers("cuda,triton", "demo benchmark") == (["cuda"], None)
+
+
 def test_finish_results_records_failures_and_writes(tmp_path, capsys):
     res = report.new_results("cpu", name="test-device", cases=[])
     path = report.finish_results(res, ["case x: mismatch"], str(tmp_path), "demo benchmark", 0.0)
