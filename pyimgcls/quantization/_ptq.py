@@ -330,7 +330,7 @@ class QuantizedModel(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # CPU inputs of a layout seen before run as one native call (quantization/_program.py): built on
-        # the second forward of a layout (one-off shapes keep the interpreter), kept for 4 layouts
+        # the second forward of a layout (one-off shapes keep the interpreter), for up to 8 layouts at a time
         if type(x) is torch.Tensor and x.device.type == "cpu" and _grid._recorder is None:
             key = (_backend.get_backend(), x.dtype, x.shape, x.stride(),
                    tuple(b._version for b in self.biases.values()))
