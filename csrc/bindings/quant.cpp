@@ -25,6 +25,19 @@ static cpu::QuantEpilogue epilogue(uintptr_t bias, uintptr_t mult, uintptr_t res
   return ep;
 }
 
+// The argument checks of the GEMM / conv / NHWC-quantisation launchers (CPU, CUDA and QuantProgram).
+static void check_gemm(int64_t K, int a_zero) {
+  if (K <= 0) throw std::invalid_argument("quant_gemm: K must be positive");
+  if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_gemm: a_zero must be in [0, 255]");
+}
+static void check_conv(int64_t C, int64_t KH, int64_t KW, int a_zero) {
+  if (C <= 0 || KH <= 0 || KW <= 0) throw std::invalid_argument("quant_conv_gemm: C, KH and KW must be positive");
+  if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_conv_gemm: a_zero must be in [0, 255]");
+}
+static void check_quantize_nhwc(int64_t C, int64_t Cout) {
+  if (Cout < C) throw std::invalid_argument("quant_quantize_nhwc: Cout must be at least C");
+}
+
 #ifdef PYIMGCLS_WITH_CUDA
 // The same epilogue as the CUDA launchers take it (quant_gemm_cuda, quant_conv_gemm_cuda): the CPU
 // fields plus the column sums and the activations' zero point, which the CUDA kernels fold in there.
@@ -59,7 +72,7 @@ class QuantProgram {
  public:
   void add_quantize_nhwc(int64_t x, int64_t N, int64_t C, int64_t HW, int64_t sN, int64_t sC, float inv_scale,
                          int zero_point, int64_t out, int64_t Cout) {
-    if (Cout < C) throw std::invalid_argument("quant_quantize_nhwc: Cout must be at least C");
+    check_quantize_nhwc(C, Cout);
     steps_.push_back({Kind::Quantize, {x, N, C, HW, sN, sC, zero_point, out, Cout}, inv_scale});
   }
   void add_conv(int64_t x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW, int64_t C,
@@ -67,8 +80,7 @@ class QuantProgram {
                 int64_t OH, int64_t OW, int a_zero, int64_t packed, int64_t colsum, int64_t O, int64_t bias,
                 int64_t mult, int64_t res, int64_t ldr, int res_zero, float res_mult, int out_zero, int qmin, int qmax,
                 bool float_out, int act, int64_t out, int64_t ldo) {
-    if (C <= 0 || KH <= 0 || KW <= 0) throw std::invalid_argument("quant_conv_gemm: C, KH and KW must be positive");
-    if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_conv_gemm: a_zero must be in [0, 255]");
+    check_conv(C, KH, KW, a_zero);
     steps_.push_back({Kind::Conv,
                       {x, N, H, W, sN, sC, sH, sW, C, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, a_zero, packed, colsum, O,
                        bias, mult, res, ldr, res_zero, out_zero, qmin, qmax, float_out, act, out, ldo},
@@ -77,8 +89,7 @@ class QuantProgram {
   void add_gemm(int64_t a, int64_t M, int64_t K, int64_t lda, int a_zero, int64_t packed, int64_t colsum, int64_t N,
                 int64_t bias, int64_t mult, int64_t res, int64_t ldr, int res_zero, float res_mult, int out_zero,
                 int qmin, int qmax, bool float_out, int act, int64_t out, int64_t ldo) {
-    if (K <= 0) throw std::invalid_argument("quant_gemm: K must be positive");
-    if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_gemm: a_zero must be in [0, 255]");
+    check_gemm(K, a_zero);
     steps_.push_back({Kind::Gemm,
                       {a, M, K, lda, a_zero, packed, colsum, N, bias, mult, res, ldr, res_zero, out_zero, qmin, qmax,
                        float_out, act, out, ldo},
@@ -183,8 +194,7 @@ void bind_quant(py::module_& m) {
       [](uintptr_t a, int64_t M, int64_t K, int64_t lda, int a_zero, uintptr_t packed, uintptr_t colsum, int64_t N,
          uintptr_t bias, uintptr_t mult, uintptr_t res, int64_t ldr, int res_zero, float res_mult, int out_zero,
          int qmin, int qmax, bool float_out, int act, uintptr_t out, int64_t ldo) {
-        if (K <= 0) throw std::invalid_argument("quant_gemm: K must be positive");
-        if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_gemm: a_zero must be in [0, 255]");
+        check_gemm(K, a_zero);
         const cpu::QuantEpilogue ep =
             epilogue(bias, mult, res, ldr, res_zero, res_mult, out_zero, qmin, qmax, float_out, act);
         py::gil_scoped_release nogil;
@@ -199,8 +209,7 @@ void bind_quant(py::module_& m) {
          int64_t OW, int a_zero, uintptr_t packed, uintptr_t colsum, int64_t O, uintptr_t bias, uintptr_t mult,
          uintptr_t res, int64_t ldr, int res_zero, float res_mult, int out_zero, int qmin, int qmax, bool float_out,
          int act, uintptr_t out, int64_t ldo) {
-        if (C <= 0 || KH <= 0 || KW <= 0) throw std::invalid_argument("quant_conv_gemm: C, KH and KW must be positive");
-        if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_conv_gemm: a_zero must be in [0, 255]");
+        check_conv(C, KH, KW, a_zero);
         const cpu::QuantEpilogue ep =
             epilogue(bias, mult, res, ldr, res_zero, res_mult, out_zero, qmin, qmax, float_out, act);
         py::gil_scoped_release nogil;
@@ -231,7 +240,7 @@ void bind_quant(py::module_& m) {
       "quant_quantize_nhwc_cpu",
       [](uintptr_t x, int64_t N, int64_t C, int64_t HW, int64_t sN, int64_t sC, float inv_scale, int zero_point,
          uintptr_t out, int64_t Cout) {
-        if (Cout < C) throw std::invalid_argument("quant_quantize_nhwc: Cout must be at least C");
+        check_quantize_nhwc(C, Cout);
         py::gil_scoped_release nogil;
         cpu::quant_quantize_nhwc(reinterpret_cast<const float*>(x), N, C, HW, sN, sC, inv_scale, zero_point,
                                  reinterpret_cast<uint8_t*>(out), Cout);
@@ -272,8 +281,7 @@ void bind_quant(py::module_& m) {
       [](uintptr_t a, int64_t M, int64_t K, int64_t lda, int a_zero, uintptr_t w, uintptr_t colsum, int64_t N,
          uintptr_t bias, uintptr_t mult, uintptr_t res, int64_t ldr, int res_zero, float res_mult, int out_zero,
          int qmin, int qmax, bool float_out, int act, uintptr_t out, int64_t ldo, int device, uintptr_t stream) {
-        if (K <= 0) throw std::invalid_argument("quant_gemm: K must be positive");
-        if (a_zero < 0 || a_zero > 255) throw std::invalid_argument("quant_gemm: a_zero must be in [0, 255]");
+        check_gemm(K, a_zero);
         const cuda::QuantEpilogueArgs ep = cuda_epilogue(colsum, a_zero, bias, mult, res, ldr, res_zero, res_mult,
                                                          out_zero, qmin, qmax, float_out, act);
         py::gil_scoped_release nogil;

@@ -170,6 +170,18 @@ def quantize_per_tensor(x: torch.Tensor, scale: float, zero_point: int, channels
     contiguous), or channels_last for a 4-D x with ``channels_last=True`` (what the quantised convs read
     fastest: one pass from an NCHW float image where the backend can, no separate uint8 copy).
     float16 / bfloat16 / float64 inputs are converted to float32 first."""
+    return _quantize(x, scale, zero_point, channels_last)
+
+
+def _inv_scale(scale: float) -> float:
+    """float32(1 / scale), the one multiplier every backend's quantisation uses."""
+    return float(torch.tensor(1.0 / scale, dtype=torch.float32))
+
+
+def _quantize(x, scale, zero_point, channels_last: bool, channels: int | None = None) -> torch.Tensor:
+    """quantize_per_tensor; ``channels`` (4-D, channels_last): the output padded to that many channels of
+    real 0 (the zero point), written in the same pass where the backend can (QuantizedModel's RGB stem
+    bound to a zero-padded weight)."""
     scale, zero_point = _check_qparams(scale, zero_point, "scale", "zero_point", "quantize_per_tensor")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ArgumentTypeError(f"quantize_per_tensor: x must be a float tensor, got {_desc(x)}")
@@ -182,17 +194,24 @@ def quantize_per_tensor(x: torch.Tensor, scale: float, zero_point: int, channels
         x = x.contiguous()
     backend = _resolve(x.device, "quantize_per_tensor")
     kern = _grid.kernels(backend, "quant")
-    inv = float(torch.tensor(1.0 / scale, dtype=torch.float32))
+    inv = _inv_scale(scale)
+    pad = channels_last and x.dim() == 4 and channels is not None and channels > x.shape[1]
     if (channels_last and x.dim() == 4 and not x.is_contiguous(memory_format=cl) and hasattr(kern, "quantize_nhwc")
             and x.numel()):
-        out = _alloc.empty(x.shape, torch.uint8, x.device, memory_format=cl)
-        kern.quantize_nhwc(x, inv, zero_point, out)      # x is contiguous NCHW here
+        shape = (x.shape[0], channels, *x.shape[2:]) if pad else x.shape
+        out = _alloc.empty(shape, torch.uint8, x.device, memory_format=cl)
+        kern.quantize_nhwc(x, inv, zero_point, out)      # x is contiguous NCHW here; extra channels: zero_point
         return out
     out = _alloc._poisoned(torch.empty_like(x, dtype=torch.uint8))     # x's strides: dense either way
     if x.numel():
         kern.quantize(x, inv, zero_point, out)
     if channels_last and out.dim() == 4:
         out = out.contiguous(memory_format=cl)
+    if pad:
+        padded = _alloc.empty((out.shape[0], channels, *out.shape[2:]), torch.uint8, out.device, memory_format=cl)
+        padded[:, :out.shape[1]] = out
+        padded[:, out.shape[1]:] = zero_point
+        out = padded
     return out
 
 

@@ -83,7 +83,7 @@ def build(qm, x: torch.Tensor, env: dict) -> Program | None:
                 xq = qm._q(x, src, qm._pad_in.get(n.name)).data
                 qname = f"{n.name}/input"
                 tensor[qname], base[qname] = xq, qname
-                inv = float(torch.tensor(1.0 / s, dtype=torch.float32))
+                inv = q._inv_scale(s)
                 N, C, H, W = x.shape
                 steps.append(("add_quantize_nhwc", [_IN, N, C, H * W, x.stride(0), x.stride(1), inv, z, qname,
                                                     xq.shape[1]], idx))

@@ -299,20 +299,7 @@ class QuantizedModel(torch.nn.Module):
         s, z = self.qparams[node.name]
         # NHWC uint8 (a quarter of the float bytes to move): the convs' im2col then copies whole kernel
         # rows (the 7x7 stem on 3 channels: 21-byte runs instead of 3-byte gathers)
-        q = ops.quantize_per_tensor(v, s, z, channels_last=v.dim() == 4)
-        if channels is not None and q.dim() == 4 and q.shape[1] < channels:
-            N, C, H, W = q.shape
-            p = torch.empty((N, channels, H, W), dtype=torch.uint8, device=q.device, memory_format=torch.channels_last)
-            kern = _grid.kernels(_grid.resolve(_backend.get_backend(), v.device, "quantize_per_tensor"), "quant")
-            if (hasattr(kern, "quantize_nhwc") and v.dtype == torch.float32 and v.is_contiguous()
-                    and not v.is_contiguous(memory_format=torch.channels_last)):
-                # the same quantisation, written with the padding in one pass (the kernel's own rule)
-                kern.quantize_nhwc(v, float(torch.tensor(1.0 / s, dtype=torch.float32)), z, p)
-            else:
-                p[:, :C] = q
-                p[:, C:] = z
-            q = p
-        return QTensor(q, s, z)
+        return QTensor(q._quantize(v, s, z, v.dim() == 4, channels), s, z)
 
     @staticmethod
     def _f(v):
