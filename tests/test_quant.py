@@ -563,6 +563,57 @@ def test_quantized_conv2d_fused_im2col_every_path_threads(cpu_path, case, thread
     _assert_equal(yf, _conv_ref(x, 113, wq, bias, (s, s), (p, p), (1, 1), None, 0, "relu"))
 
 
+# Padding taps skipped (quant_conv_gemm with the tap sums; the VNNI indirect path, C % 4 == 0, NHWC):
+# each output pixel runs over the taps of its window inside the image, in classes (edges, corners).
+# (N, C, H, W, O, K, stride, padding, dilation): 3x3 at 7x7 (every class, O = 20: a partial channel
+# block); 5x5 with padding 2 (two border classes a side, O = 70: two column tasks); stride 2; vertical
+# dilation 2 (padding (2, 1)); H = 1 (top and bottom rows skipped at once); padding 3 around a 2x2 map
+# (windows wholly outside: bias only); 24x24 batch 4 (chunks of 48 pixels of a class, several row
+# bands, 2^22+ MACs: both threads); and a 56x56 map (padding under 4 % of the taps: not skipped).
+SKIP_CASES = [(2, 8, 7, 7, 20, 3, 1, 1, 1), (3, 4, 9, 6, 70, 5, 1, 2, 1), (2, 8, 9, 9, 16, 3, 2, 1, 1),
+              (2, 12, 8, 9, 24, 3, 1, (2, 1), (2, 1)), (1, 8, 1, 5, 16, 3, 1, 1, 1), (1, 4, 2, 2, 8, 3, 1, 3, 1),
+              (4, 8, 24, 24, 32, 3, 1, 1, 1), (1, 4, 56, 56, 16, 3, 1, 1, 1)]
+
+
+@pytest.mark.parametrize("case", SKIP_CASES, ids=["7x7", "k5p2", "s2", "dil21", "h1", "outside", "24x24",
+                                                  "56x56"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("skip", ["1", "auto"])      # PYIMGCLS_QUANT_SKIP_PAD: always, or by the cost estimate
+def test_quantized_conv2d_skips_padding_taps(cpu_path, case, threads, skip, monkeypatch):
+    if skip != "auto":
+        monkeypatch.setenv("PYIMGCLS_QUANT_SKIP_PAD", skip)
+    N, C, H, W, O, K, s, p, d = case
+    p2, d2 = (p, p) if isinstance(p, int) else p, (d, d) if isinstance(d, int) else d
+    g = _gen(sum(case[:7]))
+    x = _layout(torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=g), "cl")
+    wq = _qw(O, C, K, K, 1, seed=O + K)
+    bias = torch.randn(O, generator=g)
+    oh = (H + 2 * p2[0] - d2[0] * (K - 1) - 1) // s + 1
+    ow = (W + 2 * p2[1] - d2[1] * (K - 1) - 1) // s + 1
+    res = torch.randint(0, 256, (N, O, oh, ow), dtype=torch.uint8, generator=g)
+    with omp_threads(threads), pyimgcls.use_backend("cpu"):
+        # a zero point far from the data's middle: a skipped tap taken as 0 instead of a_zero is off by
+        # a_zero * w, never hidden by the clamps
+        y = ops.quantized_conv2d(x, 0.02, 201, wq, bias, s, p, d, output_scale=0.05, output_zero_point=20,
+                                 activation="relu6", residual=res, residual_scale=0.07, residual_zero_point=128)
+        y2 = ops.quantized_conv2d(x, 0.02, 201, wq, bias, s, p, d, output_scale=0.5, output_zero_point=128)
+    _assert_equal(y, _conv_ref(x, 201, wq, bias, (s, s), p2, d2, 0.05, 20, "relu6", res, 0.07, 128))
+    _assert_equal(y2, _conv_ref(x, 201, wq, bias, (s, s), p2, d2, 0.5, 128, None))
+
+
+@pytest.mark.parametrize("shape", [(70, 3, 2, 8), (16, 1, 3, 4), (5, 7, 7, 4)])
+def test_quant_tap_sums_match_the_weight(shape):
+    O, KH, KW, C = shape
+    w = torch.randint(-128, 128, (O, KH * KW * C), dtype=torch.int8, generator=_gen(O))
+    packed, colsum, _, _ = kernels("cpu", "quant").pack_weight(w)
+    out = torch.full((KH * KW, O), 12345, dtype=torch.int32)
+    _native.C.quant_tap_sums_cpu(packed.data_ptr(), O, KH, KW, C, out.data_ptr())
+    assert torch.equal(out, w.view(O, KH * KW, C).to(torch.int32).sum(2).t())
+    assert torch.equal(out.sum(0), colsum)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        _native.C.quant_tap_sums_cpu(packed.data_ptr(), O, KH, KW * 2, C // 2 + 1, out.data_ptr())
+
+
 # ----------------------------------------------------------------------------- bound layers
 # (N, C, H, W, O, K, stride, padding, groups, layout): the conv_gemm binding (3x3 padded, the 7x7
 # stride-2 stem on 3 channels, NCHW input), the direct GEMM binding (1x1 channels_last), a 1x1 on NCHW

@@ -77,13 +77,13 @@ class QuantProgram {
   }
   void add_conv(int64_t x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW, int64_t C,
                 int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW,
-                int64_t OH, int64_t OW, int a_zero, int64_t packed, int64_t colsum, int64_t O, int64_t bias,
-                int64_t mult, int64_t res, int64_t ldr, int res_zero, float res_mult, int out_zero, int qmin, int qmax,
-                bool float_out, int act, int64_t out, int64_t ldo) {
+                int64_t OH, int64_t OW, int a_zero, int64_t packed, int64_t colsum, int64_t tapsum, int64_t O,
+                int64_t bias, int64_t mult, int64_t res, int64_t ldr, int res_zero, float res_mult, int out_zero,
+                int qmin, int qmax, bool float_out, int act, int64_t out, int64_t ldo) {
     check_conv(C, KH, KW, a_zero);
     steps_.push_back({Kind::Conv,
-                      {x, N, H, W, sN, sC, sH, sW, C, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, a_zero, packed, colsum, O,
-                       bias, mult, res, ldr, res_zero, out_zero, qmin, qmax, float_out, act, out, ldo},
+                      {x, N, H, W, sN, sC, sH, sW, C, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, a_zero, packed, colsum,
+                       tapsum, O, bias, mult, res, ldr, res_zero, out_zero, qmin, qmax, float_out, act, out, ldo},
                       res_mult});
   }
   void add_gemm(int64_t a, int64_t M, int64_t K, int64_t lda, int a_zero, int64_t packed, int64_t colsum, int64_t N,
@@ -120,14 +120,14 @@ class QuantProgram {
                                    static_cast<float>(s.f), static_cast<int32_t>(a[6]), wu8(a[7]), a[8]);
           break;
         case Kind::Conv: {
-          const cpu::QuantEpilogue ep = epilogue(ptr(a[23]), ptr(a[24]), ptr(a[25]), a[26], static_cast<int>(a[27]),
-                                                 static_cast<float>(s.f), static_cast<int>(a[28]),
-                                                 static_cast<int>(a[29]), static_cast<int>(a[30]), a[31] != 0,
-                                                 static_cast<int>(a[32]));
+          const cpu::QuantEpilogue ep = epilogue(ptr(a[24]), ptr(a[25]), ptr(a[26]), a[27], static_cast<int>(a[28]),
+                                                 static_cast<float>(s.f), static_cast<int>(a[29]),
+                                                 static_cast<int>(a[30]), static_cast<int>(a[31]), a[32] != 0,
+                                                 static_cast<int>(a[33]));
           cpu::quant_conv_gemm(u8(a[0]), a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12],
                                a[13], a[14], a[15], a[16], a[17], a[18], static_cast<int32_t>(a[19]),
                                reinterpret_cast<const int8_t*>(ptr(a[20])), reinterpret_cast<const int32_t*>(ptr(a[21])),
-                               a[22], ep, mptr(ptr(a[33])), a[34]);
+                               reinterpret_cast<const int32_t*>(ptr(a[22])), a[23], ep, mptr(ptr(a[34])), a[35]);
           break;
         }
         case Kind::Gemm: {
@@ -206,18 +206,29 @@ void bind_quant(py::module_& m) {
       "quant_conv_gemm_cpu",
       [](uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW, int64_t C,
          int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW, int64_t DH, int64_t DW, int64_t OH,
-         int64_t OW, int a_zero, uintptr_t packed, uintptr_t colsum, int64_t O, uintptr_t bias, uintptr_t mult,
-         uintptr_t res, int64_t ldr, int res_zero, float res_mult, int out_zero, int qmin, int qmax, bool float_out,
-         int act, uintptr_t out, int64_t ldo) {
+         int64_t OW, int a_zero, uintptr_t packed, uintptr_t colsum, uintptr_t tapsum, int64_t O, uintptr_t bias,
+         uintptr_t mult, uintptr_t res, int64_t ldr, int res_zero, float res_mult, int out_zero, int qmin, int qmax,
+         bool float_out, int act, uintptr_t out, int64_t ldo) {
         check_conv(C, KH, KW, a_zero);
         const cpu::QuantEpilogue ep =
             epilogue(bias, mult, res, ldr, res_zero, res_mult, out_zero, qmin, qmax, float_out, act);
         py::gil_scoped_release nogil;
         cpu::quant_conv_gemm(reinterpret_cast<const uint8_t*>(x), N, H, W, sN, sC, sH, sW, C, KH, KW, SH, SW, PH, PW,
                              DH, DW, OH, OW, a_zero, reinterpret_cast<const int8_t*>(packed),
-                             reinterpret_cast<const int32_t*>(colsum), O, ep, mptr(out), ldo);
+                             reinterpret_cast<const int32_t*>(colsum), reinterpret_cast<const int32_t*>(tapsum), O, ep,
+                             mptr(out), ldo);
       },
-      "groups=1 conv as im2col + quant_gemm without the column matrix (rows gathered per task)");
+      "groups=1 conv as im2col + quant_gemm without the column matrix (rows gathered per task); tapsum: 0 or "
+      "quant_tap_sums_cpu's sums (C % 4 == 0), to skip the padding's taps");
+  m.def(
+      "quant_tap_sums_cpu",
+      [](uintptr_t packed, int64_t O, int64_t KH, int64_t KW, int64_t C, uintptr_t out) {
+        if (O <= 0 || KH <= 0 || KW <= 0 || C <= 0 || C % 4 != 0)
+          throw std::invalid_argument("quant_tap_sums: O, KH, KW, C must be positive and C a multiple of 4");
+        py::gil_scoped_release nogil;
+        cpu::quant_tap_sums(reinterpret_cast<const int8_t*>(packed), O, KH, KW, C, reinterpret_cast<int32_t*>(out));
+      },
+      "int32 [KH * KW, O]: the packed [O, KH * KW * C] conv weight's sum over each tap's C channels");
   m.def(
       "quant_im2col_cpu",
       [](uintptr_t x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH, int64_t sW, int64_t c0,

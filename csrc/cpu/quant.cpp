@@ -214,6 +214,8 @@ struct FusedEpi {
   int64_t ncols;          // columns of the tile that exist, 16 * (NV - 1) < ncols <= 16 * NV
   int32_t out_zero, res_zero, qmin, qmax;
   float res_mult;
+  const int64_t* rowm = nullptr;   // null: tile row i is row i of out / res; else row rowm[i] (a conv
+                                   // tile of pixels that skip the same padding taps, not adjacent)
 };
 
 // the columns of 16-column group v of a fused tile that exist
@@ -223,26 +225,30 @@ inline __mmask16 fused_mask(int64_t ncols, int v) {
 }
 
 // The indirect form of micro_vnni for convolutions on NHWC input (quant_conv_gemm): A is never
-// gathered. Row i of the tile is nseg runs of 4 * seg4 contiguous bytes, rows[i * nseg + s] the
+// gathered. Row i of the tile is nseg runs of 4 * seg4 contiguous bytes, rows[i * pstride + s] the
 // address of run s (a 3x3 conv on C channels: 3 kernel rows of 3 * C bytes of the image, or of a
-// zero-point row outside it); K = nseg * 4 * seg4, so the weight groups follow the runs in order and
-// there is no partial group. Per 4 k the same 4 loads, 6 broadcasts and 24 vpdpbusd as micro_vnni;
+// zero-point row outside it), multiplied with the seg4 weight groups from w + s * wstep (wstep =
+// seg4 * 64 when the runs cover K in order; a conv that skips the padding's taps runs over the taps
+// it keeps, a part of each kernel row); there is no partial group. Per 4 k the same 4 loads, 6 broadcasts and 24 vpdpbusd as micro_vnni;
 // the row addresses are reloaded once per run (per 192 bytes at C = 64). fe: the fused uint8
 // epilogue, or null to store the raw int32 sums into tile (row stride kMaxNR) as micro_vnni does.
 template <int MR, int NV>
-PYIMGCLS_TARGET_VNNI void micro_vnni_ind(const uint8_t* const* rows, int64_t nseg, int64_t seg4, const int8_t* w,
-                                         int64_t bstride, int32_t* tile, const FusedEpi* fe) {
+PYIMGCLS_TARGET_VNNI void micro_vnni_ind(const uint8_t* const* rows, int64_t pstride, int64_t nseg, int64_t seg4,
+                                         int64_t wstep, const int8_t* w, int64_t bstride, int32_t* tile,
+                                         const FusedEpi* fe) {
+  int64_t ri[MR];        // the output / residual row of tile row i
+  for (int i = 0; i < MR; ++i) ri[i] = fe && fe->rowm ? fe->rowm[i] : i;
   if (fe) {
     // the output and residual lines of the tile (first and last byte of each row), requested now so
     // they arrive during the K loop: the residual is the block's input, written two layers back and
     // mostly out of L2, and a miss at the end of the tile stalls its epilogue (in a ResNet-18
     // forward at 224x224 batch 16 the residual 3x3s took 3-8 % longer without)
     for (int i = 0; i < MR; ++i) {
-      _mm_prefetch(reinterpret_cast<const char*>(fe->out + i * fe->ldo), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(fe->out + i * fe->ldo + fe->ncols - 1), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(fe->out + ri[i] * fe->ldo), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(fe->out + ri[i] * fe->ldo + fe->ncols - 1), _MM_HINT_T0);
       if (fe->res) {
-        _mm_prefetch(reinterpret_cast<const char*>(fe->res + i * fe->ldr), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(fe->res + i * fe->ldr + fe->ncols - 1), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(fe->res + ri[i] * fe->ldr), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(fe->res + ri[i] * fe->ldr + fe->ncols - 1), _MM_HINT_T0);
       }
     }
   }
@@ -254,9 +260,9 @@ PYIMGCLS_TARGET_VNNI void micro_vnni_ind(const uint8_t* const* rows, int64_t nse
                             : _mm512_setzero_si512();
     for (int i = 0; i < MR; ++i) acc[i][v] = init;
   }
-  for (int64_t s = 0; s < nseg; ++s, w += seg4 * 64) {
+  for (int64_t s = 0; s < nseg; ++s, w += wstep) {
     const uint8_t* r[MR];
-    for (int i = 0; i < MR; ++i) r[i] = rows[i * nseg + s];
+    for (int i = 0; i < MR; ++i) r[i] = rows[i * pstride + s];
     for (int64_t g = 0; g < seg4; ++g) {
       __m512i b[NV];
       for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(w + v * bstride + g * 64);
@@ -313,7 +319,7 @@ PYIMGCLS_TARGET_VNNI void micro_vnni_ind(const uint8_t* const* rows, int64_t nse
         }
         q[v] = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(y, cl), ncl)), oz);
         if (e.res) {
-          const __m512i rb = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e.res + i * e.ldr + 16 * v)));
+          const __m512i rb = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e.res + ri[i] * e.ldr + 16 * v)));
           __m512 rf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(rb, rz)), rm);
           if (rclamp) rf = _mm512_max_ps(_mm512_min_ps(rf, cl), ncl);
           q[v] = _mm512_add_epi32(q[v], _mm512_cvtps_epi32(rf));
@@ -322,7 +328,7 @@ PYIMGCLS_TARGET_VNNI void micro_vnni_ind(const uint8_t* const* rows, int64_t nse
         if (upper) q[v] = _mm512_min_epi32(q[v], hi);
       }
       const __m512i b = _mm512_packus_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
-      _mm512_storeu_si512(e.out + i * e.ldo, _mm512_permutexvar_epi32(perm, b));
+      _mm512_storeu_si512(e.out + ri[i] * e.ldo, _mm512_permutexvar_epi32(perm, b));
     }
     return;
   }
@@ -337,14 +343,14 @@ PYIMGCLS_TARGET_VNNI void micro_vnni_ind(const uint8_t* const* rows, int64_t nse
       } else {
         q = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(y, cl), ncl)), oz);
         if (e.res) {
-          const __m128i rb = _mm_maskz_loadu_epi8(k, e.res + i * e.ldr + 16 * v);
+          const __m128i rb = _mm_maskz_loadu_epi8(k, e.res + ri[i] * e.ldr + 16 * v);
           __m512 rf = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(rb), rz)), rm);
           if (rclamp) rf = _mm512_max_ps(_mm512_min_ps(rf, cl), ncl);
           q = _mm512_add_epi32(q, _mm512_cvtps_epi32(rf));
         }
         q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
       }
-      _mm_mask_storeu_epi8(e.out + i * e.ldo + 16 * v, k, _mm512_cvtepi32_epi8(q));   // truncating, as the cast
+      _mm_mask_storeu_epi8(e.out + ri[i] * e.ldo + 16 * v, k, _mm512_cvtepi32_epi8(q));   // truncating, as the cast
     }
   }
 }
@@ -352,8 +358,8 @@ PYIMGCLS_TARGET_VNNI void micro_vnni_ind(const uint8_t* const* rows, int64_t nse
 
 using MicroFn = void (*)(const uint8_t*, int64_t, int64_t, const int8_t*, int64_t, int32_t*);
 #ifdef PYIMGCLS_X86
-using MicroIndFn = void (*)(const uint8_t* const*, int64_t, int64_t, const int8_t*, int64_t, int32_t*,
-                            const FusedEpi*);
+using MicroIndFn = void (*)(const uint8_t* const*, int64_t, int64_t, int64_t, int64_t, const int8_t*, int64_t,
+                            int32_t*, const FusedEpi*);
 #endif
 
 // table[mr - 1][nv - 1] for one path
@@ -593,6 +599,18 @@ void quant_pack_weight(const int8_t* w, int64_t N, int64_t K, int64_t swn, int64
   (void)NB;
 }
 
+void quant_tap_sums(const int8_t* packed, int64_t O, int64_t KH, int64_t KW, int64_t C, int32_t* out) {
+  const int64_t K4 = quant_k4(KH * KW * C);
+  for (int64_t n = 0; n < O; ++n) {
+    const int8_t* blk = packed + (n / kQuantNB) * K4 * 64 + (n % kQuantNB) * 4;
+    for (int64_t t = 0, k = 0; t < KH * KW; ++t) {
+      int32_t s = 0;
+      for (int64_t c = 0; c < C; ++c, ++k) s += blk[(k >> 2) * 64 + (k & 3)];
+      out[t * O + n] = s;
+    }
+  }
+}
+
 namespace {
 
 // One thread's share of a GEMM's tile grid: rows [m0, m1), column tasks [c0, c1) (a column task is
@@ -682,7 +700,7 @@ void quant_gemm_fused(const uint8_t* a, int64_t M, int64_t K, int64_t lda, int32
       for (int i = 0; i < mr; ++i) rows[i] = a + (m0 + i) * lda;
       const FusedEpi fe{off + n0, ep.mult + n0, ep.res ? ep.res + m0 * ep.ldr + n0 : nullptr, ep.ldr,
                         out + m0 * ldo + n0, ldo, ncols, ep.out_zero, ep.res_zero, ep.qmin, ep.qmax, ep.res_mult};
-      vnni_ind_get(mr, nb)(rows, 1, K / 4, packed + b0 * bstride, bstride, nullptr, &fe);
+      vnni_ind_get(mr, nb)(rows, 1, 1, K / 4, K * 16, packed + b0 * bstride, bstride, nullptr, &fe);
     });
   }
 }
@@ -851,6 +869,122 @@ struct IndConv {
     }
   }
 };
+
+// Where quant_conv_gemm is given the weight's tap sums: output pixels fall into classes by the kernel
+// rows [v0, v1) and columns [h0, h1) of their window that lie in the image (a 3x3 with padding 1: the
+// interior, 4 edges, 4 corners), and a class's tiles run over those taps only, instead of over zero-
+// point taps. A skipped tap reads a_zero, so its terms (a_zero - a_zero) * w vanish from
+// sum_k (a_k - a_zero) w_k: the tiles start from bias - a_zero * (the weight's sum over the kept taps)
+// = off + a_zero * (its sum over the skipped ones), the same int32 total (wrapping + and * are exact
+// mod 2^32), so the same bytes. A 3x3 with padding 1 on an S x S map does 1 - (1 - 2 / (3 S))^2 fewer
+// multiply-adds: 18 % at 7x7, 9 % at 14x14, 2.4 % at 56x56 (oneDNN's int8 convolution behind
+// torch.ao skips them too). A class's pixels are not adjacent rows of the output (the left edge of
+// consecutive output rows): its tiles write through FusedEpi::rowm.
+struct PadSkip {
+  std::vector<int> vcls, hcls;               // [OH] / [OW]: class of each output row / column
+  std::vector<int64_t> v0, v1, h0, h1;       // per row class / column class: the kept kernel rows / columns
+  std::vector<std::vector<int64_t>> cols;    // per column class: its output columns, in order
+  std::vector<int32_t> offs;                 // [row classes * column classes][O]: the tiles' start
+
+  int64_t R = 0;                             // output rows per band (quant_conv_gemm)
+
+  // Whether skipping pays, by a cost model of the tiles it makes. A class's pixels in a band form
+  // tiles of m ~ count / ceil(count / 6) rows, and a tile streams the class's 64-column weight panel
+  // (256 bytes per 4 k) from L2 for m rows: ~2 cycles per row and 4 k (the vpdpbusd bound) at m >= 4,
+  // ~8 / m below (L2 bandwidth, ~32 B a cycle). So small classes cost more per tap than the 6-row
+  // tiles of the plain path: at batch 1, 2x2 maps (4 one-pixel classes) ran ResNet-18 64x64 25 %
+  // slower with skipping everywhere. Skipped where the estimate is not 3 % under the plain path's
+  // (a 3x3 at 56x56, 2.4 % of its taps in the padding, measured 0-3 % slower with the classes; the
+  // 7x7 stem at 112x112: 1.5 %). DW == 1 (the indirect path).
+  bool plan(int64_t N, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
+            int64_t DH, int64_t OH, int64_t OW, int nt) {
+    const auto add = [](std::vector<int64_t>& lo, std::vector<int64_t>& hi, int64_t a, int64_t b) {
+      size_t c = 0;
+      while (c < lo.size() && (lo[c] != a || hi[c] != b)) ++c;
+      if (c == lo.size()) lo.push_back(a), hi.push_back(b);
+      return static_cast<int>(c);
+    };
+    std::vector<int64_t> rows_of;              // per row class: its output rows per image
+    for (int64_t oh = 0; oh < OH; ++oh) {
+      const int64_t i0 = oh * SH - PH;
+      const int64_t a = i0 >= 0 ? 0 : std::min(KH, (-i0 + DH - 1) / DH);
+      const int64_t b = std::max(a, i0 > H - 1 ? int64_t(0) : std::min(KH, (H - 1 - i0) / DH + 1));
+      const int c = add(v0, v1, a, b);
+      vcls.push_back(c);
+      if (rows_of.size() <= static_cast<size_t>(c)) rows_of.resize(c + 1);
+      ++rows_of[c];
+    }
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      const int64_t j0 = ow * SW - PW;
+      const int64_t a = j0 >= 0 ? 0 : std::min(KW, -j0);
+      const int64_t b = std::max(a, j0 > W - 1 ? int64_t(0) : std::min(KW, W - j0));
+      const int c = add(h0, h1, a, b);
+      hcls.push_back(c);
+      if (cols.size() <= static_cast<size_t>(c)) cols.resize(c + 1);
+      cols[c].push_back(ow);
+    }
+    // bands of ~512 pixels (at least 6 rows, so a 56x56 map's edge classes make whole tiles)
+    R = std::max<int64_t>(6, (512 + OW - 1) / OW);
+    const auto cost = [](double count) {     // cycles per pixel and 4 k of a class with count pixels a band
+      const double m = count / std::ceil(count / 6.0);
+      return std::max(2.0, 8.0 / m);
+    };
+    const double share = static_cast<double>(N * OH) / nt, band = std::min(static_cast<double>(R), share);
+    double skip = 0;
+    for (size_t a = 0; a < v0.size(); ++a)
+      for (size_t b = 0; b < h0.size(); ++b) {
+        const double rows_band = static_cast<double>(rows_of[a]) * std::max(1.0, band / static_cast<double>(OH));
+        const double count = std::max(1.0, std::min(rows_band, share) * static_cast<double>(cols[b].size()));
+        skip += static_cast<double>(N * rows_of[a]) * static_cast<double>(cols[b].size()) *
+                static_cast<double>((v1[a] - v0[a]) * (h1[b] - h0[b])) * cost(count);
+      }
+    const double plain = static_cast<double>(N * OH * OW) * static_cast<double>(KH * KW) *
+                         cost(std::min(48.0, share * static_cast<double>(OW)));
+    // PYIMGCLS_QUANT_SKIP_PAD: 0 never, 1 wherever there is padding (tests, A/B), else this estimate
+    const char* env = std::getenv("PYIMGCLS_QUANT_SKIP_PAD");
+    if (env && env[0] == '0' && !env[1]) return false;
+    if (env && env[0] == '1' && !env[1])
+      return !(v0.size() == 1 && h0.size() == 1 && v0[0] == 0 && v1[0] == KH && h0[0] == 0 && h1[0] == KW);
+    return skip < 0.97 * plain;
+  }
+
+  void offsets(const int32_t* off, const int32_t* tapsum, int32_t a_zero, int64_t KH, int64_t KW, int64_t O) {
+    const size_t nh = h0.size();
+    offs.resize(v0.size() * nh * static_cast<size_t>(O));
+    for (size_t a = 0; a < v0.size(); ++a)
+      for (size_t b = 0; b < nh; ++b) {
+        int32_t* o = offs.data() + (a * nh + b) * O;
+        for (int64_t n = 0; n < O; ++n) o[n] = off[n];
+        for (int64_t kh = 0; kh < KH; ++kh)
+          for (int64_t kw = 0; kw < KW; ++kw) {
+            if (kh >= v0[a] && kh < v1[a] && kw >= h0[b] && kw < h1[b]) continue;
+            const int32_t* t = tapsum + (kh * KW + kw) * O;
+            for (int64_t n = 0; n < O; ++n)
+              o[n] = static_cast<int32_t>(static_cast<uint32_t>(o[n]) +
+                                          static_cast<uint32_t>(a_zero) * static_cast<uint32_t>(t[n]));
+          }
+      }
+  }
+};
+
+// pt[r * KH + s] = the address of kept kernel row v0 + s (from kernel column h0: run bytes) of pixel
+// (n[r], oh[r], ow[r]) of one class; the lines are requested into L2 as in IndConv::table (a pixel
+// right of the previous one only its last SW * C bytes per run).
+__attribute__((noinline)) void skip_table(const IndConv& g, const int64_t* px, int64_t nrows, int64_t v0, int64_t nv,
+                                          int64_t h0, int64_t run, const uint8_t** pt) {
+  const int64_t step = g.SW * g.sW;
+  for (int64_t r = 0; r < nrows; ++r, pt += g.KH) {
+    const int64_t n = px[3 * r], oh = px[3 * r + 1], ow = px[3 * r + 2];
+    const bool next = r > 0 && px[3 * r - 3] == n && px[3 * r - 2] == oh && px[3 * r - 1] == ow - 1;
+    const int64_t from = next && step < run ? run - step : 0;
+    const uint8_t* p = g.x + n * g.sN + (oh * g.SH - g.PH + v0 * g.DH) * g.sH + (ow * g.SW - g.PW + h0) * g.sW;
+    for (int64_t s = 0; s < nv; ++s, p += g.DH * g.sH) {
+      pt[s] = p;
+      for (int64_t b = from; b < run; b += 64) _mm_prefetch(reinterpret_cast<const char*>(p + b), _MM_HINT_T1);
+      if (run > 0) _mm_prefetch(reinterpret_cast<const char*>(p + run - 1), _MM_HINT_T1);
+    }
+  }
+}
 #endif
 
 }  // namespace
@@ -871,7 +1005,8 @@ void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN,
 void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH,
                      int64_t sW, int64_t C, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
                      int64_t DH, int64_t DW, int64_t OH, int64_t OW, int32_t a_zero, const int8_t* packed,
-                     const int32_t* colsum, int64_t O, const QuantEpilogue& ep, void* out, int64_t ldo) {
+                     const int32_t* colsum, const int32_t* tapsum, int64_t O, const QuantEpilogue& ep, void* out,
+                     int64_t ldo) {
   const int64_t M = N * OH * OW, K = KH * KW * C;
   if (M <= 0 || O <= 0) return;
   // the last byte of x any tap reads, + 1 (strides are non-negative: the Python layer's tensors)
@@ -918,6 +1053,62 @@ void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t 
     const int64_t seg = KW * C, seg4 = seg / 4;
     const int32_t* off = fused_offsets(ep.bias, colsum, a_zero, O);
     const IndConv ig{x, H, W, sN, sH, sW, C, KH, KW, SH, SW, PH, PW, DH, OH, OW, static_cast<uint8_t>(a_zero)};
+    PadSkip ps;
+    if (tapsum && !ep.float_out && C % 4 == 0 && ps.plan(N, H, W, KH, KW, SH, SW, PH, PW, DH, OH, OW, nt)) {
+      ps.offsets(off, tapsum, a_zero, KH, KW, O);
+      const int64_t NQ = N * OH, C4 = C / 4;
+#pragma omp parallel num_threads(nt) if (parallel && nt > 1)
+      {
+        static thread_local std::vector<const uint8_t*> ptrs;
+        static thread_local std::vector<int64_t> rowm, px;
+        if (ptrs.size() < static_cast<size_t>(mc * KH)) ptrs.resize(static_cast<size_t>(mc * KH));
+        if (rowm.size() < static_cast<size_t>(mc)) rowm.resize(static_cast<size_t>(mc)), px.resize(3 * mc);
+        const uint8_t** pt = ptrs.data();
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        const int64_t q0 = tid * NQ / nth, q1 = (tid + 1) * NQ / nth;      // output rows (n, oh)
+        // Bands of output rows (PadSkip::R), all classes of a band before the next: the image rows a band
+        // reads stay in L2 for its edge classes (the whole share at once ran a 64-channel 3x3 at 56x56
+        // 2 % slower than no skipping: each edge pixel's input and output lines came back from memory)
+        const int64_t R = ps.R;
+        for (int64_t qb = q0; qb < q1; qb += R)
+        for (size_t a = 0; a < ps.v0.size(); ++a)
+          for (size_t b = 0; b < ps.h0.size(); ++b) {
+            const int64_t v0 = ps.v0[a], nv = ps.v1[a] - v0, h0 = ps.h0[b], run = (ps.h1[b] - h0) * C;
+            const int32_t* offc = ps.offs.data() + (a * ps.h0.size() + b) * O;
+            const int8_t* wc = packed + (v0 * seg4 + h0 * C4) * 64;
+            const auto chunk = [&](int64_t cnt) {     // cnt pixels of this class: rowm, px
+              skip_table(ig, px.data(), cnt, v0, nv, h0, run, pt);
+              for (int64_t b0 = 0; b0 < NB; b0 += p.nv) {
+                const int64_t nb = std::min<int64_t>(p.nv, NB - b0);
+                const int64_t n0 = b0 * kQuantNB, ncols = std::min<int64_t>(nb * kQuantNB, O - n0);
+                for (int64_t i0 = 0, mr; i0 < cnt; i0 += mr) {
+                  // tiles as even as they go (7 pixels: 4 + 3, not 6 + 1: a 1-row tile is load bound)
+                  const int64_t left = cnt - i0, ntl = (left + p.mr - 1) / p.mr;
+                  mr = (left + ntl - 1) / ntl;
+                  FusedEpi fe{offc + n0, ep.mult + n0, ep.res ? ep.res + n0 : nullptr, ep.ldr,
+                              static_cast<uint8_t*>(out) + n0, ldo, ncols, ep.out_zero, ep.res_zero, ep.qmin, ep.qmax,
+                              ep.res_mult};
+                  fe.rowm = rowm.data() + i0;
+                  vnni_ind_get(static_cast<int>(mr), static_cast<int>(nb))(pt + i0 * KH, KH, nv, run / 4, seg4 * 64,
+                                                                           wc + b0 * bstride, bstride, nullptr, &fe);
+                }
+              }
+            };
+            int64_t cnt = 0;
+            for (int64_t q = qb; q < std::min(q1, qb + R); ++q) {
+              const int64_t oh = q % OH;
+              if (ps.vcls[oh] != static_cast<int>(a)) continue;
+              for (const int64_t ow : ps.cols[b]) {
+                rowm[cnt] = q * OW + ow;
+                px[3 * cnt] = q / OH, px[3 * cnt + 1] = oh, px[3 * cnt + 2] = ow;
+                if (++cnt == mc) chunk(cnt), cnt = 0;
+              }
+            }
+            if (cnt) chunk(cnt);
+          }
+      }
+      return;
+    }
 #pragma omp parallel num_threads(nt) if (parallel && nt > 1)
     {
       static thread_local std::vector<uint8_t> ebuf, zrow;
@@ -939,15 +1130,16 @@ void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t 
             const int mr = static_cast<int>(std::min<int64_t>(p.mr, rows - i0));
             const int64_t m = r0 + i0;
             if (ep.float_out) {
-              vnni_ind_get(mr, static_cast<int>(nb))(pt + i0 * KH, KH, seg4, packed + b0 * bstride, bstride, tile,
-                                                     nullptr);
+              vnni_ind_get(mr, static_cast<int>(nb))(pt + i0 * KH, KH, KH, seg4, seg4 * 64, packed + b0 * bstride,
+                                                     bstride, tile, nullptr);
               epi(tile, mr, m, n0, ncols, ea, out, ldo);
               continue;
             }
             const FusedEpi fe{off + n0, ep.mult + n0, ep.res ? ep.res + m * ep.ldr + n0 : nullptr, ep.ldr,
                               static_cast<uint8_t*>(out) + m * ldo + n0, ldo, ncols, ep.out_zero, ep.res_zero,
                               ep.qmin, ep.qmax, ep.res_mult};
-            vnni_ind_get(mr, static_cast<int>(nb))(pt + i0 * KH, KH, seg4, packed + b0 * bstride, bstride, tile, &fe);
+            vnni_ind_get(mr, static_cast<int>(nb))(pt + i0 * KH, KH, KH, seg4, seg4 * 64, packed + b0 * bstride,
+                                                   bstride, tile, &fe);
           }
         }
       }

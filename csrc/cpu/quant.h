@@ -54,11 +54,18 @@ void quant_im2col(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN,
 // against the packed [O, KH * KW * C] weight, without the column matrix: each task gathers its rows
 // into a thread-local buffer (on the vnni path with NHWC input, sC == 1, sW == C, DW == 1 and
 // KW * C % 4 == 0, none: the kernel rows are read in place, quant.cpp: micro_vnni_ind). out
-// [N * OH * OW, O] (row stride ldo), results identical to quant_im2col + quant_gemm.
+// [N * OH * OW, O] (row stride ldo), results identical to quant_im2col + quant_gemm. tapsum: null,
+// or quant_tap_sums of the packed weight (C % 4 == 0): the taps of the padding are then skipped on
+// that path instead of multiplied with the zero point (same results).
 void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t sN, int64_t sC, int64_t sH,
                      int64_t sW, int64_t C, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH, int64_t PW,
                      int64_t DH, int64_t DW, int64_t OH, int64_t OW, int32_t a_zero, const int8_t* packed,
-                     const int32_t* colsum, int64_t O, const QuantEpilogue& ep, void* out, int64_t ldo);
+                     const int32_t* colsum, const int32_t* tapsum, int64_t O, const QuantEpilogue& ep, void* out,
+                     int64_t ldo);
+
+// The packed [O, KH * KW * C] conv weight's sums per tap: out int32 [KH * KW, O], out[t, n] = sum over
+// c < C of W[n, t * C + c] (quant_conv_gemm's tapsum). C % 4 == 0.
+void quant_tap_sums(const int8_t* packed, int64_t O, int64_t KH, int64_t KW, int64_t C, int32_t* out);
 
 // Quantisation of n dense float32 values: out = clamp(rne(clamp(x * inv_scale, -256, 512)) +
 // zero_point, 0, 255), NaN read as 0 (one fp32 multiply, as pyimgcls/ops/quant.py defines it).

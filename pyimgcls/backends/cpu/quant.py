@@ -44,11 +44,26 @@ def pack_weight(w):
     colsum = torch.empty(O, dtype=torch.int32)
     _native.C.quant_pack_weight_cpu(w.data_ptr(), O, K, w.stride(0), w.stride(1), packed.data_ptr(),
                                     colsum.data_ptr())
-    return packed, colsum, O
+    return packed, colsum, O, {}      # the last: _tap_sums per conv geometry, filled on first use
+
+
+def _tap_sums(packed, kh, kw, C, padding):
+    """int32 [KH * KW, O]: the weight's sum over each tap's channels, with which quant_conv_gemm skips
+    the padding's taps instead of multiplying them with the zero point (same results); None where it
+    would not (no padding, a 1x1 kernel, C % 4 != 0). Computed once per weight and geometry."""
+    pw, _, O, cache = packed
+    if not any(padding) or kh * kw == 1 or C % 4:
+        return None
+    t = cache.get((kh, kw, C))
+    if t is None:
+        t = torch.empty(kh * kw, O, dtype=torch.int32)
+        _native.C.quant_tap_sums_cpu(pw.data_ptr(), O, kh, kw, C, t.data_ptr())
+        cache[(kh, kw, C)] = t
+    return t
 
 
 def gemm(a, a_zero, packed, K, bias, mult, res, res_zero, res_mult, out_zero, qmin, qmax, act, out):
-    pw, colsum, O = packed
+    pw, colsum, O, _ = packed
     M = a.shape[0]
     mult = mult.contiguous()
     _native.C.quant_gemm_cpu(
@@ -62,12 +77,14 @@ def conv_gemm(x, a_zero, packed, kh, kw, stride, padding, dilation, oh, ow, bias
               out_zero, qmin, qmax, act, out):
     """groups=1 conv: gemm(im2col(x), ...) without materialising the column matrix (optional entry:
     ops/quant.py uses it where a backend has it)."""
-    pw, colsum, O = packed
+    pw, colsum, O, _ = packed
     N, C, H, W = x.shape
     mult = mult.contiguous()
+    taps = _tap_sums(packed, kh, kw, C, padding)
     _native.C.quant_conv_gemm_cpu(
         x.data_ptr(), N, H, W, *x.stride(), C, kh, kw, *stride, *padding, *dilation, oh, ow, a_zero, pw.data_ptr(),
-        colsum.data_ptr(), O, bias.data_ptr() if bias is not None else 0, mult.data_ptr(),
+        colsum.data_ptr(), taps.data_ptr() if taps is not None else 0, O,
+        bias.data_ptr() if bias is not None else 0, mult.data_ptr(),
         res.data_ptr() if res is not None else 0, res.stride(0) if res is not None else 0, res_zero, res_mult,
         out_zero, qmin, qmax, out.dtype == torch.float32, act, out.data_ptr(), out.stride(0))
 
@@ -113,9 +130,9 @@ def bind_layer(x, a_zero, res, out, packed, conv, bias, mult, res_zero, res_mult
     dilation, oh, ow) of a groups = 1 convolution (``x`` [N, C, H, W], ``out`` / ``res`` the [M, O] views
     of the channels_last output / residual). Returns run(x_ptr, res_ptr, out_ptr): one call into _C, the
     arguments those of conv_gemm / gemm above, so the results are theirs bit for bit."""
-    pw, colsum, O = packed
+    pw, colsum, O, _ = packed
     mult = mult.contiguous()
-    keep = (pw, colsum, mult, bias)         # the pointers below stay valid while run lives
+    keep = [pw, colsum, mult, bias]         # the pointers below stay valid while run lives
     bias_p = bias.data_ptr() if bias is not None else 0
     ldr = res.stride(0) if res is not None else 0
     float_out = out.dtype == torch.float32
@@ -133,8 +150,10 @@ def bind_layer(x, a_zero, res, out, packed, conv, bias, mult, res_zero, res_mult
     kh, kw, stride, padding, dilation, oh, ow = conv
     N, C, H, W = x.shape
     fn = _native.C.quant_conv_gemm_cpu
+    taps = _tap_sums(packed, kh, kw, C, padding)
+    keep.append(taps)
     head = (N, H, W, *x.stride(), C, kh, kw, *stride, *padding, *dilation, oh, ow, a_zero, pw.data_ptr(),
-            colsum.data_ptr(), O, bias_p, mult.data_ptr())
+            colsum.data_ptr(), taps.data_ptr() if taps is not None else 0, O, bias_p, mult.data_ptr())
     tail = (ldr, res_zero, res_mult, out_zero, qmin, qmax, float_out, act)
     ldo = out.stride(0)
 
