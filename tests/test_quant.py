@@ -727,8 +727,8 @@ def test_quantize_every_cpu_path(cpu_path, n):
     _assert_equal(q, ref.quant_quantize(x, float(torch.tensor(1 / 0.125, dtype=torch.float32)), 77))
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 13, 11), (1, 1, 3, 5), (2, 37, 9, 15), (2, 3, 601, 599)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", [(2, 3, 13, 11), (1, 1, 3, 5), (2, 37, 9, 15), (2, 3, 601, 599), (1, 4, 5, 7),
+                                   (2, 2, 17, 3)], ids=lambda s: "x".join(map(str, s)))
 def test_quantize_nhwc_every_cpu_path(cpu_path, shape):
     """quantize_per_tensor(channels_last=True) from NCHW: one pass into NHWC (pixel blocks of 64 with a
     partial last one, 1 / 3 / 37 channels); and the native entry on a channel slice (plane strides)."""
@@ -749,6 +749,12 @@ def test_quantize_nhwc_every_cpu_path(cpu_path, shape):
     kernels("cpu", "quant").quantize_nhwc(part, inv, 77, padded)
     _assert_equal(padded[:, :shape[1]], ref.quant_quantize(part, inv, 77))
     assert (padded[:, shape[1]:] == 77).all()
+    if shape[1] <= 4:      # into exactly 4 channels (the stem's padded input: 16 pixels a vector step)
+        p4 = torch.full((shape[0], 4, *shape[2:]), 7, dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+        with omp_threads(2):
+            kernels("cpu", "quant").quantize_nhwc(part, inv, 77, p4)
+        _assert_equal(p4[:, :shape[1]], ref.quant_quantize(part, inv, 77))
+        assert (p4[:, shape[1]:] == 77).all()
     # the other backends give the same tensor through the generic path
     with pyimgcls.use_backend("torch"):
         qt = ops.quantize_per_tensor(x, 0.125, 77, channels_last=True)
