@@ -451,14 +451,20 @@ def test_quantized_adaptive_avg_pool2d(backend, case):
 # The CPU pools on NHWC input take vector bodies on the vnni path (64 channels per max, 16 per sum):
 # channel counts with full vectors and a tail, windows cut by the border, and windows of more than 64
 # taps (the scalar loop) on every path; the requantisation's clamps with a huge ratio.
-@pytest.mark.parametrize("case", [(2, 130, 9, 9, 3, 2, 1), (1, 70, 8, 6, 2, 2, 0), (1, 64, 5, 5, 3, 1, 1)],
-                         ids=lambda c: f"c{c[1]}_k{c[4]}s{c[5]}p{c[6]}")
+# Max pool cases (N, C, H, W, kernel, stride, padding, dilation, ceil_mode): also dilation, ceil mode
+# (a last window past the border), 9x9 windows, and a 2^21-byte output (both threads, rows split).
+@pytest.mark.parametrize("case", [(2, 130, 9, 9, 3, 2, 1, 1, False), (1, 70, 8, 6, 2, 2, 0, 1, False),
+                                  (1, 64, 5, 5, 3, 1, 1, 1, False), (1, 70, 11, 10, 3, 1, 1, 2, False),
+                                  (2, 16, 10, 9, 3, 2, 1, 1, True), (1, 8, 12, 11, 9, 1, 4, 1, False),
+                                  (4, 64, 200, 200, 3, 2, 1, 1, False)],
+                         ids=lambda c: f"c{c[1]}_{c[2]}x{c[3]}_k{c[4]}s{c[5]}p{c[6]}d{c[7]}{'_ceil' * c[8]}")
 def test_quantized_max_pool2d_nhwc_every_cpu_path(cpu_path, case):
-    N, C, H, W, k, s, p = case
+    N, C, H, W, k, s, p, d, ceil = case
     x = torch.randint(0, 256, (N, C, H, W), dtype=torch.uint8, generator=_gen(C + H)).contiguous(
         memory_format=torch.channels_last)
-    y = ops.quantized_max_pool2d(x, k, s, p)
-    _assert_equal(y, torch.nn.functional.max_pool2d(x.float(), k, s, p).to(torch.uint8))
+    with omp_threads(2):
+        y = ops.quantized_max_pool2d(x, k, s, p, d, ceil)
+    _assert_equal(y, torch.nn.functional.max_pool2d(x.float(), k, s, p, d, ceil).to(torch.uint8))
 
 
 @pytest.mark.parametrize("case", [(2, 130, 7, 7, (1, 1), 0.1), (1, 70, 10, 9, (3, 4), 0.1), (1, 33, 9, 9, (1, 1), 0.1),

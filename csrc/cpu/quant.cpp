@@ -1195,6 +1195,41 @@ PYIMGCLS_TARGET_VNNI void max_pixel_avx512(const uint8_t* const* tap, int ntaps,
   }
 }
 
+// Output rows q0 .. q1 (q = n * OH + oh) of the max pool on NHWC input, channels dense: the window's
+// in-image rows found once per output row and its columns per pixel, the running maximum of 64
+// channels in a register (max_pixel_avx512 per pixel re-derived n, oh, ow by three divisions and built
+// a tap table: ResNet's stem pool, 16 x 56 x 56 pixels of 9 taps, 0.87 ms hot). Same bytes.
+PYIMGCLS_TARGET_VNNI void max_rows_avx512(const uint8_t* x, int64_t C, int64_t H, int64_t W, int64_t sN, int64_t sH,
+                                          int64_t sW, int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PH,
+                                          int64_t PW, int64_t DH, int64_t DW, int64_t OH, int64_t OW, int64_t q0,
+                                          int64_t q1, uint8_t* out) {
+  const uint8_t* rp[kMaxPoolTaps];
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t n = q / OH, oh = q % OH;
+    int nr = 0;
+    for (int64_t i = 0; i < KH && nr < kMaxPoolTaps; ++i) {
+      const int64_t ih = oh * SH - PH + i * DH;
+      if (ih >= 0 && ih < H) rp[nr++] = x + n * sN + ih * sH;
+    }
+    uint8_t* o = out + q * OW * C;
+    for (int64_t ow = 0; ow < OW; ++ow, o += C) {
+      const int64_t iw0 = ow * SW - PW;
+      int64_t j0 = 0, j1 = KW;
+      while (j0 < KW && iw0 + j0 * DW < 0) ++j0;
+      while (j1 > j0 && iw0 + (j1 - 1) * DW >= W) --j1;
+      for (int64_t c = 0; c < C; c += 64) {
+        const __mmask64 k = byte_mask(C - c);
+        __m512i m = _mm512_setzero_si512();     // 0 is the least uint8; every window has a tap in the image
+        for (int r = 0; r < nr; ++r) {
+          const uint8_t* p = rp[r] + (iw0 + j0 * DW) * sW + c;
+          for (int64_t j = j0; j < j1; ++j, p += DW * sW) m = _mm512_max_epu8(m, _mm512_maskz_loadu_epi8(k, p));
+        }
+        _mm512_mask_storeu_epi8(o + c, k, m);
+      }
+    }
+  }
+}
+
 // One output pixel of the adaptive average pool on NHWC input: the int32 window sums of 16 channels
 // per zmm (exact), then quant_adaptive_avg_pool2d's requantisation with the same IEEE operations lane
 // for lane as its scalar rne_term (int -> float, one multiply, clamp to +-2^22, round to nearest even),
@@ -1235,6 +1270,17 @@ void quant_max_pool2d(const uint8_t* x, int64_t N, int64_t C, int64_t H, int64_t
   const bool vec = pool_vector(sC);
   (void)vec;
   const int nt = static_cast<int>(std::min<int64_t>(omp_get_max_threads(), std::max<int64_t>(pix * C >> 20, 1)));
+#ifdef PYIMGCLS_X86
+  if (vec && KH <= kMaxPoolTaps) {
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+      const int64_t NQ = N * OH, tid = omp_get_thread_num(), nth = omp_get_num_threads();
+      max_rows_avx512(x, C, H, W, sN, sH, sW, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, tid * NQ / nth,
+                      (tid + 1) * NQ / nth, out);
+    }
+    return;
+  }
+#endif
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
   for (int64_t p = 0; p < pix; ++p) {
     const int64_t n = p / (OH * OW), oh = (p / OW) % OH, ow = p % OW;
