@@ -543,7 +543,7 @@ def _matrix(args) -> int:
                         macs = _macs(fm, x)
                         for t in threads:
                             inner = max(1, min(20, int(4e8 // max(macs, 1))))
-                            reps = max(2, min(args.reps, int(6e10 // max(macs * inner, 1))))
+                            reps = max(3, min(args.reps, int(3e11 // max(macs * inner, 1))))
                             load = os.getloadavg()[0]
                             tm = _time_isolated(conns, x, t, reps, inner, args.gap_ms / 1e3)
                             load = max(load, os.getloadavg()[0])
