@@ -1054,7 +1054,7 @@ void quant_conv_gemm(const uint8_t* x, int64_t N, int64_t H, int64_t W, int64_t 
     const int32_t* off = fused_offsets(ep.bias, colsum, a_zero, O);
     const IndConv ig{x, H, W, sN, sH, sW, C, KH, KW, SH, SW, PH, PW, DH, OH, OW, static_cast<uint8_t>(a_zero)};
     PadSkip ps;
-    if (tapsum && !ep.float_out && C % 4 == 0 && ps.plan(N, H, W, KH, KW, SH, SW, PH, PW, DH, OH, OW, nt)) {
+    if (tapsum && !ep.float_out && C % 4 == 0 && ps.plan(N, H, W, KH, KW, SH, SW, PH, PW, DH, OH, OW, parallel && nt > 1 ? nt : 1)) {
       ps.offsets(off, tapsum, a_zero, KH, KW, O);
       const int64_t NQ = N * OH, C4 = C / 4;
 #pragma omp parallel num_threads(nt) if (parallel && nt > 1)
