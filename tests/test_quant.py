@@ -603,8 +603,10 @@ def test_quantized_conv2d_skips_padding_taps(cpu_path, case, threads, skip, monk
         y = ops.quantized_conv2d(x, 0.02, 201, wq, bias, s, p, d, output_scale=0.05, output_zero_point=20,
                                  activation="relu6", residual=res, residual_scale=0.07, residual_zero_point=128)
         y2 = ops.quantized_conv2d(x, 0.02, 201, wq, bias, s, p, d, output_scale=0.5, output_zero_point=128)
+        yf = ops.quantized_conv2d(x, 0.02, 201, wq, bias, s, p, d, activation="relu")    # float out: no skip
     _assert_equal(y, _conv_ref(x, 201, wq, bias, (s, s), p2, d2, 0.05, 20, "relu6", res, 0.07, 128))
     _assert_equal(y2, _conv_ref(x, 201, wq, bias, (s, s), p2, d2, 0.5, 128, None))
+    _assert_equal(yf, _conv_ref(x, 201, wq, bias, (s, s), p2, d2, None, 0, "relu"))
 
 
 @pytest.mark.parametrize("shape", [(70, 3, 2, 8), (16, 1, 3, 4), (5, 7, 7, 4)])
