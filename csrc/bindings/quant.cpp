@@ -120,10 +120,7 @@ class QuantProgram {
                                    static_cast<float>(s.f), static_cast<int32_t>(a[6]), wu8(a[7]), a[8]);
           break;
         case Kind::Conv: {
-          const cpu::QuantEpilogue ep = epilogue(ptr(a[24]), ptr(a[25]), ptr(a[26]), a[27], static_cast<int>(a[28]),
-                                                 static_cast<float>(s.f), static_cast<int>(a[29]),
-                                                 static_cast<int>(a[30]), static_cast<int>(a[31]), a[32] != 0,
-                                                 static_cast<int>(a[33]));
+          const cpu::QuantEpilogue ep = step_epilogue(a + 24, s.f, ptr);
           cpu::quant_conv_gemm(u8(a[0]), a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12],
                                a[13], a[14], a[15], a[16], a[17], a[18], static_cast<int32_t>(a[19]),
                                reinterpret_cast<const int8_t*>(ptr(a[20])), reinterpret_cast<const int32_t*>(ptr(a[21])),
@@ -131,10 +128,7 @@ class QuantProgram {
           break;
         }
         case Kind::Gemm: {
-          const cpu::QuantEpilogue ep = epilogue(ptr(a[8]), ptr(a[9]), ptr(a[10]), a[11], static_cast<int>(a[12]),
-                                                 static_cast<float>(s.f), static_cast<int>(a[13]),
-                                                 static_cast<int>(a[14]), static_cast<int>(a[15]), a[16] != 0,
-                                                 static_cast<int>(a[17]));
+          const cpu::QuantEpilogue ep = step_epilogue(a + 8, s.f, ptr);
           cpu::quant_gemm(u8(a[0]), a[1], a[2], a[3], static_cast<int32_t>(a[4]),
                           reinterpret_cast<const int8_t*>(ptr(a[5])), reinterpret_cast<const int32_t*>(ptr(a[6])), a[7],
                           ep, mptr(ptr(a[18])), a[19]);
@@ -153,6 +147,15 @@ class QuantProgram {
   }
 
  private:
+  // The epilogue of a conv / GEMM step from its 10 stored arguments (bias, mult, res, ldr, res_zero,
+  // out_zero, qmin, qmax, float_out, act: the same order in both) and its residual multiplier.
+  template <class Ptr>
+  static cpu::QuantEpilogue step_epilogue(const int64_t* e, double res_mult, const Ptr& ptr) {
+    return epilogue(ptr(e[0]), ptr(e[1]), ptr(e[2]), e[3], static_cast<int>(e[4]), static_cast<float>(res_mult),
+                    static_cast<int>(e[5]), static_cast<int>(e[6]), static_cast<int>(e[7]), e[8] != 0,
+                    static_cast<int>(e[9]));
+  }
+
   enum class Kind { Quantize, Conv, Gemm, MaxPool, AvgPool };
   struct Step {
     Kind kind;
